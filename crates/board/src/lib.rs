@@ -1,0 +1,1 @@
+//! Board descriptions (platforms/*/board.toml): parsing and build-time checks.

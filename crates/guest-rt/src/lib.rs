@@ -1,0 +1,1 @@
+//! EL1 runtime for the project's small Rust guests.

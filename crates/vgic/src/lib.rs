@@ -1,0 +1,1 @@
+//! Virtual GICv3 and GICv2.
