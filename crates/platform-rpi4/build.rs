@@ -1,0 +1,8 @@
+//! Checks platforms/rpi4/board.toml and generates `$OUT_DIR/board.rs` (memory map
+//! and guest payloads from `$HYP_PAYLOAD_DIR`, written by `cargo xtask build`).
+
+fn main() {
+    if let Err(message) = board::build_script::run("rpi4") {
+        panic!("\n\nplatform-rpi4: {message}\n\n");
+    }
+}
