@@ -1,1 +1,579 @@
-fn main() {}
+//! The build door: `cargo xtask build|run|test` builds the hypervisor images, runs them in QEMU and runs every check.
+//!
+//! * `build --platform <board>`: provision the Rust targets, build the guest
+//!   payloads (flat binaries + manifest in `target/payloads/<board>/`), build
+//!   the hypervisor with `HYP_PAYLOAD_DIR` pointing there, and write the flat
+//!   image `target/images/<board>/hypervisor.img` (checked arm64 Image header).
+//! * `run --platform <board>`: build, provision QEMU, boot the image in QEMU with
+//!   the serial port on the terminal; exits with QEMU's status.
+//! * `test`: format, clippy, host unit tests, image build and the QEMU
+//!   integration tests (`hyp-tests`), stopping at the first failure.
+
+mod flat;
+mod provision;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use board::{Board, Manifest, ManifestEntry};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Errors are messages for the user.
+pub type Result<T> = std::result::Result<T, String>;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test the hypervisor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Platform {
+    /// QEMU `virt` (platforms/qemu).
+    Qemu,
+    /// Raspberry Pi 4 (platforms/rpi4).
+    Rpi4,
+}
+
+impl Platform {
+    fn dir(self) -> &'static str {
+        match self {
+            Platform::Qemu => "qemu",
+            Platform::Rpi4 => "rpi4",
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the guest payloads and the hypervisor image for a board.
+    Build {
+        /// The board (a directory under platforms/).
+        #[arg(long, value_enum)]
+        platform: Platform,
+    },
+    /// Build, then boot the image in QEMU with the serial port on this terminal.
+    Run {
+        /// The board (a directory under platforms/).
+        #[arg(long, value_enum, default_value = "qemu")]
+        platform: Platform,
+        /// Number of CPUs (default: the board's qemu.smp).
+        #[arg(long)]
+        smp: Option<u32>,
+        /// Wait for gdb on :1234 (`-s -S`); disables the default timeout.
+        #[arg(long)]
+        gdb: bool,
+        /// Deterministic instruction counting (`-icount shift=0`).
+        #[arg(long)]
+        icount: bool,
+        /// Kill QEMU after SECS seconds (exit status 124); 0 = unbounded.
+        /// Default: 120, or 0 with --gdb.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// Kernel command line (`-append`): reaches the hypervisor as /chosen/bootargs.
+        #[arg(long, value_name = "ARGS")]
+        append: Option<String>,
+        /// Extra QEMU arguments (after `--`).
+        #[arg(last = true)]
+        qemu_args: Vec<String>,
+    },
+    /// Run every check: fmt, clippy, unit tests, image build, QEMU integration tests.
+    Test,
+}
+
+/// The workspace root (the parent of xtask/).
+pub fn root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+        xtask.parent().unwrap_or(xtask).to_owned()
+    })
+}
+
+/// The workspace target directory (xtask always builds into it).
+pub fn target_dir() -> PathBuf {
+    root().join("target")
+}
+
+/// Prints a progress line.
+pub fn note(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        let a = a.to_string_lossy();
+        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+            s.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
+        } else {
+            s.push(' ');
+            s.push_str(&a);
+        }
+    }
+    s
+}
+
+/// Runs `cmd` with inherited stdio; a non-zero exit is an error naming the command.
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    note(&format!("$ {}", show(cmd)));
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run `{}`: {e}", show(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed ({status})", show(cmd)))
+    }
+}
+
+/// A `cargo` command in the workspace root, building into the workspace `target/`.
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args(args)
+        .current_dir(root())
+        .env("CARGO_TARGET_DIR", target_dir());
+    cmd
+}
+
+fn load_board(platform: Platform) -> Result<(Board, PathBuf)> {
+    let dir = root().join("platforms").join(platform.dir());
+    let board = Board::load(dir.join("board.toml")).map_err(|e| e.to_string())?;
+    board
+        .check()
+        .map_err(|e| format!("{}: {e}", dir.join("board.toml").display()))?;
+    Ok((board, dir))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// What `build` produced.
+struct Built {
+    board: Board,
+    payload_dir: PathBuf,
+    /// The hypervisor ELF (for gdb).
+    elf: PathBuf,
+    /// The flat image QEMU boots.
+    image: PathBuf,
+}
+
+/// Builds the payloads (flat binaries + manifest) for `board`.
+fn build_payloads(platform: Platform, board: &Board) -> Result<PathBuf> {
+    let payload_dir = target_dir().join("payloads").join(platform.dir());
+    let mut manifest = Manifest::default();
+    for guest in &board.guests {
+        note(&format!("building guest {guest} ({})", board.guest_target));
+        run_checked(&mut cargo(&[
+            "build",
+            "--release",
+            "-p",
+            guest,
+            "--bin",
+            guest,
+            "--target",
+            &board.guest_target,
+        ]))?;
+        let elf = target_dir()
+            .join(&board.guest_target)
+            .join("release")
+            .join(guest);
+        let flat =
+            flat::elf_to_flat(&read(&elf)?).map_err(|e| format!("{}: {e}", elf.display()))?;
+        let file = format!("{guest}.bin");
+        write(&payload_dir.join(&file), &flat.bytes)?;
+        note(&format!(
+            "payload {guest}: {} bytes at IPA {:#x}, entry {:#x}",
+            flat.bytes.len(),
+            flat.load_addr,
+            flat.entry
+        ));
+        manifest.payloads.push(ManifestEntry {
+            name: guest.clone(),
+            file,
+            load_ipa: flat.load_addr,
+            entry: flat.entry,
+        });
+    }
+    let manifest_path = payload_dir.join(board::MANIFEST_FILE);
+    let text = manifest.to_toml();
+    // Rewrite only on change, so the platform crate is not rebuilt needlessly.
+    if std::fs::read_to_string(&manifest_path).ok().as_deref() != Some(text.as_str()) {
+        write(&manifest_path, text.as_bytes())?;
+    }
+    Ok(payload_dir)
+}
+
+const RPI4_CONFIG: &str = "\
+# Raspberry Pi 4 firmware configuration for the hypervisor (written by cargo xtask build).
+arm_64bit=1
+enable_uart=1
+kernel=kernel8.img
+uart_2ndstage=1
+";
+
+const RPI4_README: &str = "\
+Booting the hypervisor on a Raspberry Pi 4
+==========================================
+
+1. Take a FAT32-formatted SD card holding the Raspberry Pi firmware: copy
+   bootcode.bin (not needed on the Pi 4), start4.elf, fixup4.dat and
+   bcm2711-rpi-4-b.dtb from https://github.com/raspberrypi/firmware/tree/master/boot
+   (or use the boot partition of a Raspberry Pi OS image).
+2. Copy kernel8.img and config.txt from this folder to the card's root,
+   replacing any existing ones.
+3. Connect a 3.3 V USB serial adapter to GPIO 14 (TXD, pin 8), GPIO 15 (RXD,
+   pin 10) and GND (pin 6); open it at 115200 8N1 (e.g. `picocom -b 115200 /dev/ttyUSB0`).
+4. Insert the card and power the Pi: the firmware prints its second-stage
+   log (uart_2ndstage=1), then loads kernel8.img at 0x80000 and the hypervisor
+   prints on the same UART.
+";
+
+fn build(platform: Platform) -> Result<Built> {
+    let (board, board_dir) = load_board(platform)?;
+    note(&format!(
+        "building {} ({})",
+        board.name,
+        board_dir.display()
+    ));
+    provision::targets(&[&board.hyp_target, &board.guest_target])?;
+    let payload_dir = build_payloads(platform, &board)?;
+
+    note(&format!(
+        "building hypervisor {} ({}, {})",
+        board.hyp_bin, board.hyp_crate, board.hyp_target
+    ));
+    run_checked(
+        cargo(&[
+            "build",
+            "--release",
+            "-p",
+            &board.hyp_crate,
+            "--bin",
+            &board.hyp_bin,
+            "--target",
+            &board.hyp_target,
+        ])
+        .env("HYP_PAYLOAD_DIR", &payload_dir),
+    )?;
+    let elf = target_dir()
+        .join(&board.hyp_target)
+        .join("release")
+        .join(&board.hyp_bin);
+    let flat = flat::elf_to_flat(&read(&elf)?).map_err(|e| format!("{}: {e}", elf.display()))?;
+    if flat.load_addr != board.load_address {
+        note(&format!(
+            "warning: the image's lowest physical address is {:#x}, board load_address is {:#x}",
+            flat.load_addr, board.load_address
+        ));
+    }
+    let header =
+        flat::check_image_header(&flat.bytes).map_err(|e| format!("{}: {e}", elf.display()))?;
+    note(&format!(
+        "arm64 Image header: text_offset {:#x}, image_size {:#x}, flags {:#x}",
+        header.text_offset, header.image_size, header.flags
+    ));
+    let image_dir = target_dir().join("images").join(platform.dir());
+    let image = image_dir.join("hypervisor.img");
+    write(&image, &flat.bytes)?;
+    if platform == Platform::Rpi4 {
+        write(&image_dir.join("kernel8.img"), &flat.bytes)?;
+        write(&image_dir.join("config.txt"), RPI4_CONFIG.as_bytes())?;
+        write(&image_dir.join("README.txt"), RPI4_README.as_bytes())?;
+        note(&format!(
+            "SD card files: {} (kernel8.img, config.txt, README.txt)",
+            image_dir.display()
+        ));
+    }
+    note(&format!(
+        "image: {} ({} bytes, entry {:#x})",
+        image.display(),
+        flat.bytes.len(),
+        flat.entry
+    ));
+    Ok(Built {
+        board,
+        payload_dir,
+        elf,
+        image,
+    })
+}
+
+/// Options of `run`.
+struct RunOpts {
+    smp: Option<u32>,
+    gdb: bool,
+    icount: bool,
+    timeout: Option<u64>,
+    append: Option<String>,
+    qemu_args: Vec<String>,
+}
+
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code & 0xff) as u8,
+        (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
+        _ => 1,
+    }
+}
+
+fn run(platform: Platform, opts: RunOpts) -> Result<u8> {
+    let built = build(platform)?;
+    provision::qemu()?;
+    let mut args = built.board.qemu_args(&built.image, opts.smp);
+    if let Some(append) = &opts.append {
+        args.extend(["-append".to_owned(), append.clone()]);
+    }
+    if opts.icount {
+        args.extend(["-icount".to_owned(), "shift=0".to_owned()]);
+    }
+    if opts.gdb {
+        args.extend(["-s".to_owned(), "-S".to_owned()]);
+    }
+    args.extend(opts.qemu_args.iter().cloned());
+    let timeout = opts.timeout.unwrap_or(if opts.gdb { 0 } else { 120 });
+    let mut cmd = Command::new(provision::QEMU);
+    cmd.args(&args);
+    note(&format!("$ {}", show(&cmd)));
+    if opts.gdb {
+        note(&format!(
+            "QEMU waits for gdb; attach with: gdb-multiarch {} -ex 'target remote :1234'",
+            built.elf.display()
+        ));
+    }
+    note(
+        if timeout == 0 {
+            "serial on this terminal; quit QEMU with Ctrl-A X".to_owned()
+        } else {
+            format!("serial on this terminal; quit QEMU with Ctrl-A X (timeout {timeout} s)")
+        }
+        .as_str(),
+    );
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", provision::QEMU))?;
+    let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_secs(timeout));
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("waiting for QEMU: {e}"))?
+        {
+            let code = exit_code(status);
+            note(&format!("QEMU exited with status {code}"));
+            return Ok(code);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // SIGTERM first: QEMU then restores the terminal it put in raw mode.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let grace = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < grace {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!();
+            note(&format!(
+                "timeout after {timeout} s: QEMU did not power off"
+            ));
+            return Ok(124);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Package names of the workspace default-members (root Cargo.toml).
+fn default_members() -> Result<Vec<String>> {
+    fn toml_at(path: &Path) -> Result<toml::Table> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        text.parse::<toml::Table>()
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+    let manifest = toml_at(&root().join("Cargo.toml"))?;
+    let members = manifest
+        .get("workspace")
+        .and_then(|w| w.get("default-members"))
+        .and_then(|m| m.as_array())
+        .ok_or("Cargo.toml has no workspace.default-members")?;
+    let mut names = Vec::new();
+    for m in members {
+        let dir = m
+            .as_str()
+            .ok_or("workspace.default-members holds a non-string")?;
+        let path = root().join(dir).join("Cargo.toml");
+        let name = toml_at(&path)?
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{} has no package.name", path.display()))?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn test() -> Result<()> {
+    let started = Instant::now();
+    let mut done: Vec<(String, Duration)> = Vec::new();
+    let mut step = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        note(&format!("==> step {}: {name}", done.len() + 1));
+        let t = Instant::now();
+        match f() {
+            Ok(()) => {
+                done.push((name.to_owned(), t.elapsed()));
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!();
+                note("summary:");
+                for (n, d) in &done {
+                    note(&format!("  ok     {n} ({:.1} s)", d.as_secs_f64()));
+                }
+                note(&format!("  FAILED {name}"));
+                Err(format!("step `{name}` failed: {e}"))
+            }
+        }
+    };
+    let (board, board_dir) = load_board(Platform::Qemu)?;
+    step("provision (Rust targets, QEMU)", &mut || {
+        let mut targets = vec![board.hyp_target.as_str(), board.guest_target.as_str()];
+        targets.push("aarch64-unknown-none");
+        provision::targets(&targets)?;
+        provision::qemu()
+    })?;
+    step("cargo fmt --all --check", &mut || {
+        run_checked(&mut cargo(&["fmt", "--all", "--check"]))
+    })?;
+    step("clippy (host crates)", &mut || {
+        let mut args = vec!["clippy".to_owned(), "--all-targets".to_owned()];
+        for m in default_members()? {
+            args.extend(["-p".to_owned(), m]);
+        }
+        args.extend(["-p", "hyp-tests", "--", "-D", "warnings"].map(str::to_owned));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_checked(&mut cargo(&args))
+    })?;
+    let mut built = None;
+    step("build the qemu image", &mut || {
+        built = Some(build(Platform::Qemu)?);
+        Ok(())
+    })?;
+    let built = built.ok_or("the qemu image was not built")?;
+    step("clippy (hypervisor, bare metal)", &mut || {
+        run_checked(
+            cargo(&[
+                "clippy",
+                "--release",
+                "-p",
+                &board.hyp_crate,
+                "--target",
+                &board.hyp_target,
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("HYP_PAYLOAD_DIR", &built.payload_dir),
+        )
+    })?;
+    step("clippy (guests, bare metal)", &mut || {
+        let mut args = vec!["clippy", "--release"];
+        for g in &board.guests {
+            args.extend(["-p", g.as_str()]);
+        }
+        args.extend([
+            "--target",
+            board.guest_target.as_str(),
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        run_checked(&mut cargo(&args))?;
+        run_checked(&mut cargo(&[
+            "clippy",
+            "--release",
+            "-p",
+            "guest-rt",
+            "--target",
+            "aarch64-unknown-none",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    step("cargo test (host crates)", &mut || {
+        run_checked(&mut cargo(&["test"]))
+    })?;
+    // TODO(rpi4, later issue): build the rpi4 image here once platform-rpi4
+    // builds (`build(Platform::Rpi4)`) and add its clippy run.
+    step("QEMU integration tests (hyp-tests)", &mut || {
+        run_checked(
+            cargo(&["test", "-p", "hyp-tests", "--", "--test-threads=2"])
+                .env("HYP_IMAGE_QEMU", &built.image)
+                .env("HYP_BOARD_DIR", &board_dir),
+        )
+    })?;
+    eprintln!();
+    note("summary:");
+    for (n, d) in &done {
+        note(&format!("  ok     {n} ({:.1} s)", d.as_secs_f64()));
+    }
+    note(&format!(
+        "all {} steps passed in {:.1} s",
+        done.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Build { platform } => build(platform).map(|_| 0),
+        Cmd::Run {
+            platform,
+            smp,
+            gdb,
+            icount,
+            timeout,
+            append,
+            qemu_args,
+        } => run(
+            platform,
+            RunOpts {
+                smp,
+                gdb,
+                icount,
+                timeout,
+                append,
+                qemu_args,
+            },
+        ),
+        Cmd::Test => test().map(|_| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            note(&format!("error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
