@@ -1,0 +1,515 @@
+//! Translation-table update batches: every DSB, TLBI and ISB a set of descriptor updates needs,
+//! each issued exactly once, in the order of ARM-RULES.md section 2.2 (R_DDMVT, D8.17.6.1).
+//!
+//! A [`PtBatch`] is opened for one translation regime. Descriptor stores go through it:
+//!
+//! * [`PtBatch::break_entry`] / [`PtBatch::restrict`] store at once and *queue* a TLBI;
+//! * [`PtBatch::sync`] completes every queued break: `DSB ISHST` (the invalid descriptors reach the
+//!   walkers, R_DDMVT), the TLBIs, `DSB ISH` (completes them, R_PSMWS), and for stage 2 after
+//!   `TLBI IPAS2E1IS` the stage-1 flush `TLBI VMALLE1IS; DSB ISH` (D8.17.6.1);
+//! * [`PtBatch::make`] stores a new valid descriptor (invalid→valid needs no TLBI, R_XCLRD) and
+//!   queues the trailing `DSB ISHST` (stage 2: the next ERET is the CSE) or `DSB ISHST; ISB`
+//!   (EL2 stage 1: EL2 itself is the consumer);
+//! * [`PtBatch::finish`] issues whatever is still owed, once.
+//!
+//! Break-before-make is enforced: a `make` over a slot broken in this batch before `sync()`
+//! panics (a hypervisor bug), and so does `free` while breaks are unsynchronised (invariant 15).
+//!
+//! [`LazyMmu`] is the per-CPU lazy-MMU state of seed 002 (Linux 5fdd05efa1cd): inside a lazy
+//! section the trailing barriers of EL2 batches are only marked pending (test, then set: no atomic
+//! operation when already pending) and issued once when the outermost section ends. Batches begun
+//! from exception context inside a lazy section ([`PtBatch::begin_in`]) emit immediately
+//! (invariant 24).
+
+use crate::insn::{emit, Consumer, DsbKind, Tlbi};
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// The translation regime whose tables a batch edits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Regime {
+    /// Stage 2 of the EL1&0 regime for `vmid`. VTTBR_EL2 must hold `vmid` (and have been
+    /// synchronised) when TLBIs are issued: the caller's obligation (ARM-RULES.md 2.2 step 3).
+    Stage2 {
+        /// The VMID of the tables.
+        vmid: u16,
+    },
+    /// The hypervisor's own EL2 stage-1 regime.
+    El2,
+}
+
+/// What a break or restriction has to invalidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inval {
+    /// An old leaf (page or block) mapping `ia` at `level`.
+    Leaf {
+        /// Input address (IPA for stage 2, VA for EL2).
+        ia: u64,
+        /// Level of the old leaf (TTL hint).
+        level: u8,
+    },
+    /// An old table entry covering `ia`: walk caches may be indexed by IA or PA (R_ZYZYK), so the
+    /// whole VMID (stage 2) or regime (EL2) is invalidated.
+    Table {
+        /// Input address covered by the table.
+        ia: u64,
+    },
+}
+
+/// Instructions one batch emitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// DSBs.
+    pub dsb: u32,
+    /// TLBIs.
+    pub tlbi: u32,
+    /// ISBs.
+    pub isb: u32,
+    /// DC operations.
+    pub dc: u32,
+}
+
+/// Queue capacity, and the default leaf-TLBI limit (Linux `MAX_TLBI_OPS` = 512: beyond one
+/// table's worth of pages a VMID-wide invalidation is cheaper).
+pub const MAX_QUEUED: usize = 512;
+
+#[derive(Clone, Copy)]
+struct Queued {
+    slot: usize,
+    inv: Inval,
+    is_break: bool,
+}
+
+/// A translation-table update batch. See the [module documentation](self).
+#[must_use = "a PtBatch owes barriers: call finish()"]
+pub struct PtBatch {
+    regime: Regime,
+    limit: usize,
+    queue: [MaybeUninit<Queued>; MAX_QUEUED],
+    len: usize,
+    /// A table invalidation is queued, or more leaves than `limit`: invalidate VMID/regime-wide.
+    wide: bool,
+    /// Address range of queued breaks (fast reject for the make check).
+    lo: usize,
+    hi: usize,
+    /// A store made after the last DSB that still needs the trailing DSB ISHST.
+    store_owed: bool,
+    /// Something since the last ISB needs one before EL2 relies on it (EL2 regime only).
+    isb_owed: bool,
+    /// Exception context inside a lazy section: emit every barrier at once.
+    immediate: bool,
+    stats: BatchStats,
+    done: bool,
+}
+
+impl core::fmt::Debug for PtBatch {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PtBatch")
+            .field("regime", &self.regime)
+            .field("queued", &self.len)
+            .field("wide", &self.wide)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PtBatch {
+    /// Opens a batch for `regime`. For stage 2 this records a [`Consumer::Stage2Edit`] marker on
+    /// the host so the checker can compare the VMID with VTTBR_EL2 (invariant 7).
+    pub fn begin(regime: Regime) -> Self {
+        if let Regime::Stage2 { vmid } = regime {
+            emit::mark(Consumer::Stage2Edit { vmid });
+        }
+        PtBatch {
+            regime,
+            limit: MAX_QUEUED,
+            queue: [const { MaybeUninit::uninit() }; MAX_QUEUED],
+            len: 0,
+            wide: false,
+            lo: usize::MAX,
+            hi: 0,
+            store_owed: false,
+            isb_owed: false,
+            immediate: false,
+            stats: BatchStats::default(),
+            done: false,
+        }
+    }
+
+    /// Opens a batch that knows the CPU's lazy-MMU state: from exception context inside a lazy
+    /// section every update emits its barriers immediately (invariant 24, Linux's `in_interrupt()`
+    /// fix), because the interrupted code's deferred barriers cannot cover it.
+    pub fn begin_in(lazy: &LazyMmu, regime: Regime) -> Self {
+        let mut b = Self::begin(regime);
+        b.immediate = lazy.in_exception();
+        b
+    }
+
+    /// Sets the number of queued leaf TLBIs above which the batch invalidates VMID-wide
+    /// (`VMALLS12E1IS` for stage 2, `ALLE2IS` for EL2) instead. Clamped to [`MAX_QUEUED`].
+    pub fn with_tlbi_limit(mut self, max_leaf_tlbis: usize) -> Self {
+        self.limit = max_leaf_tlbis.min(MAX_QUEUED);
+        self
+    }
+
+    /// The regime of this batch.
+    pub fn regime(&self) -> Regime {
+        self.regime
+    }
+
+    /// Stores a descriptor that needs no TLBI: invalid→valid, a permission relaxation, or a
+    /// change of software bits only (ARM-RULES.md 2.1 exemptions, R_XCLRD). Queues the trailing
+    /// `DSB ISHST` (+ `ISB` for EL2).
+    ///
+    /// # Panics
+    ///
+    /// If `slot` was broken in this batch and the break has not been completed by [`Self::sync`]:
+    /// break-before-make requires the TLBI to complete before the new entry is stored (R_DDMVT).
+    pub fn make(&mut self, slot: &AtomicU64, new: u64) {
+        let addr = slot as *const AtomicU64 as usize;
+        if self.len != 0 && addr >= self.lo && addr <= self.hi && self.queued().any(|q| q.is_break && q.slot == addr) {
+            panic!(
+                "PtBatch::make over slot {addr:#x} broken in this batch before sync(): \
+                 break-before-make requires the break's TLBI to complete first (R_DDMVT)"
+            );
+        }
+        emit::store(slot, new, None, None);
+        self.store_owed = true;
+        if self.regime == Regime::El2 {
+            self.isb_owed = true;
+        }
+        if self.immediate {
+            self.trailing();
+        }
+    }
+
+    /// Break: stores `invalid` (bit 0 clear; may carry software annotation bits) and queues the
+    /// invalidation `inv` (step 1 of ARM-RULES.md 2.2).
+    ///
+    /// # Panics
+    ///
+    /// If `invalid` has bit 0 (valid) set.
+    pub fn break_entry(&mut self, slot: &AtomicU64, invalid: u64, inv: Inval) {
+        assert!(invalid & 1 == 0, "PtBatch::break_entry: descriptor {invalid:#x} is valid (bit 0 set)");
+        self.store_and_queue(slot, invalid, inv, true);
+    }
+
+    /// Permission restriction (e.g. RW→RO for dirty logging): stores `new` and queues the TLBI; no
+    /// break-before-make is needed (2.1 exemptions) but the TLBI must complete before the
+    /// hypervisor relies on it (invariant 14).
+    pub fn restrict(&mut self, slot: &AtomicU64, new: u64, inv: Inval) {
+        self.store_and_queue(slot, new, inv, false);
+    }
+
+    fn store_and_queue(&mut self, slot: &AtomicU64, new: u64, inv: Inval, is_break: bool) {
+        let (ia, level) = match inv {
+            Inval::Leaf { ia, level } => (ia, Some(level)),
+            Inval::Table { ia } => (ia, None),
+        };
+        emit::store(slot, new, Some(ia), level);
+        if self.len == MAX_QUEUED {
+            // The queue is full: complete what is queued now rather than lose track of broken
+            // slots. Correct, at the cost of one more DSB/TLBI/DSB round.
+            self.sync();
+        }
+        let addr = slot as *const AtomicU64 as usize;
+        self.queue[self.len] = MaybeUninit::new(Queued { slot: addr, inv, is_break });
+        self.len += 1;
+        self.lo = self.lo.min(addr);
+        self.hi = self.hi.max(addr);
+        if matches!(inv, Inval::Table { .. }) || self.len > self.limit {
+            self.wide = true;
+        }
+        if self.immediate {
+            self.sync();
+        }
+    }
+
+    fn queued(&self) -> impl Iterator<Item = Queued> + '_ {
+        self.queue[..self.len].iter().map(|q| {
+            // SAFETY: entries 0..len were initialised by store_and_queue before len was raised.
+            unsafe { q.assume_init() }
+        })
+    }
+
+    fn dsb(&mut self, kind: DsbKind) {
+        emit::dsb(kind);
+        self.stats.dsb += 1;
+    }
+
+    fn tlbi(&mut self, op: Tlbi) {
+        emit::tlbi(op);
+        self.stats.tlbi += 1;
+    }
+
+    fn isb(&mut self) {
+        emit::isb();
+        self.stats.isb += 1;
+    }
+
+    /// Completes every queued break and restriction now (ARM-RULES.md 2.2 steps 2–6). No-op if
+    /// nothing is queued. Afterwards, makes over the broken slots are legal.
+    pub fn sync(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        // R_DDMVT / 2.2 step 2: the invalid descriptors must be visible to every walker before the
+        // TLBI, or a walk could refill the TLB from the old entry after it. This DSB also covers
+        // any make stored before it.
+        self.dsb(DsbKind::Ishst);
+        self.store_owed = false;
+        let wide = self.wide;
+        let n = self.len;
+        match self.regime {
+            Regime::Stage2 { .. } => {
+                if wide {
+                    // 2.2 step 4: an old table (walk caches, R_ZYZYK) or more leaves than the
+                    // limit: all stage-1 and stage-2 entries of the VMID.
+                    self.tlbi(Tlbi::Vmalls12e1is);
+                } else {
+                    for i in 0..n {
+                        // SAFETY: i < len, initialised by store_and_queue.
+                        let q = unsafe { self.queue[i].assume_init() };
+                        if let Inval::Leaf { ia, level } = q.inv {
+                            // 2.2 step 4: the old leaf, with its level as TTL hint.
+                            self.tlbi(Tlbi::Ipas2e1is { ipa: ia, level: Some(level) });
+                        }
+                    }
+                }
+                // 2.2 step 5 (R_PSMWS): completes the TLBIs; must precede the stage-1 flush so no
+                // PE refills a combined S1+S2 entry from the old stage 2.
+                self.dsb(DsbKind::Ish);
+                if !wide {
+                    // D8.17.6.1 / 2.2 step 6: IPAS2E1IS leaves combined S1+S2 entries; flush
+                    // stage 1 of the VMID (not needed after VMALLS12E1IS).
+                    self.tlbi(Tlbi::Vmalle1is);
+                    // Completes the stage-1 flush before the makes that follow.
+                    self.dsb(DsbKind::Ish);
+                }
+            }
+            Regime::El2 => {
+                if wide {
+                    self.tlbi(Tlbi::Alle2is);
+                } else {
+                    for i in 0..n {
+                        // SAFETY: i < len, initialised by store_and_queue.
+                        let q = unsafe { self.queue[i].assume_init() };
+                        if let Inval::Leaf { ia, .. } = q.inv {
+                            self.tlbi(Tlbi::Vae2is { va: ia });
+                        }
+                    }
+                }
+                // R_PSMWS: completes the TLBIs. EL2 relies on the result: ISB owed (2.2 step 7).
+                self.dsb(DsbKind::Ish);
+                self.isb_owed = true;
+            }
+        }
+        self.len = 0;
+        self.wide = false;
+        self.lo = usize::MAX;
+        self.hi = 0;
+        if self.immediate {
+            self.trailing();
+        }
+    }
+
+    /// Records that the page or table at `pa` is released.
+    ///
+    /// # Panics
+    ///
+    /// If breaks are queued but not synchronised: a detached page or table must not be reused
+    /// before its TLBI completed (invariant 15).
+    pub fn free(&mut self, pa: u64) {
+        assert!(
+            self.len == 0,
+            "PtBatch::free({pa:#x}) with {} unsynchronised break(s): call sync() first (invariant 15)",
+            self.len
+        );
+        emit::free(pa);
+    }
+
+    /// Cleans and invalidates `[va, va + len)` to the Point of Coherency, by data-cache line, then
+    /// `DSB ISH` (ARM-RULES.md 2.2 step 8, section 3: a guest with its MMU off must not see stale
+    /// lines). No-op for `len == 0`.
+    pub fn clean_to_poc(&mut self, va: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let line = emit::dcache_line();
+        let end = va + len;
+        let mut a = va & !(line - 1);
+        while a < end {
+            emit::dc_civac(a);
+            self.stats.dc += 1;
+            a += line;
+        }
+        // Completes the cache maintenance before the make that exposes the memory (2.2 step 8).
+        self.dsb(DsbKind::Ish);
+    }
+
+    fn trailing(&mut self) {
+        if self.store_owed {
+            // 2.2 step 9 / R_XCLRD: the new descriptors reach the walkers. Stage 2: the ERET into
+            // the guest is the CSE. EL2: ISB below.
+            self.dsb(DsbKind::Ishst);
+            self.store_owed = false;
+        }
+        if self.isb_owed {
+            // EL2 uses its own new mappings: discard speculative "invalid translation" results in
+            // this PE's pipeline (2.2 invalid→valid, Linux emit_pte_barriers; K11.5.3.2).
+            self.isb();
+            self.isb_owed = false;
+        }
+    }
+
+    /// Completes the batch: [`Self::sync`] if needed, then the trailing `DSB ISHST` (stage 2,
+    /// consumed by the next ERET) or `DSB ISHST; ISB` (EL2). Each obligation is issued once and
+    /// only if something owes it.
+    pub fn finish(mut self) -> BatchStats {
+        self.sync();
+        self.trailing();
+        self.done = true;
+        self.stats
+    }
+
+    /// Like [`Self::finish`], but inside a lazy section of `lazy` (and not in exception context)
+    /// the trailing barriers are only marked pending in `lazy` and issued once when its outermost
+    /// section ends (seed 002). TLBIs are never deferred.
+    pub fn finish_in(mut self, lazy: &LazyMmu) -> BatchStats {
+        self.sync();
+        if lazy.is_lazy() && !self.immediate {
+            lazy.queue(self.store_owed, self.isb_owed);
+            self.store_owed = false;
+            self.isb_owed = false;
+        } else {
+            self.trailing();
+        }
+        self.done = true;
+        self.stats
+    }
+}
+
+impl Drop for PtBatch {
+    fn drop(&mut self) {
+        #[cfg(not(all(barriers_hw, not(test))))]
+        if std::thread::panicking() {
+            return;
+        }
+        debug_assert!(self.done, "PtBatch dropped without finish(): its barriers were never issued");
+    }
+}
+
+const PENDING_DSB: u32 = 1;
+const PENDING_ISB: u32 = 2;
+
+/// Per-CPU lazy-MMU state (seed 002, ARM-RULES.md section 4). Keep one per CPU (or per host test
+/// thread); it is not meant to be shared between CPUs.
+#[derive(Debug, Default)]
+pub struct LazyMmu {
+    depth: AtomicU32,
+    exception: AtomicU32,
+    pending: AtomicU32,
+    sets: AtomicU32,
+}
+
+impl LazyMmu {
+    /// A CPU outside any lazy section.
+    pub const fn new() -> Self {
+        LazyMmu { depth: AtomicU32::new(0), exception: AtomicU32::new(0), pending: AtomicU32::new(0), sets: AtomicU32::new(0) }
+    }
+
+    /// Enters a (possibly nested) lazy section. Barriers queued inside are issued when the
+    /// outermost scope ends.
+    pub fn enter(&self) -> LazyScope<'_> {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        LazyScope { lazy: self }
+    }
+
+    /// Marks this CPU as running an exception handler until the returned scope ends.
+    pub fn exception(&self) -> ExceptionScope<'_> {
+        self.exception.fetch_add(1, Ordering::Relaxed);
+        ExceptionScope { lazy: self }
+    }
+
+    /// Whether updates are deferred right now (in a lazy section, not in exception context).
+    pub fn is_lazy(&self) -> bool {
+        self.depth.load(Ordering::Relaxed) != 0 && !self.in_exception()
+    }
+
+    /// Whether an exception handler is running.
+    pub fn in_exception(&self) -> bool {
+        self.exception.load(Ordering::Relaxed) != 0
+    }
+
+    /// Number of times the pending flags were actually set (invariant 23: at most once per
+    /// section and barrier kind; re-marking does no atomic operation).
+    pub fn pending_sets(&self) -> u32 {
+        self.sets.load(Ordering::Relaxed)
+    }
+
+    /// The EL2 stage-1 "queue_pte_barriers" of seed 002: `DSB ISHST; ISB` now, or pending.
+    pub fn queue_pte_barriers(&self) {
+        self.queue(true, true);
+    }
+
+    fn queue(&self, dsb: bool, isb: bool) {
+        let want = (if dsb { PENDING_DSB } else { 0 }) | (if isb { PENDING_ISB } else { 0 });
+        if want == 0 {
+            return;
+        }
+        if self.is_lazy() {
+            // Seed 002 agreed v3: test before set; when already pending, do nothing.
+            let flags = self.pending.load(Ordering::Relaxed);
+            if flags & want != want {
+                self.pending.fetch_or(want, Ordering::Relaxed);
+                self.sets.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            Self::emit(want);
+        }
+    }
+
+    fn emit(flags: u32) {
+        if flags & PENDING_DSB != 0 {
+            // New descriptors visible to the walkers (R_XCLRD, 2.2 invalid→valid).
+            emit::dsb(DsbKind::Ishst);
+        }
+        if flags & PENDING_ISB != 0 {
+            // EL2 uses the new mappings next: drop speculative faulting translations.
+            emit::isb();
+        }
+    }
+
+    fn leave(&self) {
+        if self.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let flags = self.pending.swap(0, Ordering::Relaxed);
+            Self::emit(flags);
+        }
+    }
+}
+
+/// A lazy section; the outermost one issues the pending barriers when dropped.
+#[must_use = "dropping the scope ends the lazy section at once"]
+#[derive(Debug)]
+pub struct LazyScope<'a> {
+    lazy: &'a LazyMmu,
+}
+
+impl Drop for LazyScope<'_> {
+    fn drop(&mut self) {
+        self.lazy.leave();
+    }
+}
+
+/// Exception context on a CPU; see [`LazyMmu::exception`].
+#[must_use = "dropping the scope ends exception context at once"]
+#[derive(Debug)]
+pub struct ExceptionScope<'a> {
+    lazy: &'a LazyMmu,
+}
+
+impl Drop for ExceptionScope<'_> {
+    fn drop(&mut self) {
+        self.lazy.exception.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,46 @@
+//! The per-thread instruction trace of the recording backend (host builds only).
+//!
+//! Every instruction the crate would emit on the hypervisor target is appended here instead, in
+//! program order. Tests take the trace and compare it with an exact expected `Vec<Insn>`, or run
+//! [`crate::check::check`] over it. The shadow register file gives reads and the `changed` field
+//! of [`Insn::Msr`] their values; it starts at zero and can be preset with [`set_reg`] (which
+//! records nothing).
+
+use crate::insn::{emit, Insn, SysReg};
+use std::vec::Vec;
+
+/// Returns the trace recorded so far on this thread and empties it.
+pub fn take() -> Vec<Insn> {
+    emit::TRACE.with(|t| core::mem::take(&mut *t.borrow_mut()))
+}
+
+/// Empties this thread's trace (the shadow registers are kept).
+pub fn clear() {
+    emit::TRACE.with(|t| t.borrow_mut().clear());
+}
+
+/// Empties this thread's trace and resets every shadow register to zero.
+pub fn reset() {
+    clear();
+    emit::REGS.with(|r| r.borrow_mut().clear());
+}
+
+/// Number of entries recorded so far on this thread.
+pub fn len() -> usize {
+    emit::TRACE.with(|t| t.borrow().len())
+}
+
+/// Presets a shadow register without recording anything (models state from before the trace).
+pub fn set_reg(reg: SysReg, value: u64) {
+    emit::REGS.with(|r| r.borrow_mut().insert(reg, value));
+}
+
+/// The current shadow value of `reg` (zero if never written), without recording anything.
+pub fn reg(reg: SysReg) -> u64 {
+    emit::peek(reg)
+}
+
+/// Appends an entry as if the crate had emitted it (for building traces in other crates' tests).
+pub fn record(insn: Insn) {
+    emit::push(insn);
+}
