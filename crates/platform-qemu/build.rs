@@ -3,6 +3,8 @@
 
 fn main() {
     if let Err(message) = board::build_script::run("qemu") {
-        panic!("\n\nplatform-qemu: {message}\n\n");
+        // Fails the build; cargo shows this (no panic backtrace to wade through).
+        eprintln!("error: platform-qemu: {message}");
+        std::process::exit(1);
     }
 }

@@ -3,6 +3,8 @@
 
 fn main() {
     if let Err(message) = board::build_script::run("rpi4") {
-        panic!("\n\nplatform-rpi4: {message}\n\n");
+        // Fails the build; cargo shows this (no panic backtrace to wade through).
+        eprintln!("error: platform-rpi4: {message}");
+        std::process::exit(1);
     }
 }

@@ -152,7 +152,12 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// Writes `bytes` unless the file already holds them (keeps the mtime, so
+/// cargo's rerun-if-changed does not rebuild the platform crate needlessly).
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -208,11 +213,7 @@ fn build_payloads(platform: Platform, board: &Board) -> Result<PathBuf> {
         });
     }
     let manifest_path = payload_dir.join(board::MANIFEST_FILE);
-    let text = manifest.to_toml();
-    // Rewrite only on change, so the platform crate is not rebuilt needlessly.
-    if std::fs::read_to_string(&manifest_path).ok().as_deref() != Some(text.as_str()) {
-        write(&manifest_path, text.as_bytes())?;
-    }
+    write(&manifest_path, manifest.to_toml().as_bytes())?;
     Ok(payload_dir)
 }
 

@@ -588,8 +588,10 @@ pub mod build_script {
         desc.check()
             .map_err(|e| format!("{}: {e}", board_toml.display()))?;
 
+        // The crate directory, not link.ld itself: a missing file would make
+        // cargo rerun this script on every build, and this notices a new link.ld.
+        println!("cargo:rerun-if-changed={}", manifest_dir.display());
         let link_ld = manifest_dir.join("link.ld");
-        println!("cargo:rerun-if-changed={}", link_ld.display());
         if link_ld.exists() {
             println!("cargo:rustc-link-arg-bins=-T{}", link_ld.display());
         }
