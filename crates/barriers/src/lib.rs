@@ -12,3 +12,7 @@ pub mod pt;
 pub mod trace;
 
 pub use insn::{Consumer, DsbKind, Insn, SysReg, Tlbi};
+pub mod regs;
+pub mod sync;
+
+pub use sync::{enter_guest, isb, EosChecked, GuestPending, Pending, Synced};

@@ -347,6 +347,15 @@ impl PtBatch {
         self.dsb(DsbKind::Ish);
     }
 
+    /// `IC IALLU; DSB ISH`: invalidates this PE's instruction caches after code was written
+    /// through a cacheable alias (ARM-RULES.md section 3: after loading images, before the guest
+    /// first runs). The guest's ERET is the CSE that discards prefetched instructions.
+    pub fn invalidate_icache(&mut self) {
+        emit::ic_iallu();
+        // Completes the invalidation before the ERET that exposes the code.
+        self.dsb(DsbKind::Ish);
+    }
+
     fn trailing(&mut self) {
         if self.store_owed {
             // 2.2 step 9 / R_XCLRD: the new descriptors reach the walkers. Stage 2: the ERET into

@@ -1,0 +1,488 @@
+//! Typed system-register accessors. Each register is a zero-sized type; reads are safe, writes
+//! return a [`Pending`] token of the register's consumer class (see [`crate::sync`]). Writes of
+//! registers that control translation, exception routing or trapping are `unsafe`.
+//!
+//! Field masks come from `aarch64-cpu` where it defines them.
+
+use crate::insn::{emit, SysReg};
+use crate::sync::{El1Names, El2Fp, El2Translation, GicSre, GuestOnly, HcrAny, Includes, Pending, Synced, VmidCtx};
+use aarch64_cpu::registers::{HCR_EL2, VTTBR_EL2};
+
+/// The in-place mask of an `aarch64-cpu` field.
+macro_rules! mask {
+    ($f:expr) => {
+        ($f.mask << $f.shift)
+    };
+}
+
+/// Writes `value` to `reg` and returns the changed bits (exact on the host; on the target the old
+/// value is not read, so every bit counts as changed).
+///
+/// # Safety
+///
+/// The caller's typed writer upholds the register's contract.
+unsafe fn write_raw(reg: SysReg, value: u64) -> u64 {
+    #[cfg(not(all(barriers_hw, not(test))))]
+    let changed = emit::peek(reg) ^ value;
+    #[cfg(all(barriers_hw, not(test)))]
+    let changed = u64::MAX;
+    // SAFETY: forwarded contract.
+    unsafe { emit::msr(reg, value) };
+    changed
+}
+
+macro_rules! el2_reg {
+    ($(#[$m:meta])* $name:ident, $reg:ident, $class:ty, safety = $safety:literal) => {
+        $(#[$m])*
+        #[derive(Debug)]
+        pub struct $name;
+        impl $name {
+            /// The register.
+            pub const REG: SysReg = SysReg::$reg;
+
+            /// Reads the register.
+            pub fn read() -> u64 {
+                emit::mrs(SysReg::$reg)
+            }
+
+            /// Writes the register.
+            ///
+            /// # Safety
+            ///
+            #[doc = $safety]
+            pub unsafe fn write(value: u64) -> Pending<$class> {
+                // SAFETY: forwarded contract.
+                let changed = unsafe { write_raw(SysReg::$reg, value) };
+                Pending::new(SysReg::$reg, changed)
+            }
+        }
+    };
+    ($(#[$m:meta])* $name:ident, $reg:ident, $class:ty, safe) => {
+        $(#[$m])*
+        #[derive(Debug)]
+        pub struct $name;
+        impl $name {
+            /// The register.
+            pub const REG: SysReg = SysReg::$reg;
+
+            /// Reads the register.
+            pub fn read() -> u64 {
+                emit::mrs(SysReg::$reg)
+            }
+
+            /// Writes the register (it affects only the guest, so the write is safe).
+            pub fn write(value: u64) -> Pending<$class> {
+                // SAFETY: the register only holds guest-visible state (identification or counter
+                // offset); no EL2 behaviour depends on it.
+                let changed = unsafe { write_raw(SysReg::$reg, value) };
+                Pending::new(SysReg::$reg, changed)
+            }
+        }
+    };
+}
+
+el2_reg!(
+    /// VTTBR_EL2: stage-2 base and VMID. Consumers: TLBI by VMID and AT at EL2 (in-context,
+    /// [`VmidCtx`]); the guest's stage-2 walks (discharged by the ERET).
+    VttbrEl2, VttbrEl2, VmidCtx,
+    safety = "The table at BADDR must be a valid stage-2 table for the VMID that maps only memory the VM owns, and stay so while the VMID runs. Issue TLBI by VMID only with a `Synced<VmidCtx>` proof."
+);
+el2_reg!(
+    /// VTCR_EL2: stage-2 translation control (TLB-cacheable: change only for a VMID with no live
+    /// TLB entries, or TLBI it afterwards, invariant 9).
+    VtcrEl2, VtcrEl2, VmidCtx,
+    safety = "The value must describe the stage-2 tables of every VMID that will run with it (granule, T0SZ, start level, PS)."
+);
+el2_reg!(
+    /// VBAR_EL2. Its in-context consumer is an exception taken at EL2 before the next CSE; the
+    /// contract keeps both vector tables valid across that gap, so the token is [`GuestOnly`]
+    /// (exits from the guest happen after the ERET).
+    VbarEl2, VbarEl2, GuestOnly,
+    safety = "`value` must be the address of a valid EL2 vector table, and the previous table must stay valid until the next context synchronisation event."
+);
+el2_reg!(
+    /// SCTLR_EL2. Consumer: every EL2 access ([`El2Translation`]); ISB at once.
+    SctlrEl2, SctlrEl2, El2Translation,
+    safety = "The new value must keep EL2's code, data and stack accessible (M/C/EE/WXN/A consistent with TTBR0/TCR/MAIR_EL2), keep EIS = EOS = 1, and be followed by `isb()` before any EL2 memory access that relies on it."
+);
+el2_reg!(
+    /// TTBR0_EL2. Consumer: EL2 translation ([`El2Translation`]).
+    Ttbr0El2, Ttbr0El2, El2Translation,
+    safety = "The table must map EL2's code, data and stack as before (or the MMU must be off), and be followed by `isb()` before EL2 relies on the new tables; with the MMU on, stale entries need TLBI ALLE2."
+);
+el2_reg!(
+    /// MAIR_EL2 (TLB-cacheable). Consumer: EL2 translation ([`El2Translation`]).
+    MairEl2, MairEl2, El2Translation,
+    safety = "Attribute indices used by live EL2 mappings must keep their meaning (or the MMU must be off); follow with `isb()` (and TLBI ALLE2 with the MMU on)."
+);
+el2_reg!(
+    /// CNTHCTL_EL2 (E2H = 0: the EL1* bits trap the guest's timer/counter accesses).
+    CnthctlEl2, CnthctlEl2, GuestOnly,
+    safety = "Traps that the hypervisor relies on for isolation (physical timer/counter access) must stay set for guests that must not use them."
+);
+el2_reg!(
+    /// MDCR_EL2: debug/PMU traps (KVM writes it with no ISB).
+    MdcrEl2, MdcrEl2, GuestOnly,
+    safety = "Debug/PMU traps the hypervisor relies on for isolation must stay set, and EL2 must not use PMU/SPE/TRBE resources these fields reassign before the next CSE."
+);
+el2_reg!(
+    /// ICC_SRE_EL2. Consumer: following ICC_*/ICH_* accesses ([`GicSre`]).
+    IccSreEl2, IccSreEl2, GicSre,
+    safety = "SRE must be 1 (this hypervisor uses system-register GIC access) and Enable must match the intended EL1 access policy; ICC/ICH accesses need a `Synced<GicSre>` proof afterwards."
+);
+el2_reg!(
+    /// CNTVOFF_EL2: the guest's virtual counter offset.
+    CntvoffEl2, CntvoffEl2, GuestOnly, safe
+);
+el2_reg!(
+    /// VPIDR_EL2: the MIDR_EL1 value the guest reads.
+    VpidrEl2, VpidrEl2, GuestOnly, safe
+);
+el2_reg!(
+    /// VMPIDR_EL2: the MPIDR_EL1 value the guest reads.
+    VmpidrEl2, VmpidrEl2, GuestOnly, safe
+);
+
+/// HCR_EL2 fields that only trap or configure the guest (EL1/EL0 traps, virtual interrupt
+/// pending bits): changing only these needs no ISB before the ERET (ARM-RULES.md section 1,
+/// "HCR.TVM/TRVM/TSW/TWI/TWE/TSC/TID*/API/APK" row; seed 000).
+pub const HCR_GUEST_ONLY_FIELDS: u64 = mask!(HCR_EL2::TVM)
+    | mask!(HCR_EL2::TRVM)
+    | mask!(HCR_EL2::TSW)
+    | mask!(HCR_EL2::TWI)
+    | mask!(HCR_EL2::TWE)
+    | mask!(HCR_EL2::TSC)
+    | mask!(HCR_EL2::TID0)
+    | mask!(HCR_EL2::TID1)
+    | mask!(HCR_EL2::TID2)
+    | mask!(HCR_EL2::TID3)
+    | mask!(HCR_EL2::TID4)
+    | mask!(HCR_EL2::TID5)
+    | mask!(HCR_EL2::TIDCP)
+    | mask!(HCR_EL2::TACR)
+    | mask!(HCR_EL2::TTLB)
+    | mask!(HCR_EL2::TTLBIS)
+    | mask!(HCR_EL2::TTLBOS)
+    | mask!(HCR_EL2::TPU)
+    | mask!(HCR_EL2::TPCP)
+    | mask!(HCR_EL2::TOCU)
+    | mask!(HCR_EL2::TICAB)
+    | mask!(HCR_EL2::TDZ)
+    | mask!(HCR_EL2::TERR)
+    | mask!(HCR_EL2::TLOR)
+    | mask!(HCR_EL2::TEA)
+    | mask!(HCR_EL2::API)
+    | mask!(HCR_EL2::APK)
+    | mask!(HCR_EL2::VI)
+    | mask!(HCR_EL2::VF)
+    | mask!(HCR_EL2::VSE);
+
+/// HCR_EL2 fields the ERET itself reads before its synchronisation point (invariant 4).
+pub const HCR_ERET_FIELDS: u64 =
+    mask!(HCR_EL2::RW) | mask!(HCR_EL2::E2H) | mask!(HCR_EL2::TGE) | mask!(HCR_EL2::NV) | mask!(HCR_EL2::NV1);
+
+/// HCR_EL2.E2H | TGE: redirect `*_EL1` names and select the regime of TLBI/AT (invariants 6, 7).
+pub const HCR_E2H_TGE: u64 = mask!(HCR_EL2::E2H) | mask!(HCR_EL2::TGE);
+
+/// HCR_EL2.
+#[derive(Debug)]
+pub struct HcrEl2;
+
+impl HcrEl2 {
+    /// The register.
+    pub const REG: SysReg = SysReg::HcrEl2;
+
+    /// Reads HCR_EL2.
+    pub fn read() -> u64 {
+        emit::mrs(SysReg::HcrEl2)
+    }
+
+    /// Writes any HCR_EL2 value. The token ([`HcrAny`]) needs an [`crate::isb`] before any
+    /// in-context consumer *and* before the ERET.
+    ///
+    /// # Safety
+    ///
+    /// The value must keep E2H = 0 (this hypervisor is nVHE), keep the traps the hypervisor relies
+    /// on for isolation, and route physical interrupts as the interrupt code expects. VM and RW
+    /// are TLB-cacheable (invariant 9): change them only for a VMID with no live TLB entries.
+    pub unsafe fn write(value: u64) -> Pending<HcrAny> {
+        // SAFETY: forwarded contract.
+        let changed = unsafe { write_raw(SysReg::HcrEl2, value) };
+        Pending::new(SysReg::HcrEl2, changed)
+    }
+
+    /// Writes HCR_EL2 when only [`HCR_GUEST_ONLY_FIELDS`] differ from the current value (trap
+    /// bits, virtual interrupt pending). The token is [`GuestOnly`]: the entry ERET synchronises
+    /// it, no ISB (seed 000).
+    ///
+    /// # Safety
+    ///
+    /// As for [`HcrEl2::write`].
+    ///
+    /// # Panics
+    ///
+    /// In debug builds (always on the host), if any other field changes: a hypervisor bug.
+    pub unsafe fn write_traps_only(value: u64) -> Pending<GuestOnly> {
+        if cfg!(any(debug_assertions, not(all(barriers_hw, not(test))))) {
+            let old = emit::peek(SysReg::HcrEl2);
+            let other = (old ^ value) & !HCR_GUEST_ONLY_FIELDS;
+            assert!(
+                other == 0,
+                "HcrEl2::write_traps_only: non-trap fields {other:#x} change ({old:#x} -> {value:#x}); use HcrEl2::write and isb()"
+            );
+        }
+        // SAFETY: forwarded contract.
+        let changed = unsafe { write_raw(SysReg::HcrEl2, value) };
+        Pending::new(SysReg::HcrEl2, changed)
+    }
+}
+
+/// CPTR_EL2 (E2H = 0 layout) trap bits for FP/SIMD (TFP, bit 10), SVE (TZ, bit 8) and SME (TSM,
+/// bit 12). `aarch64-cpu` 11.2 does not define these fields for the nVHE layout.
+pub const CPTR_EL2_FP_TRAPS: u64 = (1 << 10) | (1 << 8) | (1 << 12);
+
+/// CPTR_EL2. Its layout depends on HCR_EL2.E2H, so writes need a `Synced<El1Names>` proof
+/// (invariant 6).
+#[derive(Debug)]
+pub struct CptrEl2;
+
+impl CptrEl2 {
+    /// The register.
+    pub const REG: SysReg = SysReg::CptrEl2;
+
+    /// Reads CPTR_EL2.
+    pub fn read() -> u64 {
+        emit::mrs(SysReg::CptrEl2)
+    }
+
+    /// Writes CPTR_EL2, possibly clearing FP/SVE/SME traps: EL2 FP use then needs an ISB
+    /// ([`El2Fp`], invariant 8). The guest side is discharged by the ERET.
+    ///
+    /// # Safety
+    ///
+    /// EL2 must not execute FP/SIMD/SVE instructions before the token is synchronised (the
+    /// hypervisor is built soft-float; FP state belongs to the guest and is switched lazily), and
+    /// traps the hypervisor relies on for lazy FP switching must be set while another vCPU's FP
+    /// state is live.
+    pub unsafe fn write<K: Includes<El1Names>>(_e2h: &Synced<K>, value: u64) -> Pending<El2Fp> {
+        // SAFETY: forwarded contract.
+        let changed = unsafe { write_raw(SysReg::CptrEl2, value) };
+        Pending::new(SysReg::CptrEl2, changed)
+    }
+
+    /// Writes CPTR_EL2 when no FP/SVE/SME trap is cleared (setting traps needs no ISB before the
+    /// ERET, ARM-RULES.md section 1).
+    ///
+    /// # Safety
+    ///
+    /// As for [`CptrEl2::write`].
+    ///
+    /// # Panics
+    ///
+    /// In debug builds (always on the host), if a trap in [`CPTR_EL2_FP_TRAPS`] is cleared.
+    pub unsafe fn write_setting_traps<K: Includes<El1Names>>(_e2h: &Synced<K>, value: u64) -> Pending<GuestOnly> {
+        if cfg!(any(debug_assertions, not(all(barriers_hw, not(test))))) {
+            let old = emit::peek(SysReg::CptrEl2);
+            let cleared = old & !value & CPTR_EL2_FP_TRAPS;
+            assert!(cleared == 0, "CptrEl2::write_setting_traps clears FP traps {cleared:#x}; use CptrEl2::write");
+        }
+        // SAFETY: forwarded contract.
+        let changed = unsafe { write_raw(SysReg::CptrEl2, value) };
+        Pending::new(SysReg::CptrEl2, changed)
+    }
+}
+
+/// TCR_EL2. Layout depends on HCR_EL2.E2H (proof required, invariant 6); consumer: EL2
+/// translation ([`El2Translation`]).
+#[derive(Debug)]
+pub struct TcrEl2;
+
+impl TcrEl2 {
+    /// The register.
+    pub const REG: SysReg = SysReg::TcrEl2;
+
+    /// Reads TCR_EL2.
+    pub fn read() -> u64 {
+        emit::mrs(SysReg::TcrEl2)
+    }
+
+    /// Writes TCR_EL2.
+    ///
+    /// # Safety
+    ///
+    /// The value must describe the tables in TTBR0_EL2 (or the MMU must be off), and `isb()` must
+    /// follow before EL2 relies on it; with the MMU on, stale entries need TLBI ALLE2 (TCR_EL2 is
+    /// TLB-cacheable).
+    pub unsafe fn write<K: Includes<El1Names>>(_e2h: &Synced<K>, value: u64) -> Pending<El2Translation> {
+        // SAFETY: forwarded contract.
+        let changed = unsafe { write_raw(SysReg::TcrEl2, value) };
+        Pending::new(SysReg::TcrEl2, changed)
+    }
+}
+
+/// The VMID field of a VTTBR_EL2 value.
+pub const fn vttbr_vmid(vttbr: u64) -> u16 {
+    ((vttbr & mask!(VTTBR_EL2::VMID)) >> 48) as u16
+}
+
+macro_rules! gic_reg {
+    ($(#[$m:meta])* $name:ident, $reg:ident, $($unsafety:ident)?, safety = $safety:literal) => {
+        $(#[$m])*
+        #[derive(Debug)]
+        pub struct $name;
+        impl $name {
+            /// The register.
+            pub const REG: SysReg = SysReg::$reg;
+
+            /// Reads the register (needs ICC_SRE_EL2 synchronised).
+            pub fn read<K: Includes<GicSre>>(_sre: &Synced<K>) -> u64 {
+                emit::mrs(SysReg::$reg)
+            }
+
+            /// Writes the register (needs ICC_SRE_EL2 synchronised). Only the guest's virtual CPU
+            /// interface depends on it; the ERET synchronises it (KVM: no ISB).
+            ///
+            #[doc = $safety]
+            pub $($unsafety)? fn write<K: Includes<GicSre>>(_sre: &Synced<K>, value: u64) -> Pending<GuestOnly> {
+                // SAFETY: see the writer's contract; the register is part of the virtual CPU
+                // interface only.
+                let changed = unsafe { write_raw(SysReg::$reg, value) };
+                Pending::new(SysReg::$reg, changed)
+            }
+        }
+    };
+}
+
+gic_reg!(
+    /// ICH_HCR_EL2: virtual CPU interface control and traps.
+    IchHcrEl2, IchHcrEl2, unsafe,
+    safety = "# Safety\n\nTraps of the guest's GIC system-register accesses that the hypervisor relies on must stay set."
+);
+gic_reg!(
+    /// ICH_VMCR_EL2: the guest's virtual CPU interface state.
+    IchVmcrEl2, IchVmcrEl2, ,
+    safety = ""
+);
+
+/// ICH_LR<n>_EL2, n in 0..16: list registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IchLrEl2(u8);
+
+impl IchLrEl2 {
+    /// List register `n`.
+    ///
+    /// # Panics
+    ///
+    /// If `n >= 16`.
+    pub const fn new(n: u8) -> Self {
+        assert!(n < 16, "ICH_LR<n>_EL2: n must be < 16");
+        IchLrEl2(n)
+    }
+
+    /// Reads the list register (needs ICC_SRE_EL2 synchronised).
+    pub fn read<K: Includes<GicSre>>(self, _sre: &Synced<K>) -> u64 {
+        emit::mrs(SysReg::IchLr(self.0))
+    }
+
+    /// Writes the list register; the guest is the only consumer (ERET synchronises it).
+    pub fn write<K: Includes<GicSre>>(self, _sre: &Synced<K>, value: u64) -> Pending<GuestOnly> {
+        // SAFETY: list registers only hold virtual interrupts presented to the guest.
+        let changed = unsafe { write_raw(SysReg::IchLr(self.0), value) };
+        Pending::new(SysReg::IchLr(self.0), changed)
+    }
+}
+
+macro_rules! el1_reg {
+    ($($name:ident => $reg:ident,)*) => {$(
+        #[doc = concat!("`", stringify!($reg), "`: EL1&0 context the world switch saves and restores. ")]
+        #[doc = "Accessed from EL2 through an `*_EL1`/`*_EL0` name, so every access needs HCR_EL2.E2H/TGE "]
+        #[doc = "synchronised ([`El1Names`]); writes are [`GuestOnly`] (D8.1.5 I_SFZVV, R_NRJPP: EL2 never "]
+        #[doc = "uses EL1&0 registers for its own accesses)."]
+        #[derive(Debug)]
+        pub struct $name;
+        impl $name {
+            /// The register.
+            pub const REG: SysReg = SysReg::$reg;
+
+            /// Reads the register.
+            pub fn read<K: Includes<El1Names>>(_e2h: &Synced<K>) -> u64 {
+                emit::mrs(SysReg::$reg)
+            }
+
+            /// Writes the register.
+            pub fn write<K: Includes<El1Names>>(_e2h: &Synced<K>, value: u64) -> Pending<GuestOnly> {
+                // SAFETY: EL1&0 context only affects the guest (R_NRJPP); E2H redirection is
+                // synchronised (proof), so the write reaches the EL1 register.
+                let changed = unsafe { write_raw(SysReg::$reg, value) };
+                Pending::new(SysReg::$reg, changed)
+            }
+        }
+    )*};
+}
+
+el1_reg! {
+    SctlrEl1 => SctlrEl1,
+    Ttbr0El1 => Ttbr0El1,
+    Ttbr1El1 => Ttbr1El1,
+    TcrEl1 => TcrEl1,
+    MairEl1 => MairEl1,
+    AmairEl1 => AmairEl1,
+    VbarEl1 => VbarEl1,
+    ContextidrEl1 => ContextidrEl1,
+    TpidrEl0 => TpidrEl0,
+    TpidrroEl0 => TpidrroEl0,
+    TpidrEl1 => TpidrEl1,
+    SpEl0 => SpEl0,
+    SpEl1 => SpEl1,
+    ElrEl1 => ElrEl1,
+    SpsrEl1 => SpsrEl1,
+    EsrEl1 => EsrEl1,
+    FarEl1 => FarEl1,
+    Afsr0El1 => Afsr0El1,
+    Afsr1El1 => Afsr1El1,
+    ParEl1 => ParEl1,
+    CntkctlEl1 => CntkctlEl1,
+    CpacrEl1 => CpacrEl1,
+    CntvCtlEl0 => CntvCtlEl0,
+    CntvCvalEl0 => CntvCvalEl0,
+}
+
+macro_rules! special_reg {
+    ($(#[$m:meta])* $name:ident, $reg:ident) => {
+        $(#[$m])*
+        ///
+        /// Special-purpose register: accesses are in program order (C5.1.5.1), so writes need no
+        /// synchronisation and return no token.
+        #[derive(Debug)]
+        pub struct $name;
+        impl $name {
+            /// The register.
+            pub const REG: SysReg = SysReg::$reg;
+
+            /// Reads the register.
+            pub fn read() -> u64 {
+                emit::mrs(SysReg::$reg)
+            }
+
+            /// Writes the register.
+            ///
+            /// # Safety
+            ///
+            /// The next ERET returns with this state: it must describe the intended lower-EL
+            /// context (never EL2 with an attacker-chosen address).
+            pub unsafe fn write(value: u64) {
+                // SAFETY: forwarded contract.
+                unsafe { write_raw(SysReg::$reg, value) };
+            }
+        }
+    };
+}
+
+special_reg!(
+    /// ELR_EL2: the ERET return address.
+    ElrEl2, ElrEl2
+);
+special_reg!(
+    /// SPSR_EL2: the ERET return state.
+    SpsrEl2, SpsrEl2
+);
