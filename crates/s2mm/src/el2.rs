@@ -1,0 +1,216 @@
+//! The hypervisor's own EL2 stage-1 tables (HCR_EL2.E2H = 0), built by the same walker with
+//! the EL2 descriptor format, and the TCR_EL2 / MAIR_EL2 values.
+
+use crate::addr::{Pa, Va, MAX_PA_BITS, PAGE_SIZE};
+use crate::alloc::TableAlloc;
+use crate::batch::BatchStats;
+use crate::desc::{Attrs, El2Format, Format, PageState, Perms, OA_MASK, VALID};
+use crate::stage2::parange_bits;
+use crate::walk::{shift, size, Fault, Op, Tables};
+use crate::{BlockSize, Error, Mapping};
+
+/// EL2 stage-1 tables.
+#[derive(Debug)]
+pub struct El2Stage1 {
+    tables: Tables<El2Format>,
+}
+
+impl El2Stage1 {
+    /// Allocates empty tables covering `va_bits` of VA (TCR_EL2.T0SZ = 64 - `va_bits`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnsupportedIpaSize`] unless 25 <= `va_bits` <= 48; [`Error::OutOfMemory`].
+    pub fn new<A: TableAlloc>(alloc: &mut A, va_bits: u32) -> Result<Self, Error> {
+        if !(25..=48).contains(&va_bits) {
+            return Err(Error::UnsupportedIpaSize);
+        }
+        // Stage 1 has no concatenation: start at the level whose table covers the rest.
+        let levels = (va_bits - 12).div_ceil(9);
+        let start_level = (4 - levels) as u8;
+        let root_entries = 1usize << (va_bits - shift(start_level));
+        let root = alloc.alloc_table().ok_or(Error::OutOfMemory)?;
+        Ok(Self {
+            tables: Tables {
+                root,
+                root_pages: 1,
+                root_entries,
+                start_level,
+                ia_bits: va_bits,
+                fmt: El2Format,
+                min_leaf_level: 1,
+                tlbi_limit: crate::stage2::DEFAULT_TLBI_LIMIT,
+            },
+        })
+    }
+
+    /// Largest leaf created (default 1 GiB).
+    pub fn set_block_policy(&mut self, largest: BlockSize) {
+        self.tables.min_leaf_level = largest.level();
+    }
+
+    fn check(&self, va: Va, size: u64) -> Result<(), Error> {
+        if size == 0 || !va.is_aligned(PAGE_SIZE) || size % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned);
+        }
+        match va.0.checked_add(size) {
+            Some(end) if end <= 1u64 << self.tables.ia_bits => Ok(()),
+            _ => Err(Error::OutOfRange),
+        }
+    }
+
+    /// Maps `[va, va + size)` to `[pa, pa + size)`. `attrs.perms` must be RW, RX or RO
+    /// (W^X); device memory must not be executable. The batch ends with DSB ISHST + ISB,
+    /// since EL2 itself consumes the mapping (§2.2 "Invalid→valid", KVM `kvm_pgtable_hyp_map`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAttrs`], [`Error::Unaligned`], [`Error::OutOfRange`],
+    /// [`Error::OutOfMemory`].
+    pub fn map<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        va: Va,
+        pa: Pa,
+        size: u64,
+        attrs: Attrs,
+    ) -> Result<BatchStats, Error> {
+        self.map_state(alloc, va, pa, size, attrs, PageState::Owned)
+    }
+
+    /// [`El2Stage1::map`] with an explicit page state (e.g. `SharedBorrowed` for a page the
+    /// host shared with the hypervisor).
+    ///
+    /// # Errors
+    ///
+    /// As [`El2Stage1::map`].
+    pub fn map_state<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        va: Va,
+        pa: Pa,
+        size: u64,
+        attrs: Attrs,
+        state: PageState,
+    ) -> Result<BatchStats, Error> {
+        self.check(va, size)?;
+        if !pa.is_aligned(PAGE_SIZE)
+            || pa
+                .0
+                .checked_add(size)
+                .is_none_or(|e| e > 1u64 << MAX_PA_BITS)
+        {
+            return Err(Error::OutOfRange);
+        }
+        let bits = self.tables.fmt.leaf_bits(attrs, state)?;
+        let op = Op::Map {
+            delta: pa.0.wrapping_sub(va.0),
+            bits,
+        };
+        self.tables.run(alloc, op, va.0, size, Fault::None, None)
+    }
+
+    /// Identity-maps `[pa, pa + size)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`El2Stage1::map`].
+    pub fn map_identity<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        pa: Pa,
+        size: u64,
+        attrs: Attrs,
+    ) -> Result<BatchStats, Error> {
+        self.map(alloc, Va(pa.0), pa, size, attrs)
+    }
+
+    /// Unmaps `[va, va + size)`; emptied tables are freed after TLBI VAE2IS/ALLE2IS completed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unaligned`], [`Error::OutOfRange`], [`Error::OutOfMemory`].
+    pub fn unmap<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        va: Va,
+        size: u64,
+    ) -> Result<BatchStats, Error> {
+        self.check(va, size)?;
+        self.tables
+            .run(alloc, Op::Unmap { inval: 0 }, va.0, size, Fault::None, None)
+    }
+
+    /// Changes permissions of mapped pages in the range.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAttrs`] for W+X or non-readable; otherwise as [`El2Stage1::unmap`].
+    pub fn protect<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        va: Va,
+        size: u64,
+        perms: Perms,
+    ) -> Result<BatchStats, Error> {
+        self.check(va, size)?;
+        let f = &self.tables.fmt;
+        let op = Op::Modify {
+            mask: f.perm_mask(),
+            bits: f.perm_bits(perms)?,
+        };
+        self.tables.run(alloc, op, va.0, size, Fault::None, None)
+    }
+
+    /// Translation of `va`.
+    #[must_use]
+    pub fn query<A: TableAlloc>(&self, alloc: &A, va: Va) -> Option<Mapping> {
+        let (d, level) = self.tables.lookup(alloc, va.0)?;
+        if d & VALID == 0 {
+            return None;
+        }
+        let off = va.0 & (size(level) - 1) & !(PAGE_SIZE - 1);
+        Some(Mapping {
+            pa: Pa((d & OA_MASK) + off),
+            attrs: self.tables.fmt.decode(d),
+            state: PageState::from_desc(d),
+            level,
+        })
+    }
+
+    /// TTBR0_EL2 (root PA; CnP = 0).
+    #[must_use]
+    pub const fn ttbr0_el2(&self) -> u64 {
+        self.tables.root.0
+    }
+
+    /// MAIR_EL2 matching the AttrIndx values this crate writes.
+    #[must_use]
+    pub const fn mair_el2() -> u64 {
+        El2Format::MAIR_EL2
+    }
+
+    /// TCR_EL2 (E2H = 0 layout): T0SZ, IRGN0/ORGN0 write-back write-allocate, SH0 inner,
+    /// TG0 = 4 KiB, PS from `parange_field` (capped at 48 bits), RES1 bits 31 and 23.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnsupportedPaRange`] for reserved PARange values.
+    pub fn tcr_el2(&self, parange_field: u64) -> Result<u64, Error> {
+        parange_bits(parange_field)?;
+        let t0sz = u64::from(64 - self.tables.ia_bits);
+        Ok(t0sz
+            | (0b01 << 8)
+            | (0b01 << 10)
+            | (0b11 << 12)
+            | (parange_field.min(5) << 16)
+            | (1 << 23)
+            | (1 << 31))
+    }
+
+    /// Frees every table after breaking the root entries and completing TLBI ALLE2-class
+    /// invalidation. EL2 must no longer run on these tables.
+    pub fn destroy<A: TableAlloc>(self, alloc: &mut A) -> BatchStats {
+        self.tables.destroy(alloc)
+    }
+}

@@ -1,0 +1,1 @@
+//! Page ownership transitions (placeholder).

@@ -1,0 +1,351 @@
+//! Stage-2 translation tables for one VM (or the host) and the VTCR_EL2/VTTBR_EL2 values.
+
+use crate::addr::{Ipa, Pa, MAX_PA_BITS, PAGE_SIZE};
+use crate::alloc::TableAlloc;
+use crate::batch::BatchStats;
+use crate::desc::{
+    Attrs, Format, OwnerId, PageState, Perms, Stage2Format, OA_MASK, OWNER_MASK, OWNER_SHIFT,
+    STATE_MASK, VALID,
+};
+use crate::walk::{size, Fault, Op, Tables};
+use crate::{BlockSize, Error, Mapping};
+
+/// Default TLBI policy: up to this many leaf invalidations per batch are issued one by one
+/// (IPAS2E1IS with a level hint); more become one VMALLS12E1IS.
+pub const DEFAULT_TLBI_LIMIT: usize = 32;
+
+/// Start level and root size for a stage-2 IPA size, concatenating up to 16 start-level tables
+/// so that as few levels as possible are walked (KVM `stage2_pgtable_levels`:
+/// levels = (ipa_bits - 4 - 4) / 9 with a 4 KiB granule).
+///
+/// Returns `(start_level, root_entries, root_pages)`.
+///
+/// # Errors
+///
+/// [`Error::UnsupportedIpaSize`] outside 32..=48 bits.
+pub fn stage2_geometry(ipa_bits: u32) -> Result<(u8, usize, usize), Error> {
+    if !(32..=48).contains(&ipa_bits) {
+        return Err(Error::UnsupportedIpaSize);
+    }
+    let levels = (ipa_bits - 8) / 9;
+    let start = (4 - levels) as u8;
+    let root_bits = ipa_bits - crate::walk::shift(start);
+    let entries = 1usize << root_bits;
+    let pages = entries.div_ceil(512);
+    // R_SRKBC-style check: at most 16 concatenated tables, and none at level 0.
+    debug_assert!(pages <= 16 && (start > 0 || pages == 1));
+    Ok((start, entries, pages))
+}
+
+/// PA size in bits for an `ID_AA64MMFR0_EL1.PARange` value (0..=6).
+///
+/// # Errors
+///
+/// [`Error::UnsupportedPaRange`] for reserved values.
+pub const fn parange_bits(parange: u64) -> Result<u32, Error> {
+    match parange {
+        0 => Ok(32),
+        1 => Ok(36),
+        2 => Ok(40),
+        3 => Ok(42),
+        4 => Ok(44),
+        5 => Ok(48),
+        6 => Ok(52),
+        _ => Err(Error::UnsupportedPaRange),
+    }
+}
+
+/// Stage-2 tables of one VMID.
+#[derive(Debug)]
+pub struct Stage2 {
+    tables: Tables<Stage2Format>,
+    fault: Fault,
+}
+
+impl Stage2 {
+    /// Allocates an empty stage 2 covering `ipa_bits` of IPA space.
+    ///
+    /// `fwb`: FEAT_S2FWB is present and HCR_EL2.FWB will be set; selects the forced
+    /// write-back MemAttr encodings and drops D-cache maintenance.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnsupportedIpaSize`] unless 32 <= `ipa_bits` <= 48; [`Error::OutOfMemory`]
+    /// if the (possibly concatenated) root cannot be allocated.
+    pub fn new<A: TableAlloc>(
+        alloc: &mut A,
+        vmid: u16,
+        ipa_bits: u32,
+        fwb: bool,
+    ) -> Result<Self, Error> {
+        let (start_level, root_entries, root_pages) = stage2_geometry(ipa_bits)?;
+        let root = alloc.alloc_tables(root_pages).ok_or(Error::OutOfMemory)?;
+        Ok(Self {
+            tables: Tables {
+                root,
+                root_pages,
+                root_entries,
+                start_level,
+                ia_bits: ipa_bits,
+                fmt: Stage2Format { fwb, vmid },
+                min_leaf_level: 1,
+                tlbi_limit: DEFAULT_TLBI_LIMIT,
+            },
+            fault: Fault::None,
+        })
+    }
+
+    /// VMID of these tables.
+    #[must_use]
+    pub const fn vmid(&self) -> u16 {
+        self.tables.fmt.vmid
+    }
+
+    /// IPA size in bits.
+    #[must_use]
+    pub const fn ipa_bits(&self) -> u32 {
+        self.tables.ia_bits
+    }
+
+    /// Level of the (concatenated) start table.
+    #[must_use]
+    pub const fn start_level(&self) -> u8 {
+        self.tables.start_level
+    }
+
+    /// Physical address of the root table.
+    #[must_use]
+    pub const fn root(&self) -> Pa {
+        self.tables.root
+    }
+
+    /// Largest leaf this stage 2 creates (default 1 GiB). Existing larger leaves are kept
+    /// until an operation touches them partially.
+    pub fn set_block_policy(&mut self, largest: BlockSize) {
+        self.tables.min_leaf_level = largest.level();
+    }
+
+    /// TLBI policy: batches with more than `max_leaf_tlbis` leaf invalidations use one
+    /// VMALLS12E1IS instead.
+    pub fn set_tlbi_limit(&mut self, max_leaf_tlbis: usize) {
+        self.tables.tlbi_limit = max_leaf_tlbis;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inject_fault(&mut self, fault: Fault) {
+        self.fault = fault;
+    }
+
+    fn check_range(&self, ipa: Ipa, size: u64) -> Result<(), Error> {
+        if size == 0 || !ipa.is_aligned(PAGE_SIZE) || size % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned);
+        }
+        match ipa.0.checked_add(size) {
+            Some(end) if end <= 1u64 << self.tables.ia_bits => Ok(()),
+            _ => Err(Error::OutOfRange),
+        }
+    }
+
+    /// Maps `[ipa, ipa + size)` to `[pa, pa + size)` with `attrs`, tagging every page with
+    /// `state`. Existing mappings in the range are replaced (with break-before-make where the
+    /// architecture requires it); 1 GiB and 2 MiB blocks are used wherever alignment and the
+    /// block policy allow, and uniform tables are collapsed into blocks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unaligned`] (addresses or size not page-aligned, or size 0),
+    /// [`Error::OutOfRange`] (IPA beyond the IPA size, PA beyond 48 bits),
+    /// [`Error::OutOfMemory`] (a table could not be allocated: the range is then partly
+    /// mapped, every page either old or new, and the tables are consistent).
+    pub fn map<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        ipa: Ipa,
+        pa: Pa,
+        size: u64,
+        attrs: Attrs,
+        state: PageState,
+    ) -> Result<BatchStats, Error> {
+        self.check_range(ipa, size)?;
+        if !pa.is_aligned(PAGE_SIZE) {
+            return Err(Error::Unaligned);
+        }
+        match pa.0.checked_add(size) {
+            Some(end) if end <= 1u64 << MAX_PA_BITS => {}
+            _ => return Err(Error::OutOfRange),
+        }
+        let bits = self.tables.fmt.leaf_bits(attrs, state)?;
+        let pre_clean = self
+            .tables
+            .fmt
+            .needs_cmo(bits)
+            .then(|| (alloc.cmo_va(pa).0, size));
+        let op = Op::Map {
+            delta: pa.0.wrapping_sub(ipa.0),
+            bits,
+        };
+        self.tables
+            .run(alloc, op, ipa.0, size, self.fault, pre_clean)
+    }
+
+    /// Unmaps `[ipa, ipa + size)` (plain invalid entries; annotations in the range are
+    /// dropped). Tables that become empty are freed after their invalidation completed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unaligned`], [`Error::OutOfRange`]; [`Error::OutOfMemory`] when a partly
+    /// covered annotated block needs a table.
+    pub fn unmap<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        ipa: Ipa,
+        size: u64,
+    ) -> Result<BatchStats, Error> {
+        self.set_annotation(alloc, ipa, size, OwnerId(0))
+    }
+
+    /// Unmaps `[ipa, ipa + size)` and stores `owner` in the invalid entries ("owned by
+    /// component N"; `OwnerId(0)` is a plain unmap). Query with [`Stage2::annotation`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Stage2::unmap`].
+    pub fn set_annotation<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        ipa: Ipa,
+        size: u64,
+        owner: OwnerId,
+    ) -> Result<BatchStats, Error> {
+        self.check_range(ipa, size)?;
+        let op = Op::Unmap {
+            inval: owner.invalid_desc(),
+        };
+        self.tables.run(alloc, op, ipa.0, size, self.fault, None)
+    }
+
+    /// Sets the permissions of every mapped page in `[ipa, ipa + size)`; unmapped pages are
+    /// skipped. Restrictions queue TLBIs (no BBM); relaxations only store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unaligned`], [`Error::OutOfRange`]; [`Error::OutOfMemory`] when a partly
+    /// covered block must be split.
+    pub fn protect<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        ipa: Ipa,
+        size: u64,
+        perms: Perms,
+    ) -> Result<BatchStats, Error> {
+        self.check_range(ipa, size)?;
+        let f = &self.tables.fmt;
+        let op = Op::Modify {
+            mask: f.perm_mask(),
+            bits: f.perm_bits(perms)?,
+        };
+        self.tables.run(alloc, op, ipa.0, size, self.fault, None)
+    }
+
+    /// Sets the page state (software bits only, no TLBI) of every mapped page in the range.
+    ///
+    /// # Errors
+    ///
+    /// As [`Stage2::protect`].
+    pub fn set_state<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        ipa: Ipa,
+        size: u64,
+        state: PageState,
+    ) -> Result<BatchStats, Error> {
+        self.check_range(ipa, size)?;
+        let op = Op::Modify {
+            mask: STATE_MASK,
+            bits: state.bits(),
+        };
+        self.tables.run(alloc, op, ipa.0, size, self.fault, None)
+    }
+
+    /// Translation of the page containing `ipa`, or `None` if it is unmapped.
+    #[must_use]
+    pub fn query<A: TableAlloc>(&self, alloc: &A, ipa: Ipa) -> Option<Mapping> {
+        let (d, level) = self.tables.lookup(alloc, ipa.0)?;
+        if d & VALID == 0 {
+            return None;
+        }
+        let off = ipa.0 & (size(level) - 1) & !(PAGE_SIZE - 1);
+        Some(Mapping {
+            pa: Pa((d & OA_MASK) + off),
+            attrs: self.tables.fmt.decode(d),
+            state: PageState::from_desc(d),
+            level,
+        })
+    }
+
+    /// Owner annotation of an unmapped `ipa` (`None` when mapped or not annotated).
+    #[must_use]
+    pub fn annotation<A: TableAlloc>(&self, alloc: &A, ipa: Ipa) -> Option<OwnerId> {
+        let (d, _) = self.tables.lookup(alloc, ipa.0)?;
+        let owner = ((d & OWNER_MASK) >> OWNER_SHIFT) as u8;
+        (d & VALID == 0 && owner != 0).then_some(OwnerId(owner))
+    }
+
+    /// VTTBR_EL2: BADDR = root PA (aligned to the concatenated root size), VMID in \[63:48\]
+    /// (\[55:48\] is enough for 8-bit VMIDs), CnP = 0.
+    #[must_use]
+    pub const fn vttbr(&self) -> u64 {
+        self.tables.root.0 | ((self.tables.fmt.vmid as u64) << 48)
+    }
+
+    /// VTCR_EL2 for these tables given `ID_AA64MMFR0_EL1.PARange`.
+    ///
+    /// T0SZ = 64 - IPA bits; SL0 from the start level (4 KiB granule: 0b00 = level 2,
+    /// 0b01 = level 1, 0b10 = level 0); IRGN0/ORGN0 = write-back write-allocate, SH0 = inner
+    /// shareable (table walks are cacheable and coherent); TG0 = 4 KiB; PS = the PA size
+    /// (capped at 48 bits: no FEAT_LPA2); VS = 1 when the VMID needs 16 bits (requires
+    /// FEAT_VMID16); bit 31 RES1.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnsupportedPaRange`] for a reserved PARange or when the IPA size exceeds the
+    /// implemented PA size (the configuration would be CONSTRAINED UNPREDICTABLE).
+    pub fn vtcr(&self, parange_field: u64) -> Result<u64, Error> {
+        let pa_bits = parange_bits(parange_field)?;
+        let ipa_bits = self.tables.ia_bits;
+        if ipa_bits > pa_bits.min(MAX_PA_BITS) {
+            return Err(Error::UnsupportedPaRange);
+        }
+        let ps = parange_field.min(5);
+        let t0sz = u64::from(64 - ipa_bits);
+        let sl0: u64 = match self.tables.start_level {
+            2 => 0b00,
+            1 => 0b01,
+            0 => 0b10,
+            _ => unreachable!("s2mm: stage-2 start level is 0..=2"),
+        };
+        // Concatenation check (Arm ARM, VTCR_EL2.SL0 / T0SZ): the start level resolves
+        // between 1 and 13 bits (at most 16 concatenated tables), and level 0 cannot be
+        // concatenated.
+        let root_bits = ipa_bits - crate::walk::shift(self.tables.start_level);
+        if !(1..=13).contains(&root_bits) || (self.tables.start_level == 0 && root_bits > 9) {
+            return Err(Error::UnsupportedIpaSize);
+        }
+        let vs = u64::from(self.tables.fmt.vmid > 0xff);
+        Ok(t0sz
+            | (sl0 << 6)
+            | (0b01 << 8) // IRGN0: Normal WB RA WA
+            | (0b01 << 10) // ORGN0: Normal WB RA WA
+            | (0b11 << 12) // SH0: Inner Shareable
+            // TG0 (bits 15:14) = 0b00: 4 KiB
+            | (ps << 16)
+            | (vs << 19)
+            | (1 << 31))
+    }
+
+    /// Frees every table, root included, after breaking all root entries and completing a
+    /// VMID-wide invalidation. The caller must no longer have this root in VTTBR_EL2 on any PE.
+    pub fn destroy<A: TableAlloc>(self, alloc: &mut A) -> BatchStats {
+        self.tables.destroy(alloc)
+    }
+}

@@ -1,0 +1,591 @@
+//! The generic table walker shared by stage 2 and the EL2 stage 1.
+//!
+//! One operation (map, unmap/annotate, modify permissions or state) is applied to an input
+//! range in a single depth-first walk. Per live table the walk has two phases, as
+//! ARM-RULES.md §4 asks ("all breaks, DSB, TLBIs, DSB, all makes"): entries that need
+//! break-before-make are broken in the first pass, the batch is synced once, and a second pass
+//! makes them. Splits of live blocks build the replacement subtree off-line in fresh tables
+//! (plain stores are fine there: nothing can walk them yet) and link it with one BBM.
+//! After returning from a live child table, the walker checks whether the child became
+//! empty (freed) or a fully populated uniform run (collapsed into a block: break, sync, CMO
+//! when FWB is absent, make). Detached tables are freed only after the sync that completed
+//! their TLBI (ARM-RULES.md 2.4, invariant 15).
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::addr::Pa;
+use crate::alloc::TableAlloc;
+use crate::batch::{BatchStats, Inval, PtBatch};
+use crate::desc::{requires_bbm, Format, OA_MASK, TABLE_OR_PAGE, VALID};
+use crate::Error;
+
+/// Entries in one 4 KiB table.
+pub(crate) const ENTRIES: usize = 512;
+
+/// log2 of the range covered by one entry at `level`.
+pub(crate) const fn shift(level: u8) -> u32 {
+    12 + 9 * (3 - level as u32)
+}
+
+/// Bytes covered by one entry at `level`.
+pub(crate) const fn size(level: u8) -> u64 {
+    1u64 << shift(level)
+}
+
+pub(crate) const fn is_table(d: u64, level: u8) -> bool {
+    level < 3 && d & 3 == 3
+}
+
+pub(crate) const fn is_leaf(d: u64, level: u8) -> bool {
+    d & VALID != 0 && (level == 3 || d & TABLE_OR_PAGE == 0)
+}
+
+/// Valid and type bits of a leaf at `level`.
+pub(crate) const fn leaf_type(level: u8) -> u64 {
+    if level == 3 {
+        VALID | TABLE_OR_PAGE
+    } else {
+        VALID
+    }
+}
+
+/// Views the table at `pa` as `n` atomic slots.
+///
+/// # Safety
+///
+/// `pa` must be a live allocation of `alloc` of at least `n` entries, and the returned slice
+/// must not be used after that allocation is freed.
+pub(crate) unsafe fn slots<'t, A: TableAlloc + ?Sized>(
+    alloc: &A,
+    pa: Pa,
+    n: usize,
+) -> &'t [AtomicU64] {
+    let p = alloc.table_ptr(pa);
+    // SAFETY: `TableAlloc`'s contract makes `p` valid, aligned atomic storage for the
+    // allocation; the caller keeps the slice within the allocation's lifetime.
+    unsafe { core::slice::from_raw_parts(p.as_ptr(), n) }
+}
+
+/// One operation over a range.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Op {
+    /// Map: output address = input address + `delta` (wrapping), leaf bits `bits`.
+    Map { delta: u64, bits: u64 },
+    /// Replace everything by the invalid descriptor `inval` (0 or an owner annotation).
+    Unmap { inval: u64 },
+    /// On valid leaves only: `(old & !mask) | bits` (permissions or page state).
+    Modify { mask: u64, bits: u64 },
+}
+
+/// Geometry and policy of one set of tables.
+#[derive(Debug)]
+pub(crate) struct Tables<F> {
+    pub root: Pa,
+    pub root_pages: usize,
+    pub root_entries: usize,
+    pub start_level: u8,
+    pub ia_bits: u32,
+    pub fmt: F,
+    /// Smallest level number at which a leaf may be placed (1: 1 GiB blocks, 2: 2 MiB, 3: pages).
+    pub min_leaf_level: u8,
+    /// More leaf TLBIs than this in one batch become one VMID-wide (or EL2-wide) invalidation.
+    pub tlbi_limit: usize,
+}
+
+const DETACH_CAP: usize = 32;
+
+/// Test-only fault injection, to show the barriers checker catches a broken collapse.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Fault {
+    #[default]
+    None,
+    /// Install the collapsed block before the table break was synced (the Yanan Wang RFC).
+    CollapseWithoutSync,
+}
+
+struct Walker<'a, A: TableAlloc, F: Format> {
+    alloc: &'a mut A,
+    fmt: &'a F,
+    batch: PtBatch,
+    op: Op,
+    min_leaf_level: u8,
+    /// Breaks or restricts queued since the last sync.
+    unsynced: bool,
+    detached: [(u64, u8); DETACH_CAP],
+    n_detached: usize,
+    fault: Fault,
+}
+
+enum Want {
+    Keep,
+    Value(u64),
+    Descend,
+}
+
+impl<F: Format> Tables<F> {
+    /// Runs `op` over `[start, start + len)`.
+    pub(crate) fn run<A: TableAlloc>(
+        &self,
+        alloc: &mut A,
+        op: Op,
+        start: u64,
+        len: u64,
+        fault: Fault,
+        pre_clean: Option<(u64, u64)>,
+    ) -> Result<BatchStats, Error> {
+        let batch = PtBatch::begin(self.fmt.barrier_regime()).with_tlbi_limit(self.tlbi_limit);
+        let mut w = Walker {
+            alloc,
+            fmt: &self.fmt,
+            batch,
+            op,
+            min_leaf_level: self.min_leaf_level.max(1),
+            unsynced: false,
+            detached: [(0, 0); DETACH_CAP],
+            n_detached: 0,
+            fault,
+        };
+        if let Some((va, n)) = pre_clean {
+            // ARM-RULES.md §3 / KVM `stage2_map_walker_try_leaf`: without FWB, clean new
+            // cacheable memory to PoC before it becomes visible to a guest that may run with
+            // its MMU off (non-cacheable accesses would miss dirty lines).
+            w.batch.clean_to_poc(va, n);
+        }
+        // SAFETY: the root is a live allocation of `root_entries` slots owned by `self`.
+        let root = unsafe { slots(&*w.alloc, self.root, self.root_entries) };
+        let r = w.apply(root, self.start_level, 0, start, start + len, true);
+        let stats = w.finish();
+        r.map(|()| stats)
+    }
+
+    /// The entry that translates `ia`: `(descriptor, level)`; the descriptor is a valid leaf or
+    /// an invalid entry (possibly annotated).
+    pub(crate) fn lookup<A: TableAlloc>(&self, alloc: &A, ia: u64) -> Option<(u64, u8)> {
+        if ia >> self.ia_bits != 0 {
+            return None;
+        }
+        let mut level = self.start_level;
+        // SAFETY: the root is live for the lifetime of `self`.
+        let mut t = unsafe { slots(alloc, self.root, self.root_entries) };
+        let mut idx = (ia >> shift(level)) as usize;
+        loop {
+            let d = t[idx].load(Ordering::Acquire);
+            if !is_table(d, level) {
+                return Some((d, level));
+            }
+            level += 1;
+            // SAFETY: a table descriptor in a live table points at a live table.
+            t = unsafe { slots(alloc, Pa(d & OA_MASK), ENTRIES) };
+            idx = ((ia >> shift(level)) as usize) & (ENTRIES - 1);
+        }
+    }
+
+    /// Breaks every root entry, completes the invalidation and frees every table, root
+    /// included.
+    pub(crate) fn destroy<A: TableAlloc>(&self, alloc: &mut A) -> BatchStats {
+        let batch = PtBatch::begin(self.fmt.barrier_regime()).with_tlbi_limit(0);
+        let mut w = Walker {
+            alloc,
+            fmt: &self.fmt,
+            batch,
+            op: Op::Unmap { inval: 0 },
+            min_leaf_level: 1,
+            unsynced: false,
+            detached: [(0, 0); DETACH_CAP],
+            n_detached: 0,
+            fault: Fault::None,
+        };
+        // SAFETY: the root is live until freed at the end of this function.
+        let root = unsafe { slots(&*w.alloc, self.root, self.root_entries) };
+        let level = self.start_level;
+        for (i, slot) in root.iter().enumerate() {
+            let d = slot.load(Ordering::Relaxed);
+            let ia = (i as u64) << shift(level);
+            if is_table(d, level) {
+                w.break_(slot, 0, Inval::Table { ia });
+                w.detach(Pa(d & OA_MASK), level + 1);
+            } else if d & VALID != 0 {
+                w.break_(slot, 0, Inval::Leaf { ia, level });
+            }
+        }
+        w.sync_now();
+        w.batch.free(self.root.0);
+        // SAFETY: every entry of the root was broken and the invalidation completed; the
+        // caller no longer has the root in VTTBR/TTBR (documented on the public `destroy`).
+        unsafe { w.alloc.free_tables(self.root, self.root_pages) };
+        w.finish()
+    }
+}
+
+impl<A: TableAlloc, F: Format> Walker<'_, A, F> {
+    fn finish(mut self) -> BatchStats {
+        if self.n_detached > 0 || self.unsynced {
+            self.sync_now();
+        }
+        self.batch.finish()
+    }
+
+    fn break_(&mut self, slot: &AtomicU64, invalid: u64, inv: Inval) {
+        self.batch.break_entry(slot, invalid, inv);
+        self.unsynced = true;
+    }
+
+    /// Completes queued breaks, then frees detached tables (safe only now, invariant 15).
+    fn sync_now(&mut self) {
+        if self.unsynced {
+            self.batch.sync();
+            self.unsynced = false;
+        }
+        for k in 0..self.n_detached {
+            let (pa, level) = self.detached[k];
+            self.free_live_subtree(Pa(pa), level);
+        }
+        self.n_detached = 0;
+    }
+
+    fn detach(&mut self, pa: Pa, level: u8) {
+        if self.n_detached == DETACH_CAP {
+            self.sync_now();
+        }
+        self.detached[self.n_detached] = (pa.0, level);
+        self.n_detached += 1;
+    }
+
+    /// Frees a subtree that was linked into a live table and whose invalidation completed.
+    fn free_live_subtree(&mut self, pa: Pa, level: u8) {
+        if level < 3 {
+            // SAFETY: detached tables stay allocated until freed below.
+            let t = unsafe { slots(&*self.alloc, pa, ENTRIES) };
+            for s in t {
+                let d = s.load(Ordering::Relaxed);
+                if is_table(d, level) {
+                    self.free_live_subtree(Pa(d & OA_MASK), level + 1);
+                }
+            }
+        }
+        self.batch.free(pa.0);
+        // SAFETY: unreachable since the parent's break was synced (TLBI + DSB ISH done).
+        unsafe { self.alloc.free_tables(pa, 1) };
+    }
+
+    /// Frees a subtree that was never linked into a live table.
+    fn free_unlinked(&mut self, pa: Pa, level: u8) {
+        if level < 3 {
+            // SAFETY: the fresh table is allocated until freed below.
+            let t = unsafe { slots(&*self.alloc, pa, ENTRIES) };
+            for s in t {
+                let d = s.load(Ordering::Relaxed);
+                if is_table(d, level) {
+                    self.free_unlinked(Pa(d & OA_MASK), level + 1);
+                }
+            }
+        }
+        // SAFETY: no hardware walker ever saw this table.
+        unsafe { self.alloc.free_tables(pa, 1) };
+    }
+
+    fn leaf_allowed(&self, level: u8) -> bool {
+        level >= self.min_leaf_level
+    }
+
+    fn want(&self, old: u64, ia: u64, level: u8) -> Want {
+        match self.op {
+            Op::Map { delta, bits } => {
+                let oa = ia.wrapping_add(delta);
+                if self.leaf_allowed(level) && oa & (size(level) - 1) == 0 {
+                    Want::Value(oa | bits | leaf_type(level))
+                } else {
+                    Want::Descend
+                }
+            }
+            Op::Unmap { inval } => Want::Value(inval),
+            Op::Modify { mask, bits } => {
+                if is_table(old, level) {
+                    Want::Descend
+                } else if old & VALID != 0 {
+                    Want::Value((old & !mask) | bits)
+                } else {
+                    Want::Keep
+                }
+            }
+        }
+    }
+
+    /// For a non-table entry that is only partly covered (or cannot take a leaf): nothing to do?
+    fn partial_noop(&self, old: u64) -> bool {
+        match self.op {
+            Op::Map { .. } => false,
+            Op::Unmap { inval } => old == inval,
+            Op::Modify { .. } => old & VALID == 0,
+        }
+    }
+
+    /// Applies the op to `t` (a table at `level` whose entry 0 translates `base`) over `[s, e)`.
+    fn apply(
+        &mut self,
+        t: &[AtomicU64],
+        level: u8,
+        base: u64,
+        s: u64,
+        e: u64,
+        live: bool,
+    ) -> Result<(), Error> {
+        let sz = size(level);
+        let i0 = ((s - base) >> shift(level)) as usize;
+        let i1 = ((e - 1 - base) >> shift(level)) as usize;
+        let (mut plo, mut phi) = (usize::MAX, 0usize);
+        for (i, slot) in t.iter().enumerate().take(i1 + 1).skip(i0) {
+            let ia = base + (i as u64) * sz;
+            let (ss, ee) = (s.max(ia), e.min(ia + sz));
+            let full = ss == ia && ee == ia + sz;
+            let old = slot.load(Ordering::Relaxed);
+            let want = if full {
+                self.want(old, ia, level)
+            } else {
+                Want::Descend
+            };
+            match want {
+                Want::Keep => {}
+                Want::Value(new) => {
+                    if is_table(old, level) {
+                        let child = Pa(old & OA_MASK);
+                        if !live {
+                            // Fresh tables hold no tables; handled for completeness.
+                            self.free_unlinked(child, level + 1);
+                            slot.store(new, Ordering::Relaxed);
+                        } else if new & VALID != 0 {
+                            // Map over a whole table: collapse it. Break now (VMID-wide TLBI
+                            // for a table, R_ZYZYK), make in the second pass after the sync.
+                            self.break_(slot, 0, Inval::Table { ia });
+                            self.detach(child, level + 1);
+                            plo = plo.min(i);
+                            phi = i;
+                        } else {
+                            self.break_(slot, new, Inval::Table { ia });
+                            self.detach(child, level + 1);
+                        }
+                    } else if self.replace_leaf(slot, old, new, ia, level, live) {
+                        plo = plo.min(i);
+                        phi = i;
+                    }
+                }
+                Want::Descend => {
+                    if is_table(old, level) {
+                        let cpa = Pa(old & OA_MASK);
+                        // SAFETY: a table descriptor in a live table points at a live table; it
+                        // is freed only via `detach` after this frame stops using it.
+                        let child = unsafe { slots(&*self.alloc, cpa, ENTRIES) };
+                        self.apply(child, level + 1, ia, ss, ee, live)?;
+                        self.post_check(slot, cpa, ia, level);
+                    } else if !self.partial_noop(old) {
+                        self.split(slot, old, ia, level, ss, ee, live)?;
+                    }
+                }
+            }
+        }
+        if plo <= phi {
+            self.second_pass(t, level, base, plo, phi);
+        }
+        Ok(())
+    }
+
+    /// Makes the entries broken in the first pass (only `Map` breaks-then-makes).
+    fn second_pass(&mut self, t: &[AtomicU64], level: u8, base: u64, plo: usize, phi: usize) {
+        let Op::Map { delta, bits } = self.op else {
+            unreachable!("s2mm: only Map defers makes")
+        };
+        // R_DDMVT: the break must be complete (DSB, TLBI, DSB) before the make.
+        self.sync_now();
+        let sz = size(level);
+        let pending = |slot: &AtomicU64| slot.load(Ordering::Relaxed) & VALID == 0;
+        if level < 3 && self.fmt.needs_cmo(bits) {
+            // Invariant 19: a collapse without FWB cleans the whole block to PoC between
+            // break and make. Adjacent blocks are cleaned in one call.
+            let (mut start, mut len) = (0u64, 0u64);
+            for (i, slot) in t.iter().enumerate().take(phi + 1).skip(plo) {
+                if !pending(slot) {
+                    continue;
+                }
+                let oa = (base + (i as u64) * sz).wrapping_add(delta);
+                if len != 0 && start + len == oa {
+                    len += sz;
+                } else {
+                    self.flush_cmo(start, len);
+                    (start, len) = (oa, sz);
+                }
+            }
+            self.flush_cmo(start, len);
+        }
+        for (i, slot) in t.iter().enumerate().take(phi + 1).skip(plo) {
+            if pending(slot) {
+                let oa = (base + (i as u64) * sz).wrapping_add(delta);
+                self.batch.make(slot, oa | bits | leaf_type(level));
+            }
+        }
+    }
+
+    fn flush_cmo(&mut self, pa: u64, len: u64) {
+        if len != 0 {
+            let va = self.alloc.cmo_va(Pa(pa)).0;
+            self.batch.clean_to_poc(va, len);
+        }
+    }
+
+    /// Replaces leaf-or-invalid `old` by `new`; returns whether it was broken and awaits a make.
+    fn replace_leaf(
+        &mut self,
+        slot: &AtomicU64,
+        old: u64,
+        new: u64,
+        ia: u64,
+        level: u8,
+        live: bool,
+    ) -> bool {
+        if old == new {
+            return false;
+        }
+        if !live {
+            slot.store(new, Ordering::Relaxed);
+            return false;
+        }
+        let inv = Inval::Leaf { ia, level };
+        if old & VALID == 0 {
+            // Invalid -> valid (R_XCLRD: faulting entries are not cached) or an annotation
+            // change of an invalid entry: no TLBI.
+            self.batch.make(slot, new);
+            false
+        } else if new & VALID == 0 {
+            self.break_(slot, new, inv);
+            false
+        } else if requires_bbm(old, new, self.fmt.perm_mask()) {
+            self.break_(slot, 0, inv);
+            true
+        } else if self.fmt.is_restriction(old, new) {
+            // §2.2 "Permissions": restricting needs TLBI + DSB, no BBM.
+            self.batch.restrict(slot, new, inv);
+            self.unsynced = true;
+            false
+        } else {
+            // Relaxing permissions or changing SW bits only: exempt from BBM (R_WHZWS).
+            self.batch.make(slot, new);
+            false
+        }
+    }
+
+    /// Entry `old` (invalid or a block) is partly covered: build its replacement in a fresh
+    /// table, apply the op there with plain stores, then install it.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "walker state threaded through one recursion"
+    )]
+    fn split(
+        &mut self,
+        slot: &AtomicU64,
+        old: u64,
+        ia: u64,
+        level: u8,
+        s: u64,
+        e: u64,
+        live: bool,
+    ) -> Result<(), Error> {
+        debug_assert!(level < 3, "s2mm: level-3 entries are always fully covered");
+        let cpa = self.alloc.alloc_table().ok_or(Error::OutOfMemory)?;
+        // SAFETY: freshly allocated table, freed only through `free_unlinked`/`detach`.
+        let child = unsafe { slots(&*self.alloc, cpa, ENTRIES) };
+        let cl = level + 1;
+        if old & VALID != 0 {
+            // Replicate the block one level down: same attributes, consecutive OAs.
+            let first = (old & !3) | leaf_type(cl);
+            let step = size(cl);
+            let mut d = first;
+            for c in child {
+                c.store(d, Ordering::Relaxed);
+                d += step;
+            }
+        } else if old != 0 {
+            for c in child {
+                c.store(old, Ordering::Relaxed);
+            }
+        }
+        if let Err(err) = self.apply(child, cl, ia, s, e, false) {
+            self.free_unlinked(cpa, cl);
+            return Err(err);
+        }
+        if let Some(v) = self.evaluate(child, level) {
+            let bbm =
+                old & VALID != 0 && v & VALID != 0 && requires_bbm(old, v, self.fmt.perm_mask());
+            if !bbm {
+                self.free_unlinked(cpa, cl);
+                let pending = self.replace_leaf(slot, old, v, ia, level, live);
+                debug_assert!(!pending);
+                return Ok(());
+            }
+        }
+        let link = cpa.0 | VALID | TABLE_OR_PAGE;
+        if !live {
+            slot.store(link, Ordering::Relaxed);
+        } else if old & VALID == 0 {
+            // The zeroed-then-filled table is published by the batch's DSB ISHST (inv. 17).
+            self.batch.make(slot, link);
+        } else {
+            // Splitting a live block changes the block size: full BBM (§2.1, FEAT_BBM L0).
+            self.break_(slot, 0, Inval::Leaf { ia, level });
+            self.sync_now();
+            self.batch.make(slot, link);
+        }
+        Ok(())
+    }
+
+    /// After changing a live child table: free it if it became uniformly invalid, or collapse
+    /// it into a block if it became a fully populated, uniform run.
+    fn post_check(&mut self, slot: &AtomicU64, cpa: Pa, ia: u64, level: u8) {
+        // SAFETY: the child is live (still linked from `slot`).
+        let child = unsafe { slots(&*self.alloc, cpa, ENTRIES) };
+        let Some(v) = self.evaluate(child, level) else {
+            return;
+        };
+        if v & VALID == 0 {
+            // Empty (or uniformly annotated): unlink; freed after the table TLBI completes.
+            self.break_(slot, v, Inval::Table { ia });
+            self.detach(cpa, level + 1);
+            return;
+        }
+        // Collapse with full break-before-make (ARM-RULES.md 2.4, what landed upstream):
+        // break the table entry, VMID-wide TLBI (walk caches, R_ZYZYK), DSB; CMO without
+        // FWB (invariant 19); make the block; the old table is freed only after the sync.
+        self.break_(slot, 0, Inval::Table { ia });
+        self.detach(cpa, level + 1);
+        if self.fault != Fault::CollapseWithoutSync {
+            self.sync_now();
+        }
+        if self.fmt.needs_cmo(v) {
+            self.flush_cmo(v & OA_MASK, size(level));
+        }
+        self.batch.make(slot, v);
+    }
+
+    /// If all 512 entries of `child` (a table at `level + 1`) can be expressed by a single
+    /// entry at `level`, returns that entry.
+    fn evaluate(&self, child: &[AtomicU64], level: u8) -> Option<u64> {
+        let e0 = child[0].load(Ordering::Relaxed);
+        if e0 & VALID == 0 {
+            return child
+                .iter()
+                .all(|c| c.load(Ordering::Relaxed) == e0)
+                .then_some(e0);
+        }
+        let cl = level + 1;
+        if !is_leaf(e0, cl) || !self.leaf_allowed(level) || e0 & OA_MASK & (size(level) - 1) != 0 {
+            return None;
+        }
+        let step = size(cl);
+        let mut d = e0;
+        for c in child {
+            if c.load(Ordering::Relaxed) != d {
+                return None;
+            }
+            d += step;
+        }
+        Some((e0 & !3) | leaf_type(level))
+    }
+}
