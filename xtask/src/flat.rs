@@ -83,7 +83,7 @@ pub fn elf_to_flat(data: &[u8]) -> Result<Flat, String> {
         ));
     }
     let mut bytes = vec![0u8; size as usize];
-    for (paddr, _, file) in &segments {
+    for (paddr, _, file) in segments.iter().filter(|s| !s.2.is_empty()) {
         let off = (paddr - load_addr) as usize;
         bytes[off..off + file.len()].copy_from_slice(file);
     }

@@ -1,1 +1,2 @@
 //! Virtual GICv3 and GICv2.
+#![no_std]

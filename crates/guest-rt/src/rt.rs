@@ -1,0 +1,145 @@
+use core::arch::{asm, global_asm};
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use smccc::{Call, Hvc};
+
+global_asm!(include_str!("entry.S"));
+
+/// The guest's PL011 (emulated by the hypervisor) at QEMU virt's address.
+pub const UART_BASE: usize = 0x0900_0000;
+
+/// Console writer.
+#[derive(Debug)]
+pub struct Console;
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            // SAFETY: UART_BASE is the PL011 data register the hypervisor
+            // emulates for every guest.
+            unsafe { core::ptr::write_volatile(UART_BASE as *mut u32, u32::from(b)) };
+        }
+        Ok(())
+    }
+}
+
+/// Prints a line to the console.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let _ = writeln!($crate::Console, $($arg)*);
+    }};
+}
+
+/// Registers saved by an exception, as the vector stores them.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Frame {
+    /// x0..x30.
+    pub x: [u64; 31],
+    /// ELR_EL1: where the exception returns to.
+    pub elr: u64,
+    /// SPSR_EL1.
+    pub spsr: u64,
+}
+
+/// What an exception hook sees.
+#[derive(Debug, Clone, Copy)]
+pub struct Exception {
+    /// Vector index: 0..3 current EL SP0, 4..7 current EL SPx, 8..15 lower EL.
+    pub vector: u64,
+    /// ESR_EL1.
+    pub esr: u64,
+    /// FAR_EL1.
+    pub far: u64,
+}
+
+/// A hook that handles an exception, returning true when it has (after
+/// updating `frame.elr` if the instruction must be skipped).
+pub type Hook = fn(&Exception, &mut Frame) -> bool;
+
+static HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the exception hook.
+pub fn set_exception_hook(h: Hook) {
+    HOOK.store(h as usize, Ordering::Release);
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn guest_rt_exception(vector: u64, frame: &mut Frame) {
+    let (esr, far): (u64, u64);
+    // SAFETY: reading ESR_EL1/FAR_EL1 has no side effects.
+    unsafe {
+        asm!("mrs {0}, esr_el1", "mrs {1}, far_el1", out(reg) esr, out(reg) far, options(nomem, nostack));
+    }
+    let e = Exception { vector, esr, far };
+    let h = HOOK.load(Ordering::Acquire);
+    if h != 0 {
+        // SAFETY: HOOK only ever holds a `Hook` stored by set_exception_hook.
+        let hook: Hook = unsafe { core::mem::transmute::<usize, Hook>(h) };
+        if hook(&e, frame) {
+            return;
+        }
+    }
+    panic!("unhandled exception: vector {vector} ESR_EL1={esr:#x} FAR_EL1={far:#x} ELR_EL1={:#x}", frame.elr);
+}
+
+unsafe extern "Rust" {
+    fn guest_main(cpu: usize, arg: u64) -> !;
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn guest_rt_main(cpu: usize, arg: u64) -> ! {
+    // SAFETY: every guest crate defines `guest_main` with this signature.
+    unsafe { guest_main(cpu, arg) }
+}
+
+/// Raw 64-bit SMCCC call through HVC, returning x0..x3.
+pub fn hvc(fid: u32, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
+    let mut args = [0u64; 17];
+    args[0] = a1;
+    args[1] = a2;
+    args[2] = a3;
+    let r = Hvc::call64(fid, args);
+    [r[0], r[1], r[2], r[3]]
+}
+
+/// Raw 64-bit SMCCC call through SMC (trapped by the hypervisor).
+pub fn smc(fid: u32, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
+    let mut args = [0u64; 17];
+    args[0] = a1;
+    args[1] = a2;
+    args[2] = a3;
+    let r = smccc::Smc::call64(fid, args);
+    [r[0], r[1], r[2], r[3]]
+}
+
+/// Address of the common entry point, for PSCI CPU_ON.
+pub fn entry_point() -> u64 {
+    unsafe extern "C" {
+        fn _start();
+    }
+    _start as *const () as usize as u64
+}
+
+/// Powers the VM off through PSCI.
+pub fn system_off() -> ! {
+    let _ = smccc::psci::system_off::<Hvc>();
+    loop {
+        // SAFETY: WFE only pauses the vCPU.
+        unsafe { asm!("wfe") };
+    }
+}
+
+/// Turns this vCPU off through PSCI.
+pub fn cpu_off() -> ! {
+    let _ = smccc::psci::cpu_off::<Hvc>();
+    panic!("PSCI CPU_OFF returned");
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let _ = writeln!(Console, "guest panic: {info}");
+    system_off()
+}

@@ -1,0 +1,186 @@
+//! EL2 exception vectors and the guest entry/exit half of the world switch.
+//!
+//! One of the few places with raw assembly (STYLE.md convention 2). Design,
+//! after KVM's nVHE `__guest_enter`: `guest_enter(regs, host)` saves the
+//! hypervisor's callee-saved registers and stack pointer in `host`, loads the
+//! guest's general registers, ELR_EL2 and SPSR_EL2 from `regs` and ERETs.
+//! A later exception from the guest lands in a lower-EL vector, which stores
+//! every guest register back into `regs` (found through the per-CPU block
+//! that TPIDR_EL2 points at), restores the saved hypervisor state and returns
+//! from `guest_enter` with the vector kind. So a guest run is a function call
+//! that returns an exit.
+//!
+//! Exceptions taken from EL2 itself are hypervisor bugs: the vector saves a
+//! frame and calls `hyp_el2_exception`, which panics with the syndrome.
+//!
+//! Offsets used below are pinned by `const` assertions in `world_switch.rs`.
+
+use core::arch::global_asm;
+
+global_asm!(
+    r#"
+.macro guest_exit_vector kind
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x0, #\kind
+    b       __guest_exit
+.endm
+
+.macro el2_vector kind
+    .balign 0x80
+    sub     sp, sp, #(34 * 8)
+    stp     x0, x1, [sp, #0]
+    mov     x0, #\kind
+    b       __el2_exception
+.endm
+
+    .section .text.vectors, "ax"
+    .balign 0x800
+    .global __hyp_vectors
+__hyp_vectors:
+    // Current EL with SP_EL0: never used at EL2 (SPSel = 1).
+    el2_vector 0
+    el2_vector 1
+    el2_vector 2
+    el2_vector 3
+    // Current EL with SP_EL2.
+    el2_vector 4
+    el2_vector 5
+    el2_vector 6
+    el2_vector 7
+    // Lower EL using AArch64: guest exits. Kinds: 0 sync, 1 IRQ, 2 FIQ, 3 SError.
+    guest_exit_vector 0
+    guest_exit_vector 1
+    guest_exit_vector 2
+    guest_exit_vector 3
+    // Lower EL using AArch32: not supported (HCR_EL2.RW = 1); treat as EL2 bug.
+    el2_vector 8
+    el2_vector 9
+    el2_vector 10
+    el2_vector 11
+
+    .section .text.world_switch, "ax"
+// u64 guest_enter(GuestRegs *regs /* x0 */, HostSave *host /* x1 */)
+    .global __guest_enter
+__guest_enter:
+    stp     x19, x20, [x1, #0]
+    stp     x21, x22, [x1, #16]
+    stp     x23, x24, [x1, #32]
+    stp     x25, x26, [x1, #48]
+    stp     x27, x28, [x1, #64]
+    stp     x29, x30, [x1, #80]
+    mov     x2, sp
+    str     x2, [x1, #96]
+    str     x0, [x1, #104]
+    // ELR_EL2/SPSR_EL2 are special-purpose registers: writes take effect in
+    // program order and need no synchronisation before the ERET (Arm ARM
+    // C5.1.5.1; ARM-RULES.md section 0).
+    ldp     x2, x3, [x0, #248]
+    msr     elr_el2, x2
+    msr     spsr_el2, x3
+    ldp     x2, x3, [x0, #16]
+    ldp     x4, x5, [x0, #32]
+    ldp     x6, x7, [x0, #48]
+    ldp     x8, x9, [x0, #64]
+    ldp     x10, x11, [x0, #80]
+    ldp     x12, x13, [x0, #96]
+    ldp     x14, x15, [x0, #112]
+    ldp     x16, x17, [x0, #128]
+    ldp     x18, x19, [x0, #144]
+    ldp     x20, x21, [x0, #160]
+    ldp     x22, x23, [x0, #176]
+    ldp     x24, x25, [x0, #192]
+    ldp     x26, x27, [x0, #208]
+    ldp     x28, x29, [x0, #224]
+    ldr     x30, [x0, #240]
+    ldp     x0, x1, [x0, #0]
+    // ERET is a context synchronisation event (SCTLR_EL2.EOS = 1, checked at
+    // boot): it synchronises every guest-only system-register write made
+    // since the last exit.
+    eret
+    // Straight-line speculation barrier after ERET.
+    dsb     nsh
+    isb
+
+// Entered from a lower-EL vector: x0 = kind, guest x0/x1 pushed on SP_EL2.
+__guest_exit:
+    mrs     x1, tpidr_el2
+    ldr     x1, [x1, #104]
+    stp     x2, x3, [x1, #16]
+    stp     x4, x5, [x1, #32]
+    stp     x6, x7, [x1, #48]
+    stp     x8, x9, [x1, #64]
+    stp     x10, x11, [x1, #80]
+    stp     x12, x13, [x1, #96]
+    stp     x14, x15, [x1, #112]
+    stp     x16, x17, [x1, #128]
+    stp     x18, x19, [x1, #144]
+    stp     x20, x21, [x1, #160]
+    stp     x22, x23, [x1, #176]
+    stp     x24, x25, [x1, #192]
+    stp     x26, x27, [x1, #208]
+    stp     x28, x29, [x1, #224]
+    str     x30, [x1, #240]
+    ldp     x2, x3, [sp], #16
+    stp     x2, x3, [x1, #0]
+    mrs     x2, elr_el2
+    mrs     x3, spsr_el2
+    stp     x2, x3, [x1, #248]
+    mrs     x1, tpidr_el2
+    ldr     x2, [x1, #96]
+    mov     sp, x2
+    ldp     x19, x20, [x1, #0]
+    ldp     x21, x22, [x1, #16]
+    ldp     x23, x24, [x1, #32]
+    ldp     x25, x26, [x1, #48]
+    ldp     x27, x28, [x1, #64]
+    ldp     x29, x30, [x1, #80]
+    ret
+
+// Entered from an EL2 vector: x0 = kind, frame of 34 words on the stack with
+// x0/x1 slots holding the original x0/x1.
+__el2_exception:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x19, [sp, #144]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    str     x30, [sp, #240]
+    mrs     x2, elr_el2
+    mrs     x3, spsr_el2
+    stp     x2, x3, [sp, #248]
+    mov     x1, sp
+    bl      hyp_el2_exception
+    // hyp_el2_exception returns only for IRQs handled at EL2.
+    ldp     x2, x3, [sp, #248]
+    msr     elr_el2, x2
+    msr     spsr_el2, x3
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldp     x18, x19, [sp, #144]
+    ldp     x20, x21, [sp, #160]
+    ldp     x22, x23, [sp, #176]
+    ldp     x24, x25, [sp, #192]
+    ldp     x26, x27, [sp, #208]
+    ldp     x28, x29, [sp, #224]
+    ldr     x30, [sp, #240]
+    ldp     x0, x1, [sp, #0]
+    add     sp, sp, #(34 * 8)
+    eret
+"#
+);

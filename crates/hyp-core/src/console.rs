@@ -1,0 +1,93 @@
+//! The hypervisor's console: a PL011 transmitter behind the `log` crate.
+//!
+//! Hand-written rather than `arm-pl011-uart`: EL2 needs only polled
+//! transmission, usable before the MMU is on, and the crate's driver wants
+//! ownership of a mapped `UniqueMmioPointer` that the boot path does not yet
+//! have when the first line is printed.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, Ordering};
+use spin::Mutex;
+
+static UART_BASE: AtomicU64 = AtomicU64::new(0);
+static LOCK: Mutex<()> = Mutex::new(());
+
+const UARTDR: u64 = 0x00;
+const UARTFR: u64 = 0x18;
+const FR_TXFF: u32 = 1 << 5;
+
+struct Pl011;
+
+impl Pl011 {
+    fn put(&mut self, b: u8) {
+        let base = UART_BASE.load(Ordering::Relaxed);
+        if base == 0 {
+            return;
+        }
+        // SAFETY: `base` is the board's PL011 (set once by `init` from the board
+        // description), mapped as device memory; these are its FR and DR.
+        unsafe {
+            while core::ptr::read_volatile((base + UARTFR) as *const u32) & FR_TXFF != 0 {}
+            core::ptr::write_volatile((base + UARTDR) as *mut u32, u32::from(b));
+        }
+    }
+}
+
+impl Write for Pl011 {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            if b == b'\n' {
+                self.put(b'\r');
+            }
+            self.put(b);
+        }
+        Ok(())
+    }
+}
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let _g = LOCK.lock();
+        let mut u = Pl011;
+        let _ = match r.level() {
+            log::Level::Info => writeln!(u, "hyp: {}", r.args()),
+            l => writeln!(u, "hyp: {l}: {}", r.args()),
+        };
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: Logger = Logger;
+
+/// Starts the console on the PL011 at `base` and installs the logger.
+pub fn init(base: u64) {
+    UART_BASE.store(base, Ordering::Relaxed);
+    // A second call (there is none) would only fail to replace the logger.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+}
+
+/// Prints a guest's console line as it is, under the console lock.
+pub fn guest_line(line: &[u8]) {
+    let _g = LOCK.lock();
+    let mut u = Pl011;
+    for &b in line {
+        u.put(b);
+    }
+    u.put(b'\r');
+    u.put(b'\n');
+}
+
+/// Prints without taking the lock: for the panic path, which may have
+/// interrupted a holder.
+pub fn emergency(args: fmt::Arguments<'_>) {
+    let _ = Pl011.write_fmt(args);
+}

@@ -1,0 +1,149 @@
+//! Injecting synchronous exceptions into a guest's EL1.
+//!
+//! The arithmetic of exception entry (Arm ARM D1.3.1 "Exception entry" and
+//! D1.3.2 "Exception vectors"): where the vector is, what ESR_EL1 says, and
+//! which PSTATE the handler starts with. Pure, so it is tested on the host;
+//! the world switch applies the result to the vCPU's registers.
+
+use crate::exit::ec;
+
+/// Exception kinds the hypervisor injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injected {
+    /// Synchronous external abort on a data access at `far`.
+    DataAbort {
+        /// Faulting virtual address (becomes FAR_EL1).
+        far: u64,
+        /// Whether the access was a write (ESR_EL1.ISS.WnR).
+        write: bool,
+    },
+    /// Synchronous external abort on an instruction fetch at `far`.
+    InstAbort {
+        /// Faulting virtual address.
+        far: u64,
+    },
+    /// Undefined instruction (EC 0).
+    Undefined,
+}
+
+/// Register values after injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Injection {
+    /// New ESR_EL1.
+    pub esr_el1: u64,
+    /// New FAR_EL1 (None: left unchanged, which is UNKNOWN for UNDEF).
+    pub far_el1: Option<u64>,
+    /// New ELR_EL1: the preferred return address, the faulting instruction.
+    pub elr_el1: u64,
+    /// New SPSR_EL1: the interrupted PSTATE.
+    pub spsr_el1: u64,
+    /// Where the guest resumes: VBAR_EL1 + vector offset.
+    pub pc: u64,
+    /// PSTATE the handler runs with: EL1h, D, A, I and F masked.
+    pub pstate: u64,
+}
+
+/// PSTATE.M value for EL1 using SP_EL1 (EL1h).
+pub const PSTATE_EL1H: u64 = 0b0101;
+/// PSTATE.M value for EL1 using SP_EL0 (EL1t).
+pub const PSTATE_EL1T: u64 = 0b0100;
+/// PSTATE D, A, I, F mask bits.
+pub const PSTATE_DAIF: u64 = 0b1111 << 6;
+/// ESR.IL: 32-bit instruction.
+const ESR_IL: u64 = 1 << 25;
+/// DFSC/IFSC for a synchronous external abort, not on a translation table walk.
+const FSC_SYNC_EXTERNAL: u64 = 0x10;
+
+/// Computes the register state that enters the guest's EL1 handler for `what`,
+/// interrupted at `pc` with PSTATE `spsr` (SPSR_EL2 of the exit).
+#[must_use]
+pub fn inject(what: Injected, pc: u64, spsr: u64, vbar_el1: u64) -> Injection {
+    let mode = spsr & 0xf;
+    let from_el0 = mode == 0;
+    // D1.3.2: 0x000 current EL with SP_EL0, 0x200 current EL with SP_ELx,
+    // 0x400 lower EL using AArch64. The synchronous entry is at +0.
+    let offset = match mode {
+        PSTATE_EL1T => 0x000,
+        PSTATE_EL1H => 0x200,
+        _ => 0x400,
+    };
+    let (esr, far) = match what {
+        Injected::DataAbort { far, write } => {
+            let class = if from_el0 { ec::DABT_LOW } else { ec::DABT_CUR };
+            let wnr = if write { 1 << 6 } else { 0 };
+            (
+                (u64::from(class) << 26) | ESR_IL | wnr | FSC_SYNC_EXTERNAL,
+                Some(far),
+            )
+        }
+        Injected::InstAbort { far } => {
+            let class: u64 = if from_el0 { 0x20 } else { 0x21 };
+            ((class << 26) | ESR_IL | FSC_SYNC_EXTERNAL, Some(far))
+        }
+        Injected::Undefined => ((u64::from(ec::UNKNOWN) << 26) | ESR_IL, None),
+    };
+    Injection {
+        esr_el1: esr,
+        far_el1: far,
+        elr_el1: pc,
+        spsr_el1: spsr,
+        pc: vbar_el1 + offset,
+        pstate: PSTATE_DAIF | PSTATE_EL1H,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VBAR: u64 = 0x4000_0800;
+
+    #[test]
+    fn data_abort_from_el1h() {
+        let i = inject(
+            Injected::DataAbort {
+                far: 0x1_0000_0000,
+                write: false,
+            },
+            0x4000_1234,
+            0x3c5,
+            VBAR,
+        );
+        assert_eq!(i.esr_el1, 0x9600_0010);
+        assert_eq!(i.far_el1, Some(0x1_0000_0000));
+        assert_eq!(i.elr_el1, 0x4000_1234);
+        assert_eq!(i.spsr_el1, 0x3c5);
+        assert_eq!(i.pc, VBAR + 0x200);
+        assert_eq!(i.pstate, 0x3c5);
+    }
+
+    #[test]
+    fn write_abort_sets_wnr_and_el1t_uses_sp0_vector() {
+        let i = inject(
+            Injected::DataAbort { far: 8, write: true },
+            0x10,
+            PSTATE_EL1T,
+            VBAR,
+        );
+        assert_eq!(i.esr_el1, 0x9600_0050);
+        assert_eq!(i.pc, VBAR);
+    }
+
+    #[test]
+    fn from_el0_uses_lower_el_vector_and_class() {
+        let i = inject(Injected::DataAbort { far: 8, write: false }, 0x10, 0, VBAR);
+        assert_eq!(i.esr_el1 >> 26, 0x24);
+        assert_eq!(i.pc, VBAR + 0x400);
+        let i = inject(Injected::InstAbort { far: 8 }, 0x10, 0, VBAR);
+        assert_eq!(i.esr_el1, 0x8200_0010);
+    }
+
+    #[test]
+    fn undefined() {
+        let i = inject(Injected::Undefined, 0x4000_0000, 0x3c5, VBAR);
+        assert_eq!(i.esr_el1, 0x0200_0000);
+        assert_eq!(i.far_el1, None);
+        assert_eq!(i.elr_el1, 0x4000_0000);
+        assert_eq!(i.pc, VBAR + 0x200);
+    }
+}

@@ -1,0 +1,98 @@
+//! What a board tells the hypervisor core: memory, console, CPUs, guests, and
+//! the firmware operations that differ between boards.
+
+/// A physical memory range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemRegion {
+    /// First byte.
+    pub base: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl MemRegion {
+    /// One past the last byte.
+    #[must_use]
+    pub const fn end(&self) -> u64 {
+        self.base + self.size
+    }
+    /// Whether `other` lies entirely inside this region.
+    #[must_use]
+    pub const fn contains(&self, other: &MemRegion) -> bool {
+        other.base >= self.base && other.end() <= self.end()
+    }
+    /// Whether the two regions share a byte.
+    #[must_use]
+    pub const fn overlaps(&self, other: &MemRegion) -> bool {
+        self.base < other.end() && other.base < self.end()
+    }
+}
+
+/// A guest payload linked into the image.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestImage {
+    /// Crate name.
+    pub name: &'static str,
+    /// Flat binary.
+    pub bytes: &'static [u8],
+    /// IPA the binary is loaded at.
+    pub load_ipa: u64,
+    /// Entry point IPA.
+    pub entry: u64,
+}
+
+/// Board operations that go through firmware or board hardware.
+pub trait PlatformOps: Sync {
+    /// Starts physical CPU `cpu` at physical address `entry` with `ctx` in x0.
+    ///
+    /// # Errors
+    ///
+    /// The firmware's PSCI error code.
+    fn start_cpu(&self, cpu: usize, entry: u64, ctx: u64) -> Result<(), i64>;
+    /// Powers the system off; QEMU exits with status 0.
+    fn system_off(&self) -> !;
+    /// Stops the system reporting failure (QEMU: semihosting exit status `code`).
+    fn fail_exit(&self, code: u32) -> !;
+    /// The guest payload named `name`, if the image carries one.
+    fn guest(&self, name: &str) -> Option<GuestImage>;
+}
+
+/// Everything board-specific the core needs.
+pub struct Platform {
+    /// Board name, printed at boot.
+    pub name: &'static str,
+    /// Physical address of the console PL011.
+    pub uart_base: u64,
+    /// RAM regions.
+    pub ram: &'static [MemRegion],
+    /// Device regions (mapped as device memory at EL2).
+    pub devices: &'static [MemRegion],
+    /// The hypervisor's own memory; never given to a VM.
+    pub hyp: MemRegion,
+    /// Memory the hypervisor may give to VMs.
+    pub vm_pool: MemRegion,
+    /// Firmware operations.
+    pub ops: &'static dyn PlatformOps,
+}
+
+impl core::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Platform").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_relations() {
+        let a = MemRegion { base: 0x1000, size: 0x1000 };
+        let b = MemRegion { base: 0x1800, size: 0x1000 };
+        let c = MemRegion { base: 0x2000, size: 0x10 };
+        assert!(a.overlaps(&b) && b.overlaps(&a));
+        assert!(!a.overlaps(&c));
+        assert!(b.contains(&c));
+        assert!(!a.contains(&b));
+    }
+}

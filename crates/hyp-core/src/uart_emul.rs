@@ -1,0 +1,113 @@
+//! The PL011 a guest sees: an emulated data register that the hypervisor
+//! forwards to the real console a line at a time.
+//!
+//! Emulated registers (PrimeCell UART PL011 TRM, DDI 0183): DR (0x000) takes
+//! writes; FR (0x018) reads as "transmit FIFO empty, receive FIFO empty";
+//! the PrimeCell/peripheral ID registers read their PL011 values so drivers
+//! that probe them recognise the device; every other register reads as zero
+//! and ignores writes.
+
+/// Size of the emulated register window.
+pub const WINDOW: u64 = 0x1000;
+
+/// Flag register value: TXFE (bit 7) and RXFE (bit 4), never busy or full.
+const FR_IDLE: u64 = (1 << 7) | (1 << 4);
+
+/// Per-vCPU line buffer.
+#[derive(Debug)]
+pub struct LineBuffer {
+    buf: [u8; 160],
+    len: usize,
+}
+
+impl Default for LineBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LineBuffer {
+    /// An empty buffer.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            buf: [0; 160],
+            len: 0,
+        }
+    }
+
+    /// Adds a byte; returns a complete line (without the newline) when the byte
+    /// ends one or the buffer is full. Carriage returns are dropped.
+    pub fn push(&mut self, b: u8) -> Option<&[u8]> {
+        if b == b'\r' {
+            return None;
+        }
+        if b != b'\n' {
+            self.buf[self.len] = b;
+            self.len += 1;
+            if self.len < self.buf.len() {
+                return None;
+            }
+        }
+        let n = self.len;
+        self.len = 0;
+        Some(&self.buf[..n])
+    }
+}
+
+/// Result of a register read.
+#[must_use]
+pub fn read(offset: u64) -> u64 {
+    match offset {
+        0x018 => FR_IDLE,
+        // UARTPeriphID0..3 and UARTPCellID0..3.
+        0xfe0 => 0x11,
+        0xfe4 => 0x10,
+        0xfe8 => 0x14,
+        0xfec => 0x00,
+        0xff0 => 0x0d,
+        0xff4 => 0xf0,
+        0xff8 => 0x05,
+        0xffc => 0xb1,
+        _ => 0,
+    }
+}
+
+/// A register write: returns the byte to print for DR, nothing otherwise.
+#[must_use]
+pub fn write(offset: u64, value: u64) -> Option<u8> {
+    (offset == 0).then_some(value as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_and_cr_dropped() {
+        let mut l = LineBuffer::new();
+        for b in b"hi\r" {
+            assert!(l.push(*b).is_none());
+        }
+        assert_eq!(l.push(b'\n'), Some(&b"hi"[..]));
+        assert_eq!(l.push(b'\n'), Some(&b""[..]));
+    }
+
+    #[test]
+    fn full_buffer_flushes() {
+        let mut l = LineBuffer::new();
+        for _ in 0..159 {
+            assert!(l.push(b'x').is_none());
+        }
+        assert_eq!(l.push(b'y').map(<[u8]>::len), Some(160));
+    }
+
+    #[test]
+    fn registers() {
+        assert_eq!(read(0x18), 0x90);
+        assert_eq!(read(0xfe0), 0x11);
+        assert_eq!(read(0x30), 0);
+        assert_eq!(write(0, 0x41), Some(b'A'));
+        assert_eq!(write(0x30, 0x301), None);
+    }
+}
