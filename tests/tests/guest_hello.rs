@@ -13,7 +13,10 @@ const T: Duration = Duration::from_secs(60);
 fn four_vcpus_psci_smccc_and_abort_injection() {
     let mut q = Qemu::boot(BootOptions::default());
     q.expect_exact("hyp: 4 CPUs online at EL2", T);
-    q.expect_exact("hyp: VM 1 (guest-hello): 4 vCPUs, 64 MiB at IPA 0x40000000", T);
+    q.expect_exact(
+        "hyp: VM 1 (guest-hello): 4 vCPUs, 64 MiB at IPA 0x40000000",
+        T,
+    );
     q.expect_exact("guest-hello: vCPU 0 up (PSCI 1.1, SMCCC 1.1)", T);
     q.expect_exact("guest-hello: PSCI_FEATURES(CPU_ON) = 0", T);
     q.expect_exact("guest-hello: unknown HVC returned -1", T);
@@ -44,7 +47,12 @@ fn four_vcpus_psci_smccc_and_abort_injection() {
             .filter(|(_, l)| **l == line)
             .map(|(i, _)| i)
             .collect();
-        assert_eq!(at.len(), 1, "expected {line:?} exactly once in:\n{}", log.join("\n"));
+        assert_eq!(
+            at.len(),
+            1,
+            "expected {line:?} exactly once in:\n{}",
+            log.join("\n")
+        );
         assert!(at[0] < summary, "{line:?} came after the summary");
     }
 
@@ -60,9 +68,11 @@ fn four_vcpus_psci_smccc_and_abort_injection() {
     assert_eq!(field("smc"), 1, "{exits}");
     assert!(field("hvc") >= 10, "{exits}");
     assert!(field("dabt") > 100, "{exits}");
-    let sum: u64 = ["hvc", "smc", "dabt", "iabt", "sysreg", "wfx", "fp", "irq", "other"]
-        .iter()
-        .map(|n| field(n))
-        .sum();
+    let sum: u64 = [
+        "hvc", "smc", "dabt", "iabt", "sysreg", "wfx", "fp", "irq", "other",
+    ]
+    .iter()
+    .map(|n| field(n))
+    .sum();
     assert_eq!(field("total"), sum, "{exits}");
 }

@@ -54,7 +54,8 @@ fn guest_main(cpu: usize, arg: u64) -> ! {
         n += 1;
     }
     for i in 1..n {
-        let r = guest_rt::hvc(psci::PSCI_CPU_ON_64, i, guest_rt::entry_point(), 0x100 + i)[0] as i64;
+        let r =
+            guest_rt::hvc(psci::PSCI_CPU_ON_64, i, guest_rt::entry_point(), 0x100 + i)[0] as i64;
         if r != 0 {
             panic!("CPU_ON({i}) failed: {r}");
         }

@@ -82,7 +82,10 @@ extern "C" fn guest_rt_exception(vector: u64, frame: &mut Frame) {
             return;
         }
     }
-    panic!("unhandled exception: vector {vector} ESR_EL1={esr:#x} FAR_EL1={far:#x} ELR_EL1={:#x}", frame.elr);
+    panic!(
+        "unhandled exception: vector {vector} ESR_EL1={esr:#x} FAR_EL1={far:#x} ELR_EL1={:#x}",
+        frame.elr
+    );
 }
 
 unsafe extern "Rust" {

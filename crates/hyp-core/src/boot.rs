@@ -17,7 +17,11 @@ struct PerCpu {
     host: HostSave,
 }
 
-static mut PERCPU: [PerCpu; MAX_CPUS] = [const { PerCpu { host: HostSave::new() } }; MAX_CPUS];
+static mut PERCPU: [PerCpu; MAX_CPUS] = [const {
+    PerCpu {
+        host: HostSave::new(),
+    }
+}; MAX_CPUS];
 static PLATFORM: Once<&'static Platform> = Once::new();
 static ONLINE: AtomicUsize = AtomicUsize::new(0);
 
@@ -120,7 +124,9 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     let info = parse_dtb(dtb);
     for need in [("hyp", &p.hyp), ("vm_pool", &p.vm_pool)] {
         assert!(
-            info.memory[..info.memory_count].iter().any(|m| m.contains(need.1)),
+            info.memory[..info.memory_count]
+                .iter()
+                .any(|m| m.contains(need.1)),
             "board region {} {:#x}..{:#x} is not RAM according to the device tree",
             need.0,
             need.1.base,
@@ -131,7 +137,11 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     log::info!(
         "device tree: {} CPUs, {} MiB RAM, bootargs \"{}\"",
         info.cpus,
-        info.memory[..info.memory_count].iter().map(|m| m.size).sum::<u64>() >> 20,
+        info.memory[..info.memory_count]
+            .iter()
+            .map(|m| m.size)
+            .sum::<u64>()
+            >> 20,
         info.bootargs()
     );
     ONLINE.store(1, Ordering::Release);
@@ -144,7 +154,11 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     let mut spins = 0u64;
     while ONLINE.load(Ordering::Acquire) < cpus {
         spins += 1;
-        assert!(spins < 200_000_000, "only {} of {cpus} CPUs came online", ONLINE.load(Ordering::Acquire));
+        assert!(
+            spins < 200_000_000,
+            "only {} of {cpus} CPUs came online",
+            ONLINE.load(Ordering::Acquire)
+        );
         core::hint::spin_loop();
     }
     log::info!("{cpus} CPUs online at EL2");
@@ -157,7 +171,13 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         Ok(vm) => vm,
         Err(e) => panic!("cannot create VM for {name}: {e}"),
     };
-    log::info!("VM {} ({name}): {} vCPUs, {} MiB at IPA {:#x}", vm.vmid, vm.nr_vcpus, vm.ram.size >> 20, vm::GUEST_RAM_IPA);
+    log::info!(
+        "VM {} ({name}): {} vCPUs, {} MiB at IPA {:#x}",
+        vm.vmid,
+        vm.nr_vcpus,
+        vm.ram.size >> 20,
+        vm::GUEST_RAM_IPA
+    );
     sysreg::dsb_sev();
     vm::run_cpu(0, vm, host);
     shutdown(p)

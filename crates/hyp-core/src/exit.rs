@@ -318,8 +318,14 @@ mod tests {
     #[test]
     fn fault_ipa_combines_hpfar_and_far() {
         // HPFAR.FIPA holds IPA[51:12] in bits [43:4].
-        assert_eq!(fault_ipa(0x0900_0000 >> 8, 0xffff_0000_0000_0018), 0x0900_0018);
-        assert_eq!(fault_ipa((0x12_3456_7000u64 >> 12) << 4, 0xabc), 0x12_3456_7abc);
+        assert_eq!(
+            fault_ipa(0x0900_0000 >> 8, 0xffff_0000_0000_0018),
+            0x0900_0018
+        );
+        assert_eq!(
+            fault_ipa((0x12_3456_7000u64 >> 12) << 4, 0xabc),
+            0x12_3456_7abc
+        );
     }
 
     #[test]
@@ -365,14 +371,32 @@ mod tests {
             sixty_four: sf,
             write: false,
         };
-        assert_eq!(m(AccessSize::Byte, true, true).load_result(0x80), 0xffff_ffff_ffff_ff80);
-        assert_eq!(m(AccessSize::Byte, true, false).load_result(0x80), 0xffff_ff80);
+        assert_eq!(
+            m(AccessSize::Byte, true, true).load_result(0x80),
+            0xffff_ffff_ffff_ff80
+        );
+        assert_eq!(
+            m(AccessSize::Byte, true, false).load_result(0x80),
+            0xffff_ff80
+        );
         assert_eq!(m(AccessSize::Byte, false, true).load_result(0x1_80), 0x80);
         assert_eq!(m(AccessSize::Half, true, true).load_result(0x7fff), 0x7fff);
-        assert_eq!(m(AccessSize::Half, true, true).load_result(0x8000), 0xffff_ffff_ffff_8000);
-        assert_eq!(m(AccessSize::Word, true, true).load_result(0x8000_0000), 0xffff_ffff_8000_0000);
-        assert_eq!(m(AccessSize::Word, false, false).load_result(0xdead_beef_8000_0000), 0x8000_0000);
-        assert_eq!(m(AccessSize::Double, true, true).load_result(u64::MAX), u64::MAX);
+        assert_eq!(
+            m(AccessSize::Half, true, true).load_result(0x8000),
+            0xffff_ffff_ffff_8000
+        );
+        assert_eq!(
+            m(AccessSize::Word, true, true).load_result(0x8000_0000),
+            0xffff_ffff_8000_0000
+        );
+        assert_eq!(
+            m(AccessSize::Word, false, false).load_result(0xdead_beef_8000_0000),
+            0x8000_0000
+        );
+        assert_eq!(
+            m(AccessSize::Double, true, true).load_result(u64::MAX),
+            u64::MAX
+        );
     }
 
     #[test]

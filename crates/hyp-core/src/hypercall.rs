@@ -108,8 +108,15 @@ pub fn decode(x: [u64; 4]) -> Hypercall {
 #[must_use]
 pub fn psci_features(fid: u32) -> u64 {
     match fid {
-        PSCI_VERSION | PSCI_FEATURES | PSCI_CPU_ON_64 | PSCI_CPU_OFF | PSCI_AFFINITY_INFO_64
-        | PSCI_CPU_SUSPEND_64 | PSCI_SYSTEM_OFF | PSCI_SYSTEM_RESET | SMCCC_VERSION => SUCCESS,
+        PSCI_VERSION
+        | PSCI_FEATURES
+        | PSCI_CPU_ON_64
+        | PSCI_CPU_OFF
+        | PSCI_AFFINITY_INFO_64
+        | PSCI_CPU_SUSPEND_64
+        | PSCI_SYSTEM_OFF
+        | PSCI_SYSTEM_RESET
+        | SMCCC_VERSION => SUCCESS,
         _ => NOT_SUPPORTED,
     }
 }
@@ -143,7 +150,10 @@ mod tests {
 
     #[test]
     fn decodes_every_psci_call() {
-        assert_eq!(decode([u64::from(PSCI_VERSION), 0, 0, 0]), Hypercall::PsciVersion);
+        assert_eq!(
+            decode([u64::from(PSCI_VERSION), 0, 0, 0]),
+            Hypercall::PsciVersion
+        );
         assert_eq!(
             decode([u64::from(PSCI_CPU_ON_64), 2, 0x4000_1000, 7]),
             Hypercall::CpuOn {
@@ -152,7 +162,10 @@ mod tests {
                 context: 7
             }
         );
-        assert_eq!(decode([u64::from(PSCI_CPU_OFF), 0, 0, 0]), Hypercall::CpuOff);
+        assert_eq!(
+            decode([u64::from(PSCI_CPU_OFF), 0, 0, 0]),
+            Hypercall::CpuOff
+        );
         assert_eq!(
             decode([u64::from(PSCI_AFFINITY_INFO_64), 1, 0, 0]),
             Hypercall::AffinityInfo {
@@ -160,14 +173,28 @@ mod tests {
                 lowest_level: 0
             }
         );
-        assert_eq!(decode([u64::from(PSCI_SYSTEM_OFF), 0, 0, 0]), Hypercall::SystemOff);
-        assert_eq!(decode([u64::from(PSCI_SYSTEM_RESET), 0, 0, 0]), Hypercall::SystemReset);
-        assert_eq!(decode([u64::from(PSCI_CPU_SUSPEND_64), 0, 0, 0]), Hypercall::CpuSuspend);
+        assert_eq!(
+            decode([u64::from(PSCI_SYSTEM_OFF), 0, 0, 0]),
+            Hypercall::SystemOff
+        );
+        assert_eq!(
+            decode([u64::from(PSCI_SYSTEM_RESET), 0, 0, 0]),
+            Hypercall::SystemReset
+        );
+        assert_eq!(
+            decode([u64::from(PSCI_CPU_SUSPEND_64), 0, 0, 0]),
+            Hypercall::CpuSuspend
+        );
         assert_eq!(
             decode([u64::from(PSCI_FEATURES), u64::from(PSCI_CPU_ON_64), 0, 0]),
-            Hypercall::PsciFeatures { fid: PSCI_CPU_ON_64 }
+            Hypercall::PsciFeatures {
+                fid: PSCI_CPU_ON_64
+            }
         );
-        assert_eq!(decode([u64::from(SMCCC_VERSION), 0, 0, 0]), Hypercall::SmcccVersion);
+        assert_eq!(
+            decode([u64::from(SMCCC_VERSION), 0, 0, 0]),
+            Hypercall::SmcccVersion
+        );
     }
 
     #[test]
@@ -198,7 +225,10 @@ mod tests {
         assert_eq!(psci_features(0x8400_0003), NOT_SUPPORTED);
         assert_eq!(psci_features(0xdead_beef), NOT_SUPPORTED);
         assert_eq!(arch_features(SMCCC_ARCH_FEATURES), SUCCESS);
-        assert_eq!(arch_features(smccc::arch::SMCCC_ARCH_WORKAROUND_1), NOT_SUPPORTED);
+        assert_eq!(
+            arch_features(smccc::arch::SMCCC_ARCH_WORKAROUND_1),
+            NOT_SUPPORTED
+        );
     }
 
     #[test]

@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn write_abort_sets_wnr_and_el1t_uses_sp0_vector() {
         let i = inject(
-            Injected::DataAbort { far: 8, write: true },
+            Injected::DataAbort {
+                far: 8,
+                write: true,
+            },
             0x10,
             PSTATE_EL1T,
             VBAR,
@@ -131,7 +134,15 @@ mod tests {
 
     #[test]
     fn from_el0_uses_lower_el_vector_and_class() {
-        let i = inject(Injected::DataAbort { far: 8, write: false }, 0x10, 0, VBAR);
+        let i = inject(
+            Injected::DataAbort {
+                far: 8,
+                write: false,
+            },
+            0x10,
+            0,
+            VBAR,
+        );
         assert_eq!(i.esr_el1 >> 26, 0x24);
         assert_eq!(i.pc, VBAR + 0x400);
         let i = inject(Injected::InstAbort { far: 8 }, 0x10, 0, VBAR);

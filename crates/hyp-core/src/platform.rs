@@ -77,7 +77,9 @@ pub struct Platform {
 
 impl core::fmt::Debug for Platform {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Platform").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Platform")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,9 +89,18 @@ mod tests {
 
     #[test]
     fn region_relations() {
-        let a = MemRegion { base: 0x1000, size: 0x1000 };
-        let b = MemRegion { base: 0x1800, size: 0x1000 };
-        let c = MemRegion { base: 0x2000, size: 0x10 };
+        let a = MemRegion {
+            base: 0x1000,
+            size: 0x1000,
+        };
+        let b = MemRegion {
+            base: 0x1800,
+            size: 0x1000,
+        };
+        let c = MemRegion {
+            base: 0x2000,
+            size: 0x10,
+        };
         assert!(a.overlaps(&b) && b.overlaps(&a));
         assert!(!a.overlaps(&c));
         assert!(b.contains(&c));

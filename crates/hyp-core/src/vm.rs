@@ -45,7 +45,9 @@ pub struct Vm {
 
 impl core::fmt::Debug for Vm {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Vm").field("vmid", &self.vmid).finish_non_exhaustive()
+        f.debug_struct("Vm")
+            .field("vmid", &self.vmid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,23 +111,38 @@ fn build_stage2(ram: MemRegion) -> (u64, u64) {
 /// # Errors
 ///
 /// A message naming what does not fit.
-pub fn create(p: &Platform, image: &GuestImage, nr_vcpus: usize, ram_size: u64) -> Result<&'static Vm, &'static str> {
+pub fn create(
+    p: &Platform,
+    image: &GuestImage,
+    nr_vcpus: usize,
+    ram_size: u64,
+) -> Result<&'static Vm, &'static str> {
     if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
         return Err("vCPU count out of range");
     }
     if ram_size > p.vm_pool.size || ram_size % (2 << 20) != 0 || ram_size > (1 << 30) {
         return Err("guest RAM size does not fit the VM pool");
     }
-    let off = image.load_ipa.checked_sub(GUEST_RAM_IPA).ok_or("payload below guest RAM")?;
+    let off = image
+        .load_ipa
+        .checked_sub(GUEST_RAM_IPA)
+        .ok_or("payload below guest RAM")?;
     if off + image.bytes.len() as u64 > ram_size {
         return Err("payload larger than guest RAM");
     }
-    let ram = MemRegion { base: p.vm_pool.base, size: ram_size };
+    let ram = MemRegion {
+        base: p.vm_pool.base,
+        size: ram_size,
+    };
     // SAFETY: the VM pool is RAM owned by the hypervisor, mapped at EL2 by
     // identity, and not yet given to any guest.
     unsafe {
         core::ptr::write_bytes(ram.base as *mut u8, 0, ram.size as usize);
-        core::ptr::copy_nonoverlapping(image.bytes.as_ptr(), (ram.base + off) as *mut u8, image.bytes.len());
+        core::ptr::copy_nonoverlapping(
+            image.bytes.as_ptr(),
+            (ram.base + off) as *mut u8,
+            image.bytes.len(),
+        );
     }
     // The guest starts with its MMU off, so its accesses are non-cacheable and
     // go to RAM: clean the image and zeroes to PoC (ARM-RULES.md section 3).
@@ -303,7 +320,12 @@ fn handle_sync(vm: &Vm, v: &mut Vcpu) -> Next {
             Next::Resume
         }
         ExitReason::InstAbort => {
-            inject_into(v, Injected::InstAbort { far: sysreg::far_el2() });
+            inject_into(
+                v,
+                Injected::InstAbort {
+                    far: sysreg::far_el2(),
+                },
+            );
             Next::Resume
         }
         ExitReason::Wfx => {
@@ -324,8 +346,15 @@ fn hypercall(vm: &Vm, v: &mut Vcpu) -> Next {
         Hypercall::PsciFeatures { fid } => hypercall::psci_features(fid),
         Hypercall::SmcccVersion => hypercall::SMCCC_VERSION_1_1,
         Hypercall::ArchFeatures { fid } => hypercall::arch_features(fid),
-        Hypercall::CpuOn { target, entry, context } => vm.cpu_on(target, entry, context),
-        Hypercall::AffinityInfo { target, lowest_level } => vm.affinity_info(target, lowest_level),
+        Hypercall::CpuOn {
+            target,
+            entry,
+            context,
+        } => vm.cpu_on(target, entry, context),
+        Hypercall::AffinityInfo {
+            target,
+            lowest_level,
+        } => vm.affinity_info(target, lowest_level),
         Hypercall::CpuSuspend => hypercall::SUCCESS,
         Hypercall::CpuOff => return Next::CpuOff,
         Hypercall::SystemOff => {
@@ -333,7 +362,10 @@ fn hypercall(vm: &Vm, v: &mut Vcpu) -> Next {
             return Next::SystemOff;
         }
         Hypercall::SystemReset => {
-            log::info!("guest vCPU {} requested SYSTEM_RESET; powering off instead", v.idx);
+            log::info!(
+                "guest vCPU {} requested SYSTEM_RESET; powering off instead",
+                v.idx
+            );
             return Next::SystemOff;
         }
         Hypercall::Unknown { .. } => hypercall::NOT_SUPPORTED,
@@ -345,10 +377,16 @@ fn hypercall(vm: &Vm, v: &mut Vcpu) -> Next {
 fn data_abort(vm: &Vm, v: &mut Vcpu, esr: Esr) {
     let far = sysreg::far_el2();
     match exit::decode_data_abort(esr, sysreg::hpfar_el2(), far) {
-        DataAbort::Mmio(m) if (GUEST_UART_IPA..GUEST_UART_IPA + uart_emul::WINDOW).contains(&m.ipa) => {
+        DataAbort::Mmio(m)
+            if (GUEST_UART_IPA..GUEST_UART_IPA + uart_emul::WINDOW).contains(&m.ipa) =>
+        {
             let off = m.ipa - GUEST_UART_IPA;
             if m.write {
-                let val = if m.reg == 31 { 0 } else { v.regs.x[m.reg as usize] };
+                let val = if m.reg == 31 {
+                    0
+                } else {
+                    v.regs.x[m.reg as usize]
+                };
                 if let Some(b) = uart_emul::write(off, val) {
                     if let Some(line) = v.uart.push(b) {
                         crate::console::guest_line(line);
@@ -361,7 +399,13 @@ fn data_abort(vm: &Vm, v: &mut Vcpu, esr: Esr) {
         }
         DataAbort::Mmio(m) => {
             let _ = vm;
-            inject_into(v, Injected::DataAbort { far, write: m.write });
+            inject_into(
+                v,
+                Injected::DataAbort {
+                    far,
+                    write: m.write,
+                },
+            );
         }
         DataAbort::NoSyndrome { write, .. } => inject_into(v, Injected::DataAbort { far, write }),
         DataAbort::Stage1Walk { .. } => inject_into(v, Injected::DataAbort { far, write: false }),

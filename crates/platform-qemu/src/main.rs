@@ -47,12 +47,15 @@ impl PlatformOps for QemuOps {
     }
 
     fn guest(&self, name: &str) -> Option<GuestImage> {
-        payloads::ALL.iter().find(|p| p.name == name).map(|p| GuestImage {
-            name: p.name,
-            bytes: p.bytes,
-            load_ipa: p.load_ipa,
-            entry: p.entry,
-        })
+        payloads::ALL
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| GuestImage {
+                name: p.name,
+                bytes: p.bytes,
+                load_ipa: p.load_ipa,
+                entry: p.entry,
+            })
     }
 }
 

@@ -10,6 +10,8 @@ pub mod world_switch;
 pub fn sysreg_midr() -> u64 {
     let v: u64;
     // SAFETY: reading MIDR_EL1 has no side effects.
-    unsafe { core::arch::asm!("mrs {0}, midr_el1", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mrs {0}, midr_el1", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
     v
 }
