@@ -1,0 +1,329 @@
+//! Exact instruction sequences of page-table batches (ARM-RULES.md 2.2 and 4).
+
+use barriers::check::{check, report};
+use barriers::pt::{BatchStats, Inval, LazyMmu, PtBatch, Regime};
+use barriers::{trace, DsbKind, Insn, Tlbi};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+fn addr(s: &AtomicU64) -> u64 {
+    s as *const AtomicU64 as u64
+}
+
+fn store(s: &AtomicU64, old: u64, new: u64, ia: Option<u64>, level: Option<u8>) -> Insn {
+    Insn::Store { addr: addr(s), old, new, ia, level }
+}
+
+fn assert_clean(t: &[Insn]) {
+    let v = check(t);
+    assert!(v.is_empty(), "unexpected violations:\n{}", report(&v));
+}
+
+const VALID: u64 = 0x4000_0000_0000_0003 | 0x4000_0000;
+
+#[test]
+fn unmap_512_pages_one_dsb_before_one_after() {
+    trace::reset();
+    let slots: Vec<AtomicU64> = (0..512).map(|i| AtomicU64::new(VALID + (i << 12))).collect();
+    let mut b = PtBatch::begin(Regime::Stage2 { vmid: 7 });
+    for (i, s) in slots.iter().enumerate() {
+        b.break_entry(s, 0, Inval::Leaf { ia: 0x8000_0000 + ((i as u64) << 12), level: 3 });
+    }
+    let stats = b.finish();
+    let mut want = vec![Insn::Use(barriers::Consumer::Stage2Edit { vmid: 7 })];
+    for (i, s) in slots.iter().enumerate() {
+        let ia = 0x8000_0000 + ((i as u64) << 12);
+        want.push(store(s, VALID + ((i as u64) << 12), 0, Some(ia), Some(3)));
+    }
+    want.push(Insn::Dsb(DsbKind::Ishst));
+    for i in 0..512u64 {
+        want.push(Insn::Tlbi(Tlbi::Ipas2e1is { ipa: 0x8000_0000 + (i << 12), level: Some(3) }));
+    }
+    want.extend([Insn::Dsb(DsbKind::Ish), Insn::Tlbi(Tlbi::Vmalle1is), Insn::Dsb(DsbKind::Ish)]);
+    let got = trace::take();
+    assert_eq!(got, want);
+    assert_eq!(stats, BatchStats { dsb: 3, tlbi: 513, isb: 0, dc: 0 });
+    assert_eq!(got.iter().filter(|i| **i == Insn::Dsb(DsbKind::Ishst)).count(), 1);
+    assert!(slots.iter().all(|s| s.load(Ordering::Relaxed) == 0));
+    assert_clean(&got);
+}
+
+#[test]
+fn break_sync_make_is_break_before_make() {
+    trace::reset();
+    let s = AtomicU64::new(VALID);
+    let mut b = PtBatch::begin(Regime::Stage2 { vmid: 1 });
+    b.break_entry(&s, 0, Inval::Leaf { ia: 0x4000_0000, level: 2 });
+    b.sync();
+    b.make(&s, VALID | 0x20_0000);
+    let stats = b.finish();
+    let want = vec![
+        Insn::Use(barriers::Consumer::Stage2Edit { vmid: 1 }),
+        store(&s, VALID, 0, Some(0x4000_0000), Some(2)),
+        Insn::Dsb(DsbKind::Ishst),
+        Insn::Tlbi(Tlbi::Ipas2e1is { ipa: 0x4000_0000, level: Some(2) }),
+        Insn::Dsb(DsbKind::Ish),
+        Insn::Tlbi(Tlbi::Vmalle1is),
+        Insn::Dsb(DsbKind::Ish),
+        store(&s, 0, VALID | 0x20_0000, None, None),
+        Insn::Dsb(DsbKind::Ishst),
+    ];
+    let got = trace::take();
+    assert_eq!(got, want);
+    assert_eq!(stats, BatchStats { dsb: 4, tlbi: 2, isb: 0, dc: 0 });
+    assert_clean(&got);
+}
+
+#[test]
+fn map_batch_one_trailing_dsb_no_isb_for_stage2() {
+    trace::reset();
+    let slots: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+    let mut b = PtBatch::begin(Regime::Stage2 { vmid: 2 });
+    for (i, s) in slots.iter().enumerate() {
+        b.make(s, VALID + ((i as u64) << 12));
+    }
+    b.sync(); // nothing queued: no-op
+    let stats = b.finish();
+    let mut want = vec![Insn::Use(barriers::Consumer::Stage2Edit { vmid: 2 })];
+    for (i, s) in slots.iter().enumerate() {
+        want.push(store(s, 0, VALID + ((i as u64) << 12), None, None));
+    }
+    want.push(Insn::Dsb(DsbKind::Ishst));
+    want.push(Insn::Eret);
+    barriers::trace::record(Insn::Eret);
+    assert_eq!(trace::take(), want);
+    assert_eq!(stats, BatchStats { dsb: 1, tlbi: 0, isb: 0, dc: 0 });
+    assert_clean(&want);
+}
+
+#[test]
+fn el2_map_needs_dsb_and_isb() {
+    trace::reset();
+    let s = AtomicU64::new(0);
+    let mut b = PtBatch::begin(Regime::El2);
+    b.make(&s, VALID);
+    assert_eq!(b.finish(), BatchStats { dsb: 1, tlbi: 0, isb: 1, dc: 0 });
+    let want = vec![store(&s, 0, VALID, None, None), Insn::Dsb(DsbKind::Ishst), Insn::Isb];
+    assert_eq!(trace::take(), want);
+    assert_clean(&want);
+}
+
+#[test]
+fn el2_unmap_uses_vae2is_and_isb() {
+    trace::reset();
+    let s = AtomicU64::new(VALID);
+    let mut b = PtBatch::begin(Regime::El2);
+    b.break_entry(&s, 0, Inval::Leaf { ia: 0xffff_0000_0040_0000, level: 3 });
+    b.finish();
+    let want = vec![
+        store(&s, VALID, 0, Some(0xffff_0000_0040_0000), Some(3)),
+        Insn::Dsb(DsbKind::Ishst),
+        Insn::Tlbi(Tlbi::Vae2is { va: 0xffff_0000_0040_0000 }),
+        Insn::Dsb(DsbKind::Ish),
+        Insn::Isb,
+    ];
+    assert_eq!(trace::take(), want);
+    assert_clean(&want);
+}
+
+#[test]
+fn over_limit_and_tables_invalidate_vmid_wide_without_stage1_flush() {
+    trace::reset();
+    let slots: Vec<AtomicU64> = (0..5).map(|_| AtomicU64::new(VALID)).collect();
+    let mut b = PtBatch::begin(Regime::Stage2 { vmid: 3 }).with_tlbi_limit(4);
+    for (i, s) in slots.iter().enumerate() {
+        b.break_entry(s, 0, Inval::Leaf { ia: (i as u64) << 12, level: 3 });
+    }
+    b.finish();
+    let got = trace::take();
+    assert_eq!(
+        got[6..],
+        [Insn::Dsb(DsbKind::Ishst), Insn::Tlbi(Tlbi::Vmalls12e1is), Insn::Dsb(DsbKind::Ish)]
+    );
+    assert_clean(&got);
+
+    let t = AtomicU64::new(VALID);
+    let mut b = PtBatch::begin(Regime::Stage2 { vmid: 3 });
+    b.break_entry(&t, 0, Inval::Table { ia: 0x4000_0000 });
+    b.sync();
+    b.free(0x8765_0000);
+    b.finish();
+    let want = vec![
+        Insn::Use(barriers::Consumer::Stage2Edit { vmid: 3 }),
+        store(&t, VALID, 0, Some(0x4000_0000), None),
+        Insn::Dsb(DsbKind::Ishst),
+        Insn::Tlbi(Tlbi::Vmalls12e1is),
+        Insn::Dsb(DsbKind::Ish),
+        Insn::Free { pa: 0x8765_0000 },
+    ];
+    let got = trace::take();
+    assert_eq!(got, want);
+    assert_clean(&got);
+}
+
+#[test]
+fn restrict_queues_tlbi_without_bbm() {
+    trace::reset();
+    let s = AtomicU64::new(VALID | 0xc0);
+    let mut b = PtBatch::begin(Regime::Stage2 { vmid: 4 });
+    b.restrict(&s, VALID | 0x40, Inval::Leaf { ia: 0x1000, level: 3 });
+    b.make(&s, VALID | 0x40 | (1 << 55)); // SW-bit-only change: legal, no BBM
+    b.finish();
+    let want = vec![
+        Insn::Use(barriers::Consumer::Stage2Edit { vmid: 4 }),
+        store(&s, VALID | 0xc0, VALID | 0x40, Some(0x1000), Some(3)),
+        store(&s, VALID | 0x40, VALID | 0x40 | (1 << 55), None, None),
+        Insn::Dsb(DsbKind::Ishst),
+        Insn::Tlbi(Tlbi::Ipas2e1is { ipa: 0x1000, level: Some(3) }),
+        Insn::Dsb(DsbKind::Ish),
+        Insn::Tlbi(Tlbi::Vmalle1is),
+        Insn::Dsb(DsbKind::Ish),
+    ];
+    let got = trace::take();
+    assert_eq!(got, want);
+    assert_clean(&got);
+}
+
+#[test]
+fn clean_to_poc_by_line_then_dsb() {
+    trace::reset();
+    let mut b = PtBatch::begin(Regime::El2);
+    b.clean_to_poc(0x1010, 0x80);
+    b.clean_to_poc(0x2000, 0);
+    assert_eq!(b.finish(), BatchStats { dsb: 1, tlbi: 0, isb: 0, dc: 3 });
+    assert_eq!(
+        trace::take(),
+        vec![
+            Insn::DcCivac { va: 0x1000 },
+            Insn::DcCivac { va: 0x1040 },
+            Insn::DcCivac { va: 0x1080 },
+            Insn::Dsb(DsbKind::Ish)
+        ]
+    );
+}
+
+#[test]
+fn empty_batch_emits_nothing() {
+    trace::reset();
+    assert_eq!(PtBatch::begin(Regime::El2).finish(), BatchStats::default());
+    assert_eq!(trace::take(), vec![]);
+}
+
+#[test]
+#[should_panic(expected = "break-before-make")]
+fn make_over_unsynced_break_panics() {
+    let s = AtomicU64::new(VALID);
+    let mut b = PtBatch::begin(Regime::Stage2 { vmid: 1 });
+    b.break_entry(&s, 0, Inval::Leaf { ia: 0, level: 3 });
+    b.make(&s, VALID);
+}
+
+#[test]
+#[should_panic(expected = "unsynchronised break")]
+fn free_before_sync_panics() {
+    let s = AtomicU64::new(VALID);
+    let mut b = PtBatch::begin(Regime::Stage2 { vmid: 1 });
+    b.break_entry(&s, 0, Inval::Table { ia: 0 });
+    b.free(0x1000);
+}
+
+#[test]
+#[should_panic(expected = "is valid")]
+fn break_with_valid_descriptor_panics() {
+    let s = AtomicU64::new(VALID);
+    let mut b = PtBatch::begin(Regime::El2);
+    b.break_entry(&s, 1, Inval::Leaf { ia: 0, level: 3 });
+}
+
+#[test]
+#[should_panic(expected = "without finish")]
+fn dropping_a_batch_is_caught() {
+    let b = PtBatch::begin(Regime::El2);
+    drop(b);
+}
+
+/// Seed 002: nested lazy sections, several EL2 batches: one DSB ISHST + ISB at the outermost
+/// exit; PENDING is set once (test-then-set), re-marking does nothing.
+#[test]
+fn nested_lazy_sections_emit_once() {
+    trace::reset();
+    let lazy = LazyMmu::new();
+    let slots: Vec<AtomicU64> = (0..3).map(|_| AtomicU64::new(0)).collect();
+    {
+        let _outer = lazy.enter();
+        let mut b = PtBatch::begin_in(&lazy, Regime::El2);
+        b.make(&slots[0], VALID);
+        b.finish_in(&lazy);
+        {
+            let _inner = lazy.enter();
+            let mut b = PtBatch::begin_in(&lazy, Regime::El2);
+            b.make(&slots[1], VALID);
+            b.finish_in(&lazy);
+            lazy.queue_pte_barriers();
+        }
+        // Inner exit emitted nothing.
+        assert_eq!(trace::len(), 2);
+        let mut b = PtBatch::begin_in(&lazy, Regime::El2);
+        b.make(&slots[2], VALID);
+        b.finish_in(&lazy);
+    }
+    let want = vec![
+        store(&slots[0], 0, VALID, None, None),
+        store(&slots[1], 0, VALID, None, None),
+        store(&slots[2], 0, VALID, None, None),
+        Insn::Dsb(DsbKind::Ishst),
+        Insn::Isb,
+    ];
+    let got = trace::take();
+    assert_eq!(got, want);
+    assert_eq!(lazy.pending_sets(), 1, "PENDING must be set exactly once");
+    assert_clean(&got);
+}
+
+/// Invariant 24: an update from exception context inside a lazy section emits immediately.
+#[test]
+fn exception_context_inside_lazy_emits_immediately() {
+    trace::reset();
+    let lazy = LazyMmu::new();
+    let a = AtomicU64::new(0);
+    let e = AtomicU64::new(VALID);
+    {
+        let _scope = lazy.enter();
+        let mut b = PtBatch::begin_in(&lazy, Regime::El2);
+        b.make(&a, VALID);
+        b.finish_in(&lazy);
+        {
+            let _exc = lazy.exception();
+            let mut b = PtBatch::begin_in(&lazy, Regime::El2);
+            b.break_entry(&e, 0, Inval::Leaf { ia: 0x5000, level: 3 });
+            assert_eq!(trace::len(), 6, "break from exception context completes at once");
+            b.make(&e, VALID | 0x1000);
+            b.finish_in(&lazy);
+        }
+    }
+    let want = vec![
+        store(&a, 0, VALID, None, None),
+        // Exception context: immediate break (publishes the lazy store too) ...
+        store(&e, VALID, 0, Some(0x5000), Some(3)),
+        Insn::Dsb(DsbKind::Ishst),
+        Insn::Tlbi(Tlbi::Vae2is { va: 0x5000 }),
+        Insn::Dsb(DsbKind::Ish),
+        Insn::Isb,
+        // ... and immediate make.
+        store(&e, 0, VALID | 0x1000, None, None),
+        Insn::Dsb(DsbKind::Ishst),
+        Insn::Isb,
+        // Outer section exit: the lazily queued barriers for `a`, once.
+        Insn::Dsb(DsbKind::Ishst),
+        Insn::Isb,
+    ];
+    assert_eq!(trace::take(), want);
+}
+
+#[test]
+fn outside_lazy_section_queue_emits_at_once() {
+    trace::reset();
+    let lazy = LazyMmu::new();
+    lazy.queue_pte_barriers();
+    assert_eq!(trace::take(), vec![Insn::Dsb(DsbKind::Ishst), Insn::Isb]);
+    assert_eq!(lazy.pending_sets(), 0);
+}
