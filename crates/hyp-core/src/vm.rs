@@ -120,7 +120,7 @@ pub fn create(
     if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
         return Err("vCPU count out of range");
     }
-    if ram_size > p.vm_pool.size || ram_size % (2 << 20) != 0 || ram_size > (1 << 30) {
+    if ram_size > p.vm_pool.size || !ram_size.is_multiple_of(2 << 20) || ram_size > (1 << 30) {
         return Err("guest RAM size does not fit the VM pool");
     }
     let off = image
@@ -173,7 +173,7 @@ impl Vm {
         let Some(idx) = hypercall::mpidr_to_index(target, self.nr_vcpus) else {
             return hypercall::INVALID_PARAMETERS;
         };
-        if !self.ipa_in_ram(entry) || entry % 4 != 0 {
+        if !self.ipa_in_ram(entry) || !entry.is_multiple_of(4) {
             // PSCI INVALID_ADDRESS.
             return -9i64 as u64;
         }

@@ -103,3 +103,12 @@ pub struct Mapping {
     /// Level of the leaf (1: 1 GiB block, 2: 2 MiB block, 3: page).
     pub level: u8,
 }
+
+/// A non-empty entry reported by [`Stage2::for_each_entry`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A valid leaf; `pa` is the block's base.
+    Mapped(Mapping),
+    /// An invalid entry carrying an owner annotation.
+    Annotated(OwnerId),
+}

@@ -8,7 +8,7 @@ use crate::desc::{
     STATE_MASK, VALID,
 };
 use crate::walk::{size, Fault, Op, Tables};
-use crate::{BlockSize, Error, Mapping};
+use crate::{BlockSize, Entry, Error, Mapping};
 
 /// Default TLBI policy: up to this many leaf invalidations per batch are issued one by one
 /// (IPAS2E1IS with a level hint); more become one VMALLS12E1IS.
@@ -289,6 +289,20 @@ impl Stage2 {
         let (d, _) = self.tables.lookup(alloc, ipa.0)?;
         let owner = ((d & OWNER_MASK) >> OWNER_SHIFT) as u8;
         (d & VALID == 0 && owner != 0).then_some(OwnerId(owner))
+    }
+
+    /// Calls `f(ipa, size, entry)` for every leaf and every annotated invalid entry, in IPA
+    /// order (`size` is the entry's block size). For tests, debugging and hyp-core's audits.
+    pub fn for_each_entry<A: TableAlloc>(&self, alloc: &A, mut f: impl FnMut(Ipa, u64, Entry)) {
+        let fmt = self.tables.fmt;
+        self.tables.visit(alloc, &mut |ia, level, d| {
+            let e = if d & VALID != 0 {
+                Entry::Mapped(Mapping { pa: Pa(d & OA_MASK), attrs: fmt.decode(d), state: PageState::from_desc(d), level })
+            } else {
+                Entry::Annotated(OwnerId(((d & OWNER_MASK) >> OWNER_SHIFT) as u8))
+            };
+            f(Ipa(ia), size(level), e);
+        });
     }
 
     /// VTTBR_EL2: BADDR = root PA (aligned to the concatenated root size), VMID in \[63:48\]

@@ -180,6 +180,27 @@ impl<F: Format> Tables<F> {
         }
     }
 
+    /// Calls `f(ia, level, desc)` for every non-zero non-table entry (valid leaves and annotated
+    /// invalid entries), in address order.
+    pub(crate) fn visit<A: TableAlloc>(&self, alloc: &A, f: &mut dyn FnMut(u64, u8, u64)) {
+        fn rec<A: TableAlloc>(alloc: &A, t: &[AtomicU64], level: u8, base: u64, f: &mut dyn FnMut(u64, u8, u64)) {
+            for (i, s) in t.iter().enumerate() {
+                let d = s.load(Ordering::Acquire);
+                let ia = base + ((i as u64) << shift(level));
+                if is_table(d, level) {
+                    // SAFETY: a table descriptor in a live table points at a live table.
+                    let c = unsafe { slots(alloc, Pa(d & OA_MASK), ENTRIES) };
+                    rec(alloc, c, level + 1, ia, f);
+                } else if d != 0 {
+                    f(ia, level, d);
+                }
+            }
+        }
+        // SAFETY: the root is live for the lifetime of `self`.
+        let root = unsafe { slots(alloc, self.root, self.root_entries) };
+        rec(alloc, root, self.start_level, 0, f);
+    }
+
     /// Breaks every root entry, completes the invalidation and frees every table, root
     /// included.
     pub(crate) fn destroy<A: TableAlloc>(&self, alloc: &mut A) -> BatchStats {
