@@ -14,6 +14,7 @@
 pub mod exit;
 pub mod hypercall;
 pub mod inject;
+pub mod pages;
 pub mod platform;
 pub mod stats;
 pub mod uart_emul;
