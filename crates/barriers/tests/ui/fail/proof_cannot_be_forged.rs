@@ -1,0 +1,7 @@
+// Rule (item 3): only isb() mints proofs; `Synced::assume` is unsafe and the fields are private.
+use barriers::sync::{El1Names, Synced};
+
+fn main() {
+    let _a = Synced::<El1Names>::assume();
+    let _b: Synced<El1Names> = Synced { _k: core::marker::PhantomData };
+}
