@@ -22,7 +22,9 @@
 //! | 23 | no duplicate obligation: no DSB with nothing to order since the previous DSB, no TLBI repeated before its completing DSB |
 
 use crate::insn::{Consumer, DsbKind, Insn, SysReg, Tlbi};
-use crate::regs::{vttbr_vmid, CPTR_EL2_FP_TRAPS, HCR_E2H_TGE, HCR_ERET_FIELDS, HCR_GUEST_ONLY_FIELDS};
+use crate::regs::{
+    vttbr_vmid, CPTR_EL2_FP_TRAPS, HCR_E2H_TGE, HCR_ERET_FIELDS, HCR_GUEST_ONLY_FIELDS,
+};
 use std::collections::{HashMap, HashSet};
 use std::format;
 use std::string::String;
@@ -89,12 +91,20 @@ struct State {
 
 impl State {
     fn v(&mut self, invariant: u8, index: usize, what: String) {
-        self.out.push(Violation { invariant, index, what });
+        self.out.push(Violation {
+            invariant,
+            index,
+            what,
+        });
     }
 
     fn need(&mut self, class: u8, inv: u8, i: usize, what: &str) {
         if let Some(w) = self.pending[class as usize] {
-            self.v(inv, i, format!("{what} at {i} without an ISB after the write at {w}"));
+            self.v(
+                inv,
+                i,
+                format!("{what} at {i} without an ISB after the write at {w}"),
+            );
         }
     }
 
@@ -122,7 +132,8 @@ impl State {
                 if changed & HCR_VM != 0 {
                     set(self, VMID);
                 }
-                if changed & !(HCR_GUEST_ONLY_FIELDS | HCR_E2H_TGE | HCR_ERET_FIELDS | HCR_VM) != 0 {
+                if changed & !(HCR_GUEST_ONLY_FIELDS | HCR_E2H_TGE | HCR_ERET_FIELDS | HCR_VM) != 0
+                {
                     set(self, OTHER);
                 }
             }
@@ -131,13 +142,11 @@ impl State {
                 set(self, VMID);
             }
             SysReg::VtcrEl2 => set(self, VMID),
-            SysReg::CptrEl2 => {
-                if changed & !value & CPTR_EL2_FP_TRAPS != 0 {
-                    set(self, FP);
-                }
-            }
+            SysReg::CptrEl2 if changed & !value & CPTR_EL2_FP_TRAPS != 0 => set(self, FP),
             SysReg::IccSreEl2 => set(self, GIC),
-            SysReg::SctlrEl2 | SysReg::TcrEl2 | SysReg::Ttbr0El2 | SysReg::MairEl2 => set(self, EL2MEM),
+            SysReg::SctlrEl2 | SysReg::TcrEl2 | SysReg::Ttbr0El2 | SysReg::MairEl2 => {
+                set(self, EL2MEM)
+            }
             _ => {}
         }
     }
@@ -149,7 +158,11 @@ impl State {
     fn isb(&mut self, i: usize) {
         let reason = self.pending.iter().any(Option::is_some) || self.need_isb_for_mappings;
         if !reason {
-            self.v(2, i, format!("ISB at {i} with no pending in-context write or EL2 mapping change"));
+            self.v(
+                2,
+                i,
+                format!("ISB at {i} with no pending in-context write or EL2 mapping change"),
+            );
         }
         self.cse();
         self.need_isb_for_mappings = false;
@@ -157,15 +170,29 @@ impl State {
 
     fn eret(&mut self, i: usize) {
         if let Some(w) = self.pending[ERET_IN as usize] {
-            self.v(4, i, format!("ERET at {i}: HCR_EL2.RW/E2H/TGE/NV change at {w} needs an explicit ISB first"));
+            self.v(
+                4,
+                i,
+                format!(
+                    "ERET at {i}: HCR_EL2.RW/E2H/TGE/NV change at {w} needs an explicit ISB first"
+                ),
+            );
         }
         if let Some(w) = self.make_undsb {
-            self.v(13, i, format!("ERET at {i}: descriptor store at {w} not published by a DSB"));
+            self.v(
+                13,
+                i,
+                format!("ERET at {i}: descriptor store at {w} not published by a DSB"),
+            );
         }
         self.breaks_done(11, i, "ERET");
         if self.s1flush.0 != S1Flush::None {
             let at = self.s1flush.1;
-            self.v(12, i, format!("ERET at {i}: stage-1 flush after IPAS2E1IS at {at} incomplete"));
+            self.v(
+                12,
+                i,
+                format!("ERET at {i}: stage-1 flush after IPAS2E1IS at {at} incomplete"),
+            );
             self.s1flush = (S1Flush::None, i);
         }
         self.cse();
@@ -184,7 +211,11 @@ impl State {
 
     fn dsb(&mut self, i: usize, kind: DsbKind) {
         if !self.work_since_dsb {
-            self.v(23, i, format!("DSB {kind:?} at {i} with nothing to order since the previous DSB"));
+            self.v(
+                23,
+                i,
+                format!("DSB {kind:?} at {i} with nothing to order since the previous DSB"),
+            );
         }
         self.work_since_dsb = false;
         self.tlbis_since_dsb.clear();
@@ -210,27 +241,37 @@ impl State {
         }
         if let Some(b) = self.last_break {
             if self.published.is_none_or(|p| p < b) {
-                self.v(11, i, format!("TLBI at {i} before a DSB published the break at {b}"));
+                self.v(
+                    11,
+                    i,
+                    format!("TLBI at {i} before a DSB published the break at {b}"),
+                );
                 self.published = Some(b);
             }
         }
         self.invalidated = self.published;
         if !self.tlbis_since_dsb.insert(op) {
-            self.v(23, i, format!("TLBI {op:?} at {i} repeated before its completing DSB"));
+            self.v(
+                23,
+                i,
+                format!("TLBI {op:?} at {i} repeated before its completing DSB"),
+            );
         }
         self.work_since_dsb = true;
         match op {
             Tlbi::Ipas2e1is { .. } => self.s1flush = (S1Flush::NeedDsb, i),
             Tlbi::Vmalls12e1is | Tlbi::Alle1is => self.s1flush = (S1Flush::None, i),
-            Tlbi::Vmalle1is => match self.s1flush.0 {
-                S1Flush::NeedDsb => {
-                    let at = self.s1flush.1;
-                    self.v(12, i, format!("TLBI VMALLE1IS at {i} before the DSB ISH completing IPAS2E1IS at {at}"));
-                    self.s1flush.0 = S1Flush::NeedFinalDsb;
+            Tlbi::Vmalle1is => {
+                match self.s1flush.0 {
+                    S1Flush::NeedDsb => {
+                        let at = self.s1flush.1;
+                        self.v(12, i, format!("TLBI VMALLE1IS at {i} before the DSB ISH completing IPAS2E1IS at {at}"));
+                        self.s1flush.0 = S1Flush::NeedFinalDsb;
+                    }
+                    S1Flush::NeedVmalle1 => self.s1flush.0 = S1Flush::NeedFinalDsb,
+                    _ => {}
                 }
-                S1Flush::NeedVmalle1 => self.s1flush.0 = S1Flush::NeedFinalDsb,
-                _ => {}
-            },
+            }
             Tlbi::Alle2is | Tlbi::Alle2 | Tlbi::Vae2is { .. } => self.need_isb_for_mappings = true,
         }
     }
@@ -270,13 +311,21 @@ impl State {
                 if let Some(w) = self.make_undsb {
                     self.v(13, i, format!("EL2 relies on mappings at {i}: store at {w} not published by DSB ISHST"));
                 } else if self.need_isb_for_mappings {
-                    self.v(13, i, format!("EL2 relies on mappings at {i} without an ISB after their DSB"));
+                    self.v(
+                        13,
+                        i,
+                        format!("EL2 relies on mappings at {i} without an ISB after their DSB"),
+                    );
                 }
             }
             Consumer::Stage2Edit { vmid } => {
                 if let Some(v) = self.vttbr_vmid {
                     if v != vmid {
-                        self.v(7, i, format!("stage-2 batch for VMID {vmid} while VTTBR_EL2 holds VMID {v}"));
+                        self.v(
+                            7,
+                            i,
+                            format!("stage-2 batch for VMID {vmid} while VTTBR_EL2 holds VMID {v}"),
+                        );
                     }
                 }
             }
@@ -308,7 +357,11 @@ pub fn check(trace: &[Insn]) -> Vec<Violation> {
             Insn::Isb => s.isb(i),
             Insn::Dsb(k) => s.dsb(i, k),
             Insn::Tlbi(op) => s.tlbi(i, op),
-            Insn::Msr { reg, value, changed } => s.msr(i, reg, value, changed),
+            Insn::Msr {
+                reg,
+                value,
+                changed,
+            } => s.msr(i, reg, value, changed),
             Insn::Mrs { reg } => {
                 if reg.is_el1_named() {
                     s.need(E2H_TGE, 6, i, &format!("{reg:?} read"));
@@ -335,7 +388,11 @@ pub fn check(trace: &[Insn]) -> Vec<Violation> {
     s.breaks_done(11, n, "end of trace");
     if s.s1flush.0 != S1Flush::None {
         let at = s.s1flush.1;
-        s.v(12, n, format!("end of trace: stage-1 flush after IPAS2E1IS at {at} incomplete"));
+        s.v(
+            12,
+            n,
+            format!("end of trace: stage-1 flush after IPAS2E1IS at {at} incomplete"),
+        );
     }
     s.out
 }
@@ -344,7 +401,10 @@ pub fn check(trace: &[Insn]) -> Vec<Violation> {
 pub fn report(violations: &[Violation]) -> String {
     let mut s = String::new();
     for v in violations {
-        s.push_str(&format!("invariant {} at {}: {}\n", v.invariant, v.index, v.what));
+        s.push_str(&format!(
+            "invariant {} at {}: {}\n",
+            v.invariant, v.index, v.what
+        ));
     }
     s
 }

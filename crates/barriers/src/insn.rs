@@ -66,7 +66,10 @@ impl Tlbi {
     /// Whether the operation is "by VMID", i.e. depends on VTTBR_EL2.VMID (and HCR_EL2.TGE) being
     /// synchronised first (ARM-RULES.md section 1, invariant 7).
     pub const fn by_vmid(self) -> bool {
-        matches!(self, Tlbi::Ipas2e1is { .. } | Tlbi::Vmalls12e1is | Tlbi::Vmalle1is)
+        matches!(
+            self,
+            Tlbi::Ipas2e1is { .. } | Tlbi::Vmalls12e1is | Tlbi::Vmalle1is
+        )
     }
 }
 
@@ -283,7 +286,10 @@ impl SysReg {
     /// Whether the register belongs to the GIC CPU or virtual CPU interface (depends on
     /// ICC_SRE_EL2.SRE).
     pub const fn is_gic(self) -> bool {
-        matches!(self, SysReg::IchHcrEl2 | SysReg::IchVmcrEl2 | SysReg::IchLr(_))
+        matches!(
+            self,
+            SysReg::IchHcrEl2 | SysReg::IchVmcrEl2 | SysReg::IchLr(_)
+        )
     }
 }
 
@@ -538,8 +544,14 @@ pub(crate) mod emit {
     ///
     /// None on the host (kept `unsafe` so both backends have the same signature).
     pub(crate) unsafe fn msr(reg: SysReg, value: u64) {
-        let old = REGS.with(|r| r.borrow_mut().insert(reg, value)).unwrap_or(0);
-        push(Insn::Msr { reg, value, changed: old ^ value });
+        let old = REGS
+            .with(|r| r.borrow_mut().insert(reg, value))
+            .unwrap_or(0);
+        push(Insn::Msr {
+            reg,
+            value,
+            changed: old ^ value,
+        });
     }
 
     pub(crate) fn mrs(reg: SysReg) -> u64 {
@@ -565,7 +577,13 @@ pub(crate) mod emit {
 
     pub(crate) fn store(slot: &AtomicU64, new: u64, ia: Option<u64>, level: Option<u8>) {
         let old = slot.swap(new, Ordering::Release);
-        push(Insn::Store { addr: slot as *const AtomicU64 as u64, old, new, ia, level });
+        push(Insn::Store {
+            addr: slot as *const AtomicU64 as u64,
+            old,
+            new,
+            ia,
+            level,
+        });
     }
 
     pub(crate) fn free(pa: u64) {

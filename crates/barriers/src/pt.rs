@@ -167,7 +167,11 @@ impl PtBatch {
     /// break-before-make requires the TLBI to complete before the new entry is stored (R_DDMVT).
     pub fn make(&mut self, slot: &AtomicU64, new: u64) {
         let addr = slot as *const AtomicU64 as usize;
-        if self.len != 0 && addr >= self.lo && addr <= self.hi && self.queued().any(|q| q.is_break && q.slot == addr) {
+        if self.len != 0
+            && addr >= self.lo
+            && addr <= self.hi
+            && self.queued().any(|q| q.is_break && q.slot == addr)
+        {
             panic!(
                 "PtBatch::make over slot {addr:#x} broken in this batch before sync(): \
                  break-before-make requires the break's TLBI to complete first (R_DDMVT)"
@@ -190,7 +194,10 @@ impl PtBatch {
     ///
     /// If `invalid` has bit 0 (valid) set.
     pub fn break_entry(&mut self, slot: &AtomicU64, invalid: u64, inv: Inval) {
-        assert!(invalid & 1 == 0, "PtBatch::break_entry: descriptor {invalid:#x} is valid (bit 0 set)");
+        assert!(
+            invalid & 1 == 0,
+            "PtBatch::break_entry: descriptor {invalid:#x} is valid (bit 0 set)"
+        );
         self.store_and_queue(slot, invalid, inv, true);
     }
 
@@ -213,7 +220,11 @@ impl PtBatch {
             self.sync();
         }
         let addr = slot as *const AtomicU64 as usize;
-        self.queue[self.len] = MaybeUninit::new(Queued { slot: addr, inv, is_break });
+        self.queue[self.len] = MaybeUninit::new(Queued {
+            slot: addr,
+            inv,
+            is_break,
+        });
         self.len += 1;
         self.lo = self.lo.min(addr);
         self.hi = self.hi.max(addr);
@@ -272,7 +283,10 @@ impl PtBatch {
                         let q = unsafe { self.queue[i].assume_init() };
                         if let Inval::Leaf { ia, level } = q.inv {
                             // 2.2 step 4: the old leaf, with its level as TTL hint.
-                            self.tlbi(Tlbi::Ipas2e1is { ipa: ia, level: Some(level) });
+                            self.tlbi(Tlbi::Ipas2e1is {
+                                ipa: ia,
+                                level: Some(level),
+                            });
                         }
                     }
                 }
@@ -404,7 +418,10 @@ impl Drop for PtBatch {
         if std::thread::panicking() {
             return;
         }
-        debug_assert!(self.done, "PtBatch dropped without finish(): its barriers were never issued");
+        debug_assert!(
+            self.done,
+            "PtBatch dropped without finish(): its barriers were never issued"
+        );
     }
 }
 
@@ -424,7 +441,12 @@ pub struct LazyMmu {
 impl LazyMmu {
     /// A CPU outside any lazy section.
     pub const fn new() -> Self {
-        LazyMmu { depth: AtomicU32::new(0), exception: AtomicU32::new(0), pending: AtomicU32::new(0), sets: AtomicU32::new(0) }
+        LazyMmu {
+            depth: AtomicU32::new(0),
+            exception: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            sets: AtomicU32::new(0),
+        }
     }
 
     /// Enters a (possibly nested) lazy section. Barriers queued inside are issued when the

@@ -5,7 +5,9 @@
 //! Field masks come from `aarch64-cpu` where it defines them.
 
 use crate::insn::{emit, SysReg};
-use crate::sync::{El1Names, El2Fp, El2Translation, GicSre, GuestOnly, HcrAny, Includes, Pending, Synced, VmidCtx};
+use crate::sync::{
+    El1Names, El2Fp, El2Translation, GicSre, GuestOnly, HcrAny, Includes, Pending, Synced, VmidCtx,
+};
 use aarch64_cpu::registers::{HCR_EL2, VTTBR_EL2};
 
 /// The in-place mask of an `aarch64-cpu` field.
@@ -178,8 +180,11 @@ pub const HCR_GUEST_ONLY_FIELDS: u64 = mask!(HCR_EL2::TVM)
     | mask!(HCR_EL2::VSE);
 
 /// HCR_EL2 fields the ERET itself reads before its synchronisation point (invariant 4).
-pub const HCR_ERET_FIELDS: u64 =
-    mask!(HCR_EL2::RW) | mask!(HCR_EL2::E2H) | mask!(HCR_EL2::TGE) | mask!(HCR_EL2::NV) | mask!(HCR_EL2::NV1);
+pub const HCR_ERET_FIELDS: u64 = mask!(HCR_EL2::RW)
+    | mask!(HCR_EL2::E2H)
+    | mask!(HCR_EL2::TGE)
+    | mask!(HCR_EL2::NV)
+    | mask!(HCR_EL2::NV1);
 
 /// HCR_EL2.E2H | TGE: redirect `*_EL1` names and select the regime of TLBI/AT (invariants 6, 7).
 pub const HCR_E2H_TGE: u64 = mask!(HCR_EL2::E2H) | mask!(HCR_EL2::TGE);
@@ -280,11 +285,17 @@ impl CptrEl2 {
     /// # Panics
     ///
     /// In debug builds (always on the host), if a trap in [`CPTR_EL2_FP_TRAPS`] is cleared.
-    pub unsafe fn write_setting_traps<K: Includes<El1Names>>(_e2h: &Synced<K>, value: u64) -> Pending<GuestOnly> {
+    pub unsafe fn write_setting_traps<K: Includes<El1Names>>(
+        _e2h: &Synced<K>,
+        value: u64,
+    ) -> Pending<GuestOnly> {
         if cfg!(any(debug_assertions, not(all(barriers_hw, not(test))))) {
             let old = emit::peek(SysReg::CptrEl2);
             let cleared = old & !value & CPTR_EL2_FP_TRAPS;
-            assert!(cleared == 0, "CptrEl2::write_setting_traps clears FP traps {cleared:#x}; use CptrEl2::write");
+            assert!(
+                cleared == 0,
+                "CptrEl2::write_setting_traps clears FP traps {cleared:#x}; use CptrEl2::write"
+            );
         }
         // SAFETY: forwarded contract.
         let changed = unsafe { write_raw(SysReg::CptrEl2, value) };
@@ -313,7 +324,10 @@ impl TcrEl2 {
     /// The value must describe the tables in TTBR0_EL2 (or the MMU must be off), and `isb()` must
     /// follow before EL2 relies on it; with the MMU on, stale entries need TLBI ALLE2 (TCR_EL2 is
     /// TLB-cacheable).
-    pub unsafe fn write<K: Includes<El1Names>>(_e2h: &Synced<K>, value: u64) -> Pending<El2Translation> {
+    pub unsafe fn write<K: Includes<El1Names>>(
+        _e2h: &Synced<K>,
+        value: u64,
+    ) -> Pending<El2Translation> {
         // SAFETY: forwarded contract.
         let changed = unsafe { write_raw(SysReg::TcrEl2, value) };
         Pending::new(SysReg::TcrEl2, changed)

@@ -138,13 +138,23 @@ pub struct Pending<K: Class> {
 
 impl<K: Class> core::fmt::Debug for Pending<K> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Pending<{}>({:?}, changed {:#x})", K::NAME, self.reg, self.changed)
+        write!(
+            f,
+            "Pending<{}>({:?}, changed {:#x})",
+            K::NAME,
+            self.reg,
+            self.changed
+        )
     }
 }
 
 impl<K: Class> Pending<K> {
     pub(crate) fn new(reg: SysReg, changed: u64) -> Self {
-        Pending { reg, changed, _k: PhantomData }
+        Pending {
+            reg,
+            changed,
+            _k: PhantomData,
+        }
     }
 
     /// The register written.
@@ -161,7 +171,11 @@ impl<K: Class> Pending<K> {
     /// Widens the class to one that includes it (e.g. a [`GuestOnly`] token into a set that is
     /// discharged by one ISB together with an [`HcrAny`] token).
     pub fn widen<W: Includes<K>>(self) -> Pending<W> {
-        let p = Pending { reg: self.reg, changed: self.changed, _k: PhantomData };
+        let p = Pending {
+            reg: self.reg,
+            changed: self.changed,
+            _k: PhantomData,
+        };
         core::mem::forget(self);
         p
     }

@@ -10,7 +10,13 @@ fn addr(s: &AtomicU64) -> u64 {
 }
 
 fn store(s: &AtomicU64, old: u64, new: u64, ia: Option<u64>, level: Option<u8>) -> Insn {
-    Insn::Store { addr: addr(s), old, new, ia, level }
+    Insn::Store {
+        addr: addr(s),
+        old,
+        new,
+        ia,
+        level,
+    }
 }
 
 fn assert_clean(t: &[Insn]) {
@@ -23,10 +29,19 @@ const VALID: u64 = 0x4000_0000_0000_0003 | 0x4000_0000;
 #[test]
 fn unmap_512_pages_one_dsb_before_one_after() {
     trace::reset();
-    let slots: Vec<AtomicU64> = (0..512).map(|i| AtomicU64::new(VALID + (i << 12))).collect();
+    let slots: Vec<AtomicU64> = (0..512)
+        .map(|i| AtomicU64::new(VALID + (i << 12)))
+        .collect();
     let mut b = PtBatch::begin(Regime::Stage2 { vmid: 7 });
     for (i, s) in slots.iter().enumerate() {
-        b.break_entry(s, 0, Inval::Leaf { ia: 0x8000_0000 + ((i as u64) << 12), level: 3 });
+        b.break_entry(
+            s,
+            0,
+            Inval::Leaf {
+                ia: 0x8000_0000 + ((i as u64) << 12),
+                level: 3,
+            },
+        );
     }
     let stats = b.finish();
     let mut want = vec![Insn::Use(barriers::Consumer::Stage2Edit { vmid: 7 })];
@@ -36,13 +51,33 @@ fn unmap_512_pages_one_dsb_before_one_after() {
     }
     want.push(Insn::Dsb(DsbKind::Ishst));
     for i in 0..512u64 {
-        want.push(Insn::Tlbi(Tlbi::Ipas2e1is { ipa: 0x8000_0000 + (i << 12), level: Some(3) }));
+        want.push(Insn::Tlbi(Tlbi::Ipas2e1is {
+            ipa: 0x8000_0000 + (i << 12),
+            level: Some(3),
+        }));
     }
-    want.extend([Insn::Dsb(DsbKind::Ish), Insn::Tlbi(Tlbi::Vmalle1is), Insn::Dsb(DsbKind::Ish)]);
+    want.extend([
+        Insn::Dsb(DsbKind::Ish),
+        Insn::Tlbi(Tlbi::Vmalle1is),
+        Insn::Dsb(DsbKind::Ish),
+    ]);
     let got = trace::take();
     assert_eq!(got, want);
-    assert_eq!(stats, BatchStats { dsb: 3, tlbi: 513, isb: 0, dc: 0 });
-    assert_eq!(got.iter().filter(|i| **i == Insn::Dsb(DsbKind::Ishst)).count(), 1);
+    assert_eq!(
+        stats,
+        BatchStats {
+            dsb: 3,
+            tlbi: 513,
+            isb: 0,
+            dc: 0
+        }
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|i| **i == Insn::Dsb(DsbKind::Ishst))
+            .count(),
+        1
+    );
     assert!(slots.iter().all(|s| s.load(Ordering::Relaxed) == 0));
     assert_clean(&got);
 }
@@ -52,7 +87,14 @@ fn break_sync_make_is_break_before_make() {
     trace::reset();
     let s = AtomicU64::new(VALID);
     let mut b = PtBatch::begin(Regime::Stage2 { vmid: 1 });
-    b.break_entry(&s, 0, Inval::Leaf { ia: 0x4000_0000, level: 2 });
+    b.break_entry(
+        &s,
+        0,
+        Inval::Leaf {
+            ia: 0x4000_0000,
+            level: 2,
+        },
+    );
     b.sync();
     b.make(&s, VALID | 0x20_0000);
     let stats = b.finish();
@@ -60,7 +102,10 @@ fn break_sync_make_is_break_before_make() {
         Insn::Use(barriers::Consumer::Stage2Edit { vmid: 1 }),
         store(&s, VALID, 0, Some(0x4000_0000), Some(2)),
         Insn::Dsb(DsbKind::Ishst),
-        Insn::Tlbi(Tlbi::Ipas2e1is { ipa: 0x4000_0000, level: Some(2) }),
+        Insn::Tlbi(Tlbi::Ipas2e1is {
+            ipa: 0x4000_0000,
+            level: Some(2),
+        }),
         Insn::Dsb(DsbKind::Ish),
         Insn::Tlbi(Tlbi::Vmalle1is),
         Insn::Dsb(DsbKind::Ish),
@@ -69,7 +114,15 @@ fn break_sync_make_is_break_before_make() {
     ];
     let got = trace::take();
     assert_eq!(got, want);
-    assert_eq!(stats, BatchStats { dsb: 4, tlbi: 2, isb: 0, dc: 0 });
+    assert_eq!(
+        stats,
+        BatchStats {
+            dsb: 4,
+            tlbi: 2,
+            isb: 0,
+            dc: 0
+        }
+    );
     assert_clean(&got);
 }
 
@@ -91,7 +144,15 @@ fn map_batch_one_trailing_dsb_no_isb_for_stage2() {
     want.push(Insn::Eret);
     barriers::trace::record(Insn::Eret);
     assert_eq!(trace::take(), want);
-    assert_eq!(stats, BatchStats { dsb: 1, tlbi: 0, isb: 0, dc: 0 });
+    assert_eq!(
+        stats,
+        BatchStats {
+            dsb: 1,
+            tlbi: 0,
+            isb: 0,
+            dc: 0
+        }
+    );
     assert_clean(&want);
 }
 
@@ -101,8 +162,20 @@ fn el2_map_needs_dsb_and_isb() {
     let s = AtomicU64::new(0);
     let mut b = PtBatch::begin(Regime::El2);
     b.make(&s, VALID);
-    assert_eq!(b.finish(), BatchStats { dsb: 1, tlbi: 0, isb: 1, dc: 0 });
-    let want = vec![store(&s, 0, VALID, None, None), Insn::Dsb(DsbKind::Ishst), Insn::Isb];
+    assert_eq!(
+        b.finish(),
+        BatchStats {
+            dsb: 1,
+            tlbi: 0,
+            isb: 1,
+            dc: 0
+        }
+    );
+    let want = vec![
+        store(&s, 0, VALID, None, None),
+        Insn::Dsb(DsbKind::Ishst),
+        Insn::Isb,
+    ];
     assert_eq!(trace::take(), want);
     assert_clean(&want);
 }
@@ -112,12 +185,21 @@ fn el2_unmap_uses_vae2is_and_isb() {
     trace::reset();
     let s = AtomicU64::new(VALID);
     let mut b = PtBatch::begin(Regime::El2);
-    b.break_entry(&s, 0, Inval::Leaf { ia: 0xffff_0000_0040_0000, level: 3 });
+    b.break_entry(
+        &s,
+        0,
+        Inval::Leaf {
+            ia: 0xffff_0000_0040_0000,
+            level: 3,
+        },
+    );
     b.finish();
     let want = vec![
         store(&s, VALID, 0, Some(0xffff_0000_0040_0000), Some(3)),
         Insn::Dsb(DsbKind::Ishst),
-        Insn::Tlbi(Tlbi::Vae2is { va: 0xffff_0000_0040_0000 }),
+        Insn::Tlbi(Tlbi::Vae2is {
+            va: 0xffff_0000_0040_0000,
+        }),
         Insn::Dsb(DsbKind::Ish),
         Insn::Isb,
     ];
@@ -131,13 +213,24 @@ fn over_limit_and_tables_invalidate_vmid_wide_without_stage1_flush() {
     let slots: Vec<AtomicU64> = (0..5).map(|_| AtomicU64::new(VALID)).collect();
     let mut b = PtBatch::begin(Regime::Stage2 { vmid: 3 }).with_tlbi_limit(4);
     for (i, s) in slots.iter().enumerate() {
-        b.break_entry(s, 0, Inval::Leaf { ia: (i as u64) << 12, level: 3 });
+        b.break_entry(
+            s,
+            0,
+            Inval::Leaf {
+                ia: (i as u64) << 12,
+                level: 3,
+            },
+        );
     }
     b.finish();
     let got = trace::take();
     assert_eq!(
         got[6..],
-        [Insn::Dsb(DsbKind::Ishst), Insn::Tlbi(Tlbi::Vmalls12e1is), Insn::Dsb(DsbKind::Ish)]
+        [
+            Insn::Dsb(DsbKind::Ishst),
+            Insn::Tlbi(Tlbi::Vmalls12e1is),
+            Insn::Dsb(DsbKind::Ish)
+        ]
     );
     assert_clean(&got);
 
@@ -165,7 +258,14 @@ fn restrict_queues_tlbi_without_bbm() {
     trace::reset();
     let s = AtomicU64::new(VALID | 0xc0);
     let mut b = PtBatch::begin(Regime::Stage2 { vmid: 4 });
-    b.restrict(&s, VALID | 0x40, Inval::Leaf { ia: 0x1000, level: 3 });
+    b.restrict(
+        &s,
+        VALID | 0x40,
+        Inval::Leaf {
+            ia: 0x1000,
+            level: 3,
+        },
+    );
     b.make(&s, VALID | 0x40 | (1 << 55)); // SW-bit-only change: legal, no BBM
     b.finish();
     let want = vec![
@@ -173,7 +273,10 @@ fn restrict_queues_tlbi_without_bbm() {
         store(&s, VALID | 0xc0, VALID | 0x40, Some(0x1000), Some(3)),
         store(&s, VALID | 0x40, VALID | 0x40 | (1 << 55), None, None),
         Insn::Dsb(DsbKind::Ishst),
-        Insn::Tlbi(Tlbi::Ipas2e1is { ipa: 0x1000, level: Some(3) }),
+        Insn::Tlbi(Tlbi::Ipas2e1is {
+            ipa: 0x1000,
+            level: Some(3),
+        }),
         Insn::Dsb(DsbKind::Ish),
         Insn::Tlbi(Tlbi::Vmalle1is),
         Insn::Dsb(DsbKind::Ish),
@@ -189,7 +292,15 @@ fn clean_to_poc_by_line_then_dsb() {
     let mut b = PtBatch::begin(Regime::El2);
     b.clean_to_poc(0x1010, 0x80);
     b.clean_to_poc(0x2000, 0);
-    assert_eq!(b.finish(), BatchStats { dsb: 1, tlbi: 0, isb: 0, dc: 3 });
+    assert_eq!(
+        b.finish(),
+        BatchStats {
+            dsb: 1,
+            tlbi: 0,
+            isb: 0,
+            dc: 3
+        }
+    );
     assert_eq!(
         trace::take(),
         vec![
@@ -294,8 +405,19 @@ fn exception_context_inside_lazy_emits_immediately() {
         {
             let _exc = lazy.exception();
             let mut b = PtBatch::begin_in(&lazy, Regime::El2);
-            b.break_entry(&e, 0, Inval::Leaf { ia: 0x5000, level: 3 });
-            assert_eq!(trace::len(), 6, "break from exception context completes at once");
+            b.break_entry(
+                &e,
+                0,
+                Inval::Leaf {
+                    ia: 0x5000,
+                    level: 3,
+                },
+            );
+            assert_eq!(
+                trace::len(),
+                6,
+                "break from exception context completes at once"
+            );
             b.make(&e, VALID | 0x1000);
             b.finish_in(&lazy);
         }

@@ -24,7 +24,11 @@ fn assert_clean(t: &[Insn]) {
 }
 
 fn msr(reg: SysReg, value: u64, changed: u64) -> Insn {
-    Insn::Msr { reg, value, changed }
+    Insn::Msr {
+        reg,
+        value,
+        changed,
+    }
 }
 
 /// E2H/TGE change, then an EL1-named access: the ISB is there.
@@ -43,11 +47,15 @@ fn tge_change_then_el1_access_has_isb() {
     let _s = isb(p);
     let _entry = enter_guest(&eos, w);
     let want = vec![
-        Insn::Mrs { reg: SysReg::SctlrEl2 },
+        Insn::Mrs {
+            reg: SysReg::SctlrEl2,
+        },
         msr(SysReg::HcrEl2, TGE, TGE),
         Insn::Isb,
         msr(SysReg::SctlrEl1, 0x30d0_0800, 0x30d0_0800),
-        Insn::Mrs { reg: SysReg::TcrEl1 },
+        Insn::Mrs {
+            reg: SysReg::TcrEl1,
+        },
         msr(SysReg::HcrEl2, GUEST_HCR, GUEST_HCR ^ TGE),
         Insn::Isb,
         Insn::Eret,
@@ -129,7 +137,14 @@ fn vttbr_isb_tlbi_then_context_restore_and_entry() {
     uses::tlbi_by_vmid(&vmid);
     let slot = core::sync::atomic::AtomicU64::new(3);
     let mut b = barriers::pt::PtBatch::begin(barriers::pt::Regime::Stage2 { vmid: 5 });
-    b.break_entry(&slot, 0, barriers::pt::Inval::Leaf { ia: 0x1000, level: 3 });
+    b.break_entry(
+        &slot,
+        0,
+        barriers::pt::Inval::Leaf {
+            ia: 0x1000,
+            level: 3,
+        },
+    );
     b.finish();
     let mut g = GuestPending::new();
     g.add(SctlrEl1::write(&cse, 1));
@@ -141,13 +156,24 @@ fn vttbr_isb_tlbi_then_context_restore_and_entry() {
     unsafe { ElrEl2::write(0x4000_0000) };
     let _e = enter_guest(&eos, g);
     let got = trace::take();
-    assert_eq!(got[..3], [msr(SysReg::VttbrEl2, vttbr, vttbr), Insn::Isb, Insn::Use(barriers::Consumer::Stage2Edit { vmid: 5 })]);
+    assert_eq!(
+        got[..3],
+        [
+            msr(SysReg::VttbrEl2, vttbr, vttbr),
+            Insn::Isb,
+            Insn::Use(barriers::Consumer::Stage2Edit { vmid: 5 })
+        ]
+    );
     assert_eq!(
         got[got.len() - 6..],
         [
             msr(SysReg::SctlrEl1, 1, 1),
             msr(SysReg::ElrEl1, 2, 2),
-            msr(SysReg::IchLr(3), 0x5000_0000_0000_0020, 0x5000_0000_0000_0020),
+            msr(
+                SysReg::IchLr(3),
+                0x5000_0000_0000_0020,
+                0x5000_0000_0000_0020
+            ),
             msr(SysReg::CntvoffEl2, 9, 9),
             msr(SysReg::ElrEl2, 0x4000_0000, 0x4000_0000),
             Insn::Eret
@@ -164,7 +190,13 @@ fn in_context_consumers_after_isb() {
     // SAFETY: exception entry.
     let cse = unsafe { Synced::<Cse>::assume() };
     // SAFETY: host trace only.
-    let (c, s, m) = unsafe { (CptrEl2::write(&cse, 0x33ff), IccSreEl2::write(0xf), SctlrEl2::write(SCTLR_EL2_EOS_EIS | 0x30c5_0835)) };
+    let (c, s, m) = unsafe {
+        (
+            CptrEl2::write(&cse, 0x33ff),
+            IccSreEl2::write(0xf),
+            SctlrEl2::write(SCTLR_EL2_EOS_EIS | 0x30c5_0835),
+        )
+    };
     let (fp, sre, mem) = isb((c, s, m));
     uses::el2_fp(&fp);
     uses::gic_sysreg(&sre);
@@ -181,7 +213,9 @@ fn in_context_consumers_after_isb() {
             Insn::Isb,
             Insn::Use(barriers::Consumer::El2Fp),
             Insn::Use(barriers::Consumer::GicSysreg),
-            Insn::Mrs { reg: SysReg::IchVmcrEl2 },
+            Insn::Mrs {
+                reg: SysReg::IchVmcrEl2
+            },
             Insn::Use(barriers::Consumer::El2Memory),
         ]
     );
@@ -196,7 +230,16 @@ fn at_translation_isb_before_par() {
     let par = uses::at_s12e1r(&cse, &cse, 0x1234_5000);
     assert_eq!(par, 0);
     let got = trace::take();
-    assert_eq!(got, vec![Insn::Use(barriers::Consumer::At), Insn::Isb, Insn::Mrs { reg: SysReg::ParEl1 }]);
+    assert_eq!(
+        got,
+        vec![
+            Insn::Use(barriers::Consumer::At),
+            Insn::Isb,
+            Insn::Mrs {
+                reg: SysReg::ParEl1
+            }
+        ]
+    );
     assert_clean(&got);
 }
 
