@@ -43,7 +43,7 @@ pub mod host;
 
 /// The barrier batch this crate drives (re-exported from `barriers::pt`).
 pub mod batch {
-    pub use barriers::pt::{BatchStats, Inval, PtBatch, Regime};
+    pub use barriers::pt::{BatchStats, Inval, PtBatch, Regime, MAX_QUEUED};
 }
 
 pub use addr::{Ipa, Pa, PageCount, Va, PAGE_SIZE};

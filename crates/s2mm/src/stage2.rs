@@ -297,7 +297,12 @@ impl Stage2 {
         let fmt = self.tables.fmt;
         self.tables.visit(alloc, &mut |ia, level, d| {
             let e = if d & VALID != 0 {
-                Entry::Mapped(Mapping { pa: Pa(d & OA_MASK), attrs: fmt.decode(d), state: PageState::from_desc(d), level })
+                Entry::Mapped(Mapping {
+                    pa: Pa(d & OA_MASK),
+                    attrs: fmt.decode(d),
+                    state: PageState::from_desc(d),
+                    level,
+                })
             } else {
                 Entry::Annotated(OwnerId(((d & OWNER_MASK) >> OWNER_SHIFT) as u8))
             };

@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::addr::Pa;
 use crate::alloc::TableAlloc;
-use crate::batch::{BatchStats, Inval, PtBatch};
+use crate::batch::{BatchStats, Inval, PtBatch, MAX_QUEUED};
 use crate::desc::{requires_bbm, Format, OA_MASK, TABLE_OR_PAGE, VALID};
 use crate::Error;
 
@@ -111,6 +111,8 @@ struct Walker<'a, A: TableAlloc, F: Format> {
     min_leaf_level: u8,
     /// Breaks or restricts queued since the last sync.
     unsynced: bool,
+    /// Number of them (the batch queue holds at most `barriers::pt::MAX_QUEUED`).
+    queued: usize,
     detached: [(u64, u8); DETACH_CAP],
     n_detached: usize,
     fault: Fault,
@@ -141,6 +143,7 @@ impl<F: Format> Tables<F> {
             op,
             min_leaf_level: self.min_leaf_level.max(1),
             unsynced: false,
+            queued: 0,
             detached: [(0, 0); DETACH_CAP],
             n_detached: 0,
             fault,
@@ -183,7 +186,13 @@ impl<F: Format> Tables<F> {
     /// Calls `f(ia, level, desc)` for every non-zero non-table entry (valid leaves and annotated
     /// invalid entries), in address order.
     pub(crate) fn visit<A: TableAlloc>(&self, alloc: &A, f: &mut dyn FnMut(u64, u8, u64)) {
-        fn rec<A: TableAlloc>(alloc: &A, t: &[AtomicU64], level: u8, base: u64, f: &mut dyn FnMut(u64, u8, u64)) {
+        fn rec<A: TableAlloc>(
+            alloc: &A,
+            t: &[AtomicU64],
+            level: u8,
+            base: u64,
+            f: &mut dyn FnMut(u64, u8, u64),
+        ) {
             for (i, s) in t.iter().enumerate() {
                 let d = s.load(Ordering::Acquire);
                 let ia = base + ((i as u64) << shift(level));
@@ -212,6 +221,7 @@ impl<F: Format> Tables<F> {
             op: Op::Unmap { inval: 0 },
             min_leaf_level: 1,
             unsynced: false,
+            queued: 0,
             detached: [(0, 0); DETACH_CAP],
             n_detached: 0,
             fault: Fault::None,
@@ -246,9 +256,25 @@ impl<A: TableAlloc, F: Format> Walker<'_, A, F> {
         self.batch.finish()
     }
 
-    fn break_(&mut self, slot: &AtomicU64, invalid: u64, inv: Inval) {
-        self.batch.break_entry(slot, invalid, inv);
+    /// Keeps the batch queue from overflowing: we sync ourselves when it is full, so every
+    /// queued invalidation is issued exactly once (the batch's own overflow path would store
+    /// the new entry before its internal sync and then queue it again).
+    fn reserve_queue(&mut self) {
+        if self.queued == MAX_QUEUED {
+            self.sync_now();
+        }
+        self.queued += 1;
         self.unsynced = true;
+    }
+
+    fn break_(&mut self, slot: &AtomicU64, invalid: u64, inv: Inval) {
+        self.reserve_queue();
+        self.batch.break_entry(slot, invalid, inv);
+    }
+
+    fn restrict(&mut self, slot: &AtomicU64, new: u64, inv: Inval) {
+        self.reserve_queue();
+        self.batch.restrict(slot, new, inv);
     }
 
     /// Completes queued breaks, then frees detached tables (safe only now, invariant 15).
@@ -256,6 +282,7 @@ impl<A: TableAlloc, F: Format> Walker<'_, A, F> {
         if self.unsynced {
             self.batch.sync();
             self.unsynced = false;
+            self.queued = 0;
         }
         for k in 0..self.n_detached {
             let (pa, level) = self.detached[k];
@@ -483,8 +510,7 @@ impl<A: TableAlloc, F: Format> Walker<'_, A, F> {
             true
         } else if self.fmt.is_restriction(old, new) {
             // §2.2 "Permissions": restricting needs TLBI + DSB, no BBM.
-            self.batch.restrict(slot, new, inv);
-            self.unsynced = true;
+            self.restrict(slot, new, inv);
             false
         } else {
             // Relaxing permissions or changing SW bits only: exempt from BBM (R_WHZWS).
