@@ -21,7 +21,7 @@
 //! from exception context inside a lazy section ([`PtBatch::begin_in`]) emit immediately
 //! (invariant 24).
 
-use crate::insn::{emit, Consumer, DsbKind, Tlbi};
+use crate::insn::{emit, DsbKind, Tlbi};
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -73,11 +73,47 @@ pub struct BatchStats {
 /// table's worth of pages a VMID-wide invalidation is cheaper).
 pub const MAX_QUEUED: usize = 512;
 
+/// A queued break or restriction, packed in 16 bytes (the queue is 8 KiB): the descriptor address,
+/// and the page-aligned input address with flags in bits [11:0].
 #[derive(Clone, Copy)]
 struct Queued {
     slot: usize,
-    inv: Inval,
-    is_break: bool,
+    packed: u64,
+}
+
+const Q_LEVEL: u64 = 0x3;
+const Q_TABLE: u64 = 1 << 2;
+const Q_BREAK: u64 = 1 << 3;
+
+impl Queued {
+    fn new(slot: usize, inv: Inval, is_break: bool) -> Self {
+        debug_assert!(
+            !matches!(inv, Inval::Leaf { level, .. } if level > 3),
+            "Inval::Leaf level must be 0..=3"
+        );
+        let brk = if is_break { Q_BREAK } else { 0 };
+        let packed = match inv {
+            Inval::Leaf { ia, level } => (ia & !0xfff) | u64::from(level) & Q_LEVEL | brk,
+            Inval::Table { ia } => (ia & !0xfff) | Q_TABLE | brk,
+        };
+        Queued { slot, packed }
+    }
+
+    fn is_break(self) -> bool {
+        self.packed & Q_BREAK != 0
+    }
+
+    fn inv(self) -> Inval {
+        let ia = self.packed & !0xfff;
+        if self.packed & Q_TABLE != 0 {
+            Inval::Table { ia }
+        } else {
+            Inval::Leaf {
+                ia,
+                level: (self.packed & Q_LEVEL) as u8,
+            }
+        }
+    }
 }
 
 /// A translation-table update batch. See the [module documentation](self).
@@ -92,7 +128,7 @@ pub struct PtBatch {
     /// Address range of queued breaks (fast reject for the make check).
     lo: usize,
     hi: usize,
-    /// A store made after the last DSB that still needs the trailing DSB ISHST.
+    /// A descriptor store not yet followed by an Inner Shareable DSB (published to walkers).
     store_owed: bool,
     /// Something since the last ISB needs one before EL2 relies on it (EL2 regime only).
     isb_owed: bool,
@@ -114,12 +150,10 @@ impl core::fmt::Debug for PtBatch {
 }
 
 impl PtBatch {
-    /// Opens a batch for `regime`. For stage 2 this records a [`Consumer::Stage2Edit`] marker on
-    /// the host so the checker can compare the VMID with VTTBR_EL2 (invariant 7).
+    /// Opens a batch for `regime`. Emits nothing. For stage 2, VTTBR_EL2 must already hold the
+    /// VMID, synchronised ([`crate::sync::uses::stage2_tables`] declares it and records the
+    /// marker the checker compares with VTTBR_EL2, invariant 7).
     pub fn begin(regime: Regime) -> Self {
-        if let Regime::Stage2 { vmid } = regime {
-            emit::mark(Consumer::Stage2Edit { vmid });
-        }
         PtBatch {
             regime,
             limit: MAX_QUEUED,
@@ -170,7 +204,7 @@ impl PtBatch {
         if self.len != 0
             && addr >= self.lo
             && addr <= self.hi
-            && self.queued().any(|q| q.is_break && q.slot == addr)
+            && self.queued().any(|q| q.is_break() && q.slot == addr)
         {
             panic!(
                 "PtBatch::make over slot {addr:#x} broken in this batch before sync(): \
@@ -214,17 +248,31 @@ impl PtBatch {
             Inval::Table { ia } => (ia, None),
         };
         emit::store(slot, new, Some(ia), level);
+        self.store_owed = true;
         if self.len == MAX_QUEUED {
             // The queue is full: complete what is queued now rather than lose track of broken
             // slots. Correct, at the cost of one more DSB/TLBI/DSB round.
             self.sync();
         }
         let addr = slot as *const AtomicU64 as usize;
-        self.queue[self.len] = MaybeUninit::new(Queued {
-            slot: addr,
-            inv,
-            is_break,
-        });
+        let q = Queued::new(addr, inv, is_break);
+        if self.len != 0 && addr >= self.lo && addr <= self.hi {
+            // The same descriptor queued again with the same invalidation (e.g. restrict, then
+            // break): one TLBI covers both (invariant 23).
+            let same = |e: &Queued| e.slot == addr && (e.packed | Q_BREAK) == (q.packed | Q_BREAK);
+            if let Some(i) = (0..self.len).find(|&i| {
+                // SAFETY: i < len, initialised below before len was raised.
+                same(unsafe { self.queue[i].assume_init_ref() })
+            }) {
+                // SAFETY: as above.
+                unsafe { self.queue[i].assume_init_mut() }.packed |= q.packed & Q_BREAK;
+                if self.immediate {
+                    self.sync();
+                }
+                return;
+            }
+        }
+        self.queue[self.len] = MaybeUninit::new(q);
         self.len += 1;
         self.lo = self.lo.min(addr);
         self.hi = self.hi.max(addr);
@@ -245,6 +293,10 @@ impl PtBatch {
 
     fn dsb(&mut self, kind: DsbKind) {
         emit::dsb(kind);
+        if kind.covers_ish_stores() {
+            // Any Inner Shareable DSB publishes the stores before it: no trailing DSB owed for them.
+            self.store_owed = false;
+        }
         self.stats.dsb += 1;
     }
 
@@ -267,8 +319,10 @@ impl PtBatch {
         // R_DDMVT / 2.2 step 2: the invalid descriptors must be visible to every walker before the
         // TLBI, or a walk could refill the TLB from the old entry after it. This DSB also covers
         // any make stored before it.
-        self.dsb(DsbKind::Ishst);
-        self.store_owed = false;
+        // Skipped when an Inner Shareable DSB (e.g. after clean_to_poc) already followed every store.
+        if self.store_owed {
+            self.dsb(DsbKind::Ishst);
+        }
         let wide = self.wide;
         let n = self.len;
         match self.regime {
@@ -281,7 +335,7 @@ impl PtBatch {
                     for i in 0..n {
                         // SAFETY: i < len, initialised by store_and_queue.
                         let q = unsafe { self.queue[i].assume_init() };
-                        if let Inval::Leaf { ia, level } = q.inv {
+                        if let Inval::Leaf { ia, level } = q.inv() {
                             // 2.2 step 4: the old leaf, with its level as TTL hint.
                             self.tlbi(Tlbi::Ipas2e1is {
                                 ipa: ia,
@@ -308,7 +362,7 @@ impl PtBatch {
                     for i in 0..n {
                         // SAFETY: i < len, initialised by store_and_queue.
                         let q = unsafe { self.queue[i].assume_init() };
-                        if let Inval::Leaf { ia, .. } = q.inv {
+                        if let Inval::Leaf { ia, .. } = q.inv() {
                             self.tlbi(Tlbi::Vae2is { va: ia });
                         }
                     }

@@ -390,6 +390,13 @@ pub mod uses {
         emit::mark(Consumer::GicSysreg);
     }
 
+    /// A stage-2 [`crate::pt::PtBatch`] for `vmid` follows: VTTBR_EL2 holds `vmid` and is
+    /// synchronised (ARM-RULES.md 2.2 step 3). Records a [`Consumer::Stage2Edit`] marker so the
+    /// checker compares `vmid` with the last VTTBR_EL2 write (invariant 7).
+    pub fn stage2_tables<K: Includes<VmidCtx>>(_proof: &Synced<K>, vmid: u16) {
+        emit::mark(Consumer::Stage2Edit { vmid });
+    }
+
     /// EL2 is about to issue TLB maintenance by VMID (VTTBR_EL2 and HCR_EL2.TGE synchronised).
     /// Use before a stage-2 [`crate::pt::PtBatch`] when VTTBR_EL2 was just written.
     pub fn tlbi_by_vmid<K: Includes<VmidCtx>>(_proof: &Synced<K>) {}

@@ -135,6 +135,7 @@ fn vttbr_isb_tlbi_then_context_restore_and_entry() {
     let v = unsafe { VttbrEl2::write(vttbr) };
     let vmid = isb(v);
     uses::tlbi_by_vmid(&vmid);
+    uses::stage2_tables(&vmid, 5);
     let slot = core::sync::atomic::AtomicU64::new(3);
     let mut b = barriers::pt::PtBatch::begin(barriers::pt::Regime::Stage2 { vmid: 5 });
     b.break_entry(
