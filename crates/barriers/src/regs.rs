@@ -378,7 +378,7 @@ gic_reg!(
     safety = ""
 );
 
-/// ICH_LR<n>_EL2, n in 0..16: list registers.
+/// `ICH_LR<n>_EL2`, n in 0..16: list registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IchLrEl2(u8);
 

@@ -19,6 +19,7 @@
 //! ([`crate::check`], invariants 1, 6, 7, 8) catches that in tests.
 
 use crate::insn::{emit, SysReg};
+use aarch64_cpu::registers::SCTLR_EL2;
 use core::marker::PhantomData;
 
 mod sealed {
@@ -333,7 +334,7 @@ pub struct EosChecked {
 }
 
 /// SCTLR_EL2.EOS (bit 11) and EIS (bit 22).
-pub const SCTLR_EL2_EOS_EIS: u64 = (1 << 11) | (1 << 22);
+pub const SCTLR_EL2_EOS_EIS: u64 = (SCTLR_EL2::EOS.mask << SCTLR_EL2::EOS.shift) | (SCTLR_EL2::EIS.mask << SCTLR_EL2::EIS.shift);
 
 /// Reads SCTLR_EL2 and checks EIS = EOS = 1 (ARM-RULES.md invariant 3).
 ///
@@ -369,7 +370,7 @@ pub fn enter_guest<T: EretTokens>(eos: &EosChecked, tokens: T) -> GuestEntry {
 }
 
 /// Declarations of in-context consumers: call them where EL2 starts to depend on synchronised
-/// state. On the host they record a [`Consumer`] marker for the checker; on the target they emit
+/// state. On the host they record a [`crate::Consumer`] marker for the checker; on the target they emit
 /// nothing (the proof is the point).
 pub mod uses {
     use super::{El1Names, El2Fp, El2Translation, GicSre, Includes, Synced, VmidCtx};
