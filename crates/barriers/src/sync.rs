@@ -334,7 +334,8 @@ pub struct EosChecked {
 }
 
 /// SCTLR_EL2.EOS (bit 11) and EIS (bit 22).
-pub const SCTLR_EL2_EOS_EIS: u64 = (SCTLR_EL2::EOS.mask << SCTLR_EL2::EOS.shift) | (SCTLR_EL2::EIS.mask << SCTLR_EL2::EIS.shift);
+pub const SCTLR_EL2_EOS_EIS: u64 =
+    (SCTLR_EL2::EOS.mask << SCTLR_EL2::EOS.shift) | (SCTLR_EL2::EIS.mask << SCTLR_EL2::EIS.shift);
 
 /// Reads SCTLR_EL2 and checks EIS = EOS = 1 (ARM-RULES.md invariant 3).
 ///
