@@ -1,0 +1,329 @@
+//! VTCR/VTTBR values, EL2 stage 1, TLBI policy, table freeing and out-of-memory behaviour.
+
+use barriers::{check, trace, Consumer, Insn, Tlbi};
+use s2mm::el2::El2Stage1;
+use s2mm::host::HostAlloc;
+use s2mm::ownership::{transition, CompState, PageOwnership, Requester, Transition};
+use s2mm::stage2::stage2_geometry;
+use s2mm::{Attrs, BlockSize, Error, Ipa, MemType, OwnerId, Pa, PageState, Perms, Stage2, Va};
+
+const K4: u64 = 4096;
+const M2: u64 = 1 << 21;
+const G: u64 = 1 << 30;
+
+#[test]
+fn geometry_concatenates_start_tables() {
+    // (ipa bits, start level, root entries, root pages)
+    for (bits, lvl, entries, pages) in [
+        (32, 2, 2048, 4),
+        (36, 1, 64, 1),
+        (40, 1, 1024, 2),
+        (42, 1, 4096, 8),
+        (43, 1, 8192, 16),
+        (44, 0, 32, 1),
+        (48, 0, 512, 1),
+    ] {
+        assert_eq!(
+            stage2_geometry(bits),
+            Ok((lvl, entries, pages)),
+            "{bits}-bit IPA"
+        );
+    }
+    assert_eq!(stage2_geometry(31), Err(Error::UnsupportedIpaSize));
+    assert_eq!(stage2_geometry(52), Err(Error::UnsupportedIpaSize));
+}
+
+#[test]
+fn vtcr_and_vttbr_values() {
+    let mut a = HostAlloc::new();
+    let s40 = Stage2::new(&mut a, 7, 40, true).unwrap();
+    // T0SZ=24, SL0=1 (level 1), IRGN0=ORGN0=WBWA, SH0=inner, TG0=4K, PS=40 bits, RES1 bit 31.
+    assert_eq!(s40.vtcr(2), Ok(0x8002_3558));
+    assert_eq!(s40.vtcr(5), Ok(0x8005_3558));
+    assert_eq!(s40.vtcr(1), Err(Error::UnsupportedPaRange)); // 36-bit PA < 40-bit IPA
+    assert_eq!(s40.vtcr(7), Err(Error::UnsupportedPaRange));
+    assert_eq!(s40.vttbr(), s40.root().0 | (7 << 48));
+    assert_eq!(
+        s40.root().0 % (2 * K4),
+        0,
+        "concatenated root aligned to its size"
+    );
+    let s44 = Stage2::new(&mut a, 300, 44, false).unwrap();
+    // T0SZ=20, SL0=2 (level 0), PS=44 bits, VS=1 (16-bit VMID).
+    assert_eq!(s44.vtcr(4), Ok(0x8004_3594 | (1 << 19)));
+    assert_eq!(s44.vttbr() >> 48, 300);
+    let s48 = Stage2::new(&mut a, 1, 48, true).unwrap();
+    assert_eq!(
+        s48.vtcr(6),
+        Ok(0x8005_3590),
+        "52-bit PARange capped to 48-bit PS"
+    );
+    for s in [s40, s44, s48] {
+        s.destroy(&mut a);
+    }
+    assert_eq!(a.live_pages(), 0);
+}
+
+#[test]
+fn el2_stage1_map_query_and_barriers() {
+    let mut a = HostAlloc::new();
+    let mut el2 = El2Stage1::new(&mut a, 39).unwrap();
+    assert_eq!(
+        el2.tcr_el2(2).unwrap(),
+        25 | (1 << 8) | (1 << 10) | (3 << 12) | (2 << 16) | (1 << 23) | (1 << 31)
+    );
+    assert_eq!(El2Stage1::mair_el2(), 0x44_04ff);
+    trace::clear();
+    let text = Attrs {
+        mem: MemType::Normal,
+        perms: Perms::RX,
+    };
+    let st = el2
+        .map_identity(&mut a, Pa(0x4008_0000), 16 * K4, text)
+        .unwrap();
+    el2.map_identity(&mut a, Pa(0x4020_0000), M2, Attrs::RAM_RW)
+        .unwrap();
+    el2.map_identity(&mut a, Pa(0x0900_0000), K4, Attrs::DEVICE_RW)
+        .unwrap();
+    // EL2 consumes its own mappings: the batch ends with DSB ISHST + ISB.
+    assert_eq!((st.dsb, st.isb, st.tlbi), (1, 1, 0));
+    trace::record(Insn::Use(Consumer::El2Memory));
+    let t = trace::take();
+    assert!(
+        check::check(&t).is_empty(),
+        "{}",
+        check::report(&check::check(&t))
+    );
+    let m = el2.query(&a, Va(0x4008_3000)).unwrap();
+    assert_eq!((m.pa, m.attrs, m.level), (Pa(0x4008_3000), text, 3));
+    assert_eq!(el2.query(&a, Va(0x4020_1000)).unwrap().level, 2);
+    assert_eq!(
+        el2.query(&a, Va(0x0900_0000)).unwrap().attrs,
+        Attrs::DEVICE_RW
+    );
+    assert!(el2.query(&a, Va(0x4009_0000)).is_none());
+    // W^X and executable device memory are refused, nothing changes.
+    assert_eq!(
+        el2.map_identity(&mut a, Pa(0x5000_0000), K4, Attrs::RAM_RWX),
+        Err(Error::InvalidAttrs)
+    );
+    let dev_x = Attrs {
+        mem: MemType::Device,
+        perms: Perms::RX,
+    };
+    assert_eq!(
+        el2.map_identity(&mut a, Pa(0x5000_0000), K4, dev_x),
+        Err(Error::InvalidAttrs)
+    );
+    assert!(el2.query(&a, Va(0x5000_0000)).is_none());
+    // Restricting RW -> RO: TLBI VAE2IS per page, DSB ISH, then ISB.
+    trace::clear();
+    let st = el2
+        .protect(&mut a, Va(0x4020_0000), 2 * K4, Perms::RO)
+        .unwrap();
+    let t = trace::take();
+    assert!(t
+        .iter()
+        .any(|i| matches!(i, Insn::Tlbi(Tlbi::Vae2is { .. }))));
+    assert_eq!(st.isb, 1);
+    assert!(
+        check::check(&t).is_empty(),
+        "{}",
+        check::report(&check::check(&t))
+    );
+    assert_eq!(
+        el2.query(&a, Va(0x4020_0000)).unwrap().attrs.perms,
+        Perms::RO
+    );
+    assert_eq!(
+        el2.query(&a, Va(0x4020_2000)).unwrap().attrs.perms,
+        Perms::RW
+    );
+    el2.unmap(&mut a, Va(0), 1 << 39).unwrap();
+    assert_eq!(a.live_pages(), 1, "only the root remains");
+    el2.destroy(&mut a);
+    assert_eq!(a.live_pages(), 0);
+}
+
+#[test]
+fn tlbi_policy_per_page_or_vmid_wide() {
+    let mut a = HostAlloc::new();
+    let mut s2 = Stage2::new(&mut a, 9, 40, true).unwrap();
+    s2.set_block_policy(BlockSize::Page4K);
+    s2.map(
+        &mut a,
+        Ipa(G),
+        Pa(G),
+        512 * K4,
+        Attrs::RAM_RW,
+        PageState::Owned,
+    )
+    .unwrap();
+    // 16 pages <= limit (32): IPAS2E1IS each, DSB ISH, VMALLE1IS, DSB ISH (D8.17.6.1).
+    trace::clear();
+    let st = s2.unmap(&mut a, Ipa(G), 16 * K4).unwrap();
+    let t = trace::take();
+    let ipas = t
+        .iter()
+        .filter(|i| matches!(i, Insn::Tlbi(Tlbi::Ipas2e1is { level: Some(3), .. })))
+        .count();
+    assert_eq!((ipas, st.tlbi, st.dsb), (16, 17, 3));
+    assert!(check::check(&t).is_empty());
+    // 40 pages > limit: one VMALLS12E1IS.
+    trace::clear();
+    let st = s2.unmap(&mut a, Ipa(G + 16 * K4), 40 * K4).unwrap();
+    let t = trace::take();
+    assert_eq!((st.tlbi, st.dsb), (1, 2));
+    assert!(matches!(
+        t.iter().find(|i| matches!(i, Insn::Tlbi(_))),
+        Some(Insn::Tlbi(Tlbi::Vmalls12e1is))
+    ));
+    // Mapping into empty space: no TLBI, one DSB for the whole batch.
+    let st = s2
+        .map(
+            &mut a,
+            Ipa(2 * G),
+            Pa(2 * G),
+            1024 * K4,
+            Attrs::RAM_RW,
+            PageState::Owned,
+        )
+        .unwrap();
+    assert_eq!((st.tlbi, st.dsb), (0, 1));
+    s2.destroy(&mut a);
+    assert_eq!(a.live_pages(), 0);
+}
+
+#[test]
+fn emptied_tables_are_freed() {
+    let mut a = HostAlloc::new();
+    let mut s2 = Stage2::new(&mut a, 1, 40, true).unwrap();
+    let base = a.live_pages();
+    // Scattered single pages: one level-2 and several level-3 tables.
+    for i in 0..8u64 {
+        s2.map(
+            &mut a,
+            Ipa(G + i * 3 * M2 + K4),
+            Pa(i * K4),
+            K4,
+            Attrs::RAM_RW,
+            PageState::Owned,
+        )
+        .unwrap();
+    }
+    assert_eq!(a.live_pages(), base + 1 + 8);
+    for i in 0..8u64 {
+        s2.unmap(&mut a, Ipa(G + i * 3 * M2 + K4), K4).unwrap();
+        assert_eq!(
+            a.live_pages(),
+            base + if i == 7 { 0 } else { 1 + 7 - i as usize }
+        );
+    }
+    s2.destroy(&mut a);
+    assert_eq!(a.live_pages(), 0);
+}
+
+#[test]
+fn out_of_memory_leaves_consistent_tables() {
+    let mut a = HostAlloc::new();
+    let mut s2 = Stage2::new(&mut a, 1, 40, true).unwrap();
+    s2.set_block_policy(BlockSize::Page4K);
+    // Room for the level-2 table and one level-3 table only.
+    let base = a.live_pages();
+    a.limit = Some(base + 2);
+    trace::clear();
+    let r = s2.map(
+        &mut a,
+        Ipa(0),
+        Pa(0),
+        3 * M2,
+        Attrs::RAM_RW,
+        PageState::Owned,
+    );
+    assert_eq!(r, Err(Error::OutOfMemory));
+    // The barriers of the partial batch were still discharged.
+    let t = trace::take();
+    assert!(check::check(&t).is_empty());
+    for p in (0..3 * M2).step_by(K4 as usize) {
+        if let Some(m) = s2.query(&a, Ipa(p)) {
+            assert_eq!(m.pa, Pa(p));
+        }
+    }
+    // The new subtree was being built off-line: on failure it is dropped whole, so nothing
+    // changed and nothing leaked.
+    assert_eq!(s2.query(&a, Ipa(0)), None);
+    assert_eq!(a.live_pages(), base);
+    // Into an existing live table, the pages mapped before the failure stay mapped.
+    a.limit = None;
+    s2.map(&mut a, Ipa(0), Pa(0), K4, Attrs::RAM_RW, PageState::Owned)
+        .unwrap();
+    a.limit = Some(a.live_pages() + 1);
+    let r = s2.map(
+        &mut a,
+        Ipa(0),
+        Pa(0),
+        3 * M2,
+        Attrs::RAM_RW,
+        PageState::Owned,
+    );
+    assert_eq!(r, Err(Error::OutOfMemory));
+    assert_eq!(s2.query(&a, Ipa(M2 - K4)).map(|m| m.pa), Some(Pa(M2 - K4)));
+    assert_eq!(
+        s2.query(&a, Ipa(2 * M2 - K4)).map(|m| m.pa),
+        Some(Pa(2 * M2 - K4))
+    );
+    assert_eq!(s2.query(&a, Ipa(2 * M2)), None);
+    a.limit = None;
+    s2.destroy(&mut a);
+    assert_eq!(a.live_pages(), 0);
+}
+
+#[test]
+fn host_donate_then_reclaim_through_the_tables() {
+    const GUEST: OwnerId = OwnerId(2);
+    let mut a = HostAlloc::new();
+    let mut host = Stage2::new(&mut a, 0, 40, true).unwrap();
+    let mut guest = Stage2::new(&mut a, 2, 40, true).unwrap();
+    host.map(&mut a, Ipa(0), Pa(0), G, Attrs::RAM_RWX, PageState::Owned)
+        .unwrap();
+    let page = Pa(0x1234_5000);
+    let read = |host: &Stage2, guest: &Stage2, a: &HostAlloc| PageOwnership {
+        host: CompState::from_mapping(host.query(a, Ipa(page.0)).map(|m| m.state)),
+        guest: CompState::from_mapping(guest.query(a, Ipa(0x8000_0000)).map(|m| m.state)),
+        hyp: CompState::NoAccess,
+    };
+    let cur = read(&host, &guest, &a);
+    let next = transition(cur, Transition::HostDonate, Requester::Host).unwrap();
+    assert_eq!(next.guest, CompState::Owned);
+    host.set_annotation(&mut a, Ipa(page.0), K4, GUEST).unwrap();
+    guest
+        .map(
+            &mut a,
+            Ipa(0x8000_0000),
+            page,
+            K4,
+            Attrs::RAM_RWX,
+            next.guest.page_state().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(read(&host, &guest, &a), next);
+    assert_eq!(host.annotation(&a, Ipa(page.0)), Some(GUEST));
+    // The guest cannot donate it back; the host cannot lend it again.
+    assert!(transition(next, Transition::HostDonate, Requester::Guest).is_err());
+    assert!(transition(next, Transition::HostLend, Requester::Host).is_err());
+    // Reclaim after destroy: host owns it again and the 1 GiB block is restored.
+    let back = transition(next, Transition::Reclaim, Requester::Host).unwrap();
+    guest.destroy(&mut a);
+    host.map(
+        &mut a,
+        Ipa(page.0),
+        page,
+        K4,
+        Attrs::RAM_RWX,
+        back.host.page_state().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(host.query(&a, Ipa(page.0)).unwrap().level, 1);
+    host.destroy(&mut a);
+    assert_eq!(a.live_pages(), 0);
+}
