@@ -446,3 +446,13 @@ fn outside_lazy_section_queue_emits_at_once() {
     assert_eq!(trace::take(), vec![Insn::Dsb(DsbKind::Ishst), Insn::Isb]);
     assert_eq!(lazy.pending_sets(), 0);
 }
+
+#[test]
+fn tlbi_operand_encoding() {
+    use barriers::insn::{ipas2_operand, va_operand};
+    // IPA[51:12] in bits [39:0]; TTL left 0 (RES0 without FEAT_TTL).
+    assert_eq!(ipas2_operand(0x8_4020_1000), 0x84_0201);
+    assert_eq!(ipas2_operand(0x000f_ffff_ffff_f000), 0xff_ffff_ffff);
+    // VA[55:12] in bits [43:0].
+    assert_eq!(va_operand(0xffff_0000_0040_0000), 0xff0_0000_0400);
+}
