@@ -50,7 +50,7 @@ impl El2Stage1 {
     }
 
     fn check(&self, va: Va, size: u64) -> Result<(), Error> {
-        if size == 0 || !va.is_aligned(PAGE_SIZE) || size % PAGE_SIZE != 0 {
+        if size == 0 || !va.is_aligned(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
             return Err(Error::Unaligned);
         }
         match va.0.checked_add(size) {

@@ -137,7 +137,7 @@ impl Stage2 {
     }
 
     fn check_range(&self, ipa: Ipa, size: u64) -> Result<(), Error> {
-        if size == 0 || !ipa.is_aligned(PAGE_SIZE) || size % PAGE_SIZE != 0 {
+        if size == 0 || !ipa.is_aligned(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
             return Err(Error::Unaligned);
         }
         match ipa.0.checked_add(size) {

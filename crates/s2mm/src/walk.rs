@@ -116,6 +116,7 @@ struct Walker<'a, A: TableAlloc, F: Format> {
     queued: usize,
     detached: [(u64, u8); DETACH_CAP],
     n_detached: usize,
+    #[cfg_attr(not(test), allow(dead_code, reason = "only test builds inject faults"))]
     fault: Fault,
 }
 

@@ -1,5 +1,7 @@
 //! Basic map / unmap / query behaviour.
 
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use s2mm::host::HostAlloc;
 use s2mm::{Attrs, BlockSize, Ipa, OwnerId, Pa, PageState, Perms, Stage2};
 

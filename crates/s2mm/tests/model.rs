@@ -4,6 +4,8 @@
 //! Case count: `S2MM_CASES` (default 800 = 600 with FEAT_S2FWB + 200 without), 250 operations
 //! each: 200,000 random operations per `cargo test`.
 
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,5 +1,7 @@
 //! Exhaustive check of `ownership::transition` against the table in its module docs.
 
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use s2mm::ownership::{
     transition, CompState, OwnershipError, PageOwnership, Requester, Transition,
 };

@@ -1,5 +1,7 @@
 //! VTCR/VTTBR values, EL2 stage 1, TLBI policy, table freeing and out-of-memory behaviour.
 
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use barriers::{check, trace, Consumer, Insn, Tlbi};
 use s2mm::el2::El2Stage1;
 use s2mm::host::HostAlloc;
