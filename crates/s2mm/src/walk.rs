@@ -384,6 +384,62 @@ impl<A: TableAlloc, F: Format> Walker<'_, A, F> {
         let i0 = ((s - base) >> shift(level)) as usize;
         let i1 = ((e - 1 - base) >> shift(level)) as usize;
         let (mut plo, mut phi) = (usize::MAX, 0usize);
+        let mut i = i0;
+        if let (false, Op::Map { delta, bits }) = (live, self.op) {
+            // Fast path for a fresh (unlinked) table: every fully covered entry becomes a leaf
+            // at this level, written with plain stores (nothing can walk this table yet).
+            let first_full = if s == base + (i0 as u64) * sz {
+                i0
+            } else {
+                i0 + 1
+            };
+            let end_full = if e == base + ((i1 as u64) + 1) * sz {
+                i1 + 1
+            } else {
+                i1
+            };
+            let oa0 = (base + (first_full as u64) * sz).wrapping_add(delta);
+            if self.leaf_allowed(level) && oa0 & (sz - 1) == 0 && first_full < end_full {
+                // Partly covered head entry first, through the general path.
+                if first_full > i0 {
+                    self.apply_range(t, level, base, s, e, live, i0, i0, &mut plo, &mut phi)?;
+                }
+                let mut d = oa0 | bits | leaf_type(level);
+                for slot in &t[first_full..end_full] {
+                    slot.store(d, Ordering::Relaxed);
+                    d = d.wrapping_add(sz);
+                }
+                i = end_full;
+            }
+        }
+        if i <= i1 {
+            self.apply_range(t, level, base, s, e, live, i, i1, &mut plo, &mut phi)?;
+        }
+        if plo <= phi {
+            self.second_pass(t, level, base, plo, phi);
+        }
+        Ok(())
+    }
+
+    /// The general per-entry loop of [`Self::apply`] over entries `i0..=i1`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "walker state threaded through one recursion"
+    )]
+    fn apply_range(
+        &mut self,
+        t: &[AtomicU64],
+        level: u8,
+        base: u64,
+        s: u64,
+        e: u64,
+        live: bool,
+        i0: usize,
+        i1: usize,
+        plo: &mut usize,
+        phi: &mut usize,
+    ) -> Result<(), Error> {
+        let sz = size(level);
         for (i, slot) in t.iter().enumerate().take(i1 + 1).skip(i0) {
             let ia = base + (i as u64) * sz;
             let (ss, ee) = (s.max(ia), e.min(ia + sz));
@@ -408,15 +464,15 @@ impl<A: TableAlloc, F: Format> Walker<'_, A, F> {
                             // for a table, R_ZYZYK), make in the second pass after the sync.
                             self.break_(slot, 0, Inval::Table { ia });
                             self.detach(child, level + 1);
-                            plo = plo.min(i);
-                            phi = i;
+                            *plo = (*plo).min(i);
+                            *phi = i;
                         } else {
                             self.break_(slot, new, Inval::Table { ia });
                             self.detach(child, level + 1);
                         }
                     } else if self.replace_leaf(slot, old, new, ia, level, live) {
-                        plo = plo.min(i);
-                        phi = i;
+                        *plo = (*plo).min(i);
+                        *phi = i;
                     }
                 }
                 Want::Descend => {
@@ -432,9 +488,6 @@ impl<A: TableAlloc, F: Format> Walker<'_, A, F> {
                     }
                 }
             }
-        }
-        if plo <= phi {
-            self.second_pass(t, level, base, plo, phi);
         }
         Ok(())
     }

@@ -1,0 +1,366 @@
+//! Host benchmark: s2mm vs google/aarch64-paging (0.12) stage-2 support doing the same work.
+//!
+//! `cargo run --release -p s2mm --example s2bench [-- --json PATH] [--iters N]`
+//!
+//! One line per metric: `<crate> <metric> ns_per_page=.. dsb=.. tlbi=.. isb=..`, where
+//! ns_per_page is the median wall time over the iterations divided by the 262,144 pages of
+//! 1 GiB. s2mm's barrier counts are the `BatchStats` of the batch (what the EL2 build would
+//! execute; on the host the `barriers` recording backend logs them instead). aarch64-paging
+//! emits no barriers on the host (its asm is `cfg(target_arch = "aarch64")`): its counts are
+//! derived from its source for a live (`mark_active`) table and labelled `counted=source`
+//! (see `paging_counts`). Both sides treat the tables as live; the `aarch64-paging-inactive`
+//! lines show aarch64-paging without its live-table BBM checks and TLB walks.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "benchmark binary: a panic is the failure report"
+)]
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::cell::RefCell;
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
+
+use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes as S2A};
+use aarch64_paging::paging::{Constraints, MemoryRegion, PageTable, Stage2, Translation};
+use aarch64_paging::Mapping;
+use s2mm::{Attrs, BatchStats, BlockSize, Ipa, Pa, PageState, Perms, TableAlloc};
+
+/// A recycling page pool shared by both crates, like the hypervisor's pre-donated table pool:
+/// table pages are already faulted in, so both sides measure their walkers, not the kernel's
+/// page-fault path. Freed pages are zeroed again on reuse.
+#[derive(Default)]
+struct Pool {
+    free: Vec<usize>,
+}
+
+impl Pool {
+    fn layout(pages: usize) -> Layout {
+        Layout::from_size_align(pages * 4096, pages * 4096).unwrap()
+    }
+    fn get(&mut self) -> usize {
+        match self.free.pop() {
+            Some(p) => {
+                // SAFETY: a page of ours, not in use.
+                unsafe { std::ptr::write_bytes(p as *mut u8, 0, 4096) };
+                p
+            }
+            // SAFETY: non-zero layout.
+            None => unsafe { alloc_zeroed(Self::layout(1)) as usize },
+        }
+    }
+    fn put(&mut self, p: usize) {
+        self.free.push(p);
+    }
+}
+
+#[derive(Clone, Default)]
+struct SharedPool(Rc<RefCell<Pool>>);
+
+// SAFETY: pages are zeroed, aligned to their size, exclusively handed out until returned;
+// `table_ptr` is the identity (PA == host address).
+unsafe impl TableAlloc for SharedPool {
+    fn alloc_tables(&mut self, pages: usize) -> Option<Pa> {
+        if pages == 1 {
+            return Some(Pa(self.0.borrow_mut().get() as u64));
+        }
+        // SAFETY: non-zero layout.
+        Some(Pa(unsafe { alloc_zeroed(Pool::layout(pages)) } as u64))
+    }
+    unsafe fn free_tables(&mut self, pa: Pa, pages: usize) {
+        if pages == 1 {
+            self.0.borrow_mut().put(pa.0 as usize);
+        } else {
+            // SAFETY: allocated above with this layout.
+            unsafe { dealloc(pa.0 as *mut u8, Pool::layout(pages)) };
+        }
+    }
+    fn table_ptr(&self, pa: Pa) -> NonNull<AtomicU64> {
+        NonNull::new(pa.0 as *mut AtomicU64).unwrap()
+    }
+}
+
+impl Translation<S2A> for SharedPool {
+    fn allocate_table(&mut self) -> (NonNull<PageTable<S2A>>, PhysicalAddress) {
+        let p = self.0.borrow_mut().get();
+        (
+            NonNull::new(p as *mut PageTable<S2A>).unwrap(),
+            PhysicalAddress(p),
+        )
+    }
+    unsafe fn deallocate_table(&mut self, page_table: NonNull<PageTable<S2A>>) {
+        self.0.borrow_mut().put(page_table.as_ptr() as usize);
+    }
+    fn physical_to_virtual(&self, pa: PhysicalAddress) -> NonNull<PageTable<S2A>> {
+        NonNull::new(pa.0 as *mut PageTable<S2A>).unwrap()
+    }
+}
+
+const G: u64 = 1 << 30;
+const PAGES: u64 = G / 4096;
+
+struct Row {
+    krate: &'static str,
+    metric: &'static str,
+    ns_per_page: f64,
+    stats: BatchStats,
+    counted: &'static str,
+}
+
+/// 4 KiB pages per leaf entry of a metric.
+fn entries(metric: &str) -> f64 {
+    if metric.contains("2m") {
+        512.0
+    } else {
+        1.0
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One timed s2mm run: (map, unmap, protect) with `block` as the largest leaf.
+fn s2mm_run(pool: &SharedPool, block: BlockSize, protect: bool) -> [(f64, BatchStats); 3] {
+    let mut a = pool.clone();
+    let mut s2 = s2mm::Stage2::new(&mut a, 1, 40, true).unwrap();
+    s2.set_block_policy(block);
+    barriers::trace::clear();
+    let t = Instant::now();
+    let map = s2
+        .map(
+            &mut a,
+            Ipa(G),
+            Pa(pa_for(block == BlockSize::Page4K)),
+            G,
+            Attrs::RAM_RW,
+            PageState::Owned,
+        )
+        .unwrap();
+    let t_map = t.elapsed().as_nanos() as f64;
+    barriers::trace::clear();
+    let (mut t_prot, mut prot) = (0.0, BatchStats::default());
+    if protect {
+        let t = Instant::now();
+        prot = s2.protect(&mut a, Ipa(G), G, Perms::RO).unwrap();
+        t_prot = t.elapsed().as_nanos() as f64;
+        barriers::trace::clear();
+    }
+    let t = Instant::now();
+    let unmap = s2.unmap(&mut a, Ipa(G), G).unwrap();
+    let t_unmap = t.elapsed().as_nanos() as f64;
+    barriers::trace::clear();
+    black_box(s2.destroy(&mut a));
+    barriers::trace::clear();
+    [(t_map, map), (t_unmap, unmap), (t_prot, prot)]
+}
+
+/// Output address of the benchmarked GiB: for the 2 MiB runs it is 2 MiB- but not 1 GiB-aligned,
+/// so both crates build 512 level-2 blocks (aarch64-paging cannot be told "at most 2 MiB").
+fn pa_for(pages_only: bool) -> u64 {
+    if pages_only {
+        G
+    } else {
+        G + (1 << 21)
+    }
+}
+
+fn ram_rw() -> S2A {
+    S2A::VALID
+        | S2A::MEMATTR_NORMAL_INNER_WB
+        | S2A::MEMATTR_NORMAL_OUTER_WB
+        | S2A::S2AP_ACCESS_RW
+        | S2A::SH_INNER
+        | S2A::ACCESS_FLAG
+        | S2A::XN
+}
+
+/// One timed aarch64-paging run, same work: identity map of [1 GiB, 2 GiB).
+fn paging_run(pool: &SharedPool, pages_only: bool, protect: bool, active: bool) -> [f64; 3] {
+    let mut m = Mapping::new(pool.clone(), 1, Stage2);
+    if active {
+        m.mark_active();
+    }
+    let c = if pages_only {
+        Constraints::NO_BLOCK_MAPPINGS
+    } else {
+        Constraints::empty()
+    };
+    let r = MemoryRegion::new(G as usize, 2 * G as usize);
+    let t = Instant::now();
+    m.map_range(
+        &r,
+        PhysicalAddress(pa_for(pages_only) as usize),
+        ram_rw(),
+        c,
+    )
+    .unwrap();
+    let t_map = t.elapsed().as_nanos() as f64;
+    let mut t_prot = 0.0;
+    if protect {
+        let t = Instant::now();
+        m.modify_range(&r, &|_, d| {
+            let f = d.flags();
+            if f.contains(S2A::VALID) {
+                d.set(
+                    d.output_address(),
+                    (f - S2A::S2AP_ACCESS_RW) | S2A::S2AP_ACCESS_RO,
+                )
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap();
+        t_prot = t.elapsed().as_nanos() as f64;
+    }
+    let t = Instant::now();
+    // Unmap: aarch64-paging writes invalid entries when VALID is absent.
+    m.map_range(
+        &r,
+        PhysicalAddress(pa_for(pages_only) as usize),
+        S2A::empty(),
+        c,
+    )
+    .unwrap();
+    let t_unmap = t.elapsed().as_nanos() as f64;
+    if active {
+        m.mark_inactive();
+    }
+    black_box(m);
+    [t_map, t_unmap, t_prot]
+}
+
+/// What aarch64-paging 0.12.3 would emit for these operations on a live table, read from its
+/// source (`Mapping::map_range` → `invalidate_range`: DSB ISHST, one TLBI IPAS2E1IS per leaf
+/// in the range, DSB ISH + ISB; unmapping a level-1 range detaches the subtree:
+/// `free_detached` = DSB ISHST, one TLBI per valid leaf, DSB ISH + ISB, then
+/// `invalidate_range` for the now-invalid entry; `modify_range`: per table with updates
+/// DSB ISHST + one TLBI per updated leaf, then DSB ISH + ISB).
+fn paging_counts(metric: &str) -> BatchStats {
+    let (dsb, tlbi, isb) = match metric {
+        "map_4k_1g" => (2, PAGES, 1),
+        "unmap_4k_1g" => (4, PAGES + 1, 2),
+        "map_2m_1g" => (2, 512, 1),
+        // The level-2 table holding the blocks is detached: 512 block TLBIs, then one more.
+        "unmap_2m_1g" => (4, 513, 2),
+        "protect_4k_1g" => (1 + 512, PAGES, 1),
+        _ => (0, 0, 0),
+    };
+    BatchStats {
+        dsb,
+        tlbi: tlbi as u32,
+        isb,
+        dc: 0,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let json = args
+        .iter()
+        .position(|a| a == "--json")
+        .map(|i| args[i + 1].clone());
+    let iters: usize = args
+        .iter()
+        .position(|a| a == "--iters")
+        .map_or(7, |i| args[i + 1].parse().unwrap());
+    let mut rows = Vec::new();
+    let per_page = |ns: Vec<f64>| median(ns) / PAGES as f64;
+
+    for (block, tag) in [(BlockSize::Page4K, "4k"), (BlockSize::Block2M, "2m")] {
+        let protect = tag == "4k";
+        let pool = SharedPool::default();
+        // Warm-up (fills the pool), untimed.
+        s2mm_run(&pool, block, protect);
+        paging_run(&pool, tag == "4k", protect, true);
+        let runs: Vec<_> = (0..iters)
+            .map(|_| s2mm_run(&pool, block, protect))
+            .collect();
+        let names: [&'static str; 3] = if tag == "4k" {
+            ["map_4k_1g", "unmap_4k_1g", "protect_4k_1g"]
+        } else {
+            ["map_2m_1g", "unmap_2m_1g", ""]
+        };
+        for (k, name) in names.iter().enumerate() {
+            if name.is_empty() {
+                continue;
+            }
+            rows.push(Row {
+                krate: "s2mm",
+                metric: name,
+                ns_per_page: per_page(runs.iter().map(|r| r[k].0).collect()),
+                stats: runs[0][k].1,
+                counted: "trace",
+            });
+        }
+        for (active, label) in [(true, "aarch64-paging"), (false, "aarch64-paging-inactive")] {
+            let runs: Vec<_> = (0..iters)
+                .map(|_| paging_run(&pool, tag == "4k", protect, active))
+                .collect();
+            for (k, name) in names.iter().enumerate() {
+                if name.is_empty() {
+                    continue;
+                }
+                rows.push(Row {
+                    krate: label,
+                    metric: name,
+                    ns_per_page: per_page(runs.iter().map(|r| r[k]).collect()),
+                    stats: if active {
+                        paging_counts(name)
+                    } else {
+                        BatchStats::default()
+                    },
+                    counted: if active { "source" } else { "none(inactive)" },
+                });
+            }
+        }
+    }
+
+    for r in &rows {
+        println!(
+            "{} {} ns_per_page={:.3} ns_per_entry={:.2} dsb={} tlbi={} isb={} counted={}",
+            r.krate,
+            r.metric,
+            r.ns_per_page,
+            r.ns_per_page * entries(r.metric),
+            r.stats.dsb,
+            r.stats.tlbi,
+            r.stats.isb,
+            r.counted
+        );
+    }
+    for metric in [
+        "map_4k_1g",
+        "unmap_4k_1g",
+        "protect_4k_1g",
+        "map_2m_1g",
+        "unmap_2m_1g",
+    ] {
+        let get = |k: &str| {
+            rows.iter()
+                .find(|r| r.krate == k && r.metric == metric)
+                .map(|r| r.ns_per_page)
+        };
+        if let (Some(a), Some(b)) = (get("s2mm"), get("aarch64-paging")) {
+            println!("speedup {metric} s2mm_vs_aarch64-paging={:.2}x", b / a);
+        }
+    }
+    if let Some(path) = json {
+        let body: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "  {{\"crate\":\"{}\",\"metric\":\"{}\",\"ns_per_page\":{:.4},\"dsb\":{},\"tlbi\":{},\"isb\":{},\"counted\":\"{}\"}}",
+                    r.krate, r.metric, r.ns_per_page, r.stats.dsb, r.stats.tlbi, r.stats.isb, r.counted
+                )
+            })
+            .collect();
+        std::fs::write(&path, format!("[\n{}\n]\n", body.join(",\n"))).unwrap();
+        println!("wrote {path}");
+    }
+}
