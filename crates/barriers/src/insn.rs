@@ -184,6 +184,8 @@ sysregs! {
     VmpidrEl2 => "vmpidr_el2",
     /// MDCR_EL2.
     MdcrEl2 => "mdcr_el2",
+    /// TPIDR_EL2.
+    TpidrEl2 => "tpidr_el2",
     /// ICC_SRE_EL2 (S3_4_C12_C9_5).
     IccSreEl2 => "s3_4_c12_c9_5",
     /// ICH_HCR_EL2 (S3_4_C12_C11_0).

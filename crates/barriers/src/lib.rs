@@ -61,6 +61,7 @@ extern crate std;
 #[cfg(not(all(barriers_hw, not(test))))]
 pub mod check;
 pub mod insn;
+pub mod maint;
 pub mod pt;
 pub mod regs;
 pub mod sync;

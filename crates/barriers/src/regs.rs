@@ -500,3 +500,32 @@ special_reg!(
     /// SPSR_EL2: the ERET return state.
     SpsrEl2, SpsrEl2
 );
+
+/// TPIDR_EL2: the hypervisor's per-CPU pointer, read by the exit vectors.
+///
+/// Returns no token. Its only consumers are `MRS TPIDR_EL2` instructions, which
+/// are direct reads. An MSR followed by an MRS of the same encoding needs no
+/// synchronisation (Arm ARM D24.1.2.2).
+#[derive(Debug)]
+pub struct TpidrEl2;
+
+impl TpidrEl2 {
+    /// The register.
+    pub const REG: SysReg = SysReg::TpidrEl2;
+
+    /// Reads the register.
+    pub fn read() -> u64 {
+        emit::mrs(SysReg::TpidrEl2)
+    }
+
+    /// Writes the register.
+    ///
+    /// # Safety
+    ///
+    /// `value` must point at this CPU's per-CPU block, which the exit vectors
+    /// dereference, and the block must live as long as guests can exit.
+    pub unsafe fn write(value: u64) {
+        // SAFETY: forwarded contract.
+        let _ = unsafe { write_raw(SysReg::TpidrEl2, value) };
+    }
+}

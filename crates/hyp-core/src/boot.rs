@@ -91,23 +91,13 @@ fn percpu(cpu: usize) -> &'static mut HostSave {
 }
 
 /// Per-CPU EL2 set-up shared by the boot CPU and secondaries.
-fn cpu_init(cpu: usize) -> &'static mut HostSave {
-    mmu::enable();
+fn cpu_init(cpu: usize) -> (&'static mut HostSave, mmu::CpuSync) {
     let host = percpu(cpu);
-    // SAFETY: VBAR_EL2 points at the vector table, which is mapped and
-    // valid; TPIDR_EL2 at this CPU's block, which lives forever. ISB: the
-    // exceptions EL2 takes from here on depend on VBAR_EL2.
-    unsafe {
-        sysreg::write_vbar_el2(world_switch::vectors_address());
-        sysreg::write_tpidr_el2(host as *mut HostSave as u64);
-        sysreg::isb();
-    }
-    let sctlr = sysreg::sctlr_el2();
-    assert!(
-        sctlr & mmu::SCTLR_EIS_EOS == mmu::SCTLR_EIS_EOS,
-        "SCTLR_EL2.EIS/EOS not set ({sctlr:#x}): exception entry and ERET would not synchronise context"
-    );
-    host
+    let tpidr = host as *mut HostSave as u64;
+    // SAFETY: `host` is this CPU's block in a static; `mmu::build` ran on the
+    // boot CPU before any CPU gets here.
+    let sync = unsafe { mmu::cpu_on(vm::HCR_GUEST, world_switch::vectors_address(), tpidr) };
+    (host, sync)
 }
 
 /// The boot CPU's path: console, checks, EL2 MMU and vectors, secondaries,
@@ -118,8 +108,9 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     log::info!("booting on {}", p.name);
     let el = (sysreg::current_el() >> 2) & 3;
     assert!(el == 2, "entered at EL{el}, the hypervisor needs EL2");
+    crate::arch::tables::init(p);
     mmu::build(p);
-    let host = cpu_init(0);
+    let (host, sync) = cpu_init(0);
     log::info!("EL2 MMU and caches on, vectors installed, SCTLR_EL2.EIS=EOS=1");
     let info = parse_dtb(dtb);
     for need in [("hyp", &p.hyp), ("vm_pool", &p.vm_pool)] {
@@ -178,8 +169,8 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         vm.ram.size >> 20,
         vm::GUEST_RAM_IPA
     );
-    sysreg::dsb_sev();
-    vm::run_cpu(0, vm, host);
+    barriers::maint::publish_and_wake();
+    vm::run_cpu(0, vm, host, &sync);
     shutdown(p)
 }
 
@@ -188,7 +179,7 @@ pub fn secondary(cpu: usize) -> ! {
     let Some(p) = PLATFORM.get() else {
         panic!("secondary CPU {cpu} started before the boot CPU set up");
     };
-    let host = cpu_init(cpu);
+    let (host, sync) = cpu_init(cpu);
     ONLINE.fetch_add(1, Ordering::AcqRel);
     let vm = loop {
         if let Some(vm) = vm::vm() {
@@ -196,7 +187,7 @@ pub fn secondary(cpu: usize) -> ! {
         }
         sysreg::wfe();
     };
-    vm::run_cpu(cpu, vm, host);
+    vm::run_cpu(cpu, vm, host, &sync);
     shutdown(p)
 }
 

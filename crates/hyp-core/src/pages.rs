@@ -123,6 +123,12 @@ impl PagePool {
         self.used
     }
 
+    /// First page of the pool.
+    #[must_use]
+    pub const fn base(&self) -> u64 {
+        self.base
+    }
+
     /// Pages in the pool.
     #[must_use]
     pub const fn capacity(&self) -> usize {

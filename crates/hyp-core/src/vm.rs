@@ -4,6 +4,7 @@
 //! a vCPU's register file lives on its CPU's stack and only cross-CPU power
 //! state (PSCI) is shared, through atomics.
 
+use crate::arch::mmu::CpuSync;
 use crate::arch::sysreg;
 use crate::arch::world_switch::{self, El1Context, GuestRegs, HostSave, VectorKind};
 use crate::exit::{self, DataAbort, Esr, ExitReason};
@@ -11,6 +12,7 @@ use crate::hypercall::{self, Hypercall};
 use crate::inject::{self, Injected};
 use crate::platform::{GuestImage, MemRegion, Platform};
 use crate::{stats, uart_emul};
+use barriers::{regs, GuestPending};
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use spin::{Mutex, Once};
 
@@ -30,6 +32,8 @@ const ON: u8 = 3;
 pub struct Vm {
     /// VMID tagging its stage-2 TLB entries.
     pub vmid: u16,
+    /// The VM's stage-2 tables.
+    pub stage2: Mutex<s2mm::Stage2>,
     /// VTTBR_EL2 value.
     pub vttbr: u64,
     /// VTCR_EL2 value.
@@ -73,35 +77,32 @@ pub fn vm() -> Option<&'static Vm> {
     VM.get()
 }
 
-#[repr(C, align(4096))]
-struct Table([u64; 512]);
-static mut S2_L1: Table = Table([0; 512]);
-static mut S2_L2: Table = Table([0; 512]);
+/// IPA size of every VM's stage 2 (VTCR_EL2.T0SZ = 24, concatenated roots).
+pub const IPA_BITS: u32 = 40;
 
-/// Builds the VM's stage 2: guest RAM at GUEST_RAM_IPA as 2 MiB blocks of
-/// normal write-back memory, read/write; nothing else is mapped, so every
-/// other access (the emulated UART included) exits.
-/// TRANSITIONAL: replaced by `s2mm` (issue 4).
-fn build_stage2(ram: MemRegion) -> (u64, u64) {
-    const S2_BLOCK: u64 = 0b01 | (0b1111 << 2) | (0b11 << 6) | (0b11 << 8) | (1 << 10);
-    // SAFETY: called once, before any vCPU runs.
-    let (l1, l2) = unsafe {
-        (
-            &mut *core::ptr::addr_of_mut!(S2_L1),
-            &mut *core::ptr::addr_of_mut!(S2_L2),
-        )
-    };
-    l1.0[(GUEST_RAM_IPA >> 30) as usize] = (l2 as *mut Table as u64) | 0b11;
-    let first = ((GUEST_RAM_IPA >> 21) & 511) as usize;
-    for i in 0..(ram.size >> 21) as usize {
-        l2.0[first + i] = (ram.base + ((i as u64) << 21)) | S2_BLOCK;
-    }
-    sysreg::dsb_sy();
-    let ps = (sysreg::id_aa64mmfr0_el1() & 0xf).min(0b101);
-    // VTCR_EL2: T0SZ = 25 (39-bit IPA), SL0 = 1 (start at level 1), WB walks,
-    // inner shareable, 4 KiB granule, PS, bit 31 RES1.
-    let vtcr = 25 | (1 << 6) | (0b01 << 8) | (0b01 << 10) | (0b11 << 12) | (ps << 16) | (1 << 31);
-    (l1 as *mut Table as u64, vtcr)
+/// Builds the VM's stage 2 with `s2mm`: guest RAM at GUEST_RAM_IPA as normal
+/// write-back memory (2 MiB / 1 GiB blocks where aligned), owned by the
+/// guest. Nothing else is mapped, so every other access exits (the emulated
+/// UART included). Returns (VTTBR_EL2, VTCR_EL2).
+fn build_stage2(vmid: u16, ram: MemRegion) -> Result<(s2mm::Stage2, u64, u64), &'static str> {
+    let mut pool = crate::arch::tables::POOL.lock();
+    let mut alloc = crate::arch::tables::Tables(&mut pool);
+    let mut s2 = s2mm::Stage2::new(&mut alloc, vmid, IPA_BITS, false)
+        .map_err(|_| "no memory for the stage-2 root")?;
+    s2.map(
+        &mut alloc,
+        s2mm::Ipa(GUEST_RAM_IPA),
+        s2mm::Pa(ram.base),
+        ram.size,
+        s2mm::Attrs::RAM_RWX,
+        s2mm::PageState::Owned,
+    )
+    .map_err(|_| "cannot map guest RAM at stage 2")?;
+    let vtcr = s2
+        .vtcr(sysreg::id_aa64mmfr0_el1() & 0xf)
+        .map_err(|_| "CPU's PARange too small for the IPA size")?;
+    let vttbr = s2.root().0 | (u64::from(vmid) << 48);
+    Ok((s2, vttbr, vtcr))
 }
 
 /// Creates the VM from a guest payload with `nr_vcpus` vCPUs and `ram_size`
@@ -146,12 +147,13 @@ pub fn create(
     }
     // The guest starts with its MMU off, so its accesses are non-cacheable and
     // go to RAM: clean the image and zeroes to PoC (ARM-RULES.md section 3).
-    sysreg::dc_civac_range(ram.base, ram.size);
-    let (root, vtcr) = build_stage2(ram);
+    barriers::maint::clean_inval_to_poc(ram.base, ram.size);
     let vmid = 1;
+    let (s2, vttbr, vtcr) = build_stage2(vmid, ram)?;
     let vm = VM.call_once(|| Vm {
         vmid,
-        vttbr: root | (u64::from(vmid) << 48),
+        stage2: Mutex::new(s2),
+        vttbr,
         vtcr,
         ram,
         nr_vcpus,
@@ -181,7 +183,7 @@ impl Vm {
             Ok(_) => {
                 *self.boot[idx].lock() = (entry, context);
                 self.power[idx].store(ON_PENDING, Ordering::Release);
-                sysreg::dsb_sev();
+                barriers::maint::publish_and_wake();
                 hypercall::SUCCESS
             }
             Err(ON) => hypercall::ALREADY_ON,
@@ -221,29 +223,33 @@ struct Vcpu {
 
 /// Runs vCPU `cpu` of the VM on this CPU for as long as the system lives.
 /// Returns when the guest asks for the system to power off.
-pub fn run_cpu(cpu: usize, vm: &'static Vm, host: &mut HostSave) {
+pub fn run_cpu(cpu: usize, vm: &'static Vm, host: &mut HostSave, sync: &CpuSync) {
     if cpu >= vm.nr_vcpus {
         // No vCPU for this CPU: idle until power-off.
         loop {
             sysreg::wfe();
         }
     }
-    // SAFETY: the VM's stage 2 is complete, and these are guest-only
-    // registers (HCR_EL2 trap/routing fields, VTTBR, VTCR, VMPIDR, CNTHCTL,
-    // CNTVOFF, CPTR): EL2 performs no stage-2 TLBI or AT before the ERET
-    // that synchronises them.
+    let mut load = GuestPending::new();
+    // SAFETY: the VM's stage 2 is complete and maps only the VM's memory;
+    // VTCR describes it. EL2 issues no TLBI by VMID or AT before the ERET
+    // that synchronises them (VmidCtx, discharged by the entry).
     unsafe {
-        sysreg::write_vtcr_el2(vm.vtcr);
-        sysreg::write_vttbr_el2(vm.vttbr);
-        sysreg::write_hcr_el2(HCR_GUEST);
-        sysreg::write_vmpidr_el2((1 << 31) | cpu as u64);
-        sysreg::write_vpidr_el2(crate::arch::sysreg_midr());
-        sysreg::write_cnthctl_el2(0b11);
-        sysreg::write_cntvoff_el2(0);
-        // CPTR_EL2 (E2H = 0): RES1 bits 13, 12, 9..0; TFP (bit 10) clear so
-        // guests use FP/SIMD directly; the hypervisor itself is built without it.
-        sysreg::write_cptr_el2(0x33ff & !(1 << 10));
+        load.add(regs::VtcrEl2::write(vm.vtcr));
+        load.add(regs::VttbrEl2::write(vm.vttbr));
+        // EL1PCTEN | EL1PCEN: the guest reads the physical counter and uses
+        // the physical timer directly (no timer is virtualised yet).
+        load.add(regs::CnthctlEl2::write(0b11));
     }
+    load.add(regs::VmpidrEl2::write((1 << 31) | cpu as u64));
+    load.add(regs::VpidrEl2::write(sysreg::midr_el1()));
+    load.add(regs::CntvoffEl2::write(0));
+    // CPTR_EL2 (E2H = 0): RES1 bits 13, 12, 9..0; TFP (bit 10) clear so the
+    // guest uses FP/SIMD directly. Its El2Fp token is discharged by the ERET:
+    // the hypervisor itself never uses FP (softfloat target).
+    // SAFETY: no trap the hypervisor relies on for isolation is cleared.
+    load.add(unsafe { regs::CptrEl2::write(&sync.hcr, 0x33ff & !(1 << 10)) });
+    let mut load = Some(load);
     loop {
         while vm.power[cpu].load(Ordering::Acquire) != ON_PENDING {
             sysreg::wfe();
@@ -260,7 +266,9 @@ pub fn run_cpu(cpu: usize, vm: &'static Vm, host: &mut HostSave) {
         v.regs.pstate = inject::PSTATE_DAIF | inject::PSTATE_EL1H;
         vm.running.fetch_add(1, Ordering::AcqRel);
         vm.power[cpu].store(ON, Ordering::Release);
-        match run_vcpu(vm, &mut v, host) {
+        let mut pending = load.take().unwrap_or_default();
+        v.el1.restore(&sync.hcr, &mut pending);
+        match run_vcpu(vm, &mut v, host, sync, pending) {
             Next::CpuOff => {
                 vm.power[cpu].store(OFF, Ordering::Release);
                 if vm.running.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -274,16 +282,22 @@ pub fn run_cpu(cpu: usize, vm: &'static Vm, host: &mut HostSave) {
     }
 }
 
-fn run_vcpu(vm: &Vm, v: &mut Vcpu, host: &mut HostSave) -> Next {
-    // SAFETY: this vCPU's context is loaded only on this CPU; the ERET in
-    // `enter` synchronises it.
-    unsafe { v.el1.restore() };
+fn run_vcpu(
+    vm: &Vm,
+    v: &mut Vcpu,
+    host: &mut HostSave,
+    sync: &CpuSync,
+    first: GuestPending,
+) -> Next {
+    let mut pending = first;
     loop {
+        let entry = barriers::enter_guest(&sync.eos, pending);
         // SAFETY: TPIDR_EL2 points at `host` (set at CPU bring-up), the VM's
         // stage 2 and HCR_EL2 are loaded, and `v.regs` lives across the call.
-        let kind = unsafe { world_switch::enter(&mut v.regs, host) };
+        let kind = unsafe { world_switch::enter(&mut v.regs, host, entry) };
+        pending = GuestPending::new();
         let next = match kind {
-            VectorKind::Sync => handle_sync(vm, v),
+            VectorKind::Sync => handle_sync(vm, v, sync, &mut pending),
             VectorKind::Irq | VectorKind::Fiq => {
                 stats::record(ExitReason::Irq);
                 Next::Resume
@@ -297,14 +311,17 @@ fn run_vcpu(vm: &Vm, v: &mut Vcpu, host: &mut HostSave) -> Next {
         match next {
             Next::Resume => {}
             other => {
-                v.el1.save();
+                v.el1.save(&sync.hcr);
+                // Nothing was written for a guest that will not run again
+                // on this entry; the accumulator is empty.
+                let _ = barriers::enter_guest(&sync.eos, pending);
                 return other;
             }
         }
     }
 }
 
-fn handle_sync(vm: &Vm, v: &mut Vcpu) -> Next {
+fn handle_sync(vm: &Vm, v: &mut Vcpu, sync: &CpuSync, pending: &mut GuestPending) -> Next {
     let esr = Esr(sysreg::esr_el2());
     let reason = ExitReason::from_ec(esr.ec());
     stats::record(reason);
@@ -316,16 +333,12 @@ fn handle_sync(vm: &Vm, v: &mut Vcpu) -> Next {
             hypercall(vm, v)
         }
         ExitReason::DataAbort => {
-            data_abort(vm, v, esr);
+            data_abort(vm, v, esr, sync, pending);
             Next::Resume
         }
         ExitReason::InstAbort => {
-            inject_into(
-                v,
-                Injected::InstAbort {
-                    far: sysreg::far_el2(),
-                },
-            );
+            let far = sysreg::far_el2();
+            inject_into(v, Injected::InstAbort { far }, sync, pending);
             Next::Resume
         }
         ExitReason::Wfx => {
@@ -333,7 +346,7 @@ fn handle_sync(vm: &Vm, v: &mut Vcpu) -> Next {
             Next::Resume
         }
         ExitReason::SysReg | ExitReason::Fp | ExitReason::Irq | ExitReason::Other => {
-            inject_into(v, Injected::Undefined);
+            inject_into(v, Injected::Undefined, sync, pending);
             Next::Resume
         }
     }
@@ -374,7 +387,7 @@ fn hypercall(vm: &Vm, v: &mut Vcpu) -> Next {
     Next::Resume
 }
 
-fn data_abort(vm: &Vm, v: &mut Vcpu, esr: Esr) {
+fn data_abort(vm: &Vm, v: &mut Vcpu, esr: Esr, sync: &CpuSync, pending: &mut GuestPending) {
     let far = sysreg::far_el2();
     match exit::decode_data_abort(esr, sysreg::hpfar_el2(), far) {
         DataAbort::Mmio(m)
@@ -399,31 +412,29 @@ fn data_abort(vm: &Vm, v: &mut Vcpu, esr: Esr) {
         }
         DataAbort::Mmio(m) => {
             let _ = vm;
-            inject_into(
-                v,
-                Injected::DataAbort {
-                    far,
-                    write: m.write,
-                },
-            );
+            let write = m.write;
+            inject_into(v, Injected::DataAbort { far, write }, sync, pending);
         }
-        DataAbort::NoSyndrome { write, .. } => inject_into(v, Injected::DataAbort { far, write }),
-        DataAbort::Stage1Walk { .. } => inject_into(v, Injected::DataAbort { far, write: false }),
+        DataAbort::NoSyndrome { write, .. } => {
+            inject_into(v, Injected::DataAbort { far, write }, sync, pending)
+        }
+        DataAbort::Stage1Walk { .. } => {
+            inject_into(v, Injected::DataAbort { far, write: false }, sync, pending)
+        }
     }
 }
 
 /// Injects `what` into the vCPU's EL1 (its EL1 registers are live on this CPU).
-fn inject_into(v: &mut Vcpu, what: Injected) {
-    v.el1.save();
-    let i = inject::inject(what, v.regs.pc, v.regs.pstate, v.el1.vbar);
-    v.el1.esr = i.esr_el1;
+fn inject_into(v: &mut Vcpu, what: Injected, sync: &CpuSync, pending: &mut GuestPending) {
+    let e2h = &sync.hcr;
+    let vbar = regs::VbarEl1::read(e2h);
+    let i = inject::inject(what, v.regs.pc, v.regs.pstate, vbar);
+    pending.add(regs::EsrEl1::write(e2h, i.esr_el1));
     if let Some(far) = i.far_el1 {
-        v.el1.far = far;
+        pending.add(regs::FarEl1::write(e2h, far));
     }
-    v.el1.elr = i.elr_el1;
-    v.el1.spsr = i.spsr_el1;
+    pending.add(regs::ElrEl1::write(e2h, i.elr_el1));
+    pending.add(regs::SpsrEl1::write(e2h, i.spsr_el1));
     v.regs.pc = i.pc;
     v.regs.pstate = i.pstate;
-    // SAFETY: this vCPU's context, consumed by the guest after the ERET.
-    unsafe { v.el1.restore() };
 }

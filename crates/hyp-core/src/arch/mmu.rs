@@ -1,80 +1,138 @@
-//! The hypervisor's own EL2 stage-1 translation: an identity map of the
-//! board's RAM (normal write-back) and devices (Device-nGnRE), with 1 GiB
-//! blocks, built before the MMU is on.
-//!
-//! TRANSITIONAL: moves to `s2mm`'s EL2 regime (issue 4, item 7).
+//! The hypervisor's own EL2 stage-1 translation and per-CPU EL2 bring-up:
+//! an identity map of the board's RAM (normal write-back) and devices
+//! (Device-nGnRE) built with `s2mm`'s EL2 regime, the same walker as stage 2.
 
-use super::sysreg;
+use super::{sysreg, tables};
 use crate::platform::Platform;
+use barriers::isb;
+use barriers::regs;
+use barriers::sync::{EosChecked, HcrAny, Synced};
+use s2mm::desc::El2Format;
+use s2mm::{Attrs, El2Stage1, MemType, Pa, Perms};
+use spin::Once;
 
-const GIB: u64 = 1 << 30;
-/// MAIR_EL2: attr0 normal WB RA/WA inner+outer, attr1 Device-nGnRE.
-pub const MAIR_EL2: u64 = 0x04_ff;
-const ATTR_NORMAL: u64 = 0 << 2;
-const ATTR_DEVICE: u64 = 1 << 2;
-/// Block descriptor, AF, AP[1] (RES1 at EL2), inner shareable.
-const BLOCK: u64 = 0b01 | (1 << 10) | (1 << 6) | (0b11 << 8);
-/// XN (bit 54) for device blocks.
-const XN: u64 = 1 << 54;
+/// EL2 virtual address size: 39 bits, three levels from level 1.
+const VA_BITS: u32 = 39;
 
-#[repr(C, align(4096))]
-struct Table([u64; 512]);
+/// TTBR0_EL2 and TCR_EL2 for every CPU, set by `build`.
+static EL2_REGS: Once<(u64, u64)> = Once::new();
 
-static mut L1: Table = Table([0; 512]);
-
-/// TCR_EL2 (E2H = 0 layout, Arm ARM D24.2.185): T0SZ = 25 (39-bit VA, start
-/// at level 1), inner/outer WB RA/WA walks, inner shareable, 4 KiB granule,
-/// PS from ID_AA64MMFR0_EL1.PARange; bits 31 and 23 are RES1.
-fn tcr_el2() -> u64 {
-    let ps = (sysreg::id_aa64mmfr0_el1() & 0xf).min(0b101);
-    25 | (0b01 << 8) | (0b01 << 10) | (0b11 << 12) | (ps << 16) | (1 << 23) | (1 << 31)
+unsafe extern "C" {
+    /// First byte of the image and end of its text, from the board's linker script.
+    static __image_start: u8;
+    static __text_end: u8;
 }
 
 /// SCTLR_EL2 with M, C, I, SA, EOS and EIS set (RES1 bits included; E2H = 0 layout).
 pub const SCTLR_EL2_ON: u64 = 0x30c5_0838 | 1 | (1 << 2) | (1 << 12);
-/// SCTLR_EL2.EOS and EIS.
-pub const SCTLR_EIS_EOS: u64 = (1 << 11) | (1 << 22);
 
-/// Fills the level-1 table from the board description. Runs once, on the boot
-/// CPU, with the MMU off.
+/// Builds the hypervisor's EL2 stage-1 with `s2mm`'s EL2 regime, on the boot
+/// CPU with the MMU off: RAM identity-mapped read/write and execute-never,
+/// except the image's text, which is read/execute (W^X); device regions as
+/// Device-nGnRE. Tables come from the page pool (`tables::init` first).
+///
+/// # Panics
+///
+/// If the board's regions cannot be mapped (a board bug).
 pub fn build(p: &Platform) {
-    // SAFETY: single-threaded boot, before any CPU walks the table.
-    let t = unsafe { &mut *core::ptr::addr_of_mut!(L1) };
-    for (i, e) in t.0.iter_mut().enumerate() {
-        let slot = crate::platform::MemRegion {
-            base: i as u64 * GIB,
-            size: GIB,
-        };
-        *e = if p.ram.iter().any(|r| r.overlaps(&slot)) {
-            slot.base | BLOCK | ATTR_NORMAL
-        } else if p.devices.iter().any(|r| r.overlaps(&slot)) {
-            slot.base | BLOCK | ATTR_DEVICE | XN
+    let text = (
+        core::ptr::addr_of!(__image_start) as u64,
+        core::ptr::addr_of!(__text_end) as u64,
+    );
+    let mut pool = tables::POOL.lock();
+    let mut alloc = tables::Tables(&mut pool);
+    let mut el2 = El2Stage1::new(&mut alloc, VA_BITS).expect("EL2 root table");
+    let mut map = |base: u64, end: u64, attrs: Attrs| {
+        if end > base {
+            if let Err(e) = el2.map_identity(&mut alloc, Pa(base), end - base, attrs) {
+                panic!("EL2 map {base:#x}..{end:#x}: {e:?}");
+            }
+        }
+    };
+    for r in p.ram {
+        if r.base <= text.0 && text.1 <= r.end() {
+            map(r.base, text.0, Attrs::RAM_RW);
+            map(
+                text.0,
+                text.1,
+                Attrs {
+                    mem: MemType::Normal,
+                    perms: Perms::RX,
+                },
+            );
+            map(text.1, r.end(), Attrs::RAM_RW);
         } else {
-            0
-        };
+            map(r.base, r.end(), Attrs::RAM_RW);
+        }
     }
-    // The table was written with the MMU (and so the data cache) off; make
-    // sure no stale line for it shadows RAM once walks are cacheable.
-    sysreg::dc_civac_range(t.0.as_ptr() as u64, 4096);
+    for d in p.devices {
+        map(d.base, d.end(), Attrs::DEVICE_RW);
+    }
+    let tcr = el2
+        .tcr_el2(sysreg::id_aa64mmfr0_el1() & 0xf)
+        .expect("CPU reports a reserved PARange");
+    EL2_REGS.call_once(|| (el2.ttbr0_el2(), tcr));
+    // The tables were written with the MMU (and so the data cache) off: make
+    // sure no stale line shadows them once walks are cacheable. At boot the
+    // pool has handed out a contiguous run from its base.
+    let (base, used) = (alloc.0.base(), alloc.0.used() as u64);
+    barriers::maint::clean_inval_to_poc(base, used * 4096);
 }
 
-/// Turns on the EL2 MMU and caches on this CPU.
-pub fn enable() {
-    // SAFETY: the table maps all of RAM (including this code, its stack and the
-    // table itself) by identity, so enabling translation changes no address the
-    // CPU is using. Order as in ARM-RULES.md section 1 (TCR/TTBR0/MAIR, then
-    // ISB so the walk uses them, TLBI, SCTLR, ISB).
-    unsafe {
-        sysreg::write_mair_el2(MAIR_EL2);
-        sysreg::write_tcr_el2(tcr_el2());
-        sysreg::write_ttbr0_el2(core::ptr::addr_of!(L1) as u64);
-        // ISB: the translation enabled below depends on MAIR/TCR/TTBR0_EL2.
-        sysreg::isb();
-        // Stale EL2 entries from firmware must not survive (D8.16).
-        sysreg::tlbi_alle2is();
-        sysreg::dsb_sy();
-        sysreg::write_sctlr_el2(SCTLR_EL2_ON);
-        // ISB: every following EL2 access depends on SCTLR_EL2.M/C.
-        sysreg::isb();
+/// What a CPU holds once its EL2 context is up: proof that HCR_EL2 (E2H,
+/// TGE) is synchronised, which `*_EL1`-named accesses need, and proof that
+/// exception entry and ERET are context synchronisation events.
+#[derive(Debug)]
+pub struct CpuSync {
+    /// HCR_EL2 synchronised (E2H = TGE = 0 from here on).
+    pub hcr: Synced<HcrAny>,
+    /// SCTLR_EL2.EIS = EOS = 1, checked.
+    pub eos: EosChecked,
+}
+
+/// Sets up this CPU's EL2 context: HCR_EL2 (the guests' value, written once
+/// and never changed while at EL2), MMU and caches on, VBAR_EL2, TPIDR_EL2.
+///
+/// # Safety
+///
+/// `tpidr` must point at this CPU's per-CPU block, live forever; `build` must
+/// have run.
+pub unsafe fn cpu_on(hcr: u64, vectors: u64, tpidr: u64) -> CpuSync {
+    let &(ttbr0, tcr) = EL2_REGS
+        .get()
+        .expect("mmu::build runs before any CPU turns its MMU on");
+    // SAFETY: E2H = TGE = 0 (nVHE) and only guest traps and routing; EL2 is
+    // not yet translating anything the change could affect.
+    let hcr_token = unsafe { regs::HcrEl2::write(hcr) };
+    // ISB: the TCR_EL2 layout below depends on E2H (invariant 6).
+    let hcr = isb(hcr_token);
+    // SAFETY: the MMU is still off; the table maps all of RAM (this code,
+    // stacks, the table itself) by identity with the attributes in MAIR.
+    let translation = unsafe {
+        (
+            regs::MairEl2::write(El2Format::MAIR_EL2),
+            regs::TcrEl2::write(&hcr, tcr),
+            regs::Ttbr0El2::write(ttbr0),
+        )
+    };
+    // ISB: the translation turned on below uses MAIR/TCR/TTBR0_EL2.
+    let _ = isb(translation);
+    barriers::maint::flush_el2_tlb_before_mmu_on();
+    // SAFETY: identity map, caches on, EIS/EOS set (SCTLR_EL2_ON); VBAR_EL2
+    // points at the linked vector table; `tpidr` per the contract.
+    let (sctlr, vbar) = unsafe {
+        regs::TpidrEl2::write(tpidr);
+        (
+            regs::SctlrEl2::write(SCTLR_EL2_ON),
+            regs::VbarEl2::write(vectors),
+        )
+    };
+    // ISB: every following EL2 access depends on SCTLR_EL2.M/C; exceptions
+    // taken at EL2 from here on use VBAR_EL2.
+    let (mmu_on, _) = isb((sctlr, vbar));
+    barriers::sync::uses::el2_memory(&mmu_on);
+    CpuSync {
+        hcr,
+        eos: barriers::sync::check_eos(),
     }
 }

@@ -4,10 +4,14 @@
 //! EL1&0 registers written at EL2 during a switch need no synchronisation
 //! until the ERET that enters the guest (Arm ARM D8.1.5 I_SFZVV; R_NRJPP: EL2
 //! never uses EL1&0 registers for its own speculative accesses), so the
-//! restore below issues no ISB: the `eret` in `__guest_enter` is the context
-//! synchronisation event, with SCTLR_EL2.EOS = 1 asserted at boot.
+//! restore issues no ISB. Its writes go through `barriers` and return
+//! guest-only tokens, which `barriers::enter_guest` consumes for the `eret`
+//! in `__guest_enter`, a context synchronisation event because SCTLR_EL2.EOS
+//! = 1 (checked at boot).
 
-use core::arch::asm;
+use barriers::regs;
+use barriers::sync::{El1Names, GuestEntry, Includes};
+use barriers::{GuestPending, Synced};
 use core::mem::offset_of;
 
 /// A guest's general-purpose registers, PC (ELR_EL2) and PSTATE (SPSR_EL2).
@@ -81,13 +85,16 @@ pub fn vectors_address() -> u64 {
 }
 
 /// Runs the guest whose registers are `regs` until it takes an exception to EL2.
+/// `entry` is the `barriers` permission for the ERET: every system-register
+/// write since the last exit was guest-only and is synchronised by it.
 ///
 /// # Safety
 ///
 /// TPIDR_EL2 must point at a `HostSave` (the per-CPU block) equal to `host`,
 /// the vCPU's stage 2, HCR_EL2 and EL1 context must be loaded on this CPU,
 /// and `regs` must stay valid and unaliased until this returns.
-pub unsafe fn enter(regs: &mut GuestRegs, host: &mut HostSave) -> VectorKind {
+pub unsafe fn enter(regs: &mut GuestRegs, host: &mut HostSave, entry: GuestEntry) -> VectorKind {
+    let _ = entry;
     // SAFETY: the caller established the per-CPU and guest context the
     // assembly relies on; the assembly preserves the AAPCS64 callee-saved
     // registers and SP across the guest run.
@@ -101,66 +108,55 @@ pub unsafe fn enter(regs: &mut GuestRegs, host: &mut HostSave) -> VectorKind {
 }
 
 macro_rules! el1_context {
-    ($($field:ident => $reg:literal),* $(,)?) => {
+    ($($field:ident => $reg:ident),* $(,)?) => {
         /// A vCPU's EL1&0 system-register context.
         #[repr(C)]
         #[derive(Debug, Clone, Copy, Default)]
         pub struct El1Context {
-            $(#[doc = $reg] pub $field: u64,)*
+            $(#[doc = stringify!($reg)] pub $field: u64,)*
         }
 
         impl El1Context {
-            /// Saves this CPU's EL1 context after a guest exit.
-            pub fn save(&mut self) {
-                $(
-                    // SAFETY: reading an EL1 register at EL2 has no side effects.
-                    unsafe { asm!(concat!("mrs {0}, ", $reg), out(reg) self.$field, options(nomem, nostack, preserves_flags)) };
-                )*
+            /// Saves this CPU's EL1 context after a guest exit. The reads use
+            /// `*_EL1` names, so they need HCR_EL2.E2H synchronised (`e2h`).
+            pub fn save<K: Includes<El1Names>>(&mut self, e2h: &Synced<K>) {
+                $(self.$field = regs::$reg::read(e2h);)*
             }
 
-            /// Loads this context into the CPU's EL1 registers.
-            ///
-            /// # Safety
-            ///
-            /// Must run at EL2 between exits and the next `enter` of the vCPU
-            /// owning this context: the values take effect for the guest at the
-            /// ERET (I_SFZVV); EL2 itself must not depend on them before then.
-            pub unsafe fn restore(&self) {
-                $(
-                    // SAFETY: per the contract above, only the guest consumes
-                    // these registers, after the ERET.
-                    unsafe { asm!(concat!("msr ", $reg, ", {0}"), in(reg) self.$field, options(nomem, nostack, preserves_flags)) };
-                )*
+            /// Loads this context into the CPU's EL1 registers. The writes are
+            /// guest-only (I_SFZVV), so they go into `pending` for the ERET.
+            pub fn restore<K: Includes<El1Names>>(&self, e2h: &Synced<K>, pending: &mut GuestPending) {
+                $(pending.add(regs::$reg::write(e2h, self.$field));)*
             }
         }
     };
 }
 
 el1_context! {
-    sctlr => "sctlr_el1",
-    ttbr0 => "ttbr0_el1",
-    ttbr1 => "ttbr1_el1",
-    tcr => "tcr_el1",
-    mair => "mair_el1",
-    amair => "amair_el1",
-    vbar => "vbar_el1",
-    contextidr => "contextidr_el1",
-    tpidr_el0 => "tpidr_el0",
-    tpidrro_el0 => "tpidrro_el0",
-    tpidr_el1 => "tpidr_el1",
-    sp_el0 => "sp_el0",
-    sp_el1 => "sp_el1",
-    elr => "elr_el1",
-    spsr => "spsr_el1",
-    esr => "esr_el1",
-    far => "far_el1",
-    afsr0 => "afsr0_el1",
-    afsr1 => "afsr1_el1",
-    par => "par_el1",
-    cntkctl => "cntkctl_el1",
-    cpacr => "cpacr_el1",
-    cntv_ctl => "cntv_ctl_el0",
-    cntv_cval => "cntv_cval_el0",
+    sctlr => SctlrEl1,
+    ttbr0 => Ttbr0El1,
+    ttbr1 => Ttbr1El1,
+    tcr => TcrEl1,
+    mair => MairEl1,
+    amair => AmairEl1,
+    vbar => VbarEl1,
+    contextidr => ContextidrEl1,
+    tpidr_el0 => TpidrEl0,
+    tpidrro_el0 => TpidrroEl0,
+    tpidr_el1 => TpidrEl1,
+    sp_el0 => SpEl0,
+    sp_el1 => SpEl1,
+    elr => ElrEl1,
+    spsr => SpsrEl1,
+    esr => EsrEl1,
+    far => FarEl1,
+    afsr0 => Afsr0El1,
+    afsr1 => Afsr1El1,
+    par => ParEl1,
+    cntkctl => CntkctlEl1,
+    cpacr => CpacrEl1,
+    cntv_ctl => CntvCtlEl0,
+    cntv_cval => CntvCvalEl0,
 }
 
 /// SCTLR_EL1 at vCPU reset: MMU and caches off, RES1 bits set (Arm ARM

@@ -1,0 +1,50 @@
+//! Cache and TLB maintenance outside page-table batches, each with its
+//! consumer named (STYLE.md convention 4).
+
+use crate::insn::{emit, DsbKind, Tlbi};
+
+/// Cleans and invalidates `[va, va + len)` to the point of coherency, then
+/// `DSB SY`.
+///
+/// Consumer: an observer that does not look through the data cache, which here
+/// means a guest running with its MMU or caches off (its accesses are
+/// non-cacheable). Without FEAT_S2FWB, memory the hypervisor wrote through a
+/// cacheable alias (a loaded image, zeroes) must reach PoC before such a guest
+/// reads it (ARM-RULES.md section 3; Arm ARM D7.5.9 "Data cache maintenance").
+/// The DSB completes the maintenance before the ERET that lets the guest run.
+pub fn clean_inval_to_poc(va: u64, len: u64) {
+    let line = emit::dcache_line();
+    let mut a = va & !(line - 1);
+    while a < va + len {
+        emit::dc_civac(a);
+        a += line;
+    }
+    emit::dsb(DsbKind::Sy);
+}
+
+/// Invalidates every EL2 translation cached by this PE, and waits for it.
+///
+/// Consumer: EL2's first translated access after it turns its MMU on. Firmware
+/// may leave EL2 TLB entries behind, and nothing but a TLBI removes them
+/// (Arm ARM D8.16). The `DSB ISH` completes the TLBI. The caller's ISB after
+/// its SCTLR_EL2 write orders the first translated fetch.
+pub fn flush_el2_tlb_before_mmu_on() {
+    emit::tlbi(Tlbi::Alle2);
+    emit::dsb(DsbKind::Ish);
+}
+
+/// Makes this CPU's earlier stores visible to other CPUs, then wakes every CPU
+/// waiting in WFE.
+///
+/// Consumer: a CPU that wakes and re-reads the state it waits on. SEV is not
+/// ordered after earlier stores, so without the `DSB ISH` a waiter could wake,
+/// see the old value and sleep again with no event left to wake it (Arm ARM
+/// D1.6.1, "Wait for Event mechanism").
+pub fn publish_and_wake() {
+    emit::dsb(DsbKind::Ish);
+    #[cfg(all(barriers_hw, not(test)))]
+    // SAFETY: SEV only sets the event register of every PE.
+    unsafe {
+        core::arch::asm!("sev", options(nomem, nostack, preserves_flags));
+    }
+}
