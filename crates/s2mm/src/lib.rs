@@ -21,6 +21,11 @@
 //! - On `OutOfMemory` an operation may be partly applied (every page old or new, tables
 //!   consistent, all barriers discharged).
 //!
+//! Concurrency: every mutating call takes `&mut self`; hyp-core serialises the callers of one
+//! table set (its per-VM lock). The only concurrent readers are hardware table walkers, which is
+//! what the break-before-make sequences and the release stores of the batch are for. There is
+//! therefore no CAS-to-locked-marker protocol (ARM-RULES.md invariant 18 does not apply).
+//!
 //! Module map: [`addr`] (units), [`alloc`] (table memory), [`desc`] (descriptor encodings),
 //! `walk` (the generic walker), [`stage2`], [`el2`], [`ownership`], `host` (heap allocator for
 //! host tests and benches, not built for bare metal).

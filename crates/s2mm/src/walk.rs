@@ -237,8 +237,12 @@ impl<F: Format> Tables<F> {
             if is_table(d, level) {
                 w.break_(slot, 0, Inval::Table { ia });
                 w.detach(Pa(d & OA_MASK), level + 1);
-            } else if d & VALID != 0 {
-                w.break_(slot, 0, Inval::Leaf { ia, level });
+            } else if d != 0 || i == 0 {
+                // Entry 0 is always "broken" with a table-class invalidation, so destroy ends
+                // with a VMID-wide (regime-wide) TLBI even for empty tables: walk caches may
+                // hold the root itself (R_ZYZYK), and the VMID may then be reused
+                // (invariant 20).
+                w.break_(slot, 0, Inval::Table { ia });
             }
         }
         w.sync_now();

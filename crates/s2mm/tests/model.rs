@@ -322,6 +322,24 @@ fn run_case(fwb: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 window.join("\n")
             )));
         }
+        // Invariant 10 oracle (requires_bbm): no live valid->valid store changes anything but
+        // S2AP, XN, AF or software bits.
+        let allowed: u64 = (0b11 << 6) | (1 << 54) | (1 << 10) | (0xf << 55);
+        for i in &trace {
+            if let barriers::Insn::Store { old, new, .. } = *i {
+                if old & 1 == 1 && new & 1 == 1 {
+                    prop_assert_eq!(
+                        (old ^ new) & !allowed,
+                        0,
+                        "op {} {:?}: valid->valid store {:#x} -> {:#x} needs BBM",
+                        k,
+                        op,
+                        old,
+                        new
+                    );
+                }
+            }
+        }
         // Boundaries of the operation, plus random pages.
         for p in [
             s.wrapping_sub(1),
