@@ -178,6 +178,22 @@ impl El2Stage1 {
         })
     }
 
+    /// Calls `f(va, size, mapping)` for every leaf, in VA order.
+    pub fn for_each_entry<A: TableAlloc>(&self, alloc: &A, mut f: impl FnMut(Va, u64, Mapping)) {
+        let fmt = self.tables.fmt;
+        self.tables.visit(alloc, &mut |ia, level, d| {
+            if d & VALID != 0 {
+                let m = Mapping {
+                    pa: Pa(d & OA_MASK),
+                    attrs: fmt.decode(d),
+                    state: PageState::from_desc(d),
+                    level,
+                };
+                f(Va(ia), size(level), m);
+            }
+        });
+    }
+
     /// TTBR0_EL2 (root PA; CnP = 0).
     #[must_use]
     pub const fn ttbr0_el2(&self) -> u64 {

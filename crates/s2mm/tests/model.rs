@@ -15,7 +15,7 @@ static INSNS_CHECKED: AtomicUsize = AtomicUsize::new(0);
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use s2mm::host::HostAlloc;
-use s2mm::{Attrs, Entry, Ipa, MemType, OwnerId, Pa, PageState, Perms, Stage2};
+use s2mm::{Attrs, El2Stage1, Entry, Ipa, MemType, OwnerId, Pa, PageState, Perms, Stage2, Va};
 
 const PAGE: u64 = 4096;
 /// IPA space exercised: 4 GiB (four level-1 entries of a 40-bit stage 2).
@@ -189,29 +189,165 @@ fn coalesce(it: impl Iterator<Item = (u64, u64, V)>) -> Vec<(u64, u64, V)> {
     out
 }
 
-fn s2_runs(s2: &Stage2, a: &HostAlloc) -> Vec<(u64, u64, V)> {
+type R = Result<s2mm::BatchStats, s2mm::Error>;
+
+/// The operations both regimes share, so one model test drives stage 2 and EL2 stage 1.
+/// `None`: the regime has no such operation (the op is skipped, the model unchanged).
+trait Tables {
+    fn adapt(&self, a: Attrs) -> Attrs;
+    fn map(
+        &mut self,
+        a: &mut HostAlloc,
+        ia: u64,
+        pa: u64,
+        size: u64,
+        at: Attrs,
+        st: PageState,
+    ) -> R;
+    fn unmap(&mut self, a: &mut HostAlloc, ia: u64, size: u64) -> R;
+    fn annotate(&mut self, a: &mut HostAlloc, ia: u64, size: u64, owner: u8) -> Option<R>;
+    fn protect(&mut self, a: &mut HostAlloc, ia: u64, size: u64, p: Perms) -> R;
+    fn set_state(&mut self, a: &mut HostAlloc, ia: u64, size: u64, st: PageState) -> Option<R>;
+    fn query(&self, a: &HostAlloc, ia: u64) -> Option<s2mm::Mapping>;
+    fn annotation(&self, a: &HostAlloc, ia: u64) -> Option<OwnerId>;
+    fn entries(&self, a: &HostAlloc, f: &mut dyn FnMut(u64, u64, V));
+    fn destroy(self, a: &mut HostAlloc);
+}
+
+impl Tables for Stage2 {
+    fn adapt(&self, a: Attrs) -> Attrs {
+        a
+    }
+    fn map(
+        &mut self,
+        a: &mut HostAlloc,
+        ia: u64,
+        pa: u64,
+        size: u64,
+        at: Attrs,
+        st: PageState,
+    ) -> R {
+        Stage2::map(self, a, Ipa(ia), Pa(pa), size, at, st)
+    }
+    fn unmap(&mut self, a: &mut HostAlloc, ia: u64, size: u64) -> R {
+        Stage2::unmap(self, a, Ipa(ia), size)
+    }
+    fn annotate(&mut self, a: &mut HostAlloc, ia: u64, size: u64, owner: u8) -> Option<R> {
+        Some(self.set_annotation(a, Ipa(ia), size, OwnerId(owner)))
+    }
+    fn protect(&mut self, a: &mut HostAlloc, ia: u64, size: u64, p: Perms) -> R {
+        Stage2::protect(self, a, Ipa(ia), size, p)
+    }
+    fn set_state(&mut self, a: &mut HostAlloc, ia: u64, size: u64, st: PageState) -> Option<R> {
+        Some(Stage2::set_state(self, a, Ipa(ia), size, st))
+    }
+    fn query(&self, a: &HostAlloc, ia: u64) -> Option<s2mm::Mapping> {
+        Stage2::query(self, a, Ipa(ia))
+    }
+    fn annotation(&self, a: &HostAlloc, ia: u64) -> Option<OwnerId> {
+        Stage2::annotation(self, a, Ipa(ia))
+    }
+    fn entries(&self, a: &HostAlloc, f: &mut dyn FnMut(u64, u64, V)) {
+        self.for_each_entry(a, |ipa, size, e| {
+            let val = match e {
+                Entry::Mapped(m) => V::Map {
+                    pa: m.pa.0,
+                    attrs: m.attrs,
+                    state: m.state,
+                },
+                Entry::Annotated(o) => V::Ann(o.0),
+            };
+            f(ipa.0, size, val);
+        });
+    }
+    fn destroy(self, a: &mut HostAlloc) {
+        Stage2::destroy(self, a);
+    }
+}
+
+/// EL2 permissions: readable, W^X, device never executable.
+fn el2_perms(mem: MemType, p: Perms) -> Perms {
+    let exec = p.exec && !p.write && mem == MemType::Normal;
+    Perms {
+        read: true,
+        write: p.write && !exec,
+        exec,
+    }
+}
+
+impl Tables for El2Stage1 {
+    fn adapt(&self, a: Attrs) -> Attrs {
+        Attrs {
+            mem: a.mem,
+            perms: el2_perms(a.mem, a.perms),
+        }
+    }
+    fn map(
+        &mut self,
+        a: &mut HostAlloc,
+        ia: u64,
+        pa: u64,
+        size: u64,
+        at: Attrs,
+        st: PageState,
+    ) -> R {
+        self.map_state(a, Va(ia), Pa(pa), size, at, st)
+    }
+    fn unmap(&mut self, a: &mut HostAlloc, ia: u64, size: u64) -> R {
+        El2Stage1::unmap(self, a, Va(ia), size)
+    }
+    fn annotate(&mut self, _: &mut HostAlloc, _: u64, _: u64, _: u8) -> Option<R> {
+        None
+    }
+    fn protect(&mut self, a: &mut HostAlloc, ia: u64, size: u64, p: Perms) -> R {
+        El2Stage1::protect(self, a, Va(ia), size, p)
+    }
+    fn set_state(&mut self, _: &mut HostAlloc, _: u64, _: u64, _: PageState) -> Option<R> {
+        None
+    }
+    fn query(&self, a: &HostAlloc, ia: u64) -> Option<s2mm::Mapping> {
+        El2Stage1::query(self, a, Va(ia))
+    }
+    fn annotation(&self, _: &HostAlloc, _: u64) -> Option<OwnerId> {
+        None
+    }
+    fn entries(&self, a: &HostAlloc, f: &mut dyn FnMut(u64, u64, V)) {
+        self.for_each_entry(a, |va, size, m| {
+            f(
+                va.0,
+                size,
+                V::Map {
+                    pa: m.pa.0,
+                    attrs: m.attrs,
+                    state: m.state,
+                },
+            )
+        });
+    }
+    fn destroy(self, a: &mut HostAlloc) {
+        El2Stage1::destroy(self, a);
+    }
+}
+
+fn s2_runs<T: Tables>(s2: &T, a: &HostAlloc) -> Vec<(u64, u64, V)> {
     let mut v = Vec::new();
-    s2.for_each_entry(a, |ipa, size, e| {
-        let s = ipa.0 / PAGE;
-        let e_ = s + size / PAGE;
-        let val = match e {
-            Entry::Mapped(m) => V::Map {
-                pa: m.pa.0,
-                attrs: m.attrs,
-                state: m.state,
-            },
-            Entry::Annotated(o) => V::Ann(o.0),
-        };
-        v.push((s, e_, val));
+    s2.entries(a, &mut |ia, size, val| {
+        let s = ia / PAGE;
+        v.push((s, s + size / PAGE, val));
     });
     coalesce(v.into_iter())
 }
 
-fn check_page(s2: &Stage2, a: &HostAlloc, model: &Model, p: u64) -> Result<(), TestCaseError> {
+fn check_page<T: Tables>(
+    s2: &T,
+    a: &HostAlloc,
+    model: &Model,
+    p: u64,
+) -> Result<(), TestCaseError> {
     if p >= SPACE {
         return Ok(());
     }
-    let ipa = Ipa(p * PAGE);
+    let ipa = p * PAGE;
     let got = match (s2.query(a, ipa), s2.annotation(a, ipa)) {
         (Some(m), None) => Some(V::Map {
             pa: m.pa.0,
@@ -230,10 +366,24 @@ fn check_page(s2: &Stage2, a: &HostAlloc, model: &Model, p: u64) -> Result<(), T
     Ok(())
 }
 
-fn run_case(fwb: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+fn run_case(fwb: bool, el2: bool, ops: &[Op]) -> Result<(), TestCaseError> {
     barriers::trace::clear();
     let mut a = HostAlloc::new();
-    let mut s2 = Stage2::new(&mut a, 5, 40, fwb).expect("stage 2");
+    if el2 {
+        let t = El2Stage1::new(&mut a, 39).expect("el2");
+        run_ops(t, a, true, ops)
+    } else {
+        let t = Stage2::new(&mut a, 5, 40, fwb).expect("stage 2");
+        run_ops(t, a, fwb, ops)
+    }
+}
+
+fn run_ops<T: Tables>(
+    mut s2: T,
+    mut a: HostAlloc,
+    fwb: bool,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
     let root_pages = a.live_pages();
     let mut model = Model::default();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
@@ -242,7 +392,7 @@ fn run_case(fwb: bool, ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Map { s, n, .. } | Op::Unmap { s, n } | Op::Annotate { s, n, .. } => (s, n),
             Op::Protect { s, n, .. } | Op::SetState { s, n, .. } => (s, n),
         };
-        let (ipa, size) = (Ipa(s * PAGE), n * PAGE);
+        let (ipa, size) = (s * PAGE, n * PAGE);
         match op {
             Op::Map {
                 delta,
@@ -250,14 +400,14 @@ fn run_case(fwb: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 state,
                 ..
             } => {
-                let mut at = ATTRS[attrs];
+                let mut at = s2.adapt(ATTRS[attrs]);
                 // Without FWB every cacheable map cleans its range to PoC line by line; keep
                 // those to small ranges so the recorded trace stays small.
                 if !fwb && n > 64 && at.mem == MemType::Normal {
                     at.mem = MemType::Device;
                 }
                 let pa = (s + delta) * PAGE;
-                s2.map(&mut a, ipa, Pa(pa), size, at, STATES[state])
+                s2.map(&mut a, ipa, pa, size, at, STATES[state])
                     .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
                 model.set(
                     s,
@@ -288,19 +438,30 @@ fn run_case(fwb: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 model.set(s, s + n, None);
             }
             Op::Annotate { owner, .. } => {
-                s2.set_annotation(&mut a, ipa, size, OwnerId(owner))
-                    .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-                model.set(s, s + n, Some(V::Ann(owner)));
+                if let Some(r) = s2.annotate(&mut a, ipa, size, owner) {
+                    r.map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                    model.set(s, s + n, Some(V::Ann(owner)));
+                }
             }
             Op::Protect { perms, .. } => {
-                s2.protect(&mut a, ipa, size, PERMS[perms])
+                // EL2 cannot express every stage-2 permission: protect with what it can,
+                // per memory type of each page in the model.
+                let p = PERMS[perms];
+                let el2 = s2.adapt(Attrs::RAM_RWX) != Attrs::RAM_RWX;
+                let p = if el2 {
+                    el2_perms(MemType::Device, p)
+                } else {
+                    p
+                };
+                s2.protect(&mut a, ipa, size, p)
                     .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-                model.modify(s, s + n, |at, _| at.perms = PERMS[perms]);
+                model.modify(s, s + n, |at, _| at.perms = p);
             }
             Op::SetState { state, .. } => {
-                s2.set_state(&mut a, ipa, size, STATES[state])
-                    .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-                model.modify(s, s + n, |_, st| *st = STATES[state]);
+                if let Some(r) = s2.set_state(&mut a, ipa, size, STATES[state]) {
+                    r.map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                    model.modify(s, s + n, |_, st| *st = STATES[state]);
+                }
             }
         }
         // The barriers checker over this operation's batch.
@@ -364,7 +525,7 @@ fn run_case(fwb: bool, ops: &[Op]) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(s2_runs(&s2, &a), model.runs(), "final structure");
     // Tables emptied by unmap are freed: back to the bare root.
-    s2.unmap(&mut a, Ipa(0), SPACE * PAGE)
+    s2.unmap(&mut a, 0, SPACE * PAGE)
         .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
     prop_assert_eq!(
         a.live_pages(),
@@ -392,7 +553,7 @@ fn cases(share: u32) -> u32 {
     (total * share / 4).max(1)
 }
 
-fn run(fwb: bool, n: u32) {
+fn run(fwb: bool, el2: bool, n: u32) {
     let mut runner = TestRunner::new(Config {
         cases: n,
         failure_persistence: None,
@@ -400,10 +561,10 @@ fn run(fwb: bool, n: u32) {
     });
     let strat = proptest::collection::vec(op(), OPS);
     runner
-        .run(&strat, |ops| run_case(fwb, &ops))
+        .run(&strat, |ops| run_case(fwb, el2, &ops))
         .expect("model test failed");
     eprintln!(
-        "s2mm model (fwb={fwb}): {n} cases, {} operations so far in this process, {} traced instructions checked",
+        "s2mm model (fwb={fwb}, el2={el2}): {n} cases, {} operations so far in this process, {} traced instructions checked",
         OPS_RUN.load(Ordering::Relaxed),
         INSNS_CHECKED.load(Ordering::Relaxed)
     );
@@ -411,10 +572,16 @@ fn run(fwb: bool, n: u32) {
 
 #[test]
 fn random_ops_match_model_with_fwb() {
-    run(true, cases(3));
+    run(true, false, cases(3));
+}
+
+/// The EL2 stage-1 regime through the same walker (W^X permissions, no annotations).
+#[test]
+fn random_ops_match_model_el2_stage1() {
+    run(true, true, cases(1) / 2);
 }
 
 #[test]
 fn random_ops_match_model_without_fwb() {
-    run(false, cases(1));
+    run(false, false, cases(1));
 }
