@@ -55,6 +55,21 @@ pub const fn parange_bits(parange: u64) -> Result<u32, Error> {
     }
 }
 
+/// IPA size to use for a PE with `ID_AA64MMFR0_EL1.PARange = parange`: the implemented PA
+/// size, capped at 48 bits (4 KiB granule without FEAT_LPA2).
+///
+/// # Errors
+///
+/// [`Error::UnsupportedPaRange`] for reserved values; [`Error::UnsupportedIpaSize`] when the
+/// PA size is below 40 bits (this hypervisor needs at least a 40-bit IPA space).
+pub const fn ipa_bits_for_parange(parange: u64) -> Result<u32, Error> {
+    match parange_bits(parange) {
+        Ok(bits) if bits < 40 => Err(Error::UnsupportedIpaSize),
+        Ok(bits) if bits > MAX_PA_BITS => Ok(MAX_PA_BITS),
+        r => r,
+    }
+}
+
 /// Stage-2 tables of one VMID.
 #[derive(Debug)]
 pub struct Stage2 {
