@@ -6,8 +6,8 @@
 //! |---------|----------------------------------------------------------------------------|
 //! | 0       | valid                                                                      |
 //! | 1       | 1 = table (levels 0-2) or page (level 3); 0 = block (levels 1-2)           |
-//! | 5:2     | stage 2: MemAttr[3:0]; EL2 stage 1: AttrIndx[2:0] (bits 4:2), NS (bit 5)   |
-//! | 7:6     | stage 2: S2AP (bit 6 read, bit 7 write); EL2: AP[2:1] (01 RW, 11 RO)       |
+//! | 5:2     | stage 2: MemAttr\[3:0\]; EL2 stage 1: AttrIndx\[2:0\] (bits 4:2), NS (bit 5)   |
+//! | 7:6     | stage 2: S2AP (bit 6 read, bit 7 write); EL2: AP\[2:1\] (01 RW, 11 RO)       |
 //! | 9:8     | SH, always Inner Shareable (0b11)                                          |
 //! | 10      | AF, always set (no hardware access-flag management)                        |
 //! | 47:12   | output address                                                             |

@@ -17,7 +17,13 @@
 //!   [`Stage2::destroy`].
 //! - [`Stage2::set_block_policy`] limits leaf size (e.g. pages only); [`Stage2::set_tlbi_limit`]
 //!   sets the per-page-TLBI vs VMID-wide threshold (default [`stage2::DEFAULT_TLBI_LIMIT`]).
+//! - [`Stage2::for_each_entry`] (audits, tests), [`stage2::ipa_bits_for_parange`],
+//!   [`stage2::stage2_geometry`].
 //! - [`El2Stage1`] for the hypervisor's own tables, with `tcr_el2`, `mair_el2`, `ttbr0_el2`.
+//! - `host::HostAlloc` (host builds only): a heap [`TableAlloc`] that counts live pages.
+//! - TLBI policy: a batch with up to N leaf invalidations (default 32) issues IPAS2E1IS per
+//!   leaf (with the level hint) followed by DSB ISH, VMALLE1IS, DSB ISH; more, or any table
+//!   invalidation, becomes one VMALLS12E1IS. Every call returns the [`BatchStats`] it issued.
 //! - On `OutOfMemory` an operation may be partly applied (every page old or new, tables
 //!   consistent, all barriers discharged).
 //!
