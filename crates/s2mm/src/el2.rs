@@ -10,6 +10,11 @@ use crate::walk::{shift, size, Fault, Op, Tables};
 use crate::{BlockSize, Error, Mapping};
 
 /// EL2 stage-1 tables.
+///
+/// Changes that need break-before-make on a live EL2 mapping (splitting a block, changing an
+/// output address or memory type) leave the range briefly unmapped *for EL2 itself*: never
+/// apply them to memory EL2 touches during the call (its code, stack, these tables). Mapping
+/// new ranges, unmapping, and permission changes have no such window.
 #[derive(Debug)]
 pub struct El2Stage1 {
     tables: Tables<El2Format>,
