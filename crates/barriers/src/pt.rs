@@ -247,12 +247,23 @@ impl PtBatch {
             Inval::Leaf { ia, level } => (ia, Some(level)),
             Inval::Table { ia } => (ia, None),
         };
+        if self.len == MAX_QUEUED {
+            // The queue is full: complete what is queued now, before this store, rather than
+            // lose track of broken slots. Syncing after the store would leave its DSB ISHST with
+            // nothing queued to order (invariant 23).
+            self.sync();
+        }
         emit::store(slot, new, Some(ia), level);
         self.store_owed = true;
-        if self.len == MAX_QUEUED {
-            // The queue is full: complete what is queued now rather than lose track of broken
-            // slots. Correct, at the cost of one more DSB/TLBI/DSB round.
-            self.sync();
+        if self.wide && !is_break {
+            // The batch already ends in a VMID-wide (or ALLE2IS) flush, which covers this
+            // restriction. A restriction is not a break, so no later make depends on it, and
+            // nothing needs to be tracked (otherwise a 1 GiB protect of 4 KiB pages would sync
+            // once per MAX_QUEUED entries).
+            if self.immediate {
+                self.sync();
+            }
+            return;
         }
         let addr = slot as *const AtomicU64 as usize;
         let q = Queued::new(addr, inv, is_break);

@@ -456,3 +456,72 @@ fn tlbi_operand_encoding() {
     // VA[55:12] in bits [43:0].
     assert_eq!(va_operand(0xffff_0000_0040_0000), 0xff0_0000_0400);
 }
+
+/// Protecting far more leaves than fit in the queue: once the batch has gone
+/// VMID-wide, restrictions are not queued, so the whole protect pays one
+/// DSB ISHST, one VMALLS12E1IS and one DSB ISH (no sync per full queue).
+#[test]
+fn restrict_beyond_the_queue_pays_once() {
+    trace::reset();
+    let n = 2048u64;
+    let slots: Vec<AtomicU64> = (0..n).map(|i| AtomicU64::new(VALID + (i << 12))).collect();
+    let mut b = PtBatch::begin(Regime::Stage2 { vmid: 3 }).with_tlbi_limit(32);
+    for (i, s) in slots.iter().enumerate() {
+        let ro = (VALID + ((i as u64) << 12)) & !(1 << 7);
+        b.restrict(
+            s,
+            ro,
+            Inval::Leaf {
+                ia: (i as u64) << 12,
+                level: 3,
+            },
+        );
+    }
+    let stats = b.finish();
+    let t = trace::take();
+    assert_clean(&t);
+    let barriers: Vec<&Insn> = t
+        .iter()
+        .filter(|i| !matches!(i, Insn::Store { .. }))
+        .collect();
+    assert_eq!(
+        barriers,
+        [
+            &Insn::Dsb(DsbKind::Ishst),
+            &Insn::Tlbi(Tlbi::Vmalls12e1is),
+            &Insn::Dsb(DsbKind::Ish),
+        ]
+    );
+    assert_eq!(stats.dsb, 2);
+    assert_eq!(stats.tlbi, 1);
+    assert_eq!(slots[2047].load(Ordering::Relaxed) & (1 << 7), 0);
+}
+
+/// Filling the queue with breaks syncs before the store that would overflow
+/// it, so every DSB ISHST orders a store (invariant 23).
+#[test]
+fn full_queue_syncs_before_the_next_store() {
+    trace::reset();
+    let n = 600u64;
+    let slots: Vec<AtomicU64> = (0..n).map(|i| AtomicU64::new(VALID + (i << 12))).collect();
+    let mut b = PtBatch::begin(Regime::Stage2 { vmid: 3 });
+    for (i, s) in slots.iter().enumerate() {
+        b.break_entry(
+            s,
+            0,
+            Inval::Leaf {
+                ia: (i as u64) << 12,
+                level: 3,
+            },
+        );
+    }
+    let _ = b.finish();
+    let t = trace::take();
+    assert_clean(&t);
+    // The first sync comes right after the 512th store, before the 513th.
+    let first_dsb = t
+        .iter()
+        .position(|i| matches!(i, Insn::Dsb(DsbKind::Ishst)))
+        .expect("a DSB ISHST");
+    assert_eq!(first_dsb, 512);
+}
