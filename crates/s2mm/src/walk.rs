@@ -278,8 +278,11 @@ impl<A: TableAlloc, F: Format> Walker<'_, A, F> {
         self.batch.break_entry(slot, invalid, inv);
     }
 
+    /// Restrictions do not count against the queue: once the batch has gone
+    /// VMID-wide it stops queuing them (one flush covers all), and it syncs a
+    /// full queue before the next store itself.
     fn restrict(&mut self, slot: &AtomicU64, new: u64, inv: Inval) {
-        self.reserve_queue();
+        self.unsynced = true;
         self.batch.restrict(slot, new, inv);
     }
 
