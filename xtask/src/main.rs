@@ -532,6 +532,21 @@ fn test() -> Result<()> {
                 .env("HYP_BOARD_DIR", &board_dir),
         )
     })?;
+    // Figures, not a timed test: it prints ns/page and barrier counts for
+    // s2mm and aarch64-paging doing the same work, and fails only if it cannot run.
+    step("s2mm host benchmark (vs aarch64-paging)", &mut || {
+        run_checked(&mut cargo(&[
+            "run",
+            "--release",
+            "-p",
+            "s2mm",
+            "--example",
+            "s2bench",
+            "--",
+            "--json",
+            "target/bench/s2mm-host.json",
+        ]))
+    })?;
     eprintln!();
     note("summary:");
     for (n, d) in &done {

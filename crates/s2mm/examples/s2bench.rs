@@ -360,7 +360,12 @@ fn main() {
                 )
             })
             .collect();
-        std::fs::write(&path, format!("[\n{}\n]\n", body.join(",\n"))).unwrap();
+        if let Some(dir) = std::path::Path::new(&path).parent() {
+            std::fs::create_dir_all(dir)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        }
+        std::fs::write(&path, format!("[\n{}\n]\n", body.join(",\n")))
+            .unwrap_or_else(|e| panic!("writing {path}: {e}"));
         println!("wrote {path}");
     }
 }
