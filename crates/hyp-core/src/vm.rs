@@ -82,7 +82,8 @@ pub const IPA_BITS: u32 = 40;
 
 /// Builds the VM's stage 2 with `s2mm`: guest RAM at GUEST_RAM_IPA as normal
 /// write-back memory (2 MiB / 1 GiB blocks where aligned), owned by the
-/// guest. Nothing else is mapped, so every other access exits (the emulated
+/// guest. With `fwb = false` the map cleans the whole range to PoC, which is
+/// what a guest starting with its MMU off needs. Nothing else is mapped, so every other access exits (the emulated
 /// UART included). Returns (VTTBR_EL2, VTCR_EL2).
 fn build_stage2(vmid: u16, ram: MemRegion) -> Result<(s2mm::Stage2, u64, u64), &'static str> {
     let mut pool = crate::arch::tables::POOL.lock();
@@ -146,8 +147,9 @@ pub fn create(
         );
     }
     // The guest starts with its MMU off, so its accesses are non-cacheable and
-    // go to RAM: clean the image and zeroes to PoC (ARM-RULES.md section 3).
-    barriers::maint::clean_inval_to_poc(ram.base, ram.size);
+    // go to RAM: the image and zeroes must be clean to PoC (ARM-RULES.md
+    // section 3). Mapping cacheable RAM without FEAT_S2FWB does exactly that:
+    // s2mm cleans the range to PoC in the same batch (see `build_stage2`).
     let vmid = 1;
     let (s2, vttbr, vtcr) = build_stage2(vmid, ram)?;
     let vm = VM.call_once(|| Vm {
