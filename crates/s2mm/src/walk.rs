@@ -728,7 +728,7 @@ mod tests {
 
     /// 511 pages of a 2 MiB-aligned run, then the last page: the table becomes uniform and
     /// collapses into a 2 MiB block.
-    fn collapse_scenario(fault: Fault) -> (Vec<Insn>, HostAlloc, Stage2) {
+    fn collapse_scenario(attrs: Attrs, fault: Fault) -> (Vec<Insn>, HostAlloc, Stage2) {
         let mut a = HostAlloc::new();
         let mut s2 = Stage2::new(&mut a, 3, 40, false).expect("stage 2");
         s2.map(
@@ -736,7 +736,7 @@ mod tests {
             Ipa(M2),
             Pa(8 * M2),
             M2 - K4,
-            Attrs::DEVICE_RW,
+            attrs,
             PageState::Owned,
         )
         .expect("map");
@@ -748,7 +748,7 @@ mod tests {
             Ipa(2 * M2 - K4),
             Pa(9 * M2 - K4),
             K4,
-            Attrs::DEVICE_RW,
+            attrs,
             PageState::Owned,
         )
         .expect("map");
@@ -757,7 +757,7 @@ mod tests {
 
     #[test]
     fn collapse_is_full_break_before_make() {
-        let (t, a, s2) = collapse_scenario(Fault::None);
+        let (t, a, s2) = collapse_scenario(Attrs::DEVICE_RW, Fault::None);
         assert_eq!(s2.query(&a, Ipa(M2 + 5 * K4)).expect("mapped").level, 2);
         assert!(
             check::check(&t).is_empty(),
@@ -791,28 +791,7 @@ mod tests {
 
     #[test]
     fn collapse_without_fwb_cleans_the_block_between_break_and_make() {
-        let mut a = HostAlloc::new();
-        let mut s2 = Stage2::new(&mut a, 3, 40, false).expect("stage 2");
-        s2.map(
-            &mut a,
-            Ipa(M2),
-            Pa(8 * M2),
-            M2 - K4,
-            Attrs::RAM_RWX,
-            PageState::Owned,
-        )
-        .expect("map");
-        trace::clear();
-        s2.map(
-            &mut a,
-            Ipa(2 * M2 - K4),
-            Pa(9 * M2 - K4),
-            K4,
-            Attrs::RAM_RWX,
-            PageState::Owned,
-        )
-        .expect("map");
-        let t = trace::take();
+        let (t, _, _) = collapse_scenario(Attrs::RAM_RWX, Fault::None);
         assert!(
             check::check(&t).is_empty(),
             "{}",
@@ -845,7 +824,7 @@ mod tests {
 
     #[test]
     fn checker_catches_block_installed_before_break_completed() {
-        let (t, a, s2) = collapse_scenario(Fault::CollapseWithoutSync);
+        let (t, a, s2) = collapse_scenario(Attrs::DEVICE_RW, Fault::CollapseWithoutSync);
         // The walk result looks right...
         assert_eq!(s2.query(&a, Ipa(M2 + 5 * K4)).expect("mapped").level, 2);
         // ...but the trace shows the make over the broken entry before its TLBI completed.
