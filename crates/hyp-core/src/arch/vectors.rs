@@ -19,6 +19,43 @@ use core::arch::global_asm;
 
 global_asm!(
     r#"
+// x2..x30 at offsets 16..240 of a frame laid out like `GuestRegs`.
+.macro save_x2_x30 base
+    stp     x2, x3, [\base, #16]
+    stp     x4, x5, [\base, #32]
+    stp     x6, x7, [\base, #48]
+    stp     x8, x9, [\base, #64]
+    stp     x10, x11, [\base, #80]
+    stp     x12, x13, [\base, #96]
+    stp     x14, x15, [\base, #112]
+    stp     x16, x17, [\base, #128]
+    stp     x18, x19, [\base, #144]
+    stp     x20, x21, [\base, #160]
+    stp     x22, x23, [\base, #176]
+    stp     x24, x25, [\base, #192]
+    stp     x26, x27, [\base, #208]
+    stp     x28, x29, [\base, #224]
+    str     x30, [\base, #240]
+.endm
+
+.macro load_x2_x30 base
+    ldp     x2, x3, [\base, #16]
+    ldp     x4, x5, [\base, #32]
+    ldp     x6, x7, [\base, #48]
+    ldp     x8, x9, [\base, #64]
+    ldp     x10, x11, [\base, #80]
+    ldp     x12, x13, [\base, #96]
+    ldp     x14, x15, [\base, #112]
+    ldp     x16, x17, [\base, #128]
+    ldp     x18, x19, [\base, #144]
+    ldp     x20, x21, [\base, #160]
+    ldp     x22, x23, [\base, #176]
+    ldp     x24, x25, [\base, #192]
+    ldp     x26, x27, [\base, #208]
+    ldp     x28, x29, [\base, #224]
+    ldr     x30, [\base, #240]
+.endm
+
 .macro guest_exit_vector kind
     .balign 0x80
     stp     x0, x1, [sp, #-16]!
@@ -78,21 +115,7 @@ __guest_enter:
     ldp     x2, x3, [x0, #248]
     msr     elr_el2, x2
     msr     spsr_el2, x3
-    ldp     x2, x3, [x0, #16]
-    ldp     x4, x5, [x0, #32]
-    ldp     x6, x7, [x0, #48]
-    ldp     x8, x9, [x0, #64]
-    ldp     x10, x11, [x0, #80]
-    ldp     x12, x13, [x0, #96]
-    ldp     x14, x15, [x0, #112]
-    ldp     x16, x17, [x0, #128]
-    ldp     x18, x19, [x0, #144]
-    ldp     x20, x21, [x0, #160]
-    ldp     x22, x23, [x0, #176]
-    ldp     x24, x25, [x0, #192]
-    ldp     x26, x27, [x0, #208]
-    ldp     x28, x29, [x0, #224]
-    ldr     x30, [x0, #240]
+    load_x2_x30 x0
     ldp     x0, x1, [x0, #0]
     // ERET is a context synchronisation event (SCTLR_EL2.EOS = 1, checked at
     // boot): it synchronises every guest-only system-register write made
@@ -106,21 +129,7 @@ __guest_enter:
 __guest_exit:
     mrs     x1, tpidr_el2
     ldr     x1, [x1, #104]
-    stp     x2, x3, [x1, #16]
-    stp     x4, x5, [x1, #32]
-    stp     x6, x7, [x1, #48]
-    stp     x8, x9, [x1, #64]
-    stp     x10, x11, [x1, #80]
-    stp     x12, x13, [x1, #96]
-    stp     x14, x15, [x1, #112]
-    stp     x16, x17, [x1, #128]
-    stp     x18, x19, [x1, #144]
-    stp     x20, x21, [x1, #160]
-    stp     x22, x23, [x1, #176]
-    stp     x24, x25, [x1, #192]
-    stp     x26, x27, [x1, #208]
-    stp     x28, x29, [x1, #224]
-    str     x30, [x1, #240]
+    save_x2_x30 x1
     ldp     x2, x3, [sp], #16
     stp     x2, x3, [x1, #0]
     mrs     x2, elr_el2
@@ -140,21 +149,7 @@ __guest_exit:
 // Entered from an EL2 vector: x0 = kind, frame of 34 words on the stack with
 // x0/x1 slots holding the original x0/x1.
 __el2_exception:
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
-    stp     x18, x19, [sp, #144]
-    stp     x20, x21, [sp, #160]
-    stp     x22, x23, [sp, #176]
-    stp     x24, x25, [sp, #192]
-    stp     x26, x27, [sp, #208]
-    stp     x28, x29, [sp, #224]
-    str     x30, [sp, #240]
+    save_x2_x30 sp
     mrs     x2, elr_el2
     mrs     x3, spsr_el2
     stp     x2, x3, [sp, #248]
@@ -164,21 +159,7 @@ __el2_exception:
     ldp     x2, x3, [sp, #248]
     msr     elr_el2, x2
     msr     spsr_el2, x3
-    ldp     x2, x3, [sp, #16]
-    ldp     x4, x5, [sp, #32]
-    ldp     x6, x7, [sp, #48]
-    ldp     x8, x9, [sp, #64]
-    ldp     x10, x11, [sp, #80]
-    ldp     x12, x13, [sp, #96]
-    ldp     x14, x15, [sp, #112]
-    ldp     x16, x17, [sp, #128]
-    ldp     x18, x19, [sp, #144]
-    ldp     x20, x21, [sp, #160]
-    ldp     x22, x23, [sp, #176]
-    ldp     x24, x25, [sp, #192]
-    ldp     x26, x27, [sp, #208]
-    ldp     x28, x29, [sp, #224]
-    ldr     x30, [sp, #240]
+    load_x2_x30 sp
     ldp     x0, x1, [sp, #0]
     add     sp, sp, #(34 * 8)
     eret
