@@ -1,0 +1,820 @@
+//! The host control interface and the state it guards: VMs, their vCPUs'
+//! power and run state, and who owns every page the host gives away.
+//!
+//! This is the pKVM model (ARCHITECTURE.md sections 4–6): the host VM is the
+//! VMM. It creates VMs, gives them memory from its own RAM (donated to a
+//! protected VM: the host loses access; lent to a normal VM: the host keeps
+//! it), sets a vCPU's entry and runs vCPUs until an exit it must handle. The
+//! hypervisor validates every argument against the page-ownership state and
+//! answers with an error code, never a panic. Page states live in the
+//! software bits of the stage-2 entries (`s2mm`); the transitions are
+//! `s2mm::ownership::transition`.
+//!
+//! Everything here is pure bookkeeping over `s2mm` tables, so the whole
+//! interface runs on the host under `cargo test`, where a property test
+//! drives it with random calls against a reference model
+//! (`tests/control_model.rs`). The CPU-facing half (running a vCPU) lives in
+//! `vm.rs` and asks this module for permission through [`Control::begin_run`]
+//! and [`Control::end_run`].
+//!
+//! # Host calls (HVC from the host VM, SMC64 fast calls in the vendor
+//! hypervisor range, our own numbering)
+//!
+//! | fid          | call          | x1     | x2   | x3     | x4     | x0 on success |
+//! |--------------|---------------|--------|------|--------|--------|---------------|
+//! | `0xC6000040` | VM_CREATE     | vCPUs  | flags (bit 0: protected) | | | VM handle (1..=8) |
+//! | `0xC6000041` | VM_DESTROY    | handle |      |        |        | pages scrubbed |
+//! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages  | 0 |
+//! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages  | 0 |
+//! | `0xC6000044` | VCPU_INIT     | handle | vCPU | entry  | x0     | 0 |
+//! | `0xC6000045` | VCPU_RUN      | handle | vCPU |        |        | exit code, x1..x3 details |
+//! | `0xC6000046` | MMIO_COMPLETE | handle | vCPU | value  |        | 0 |
+//! | `0xC6000047` | STATS         | handle (0: host) | reason (255: total) | | | count |
+//! | `0xC6000048` | VCPU_STATE    | handle | vCPU |        |        | 0 on, 1 off, 2 on pending |
+//!
+//! Errors are negative in x0: see [`HostError`].
+
+use crate::platform::MemRegion;
+use s2mm::ownership::{self, CompState, PageOwnership, Requester, Transition};
+use s2mm::{Attrs, Ipa, OwnerId, Pa, PageState, Stage2, TableAlloc, PAGE_SIZE};
+
+/// Guest VM slots (handles 1..=MAX_VMS).
+pub const MAX_VMS: usize = 8;
+/// Most vCPUs per VM.
+pub const MAX_VCPUS: usize = 8;
+/// Memory regions (donations or loans) per VM.
+pub const MAX_REGIONS: usize = 32;
+/// IPA size of every guest's stage 2.
+pub const GUEST_IPA_BITS: u32 = 40;
+/// Guest memory lies at or above this IPA; below it is device space
+/// (the emulated UART, the GIC, virtio-mmio), as on QEMU virt.
+pub const GUEST_RAM_IPA_MIN: u64 = 0x4000_0000;
+/// Largest single donation or loan (1 GiB).
+pub const MAX_PAGES_PER_CALL: u64 = 1 << 18;
+
+/// PSCI INVALID_ADDRESS (-9).
+pub const PSCI_INVALID_ADDRESS: u64 = -9i64 as u64;
+
+/// First host function ID.
+pub const FID_BASE: u32 = 0xC600_0040;
+/// VM_CREATE.
+pub const VM_CREATE: u32 = FID_BASE;
+/// VM_DESTROY.
+pub const VM_DESTROY: u32 = FID_BASE + 1;
+/// MEM_DONATE.
+pub const MEM_DONATE: u32 = FID_BASE + 2;
+/// MEM_LEND.
+pub const MEM_LEND: u32 = FID_BASE + 3;
+/// VCPU_INIT.
+pub const VCPU_INIT: u32 = FID_BASE + 4;
+/// VCPU_RUN.
+pub const VCPU_RUN: u32 = FID_BASE + 5;
+/// MMIO_COMPLETE.
+pub const MMIO_COMPLETE: u32 = FID_BASE + 6;
+/// STATS.
+pub const STATS: u32 = FID_BASE + 7;
+/// VCPU_STATE.
+pub const VCPU_STATE: u32 = FID_BASE + 8;
+
+/// VM_CREATE flag: protected VM (memory donated, host access denied).
+pub const FLAG_PROTECTED: u64 = 1;
+
+/// Why a host call failed; returned negated in x0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i64)]
+pub enum HostError {
+    /// Unknown function.
+    NotSupported = -1,
+    /// A malformed argument (zero or too many vCPUs, unaligned address,
+    /// unknown flag, vCPU index out of range).
+    Invalid = -2,
+    /// No VM with this handle.
+    NoVm = -3,
+    /// The vCPU (or, for destroy, one of the VM's vCPUs) is running.
+    Busy = -4,
+    /// No free VM slot, region slot or table memory.
+    NoMemory = -5,
+    /// The ownership state forbids it (page not the host's, IPA in use).
+    Denied = -6,
+    /// Address outside the host's RAM or the guest's IPA space.
+    Range = -7,
+    /// The vCPU or VM is in the wrong state (off, shut down, an MMIO read
+    /// awaiting completion, no read to complete).
+    State = -8,
+}
+
+impl HostError {
+    /// The x0 encoding.
+    #[must_use]
+    pub const fn code(self) -> u64 {
+        self as i64 as u64
+    }
+}
+
+/// Result of a host call.
+pub type HostResult<T> = Result<T, HostError>;
+
+/// Scrubbing of physical memory before the host gets a protected page back.
+pub trait PhysMem {
+    /// Zeroes `[pa, pa + len)` and cleans it to the point of coherency, so no
+    /// cache line or alias keeps the old contents.
+    fn scrub(&mut self, pa: u64, len: u64);
+}
+
+/// How a region reached the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionKind {
+    /// Donated: the host lost access.
+    Donated,
+    /// Lent: the host kept access.
+    Lent,
+}
+
+/// Guest memory given by one donate or lend call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// First IPA.
+    pub ipa: u64,
+    /// First PA.
+    pub pa: u64,
+    /// Number of pages.
+    pub pages: u64,
+    /// Donated or lent.
+    pub kind: RegionKind,
+}
+
+impl Region {
+    fn ipa_end(&self) -> u64 {
+        self.ipa + self.pages * PAGE_SIZE
+    }
+    fn pa_of(&self, ipa: u64) -> Option<u64> {
+        (ipa >= self.ipa && ipa < self.ipa_end()).then(|| self.pa + (ipa - self.ipa))
+    }
+}
+
+/// A vCPU's power state (PSCI's view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// Off: runs only after CPU_ON or VCPU_INIT.
+    Off,
+    /// Started (entry and x0 set); its next run begins at the entry.
+    OnPending {
+        /// Entry IPA.
+        entry: u64,
+        /// x0 at entry.
+        ctx: u64,
+    },
+    /// Running or runnable.
+    On,
+}
+
+/// An MMIO read the host must complete before the vCPU runs again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmioWait {
+    /// No read outstanding.
+    None,
+    /// The host has not answered yet.
+    Awaiting,
+    /// The host answered with this value; applied at the next run.
+    Completed(u64),
+}
+
+/// Book-keeping of one vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuMeta {
+    /// Power state.
+    pub power: Power,
+    /// Physical CPU it runs on right now.
+    pub running_on: Option<usize>,
+    /// Outstanding MMIO read.
+    pub mmio: MmioWait,
+}
+
+const VCPU_RESET: VcpuMeta = VcpuMeta {
+    power: Power::Off,
+    running_on: None,
+    mmio: MmioWait::None,
+};
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmStatus {
+    /// Its vCPUs may run.
+    Live,
+    /// A vCPU called SYSTEM_OFF.
+    Off,
+    /// A vCPU called SYSTEM_RESET.
+    Reset,
+}
+
+/// One guest VM.
+#[derive(Debug)]
+pub struct VmMeta {
+    /// VMID tagging its TLB entries (slot + 1; the host is VMID 0).
+    pub vmid: u16,
+    /// Protected (donated memory, pKVM services) or normal (lent memory).
+    pub protected: bool,
+    /// Number of vCPUs.
+    pub nr_vcpus: usize,
+    /// Stage-2 tables.
+    pub s2: Stage2,
+    /// Memory given by the host.
+    pub regions: [Option<Region>; MAX_REGIONS],
+    /// vCPUs.
+    pub vcpus: [VcpuMeta; MAX_VCPUS],
+    /// Live or stopped.
+    pub status: VmStatus,
+    /// Pages the guest currently shares with the host.
+    pub shared: u64,
+    /// VTTBR_EL2 value.
+    pub vttbr: u64,
+}
+
+impl VmMeta {
+    /// The region holding `ipa`.
+    #[must_use]
+    pub fn region_of(&self, ipa: u64) -> Option<&Region> {
+        self.regions
+            .iter()
+            .flatten()
+            .find(|r| r.pa_of(ipa).is_some())
+    }
+    /// Whether `ipa` is guest memory.
+    #[must_use]
+    pub fn is_ram(&self, ipa: u64) -> bool {
+        self.region_of(ipa).is_some()
+    }
+}
+
+/// What a finished run tells the control state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The vCPU stays on (an exit for the host, preemption, WFI).
+    Runnable,
+    /// The vCPU stays on and waits for an MMIO read completion.
+    AwaitMmio,
+    /// The vCPU called CPU_OFF.
+    CpuOff,
+    /// SYSTEM_OFF.
+    SystemOff,
+    /// SYSTEM_RESET.
+    SystemReset,
+}
+
+/// What the CPU must do when a run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunStart {
+    /// The vCPU was started: reset its registers to this entry and x0.
+    pub boot: Option<(u64, u64)>,
+    /// A completed MMIO read: write the value to the access's register.
+    pub mmio_value: Option<u64>,
+    /// The VM's VTTBR_EL2.
+    pub vttbr: u64,
+}
+
+/// The owner annotation a host entry carries while guest `slot` owns it.
+#[must_use]
+pub const fn owner_of_slot(slot: usize) -> OwnerId {
+    OwnerId(2 + slot as u8)
+}
+
+/// The hypervisor's VM table, the host's stage 2, and the allocators behind
+/// them. Callers serialise access (one lock on the target).
+pub struct Control<A: TableAlloc, M: PhysMem> {
+    /// Table memory.
+    pub alloc: A,
+    /// Memory scrubbing.
+    pub mem: M,
+    host_ram: MemRegion,
+    host_s2: Stage2,
+    vms: [Option<VmMeta>; MAX_VMS],
+    fwb: bool,
+    parange: u64,
+}
+
+impl<A: TableAlloc, M: PhysMem> core::fmt::Debug for Control<A, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Control")
+            .field("host_ram", &self.host_ram)
+            .finish_non_exhaustive()
+    }
+}
+
+fn s2err(e: s2mm::Error) -> HostError {
+    match e {
+        s2mm::Error::OutOfMemory => HostError::NoMemory,
+        s2mm::Error::Unaligned => HostError::Invalid,
+        _ => HostError::Range,
+    }
+}
+
+impl<A: TableAlloc, M: PhysMem> Control<A, M> {
+    /// The host's stage 2: `host_ram` mapped by identity, owned by the host.
+    /// `ipa_bits` is the host's IPA size; `parange` is ID_AA64MMFR0_EL1.PARange.
+    ///
+    /// # Errors
+    ///
+    /// No table memory, or a RAM range the IPA size cannot hold.
+    pub fn new(
+        mut alloc: A,
+        mem: M,
+        host_ram: MemRegion,
+        ipa_bits: u32,
+        parange: u64,
+        fwb: bool,
+    ) -> Result<Self, s2mm::Error> {
+        let mut host_s2 = Stage2::new(&mut alloc, 0, ipa_bits, fwb)?;
+        host_s2.map(
+            &mut alloc,
+            Ipa(host_ram.base),
+            Pa(host_ram.base),
+            host_ram.size,
+            Attrs::RAM_RWX,
+            PageState::Owned,
+        )?;
+        Ok(Self {
+            alloc,
+            mem,
+            host_ram,
+            host_s2,
+            vms: [const { None }; MAX_VMS],
+            fwb,
+            parange,
+        })
+    }
+
+    /// The host's stage 2.
+    #[must_use]
+    pub fn host_s2(&self) -> &Stage2 {
+        &self.host_s2
+    }
+
+    /// VM by handle (1..=MAX_VMS).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`].
+    pub fn vm(&self, handle: u64) -> HostResult<&VmMeta> {
+        let slot = slot_of(handle)?;
+        self.vms[slot].as_ref().ok_or(HostError::NoVm)
+    }
+
+    fn vm_mut(&mut self, handle: u64) -> HostResult<&mut VmMeta> {
+        let slot = slot_of(handle)?;
+        self.vms[slot].as_mut().ok_or(HostError::NoVm)
+    }
+
+    /// The host's view of one of its RAM pages.
+    #[must_use]
+    pub fn host_state(&self, pa: u64) -> CompState {
+        CompState::from_mapping(self.host_s2.query(&self.alloc, Ipa(pa)).map(|m| m.state))
+    }
+
+    /// The owner annotation of an unmapped host page.
+    #[must_use]
+    pub fn host_annotation(&self, pa: u64) -> Option<OwnerId> {
+        self.host_s2.annotation(&self.alloc, Ipa(pa))
+    }
+
+    /// The guest's view of one of its IPAs.
+    #[must_use]
+    pub fn guest_state(&self, handle: u64, ipa: u64) -> Option<(u64, CompState)> {
+        let vm = self.vm(handle).ok()?;
+        let m = vm.s2.query(&self.alloc, Ipa(ipa))?;
+        Some((m.pa.0, CompState::from_mapping(Some(m.state))))
+    }
+
+    /// VM_CREATE.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Invalid`] for 0 or more than [`MAX_VCPUS`] vCPUs or an
+    /// unknown flag; [`HostError::NoMemory`] when no slot or table is free.
+    pub fn create(&mut self, nr_vcpus: u64, flags: u64) -> HostResult<u64> {
+        if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS as u64 || flags & !FLAG_PROTECTED != 0 {
+            return Err(HostError::Invalid);
+        }
+        let slot = self
+            .vms
+            .iter()
+            .position(Option::is_none)
+            .ok_or(HostError::NoMemory)?;
+        let vmid = slot as u16 + 1;
+        let s2 = Stage2::new(&mut self.alloc, vmid, GUEST_IPA_BITS, self.fwb).map_err(s2err)?;
+        let vttbr = s2.root().0 | (u64::from(vmid) << 48);
+        // The VTCR must be computable on this CPU; checked once here.
+        if s2.vtcr(self.parange).is_err() {
+            s2.destroy(&mut self.alloc);
+            return Err(HostError::Range);
+        }
+        self.vms[slot] = Some(VmMeta {
+            vmid,
+            protected: flags & FLAG_PROTECTED != 0,
+            nr_vcpus: nr_vcpus as usize,
+            s2,
+            regions: [None; MAX_REGIONS],
+            vcpus: [VCPU_RESET; MAX_VCPUS],
+            status: VmStatus::Live,
+            shared: 0,
+            vttbr,
+        });
+        Ok(slot as u64 + 1)
+    }
+
+    /// VTCR_EL2 for guests (the same for all of them).
+    #[must_use]
+    pub fn guest_vtcr(&self) -> Option<u64> {
+        self.vms
+            .iter()
+            .flatten()
+            .next()
+            .and_then(|vm| vm.s2.vtcr(self.parange).ok())
+    }
+
+    /// MEM_DONATE (`kind` Donated) or MEM_LEND (`kind` Lent): gives host
+    /// pages `[pa, pa + pages * 4K)` to the VM at `ipa`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Invalid`] (unaligned, zero or too
+    /// many pages, donating to a normal VM or lending to a protected one),
+    /// [`HostError::Range`] (outside host RAM or guest IPA space),
+    /// [`HostError::Denied`] (a page not owned by the host alone, or an IPA
+    /// already in use), [`HostError::NoMemory`] (no region slot or tables;
+    /// nothing changed).
+    pub fn give(
+        &mut self,
+        handle: u64,
+        pa: u64,
+        ipa: u64,
+        pages: u64,
+        kind: RegionKind,
+    ) -> HostResult<()> {
+        let slot = slot_of(handle)?;
+        let vm = self.vms[slot].as_ref().ok_or(HostError::NoVm)?;
+        if vm.protected != (kind == RegionKind::Donated) {
+            return Err(HostError::Invalid);
+        }
+        if pages == 0
+            || pages > MAX_PAGES_PER_CALL
+            || !pa.is_multiple_of(PAGE_SIZE)
+            || !ipa.is_multiple_of(PAGE_SIZE)
+        {
+            return Err(HostError::Invalid);
+        }
+        let size = pages * PAGE_SIZE;
+        if pa < self.host_ram.base || pa + size > self.host_ram.end() {
+            return Err(HostError::Range);
+        }
+        if ipa < GUEST_RAM_IPA_MIN || ipa + size > 1 << GUEST_IPA_BITS {
+            return Err(HostError::Range);
+        }
+        if vm.status != VmStatus::Live {
+            return Err(HostError::State);
+        }
+        let new = Region {
+            ipa,
+            pa,
+            pages,
+            kind,
+        };
+        if vm
+            .regions
+            .iter()
+            .flatten()
+            .any(|r| r.ipa < new.ipa_end() && new.ipa < r.ipa_end())
+        {
+            return Err(HostError::Denied);
+        }
+        let free = vm
+            .regions
+            .iter()
+            .position(Option::is_none)
+            .ok_or(HostError::NoMemory)?;
+        let t = match kind {
+            RegionKind::Donated => Transition::HostDonate,
+            RegionKind::Lent => Transition::HostLend,
+        };
+        // Check every page before changing any.
+        let mut after = None;
+        for i in 0..pages {
+            let cur = PageOwnership {
+                host: self.host_state(pa + i * PAGE_SIZE),
+                guest: CompState::NoAccess,
+                hyp: CompState::NoAccess,
+            };
+            match ownership::transition(cur, t, Requester::Host) {
+                Ok(next) => after = Some(next),
+                Err(_) => return Err(HostError::Denied),
+            }
+        }
+        let Some(after) = after else {
+            return Err(HostError::Invalid);
+        };
+        // Host first (a block split may run out of tables), then the guest.
+        let host_change = match after.host.page_state() {
+            None => {
+                self.host_s2
+                    .set_annotation(&mut self.alloc, Ipa(pa), size, owner_of_slot(slot))
+            }
+            Some(state) => self
+                .host_s2
+                .set_state(&mut self.alloc, Ipa(pa), size, state),
+        };
+        if let Err(e) = host_change {
+            self.restore_host(pa, size);
+            return Err(s2err(e));
+        }
+        let guest_state = after.guest.page_state().unwrap_or(PageState::Owned);
+        let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
+        if let Err(e) = vm.s2.map(
+            &mut self.alloc,
+            Ipa(ipa),
+            Pa(pa),
+            size,
+            Attrs::RAM_RWX,
+            guest_state,
+        ) {
+            // The range was unmapped before (no overlap), so unmapping it
+            // again frees what the partial map allocated and needs no table.
+            let _ = vm.s2.unmap(&mut self.alloc, Ipa(ipa), size);
+            self.restore_host(pa, size);
+            return Err(s2err(e));
+        }
+        vm.regions[free] = Some(new);
+        Ok(())
+    }
+
+    /// Gives the host back `[pa, pa + size)` as its own (identity, owned).
+    /// Mapping over split tables needs no new table, so this cannot fail
+    /// when it restores pages the host owned before.
+    fn restore_host(&mut self, pa: u64, size: u64) {
+        let r = self.host_s2.map(
+            &mut self.alloc,
+            Ipa(pa),
+            Pa(pa),
+            size,
+            Attrs::RAM_RWX,
+            PageState::Owned,
+        );
+        debug_assert!(r.is_ok(), "restoring host pages needs no tables");
+    }
+
+    /// VCPU_INIT: sets where a powered-off vCPU starts.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Invalid`] (vCPU index, unaligned
+    /// entry), [`HostError::Range`] (entry not in guest memory),
+    /// [`HostError::State`] (vCPU not off, VM stopped).
+    pub fn vcpu_init(&mut self, handle: u64, vcpu: u64, entry: u64, ctx: u64) -> HostResult<()> {
+        let vm = self.vm_mut(handle)?;
+        let idx = vcpu_idx(vm, vcpu)?;
+        if !entry.is_multiple_of(4) {
+            return Err(HostError::Invalid);
+        }
+        if !vm.is_ram(entry) {
+            return Err(HostError::Range);
+        }
+        if vm.status != VmStatus::Live || vm.vcpus[idx].power != Power::Off {
+            return Err(HostError::State);
+        }
+        vm.vcpus[idx].power = Power::OnPending { entry, ctx };
+        Ok(())
+    }
+
+    /// VCPU_STATE: 0 on, 1 off, 2 on pending (AFFINITY_INFO's encoding).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Invalid`].
+    pub fn vcpu_state(&self, handle: u64, vcpu: u64) -> HostResult<u64> {
+        let vm = self.vm(handle)?;
+        let idx = vcpu_idx(vm, vcpu)?;
+        Ok(match vm.vcpus[idx].power {
+            Power::On => 0,
+            Power::Off => 1,
+            Power::OnPending { .. } => 2,
+        })
+    }
+
+    /// VCPU_RUN, first half: claims the vCPU for physical CPU `cpu`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Invalid`], [`HostError::Busy`]
+    /// (running elsewhere), [`HostError::State`] (VM stopped, vCPU off, or an
+    /// MMIO read not yet completed).
+    pub fn begin_run(&mut self, handle: u64, vcpu: u64, cpu: usize) -> HostResult<RunStart> {
+        let vm = self.vm_mut(handle)?;
+        let idx = vcpu_idx(vm, vcpu)?;
+        let v = &mut vm.vcpus[idx];
+        if v.running_on.is_some() {
+            return Err(HostError::Busy);
+        }
+        if vm.status != VmStatus::Live || v.power == Power::Off || v.mmio == MmioWait::Awaiting {
+            return Err(HostError::State);
+        }
+        let boot = match v.power {
+            Power::OnPending { entry, ctx } => Some((entry, ctx)),
+            _ => None,
+        };
+        let mmio_value = match v.mmio {
+            MmioWait::Completed(val) if boot.is_none() => Some(val),
+            _ => None,
+        };
+        v.mmio = MmioWait::None;
+        v.power = Power::On;
+        v.running_on = Some(cpu);
+        Ok(RunStart {
+            boot,
+            mmio_value,
+            vttbr: vm.vttbr,
+        })
+    }
+
+    /// VCPU_RUN, second half: the vCPU left physical CPU `cpu`.
+    ///
+    /// # Panics
+    ///
+    /// If the vCPU was not claimed by `begin_run` on `cpu` (a hypervisor bug).
+    pub fn end_run(&mut self, handle: u64, vcpu: u64, cpu: usize, end: RunEnd) {
+        let slot = slot_of(handle).expect("end_run of a VM never run");
+        let vm = self.vms[slot].as_mut().expect("VM destroyed while running");
+        let v = &mut vm.vcpus[vcpu as usize];
+        assert_eq!(v.running_on, Some(cpu), "vCPU ran elsewhere");
+        v.running_on = None;
+        match end {
+            RunEnd::Runnable => {}
+            RunEnd::AwaitMmio => v.mmio = MmioWait::Awaiting,
+            RunEnd::CpuOff => v.power = Power::Off,
+            RunEnd::SystemOff => vm.status = VmStatus::Off,
+            RunEnd::SystemReset => vm.status = VmStatus::Reset,
+        }
+    }
+
+    /// MMIO_COMPLETE: the host's answer to the vCPU's outstanding read.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Invalid`], [`HostError::Busy`],
+    /// [`HostError::State`] (no read outstanding).
+    pub fn mmio_complete(&mut self, handle: u64, vcpu: u64, value: u64) -> HostResult<()> {
+        let vm = self.vm_mut(handle)?;
+        let idx = vcpu_idx(vm, vcpu)?;
+        let v = &mut vm.vcpus[idx];
+        if v.running_on.is_some() {
+            return Err(HostError::Busy);
+        }
+        if v.mmio != MmioWait::Awaiting {
+            return Err(HostError::State);
+        }
+        v.mmio = MmioWait::Completed(value);
+        Ok(())
+    }
+
+    /// PSCI CPU_ON from a running vCPU of VM `handle`: returns the PSCI code.
+    pub fn psci_cpu_on(&mut self, handle: u64, target: usize, entry: u64, ctx: u64) -> u64 {
+        use crate::hypercall as h;
+        let Ok(vm) = self.vm_mut(handle) else {
+            return h::INVALID_PARAMETERS;
+        };
+        if target >= vm.nr_vcpus {
+            return h::INVALID_PARAMETERS;
+        }
+        if !entry.is_multiple_of(4) || !vm.is_ram(entry) {
+            return PSCI_INVALID_ADDRESS;
+        }
+        match vm.vcpus[target].power {
+            Power::Off => {
+                vm.vcpus[target].power = Power::OnPending { entry, ctx };
+                h::SUCCESS
+            }
+            Power::On => h::ALREADY_ON,
+            Power::OnPending { .. } => h::ON_PENDING,
+        }
+    }
+
+    /// PSCI AFFINITY_INFO (level 0) for VM `handle`.
+    pub fn psci_affinity_info(&self, handle: u64, target: usize) -> u64 {
+        match self.vm(handle) {
+            Ok(vm) if target < vm.nr_vcpus => self.vcpu_state(handle, target as u64).unwrap_or(1),
+            _ => crate::hypercall::INVALID_PARAMETERS,
+        }
+    }
+
+    /// Guest MEM_SHARE (`share`) or MEM_UNSHARE of the page at `ipa`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Range`] (not guest memory), [`HostError::Denied`] (the
+    /// page is not in a state the transition starts from: not owned, already
+    /// shared, lent), [`HostError::NoMemory`].
+    pub fn guest_share(&mut self, handle: u64, ipa: u64, share: bool) -> HostResult<()> {
+        let slot = slot_of(handle)?;
+        let ipa = ipa & !(PAGE_SIZE - 1);
+        let vm = self.vms[slot].as_ref().ok_or(HostError::NoVm)?;
+        let pa = vm
+            .region_of(ipa)
+            .and_then(|r| r.pa_of(ipa))
+            .ok_or(HostError::Range)?;
+        let guest = CompState::from_mapping(vm.s2.query(&self.alloc, Ipa(ipa)).map(|m| m.state));
+        let cur = PageOwnership {
+            host: self.host_state(pa),
+            guest,
+            hyp: CompState::NoAccess,
+        };
+        let t = if share {
+            Transition::GuestShare
+        } else {
+            Transition::GuestUnshare
+        };
+        let next =
+            ownership::transition(cur, t, Requester::Guest).map_err(|_| HostError::Denied)?;
+        match next.host.page_state() {
+            Some(state) => self
+                .host_s2
+                .map(
+                    &mut self.alloc,
+                    Ipa(pa),
+                    Pa(pa),
+                    PAGE_SIZE,
+                    Attrs::RAM_RW,
+                    state,
+                )
+                .map_err(s2err)?,
+            None => self
+                .host_s2
+                .set_annotation(&mut self.alloc, Ipa(pa), PAGE_SIZE, owner_of_slot(slot))
+                .map_err(s2err)?,
+        };
+        let gstate = next.guest.page_state().unwrap_or(PageState::Owned);
+        let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
+        // The page is mapped (it is in a region), so no table is needed.
+        vm.s2
+            .set_state(&mut self.alloc, Ipa(ipa), PAGE_SIZE, gstate)
+            .map_err(s2err)?;
+        if share {
+            vm.shared += 1;
+        } else {
+            vm.shared -= 1;
+        }
+        Ok(())
+    }
+
+    /// VM_DESTROY: scrubs every page the host could not read, gives all the
+    /// VM's memory back to the host and frees its tables. Returns the number
+    /// of pages scrubbed.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Busy`] (a vCPU is running).
+    pub fn destroy(&mut self, handle: u64) -> HostResult<u64> {
+        let slot = slot_of(handle)?;
+        let vm = self.vms[slot].as_ref().ok_or(HostError::NoVm)?;
+        if vm.vcpus.iter().any(|v| v.running_on.is_some()) {
+            return Err(HostError::Busy);
+        }
+        let Some(vm) = self.vms[slot].take() else {
+            return Err(HostError::NoVm);
+        };
+        // Unmap the guest first so it can never see a scrubbed-then-reused
+        // page; destroying the tables invalidates the whole VMID.
+        let regions = vm.regions;
+        vm.s2.destroy(&mut self.alloc);
+        let mut scrubbed = 0;
+        for r in regions.iter().flatten() {
+            if r.kind == RegionKind::Donated {
+                // Every donated page was private to the guest at some point:
+                // shared ones too may hold its data after unsharing races.
+                self.mem.scrub(r.pa, r.pages * PAGE_SIZE);
+                scrubbed += r.pages;
+            }
+            self.restore_host(r.pa, r.pages * PAGE_SIZE);
+        }
+        Ok(scrubbed)
+    }
+
+    /// Handles (and VMIDs) of live VM slots.
+    pub fn handles(&self) -> impl Iterator<Item = u64> + '_ {
+        self.vms
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_some())
+            .map(|(i, _)| i as u64 + 1)
+    }
+}
+
+fn slot_of(handle: u64) -> HostResult<usize> {
+    if handle == 0 || handle > MAX_VMS as u64 {
+        return Err(HostError::NoVm);
+    }
+    Ok(handle as usize - 1)
+}
+
+fn vcpu_idx(vm: &VmMeta, vcpu: u64) -> HostResult<usize> {
+    if vcpu >= vm.nr_vcpus as u64 {
+        return Err(HostError::Invalid);
+    }
+    Ok(vcpu as usize)
+}
