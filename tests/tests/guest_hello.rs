@@ -14,7 +14,7 @@ fn four_vcpus_psci_smccc_and_abort_injection() {
     let mut q = Qemu::boot(BootOptions::default());
     q.expect_exact("hyp: 4 CPUs online at EL2", T);
     q.expect_exact(
-        "hyp: VM 1 (guest-hello): 4 vCPUs, 64 MiB at IPA 0x40000000",
+        "host: VM 1 (guest-hello): 4 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",
         T,
     );
     q.expect_exact("guest-hello: vCPU 0 up (PSCI 1.1, SMCCC 1.1)", T);
@@ -30,6 +30,11 @@ fn four_vcpus_psci_smccc_and_abort_injection() {
         T,
     );
     q.expect_exact("guest-hello: done, powering off", T);
+    q.expect_exact("host: VM 1 (guest-hello) powered off", T);
+    q.expect_matching("the VM's destruction", T, |l| {
+        l.starts_with("host: VM 1 (guest-hello) destroyed: ")
+            && l.ends_with(" exits, 0 pages scrubbed (lent memory)")
+    });
     let exits = q.expect_line("hyp: exits total=", T);
     q.expect_exit_code(0, T);
 

@@ -26,6 +26,10 @@ _start:
     adrp    x1, __guest_vectors
     add     x1, x1, :lo12:__guest_vectors
     msr     vbar_el1, x1
+    // CPACR_EL1.FPEN = 0b11: FP/SIMD usable at EL1 and EL0 (compiled Rust
+    // uses SIMD registers for copies and formatting).
+    mov     x1, #(3 << 20)
+    msr     cpacr_el1, x1
     isb
     mov     x0, x19
     mov     x1, x20

@@ -96,7 +96,7 @@ fn cpu_init(cpu: usize) -> (&'static mut HostSave, mmu::CpuSync) {
     let tpidr = host as *mut HostSave as u64;
     // SAFETY: `host` is this CPU's block in a static; `mmu::build` ran on the
     // boot CPU before any CPU gets here.
-    let sync = unsafe { mmu::cpu_on(vm::HCR_GUEST, world_switch::vectors_address(), tpidr) };
+    let sync = unsafe { mmu::cpu_on(vm::HCR_BASE, world_switch::vectors_address(), tpidr) };
     (host, sync)
 }
 
@@ -154,24 +154,122 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     }
     log::info!("{cpus} CPUs online at EL2");
 
-    let name = info.arg("guest").unwrap_or("guest-hello");
-    let Some(image) = p.ops.guest(name) else {
-        panic!("no guest payload named {name:?} in this image");
-    };
-    let vm = match vm::create(p, &image, cpus.min(4), 64 << 20) {
-        Ok(vm) => vm,
-        Err(e) => panic!("cannot create VM for {name}: {e}"),
-    };
-    log::info!(
-        "VM {} ({name}): {} vCPUs, {} MiB at IPA {:#x}",
-        vm.vmid,
-        vm.nr_vcpus,
-        vm.ram.size >> 20,
-        vm::GUEST_RAM_IPA
+    // Test hook for the panic path (tests/tests/panic_exit.rs): a panic
+    // must print its location and fail the run.
+    assert!(
+        info.arg("hyp.selftest") != Some("panic"),
+        "panic requested by hyp.selftest=panic"
     );
-    barriers::maint::publish_and_wake();
-    vm::run_cpu(0, vm, host, &sync);
+    let host_ram = p.vm_pool;
+    let boot_info = match load_host(p, &info, cpus, host_ram) {
+        Ok(b) => b,
+        Err(e) => panic!("cannot load the host VM: {e}"),
+    };
+    if let Err(e) = vm::init(host_ram) {
+        panic!("cannot set up the host's stage 2: {e}");
+    }
+    log::info!(
+        "host VM: {} MiB at {:#x} (identity), boot info at {boot_info:#x}",
+        host_ram.size >> 20,
+        host_ram.base
+    );
+    NR_CPUS.store(cpus, Ordering::Release);
+    let host_entry = p
+        .ops
+        .guest("host")
+        .map(|h| h.entry)
+        .unwrap_or(host_ram.base);
+    vm::start_host(0, host_entry, boot_info);
+    vm::run_cpu(0, cpus, host, &sync);
     shutdown(p)
+}
+
+static NR_CPUS: AtomicUsize = AtomicUsize::new(0);
+
+/// Copies the host VM's image to its load address in `host_ram`, and after
+/// it a `hyp_abi::BootInfo` followed by every other payload (the guest
+/// images the host may run). Returns the BootInfo's address.
+fn load_host(
+    p: &Platform,
+    info: &BootInfo,
+    cpus: usize,
+    host_ram: MemRegion,
+) -> Result<u64, &'static str> {
+    let host = p
+        .ops
+        .guest("host")
+        .ok_or("no payload named \"host\" in the image")?;
+    let end = host
+        .load_ipa
+        .checked_add(host.bytes.len() as u64)
+        .ok_or("host image overflows")?;
+    if host.load_ipa < host_ram.base || end > host_ram.end() {
+        return Err("host image outside the host's RAM");
+    }
+    // SAFETY (all copies below): the destination lies in host RAM, which
+    // EL2 maps by identity and which no VM uses yet; sources are the image's
+    // read-only payloads.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            host.bytes.as_ptr(),
+            host.load_ipa as *mut u8,
+            host.bytes.len(),
+        );
+    }
+    // Room for the host's BSS and stacks past its loaded bytes.
+    let info_pa = (end + (4 << 20)).next_multiple_of(2 << 20);
+    let mut bi = hyp_abi::BootInfo {
+        magic: hyp_abi::BOOT_MAGIC,
+        cpus: cpus as u64,
+        ram_base: host_ram.base,
+        ram_size: host_ram.size,
+        free_base: 0,
+        bootargs: [0; 128],
+        nr_modules: 0,
+        modules: [hyp_abi::Module {
+            name: [0; 32],
+            addr: 0,
+            size: 0,
+            load_ipa: 0,
+            entry: 0,
+        }; hyp_abi::MAX_MODULES],
+    };
+    let n = info.bootargs_len.min(bi.bootargs.len());
+    bi.bootargs[..n].copy_from_slice(&info.bootargs[..n]);
+    let mut next =
+        (info_pa + core::mem::size_of::<hyp_abi::BootInfo>() as u64).next_multiple_of(4096);
+    let mut i = 0;
+    while let Some(g) = p.ops.payload(i) {
+        i += 1;
+        if g.name == "host" {
+            continue;
+        }
+        let k = bi.nr_modules as usize;
+        if k == hyp_abi::MAX_MODULES {
+            return Err("too many guest payloads for the boot info");
+        }
+        if next + g.bytes.len() as u64 > host_ram.end() {
+            return Err("guest payloads do not fit the host's RAM");
+        }
+        // SAFETY: see above.
+        unsafe { core::ptr::copy_nonoverlapping(g.bytes.as_ptr(), next as *mut u8, g.bytes.len()) };
+        let m = &mut bi.modules[k];
+        let nb = g.name.len().min(31);
+        m.name[..nb].copy_from_slice(&g.name.as_bytes()[..nb]);
+        m.addr = next;
+        m.size = g.bytes.len() as u64;
+        m.load_ipa = g.load_ipa;
+        m.entry = g.entry;
+        bi.nr_modules += 1;
+        next = (next + m.size).next_multiple_of(4096);
+    }
+    bi.free_base = next.next_multiple_of(2 << 20);
+    // SAFETY: see above; `info_pa` is page aligned.
+    unsafe { core::ptr::write(info_pa as *mut hyp_abi::BootInfo, bi) };
+    // The host starts with its MMU off: `vm::init` maps its RAM at stage 2
+    // without FEAT_S2FWB, which cleans the whole range to PoC, so the
+    // non-cacheable reads of the host see these copies.
+    Ok(info_pa)
 }
 
 /// A secondary CPU's path, entered from the board's assembly with the MMU off.
@@ -181,14 +279,23 @@ pub fn secondary(cpu: usize) -> ! {
     };
     let (host, sync) = cpu_init(cpu);
     ONLINE.fetch_add(1, Ordering::AcqRel);
-    let vm = loop {
-        if let Some(vm) = vm::vm() {
-            break vm;
+    let cpus = loop {
+        let n = NR_CPUS.load(Ordering::Acquire);
+        if n != 0 {
+            break n;
         }
         sysreg::wfe();
     };
-    vm::run_cpu(cpu, vm, host, &sync);
+    vm::run_cpu(cpu, cpus, host, &sync);
     shutdown(p)
+}
+
+/// Stops the machine reporting failure `code`.
+pub fn fail_exit(code: u32) -> ! {
+    match PLATFORM.get() {
+        Some(p) => p.ops.fail_exit(code),
+        None => panic!("fail_exit before boot"),
+    }
 }
 
 fn shutdown(p: &Platform) -> ! {

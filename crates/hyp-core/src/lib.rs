@@ -14,6 +14,7 @@
 pub mod control;
 pub mod exit;
 pub mod hypercall;
+pub mod idregs;
 pub mod inject;
 pub mod pages;
 pub mod platform;
@@ -26,5 +27,7 @@ pub mod arch;
 pub mod boot;
 #[cfg(target_arch = "aarch64")]
 pub mod console;
+#[cfg(target_arch = "aarch64")]
+pub mod idregs_emul;
 #[cfg(target_arch = "aarch64")]
 pub mod vm;

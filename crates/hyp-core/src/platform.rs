@@ -55,6 +55,12 @@ pub trait PlatformOps: Sync {
     fn fail_exit(&self, code: u32) -> !;
     /// The guest payload named `name`, if the image carries one.
     fn guest(&self, name: &str) -> Option<GuestImage>;
+    /// Payload number `index` (in image order), for handing every guest
+    /// image to the host VM. The default carries none.
+    fn payload(&self, index: usize) -> Option<GuestImage> {
+        let _ = index;
+        None
+    }
 }
 
 /// Everything board-specific the core needs.

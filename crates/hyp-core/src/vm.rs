@@ -1,209 +1,265 @@
-//! VMs, vCPUs and the per-CPU run loop that handles their exits.
+//! The per-CPU run loop: the host VM's vCPU on every physical CPU, guest
+//! vCPUs run on behalf of the host (VCPU_RUN), and every exit handled here.
 //!
-//! Model (this issue's scope): one VM; vCPU *i* runs on physical CPU *i*, so
-//! a vCPU's register file lives on its CPU's stack and only cross-CPU power
-//! state (PSCI) is shared, through atomics.
+//! Model (pKVM): physical CPU *i* runs host vCPU *i*. The host drives guests
+//! through the control interface ([`crate::control`]); VCPU_RUN switches
+//! this CPU from the host to a guest vCPU and back when the guest exits for
+//! something only the host can do (MMIO to a device it emulates, a yield, a
+//! power event). Everything else is handled at EL2 and the guest resumes.
+//!
+//! State: the control state (VMs, vCPU power and run claims, page
+//! ownership) sits behind one lock, taken briefly. A guest vCPU's registers
+//! live in a static slot whose lock is uncontended because
+//! `Control::begin_run` lets only one CPU claim a vCPU. The host vCPU's
+//! registers live on its CPU's stack.
+//!
+//! FP/SIMD is switched lazily: CPTR_EL2.TFP traps the first FP instruction
+//! of a context that does not own the registers; only then are they saved
+//! and loaded. A guest's FP state is saved when its run ends, so a vCPU can
+//! move to another CPU.
 
 use crate::arch::mmu::CpuSync;
 use crate::arch::sysreg;
-use crate::arch::world_switch::{self, El1Context, GuestRegs, HostSave, VectorKind};
-use crate::exit::{self, DataAbort, Esr, ExitReason};
+use crate::arch::world_switch::{self, El1Context, FpState, GuestRegs, HostSave, VectorKind};
+use crate::control::{self, Control, HostError, PhysMem, RunEnd, MAX_VMS};
+use crate::exit::{self, DataAbort, Esr, ExitReason, MmioAccess};
 use crate::hypercall::{self, Hypercall};
 use crate::inject::{self, Injected};
-use crate::platform::{GuestImage, MemRegion, Platform};
+use crate::platform::MemRegion;
 use crate::{stats, uart_emul};
-use barriers::{regs, GuestPending};
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use barriers::sync::El2Fp;
+use barriers::{regs, GuestPending, Synced};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use hyp_abi::exit as run_exit;
+use s2mm::{Pa, TableAlloc};
 use spin::{Mutex, Once};
 
 /// Most vCPUs a VM may have (and physical CPUs the hypervisor drives).
-pub const MAX_VCPUS: usize = 8;
-/// Guest RAM starts at this IPA, as on QEMU virt.
-pub const GUEST_RAM_IPA: u64 = 0x4000_0000;
-/// The guest's emulated PL011, at QEMU virt's UART address.
+pub const MAX_VCPUS: usize = control::MAX_VCPUS;
+/// The emulated PL011 every VM (the host included) sees at QEMU virt's UART address.
 pub const GUEST_UART_IPA: u64 = 0x0900_0000;
+/// Guest IPAs whose accesses are forwarded to the host (QEMU virt's
+/// virtio-mmio window; the host emulates devices there).
+pub const HOST_MMIO: MemRegion = MemRegion {
+    base: 0x0a00_0000,
+    size: 0x4000,
+};
 
-const OFF: u8 = 0;
-const CLAIMED: u8 = 1;
-const ON_PENDING: u8 = 2;
-const ON: u8 = 3;
+const HCR_VM: u64 = 1 << 0;
+const HCR_SWIO: u64 = 1 << 1;
+const HCR_FMO: u64 = 1 << 3;
+const HCR_IMO: u64 = 1 << 4;
+const HCR_AMO: u64 = 1 << 5;
+const HCR_FB: u64 = 1 << 9;
+const HCR_BSU_IS: u64 = 1 << 10;
+const HCR_TWI: u64 = 1 << 13;
+const HCR_TID3: u64 = 1 << 18;
+const HCR_TSC: u64 = 1 << 19;
+const HCR_TIDCP: u64 = 1 << 20;
+const HCR_TSW: u64 = 1 << 22;
+const HCR_TVM: u64 = 1 << 26;
+const HCR_RW: u64 = 1 << 31;
 
-/// A VM shared by the CPUs running its vCPUs.
-pub struct Vm {
-    /// VMID tagging its stage-2 TLB entries.
-    pub vmid: u16,
-    /// The VM's stage-2 tables.
-    pub stage2: Mutex<s2mm::Stage2>,
-    /// VTTBR_EL2 value.
-    pub vttbr: u64,
-    /// VTCR_EL2 value.
-    pub vtcr: u64,
-    /// Guest RAM: IPA GUEST_RAM_IPA maps to `ram.base`.
-    pub ram: MemRegion,
-    /// Number of vCPUs.
-    pub nr_vcpus: usize,
-    power: [AtomicU8; MAX_VCPUS],
-    boot: [Mutex<(u64, u64)>; MAX_VCPUS],
-    running: AtomicUsize,
-}
+/// HCR_EL2 while any VM runs (written once per CPU at bring-up): stage 2
+/// on, physical interrupts to EL2, the guest's TLBIs and barriers broadcast
+/// inner-shareable, WFI and SMC trapped, ID registers (TID3) and
+/// implementation-defined registers (TIDCP) trapped, EL1 in AArch64. Only
+/// trap bits ([`regs::HCR_GUEST_ONLY_FIELDS`]) change per vCPU after that.
+pub const HCR_BASE: u64 = HCR_VM
+    | HCR_SWIO
+    | HCR_FMO
+    | HCR_IMO
+    | HCR_AMO
+    | HCR_FB
+    | HCR_BSU_IS
+    | HCR_TWI
+    | HCR_TID3
+    | HCR_TSC
+    | HCR_TIDCP
+    | HCR_RW;
 
-impl core::fmt::Debug for Vm {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Vm")
-            .field("vmid", &self.vmid)
-            .finish_non_exhaustive()
+/// Cache-maintenance traps of a guest vCPU without FEAT_S2FWB (seed 003,
+/// ARM-RULES.md section 3): TVM catches its MMU/cache enable, TSW its
+/// set/way operations.
+pub const HCR_CACHE_TRAPS: u64 = HCR_TVM | HCR_TSW;
+
+/// CPTR_EL2 (E2H = 0): RES1 bits 13, 12 (TSM: SME trapped), 9..0 (bit 8 TZ:
+/// SVE trapped) and TFP (bit 10, FP/SIMD trapped).
+const CPTR_TRAP_FP: u64 = 0x33ff;
+const CPTR_FP_ON: u64 = CPTR_TRAP_FP & !(1 << 10);
+
+/// MDCR_EL2: trap PMU (TPM, TPMCR) and debug (TDA, TDOSA, TDRA) accesses;
+/// nothing is virtualised, so they are answered with UNDEF.
+const MDCR: u64 = (1 << 6) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 11);
+
+/// CNTHCTL_EL2 (E2H = 0): EL1PCTEN (counter reads allowed); EL1PCEN clear,
+/// so the physical timer traps (and is refused): VMs use the virtual timer.
+const CNTHCTL: u64 = 1;
+
+/// Table memory for the control state: the hypervisor's page pool.
+#[derive(Debug)]
+pub struct PoolAlloc;
+
+// SAFETY: as `arch::tables::Tables`, whose allocation this forwards under the
+// pool lock; the pool's pages are identity-mapped at EL2.
+unsafe impl TableAlloc for PoolAlloc {
+    fn alloc_tables(&mut self, pages: usize) -> Option<Pa> {
+        crate::arch::tables::Tables(&mut crate::arch::tables::POOL.lock()).alloc_tables(pages)
+    }
+    unsafe fn free_tables(&mut self, pa: Pa, pages: usize) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            crate::arch::tables::Tables(&mut crate::arch::tables::POOL.lock())
+                .free_tables(pa, pages);
+        }
+    }
+    fn table_ptr(&self, pa: Pa) -> core::ptr::NonNull<core::sync::atomic::AtomicU64> {
+        core::ptr::NonNull::new(pa.0 as *mut core::sync::atomic::AtomicU64).expect("table at PA 0")
     }
 }
 
-/// HCR_EL2 for guests: VM (stage 2 on), SWIO, FMO/IMO/AMO (physical
-/// interrupts to EL2, virtual ones to the guest), FB + BSU=IS (broadcast the
-/// guest's TLBIs and barriers), TWI (WFI exits), TSC (SMC exits), RW (EL1 is
-/// AArch64).
-pub const HCR_GUEST: u64 = (1 << 0)
-    | (1 << 1)
-    | (1 << 3)
-    | (1 << 4)
-    | (1 << 5)
-    | (1 << 9)
-    | (1 << 10)
-    | (1 << 13)
-    | (1 << 19)
-    | (1 << 31);
+/// Scrubbing through EL2's identity map of RAM.
+#[derive(Debug)]
+pub struct HypMem;
 
-static VM: Once<Vm> = Once::new();
-
-/// The VM, once created.
-pub fn vm() -> Option<&'static Vm> {
-    VM.get()
+impl PhysMem for HypMem {
+    fn scrub(&mut self, pa: u64, len: u64) {
+        // SAFETY: the range is RAM a destroyed VM owned and nobody maps now
+        // (its stage 2 is gone, the host's is not yet restored); EL2 maps all
+        // RAM by identity.
+        unsafe { core::ptr::write_bytes(pa as *mut u8, 0, len as usize) };
+        barriers::maint::clean_inval_to_poc(pa, len);
+    }
 }
 
-/// IPA size of every VM's stage 2 (VTCR_EL2.T0SZ = 24, concatenated roots).
-pub const IPA_BITS: u32 = 40;
+/// The control state.
+pub type Ctl = Control<PoolAlloc, HypMem>;
 
-/// Builds the VM's stage 2 with `s2mm`: guest RAM at GUEST_RAM_IPA as normal
-/// write-back memory (2 MiB / 1 GiB blocks where aligned), owned by the
-/// guest. With `fwb = false` the map cleans the whole range to PoC, which is
-/// what a guest starting with its MMU off needs. Nothing else is mapped, so every other access exits (the emulated
-/// UART included). Returns (VTTBR_EL2, VTCR_EL2).
-fn build_stage2(vmid: u16, ram: MemRegion) -> Result<(s2mm::Stage2, u64, u64), &'static str> {
-    let mut pool = crate::arch::tables::POOL.lock();
-    let mut alloc = crate::arch::tables::Tables(&mut pool);
-    let mut s2 = s2mm::Stage2::new(&mut alloc, vmid, IPA_BITS, false)
-        .map_err(|_| "no memory for the stage-2 root")?;
-    s2.map(
-        &mut alloc,
-        s2mm::Ipa(GUEST_RAM_IPA),
-        s2mm::Pa(ram.base),
-        ram.size,
-        s2mm::Attrs::RAM_RWX,
-        s2mm::PageState::Owned,
-    )
-    .map_err(|_| "cannot map guest RAM at stage 2")?;
-    let vtcr = s2
-        .vtcr(sysreg::id_aa64mmfr0_el1() & 0xf)
-        .map_err(|_| "CPU's PARange too small for the IPA size")?;
-    let vttbr = s2.root().0 | (u64::from(vmid) << 48);
-    Ok((s2, vttbr, vtcr))
+static CONTROL: Once<Mutex<Ctl>> = Once::new();
+static HOST_VTTBR: AtomicU64 = AtomicU64::new(0);
+static VTCR: AtomicU64 = AtomicU64::new(0);
+static FWB: AtomicU8 = AtomicU8::new(0);
+
+/// The control state (after [`init`]).
+pub fn control() -> &'static Mutex<Ctl> {
+    CONTROL.get().expect("vm::init runs before any VM")
 }
 
-/// Creates the VM from a guest payload with `nr_vcpus` vCPUs and `ram_size`
-/// bytes of RAM taken from the board's VM pool, and powers on vCPU 0 at the
-/// payload's entry.
+/// Builds the host's stage 2 over `host_ram` and the control state.
 ///
 /// # Errors
 ///
-/// A message naming what does not fit.
-pub fn create(
-    p: &Platform,
-    image: &GuestImage,
-    nr_vcpus: usize,
-    ram_size: u64,
-) -> Result<&'static Vm, &'static str> {
-    if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
-        return Err("vCPU count out of range");
-    }
-    if ram_size > p.vm_pool.size || !ram_size.is_multiple_of(2 << 20) || ram_size > (1 << 30) {
-        return Err("guest RAM size does not fit the VM pool");
-    }
-    let off = image
-        .load_ipa
-        .checked_sub(GUEST_RAM_IPA)
-        .ok_or("payload below guest RAM")?;
-    if off + image.bytes.len() as u64 > ram_size {
-        return Err("payload larger than guest RAM");
-    }
-    let ram = MemRegion {
-        base: p.vm_pool.base,
-        size: ram_size,
-    };
-    // SAFETY: the VM pool is RAM owned by the hypervisor, mapped at EL2 by
-    // identity, and not yet given to any guest.
-    unsafe {
-        core::ptr::write_bytes(ram.base as *mut u8, 0, ram.size as usize);
-        core::ptr::copy_nonoverlapping(
-            image.bytes.as_ptr(),
-            (ram.base + off) as *mut u8,
-            image.bytes.len(),
-        );
-    }
-    // The guest starts with its MMU off, so its accesses are non-cacheable and
-    // go to RAM: the image and zeroes must be clean to PoC (ARM-RULES.md
-    // section 3). Mapping cacheable RAM without FEAT_S2FWB does exactly that:
-    // s2mm cleans the range to PoC in the same batch (see `build_stage2`).
-    let vmid = 1;
-    let (s2, vttbr, vtcr) = build_stage2(vmid, ram)?;
-    let vm = VM.call_once(|| Vm {
-        vmid,
-        stage2: Mutex::new(s2),
-        vttbr,
-        vtcr,
-        ram,
-        nr_vcpus,
-        power: [const { AtomicU8::new(OFF) }; MAX_VCPUS],
-        boot: [const { Mutex::new((0, 0)) }; MAX_VCPUS],
-        running: AtomicUsize::new(0),
-    });
-    *vm.boot[0].lock() = (image.entry, 0);
-    vm.power[0].store(ON_PENDING, Ordering::Release);
-    Ok(vm)
+/// A message naming what failed.
+pub fn init(host_ram: MemRegion) -> Result<(), &'static str> {
+    let parange = sysreg::id_aa64mmfr0_el1() & 0xf;
+    let ctl = Control::new(
+        PoolAlloc,
+        HypMem,
+        host_ram,
+        control::GUEST_IPA_BITS,
+        parange,
+        false,
+    )
+    .map_err(|_| "cannot build the host's stage 2")?;
+    let s2 = ctl.host_s2();
+    let vtcr = s2
+        .vtcr(parange)
+        .map_err(|_| "CPU's PARange too small for the IPA size")?;
+    HOST_VTTBR.store(s2.vttbr(), Ordering::Relaxed);
+    VTCR.store(vtcr, Ordering::Relaxed);
+    FWB.store(0, Ordering::Relaxed);
+    CONTROL.call_once(|| Mutex::new(ctl));
+    Ok(())
 }
 
-impl Vm {
-    fn ipa_in_ram(&self, ipa: u64) -> bool {
-        ipa >= GUEST_RAM_IPA && ipa < GUEST_RAM_IPA + self.ram.size
+/// A vCPU's saved state (host or guest).
+#[derive(Debug)]
+pub struct VcpuCtx {
+    regs: GuestRegs,
+    el1: El1Context,
+    fp: FpState,
+    /// HCR_EL2 trap bits for this vCPU (HCR_BASE plus cache traps).
+    hcr: u64,
+    /// An MMIO read the host is answering.
+    mmio: Option<MmioAccess>,
+    /// Set/way operations since the last VM-wide flush need no new flush.
+    sw_flushed: bool,
+    uart: uart_emul::LineBuffer,
+}
+
+impl VcpuCtx {
+    const fn new() -> Self {
+        Self {
+            regs: GuestRegs {
+                x: [0; 31],
+                pc: 0,
+                pstate: 0,
+            },
+            el1: El1Context::RESET,
+            fp: FpState::new(),
+            hcr: HCR_BASE,
+            mmio: None,
+            sw_flushed: false,
+            uart: uart_emul::LineBuffer::new(),
+        }
     }
 
-    fn cpu_on(&self, target: u64, entry: u64, context: u64) -> u64 {
-        let Some(idx) = hypercall::mpidr_to_index(target, self.nr_vcpus) else {
-            return hypercall::INVALID_PARAMETERS;
-        };
-        if !self.ipa_in_ram(entry) || !entry.is_multiple_of(4) {
-            // PSCI INVALID_ADDRESS.
-            return -9i64 as u64;
-        }
-        match self.power[idx].compare_exchange(OFF, CLAIMED, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                *self.boot[idx].lock() = (entry, context);
-                self.power[idx].store(ON_PENDING, Ordering::Release);
-                barriers::maint::publish_and_wake();
-                hypercall::SUCCESS
-            }
-            Err(ON) => hypercall::ALREADY_ON,
-            Err(_) => hypercall::ON_PENDING,
-        }
+    fn reset(&mut self, entry: u64, x0: u64, hcr: u64) {
+        *self = Self::new();
+        self.regs.x[0] = x0;
+        self.regs.pc = entry;
+        self.regs.pstate = inject::PSTATE_DAIF | inject::PSTATE_EL1H;
+        self.hcr = hcr;
     }
+}
 
-    fn affinity_info(&self, target: u64, level: u64) -> u64 {
-        if level != 0 {
-            return hypercall::INVALID_PARAMETERS;
-        }
-        let Some(idx) = hypercall::mpidr_to_index(target, self.nr_vcpus) else {
-            return hypercall::INVALID_PARAMETERS;
-        };
-        match self.power[idx].load(Ordering::Acquire) {
-            ON => 0,
-            OFF => 1,
-            _ => 2,
+static GUEST_CTX: [[Mutex<VcpuCtx>; MAX_VCPUS]; MAX_VMS] =
+    [const { [const { Mutex::new(VcpuCtx::new()) }; MAX_VCPUS] }; MAX_VMS];
+
+const OFF: u8 = 0;
+const ON_PENDING: u8 = 2;
+const ON: u8 = 3;
+static HOST_POWER: [AtomicU8; MAX_VCPUS] = [const { AtomicU8::new(OFF) }; MAX_VCPUS];
+static HOST_BOOT: [Mutex<(u64, u64)>; MAX_VCPUS] = [const { Mutex::new((0, 0)) }; MAX_VCPUS];
+
+/// Powers on host vCPU `cpu` at `entry` with `x0`.
+pub fn start_host(cpu: usize, entry: u64, x0: u64) {
+    *HOST_BOOT[cpu].lock() = (entry, x0);
+    HOST_POWER[cpu].store(ON_PENDING, Ordering::Release);
+    barriers::maint::publish_and_wake();
+}
+
+/// Who holds the FP/SIMD registers of this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FpOwner {
+    None,
+    Host,
+    Guest,
+}
+
+/// This CPU's switching state.
+struct Cpu<'a> {
+    idx: usize,
+    nr_cpus: usize,
+    save: &'a mut HostSave,
+    sync: &'a CpuSync,
+    fp_owner: FpOwner,
+    /// Present while CPTR_EL2.TFP is clear and synchronised.
+    fp_on: Option<Synced<El2Fp>>,
+}
+
+/// Whose exit is being handled: the host or guest `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Host,
+    Guest { slot: usize, vcpu: usize },
+}
+
+impl Who {
+    fn stats_index(self) -> usize {
+        match self {
+            Who::Host => 0,
+            Who::Guest { slot, .. } => slot + 1,
         }
     }
 }
@@ -211,151 +267,172 @@ impl Vm {
 /// What the run loop does after an exit.
 enum Next {
     Resume,
-    CpuOff,
+    /// Back to the host with this VCPU_RUN result (guests only).
+    ToHost(RunEnd, [u64; 4]),
+    /// The machine powers off (host SYSTEM_OFF).
     SystemOff,
+    /// The host vCPU turned itself off.
+    HostCpuOff,
 }
 
-/// A vCPU's private state, owned by the CPU that runs it.
-struct Vcpu {
-    idx: usize,
-    regs: GuestRegs,
-    el1: El1Context,
-    uart: uart_emul::LineBuffer,
-}
-
-/// Runs vCPU `cpu` of the VM on this CPU for as long as the system lives.
-/// Returns when the guest asks for the system to power off.
-pub fn run_cpu(cpu: usize, vm: &'static Vm, host: &mut HostSave, sync: &CpuSync) {
-    if cpu >= vm.nr_vcpus {
-        // No vCPU for this CPU: idle until power-off.
-        loop {
-            sysreg::wfe();
-        }
-    }
-    let mut load = GuestPending::new();
-    // SAFETY: the VM's stage 2 is complete and maps only the VM's memory;
-    // VTCR describes it. EL2 issues no TLBI by VMID or AT before the ERET
-    // that synchronises them (VmidCtx, discharged by the entry).
+/// Runs host vCPU `cpu` on this CPU (and the guest vCPUs it asks for) for as
+/// long as the system lives. Returns when the machine should power off.
+pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) {
+    let mut c = Cpu {
+        idx: cpu,
+        nr_cpus,
+        save,
+        sync,
+        fp_owner: FpOwner::None,
+        fp_on: None,
+    };
+    let mut host = VcpuCtx::new();
+    let mut first = GuestPending::new();
+    // SAFETY: traps only; nothing at EL2 uses the PMU, debug or timers.
     unsafe {
-        load.add(regs::VtcrEl2::write(vm.vtcr));
-        load.add(regs::VttbrEl2::write(vm.vttbr));
-        // EL1PCTEN | EL1PCEN: the guest reads the physical counter and uses
-        // the physical timer directly (no timer is virtualised yet).
-        load.add(regs::CnthctlEl2::write(0b11));
+        first.add(regs::MdcrEl2::write(MDCR));
+        first.add(regs::CnthctlEl2::write(CNTHCTL));
+        first.add(regs::VtcrEl2::write(VTCR.load(Ordering::Relaxed)));
     }
-    load.add(regs::VmpidrEl2::write((1 << 31) | cpu as u64));
-    load.add(regs::VpidrEl2::write(sysreg::midr_el1()));
-    load.add(regs::CntvoffEl2::write(0));
-    // CPTR_EL2 (E2H = 0): RES1 bits 13, 12, 9..0; TFP (bit 10) clear so the
-    // guest uses FP/SIMD directly. Its El2Fp token is discharged by the ERET:
-    // the hypervisor itself never uses FP (softfloat target).
-    // SAFETY: no trap the hypervisor relies on for isolation is cleared.
-    load.add(unsafe { regs::CptrEl2::write(&sync.hcr, 0x33ff & !(1 << 10)) });
-    let mut load = Some(load);
+    first.add(regs::VpidrEl2::write(sysreg::midr_el1()));
+    first.add(regs::CntvoffEl2::write(0));
+    let mut first = Some(first);
     loop {
-        while vm.power[cpu].load(Ordering::Acquire) != ON_PENDING {
+        while HOST_POWER[cpu].load(Ordering::Acquire) != ON_PENDING {
             sysreg::wfe();
         }
-        let (entry, ctx) = *vm.boot[cpu].lock();
-        let mut v = Vcpu {
-            idx: cpu,
-            regs: GuestRegs::default(),
-            el1: El1Context::reset(),
-            uart: uart_emul::LineBuffer::new(),
-        };
-        v.regs.x[0] = ctx;
-        v.regs.pc = entry;
-        v.regs.pstate = inject::PSTATE_DAIF | inject::PSTATE_EL1H;
-        vm.running.fetch_add(1, Ordering::AcqRel);
-        vm.power[cpu].store(ON, Ordering::Release);
-        let mut pending = load.take().unwrap_or_default();
-        v.el1.restore(&sync.hcr, &mut pending);
-        match run_vcpu(vm, &mut v, host, sync, pending) {
-            Next::CpuOff => {
-                vm.power[cpu].store(OFF, Ordering::Release);
-                if vm.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    log::info!("all vCPUs are off");
-                    return;
-                }
-            }
+        let (entry, x0) = *HOST_BOOT[cpu].lock();
+        host.reset(entry, x0, HCR_BASE);
+        HOST_POWER[cpu].store(ON, Ordering::Release);
+        let mut pending = first.take().unwrap_or_default();
+        load_host(&mut c, &host, &mut pending);
+        match host_loop(&mut c, &mut host, pending) {
             Next::SystemOff => return,
-            Next::Resume => unreachable!("run_vcpu returns only to stop"),
+            _ => HOST_POWER[cpu].store(OFF, Ordering::Release),
         }
     }
 }
 
-fn run_vcpu(
-    vm: &Vm,
-    v: &mut Vcpu,
-    host: &mut HostSave,
-    sync: &CpuSync,
-    first: GuestPending,
-) -> Next {
+/// Loads the host vCPU's context: its stage 2, traps, MPIDR, EL1 registers.
+fn load_host(c: &mut Cpu<'_>, host: &VcpuCtx, pending: &mut GuestPending) {
+    // SAFETY: the host's stage 2 maps only host-owned RAM; VTCR is loaded;
+    // EL2 issues no TLBI by VMID before the ERET that synchronises it.
+    unsafe {
+        pending.add(regs::VttbrEl2::write(HOST_VTTBR.load(Ordering::Relaxed)));
+        pending.add(regs::HcrEl2::write_traps_only(host.hcr));
+    }
+    pending.add(regs::VmpidrEl2::write((1 << 31) | c.idx as u64));
+    host.el1.restore(&c.sync.hcr, pending);
+    set_fp_traps(c, c.fp_owner == FpOwner::Host, pending);
+}
+
+/// Sets CPTR_EL2 for the context about to run: FP on only if it owns the
+/// registers.
+fn set_fp_traps(c: &mut Cpu<'_>, owns: bool, pending: &mut GuestPending) {
+    if !owns {
+        // FP is no longer usable at EL2 once this write takes effect.
+        c.fp_on = None;
+        // SAFETY: only sets traps (they may already be set).
+        pending.add(unsafe { regs::CptrEl2::write_setting_traps(&c.sync.hcr, CPTR_TRAP_FP) });
+    }
+}
+
+/// Clears CPTR_EL2.TFP and synchronises it, so EL2 may save/load FP state.
+fn fp_enable<'c>(c: &'c mut Cpu<'_>) -> &'c Synced<El2Fp> {
+    if c.fp_on.is_none() {
+        // SAFETY: FP/SIMD is switched lazily by this module; the
+        // hypervisor's own code never uses it (soft-float target).
+        let t = unsafe { regs::CptrEl2::write(&c.sync.hcr, CPTR_FP_ON) };
+        c.fp_on = Some(barriers::isb(t));
+    }
+    c.fp_on.as_ref().expect("set above")
+}
+
+fn host_loop(c: &mut Cpu<'_>, host: &mut VcpuCtx, first: GuestPending) -> Next {
     let mut pending = first;
     loop {
-        let entry = barriers::enter_guest(&sync.eos, pending);
-        // SAFETY: TPIDR_EL2 points at `host` (set at CPU bring-up), the VM's
-        // stage 2 and HCR_EL2 are loaded, and `v.regs` lives across the call.
-        let kind = unsafe { world_switch::enter(&mut v.regs, host, entry) };
+        let entry = barriers::enter_guest(&c.sync.eos, pending);
+        // SAFETY: TPIDR_EL2 points at `c.save`; the host's stage 2, HCR and
+        // EL1 context are loaded; `host.regs` outlives the call.
+        let kind = unsafe { world_switch::enter(&mut host.regs, &mut *c.save, entry) };
         pending = GuestPending::new();
         let next = match kind {
-            VectorKind::Sync => handle_sync(vm, v, sync, &mut pending),
+            VectorKind::Sync => host_sync(c, host, &mut pending),
             VectorKind::Irq | VectorKind::Fiq => {
-                stats::record(ExitReason::Irq);
+                stats::record(0, ExitReason::Irq);
                 Next::Resume
             }
             VectorKind::SError => {
-                stats::record(ExitReason::Other);
-                log::warn!("vCPU {}: SError from guest at {:#x}", v.idx, v.regs.pc);
+                stats::record(0, ExitReason::Other);
+                log::warn!("host vCPU {}: SError at {:#x}", c.idx, host.regs.pc);
                 Next::Resume
             }
         };
         match next {
             Next::Resume => {}
+            Next::ToHost(..) => unreachable!("only guests return to the host"),
             other => {
-                v.el1.save(&sync.hcr);
-                // Nothing was written for a guest that will not run again
-                // on this entry; the accumulator is empty.
-                let _ = barriers::enter_guest(&sync.eos, pending);
+                host.el1.save(&c.sync.hcr);
+                let _ = barriers::enter_guest(&c.sync.eos, pending);
                 return other;
             }
         }
     }
 }
 
-fn handle_sync(vm: &Vm, v: &mut Vcpu, sync: &CpuSync, pending: &mut GuestPending) -> Next {
+fn host_sync(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) -> Next {
     let esr = Esr(sysreg::esr_el2());
     let reason = ExitReason::from_ec(esr.ec());
-    stats::record(reason);
+    stats::record(0, reason);
     match reason {
-        ExitReason::Hvc => hypercall(vm, v),
-        ExitReason::Smc => {
-            // A trapped SMC's preferred return address is the SMC itself.
-            v.regs.pc += 4;
-            hypercall(vm, v)
+        ExitReason::Hvc | ExitReason::Smc => {
+            if reason == ExitReason::Smc {
+                host.regs.pc += 4;
+            }
+            let fid = host.regs.x[0] as u32;
+            if (hyp_abi::FID_BASE..=hyp_abi::FID_LAST).contains(&fid) {
+                host_call(c, host, pending)
+            } else {
+                host_hypercall(c, host)
+            }
         }
         ExitReason::DataAbort => {
-            data_abort(vm, v, esr, sync, pending);
+            data_abort(c, Who::Host, host, esr, pending);
             Next::Resume
         }
         ExitReason::InstAbort => {
             let far = sysreg::far_el2();
-            inject_into(v, Injected::InstAbort { far }, sync, pending);
+            inject_into(c, host, Injected::InstAbort { far }, pending);
             Next::Resume
         }
         ExitReason::Wfx => {
-            v.regs.pc += 4;
+            host.regs.pc += 4;
             Next::Resume
         }
-        ExitReason::SysReg | ExitReason::Fp | ExitReason::Irq | ExitReason::Other => {
-            inject_into(v, Injected::Undefined, sync, pending);
+        ExitReason::Fp => {
+            fp_trap(c, host, FpOwner::Host, None);
+            Next::Resume
+        }
+        ExitReason::SysReg => {
+            sysreg_trap(c, Who::Host, host, esr, pending);
+            Next::Resume
+        }
+        ExitReason::Irq | ExitReason::Other => {
+            inject_into(c, host, Injected::Undefined, pending);
             Next::Resume
         }
     }
 }
 
-fn hypercall(vm: &Vm, v: &mut Vcpu) -> Next {
-    let x = [v.regs.x[0], v.regs.x[1], v.regs.x[2], v.regs.x[3]];
+/// The host's own PSCI/SMCCC calls: CPU_ON of other host vCPUs (one per
+/// physical CPU), CPU_OFF, SYSTEM_OFF for the machine.
+fn host_hypercall(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Next {
+    let x = [
+        host.regs.x[0],
+        host.regs.x[1],
+        host.regs.x[2],
+        host.regs.x[3],
+    ];
     let ret = match hypercall::decode(x) {
         Hypercall::PsciVersion => hypercall::PSCI_VERSION_1_1,
         Hypercall::PsciFeatures { fid } => hypercall::psci_features(fid),
@@ -365,31 +442,338 @@ fn hypercall(vm: &Vm, v: &mut Vcpu) -> Next {
             target,
             entry,
             context,
-        } => vm.cpu_on(target, entry, context),
+        } => match hypercall::mpidr_to_index(target, c.nr_cpus) {
+            None => hypercall::INVALID_PARAMETERS,
+            Some(i) => {
+                match HOST_POWER[i].compare_exchange(OFF, 1, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        start_host(i, entry, context);
+                        hypercall::SUCCESS
+                    }
+                    Err(ON) => hypercall::ALREADY_ON,
+                    Err(_) => hypercall::ON_PENDING,
+                }
+            }
+        },
         Hypercall::AffinityInfo {
             target,
             lowest_level,
-        } => vm.affinity_info(target, lowest_level),
+        } => match hypercall::mpidr_to_index(target, c.nr_cpus) {
+            Some(i) if lowest_level == 0 => match HOST_POWER[i].load(Ordering::Acquire) {
+                ON => 0,
+                OFF => 1,
+                _ => 2,
+            },
+            _ => hypercall::INVALID_PARAMETERS,
+        },
         Hypercall::CpuSuspend => hypercall::SUCCESS,
-        Hypercall::CpuOff => return Next::CpuOff,
-        Hypercall::SystemOff => {
-            log::info!("guest vCPU {} requested SYSTEM_OFF", v.idx);
-            return Next::SystemOff;
-        }
-        Hypercall::SystemReset => {
-            log::info!(
-                "guest vCPU {} requested SYSTEM_RESET; powering off instead",
-                v.idx
-            );
+        Hypercall::CpuOff => return Next::HostCpuOff,
+        Hypercall::SystemOff | Hypercall::SystemReset => {
+            log::info!("host vCPU {} requested system power-off", c.idx);
             return Next::SystemOff;
         }
         Hypercall::Unknown { .. } => hypercall::NOT_SUPPORTED,
     };
-    v.regs.x[0] = ret;
+    host.regs.x[0] = ret;
     Next::Resume
 }
 
-fn data_abort(vm: &Vm, v: &mut Vcpu, esr: Esr, sync: &CpuSync, pending: &mut GuestPending) {
+fn err(e: HostError) -> u64 {
+    e.code()
+}
+
+/// A host control call (fid in the host range).
+fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) -> Next {
+    let fid = host.regs.x[0] as u32;
+    let a = [
+        host.regs.x[1],
+        host.regs.x[2],
+        host.regs.x[3],
+        host.regs.x[4],
+    ];
+    let mut out = [0u64; 4];
+    out[0] = match fid {
+        hyp_abi::VM_CREATE => match control().lock().create(a[0], a[1]) {
+            Ok(h) => {
+                stats::reset(h as usize);
+                h
+            }
+            Err(e) => err(e),
+        },
+        hyp_abi::VM_DESTROY => control().lock().destroy(a[0]).unwrap_or_else(err),
+        hyp_abi::MEM_DONATE | hyp_abi::MEM_LEND => {
+            let kind = if fid == hyp_abi::MEM_DONATE {
+                control::RegionKind::Donated
+            } else {
+                control::RegionKind::Lent
+            };
+            match control().lock().give(a[0], a[1], a[2], a[3], kind) {
+                Ok(()) => 0,
+                Err(e) => err(e),
+            }
+        }
+        hyp_abi::VCPU_INIT => match control().lock().vcpu_init(a[0], a[1], a[2], a[3]) {
+            Ok(()) => 0,
+            Err(e) => err(e),
+        },
+        hyp_abi::VCPU_STATE => control().lock().vcpu_state(a[0], a[1]).unwrap_or_else(err),
+        hyp_abi::MMIO_COMPLETE => match control().lock().mmio_complete(a[0], a[1], a[2]) {
+            Ok(()) => 0,
+            Err(e) => err(e),
+        },
+        hyp_abi::STATS => {
+            if a[0] == 0 || control().lock().vm(a[0]).is_ok() {
+                stats::read(a[0] as usize, a[1]).unwrap_or(err(HostError::Invalid))
+            } else {
+                err(HostError::NoVm)
+            }
+        }
+        hyp_abi::VCPU_RUN => {
+            match vcpu_run(c, host, a[0], a[1]) {
+                Ok(r) => {
+                    out = r;
+                    // The guest changed this CPU's EL1 registers and stage 2.
+                    load_host(c, host, pending);
+                }
+                Err(e) => out[0] = err(e),
+            }
+            out[0]
+        }
+        hyp_abi::MACHINE_EXIT => {
+            if a[0] == 0 {
+                return Next::SystemOff;
+            }
+            log::error!("host VM exits with status {}", a[0]);
+            log::info!("{}", stats::snapshot());
+            crate::boot::fail_exit(a[0] as u32)
+        }
+        _ => err(HostError::NotSupported),
+    };
+    host.regs.x[..4].copy_from_slice(&out);
+    Next::Resume
+}
+
+/// VCPU_RUN: switches this CPU to guest vCPU `vcpu` of VM `handle` until an
+/// exit for the host; returns the exit record (x0..x3).
+fn vcpu_run(
+    c: &mut Cpu<'_>,
+    host: &mut VcpuCtx,
+    handle: u64,
+    vcpu: u64,
+) -> Result<[u64; 4], HostError> {
+    let start = control().lock().begin_run(handle, vcpu, c.idx)?;
+    let slot = handle as usize - 1;
+    let v = vcpu as usize;
+    let mut ctx = GUEST_CTX[slot][v]
+        .try_lock()
+        .expect("a claimed vCPU's context is free");
+    if let Some((entry, x0)) = start.boot {
+        let fwb = FWB.load(Ordering::Relaxed) != 0;
+        ctx.reset(
+            entry,
+            x0,
+            if fwb {
+                HCR_BASE
+            } else {
+                HCR_BASE | HCR_CACHE_TRAPS
+            },
+        );
+    }
+    if let Some(value) = start.mmio_value {
+        if let Some(m) = ctx.mmio.take() {
+            if m.reg != 31 {
+                ctx.regs.x[m.reg as usize] = m.load_result(value);
+            }
+            ctx.regs.pc += 4;
+        }
+    }
+    host.el1.save(&c.sync.hcr);
+    let mut pending = GuestPending::new();
+    // SAFETY: the VM's stage 2 maps only memory it owns or borrows; VTCR is
+    // the same for every VM; no TLBI by VMID runs before the ERET.
+    unsafe {
+        pending.add(regs::VttbrEl2::write(start.vttbr));
+        pending.add(regs::HcrEl2::write_traps_only(ctx.hcr));
+    }
+    pending.add(regs::VmpidrEl2::write((1 << 31) | vcpu));
+    ctx.el1.restore(&c.sync.hcr, &mut pending);
+    let who = Who::Guest { slot, vcpu: v };
+    let (end, record) = guest_loop(c, who, &mut ctx, pending);
+    ctx.el1.save(&c.sync.hcr);
+    if c.fp_owner == FpOwner::Guest {
+        let on = fp_enable(c);
+        world_switch::fp_save(on, &mut ctx.fp);
+        c.fp_owner = FpOwner::None;
+    }
+    drop(ctx);
+    control().lock().end_run(handle, vcpu, c.idx, end);
+    Ok(record)
+}
+
+fn guest_loop(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    first: GuestPending,
+) -> (RunEnd, [u64; 4]) {
+    let mut pending = first;
+    set_fp_traps(c, c.fp_owner == FpOwner::Guest, &mut pending);
+    loop {
+        let entry = barriers::enter_guest(&c.sync.eos, pending);
+        // SAFETY: TPIDR_EL2 points at `c.save`; the VM's stage 2, HCR and
+        // EL1 context are loaded; `ctx.regs` outlives the call.
+        let kind = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
+        pending = GuestPending::new();
+        let next = match kind {
+            VectorKind::Sync => guest_sync(c, who, ctx, &mut pending),
+            VectorKind::Irq | VectorKind::Fiq => {
+                stats::record(who.stats_index(), ExitReason::Irq);
+                Next::Resume
+            }
+            VectorKind::SError => {
+                stats::record(who.stats_index(), ExitReason::Other);
+                log::warn!("{who:?}: SError at {:#x}", ctx.regs.pc);
+                Next::Resume
+            }
+        };
+        match next {
+            Next::Resume => {}
+            Next::ToHost(end, record) => {
+                let _ = barriers::enter_guest(&c.sync.eos, pending);
+                return (end, record);
+            }
+            Next::SystemOff | Next::HostCpuOff => unreachable!("host-only outcomes"),
+        }
+    }
+}
+
+fn guest_sync(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut GuestPending) -> Next {
+    let esr = Esr(sysreg::esr_el2());
+    let reason = ExitReason::from_ec(esr.ec());
+    stats::record(who.stats_index(), reason);
+    if reason != ExitReason::SysReg {
+        ctx.sw_flushed = false;
+    }
+    match reason {
+        ExitReason::Hvc => guest_hypercall(who, ctx),
+        ExitReason::Smc => {
+            // A trapped SMC's preferred return address is the SMC itself.
+            ctx.regs.pc += 4;
+            guest_hypercall(who, ctx)
+        }
+        ExitReason::DataAbort => data_abort(c, who, ctx, esr, pending),
+        ExitReason::InstAbort => {
+            let far = sysreg::far_el2();
+            inject_into(c, ctx, Injected::InstAbort { far }, pending);
+            Next::Resume
+        }
+        ExitReason::Wfx => {
+            ctx.regs.pc += 4;
+            // WFI (ISS bit 0 clear) yields the CPU to the host; WFE resumes.
+            if esr.iss() & 1 == 0 {
+                Next::ToHost(RunEnd::Runnable, [run_exit::YIELD, 0, 0, 0])
+            } else {
+                Next::Resume
+            }
+        }
+        ExitReason::Fp => {
+            fp_trap(c, ctx, FpOwner::Guest, Some(who));
+            Next::Resume
+        }
+        ExitReason::SysReg => {
+            sysreg_trap(c, who, ctx, esr, pending);
+            Next::Resume
+        }
+        ExitReason::Irq | ExitReason::Other => {
+            inject_into(c, ctx, Injected::Undefined, pending);
+            Next::Resume
+        }
+    }
+}
+
+/// First FP/SIMD use by a context that does not own the registers: save
+/// the owner's, load this context's.
+fn fp_trap(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, me: FpOwner, _who: Option<Who>) {
+    let prev = c.fp_owner;
+    let idx = c.idx;
+    // Only the host's state can still be live here: a guest's is saved
+    // when its run ends, and a guest never traps while it owns the FP.
+    let on = fp_enable(c);
+    if prev == FpOwner::Host && me == FpOwner::Guest {
+        // The host's context is not reachable from here; it was saved into
+        // HOST_FP by this CPU's slot.
+        world_switch::fp_save(on, &mut host_fp(idx).lock());
+    }
+    if me == FpOwner::Host {
+        world_switch::fp_load(on, &host_fp(idx).lock());
+    } else {
+        world_switch::fp_load(on, &ctx.fp);
+    }
+    c.fp_owner = me;
+}
+
+static HOST_FP: [Mutex<FpState>; MAX_VCPUS] = [const { Mutex::new(FpState::new()) }; MAX_VCPUS];
+
+fn host_fp(cpu: usize) -> &'static Mutex<FpState> {
+    &HOST_FP[cpu]
+}
+
+fn guest_hypercall(who: Who, ctx: &mut VcpuCtx) -> Next {
+    let Who::Guest { slot, vcpu } = who else {
+        unreachable!("guest calls come from guests");
+    };
+    let handle = slot as u64 + 1;
+    let x = [ctx.regs.x[0], ctx.regs.x[1], ctx.regs.x[2], ctx.regs.x[3]];
+    let nr = control()
+        .lock()
+        .vm(handle)
+        .map(|vm| vm.nr_vcpus)
+        .unwrap_or(0);
+    let ret = match hypercall::decode(x) {
+        Hypercall::PsciVersion => hypercall::PSCI_VERSION_1_1,
+        Hypercall::PsciFeatures { fid } => hypercall::psci_features(fid),
+        Hypercall::SmcccVersion => hypercall::SMCCC_VERSION_1_1,
+        Hypercall::ArchFeatures { fid } => hypercall::arch_features(fid),
+        Hypercall::CpuOn {
+            target,
+            entry,
+            context,
+        } => match hypercall::mpidr_to_index(target, nr) {
+            None => hypercall::INVALID_PARAMETERS,
+            Some(t) => control().lock().psci_cpu_on(handle, t, entry, context),
+        },
+        Hypercall::AffinityInfo {
+            target,
+            lowest_level,
+        } => match hypercall::mpidr_to_index(target, nr) {
+            Some(t) if lowest_level == 0 => control().lock().psci_affinity_info(handle, t),
+            _ => hypercall::INVALID_PARAMETERS,
+        },
+        Hypercall::CpuSuspend => hypercall::SUCCESS,
+        Hypercall::CpuOff => {
+            return Next::ToHost(RunEnd::CpuOff, [run_exit::CPU_OFF, 0, 0, 0]);
+        }
+        Hypercall::SystemOff => {
+            log::info!("VM {handle} vCPU {vcpu} requested SYSTEM_OFF");
+            return Next::ToHost(RunEnd::SystemOff, [run_exit::SYSTEM_OFF, 0, 0, 0]);
+        }
+        Hypercall::SystemReset => {
+            log::info!("VM {handle} vCPU {vcpu} requested SYSTEM_RESET");
+            return Next::ToHost(RunEnd::SystemReset, [run_exit::SYSTEM_RESET, 0, 0, 0]);
+        }
+        Hypercall::Unknown { .. } => hypercall::NOT_SUPPORTED,
+    };
+    ctx.regs.x[0] = ret;
+    Next::Resume
+}
+
+fn data_abort(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    esr: Esr,
+    pending: &mut GuestPending,
+) -> Next {
     let far = sysreg::far_el2();
     match exit::decode_data_abort(esr, sysreg::hpfar_el2(), far) {
         DataAbort::Mmio(m)
@@ -400,43 +784,171 @@ fn data_abort(vm: &Vm, v: &mut Vcpu, esr: Esr, sync: &CpuSync, pending: &mut Gue
                 let val = if m.reg == 31 {
                     0
                 } else {
-                    v.regs.x[m.reg as usize]
+                    ctx.regs.x[m.reg as usize]
                 };
                 if let Some(b) = uart_emul::write(off, val) {
-                    if let Some(line) = v.uart.push(b) {
+                    if let Some(line) = ctx.uart.push(b) {
                         crate::console::guest_line(line);
                     }
                 }
             } else if m.reg != 31 {
-                v.regs.x[m.reg as usize] = m.load_result(uart_emul::read(off));
+                ctx.regs.x[m.reg as usize] = m.load_result(uart_emul::read(off));
             }
-            v.regs.pc += 4;
+            ctx.regs.pc += 4;
+            Next::Resume
+        }
+        DataAbort::Mmio(m)
+            if matches!(who, Who::Guest { .. })
+                && (HOST_MMIO.base..HOST_MMIO.end()).contains(&m.ipa) =>
+        {
+            let flags = hyp_abi::mmio_flags(m.size.bytes(), m.write);
+            if m.write {
+                let val = if m.reg == 31 {
+                    0
+                } else {
+                    ctx.regs.x[m.reg as usize] & size_mask(m.size.bytes())
+                };
+                ctx.regs.pc += 4;
+                Next::ToHost(RunEnd::Runnable, [run_exit::MMIO, m.ipa, flags, val])
+            } else {
+                ctx.mmio = Some(m);
+                Next::ToHost(RunEnd::AwaitMmio, [run_exit::MMIO, m.ipa, flags, 0])
+            }
         }
         DataAbort::Mmio(m) => {
-            let _ = vm;
             let write = m.write;
-            inject_into(v, Injected::DataAbort { far, write }, sync, pending);
+            if who == Who::Host {
+                stats::host_denied();
+            }
+            inject_into(c, ctx, Injected::DataAbort { far, write }, pending);
+            Next::Resume
         }
         DataAbort::NoSyndrome { write, .. } => {
-            inject_into(v, Injected::DataAbort { far, write }, sync, pending)
+            if who == Who::Host {
+                stats::host_denied();
+            }
+            inject_into(c, ctx, Injected::DataAbort { far, write }, pending);
+            Next::Resume
         }
         DataAbort::Stage1Walk { .. } => {
-            inject_into(v, Injected::DataAbort { far, write: false }, sync, pending)
+            inject_into(c, ctx, Injected::DataAbort { far, write: false }, pending);
+            Next::Resume
         }
     }
 }
 
+fn size_mask(bytes: u64) -> u64 {
+    if bytes >= 8 {
+        u64::MAX
+    } else {
+        (1 << (bytes * 8)) - 1
+    }
+}
+
+/// Trapped MSR/MRS and system instructions: ID registers (TID3), the
+/// virtual-memory controls (TVM), set/way cache maintenance (TSW); anything
+/// else (implementation-defined registers, PMU, debug) is UNDEF.
+fn sysreg_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, esr: Esr, pending: &mut GuestPending) {
+    let acc = exit::decode_sysreg(esr);
+    let e = acc.enc;
+    let rt = acc.reg as usize;
+    let val = if rt == 31 { 0 } else { ctx.regs.x[rt] };
+    // ID registers: op0 = 3, op1 = 0, CRn = 0, CRm = 1..=7 (TID3).
+    if acc.read && e.op0 == 3 && e.op1 == 0 && e.crn == 0 && (1..=7).contains(&e.crm) {
+        let v = crate::idregs_emul::read(e);
+        if rt != 31 {
+            ctx.regs.x[rt] = v;
+        }
+        ctx.regs.pc += 4;
+        return;
+    }
+    // Set/way cache maintenance: DC ISW (1,0,7,6,2), DC CSW (1,0,7,10,2),
+    // DC CISW (1,0,7,14,2).
+    if e.op0 == 1 && e.op1 == 0 && e.crn == 7 && matches!(e.crm, 6 | 10 | 14) && e.op2 == 2 {
+        if let Who::Guest { slot, .. } = who {
+            if !ctx.sw_flushed {
+                flush_vm(slot);
+                ctx.sw_flushed = true;
+            }
+        }
+        ctx.regs.pc += 4;
+        return;
+    }
+    if !acc.read && tvm_write(c, who, ctx, e, val, pending) {
+        ctx.regs.pc += 4;
+        return;
+    }
+    inject_into(c, ctx, Injected::Undefined, pending);
+}
+
+/// A write trapped by HCR_EL2.TVM: performs it on the vCPU's behalf, and
+/// when the vCPU's MMU or data cache enable changes, cleans and invalidates
+/// all of the VM's memory to PoC (by VA, through EL2's identity map) so the
+/// vCPU never sees stale lines for data written with its caches off. Once
+/// its MMU and caches are on, the vCPU's TVM trap is dropped.
+fn tvm_write(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    e: exit::SysRegEnc,
+    val: u64,
+    pending: &mut GuestPending,
+) -> bool {
+    let h = &c.sync.hcr;
+    match (e.op0, e.op1, e.crn, e.crm, e.op2) {
+        (3, 0, 1, 0, 0) => {
+            const M_C: u64 = 1 | (1 << 2);
+            let old = regs::SctlrEl1::read(h);
+            pending.add(regs::SctlrEl1::write(h, val));
+            if (old ^ val) & M_C != 0 {
+                if let Who::Guest { slot, .. } = who {
+                    flush_vm(slot);
+                }
+            }
+            if val & M_C == M_C {
+                ctx.hcr &= !HCR_TVM;
+                // SAFETY: clears a trap only this module relies on.
+                pending.add(unsafe { regs::HcrEl2::write_traps_only(ctx.hcr) });
+            }
+        }
+        (3, 0, 2, 0, 0) => pending.add(regs::Ttbr0El1::write(h, val)),
+        (3, 0, 2, 0, 1) => pending.add(regs::Ttbr1El1::write(h, val)),
+        (3, 0, 2, 0, 2) => pending.add(regs::TcrEl1::write(h, val)),
+        (3, 0, 5, 1, 0) => pending.add(regs::Afsr0El1::write(h, val)),
+        (3, 0, 5, 1, 1) => pending.add(regs::Afsr1El1::write(h, val)),
+        (3, 0, 5, 2, 0) => pending.add(regs::EsrEl1::write(h, val)),
+        (3, 0, 6, 0, 0) => pending.add(regs::FarEl1::write(h, val)),
+        (3, 0, 10, 2, 0) => pending.add(regs::MairEl1::write(h, val)),
+        (3, 0, 10, 3, 0) => pending.add(regs::AmairEl1::write(h, val)),
+        (3, 0, 13, 0, 1) => pending.add(regs::ContextidrEl1::write(h, val)),
+        _ => return false,
+    }
+    true
+}
+
+/// Cleans and invalidates all memory of VM `slot` to PoC.
+fn flush_vm(slot: usize) {
+    let ctl = control().lock();
+    if let Ok(vm) = ctl.vm(slot as u64 + 1) {
+        for r in vm.regions.iter().flatten() {
+            barriers::maint::clean_inval_to_poc(r.pa, r.pages * s2mm::PAGE_SIZE);
+        }
+    }
+    drop(ctl);
+    stats::cache_flush(slot + 1);
+}
+
 /// Injects `what` into the vCPU's EL1 (its EL1 registers are live on this CPU).
-fn inject_into(v: &mut Vcpu, what: Injected, sync: &CpuSync, pending: &mut GuestPending) {
-    let e2h = &sync.hcr;
+fn inject_into(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, what: Injected, pending: &mut GuestPending) {
+    let e2h = &c.sync.hcr;
     let vbar = regs::VbarEl1::read(e2h);
-    let i = inject::inject(what, v.regs.pc, v.regs.pstate, vbar);
+    let i = inject::inject(what, ctx.regs.pc, ctx.regs.pstate, vbar);
     pending.add(regs::EsrEl1::write(e2h, i.esr_el1));
     if let Some(far) = i.far_el1 {
         pending.add(regs::FarEl1::write(e2h, far));
     }
     pending.add(regs::ElrEl1::write(e2h, i.elr_el1));
     pending.add(regs::SpsrEl1::write(e2h, i.spsr_el1));
-    v.regs.pc = i.pc;
-    v.regs.pstate = i.pstate;
+    ctx.regs.pc = i.pc;
+    ctx.regs.pstate = i.pstate;
 }

@@ -47,15 +47,18 @@ impl PlatformOps for QemuOps {
     }
 
     fn guest(&self, name: &str) -> Option<GuestImage> {
-        payloads::ALL
-            .iter()
+        (0..payloads::ALL.len())
+            .filter_map(|i| self.payload(i))
             .find(|p| p.name == name)
-            .map(|p| GuestImage {
-                name: p.name,
-                bytes: p.bytes,
-                load_ipa: p.load_ipa,
-                entry: p.entry,
-            })
+    }
+
+    fn payload(&self, index: usize) -> Option<GuestImage> {
+        payloads::ALL.get(index).map(|p| GuestImage {
+            name: p.name,
+            bytes: p.bytes,
+            load_ipa: p.load_ipa,
+            entry: p.entry,
+        })
     }
 }
 

@@ -117,6 +117,9 @@ macro_rules! el1_context {
         }
 
         impl El1Context {
+            /// All registers zero.
+            pub const ZERO: Self = Self { $($field: 0,)* };
+
             /// Saves this CPU's EL1 context after a guest exit. The reads use
             /// `*_EL1` names, so they need HCR_EL2.E2H synchronised (`e2h`).
             pub fn save<K: Includes<El1Names>>(&mut self, e2h: &Synced<K>) {
@@ -165,10 +168,60 @@ pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
 
 impl El1Context {
     /// The architectural reset state a vCPU starts in.
-    pub fn reset() -> Self {
+    pub const RESET: Self = {
+        let mut z = Self::ZERO;
+        z.sctlr = SCTLR_EL1_RESET;
+        z
+    };
+}
+
+/// A vCPU's FP/SIMD registers. Layout fixed for `__fp_save`/`__fp_load`.
+#[repr(C, align(16))]
+#[derive(Debug, Clone, Copy)]
+pub struct FpState {
+    /// q0..q31.
+    pub q: [u128; 32],
+    /// FPCR.
+    pub fpcr: u64,
+    /// FPSR.
+    pub fpsr: u64,
+}
+
+const _: () = assert!(offset_of!(FpState, fpcr) == 512);
+
+impl FpState {
+    /// Reset state: all zero.
+    pub const fn new() -> Self {
         Self {
-            sctlr: SCTLR_EL1_RESET,
-            ..Self::default()
+            q: [0; 32],
+            fpcr: 0,
+            fpsr: 0,
         }
     }
+}
+
+impl Default for FpState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+unsafe extern "C" {
+    fn __fp_save(to: *mut FpState);
+    fn __fp_load(from: *const FpState);
+}
+
+/// Saves this CPU's FP/SIMD registers into `to`. The proof shows CPTR_EL2.TFP
+/// was cleared and synchronised.
+pub fn fp_save<K: Includes<barriers::sync::El2Fp>>(proof: &Synced<K>, to: &mut FpState) {
+    barriers::sync::uses::el2_fp(proof);
+    // SAFETY: FP access is enabled at EL2 (proof); `to` is valid for writes.
+    unsafe { __fp_save(to) }
+}
+
+/// Loads this CPU's FP/SIMD registers from `from`.
+pub fn fp_load<K: Includes<barriers::sync::El2Fp>>(proof: &Synced<K>, from: &FpState) {
+    barriers::sync::uses::el2_fp(proof);
+    // SAFETY: FP access is enabled at EL2 (proof); `from` is valid for reads.
+    unsafe { __fp_load(from) }
 }

@@ -1,0 +1,137 @@
+//! Calls into the hypervisor's host control interface, and a random-call
+//! exerciser that checks the hypervisor survives any argument.
+
+use guest_rt::println;
+use hyp_abi::{BootInfo, HostError};
+
+/// A VM handle returned by VM_CREATE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handle(pub u64);
+
+/// Issues host call `fid` and returns x0..x3.
+pub fn call_full(fid: u32, a: [u64; 4]) -> [u64; 4] {
+    let mut args = [0u64; 17];
+    args[..4].copy_from_slice(&a);
+    let r = <smccc::Hvc as smccc::Call>::call64(fid, args);
+    [r[0], r[1], r[2], r[3]]
+}
+
+/// Issues host call `fid`: x0 as a value or an error.
+pub fn call(fid: u32, a: [u64; 4]) -> Result<u64, HostError> {
+    let x0 = call_full(fid, a)[0];
+    match HostError::from_code(x0) {
+        Some(e) => Err(e),
+        None => Ok(x0),
+    }
+}
+
+/// VM_CREATE.
+pub fn vm_create(vcpus: u64, flags: u64) -> Result<Handle, HostError> {
+    call(hyp_abi::VM_CREATE, [vcpus, flags, 0, 0]).map(Handle)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Issues `n` random control calls (valid and invalid handles, vCPUs,
+/// addresses, sizes and orders) over a scratch area of host RAM, then
+/// destroys every VM and checks the host can use every scratch page again.
+/// VCPU_RUN is only issued where it must fail (a random guest image is
+/// garbage); the well-formed runs are the guests that follow.
+pub fn fuzz(n: u64, seed: u64, info: &BootInfo) {
+    const SCRATCH: u64 = 4 << 20;
+    let Some(base) = crate::alloc_pages(SCRATCH) else {
+        crate::fail(format_args!("no scratch memory for fuzzing"));
+    };
+    println!(
+        "host: fuzz: {n} random control calls over {SCRATCH:#x} bytes at {base:#x}, seed {seed}"
+    );
+    let mut rng = Rng(seed | 1);
+    let mut ok = 0u64;
+    let mut errs = [0u64; 9];
+    let pick_pa = |rng: &mut Rng| -> u64 {
+        match rng.below(10) {
+            0 => rng.next() & !0xfff,                                 // anywhere
+            1 => base + rng.below(SCRATCH),                           // unaligned
+            2 => info.ram_base + info.ram_size - 4096 * rng.below(4), // at the end
+            _ => base + 4096 * rng.below(SCRATCH / 4096),
+        }
+    };
+    let pick_ipa = |rng: &mut Rng| -> u64 {
+        match rng.below(8) {
+            0 => rng.next() & !0xfff,
+            1 => rng.below(0x4000_0000) & !0xfff,
+            2 => (1 << 40) - 4096 * rng.below(4),
+            _ => 0x4000_0000 + 4096 * rng.below(2048),
+        }
+    };
+    for _ in 0..n {
+        let h = rng.below(11);
+        let v = rng.below(10);
+        let (fid, args) = match rng.below(12) {
+            0 | 1 => (hyp_abi::VM_CREATE, [rng.below(10), rng.below(4), 0, 0]),
+            2 => (hyp_abi::VM_DESTROY, [h, 0, 0, 0]),
+            3 | 4 => (
+                hyp_abi::MEM_DONATE,
+                [h, pick_pa(&mut rng), pick_ipa(&mut rng), rng.below(20)],
+            ),
+            5 | 6 => (
+                hyp_abi::MEM_LEND,
+                [h, pick_pa(&mut rng), pick_ipa(&mut rng), rng.below(20)],
+            ),
+            7 => (
+                hyp_abi::VCPU_INIT,
+                [h, v, pick_ipa(&mut rng) | rng.below(2), rng.next()],
+            ),
+            8 => (hyp_abi::VCPU_STATE, [h, v, 0, 0]),
+            9 => (hyp_abi::MMIO_COMPLETE, [h, v, rng.next(), 0]),
+            10 => (
+                hyp_abi::STATS,
+                [h, rng.below(12) | (rng.below(2) * 255), 0, 0],
+            ),
+            // Runs that must fail: no such VM.
+            _ => (hyp_abi::VCPU_RUN, [0, v, 0, 0]),
+        };
+        match call(fid, args) {
+            Ok(_) => ok += 1,
+            Err(e) => errs[(-(e as i64)) as usize] += 1,
+        }
+    }
+    let mut scrubbed = 0;
+    for h in 1..=8 {
+        if let Ok(s) = call(hyp_abi::VM_DESTROY, [h, 0, 0, 0]) {
+            scrubbed += s;
+        }
+    }
+    // Every scratch page must be the host's again: write and read each.
+    for p in (base..base + SCRATCH).step_by(4096) {
+        // SAFETY: scratch pages are host RAM; if the hypervisor had kept one
+        // the access would fault and the host would panic with its address.
+        unsafe {
+            (p as *mut u64).write_volatile(p);
+            if (p as *const u64).read_volatile() != p {
+                crate::fail(format_args!("scratch page {p:#x} lost its contents"));
+            }
+        }
+    }
+    println!(
+        "host: fuzz: ok={ok} NotSupported={} Invalid={} NoVm={} Busy={} NoMemory={} Denied={} Range={} State={}",
+        errs[1], errs[2], errs[3], errs[4], errs[5], errs[6], errs[7], errs[8]
+    );
+    println!(
+        "host: fuzz: all VMs destroyed ({scrubbed} pages scrubbed), {} scratch pages usable again",
+        SCRATCH / 4096
+    );
+}

@@ -1,0 +1,346 @@
+//! The host VM: the VMM of the pKVM model, a small EL1 program that owns
+//! the machine's RAM (identity-mapped at stage 2) and drives guests only
+//! through the hypervisor's host control interface (`hyp-abi`).
+//!
+//! At boot the hypervisor hands it a [`hyp_abi::BootInfo`]: its RAM, the
+//! CPU count, the boot arguments and the guest images. The host then
+//! - creates one VM per guest named in `guests=` (or `guest=`), copies the
+//!   image into pages of its own RAM and gives them to the VM (lent to a
+//!   normal VM, donated to a protected one), and sets vCPU 0's entry;
+//! - optionally (`fuzz=N`) first issues N random control calls and checks
+//!   that none of them broke anything;
+//! - brings up its other CPUs with PSCI and runs every VM's vCPU *v* on host
+//!   CPU *v mod cpus*, answering the exits the hypervisor forwards (MMIO to
+//!   its test device, yields, CPU_OFF, SYSTEM_OFF);
+//! - when every VM has powered off, destroys them, prints what it saw and
+//!   powers the machine off.
+//!
+//! Guest list syntax: `guests=NAME[:p][:vN],...` (`:p` protected, `:vN` N
+//! vCPUs, default 4 for one guest, else 1).
+#![no_std]
+#![no_main]
+
+mod hostif;
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use guest_rt::println;
+use hostif::{call, Handle};
+use hyp_abi::{exit, BootInfo, HostError, BOOT_MAGIC};
+
+/// IPA where guest RAM starts (where guest-rt programs are linked).
+const GUEST_RAM_IPA: u64 = 0x4000_0000;
+/// RAM per guest.
+const GUEST_RAM: u64 = 16 << 20;
+/// IPA of the host-emulated test device every guest may use.
+const TEST_DEVICE_IPA: u64 = 0x0a00_0000;
+const MAX_GUESTS: usize = 8;
+const PAGE: u64 = 4096;
+
+struct Guest {
+    handle: Handle,
+    vcpus: usize,
+    protected: bool,
+    name: &'static str,
+    stopped: AtomicBool,
+    /// The test device's register.
+    device: AtomicU64,
+    ram_pa: u64,
+}
+
+static GUESTS: spin::Once<([Option<Guest>; MAX_GUESTS], usize)> = spin::Once::new();
+static CPUS: AtomicUsize = AtomicUsize::new(1);
+static DONE_CPUS: AtomicUsize = AtomicUsize::new(0);
+static MMIO_EXITS: AtomicU64 = AtomicU64::new(0);
+static YIELDS: AtomicU64 = AtomicU64::new(0);
+static NEXT_FREE: spin::Mutex<u64> = spin::Mutex::new(0);
+static RAM_END: AtomicU64 = AtomicU64::new(0);
+
+/// Takes `bytes` (page multiple) of host RAM for a guest.
+fn alloc_pages(bytes: u64) -> Option<u64> {
+    let mut next = NEXT_FREE.lock();
+    let base = next.next_multiple_of(2 << 20);
+    if base + bytes > RAM_END.load(Ordering::Relaxed) {
+        return None;
+    }
+    *next = base + bytes;
+    Some(base)
+}
+
+fn boot_info(arg: u64) -> &'static BootInfo {
+    // SAFETY: the hypervisor passes the address of a BootInfo in our RAM in
+    // x0; it stays there (below free_base) for the host's lifetime.
+    let info = unsafe { &*(arg as *const BootInfo) };
+    assert_eq!(info.magic, BOOT_MAGIC, "no boot info at {arg:#x}");
+    info
+}
+
+fn arg<'a>(info: &'a BootInfo, key: &str) -> Option<&'a str> {
+    info.bootargs()
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+#[unsafe(no_mangle)]
+fn guest_main(cpu: usize, arg_ptr: u64) -> ! {
+    let info = boot_info(arg_ptr);
+    if cpu == 0 {
+        primary(info, arg_ptr);
+    }
+    serve(cpu);
+    DONE_CPUS.fetch_add(1, Ordering::AcqRel);
+    guest_rt::cpu_off();
+}
+
+fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
+    println!(
+        "host: up on {} CPUs, {} MiB RAM at {:#x}, {} guest images",
+        info.cpus,
+        info.ram_size >> 20,
+        info.ram_base,
+        info.nr_modules
+    );
+    CPUS.store(info.cpus as usize, Ordering::Relaxed);
+    *NEXT_FREE.lock() = info.free_base;
+    RAM_END.store(info.ram_base + info.ram_size, Ordering::Relaxed);
+
+    if let Some(n) = arg(info, "fuzz").and_then(|n| n.parse::<u64>().ok()) {
+        let seed = arg(info, "seed").and_then(|s| s.parse().ok()).unwrap_or(1);
+        hostif::fuzz(n, seed, info);
+    }
+
+    let list = arg(info, "guests")
+        .or_else(|| arg(info, "guest"))
+        .unwrap_or("guest-hello");
+    let count = list.split(',').count();
+    let mut guests: [Option<Guest>; MAX_GUESTS] = [const { None }; MAX_GUESTS];
+    let mut n = 0;
+    for spec in list.split(',') {
+        if n == MAX_GUESTS {
+            fail(format_args!("more than {MAX_GUESTS} guests"));
+        }
+        guests[n] = Some(create_guest(info, spec, count));
+        n += 1;
+    }
+    GUESTS.call_once(|| (guests, n));
+
+    for c in 1..info.cpus {
+        let r = guest_rt::hvc(
+            smccc::psci::PSCI_CPU_ON_64,
+            c,
+            guest_rt::entry_point(),
+            arg_ptr,
+        );
+        if r[0] != 0 {
+            fail(format_args!(
+                "PSCI CPU_ON of host CPU {c} returned {}",
+                r[0] as i64
+            ));
+        }
+    }
+    serve(0);
+    // Wait (bounded) for the other host CPUs to finish their share.
+    let mut spins = 0u64;
+    while DONE_CPUS.load(Ordering::Acquire) + 1 < info.cpus as usize {
+        spins += 1;
+        if spins > 1_000_000_000 {
+            fail(format_args!("host CPUs did not finish"));
+        }
+        core::hint::spin_loop();
+    }
+    teardown(n);
+    guest_rt::system_off()
+}
+
+fn fail(why: core::fmt::Arguments<'_>) -> ! {
+    println!("host: FAIL {why}");
+    let _ = call(hyp_abi::MACHINE_EXIT, [1, 0, 0, 0]);
+    guest_rt::system_off()
+}
+
+fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
+    let mut parts = spec.split(':');
+    let name = parts.next().unwrap_or("");
+    let mut protected = false;
+    let mut vcpus = if count == 1 { 4 } else { 1 };
+    for p in parts {
+        if p == "p" {
+            protected = true;
+        } else if let Some(v) = p.strip_prefix('v').and_then(|v| v.parse().ok()) {
+            vcpus = v;
+        } else {
+            fail(format_args!("bad guest option {p:?} in {spec:?}"));
+        }
+    }
+    let Some(module) = info.modules().iter().find(|m| m.name() == name) else {
+        fail(format_args!("no guest image named {name:?}"));
+    };
+    let flags = if protected {
+        hyp_abi::FLAG_PROTECTED
+    } else {
+        0
+    };
+    let handle = match hostif::vm_create(vcpus as u64, flags) {
+        Ok(h) => h,
+        Err(e) => fail(format_args!("VM_CREATE for {name}: {e:?}")),
+    };
+    let Some(ram_pa) = alloc_pages(GUEST_RAM) else {
+        fail(format_args!("out of host memory for {name}"));
+    };
+    let off = module.load_ipa - GUEST_RAM_IPA;
+    if off + module.size > GUEST_RAM {
+        fail(format_args!("{name} does not fit its RAM"));
+    }
+    // SAFETY: [ram_pa, ram_pa + GUEST_RAM) is host RAM nobody else uses
+    // (bump allocated), the module lies below free_base; both are mapped by
+    // the host's identity stage 2. Word copies: the host runs with its MMU
+    // off, where unaligned accesses fault.
+    unsafe {
+        let dst = ram_pa as *mut u64;
+        for i in 0..(GUEST_RAM / 8) as usize {
+            dst.add(i).write_volatile(0);
+        }
+        let src = module.addr as *const u64;
+        let dst = (ram_pa + off) as *mut u64;
+        for i in 0..module.size.div_ceil(8) as usize {
+            dst.add(i).write_volatile(src.add(i).read_volatile());
+        }
+    }
+    let pages = GUEST_RAM / PAGE;
+    let r = if protected {
+        call(
+            hyp_abi::MEM_DONATE,
+            [handle.0, ram_pa, GUEST_RAM_IPA, pages],
+        )
+    } else {
+        call(hyp_abi::MEM_LEND, [handle.0, ram_pa, GUEST_RAM_IPA, pages])
+    };
+    if let Err(e) = r {
+        fail(format_args!("giving memory to {name}: {e:?}"));
+    }
+    if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, module.entry, 0]) {
+        fail(format_args!("VCPU_INIT for {name}: {e:?}"));
+    }
+    println!(
+        "host: VM {} ({name}): {} vCPUs, {} MiB at IPA {GUEST_RAM_IPA:#x}, {}",
+        handle.0,
+        vcpus,
+        GUEST_RAM >> 20,
+        if protected {
+            "protected (donated)"
+        } else {
+            "normal (lent)"
+        }
+    );
+    Guest {
+        handle,
+        vcpus,
+        protected,
+        name,
+        stopped: AtomicBool::new(false),
+        device: AtomicU64::new(0),
+        ram_pa,
+    }
+}
+
+/// Runs this host CPU's share of vCPUs until every VM has stopped.
+fn serve(cpu: usize) {
+    let Some((guests, n)) = GUESTS.get() else {
+        return;
+    };
+    let cpus = CPUS.load(Ordering::Relaxed);
+    loop {
+        let mut live = 0;
+        for g in guests[..*n].iter().flatten() {
+            if g.stopped.load(Ordering::Acquire) {
+                continue;
+            }
+            live += 1;
+            for v in (cpu..g.vcpus).step_by(cpus) {
+                run_vcpu(g, v as u64);
+            }
+        }
+        if live == 0 {
+            return;
+        }
+    }
+}
+
+fn run_vcpu(g: &Guest, v: u64) {
+    match call(hyp_abi::VCPU_STATE, [g.handle.0, v, 0, 0]) {
+        Ok(1) => return, // off
+        Ok(_) => {}
+        Err(e) => fail(format_args!("VCPU_STATE {}/{v}: {e:?}", g.handle.0)),
+    }
+    let r = hostif::call_full(hyp_abi::VCPU_RUN, [g.handle.0, v, 0, 0]);
+    match r[0] {
+        exit::YIELD => {
+            YIELDS.fetch_add(1, Ordering::Relaxed);
+        }
+        exit::MMIO => {
+            MMIO_EXITS.fetch_add(1, Ordering::Relaxed);
+            let (ipa, flags, value) = (r[1], r[2], r[3]);
+            let write = flags & (1 << 8) != 0;
+            if ipa & !0xfff != TEST_DEVICE_IPA {
+                println!(
+                    "host: VM {} vCPU {v}: MMIO at {ipa:#x} has no device",
+                    g.handle.0
+                );
+            }
+            if write {
+                g.device.store(value, Ordering::Relaxed);
+            } else {
+                let val = g.device.load(Ordering::Relaxed).wrapping_add(1);
+                if let Err(e) = call(hyp_abi::MMIO_COMPLETE, [g.handle.0, v, val, 0]) {
+                    fail(format_args!("MMIO_COMPLETE: {e:?}"));
+                }
+            }
+        }
+        exit::CPU_OFF => {}
+        exit::SYSTEM_OFF | exit::SYSTEM_RESET => {
+            let how = if r[0] == exit::SYSTEM_OFF {
+                "off"
+            } else {
+                "reset"
+            };
+            if !g.stopped.swap(true, Ordering::AcqRel) {
+                println!("host: VM {} ({}) powered {how}", g.handle.0, g.name);
+            }
+        }
+        code => match HostError::from_code(code) {
+            // The VM stopped (another vCPU's SYSTEM_OFF) or the vCPU went
+            // off between VCPU_STATE and VCPU_RUN.
+            Some(HostError::State) => {}
+            Some(e) => fail(format_args!("VCPU_RUN {}/{v}: {e:?}", g.handle.0)),
+            None => fail(format_args!(
+                "VCPU_RUN {}/{v}: unknown exit {code}",
+                g.handle.0
+            )),
+        },
+    }
+}
+
+fn teardown(n: usize) {
+    let Some((guests, _)) = GUESTS.get() else {
+        return;
+    };
+    for g in guests[..n].iter().flatten() {
+        let exits = call(hyp_abi::STATS, [g.handle.0, hyp_abi::STATS_TOTAL, 0, 0]).unwrap_or(0);
+        match call(hyp_abi::VM_DESTROY, [g.handle.0, 0, 0, 0]) {
+            Ok(scrubbed) => println!(
+                "host: VM {} ({}) destroyed: {} exits, {} pages scrubbed{}",
+                g.handle.0,
+                g.name,
+                exits,
+                scrubbed,
+                if g.protected { "" } else { " (lent memory)" }
+            ),
+            Err(e) => fail(format_args!("VM_DESTROY {}: {e:?}", g.handle.0)),
+        }
+        let _ = g.ram_pa;
+    }
+    println!(
+        "host: done: {} MMIO exits served, {} yields",
+        MMIO_EXITS.load(Ordering::Relaxed),
+        YIELDS.load(Ordering::Relaxed)
+    );
+}

@@ -1,0 +1,192 @@
+//! The ABI between the hypervisor and the host VM, shared by both sides so
+//! the numbers are written once.
+//!
+//! Host calls are SMCCC 1.1 fast calls through HVC, 64-bit convention, in the
+//! vendor-specific hypervisor range (owner 6) above the KVM/pKVM guest
+//! services (0xC6000002..=0xC6000009), with this project's own numbering.
+//! x0 returns a non-negative value on success or a negative [`HostError`].
+//!
+//! | fid          | call          | x1     | x2   | x3     | x4     | x0 on success |
+//! |--------------|---------------|--------|------|--------|--------|---------------|
+//! | `0xC6000040` | VM_CREATE     | vCPUs  | flags (bit 0: protected) | | | VM handle (1..=8) |
+//! | `0xC6000041` | VM_DESTROY    | handle |      |        |        | pages scrubbed |
+//! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages  | 0 |
+//! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages  | 0 |
+//! | `0xC6000044` | VCPU_INIT     | handle | vCPU | entry  | x0     | 0 |
+//! | `0xC6000045` | VCPU_RUN      | handle | vCPU |        |        | [`exit`] code; x1..x3 details |
+//! | `0xC6000046` | MMIO_COMPLETE | handle | vCPU | value  |        | 0 |
+//! | `0xC6000047` | STATS         | handle (0: host) | reason index (255: total) | | | count |
+//! | `0xC6000048` | VCPU_STATE    | handle | vCPU |        |        | 0 on, 1 off, 2 on pending |
+//! | `0xC6000049` | MACHINE_EXIT  | status |      |        |        | does not return |
+#![no_std]
+
+/// First host function ID.
+pub const FID_BASE: u32 = 0xC600_0040;
+/// VM_CREATE(vcpus, flags) -> handle.
+pub const VM_CREATE: u32 = FID_BASE;
+/// VM_DESTROY(handle) -> pages scrubbed.
+pub const VM_DESTROY: u32 = FID_BASE + 1;
+/// MEM_DONATE(handle, pa, ipa, pages).
+pub const MEM_DONATE: u32 = FID_BASE + 2;
+/// MEM_LEND(handle, pa, ipa, pages).
+pub const MEM_LEND: u32 = FID_BASE + 3;
+/// VCPU_INIT(handle, vcpu, entry, x0).
+pub const VCPU_INIT: u32 = FID_BASE + 4;
+/// VCPU_RUN(handle, vcpu) -> exit record.
+pub const VCPU_RUN: u32 = FID_BASE + 5;
+/// MMIO_COMPLETE(handle, vcpu, value).
+pub const MMIO_COMPLETE: u32 = FID_BASE + 6;
+/// STATS(handle, reason) -> count.
+pub const STATS: u32 = FID_BASE + 7;
+/// VCPU_STATE(handle, vcpu) -> 0 on, 1 off, 2 on pending.
+pub const VCPU_STATE: u32 = FID_BASE + 8;
+/// MACHINE_EXIT(status): powers the machine off; a non-zero status makes
+/// QEMU exit with it (semihosting), so a failed run fails its caller.
+pub const MACHINE_EXIT: u32 = FID_BASE + 9;
+/// Last host function ID.
+pub const FID_LAST: u32 = MACHINE_EXIT;
+
+/// VM_CREATE flag: a protected VM (memory donated; the host loses access).
+pub const FLAG_PROTECTED: u64 = 1;
+/// STATS reason index meaning "all reasons".
+pub const STATS_TOTAL: u64 = 255;
+
+/// Why a host call failed; returned negated in x0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i64)]
+pub enum HostError {
+    /// Unknown function.
+    NotSupported = -1,
+    /// A malformed argument (zero or too many vCPUs, unaligned address,
+    /// unknown flag, vCPU index out of range, donate to a normal VM or lend
+    /// to a protected one).
+    Invalid = -2,
+    /// No VM with this handle.
+    NoVm = -3,
+    /// The vCPU (or, for destroy, one of the VM's vCPUs) is running.
+    Busy = -4,
+    /// No free VM slot, region slot or table memory.
+    NoMemory = -5,
+    /// The ownership state forbids it (page not the host's, IPA in use).
+    Denied = -6,
+    /// Address outside the host's RAM or the guest's IPA space.
+    Range = -7,
+    /// The vCPU or VM is in the wrong state (off, shut down, an MMIO read
+    /// awaiting completion, no read to complete).
+    State = -8,
+}
+
+impl HostError {
+    /// The x0 encoding.
+    #[must_use]
+    pub const fn code(self) -> u64 {
+        self as i64 as u64
+    }
+
+    /// Decodes a negative x0.
+    #[must_use]
+    pub const fn from_code(x0: u64) -> Option<Self> {
+        Some(match x0 as i64 {
+            -1 => Self::NotSupported,
+            -2 => Self::Invalid,
+            -3 => Self::NoVm,
+            -4 => Self::Busy,
+            -5 => Self::NoMemory,
+            -6 => Self::Denied,
+            -7 => Self::Range,
+            -8 => Self::State,
+            _ => return None,
+        })
+    }
+}
+
+/// VCPU_RUN exit codes (x0 >= 0).
+pub mod exit {
+    /// The vCPU yielded (WFI with nothing pending) or its time slice ended;
+    /// it stays runnable.
+    pub const YIELD: u64 = 0;
+    /// An MMIO access for the host: x1 = IPA, x2 = [`super::mmio_flags`]
+    /// (size, write, register), x3 = value written. A read must be answered
+    /// with MMIO_COMPLETE before the vCPU runs again.
+    pub const MMIO: u64 = 1;
+    /// The vCPU turned itself off (PSCI CPU_OFF).
+    pub const CPU_OFF: u64 = 2;
+    /// The VM called PSCI SYSTEM_OFF.
+    pub const SYSTEM_OFF: u64 = 3;
+    /// The VM called PSCI SYSTEM_RESET.
+    pub const SYSTEM_RESET: u64 = 4;
+}
+
+/// Encodes the x2 of an MMIO exit: bits [3:0] size in bytes, bit 8 write.
+#[must_use]
+pub const fn mmio_flags(size: u64, write: bool) -> u64 {
+    (size & 0xf) | ((write as u64) << 8)
+}
+
+/// Boot information the hypervisor writes into host memory; x0 at host
+/// entry points at it. Guest images follow it in memory.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct BootInfo {
+    /// [`BOOT_MAGIC`].
+    pub magic: u64,
+    /// Physical CPUs (= host vCPUs).
+    pub cpus: u64,
+    /// The host's RAM (identity-mapped at stage 2).
+    pub ram_base: u64,
+    /// Its size.
+    pub ram_size: u64,
+    /// First byte of RAM the host may give away (past its image, this block
+    /// and the modules).
+    pub free_base: u64,
+    /// Boot arguments, NUL-padded.
+    pub bootargs: [u8; 128],
+    /// Valid entries of `modules`.
+    pub nr_modules: u64,
+    /// Guest images.
+    pub modules: [Module; MAX_MODULES],
+}
+
+/// `BootInfo::magic`.
+pub const BOOT_MAGIC: u64 = 0x4859_5042_4f4f_5431; // "HYPBOOT1"
+/// Most modules in a `BootInfo`.
+pub const MAX_MODULES: usize = 16;
+
+/// A guest image handed to the host.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Module {
+    /// Name, NUL-padded.
+    pub name: [u8; 32],
+    /// Physical address of the flat image in host memory.
+    pub addr: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// IPA the image must be loaded at.
+    pub load_ipa: u64,
+    /// Entry IPA.
+    pub entry: u64,
+}
+
+impl Module {
+    /// The name as a string.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        let n = self.name.iter().position(|&b| b == 0).unwrap_or(32);
+        core::str::from_utf8(&self.name[..n]).unwrap_or("?")
+    }
+}
+
+impl BootInfo {
+    /// The boot arguments.
+    #[must_use]
+    pub fn bootargs(&self) -> &str {
+        let n = self.bootargs.iter().position(|&b| b == 0).unwrap_or(128);
+        core::str::from_utf8(&self.bootargs[..n]).unwrap_or("")
+    }
+    /// The modules.
+    #[must_use]
+    pub fn modules(&self) -> &[Module] {
+        &self.modules[..(self.nr_modules as usize).min(MAX_MODULES)]
+    }
+}
