@@ -192,6 +192,18 @@ sysregs! {
     IchHcrEl2 => "s3_4_c12_c11_0",
     /// ICH_VMCR_EL2 (S3_4_C12_C11_7).
     IchVmcrEl2 => "s3_4_c12_c11_7",
+    /// ICC_PMR_EL1 (S3_0_C4_C6_0), physical CPU interface at EL2.
+    IccPmrEl1 => "s3_0_c4_c6_0",
+    /// ICC_IGRPEN1_EL1 (S3_0_C12_C12_7).
+    IccIgrpen1El1 => "s3_0_c12_c12_7",
+    /// ICC_EOIR1_EL1 (S3_0_C12_C12_1).
+    IccEoir1El1 => "s3_0_c12_c12_1",
+    /// ICC_CTLR_EL1 (S3_0_C12_C12_4).
+    IccCtlrEl1 => "s3_0_c12_c12_4",
+    /// CNTHP_CTL_EL2: the EL2 physical timer's control.
+    CnthpCtlEl2 => "cnthp_ctl_el2",
+    /// CNTHP_CVAL_EL2: the EL2 physical timer's compare value.
+    CnthpCvalEl2 => "cnthp_cval_el2",
     /// ELR_EL2.
     ElrEl2 => "elr_el2",
     /// SPSR_EL2.

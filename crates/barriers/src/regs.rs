@@ -72,10 +72,12 @@ macro_rules! el2_reg {
                 emit::mrs(SysReg::$reg)
             }
 
-            /// Writes the register (it affects only the guest, so the write is safe).
+            /// Writes the register (it affects only the guest or an asynchronous timer, so the
+            /// write is safe).
             pub fn write(value: u64) -> Pending<$class> {
-                // SAFETY: the register only holds guest-visible state (identification or counter
-                // offset); no EL2 behaviour depends on it.
+                // SAFETY: the register only holds guest-visible state (identification, counter
+                // offset) or the EL2 timer, whose interrupt EL2 takes only from a guest; no EL2
+                // instruction depends on it.
                 let changed = unsafe { write_raw(SysReg::$reg, value) };
                 Pending::new(SysReg::$reg, changed)
             }
@@ -376,6 +378,40 @@ gic_reg!(
     /// ICH_VMCR_EL2: the guest's virtual CPU interface state.
     IchVmcrEl2, IchVmcrEl2, ,
     safety = ""
+);
+
+gic_reg!(
+    /// ICC_PMR_EL1 at EL2: the physical CPU interface's priority mask. EL2 runs with interrupts
+    /// masked (PSTATE.I), so the change matters only once a guest runs: the entry ERET
+    /// synchronises it.
+    IccPmrEl1, IccPmrEl1, ,
+    safety = ""
+);
+gic_reg!(
+    /// ICC_IGRPEN1_EL1 at EL2: enables Group 1 interrupts at the physical CPU interface
+    /// (observed, like PMR, from the next guest entry on).
+    IccIgrpen1El1, IccIgrpen1El1, ,
+    safety = ""
+);
+gic_reg!(
+    /// ICC_CTLR_EL1 at EL2 (EOImode: 0, priority drop and deactivation on EOIR).
+    IccCtlrEl1, IccCtlrEl1, ,
+    safety = ""
+);
+gic_reg!(
+    /// ICC_EOIR1_EL1 at EL2: ends a physical interrupt the hypervisor acknowledged. The next
+    /// interrupt can only be taken after the ERET (EL2 runs masked), which synchronises it.
+    IccEoir1El1, IccEoir1El1, ,
+    safety = ""
+);
+el2_reg!(
+    /// CNTHP_CTL_EL2: the EL2 physical timer (the hypervisor's time slice). Its interrupt is
+    /// taken only from a guest (EL2 runs masked), after the entry ERET.
+    CnthpCtlEl2, CnthpCtlEl2, GuestOnly, safe
+);
+el2_reg!(
+    /// CNTHP_CVAL_EL2: the EL2 physical timer's compare value.
+    CnthpCvalEl2, CnthpCvalEl2, GuestOnly, safe
 );
 
 /// `ICH_LR<n>_EL2`, n in 0..16: list registers.

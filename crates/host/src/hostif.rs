@@ -81,7 +81,14 @@ pub fn fuzz(n: u64, seed: u64, info: &BootInfo) {
         let h = rng.below(11);
         let v = rng.below(10);
         let (fid, args) = match rng.below(12) {
-            0 | 1 => (hyp_abi::VM_CREATE, [rng.below(10), rng.below(4), 0, 0]),
+            0 | 1 => {
+                let flags = if rng.below(8) == 0 {
+                    rng.below(4)
+                } else {
+                    rng.below(2)
+                };
+                (hyp_abi::VM_CREATE, [rng.below(10), flags, 0, 0])
+            }
             2 => (hyp_abi::VM_DESTROY, [h, 0, 0, 0]),
             3 | 4 => (
                 hyp_abi::MEM_DONATE,

@@ -96,7 +96,9 @@ fn cpu_init(cpu: usize) -> (&'static mut HostSave, mmu::CpuSync) {
     let tpidr = host as *mut HostSave as u64;
     // SAFETY: `host` is this CPU's block in a static; `mmu::build` ran on the
     // boot CPU before any CPU gets here.
-    let sync = unsafe { mmu::cpu_on(vm::HCR_BASE, world_switch::vectors_address(), tpidr) };
+    let p = PLATFORM.get().expect("platform recorded before CPU init");
+    let v3 = matches!(p.gic, crate::platform::GicLayout::V3 { .. });
+    let sync = unsafe { mmu::cpu_on(vm::HCR_BASE, world_switch::vectors_address(), tpidr, v3) };
     (host, sync)
 }
 
@@ -135,6 +137,9 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
             >> 20,
         info.bootargs()
     );
+    if let crate::platform::GicLayout::V3 { gicd, .. } = p.gic {
+        crate::arch::gic::init_distributor(gicd);
+    }
     ONLINE.store(1, Ordering::Release);
     for cpu in 1..cpus {
         if let Err(e) = p.ops.start_cpu(cpu, secondary_entry, cpu as u64) {
@@ -165,7 +170,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         Ok(b) => b,
         Err(e) => panic!("cannot load the host VM: {e}"),
     };
-    if let Err(e) = vm::init(host_ram) {
+    if let Err(e) = vm::init(host_ram, p.gic) {
         panic!("cannot set up the host's stage 2: {e}");
     }
     log::info!(

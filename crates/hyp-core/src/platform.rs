@@ -63,6 +63,29 @@ pub trait PlatformOps: Sync {
     }
 }
 
+/// The board's interrupt controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GicLayout {
+    /// GICv3: distributor and redistributors (system-register CPU interface).
+    V3 {
+        /// GICD base.
+        gicd: u64,
+        /// Base of the first redistributor (RD and SGI frames per CPU).
+        gicr: u64,
+    },
+    /// GICv2 (GIC-400): memory-mapped CPU interface and virtualisation frames.
+    V2 {
+        /// GICD base.
+        gicd: u64,
+        /// GICC base.
+        gicc: u64,
+        /// GICH base (virtual interface control).
+        gich: u64,
+        /// GICV base (virtual CPU interface, mapped for guests).
+        gicv: u64,
+    },
+}
+
 /// Everything board-specific the core needs.
 pub struct Platform {
     /// Board name, printed at boot.
@@ -77,6 +100,8 @@ pub struct Platform {
     pub hyp: MemRegion,
     /// Memory the hypervisor may give to VMs.
     pub vm_pool: MemRegion,
+    /// Interrupt controller.
+    pub gic: GicLayout,
     /// Firmware operations.
     pub ops: &'static dyn PlatformOps,
 }

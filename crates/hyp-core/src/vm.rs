@@ -136,6 +136,15 @@ impl PhysMem for HypMem {
 pub type Ctl = Control<PoolAlloc, HypMem>;
 
 static CONTROL: Once<Mutex<Ctl>> = Once::new();
+/// First GICv3 redistributor, when the board has one (time slices on).
+static GICR: Once<u64> = Once::new();
+/// Exits that ended a guest's time slice.
+static PREEMPTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Number of guest runs ended by the time-slice timer.
+pub fn preemptions() -> u64 {
+    PREEMPTIONS.load(Ordering::Relaxed)
+}
 static HOST_VTTBR: AtomicU64 = AtomicU64::new(0);
 static VTCR: AtomicU64 = AtomicU64::new(0);
 static FWB: AtomicU8 = AtomicU8::new(0);
@@ -150,7 +159,10 @@ pub fn control() -> &'static Mutex<Ctl> {
 /// # Errors
 ///
 /// A message naming what failed.
-pub fn init(host_ram: MemRegion) -> Result<(), &'static str> {
+pub fn init(host_ram: MemRegion, gic: crate::platform::GicLayout) -> Result<(), &'static str> {
+    if let crate::platform::GicLayout::V3 { gicr, .. } = gic {
+        GICR.call_once(|| gicr);
+    }
     let parange = sysreg::id_aa64mmfr0_el1() & 0xf;
     let ctl = Control::new(
         PoolAlloc,
@@ -296,6 +308,9 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
     }
     first.add(regs::VpidrEl2::write(sysreg::midr_el1()));
     first.add(regs::CntvoffEl2::write(0));
+    if let (Some(sre), Some(gicr)) = (&sync.gic, GICR.get()) {
+        crate::arch::gic::init_cpu(*gicr, cpu, sre, &mut first);
+    }
     let mut first = Some(first);
     loop {
         while HOST_POWER[cpu].load(Ordering::Acquire) != ON_PENDING {
@@ -360,6 +375,7 @@ fn host_loop(c: &mut Cpu<'_>, host: &mut VcpuCtx, first: GuestPending) -> Next {
             VectorKind::Sync => host_sync(c, host, &mut pending),
             VectorKind::Irq | VectorKind::Fiq => {
                 stats::record(0, ExitReason::Irq);
+                let _ = physical_irq(c, &mut pending);
                 Next::Resume
             }
             VectorKind::SError => {
@@ -618,6 +634,10 @@ fn guest_loop(
 ) -> (RunEnd, [u64; 4]) {
     let mut pending = first;
     set_fp_traps(c, c.fp_owner == FpOwner::Guest, &mut pending);
+    if c.sync.gic.is_some() {
+        // A guest that never exits still gives the CPU back to the host.
+        crate::arch::gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
+    }
     loop {
         let entry = barriers::enter_guest(&c.sync.eos, pending);
         // SAFETY: TPIDR_EL2 points at `c.save`; the VM's stage 2, HCR and
@@ -628,7 +648,12 @@ fn guest_loop(
             VectorKind::Sync => guest_sync(c, who, ctx, &mut pending),
             VectorKind::Irq | VectorKind::Fiq => {
                 stats::record(who.stats_index(), ExitReason::Irq);
-                Next::Resume
+                if physical_irq(c, &mut pending) {
+                    PREEMPTIONS.fetch_add(1, Ordering::Relaxed);
+                    Next::ToHost(RunEnd::Runnable, [run_exit::YIELD, 0, 0, 0])
+                } else {
+                    Next::Resume
+                }
             }
             VectorKind::SError => {
                 stats::record(who.stats_index(), ExitReason::Other);
@@ -639,6 +664,10 @@ fn guest_loop(
         match next {
             Next::Resume => {}
             Next::ToHost(end, record) => {
+                if c.sync.gic.is_some() {
+                    crate::arch::gic::stop_slice(&mut pending);
+                }
+                // The host's entry ERET synchronises these writes.
                 let _ = barriers::enter_guest(&c.sync.eos, pending);
                 return (end, record);
             }
@@ -689,6 +718,29 @@ fn guest_sync(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut GuestP
             Next::Resume
         }
     }
+}
+
+/// Time slices per second a guest vCPU gets before the host runs again.
+const SLICES_PER_SECOND: u64 = 100;
+
+/// Handles a physical interrupt taken at EL2; true when it was the end of
+/// the running guest's time slice.
+fn physical_irq(c: &mut Cpu<'_>, pending: &mut GuestPending) -> bool {
+    let Some(sre) = &c.sync.gic else {
+        return false;
+    };
+    let intid = crate::arch::gic::ack();
+    if intid == crate::arch::gic::SPURIOUS {
+        return false;
+    }
+    let slice = intid == crate::arch::gic::HYP_TIMER_PPI;
+    if slice {
+        crate::arch::gic::stop_slice(pending);
+    } else {
+        log::warn!("CPU {}: unexpected physical interrupt {intid}", c.idx);
+    }
+    crate::arch::gic::eoi(intid, sre, pending);
+    slice
 }
 
 /// First FP/SIMD use by a context that does not own the registers: save

@@ -69,6 +69,10 @@ static PLATFORM: Platform = Platform {
     devices: &[mem(board::UART0), mem(board::GICD), mem(board::GICR)],
     hyp: mem(board::HYP),
     vm_pool: mem(board::VM_POOL),
+    gic: hyp_core::platform::GicLayout::V3 {
+        gicd: board::GICD.base,
+        gicr: board::GICR.base,
+    },
     ops: &QemuOps,
 };
 

@@ -6,7 +6,7 @@ use super::{sysreg, tables};
 use crate::platform::Platform;
 use barriers::isb;
 use barriers::regs;
-use barriers::sync::{EosChecked, HcrAny, Synced};
+use barriers::sync::{EosChecked, GicSre, HcrAny, Synced};
 use s2mm::desc::El2Format;
 use s2mm::{Attrs, El2Stage1, MemType, Pa, Perms};
 use spin::Once;
@@ -88,6 +88,8 @@ pub struct CpuSync {
     pub hcr: Synced<HcrAny>,
     /// SCTLR_EL2.EIS = EOS = 1, checked.
     pub eos: EosChecked,
+    /// ICC_SRE_EL2.SRE = 1 synchronised (GICv3 boards only).
+    pub gic: Option<Synced<GicSre>>,
 }
 
 /// Sets up this CPU's EL2 context: HCR_EL2 (the guests' value, written once
@@ -97,7 +99,7 @@ pub struct CpuSync {
 ///
 /// `tpidr` must point at this CPU's per-CPU block, live forever; `build` must
 /// have run.
-pub unsafe fn cpu_on(hcr: u64, vectors: u64, tpidr: u64) -> CpuSync {
+pub unsafe fn cpu_on(hcr: u64, vectors: u64, tpidr: u64, gic_v3: bool) -> CpuSync {
     let &(ttbr0, tcr) = EL2_REGS
         .get()
         .expect("mmu::build runs before any CPU turns its MMU on");
@@ -131,8 +133,17 @@ pub unsafe fn cpu_on(hcr: u64, vectors: u64, tpidr: u64) -> CpuSync {
     // taken at EL2 from here on use VBAR_EL2.
     let (mmu_on, _) = isb((sctlr, vbar));
     barriers::sync::uses::el2_memory(&mmu_on);
+    // ICC_SRE_EL2: SRE (bit 0, system-register CPU interface at EL2) and
+    // Enable (bit 3, EL1 may use ICC_SRE_EL1). Only where a GICv3 CPU
+    // interface exists: on a GICv2 system the register is UNDEFINED.
+    let gic = gic_v3.then(|| {
+        // SAFETY: SRE = 1 as the contract requires; EL1 gets the system
+        // register interface (its accesses go to the virtual interface).
+        isb(unsafe { regs::IccSreEl2::write(0b1001) })
+    });
     CpuSync {
         hcr,
         eos: barriers::sync::check_eos(),
+        gic,
     }
 }

@@ -1,0 +1,101 @@
+//! The physical GICv3 as the hypervisor uses it: its own time-slice timer
+//! (the EL2 physical timer, PPI 26) routed to EL2, acknowledged and ended
+//! through the ICC system registers. Guests' interrupts are virtual (the
+//! `vgic` crate); this module only keeps the physical side working.
+//!
+//! Register offsets: GICv3 architecture specification (IHI 0069) sections
+//! 12.9 (GICD_CTLR), 12.11 (GICR_WAKER, the SGI frame's IGROUPR0,
+//! ISENABLER0, IPRIORITYR). The MMIO accesses are plain volatile writes to
+//! device memory EL2 maps nGnRE; the `arm-gic` crate's driver would also
+//! write ICC registers directly, outside `barriers`, so only its layout
+//! knowledge is mirrored here.
+
+use barriers::regs;
+use barriers::sync::GicSre;
+use barriers::{GuestPending, Synced};
+
+/// INTID of the EL2 physical timer (CNTHP).
+pub const HYP_TIMER_PPI: u32 = 26;
+/// INTID the CPU interface returns when nothing is pending.
+pub const SPURIOUS: u32 = 1023;
+
+const GICD_CTLR: u64 = 0x0;
+const GICR_WAKER: u64 = 0x14;
+const SGI_FRAME: u64 = 0x1_0000;
+const GICR_IGROUPR0: u64 = SGI_FRAME + 0x80;
+const GICR_ISENABLER0: u64 = SGI_FRAME + 0x100;
+const GICR_IPRIORITYR: u64 = SGI_FRAME + 0x400;
+/// Each redistributor: RD and SGI frames, 64 KiB each.
+const GICR_STRIDE: u64 = 0x2_0000;
+
+fn write32(addr: u64, v: u32) {
+    // SAFETY: `addr` is a GIC register EL2 maps as device memory (board
+    // regions), and the register's side effects are the intended ones.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+}
+
+fn read32(addr: u64) -> u32 {
+    // SAFETY: as `write32`.
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
+/// Enables the distributor (affinity routing, Group 1). Boot CPU, once.
+pub fn init_distributor(gicd: u64) {
+    // ARE (bit 4) | EnableGrp1 (bit 1) | EnableGrp0 (bit 0); QEMU virt runs
+    // the GIC with security disabled (GICD_CTLR.DS = 1).
+    write32(gicd + GICD_CTLR, (1 << 4) | 0b11);
+}
+
+/// Wakes this CPU's redistributor and enables the hypervisor timer's PPI
+/// as Group 1 at middle priority; enables the CPU interface.
+///
+/// # Panics
+///
+/// If the redistributor does not wake within a bounded wait.
+pub fn init_cpu(gicr: u64, cpu: usize, sre: &Synced<GicSre>, pending: &mut GuestPending) {
+    let rd = gicr + cpu as u64 * GICR_STRIDE;
+    // ProcessorSleep (bit 1) off, then wait for ChildrenAsleep (bit 2).
+    write32(rd + GICR_WAKER, read32(rd + GICR_WAKER) & !(1 << 1));
+    let mut spins = 0;
+    while read32(rd + GICR_WAKER) & (1 << 2) != 0 {
+        spins += 1;
+        assert!(
+            spins < 10_000_000,
+            "GIC redistributor of CPU {cpu} does not wake"
+        );
+    }
+    write32(
+        rd + GICR_IGROUPR0,
+        read32(rd + GICR_IGROUPR0) | (1 << HYP_TIMER_PPI),
+    );
+    let prio = rd + GICR_IPRIORITYR + u64::from(HYP_TIMER_PPI);
+    // SAFETY: byte access to IPRIORITYR is architected; device memory.
+    unsafe { core::ptr::write_volatile(prio as *mut u8, 0x80) };
+    write32(rd + GICR_ISENABLER0, 1 << HYP_TIMER_PPI);
+    pending.add(regs::IccPmrEl1::write(sre, 0xff));
+    pending.add(regs::IccCtlrEl1::write(sre, 0));
+    pending.add(regs::IccIgrpen1El1::write(sre, 1));
+}
+
+/// Acknowledges the pending physical interrupt (INTID, or [`SPURIOUS`]).
+pub fn ack() -> u32 {
+    crate::arch::sysreg::icc_iar1()
+}
+
+/// Ends interrupt `intid` (priority drop and deactivation, EOImode 0).
+pub fn eoi(intid: u32, sre: &Synced<GicSre>, pending: &mut GuestPending) {
+    pending.add(regs::IccEoir1El1::write(sre, u64::from(intid)));
+}
+
+/// Arms the hypervisor's time slice: the EL2 timer fires `ticks` counter
+/// ticks from now.
+pub fn arm_slice(ticks: u64, pending: &mut GuestPending) {
+    let now = crate::arch::sysreg::cntpct_el0();
+    pending.add(regs::CnthpCvalEl2::write(now.wrapping_add(ticks)));
+    pending.add(regs::CnthpCtlEl2::write(1));
+}
+
+/// Stops the time-slice timer (ENABLE = 0, so its level interrupt drops).
+pub fn stop_slice(pending: &mut GuestPending) {
+    pending.add(regs::CnthpCtlEl2::write(0));
+}
