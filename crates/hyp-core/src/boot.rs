@@ -94,10 +94,10 @@ fn percpu(cpu: usize) -> &'static mut HostSave {
 fn cpu_init(cpu: usize) -> (&'static mut HostSave, mmu::CpuSync) {
     let host = percpu(cpu);
     let tpidr = host as *mut HostSave as u64;
-    // SAFETY: `host` is this CPU's block in a static; `mmu::build` ran on the
-    // boot CPU before any CPU gets here.
     let p = PLATFORM.get().expect("platform recorded before CPU init");
     let v3 = matches!(p.gic, crate::platform::GicLayout::V3 { .. });
+    // SAFETY: `host` is this CPU's block in a static; `mmu::build` ran on the
+    // boot CPU before any CPU gets here.
     let sync = unsafe { mmu::cpu_on(vm::HCR_BASE, world_switch::vectors_address(), tpidr, v3) };
     (host, sync)
 }
@@ -211,9 +211,9 @@ fn load_host(
     if host.load_ipa < host_ram.base || end > host_ram.end() {
         return Err("host image outside the host's RAM");
     }
-    // SAFETY (all copies below): the destination lies in host RAM, which
-    // EL2 maps by identity and which no VM uses yet; sources are the image's
-    // read-only payloads.
+    // SAFETY: the destination lies in host RAM, which EL2 maps by identity
+    // and which no VM uses yet; the source is the image's read-only payload.
+    // The same holds for the copies below.
     unsafe {
         core::ptr::copy_nonoverlapping(
             host.bytes.as_ptr(),
