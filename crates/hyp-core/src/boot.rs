@@ -4,7 +4,7 @@ use crate::arch::world_switch::{self, HostSave};
 use crate::arch::{mmu, sysreg};
 use crate::platform::{MemRegion, Platform};
 use crate::{console, stats, vm};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use spin::Once;
 
 /// Most physical CPUs the hypervisor drives.
@@ -98,7 +98,14 @@ fn cpu_init(cpu: usize) -> (&'static mut HostSave, mmu::CpuSync) {
     let v3 = matches!(p.gic, crate::platform::GicLayout::V3 { .. });
     // SAFETY: `host` is this CPU's block in a static; `mmu::build` ran on the
     // boot CPU before any CPU gets here.
-    let sync = unsafe { mmu::cpu_on(vm::HCR_BASE, world_switch::vectors_address(), tpidr, v3) };
+    let sync = unsafe {
+        mmu::cpu_on(
+            HCR.load(Ordering::Acquire),
+            world_switch::vectors_address(),
+            tpidr,
+            v3,
+        )
+    };
     (host, sync)
 }
 
@@ -112,9 +119,18 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     assert!(el == 2, "entered at EL{el}, the hypervisor needs EL2");
     crate::arch::tables::init(p);
     mmu::build(p);
-    let (host, sync) = cpu_init(0);
+    let (host, mut sync) = cpu_init(0);
     log::info!("EL2 MMU and caches on, vectors installed, SCTLR_EL2.EIS=EOS=1");
     let info = parse_dtb(dtb);
+    let fwb = want_fwb(&info);
+    if fwb {
+        let hcr = vm::HCR_BASE | HCR_FWB;
+        HCR.store(hcr, Ordering::Release);
+        // SAFETY: adds FWB to the value written at bring-up; no stage-2
+        // translation is live yet (no VM has run).
+        sync.hcr = barriers::isb(unsafe { barriers::regs::HcrEl2::write(hcr) });
+        log::info!("stage 2 uses FEAT_S2FWB: no guest cache-maintenance traps");
+    }
     for need in [("hyp", &p.hyp), ("vm_pool", &p.vm_pool)] {
         assert!(
             info.memory[..info.memory_count]
@@ -170,7 +186,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         Ok(b) => b,
         Err(e) => panic!("cannot load the host VM: {e}"),
     };
-    if let Err(e) = vm::init(host_ram, p.gic) {
+    if let Err(e) = vm::init(host_ram, p.gic, fwb) {
         panic!("cannot set up the host's stage 2: {e}");
     }
     log::info!(
@@ -190,6 +206,25 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
 }
 
 static NR_CPUS: AtomicUsize = AtomicUsize::new(0);
+/// HCR_EL2 every CPU starts with (HCR_BASE, plus FWB when stage 2 uses it).
+static HCR: AtomicU64 = AtomicU64::new(vm::HCR_BASE);
+/// HCR_EL2.FWB: stage-2 attributes force write-back (FEAT_S2FWB).
+const HCR_FWB: u64 = 1 << 46;
+
+/// Whether to use FEAT_S2FWB: only when asked (`hyp.s2fwb=on`) and the
+/// CPU has it (ID_AA64MMFR2_EL1.FWB, bits [43:40]). Without it, guests get
+/// the TVM/TSW cache-maintenance traps instead (seed 003).
+fn want_fwb(info: &BootInfo) -> bool {
+    let has = (sysreg::id_aa64mmfr2_el1() >> 40) & 0xf != 0;
+    match info.arg("hyp.s2fwb") {
+        Some("on") if has => true,
+        Some("on") => {
+            log::warn!("hyp.s2fwb=on but the CPU has no FEAT_S2FWB: using cache maintenance");
+            false
+        }
+        _ => false,
+    }
+}
 
 /// Copies the host VM's image to its load address in `host_ram`, and after
 /// it a `hyp_abi::BootInfo` followed by every other payload (the guest

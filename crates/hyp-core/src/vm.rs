@@ -159,7 +159,11 @@ pub fn control() -> &'static Mutex<Ctl> {
 /// # Errors
 ///
 /// A message naming what failed.
-pub fn init(host_ram: MemRegion, gic: crate::platform::GicLayout) -> Result<(), &'static str> {
+pub fn init(
+    host_ram: MemRegion,
+    gic: crate::platform::GicLayout,
+    fwb: bool,
+) -> Result<(), &'static str> {
     if let crate::platform::GicLayout::V3 { gicr, .. } = gic {
         GICR.call_once(|| gicr);
     }
@@ -170,7 +174,7 @@ pub fn init(host_ram: MemRegion, gic: crate::platform::GicLayout) -> Result<(), 
         host_ram,
         control::GUEST_IPA_BITS,
         parange,
-        false,
+        fwb,
     )
     .map_err(|_| "cannot build the host's stage 2")?;
     let s2 = ctl.host_s2();
@@ -179,7 +183,7 @@ pub fn init(host_ram: MemRegion, gic: crate::platform::GicLayout) -> Result<(), 
         .map_err(|_| "CPU's PARange too small for the IPA size")?;
     HOST_VTTBR.store(s2.vttbr(), Ordering::Relaxed);
     VTCR.store(vtcr, Ordering::Relaxed);
-    FWB.store(0, Ordering::Relaxed);
+    FWB.store(u8::from(fwb), Ordering::Relaxed);
     CONTROL.call_once(|| Mutex::new(ctl));
     Ok(())
 }
