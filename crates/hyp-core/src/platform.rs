@@ -55,6 +55,12 @@ pub trait PlatformOps: Sync {
     fn fail_exit(&self, code: u32) -> !;
     /// The guest payload named `name`, if the image carries one.
     fn guest(&self, name: &str) -> Option<GuestImage>;
+    /// CPUs to bring up when the boot loader passed no device tree (QEMU
+    /// raspi4b started with an ELF). Boards whose loader always passes one
+    /// keep this default.
+    fn default_cpus(&self) -> usize {
+        1
+    }
 }
 
 /// Everything board-specific the core needs.
