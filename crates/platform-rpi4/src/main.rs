@@ -170,7 +170,7 @@ static PLATFORM: Platform = Platform {
 /// before anything reads further: under QEMU with a raw Image x0 is 0).
 fn firmware_dtb(x0: u64) -> u64 {
     let ram = board::RAM;
-    if x0 == 0 || x0 % 8 != 0 || x0 < ram.base || x0 + 8 > ram.base + ram.size {
+    if x0 == 0 || !x0.is_multiple_of(8) || x0 < ram.base || x0 + 8 > ram.base + ram.size {
         return 0;
     }
     // SAFETY: `x0` is an aligned address inside the board's RAM (checked above).
