@@ -132,6 +132,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     mmu::build(p);
     let (host, sync) = cpu_init(0);
     log::info!("EL2 MMU and caches on, vectors installed, SCTLR_EL2.EIS=EOS=1");
+    p.ops.init_cpu_interrupts(0);
     let (info, source) = if dtb == 0 {
         (board_info(p), "no device tree, board defaults")
     } else {
@@ -204,6 +205,7 @@ pub fn secondary(cpu: usize) -> ! {
         panic!("secondary CPU {cpu} started before the boot CPU set up");
     };
     let (host, sync) = cpu_init(cpu);
+    p.ops.init_cpu_interrupts(cpu);
     ONLINE.fetch_add(1, Ordering::AcqRel);
     let vm = loop {
         if let Some(vm) = vm::vm() {

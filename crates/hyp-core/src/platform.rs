@@ -61,6 +61,12 @@ pub trait PlatformOps: Sync {
     fn default_cpus(&self) -> usize {
         1
     }
+    /// Sets up the board's interrupt controller on CPU `cpu`, with its EL2
+    /// MMU on. CPU 0 calls it first, before any secondary starts. EL2 keeps
+    /// interrupts masked; the default does nothing.
+    fn init_cpu_interrupts(&self, cpu: usize) {
+        let _ = cpu;
+    }
 }
 
 /// Everything board-specific the core needs.
