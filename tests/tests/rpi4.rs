@@ -18,6 +18,9 @@ use object::{Object, ObjectSegment};
 
 const T: Duration = Duration::from_secs(90);
 
+const GIC_LINE: &str = "hyp: GIC-400: 224 interrupt IDs, no Security Extensions, group 0, \
+                        SGI 1 to self acknowledged and EOIed";
+
 /// guest-hello's lines, in order (secondaries' lines are checked separately).
 fn expect_guest_hello(q: &mut Qemu) {
     q.expect_exact(
@@ -58,6 +61,9 @@ fn raspi4b_elf_four_cpus_at_el2_guest_hello_exit_0() {
         "hyp: EL2 MMU and caches on, vectors installed, SCTLR_EL2.EIS=EOS=1",
         T,
     );
+    // The physical GIC-400 driver: QEMU's model has 192 SPIs and no Security
+    // Extensions; an SGI to self is acknowledged (ID and source) and EOIed.
+    q.expect_exact(GIC_LINE, T);
     // QEMU passes no device tree with an ELF: the board's defaults (ram + ram_high).
     q.expect_exact(
         "hyp: no device tree, board defaults: 4 CPUs, 1984 MiB RAM, bootargs \"\"",
@@ -74,6 +80,7 @@ fn raspi4b_elf_four_cpus_at_el2_guest_hello_exit_0() {
 fn raspi4b_kernel8_img_firmware_path_spin_table() {
     let mut q = Qemu::boot(BootOptions::board(TestBoard::Rpi4Kernel8));
     q.expect_exact("hyp: booting on rpi4", T);
+    q.expect_exact(GIC_LINE, T);
     q.expect_exact(
         "hyp: no device tree, board defaults: 4 CPUs, 1984 MiB RAM, bootargs \"\"",
         T,

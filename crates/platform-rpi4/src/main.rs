@@ -17,6 +17,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod gic400;
 mod pl011;
 
 use core::arch::{asm, global_asm};
@@ -48,6 +49,9 @@ const fn mem(r: board::Region) -> MemRegion {
 /// The exception level the entry was taken at: 3 under QEMU with the ELF
 /// (semihosting available, own parking table), 2 from the Pi firmware.
 static BOOT_EL: AtomicU64 = AtomicU64::new(0);
+
+/// The physical GIC-400 (distributor and CPU interface).
+const GIC: gic400::Gic400 = gic400::Gic400::new(board::GICD.base, board::GICC.base);
 
 unsafe extern "C" {
     fn secondary_entry();
@@ -147,6 +151,27 @@ impl PlatformOps for Rpi4Ops {
 
     fn default_cpus(&self) -> usize {
         CPUS
+    }
+
+    fn init_cpu_interrupts(&self, cpu: usize) {
+        if cpu == 0 {
+            GIC.init_distributor();
+        }
+        GIC.init_cpu();
+        if cpu == 0 {
+            if let Err(e) = GIC.self_test(1, 0) {
+                panic!("GIC-400 self-test: {e}");
+            }
+            log::info!(
+                "GIC-400: {} interrupt IDs, {}, SGI 1 to self acknowledged and EOIed",
+                GIC.lines(),
+                if GIC.has_security() {
+                    "group 1 (non-secure view)"
+                } else {
+                    "no Security Extensions, group 0"
+                }
+            );
+        }
     }
 }
 
