@@ -4,6 +4,10 @@
 //! `HYP_BOARD_DIR` (platforms/qemu); [`Qemu::boot`] builds the QEMU command
 //! line from that board.toml exactly like `cargo xtask run`, captures the
 //! serial output line by line, and panics with the whole log on any failure.
+//! For the Raspberry Pi 4 ([`TestBoard::Rpi4`], [`TestBoard::Rpi4Kernel8`]) it
+//! also sets `HYP_IMAGE_RPI4` (the ELF that `cargo xtask run --platform rpi4`
+//! boots), `HYP_KERNEL8_RPI4` (the SD card's kernel8.img) and
+//! `HYP_BOARD_DIR_RPI4` (platforms/rpi4).
 //!
 //! ```no_run
 //! use hyp_tests::{BootOptions, Qemu};
@@ -24,9 +28,27 @@ use std::time::{Duration, Instant};
 
 use board::Board;
 
+/// Which image boots, on which QEMU machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TestBoard {
+    /// QEMU virt with the flat image (`HYP_IMAGE_QEMU`, `HYP_BOARD_DIR`).
+    #[default]
+    QemuVirt,
+    /// QEMU raspi4b with the hypervisor's ELF, as `cargo xtask run --platform
+    /// rpi4` boots it: every core enters at EL3 (`HYP_IMAGE_RPI4`,
+    /// `HYP_BOARD_DIR_RPI4`).
+    Rpi4,
+    /// QEMU raspi4b with the SD card's kernel8.img as a raw arm64 Image: like
+    /// the Pi firmware, QEMU enters core 0 at EL2 and holds the others in a
+    /// spin table at 0xd8 (`HYP_KERNEL8_RPI4`, `HYP_BOARD_DIR_RPI4`).
+    Rpi4Kernel8,
+}
+
 /// How to boot QEMU.
 #[derive(Debug, Clone, Default)]
 pub struct BootOptions {
+    /// The board and image.
+    pub board: TestBoard,
     /// Kernel command line (`-append`), seen by the hypervisor as `/chosen/bootargs`.
     pub append: Option<String>,
     /// CPUs (default: the board's `qemu.smp`).
@@ -57,19 +79,39 @@ impl BootOptions {
         self.icount = true;
         self
     }
+
+    /// Boots `board` instead of QEMU virt.
+    pub fn board(board: TestBoard) -> BootOptions {
+        BootOptions {
+            board,
+            ..BootOptions::default()
+        }
+    }
 }
 
-fn env_path(name: &str) -> PathBuf {
+/// The path in environment variable `name`, set by `cargo xtask test`.
+pub fn env_path(name: &str) -> PathBuf {
     match std::env::var_os(name) {
         Some(v) if !v.is_empty() => PathBuf::from(v),
         _ => panic!("{name} is unset: run the integration tests through `cargo xtask test`"),
     }
 }
 
-/// The QEMU command for `opts`: board from `$HYP_BOARD_DIR/board.toml`, image `$HYP_IMAGE_QEMU`.
+/// The image and board directory environment variables for `board`.
+fn board_env(board: TestBoard) -> (&'static str, &'static str) {
+    match board {
+        TestBoard::QemuVirt => ("HYP_IMAGE_QEMU", "HYP_BOARD_DIR"),
+        TestBoard::Rpi4 => ("HYP_IMAGE_RPI4", "HYP_BOARD_DIR_RPI4"),
+        TestBoard::Rpi4Kernel8 => ("HYP_KERNEL8_RPI4", "HYP_BOARD_DIR_RPI4"),
+    }
+}
+
+/// The QEMU command for `opts`: board from `board.toml` in the board
+/// directory, image and directory from the environment ([`TestBoard`]).
 pub fn qemu_command(opts: &BootOptions) -> Command {
-    let image = env_path("HYP_IMAGE_QEMU");
-    let board_toml = env_path("HYP_BOARD_DIR").join("board.toml");
+    let (image_var, dir_var) = board_env(opts.board);
+    let image = env_path(image_var);
+    let board_toml = env_path(dir_var).join("board.toml");
     let board = Board::load(&board_toml).unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = Command::new("qemu-system-aarch64");
     cmd.args(board.qemu_args(&image, opts.smp));

@@ -171,8 +171,11 @@ struct Built {
     payload_dir: PathBuf,
     /// The hypervisor ELF (for gdb).
     elf: PathBuf,
-    /// The flat image QEMU boots.
+    /// The flat image (arm64 Image): `hypervisor.img`, or `kernel8.img` on rpi4.
     image: PathBuf,
+    /// What QEMU's `-kernel` gets: the flat image on qemu, the ELF on rpi4
+    /// (raspi4b enters an ELF at EL3 on all cores; see platform-rpi4).
+    qemu_kernel: PathBuf,
 }
 
 /// Builds the payloads (flat binaries + manifest) for `board`.
@@ -217,29 +220,58 @@ fn build_payloads(platform: Platform, board: &Board) -> Result<PathBuf> {
     Ok(payload_dir)
 }
 
+/// config.txt for the Pi firmware (docs: raspberrypi.com/documentation, "config.txt").
 const RPI4_CONFIG: &str = "\
 # Raspberry Pi 4 firmware configuration for the hypervisor (written by cargo xtask build).
+# 64-bit mode: the firmware's armstub drops to EL2 (not EL1) and enters
+# kernel8.img on core 0 with the DTB in x0; cores 1-3 wait in its spin table.
 arm_64bit=1
-enable_uart=1
 kernel=kernel8.img
+# The image is linked at 0x80000 and not relocatable (newer firmware would put
+# an arm64 Image at 0x200000 otherwise); entry.S halts if it runs elsewhere.
+kernel_address=0x80000
+# Low-peripheral map: UART0 at 0xfe201000, GIC-400 at 0xff841000.
+arm_peri_high=0
+# The GIC-400 (not the legacy interrupt controller); the armstub puts every
+# interrupt in group 1 (non-secure).
+enable_gic=1
+# UART0 (PL011) on GPIO 14/15 instead of Bluetooth; the hypervisor also sets the pins
+# and 115200 baud itself.
+enable_uart=1
+dtoverlay=disable-bt
 uart_2ndstage=1
+# RAM below 0x3c000000 for the ARM cores (board.toml's `ram` region).
+gpu_mem=64
+# The DTB in the gap that board.toml keeps out of the hyp and vm regions.
+device_tree_address=0x04000000
 ";
 
 const RPI4_README: &str = "\
 Booting the hypervisor on a Raspberry Pi 4
 ==========================================
 
-1. Take a FAT32-formatted SD card holding the Raspberry Pi firmware: copy
-   bootcode.bin (not needed on the Pi 4), start4.elf, fixup4.dat and
-   bcm2711-rpi-4-b.dtb from https://github.com/raspberrypi/firmware/tree/master/boot
-   (or use the boot partition of a Raspberry Pi OS image).
+Files here:
+  kernel8.img   the hypervisor as an arm64 Image (flat binary, header at offset 0)
+  config.txt    firmware settings (64-bit, EL2 kept, UART0, load address 0x80000)
+  hyp-rpi4.elf  the same hypervisor as ELF: what `cargo xtask run --platform rpi4`
+                boots on qemu-system-aarch64 -M raspi4b (QEMU enters an ELF at EL3
+                on all four cores, and the hypervisor drops to EL2 itself)
+
+1. Take a FAT32-formatted SD card holding the Raspberry Pi firmware: start4.elf,
+   fixup4.dat and bcm2711-rpi-4-b.dtb from the `boot` folder of the
+   raspberrypi/firmware repository on GitHub (or use the boot partition of a
+   Raspberry Pi OS image), plus overlays/disable-bt.dtbo.
 2. Copy kernel8.img and config.txt from this folder to the card's root,
-   replacing any existing ones.
+   replacing any existing ones. Remove any armstub= line from other configs:
+   the firmware's built-in armstub must run (it drops to EL2 and keeps the
+   spin table the hypervisor uses to start cores 1-3).
 3. Connect a 3.3 V USB serial adapter to GPIO 14 (TXD, pin 8), GPIO 15 (RXD,
    pin 10) and GND (pin 6); open it at 115200 8N1 (e.g. `picocom -b 115200 /dev/ttyUSB0`).
 4. Insert the card and power the Pi: the firmware prints its second-stage
-   log (uart_2ndstage=1), then loads kernel8.img at 0x80000 and the hypervisor
-   prints on the same UART.
+   log (uart_2ndstage=1), loads kernel8.img at 0x80000 and the DTB at
+   0x04000000, and the hypervisor prints `hyp: booting on rpi4` on the same UART.
+   When the guest powers off, the hypervisor prints `hyp: system halted` and
+   stops (a Pi has no power-off); power-cycle to boot again.
 ";
 
 fn build(platform: Platform) -> Result<Built> {
@@ -280,35 +312,55 @@ fn build(platform: Platform) -> Result<Built> {
             flat.load_addr, board.load_address
         ));
     }
-    let header =
-        flat::check_image_header(&flat.bytes).map_err(|e| format!("{}: {e}", elf.display()))?;
+    let ram_base = board
+        .regions_of(board::RegionKind::Ram)
+        .find(|r| r.base <= board.load_address && board.load_address < r.end())
+        .map(|r| r.base)
+        .ok_or_else(|| format!("load_address {:#x} is not in RAM", board.load_address))?;
+    let expected = flat::Expected {
+        load_address: board.load_address,
+        ram_base,
+        mem_size: flat.mem_end - flat.load_addr,
+    };
+    let header = flat::check_image_header(&flat.bytes, &expected)
+        .map_err(|e| format!("{}: {e}", elf.display()))?;
     note(&format!(
         "arm64 Image header: text_offset {:#x}, image_size {:#x}, flags {:#x}",
         header.text_offset, header.image_size, header.flags
     ));
     let image_dir = target_dir().join("images").join(platform.dir());
-    let image = image_dir.join("hypervisor.img");
-    write(&image, &flat.bytes)?;
-    if platform == Platform::Rpi4 {
-        write(&image_dir.join("kernel8.img"), &flat.bytes)?;
-        write(&image_dir.join("config.txt"), RPI4_CONFIG.as_bytes())?;
-        write(&image_dir.join("README.txt"), RPI4_README.as_bytes())?;
-        note(&format!(
-            "SD card files: {} (kernel8.img, config.txt, README.txt)",
-            image_dir.display()
-        ));
-    }
+    let (image, qemu_kernel) = match platform {
+        Platform::Qemu => {
+            let image = image_dir.join("hypervisor.img");
+            write(&image, &flat.bytes)?;
+            (image.clone(), image)
+        }
+        Platform::Rpi4 => {
+            let image = image_dir.join("kernel8.img");
+            let elf_copy = image_dir.join("hyp-rpi4.elf");
+            write(&image, &flat.bytes)?;
+            write(&elf_copy, &read(&elf)?)?;
+            write(&image_dir.join("config.txt"), RPI4_CONFIG.as_bytes())?;
+            write(&image_dir.join("README.txt"), RPI4_README.as_bytes())?;
+            (image, elf_copy)
+        }
+    };
     note(&format!(
         "image: {} ({} bytes, entry {:#x})",
         image.display(),
         flat.bytes.len(),
         flat.entry
     ));
+    if platform == Platform::Rpi4 {
+        note("SD card files (kernel8.img, config.txt, README.txt) and hyp-rpi4.elf for QEMU in:");
+        println!("{}", image_dir.display());
+    }
     Ok(Built {
         board,
         payload_dir,
         elf,
         image,
+        qemu_kernel,
     })
 }
 
@@ -334,7 +386,7 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 fn run(platform: Platform, opts: RunOpts) -> Result<u8> {
     let built = build(platform)?;
     provision::qemu()?;
-    let mut args = built.board.qemu_args(&built.image, opts.smp);
+    let mut args = built.board.qemu_args(&built.qemu_kernel, opts.smp);
     if let Some(append) = &opts.append {
         args.extend(["-append".to_owned(), append.clone()]);
     }
@@ -479,21 +531,30 @@ fn test() -> Result<()> {
         Ok(())
     })?;
     let built = built.ok_or("the qemu image was not built")?;
+    let mut built_rpi4 = None;
+    step("build the rpi4 image", &mut || {
+        built_rpi4 = Some(build(Platform::Rpi4)?);
+        Ok(())
+    })?;
+    let built_rpi4 = built_rpi4.ok_or("the rpi4 image was not built")?;
     step("clippy (hypervisor, bare metal)", &mut || {
-        run_checked(
-            cargo(&[
-                "clippy",
-                "--release",
-                "-p",
-                &board.hyp_crate,
-                "--target",
-                &board.hyp_target,
-                "--",
-                "-D",
-                "warnings",
-            ])
-            .env("HYP_PAYLOAD_DIR", &built.payload_dir),
-        )
+        for b in [&built, &built_rpi4] {
+            run_checked(
+                cargo(&[
+                    "clippy",
+                    "--release",
+                    "-p",
+                    &b.board.hyp_crate,
+                    "--target",
+                    &b.board.hyp_target,
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .env("HYP_PAYLOAD_DIR", &b.payload_dir),
+            )?;
+        }
+        Ok(())
     })?;
     step("clippy (guests, bare metal)", &mut || {
         let mut args = vec!["clippy", "--release"];
@@ -523,15 +584,20 @@ fn test() -> Result<()> {
     step("cargo test (host crates)", &mut || {
         run_checked(&mut cargo(&["test"]))
     })?;
-    // TODO(rpi4, later issue): build the rpi4 image here once platform-rpi4
-    // builds (`build(Platform::Rpi4)`) and add its clippy run.
-    step("QEMU integration tests (hyp-tests)", &mut || {
-        run_checked(
-            cargo(&["test", "-p", "hyp-tests", "--", "--test-threads=2"])
-                .env("HYP_IMAGE_QEMU", &built.image)
-                .env("HYP_BOARD_DIR", &board_dir),
-        )
-    })?;
+    let rpi4_dir = load_board(Platform::Rpi4)?.1;
+    step(
+        "QEMU integration tests (hyp-tests: virt and raspi4b)",
+        &mut || {
+            run_checked(
+                cargo(&["test", "-p", "hyp-tests", "--", "--test-threads=2"])
+                    .env("HYP_IMAGE_QEMU", &built.image)
+                    .env("HYP_BOARD_DIR", &board_dir)
+                    .env("HYP_IMAGE_RPI4", &built_rpi4.qemu_kernel)
+                    .env("HYP_KERNEL8_RPI4", &built_rpi4.image)
+                    .env("HYP_BOARD_DIR_RPI4", &rpi4_dir),
+            )
+        },
+    )?;
     // Figures, not a timed test: it prints ns/page and barrier counts for
     // s2mm and aarch64-paging doing the same work, and fails only if it cannot run.
     step("s2mm host benchmark (vs aarch64-paging)", &mut || {

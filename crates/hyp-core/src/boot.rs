@@ -84,6 +84,24 @@ fn parse_dtb(dtb: u64) -> BootInfo {
     info
 }
 
+/// Boot facts from the board description alone, for boot loaders that pass
+/// no device tree: the board's RAM regions, `PlatformOps::default_cpus`, no
+/// bootargs.
+fn board_info(p: &Platform) -> BootInfo {
+    let mut info = BootInfo {
+        cpus: p.ops.default_cpus(),
+        memory: [MemRegion { base: 0, size: 0 }; 4],
+        memory_count: 0,
+        bootargs: [0; 128],
+        bootargs_len: 0,
+    };
+    for r in p.ram.iter().take(info.memory.len()) {
+        info.memory[info.memory_count] = *r;
+        info.memory_count += 1;
+    }
+    info
+}
+
 fn percpu(cpu: usize) -> &'static mut HostSave {
     assert!(cpu < MAX_CPUS, "CPU index {cpu} out of range");
     // SAFETY: each CPU takes only its own slot, once.
@@ -110,7 +128,9 @@ fn cpu_init(cpu: usize) -> (&'static mut HostSave, mmu::CpuSync) {
 }
 
 /// The boot CPU's path: console, checks, EL2 MMU and vectors, secondaries,
-/// the first VM. `secondary_entry` is the physical address secondaries start at.
+/// the first VM. `dtb` is the device tree's physical address, or 0 when the
+/// boot loader passed none (the board's defaults are used then).
+/// `secondary_entry` is the physical address secondaries start at.
 pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     console::init(p.uart_base);
     PLATFORM.call_once(|| p);
@@ -121,7 +141,12 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     mmu::build(p);
     let (host, mut sync) = cpu_init(0);
     log::info!("EL2 MMU and caches on, vectors installed, SCTLR_EL2.EIS=EOS=1");
-    let info = parse_dtb(dtb);
+    p.ops.init_cpu_interrupts(0);
+    let (info, source) = if dtb == 0 {
+        (board_info(p), "no device tree, board defaults")
+    } else {
+        (parse_dtb(dtb), "device tree")
+    };
     let fwb = want_fwb(&info);
     if fwb {
         let hcr = vm::HCR_BASE | HCR_FWB;
@@ -136,7 +161,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
             info.memory[..info.memory_count]
                 .iter()
                 .any(|m| m.contains(need.1)),
-            "board region {} {:#x}..{:#x} is not RAM according to the device tree",
+            "board region {} {:#x}..{:#x} is not RAM according to the {source}",
             need.0,
             need.1.base,
             need.1.end()
@@ -144,7 +169,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     }
     let cpus = info.cpus.clamp(1, MAX_CPUS);
     log::info!(
-        "device tree: {} CPUs, {} MiB RAM, bootargs \"{}\"",
+        "{source}: {} CPUs, {} MiB RAM, bootargs \"{}\"",
         info.cpus,
         info.memory[..info.memory_count]
             .iter()
@@ -318,6 +343,7 @@ pub fn secondary(cpu: usize) -> ! {
         panic!("secondary CPU {cpu} started before the boot CPU set up");
     };
     let (host, sync) = cpu_init(cpu);
+    p.ops.init_cpu_interrupts(cpu);
     ONLINE.fetch_add(1, Ordering::AcqRel);
     let cpus = loop {
         let n = NR_CPUS.load(Ordering::Acquire);

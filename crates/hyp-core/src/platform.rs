@@ -53,13 +53,26 @@ pub trait PlatformOps: Sync {
     fn system_off(&self) -> !;
     /// Stops the system reporting failure (QEMU: semihosting exit status `code`).
     fn fail_exit(&self, code: u32) -> !;
-    /// The guest payload named `name`, if the image carries one.
-    fn guest(&self, name: &str) -> Option<GuestImage>;
-    /// Payload number `index` (in image order), for handing every guest
-    /// image to the host VM. The default carries none.
-    fn payload(&self, index: usize) -> Option<GuestImage> {
-        let _ = index;
-        None
+    /// Payload number `index` (in image order): the host VM and every guest
+    /// image it may run.
+    fn payload(&self, index: usize) -> Option<GuestImage>;
+    /// The payload named `name`, if the image carries one.
+    fn guest(&self, name: &str) -> Option<GuestImage> {
+        (0..)
+            .map_while(|i| self.payload(i))
+            .find(|p| p.name == name)
+    }
+    /// CPUs to bring up when the boot loader passed no device tree (QEMU
+    /// raspi4b started with an ELF). Boards whose loader always passes one
+    /// keep this default.
+    fn default_cpus(&self) -> usize {
+        1
+    }
+    /// Sets up the board's interrupt controller on CPU `cpu`, with its EL2
+    /// MMU on. CPU 0 calls it first, before any secondary starts. EL2 keeps
+    /// interrupts masked; the default does nothing.
+    fn init_cpu_interrupts(&self, cpu: usize) {
+        let _ = cpu;
     }
 }
 
@@ -85,6 +98,7 @@ pub enum GicLayout {
         gicv: u64,
     },
 }
+
 
 /// Everything board-specific the core needs.
 pub struct Platform {

@@ -46,12 +46,6 @@ impl PlatformOps for QemuOps {
         }
     }
 
-    fn guest(&self, name: &str) -> Option<GuestImage> {
-        (0..payloads::ALL.len())
-            .filter_map(|i| self.payload(i))
-            .find(|p| p.name == name)
-    }
-
     fn payload(&self, index: usize) -> Option<GuestImage> {
         payloads::ALL.get(index).map(|p| GuestImage {
             name: p.name,
