@@ -633,6 +633,20 @@ mod tests {
     }
 
     #[test]
+    fn qemu_max_values() {
+        // What `-cpu max` (QEMU 9) reports, as guest-faults printed it
+        // without TID3, and what tests/tests/guest_faults.rs expects with it.
+        let v = sanitise(enc("ID_AA64PFR0_EL1"), 0x1301_0011_2111_0222).expect("TID3");
+        assert_eq!(v, 0x1301_0000_1111_0011);
+        let v = sanitise(enc("ID_AA64DFR0_EL1"), 0x1000_0000_1030_560a).expect("TID3");
+        assert_eq!(v, 0x0000_00f0_1030_5006);
+        let v = sanitise(enc("ID_AA64ISAR1_EL1"), 0x0111_2111_1021_1502).expect("TID3");
+        assert_eq!(v, 0x0111_2111_0021_1002);
+        let v = sanitise(enc("ID_AA64MMFR0_EL1"), 0x2100_0323_1020_1126).expect("TID3");
+        assert_eq!(v, 0x1000_0000_1020_0122);
+    }
+
+    #[test]
     fn zero_hardware_value_stays_minimal() {
         // A CPU reporting nothing still gets DebugVer v8.0, the guest
         // PARange and "not implemented" signed fields.
