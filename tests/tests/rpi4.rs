@@ -24,7 +24,7 @@ const GIC_LINE: &str = "hyp: GIC-400: 224 interrupt IDs, no Security Extensions,
 /// guest-hello's lines, in order (secondaries' lines are checked separately).
 fn expect_guest_hello(q: &mut Qemu) {
     q.expect_exact(
-        "hyp: VM 1 (guest-hello): 4 vCPUs, 64 MiB at IPA 0x40000000",
+        "host: VM 1 (guest-hello): 4 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",
         T,
     );
     q.expect_exact("guest-hello: vCPU 0 up (PSCI 1.1, SMCCC 1.1)", T);
@@ -39,7 +39,7 @@ fn expect_guest_hello(q: &mut Qemu) {
         T,
     );
     q.expect_exact("guest-hello: done, powering off", T);
-    q.expect_exact("hyp: guest vCPU 0 requested SYSTEM_OFF", T);
+    q.expect_exact("hyp: VM 1 vCPU 0 requested SYSTEM_OFF", T);
     q.expect_line("hyp: exits total=", T);
     let log = q.log();
     for cpu in 1..4 {

@@ -1,5 +1,7 @@
 // Guest entry at EL1, MMU off. vCPU 0 (MPIDR Aff0 = 0) clears BSS; every
-// vCPU takes the stack for its index, installs the vectors and calls
+// vCPU enables FP/SIMD at EL1 and EL0 (CPACR_EL1.FPEN = 0b11: the target
+// lets the compiler use FP/SIMD registers, and guest-fp tests them), takes
+// the stack for its index, installs the vectors and calls
 // guest_rt_main(index, x0 at entry).
     .section .text.entry, "ax"
     .global _start
@@ -18,7 +20,9 @@ _start:
     b.hs    2f
     str     xzr, [x1], #8
     b       1b
-2:  adrp    x1, __stacks_start
+2:  mov     x1, #(3 << 20)                  // CPACR_EL1.FPEN = 0b11
+    msr     cpacr_el1, x1
+    adrp    x1, __stacks_start
     add     x1, x1, :lo12:__stacks_start
     add     x2, x19, #1
     add     x1, x1, x2, lsl #14             // (index + 1) * STACK_SIZE
@@ -26,11 +30,7 @@ _start:
     adrp    x1, __guest_vectors
     add     x1, x1, :lo12:__guest_vectors
     msr     vbar_el1, x1
-    // CPACR_EL1.FPEN = 0b11: FP/SIMD usable at EL1 and EL0 (compiled Rust
-    // uses SIMD registers for copies and formatting).
-    mov     x1, #(3 << 20)
-    msr     cpacr_el1, x1
-    isb
+    isb                                     // CPACR and VBAR in effect
     mov     x0, x19
     mov     x1, x20
     bl      guest_rt_main

@@ -6,10 +6,13 @@
 //! off, so their accesses are Device-nGnRnE: the target is built with
 //! strict alignment, and guests avoid exclusives (the console needs no lock
 //! because the hypervisor buffers each vCPU's output a line at a time).
+//! A guest that wants cacheable memory turns its MMU on with `mmu::enable`.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(target_arch = "aarch64")]
+pub mod mmu;
 #[cfg(target_arch = "aarch64")]
 mod rt;
 #[cfg(target_arch = "aarch64")]

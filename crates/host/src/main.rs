@@ -6,7 +6,8 @@
 //! CPU count, the boot arguments and the guest images. The host then
 //! - creates one VM per guest named in `guests=` (or `guest=`), copies the
 //!   image into pages of its own RAM and gives them to the VM (lent to a
-//!   normal VM, donated to a protected one), and sets vCPU 0's entry;
+//!   normal VM, donated to a protected one), and sets vCPU 0's entry (x0 =
+//!   the VM's handle);
 //! - optionally (`fuzz=N`) first issues N random control calls and checks
 //!   that none of them broke anything;
 //! - brings up its other CPUs with PSCI and runs every VM's vCPU *v* on host
@@ -217,7 +218,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
     if let Err(e) = r {
         fail(format_args!("giving memory to {name}: {e:?}"));
     }
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, module.entry, 0]) {
+    if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, module.entry, handle.0]) {
         fail(format_args!("VCPU_INIT for {name}: {e:?}"));
     }
     println!(

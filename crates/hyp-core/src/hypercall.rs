@@ -1,8 +1,17 @@
 //! Guest hypercall ABI: decoding SMCCC calls (HVC or trapped SMC) into typed
 //! requests, and the answers that need no VM state.
 //!
-//! Function IDs come from the `smccc` crate (PSCI 1.1, SMCCC 1.1 arch calls).
+//! Function IDs come from the `smccc` crate (PSCI 1.1, SMCCC 1.1 arch calls)
+//! and, for the KVM vendor-hypervisor service (owner 6) that pKVM guests use,
+//! from [`vendor`] (checked against Linux's include/linux/arm-smccc.h,
+//! Documentation/virt/kvm/arm/hypercalls.rst and the pKVM hypervisor's
+//! arch/arm64/kvm/hyp/nvhe/pkvm.c `kvm_handle_pvm_hvc64`).
 //! Pure code: tested on the host with every call and bad arguments.
+//!
+//! Two return-code spaces meet here and must not be mixed up: PSCI's
+//! (`INVALID_PARAMETERS` = -2, `ALREADY_ON` = -4, ...) for PSCI functions,
+//! and SMCCC's ([`SMCCC_RET_INVALID_PARAMETER`] = -3, ...) for the vendor
+//! service. Both agree on SUCCESS (0) and NOT_SUPPORTED (-1).
 
 use smccc::arch::{SMCCC_ARCH_FEATURES, SMCCC_VERSION};
 use smccc::psci::{
@@ -20,6 +29,77 @@ pub const ALREADY_ON: u64 = -4i64 as u64;
 pub const ON_PENDING: u64 = -5i64 as u64;
 /// PSCI SUCCESS (0).
 pub const SUCCESS: u64 = 0;
+
+/// SMCCC return code SUCCESS (0) (SMCCC, DEN0028, "Return codes").
+pub const SMCCC_RET_SUCCESS: u64 = 0;
+/// SMCCC return code NOT_SUPPORTED (-1).
+pub const SMCCC_RET_NOT_SUPPORTED: u64 = -1i64 as u64;
+/// SMCCC return code NOT_REQUIRED (-2). Not PSCI's INVALID_PARAMETERS, which
+/// has the same value in PSCI's own space.
+pub const SMCCC_RET_NOT_REQUIRED: u64 = -2i64 as u64;
+/// SMCCC return code INVALID_PARAMETER (-3), what the vendor-hypervisor
+/// calls return for bad arguments.
+pub const SMCCC_RET_INVALID_PARAMETER: u64 = -3i64 as u64;
+
+/// The KVM vendor-hypervisor service (SMCCC owner 6): function IDs, UID and
+/// feature bits, as Linux's include/linux/arm-smccc.h defines them.
+pub mod vendor {
+    /// VENDOR_HYP_CALL_UID: fast, SMC32, owner 6, function 0xFF01.
+    pub const CALL_UID: u32 = 0x8600_ff01;
+    /// VENDOR_HYP_KVM_FEATURES: fast, SMC32, owner 6, function 0.
+    pub const KVM_FEATURES: u32 = 0x8600_0000;
+    /// HYP_MEMINFO: fast, SMC64, function 2.
+    pub const HYP_MEMINFO: u32 = 0xc600_0002;
+    /// MEM_SHARE: function 3.
+    pub const MEM_SHARE: u32 = 0xc600_0003;
+    /// MEM_UNSHARE: function 4.
+    pub const MEM_UNSHARE: u32 = 0xc600_0004;
+    /// MMIO_GUARD_INFO (Android pKVM numbering): function 5.
+    pub const MMIO_GUARD_INFO: u32 = 0xc600_0005;
+    /// MMIO_GUARD_ENROLL: function 6.
+    pub const MMIO_GUARD_ENROLL: u32 = 0xc600_0006;
+    /// MMIO_GUARD_MAP: function 7 (also upstream Linux's single MMIO_GUARD call).
+    pub const MMIO_GUARD_MAP: u32 = 0xc600_0007;
+    /// MMIO_GUARD_UNMAP: function 8.
+    pub const MMIO_GUARD_UNMAP: u32 = 0xc600_0008;
+
+    /// The KVM UID 28b46fb6-2ec5-11e9-a9ca-4b564d003a74 as CALL_UID returns
+    /// it in x0..x3 (ARM_SMCCC_VENDOR_HYP_UID_KVM_REG_0..3).
+    pub const KVM_UID: [u64; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
+
+    /// KVM_FEATURES bit numbers (ARM_SMCCC_KVM_FUNC_*): a bit is set when the
+    /// vendor function with that number is available.
+    pub const FUNC_FEATURES: u32 = 0;
+    /// HYP_MEMINFO.
+    pub const FUNC_HYP_MEMINFO: u32 = 2;
+    /// MEM_SHARE.
+    pub const FUNC_MEM_SHARE: u32 = 3;
+    /// MEM_UNSHARE.
+    pub const FUNC_MEM_UNSHARE: u32 = 4;
+    /// MMIO_GUARD_INFO.
+    pub const FUNC_MMIO_GUARD_INFO: u32 = 5;
+    /// MMIO_GUARD_ENROLL.
+    pub const FUNC_MMIO_GUARD_ENROLL: u32 = 6;
+    /// MMIO_GUARD_MAP.
+    pub const FUNC_MMIO_GUARD_MAP: u32 = 7;
+    /// MMIO_GUARD_UNMAP.
+    pub const FUNC_MMIO_GUARD_UNMAP: u32 = 8;
+
+    /// The KVM_FEATURES bitmap (x0) this hypervisor answers: functions
+    /// 0, 2..8. PTP (1) and MEM_RELINQUISH (9) are not implemented.
+    pub const FEATURES_BITMAP: u64 = (1 << FUNC_FEATURES)
+        | (1 << FUNC_HYP_MEMINFO)
+        | (1 << FUNC_MEM_SHARE)
+        | (1 << FUNC_MEM_UNSHARE)
+        | (1 << FUNC_MMIO_GUARD_INFO)
+        | (1 << FUNC_MMIO_GUARD_ENROLL)
+        | (1 << FUNC_MMIO_GUARD_MAP)
+        | (1 << FUNC_MMIO_GUARD_UNMAP);
+
+    /// The memory-protection granule HYP_MEMINFO and MMIO_GUARD_INFO
+    /// report: stage 2 is managed in 4 KiB pages.
+    pub const GRANULE: u64 = 4096;
+}
 
 /// PSCI version implemented: 1.1 (major in [31:16], minor in [15:0]).
 pub const PSCI_VERSION_1_1: u64 = 0x0001_0001;
@@ -68,6 +148,43 @@ pub enum Hypercall {
         /// The function asked about.
         fid: u32,
     },
+    /// VENDOR_HYP_CALL_UID: answered with [`vendor::KVM_UID`].
+    VendorUid,
+    /// VENDOR_HYP_KVM_FEATURES: answered with [`vendor::FEATURES_BITMAP`].
+    VendorFeatures,
+    /// HYP_MEMINFO (arguments checked to be zero): answered with the granule.
+    HypMemInfo,
+    /// MEM_SHARE of the granule at `ipa` with the host (page-aligned; the
+    /// reserved arguments were zero). Ownership is checked by the VM.
+    MemShare {
+        /// Base IPA of the page.
+        ipa: u64,
+    },
+    /// MEM_UNSHARE of the granule at `ipa` (same checks as MEM_SHARE).
+    MemUnshare {
+        /// Base IPA of the page.
+        ipa: u64,
+    },
+    /// MMIO_GUARD_INFO (arguments checked to be zero): answered with the granule.
+    MmioGuardInfo,
+    /// MMIO_GUARD_ENROLL: the VM opts in to MMIO guard.
+    MmioGuardEnroll,
+    /// MMIO_GUARD_MAP of the granule at `ipa` (page-aligned).
+    MmioGuardMap {
+        /// Base IPA of the MMIO page.
+        ipa: u64,
+    },
+    /// MMIO_GUARD_UNMAP of the granule at `ipa` (page-aligned).
+    MmioGuardUnmap {
+        /// Base IPA of the MMIO page.
+        ipa: u64,
+    },
+    /// A known vendor call whose arguments fail the stateless checks:
+    /// answered [`SMCCC_RET_INVALID_PARAMETER`].
+    InvalidParameter {
+        /// The function id the guest passed.
+        fid: u32,
+    },
     /// Anything else: answered NOT_SUPPORTED.
     Unknown {
         /// The function id the guest passed.
@@ -98,12 +215,84 @@ pub fn decode(x: [u64; 4]) -> Hypercall {
         PSCI_SYSTEM_RESET => Hypercall::SystemReset,
         SMCCC_VERSION => Hypercall::SmcccVersion,
         SMCCC_ARCH_FEATURES => Hypercall::ArchFeatures { fid: x[1] as u32 },
+        vendor::CALL_UID => Hypercall::VendorUid,
+        vendor::KVM_FEATURES => Hypercall::VendorFeatures,
+        // x1..x3 reserved, must be zero (hypercalls.rst; pKVM's
+        // pkvm_meminfo_call serves both calls with this check).
+        vendor::HYP_MEMINFO | vendor::MMIO_GUARD_INFO => {
+            if x[1] != 0 || x[2] != 0 || x[3] != 0 {
+                Hypercall::InvalidParameter { fid }
+            } else if fid == vendor::HYP_MEMINFO {
+                Hypercall::HypMemInfo
+            } else {
+                Hypercall::MmioGuardInfo
+            }
+        }
+        // x1 = IPA of one granule, x2 and x3 reserved, must be zero.
+        vendor::MEM_SHARE | vendor::MEM_UNSHARE => {
+            let ipa = x[1];
+            if x[2] != 0 || x[3] != 0 || !ipa.is_multiple_of(vendor::GRANULE) {
+                Hypercall::InvalidParameter { fid }
+            } else if fid == vendor::MEM_SHARE {
+                Hypercall::MemShare { ipa }
+            } else {
+                Hypercall::MemUnshare { ipa }
+            }
+        }
+        vendor::MMIO_GUARD_ENROLL => Hypercall::MmioGuardEnroll,
+        // x1 = IPA of one granule. x2 is not checked: the first MMIO guard
+        // ABI (Documentation/virt/kvm/arm/mmio-guard.rst, 2021) passed a
+        // MAIR_EL1 index there, and pKVM ignores x2/x3 for MAP and UNMAP.
+        vendor::MMIO_GUARD_MAP | vendor::MMIO_GUARD_UNMAP => {
+            let ipa = x[1];
+            if !ipa.is_multiple_of(vendor::GRANULE) {
+                Hypercall::InvalidParameter { fid }
+            } else if fid == vendor::MMIO_GUARD_MAP {
+                Hypercall::MmioGuardMap { ipa }
+            } else {
+                Hypercall::MmioGuardUnmap { ipa }
+            }
+        }
         _ => Hypercall::Unknown { fid },
     }
 }
 
+/// The full answer (x0..x3) to a call that needs no VM state, or `None` for
+/// calls the VM must handle (CPU_ON, CPU_OFF, AFFINITY_INFO, CPU_SUSPEND,
+/// SYSTEM_OFF/RESET, MEM_SHARE/UNSHARE, MMIO_GUARD_ENROLL/MAP/UNMAP).
+/// Registers a call does not define are returned as zero, as pKVM does.
+#[must_use]
+pub fn stateless_answer(call: Hypercall) -> Option<[u64; 4]> {
+    let x0 = match call {
+        Hypercall::PsciVersion => PSCI_VERSION_1_1,
+        Hypercall::PsciFeatures { fid } => psci_features(fid),
+        Hypercall::SmcccVersion => SMCCC_VERSION_1_1,
+        Hypercall::ArchFeatures { fid } => arch_features(fid),
+        Hypercall::VendorUid => return Some(vendor::KVM_UID),
+        Hypercall::VendorFeatures => vendor::FEATURES_BITMAP,
+        Hypercall::HypMemInfo | Hypercall::MmioGuardInfo => vendor::GRANULE,
+        Hypercall::InvalidParameter { .. } => SMCCC_RET_INVALID_PARAMETER,
+        Hypercall::Unknown { .. } => NOT_SUPPORTED,
+        Hypercall::CpuOn { .. }
+        | Hypercall::CpuOff
+        | Hypercall::AffinityInfo { .. }
+        | Hypercall::CpuSuspend
+        | Hypercall::SystemOff
+        | Hypercall::SystemReset
+        | Hypercall::MemShare { .. }
+        | Hypercall::MemUnshare { .. }
+        | Hypercall::MmioGuardEnroll
+        | Hypercall::MmioGuardMap { .. }
+        | Hypercall::MmioGuardUnmap { .. } => return None,
+    };
+    Some([x0, 0, 0, 0])
+}
+
 /// PSCI_FEATURES answer: 0 for implemented functions, NOT_SUPPORTED otherwise.
-/// CPU_SUSPEND reports the original power-state format (bit 1 = 0) without
+/// It answers for PSCI functions and SMCCC_VERSION (PSCI 1.1 section 5.1.14:
+/// SMCCC_VERSION is discovered through PSCI_FEATURES); vendor-hypervisor
+/// calls are NOT_SUPPORTED here, they are discovered through CALL_UID and
+/// KVM_FEATURES (as pKVM's pvm_psci_features answers). CPU_SUSPEND reports the original power-state format (bit 1 = 0) without
 /// OS-initiated mode (bit 0 = 0).
 #[must_use]
 pub fn psci_features(fid: u32) -> u64 {
@@ -121,9 +310,11 @@ pub fn psci_features(fid: u32) -> u64 {
     }
 }
 
-/// SMCCC_ARCH_FEATURES answer. The ARCH_WORKAROUND_* calls are answered
-/// NOT_SUPPORTED: the hypervisor implements none of the mitigations they
-/// name, and saying otherwise would be a lie the guest relies on.
+/// SMCCC_ARCH_FEATURES answer. It covers Arm Architecture Service calls
+/// (owner 0) only, so PSCI and vendor-hypervisor IDs are NOT_SUPPORTED here.
+/// The ARCH_WORKAROUND_* calls are answered NOT_SUPPORTED: the hypervisor
+/// implements none of the mitigations they name, and saying otherwise
+/// would be a lie the guest relies on.
 #[must_use]
 pub fn arch_features(fid: u32) -> u64 {
     match fid {
@@ -228,6 +419,180 @@ mod tests {
         assert_eq!(
             arch_features(smccc::arch::SMCCC_ARCH_WORKAROUND_1),
             NOT_SUPPORTED
+        );
+    }
+
+    fn call(fid: u32, a1: u64, a2: u64, a3: u64) -> Hypercall {
+        decode([u64::from(fid), a1, a2, a3])
+    }
+
+    #[test]
+    fn vendor_uid_and_features() {
+        assert_eq!(call(0x8600_ff01, 0, 0, 0), Hypercall::VendorUid);
+        assert_eq!(
+            stateless_answer(Hypercall::VendorUid),
+            Some([0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d])
+        );
+        assert_eq!(call(0x8600_0000, 0, 0, 0), Hypercall::VendorFeatures);
+        // Bits 0 and 2..=8: FEATURES, HYP_MEMINFO, MEM_SHARE/UNSHARE, MMIO guard x4.
+        assert_eq!(
+            stateless_answer(Hypercall::VendorFeatures),
+            Some([0x1fd, 0, 0, 0])
+        );
+        // 32-bit IDs: the upper half of x0 is ignored.
+        assert_eq!(
+            decode([0xdead_0000_8600_ff01, 0, 0, 0]),
+            Hypercall::VendorUid
+        );
+    }
+
+    #[test]
+    fn meminfo_and_mmio_guard_info() {
+        assert_eq!(call(0xc600_0002, 0, 0, 0), Hypercall::HypMemInfo);
+        assert_eq!(
+            stateless_answer(Hypercall::HypMemInfo),
+            Some([4096, 0, 0, 0])
+        );
+        assert_eq!(call(0xc600_0005, 0, 0, 0), Hypercall::MmioGuardInfo);
+        assert_eq!(
+            stateless_answer(Hypercall::MmioGuardInfo),
+            Some([4096, 0, 0, 0])
+        );
+        for fid in [vendor::HYP_MEMINFO, vendor::MMIO_GUARD_INFO] {
+            for args in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (u64::MAX, 0, 0)] {
+                let c = call(fid, args.0, args.1, args.2);
+                assert_eq!(c, Hypercall::InvalidParameter { fid }, "{args:?}");
+                assert_eq!(stateless_answer(c), Some([(-3i64) as u64, 0, 0, 0]));
+            }
+        }
+    }
+
+    #[test]
+    fn mem_share_and_unshare() {
+        assert_eq!(
+            call(0xc600_0003, 0x4000_1000, 0, 0),
+            Hypercall::MemShare { ipa: 0x4000_1000 }
+        );
+        assert_eq!(
+            call(0xc600_0004, 0x4000_1000, 0, 0),
+            Hypercall::MemUnshare { ipa: 0x4000_1000 }
+        );
+        // IPA 0 is page-aligned: ownership (not decoding) rejects it.
+        assert_eq!(call(0xc600_0003, 0, 0, 0), Hypercall::MemShare { ipa: 0 });
+        assert_eq!(stateless_answer(Hypercall::MemShare { ipa: 0 }), None);
+        assert_eq!(stateless_answer(Hypercall::MemUnshare { ipa: 0 }), None);
+        for fid in [vendor::MEM_SHARE, vendor::MEM_UNSHARE] {
+            for (a1, a2, a3) in [
+                (0x4000_1001, 0, 0),
+                (0x4000_1800, 0, 0),
+                (0x4000_1000, 1, 0),
+                (0x4000_1000, 0, 1),
+            ] {
+                assert_eq!(
+                    call(fid, a1, a2, a3),
+                    Hypercall::InvalidParameter { fid },
+                    "{fid:#x} {a1:#x} {a2} {a3}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mmio_guard_calls() {
+        assert_eq!(call(0xc600_0006, 0, 0, 0), Hypercall::MmioGuardEnroll);
+        assert_eq!(
+            call(0xc600_0007, 0x0900_0000, 0, 0),
+            Hypercall::MmioGuardMap { ipa: 0x0900_0000 }
+        );
+        // The 2021 ABI passed a MAIR index in x2: accepted.
+        assert_eq!(
+            call(0xc600_0007, 0x0900_0000, 1, 0),
+            Hypercall::MmioGuardMap { ipa: 0x0900_0000 }
+        );
+        assert_eq!(
+            call(0xc600_0008, 0x0900_0000, 0, 0),
+            Hypercall::MmioGuardUnmap { ipa: 0x0900_0000 }
+        );
+        for fid in [vendor::MMIO_GUARD_MAP, vendor::MMIO_GUARD_UNMAP] {
+            assert_eq!(
+                call(fid, 0x0900_0004, 0, 0),
+                Hypercall::InvalidParameter { fid }
+            );
+        }
+        for c in [
+            Hypercall::MmioGuardEnroll,
+            Hypercall::MmioGuardMap { ipa: 0 },
+            Hypercall::MmioGuardUnmap { ipa: 0 },
+        ] {
+            assert_eq!(stateless_answer(c), None);
+        }
+        // Unnumbered vendor functions (PTP = 1, MEM_RELINQUISH = 9) stay unknown.
+        assert_eq!(
+            call(0x8600_0001, 0, 0, 0),
+            Hypercall::Unknown { fid: 0x8600_0001 }
+        );
+        assert_eq!(
+            call(0xc600_0009, 0x4000_0000, 0, 0),
+            Hypercall::Unknown { fid: 0xc600_0009 }
+        );
+    }
+
+    #[test]
+    fn return_code_spaces() {
+        assert_eq!(SMCCC_RET_SUCCESS, SUCCESS);
+        assert_eq!(SMCCC_RET_NOT_SUPPORTED, NOT_SUPPORTED);
+        assert_eq!(SMCCC_RET_NOT_REQUIRED as i64, -2);
+        assert_eq!(SMCCC_RET_INVALID_PARAMETER as i64, -3);
+        // Same value, different services.
+        assert_eq!(SMCCC_RET_NOT_REQUIRED, INVALID_PARAMETERS);
+    }
+
+    #[test]
+    fn features_calls_do_not_advertise_vendor_functions() {
+        for fid in [
+            vendor::CALL_UID,
+            vendor::KVM_FEATURES,
+            vendor::HYP_MEMINFO,
+            vendor::MEM_SHARE,
+            vendor::MEM_UNSHARE,
+            vendor::MMIO_GUARD_INFO,
+            vendor::MMIO_GUARD_ENROLL,
+            vendor::MMIO_GUARD_MAP,
+            vendor::MMIO_GUARD_UNMAP,
+        ] {
+            assert_eq!(psci_features(fid), NOT_SUPPORTED, "{fid:#x}");
+            assert_eq!(arch_features(fid), NOT_SUPPORTED, "{fid:#x}");
+        }
+        // ARCH_FEATURES is for arch calls only: PSCI functions are not its business.
+        assert_eq!(arch_features(PSCI_CPU_ON_64), NOT_SUPPORTED);
+        assert_eq!(arch_features(SMCCC_VERSION), SUCCESS);
+        assert_eq!(psci_features(SMCCC_VERSION), SUCCESS);
+    }
+
+    #[test]
+    fn stateless_answers_for_psci_and_arch() {
+        assert_eq!(
+            stateless_answer(Hypercall::PsciVersion),
+            Some([0x1_0001, 0, 0, 0])
+        );
+        assert_eq!(
+            stateless_answer(Hypercall::Unknown { fid: 1 }),
+            Some([NOT_SUPPORTED, 0, 0, 0])
+        );
+        assert_eq!(
+            stateless_answer(Hypercall::ArchFeatures {
+                fid: SMCCC_ARCH_FEATURES
+            }),
+            Some([0, 0, 0, 0])
+        );
+        assert_eq!(stateless_answer(Hypercall::CpuOff), None);
+        assert_eq!(
+            stateless_answer(Hypercall::CpuOn {
+                target: 1,
+                entry: 0,
+                context: 0
+            }),
+            None
         );
     }
 

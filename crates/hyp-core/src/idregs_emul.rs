@@ -7,5 +7,5 @@ use crate::exit::SysRegEnc;
 
 /// The value a guest reads from ID register `e` (op0 = 3, op1 = 0, CRn = 0).
 pub fn read(e: SysRegEnc) -> u64 {
-    crate::idregs::sanitise(e, sysreg::read_id(e.crm, e.op2))
+    crate::idregs::sanitise(e, sysreg::read_id(e.crm, e.op2)).unwrap_or(0)
 }

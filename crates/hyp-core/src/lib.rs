@@ -3,7 +3,8 @@
 //!
 //! Board crates (`platform-*`) enter [`boot::primary`] on the boot CPU and
 //! [`boot::secondary`] on the others, passing a [`platform::Platform`]. The
-//! decision logic — exit decoding ([`exit`]), the SMCCC/PSCI ABI
+//! decision logic — exit decoding ([`exit`], [`sysreg_trap`]), ID-register
+//! sanitisation ([`idregs`]), the SMCCC/PSCI/vendor ABI
 //! ([`hypercall`]), exception injection ([`inject`]), the emulated console
 //! ([`uart_emul`]) — is pure and tested on the host; the parts that touch
 //! the CPU live in `arch` and the modules built only for AArch64.
@@ -19,6 +20,7 @@ pub mod inject;
 pub mod pages;
 pub mod platform;
 pub mod stats;
+pub mod sysreg_trap;
 pub mod uart_emul;
 
 #[cfg(target_arch = "aarch64")]

@@ -99,7 +99,6 @@ pub enum GicLayout {
     },
 }
 
-
 /// Everything board-specific the core needs.
 pub struct Platform {
     /// Board name, printed at boot.

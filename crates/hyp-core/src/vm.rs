@@ -83,10 +83,11 @@ pub const HCR_BASE: u64 = HCR_VM
 /// set/way operations.
 pub const HCR_CACHE_TRAPS: u64 = HCR_TVM | HCR_TSW;
 
-/// CPTR_EL2 (E2H = 0): RES1 bits 13, 12 (TSM: SME trapped), 9..0 (bit 8 TZ:
-/// SVE trapped) and TFP (bit 10, FP/SIMD trapped).
-const CPTR_TRAP_FP: u64 = 0x33ff;
-const CPTR_FP_ON: u64 = CPTR_TRAP_FP & !(1 << 10);
+/// CPTR_EL2 (E2H = 0) with FP/SIMD usable: RES1 bits 13 and 9..0 set, TSM
+/// (bit 12: SME trapped) and TZ (bit 8: SVE trapped) set, TFP (bit 10) clear.
+const CPTR_FP_ON: u64 = 0x33ff;
+/// The same with TFP (bit 10) set: FP/SIMD accesses trap to EL2.
+const CPTR_TRAP_FP: u64 = CPTR_FP_ON | (1 << 10);
 
 /// MDCR_EL2: trap PMU (TPM, TPMCR) and debug (TDA, TDOSA, TDRA) accesses;
 /// nothing is virtualised, so they are answered with UNDEF.
@@ -453,11 +454,12 @@ fn host_hypercall(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Next {
         host.regs.x[2],
         host.regs.x[3],
     ];
-    let ret = match hypercall::decode(x) {
-        Hypercall::PsciVersion => hypercall::PSCI_VERSION_1_1,
-        Hypercall::PsciFeatures { fid } => hypercall::psci_features(fid),
-        Hypercall::SmcccVersion => hypercall::SMCCC_VERSION_1_1,
-        Hypercall::ArchFeatures { fid } => hypercall::arch_features(fid),
+    let call = hypercall::decode(x);
+    if let Some(r) = hypercall::stateless_answer(call) {
+        host.regs.x[..4].copy_from_slice(&r);
+        return Next::Resume;
+    }
+    let ret = match call {
         Hypercall::CpuOn {
             target,
             entry,
@@ -492,7 +494,9 @@ fn host_hypercall(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Next {
             log::info!("host vCPU {} requested system power-off", c.idx);
             return Next::SystemOff;
         }
-        Hypercall::Unknown { .. } => hypercall::NOT_SUPPORTED,
+        // Memory sharing and MMIO guard are guest services: the host owns
+        // its memory already.
+        _ => hypercall::NOT_SUPPORTED,
     };
     host.regs.x[0] = ret;
     Next::Resume
@@ -785,11 +789,12 @@ fn guest_hypercall(who: Who, ctx: &mut VcpuCtx) -> Next {
         .vm(handle)
         .map(|vm| vm.nr_vcpus)
         .unwrap_or(0);
-    let ret = match hypercall::decode(x) {
-        Hypercall::PsciVersion => hypercall::PSCI_VERSION_1_1,
-        Hypercall::PsciFeatures { fid } => hypercall::psci_features(fid),
-        Hypercall::SmcccVersion => hypercall::SMCCC_VERSION_1_1,
-        Hypercall::ArchFeatures { fid } => hypercall::arch_features(fid),
+    let call = hypercall::decode(x);
+    if let Some(r) = hypercall::stateless_answer(call) {
+        ctx.regs.x[..4].copy_from_slice(&r);
+        return Next::Resume;
+    }
+    let ret = match call {
         Hypercall::CpuOn {
             target,
             entry,
@@ -817,7 +822,31 @@ fn guest_hypercall(who: Who, ctx: &mut VcpuCtx) -> Next {
             log::info!("VM {handle} vCPU {vcpu} requested SYSTEM_RESET");
             return Next::ToHost(RunEnd::SystemReset, [run_exit::SYSTEM_RESET, 0, 0, 0]);
         }
-        Hypercall::Unknown { .. } => hypercall::NOT_SUPPORTED,
+        Hypercall::MemShare { ipa } | Hypercall::MemUnshare { ipa } => {
+            let share = matches!(call, Hypercall::MemShare { .. });
+            match control().lock().guest_share(handle, ipa, share) {
+                Ok(()) => hypercall::SMCCC_RET_SUCCESS,
+                Err(_) => hypercall::SMCCC_RET_INVALID_PARAMETER,
+            }
+        }
+        // MMIO guard: every access outside guest memory already exits to
+        // EL2 and is forwarded only within the host's MMIO window, so
+        // enrolling and (un)mapping device pages succeed for IPAs outside
+        // guest memory and are refused for its RAM.
+        Hypercall::MmioGuardEnroll => hypercall::SMCCC_RET_SUCCESS,
+        Hypercall::MmioGuardMap { ipa } | Hypercall::MmioGuardUnmap { ipa } => {
+            let ram = control()
+                .lock()
+                .vm(handle)
+                .map(|vm| vm.is_ram(ipa))
+                .unwrap_or(true);
+            if ram {
+                hypercall::SMCCC_RET_INVALID_PARAMETER
+            } else {
+                hypercall::SMCCC_RET_SUCCESS
+            }
+        }
+        _ => hypercall::NOT_SUPPORTED,
     };
     ctx.regs.x[0] = ret;
     Next::Resume
@@ -957,8 +986,17 @@ fn tvm_write(
             let old = regs::SctlrEl1::read(h);
             pending.add(regs::SctlrEl1::write(h, val));
             if (old ^ val) & M_C != 0 {
-                if let Who::Guest { slot, .. } = who {
+                if let Who::Guest { slot, vcpu } = who {
                     flush_vm(slot);
+                    let how = if val & M_C == M_C {
+                        "turned its caches on"
+                    } else {
+                        "changed its MMU/cache enables"
+                    };
+                    log::info!(
+                        "VM {}: vCPU {vcpu} {how}: VM-wide clean+invalidate",
+                        slot + 1
+                    );
                 }
             }
             if val & M_C == M_C {
