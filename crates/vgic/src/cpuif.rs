@@ -121,7 +121,9 @@ impl VcpuIf {
         let nr = count.min(nr_lrs);
         for (i, key) in cand[..nr].iter().enumerate() {
             let intid = key & 0xff;
-            let deliverable = s.irq(self.vcpu, intid).is_some_and(|irq| s.deliverable(irq));
+            let deliverable = s
+                .irq(self.vcpu, intid)
+                .is_some_and(|irq| s.deliverable(irq));
             let Some(irq) = s.irq_mut(self.vcpu, intid) else {
                 continue;
             };
@@ -167,7 +169,12 @@ impl VcpuIf {
         }
         self.nr_loaded = nr;
         self.live = true;
-        self.hcr = hcr::EN | if count > nr && nr_lrs >= 2 { hcr::UIE } else { 0 };
+        self.hcr = hcr::EN
+            | if count > nr && nr_lrs >= 2 {
+                hcr::UIE
+            } else {
+                0
+            };
         lrs.write_hcr(self.hcr);
     }
 
@@ -201,7 +208,11 @@ impl VcpuIf {
                 continue;
             }
             irq.active = lr.state.active();
-            irq.active_on = if irq.active { self.vcpu as u8 } else { NOT_LOADED };
+            irq.active_on = if irq.active {
+                self.vcpu as u8
+            } else {
+                NOT_LOADED
+            };
             if v2 && intid < 16 {
                 if lr.state.pending() {
                     irq.sources |= 1 << (lr.source & 7);

@@ -136,7 +136,10 @@ impl Vgic {
             return Err(VgicError::BadVcpu);
         }
         let group1 = version == Version::V3;
-        let mut private = [Irq { group1, ..Irq::RESET }; 32];
+        let mut private = [Irq {
+            group1,
+            ..Irq::RESET
+        }; 32];
         for sgi in &mut private[..16] {
             sgi.enabled = true;
             sgi.edge = true;
@@ -147,7 +150,10 @@ impl Vgic {
             state: Mutex::new(State {
                 ctlr: 0,
                 private: [private; MAX_VCPUS],
-                spis: [Irq { group1, ..Irq::RESET }; NR_SPIS],
+                spis: [Irq {
+                    group1,
+                    ..Irq::RESET
+                }; NR_SPIS],
                 asleep: [true; MAX_VCPUS],
             }),
         })
@@ -305,7 +311,13 @@ impl Vgic {
     }
 
     /// Makes GICv2 SGI `intid` pending from `sender` at every vCPU in `targets`.
-    pub(crate) fn send_v2_sgi(&self, s: &mut State, sender: usize, targets: u8, intid: u32) -> KickMask {
+    pub(crate) fn send_v2_sgi(
+        &self,
+        s: &mut State,
+        sender: usize,
+        targets: u8,
+        intid: u32,
+    ) -> KickMask {
         let mut kick = 0;
         for t in 0..self.nr_vcpus {
             if targets & (1 << t) != 0 {

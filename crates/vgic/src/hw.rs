@@ -27,7 +27,9 @@ pub struct V3Sysregs<'a, K: Includes<GicSre>> {
 
 impl<K: Includes<GicSre>> core::fmt::Debug for V3Sysregs<'_, K> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("V3Sysregs").field("nr", &self.nr).finish_non_exhaustive()
+        f.debug_struct("V3Sysregs")
+            .field("nr", &self.nr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,8 +96,10 @@ impl<K: Includes<GicSre>> ListRegs for V3Sysregs<'_, K> {
     }
 
     fn write_aprs(&mut self, aprs: [u32; 2]) {
-        self.pending.add(IchAp0r0El2::write(self.sre, aprs[0] as u64));
-        self.pending.add(IchAp1r0El2::write(self.sre, aprs[1] as u64));
+        self.pending
+            .add(IchAp0r0El2::write(self.sre, aprs[0] as u64));
+        self.pending
+            .add(IchAp1r0El2::write(self.sre, aprs[1] as u64));
     }
 }
 

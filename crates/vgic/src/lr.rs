@@ -99,7 +99,9 @@ impl Lr {
             Some(p) => v |= (1 << 61) | (((p as u64) & 0x1fff) << 32),
             None => v |= (self.eoi_maint as u64) << 41,
         }
-        v | ((self.priority as u64) << 48) | ((self.group1 as u64) << 60) | (self.state.bits() << 62)
+        v | ((self.priority as u64) << 48)
+            | ((self.group1 as u64) << 60)
+            | (self.state.bits() << 62)
     }
 
     /// Decodes a GICv3 `ICH_LR<n>_EL2` value.
@@ -110,7 +112,11 @@ impl Lr {
             state: LrState::from_bits(v >> 62),
             priority: (v >> 48) as u8,
             group1: v & (1 << 60) != 0,
-            hw: if hw { Some(((v >> 32) & 0x1fff) as u32) } else { None },
+            hw: if hw {
+                Some(((v >> 32) & 0x1fff) as u32)
+            } else {
+                None
+            },
             eoi_maint: !hw && v & (1 << 41) != 0,
             source: 0,
         }

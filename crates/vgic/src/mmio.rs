@@ -119,10 +119,16 @@ impl Vgic {
         write: Option<u64>,
     ) -> Result<MmioOutcome, VgicError> {
         self.check_vcpu(vcpu)?;
-        if !matches!(size, 1 | 2 | 4 | 8) || offset % size as u64 != 0 {
+        if !matches!(size, 1 | 2 | 4 | 8) || !offset.is_multiple_of(size as u64) {
             return Err(VgicError::BadSize);
         }
-        let write = write.map(|v| if size == 8 { v } else { v & ((1 << (size * 8)) - 1) });
+        let write = write.map(|v| {
+            if size == 8 {
+                v
+            } else {
+                v & ((1 << (size * 8)) - 1)
+            }
+        });
         let acc = Acc { size, write };
         let mut kick = 0;
         let mut s = self.state.lock();
@@ -223,7 +229,11 @@ impl Vgic {
         }
         // v3: ARE (bit 4) and DS (bit 6) read as one; RWP (bit 31) is always 0 because writes
         // take effect at once.
-        let fixed = if self.version() == Version::V3 { (1 << 4) | (1 << 6) } else { 0 };
+        let fixed = if self.version() == Version::V3 {
+            (1 << 4) | (1 << 6)
+        } else {
+            0
+        };
         Ok((s.ctlr | fixed) as u64)
     }
 
@@ -309,7 +319,14 @@ impl Vgic {
     }
 
     /// `IPRIORITYR`: one byte per INTID from `first`, byte or word access.
-    fn priority(&self, s: &mut State, vcpu: usize, first: u32, acc: Acc, kick: &mut KickMask) -> u64 {
+    fn priority(
+        &self,
+        s: &mut State,
+        vcpu: usize,
+        first: u32,
+        acc: Acc,
+        kick: &mut KickMask,
+    ) -> u64 {
         let mut value = 0;
         for b in 0..acc.size as u32 {
             let Some(irq) = s.irq_mut(vcpu, first + b) else {
@@ -328,7 +345,14 @@ impl Vgic {
 
     /// GICv2 `ITARGETSR`: one byte per INTID. Private INTIDs read as the accessing CPU and
     /// ignore writes; SPIs keep the bits of existing vCPUs.
-    fn itargets(&self, s: &mut State, vcpu: usize, first: u32, acc: Acc, kick: &mut KickMask) -> u64 {
+    fn itargets(
+        &self,
+        s: &mut State,
+        vcpu: usize,
+        first: u32,
+        acc: Acc,
+        kick: &mut KickMask,
+    ) -> u64 {
         let mut value = 0;
         for b in 0..acc.size as u32 {
             let intid = first + b;
@@ -414,14 +438,24 @@ impl Vgic {
     }
 
     /// `GICD_IROUTER<n>` at 0x6000 + 8n (SPIs only), 64-bit or 32-bit halves.
-    fn irouter(&self, s: &mut State, off: u64, acc: Acc, kick: &mut KickMask) -> Result<u64, VgicError> {
+    fn irouter(
+        &self,
+        s: &mut State,
+        off: u64,
+        acc: Acc,
+        kick: &mut KickMask,
+    ) -> Result<u64, VgicError> {
         acc.need(&[4, 8])?;
         let intid = (off / 8) as u32;
         let shift = (off % 8) * 8;
         let Some(irq) = s.irq_mut(0, intid).filter(|_| intid >= 32) else {
             return Ok(0);
         };
-        let mask = if acc.size == 8 { u64::MAX } else { 0xffff_ffff << shift };
+        let mask = if acc.size == 8 {
+            u64::MAX
+        } else {
+            0xffff_ffff << shift
+        };
         let Some(w) = acc.write else {
             return Ok((irq.irouter & mask) >> shift);
         };

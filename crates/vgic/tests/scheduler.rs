@@ -1,4 +1,5 @@
 //! List-register scheduling with the fake backend: flush/sync around simulated guest runs.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 mod common;
 use common::{dr, dw, setup, Fake};
@@ -107,7 +108,10 @@ fn level_interrupt_is_resampled_after_eoi() {
     let mut cpu = VcpuIf::new(0);
     cpu.flush(&g, &mut f);
     let lr = f.lr(0);
-    assert_eq!((lr.vintid, lr.state, lr.eoi_maint), (27, LrState::Pending, true));
+    assert_eq!(
+        (lr.vintid, lr.state, lr.eoi_maint),
+        (27, LrState::Pending, true)
+    );
     assert!(lr.group1);
     assert_eq!(f.take_one(), Some(27));
     assert!(f.maintenance(), "EOI maintenance exit");
@@ -189,7 +193,8 @@ fn disabled_masked_and_misrouted_are_not_delivered() {
     f1.set_pmr(0x90);
     assert!(g.has_pending(1, cpu1.priority_mask(Version::V3, &mut f1)));
     // Routed to a vCPU that does not exist: nobody.
-    g.mmio(0, Region::Dist, 0x6000 + 8 * 33, 8, Some(7)).unwrap();
+    g.mmio(0, Region::Dist, 0x6000 + 8 * 33, 8, Some(7))
+        .unwrap();
     assert!(!g.has_pending(1, 0xff) && !g.has_pending(0, 0xff));
 }
 
@@ -203,7 +208,8 @@ fn active_spi_stays_with_the_vcpu_that_took_it() {
     c0.flush(&g, &mut f0);
     f0.ack().unwrap();
     c0.sync(&g, &mut f0);
-    g.mmio(0, Region::Dist, 0x6000 + 8 * 60, 8, Some(1)).unwrap();
+    g.mmio(0, Region::Dist, 0x6000 + 8 * 60, 8, Some(1))
+        .unwrap();
     c1.flush(&g, &mut f1);
     assert_eq!(f1.valid(), []);
     c0.flush(&g, &mut f0);
@@ -236,7 +242,7 @@ fn mmio_clear_pending_while_loaded_wins_over_the_list_register() {
 fn v2_sgis_carry_their_sender_one_source_at_a_time() {
     let g = Vgic::new(Version::V2, 3).unwrap();
     dw(&g, 0, 0, 1); // group 0 (v2 default)
-    // SGIR from vCPU 2: SGI 5 to CPUs 0 and 1.
+                     // SGIR from vCPU 2: SGI 5 to CPUs 0 and 1.
     assert_eq!(dw(&g, 2, 0xf00, (0b011 << 16) | 5), 0b011);
     // SGIR from vCPU 1: SGI 5 to "all but self" (0 and 2).
     assert_eq!(dw(&g, 1, 0xf00, (1 << 24) | 5), 0b101);
@@ -286,7 +292,10 @@ fn v3_sgi1r_targets_by_list_affinity_and_irm() {
     // SGI pending state is visible in the SGI frame's ISPENDR0.
     let base = 3 * vgic::REDIST_FRAME_SIZE + 0x1_0000;
     cpu.sync(&g, &mut f);
-    let p = g.mmio(3, Region::Redist, base + 0x200, 4, None).unwrap().value;
+    let p = g
+        .mmio(3, Region::Redist, base + 0x200, 4, None)
+        .unwrap()
+        .value;
     assert_eq!(p, (1 << 3) | (1 << 4));
 }
 
@@ -306,7 +315,11 @@ fn hardware_mapped_interrupt_uses_hw_bit_and_never_pending_active() {
     f.ack();
     cpu.sync(&g, &mut f);
     cpu.flush(&g, &mut f);
-    assert_eq!(f.valid(), [(27, LrState::Active)], "line high, but no pending+active");
+    assert_eq!(
+        f.valid(),
+        [(27, LrState::Active)],
+        "line high, but no pending+active"
+    );
     f.eoi(27);
     assert_eq!(f.hw_deactivated, [27]);
     assert!(g.map_hw(0, 27, Some(1020)).is_err());
@@ -358,7 +371,7 @@ fn stale_list_registers_are_cleared_and_double_flush_is_safe() {
 #[test]
 fn v3_sysregs_backend_records_lr_and_hcr_writes() {
     use barriers::sync::Cse;
-    use barriers::{GuestPending, Insn, SysReg, Synced};
+    use barriers::{GuestPending, Insn, Synced, SysReg};
     let g = Vgic::new(Version::V3, 1).unwrap();
     setup(&g, 0, 40, 0x40);
     g.inject(0, 40).unwrap();
@@ -371,7 +384,7 @@ fn v3_sysregs_backend_records_lr_and_hcr_writes() {
     let mut b = unsafe { vgic::V3Sysregs::new(&sre, &mut pending, trap_tc) };
     let mut cpu = VcpuIf::new(0);
     cpu.flush(&g, &mut b);
-    let _ = barriers::isb(pending);
+    barriers::isb(pending);
     let msrs: Vec<_> = barriers::trace::take()
         .into_iter()
         .filter_map(|i| match i {
@@ -382,7 +395,10 @@ fn v3_sysregs_backend_records_lr_and_hcr_writes() {
     // ICH_VTR_EL2 reads 0 on the host (one list register).
     let lr = vgic::Lr::decode_v3(msrs[0].1);
     assert_eq!(msrs[0].0, SysReg::IchLr(0));
-    assert_eq!((lr.vintid, lr.priority, lr.state), (40, 0x40, LrState::Pending));
+    assert_eq!(
+        (lr.vintid, lr.priority, lr.state),
+        (40, 0x40, LrState::Pending)
+    );
     assert_eq!(msrs[1], (SysReg::IchHcrEl2, (trap_tc | hcr::EN) as u64));
 }
 
@@ -396,12 +412,11 @@ fn v2_mmio_backend_uses_the_gich_layout() {
     let mut frame = [0u32; 0x50];
     frame[1] = 3; // GICH_VTR.ListRegs = 3: four list registers
     frame[0x30 / 4] = 0xf; // ELRSR0: all empty
-    // SAFETY: `frame` is 0x140 bytes, aligned, and only used through the backend below.
+                           // SAFETY: `frame` is 0x140 bytes, aligned, and only used through the backend below.
     let mut b = unsafe { vgic::V2Mmio::new(frame.as_mut_ptr() as usize) };
     let mut cpu = VcpuIf::new(0);
     cpu.flush(&g, &mut b);
     cpu.save(&mut b);
-    drop(b);
     // LR0 at 0x100: pending, priority 0x48 >> 3 = 9, vINTID 40, EOI (level-sensitive).
     assert_eq!(frame[0x100 / 4], 0x1000_0000 | (9 << 23) | (1 << 19) | 40);
     assert_eq!(frame[0], 0, "HCR cleared by save");

@@ -191,13 +191,28 @@ pub fn setup(g: &Vgic, vcpu: usize, intid: u32, prio: u8) {
     let v3 = g.version() == Version::V3;
     dw(g, vcpu, 0, 3);
     let (region, base) = if v3 && intid < 32 {
-        (vgic::Region::Redist, vcpu as u64 * vgic::REDIST_FRAME_SIZE + 0x1_0000)
+        (
+            vgic::Region::Redist,
+            vcpu as u64 * vgic::REDIST_FRAME_SIZE + 0x1_0000,
+        )
     } else {
         (vgic::Region::Dist, 0)
     };
     let word = (intid / 32) as u64 * 4;
-    g.mmio(vcpu, region, base + 0x100 + word, 4, Some(1 << (intid % 32)))
-        .expect("ISENABLER");
-    g.mmio(vcpu, region, base + 0x400 + intid as u64, 1, Some(prio as u64))
-        .expect("IPRIORITYR");
+    g.mmio(
+        vcpu,
+        region,
+        base + 0x100 + word,
+        4,
+        Some(1 << (intid % 32)),
+    )
+    .expect("ISENABLER");
+    g.mmio(
+        vcpu,
+        region,
+        base + 0x400 + intid as u64,
+        1,
+        Some(prio as u64),
+    )
+    .expect("IPRIORITYR");
 }
