@@ -204,6 +204,18 @@ sysregs! {
     CnthpCtlEl2 => "cnthp_ctl_el2",
     /// CNTHP_CVAL_EL2: the EL2 physical timer's compare value.
     CnthpCvalEl2 => "cnthp_cval_el2",
+    /// ICH_VTR_EL2 (S3_4_C12_C11_1), read-only.
+    IchVtrEl2 => "s3_4_c12_c11_1",
+    /// ICH_MISR_EL2 (S3_4_C12_C11_2), read-only.
+    IchMisrEl2 => "s3_4_c12_c11_2",
+    /// ICH_EISR_EL2 (S3_4_C12_C11_3), read-only.
+    IchEisrEl2 => "s3_4_c12_c11_3",
+    /// ICH_ELRSR_EL2 (S3_4_C12_C11_5), read-only.
+    IchElrsrEl2 => "s3_4_c12_c11_5",
+    /// ICH_AP0R0_EL2 (S3_4_C12_C8_0).
+    IchAp0r0El2 => "s3_4_c12_c8_0",
+    /// ICH_AP1R0_EL2 (S3_4_C12_C9_0).
+    IchAp1r0El2 => "s3_4_c12_c9_0",
     /// ELR_EL2.
     ElrEl2 => "elr_el2",
     /// SPSR_EL2.
@@ -302,7 +314,15 @@ impl SysReg {
     pub const fn is_gic(self) -> bool {
         matches!(
             self,
-            SysReg::IchHcrEl2 | SysReg::IchVmcrEl2 | SysReg::IchLr(_)
+            SysReg::IchHcrEl2
+                | SysReg::IchVmcrEl2
+                | SysReg::IchVtrEl2
+                | SysReg::IchMisrEl2
+                | SysReg::IchEisrEl2
+                | SysReg::IchElrsrEl2
+                | SysReg::IchAp0r0El2
+                | SysReg::IchAp1r0El2
+                | SysReg::IchLr(_)
         )
     }
 }

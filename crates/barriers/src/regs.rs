@@ -379,6 +379,51 @@ gic_reg!(
     IchVmcrEl2, IchVmcrEl2, ,
     safety = ""
 );
+gic_reg!(
+    /// ICH_AP0R0_EL2: the guest's group 0 active priorities (saved and restored with the vCPU).
+    IchAp0r0El2, IchAp0r0El2, ,
+    safety = ""
+);
+gic_reg!(
+    /// ICH_AP1R0_EL2: the guest's group 1 active priorities (saved and restored with the vCPU).
+    IchAp1r0El2, IchAp1r0El2, ,
+    safety = ""
+);
+
+macro_rules! gic_ro_reg {
+    ($(#[$m:meta])* $name:ident, $reg:ident) => {
+        $(#[$m])*
+        #[derive(Debug)]
+        pub struct $name;
+        impl $name {
+            /// The register.
+            pub const REG: SysReg = SysReg::$reg;
+
+            /// Reads the register (needs ICC_SRE_EL2 synchronised). It is read-only: there is no
+            /// writer.
+            pub fn read<K: Includes<GicSre>>(_sre: &Synced<K>) -> u64 {
+                emit::mrs(SysReg::$reg)
+            }
+        }
+    };
+}
+
+gic_ro_reg!(
+    /// ICH_VTR_EL2: ListRegs \[4:0\] (number of list registers minus one), PREbits, PRIbits.
+    IchVtrEl2, IchVtrEl2
+);
+gic_ro_reg!(
+    /// ICH_MISR_EL2: which maintenance interrupt conditions hold.
+    IchMisrEl2, IchMisrEl2
+);
+gic_ro_reg!(
+    /// ICH_EISR_EL2: list registers whose EOI maintenance is pending (bit per list register).
+    IchEisrEl2, IchEisrEl2
+);
+gic_ro_reg!(
+    /// ICH_ELRSR_EL2: empty list registers (bit per list register).
+    IchElrsrEl2, IchElrsrEl2
+);
 
 gic_reg!(
     /// ICC_PMR_EL1 at EL2: the physical CPU interface's priority mask. EL2 runs with interrupts

@@ -1,0 +1,259 @@
+//! The per-vCPU virtual CPU interface: list-register scheduling around each guest run.
+//!
+//! [`VcpuIf::flush`] before entry, [`VcpuIf::sync`] after exit (see the crate docs for the
+//! model). Maintenance interrupts used:
+//!
+//! * **underflow** (`UIE`) when more interrupts wait than there are list registers: the guest
+//!   exits once at most one list register is still valid, and the next flush refills them;
+//! * **EOI** (the list register's EOI bit) on level-sensitive interrupts without a physical
+//!   mapping, so their line is re-sampled when the guest deactivates them, and on GICv2 SGIs
+//!   with more sources waiting, so the next source is delivered.
+//!
+//! No-pending (`NPIE`) is not used: the flush never evicts active interrupts, so when every list
+//! register holds an active interrupt there is nothing to do on that exit, and NPIE would fire at
+//! once and keep firing while the guest handles them.
+
+use crate::dist::NOT_LOADED;
+use crate::lr::{hcr, vmcr};
+use crate::{Lr, LrState, Version, Vgic, MAX_LRS, NR_INTIDS};
+
+/// The hardware (or a fake) behind one physical CPU's virtual CPU interface. List registers are
+/// exchanged as [`Lr`]; each backend encodes them in its own format.
+pub trait ListRegs {
+    /// Number of implemented list registers (at most [`MAX_LRS`] are used).
+    fn nr_lrs(&self) -> usize;
+    /// Reads list register `i`.
+    fn read_lr(&mut self, i: usize) -> Lr;
+    /// Writes list register `i`.
+    fn write_lr(&mut self, i: usize, lr: &Lr);
+    /// `ELRSR`: bit *i* set when list register *i* is empty (invalid and needs no EOI
+    /// maintenance), so it need not be read.
+    fn empty_lrs(&mut self) -> u16;
+    /// Writes the hypervisor control register's [`hcr`] bits (a backend may add trap bits).
+    fn write_hcr(&mut self, hcr: u32);
+    /// Reads `VMCR` (the guest's enables, EOImode, binary points, priority mask).
+    fn read_vmcr(&mut self) -> u32;
+    /// Writes `VMCR`.
+    fn write_vmcr(&mut self, vmcr: u32);
+    /// Reads the active-priority registers: \[group 0, group 1\] (v3 `ICH_AP0R0`/`ICH_AP1R0`;
+    /// v2 `GICH_APR` and 0).
+    fn read_aprs(&mut self) -> [u32; 2];
+    /// Writes the active-priority registers.
+    fn write_aprs(&mut self, aprs: [u32; 2]);
+}
+
+/// One vCPU's virtual CPU interface state, owned by the CPU that runs the vCPU.
+#[derive(Debug, Clone)]
+pub struct VcpuIf {
+    vcpu: usize,
+    /// INTIDs in list registers `0..nr_loaded`, as written by the last flush.
+    loaded: [u8; MAX_LRS],
+    nr_loaded: usize,
+    /// A flush happened and no sync since.
+    live: bool,
+    hcr: u32,
+    vmcr: u32,
+    aprs: [u32; 2],
+}
+
+impl VcpuIf {
+    /// The interface of vCPU `vcpu`, with VMCR and the active priorities at reset (zero).
+    pub const fn new(vcpu: usize) -> Self {
+        VcpuIf {
+            vcpu,
+            loaded: [0; MAX_LRS],
+            nr_loaded: 0,
+            live: false,
+            hcr: 0,
+            vmcr: 0,
+            aprs: [0; 2],
+        }
+    }
+
+    /// The vCPU.
+    pub fn vcpu(&self) -> usize {
+        self.vcpu
+    }
+
+    /// The control bits the last flush wrote ([`hcr`]).
+    pub fn hcr(&self) -> u32 {
+        self.hcr
+    }
+
+    /// The INTIDs the last flush put in list registers, in list-register order.
+    pub fn loaded(&self) -> &[u8] {
+        &self.loaded[..self.nr_loaded]
+    }
+
+    /// Before entering the guest: fills the list registers with this vCPU's active interrupts,
+    /// then its deliverable pending ones in priority order (lower value first, then lower
+    /// INTID), clears list registers the previous run used and this one does not, and writes the
+    /// control register (enable, plus underflow when interrupts are left waiting).
+    ///
+    /// Calling it twice without [`VcpuIf::sync`] in between syncs first.
+    pub fn flush(&mut self, vgic: &Vgic, lrs: &mut impl ListRegs) {
+        if self.live {
+            self.sync(vgic, lrs);
+        }
+        let nr_lrs = lrs.nr_lrs().min(MAX_LRS);
+        let v2 = vgic.version() == Version::V2;
+        let mut s = vgic.state.lock();
+
+        // Candidates, keyed so that an ascending sort gives the load order: active first (they
+        // can never leave the list registers: KVM's `vgic_irq_cmp` has the same rule), then by
+        // priority, then by INTID.
+        let mut cand = [0u32; NR_INTIDS];
+        let mut count = 0;
+        for intid in 0..NR_INTIDS as u32 {
+            let Some(irq) = s.irq(self.vcpu, intid) else {
+                continue;
+            };
+            let ours = vgic.target(self.vcpu, intid, irq) == Some(self.vcpu);
+            let free = irq.loaded_on == NOT_LOADED || irq.loaded_on as usize == self.vcpu;
+            if ours && free && (irq.active || s.deliverable(irq)) {
+                cand[count] = ((!irq.active as u32) << 16) | ((irq.priority as u32) << 8) | intid;
+                count += 1;
+            }
+        }
+        let cand = &mut cand[..count];
+        cand.sort_unstable();
+
+        let nr = count.min(nr_lrs);
+        for (i, key) in cand[..nr].iter().enumerate() {
+            let intid = key & 0xff;
+            let deliverable = s
+                .irq(self.vcpu, intid)
+                .is_some_and(|irq| s.deliverable(irq));
+            let Some(irq) = s.irq_mut(self.vcpu, intid) else {
+                continue;
+            };
+            let mut pending = deliverable;
+            // Never pending+active on a hardware-mapped LR: the physical distributor holds the
+            // pending state (KVM `vgic_v3_populate_lr`).
+            if irq.hw.is_some() && irq.active {
+                pending = false;
+            }
+            let mut source = 0;
+            let mut more_sources = false;
+            if v2 && intid < 16 {
+                // One source per list register: the active one if active, else the lowest.
+                source = if irq.active {
+                    irq.active_source
+                } else {
+                    irq.sources.trailing_zeros() as u8 & 7
+                };
+                pending &= irq.sources & (1 << source) != 0;
+                if pending {
+                    irq.sources &= !(1 << source);
+                }
+                more_sources = irq.sources != 0;
+            } else if pending && irq.edge {
+                // The list register now holds the edge; sync gives it back if still pending.
+                irq.latch = false;
+            }
+            irq.loaded_on = self.vcpu as u8;
+            let lr = Lr {
+                vintid: intid,
+                state: LrState::new(pending, irq.active),
+                priority: irq.priority,
+                group1: irq.group1,
+                hw: irq.hw.map(u32::from),
+                eoi_maint: irq.hw.is_none() && (!irq.edge || more_sources),
+                source,
+            };
+            lrs.write_lr(i, &lr);
+            self.loaded[i] = intid as u8;
+        }
+        for i in nr..self.nr_loaded {
+            lrs.write_lr(i, &Lr::EMPTY);
+        }
+        self.nr_loaded = nr;
+        self.live = true;
+        self.hcr = hcr::EN
+            | if count > nr && nr_lrs >= 2 {
+                hcr::UIE
+            } else {
+                0
+            };
+        lrs.write_hcr(self.hcr);
+    }
+
+    /// After the guest exited: folds the list registers the last flush wrote back into the
+    /// distributor state. Active interrupts stay active (and stay with this vCPU), deactivated
+    /// ones leave, an edge still pending goes back to the pending latch, and a level-sensitive
+    /// interrupt that is no longer pending drops its `ISPENDR` latch (its line is re-sampled at
+    /// the next flush). Interrupts whose state the guest rewrote through MMIO meanwhile keep the
+    /// written state.
+    pub fn sync(&mut self, vgic: &Vgic, lrs: &mut impl ListRegs) {
+        if !self.live {
+            return;
+        }
+        self.live = false;
+        let v2 = vgic.version() == Version::V2;
+        let empty = lrs.empty_lrs();
+        let mut s = vgic.state.lock();
+        for i in 0..self.nr_loaded {
+            let intid = self.loaded[i] as u32;
+            let lr = if empty & (1 << i) != 0 {
+                Lr::EMPTY
+            } else {
+                lrs.read_lr(i)
+            };
+            let Some(irq) = s.irq_mut(self.vcpu, intid) else {
+                continue;
+            };
+            irq.loaded_on = NOT_LOADED;
+            if irq.overridden {
+                irq.overridden = false;
+                continue;
+            }
+            irq.active = lr.state.active();
+            irq.active_on = if irq.active {
+                self.vcpu as u8
+            } else {
+                NOT_LOADED
+            };
+            if v2 && intid < 16 {
+                if lr.state.pending() {
+                    irq.sources |= 1 << (lr.source & 7);
+                }
+                if irq.active {
+                    irq.active_source = lr.source & 7;
+                }
+            } else if irq.edge {
+                if lr.state.pending() {
+                    irq.latch = true;
+                }
+            } else if !lr.state.pending() {
+                irq.latch = false;
+            }
+        }
+    }
+
+    /// When the vCPU leaves this physical CPU (after [`VcpuIf::sync`]): saves VMCR and the active
+    /// priorities, and turns the virtual CPU interface off.
+    pub fn save(&mut self, lrs: &mut impl ListRegs) {
+        self.vmcr = lrs.read_vmcr();
+        self.aprs = lrs.read_aprs();
+        self.hcr = 0;
+        lrs.write_hcr(0);
+    }
+
+    /// When the vCPU arrives on a physical CPU (before [`VcpuIf::flush`]): restores VMCR and the
+    /// active priorities (zero for a new vCPU).
+    pub fn restore(&self, lrs: &mut impl ListRegs) {
+        lrs.write_vmcr(self.vmcr);
+        lrs.write_aprs(self.aprs);
+    }
+
+    /// The guest's current priority mask (8-bit scale), read from the live VMCR; for
+    /// [`Vgic::has_pending`] on WFI.
+    pub fn priority_mask(&self, version: Version, lrs: &mut impl ListRegs) -> u8 {
+        vmcr::pmr(version, lrs.read_vmcr())
+    }
+
+    /// The guest's EOImode (1: EOI only drops priority, DIR deactivates), from the live VMCR.
+    pub fn eoi_mode(&self, lrs: &mut impl ListRegs) -> bool {
+        lrs.read_vmcr() & vmcr::EOIM != 0
+    }
+}

@@ -1,0 +1,270 @@
+//! List registers: an encoding-independent [`Lr`] and its two hardware encodings.
+//!
+//! A list register presents one virtual interrupt to the guest's virtual CPU interface. The
+//! hardware moves it from pending to active when the guest acknowledges it, and clears the active
+//! state when the guest deactivates it (EOI with EOImode 0, or DIR with EOImode 1).
+//!
+//! Layouts (GIC architecture specification IHI 0069, "ICH_LR<n>_EL2"; IHI 0048B, "GICH_LRn"; the
+//! same fields as Linux's `include/linux/irqchip/arm-gic-v3.h` and `arm-gic.h`):
+//!
+//! | field | GICv3 `ICH_LR<n>_EL2` (64-bit) | GICv2 `GICH_LR<n>` (32-bit) |
+//! |---|---|---|
+//! | virtual INTID | \[31:0\] | \[9:0\] |
+//! | physical INTID (HW = 1) | \[44:32\] | \[19:10\] |
+//! | EOI maintenance (HW = 0) | \[41\] | \[19\] |
+//! | SGI source CPU (HW = 0) | — | \[12:10\] |
+//! | priority | \[55:48\] (8 bits) | \[27:23\] (top 5 bits) |
+//! | group 1 | \[60\] | \[30\] |
+//! | HW | \[61\] | \[31\] |
+//! | state (1 = pending, 2 = active) | \[63:62\] | \[29:28\] |
+
+/// The state of a list register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LrState {
+    /// Empty (or the interrupt was deactivated).
+    Invalid,
+    /// Pending.
+    Pending,
+    /// Active (acknowledged, not yet deactivated).
+    Active,
+    /// Active and pending again (edge-triggered, re-asserted while active).
+    PendingActive,
+}
+
+impl LrState {
+    /// From the pending and active bits.
+    pub const fn new(pending: bool, active: bool) -> Self {
+        match (pending, active) {
+            (false, false) => LrState::Invalid,
+            (true, false) => LrState::Pending,
+            (false, true) => LrState::Active,
+            (true, true) => LrState::PendingActive,
+        }
+    }
+
+    /// Whether the pending bit is set.
+    pub const fn pending(self) -> bool {
+        matches!(self, LrState::Pending | LrState::PendingActive)
+    }
+
+    /// Whether the active bit is set.
+    pub const fn active(self) -> bool {
+        matches!(self, LrState::Active | LrState::PendingActive)
+    }
+
+    const fn bits(self) -> u64 {
+        (self.pending() as u64) | ((self.active() as u64) << 1)
+    }
+
+    const fn from_bits(b: u64) -> Self {
+        LrState::new(b & 1 != 0, b & 2 != 0)
+    }
+}
+
+/// One list register, independent of the GIC version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lr {
+    /// The virtual INTID the guest sees.
+    pub vintid: u32,
+    /// Pending/active state.
+    pub state: LrState,
+    /// Priority (8-bit; GICv2 keeps the top 5 bits).
+    pub priority: u8,
+    /// Group 1 (else group 0).
+    pub group1: bool,
+    /// Hardware-mapped: the guest's deactivation also deactivates this physical INTID.
+    pub hw: Option<u32>,
+    /// Ask for a maintenance interrupt when the guest deactivates it (only without `hw`).
+    pub eoi_maint: bool,
+    /// GICv2 SGIs: the sending CPU (GICv3 has no such field; ignored there).
+    pub source: u8,
+}
+
+impl Lr {
+    /// An empty list register.
+    pub const EMPTY: Lr = Lr {
+        vintid: 0,
+        state: LrState::Invalid,
+        priority: 0,
+        group1: false,
+        hw: None,
+        eoi_maint: false,
+        source: 0,
+    };
+
+    /// GICv3 `ICH_LR<n>_EL2` encoding.
+    pub const fn encode_v3(&self) -> u64 {
+        let mut v = self.vintid as u64;
+        match self.hw {
+            Some(p) => v |= (1 << 61) | (((p as u64) & 0x1fff) << 32),
+            None => v |= (self.eoi_maint as u64) << 41,
+        }
+        v | ((self.priority as u64) << 48)
+            | ((self.group1 as u64) << 60)
+            | (self.state.bits() << 62)
+    }
+
+    /// Decodes a GICv3 `ICH_LR<n>_EL2` value.
+    pub const fn decode_v3(v: u64) -> Lr {
+        let hw = v & (1 << 61) != 0;
+        Lr {
+            vintid: v as u32,
+            state: LrState::from_bits(v >> 62),
+            priority: (v >> 48) as u8,
+            group1: v & (1 << 60) != 0,
+            hw: if hw {
+                Some(((v >> 32) & 0x1fff) as u32)
+            } else {
+                None
+            },
+            eoi_maint: !hw && v & (1 << 41) != 0,
+            source: 0,
+        }
+    }
+
+    /// GICv2 `GICH_LR<n>` encoding (priority keeps its top 5 bits).
+    pub const fn encode_v2(&self) -> u32 {
+        let mut v = self.vintid & 0x3ff;
+        match self.hw {
+            Some(p) => v |= (1 << 31) | ((p & 0x3ff) << 10),
+            None => v |= ((self.eoi_maint as u32) << 19) | (((self.source & 7) as u32) << 10),
+        }
+        v | (((self.priority >> 3) as u32) << 23)
+            | ((self.state.bits() as u32) << 28)
+            | ((self.group1 as u32) << 30)
+    }
+
+    /// Decodes a GICv2 `GICH_LR<n>` value.
+    pub const fn decode_v2(v: u32) -> Lr {
+        let hw = v & (1 << 31) != 0;
+        Lr {
+            vintid: v & 0x3ff,
+            state: LrState::from_bits((v >> 28) as u64),
+            priority: (((v >> 23) & 0x1f) << 3) as u8,
+            group1: v & (1 << 30) != 0,
+            hw: if hw { Some((v >> 10) & 0x3ff) } else { None },
+            eoi_maint: !hw && v & (1 << 19) != 0,
+            source: if hw { 0 } else { ((v >> 10) & 7) as u8 },
+        }
+    }
+}
+
+/// `ICH_HCR_EL2` / `GICH_HCR` bits (the low byte is the same in both versions).
+pub mod hcr {
+    /// Virtual CPU interface enable.
+    pub const EN: u32 = 1 << 0;
+    /// Underflow: maintenance interrupt while at most one list register is valid.
+    pub const UIE: u32 = 1 << 1;
+    /// List register entry not present: maintenance while EOIcount is non-zero.
+    pub const LRENPIE: u32 = 1 << 2;
+    /// No pending: maintenance while no list register is pending.
+    pub const NPIE: u32 = 1 << 3;
+}
+
+/// `ICH_VMCR_EL2` / `GICH_VMCR` fields the vGIC reads.
+pub mod vmcr {
+    use crate::Version;
+
+    /// EOImode (VEOIM in v3, VEM in v2): bit 9 in both.
+    pub const EOIM: u32 = 1 << 9;
+
+    /// The guest's priority mask (8-bit scale). v3: VPMR \[31:24\]; v2: VMPriMask \[31:27\]
+    /// (5 bits, the top of an 8-bit priority).
+    pub const fn pmr(version: Version, vmcr: u32) -> u8 {
+        match version {
+            Version::V3 => (vmcr >> 24) as u8,
+            Version::V2 => (((vmcr >> 27) & 0x1f) << 3) as u8,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V3_SAMPLE: Lr = Lr {
+        vintid: 27,
+        state: LrState::Pending,
+        priority: 0xa0,
+        group1: true,
+        hw: None,
+        eoi_maint: true,
+        source: 0,
+    };
+
+    #[test]
+    fn v3_hand_checked_patterns() {
+        // State 01 (bits 63:62), Group 1 (bit 60), priority 0xa0 (55:48), EOI (41), vINTID 27.
+        assert_eq!(V3_SAMPLE.encode_v3(), 0x50a0_0200_0000_001b);
+        assert_eq!(Lr::decode_v3(0x50a0_0200_0000_001b), V3_SAMPLE);
+        // HW = 1 (bit 61), pINTID 27 in 44:32, active + pending (11), group 1, priority 0x80.
+        let hw = Lr {
+            vintid: 27,
+            state: LrState::PendingActive,
+            priority: 0x80,
+            group1: true,
+            hw: Some(27),
+            eoi_maint: false,
+            source: 0,
+        };
+        assert_eq!(hw.encode_v3(), 0xf080_001b_0000_001b);
+        assert_eq!(Lr::decode_v3(0xf080_001b_0000_001b), hw);
+        // Active only, group 0, priority 0, vINTID 8192 (beyond GICv2's 10 bits).
+        let a = Lr {
+            vintid: 8192,
+            state: LrState::Active,
+            ..Lr::EMPTY
+        };
+        assert_eq!(a.encode_v3(), 0x8000_0000_0000_2000);
+        assert_eq!(Lr::EMPTY.encode_v3(), 0);
+    }
+
+    #[test]
+    fn v2_hand_checked_patterns() {
+        // SGI 3 from CPU 2: pending (bit 28), priority 0xa0 >> 3 = 0x14 in 27:23, source in 12:10.
+        let sgi = Lr {
+            vintid: 3,
+            state: LrState::Pending,
+            priority: 0xa0,
+            group1: false,
+            hw: None,
+            eoi_maint: false,
+            source: 2,
+        };
+        assert_eq!(sgi.encode_v2(), 0x1a00_0803);
+        assert_eq!(Lr::decode_v2(0x1a00_0803), sgi);
+        // HW (31), pINTID 30 in 19:10, active (29), group 1 (30), priority 0xf8, vINTID 27.
+        let hw = Lr {
+            vintid: 27,
+            state: LrState::Active,
+            priority: 0xf8,
+            group1: true,
+            hw: Some(30),
+            eoi_maint: false,
+            source: 0,
+        };
+        assert_eq!(hw.encode_v2(), 0xef80_781b);
+        assert_eq!(Lr::decode_v2(0xef80_781b), hw);
+        // EOI maintenance bit 19, SPI 40.
+        let eoi = Lr {
+            vintid: 40,
+            state: LrState::Pending,
+            eoi_maint: true,
+            ..Lr::EMPTY
+        };
+        assert_eq!(eoi.encode_v2(), 0x1008_0028);
+        // v2 keeps only the top 5 priority bits.
+        let low = Lr {
+            priority: 0x07,
+            ..eoi
+        };
+        assert_eq!(Lr::decode_v2(low.encode_v2()).priority, 0);
+    }
+
+    #[test]
+    fn vmcr_priority_mask() {
+        assert_eq!(vmcr::pmr(crate::Version::V3, 0xf000_0000), 0xf0);
+        assert_eq!(vmcr::pmr(crate::Version::V2, 0xf800_0000), 0xf8);
+        assert_eq!(vmcr::pmr(crate::Version::V2, 0x0800_0000), 0x08);
+    }
+}
