@@ -52,6 +52,11 @@ pub const GUEST_RAM_IPA_MIN: u64 = 0x4000_0000;
 /// Largest single donation or loan (1 GiB).
 pub const MAX_PAGES_PER_CALL: u64 = 1 << 18;
 
+/// Table pages `give` holds back while it changes the tables, so that
+/// undoing a part-done change can always split the blocks it needs to (two
+/// ends of the range, a level-1 and a level-2 split each).
+const ROLLBACK_TABLES: usize = 4;
+
 /// PSCI INVALID_ADDRESS (-9).
 pub const PSCI_INVALID_ADDRESS: u64 = -9i64 as u64;
 
@@ -463,10 +468,17 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
             return Err(HostError::Invalid);
         }
         let size = pages * PAGE_SIZE;
-        if pa < self.host_ram.base || pa + size > self.host_ram.end() {
+        // Checked sums: a PA or IPA near 2^64 from the host must be a range
+        // error, not an overflow (a panic in debug builds; in release a
+        // wrapped end would pass the check).
+        if pa < self.host_ram.base || pa.checked_add(size).is_none_or(|e| e > self.host_ram.end()) {
             return Err(HostError::Range);
         }
-        if ipa < GUEST_RAM_IPA_MIN || ipa + size > 1 << GUEST_IPA_BITS {
+        if ipa < GUEST_RAM_IPA_MIN
+            || ipa
+                .checked_add(size)
+                .is_none_or(|e| e > 1 << GUEST_IPA_BITS)
+        {
             return Err(HostError::Range);
         }
         if vm.status != VmStatus::Live {
@@ -511,6 +523,16 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         let Some(after) = after else {
             return Err(HostError::Invalid);
         };
+        // Undoing a part-done change may itself split a block (at either end
+        // of the range, at levels 1 and 2: at most ROLLBACK_TABLES tables)
+        // when the change merged tables on its way. Those tables are taken
+        // now and handed back just before an undo, so an undo never runs out
+        // of memory and no page stays given away. (Found by the model test:
+        // the undo after a failed guest map found no table for a split and
+        // left the host's pages lent to nobody.)
+        let Some(reserve) = self.reserve_tables() else {
+            return Err(HostError::NoMemory);
+        };
         // Host first (a block split may run out of tables), then the guest.
         let host_change = match after.host.page_state() {
             None => {
@@ -522,7 +544,13 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
                 .set_state(&mut self.alloc, Ipa(pa), size, state),
         };
         if let Err(e) = host_change {
-            self.restore_host(pa, size);
+            // Out of tables part-way: only the pages changed so far go back.
+            // Remapping the whole range would split the untouched block the
+            // failed split left behind, which needs the very table that was
+            // missing (it panicked in the debug assertion below, and left
+            // pages unowned in release builds).
+            self.release_tables(reserve);
+            self.restore_changed(pa, size);
             return Err(s2err(e));
         }
         let guest_state = after.guest.page_state().unwrap_or(PageState::Owned);
@@ -536,13 +564,59 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
             guest_state,
         ) {
             // The range was unmapped before (no overlap), so unmapping it
-            // again frees what the partial map allocated and needs no table.
+            // again frees what the partial map allocated.
             let _ = vm.s2.unmap(&mut self.alloc, Ipa(ipa), size);
+            self.release_tables(reserve);
             self.restore_host(pa, size);
             return Err(s2err(e));
         }
         vm.regions[free] = Some(new);
+        self.release_tables(reserve);
         Ok(())
+    }
+
+    /// Takes [`ROLLBACK_TABLES`] table pages from the allocator (all or none).
+    fn reserve_tables(&mut self) -> Option<[Pa; ROLLBACK_TABLES]> {
+        let mut got = [Pa(0); ROLLBACK_TABLES];
+        for i in 0..ROLLBACK_TABLES {
+            let Some(p) = self.alloc.alloc_table() else {
+                self.release_tables_n(&got[..i]);
+                return None;
+            };
+            got[i] = p;
+        }
+        Some(got)
+    }
+
+    fn release_tables(&mut self, tables: [Pa; ROLLBACK_TABLES]) {
+        self.release_tables_n(&tables);
+    }
+
+    fn release_tables_n(&mut self, tables: &[Pa]) {
+        for &p in tables {
+            // SAFETY: allocated by `reserve_tables` as single pages and never
+            // linked into any table or used otherwise, so no walker or TLB
+            // can hold them.
+            unsafe { self.alloc.free_tables(p, 1) };
+        }
+    }
+
+    /// After a failed host change over `[pa, pa + size)` (pages that were all
+    /// the host's): gives back every run of pages that is no longer owned.
+    fn restore_changed(&mut self, pa: u64, size: u64) {
+        let end = pa + size;
+        let mut p = pa;
+        while p < end {
+            if self.host_state(p) == CompState::Owned {
+                p += PAGE_SIZE;
+                continue;
+            }
+            let start = p;
+            while p < end && self.host_state(p) != CompState::Owned {
+                p += PAGE_SIZE;
+            }
+            self.restore_host(start, p - start);
+        }
     }
 
     /// Gives the host back `[pa, pa + size)` as its own (identity, owned).
@@ -731,35 +805,69 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         };
         let next =
             ownership::transition(cur, t, Requester::Guest).map_err(|_| HostError::Denied)?;
-        match next.host.page_state() {
-            Some(state) => self
-                .host_s2
-                .map(
-                    &mut self.alloc,
-                    Ipa(pa),
-                    Pa(pa),
-                    PAGE_SIZE,
-                    Attrs::RAM_RW,
-                    state,
-                )
-                .map_err(s2err)?,
-            None => self
-                .host_s2
-                .set_annotation(&mut self.alloc, Ipa(pa), PAGE_SIZE, owner_of_slot(slot))
-                .map_err(s2err)?,
-        };
+        // Either change may need a table (splitting a block), so either may
+        // fail with NoMemory; the one made first is then undone (undoing
+        // re-merges what it split and needs no table). The host loses access
+        // first (unshare) and gains it last (share), so it never reads a page
+        // the guest still holds private. (Before, the host was changed first
+        // in both directions: a failed guest change after a share left the
+        // host mapping a guest-private page.)
         let gstate = next.guest.page_state().unwrap_or(PageState::Owned);
+        let gold = cur.guest.page_state().unwrap_or(PageState::Owned);
+        if share {
+            self.guest_set_state(slot, ipa, gstate)?;
+            if let Err(e) = self.host_set(pa, next.host, slot) {
+                let undo = self.guest_set_state(slot, ipa, gold);
+                debug_assert!(undo.is_ok(), "undoing a guest state change needs no tables");
+                return Err(e);
+            }
+        } else {
+            self.host_set(pa, next.host, slot)?;
+            if let Err(e) = self.guest_set_state(slot, ipa, gstate) {
+                let undo = self.host_set(pa, cur.host, slot);
+                debug_assert!(undo.is_ok(), "undoing a host state change needs no tables");
+                return Err(e);
+            }
+        }
         let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
-        // The page is mapped (it is in a region), so no table is needed.
-        vm.s2
-            .set_state(&mut self.alloc, Ipa(ipa), PAGE_SIZE, gstate)
-            .map_err(s2err)?;
         if share {
             vm.shared += 1;
         } else {
             vm.shared -= 1;
         }
         Ok(())
+    }
+
+    /// Sets the host's state of page `pa`: mapped (identity) in `state`, or
+    /// unmapped with guest `slot`'s owner annotation.
+    fn host_set(&mut self, pa: u64, state: CompState, slot: usize) -> HostResult<()> {
+        match state.page_state() {
+            Some(st) => self.host_s2.map(
+                &mut self.alloc,
+                Ipa(pa),
+                Pa(pa),
+                PAGE_SIZE,
+                Attrs::RAM_RW,
+                st,
+            ),
+            None => self.host_s2.set_annotation(
+                &mut self.alloc,
+                Ipa(pa),
+                PAGE_SIZE,
+                owner_of_slot(slot),
+            ),
+        }
+        .map(|_| ())
+        .map_err(s2err)
+    }
+
+    /// Sets the guest state of the (mapped) page at `ipa` of guest `slot`.
+    fn guest_set_state(&mut self, slot: usize, ipa: u64, state: PageState) -> HostResult<()> {
+        let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
+        vm.s2
+            .set_state(&mut self.alloc, Ipa(ipa), PAGE_SIZE, state)
+            .map(|_| ())
+            .map_err(s2err)
     }
 
     /// VM_DESTROY: scrubs every page the host could not read, gives all the

@@ -1,0 +1,1679 @@
+//! Property test of the host control interface (`hyp_core::control`) against a reference model
+//! of VMs, vCPUs and page ownership.
+//!
+//! Random call sequences mix valid and invalid handles (0..=10 and `u64::MAX`), vCPU indices,
+//! unaligned, out-of-range and overflowing PAs/IPAs, overlapping IPA ranges, double donations,
+//! lends to protected and donations to normal VMs, destroys while a vCPU is claimed, runs on two
+//! CPUs, MMIO completions without a read, every `RunEnd`, guest share/unshare of every kind of
+//! page, PSCI CPU_ON / AFFINITY_INFO. After every call the return value equals the model's
+//! (exact `HostError` variant or value), the VM metadata (handles, vCPUs, regions, share count,
+//! status) equals the model's and the barriers checker passes over the recorded trace; after
+//! every give / share / destroy the touched host pages (`host_state`, `host_annotation`) and
+//! guest IPAs (`guest_state`) equal the model; every [`FULL_CHECK_EVERY`] calls all of host RAM
+//! and all guest memory is compared. Each destroy must scrub exactly the VM's donated pages. At
+//! the end every VM is destroyed: the host owns every page again (identity, RWX, `Owned`),
+//! every page was scrubbed once per donation, and no table page leaked.
+//!
+//! A quarter of the cases run out of table memory: most calls get only 0..=6 pages of
+//! headroom (`give` holds 4 back for undoing), so splits fail; a call may then return
+//! `NoMemory` where the model says `Ok`, and must have changed nothing. Their teardown gets no
+//! headroom at all.
+//!
+//! Case count: `CONTROL_CASES` (default 100), [`OPS`] calls each: 120,000 random calls per
+//! `cargo test`.
+
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hyp_core::control::{
+    owner_of_slot, Control, HostError, HostResult, MmioWait, PhysMem, Power, Region, RegionKind,
+    RunEnd, RunStart, VcpuMeta, VmStatus, GUEST_IPA_BITS, GUEST_RAM_IPA_MIN, MAX_PAGES_PER_CALL,
+    MAX_REGIONS, MAX_VCPUS, MAX_VMS, PSCI_INVALID_ADDRESS,
+};
+use hyp_core::hypercall as psci;
+use hyp_core::platform::MemRegion;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestError, TestRunner};
+use s2mm::host::HostAlloc;
+use s2mm::ownership::CompState;
+use s2mm::{Attrs, Ipa, OwnerId, PageState, PAGE_SIZE};
+
+const PAGE: u64 = PAGE_SIZE;
+/// The highest page-aligned address.
+const LAST_PAGE: u64 = !(PAGE - 1);
+/// Host RAM: 8 MiB (four 2 MiB blocks) at 1 GiB.
+const RAM_BASE: u64 = 0x4000_0000;
+const RAM_PAGES: u64 = 2048;
+const RAM_END: u64 = RAM_BASE + RAM_PAGES * PAGE;
+/// Guest IPAs are mostly drawn from a 16 MiB window at `GUEST_RAM_IPA_MIN`.
+const WIN_PAGES: u64 = 4096;
+const BLOCK_PAGES: u64 = 512;
+/// Calls per case.
+const OPS: usize = 1200;
+/// Full comparison of all memory every this many calls.
+const FULL_CHECK_EVERY: usize = 64;
+/// Physical CPUs begin_run picks from.
+const CPUS: u64 = 4;
+/// What a guest "writes" into its donated pages (fake memory), tagged with the slot.
+const SECRET: u64 = 0x5ec0_0000_0000_0000;
+
+static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+std::thread_local! {
+    /// Outcomes per call kind (for the summary printed with `--nocapture`).
+    static STATS: std::cell::RefCell<std::collections::BTreeMap<String, usize>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+fn stat(call: &Call, outcome: String) {
+    let name = format!("{call:?}");
+    let name = name.split([' ', '{']).next().unwrap_or("?").to_owned();
+    STATS.with(|s| {
+        *s.borrow_mut()
+            .entry(format!("{name} {outcome}"))
+            .or_default() += 1
+    });
+}
+
+/// Fake physical memory: one word per host RAM page standing for its contents, and a log of
+/// scrubbed ranges.
+#[derive(Debug)]
+struct FakeMem {
+    data: Vec<u64>,
+    log: Vec<(u64, u64)>,
+    /// Scrubs outside host RAM or unaligned.
+    bad: Vec<(u64, u64)>,
+}
+
+impl FakeMem {
+    fn new() -> Self {
+        Self {
+            data: vec![0; RAM_PAGES as usize],
+            log: Vec::new(),
+            bad: Vec::new(),
+        }
+    }
+}
+
+impl PhysMem for FakeMem {
+    fn scrub(&mut self, pa: u64, len: u64) {
+        let ok = pa >= RAM_BASE
+            && pa.is_multiple_of(PAGE)
+            && len.is_multiple_of(PAGE)
+            && pa.checked_add(len).is_some_and(|e| e <= RAM_END);
+        if !ok {
+            self.bad.push((pa, len));
+            return;
+        }
+        self.log.push((pa, len));
+        for p in (pa - RAM_BASE) / PAGE..(pa + len - RAM_BASE) / PAGE {
+            self.data[p as usize] = 0;
+        }
+    }
+}
+
+type Ctl = Control<HostAlloc, FakeMem>;
+
+/// The host's view of one RAM page in the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HostPage {
+    Owned,
+    Donated(usize),
+    Lent(usize),
+    /// Donated to the slot, then shared back to the host by the guest.
+    SharedBack(usize),
+}
+
+#[derive(Clone, Debug)]
+struct MVm {
+    protected: bool,
+    nr_vcpus: usize,
+    status: VmStatus,
+    vcpus: [VcpuMeta; MAX_VCPUS],
+    regions: Vec<Region>,
+    shared: u64,
+}
+
+const RESET: VcpuMeta = VcpuMeta {
+    power: Power::Off,
+    running_on: None,
+    mmio: MmioWait::None,
+};
+
+impl MVm {
+    fn region_of(&self, ipa: u64) -> Option<&Region> {
+        self.regions
+            .iter()
+            .find(|r| ipa >= r.ipa && ipa - r.ipa < r.pages * PAGE)
+    }
+}
+
+#[derive(Debug)]
+struct Model {
+    vms: [Option<MVm>; MAX_VMS],
+    host: Vec<HostPage>,
+    /// Per page: successful donations to a protected VM so far.
+    donated: Vec<u32>,
+}
+
+fn slot(h: u64) -> Option<usize> {
+    (1..=MAX_VMS as u64).contains(&h).then(|| h as usize - 1)
+}
+
+fn page_idx(pa: u64) -> usize {
+    ((pa - RAM_BASE) / PAGE) as usize
+}
+
+fn power_code(p: Power) -> u64 {
+    match p {
+        Power::On => 0,
+        Power::Off => 1,
+        Power::OnPending { .. } => 2,
+    }
+}
+
+impl Model {
+    fn new() -> Self {
+        Self {
+            vms: [const { None }; MAX_VMS],
+            host: vec![HostPage::Owned; RAM_PAGES as usize],
+            donated: vec![0; RAM_PAGES as usize],
+        }
+    }
+
+    fn vm(&self, h: u64) -> HostResult<&MVm> {
+        slot(h)
+            .and_then(|s| self.vms[s].as_ref())
+            .ok_or(HostError::NoVm)
+    }
+
+    fn vm_mut(&mut self, h: u64) -> HostResult<&mut MVm> {
+        slot(h)
+            .and_then(|s| self.vms[s].as_mut())
+            .ok_or(HostError::NoVm)
+    }
+
+    fn live(&self) -> Vec<u64> {
+        (0..MAX_VMS)
+            .filter(|&s| self.vms[s].is_some())
+            .map(|s| s as u64 + 1)
+            .collect()
+    }
+
+    fn running(&self) -> Vec<(u64, u64, usize)> {
+        let mut v = Vec::new();
+        for (s, vm) in self.vms.iter().enumerate() {
+            if let Some(vm) = vm {
+                for (i, c) in vm.vcpus.iter().enumerate() {
+                    if let Some(cpu) = c.running_on {
+                        v.push((s as u64 + 1, i as u64, cpu));
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// (state, annotation) `host_state` / `host_annotation` must report for a RAM page.
+    fn host_expect(&self, pa: u64) -> (CompState, Option<OwnerId>) {
+        if !(RAM_BASE..RAM_END).contains(&pa) {
+            return (CompState::NoAccess, None);
+        }
+        match self.host[page_idx(pa)] {
+            HostPage::Owned => (CompState::Owned, None),
+            HostPage::Donated(s) => (CompState::NoAccess, Some(OwnerId(2 + s as u8))),
+            HostPage::Lent(_) => (CompState::SharedOwned, None),
+            HostPage::SharedBack(_) => (CompState::SharedBorrowed, None),
+        }
+    }
+
+    /// What `guest_state(h, ipa)` must return.
+    fn guest_expect(&self, h: u64, ipa: u64) -> Option<(u64, CompState)> {
+        let vm = self.vm(h).ok()?;
+        let ipa = ipa & !(PAGE - 1);
+        let r = vm.region_of(ipa)?;
+        let pa = r.pa + (ipa - r.ipa);
+        let st = match self.host[page_idx(pa)] {
+            HostPage::Donated(_) => CompState::Owned,
+            HostPage::SharedBack(_) => CompState::SharedOwned,
+            HostPage::Lent(_) => CompState::SharedBorrowed,
+            HostPage::Owned => panic!("model: region page {pa:#x} owned by the host"),
+        };
+        Some((pa, st))
+    }
+
+    // ---- The calls: what each must return, and its effect on the model. ----
+
+    fn create(&mut self, nr: u64, flags: u64) -> HostResult<u64> {
+        if nr == 0 || nr > MAX_VCPUS as u64 || flags & !1 != 0 {
+            return Err(HostError::Invalid);
+        }
+        let s = self
+            .vms
+            .iter()
+            .position(Option::is_none)
+            .ok_or(HostError::NoMemory)?;
+        self.vms[s] = Some(MVm {
+            protected: flags & 1 != 0,
+            nr_vcpus: nr as usize,
+            status: VmStatus::Live,
+            vcpus: [RESET; MAX_VCPUS],
+            regions: Vec::new(),
+            shared: 0,
+        });
+        Ok(s as u64 + 1)
+    }
+
+    /// Checks of VM_DESTROY; on `Ok` the caller applies [`Model::destroy_apply`].
+    fn destroy_check(&self, h: u64) -> HostResult<u64> {
+        let vm = self.vm(h)?;
+        if vm.vcpus.iter().any(|v| v.running_on.is_some()) {
+            return Err(HostError::Busy);
+        }
+        Ok(vm
+            .regions
+            .iter()
+            .filter(|r| r.kind == RegionKind::Donated)
+            .map(|r| r.pages)
+            .sum())
+    }
+
+    /// Removes the VM; returns its regions.
+    fn destroy_apply(&mut self, h: u64) -> Vec<Region> {
+        let vm = self.vms[slot(h).unwrap()].take().unwrap();
+        for r in &vm.regions {
+            for i in 0..r.pages {
+                self.host[page_idx(r.pa + i * PAGE)] = HostPage::Owned;
+            }
+        }
+        vm.regions
+    }
+
+    fn give_check(
+        &self,
+        h: u64,
+        pa: u64,
+        ipa: u64,
+        pages: u64,
+        kind: RegionKind,
+    ) -> HostResult<()> {
+        let vm = self.vm(h)?;
+        if vm.protected != (kind == RegionKind::Donated) {
+            return Err(HostError::Invalid);
+        }
+        if pages == 0
+            || pages > MAX_PAGES_PER_CALL
+            || !pa.is_multiple_of(PAGE)
+            || !ipa.is_multiple_of(PAGE)
+        {
+            return Err(HostError::Invalid);
+        }
+        let size = pages * PAGE;
+        // Overflowing ranges are out of range, like any other range past the end.
+        if pa < RAM_BASE || pa.checked_add(size).is_none_or(|e| e > RAM_END) {
+            return Err(HostError::Range);
+        }
+        if ipa < GUEST_RAM_IPA_MIN
+            || ipa
+                .checked_add(size)
+                .is_none_or(|e| e > 1 << GUEST_IPA_BITS)
+        {
+            return Err(HostError::Range);
+        }
+        if vm.status != VmStatus::Live {
+            return Err(HostError::State);
+        }
+        if vm
+            .regions
+            .iter()
+            .any(|r| r.ipa < ipa + size && ipa < r.ipa + r.pages * PAGE)
+        {
+            return Err(HostError::Denied);
+        }
+        if vm.regions.len() >= MAX_REGIONS {
+            return Err(HostError::NoMemory);
+        }
+        if (0..pages).any(|i| self.host[page_idx(pa + i * PAGE)] != HostPage::Owned) {
+            return Err(HostError::Denied);
+        }
+        Ok(())
+    }
+
+    fn give_apply(&mut self, h: u64, pa: u64, ipa: u64, pages: u64, kind: RegionKind) {
+        let s = slot(h).unwrap();
+        for i in 0..pages {
+            let p = page_idx(pa + i * PAGE);
+            self.host[p] = match kind {
+                RegionKind::Donated => {
+                    self.donated[p] += 1;
+                    HostPage::Donated(s)
+                }
+                RegionKind::Lent => HostPage::Lent(s),
+            };
+        }
+        self.vms[s].as_mut().unwrap().regions.push(Region {
+            ipa,
+            pa,
+            pages,
+            kind,
+        });
+    }
+
+    fn vcpu_init(&mut self, h: u64, vcpu: u64, entry: u64, ctx: u64) -> HostResult<()> {
+        let vm = self.vm_mut(h)?;
+        if vcpu >= vm.nr_vcpus as u64 {
+            return Err(HostError::Invalid);
+        }
+        if !entry.is_multiple_of(4) {
+            return Err(HostError::Invalid);
+        }
+        if vm.region_of(entry).is_none() {
+            return Err(HostError::Range);
+        }
+        let v = &mut vm.vcpus[vcpu as usize];
+        if vm.status != VmStatus::Live || v.power != Power::Off {
+            return Err(HostError::State);
+        }
+        v.power = Power::OnPending { entry, ctx };
+        Ok(())
+    }
+
+    fn vcpu_state(&self, h: u64, vcpu: u64) -> HostResult<u64> {
+        let vm = self.vm(h)?;
+        if vcpu >= vm.nr_vcpus as u64 {
+            return Err(HostError::Invalid);
+        }
+        Ok(power_code(vm.vcpus[vcpu as usize].power))
+    }
+
+    /// Expected `RunStart` without the VTTBR (checked separately).
+    fn begin_run(&mut self, h: u64, vcpu: u64, cpu: usize) -> HostResult<Started> {
+        let vm = self.vm_mut(h)?;
+        if vcpu >= vm.nr_vcpus as u64 {
+            return Err(HostError::Invalid);
+        }
+        let live = vm.status == VmStatus::Live;
+        let v = &mut vm.vcpus[vcpu as usize];
+        if v.running_on.is_some() {
+            return Err(HostError::Busy);
+        }
+        if !live || v.power == Power::Off || v.mmio == MmioWait::Awaiting {
+            return Err(HostError::State);
+        }
+        let boot = match v.power {
+            Power::OnPending { entry, ctx } => Some((entry, ctx)),
+            _ => None,
+        };
+        let mmio = match v.mmio {
+            MmioWait::Completed(x) if boot.is_none() => Some(x),
+            _ => None,
+        };
+        *v = VcpuMeta {
+            power: Power::On,
+            running_on: Some(cpu),
+            mmio: MmioWait::None,
+        };
+        Ok((boot, mmio))
+    }
+
+    fn end_run(&mut self, h: u64, vcpu: u64, end: RunEnd) {
+        let vm = self.vm_mut(h).unwrap();
+        let v = &mut vm.vcpus[vcpu as usize];
+        v.running_on = None;
+        match end {
+            RunEnd::Runnable => {}
+            RunEnd::AwaitMmio => v.mmio = MmioWait::Awaiting,
+            RunEnd::CpuOff => v.power = Power::Off,
+            RunEnd::SystemOff => vm.status = VmStatus::Off,
+            RunEnd::SystemReset => vm.status = VmStatus::Reset,
+        }
+    }
+
+    fn mmio_complete(&mut self, h: u64, vcpu: u64, value: u64) -> HostResult<()> {
+        let vm = self.vm_mut(h)?;
+        if vcpu >= vm.nr_vcpus as u64 {
+            return Err(HostError::Invalid);
+        }
+        let v = &mut vm.vcpus[vcpu as usize];
+        if v.running_on.is_some() {
+            return Err(HostError::Busy);
+        }
+        if v.mmio != MmioWait::Awaiting {
+            return Err(HostError::State);
+        }
+        v.mmio = MmioWait::Completed(value);
+        Ok(())
+    }
+
+    fn cpu_on(&mut self, h: u64, target: usize, entry: u64, ctx: u64) -> u64 {
+        let Ok(vm) = self.vm_mut(h) else {
+            return psci::INVALID_PARAMETERS;
+        };
+        if target >= vm.nr_vcpus {
+            return psci::INVALID_PARAMETERS;
+        }
+        if !entry.is_multiple_of(4) || vm.region_of(entry).is_none() {
+            return PSCI_INVALID_ADDRESS;
+        }
+        let v = &mut vm.vcpus[target];
+        match v.power {
+            Power::Off => {
+                v.power = Power::OnPending { entry, ctx };
+                psci::SUCCESS
+            }
+            Power::On => psci::ALREADY_ON,
+            Power::OnPending { .. } => psci::ON_PENDING,
+        }
+    }
+
+    fn affinity_info(&self, h: u64, target: usize) -> u64 {
+        match self.vm(h) {
+            Ok(vm) if target < vm.nr_vcpus => power_code(vm.vcpus[target].power),
+            _ => psci::INVALID_PARAMETERS,
+        }
+    }
+
+    /// Checks of a guest share/unshare; returns the page's PA on `Ok`.
+    fn share_check(&self, h: u64, ipa: u64, share: bool) -> HostResult<u64> {
+        let vm = self.vm(h)?;
+        let ipa = ipa & !(PAGE - 1);
+        let r = vm.region_of(ipa).ok_or(HostError::Range)?;
+        let pa = r.pa + (ipa - r.ipa);
+        match (self.host[page_idx(pa)], share) {
+            (HostPage::Donated(_), true) | (HostPage::SharedBack(_), false) => Ok(pa),
+            _ => Err(HostError::Denied),
+        }
+    }
+
+    fn share_apply(&mut self, h: u64, pa: u64, share: bool) {
+        let s = slot(h).unwrap();
+        let vm = self.vms[s].as_mut().unwrap();
+        self.host[page_idx(pa)] = if share {
+            vm.shared += 1;
+            HostPage::SharedBack(s)
+        } else {
+            vm.shared -= 1;
+            HostPage::Donated(s)
+        };
+    }
+}
+
+/// What `begin_run` must return, without the VTTBR: (boot entry and x0, MMIO value).
+type Started = (Option<(u64, u64)>, Option<u64>);
+
+/// A decoded call, kept for failure reports.
+#[derive(Clone, Copy, Debug)]
+enum Call {
+    Create {
+        nr: u64,
+        flags: u64,
+    },
+    Destroy {
+        h: u64,
+    },
+    Give {
+        h: u64,
+        pa: u64,
+        ipa: u64,
+        pages: u64,
+        kind: RegionKind,
+    },
+    VcpuInit {
+        h: u64,
+        vcpu: u64,
+        entry: u64,
+        ctx: u64,
+    },
+    VcpuState {
+        h: u64,
+        vcpu: u64,
+    },
+    BeginRun {
+        h: u64,
+        vcpu: u64,
+        cpu: usize,
+    },
+    EndRun {
+        h: u64,
+        vcpu: u64,
+        cpu: usize,
+        end: RunEnd,
+    },
+    MmioComplete {
+        h: u64,
+        vcpu: u64,
+        value: u64,
+    },
+    CpuOn {
+        h: u64,
+        target: usize,
+        entry: u64,
+        ctx: u64,
+    },
+    AffinityInfo {
+        h: u64,
+        target: usize,
+    },
+    Share {
+        h: u64,
+        ipa: u64,
+        share: bool,
+    },
+}
+
+/// Raw random input of one call, decoded against the current model state.
+type Raw = (u32, u64, u64, u64, u64);
+
+/// Call kinds and their weights.
+const KINDS: [(u8, u32); 11] = [
+    (0, 6),   // create
+    (1, 2),   // destroy
+    (2, 20),  // give
+    (3, 8),   // vcpu_init
+    (4, 3),   // vcpu_state
+    (5, 12),  // begin_run
+    (6, 12),  // end_run
+    (7, 6),   // mmio_complete
+    (8, 5),   // psci_cpu_on
+    (9, 3),   // affinity_info
+    (10, 14), // guest share/unshare
+];
+
+fn kind_of(k: u32) -> u8 {
+    let total: u32 = KINDS.iter().map(|&(_, w)| w).sum();
+    let mut k = k % total;
+    for &(kind, w) in &KINDS {
+        if k < w {
+            return kind;
+        }
+        k -= w;
+    }
+    unreachable!()
+}
+
+/// A handle: mostly a live VM, sometimes 0, 9, 10, `u64::MAX` or a free slot.
+fn handle(m: &Model, r: u64) -> u64 {
+    let live = m.live();
+    let x = r >> 8;
+    match r % 16 {
+        0 => 0,
+        1 => [9, 10, u64::MAX][(x % 3) as usize],
+        2 => x % MAX_VMS as u64 + 1,
+        _ if !live.is_empty() => live[(x % live.len() as u64) as usize],
+        _ => x % 11,
+    }
+}
+
+fn nr_vcpus_of(m: &Model, h: u64) -> u64 {
+    m.vm(h).map_or(2, |v| v.nr_vcpus as u64)
+}
+
+/// A vCPU index: mostly valid, sometimes just past the end or wild.
+fn vcpu_of(nr: u64, r: u64) -> u64 {
+    let x = r >> 8;
+    match r % 10 {
+        0 => nr,
+        1 => [x % 16, u64::MAX, 1 << 32][(x % 3) as usize],
+        _ => x % nr,
+    }
+}
+
+/// An entry point: mostly in one of the VM's regions, sometimes unaligned or outside.
+fn entry_of(m: &Model, h: u64, r: u64) -> u64 {
+    let x = r >> 8;
+    let regions = m.vm(h).map(|v| v.regions.clone()).unwrap_or_default();
+    let inside = |x: u64| {
+        regions
+            .get((x % regions.len().max(1) as u64) as usize)
+            .map_or(GUEST_RAM_IPA_MIN + (x >> 8) % (WIN_PAGES * PAGE), |r| {
+                r.ipa + (x >> 8) % (r.pages * PAGE)
+            })
+    };
+    match r % 10 {
+        0 => inside(x) | 2,
+        1 => [
+            0x0900_0000,
+            GUEST_RAM_IPA_MIN - 4,
+            u64::MAX - 3,
+            1 << GUEST_IPA_BITS,
+        ][(x % 4) as usize],
+        2 => (GUEST_RAM_IPA_MIN + (x % (WIN_PAGES * PAGE))) & !3,
+        _ => inside(x) & !3,
+    }
+}
+
+/// A page count: mostly small, sometimes a 2 MiB block, zero or too many.
+fn pages_of(r: u64) -> u64 {
+    let x = r >> 8;
+    match r % 16 {
+        0 => 0,
+        1 => MAX_PAGES_PER_CALL + 1 + x % 2,
+        2 => MAX_PAGES_PER_CALL,
+        3..=5 => BLOCK_PAGES,
+        6 => BLOCK_PAGES + 1 + x % 16,
+        7 => 2 * BLOCK_PAGES,
+        _ => 1 + x % 32,
+    }
+}
+
+/// A PA: mostly a page of host RAM (often 2 MiB aligned or inside an existing region),
+/// sometimes unaligned, below or across the end of RAM, or overflowing.
+fn pa_of(m: &Model, r: u64, pages: u64) -> u64 {
+    let x = r >> 8;
+    let size = pages.min(RAM_PAGES) * PAGE;
+    match r % 16 {
+        0 => RAM_BASE + (x % RAM_PAGES) * PAGE + 1 + x % 0xfff,
+        1 => RAM_BASE - (1 + x % 4) * PAGE,
+        2 => RAM_END.saturating_sub(size) + (1 + x % 2) * PAGE,
+        3 => [LAST_PAGE, LAST_PAGE - size.max(PAGE) + PAGE, 0][(x % 3) as usize],
+        4 | 5 => {
+            // Inside (or straddling) an existing region of any VM: double donation.
+            let all: Vec<Region> = m
+                .vms
+                .iter()
+                .flatten()
+                .flat_map(|v| v.regions.clone())
+                .collect();
+            if all.is_empty() {
+                RAM_BASE
+            } else {
+                let reg = all[(x % all.len() as u64) as usize];
+                let off = (x >> 16) % (reg.pages + 2);
+                (reg.pa + off * PAGE).saturating_sub(PAGE)
+            }
+        }
+        6 | 7 => RAM_BASE + (x % (RAM_PAGES / BLOCK_PAGES)) * BLOCK_PAGES * PAGE,
+        _ => RAM_BASE + (x % RAM_PAGES) * PAGE,
+    }
+}
+
+/// An IPA: mostly in the window, sometimes overlapping an existing region, unaligned, below
+/// `GUEST_RAM_IPA_MIN`, across the end of the IPA space, or overflowing.
+fn ipa_of(m: &Model, h: u64, r: u64, pages: u64) -> u64 {
+    let x = r >> 8;
+    let size = pages.min(1 << 20) * PAGE;
+    let top = 1u64 << GUEST_IPA_BITS;
+    match r % 16 {
+        0 => GUEST_RAM_IPA_MIN + (x % WIN_PAGES) * PAGE + 8,
+        1 => GUEST_RAM_IPA_MIN - (1 + x % 4) * PAGE,
+        2 => [top - size + PAGE, top - size, top, LAST_PAGE][(x % 4) as usize],
+        3 | 4 => {
+            let regions = m.vm(h).map(|v| v.regions.clone()).unwrap_or_default();
+            if regions.is_empty() {
+                GUEST_RAM_IPA_MIN
+            } else {
+                let reg = regions[(x % regions.len() as u64) as usize];
+                let off = (x >> 16) % (reg.pages + 2);
+                (reg.ipa + off * PAGE).saturating_sub(pages.min(4) * PAGE)
+            }
+        }
+        5 | 6 => GUEST_RAM_IPA_MIN + (x % (WIN_PAGES / BLOCK_PAGES)) * BLOCK_PAGES * PAGE,
+        _ => GUEST_RAM_IPA_MIN + (x % WIN_PAGES) * PAGE,
+    }
+}
+
+fn decode(m: &Model, raw: Raw) -> Call {
+    let (k, a, b, c, d) = raw;
+    match kind_of(k) {
+        0 => Call::Create {
+            nr: match a % 16 {
+                0 => 0,
+                1 => MAX_VCPUS as u64 + 1 + (a >> 8) % 3,
+                2 => u64::MAX,
+                _ => 1 + (a >> 8) % MAX_VCPUS as u64,
+            },
+            flags: match b % 16 {
+                0 => 2 + (b >> 8) % 4,
+                1 => 1 << 63,
+                x => x % 2,
+            },
+        },
+        1 => Call::Destroy { h: handle(m, a) },
+        2 => {
+            let h = handle(m, a);
+            let pages = pages_of(d);
+            let protected = m.vm(h).map_or(c % 2 == 0, |v| v.protected);
+            let matching = if protected {
+                RegionKind::Donated
+            } else {
+                RegionKind::Lent
+            };
+            let other = if protected {
+                RegionKind::Lent
+            } else {
+                RegionKind::Donated
+            };
+            Call::Give {
+                h,
+                pa: pa_of(m, b, pages),
+                ipa: ipa_of(m, h, c, pages),
+                pages,
+                kind: if (a >> 40) % 8 == 0 { other } else { matching },
+            }
+        }
+        3 => {
+            let h = handle(m, a);
+            Call::VcpuInit {
+                h,
+                vcpu: vcpu_of(nr_vcpus_of(m, h), b),
+                entry: entry_of(m, h, c),
+                ctx: d,
+            }
+        }
+        4 => {
+            let h = handle(m, a);
+            Call::VcpuState {
+                h,
+                vcpu: vcpu_of(nr_vcpus_of(m, h), b),
+            }
+        }
+        5 => {
+            let h = handle(m, a);
+            Call::BeginRun {
+                h,
+                vcpu: vcpu_of(nr_vcpus_of(m, h), b),
+                cpu: (c % CPUS) as usize,
+            }
+        }
+        6 => {
+            let running = m.running();
+            if running.is_empty() {
+                // Nothing to end: ask a vCPU's state instead.
+                let h = handle(m, a);
+                return Call::VcpuState {
+                    h,
+                    vcpu: vcpu_of(nr_vcpus_of(m, h), b),
+                };
+            }
+            let (h, vcpu, cpu) = running[(a % running.len() as u64) as usize];
+            let end = match b % 12 {
+                0..=3 => RunEnd::Runnable,
+                4..=7 => RunEnd::AwaitMmio,
+                8 | 9 => RunEnd::CpuOff,
+                10 => RunEnd::SystemOff,
+                _ => RunEnd::SystemReset,
+            };
+            Call::EndRun { h, vcpu, cpu, end }
+        }
+        7 => {
+            let awaiting: Vec<(u64, u64)> = m
+                .live()
+                .into_iter()
+                .flat_map(|h| {
+                    let vm = m.vm(h).unwrap();
+                    (0..vm.nr_vcpus as u64)
+                        .filter(move |&i| vm.vcpus[i as usize].mmio == MmioWait::Awaiting)
+                        .map(move |i| (h, i))
+                })
+                .collect();
+            if a % 2 == 0 && !awaiting.is_empty() {
+                let (h, vcpu) = awaiting[((a >> 8) % awaiting.len() as u64) as usize];
+                return Call::MmioComplete { h, vcpu, value: c };
+            }
+            let h = handle(m, a);
+            Call::MmioComplete {
+                h,
+                vcpu: vcpu_of(nr_vcpus_of(m, h), b),
+                value: c,
+            }
+        }
+        8 => {
+            let h = handle(m, a);
+            let t = vcpu_of(nr_vcpus_of(m, h), b);
+            Call::CpuOn {
+                h,
+                target: usize::try_from(t).unwrap_or(usize::MAX),
+                entry: entry_of(m, h, c),
+                ctx: d,
+            }
+        }
+        9 => {
+            let h = handle(m, a);
+            let t = vcpu_of(nr_vcpus_of(m, h), b);
+            Call::AffinityInfo {
+                h,
+                target: usize::try_from(t).unwrap_or(usize::MAX),
+            }
+        }
+        _ => {
+            let h = handle(m, a);
+            let regions = m.vm(h).map(|v| v.regions.clone()).unwrap_or_default();
+            let ipa = match (b % 8, regions.is_empty()) {
+                (0, _) | (_, true) => entry_of(m, h, b >> 8),
+                _ => {
+                    let r = regions[((b >> 8) % regions.len() as u64) as usize];
+                    r.ipa + (b >> 16) % (r.pages * PAGE)
+                }
+            };
+            // Unshare mostly where something is shared.
+            let shared: Vec<u64> = regions
+                .iter()
+                .flat_map(|r| (0..r.pages).map(move |i| (r.ipa + i * PAGE, r.pa + i * PAGE)))
+                .filter(|&(_, pa)| matches!(m.host[page_idx(pa)], HostPage::SharedBack(_)))
+                .map(|(ipa, _)| ipa)
+                .collect();
+            if c % 4 == 3 && !shared.is_empty() {
+                let ipa = shared[((c >> 8) % shared.len() as u64) as usize] + (d % PAGE);
+                return Call::Share {
+                    h,
+                    ipa,
+                    share: false,
+                };
+            }
+            let share = match c % 4 {
+                0 => false,
+                1 => true,
+                _ => m.share_check(h, ipa, true).is_ok(),
+            };
+            Call::Share { h, ipa, share }
+        }
+    }
+}
+
+struct Run {
+    ctl: Ctl,
+    m: Model,
+    base_pages: usize,
+    oom: bool,
+    recent: VecDeque<Call>,
+    k: usize,
+    /// Per page: times scrubbed.
+    scrubbed: Vec<u32>,
+}
+
+macro_rules! ensure {
+    ($self:ident, $cond:expr, $($fmt:tt)*) => {
+        if !$cond {
+            return Err($self.fail(format!($($fmt)*)));
+        }
+    };
+}
+
+impl Run {
+    fn new(limit: Option<usize>) -> Self {
+        let ctl = Control::new(
+            HostAlloc::new(),
+            FakeMem::new(),
+            MemRegion {
+                base: RAM_BASE,
+                size: RAM_PAGES * PAGE,
+            },
+            40,
+            2,
+            true,
+        )
+        .unwrap();
+        let base_pages = ctl.alloc.live_pages();
+        let mut run = Self {
+            ctl,
+            m: Model::new(),
+            base_pages,
+            oom: limit.is_some(),
+            recent: VecDeque::new(),
+            k: 0,
+            scrubbed: vec![0; RAM_PAGES as usize],
+        };
+        run.ctl.alloc.limit = limit.map(|l| base_pages + l);
+        run
+    }
+
+    fn fail(&self, what: String) -> TestCaseError {
+        TestCaseError::fail(format!(
+            "after call {} (oom={}): {what}\nlast calls (oldest first):\n{:#?}",
+            self.k, self.oom, self.recent
+        ))
+    }
+
+    fn check_host_page(&self, pa: u64) -> Result<(), TestCaseError> {
+        let (st, ann) = self.m.host_expect(pa);
+        let got = self.ctl.host_state(pa);
+        ensure!(
+            self,
+            got == st,
+            "host page {pa:#x}: state {got:?}, model {st:?}"
+        );
+        let got = self.ctl.host_annotation(pa);
+        ensure!(
+            self,
+            got == ann,
+            "host page {pa:#x}: annotation {got:?}, model {ann:?}"
+        );
+        if let Some(map) = self.ctl.host_s2().query(&self.ctl.alloc, Ipa(pa)) {
+            ensure!(
+                self,
+                map.pa.0 == pa,
+                "host page {pa:#x} maps {:#x}",
+                map.pa.0
+            );
+        }
+        Ok(())
+    }
+
+    fn check_guest(&self, h: u64, ipa: u64) -> Result<(), TestCaseError> {
+        let want = self.m.guest_expect(h, ipa);
+        let got = self.ctl.guest_state(h, ipa);
+        ensure!(
+            self,
+            got == want,
+            "guest {h} IPA {ipa:#x}: {got:x?}, model {want:x?}"
+        );
+        Ok(())
+    }
+
+    /// Host pages `[pa, pa + pages)` (clipped to RAM, plus the neighbours).
+    fn check_host_range(&self, pa: u64, pages: u64) -> Result<(), TestCaseError> {
+        let lo = pa.saturating_sub(PAGE).clamp(RAM_BASE - PAGE, RAM_END) & !(PAGE - 1);
+        let hi = pa
+            .saturating_add(pages.saturating_add(1).saturating_mul(PAGE))
+            .clamp(RAM_BASE - PAGE, RAM_END);
+        let mut p = lo;
+        while p <= hi {
+            self.check_host_page(p)?;
+            p += PAGE;
+        }
+        Ok(())
+    }
+
+    fn check_guest_range(&self, h: u64, ipa: u64, pages: u64) -> Result<(), TestCaseError> {
+        let lo = ipa.saturating_sub(PAGE) & !(PAGE - 1);
+        for i in 0..pages.min(2 * BLOCK_PAGES + 2) + 2 {
+            self.check_guest(h, lo.saturating_add(i * PAGE))?;
+        }
+        Ok(())
+    }
+
+    /// VM metadata: handles, slots, vCPUs, regions, share count.
+    fn check_meta(&self) -> Result<(), TestCaseError> {
+        let handles: Vec<u64> = self.ctl.handles().collect();
+        ensure!(
+            self,
+            handles == self.m.live(),
+            "handles {handles:?}, model {:?}",
+            self.m.live()
+        );
+        ensure!(
+            self,
+            self.ctl.guest_vtcr().is_some() != handles.is_empty(),
+            "guest_vtcr with {} VMs",
+            handles.len()
+        );
+        for h in 0..=MAX_VMS as u64 + 1 {
+            match (self.ctl.vm(h), self.m.vm(h)) {
+                (Err(e), Err(_)) => ensure!(self, e == HostError::NoVm, "vm({h}): {e:?}"),
+                (Ok(vm), Ok(mv)) => {
+                    ensure!(self, vm.vmid == h as u16, "VM {h}: VMID {}", vm.vmid);
+                    ensure!(self, vm.vttbr == vm.s2.vttbr(), "VM {h}: VTTBR");
+                    ensure!(self, vm.vttbr >> 48 == h, "VM {h}: VTTBR VMID");
+                    ensure!(
+                        self,
+                        vm.protected == mv.protected
+                            && vm.nr_vcpus == mv.nr_vcpus
+                            && vm.status == mv.status
+                            && vm.shared == mv.shared,
+                        "VM {h}: protected {} nr {} status {:?} shared {}, model {:?}",
+                        vm.protected,
+                        vm.nr_vcpus,
+                        vm.status,
+                        vm.shared,
+                        mv
+                    );
+                    ensure!(
+                        self,
+                        vm.vcpus == mv.vcpus,
+                        "VM {h}: vCPUs {:?}, model {:?}",
+                        vm.vcpus,
+                        mv.vcpus
+                    );
+                    let mut got: Vec<Region> = vm.regions.iter().flatten().copied().collect();
+                    let mut want = mv.regions.clone();
+                    got.sort_by_key(|r| r.ipa);
+                    want.sort_by_key(|r| r.ipa);
+                    ensure!(
+                        self,
+                        got == want,
+                        "VM {h}: regions {got:x?}, model {want:x?}"
+                    );
+                }
+                (a, b) => {
+                    return Err(self.fail(format!(
+                        "vm({h}): {:?} vs model {:?}",
+                        a.map(|_| ()),
+                        b.map(|_| ())
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// All host RAM and all guest memory (plus the edges of every region and the window).
+    fn check_all(&self) -> Result<(), TestCaseError> {
+        for p in 0..RAM_PAGES {
+            self.check_host_page(RAM_BASE + p * PAGE)?;
+        }
+        for pa in [0, RAM_BASE - PAGE, RAM_END, RAM_END + (2 << 20)] {
+            self.check_host_page(pa)?;
+        }
+        for h in 1..=MAX_VMS as u64 {
+            let Ok(vm) = self.m.vm(h) else {
+                ensure!(
+                    self,
+                    self.ctl.guest_state(h, GUEST_RAM_IPA_MIN).is_none(),
+                    "dead VM {h} answers"
+                );
+                continue;
+            };
+            for r in &vm.regions {
+                for i in 0..r.pages {
+                    self.check_guest(h, r.ipa + i * PAGE)?;
+                }
+                self.check_guest(h, r.ipa - PAGE)?;
+                self.check_guest(h, r.ipa + r.pages * PAGE)?;
+            }
+            for ipa in [
+                0,
+                0x0900_0000,
+                GUEST_RAM_IPA_MIN,
+                GUEST_RAM_IPA_MIN + WIN_PAGES * PAGE,
+            ] {
+                self.check_guest(h, ipa)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The barrier checker over what the call recorded.
+    fn check_trace(&self) -> Result<(), TestCaseError> {
+        let trace = barriers::trace::take();
+        let v = barriers::check::check(&trace);
+        ensure!(
+            self,
+            v.is_empty(),
+            "barrier violations:\n{}",
+            barriers::check::report(&v)
+        );
+        Ok(())
+    }
+
+    /// A result that may also be `NoMemory` when the model expects `Ok` and tables are
+    /// limited; returns whether the call took effect.
+    fn took_effect<T: PartialEq + core::fmt::Debug>(
+        &self,
+        got: &HostResult<T>,
+        want: &HostResult<T>,
+        what: &str,
+    ) -> Result<bool, TestCaseError> {
+        if got == want {
+            return Ok(want.is_ok());
+        }
+        if self.oom && want.is_ok() && *got == Err(HostError::NoMemory) {
+            return Ok(false);
+        }
+        Err(self.fail(format!("{what}: got {got:?}, model {want:?}")))
+    }
+
+    fn step(&mut self, call: Call) -> Result<(), TestCaseError> {
+        if self.recent.len() == 24 {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(call);
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        match call {
+            Call::Create { nr, flags } => {
+                let before = self.ctl.alloc.live_pages();
+                let got = self.ctl.create(nr, flags);
+                stat(&call, format!("{:?}", got.map(|_| ())));
+                let mut m2 = self.m.vms.clone();
+                let want = self.m.create(nr, flags);
+                if !self.took_effect(&got, &want, "create")? {
+                    self.m.vms = std::mem::replace(&mut m2, [const { None }; MAX_VMS]);
+                    ensure!(
+                        self,
+                        self.ctl.alloc.live_pages() == before,
+                        "failed create leaked tables"
+                    );
+                }
+            }
+            Call::Destroy { h } => {
+                let want = self.m.destroy_check(h);
+                let got = self.ctl.destroy(h);
+                stat(&call, format!("{:?}", got.map(|n| n > 0)));
+                ensure!(self, got == want, "destroy: got {got:?}, model {want:?}");
+                let scrubs = std::mem::take(&mut self.ctl.mem.log);
+                if want.is_ok() {
+                    let regions = self.m.destroy_apply(h);
+                    // Exactly the donated pages were scrubbed, each once; none holds a secret.
+                    let mut got_pages: Vec<u64> = scrubs
+                        .iter()
+                        .flat_map(|&(pa, len)| (0..len / PAGE).map(move |i| pa + i * PAGE))
+                        .collect();
+                    let mut want_pages: Vec<u64> = regions
+                        .iter()
+                        .filter(|r| r.kind == RegionKind::Donated)
+                        .flat_map(|r| (0..r.pages).map(move |i| r.pa + i * PAGE))
+                        .collect();
+                    got_pages.sort_unstable();
+                    want_pages.sort_unstable();
+                    for &pa in &got_pages {
+                        self.scrubbed[page_idx(pa)] += 1;
+                    }
+                    ensure!(
+                        self,
+                        got_pages == want_pages,
+                        "destroy {h} scrubbed {scrubs:x?}, model {regions:x?}"
+                    );
+                    for r in &regions {
+                        for i in 0..r.pages {
+                            let pa = r.pa + i * PAGE;
+                            ensure!(
+                                self,
+                                self.ctl.mem.data[page_idx(pa)] & SECRET != SECRET
+                                    || r.kind == RegionKind::Lent,
+                                "page {pa:#x} back to the host unscrubbed"
+                            );
+                            self.check_host_page(pa)?;
+                        }
+                        self.check_guest_range(h, r.ipa, r.pages)?;
+                    }
+                } else {
+                    ensure!(
+                        self,
+                        scrubs.is_empty(),
+                        "failed destroy scrubbed {scrubs:x?}"
+                    );
+                }
+                ensure!(
+                    self,
+                    self.ctl.mem.bad.is_empty(),
+                    "bad scrubs {:x?}",
+                    self.ctl.mem.bad
+                );
+            }
+            Call::Give {
+                h,
+                pa,
+                ipa,
+                pages,
+                kind,
+            } => {
+                let want = self.m.give_check(h, pa, ipa, pages, kind);
+                let got = self.ctl.give(h, pa, ipa, pages, kind);
+                stat(&call, format!("{got:?} {kind:?}"));
+                if self.took_effect(&got, &want, "give")? {
+                    self.m.give_apply(h, pa, ipa, pages, kind);
+                    if kind == RegionKind::Donated {
+                        // The guest writes its secrets.
+                        for i in 0..pages {
+                            self.ctl.mem.data[page_idx(pa + i * PAGE)] = SECRET | h;
+                        }
+                    }
+                }
+                if want.is_ok() {
+                    self.check_host_range(pa, pages)?;
+                    self.check_guest_range(h, ipa, pages)?;
+                } else {
+                    // Boundaries only: nothing may have changed.
+                    self.check_host_range(pa, 0)?;
+                    self.check_guest_range(h, ipa, 0)?;
+                }
+                if got.is_err() && want.is_ok() {
+                    self.check_all()?;
+                }
+            }
+            Call::VcpuInit {
+                h,
+                vcpu,
+                entry,
+                ctx,
+            } => {
+                let got = self.ctl.vcpu_init(h, vcpu, entry, ctx);
+                stat(&call, format!("{got:?}"));
+                let want = self.m.vcpu_init(h, vcpu, entry, ctx);
+                ensure!(self, got == want, "vcpu_init: got {got:?}, model {want:?}");
+            }
+            Call::VcpuState { h, vcpu } => {
+                let got = self.ctl.vcpu_state(h, vcpu);
+                let want = self.m.vcpu_state(h, vcpu);
+                ensure!(self, got == want, "vcpu_state: got {got:?}, model {want:?}");
+            }
+            Call::BeginRun { h, vcpu, cpu } => {
+                let got = self.ctl.begin_run(h, vcpu, cpu);
+                stat(
+                    &call,
+                    format!(
+                        "{:?}",
+                        got.map(|r| (r.boot.is_some(), r.mmio_value.is_some()))
+                    ),
+                );
+                let want = self.m.begin_run(h, vcpu, cpu);
+                let got2 = got.map(
+                    |RunStart {
+                         boot,
+                         mmio_value,
+                         vttbr,
+                     }| { (boot, mmio_value, vttbr) },
+                );
+                let want2 =
+                    want.map(|(boot, mmio)| (boot, mmio, self.ctl.vm(h).map_or(0, |v| v.vttbr)));
+                ensure!(
+                    self,
+                    got2 == want2,
+                    "begin_run: got {got2:x?}, model {want2:x?}"
+                );
+            }
+            Call::EndRun { h, vcpu, cpu, end } => {
+                self.ctl.end_run(h, vcpu, cpu, end);
+                stat(&call, format!("{end:?}"));
+                self.m.end_run(h, vcpu, end);
+            }
+            Call::MmioComplete { h, vcpu, value } => {
+                let got = self.ctl.mmio_complete(h, vcpu, value);
+                stat(&call, format!("{got:?}"));
+                let want = self.m.mmio_complete(h, vcpu, value);
+                ensure!(
+                    self,
+                    got == want,
+                    "mmio_complete: got {got:?}, model {want:?}"
+                );
+            }
+            Call::CpuOn {
+                h,
+                target,
+                entry,
+                ctx,
+            } => {
+                let got = self.ctl.psci_cpu_on(h, target, entry, ctx);
+                stat(&call, format!("{}", got as i64));
+                let want = self.m.cpu_on(h, target, entry, ctx);
+                ensure!(
+                    self,
+                    got == want,
+                    "psci_cpu_on: got {got:#x}, model {want:#x}"
+                );
+            }
+            Call::AffinityInfo { h, target } => {
+                let got = self.ctl.psci_affinity_info(h, target);
+                let want = self.m.affinity_info(h, target);
+                ensure!(
+                    self,
+                    got == want,
+                    "affinity_info: got {got:#x}, model {want:#x}"
+                );
+            }
+            Call::Share { h, ipa, share } => {
+                let want = self.m.share_check(h, ipa, share);
+                let got = self.ctl.guest_share(h, ipa, share);
+                stat(&call, format!("{got:?} share={share}"));
+                if self.took_effect(&got, &want.map(|_| ()), "guest_share")? {
+                    self.m.share_apply(h, want.unwrap(), share);
+                }
+                if let Ok(pa) = want {
+                    self.check_host_range(pa, 1)?;
+                    self.check_guest(h, ipa)?;
+                    if got.is_err() {
+                        self.check_all()?;
+                    }
+                }
+            }
+        }
+        self.check_meta()?;
+        self.check_trace()?;
+        self.k += 1;
+        if self.k.is_multiple_of(FULL_CHECK_EVERY) {
+            self.check_all()?;
+        }
+        Ok(())
+    }
+
+    /// Stops every vCPU, destroys every VM and checks that the host got everything back.
+    fn finish(mut self) -> Result<(), TestCaseError> {
+        self.check_all()?;
+        for (h, vcpu, cpu) in self.m.running() {
+            self.step(Call::EndRun {
+                h,
+                vcpu,
+                cpu,
+                end: RunEnd::Runnable,
+            })?;
+        }
+        for h in self.m.live() {
+            self.step(Call::Destroy { h })?;
+        }
+        ensure!(self, self.ctl.handles().next().is_none(), "VMs left");
+        for p in 0..RAM_PAGES {
+            let pa = RAM_BASE + p * PAGE;
+            let m = self.ctl.host_s2().query(&self.ctl.alloc, Ipa(pa));
+            ensure!(
+                self,
+                m.is_some_and(|m| m.pa.0 == pa
+                    && m.state == PageState::Owned
+                    && m.attrs == Attrs::RAM_RWX),
+                "host page {pa:#x} not back: {m:?}"
+            );
+        }
+        // Every page was scrubbed once per donation to a (now destroyed) protected VM.
+        for p in 0..RAM_PAGES as usize {
+            ensure!(
+                self,
+                self.scrubbed[p] == self.m.donated[p],
+                "page {:#x} scrubbed {} times, donated {} times",
+                RAM_BASE + p as u64 * PAGE,
+                self.scrubbed[p],
+                self.m.donated[p]
+            );
+        }
+        ensure!(
+            self,
+            self.ctl.alloc.live_pages() == self.base_pages,
+            "table pages leaked: {} live, {} after Control::new",
+            self.ctl.alloc.live_pages(),
+            self.base_pages
+        );
+        Ok(())
+    }
+}
+
+/// With `CONTROL_TRACE` set, a panic inside a call prints the calls that led to it (the
+/// last one printed is the shrunk case's).
+impl Drop for Run {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("CONTROL_TRACE").is_some() {
+            eprintln!(
+                "panic in call {} (oom={}, {} tables live, base {}); last calls:\n{:#x?}",
+                self.k,
+                self.oom,
+                self.ctl.alloc.live_pages(),
+                self.base_pages,
+                self.recent
+            );
+        }
+    }
+}
+
+fn run_case(limit: Option<usize>, ops: &[Raw]) -> Result<(), TestCaseError> {
+    barriers::trace::clear();
+    let mut run = Run::new(limit);
+    for &raw in ops {
+        let call = decode(&run.m, raw);
+        if let (Some(l), true) = (limit, raw.0 >> 30 != 0) {
+            // Out-of-memory cases: mostly only 0..=6 table pages of headroom for this call
+            // (`give` holds 4 back for undoing),
+            // so any split may fail, sometimes a fixed ceiling of `l` pages above the start.
+            let headroom = (raw.0 >> 28) as usize % 7;
+            run.ctl.alloc.limit = Some(run.ctl.alloc.live_pages() + headroom);
+            run.step(call)?;
+            run.ctl.alloc.limit = Some(run.base_pages + l);
+        } else {
+            run.step(call)?;
+        }
+    }
+    if limit.is_some() {
+        // Tearing down needs no table memory.
+        run.ctl.alloc.limit = Some(run.ctl.alloc.live_pages());
+    }
+    run.finish()
+}
+
+fn cases() -> u32 {
+    std::env::var("CONTROL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
+
+fn raw() -> impl Strategy<Value = Raw> {
+    (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+}
+
+#[test]
+fn random_host_calls_match_model() {
+    let n = cases();
+    let mut runner = TestRunner::new(Config {
+        cases: n,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    // A quarter of the cases run with the table allocator limited to a few pages.
+    let limit = prop_oneof![3 => Just(None), 1 => (0..24usize).prop_map(Some)];
+    let strat = (limit, proptest::collection::vec(raw(), OPS));
+    // The raw input says little (calls are decoded against the model): report the reason,
+    // which lists the decoded calls.
+    if let Err(e) = runner.run(&strat, |(limit, ops)| run_case(limit, &ops)) {
+        match e {
+            TestError::Fail(reason, (limit, _)) => {
+                panic!("control model test failed (limit {limit:?}): {reason}")
+            }
+            TestError::Abort(reason) => panic!("control model test aborted: {reason}"),
+        }
+    }
+    let calls = CALLS.load(Ordering::Relaxed);
+    STATS.with(|s| {
+        for (k, v) in s.borrow().iter() {
+            eprintln!("  {v:>7}  {k}");
+        }
+    });
+    eprintln!("control model: {n} cases, {calls} host calls");
+    if n >= 100 {
+        assert!(calls >= 100_000, "only {calls} calls");
+    }
+}
+
+// ---- Targeted corner cases. ----
+
+fn ctl(parange: u64) -> Ctl {
+    Control::new(
+        HostAlloc::new(),
+        FakeMem::new(),
+        MemRegion {
+            base: RAM_BASE,
+            size: RAM_PAGES * PAGE,
+        },
+        40,
+        parange,
+        true,
+    )
+    .unwrap()
+}
+
+#[test]
+fn owner_annotation_is_slot_plus_two() {
+    for s in 0..MAX_VMS {
+        assert_eq!(owner_of_slot(s), OwnerId(2 + s as u8));
+    }
+}
+
+/// A PA or IPA whose end wraps past 2^64 is out of range (it was an overflow panic in debug
+/// builds, and passed the range check in release builds).
+#[test]
+fn overflowing_ranges_are_range_errors() {
+    let mut c = ctl(2);
+    let h = c.create(1, 1).unwrap();
+    let top = LAST_PAGE;
+    assert_eq!(
+        c.give(h, top, GUEST_RAM_IPA_MIN, 1, RegionKind::Donated),
+        Err(HostError::Range)
+    );
+    assert_eq!(
+        c.give(h, RAM_BASE, top, 1, RegionKind::Donated),
+        Err(HostError::Range)
+    );
+    assert_eq!(
+        c.give(h, RAM_BASE, top - PAGE, 2, RegionKind::Donated),
+        Err(HostError::Range)
+    );
+    assert_eq!(c.host_state(RAM_BASE), CompState::Owned);
+}
+
+/// Out of tables while splitting the host's block: nothing changes, nothing panics, and the
+/// same call succeeds once tables are available.
+#[test]
+fn give_out_of_tables_changes_nothing() {
+    let mut c = ctl(2);
+    let h = c.create(1, 1).unwrap();
+    let live = c.alloc.live_pages();
+    c.alloc.limit = Some(live);
+    let pa = RAM_BASE + 3 * PAGE;
+    assert_eq!(
+        c.give(h, pa, GUEST_RAM_IPA_MIN, 4, RegionKind::Donated),
+        Err(HostError::NoMemory)
+    );
+    assert_eq!(c.alloc.live_pages(), live);
+    for p in 0..16 {
+        assert_eq!(c.host_state(RAM_BASE + p * PAGE), CompState::Owned);
+        assert_eq!(c.host_annotation(RAM_BASE + p * PAGE), None);
+    }
+    assert!(c.vm(h).unwrap().regions.iter().all(Option::is_none));
+    c.alloc.limit = None;
+    c.give(h, pa, GUEST_RAM_IPA_MIN, 4, RegionKind::Donated)
+        .unwrap();
+    assert_eq!(c.host_state(pa), CompState::NoAccess);
+    assert_eq!(c.destroy(h), Ok(4));
+    assert_eq!(c.alloc.live_pages(), live - 2, "guest root freed");
+}
+
+/// A whole 2 MiB block donated (a block in the guest, an annotated block in the host): sharing
+/// one page splits both. If the second split fails, the first is undone: the host never maps
+/// a page the guest still owns (before, the host was mapped first and kept the page).
+#[test]
+fn share_out_of_tables_never_leaves_the_host_a_private_page() {
+    let mut c = ctl(2);
+    let h = c.create(1, 1).unwrap();
+    let pa = RAM_BASE + (2 << 20);
+    c.give(h, pa, GUEST_RAM_IPA_MIN, BLOCK_PAGES, RegionKind::Donated)
+        .unwrap();
+    let ipa = GUEST_RAM_IPA_MIN + 5 * PAGE;
+    let live = c.alloc.live_pages();
+    for headroom in 0..2 {
+        c.alloc.limit = Some(live + headroom);
+        assert_eq!(c.guest_share(h, ipa, true), Err(HostError::NoMemory));
+        assert_eq!(c.host_state(pa + 5 * PAGE), CompState::NoAccess);
+        assert_eq!(c.host_annotation(pa + 5 * PAGE), Some(owner_of_slot(0)));
+        assert_eq!(
+            c.guest_state(h, ipa),
+            Some((pa + 5 * PAGE, CompState::Owned))
+        );
+        assert_eq!(c.vm(h).unwrap().shared, 0);
+        assert_eq!(c.alloc.live_pages(), live);
+    }
+    c.alloc.limit = Some(live + 2);
+    c.guest_share(h, ipa, true).unwrap();
+    assert_eq!(c.host_state(pa + 5 * PAGE), CompState::SharedBorrowed);
+    assert_eq!(
+        c.guest_state(h, ipa),
+        Some((pa + 5 * PAGE, CompState::SharedOwned))
+    );
+    // Unsharing re-merges both blocks and needs no table.
+    c.alloc.limit = Some(c.alloc.live_pages());
+    c.guest_share(h, ipa, false).unwrap();
+    assert_eq!(c.alloc.live_pages(), live);
+    assert_eq!(c.destroy(h), Ok(BLOCK_PAGES));
+    assert_eq!(c.mem.log, vec![(pa, BLOCK_PAGES * PAGE)]);
+}
+
+/// A VM with a claimed vCPU cannot be destroyed; after `end_run` it can.
+#[test]
+fn destroy_while_running_is_busy() {
+    let mut c = ctl(2);
+    let h = c.create(2, 0).unwrap();
+    c.give(h, RAM_BASE, GUEST_RAM_IPA_MIN, 1, RegionKind::Lent)
+        .unwrap();
+    c.vcpu_init(h, 1, GUEST_RAM_IPA_MIN, 7).unwrap();
+    let start = c.begin_run(h, 1, 0).unwrap();
+    assert_eq!(start.boot, Some((GUEST_RAM_IPA_MIN, 7)));
+    assert_eq!(c.begin_run(h, 1, 1), Err(HostError::Busy));
+    assert_eq!(c.destroy(h), Err(HostError::Busy));
+    assert_eq!(c.mmio_complete(h, 1, 0), Err(HostError::Busy));
+    c.end_run(h, 1, 0, RunEnd::AwaitMmio);
+    assert_eq!(c.begin_run(h, 1, 1), Err(HostError::State));
+    c.mmio_complete(h, 1, 42).unwrap();
+    assert_eq!(c.mmio_complete(h, 1, 43), Err(HostError::State));
+    assert_eq!(c.begin_run(h, 1, 1).unwrap().mmio_value, Some(42));
+    c.end_run(h, 1, 1, RunEnd::SystemOff);
+    assert_eq!(c.begin_run(h, 0, 0), Err(HostError::State));
+    assert_eq!(
+        c.give(
+            h,
+            RAM_BASE + PAGE,
+            GUEST_RAM_IPA_MIN + PAGE,
+            1,
+            RegionKind::Lent
+        ),
+        Err(HostError::State)
+    );
+    assert_eq!(c.destroy(h), Ok(0));
+    assert!(c.mem.log.is_empty(), "lent pages are not scrubbed");
+    assert_eq!(c.host_state(RAM_BASE), CompState::Owned);
+}
+
+/// A CPU whose PA size cannot hold the guest IPA size: create fails and frees its tables.
+#[test]
+fn create_on_small_parange_frees_its_tables() {
+    let mut c = ctl(1);
+    let live = c.alloc.live_pages();
+    assert_eq!(c.create(1, 0), Err(HostError::Range));
+    assert_eq!(c.alloc.live_pages(), live);
+    assert!(c.handles().next().is_none());
+}
+
+/// The region table is full after MAX_REGIONS calls; the next give changes nothing.
+#[test]
+fn region_slots_run_out() {
+    let mut c = ctl(2);
+    let h = c.create(1, 1).unwrap();
+    for i in 0..MAX_REGIONS as u64 {
+        c.give(
+            h,
+            RAM_BASE + 2 * i * PAGE,
+            GUEST_RAM_IPA_MIN + 2 * i * PAGE,
+            1,
+            RegionKind::Donated,
+        )
+        .unwrap();
+    }
+    let pa = RAM_BASE + 1024 * PAGE;
+    assert_eq!(
+        c.give(h, pa, GUEST_RAM_IPA_MIN + (1 << 20), 1, RegionKind::Donated),
+        Err(HostError::NoMemory)
+    );
+    assert_eq!(c.host_state(pa), CompState::Owned);
+    assert_eq!(c.destroy(h), Ok(MAX_REGIONS as u64));
+}
+
+/// PSCI calls with wild targets and entries answer with PSCI error codes.
+#[test]
+fn psci_wild_arguments() {
+    let mut c = ctl(2);
+    let h = c.create(2, 0).unwrap();
+    c.give(h, RAM_BASE, GUEST_RAM_IPA_MIN, 1, RegionKind::Lent)
+        .unwrap();
+    assert_eq!(
+        c.psci_cpu_on(h, usize::MAX, GUEST_RAM_IPA_MIN, 0),
+        psci::INVALID_PARAMETERS
+    );
+    assert_eq!(
+        c.psci_cpu_on(h, 1, GUEST_RAM_IPA_MIN + PAGE, 0),
+        PSCI_INVALID_ADDRESS
+    );
+    assert_eq!(
+        c.psci_cpu_on(h, 1, GUEST_RAM_IPA_MIN + 2, 0),
+        PSCI_INVALID_ADDRESS
+    );
+    assert_eq!(
+        c.psci_cpu_on(0, 0, GUEST_RAM_IPA_MIN, 0),
+        psci::INVALID_PARAMETERS
+    );
+    assert_eq!(c.psci_cpu_on(h, 1, GUEST_RAM_IPA_MIN, 0), psci::SUCCESS);
+    assert_eq!(c.psci_cpu_on(h, 1, GUEST_RAM_IPA_MIN, 0), psci::ON_PENDING);
+    assert_eq!(c.psci_affinity_info(h, 1), 2);
+    assert_eq!(c.psci_affinity_info(h, 2), psci::INVALID_PARAMETERS);
+    assert_eq!(c.psci_affinity_info(9, 0), psci::INVALID_PARAMETERS);
+    assert_eq!(c.vcpu_state(h, u64::MAX), Err(HostError::Invalid));
+}
