@@ -449,6 +449,12 @@ gic_reg!(
     IccEoir1El1, IccEoir1El1, ,
     safety = ""
 );
+gic_reg!(
+    /// ICC_SGI1R_EL1 at EL2: sends a physical SGI (the hypervisor kicks a CPU running a vCPU
+    /// that has new virtual interrupts). The SGI is asynchronous; nothing at EL2 consumes it.
+    IccSgi1rEl1, IccSgi1rEl1, ,
+    safety = ""
+);
 el2_reg!(
     /// CNTHP_CTL_EL2: the EL2 physical timer (the hypervisor's time slice). Its interrupt is
     /// taken only from a guest (EL2 runs masked), after the entry ERET.

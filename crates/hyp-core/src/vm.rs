@@ -32,7 +32,8 @@ use barriers::{regs, GuestPending, Synced};
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use hyp_abi::exit as run_exit;
 use s2mm::{Pa, TableAlloc};
-use spin::{Mutex, Once};
+use spin::{Mutex, Once, RwLock};
+use vgic::{VcpuIf, Vgic};
 
 /// Most vCPUs a VM may have (and physical CPUs the hypervisor drives).
 pub const MAX_VCPUS: usize = control::MAX_VCPUS;
@@ -202,6 +203,8 @@ pub struct VcpuCtx {
     /// Set/way operations since the last VM-wide flush need no new flush.
     sw_flushed: bool,
     uart: uart_emul::LineBuffer,
+    /// The vCPU's virtual GIC CPU interface state.
+    vif: VcpuIf,
 }
 
 impl VcpuCtx {
@@ -218,17 +221,28 @@ impl VcpuCtx {
             mmio: None,
             sw_flushed: false,
             uart: uart_emul::LineBuffer::new(),
+            vif: VcpuIf::new(0),
         }
     }
 
-    fn reset(&mut self, entry: u64, x0: u64, hcr: u64) {
+    fn reset(&mut self, vcpu: usize, entry: u64, x0: u64, hcr: u64) {
         *self = Self::new();
+        self.vif = VcpuIf::new(vcpu);
         self.regs.x[0] = x0;
         self.regs.pc = entry;
         self.regs.pstate = inject::PSTATE_DAIF | inject::PSTATE_EL1H;
         self.hcr = hcr;
     }
 }
+
+/// Each VM slot's virtual GIC (GICv3 boards). Written at VM_CREATE and
+/// VM_DESTROY, when none of the VM's vCPUs runs; read while they run.
+static VGIC: [RwLock<Option<Vgic>>; MAX_VMS] = [const { RwLock::new(None) }; MAX_VMS];
+
+/// Guest IPA of the virtual distributor (QEMU virt's layout).
+pub const VGICD_IPA: u64 = 0x0800_0000;
+/// Guest IPA of the first virtual redistributor.
+pub const VGICR_IPA: u64 = 0x080a_0000;
 
 static GUEST_CTX: [[Mutex<VcpuCtx>; MAX_VCPUS]; MAX_VMS] =
     [const { [const { Mutex::new(VcpuCtx::new()) }; MAX_VCPUS] }; MAX_VMS];
@@ -263,6 +277,9 @@ struct Cpu<'a> {
     fp_owner: FpOwner,
     /// Present while CPTR_EL2.TFP is clear and synchronised.
     fp_on: Option<Synced<El2Fp>>,
+    /// The virtual timer's PPI is disabled at this CPU's redistributor
+    /// because its level is being delivered as a virtual interrupt.
+    vtimer_masked: bool,
 }
 
 /// Whose exit is being handled: the host or guest `slot`.
@@ -302,6 +319,7 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         sync,
         fp_owner: FpOwner::None,
         fp_on: None,
+        vtimer_masked: false,
     };
     let mut host = VcpuCtx::new();
     let mut first = GuestPending::new();
@@ -322,7 +340,7 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
             sysreg::wfe();
         }
         let (entry, x0) = *HOST_BOOT[cpu].lock();
-        host.reset(entry, x0, HCR_BASE);
+        host.reset(cpu, entry, x0, HCR_BASE);
         HOST_POWER[cpu].store(ON, Ordering::Release);
         let mut pending = first.take().unwrap_or_default();
         load_host(&mut c, &host, &mut pending);
@@ -520,11 +538,24 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
         hyp_abi::VM_CREATE => match control().lock().create(a[0], a[1]) {
             Ok(h) => {
                 stats::reset(h as usize);
+                // The vGIC: GICv3 boards only for now (GICv2 needs the GICV
+                // frame mapped into the guest; see ARCHITECTURE.md).
+                *VGIC[h as usize - 1].write() = if c.sync.gic.is_some() {
+                    Vgic::new(vgic::Version::V3, a[0] as usize).ok()
+                } else {
+                    None
+                };
                 h
             }
             Err(e) => err(e),
         },
-        hyp_abi::VM_DESTROY => control().lock().destroy(a[0]).unwrap_or_else(err),
+        hyp_abi::VM_DESTROY => match control().lock().destroy(a[0]) {
+            Ok(n) => {
+                *VGIC[a[0] as usize - 1].write() = None;
+                n
+            }
+            Err(e) => err(e),
+        },
         hyp_abi::MEM_DONATE | hyp_abi::MEM_LEND => {
             let kind = if fid == hyp_abi::MEM_DONATE {
                 control::RegionKind::Donated
@@ -594,6 +625,7 @@ fn vcpu_run(
     if let Some((entry, x0)) = start.boot {
         let fwb = FWB.load(Ordering::Relaxed) != 0;
         ctx.reset(
+            v,
             entry,
             x0,
             if fwb {
@@ -621,8 +653,16 @@ fn vcpu_run(
     }
     pending.add(regs::VmpidrEl2::write((1 << 31) | vcpu));
     ctx.el1.restore(&c.sync.hcr, &mut pending);
+    let vg = VGIC[slot].read();
+    if let (Some(_), Some(sre)) = (vg.as_ref(), &c.sync.gic) {
+        // SAFETY: no ICH_HCR_EL2 trap is relied on (SGI writes trap through
+        // HCR_EL2.IMO, GICD/GICR accesses through stage 2).
+        let mut lrs = unsafe { vgic::V3Sysregs::new(sre, &mut pending, 0) };
+        ctx.vif.restore(&mut lrs);
+    }
     let who = Who::Guest { slot, vcpu: v };
-    let (end, record) = guest_loop(c, who, &mut ctx, pending);
+    let (end, record) = guest_loop(c, who, &mut ctx, pending, vg.as_ref());
+    drop(vg);
     ctx.el1.save(&c.sync.hcr);
     if c.fp_owner == FpOwner::Guest {
         let on = fp_enable(c);
@@ -639,6 +679,7 @@ fn guest_loop(
     who: Who,
     ctx: &mut VcpuCtx,
     first: GuestPending,
+    vg: Option<&Vgic>,
 ) -> (RunEnd, [u64; 4]) {
     let mut pending = first;
     set_fp_traps(c, c.fp_owner == FpOwner::Guest, &mut pending);
@@ -647,13 +688,21 @@ fn guest_loop(
         crate::arch::gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
     }
     loop {
+        if let Some(vg) = vg {
+            vgic_before_entry(c, ctx, vg, &mut pending);
+        }
         let entry = barriers::enter_guest(&c.sync.eos, pending);
         // SAFETY: TPIDR_EL2 points at `c.save`; the VM's stage 2, HCR and
         // EL1 context are loaded; `ctx.regs` outlives the call.
         let kind = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
         pending = GuestPending::new();
+        if let (Some(vg), Some(sre)) = (vg, &c.sync.gic) {
+            // SAFETY: as in `vcpu_run`.
+            let mut lrs = unsafe { vgic::V3Sysregs::new(sre, &mut pending, 0) };
+            ctx.vif.sync(vg, &mut lrs);
+        }
         let next = match kind {
-            VectorKind::Sync => guest_sync(c, who, ctx, &mut pending),
+            VectorKind::Sync => guest_sync(c, who, ctx, &mut pending, vg),
             VectorKind::Irq | VectorKind::Fiq => {
                 stats::record(who.stats_index(), ExitReason::Irq);
                 if physical_irq(c, &mut pending) {
@@ -672,8 +721,13 @@ fn guest_loop(
         match next {
             Next::Resume => {}
             Next::ToHost(end, record) => {
-                if c.sync.gic.is_some() {
+                if let Some(sre) = &c.sync.gic {
                     crate::arch::gic::stop_slice(&mut pending);
+                    if vg.is_some() {
+                        // SAFETY: as in `vcpu_run`.
+                        let mut lrs = unsafe { vgic::V3Sysregs::new(sre, &mut pending, 0) };
+                        ctx.vif.save(&mut lrs);
+                    }
                 }
                 // The host's entry ERET synchronises these writes.
                 let _ = barriers::enter_guest(&c.sync.eos, pending);
@@ -684,7 +738,13 @@ fn guest_loop(
     }
 }
 
-fn guest_sync(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut GuestPending) -> Next {
+fn guest_sync(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    pending: &mut GuestPending,
+    vg: Option<&Vgic>,
+) -> Next {
     let esr = Esr(sysreg::esr_el2());
     let reason = ExitReason::from_ec(esr.ec());
     stats::record(who.stats_index(), reason);
@@ -698,7 +758,12 @@ fn guest_sync(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut GuestP
             ctx.regs.pc += 4;
             guest_hypercall(who, ctx)
         }
-        ExitReason::DataAbort => data_abort(c, who, ctx, esr, pending),
+        ExitReason::DataAbort => {
+            if let Some(next) = vgic_mmio(c, who, ctx, esr, pending, vg) {
+                return next;
+            }
+            data_abort(c, who, ctx, esr, pending)
+        }
         ExitReason::InstAbort => {
             let far = sysreg::far_el2();
             inject_into(c, ctx, Injected::InstAbort { far }, pending);
@@ -706,8 +771,9 @@ fn guest_sync(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut GuestP
         }
         ExitReason::Wfx => {
             ctx.regs.pc += 4;
-            // WFI (ISS bit 0 clear) yields the CPU to the host; WFE resumes.
-            if esr.iss() & 1 == 0 {
+            // WFI (ISS bit 0 clear) with no interrupt to take yields the CPU
+            // to the host; WFE resumes.
+            if esr.iss() & 1 == 0 && !vgic_wakes(c, who, ctx, vg, pending) {
                 Next::ToHost(RunEnd::Runnable, [run_exit::YIELD, 0, 0, 0])
             } else {
                 Next::Resume
@@ -718,7 +784,9 @@ fn guest_sync(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut GuestP
             Next::Resume
         }
         ExitReason::SysReg => {
-            sysreg_trap(c, who, ctx, esr, pending);
+            if !sgi1r_trap(c, who, ctx, esr, vg) {
+                sysreg_trap(c, who, ctx, esr, pending);
+            }
             Next::Resume
         }
         ExitReason::Irq | ExitReason::Other => {
@@ -726,6 +794,155 @@ fn guest_sync(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut GuestP
             Next::Resume
         }
     }
+}
+
+/// Before entering a guest: samples its virtual timer's output into the
+/// vGIC (level-sensitive PPI 27), re-enables the physical timer PPI once the
+/// level dropped, and loads the list registers.
+fn vgic_before_entry(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, vg: &Vgic, pending: &mut GuestPending) {
+    let Some(sre) = &c.sync.gic else {
+        return;
+    };
+    // CNTV_CTL_EL0: ENABLE (bit 0), IMASK (bit 1), ISTATUS (bit 2).
+    let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
+    let level = ctl & 0b111 == 0b101;
+    let _ = vg.set_level(ctx.vif.vcpu(), vgic::VTIMER_PPI, level);
+    if c.vtimer_masked && !level {
+        if let Some(gicr) = GICR.get() {
+            crate::arch::gic::ppi_enable(*gicr, c.idx, crate::arch::gic::VTIMER_PPI, true);
+        }
+        c.vtimer_masked = false;
+    }
+    // SAFETY: as in `vcpu_run`.
+    let mut lrs = unsafe { vgic::V3Sysregs::new(sre, pending, 0) };
+    ctx.vif.flush(vg, &mut lrs);
+}
+
+/// A trapped guest access to the virtual distributor or redistributors.
+/// `None` when the address is not the vGIC's.
+fn vgic_mmio(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    esr: Esr,
+    pending: &mut GuestPending,
+    vg: Option<&Vgic>,
+) -> Option<Next> {
+    let (vg, Who::Guest { slot, vcpu }) = (vg?, who) else {
+        return None;
+    };
+    let far = sysreg::far_el2();
+    let ipa = exit::fault_ipa(sysreg::hpfar_el2(), far);
+    let redist_end = VGICR_IPA + vg.nr_vcpus() as u64 * vgic::REDIST_FRAME_SIZE;
+    let (region, off) = if (VGICD_IPA..VGICD_IPA + vgic::DIST_SIZE_V3).contains(&ipa) {
+        (vgic::Region::Dist, ipa - VGICD_IPA)
+    } else if (VGICR_IPA..redist_end).contains(&ipa) {
+        (vgic::Region::Redist, ipa - VGICR_IPA)
+    } else {
+        return None;
+    };
+    let DataAbort::Mmio(m) = exit::decode_data_abort(esr, sysreg::hpfar_el2(), far) else {
+        // No syndrome (ISV = 0): the access cannot be emulated.
+        let write = esr.iss() & (1 << 6) != 0;
+        inject_into(c, ctx, Injected::DataAbort { far, write }, pending);
+        return Some(Next::Resume);
+    };
+    let write = m.write.then(|| {
+        if m.reg == 31 {
+            0
+        } else {
+            ctx.regs.x[m.reg as usize]
+        }
+    });
+    match vg.mmio(vcpu, region, off, m.size.bytes() as u8, write) {
+        Ok(out) => {
+            if !m.write && m.reg != 31 {
+                ctx.regs.x[m.reg as usize] = m.load_result(out.value);
+            }
+            ctx.regs.pc += 4;
+            kick_vcpus(c, slot, vcpu, out.kick, pending);
+        }
+        Err(_) => {
+            inject_into(
+                c,
+                ctx,
+                Injected::DataAbort {
+                    far,
+                    write: m.write,
+                },
+                pending,
+            );
+        }
+    }
+    Some(Next::Resume)
+}
+
+/// A guest's write to ICC_SGI1R_EL1 (trapped because HCR_EL2.IMO = 1).
+fn sgi1r_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, esr: Esr, vg: Option<&Vgic>) -> bool {
+    let acc = exit::decode_sysreg(esr);
+    let e = acc.enc;
+    let (Some(vg), Who::Guest { slot, vcpu }) = (vg, who) else {
+        return false;
+    };
+    if acc.read || (e.op0, e.op1, e.crn, e.crm, e.op2) != (3, 0, 12, 11, 5) {
+        return false;
+    }
+    let val = if acc.reg == 31 {
+        0
+    } else {
+        ctx.regs.x[acc.reg as usize]
+    };
+    let mut pending = GuestPending::new();
+    if let Ok(kick) = vg.sgi1r(vcpu, val) {
+        kick_vcpus(c, slot, vcpu, kick, &mut pending);
+    }
+    // Kicks are asynchronous SGIs; the guest's entry ERET follows.
+    let _ = barriers::enter_guest(&c.sync.eos, pending);
+    ctx.regs.pc += 4;
+    true
+}
+
+/// Makes the vCPUs in `kick` (of VM `slot`) notice new virtual interrupts:
+/// one running on another physical CPU gets a physical SGI and exits; one
+/// not running sees them at its next entry.
+fn kick_vcpus(c: &mut Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut GuestPending) {
+    let Some(sre) = &c.sync.gic else {
+        return;
+    };
+    if kick & !(1 << me) == 0 {
+        return;
+    }
+    let ctl = control().lock();
+    let Ok(vm) = ctl.vm(slot as u64 + 1) else {
+        return;
+    };
+    for v in 0..vm.nr_vcpus {
+        if v != me && kick & (1 << v) != 0 {
+            if let Some(cpu) = vm.vcpus[v].running_on {
+                if cpu != c.idx {
+                    crate::arch::gic::kick(cpu, sre, pending);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a WFI should complete at once because the vCPU has a virtual
+/// interrupt to take.
+fn vgic_wakes(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    vg: Option<&Vgic>,
+    pending: &mut GuestPending,
+) -> bool {
+    let (Some(vg), Some(sre), Who::Guest { vcpu, .. }) = (vg, &c.sync.gic, who) else {
+        return false;
+    };
+    // SAFETY: as in `vcpu_run`.
+    let mut lrs = unsafe { vgic::V3Sysregs::new(sre, pending, 0) };
+    let pmr = ctx.vif.priority_mask(vgic::Version::V3, &mut lrs);
+    vg.has_pending(vcpu, pmr)
 }
 
 /// Time slices per second a guest vCPU gets before the host runs again.
@@ -742,10 +959,21 @@ fn physical_irq(c: &mut Cpu<'_>, pending: &mut GuestPending) -> bool {
         return false;
     }
     let slice = intid == crate::arch::gic::HYP_TIMER_PPI;
-    if slice {
-        crate::arch::gic::stop_slice(pending);
-    } else {
-        log::warn!("CPU {}: unexpected physical interrupt {intid}", c.idx);
+    match intid {
+        crate::arch::gic::HYP_TIMER_PPI => crate::arch::gic::stop_slice(pending),
+        crate::arch::gic::VTIMER_PPI => {
+            // The running vCPU's virtual timer fired: mask the physical
+            // PPI until the guest has dealt with it (its level is sampled
+            // into the vGIC before each entry).
+            if let Some(gicr) = GICR.get() {
+                crate::arch::gic::ppi_enable(*gicr, c.idx, intid, false);
+                c.vtimer_masked = true;
+            }
+        }
+        // Maintenance (the vGIC re-syncs after every exit) and kicks (the
+        // exit itself was the point).
+        crate::arch::gic::MAINTENANCE_PPI | crate::arch::gic::KICK_SGI => {}
+        _ => log::warn!("CPU {}: unexpected physical interrupt {intid}", c.idx),
     }
     crate::arch::gic::eoi(intid, sre, pending);
     slice

@@ -16,6 +16,13 @@ use barriers::{GuestPending, Synced};
 
 /// INTID of the EL2 physical timer (CNTHP).
 pub const HYP_TIMER_PPI: u32 = 26;
+/// INTID of the EL1 virtual timer: taken at EL2 while a guest runs, then
+/// masked here and delivered as a virtual interrupt (see `vm.rs`).
+pub const VTIMER_PPI: u32 = 27;
+/// INTID of the virtual CPU interface's maintenance interrupt.
+pub const MAINTENANCE_PPI: u32 = 25;
+/// SGI the hypervisor sends to a CPU to make its running vCPU exit.
+pub const KICK_SGI: u32 = 0;
 /// INTID the CPU interface returns when nothing is pending.
 pub const SPURIOUS: u32 = 1023;
 
@@ -75,6 +82,26 @@ pub fn init_cpu(gicr: u64, cpu: usize, sre: &Synced<GicSre>, pending: &mut Guest
     pending.add(regs::IccPmrEl1::write(sre, 0xff));
     pending.add(regs::IccCtlrEl1::write(sre, 0));
     pending.add(regs::IccIgrpen1El1::write(sre, 1));
+}
+
+/// Enables (`on`) or disables PPI `intid` at this CPU's redistributor.
+pub fn ppi_enable(gicr: u64, cpu: usize, intid: u32, on: bool) {
+    let rd = gicr + cpu as u64 * GICR_STRIDE;
+    // ICENABLER0 is ISENABLER0 + 0x80.
+    let reg = if on {
+        GICR_ISENABLER0
+    } else {
+        GICR_ISENABLER0 + 0x80
+    };
+    write32(rd + reg, 1 << intid);
+}
+
+/// Sends the kick SGI to physical CPU `cpu` (Aff0 = `cpu`, as on QEMU virt).
+pub fn kick(cpu: usize, sre: &Synced<GicSre>, pending: &mut GuestPending) {
+    let aff1 = (cpu as u64 >> 4) & 0xff;
+    let target = 1u64 << (cpu & 0xf);
+    let v = (aff1 << 16) | (u64::from(KICK_SGI) << 24) | target;
+    pending.add(regs::IccSgi1rEl1::write(sre, v));
 }
 
 /// Acknowledges the pending physical interrupt (INTID, or [`SPURIOUS`]).
