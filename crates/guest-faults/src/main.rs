@@ -91,6 +91,26 @@ fn guest_main(cpu: usize, _arg: u64) -> ! {
     guest_rt::set_exception_hook(on_exception);
     println!("guest-faults: up");
 
+    // First, hog the CPU: two seconds of busy looping with interrupts masked. The
+    // hypervisor's time slice (its own EL2 timer, not maskable by the guest)
+    // still gives the physical CPU back to the host, so a guest sharing it
+    // keeps running (tests/tests/two_guests.rs).
+    println!("guest-faults: spinning for 2 s with interrupts masked");
+    let (freq, start): (u64, u64);
+    // SAFETY: masking IRQs and reading the counter touch no memory.
+    unsafe {
+        core::arch::asm!("msr daifset, #0x2", "mrs {0}, cntfrq_el0", "mrs {1}, cntvct_el0", out(reg) freq, out(reg) start, options(nomem, nostack));
+    }
+    loop {
+        let now: u64;
+        // SAFETY: as above.
+        unsafe { core::arch::asm!("mrs {0}, cntvct_el0", out(reg) now, options(nomem, nostack)) };
+        if now.wrapping_sub(start) >= 2 * freq {
+            break;
+        }
+    }
+    println!("guest-faults: spun for 2 s with interrupts masked");
+
     let r = guest_rt::hvc(0xc600_fff0, 0, 0, 0)[0] as i64;
     println!("guest-faults: unknown HVC 0xc600fff0 returned {r}");
     let r = guest_rt::hvc(0x8400_00ff, 0, 0, 0)[0] as i64;

@@ -1,0 +1,68 @@
+//! A misbehaving guest and a well-behaved one at the same time, sharing a
+//! physical CPU: guest-faults (unknown calls, aborts outside its memory and
+//! without syndrome, IMPLEMENTATION DEFINED and PMU registers, MEM_SHARE of
+//! memory it does not own, and first of all two seconds spinning with
+//! interrupts masked) and guest-hello with 4 vCPUs. The hypervisor and
+//! guest-hello carry on: guest-hello runs and finishes while guest-faults is
+//! hogging the CPU they share (the hypervisor's time slice preempts it).
+
+use std::time::Duration;
+
+use hyp_tests::{BootOptions, Qemu};
+
+const T: Duration = Duration::from_secs(90);
+
+#[test]
+fn misbehaving_guest_beside_a_well_behaved_one() {
+    let mut q = Qemu::boot(BootOptions {
+        append: Some("guests=guest-faults,guest-hello:v4".to_owned()),
+        ..BootOptions::default()
+    });
+    q.expect_exact(
+        "host: VM 1 (guest-faults): 1 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",
+        T,
+    );
+    q.expect_exact(
+        "host: VM 2 (guest-hello): 4 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",
+        T,
+    );
+    q.expect_exact("guest-faults: spun for 2 s with interrupts masked", T);
+    q.expect_exact("host: VM 1 (guest-faults) powered off", T);
+    q.expect_line("hyp: exits total=", T);
+    q.expect_exit_code(0, T);
+
+    let log = q.log();
+    let at = |line: &str| {
+        log.iter()
+            .position(|l| l == line)
+            .unwrap_or_else(|| panic!("missing {line:?} in:\n{}", log.join("\n")))
+    };
+    // Every misbehaviour was answered inside the guest.
+    for line in [
+        "guest-faults: unknown HVC 0xc600fff0 returned -1",
+        "guest-faults: read at 0x100000000: data abort injected, ESR_EL1=0x96000010 FAR_EL1=0x100000000",
+        "guest-faults: ldp at 0xc000000 (no syndrome): data abort injected, ESR_EL1=0x96000010 FAR_EL1=0xc000000",
+        "guest-faults: mrs s3_0_c15_c0_0 (IMPLEMENTATION DEFINED): undefined instruction, ESR_EL1=0x2000000",
+        "guest-faults: mrs PMCR_EL0: undefined instruction, ESR_EL1=0x2000000",
+        "guest-faults: MEM_SHARE(0x100000000) = -3",
+    ] {
+        at(line);
+    }
+    // The well-behaved guest completed all its work, and did so while the
+    // other guest was still spinning with interrupts masked.
+    let spin_start = at("guest-faults: spinning for 2 s with interrupts masked");
+    let hello_off = at("host: VM 2 (guest-hello) powered off");
+    at("guest-hello: all 4 vCPUs reported and are off");
+    let spin_done = at("guest-faults: spun for 2 s with interrupts masked");
+    assert!(
+        spin_start < hello_off && hello_off < spin_done,
+        "guest-hello did not finish while the hog spun:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("host: VM 2 (guest-hello) destroyed: ")),
+        "{}",
+        log.join("\n")
+    );
+}
