@@ -178,9 +178,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
             >> 20,
         info.bootargs()
     );
-    if let crate::platform::GicLayout::V3 { gicd, .. } = p.gic {
-        crate::arch::gic::init_distributor(gicd);
-    }
+    crate::arch::gic::init(p.gic);
     ONLINE.store(1, Ordering::Release);
     for cpu in 1..cpus {
         if let Err(e) = p.ops.start_cpu(cpu, secondary_entry, cpu as u64) {
@@ -211,7 +209,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         Ok(b) => b,
         Err(e) => panic!("cannot load the host VM: {e}"),
     };
-    if let Err(e) = vm::init(host_ram, p.gic, fwb) {
+    if let Err(e) = vm::init(host_ram, fwb) {
         panic!("cannot set up the host's stage 2: {e}");
     }
     log::info!(

@@ -634,6 +634,34 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         debug_assert!(r.is_ok(), "restoring host pages needs no tables");
     }
 
+    /// Maps a device frame the hypervisor hands the VM directly (the
+    /// GICv2 virtual CPU interface) at `ipa`, below guest RAM. Not host
+    /// memory, so no ownership changes.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Range`] (not below guest RAM),
+    /// [`HostError::NoMemory`].
+    pub fn map_device(&mut self, handle: u64, ipa: u64, pa: u64, size: u64) -> HostResult<()> {
+        let slot = slot_of(handle)?;
+        match ipa.checked_add(size) {
+            Some(end) if end <= GUEST_RAM_IPA_MIN => {}
+            _ => return Err(HostError::Range),
+        }
+        let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
+        vm.s2
+            .map(
+                &mut self.alloc,
+                Ipa(ipa),
+                Pa(pa),
+                size,
+                Attrs::DEVICE_RW,
+                PageState::Owned,
+            )
+            .map_err(s2err)?;
+        Ok(())
+    }
+
     /// VCPU_INIT: sets where a powered-off vCPU starts.
     ///
     /// # Errors

@@ -138,8 +138,7 @@ impl PhysMem for HypMem {
 pub type Ctl = Control<PoolAlloc, HypMem>;
 
 static CONTROL: Once<Mutex<Ctl>> = Once::new();
-/// First GICv3 redistributor, when the board has one (time slices on).
-static GICR: Once<u64> = Once::new();
+use crate::arch::gic::{self, Phys};
 /// Exits that ended a guest's time slice.
 static PREEMPTIONS: AtomicU64 = AtomicU64::new(0);
 
@@ -161,14 +160,7 @@ pub fn control() -> &'static Mutex<Ctl> {
 /// # Errors
 ///
 /// A message naming what failed.
-pub fn init(
-    host_ram: MemRegion,
-    gic: crate::platform::GicLayout,
-    fwb: bool,
-) -> Result<(), &'static str> {
-    if let crate::platform::GicLayout::V3 { gicr, .. } = gic {
-        GICR.call_once(|| gicr);
-    }
+pub fn init(host_ram: MemRegion, fwb: bool) -> Result<(), &'static str> {
     let parange = sysreg::id_aa64mmfr0_el1() & 0xf;
     let ctl = Control::new(
         PoolAlloc,
@@ -331,8 +323,8 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
     }
     first.add(regs::VpidrEl2::write(sysreg::midr_el1()));
     first.add(regs::CntvoffEl2::write(0));
-    if let (Some(sre), Some(gicr)) = (&sync.gic, GICR.get()) {
-        crate::arch::gic::init_cpu(*gicr, cpu, sre, &mut first);
+    if let Some(g) = gic::phys() {
+        g.init_cpu(cpu, sync.gic.as_ref(), &mut first);
     }
     let mut first = Some(first);
     loop {
@@ -535,16 +527,13 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
     ];
     let mut out = [0u64; 4];
     out[0] = match fid {
-        hyp_abi::VM_CREATE => match control().lock().create(a[0], a[1]) {
+        hyp_abi::VM_CREATE => match create_vm(a[0], a[1]) {
             Ok(h) => {
                 stats::reset(h as usize);
                 // The vGIC: GICv3 boards only for now (GICv2 needs the GICV
                 // frame mapped into the guest; see ARCHITECTURE.md).
-                *VGIC[h as usize - 1].write() = if c.sync.gic.is_some() {
-                    Vgic::new(vgic::Version::V3, a[0] as usize).ok()
-                } else {
-                    None
-                };
+                *VGIC[h as usize - 1].write() =
+                    gic::phys().and_then(|g| new_vgic(g, h, a[0] as usize));
                 h
             }
             Err(e) => err(e),
@@ -608,6 +597,12 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
     Next::Resume
 }
 
+/// VM_CREATE's control half, releasing the control lock before the vGIC
+/// set-up takes it again.
+fn create_vm(vcpus: u64, flags: u64) -> Result<u64, HostError> {
+    control().lock().create(vcpus, flags)
+}
+
 /// VCPU_RUN: switches this CPU to guest vCPU `vcpu` of VM `handle` until an
 /// exit for the host; returns the exit record (x0..x3).
 fn vcpu_run(
@@ -654,11 +649,10 @@ fn vcpu_run(
     pending.add(regs::VmpidrEl2::write((1 << 31) | vcpu));
     ctx.el1.restore(&c.sync.hcr, &mut pending);
     let vg = VGIC[slot].read();
-    if let (Some(_), Some(sre)) = (vg.as_ref(), &c.sync.gic) {
-        // SAFETY: no ICH_HCR_EL2 trap is relied on (SGI writes trap through
-        // HCR_EL2.IMO, GICD/GICR accesses through stage 2).
-        let mut lrs = unsafe { vgic::V3Sysregs::new(sre, &mut pending, 0) };
-        ctx.vif.restore(&mut lrs);
+    if vg.is_some() {
+        if let Some(mut lrs) = Lrs::new(c.sync, &mut pending) {
+            ctx.vif.restore(&mut lrs);
+        }
     }
     let who = Who::Guest { slot, vcpu: v };
     let (end, record) = guest_loop(c, who, &mut ctx, pending, vg.as_ref());
@@ -683,9 +677,9 @@ fn guest_loop(
 ) -> (RunEnd, [u64; 4]) {
     let mut pending = first;
     set_fp_traps(c, c.fp_owner == FpOwner::Guest, &mut pending);
-    if c.sync.gic.is_some() {
+    if gic::phys().is_some() {
         // A guest that never exits still gives the CPU back to the host.
-        crate::arch::gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
+        gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
     }
     loop {
         if let Some(vg) = vg {
@@ -696,10 +690,10 @@ fn guest_loop(
         // EL1 context are loaded; `ctx.regs` outlives the call.
         let kind = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
         pending = GuestPending::new();
-        if let (Some(vg), Some(sre)) = (vg, &c.sync.gic) {
-            // SAFETY: as in `vcpu_run`.
-            let mut lrs = unsafe { vgic::V3Sysregs::new(sre, &mut pending, 0) };
-            ctx.vif.sync(vg, &mut lrs);
+        if let Some(vg) = vg {
+            if let Some(mut lrs) = Lrs::new(c.sync, &mut pending) {
+                ctx.vif.sync(vg, &mut lrs);
+            }
         }
         let next = match kind {
             VectorKind::Sync => guest_sync(c, who, ctx, &mut pending, vg),
@@ -721,12 +715,12 @@ fn guest_loop(
         match next {
             Next::Resume => {}
             Next::ToHost(end, record) => {
-                if let Some(sre) = &c.sync.gic {
-                    crate::arch::gic::stop_slice(&mut pending);
+                if gic::phys().is_some() {
+                    gic::stop_slice(&mut pending);
                     if vg.is_some() {
-                        // SAFETY: as in `vcpu_run`.
-                        let mut lrs = unsafe { vgic::V3Sysregs::new(sre, &mut pending, 0) };
-                        ctx.vif.save(&mut lrs);
+                        if let Some(mut lrs) = Lrs::new(c.sync, &mut pending) {
+                            ctx.vif.save(&mut lrs);
+                        }
                     }
                 }
                 // The host's entry ERET synchronises these writes.
@@ -796,11 +790,99 @@ fn guest_sync(
     }
 }
 
+/// This CPU's list registers, whichever GIC the board has.
+enum Lrs<'a> {
+    V3(vgic::V3Sysregs<'a, barriers::sync::GicSre>),
+    V2(vgic::V2Mmio),
+}
+
+impl<'a> Lrs<'a> {
+    /// The backend for this CPU; GICv3 writes go into `pending` (guest-only
+    /// tokens for the entry ERET).
+    fn new(sync: &'a CpuSync, pending: &'a mut GuestPending) -> Option<Self> {
+        match (gic::phys()?, sync.gic.as_ref()) {
+            (Phys::V3 { .. }, Some(sre)) => {
+                // SAFETY: no ICH_HCR_EL2 trap is relied on: SGI writes trap
+                // through HCR_EL2.IMO, GICD/GICR accesses through stage 2.
+                let b = unsafe { vgic::V3Sysregs::new(sre, pending, 0) };
+                Some(Lrs::V3(b))
+            }
+            (Phys::V2 { gich, .. }, _) => {
+                // SAFETY: `gich` is the board's GICH frame, which EL2 maps
+                // as device memory; on GIC-400 it is banked per CPU, so this
+                // CPU's backend is its only user.
+                let b = unsafe { vgic::V2Mmio::new(*gich as usize) };
+                Some(Lrs::V2(b))
+            }
+            (Phys::V3 { .. }, None) => None,
+        }
+    }
+}
+
+macro_rules! lrs_dispatch {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Lrs::V3($b) => $e,
+            Lrs::V2($b) => $e,
+        }
+    };
+}
+
+impl vgic::ListRegs for Lrs<'_> {
+    fn nr_lrs(&self) -> usize {
+        lrs_dispatch!(self, b => b.nr_lrs())
+    }
+    fn read_lr(&mut self, i: usize) -> vgic::Lr {
+        lrs_dispatch!(self, b => b.read_lr(i))
+    }
+    fn write_lr(&mut self, i: usize, lr: &vgic::Lr) {
+        lrs_dispatch!(self, b => b.write_lr(i, lr))
+    }
+    fn empty_lrs(&mut self) -> u16 {
+        lrs_dispatch!(self, b => b.empty_lrs())
+    }
+    fn write_hcr(&mut self, hcr: u32) {
+        lrs_dispatch!(self, b => b.write_hcr(hcr))
+    }
+    fn read_vmcr(&mut self) -> u32 {
+        lrs_dispatch!(self, b => b.read_vmcr())
+    }
+    fn write_vmcr(&mut self, vmcr: u32) {
+        lrs_dispatch!(self, b => b.write_vmcr(vmcr))
+    }
+    fn read_aprs(&mut self) -> [u32; 2] {
+        lrs_dispatch!(self, b => b.read_aprs())
+    }
+    fn write_aprs(&mut self, aprs: [u32; 2]) {
+        lrs_dispatch!(self, b => b.write_aprs(aprs))
+    }
+}
+
+/// The vGIC of a new VM. On GICv2 the guest's CPU interface is the GICV
+/// frame itself, mapped at the guest's GICC address.
+fn new_vgic(g: &Phys, handle: u64, nr_vcpus: usize) -> Option<Vgic> {
+    if let Phys::V2 { gicv, .. } = *g {
+        if let Err(e) = control()
+            .lock()
+            .map_device(handle, VGICC_V2_IPA, gicv, GICV_SIZE)
+        {
+            log::warn!("VM {handle}: cannot map the GICV frame: {e:?}");
+            return None;
+        }
+    }
+    Vgic::new(g.version(), nr_vcpus).ok()
+}
+
+/// Guest IPA of the GICv2 CPU interface (QEMU virt's GICv2 layout).
+pub const VGICC_V2_IPA: u64 = 0x0801_0000;
+/// Size of the GIC-400's GICV frame (two 4 KiB pages).
+const GICV_SIZE: u64 = 0x2000;
+
 /// Before entering a guest: samples its virtual timer's output into the
 /// vGIC (level-sensitive PPI 27), re-enables the physical timer PPI once the
 /// level dropped, and loads the list registers.
 fn vgic_before_entry(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, vg: &Vgic, pending: &mut GuestPending) {
-    let Some(sre) = &c.sync.gic else {
+    let Some(g) = gic::phys() else {
         return;
     };
     // CNTV_CTL_EL0: ENABLE (bit 0), IMASK (bit 1), ISTATUS (bit 2).
@@ -808,14 +890,12 @@ fn vgic_before_entry(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, vg: &Vgic, pending: &mu
     let level = ctl & 0b111 == 0b101;
     let _ = vg.set_level(ctx.vif.vcpu(), vgic::VTIMER_PPI, level);
     if c.vtimer_masked && !level {
-        if let Some(gicr) = GICR.get() {
-            crate::arch::gic::ppi_enable(*gicr, c.idx, crate::arch::gic::VTIMER_PPI, true);
-        }
+        g.ppi_enable(c.idx, gic::VTIMER_PPI, true);
         c.vtimer_masked = false;
     }
-    // SAFETY: as in `vcpu_run`.
-    let mut lrs = unsafe { vgic::V3Sysregs::new(sre, pending, 0) };
-    ctx.vif.flush(vg, &mut lrs);
+    if let Some(mut lrs) = Lrs::new(c.sync, pending) {
+        ctx.vif.flush(vg, &mut lrs);
+    }
 }
 
 /// A trapped guest access to the virtual distributor or redistributors.
@@ -833,8 +913,18 @@ fn vgic_mmio(
     };
     let far = sysreg::far_el2();
     let ipa = exit::fault_ipa(sysreg::hpfar_el2(), far);
-    let redist_end = VGICR_IPA + vg.nr_vcpus() as u64 * vgic::REDIST_FRAME_SIZE;
-    let (region, off) = if (VGICD_IPA..VGICD_IPA + vgic::DIST_SIZE_V3).contains(&ipa) {
+    let v3 = vg.version() == vgic::Version::V3;
+    let redist_end = if v3 {
+        VGICR_IPA + vg.nr_vcpus() as u64 * vgic::REDIST_FRAME_SIZE
+    } else {
+        VGICR_IPA
+    };
+    let dist_size = if v3 {
+        vgic::DIST_SIZE_V3
+    } else {
+        vgic::DIST_SIZE_V2
+    };
+    let (region, off) = if (VGICD_IPA..VGICD_IPA + dist_size).contains(&ipa) {
         (vgic::Region::Dist, ipa - VGICD_IPA)
     } else if (VGICR_IPA..redist_end).contains(&ipa) {
         (vgic::Region::Redist, ipa - VGICR_IPA)
@@ -906,7 +996,7 @@ fn sgi1r_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, esr: Esr, vg: Option
 /// one running on another physical CPU gets a physical SGI and exits; one
 /// not running sees them at its next entry.
 fn kick_vcpus(c: &mut Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut GuestPending) {
-    let Some(sre) = &c.sync.gic else {
+    let Some(g) = gic::phys() else {
         return;
     };
     if kick & !(1 << me) == 0 {
@@ -920,7 +1010,7 @@ fn kick_vcpus(c: &mut Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut G
         if v != me && kick & (1 << v) != 0 {
             if let Some(cpu) = vm.vcpus[v].running_on {
                 if cpu != c.idx {
-                    crate::arch::gic::kick(cpu, sre, pending);
+                    g.kick(cpu, c.sync.gic.as_ref(), pending);
                 }
             }
         }
@@ -936,12 +1026,13 @@ fn vgic_wakes(
     vg: Option<&Vgic>,
     pending: &mut GuestPending,
 ) -> bool {
-    let (Some(vg), Some(sre), Who::Guest { vcpu, .. }) = (vg, &c.sync.gic, who) else {
+    let (Some(vg), Who::Guest { vcpu, .. }) = (vg, who) else {
         return false;
     };
-    // SAFETY: as in `vcpu_run`.
-    let mut lrs = unsafe { vgic::V3Sysregs::new(sre, pending, 0) };
-    let pmr = ctx.vif.priority_mask(vgic::Version::V3, &mut lrs);
+    let Some(mut lrs) = Lrs::new(c.sync, pending) else {
+        return false;
+    };
+    let pmr = ctx.vif.priority_mask(vg.version(), &mut lrs);
     vg.has_pending(vcpu, pmr)
 }
 
@@ -951,31 +1042,30 @@ const SLICES_PER_SECOND: u64 = 100;
 /// Handles a physical interrupt taken at EL2; true when it was the end of
 /// the running guest's time slice.
 fn physical_irq(c: &mut Cpu<'_>, pending: &mut GuestPending) -> bool {
-    let Some(sre) = &c.sync.gic else {
+    let Some(g) = gic::phys() else {
         return false;
     };
-    let intid = crate::arch::gic::ack();
-    if intid == crate::arch::gic::SPURIOUS {
+    let raw = g.ack();
+    let intid = g.intid(raw);
+    if intid == gic::SPURIOUS {
         return false;
     }
-    let slice = intid == crate::arch::gic::HYP_TIMER_PPI;
+    let slice = intid == gic::HYP_TIMER_PPI;
     match intid {
-        crate::arch::gic::HYP_TIMER_PPI => crate::arch::gic::stop_slice(pending),
-        crate::arch::gic::VTIMER_PPI => {
+        gic::HYP_TIMER_PPI => gic::stop_slice(pending),
+        gic::VTIMER_PPI => {
             // The running vCPU's virtual timer fired: mask the physical
             // PPI until the guest has dealt with it (its level is sampled
             // into the vGIC before each entry).
-            if let Some(gicr) = GICR.get() {
-                crate::arch::gic::ppi_enable(*gicr, c.idx, intid, false);
-                c.vtimer_masked = true;
-            }
+            g.ppi_enable(c.idx, intid, false);
+            c.vtimer_masked = true;
         }
         // Maintenance (the vGIC re-syncs after every exit) and kicks (the
         // exit itself was the point).
-        crate::arch::gic::MAINTENANCE_PPI | crate::arch::gic::KICK_SGI => {}
+        gic::MAINTENANCE_PPI | gic::KICK_SGI => {}
         _ => log::warn!("CPU {}: unexpected physical interrupt {intid}", c.idx),
     }
-    crate::arch::gic::eoi(intid, sre, pending);
+    g.eoi(raw, c.sync.gic.as_ref(), pending);
     slice
 }
 

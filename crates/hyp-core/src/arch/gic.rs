@@ -1,18 +1,26 @@
-//! The physical GICv3 as the hypervisor uses it: its own time-slice timer
-//! (the EL2 physical timer, PPI 26) routed to EL2, acknowledged and ended
-//! through the ICC system registers. Guests' interrupts are virtual (the
-//! `vgic` crate); this module only keeps the physical side working.
+//! The physical interrupt controller as the hypervisor uses it: its own
+//! time-slice timer (the EL2 physical timer, PPI 26), the virtual timer's
+//! PPI 27 while a guest runs, the vGIC maintenance interrupt (PPI 25) and
+//! a kick SGI, all routed to EL2 (HCR_EL2.IMO), acknowledged and ended here.
+//! Guests' interrupts are virtual (the `vgic` crate).
 //!
-//! Register offsets: GICv3 architecture specification (IHI 0069) sections
-//! 12.9 (GICD_CTLR), 12.11 (GICR_WAKER, the SGI frame's IGROUPR0,
-//! ISENABLER0, IPRIORITYR). The MMIO accesses are plain volatile writes to
-//! device memory EL2 maps nGnRE; the `arm-gic` crate's driver would also
-//! write ICC registers directly, outside `barriers`, so only its layout
-//! knowledge is mirrored here.
+//! GICv3 (QEMU virt): system-register CPU interface (ICC_*, through
+//! `barriers`), redistributor per CPU. Offsets: GICv3 architecture
+//! specification (IHI 0069) 12.9 (GICD_CTLR), 12.11 (GICR_WAKER, the SGI
+//! frame's IGROUPR0, ISENABLER0, IPRIORITYR).
+//! GICv2 (GIC-400, Raspberry Pi 4): memory-mapped GICD/GICC; the board set
+//! up groups and the CPU interface (`PlatformOps::init_cpu_interrupts`).
+//! Offsets: GICv2 architecture specification (IHI 0048B) 4.3 and 4.4.
+//!
+//! The MMIO accesses are plain volatile accesses to device memory EL2 maps
+//! nGnRE; the `arm-gic` crate's driver would also write ICC registers
+//! directly, outside `barriers`, so only its layout knowledge is mirrored.
 
+use crate::platform::GicLayout;
 use barriers::regs;
 use barriers::sync::GicSre;
 use barriers::{GuestPending, Synced};
+use spin::Once;
 
 /// INTID of the EL2 physical timer (CNTHP).
 pub const HYP_TIMER_PPI: u32 = 26;
@@ -26,11 +34,20 @@ pub const KICK_SGI: u32 = 0;
 /// INTID the CPU interface returns when nothing is pending.
 pub const SPURIOUS: u32 = 1023;
 
+const MINE: [u32; 4] = [HYP_TIMER_PPI, VTIMER_PPI, MAINTENANCE_PPI, KICK_SGI];
+
 const GICD_CTLR: u64 = 0x0;
+const GICD_ISENABLER: u64 = 0x100;
+const GICD_ICENABLER: u64 = 0x180;
+const GICD_IPRIORITYR: u64 = 0x400;
+const GICD_SGIR: u64 = 0xf00;
+const GICC_IAR: u64 = 0x0c;
+const GICC_EOIR: u64 = 0x10;
 const GICR_WAKER: u64 = 0x14;
 const SGI_FRAME: u64 = 0x1_0000;
 const GICR_IGROUPR0: u64 = SGI_FRAME + 0x80;
 const GICR_ISENABLER0: u64 = SGI_FRAME + 0x100;
+const GICR_ICENABLER0: u64 = SGI_FRAME + 0x180;
 const GICR_IPRIORITYR: u64 = SGI_FRAME + 0x400;
 /// Each redistributor: RD and SGI frames, 64 KiB each.
 const GICR_STRIDE: u64 = 0x2_0000;
@@ -46,72 +63,177 @@ fn read32(addr: u64) -> u32 {
     unsafe { core::ptr::read_volatile(addr as *const u32) }
 }
 
-/// Enables the distributor (affinity routing, Group 1). Boot CPU, once.
-pub fn init_distributor(gicd: u64) {
-    // ARE (bit 4) | EnableGrp1 (bit 1) | EnableGrp0 (bit 0); QEMU virt runs
-    // the GIC with security disabled (GICD_CTLR.DS = 1).
-    write32(gicd + GICD_CTLR, (1 << 4) | 0b11);
+fn write8(addr: u64, v: u8) {
+    // SAFETY: as `write32`; byte access to IPRIORITYR is architected.
+    unsafe { core::ptr::write_volatile(addr as *mut u8, v) }
 }
 
-/// Wakes this CPU's redistributor and enables the hypervisor timer's PPI
-/// as Group 1 at middle priority; enables the CPU interface.
-///
-/// # Panics
-///
-/// If the redistributor does not wake within a bounded wait.
-pub fn init_cpu(gicr: u64, cpu: usize, sre: &Synced<GicSre>, pending: &mut GuestPending) {
-    let rd = gicr + cpu as u64 * GICR_STRIDE;
-    // ProcessorSleep (bit 1) off, then wait for ChildrenAsleep (bit 2).
-    write32(rd + GICR_WAKER, read32(rd + GICR_WAKER) & !(1 << 1));
-    let mut spins = 0;
-    while read32(rd + GICR_WAKER) & (1 << 2) != 0 {
-        spins += 1;
-        assert!(
-            spins < 10_000_000,
-            "GIC redistributor of CPU {cpu} does not wake"
-        );
-    }
-    write32(
-        rd + GICR_IGROUPR0,
-        read32(rd + GICR_IGROUPR0) | (1 << HYP_TIMER_PPI),
-    );
-    let prio = rd + GICR_IPRIORITYR + u64::from(HYP_TIMER_PPI);
-    // SAFETY: byte access to IPRIORITYR is architected; device memory.
-    unsafe { core::ptr::write_volatile(prio as *mut u8, 0x80) };
-    write32(rd + GICR_ISENABLER0, 1 << HYP_TIMER_PPI);
-    pending.add(regs::IccPmrEl1::write(sre, 0xff));
-    pending.add(regs::IccCtlrEl1::write(sre, 0));
-    pending.add(regs::IccIgrpen1El1::write(sre, 1));
+/// The board's physical GIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phys {
+    /// GICv3.
+    V3 {
+        /// First redistributor.
+        gicr: u64,
+    },
+    /// GICv2.
+    V2 {
+        /// Distributor.
+        gicd: u64,
+        /// CPU interface.
+        gicc: u64,
+        /// Virtual interface control (this CPU's view).
+        gich: u64,
+        /// Virtual CPU interface (mapped into guests as their GICC).
+        gicv: u64,
+    },
 }
 
-/// Enables (`on`) or disables PPI `intid` at this CPU's redistributor.
-pub fn ppi_enable(gicr: u64, cpu: usize, intid: u32, on: bool) {
-    let rd = gicr + cpu as u64 * GICR_STRIDE;
-    // ICENABLER0 is ISENABLER0 + 0x80.
-    let reg = if on {
-        GICR_ISENABLER0
-    } else {
-        GICR_ISENABLER0 + 0x80
+static PHYS: Once<Phys> = Once::new();
+
+/// Records the board's GIC and, for GICv3, enables the distributor
+/// (affinity routing, both groups; QEMU virt runs it with security
+/// disabled, GICD_CTLR.DS = 1). Boot CPU, once, before secondaries start.
+pub fn init(layout: GicLayout) {
+    let p = match layout {
+        GicLayout::V3 { gicd, gicr } => {
+            write32(gicd + GICD_CTLR, (1 << 4) | 0b11);
+            Phys::V3 { gicr }
+        }
+        GicLayout::V2 {
+            gicd,
+            gicc,
+            gich,
+            gicv,
+        } => Phys::V2 {
+            gicd,
+            gicc,
+            gich,
+            gicv,
+        },
     };
-    write32(rd + reg, 1 << intid);
+    PHYS.call_once(|| p);
 }
 
-/// Sends the kick SGI to physical CPU `cpu` (Aff0 = `cpu`, as on QEMU virt).
-pub fn kick(cpu: usize, sre: &Synced<GicSre>, pending: &mut GuestPending) {
-    let aff1 = (cpu as u64 >> 4) & 0xff;
-    let target = 1u64 << (cpu & 0xf);
-    let v = (aff1 << 16) | (u64::from(KICK_SGI) << 24) | target;
-    pending.add(regs::IccSgi1rEl1::write(sre, v));
+/// The physical GIC, after [`init`].
+pub fn phys() -> Option<&'static Phys> {
+    PHYS.get()
 }
 
-/// Acknowledges the pending physical interrupt (INTID, or [`SPURIOUS`]).
-pub fn ack() -> u32 {
-    crate::arch::sysreg::icc_iar1()
-}
+impl Phys {
+    /// The vGIC version guests get.
+    pub fn version(&self) -> vgic::Version {
+        match self {
+            Phys::V3 { .. } => vgic::Version::V3,
+            Phys::V2 { .. } => vgic::Version::V2,
+        }
+    }
 
-/// Ends interrupt `intid` (priority drop and deactivation, EOImode 0).
-pub fn eoi(intid: u32, sre: &Synced<GicSre>, pending: &mut GuestPending) {
-    pending.add(regs::IccEoir1El1::write(sre, u64::from(intid)));
+    /// Enables the hypervisor's interrupts on this CPU: for GICv3 after
+    /// waking its redistributor, as Group 1 at middle priority with the CPU
+    /// interface on (ICC writes go into `pending`, synchronised by the next
+    /// entry ERET: EL2 itself runs with interrupts masked).
+    ///
+    /// # Panics
+    ///
+    /// If a GICv3 redistributor does not wake within a bounded wait, or a
+    /// GICv3 board has no ICC_SRE_EL2 proof (a boot bug).
+    pub fn init_cpu(&self, cpu: usize, sre: Option<&Synced<GicSre>>, pending: &mut GuestPending) {
+        let mask = MINE.iter().fold(0u32, |m, &i| m | (1 << i));
+        match *self {
+            Phys::V3 { gicr } => {
+                let sre = sre.expect("GICv3 needs ICC_SRE_EL2.SRE synchronised");
+                let rd = gicr + cpu as u64 * GICR_STRIDE;
+                // ProcessorSleep (bit 1) off, then wait for ChildrenAsleep (bit 2).
+                write32(rd + GICR_WAKER, read32(rd + GICR_WAKER) & !(1 << 1));
+                let mut spins = 0;
+                while read32(rd + GICR_WAKER) & (1 << 2) != 0 {
+                    spins += 1;
+                    assert!(
+                        spins < 10_000_000,
+                        "GIC redistributor of CPU {cpu} does not wake"
+                    );
+                }
+                write32(rd + GICR_IGROUPR0, read32(rd + GICR_IGROUPR0) | mask);
+                for i in MINE {
+                    write8(rd + GICR_IPRIORITYR + u64::from(i), 0x80);
+                }
+                write32(rd + GICR_ISENABLER0, mask);
+                pending.add(regs::IccPmrEl1::write(sre, 0xff));
+                pending.add(regs::IccCtlrEl1::write(sre, 0));
+                pending.add(regs::IccIgrpen1El1::write(sre, 1));
+            }
+            Phys::V2 { gicd, .. } => {
+                // Banked per CPU: SGI/PPI enables and priorities.
+                for i in MINE {
+                    write8(gicd + GICD_IPRIORITYR + u64::from(i), 0x80);
+                }
+                write32(gicd + GICD_ISENABLER, mask);
+            }
+        }
+    }
+
+    /// Acknowledges the pending physical interrupt: the raw value to give
+    /// back to [`Phys::eoi`] ([`Phys::intid`] extracts the INTID).
+    pub fn ack(&self) -> u32 {
+        match *self {
+            Phys::V3 { .. } => crate::arch::sysreg::icc_iar1(),
+            Phys::V2 { gicc, .. } => read32(gicc + GICC_IAR),
+        }
+    }
+
+    /// The INTID of a raw acknowledge value.
+    pub fn intid(&self, raw: u32) -> u32 {
+        match self {
+            Phys::V3 { .. } => raw & 0xff_ffff,
+            Phys::V2 { .. } => raw & 0x3ff,
+        }
+    }
+
+    /// Ends an interrupt (priority drop and deactivation, EOImode 0).
+    pub fn eoi(&self, raw: u32, sre: Option<&Synced<GicSre>>, pending: &mut GuestPending) {
+        match (*self, sre) {
+            (Phys::V3 { .. }, Some(sre)) => {
+                pending.add(regs::IccEoir1El1::write(sre, u64::from(raw)));
+            }
+            (Phys::V2 { gicc, .. }, _) => write32(gicc + GICC_EOIR, raw),
+            (Phys::V3 { .. }, None) => unreachable!("GICv3 without ICC_SRE_EL2"),
+        }
+    }
+
+    /// Enables (`on`) or disables SGI/PPI `intid` on CPU `cpu` (which must
+    /// be this CPU for GICv2, whose registers are banked).
+    pub fn ppi_enable(&self, cpu: usize, intid: u32, on: bool) {
+        match *self {
+            Phys::V3 { gicr } => {
+                let rd = gicr + cpu as u64 * GICR_STRIDE;
+                let reg = if on { GICR_ISENABLER0 } else { GICR_ICENABLER0 };
+                write32(rd + reg, 1 << intid);
+            }
+            Phys::V2 { gicd, .. } => {
+                let reg = if on { GICD_ISENABLER } else { GICD_ICENABLER };
+                write32(gicd + reg, 1 << intid);
+            }
+        }
+    }
+
+    /// Sends the kick SGI to physical CPU `cpu` (Aff0 = `cpu` on GICv3;
+    /// CPU interface number `cpu` on GICv2).
+    pub fn kick(&self, cpu: usize, sre: Option<&Synced<GicSre>>, pending: &mut GuestPending) {
+        match (*self, sre) {
+            (Phys::V3 { .. }, Some(sre)) => {
+                let aff1 = (cpu as u64 >> 4) & 0xff;
+                let target = 1u64 << (cpu & 0xf);
+                let v = (aff1 << 16) | (u64::from(KICK_SGI) << 24) | target;
+                pending.add(regs::IccSgi1rEl1::write(sre, v));
+            }
+            (Phys::V2 { gicd, .. }, _) => {
+                // TargetListFilter 0 (list), CPUTargetList bit `cpu`.
+                write32(gicd + GICD_SGIR, (1 << (16 + (cpu & 7))) | KICK_SGI);
+            }
+            (Phys::V3 { .. }, None) => unreachable!("GICv3 without ICC_SRE_EL2"),
+        }
+    }
 }
 
 /// Arms the hypervisor's time slice: the EL2 timer fires `ticks` counter
