@@ -99,6 +99,7 @@ fn board_info(p: &Platform) -> BootInfo {
         info.memory[info.memory_count] = *r;
         info.memory_count += 1;
     }
+    info.bootargs_len = p.ops.bootargs(&mut info.bootargs).min(info.bootargs.len());
     info
 }
 

@@ -68,6 +68,13 @@ pub trait PlatformOps: Sync {
     fn default_cpus(&self) -> usize {
         1
     }
+    /// Boot arguments from the boot loader when there is no device tree
+    /// (QEMU raspi4b: semihosting's command line). Writes them into `buf`
+    /// and returns their length; the default has none.
+    fn bootargs(&self, buf: &mut [u8]) -> usize {
+        let _ = buf;
+        0
+    }
     /// Sets up the board's interrupt controller on CPU `cpu`, with its EL2
     /// MMU on. CPU 0 calls it first, before any secondary starts. EL2 keeps
     /// interrupts masked; the default does nothing.

@@ -87,6 +87,34 @@ fn semihosting_exit(code: u32) {
     unsafe { asm!("hlt #0xf000", in("x0") 0x18u64, in("x1") block.as_ptr(), options(nostack)) };
 }
 
+/// Semihosting SYS_GET_CMDLINE (0x15): QEMU answers with the kernel's file
+/// name followed by its `-append` arguments (its fallback when no
+/// `-semihosting-config arg=` is given). Returns the arguments after the
+/// file name, copied into `buf`. Only called when entered at EL3 (QEMU).
+fn semihosting_cmdline(buf: &mut [u8]) -> usize {
+    let mut raw = [0u8; 256];
+    let mut block: [u64; 2] = [raw.as_mut_ptr() as u64, raw.len() as u64];
+    let ret: u64;
+    // SAFETY: HLT #0xf000 is the semihosting trap; QEMU writes at most
+    // block[1] bytes into `raw` and the length back into block[1].
+    unsafe {
+        asm!("hlt #0xf000", inout("x0") 0x15u64 => ret, in("x1") block.as_mut_ptr(), options(nostack));
+    }
+    if ret != 0 {
+        return 0;
+    }
+    let len = (block[1] as usize).min(raw.len());
+    let line = &raw[..len];
+    // Skip the file name (the first word).
+    let args = match line.iter().position(|&b| b == b' ') {
+        Some(i) => &line[i + 1..],
+        None => &[][..],
+    };
+    let n = args.len().min(buf.len());
+    buf[..n].copy_from_slice(&args[..n]);
+    n
+}
+
 fn halt() -> ! {
     loop {
         // SAFETY: WFE only pauses the core.
@@ -148,6 +176,14 @@ impl PlatformOps for Rpi4Ops {
 
     fn default_cpus(&self) -> usize {
         CPUS
+    }
+
+    fn bootargs(&self, buf: &mut [u8]) -> usize {
+        if booted_at_el3() {
+            semihosting_cmdline(buf)
+        } else {
+            0
+        }
     }
 
     fn init_cpu_interrupts(&self, cpu: usize) {
