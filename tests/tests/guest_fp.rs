@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hyp_tests::{BootOptions, Qemu};
+use hyp_tests::{BootOptions, Qemu, TestBoard};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -41,7 +41,17 @@ const TWO_VMS: &str = "guests=guest-fp,guest-fp";
 
 #[test]
 fn two_vms_keep_their_own_fp_state() {
+    two_vms(TestBoard::QemuVirt);
+}
+
+#[test]
+fn two_vms_keep_their_own_fp_state_rpi4() {
+    two_vms(TestBoard::Rpi4);
+}
+
+fn two_vms(board: TestBoard) {
     let mut q = Qemu::boot(BootOptions {
+        board,
         append: Some(TWO_VMS.into()),
         ..BootOptions::default()
     });

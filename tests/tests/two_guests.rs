@@ -8,13 +8,25 @@
 
 use std::time::Duration;
 
-use hyp_tests::{BootOptions, Qemu};
+use hyp_tests::{BootOptions, Qemu, TestBoard};
 
 const T: Duration = Duration::from_secs(90);
 
 #[test]
 fn misbehaving_guest_beside_a_well_behaved_one() {
+    run(TestBoard::QemuVirt);
+}
+
+/// The same on the Raspberry Pi 4 image (GIC-400: the time slice and its
+/// interrupt go through the GICv2 CPU interface).
+#[test]
+fn misbehaving_guest_beside_a_well_behaved_one_rpi4() {
+    run(TestBoard::Rpi4);
+}
+
+fn run(board: TestBoard) {
     let mut q = Qemu::boot(BootOptions {
+        board,
         append: Some("guests=guest-faults,guest-hello:v4".to_owned()),
         ..BootOptions::default()
     });
