@@ -17,22 +17,7 @@
 //! `vm.rs` and asks this module for permission through [`Control::begin_run`]
 //! and [`Control::end_run`].
 //!
-//! # Host calls (HVC from the host VM, SMC64 fast calls in the vendor
-//! hypervisor range, our own numbering)
-//!
-//! | fid          | call          | x1     | x2   | x3     | x4     | x0 on success |
-//! |--------------|---------------|--------|------|--------|--------|---------------|
-//! | `0xC6000040` | VM_CREATE     | vCPUs  | flags (bit 0: protected) | | | VM handle (1..=8) |
-//! | `0xC6000041` | VM_DESTROY    | handle |      |        |        | pages scrubbed |
-//! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages  | 0 |
-//! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages  | 0 |
-//! | `0xC6000044` | VCPU_INIT     | handle | vCPU | entry  | x0     | 0 |
-//! | `0xC6000045` | VCPU_RUN      | handle | vCPU |        |        | exit code, x1..x3 details |
-//! | `0xC6000046` | MMIO_COMPLETE | handle | vCPU | value  |        | 0 |
-//! | `0xC6000047` | STATS         | handle (0: host) | reason (255: total) | | | count |
-//! | `0xC6000048` | VCPU_STATE    | handle | vCPU |        |        | 0 on, 1 off, 2 on pending |
-//!
-//! Errors are negative in x0: see [`HostError`].
+//! The host calls and their numbers are listed in `hyp-abi` (crate docs).
 
 use crate::platform::MemRegion;
 use s2mm::ownership::{self, CompState, PageOwnership, Requester, Transition};
@@ -60,61 +45,9 @@ const ROLLBACK_TABLES: usize = 4;
 /// PSCI INVALID_ADDRESS (-9).
 pub const PSCI_INVALID_ADDRESS: u64 = -9i64 as u64;
 
-/// First host function ID.
-pub const FID_BASE: u32 = 0xC600_0040;
-/// VM_CREATE.
-pub const VM_CREATE: u32 = FID_BASE;
-/// VM_DESTROY.
-pub const VM_DESTROY: u32 = FID_BASE + 1;
-/// MEM_DONATE.
-pub const MEM_DONATE: u32 = FID_BASE + 2;
-/// MEM_LEND.
-pub const MEM_LEND: u32 = FID_BASE + 3;
-/// VCPU_INIT.
-pub const VCPU_INIT: u32 = FID_BASE + 4;
-/// VCPU_RUN.
-pub const VCPU_RUN: u32 = FID_BASE + 5;
-/// MMIO_COMPLETE.
-pub const MMIO_COMPLETE: u32 = FID_BASE + 6;
-/// STATS.
-pub const STATS: u32 = FID_BASE + 7;
-/// VCPU_STATE.
-pub const VCPU_STATE: u32 = FID_BASE + 8;
-
-/// VM_CREATE flag: protected VM (memory donated, host access denied).
-pub const FLAG_PROTECTED: u64 = 1;
-
-/// Why a host call failed; returned negated in x0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i64)]
-pub enum HostError {
-    /// Unknown function.
-    NotSupported = -1,
-    /// A malformed argument (zero or too many vCPUs, unaligned address,
-    /// unknown flag, vCPU index out of range).
-    Invalid = -2,
-    /// No VM with this handle.
-    NoVm = -3,
-    /// The vCPU (or, for destroy, one of the VM's vCPUs) is running.
-    Busy = -4,
-    /// No free VM slot, region slot or table memory.
-    NoMemory = -5,
-    /// The ownership state forbids it (page not the host's, IPA in use).
-    Denied = -6,
-    /// Address outside the host's RAM or the guest's IPA space.
-    Range = -7,
-    /// The vCPU or VM is in the wrong state (off, shut down, an MMIO read
-    /// awaiting completion, no read to complete).
-    State = -8,
-}
-
-impl HostError {
-    /// The x0 encoding.
-    #[must_use]
-    pub const fn code(self) -> u64 {
-        self as i64 as u64
-    }
-}
+// The host ABI's numbers (function IDs, flags, error codes) are written
+// once, in `hyp-abi`, which the host VM shares.
+pub use hyp_abi::{HostError, FLAG_PROTECTED};
 
 /// Result of a host call.
 pub type HostResult<T> = Result<T, HostError>;
