@@ -146,3 +146,47 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let _ = writeln!(Console, "guest panic: {info}");
     system_off()
 }
+
+/// A fixed-capacity line buffer, for building a line piece by piece with
+/// `write!` without an allocator (and printing it with one `println!`, so
+/// the hypervisor's per-vCPU line buffering keeps it whole).
+#[derive(Debug)]
+pub struct Line {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Line {
+    /// An empty line.
+    pub const fn new() -> Self {
+        Self {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    /// The text so far.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("<bad utf-8>")
+    }
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Write for Line {
+    /// Appends `s`, or fails (appending nothing) when it does not fit.
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let b = s.as_bytes();
+        let end = self.len + b.len();
+        if end > self.buf.len() {
+            return Err(fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(b);
+        self.len = end;
+        Ok(())
+    }
+}

@@ -1,0 +1,559 @@
+//! A small GICv3 driver for test guests: the distributor (GICD), this vCPU's
+//! redistributor (GICR RD and SGI frames) and the `ICC_*_EL1` system-register
+//! CPU interface, at QEMU virt's addresses (which the hypervisor's virtual GIC
+//! uses too). No LPIs, no ITS, one security state as seen from EL1.
+//!
+//! The programming model follows the GIC architecture specification (Arm IHI
+//! 0069, chapters 11 "Programmers' model" and 12 "GIC System register
+//! descriptions"), Arm's "GICv3 and GICv4 Software Overview" (DAI 0492B,
+//! section 4 "Configuring the GIC") and Linux's
+//! `drivers/irqchip/irq-gic-v3.c` (`gic_dist_init`, `gic_enable_redist`,
+//! `gic_cpu_sys_reg_init`, `gic_send_sgi`): they were read, not copied.
+//!
+//! Set-up order, as the architecture asks:
+//! 1. once per VM, [`init_distributor`]: `GICD_CTLR` = 0, wait for RWP, every
+//!    SPI group 1, disabled, default priority, routed to the caller; then
+//!    `GICD_CTLR` = ARE | EnableGrp1, wait for RWP;
+//! 2. on every vCPU, [`init_cpu`]: wake the redistributor (`GICR_WAKER`),
+//!    SGIs/PPIs group 1, disabled, default priority; then `ICC_SRE_EL1.SRE`,
+//!    `ICC_PMR_EL1`, `ICC_BPR1_EL1`, `ICC_CTLR_EL1.EOImode` = 0 and
+//!    `ICC_IGRPEN1_EL1`.
+//!
+//! Interrupts are then enabled one by one ([`enable`]) and PSTATE.I is
+//! cleared with [`irq_unmask`]. A handler (the guest-rt exception hook on
+//! vector 5, "current EL with SPx, IRQ") calls [`ack`] and [`eoi`] (EOImode 0:
+//! the EOI both drops the running priority and deactivates).
+//!
+//! All MMIO accesses are single 8-, 32- or 64-bit loads and stores (one
+//! instruction each, no writeback), so a hypervisor that traps them gets a
+//! valid syndrome (ESR_EL2.ISV = 1).
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Distributor base (IPA).
+pub const GICD_BASE: usize = 0x0800_0000;
+/// First redistributor (IPA); redistributor *n* is at `GICR_BASE + n * GICR_STRIDE`.
+pub const GICR_BASE: usize = 0x080a_0000;
+/// One redistributor: RD frame + SGI frame (no VLPI frames).
+pub const GICR_STRIDE: usize = 0x2_0000;
+/// The SGI frame's offset from its redistributor's RD frame.
+pub const SGI_FRAME: usize = 0x1_0000;
+/// Redistributors this driver looks through.
+pub const MAX_CPUS: usize = 8;
+
+/// INTID returned by an acknowledge when nothing is pending.
+pub const SPURIOUS: u32 = 1023;
+/// The EL1 virtual timer's PPI.
+pub const VTIMER_PPI: u32 = 27;
+/// Priority [`init_distributor`] and [`init_cpu`] give every interrupt
+/// (Linux's `GICD_INT_DEF_PRI`).
+pub const DEFAULT_PRIORITY: u8 = 0xa0;
+
+// GICD registers (IHI 0069, 12.9).
+const GICD_CTLR: usize = 0x0000;
+const GICD_TYPER: usize = 0x0004;
+const GICD_IGROUPR: usize = 0x0080;
+const GICD_ISENABLER: usize = 0x0100;
+const GICD_ICENABLER: usize = 0x0180;
+const GICD_ISPENDR: usize = 0x0200;
+const GICD_ICPENDR: usize = 0x0280;
+const GICD_IPRIORITYR: usize = 0x0400;
+const GICD_ICFGR: usize = 0x0c00;
+const GICD_IROUTER: usize = 0x6000;
+/// GICD_CTLR: EnableGrp1 (EnableGrp1NS in the Non-secure view), bit 1.
+const GICD_CTLR_ENABLE_G1: u32 = 1 << 1;
+/// GICD_CTLR: ARE (ARE_NS in the Non-secure view), bit 4.
+const GICD_CTLR_ARE: u32 = 1 << 4;
+/// GICD_CTLR: RWP, register write pending, bit 31.
+const GICD_CTLR_RWP: u32 = 1 << 31;
+
+// GICR RD frame registers (IHI 0069, 12.11).
+const GICR_CTLR: usize = 0x0000;
+const GICR_TYPER: usize = 0x0008;
+const GICR_WAKER: usize = 0x0014;
+/// GICR_CTLR.RWP (bit 3): a write to GICR_ICENABLER0 is still in progress.
+const GICR_CTLR_RWP: u32 = 1 << 3;
+/// GICR_TYPER.Last (bit 4): the last redistributor of the region.
+const GICR_TYPER_LAST: u64 = 1 << 4;
+/// GICR_WAKER.ProcessorSleep (bit 1) and ChildrenAsleep (bit 2).
+const GICR_WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
+const GICR_WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
+
+// GICR SGI frame registers (offsets within the SGI frame, IHI 0069, 12.10).
+const GICR_IGROUPR0: usize = 0x0080;
+const GICR_ISENABLER0: usize = 0x0100;
+const GICR_ICENABLER0: usize = 0x0180;
+const GICR_ISPENDR0: usize = 0x0200;
+const GICR_ICPENDR0: usize = 0x0280;
+const GICR_IPRIORITYR: usize = 0x0400;
+
+/// ICC_SRE_EL1.SRE: the system-register interface is in use.
+const ICC_SRE_SRE: u64 = 1;
+/// ICC_CTLR_EL1.EOImode (bit 1): 0 = EOIR drops priority and deactivates.
+const ICC_CTLR_EOIMODE: u64 = 1 << 1;
+
+/// Bound on every register-write-pending and wake-up poll.
+const POLLS: u32 = 1_000_000;
+
+fn read32(addr: usize) -> u32 {
+    // SAFETY: callers pass GIC register addresses of the guest's (emulated
+    // or real) GIC, which are Device memory with no side effects on reads of
+    // the registers this module reads (IAR is a system register).
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
+fn write32(addr: usize, v: u32) {
+    // SAFETY: as in read32; the writes are the configuration this module
+    // documents.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+}
+
+fn read64(addr: usize) -> u64 {
+    // SAFETY: as in read32 (GICR_TYPER, GICD_IROUTER are 64-bit registers).
+    unsafe { core::ptr::read_volatile(addr as *const u64) }
+}
+
+fn write64(addr: usize, v: u64) {
+    // SAFETY: as in write32 (GICD_IROUTER).
+    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
+}
+
+fn write8(addr: usize, v: u8) {
+    // SAFETY: as in write32 (IPRIORITYR is byte-accessible).
+    unsafe { core::ptr::write_volatile(addr as *mut u8, v) }
+}
+
+fn read8(addr: usize) -> u8 {
+    // SAFETY: as in read32.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+macro_rules! sysreg_read {
+    ($name:literal) => {{
+        let v: u64;
+        // SAFETY: reading a GIC CPU interface or timer system register;
+        // the reads this module does (IAR aside, see `ack`) have no side effects.
+        unsafe { asm!(concat!("mrs {0}, ", $name), out(reg) v, options(nomem, nostack)) };
+        v
+    }};
+}
+
+macro_rules! sysreg_write {
+    ($name:literal, $v:expr) => {{
+        let v: u64 = $v;
+        // SAFETY: writing a GIC CPU interface or timer system register with
+        // a value this module documents; no memory is affected.
+        unsafe { asm!(concat!("msr ", $name, ", {0}"), in(reg) v, options(nostack)) };
+    }};
+}
+
+fn isb() {
+    // SAFETY: a context synchronisation barrier has no other effect.
+    unsafe { asm!("isb", options(nostack)) };
+}
+
+/// This vCPU's MPIDR_EL1 affinity fields, packed as Aff3.Aff2.Aff1.Aff0 in
+/// 32 bits (the layout of `GICR_TYPER.Affinity_Value`).
+pub fn affinity() -> u32 {
+    let m = sysreg_read!("mpidr_el1");
+    ((m & 0xff_ffff) | ((m >> 8) & 0xff00_0000)) as u32
+}
+
+/// `GICD_TYPER.ITLinesNumber`-derived number of INTIDs the distributor
+/// implements (a multiple of 32, at most 1020 usable).
+pub fn nr_intids() -> u32 {
+    let lines = read32(GICD_BASE + GICD_TYPER) & 0x1f;
+    ((lines + 1) * 32).min(1020)
+}
+
+fn wait_dist_rwp() {
+    let mut polls = 0;
+    while read32(GICD_BASE + GICD_CTLR) & GICD_CTLR_RWP != 0 {
+        polls += 1;
+        assert!(polls < POLLS, "GICD_CTLR.RWP stuck");
+        core::hint::spin_loop();
+    }
+}
+
+fn wait_redist_rwp(rd: usize) {
+    let mut polls = 0;
+    while read32(rd + GICR_CTLR) & GICR_CTLR_RWP != 0 {
+        polls += 1;
+        assert!(polls < POLLS, "GICR_CTLR.RWP stuck");
+        core::hint::spin_loop();
+    }
+}
+
+/// Configures the distributor, once per VM, before any vCPU's [`init_cpu`]:
+/// disables it, makes every SPI group 1, disabled, not pending, level
+/// sensitive, [`DEFAULT_PRIORITY`] and routed to the calling vCPU, then
+/// enables it with affinity routing and group 1.
+pub fn init_distributor() {
+    write32(GICD_BASE + GICD_CTLR, 0);
+    wait_dist_rwp();
+    let n = nr_intids();
+    let me = u64::from(affinity());
+    let router = (me & 0xff_ffff) | ((me >> 24) << 32);
+    for first in (32..n).step_by(32) {
+        let r = (first / 32) as usize * 4;
+        write32(GICD_BASE + GICD_ICENABLER + r, !0);
+        write32(GICD_BASE + GICD_ICPENDR + r, !0);
+        write32(GICD_BASE + GICD_IGROUPR + r, !0);
+    }
+    wait_dist_rwp();
+    for intid in 32..n {
+        write8(
+            GICD_BASE + GICD_IPRIORITYR + intid as usize,
+            DEFAULT_PRIORITY,
+        );
+        write64(GICD_BASE + GICD_IROUTER + 8 * intid as usize, router);
+    }
+    for first in (32..n).step_by(16) {
+        write32(GICD_BASE + GICD_ICFGR + (first / 16) as usize * 4, 0);
+    }
+    write32(GICD_BASE + GICD_CTLR, GICD_CTLR_ARE | GICD_CTLR_ENABLE_G1);
+    wait_dist_rwp();
+}
+
+/// RD frame base of each vCPU's redistributor, by MPIDR Aff0 (0 = unknown).
+static REDIST: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
+
+/// This vCPU's redistributor RD frame: the one whose `GICR_TYPER` affinity
+/// is this vCPU's MPIDR (Linux's `gic_populate_rdist`), found once and then
+/// remembered.
+pub fn redistributor() -> usize {
+    let aff = affinity();
+    let slot = (aff & 0xff) as usize % MAX_CPUS;
+    let known = REDIST[slot].load(Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
+    for n in 0..MAX_CPUS {
+        let rd = GICR_BASE + n * GICR_STRIDE;
+        let typer = read64(rd + GICR_TYPER);
+        if (typer >> 32) as u32 == aff {
+            REDIST[slot].store(rd, Ordering::Relaxed);
+            return rd;
+        }
+        if typer & GICR_TYPER_LAST != 0 {
+            break;
+        }
+    }
+    panic!("no redistributor for affinity {aff:#x}");
+}
+
+fn sgi_frame() -> usize {
+    redistributor() + SGI_FRAME
+}
+
+/// Wakes this vCPU's redistributor and configures its CPU interface: every
+/// SGI and PPI group 1, disabled and at [`DEFAULT_PRIORITY`]; system-register
+/// interface on; priority mask `0xff` (nothing masked); the smallest binary
+/// point (most preemption levels); EOImode 0; group 1 enabled. PSTATE.I is
+/// left as it is.
+pub fn init_cpu() {
+    let rd = redistributor();
+    // GICR_WAKER: clear ProcessorSleep, wait for ChildrenAsleep to clear.
+    let w = read32(rd + GICR_WAKER);
+    write32(rd + GICR_WAKER, w & !GICR_WAKER_PROCESSOR_SLEEP);
+    let mut polls = 0;
+    while read32(rd + GICR_WAKER) & GICR_WAKER_CHILDREN_ASLEEP != 0 {
+        polls += 1;
+        assert!(polls < POLLS, "GICR_WAKER.ChildrenAsleep stuck");
+        core::hint::spin_loop();
+    }
+    let sgi = rd + SGI_FRAME;
+    write32(sgi + GICR_ICENABLER0, !0);
+    write32(sgi + GICR_ICPENDR0, !0);
+    wait_redist_rwp(rd);
+    write32(sgi + GICR_IGROUPR0, !0);
+    for intid in 0..32 {
+        write8(sgi + GICR_IPRIORITYR + intid, DEFAULT_PRIORITY);
+    }
+
+    let sre = sysreg_read!("icc_sre_el1");
+    sysreg_write!("icc_sre_el1", sre | ICC_SRE_SRE);
+    isb();
+    assert!(
+        sysreg_read!("icc_sre_el1") & ICC_SRE_SRE != 0,
+        "ICC_SRE_EL1.SRE reads as 0: no system-register GIC interface"
+    );
+    set_priority_mask(0xff);
+    // Writes below the minimum binary point set the minimum.
+    sysreg_write!("icc_bpr1_el1", 0);
+    let ctlr = sysreg_read!("icc_ctlr_el1");
+    sysreg_write!("icc_ctlr_el1", ctlr & !ICC_CTLR_EOIMODE);
+    sysreg_write!("icc_igrpen1_el1", 1);
+    isb();
+}
+
+/// Sets an interrupt's priority (lower is more urgent). The GIC keeps only
+/// its implemented high-order bits: at least 5 (IHI 0069, 4.8 "Interrupt
+/// prioritization"; the virtual CPU interface has `ICH_VTR_EL2.PRIbits` + 1
+/// >= 5), so multiples of 8 survive everywhere.
+pub fn set_priority(intid: u32, prio: u8) {
+    let i = intid as usize;
+    if intid < 32 {
+        write8(sgi_frame() + GICR_IPRIORITYR + i, prio);
+    } else {
+        write8(GICD_BASE + GICD_IPRIORITYR + i, prio);
+    }
+}
+
+/// An interrupt's priority as the GIC holds it.
+pub fn priority(intid: u32) -> u8 {
+    let i = intid as usize;
+    if intid < 32 {
+        read8(sgi_frame() + GICR_IPRIORITYR + i)
+    } else {
+        read8(GICD_BASE + GICD_IPRIORITYR + i)
+    }
+}
+
+fn bit_reg(intid: u32, dist_off: usize, sgi_off: usize) -> (usize, u32) {
+    let bit = 1 << (intid % 32);
+    if intid < 32 {
+        (sgi_frame() + sgi_off, bit)
+    } else {
+        (GICD_BASE + dist_off + (intid / 32) as usize * 4, bit)
+    }
+}
+
+/// Enables an interrupt (this vCPU's, for an SGI or PPI).
+pub fn enable(intid: u32) {
+    let (reg, bit) = bit_reg(intid, GICD_ISENABLER, GICR_ISENABLER0);
+    write32(reg, bit);
+}
+
+/// Disables an interrupt and waits until the GIC has stopped forwarding it
+/// (RWP), as the architecture requires before relying on the disable.
+pub fn disable(intid: u32) {
+    let (reg, bit) = bit_reg(intid, GICD_ICENABLER, GICR_ICENABLER0);
+    write32(reg, bit);
+    if intid < 32 {
+        wait_redist_rwp(redistributor());
+    } else {
+        wait_dist_rwp();
+    }
+}
+
+/// Makes an interrupt pending (this vCPU's, for an SGI or PPI).
+pub fn set_pending(intid: u32) {
+    let (reg, bit) = bit_reg(intid, GICD_ISPENDR, GICR_ISPENDR0);
+    write32(reg, bit);
+}
+
+/// Clears an interrupt's pending state.
+pub fn clear_pending(intid: u32) {
+    let (reg, bit) = bit_reg(intid, GICD_ICPENDR, GICR_ICPENDR0);
+    write32(reg, bit);
+}
+
+/// This vCPU's `GICR_ISPENDR0`: the pending SGIs and PPIs, one bit each.
+pub fn private_pending() -> u32 {
+    read32(sgi_frame() + GICR_ISPENDR0)
+}
+
+/// This vCPU's `GICR_ISENABLER0`: the enabled SGIs and PPIs, one bit each.
+pub fn private_enabled() -> u32 {
+    read32(sgi_frame() + GICR_ISENABLER0)
+}
+
+/// Configures an SPI as edge-triggered (`true`) or level-sensitive.
+pub fn configure_spi(intid: u32, edge: bool) {
+    assert!(intid >= 32, "INTID {intid} is not an SPI");
+    let reg = GICD_BASE + GICD_ICFGR + (intid / 16) as usize * 4;
+    let bit = 2 << (2 * (intid % 16));
+    let v = read32(reg);
+    write32(reg, if edge { v | bit } else { v & !bit });
+}
+
+/// Routes an SPI to the vCPU with affinity `aff` (as [`affinity`] packs it).
+pub fn route_spi(intid: u32, aff: u32) {
+    assert!(intid >= 32, "INTID {intid} is not an SPI");
+    let aff = u64::from(aff);
+    let router = (aff & 0xff_ffff) | ((aff >> 24) << 32);
+    write64(GICD_BASE + GICD_IROUTER + 8 * intid as usize, router);
+}
+
+/// Sets `ICC_PMR_EL1`: only interrupts with a priority value strictly
+/// lower than `mask` are signalled.
+pub fn set_priority_mask(mask: u8) {
+    sysreg_write!("icc_pmr_el1", u64::from(mask));
+    isb();
+}
+
+/// `ICC_PMR_EL1` as the CPU interface holds it.
+pub fn priority_mask() -> u8 {
+    sysreg_read!("icc_pmr_el1") as u8
+}
+
+/// `ICC_RPR_EL1`: the running priority (0xff when nothing is active).
+pub fn running_priority() -> u8 {
+    sysreg_read!("icc_rpr_el1") as u8
+}
+
+/// `ICC_HPPIR1_EL1`: the highest-priority pending group 1 interrupt
+/// forwarded to this CPU interface, or [`SPURIOUS`].
+pub fn highest_pending() -> u32 {
+    (sysreg_read!("icc_hppir1_el1") & 0xff_ffff) as u32
+}
+
+/// Acknowledges the highest-priority pending interrupt (`ICC_IAR1_EL1`):
+/// it becomes active and the running priority rises to its priority.
+/// Returns [`SPURIOUS`] when there was none.
+pub fn ack() -> u32 {
+    let v: u64;
+    // SAFETY: reading ICC_IAR1_EL1 acknowledges an interrupt, which is the
+    // purpose of this function; no memory is affected.
+    unsafe { asm!("mrs {0}, icc_iar1_el1", out(reg) v, options(nomem, nostack)) };
+    // Linux's gic_read_iar: the read must complete before any access the
+    // handler makes on its behalf.
+    // SAFETY: a barrier only orders accesses.
+    unsafe { asm!("dsb sy", options(nostack)) };
+    (v & 0xff_ffff) as u32
+}
+
+/// Ends an acknowledged interrupt (`ICC_EOIR1_EL1`, EOImode 0: priority
+/// drop and deactivation).
+pub fn eoi(intid: u32) {
+    sysreg_write!("icc_eoir1_el1", u64::from(intid));
+    isb();
+}
+
+/// Where an SGI goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SgiTarget {
+    /// The vCPUs whose Aff0 bits are set in the mask (0..16), sharing this
+    /// vCPU's Aff3.Aff2.Aff1.
+    List(u16),
+    /// Every vCPU but this one (`ICC_SGI1R_EL1.IRM` = 1).
+    Others,
+}
+
+/// The `ICC_SGI1R_EL1` value for SGI `intid` to `target` (IHI 0069,
+/// 12.2.22): TargetList \[15:0\], Aff1 \[23:16\], INTID \[27:24\], Aff2
+/// \[39:32\], IRM \[40\], RS \[47:44\] (0: Aff0 0..16), Aff3 \[55:48\].
+pub fn sgi1r_value(intid: u32, target: SgiTarget) -> u64 {
+    let intid = u64::from(intid & 0xf) << 24;
+    match target {
+        SgiTarget::Others => intid | (1 << 40),
+        SgiTarget::List(list) => {
+            let aff = u64::from(affinity());
+            let aff1 = (aff >> 8) & 0xff;
+            let aff2 = (aff >> 16) & 0xff;
+            let aff3 = (aff >> 24) & 0xff;
+            intid | u64::from(list) | (aff1 << 16) | (aff2 << 32) | (aff3 << 48)
+        }
+    }
+}
+
+/// Sends SGI `intid` (0..16) to `target` through `ICC_SGI1R_EL1`. Memory
+/// writes made before the call are visible to the targets before they can
+/// take the SGI (DSB before the write, as Linux's `gic_ipi_send_mask`).
+pub fn send_sgi(intid: u32, target: SgiTarget) {
+    let v = sgi1r_value(intid, target);
+    // SAFETY: a barrier only orders accesses.
+    unsafe { asm!("dsb ish", options(nostack)) };
+    sysreg_write!("icc_sgi1r_el1", v);
+    isb();
+}
+
+/// Sends SGI `intid` to the vCPU with Aff0 `cpu` (in this vCPU's cluster).
+pub fn send_sgi_to(intid: u32, cpu: usize) {
+    send_sgi(intid, SgiTarget::List(1 << cpu));
+}
+
+/// Clears PSTATE.I: IRQs can be taken.
+pub fn irq_unmask() {
+    // SAFETY: unmasking IRQs only lets the installed vectors run.
+    unsafe { asm!("msr daifclr, #2", "isb", options(nostack)) };
+}
+
+/// Sets PSTATE.I: IRQs stay pending.
+pub fn irq_mask() {
+    // SAFETY: masking IRQs has no effect on memory.
+    unsafe { asm!("msr daifset, #2", options(nostack)) };
+}
+
+/// Whether PSTATE.I is set.
+pub fn irqs_masked() -> bool {
+    sysreg_read!("daif") & (1 << 7) != 0
+}
+
+/// Waits for an interrupt (WFI): returns when one is pending even if
+/// PSTATE.I masks it.
+pub fn wfi() {
+    // SAFETY: WFI only pauses the vCPU.
+    unsafe { asm!("dsb sy", "wfi", options(nostack)) };
+}
+
+/// The virtual counter (`CNTVCT_EL0`), read after an ISB so it is not
+/// speculated ahead of earlier instructions.
+pub fn counter() -> u64 {
+    isb();
+    sysreg_read!("cntvct_el0")
+}
+
+/// The counter frequency (`CNTFRQ_EL0`), in Hz.
+pub fn counter_hz() -> u64 {
+    sysreg_read!("cntfrq_el0")
+}
+
+/// Busy-waits for `us` microseconds of the virtual counter.
+pub fn delay_us(us: u64) {
+    let end = counter() + counter_hz() * us / 1_000_000;
+    while counter() < end {
+        core::hint::spin_loop();
+    }
+}
+
+/// Polls `cond` until it holds or `ms` milliseconds of the virtual counter
+/// have passed; returns whether it held.
+pub fn wait_until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = counter() + counter_hz() * ms / 1000;
+    loop {
+        if cond() {
+            return true;
+        }
+        if counter() >= end {
+            return cond();
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// The EL1 virtual timer (`CNTV_*_EL0`).
+pub mod vtimer {
+    use core::arch::asm;
+
+    /// CNTV_CTL_EL0.ENABLE.
+    pub const ENABLE: u64 = 1 << 0;
+    /// CNTV_CTL_EL0.IMASK: the timer condition does not assert the interrupt.
+    pub const IMASK: u64 = 1 << 1;
+    /// CNTV_CTL_EL0.ISTATUS (read-only): the timer condition is met.
+    pub const ISTATUS: u64 = 1 << 2;
+
+    /// Writes `CNTV_CVAL_EL0`: the timer fires when `CNTVCT_EL0` >= `cval`.
+    pub fn set_cval(cval: u64) {
+        sysreg_write!("cntv_cval_el0", cval);
+        super::isb();
+    }
+
+    /// Reads `CNTV_CVAL_EL0`.
+    pub fn cval() -> u64 {
+        sysreg_read!("cntv_cval_el0")
+    }
+
+    /// Writes `CNTV_CTL_EL0`.
+    pub fn set_ctl(ctl: u64) {
+        sysreg_write!("cntv_ctl_el0", ctl);
+        super::isb();
+    }
+
+    /// Reads `CNTV_CTL_EL0`.
+    pub fn ctl() -> u64 {
+        sysreg_read!("cntv_ctl_el0")
+    }
+}

@@ -1,0 +1,49 @@
+//! guest-prio: what keeps a pending interrupt from being taken (PSTATE.I,
+//! the enable bit, the priority mask), the order pending interrupts are
+//! taken in (by priority), and preemption of a handler by a more urgent
+//! interrupt but not by a less urgent one.
+
+use std::time::Duration;
+
+use hyp_tests::{BootOptions, Qemu};
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+#[ignore = "needs the vGIC wired into hyp-core"]
+fn masking_priorities_and_preemption() {
+    let mut q = Qemu::boot(BootOptions {
+        append: Some("guest=guest-prio".into()),
+        ..BootOptions::default()
+    });
+    q.expect_exact(
+        "host: VM 1 (guest-prio): 4 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",
+        T,
+    );
+    for line in [
+        // Priorities as the (virtual) redistributor holds them.
+        "guest-prio: GICR_IPRIORITYR: SGI 1 = 0x80, 2 = 0x40, 3 = 0xa0, 4 = 0x20",
+        // Pending and forwarded (HPPIR names the most urgent), but PSTATE.I masks them.
+        "guest-prio: IRQs masked: GICR_ISPENDR0 = 0x1e, ICC_HPPIR1_EL1 = 4, taken 0",
+        // Disabled: still pending, no longer forwarded to the CPU interface.
+        "guest-prio: SGIs disabled, IRQs unmasked: GICR_ISPENDR0 = 0x1e, ICC_HPPIR1_EL1 = 1023, taken 0",
+        // Enabled again but all at or above the priority mask.
+        "guest-prio: enabled, ICC_PMR_EL1 = 0x10: GICR_ISPENDR0 = 0x1e, ICC_HPPIR1_EL1 = 4, taken 0",
+        // Raising the mask lets through exactly the SGIs below it, most urgent first.
+        "guest-prio: ICC_PMR_EL1 = 0x30: took SGI 4",
+        "guest-prio: ICC_PMR_EL1 = 0x90: took SGIs 2, 1",
+        "guest-prio: ICC_PMR_EL1 = 0xf0: took SGI 3",
+        "guest-prio: taken in this order: SGI 4 (0x20), SGI 2 (0x40), SGI 1 (0x80), SGI 3 (0xa0)",
+        "guest-prio: all four pending, then unmasked: took SGIs 4, 2, 1, 3",
+        // SGI 5's handler unmasks IRQs: SGI 7 (less urgent) waits, SGI 6 preempts.
+        "guest-prio: inside SGI 5 (0xc0): SGI 7 (0xe0) taken 0 times, SGI 6 (0x40) nested: yes",
+        "guest-prio: preemption: enter 5, enter 6, exit 6, exit 5, enter 7, exit 7",
+        "guest-prio: running priority 0xc0 in SGI 5, 0x40 in nested SGI 6",
+        "guest-prio: 0 spurious acknowledges",
+        "guest-prio: done, powering off",
+    ] {
+        q.expect_exact(line, T);
+    }
+    q.expect_exact("hyp: VM 1 vCPU 0 requested SYSTEM_OFF", T);
+    q.expect_exit_code(0, T);
+}

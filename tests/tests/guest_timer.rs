@@ -1,0 +1,35 @@
+//! guest-timer: the EL1 virtual timer (PPI 27) as a periodic 1 ms interrupt
+//! on vCPUs 0 and 1 at once: exactly 50 ticks each, re-armed in the
+//! handler, at least 50 periods of counter time, none after it stops.
+
+use std::time::Duration;
+
+use hyp_tests::{BootOptions, Qemu};
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+#[ignore = "needs the vGIC wired into hyp-core"]
+fn virtual_timer_ticks_on_two_vcpus() {
+    let mut q = Qemu::boot(BootOptions {
+        append: Some("guest=guest-timer".into()),
+        ..BootOptions::default()
+    });
+    q.expect_exact(
+        "host: VM 1 (guest-timer): 4 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",
+        T,
+    );
+    for line in [
+        "guest-timer: 50 virtual timer ticks",
+        "guest-timer: elapsed counter time >= 50 periods of 1 ms",
+        "guest-timer: 0 other or spurious interrupts",
+        "guest-timer: vCPU 1: 50 virtual timer ticks",
+        "guest-timer: vCPU 1: elapsed counter time >= 50 periods of 1 ms",
+        "guest-timer: vCPU 1: 0 other or spurious interrupts",
+        "guest-timer: done, powering off",
+    ] {
+        q.expect_exact(line, T);
+    }
+    q.expect_exact("hyp: VM 1 vCPU 0 requested SYSTEM_OFF", T);
+    q.expect_exit_code(0, T);
+}
