@@ -10,7 +10,6 @@ use hyp_tests::{BootOptions, Qemu};
 const T: Duration = Duration::from_secs(60);
 
 #[test]
-#[ignore = "needs the vGIC wired into hyp-core"]
 fn masking_priorities_and_preemption() {
     let mut q = Qemu::boot(BootOptions {
         append: Some("guest=guest-prio".into()),

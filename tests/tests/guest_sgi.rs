@@ -10,7 +10,6 @@ use hyp_tests::{BootOptions, Qemu};
 const T: Duration = Duration::from_secs(90);
 
 #[test]
-#[ignore = "needs the vGIC wired into hyp-core"]
 fn sgis_between_four_vcpus_counted_exactly() {
     let mut q = Qemu::boot(BootOptions {
         append: Some("guest=guest-sgi".into()),

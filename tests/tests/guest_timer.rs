@@ -9,7 +9,6 @@ use hyp_tests::{BootOptions, Qemu};
 const T: Duration = Duration::from_secs(60);
 
 #[test]
-#[ignore = "needs the vGIC wired into hyp-core"]
 fn virtual_timer_ticks_on_two_vcpus() {
     let mut q = Qemu::boot(BootOptions {
         append: Some("guest=guest-timer".into()),

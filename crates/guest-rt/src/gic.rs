@@ -96,38 +96,32 @@ const ICC_CTLR_EOIMODE: u64 = 1 << 1;
 /// Bound on every register-write-pending and wake-up poll.
 const POLLS: u32 = 1_000_000;
 
-fn read32(addr: usize) -> u32 {
-    // SAFETY: callers pass GIC register addresses of the guest's (emulated
-    // or real) GIC, which are Device memory with no side effects on reads of
-    // the registers this module reads (IAR is a system register).
-    unsafe { core::ptr::read_volatile(addr as *const u32) }
+// MMIO accessors in inline assembly: a plain `ldr`/`str` with a register
+// base and no writeback, so a trapped access always has a valid syndrome
+// (ESR ISV = 1). `read_volatile` in a loop may compile to post-indexed
+// forms, which trap with ISV = 0 and cannot be emulated.
+macro_rules! mmio {
+    ($read:ident, $write:ident, $t:ty, $ld:literal, $st:literal) => {
+        fn $read(addr: usize) -> $t {
+            let v: u64;
+            // SAFETY: callers pass GIC register addresses of the guest's
+            // (emulated or real) GIC, Device memory whose reads here have no
+            // side effects (IAR is a system register).
+            unsafe { core::arch::asm!($ld, out(reg) v, in(reg) addr, options(nostack, preserves_flags)) };
+            v as $t
+        }
+
+        fn $write(addr: usize, v: $t) {
+            // SAFETY: as for reads; the writes are the configuration this
+            // module documents.
+            unsafe { core::arch::asm!($st, in(reg) v as u64, in(reg) addr, options(nostack, preserves_flags)) };
+        }
+    };
 }
 
-fn write32(addr: usize, v: u32) {
-    // SAFETY: as in read32; the writes are the configuration this module
-    // documents.
-    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
-}
-
-fn read64(addr: usize) -> u64 {
-    // SAFETY: as in read32 (GICR_TYPER, GICD_IROUTER are 64-bit registers).
-    unsafe { core::ptr::read_volatile(addr as *const u64) }
-}
-
-fn write64(addr: usize, v: u64) {
-    // SAFETY: as in write32 (GICD_IROUTER).
-    unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
-}
-
-fn write8(addr: usize, v: u8) {
-    // SAFETY: as in write32 (IPRIORITYR is byte-accessible).
-    unsafe { core::ptr::write_volatile(addr as *mut u8, v) }
-}
-
-fn read8(addr: usize) -> u8 {
-    // SAFETY: as in read32.
-    unsafe { core::ptr::read_volatile(addr as *const u8) }
-}
+mmio!(read32, write32, u32, "ldr {0:w}, [{1}]", "str {0:w}, [{1}]");
+mmio!(read64, write64, u64, "ldr {0}, [{1}]", "str {0}, [{1}]");
+mmio!(read8, write8, u8, "ldrb {0:w}, [{1}]", "strb {0:w}, [{1}]");
 
 macro_rules! sysreg_read {
     ($name:literal) => {{
