@@ -71,14 +71,21 @@ pub fn init_cpu(gicr: u64, cpu: usize, sre: &Synced<GicSre>, pending: &mut Guest
             "GIC redistributor of CPU {cpu} does not wake"
         );
     }
-    write32(
-        rd + GICR_IGROUPR0,
-        read32(rd + GICR_IGROUPR0) | (1 << HYP_TIMER_PPI),
-    );
-    let prio = rd + GICR_IPRIORITYR + u64::from(HYP_TIMER_PPI);
-    // SAFETY: byte access to IPRIORITYR is architected; device memory.
-    unsafe { core::ptr::write_volatile(prio as *mut u8, 0x80) };
-    write32(rd + GICR_ISENABLER0, 1 << HYP_TIMER_PPI);
+    // Group 1, middle priority, enabled: the time slice, and what makes a
+    // running guest exit for its virtual interrupts: the kick SGI, the
+    // maintenance interrupt (EOI of a level-sensitive virtual interrupt, list
+    // register underflow) and the virtual timer (masked while its level is
+    // delivered; see `vm.rs`). Before, only the time slice was enabled, so
+    // a guest's timer and SGIs reached it only at its next time slice.
+    let ppis = [HYP_TIMER_PPI, KICK_SGI, MAINTENANCE_PPI, VTIMER_PPI];
+    let bits = ppis.iter().fold(0, |b, i| b | (1 << i));
+    write32(rd + GICR_IGROUPR0, read32(rd + GICR_IGROUPR0) | bits);
+    for intid in ppis {
+        let prio = rd + GICR_IPRIORITYR + u64::from(intid);
+        // SAFETY: byte access to IPRIORITYR is architected; device memory.
+        unsafe { core::ptr::write_volatile(prio as *mut u8, 0x80) };
+    }
+    write32(rd + GICR_ISENABLER0, bits);
     pending.add(regs::IccPmrEl1::write(sre, 0xff));
     pending.add(regs::IccCtlrEl1::write(sre, 0));
     pending.add(regs::IccIgrpen1El1::write(sre, 1));
