@@ -355,8 +355,8 @@ pub fn bench(platform: Platform) -> Result<()> {
 
     println!();
     println!(
-        "{:<58} {:>14} {:>10} {:>16}  {}",
-        "metric", "value", "iters", "previous", "target"
+        "{:<58} {:>14} {:>10} {:>16}  target",
+        "metric", "value", "iters", "previous"
     );
     for r in &records {
         let unit = if r.ns { "ns" } else { "insn" };

@@ -3,9 +3,11 @@
 //! Under QEMU `-icount shift=0` the virtual counter (CNTVCT_EL0, 1 GHz)
 //! advances exactly one tick per instruction executed by the machine (all
 //! CPUs together), so counter deltas are exact, repeatable instruction
-//! counts. `cargo xtask bench` boots
-//! `guests=guest-bench:p:v2:lazy,guest-bench` on two CPUs and parses one line
-//! per metric:
+//! counts. `cargo xtask bench` boots it twice and parses one line per
+//! metric: on one CPU with `guests=guest-bench:p:lazy,guest-bench` (every
+//! metric but `sgi_latency`; one CPU, so the counter sees no other CPU's
+//! instructions) and on two CPUs with `guests=guest-bench:v2` (a VM with a
+//! second vCPU measures only `sgi_latency`):
 //!
 //! ```text
 //! bench: hvc_null instructions=NN iterations=10000
@@ -17,8 +19,9 @@
 //! rather than the mean keeps rare events out of the figure (the
 //! hypervisor's 10 ms time slice, QEMU switching to the other CPU).
 //!
-//! VM 1 (handle 1, protected, 2 vCPUs, memory mapped at stage 2 on first
-//! touch) measures; VM 2 (handle 2) is the partner for `vcpu_switch`: it
+//! VM 1 (handle 1; protected, its memory mapped at stage 2 on first touch,
+//! for `mem_share_unshare` and `s2_fault`) measures; VM 2 (handle 2) is the
+//! partner for `vcpu_switch`: it
 //! executes WFI in a loop (each WFI yields its CPU to the host, which runs
 //! VM 1 again), a fixed number of times, then powers off.
 //!
