@@ -8,7 +8,9 @@
 //!   the serial port on the terminal; exits with QEMU's status.
 //! * `test`: format, clippy, host unit tests, image build and the QEMU
 //!   integration tests (`hyp-tests`), stopping at the first failure.
+//! * `bench [--platform <board>]`, `size [--platform <board>]`: see `bench.rs`.
 
+mod bench;
 mod flat;
 mod provision;
 
@@ -82,6 +84,21 @@ enum Cmd {
     },
     /// Run every check: fmt, clippy, unit tests, image build, QEMU integration tests.
     Test,
+    /// Boot the bench guest under `-icount shift=0` (exact instruction counts)
+    /// and run the s2mm host benchmark; table on the terminal,
+    /// target/bench/latest.json (the run before in previous.json).
+    Bench {
+        /// The board (a directory under platforms/).
+        #[arg(long, value_enum, default_value = "qemu")]
+        platform: Platform,
+    },
+    /// Bytes of text, rodata, data and bss of the hypervisor alone and of
+    /// the whole image (with the guest payloads), per board.
+    Size {
+        /// One board (default: every board).
+        #[arg(long, value_enum)]
+        platform: Option<Platform>,
+    },
 }
 
 /// The workspace root (the parent of xtask/).
@@ -598,6 +615,25 @@ fn test() -> Result<()> {
             )
         },
     )?;
+    // The bench guest runs, reports every metric, and twice the same counts.
+    step(
+        "guest bench under icount, twice: identical counts",
+        &mut || {
+            let (a, _) = bench::guest_records(Platform::Qemu)?;
+            let (b, _) = bench::guest_records(Platform::Qemu)?;
+            if a.len() != bench::GUEST_METRICS.len() {
+                return Err(format!(
+                    "{} of {} metrics reported",
+                    a.len(),
+                    bench::GUEST_METRICS.len()
+                ));
+            }
+            if a != b {
+                return Err(format!("two runs differ:\n{a:?}\n{b:?}"));
+            }
+            Ok(())
+        },
+    )?;
     // Figures, not a timed test: it prints ns/page and barrier counts for
     // s2mm and aarch64-paging doing the same work, and fails only if it cannot run.
     step("s2mm host benchmark (vs aarch64-paging)", &mut || {
@@ -650,6 +686,11 @@ fn main() -> ExitCode {
             },
         ),
         Cmd::Test => test().map(|_| 0),
+        Cmd::Bench { platform } => bench::bench(platform).map(|_| 0),
+        Cmd::Size { platform } => {
+            let all = [Platform::Qemu, Platform::Rpi4];
+            bench::size(platform.as_ref().map_or(&all[..], std::slice::from_ref)).map(|_| 0)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

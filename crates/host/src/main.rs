@@ -16,11 +16,13 @@
 //! - when every VM has powered off, destroys them, prints what it saw and
 //!   powers the machine off.
 //!
-//! Guest list syntax: `guests=NAME[:p][:vN],...` (`:p` protected, `:vN` N
-//! vCPUs, default 4 for one guest, else 1).
+//! Guest list syntax: `guests=NAME[:p][:vN][:lazy],...` (`:p` protected, `:vN` N
+//! vCPUs, default 4 for one guest, else 1; `:lazy` memory mapped at stage 2
+//! on first touch, see `bench.rs`).
 #![no_std]
 #![no_main]
 
+mod bench;
 mod hostif;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -162,10 +164,13 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
     let mut parts = spec.split(':');
     let name = parts.next().unwrap_or("");
     let mut protected = false;
+    let mut lazy = false;
     let mut vcpus = if count == 1 { 4 } else { 1 };
     for p in parts {
         if p == "p" {
             protected = true;
+        } else if p == "lazy" {
+            lazy = true;
         } else if let Some(v) = p.strip_prefix('v').and_then(|v| v.parse().ok()) {
             vcpus = v;
         } else {
@@ -207,14 +212,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         }
     }
     let pages = GUEST_RAM / PAGE;
-    let r = if protected {
-        call(
-            hyp_abi::MEM_DONATE,
-            [handle.0, ram_pa, GUEST_RAM_IPA, pages],
-        )
-    } else {
-        call(hyp_abi::MEM_LEND, [handle.0, ram_pa, GUEST_RAM_IPA, pages])
-    };
+    let r = bench::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, protected, lazy);
     if let Err(e) = r {
         fail(format_args!("giving memory to {name}: {e:?}"));
     }

@@ -10,8 +10,8 @@
 //! |--------------|---------------|--------|------|--------|--------|---------------|
 //! | `0xC6000040` | VM_CREATE     | vCPUs  | flags (bit 0: protected) | | | VM handle (1..=8) |
 //! | `0xC6000041` | VM_DESTROY    | handle |      |        |        | pages scrubbed |
-//! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages  | 0 |
-//! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages  | 0 |
+//! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages  | 0 (x5: [`MEM_FLAG_LAZY`]) |
+//! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages  | 0 (x5: [`MEM_FLAG_LAZY`]) |
 //! | `0xC6000044` | VCPU_INIT     | handle | vCPU | entry  | x0     | 0 |
 //! | `0xC6000045` | VCPU_RUN      | handle | vCPU |        |        | [`exit`] code; x1..x3 details |
 //! | `0xC6000046` | MMIO_COMPLETE | handle | vCPU | value  |        | 0 |
@@ -45,6 +45,12 @@ pub const VCPU_STATE: u32 = FID_BASE + 8;
 pub const MACHINE_EXIT: u32 = FID_BASE + 9;
 /// Last host function ID.
 pub const FID_LAST: u32 = MACHINE_EXIT;
+
+/// MEM_DONATE/MEM_LEND flag (x5): ownership changes at once, but the
+/// guest's stage 2 maps each page only when the guest first touches it (a
+/// stage-2 fault maps that page and the access is retried). Other x5 bits
+/// must be zero.
+pub const MEM_FLAG_LAZY: u64 = 1;
 
 /// VM_CREATE flag: a protected VM (memory donated; the host loses access).
 pub const FLAG_PROTECTED: u64 = 1;

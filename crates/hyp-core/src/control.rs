@@ -166,6 +166,8 @@ pub struct VmMeta {
     pub shared: u64,
     /// VTTBR_EL2 value.
     pub vttbr: u64,
+    /// Regions mapped at stage 2 on first touch (bit *i*: `regions[i]`).
+    pub lazy: u32,
 }
 
 impl VmMeta {
@@ -355,6 +357,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
             status: VmStatus::Live,
             shared: 0,
             vttbr,
+            lazy: 0,
         });
         Ok(slot as u64 + 1)
     }
@@ -387,6 +390,26 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         ipa: u64,
         pages: u64,
         kind: RegionKind,
+    ) -> HostResult<()> {
+        self.give_with(handle, pa, ipa, pages, kind, false)
+    }
+
+    /// [`Control::give`], and with `lazy` the guest's stage 2 is left
+    /// empty: ownership changes at once (the host loses or shares the pages
+    /// now), but each page is mapped for the guest only when it first
+    /// touches it ([`Control::map_on_demand`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Control::give`].
+    pub fn give_with(
+        &mut self,
+        handle: u64,
+        pa: u64,
+        ipa: u64,
+        pages: u64,
+        kind: RegionKind,
+        lazy: bool,
     ) -> HostResult<()> {
         let slot = slot_of(handle)?;
         let vm = self.vms[slot].as_ref().ok_or(HostError::NoVm)?;
@@ -488,6 +511,12 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         }
         let guest_state = after.guest.page_state().unwrap_or(PageState::Owned);
         let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
+        if lazy {
+            vm.regions[free] = Some(new);
+            vm.lazy |= 1 << free;
+            self.release_tables(reserve);
+            return Ok(());
+        }
         if let Err(e) = vm.s2.map(
             &mut self.alloc,
             Ipa(ipa),
@@ -593,6 +622,50 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
             )
             .map_err(s2err)?;
         Ok(())
+    }
+
+    /// A stage-2 fault of VM `handle` at `ipa`: when `ipa` lies in a lazy
+    /// region (see [`Control::give_with`]) and is not mapped yet, maps its
+    /// page in the state the give left it (owned when donated, borrowed
+    /// when lent) so the access can be retried.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Range`] (not in a lazy region),
+    /// [`HostError::State`] (already mapped: the fault was something else),
+    /// [`HostError::NoMemory`] (no table page).
+    pub fn map_on_demand(&mut self, handle: u64, ipa: u64) -> HostResult<()> {
+        let slot = slot_of(handle)?;
+        let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
+        let ipa = ipa & !(PAGE_SIZE - 1);
+        let (i, r) = vm
+            .regions
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.filter(|r| r.pa_of(ipa).is_some()).map(|r| (i, r)))
+            .ok_or(HostError::Range)?;
+        if vm.lazy & (1 << i) == 0 {
+            return Err(HostError::Range);
+        }
+        if vm.s2.query(&self.alloc, Ipa(ipa)).is_some() {
+            return Err(HostError::State);
+        }
+        let state = match r.kind {
+            RegionKind::Donated => PageState::Owned,
+            RegionKind::Lent => PageState::SharedBorrowed,
+        };
+        let pa = r.pa_of(ipa).ok_or(HostError::Range)?;
+        vm.s2
+            .map(
+                &mut self.alloc,
+                Ipa(ipa),
+                Pa(pa),
+                PAGE_SIZE,
+                Attrs::RAM_RWX,
+                state,
+            )
+            .map(|_| ())
+            .map_err(s2err)
     }
 
     /// VCPU_INIT: sets where a powered-off vCPU starts.
@@ -886,4 +959,67 @@ fn vcpu_idx(vm: &VmMeta, vcpu: u64) -> HostResult<usize> {
         return Err(HostError::Invalid);
     }
     Ok(vcpu as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s2mm::host::HostAlloc;
+
+    struct NoMem;
+    impl PhysMem for NoMem {
+        fn scrub(&mut self, _pa: u64, _len: u64) {}
+    }
+
+    const RAM: MemRegion = MemRegion {
+        base: 0x5000_0000,
+        size: 0x100_0000,
+    };
+
+    fn ctl() -> Control<HostAlloc, NoMem> {
+        Control::new(HostAlloc::new(), NoMem, RAM, GUEST_IPA_BITS, 2, false).expect("host s2")
+    }
+
+    #[test]
+    fn lazy_region_maps_one_page_per_fault() {
+        for (flags, kind, state) in [
+            (FLAG_PROTECTED, RegionKind::Donated, PageState::Owned),
+            (0, RegionKind::Lent, PageState::SharedBorrowed),
+        ] {
+            let mut c = ctl();
+            let h = c.create(1, flags).expect("create");
+            let (pa, ipa) = (RAM.base + 0x20_0000, 0x4000_0000);
+            c.give_with(h, pa, ipa, 16, kind, true)
+                .expect("give lazily");
+            // Ownership changed at once; the guest sees nothing yet.
+            let host = if kind == RegionKind::Donated {
+                CompState::NoAccess
+            } else {
+                CompState::SharedOwned
+            };
+            assert_eq!(c.host_state(pa + 0x3000), host);
+            assert!(c.vm(h).expect("vm").is_ram(ipa + 0x3000));
+            assert_eq!(c.guest_state(h, ipa + 0x3000), None);
+            // A fault maps exactly its page.
+            c.map_on_demand(h, ipa + 0x3008).expect("first touch");
+            assert_eq!(
+                c.guest_state(h, ipa + 0x3000),
+                Some((pa + 0x3000, CompState::from_mapping(Some(state))))
+            );
+            assert_eq!(c.guest_state(h, ipa + 0x2000), None);
+            assert_eq!(c.guest_state(h, ipa + 0x4000), None);
+            // A second fault there is not a lazy fault; outside the region neither.
+            assert_eq!(c.map_on_demand(h, ipa + 0x3000), Err(HostError::State));
+            assert_eq!(c.map_on_demand(h, ipa + 0x10000), Err(HostError::Range));
+            assert_eq!(c.map_on_demand(h, 0x0a00_0000), Err(HostError::Range));
+            // An eagerly given region never faults in.
+            c.give(h, pa + 0x10_0000, 0x4100_0000, 1, kind)
+                .expect("give");
+            assert_eq!(c.map_on_demand(h, 0x4100_0000), Err(HostError::Range));
+            // Destroying gives every page back, mapped or not.
+            c.destroy(h).expect("destroy");
+            assert_eq!(c.host_state(pa), CompState::Owned);
+            assert_eq!(c.host_state(pa + 0x3000), CompState::Owned);
+        }
+    }
 }

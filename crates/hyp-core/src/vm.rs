@@ -551,9 +551,19 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
             } else {
                 control::RegionKind::Lent
             };
-            match control().lock().give(a[0], a[1], a[2], a[3], kind) {
-                Ok(()) => 0,
-                Err(e) => err(e),
+            // x5: flags (bit 0: map at stage 2 on first touch).
+            let flags = host.regs.x[5];
+            if flags & !hyp_abi::MEM_FLAG_LAZY != 0 {
+                err(HostError::Invalid)
+            } else {
+                let lazy = flags & hyp_abi::MEM_FLAG_LAZY != 0;
+                match control()
+                    .lock()
+                    .give_with(a[0], a[1], a[2], a[3], kind, lazy)
+                {
+                    Ok(()) => 0,
+                    Err(e) => err(e),
+                }
             }
         }
         hyp_abi::VCPU_INIT => match control().lock().vcpu_init(a[0], a[1], a[2], a[3]) {
@@ -752,6 +762,7 @@ fn guest_sync(
             ctx.regs.pc += 4;
             guest_hypercall(who, ctx)
         }
+        ExitReason::DataAbort | ExitReason::InstAbort if map_on_demand(who, esr) => Next::Resume,
         ExitReason::DataAbort => {
             if let Some(next) = vgic_mmio(c, who, ctx, esr, pending, vg) {
                 return next;
@@ -877,6 +888,25 @@ fn new_vgic(g: &Phys, handle: u64, nr_vcpus: usize) -> Option<Vgic> {
 pub const VGICC_V2_IPA: u64 = 0x0801_0000;
 /// Size of the GIC-400's GICV frame (two 4 KiB pages).
 const GICV_SIZE: u64 = 0x2000;
+
+/// A stage-2 translation fault in guest RAM given lazily (MEM_FLAG_LAZY):
+/// maps the page and returns true, so the access is retried. Every other
+/// abort (device IPAs lie below guest RAM and are never looked up here)
+/// goes on to the MMIO and injection paths.
+fn map_on_demand(who: Who, esr: Esr) -> bool {
+    let Who::Guest { slot, .. } = who else {
+        return false;
+    };
+    // DFSC/IFSC 0b0001xx: translation fault, level xx.
+    if esr.iss() & 0x3c != 0x04 {
+        return false;
+    }
+    let ipa = exit::fault_ipa(sysreg::hpfar_el2(), sysreg::far_el2());
+    if ipa < control::GUEST_RAM_IPA_MIN {
+        return false;
+    }
+    control().lock().map_on_demand(slot as u64 + 1, ipa).is_ok()
+}
 
 /// Before entering a guest: samples its virtual timer's output into the
 /// vGIC (level-sensitive PPI 27), re-enables the physical timer PPI once the

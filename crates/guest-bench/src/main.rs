@@ -1,0 +1,469 @@
+//! Benchmark guest: what exits, calls and interrupts cost, in instructions.
+//!
+//! Under QEMU `-icount shift=0` the virtual counter (CNTVCT_EL0, 1 GHz)
+//! advances exactly one tick per instruction executed by the machine (all
+//! CPUs together), so counter deltas are exact, repeatable instruction
+//! counts. `cargo xtask bench` boots it twice and parses one line per
+//! metric: on one CPU with `guests=guest-bench:p:lazy,guest-bench` (every
+//! metric but `sgi_latency`; one CPU, so the counter sees no other CPU's
+//! instructions) and on two CPUs with `guests=guest-bench:v2` (a VM with a
+//! second vCPU measures only `sgi_latency`):
+//!
+//! ```text
+//! bench: hvc_null instructions=NN iterations=10000
+//! ```
+//!
+//! Method: every iteration is timed alone (`isb; mrs cntvct_el0` before and
+//! after) and the metric is the median of the per-iteration deltas minus the
+//! median of an empty timed body (the counter reads themselves). The median
+//! rather than the mean keeps rare events out of the figure (the
+//! hypervisor's 10 ms time slice, QEMU switching to the other CPU).
+//!
+//! VM 1 (handle 1; protected, its memory mapped at stage 2 on first touch,
+//! for `mem_share_unshare` and `s2_fault`) measures; VM 2 (handle 2) is the
+//! partner for `vcpu_switch`: it
+//! executes WFI in a loop (each WFI yields its CPU to the host, which runs
+//! VM 1 again), a fixed number of times, then powers off.
+//!
+//! Metrics (see also xtask's `bench` documentation):
+//! - `hvc_null`: HVC SMCCC_VERSION, answered at EL2;
+//! - `psci_version`: HVC PSCI_VERSION, answered at EL2;
+//! - `mmio_hyp`: a 32-bit read of GICD_TYPER, emulated at EL2 by the vGIC;
+//! - `mmio_host`: a 32-bit read of the host's test device at 0x0a000000,
+//!   forwarded to the host VM, answered with MMIO_COMPLETE, resumed;
+//! - `s2_fault`: first write to a page of a lazily mapped region: stage-2
+//!   translation fault, the hypervisor maps that page, the write is retried;
+//! - `mem_share_unshare`: MEM_SHARE then MEM_UNSHARE of one page (both HVCs);
+//! - `sgi_latency`: from just before vCPU 0 writes ICC_SGI1R_EL1 until vCPU
+//!   1 (running on the other physical CPU, waiting in a WFE loop) executes
+//!   the first instruction of its IRQ vector;
+//! - `vtimer_latency`: from the virtual timer's compare value (the moment
+//!   it fires) until the first instruction of the IRQ vector;
+//! - `vcpu_switch`: half the round trip of a WFI in VM 1 while VM 2 shares
+//!   the physical CPU: VM 1 yields to the host, the host runs VM 2, which
+//!   yields at once (its WFI), and the host runs VM 1 again. One switch is
+//!   VM -> host -> other VM, including the host's scheduling loop.
+#![no_std]
+#![no_main]
+
+mod gic;
+
+use core::arch::{asm, global_asm};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+use guest_rt::println;
+
+/// Iterations of the cheap metrics.
+const ITERS: usize = 10_000;
+/// Iterations of the metrics that need another vCPU, a timer or fresh pages.
+const ITERS_SLOW: usize = 1_000;
+/// Untimed iterations before each measurement (first touches, stack pages).
+const WARMUP: usize = 16;
+/// WFIs VM 2 executes before it powers off: enough for `vcpu_switch`'s
+/// warm-up and iterations, and the exits VM 1 makes while booting.
+const PARTNER_WFIS: usize = ITERS_SLOW + WARMUP + 200;
+/// How far ahead the virtual timer is programmed (ticks = instructions).
+const TIMER_DELTA: u64 = 5_000;
+/// The host's test device (reads return the last value written + 1).
+const HOST_DEVICE: usize = 0x0a00_0000;
+/// Fresh pages for `s2_fault`: the top half of the VM's 16 MiB, never
+/// touched otherwise (the image, BSS and stacks lie in the first MiB).
+const LAZY_AREA: u64 = 0x4080_0000;
+const PAGE: u64 = 4096;
+
+const SMCCC_VERSION: u64 = 0x8000_0000;
+const PSCI_VERSION: u64 = 0x8400_0000;
+const PSCI_CPU_ON_64: u32 = 0xc400_0003;
+const MEM_SHARE: u64 = 0xc600_0003;
+const MEM_UNSHARE: u64 = 0xc600_0004;
+
+/// Per-iteration deltas.
+struct Samples(UnsafeCell<[u32; ITERS]>);
+// SAFETY: only vCPU 0 of VM 1 touches the samples.
+unsafe impl Sync for Samples {}
+static SAMPLES: Samples = Samples(UnsafeCell::new([0; ITERS]));
+
+/// A page for MEM_SHARE/MEM_UNSHARE.
+#[repr(C, align(4096))]
+struct Page(UnsafeCell<[u8; 4096]>);
+// SAFETY: only its address is used, and one write touches it.
+unsafe impl Sync for Page {}
+static SHARE_PAGE: Page = Page(UnsafeCell::new([0; 4096]));
+
+/// Counter value stamped by the IRQ vector's first instructions.
+#[unsafe(no_mangle)]
+static BENCH_IRQ_STAMP: AtomicU64 = AtomicU64::new(0);
+/// Interrupts handled (acknowledged and ended) per vCPU.
+static IRQS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+/// vCPU 1 is set up and waiting for SGIs.
+static SECONDARY_READY: AtomicU64 = AtomicU64::new(0);
+/// vCPU 1 may turn itself off.
+static SECONDARY_STOP: AtomicU64 = AtomicU64::new(0);
+
+// The vector table: guest-rt's, except that an IRQ taken at EL1 first
+// stamps the counter (exception entry is context synchronising, so no ISB),
+// then continues in guest-rt's vector (which calls the exception hook).
+global_asm!(
+    r#"
+    .section .text.vectors, "ax"
+    .balign 0x800
+    .global bench_vectors
+bench_vectors:
+    .irp i, 0,1,2,3,4
+    .balign 0x80
+    b       __guest_vectors + \i * 0x80
+    .endr
+    .balign 0x80
+    sub     sp, sp, #16
+    stp     x0, x1, [sp]
+    mrs     x0, cntvct_el0
+    adrp    x1, BENCH_IRQ_STAMP
+    str     x0, [x1, :lo12:BENCH_IRQ_STAMP]
+    ldp     x0, x1, [sp]
+    add     sp, sp, #16
+    b       __guest_vectors + 5 * 0x80
+    .irp i, 6,7,8,9,10,11,12,13,14,15
+    .balign 0x80
+    b       __guest_vectors + \i * 0x80
+    .endr
+"#
+);
+
+fn install_vectors() {
+    unsafe extern "C" {
+        fn bench_vectors();
+    }
+    let v = bench_vectors as *const () as usize as u64;
+    // SAFETY: the table above is a complete EL1 vector table.
+    unsafe { asm!("msr vbar_el1, {0}", "isb", in(reg) v, options(nostack)) };
+    guest_rt::set_exception_hook(irq_hook);
+}
+
+/// Acknowledges and ends every pending IRQ; the virtual timer is disabled
+/// (its level would otherwise stay high).
+fn irq_hook(e: &guest_rt::Exception, _frame: &mut guest_rt::Frame) -> bool {
+    if e.vector != 5 {
+        return false;
+    }
+    loop {
+        let intid = gic::ack();
+        if intid >= 1020 {
+            return true;
+        }
+        if intid == gic::VTIMER_PPI {
+            // SAFETY: disables this vCPU's virtual timer.
+            unsafe { asm!("msr cntv_ctl_el0, xzr", "isb", options(nostack)) };
+        }
+        gic::eoi(intid);
+        IRQS[cpu_index()].fetch_add_plain(1);
+    }
+}
+
+/// Plain (non-exclusive) increments: each counter has one writer, and
+/// guests run with their MMUs off, where exclusives are best avoided.
+trait PlainAdd {
+    fn fetch_add_plain(&self, v: u64);
+}
+impl PlainAdd for AtomicU64 {
+    fn fetch_add_plain(&self, v: u64) {
+        self.store(self.load(Ordering::Relaxed) + v, Ordering::Release);
+    }
+}
+
+fn cpu_index() -> usize {
+    let mpidr: u64;
+    // SAFETY: reads MPIDR_EL1.
+    unsafe { asm!("mrs {0}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+    (mpidr & 1) as usize
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    let t: u64;
+    // SAFETY: reads the virtual counter after an ISB, so earlier
+    // instructions have completed.
+    unsafe { asm!("isb", "mrs {0}, cntvct_el0", out(reg) t, options(nomem, nostack)) };
+    t
+}
+
+#[inline(always)]
+fn hvc1(fid: u64, a1: u64) -> u64 {
+    let r: u64;
+    // SAFETY: an SMCCC call; x0..x17 may be clobbered (SMCCC 1.1 preserves
+    // x4..x17, but the hypervisor is not trusted to here).
+    unsafe {
+        asm!("hvc #0", inout("x0") fid => r, inout("x1") a1 => _,
+             inout("x2") 0u64 => _, inout("x3") 0u64 => _, options(nostack));
+    }
+    r
+}
+
+#[inline(always)]
+fn read32(addr: usize) -> u32 {
+    // SAFETY: device registers of the VM (emulated by the hypervisor or
+    // the host); reads have no side effects but the exit being measured.
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
+fn samples() -> &'static mut [u32; ITERS] {
+    // SAFETY: only vCPU 0 of VM 1 calls this, and never holds two at once.
+    unsafe { &mut *SAMPLES.0.get() }
+}
+
+/// Median of `s` (sorted in place).
+fn median(s: &mut [u32]) -> u64 {
+    s.sort_unstable();
+    u64::from(s[s.len() / 2])
+}
+
+/// Times `f` alone `n` times; the median delta.
+fn time(n: usize, mut f: impl FnMut(usize)) -> u64 {
+    for i in 0..WARMUP {
+        f(i);
+    }
+    let s = &mut samples()[..n];
+    for (i, d) in s.iter_mut().enumerate() {
+        let t0 = now();
+        f(WARMUP + i);
+        let t1 = now();
+        *d = (t1 - t0) as u32;
+    }
+    median(s)
+}
+
+fn report(name: &str, instructions: u64, iterations: usize) {
+    println!("bench: {name} instructions={instructions} iterations={iterations}");
+}
+
+fn fail(why: core::fmt::Arguments<'_>) -> ! {
+    println!("bench: FAIL {why}");
+    guest_rt::system_off()
+}
+
+#[unsafe(no_mangle)]
+fn guest_main(cpu: usize, handle: u64) -> ! {
+    if cpu != 0 {
+        secondary(cpu);
+    }
+    if handle != 1 {
+        partner(handle);
+    }
+    install_vectors();
+    let gic = gic::probe();
+    println!(
+        "guest-bench: VM {handle}, GICv3 {}",
+        if gic { "present" } else { "absent" }
+    );
+    // Counter reads and the loop around an empty body.
+    let base = time(ITERS, |_| {});
+    println!("guest-bench: timing overhead {base} instructions (subtracted)");
+    // A VM with a second vCPU measures only `sgi_latency` (booted on two
+    // physical CPUs); every other metric runs in a one-vCPU VM on one
+    // physical CPU, where the counter sees no other CPU's instructions.
+    let r = guest_rt::hvc(PSCI_CPU_ON_64, 1, guest_rt::entry_point(), 0)[0];
+    if r == 0 {
+        if gic {
+            gic::init_dist();
+            gic::init_cpu(0);
+            sgi_latency(base);
+        } else {
+            println!("bench: sgi_latency skipped (no GICv3 for guests on this board)");
+        }
+        println!("guest-bench: done");
+        guest_rt::system_off()
+    }
+    let cost = |m: u64| m.saturating_sub(base);
+
+    // First: VM 2 is still alive and yielding.
+    let round_trip = time(ITERS_SLOW, |_| {
+        // SAFETY: WFI with interrupts masked: traps, yields to the host.
+        unsafe { asm!("wfi", options(nomem, nostack)) };
+    });
+    // Wait (WFI) until VM 2 has powered off, so it stays out of what follows:
+    // a WFI round trip then no longer includes it. Without a partner the
+    // round trip never drops.
+    let mut partner = false;
+    for _ in 0..2 * PARTNER_WFIS {
+        let t0 = now();
+        // SAFETY: as above.
+        unsafe { asm!("wfi", options(nomem, nostack)) };
+        if (now() - t0) * 4 < round_trip * 3 {
+            partner = true;
+            break;
+        }
+    }
+    if partner {
+        report("vcpu_switch", cost(round_trip) / 2, ITERS_SLOW);
+    } else {
+        println!("bench: vcpu_switch skipped (no partner VM: guests=guest-bench:p:v2,guest-bench)");
+    }
+
+    report(
+        "hvc_null",
+        cost(time(ITERS, |_| {
+            hvc1(SMCCC_VERSION, 0);
+        })),
+        ITERS,
+    );
+    report(
+        "psci_version",
+        cost(time(ITERS, |_| {
+            hvc1(PSCI_VERSION, 0);
+        })),
+        ITERS,
+    );
+    if gic {
+        report(
+            "mmio_hyp",
+            cost(time(ITERS, |_| {
+                read32(gic::GICD + 0x4);
+            })),
+            ITERS,
+        );
+    }
+    report(
+        "mmio_host",
+        cost(time(ITERS, |_| {
+            read32(HOST_DEVICE);
+        })),
+        ITERS,
+    );
+    s2_fault(cost);
+    mem_share_unshare(cost);
+    if gic {
+        gic::init_dist();
+        gic::init_cpu(0);
+        vtimer_latency();
+    } else {
+        println!("bench: vtimer_latency skipped (no GICv3 for guests on this board)");
+    }
+    println!("guest-bench: done");
+    guest_rt::system_off()
+}
+
+fn s2_fault(cost: impl Fn(u64) -> u64) {
+    let page = |i: usize| (LAZY_AREA + i as u64 * PAGE) as *mut u64;
+    let m = time(ITERS_SLOW, |i| {
+        // SAFETY: the page lies in the VM's RAM, above everything it uses.
+        unsafe { page(i).write_volatile(1) };
+    });
+    // A write to a mapped page costs a couple of instructions; a fault
+    // hundreds. Without on-demand mapping (no `lazy` region) nothing faulted.
+    if m < 50 {
+        println!("bench: s2_fault skipped (memory not mapped on demand: guest option `lazy`)");
+    } else {
+        report("s2_fault", cost(m), ITERS_SLOW);
+    }
+}
+
+fn mem_share_unshare(cost: impl Fn(u64) -> u64) {
+    let ipa = SHARE_PAGE.0.get() as u64;
+    // Touch it (mapped on demand).
+    // SAFETY: our own page.
+    unsafe { (ipa as *mut u64).write_volatile(0) };
+    if hvc1(MEM_SHARE, ipa) != 0 {
+        println!("bench: mem_share_unshare skipped (MEM_SHARE refused: not a protected VM)");
+        return;
+    }
+    if hvc1(MEM_UNSHARE, ipa) != 0 {
+        fail(format_args!("MEM_UNSHARE refused"));
+    }
+    let mut bad = 0;
+    let m = time(ITERS_SLOW, |_| {
+        bad |= hvc1(MEM_SHARE, ipa) | hvc1(MEM_UNSHARE, ipa);
+    });
+    if bad != 0 {
+        fail(format_args!("MEM_SHARE/MEM_UNSHARE failed in the loop"));
+    }
+    report("mem_share_unshare", cost(m), ITERS_SLOW);
+}
+
+/// vCPU 1: takes SGIs until told to stop.
+fn secondary(cpu: usize) -> ! {
+    install_vectors();
+    gic::init_cpu(cpu);
+    // SAFETY: unmask IRQs (the vGIC delivers SGIs).
+    unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
+    SECONDARY_READY.store(1, Ordering::Release);
+    while SECONDARY_STOP.load(Ordering::Acquire) == 0 {
+        // SAFETY: WFE only waits (QEMU: lets the other CPU run).
+        unsafe { asm!("wfe", options(nomem, nostack)) };
+    }
+    // SAFETY: masks IRQs again before turning off.
+    unsafe { asm!("msr daifset, #2", options(nomem, nostack)) };
+    guest_rt::cpu_off()
+}
+
+fn sgi_latency(base: u64) {
+    let mut spins = 0u64;
+    while SECONDARY_READY.load(Ordering::Acquire) == 0 {
+        spins += 1;
+        if spins > 100_000_000 {
+            fail(format_args!("vCPU 1 never became ready"));
+        }
+        // SAFETY: WFE only waits.
+        unsafe { asm!("wfe", options(nomem, nostack)) };
+    }
+    let s = samples();
+    for i in 0..WARMUP + ITERS_SLOW {
+        let seen = IRQS[1].load(Ordering::Acquire);
+        let t0 = now();
+        gic::sgi(1, 1);
+        let mut spins = 0u64;
+        while IRQS[1].load(Ordering::Acquire) == seen {
+            spins += 1;
+            if spins > 10_000_000 {
+                fail(format_args!("SGI {i} never reached vCPU 1"));
+            }
+            // SAFETY: WFE only waits.
+            unsafe { asm!("wfe", options(nomem, nostack)) };
+        }
+        if i >= WARMUP {
+            let d = BENCH_IRQ_STAMP.load(Ordering::Acquire) - t0;
+            s[i - WARMUP] = d as u32;
+        }
+    }
+    let m = median(&mut s[..ITERS_SLOW]);
+    // The timed span holds one counter read (and its ISB) too many.
+    report("sgi_latency", m.saturating_sub(base / 2), ITERS_SLOW);
+    SECONDARY_STOP.store(1, Ordering::Release);
+}
+
+fn vtimer_latency() {
+    // SAFETY: unmask IRQs (the vGIC delivers the virtual timer).
+    unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
+    let s = samples();
+    for i in 0..WARMUP + ITERS_SLOW {
+        let seen = IRQS[0].load(Ordering::Acquire);
+        let cval = now() + TIMER_DELTA;
+        // SAFETY: programs and enables this vCPU's virtual timer.
+        unsafe {
+            asm!("msr cntv_cval_el0, {0}", "mov {1}, #1", "msr cntv_ctl_el0, {1}", "isb",
+                 in(reg) cval, out(reg) _, options(nostack));
+        }
+        let mut spins = 0u64;
+        while IRQS[0].load(Ordering::Acquire) == seen {
+            spins += 1;
+            if spins > 10_000_000 {
+                fail(format_args!("virtual timer {i} never fired"));
+            }
+        }
+        if i >= WARMUP {
+            let d = BENCH_IRQ_STAMP.load(Ordering::Acquire) - cval;
+            s[i - WARMUP] = d as u32;
+        }
+    }
+    // SAFETY: masks IRQs again.
+    unsafe { asm!("msr daifset, #2", options(nomem, nostack)) };
+    report("vtimer_latency", median(&mut s[..ITERS_SLOW]), ITERS_SLOW);
+}
+
+/// VM 2: yields its CPU (WFI) a fixed number of times, then powers off.
+fn partner(handle: u64) -> ! {
+    println!("guest-bench: VM {handle} is the vcpu_switch partner");
+    for _ in 0..PARTNER_WFIS {
+        // SAFETY: WFI with interrupts masked traps and yields to the host.
+        unsafe { asm!("wfi", options(nomem, nostack)) };
+    }
+    guest_rt::system_off()
+}

@@ -1,0 +1,542 @@
+//! `cargo xtask bench` and `cargo xtask size`.
+//!
+//! `bench` boots the board's image twice under `-icount shift=0`, where the
+//! virtual counter advances one tick per instruction executed, so
+//! guest-bench's counter deltas are exact instruction counts, identical from
+//! run to run (see `crates/guest-bench` for each metric's definition):
+//! - on one CPU with `guests=guest-bench:p:lazy,guest-bench`: every metric
+//!   but `sgi_latency` (one CPU, so the counter counts only the measured
+//!   path; VM 2 is `vcpu_switch`'s partner);
+//! - on two CPUs with `guests=guest-bench:v2`: `sgi_latency` (the target
+//!   vCPU runs on the other physical CPU).
+//!
+//! Then it runs the s2mm host benchmark (nanoseconds, machine-dependent),
+//! prints a table, moves `target/bench/latest.json` to `previous.json`,
+//! writes the new `latest.json` (one record per metric: `name`,
+//! `instructions` or `ns`, `iterations`) and prints the change from the
+//! previous run. Any failure (a guest `FAIL`, a missing metric, QEMU not
+//! powering off cleanly) fails the command.
+//!
+//! `size` prints the bytes of text, rodata, data and bss of the hypervisor
+//! alone (its code and data without the embedded guest payloads) and of
+//! the whole image, per board.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use object::{Object, ObjectSection, SectionKind};
+
+use crate::{build, cargo, note, provision, run_checked, target_dir, Platform, Result};
+
+/// Metrics guest-bench reports under icount (instructions).
+pub const GUEST_METRICS: [&str; 9] = [
+    "hvc_null",
+    "psci_version",
+    "mmio_hyp",
+    "mmio_host",
+    "s2_fault",
+    "mem_share_unshare",
+    "sgi_latency",
+    "vtimer_latency",
+    "vcpu_switch",
+];
+
+/// Targets from the issue (instructions, at most).
+const TARGETS: [(&str, u64); 3] = [("hvc_null", 80), ("mmio_host", 1000), ("mmio_hyp", 150)];
+
+/// One result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Metric name.
+    pub name: String,
+    /// Instructions (guest metrics) or nanoseconds (host metrics).
+    pub value: f64,
+    /// Whether `value` is nanoseconds.
+    pub ns: bool,
+    /// Iterations (samples) behind the value.
+    pub iterations: u64,
+}
+
+impl Record {
+    fn json(&self) -> String {
+        let (key, v) = if self.ns {
+            ("ns", format!("{:.4}", self.value))
+        } else {
+            ("instructions", format!("{}", self.value as u64))
+        };
+        format!(
+            "  {{\"name\":\"{}\",\"{key}\":{v},\"iterations\":{}}}",
+            self.name, self.iterations
+        )
+    }
+}
+
+/// A QEMU boot of the bench guest.
+struct Boot {
+    smp: Option<u32>,
+    append: &'static str,
+    /// Metrics this boot must produce (unless the guest says it skipped them).
+    want: &'static [&'static str],
+}
+
+const BOOTS: [Boot; 2] = [
+    Boot {
+        smp: Some(1),
+        append: "guests=guest-bench:p:lazy,guest-bench",
+        want: &[
+            "vcpu_switch",
+            "hvc_null",
+            "psci_version",
+            "mmio_hyp",
+            "mmio_host",
+            "s2_fault",
+            "mem_share_unshare",
+            "vtimer_latency",
+        ],
+    },
+    Boot {
+        smp: Some(2),
+        append: "guests=guest-bench:v2",
+        want: &["sgi_latency"],
+    },
+];
+
+/// Parses `bench: NAME instructions=N iterations=I` lines; `Ok(None)` for
+/// other lines, `Err` for `bench: FAIL ...`.
+pub fn parse_line(line: &str) -> Result<Option<Record>> {
+    let Some(rest) = line.trim().strip_prefix("bench: ") else {
+        return Ok(None);
+    };
+    if rest.starts_with("FAIL") {
+        return Err(format!("guest-bench: {rest}"));
+    }
+    let mut words = rest.split_whitespace();
+    let name = words.next().unwrap_or_default().to_owned();
+    let (mut value, mut iterations) = (None, None);
+    for w in words {
+        if let Some(v) = w.strip_prefix("instructions=") {
+            value = v.parse::<u64>().ok();
+        } else if let Some(v) = w.strip_prefix("iterations=") {
+            iterations = v.parse::<u64>().ok();
+        }
+    }
+    match (value, iterations) {
+        (Some(v), Some(i)) => Ok(Some(Record {
+            name,
+            value: v as f64,
+            ns: false,
+            iterations: i,
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// Boots `image` with `boot`'s options; the records, skip notes and log.
+fn run_boot(
+    platform: Platform,
+    board: &board::Board,
+    kernel: &Path,
+    boot: &Boot,
+) -> Result<(Vec<Record>, Vec<String>)> {
+    // raspi4b has a fixed CPU count.
+    let smp = if platform == Platform::Qemu {
+        boot.smp
+    } else {
+        None
+    };
+    let mut args = board.qemu_args(kernel, smp);
+    args.extend(
+        ["-append", boot.append, "-icount", "shift=0"]
+            .iter()
+            .map(|s| (*s).to_owned()),
+    );
+    let mut cmd = Command::new(provision::QEMU);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    note(&format!("$ {} {}", provision::QEMU, args.join(" ")));
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", provision::QEMU))?;
+    let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut log = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if line.starts_with("bench:") || line.contains("FAIL") || line.contains("panic") {
+                    println!("  | {line}");
+                }
+                log.push(line);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "bench boot `{}` timed out after 240 s:\n{}",
+                boot.append,
+                log.join("\n")
+            ));
+        }
+    }
+    let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
+    let mut records = Vec::new();
+    let mut skipped = Vec::new();
+    for line in &log {
+        match parse_line(line) {
+            Err(e) => return Err(format!("{e}\n{}", log.join("\n"))),
+            Ok(Some(r)) => records.push(r),
+            Ok(None) => {
+                if let Some(s) = line.strip_prefix("bench: ") {
+                    skipped.push(s.to_owned());
+                }
+            }
+        }
+    }
+    if !status.success() {
+        return Err(format!(
+            "bench boot `{}`: QEMU exited with {status}:\n{}",
+            boot.append,
+            log.join("\n")
+        ));
+    }
+    for want in boot.want {
+        let found = records.iter().any(|r| r.name == *want)
+            || skipped
+                .iter()
+                .any(|s| s.starts_with(&format!("{want} skipped")));
+        if !found {
+            return Err(format!(
+                "bench boot `{}` did not report {want}:\n{}",
+                boot.append,
+                log.join("\n")
+            ));
+        }
+    }
+    Ok((records, skipped))
+}
+
+/// The s2mm host benchmark's records (ns per page).
+fn s2mm_host() -> Result<Vec<Record>> {
+    let json = target_dir().join("bench").join("s2mm-host.json");
+    run_checked(&mut cargo(&[
+        "run",
+        "--release",
+        "-p",
+        "s2mm",
+        "--example",
+        "s2bench",
+        "--",
+        "--json",
+        &json.display().to_string(),
+    ]))?;
+    let text = std::fs::read_to_string(&json)
+        .map_err(|e| format!("cannot read {}: {e}", json.display()))?;
+    let field = |line: &str, key: &str| -> Option<String> {
+        let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+        let rest = &line[at..];
+        let rest = rest.strip_prefix('"').unwrap_or(rest);
+        let end = rest.find(['"', ',', '}'])?;
+        Some(rest[..end].to_owned())
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let (Some(k), Some(m), Some(ns)) = (
+            field(line, "crate"),
+            field(line, "metric"),
+            field(line, "ns_per_page").and_then(|v| v.parse::<f64>().ok()),
+        ) {
+            out.push(Record {
+                name: format!("s2mm_host.{k}.{m}_ns_per_page"),
+                value: ns,
+                ns: true,
+                // s2bench's default: the median of 7 runs.
+                iterations: 7,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("no records in {}", json.display()));
+    }
+    Ok(out)
+}
+
+/// Reads a JSON file this module wrote (one record per line).
+pub fn read_json(text: &str) -> Vec<Record> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let get = |key: &str| -> Option<&str> {
+            let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+            let rest = &line[at..];
+            let rest = rest.strip_prefix('"').unwrap_or(rest);
+            let end = rest.find(['"', ',', '}'])?;
+            Some(&rest[..end])
+        };
+        let Some(name) = get("name") else { continue };
+        let (value, ns) = match (get("instructions"), get("ns")) {
+            (Some(v), _) => (v.parse().ok(), false),
+            (None, Some(v)) => (v.parse().ok(), true),
+            _ => (None, false),
+        };
+        let (Some(value), Some(iterations)) =
+            (value, get("iterations").and_then(|i| i.parse().ok()))
+        else {
+            continue;
+        };
+        out.push(Record {
+            name: name.to_owned(),
+            value,
+            ns,
+            iterations,
+        });
+    }
+    out
+}
+
+/// Writes records as JSON, one per line.
+pub fn to_json(records: &[Record]) -> String {
+    let body: Vec<String> = records.iter().map(Record::json).collect();
+    format!("[\n{}\n]\n", body.join(",\n"))
+}
+
+/// Runs the guest benchmarks only (both boots); used by `bench` and `test`.
+pub fn guest_records(platform: Platform) -> Result<(Vec<Record>, Vec<String>)> {
+    let built = build(platform)?;
+    provision::qemu()?;
+    let mut records = Vec::new();
+    let mut skipped = Vec::new();
+    for boot in &BOOTS {
+        let (r, s) = run_boot(platform, &built.board, &built.qemu_kernel, boot)?;
+        records.extend(r);
+        skipped.extend(s);
+    }
+    // Table order: the issue's.
+    records.sort_by_key(|r| {
+        GUEST_METRICS
+            .iter()
+            .position(|m| *m == r.name)
+            .unwrap_or(usize::MAX)
+    });
+    Ok((records, skipped))
+}
+
+/// `cargo xtask bench`.
+pub fn bench(platform: Platform) -> Result<()> {
+    if platform == Platform::Rpi4 {
+        // QEMU raspi4b passes no device tree, so `-append` never reaches
+        // the hypervisor and the host cannot be told to run guest-bench
+        // (it runs guest-hello). `size` works for both boards.
+        return Err(
+            "bench on rpi4 is not supported yet: QEMU raspi4b passes no device tree, \
+                    so the bootargs selecting guest-bench never reach the hypervisor"
+                .to_owned(),
+        );
+    }
+    let started = Instant::now();
+    let (mut records, skipped) = guest_records(platform)?;
+    records.extend(s2mm_host()?);
+
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let latest = dir.join("latest.json");
+    let previous = dir.join("previous.json");
+    let old = std::fs::read_to_string(&latest).ok().map(|t| read_json(&t));
+    if old.is_some() {
+        std::fs::rename(&latest, &previous)
+            .map_err(|e| format!("cannot move {}: {e}", latest.display()))?;
+    }
+    std::fs::write(&latest, to_json(&records))
+        .map_err(|e| format!("cannot write {}: {e}", latest.display()))?;
+
+    println!();
+    println!(
+        "{:<58} {:>14} {:>10} {:>16}  target",
+        "metric", "value", "iters", "previous"
+    );
+    for r in &records {
+        let unit = if r.ns { "ns" } else { "insn" };
+        let prev = old
+            .as_ref()
+            .and_then(|o| o.iter().find(|p| p.name == r.name && p.ns == r.ns))
+            .map(|p| {
+                if r.ns {
+                    let pct = if p.value != 0.0 {
+                        (r.value - p.value) / p.value * 100.0
+                    } else {
+                        0.0
+                    };
+                    format!("{:+.1}%", pct)
+                } else if p.value == r.value {
+                    "=".to_owned()
+                } else {
+                    format!("{:+}", r.value as i64 - p.value as i64)
+                }
+            })
+            .unwrap_or_else(|| "-".to_owned());
+        let target = TARGETS
+            .iter()
+            .find(|(n, _)| *n == r.name)
+            .map(|(_, t)| {
+                if r.value as u64 <= *t {
+                    format!("<= {t} met")
+                } else {
+                    format!("<= {t} MISSED")
+                }
+            })
+            .unwrap_or_default();
+        let v = if r.ns {
+            format!("{:.3} {unit}", r.value)
+        } else {
+            format!("{} {unit}", r.value as u64)
+        };
+        println!(
+            "{:<58} {:>14} {:>10} {:>16}  {}",
+            r.name, v, r.iterations, prev, target
+        );
+    }
+    for s in &skipped {
+        println!("{s}");
+    }
+    println!();
+    note(&format!(
+        "wrote {}{}",
+        latest.display(),
+        if old.is_some() {
+            format!(" (previous run in {})", previous.display())
+        } else {
+            String::new()
+        }
+    ));
+    if let Some(old) = &old {
+        let changed: Vec<&Record> = records
+            .iter()
+            .filter(|r| !r.ns)
+            .filter(|r| {
+                old.iter()
+                    .find(|p| p.name == r.name && !p.ns)
+                    .is_some_and(|p| p.value != r.value)
+            })
+            .collect();
+        if changed.is_empty() {
+            note("instruction counts identical to the previous run");
+        } else {
+            note(&format!(
+                "instruction counts changed since the previous run: {}",
+                changed
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    note(&format!(
+        "bench took {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Section sizes of one ELF.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sizes {
+    text: u64,
+    rodata: u64,
+    data: u64,
+    bss: u64,
+}
+
+/// Sums the allocated sections of `elf` by kind.
+fn sizes(elf: &[u8]) -> Result<Sizes> {
+    let file = object::File::parse(elf).map_err(|e| format!("not an ELF: {e}"))?;
+    let mut s = Sizes::default();
+    for sec in file.sections() {
+        let size = sec.size();
+        match sec.kind() {
+            SectionKind::Text => s.text += size,
+            SectionKind::ReadOnlyData
+            | SectionKind::ReadOnlyString
+            | SectionKind::ReadOnlyDataWithRel => s.rodata += size,
+            SectionKind::Data => s.data += size,
+            SectionKind::UninitializedData | SectionKind::Common => s.bss += size,
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+/// Bytes of the guest payloads the board crate embeds (`include_bytes!`
+/// into `.rodata`): the flat binaries in the payload directory.
+fn payload_bytes(dir: &Path) -> Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
+        if e.path().extension().is_some_and(|x| x == "bin") {
+            n += e
+                .metadata()
+                .map_err(|e| format!("{}: {e}", dir.display()))?
+                .len();
+        }
+    }
+    Ok(n)
+}
+
+/// `cargo xtask size`.
+pub fn size(platforms: &[Platform]) -> Result<()> {
+    let mut rows = Vec::new();
+    for &p in platforms {
+        let built = build(p)?;
+        let elf = crate::read(&built.elf)?;
+        let all = sizes(&elf)?;
+        let payload = payload_bytes(&built.payload_dir)?;
+        let image_len = std::fs::metadata(&built.image)
+            .map_err(|e| format!("{}: {e}", built.image.display()))?
+            .len();
+        rows.push((p, all, payload, image_len));
+    }
+    println!();
+    println!(
+        "{:<6} {:<18} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "board", "", "text", "rodata", "data", "bss", "total"
+    );
+    for (p, all, payload, image_len) in rows {
+        let total = |s: &Sizes| s.text + s.rodata + s.data + s.bss;
+        let hyp = Sizes {
+            rodata: all.rodata.saturating_sub(payload),
+            ..all
+        };
+        for (what, s) in [("hypervisor alone", hyp), ("whole image", all)] {
+            println!(
+                "{:<6} {:<18} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                p.dir(),
+                what,
+                s.text,
+                s.rodata,
+                s.data,
+                s.bss,
+                total(&s)
+            );
+        }
+        println!(
+            "{:<6} {:<18} guest payloads {payload} bytes (in rodata); image file {image_len} bytes",
+            p.dir(),
+            ""
+        );
+    }
+    Ok(())
+}
