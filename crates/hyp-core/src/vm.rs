@@ -691,8 +691,11 @@ fn guest_loop(
         // A guest that never exits still gives the CPU back to the host.
         gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
     }
+    // False after a fast-path exit: the list registers still hold exactly
+    // what the guest left there, so neither sync nor flush is needed.
+    let mut resync = true;
     loop {
-        if let Some(vg) = vg {
+        if let (true, Some(vg)) = (resync, vg) {
             vgic_before_entry(c, ctx, vg, &mut pending);
         }
         let entry = barriers::enter_guest(&c.sync.eos, pending);
@@ -700,6 +703,11 @@ fn guest_loop(
         // EL1 context are loaded; `ctx.regs` outlives the call.
         let kind = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
         pending = GuestPending::new();
+        if kind == VectorKind::Sync && fast_exit(who, ctx, vg) {
+            resync = false;
+            continue;
+        }
+        resync = true;
         if let Some(vg) = vg {
             if let Some(mut lrs) = Lrs::new(c.sync, &mut pending) {
                 ctx.vif.sync(vg, &mut lrs);
@@ -889,6 +897,68 @@ pub const VGICC_V2_IPA: u64 = 0x0801_0000;
 /// Size of the GIC-400's GICV frame (two 4 KiB pages).
 const GICV_SIZE: u64 = 0x2000;
 
+/// The fast path: exits answered without touching the vGIC's list
+/// registers, the control lock or any system register, so the guest is
+/// re-entered at once: stateless SMCCC/PSCI/vendor calls (VERSION,
+/// FEATURES, the KVM UID, ...) and reads of the virtual distributor or
+/// redistributors (which change no interrupt state). Everything else (and
+/// every error) takes the full path in `guest_sync`. Counted like any exit.
+fn fast_exit(who: Who, ctx: &mut VcpuCtx, vg: Option<&Vgic>) -> bool {
+    let esr = Esr(sysreg::esr_el2());
+    let reason = ExitReason::from_ec(esr.ec());
+    match reason {
+        ExitReason::Hvc | ExitReason::Smc => {
+            let x = [ctx.regs.x[0], ctx.regs.x[1], ctx.regs.x[2], ctx.regs.x[3]];
+            let Some(r) = hypercall::stateless_answer(hypercall::decode(x)) else {
+                return false;
+            };
+            if reason == ExitReason::Smc {
+                // A trapped SMC's preferred return address is the SMC itself.
+                ctx.regs.pc += 4;
+            }
+            ctx.regs.x[..4].copy_from_slice(&r);
+        }
+        ExitReason::DataAbort => {
+            let (Some(vg), Who::Guest { vcpu, .. }) = (vg, who) else {
+                return false;
+            };
+            let far = sysreg::far_el2();
+            let DataAbort::Mmio(m) = exit::decode_data_abort(esr, sysreg::hpfar_el2(), far) else {
+                return false;
+            };
+            if m.write {
+                return false;
+            }
+            let Some((region, off)) = vgic_region(vg, m.ipa) else {
+                return false;
+            };
+            // Pending and active state may sit in the list registers until
+            // the next sync: those reads take the full path.
+            let lr_state = match region {
+                vgic::Region::Dist => {
+                    (0x200..0x400).contains(&off) || (0xf10..0xf30).contains(&off)
+                }
+                vgic::Region::Redist => {
+                    (0x1_0200..0x1_0400).contains(&(off % vgic::REDIST_FRAME_SIZE))
+                }
+            };
+            if lr_state {
+                return false;
+            }
+            let Ok(out) = vg.mmio(vcpu, region, off, m.size.bytes() as u8, None) else {
+                return false;
+            };
+            if m.reg != 31 {
+                ctx.regs.x[m.reg as usize] = m.load_result(out.value);
+            }
+            ctx.regs.pc += 4;
+        }
+        _ => return false,
+    }
+    stats::record(who.stats_index(), reason);
+    true
+}
+
 /// A stage-2 translation fault in guest RAM given lazily (MEM_FLAG_LAZY):
 /// maps the page and returns true, so the access is retried. Every other
 /// abort (device IPAs lie below guest RAM and are never looked up here)
@@ -928,6 +998,26 @@ fn vgic_before_entry(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, vg: &Vgic, pending: &mu
     }
 }
 
+/// Which vGIC frame `ipa` falls in, and the offset in it.
+fn vgic_region(vg: &Vgic, ipa: u64) -> Option<(vgic::Region, u64)> {
+    let v3 = vg.version() == vgic::Version::V3;
+    let (dist_size, redist_end) = if v3 {
+        (
+            vgic::DIST_SIZE_V3,
+            VGICR_IPA + vg.nr_vcpus() as u64 * vgic::REDIST_FRAME_SIZE,
+        )
+    } else {
+        (vgic::DIST_SIZE_V2, VGICR_IPA)
+    };
+    if (VGICD_IPA..VGICD_IPA + dist_size).contains(&ipa) {
+        Some((vgic::Region::Dist, ipa - VGICD_IPA))
+    } else if (VGICR_IPA..redist_end).contains(&ipa) {
+        Some((vgic::Region::Redist, ipa - VGICR_IPA))
+    } else {
+        None
+    }
+}
+
 /// A trapped guest access to the virtual distributor or redistributors.
 /// `None` when the address is not the vGIC's.
 fn vgic_mmio(
@@ -943,24 +1033,7 @@ fn vgic_mmio(
     };
     let far = sysreg::far_el2();
     let ipa = exit::fault_ipa(sysreg::hpfar_el2(), far);
-    let v3 = vg.version() == vgic::Version::V3;
-    let redist_end = if v3 {
-        VGICR_IPA + vg.nr_vcpus() as u64 * vgic::REDIST_FRAME_SIZE
-    } else {
-        VGICR_IPA
-    };
-    let dist_size = if v3 {
-        vgic::DIST_SIZE_V3
-    } else {
-        vgic::DIST_SIZE_V2
-    };
-    let (region, off) = if (VGICD_IPA..VGICD_IPA + dist_size).contains(&ipa) {
-        (vgic::Region::Dist, ipa - VGICD_IPA)
-    } else if (VGICR_IPA..redist_end).contains(&ipa) {
-        (vgic::Region::Redist, ipa - VGICR_IPA)
-    } else {
-        return None;
-    };
+    let (region, off) = vgic_region(vg, ipa)?;
     let DataAbort::Mmio(m) = exit::decode_data_abort(esr, sysreg::hpfar_el2(), far) else {
         // No syndrome (ISV = 0): the access cannot be emulated.
         let write = esr.iss() & (1 << 6) != 0;
