@@ -69,7 +69,8 @@ fn irq(e: &Exception, _frame: &mut Frame) -> bool {
         return false;
     }
     let me = cpu();
-    let intid = gic::ack();
+    let a = gic::ack();
+    let intid = a.intid();
     if intid == SPURIOUS {
         bump(&SPURIOUS_ACKS[me]);
         return true;
@@ -84,13 +85,15 @@ fn irq(e: &Exception, _frame: &mut Frame) -> bool {
     } else {
         0
     };
-    if sender == 0 || sender as usize > CPUS {
+    // GICv2 names the sender in GICC_IAR: it must be the slot's claimant.
+    let named = a.source().is_some_and(|src| src + 1 != sender as usize);
+    if sender == 0 || sender as usize > CPUS || named {
         bump(&BAD[me]);
     } else {
         bump(&COUNT[me][sender as usize - 1][i]);
     }
     TAKEN[me].store(TAKEN[me].load(Ordering::Relaxed) + 1, Ordering::Release);
-    gic::eoi(intid);
+    gic::eoi(a);
     true
 }
 
