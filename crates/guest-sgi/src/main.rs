@@ -11,6 +11,10 @@
 //! then waits (bounded) until it has taken 3 × ([`N`] + [`M`]) SGIs itself.
 //! vCPU 0 then checks every count and prints them.
 //!
+//! On GICv2 (Raspberry Pi 4) the SGIs go through `GICD_SGIR` instead, and
+//! the handler also checks the sender CPU number `GICC_IAR` carries against
+//! the slot's claimant (a mismatch counts as an SGI without a sender).
+//!
 //! GICv3's `ICC_IAR1_EL1` does not name an SGI's sender, and SGIs of the
 //! same INTID pending at one target merge into one. So each (target, INTID)
 //! has a slot: a sender claims it (compare-and-swap, 0 to sender + 1) before
