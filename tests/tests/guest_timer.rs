@@ -4,13 +4,25 @@
 
 use std::time::Duration;
 
-use hyp_tests::{BootOptions, Qemu};
+use hyp_tests::{BootOptions, Qemu, TestBoard};
 
 const T: Duration = Duration::from_secs(60);
 
 #[test]
 fn virtual_timer_ticks_on_two_vcpus() {
+    run(TestBoard::QemuVirt);
+}
+
+/// The same on the Raspberry Pi 4 image: the GIC-400 (GICv2 vGIC; the
+/// physical PPI 27 goes through the GIC-400's CPU interface at EL2).
+#[test]
+fn virtual_timer_ticks_on_two_vcpus_rpi4() {
+    run(TestBoard::Rpi4);
+}
+
+fn run(board: TestBoard) {
     let mut q = Qemu::boot(BootOptions {
+        board,
         append: Some("guest=guest-timer".into()),
         ..BootOptions::default()
     });

@@ -7,7 +7,7 @@
 //! strict alignment, and guests avoid exclusives (the console needs no lock
 //! because the hypervisor buffers each vCPU's output a line at a time).
 //! A guest that wants cacheable memory turns its MMU on with `mmu::enable`;
-//! one that takes interrupts drives the (virtual) GICv3 with `gic`.
+//! one that takes interrupts drives the (virtual) GICv3 or GICv2 with `gic`.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

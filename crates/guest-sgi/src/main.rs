@@ -11,6 +11,10 @@
 //! then waits (bounded) until it has taken 3 × ([`N`] + [`M`]) SGIs itself.
 //! vCPU 0 then checks every count and prints them.
 //!
+//! On GICv2 (Raspberry Pi 4) the SGIs go through `GICD_SGIR` instead, and
+//! the handler also checks the sender CPU number `GICC_IAR` carries against
+//! the slot's claimant (a mismatch counts as an SGI without a sender).
+//!
 //! GICv3's `ICC_IAR1_EL1` does not name an SGI's sender, and SGIs of the
 //! same INTID pending at one target merge into one. So each (target, INTID)
 //! has a slot: a sender claims it (compare-and-swap, 0 to sender + 1) before
@@ -69,7 +73,8 @@ fn irq(e: &Exception, _frame: &mut Frame) -> bool {
         return false;
     }
     let me = cpu();
-    let intid = gic::ack();
+    let a = gic::ack();
+    let intid = a.intid();
     if intid == SPURIOUS {
         bump(&SPURIOUS_ACKS[me]);
         return true;
@@ -84,13 +89,15 @@ fn irq(e: &Exception, _frame: &mut Frame) -> bool {
     } else {
         0
     };
-    if sender == 0 || sender as usize > CPUS {
+    // GICv2 names the sender in GICC_IAR: it must be the slot's claimant.
+    let named = a.source().is_some_and(|src| src + 1 != sender as usize);
+    if sender == 0 || sender as usize > CPUS || named {
         bump(&BAD[me]);
     } else {
         bump(&COUNT[me][sender as usize - 1][i]);
     }
     TAKEN[me].store(TAKEN[me].load(Ordering::Relaxed) + 1, Ordering::Release);
-    gic::eoi(intid);
+    gic::eoi(a);
     true
 }
 

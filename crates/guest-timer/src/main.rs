@@ -46,7 +46,8 @@ fn irq(e: &Exception, _frame: &mut Frame) -> bool {
         return false;
     }
     let c = cpu();
-    let intid = gic::ack();
+    let a = gic::ack();
+    let intid = a.intid();
     if intid == SPURIOUS {
         OTHER[c].store(OTHER[c].load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         return true;
@@ -63,7 +64,7 @@ fn irq(e: &Exception, _frame: &mut Frame) -> bool {
     } else {
         OTHER[c].store(OTHER[c].load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
-    gic::eoi(intid);
+    gic::eoi(a);
     true
 }
 

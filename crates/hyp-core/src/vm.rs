@@ -530,8 +530,8 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
         hyp_abi::VM_CREATE => match create_vm(a[0], a[1]) {
             Ok(h) => {
                 stats::reset(h as usize);
-                // The vGIC: GICv3 boards only for now (GICv2 needs the GICV
-                // frame mapped into the guest; see ARCHITECTURE.md).
+                // The vGIC: GICv3, or GICv2 with the GIC-400's GICV frame
+                // mapped as the guest's GICC (`new_vgic`).
                 *VGIC[h as usize - 1].write() =
                     gic::phys().and_then(|g| new_vgic(g, h, a[0] as usize));
                 h
