@@ -739,20 +739,28 @@ pub fn scan_secrets(ram_base: u64, ram_size: u64, handles: &[u64]) {
         *n = [s[0] ^ mask, s[1] ^ mask];
     }
     let needles = &needles[..handles.len().min(8)];
-    let (found, faults) = guarded(|| {
-        let mut a = ram_base;
-        let end = ram_base + ram_size - 8;
-        while a < end {
-            let w = ldr64(a) ^ mask;
-            for (i, n) in needles.iter().enumerate() {
-                if w == n[0] && ldr64(a + 8) ^ mask == n[1] {
-                    return Some((i, a));
-                }
-            }
-            a += 8;
+    // The search must be able to find a secret: plant VM handles[0]'s in a
+    // scratch page, search that page, then erase it.
+    if let (Some(&h), Some(page)) = (handles.first(), crate::alloc_pages(PAGE)) {
+        let s = demo::secret(h);
+        // SAFETY: a fresh page of host RAM nobody else uses.
+        unsafe {
+            ((page + 0x100) as *mut u64).write_volatile(s[0]);
+            ((page + 0x108) as *mut u64).write_volatile(s[1]);
         }
-        None
-    });
+        let hit = find(page, PAGE, needles, mask).0;
+        for w in 0..PAGE / 8 {
+            // SAFETY: as above.
+            unsafe { ((page + 8 * w) as *mut u64).write_volatile(0) };
+        }
+        if hit != Some((0, page + 0x100)) {
+            crate::fail(format_args!("the secret search missed a planted secret"));
+        }
+        println!(
+            "demo: secret search self-test: found a planted copy of VM {h}'s secret, erased it"
+        );
+    }
+    let (found, faults) = find(ram_base, ram_size, needles, mask);
     if let Some((i, at)) = found {
         crate::fail(format_args!(
             "the secret of VM {} is in host memory at {at:#x}",
@@ -781,4 +789,23 @@ impl core::fmt::Display for Join<'_> {
         }
         Ok(())
     }
+}
+
+/// Searches `[base, base + size)` (8-byte steps) for any of the masked
+/// `needles`: the needle index and address found, and the faults taken.
+fn find(base: u64, size: u64, needles: &[[u64; 2]], mask: u64) -> (Option<(usize, u64)>, u64) {
+    guarded(|| {
+        let mut a = base;
+        let end = base + size - 8;
+        while a < end {
+            let w = ldr64(a) ^ mask;
+            for (i, n) in needles.iter().enumerate() {
+                if w == n[0] && ldr64(a + 8) ^ mask == n[1] {
+                    return Some((i, a));
+                }
+            }
+            a += 8;
+        }
+        None
+    })
 }

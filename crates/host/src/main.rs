@@ -73,7 +73,7 @@ static NEXT_FREE: spin::Mutex<u64> = spin::Mutex::new(0);
 static RAM_END: AtomicU64 = AtomicU64::new(0);
 
 /// Takes `bytes` (page multiple) of host RAM for a guest.
-fn alloc_pages(bytes: u64) -> Option<u64> {
+pub fn alloc_pages(bytes: u64) -> Option<u64> {
     let mut next = NEXT_FREE.lock();
     let base = next.next_multiple_of(2 << 20);
     if base + bytes > RAM_END.load(Ordering::Relaxed) {
