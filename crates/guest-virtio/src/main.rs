@@ -120,6 +120,9 @@ fn pool_base() -> usize {
 fn pool_alloc(pages: usize) -> Option<usize> {
     // SAFETY: vCPU 0 is the only user of POOL_USED.
     let used = unsafe { &mut *POOL_USED.0.get() };
+    if pages == 0 || pages > POOL_PAGES {
+        return None;
+    }
     let mask = (1u32 << pages) - 1;
     let first = (0..=POOL_PAGES - pages).find(|i| *used & (mask << i) == 0)?;
     *used |= mask << first;

@@ -330,20 +330,8 @@ impl Dev {
             0x004 => 2,
             0x008 => self.id,
             0x00c => VENDOR,
-            0x010 => {
-                if self.dev_features_sel == 1 {
-                    FEATURES_HI
-                } else {
-                    0
-                }
-            }
-            0x034 => {
-                if self.queue_sel < self.nr_queues() {
-                    QUEUE_NUM_MAX
-                } else {
-                    0
-                }
-            }
+            0x010 if self.dev_features_sel == 1 => FEATURES_HI,
+            0x034 if self.queue_sel < self.nr_queues() => QUEUE_NUM_MAX,
             0x038 => q.num,
             0x044 => q.ready,
             0x060 => self.isr,
@@ -517,6 +505,10 @@ fn process(d: &mut Devices, mem: Mem, console: bool, handle: u64) -> Result<(), 
     let num = u64::from(q.num);
     let avail_idx = mem.r16(q.driver + 2)?;
     let mut last = q.last_avail;
+    // A guest cannot make more buffers available than the ring holds.
+    if avail_idx.wrapping_sub(last) as u32 > q.num {
+        return Err(Bad(q.driver));
+    }
     while last != avail_idx {
         let head = mem.r16(q.driver + 4 + 2 * (u64::from(last) % num))?;
         // The chain.
@@ -647,7 +639,10 @@ fn control(g: &Guest, d: &mut Devices, mem: Mem, off: u64, v: u64) {
         demo::CTL_CMD => match v {
             demo::CMD_SHARED | demo::CMD_UNSHARED => {
                 let pages = d.pool_pages;
-                let Ok(pa) = mem.pa(d.pool_ipa, pages * PAGE, PAGE) else {
+                let Some(Ok(pa)) = pages
+                    .checked_mul(PAGE)
+                    .map(|len| mem.pa(d.pool_ipa, len, PAGE))
+                else {
                     crate::fail(format_args!("VM {h}: its pool is not in its memory"));
                 };
                 if !g.protected {
