@@ -786,20 +786,36 @@ impl core::fmt::Display for Join<'_> {
     }
 }
 
+/// One `ldp` of the 16 bytes at `pa` (POISON twice if it faulted).
+fn ldp(pa: u64) -> (u64, u64) {
+    let (mut a, mut b) = (POISON, POISON);
+    // SAFETY: as `ldr64`: a single load instruction.
+    unsafe {
+        asm!("ldp {a}, {b}, [{p}]", a = inout(reg) a, b = inout(reg) b, p = in(reg) pa, options(nostack, preserves_flags));
+    }
+    (a, b)
+}
+
 /// Searches `[base, base + size)` (8-byte steps) for any of the masked
 /// `needles`: the needle index and address found, and the faults taken.
 fn find(base: u64, size: u64, needles: &[[u64; 2]], mask: u64) -> (Option<(usize, u64)>, u64) {
     guarded(|| {
         let mut a = base;
-        let end = base + size - 8;
-        while a < end {
-            let w = ldr64(a) ^ mask;
+        let end = base + size;
+        // Two words per load; a secret starting at the second word of a
+        // pair continues in the next pair.
+        while a + 16 <= end {
+            let (w0, w1) = ldp(a);
+            let (x0, x1) = (w0 ^ mask, w1 ^ mask);
             for (i, n) in needles.iter().enumerate() {
-                if w == n[0] && ldr64(a + 8) ^ mask == n[1] {
+                if x0 == n[0] && x1 == n[1] {
                     return Some((i, a));
                 }
+                if x1 == n[0] && a + 24 <= end && ldr64(a + 16) ^ mask == n[1] {
+                    return Some((i, a + 8));
+                }
             }
-            a += 8;
+            a += 16;
         }
         None
     })
