@@ -42,6 +42,11 @@ pub enum TestBoard {
     /// the Pi firmware, QEMU enters core 0 at EL2 and holds the others in a
     /// spin table at 0xd8 (`HYP_KERNEL8_RPI4`, `HYP_BOARD_DIR_RPI4`).
     Rpi4Kernel8,
+    /// QEMU virt with the test-only image whose isolation is broken on
+    /// purpose (hyp-core feature `test-leak-one-page`: MEM_DONATE leaves the
+    /// first donated page mapped in the host; `HYP_IMAGE_QEMU_LEAK`,
+    /// `HYP_BOARD_DIR`).
+    QemuVirtLeak,
 }
 
 /// How to boot QEMU.
@@ -103,6 +108,7 @@ fn board_env(board: TestBoard) -> (&'static str, &'static str) {
         TestBoard::QemuVirt => ("HYP_IMAGE_QEMU", "HYP_BOARD_DIR"),
         TestBoard::Rpi4 => ("HYP_IMAGE_RPI4", "HYP_BOARD_DIR_RPI4"),
         TestBoard::Rpi4Kernel8 => ("HYP_KERNEL8_RPI4", "HYP_BOARD_DIR_RPI4"),
+        TestBoard::QemuVirtLeak => ("HYP_IMAGE_QEMU_LEAK", "HYP_BOARD_DIR"),
     }
 }
 
@@ -305,6 +311,118 @@ impl Qemu {
         if code != expected {
             self.fail(&format!("exit status {code}, expected {expected}"));
         }
+    }
+}
+
+/// The counts on the protected-guest demo's PASS line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoCounts {
+    /// Host accesses the hypervisor refused.
+    pub denied: u64,
+    /// Pages guests shared that the host read.
+    pub shared: u64,
+    /// Pages VM_DESTROY scrubbed.
+    pub scrubbed: u64,
+}
+
+/// Pages each protected demo VM is given (16 MiB).
+pub const DEMO_VM_PAGES: u64 = 4096;
+/// Pages each protected demo VM shares for its bounce buffers.
+pub const DEMO_POOL_PAGES: u64 = 16;
+
+/// Follows the protected-guest demo (the host's default with no `guest=`)
+/// to its PASS line, checking every isolation line on the way, and returns
+/// the counts. The demo is two protected VMs (handles 1 and 2) and one
+/// normal VM (3), 2 vCPUs each.
+pub fn expect_demo_pass(q: &mut Qemu, t: Duration) -> DemoCounts {
+    let (vm, pool) = (DEMO_VM_PAGES, DEMO_POOL_PAGES);
+    for h in 1..=2 {
+        q.expect_exact(
+            &format!("host: VM {h} (guest-virtio): 2 vCPUs, 16 MiB at IPA 0x40000000, protected (donated)"),
+            t,
+        );
+        // Every read and every write of every donated page faulted, and the
+        // hypervisor counted each one.
+        q.expect_exact(
+            &format!(
+                "demo: VM {h}: host read+write of each of its {vm} donated pages: {} of {} accesses faulted (hypervisor counted {})",
+                2 * vm,
+                2 * vm,
+                2 * vm
+            ),
+            t,
+        );
+    }
+    q.expect_exact(
+        "host: VM 3 (guest-virtio): 2 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",
+        t,
+    );
+    q.expect_exact(
+        &format!("demo: VM 3: host read of each of its {vm} lent pages: {vm} readable (normal VM, for contrast)"),
+        t,
+    );
+    let pass = q.expect_line("demo: PASS ", t);
+    let log = q.log();
+    let has = |line: &str| {
+        assert!(
+            log.iter().any(|l| l == line),
+            "missing {line:?} in:\n{}",
+            log.join("\n")
+        );
+    };
+    for h in 1..=2 {
+        has(&format!("[vm{h}] virtio console up; KVM vendor UID found, KVM_FEATURES 0x1fd, HYP_MEMINFO granule 4096"));
+        has(&format!("[vm{h}] MEM_SHARE and MEM_UNSHARE offered: I am protected; DMA bounces through {pool} pages at IPA 0x40014000 shared with MEM_SHARE"));
+        has(&format!(
+            "[vm{h}] vCPU 1 wrote a 16-byte secret 256 times into private memory at IPA 0x40024000"
+        ));
+        has(&format!(
+            "demo: VM {h}: the {pool} pages it shared (MEM_SHARE): {pool} readable by the host"
+        ));
+        has(&format!(
+            "demo: VM {h}: after MEM_UNSHARE: {} of {} host reads+writes of those pages faulted (hypervisor counted {})",
+            2 * pool,
+            2 * pool,
+            2 * pool
+        ));
+        has(&format!(
+            "demo: VM {h} destroyed: {vm} pages scrubbed; the host read them back: all zero"
+        ));
+    }
+    // The normal VM learns it is not protected: no MEM_SHARE in KVM_FEATURES.
+    has("[vm3] virtio console up; KVM vendor UID found, KVM_FEATURES 0x1e5, HYP_MEMINFO granule 4096");
+    has("[vm3] no MEM_SHARE offered: I am a normal VM; devices use my buffers in place");
+    for h in 1..=3 {
+        has(&format!("[vm{h}] virtio-blk up: 128 sectors"));
+        has(&format!(
+            "[vm{h}] wrote 8 blocks in 4 requests, read them back in 1: identical"
+        ));
+        // Sharing memory the guest does not own: SMCCC INVALID_PARAMETER.
+        has(&format!(
+            "[vm{h}] MEM_SHARE(0x100000000), memory I do not own = -3"
+        ));
+    }
+    has("demo: secret search self-test: found a planted copy of VM 1's secret, erased it");
+    has("demo: secrets of VM 1 and 2 not found in 768 MiB of host-readable RAM at 0x50000000");
+    // The PASS line is the host's last line.
+    let last_host = log
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("demo: ") || l.starts_with("host: ") || l.starts_with("[vm"))
+        .expect("host lines");
+    assert_eq!(*last_host, pass, "PASS is not the host's last line");
+    let field = |name: &str| -> u64 {
+        pass.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}= in {pass:?}"))
+    };
+    assert_eq!(field("protected"), 2, "{pass}");
+    assert_eq!(field("normal"), 1, "{pass}");
+    DemoCounts {
+        denied: field("denied"),
+        shared: field("shared"),
+        scrubbed: field("scrubbed"),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Boots the QEMU image with no scenario: the hypervisor announces itself and powers off cleanly.
+//! Boots the QEMU image with guest-hello: the hypervisor announces itself and powers off cleanly.
 
 use std::time::Duration;
 
@@ -6,7 +6,10 @@ use hyp_tests::{BootOptions, Qemu};
 
 #[test]
 fn boots_and_powers_off() {
-    let mut qemu = Qemu::boot(BootOptions::default());
+    let mut qemu = Qemu::boot(BootOptions {
+        append: Some("guest=guest-hello".to_owned()),
+        ..BootOptions::default()
+    });
     qemu.expect_line("hyp: booting on qemu-virt", Duration::from_secs(60));
     qemu.expect_exit_code(0, Duration::from_secs(60));
     // The announcement is the very first line on the serial port.

@@ -11,7 +11,10 @@ const T: Duration = Duration::from_secs(60);
 
 #[test]
 fn four_vcpus_psci_smccc_and_abort_injection() {
-    let mut q = Qemu::boot(BootOptions::default());
+    let mut q = Qemu::boot(BootOptions {
+        append: Some("guest=guest-hello".to_owned()),
+        ..BootOptions::default()
+    });
     q.expect_exact("hyp: 4 CPUs online at EL2", T);
     q.expect_exact(
         "host: VM 1 (guest-hello): 4 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",

@@ -13,7 +13,7 @@ const T: Duration = Duration::from_secs(90);
 #[test]
 fn ten_thousand_random_calls_then_a_normal_guest() {
     let mut q = Qemu::boot(BootOptions {
-        append: Some("fuzz=10000 seed=42".to_owned()),
+        append: Some("fuzz=10000 seed=42 guest=guest-hello".to_owned()),
         ..BootOptions::default()
     });
     q.expect_matching("the fuzz start line", T, |l| {

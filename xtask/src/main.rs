@@ -56,6 +56,12 @@ enum Cmd {
         /// The board (a directory under platforms/).
         #[arg(long, value_enum)]
         platform: Platform,
+        /// hyp-core features (comma-separated), e.g. the test-only
+        /// `test-leak-one-page`. Such a variant is built in its own target
+        /// directory and written to `target/images/<board>-<features>/`,
+        /// so it never replaces the normal image.
+        #[arg(long, value_name = "FEATURES")]
+        features: Option<String>,
     },
     /// Build, then boot the image in QEMU with the serial port on this terminal.
     Run {
@@ -78,6 +84,9 @@ enum Cmd {
         /// Kernel command line (`-append`): reaches the hypervisor as /chosen/bootargs.
         #[arg(long, value_name = "ARGS")]
         append: Option<String>,
+        /// hyp-core features of a test variant (see `build --features`).
+        #[arg(long, value_name = "FEATURES")]
+        features: Option<String>,
         /// Extra QEMU arguments (after `--`).
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -292,7 +301,26 @@ Files here:
 ";
 
 fn build(platform: Platform) -> Result<Built> {
+    build_variant(platform, &[])
+}
+
+/// Splits a `--features` list.
+fn feature_list(features: Option<&str>) -> Vec<String> {
+    features
+        .unwrap_or("")
+        .split([',', ' '])
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Builds the image for `platform` with hyp-core `features` (none: the
+/// normal image). A variant gets its own cargo target directory
+/// (`target/variants/<features>`) and image directory
+/// (`target/images/<board>-<features>`); the guest payloads are shared.
+fn build_variant(platform: Platform, features: &[String]) -> Result<Built> {
     let (board, board_dir) = load_board(platform)?;
+    let variant = features.join("+");
     note(&format!(
         "building {} ({})",
         board.name,
@@ -305,20 +333,32 @@ fn build(platform: Platform) -> Result<Built> {
         "building hypervisor {} ({}, {})",
         board.hyp_bin, board.hyp_crate, board.hyp_target
     ));
+    let hyp_target_dir = if variant.is_empty() {
+        target_dir()
+    } else {
+        target_dir().join("variants").join(&variant)
+    };
+    let hyp_features: Vec<String> = features.iter().map(|f| format!("hyp-core/{f}")).collect();
+    let hyp_features = hyp_features.join(",");
+    let mut args = vec![
+        "build",
+        "--release",
+        "-p",
+        &board.hyp_crate,
+        "--bin",
+        &board.hyp_bin,
+        "--target",
+        &board.hyp_target,
+    ];
+    if !variant.is_empty() {
+        args.extend(["--features", &hyp_features]);
+    }
     run_checked(
-        cargo(&[
-            "build",
-            "--release",
-            "-p",
-            &board.hyp_crate,
-            "--bin",
-            &board.hyp_bin,
-            "--target",
-            &board.hyp_target,
-        ])
-        .env("HYP_PAYLOAD_DIR", &payload_dir),
+        cargo(&args)
+            .env("HYP_PAYLOAD_DIR", &payload_dir)
+            .env("CARGO_TARGET_DIR", &hyp_target_dir),
     )?;
-    let elf = target_dir()
+    let elf = hyp_target_dir
         .join(&board.hyp_target)
         .join("release")
         .join(&board.hyp_bin);
@@ -345,7 +385,13 @@ fn build(platform: Platform) -> Result<Built> {
         "arm64 Image header: text_offset {:#x}, image_size {:#x}, flags {:#x}",
         header.text_offset, header.image_size, header.flags
     ));
-    let image_dir = target_dir().join("images").join(platform.dir());
+    let image_dir = if variant.is_empty() {
+        target_dir().join("images").join(platform.dir())
+    } else {
+        target_dir()
+            .join("images")
+            .join(format!("{}-{variant}", platform.dir()))
+    };
     let (image, qemu_kernel) = match platform {
         Platform::Qemu => {
             let image = image_dir.join("hypervisor.img");
@@ -388,6 +434,7 @@ struct RunOpts {
     icount: bool,
     timeout: Option<u64>,
     append: Option<String>,
+    features: Vec<String>,
     qemu_args: Vec<String>,
 }
 
@@ -401,7 +448,7 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 }
 
 fn run(platform: Platform, opts: RunOpts) -> Result<u8> {
-    let built = build(platform)?;
+    let built = build_variant(platform, &opts.features)?;
     provision::qemu()?;
     let mut args = built.board.qemu_args(&built.qemu_kernel, opts.smp);
     if let Some(append) = &opts.append {
@@ -548,6 +595,18 @@ fn test() -> Result<()> {
         Ok(())
     })?;
     let built = built.ok_or("the qemu image was not built")?;
+    // The demo's negative test boots an image whose isolation is broken on
+    // purpose (hyp-core feature test-leak-one-page), kept apart from the
+    // normal image.
+    let mut built_leak = None;
+    step("build the qemu image with test-leak-one-page", &mut || {
+        built_leak = Some(build_variant(
+            Platform::Qemu,
+            &["test-leak-one-page".to_owned()],
+        )?);
+        Ok(())
+    })?;
+    let built_leak = built_leak.ok_or("the leaky qemu image was not built")?;
     let mut built_rpi4 = None;
     step("build the rpi4 image", &mut || {
         built_rpi4 = Some(build(Platform::Rpi4)?);
@@ -608,6 +667,7 @@ fn test() -> Result<()> {
             run_checked(
                 cargo(&["test", "-p", "hyp-tests", "--", "--test-threads=2"])
                     .env("HYP_IMAGE_QEMU", &built.image)
+                    .env("HYP_IMAGE_QEMU_LEAK", &built_leak.image)
                     .env("HYP_BOARD_DIR", &board_dir)
                     .env("HYP_IMAGE_RPI4", &built_rpi4.qemu_kernel)
                     .env("HYP_KERNEL8_RPI4", &built_rpi4.image)
@@ -665,7 +725,9 @@ fn test() -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Build { platform } => build(platform).map(|_| 0),
+        Cmd::Build { platform, features } => {
+            build_variant(platform, &feature_list(features.as_deref())).map(|_| 0)
+        }
         Cmd::Run {
             platform,
             smp,
@@ -673,6 +735,7 @@ fn main() -> ExitCode {
             icount,
             timeout,
             append,
+            features,
             qemu_args,
         } => run(
             platform,
@@ -682,6 +745,7 @@ fn main() -> ExitCode {
                 icount,
                 timeout,
                 append,
+                features: feature_list(features.as_deref()),
                 qemu_args,
             },
         ),

@@ -19,10 +19,17 @@
 //! Guest list syntax: `guests=NAME[:p][:vN][:lazy],...` (`:p` protected, `:vN` N
 //! vCPUs, default 4 for one guest, else 1; `:lazy` memory mapped at stage 2
 //! on first touch, see `bench.rs`).
+//!
+//! Without `guests=` or `guest=` the host runs the protected-guest demo
+//! ([`demo`], issue 7): two protected guests and one normal guest
+//! (`guest-virtio`, 2 vCPUs each) with virtio console and block devices,
+//! isolation probes, and scrub and secret checks at teardown. Its last line
+//! is `demo: PASS ...` or `demo: FAIL <reason>` (then MACHINE_EXIT(1)).
 #![no_std]
 #![no_main]
 
 mod bench;
+mod demo;
 mod hostif;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,15 +38,19 @@ use hostif::{call, Handle};
 use hyp_abi::{exit, BootInfo, HostError, BOOT_MAGIC};
 
 /// IPA where guest RAM starts (where guest-rt programs are linked).
-const GUEST_RAM_IPA: u64 = 0x4000_0000;
+pub const GUEST_RAM_IPA: u64 = 0x4000_0000;
 /// RAM per guest.
-const GUEST_RAM: u64 = 16 << 20;
+pub const GUEST_RAM: u64 = 16 << 20;
+/// The demo's guests: two protected, one normal, 2 vCPUs each.
+const DEMO_GUESTS: &str = "guest-virtio:p:v2,guest-virtio:p:v2,guest-virtio:v2";
 /// IPA of the host-emulated test device every guest may use.
 const TEST_DEVICE_IPA: u64 = 0x0a00_0000;
 const MAX_GUESTS: usize = 8;
-const PAGE: u64 = 4096;
+/// Page size.
+pub const PAGE: u64 = 4096;
 
-struct Guest {
+/// A guest VM the host created.
+pub struct Guest {
     handle: Handle,
     vcpus: usize,
     protected: bool,
@@ -48,7 +59,12 @@ struct Guest {
     /// The test device's register.
     device: AtomicU64,
     ram_pa: u64,
+    /// Its virtio devices (demo).
+    devices: spin::Mutex<demo::Devices>,
 }
+
+/// Whether the host runs the demo (no guest list given).
+static DEMO: AtomicBool = AtomicBool::new(false);
 
 static GUESTS: spin::Once<([Option<Guest>; MAX_GUESTS], usize)> = spin::Once::new();
 static CPUS: AtomicUsize = AtomicUsize::new(1);
@@ -59,7 +75,7 @@ static NEXT_FREE: spin::Mutex<u64> = spin::Mutex::new(0);
 static RAM_END: AtomicU64 = AtomicU64::new(0);
 
 /// Takes `bytes` (page multiple) of host RAM for a guest.
-fn alloc_pages(bytes: u64) -> Option<u64> {
+pub fn alloc_pages(bytes: u64) -> Option<u64> {
     let mut next = NEXT_FREE.lock();
     let base = next.next_multiple_of(2 << 20);
     if base + bytes > RAM_END.load(Ordering::Relaxed) {
@@ -111,9 +127,16 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
         hostif::fuzz(n, seed, info);
     }
 
-    let list = arg(info, "guests")
-        .or_else(|| arg(info, "guest"))
-        .unwrap_or("guest-hello");
+    let list = arg(info, "guests").or_else(|| arg(info, "guest"));
+    let list = list.unwrap_or_else(|| {
+        DEMO.store(true, Ordering::Relaxed);
+        demo::install();
+        println!(
+            "demo: two protected VMs and one normal VM (guest-virtio, 2 vCPUs each), virtio console and block served by this host"
+        );
+        DEMO_GUESTS
+    });
+    let demo_mode = DEMO.load(Ordering::Relaxed);
     let count = list.split(',').count();
     let mut guests: [Option<Guest>; MAX_GUESTS] = [const { None }; MAX_GUESTS];
     let mut n = 0;
@@ -121,7 +144,11 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
         if n == MAX_GUESTS {
             fail(format_args!("more than {MAX_GUESTS} guests"));
         }
-        guests[n] = Some(create_guest(info, spec, count));
+        let g = create_guest(info, spec, count);
+        if demo_mode {
+            demo::probe_new_vm(&g);
+        }
+        guests[n] = Some(g);
         n += 1;
     }
     GUESTS.call_once(|| (guests, n));
@@ -151,11 +178,64 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
         core::hint::spin_loop();
     }
     teardown(n);
+    if demo_mode {
+        demo_verdict(info, n);
+    }
     guest_rt::system_off()
 }
 
+/// The demo's last checks and its last line.
+fn demo_verdict(info: &BootInfo, n: usize) {
+    let Some((guests, _)) = GUESTS.get() else {
+        return;
+    };
+    let all = || guests[..n].iter().flatten();
+    let protected: [u64; MAX_GUESTS] = core::array::from_fn(|i| match &guests[i] {
+        Some(g) if i < n && g.protected => g.handle.0,
+        _ => 0,
+    });
+    let mut handles = [0u64; MAX_GUESTS];
+    let mut np = 0;
+    for h in protected.into_iter().filter(|h| *h != 0) {
+        handles[np] = h;
+        np += 1;
+    }
+    // The search reads all 768 MiB: with the MMU off every load is a
+    // Device access, which QEMU emulates slowly without FEAT_S2FWB (32 s on
+    // raspi4b). The other host CPUs are off now, every VM is gone and its
+    // pages were cleaned to PoC by the scrub, and the host never had caches
+    // on before, so no cache line can hide or stale anything: this CPU
+    // turns on its MMU and caches (identity map) for the search.
+    guest_rt::mmu::enable();
+    demo::scan_secrets(info.ram_base, info.ram_size, &handles[..np]);
+    let normal = all().filter(|g| !g.protected).count();
+    let ok = demo::GUESTS_OK.load(Ordering::SeqCst);
+    if ok != n as u64 {
+        fail(format_args!("{ok} of {n} guests reported success"));
+    }
+    let denied = demo::hyp_denied();
+    let expected = demo::EXPECT_DENIED.load(Ordering::SeqCst);
+    if denied != expected {
+        fail(format_args!(
+            "the hypervisor refused {denied} host accesses, the probes expected {expected}"
+        ));
+    }
+    let scrubbed = SCRUBBED.load(Ordering::SeqCst);
+    println!(
+        "demo: PASS protected={np} normal={normal} denied={denied} shared={} scrubbed={scrubbed}",
+        demo::SHARED.load(Ordering::SeqCst)
+    );
+}
+
+/// Pages VM_DESTROY scrubbed, over all VMs.
+static SCRUBBED: AtomicU64 = AtomicU64::new(0);
+
 fn fail(why: core::fmt::Arguments<'_>) -> ! {
-    println!("host: FAIL {why}");
+    if DEMO.load(Ordering::Relaxed) {
+        println!("demo: FAIL {why}");
+    } else {
+        println!("host: FAIL {why}");
+    }
     let _ = call(hyp_abi::MACHINE_EXIT, [1, 0, 0, 0]);
     guest_rt::system_off()
 }
@@ -191,6 +271,9 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
     };
     let Some(ram_pa) = alloc_pages(GUEST_RAM) else {
         fail(format_args!("out of host memory for {name}"));
+    };
+    let Some(disk_pa) = alloc_pages(demo::DISK_BYTES) else {
+        fail(format_args!("out of host memory for {name}'s disk"));
     };
     let off = module.load_ipa - GUEST_RAM_IPA;
     if off + module.size > GUEST_RAM {
@@ -238,6 +321,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         stopped: AtomicBool::new(false),
         device: AtomicU64::new(0),
         ram_pa,
+        devices: spin::Mutex::new(demo::Devices::new(disk_pa)),
     }
 }
 
@@ -279,6 +363,15 @@ fn run_vcpu(g: &Guest, v: u64) {
             MMIO_EXITS.fetch_add(1, Ordering::Relaxed);
             let (ipa, flags, value) = (r[1], r[2], r[3]);
             let write = flags & (1 << 8) != 0;
+            if demo::is_demo_device(ipa) {
+                let val = demo::mmio(g, ipa, write, value);
+                if !write {
+                    if let Err(e) = call(hyp_abi::MMIO_COMPLETE, [g.handle.0, v, val, 0]) {
+                        fail(format_args!("MMIO_COMPLETE: {e:?}"));
+                    }
+                }
+                return;
+            }
             if ipa & !0xfff != TEST_DEVICE_IPA {
                 println!(
                     "host: VM {} vCPU {v}: MMIO at {ipa:#x} has no device",
@@ -325,14 +418,20 @@ fn teardown(n: usize) {
     for g in guests[..n].iter().flatten() {
         let exits = call(hyp_abi::STATS, [g.handle.0, hyp_abi::STATS_TOTAL, 0, 0]).unwrap_or(0);
         match call(hyp_abi::VM_DESTROY, [g.handle.0, 0, 0, 0]) {
-            Ok(scrubbed) => println!(
-                "host: VM {} ({}) destroyed: {} exits, {} pages scrubbed{}",
-                g.handle.0,
-                g.name,
-                exits,
-                scrubbed,
-                if g.protected { "" } else { " (lent memory)" }
-            ),
+            Ok(scrubbed) => {
+                println!(
+                    "host: VM {} ({}) destroyed: {} exits, {} pages scrubbed{}",
+                    g.handle.0,
+                    g.name,
+                    exits,
+                    scrubbed,
+                    if g.protected { "" } else { " (lent memory)" }
+                );
+                SCRUBBED.fetch_add(scrubbed, Ordering::SeqCst);
+                if g.protected && DEMO.load(Ordering::Relaxed) {
+                    demo::check_scrubbed(g, scrubbed);
+                }
+            }
             Err(e) => fail(format_args!("VM_DESTROY {}: {e:?}", g.handle.0)),
         }
         let _ = g.ram_pa;

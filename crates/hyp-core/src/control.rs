@@ -534,6 +534,12 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         }
         vm.regions[free] = Some(new);
         self.release_tables(reserve);
+        #[cfg(feature = "test-leak-one-page")]
+        if kind == RegionKind::Donated {
+            // Deliberately broken isolation, for the demo's negative test
+            // only: the first donated page stays mapped in the host.
+            self.restore_host(pa, PAGE_SIZE);
+        }
         Ok(())
     }
 

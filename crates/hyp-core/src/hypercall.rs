@@ -96,6 +96,10 @@ pub mod vendor {
         | (1 << FUNC_MMIO_GUARD_MAP)
         | (1 << FUNC_MMIO_GUARD_UNMAP);
 
+    /// KVM_FEATURES bits reported to protected VMs only (memory sharing
+    /// with the host); a normal VM sees `FEATURES_BITMAP` without them.
+    pub const PROTECTED_ONLY: u64 = (1 << FUNC_MEM_SHARE) | (1 << FUNC_MEM_UNSHARE);
+
     /// The memory-protection granule HYP_MEMINFO and MMIO_GUARD_INFO
     /// report: stage 2 is managed in 4 KiB pages.
     pub const GRANULE: u64 = 4096;

@@ -909,7 +909,12 @@ fn fast_exit(who: Who, ctx: &mut VcpuCtx, vg: Option<&Vgic>) -> bool {
     match reason {
         ExitReason::Hvc | ExitReason::Smc => {
             let x = [ctx.regs.x[0], ctx.regs.x[1], ctx.regs.x[2], ctx.regs.x[3]];
-            let Some(r) = hypercall::stateless_answer(hypercall::decode(x)) else {
+            let call = hypercall::decode(x);
+            // KVM_FEATURES depends on the VM (protected or not): full path.
+            if call == Hypercall::VendorFeatures {
+                return false;
+            }
+            let Some(r) = hypercall::stateless_answer(call) else {
                 return false;
             };
             if reason == ExitReason::Smc {
@@ -1205,13 +1210,20 @@ fn guest_hypercall(who: Who, ctx: &mut VcpuCtx) -> Next {
     };
     let handle = slot as u64 + 1;
     let x = [ctx.regs.x[0], ctx.regs.x[1], ctx.regs.x[2], ctx.regs.x[3]];
-    let nr = control()
+    let (nr, protected) = control()
         .lock()
         .vm(handle)
-        .map(|vm| vm.nr_vcpus)
-        .unwrap_or(0);
+        .map(|vm| (vm.nr_vcpus, vm.protected))
+        .unwrap_or((0, false));
     let call = hypercall::decode(x);
-    if let Some(r) = hypercall::stateless_answer(call) {
+    if let Some(mut r) = hypercall::stateless_answer(call) {
+        if call == Hypercall::VendorFeatures && !protected {
+            // MEM_SHARE/MEM_UNSHARE are protected-VM services (as in pKVM,
+            // where only protected VMs get them): a normal VM's memory is
+            // the host's already. A guest learns whether it is protected
+            // from this bitmap, as Linux's pkvm_init_hyp_services does.
+            r[0] &= !hypercall::vendor::PROTECTED_ONLY;
+        }
         ctx.regs.x[..4].copy_from_slice(&r);
         return Next::Resume;
     }
