@@ -21,7 +21,9 @@
 #![no_std]
 #![no_main]
 
+mod fdt_writer;
 mod hostif;
+mod linux;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use guest_rt::println;
@@ -76,7 +78,11 @@ fn boot_info(arg: u64) -> &'static BootInfo {
 }
 
 fn arg<'a>(info: &'a BootInfo, key: &str) -> Option<&'a str> {
-    info.bootargs()
+    let all = info.bootargs();
+    // Words after ` -- ` are a guest kernel's command line (linux.rs).
+    all.split(" -- ")
+        .next()
+        .unwrap_or(all)
         .split_ascii_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
@@ -115,7 +121,13 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
     let count = list.split(',').count();
     let mut guests: [Option<Guest>; MAX_GUESTS] = [const { None }; MAX_GUESTS];
     let mut n = 0;
-    for spec in list.split(',') {
+    let linux = linux::requested(info);
+    if linux {
+        // An external kernel (linux=...; see linux.rs) instead of the list.
+        guests[0] = Some(linux::create(info));
+        n = 1;
+    }
+    for spec in list.split(',').filter(|_| !linux) {
         if n == MAX_GUESTS {
             fail(format_args!("more than {MAX_GUESTS} guests"));
         }
