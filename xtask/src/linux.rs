@@ -57,8 +57,11 @@ pub struct Prepared {
     pub bootargs: String,
 }
 
+/// (load IPA, entry) of a flattened ELF kernel.
+type LoadEntry = (u64, u64);
+
 /// The kernel file as the host loads it: (bytes, Some((load IPA, entry)) for an ELF).
-fn kernel_bytes(path: &Path) -> Result<(Vec<u8>, Option<(u64, u64)>)> {
+fn kernel_bytes(path: &Path) -> Result<(Vec<u8>, Option<LoadEntry>)> {
     let mut data = read(path)?;
     if data.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
@@ -362,13 +365,16 @@ pub fn pkvm_config(config: &Path) -> Result<(bool, Vec<String>)> {
     Ok((guest, lines))
 }
 
-/// /init: mounts /proc and /sys, prints the marker `LINUX-GUEST-INIT-OK`,
+/// /init: mounts /proc, /sys and /dev, prints the marker `LINUX-GUEST-INIT-OK`
+/// (also into the kernel log, where it gets a timestamp for boot timing),
 /// runs a few commands and powers off.
 const INIT_SCRIPT: &str = "#!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
 echo LINUX-GUEST-INIT-OK
+echo LINUX-GUEST-INIT-OK > /dev/kmsg
 uname -a
 echo \"cpus online: $(cat /sys/devices/system/cpu/online)\"
 cat /proc/interrupts

@@ -256,6 +256,11 @@ pub fn create(info: &BootInfo) -> Guest {
         initrd.map_or(0, |i| i.size),
     );
     println!("host: linux: command line \"{cmdline}\"");
+    println!(
+        "host: linux: vCPU 0 starts at counter {} ({} Hz)",
+        counter(),
+        counter_hz()
+    );
     Guest {
         handle,
         vcpus,
@@ -364,3 +369,29 @@ pub fn write_dtb(
 const CPU_NAMES: [&str; 8] = [
     "cpu@0", "cpu@1", "cpu@2", "cpu@3", "cpu@4", "cpu@5", "cpu@6", "cpu@7",
 ];
+
+/// The virtual counter (CNTVCT_EL0; the host's CNTVOFF_EL2 is 0, so this is
+/// the system counter). Under `-icount shift=0` QEMU's virtual clock advances
+/// one nanosecond per instruction, so at 1 GHz one tick is one instruction.
+pub fn counter() -> u64 {
+    let v: u64;
+    // SAFETY: reads a counter register; no memory, no side effects.
+    unsafe { core::arch::asm!("isb", "mrs {0}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+fn counter_hz() -> u64 {
+    let v: u64;
+    // SAFETY: as above.
+    unsafe { core::arch::asm!("mrs {0}, cntfrq_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+/// Called when the kernel's VM powers off: the counter, for boot timing.
+pub fn powered_off() {
+    println!(
+        "host: linux: powered off at counter {} ({} Hz)",
+        counter(),
+        counter_hz()
+    );
+}

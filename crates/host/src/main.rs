@@ -316,6 +316,9 @@ fn run_vcpu(g: &Guest, v: u64) {
                 "reset"
             };
             if !g.stopped.swap(true, Ordering::AcqRel) {
+                if g.name == "linux" {
+                    linux::powered_off();
+                }
                 println!("host: VM {} ({}) powered {how}", g.handle.0, g.name);
             }
         }
