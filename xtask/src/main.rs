@@ -12,6 +12,7 @@
 
 mod bench;
 mod flat;
+mod linux;
 mod provision;
 
 use std::path::{Path, PathBuf};
@@ -87,9 +88,54 @@ enum Cmd {
         /// hyp-core features of a test variant (see `build --features`).
         #[arg(long, value_name = "FEATURES")]
         features: Option<String>,
+        /// Run an external EL1 kernel as the host's only guest: an arm64
+        /// Image (raw or gzip) or an AArch64 ELF, with a generated device tree.
+        #[arg(long, value_name = "PATH")]
+        guest: Option<PathBuf>,
+        /// Initrd/initramfs for --guest.
+        #[arg(long, value_name = "PATH", requires = "guest")]
+        initrd: Option<PathBuf>,
+        /// Appended to the guest kernel's command line (after
+        /// "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1").
+        #[arg(long, value_name = "ARGS", requires = "guest")]
+        guest_append: Option<String>,
+        /// vCPUs of the --guest VM.
+        #[arg(long, value_name = "N", default_value = "1", requires = "guest")]
+        guest_smp: u32,
+        /// RAM of the --guest VM in MiB (default 256).
+        #[arg(long, value_name = "MIB", requires = "guest")]
+        guest_mem: Option<u64>,
+        /// Make the --guest VM protected (its memory donated, not lent).
+        #[arg(long, requires = "guest")]
+        protected: bool,
         /// Extra QEMU arguments (after `--`).
         #[arg(last = true)]
         qemu_args: Vec<String>,
+    },
+    /// Fetch Debian's arm64 kernel and busybox-static (apt, cached in
+    /// target/linux-cache), build an initramfs and boot Linux as a guest.
+    Linux {
+        /// Host CPUs (QEMU -smp).
+        #[arg(long, default_value = "2")]
+        smp: u32,
+        /// Guest vCPUs.
+        #[arg(long, default_value = "2")]
+        guest_smp: u32,
+        /// Deterministic instruction counting (`-icount shift=0`).
+        #[arg(long)]
+        icount: bool,
+        /// A protected VM (memory donated).
+        #[arg(long)]
+        protected: bool,
+        /// Kill QEMU after SECS seconds; 0 = unbounded.
+        #[arg(long, value_name = "SECS", default_value = "600")]
+        timeout: u64,
+        /// Appended to the guest kernel's command line.
+        #[arg(long, value_name = "ARGS")]
+        guest_append: Option<String>,
+        /// Only fetch and build the initramfs, print the boot arguments.
+        #[arg(long)]
+        prepare_only: bool,
     },
     /// Run every check: fmt, clippy, unit tests, image build, QEMU integration tests.
     Test,
@@ -436,6 +482,8 @@ struct RunOpts {
     append: Option<String>,
     features: Vec<String>,
     qemu_args: Vec<String>,
+    /// An external guest kernel (`--guest`).
+    guest: Option<linux::GuestOpts>,
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {
@@ -451,7 +499,15 @@ fn run(platform: Platform, opts: RunOpts) -> Result<u8> {
     let built = build_variant(platform, &opts.features)?;
     provision::qemu()?;
     let mut args = built.board.qemu_args(&built.qemu_kernel, opts.smp);
-    if let Some(append) = &opts.append {
+    let append = match &opts.guest {
+        Some(g) => {
+            let p = linux::prepare(g, opts.append.as_deref())?;
+            args.extend(p.qemu_args);
+            Some(p.bootargs)
+        }
+        None => opts.append.clone(),
+    };
+    if let Some(append) = &append {
         args.extend(["-append".to_owned(), append.clone()]);
     }
     if opts.icount {
@@ -694,6 +750,29 @@ fn test() -> Result<()> {
             Ok(())
         },
     )?;
+    step(
+        "Linux guest (Debian arm64 kernel + busybox initramfs, 2 vCPUs)",
+        &mut || {
+            let g = linux::linux_guest(2, false, None, None)?;
+            run_checked(
+                cargo(&[
+                    "test",
+                    "-p",
+                    "hyp-tests",
+                    "--test",
+                    "linux_guest",
+                    "--",
+                    "--ignored",
+                    "--nocapture",
+                ])
+                .env("HYP_IMAGE_QEMU", &built.image)
+                .env("HYP_BOARD_DIR", &board_dir)
+                .env("HYP_LINUX_APPEND", &g.prepared.bootargs)
+                .env("HYP_LINUX_QEMU_ARGS", g.prepared.qemu_args.join("\n"))
+                .env("HYP_LINUX_VERSION", &g.fetched.version),
+            )
+        },
+    )?;
     // Figures, not a timed test: it prints ns/page and barrier counts for
     // s2mm and aarch64-paging doing the same work, and fails only if it cannot run.
     step("s2mm host benchmark (vs aarch64-paging)", &mut || {
@@ -722,6 +801,58 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask linux`: fetch, build the initramfs, boot.
+fn linux_cmd(
+    smp: u32,
+    guest_smp: u32,
+    icount: bool,
+    protected: bool,
+    timeout: u64,
+    guest_append: Option<String>,
+    prepare_only: bool,
+) -> Result<u8> {
+    let fetched = linux::fetch()?;
+    let initrd = linux::initramfs(&fetched.busybox)?;
+    let (guest_driver, lines) = linux::pkvm_config(&fetched.config)?;
+    note(&format!(
+        "linux: kernel {} ({}); pKVM guest driver (CONFIG_ARM_PKVM_GUEST) {}; PKVM config lines: {:?}",
+        fetched.version,
+        fetched.kernel.display(),
+        if guest_driver { "built in" } else { "absent" },
+        lines
+    ));
+    if protected && !guest_driver {
+        note("linux: --protected: this kernel has no pKVM guest driver, so it will not use MEM_SHARE/MEM_UNSHARE; booting it in a protected VM anyway");
+    }
+    let guest = linux::GuestOpts {
+        kernel: fetched.kernel,
+        initrd: Some(initrd),
+        append: guest_append,
+        smp: guest_smp,
+        mem_mib: None,
+        protected,
+    };
+    if prepare_only {
+        let p = linux::prepare(&guest, None)?;
+        println!("{}", p.qemu_args.join(" "));
+        println!("{}", p.bootargs);
+        return Ok(0);
+    }
+    run(
+        Platform::Qemu,
+        RunOpts {
+            smp: Some(smp),
+            gdb: false,
+            icount,
+            timeout: Some(timeout),
+            append: None,
+            features: Vec::new(),
+            qemu_args: Vec::new(),
+            guest: Some(guest),
+        },
+    )
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -736,6 +867,12 @@ fn main() -> ExitCode {
             timeout,
             append,
             features,
+            guest,
+            initrd,
+            guest_append,
+            guest_smp,
+            guest_mem,
+            protected,
             qemu_args,
         } => run(
             platform,
@@ -747,7 +884,32 @@ fn main() -> ExitCode {
                 append,
                 features: feature_list(features.as_deref()),
                 qemu_args,
+                guest: guest.map(|kernel| linux::GuestOpts {
+                    kernel,
+                    initrd,
+                    append: guest_append,
+                    smp: guest_smp,
+                    mem_mib: guest_mem,
+                    protected,
+                }),
             },
+        ),
+        Cmd::Linux {
+            smp,
+            guest_smp,
+            icount,
+            protected,
+            timeout,
+            guest_append,
+            prepare_only,
+        } => linux_cmd(
+            smp,
+            guest_smp,
+            icount,
+            protected,
+            timeout,
+            guest_append,
+            prepare_only,
         ),
         Cmd::Test => test().map(|_| 0),
         Cmd::Bench { platform } => bench::bench(platform).map(|_| 0),

@@ -30,7 +30,9 @@
 
 mod bench;
 mod demo;
+mod fdt_writer;
 mod hostif;
+mod linux;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use guest_rt::println;
@@ -94,7 +96,11 @@ fn boot_info(arg: u64) -> &'static BootInfo {
 }
 
 fn arg<'a>(info: &'a BootInfo, key: &str) -> Option<&'a str> {
-    info.bootargs()
+    let all = info.bootargs();
+    // Words after ` -- ` are a guest kernel's command line (linux.rs).
+    all.split(" -- ")
+        .next()
+        .unwrap_or(all)
         .split_ascii_whitespace()
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
@@ -127,8 +133,11 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
         hostif::fuzz(n, seed, info);
     }
 
+    let linux = linux::requested(info);
     let list = arg(info, "guests").or_else(|| arg(info, "guest"));
-    let list = list.unwrap_or_else(|| {
+    // The demo is the default unless a guest list or an external kernel
+    // (linux=...) was asked for.
+    let list = list.or(linux.then_some("")).unwrap_or_else(|| {
         DEMO.store(true, Ordering::Relaxed);
         demo::install();
         println!(
@@ -140,7 +149,12 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
     let count = list.split(',').count();
     let mut guests: [Option<Guest>; MAX_GUESTS] = [const { None }; MAX_GUESTS];
     let mut n = 0;
-    for spec in list.split(',') {
+    if linux {
+        // An external kernel (linux=...; see linux.rs) instead of the list.
+        guests[0] = Some(linux::create(info));
+        n = 1;
+    }
+    for spec in list.split(',').filter(|_| !linux) {
         if n == MAX_GUESTS {
             fail(format_args!("more than {MAX_GUESTS} guests"));
         }
@@ -395,6 +409,9 @@ fn run_vcpu(g: &Guest, v: u64) {
                 "reset"
             };
             if !g.stopped.swap(true, Ordering::AcqRel) {
+                if g.name == "linux" {
+                    linux::powered_off();
+                }
                 println!("host: VM {} ({}) powered {how}", g.handle.0, g.name);
             }
         }

@@ -146,13 +146,17 @@ pub struct BootInfo {
     /// and the modules).
     pub free_base: u64,
     /// Boot arguments, NUL-padded.
-    pub bootargs: [u8; 128],
+    pub bootargs: [u8; BOOTARGS_LEN],
     /// Valid entries of `modules`.
     pub nr_modules: u64,
     /// Guest images.
     pub modules: [Module; MAX_MODULES],
 }
 
+/// Size of `BootInfo::bootargs`: room for the hypervisor's and host's own
+/// arguments plus a guest kernel's command line after ` -- ` (512 bytes;
+/// it was 128 before Linux guests, issue #9).
+pub const BOOTARGS_LEN: usize = 512;
 /// `BootInfo::magic`.
 pub const BOOT_MAGIC: u64 = 0x4859_5042_4f4f_5431; // "HYPBOOT1"
 /// Most modules in a `BootInfo`.
@@ -187,7 +191,11 @@ impl BootInfo {
     /// The boot arguments.
     #[must_use]
     pub fn bootargs(&self) -> &str {
-        let n = self.bootargs.iter().position(|&b| b == 0).unwrap_or(128);
+        let n = self
+            .bootargs
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(BOOTARGS_LEN);
         core::str::from_utf8(&self.bootargs[..n]).unwrap_or("")
     }
     /// The modules.

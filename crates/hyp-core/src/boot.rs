@@ -35,7 +35,7 @@ pub struct BootInfo {
     /// Number of valid entries in `memory`.
     pub memory_count: usize,
     /// /chosen/bootargs, copied (the DTB may lie in memory given to guests).
-    pub bootargs: [u8; 128],
+    pub bootargs: [u8; hyp_abi::BOOTARGS_LEN],
     /// Length of `bootargs`.
     pub bootargs_len: usize,
 }
@@ -64,7 +64,7 @@ fn parse_dtb(dtb: u64) -> BootInfo {
         cpus: fdt.cpus().count(),
         memory: [MemRegion { base: 0, size: 0 }; 4],
         memory_count: 0,
-        bootargs: [0; 128],
+        bootargs: [0; hyp_abi::BOOTARGS_LEN],
         bootargs_len: 0,
     };
     for r in fdt.memory().regions() {
@@ -92,7 +92,7 @@ fn board_info(p: &Platform) -> BootInfo {
         cpus: p.ops.default_cpus(),
         memory: [MemRegion { base: 0, size: 0 }; 4],
         memory_count: 0,
-        bootargs: [0; 128],
+        bootargs: [0; hyp_abi::BOOTARGS_LEN],
         bootargs_len: 0,
     };
     for r in p.ram.iter().take(info.memory.len()) {
@@ -288,7 +288,7 @@ fn load_host(
         ram_base: host_ram.base,
         ram_size: host_ram.size,
         free_base: 0,
-        bootargs: [0; 128],
+        bootargs: [0; hyp_abi::BOOTARGS_LEN],
         nr_modules: 0,
         modules: [hyp_abi::Module {
             name: [0; 32],

@@ -116,6 +116,31 @@ pub fn classify_access(a: &SysRegAccess) -> TrappedSysReg {
     classify(a.enc)
 }
 
+/// The value a guest reads from a trapped debug register, or `None` when
+/// `enc` is not one.
+///
+/// Debug registers are the op0 = 2 space (Arm ARM C5.1.2 "op0 == 0b10,
+/// Moves to and from debug and trace System registers": MDSCR_EL1,
+/// OSLAR_EL1, OSDLR_EL1, DBGBVR<n>_EL1, DBGWCR<n>_EL1, MDCCINT_EL1, ...);
+/// MDCR_EL2.TDA/TDOSA/TDRA trap them all. Nothing is virtualised, so they
+/// are RAZ/WI rather than UNDEFINED: Linux's `__cpu_setup`
+/// (arch/arm64/mm/proc.S) writes MDSCR_EL1 unconditionally with its MMU
+/// off, and `debug-monitors.c` clears the OS lock on every CPU, so an
+/// injected UNDEF there kills the kernel (issue #9). The one exception is
+/// OSLSR_EL1 (2, 0, 1, 1, 4), which reads OSLM = 0b10 ("OS lock
+/// implemented", bit 3) with the lock clear, as FEAT_DoubleLock-less
+/// Armv8 requires. PMU registers (op0 = 3) stay UNDEFINED.
+#[must_use]
+pub fn debug_read(enc: SysRegEnc) -> Option<u64> {
+    if enc.op0 != 2 {
+        return None;
+    }
+    Some(match (enc.op1, enc.crn, enc.crm, enc.op2) {
+        (0, 1, 1, 4) => 1 << 3,
+        _ => 0,
+    })
+}
+
 /// SCTLR_EL1.M (bit 0): stage-1 MMU enable.
 pub const SCTLR_M: u64 = 1 << 0;
 /// SCTLR_EL1.C (bit 2): data cache enable.
@@ -225,5 +250,24 @@ mod tests {
         assert!(!caches_on(0x30d0_0804));
         assert!(caches_on(0x30d0_0805));
         assert!(caches_on(0x30d0_1805));
+    }
+
+    #[test]
+    fn debug_registers_are_raz_wi() {
+        let enc = |op0, op1, crn, crm, op2| SysRegEnc {
+            op0,
+            op1,
+            crn,
+            crm,
+            op2,
+        };
+        // MDSCR_EL1 (2, 0, 0, 2, 2), OSLAR_EL1 (2, 0, 1, 0, 4), DBGBCR0_EL1.
+        assert_eq!(debug_read(enc(2, 0, 0, 2, 2)), Some(0));
+        assert_eq!(debug_read(enc(2, 0, 1, 0, 4)), Some(0));
+        assert_eq!(debug_read(enc(2, 0, 0, 0, 5)), Some(0));
+        // OSLSR_EL1: OSLM = 0b10, unlocked.
+        assert_eq!(debug_read(enc(2, 0, 1, 1, 4)), Some(8));
+        // PMCR_EL0 (3, 3, 9, 12, 0) is not a debug register.
+        assert_eq!(debug_read(enc(3, 3, 9, 12, 0)), None);
     }
 }

@@ -1396,6 +1396,16 @@ fn sysreg_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, esr: Esr, pending: 
         ctx.regs.pc += 4;
         return;
     }
+    // Debug registers (op0 = 2, trapped by MDCR_EL2.TDA/TDOSA): RAZ/WI
+    // instead of UNDEF, because Linux writes MDSCR_EL1 and the OS lock
+    // registers at boot (issue #9; see `sysreg_trap::debug_read`).
+    if let Some(v) = crate::sysreg_trap::debug_read(e) {
+        if acc.read && rt != 31 {
+            ctx.regs.x[rt] = v;
+        }
+        ctx.regs.pc += 4;
+        return;
+    }
     inject_into(c, ctx, Injected::Undefined, pending);
 }
 

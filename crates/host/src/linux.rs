@@ -1,0 +1,403 @@
+//! An external EL1 kernel (Linux's arm64 Image, or a flat binary with an
+//! explicit load address and entry) as a guest of the host VM (issue #9).
+//!
+//! `cargo xtask run --guest PATH` has QEMU's generic loader put the kernel
+//! (and `--initrd`) into host RAM and passes, in the boot arguments:
+//!
+//! ```text
+//! linux=PA,SIZE[,LOAD_IPA,ENTRY] [initrd=PA,SIZE] [guest-smp=N]
+//! [guest-mem=MIB] [guest-protected] ... -- KERNEL COMMAND LINE
+//! ```
+//!
+//! The host then creates one VM with N vCPUs and `guest-mem` MiB of RAM at
+//! IPA 0x4000_0000 (lent, or donated with `guest-protected`), copies the
+//! kernel to RAM base + `text_offset` (from the Image header;
+//! Documentation/arch/arm64/booting.rst), the initrd to the middle of RAM
+//! and a generated device tree near its end, and starts vCPU 0 at the
+//! kernel with x0 = the DTB's IPA (x1..x3 = 0, MMU off, interrupts masked:
+//! the vCPU reset state).
+//!
+//! The device tree describes what the hypervisor emulates for every VM
+//! (crates/hyp-core): memory, the vCPUs with the PSCI enable method, PSCI
+//! 1.0 over HVC, the GICv3 distributor at 0x0800_0000 and one
+//! redistributor per vCPU from 0x080a_0000 (bindings:
+//! interrupt-controller/arm,gic-v3.yaml), the architected timer's PPIs
+//! (timer/arm,arch_timer.yaml), the PL011 at QEMU virt's 0x0900_0000 with
+//! its fixed 24 MHz clock (serial/arm,pl011.yaml), and `/chosen` with the
+//! command line, the initrd and `stdout-path`.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::fdt_writer::FdtWriter;
+use crate::hostif::{self, call};
+use crate::{fail, Guest, GUEST_RAM_IPA, PAGE};
+use guest_rt::println;
+use hyp_abi::BootInfo;
+
+/// Default guest RAM.
+const DEFAULT_MEM_MIB: u64 = 256;
+/// Room kept for the device tree at the end of guest RAM.
+const DTB_ROOM: u64 = 2 << 20;
+/// The guest's PL011 (emulated at EL2) and its interrupt, QEMU virt's.
+const UART_IPA: u64 = 0x0900_0000;
+const UART_SPI: u32 = 1;
+/// The vGIC's frames (crates/hyp-core/src/vm.rs VGICD_IPA, VGICR_IPA).
+const GICD_IPA: u64 = 0x0800_0000;
+const GICD_SIZE: u64 = 0x1_0000;
+const GICR_IPA: u64 = 0x080a_0000;
+const GICR_STRIDE: u64 = 0x2_0000;
+/// arm64 Image header magic "ARM\x64" at offset 56 (booting.rst).
+const IMAGE_MAGIC: u32 = 0x644d_5241;
+/// Phandles.
+const PH_GIC: u32 = 1;
+const PH_CLK: u32 = 2;
+
+/// A blob QEMU's loader put into host RAM.
+#[derive(Clone, Copy)]
+struct Blob {
+    pa: u64,
+    size: u64,
+}
+
+/// The host's own arguments: everything before ` -- `.
+fn host_part(info: &BootInfo) -> &str {
+    let all = info.bootargs();
+    all.split(" -- ").next().unwrap_or(all)
+}
+
+/// The guest kernel's command line: everything after ` -- `.
+fn guest_cmdline(info: &BootInfo) -> &str {
+    let all = info.bootargs();
+    all.split_once(" -- ").map_or("", |(_, g)| g.trim())
+}
+
+fn word<'a>(info: &'a BootInfo, key: &str) -> Option<&'a str> {
+    host_part(info)
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+fn flag(info: &BootInfo, key: &str) -> bool {
+    host_part(info).split_ascii_whitespace().any(|w| w == key)
+}
+
+fn num(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// Up to four comma-separated numbers.
+fn nums(s: &str) -> ([u64; 4], usize) {
+    let mut out = [0; 4];
+    let mut n = 0;
+    for p in s.split(',') {
+        if n == 4 {
+            fail(format_args!("too many numbers in {s:?}"));
+        }
+        out[n] = num(p).unwrap_or_else(|| fail(format_args!("bad number {p:?} in {s:?}")));
+        n += 1;
+    }
+    (out, n)
+}
+
+/// Whether the boot arguments ask for an external kernel.
+pub fn requested(info: &BootInfo) -> bool {
+    word(info, "linux").is_some()
+}
+
+/// Reads the u64 at `pa` (8-byte aligned host RAM).
+fn rd64(pa: u64) -> u64 {
+    // SAFETY: callers pass aligned addresses inside a blob in host RAM,
+    // which the host's identity stage 2 maps.
+    unsafe { (pa as *const u64).read_volatile() }
+}
+
+/// Copies `len` bytes (rounded up to 8) from `src` to `dst`, both 8-byte
+/// aligned host RAM. Word copies: with the MMU off unaligned accesses fault.
+fn copy(dst: u64, src: u64, len: u64) {
+    for i in 0..len.div_ceil(8) {
+        // SAFETY: both ranges are host RAM nobody else uses now (the blob
+        // QEMU loaded, the guest's freshly allocated RAM).
+        unsafe { ((dst + 8 * i) as *mut u64).write_volatile(rd64(src + 8 * i)) };
+    }
+}
+
+/// Zeroes `len` bytes at 8-byte aligned `dst`.
+fn zero(dst: u64, len: u64) {
+    for i in 0..len.div_ceil(8) {
+        // SAFETY: as in `copy`.
+        unsafe { ((dst + 8 * i) as *mut u64).write_volatile(0) };
+    }
+}
+
+/// Creates the VM for the kernel named in the boot arguments.
+pub fn create(info: &BootInfo) -> Guest {
+    let (k, nk) = nums(word(info, "linux").unwrap_or(""));
+    if nk != 2 && nk != 4 {
+        fail(format_args!("linux= needs PA,SIZE[,LOAD_IPA,ENTRY]"));
+    }
+    let kernel = Blob {
+        pa: k[0],
+        size: k[1],
+    };
+    let initrd = word(info, "initrd").map(|s| {
+        let (v, n) = nums(s);
+        if n != 2 {
+            fail(format_args!("initrd= needs PA,SIZE"));
+        }
+        Blob {
+            pa: v[0],
+            size: v[1],
+        }
+    });
+    let vcpus = word(info, "guest-smp").and_then(num).unwrap_or(1) as usize;
+    let mem = word(info, "guest-mem")
+        .and_then(num)
+        .unwrap_or(DEFAULT_MEM_MIB)
+        << 20;
+    let protected = flag(info, "guest-protected");
+    let cmdline = guest_cmdline(info);
+
+    let ram_end = info.ram_base + info.ram_size;
+    for (what, b) in [("kernel", Some(kernel)), ("initrd", initrd)] {
+        let Some(b) = b else { continue };
+        if b.pa % 8 != 0 || b.pa < info.free_base || b.pa + b.size > ram_end {
+            fail(format_args!(
+                "{what} at {:#x}+{:#x} is not in free host RAM",
+                b.pa, b.size
+            ));
+        }
+        // Guest RAM is allocated below the blobs QEMU loaded.
+        crate::RAM_END.fetch_min(b.pa & !((2 << 20) - 1), Ordering::Relaxed);
+    }
+
+    // Where the kernel goes: the Image header, or LOAD_IPA/ENTRY given.
+    let (load_ipa, entry, image_size) = if nk == 4 {
+        (k[2], k[3], kernel.size)
+    } else {
+        if rd64(kernel.pa + 56) as u32 != IMAGE_MAGIC {
+            fail(format_args!(
+                "the kernel has no arm64 Image header (give LOAD_IPA,ENTRY)"
+            ));
+        }
+        let (text_offset, image_size) = match rd64(kernel.pa + 16) {
+            // booting.rst: image_size 0 means a pre-3.17 kernel with
+            // text_offset 0x80000.
+            0 => (0x8_0000, kernel.size),
+            size => (rd64(kernel.pa + 8), size),
+        };
+        let load = GUEST_RAM_IPA + text_offset;
+        (load, load, image_size.max(kernel.size))
+    };
+    let initrd_ipa = GUEST_RAM_IPA + mem / 2;
+    let dtb_ipa = GUEST_RAM_IPA + mem - DTB_ROOM;
+    if load_ipa < GUEST_RAM_IPA || load_ipa + image_size > initrd_ipa || entry < load_ipa {
+        fail(format_args!(
+            "the kernel ({image_size:#x} bytes at {load_ipa:#x}) does not fit below {initrd_ipa:#x}"
+        ));
+    }
+    if initrd.is_some_and(|i| initrd_ipa + i.size > dtb_ipa) {
+        fail(format_args!("the initrd does not fit below {dtb_ipa:#x}"));
+    }
+
+    let flags = if protected {
+        hyp_abi::FLAG_PROTECTED
+    } else {
+        0
+    };
+    let handle = hostif::vm_create(vcpus as u64, flags)
+        .unwrap_or_else(|e| fail(format_args!("VM_CREATE for linux: {e:?}")));
+    let ram_pa = crate::alloc_pages(mem)
+        .unwrap_or_else(|| fail(format_args!("no {} MiB of host RAM for linux", mem >> 20)));
+    let pa_of = |ipa: u64| ram_pa + (ipa - GUEST_RAM_IPA);
+
+    copy(pa_of(load_ipa), kernel.pa, kernel.size);
+    if let Some(i) = initrd {
+        copy(pa_of(initrd_ipa), i.pa, i.size);
+    }
+    let dtb_pa = pa_of(dtb_ipa);
+    zero(dtb_pa, DTB_ROOM);
+    // SAFETY: [dtb_pa, dtb_pa + DTB_ROOM) is the end of the guest's RAM,
+    // still host-owned (it is given to the VM below) and used by nothing else.
+    let buf = unsafe { core::slice::from_raw_parts_mut(dtb_pa as *mut u8, DTB_ROOM as usize) };
+    let initrd_range = initrd.map(|i| (initrd_ipa, initrd_ipa + i.size));
+    let dtb_size = match write_dtb(buf, vcpus, mem, cmdline, initrd_range) {
+        Ok(n) => n,
+        Err(e) => fail(format_args!("device tree: {e:?}")),
+    };
+
+    let pages = mem / PAGE;
+    let fid = if protected {
+        hyp_abi::MEM_DONATE
+    } else {
+        hyp_abi::MEM_LEND
+    };
+    if let Err(e) = call(fid, [handle.0, ram_pa, GUEST_RAM_IPA, pages]) {
+        fail(format_args!("giving memory to linux: {e:?}"));
+    }
+    if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, entry, dtb_ipa]) {
+        fail(format_args!("VCPU_INIT for linux: {e:?}"));
+    }
+    println!(
+        "host: VM {} (linux): {vcpus} vCPUs, {} MiB at IPA {GUEST_RAM_IPA:#x}, {}",
+        handle.0,
+        mem >> 20,
+        if protected {
+            "protected (donated)"
+        } else {
+            "normal (lent)"
+        }
+    );
+    println!(
+        "host: linux: kernel {:#x} bytes at IPA {load_ipa:#x} (entry {entry:#x}), initrd {:#x} bytes at {initrd_ipa:#x}, DTB {dtb_size} bytes at {dtb_ipa:#x}",
+        kernel.size,
+        initrd.map_or(0, |i| i.size),
+    );
+    println!("host: linux: command line \"{cmdline}\"");
+    println!(
+        "host: linux: vCPU 0 starts at counter {} ({} Hz)",
+        counter(),
+        counter_hz()
+    );
+    // The demo's virtio devices exist for every guest; Linux's device tree
+    // does not list them, so its RAM disk stays unused.
+    let Some(disk_pa) = crate::alloc_pages(crate::demo::DISK_BYTES) else {
+        crate::fail(format_args!("linux: no host memory for the device state"));
+    };
+    Guest {
+        handle,
+        vcpus,
+        protected,
+        name: "linux",
+        stopped: AtomicBool::new(false),
+        device: AtomicU64::new(0),
+        ram_pa,
+        devices: spin::Mutex::new(crate::demo::Devices::new(disk_pa)),
+    }
+}
+
+/// Writes the guest's device tree into `buf`; returns its size.
+pub fn write_dtb(
+    buf: &mut [u8],
+    vcpus: usize,
+    mem: u64,
+    cmdline: &str,
+    initrd: Option<(u64, u64)>,
+) -> Result<usize, crate::fdt_writer::FdtError> {
+    let mut w = FdtWriter::new(buf);
+    w.begin_node("");
+    w.prop_u32("#address-cells", 2);
+    w.prop_u32("#size-cells", 2);
+    w.prop_str("compatible", "linux,dummy-virt");
+    w.prop_str("model", "hyp guest (QEMU virt layout)");
+    w.prop_u32("interrupt-parent", PH_GIC);
+
+    w.begin_node("chosen");
+    w.prop_str("bootargs", cmdline);
+    w.prop_str("stdout-path", "/pl011@9000000");
+    if let Some((start, end)) = initrd {
+        w.prop_u64("linux,initrd-start", start);
+        w.prop_u64("linux,initrd-end", end);
+    }
+    w.end_node();
+
+    w.begin_node("memory@40000000");
+    w.prop_str("device_type", "memory");
+    w.prop_reg64("reg", &[(GUEST_RAM_IPA, mem)]);
+    w.end_node();
+
+    w.begin_node("cpus");
+    w.prop_u32("#address-cells", 1);
+    w.prop_u32("#size-cells", 0);
+    for v in 0..vcpus {
+        w.begin_node(CPU_NAMES.get(v).copied().unwrap_or("cpu"));
+        w.prop_str("device_type", "cpu");
+        w.prop_str("compatible", "arm,armv8");
+        // MPIDR Aff0 = vCPU index (the hypervisor's VMPIDR_EL2).
+        w.prop_u32("reg", v as u32);
+        w.prop_str("enable-method", "psci");
+        w.end_node();
+    }
+    w.end_node();
+
+    w.begin_node("psci");
+    w.prop_strs("compatible", &["arm,psci-1.0", "arm,psci-0.2"]);
+    w.prop_str("method", "hvc");
+    w.end_node();
+
+    w.begin_node("intc@8000000");
+    w.prop_str("compatible", "arm,gic-v3");
+    w.prop_u32("#interrupt-cells", 3);
+    w.prop_empty("interrupt-controller");
+    w.prop_u32("#redistributor-regions", 1);
+    w.prop_reg64(
+        "reg",
+        &[
+            (GICD_IPA, GICD_SIZE),
+            (GICR_IPA, GICR_STRIDE * vcpus as u64),
+        ],
+    );
+    w.prop_u32("phandle", PH_GIC);
+    w.end_node();
+
+    // Interrupt specifiers: <type number flags>, type 1 = PPI (number =
+    // INTID - 16), 0 = SPI (INTID - 32); flags 4 = level high.
+    w.begin_node("timer");
+    w.prop_str("compatible", "arm,armv8-timer");
+    // Secure physical (INTID 29), non-secure physical (30), virtual (27),
+    // hypervisor (26): the binding's order.
+    w.prop_cells("interrupts", &[1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]);
+    w.end_node();
+
+    w.begin_node("apb-pclk");
+    w.prop_str("compatible", "fixed-clock");
+    w.prop_u32("#clock-cells", 0);
+    w.prop_u32("clock-frequency", 24_000_000);
+    w.prop_str("clock-output-names", "clk24mhz");
+    w.prop_u32("phandle", PH_CLK);
+    w.end_node();
+
+    w.begin_node("pl011@9000000");
+    w.prop_strs("compatible", &["arm,pl011", "arm,primecell"]);
+    w.prop_reg64("reg", &[(UART_IPA, 0x1000)]);
+    w.prop_cells("interrupts", &[0, UART_SPI, 4]);
+    w.prop_cells("clocks", &[PH_CLK, PH_CLK]);
+    w.prop_strs("clock-names", &["uartclk", "apb_pclk"]);
+    w.end_node();
+
+    w.end_node();
+    w.finish()
+}
+
+/// Node names of the vCPUs (a VM has at most 8).
+const CPU_NAMES: [&str; 8] = [
+    "cpu@0", "cpu@1", "cpu@2", "cpu@3", "cpu@4", "cpu@5", "cpu@6", "cpu@7",
+];
+
+/// The virtual counter (CNTVCT_EL0; the host's CNTVOFF_EL2 is 0, so this is
+/// the system counter). Under `-icount shift=0` QEMU's virtual clock advances
+/// one nanosecond per instruction, so at 1 GHz one tick is one instruction.
+pub fn counter() -> u64 {
+    let v: u64;
+    // SAFETY: reads a counter register; no memory, no side effects.
+    unsafe { core::arch::asm!("isb", "mrs {0}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+fn counter_hz() -> u64 {
+    let v: u64;
+    // SAFETY: as above.
+    unsafe { core::arch::asm!("mrs {0}, cntfrq_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+/// Called when the kernel's VM powers off: the counter, for boot timing.
+pub fn powered_off() {
+    println!(
+        "host: linux: powered off at counter {} ({} Hz)",
+        counter(),
+        counter_hz()
+    );
+}

@@ -1,0 +1,97 @@
+//! Debian's arm64 Linux kernel as a guest of the host VM (issue #9): 2 vCPUs
+//! brought up with PSCI, the vGIC and the virtual timer, the emulated PL011
+//! as its console, an initramfs whose /init prints a marker, runs a few
+//! commands and powers off.
+//!
+//! Needs the kernel and initramfs that `cargo xtask test` fetches and builds
+//! in its own step (which sets `HYP_LINUX_APPEND`, the hypervisor's boot
+//! arguments, and `HYP_LINUX_QEMU_ARGS`, the loader devices, one per line),
+//! so it is `#[ignore]`d in the general integration-test step.
+
+use std::time::{Duration, Instant};
+
+use hyp_tests::{env_path, BootOptions, Qemu};
+
+/// Generous bound for a TCG boot (about 20 s on the 2-core CI machine).
+const T: Duration = Duration::from_secs(300);
+
+fn env(name: &str) -> String {
+    env_path(name).to_string_lossy().into_owned()
+}
+
+/// The per-CPU counts of the `/proc/interrupts` line, e.g.
+/// ` 11:        512        301     GICv3  27 Level     arch_timer`.
+fn counts(line: &str, cpus: usize) -> Vec<u64> {
+    line.split_whitespace()
+        .skip(1)
+        .take(cpus)
+        .map(|c| c.parse().unwrap_or(0))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the Debian kernel: run by `cargo xtask test` (its Linux step)"]
+fn debian_linux_boots_on_two_vcpus() {
+    let append = env("HYP_LINUX_APPEND");
+    let extra: Vec<String> = env("HYP_LINUX_QEMU_ARGS")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let start = Instant::now();
+    let mut q = Qemu::boot(BootOptions {
+        append: Some(append),
+        smp: Some(2),
+        extra,
+        ..BootOptions::default()
+    });
+    q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
+    let banner = q.expect_line("Linux version ", T);
+    assert!(
+        banner.contains("Linux version 6.") && banner.contains("Debian"),
+        "unexpected banner: {banner}"
+    );
+    q.expect_line("psci: PSCIv1.1 detected in firmware.", T);
+    q.expect_line(
+        "GICv3: CPU0: found redistributor 0 region 0:0x00000000080a0000",
+        T,
+    );
+    q.expect_line("arch_timer: cp15 timer(s) running at", T);
+    q.expect_line(
+        "GICv3: CPU1: found redistributor 1 region 0:0x00000000080c0000",
+        T,
+    );
+    q.expect_line("smp: Brought up 1 node, 2 CPUs", T);
+    q.expect_line("ttyAMA0 at MMIO 0x9000000", T);
+    q.expect_exact("LINUX-GUEST-INIT-OK", T);
+    eprintln!(
+        "linux_guest: init marker after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let uname = q.expect_line("Linux ", T);
+    assert!(uname.contains("aarch64"), "uname -a: {uname}");
+    q.expect_exact("cpus online: 0-1", T);
+    q.expect_matching("the CPU0 CPU1 header", T, |l| {
+        l.split_whitespace().collect::<Vec<_>>() == ["CPU0", "CPU1"]
+    });
+    let timer = q.expect_line("arch_timer", T);
+    let c = counts(&timer, 2);
+    assert!(
+        c.len() == 2 && c.iter().all(|&n| n > 0),
+        "the timer interrupt must count on both CPUs: {timer:?}\n{}",
+        q.log().join("\n")
+    );
+    eprintln!("linux_guest: {timer}");
+    q.expect_exact("LINUX-GUEST-DONE", T);
+    q.expect_line("host: VM 1 (linux) powered off", T);
+    assert_eq!(q.expect_exit(T), 0);
+    eprintln!(
+        "linux_guest: powered off after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn interrupt_counts_parse() {
+    let l = " 11:        512        301     GICv3  27 Level     arch_timer";
+    assert_eq!(counts(l, 2), [512, 301]);
+}

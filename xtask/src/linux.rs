@@ -1,0 +1,623 @@
+//! External guest kernels (issue #9): `run --guest PATH`, and `linux`, which
+//! fetches Debian's arm64 kernel and busybox-static through apt, builds an
+//! initramfs and boots it as a guest of the host VM.
+//!
+//! How a kernel gets in: QEMU's generic loader (`-device loader,...,
+//! force-raw=on`) puts the kernel at [`KERNEL_PA`] and the initramfs at
+//! [`INITRD_PA`], in the host VM's RAM (the VM pool, 0x5000_0000..
+//! 0x8000_0000) above what the host allocates guest RAM from, and the
+//! hypervisor's boot arguments tell the host where they are:
+//! `linux=PA,SIZE[,LOAD_IPA,ENTRY] initrd=PA,SIZE guest-smp=N
+//! [guest-mem=MIB] [guest-protected] -- GUEST COMMAND LINE` (see
+//! crates/host/src/linux.rs).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{note, read, run_checked, target_dir, write, Result};
+
+/// Host PA where QEMU's loader puts the kernel.
+pub const KERNEL_PA: u64 = 0x7000_0000;
+/// Host PA of the initramfs.
+pub const INITRD_PA: u64 = 0x7400_0000;
+/// End of the host VM's RAM (board.toml's vm_pool).
+const POOL_END: u64 = 0x8000_0000;
+/// What the guest kernel's command line starts with: the console on the
+/// emulated PL011 (and earlycon on it before the driver probes), no KASLR
+/// (no seed anyway), and a panic resets the VM (SYSTEM_RESET ends the run)
+/// instead of hanging until the timeout.
+pub const BASE_CMDLINE: &str = "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1";
+/// Longest boot-argument string the hypervisor passes on (hyp_abi::BOOTARGS_LEN - 1).
+const BOOTARGS_MAX: usize = 511;
+
+/// What to boot as the guest.
+#[derive(Debug, Clone)]
+pub struct GuestOpts {
+    /// Kernel: an arm64 Image (raw or gzip) or an AArch64 ELF.
+    pub kernel: PathBuf,
+    /// Initramfs / initrd.
+    pub initrd: Option<PathBuf>,
+    /// Appended to [`BASE_CMDLINE`].
+    pub append: Option<String>,
+    /// Guest vCPUs.
+    pub smp: u32,
+    /// Guest RAM in MiB (host default 256).
+    pub mem_mib: Option<u64>,
+    /// A protected VM (memory donated).
+    pub protected: bool,
+}
+
+/// QEMU arguments and hypervisor boot arguments for a guest.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// `-device loader,...` arguments.
+    pub qemu_args: Vec<String>,
+    /// The hypervisor's `-append` (host words, then ` -- ` and the guest's command line).
+    pub bootargs: String,
+}
+
+/// (load IPA, entry) of a flattened ELF kernel.
+type LoadEntry = (u64, u64);
+
+/// The kernel file as the host loads it: (bytes, Some((load IPA, entry)) for an ELF).
+fn kernel_bytes(path: &Path) -> Result<(Vec<u8>, Option<LoadEntry>)> {
+    let mut data = read(path)?;
+    if data.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&data[..])
+            .read_to_end(&mut out)
+            .map_err(|e| format!("{}: gzip: {e}", path.display()))?;
+        note(&format!(
+            "{}: gzip-compressed, {} bytes unpacked",
+            path.display(),
+            out.len()
+        ));
+        data = out;
+    }
+    if data.starts_with(b"\x7fELF") {
+        let flat =
+            crate::flat::elf_to_flat(&data).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok((flat.bytes, Some((flat.load_addr, flat.entry))));
+    }
+    if data.len() < 64 || &data[56..60] != b"ARM\x64" {
+        return Err(format!(
+            "{}: neither an arm64 Image (no \"ARM\\x64\" magic at offset 56) nor an ELF",
+            path.display()
+        ));
+    }
+    Ok((data, None))
+}
+
+/// Prepares the kernel (unpacked or flattened copies go to `target/guest/`)
+/// and the loader arguments; `host_extra` are the user's own hypervisor
+/// arguments (`--append`).
+pub fn prepare(g: &GuestOpts, host_extra: Option<&str>) -> Result<Prepared> {
+    let dir = target_dir().join("guest");
+    let (bytes, elf) = kernel_bytes(&g.kernel)?;
+    let kernel_file = dir.join("kernel.bin");
+    write(&kernel_file, &bytes)?;
+    let ksize = bytes.len() as u64;
+    if ksize > INITRD_PA - KERNEL_PA {
+        return Err(format!(
+            "the kernel is {ksize} bytes; at most {} fit",
+            INITRD_PA - KERNEL_PA
+        ));
+    }
+    let mut qemu_args = vec![
+        "-device".to_owned(),
+        format!(
+            "loader,file={},addr={KERNEL_PA:#x},force-raw=on",
+            kernel_file.display()
+        ),
+    ];
+    let mut host = match elf {
+        Some((load, entry)) => format!("linux={KERNEL_PA:#x},{ksize:#x},{load:#x},{entry:#x}"),
+        None => format!("linux={KERNEL_PA:#x},{ksize:#x}"),
+    };
+    if let Some(initrd) = &g.initrd {
+        let size = std::fs::metadata(initrd)
+            .map_err(|e| format!("{}: {e}", initrd.display()))?
+            .len();
+        if size > POOL_END - INITRD_PA {
+            return Err(format!(
+                "the initrd is {size} bytes; at most {} fit",
+                POOL_END - INITRD_PA
+            ));
+        }
+        qemu_args.extend([
+            "-device".to_owned(),
+            format!(
+                "loader,file={},addr={INITRD_PA:#x},force-raw=on",
+                initrd.display()
+            ),
+        ]);
+        host.push_str(&format!(" initrd={INITRD_PA:#x},{size:#x}"));
+    }
+    host.push_str(&format!(" guest-smp={}", g.smp));
+    if let Some(m) = g.mem_mib {
+        host.push_str(&format!(" guest-mem={m}"));
+    }
+    if g.protected {
+        host.push_str(" guest-protected");
+    }
+    if let Some(extra) = host_extra {
+        host.push(' ');
+        host.push_str(extra);
+    }
+    let mut cmdline = BASE_CMDLINE.to_owned();
+    if let Some(a) = &g.append {
+        cmdline.push(' ');
+        cmdline.push_str(a);
+    }
+    let bootargs = format!("{host} -- {cmdline}");
+    if bootargs.len() > BOOTARGS_MAX {
+        return Err(format!(
+            "boot arguments are {} bytes, at most {BOOTARGS_MAX}: {bootargs}",
+            bootargs.len()
+        ));
+    }
+    Ok(Prepared {
+        qemu_args,
+        bootargs,
+    })
+}
+
+/// What `fetch` found: Debian's kernel, its config and busybox.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// /boot/vmlinuz-VERSION.
+    pub kernel: PathBuf,
+    /// /boot/config-VERSION.
+    pub config: PathBuf,
+    /// /bin/busybox from busybox-static.
+    pub busybox: PathBuf,
+    /// The kernel package's version string (e.g. 6.1.0-50-arm64).
+    pub version: String,
+}
+
+fn cache_dir() -> PathBuf {
+    target_dir().join("linux-cache")
+}
+
+/// apt options that keep every file in `dir` (lists, cache, status) and use
+/// only Debian's arm64 archive: the system's apt state is untouched.
+fn apt_opts(dir: &Path) -> Vec<String> {
+    let d = |p: &str| dir.join(p).display().to_string();
+    vec![
+        "-oAPT::Architecture=arm64".into(),
+        "-oAPT::Architectures=arm64".into(),
+        format!("-oDir::Etc::SourceList={}", d("sources.list")),
+        format!("-oDir::Etc::SourceParts={}", d("sources.list.d")),
+        format!("-oDir::State::Lists={}", d("lists")),
+        format!("-oDir::State::status={}", d("status")),
+        format!("-oDir::Cache={}", d("cache")),
+        "-oDebug::NoLocking=1".into(),
+        "-oAPT::Sandbox::User=root".into(),
+        "-oAcquire::Languages=none".into(),
+        "-qq".into(),
+    ]
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn find_boot(root: &Path, prefix: &str) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root.join("boot"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Downloads (once; later runs use the cache in target/linux-cache and
+/// need no network) Debian's current arm64 kernel package (the one
+/// `linux-image-arm64` depends on) and `busybox-static` for arm64, and
+/// unpacks the kernel's /boot and /bin/busybox.
+pub fn fetch() -> Result<Fetched> {
+    let cache = cache_dir();
+    let root = cache.join("root");
+    let busybox = root.join("bin").join("busybox");
+    if let (Some(kernel), Some(config), true) = (
+        find_boot(&root, "vmlinuz-"),
+        find_boot(&root, "config-"),
+        busybox.exists(),
+    ) {
+        let version = kernel
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+            .unwrap_or("?")
+            .to_owned();
+        note(&format!(
+            "linux: cached Debian kernel {version} and busybox in {}",
+            cache.display()
+        ));
+        return Ok(Fetched {
+            kernel,
+            config,
+            busybox,
+            version,
+        });
+    }
+    let apt = cache.join("apt");
+    for d in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
+        std::fs::create_dir_all(apt.join(d)).map_err(|e| format!("{}: {e}", apt.display()))?;
+    }
+    write(&apt.join("status"), b"")?;
+    let suite = debian_suite();
+    write(
+        &apt.join("sources.list"),
+        format!(
+            "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+             http://deb.debian.org/debian {suite} main\n"
+        )
+        .as_bytes(),
+    )?;
+    let opts = apt_opts(&apt);
+    note(&format!(
+        "linux: fetching Debian {suite} arm64 package lists into {}",
+        apt.display()
+    ));
+    run_checked(Command::new("apt-get").args(&opts).arg("update"))?;
+    let deps = output(
+        Command::new("apt-cache")
+            .args(&opts)
+            .args(["depends", "linux-image-arm64"]),
+    )?;
+    let image_pkg = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-arm64"))
+        .ok_or_else(|| {
+            format!("no linux-image-*-arm64 in `apt-cache depends linux-image-arm64`:\n{deps}")
+        })?
+        .to_owned();
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs).map_err(|e| format!("{}: {e}", debs.display()))?;
+    note(&format!(
+        "linux: downloading {image_pkg} and busybox-static"
+    ));
+    run_checked(
+        Command::new("apt-get")
+            .args(&opts)
+            .args(["download", &image_pkg, "busybox-static"])
+            .current_dir(&debs),
+    )?;
+    std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    for entry in std::fs::read_dir(&debs).map_err(|e| format!("{}: {e}", debs.display()))? {
+        let deb = entry.map_err(|e| e.to_string())?.path();
+        let name = deb.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // Only the parts used: the kernel's /boot (not its ~400 MB of
+        // modules) and busybox itself.
+        let member = if name.starts_with("linux-image-") {
+            "./boot"
+        } else if name.starts_with("busybox-static") {
+            "./bin/busybox"
+        } else {
+            continue;
+        };
+        run_checked(Command::new("sh").arg("-c").arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' '{member}'",
+            deb.display(),
+            root.display()
+        )))?;
+    }
+    let kernel = find_boot(&root, "vmlinuz-").ok_or("the kernel package has no /boot/vmlinuz-*")?;
+    let config = find_boot(&root, "config-").ok_or("the kernel package has no /boot/config-*")?;
+    if !busybox.exists() {
+        return Err("busybox-static has no /bin/busybox".into());
+    }
+    let version = image_pkg
+        .strip_prefix("linux-image-")
+        .unwrap_or(&image_pkg)
+        .to_owned();
+    Ok(Fetched {
+        kernel,
+        config,
+        busybox,
+        version,
+    })
+}
+
+/// The Debian suite to fetch from: this machine's (VERSION_CODENAME in
+/// /etc/os-release), else bookworm.
+fn debian_suite() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "bookworm".to_owned())
+}
+
+/// What the kernel config says about pKVM guest support: the lines
+/// mentioning PKVM, and whether CONFIG_ARM_PKVM_GUEST=y.
+pub fn pkvm_config(config: &Path) -> Result<(bool, Vec<String>)> {
+    let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("PKVM") || l.starts_with("CONFIG_VIRT_DRIVERS"))
+        .map(str::to_owned)
+        .collect();
+    let guest = text.lines().any(|l| l.trim() == "CONFIG_ARM_PKVM_GUEST=y");
+    Ok((guest, lines))
+}
+
+/// /init: mounts /proc, /sys and /dev, prints the marker `LINUX-GUEST-INIT-OK`
+/// (also into the kernel log, where it gets a timestamp for boot timing),
+/// runs a few commands and powers off.
+const INIT_SCRIPT: &str = "#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo LINUX-GUEST-INIT-OK
+echo LINUX-GUEST-INIT-OK > /dev/kmsg
+uname -a
+echo \"cpus online: $(cat /sys/devices/system/cpu/online)\"
+cat /proc/interrupts
+echo LINUX-GUEST-DONE
+poweroff -f
+";
+
+/// busybox applets /init uses (symlinks in /bin).
+const APPLETS: &[&str] = &["sh", "mount", "uname", "cat", "poweroff", "echo", "ls"];
+
+/// A newc ("070701") cpio archive, the initramfs format
+/// (Documentation/driver-api/early-userspace/buffer-format.rst).
+#[derive(Default)]
+pub struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn pad4(&mut self) {
+        while !self.out.len().is_multiple_of(4) {
+            self.out.push(0);
+        }
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+        self.ino += 1;
+        let fields = [
+            self.ino,
+            mode,
+            0, // uid
+            0, // gid
+            if mode & 0o170000 == 0o040000 { 2 } else { 1 },
+            0, // mtime
+            data.len() as u32,
+            0, // devmajor
+            0, // devminor
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0, // check
+        ];
+        self.out.extend_from_slice(b"070701");
+        for f in fields {
+            self.out.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad4();
+        self.out.extend_from_slice(data);
+        self.pad4();
+    }
+
+    /// A directory.
+    pub fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040755, (0, 0), &[]);
+    }
+
+    /// A regular file.
+    pub fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.entry(name, 0o100000 | mode, (0, 0), data);
+    }
+
+    /// A symbolic link.
+    pub fn symlink(&mut self, name: &str, target: &str) {
+        self.entry(name, 0o120777, (0, 0), target.as_bytes());
+    }
+
+    /// A character device.
+    pub fn chardev(&mut self, name: &str, mode: u32, major: u32, minor: u32) {
+        self.entry(name, 0o020000 | mode, (major, minor), &[]);
+    }
+
+    /// The archive with its trailer.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        // The kernel reads the initramfs in 512-byte blocks' worth; pad.
+        while !self.out.len().is_multiple_of(512) {
+            self.out.push(0);
+        }
+        self.out
+    }
+}
+
+/// Builds the initramfs (busybox, /init, /dev/console) into target/linux-cache.
+pub fn initramfs(busybox: &Path) -> Result<PathBuf> {
+    let mut c = Cpio::default();
+    for d in ["bin", "dev", "proc", "sys", "tmp", "root"] {
+        c.dir(d);
+    }
+    c.chardev("dev/console", 0o600, 5, 1);
+    c.file("bin/busybox", 0o755, &read(busybox)?);
+    for a in APPLETS {
+        c.symlink(&format!("bin/{a}"), "busybox");
+    }
+    c.file("init", 0o755, INIT_SCRIPT.as_bytes());
+    let path = cache_dir().join("initramfs.cpio");
+    write(&path, &c.finish())?;
+    Ok(path)
+}
+
+/// Everything `cargo xtask linux` and the test step need: fetched files, the
+/// initramfs, the pKVM finding, and the prepared guest.
+pub struct LinuxGuest {
+    /// The fetched packages.
+    pub fetched: Fetched,
+    /// The prepared guest (loader arguments and boot arguments).
+    pub prepared: Prepared,
+}
+
+/// Fetches, builds the initramfs and prepares the guest with `smp` vCPUs.
+pub fn linux_guest(
+    smp: u32,
+    protected: bool,
+    append: Option<String>,
+    host_extra: Option<&str>,
+) -> Result<LinuxGuest> {
+    let fetched = fetch()?;
+    let (guest_driver, lines) = pkvm_config(&fetched.config)?;
+    note(&format!(
+        "linux: {} pKVM guest driver (CONFIG_ARM_PKVM_GUEST): {}; config lines: {}",
+        fetched.version,
+        if guest_driver { "built in" } else { "absent" },
+        if lines.is_empty() {
+            "none mention PKVM".to_owned()
+        } else {
+            lines.join(", ")
+        }
+    ));
+    let initrd = initramfs(&fetched.busybox)?;
+    let prepared = prepare(
+        &GuestOpts {
+            kernel: fetched.kernel.clone(),
+            initrd: Some(initrd),
+            append,
+            smp,
+            mem_mib: None,
+            protected,
+        },
+        host_extra,
+    )?;
+    Ok(LinuxGuest { fetched, prepared })
+}
+
+/// The host's FDT writer (crates/host, no_std, `core` only), checked here
+/// with a DTB parser because the host crate has no host-side tests.
+#[cfg(test)]
+#[path = "../../crates/host/src/fdt_writer.rs"]
+#[allow(dead_code)]
+mod fdt_writer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdt_writer_output_parses() {
+        let mut buf = vec![0u8; 4096];
+        let mut w = fdt_writer::FdtWriter::new(&mut buf);
+        w.begin_node("");
+        w.prop_u32("#address-cells", 2);
+        w.prop_u32("#size-cells", 2);
+        w.begin_node("chosen");
+        w.prop_str("bootargs", "console=ttyAMA0 rdinit=/init");
+        w.prop_u64("linux,initrd-start", 0x4800_0000);
+        w.end_node();
+        w.begin_node("memory@40000000");
+        w.prop_str("device_type", "memory");
+        w.prop_reg64("reg", &[(0x4000_0000, 0x1000_0000)]);
+        w.end_node();
+        w.begin_node("cpus");
+        w.prop_u32("#address-cells", 1);
+        w.prop_u32("#size-cells", 0);
+        for n in ["cpu@0", "cpu@1"] {
+            w.begin_node(n);
+            w.prop_str("device_type", "cpu");
+            w.prop_str("enable-method", "psci");
+            w.end_node();
+        }
+        w.end_node();
+        w.begin_node("pl011@9000000");
+        w.prop_strs("compatible", &["arm,pl011", "arm,primecell"]);
+        w.prop_empty("interrupt-controller");
+        w.end_node();
+        w.end_node();
+        let n = w.finish().expect("fits");
+        assert_eq!(n % 8, 0);
+        let fdt = fdt::Fdt::new(&buf[..n]).expect("valid DTB");
+        assert_eq!(
+            fdt.chosen().bootargs(),
+            Some("console=ttyAMA0 rdinit=/init")
+        );
+        assert_eq!(fdt.cpus().count(), 2);
+        let m = fdt.memory().regions().next().expect("a memory region");
+        assert_eq!(m.starting_address as u64, 0x4000_0000);
+        assert_eq!(m.size, Some(0x1000_0000));
+        let uart = fdt.find_node("/pl011@9000000").expect("uart node");
+        let compat: Vec<&str> = uart.compatible().expect("compatible").all().collect();
+        assert_eq!(compat, ["arm,pl011", "arm,primecell"]);
+        assert!(uart.property("interrupt-controller").is_some());
+        let start = fdt
+            .find_node("/chosen")
+            .and_then(|c| c.property("linux,initrd-start"))
+            .and_then(|p| p.as_usize());
+        assert_eq!(start, Some(0x4800_0000));
+    }
+
+    #[test]
+    fn fdt_writer_reports_overflow_and_imbalance() {
+        let mut small = vec![0u8; 64];
+        let mut w = fdt_writer::FdtWriter::new(&mut small);
+        w.begin_node("");
+        w.prop_str(
+            "bootargs",
+            "a long enough string to overflow sixty-four bytes",
+        );
+        w.end_node();
+        assert_eq!(w.finish(), Err(fdt_writer::FdtError::Full));
+        let mut buf = vec![0u8; 256];
+        let mut w = fdt_writer::FdtWriter::new(&mut buf);
+        w.begin_node("");
+        assert_eq!(w.finish(), Err(fdt_writer::FdtError::Unbalanced));
+    }
+
+    #[test]
+    fn cpio_newc_layout() {
+        let mut c = Cpio::default();
+        c.dir("bin");
+        c.symlink("bin/sh", "busybox");
+        let a = c.finish();
+        assert_eq!(&a[..6], b"070701");
+        // ino 1, directory mode, nlink 2, name size 4 ("bin\0").
+        assert_eq!(&a[6..14], b"00000001");
+        assert_eq!(&a[14..22], b"000041ED");
+        assert_eq!(&a[38..46], b"00000002");
+        assert_eq!(&a[94..102], b"00000004");
+        assert_eq!(&a[110..114], b"bin\0");
+        // Next header 4-aligned right after the name (110 + 4 = 114 -> 116).
+        assert_eq!(&a[116..122], b"070701");
+        assert!(a.len().is_multiple_of(512));
+        let s = String::from_utf8_lossy(&a);
+        assert!(s.contains("TRAILER!!!"));
+        // "bin/sh\0" ends at 233, padded to 236, then the link target.
+        assert!(s.contains("bin/sh\0\0\0\0busybox"));
+    }
+}
