@@ -165,6 +165,19 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
         guests[n] = Some(g);
         n += 1;
     }
+    if arg(info, "assign") == Some("rtc") {
+        // QEMU virt's PL031 (see platforms/qemu/board.toml) to VM 1.
+        let h = guests[0].as_ref().map_or(0, |g| g.handle.0);
+        match call(hyp_abi::DEVICE_ASSIGN, [h, 0x0901_0000, 0x1000, 34]) {
+            Ok(_) => println!("host: PL031 RTC assigned to VM {h}"),
+            Err(e) => fail(format_args!("DEVICE_ASSIGN of the RTC to VM {h}: {e:?}")),
+        }
+        // A device belongs to one VM; a frame or interrupt that is not an
+        // assignable device is refused.
+        let again = call(hyp_abi::DEVICE_ASSIGN, [h, 0x0901_0000, 0x1000, 34]);
+        let uart = call(hyp_abi::DEVICE_ASSIGN, [h, 0x0900_0000, 0x1000, 33]);
+        println!("host: assigning it again: {again:?}; assigning the UART: {uart:?}");
+    }
     GUESTS.call_once(|| (guests, n));
 
     for c in 1..info.cpus {

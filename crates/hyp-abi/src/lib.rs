@@ -18,6 +18,7 @@
 //! | `0xC6000047` | STATS         | handle (0: host) | reason index (255: total) | | | count |
 //! | `0xC6000048` | VCPU_STATE    | handle | vCPU |        |        | 0 on, 1 off, 2 on pending |
 //! | `0xC6000049` | MACHINE_EXIT  | status |      |        |        | does not return |
+//! | `0xC600004A` | DEVICE_ASSIGN | handle | PA   | size   | INTID  | 0 |
 #![no_std]
 
 /// First host function ID.
@@ -43,8 +44,12 @@ pub const VCPU_STATE: u32 = FID_BASE + 8;
 /// MACHINE_EXIT(status): powers the machine off; a non-zero status makes
 /// QEMU exit with it (semihosting), so a failed run fails its caller.
 pub const MACHINE_EXIT: u32 = FID_BASE + 9;
+/// DEVICE_ASSIGN(handle, pa, size, intid): gives VM `handle` one of the
+/// board's assignable devices: its frame is mapped into the VM at the same
+/// address and its interrupt delivered through the VM's vGIC.
+pub const DEVICE_ASSIGN: u32 = FID_BASE + 10;
 /// Last host function ID.
-pub const FID_LAST: u32 = MACHINE_EXIT;
+pub const FID_LAST: u32 = DEVICE_ASSIGN;
 
 /// MEM_DONATE/MEM_LEND flag (x5): ownership changes at once, but the
 /// guest's stage 2 maps each page only when the guest first touches it (a

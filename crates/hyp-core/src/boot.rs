@@ -210,7 +210,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         Ok(b) => b,
         Err(e) => panic!("cannot load the host VM: {e}"),
     };
-    if let Err(e) = vm::init(host_ram, fwb) {
+    if let Err(e) = vm::init(host_ram, fwb, p.assignable) {
         panic!("cannot set up the host's stage 2: {e}");
     }
     log::info!(

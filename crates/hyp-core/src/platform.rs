@@ -106,6 +106,18 @@ pub enum GicLayout {
     },
 }
 
+/// A device the host may assign to one VM: its MMIO frame is mapped into the
+/// VM's stage 2 at the same address and its SPI routed to the VM's vGIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssignableDevice {
+    /// Name (for logs).
+    pub name: &'static str,
+    /// MMIO frame.
+    pub region: MemRegion,
+    /// Its interrupt (an SPI INTID).
+    pub intid: u32,
+}
+
 /// Everything board-specific the core needs.
 pub struct Platform {
     /// Board name, printed at boot.
@@ -122,6 +134,8 @@ pub struct Platform {
     pub vm_pool: MemRegion,
     /// Interrupt controller.
     pub gic: GicLayout,
+    /// Devices the host may assign to a VM.
+    pub assignable: &'static [AssignableDevice],
     /// Firmware operations.
     pub ops: &'static dyn PlatformOps,
 }

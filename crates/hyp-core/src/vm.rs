@@ -25,7 +25,7 @@ use crate::control::{self, Control, HostError, PhysMem, RunEnd, MAX_VMS};
 use crate::exit::{self, DataAbort, Esr, ExitReason, MmioAccess};
 use crate::hypercall::{self, Hypercall};
 use crate::inject::{self, Injected};
-use crate::platform::MemRegion;
+use crate::platform::{AssignableDevice, MemRegion};
 use crate::{stats, uart_emul};
 use barriers::sync::El2Fp;
 use barriers::{regs, GuestPending, Synced};
@@ -160,7 +160,12 @@ pub fn control() -> &'static Mutex<Ctl> {
 /// # Errors
 ///
 /// A message naming what failed.
-pub fn init(host_ram: MemRegion, fwb: bool) -> Result<(), &'static str> {
+pub fn init(
+    host_ram: MemRegion,
+    fwb: bool,
+    assignable: &'static [AssignableDevice],
+) -> Result<(), &'static str> {
+    ASSIGNABLE.call_once(|| assignable);
     let parange = sysreg::id_aa64mmfr0_el1() & 0xf;
     let ctl = Control::new(
         PoolAlloc,
@@ -224,6 +229,115 @@ impl VcpuCtx {
         self.regs.pc = entry;
         self.regs.pstate = inject::PSTATE_DAIF | inject::PSTATE_EL1H;
         self.hcr = hcr;
+    }
+}
+
+/// The board's assignable devices.
+static ASSIGNABLE: Once<&'static [AssignableDevice]> = Once::new();
+/// Most assignable devices tracked.
+const MAX_ASSIGNED: usize = 4;
+/// Per assignable device: the VM slot + 1 it belongs to (0: none).
+static ASSIGNED: [AtomicU8; MAX_ASSIGNED] = [const { AtomicU8::new(0) }; MAX_ASSIGNED];
+/// Per assignable device: its SPI is disabled at the physical distributor
+/// while the VM handles it (re-enabled once the line drops).
+static ASSIGNED_MASKED: [AtomicU8; MAX_ASSIGNED] = [const { AtomicU8::new(0) }; MAX_ASSIGNED];
+
+fn assignable() -> &'static [AssignableDevice] {
+    let a = ASSIGNABLE.get().copied().unwrap_or(&[]);
+    &a[..a.len().min(MAX_ASSIGNED)]
+}
+
+/// DEVICE_ASSIGN: maps one of the board's assignable devices into VM
+/// `handle` (same address) and routes its SPI to the VM's vGIC. A device
+/// goes to one VM at a time, and only to a VM with a vGIC.
+fn assign_device(handle: u64, pa: u64, size: u64, intid: u64) -> Result<(), HostError> {
+    let (i, dev) = assignable()
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.region.base == pa && d.region.size == size && u64::from(d.intid) == intid)
+        .ok_or(HostError::Invalid)?;
+    let slot = control().lock().vm(handle)?.vmid as usize - 1;
+    if VGIC[slot].read().is_none() {
+        return Err(HostError::State);
+    }
+    if ASSIGNED[i]
+        .compare_exchange(0, slot as u8 + 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return Err(HostError::Denied);
+    }
+    if let Err(e) = control().lock().map_device(handle, pa, pa, size) {
+        ASSIGNED[i].store(0, Ordering::Release);
+        return Err(e);
+    }
+    ASSIGNED_MASKED[i].store(0, Ordering::Release);
+    if let Some(g) = gic::phys() {
+        g.spi_setup(dev.intid);
+    }
+    log::info!(
+        "VM {handle}: device {} assigned (SPI {})",
+        dev.name,
+        dev.intid
+    );
+    Ok(())
+}
+
+/// Takes back the devices of VM slot `slot` (destroyed).
+fn unassign_devices(slot: usize) {
+    for (i, dev) in assignable().iter().enumerate() {
+        if ASSIGNED[i].load(Ordering::Acquire) == slot as u8 + 1 {
+            if let Some(g) = gic::phys() {
+                g.spi_enable(dev.intid, false);
+            }
+            ASSIGNED[i].store(0, Ordering::Release);
+        }
+    }
+}
+
+/// A physical interrupt of an assigned device: disabled at the distributor
+/// until its line drops, and raised as the same INTID in the owner's vGIC.
+/// True when `intid` belonged to an assigned device.
+fn forward_device_irq(c: &mut Cpu<'_>, intid: u32, pending: &mut GuestPending) -> bool {
+    let Some(i) = assignable().iter().position(|d| d.intid == intid) else {
+        return false;
+    };
+    let owner = ASSIGNED[i].load(Ordering::Acquire);
+    if let Some(g) = gic::phys() {
+        g.spi_enable(intid, false);
+    }
+    if owner == 0 {
+        return true;
+    }
+    ASSIGNED_MASKED[i].store(1, Ordering::Release);
+    let slot = owner as usize - 1;
+    let kick = VGIC[slot]
+        .read()
+        .as_ref()
+        .and_then(|vg| vg.set_level(0, intid, true).ok())
+        .unwrap_or(0);
+    kick_vcpus(c, slot, usize::MAX, kick, pending);
+    true
+}
+
+/// Before VM `slot` runs: for each of its devices whose interrupt was
+/// forwarded, samples the line (the distributor's pending bit) into the
+/// vGIC, and re-enables the physical SPI once the device dropped it.
+fn resample_devices(slot: usize, vg: &Vgic) {
+    for (i, dev) in assignable().iter().enumerate() {
+        if ASSIGNED[i].load(Ordering::Acquire) != slot as u8 + 1
+            || ASSIGNED_MASKED[i].load(Ordering::Acquire) == 0
+        {
+            continue;
+        }
+        let Some(g) = gic::phys() else {
+            return;
+        };
+        let level = g.spi_pending(dev.intid);
+        let _ = vg.set_level(0, dev.intid, level);
+        if !level {
+            ASSIGNED_MASKED[i].store(0, Ordering::Release);
+            g.spi_enable(dev.intid, true);
+        }
     }
 }
 
@@ -538,8 +652,13 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
             }
             Err(e) => err(e),
         },
+        hyp_abi::DEVICE_ASSIGN => match assign_device(a[0], a[1], a[2], a[3]) {
+            Ok(()) => 0,
+            Err(e) => err(e),
+        },
         hyp_abi::VM_DESTROY => match control().lock().destroy(a[0]) {
             Ok(n) => {
+                unassign_devices(a[0] as usize - 1);
                 *VGIC[a[0] as usize - 1].write() = None;
                 n
             }
@@ -696,7 +815,7 @@ fn guest_loop(
     let mut resync = true;
     loop {
         if let (true, Some(vg)) = (resync, vg) {
-            vgic_before_entry(c, ctx, vg, &mut pending);
+            vgic_before_entry(c, who, ctx, vg, &mut pending);
         }
         let entry = barriers::enter_guest(&c.sync.eos, pending);
         // SAFETY: TPIDR_EL2 points at `c.save`; the VM's stage 2, HCR and
@@ -986,10 +1105,19 @@ fn map_on_demand(who: Who, esr: Esr) -> bool {
 /// Before entering a guest: samples its virtual timer's output into the
 /// vGIC (level-sensitive PPI 27), re-enables the physical timer PPI once the
 /// level dropped, and loads the list registers.
-fn vgic_before_entry(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, vg: &Vgic, pending: &mut GuestPending) {
+fn vgic_before_entry(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    vg: &Vgic,
+    pending: &mut GuestPending,
+) {
     let Some(g) = gic::phys() else {
         return;
     };
+    if let Who::Guest { slot, .. } = who {
+        resample_devices(slot, vg);
+    }
     // CNTV_CTL_EL0: ENABLE (bit 0), IMASK (bit 1), ISTATUS (bit 2).
     let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
     let level = ctl & 0b111 == 0b101;
@@ -1100,14 +1228,19 @@ fn sgi1r_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, esr: Esr, vg: Option
     true
 }
 
-/// Makes the vCPUs in `kick` (of VM `slot`) notice new virtual interrupts:
+/// Makes the vCPUs in `kick` (of VM `slot`) notice new virtual interrupts
+/// (`me`: the vCPU that caused them, or `usize::MAX`):
 /// one running on another physical CPU gets a physical SGI and exits; one
 /// not running sees them at its next entry.
 fn kick_vcpus(c: &mut Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut GuestPending) {
     let Some(g) = gic::phys() else {
         return;
     };
-    if kick & !(1 << me) == 0 {
+    // `me` (the vCPU that caused the kick) needs none; `usize::MAX`: none is.
+    let me_bit = u8::try_from(me)
+        .ok()
+        .and_then(|m| 1u8.checked_shl(u32::from(m)));
+    if kick & !me_bit.unwrap_or(0) == 0 {
         return;
     }
     let ctl = control().lock();
@@ -1171,6 +1304,7 @@ fn physical_irq(c: &mut Cpu<'_>, pending: &mut GuestPending) -> bool {
         // Maintenance (the vGIC re-syncs after every exit) and kicks (the
         // exit itself was the point).
         gic::MAINTENANCE_PPI | gic::KICK_SGI => {}
+        _ if intid >= 32 && forward_device_irq(c, intid, pending) => {}
         _ => log::warn!("CPU {}: unexpected physical interrupt {intid}", c.idx),
     }
     g.eoi(raw, c.sync.gic.as_ref(), pending);

@@ -67,6 +67,11 @@ static PLATFORM: Platform = Platform {
         gicd: board::GICD.base,
         gicr: board::GICR.base,
     },
+    assignable: &[hyp_core::platform::AssignableDevice {
+        name: "pl031-rtc",
+        region: mem(board::RTC),
+        intid: 34,
+    }],
     ops: &QemuOps,
 };
 

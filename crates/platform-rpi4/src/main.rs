@@ -227,6 +227,7 @@ static PLATFORM: Platform = Platform {
         gich: board::GICH.base,
         gicv: board::GICV.base,
     },
+    assignable: &[],
     ops: &Rpi4Ops,
 };
 

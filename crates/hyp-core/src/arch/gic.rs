@@ -37,7 +37,11 @@ pub const SPURIOUS: u32 = 1023;
 const MINE: [u32; 4] = [HYP_TIMER_PPI, VTIMER_PPI, MAINTENANCE_PPI, KICK_SGI];
 
 const GICD_CTLR: u64 = 0x0;
+const GICD_IGROUPR: u64 = 0x080;
 const GICD_ISENABLER: u64 = 0x100;
+const GICD_ISPENDR: u64 = 0x200;
+const GICD_ITARGETSR: u64 = 0x800;
+const GICD_IROUTER: u64 = 0x6000;
 const GICD_ICENABLER: u64 = 0x180;
 const GICD_IPRIORITYR: u64 = 0x400;
 const GICD_SGIR: u64 = 0xf00;
@@ -73,6 +77,8 @@ fn write8(addr: u64, v: u8) {
 pub enum Phys {
     /// GICv3.
     V3 {
+        /// Distributor.
+        gicd: u64,
         /// First redistributor.
         gicr: u64,
     },
@@ -98,7 +104,7 @@ pub fn init(layout: GicLayout) {
     let p = match layout {
         GicLayout::V3 { gicd, gicr } => {
             write32(gicd + GICD_CTLR, (1 << 4) | 0b11);
-            Phys::V3 { gicr }
+            Phys::V3 { gicd, gicr }
         }
         GicLayout::V2 {
             gicd,
@@ -141,7 +147,7 @@ impl Phys {
     pub fn init_cpu(&self, cpu: usize, sre: Option<&Synced<GicSre>>, pending: &mut GuestPending) {
         let mask = MINE.iter().fold(0u32, |m, &i| m | (1 << i));
         match *self {
-            Phys::V3 { gicr } => {
+            Phys::V3 { gicr, .. } => {
                 let sre = sre.expect("GICv3 needs ICC_SRE_EL2.SRE synchronised");
                 let rd = gicr + cpu as u64 * GICR_STRIDE;
                 // ProcessorSleep (bit 1) off, then wait for ChildrenAsleep (bit 2).
@@ -205,7 +211,7 @@ impl Phys {
     /// be this CPU for GICv2, whose registers are banked).
     pub fn ppi_enable(&self, cpu: usize, intid: u32, on: bool) {
         match *self {
-            Phys::V3 { gicr } => {
+            Phys::V3 { gicr, .. } => {
                 let rd = gicr + cpu as u64 * GICR_STRIDE;
                 let reg = if on { GICR_ISENABLER0 } else { GICR_ICENABLER0 };
                 write32(rd + reg, 1 << intid);
@@ -233,6 +239,52 @@ impl Phys {
             }
             (Phys::V3 { .. }, None) => unreachable!("GICv3 without ICC_SRE_EL2"),
         }
+    }
+}
+
+impl Phys {
+    fn gicd(&self) -> u64 {
+        match *self {
+            Phys::V3 { gicd, .. } | Phys::V2 { gicd, .. } => gicd,
+        }
+    }
+
+    /// Configures SPI `intid` of an assigned device: group 1 (v3), middle
+    /// priority, level-sensitive (reset), delivered to CPU 0, enabled.
+    pub fn spi_setup(&self, intid: u32) {
+        let d = self.gicd();
+        let (word, bit) = (u64::from(intid / 32) * 4, 1u32 << (intid % 32));
+        write8(d + GICD_IPRIORITYR + u64::from(intid), 0x80);
+        match self {
+            Phys::V3 { .. } => {
+                write32(
+                    d + GICD_IGROUPR + word,
+                    read32(d + GICD_IGROUPR + word) | bit,
+                );
+                // IROUTER: Aff3.Aff2.Aff1.Aff0 = 0.0.0.0 (CPU 0), IRM = 0.
+                let r = d + GICD_IROUTER + 8 * u64::from(intid);
+                write32(r, 0);
+                write32(r + 4, 0);
+            }
+            Phys::V2 { .. } => write8(d + GICD_ITARGETSR + u64::from(intid), 1),
+        }
+        self.spi_enable(intid, true);
+    }
+
+    /// Enables (`on`) or disables SPI `intid` at the distributor.
+    pub fn spi_enable(&self, intid: u32, on: bool) {
+        let reg = if on { GICD_ISENABLER } else { GICD_ICENABLER };
+        write32(
+            self.gicd() + reg + u64::from(intid / 32) * 4,
+            1 << (intid % 32),
+        );
+    }
+
+    /// Whether SPI `intid` is pending at the distributor: for a level-
+    /// sensitive interrupt, whether its device still asserts the line
+    /// (disabling does not stop the pending state from following it).
+    pub fn spi_pending(&self, intid: u32) -> bool {
+        read32(self.gicd() + GICD_ISPENDR + u64::from(intid / 32) * 4) & (1 << (intid % 32)) != 0
     }
 }
 
