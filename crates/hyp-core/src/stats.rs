@@ -27,6 +27,13 @@ pub fn record(who: usize, reason: ExitReason) {
     }
 }
 
+/// Counts `n` exits of `who` at once (HVCs the vector answered itself).
+pub fn add(who: usize, reason: ExitReason, n: u64) {
+    if let Some(c) = COUNTS.get(who) {
+        c[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Counts a VM-wide clean+invalidate for `who`.
 pub fn cache_flush(who: usize) {
     if let Some(c) = FLUSHES.get(who) {

@@ -500,6 +500,10 @@ fn host_loop(c: &mut Cpu<'_>, host: &mut VcpuCtx, first: GuestPending) -> Next {
         // EL1 context are loaded; `host.regs` outlives the call.
         let kind = unsafe { world_switch::enter(&mut host.regs, &mut *c.save, entry) };
         pending = GuestPending::new();
+        let fast = c.save.take_fast_hvcs();
+        if fast != 0 {
+            stats::add(0, ExitReason::Hvc, fast);
+        }
         let next = match kind {
             VectorKind::Sync => host_sync(c, host, &mut pending),
             VectorKind::Irq | VectorKind::Fiq => {
@@ -822,6 +826,11 @@ fn guest_loop(
         // EL1 context are loaded; `ctx.regs` outlives the call.
         let kind = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
         pending = GuestPending::new();
+        // HVCs the vector answered by itself during this run (`__hvc_fast`).
+        let fast = c.save.take_fast_hvcs();
+        if fast != 0 {
+            stats::add(who.stats_index(), ExitReason::Hvc, fast);
+        }
         if kind == VectorKind::Sync && fast_exit(who, ctx, vg) {
             resync = false;
             continue;

@@ -35,6 +35,9 @@ pub struct HostSave {
     callee: [u64; 12],
     sp: u64,
     guest: *mut GuestRegs,
+    /// HVCs answered in the vector itself (`__hvc_fast`) since the last
+    /// [`HostSave::take_fast_hvcs`].
+    fast_hvcs: u64,
 }
 
 const _: () = {
@@ -42,6 +45,7 @@ const _: () = {
     assert!(offset_of!(GuestRegs, pstate) == 256);
     assert!(offset_of!(HostSave, sp) == 96);
     assert!(offset_of!(HostSave, guest) == 104);
+    assert!(offset_of!(HostSave, fast_hvcs) == 112);
 };
 
 impl HostSave {
@@ -51,7 +55,16 @@ impl HostSave {
             callee: [0; 12],
             sp: 0,
             guest: core::ptr::null_mut(),
+            fast_hvcs: 0,
         }
+    }
+}
+
+impl HostSave {
+    /// Returns and clears the count of HVCs the vector answered by itself,
+    /// so the caller can add them to the exit statistics of whoever ran.
+    pub fn take_fast_hvcs(&mut self) -> u64 {
+        core::mem::take(&mut self.fast_hvcs)
     }
 }
 
