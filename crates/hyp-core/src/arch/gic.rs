@@ -72,28 +72,9 @@ fn write8(addr: u64, v: u8) {
     unsafe { core::ptr::write_volatile(addr as *mut u8, v) }
 }
 
-/// The board's physical GIC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phys {
-    /// GICv3.
-    V3 {
-        /// Distributor.
-        gicd: u64,
-        /// First redistributor.
-        gicr: u64,
-    },
-    /// GICv2.
-    V2 {
-        /// Distributor.
-        gicd: u64,
-        /// CPU interface.
-        gicc: u64,
-        /// Virtual interface control (this CPU's view).
-        gich: u64,
-        /// Virtual CPU interface (mapped into guests as their GICC).
-        gicv: u64,
-    },
-}
+/// The board's physical GIC: the layout the board gave (`GicLayout`), with
+/// the operations below.
+pub type Phys = GicLayout;
 
 static PHYS: Once<Phys> = Once::new();
 
@@ -101,24 +82,10 @@ static PHYS: Once<Phys> = Once::new();
 /// (affinity routing, both groups; QEMU virt runs it with security
 /// disabled, GICD_CTLR.DS = 1). Boot CPU, once, before secondaries start.
 pub fn init(layout: GicLayout) {
-    let p = match layout {
-        GicLayout::V3 { gicd, gicr } => {
-            write32(gicd + GICD_CTLR, (1 << 4) | 0b11);
-            Phys::V3 { gicd, gicr }
-        }
-        GicLayout::V2 {
-            gicd,
-            gicc,
-            gich,
-            gicv,
-        } => Phys::V2 {
-            gicd,
-            gicc,
-            gich,
-            gicv,
-        },
-    };
-    PHYS.call_once(|| p);
+    if let GicLayout::V3 { gicd, .. } = layout {
+        write32(gicd + GICD_CTLR, (1 << 4) | 0b11);
+    }
+    PHYS.call_once(|| layout);
 }
 
 /// The physical GIC, after [`init`].
