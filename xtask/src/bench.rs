@@ -338,12 +338,15 @@ pub fn guest_records(platform: Platform) -> Result<(Vec<Record>, Vec<String>)> {
 /// `cargo xtask bench`.
 pub fn bench(platform: Platform) -> Result<()> {
     if platform == Platform::Rpi4 {
-        // QEMU raspi4b passes no device tree, so `-append` never reaches
-        // the hypervisor and the host cannot be told to run guest-bench
-        // (it runs guest-hello). `size` works for both boards.
+        // raspi4b's generic timer counts at 54 MHz, so under `-icount
+        // shift=0` (one instruction per nanosecond) a counter tick is about
+        // 18.5 instructions: per-iteration figures would not be exact
+        // instruction counts. QEMU virt's counter runs at 1 GHz. `size`
+        // works for both boards.
         return Err(
-            "bench on rpi4 is not supported yet: QEMU raspi4b passes no device tree, \
-                    so the bootargs selecting guest-bench never reach the hypervisor"
+            "bench on rpi4 is not supported: raspi4b's counter runs at 54 MHz, so under \
+             -icount shift=0 one tick is ~18.5 instructions and the figures would not be \
+             exact; use --platform qemu (1 GHz counter)"
                 .to_owned(),
         );
     }
