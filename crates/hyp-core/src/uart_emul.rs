@@ -13,10 +13,14 @@ pub const WINDOW: u64 = 0x1000;
 /// Flag register value: TXFE (bit 7) and RXFE (bit 4), never busy or full.
 const FR_IDLE: u64 = (1 << 7) | (1 << 4);
 
+/// Longest line printed in one piece; longer output is split. Long enough
+/// for Linux's version banner.
+pub const LINE_MAX: usize = 256;
+
 /// Per-vCPU line buffer.
 #[derive(Debug)]
 pub struct LineBuffer {
-    buf: [u8; 160],
+    buf: [u8; LINE_MAX],
     len: usize,
 }
 
@@ -31,7 +35,7 @@ impl LineBuffer {
     #[must_use]
     pub const fn new() -> Self {
         Self {
-            buf: [0; 160],
+            buf: [0; LINE_MAX],
             len: 0,
         }
     }
@@ -96,10 +100,10 @@ mod tests {
     #[test]
     fn full_buffer_flushes() {
         let mut l = LineBuffer::new();
-        for _ in 0..159 {
+        for _ in 0..LINE_MAX - 1 {
             assert!(l.push(b'x').is_none());
         }
-        assert_eq!(l.push(b'y').map(<[u8]>::len), Some(160));
+        assert_eq!(l.push(b'y').map(<[u8]>::len), Some(LINE_MAX));
     }
 
     #[test]
