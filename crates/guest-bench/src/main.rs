@@ -46,11 +46,10 @@
 #![no_std]
 #![no_main]
 
-mod gic;
-
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
+use guest_rt::gic;
 use guest_rt::println;
 
 /// Iterations of the cheap metrics.
@@ -146,15 +145,15 @@ fn irq_hook(e: &guest_rt::Exception, _frame: &mut guest_rt::Frame) -> bool {
         return false;
     }
     loop {
-        let intid = gic::ack();
+        let a = gic::ack();
+        let intid = a.intid();
         if intid >= 1020 {
             return true;
         }
         if intid == gic::VTIMER_PPI {
-            // SAFETY: disables this vCPU's virtual timer.
-            unsafe { asm!("msr cntv_ctl_el0, xzr", "isb", options(nostack)) };
+            gic::vtimer::set_ctl(0);
         }
-        gic::eoi(intid);
+        gic::eoi(a);
         IRQS[cpu_index()].fetch_add_plain(1);
     }
 }
@@ -243,16 +242,16 @@ fn fail(why: core::fmt::Arguments<'_>) -> ! {
 #[unsafe(no_mangle)]
 fn guest_main(cpu: usize, handle: u64) -> ! {
     if cpu != 0 {
-        secondary(cpu);
+        secondary();
     }
     if handle != 1 {
         partner(handle);
     }
     install_vectors();
-    let gic = gic::probe();
+    let has_gic = probe_gicv3();
     println!(
         "guest-bench: VM {handle}, GICv3 {}",
-        if gic { "present" } else { "absent" }
+        if has_gic { "present" } else { "absent" }
     );
     // Counter reads and the loop around an empty body.
     let base = time(ITERS, |_| {});
@@ -262,9 +261,9 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
     // physical CPU, where the counter sees no other CPU's instructions.
     let r = guest_rt::hvc(PSCI_CPU_ON_64, 1, guest_rt::entry_point(), 0)[0];
     if r == 0 {
-        if gic {
-            gic::init_dist();
-            gic::init_cpu(0);
+        if has_gic {
+            gic::init_distributor();
+            init_gic_cpu();
             sgi_latency(base);
         } else {
             println!("bench: sgi_latency skipped (no GICv3 for guests on this board)");
@@ -312,11 +311,11 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
         })),
         ITERS,
     );
-    if gic {
+    if has_gic {
         report(
             "mmio_hyp",
             cost(time(ITERS, |_| {
-                read32(gic::GICD + 0x4);
+                read32(gic::GICD_BASE + 0x4);
             })),
             ITERS,
         );
@@ -330,9 +329,9 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
     );
     s2_fault(cost);
     mem_share_unshare(cost);
-    if gic {
-        gic::init_dist();
-        gic::init_cpu(0);
+    if has_gic {
+        gic::init_distributor();
+        init_gic_cpu();
         vtimer_latency();
     } else {
         println!("bench: vtimer_latency skipped (no GICv3 for guests on this board)");
@@ -378,12 +377,46 @@ fn mem_share_unshare(cost: impl Fn(u64) -> u64) {
     report("mem_share_unshare", cost(m), ITERS_SLOW);
 }
 
-/// vCPU 1: takes SGIs until told to stop.
-fn secondary(cpu: usize) -> ! {
+/// The SGI `sgi_latency` sends.
+const BENCH_SGI: u32 = 1;
+
+/// This vCPU's GIC CPU interface (`guest_rt::gic`), with the benchmark's
+/// SGI and the virtual timer enabled.
+fn init_gic_cpu() {
+    gic::init_cpu();
+    gic::enable(BENCH_SGI);
+    gic::enable(gic::VTIMER_PPI);
+}
+
+static PROBING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+static ABORTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether the VM has a GICv3 distributor: GICD_PIDR2.ArchRev (bits 7:4)
+/// is 3. Without a vGIC the read is aborted; the hook says so.
+fn probe_gicv3() -> bool {
+    PROBING.store(true, Ordering::Relaxed);
+    guest_rt::set_exception_hook(probe_hook);
+    let pidr2 = read32(gic::GICD_BASE + 0xffe8);
+    PROBING.store(false, Ordering::Relaxed);
     install_vectors();
-    gic::init_cpu(cpu);
-    // SAFETY: unmask IRQs (the vGIC delivers SGIs).
-    unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
+    !ABORTED.load(Ordering::Relaxed) && (pidr2 >> 4) & 0xf == 3
+}
+
+fn probe_hook(e: &guest_rt::Exception, frame: &mut guest_rt::Frame) -> bool {
+    // A synchronous data abort (EC 0x25) during the probe: skip the load.
+    if PROBING.load(Ordering::Relaxed) && e.vector == 4 && e.esr >> 26 == 0x25 {
+        ABORTED.store(true, Ordering::Relaxed);
+        frame.elr += 4;
+        return true;
+    }
+    false
+}
+
+/// vCPU 1: takes SGIs until told to stop.
+fn secondary() -> ! {
+    install_vectors();
+    init_gic_cpu();
+    gic::irq_unmask();
     SECONDARY_READY.store(1, Ordering::Release);
     while SECONDARY_STOP.load(Ordering::Acquire) == 0 {
         // SAFETY: WFE only waits (QEMU: lets the other CPU run).
@@ -408,7 +441,7 @@ fn sgi_latency(base: u64) {
     for i in 0..WARMUP + ITERS_SLOW {
         let seen = IRQS[1].load(Ordering::Acquire);
         let t0 = now();
-        gic::sgi(1, 1);
+        gic::send_sgi_to(BENCH_SGI, 1);
         let mut spins = 0u64;
         while IRQS[1].load(Ordering::Acquire) == seen {
             spins += 1;
@@ -430,17 +463,13 @@ fn sgi_latency(base: u64) {
 }
 
 fn vtimer_latency() {
-    // SAFETY: unmask IRQs (the vGIC delivers the virtual timer).
-    unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
+    gic::irq_unmask();
     let s = samples();
     for i in 0..WARMUP + ITERS_SLOW {
         let seen = IRQS[0].load(Ordering::Acquire);
         let cval = now() + TIMER_DELTA;
-        // SAFETY: programs and enables this vCPU's virtual timer.
-        unsafe {
-            asm!("msr cntv_cval_el0, {0}", "mov {1}, #1", "msr cntv_ctl_el0, {1}", "isb",
-                 in(reg) cval, out(reg) _, options(nostack));
-        }
+        gic::vtimer::set_cval(cval);
+        gic::vtimer::set_ctl(gic::vtimer::ENABLE);
         let mut spins = 0u64;
         while IRQS[0].load(Ordering::Acquire) == seen {
             spins += 1;
@@ -453,8 +482,7 @@ fn vtimer_latency() {
             s[i - WARMUP] = d as u32;
         }
     }
-    // SAFETY: masks IRQs again.
-    unsafe { asm!("msr daifset, #2", options(nomem, nostack)) };
+    gic::irq_mask();
     report("vtimer_latency", median(&mut s[..ITERS_SLOW]), ITERS_SLOW);
 }
 
