@@ -59,6 +59,48 @@ impl LineBuffer {
     }
 }
 
+/// Most vCPUs whose console output [`VmConsole`] assembles.
+pub const CONSOLE_VCPUS: usize = 8;
+
+/// One VM's console: a line buffer per vCPU, so vCPUs printing at the same
+/// time each get whole lines. A newline written by a vCPU with nothing
+/// buffered ends the line another vCPU of the VM left unfinished instead:
+/// a guest kernel's console writer can move to another vCPU in the middle
+/// of a line (Linux does, between the text and its newline).
+#[derive(Debug)]
+pub struct VmConsole {
+    lines: [LineBuffer; CONSOLE_VCPUS],
+}
+
+impl Default for VmConsole {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VmConsole {
+    /// No output buffered.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            lines: [const { LineBuffer::new() }; CONSOLE_VCPUS],
+        }
+    }
+
+    /// Adds byte `b` written by `vcpu`; returns a complete line when one ends.
+    pub fn push(&mut self, vcpu: usize, b: u8) -> Option<&[u8]> {
+        let vcpu = vcpu % CONSOLE_VCPUS;
+        let target = if b == b'\n' && self.lines[vcpu].len == 0 {
+            (0..CONSOLE_VCPUS)
+                .find(|&w| self.lines[w].len != 0)
+                .unwrap_or(vcpu)
+        } else {
+            vcpu
+        };
+        self.lines[target].push(b)
+    }
+}
+
 /// Result of a register read.
 #[must_use]
 pub fn read(offset: u64) -> u64 {
@@ -104,6 +146,23 @@ mod tests {
             assert!(l.push(b'x').is_none());
         }
         assert_eq!(l.push(b'y').map(<[u8]>::len), Some(LINE_MAX));
+    }
+
+    #[test]
+    fn console_lines_per_vcpu_and_moved_newline() {
+        let mut c = VmConsole::new();
+        for b in b"ab" {
+            assert!(c.push(0, *b).is_none());
+        }
+        for b in b"xy" {
+            assert!(c.push(1, *b).is_none());
+        }
+        // Each vCPU's own newline ends its own line.
+        assert_eq!(c.push(1, b'\n'), Some(&b"xy"[..]));
+        // vCPU 2 has nothing buffered: its newline ends vCPU 0's line.
+        assert_eq!(c.push(2, b'\n'), Some(&b"ab"[..]));
+        // A newline with nothing buffered anywhere is an empty line.
+        assert_eq!(c.push(3, b'\n'), Some(&b""[..]));
     }
 
     #[test]

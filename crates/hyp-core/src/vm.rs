@@ -199,7 +199,6 @@ pub struct VcpuCtx {
     mmio: Option<MmioAccess>,
     /// Set/way operations since the last VM-wide flush need no new flush.
     sw_flushed: bool,
-    uart: uart_emul::LineBuffer,
     /// The vCPU's virtual GIC CPU interface state.
     vif: VcpuIf,
 }
@@ -217,7 +216,6 @@ impl VcpuCtx {
             hcr: HCR_BASE,
             mmio: None,
             sw_flushed: false,
-            uart: uart_emul::LineBuffer::new(),
             vif: VcpuIf::new(0),
         }
     }
@@ -349,6 +347,10 @@ static VGIC: [RwLock<Option<Vgic>>; MAX_VMS] = [const { RwLock::new(None) }; MAX
 pub const VGICD_IPA: u64 = 0x0800_0000;
 /// Guest IPA of the first virtual redistributor.
 pub const VGICR_IPA: u64 = 0x080a_0000;
+
+/// Console output of the host (index 0) and each VM slot (slot + 1).
+static CONSOLES: [Mutex<uart_emul::VmConsole>; MAX_VMS + 1] =
+    [const { Mutex::new(uart_emul::VmConsole::new()) }; MAX_VMS + 1];
 
 static GUEST_CTX: [[Mutex<VcpuCtx>; MAX_VCPUS]; MAX_VMS] =
     [const { [const { Mutex::new(VcpuCtx::new()) }; MAX_VCPUS] }; MAX_VMS];
@@ -648,6 +650,8 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
         hyp_abi::VM_CREATE => match create_vm(a[0], a[1]) {
             Ok(h) => {
                 stats::reset(h as usize);
+                // Nothing a previous VM in this slot left unfinished.
+                *CONSOLES[h as usize].lock() = uart_emul::VmConsole::new();
                 // The vGIC: GICv3, or GICv2 with the GIC-400's GICV frame
                 // mapped as the guest's GICC (`new_vgic`).
                 *VGIC[h as usize - 1].write() =
@@ -1448,7 +1452,12 @@ fn data_abort(
                     ctx.regs.x[m.reg as usize]
                 };
                 if let Some(b) = uart_emul::write(off, val) {
-                    if let Some(line) = ctx.uart.push(b) {
+                    let vcpu = match who {
+                        Who::Host => c.idx,
+                        Who::Guest { vcpu, .. } => vcpu,
+                    };
+                    let mut console = CONSOLES[who.stats_index()].lock();
+                    if let Some(line) = console.push(vcpu, b) {
                         crate::console::guest_line(line);
                     }
                 }
