@@ -23,6 +23,7 @@ macro_rules! mask {
 /// # Safety
 ///
 /// The caller's typed writer upholds the register's contract.
+#[inline(always)]
 unsafe fn write_raw(reg: SysReg, value: u64) -> u64 {
     #[cfg(not(all(barriers_hw, not(test))))]
     let changed = emit::peek(reg) ^ value;

@@ -375,48 +375,70 @@ fn serve(cpu: usize) {
     }
 }
 
+/// Consecutive MMIO reads of one vCPU the host answers by resuming it at
+/// once (VCPU_RUN with [`hyp_abi::RUN_COMPLETE_MMIO`]) before it serves the
+/// other vCPUs: EL2's time slice restarts at every VCPU_RUN, so without a
+/// bound a guest reading device registers in a loop would keep this CPU.
+const MMIO_BURST: usize = 64;
+
+/// Runs vCPU `v` of `g` until it yields, stops or has had [`MMIO_BURST`]
+/// MMIO exits. An MMIO read is answered in the next VCPU_RUN itself; an
+/// off vCPU or a stopped VM makes VCPU_RUN return `State`.
 fn run_vcpu(g: &Guest, v: u64) {
-    match call(hyp_abi::VCPU_STATE, [g.handle.0, v, 0, 0]) {
-        Ok(1) => return, // off
-        Ok(_) => {}
-        Err(e) => fail(format_args!("VCPU_STATE {}/{v}: {e:?}", g.handle.0)),
+    let mut answer: Option<u64> = None;
+    for _ in 0..MMIO_BURST {
+        let (flags, value) = match answer.take() {
+            Some(val) => (hyp_abi::RUN_COMPLETE_MMIO, val),
+            None => (0, 0),
+        };
+        let r = hostif::call_full(hyp_abi::VCPU_RUN, [g.handle.0, v, flags, value]);
+        match r[0] {
+            exit::MMIO => {
+                MMIO_EXITS.fetch_add(1, Ordering::Relaxed);
+                let (ipa, mmio, value) = (r[1], r[2], r[3]);
+                let write = mmio & (1 << 8) != 0;
+                let val = if demo::is_demo_device(ipa) {
+                    demo::mmio(g, ipa, write, value)
+                } else {
+                    if ipa & !0xfff != TEST_DEVICE_IPA {
+                        println!(
+                            "host: VM {} vCPU {v}: MMIO at {ipa:#x} has no device",
+                            g.handle.0
+                        );
+                    }
+                    if write {
+                        g.device.store(value, Ordering::Relaxed);
+                        0
+                    } else {
+                        g.device.load(Ordering::Relaxed).wrapping_add(1)
+                    }
+                };
+                if !write {
+                    answer = Some(val);
+                }
+            }
+            code => {
+                vcpu_stopped(g, v, code);
+                return;
+            }
+        }
     }
-    let r = hostif::call_full(hyp_abi::VCPU_RUN, [g.handle.0, v, 0, 0]);
-    match r[0] {
+    if let Some(val) = answer {
+        if let Err(e) = call(hyp_abi::MMIO_COMPLETE, [g.handle.0, v, val, 0]) {
+            fail(format_args!("MMIO_COMPLETE: {e:?}"));
+        }
+    }
+}
+
+/// A VCPU_RUN result other than an MMIO exit.
+fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
+    match code {
         exit::YIELD => {
             YIELDS.fetch_add(1, Ordering::Relaxed);
         }
-        exit::MMIO => {
-            MMIO_EXITS.fetch_add(1, Ordering::Relaxed);
-            let (ipa, flags, value) = (r[1], r[2], r[3]);
-            let write = flags & (1 << 8) != 0;
-            if demo::is_demo_device(ipa) {
-                let val = demo::mmio(g, ipa, write, value);
-                if !write {
-                    if let Err(e) = call(hyp_abi::MMIO_COMPLETE, [g.handle.0, v, val, 0]) {
-                        fail(format_args!("MMIO_COMPLETE: {e:?}"));
-                    }
-                }
-                return;
-            }
-            if ipa & !0xfff != TEST_DEVICE_IPA {
-                println!(
-                    "host: VM {} vCPU {v}: MMIO at {ipa:#x} has no device",
-                    g.handle.0
-                );
-            }
-            if write {
-                g.device.store(value, Ordering::Relaxed);
-            } else {
-                let val = g.device.load(Ordering::Relaxed).wrapping_add(1);
-                if let Err(e) = call(hyp_abi::MMIO_COMPLETE, [g.handle.0, v, val, 0]) {
-                    fail(format_args!("MMIO_COMPLETE: {e:?}"));
-                }
-            }
-        }
         exit::CPU_OFF => {}
         exit::SYSTEM_OFF | exit::SYSTEM_RESET => {
-            let how = if r[0] == exit::SYSTEM_OFF {
+            let how = if code == exit::SYSTEM_OFF {
                 "off"
             } else {
                 "reset"
@@ -429,8 +451,8 @@ fn run_vcpu(g: &Guest, v: u64) {
             }
         }
         code => match HostError::from_code(code) {
-            // The VM stopped (another vCPU's SYSTEM_OFF) or the vCPU went
-            // off between VCPU_STATE and VCPU_RUN.
+            // The VM stopped (another vCPU's SYSTEM_OFF), or the vCPU is
+            // off (never started, or PSCI CPU_OFF).
             Some(HostError::State) => {}
             Some(e) => fail(format_args!("VCPU_RUN {}/{v}: {e:?}", g.handle.0)),
             None => fail(format_args!(

@@ -13,7 +13,7 @@
 //! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages  | 0 (x5: [`MEM_FLAG_LAZY`]) |
 //! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages  | 0 (x5: [`MEM_FLAG_LAZY`]) |
 //! | `0xC6000044` | VCPU_INIT     | handle | vCPU | entry  | x0     | 0 |
-//! | `0xC6000045` | VCPU_RUN      | handle | vCPU |        |        | [`exit`] code; x1..x3 details |
+//! | `0xC6000045` | VCPU_RUN      | handle | vCPU | flags  | value  | [`exit`] code; x1..x3 details |
 //! | `0xC6000046` | MMIO_COMPLETE | handle | vCPU | value  |        | 0 |
 //! | `0xC6000047` | STATS         | handle (0: host) | reason index (255: total) | | | count |
 //! | `0xC6000048` | VCPU_STATE    | handle | vCPU |        |        | 0 on, 1 off, 2 on pending |
@@ -33,8 +33,16 @@ pub const MEM_DONATE: u32 = FID_BASE + 2;
 pub const MEM_LEND: u32 = FID_BASE + 3;
 /// VCPU_INIT(handle, vcpu, entry, x0).
 pub const VCPU_INIT: u32 = FID_BASE + 4;
-/// VCPU_RUN(handle, vcpu) -> exit record.
+/// VCPU_RUN(handle, vcpu, flags, value) -> exit record. With
+/// [`RUN_COMPLETE_MMIO`] in `flags`, first completes the vCPU's outstanding
+/// MMIO read with `value` (as MMIO_COMPLETE would, under the same lock), so
+/// answering a read and resuming costs one call. Other flag bits must be 0.
 pub const VCPU_RUN: u32 = FID_BASE + 5;
+/// VCPU_RUN flag (x3): complete the outstanding MMIO read with x4 first. If
+/// the completion is refused (no read outstanding, ...) the vCPU does not
+/// run and VCPU_RUN returns MMIO_COMPLETE's error; if it is accepted and the
+/// run is then refused (e.g. the VM stopped), the completion stays recorded.
+pub const RUN_COMPLETE_MMIO: u64 = 1;
 /// MMIO_COMPLETE(handle, vcpu, value).
 pub const MMIO_COMPLETE: u32 = FID_BASE + 6;
 /// STATS(handle, reason) -> count.

@@ -548,7 +548,7 @@ fn host_sync(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
             }
         }
         ExitReason::DataAbort => {
-            data_abort(c, Who::Host, host, esr, pending);
+            data_abort(c, Who::Host, host, Trap::read(), pending);
             Next::Resume
         }
         ExitReason::InstAbort => {
@@ -710,7 +710,7 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
             }
         }
         hyp_abi::VCPU_RUN => {
-            match vcpu_run(c, host, a[0], a[1]) {
+            match vcpu_run(c, host, a[0], a[1], a[2], a[3]) {
                 Ok(r) => {
                     out = r;
                     // The guest changed this CPU's EL1 registers and stage 2.
@@ -741,14 +741,27 @@ fn create_vm(vcpus: u64, flags: u64) -> Result<u64, HostError> {
 }
 
 /// VCPU_RUN: switches this CPU to guest vCPU `vcpu` of VM `handle` until an
-/// exit for the host; returns the exit record (x0..x3).
+/// exit for the host; returns the exit record (x0..x3). With
+/// [`hyp_abi::RUN_COMPLETE_MMIO`] in `flags`, the outstanding MMIO read is
+/// completed with `value` first, under the same lock.
 fn vcpu_run(
     c: &mut Cpu<'_>,
     host: &mut VcpuCtx,
     handle: u64,
     vcpu: u64,
+    flags: u64,
+    value: u64,
 ) -> Result<[u64; 4], HostError> {
-    let start = control().lock().begin_run(handle, vcpu, c.idx)?;
+    if flags & !hyp_abi::RUN_COMPLETE_MMIO != 0 {
+        return Err(HostError::Invalid);
+    }
+    let start = {
+        let mut ctl = control().lock();
+        if flags & hyp_abi::RUN_COMPLETE_MMIO != 0 {
+            ctl.mmio_complete(handle, vcpu, value)?;
+        }
+        ctl.begin_run(handle, vcpu, c.idx)?
+    };
     let slot = handle as usize - 1;
     let v = vcpu as usize;
     let mut ctx = GUEST_CTX[slot][v]
@@ -835,7 +848,10 @@ fn guest_loop(
         if fast != 0 {
             stats::add(who.stats_index(), ExitReason::Hvc, fast);
         }
-        if kind == VectorKind::Sync && fast_exit(who, ctx, vg) {
+        // ESR, FAR and HPFAR, read once for every path below (meaningful
+        // for synchronous exits only).
+        let trap = Trap::read();
+        if kind == VectorKind::Sync && fast_exit(who, ctx, vg, trap) {
             resync = false;
             continue;
         }
@@ -846,7 +862,7 @@ fn guest_loop(
             }
         }
         let next = match kind {
-            VectorKind::Sync => guest_sync(c, who, ctx, &mut pending, vg),
+            VectorKind::Sync => guest_sync(c, who, ctx, &mut pending, vg, trap),
             VectorKind::Irq | VectorKind::Fiq => {
                 stats::record(who.stats_index(), ExitReason::Irq);
                 if physical_irq(c, &mut pending) {
@@ -888,8 +904,9 @@ fn guest_sync(
     ctx: &mut VcpuCtx,
     pending: &mut GuestPending,
     vg: Option<&Vgic>,
+    trap: Trap,
 ) -> Next {
-    let esr = Esr(sysreg::esr_el2());
+    let esr = trap.esr;
     let reason = ExitReason::from_ec(esr.ec());
     stats::record(who.stats_index(), reason);
     if reason != ExitReason::SysReg {
@@ -902,16 +919,15 @@ fn guest_sync(
             ctx.regs.pc += 4;
             guest_hypercall(who, ctx)
         }
-        ExitReason::DataAbort | ExitReason::InstAbort if map_on_demand(who, esr) => Next::Resume,
+        ExitReason::DataAbort | ExitReason::InstAbort if map_on_demand(who, trap) => Next::Resume,
         ExitReason::DataAbort => {
-            if let Some(next) = vgic_mmio(c, who, ctx, esr, pending, vg) {
+            if let Some(next) = vgic_mmio(c, who, ctx, trap, pending, vg) {
                 return next;
             }
-            data_abort(c, who, ctx, esr, pending)
+            data_abort(c, who, ctx, trap, pending)
         }
         ExitReason::InstAbort => {
-            let far = sysreg::far_el2();
-            inject_into(c, ctx, Injected::InstAbort { far }, pending);
+            inject_into(c, ctx, Injected::InstAbort { far: trap.far }, pending);
             Next::Resume
         }
         ExitReason::Wfx => {
@@ -1029,14 +1045,42 @@ pub const VGICC_V2_IPA: u64 = 0x0801_0000;
 /// Size of the GIC-400's GICV frame (two 4 KiB pages).
 const GICV_SIZE: u64 = 0x2000;
 
+/// The syndrome registers of a synchronous exit, read once per exit.
+#[derive(Debug, Clone, Copy)]
+struct Trap {
+    esr: Esr,
+    far: u64,
+    hpfar: u64,
+}
+
+impl Trap {
+    fn read() -> Self {
+        Trap {
+            esr: Esr(sysreg::esr_el2()),
+            far: sysreg::far_el2(),
+            hpfar: sysreg::hpfar_el2(),
+        }
+    }
+
+    /// The faulting IPA of a stage-2 abort.
+    fn ipa(&self) -> u64 {
+        exit::fault_ipa(self.hpfar, self.far)
+    }
+
+    /// A data abort, decoded.
+    fn data_abort(&self) -> DataAbort {
+        exit::decode_data_abort(self.esr, self.hpfar, self.far)
+    }
+}
+
 /// The fast path: exits answered without touching the vGIC's list
 /// registers, the control lock or any system register, so the guest is
 /// re-entered at once: stateless SMCCC/PSCI/vendor calls (VERSION,
 /// FEATURES, the KVM UID, ...) and reads of the virtual distributor or
 /// redistributors (which change no interrupt state). Everything else (and
 /// every error) takes the full path in `guest_sync`. Counted like any exit.
-fn fast_exit(who: Who, ctx: &mut VcpuCtx, vg: Option<&Vgic>) -> bool {
-    let esr = Esr(sysreg::esr_el2());
+fn fast_exit(who: Who, ctx: &mut VcpuCtx, vg: Option<&Vgic>, trap: Trap) -> bool {
+    let esr = trap.esr;
     let reason = ExitReason::from_ec(esr.ec());
     match reason {
         ExitReason::Hvc | ExitReason::Smc => {
@@ -1059,8 +1103,7 @@ fn fast_exit(who: Who, ctx: &mut VcpuCtx, vg: Option<&Vgic>) -> bool {
             let (Some(vg), Who::Guest { vcpu, .. }) = (vg, who) else {
                 return false;
             };
-            let far = sysreg::far_el2();
-            let DataAbort::Mmio(m) = exit::decode_data_abort(esr, sysreg::hpfar_el2(), far) else {
+            let DataAbort::Mmio(m) = trap.data_abort() else {
                 return false;
             };
             if m.write {
@@ -1100,15 +1143,15 @@ fn fast_exit(who: Who, ctx: &mut VcpuCtx, vg: Option<&Vgic>) -> bool {
 /// maps the page and returns true, so the access is retried. Every other
 /// abort (device IPAs lie below guest RAM and are never looked up here)
 /// goes on to the MMIO and injection paths.
-fn map_on_demand(who: Who, esr: Esr) -> bool {
+fn map_on_demand(who: Who, trap: Trap) -> bool {
     let Who::Guest { slot, .. } = who else {
         return false;
     };
     // DFSC/IFSC 0b0001xx: translation fault, level xx.
-    if esr.iss() & 0x3c != 0x04 {
+    if trap.esr.iss() & 0x3c != 0x04 {
         return false;
     }
-    let ipa = exit::fault_ipa(sysreg::hpfar_el2(), sysreg::far_el2());
+    let ipa = trap.ipa();
     if ipa < control::GUEST_RAM_IPA_MIN {
         return false;
     }
@@ -1170,19 +1213,18 @@ fn vgic_mmio(
     c: &mut Cpu<'_>,
     who: Who,
     ctx: &mut VcpuCtx,
-    esr: Esr,
+    trap: Trap,
     pending: &mut GuestPending,
     vg: Option<&Vgic>,
 ) -> Option<Next> {
     let (vg, Who::Guest { slot, vcpu }) = (vg?, who) else {
         return None;
     };
-    let far = sysreg::far_el2();
-    let ipa = exit::fault_ipa(sysreg::hpfar_el2(), far);
-    let (region, off) = vgic_region(vg, ipa)?;
-    let DataAbort::Mmio(m) = exit::decode_data_abort(esr, sysreg::hpfar_el2(), far) else {
+    let far = trap.far;
+    let (region, off) = vgic_region(vg, trap.ipa())?;
+    let DataAbort::Mmio(m) = trap.data_abort() else {
         // No syndrome (ISV = 0): the access cannot be emulated.
-        let write = esr.iss() & (1 << 6) != 0;
+        let write = trap.esr.iss() & (1 << 6) != 0;
         inject_into(c, ctx, Injected::DataAbort { far, write }, pending);
         return Some(Next::Resume);
     };
@@ -1436,11 +1478,11 @@ fn data_abort(
     c: &mut Cpu<'_>,
     who: Who,
     ctx: &mut VcpuCtx,
-    esr: Esr,
+    trap: Trap,
     pending: &mut GuestPending,
 ) -> Next {
-    let far = sysreg::far_el2();
-    match exit::decode_data_abort(esr, sysreg::hpfar_el2(), far) {
+    let far = trap.far;
+    match trap.data_abort() {
         DataAbort::Mmio(m)
             if (GUEST_UART_IPA..GUEST_UART_IPA + uart_emul::WINDOW).contains(&m.ipa) =>
         {

@@ -15,7 +15,7 @@
 
 use crate::dist::NOT_LOADED;
 use crate::lr::{hcr, vmcr};
-use crate::{Lr, LrState, Version, Vgic, MAX_LRS, NR_INTIDS};
+use crate::{Lr, LrState, Version, Vgic, MAX_LRS};
 
 /// The hardware (or a fake) behind one physical CPU's virtual CPU interface. List registers are
 /// exchanged as [`Lr`]; each backend encodes them in its own format.
@@ -99,27 +99,45 @@ impl VcpuIf {
         let v2 = vgic.version() == Version::V2;
         let mut s = vgic.state.lock();
 
-        // Candidates, keyed so that an ascending sort gives the load order: active first (they
+        // Candidates, keyed so that an ascending order is the load order: active first (they
         // can never leave the list registers: KVM's `vgic_irq_cmp` has the same rule), then by
-        // priority, then by INTID.
-        let mut cand = [0u32; NR_INTIDS];
+        // priority, then by INTID. Only the busy INTIDs (maybe pending or active) are looked at;
+        // `best` keeps the `nr_lrs` smallest keys in order, `count` counts them all.
+        let mut best = [0u32; MAX_LRS];
+        let mut nr = 0;
         let mut count = 0;
-        for intid in 0..NR_INTIDS as u32 {
+        let mut busy = s.busy(self.vcpu);
+        while busy != 0 {
+            let intid = busy.trailing_zeros();
+            busy &= busy - 1;
+            if s.settle(self.vcpu, intid) {
+                continue;
+            }
             let Some(irq) = s.irq(self.vcpu, intid) else {
                 continue;
             };
             let ours = vgic.target(self.vcpu, intid, irq) == Some(self.vcpu);
             let free = irq.loaded_on == NOT_LOADED || irq.loaded_on as usize == self.vcpu;
-            if ours && free && (irq.active || s.deliverable(irq)) {
-                cand[count] = ((!irq.active as u32) << 16) | ((irq.priority as u32) << 8) | intid;
-                count += 1;
+            if !(ours && free && (irq.active || s.deliverable(irq))) {
+                continue;
+            }
+            let key = ((!irq.active as u32) << 16) | ((irq.priority as u32) << 8) | intid;
+            count += 1;
+            let mut j = if nr < nr_lrs {
+                nr += 1;
+                nr - 1
+            } else if nr > 0 && key < best[nr - 1] {
+                nr - 1
+            } else {
+                continue;
+            };
+            best[j] = key;
+            while j > 0 && best[j - 1] > best[j] {
+                best.swap(j - 1, j);
+                j -= 1;
             }
         }
-        let cand = &mut cand[..count];
-        cand.sort_unstable();
-
-        let nr = count.min(nr_lrs);
-        for (i, key) in cand[..nr].iter().enumerate() {
+        for (i, key) in best[..nr].iter().enumerate() {
             let intid = key & 0xff;
             let deliverable = s
                 .irq(self.vcpu, intid)

@@ -73,8 +73,15 @@ impl Irq {
 pub(crate) struct State {
     /// `GICD_CTLR` group enables: bit 0 = group 0, bit 1 = group 1.
     pub ctlr: u32,
-    pub private: [[Irq; 32]; MAX_VCPUS],
-    pub spis: [Irq; NR_SPIS],
+    private: [[Irq; 32]; MAX_VCPUS],
+    spis: [Irq; NR_SPIS],
+    /// Per vCPU, bit *i*: private INTID *i* may be pending or active. Set whenever
+    /// [`State::irq_mut`] hands the interrupt out for writing (the only way to change it), cleared
+    /// by [`State::settle`] once it is seen neither pending nor active. So the flush and WFI scan
+    /// only these bits instead of every INTID.
+    busy_private: [u32; MAX_VCPUS],
+    /// The same for the SPIs: bit *i* is INTID 32 + *i*.
+    busy_spis: u64,
     /// GICv3 `GICR_WAKER.ProcessorSleep` per redistributor.
     pub asleep: [bool; MAX_VCPUS],
 }
@@ -88,12 +95,44 @@ impl State {
         }
     }
 
+    /// The interrupt, for writing; marks it busy (see `busy_private`).
     pub fn irq_mut(&mut self, vcpu: usize, intid: u32) -> Option<&mut Irq> {
         match intid as usize {
-            i @ 0..32 => self.private.get_mut(vcpu).map(|p| &mut p[i]),
-            i @ 32..NR_INTIDS => Some(&mut self.spis[i - 32]),
+            i @ 0..32 => {
+                let p = self.private.get_mut(vcpu)?;
+                self.busy_private[vcpu] |= 1 << i;
+                Some(&mut p[i])
+            }
+            i @ 32..NR_INTIDS => {
+                self.busy_spis |= 1 << (i - 32);
+                Some(&mut self.spis[i - 32])
+            }
             _ => None,
         }
+    }
+
+    /// The INTIDs `vcpu` may have pending or active, bit *i* = INTID *i* (its own SGIs and PPIs,
+    /// then the SPIs): a superset, never missing one.
+    pub fn busy(&self, vcpu: usize) -> u128 {
+        let private = self.busy_private.get(vcpu).copied().unwrap_or(0);
+        u128::from(private) | u128::from(self.busy_spis) << 32
+    }
+
+    /// Clears `intid`'s busy bit if it is neither pending nor active (in the distributor's view;
+    /// a list register that still holds it marks it again at its sync). Returns whether it was
+    /// idle.
+    pub fn settle(&mut self, vcpu: usize, intid: u32) -> bool {
+        let Some(irq) = self.irq(vcpu, intid) else {
+            return false;
+        };
+        if irq.active || irq.pending() {
+            return false;
+        }
+        match intid {
+            0..32 => self.busy_private[vcpu] &= !(1 << intid),
+            _ => self.busy_spis &= !(1 << (intid - 32)),
+        }
+        true
     }
 
     pub fn group_enabled(&self, irq: &Irq) -> bool {
@@ -154,6 +193,8 @@ impl Vgic {
                     group1,
                     ..Irq::RESET
                 }; NR_SPIS],
+                busy_private: [0; MAX_VCPUS],
+                busy_spis: 0,
                 asleep: [true; MAX_VCPUS],
             }),
         })
@@ -231,6 +272,11 @@ impl Vgic {
             return Err(VgicError::BadIntid);
         }
         let mut s = self.state.lock();
+        // A line that stays low changes nothing (the virtual timer's, sampled at every entry,
+        // mostly): it stays out of the busy set, and nobody needs a kick.
+        if s.irq(vcpu, intid).ok_or(VgicError::BadIntid)?.level == level && !level {
+            return Ok(0);
+        }
         let irq = s.irq_mut(vcpu, intid).ok_or(VgicError::BadIntid)?;
         irq.level = level;
         Ok(self.kick_for(&s, vcpu, intid))
@@ -302,8 +348,11 @@ impl Vgic {
         let mut s = self.state.lock();
         let mut kick = 0;
         for t in 0..self.nr_vcpus {
-            if targets & (1 << t) != 0 && s.private[t][intid as usize].group1 {
-                s.private[t][intid as usize].latch = true;
+            if targets & (1 << t) != 0 {
+                let Some(irq) = s.irq_mut(t, intid).filter(|irq| irq.group1) else {
+                    continue;
+                };
+                irq.latch = true;
                 kick |= self.kick_for(&s, t, intid);
             }
         }
@@ -321,7 +370,9 @@ impl Vgic {
         let mut kick = 0;
         for t in 0..self.nr_vcpus {
             if targets & (1 << t) != 0 {
-                s.private[t][intid as usize].sources |= 1 << sender;
+                if let Some(irq) = s.irq_mut(t, intid) {
+                    irq.sources |= 1 << sender;
+                }
                 kick |= self.kick_for(s, t, intid);
             }
         }
@@ -340,12 +391,18 @@ impl Vgic {
             return false;
         }
         let s = self.state.lock();
-        (0..crate::NR_INTIDS as u32).any(|intid| {
-            s.irq(vcpu, intid).is_some_and(|irq| {
+        let mut busy = s.busy(vcpu);
+        while busy != 0 {
+            let intid = busy.trailing_zeros();
+            busy &= busy - 1;
+            if s.irq(vcpu, intid).is_some_and(|irq| {
                 self.target(vcpu, intid, irq) == Some(vcpu)
                     && s.deliverable(irq)
                     && irq.priority < pmr
-            })
-        })
+            }) {
+                return true;
+            }
+        }
+        false
     }
 }

@@ -414,7 +414,9 @@ impl Vgic {
         let mut value = 0;
         for b in 0..acc.size as u32 {
             let intid = first + b;
-            let irq = &mut s.private[vcpu][intid as usize];
+            let Some(irq) = s.irq_mut(vcpu, intid) else {
+                continue;
+            };
             match acc.write {
                 Some(w) => {
                     let bits = (w >> (8 * b)) as u8 & all;
