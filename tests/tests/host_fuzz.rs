@@ -42,6 +42,10 @@ fn ten_thousand_random_calls_then_a_normal_guest() {
         l.starts_with("host: fuzz: all VMs destroyed (")
             && l.ends_with("pages scrubbed), 1024 scratch pages usable again")
     });
+    q.expect_exact(
+        "host: fuzz: VCPU_RUN flags: unknown bit Err(Invalid), completion with no read outstanding Err(State), vCPU still off",
+        T,
+    );
     q.expect_exact("guest-hello: all 4 vCPUs reported and are off", T);
     q.expect_exact("host: VM 1 (guest-hello) powered off", T);
     q.expect_line("hyp: exits total=", T);

@@ -108,8 +108,13 @@ pub fn fuzz(n: u64, seed: u64, info: &BootInfo) {
                 hyp_abi::STATS,
                 [h, rng.below(12) | (rng.below(2) * 255), 0, 0],
             ),
-            // Runs that must fail: no such VM.
-            _ => (hyp_abi::VCPU_RUN, [0, v, 0, 0]),
+            // Runs that must fail: no such VM, or flags that must be refused
+            // before anything runs (an unknown bit, or completing an MMIO
+            // read that no vCPU here can have outstanding: none ever ran).
+            _ => match rng.below(2) {
+                0 => (hyp_abi::VCPU_RUN, [0, v, 0, 0]),
+                _ => (hyp_abi::VCPU_RUN, [h, v, 1 + 2 * rng.below(2), rng.next()]),
+            },
         };
         match call(fid, args) {
             Ok(_) => ok += 1,
@@ -140,5 +145,34 @@ pub fn fuzz(n: u64, seed: u64, info: &BootInfo) {
     println!(
         "host: fuzz: all VMs destroyed ({scrubbed} pages scrubbed), {} scratch pages usable again",
         SCRATCH / 4096
+    );
+    run_flag_checks();
+}
+
+/// VCPU_RUN's flags on a fresh VM: an unknown bit is `Invalid`, and
+/// completing an MMIO read that is not outstanding is `State`; neither runs
+/// the vCPU.
+fn run_flag_checks() {
+    let h = match vm_create(1, 0) {
+        Ok(h) => h,
+        Err(e) => crate::fail(format_args!(
+            "VM_CREATE for the VCPU_RUN flag checks: {e:?}"
+        )),
+    };
+    let unknown = call(hyp_abi::VCPU_RUN, [h.0, 0, 2, 0]);
+    let early = call(hyp_abi::VCPU_RUN, [h.0, 0, hyp_abi::RUN_COMPLETE_MMIO, 7]);
+    let after = call(hyp_abi::VCPU_STATE, [h.0, 0, 0, 0]);
+    if let Err(e) = call(hyp_abi::VM_DESTROY, [h.0, 0, 0, 0]) {
+        crate::fail(format_args!(
+            "VM_DESTROY after the VCPU_RUN flag checks: {e:?}"
+        ));
+    }
+    if unknown != Err(HostError::Invalid) || early != Err(HostError::State) || after != Ok(1) {
+        crate::fail(format_args!(
+            "VCPU_RUN flags: unknown bit {unknown:?} (want Invalid), completion with no read outstanding {early:?} (want State), vCPU state after {after:?} (want Ok(1), off)"
+        ));
+    }
+    println!(
+        "host: fuzz: VCPU_RUN flags: unknown bit {unknown:?}, completion with no read outstanding {early:?}, vCPU still off"
     );
 }
