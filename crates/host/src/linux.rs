@@ -274,6 +274,7 @@ pub fn create(info: &BootInfo) -> Guest {
         stopped: AtomicBool::new(false),
         device: AtomicU64::new(0),
         ram_pa,
+        start_after: 0,
         devices: spin::Mutex::new(crate::demo::Devices::new(disk_pa)),
     }
 }

@@ -61,9 +61,16 @@ pub struct Guest {
     /// The test device's register.
     device: AtomicU64,
     ram_pa: u64,
+    /// Guest option `after=MS`: its vCPUs first run this many counter ticks
+    /// after the host starts serving ([`SERVE_START`]).
+    start_after: u64,
     /// Its virtio devices (demo).
     devices: spin::Mutex<demo::Devices>,
 }
+
+/// Counter value when the host started serving its guests (guest option
+/// `after=MS` counts from here).
+static SERVE_START: AtomicU64 = AtomicU64::new(0);
 
 /// Whether the host runs the demo (no guest list given).
 static DEMO: AtomicBool = AtomicBool::new(false);
@@ -179,6 +186,7 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
         println!("host: assigning it again: {again:?}; assigning the UART: {uart:?}");
     }
     GUESTS.call_once(|| (guests, n));
+    SERVE_START.store(guest_rt::gic::counter(), Ordering::Release);
 
     for c in 1..info.cpus {
         let r = guest_rt::hvc(
@@ -273,11 +281,14 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
     let mut protected = false;
     let mut lazy = false;
     let mut vcpus = if count == 1 { 4 } else { 1 };
+    let mut start_after = 0;
     for p in parts {
         if p == "p" {
             protected = true;
         } else if p == "lazy" {
             lazy = true;
+        } else if let Some(ms) = p.strip_prefix("after=").and_then(|v| v.parse::<u64>().ok()) {
+            start_after = ms.saturating_mul(guest_rt::gic::counter_hz() / 1000);
         } else if let Some(v) = p.strip_prefix('v').and_then(|v| v.parse().ok()) {
             vcpus = v;
         } else {
@@ -348,6 +359,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         stopped: AtomicBool::new(false),
         device: AtomicU64::new(0),
         ram_pa,
+        start_after,
         devices: spin::Mutex::new(demo::Devices::new(disk_pa)),
     }
 }
@@ -358,6 +370,7 @@ fn serve(cpu: usize) {
         return;
     };
     let cpus = CPUS.load(Ordering::Relaxed);
+    let start = SERVE_START.load(Ordering::Acquire);
     loop {
         let mut live = 0;
         for g in guests[..*n].iter().flatten() {
@@ -365,6 +378,9 @@ fn serve(cpu: usize) {
                 continue;
             }
             live += 1;
+            if guest_rt::gic::counter().wrapping_sub(start) < g.start_after {
+                continue;
+            }
             for v in (cpu..g.vcpus).step_by(cpus) {
                 run_vcpu(g, v as u64);
             }

@@ -831,17 +831,19 @@ fn guest_loop(
         // A guest that never exits still gives the CPU back to the host.
         gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
     }
-    // False after a fast-path exit: the list registers still hold exactly
-    // what the guest left there, so neither sync nor flush is needed.
-    let mut resync = true;
+    // For the vector's fast path (`hyp_fast_sync`) while the guest runs.
+    let fast_ctx = FastCtx { who, vg };
     loop {
-        if let (true, Some(vg)) = (resync, vg) {
+        if let Some(vg) = vg {
             vgic_before_entry(c, who, ctx, vg, &mut pending);
         }
         let entry = barriers::enter_guest(&c.sync.eos, pending);
+        c.save.set_fast(core::ptr::from_ref(&fast_ctx).cast());
         // SAFETY: TPIDR_EL2 points at `c.save`; the VM's stage 2, HCR and
-        // EL1 context are loaded; `ctx.regs` outlives the call.
+        // EL1 context are loaded; `ctx.regs` outlives the call. `fast_ctx`
+        // outlives the run and is withdrawn right after it.
         let kind = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
+        c.save.set_fast(core::ptr::null());
         pending = GuestPending::new();
         // HVCs the vector answered by itself during this run (`__hvc_fast`).
         let fast = c.save.take_fast_hvcs();
@@ -851,11 +853,6 @@ fn guest_loop(
         // ESR, FAR and HPFAR, read once for every path below (meaningful
         // for synchronous exits only).
         let trap = Trap::read();
-        if kind == VectorKind::Sync && fast_exit(who, ctx, vg, trap) {
-            resync = false;
-            continue;
-        }
-        resync = true;
         if let Some(vg) = vg {
             if let Some(mut lrs) = Lrs::new(c.sync, &mut pending) {
                 ctx.vif.sync(vg, &mut lrs);
@@ -1073,18 +1070,70 @@ impl Trap {
     }
 }
 
-/// The fast path: exits answered without touching the vGIC's list
-/// registers, the control lock or any system register, so the guest is
-/// re-entered at once: stateless SMCCC/PSCI/vendor calls (VERSION,
-/// FEATURES, the KVM UID, ...) and reads of the virtual distributor or
-/// redistributors (which change no interrupt state). Everything else (and
-/// every error) takes the full path in `guest_sync`. Counted like any exit.
-fn fast_exit(who: Who, ctx: &mut VcpuCtx, vg: Option<&Vgic>, trap: Trap) -> bool {
+/// What the vector's fast path needs about the guest running on this CPU
+/// (`HostSave::fast` points at it while the guest runs).
+struct FastCtx<'a> {
+    who: Who,
+    vg: Option<&'a Vgic>,
+}
+
+/// Called by the lower-EL synchronous vector (`__fast_sync` in
+/// `arch/vectors.rs`) while a guest runs, on the hypervisor stack, with the
+/// guest's x0..x18, x30 and PC in its register file and x19..x29 still in
+/// their registers. True: answered, the vector returns to the guest with the
+/// register file's x0..x18, x30 and PC. False: nothing changed, the vector
+/// takes the full exit.
+#[unsafe(no_mangle)]
+extern "C" fn hyp_fast_sync(save: *mut HostSave) -> bool {
+    // A cheap first look, so exits that cannot be fast (MMIO for the host,
+    // stage-2 faults, WFI, ...) pay little before their full exit: HVC/SMC,
+    // or a data abort in the vGIC's frames (the redistributor region at its
+    // largest; `vgic_region` checks exactly).
+    let esr = Esr(sysreg::esr_el2());
+    let maybe = match ExitReason::from_ec(esr.ec()) {
+        ExitReason::Hvc | ExitReason::Smc => true,
+        ExitReason::DataAbort => {
+            let ipa = exit::fault_ipa(sysreg::hpfar_el2(), 0);
+            let end = VGICR_IPA + vgic::MAX_VCPUS as u64 * vgic::REDIST_FRAME_SIZE;
+            (VGICD_IPA..end).contains(&ipa)
+        }
+        _ => false,
+    };
+    maybe && fast_sync(save)
+}
+
+/// [`hyp_fast_sync`] past its first look.
+#[inline(never)]
+fn fast_sync(save: *mut HostSave) -> bool {
+    // SAFETY: the vector passes this CPU's HostSave (TPIDR_EL2). `fast` is
+    // null or points at the `FastCtx` of `guest_loop`, which is suspended in
+    // `world_switch::enter` for this guest's run and keeps it (and the vGIC
+    // read guard it borrows) alive; `guest` points at that vCPU's register
+    // file, which nothing else touches during the run.
+    let (fast, regs) = unsafe {
+        let save = &*save;
+        let Some(fast) = save.fast().cast::<FastCtx<'_>>().as_ref() else {
+            return false;
+        };
+        (fast, &mut *save.guest_regs())
+    };
+    fast_exit(fast.who, regs, fast.vg, Trap::read())
+}
+
+/// The fast path, run from the vector (`hyp_fast_sync`): exits answered
+/// without touching the vGIC's list registers, the control lock or any
+/// system register, so the guest is re-entered at once: stateless
+/// SMCCC/PSCI/vendor calls (VERSION, FEATURES, the KVM UID, ...) and reads of
+/// the virtual distributor or redistributors (which change no interrupt
+/// state). `regs` holds x0..x18, x30 and the PC only. Everything else (and
+/// every error) returns false with `regs` unchanged and takes the full path
+/// in `guest_sync`. Counted like any exit.
+fn fast_exit(who: Who, regs: &mut GuestRegs, vg: Option<&Vgic>, trap: Trap) -> bool {
     let esr = trap.esr;
     let reason = ExitReason::from_ec(esr.ec());
     match reason {
         ExitReason::Hvc | ExitReason::Smc => {
-            let x = [ctx.regs.x[0], ctx.regs.x[1], ctx.regs.x[2], ctx.regs.x[3]];
+            let x = [regs.x[0], regs.x[1], regs.x[2], regs.x[3]];
             let call = hypercall::decode(x);
             // KVM_FEATURES depends on the VM (protected or not): full path.
             if call == Hypercall::VendorFeatures {
@@ -1095,9 +1144,9 @@ fn fast_exit(who: Who, ctx: &mut VcpuCtx, vg: Option<&Vgic>, trap: Trap) -> bool
             };
             if reason == ExitReason::Smc {
                 // A trapped SMC's preferred return address is the SMC itself.
-                ctx.regs.pc += 4;
+                regs.pc += 4;
             }
-            ctx.regs.x[..4].copy_from_slice(&r);
+            regs.x[..4].copy_from_slice(&r);
         }
         ExitReason::DataAbort => {
             let (Some(vg), Who::Guest { vcpu, .. }) = (vg, who) else {
@@ -1106,7 +1155,8 @@ fn fast_exit(who: Who, ctx: &mut VcpuCtx, vg: Option<&Vgic>, trap: Trap) -> bool
             let DataAbort::Mmio(m) = trap.data_abort() else {
                 return false;
             };
-            if m.write {
+            // x19..x29 are not in `regs` on this path.
+            if m.write || (19..=29).contains(&m.reg) {
                 return false;
             }
             let Some((region, off)) = vgic_region(vg, m.ipa) else {
@@ -1129,9 +1179,9 @@ fn fast_exit(who: Who, ctx: &mut VcpuCtx, vg: Option<&Vgic>, trap: Trap) -> bool
                 return false;
             };
             if m.reg != 31 {
-                ctx.regs.x[m.reg as usize] = m.load_result(out.value);
+                regs.x[m.reg as usize] = m.load_result(out.value);
             }
-            ctx.regs.pc += 4;
+            regs.pc += 4;
         }
         _ => return false,
     }

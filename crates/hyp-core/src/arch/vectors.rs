@@ -93,8 +93,7 @@ __hyp_vectors:
     lsr     x0, x0, #26
     cmp     x0, #0x16               // EC = HVC64
     b.eq    __hvc_fast
-    mov     x0, #0
-    b       __guest_exit
+    b       __fast_sync
     guest_exit_vector 1
     guest_exit_vector 2
     guest_exit_vector 3
@@ -130,7 +129,69 @@ __hvc_fast:
     mov     x3, xzr
     add     sp, sp, #16
     eret
-1:  mov     x0, #0
+1:  b       __fast_sync
+
+// The next fastest exits: `vm::hyp_fast_sync` answers stateless calls and
+// vGIC register reads (`vm::fast_exit`) on the hypervisor's stack, called
+// with only what AAPCS64 lets it clobber saved: the guest's x0..x18, x30 and
+// PC go into its register file (`HostSave::guest`), x19..x29 stay live in
+// their registers, which the Rust code preserves. So a fast exit skips the
+// full save, the return into the run loop and the entry back. Only while a
+// guest runs (`HostSave::fast` non-null; the host's exits always take the
+// full path). Guest x0/x1 are on the stack.
+__fast_sync:
+    mrs     x1, tpidr_el2
+    ldr     x0, [x1, #120]          // HostSave::fast
+    cbz     x0, 2f
+    ldr     x0, [x1, #104]          // HostSave::guest
+    stp     x2, x3, [x0, #16]
+    stp     x4, x5, [x0, #32]
+    stp     x6, x7, [x0, #48]
+    stp     x8, x9, [x0, #64]
+    stp     x10, x11, [x0, #80]
+    stp     x12, x13, [x0, #96]
+    stp     x14, x15, [x0, #112]
+    stp     x16, x17, [x0, #128]
+    str     x18, [x0, #144]
+    str     x30, [x0, #240]
+    ldp     x2, x3, [sp], #16
+    stp     x2, x3, [x0, #0]
+    mrs     x2, elr_el2
+    str     x2, [x0, #248]
+    mov     x0, x1
+    bl      hyp_fast_sync           // bool hyp_fast_sync(HostSave *)
+    mrs     x1, tpidr_el2
+    ldr     x1, [x1, #104]
+    cbz     w0, 3f
+    // Answered: back to the guest with the (possibly updated) registers and
+    // PC. ELR_EL2 needs no synchronisation before the ERET (see below).
+    ldr     x2, [x1, #248]
+    msr     elr_el2, x2
+    ldp     x2, x3, [x1, #16]
+    ldp     x4, x5, [x1, #32]
+    ldp     x6, x7, [x1, #48]
+    ldp     x8, x9, [x1, #64]
+    ldp     x10, x11, [x1, #80]
+    ldp     x12, x13, [x1, #96]
+    ldp     x14, x15, [x1, #112]
+    ldp     x16, x17, [x1, #128]
+    ldr     x18, [x1, #144]
+    ldr     x30, [x1, #240]
+    ldp     x0, x1, [x1, #0]
+    eret
+    dsb     nsh
+    isb
+    // Not answered (the register file is unchanged): store x19..x29 too and
+    // take the full exit with the frame complete.
+3:  stp     x19, x20, [x1, #152]
+    stp     x21, x22, [x1, #168]
+    stp     x23, x24, [x1, #184]
+    stp     x25, x26, [x1, #200]
+    stp     x27, x28, [x1, #216]
+    str     x29, [x1, #232]
+    mov     x0, #0
+    b       __guest_exit_frame
+2:  mov     x0, #0
     b       __guest_exit
 
 // u64 guest_enter(GuestRegs *regs /* x0 */, HostSave *host /* x1 */)
@@ -168,6 +229,8 @@ __guest_exit:
     save_x2_x30 x1
     ldp     x2, x3, [sp], #16
     stp     x2, x3, [x1, #0]
+// x0 = kind, x1 = the guest's register file with x0..x30 stored.
+__guest_exit_frame:
     mrs     x2, elr_el2
     mrs     x3, spsr_el2
     stp     x2, x3, [x1, #248]

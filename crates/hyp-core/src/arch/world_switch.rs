@@ -38,6 +38,9 @@ pub struct HostSave {
     /// HVCs answered in the vector itself (`__hvc_fast`) since the last
     /// [`HostSave::take_fast_hvcs`].
     fast_hvcs: u64,
+    /// What `vm::hyp_fast_sync` needs about the guest now running (opaque
+    /// here), or null while the host runs: then every exit is a full one.
+    fast: *const (),
 }
 
 const _: () = {
@@ -46,6 +49,7 @@ const _: () = {
     assert!(offset_of!(HostSave, sp) == 96);
     assert!(offset_of!(HostSave, guest) == 104);
     assert!(offset_of!(HostSave, fast_hvcs) == 112);
+    assert!(offset_of!(HostSave, fast) == 120);
 };
 
 impl HostSave {
@@ -56,6 +60,7 @@ impl HostSave {
             sp: 0,
             guest: core::ptr::null_mut(),
             fast_hvcs: 0,
+            fast: core::ptr::null(),
         }
     }
 }
@@ -65,6 +70,21 @@ impl HostSave {
     /// so the caller can add them to the exit statistics of whoever ran.
     pub fn take_fast_hvcs(&mut self) -> u64 {
         core::mem::take(&mut self.fast_hvcs)
+    }
+
+    /// Sets the fast-exit context of the guest about to run (null: none).
+    pub fn set_fast(&mut self, fast: *const ()) {
+        self.fast = fast;
+    }
+
+    /// The fast-exit context set by [`HostSave::set_fast`].
+    pub fn fast(&self) -> *const () {
+        self.fast
+    }
+
+    /// The register file of the guest running (or that ran last).
+    pub fn guest_regs(&self) -> *mut GuestRegs {
+        self.guest
     }
 }
 
