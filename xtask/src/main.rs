@@ -141,7 +141,8 @@ enum Cmd {
     Test,
     /// Boot the bench guest under `-icount shift=0` (exact instruction counts)
     /// and run the s2mm host benchmark; table on the terminal,
-    /// target/bench/latest.json (the run before in previous.json).
+    /// target/bench/latest.json (the run before in previous.json; rpi4:
+    /// latest-rpi4.json and previous-rpi4.json).
     Bench {
         /// The board (a directory under platforms/).
         #[arg(long, value_enum, default_value = "qemu")]
@@ -731,24 +732,15 @@ fn test() -> Result<()> {
             )
         },
     )?;
-    // The bench guest runs, reports every metric, and twice the same counts.
+    // The bench guest runs, reports every metric, and twice the same counts;
+    // on raspi4b too (its 16-instruction counter tick, phased method).
     step(
         "guest bench under icount, twice: identical counts",
-        &mut || {
-            let (a, _) = bench::guest_records(Platform::Qemu)?;
-            let (b, _) = bench::guest_records(Platform::Qemu)?;
-            if a.len() != bench::GUEST_METRICS.len() {
-                return Err(format!(
-                    "{} of {} metrics reported",
-                    a.len(),
-                    bench::GUEST_METRICS.len()
-                ));
-            }
-            if a != b {
-                return Err(format!("two runs differ:\n{a:?}\n{b:?}"));
-            }
-            Ok(())
-        },
+        &mut || bench::check_twice(Platform::Qemu),
+    )?;
+    step(
+        "guest bench on raspi4b under icount, twice: identical counts",
+        &mut || bench::check_twice(Platform::Rpi4),
     )?;
     step(
         "Linux guest (Debian arm64 kernel + busybox initramfs, 2 vCPUs)",

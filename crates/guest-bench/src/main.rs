@@ -1,9 +1,10 @@
 //! Benchmark guest: what exits, calls and interrupts cost, in instructions.
 //!
-//! Under QEMU `-icount shift=0` the virtual counter (CNTVCT_EL0, 1 GHz)
-//! advances exactly one tick per instruction executed by the machine (all
-//! CPUs together), so counter deltas are exact, repeatable instruction
-//! counts. `cargo xtask bench` boots it twice and parses one line per
+//! Under QEMU `-icount shift=0` the virtual counter (CNTVCT_EL0, 1 GHz on
+//! QEMU virt) advances exactly one tick per instruction executed by the
+//! machine (all CPUs together), so counter deltas are exact, repeatable
+//! instruction counts. On slower counters (raspi4b: one tick per 16
+//! instructions) see [`Clock`] for how the counts stay exact. `cargo xtask bench` boots it twice and parses one line per
 //! metric: on one CPU with `guests=guest-bench:p:lazy,guest-bench` (every
 //! metric but `sgi_latency`; one CPU, so the counter sees no other CPU's
 //! instructions) and on two CPUs with `guests=guest-bench:v2` (a VM with a
@@ -13,7 +14,7 @@
 //! bench: hvc_null instructions=NN iterations=10000
 //! ```
 //!
-//! Method: every iteration is timed alone (`isb; mrs cntvct_el0` before and
+//! Method (1 GHz counter): every iteration is timed alone (`isb; mrs cntvct_el0` before and
 //! after) and the metric is the median of the per-iteration deltas minus the
 //! median of an empty timed body (the counter reads themselves). The median
 //! rather than the mean keeps rare events out of the figure (the
@@ -28,13 +29,15 @@
 //! Metrics (see also xtask's `bench` documentation):
 //! - `hvc_null`: HVC SMCCC_VERSION, answered at EL2;
 //! - `psci_version`: HVC PSCI_VERSION, answered at EL2;
-//! - `mmio_hyp`: a 32-bit read of GICD_TYPER, emulated at EL2 by the vGIC;
+//! - `mmio_hyp`: a 32-bit read of GICD_TYPER, emulated at EL2 by the vGIC
+//!   (GICv3 on QEMU virt, GICv2 on raspi4b: the same register offset);
 //! - `mmio_host`: a 32-bit read of the host's test device at 0x0a000000,
 //!   forwarded to the host VM, answered with MMIO_COMPLETE, resumed;
 //! - `s2_fault`: first write to a page of a lazily mapped region: stage-2
 //!   translation fault, the hypervisor maps that page, the write is retried;
 //! - `mem_share_unshare`: MEM_SHARE then MEM_UNSHARE of one page (both HVCs);
-//! - `sgi_latency`: from just before vCPU 0 writes ICC_SGI1R_EL1 until vCPU
+//! - `sgi_latency`: from just before vCPU 0 writes ICC_SGI1R_EL1 (GICv2:
+//!   GICD_SGIR) until vCPU
 //!   1 (running on the other physical CPU, waiting in a WFE loop) executes
 //!   the first instruction of its IRQ vector;
 //! - `vtimer_latency`: from the virtual timer's compare value (the moment
@@ -127,6 +130,131 @@ bench_vectors:
     .endr
 "#
 );
+
+// For counters slower than one tick per instruction (raspi4b; see
+// `Clock`): the same table, except that the IRQ vector first executes
+// BENCH_DITHER NOPs (a computed branch into a NOP sled) and only then stamps
+// the counter. Its `mrs` comes DITHER_EXTRA + BENCH_DITHER instructions
+// later than bench_vectors' (the `b`, adrp, ldr, adr, sub, br).
+global_asm!(
+    r#"
+    .section .text.vectors, "ax"
+    .balign 0x800
+    .global bench_vectors_dither
+bench_vectors_dither:
+    .irp i, 0,1,2,3,4
+    .balign 0x80
+    b       __guest_vectors + \i * 0x80
+    .endr
+    .balign 0x80
+    b       bench_irq_dither
+    .irp i, 6,7,8,9,10,11,12,13,14,15
+    .balign 0x80
+    b       __guest_vectors + \i * 0x80
+    .endr
+
+    .text
+bench_irq_dither:
+    sub     sp, sp, #16
+    stp     x0, x1, [sp]
+    adrp    x0, BENCH_DITHER
+    ldr     x0, [x0, :lo12:BENCH_DITHER]
+    adr     x1, 1f
+    sub     x1, x1, x0, lsl #2
+    br      x1
+    .rept   32
+    nop
+    .endr
+1:  mrs     x0, cntvct_el0
+    adrp    x1, BENCH_IRQ_STAMP
+    str     x0, [x1, :lo12:BENCH_IRQ_STAMP]
+    ldp     x0, x1, [sp]
+    add     sp, sp, #16
+    b       __guest_vectors + 5 * 0x80
+"#
+);
+
+// void bench_align(u64 target, u64 period): returns at a fixed position
+// within the counter's tick: the instruction after the NOP sled lies exactly
+// `target` (0..period-1) instructions past a tick edge, for a counter that
+// advances once every `period` (<= 23) instructions under -icount. 24
+// back-to-back reads r0..r23 (QEMU makes every CNTVCT read exact under
+// icount) find the first tick edge: r0 is e = 1 + #{i >= 1 : r_i == r0}
+// instructions before it. Label 2 comes K = 80 instructions after r0 plus n
+// NOPs, n = (target + e - K) mod period, so its phase is -e + K + n = target
+// (mod period). Every instruction count here is fixed by construction;
+// `Clock::check` measures a loop of known length through it.
+global_asm!(
+    r#"
+    .text
+    .global bench_align
+bench_align:
+    stp     x19, x20, [sp, #-64]!
+    stp     x21, x22, [sp, #16]
+    stp     x23, x24, [sp, #32]
+    stp     x25, x26, [sp, #48]
+    .irp r, 2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,19,20,21,22,23,24,25,26
+    mrs     x\r, cntvct_el0
+    .endr
+    cmp     x3, x2
+    cset    x3, eq
+    .irp r, 4,5,6,7,8,9,10,11,12,13,14,15,16,17,19,20,21,22,23,24,25,26
+    cmp     x\r, x2
+    cinc    x3, x3, eq
+    .endr
+    add     x3, x3, #1
+    add     x4, x0, x3
+    mov     x6, #80
+    sub     x7, x1, #1
+    madd    x4, x7, x6, x4
+    udiv    x5, x4, x1
+    msub    x5, x5, x1, x4
+    adr     x6, 2f
+    sub     x6, x6, x5, lsl #2
+    br      x6
+    .rept   32
+    nop
+    .endr
+2:  ldp     x25, x26, [sp, #48]
+    ldp     x23, x24, [sp, #32]
+    ldp     x21, x22, [sp, #16]
+    ldp     x19, x20, [sp], #64
+    ret
+"#
+);
+
+/// Instructions bench_irq_dither executes before its `mrs` beyond the
+/// three of bench_vectors (sub, stp, mrs), NOPs not counted.
+const DITHER_EXTRA: u64 = 6;
+/// NOPs the dithering IRQ vector executes before stamping.
+#[unsafe(no_mangle)]
+static BENCH_DITHER: AtomicU64 = AtomicU64::new(0);
+/// Largest counter period (instructions per tick) `bench_align`
+/// handles: it needs a tick edge among 23 consecutive reads.
+const MAX_PERIOD: u64 = 23;
+
+unsafe extern "C" {
+    fn bench_align(target: u64, period: u64);
+}
+
+/// Returns at phase `target` (plus a constant) of the counter's tick (see
+/// the assembly above): a counter read that follows at a fixed distance
+/// lands at phase `target` + that distance.
+#[inline(always)]
+fn align(target: u64, period: u64) {
+    // SAFETY: the routine reads the counter and touches only caller-saved
+    // registers and the callee-saved ones it restores.
+    unsafe { bench_align(target, period) }
+}
+
+fn install_dither_vectors() {
+    unsafe extern "C" {
+        fn bench_vectors_dither();
+    }
+    let v = bench_vectors_dither as *const () as usize as u64;
+    // SAFETY: a complete EL1 vector table (above).
+    unsafe { asm!("msr vbar_el1, {0}", "isb", in(reg) v, options(nostack)) };
+}
 
 fn install_vectors() {
     unsafe extern "C" {
@@ -230,6 +358,145 @@ fn time(n: usize, mut f: impl FnMut(usize)) -> u64 {
     median(s)
 }
 
+/// How counter ticks become instructions.
+///
+/// QEMU virt's counter runs at 1 GHz: under `-icount shift=0` one tick is
+/// one instruction, and every iteration is timed alone ([`time`]).
+///
+/// Slower counters advance once every `period` instructions: QEMU 10's
+/// raspi4b keeps the Cortex-A72's default CNTFRQ_EL0 of 62.5 MHz (16 ns;
+/// a real Pi's firmware sets 54 MHz), and QEMU derives the tick from whole
+/// nanoseconds (1e9 / CNTFRQ truncated, so 54 MHz would tick every 18
+/// instructions, not 18.52). [`Clock::new`] reads CNTFRQ_EL0 and measures
+/// the period with a loop of known length rather than trusting it. A single delta is then only
+/// good to a tick, so [`time_phased`] starts the iterations of a group of
+/// `period` at counter phases 0, 1, .., period-1 ([`align`]): by
+/// Hermite's identity (sum over d of floor((L + d) / p) = L) the group's
+/// tick deltas add up to exactly the span's instruction count L, provided
+/// all `period` iterations cost the same (else the group's mean, to
+/// within a tick). The metric is the median over groups, which keeps
+/// rare events (the hypervisor's time slice) out as on virt.
+#[derive(Clone, Copy)]
+struct Clock {
+    /// Instructions per counter tick (1 on QEMU virt).
+    period: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let hz: u64;
+        // SAFETY: reads CNTFRQ_EL0.
+        unsafe { asm!("mrs {0}, cntfrq_el0", out(reg) hz, options(nomem, nostack)) };
+        if hz == 1_000_000_000 {
+            return Clock { period: 1 };
+        }
+        if hz == 0 || hz > 1_000_000_000 {
+            fail(format_args!(
+                "CNTFRQ_EL0 = {hz} Hz: cannot time in instructions"
+            ));
+        }
+        // Calibration: a loop of exactly 2 * CAL_LOOPS instructions, timed
+        // alone; the median of 7 runs (a time slice may hit one).
+        const CAL_LOOPS: u64 = 100_000;
+        let mut ticks = [0u32; 7];
+        for t in ticks.iter_mut() {
+            let t0 = now();
+            spin(CAL_LOOPS);
+            *t = (now() - t0) as u32;
+        }
+        let ticks = median(&mut ticks).max(1);
+        // Instructions per tick, in thousandths.
+        let milli = 2 * CAL_LOOPS * 1000 / ticks;
+        let period = (milli + 500) / 1000;
+        if period == 0 || period > MAX_PERIOD || milli.abs_diff(period * 1000) > 5 {
+            fail(format_args!(
+                "counter at {hz} Hz advances every {}.{:03} instructions: not a whole number <= {MAX_PERIOD}",
+                milli / 1000,
+                milli % 1000
+            ));
+        }
+        println!(
+            "bench: clock hz={hz} insns_per_tick={period} (measured {}.{:03}; 1e9/CNTFRQ = {}.{:03})",
+            milli / 1000,
+            milli % 1000,
+            1_000_000_000 / hz,
+            1_000_000_000_000 / hz % 1000
+        );
+        let c = Clock { period };
+        c.check();
+        c
+    }
+
+    /// Times a loop of exactly 2001 instructions against an empty body:
+    /// the phased method must find 2001 (it does on raspi4b).
+    fn check(self) {
+        let empty = time_phased(self.period, 64, |_| {});
+        let known = time_phased(self.period, 64, |_| {
+            // SAFETY: a counted loop on a scratch register: 1 + 2 * 1000
+            // instructions.
+            unsafe {
+                asm!("mov x17, #1000", "1: subs x17, x17, #1", "b.ne 1b", out("x17") _, options(nomem, nostack));
+            }
+        });
+        let got = known.saturating_sub(empty);
+        println!("bench: clock check: a 2001-instruction loop measured {got}");
+        // The compiler's code around the loop may differ from the empty
+        // body's by a register move; a broken method would be off by up to
+        // a tick.
+        if got.abs_diff(2001) > 2 {
+            fail(format_args!(
+                "phased timing measured {got} for a 2001-instruction loop"
+            ));
+        }
+    }
+
+    /// Median instructions of `f`'s span over `n` iterations (rounded down
+    /// to whole groups on slow counters), and the iterations used.
+    fn time(self, n: usize, f: impl FnMut(usize)) -> (u64, usize) {
+        if self.period == 1 {
+            (time(n, f), n)
+        } else {
+            let groups = n / self.period as usize;
+            (
+                time_phased(self.period, groups, f),
+                groups * self.period as usize,
+            )
+        }
+    }
+}
+
+/// A loop of exactly `2 * n` instructions (`n` >= 1).
+#[inline(always)]
+fn spin(n: u64) {
+    // SAFETY: counts a register down; nothing else.
+    unsafe { asm!("1: subs {0}, {0}, #1", "b.ne 1b", inout(reg) n => _, options(nomem, nostack)) };
+}
+
+/// [`Clock`]'s method: `groups` groups of `period` iterations of `f`, the
+/// d-th timed from a counter read at phase d (plus a constant: `align`,
+/// then the same code before the read every time); the median over groups
+/// of the summed tick deltas (= instructions of one iteration's span).
+fn time_phased(period: u64, groups: usize, mut f: impl FnMut(usize)) -> u64 {
+    for i in 0..WARMUP {
+        f(i);
+    }
+    let s = &mut samples()[..groups.max(1)];
+    let mut i = WARMUP;
+    for g in s.iter_mut() {
+        let mut sum = 0;
+        for d in 0..period {
+            align(d, period);
+            let t0 = now();
+            f(i);
+            let t1 = now();
+            sum += t1 - t0;
+            i += 1;
+        }
+        *g = sum as u32;
+    }
+    median(s)
+}
+
 fn report(name: &str, instructions: u64, iterations: usize) {
     println!("bench: {name} instructions={instructions} iterations={iterations}");
 }
@@ -248,13 +515,19 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
         partner(handle);
     }
     install_vectors();
-    let has_gic = probe_gicv3();
+    let gic = probe_gic();
     println!(
-        "guest-bench: VM {handle}, GICv3 {}",
-        if has_gic { "present" } else { "absent" }
+        "guest-bench: VM {handle}, {}",
+        match gic {
+            Some(gic::Version::V3) => "GICv3 present",
+            Some(gic::Version::V2) => "GICv2 present",
+            None => "GICv3 absent",
+        }
     );
+    let has_gic = gic.is_some();
+    let clock = Clock::new();
     // Counter reads and the loop around an empty body.
-    let base = time(ITERS, |_| {});
+    let (base, _) = clock.time(ITERS, |_| {});
     println!("guest-bench: timing overhead {base} instructions (subtracted)");
     // A VM with a second vCPU measures only `sgi_latency` (booted on two
     // physical CPUs); every other metric runs in a one-vCPU VM on one
@@ -264,9 +537,9 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
         if has_gic {
             gic::init_distributor();
             init_gic_cpu();
-            sgi_latency(base);
+            sgi_latency(clock, base);
         } else {
-            println!("bench: sgi_latency skipped (no GICv3 for guests on this board)");
+            println!("bench: sgi_latency skipped (no GIC for guests on this board)");
         }
         println!("guest-bench: done");
         guest_rt::system_off()
@@ -274,7 +547,7 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
     let cost = |m: u64| m.saturating_sub(base);
 
     // First: VM 2 is still alive and yielding.
-    let round_trip = time(ITERS_SLOW, |_| {
+    let (round_trip, n) = clock.time(ITERS_SLOW, |_| {
         // SAFETY: WFI with interrupts masked: traps, yields to the host.
         unsafe { asm!("wfi", options(nomem, nostack)) };
     });
@@ -286,63 +559,52 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
         let t0 = now();
         // SAFETY: as above.
         unsafe { asm!("wfi", options(nomem, nostack)) };
-        if (now() - t0) * 4 < round_trip * 3 {
+        if (now() - t0) * clock.period * 4 < round_trip * 3 {
             partner = true;
             break;
         }
     }
     if partner {
-        report("vcpu_switch", cost(round_trip) / 2, ITERS_SLOW);
+        report("vcpu_switch", cost(round_trip) / 2, n);
     } else {
         println!("bench: vcpu_switch skipped (no partner VM: guests=guest-bench:p:v2,guest-bench)");
     }
 
-    report(
-        "hvc_null",
-        cost(time(ITERS, |_| {
-            hvc1(SMCCC_VERSION, 0);
-        })),
-        ITERS,
-    );
-    report(
-        "psci_version",
-        cost(time(ITERS, |_| {
-            hvc1(PSCI_VERSION, 0);
-        })),
-        ITERS,
-    );
+    let (m, n) = clock.time(ITERS, |_| {
+        hvc1(SMCCC_VERSION, 0);
+    });
+    report("hvc_null", cost(m), n);
+    let (m, n) = clock.time(ITERS, |_| {
+        hvc1(PSCI_VERSION, 0);
+    });
+    report("psci_version", cost(m), n);
     if has_gic {
-        report(
-            "mmio_hyp",
-            cost(time(ITERS, |_| {
-                read32(gic::GICD_BASE + 0x4);
-            })),
-            ITERS,
-        );
+        // GICD_TYPER: the same offset on GICv3 and GICv2.
+        let (m, n) = clock.time(ITERS, |_| {
+            read32(gic::GICD_BASE + 0x4);
+        });
+        report("mmio_hyp", cost(m), n);
     }
-    report(
-        "mmio_host",
-        cost(time(ITERS, |_| {
-            read32(HOST_DEVICE);
-        })),
-        ITERS,
-    );
-    s2_fault(cost);
-    mem_share_unshare(cost);
+    let (m, n) = clock.time(ITERS, |_| {
+        read32(HOST_DEVICE);
+    });
+    report("mmio_host", cost(m), n);
+    s2_fault(clock, cost);
+    mem_share_unshare(clock, cost);
     if has_gic {
         gic::init_distributor();
         init_gic_cpu();
-        vtimer_latency();
+        vtimer_latency(clock);
     } else {
-        println!("bench: vtimer_latency skipped (no GICv3 for guests on this board)");
+        println!("bench: vtimer_latency skipped (no GIC for guests on this board)");
     }
     println!("guest-bench: done");
     guest_rt::system_off()
 }
 
-fn s2_fault(cost: impl Fn(u64) -> u64) {
+fn s2_fault(clock: Clock, cost: impl Fn(u64) -> u64) {
     let page = |i: usize| (LAZY_AREA + i as u64 * PAGE) as *mut u64;
-    let m = time(ITERS_SLOW, |i| {
+    let (m, n) = clock.time(ITERS_SLOW, |i| {
         // SAFETY: the page lies in the VM's RAM, above everything it uses.
         unsafe { page(i).write_volatile(1) };
     });
@@ -351,11 +613,11 @@ fn s2_fault(cost: impl Fn(u64) -> u64) {
     if m < 50 {
         println!("bench: s2_fault skipped (memory not mapped on demand: guest option `lazy`)");
     } else {
-        report("s2_fault", cost(m), ITERS_SLOW);
+        report("s2_fault", cost(m), n);
     }
 }
 
-fn mem_share_unshare(cost: impl Fn(u64) -> u64) {
+fn mem_share_unshare(clock: Clock, cost: impl Fn(u64) -> u64) {
     let ipa = SHARE_PAGE.0.get() as u64;
     // Touch it (mapped on demand).
     // SAFETY: our own page.
@@ -368,13 +630,13 @@ fn mem_share_unshare(cost: impl Fn(u64) -> u64) {
         fail(format_args!("MEM_UNSHARE refused"));
     }
     let mut bad = 0;
-    let m = time(ITERS_SLOW, |_| {
+    let (m, n) = clock.time(ITERS_SLOW, |_| {
         bad |= hvc1(MEM_SHARE, ipa) | hvc1(MEM_UNSHARE, ipa);
     });
     if bad != 0 {
         fail(format_args!("MEM_SHARE/MEM_UNSHARE failed in the loop"));
     }
-    report("mem_share_unshare", cost(m), ITERS_SLOW);
+    report("mem_share_unshare", cost(m), n);
 }
 
 /// The SGI `sgi_latency` sends.
@@ -391,15 +653,22 @@ fn init_gic_cpu() {
 static PROBING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 static ABORTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-/// Whether the VM has a GICv3 distributor: GICD_PIDR2.ArchRev (bits 7:4)
-/// is 3. Without a vGIC the read is aborted; the hook says so.
-fn probe_gicv3() -> bool {
+/// The VM's GIC, if it has one: the CPU interface `guest_rt::gic` finds
+/// (ID_AA64PFR0_EL1.GIC), confirmed by the distributor's GICD_PIDR2.ArchRev
+/// (bits 7:4; at 0xffe8 on GICv3, 0xfe8 on GICv2). Without a vGIC the read
+/// is aborted; the hook says so.
+fn probe_gic() -> Option<gic::Version> {
+    let v = gic::version();
+    let (pidr2, rev) = match v {
+        gic::Version::V3 => (0xffe8, 3),
+        gic::Version::V2 => (0xfe8, 2),
+    };
     PROBING.store(true, Ordering::Relaxed);
     guest_rt::set_exception_hook(probe_hook);
-    let pidr2 = read32(gic::GICD_BASE + 0xffe8);
+    let pidr2 = read32(gic::GICD_BASE + pidr2);
     PROBING.store(false, Ordering::Relaxed);
     install_vectors();
-    !ABORTED.load(Ordering::Relaxed) && (pidr2 >> 4) & 0xf == 3
+    (!ABORTED.load(Ordering::Relaxed) && (pidr2 >> 4) & 0xf == rev).then_some(v)
 }
 
 fn probe_hook(e: &guest_rt::Exception, frame: &mut guest_rt::Frame) -> bool {
@@ -427,7 +696,25 @@ fn secondary() -> ! {
     guest_rt::cpu_off()
 }
 
-fn sgi_latency(base: u64) {
+/// Sends the benchmark's SGI to vCPU 1 and waits until its IRQ vector has
+/// stamped the counter; the stamp. `t0` is read just before the send.
+fn sgi_round(i: usize, t0: impl FnOnce() -> u64) -> (u64, u64) {
+    let seen = IRQS[1].load(Ordering::Acquire);
+    let t0 = t0();
+    gic::send_sgi_to(BENCH_SGI, 1);
+    let mut spins = 0u64;
+    while IRQS[1].load(Ordering::Acquire) == seen {
+        spins += 1;
+        if spins > 10_000_000 {
+            fail(format_args!("SGI {i} never reached vCPU 1"));
+        }
+        // SAFETY: WFE only waits.
+        unsafe { asm!("wfe", options(nomem, nostack)) };
+    }
+    (t0, BENCH_IRQ_STAMP.load(Ordering::Acquire))
+}
+
+fn sgi_latency(clock: Clock, base: u64) {
     let mut spins = 0u64;
     while SECONDARY_READY.load(Ordering::Acquire) == 0 {
         spins += 1;
@@ -438,52 +725,94 @@ fn sgi_latency(base: u64) {
         unsafe { asm!("wfe", options(nomem, nostack)) };
     }
     let s = samples();
-    for i in 0..WARMUP + ITERS_SLOW {
-        let seen = IRQS[1].load(Ordering::Acquire);
-        let t0 = now();
-        gic::send_sgi_to(BENCH_SGI, 1);
-        let mut spins = 0u64;
-        while IRQS[1].load(Ordering::Acquire) == seen {
-            spins += 1;
-            if spins > 10_000_000 {
-                fail(format_args!("SGI {i} never reached vCPU 1"));
+    let p = clock.period;
+    let n = if p == 1 {
+        for i in 0..WARMUP + ITERS_SLOW {
+            let (t0, stamp) = sgi_round(i, now);
+            if i >= WARMUP {
+                s[i - WARMUP] = (stamp - t0) as u32;
             }
-            // SAFETY: WFE only waits.
-            unsafe { asm!("wfe", options(nomem, nostack)) };
         }
-        if i >= WARMUP {
-            let d = BENCH_IRQ_STAMP.load(Ordering::Acquire) - t0;
-            s[i - WARMUP] = d as u32;
+        ITERS_SLOW
+    } else {
+        // Clock's phased method: a group's sends start at phases 0..p-1.
+        for i in 0..WARMUP {
+            sgi_round(i, now);
         }
-    }
-    let m = median(&mut s[..ITERS_SLOW]);
+        let groups = ITERS_SLOW / p as usize;
+        for (g, slot) in s[..groups].iter_mut().enumerate() {
+            let mut sum = 0;
+            for d in 0..p {
+                align(d, p);
+                let (t0, stamp) = sgi_round(g, now);
+                sum += stamp - t0;
+            }
+            *slot = sum as u32;
+        }
+        groups * p as usize
+    };
+    let m = median(&mut s[..n / p as usize]);
     // The timed span holds one counter read (and its ISB) too many.
-    report("sgi_latency", m.saturating_sub(base / 2), ITERS_SLOW);
+    report("sgi_latency", m.saturating_sub(base / 2), n);
     SECONDARY_STOP.store(1, Ordering::Release);
 }
 
-fn vtimer_latency() {
-    gic::irq_unmask();
-    let s = samples();
-    for i in 0..WARMUP + ITERS_SLOW {
-        let seen = IRQS[0].load(Ordering::Acquire);
-        let cval = now() + TIMER_DELTA;
-        gic::vtimer::set_cval(cval);
-        gic::vtimer::set_ctl(gic::vtimer::ENABLE);
-        let mut spins = 0u64;
-        while IRQS[0].load(Ordering::Acquire) == seen {
-            spins += 1;
-            if spins > 10_000_000 {
-                fail(format_args!("virtual timer {i} never fired"));
-            }
-        }
-        if i >= WARMUP {
-            let d = BENCH_IRQ_STAMP.load(Ordering::Acquire) - cval;
-            s[i - WARMUP] = d as u32;
+/// Programs the virtual timer `delta` ticks ahead and waits for its IRQ;
+/// the stamp minus the compare value (ticks).
+fn vtimer_round(i: usize, delta: u64) -> u64 {
+    let seen = IRQS[0].load(Ordering::Acquire);
+    let cval = now() + delta;
+    gic::vtimer::set_cval(cval);
+    gic::vtimer::set_ctl(gic::vtimer::ENABLE);
+    let mut spins = 0u64;
+    while IRQS[0].load(Ordering::Acquire) == seen {
+        spins += 1;
+        if spins > 10_000_000 {
+            fail(format_args!("virtual timer {i} never fired"));
         }
     }
+    BENCH_IRQ_STAMP.load(Ordering::Acquire) - cval
+}
+
+fn vtimer_latency(clock: Clock) {
+    gic::irq_unmask();
+    let s = samples();
+    let p = clock.period;
+    let n = if p == 1 {
+        for i in 0..WARMUP + ITERS_SLOW {
+            let d = vtimer_round(i, TIMER_DELTA);
+            if i >= WARMUP {
+                s[i - WARMUP] = d as u32;
+            }
+        }
+        ITERS_SLOW
+    } else {
+        // The timer fires exactly on a tick edge (QEMU: at compare value
+        // * period ns), so the phase is moved at the other end: the
+        // dithering vector executes d NOPs before its stamp, d = 0..p-1
+        // within a group, and the group's sum of deltas is exactly the
+        // instructions up to that stamp (Hermite's identity, see Clock).
+        install_dither_vectors();
+        let delta = (TIMER_DELTA / p).max(1);
+        for i in 0..WARMUP {
+            vtimer_round(i, delta);
+        }
+        let groups = ITERS_SLOW / p as usize;
+        for (g, slot) in s[..groups].iter_mut().enumerate() {
+            let mut sum = 0;
+            for d in 0..p {
+                BENCH_DITHER.store(d, Ordering::Release);
+                sum += vtimer_round(g, delta);
+            }
+            // The dithering vector's own instructions before the stamp.
+            *slot = (sum - DITHER_EXTRA) as u32;
+        }
+        BENCH_DITHER.store(0, Ordering::Release);
+        install_vectors();
+        groups * p as usize
+    };
     gic::irq_mask();
-    report("vtimer_latency", median(&mut s[..ITERS_SLOW]), ITERS_SLOW);
+    report("vtimer_latency", median(&mut s[..n / p as usize]), n);
 }
 
 /// VM 2: yields its CPU (WFI) a fixed number of times, then powers off.

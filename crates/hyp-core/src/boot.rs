@@ -168,7 +168,8 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
             need.1.end()
         );
     }
-    let cpus = info.cpus.clamp(1, MAX_CPUS);
+    let present = info.cpus.clamp(1, MAX_CPUS);
+    let cpus = cpus_to_use(&info, present);
     log::info!(
         "{source}: {} CPUs, {} MiB RAM, bootargs \"{}\"",
         info.cpus,
@@ -185,6 +186,12 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         if let Err(e) = p.ops.start_cpu(cpu, secondary_entry, cpu as u64) {
             panic!("firmware refused to start CPU {cpu}: error {e}");
         }
+    }
+    for cpu in cpus..present {
+        p.ops.park_cpu(cpu);
+    }
+    if cpus < present {
+        log::info!("hyp.cpus={cpus}: CPUs {cpus}..{present} left idle");
     }
     // Bounded wait: QEMU brings a CPU up in well under a million spins.
     let mut spins = 0u64;
@@ -234,6 +241,24 @@ static NR_CPUS: AtomicUsize = AtomicUsize::new(0);
 static HCR: AtomicU64 = AtomicU64::new(vm::HCR_BASE);
 /// HCR_EL2.FWB: stage-2 attributes force write-back (FEAT_S2FWB).
 const HCR_FWB: u64 = 1 << 46;
+
+/// How many of the `present` CPUs to bring up: all of them, or fewer when
+/// `hyp.cpus=N` (1 <= N) asks for it, as `-smp N` would on QEMU virt. The
+/// benchmark uses it on boards with a fixed CPU count (raspi4b), where an
+/// idle CPU must sleep rather than poll (see `PlatformOps::park_cpu`).
+/// A malformed or out-of-range value is ignored with a warning.
+fn cpus_to_use(info: &BootInfo, present: usize) -> usize {
+    let Some(v) = info.arg("hyp.cpus") else {
+        return present;
+    };
+    match v.parse::<usize>() {
+        Ok(n) if (1..=present).contains(&n) => n,
+        _ => {
+            log::warn!("hyp.cpus={v} ignored: expected 1..={present}");
+            present
+        }
+    }
+}
 
 /// Whether to use FEAT_S2FWB: only when asked (`hyp.s2fwb=on`) and the
 /// CPU has it (ID_AA64MMFR2_EL1.FWB, bits [43:40]). Without it, guests get

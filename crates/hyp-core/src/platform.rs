@@ -49,6 +49,14 @@ pub trait PlatformOps: Sync {
     ///
     /// The firmware's PSCI error code.
     fn start_cpu(&self, cpu: usize, entry: u64, ctx: u64) -> Result<(), i64>;
+    /// Leaves physical CPU `cpu`, which the hypervisor will not use
+    /// (`hyp.cpus=N`), idle for good: it must execute nothing (a CPU polling
+    /// in a loop would show up in instruction counts under QEMU `-icount`).
+    /// The default does nothing: on PSCI boards a CPU that was never
+    /// started stays off.
+    fn park_cpu(&self, cpu: usize) {
+        let _ = cpu;
+    }
     /// Powers the system off; QEMU exits with status 0.
     fn system_off(&self) -> !;
     /// Stops the system reporting failure (QEMU: semihosting exit status `code`).

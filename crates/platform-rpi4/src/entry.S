@@ -166,6 +166,20 @@ rpi4_secondary:
     cbz     x3, hang
     br      x3
 
+// A core the hypervisor does not use (hyp.cpus=N), released here by
+// park_cpu with the MMU off: it turns off its GIC CPU interface's group 1
+// signalling (every interrupt is group 1), so nothing can wake it, and
+// sleeps in WFI for good. A WFE loop would keep executing under QEMU (TCG
+// does not sleep on WFE) and count in -icount instruction counts.
+    .global rpi4_idle
+rpi4_idle:
+    msr     daifset, #0xf
+    ldr     x0, =GICC_BASE
+    str     wzr, [x0, #GICC_CTLR]
+    dsb     sy
+1:  wfi
+    b       1b
+
 // The hypervisor's secondary entry (x0 = CPU index), as on QEMU virt.
     .global secondary_entry
 secondary_entry:

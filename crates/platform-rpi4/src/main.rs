@@ -56,6 +56,7 @@ const GIC: gic400::Gic400 = gic400::Gic400::new(board::GICD.base, board::GICC.ba
 unsafe extern "C" {
     fn secondary_entry();
     fn rpi4_secondary();
+    fn rpi4_idle();
     static mut rpi4_park: [u64; CPUS];
     static mut rpi4_cpu_entry: [u64; CPUS];
     static mut rpi4_cpu_ctx: [u64; CPUS];
@@ -147,6 +148,13 @@ impl PlatformOps for Rpi4Ops {
         unsafe { publish_u64(slot, rpi4_secondary as *const () as usize as u64) };
         barriers::maint::publish_and_wake();
         Ok(())
+    }
+
+    fn park_cpu(&self, cpu: usize) {
+        // Released like a started core, to a WFI loop (entry.S).
+        if let Err(e) = self.start_cpu(cpu, rpi4_idle as *const () as usize as u64, 0) {
+            log::warn!("cannot park CPU {cpu}: error {e}");
+        }
     }
 
     fn system_off(&self) -> ! {
