@@ -98,6 +98,14 @@ impl VcpuIf {
         let nr_lrs = lrs.nr_lrs().min(MAX_LRS);
         let v2 = vgic.version() == Version::V2;
         let mut s = vgic.state.lock();
+        // The common case: nothing pending or active, nothing loaded before.
+        if self.nr_loaded == 0 && s.busy(self.vcpu) == 0 {
+            drop(s);
+            self.live = true;
+            self.hcr = hcr::EN;
+            lrs.write_hcr(self.hcr);
+            return;
+        }
 
         // Candidates, keyed so that an ascending order is the load order: active first (they
         // can never leave the list registers: KVM's `vgic_irq_cmp` has the same rule), then by
@@ -147,8 +155,13 @@ impl VcpuIf {
             };
             let mut pending = deliverable;
             // Never pending+active on a hardware-mapped LR: the physical distributor holds the
-            // pending state (KVM `vgic_v3_populate_lr`).
-            if irq.hw.is_some() && irq.active {
+            // pending state (KVM `vgic_v3_populate_lr`). Nor for an active level-sensitive
+            // interrupt: its line was sampled before this entry, and the guest's handler usually
+            // drops it (e.g. writes the timer's compare value) before deactivating, which an LR's
+            // pending bit would not follow: the guest would take it a second time. Its LR
+            // carries EOI maintenance instead, so the deactivation exits and the line is
+            // re-sampled before the next entry.
+            if irq.active && (irq.hw.is_some() || !irq.edge) {
                 pending = false;
             }
             let mut source = 0;
@@ -207,6 +220,10 @@ impl VcpuIf {
             return;
         }
         self.live = false;
+        // Nothing loaded: nothing to fold back (and no lock to take).
+        if self.nr_loaded == 0 {
+            return;
+        }
         let v2 = vgic.version() == Version::V2;
         let empty = lrs.empty_lrs();
         let mut s = vgic.state.lock();

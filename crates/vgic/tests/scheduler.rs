@@ -128,6 +128,41 @@ fn level_interrupt_is_resampled_after_eoi() {
 }
 
 #[test]
+fn active_level_interrupt_is_loaded_without_pending() {
+    // The guest acknowledged the timer and exits (say, its time slice ended) before its handler
+    // lowers the line: the next entry must not load it pending+active, or the handler's EOI would
+    // leave a stale pending state behind and the guest would take it twice.
+    let g = Vgic::new(Version::V3, 1).unwrap();
+    setup(&g, 0, vgic::VTIMER_PPI, 0xa0);
+    g.set_level(0, 27, true).unwrap();
+    let mut f = Fake::new(Version::V3, 4);
+    let mut cpu = VcpuIf::new(0);
+    cpu.flush(&g, &mut f);
+    assert_eq!(f.ack(), Some(27));
+    cpu.sync(&g, &mut f);
+    // The line is still high at the next entry (sampled before the handler ran).
+    cpu.flush(&g, &mut f);
+    assert_eq!(f.valid(), [(27, LrState::Active)]);
+    assert!(
+        f.lr(0).eoi_maint,
+        "deactivation exits to re-sample the line"
+    );
+    // The handler lowers the line, then deactivates: nothing pending is left in the LR.
+    f.eoi(27);
+    assert_eq!(f.valid(), []);
+    assert!(f.maintenance(), "EOI maintenance exit");
+    g.set_level(0, 27, false).unwrap();
+    cpu.sync(&g, &mut f);
+    cpu.flush(&g, &mut f);
+    assert_eq!(f.valid(), []);
+    // Had the line stayed high, the re-sample would make it pending again.
+    g.set_level(0, 27, true).unwrap();
+    cpu.sync(&g, &mut f);
+    cpu.flush(&g, &mut f);
+    assert_eq!(f.valid(), [(27, LrState::Pending)]);
+}
+
+#[test]
 fn edge_while_active_becomes_pending_and_active() {
     let g = Vgic::new(Version::V3, 1).unwrap();
     dw(&g, 0, 0xc0c, 2); // ICFGR3 covers INTIDs 48..64: INTID 48 edge
