@@ -13,6 +13,7 @@
 mod bench;
 mod flat;
 mod linux;
+mod profile;
 mod provision;
 
 use std::path::{Path, PathBuf};
@@ -147,6 +148,17 @@ enum Cmd {
         /// The board (a directory under platforms/).
         #[arg(long, value_enum, default_value = "qemu")]
         platform: Platform,
+    },
+    /// Where one bench metric's instructions go: two traced boots on QEMU
+    /// virt (-icount, `-d in_asm,exec`), per-function instructions per
+    /// iteration. METRIC: hvc_null, psci_version, mmio_hyp, mmio_host,
+    /// s2_fault or mem_share_unshare.
+    Profile {
+        /// The metric to profile.
+        metric: String,
+        /// Iterations of the shorter boot (the other runs twice as many).
+        #[arg(long, default_value = "500")]
+        iterations: u64,
     },
     /// Bytes of text, rodata, data and bss of the hypervisor alone and of
     /// the whole image (with the guest payloads), per board.
@@ -743,6 +755,10 @@ fn test() -> Result<()> {
         &mut || bench::check_twice(Platform::Rpi4),
     )?;
     step(
+        "profile of hvc_null (two traced boots): traced total matches the bench",
+        &mut profile::check,
+    )?;
+    step(
         "Linux guest (Debian arm64 kernel + busybox initramfs, 2 vCPUs)",
         &mut || {
             let g = linux::linux_guest(2, false, None, None)?;
@@ -905,6 +921,7 @@ fn main() -> ExitCode {
         ),
         Cmd::Test => test().map(|_| 0),
         Cmd::Bench { platform } => bench::bench(platform).map(|_| 0),
+        Cmd::Profile { metric, iterations } => profile::profile(&metric, iterations).map(|_| 0),
         Cmd::Size { platform } => {
             let all = [Platform::Qemu, Platform::Rpi4];
             bench::size(platform.as_ref().map_or(&all[..], std::slice::from_ref)).map(|_| 0)

@@ -507,10 +507,14 @@ fn fail(why: core::fmt::Arguments<'_>) -> ! {
 }
 
 #[unsafe(no_mangle)]
-fn guest_main(cpu: usize, handle: u64) -> ! {
+fn guest_main(cpu: usize, x0: u64) -> ! {
     if cpu != 0 {
         secondary();
     }
+    // x0: the VM handle in bits [7:0]; above, the host's guest option
+    // `arg=N` (`cargo xtask profile`: metric index | iterations << 8).
+    let handle = x0 & 0xff;
+    let profile_request = x0 >> 8;
     if handle != 1 {
         partner(handle);
     }
@@ -532,6 +536,14 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
     // A VM with a second vCPU measures only `sgi_latency` (booted on two
     // physical CPUs); every other metric runs in a one-vCPU VM on one
     // physical CPU, where the counter sees no other CPU's instructions.
+    if profile_request != 0 {
+        profile(
+            clock,
+            |m: u64| m.saturating_sub(base),
+            has_gic,
+            profile_request,
+        );
+    }
     let r = guest_rt::hvc(PSCI_CPU_ON_64, 1, guest_rt::entry_point(), 0)[0];
     if r == 0 {
         if has_gic {
@@ -589,8 +601,8 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
         read32(HOST_DEVICE);
     });
     report("mmio_host", cost(m), n);
-    s2_fault(clock, cost);
-    mem_share_unshare(clock, cost);
+    s2_fault(clock, cost, ITERS_SLOW);
+    mem_share_unshare(clock, cost, ITERS_SLOW);
     if has_gic {
         gic::init_distributor();
         init_gic_cpu();
@@ -602,9 +614,72 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
     guest_rt::system_off()
 }
 
-fn s2_fault(clock: Clock, cost: impl Fn(u64) -> u64) {
+/// The metrics `cargo xtask profile` can ask for, by index (from 1): those
+/// measured in this one-vCPU VM without a partner.
+pub const PROFILE_METRICS: [&str; 6] = [
+    "hvc_null",
+    "psci_version",
+    "mmio_hyp",
+    "mmio_host",
+    "s2_fault",
+    "mem_share_unshare",
+];
+
+/// `cargo xtask profile`: measures only metric `request & 0xff` (an index
+/// into [`PROFILE_METRICS`], from 1) over `request >> 8` iterations, reports
+/// it like the bench does, and powers off. xtask boots this twice with
+/// different iteration counts and divides the difference of QEMU's
+/// execution traces by the difference in iterations.
+fn profile(clock: Clock, cost: impl Fn(u64) -> u64, has_gic: bool, request: u64) -> ! {
+    let iters = (request >> 8) as usize;
+    let metric = (request & 0xff) as usize;
+    let name = metric
+        .checked_sub(1)
+        .and_then(|i| PROFILE_METRICS.get(i))
+        .copied()
+        .unwrap_or("?");
+    // s2_fault uses a fresh page per iteration (the lazy area's 2048, less
+    // the warm-up); the others keep their samples in SAMPLES.
+    let max = if name == "s2_fault" { 2000 } else { ITERS };
+    if iters == 0 || iters > max || name == "?" || (name == "mmio_hyp" && !has_gic) {
+        fail(format_args!(
+            "bad profile request {request:#x}: metric {metric} ({name}), {iters} iterations (1..={max})"
+        ));
+    }
+    println!("guest-bench: profiling {name} over {iters} iterations");
+    fn simple(
+        clock: Clock,
+        cost: &impl Fn(u64) -> u64,
+        name: &str,
+        iters: usize,
+        mut f: impl FnMut(),
+    ) {
+        let (m, n) = clock.time(iters, |_| f());
+        report(name, cost(m), n);
+    }
+    match name {
+        "hvc_null" => simple(clock, &cost, name, iters, || {
+            hvc1(SMCCC_VERSION, 0);
+        }),
+        "psci_version" => simple(clock, &cost, name, iters, || {
+            hvc1(PSCI_VERSION, 0);
+        }),
+        "mmio_hyp" => simple(clock, &cost, name, iters, || {
+            read32(gic::GICD_BASE + 0x4);
+        }),
+        "mmio_host" => simple(clock, &cost, name, iters, || {
+            read32(HOST_DEVICE);
+        }),
+        "s2_fault" => s2_fault(clock, &cost, iters),
+        _ => mem_share_unshare(clock, &cost, iters),
+    }
+    println!("guest-bench: done");
+    guest_rt::system_off()
+}
+
+fn s2_fault(clock: Clock, cost: impl Fn(u64) -> u64, iters: usize) {
     let page = |i: usize| (LAZY_AREA + i as u64 * PAGE) as *mut u64;
-    let (m, n) = clock.time(ITERS_SLOW, |i| {
+    let (m, n) = clock.time(iters, |i| {
         // SAFETY: the page lies in the VM's RAM, above everything it uses.
         unsafe { page(i).write_volatile(1) };
     });
@@ -617,7 +692,7 @@ fn s2_fault(clock: Clock, cost: impl Fn(u64) -> u64) {
     }
 }
 
-fn mem_share_unshare(clock: Clock, cost: impl Fn(u64) -> u64) {
+fn mem_share_unshare(clock: Clock, cost: impl Fn(u64) -> u64, iters: usize) {
     let ipa = SHARE_PAGE.0.get() as u64;
     // Touch it (mapped on demand).
     // SAFETY: our own page.
@@ -630,7 +705,7 @@ fn mem_share_unshare(clock: Clock, cost: impl Fn(u64) -> u64) {
         fail(format_args!("MEM_UNSHARE refused"));
     }
     let mut bad = 0;
-    let (m, n) = clock.time(ITERS_SLOW, |_| {
+    let (m, n) = clock.time(iters, |_| {
         bad |= hvc1(MEM_SHARE, ipa) | hvc1(MEM_UNSHARE, ipa);
     });
     if bad != 0 {

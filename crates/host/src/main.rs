@@ -282,11 +282,18 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
     let mut lazy = false;
     let mut vcpus = if count == 1 { 4 } else { 1 };
     let mut start_after = 0;
+    let mut arg = 0u64;
     for p in parts {
         if p == "p" {
             protected = true;
         } else if p == "lazy" {
             lazy = true;
+        } else if let Some(a) = p
+            .strip_prefix("arg=")
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|a| *a < 1 << 56)
+        {
+            arg = a;
         } else if let Some(ms) = p.strip_prefix("after=").and_then(|v| v.parse::<u64>().ok()) {
             start_after = ms.saturating_mul(guest_rt::gic::counter_hz() / 1000);
         } else if let Some(v) = p.strip_prefix('v').and_then(|v| v.parse().ok()) {
@@ -337,7 +344,9 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
     if let Err(e) = r {
         fail(format_args!("giving memory to {name}: {e:?}"));
     }
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, module.entry, handle.0]) {
+    // x0 at entry: the VM handle in bits [7:0], the guest option `arg=N` above.
+    let x0 = handle.0 | arg << 8;
+    if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, module.entry, x0]) {
         fail(format_args!("VCPU_INIT for {name}: {e:?}"));
     }
     println!(
