@@ -157,6 +157,22 @@ pub fn parse_line(line: &str) -> Result<Option<Record>> {
     }
 }
 
+/// The lines `child` prints on stdout (piped), read by a thread so the
+/// caller can wait for them with a timeout.
+pub fn stdout_lines(child: &mut std::process::Child) -> Result<std::sync::mpsc::Receiver<String>> {
+    let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Boots `image` with `boot`'s options; the records, skip notes and log.
 fn run_boot(
     platform: Platform,
@@ -187,16 +203,7 @@ fn run_boot(
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", provision::QEMU))?;
-    let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut child)?;
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut log = Vec::new();
     loop {

@@ -29,17 +29,12 @@ use object::{Object, ObjectSymbol, SymbolKind};
 
 use crate::{note, provision, target_dir, Platform, Result};
 
-/// The metrics guest-bench's profile mode runs, by index from 1 (the same
-/// list as `PROFILE_METRICS` in crates/guest-bench; the guest prints the name
-/// it runs and xtask checks it).
-pub const METRICS: [&str; 6] = [
-    "hvc_null",
-    "psci_version",
-    "mmio_hyp",
-    "mmio_host",
-    "s2_fault",
-    "mem_share_unshare",
-];
+/// The metrics guest-bench's profile mode runs, by index from 1: the first
+/// six of the bench's (`PROFILE_METRICS` in crates/guest-bench holds the same;
+/// the guest prints the name it runs and xtask checks it).
+fn metrics() -> &'static [&'static str] {
+    &crate::bench::GUEST_METRICS[..6]
+}
 
 /// Per translated block (by guest PC): its instructions and how often it ran.
 #[derive(Debug, Default)]
@@ -270,16 +265,7 @@ fn finish(
     deadline: Instant,
     trace: &Path,
 ) -> Result<u64> {
-    let stdout = child.stdout.take().ok_or("no QEMU stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::bench::stdout_lines(&mut child)?;
     let mut log = Vec::new();
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
@@ -367,10 +353,10 @@ struct Profile {
 }
 
 fn run(metric: &str, iterations: u64) -> Result<Profile> {
-    let Some(index) = METRICS.iter().position(|m| *m == metric).map(|i| i + 1) else {
+    let Some(index) = metrics().iter().position(|m| *m == metric).map(|i| i + 1) else {
         return Err(format!(
             "no profile for {metric:?}: one of {}",
-            METRICS.join(", ")
+            metrics().join(", ")
         ));
     };
     let max = if metric == "s2_fault" { 1000 } else { 5000 };

@@ -19,8 +19,9 @@ use core::arch::global_asm;
 
 global_asm!(
     r#"
-// x2..x30 at offsets 16..240 of a frame laid out like `GuestRegs`.
-.macro save_x2_x30 base
+// The registers a call may clobber besides x0/x1 (AAPCS64: x2..x18, x30),
+// at their `GuestRegs` offsets.
+.macro save_caller base
     stp     x2, x3, [\base, #16]
     stp     x4, x5, [\base, #32]
     stp     x6, x7, [\base, #48]
@@ -29,16 +30,11 @@ global_asm!(
     stp     x12, x13, [\base, #96]
     stp     x14, x15, [\base, #112]
     stp     x16, x17, [\base, #128]
-    stp     x18, x19, [\base, #144]
-    stp     x20, x21, [\base, #160]
-    stp     x22, x23, [\base, #176]
-    stp     x24, x25, [\base, #192]
-    stp     x26, x27, [\base, #208]
-    stp     x28, x29, [\base, #224]
+    str     x18, [\base, #144]
     str     x30, [\base, #240]
 .endm
 
-.macro load_x2_x30 base
+.macro load_caller base
     ldp     x2, x3, [\base, #16]
     ldp     x4, x5, [\base, #32]
     ldp     x6, x7, [\base, #48]
@@ -47,13 +43,38 @@ global_asm!(
     ldp     x12, x13, [\base, #96]
     ldp     x14, x15, [\base, #112]
     ldp     x16, x17, [\base, #128]
-    ldp     x18, x19, [\base, #144]
-    ldp     x20, x21, [\base, #160]
-    ldp     x22, x23, [\base, #176]
-    ldp     x24, x25, [\base, #192]
-    ldp     x26, x27, [\base, #208]
-    ldp     x28, x29, [\base, #224]
+    ldr     x18, [\base, #144]
     ldr     x30, [\base, #240]
+.endm
+
+// The callee-saved x19..x29 at their `GuestRegs` offsets.
+.macro save_callee base
+    stp     x19, x20, [\base, #152]
+    stp     x21, x22, [\base, #168]
+    stp     x23, x24, [\base, #184]
+    stp     x25, x26, [\base, #200]
+    stp     x27, x28, [\base, #216]
+    str     x29, [\base, #232]
+.endm
+
+.macro load_callee base
+    ldp     x19, x20, [\base, #152]
+    ldp     x21, x22, [\base, #168]
+    ldp     x23, x24, [\base, #184]
+    ldp     x25, x26, [\base, #200]
+    ldp     x27, x28, [\base, #216]
+    ldr     x29, [\base, #232]
+.endm
+
+// x2..x30 at offsets 16..240 of a frame laid out like `GuestRegs`.
+.macro save_x2_x30 base
+    save_caller \base
+    save_callee \base
+.endm
+
+.macro load_x2_x30 base
+    load_caller \base
+    load_callee \base
 .endm
 
 .macro guest_exit_vector kind
@@ -144,16 +165,7 @@ __fast_sync:
     ldr     x0, [x1, #120]          // HostSave::fast
     cbz     x0, 2f
     ldr     x0, [x1, #104]          // HostSave::guest
-    stp     x2, x3, [x0, #16]
-    stp     x4, x5, [x0, #32]
-    stp     x6, x7, [x0, #48]
-    stp     x8, x9, [x0, #64]
-    stp     x10, x11, [x0, #80]
-    stp     x12, x13, [x0, #96]
-    stp     x14, x15, [x0, #112]
-    stp     x16, x17, [x0, #128]
-    str     x18, [x0, #144]
-    str     x30, [x0, #240]
+    save_caller x0
     ldp     x2, x3, [sp], #16
     stp     x2, x3, [x0, #0]
     mrs     x2, elr_el2
@@ -167,28 +179,14 @@ __fast_sync:
     // PC. ELR_EL2 needs no synchronisation before the ERET (see below).
     ldr     x2, [x1, #248]
     msr     elr_el2, x2
-    ldp     x2, x3, [x1, #16]
-    ldp     x4, x5, [x1, #32]
-    ldp     x6, x7, [x1, #48]
-    ldp     x8, x9, [x1, #64]
-    ldp     x10, x11, [x1, #80]
-    ldp     x12, x13, [x1, #96]
-    ldp     x14, x15, [x1, #112]
-    ldp     x16, x17, [x1, #128]
-    ldr     x18, [x1, #144]
-    ldr     x30, [x1, #240]
+    load_caller x1
     ldp     x0, x1, [x1, #0]
     eret
     dsb     nsh
     isb
     // Not answered (the register file is unchanged): store x19..x29 too and
     // take the full exit with the frame complete.
-3:  stp     x19, x20, [x1, #152]
-    stp     x21, x22, [x1, #168]
-    stp     x23, x24, [x1, #184]
-    stp     x25, x26, [x1, #200]
-    stp     x27, x28, [x1, #216]
-    str     x29, [x1, #232]
+3:  save_callee x1
     mov     x0, #0
     b       __guest_exit_frame
 2:  mov     x0, #0
