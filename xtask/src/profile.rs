@@ -47,13 +47,18 @@ impl Trace {
     /// Reads a QEMU `-d in_asm,exec,nochain` log.
     pub fn read(r: impl BufRead) -> std::io::Result<Self> {
         let mut t = Trace::default();
+        // The block being listed: (first PC, instructions so far); u64::MAX
+        // until its first instruction line.
         let mut block: Option<(u64, u64)> = None;
+        let end_block = |t: &mut Trace, block: Option<(u64, u64)>| {
+            if let Some((pc, n)) = block.filter(|b| b.0 != u64::MAX) {
+                t.size.insert(pc, n);
+            }
+        };
         for line in r.split(b'\n') {
             let line = line?;
             if line.starts_with(b"IN:") {
-                if let Some((pc, n)) = block.take() {
-                    t.size.insert(pc, n);
-                }
+                end_block(&mut t, block.take());
                 block = Some((u64::MAX, 0));
             } else if line.starts_with(b"0x") {
                 // "0x40200000:  d503201f  nop": one instruction of the block.
@@ -69,18 +74,10 @@ impl Trace {
                     *t.count.entry(pc).or_default() += 1;
                 }
             } else if line.is_empty() {
-                if let Some((pc, n)) = block.take() {
-                    if pc != u64::MAX {
-                        t.size.insert(pc, n);
-                    }
-                }
+                end_block(&mut t, block.take());
             }
         }
-        if let Some((pc, n)) = block {
-            if pc != u64::MAX {
-                t.size.insert(pc, n);
-            }
-        }
+        end_block(&mut t, block);
         Ok(t)
     }
 
@@ -217,8 +214,8 @@ fn readable(name: &str) -> String {
         .replace("..", "::")
 }
 
-/// One profiling boot: runs `iterations` of metric `index`, writes the trace
-/// to `log`; returns the guest's reported figure.
+/// Starts one profiling boot: `iterations` of metric `index`, its trace
+/// written to `log`; [`finish`] waits for it.
 fn boot(
     built: &crate::Built,
     index: usize,

@@ -247,22 +247,30 @@ fn align(target: u64, period: u64) {
     unsafe { bench_align(target, period) }
 }
 
-fn install_dither_vectors() {
-    unsafe extern "C" {
-        fn bench_vectors_dither();
-    }
-    let v = bench_vectors_dither as *const () as usize as u64;
-    // SAFETY: a complete EL1 vector table (above).
+unsafe extern "C" {
+    fn bench_vectors();
+    fn bench_vectors_dither();
+}
+
+/// Points VBAR_EL1 at `table`, then synchronises (the next exception uses it).
+///
+/// # Safety
+///
+/// `table` must be a complete EL1 vector table.
+unsafe fn set_vbar(table: unsafe extern "C" fn()) {
+    let v = table as *const () as usize as u64;
+    // SAFETY: forwarded contract.
     unsafe { asm!("msr vbar_el1, {0}", "isb", in(reg) v, options(nostack)) };
 }
 
+fn install_dither_vectors() {
+    // SAFETY: a complete EL1 vector table (above).
+    unsafe { set_vbar(bench_vectors_dither) };
+}
+
 fn install_vectors() {
-    unsafe extern "C" {
-        fn bench_vectors();
-    }
-    let v = bench_vectors as *const () as usize as u64;
     // SAFETY: the table above is a complete EL1 vector table.
-    unsafe { asm!("msr vbar_el1, {0}", "isb", in(reg) v, options(nostack)) };
+    unsafe { set_vbar(bench_vectors) };
     guest_rt::set_exception_hook(irq_hook);
 }
 
@@ -766,8 +774,8 @@ fn secondary() -> ! {
         // SAFETY: WFE only waits (QEMU: lets the other CPU run).
         unsafe { asm!("wfe", options(nomem, nostack)) };
     }
-    // SAFETY: masks IRQs again before turning off.
-    unsafe { asm!("msr daifset, #2", options(nomem, nostack)) };
+    // IRQs masked again before turning off.
+    gic::irq_mask();
     guest_rt::cpu_off()
 }
 

@@ -96,19 +96,10 @@ fn guest_main(cpu: usize, _arg: u64) -> ! {
     // still gives the physical CPU back to the host, so a guest sharing it
     // keeps running (tests/tests/two_guests.rs).
     println!("guest-faults: spinning for 2 s with interrupts masked");
-    let (freq, start): (u64, u64);
-    // SAFETY: masking IRQs and reading the counter touch no memory.
-    unsafe {
-        core::arch::asm!("msr daifset, #0x2", "mrs {0}, cntfrq_el0", "mrs {1}, cntvct_el0", out(reg) freq, out(reg) start, options(nomem, nostack));
-    }
-    loop {
-        let now: u64;
-        // SAFETY: as above.
-        unsafe { core::arch::asm!("mrs {0}, cntvct_el0", out(reg) now, options(nomem, nostack)) };
-        if now.wrapping_sub(start) >= 2 * freq {
-            break;
-        }
-    }
+    guest_rt::gic::irq_mask();
+    let freq = guest_rt::gic::counter_hz();
+    let start = guest_rt::gic::counter();
+    while guest_rt::gic::counter().wrapping_sub(start) < 2 * freq {}
     println!("guest-faults: spun for 2 s with interrupts masked");
 
     let r = guest_rt::hvc(0xc600_fff0, 0, 0, 0)[0] as i64;

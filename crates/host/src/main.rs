@@ -387,7 +387,7 @@ fn serve(cpu: usize) {
                 continue;
             }
             live += 1;
-            if guest_rt::gic::counter().wrapping_sub(start) < g.start_after {
+            if g.start_after != 0 && guest_rt::gic::counter().wrapping_sub(start) < g.start_after {
                 continue;
             }
             for v in (cpu..g.vcpus).step_by(cpus) {
