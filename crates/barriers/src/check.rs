@@ -30,11 +30,26 @@ use std::format;
 use std::string::String;
 use std::vec::Vec;
 
+/// What kind of defect a violation is, for the per-path counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A consumer (or an ERET) ran before the context synchronisation it needed.
+    MissingIsb,
+    /// An ISB with nothing pending for it to synchronise (invariant 2).
+    NeedlessIsb,
+    /// TLB maintenance by VMID under a VMID other than the edited tables' (invariant 7).
+    WrongVmid,
+    /// Anything else (break-before-make, DSB/TLBI order, duplicate obligations).
+    Other,
+}
+
 /// One violated invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     /// The invariant number in ARM-RULES.md section 5.
     pub invariant: u8,
+    /// Its kind.
+    pub kind: Kind,
     /// Index of the offending trace entry (the trace length for end-of-trace findings).
     pub index: usize,
     /// What went wrong.
@@ -70,6 +85,9 @@ struct State {
     /// Per class: index of the write pending since the last CSE.
     pending: [Option<usize>; NCLASS],
     vttbr_vmid: Option<u16>,
+    /// The VMID of the stage-2 batch whose maintenance is under way (since its `Stage2Edit`
+    /// marker, until the next VTTBR_EL2 write).
+    batch_vmid: Option<u16>,
     /// Index of the last descriptor store of each address that broke a valid entry.
     breaks: HashMap<u64, usize>,
     /// Index of the newest break store.
@@ -91,8 +109,13 @@ struct State {
 
 impl State {
     fn v(&mut self, invariant: u8, index: usize, what: String) {
+        self.vk(invariant, Kind::Other, index, what);
+    }
+
+    fn vk(&mut self, invariant: u8, kind: Kind, index: usize, what: String) {
         self.out.push(Violation {
             invariant,
+            kind,
             index,
             what,
         });
@@ -100,8 +123,9 @@ impl State {
 
     fn need(&mut self, class: u8, inv: u8, i: usize, what: &str) {
         if let Some(w) = self.pending[class as usize] {
-            self.v(
+            self.vk(
                 inv,
+                Kind::MissingIsb,
                 i,
                 format!("{what} at {i} without an ISB after the write at {w}"),
             );
@@ -139,6 +163,7 @@ impl State {
             }
             SysReg::VttbrEl2 => {
                 self.vttbr_vmid = Some(vttbr_vmid(value));
+                self.batch_vmid = None;
                 set(self, VMID);
             }
             SysReg::VtcrEl2 => set(self, VMID),
@@ -158,8 +183,9 @@ impl State {
     fn isb(&mut self, i: usize) {
         let reason = self.pending.iter().any(Option::is_some) || self.need_isb_for_mappings;
         if !reason {
-            self.v(
+            self.vk(
                 2,
+                Kind::NeedlessIsb,
                 i,
                 format!("ISB at {i} with no pending in-context write or EL2 mapping change"),
             );
@@ -170,8 +196,9 @@ impl State {
 
     fn eret(&mut self, i: usize) {
         if let Some(w) = self.pending[ERET_IN as usize] {
-            self.v(
+            self.vk(
                 4,
+                Kind::MissingIsb,
                 i,
                 format!(
                     "ERET at {i}: HCR_EL2.RW/E2H/TGE/NV change at {w} needs an explicit ISB first"
@@ -238,6 +265,21 @@ impl State {
     fn tlbi(&mut self, i: usize, op: Tlbi) {
         if op.by_vmid() {
             self.need(VMID, 7, i, &format!("TLBI {op:?} by VMID"));
+            match (self.batch_vmid, self.vttbr_vmid) {
+                (Some(b), Some(v)) if b == v => {}
+                (Some(b), v) => self.vk(
+                    7,
+                    Kind::WrongVmid,
+                    i,
+                    format!("TLBI {op:?} at {i} for VMID {b}'s tables while VTTBR_EL2 holds {v:?}"),
+                ),
+                (None, _) => self.vk(
+                    7,
+                    Kind::WrongVmid,
+                    i,
+                    format!("TLBI {op:?} at {i} by VMID outside a stage-2 batch (no VMID named)"),
+                ),
+            }
         }
         if let Some(b) = self.last_break {
             if self.published.is_none_or(|p| p < b) {
@@ -311,22 +353,30 @@ impl State {
                 if let Some(w) = self.make_undsb {
                     self.v(13, i, format!("EL2 relies on mappings at {i}: store at {w} not published by DSB ISHST"));
                 } else if self.need_isb_for_mappings {
-                    self.v(
+                    self.vk(
                         13,
+                        Kind::MissingIsb,
                         i,
                         format!("EL2 relies on mappings at {i} without an ISB after their DSB"),
                     );
                 }
             }
+            Consumer::VttbrIs { vmid, synced } => {
+                self.vttbr_vmid = Some(vmid);
+                if !synced {
+                    self.pending[VMID as usize] = Some(i);
+                }
+            }
             Consumer::Stage2Edit { vmid } => {
-                if let Some(v) = self.vttbr_vmid {
-                    if v != vmid {
-                        self.v(
-                            7,
-                            i,
-                            format!("stage-2 batch for VMID {vmid} while VTTBR_EL2 holds VMID {v}"),
-                        );
-                    }
+                self.batch_vmid = Some(vmid);
+                if self.vttbr_vmid != Some(vmid) {
+                    let v = self.vttbr_vmid;
+                    self.vk(
+                        7,
+                        Kind::WrongVmid,
+                        i,
+                        format!("stage-2 batch for VMID {vmid} while VTTBR_EL2 holds VMID {v:?}"),
+                    );
                 }
             }
         }
@@ -340,6 +390,7 @@ pub fn check(trace: &[Insn]) -> Vec<Violation> {
         out: Vec::new(),
         pending: [None; NCLASS],
         vttbr_vmid: None,
+        batch_vmid: None,
         breaks: HashMap::new(),
         last_break: None,
         published: None,
@@ -374,7 +425,7 @@ pub fn check(trace: &[Insn]) -> Vec<Violation> {
                 }
             }
             Insn::Eret => s.eret(i),
-            Insn::DcCivac { .. } | Insn::IcIallu | Insn::Free { .. } => {
+            Insn::DcCivac { .. } | Insn::Free { .. } => {
                 if let Insn::Free { pa } = *insn {
                     s.breaks_done(15, i, &format!("free of {pa:#x}"));
                 }
@@ -395,6 +446,71 @@ pub fn check(trace: &[Insn]) -> Vec<Violation> {
         );
     }
     s.out
+}
+
+/// Instruction and defect counts of one traced scenario.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// ISBs.
+    pub isb: usize,
+    /// DSBs.
+    pub dsb: usize,
+    /// TLBIs.
+    pub tlbi: usize,
+    /// DC and IC operations.
+    pub cache: usize,
+    /// ERETs (guest entries).
+    pub eret: usize,
+    /// Needless ISBs found.
+    pub needless_isb: usize,
+    /// Missing synchronisations found.
+    pub missing_isb: usize,
+    /// TLB maintenance under the wrong VMID found.
+    pub wrong_vmid: usize,
+    /// Every other violation.
+    pub other: usize,
+}
+
+impl core::fmt::Display for Summary {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "isb {} dsb {} tlbi {} dc/ic {} eret {} | needless isb {} missing isb {} wrong vmid {} other {}",
+            self.isb,
+            self.dsb,
+            self.tlbi,
+            self.cache,
+            self.eret,
+            self.needless_isb,
+            self.missing_isb,
+            self.wrong_vmid,
+            self.other
+        )
+    }
+}
+
+/// Checks `trace` and counts its barriers and defects.
+pub fn summary(trace: &[Insn]) -> Summary {
+    let mut s = Summary::default();
+    for i in trace {
+        match i {
+            Insn::Isb => s.isb += 1,
+            Insn::Dsb(_) => s.dsb += 1,
+            Insn::Tlbi(_) => s.tlbi += 1,
+            Insn::DcCivac { .. } => s.cache += 1,
+            Insn::Eret => s.eret += 1,
+            _ => {}
+        }
+    }
+    for v in check(trace) {
+        match v.kind {
+            Kind::NeedlessIsb => s.needless_isb += 1,
+            Kind::MissingIsb => s.missing_isb += 1,
+            Kind::WrongVmid => s.wrong_vmid += 1,
+            Kind::Other => s.other += 1,
+        }
+    }
+    s
 }
 
 /// Formats violations one per line, for assertion messages.

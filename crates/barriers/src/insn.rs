@@ -87,7 +87,15 @@ pub enum Consumer {
     GicSysreg,
     /// EL2 started to rely on its own translation regime (SCTLR/TCR/TTBR0/MAIR_EL2).
     El2Memory,
-    /// A stage-2 batch started editing the tables of `vmid`.
+    /// What this CPU's VTTBR owner knows at the start of a trace: `vmid` is loaded, and whether
+    /// the write was synchronised.
+    VttbrIs {
+        /// The VMID in VTTBR_EL2.
+        vmid: u16,
+        /// A context synchronisation event happened since it was written.
+        synced: bool,
+    },
+    /// A stage-2 batch is about to issue TLB maintenance for the tables of `vmid`.
     Stage2Edit {
         /// The VMID whose tables are edited.
         vmid: u16,
@@ -198,6 +206,8 @@ sysregs! {
     IccIgrpen1El1 => "s3_0_c12_c12_7",
     /// ICC_EOIR1_EL1 (S3_0_C12_C12_1).
     IccEoir1El1 => "s3_0_c12_c12_1",
+    /// ICC_IAR1_EL1 (S3_0_C12_C12_0), read-only: acknowledges an interrupt.
+    IccIar1El1 => "s3_0_c12_c12_0",
     /// ICC_CTLR_EL1 (S3_0_C12_C12_4).
     IccCtlrEl1 => "s3_0_c12_c12_4",
     /// ICC_SGI1R_EL1 (S3_0_C12_C11_5) at EL2: physical SGIs (vCPU kicks).
@@ -360,8 +370,6 @@ pub enum Insn {
         /// The (cache-line aligned) virtual address.
         va: u64,
     },
-    /// `IC IALLU`.
-    IcIallu,
     /// A translation-table descriptor store (release semantics).
     Store {
         /// Address of the descriptor.
@@ -521,12 +529,6 @@ pub(crate) mod emit {
     }
 
     #[inline(always)]
-    pub(crate) fn ic_iallu() {
-        // SAFETY: invalidating the instruction cache has no architectural data effect.
-        unsafe { asm!("ic iallu", options(nostack, preserves_flags)) }
-    }
-
-    #[inline(always)]
     pub(crate) fn store(slot: &AtomicU64, new: u64, _ia: Option<u64>, _level: Option<u8>) {
         slot.store(new, Ordering::Release);
     }
@@ -605,10 +607,6 @@ pub(crate) mod emit {
 
     pub(crate) fn dc_civac(va: u64) {
         push(Insn::DcCivac { va });
-    }
-
-    pub(crate) fn ic_iallu() {
-        push(Insn::IcIallu);
     }
 
     pub(crate) fn store(slot: &AtomicU64, new: u64, ia: Option<u64>, level: Option<u8>) {

@@ -67,6 +67,7 @@ pub mod regs;
 pub mod sync;
 #[cfg(not(all(barriers_hw, not(test))))]
 pub mod trace;
+pub mod vttbr;
 
 pub use insn::{Consumer, DsbKind, Insn, SysReg, Tlbi};
 pub use sync::{enter_guest, isb, EosChecked, GuestPending, Pending, Synced};

@@ -15,15 +15,25 @@
 //! Break-before-make is enforced: a `make` over a slot broken in this batch before `sync()`
 //! panics (a hypervisor bug), and so does `free` while breaks are unsynchronised (invariant 15).
 //!
-//! [`LazyMmu`] is the per-CPU lazy-MMU state of seed 002 (Linux 5fdd05efa1cd): inside a lazy
-//! section the trailing barriers of EL2 batches are only marked pending (test, then set: no atomic
-//! operation when already pending) and issued once when the outermost section ends. Batches begun
-//! from exception context inside a lazy section ([`PtBatch::begin_in`]) emit immediately
-//! (invariant 24).
+//! Seed 002 (Linux 5fdd05efa1cd, batching the barriers of many PTE updates) is the batch itself:
+//! a multi-page operation (donate, destroy, share of a range) is one walk and one batch, so it
+//! owes one `DSB ISHST` for all its stores, not one per page.
+//!
+//! **Stage-2 TLBIs under the right VMID.** A stage-2 batch holds this CPU's
+//! [`Vttbr`](crate::vttbr::Vttbr) mutably for its whole life. When it has TLBIs to issue it makes
+//! VTTBR_EL2 hold the batch's VMID (switching and restoring around them if another is loaded), so
+//! no caller can issue stage-2 maintenance under another VM's VMID (ARM-RULES.md 2.2 step 3).
+//!
+//! **A batch cannot be lost.** [`PtBatch::finish`] consumes the batch; the type is `#[must_use]`,
+//! and dropping an unfinished batch (early return, `?`) panics in every build, release included:
+//! its TLBIs and trailing barriers would otherwise silently never be issued. (`mem::forget`
+//! escapes any drop guard; the trace checker's end-of-trace rule catches that in tests.)
 
 use crate::insn::{emit, DsbKind, Tlbi};
+use crate::regs::vttbr_vmid;
+use crate::vttbr::Vttbr;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::AtomicU64;
 
 /// The translation regime whose tables a batch edits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +77,18 @@ pub struct BatchStats {
     pub isb: u32,
     /// DC operations.
     pub dc: u32,
+    /// Times VTTBR_EL2 was switched to the batch's VMID and back around its TLBIs.
+    pub vmid_switches: u32,
+}
+
+impl core::ops::AddAssign for BatchStats {
+    fn add_assign(&mut self, o: Self) {
+        self.dsb += o.dsb;
+        self.tlbi += o.tlbi;
+        self.isb += o.isb;
+        self.dc += o.dc;
+        self.vmid_switches += o.vmid_switches;
+    }
 }
 
 /// Queue capacity, and the default leaf-TLBI limit (Linux `MAX_TLBI_OPS` = 512: beyond one
@@ -118,7 +140,7 @@ impl Queued {
 
 /// A translation-table update batch. See the [module documentation](self).
 #[must_use = "a PtBatch owes barriers: call finish()"]
-pub struct PtBatch {
+pub struct PtBatch<'v> {
     regime: Regime,
     limit: usize,
     queue: [MaybeUninit<Queued>; MAX_QUEUED],
@@ -132,13 +154,13 @@ pub struct PtBatch {
     store_owed: bool,
     /// Something since the last ISB needs one before EL2 relies on it (EL2 regime only).
     isb_owed: bool,
-    /// Exception context inside a lazy section: emit every barrier at once.
-    immediate: bool,
+    /// Stage 2: this CPU's VTTBR owner and the VTTBR value (root and VMID) of the tables.
+    vttbr: Option<(&'v mut Vttbr, u64)>,
     stats: BatchStats,
     done: bool,
 }
 
-impl core::fmt::Debug for PtBatch {
+impl core::fmt::Debug for PtBatch<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("PtBatch")
             .field("regime", &self.regime)
@@ -149,11 +171,24 @@ impl core::fmt::Debug for PtBatch {
     }
 }
 
-impl PtBatch {
-    /// Opens a batch for `regime`. Emits nothing. For stage 2, VTTBR_EL2 must already hold the
-    /// VMID, synchronised ([`crate::sync::uses::stage2_tables`] declares it and records the
-    /// marker the checker compares with VTTBR_EL2, invariant 7).
-    pub fn begin(regime: Regime) -> Self {
+impl<'v> PtBatch<'v> {
+    /// Opens a batch for the stage-2 tables whose VTTBR_EL2 value (root and VMID) is `target`.
+    /// Emits nothing; its TLBIs are issued under `target`'s VMID whatever `vttbr` holds.
+    pub fn stage2(vttbr: &'v mut Vttbr, target: u64) -> Self {
+        Self::new(
+            Regime::Stage2 {
+                vmid: vttbr_vmid(target),
+            },
+            Some((vttbr, target)),
+        )
+    }
+
+    /// Opens a batch for the hypervisor's own EL2 stage-1 tables. Emits nothing.
+    pub fn el2() -> Self {
+        Self::new(Regime::El2, None)
+    }
+
+    fn new(regime: Regime, vttbr: Option<(&'v mut Vttbr, u64)>) -> Self {
         PtBatch {
             regime,
             limit: MAX_QUEUED,
@@ -164,19 +199,10 @@ impl PtBatch {
             hi: 0,
             store_owed: false,
             isb_owed: false,
-            immediate: false,
+            vttbr,
             stats: BatchStats::default(),
             done: false,
         }
-    }
-
-    /// Opens a batch that knows the CPU's lazy-MMU state: from exception context inside a lazy
-    /// section every update emits its barriers immediately (invariant 24, Linux's `in_interrupt()`
-    /// fix), because the interrupted code's deferred barriers cannot cover it.
-    pub fn begin_in(lazy: &LazyMmu, regime: Regime) -> Self {
-        let mut b = Self::begin(regime);
-        b.immediate = lazy.in_exception();
-        b
     }
 
     /// Sets the number of queued leaf TLBIs above which the batch invalidates VMID-wide
@@ -215,9 +241,6 @@ impl PtBatch {
         self.store_owed = true;
         if self.regime == Regime::El2 {
             self.isb_owed = true;
-        }
-        if self.immediate {
-            self.trailing();
         }
     }
 
@@ -260,9 +283,6 @@ impl PtBatch {
             // restriction. A restriction is not a break, so no later make depends on it, and
             // nothing needs to be tracked (otherwise a 1 GiB protect of 4 KiB pages would sync
             // once per MAX_QUEUED entries).
-            if self.immediate {
-                self.sync();
-            }
             return;
         }
         let addr = slot as *const AtomicU64 as usize;
@@ -277,9 +297,6 @@ impl PtBatch {
             }) {
                 // SAFETY: as above.
                 unsafe { self.queue[i].assume_init_mut() }.packed |= q.packed & Q_BREAK;
-                if self.immediate {
-                    self.sync();
-                }
                 return;
             }
         }
@@ -289,9 +306,6 @@ impl PtBatch {
         self.hi = self.hi.max(addr);
         if matches!(inv, Inval::Table { .. }) || self.len > self.limit {
             self.wide = true;
-        }
-        if self.immediate {
-            self.sync();
         }
     }
 
@@ -338,6 +352,19 @@ impl PtBatch {
         let n = self.len;
         match self.regime {
             Regime::Stage2 { .. } => {
+                // 2.2 step 3: the TLBIs act on the VMID in VTTBR_EL2; make it the batch's.
+                let (vttbr, target) = self
+                    .vttbr
+                    .as_mut()
+                    .expect("a stage-2 batch is opened with its VTTBR (PtBatch::stage2)");
+                let (synced_before, loaded_before) = (vttbr.is_synced(), vttbr.vmid());
+                let restore = vttbr.enter_vmid(*target);
+                if restore.is_some() {
+                    self.stats.vmid_switches += 1;
+                }
+                if restore.is_some() || !synced_before || loaded_before != vttbr_vmid(*target) {
+                    self.stats.isb += 1;
+                }
                 if wide {
                     // 2.2 step 4: an old table (walk caches, R_ZYZYK) or more leaves than the
                     // limit: all stage-1 and stage-2 entries of the VMID.
@@ -365,6 +392,9 @@ impl PtBatch {
                     // Completes the stage-1 flush before the makes that follow.
                     self.dsb(DsbKind::Ish);
                 }
+                if let Some((vttbr, _)) = self.vttbr.as_mut() {
+                    vttbr.exit_vmid(restore);
+                }
             }
             Regime::El2 => {
                 if wide {
@@ -387,9 +417,6 @@ impl PtBatch {
         self.wide = false;
         self.lo = usize::MAX;
         self.hi = 0;
-        if self.immediate {
-            self.trailing();
-        }
     }
 
     /// Records that the page or table at `pa` is released.
@@ -426,15 +453,6 @@ impl PtBatch {
         self.dsb(DsbKind::Ish);
     }
 
-    /// `IC IALLU; DSB ISH`: invalidates this PE's instruction caches after code was written
-    /// through a cacheable alias (ARM-RULES.md section 3: after loading images, before the guest
-    /// first runs). The guest's ERET is the CSE that discards prefetched instructions.
-    pub fn invalidate_icache(&mut self) {
-        emit::ic_iallu();
-        // Completes the invalidation before the ERET that exposes the code.
-        self.dsb(DsbKind::Ish);
-    }
-
     fn trailing(&mut self) {
         if self.store_owed {
             // 2.2 step 9 / R_XCLRD: the new descriptors reach the walkers. Stage 2: the ERET into
@@ -459,153 +477,19 @@ impl PtBatch {
         self.done = true;
         self.stats
     }
-
-    /// Like [`Self::finish`], but inside a lazy section of `lazy` (and not in exception context)
-    /// the trailing barriers are only marked pending in `lazy` and issued once when its outermost
-    /// section ends (seed 002). TLBIs are never deferred.
-    pub fn finish_in(mut self, lazy: &LazyMmu) -> BatchStats {
-        self.sync();
-        if lazy.is_lazy() && !self.immediate {
-            lazy.queue(self.store_owed, self.isb_owed);
-            self.store_owed = false;
-            self.isb_owed = false;
-        } else {
-            self.trailing();
-        }
-        self.done = true;
-        self.stats
-    }
 }
 
-impl Drop for PtBatch {
+impl Drop for PtBatch<'_> {
+    /// The drop guard stays in release builds: an unfinished batch has stored descriptors whose
+    /// TLBIs or trailing DSB were never issued, so other CPUs may keep stale translations (a
+    /// hypervisor bug, never the result of guest or host input). Stopping loudly beats running on.
     fn drop(&mut self) {
         #[cfg(not(all(barriers_hw, not(test))))]
         if std::thread::panicking() {
             return;
         }
-        debug_assert!(
-            self.done,
-            "PtBatch dropped without finish(): its barriers were never issued"
-        );
-    }
-}
-
-const PENDING_DSB: u32 = 1;
-const PENDING_ISB: u32 = 2;
-
-/// Per-CPU lazy-MMU state (seed 002, ARM-RULES.md section 4). Keep one per CPU (or per host test
-/// thread); it is not meant to be shared between CPUs.
-#[derive(Debug, Default)]
-pub struct LazyMmu {
-    depth: AtomicU32,
-    exception: AtomicU32,
-    pending: AtomicU32,
-    sets: AtomicU32,
-}
-
-impl LazyMmu {
-    /// A CPU outside any lazy section.
-    pub const fn new() -> Self {
-        LazyMmu {
-            depth: AtomicU32::new(0),
-            exception: AtomicU32::new(0),
-            pending: AtomicU32::new(0),
-            sets: AtomicU32::new(0),
+        if !self.done {
+            panic!("PtBatch dropped without finish(): its barriers were never issued");
         }
-    }
-
-    /// Enters a (possibly nested) lazy section. Barriers queued inside are issued when the
-    /// outermost scope ends.
-    pub fn enter(&self) -> LazyScope<'_> {
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        LazyScope { lazy: self }
-    }
-
-    /// Marks this CPU as running an exception handler until the returned scope ends.
-    pub fn exception(&self) -> ExceptionScope<'_> {
-        self.exception.fetch_add(1, Ordering::Relaxed);
-        ExceptionScope { lazy: self }
-    }
-
-    /// Whether updates are deferred right now (in a lazy section, not in exception context).
-    pub fn is_lazy(&self) -> bool {
-        self.depth.load(Ordering::Relaxed) != 0 && !self.in_exception()
-    }
-
-    /// Whether an exception handler is running.
-    pub fn in_exception(&self) -> bool {
-        self.exception.load(Ordering::Relaxed) != 0
-    }
-
-    /// Number of times the pending flags were actually set (invariant 23: at most once per
-    /// section and barrier kind; re-marking does no atomic operation).
-    pub fn pending_sets(&self) -> u32 {
-        self.sets.load(Ordering::Relaxed)
-    }
-
-    /// The EL2 stage-1 "queue_pte_barriers" of seed 002: `DSB ISHST; ISB` now, or pending.
-    pub fn queue_pte_barriers(&self) {
-        self.queue(true, true);
-    }
-
-    fn queue(&self, dsb: bool, isb: bool) {
-        let want = (if dsb { PENDING_DSB } else { 0 }) | (if isb { PENDING_ISB } else { 0 });
-        if want == 0 {
-            return;
-        }
-        if self.is_lazy() {
-            // Seed 002 agreed v3: test before set; when already pending, do nothing.
-            let flags = self.pending.load(Ordering::Relaxed);
-            if flags & want != want {
-                self.pending.fetch_or(want, Ordering::Relaxed);
-                self.sets.fetch_add(1, Ordering::Relaxed);
-            }
-        } else {
-            Self::emit(want);
-        }
-    }
-
-    fn emit(flags: u32) {
-        if flags & PENDING_DSB != 0 {
-            // New descriptors visible to the walkers (R_XCLRD, 2.2 invalid→valid).
-            emit::dsb(DsbKind::Ishst);
-        }
-        if flags & PENDING_ISB != 0 {
-            // EL2 uses the new mappings next: drop speculative faulting translations.
-            emit::isb();
-        }
-    }
-
-    fn leave(&self) {
-        if self.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let flags = self.pending.swap(0, Ordering::Relaxed);
-            Self::emit(flags);
-        }
-    }
-}
-
-/// A lazy section; the outermost one issues the pending barriers when dropped.
-#[must_use = "dropping the scope ends the lazy section at once"]
-#[derive(Debug)]
-pub struct LazyScope<'a> {
-    lazy: &'a LazyMmu,
-}
-
-impl Drop for LazyScope<'_> {
-    fn drop(&mut self) {
-        self.lazy.leave();
-    }
-}
-
-/// Exception context on a CPU; see [`LazyMmu::exception`].
-#[must_use = "dropping the scope ends exception context at once"]
-#[derive(Debug)]
-pub struct ExceptionScope<'a> {
-    lazy: &'a LazyMmu,
-}
-
-impl Drop for ExceptionScope<'_> {
-    fn drop(&mut self) {
-        self.lazy.exception.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -6,7 +6,8 @@
 
 use crate::insn::{emit, SysReg};
 use crate::sync::{
-    El1Names, El2Fp, El2Translation, GicSre, GuestOnly, HcrAny, Includes, Pending, Synced, VmidCtx,
+    El1Names, El2Fp, El2GicIf, El2Translation, GicSre, GuestOnly, HcrAny, Includes, Pending,
+    Synced, VmidCtx,
 };
 use aarch64_cpu::registers::{HCR_EL2, VTTBR_EL2};
 
@@ -86,12 +87,22 @@ macro_rules! el2_reg {
     };
 }
 
-el2_reg!(
-    /// VTTBR_EL2: stage-2 base and VMID. Consumers: TLBI by VMID and AT at EL2 (in-context,
-    /// [`VmidCtx`]); the guest's stage-2 walks (discharged by the ERET).
-    VttbrEl2, VttbrEl2, VmidCtx,
-    safety = "The table at BADDR must be a valid stage-2 table for the VMID that maps only memory the VM owns, and stay so while the VMID runs. Issue TLBI by VMID only with a `Synced<VmidCtx>` proof."
-);
+/// VTTBR_EL2: stage-2 base and VMID. Written only through this CPU's
+/// [`crate::vttbr::Vttbr`], which knows the loaded VMID and whether it is synchronised; here it
+/// can only be read.
+#[derive(Debug)]
+pub struct VttbrEl2;
+
+impl VttbrEl2 {
+    /// The register.
+    pub const REG: SysReg = SysReg::VttbrEl2;
+
+    /// Reads the register.
+    pub fn read() -> u64 {
+        emit::mrs(SysReg::VttbrEl2)
+    }
+}
+
 el2_reg!(
     /// VTCR_EL2: stage-2 translation control (TLB-cacheable: change only for a VMID with no live
     /// TLB entries, or TLBI it afterwards, invariant 9).
@@ -229,16 +240,15 @@ impl HcrEl2 {
     ///
     /// # Panics
     ///
-    /// In debug builds (always on the host), if any other field changes: a hypervisor bug.
+    /// In every build, if any other field changes: a hypervisor bug (an E2H/TGE/RW/VM change
+    /// carried into the ERET without its ISB). The check costs one MRS per world switch.
     pub unsafe fn write_traps_only(value: u64) -> Pending<GuestOnly> {
-        if cfg!(any(debug_assertions, not(all(barriers_hw, not(test))))) {
-            let old = emit::peek(SysReg::HcrEl2);
-            let other = (old ^ value) & !HCR_GUEST_ONLY_FIELDS;
-            assert!(
-                other == 0,
-                "HcrEl2::write_traps_only: non-trap fields {other:#x} change ({old:#x} -> {value:#x}); use HcrEl2::write and isb()"
-            );
-        }
+        let old = emit::peek(SysReg::HcrEl2);
+        let other = (old ^ value) & !HCR_GUEST_ONLY_FIELDS;
+        assert!(
+            other == 0,
+            "HcrEl2::write_traps_only: non-trap fields {other:#x} change ({old:#x} -> {value:#x}); use HcrEl2::write and isb()"
+        );
         // SAFETY: forwarded contract.
         let changed = unsafe { write_raw(SysReg::HcrEl2, value) };
         Pending::new(SysReg::HcrEl2, changed)
@@ -279,7 +289,9 @@ impl CptrEl2 {
     }
 
     /// Writes CPTR_EL2 when no FP/SVE/SME trap is cleared (setting traps needs no ISB before the
-    /// ERET, ARM-RULES.md section 1).
+    /// ERET, ARM-RULES.md section 1). Takes this CPU's proof that FP was enabled, if there is one:
+    /// once the traps are set again it is stale, and consuming it makes any later EL2 FP use
+    /// through it a compile error.
     ///
     /// # Safety
     ///
@@ -287,19 +299,21 @@ impl CptrEl2 {
     ///
     /// # Panics
     ///
-    /// In debug builds (always on the host), if a trap in [`CPTR_EL2_FP_TRAPS`] is cleared.
+    /// In every build, if a trap in [`CPTR_EL2_FP_TRAPS`] is cleared: a hypervisor bug that would
+    /// let a guest use another context's FP registers. The check reads the old value (one MRS on
+    /// a path that already switches FP ownership).
     pub unsafe fn write_setting_traps<K: Includes<El1Names>>(
         _e2h: &Synced<K>,
+        fp_on: Option<Synced<El2Fp>>,
         value: u64,
     ) -> Pending<GuestOnly> {
-        if cfg!(any(debug_assertions, not(all(barriers_hw, not(test))))) {
-            let old = emit::peek(SysReg::CptrEl2);
-            let cleared = old & !value & CPTR_EL2_FP_TRAPS;
-            assert!(
-                cleared == 0,
-                "CptrEl2::write_setting_traps clears FP traps {cleared:#x}; use CptrEl2::write"
-            );
-        }
+        let _ = fp_on;
+        let old = emit::peek(SysReg::CptrEl2);
+        let cleared = old & !value & CPTR_EL2_FP_TRAPS;
+        assert!(
+            cleared == 0,
+            "CptrEl2::write_setting_traps clears FP traps {cleared:#x}; use CptrEl2::write"
+        );
         // SAFETY: forwarded contract.
         let changed = unsafe { write_raw(SysReg::CptrEl2, value) };
         Pending::new(SysReg::CptrEl2, changed)
@@ -344,6 +358,9 @@ pub const fn vttbr_vmid(vttbr: u64) -> u16 {
 
 macro_rules! gic_reg {
     ($(#[$m:meta])* $name:ident, $reg:ident, $($unsafety:ident)?, safety = $safety:literal) => {
+        gic_reg!($(#[$m])* $name, $reg, $($unsafety)?, GuestOnly, safety = $safety);
+    };
+    ($(#[$m:meta])* $name:ident, $reg:ident, $($unsafety:ident)?, $class:ty, safety = $safety:literal) => {
         $(#[$m])*
         #[derive(Debug)]
         pub struct $name;
@@ -360,9 +377,9 @@ macro_rules! gic_reg {
             /// interface depends on it; the ERET synchronises it (KVM: no ISB).
             ///
             #[doc = $safety]
-            pub $($unsafety)? fn write<K: Includes<GicSre>>(_sre: &Synced<K>, value: u64) -> Pending<GuestOnly> {
-                // SAFETY: see the writer's contract; the register is part of the virtual CPU
-                // interface only.
+            pub $($unsafety)? fn write<K: Includes<GicSre>>(_sre: &Synced<K>, value: u64) -> Pending<$class> {
+                // SAFETY: see the writer's contract; the register configures the virtual CPU
+                // interface, or the physical one whose EL2 consumers need the class's proof.
                 let changed = unsafe { write_raw(SysReg::$reg, value) };
                 Pending::new(SysReg::$reg, changed)
             }
@@ -430,26 +447,56 @@ gic_reg!(
     /// ICC_PMR_EL1 at EL2: the physical CPU interface's priority mask. EL2 runs with interrupts
     /// masked (PSTATE.I), so the change matters only once a guest runs: the entry ERET
     /// synchronises it.
-    IccPmrEl1, IccPmrEl1, ,
+    IccPmrEl1, IccPmrEl1, , El2GicIf,
     safety = ""
 );
 gic_reg!(
     /// ICC_IGRPEN1_EL1 at EL2: enables Group 1 interrupts at the physical CPU interface
     /// (observed, like PMR, from the next guest entry on).
-    IccIgrpen1El1, IccIgrpen1El1, ,
+    IccIgrpen1El1, IccIgrpen1El1, , El2GicIf,
     safety = ""
 );
 gic_reg!(
     /// ICC_CTLR_EL1 at EL2 (EOImode: 0, priority drop and deactivation on EOIR).
-    IccCtlrEl1, IccCtlrEl1, ,
+    IccCtlrEl1, IccCtlrEl1, , El2GicIf,
     safety = ""
 );
-gic_reg!(
-    /// ICC_EOIR1_EL1 at EL2: ends a physical interrupt the hypervisor acknowledged. The next
-    /// interrupt can only be taken after the ERET (EL2 runs masked), which synchronises it.
-    IccEoir1El1, IccEoir1El1, ,
-    safety = ""
-);
+/// ICC_IAR1_EL1 and ICC_EOIR1_EL1 at EL2: the hypervisor acknowledges and ends the physical
+/// interrupts it takes. Both depend on the CPU interface's configuration (group enable, priority
+/// mask, EOImode), so both need that configuration synchronised ([`El2GicIf`]) as well as
+/// ICC_SRE_EL2 ([`GicSre`]).
+#[derive(Debug)]
+pub struct IccIar1El1;
+
+impl IccIar1El1 {
+    /// Acknowledges the highest-priority pending Group 1 interrupt (1023: none). The read
+    /// changes the GIC's state (the interrupt becomes active).
+    pub fn read<S: Includes<GicSre>, G: Includes<El2GicIf>>(
+        _sre: &Synced<S>,
+        _cpu_if: &Synced<G>,
+    ) -> u64 {
+        emit::mrs(SysReg::IccIar1El1)
+    }
+}
+
+/// ICC_EOIR1_EL1 at EL2; see [`IccIar1El1`].
+#[derive(Debug)]
+pub struct IccEoir1El1;
+
+impl IccEoir1El1 {
+    /// Ends the interrupt `value` acknowledged. The next interrupt can only be taken after the
+    /// ERET (EL2 runs masked), which synchronises the write.
+    pub fn write<S: Includes<GicSre>, G: Includes<El2GicIf>>(
+        _sre: &Synced<S>,
+        _cpu_if: &Synced<G>,
+        value: u64,
+    ) -> Pending<GuestOnly> {
+        // SAFETY: ends an interrupt this CPU acknowledged; no memory is touched.
+        let changed = unsafe { write_raw(SysReg::IccEoir1El1, value) };
+        Pending::new(SysReg::IccEoir1El1, changed)
+    }
+}
+
 gic_reg!(
     /// ICC_SGI1R_EL1 at EL2: sends a physical SGI (the hypervisor kicks a CPU running a vCPU
     /// that has new virtual interrupts). The SGI is asynchronous; nothing at EL2 consumes it.

@@ -19,6 +19,7 @@
 //! ([`crate::check`], invariants 1, 6, 7, 8) catches that in tests.
 
 use crate::insn::{emit, SysReg};
+use crate::vttbr::Vttbr;
 use aarch64_cpu::registers::SCTLR_EL2;
 use core::marker::PhantomData;
 
@@ -97,6 +98,15 @@ class!(
     eret_ok = true
 );
 class!(
+    /// ICC_PMR_EL1/ICC_CTLR_EL1/ICC_IGRPEN1_EL1 changed at EL2: EL2's own acknowledge
+    /// (ICC_IAR1_EL1: group enable, priority mask) and end of interrupt (ICC_EOIR1_EL1: EOImode)
+    /// depend on them. Interrupts reach EL2 only from a lower EL, so the entry ERET (and the exit
+    /// that delivers the interrupt) synchronise them.
+    El2GicIf,
+    "D24.1.2.2; GICv3 12.1.7 (ICC_CTLR_EL1.EOImode governs the following EOIR write; Linux: isb() after ICC_CTLR/IGRPEN1 writes)",
+    eret_ok = true
+);
+class!(
     /// SCTLR_EL2/TCR_EL2/TTBR0_EL2/MAIR_EL2 changed: every EL2 memory access depends on it.
     El2Translation,
     "D24.1.2.2; ARM-RULES.md section 1 (HF order: TTBR0/MAIR/TCR, DSB, ISB, SCTLR, ISB)",
@@ -126,7 +136,7 @@ macro_rules! includes {
     ($k:ident: $($c:ident),*) => { $(impl Includes<$c> for $k {})* };
 }
 includes!(HcrAny: GuestOnly, El1Names, VmidCtx, EretInputs, El2Translation);
-includes!(Cse: GuestOnly, El1Names, VmidCtx, El2Fp, GicSre, El2Translation, EretInputs, HcrAny);
+includes!(Cse: GuestOnly, El1Names, VmidCtx, El2Fp, GicSre, El2GicIf, El2Translation, EretInputs, HcrAny);
 
 /// A write whose consumers have not been synchronised yet. Discharge it with [`isb`] or (for
 /// [`EretOk`] classes) [`enter_guest`]; dropping it is a bug (debug panic on the host).
@@ -134,8 +144,13 @@ includes!(Cse: GuestOnly, El1Names, VmidCtx, El2Fp, GicSre, El2Translation, Eret
 pub struct Pending<K: Class> {
     reg: SysReg,
     changed: u64,
-    _k: PhantomData<K>,
+    _k: PhantomData<(K, PerCpu)>,
 }
+
+/// Marks a type as belonging to the CPU that made it: `*const ()` makes it neither `Send` nor
+/// `Sync`, so a token or proof cannot move to (or be shared with) another CPU, whose registers it
+/// says nothing about.
+type PerCpu = *const ();
 
 impl<K: Class> core::fmt::Debug for Pending<K> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -172,11 +187,7 @@ impl<K: Class> Pending<K> {
     /// Widens the class to one that includes it (e.g. a [`GuestOnly`] token into a set that is
     /// discharged by one ISB together with an [`HcrAny`] token).
     pub fn widen<W: Includes<K>>(self) -> Pending<W> {
-        let p = Pending {
-            reg: self.reg,
-            changed: self.changed,
-            _k: PhantomData,
-        };
+        let p = Pending::new(self.reg, self.changed);
         core::mem::forget(self);
         p
     }
@@ -187,23 +198,26 @@ impl<K: Class> Pending<K> {
 }
 
 impl<K: Class> Drop for Pending<K> {
+    /// A dropped token is a write whose consumers were never synchronised: a hypervisor bug.
+    /// Every build panics, release included (a `Pending` is consumed with `mem::forget` on every
+    /// legitimate path, so this costs nothing there).
     fn drop(&mut self) {
         #[cfg(not(all(barriers_hw, not(test))))]
-        if !std::thread::panicking() {
-            debug_assert!(
-                false,
-                "Pending<{}> for {:?} dropped without isb() or enter_guest()",
-                K::NAME,
-                self.reg
-            );
+        if std::thread::panicking() {
+            return;
         }
+        panic!(
+            "Pending<{}> for {:?} dropped without isb() or enter_guest()",
+            K::NAME,
+            self.reg
+        );
     }
 }
 
 /// Proof that class `K` has been synchronised since its last write. Zero-sized, not `Clone`.
 #[derive(Debug)]
 pub struct Synced<K: Class> {
-    _k: PhantomData<K>,
+    _k: PhantomData<(K, PerCpu)>,
 }
 
 impl<K: Class> Synced<K> {
@@ -224,12 +238,13 @@ impl<K: Class> Synced<K> {
     }
 }
 
-/// A set of pending tokens: a single [`Pending`], `()`, a tuple of up to eight sets, an array, or a
-/// [`GuestPending`] accumulator.
+/// A non-empty set of pending tokens that [`isb`] can discharge: a single [`Pending`], or a tuple
+/// of up to eight such sets. There is no empty set: an ISB with nothing pending does not compile.
 pub trait Tokens: sealed::Tokens {}
 
-/// A set of tokens the guest-entry ERET may discharge (every class [`EretOk`]).
-pub trait EretTokens: Tokens {}
+/// A set of tokens the guest-entry ERET may discharge (every class [`EretOk`]): `()`, a
+/// [`Pending`] of such a class, tuples of them, or a [`GuestPending`] accumulator.
+pub trait EretTokens: sealed::Tokens {}
 
 impl<K: Class> sealed::Tokens for Pending<K> {
     type Proof = Synced<K>;
@@ -241,25 +256,17 @@ impl<K: Class> sealed::Tokens for Pending<K> {
 impl<K: Class> Tokens for Pending<K> {}
 impl<K: EretOk> EretTokens for Pending<K> {}
 
+// `()` (nothing written) may go into an ERET, but it is not a `Tokens` set: `isb(())` would be an
+// ISB with nothing pending (seed 000), so it does not type-check.
 impl sealed::Tokens for () {
     type Proof = ();
     fn discharge(self) {}
 }
-impl Tokens for () {}
 impl EretTokens for () {}
-
-impl<T: Tokens, const N: usize> sealed::Tokens for [T; N] {
-    type Proof = [T::Proof; N];
-    fn discharge(self) -> Self::Proof {
-        self.map(sealed::Tokens::discharge)
-    }
-}
-impl<T: Tokens, const N: usize> Tokens for [T; N] {}
-impl<T: EretTokens, const N: usize> EretTokens for [T; N] {}
 
 macro_rules! tuple_tokens {
     ($($t:ident),+) => {
-        impl<$($t: Tokens),+> sealed::Tokens for ($($t,)+) {
+        impl<$($t: sealed::Tokens),+> sealed::Tokens for ($($t,)+) {
             type Proof = ($($t::Proof,)+);
             #[allow(non_snake_case, reason = "type parameters reused as bindings")]
             fn discharge(self) -> Self::Proof {
@@ -286,12 +293,29 @@ tuple_tokens!(A, B, C, D, E, F, G, H);
 #[derive(Debug, Default)]
 pub struct GuestPending {
     count: u32,
+    _cpu: PhantomData<PerCpu>,
 }
 
 impl GuestPending {
     /// An empty set.
     pub const fn new() -> Self {
-        GuestPending { count: 0 }
+        GuestPending {
+            count: 0,
+            _cpu: PhantomData,
+        }
+    }
+
+    /// Moves every token of `other` into this set (a run-loop path that returns without entering
+    /// a guest hands its writes to the caller's next entry).
+    pub fn append(&mut self, other: GuestPending) {
+        self.count += other.count;
+        core::mem::forget(other);
+    }
+
+    /// Discards the set because this CPU powers off: no lower EL will run again, so nothing
+    /// depends on the writes.
+    pub fn power_off(self) {
+        core::mem::forget(self);
     }
 
     /// Adds a token whose class the entry ERET may discharge.
@@ -311,11 +335,29 @@ impl GuestPending {
     }
 }
 
+impl Drop for GuestPending {
+    /// Like a dropped [`Pending`]: guest-only writes that no ERET will synchronise. Panics in
+    /// every build when the set is not empty.
+    fn drop(&mut self) {
+        #[cfg(not(all(barriers_hw, not(test))))]
+        if std::thread::panicking() {
+            return;
+        }
+        if self.count != 0 {
+            panic!(
+                "GuestPending with {} token(s) dropped without enter_guest()",
+                self.count
+            );
+        }
+    }
+}
+
 impl sealed::Tokens for GuestPending {
     type Proof = ();
-    fn discharge(self) {}
+    fn discharge(self) {
+        core::mem::forget(self);
+    }
 }
-impl Tokens for GuestPending {}
 impl EretTokens for GuestPending {}
 
 /// `ISB`: a context synchronisation event (D24.1.2.2). Consumes `tokens` and returns one proof per
@@ -352,30 +394,62 @@ pub fn check_eos() -> EosChecked {
     EosChecked { _p: () }
 }
 
-/// Permission for the world switch to execute the ERET into the guest.
+/// Permission for the world switch to execute the ERET into the guest. Exists only between
+/// [`enter_guest`] and the world switch, which consumes it with [`GuestEntry::eret`] right before
+/// its `ERET`. Dropping it panics in every build: a path that "enters" without an ERET would
+/// treat the guest-only writes as synchronised when they are not.
 #[must_use = "pass the GuestEntry to the world switch"]
-#[derive(Debug)]
 pub struct GuestEntry {
-    _p: (),
+    _cpu: PhantomData<PerCpu>,
+}
+
+impl core::fmt::Debug for GuestEntry {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("GuestEntry")
+    }
+}
+
+impl GuestEntry {
+    /// Consumed by the world switch.
+    ///
+    /// # Safety
+    ///
+    /// The caller executes the `ERET` into the guest next, writing no system register (other than
+    /// the special-purpose ELR_EL2/SPSR_EL2) before it.
+    pub unsafe fn eret(self) {
+        core::mem::forget(self);
+    }
+}
+
+impl Drop for GuestEntry {
+    fn drop(&mut self) {
+        #[cfg(not(all(barriers_hw, not(test))))]
+        if std::thread::panicking() {
+            return;
+        }
+        panic!("GuestEntry dropped: enter_guest() is only for a path that executes the ERET");
+    }
 }
 
 /// Enters a guest: consumes guest-only tokens with no ISB, because the world switch's ERET is a
-/// CSE (`eos`) and only the guest depends on those fields (I_SFZVV). Records [`crate::Insn::Eret`]
-/// on the host; on the target it emits nothing (the ERET is in the world-switch assembly, which
-/// must not write system registers through other paths after this call).
-pub fn enter_guest<T: EretTokens>(eos: &EosChecked, tokens: T) -> GuestEntry {
+/// CSE (`eos`) and only the guest depends on those fields (I_SFZVV). `vttbr` records that its
+/// loaded value is synchronised from here on (the ERET is the CSE; nothing between this call and
+/// the ERET writes it). Records [`crate::Insn::Eret`] on the host; on the target it emits nothing
+/// (the ERET is in the world-switch assembly, which consumes the [`GuestEntry`]).
+pub fn enter_guest<T: EretTokens>(eos: &EosChecked, vttbr: &mut Vttbr, tokens: T) -> GuestEntry {
     let _ = eos;
     sealed::Tokens::discharge(tokens);
+    vttbr.eret();
     emit::eret();
-    GuestEntry { _p: () }
+    GuestEntry { _cpu: PhantomData }
 }
 
 /// Declarations of in-context consumers: call them where EL2 starts to depend on synchronised
 /// state. On the host they record a [`crate::Consumer`] marker for the checker; on the target they emit
 /// nothing (the proof is the point).
 pub mod uses {
-    use super::{El1Names, El2Fp, El2Translation, GicSre, Includes, Synced, VmidCtx};
-    use crate::insn::{emit, Consumer, SysReg};
+    use super::{El2Fp, El2Translation, Includes, Synced};
+    use crate::insn::{emit, Consumer};
 
     /// EL2 is about to execute FP/SIMD/SVE instructions (needs CPTR_EL2 trap clears synchronised).
     pub fn el2_fp<K: Includes<El2Fp>>(_proof: &Synced<K>) {
@@ -385,43 +459,5 @@ pub mod uses {
     /// EL2 starts relying on its translation regime (SCTLR/TCR/TTBR0/MAIR_EL2 synchronised).
     pub fn el2_memory<K: Includes<El2Translation>>(_proof: &Synced<K>) {
         emit::mark(Consumer::El2Memory);
-    }
-
-    /// EL2 accesses ICC_* registers (ICC_SRE_EL2 synchronised).
-    pub fn gic_sysreg<K: Includes<GicSre>>(_proof: &Synced<K>) {
-        emit::mark(Consumer::GicSysreg);
-    }
-
-    /// A stage-2 [`crate::pt::PtBatch`] for `vmid` follows: VTTBR_EL2 holds `vmid` and is
-    /// synchronised (ARM-RULES.md 2.2 step 3). Records a [`Consumer::Stage2Edit`] marker so the
-    /// checker compares `vmid` with the last VTTBR_EL2 write (invariant 7).
-    pub fn stage2_tables<K: Includes<VmidCtx>>(_proof: &Synced<K>, vmid: u16) {
-        emit::mark(Consumer::Stage2Edit { vmid });
-    }
-
-    /// EL2 is about to issue TLB maintenance by VMID (VTTBR_EL2 and HCR_EL2.TGE synchronised).
-    /// Use before a stage-2 [`crate::pt::PtBatch`] when VTTBR_EL2 was just written.
-    pub fn tlbi_by_vmid<K: Includes<VmidCtx>>(_proof: &Synced<K>) {}
-
-    /// `AT S12E1R, va`; `ISB`; `MRS PAR_EL1`: translates a guest VA through both stages of the
-    /// current VMID. Needs VTTBR_EL2/TGE (`vmid`) and the EL1 translation registers (`el1`)
-    /// synchronised. The ISB is required before reading PAR_EL1 (its consumer).
-    pub fn at_s12e1r<V: Includes<VmidCtx>, E: Includes<El1Names>>(
-        _vmid: &Synced<V>,
-        _el1: &Synced<E>,
-        va: u64,
-    ) -> u64 {
-        emit::mark(Consumer::At);
-        #[cfg(all(barriers_hw, not(test)))]
-        // SAFETY: AT only writes PAR_EL1; the VMID and EL1 context are synchronised (proofs).
-        unsafe {
-            core::arch::asm!("at s12e1r, {0}", in(reg) va, options(nostack, preserves_flags));
-        }
-        #[cfg(not(all(barriers_hw, not(test))))]
-        let _ = va;
-        // PAR_EL1 is written by the AT: the read needs a CSE first (D24.1.2.2, KVM
-        // __translate_far_to_hpfar).
-        emit::isb();
-        emit::mrs(SysReg::ParEl1)
     }
 }

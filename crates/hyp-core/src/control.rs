@@ -21,7 +21,7 @@
 
 use crate::platform::MemRegion;
 use s2mm::ownership::{self, CompState, PageOwnership, Requester, Transition};
-use s2mm::{Attrs, Ipa, OwnerId, Pa, PageState, Stage2, TableAlloc, PAGE_SIZE};
+use s2mm::{Attrs, Ipa, OwnerId, Pa, PageState, Stage2, TableAlloc, Vttbr, PAGE_SIZE};
 
 /// Guest VM slots (handles 1..=MAX_VMS).
 pub const MAX_VMS: usize = 8;
@@ -258,6 +258,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     pub fn new(
         mut alloc: A,
         mem: M,
+        v: &mut Vttbr,
         host_ram: MemRegion,
         ipa_bits: u32,
         parange: u64,
@@ -266,6 +267,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         let mut host_s2 = Stage2::new(&mut alloc, 0, ipa_bits, fwb)?;
         host_s2.map(
             &mut alloc,
+            v,
             Ipa(host_ram.base),
             Pa(host_ram.base),
             host_ram.size,
@@ -330,7 +332,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     ///
     /// [`HostError::Invalid`] for 0 or more than [`MAX_VCPUS`] vCPUs or an
     /// unknown flag; [`HostError::NoMemory`] when no slot or table is free.
-    pub fn create(&mut self, nr_vcpus: u64, flags: u64) -> HostResult<u64> {
+    pub fn create(&mut self, v: &mut Vttbr, nr_vcpus: u64, flags: u64) -> HostResult<u64> {
         if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS as u64 || flags & !FLAG_PROTECTED != 0 {
             return Err(HostError::Invalid);
         }
@@ -344,7 +346,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         let vttbr = s2.root().0 | (u64::from(vmid) << 48);
         // The VTCR must be computable on this CPU; checked once here.
         if s2.vtcr(self.parange).is_err() {
-            s2.destroy(&mut self.alloc);
+            s2.destroy(&mut self.alloc, v);
             return Err(HostError::Range);
         }
         self.vms[slot] = Some(VmMeta {
@@ -385,13 +387,14 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     /// nothing changed).
     pub fn give(
         &mut self,
+        v: &mut Vttbr,
         handle: u64,
         pa: u64,
         ipa: u64,
         pages: u64,
         kind: RegionKind,
     ) -> HostResult<()> {
-        self.give_with(handle, pa, ipa, pages, kind, false)
+        self.give_with(v, handle, pa, ipa, pages, kind, false)
     }
 
     /// [`Control::give`], and with `lazy` the guest's stage 2 is left
@@ -402,8 +405,13 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     /// # Errors
     ///
     /// As [`Control::give`].
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the host call's five arguments, the lazy flag and this CPU's VTTBR"
+    )]
     pub fn give_with(
         &mut self,
+        v: &mut Vttbr,
         handle: u64,
         pa: u64,
         ipa: u64,
@@ -493,11 +501,11 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         let host_change = match after.host.page_state() {
             None => {
                 self.host_s2
-                    .set_annotation(&mut self.alloc, Ipa(pa), size, owner_of_slot(slot))
+                    .set_annotation(&mut self.alloc, v, Ipa(pa), size, owner_of_slot(slot))
             }
             Some(state) => self
                 .host_s2
-                .set_state(&mut self.alloc, Ipa(pa), size, state),
+                .set_state(&mut self.alloc, v, Ipa(pa), size, state),
         };
         if let Err(e) = host_change {
             // Out of tables part-way: only the pages changed so far go back.
@@ -506,7 +514,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
             // missing (it panicked in the debug assertion below, and left
             // pages unowned in release builds).
             self.release_tables(reserve);
-            self.restore_changed(pa, size);
+            self.restore_changed(v, pa, size);
             return Err(s2err(e));
         }
         let guest_state = after.guest.page_state().unwrap_or(PageState::Owned);
@@ -519,6 +527,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         }
         if let Err(e) = vm.s2.map(
             &mut self.alloc,
+            v,
             Ipa(ipa),
             Pa(pa),
             size,
@@ -527,9 +536,9 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         ) {
             // The range was unmapped before (no overlap), so unmapping it
             // again frees what the partial map allocated.
-            let _ = vm.s2.unmap(&mut self.alloc, Ipa(ipa), size);
+            let _ = vm.s2.unmap(&mut self.alloc, v, Ipa(ipa), size);
             self.release_tables(reserve);
-            self.restore_host(pa, size);
+            self.restore_host(v, pa, size);
             return Err(s2err(e));
         }
         vm.regions[free] = Some(new);
@@ -538,7 +547,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         if kind == RegionKind::Donated {
             // Deliberately broken isolation, for the demo's negative test
             // only: the first donated page stays mapped in the host.
-            self.restore_host(pa, PAGE_SIZE);
+            self.restore_host(v, pa, PAGE_SIZE);
         }
         Ok(())
     }
@@ -571,7 +580,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
 
     /// After a failed host change over `[pa, pa + size)` (pages that were all
     /// the host's): gives back every run of pages that is no longer owned.
-    fn restore_changed(&mut self, pa: u64, size: u64) {
+    fn restore_changed(&mut self, v: &mut Vttbr, pa: u64, size: u64) {
         let end = pa + size;
         let mut p = pa;
         while p < end {
@@ -583,16 +592,17 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
             while p < end && self.host_state(p) != CompState::Owned {
                 p += PAGE_SIZE;
             }
-            self.restore_host(start, p - start);
+            self.restore_host(v, start, p - start);
         }
     }
 
     /// Gives the host back `[pa, pa + size)` as its own (identity, owned).
     /// Mapping over split tables needs no new table, so this cannot fail
     /// when it restores pages the host owned before.
-    fn restore_host(&mut self, pa: u64, size: u64) {
+    fn restore_host(&mut self, v: &mut Vttbr, pa: u64, size: u64) {
         let r = self.host_s2.map(
             &mut self.alloc,
+            v,
             Ipa(pa),
             Pa(pa),
             size,
@@ -610,7 +620,14 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     ///
     /// [`HostError::NoVm`], [`HostError::Range`] (not below guest RAM),
     /// [`HostError::NoMemory`].
-    pub fn map_device(&mut self, handle: u64, ipa: u64, pa: u64, size: u64) -> HostResult<()> {
+    pub fn map_device(
+        &mut self,
+        v: &mut Vttbr,
+        handle: u64,
+        ipa: u64,
+        pa: u64,
+        size: u64,
+    ) -> HostResult<()> {
         let slot = slot_of(handle)?;
         match ipa.checked_add(size) {
             Some(end) if end <= GUEST_RAM_IPA_MIN => {}
@@ -620,6 +637,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         vm.s2
             .map(
                 &mut self.alloc,
+                v,
                 Ipa(ipa),
                 Pa(pa),
                 size,
@@ -640,7 +658,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     /// [`HostError::NoVm`], [`HostError::Range`] (not in a lazy region),
     /// [`HostError::State`] (already mapped: the fault was something else),
     /// [`HostError::NoMemory`] (no table page).
-    pub fn map_on_demand(&mut self, handle: u64, ipa: u64) -> HostResult<()> {
+    pub fn map_on_demand(&mut self, v: &mut Vttbr, handle: u64, ipa: u64) -> HostResult<()> {
         let slot = slot_of(handle)?;
         let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
         let ipa = ipa & !(PAGE_SIZE - 1);
@@ -664,6 +682,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         vm.s2
             .map(
                 &mut self.alloc,
+                v,
                 Ipa(ipa),
                 Pa(pa),
                 PAGE_SIZE,
@@ -824,7 +843,13 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     /// [`HostError::Range`] (not guest memory), [`HostError::Denied`] (the
     /// page is not in a state the transition starts from: not owned, already
     /// shared, lent), [`HostError::NoMemory`].
-    pub fn guest_share(&mut self, handle: u64, ipa: u64, share: bool) -> HostResult<()> {
+    pub fn guest_share(
+        &mut self,
+        v: &mut Vttbr,
+        handle: u64,
+        ipa: u64,
+        share: bool,
+    ) -> HostResult<()> {
         let slot = slot_of(handle)?;
         let ipa = ipa & !(PAGE_SIZE - 1);
         let vm = self.vms[slot].as_ref().ok_or(HostError::NoVm)?;
@@ -855,16 +880,16 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         let gstate = next.guest.page_state().unwrap_or(PageState::Owned);
         let gold = cur.guest.page_state().unwrap_or(PageState::Owned);
         if share {
-            self.guest_set_state(slot, ipa, gstate)?;
-            if let Err(e) = self.host_set(pa, next.host, slot) {
-                let undo = self.guest_set_state(slot, ipa, gold);
+            self.guest_set_state(v, slot, ipa, gstate)?;
+            if let Err(e) = self.host_set(v, pa, next.host, slot) {
+                let undo = self.guest_set_state(v, slot, ipa, gold);
                 debug_assert!(undo.is_ok(), "undoing a guest state change needs no tables");
                 return Err(e);
             }
         } else {
-            self.host_set(pa, next.host, slot)?;
-            if let Err(e) = self.guest_set_state(slot, ipa, gstate) {
-                let undo = self.host_set(pa, cur.host, slot);
+            self.host_set(v, pa, next.host, slot)?;
+            if let Err(e) = self.guest_set_state(v, slot, ipa, gstate) {
+                let undo = self.host_set(v, pa, cur.host, slot);
                 debug_assert!(undo.is_ok(), "undoing a host state change needs no tables");
                 return Err(e);
             }
@@ -880,10 +905,17 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
 
     /// Sets the host's state of page `pa`: mapped (identity) in `state`, or
     /// unmapped with guest `slot`'s owner annotation.
-    fn host_set(&mut self, pa: u64, state: CompState, slot: usize) -> HostResult<()> {
+    fn host_set(
+        &mut self,
+        v: &mut Vttbr,
+        pa: u64,
+        state: CompState,
+        slot: usize,
+    ) -> HostResult<()> {
         match state.page_state() {
             Some(st) => self.host_s2.map(
                 &mut self.alloc,
+                v,
                 Ipa(pa),
                 Pa(pa),
                 PAGE_SIZE,
@@ -892,6 +924,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
             ),
             None => self.host_s2.set_annotation(
                 &mut self.alloc,
+                v,
                 Ipa(pa),
                 PAGE_SIZE,
                 owner_of_slot(slot),
@@ -902,10 +935,16 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     }
 
     /// Sets the guest state of the (mapped) page at `ipa` of guest `slot`.
-    fn guest_set_state(&mut self, slot: usize, ipa: u64, state: PageState) -> HostResult<()> {
+    fn guest_set_state(
+        &mut self,
+        v: &mut Vttbr,
+        slot: usize,
+        ipa: u64,
+        state: PageState,
+    ) -> HostResult<()> {
         let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
         vm.s2
-            .set_state(&mut self.alloc, Ipa(ipa), PAGE_SIZE, state)
+            .set_state(&mut self.alloc, v, Ipa(ipa), PAGE_SIZE, state)
             .map(|_| ())
             .map_err(s2err)
     }
@@ -917,7 +956,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     /// # Errors
     ///
     /// [`HostError::NoVm`], [`HostError::Busy`] (a vCPU is running).
-    pub fn destroy(&mut self, handle: u64) -> HostResult<u64> {
+    pub fn destroy(&mut self, v: &mut Vttbr, handle: u64) -> HostResult<u64> {
         let slot = slot_of(handle)?;
         let vm = self.vms[slot].as_ref().ok_or(HostError::NoVm)?;
         if vm.vcpus.iter().any(|v| v.running_on.is_some()) {
@@ -929,7 +968,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         // Unmap the guest first so it can never see a scrubbed-then-reused
         // page; destroying the tables invalidates the whole VMID.
         let regions = vm.regions;
-        vm.s2.destroy(&mut self.alloc);
+        vm.s2.destroy(&mut self.alloc, v);
         let mut scrubbed = 0;
         for r in regions.iter().flatten() {
             if r.kind == RegionKind::Donated {
@@ -938,7 +977,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
                 self.mem.scrub(r.pa, r.pages * PAGE_SIZE);
                 scrubbed += r.pages;
             }
-            self.restore_host(r.pa, r.pages * PAGE_SIZE);
+            self.restore_host(v, r.pa, r.pages * PAGE_SIZE);
         }
         Ok(scrubbed)
     }
@@ -983,7 +1022,22 @@ mod tests {
     };
 
     fn ctl() -> Control<HostAlloc, NoMem> {
-        Control::new(HostAlloc::new(), NoMem, RAM, GUEST_IPA_BITS, 2, false).expect("host s2")
+        Control::new(
+            HostAlloc::new(),
+            NoMem,
+            &mut host_vttbr(),
+            RAM,
+            GUEST_IPA_BITS,
+            2,
+            false,
+        )
+        .expect("host s2")
+    }
+
+    /// This test thread's VTTBR owner, with the host's VMID loaded.
+    fn host_vttbr() -> Vttbr {
+        // SAFETY: host test: the recording backend, one owner per test.
+        unsafe { Vttbr::assume_loaded(0) }
     }
 
     #[test]
@@ -993,9 +1047,10 @@ mod tests {
             (0, RegionKind::Lent, PageState::SharedBorrowed),
         ] {
             let mut c = ctl();
-            let h = c.create(1, flags).expect("create");
+            let mut v = host_vttbr();
+            let h = c.create(&mut v, 1, flags).expect("create");
             let (pa, ipa) = (RAM.base + 0x20_0000, 0x4000_0000);
-            c.give_with(h, pa, ipa, 16, kind, true)
+            c.give_with(&mut v, h, pa, ipa, 16, kind, true)
                 .expect("give lazily");
             // Ownership changed at once; the guest sees nothing yet.
             let host = if kind == RegionKind::Donated {
@@ -1007,7 +1062,8 @@ mod tests {
             assert!(c.vm(h).expect("vm").is_ram(ipa + 0x3000));
             assert_eq!(c.guest_state(h, ipa + 0x3000), None);
             // A fault maps exactly its page.
-            c.map_on_demand(h, ipa + 0x3008).expect("first touch");
+            c.map_on_demand(&mut v, h, ipa + 0x3008)
+                .expect("first touch");
             assert_eq!(
                 c.guest_state(h, ipa + 0x3000),
                 Some((pa + 0x3000, CompState::from_mapping(Some(state))))
@@ -1015,15 +1071,27 @@ mod tests {
             assert_eq!(c.guest_state(h, ipa + 0x2000), None);
             assert_eq!(c.guest_state(h, ipa + 0x4000), None);
             // A second fault there is not a lazy fault; outside the region neither.
-            assert_eq!(c.map_on_demand(h, ipa + 0x3000), Err(HostError::State));
-            assert_eq!(c.map_on_demand(h, ipa + 0x10000), Err(HostError::Range));
-            assert_eq!(c.map_on_demand(h, 0x0a00_0000), Err(HostError::Range));
+            assert_eq!(
+                c.map_on_demand(&mut v, h, ipa + 0x3000),
+                Err(HostError::State)
+            );
+            assert_eq!(
+                c.map_on_demand(&mut v, h, ipa + 0x10000),
+                Err(HostError::Range)
+            );
+            assert_eq!(
+                c.map_on_demand(&mut v, h, 0x0a00_0000),
+                Err(HostError::Range)
+            );
             // An eagerly given region never faults in.
-            c.give(h, pa + 0x10_0000, 0x4100_0000, 1, kind)
+            c.give(&mut v, h, pa + 0x10_0000, 0x4100_0000, 1, kind)
                 .expect("give");
-            assert_eq!(c.map_on_demand(h, 0x4100_0000), Err(HostError::Range));
+            assert_eq!(
+                c.map_on_demand(&mut v, h, 0x4100_0000),
+                Err(HostError::Range)
+            );
             // Destroying gives every page back, mapped or not.
-            c.destroy(h).expect("destroy");
+            c.destroy(&mut v, h).expect("destroy");
             assert_eq!(c.host_state(pa), CompState::Owned);
             assert_eq!(c.host_state(pa + 0x3000), CompState::Owned);
         }

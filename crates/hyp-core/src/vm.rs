@@ -27,7 +27,8 @@ use crate::hypercall::{self, Hypercall};
 use crate::inject::{self, Injected};
 use crate::platform::{AssignableDevice, MemRegion};
 use crate::{stats, uart_emul};
-use barriers::sync::El2Fp;
+use barriers::sync::{Cse, El2Fp};
+use barriers::vttbr::Vttbr;
 use barriers::{regs, GuestPending, Synced};
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use hyp_abi::exit as run_exit;
@@ -167,9 +168,15 @@ pub fn init(
 ) -> Result<(), &'static str> {
     ASSIGNABLE.call_once(|| assignable);
     let parange = sysreg::id_aa64mmfr0_el1() & 0xf;
+    // SAFETY: boot CPU, before any CPU runs a guest: no other owner of
+    // VTTBR_EL2 exists on this CPU while this one lives (dropped below;
+    // `run_cpu` makes the CPU's own). VMID 0 with no table: the host's
+    // stage 2 does not exist yet, and no lower EL runs before `run_cpu`.
+    let mut vttbr = unsafe { Vttbr::init(0) };
     let ctl = Control::new(
         PoolAlloc,
         HypMem,
+        &mut vttbr,
         host_ram,
         control::GUEST_IPA_BITS,
         parange,
@@ -248,7 +255,13 @@ fn assignable() -> &'static [AssignableDevice] {
 /// DEVICE_ASSIGN: maps one of the board's assignable devices into VM
 /// `handle` (same address) and routes its SPI to the VM's vGIC. A device
 /// goes to one VM at a time, and only to a VM with a vGIC.
-fn assign_device(handle: u64, pa: u64, size: u64, intid: u64) -> Result<(), HostError> {
+fn assign_device(
+    vttbr: &mut Vttbr,
+    handle: u64,
+    pa: u64,
+    size: u64,
+    intid: u64,
+) -> Result<(), HostError> {
     let (i, dev) = assignable()
         .iter()
         .enumerate()
@@ -264,7 +277,7 @@ fn assign_device(handle: u64, pa: u64, size: u64, intid: u64) -> Result<(), Host
     {
         return Err(HostError::Denied);
     }
-    if let Err(e) = control().lock().map_device(handle, pa, pa, size) {
+    if let Err(e) = control().lock().map_device(vttbr, handle, pa, pa, size) {
         ASSIGNED[i].store(0, Ordering::Release);
         return Err(e);
     }
@@ -382,6 +395,9 @@ struct Cpu<'a> {
     nr_cpus: usize,
     save: &'a mut HostSave,
     sync: &'a CpuSync,
+    /// This CPU's VTTBR_EL2: every stage-2 load and every stage-2 TLB
+    /// maintenance goes through it.
+    vttbr: Vttbr,
     fp_owner: FpOwner,
     /// Present while CPTR_EL2.TFP is clear and synchronised.
     fp_on: Option<Synced<El2Fp>>,
@@ -425,6 +441,9 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         nr_cpus,
         save,
         sync,
+        // SAFETY: the one owner for this CPU, for as long as it runs
+        // vCPUs; the host's stage 2 is complete (`init`).
+        vttbr: unsafe { Vttbr::init(HOST_VTTBR.load(Ordering::Relaxed)) },
         fp_owner: FpOwner::None,
         fp_on: None,
         vtimer_masked: false,
@@ -452,9 +471,18 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         HOST_POWER[cpu].store(ON, Ordering::Release);
         let mut pending = first.take().unwrap_or_default();
         load_host(&mut c, &host, &mut pending);
-        match host_loop(&mut c, &mut host, pending) {
-            Next::SystemOff => return,
-            _ => HOST_POWER[cpu].store(OFF, Ordering::Release),
+        let (next, left) = host_loop(&mut c, &mut host, pending);
+        match next {
+            Next::SystemOff => {
+                // The machine powers off: no ERET will ever consume them.
+                left.power_off();
+                return;
+            }
+            // The host's next entry (after its CPU_ON) synchronises them.
+            _ => {
+                first = Some(left);
+                HOST_POWER[cpu].store(OFF, Ordering::Release);
+            }
         }
     }
 }
@@ -464,7 +492,7 @@ fn load_host(c: &mut Cpu<'_>, host: &VcpuCtx, pending: &mut GuestPending) {
     // SAFETY: the host's stage 2 maps only host-owned RAM; VTCR is loaded;
     // EL2 issues no TLBI by VMID before the ERET that synchronises it.
     unsafe {
-        pending.add(regs::VttbrEl2::write(HOST_VTTBR.load(Ordering::Relaxed)));
+        pending.add(c.vttbr.load(HOST_VTTBR.load(Ordering::Relaxed)));
         pending.add(regs::HcrEl2::write_traps_only(host.hcr));
     }
     pending.add(regs::VmpidrEl2::write((1 << 31) | c.idx as u64));
@@ -476,10 +504,12 @@ fn load_host(c: &mut Cpu<'_>, host: &VcpuCtx, pending: &mut GuestPending) {
 /// registers.
 fn set_fp_traps(c: &mut Cpu<'_>, owns: bool, pending: &mut GuestPending) {
     if !owns {
-        // FP is no longer usable at EL2 once this write takes effect.
-        c.fp_on = None;
+        // FP is no longer usable at EL2 once this write takes effect: the
+        // write consumes the proof that it was.
+        let fp_on = c.fp_on.take();
         // SAFETY: only sets traps (they may already be set).
-        pending.add(unsafe { regs::CptrEl2::write_setting_traps(&c.sync.hcr, CPTR_TRAP_FP) });
+        pending
+            .add(unsafe { regs::CptrEl2::write_setting_traps(&c.sync.hcr, fp_on, CPTR_TRAP_FP) });
     }
 }
 
@@ -494,13 +524,15 @@ fn fp_enable<'c>(c: &'c mut Cpu<'_>) -> &'c Synced<El2Fp> {
     c.fp_on.as_ref().expect("set above")
 }
 
-fn host_loop(c: &mut Cpu<'_>, host: &mut VcpuCtx, first: GuestPending) -> Next {
+/// Returns what ended the host vCPU's run, with the guest-only writes made
+/// since its last entry (its next entry's ERET discharges them).
+fn host_loop(c: &mut Cpu<'_>, host: &mut VcpuCtx, first: GuestPending) -> (Next, GuestPending) {
     let mut pending = first;
     loop {
-        let entry = barriers::enter_guest(&c.sync.eos, pending);
+        let entry = barriers::enter_guest(&c.sync.eos, &mut c.vttbr, pending);
         // SAFETY: TPIDR_EL2 points at `c.save`; the host's stage 2, HCR and
         // EL1 context are loaded; `host.regs` outlives the call.
-        let kind = unsafe { world_switch::enter(&mut host.regs, &mut *c.save, entry) };
+        let (kind, cse) = unsafe { world_switch::enter(&mut host.regs, &mut *c.save, entry) };
         pending = GuestPending::new();
         let fast = c.save.take_fast_hvcs();
         if fast != 0 {
@@ -510,7 +542,7 @@ fn host_loop(c: &mut Cpu<'_>, host: &mut VcpuCtx, first: GuestPending) -> Next {
             VectorKind::Sync => host_sync(c, host, &mut pending),
             VectorKind::Irq | VectorKind::Fiq => {
                 stats::record(0, ExitReason::Irq);
-                let _ = physical_irq(c, &mut pending);
+                let _ = physical_irq(c, &cse, &mut pending);
                 Next::Resume
             }
             VectorKind::SError => {
@@ -524,8 +556,7 @@ fn host_loop(c: &mut Cpu<'_>, host: &mut VcpuCtx, first: GuestPending) -> Next {
             Next::ToHost(..) => unreachable!("only guests return to the host"),
             other => {
                 host.el1.save(&c.sync.hcr);
-                let _ = barriers::enter_guest(&c.sync.eos, pending);
-                return other;
+                return (other, pending);
             }
         }
     }
@@ -647,7 +678,7 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
     ];
     let mut out = [0u64; 4];
     out[0] = match fid {
-        hyp_abi::VM_CREATE => match create_vm(a[0], a[1]) {
+        hyp_abi::VM_CREATE => match create_vm(&mut c.vttbr, a[0], a[1]) {
             Ok(h) => {
                 stats::reset(h as usize);
                 // Nothing a previous VM in this slot left unfinished.
@@ -655,16 +686,16 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
                 // The vGIC: GICv3, or GICv2 with the GIC-400's GICV frame
                 // mapped as the guest's GICC (`new_vgic`).
                 *VGIC[h as usize - 1].write() =
-                    gic::phys().and_then(|g| new_vgic(g, h, a[0] as usize));
+                    gic::phys().and_then(|g| new_vgic(&mut c.vttbr, g, h, a[0] as usize));
                 h
             }
             Err(e) => err(e),
         },
-        hyp_abi::DEVICE_ASSIGN => match assign_device(a[0], a[1], a[2], a[3]) {
+        hyp_abi::DEVICE_ASSIGN => match assign_device(&mut c.vttbr, a[0], a[1], a[2], a[3]) {
             Ok(()) => 0,
             Err(e) => err(e),
         },
-        hyp_abi::VM_DESTROY => match control().lock().destroy(a[0]) {
+        hyp_abi::VM_DESTROY => match control().lock().destroy(&mut c.vttbr, a[0]) {
             Ok(n) => {
                 unassign_devices(a[0] as usize - 1);
                 *VGIC[a[0] as usize - 1].write() = None;
@@ -686,7 +717,7 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
                 let lazy = flags & hyp_abi::MEM_FLAG_LAZY != 0;
                 match control()
                     .lock()
-                    .give_with(a[0], a[1], a[2], a[3], kind, lazy)
+                    .give_with(&mut c.vttbr, a[0], a[1], a[2], a[3], kind, lazy)
                 {
                     Ok(()) => 0,
                     Err(e) => err(e),
@@ -710,7 +741,7 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
             }
         }
         hyp_abi::VCPU_RUN => {
-            match vcpu_run(c, host, a[0], a[1], a[2], a[3]) {
+            match vcpu_run(c, host, pending, a[0], a[1], a[2], a[3]) {
                 Ok(r) => {
                     out = r;
                     // The guest changed this CPU's EL1 registers and stage 2.
@@ -736,8 +767,8 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
 
 /// VM_CREATE's control half, releasing the control lock before the vGIC
 /// set-up takes it again.
-fn create_vm(vcpus: u64, flags: u64) -> Result<u64, HostError> {
-    control().lock().create(vcpus, flags)
+fn create_vm(vttbr: &mut Vttbr, vcpus: u64, flags: u64) -> Result<u64, HostError> {
+    control().lock().create(vttbr, vcpus, flags)
 }
 
 /// VCPU_RUN: switches this CPU to guest vCPU `vcpu` of VM `handle` until an
@@ -747,6 +778,7 @@ fn create_vm(vcpus: u64, flags: u64) -> Result<u64, HostError> {
 fn vcpu_run(
     c: &mut Cpu<'_>,
     host: &mut VcpuCtx,
+    host_pending: &mut GuestPending,
     handle: u64,
     vcpu: u64,
     flags: u64,
@@ -793,7 +825,7 @@ fn vcpu_run(
     // SAFETY: the VM's stage 2 maps only memory it owns or borrows; VTCR is
     // the same for every VM; no TLBI by VMID runs before the ERET.
     unsafe {
-        pending.add(regs::VttbrEl2::write(start.vttbr));
+        pending.add(c.vttbr.load(start.vttbr));
         pending.add(regs::HcrEl2::write_traps_only(ctx.hcr));
     }
     pending.add(regs::VmpidrEl2::write((1 << 31) | vcpu));
@@ -805,7 +837,8 @@ fn vcpu_run(
         }
     }
     let who = Who::Guest { slot, vcpu: v };
-    let (end, record) = guest_loop(c, who, &mut ctx, pending, vg.as_ref());
+    let (end, record, left) = guest_loop(c, who, &mut ctx, pending, vg.as_ref());
+    host_pending.append(left);
     drop(vg);
     ctx.el1.save(&c.sync.hcr);
     if c.fp_owner == FpOwner::Guest {
@@ -824,7 +857,7 @@ fn guest_loop(
     ctx: &mut VcpuCtx,
     first: GuestPending,
     vg: Option<&Vgic>,
-) -> (RunEnd, [u64; 4]) {
+) -> (RunEnd, [u64; 4], GuestPending) {
     let mut pending = first;
     set_fp_traps(c, c.fp_owner == FpOwner::Guest, &mut pending);
     if gic::phys().is_some() {
@@ -837,12 +870,12 @@ fn guest_loop(
         if let Some(vg) = vg {
             vgic_before_entry(c, who, ctx, vg, &mut pending);
         }
-        let entry = barriers::enter_guest(&c.sync.eos, pending);
+        let entry = barriers::enter_guest(&c.sync.eos, &mut c.vttbr, pending);
         c.save.set_fast(core::ptr::from_ref(&fast_ctx).cast());
         // SAFETY: TPIDR_EL2 points at `c.save`; the VM's stage 2, HCR and
         // EL1 context are loaded; `ctx.regs` outlives the call. `fast_ctx`
         // outlives the run and is withdrawn right after it.
-        let kind = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
+        let (kind, cse) = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
         c.save.set_fast(core::ptr::null());
         pending = GuestPending::new();
         // HVCs the vector answered by itself during this run (`__hvc_fast`).
@@ -862,7 +895,7 @@ fn guest_loop(
             VectorKind::Sync => guest_sync(c, who, ctx, &mut pending, vg, trap),
             VectorKind::Irq | VectorKind::Fiq => {
                 stats::record(who.stats_index(), ExitReason::Irq);
-                if physical_irq(c, &mut pending) {
+                if physical_irq(c, &cse, &mut pending) {
                     PREEMPTIONS.fetch_add(1, Ordering::Relaxed);
                     Next::ToHost(RunEnd::Runnable, [run_exit::YIELD, 0, 0, 0])
                 } else {
@@ -887,8 +920,7 @@ fn guest_loop(
                     }
                 }
                 // The host's entry ERET synchronises these writes.
-                let _ = barriers::enter_guest(&c.sync.eos, pending);
-                return (end, record);
+                return (end, record, pending);
             }
             Next::SystemOff | Next::HostCpuOff => unreachable!("host-only outcomes"),
         }
@@ -910,13 +942,15 @@ fn guest_sync(
         ctx.sw_flushed = false;
     }
     match reason {
-        ExitReason::Hvc => guest_hypercall(who, ctx),
+        ExitReason::Hvc => guest_hypercall(&mut c.vttbr, who, ctx),
         ExitReason::Smc => {
             // A trapped SMC's preferred return address is the SMC itself.
             ctx.regs.pc += 4;
-            guest_hypercall(who, ctx)
+            guest_hypercall(&mut c.vttbr, who, ctx)
         }
-        ExitReason::DataAbort | ExitReason::InstAbort if map_on_demand(who, trap) => Next::Resume,
+        ExitReason::DataAbort | ExitReason::InstAbort if map_on_demand(&mut c.vttbr, who, trap) => {
+            Next::Resume
+        }
         ExitReason::DataAbort => {
             if let Some(next) = vgic_mmio(c, who, ctx, trap, pending, vg) {
                 return next;
@@ -942,7 +976,7 @@ fn guest_sync(
             Next::Resume
         }
         ExitReason::SysReg => {
-            if !sgi1r_trap(c, who, ctx, esr, vg) {
+            if !sgi1r_trap(c, who, ctx, esr, vg, pending) {
                 sysreg_trap(c, who, ctx, esr, pending);
             }
             Next::Resume
@@ -1024,11 +1058,11 @@ impl vgic::ListRegs for Lrs<'_> {
 
 /// The vGIC of a new VM. On GICv2 the guest's CPU interface is the GICV
 /// frame itself, mapped at the guest's GICC address.
-fn new_vgic(g: &Phys, handle: u64, nr_vcpus: usize) -> Option<Vgic> {
+fn new_vgic(vttbr: &mut Vttbr, g: &Phys, handle: u64, nr_vcpus: usize) -> Option<Vgic> {
     if let Phys::V2 { gicv, .. } = *g {
         if let Err(e) = control()
             .lock()
-            .map_device(handle, VGICC_V2_IPA, gicv, GICV_SIZE)
+            .map_device(vttbr, handle, VGICC_V2_IPA, gicv, GICV_SIZE)
         {
             log::warn!("VM {handle}: cannot map the GICV frame: {e:?}");
             return None;
@@ -1195,7 +1229,7 @@ fn fast_exit(who: Who, regs: &mut GuestRegs, vg: Option<&Vgic>, trap: Trap) -> b
 /// maps the page and returns true, so the access is retried. Every other
 /// abort (device IPAs lie below guest RAM and are never looked up here)
 /// goes on to the MMIO and injection paths.
-fn map_on_demand(who: Who, trap: Trap) -> bool {
+fn map_on_demand(vttbr: &mut Vttbr, who: Who, trap: Trap) -> bool {
     let Who::Guest { slot, .. } = who else {
         return false;
     };
@@ -1207,7 +1241,10 @@ fn map_on_demand(who: Who, trap: Trap) -> bool {
     if ipa < control::GUEST_RAM_IPA_MIN {
         return false;
     }
-    control().lock().map_on_demand(slot as u64 + 1, ipa).is_ok()
+    control()
+        .lock()
+        .map_on_demand(vttbr, slot as u64 + 1, ipa)
+        .is_ok()
 }
 
 /// Before entering a guest: samples its virtual timer's output into the
@@ -1311,7 +1348,14 @@ fn vgic_mmio(
 }
 
 /// A guest's write to ICC_SGI1R_EL1 (trapped because HCR_EL2.IMO = 1).
-fn sgi1r_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, esr: Esr, vg: Option<&Vgic>) -> bool {
+fn sgi1r_trap(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    esr: Esr,
+    vg: Option<&Vgic>,
+    pending: &mut GuestPending,
+) -> bool {
     let acc = exit::decode_sysreg(esr);
     let e = acc.enc;
     let (Some(vg), Who::Guest { slot, vcpu }) = (vg, who) else {
@@ -1325,12 +1369,10 @@ fn sgi1r_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, esr: Esr, vg: Option
     } else {
         ctx.regs.x[acc.reg as usize]
     };
-    let mut pending = GuestPending::new();
     if let Ok(kick) = vg.sgi1r(vcpu, val) {
-        kick_vcpus(c, slot, vcpu, kick, &mut pending);
+        // Kicks are asynchronous SGIs; the guest's entry ERET follows.
+        kick_vcpus(c, slot, vcpu, kick, pending);
     }
-    // Kicks are asynchronous SGIs; the guest's entry ERET follows.
-    let _ = barriers::enter_guest(&c.sync.eos, pending);
     ctx.regs.pc += 4;
     true
 }
@@ -1389,11 +1431,11 @@ const SLICES_PER_SECOND: u64 = 100;
 
 /// Handles a physical interrupt taken at EL2; true when it was the end of
 /// the running guest's time slice.
-fn physical_irq(c: &mut Cpu<'_>, pending: &mut GuestPending) -> bool {
+fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPending) -> bool {
     let Some(g) = gic::phys() else {
         return false;
     };
-    let raw = g.ack();
+    let raw = g.ack(c.sync.gic.as_ref(), exit);
     let intid = g.intid(raw);
     if intid == gic::SPURIOUS {
         return false;
@@ -1414,7 +1456,7 @@ fn physical_irq(c: &mut Cpu<'_>, pending: &mut GuestPending) -> bool {
         _ if intid >= 32 && forward_device_irq(c, intid, pending) => {}
         _ => log::warn!("CPU {}: unexpected physical interrupt {intid}", c.idx),
     }
-    g.eoi(raw, c.sync.gic.as_ref(), pending);
+    g.eoi(raw, c.sync.gic.as_ref(), exit, pending);
     slice
 }
 
@@ -1445,7 +1487,7 @@ fn host_fp(cpu: usize) -> &'static Mutex<FpState> {
     &HOST_FP[cpu]
 }
 
-fn guest_hypercall(who: Who, ctx: &mut VcpuCtx) -> Next {
+fn guest_hypercall(vttbr: &mut Vttbr, who: Who, ctx: &mut VcpuCtx) -> Next {
     let Who::Guest { slot, vcpu } = who else {
         unreachable!("guest calls come from guests");
     };
@@ -1498,7 +1540,7 @@ fn guest_hypercall(who: Who, ctx: &mut VcpuCtx) -> Next {
         }
         Hypercall::MemShare { ipa } | Hypercall::MemUnshare { ipa } => {
             let share = matches!(call, Hypercall::MemShare { .. });
-            match control().lock().guest_share(handle, ipa, share) {
+            match control().lock().guest_share(vttbr, handle, ipa, share) {
                 Ok(()) => hypercall::SMCCC_RET_SUCCESS,
                 Err(_) => hypercall::SMCCC_RET_INVALID_PARAMETER,
             }

@@ -38,7 +38,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestError, TestRunner};
 use s2mm::host::HostAlloc;
 use s2mm::ownership::CompState;
-use s2mm::{Attrs, Ipa, OwnerId, PageState, PAGE_SIZE};
+use s2mm::{Attrs, Ipa, OwnerId, PageState, Vttbr, PAGE_SIZE};
 
 const PAGE: u64 = PAGE_SIZE;
 /// The highest page-aligned address.
@@ -874,6 +874,8 @@ fn decode(m: &Model, raw: Raw) -> Call {
 
 struct Run {
     ctl: Ctl,
+    /// The test thread's VTTBR owner (the host's VMID loaded, as on a host call).
+    v: Vttbr,
     m: Model,
     base_pages: usize,
     oom: bool,
@@ -893,9 +895,11 @@ macro_rules! ensure {
 
 impl Run {
     fn new(limit: Option<usize>) -> Self {
+        let mut v = host_vttbr();
         let ctl = Control::new(
             HostAlloc::new(),
             FakeMem::new(),
+            &mut v,
             MemRegion {
                 base: RAM_BASE,
                 size: RAM_PAGES * PAGE,
@@ -908,6 +912,7 @@ impl Run {
         let base_pages = ctl.alloc.live_pages();
         let mut run = Self {
             ctl,
+            v,
             m: Model::new(),
             base_pages,
             oom: limit.is_some(),
@@ -1087,6 +1092,8 @@ impl Run {
     /// The barrier checker over what the call recorded.
     fn check_trace(&self) -> Result<(), TestCaseError> {
         let trace = barriers::trace::take();
+        // The next call's trace starts from what this CPU has loaded.
+        self.v.record_state();
         let v = barriers::check::check(&trace);
         ensure!(
             self,
@@ -1123,7 +1130,7 @@ impl Run {
         match call {
             Call::Create { nr, flags } => {
                 let before = self.ctl.alloc.live_pages();
-                let got = self.ctl.create(nr, flags);
+                let got = self.ctl.create(&mut self.v, nr, flags);
                 stat(&call, format!("{:?}", got.map(|_| ())));
                 let mut m2 = self.m.vms.clone();
                 let want = self.m.create(nr, flags);
@@ -1138,7 +1145,7 @@ impl Run {
             }
             Call::Destroy { h } => {
                 let want = self.m.destroy_check(h);
-                let got = self.ctl.destroy(h);
+                let got = self.ctl.destroy(&mut self.v, h);
                 stat(&call, format!("{:?}", got.map(|n| n > 0)));
                 ensure!(self, got == want, "destroy: got {got:?}, model {want:?}");
                 let scrubs = std::mem::take(&mut self.ctl.mem.log);
@@ -1199,7 +1206,7 @@ impl Run {
                 kind,
             } => {
                 let want = self.m.give_check(h, pa, ipa, pages, kind);
-                let got = self.ctl.give(h, pa, ipa, pages, kind);
+                let got = self.ctl.give(&mut self.v, h, pa, ipa, pages, kind);
                 stat(&call, format!("{got:?} {kind:?}"));
                 if self.took_effect(&got, &want, "give")? {
                     self.m.give_apply(h, pa, ipa, pages, kind);
@@ -1304,7 +1311,7 @@ impl Run {
             }
             Call::Share { h, ipa, share } => {
                 let want = self.m.share_check(h, ipa, share);
-                let got = self.ctl.guest_share(h, ipa, share);
+                let got = self.ctl.guest_share(&mut self.v, h, ipa, share);
                 stat(&call, format!("{got:?} share={share}"));
                 if self.took_effect(&got, &want.map(|_| ()), "guest_share")? {
                     self.m.share_apply(h, want.unwrap(), share);
@@ -1468,10 +1475,17 @@ fn random_host_calls_match_model() {
 
 // ---- Targeted corner cases. ----
 
+/// This test thread's VTTBR owner, with the host's VMID loaded.
+fn host_vttbr() -> Vttbr {
+    // SAFETY: host test: the recording backend, one owner per test.
+    unsafe { Vttbr::assume_loaded(0) }
+}
+
 fn ctl(parange: u64) -> Ctl {
     Control::new(
         HostAlloc::new(),
         FakeMem::new(),
+        &mut host_vttbr(),
         MemRegion {
             base: RAM_BASE,
             size: RAM_PAGES * PAGE,
@@ -1495,18 +1509,19 @@ fn owner_annotation_is_slot_plus_two() {
 #[test]
 fn overflowing_ranges_are_range_errors() {
     let mut c = ctl(2);
-    let h = c.create(1, 1).unwrap();
+    let mut v = host_vttbr();
+    let h = c.create(&mut v, 1, 1).unwrap();
     let top = LAST_PAGE;
     assert_eq!(
-        c.give(h, top, GUEST_RAM_IPA_MIN, 1, RegionKind::Donated),
+        c.give(&mut v, h, top, GUEST_RAM_IPA_MIN, 1, RegionKind::Donated),
         Err(HostError::Range)
     );
     assert_eq!(
-        c.give(h, RAM_BASE, top, 1, RegionKind::Donated),
+        c.give(&mut v, h, RAM_BASE, top, 1, RegionKind::Donated),
         Err(HostError::Range)
     );
     assert_eq!(
-        c.give(h, RAM_BASE, top - PAGE, 2, RegionKind::Donated),
+        c.give(&mut v, h, RAM_BASE, top - PAGE, 2, RegionKind::Donated),
         Err(HostError::Range)
     );
     assert_eq!(c.host_state(RAM_BASE), CompState::Owned);
@@ -1517,12 +1532,13 @@ fn overflowing_ranges_are_range_errors() {
 #[test]
 fn give_out_of_tables_changes_nothing() {
     let mut c = ctl(2);
-    let h = c.create(1, 1).unwrap();
+    let mut v = host_vttbr();
+    let h = c.create(&mut v, 1, 1).unwrap();
     let live = c.alloc.live_pages();
     c.alloc.limit = Some(live);
     let pa = RAM_BASE + 3 * PAGE;
     assert_eq!(
-        c.give(h, pa, GUEST_RAM_IPA_MIN, 4, RegionKind::Donated),
+        c.give(&mut v, h, pa, GUEST_RAM_IPA_MIN, 4, RegionKind::Donated),
         Err(HostError::NoMemory)
     );
     assert_eq!(c.alloc.live_pages(), live);
@@ -1532,10 +1548,10 @@ fn give_out_of_tables_changes_nothing() {
     }
     assert!(c.vm(h).unwrap().regions.iter().all(Option::is_none));
     c.alloc.limit = None;
-    c.give(h, pa, GUEST_RAM_IPA_MIN, 4, RegionKind::Donated)
+    c.give(&mut v, h, pa, GUEST_RAM_IPA_MIN, 4, RegionKind::Donated)
         .unwrap();
     assert_eq!(c.host_state(pa), CompState::NoAccess);
-    assert_eq!(c.destroy(h), Ok(4));
+    assert_eq!(c.destroy(&mut v, h), Ok(4));
     assert_eq!(c.alloc.live_pages(), live - 2, "guest root freed");
 }
 
@@ -1545,15 +1561,26 @@ fn give_out_of_tables_changes_nothing() {
 #[test]
 fn share_out_of_tables_never_leaves_the_host_a_private_page() {
     let mut c = ctl(2);
-    let h = c.create(1, 1).unwrap();
+    let mut v = host_vttbr();
+    let h = c.create(&mut v, 1, 1).unwrap();
     let pa = RAM_BASE + (2 << 20);
-    c.give(h, pa, GUEST_RAM_IPA_MIN, BLOCK_PAGES, RegionKind::Donated)
-        .unwrap();
+    c.give(
+        &mut v,
+        h,
+        pa,
+        GUEST_RAM_IPA_MIN,
+        BLOCK_PAGES,
+        RegionKind::Donated,
+    )
+    .unwrap();
     let ipa = GUEST_RAM_IPA_MIN + 5 * PAGE;
     let live = c.alloc.live_pages();
     for headroom in 0..2 {
         c.alloc.limit = Some(live + headroom);
-        assert_eq!(c.guest_share(h, ipa, true), Err(HostError::NoMemory));
+        assert_eq!(
+            c.guest_share(&mut v, h, ipa, true),
+            Err(HostError::NoMemory)
+        );
         assert_eq!(c.host_state(pa + 5 * PAGE), CompState::NoAccess);
         assert_eq!(c.host_annotation(pa + 5 * PAGE), Some(owner_of_slot(0)));
         assert_eq!(
@@ -1564,7 +1591,7 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
         assert_eq!(c.alloc.live_pages(), live);
     }
     c.alloc.limit = Some(live + 2);
-    c.guest_share(h, ipa, true).unwrap();
+    c.guest_share(&mut v, h, ipa, true).unwrap();
     assert_eq!(c.host_state(pa + 5 * PAGE), CompState::SharedBorrowed);
     assert_eq!(
         c.guest_state(h, ipa),
@@ -1572,9 +1599,9 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
     );
     // Unsharing re-merges both blocks and needs no table.
     c.alloc.limit = Some(c.alloc.live_pages());
-    c.guest_share(h, ipa, false).unwrap();
+    c.guest_share(&mut v, h, ipa, false).unwrap();
     assert_eq!(c.alloc.live_pages(), live);
-    assert_eq!(c.destroy(h), Ok(BLOCK_PAGES));
+    assert_eq!(c.destroy(&mut v, h), Ok(BLOCK_PAGES));
     assert_eq!(c.mem.log, vec![(pa, BLOCK_PAGES * PAGE)]);
 }
 
@@ -1582,14 +1609,15 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
 #[test]
 fn destroy_while_running_is_busy() {
     let mut c = ctl(2);
-    let h = c.create(2, 0).unwrap();
-    c.give(h, RAM_BASE, GUEST_RAM_IPA_MIN, 1, RegionKind::Lent)
+    let mut v = host_vttbr();
+    let h = c.create(&mut v, 2, 0).unwrap();
+    c.give(&mut v, h, RAM_BASE, GUEST_RAM_IPA_MIN, 1, RegionKind::Lent)
         .unwrap();
     c.vcpu_init(h, 1, GUEST_RAM_IPA_MIN, 7).unwrap();
     let start = c.begin_run(h, 1, 0).unwrap();
     assert_eq!(start.boot, Some((GUEST_RAM_IPA_MIN, 7)));
     assert_eq!(c.begin_run(h, 1, 1), Err(HostError::Busy));
-    assert_eq!(c.destroy(h), Err(HostError::Busy));
+    assert_eq!(c.destroy(&mut v, h), Err(HostError::Busy));
     assert_eq!(c.mmio_complete(h, 1, 0), Err(HostError::Busy));
     c.end_run(h, 1, 0, RunEnd::AwaitMmio);
     assert_eq!(c.begin_run(h, 1, 1), Err(HostError::State));
@@ -1600,6 +1628,7 @@ fn destroy_while_running_is_busy() {
     assert_eq!(c.begin_run(h, 0, 0), Err(HostError::State));
     assert_eq!(
         c.give(
+            &mut v,
             h,
             RAM_BASE + PAGE,
             GUEST_RAM_IPA_MIN + PAGE,
@@ -1608,7 +1637,7 @@ fn destroy_while_running_is_busy() {
         ),
         Err(HostError::State)
     );
-    assert_eq!(c.destroy(h), Ok(0));
+    assert_eq!(c.destroy(&mut v, h), Ok(0));
     assert!(c.mem.log.is_empty(), "lent pages are not scrubbed");
     assert_eq!(c.host_state(RAM_BASE), CompState::Owned);
 }
@@ -1617,8 +1646,9 @@ fn destroy_while_running_is_busy() {
 #[test]
 fn create_on_small_parange_frees_its_tables() {
     let mut c = ctl(1);
+    let mut v = host_vttbr();
     let live = c.alloc.live_pages();
-    assert_eq!(c.create(1, 0), Err(HostError::Range));
+    assert_eq!(c.create(&mut v, 1, 0), Err(HostError::Range));
     assert_eq!(c.alloc.live_pages(), live);
     assert!(c.handles().next().is_none());
 }
@@ -1627,9 +1657,11 @@ fn create_on_small_parange_frees_its_tables() {
 #[test]
 fn region_slots_run_out() {
     let mut c = ctl(2);
-    let h = c.create(1, 1).unwrap();
+    let mut v = host_vttbr();
+    let h = c.create(&mut v, 1, 1).unwrap();
     for i in 0..MAX_REGIONS as u64 {
         c.give(
+            &mut v,
             h,
             RAM_BASE + 2 * i * PAGE,
             GUEST_RAM_IPA_MIN + 2 * i * PAGE,
@@ -1640,19 +1672,27 @@ fn region_slots_run_out() {
     }
     let pa = RAM_BASE + 1024 * PAGE;
     assert_eq!(
-        c.give(h, pa, GUEST_RAM_IPA_MIN + (1 << 20), 1, RegionKind::Donated),
+        c.give(
+            &mut v,
+            h,
+            pa,
+            GUEST_RAM_IPA_MIN + (1 << 20),
+            1,
+            RegionKind::Donated
+        ),
         Err(HostError::NoMemory)
     );
     assert_eq!(c.host_state(pa), CompState::Owned);
-    assert_eq!(c.destroy(h), Ok(MAX_REGIONS as u64));
+    assert_eq!(c.destroy(&mut v, h), Ok(MAX_REGIONS as u64));
 }
 
 /// PSCI calls with wild targets and entries answer with PSCI error codes.
 #[test]
 fn psci_wild_arguments() {
     let mut c = ctl(2);
-    let h = c.create(2, 0).unwrap();
-    c.give(h, RAM_BASE, GUEST_RAM_IPA_MIN, 1, RegionKind::Lent)
+    let mut v = host_vttbr();
+    let h = c.create(&mut v, 2, 0).unwrap();
+    c.give(&mut v, h, RAM_BASE, GUEST_RAM_IPA_MIN, 1, RegionKind::Lent)
         .unwrap();
     assert_eq!(
         c.psci_cpu_on(h, usize::MAX, GUEST_RAM_IPA_MIN, 0),

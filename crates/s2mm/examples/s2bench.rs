@@ -16,6 +16,7 @@
     reason = "benchmark binary: a panic is the failure report"
 )]
 
+use s2mm::Vttbr;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -129,12 +130,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn s2mm_run(pool: &SharedPool, block: BlockSize, protect: bool) -> [(f64, BatchStats); 3] {
     let mut a = pool.clone();
     let mut s2 = s2mm::Stage2::new(&mut a, 1, 40, true).unwrap();
+    // SAFETY: host test: the recording backend, one owner per test.
+    let mut v = unsafe { Vttbr::assume_loaded(s2.vttbr()) };
     s2.set_block_policy(block);
     barriers::trace::clear();
     let t = Instant::now();
     let map = s2
         .map(
             &mut a,
+            &mut v,
             Ipa(G),
             Pa(pa_for(block == BlockSize::Page4K)),
             G,
@@ -147,15 +151,15 @@ fn s2mm_run(pool: &SharedPool, block: BlockSize, protect: bool) -> [(f64, BatchS
     let (mut t_prot, mut prot) = (0.0, BatchStats::default());
     if protect {
         let t = Instant::now();
-        prot = s2.protect(&mut a, Ipa(G), G, Perms::RO).unwrap();
+        prot = s2.protect(&mut a, &mut v, Ipa(G), G, Perms::RO).unwrap();
         t_prot = t.elapsed().as_nanos() as f64;
         barriers::trace::clear();
     }
     let t = Instant::now();
-    let unmap = s2.unmap(&mut a, Ipa(G), G).unwrap();
+    let unmap = s2.unmap(&mut a, &mut v, Ipa(G), G).unwrap();
     let t_unmap = t.elapsed().as_nanos() as f64;
     barriers::trace::clear();
-    black_box(s2.destroy(&mut a));
+    black_box(s2.destroy(&mut a, &mut v));
     barriers::trace::clear();
     [(t_map, map), (t_unmap, unmap), (t_prot, prot)]
 }
@@ -256,6 +260,7 @@ fn paging_counts(metric: &str) -> BatchStats {
         tlbi: tlbi as u32,
         isb,
         dc: 0,
+        vmid_switches: 0,
     }
 }
 

@@ -205,8 +205,6 @@ pub trait Format {
     fn is_restriction(&self, old: u64, new: u64) -> bool;
     /// Whether a new cacheable mapping of this leaf needs D-cache maintenance to PoC first.
     fn needs_cmo(&self, desc: u64) -> bool;
-    /// Translation regime for the barrier batch (TLBI flavour, trailing ISB).
-    fn barrier_regime(&self) -> crate::batch::Regime;
 }
 
 /// Whether replacing valid leaf `old` by valid leaf `new` needs break-before-make
@@ -278,10 +276,6 @@ impl Format for Stage2Format {
     fn needs_cmo(&self, desc: u64) -> bool {
         !self.fwb && desc & S2_MEMATTR_MASK == S2_MEMATTR_NORMAL_WB
     }
-
-    fn barrier_regime(&self) -> crate::batch::Regime {
-        crate::batch::Regime::Stage2 { vmid: self.vmid }
-    }
 }
 
 /// EL2 stage-1 descriptor format (HCR_EL2.E2H = 0: one VA range, no EL0).
@@ -348,9 +342,5 @@ impl Format for El2Format {
 
     fn needs_cmo(&self, _desc: u64) -> bool {
         false
-    }
-
-    fn barrier_regime(&self) -> crate::batch::Regime {
-        crate::batch::Regime::El2
     }
 }

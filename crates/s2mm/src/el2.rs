@@ -6,7 +6,7 @@ use crate::alloc::TableAlloc;
 use crate::batch::BatchStats;
 use crate::desc::{Attrs, El2Format, Format, PageState, Perms, OA_MASK, VALID};
 use crate::stage2::parange_bits;
-use crate::walk::{shift, size, Fault, Op, Tables};
+use crate::walk::{shift, size, BatchRegime, Fault, Op, Tables};
 use crate::{BlockSize, Error, Mapping};
 
 /// EL2 stage-1 tables.
@@ -112,7 +112,8 @@ impl El2Stage1 {
             delta: pa.0.wrapping_sub(va.0),
             bits,
         };
-        self.tables.run(alloc, op, va.0, size, Fault::None, None)
+        self.tables
+            .run(alloc, BatchRegime::El2, op, va.0, size, Fault::None, None)
     }
 
     /// Identity-maps `[pa, pa + size)`.
@@ -142,8 +143,15 @@ impl El2Stage1 {
         size: u64,
     ) -> Result<BatchStats, Error> {
         self.check(va, size)?;
-        self.tables
-            .run(alloc, Op::Unmap { inval: 0 }, va.0, size, Fault::None, None)
+        self.tables.run(
+            alloc,
+            BatchRegime::El2,
+            Op::Unmap { inval: 0 },
+            va.0,
+            size,
+            Fault::None,
+            None,
+        )
     }
 
     /// Changes permissions of mapped pages in the range.
@@ -164,7 +172,8 @@ impl El2Stage1 {
             mask: f.perm_mask(),
             bits: f.perm_bits(perms)?,
         };
-        self.tables.run(alloc, op, va.0, size, Fault::None, None)
+        self.tables
+            .run(alloc, BatchRegime::El2, op, va.0, size, Fault::None, None)
     }
 
     /// Translation of `va`.
@@ -232,6 +241,6 @@ impl El2Stage1 {
     /// Frees every table after breaking the root entries and completing TLBI ALLE2-class
     /// invalidation. EL2 must no longer run on these tables.
     pub fn destroy<A: TableAlloc>(self, alloc: &mut A) -> BatchStats {
-        self.tables.destroy(alloc)
+        self.tables.destroy(alloc, BatchRegime::El2)
     }
 }

@@ -55,11 +55,12 @@ pub mod host;
 /// The barrier batch this crate drives (re-exported from `barriers::pt`).
 pub mod batch {
     pub use barriers::pt::{BatchStats, Inval, PtBatch, Regime, MAX_QUEUED};
+    pub use barriers::vttbr::Vttbr;
 }
 
 pub use addr::{Ipa, Pa, PageCount, Va, PAGE_SIZE};
 pub use alloc::TableAlloc;
-pub use batch::BatchStats;
+pub use batch::{BatchStats, Vttbr};
 pub use desc::{Attrs, MemType, OwnerId, PageState, Perms};
 pub use el2::El2Stage1;
 pub use stage2::Stage2;

@@ -7,8 +7,9 @@ use crate::desc::{
     Attrs, Format, OwnerId, PageState, Perms, Stage2Format, OA_MASK, OWNER_MASK, OWNER_SHIFT,
     STATE_MASK, VALID,
 };
-use crate::walk::{size, Fault, Op, Tables};
+use crate::walk::{size, BatchRegime, Fault, Op, Tables};
 use crate::{BlockSize, Entry, Error, Mapping};
+use barriers::vttbr::Vttbr;
 
 /// Default TLBI policy: up to this many leaf invalidations per batch are issued one by one
 /// (IPAS2E1IS with a level hint); more become one VMALLS12E1IS.
@@ -172,9 +173,14 @@ impl Stage2 {
     /// [`Error::OutOfRange`] (IPA beyond the IPA size, PA beyond 48 bits),
     /// [`Error::OutOfMemory`] (a table could not be allocated: the range is then partly
     /// mapped, every page either old or new, and the tables are consistent).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the two contexts (table memory, this CPU's VTTBR) plus the mapping's five facts"
+    )]
     pub fn map<A: TableAlloc>(
         &mut self,
         alloc: &mut A,
+        vttbr: &mut Vttbr,
         ipa: Ipa,
         pa: Pa,
         size: u64,
@@ -199,8 +205,9 @@ impl Stage2 {
             delta: pa.0.wrapping_sub(ipa.0),
             bits,
         };
+        let batch = BatchRegime::Stage2(vttbr, self.vttbr());
         self.tables
-            .run(alloc, op, ipa.0, size, self.fault, pre_clean)
+            .run(alloc, batch, op, ipa.0, size, self.fault, pre_clean)
     }
 
     /// Unmaps `[ipa, ipa + size)` (plain invalid entries; annotations in the range are
@@ -213,10 +220,11 @@ impl Stage2 {
     pub fn unmap<A: TableAlloc>(
         &mut self,
         alloc: &mut A,
+        vttbr: &mut Vttbr,
         ipa: Ipa,
         size: u64,
     ) -> Result<BatchStats, Error> {
-        self.set_annotation(alloc, ipa, size, OwnerId(0))
+        self.set_annotation(alloc, vttbr, ipa, size, OwnerId(0))
     }
 
     /// Unmaps `[ipa, ipa + size)` and stores `owner` in the invalid entries ("owned by
@@ -228,6 +236,7 @@ impl Stage2 {
     pub fn set_annotation<A: TableAlloc>(
         &mut self,
         alloc: &mut A,
+        vttbr: &mut Vttbr,
         ipa: Ipa,
         size: u64,
         owner: OwnerId,
@@ -236,7 +245,15 @@ impl Stage2 {
         let op = Op::Unmap {
             inval: owner.invalid_desc(),
         };
-        self.tables.run(alloc, op, ipa.0, size, self.fault, None)
+        self.tables.run(
+            alloc,
+            BatchRegime::Stage2(vttbr, self.vttbr()),
+            op,
+            ipa.0,
+            size,
+            self.fault,
+            None,
+        )
     }
 
     /// Sets the permissions of every mapped page in `[ipa, ipa + size)`; unmapped pages are
@@ -249,6 +266,7 @@ impl Stage2 {
     pub fn protect<A: TableAlloc>(
         &mut self,
         alloc: &mut A,
+        vttbr: &mut Vttbr,
         ipa: Ipa,
         size: u64,
         perms: Perms,
@@ -259,7 +277,15 @@ impl Stage2 {
             mask: f.perm_mask(),
             bits: f.perm_bits(perms)?,
         };
-        self.tables.run(alloc, op, ipa.0, size, self.fault, None)
+        self.tables.run(
+            alloc,
+            BatchRegime::Stage2(vttbr, self.vttbr()),
+            op,
+            ipa.0,
+            size,
+            self.fault,
+            None,
+        )
     }
 
     /// Sets the page state (software bits only, no TLBI) of every mapped page in the range.
@@ -270,6 +296,7 @@ impl Stage2 {
     pub fn set_state<A: TableAlloc>(
         &mut self,
         alloc: &mut A,
+        vttbr: &mut Vttbr,
         ipa: Ipa,
         size: u64,
         state: PageState,
@@ -279,7 +306,15 @@ impl Stage2 {
             mask: STATE_MASK,
             bits: state.bits(),
         };
-        self.tables.run(alloc, op, ipa.0, size, self.fault, None)
+        self.tables.run(
+            alloc,
+            BatchRegime::Stage2(vttbr, self.vttbr()),
+            op,
+            ipa.0,
+            size,
+            self.fault,
+            None,
+        )
     }
 
     /// Translation of the page containing `ipa`, or `None` if it is unmapped.
@@ -379,7 +414,8 @@ impl Stage2 {
 
     /// Frees every table, root included, after breaking all root entries and completing a
     /// VMID-wide invalidation. The caller must no longer have this root in VTTBR_EL2 on any PE.
-    pub fn destroy<A: TableAlloc>(self, alloc: &mut A) -> BatchStats {
-        self.tables.destroy(alloc)
+    pub fn destroy<A: TableAlloc>(self, alloc: &mut A, vttbr: &mut Vttbr) -> BatchStats {
+        let batch = BatchRegime::Stage2(vttbr, self.vttbr());
+        self.tables.destroy(alloc, batch)
     }
 }

@@ -104,10 +104,27 @@ pub(crate) enum Fault {
     CollapseWithoutSync,
 }
 
-struct Walker<'a, A: TableAlloc, F: Format> {
+/// Which regime a walk's batch is for (the batch itself is built where it is used).
+pub(crate) enum BatchRegime<'v> {
+    /// Stage 2: this CPU's VTTBR owner and the tables' VTTBR value.
+    Stage2(&'v mut crate::Vttbr, u64),
+    /// The hypervisor's EL2 stage 1.
+    El2,
+}
+
+impl<'v> BatchRegime<'v> {
+    fn open(self) -> PtBatch<'v> {
+        match self {
+            BatchRegime::Stage2(v, target) => PtBatch::stage2(v, target),
+            BatchRegime::El2 => PtBatch::el2(),
+        }
+    }
+}
+
+struct Walker<'a, 'v, A: TableAlloc, F: Format> {
     alloc: &'a mut A,
     fmt: &'a F,
-    batch: PtBatch,
+    batch: PtBatch<'v>,
     op: Op,
     min_leaf_level: u8,
     /// Breaks or restricts queued since the last sync.
@@ -128,16 +145,23 @@ enum Want {
 
 impl<F: Format> Tables<F> {
     /// Runs `op` over `[start, start + len)`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one walk's inputs; callers are the few public operations"
+    )]
     pub(crate) fn run<A: TableAlloc>(
         &self,
         alloc: &mut A,
+        regime: BatchRegime<'_>,
         op: Op,
         start: u64,
         len: u64,
         fault: Fault,
         pre_clean: Option<(u64, u64)>,
     ) -> Result<BatchStats, Error> {
-        let batch = PtBatch::begin(self.fmt.barrier_regime()).with_tlbi_limit(self.tlbi_limit);
+        // Built here, in this frame: the batch is ~8.8 KiB, and every move of it costs stack (a
+        // batch passed down by value through `Stage2::map` overflowed the 64 KiB EL2 stack).
+        let batch = regime.open().with_tlbi_limit(self.tlbi_limit);
         let mut w = Walker {
             alloc,
             fmt: &self.fmt,
@@ -214,8 +238,12 @@ impl<F: Format> Tables<F> {
 
     /// Breaks every root entry, completes the invalidation and frees every table, root
     /// included.
-    pub(crate) fn destroy<A: TableAlloc>(&self, alloc: &mut A) -> BatchStats {
-        let batch = PtBatch::begin(self.fmt.barrier_regime()).with_tlbi_limit(0);
+    pub(crate) fn destroy<A: TableAlloc>(
+        &self,
+        alloc: &mut A,
+        regime: BatchRegime<'_>,
+    ) -> BatchStats {
+        let batch = regime.open().with_tlbi_limit(0);
         let mut w = Walker {
             alloc,
             fmt: &self.fmt,
@@ -254,7 +282,7 @@ impl<F: Format> Tables<F> {
     }
 }
 
-impl<A: TableAlloc, F: Format> Walker<'_, A, F> {
+impl<A: TableAlloc, F: Format> Walker<'_, '_, A, F> {
     fn finish(mut self) -> BatchStats {
         if self.n_detached > 0 || self.unsynced {
             self.sync_now();
@@ -731,8 +759,11 @@ mod tests {
     fn collapse_scenario(attrs: Attrs, fault: Fault) -> (Vec<Insn>, HostAlloc, Stage2) {
         let mut a = HostAlloc::new();
         let mut s2 = Stage2::new(&mut a, 3, 40, false).expect("stage 2");
+        // SAFETY: host test: the recording backend, one owner per test.
+        let mut v = unsafe { crate::Vttbr::assume_loaded(s2.vttbr()) };
         s2.map(
             &mut a,
+            &mut v,
             Ipa(M2),
             Pa(8 * M2),
             M2 - K4,
@@ -743,8 +774,10 @@ mod tests {
         assert_eq!(s2.query(&a, Ipa(M2)).expect("mapped").level, 3);
         s2.inject_fault(fault);
         trace::clear();
+        v.record_state();
         s2.map(
             &mut a,
+            &mut v,
             Ipa(2 * M2 - K4),
             Pa(9 * M2 - K4),
             K4,
@@ -766,6 +799,10 @@ mod tests {
         );
         // Exact shape: page make, table break, DSB ISHST, VMALLS12E1IS, DSB ISH, free the old
         // table (only now), block make, trailing DSB ISHST.
+        let t: Vec<Insn> = t
+            .into_iter()
+            .filter(|i| !matches!(i, Insn::Use(_)))
+            .collect();
         let shape: Vec<String> = t
             .iter()
             .map(|i| match i {
@@ -841,7 +878,9 @@ mod tests {
     #[should_panic(expected = "break-before-make")]
     fn batch_refuses_make_before_sync() {
         let slot = core::sync::atomic::AtomicU64::new(0x4000_0003);
-        let mut b = barriers::pt::PtBatch::begin(barriers::pt::Regime::Stage2 { vmid: 1 });
+        // SAFETY: host test: the recording backend.
+        let mut v = unsafe { crate::Vttbr::assume_loaded(1 << 48) };
+        let mut b = barriers::pt::PtBatch::stage2(&mut v, 1 << 48);
         b.break_entry(&slot, 0, barriers::pt::Inval::Table { ia: 0 });
         b.make(&slot, 0x4000_0001);
     }

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
+use s2mm::Vttbr;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -214,7 +215,13 @@ trait Tables {
     fn destroy(self, a: &mut HostAlloc);
 }
 
-impl Tables for Stage2 {
+/// A stage 2 with the VTTBR owner its batches need.
+struct S2 {
+    t: Stage2,
+    v: Vttbr,
+}
+
+impl Tables for S2 {
     fn adapt(&self, a: Attrs) -> Attrs {
         a
     }
@@ -227,28 +234,38 @@ impl Tables for Stage2 {
         at: Attrs,
         st: PageState,
     ) -> R {
-        Stage2::map(self, a, Ipa(ia), Pa(pa), size, at, st)
+        Stage2::map(&mut self.t, a, &mut self.v, Ipa(ia), Pa(pa), size, at, st)
     }
     fn unmap(&mut self, a: &mut HostAlloc, ia: u64, size: u64) -> R {
-        Stage2::unmap(self, a, Ipa(ia), size)
+        Stage2::unmap(&mut self.t, a, &mut self.v, Ipa(ia), size)
     }
     fn annotate(&mut self, a: &mut HostAlloc, ia: u64, size: u64, owner: u8) -> Option<R> {
-        Some(self.set_annotation(a, Ipa(ia), size, OwnerId(owner)))
+        Some(
+            self.t
+                .set_annotation(a, &mut self.v, Ipa(ia), size, OwnerId(owner)),
+        )
     }
     fn protect(&mut self, a: &mut HostAlloc, ia: u64, size: u64, p: Perms) -> R {
-        Stage2::protect(self, a, Ipa(ia), size, p)
+        Stage2::protect(&mut self.t, a, &mut self.v, Ipa(ia), size, p)
     }
     fn set_state(&mut self, a: &mut HostAlloc, ia: u64, size: u64, st: PageState) -> Option<R> {
-        Some(Stage2::set_state(self, a, Ipa(ia), size, st))
+        Some(Stage2::set_state(
+            &mut self.t,
+            a,
+            &mut self.v,
+            Ipa(ia),
+            size,
+            st,
+        ))
     }
     fn query(&self, a: &HostAlloc, ia: u64) -> Option<s2mm::Mapping> {
-        Stage2::query(self, a, Ipa(ia))
+        Stage2::query(&self.t, a, Ipa(ia))
     }
     fn annotation(&self, a: &HostAlloc, ia: u64) -> Option<OwnerId> {
-        Stage2::annotation(self, a, Ipa(ia))
+        Stage2::annotation(&self.t, a, Ipa(ia))
     }
     fn entries(&self, a: &HostAlloc, f: &mut dyn FnMut(u64, u64, V)) {
-        self.for_each_entry(a, |ipa, size, e| {
+        self.t.for_each_entry(a, |ipa, size, e| {
             let val = match e {
                 Entry::Mapped(m) => V::Map {
                     pa: m.pa.0,
@@ -260,8 +277,8 @@ impl Tables for Stage2 {
             f(ipa.0, size, val);
         });
     }
-    fn destroy(self, a: &mut HostAlloc) {
-        Stage2::destroy(self, a);
+    fn destroy(mut self, a: &mut HostAlloc) {
+        Stage2::destroy(self.t, a, &mut self.v);
     }
 }
 
@@ -374,7 +391,10 @@ fn run_case(fwb: bool, el2: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         run_ops(t, a, true, ops)
     } else {
         let t = Stage2::new(&mut a, 5, 40, fwb).expect("stage 2");
-        run_ops(t, a, fwb, ops)
+        // SAFETY: host test: the recording backend, one owner per test. The host's VMID is
+        // loaded, so every TLBI runs under a switch to VMID 5 (and the checker sees the VMIDs).
+        let v = unsafe { Vttbr::assume_loaded(0) };
+        run_ops(S2 { t, v }, a, fwb, ops)
     }
 }
 

@@ -7,6 +7,7 @@ use s2mm::el2::El2Stage1;
 use s2mm::host::HostAlloc;
 use s2mm::ownership::{transition, CompState, PageOwnership, Requester, Transition};
 use s2mm::stage2::stage2_geometry;
+use s2mm::Vttbr;
 use s2mm::{Attrs, BlockSize, Error, Ipa, MemType, OwnerId, Pa, PageState, Perms, Stage2, Va};
 
 const K4: u64 = 4096;
@@ -39,6 +40,8 @@ fn geometry_concatenates_start_tables() {
 fn vtcr_and_vttbr_values() {
     let mut a = HostAlloc::new();
     let s40 = Stage2::new(&mut a, 7, 40, true).unwrap();
+    // SAFETY: host test: the recording backend, one owner per test.
+    let mut v = unsafe { Vttbr::assume_loaded(0) };
     // T0SZ=24, SL0=1 (level 1), IRGN0=ORGN0=WBWA, SH0=inner, TG0=4K, PS=40 bits, RES1 bit 31.
     assert_eq!(s40.vtcr(2), Ok(0x8002_3558));
     assert_eq!(s40.vtcr(5), Ok(0x8005_3558));
@@ -61,7 +64,7 @@ fn vtcr_and_vttbr_values() {
         "52-bit PARange capped to 48-bit PS"
     );
     for s in [s40, s44, s48] {
-        s.destroy(&mut a);
+        s.destroy(&mut a, &mut v);
     }
     assert_eq!(a.live_pages(), 0);
 }
@@ -151,9 +154,12 @@ fn el2_stage1_map_query_and_barriers() {
 fn tlbi_policy_per_page_or_vmid_wide() {
     let mut a = HostAlloc::new();
     let mut s2 = Stage2::new(&mut a, 9, 40, true).unwrap();
+    // SAFETY: host test: the recording backend, one owner per test.
+    let mut v = unsafe { Vttbr::assume_loaded(s2.vttbr()) };
     s2.set_block_policy(BlockSize::Page4K);
     s2.map(
         &mut a,
+        &mut v,
         Ipa(G),
         Pa(G),
         512 * K4,
@@ -163,7 +169,8 @@ fn tlbi_policy_per_page_or_vmid_wide() {
     .unwrap();
     // 16 pages <= limit (32): IPAS2E1IS each, DSB ISH, VMALLE1IS, DSB ISH (D8.17.6.1).
     trace::clear();
-    let st = s2.unmap(&mut a, Ipa(G), 16 * K4).unwrap();
+    v.record_state();
+    let st = s2.unmap(&mut a, &mut v, Ipa(G), 16 * K4).unwrap();
     let t = trace::take();
     let ipas = t
         .iter()
@@ -173,7 +180,8 @@ fn tlbi_policy_per_page_or_vmid_wide() {
     assert!(check::check(&t).is_empty());
     // 40 pages > limit: one VMALLS12E1IS.
     trace::clear();
-    let st = s2.unmap(&mut a, Ipa(G + 16 * K4), 40 * K4).unwrap();
+    v.record_state();
+    let st = s2.unmap(&mut a, &mut v, Ipa(G + 16 * K4), 40 * K4).unwrap();
     let t = trace::take();
     assert_eq!((st.tlbi, st.dsb), (1, 2));
     assert!(matches!(
@@ -184,6 +192,7 @@ fn tlbi_policy_per_page_or_vmid_wide() {
     let st = s2
         .map(
             &mut a,
+            &mut v,
             Ipa(2 * G),
             Pa(2 * G),
             1024 * K4,
@@ -192,7 +201,7 @@ fn tlbi_policy_per_page_or_vmid_wide() {
         )
         .unwrap();
     assert_eq!((st.tlbi, st.dsb), (0, 1));
-    s2.destroy(&mut a);
+    s2.destroy(&mut a, &mut v);
     assert_eq!(a.live_pages(), 0);
 }
 
@@ -200,11 +209,14 @@ fn tlbi_policy_per_page_or_vmid_wide() {
 fn emptied_tables_are_freed() {
     let mut a = HostAlloc::new();
     let mut s2 = Stage2::new(&mut a, 1, 40, true).unwrap();
+    // SAFETY: host test: the recording backend, one owner per test.
+    let mut v = unsafe { Vttbr::assume_loaded(s2.vttbr()) };
     let base = a.live_pages();
     // Scattered single pages: one level-2 and several level-3 tables.
     for i in 0..8u64 {
         s2.map(
             &mut a,
+            &mut v,
             Ipa(G + i * 3 * M2 + K4),
             Pa(i * K4),
             K4,
@@ -215,13 +227,14 @@ fn emptied_tables_are_freed() {
     }
     assert_eq!(a.live_pages(), base + 1 + 8);
     for i in 0..8u64 {
-        s2.unmap(&mut a, Ipa(G + i * 3 * M2 + K4), K4).unwrap();
+        s2.unmap(&mut a, &mut v, Ipa(G + i * 3 * M2 + K4), K4)
+            .unwrap();
         assert_eq!(
             a.live_pages(),
             base + if i == 7 { 0 } else { 1 + 7 - i as usize }
         );
     }
-    s2.destroy(&mut a);
+    s2.destroy(&mut a, &mut v);
     assert_eq!(a.live_pages(), 0);
 }
 
@@ -229,13 +242,17 @@ fn emptied_tables_are_freed() {
 fn out_of_memory_leaves_consistent_tables() {
     let mut a = HostAlloc::new();
     let mut s2 = Stage2::new(&mut a, 1, 40, true).unwrap();
+    // SAFETY: host test: the recording backend, one owner per test.
+    let mut v = unsafe { Vttbr::assume_loaded(s2.vttbr()) };
     s2.set_block_policy(BlockSize::Page4K);
     // Room for the level-2 table and one level-3 table only.
     let base = a.live_pages();
     a.limit = Some(base + 2);
     trace::clear();
+    v.record_state();
     let r = s2.map(
         &mut a,
+        &mut v,
         Ipa(0),
         Pa(0),
         3 * M2,
@@ -257,11 +274,20 @@ fn out_of_memory_leaves_consistent_tables() {
     assert_eq!(a.live_pages(), base);
     // Into an existing live table, the pages mapped before the failure stay mapped.
     a.limit = None;
-    s2.map(&mut a, Ipa(0), Pa(0), K4, Attrs::RAM_RW, PageState::Owned)
-        .unwrap();
+    s2.map(
+        &mut a,
+        &mut v,
+        Ipa(0),
+        Pa(0),
+        K4,
+        Attrs::RAM_RW,
+        PageState::Owned,
+    )
+    .unwrap();
     a.limit = Some(a.live_pages() + 1);
     let r = s2.map(
         &mut a,
+        &mut v,
         Ipa(0),
         Pa(0),
         3 * M2,
@@ -276,7 +302,7 @@ fn out_of_memory_leaves_consistent_tables() {
     );
     assert_eq!(s2.query(&a, Ipa(2 * M2)), None);
     a.limit = None;
-    s2.destroy(&mut a);
+    s2.destroy(&mut a, &mut v);
     assert_eq!(a.live_pages(), 0);
 }
 
@@ -285,9 +311,19 @@ fn host_donate_then_reclaim_through_the_tables() {
     const GUEST: OwnerId = OwnerId(2);
     let mut a = HostAlloc::new();
     let mut host = Stage2::new(&mut a, 0, 40, true).unwrap();
+    // SAFETY: host test: the recording backend, one owner per test.
+    let mut v = unsafe { Vttbr::assume_loaded(host.vttbr()) };
     let mut guest = Stage2::new(&mut a, 2, 40, true).unwrap();
-    host.map(&mut a, Ipa(0), Pa(0), G, Attrs::RAM_RWX, PageState::Owned)
-        .unwrap();
+    host.map(
+        &mut a,
+        &mut v,
+        Ipa(0),
+        Pa(0),
+        G,
+        Attrs::RAM_RWX,
+        PageState::Owned,
+    )
+    .unwrap();
     let page = Pa(0x1234_5000);
     let read = |host: &Stage2, guest: &Stage2, a: &HostAlloc| PageOwnership {
         host: CompState::from_mapping(host.query(a, Ipa(page.0)).map(|m| m.state)),
@@ -297,10 +333,12 @@ fn host_donate_then_reclaim_through_the_tables() {
     let cur = read(&host, &guest, &a);
     let next = transition(cur, Transition::HostDonate, Requester::Host).unwrap();
     assert_eq!(next.guest, CompState::Owned);
-    host.set_annotation(&mut a, Ipa(page.0), K4, GUEST).unwrap();
+    host.set_annotation(&mut a, &mut v, Ipa(page.0), K4, GUEST)
+        .unwrap();
     guest
         .map(
             &mut a,
+            &mut v,
             Ipa(0x8000_0000),
             page,
             K4,
@@ -315,9 +353,10 @@ fn host_donate_then_reclaim_through_the_tables() {
     assert!(transition(next, Transition::HostLend, Requester::Host).is_err());
     // Reclaim after destroy: host owns it again and the 1 GiB block is restored.
     let back = transition(next, Transition::Reclaim, Requester::Host).unwrap();
-    guest.destroy(&mut a);
+    guest.destroy(&mut a, &mut v);
     host.map(
         &mut a,
+        &mut v,
         Ipa(page.0),
         page,
         K4,
@@ -326,7 +365,7 @@ fn host_donate_then_reclaim_through_the_tables() {
     )
     .unwrap();
     assert_eq!(host.query(&a, Ipa(page.0)).unwrap().level, 1);
-    host.destroy(&mut a);
+    host.destroy(&mut a, &mut v);
     assert_eq!(a.live_pages(), 0);
 }
 
@@ -344,8 +383,11 @@ fn ipa_size_from_parange() {
 fn stored_desc(fwb: bool, attrs: Attrs, state: PageState) -> u64 {
     let mut a = HostAlloc::new();
     let mut s2 = Stage2::new(&mut a, 1, 40, fwb).unwrap();
+    // SAFETY: host test: the recording backend, one owner per test.
+    let mut v = unsafe { Vttbr::assume_loaded(s2.vttbr()) };
     s2.map(
         &mut a,
+        &mut v,
         Ipa(0),
         Pa(0x8000_0000),
         K4,
@@ -354,7 +396,8 @@ fn stored_desc(fwb: bool, attrs: Attrs, state: PageState) -> u64 {
     )
     .unwrap();
     trace::clear();
-    s2.map(&mut a, Ipa(K4), Pa(0x8000_1000), K4, attrs, state)
+    v.record_state();
+    s2.map(&mut a, &mut v, Ipa(K4), Pa(0x8000_1000), K4, attrs, state)
         .unwrap();
     let d = trace::take()
         .iter()
@@ -366,7 +409,7 @@ fn stored_desc(fwb: bool, attrs: Attrs, state: PageState) -> u64 {
             }
         })
         .unwrap();
-    s2.destroy(&mut a);
+    s2.destroy(&mut a, &mut v);
     d
 }
 
@@ -412,8 +455,11 @@ fn stage2_descriptor_encodings() {
 fn owner_annotation_encoding() {
     let mut a = HostAlloc::new();
     let mut s2 = Stage2::new(&mut a, 1, 40, true).unwrap();
+    // SAFETY: host test: the recording backend, one owner per test.
+    let mut v = unsafe { Vttbr::assume_loaded(s2.vttbr()) };
     s2.map(
         &mut a,
+        &mut v,
         Ipa(0),
         Pa(0),
         2 * K4,
@@ -422,7 +468,8 @@ fn owner_annotation_encoding() {
     )
     .unwrap();
     trace::clear();
-    s2.set_annotation(&mut a, Ipa(K4), K4, OwnerId(0x5a))
+    v.record_state();
+    s2.set_annotation(&mut a, &mut v, Ipa(K4), K4, OwnerId(0x5a))
         .unwrap();
     let t = trace::take();
     let new = t
@@ -446,5 +493,5 @@ fn owner_annotation_encoding() {
     )));
     assert_eq!(s2.annotation(&a, Ipa(K4)), Some(OwnerId(0x5a)));
     assert!(s2.query(&a, Ipa(K4)).is_none());
-    s2.destroy(&mut a);
+    s2.destroy(&mut a, &mut v);
 }

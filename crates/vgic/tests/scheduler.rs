@@ -419,7 +419,14 @@ fn v3_sysregs_backend_records_lr_and_hcr_writes() {
     let mut b = unsafe { vgic::V3Sysregs::new(&sre, &mut pending, trap_tc) };
     let mut cpu = VcpuIf::new(0);
     cpu.flush(&g, &mut b);
-    barriers::isb(pending);
+    // The list-register writes are guest-only: the entry ERET discharges them.
+    barriers::trace::set_reg(SysReg::SctlrEl2, barriers::sync::SCTLR_EL2_EOS_EIS);
+    let eos = barriers::sync::check_eos();
+    // SAFETY: host test: the recording backend, one owner per test.
+    let mut vttbr = unsafe { barriers::vttbr::Vttbr::assume_loaded(1 << 48) };
+    let entry = barriers::enter_guest(&eos, &mut vttbr, pending);
+    // SAFETY: host test: nothing runs; the recording stands for the world switch's ERET.
+    unsafe { entry.eret() };
     let msrs: Vec<_> = barriers::trace::take()
         .into_iter()
         .filter_map(|i| match i {

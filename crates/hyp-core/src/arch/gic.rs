@@ -18,7 +18,7 @@
 
 use crate::platform::GicLayout;
 use barriers::regs;
-use barriers::sync::GicSre;
+use barriers::sync::{El2GicIf, GicSre, Includes};
 use barriers::{GuestPending, Synced};
 use spin::Once;
 
@@ -148,10 +148,19 @@ impl Phys {
 
     /// Acknowledges the pending physical interrupt: the raw value to give
     /// back to [`Phys::eoi`] ([`Phys::intid`] extracts the INTID).
-    pub fn ack(&self) -> u32 {
-        match *self {
-            Phys::V3 { .. } => crate::arch::sysreg::icc_iar1(),
-            Phys::V2 { gicc, .. } => read32(gicc + GICC_IAR),
+    ///
+    /// `cpu_if`: the CPU interface's configuration (`init_cpu`) is
+    /// synchronised, which the exit that delivered the interrupt proves.
+    pub fn ack<K: Includes<El2GicIf>>(
+        &self,
+        sre: Option<&Synced<GicSre>>,
+        cpu_if: &Synced<K>,
+    ) -> u32 {
+        match (*self, sre) {
+            // INTIDs are 24 bits at most: the truncation keeps all of it.
+            (Phys::V3 { .. }, Some(sre)) => regs::IccIar1El1::read(sre, cpu_if) as u32,
+            (Phys::V2 { gicc, .. }, _) => read32(gicc + GICC_IAR),
+            (Phys::V3 { .. }, None) => unreachable!("GICv3 without ICC_SRE_EL2"),
         }
     }
 
@@ -164,10 +173,16 @@ impl Phys {
     }
 
     /// Ends an interrupt (priority drop and deactivation, EOImode 0).
-    pub fn eoi(&self, raw: u32, sre: Option<&Synced<GicSre>>, pending: &mut GuestPending) {
+    pub fn eoi<K: Includes<El2GicIf>>(
+        &self,
+        raw: u32,
+        sre: Option<&Synced<GicSre>>,
+        cpu_if: &Synced<K>,
+        pending: &mut GuestPending,
+    ) {
         match (*self, sre) {
             (Phys::V3 { .. }, Some(sre)) => {
-                pending.add(regs::IccEoir1El1::write(sre, u64::from(raw)));
+                pending.add(regs::IccEoir1El1::write(sre, cpu_if, u64::from(raw)));
             }
             (Phys::V2 { gicc, .. }, _) => write32(gicc + GICC_EOIR, raw),
             (Phys::V3 { .. }, None) => unreachable!("GICv3 without ICC_SRE_EL2"),

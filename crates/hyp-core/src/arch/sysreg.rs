@@ -62,16 +62,3 @@ pub fn read_id(crm: u8, op2: u8) -> u64 {
 
 read_sysreg!(cntpct_el0, "cntpct_el0");
 read_sysreg!(cntfrq_el0, "cntfrq_el0");
-
-/// Acknowledges the highest-priority pending Group 1 interrupt at the
-/// physical CPU interface (ICC_IAR1_EL1); 1023 when none is pending.
-/// The read changes GIC state, so it is not `pure`.
-pub fn icc_iar1() -> u32 {
-    let v: u64;
-    // SAFETY: acknowledging an interrupt touches no memory; the caller ends
-    // it with EOIR.
-    unsafe {
-        asm!("mrs {0}, s3_0_c12_c12_0", out(reg) v, options(nomem, nostack, preserves_flags))
-    };
-    v as u32
-}

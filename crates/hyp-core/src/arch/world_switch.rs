@@ -10,7 +10,7 @@
 //! = 1 (checked at boot).
 
 use barriers::regs;
-use barriers::sync::{El1Names, GuestEntry, Includes};
+use barriers::sync::{Cse, El1Names, GuestEntry, Includes};
 use barriers::{GuestPending, Synced};
 use core::mem::offset_of;
 
@@ -126,18 +126,32 @@ pub fn vectors_address() -> u64 {
 /// TPIDR_EL2 must point at a `HostSave` (the per-CPU block) equal to `host`,
 /// the vCPU's stage 2, HCR_EL2 and EL1 context must be loaded on this CPU,
 /// and `regs` must stay valid and unaliased until this returns.
-pub unsafe fn enter(regs: &mut GuestRegs, host: &mut HostSave, entry: GuestEntry) -> VectorKind {
-    let _ = entry;
+///
+/// Returns the kind of exit and the proof of the context synchronisation
+/// event that the exception entry was (SCTLR_EL2.EIS = 1, checked at boot):
+/// every write made before the run is synchronised for the exit's handler.
+pub unsafe fn enter(
+    regs: &mut GuestRegs,
+    host: &mut HostSave,
+    entry: GuestEntry,
+) -> (VectorKind, Synced<Cse>) {
+    // SAFETY: `__guest_enter` writes only ELR_EL2/SPSR_EL2 before its ERET.
+    unsafe { entry.eret() };
     // SAFETY: the caller established the per-CPU and guest context the
     // assembly relies on; the assembly preserves the AAPCS64 callee-saved
     // registers and SP across the guest run.
     let kind = unsafe { __guest_enter(regs, host) };
-    match kind {
+    // SAFETY: `__guest_enter` returns through an exception entry to EL2,
+    // a context synchronisation event with SCTLR_EL2.EIS = 1 (D24.1.2.2),
+    // and no system register was written since.
+    let cse = unsafe { Synced::<Cse>::assume() };
+    let kind = match kind {
         0 => VectorKind::Sync,
         1 => VectorKind::Irq,
         2 => VectorKind::Fiq,
         _ => VectorKind::SError,
-    }
+    };
+    (kind, cse)
 }
 
 macro_rules! el1_context {

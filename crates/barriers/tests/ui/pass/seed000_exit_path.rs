@@ -1,5 +1,7 @@
-// Seed 000, compile-pass: on guest exit an HCR_EL2 write that changes only trap bits, then
+// Rule (seed 000), compile-pass: on guest exit an HCR_EL2 write that changes only trap bits, then
 // CPTR_EL2 and VBAR_EL2 writes, then guest entry, with no ISB.
+// API: write_traps_only(
+// API: enter_guest(
 //
 // Fields involved: HCR_EL2.{TVM, TWI} change (guest-only traps: only EL1/EL0 execution after the
 // ERET reads them). CPTR_EL2's layout depends on HCR_EL2.E2H, which does not change here and was
@@ -20,10 +22,14 @@ fn exit_then_reenter(eos: &barriers::EosChecked, guest_hcr: u64) {
     // SAFETY: only trap bits change; E2H stays 0.
     let hcr = unsafe { HcrEl2::write_traps_only(guest_hcr & !(TVM | TWI)) };
     // SAFETY: sets the FP trap for lazy FP switching; clears none.
-    let cptr = unsafe { CptrEl2::write_setting_traps(&cse, 0x37ff) };
+    let cptr = unsafe { CptrEl2::write_setting_traps(&cse, None, 0x37ff) };
     // SAFETY: both vector tables stay valid.
     let vbar = unsafe { VbarEl2::write(0x4008_0000) };
-    let _entry = enter_guest(eos, (hcr, cptr, vbar));
+    // SAFETY: test: the one VTTBR owner of this thread.
+    let mut vttbr = unsafe { barriers::vttbr::Vttbr::assume_loaded(1 << 48) };
+    let entry = enter_guest(eos, &mut vttbr, (hcr, cptr, vbar));
+    // SAFETY: stands for the world switch's ERET.
+    unsafe { entry.eret() };
 }
 
 fn main() {

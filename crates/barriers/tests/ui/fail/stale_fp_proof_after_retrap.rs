@@ -1,0 +1,19 @@
+// Rule (invariant 8): setting the CPTR_EL2 FP traps again makes the proof that FP was enabled
+// stale; the write consumes it, so EL2 FP use through it no longer compiles.
+// Source: Arm ARM D24.1.2.2; Linux 257d0aa8e250; issue "barriers" bullet 4 (proof reused after a
+// later write to the same register).
+// API: write_setting_traps(
+// API: fp_save( | el2_fp(
+use barriers::regs::CptrEl2;
+use barriers::sync::{uses, Cse, Synced};
+
+fn main() {
+    // SAFETY: compile test.
+    let cse = unsafe { Synced::<Cse>::assume() };
+    // SAFETY: compile test.
+    let fp = barriers::isb(unsafe { CptrEl2::write(&cse, 0x33ff) });
+    // SAFETY: compile test.
+    let t = unsafe { CptrEl2::write_setting_traps(&cse, Some(fp), 0x37ff) };
+    uses::el2_fp(&fp);
+    let _ = barriers::isb(t);
+}
