@@ -20,7 +20,7 @@ _start:
 primary_entry:
     // Interrupts stay masked at EL2: the hypervisor takes guest interrupts
     // as exits from the lower-EL vectors, never while running itself.
-    msr     daifset, #0xf
+    msr     daifset, #0xf           // barrier: C5.1.5.1 — PSTATE.DAIF is special-purpose: masked in program order
     mov     x19, x0
     adrp    x1, __bss_start
     add     x1, x1, :lo12:__bss_start
@@ -41,7 +41,7 @@ primary_entry:
 // Secondary CPUs, started by PSCI CPU_ON with x0 = CPU index.
     .global secondary_entry
 secondary_entry:
-    msr     daifset, #0xf
+    msr     daifset, #0xf           // barrier: C5.1.5.1 — PSTATE.DAIF is special-purpose: masked in program order
     cmp     x0, #8                          // MAX_CPUS
     b.hs    3b
     adrp    x1, __stacks_start

@@ -52,7 +52,7 @@ _start:
     .long   0                       // res5
 
 rpi4_entry:
-    msr     daifset, #0xf
+    msr     daifset, #0xf           // barrier: C5.1.5.1 — PSTATE.DAIF is special-purpose: masked in program order
     mov     x19, x0                 // DTB from the firmware (EL2 entry only)
     // The image is linked at 0x80000 and not relocatable: if the loader put it
     // elsewhere (config.txt without kernel_address=0x80000), stop here.
@@ -107,14 +107,19 @@ el3_to_el2:
     mrs     x0, cntfrq_el0
     cbnz    x0, 1f
     ldr     x0, =OSC_FREQ
+    // barrier: D24.1.2.2 — read only by MRS (a direct read) and after the ERET below
     msr     cntfrq_el0, x0
-1:  msr     cntvoff_el2, xzr
-    msr     cptr_el3, xzr                   // no FP/SIMD or CPACR traps to EL3
-    msr     mdcr_el3, xzr
+    // The rest of the EL3 set-up is consumed at EL2 or below, after the ERET
+    // (a context synchronisation event), or by the ERET itself (see the ISB).
+1:  msr     cntvoff_el2, xzr                // barrier: D24.1.2.2 — consumed only after the ISB/ERET below (both CSEs)
+    // No FP/SIMD or CPACR traps to EL3.
+    msr     cptr_el3, xzr                   // barrier: D24.1.2.2 — consumed only after the ISB/ERET below (both CSEs)
+    msr     mdcr_el3, xzr                   // barrier: D24.1.2.2 — consumed only after the ISB/ERET below (both CSEs)
     mov     x0, #ACTLR_EL3_VAL
-    msr     actlr_el3, x0
+    msr     actlr_el3, x0                   // barrier: D24.1.2.2 — consumed only after the ISB/ERET below (both CSEs)
     mov     x0, #CPUECTLR_SMPEN
-    msr     S3_1_C15_C2_1, x0               // CPUECTLR_EL1
+    // CPUECTLR_EL1.SMPEN, before EL2 turns on caches and the MMU.
+    msr     S3_1_C15_C2_1, x0               // barrier: D24.1.2.2 — consumed only after the ISB/ERET below (both CSEs)
     // GIC-400 secure-only set-up (as armstub8.S with GIC): every interrupt in
     // group 1 (non-secure), so EL2 can configure and take all of them; the
     // banked IGROUPR0 (SGIs, PPIs) on every core, the SPI registers once.
@@ -139,20 +144,27 @@ el3_to_el2:
     mov     w1, #0xff
     str     w1, [x0, #GICC_PMR]
     ldr     x0, =SCTLR_EL2_OFF
-    msr     sctlr_el2, x0
-    msr     hcr_el2, xzr
+    msr     sctlr_el2, x0                   // barrier: D24.1.2.2 — consumed only after the ISB/ERET below (both CSEs)
+    msr     hcr_el2, xzr                    // barrier: D24.1.2.2 — consumed only after the ISB/ERET below (both CSEs)
     mov     x0, #SCR_EL3_VAL
+    // barrier: ARM-RULES.md §0 — the ERET reads SCR_EL3 (NS, RW, HCE) before its own synchronisation: ISB below
     msr     scr_el3, x0
     mov     x0, #SPSR_EL3_VAL
-    msr     spsr_el3, x0
-    msr     elr_el3, x30
+    msr     spsr_el3, x0                    // barrier: C5.1.5.1 — special-purpose register, program order
+    msr     elr_el3, x30                    // barrier: C5.1.5.1 — special-purpose register, program order
+    // barrier: ARM-RULES.md §0 — an ERET uses SCR_EL3 before its synchronisation point, so synchronise it first
     isb
+    // barrier: D24.1.2.2 — the drop to EL2h: a CSE for the EL2 and lower-EL writes above
     eret
+    // Straight-line speculation barrier (rule SLS in the tidy test): never
+    // executed. FEAT_SB is not implemented by the Cortex-A72, so `dsb nsh; isb`.
+    dsb     nsh                             // barrier: SLS — speculation barrier after the ERET
+    isb                                     // barrier: SLS — second half of the speculation barrier
 
 // A released secondary, MMU off: x0 = rpi4_cpu_ctx[cpu], then rpi4_cpu_entry[cpu].
     .global rpi4_secondary
 rpi4_secondary:
-    msr     daifset, #0xf
+    msr     daifset, #0xf           // barrier: C5.1.5.1 — PSTATE.DAIF is special-purpose: masked in program order
     mrs     x1, mpidr_el1
     and     x1, x1, #0xff
     cmp     x1, #4
@@ -173,17 +185,17 @@ rpi4_secondary:
 // does not sleep on WFE) and count in -icount instruction counts.
     .global rpi4_idle
 rpi4_idle:
-    msr     daifset, #0xf
+    msr     daifset, #0xf           // barrier: C5.1.5.1 — PSTATE.DAIF is special-purpose: masked in program order
     ldr     x0, =GICC_BASE
     str     wzr, [x0, #GICC_CTLR]
-    dsb     sy
+    dsb     sy                              // barrier: DSB-WFI — the GICC_CTLR store completes before the WFI
 1:  wfi
     b       1b
 
 // The hypervisor's secondary entry (x0 = CPU index), as on QEMU virt.
     .global secondary_entry
 secondary_entry:
-    msr     daifset, #0xf
+    msr     daifset, #0xf           // barrier: C5.1.5.1 — PSTATE.DAIF is special-purpose: masked in program order
     cmp     x0, #8                          // MAX_CPUS
     b.hs    hang
     adrp    x1, __stacks_start

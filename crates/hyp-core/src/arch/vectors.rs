@@ -149,7 +149,14 @@ __hvc_fast:
     mov     x2, xzr
     mov     x3, xzr
     add     sp, sp, #16
+    // barrier: D24.1.2.2 — back to the guest; nothing was written on this path (ELR_EL2 still past the HVC)
     eret
+    // Straight-line speculation barrier (rule SLS in the tidy test): the PE
+    // may run past an ERET speculatively with registers the guest controls.
+    // FEAT_SB is not guaranteed (Cortex-A72 lacks it), so `dsb nsh; isb`,
+    // Linux's `sb` without FEAT_SB. Never executed architecturally.
+    dsb     nsh                     // barrier: SLS — speculation barrier after the ERET
+    isb                             // barrier: SLS — second half of the speculation barrier
 1:  b       __fast_sync
 
 // The next fastest exits: `vm::hyp_fast_sync` answers stateless calls and
@@ -178,12 +185,17 @@ __fast_sync:
     // Answered: back to the guest with the (possibly updated) registers and
     // PC. ELR_EL2 needs no synchronisation before the ERET (see below).
     ldr     x2, [x1, #248]
-    msr     elr_el2, x2
+    msr     elr_el2, x2             // barrier: C5.1.5.1 — special-purpose register, program order before the ERET
     load_caller x1
     ldp     x0, x1, [x1, #0]
+    // barrier: D24.1.2.2 — the ERET is the CSE for any guest-only write hyp_fast_sync made (EOS = 1, checked at boot)
     eret
-    dsb     nsh
-    isb
+    // Straight-line speculation barrier (rule SLS in the tidy test): the PE
+    // may run past an ERET speculatively with registers the guest controls.
+    // FEAT_SB is not guaranteed (Cortex-A72 lacks it), so `dsb nsh; isb`,
+    // Linux's `sb` without FEAT_SB. Never executed architecturally.
+    dsb     nsh                     // barrier: SLS — speculation barrier after the ERET
+    isb                             // barrier: SLS — second half of the speculation barrier
     // Not answered (the register file is unchanged): store x19..x29 too and
     // take the full exit with the frame complete.
 3:  save_callee x1
@@ -208,17 +220,21 @@ __guest_enter:
     // program order and need no synchronisation before the ERET (Arm ARM
     // C5.1.5.1; ARM-RULES.md section 0).
     ldp     x2, x3, [x0, #248]
-    msr     elr_el2, x2
-    msr     spsr_el2, x3
+    msr     elr_el2, x2             // barrier: C5.1.5.1 — special-purpose register, program order before the ERET
+    msr     spsr_el2, x3            // barrier: C5.1.5.1 — special-purpose register, program order before the ERET
     load_x2_x30 x0
     ldp     x0, x1, [x0, #0]
     // ERET is a context synchronisation event (SCTLR_EL2.EOS = 1, checked at
     // boot): it synchronises every guest-only system-register write made
     // since the last exit.
+    // barrier: D24.1.2.2 — the CSE that barriers::enter_guest authorises (GuestEntry), EOS = 1
     eret
-    // Straight-line speculation barrier after ERET.
-    dsb     nsh
-    isb
+    // Straight-line speculation barrier (rule SLS in the tidy test): the PE
+    // may run past an ERET speculatively with registers the guest controls.
+    // FEAT_SB is not guaranteed (Cortex-A72 lacks it), so `dsb nsh; isb`,
+    // Linux's `sb` without FEAT_SB. Never executed architecturally.
+    dsb     nsh                     // barrier: SLS — speculation barrier after the ERET
+    isb                             // barrier: SLS — second half of the speculation barrier
 
 // Entered from a lower-EL vector: x0 = kind, guest x0/x1 pushed on SP_EL2.
 __guest_exit:
@@ -254,12 +270,19 @@ __el2_exception:
     bl      hyp_el2_exception
     // hyp_el2_exception returns only for IRQs handled at EL2.
     ldp     x2, x3, [sp, #248]
-    msr     elr_el2, x2
-    msr     spsr_el2, x3
+    msr     elr_el2, x2             // barrier: C5.1.5.1 — special-purpose register, program order before the ERET
+    msr     spsr_el2, x3            // barrier: C5.1.5.1 — special-purpose register, program order before the ERET
     load_x2_x30 sp
     ldp     x0, x1, [sp, #0]
     add     sp, sp, #(34 * 8)
+    // barrier: D24.1.2.2 — back to the interrupted EL2 code; the IRQ handler's writes carry their own barriers
     eret
+    // Straight-line speculation barrier (rule SLS in the tidy test): the PE
+    // may run past an ERET speculatively with registers the guest controls.
+    // FEAT_SB is not guaranteed (Cortex-A72 lacks it), so `dsb nsh; isb`,
+    // Linux's `sb` without FEAT_SB. Never executed architecturally.
+    dsb     nsh                     // barrier: SLS — speculation barrier after the ERET
+    isb                             // barrier: SLS — second half of the speculation barrier
 "#
 );
 
@@ -316,8 +339,8 @@ __fp_load:
     ldp     q30, q31, [x0, #480]
     add     x0, x0, #512
     ldp     x1, x2, [x0]
-    msr     fpcr, x1
-    msr     fpsr, x2
+    msr     fpcr, x1                // barrier: C5.1.5.1 — FPCR is special-purpose: program order, no ISB
+    msr     fpsr, x2                // barrier: C5.1.5.1 — FPSR is special-purpose: program order, no ISB
     ret
 "#
 );
