@@ -362,6 +362,8 @@ pub enum Insn {
     },
     /// `IC IALLU`.
     IcIallu,
+    /// `IC IALLUIS`.
+    IcIalluis,
     /// A translation-table descriptor store (release semantics).
     Store {
         /// Address of the descriptor.
@@ -527,6 +529,12 @@ pub(crate) mod emit {
     }
 
     #[inline(always)]
+    pub(crate) fn ic_ialluis() {
+        // SAFETY: invalidating the instruction caches has no architectural data effect.
+        unsafe { asm!("ic ialluis", options(nostack, preserves_flags)) }
+    }
+
+    #[inline(always)]
     pub(crate) fn store(slot: &AtomicU64, new: u64, _ia: Option<u64>, _level: Option<u8>) {
         slot.store(new, Ordering::Release);
     }
@@ -609,6 +617,10 @@ pub(crate) mod emit {
 
     pub(crate) fn ic_iallu() {
         push(Insn::IcIallu);
+    }
+
+    pub(crate) fn ic_ialluis() {
+        push(Insn::IcIalluis);
     }
 
     pub(crate) fn store(slot: &AtomicU64, new: u64, ia: Option<u64>, level: Option<u8>) {
