@@ -2,8 +2,10 @@
 //! with its MMU and caches off, turns them on after vCPU 0 did, and reads
 //! its data back. QEMU models no caches, so the data always reads back
 //! there; the hypervisor's VM-wide clean+invalidate on each vCPU's cache
-//! enable is what makes it true on hardware, and the ignored test checks
-//! that it happened for vCPU 1 too.
+//! enable is what makes it true on hardware, and the hypervisor's log
+//! shows it happened for vCPU 1 too. Then vCPU 0 does a set/way operation
+//! with both vCPUs' caches on, and vCPU 1's cache toggle that follows must
+//! still be trapped: the set/way trap re-arms TVM on every vCPU.
 
 use std::time::Duration;
 
@@ -39,12 +41,20 @@ fn secondary_reads_back_what_it_wrote_with_caches_off() {
         "guest-cache: vCPU 1 read back 2048 words after enabling caches: OK",
         "guest-cache: caches were turned on by vCPU 0, then vCPU 1; vCPU 1 verdict: OK",
         "guest-cache: vCPU 0 reads vCPU 1's 2048 words: OK",
+        SET_WAY,
+        VCPU1_SAW,
+        VCPU1_TOGGLED,
         "guest-cache: done, powering off",
     ] {
         q.expect_exact(line, T);
     }
     q.expect_exit_code(0, T);
 }
+
+const SET_WAY: &str = "guest-cache: vCPU 0 did DC CISW (set/way) with its caches on";
+const VCPU1_SAW: &str = "guest-cache: vCPU 1 saw vCPU 0's set/way operation";
+const VCPU1_TOGGLED: &str = "guest-cache: vCPU 1 turned its data cache off \
+                             (caches on: false) and on again (SCTLR_EL1.M=1 C=1)";
 
 /// The line the hypervisor is expected to print for each VM-wide
 /// clean+invalidate it does on a vCPU's cache toggle (a proposal: the lead
@@ -70,5 +80,29 @@ fn vm_wide_flush_when_vcpu1_turns_caches_on() {
         "guest-cache: vCPU 1 read back 2048 words after enabling caches: OK",
         T,
     );
+    q.expect_exit_code(0, T);
+}
+
+/// vCPU 0's DC CISW (trapped by HCR_EL2.TSW) flushes the VM and re-arms
+/// TVM on vCPU 1 as well, whose caches are on (TVM dropped): vCPU 1's
+/// cache disable and re-enable after it are both trapped, each with a
+/// VM-wide clean+invalidate.
+#[test]
+fn set_way_on_vcpu0_rearms_tvm_so_vcpu1_cache_enable_is_seen() {
+    let mut q = boot();
+    q.expect_exact(VCPU1_ON, T);
+    q.expect_exact(
+        "hyp: VM 1: vCPU 0 did a set/way operation: VM-wide clean+invalidate, \
+         TVM re-armed on every vCPU",
+        T,
+    );
+    q.expect_exact(SET_WAY, T);
+    q.expect_exact(VCPU1_SAW, T);
+    q.expect_exact(
+        "hyp: VM 1: vCPU 1 turned its caches off: VM-wide clean+invalidate",
+        T,
+    );
+    q.expect_exact(&flush_line(1), T);
+    q.expect_exact(VCPU1_TOGGLED, T);
     q.expect_exit_code(0, T);
 }

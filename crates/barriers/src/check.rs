@@ -425,7 +425,7 @@ pub fn check(trace: &[Insn]) -> Vec<Violation> {
                 }
             }
             Insn::Eret => s.eret(i),
-            Insn::DcCivac { .. } | Insn::Free { .. } => {
+            Insn::DcCivac { .. } | Insn::IcIalluis | Insn::Free { .. } => {
                 if let Insn::Free { pa } = *insn {
                     s.breaks_done(15, i, &format!("free of {pa:#x}"));
                 }

@@ -370,6 +370,8 @@ pub enum Insn {
         /// The (cache-line aligned) virtual address.
         va: u64,
     },
+    /// `IC IALLUIS`.
+    IcIalluis,
     /// A translation-table descriptor store (release semantics).
     Store {
         /// Address of the descriptor.
@@ -529,6 +531,12 @@ pub(crate) mod emit {
     }
 
     #[inline(always)]
+    pub(crate) fn ic_ialluis() {
+        // SAFETY: invalidating the instruction caches has no architectural data effect.
+        unsafe { asm!("ic ialluis", options(nostack, preserves_flags)) }
+    }
+
+    #[inline(always)]
     pub(crate) fn store(slot: &AtomicU64, new: u64, _ia: Option<u64>, _level: Option<u8>) {
         slot.store(new, Ordering::Release);
     }
@@ -607,6 +615,10 @@ pub(crate) mod emit {
 
     pub(crate) fn dc_civac(va: u64) {
         push(Insn::DcCivac { va });
+    }
+
+    pub(crate) fn ic_ialluis() {
+        push(Insn::IcIalluis);
     }
 
     pub(crate) fn store(slot: &AtomicU64, new: u64, ia: Option<u64>, level: Option<u8>) {

@@ -22,6 +22,20 @@ pub fn clean_inval_to_poc(va: u64, len: u64) {
     emit::dsb(DsbKind::Sy);
 }
 
+/// Invalidates all instruction caches of the Inner Shareable domain to the point of
+/// unification (`IC IALLUIS`), then `DSB ISH`.
+///
+/// Consumer: a guest that will execute code written through a data-side alias: an image the host
+/// gave (after the give's clean to PoC), or guest memory after a VM-wide clean on a cache toggle.
+/// Inner-shareable because the guest's vCPUs may run on any CPU. The `DSB ISH` completes the
+/// invalidation; no ISB is needed because the ERET into the guest is the context synchronisation
+/// event that discards already fetched instructions.
+// Arm ARM D7.5.9 "Instruction cache maintenance" (IC IALLUIS, completed by DSB); ERET is a CSE.
+pub fn invalidate_icache_all_is() {
+    emit::ic_ialluis();
+    emit::dsb(DsbKind::Ish);
+}
+
 /// Invalidates every EL2 translation cached by this PE, and waits for it.
 ///
 /// Consumer: EL2's first translated access after it turns its MMU on. Firmware
@@ -46,5 +60,37 @@ pub fn publish_and_wake() {
     // SAFETY: SEV only sets the event register of every PE.
     unsafe {
         core::arch::asm!("sev", options(nomem, nostack, preserves_flags));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::insn::Insn;
+    use crate::trace;
+
+    #[test]
+    fn icache_invalidation_is_inner_shareable_and_completed() {
+        trace::reset();
+        invalidate_icache_all_is();
+        assert_eq!(
+            trace::take(),
+            [Insn::IcIalluis, Insn::Dsb(DsbKind::Ish)].to_vec()
+        );
+    }
+
+    #[test]
+    fn clean_to_poc_covers_every_line_then_dsb() {
+        trace::reset();
+        clean_inval_to_poc(0x1030, 0x50);
+        assert_eq!(
+            trace::take(),
+            [
+                Insn::DcCivac { va: 0x1000 },
+                Insn::DcCivac { va: 0x1040 },
+                Insn::Dsb(DsbKind::Sy),
+            ]
+            .to_vec()
+        );
     }
 }

@@ -11,16 +11,23 @@
 //!    a VM-wide clean+invalidate by the hypervisor at that moment, it could
 //!    hit vCPU 0's stale lines ("why flush only on vcpu0 fails"). The guest
 //!    does no cache maintenance itself, as Linux secondaries do not.
-//! 4. vCPU 1 reports and turns itself off; vCPU 0 reads the buffer too, then
-//!    powers the VM off.
+//! 4. vCPU 1 reports; vCPU 0 reads the buffer too.
+//! 5. With both vCPUs' caches on (the hypervisor no longer traps their
+//!    SCTLR_EL1 writes), vCPU 0 does a data-cache set/way operation
+//!    (DC CISW). The hypervisor cannot virtualise it: it cleans the whole VM
+//!    and re-arms the TVM trap on every vCPU, not only vCPU 0.
+//! 6. vCPU 1 then turns its data cache off and on again (as a guest does
+//!    around set/way maintenance). Both writes must reach the hypervisor,
+//!    and each flushes the VM again; the log shows it. vCPU 1 turns itself
+//!    off and vCPU 0 powers the VM off.
 //!
 //! QEMU (TCG) does not model caches, so there the data always reads back;
 //! the hypervisor's count of VM-wide flushes is what shows the flush
 //! happened when vCPU 1 (the second vCPU) turned its caches on.
 //!
 //! vCPU 0 and vCPU 1 only share memory attributes once both have their
-//! caches on, so they synchronise through PSCI (AFFINITY_INFO) and the
-//! result word vCPU 1 writes after its caches are on.
+//! caches on, so they synchronise through flag words written after that
+//! (vCPU 1's result, vCPU 0's set/way flag) and PSCI AFFINITY_INFO.
 #![no_std]
 #![no_main]
 
@@ -32,6 +39,8 @@ use smccc::psci;
 /// Four pages.
 const WORDS: usize = 4 * 4096 / 8;
 const POLLS: u32 = 10_000_000;
+/// How long a vCPU waits for the other's flag (ms of the virtual counter).
+const WAIT_MS: u64 = 20_000;
 const CONTEXT: u64 = 0xcac4e;
 
 #[repr(C, align(4096))]
@@ -45,6 +54,9 @@ static BUF: Buffer = Buffer(UnsafeCell::new([0; WORDS]));
 
 /// vCPU 1's verdict, written once its caches are on: 0 none yet, 1 OK, 2 bad.
 static RESULT: AtomicU64 = AtomicU64::new(0);
+
+/// Set by vCPU 0 after its set/way operation (both vCPUs' caches are on).
+static SET_WAY_DONE: AtomicU64 = AtomicU64::new(0);
 
 fn word(i: usize) -> *mut u64 {
     // SAFETY: i < WORDS (callers iterate over 0..WORDS).
@@ -97,6 +109,21 @@ fn secondary(cpu: usize) -> ! {
             RESULT.store(2, Ordering::Release);
         }
     }
+    if !guest_rt::gic::wait_until(WAIT_MS, || SET_WAY_DONE.load(Ordering::Acquire) != 0) {
+        panic!("vCPU 0 never did its set/way operation");
+    }
+    // This line is an exit the hypervisor handles (the emulated UART), so
+    // vCPU 1 has re-entered, and taken its re-armed TVM, before the SCTLR
+    // writes below even if the kick the hypervisor sent has not landed.
+    println!("guest-cache: vCPU {cpu} saw vCPU 0's set/way operation");
+    let on = mmu::sctlr();
+    mmu::set_sctlr(on & !mmu::SCTLR_C);
+    let off_state = mmu::caches_on();
+    mmu::set_sctlr(on);
+    let (m, c, _) = sctlr_bits(mmu::sctlr());
+    println!(
+        "guest-cache: vCPU {cpu} turned its data cache off (caches on: {off_state}) and on again (SCTLR_EL1.M={m} C={c})"
+    );
     guest_rt::cpu_off()
 }
 
@@ -125,12 +152,8 @@ fn guest_main(cpu: usize, arg: u64) -> ! {
     if r != 0 {
         panic!("CPU_ON(1) = {r}");
     }
-    let mut polls = 0;
-    while guest_rt::hvc(psci::PSCI_AFFINITY_INFO_64, 1, 0, 0)[0] != 1 {
-        polls += 1;
-        if polls > POLLS {
-            panic!("vCPU 1 never turned off");
-        }
+    if !guest_rt::gic::wait_until(WAIT_MS, || RESULT.load(Ordering::Acquire) != 0) {
+        panic!("vCPU 1 gave no verdict");
     }
     let verdict = match RESULT.load(Ordering::Acquire) {
         1 => "OK",
@@ -145,6 +168,18 @@ fn guest_main(cpu: usize, arg: u64) -> ! {
         Some((i, got, want)) => println!(
             "guest-cache: vCPU 0 reads vCPU 1's {WORDS} words: word {i} is {got:#x}, expected {want:#x}"
         ),
+    }
+    // Set 0, way 0 of level 1: which line does not matter, the hypervisor
+    // turns any set/way operation into a VM-wide clean.
+    mmu::clean_invalidate_set_way(0);
+    println!("guest-cache: vCPU 0 did DC CISW (set/way) with its caches on");
+    SET_WAY_DONE.store(1, Ordering::Release);
+    let mut polls = 0;
+    while guest_rt::hvc(psci::PSCI_AFFINITY_INFO_64, 1, 0, 0)[0] != 1 {
+        polls += 1;
+        if polls > POLLS {
+            panic!("vCPU 1 never turned off");
+        }
     }
     println!("guest-cache: done, powering off");
     guest_rt::system_off()

@@ -117,3 +117,22 @@ pub fn enable() -> u64 {
     }
     sctlr
 }
+
+/// Writes SCTLR_EL1 and synchronises it (ISB): e.g. clears or sets C with
+/// the MMU kept on. Without FEAT_S2FWB the hypervisor traps the write
+/// (HCR_EL2.TVM) while it watches this vCPU's cache enables.
+pub fn set_sctlr(sctlr: u64) {
+    // SAFETY: the caller keeps M set or clear as the identity map allows:
+    // every address means the same with the MMU on or off, and toggling C
+    // changes only cacheability.
+    unsafe { asm!("msr sctlr_el1, {0}", "isb", in(reg) sctlr, options(nostack)) };
+}
+
+/// `DC CISW` on `set_way` (level in bits 3:1, set and way above: the Arm
+/// ARM's data cache maintenance by set/way), then `DSB SY`. The
+/// hypervisor traps it (HCR_EL2.TSW): set/way operations cannot be
+/// virtualised, so it cleans all of the VM's memory instead.
+pub fn clean_invalidate_set_way(set_way: u64) {
+    // SAFETY: clean+invalidate writes dirty lines back and loses no data.
+    unsafe { asm!("dc cisw, {0}", "dsb sy", in(reg) set_way, options(nostack)) };
+}

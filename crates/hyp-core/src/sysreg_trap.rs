@@ -154,6 +154,93 @@ pub const fn caches_on(sctlr: u64) -> bool {
     sctlr & (SCTLR_M | SCTLR_C) == SCTLR_M | SCTLR_C
 }
 
+/// What the hypervisor does about a trapped cache-relevant operation of a
+/// vCPU (guests without FEAT_S2FWB; ARM-RULES.md section 3, seed 003).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheTrap {
+    /// Clean and invalidate all of the VM's memory to PoC (then invalidate
+    /// the instruction caches).
+    pub flush_vm: bool,
+    /// The vCPU's HCR_EL2.TVM afterwards.
+    pub tvm: bool,
+    /// Set TVM again on every other vCPU of the VM too.
+    pub rearm_others: bool,
+}
+
+/// A trapped SCTLR_EL1 write from `old` to `new` by a vCPU whose TVM is
+/// `tvm` (it is, or the write would not trap): KVM's `kvm_toggle_cache`.
+/// Any change of "MMU and caches on", in either direction, flushes the
+/// VM; once they are on, the vCPU's TVM is dropped (until a set/way
+/// operation re-arms it).
+#[must_use]
+pub const fn sctlr_write(old: u64, new: u64, tvm: bool) -> CacheTrap {
+    CacheTrap {
+        flush_vm: caches_on(old) != caches_on(new),
+        tvm: tvm && !caches_on(new),
+        rearm_others: false,
+    }
+}
+
+/// A trapped data-cache set/way operation (HCR_EL2.TSW) by a vCPU whose
+/// TVM is `tvm`: KVM's `kvm_set_way_flush`. Set/way operations cannot be
+/// virtualised, so the first one while TVM is clear becomes a VM-wide
+/// flush and re-arms TVM, so that the guest's next MMU/cache toggle is
+/// trapped and flushes again. TVM is re-armed on every vCPU of the VM, not
+/// only this one (KVM does only this one): the toggle that follows may come
+/// from any vCPU, and the stale lines it could expose are anywhere in the
+/// VM's memory. With TVM already set the next toggle is trapped anyway:
+/// nothing to do.
+#[must_use]
+pub const fn set_way(tvm: bool) -> CacheTrap {
+    CacheTrap {
+        flush_vm: !tvm,
+        tvm: true,
+        rearm_others: !tvm,
+    }
+}
+
+/// Per VM: the vCPUs whose HCR_EL2.TVM must be set again at their next
+/// entry because another vCPU did a set/way operation ([`set_way`]'s
+/// `rearm_others`). One bit per vCPU; a vCPU's HCR is its own (it may be
+/// running on another CPU), so each vCPU applies its bit itself with
+/// [`TvmRearm::take`] before it enters the guest.
+#[derive(Debug)]
+pub struct TvmRearm(core::sync::atomic::AtomicU8);
+
+impl TvmRearm {
+    /// No requests.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(core::sync::atomic::AtomicU8::new(0))
+    }
+
+    /// Asks every vCPU but `me` to set TVM at its next entry; returns the
+    /// vCPUs asked (to kick those running elsewhere). A request left for a
+    /// vCPU that never enters, or that boots with TVM set anyway, is
+    /// harmless: it only sets a trap.
+    pub fn request(&self, me: usize) -> u8 {
+        let others = !(1u8.checked_shl(me as u32).unwrap_or(0));
+        self.0
+            .fetch_or(others, core::sync::atomic::Ordering::AcqRel);
+        others
+    }
+
+    /// At vCPU `v`'s entry: whether it must set TVM (consuming the request).
+    /// One load when there is none.
+    pub fn take(&self, v: usize) -> bool {
+        use core::sync::atomic::Ordering;
+        let bit = 1u8.checked_shl(v as u32).unwrap_or(0);
+        self.0.load(Ordering::Acquire) & bit != 0
+            && self.0.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
+}
+
+impl Default for TvmRearm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +337,170 @@ mod tests {
         assert!(!caches_on(0x30d0_0804));
         assert!(caches_on(0x30d0_0805));
         assert!(caches_on(0x30d0_1805));
+    }
+
+    /// One VM's vCPUs as the trap handlers see them: SCTLR_EL1, TVM, and
+    /// the VM-wide flushes done, driven through the pure decisions the way
+    /// `vm::sysreg_trap` and `vm::cache_traps_before_entry` drive them.
+    struct Vm {
+        sctlr: [u64; 2],
+        tvm: [bool; 2],
+        rearm: TvmRearm,
+        flushes: u32,
+    }
+
+    const ON: u64 = 0x30d0_1805;
+    const OFF: u64 = 0x30d0_0800;
+
+    impl Vm {
+        fn new() -> Self {
+            // Reset without FWB: caches off, TVM (and TSW) set.
+            Self {
+                sctlr: [OFF; 2],
+                tvm: [true; 2],
+                rearm: TvmRearm::new(),
+                flushes: 0,
+            }
+        }
+        /// vCPU `v` enters the guest.
+        fn enter(&mut self, v: usize) {
+            if self.rearm.take(v) {
+                self.tvm[v] = true;
+            }
+        }
+        fn apply(&mut self, v: usize, t: CacheTrap) {
+            self.flushes += u32::from(t.flush_vm);
+            self.tvm[v] = t.tvm;
+            if t.rearm_others {
+                self.rearm.request(v);
+            }
+        }
+        /// vCPU `v` writes SCTLR_EL1; returns whether the hypervisor saw it.
+        fn write_sctlr(&mut self, v: usize, new: u64) -> bool {
+            self.enter(v);
+            let seen = self.tvm[v];
+            if seen {
+                let t = sctlr_write(self.sctlr[v], new, self.tvm[v]);
+                self.apply(v, t);
+            }
+            self.sctlr[v] = new;
+            seen
+        }
+        /// vCPU `v` does DC CISW (always trapped: TSW).
+        fn set_way(&mut self, v: usize) {
+            self.enter(v);
+            let t = set_way(self.tvm[v]);
+            self.apply(v, t);
+        }
+    }
+
+    #[test]
+    fn toggle_flushes_both_ways_and_drops_tvm_once_on() {
+        assert_eq!(
+            sctlr_write(OFF, ON, true),
+            CacheTrap {
+                flush_vm: true,
+                tvm: false,
+                rearm_others: false
+            }
+        );
+        // Caches off again (TVM set by a set/way op): flush, keep trapping.
+        assert_eq!(
+            sctlr_write(ON, OFF, true),
+            CacheTrap {
+                flush_vm: true,
+                tvm: true,
+                rearm_others: false
+            }
+        );
+        // M alone, or C alone, is not "caches on": no flush, TVM stays.
+        assert_eq!(
+            sctlr_write(OFF, OFF | SCTLR_M, true),
+            CacheTrap {
+                flush_vm: false,
+                tvm: true,
+                rearm_others: false
+            }
+        );
+        assert!(sctlr_write(OFF | SCTLR_C, ON, true).flush_vm);
+        // Unrelated bits (here I, bit 12) with caches on: no flush.
+        assert!(!sctlr_write(ON, ON & !(1 << 12), true).flush_vm);
+    }
+
+    #[test]
+    fn set_way_flushes_and_rearms_only_when_tvm_is_clear() {
+        assert_eq!(
+            set_way(false),
+            CacheTrap {
+                flush_vm: true,
+                tvm: true,
+                rearm_others: true
+            }
+        );
+        assert_eq!(
+            set_way(true),
+            CacheTrap {
+                flush_vm: false,
+                tvm: true,
+                rearm_others: false
+            }
+        );
+    }
+
+    #[test]
+    fn rearm_requests_every_other_vcpu_once() {
+        let r = TvmRearm::new();
+        assert!(!r.take(0));
+        assert_eq!(r.request(1), 0xfd);
+        assert!(!r.take(1));
+        assert!(r.take(0));
+        assert!(!r.take(0));
+        assert!(r.take(7));
+        // Out of range: nothing to take.
+        assert!(!r.take(8));
+    }
+
+    /// Seed 003 with a set/way operation: vCPU 0's DC CISW re-arms TVM on
+    /// vCPU 1 too, so vCPU 1's cache disable and re-enable that follow are
+    /// trapped and each flushes the VM.
+    #[test]
+    fn set_way_on_vcpu0_makes_vcpu1_cache_enable_seen() {
+        let mut vm = Vm::new();
+        assert!(vm.write_sctlr(0, ON));
+        assert!(vm.write_sctlr(1, ON));
+        assert_eq!(vm.flushes, 2);
+        assert_eq!(vm.tvm, [false, false]);
+        // Without a set/way op, vCPU 1 toggles unseen (TVM dropped).
+        vm.set_way(0);
+        assert_eq!(vm.flushes, 3);
+        assert_eq!(vm.tvm, [true, false]);
+        // A second set/way op (any vCPU) while TVM is set: no new flush.
+        vm.set_way(0);
+        assert_eq!(vm.flushes, 3);
+        // vCPU 1 picks the re-arm up at its next entry.
+        assert!(vm.write_sctlr(1, OFF));
+        assert_eq!(vm.flushes, 4);
+        assert!(vm.write_sctlr(1, ON));
+        assert_eq!(vm.flushes, 5);
+        assert_eq!(vm.tvm, [true, false]);
+        // vCPU 0 is still armed: its cache-off is seen as well.
+        assert!(vm.write_sctlr(0, OFF));
+        assert_eq!(vm.flushes, 6);
+    }
+
+    #[test]
+    fn without_rearm_vcpu1_toggle_would_go_unseen() {
+        // The bug this guards against: vCPU 0's set/way op arming only
+        // vCPU 0 (as KVM does) leaves vCPU 1's toggle untrapped.
+        let mut vm = Vm::new();
+        vm.write_sctlr(0, ON);
+        vm.write_sctlr(1, ON);
+        let t = set_way(vm.tvm[0]);
+        vm.flushes += u32::from(t.flush_vm);
+        vm.tvm[0] = t.tvm;
+        assert!(!vm.write_sctlr(1, OFF));
+        assert!(!vm.write_sctlr(1, ON));
+        assert_eq!(vm.flushes, 3);
     }
 
     #[test]

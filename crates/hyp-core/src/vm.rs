@@ -204,8 +204,6 @@ pub struct VcpuCtx {
     hcr: u64,
     /// An MMIO read the host is answering.
     mmio: Option<MmioAccess>,
-    /// Set/way operations since the last VM-wide flush need no new flush.
-    sw_flushed: bool,
     /// The vCPU's virtual GIC CPU interface state.
     vif: VcpuIf,
 }
@@ -222,7 +220,6 @@ impl VcpuCtx {
             fp: FpState::new(),
             hcr: HCR_BASE,
             mmio: None,
-            sw_flushed: false,
             vif: VcpuIf::new(0),
         }
     }
@@ -719,7 +716,15 @@ fn host_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) ->
                     .lock()
                     .give_with(&mut c.vttbr, a[0], a[1], a[2], a[3], kind, lazy)
                 {
-                    Ok(()) => 0,
+                    Ok(()) => {
+                        // The host may have written code there; the give's
+                        // map cleaned it to PoC (no FWB): now the I-caches.
+                        // A lazy give maps later (`map_on_demand`).
+                        if !lazy {
+                            barriers::maint::invalidate_icache_all_is();
+                        }
+                        0
+                    }
                     Err(e) => err(e),
                 }
             }
@@ -867,6 +872,7 @@ fn guest_loop(
     // For the vector's fast path (`hyp_fast_sync`) while the guest runs.
     let fast_ctx = FastCtx { who, vg };
     loop {
+        cache_traps_before_entry(who, ctx, &mut pending);
         if let Some(vg) = vg {
             vgic_before_entry(c, who, ctx, vg, &mut pending);
         }
@@ -938,9 +944,6 @@ fn guest_sync(
     let esr = trap.esr;
     let reason = ExitReason::from_ec(esr.ec());
     stats::record(who.stats_index(), reason);
-    if reason != ExitReason::SysReg {
-        ctx.sw_flushed = false;
-    }
     match reason {
         ExitReason::Hvc => guest_hypercall(&mut c.vttbr, who, ctx),
         ExitReason::Smc => {
@@ -1241,10 +1244,16 @@ fn map_on_demand(vttbr: &mut Vttbr, who: Who, trap: Trap) -> bool {
     if ipa < control::GUEST_RAM_IPA_MIN {
         return false;
     }
-    control()
+    let mapped = control()
         .lock()
         .map_on_demand(vttbr, slot as u64 + 1, ipa)
-        .is_ok()
+        .is_ok();
+    if mapped {
+        // The page may hold code the host wrote; the map cleaned it to PoC
+        // (no FWB): invalidate the I-caches before the guest fetches from it.
+        barriers::maint::invalidate_icache_all_is();
+    }
+    mapped
 }
 
 /// Before entering a guest: samples its virtual timer's output into the
@@ -1357,11 +1366,12 @@ fn sgi1r_trap(
     pending: &mut GuestPending,
 ) -> bool {
     let acc = exit::decode_sysreg(esr);
-    let e = acc.enc;
     let (Some(vg), Who::Guest { slot, vcpu }) = (vg, who) else {
         return false;
     };
-    if acc.read || (e.op0, e.op1, e.crn, e.crm, e.op2) != (3, 0, 12, 11, 5) {
+    if acc.read
+        || crate::sysreg_trap::classify_access(&acc) != crate::sysreg_trap::TrappedSysReg::IccSgi1r
+    {
         return false;
     }
     let val = if acc.reg == 31 {
@@ -1655,74 +1665,117 @@ fn size_mask(bytes: u64) -> u64 {
 /// virtual-memory controls (TVM), set/way cache maintenance (TSW); anything
 /// else (implementation-defined registers, PMU, debug) is UNDEF.
 fn sysreg_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, esr: Esr, pending: &mut GuestPending) {
+    use crate::sysreg_trap::{classify_access, debug_read, TrappedSysReg};
     let acc = exit::decode_sysreg(esr);
-    let e = acc.enc;
     let rt = acc.reg as usize;
     let val = if rt == 31 { 0 } else { ctx.regs.x[rt] };
-    // ID registers: op0 = 3, op1 = 0, CRn = 0, CRm = 1..=7 (TID3).
-    if acc.read && e.op0 == 3 && e.op1 == 0 && e.crn == 0 && (1..=7).contains(&e.crm) {
-        let v = crate::idregs_emul::read(e);
-        if rt != 31 {
-            ctx.regs.x[rt] = v;
-        }
-        ctx.regs.pc += 4;
-        return;
-    }
-    // Set/way cache maintenance: DC ISW (1,0,7,6,2), DC CSW (1,0,7,10,2),
-    // DC CISW (1,0,7,14,2).
-    if e.op0 == 1 && e.op1 == 0 && e.crn == 7 && matches!(e.crm, 6 | 10 | 14) && e.op2 == 2 {
-        if let Who::Guest { slot, .. } = who {
-            if !ctx.sw_flushed {
-                flush_vm(slot);
-                ctx.sw_flushed = true;
+    match classify_access(&acc) {
+        TrappedSysReg::IdReg(e) if acc.read => {
+            let v = crate::idregs_emul::read(e);
+            if rt != 31 {
+                ctx.regs.x[rt] = v;
             }
         }
-        ctx.regs.pc += 4;
-        return;
+        TrappedSysReg::SetWay(_) => set_way_trap(c, who, ctx, pending),
+        TrappedSysReg::Vm(r) if !acc.read => tvm_write(c, who, ctx, r, val, pending),
+        // Debug registers (op0 = 2, trapped by MDCR_EL2.TDA/TDOSA): RAZ/WI
+        // instead of UNDEF, because Linux writes MDSCR_EL1 and the OS lock
+        // registers at boot (issue #9; see `sysreg_trap::debug_read`).
+        _ => match debug_read(acc.enc) {
+            Some(v) => {
+                if acc.read && rt != 31 {
+                    ctx.regs.x[rt] = v;
+                }
+            }
+            None => return inject_into(c, ctx, Injected::Undefined, pending),
+        },
     }
-    if !acc.read && tvm_write(c, who, ctx, e, val, pending) {
-        ctx.regs.pc += 4;
-        return;
-    }
-    // Debug registers (op0 = 2, trapped by MDCR_EL2.TDA/TDOSA): RAZ/WI
-    // instead of UNDEF, because Linux writes MDSCR_EL1 and the OS lock
-    // registers at boot (issue #9; see `sysreg_trap::debug_read`).
-    if let Some(v) = crate::sysreg_trap::debug_read(e) {
-        if acc.read && rt != 31 {
-            ctx.regs.x[rt] = v;
-        }
-        ctx.regs.pc += 4;
-        return;
-    }
-    inject_into(c, ctx, Injected::Undefined, pending);
+    ctx.regs.pc += 4;
 }
 
-/// A write trapped by HCR_EL2.TVM: performs it on the vCPU's behalf, and
-/// when the vCPU's MMU or data cache enable changes, cleans and invalidates
-/// all of the VM's memory to PoC (by VA, through EL2's identity map) so the
-/// vCPU never sees stale lines for data written with its caches off. Once
-/// its MMU and caches are on, the vCPU's TVM trap is dropped.
+/// Per VM: vCPUs whose TVM trap a set/way operation of another vCPU
+/// re-armed ([`cache_traps_before_entry`] applies it).
+static TVM_REARM: [crate::sysreg_trap::TvmRearm; MAX_VMS] =
+    [const { crate::sysreg_trap::TvmRearm::new() }; MAX_VMS];
+
+/// Sets the vCPU's HCR_EL2 TVM bit as `tvm` says; writes HCR_EL2 if it changed.
+fn set_tvm(ctx: &mut VcpuCtx, tvm: bool, pending: &mut GuestPending) {
+    let hcr = if tvm {
+        ctx.hcr | HCR_TVM
+    } else {
+        ctx.hcr & !HCR_TVM
+    };
+    if hcr != ctx.hcr {
+        ctx.hcr = hcr;
+        // SAFETY: changes a trap only this module relies on.
+        pending.add(unsafe { regs::HcrEl2::write_traps_only(hcr) });
+    }
+}
+
+/// Before entering a guest vCPU: sets its TVM trap again if another vCPU's
+/// set/way operation asked for it ([`set_way_trap`]).
+fn cache_traps_before_entry(who: Who, ctx: &mut VcpuCtx, pending: &mut GuestPending) {
+    if let Who::Guest { slot, vcpu } = who {
+        if TVM_REARM[slot].take(vcpu) {
+            set_tvm(ctx, true, pending);
+        }
+    }
+}
+
+/// A data-cache set/way operation trapped by HCR_EL2.TSW
+/// ([`crate::sysreg_trap::set_way`]): while the vCPU's TVM is clear, a
+/// VM-wide clean+invalidate, and TVM set again on this vCPU and on every
+/// other vCPU of the VM (those running on other CPUs are kicked, so they
+/// take it at their next entry, which the kick forces; a vCPU that toggles
+/// its caches before the kick lands is not trapped), so the next MMU/cache
+/// toggle of any vCPU is seen and flushes again.
+fn set_way_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut GuestPending) {
+    let Who::Guest { slot, vcpu } = who else {
+        return;
+    };
+    let t = crate::sysreg_trap::set_way(ctx.hcr & HCR_TVM != 0);
+    if t.flush_vm {
+        flush_vm(slot);
+    }
+    set_tvm(ctx, t.tvm, pending);
+    if t.rearm_others {
+        let asked = TVM_REARM[slot].request(vcpu);
+        kick_vcpus(c, slot, vcpu, asked, pending);
+        log::info!(
+            "VM {}: vCPU {vcpu} did a set/way operation: VM-wide clean+invalidate, TVM re-armed on every vCPU",
+            slot + 1
+        );
+    }
+}
+
+/// A write trapped by HCR_EL2.TVM: performs it on the vCPU's behalf. For
+/// SCTLR_EL1 ([`crate::sysreg_trap::sctlr_write`]): when "MMU and data
+/// cache on" changes, cleans and invalidates all of the VM's memory to PoC
+/// (by VA, through EL2's identity map) so no vCPU sees stale lines for
+/// data written with its caches off; once its MMU and caches are on, the
+/// vCPU's TVM trap is dropped.
 fn tvm_write(
     c: &mut Cpu<'_>,
     who: Who,
     ctx: &mut VcpuCtx,
-    e: exit::SysRegEnc,
+    r: crate::sysreg_trap::VmReg,
     val: u64,
     pending: &mut GuestPending,
-) -> bool {
+) {
+    use crate::sysreg_trap::VmReg;
     let h = &c.sync.hcr;
-    match (e.op0, e.op1, e.crn, e.crm, e.op2) {
-        (3, 0, 1, 0, 0) => {
-            const M_C: u64 = 1 | (1 << 2);
+    match r {
+        VmReg::Sctlr => {
             let old = regs::SctlrEl1::read(h);
             pending.add(regs::SctlrEl1::write(h, val));
-            if (old ^ val) & M_C != 0 {
+            let t = crate::sysreg_trap::sctlr_write(old, val, ctx.hcr & HCR_TVM != 0);
+            if t.flush_vm {
                 if let Who::Guest { slot, vcpu } = who {
                     flush_vm(slot);
-                    let how = if val & M_C == M_C {
+                    let how = if crate::sysreg_trap::caches_on(val) {
                         "turned its caches on"
                     } else {
-                        "changed its MMU/cache enables"
+                        "turned its caches off"
                     };
                     log::info!(
                         "VM {}: vCPU {vcpu} {how}: VM-wide clean+invalidate",
@@ -1730,28 +1783,24 @@ fn tvm_write(
                     );
                 }
             }
-            if val & M_C == M_C {
-                ctx.hcr &= !HCR_TVM;
-                // SAFETY: clears a trap only this module relies on.
-                pending.add(unsafe { regs::HcrEl2::write_traps_only(ctx.hcr) });
-            }
+            set_tvm(ctx, t.tvm, pending);
         }
-        (3, 0, 2, 0, 0) => pending.add(regs::Ttbr0El1::write(h, val)),
-        (3, 0, 2, 0, 1) => pending.add(regs::Ttbr1El1::write(h, val)),
-        (3, 0, 2, 0, 2) => pending.add(regs::TcrEl1::write(h, val)),
-        (3, 0, 5, 1, 0) => pending.add(regs::Afsr0El1::write(h, val)),
-        (3, 0, 5, 1, 1) => pending.add(regs::Afsr1El1::write(h, val)),
-        (3, 0, 5, 2, 0) => pending.add(regs::EsrEl1::write(h, val)),
-        (3, 0, 6, 0, 0) => pending.add(regs::FarEl1::write(h, val)),
-        (3, 0, 10, 2, 0) => pending.add(regs::MairEl1::write(h, val)),
-        (3, 0, 10, 3, 0) => pending.add(regs::AmairEl1::write(h, val)),
-        (3, 0, 13, 0, 1) => pending.add(regs::ContextidrEl1::write(h, val)),
-        _ => return false,
+        VmReg::Ttbr0 => pending.add(regs::Ttbr0El1::write(h, val)),
+        VmReg::Ttbr1 => pending.add(regs::Ttbr1El1::write(h, val)),
+        VmReg::Tcr => pending.add(regs::TcrEl1::write(h, val)),
+        VmReg::Afsr0 => pending.add(regs::Afsr0El1::write(h, val)),
+        VmReg::Afsr1 => pending.add(regs::Afsr1El1::write(h, val)),
+        VmReg::Esr => pending.add(regs::EsrEl1::write(h, val)),
+        VmReg::Far => pending.add(regs::FarEl1::write(h, val)),
+        VmReg::Mair => pending.add(regs::MairEl1::write(h, val)),
+        VmReg::Amair => pending.add(regs::AmairEl1::write(h, val)),
+        VmReg::Contextidr => pending.add(regs::ContextidrEl1::write(h, val)),
     }
-    true
 }
 
-/// Cleans and invalidates all memory of VM `slot` to PoC.
+/// Cleans and invalidates all memory of VM `slot` to PoC, then invalidates
+/// the instruction caches (inner shareable): code the guest wrote with its
+/// caches off must not be shadowed by stale instruction-cache lines either.
 fn flush_vm(slot: usize) {
     let ctl = control().lock();
     if let Ok(vm) = ctl.vm(slot as u64 + 1) {
@@ -1760,6 +1809,7 @@ fn flush_vm(slot: usize) {
         }
     }
     drop(ctl);
+    barriers::maint::invalidate_icache_all_is();
     stats::cache_flush(slot + 1);
 }
 
