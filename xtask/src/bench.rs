@@ -382,6 +382,17 @@ pub fn guest_records(platform: Platform) -> Result<(Vec<Record>, Vec<String>)> {
         }
     }
     skipped.splice(0..0, clock.into_iter().map(|c| format!("clock {c}")));
+    // `bench: barriers ...` lines (the host's multi-page calls): both boots
+    // print the same counts; keep one of each.
+    let mut seen: Vec<String> = Vec::new();
+    skipped.retain(|s| {
+        if !s.starts_with("barriers ") {
+            return true;
+        }
+        let new = !seen.contains(s);
+        seen.push(s.clone());
+        new
+    });
     // Table order: the issue's.
     records.sort_by_key(|r| {
         GUEST_METRICS
@@ -396,8 +407,22 @@ pub fn guest_records(platform: Platform) -> Result<(Vec<Record>, Vec<String>)> {
 /// every metric reported, each a plausible instruction count (more than 0,
 /// under 10 million), and both runs identical.
 pub fn check_twice(platform: Platform) -> Result<()> {
-    let (a, _) = guest_records(platform)?;
-    let (b, _) = guest_records(platform)?;
+    let (a, notes_a) = guest_records(platform)?;
+    let (b, notes_b) = guest_records(platform)?;
+    let barriers = |notes: &[String]| -> Vec<String> {
+        notes
+            .iter()
+            .filter(|n| n.starts_with("barriers "))
+            .cloned()
+            .collect()
+    };
+    let (ba, bb) = (barriers(&notes_a), barriers(&notes_b));
+    if ba != bb {
+        return Err(format!(
+            "barrier counts differ between runs:\n{ba:?}\n{bb:?}"
+        ));
+    }
+    check_barrier_counts(&ba)?;
     for m in GUEST_METRICS {
         match a.iter().find(|r| r.name == m) {
             None => return Err(format!("{}: {m} not reported", platform.dir())),
@@ -420,6 +445,32 @@ pub fn check_twice(platform: Platform) -> Result<()> {
     }
     if a != b {
         return Err(format!("two runs differ:\n{a:?}\n{b:?}"));
+    }
+    Ok(())
+}
+
+/// The seed-002 bound on the host's multi-page calls: each of the four
+/// operations is reported, and giving or destroying 512 pages costs at
+/// most 8 DSBs (one batch per stage 2, not one per page).
+fn check_barrier_counts(lines: &[String]) -> Result<()> {
+    for op in [
+        "mem_donate",
+        "vm_destroy_donated",
+        "mem_lend",
+        "vm_destroy_lent",
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(1) == Some(op))
+            .ok_or_else(|| format!("no `bench: barriers {op}` line in {lines:?}"))?;
+        let dsb = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("dsb="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("no dsb count in `{line}`"))?;
+        if dsb > 8 {
+            return Err(format!("{op}: {dsb} DSBs for 512 pages: `{line}`"));
+        }
     }
     Ok(())
 }
@@ -495,7 +546,16 @@ pub fn bench(platform: Platform) -> Result<()> {
             r.name, v, r.iterations, prev, target
         );
     }
-    for s in &skipped {
+    let (barrier_lines, notes): (Vec<&String>, Vec<&String>) =
+        skipped.iter().partition(|s| s.starts_with("barriers "));
+    if !barrier_lines.is_empty() {
+        println!();
+        println!("Barriers per multi-page host call (page-table batches; seed 002):");
+        for l in barrier_lines {
+            println!("  {}", &l["barriers ".len()..]);
+        }
+    }
+    for s in notes {
         println!("{s}");
     }
     if records.iter().any(|r| r.method.is_some()) {

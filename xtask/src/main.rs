@@ -729,6 +729,23 @@ fn test() -> Result<()> {
     step("cargo test (host crates)", &mut || {
         run_checked(&mut cargo(&["test"]))
     })?;
+    // Each production barrier path's counts (0 needless, 0 missing ISBs, 0
+    // TLBIs under a wrong VMID), printed; and barriers' drop guards, which
+    // stay in release builds, tested in one.
+    step("barrier paths: per-path ISB/DSB/TLBI counts", &mut || {
+        run_checked(&mut cargo(&[
+            "test",
+            "-p",
+            "hyp-core",
+            "--test",
+            "barrier_paths",
+            "--",
+            "--nocapture",
+        ]))
+    })?;
+    step("barriers in release (drop guards stay)", &mut || {
+        run_checked(&mut cargo(&["test", "--release", "-p", "barriers"]))
+    })?;
     let rpi4_dir = load_board(Platform::Rpi4)?.1;
     step(
         "QEMU integration tests (hyp-tests: virt and raspi4b)",

@@ -33,7 +33,7 @@ use crate::insn::{emit, DsbKind, Tlbi};
 use crate::regs::vttbr_vmid;
 use crate::vttbr::Vttbr;
 use core::mem::MaybeUninit;
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// The translation regime whose tables a batch edits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +91,22 @@ impl core::ops::AddAssign for BatchStats {
     }
 }
 
+/// Barriers issued by every finished batch since boot, machine wide: DSB, TLBI, ISB, DC, VMID
+/// switches (for the hypervisor's statistics and the bench; a few relaxed additions per batch).
+static TOTALS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+/// The sum of every finished batch's [`BatchStats`] since boot (on the host: every thread's).
+pub fn totals() -> BatchStats {
+    let t = |i: usize| TOTALS[i].load(Ordering::Relaxed) as u32;
+    BatchStats {
+        dsb: t(0),
+        tlbi: t(1),
+        isb: t(2),
+        dc: t(3),
+        vmid_switches: t(4),
+    }
+}
+
 /// Queue capacity, and the default leaf-TLBI limit (Linux `MAX_TLBI_OPS` = 512: beyond one
 /// table's worth of pages a VMID-wide invalidation is cheaper).
 pub const MAX_QUEUED: usize = 512;
@@ -109,7 +125,9 @@ const Q_BREAK: u64 = 1 << 3;
 
 impl Queued {
     fn new(slot: usize, inv: Inval, is_break: bool) -> Self {
-        debug_assert!(
+        // Release check: the level becomes the TLBI's TTL hint, and a wrong hint may leave the
+        // real entry in the TLB (D8.17.4). One compare per queued invalidation.
+        assert!(
             !matches!(inv, Inval::Leaf { level, .. } if level > 3),
             "Inval::Leaf level must be 0..=3"
         );
@@ -475,7 +493,16 @@ impl<'v> PtBatch<'v> {
         self.sync();
         self.trailing();
         self.done = true;
-        self.stats
+        let s = self.stats;
+        for (i, n) in [s.dsb, s.tlbi, s.isb, s.dc, s.vmid_switches]
+            .into_iter()
+            .enumerate()
+        {
+            if n != 0 {
+                TOTALS[i].fetch_add(u64::from(n), Ordering::Relaxed);
+            }
+        }
+        s
     }
 }
 

@@ -161,6 +161,13 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
         guests[0] = Some(linux::create(info));
         n = 1;
     }
+    if list
+        .split(',')
+        .any(|g| g.split(':').next() == Some("guest-bench"))
+    {
+        // The bench also reports the barriers of the multi-page host calls.
+        bench::barrier_report();
+    }
     for spec in list.split(',').filter(|_| !linux) {
         if n == MAX_GUESTS {
             fail(format_args!("more than {MAX_GUESTS} guests"));

@@ -69,6 +69,12 @@ pub const MEM_FLAG_LAZY: u64 = 1;
 pub const FLAG_PROTECTED: u64 = 1;
 /// STATS reason index meaning "all reasons".
 pub const STATS_TOTAL: u64 = 255;
+/// STATS(0, reason) for the barriers every page-table batch has issued since boot, machine
+/// wide: `STATS_BARRIERS + i` for i = 0 DSB, 1 TLBI, 2 ISB, 3 DC, 4 VTTBR_EL2 switches for
+/// TLB maintenance under another VMID.
+pub const STATS_BARRIERS: u64 = 240;
+/// Number of `STATS_BARRIERS` counters.
+pub const STATS_BARRIER_KINDS: u64 = 5;
 
 /// Why a host call failed; returned negated in x0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

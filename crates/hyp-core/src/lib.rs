@@ -20,6 +20,7 @@ pub mod inject;
 pub mod pages;
 pub mod platform;
 pub mod stats;
+pub mod switch;
 pub mod sysreg_trap;
 pub mod uart_emul;
 

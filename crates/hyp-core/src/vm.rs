@@ -18,7 +18,6 @@
 //! and loaded. A guest's FP state is saved when its run ends, so a vCPU can
 //! move to another CPU.
 
-use crate::arch::mmu::CpuSync;
 use crate::arch::sysreg;
 use crate::arch::world_switch::{self, El1Context, FpState, GuestRegs, HostSave, VectorKind};
 use crate::control::{self, Control, HostError, PhysMem, RunEnd, MAX_VMS};
@@ -26,6 +25,7 @@ use crate::exit::{self, DataAbort, Esr, ExitReason, MmioAccess};
 use crate::hypercall::{self, Hypercall};
 use crate::inject::{self, Injected};
 use crate::platform::{AssignableDevice, MemRegion};
+use crate::switch::{self, CpuSync};
 use crate::{stats, uart_emul};
 use barriers::sync::{Cse, El2Fp};
 use barriers::vttbr::Vttbr;
@@ -486,14 +486,14 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
 
 /// Loads the host vCPU's context: its stage 2, traps, MPIDR, EL1 registers.
 fn load_host(c: &mut Cpu<'_>, host: &VcpuCtx, pending: &mut GuestPending) {
-    // SAFETY: the host's stage 2 maps only host-owned RAM; VTCR is loaded;
-    // EL2 issues no TLBI by VMID before the ERET that synchronises it.
-    unsafe {
-        pending.add(c.vttbr.load(HOST_VTTBR.load(Ordering::Relaxed)));
-        pending.add(regs::HcrEl2::write_traps_only(host.hcr));
-    }
-    pending.add(regs::VmpidrEl2::write((1 << 31) | c.idx as u64));
-    host.el1.restore(&c.sync.hcr, pending);
+    let r = switch::ContextRegs {
+        vttbr: HOST_VTTBR.load(Ordering::Relaxed),
+        hcr: host.hcr,
+        vmpidr: (1 << 31) | c.idx as u64,
+    };
+    // SAFETY: the host's stage 2 maps only host-owned RAM; its HCR differs
+    // from the boot value in trap bits only.
+    unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &host.el1, pending) };
     set_fp_traps(c, c.fp_owner == FpOwner::Host, pending);
 }
 
@@ -501,24 +501,13 @@ fn load_host(c: &mut Cpu<'_>, host: &VcpuCtx, pending: &mut GuestPending) {
 /// registers.
 fn set_fp_traps(c: &mut Cpu<'_>, owns: bool, pending: &mut GuestPending) {
     if !owns {
-        // FP is no longer usable at EL2 once this write takes effect: the
-        // write consumes the proof that it was.
-        let fp_on = c.fp_on.take();
-        // SAFETY: only sets traps (they may already be set).
-        pending
-            .add(unsafe { regs::CptrEl2::write_setting_traps(&c.sync.hcr, fp_on, CPTR_TRAP_FP) });
+        switch::trap_fp(c.sync, &mut c.fp_on, CPTR_TRAP_FP, pending);
     }
 }
 
 /// Clears CPTR_EL2.TFP and synchronises it, so EL2 may save/load FP state.
 fn fp_enable<'c>(c: &'c mut Cpu<'_>) -> &'c Synced<El2Fp> {
-    if c.fp_on.is_none() {
-        // SAFETY: FP/SIMD is switched lazily by this module; the
-        // hypervisor's own code never uses it (soft-float target).
-        let t = unsafe { regs::CptrEl2::write(&c.sync.hcr, CPTR_FP_ON) };
-        c.fp_on = Some(barriers::isb(t));
-    }
-    c.fp_on.as_ref().expect("set above")
+    switch::enable_fp(c.sync, &mut c.fp_on, CPTR_FP_ON)
 }
 
 /// Returns what ended the host vCPU's run, with the guest-only writes made
@@ -827,14 +816,14 @@ fn vcpu_run(
     }
     host.el1.save(&c.sync.hcr);
     let mut pending = GuestPending::new();
-    // SAFETY: the VM's stage 2 maps only memory it owns or borrows; VTCR is
-    // the same for every VM; no TLBI by VMID runs before the ERET.
-    unsafe {
-        pending.add(c.vttbr.load(start.vttbr));
-        pending.add(regs::HcrEl2::write_traps_only(ctx.hcr));
-    }
-    pending.add(regs::VmpidrEl2::write((1 << 31) | vcpu));
-    ctx.el1.restore(&c.sync.hcr, &mut pending);
+    let r = switch::ContextRegs {
+        vttbr: start.vttbr,
+        hcr: ctx.hcr,
+        vmpidr: (1 << 31) | vcpu,
+    };
+    // SAFETY: the VM's stage 2 maps only memory it owns or borrows; its HCR
+    // differs from the boot value in trap bits only.
+    unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &ctx.el1, &mut pending) };
     let vg = VGIC[slot].read();
     if vg.is_some() {
         if let Some(mut lrs) = Lrs::new(c.sync, &mut pending) {
@@ -1804,12 +1793,14 @@ fn tvm_write(
 fn flush_vm(slot: usize) {
     let ctl = control().lock();
     if let Ok(vm) = ctl.vm(slot as u64 + 1) {
-        for r in vm.regions.iter().flatten() {
-            barriers::maint::clean_inval_to_poc(r.pa, r.pages * s2mm::PAGE_SIZE);
-        }
+        switch::clean_vm(
+            vm.regions
+                .iter()
+                .flatten()
+                .map(|r| (r.pa, r.pages * s2mm::PAGE_SIZE)),
+        );
     }
     drop(ctl);
-    barriers::maint::invalidate_icache_all_is();
     stats::cache_flush(slot + 1);
 }
 

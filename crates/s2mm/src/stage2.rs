@@ -33,8 +33,10 @@ pub fn stage2_geometry(ipa_bits: u32) -> Result<(u8, usize, usize), Error> {
     let root_bits = ipa_bits - crate::walk::shift(start);
     let entries = 1usize << root_bits;
     let pages = entries.div_ceil(512);
-    // R_SRKBC-style check: at most 16 concatenated tables, and none at level 0.
-    debug_assert!(pages <= 16 && (start > 0 || pages == 1));
+    // R_SRKBC: at most 16 concatenated tables, and none at level 0. Holds for every size the
+    // range check above admits (32..=48 bits: 1..=16 pages at level 1 or 0); checked in release
+    // builds too, at VM creation only.
+    assert!(pages <= 16 && (start > 0 || pages == 1));
     Ok((start, entries, pages))
 }
 

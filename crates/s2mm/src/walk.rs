@@ -625,7 +625,10 @@ impl<A: TableAlloc, F: Format> Walker<'_, '_, A, F> {
         e: u64,
         live: bool,
     ) -> Result<(), Error> {
-        debug_assert!(level < 3, "s2mm: level-3 entries are always fully covered");
+        // Release check (split path only): a level-3 entry maps one page and every range is
+        // page-aligned, so a split below level 3 means a walker bug that would index past the
+        // table.
+        assert!(level < 3, "s2mm: level-3 entries are always fully covered");
         let cpa = self.alloc.alloc_table().ok_or(Error::OutOfMemory)?;
         // SAFETY: freshly allocated table, freed only through `free_unlinked`/`detach`.
         let child = unsafe { slots(&*self.alloc, cpa, ENTRIES) };
@@ -654,7 +657,12 @@ impl<A: TableAlloc, F: Format> Walker<'_, '_, A, F> {
             if !bbm {
                 self.free_unlinked(cpa, cl);
                 let pending = self.replace_leaf(slot, old, v, ia, level, live);
-                debug_assert!(!pending);
+                // Release check: without break-before-make nothing is left to invalidate; a
+                // pending invalidation here would be a lost TLBI.
+                assert!(
+                    !pending,
+                    "s2mm: a no-BBM replacement left an invalidation pending"
+                );
                 return Ok(());
             }
         }

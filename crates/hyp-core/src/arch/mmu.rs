@@ -4,9 +4,6 @@
 
 use super::{sysreg, tables};
 use crate::platform::Platform;
-use barriers::isb;
-use barriers::regs;
-use barriers::sync::{EosChecked, GicSre, HcrAny, Synced};
 use s2mm::desc::El2Format;
 use s2mm::{Attrs, El2Stage1, MemType, Pa, Perms};
 use spin::Once;
@@ -79,21 +76,11 @@ pub fn build(p: &Platform) {
     barriers::maint::clean_inval_to_poc(base, used * 4096);
 }
 
-/// What a CPU holds once its EL2 context is up: proof that HCR_EL2 (E2H,
-/// TGE) is synchronised, which `*_EL1`-named accesses need, and proof that
-/// exception entry and ERET are context synchronisation events.
-#[derive(Debug)]
-pub struct CpuSync {
-    /// HCR_EL2 synchronised (E2H = TGE = 0 from here on).
-    pub hcr: Synced<HcrAny>,
-    /// SCTLR_EL2.EIS = EOS = 1, checked.
-    pub eos: EosChecked,
-    /// ICC_SRE_EL2.SRE = 1 synchronised (GICv3 boards only).
-    pub gic: Option<Synced<GicSre>>,
-}
+pub use crate::switch::CpuSync;
 
 /// Sets up this CPU's EL2 context: HCR_EL2 (the guests' value, written once
-/// and never changed while at EL2), MMU and caches on, VBAR_EL2, TPIDR_EL2.
+/// and never changed while at EL2), MMU and caches on, VBAR_EL2, TPIDR_EL2
+/// (the sequence is `switch::el2_on`).
 ///
 /// # Safety
 ///
@@ -103,47 +90,18 @@ pub unsafe fn cpu_on(hcr: u64, vectors: u64, tpidr: u64, gic_v3: bool) -> CpuSyn
     let &(ttbr0, tcr) = EL2_REGS
         .get()
         .expect("mmu::build runs before any CPU turns its MMU on");
-    // SAFETY: E2H = TGE = 0 (nVHE) and only guest traps and routing; EL2 is
-    // not yet translating anything the change could affect.
-    let hcr_token = unsafe { regs::HcrEl2::write(hcr) };
-    // ISB: the TCR_EL2 layout below depends on E2H (invariant 6).
-    let hcr = isb(hcr_token);
-    // SAFETY: the MMU is still off; the table maps all of RAM (this code,
-    // stacks, the table itself) by identity with the attributes in MAIR.
-    let translation = unsafe {
-        (
-            regs::MairEl2::write(El2Format::MAIR_EL2),
-            regs::TcrEl2::write(&hcr, tcr),
-            regs::Ttbr0El2::write(ttbr0),
-        )
-    };
-    // ISB: the translation turned on below uses MAIR/TCR/TTBR0_EL2.
-    let _ = isb(translation);
-    barriers::maint::flush_el2_tlb_before_mmu_on();
-    // SAFETY: identity map, caches on, EIS/EOS set (SCTLR_EL2_ON); VBAR_EL2
-    // points at the linked vector table; `tpidr` per the contract.
-    let (sctlr, vbar) = unsafe {
-        regs::TpidrEl2::write(tpidr);
-        (
-            regs::SctlrEl2::write(SCTLR_EL2_ON),
-            regs::VbarEl2::write(vectors),
-        )
-    };
-    // ISB: every following EL2 access depends on SCTLR_EL2.M/C; exceptions
-    // taken at EL2 from here on use VBAR_EL2.
-    let (mmu_on, _) = isb((sctlr, vbar));
-    barriers::sync::uses::el2_memory(&mmu_on);
-    // ICC_SRE_EL2: SRE (bit 0, system-register CPU interface at EL2) and
-    // Enable (bit 3, EL1 may use ICC_SRE_EL1). Only where a GICv3 CPU
-    // interface exists: on a GICv2 system the register is UNDEFINED.
-    let gic = gic_v3.then(|| {
-        // SAFETY: SRE = 1 as the contract requires; EL1 gets the system
-        // register interface (its accesses go to the virtual interface).
-        isb(unsafe { regs::IccSreEl2::write(0b1001) })
-    });
-    CpuSync {
-        hcr,
-        eos: barriers::sync::check_eos(),
-        gic,
+    // SAFETY: `build` made TTBR0/TCR an identity map of RAM with
+    // El2Format's MAIR; the rest is the caller's contract.
+    unsafe {
+        crate::switch::el2_on(crate::switch::El2Regs {
+            hcr,
+            mair: El2Format::MAIR_EL2,
+            tcr,
+            ttbr0,
+            sctlr: SCTLR_EL2_ON,
+            vectors,
+            tpidr,
+            gic_v3,
+        })
     }
 }

@@ -1,17 +1,12 @@
 //! The world switch: guest register files, the per-CPU block the vectors
-//! use, and saving/restoring a vCPU's EL1 system-register context.
-//!
-//! EL1&0 registers written at EL2 during a switch need no synchronisation
-//! until the ERET that enters the guest (Arm ARM D8.1.5 I_SFZVV; R_NRJPP: EL2
-//! never uses EL1&0 registers for its own speculative accesses), so the
-//! restore issues no ISB. Its writes go through `barriers` and return
-//! guest-only tokens, which `barriers::enter_guest` consumes for the `eret`
-//! in `__guest_enter`, a context synchronisation event because SCTLR_EL2.EOS
-//! = 1 (checked at boot).
+//! use, and the entry into `__guest_enter`. The register sequences around it
+//! (EL1 context, VTTBR/HCR/VMPIDR, FP traps) are in `crate::switch`; their
+//! writes return guest-only tokens, which `barriers::enter_guest` consumes
+//! for the `eret` in `__guest_enter`, a context synchronisation event because
+//! SCTLR_EL2.EOS = 1 (checked at boot).
 
-use barriers::regs;
-use barriers::sync::{Cse, El1Names, GuestEntry, Includes};
-use barriers::{GuestPending, Synced};
+use barriers::sync::{Cse, GuestEntry, Includes};
+use barriers::Synced;
 use core::mem::offset_of;
 
 /// A guest's general-purpose registers, PC (ELR_EL2) and PSTATE (SPSR_EL2).
@@ -154,73 +149,7 @@ pub unsafe fn enter(
     (kind, cse)
 }
 
-macro_rules! el1_context {
-    ($($field:ident => $reg:ident),* $(,)?) => {
-        /// A vCPU's EL1&0 system-register context.
-        #[repr(C)]
-        #[derive(Debug, Clone, Copy, Default)]
-        pub struct El1Context {
-            $(#[doc = stringify!($reg)] pub $field: u64,)*
-        }
-
-        impl El1Context {
-            /// All registers zero.
-            pub const ZERO: Self = Self { $($field: 0,)* };
-
-            /// Saves this CPU's EL1 context after a guest exit. The reads use
-            /// `*_EL1` names, so they need HCR_EL2.E2H synchronised (`e2h`).
-            pub fn save<K: Includes<El1Names>>(&mut self, e2h: &Synced<K>) {
-                $(self.$field = regs::$reg::read(e2h);)*
-            }
-
-            /// Loads this context into the CPU's EL1 registers. The writes are
-            /// guest-only (I_SFZVV), so they go into `pending` for the ERET.
-            pub fn restore<K: Includes<El1Names>>(&self, e2h: &Synced<K>, pending: &mut GuestPending) {
-                $(pending.add(regs::$reg::write(e2h, self.$field));)*
-            }
-        }
-    };
-}
-
-el1_context! {
-    sctlr => SctlrEl1,
-    ttbr0 => Ttbr0El1,
-    ttbr1 => Ttbr1El1,
-    tcr => TcrEl1,
-    mair => MairEl1,
-    amair => AmairEl1,
-    vbar => VbarEl1,
-    contextidr => ContextidrEl1,
-    tpidr_el0 => TpidrEl0,
-    tpidrro_el0 => TpidrroEl0,
-    tpidr_el1 => TpidrEl1,
-    sp_el0 => SpEl0,
-    sp_el1 => SpEl1,
-    elr => ElrEl1,
-    spsr => SpsrEl1,
-    esr => EsrEl1,
-    far => FarEl1,
-    afsr0 => Afsr0El1,
-    afsr1 => Afsr1El1,
-    par => ParEl1,
-    cntkctl => CntkctlEl1,
-    cpacr => CpacrEl1,
-    cntv_ctl => CntvCtlEl0,
-    cntv_cval => CntvCvalEl0,
-}
-
-/// SCTLR_EL1 at vCPU reset: MMU and caches off, RES1 bits set (Arm ARM
-/// D24.2.161: bits 29, 28, 23, 22, 20, 11 are RES1 without the later features).
-pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
-
-impl El1Context {
-    /// The architectural reset state a vCPU starts in.
-    pub const RESET: Self = {
-        let mut z = Self::ZERO;
-        z.sctlr = SCTLR_EL1_RESET;
-        z
-    };
-}
+pub use crate::switch::{El1Context, SCTLR_EL1_RESET};
 
 /// A vCPU's FP/SIMD registers. Layout fixed for `__fp_save`/`__fp_load`.
 #[repr(C, align(16))]

@@ -1,0 +1,252 @@
+//! The system-register sequences of a CPU: EL2 bring-up, loading a context
+//! (the host's or a vCPU's) for the world switch, the lazy FP traps, and the
+//! VM-wide clean of a cache toggle.
+//!
+//! These are the only register effects of the world switch outside its
+//! assembly, and they are built on the host as well: there `barriers`
+//! records every instruction, so `tests/barrier_paths.rs` runs the real
+//! sequences and checks their traces (0 needless ISBs, 0 missing, 0 TLBIs
+//! under a wrong VMID). `arch::mmu`, `boot` and `vm` call them on the CPU.
+//!
+//! EL1&0 registers written at EL2 need no synchronisation until the ERET
+//! that enters the guest (Arm ARM D8.1.5 I_SFZVV; R_NRJPP: EL2 never uses
+//! EL1&0 registers for its own accesses), so a context load issues no ISB:
+//! its writes go into a [`GuestPending`] that `barriers::enter_guest`
+//! discharges.
+
+use barriers::regs;
+use barriers::sync::{El1Names, El2Fp, EosChecked, GicSre, HcrAny, Includes, Synced};
+use barriers::vttbr::Vttbr;
+use barriers::{isb, GuestPending};
+
+/// What a CPU holds once its EL2 context is up: proof that HCR_EL2 (E2H,
+/// TGE) is synchronised, which `*_EL1`-named accesses need, and proof that
+/// exception entry and ERET are context synchronisation events.
+#[derive(Debug)]
+pub struct CpuSync {
+    /// HCR_EL2 synchronised (E2H = TGE = 0 from here on).
+    pub hcr: Synced<HcrAny>,
+    /// SCTLR_EL2.EIS = EOS = 1, checked.
+    pub eos: EosChecked,
+    /// ICC_SRE_EL2.SRE = 1 synchronised (GICv3 boards only).
+    pub gic: Option<Synced<GicSre>>,
+}
+
+/// The EL2 registers one CPU's bring-up writes.
+#[derive(Debug, Clone, Copy)]
+pub struct El2Regs {
+    /// HCR_EL2: the guests' value, written once and never changed while at EL2.
+    pub hcr: u64,
+    /// MAIR_EL2.
+    pub mair: u64,
+    /// TCR_EL2.
+    pub tcr: u64,
+    /// TTBR0_EL2.
+    pub ttbr0: u64,
+    /// SCTLR_EL2 with the MMU and caches on (EIS = EOS = 1).
+    pub sctlr: u64,
+    /// VBAR_EL2.
+    pub vectors: u64,
+    /// TPIDR_EL2: this CPU's per-CPU block.
+    pub tpidr: u64,
+    /// A GICv3 CPU interface exists (ICC_SRE_EL2 is defined).
+    pub gic_v3: bool,
+}
+
+/// Turns this CPU's EL2 context on: HCR_EL2, the EL2 translation regime and
+/// MMU, VBAR_EL2, TPIDR_EL2, ICC_SRE_EL2 (ARM-RULES.md section 1: TTBR0, MAIR,
+/// TCR, ISB, SCTLR, ISB).
+///
+/// # Safety
+///
+/// The MMU is off; `r.ttbr0` maps all of RAM (this code, stacks, the tables)
+/// by identity with the attributes in `r.mair`; `r.vectors` is the vector
+/// table; `r.tpidr` points at this CPU's per-CPU block, live forever;
+/// `r.hcr` keeps E2H = TGE = 0.
+pub unsafe fn el2_on(r: El2Regs) -> CpuSync {
+    // SAFETY: E2H = TGE = 0 (nVHE) and only guest traps and routing; EL2 is
+    // not yet translating anything the change could affect.
+    let hcr_token = unsafe { regs::HcrEl2::write(r.hcr) };
+    // ISB: the TCR_EL2 layout below depends on E2H (invariant 6).
+    let hcr = isb(hcr_token);
+    // SAFETY: the MMU is still off; the contract's identity map.
+    let translation = unsafe {
+        (
+            regs::MairEl2::write(r.mair),
+            regs::TcrEl2::write(&hcr, r.tcr),
+            regs::Ttbr0El2::write(r.ttbr0),
+        )
+    };
+    // ISB: the translation turned on below uses MAIR/TCR/TTBR0_EL2.
+    let _ = isb(translation);
+    barriers::maint::flush_el2_tlb_before_mmu_on();
+    // SAFETY: identity map, caches on, EIS/EOS set; VBAR_EL2 and TPIDR_EL2
+    // per the contract.
+    let (sctlr, vbar) = unsafe {
+        regs::TpidrEl2::write(r.tpidr);
+        (
+            regs::SctlrEl2::write(r.sctlr),
+            regs::VbarEl2::write(r.vectors),
+        )
+    };
+    // ISB: every following EL2 access depends on SCTLR_EL2.M/C; exceptions
+    // taken at EL2 from here on use VBAR_EL2.
+    let (mmu_on, _) = isb((sctlr, vbar));
+    barriers::sync::uses::el2_memory(&mmu_on);
+    // ICC_SRE_EL2: SRE (bit 0, system-register CPU interface at EL2) and
+    // Enable (bit 3, EL1 may use ICC_SRE_EL1). Only where a GICv3 CPU
+    // interface exists: on a GICv2 system the register is UNDEFINED.
+    let gic = r.gic_v3.then(|| {
+        // SAFETY: SRE = 1; EL1 gets the system register interface (its
+        // accesses go to the virtual interface).
+        isb(unsafe { regs::IccSreEl2::write(0b1001) })
+    });
+    CpuSync {
+        hcr,
+        eos: barriers::sync::check_eos(),
+        gic,
+    }
+}
+
+macro_rules! el1_context {
+    ($($field:ident => $reg:ident),* $(,)?) => {
+        /// A vCPU's EL1&0 system-register context.
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default)]
+        pub struct El1Context {
+            $(#[doc = stringify!($reg)] pub $field: u64,)*
+        }
+
+        impl El1Context {
+            /// All registers zero.
+            pub const ZERO: Self = Self { $($field: 0,)* };
+
+            /// Saves this CPU's EL1 context after a guest exit. The reads use
+            /// `*_EL1` names, so they need HCR_EL2.E2H synchronised (`e2h`).
+            pub fn save<K: Includes<El1Names>>(&mut self, e2h: &Synced<K>) {
+                $(self.$field = regs::$reg::read(e2h);)*
+            }
+
+            /// Loads this context into the CPU's EL1 registers. The writes are
+            /// guest-only (I_SFZVV), so they go into `pending` for the ERET.
+            pub fn restore<K: Includes<El1Names>>(&self, e2h: &Synced<K>, pending: &mut GuestPending) {
+                $(pending.add(regs::$reg::write(e2h, self.$field));)*
+            }
+        }
+    };
+}
+
+el1_context! {
+    sctlr => SctlrEl1,
+    ttbr0 => Ttbr0El1,
+    ttbr1 => Ttbr1El1,
+    tcr => TcrEl1,
+    mair => MairEl1,
+    amair => AmairEl1,
+    vbar => VbarEl1,
+    contextidr => ContextidrEl1,
+    tpidr_el0 => TpidrEl0,
+    tpidrro_el0 => TpidrroEl0,
+    tpidr_el1 => TpidrEl1,
+    sp_el0 => SpEl0,
+    sp_el1 => SpEl1,
+    elr => ElrEl1,
+    spsr => SpsrEl1,
+    esr => EsrEl1,
+    far => FarEl1,
+    afsr0 => Afsr0El1,
+    afsr1 => Afsr1El1,
+    par => ParEl1,
+    cntkctl => CntkctlEl1,
+    cpacr => CpacrEl1,
+    cntv_ctl => CntvCtlEl0,
+    cntv_cval => CntvCvalEl0,
+}
+
+/// SCTLR_EL1 at vCPU reset: MMU and caches off, RES1 bits set (Arm ARM
+/// D24.2.161: bits 29, 28, 23, 22, 20, 11 are RES1 without the later features).
+pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+
+impl El1Context {
+    /// The architectural reset state a vCPU starts in.
+    pub const RESET: Self = {
+        let mut z = Self::ZERO;
+        z.sctlr = SCTLR_EL1_RESET;
+        z
+    };
+}
+
+/// The EL2 registers that select which context runs next.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextRegs {
+    /// VTTBR_EL2: its stage 2 and VMID.
+    pub vttbr: u64,
+    /// HCR_EL2: differs from the boot value in trap bits only.
+    pub hcr: u64,
+    /// VMPIDR_EL2: the MPIDR_EL1 it reads.
+    pub vmpidr: u64,
+}
+
+/// Loads a context (the host's or a vCPU's): its stage 2, traps, MPIDR and
+/// EL1 registers. Every write is for the context only: the tokens go into
+/// `pending`, and the entry ERET synchronises them (seed 000: no ISB).
+///
+/// # Safety
+///
+/// `r.vttbr`'s table maps only memory the context may access; `r.hcr` keeps
+/// every non-trap field of the boot value.
+pub unsafe fn load_context(
+    vttbr: &mut Vttbr,
+    sync: &CpuSync,
+    r: ContextRegs,
+    el1: &El1Context,
+    pending: &mut GuestPending,
+) {
+    // SAFETY: the contract.
+    unsafe {
+        pending.add(vttbr.load(r.vttbr));
+        pending.add(regs::HcrEl2::write_traps_only(r.hcr));
+    }
+    pending.add(regs::VmpidrEl2::write(r.vmpidr));
+    el1.restore(&sync.hcr, pending);
+}
+
+/// Sets the CPTR_EL2 FP/SIMD traps for a context that does not own the FP
+/// registers (`trapped`: CPTR_EL2 with them set). The write consumes the
+/// proof that EL2 could use FP, if there was one.
+pub fn trap_fp(
+    sync: &CpuSync,
+    fp_on: &mut Option<Synced<El2Fp>>,
+    trapped: u64,
+    pending: &mut GuestPending,
+) {
+    let proof = fp_on.take();
+    // SAFETY: only sets traps (they may already be set).
+    pending.add(unsafe { regs::CptrEl2::write_setting_traps(&sync.hcr, proof, trapped) });
+}
+
+/// Clears the CPTR_EL2 FP/SIMD traps (`on`: CPTR_EL2 without them) and
+/// synchronises the write, so EL2 may save and load FP state; no ISB if
+/// they are clear already (`fp_on` holds the proof).
+pub fn enable_fp<'a>(
+    sync: &CpuSync,
+    fp_on: &'a mut Option<Synced<El2Fp>>,
+    on: u64,
+) -> &'a Synced<El2Fp> {
+    fp_on.get_or_insert_with(|| {
+        // SAFETY: FP/SIMD is switched lazily by the world switch; the
+        // hypervisor's own code never uses it (soft-float target).
+        let t = unsafe { regs::CptrEl2::write(&sync.hcr, on) };
+        isb(t)
+    })
+}
+
+/// The maintenance of a VM-wide cache toggle (seed 003, ARM-RULES.md section
+/// 3): clean and invalidate each of the VM's memory regions `(pa, len)` to
+/// PoC, then invalidate the instruction caches of every CPU.
+pub fn clean_vm(regions: impl Iterator<Item = (u64, u64)>) {
+    for (pa, len) in regions {
+        barriers::maint::clean_inval_to_poc(pa, len);
+    }
+    barriers::maint::invalidate_icache_all_is();
+}
