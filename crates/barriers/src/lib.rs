@@ -22,35 +22,43 @@
 //! |---|---|---|---|
 //! | [`sync::GuestOnly`] | HCR_EL2 trap bits ([`regs::HcrEl2::write_traps_only`]), EL1 context, VBAR_EL2, CNTHCTL/CNTVOFF/VPIDR/VMPIDR/MDCR_EL2, ICH_* (I_SFZVV) | none at EL2 | yes |
 //! | [`sync::El1Names`] | HCR_EL2.E2H/TGE ([`regs::HcrEl2::write`]) | `*_EL1`-named accesses, TCR_EL2/CPTR_EL2 writes (invariant 6) | — |
-//! | [`sync::VmidCtx`] | VTTBR_EL2, VTCR_EL2, HCR_EL2.TGE/VM | TLBI by VMID, AT (invariant 7) | yes |
+//! | [`sync::VmidCtx`] | VTTBR_EL2 ([`vttbr::Vttbr::load`]), VTCR_EL2, HCR_EL2.TGE/VM | TLBI by VMID (the stage-2 batch synchronises it itself) | yes |
 //! | [`sync::El2Fp`] | CPTR_EL2 clearing FP traps | EL2 FP/SIMD use (invariant 8) | yes |
 //! | [`sync::GicSre`] | ICC_SRE_EL2 | ICC_*/ICH_* accesses | yes |
+//! | [`sync::El2GicIf`] | ICC_PMR/CTLR/IGRPEN1_EL1 at EL2 | EL2's own ICC_IAR1/EOIR1 accesses | yes |
 //! | [`sync::El2Translation`] | SCTLR/TCR/TTBR0/MAIR_EL2 | EL2 memory accesses | no |
 //! | [`sync::EretInputs`] | HCR_EL2.RW/E2H/TGE/NV/NV1 | the ERET itself (invariant 4) | no |
 //!
-//! [`isb`] turns tokens into proofs. [`enter_guest`] (the world switch's ERET) consumes only
-//! tokens whose class is [`sync::EretOk`], with no ISB. So the seed-000 exit path (HCR_EL2 trap
-//! bits, CPTR_EL2, VBAR_EL2, enter the guest) compiles without an ISB, while carrying an E2H/TGE
-//! change into the ERET, or using an EL1-named register after it without an ISB, does not compile.
-//! Special-purpose registers (ELR_EL2, SPSR_EL2) are in program order (C5.1.5.1) and return no
-//! token. Reads are safe; writes of registers that control translation, exception routing or
-//! trapping are `unsafe` with a `# Safety` contract.
+//! [`isb`] turns tokens into proofs; `isb(())` does not type-check (an ISB with nothing pending).
+//! [`enter_guest`] (the world switch's ERET) consumes only tokens whose class is
+//! [`sync::EretOk`], with no ISB, and returns a [`sync::GuestEntry`] that only the world switch
+//! consumes, right before its ERET. So the seed-000 exit path (HCR_EL2 trap bits, CPTR_EL2,
+//! VBAR_EL2, enter the guest) compiles without an ISB, while carrying an E2H/TGE change into the
+//! ERET, or using an EL1-named register after it without an ISB, does not compile. Tokens and
+//! proofs are per CPU (`!Send`, `!Sync`). Special-purpose registers (ELR_EL2, SPSR_EL2) are in
+//! program order (C5.1.5.1) and return no token. Reads are safe; writes of registers that control
+//! translation, exception routing or trapping are `unsafe` with a `# Safety` contract.
+//!
+//! **VMIDs ([`vttbr`]).** Each CPU has one [`vttbr::Vttbr`], VTTBR_EL2's only writer. A stage-2
+//! [`pt::PtBatch`] borrows it for its whole life and issues its TLBIs under the tables' own VMID,
+//! switching VTTBR_EL2 around them when another VM (or the host) is loaded.
 //!
 //! **Page-table batches (ARM-RULES.md sections 2.2 and 4; R_DDMVT, D8.17.6.1).** [`pt::PtBatch`]
 //! queues DSB/TLBI/ISB obligations and discharges each exactly once, by phase: breaks, `DSB
 //! ISHST`, TLBIs, `DSB ISH`, the stage-1 flush after `IPAS2E1IS`, makes, then `DSB ISHST` before
-//! the next ERET (stage 2) or `DSB ISHST; ISB` before EL2 uses its own mappings. [`pt::LazyMmu`]
-//! implements seed 002's nested lazy mode (test-then-set PENDING) and immediate emission from
-//! exception context.
+//! the next ERET (stage 2) or `DSB ISHST; ISB` before EL2 uses its own mappings. A multi-page
+//! operation is one batch (seed 002). An unfinished batch panics when dropped, in every build.
 //!
 //! **Backends.** With `target_arch = "aarch64"`, `target_os = "none"` and not `cfg(test)`, the
 //! crate emits real instructions. Otherwise it appends [`Insn`]s to a per-thread trace
 //! ([`trace::take`]) and keeps a shadow register file, so other crates' host tests see exactly
 //! what would run.
 //!
-//! **Limits of the types.** A proof stays usable after a later write of the same class; the
-//! checker (invariants 1, 6, 7, 8) catches that on traces. Whether VTTBR_EL2 holds the VMID of a
-//! stage-2 batch is checked on traces (invariant 7), not by the types.
+//! **Limits of the types.** A proof kept across a later write is caught by ownership for the
+//! registers whose proofs the hypervisor keeps (CPTR_EL2: re-trapping consumes the FP proof;
+//! VTTBR_EL2: a load needs `&mut Vttbr`). HCR_EL2's proof is minted once at bring-up; every later
+//! HCR write is trap-only, checked in release builds. Other staleness is caught by the checker
+//! on traces. A `let _ = enter_guest(..)` compiles; the dropped `GuestEntry` panics.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

@@ -54,6 +54,7 @@ macro_rules! el2_reg {
             /// # Safety
             ///
             #[doc = $safety]
+            #[inline]
             pub unsafe fn write(value: u64) -> Pending<$class> {
                 // SAFETY: forwarded contract.
                 let changed = unsafe { write_raw(SysReg::$reg, value) };
@@ -76,6 +77,7 @@ macro_rules! el2_reg {
 
             /// Writes the register (it affects only the guest or an asynchronous timer, so the
             /// write is safe).
+            #[inline]
             pub fn write(value: u64) -> Pending<$class> {
                 // SAFETY: the register only holds guest-visible state (identification, counter
                 // offset) or the EL2 timer, whose interrupt EL2 takes only from a guest; no EL2
@@ -242,17 +244,26 @@ impl HcrEl2 {
     ///
     /// In every build, if any other field changes: a hypervisor bug (an E2H/TGE/RW/VM change
     /// carried into the ERET without its ISB). The check costs one MRS per world switch.
+    #[inline]
     pub unsafe fn write_traps_only(value: u64) -> Pending<GuestOnly> {
         let old = emit::peek(SysReg::HcrEl2);
         let other = (old ^ value) & !HCR_GUEST_ONLY_FIELDS;
-        assert!(
-            other == 0,
-            "HcrEl2::write_traps_only: non-trap fields {other:#x} change ({old:#x} -> {value:#x}); use HcrEl2::write and isb()"
-        );
+        if other != 0 {
+            non_trap_hcr_change(old, value);
+        }
         // SAFETY: forwarded contract.
         let changed = unsafe { write_raw(SysReg::HcrEl2, value) };
         Pending::new(SysReg::HcrEl2, changed)
     }
+}
+
+#[cold]
+#[inline(never)]
+fn non_trap_hcr_change(old: u64, value: u64) -> ! {
+    panic!(
+        "HcrEl2::write_traps_only: non-trap fields {:#x} change ({old:#x} -> {value:#x}); use HcrEl2::write and isb()",
+        (old ^ value) & !HCR_GUEST_ONLY_FIELDS
+    )
 }
 
 /// CPTR_EL2 (E2H = 0 layout) trap bits for FP/SIMD (TFP, bit 10), SVE (TZ, bit 8) and SME (TSM,
@@ -302,6 +313,7 @@ impl CptrEl2 {
     /// In every build, if a trap in [`CPTR_EL2_FP_TRAPS`] is cleared: a hypervisor bug that would
     /// let a guest use another context's FP registers. The check reads the old value (one MRS on
     /// a path that already switches FP ownership).
+    #[inline]
     pub unsafe fn write_setting_traps<K: Includes<El1Names>>(
         _e2h: &Synced<K>,
         fp_on: Option<Synced<El2Fp>>,
@@ -310,14 +322,19 @@ impl CptrEl2 {
         let _ = fp_on;
         let old = emit::peek(SysReg::CptrEl2);
         let cleared = old & !value & CPTR_EL2_FP_TRAPS;
-        assert!(
-            cleared == 0,
-            "CptrEl2::write_setting_traps clears FP traps {cleared:#x}; use CptrEl2::write"
-        );
+        if cleared != 0 {
+            fp_trap_cleared(cleared);
+        }
         // SAFETY: forwarded contract.
         let changed = unsafe { write_raw(SysReg::CptrEl2, value) };
         Pending::new(SysReg::CptrEl2, changed)
     }
+}
+
+#[cold]
+#[inline(never)]
+fn fp_trap_cleared(cleared: u64) -> ! {
+    panic!("CptrEl2::write_setting_traps clears FP traps {cleared:#x}; use CptrEl2::write")
 }
 
 /// TCR_EL2. Layout depends on HCR_EL2.E2H (proof required, invariant 6); consumer: EL2

@@ -13,10 +13,12 @@
 //!   ([`EretInputs`], D24.1.2.2 note) or that EL2 depends on at once ([`El2Translation`]) are not
 //!   `EretOk` and must go through [`isb`] first.
 //!
-//! Proofs are zero-sized and not `Clone`. Outside [`isb`] they can only be minted by the `unsafe`
-//! [`Synced::assume`] (for example after an exception entry, which is a CSE). The types cannot see
-//! a proof going stale after a *later* write of the same class; the trace checker
-//! ([`crate::check`], invariants 1, 6, 7, 8) catches that in tests.
+//! Proofs are zero-sized, not `Clone`, and belong to the CPU that made them (`!Send + !Sync`:
+//! an ISB synchronises only its own PE). Outside [`isb`] they are minted only by the `unsafe`
+//! [`Synced::assume`], which the world switch uses for the exception entry that ends a guest run.
+//! Where the hypervisor keeps a proof, a later write of its register consumes it (CPTR_EL2) or
+//! needs the owner mutably (VTTBR_EL2, [`crate::vttbr`]); the trace checker
+//! ([`crate::check`], invariants 1, 6, 7, 8) catches other staleness in tests.
 
 use crate::insn::{emit, SysReg};
 use crate::vttbr::Vttbr;

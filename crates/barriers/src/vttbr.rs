@@ -136,6 +136,7 @@ impl Vttbr {
     ///
     /// Loading the value already loaded writes nothing: this owner is VTTBR_EL2's only writer, so
     /// the register holds it, and whatever synchronised it still does.
+    #[inline]
     pub unsafe fn load(&mut self, value: u64) -> Pending<VmidCtx> {
         let changed = self.value ^ value;
         if changed != 0 {
@@ -161,6 +162,7 @@ impl Vttbr {
     }
 
     /// The entry ERET synchronises the loaded value (called by [`crate::enter_guest`]).
+    #[inline]
     pub(crate) fn eret(&mut self) {
         self.synced = true;
     }

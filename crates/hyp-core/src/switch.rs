@@ -195,6 +195,7 @@ pub struct ContextRegs {
 ///
 /// `r.vttbr`'s table maps only memory the context may access; `r.hcr` keeps
 /// every non-trap field of the boot value.
+#[inline]
 pub unsafe fn load_context(
     vttbr: &mut Vttbr,
     sync: &CpuSync,

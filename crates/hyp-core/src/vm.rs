@@ -1358,9 +1358,7 @@ fn sgi1r_trap(
     let (Some(vg), Who::Guest { slot, vcpu }) = (vg, who) else {
         return false;
     };
-    if acc.read
-        || crate::sysreg_trap::classify_access(&acc) != crate::sysreg_trap::TrappedSysReg::IccSgi1r
-    {
+    if !crate::sysreg_trap::is_sgi1r_write(&acc) {
         return false;
     }
     let val = if acc.reg == 31 {

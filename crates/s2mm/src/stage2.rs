@@ -164,6 +164,21 @@ impl Stage2 {
         }
     }
 
+    /// One walk of `op` over `[ipa, ipa + size)` as one batch under these tables' VMID (no
+    /// cleaning before the makes).
+    fn run<A: TableAlloc>(
+        &self,
+        alloc: &mut A,
+        vttbr: &mut Vttbr,
+        op: Op,
+        ipa: Ipa,
+        size: u64,
+    ) -> Result<BatchStats, Error> {
+        let regime = BatchRegime::Stage2(vttbr, self.vttbr());
+        self.tables
+            .run(alloc, regime, op, ipa.0, size, self.fault, None)
+    }
+
     /// Maps `[ipa, ipa + size)` to `[pa, pa + size)` with `attrs`, tagging every page with
     /// `state`. Existing mappings in the range are replaced (with break-before-make where the
     /// architecture requires it); 1 GiB and 2 MiB blocks are used wherever alignment and the
@@ -247,15 +262,7 @@ impl Stage2 {
         let op = Op::Unmap {
             inval: owner.invalid_desc(),
         };
-        self.tables.run(
-            alloc,
-            BatchRegime::Stage2(vttbr, self.vttbr()),
-            op,
-            ipa.0,
-            size,
-            self.fault,
-            None,
-        )
+        self.run(alloc, vttbr, op, ipa, size)
     }
 
     /// Sets the permissions of every mapped page in `[ipa, ipa + size)`; unmapped pages are
@@ -279,15 +286,7 @@ impl Stage2 {
             mask: f.perm_mask(),
             bits: f.perm_bits(perms)?,
         };
-        self.tables.run(
-            alloc,
-            BatchRegime::Stage2(vttbr, self.vttbr()),
-            op,
-            ipa.0,
-            size,
-            self.fault,
-            None,
-        )
+        self.run(alloc, vttbr, op, ipa, size)
     }
 
     /// Sets the page state (software bits only, no TLBI) of every mapped page in the range.
@@ -308,15 +307,7 @@ impl Stage2 {
             mask: STATE_MASK,
             bits: state.bits(),
         };
-        self.tables.run(
-            alloc,
-            BatchRegime::Stage2(vttbr, self.vttbr()),
-            op,
-            ipa.0,
-            size,
-            self.fault,
-            None,
-        )
+        self.run(alloc, vttbr, op, ipa, size)
     }
 
     /// Translation of the page containing `ipa`, or `None` if it is unmapped.
