@@ -302,7 +302,7 @@ impl State {
         self.work_since_dsb = true;
         match op {
             Tlbi::Ipas2e1is { .. } => self.s1flush = (S1Flush::NeedDsb, i),
-            Tlbi::Vmalls12e1is | Tlbi::Alle1is => self.s1flush = (S1Flush::None, i),
+            Tlbi::Vmalls12e1is => self.s1flush = (S1Flush::None, i),
             Tlbi::Vmalle1is => {
                 match self.s1flush.0 {
                     S1Flush::NeedDsb => {

@@ -58,8 +58,6 @@ pub enum Tlbi {
         /// The virtual address.
         va: u64,
     },
-    /// `TLBI ALLE1IS`: all EL1&0 entries of every VMID.
-    Alle1is,
 }
 
 impl Tlbi {
@@ -495,7 +493,6 @@ pub(crate) mod emit {
                 Tlbi::Vae2is { va } => {
                     asm!("tlbi vae2is, {0}", in(reg) va_operand(va), options(nostack, preserves_flags))
                 }
-                Tlbi::Alle1is => asm!("tlbi alle1is", options(nostack, preserves_flags)),
             }
         }
     }

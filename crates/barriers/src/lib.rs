@@ -27,7 +27,7 @@
 //! | [`sync::GicSre`] | ICC_SRE_EL2 | ICC_*/ICH_* accesses | yes |
 //! | [`sync::El2GicIf`] | ICC_PMR/CTLR/IGRPEN1_EL1 at EL2 | EL2's own ICC_IAR1/EOIR1 accesses | yes |
 //! | [`sync::El2Translation`] | SCTLR/TCR/TTBR0/MAIR_EL2 | EL2 memory accesses | no |
-//! | [`sync::EretInputs`] | HCR_EL2.RW/E2H/TGE/NV/NV1 | the ERET itself (invariant 4) | no |
+//! | [`sync::HcrAny`] | any HCR_EL2 change ([`regs::HcrEl2::write`]): RW/E2H/TGE/NV/NV1 are read by the ERET itself (invariant 4) | everything above | no |
 //!
 //! [`isb`] turns tokens into proofs; `isb(())` does not type-check (an ISB with nothing pending).
 //! [`enter_guest`] (the world switch's ERET) consumes only tokens whose class is

@@ -10,7 +10,7 @@
 //! * [`enter_guest`] consumes tokens whose class implements [`EretOk`]: the world switch's ERET is
 //!   a context synchronisation event (with SCTLR_EL2.EOS = 1, checked by [`check_eos`]), and only
 //!   the guest depends on those fields (D8.1.5 I_SFZVV). Classes whose fields the ERET itself reads
-//!   ([`EretInputs`], D24.1.2.2 note) or that EL2 depends on at once ([`El2Translation`]) are not
+//!   (any HCR_EL2 change, [`HcrAny`], D24.1.2.2 note) or that EL2 depends on at once ([`El2Translation`]) are not
 //!   `EretOk` and must go through [`isb`] first.
 //!
 //! Proofs are zero-sized, not `Clone`, and belong to the CPU that made them (`!Send + !Sync`:
@@ -115,13 +115,6 @@ class!(
     eret_ok = false
 );
 class!(
-    /// HCR_EL2.RW/E2H/TGE/NV/NV1 changed: the ERET reads them before its own synchronisation
-    /// point, so an explicit ISB must precede it (invariant 4).
-    EretInputs,
-    "D24.1.2.2 (an ERET reads current-context registers before its synchronisation point)",
-    eret_ok = false
-);
-class!(
     /// Any HCR_EL2 change (may include E2H, TGE, RW, NV*, VM, routing): everything above.
     HcrAny,
     "D24.1.2.2; ARM-RULES.md section 1, HCR_EL2 rows",
@@ -137,8 +130,8 @@ class!(
 macro_rules! includes {
     ($k:ident: $($c:ident),*) => { $(impl Includes<$c> for $k {})* };
 }
-includes!(HcrAny: GuestOnly, El1Names, VmidCtx, EretInputs, El2Translation);
-includes!(Cse: GuestOnly, El1Names, VmidCtx, El2Fp, GicSre, El2GicIf, El2Translation, EretInputs, HcrAny);
+includes!(HcrAny: GuestOnly, El1Names, VmidCtx, El2Translation);
+includes!(Cse: GuestOnly, El1Names, VmidCtx, El2Fp, GicSre, El2GicIf, El2Translation, HcrAny);
 
 /// A write whose consumers have not been synchronised yet. Discharge it with [`isb`] or (for
 /// [`EretOk`] classes) [`enter_guest`]; dropping it is a bug (debug panic on the host).
