@@ -81,30 +81,14 @@ pub struct BatchStats {
     pub vmid_switches: u32,
 }
 
-impl core::ops::AddAssign for BatchStats {
-    fn add_assign(&mut self, o: Self) {
-        self.dsb += o.dsb;
-        self.tlbi += o.tlbi;
-        self.isb += o.isb;
-        self.dc += o.dc;
-        self.vmid_switches += o.vmid_switches;
-    }
-}
-
 /// Barriers issued by every finished batch since boot, machine wide: DSB, TLBI, ISB, DC, VMID
 /// switches (for the hypervisor's statistics and the bench; a few relaxed additions per batch).
 static TOTALS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 
-/// The sum of every finished batch's [`BatchStats`] since boot (on the host: every thread's).
-pub fn totals() -> BatchStats {
-    let t = |i: usize| TOTALS[i].load(Ordering::Relaxed) as u32;
-    BatchStats {
-        dsb: t(0),
-        tlbi: t(1),
-        isb: t(2),
-        dc: t(3),
-        vmid_switches: t(4),
-    }
+/// The sum of every finished batch's [`BatchStats`] since boot (on the host: every thread's),
+/// in 64 bits: `[dsb, tlbi, isb, dc, vmid_switches]`.
+pub fn totals() -> [u64; 5] {
+    core::array::from_fn(|i| TOTALS[i].load(Ordering::Relaxed))
 }
 
 /// Queue capacity, and the default leaf-TLBI limit (Linux `MAX_TLBI_OPS` = 512: beyond one

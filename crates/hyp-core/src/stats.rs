@@ -76,9 +76,7 @@ pub fn read(who: usize, reason: u64) -> Option<u64> {
                 ..hyp_abi::STATS_BARRIERS + hyp_abi::STATS_BARRIER_KINDS)
                 .contains(&r) =>
         {
-            let t = barriers::pt::totals();
-            let all = [t.dsb, t.tlbi, t.isb, t.dc, t.vmid_switches];
-            Some(u64::from(all[(r - hyp_abi::STATS_BARRIERS) as usize]))
+            Some(barriers::pt::totals()[(r - hyp_abi::STATS_BARRIERS) as usize])
         }
         r if (r as usize) < ExitReason::COUNT => Some(c[r as usize].load(Ordering::Relaxed)),
         _ => None,
