@@ -13,13 +13,23 @@ use crate::insn::{emit, DsbKind, Tlbi};
 /// reads it (ARM-RULES.md section 3; Arm ARM D7.5.9 "Data cache maintenance").
 /// The DSB completes the maintenance before the ERET that lets the guest run.
 pub fn clean_inval_to_poc(va: u64, len: u64) {
+    dc_civac_range(va, len);
+    emit::dsb(DsbKind::Sy);
+}
+
+/// `DC CIVAC` on every data-cache line that `[va, va + len)` touches, without a barrier; returns
+/// how many. The one clean-to-PoC loop: [`clean_inval_to_poc`] and `PtBatch::clean_to_poc` add
+/// their own DSBs.
+pub(crate) fn dc_civac_range(va: u64, len: u64) -> u32 {
     let line = emit::dcache_line();
     let mut a = va & !(line - 1);
+    let mut lines = 0;
     while a < va + len {
         emit::dc_civac(a);
+        lines += 1;
         a += line;
     }
-    emit::dsb(DsbKind::Sy);
+    lines
 }
 
 /// Invalidates all instruction caches of the Inner Shareable domain to the point of

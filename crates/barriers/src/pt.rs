@@ -443,14 +443,7 @@ impl<'v> PtBatch<'v> {
         if len == 0 {
             return;
         }
-        let line = emit::dcache_line();
-        let end = va + len;
-        let mut a = va & !(line - 1);
-        while a < end {
-            emit::dc_civac(a);
-            self.stats.dc += 1;
-            a += line;
-        }
+        self.stats.dc += crate::maint::dc_civac_range(va, len);
         // Completes the cache maintenance before the make that exposes the memory (2.2 step 8).
         self.dsb(DsbKind::Ish);
     }

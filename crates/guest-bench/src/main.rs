@@ -54,6 +54,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_rt::gic;
 use guest_rt::println;
+use hw_regs::gic::as_usize::{GICD_PIDR2_V2, GICD_PIDR2_V3, GICD_TYPER};
 
 /// Iterations of the cheap metrics.
 const ITERS: usize = 10_000;
@@ -67,10 +68,10 @@ const PARTNER_WFIS: usize = ITERS_SLOW + WARMUP + 200;
 /// How far ahead the virtual timer is programmed (ticks = instructions).
 const TIMER_DELTA: u64 = 5_000;
 /// The host's test device (reads return the last value written + 1).
-const HOST_DEVICE: usize = 0x0a00_0000;
+const HOST_DEVICE: usize = hyp_abi::layout::HOST_MMIO_IPA as usize;
 /// Fresh pages for `s2_fault`: the top half of the VM's 16 MiB, never
 /// touched otherwise (the image, BSS and stacks lie in the first MiB).
-const LAZY_AREA: u64 = 0x4080_0000;
+const LAZY_AREA: u64 = hyp_abi::layout::RAM_IPA + (8 << 20);
 const PAGE: u64 = 4096;
 
 const SMCCC_VERSION: u64 = 0x8000_0000;
@@ -601,7 +602,7 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     if has_gic {
         // GICD_TYPER: the same offset on GICv3 and GICv2.
         let (m, n) = clock.time(ITERS, |_| {
-            read32(gic::GICD_BASE + 0x4);
+            read32(gic::GICD_BASE + GICD_TYPER);
         });
         report("mmio_hyp", cost(m), n);
     }
@@ -673,7 +674,7 @@ fn profile(clock: Clock, cost: impl Fn(u64) -> u64, has_gic: bool, request: u64)
             hvc1(PSCI_VERSION, 0);
         }),
         "mmio_hyp" => simple(clock, &cost, name, iters, || {
-            read32(gic::GICD_BASE + 0x4);
+            read32(gic::GICD_BASE + GICD_TYPER);
         }),
         "mmio_host" => simple(clock, &cost, name, iters, || {
             read32(HOST_DEVICE);
@@ -743,8 +744,8 @@ static ABORTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool:
 fn probe_gic() -> Option<gic::Version> {
     let v = gic::version();
     let (pidr2, rev) = match v {
-        gic::Version::V3 => (0xffe8, 3),
-        gic::Version::V2 => (0xfe8, 2),
+        gic::Version::V3 => (GICD_PIDR2_V3, 3),
+        gic::Version::V2 => (GICD_PIDR2_V2, 2),
     };
     PROBING.store(true, Ordering::Relaxed);
     guest_rt::set_exception_hook(probe_hook);

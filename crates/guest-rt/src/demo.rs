@@ -3,20 +3,22 @@
 //! guest's secret is derived (so the host can search for it without ever
 //! holding it in memory).
 //!
-//! The devices sit in the host's MMIO window (0x0a000000..0x0a004000, the
-//! hypervisor forwards every access there to the host), 0x200 apart as on
-//! QEMU virt's virtio-mmio transports.
+//! The devices sit in the host's MMIO window (`hyp_abi::layout::HOST_MMIO_IPA`,
+//! 0x0a000000..0x0a004000; the hypervisor forwards every access there to the
+//! host), 0x200 apart as on QEMU virt's virtio-mmio transports.
+
+use hyp_abi::layout::HOST_MMIO_IPA;
 
 /// virtio-mmio console (device ID 3).
-pub const CONSOLE_IPA: u64 = 0x0a00_0000;
+pub const CONSOLE_IPA: u64 = HOST_MMIO_IPA;
 /// virtio-mmio block device (device ID 2).
-pub const BLK_IPA: u64 = 0x0a00_0200;
+pub const BLK_IPA: u64 = HOST_MMIO_IPA + VIRTIO_MMIO_SIZE;
 /// Size of one virtio-mmio transport's register window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x200;
 
 /// The demo control device: a guest tells the host about its bounce
 /// buffers so the host can check their visibility at known points.
-pub const CTL_IPA: u64 = 0x0a00_3000;
+pub const CTL_IPA: u64 = HOST_MMIO_IPA + 0x3000;
 /// Write: first IPA of the guest's bounce-buffer pool.
 pub const CTL_POOL_IPA: u64 = 0x00;
 /// Write: pages in the pool.

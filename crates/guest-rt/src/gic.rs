@@ -54,16 +54,16 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 /// Distributor base (IPA), both versions.
-pub const GICD_BASE: usize = 0x0800_0000;
+pub const GICD_BASE: usize = hyp_abi::layout::GICD_IPA as usize;
 /// GICv3: first redistributor (IPA); redistributor *n* is at `GICR_BASE + n * GICR_STRIDE`.
-pub const GICR_BASE: usize = 0x080a_0000;
-/// GICv3: one redistributor: RD frame + SGI frame (no VLPI frames).
-pub const GICR_STRIDE: usize = 0x2_0000;
+pub const GICR_BASE: usize = hyp_abi::layout::GICR_IPA as usize;
 /// GICv3: the SGI frame's offset from its redistributor's RD frame.
-pub const SGI_FRAME: usize = 0x1_0000;
+pub use hw_regs::gic::as_usize::GICR_SGI_FRAME as SGI_FRAME;
+/// GICv3: one redistributor: RD frame + SGI frame (no VLPI frames).
+pub use hw_regs::gic::as_usize::GICR_STRIDE;
 /// GICv2: the memory-mapped CPU interface (IPA; QEMU virt's GICv2 GICC, where
 /// the hypervisor maps the GIC-400's GICV frame).
-pub const GICC_BASE: usize = 0x0801_0000;
+pub const GICC_BASE: usize = hyp_abi::layout::GICC_V2_IPA as usize;
 /// vCPUs this driver keeps per-CPU state for (GICv2's limit too).
 pub const MAX_CPUS: usize = 8;
 
@@ -75,17 +75,16 @@ pub const VTIMER_PPI: u32 = 27;
 /// (Linux's `GICD_INT_DEF_PRI`).
 pub const DEFAULT_PRIORITY: u8 = 0xa0;
 
-// GICD registers (IHI 0069, 12.9; IHI 0048B, 4.3: same offsets up to ICFGR).
-const GICD_CTLR: usize = 0x0000;
-const GICD_TYPER: usize = 0x0004;
-const GICD_IGROUPR: usize = 0x0080;
-const GICD_ISENABLER: usize = 0x0100;
-const GICD_ICENABLER: usize = 0x0180;
-const GICD_ISPENDR: usize = 0x0200;
-const GICD_ICPENDR: usize = 0x0280;
-const GICD_IPRIORITYR: usize = 0x0400;
-const GICD_ICFGR: usize = 0x0c00;
-const GICD_IROUTER: usize = 0x6000;
+// GICD, GICC and GICR register offsets (IHI 0069, 12.9-12.11; IHI 0048B,
+// 4.3-4.4), from the one register map.
+use hw_regs::gic::as_usize::{
+    GICC_BPR, GICC_CTLR, GICC_EOIR, GICC_HPPIR, GICC_IAR, GICC_PMR, GICC_RPR, GICD_CPENDSGIR,
+    GICD_CTLR, GICD_ICENABLER, GICD_ICFGR, GICD_ICPENDR, GICD_IGROUPR, GICD_IPRIORITYR,
+    GICD_IROUTER, GICD_ISENABLER, GICD_ISPENDR, GICD_ITARGETSR, GICD_SGIR, GICD_SPENDSGIR,
+    GICD_TYPER, GICR_CTLR, GICR_ICENABLER0, GICR_ICPENDR0, GICR_IGROUPR0, GICR_IPRIORITYR,
+    GICR_ISENABLER0, GICR_ISPENDR0, GICR_TYPER, GICR_WAKER,
+};
+
 /// GICD_CTLR: EnableGrp1 (EnableGrp1NS in the Non-secure view), bit 1.
 const GICD_CTLR_ENABLE_G1: u32 = 1 << 1;
 /// GICD_CTLR: ARE (ARE_NS in the Non-secure view), bit 4.
@@ -93,35 +92,18 @@ const GICD_CTLR_ARE: u32 = 1 << 4;
 /// GICD_CTLR: RWP, register write pending, bit 31.
 const GICD_CTLR_RWP: u32 = 1 << 31;
 
-// GICv2-only GICD registers (IHI 0048B, 4.3.12, 4.3.15-4.3.17).
-const GICD_ITARGETSR: usize = 0x0800;
-const GICD_SGIR: usize = 0x0f00;
-const GICD_CPENDSGIR: usize = 0x0f10;
-const GICD_SPENDSGIR: usize = 0x0f20;
 /// GICv2 GICD_CTLR.EnableGrp0 (bit 0; the only enable without Security
 /// Extensions, as a VM sees it).
 const GICD_CTLR_ENABLE_G0: u32 = 1 << 0;
 /// GICD_SGIR.TargetListFilter \[25:24\] = 1: every CPU interface but this one.
 const GICD_SGIR_OTHERS: u32 = 1 << 24;
 
-// GICv2 CPU interface registers (IHI 0048B, 4.4, table 4-2).
-const GICC_CTLR: usize = 0x00;
-const GICC_PMR: usize = 0x04;
-const GICC_BPR: usize = 0x08;
-const GICC_IAR: usize = 0x0c;
-const GICC_EOIR: usize = 0x10;
-const GICC_RPR: usize = 0x14;
-const GICC_HPPIR: usize = 0x18;
 /// GICC_CTLR.EnableGrp0 (bit 0); FIQEn (bit 3) and EOImode (bit 9) stay 0:
 /// group 0 is signalled as IRQ and an EOI also deactivates.
 const GICC_CTLR_ENABLE_G0: u32 = 1 << 0;
 /// GICC_IAR/HPPIR: InterruptID \[9:0\]; CPUID \[12:10\] is an SGI's sender.
 const GICC_INTID_MASK: u32 = 0x3ff;
 
-// GICR RD frame registers (IHI 0069, 12.11).
-const GICR_CTLR: usize = 0x0000;
-const GICR_TYPER: usize = 0x0008;
-const GICR_WAKER: usize = 0x0014;
 /// GICR_CTLR.RWP (bit 3): a write to GICR_ICENABLER0 is still in progress.
 const GICR_CTLR_RWP: u32 = 1 << 3;
 /// GICR_TYPER.Last (bit 4): the last redistributor of the region.
@@ -129,14 +111,6 @@ const GICR_TYPER_LAST: u64 = 1 << 4;
 /// GICR_WAKER.ProcessorSleep (bit 1) and ChildrenAsleep (bit 2).
 const GICR_WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
 const GICR_WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
-
-// GICR SGI frame registers (offsets within the SGI frame, IHI 0069, 12.10).
-const GICR_IGROUPR0: usize = 0x0080;
-const GICR_ISENABLER0: usize = 0x0100;
-const GICR_ICENABLER0: usize = 0x0180;
-const GICR_ISPENDR0: usize = 0x0200;
-const GICR_ICPENDR0: usize = 0x0280;
-const GICR_IPRIORITYR: usize = 0x0400;
 
 /// ICC_SRE_EL1.SRE: the system-register interface is in use.
 const ICC_SRE_SRE: u64 = 1;

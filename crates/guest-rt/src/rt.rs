@@ -6,7 +6,7 @@ use smccc::{Call, Hvc};
 global_asm!(include_str!("entry.S"));
 
 /// The guest's PL011 (emulated by the hypervisor) at QEMU virt's address.
-pub const UART_BASE: usize = 0x0900_0000;
+pub const UART_BASE: usize = hyp_abi::layout::UART_IPA as usize;
 
 /// Console writer.
 #[derive(Debug)]

@@ -19,12 +19,12 @@
 //!
 //! The device tree describes what the hypervisor emulates for every VM
 //! (crates/hyp-core): memory, the vCPUs with the PSCI enable method, PSCI
-//! 1.0 over HVC, the GICv3 distributor at 0x0800_0000 and one
-//! redistributor per vCPU from 0x080a_0000 (bindings:
-//! interrupt-controller/arm,gic-v3.yaml), the architected timer's PPIs
-//! (timer/arm,arch_timer.yaml), the PL011 at QEMU virt's 0x0900_0000 with
+//! 1.0 over HVC, the GICv3 distributor and one redistributor per vCPU
+//! (bindings: interrupt-controller/arm,gic-v3.yaml), the architected timer's
+//! PPIs (timer/arm,arch_timer.yaml), the PL011 with
 //! its fixed 24 MHz clock (serial/arm,pl011.yaml), and `/chosen` with the
-//! command line, the initrd and `stdout-path`.
+//! command line, the initrd and `stdout-path`; every address from
+//! `hyp_abi::layout` (QEMU virt's).
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -32,22 +32,51 @@ use crate::fdt_writer::FdtWriter;
 use crate::hostif::{self, call};
 use crate::{fail, Guest, GUEST_RAM_IPA, PAGE};
 use guest_rt::println;
+use hw_regs::gic::{GICD_SIZE_V3 as GICD_SIZE, GICR_STRIDE};
+use hyp_abi::layout::{GICD_IPA, GICR_IPA, UART_IPA, UART_SIZE};
 use hyp_abi::BootInfo;
 
 /// Default guest RAM.
 const DEFAULT_MEM_MIB: u64 = 256;
 /// Room kept for the device tree at the end of guest RAM.
 const DTB_ROOM: u64 = 2 << 20;
-/// The guest's PL011 (emulated at EL2) and its interrupt, QEMU virt's.
-const UART_IPA: u64 = 0x0900_0000;
+/// The interrupt of the guest's PL011 (emulated at EL2, at [`UART_IPA`]), QEMU virt's.
 const UART_SPI: u32 = 1;
-/// The vGIC's frames (crates/hyp-core/src/vm.rs VGICD_IPA, VGICR_IPA).
-const GICD_IPA: u64 = 0x0800_0000;
-const GICD_SIZE: u64 = 0x1_0000;
-const GICR_IPA: u64 = 0x080a_0000;
-const GICR_STRIDE: u64 = 0x2_0000;
 /// arm64 Image header magic "ARM\x64" at offset 56 (booting.rst).
 const IMAGE_MAGIC: u32 = 0x644d_5241;
+/// A node name with its unit address, `name@addr` (lower-case hex, no leading zeros), built
+/// on the stack from the address the node's `reg` holds.
+struct UnitName {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl UnitName {
+    fn new(name: &str, addr: u64) -> Self {
+        let mut n = Self {
+            buf: [0; 32],
+            len: 0,
+        };
+        // The names here are short: 32 bytes hold any of them with a 64-bit address.
+        let _ = core::fmt::Write::write_fmt(&mut n, format_args!("{name}@{addr:x}"));
+        n
+    }
+
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl core::fmt::Write for UnitName {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(core::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// Phandles.
 const PH_GIC: u32 = 1;
 const PH_CLK: u32 = 2;
@@ -297,14 +326,14 @@ pub fn write_dtb(
 
     w.begin_node("chosen");
     w.prop_str("bootargs", cmdline);
-    w.prop_str("stdout-path", "/pl011@9000000");
+    w.prop_str("stdout-path", UnitName::new("/pl011", UART_IPA).as_str());
     if let Some((start, end)) = initrd {
         w.prop_u64("linux,initrd-start", start);
         w.prop_u64("linux,initrd-end", end);
     }
     w.end_node();
 
-    w.begin_node("memory@40000000");
+    w.begin_node(UnitName::new("memory", GUEST_RAM_IPA).as_str());
     w.prop_str("device_type", "memory");
     w.prop_reg64("reg", &[(GUEST_RAM_IPA, mem)]);
     w.end_node();
@@ -328,7 +357,7 @@ pub fn write_dtb(
     w.prop_str("method", "hvc");
     w.end_node();
 
-    w.begin_node("intc@8000000");
+    w.begin_node(UnitName::new("intc", GICD_IPA).as_str());
     w.prop_str("compatible", "arm,gic-v3");
     w.prop_u32("#interrupt-cells", 3);
     w.prop_empty("interrupt-controller");
@@ -360,9 +389,9 @@ pub fn write_dtb(
     w.prop_u32("phandle", PH_CLK);
     w.end_node();
 
-    w.begin_node("pl011@9000000");
+    w.begin_node(UnitName::new("pl011", UART_IPA).as_str());
     w.prop_strs("compatible", &["arm,pl011", "arm,primecell"]);
-    w.prop_reg64("reg", &[(UART_IPA, 0x1000)]);
+    w.prop_reg64("reg", &[(UART_IPA, UART_SIZE)]);
     w.prop_cells("interrupts", &[0, UART_SPI, 4]);
     w.prop_cells("clocks", &[PH_CLK, PH_CLK]);
     w.prop_strs("clock-names", &["uartclk", "apb_pclk"]);

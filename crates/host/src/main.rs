@@ -40,13 +40,13 @@ use hostif::{call, Handle};
 use hyp_abi::{exit, BootInfo, HostError, BOOT_MAGIC};
 
 /// IPA where guest RAM starts (where guest-rt programs are linked).
-pub const GUEST_RAM_IPA: u64 = 0x4000_0000;
+pub use hyp_abi::layout::RAM_IPA as GUEST_RAM_IPA;
 /// RAM per guest.
 pub const GUEST_RAM: u64 = 16 << 20;
 /// The demo's guests: two protected, one normal, 2 vCPUs each.
 const DEMO_GUESTS: &str = "guest-virtio:p:v2,guest-virtio:p:v2,guest-virtio:v2";
-/// IPA of the host-emulated test device every guest may use.
-const TEST_DEVICE_IPA: u64 = 0x0a00_0000;
+/// IPA of the host-emulated test device every guest may use: the start of the host's MMIO window.
+const TEST_DEVICE_IPA: u64 = hyp_abi::layout::HOST_MMIO_IPA;
 const MAX_GUESTS: usize = 8;
 /// Page size.
 pub const PAGE: u64 = 4096;

@@ -21,6 +21,8 @@
 //! | `0xC600004A` | DEVICE_ASSIGN | handle | PA   | size   | INTID  | 0 |
 #![no_std]
 
+pub mod layout;
+
 /// First host function ID.
 pub const FID_BASE: u32 = 0xC600_0040;
 /// VM_CREATE(vcpus, flags) -> handle.

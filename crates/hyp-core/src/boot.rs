@@ -25,9 +25,10 @@ static mut PERCPU: [PerCpu; MAX_CPUS] = [const {
 static PLATFORM: Once<&'static Platform> = Once::new();
 static ONLINE: AtomicUsize = AtomicUsize::new(0);
 
-/// Boot facts taken from the device tree.
+/// The hypervisor's own boot facts, from the device tree (or the board description):
+/// not the host's `hyp_abi::BootInfo`, which `load_host` builds from it.
 #[derive(Debug)]
-pub struct BootInfo {
+pub struct BootFacts {
     /// CPUs listed under /cpus.
     pub cpus: usize,
     /// Total RAM listed under /memory.
@@ -40,7 +41,7 @@ pub struct BootInfo {
     pub bootargs_len: usize,
 }
 
-impl BootInfo {
+impl BootFacts {
     /// The bootargs string.
     pub fn bootargs(&self) -> &str {
         core::str::from_utf8(&self.bootargs[..self.bootargs_len]).unwrap_or("")
@@ -53,14 +54,14 @@ impl BootInfo {
     }
 }
 
-fn parse_dtb(dtb: u64) -> BootInfo {
+fn parse_dtb(dtb: u64) -> BootFacts {
     // SAFETY: the boot protocol passes the DTB's address in x0; `from_ptr`
     // validates the header (magic, size) before reading further.
     let fdt = match unsafe { fdt::Fdt::from_ptr(dtb as *const u8) } {
         Ok(f) => f,
         Err(e) => panic!("no valid device tree at {dtb:#x}: {e:?}"),
     };
-    let mut info = BootInfo {
+    let mut info = BootFacts {
         cpus: fdt.cpus().count(),
         memory: [MemRegion { base: 0, size: 0 }; 4],
         memory_count: 0,
@@ -87,8 +88,8 @@ fn parse_dtb(dtb: u64) -> BootInfo {
 /// Boot facts from the board description alone, for boot loaders that pass
 /// no device tree: the board's RAM regions, `PlatformOps::default_cpus`, no
 /// bootargs.
-fn board_info(p: &Platform) -> BootInfo {
-    let mut info = BootInfo {
+fn board_info(p: &Platform) -> BootFacts {
+    let mut info = BootFacts {
         cpus: p.ops.default_cpus(),
         memory: [MemRegion { base: 0, size: 0 }; 4],
         memory_count: 0,
@@ -247,7 +248,7 @@ const HCR_FWB: u64 = 1 << 46;
 /// benchmark uses it on boards with a fixed CPU count (raspi4b), where an
 /// idle CPU must sleep rather than poll (see `PlatformOps::park_cpu`).
 /// A malformed or out-of-range value is ignored with a warning.
-fn cpus_to_use(info: &BootInfo, present: usize) -> usize {
+fn cpus_to_use(info: &BootFacts, present: usize) -> usize {
     let Some(v) = info.arg("hyp.cpus") else {
         return present;
     };
@@ -263,7 +264,7 @@ fn cpus_to_use(info: &BootInfo, present: usize) -> usize {
 /// Whether to use FEAT_S2FWB: only when asked (`hyp.s2fwb=on`) and the
 /// CPU has it (ID_AA64MMFR2_EL1.FWB, bits [43:40]). Without it, guests get
 /// the TVM/TSW cache-maintenance traps instead (seed 003).
-fn want_fwb(info: &BootInfo) -> bool {
+fn want_fwb(info: &BootFacts) -> bool {
     let has = (sysreg::id_aa64mmfr2_el1() >> 40) & 0xf != 0;
     match info.arg("hyp.s2fwb") {
         Some("on") if has => true,
@@ -280,7 +281,7 @@ fn want_fwb(info: &BootInfo) -> bool {
 /// images the host may run). Returns the BootInfo's address.
 fn load_host(
     p: &Platform,
-    info: &BootInfo,
+    info: &BootFacts,
     cpus: usize,
     host_ram: MemRegion,
 ) -> Result<u64, &'static str> {

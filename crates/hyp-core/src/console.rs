@@ -12,9 +12,7 @@ use spin::Mutex;
 static UART_BASE: AtomicU64 = AtomicU64::new(0);
 static LOCK: Mutex<()> = Mutex::new(());
 
-const UARTDR: u64 = 0x00;
-const UARTFR: u64 = 0x18;
-const FR_TXFF: u32 = 1 << 5;
+use hw_regs::pl011::{FR_TXFF, UARTDR, UARTFR};
 
 struct Pl011;
 

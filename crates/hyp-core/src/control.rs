@@ -33,7 +33,7 @@ pub const MAX_REGIONS: usize = 32;
 pub const GUEST_IPA_BITS: u32 = 40;
 /// Guest memory lies at or above this IPA; below it is device space
 /// (the emulated UART, the GIC, virtio-mmio), as on QEMU virt.
-pub const GUEST_RAM_IPA_MIN: u64 = 0x4000_0000;
+pub use hyp_abi::layout::RAM_IPA as GUEST_RAM_IPA_MIN;
 /// Largest single donation or loan (1 GiB).
 pub const MAX_PAGES_PER_CALL: u64 = 1 << 18;
 

@@ -7,11 +7,13 @@
 //! that probe them recognise the device; every other register reads as zero
 //! and ignores writes.
 
+use hw_regs::pl011::{FR_RXFE, FR_TXFE, UARTDR, UARTFR, UARTPERIPHID0};
+
 /// Size of the emulated register window.
-pub const WINDOW: u64 = 0x1000;
+pub const WINDOW: u64 = hyp_abi::layout::UART_SIZE;
 
 /// Flag register value: TXFE (bit 7) and RXFE (bit 4), never busy or full.
-const FR_IDLE: u64 = (1 << 7) | (1 << 4);
+const FR_IDLE: u64 = (FR_TXFE | FR_RXFE) as u64;
 
 /// Longest line printed in one piece; longer output is split. Long enough
 /// for Linux's version banner.
@@ -105,16 +107,14 @@ impl VmConsole {
 #[must_use]
 pub fn read(offset: u64) -> u64 {
     match offset {
-        0x018 => FR_IDLE,
-        // UARTPeriphID0..3 and UARTPCellID0..3.
-        0xfe0 => 0x11,
-        0xfe4 => 0x10,
-        0xfe8 => 0x14,
-        0xfec => 0x00,
-        0xff0 => 0x0d,
-        0xff4 => 0xf0,
-        0xff8 => 0x05,
-        0xffc => 0xb1,
+        UARTFR => FR_IDLE,
+        // UARTPeriphID0..3 and UARTPCellID0..3, 4 bytes apart.
+        id @ UARTPERIPHID0.. if id.is_multiple_of(4) => {
+            const IDS: [u64; 8] = [0x11, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
+            IDS.get(((id - UARTPERIPHID0) / 4) as usize)
+                .copied()
+                .unwrap_or(0)
+        }
         _ => 0,
     }
 }
@@ -122,7 +122,7 @@ pub fn read(offset: u64) -> u64 {
 /// A register write: returns the byte to print for DR, nothing otherwise.
 #[must_use]
 pub fn write(offset: u64, value: u64) -> Option<u8> {
-    (offset == 0).then_some(value as u8)
+    (offset == UARTDR).then_some(value as u8)
 }
 
 #[cfg(test)]

@@ -39,12 +39,12 @@ use vgic::{VcpuIf, Vgic};
 /// Most vCPUs a VM may have (and physical CPUs the hypervisor drives).
 pub const MAX_VCPUS: usize = control::MAX_VCPUS;
 /// The emulated PL011 every VM (the host included) sees at QEMU virt's UART address.
-pub const GUEST_UART_IPA: u64 = 0x0900_0000;
+pub use hyp_abi::layout::UART_IPA as GUEST_UART_IPA;
 /// Guest IPAs whose accesses are forwarded to the host (QEMU virt's
 /// virtio-mmio window; the host emulates devices there).
 pub const HOST_MMIO: MemRegion = MemRegion {
-    base: 0x0a00_0000,
-    size: 0x4000,
+    base: hyp_abi::layout::HOST_MMIO_IPA,
+    size: hyp_abi::layout::HOST_MMIO_SIZE,
 };
 
 const HCR_VM: u64 = 1 << 0;
@@ -354,9 +354,9 @@ fn resample_devices(slot: usize, vg: &Vgic) {
 static VGIC: [RwLock<Option<Vgic>>; MAX_VMS] = [const { RwLock::new(None) }; MAX_VMS];
 
 /// Guest IPA of the virtual distributor (QEMU virt's layout).
-pub const VGICD_IPA: u64 = 0x0800_0000;
+pub use hyp_abi::layout::GICD_IPA as VGICD_IPA;
 /// Guest IPA of the first virtual redistributor.
-pub const VGICR_IPA: u64 = 0x080a_0000;
+pub use hyp_abi::layout::GICR_IPA as VGICR_IPA;
 
 /// Console output of the host (index 0) and each VM slot (slot + 1).
 static CONSOLES: [Mutex<uart_emul::VmConsole>; MAX_VMS + 1] =
@@ -1064,7 +1064,7 @@ fn new_vgic(vttbr: &mut Vttbr, g: &Phys, handle: u64, nr_vcpus: usize) -> Option
 }
 
 /// Guest IPA of the GICv2 CPU interface (QEMU virt's GICv2 layout).
-pub const VGICC_V2_IPA: u64 = 0x0801_0000;
+pub use hyp_abi::layout::GICC_V2_IPA as VGICC_V2_IPA;
 /// Size of the GIC-400's GICV frame (two 4 KiB pages).
 const GICV_SIZE: u64 = 0x2000;
 

@@ -16,23 +16,11 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-const GICD_CTLR: u64 = 0x000;
-const GICD_TYPER: u64 = 0x004;
-const GICD_IGROUPR: u64 = 0x080;
-const GICD_ISENABLER: u64 = 0x100;
-const GICD_ICENABLER: u64 = 0x180;
-const GICD_ICPENDR: u64 = 0x280;
-const GICD_ICACTIVER: u64 = 0x380;
-const GICD_IPRIORITYR: u64 = 0x400;
-const GICD_ITARGETSR: u64 = 0x800;
-const GICD_ICFGR: u64 = 0xc00;
-const GICD_SGIR: u64 = 0xf00;
-
-const GICC_CTLR: u64 = 0x00;
-const GICC_PMR: u64 = 0x04;
-const GICC_BPR: u64 = 0x08;
-const GICC_IAR: u64 = 0x0c;
-const GICC_EOIR: u64 = 0x10;
+use hw_regs::gic::{
+    GICC_BPR, GICC_CTLR, GICC_EOIR, GICC_IAR, GICC_PMR, GICD_CTLR, GICD_ICACTIVER, GICD_ICENABLER,
+    GICD_ICFGR, GICD_ICPENDR, GICD_IGROUPR, GICD_IPRIORITYR, GICD_ISENABLER, GICD_ITARGETSR,
+    GICD_SGIR, GICD_TYPER,
+};
 
 /// GICD_TYPER.SecurityExtn.
 const TYPER_SECURITY_EXTN: u32 = 1 << 10;

@@ -10,19 +10,13 @@
 //! 48 MHz (the firmware's `init_uart_clock` default on the Pi 4).
 //! QEMU's raspi4b models the same registers, so this runs there too.
 
+use hw_regs::pl011::{FR_BUSY, UARTCR, UARTFBRD, UARTFR, UARTIBRD, UARTICR, UARTLCR_H};
+
 /// GPIO block in the low-peripheral map (ARM physical 0xfe20_0000).
 const GPIO_BASE: u64 = 0xfe20_0000;
 const GPFSEL1: u64 = 0x04;
 const GPIO_PUP_PDN_CNTRL_REG0: u64 = 0xe4;
 
-const UARTFR: u64 = 0x18;
-const UARTIBRD: u64 = 0x24;
-const UARTFBRD: u64 = 0x28;
-const UARTLCR_H: u64 = 0x2c;
-const UARTCR: u64 = 0x30;
-const UARTICR: u64 = 0x44;
-
-const FR_BUSY: u32 = 1 << 3;
 /// 8 data bits, FIFOs on, 1 stop bit, no parity.
 const LCRH_8N1_FIFO: u32 = (0b11 << 5) | (1 << 4);
 /// UARTEN, TXE, RXE.

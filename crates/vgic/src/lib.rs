@@ -47,8 +47,8 @@
 //! decoding trapped offsets; its system-register writes go through `arm-sysregs` and would bypass
 //! `barriers`' pending-token discipline; and its `GicdCtlr` flags describe the Secure view of
 //! `GICD_CTLR` (ARE_S at bit 4, ARE_NS at bit 5), whereas our guests see the single-security-state
-//! view (DS = 1, ARE at bit 4). The offsets here are cross-checked against its register structs
-//! in this crate's tests instead.
+//! view (DS = 1, ARE at bit 4). The offsets come from `hw-regs`, whose tests cross-check them
+//! against its register structs instead.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -10,15 +10,25 @@
 
 use crate::dist::{State, NOT_LOADED, PRI_MASK};
 use crate::{KickMask, Version, Vgic, VgicError, NR_INTIDS};
+use hw_regs::gic::GICR_SGI_FRAME as SGI_FRAME;
+use hw_regs::gic::{
+    GICD_CLRSPI_NSR, GICD_CLRSPI_SR, GICD_CPENDSGIR, GICD_CTLR, GICD_ICACTIVER, GICD_ICENABLER,
+    GICD_ICFGR, GICD_ICPENDR, GICD_ID_V2, GICD_ID_V3, GICD_IGROUPR, GICD_IGRPMODR, GICD_IIDR,
+    GICD_IPRIORITYR, GICD_IROUTER, GICD_ISACTIVER, GICD_ISENABLER, GICD_ISPENDR, GICD_ITARGETSR,
+    GICD_NSACR, GICD_SETSPI_NSR, GICD_SETSPI_SR, GICD_SGIR, GICD_SPENDSGIR, GICD_STATUSR,
+    GICD_TYPER, GICD_TYPER2, GICR_CTLR, GICR_ICACTIVER0, GICR_ICENABLER0, GICR_ICFGR,
+    GICR_ICPENDR0, GICR_ID, GICR_IGROUPR0, GICR_IGRPMODR0, GICR_IIDR, GICR_IPRIORITYR,
+    GICR_ISACTIVER0, GICR_ISENABLER0, GICR_ISPENDR0, GICR_NSACR, GICR_PENDBASER, GICR_PROPBASER,
+    GICR_STATUSR, GICR_TYPER, GICR_WAKER,
+};
 
-/// GICv3 distributor region size (64 KiB).
-pub const DIST_SIZE_V3: u64 = 0x1_0000;
 /// GICv2 distributor region size (4 KiB).
-pub const DIST_SIZE_V2: u64 = 0x1000;
+pub use hw_regs::gic::GICD_SIZE_V2 as DIST_SIZE_V2;
+/// GICv3 distributor region size (64 KiB).
+pub use hw_regs::gic::GICD_SIZE_V3 as DIST_SIZE_V3;
 /// One GICv3 redistributor: RD frame + SGI frame (2 × 64 KiB, no VLPI frames). vCPU *n*'s
 /// redistributor is at `n * REDIST_FRAME_SIZE` in the redistributor region.
-pub const REDIST_FRAME_SIZE: u64 = 0x2_0000;
-const SGI_FRAME: u64 = 0x1_0000;
+pub use hw_regs::gic::GICR_STRIDE as REDIST_FRAME_SIZE;
 
 /// `GICD_IIDR` / `GICR_IIDR`: implementer Arm (JEP106 0x43B), product 0, revision 0.
 const IIDR: u64 = 0x43b;
@@ -61,13 +71,13 @@ impl BitReg {
     /// The family at `off` (0x80..0x400 in both GICD and the GICR SGI frame).
     fn at(off: u64) -> Option<Self> {
         Some(match off & !0x7f {
-            0x080 => BitReg::Group,
-            0x100 => BitReg::SetEnable,
-            0x180 => BitReg::ClearEnable,
-            0x200 => BitReg::SetPending,
-            0x280 => BitReg::ClearPending,
-            0x300 => BitReg::SetActive,
-            0x380 => BitReg::ClearActive,
+            GICD_IGROUPR => BitReg::Group,
+            GICD_ISENABLER => BitReg::SetEnable,
+            GICD_ICENABLER => BitReg::ClearEnable,
+            GICD_ISPENDR => BitReg::SetPending,
+            GICD_ICPENDR => BitReg::ClearPending,
+            GICD_ISACTIVER => BitReg::SetActive,
+            GICD_ICACTIVER => BitReg::ClearActive,
             _ => return None,
         })
     }
@@ -164,12 +174,17 @@ impl Vgic {
         // On v3 (ARE = 1) the distributor's registers for INTIDs 0..32 are RAZ/WI.
         let private_raz = |first: u64| v3 && first < 32;
         match off {
-            0x000 => self.gicd_ctlr(s, acc),
-            0x004 => acc.ro(self.gicd_typer()),
-            0x008 => acc.ro(IIDR),
+            GICD_CTLR => self.gicd_ctlr(s, acc),
+            GICD_TYPER => acc.ro(self.gicd_typer()),
+            GICD_IIDR => acc.ro(IIDR),
             // TYPER2, STATUSR; SETSPI/CLRSPI (no message-based SPIs: MBIS = 0).
-            0x00c | 0x010 | 0x040 | 0x048 | 0x050 | 0x058 if v3 => acc.raz_wi(),
-            0x080..0x400 => {
+            GICD_TYPER2 | GICD_STATUSR | GICD_SETSPI_NSR | GICD_CLRSPI_NSR | GICD_SETSPI_SR
+            | GICD_CLRSPI_SR
+                if v3 =>
+            {
+                acc.raz_wi()
+            }
+            GICD_IGROUPR..GICD_IPRIORITYR => {
                 acc.need(&[4])?;
                 let first = (off & 0x7f) * 8;
                 if private_raz(first) {
@@ -178,45 +193,46 @@ impl Vgic {
                 let op = BitReg::at(off).ok_or(VgicError::BadOffset)?;
                 Ok(self.bits(s, vcpu, first as u32, op, acc.write, kick))
             }
-            0x400..0x800 => {
+            GICD_IPRIORITYR..GICD_ITARGETSR => {
                 acc.need(&[1, 4])?;
-                if private_raz(off - 0x400) {
+                if private_raz(off - GICD_IPRIORITYR) {
                     return Ok(0);
                 }
-                Ok(self.priority(s, vcpu, (off - 0x400) as u32, acc, kick))
+                Ok(self.priority(s, vcpu, (off - GICD_IPRIORITYR) as u32, acc, kick))
             }
-            0x800..0xc00 if v3 => acc.need(&[1, 4]).map(|()| 0),
-            0x800..0xc00 => {
+            GICD_ITARGETSR..GICD_ICFGR if v3 => acc.need(&[1, 4]).map(|()| 0),
+            GICD_ITARGETSR..GICD_ICFGR => {
                 acc.need(&[1, 4])?;
-                Ok(self.itargets(s, vcpu, (off - 0x800) as u32, acc, kick))
+                Ok(self.itargets(s, vcpu, (off - GICD_ITARGETSR) as u32, acc, kick))
             }
-            0xc00..0xd00 => {
+            GICD_ICFGR..GICD_IGRPMODR => {
                 acc.need(&[4])?;
-                let first = (off - 0xc00) * 4;
+                let first = (off - GICD_ICFGR) * 4;
                 if private_raz(first) {
                     return Ok(0);
                 }
                 Ok(self.icfgr(s, vcpu, first as u32, acc.write))
             }
-            // IGRPMODR (v3, DS = 1), NSACR: RAZ/WI.
-            0xd00..0xd80 if v3 => acc.raz_wi(),
-            0xe00..0xf00 => acc.raz_wi(),
-            // SGIR, CPENDSGIR, SPENDSGIR: RES0 with ARE = 1.
-            0xf00 | 0xf10..0xf30 if v3 => acc.need(&[1, 4]).map(|()| 0),
-            0xf00 => {
+            // IGRPMODR (v3, DS = 1; 32 registers), NSACR: RAZ/WI.
+            GICD_IGRPMODR..0xd80 if v3 => acc.raz_wi(),
+            GICD_NSACR..GICD_SGIR => acc.raz_wi(),
+            // SGIR, CPENDSGIR, SPENDSGIR (4 registers each): RES0 with ARE = 1.
+            GICD_SGIR | GICD_CPENDSGIR..0xf30 if v3 => acc.need(&[1, 4]).map(|()| 0),
+            GICD_SGIR => {
                 acc.need(&[4])?;
                 if let Some(v) = acc.write {
                     *kick |= self.gicd_sgir(s, vcpu, v);
                 }
                 Ok(0)
             }
-            0xf10..0xf30 => {
+            GICD_CPENDSGIR..0xf30 => {
                 acc.need(&[1, 4])?;
                 Ok(self.sgi_pend(s, vcpu, off, acc, kick))
             }
-            0x6000..0x7fe0 if v3 => self.irouter(s, off - 0x6000, acc, kick),
-            0xffd0..0x1_0000 if v3 => acc.ro(self.id_reg(off - 0xffd0)),
-            0xfd0..0x1000 if !v3 => acc.ro(self.id_reg(off - 0xfd0)),
+            // IROUTER<0..1020>.
+            GICD_IROUTER..0x7fe0 if v3 => self.irouter(s, off - GICD_IROUTER, acc, kick),
+            GICD_ID_V3..DIST_SIZE_V3 if v3 => acc.ro(self.id_reg(off - GICD_ID_V3)),
+            GICD_ID_V2..DIST_SIZE_V2 if !v3 => acc.ro(self.id_reg(off - GICD_ID_V2)),
             _ => Err(VgicError::BadOffset),
         }
     }
@@ -408,7 +424,7 @@ impl Vgic {
 
     /// GICv2 `CPENDSGIR` (0xF10) / `SPENDSGIR` (0xF20): one byte per SGI, one bit per source.
     fn sgi_pend(&self, s: &mut State, vcpu: usize, off: u64, acc: Acc, kick: &mut KickMask) -> u64 {
-        let set = off >= 0xf20;
+        let set = off >= GICD_SPENDSGIR;
         let first = (off & 0xf) as u32;
         let all = self.all_vcpus();
         let mut value = 0;
@@ -470,18 +486,19 @@ impl Vgic {
     fn rd_frame(&self, s: &mut State, n: usize, off: u64, acc: Acc) -> Result<u64, VgicError> {
         match off {
             // CTLR (no LPIs: EnableLPIs RAZ/WI, RWP = 0), STATUSR.
-            0x00 | 0x10 => acc.raz_wi(),
-            0x04 => acc.ro(IIDR),
-            0x08 | 0x0c => {
-                acc.need(if off == 0x08 { &[4, 8] } else { &[4] })?;
+            GICR_CTLR | GICR_STATUSR => acc.raz_wi(),
+            GICR_IIDR => acc.ro(IIDR),
+            // TYPER, 64-bit or 32-bit halves (the upper at 0x0c).
+            GICR_TYPER | 0x0c => {
+                acc.need(if off == GICR_TYPER { &[4, 8] } else { &[4] })?;
                 let typer = self.gicr_typer(n);
                 Ok(if acc.size == 8 {
                     typer
                 } else {
-                    (typer >> ((off - 0x08) * 8)) & 0xffff_ffff
+                    (typer >> ((off - GICR_TYPER) * 8)) & 0xffff_ffff
                 })
             }
-            0x14 => {
+            GICR_WAKER => {
                 // WAKER: ProcessorSleep (bit 1) is writable; ChildrenAsleep (bit 2) follows it at
                 // once, so the guest's wake-up poll ends on its first read.
                 acc.need(&[4])?;
@@ -490,10 +507,10 @@ impl Vgic {
                 }
                 Ok(if s.asleep[n] { 0b110 } else { 0 })
             }
-            // PROPBASER, PENDBASER: no LPIs.
-            0x70 | 0x78 => acc.need(&[4, 8]).map(|()| 0),
+            // PROPBASER, PENDBASER (their upper halves at 0x74, 0x7c): no LPIs.
+            GICR_PROPBASER | GICR_PENDBASER => acc.need(&[4, 8]).map(|()| 0),
             0x74 | 0x7c => acc.raz_wi(),
-            0xffd0..0x1_0000 => acc.ro(self.id_reg(off - 0xffd0)),
+            GICR_ID..SGI_FRAME => acc.ro(self.id_reg(off - GICR_ID)),
             _ => Err(VgicError::BadOffset),
         }
     }
@@ -515,21 +532,24 @@ impl Vgic {
         kick: &mut KickMask,
     ) -> Result<u64, VgicError> {
         match off {
-            0x080 | 0x100 | 0x180 | 0x200 | 0x280 | 0x300 | 0x380 => {
+            GICR_IGROUPR0 | GICR_ISENABLER0 | GICR_ICENABLER0 | GICR_ISPENDR0 | GICR_ICPENDR0
+            | GICR_ISACTIVER0 | GICR_ICACTIVER0 => {
                 acc.need(&[4])?;
                 let op = BitReg::at(off).ok_or(VgicError::BadOffset)?;
                 Ok(self.bits(s, n, 0, op, acc.write, kick))
             }
-            0x400..0x420 => {
+            // IPRIORITYR0..7: INTIDs 0..32.
+            GICR_IPRIORITYR..0x420 => {
                 acc.need(&[1, 4])?;
-                Ok(self.priority(s, n, (off - 0x400) as u32, acc, kick))
+                Ok(self.priority(s, n, (off - GICR_IPRIORITYR) as u32, acc, kick))
             }
-            0xc00 | 0xc04 => {
+            // ICFGR0 (SGIs), ICFGR1 (PPIs).
+            GICR_ICFGR | 0xc04 => {
                 acc.need(&[4])?;
-                Ok(self.icfgr(s, n, ((off - 0xc00) * 4) as u32, acc.write))
+                Ok(self.icfgr(s, n, ((off - GICR_ICFGR) * 4) as u32, acc.write))
             }
             // IGRPMODR0, NSACR: RAZ/WI with DS = 1.
-            0xd00 | 0xe00 => acc.raz_wi(),
+            GICR_IGRPMODR0 | GICR_NSACR => acc.raz_wi(),
             _ => Err(VgicError::BadOffset),
         }
     }

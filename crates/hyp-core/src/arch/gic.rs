@@ -7,19 +7,25 @@
 //! GICv3 (QEMU virt): system-register CPU interface (ICC_*, through
 //! `barriers`), redistributor per CPU. Offsets: GICv3 architecture
 //! specification (IHI 0069) 12.9 (GICD_CTLR), 12.11 (GICR_WAKER, the SGI
-//! frame's IGROUPR0, ISENABLER0, IPRIORITYR).
+//! frame's IGROUPR0, ISENABLER0, IPRIORITYR); all from `hw_regs::gic`.
 //! GICv2 (GIC-400, Raspberry Pi 4): memory-mapped GICD/GICC; the board set
 //! up groups and the CPU interface (`PlatformOps::init_cpu_interrupts`).
 //! Offsets: GICv2 architecture specification (IHI 0048B) 4.3 and 4.4.
 //!
 //! The MMIO accesses are plain volatile accesses to device memory EL2 maps
 //! nGnRE; the `arm-gic` crate's driver would also write ICC registers
-//! directly, outside `barriers`, so only its layout knowledge is mirrored.
+//! directly, outside `barriers`, so only its layout knowledge is used (through
+//! `hw_regs`, whose tests check it against `arm-gic`).
 
 use crate::platform::GicLayout;
 use barriers::regs;
 use barriers::sync::{El2GicIf, GicSre, Includes};
 use barriers::{GuestPending, Synced};
+use hw_regs::gic::{
+    GICC_EOIR, GICC_IAR, GICD_CTLR, GICD_ICENABLER, GICD_IGROUPR, GICD_IPRIORITYR, GICD_IROUTER,
+    GICD_ISENABLER, GICD_ISPENDR, GICD_ITARGETSR, GICD_SGIR, GICR_ICENABLER0, GICR_IGROUPR0,
+    GICR_IPRIORITYR, GICR_ISENABLER0, GICR_SGI_FRAME, GICR_STRIDE, GICR_WAKER,
+};
 use spin::Once;
 
 /// INTID of the EL2 physical timer (CNTHP).
@@ -35,26 +41,6 @@ pub const KICK_SGI: u32 = 0;
 pub const SPURIOUS: u32 = 1023;
 
 const MINE: [u32; 4] = [HYP_TIMER_PPI, VTIMER_PPI, MAINTENANCE_PPI, KICK_SGI];
-
-const GICD_CTLR: u64 = 0x0;
-const GICD_IGROUPR: u64 = 0x080;
-const GICD_ISENABLER: u64 = 0x100;
-const GICD_ISPENDR: u64 = 0x200;
-const GICD_ITARGETSR: u64 = 0x800;
-const GICD_IROUTER: u64 = 0x6000;
-const GICD_ICENABLER: u64 = 0x180;
-const GICD_IPRIORITYR: u64 = 0x400;
-const GICD_SGIR: u64 = 0xf00;
-const GICC_IAR: u64 = 0x0c;
-const GICC_EOIR: u64 = 0x10;
-const GICR_WAKER: u64 = 0x14;
-const SGI_FRAME: u64 = 0x1_0000;
-const GICR_IGROUPR0: u64 = SGI_FRAME + 0x80;
-const GICR_ISENABLER0: u64 = SGI_FRAME + 0x100;
-const GICR_ICENABLER0: u64 = SGI_FRAME + 0x180;
-const GICR_IPRIORITYR: u64 = SGI_FRAME + 0x400;
-/// Each redistributor: RD and SGI frames, 64 KiB each.
-const GICR_STRIDE: u64 = 0x2_0000;
 
 fn write32(addr: u64, v: u32) {
     // SAFETY: `addr` is a GIC register EL2 maps as device memory (board
@@ -127,11 +113,12 @@ impl Phys {
                         "GIC redistributor of CPU {cpu} does not wake"
                     );
                 }
-                write32(rd + GICR_IGROUPR0, read32(rd + GICR_IGROUPR0) | mask);
+                let sgi = rd + GICR_SGI_FRAME;
+                write32(sgi + GICR_IGROUPR0, read32(sgi + GICR_IGROUPR0) | mask);
                 for i in MINE {
-                    write8(rd + GICR_IPRIORITYR + u64::from(i), 0x80);
+                    write8(sgi + GICR_IPRIORITYR + u64::from(i), 0x80);
                 }
-                write32(rd + GICR_ISENABLER0, mask);
+                write32(sgi + GICR_ISENABLER0, mask);
                 pending.add(regs::IccPmrEl1::write(sre, 0xff));
                 pending.add(regs::IccCtlrEl1::write(sre, 0));
                 pending.add(regs::IccIgrpen1El1::write(sre, 1));
@@ -194,9 +181,9 @@ impl Phys {
     pub fn ppi_enable(&self, cpu: usize, intid: u32, on: bool) {
         match *self {
             Phys::V3 { gicr, .. } => {
-                let rd = gicr + cpu as u64 * GICR_STRIDE;
+                let sgi = gicr + cpu as u64 * GICR_STRIDE + GICR_SGI_FRAME;
                 let reg = if on { GICR_ISENABLER0 } else { GICR_ICENABLER0 };
-                write32(rd + reg, 1 << intid);
+                write32(sgi + reg, 1 << intid);
             }
             Phys::V2 { gicd, .. } => {
                 let reg = if on { GICD_ISENABLER } else { GICD_ICENABLER };

@@ -1,0 +1,34 @@
+//! The guest physical (IPA) layout every VM sees, the host VM included: QEMU virt's addresses,
+//! on every board, so a guest built once runs anywhere. The hypervisor emulates or maps what is
+//! here; the host writes it into Linux guests' device trees; `guest-rt` programs are linked for
+//! it.
+//!
+//! | IPA                          | what                                            |
+//! |------------------------------|-------------------------------------------------|
+//! | [`GICD_IPA`]                 | virtual GIC distributor (v3: 64 KiB, v2: 4 KiB) |
+//! | [`GICC_V2_IPA`]              | GICv2: the GIC-400's GICV frame (8 KiB)          |
+//! | [`GICR_IPA`]                 | GICv3: virtual redistributors, one per vCPU      |
+//! | [`UART_IPA`]                 | the emulated PL011 (the hypervisor's console)    |
+//! | [`HOST_MMIO_IPA`]            | the host's MMIO window ([`HOST_MMIO_SIZE`]): every access exits to the host, which emulates its devices (virtio-mmio, the test device) |
+//! | [`RAM_IPA`] and up           | guest RAM                                        |
+
+/// The virtual GIC distributor (QEMU virt's GICD).
+pub const GICD_IPA: u64 = 0x0800_0000;
+/// GICv2: the CPU interface, where the hypervisor maps the GIC-400's GICV frame (QEMU virt's
+/// GICv2 GICC).
+pub const GICC_V2_IPA: u64 = 0x0801_0000;
+/// GICv3: the first virtual redistributor; vCPU *n*'s is `n` redistributor strides above.
+pub const GICR_IPA: u64 = 0x080a_0000;
+/// The emulated PL011 every VM (the host included) sees: QEMU virt's UART address.
+pub const UART_IPA: u64 = 0x0900_0000;
+/// Size of the emulated PL011's window (one 4 KiB page).
+pub const UART_SIZE: u64 = 0x1000;
+/// Start of the IPAs whose accesses are forwarded to the host (QEMU virt's virtio-mmio
+/// window): the host emulates its devices there (the demo's virtio-mmio transports, the test
+/// guests' test device at the start of the window).
+pub const HOST_MMIO_IPA: u64 = 0x0a00_0000;
+/// Size of the host's MMIO window.
+pub const HOST_MMIO_SIZE: u64 = 0x4000;
+/// Guest RAM lies at or above this IPA (guest-rt programs are linked here); below it is
+/// device space, as on QEMU virt.
+pub const RAM_IPA: u64 = 0x4000_0000;
