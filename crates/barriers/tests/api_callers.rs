@@ -6,7 +6,7 @@
 //! modules. A rule about an API nothing calls proves nothing about the hypervisor, so such a case
 //! fails here.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 /// The crates whose code runs at EL2.
 const PRODUCTION: &[&str] = &[
@@ -16,27 +16,6 @@ const PRODUCTION: &[&str] = &[
     "crates/platform-qemu/src",
     "crates/platform-rpi4/src",
 ];
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
 
 /// Production code of one file: everything before its `#[cfg(test)] mod ...` (test module),
 /// comments dropped.
@@ -54,11 +33,11 @@ fn production_code(text: &str) -> String {
 
 #[test]
 fn every_compile_rule_targets_an_api_with_a_production_caller() {
-    let root = root();
+    let root = common::workspace_root();
     let mut sources = Vec::new();
     for d in PRODUCTION {
         let mut files = Vec::new();
-        rust_files(&root.join(d), &mut files);
+        common::source_files(&root.join(d), &["rs"], &mut files);
         assert!(!files.is_empty(), "no sources under {d}");
         for f in files {
             let text = std::fs::read_to_string(&f).expect("read source");
@@ -67,8 +46,9 @@ fn every_compile_rule_targets_an_api_with_a_production_caller() {
     }
     let mut cases = Vec::new();
     for kind in ["fail", "pass"] {
-        rust_files(
+        common::source_files(
             &root.join("crates/barriers/tests/ui").join(kind),
+            &["rs"],
             &mut cases,
         );
     }

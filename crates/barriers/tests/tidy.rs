@@ -26,8 +26,9 @@
 //! string literal, a newline (real or `\n`), a `;` or a label. Not found: instructions hidden behind
 //! `.inst` encodings or assembler macros defined elsewhere.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 /// The mnemonics that need a marker.
 const MNEMONICS: &[&str] = &[
@@ -569,38 +570,11 @@ fn eret_without_speculation_barrier(stmts: &[Stmt]) -> Vec<usize> {
         .collect()
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if p.file_name().is_some_and(|n| n == "target" || n == ".git") {
-                continue;
-            }
-            walk(&p, out);
-        } else if p
-            .extension()
-            .is_some_and(|x| x == "rs" || x == "S" || x == "s")
-        {
-            out.push(p);
-        }
-    }
-}
-
 /// Audits every source file under `crates/` outside [`EXEMPT_DIRS`]: (file, audit) in path order.
 fn audit_workspace() -> Vec<(String, FileAudit)> {
-    let root = workspace_root();
+    let root = common::workspace_root();
     let mut files = Vec::new();
-    walk(&root.join("crates"), &mut files);
+    common::source_files(&root.join("crates"), &["rs", "S", "s"], &mut files);
     files.sort();
     assert!(
         !files.is_empty(),
