@@ -359,14 +359,9 @@ impl<'v> PtBatch<'v> {
                     .vttbr
                     .as_mut()
                     .expect("a stage-2 batch is opened with its VTTBR (PtBatch::stage2)");
-                let (synced_before, loaded_before) = (vttbr.is_synced(), vttbr.vmid());
-                let restore = vttbr.enter_vmid(*target);
-                if restore.is_some() {
-                    self.stats.vmid_switches += 1;
-                }
-                if restore.is_some() || !synced_before || loaded_before != vttbr_vmid(*target) {
-                    self.stats.isb += 1;
-                }
+                let (restore, isb) = vttbr.enter_vmid(*target);
+                self.stats.vmid_switches += u32::from(restore.is_some());
+                self.stats.isb += u32::from(isb);
                 if wide {
                     // 2.2 step 4: an old table (walk caches, R_ZYZYK) or more leaves than the
                     // limit: all stage-1 and stage-2 entries of the VMID.

@@ -50,21 +50,6 @@ impl core::fmt::Debug for Vttbr {
     }
 }
 
-/// Proof that VTTBR_EL2 holds a VMID and that the write was synchronised. Borrowed from the
-/// [`Vttbr`], so it cannot outlive a later load.
-#[derive(Debug)]
-pub struct VmidLoaded<'v> {
-    vmid: u16,
-    _v: PhantomData<&'v Vttbr>,
-}
-
-impl VmidLoaded<'_> {
-    /// The VMID.
-    pub fn vmid(&self) -> u16 {
-        self.vmid
-    }
-}
-
 impl Vttbr {
     /// Takes ownership of this CPU's VTTBR_EL2, which holds `value`.
     ///
@@ -148,43 +133,36 @@ impl Vttbr {
         Pending::new(SysReg::VttbrEl2, changed)
     }
 
-    /// A proof that the loaded VMID is synchronised, issuing the `ISB` only if it is not yet.
-    pub fn synced(&mut self) -> VmidLoaded<'_> {
-        if !self.synced {
-            // D24.1.2.2: the TLBI/AT that follows must see the new VMID.
-            emit::isb();
-            self.synced = true;
-        }
-        VmidLoaded {
-            vmid: self.vmid(),
-            _v: PhantomData,
-        }
-    }
-
     /// The entry ERET synchronises the loaded value (called by [`crate::enter_guest`]).
     #[inline]
     pub(crate) fn eret(&mut self) {
         self.synced = true;
     }
 
-    /// Makes VTTBR_EL2 hold `target` (a stage-2 root and VMID) for TLB maintenance and records the
-    /// VMID for the checker. Returns the value to restore, if it switched.
-    pub(crate) fn enter_vmid(&mut self, target: u64) -> Option<u64> {
-        let switched = if vttbr_vmid(target) == self.vmid() {
-            let _ = self.synced();
-            None
-        } else {
+    /// Makes VTTBR_EL2 hold `target` (a stage-2 root and VMID), synchronised, for TLB maintenance,
+    /// and records the VMID for the checker. Returns the value to restore if it switched, and
+    /// whether it issued an `ISB`.
+    pub(crate) fn enter_vmid(&mut self, target: u64) -> (Option<u64>, bool) {
+        let switch = vttbr_vmid(target) != self.vmid();
+        if switch {
             // SAFETY: `target` is the VTTBR of the batch's own stage 2 (a valid table for its
             // VMID); no lower EL runs before `exit_vmid` restores the old value.
             unsafe { emit::msr(SysReg::VttbrEl2, target) };
+        }
+        let isb = switch || !self.synced;
+        if isb {
             // D24.1.2.2 / KVM enter_vmid_context: the TLBIs that follow use the new VMID.
             emit::isb();
-            Some(self.value)
-        };
+        }
+        if !switch {
+            // The loaded value is synchronised now; after a switch `exit_vmid` restores it
+            // unsynchronised.
+            self.synced = true;
+        }
         emit::mark(Consumer::Stage2Edit {
             vmid: vttbr_vmid(target),
         });
-        switched
+        (switch.then_some(self.value), isb)
     }
 
     /// Restores what [`Self::enter_vmid`] switched from. Not synchronised here: the next guest
