@@ -23,8 +23,8 @@
 //! by its ERET or by the maintenance itself, and the trace checker (invariant 2) would report a
 //! redundant one.
 //!
-//! Proofs: [`VmidLoaded`] borrows the `Vttbr`, so a later [`Vttbr::load`] (which needs `&mut`)
-//! cannot happen while an earlier proof is alive: a stale VMID proof does not compile.
+//! A stage-2 batch borrows the `Vttbr` mutably, so no [`Vttbr::load`] (which needs `&mut`) can
+//! happen while a batch is open: its TLBIs cannot end up under another VMID.
 
 use crate::insn::{emit, Consumer, SysReg};
 use crate::regs::vttbr_vmid;
