@@ -15,7 +15,7 @@ fn panic_prints_location_and_fails() {
     q.expect_matching(
         "the panic line with its location",
         Duration::from_secs(60),
-        |l| l.starts_with("hyp: PANIC on CPU 0: panicked at crates/hyp-core/src/boot.rs:"),
+        |l| l.starts_with("hyp: PANIC on CPU 0: panicked at crates/hyp-core/src/boot/mod.rs:"),
     );
     q.expect_exact(
         "panic requested by hyp.selftest=panic",

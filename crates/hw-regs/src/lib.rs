@@ -4,7 +4,7 @@
 //!
 //! Users: the hypervisor's physical GIC and console (`hyp-core`), the Raspberry Pi 4's GIC-400
 //! and PL011 set-up (`platform-rpi4`), the emulated GIC (`vgic`) and UART (`hyp-core`'s
-//! `uart_emul`), and the guests' GIC driver (`guest-rt`).
+//! `vm::uart`), and the guests' GIC driver (`guest-rt`).
 //!
 //! Offsets are `u64`, the type of the physical addresses and trapped offsets they are added to;
 //! each module's `as_usize` holds the same offsets as `usize` for code that does pointer

@@ -2,35 +2,35 @@
 //! and the hypercall ABIs.
 //!
 //! Board crates (`platform-*`) enter [`boot::primary`] on the boot CPU and
-//! [`boot::secondary`] on the others, passing a [`platform::Platform`]. The
-//! decision logic — exit decoding ([`exit`], [`sysreg_trap`]), ID-register
-//! sanitisation ([`idregs`]), the SMCCC/PSCI/vendor ABI
-//! ([`hypercall`]), exception injection ([`inject`]), the emulated console
-//! ([`uart_emul`]) — is pure and tested on the host; the parts that touch
-//! the CPU live in `arch` and the modules built only for AArch64.
+//! [`boot::secondary`] on the others, passing a [`platform::Platform`].
+//! Modules, each depending only on those listed before it:
+//!
+//! - [`platform`]: the board description;
+//! - [`arch`]: everything that touches the CPU (registers, vectors, world
+//!   switch, the physical GIC, the console);
+//! - [`vcpu`]: a vCPU's context, FP switching, list registers, injection,
+//!   trap configuration;
+//! - [`vm`]: the control state (VMs, page ownership), per-VM state at EL2;
+//! - [`stats`]: exit counters;
+//! - [`calls`]: the SMCCC/PSCI/vendor ABI and the host control interface;
+//! - [`exit`]: decode, policy (pure) and effects of every exit;
+//! - `run`: the per-CPU run loop; `boot`: bring-up.
+//!
+//! Everything outside `run`, `boot` and the AArch64 halves of the others
+//! builds on the host, where it is tested.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod control;
+pub mod arch;
+pub mod calls;
 pub mod exit;
-pub mod hypercall;
-pub mod idregs;
-pub mod inject;
-pub mod pages;
 pub mod platform;
 pub mod stats;
-pub mod switch;
-pub mod sysreg_trap;
-pub mod uart_emul;
+pub mod vcpu;
+pub mod vm;
 
-#[cfg(target_arch = "aarch64")]
-pub mod arch;
 #[cfg(target_arch = "aarch64")]
 pub mod boot;
 #[cfg(target_arch = "aarch64")]
-pub mod console;
-#[cfg(target_arch = "aarch64")]
-pub mod idregs_emul;
-#[cfg(target_arch = "aarch64")]
-pub mod vm;
+pub mod run;

@@ -156,6 +156,31 @@ impl core::fmt::Debug for Platform {
     }
 }
 
+/// The board the hypervisor booted on, recorded once by `boot::primary`.
+static CURRENT: spin::Once<&'static Platform> = spin::Once::new();
+
+/// Records the board (boot CPU, once).
+pub fn set(p: &'static Platform) {
+    CURRENT.call_once(|| p);
+}
+
+/// The board, once recorded.
+pub fn get() -> Option<&'static Platform> {
+    CURRENT.get().copied()
+}
+
+/// Stops the machine reporting failure `code`.
+///
+/// # Panics
+///
+/// Before the board is recorded.
+pub fn fail_exit(code: u32) -> ! {
+    match get() {
+        Some(p) => p.ops.fail_exit(code),
+        None => panic!("fail_exit before boot"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

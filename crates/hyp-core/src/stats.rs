@@ -4,8 +4,8 @@
 //! MMU/cache changes and set/way operations, and host accesses the
 //! hypervisor refused (aborts injected into the host).
 
-use crate::control::MAX_VMS;
-use crate::exit::ExitReason;
+use crate::arch::esr::ExitReason;
+use crate::vm::control::MAX_VMS;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -10,9 +10,9 @@ use barriers::check::{check, report, summary, Summary};
 use barriers::sync::{uses, Cse, Synced, SCTLR_EL2_EOS_EIS};
 use barriers::vttbr::Vttbr;
 use barriers::{enter_guest, trace, GuestPending, Insn, SysReg};
-use hyp_core::control::{Control, PhysMem, RegionKind, FLAG_PROTECTED, GUEST_RAM_IPA_MIN};
+use hyp_core::arch::switch::{self, ContextRegs, CpuSync, El1Context, El2Regs};
 use hyp_core::platform::MemRegion;
-use hyp_core::switch::{self, ContextRegs, CpuSync, El1Context, El2Regs};
+use hyp_core::vm::control::{Control, PhysMem, RegionKind, FLAG_PROTECTED, GUEST_RAM_IPA_MIN};
 use s2mm::host::HostAlloc;
 
 const RAM: MemRegion = MemRegion {

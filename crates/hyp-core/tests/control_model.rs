@@ -27,13 +27,13 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hyp_core::control::{
+use hyp_core::calls::smccc as psci;
+use hyp_core::platform::MemRegion;
+use hyp_core::vm::control::{
     owner_of_slot, Control, HostError, HostResult, MmioWait, PhysMem, Power, Region, RegionKind,
     RunEnd, RunStart, VcpuMeta, VmStatus, GUEST_IPA_BITS, GUEST_RAM_IPA_MIN, MAX_PAGES_PER_CALL,
     MAX_REGIONS, MAX_VCPUS, MAX_VMS, PSCI_INVALID_ADDRESS,
 };
-use hyp_core::hypercall as psci;
-use hyp_core::platform::MemRegion;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestError, TestRunner};
 use s2mm::host::HostAlloc;

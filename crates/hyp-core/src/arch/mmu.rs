@@ -76,7 +76,7 @@ pub fn build(p: &Platform) {
     barriers::maint::clean_inval_to_poc(base, used * 4096);
 }
 
-pub use crate::switch::CpuSync;
+pub use crate::arch::switch::CpuSync;
 
 /// Sets up this CPU's EL2 context: HCR_EL2 (the guests' value, written once
 /// and never changed while at EL2), MMU and caches on, VBAR_EL2, TPIDR_EL2
@@ -93,7 +93,7 @@ pub unsafe fn cpu_on(hcr: u64, vectors: u64, tpidr: u64, gic_v3: bool) -> CpuSyn
     // SAFETY: `build` made TTBR0/TCR an identity map of RAM with
     // El2Format's MAIR; the rest is the caller's contract.
     unsafe {
-        crate::switch::el2_on(crate::switch::El2Regs {
+        crate::arch::switch::el2_on(crate::arch::switch::El2Regs {
             hcr,
             mair: El2Format::MAIR_EL2,
             tcr,

@@ -1,6 +1,6 @@
 //! The world switch: guest register files, the per-CPU block the vectors
 //! use, and the entry into `__guest_enter`. The register sequences around it
-//! (EL1 context, VTTBR/HCR/VMPIDR, FP traps) are in `crate::switch`; their
+//! (EL1 context, VTTBR/HCR/VMPIDR, FP traps) are in `crate::arch::switch`; their
 //! writes return guest-only tokens, which `barriers::enter_guest` consumes
 //! for the `eret` in `__guest_enter`, a context synchronisation event because
 //! SCTLR_EL2.EOS = 1 (checked at boot).
@@ -149,7 +149,7 @@ pub unsafe fn enter(
     (kind, cse)
 }
 
-pub use crate::switch::{El1Context, SCTLR_EL1_RESET};
+pub use crate::arch::switch::{El1Context, SCTLR_EL1_RESET};
 
 /// A vCPU's FP/SIMD registers. Layout fixed for `__fp_save`/`__fp_load`.
 #[repr(C, align(16))]

@@ -812,7 +812,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
 
     /// PSCI CPU_ON from a running vCPU of VM `handle`: returns the PSCI code.
     pub fn psci_cpu_on(&mut self, handle: u64, target: usize, entry: u64, ctx: u64) -> u64 {
-        use crate::hypercall as h;
+        use crate::calls::smccc as h;
         let Ok(vm) = self.vm_mut(handle) else {
             return h::INVALID_PARAMETERS;
         };
@@ -836,7 +836,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     pub fn psci_affinity_info(&self, handle: u64, target: usize) -> u64 {
         match self.vm(handle) {
             Ok(vm) if target < vm.nr_vcpus => self.vcpu_state(handle, target as u64).unwrap_or(1),
-            _ => crate::hypercall::INVALID_PARAMETERS,
+            _ => crate::calls::smccc::INVALID_PARAMETERS,
         }
     }
 

@@ -28,7 +28,7 @@
 //!
 //! Pure and table-driven; host-tested.
 
-use crate::exit::SysRegEnc;
+use crate::arch::esr::SysRegEnc;
 
 /// What happens to one 4-bit ID field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! which PSTATE the handler starts with. Pure, so it is tested on the host;
 //! the world switch applies the result to the vCPU's registers.
 
-use crate::exit::ec;
+use crate::arch::esr::ec;
 
 /// Exception kinds the hypervisor injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,14 +1,16 @@
 //! Bringing the hypervisor up on every CPU, and taking the system down.
 
+use crate::arch::console;
 use crate::arch::world_switch::{self, HostSave};
 use crate::arch::{mmu, sysreg};
 use crate::platform::{MemRegion, Platform};
-use crate::{console, stats, vm};
+use crate::stats;
+use crate::vcpu::traps::HCR_BASE;
+use crate::vm::{host as host_vcpus, state};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use spin::Once;
 
 /// Most physical CPUs the hypervisor drives.
-pub const MAX_CPUS: usize = vm::MAX_VCPUS;
+pub use crate::vcpu::MAX_CPUS;
 
 /// Per-CPU block; TPIDR_EL2 points at it. `host` must stay first: the
 /// vectors address it at offset 0 of TPIDR_EL2.
@@ -22,7 +24,6 @@ static mut PERCPU: [PerCpu; MAX_CPUS] = [const {
         host: HostSave::new(),
     }
 }; MAX_CPUS];
-static PLATFORM: Once<&'static Platform> = Once::new();
 static ONLINE: AtomicUsize = AtomicUsize::new(0);
 
 /// The hypervisor's own boot facts, from the device tree (or the board description):
@@ -114,7 +115,7 @@ fn percpu(cpu: usize) -> &'static mut HostSave {
 fn cpu_init(cpu: usize) -> (&'static mut HostSave, mmu::CpuSync) {
     let host = percpu(cpu);
     let tpidr = host as *mut HostSave as u64;
-    let p = PLATFORM.get().expect("platform recorded before CPU init");
+    let p = crate::platform::get().expect("platform recorded before CPU init");
     let v3 = matches!(p.gic, crate::platform::GicLayout::V3 { .. });
     // SAFETY: `host` is this CPU's block in a static; `mmu::build` ran on the
     // boot CPU before any CPU gets here.
@@ -135,7 +136,7 @@ fn cpu_init(cpu: usize) -> (&'static mut HostSave, mmu::CpuSync) {
 /// `secondary_entry` is the physical address secondaries start at.
 pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     console::init(p.uart_base);
-    PLATFORM.call_once(|| p);
+    crate::platform::set(p);
     log::info!("booting on {}", p.name);
     let el = (sysreg::current_el() >> 2) & 3;
     assert!(el == 2, "entered at EL{el}, the hypervisor needs EL2");
@@ -151,7 +152,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     };
     let fwb = want_fwb(&info);
     if fwb {
-        let hcr = vm::HCR_BASE | HCR_FWB;
+        let hcr = HCR_BASE | HCR_FWB;
         HCR.store(hcr, Ordering::Release);
         // SAFETY: adds FWB to the value written at bring-up; no stage-2
         // translation is live yet (no VM has run).
@@ -218,7 +219,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         Ok(b) => b,
         Err(e) => panic!("cannot load the host VM: {e}"),
     };
-    if let Err(e) = vm::init(host_ram, fwb, p.assignable) {
+    if let Err(e) = state::init(host_ram, fwb, p.assignable) {
         panic!("cannot set up the host's stage 2: {e}");
     }
     log::info!(
@@ -232,14 +233,14 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         .guest("host")
         .map(|h| h.entry)
         .unwrap_or(host_ram.base);
-    vm::start_host(0, host_entry, boot_info);
-    vm::run_cpu(0, cpus, host, &sync);
+    host_vcpus::start(0, host_entry, boot_info);
+    crate::run::run_cpu(0, cpus, host, &sync);
     shutdown(p)
 }
 
 static NR_CPUS: AtomicUsize = AtomicUsize::new(0);
 /// HCR_EL2 every CPU starts with (HCR_BASE, plus FWB when stage 2 uses it).
-static HCR: AtomicU64 = AtomicU64::new(vm::HCR_BASE);
+static HCR: AtomicU64 = AtomicU64::new(HCR_BASE);
 /// HCR_EL2.FWB: stage-2 attributes force write-back (FEAT_S2FWB).
 const HCR_FWB: u64 = 1 << 46;
 
@@ -364,7 +365,7 @@ fn load_host(
 
 /// A secondary CPU's path, entered from the board's assembly with the MMU off.
 pub fn secondary(cpu: usize) -> ! {
-    let Some(p) = PLATFORM.get() else {
+    let Some(p) = crate::platform::get() else {
         panic!("secondary CPU {cpu} started before the boot CPU set up");
     };
     let (host, sync) = cpu_init(cpu);
@@ -377,16 +378,8 @@ pub fn secondary(cpu: usize) -> ! {
         }
         sysreg::wfe();
     };
-    vm::run_cpu(cpu, cpus, host, &sync);
+    crate::run::run_cpu(cpu, cpus, host, &sync);
     shutdown(p)
-}
-
-/// Stops the machine reporting failure `code`.
-pub fn fail_exit(code: u32) -> ! {
-    match PLATFORM.get() {
-        Some(p) => p.ops.fail_exit(code),
-        None => panic!("fail_exit before boot"),
-    }
 }
 
 fn shutdown(p: &Platform) -> ! {
@@ -411,7 +404,7 @@ extern "C" fn hyp_el2_exception(kind: u64, frame: *const u64) {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mpidr = sysreg::mpidr_el1() & 0xff;
     console::emergency(format_args!("\r\nhyp: PANIC on CPU {mpidr}: {info}\r\n"));
-    if let Some(p) = PLATFORM.get() {
+    if let Some(p) = crate::platform::get() {
         p.ops.fail_exit(1);
     }
     loop {

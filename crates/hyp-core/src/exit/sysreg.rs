@@ -3,13 +3,13 @@
 //! EL1 MMU and fault registers), TSW (data-cache set/way operations) and
 //! the GICv3 SGI-generation registers.
 //!
-//! The ISS itself is decoded by [`crate::exit::decode_sysreg`] (op0, op2,
+//! The ISS itself is decoded by [`crate::arch::esr::decode_sysreg`] (op0, op2,
 //! op1, CRn, Rt, CRm, direction; Arm ARM D24.2.40 "ISS encoding for an
 //! exception from MSR, MRS, or System instruction execution in AArch64
 //! state"). Here only the encodings are named. Pure; host-tested.
 
-use crate::exit::{SysRegAccess, SysRegEnc};
-use crate::idregs;
+use crate::arch::esr::{SysRegAccess, SysRegEnc};
+use crate::exit::idregs;
 
 /// An EL1 register whose writes HCR_EL2.TVM traps (Arm ARM D24.2.x
 /// HCR_EL2.TVM; the FEAT_AIE/S1PIE/TCR2/SCTLR2 additions are not offered to
@@ -261,7 +261,7 @@ impl Default for TvmRearm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::{decode_sysreg, Esr};
+    use crate::arch::esr::{decode_sysreg, Esr};
 
     /// ESR_EL2 for a trapped access with this encoding, Rt and direction.
     fn esr(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64, rt: u64, read: bool) -> Esr {

@@ -1,0 +1,130 @@
+//! The host control interface at EL2: the host's calls in the range
+//! `hyp_abi::FID_BASE..=FID_LAST` (numbers and arguments in `hyp-abi`),
+//! checked against the control state (`vm::control`) and carried out.
+//! VCPU_RUN is the run loop's (`crate::run`): this module hands it back.
+
+use crate::arch::gic;
+use crate::stats;
+use crate::vcpu::ctx::{Cpu, VcpuCtx};
+use crate::vm::control::{self, HostError};
+use crate::vm::devices;
+use crate::vm::state::{self, control};
+use barriers::vttbr::Vttbr;
+
+/// What a host call leaves to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Answered (x0..x3 set): the host resumes.
+    Done,
+    /// VCPU_RUN with these arguments (handle, vCPU, flags, value).
+    RunVcpu([u64; 4]),
+    /// MACHINE_EXIT(0): the machine powers off.
+    SystemOff,
+}
+
+/// The code x0 carries for `e`.
+fn err(e: HostError) -> u64 {
+    e.code()
+}
+
+/// A host control call (fid in the host range).
+pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
+    let fid = host.regs.x[0] as u32;
+    let a = [
+        host.regs.x[1],
+        host.regs.x[2],
+        host.regs.x[3],
+        host.regs.x[4],
+    ];
+    let mut out = [0u64; 4];
+    out[0] = match fid {
+        hyp_abi::VM_CREATE => match create_vm(&mut c.vttbr, a[0], a[1]) {
+            Ok(h) => {
+                stats::reset(h as usize);
+                // Nothing a previous VM in this slot left unfinished.
+                *state::console(h as usize).lock() = crate::vm::uart::VmConsole::new();
+                // The vGIC: GICv3, or GICv2 with the GIC-400's GICV frame
+                // mapped as the guest's GICC (`new_vgic`).
+                *state::vgic(h as usize - 1).write() =
+                    gic::phys().and_then(|g| state::new_vgic(&mut c.vttbr, g, h, a[0] as usize));
+                h
+            }
+            Err(e) => err(e),
+        },
+        hyp_abi::DEVICE_ASSIGN => match devices::assign(&mut c.vttbr, a[0], a[1], a[2], a[3]) {
+            Ok(()) => 0,
+            Err(e) => err(e),
+        },
+        hyp_abi::VM_DESTROY => match control().lock().destroy(&mut c.vttbr, a[0]) {
+            Ok(n) => {
+                devices::unassign(a[0] as usize - 1);
+                *state::vgic(a[0] as usize - 1).write() = None;
+                n
+            }
+            Err(e) => err(e),
+        },
+        hyp_abi::MEM_DONATE | hyp_abi::MEM_LEND => {
+            let kind = if fid == hyp_abi::MEM_DONATE {
+                control::RegionKind::Donated
+            } else {
+                control::RegionKind::Lent
+            };
+            // x5: flags (bit 0: map at stage 2 on first touch).
+            let flags = host.regs.x[5];
+            if flags & !hyp_abi::MEM_FLAG_LAZY != 0 {
+                err(HostError::Invalid)
+            } else {
+                let lazy = flags & hyp_abi::MEM_FLAG_LAZY != 0;
+                match control()
+                    .lock()
+                    .give_with(&mut c.vttbr, a[0], a[1], a[2], a[3], kind, lazy)
+                {
+                    Ok(()) => {
+                        // The host may have written code there; the give's
+                        // map cleaned it to PoC (no FWB): now the I-caches.
+                        // A lazy give maps later (`map_on_demand`).
+                        if !lazy {
+                            barriers::maint::invalidate_icache_all_is();
+                        }
+                        0
+                    }
+                    Err(e) => err(e),
+                }
+            }
+        }
+        hyp_abi::VCPU_INIT => match control().lock().vcpu_init(a[0], a[1], a[2], a[3]) {
+            Ok(()) => 0,
+            Err(e) => err(e),
+        },
+        hyp_abi::VCPU_STATE => control().lock().vcpu_state(a[0], a[1]).unwrap_or_else(err),
+        hyp_abi::MMIO_COMPLETE => match control().lock().mmio_complete(a[0], a[1], a[2]) {
+            Ok(()) => 0,
+            Err(e) => err(e),
+        },
+        hyp_abi::STATS => {
+            if a[0] == 0 || control().lock().vm(a[0]).is_ok() {
+                stats::read(a[0] as usize, a[1]).unwrap_or(err(HostError::Invalid))
+            } else {
+                err(HostError::NoVm)
+            }
+        }
+        hyp_abi::VCPU_RUN => return Reply::RunVcpu(a),
+        hyp_abi::MACHINE_EXIT => {
+            if a[0] == 0 {
+                return Reply::SystemOff;
+            }
+            log::error!("host VM exits with status {}", a[0]);
+            log::info!("{}", stats::snapshot());
+            crate::platform::fail_exit(a[0] as u32)
+        }
+        _ => err(HostError::NotSupported),
+    };
+    host.regs.x[..4].copy_from_slice(&out);
+    Reply::Done
+}
+
+/// VM_CREATE's control half, releasing the control lock before the vGIC
+/// set-up takes it again.
+fn create_vm(vttbr: &mut Vttbr, vcpus: u64, flags: u64) -> Result<u64, HostError> {
+    control().lock().create(vttbr, vcpus, flags)
+}

@@ -1,0 +1,511 @@
+//! Exit effects: carries out what [`super::policy`] decided, and is the only
+//! part of exit handling that touches registers, locks and tables.
+//!
+//! [`sync_exit`] handles one synchronous exit of the host or a guest:
+//! counts it, decodes it, asks the policy, applies the [`Action`]. Where an
+//! effect can fail in a way the policy must hear about (a lazy mapping that
+//! finds nothing to map), the effect asks the policy again with
+//! [`policy::decide_unmapped`].
+
+use super::policy::{self, Action, Decision, Exit, Facts, Trap, VgicFrames};
+use crate::arch::esr::{Esr, ExitReason, MmioAccess};
+use crate::arch::gic;
+use crate::arch::sysreg;
+use crate::calls::smccc as call;
+use crate::exit::sysreg::{self as sysreg_policy, TvmRearm, VmReg};
+use crate::stats;
+use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
+use crate::vcpu::inject::{self, Injected};
+use crate::vcpu::traps::HCR_TVM;
+use crate::vcpu::{fp, Who};
+use crate::vm::control::{RunEnd, MAX_VMS};
+use crate::vm::{host as host_vcpus, state};
+use barriers::sync::{Cse, Synced};
+use barriers::{regs, GuestPending};
+use vgic::Vgic;
+
+/// What the run loop does after an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Re-enter the same context.
+    Resume,
+    /// Back to the host with this VCPU_RUN result (guests only).
+    ToHost(RunEnd, [u64; 4]),
+    /// The host asked to run a guest vCPU (VCPU_RUN's arguments: handle,
+    /// vCPU, flags, MMIO value).
+    RunVcpu([u64; 4]),
+    /// The machine powers off (host SYSTEM_OFF).
+    SystemOff,
+    /// The host vCPU turned itself off.
+    HostCpuOff,
+}
+
+/// The facts of the exiting context, asked lazily: the VM's entry in the
+/// control state is looked up only for the exits that need it.
+struct ContextFacts<'a> {
+    who: Who,
+    nr_cpus: usize,
+    vg: Option<&'a Vgic>,
+}
+
+impl ContextFacts<'_> {
+    /// `f` of the exiting VM's metadata (under the control lock).
+    fn vm<T>(&self, f: impl FnOnce(&crate::vm::control::VmMeta) -> T, none: T) -> T {
+        match self.who {
+            Who::Host => none,
+            Who::Guest { slot, .. } => state::control()
+                .lock()
+                .vm(slot as u64 + 1)
+                .map(f)
+                .unwrap_or(none),
+        }
+    }
+}
+
+impl Facts for ContextFacts<'_> {
+    fn who(&self) -> Who {
+        self.who
+    }
+    fn nr_vcpus(&self) -> usize {
+        match self.who {
+            Who::Host => self.nr_cpus,
+            Who::Guest { .. } => self.vm(|vm| vm.nr_vcpus, 0),
+        }
+    }
+    fn protected(&self) -> bool {
+        self.vm(|vm| vm.protected, false)
+    }
+    fn is_ram(&self, ipa: u64) -> bool {
+        // Unknown VM: refuse, as for RAM.
+        self.vm(|vm| vm.is_ram(ipa), true)
+    }
+    fn vgic(&self) -> Option<VgicFrames> {
+        self.vg.map(|vg| VgicFrames {
+            version: vg.version(),
+            nr_vcpus: vg.nr_vcpus(),
+        })
+    }
+}
+
+/// Reads the syndrome registers of the exit being handled.
+pub fn read_trap() -> Trap {
+    Trap {
+        esr: Esr(sysreg::esr_el2()),
+        far: sysreg::far_el2(),
+        hpfar: sysreg::hpfar_el2(),
+    }
+}
+
+/// Handles a synchronous exit of `who` (whose registers are in `ctx`, EL1
+/// state live on this CPU; `vg` its vGIC).
+pub fn sync_exit(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    pending: &mut GuestPending,
+    vg: Option<&Vgic>,
+    trap: Trap,
+) -> Next {
+    stats::record(who.stats_index(), ExitReason::from_ec(trap.esr.ec()));
+    let facts = ContextFacts {
+        who,
+        nr_cpus: c.nr_cpus,
+        vg,
+    };
+    let exit = policy::decode(&trap, &ctx.regs.x);
+    let d = policy::decide(&exit, &facts);
+    if let Action::MapOnDemand { ipa } = d.action {
+        if map_on_demand(c, who, ipa) {
+            return Next::Resume;
+        }
+        let d = policy::decide_unmapped(&exit, &facts);
+        return apply(c, who, ctx, pending, vg, &exit, d);
+    }
+    apply(c, who, ctx, pending, vg, &exit, d)
+}
+
+/// Carries out decision `d` about `exit`.
+fn apply(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    pending: &mut GuestPending,
+    vg: Option<&Vgic>,
+    exit: &Exit,
+    d: Decision,
+) -> Next {
+    ctx.regs.pc = ctx.regs.pc.wrapping_add(d.pc_step);
+    match d.action {
+        Action::Resume => {}
+        Action::Return(r) => ctx.regs.x[..4].copy_from_slice(&r),
+        Action::ReturnX0(r) => ctx.regs.x[0] = r,
+        Action::Load { rt, value } => ctx.regs.x[rt as usize] = value,
+        Action::Inject(what) => inject_into(c, ctx, what, pending),
+        Action::DenyHost(what) => {
+            stats::host_denied();
+            inject_into(c, ctx, what, pending);
+        }
+        // `sync_exit` tries the mapping before it gets here.
+        Action::MapOnDemand { .. } => {
+            let d = policy::decide_unmapped(
+                exit,
+                &ContextFacts {
+                    who,
+                    nr_cpus: c.nr_cpus,
+                    vg,
+                },
+            );
+            return apply(c, who, ctx, pending, vg, exit, d);
+        }
+        Action::Uart { off, access, value } => uart(c, who, ctx, off, access, value),
+        Action::Vgic {
+            region,
+            off,
+            access,
+            value,
+        } => {
+            if !vgic_mmio(c, who, ctx, pending, vg, (region, off), access, value) {
+                // The frame refused the access: an abort, taken at it.
+                ctx.regs.pc = ctx.regs.pc.wrapping_sub(d.pc_step);
+                let far = match *exit {
+                    Exit::DataAbort { far, .. } => far,
+                    _ => 0,
+                };
+                let write = access.write;
+                inject_into(c, ctx, Injected::DataAbort { far, write }, pending);
+            }
+        }
+        Action::AwaitMmio { access, record } => {
+            ctx.mmio = Some(access);
+            return Next::ToHost(RunEnd::AwaitMmio, record);
+        }
+        Action::ToHost(end, record) => {
+            if let Who::Guest { slot, vcpu } = who {
+                match end {
+                    RunEnd::SystemOff => {
+                        log::info!("VM {} vCPU {vcpu} requested SYSTEM_OFF", slot + 1)
+                    }
+                    RunEnd::SystemReset => {
+                        log::info!("VM {} vCPU {vcpu} requested SYSTEM_RESET", slot + 1);
+                    }
+                    _ => {}
+                }
+            }
+            return Next::ToHost(end, record);
+        }
+        Action::Wfi => {
+            if !vgic_wakes(c, who, ctx, vg, pending) {
+                return Next::ToHost(RunEnd::Runnable, [hyp_abi::exit::YIELD, 0, 0, 0]);
+            }
+        }
+        Action::Fp => {
+            let me = if who == Who::Host {
+                FpOwner::Host
+            } else {
+                FpOwner::Guest
+            };
+            fp::fp_trap(c, ctx, me);
+        }
+        Action::Sgi1r { value } => {
+            if let (Some(vg), Who::Guest { slot, vcpu }) = (vg, who) {
+                if let Ok(kick) = vg.sgi1r(vcpu, value) {
+                    // Kicks are asynchronous SGIs; the guest's entry ERET follows.
+                    state::kick_vcpus(c, slot, vcpu, kick, pending);
+                }
+            }
+        }
+        Action::IdRead { enc, rt } => {
+            ctx.regs.x[rt as usize] =
+                super::idregs::sanitise(enc, sysreg::read_id(enc.crm, enc.op2)).unwrap_or(0);
+        }
+        Action::SetWay => set_way_trap(c, who, ctx, pending),
+        Action::TvmWrite { reg, value } => tvm_write(c, who, ctx, reg, value, pending),
+        Action::CpuOn {
+            target,
+            entry,
+            context,
+        } => {
+            ctx.regs.x[0] = guest_vm(who, |ctl, h| ctl.psci_cpu_on(h, target, entry, context))
+                .unwrap_or(call::INVALID_PARAMETERS);
+        }
+        Action::AffinityInfo { target } => {
+            ctx.regs.x[0] = guest_vm(who, |ctl, h| ctl.psci_affinity_info(h, target))
+                .unwrap_or(call::INVALID_PARAMETERS);
+        }
+        Action::Share { ipa, share } => {
+            let done = guest_vm(who, |ctl, h| {
+                ctl.guest_share(&mut c.vttbr, h, ipa, share).is_ok()
+            });
+            ctx.regs.x[0] = if done == Some(true) {
+                call::SMCCC_RET_SUCCESS
+            } else {
+                call::SMCCC_RET_INVALID_PARAMETER
+            };
+        }
+        Action::HostCall => {
+            return match crate::calls::host::call(c, ctx) {
+                crate::calls::host::Reply::Done => Next::Resume,
+                crate::calls::host::Reply::RunVcpu(a) => Next::RunVcpu(a),
+                crate::calls::host::Reply::SystemOff => Next::SystemOff,
+            };
+        }
+        Action::HostCpuOn {
+            cpu,
+            entry,
+            context,
+        } => ctx.regs.x[0] = host_vcpus::cpu_on(cpu, entry, context),
+        Action::HostAffinityInfo { cpu } => ctx.regs.x[0] = host_vcpus::affinity_info(cpu),
+        Action::HostCpuOff => return Next::HostCpuOff,
+        Action::SystemOff => {
+            log::info!("host vCPU {} requested system power-off", c.idx);
+            return Next::SystemOff;
+        }
+    }
+    Next::Resume
+}
+
+/// `f` on the control state for the exiting guest's handle; `None` for the host.
+fn guest_vm<T>(who: Who, f: impl FnOnce(&mut state::Ctl, u64) -> T) -> Option<T> {
+    match who {
+        Who::Host => None,
+        Who::Guest { slot, .. } => Some(f(&mut state::control().lock(), slot as u64 + 1)),
+    }
+}
+
+/// A stage-2 translation fault in guest RAM: maps the page if it was given
+/// lazily (MEM_FLAG_LAZY) and returns true, so the access is retried.
+fn map_on_demand(c: &mut Cpu<'_>, who: Who, ipa: u64) -> bool {
+    let Who::Guest { slot, .. } = who else {
+        return false;
+    };
+    let mapped = state::control()
+        .lock()
+        .map_on_demand(&mut c.vttbr, slot as u64 + 1, ipa)
+        .is_ok();
+    if mapped {
+        // The page may hold code the host wrote; the map cleaned it to PoC
+        // (no FWB): invalidate the I-caches before the guest fetches from it.
+        barriers::maint::invalidate_icache_all_is();
+    }
+    mapped
+}
+
+/// An access to the emulated PL011: output goes to the context's console
+/// line buffer, reads see an always-ready transmitter.
+fn uart(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, off: u64, access: MmioAccess, value: u64) {
+    use crate::vm::uart as emul;
+    if access.write {
+        if let Some(b) = emul::write(off, value) {
+            let vcpu = match who {
+                Who::Host => c.idx,
+                Who::Guest { vcpu, .. } => vcpu,
+            };
+            let mut console = state::console(who.stats_index()).lock();
+            if let Some(line) = console.push(vcpu, b) {
+                crate::arch::console::guest_line(line);
+            }
+        }
+    } else if access.reg != 31 {
+        ctx.regs.x[access.reg as usize] = access.load_result(emul::read(off));
+    }
+}
+
+/// A guest's access to the virtual distributor or a redistributor; false
+/// when the frame refuses it.
+#[allow(clippy::too_many_arguments)]
+fn vgic_mmio(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    pending: &mut GuestPending,
+    vg: Option<&Vgic>,
+    (region, off): (vgic::Region, u64),
+    access: MmioAccess,
+    value: u64,
+) -> bool {
+    let (Some(vg), Who::Guest { slot, vcpu }) = (vg, who) else {
+        return false;
+    };
+    let write = access.write.then_some(value);
+    match vg.mmio(vcpu, region, off, access.size.bytes() as u8, write) {
+        Ok(out) => {
+            if !access.write && access.reg != 31 {
+                ctx.regs.x[access.reg as usize] = access.load_result(out.value);
+            }
+            state::kick_vcpus(c, slot, vcpu, out.kick, pending);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether a WFI should complete at once because the vCPU has a virtual
+/// interrupt to take.
+fn vgic_wakes(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    vg: Option<&Vgic>,
+    pending: &mut GuestPending,
+) -> bool {
+    let (Some(vg), Who::Guest { vcpu, .. }) = (vg, who) else {
+        return false;
+    };
+    let Some(mut lrs) = crate::vcpu::gic::Lrs::new(c.sync, pending) else {
+        return false;
+    };
+    let pmr = ctx.vif.priority_mask(vg.version(), &mut lrs);
+    vg.has_pending(vcpu, pmr)
+}
+
+/// Per VM: vCPUs whose TVM trap a set/way operation of another vCPU
+/// re-armed ([`cache_traps_before_entry`] applies it).
+static TVM_REARM: [TvmRearm; MAX_VMS] = [const { TvmRearm::new() }; MAX_VMS];
+
+/// Sets the vCPU's HCR_EL2 TVM bit as `tvm` says; writes HCR_EL2 if it changed.
+fn set_tvm(ctx: &mut VcpuCtx, tvm: bool, pending: &mut GuestPending) {
+    let hcr = if tvm {
+        ctx.hcr | HCR_TVM
+    } else {
+        ctx.hcr & !HCR_TVM
+    };
+    if hcr != ctx.hcr {
+        ctx.hcr = hcr;
+        // SAFETY: changes a trap only this module relies on.
+        pending.add(unsafe { regs::HcrEl2::write_traps_only(hcr) });
+    }
+}
+
+/// Before entering a guest vCPU: sets its TVM trap again if another vCPU's
+/// set/way operation asked for it ([`set_way_trap`]).
+pub fn cache_traps_before_entry(who: Who, ctx: &mut VcpuCtx, pending: &mut GuestPending) {
+    if let Who::Guest { slot, vcpu } = who {
+        if TVM_REARM[slot].take(vcpu) {
+            set_tvm(ctx, true, pending);
+        }
+    }
+}
+
+/// A data-cache set/way operation trapped by HCR_EL2.TSW
+/// ([`sysreg_policy::set_way`]): while the vCPU's TVM is clear, a
+/// VM-wide clean+invalidate, and TVM set again on this vCPU and on every
+/// other vCPU of the VM (those running on other CPUs are kicked, so they
+/// take it at their next entry, which the kick forces; a vCPU that toggles
+/// its caches before the kick lands is not trapped), so the next MMU/cache
+/// toggle of any vCPU is seen and flushes again.
+fn set_way_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut GuestPending) {
+    let Who::Guest { slot, vcpu } = who else {
+        return;
+    };
+    let t = sysreg_policy::set_way(ctx.hcr & HCR_TVM != 0);
+    if t.flush_vm {
+        state::flush_vm(slot);
+        stats::cache_flush(slot + 1);
+    }
+    set_tvm(ctx, t.tvm, pending);
+    if t.rearm_others {
+        let asked = TVM_REARM[slot].request(vcpu);
+        state::kick_vcpus(c, slot, vcpu, asked, pending);
+        log::info!(
+            "VM {}: vCPU {vcpu} did a set/way operation: VM-wide clean+invalidate, TVM re-armed on every vCPU",
+            slot + 1
+        );
+    }
+}
+
+/// A write trapped by HCR_EL2.TVM: performs it on the vCPU's behalf. For
+/// SCTLR_EL1 ([`sysreg_policy::sctlr_write`]): when "MMU and data
+/// cache on" changes, cleans and invalidates all of the VM's memory to PoC
+/// (by VA, through EL2's identity map) so no vCPU sees stale lines for
+/// data written with its caches off; once its MMU and caches are on, the
+/// vCPU's TVM trap is dropped.
+fn tvm_write(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    r: VmReg,
+    val: u64,
+    pending: &mut GuestPending,
+) {
+    use sysreg_policy::VmReg;
+    let h = &c.sync.hcr;
+    match r {
+        VmReg::Sctlr => {
+            let old = regs::SctlrEl1::read(h);
+            pending.add(regs::SctlrEl1::write(h, val));
+            let t = sysreg_policy::sctlr_write(old, val, ctx.hcr & HCR_TVM != 0);
+            if t.flush_vm {
+                if let Who::Guest { slot, vcpu } = who {
+                    state::flush_vm(slot);
+                    stats::cache_flush(slot + 1);
+                    let how = if sysreg_policy::caches_on(val) {
+                        "turned its caches on"
+                    } else {
+                        "turned its caches off"
+                    };
+                    log::info!(
+                        "VM {}: vCPU {vcpu} {how}: VM-wide clean+invalidate",
+                        slot + 1
+                    );
+                }
+            }
+            set_tvm(ctx, t.tvm, pending);
+        }
+        VmReg::Ttbr0 => pending.add(regs::Ttbr0El1::write(h, val)),
+        VmReg::Ttbr1 => pending.add(regs::Ttbr1El1::write(h, val)),
+        VmReg::Tcr => pending.add(regs::TcrEl1::write(h, val)),
+        VmReg::Afsr0 => pending.add(regs::Afsr0El1::write(h, val)),
+        VmReg::Afsr1 => pending.add(regs::Afsr1El1::write(h, val)),
+        VmReg::Esr => pending.add(regs::EsrEl1::write(h, val)),
+        VmReg::Far => pending.add(regs::FarEl1::write(h, val)),
+        VmReg::Mair => pending.add(regs::MairEl1::write(h, val)),
+        VmReg::Amair => pending.add(regs::AmairEl1::write(h, val)),
+        VmReg::Contextidr => pending.add(regs::ContextidrEl1::write(h, val)),
+    }
+}
+
+/// Injects `what` into the vCPU's EL1 (its EL1 registers are live on this CPU).
+fn inject_into(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, what: Injected, pending: &mut GuestPending) {
+    let e2h = &c.sync.hcr;
+    let vbar = regs::VbarEl1::read(e2h);
+    let i = inject::inject(what, ctx.regs.pc, ctx.regs.pstate, vbar);
+    pending.add(regs::EsrEl1::write(e2h, i.esr_el1));
+    if let Some(far) = i.far_el1 {
+        pending.add(regs::FarEl1::write(e2h, far));
+    }
+    pending.add(regs::ElrEl1::write(e2h, i.elr_el1));
+    pending.add(regs::SpsrEl1::write(e2h, i.spsr_el1));
+    ctx.regs.pc = i.pc;
+    ctx.regs.pstate = i.pstate;
+}
+
+/// Handles a physical interrupt taken at EL2; true when it was the end of
+/// the running guest's time slice.
+pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPending) -> bool {
+    let Some(g) = gic::phys() else {
+        return false;
+    };
+    let raw = g.ack(c.sync.gic.as_ref(), exit);
+    let intid = g.intid(raw);
+    if intid == gic::SPURIOUS {
+        return false;
+    }
+    let slice = intid == gic::HYP_TIMER_PPI;
+    match intid {
+        gic::HYP_TIMER_PPI => gic::stop_slice(pending),
+        gic::VTIMER_PPI => {
+            // The running vCPU's virtual timer fired: mask the physical
+            // PPI until the guest has dealt with it (its level is sampled
+            // into the vGIC before each entry).
+            g.ppi_enable(c.idx, intid, false);
+            c.vtimer_masked = true;
+        }
+        // Maintenance (the vGIC re-syncs after every exit) and kicks (the
+        // exit itself was the point).
+        gic::MAINTENANCE_PPI | gic::KICK_SGI => {}
+        _ if intid >= 32 && crate::vm::devices::forward_irq(c, intid, pending) => {}
+        _ => log::warn!("CPU {}: unexpected physical interrupt {intid}", c.idx),
+    }
+    g.eoi(raw, c.sync.gic.as_ref(), exit, pending);
+    slice
+}

@@ -1,0 +1,141 @@
+//! The fast path, run from the lower-EL synchronous vector while a guest
+//! runs: exits answered without the full world switch (stateless SMCCC
+//! calls, vGIC reads that change no interrupt state).
+
+use crate::arch::esr::{self, DataAbort, Esr, ExitReason};
+use crate::arch::sysreg;
+use crate::arch::world_switch::{GuestRegs, HostSave};
+use crate::calls::smccc::{self as call, Hypercall};
+use crate::exit::effects::read_trap;
+use crate::exit::policy::{Trap, VgicFrames};
+use crate::stats;
+use crate::vcpu::Who;
+use hyp_abi::layout::{GICD_IPA, GICR_IPA};
+use vgic::Vgic;
+
+/// What the vector's fast path needs about the guest running on this CPU
+/// (`HostSave::fast` points at it while the guest runs).
+pub struct FastCtx<'a> {
+    /// The guest vCPU running.
+    pub who: Who,
+    /// Its VM's vGIC.
+    pub vg: Option<&'a Vgic>,
+}
+
+/// Called by the lower-EL synchronous vector (`__fast_sync` in
+/// `arch/vectors.rs`) while a guest runs, on the hypervisor stack, with the
+/// guest's x0..x18, x30 and PC in its register file and x19..x29 still in
+/// their registers. True: answered, the vector returns to the guest with the
+/// register file's x0..x18, x30 and PC. False: nothing changed, the vector
+/// takes the full exit.
+#[unsafe(no_mangle)]
+extern "C" fn hyp_fast_sync(save: *mut HostSave) -> bool {
+    // A cheap first look, so exits that cannot be fast (MMIO for the host,
+    // stage-2 faults, WFI, ...) pay little before their full exit: HVC/SMC,
+    // or a data abort in the vGIC's frames (the redistributor region at its
+    // largest; `VgicFrames::region` checks exactly).
+    let esr = Esr(sysreg::esr_el2());
+    let maybe = match ExitReason::from_ec(esr.ec()) {
+        ExitReason::Hvc | ExitReason::Smc => true,
+        ExitReason::DataAbort => {
+            let ipa = esr::fault_ipa(sysreg::hpfar_el2(), 0);
+            let end = GICR_IPA + vgic::MAX_VCPUS as u64 * vgic::REDIST_FRAME_SIZE;
+            (GICD_IPA..end).contains(&ipa)
+        }
+        _ => false,
+    };
+    maybe && fast_sync(save)
+}
+
+/// [`hyp_fast_sync`] past its first look. It reads the syndrome registers
+/// again rather than taking them from the caller: passing a `Trap` measured 8
+/// instructions more per fast exit (it goes through the stack).
+#[inline(never)]
+fn fast_sync(save: *mut HostSave) -> bool {
+    // SAFETY: the vector passes this CPU's HostSave (TPIDR_EL2). `fast` is
+    // null or points at the `FastCtx` of `guest_loop`, which is suspended in
+    // `world_switch::enter` for this guest's run and keeps it (and the vGIC
+    // read guard it borrows) alive; `guest` points at that vCPU's register
+    // file, which nothing else touches during the run.
+    let (fast, regs) = unsafe {
+        let save = &*save;
+        let Some(fast) = save.fast().cast::<FastCtx<'_>>().as_ref() else {
+            return false;
+        };
+        (fast, &mut *save.guest_regs())
+    };
+    fast_exit(fast.who, regs, fast.vg, read_trap())
+}
+
+/// The fast path, run from the vector (`hyp_fast_sync`): exits answered
+/// without touching the vGIC's list registers, the control lock or any
+/// system register, so the guest is re-entered at once: stateless
+/// SMCCC/PSCI/vendor calls (VERSION, FEATURES, the KVM UID, ...) and reads of
+/// the virtual distributor or redistributors (which change no interrupt
+/// state). `regs` holds x0..x18, x30 and the PC only. Everything else (and
+/// every error) returns false with `regs` unchanged and takes the full path
+/// in `effects::sync_exit`. Counted like any exit.
+fn fast_exit(who: Who, regs: &mut GuestRegs, vg: Option<&Vgic>, trap: Trap) -> bool {
+    let esr = trap.esr;
+    let reason = ExitReason::from_ec(esr.ec());
+    match reason {
+        ExitReason::Hvc | ExitReason::Smc => {
+            let x = [regs.x[0], regs.x[1], regs.x[2], regs.x[3]];
+            let call = call::decode(x);
+            // KVM_FEATURES depends on the VM (protected or not): full path.
+            if call == Hypercall::VendorFeatures {
+                return false;
+            }
+            let Some(r) = call::stateless_answer(call) else {
+                return false;
+            };
+            if reason == ExitReason::Smc {
+                // A trapped SMC's preferred return address is the SMC itself.
+                regs.pc += 4;
+            }
+            regs.x[..4].copy_from_slice(&r);
+        }
+        ExitReason::DataAbort => {
+            let (Some(vg), Who::Guest { vcpu, .. }) = (vg, who) else {
+                return false;
+            };
+            let DataAbort::Mmio(m) = esr::decode_data_abort(trap.esr, trap.hpfar, trap.far) else {
+                return false;
+            };
+            // x19..x29 are not in `regs` on this path.
+            if m.write || (19..=29).contains(&m.reg) {
+                return false;
+            }
+            let frames = VgicFrames {
+                version: vg.version(),
+                nr_vcpus: vg.nr_vcpus(),
+            };
+            let Some((region, off)) = frames.region(m.ipa) else {
+                return false;
+            };
+            // Pending and active state may sit in the list registers until
+            // the next sync: those reads take the full path.
+            let lr_state = match region {
+                vgic::Region::Dist => {
+                    (0x200..0x400).contains(&off) || (0xf10..0xf30).contains(&off)
+                }
+                vgic::Region::Redist => {
+                    (0x1_0200..0x1_0400).contains(&(off % vgic::REDIST_FRAME_SIZE))
+                }
+            };
+            if lr_state {
+                return false;
+            }
+            let Ok(out) = vg.mmio(vcpu, region, off, m.size.bytes() as u8, None) else {
+                return false;
+            };
+            if m.reg != 31 {
+                regs.x[m.reg as usize] = m.load_result(out.value);
+            }
+            regs.pc += 4;
+        }
+        _ => return false,
+    }
+    stats::record(who.stats_index(), reason);
+    true
+}

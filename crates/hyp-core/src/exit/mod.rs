@@ -1,0 +1,15 @@
+//! Exits: every synchronous exit goes through [`policy::decode`] (syndrome
+//! and registers to an [`policy::Exit`]), [`policy::decide`] (pure: exit
+//! and facts to an [`policy::Action`]) and `effects` (AArch64: the only
+//! part that touches registers). `fast` answers the cheapest exits from the
+//! vector itself; `sysreg` and `idregs` are the pure rules for trapped
+//! system registers.
+
+pub mod idregs;
+pub mod policy;
+pub mod sysreg;
+
+#[cfg(target_arch = "aarch64")]
+pub mod effects;
+#[cfg(target_arch = "aarch64")]
+pub mod fast;

@@ -1,0 +1,610 @@
+//! Exit policy: what a synchronous exit means and what to do about it.
+//!
+//! Three steps handle every synchronous exit: [`decode`] turns the syndrome
+//! registers and the vCPU's general-purpose registers into an [`Exit`];
+//! [`decide`] turns that `Exit` and the facts about the exiting context
+//! ([`Facts`]) into a [`Decision`]; `exit::effects` (AArch64 only) carries it
+//! out, and is the only step that touches registers, locks or tables. The
+//! first two are pure and tested row by row on the host
+//! (`tests/exit_policy.rs`).
+
+use crate::arch::esr::{self, DataAbort, Esr, MmioAccess, SysRegAccess};
+use crate::calls::smccc::{self as call, Hypercall};
+use crate::exit::sysreg::{self, TrappedSysReg, VmReg};
+use crate::vcpu::inject::Injected;
+use crate::vcpu::Who;
+use crate::vm::control::RunEnd;
+use crate::vm::uart;
+use hyp_abi::exit as run_exit;
+use hyp_abi::layout;
+
+/// The syndrome registers of a synchronous exit (ESR_EL2, FAR_EL2,
+/// HPFAR_EL2), read once per exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trap {
+    /// ESR_EL2.
+    pub esr: Esr,
+    /// FAR_EL2.
+    pub far: u64,
+    /// HPFAR_EL2.
+    pub hpfar: u64,
+}
+
+impl Trap {
+    /// The faulting IPA of a stage-2 abort.
+    #[must_use]
+    pub const fn ipa(&self) -> u64 {
+        esr::fault_ipa(self.hpfar, self.far)
+    }
+}
+
+/// A synchronous exit, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// HVC, or an SMC trapped by HCR_EL2.TSC, with x0..x3.
+    Call {
+        /// Trapped SMC (its preferred return address is the SMC itself).
+        smc: bool,
+        /// x0..x3.
+        x: [u64; 4],
+    },
+    /// A stage-2 data abort.
+    DataAbort {
+        /// The access, as the syndrome describes it.
+        abort: DataAbort,
+        /// FAR_EL2: the faulting virtual address.
+        far: u64,
+        /// WnR as the syndrome reports it (meaningful whatever ISV says).
+        write: bool,
+        /// A translation fault (DFSC 0b0001xx): nothing is mapped there.
+        translation: bool,
+        /// For a syndrome-valid write, the register's value (XZR: 0).
+        value: u64,
+    },
+    /// A stage-2 instruction abort.
+    InstAbort {
+        /// FAR_EL2.
+        far: u64,
+        /// Faulting IPA.
+        ipa: u64,
+        /// A translation fault (IFSC 0b0001xx).
+        translation: bool,
+    },
+    /// WFI (`wfe`: false) or WFE (true), trapped by HCR_EL2.TWI/TWE.
+    Wfx {
+        /// WFE rather than WFI.
+        wfe: bool,
+    },
+    /// First FP/SIMD use while CPTR_EL2.TFP traps it.
+    Fp,
+    /// A trapped MSR/MRS or system instruction.
+    SysReg {
+        /// The access.
+        access: SysRegAccess,
+        /// For a write, the register's value (XZR: 0).
+        value: u64,
+    },
+    /// Any other exception class (injected as UNDEFINED).
+    Unknown,
+}
+
+/// DFSC/IFSC 0b0001xx: a translation fault at level xx.
+const fn is_translation_fault(esr: Esr) -> bool {
+    esr.iss() & 0x3c == 0x04
+}
+
+/// Decodes a synchronous exit from its syndrome and the vCPU's x0..x30.
+#[must_use]
+pub fn decode(trap: &Trap, x: &[u64; 31]) -> Exit {
+    let reg = |r: u8| if r == 31 { 0 } else { x[r as usize] };
+    let esr = trap.esr;
+    match esr.ec() {
+        esr::ec::HVC64 | esr::ec::SMC64 => Exit::Call {
+            smc: esr.ec() == esr::ec::SMC64,
+            x: [x[0], x[1], x[2], x[3]],
+        },
+        esr::ec::DABT_LOW => {
+            let abort = esr::decode_data_abort(esr, trap.hpfar, trap.far);
+            let value = match abort {
+                DataAbort::Mmio(m) if m.write => reg(m.reg),
+                _ => 0,
+            };
+            Exit::DataAbort {
+                abort,
+                far: trap.far,
+                write: esr.iss() & (1 << 6) != 0,
+                translation: is_translation_fault(esr),
+                value,
+            }
+        }
+        esr::ec::IABT_LOW => Exit::InstAbort {
+            far: trap.far,
+            ipa: trap.ipa(),
+            translation: is_translation_fault(esr),
+        },
+        esr::ec::WFX => Exit::Wfx {
+            wfe: esr.iss() & 1 != 0,
+        },
+        esr::ec::FP_ASIMD => Exit::Fp,
+        esr::ec::SYS64 => {
+            let access = esr::decode_sysreg(esr);
+            let value = if access.read { 0 } else { reg(access.reg) };
+            Exit::SysReg { access, value }
+        }
+        _ => Exit::Unknown,
+    }
+}
+
+/// The virtual GIC a guest has, as far as the policy needs it: which frames
+/// it decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VgicFrames {
+    /// GICv3 (distributor + one redistributor per vCPU) or GICv2
+    /// (distributor; the CPU interface is the hardware's GICV frame).
+    pub version: vgic::Version,
+    /// vCPUs, one redistributor frame each (GICv3).
+    pub nr_vcpus: usize,
+}
+
+impl VgicFrames {
+    /// Which frame `ipa` falls in, and the offset in it.
+    #[must_use]
+    pub fn region(&self, ipa: u64) -> Option<(vgic::Region, u64)> {
+        let (dist_size, redist_end) = match self.version {
+            vgic::Version::V3 => (
+                vgic::DIST_SIZE_V3,
+                layout::GICR_IPA + self.nr_vcpus as u64 * vgic::REDIST_FRAME_SIZE,
+            ),
+            vgic::Version::V2 => (vgic::DIST_SIZE_V2, layout::GICR_IPA),
+        };
+        if (layout::GICD_IPA..layout::GICD_IPA + dist_size).contains(&ipa) {
+            Some((vgic::Region::Dist, ipa - layout::GICD_IPA))
+        } else if (layout::GICR_IPA..redist_end).contains(&ipa) {
+            Some((vgic::Region::Redist, ipa - layout::GICR_IPA))
+        } else {
+            None
+        }
+    }
+}
+
+/// What the policy may ask about the exiting context. Each answer may cost
+/// a lock, so the policy asks only for what the exit at hand needs.
+pub trait Facts {
+    /// Whose exit this is.
+    fn who(&self) -> Who;
+    /// How many vCPUs a PSCI target may name: the VM's vCPUs, or for the
+    /// host the physical CPUs.
+    fn nr_vcpus(&self) -> usize;
+    /// A protected VM.
+    fn protected(&self) -> bool;
+    /// Whether `ipa` lies in memory given to the VM.
+    fn is_ram(&self, ipa: u64) -> bool;
+    /// The VM's virtual GIC, if it has one.
+    fn vgic(&self) -> Option<VgicFrames>;
+}
+
+/// What to do about an exit. Beside each, the PC moves by
+/// [`Decision::pc_step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing more: the context resumes.
+    Resume,
+    /// Answer a call: x0..x3 get these values.
+    Return([u64; 4]),
+    /// Answer a call: x0 gets this value, x1..x3 keep theirs.
+    ReturnX0(u64),
+    /// Write `value` to register `rt` (an emulated read; never XZR).
+    Load {
+        /// Destination register.
+        rt: u8,
+        /// The value read.
+        value: u64,
+    },
+    /// Inject a synchronous exception into the context's EL1.
+    Inject(Injected),
+    /// The host touched memory it does not own (counted as a denied
+    /// access): inject the abort.
+    DenyHost(Injected),
+    /// A translation fault in guest RAM: map the page if it was given lazily
+    /// and retry the access; otherwise (see [`decide_unmapped`]) handle it as
+    /// any other abort.
+    MapOnDemand {
+        /// Faulting IPA.
+        ipa: u64,
+    },
+    /// An access to the emulated PL011 console.
+    Uart {
+        /// Offset in the UART window.
+        off: u64,
+        /// The access.
+        access: MmioAccess,
+        /// The value written.
+        value: u64,
+    },
+    /// An access to the virtual distributor or a redistributor.
+    Vgic {
+        /// Which frame.
+        region: vgic::Region,
+        /// Offset in it.
+        off: u64,
+        /// The access.
+        access: MmioAccess,
+        /// The value written.
+        value: u64,
+    },
+    /// A load from a device the host emulates: the vCPU waits for the
+    /// host's MMIO completion; the host gets `record`.
+    AwaitMmio {
+        /// The access, completed later into its register.
+        access: MmioAccess,
+        /// The VCPU_RUN exit record.
+        record: [u64; 4],
+    },
+    /// Back to the host with this VCPU_RUN result (guests only).
+    ToHost(RunEnd, [u64; 4]),
+    /// WFI: resume if the vCPU has a virtual interrupt to take, else yield
+    /// to the host.
+    Wfi,
+    /// FP/SIMD trap: switch the FP registers to this context.
+    Fp,
+    /// ICC_SGI1R_EL1 written: send virtual SGIs.
+    Sgi1r {
+        /// The value written.
+        value: u64,
+    },
+    /// Read of an ID register: its sanitised value goes to `rt`.
+    IdRead {
+        /// The register.
+        enc: esr::SysRegEnc,
+        /// Destination register (never XZR).
+        rt: u8,
+    },
+    /// DC ISW/CSW/CISW trapped by HCR_EL2.TSW.
+    SetWay,
+    /// A write trapped by HCR_EL2.TVM: perform it on the vCPU's behalf.
+    TvmWrite {
+        /// The register.
+        reg: VmReg,
+        /// The value.
+        value: u64,
+    },
+    /// PSCI CPU_ON of vCPU `target` of the same VM.
+    CpuOn {
+        /// Target vCPU index.
+        target: usize,
+        /// Entry IPA.
+        entry: u64,
+        /// Its x0.
+        context: u64,
+    },
+    /// PSCI AFFINITY_INFO of vCPU `target`.
+    AffinityInfo {
+        /// Target vCPU index.
+        target: usize,
+    },
+    /// MEM_SHARE (`share`) or MEM_UNSHARE of the page at `ipa`.
+    Share {
+        /// Page IPA.
+        ipa: u64,
+        /// Share rather than unshare.
+        share: bool,
+    },
+    /// A host control call (function ID in the host range).
+    HostCall,
+    /// The host's PSCI CPU_ON of physical CPU `cpu`.
+    HostCpuOn {
+        /// Target CPU.
+        cpu: usize,
+        /// Entry address.
+        entry: u64,
+        /// Its x0.
+        context: u64,
+    },
+    /// The host's AFFINITY_INFO of physical CPU `cpu`.
+    HostAffinityInfo {
+        /// Target CPU.
+        cpu: usize,
+    },
+    /// The host's CPU_OFF.
+    HostCpuOff,
+    /// The host's SYSTEM_OFF or SYSTEM_RESET: the machine powers off.
+    SystemOff,
+}
+
+/// An [`Action`] and how far the PC moves past the trapped instruction
+/// before it (0: the instruction is retried, or an exception is injected at
+/// it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Bytes to add to the PC first.
+    pub pc_step: u64,
+    /// What to do.
+    pub action: Action,
+}
+
+/// Length of a trapped AArch64 instruction.
+const INSN: u64 = 4;
+
+const fn then(action: Action) -> Decision {
+    Decision {
+        pc_step: INSN,
+        action,
+    }
+}
+
+const fn at(action: Action) -> Decision {
+    Decision { pc_step: 0, action }
+}
+
+/// Decides what to do about `exit` of the context `facts` describes.
+#[must_use]
+pub fn decide(exit: &Exit, facts: &impl Facts) -> Decision {
+    let guest = matches!(facts.who(), Who::Guest { .. });
+    match *exit {
+        Exit::DataAbort {
+            translation: true,
+            abort:
+                DataAbort::Mmio(MmioAccess { ipa, .. })
+                | DataAbort::NoSyndrome { ipa, .. }
+                | DataAbort::Stage1Walk { ipa },
+            ..
+        }
+        | Exit::InstAbort {
+            translation: true,
+            ipa,
+            ..
+        } if guest && ipa >= layout::RAM_IPA => at(Action::MapOnDemand { ipa }),
+        _ => decide_unmapped(exit, facts),
+    }
+}
+
+/// [`decide`] for an exit that is not (or no longer) a candidate for
+/// [`Action::MapOnDemand`]: what an abort in guest RAM becomes when nothing
+/// was given lazily there.
+#[must_use]
+pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
+    let who = facts.who();
+    let guest = matches!(who, Who::Guest { .. });
+    match *exit {
+        Exit::Call { smc, x } => {
+            // A trapped SMC's preferred return address is the SMC itself; an
+            // HVC's is the next instruction.
+            let step = if smc { INSN } else { 0 };
+            let action = if guest {
+                guest_call(x, facts)
+            } else {
+                host_call(x, facts)
+            };
+            Decision {
+                pc_step: step,
+                action,
+            }
+        }
+        Exit::DataAbort {
+            abort,
+            far,
+            write,
+            value,
+            ..
+        } => data_abort(abort, far, write, value, facts),
+        Exit::InstAbort { far, .. } => at(Action::Inject(Injected::InstAbort { far })),
+        Exit::Wfx { wfe } => then(if guest && !wfe {
+            Action::Wfi
+        } else {
+            Action::Resume
+        }),
+        Exit::Fp => at(Action::Fp),
+        Exit::SysReg { access, value } => sysreg_access(access, value, facts),
+        Exit::Unknown => at(Action::Inject(Injected::Undefined)),
+    }
+}
+
+/// A guest's SMCCC call.
+fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
+    let c = call::decode(x);
+    if let Some(mut r) = call::stateless_answer(c) {
+        if c == Hypercall::VendorFeatures && !facts.protected() {
+            // MEM_SHARE/MEM_UNSHARE are protected-VM services (as in pKVM,
+            // where only protected VMs get them): a normal VM's memory is
+            // the host's already. A guest learns whether it is protected
+            // from this bitmap, as Linux's pkvm_init_hyp_services does.
+            r[0] &= !call::vendor::PROTECTED_ONLY;
+        }
+        return Action::Return(r);
+    }
+    match c {
+        Hypercall::CpuOn {
+            target,
+            entry,
+            context,
+        } => match call::mpidr_to_index(target, facts.nr_vcpus()) {
+            None => Action::ReturnX0(call::INVALID_PARAMETERS),
+            Some(target) => Action::CpuOn {
+                target,
+                entry,
+                context,
+            },
+        },
+        Hypercall::AffinityInfo {
+            target,
+            lowest_level,
+        } => match call::mpidr_to_index(target, facts.nr_vcpus()) {
+            Some(target) if lowest_level == 0 => Action::AffinityInfo { target },
+            _ => Action::ReturnX0(call::INVALID_PARAMETERS),
+        },
+        Hypercall::CpuSuspend => Action::ReturnX0(call::SUCCESS),
+        Hypercall::CpuOff => Action::ToHost(RunEnd::CpuOff, [run_exit::CPU_OFF, 0, 0, 0]),
+        Hypercall::SystemOff => Action::ToHost(RunEnd::SystemOff, [run_exit::SYSTEM_OFF, 0, 0, 0]),
+        Hypercall::SystemReset => {
+            Action::ToHost(RunEnd::SystemReset, [run_exit::SYSTEM_RESET, 0, 0, 0])
+        }
+        Hypercall::MemShare { ipa } => Action::Share { ipa, share: true },
+        Hypercall::MemUnshare { ipa } => Action::Share { ipa, share: false },
+        // MMIO guard: every access outside guest memory already exits to
+        // EL2 and is forwarded only within the host's MMIO window, so
+        // enrolling and (un)mapping device pages succeed for IPAs outside
+        // guest memory and are refused for its RAM.
+        Hypercall::MmioGuardEnroll => Action::ReturnX0(call::SMCCC_RET_SUCCESS),
+        Hypercall::MmioGuardMap { ipa } | Hypercall::MmioGuardUnmap { ipa } => {
+            Action::ReturnX0(if facts.is_ram(ipa) {
+                call::SMCCC_RET_INVALID_PARAMETER
+            } else {
+                call::SMCCC_RET_SUCCESS
+            })
+        }
+        _ => Action::ReturnX0(call::NOT_SUPPORTED),
+    }
+}
+
+/// The host's calls: its control interface, and PSCI for its own vCPUs
+/// (one per physical CPU) and the machine.
+fn host_call(x: [u64; 4], facts: &impl Facts) -> Action {
+    if (hyp_abi::FID_BASE..=hyp_abi::FID_LAST).contains(&(x[0] as u32)) {
+        return Action::HostCall;
+    }
+    let c = call::decode(x);
+    if let Some(r) = call::stateless_answer(c) {
+        return Action::Return(r);
+    }
+    match c {
+        Hypercall::CpuOn {
+            target,
+            entry,
+            context,
+        } => match call::mpidr_to_index(target, facts.nr_vcpus()) {
+            None => Action::ReturnX0(call::INVALID_PARAMETERS),
+            Some(cpu) => Action::HostCpuOn {
+                cpu,
+                entry,
+                context,
+            },
+        },
+        Hypercall::AffinityInfo {
+            target,
+            lowest_level,
+        } => match call::mpidr_to_index(target, facts.nr_vcpus()) {
+            Some(cpu) if lowest_level == 0 => Action::HostAffinityInfo { cpu },
+            _ => Action::ReturnX0(call::INVALID_PARAMETERS),
+        },
+        Hypercall::CpuSuspend => Action::ReturnX0(call::SUCCESS),
+        Hypercall::CpuOff => Action::HostCpuOff,
+        Hypercall::SystemOff | Hypercall::SystemReset => Action::SystemOff,
+        // Memory sharing and MMIO guard are guest services: the host owns
+        // its memory already.
+        _ => Action::ReturnX0(call::NOT_SUPPORTED),
+    }
+}
+
+/// A data abort that no lazy mapping answers.
+fn data_abort(abort: DataAbort, far: u64, write: bool, value: u64, facts: &impl Facts) -> Decision {
+    let who = facts.who();
+    let guest = matches!(who, Who::Guest { .. });
+    let deny = |what| {
+        at(if guest {
+            Action::Inject(what)
+        } else {
+            Action::DenyHost(what)
+        })
+    };
+    let ipa = match abort {
+        DataAbort::Mmio(m) => m.ipa,
+        DataAbort::NoSyndrome { ipa, .. } | DataAbort::Stage1Walk { ipa } => ipa,
+    };
+    // The vGIC's frames (guests only; the host has the real GIC).
+    if let Some((region, off)) = guest
+        .then(|| facts.vgic())
+        .flatten()
+        .and_then(|v| v.region(ipa))
+    {
+        return match abort {
+            DataAbort::Mmio(access) => then(Action::Vgic {
+                region,
+                off,
+                access,
+                value,
+            }),
+            // No syndrome (ISV = 0): the access cannot be emulated.
+            _ => at(Action::Inject(Injected::DataAbort { far, write })),
+        };
+    }
+    match abort {
+        DataAbort::Mmio(access)
+            if (layout::UART_IPA..layout::UART_IPA + uart::WINDOW).contains(&access.ipa) =>
+        {
+            then(Action::Uart {
+                off: access.ipa - layout::UART_IPA,
+                access,
+                value,
+            })
+        }
+        DataAbort::Mmio(access) if guest && host_mmio(access.ipa) => {
+            let bytes = access.size.bytes();
+            let flags = hyp_abi::mmio_flags(bytes, access.write);
+            if access.write {
+                let record = [run_exit::MMIO, access.ipa, flags, value & size_mask(bytes)];
+                then(Action::ToHost(RunEnd::Runnable, record))
+            } else {
+                at(Action::AwaitMmio {
+                    access,
+                    record: [run_exit::MMIO, access.ipa, flags, 0],
+                })
+            }
+        }
+        DataAbort::Mmio(access) => deny(Injected::DataAbort {
+            far,
+            write: access.write,
+        }),
+        DataAbort::NoSyndrome { write, .. } => deny(Injected::DataAbort { far, write }),
+        DataAbort::Stage1Walk { .. } => {
+            at(Action::Inject(Injected::DataAbort { far, write: false }))
+        }
+    }
+}
+
+/// Whether `ipa` lies in the window of devices the host emulates for guests.
+fn host_mmio(ipa: u64) -> bool {
+    (layout::HOST_MMIO_IPA..layout::HOST_MMIO_IPA + layout::HOST_MMIO_SIZE).contains(&ipa)
+}
+
+/// The low `bytes` bytes.
+const fn size_mask(bytes: u64) -> u64 {
+    if bytes >= 8 {
+        u64::MAX
+    } else {
+        (1 << (bytes * 8)) - 1
+    }
+}
+
+/// Trapped MSR/MRS and system instructions: ICC_SGI1R_EL1 (HCR_EL2.IMO),
+/// ID registers (TID3), the virtual-memory controls (TVM), set/way cache
+/// maintenance (TSW), debug registers (RAZ/WI); anything else
+/// (implementation-defined registers, PMU) is UNDEFINED.
+fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decision {
+    let who = facts.who();
+    let guest = matches!(who, Who::Guest { .. });
+    if guest && sysreg::is_sgi1r_write(&access) && facts.vgic().is_some() {
+        return then(Action::Sgi1r { value });
+    }
+    let rt = access.reg;
+    match sysreg::classify_access(&access) {
+        TrappedSysReg::IdReg(enc) if access.read => then(if rt == 31 {
+            Action::Resume
+        } else {
+            Action::IdRead { enc, rt }
+        }),
+        TrappedSysReg::SetWay(_) => then(if guest {
+            Action::SetWay
+        } else {
+            Action::Resume
+        }),
+        TrappedSysReg::Vm(reg) if !access.read => then(Action::TvmWrite { reg, value }),
+        // Debug registers (op0 = 2, trapped by MDCR_EL2.TDA/TDOSA): RAZ/WI
+        // instead of UNDEF, because Linux writes MDSCR_EL1 and the OS lock
+        // registers at boot (see `sysreg::debug_read`).
+        _ => match sysreg::debug_read(access.enc) {
+            Some(value) if access.read && rt != 31 => then(Action::Load { rt, value }),
+            Some(_) => then(Action::Resume),
+            None => at(Action::Inject(Injected::Undefined)),
+        },
+    }
+}

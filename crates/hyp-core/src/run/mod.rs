@@ -1,0 +1,328 @@
+//! The per-CPU run loop: the host VM's vCPU on every physical CPU, guest
+//! vCPUs run on behalf of the host (VCPU_RUN), and every exit handled here.
+//!
+//! Model (pKVM): physical CPU *i* runs host vCPU *i*. The host drives guests
+//! through the control interface ([`crate::vm::control`], [`crate::calls::host`]); VCPU_RUN switches
+//! this CPU from the host to a guest vCPU and back when the guest exits for
+//! something only the host can do (MMIO to a device it emulates, a yield, a
+//! power event). Everything else is handled at EL2 and the guest resumes.
+//!
+//! State: the control state (VMs, vCPU power and run claims, page
+//! ownership) sits behind one lock, taken briefly. A guest vCPU's registers
+//! live in a static slot whose lock is uncontended because
+//! `Control::begin_run` lets only one CPU claim a vCPU. The host vCPU's
+//! registers live on its CPU's stack.
+//!
+//! FP/SIMD is switched lazily: CPTR_EL2.TFP traps the first FP instruction
+//! of a context that does not own the registers; only then are they saved
+//! and loaded. A guest's FP state is saved when its run ends, so a vCPU can
+//! move to another CPU.
+
+use crate::arch::esr::ExitReason;
+use crate::arch::gic;
+use crate::arch::switch::{self, CpuSync};
+use crate::arch::sysreg;
+use crate::arch::world_switch::{self, HostSave, VectorKind};
+use crate::exit::effects::{self, Next};
+use crate::exit::fast;
+use crate::stats;
+use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
+use crate::vcpu::gic as vcpu_gic;
+use crate::vcpu::traps::{CNTHCTL, HCR_BASE, HCR_CACHE_TRAPS, MDCR};
+use crate::vcpu::{fp, Who};
+use crate::vm::control::{HostError, RunEnd};
+use crate::vm::{devices, host as host_vcpus, state};
+use barriers::vttbr::Vttbr;
+use barriers::{regs, GuestPending};
+use core::sync::atomic::{AtomicU64, Ordering};
+use hyp_abi::exit as run_exit;
+use vgic::Vgic;
+
+/// Time slices per second a guest vCPU gets before the host runs again.
+const SLICES_PER_SECOND: u64 = 100;
+
+/// Exits that ended a guest's time slice.
+static PREEMPTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Number of guest runs ended by the time-slice timer.
+pub fn preemptions() -> u64 {
+    PREEMPTIONS.load(Ordering::Relaxed)
+}
+
+/// Runs host vCPU `cpu` on this CPU (and the guest vCPUs it asks for) for as
+/// long as the system lives. Returns when the machine should power off.
+pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) {
+    let mut c = Cpu {
+        idx: cpu,
+        nr_cpus,
+        save,
+        sync,
+        // SAFETY: the one owner for this CPU, for as long as it runs
+        // vCPUs; the host's stage 2 is complete (`init`).
+        vttbr: unsafe { Vttbr::init(state::host_vttbr()) },
+        fp_owner: FpOwner::None,
+        fp_on: None,
+        vtimer_masked: false,
+    };
+    let mut host = VcpuCtx::new();
+    let mut first = GuestPending::new();
+    // SAFETY: traps only; nothing at EL2 uses the PMU, debug or timers.
+    unsafe {
+        first.add(regs::MdcrEl2::write(MDCR));
+        first.add(regs::CnthctlEl2::write(CNTHCTL));
+        first.add(regs::VtcrEl2::write(state::vtcr()));
+    }
+    first.add(regs::VpidrEl2::write(sysreg::midr_el1()));
+    first.add(regs::CntvoffEl2::write(0));
+    if let Some(g) = gic::phys() {
+        g.init_cpu(cpu, sync.gic.as_ref(), &mut first);
+    }
+    let mut first = Some(first);
+    loop {
+        let (entry, x0) = host_vcpus::wait_for_power_on(cpu);
+        host.reset(cpu, entry, x0, HCR_BASE);
+        let mut pending = first.take().unwrap_or_default();
+        load_host(&mut c, &host, &mut pending);
+        let (next, left) = host_loop(&mut c, &mut host, pending);
+        match next {
+            Next::SystemOff => {
+                // The machine powers off: no ERET will ever consume them.
+                left.power_off();
+                return;
+            }
+            // The host's next entry (after its CPU_ON) synchronises them.
+            _ => {
+                first = Some(left);
+                host_vcpus::powered_off(cpu);
+            }
+        }
+    }
+}
+
+/// Loads the host vCPU's context: its stage 2, traps, MPIDR, EL1 registers.
+fn load_host(c: &mut Cpu<'_>, host: &VcpuCtx, pending: &mut GuestPending) {
+    let r = switch::ContextRegs {
+        vttbr: state::host_vttbr(),
+        hcr: host.hcr,
+        vmpidr: (1 << 31) | c.idx as u64,
+    };
+    // SAFETY: the host's stage 2 maps only host-owned RAM; its HCR differs
+    // from the boot value in trap bits only.
+    unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &host.el1, pending) };
+    fp::set_fp_traps(c, c.fp_owner == FpOwner::Host, pending);
+}
+
+/// Returns what ended the host vCPU's run, with the guest-only writes made
+/// since its last entry (its next entry's ERET discharges them).
+fn host_loop(c: &mut Cpu<'_>, host: &mut VcpuCtx, first: GuestPending) -> (Next, GuestPending) {
+    let mut pending = first;
+    loop {
+        let entry = barriers::enter_guest(&c.sync.eos, &mut c.vttbr, pending);
+        // SAFETY: TPIDR_EL2 points at `c.save`; the host's stage 2, HCR and
+        // EL1 context are loaded; `host.regs` outlives the call.
+        let (kind, cse) = unsafe { world_switch::enter(&mut host.regs, &mut *c.save, entry) };
+        pending = GuestPending::new();
+        let fast = c.save.take_fast_hvcs();
+        if fast != 0 {
+            stats::add(0, ExitReason::Hvc, fast);
+        }
+        let next = match kind {
+            VectorKind::Sync => {
+                let trap = effects::read_trap();
+                effects::sync_exit(c, Who::Host, host, &mut pending, None, trap)
+            }
+            VectorKind::Irq | VectorKind::Fiq => {
+                stats::record(0, ExitReason::Irq);
+                let _ = effects::physical_irq(c, &cse, &mut pending);
+                Next::Resume
+            }
+            VectorKind::SError => {
+                stats::record(0, ExitReason::Other);
+                log::warn!("host vCPU {}: SError at {:#x}", c.idx, host.regs.pc);
+                Next::Resume
+            }
+        };
+        match next {
+            Next::Resume => {}
+            Next::RunVcpu([handle, vcpu, flags, value]) => {
+                match vcpu_run(c, host, &mut pending, handle, vcpu, flags, value) {
+                    Ok(record) => {
+                        host.regs.x[..4].copy_from_slice(&record);
+                        // The guest changed this CPU's EL1 registers and stage 2.
+                        load_host(c, host, &mut pending);
+                    }
+                    Err(e) => host.regs.x[..4].copy_from_slice(&[e.code(), 0, 0, 0]),
+                }
+            }
+            Next::ToHost(..) => unreachable!("only guests return to the host"),
+            other => {
+                host.el1.save(&c.sync.hcr);
+                return (other, pending);
+            }
+        }
+    }
+}
+
+/// VCPU_RUN: switches this CPU to guest vCPU `vcpu` of VM `handle` until an
+/// exit for the host; returns the exit record (x0..x3). With
+/// [`hyp_abi::RUN_COMPLETE_MMIO`] in `flags`, the outstanding MMIO read is
+/// completed with `value` first, under the same lock.
+fn vcpu_run(
+    c: &mut Cpu<'_>,
+    host: &mut VcpuCtx,
+    host_pending: &mut GuestPending,
+    handle: u64,
+    vcpu: u64,
+    flags: u64,
+    value: u64,
+) -> Result<[u64; 4], HostError> {
+    if flags & !hyp_abi::RUN_COMPLETE_MMIO != 0 {
+        return Err(HostError::Invalid);
+    }
+    let start = {
+        let mut ctl = state::control().lock();
+        if flags & hyp_abi::RUN_COMPLETE_MMIO != 0 {
+            ctl.mmio_complete(handle, vcpu, value)?;
+        }
+        ctl.begin_run(handle, vcpu, c.idx)?
+    };
+    let slot = handle as usize - 1;
+    let v = vcpu as usize;
+    let mut ctx = state::guest_ctx(slot, v)
+        .try_lock()
+        .expect("a claimed vCPU's context is free");
+    if let Some((entry, x0)) = start.boot {
+        ctx.reset(
+            v,
+            entry,
+            x0,
+            if state::fwb() {
+                HCR_BASE
+            } else {
+                HCR_BASE | HCR_CACHE_TRAPS
+            },
+        );
+    }
+    if let Some(value) = start.mmio_value {
+        if let Some(m) = ctx.mmio.take() {
+            if m.reg != 31 {
+                ctx.regs.x[m.reg as usize] = m.load_result(value);
+            }
+            ctx.regs.pc += 4;
+        }
+    }
+    host.el1.save(&c.sync.hcr);
+    let mut pending = GuestPending::new();
+    let r = switch::ContextRegs {
+        vttbr: start.vttbr,
+        hcr: ctx.hcr,
+        vmpidr: (1 << 31) | vcpu,
+    };
+    // SAFETY: the VM's stage 2 maps only memory it owns or borrows; its HCR
+    // differs from the boot value in trap bits only.
+    unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &ctx.el1, &mut pending) };
+    let vg = state::vgic(slot).read();
+    if vg.is_some() {
+        if let Some(mut lrs) = vcpu_gic::Lrs::new(c.sync, &mut pending) {
+            ctx.vif.restore(&mut lrs);
+        }
+    }
+    let who = Who::Guest { slot, vcpu: v };
+    let (end, record, left) = guest_loop(c, who, &mut ctx, pending, vg.as_ref());
+    host_pending.append(left);
+    drop(vg);
+    ctx.el1.save(&c.sync.hcr);
+    if c.fp_owner == FpOwner::Guest {
+        let on = fp::fp_enable(c);
+        world_switch::fp_save(on, &mut ctx.fp);
+        c.fp_owner = FpOwner::None;
+    }
+    drop(ctx);
+    state::control().lock().end_run(handle, vcpu, c.idx, end);
+    Ok(record)
+}
+
+/// Runs guest vCPU `who` until an exit for the host: returns how the run
+/// ended, the VCPU_RUN record, and the guest-only writes made since its last
+/// entry (the host's entry ERET discharges them).
+fn guest_loop(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    first: GuestPending,
+    vg: Option<&Vgic>,
+) -> (RunEnd, [u64; 4], GuestPending) {
+    let mut pending = first;
+    fp::set_fp_traps(c, c.fp_owner == FpOwner::Guest, &mut pending);
+    if gic::phys().is_some() {
+        // A guest that never exits still gives the CPU back to the host.
+        gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
+    }
+    // For the vector's fast path (`hyp_fast_sync`) while the guest runs.
+    let fast_ctx = fast::FastCtx { who, vg };
+    loop {
+        effects::cache_traps_before_entry(who, ctx, &mut pending);
+        if let Some(vg) = vg {
+            if let Who::Guest { slot, .. } = who {
+                devices::resample(slot, vg);
+            }
+            vcpu_gic::vgic_before_entry(c, ctx, vg, &mut pending);
+        }
+        let entry = barriers::enter_guest(&c.sync.eos, &mut c.vttbr, pending);
+        c.save.set_fast(core::ptr::from_ref(&fast_ctx).cast());
+        // SAFETY: TPIDR_EL2 points at `c.save`; the VM's stage 2, HCR and
+        // EL1 context are loaded; `ctx.regs` outlives the call. `fast_ctx`
+        // outlives the run and is withdrawn right after it.
+        let (kind, cse) = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
+        c.save.set_fast(core::ptr::null());
+        pending = GuestPending::new();
+        // HVCs the vector answered by itself during this run (`__hvc_fast`).
+        let fast = c.save.take_fast_hvcs();
+        if fast != 0 {
+            stats::add(who.stats_index(), ExitReason::Hvc, fast);
+        }
+        // ESR, FAR and HPFAR, read once for every path below (meaningful
+        // for synchronous exits only).
+        let trap = effects::read_trap();
+        if let Some(vg) = vg {
+            if let Some(mut lrs) = vcpu_gic::Lrs::new(c.sync, &mut pending) {
+                ctx.vif.sync(vg, &mut lrs);
+            }
+        }
+        let next = match kind {
+            VectorKind::Sync => effects::sync_exit(c, who, ctx, &mut pending, vg, trap),
+            VectorKind::Irq | VectorKind::Fiq => {
+                stats::record(who.stats_index(), ExitReason::Irq);
+                if effects::physical_irq(c, &cse, &mut pending) {
+                    PREEMPTIONS.fetch_add(1, Ordering::Relaxed);
+                    Next::ToHost(RunEnd::Runnable, [run_exit::YIELD, 0, 0, 0])
+                } else {
+                    Next::Resume
+                }
+            }
+            VectorKind::SError => {
+                stats::record(who.stats_index(), ExitReason::Other);
+                log::warn!("{who:?}: SError at {:#x}", ctx.regs.pc);
+                Next::Resume
+            }
+        };
+        match next {
+            Next::Resume => {}
+            Next::ToHost(end, record) => {
+                if gic::phys().is_some() {
+                    gic::stop_slice(&mut pending);
+                    if vg.is_some() {
+                        if let Some(mut lrs) = vcpu_gic::Lrs::new(c.sync, &mut pending) {
+                            ctx.vif.save(&mut lrs);
+                        }
+                    }
+                }
+                // The host's entry ERET synchronises these writes.
+                return (end, record, pending);
+            }
+            Next::SystemOff | Next::HostCpuOff | Next::RunVcpu(_) => {
+                unreachable!("host-only outcomes")
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! A vCPU's saved context, and the per-CPU state the run loop switches with.
+
+use crate::arch::esr::MmioAccess;
+use crate::arch::switch::CpuSync;
+use crate::arch::world_switch::{El1Context, FpState, GuestRegs, HostSave};
+use crate::vcpu::inject;
+use crate::vcpu::traps::HCR_BASE;
+use barriers::sync::{El2Fp, Synced};
+use barriers::vttbr::Vttbr;
+use vgic::VcpuIf;
+
+/// A vCPU's saved state (host or guest).
+#[derive(Debug)]
+pub struct VcpuCtx {
+    pub regs: GuestRegs,
+    pub el1: El1Context,
+    pub fp: FpState,
+    /// HCR_EL2 trap bits for this vCPU (HCR_BASE plus cache traps).
+    pub hcr: u64,
+    /// An MMIO read the host is answering.
+    pub mmio: Option<MmioAccess>,
+    /// The vCPU's virtual GIC CPU interface state.
+    pub vif: VcpuIf,
+}
+
+impl Default for VcpuCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VcpuCtx {
+    /// A context that has not run.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            regs: GuestRegs {
+                x: [0; 31],
+                pc: 0,
+                pstate: 0,
+            },
+            el1: El1Context::RESET,
+            fp: FpState::new(),
+            hcr: HCR_BASE,
+            mmio: None,
+            vif: VcpuIf::new(0),
+        }
+    }
+
+    /// Resets the context to start at `entry` with `x0`, trapping with `hcr`.
+    pub fn reset(&mut self, vcpu: usize, entry: u64, x0: u64, hcr: u64) {
+        *self = Self::new();
+        self.vif = VcpuIf::new(vcpu);
+        self.regs.x[0] = x0;
+        self.regs.pc = entry;
+        self.regs.pstate = inject::PSTATE_DAIF | inject::PSTATE_EL1H;
+        self.hcr = hcr;
+    }
+}
+
+/// Who holds the FP/SIMD registers of this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FpOwner {
+    /// Nobody: saved away.
+    None,
+    /// The host vCPU.
+    Host,
+    /// The guest vCPU running (or last run) here.
+    Guest,
+}
+
+/// This CPU's switching state.
+pub struct Cpu<'a> {
+    pub idx: usize,
+    pub nr_cpus: usize,
+    pub save: &'a mut HostSave,
+    pub sync: &'a CpuSync,
+    /// This CPU's VTTBR_EL2: every stage-2 load and every stage-2 TLB
+    /// maintenance goes through it.
+    pub vttbr: Vttbr,
+    pub fp_owner: FpOwner,
+    /// Present while CPTR_EL2.TFP is clear and synchronised.
+    pub fp_on: Option<Synced<El2Fp>>,
+    /// The virtual timer's PPI is disabled at this CPU's redistributor
+    /// because its level is being delivered as a virtual interrupt.
+    pub vtimer_masked: bool,
+}

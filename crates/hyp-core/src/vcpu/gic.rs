@@ -1,0 +1,102 @@
+//! The virtual GIC on this CPU: the list registers (GICv3 system registers
+//! or the GIC-400's GICH frame), loaded before each guest entry.
+
+use crate::arch::gic::{self, Phys};
+use crate::arch::switch::CpuSync;
+use crate::vcpu::ctx::{Cpu, VcpuCtx};
+use barriers::{regs, GuestPending};
+use vgic::Vgic;
+
+/// This CPU's list registers, whichever GIC the board has.
+pub enum Lrs<'a> {
+    V3(vgic::V3Sysregs<'a, barriers::sync::GicSre>),
+    V2(vgic::V2Mmio),
+}
+
+impl<'a> Lrs<'a> {
+    /// The backend for this CPU; GICv3 writes go into `pending` (guest-only
+    /// tokens for the entry ERET).
+    pub fn new(sync: &'a CpuSync, pending: &'a mut GuestPending) -> Option<Self> {
+        match (gic::phys()?, sync.gic.as_ref()) {
+            (Phys::V3 { .. }, Some(sre)) => {
+                // SAFETY: no ICH_HCR_EL2 trap is relied on: SGI writes trap
+                // through HCR_EL2.IMO, GICD/GICR accesses through stage 2.
+                let b = unsafe { vgic::V3Sysregs::new(sre, pending, 0) };
+                Some(Lrs::V3(b))
+            }
+            (Phys::V2 { gich, .. }, _) => {
+                // SAFETY: `gich` is the board's GICH frame, which EL2 maps
+                // as device memory; on GIC-400 it is banked per CPU, so this
+                // CPU's backend is its only user.
+                let b = unsafe { vgic::V2Mmio::new(*gich as usize) };
+                Some(Lrs::V2(b))
+            }
+            (Phys::V3 { .. }, None) => None,
+        }
+    }
+}
+
+macro_rules! lrs_dispatch {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Lrs::V3($b) => $e,
+            Lrs::V2($b) => $e,
+        }
+    };
+}
+
+impl vgic::ListRegs for Lrs<'_> {
+    fn nr_lrs(&self) -> usize {
+        lrs_dispatch!(self, b => b.nr_lrs())
+    }
+    fn read_lr(&mut self, i: usize) -> vgic::Lr {
+        lrs_dispatch!(self, b => b.read_lr(i))
+    }
+    fn write_lr(&mut self, i: usize, lr: &vgic::Lr) {
+        lrs_dispatch!(self, b => b.write_lr(i, lr))
+    }
+    fn empty_lrs(&mut self) -> u16 {
+        lrs_dispatch!(self, b => b.empty_lrs())
+    }
+    fn write_hcr(&mut self, hcr: u32) {
+        lrs_dispatch!(self, b => b.write_hcr(hcr))
+    }
+    fn read_vmcr(&mut self) -> u32 {
+        lrs_dispatch!(self, b => b.read_vmcr())
+    }
+    fn write_vmcr(&mut self, vmcr: u32) {
+        lrs_dispatch!(self, b => b.write_vmcr(vmcr))
+    }
+    fn read_aprs(&mut self) -> [u32; 2] {
+        lrs_dispatch!(self, b => b.read_aprs())
+    }
+    fn write_aprs(&mut self, aprs: [u32; 2]) {
+        lrs_dispatch!(self, b => b.write_aprs(aprs))
+    }
+}
+
+/// Before entering a guest (after its devices' lines were sampled,
+/// `vm::devices::resample`): samples its virtual timer's output into the
+/// vGIC (level-sensitive PPI 27), re-enables the physical timer PPI once the
+/// level dropped, and loads the list registers.
+pub fn vgic_before_entry(
+    c: &mut Cpu<'_>,
+    ctx: &mut VcpuCtx,
+    vg: &Vgic,
+    pending: &mut GuestPending,
+) {
+    let Some(g) = gic::phys() else {
+        return;
+    };
+    // CNTV_CTL_EL0: ENABLE (bit 0), IMASK (bit 1), ISTATUS (bit 2).
+    let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
+    let level = ctl & 0b111 == 0b101;
+    let _ = vg.set_level(ctx.vif.vcpu(), vgic::VTIMER_PPI, level);
+    if c.vtimer_masked && !level {
+        g.ppi_enable(c.idx, gic::VTIMER_PPI, true);
+        c.vtimer_masked = false;
+    }
+    if let Some(mut lrs) = Lrs::new(c.sync, pending) {
+        ctx.vif.flush(vg, &mut lrs);
+    }
+}

@@ -1,0 +1,42 @@
+//! vCPUs: their saved context, the per-CPU switching state, FP/SIMD
+//! switching, the list-register side of the virtual GIC, exception
+//! injection, and the trap configuration they run with.
+
+pub mod inject;
+pub mod traps;
+
+#[cfg(target_arch = "aarch64")]
+pub mod ctx;
+#[cfg(target_arch = "aarch64")]
+pub mod fp;
+#[cfg(target_arch = "aarch64")]
+pub mod gic;
+
+/// Most physical CPUs the hypervisor drives (one host vCPU each).
+pub const MAX_CPUS: usize = 8;
+
+/// Whose exit is being handled: the host's vCPU or guest vCPU `vcpu` of VM
+/// slot `slot` (handle `slot + 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// The host VM.
+    Host,
+    /// A guest vCPU.
+    Guest {
+        /// VM slot (handle - 1).
+        slot: usize,
+        /// vCPU index.
+        vcpu: usize,
+    },
+}
+
+impl Who {
+    /// Index into the exit statistics: 0 for the host, `slot + 1` for a VM.
+    #[must_use]
+    pub const fn stats_index(self) -> usize {
+        match self {
+            Who::Host => 0,
+            Who::Guest { slot, .. } => slot + 1,
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Devices of the board the host may assign to a VM (DEVICE_ASSIGN): their
+//! MMIO mapped into the VM, their SPI forwarded to its vGIC.
+
+use crate::arch::gic;
+use crate::platform::AssignableDevice;
+use crate::vcpu::ctx::Cpu;
+use crate::vm::control::HostError;
+use crate::vm::state::{self, control};
+use barriers::vttbr::Vttbr;
+use barriers::GuestPending;
+use core::sync::atomic::{AtomicU8, Ordering};
+use spin::Once;
+use vgic::Vgic;
+
+/// The board's assignable devices.
+pub(crate) static ASSIGNABLE: Once<&'static [AssignableDevice]> = Once::new();
+/// Most assignable devices tracked.
+const MAX_ASSIGNED: usize = 4;
+/// Per assignable device: the VM slot + 1 it belongs to (0: none).
+static ASSIGNED: [AtomicU8; MAX_ASSIGNED] = [const { AtomicU8::new(0) }; MAX_ASSIGNED];
+/// Per assignable device: its SPI is disabled at the physical distributor
+/// while the VM handles it (re-enabled once the line drops).
+static ASSIGNED_MASKED: [AtomicU8; MAX_ASSIGNED] = [const { AtomicU8::new(0) }; MAX_ASSIGNED];
+
+fn assignable() -> &'static [AssignableDevice] {
+    let a = ASSIGNABLE.get().copied().unwrap_or(&[]);
+    &a[..a.len().min(MAX_ASSIGNED)]
+}
+
+/// DEVICE_ASSIGN: maps one of the board's assignable devices into VM
+/// `handle` (same address) and routes its SPI to the VM's vGIC. A device
+/// goes to one VM at a time, and only to a VM with a vGIC.
+pub fn assign(
+    vttbr: &mut Vttbr,
+    handle: u64,
+    pa: u64,
+    size: u64,
+    intid: u64,
+) -> Result<(), HostError> {
+    let (i, dev) = assignable()
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.region.base == pa && d.region.size == size && u64::from(d.intid) == intid)
+        .ok_or(HostError::Invalid)?;
+    let slot = control().lock().vm(handle)?.vmid as usize - 1;
+    if state::vgic(slot).read().is_none() {
+        return Err(HostError::State);
+    }
+    if ASSIGNED[i]
+        .compare_exchange(0, slot as u8 + 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return Err(HostError::Denied);
+    }
+    if let Err(e) = control().lock().map_device(vttbr, handle, pa, pa, size) {
+        ASSIGNED[i].store(0, Ordering::Release);
+        return Err(e);
+    }
+    ASSIGNED_MASKED[i].store(0, Ordering::Release);
+    if let Some(g) = gic::phys() {
+        g.spi_setup(dev.intid);
+    }
+    log::info!(
+        "VM {handle}: device {} assigned (SPI {})",
+        dev.name,
+        dev.intid
+    );
+    Ok(())
+}
+
+/// Takes back the devices of VM slot `slot` (destroyed).
+pub fn unassign(slot: usize) {
+    for (i, dev) in assignable().iter().enumerate() {
+        if ASSIGNED[i].load(Ordering::Acquire) == slot as u8 + 1 {
+            if let Some(g) = gic::phys() {
+                g.spi_enable(dev.intid, false);
+            }
+            ASSIGNED[i].store(0, Ordering::Release);
+        }
+    }
+}
+
+/// A physical interrupt of an assigned device: disabled at the distributor
+/// until its line drops, and raised as the same INTID in the owner's vGIC.
+/// True when `intid` belonged to an assigned device.
+pub fn forward_irq(c: &Cpu<'_>, intid: u32, pending: &mut GuestPending) -> bool {
+    let Some(i) = assignable().iter().position(|d| d.intid == intid) else {
+        return false;
+    };
+    let owner = ASSIGNED[i].load(Ordering::Acquire);
+    if let Some(g) = gic::phys() {
+        g.spi_enable(intid, false);
+    }
+    if owner == 0 {
+        return true;
+    }
+    ASSIGNED_MASKED[i].store(1, Ordering::Release);
+    let slot = owner as usize - 1;
+    let kick = state::vgic(slot)
+        .read()
+        .as_ref()
+        .and_then(|vg| vg.set_level(0, intid, true).ok())
+        .unwrap_or(0);
+    state::kick_vcpus(c, slot, usize::MAX, kick, pending);
+    true
+}
+
+/// Before VM `slot` runs: for each of its devices whose interrupt was
+/// forwarded, samples the line (the distributor's pending bit) into the
+/// vGIC, and re-enables the physical SPI once the device dropped it.
+pub fn resample(slot: usize, vg: &Vgic) {
+    for (i, dev) in assignable().iter().enumerate() {
+        if ASSIGNED[i].load(Ordering::Acquire) != slot as u8 + 1
+            || ASSIGNED_MASKED[i].load(Ordering::Acquire) == 0
+        {
+            continue;
+        }
+        let Some(g) = gic::phys() else {
+            return;
+        };
+        let level = g.spi_pending(dev.intid);
+        let _ = vg.set_level(0, dev.intid, level);
+        if !level {
+            ASSIGNED_MASKED[i].store(0, Ordering::Release);
+            g.spi_enable(dev.intid, true);
+        }
+    }
+}
