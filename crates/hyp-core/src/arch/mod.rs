@@ -1,9 +1,10 @@
 //! Everything that touches the CPU: vectors, world switch, EL2 MMU bring-up,
 //! register access, the physical GIC and the hypervisor's console. `esr`
-//! (syndrome decoding) and `switch` (the barrier-typed context switch) build
+//! (syndrome decoding), `pages` (the hypervisor's page pool) and `switch` (the barrier-typed context switch) build
 //! on the host too, where tests drive them; the rest is AArch64 only.
 
 pub mod esr;
+pub mod pages;
 pub mod switch;
 
 #[cfg(target_arch = "aarch64")]

@@ -1,8 +1,8 @@
 //! Translation-table memory for `s2mm`: pages of the hypervisor's own memory
 //! (the board's `hyp` region past the image), identity-mapped at EL2.
 
+use crate::arch::pages::PagePool;
 use crate::platform::Platform;
-use crate::vm::pages::PagePool;
 use core::ptr::NonNull;
 use core::sync::atomic::AtomicU64;
 use s2mm::{Pa, TableAlloc};
@@ -28,7 +28,7 @@ pub fn init(p: &Platform) {
         start >= p.hyp.base && start < p.hyp.end(),
         "image end {start:#x} outside the hyp region"
     );
-    let size = (p.hyp.end() - start).min(crate::vm::pages::MAX_PAGES as u64 * 4096);
+    let size = (p.hyp.end() - start).min(crate::arch::pages::MAX_PAGES as u64 * 4096);
     POOL.lock().init(start, size);
 }
 

@@ -1,7 +1,7 @@
 //! The host control interface at EL2: the host's calls in the range
 //! `hyp_abi::FID_BASE..=FID_LAST` (numbers and arguments in `hyp-abi`),
 //! checked against the control state (`vm::control`) and carried out.
-//! VCPU_RUN is the run loop's (`crate::run`): this module hands it back.
+//! VCPU_RUN belongs to the run loop: this module hands it back.
 
 use crate::arch::gic;
 use crate::stats;

@@ -19,14 +19,22 @@ use smccc::psci::{
     PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION,
 };
 
+/// A PSCI error code (the `smccc` crate's, an i32) as x0 carries it.
+#[must_use]
+pub const fn psci_code(e: i32) -> u64 {
+    e as i64 as u64
+}
+
 /// SMCCC NOT_SUPPORTED (-1), returned in x0 for unknown functions.
-pub const NOT_SUPPORTED: u64 = -1i64 as u64;
+pub const NOT_SUPPORTED: u64 = psci_code(smccc::psci::error::NOT_SUPPORTED);
 /// PSCI INVALID_PARAMETERS (-2).
-pub const INVALID_PARAMETERS: u64 = -2i64 as u64;
+pub const INVALID_PARAMETERS: u64 = psci_code(smccc::psci::error::INVALID_PARAMETERS);
 /// PSCI ALREADY_ON (-4).
-pub const ALREADY_ON: u64 = -4i64 as u64;
+pub const ALREADY_ON: u64 = psci_code(smccc::psci::error::ALREADY_ON);
 /// PSCI ON_PENDING (-5).
-pub const ON_PENDING: u64 = -5i64 as u64;
+pub const ON_PENDING: u64 = psci_code(smccc::psci::error::ON_PENDING);
+/// PSCI INVALID_ADDRESS (-9).
+pub const INVALID_ADDRESS: u64 = psci_code(smccc::psci::error::INVALID_ADDRESS);
 /// PSCI SUCCESS (0).
 pub const SUCCESS: u64 = 0;
 

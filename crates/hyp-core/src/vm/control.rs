@@ -22,6 +22,7 @@
 use crate::platform::MemRegion;
 use s2mm::ownership::{self, CompState, PageOwnership, Requester, Transition};
 use s2mm::{Attrs, Ipa, OwnerId, Pa, PageState, Stage2, TableAlloc, Vttbr, PAGE_SIZE};
+use smccc::psci::error;
 
 /// Guest VM slots (handles 1..=MAX_VMS).
 pub const MAX_VMS: usize = 8;
@@ -43,7 +44,12 @@ pub const MAX_PAGES_PER_CALL: u64 = 1 << 18;
 const ROLLBACK_TABLES: usize = 4;
 
 /// PSCI INVALID_ADDRESS (-9).
-pub const PSCI_INVALID_ADDRESS: u64 = -9i64 as u64;
+pub const PSCI_INVALID_ADDRESS: u64 = psci(error::INVALID_ADDRESS);
+
+/// A PSCI error code (`smccc`'s i32) as x0 carries it.
+const fn psci(e: i32) -> u64 {
+    e as i64 as u64
+}
 
 // The host ABI's numbers (function IDs, flags, error codes) are written
 // once, in `hyp-abi`, which the host VM shares.
@@ -812,12 +818,11 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
 
     /// PSCI CPU_ON from a running vCPU of VM `handle`: returns the PSCI code.
     pub fn psci_cpu_on(&mut self, handle: u64, target: usize, entry: u64, ctx: u64) -> u64 {
-        use crate::calls::smccc as h;
         let Ok(vm) = self.vm_mut(handle) else {
-            return h::INVALID_PARAMETERS;
+            return psci(error::INVALID_PARAMETERS);
         };
         if target >= vm.nr_vcpus {
-            return h::INVALID_PARAMETERS;
+            return psci(error::INVALID_PARAMETERS);
         }
         if !entry.is_multiple_of(4) || !vm.is_ram(entry) {
             return PSCI_INVALID_ADDRESS;
@@ -825,10 +830,10 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         match vm.vcpus[target].power {
             Power::Off => {
                 vm.vcpus[target].power = Power::OnPending { entry, ctx };
-                h::SUCCESS
+                0
             }
-            Power::On => h::ALREADY_ON,
-            Power::OnPending { .. } => h::ON_PENDING,
+            Power::On => psci(error::ALREADY_ON),
+            Power::OnPending { .. } => psci(error::ON_PENDING),
         }
     }
 
@@ -836,7 +841,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     pub fn psci_affinity_info(&self, handle: u64, target: usize) -> u64 {
         match self.vm(handle) {
             Ok(vm) if target < vm.nr_vcpus => self.vcpu_state(handle, target as u64).unwrap_or(1),
-            _ => crate::calls::smccc::INVALID_PARAMETERS,
+            _ => psci(error::INVALID_PARAMETERS),
         }
     }
 

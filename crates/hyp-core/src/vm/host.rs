@@ -1,9 +1,9 @@
 //! The host VM's vCPUs: one per physical CPU, powered on and off by the
 //! host's own PSCI calls (the boot CPU's at boot).
 
-use crate::calls::smccc as call;
 use crate::vm::control::MAX_VCPUS;
 use core::sync::atomic::{AtomicU8, Ordering};
+use smccc::psci::error;
 use spin::Mutex;
 
 const OFF: u8 = 0;
@@ -37,15 +37,15 @@ pub fn powered_off(cpu: usize) {
     HOST_POWER[cpu].store(OFF, Ordering::Release);
 }
 
-/// The host's PSCI CPU_ON of its vCPU `cpu`: the PSCI return code.
+/// The host's PSCI CPU_ON of its vCPU `cpu`: the PSCI return code (x0).
 pub fn cpu_on(cpu: usize, entry: u64, context: u64) -> u64 {
     match HOST_POWER[cpu].compare_exchange(OFF, CLAIMED, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
             start(cpu, entry, context);
-            call::SUCCESS
+            0
         }
-        Err(ON) => call::ALREADY_ON,
-        Err(_) => call::ON_PENDING,
+        Err(ON) => error::ALREADY_ON as i64 as u64,
+        Err(_) => error::ON_PENDING as i64 as u64,
     }
 }
 

@@ -1,11 +1,9 @@
 //! VMs: the control state ([`control`]: the VM table, vCPU power and run
-//! claims, page ownership through `s2mm`), the hypervisor's page pool
-//! ([`pages`]), the emulated console ([`uart`]); at EL2, the state behind
-//! them (`state`), assigned devices (`devices`) and the host's own vCPUs
-//! (`host`).
+//! claims, page ownership through `s2mm`) and the emulated console
+//! ([`uart`]); at EL2, the state behind them (`state`), assigned devices
+//! (`devices`) and the host's own vCPUs (`host`).
 
 pub mod control;
-pub mod pages;
 pub mod uart;
 
 #[cfg(target_arch = "aarch64")]
