@@ -94,7 +94,7 @@ pub fn barrier_report() {
             }
         });
         count_barriers(destroy, PAGES, || {
-            if let Err(e) = crate::call(hyp_abi::VM_DESTROY, [h, 0, 0, 0]) {
+            if let Err(e) = crate::hostif::destroy_vm(h) {
                 crate::fail(format_args!("barrier counts: {destroy}: {e:?}"));
             }
         });

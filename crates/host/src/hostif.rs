@@ -25,6 +25,24 @@ pub fn call(fid: u32, a: [u64; 4]) -> Result<u64, HostError> {
     }
 }
 
+/// VM_DESTROY to the end: the hypervisor gives a VM's memory back in bounded
+/// steps (x1 = 1 while more remain); returns the pages scrubbed in all.
+pub fn destroy_vm(h: u64) -> Result<u64, HostError> {
+    let mut scrubbed = 0;
+    // Each step gives back up to 512 pages of at most 1 TiB of guest memory.
+    for _ in 0..(1u64 << 20) {
+        let r = call_full(hyp_abi::VM_DESTROY, [h, 0, 0, 0]);
+        if let Some(e) = HostError::from_code(r[0]) {
+            return Err(e);
+        }
+        scrubbed += r[0];
+        if r[1] == 0 {
+            return Ok(scrubbed);
+        }
+    }
+    crate::fail(format_args!("VM_DESTROY {h}: no end after 2^20 steps"))
+}
+
 /// VM_CREATE.
 pub fn vm_create(vcpus: u64, flags: u64) -> Result<Handle, HostError> {
     call(hyp_abi::VM_CREATE, [vcpus, flags, 0, 0]).map(Handle)
@@ -123,7 +141,7 @@ pub fn fuzz(n: u64, seed: u64, info: &BootInfo) {
     }
     let mut scrubbed = 0;
     for h in 1..=8 {
-        if let Ok(s) = call(hyp_abi::VM_DESTROY, [h, 0, 0, 0]) {
+        if let Ok(s) = destroy_vm(h) {
             scrubbed += s;
         }
     }
@@ -162,7 +180,7 @@ fn run_flag_checks() {
     let unknown = call(hyp_abi::VCPU_RUN, [h.0, 0, 2, 0]);
     let early = call(hyp_abi::VCPU_RUN, [h.0, 0, hyp_abi::RUN_COMPLETE_MMIO, 7]);
     let after = call(hyp_abi::VCPU_STATE, [h.0, 0, 0, 0]);
-    if let Err(e) = call(hyp_abi::VM_DESTROY, [h.0, 0, 0, 0]) {
+    if let Err(e) = destroy_vm(h.0) {
         crate::fail(format_args!(
             "VM_DESTROY after the VCPU_RUN flag checks: {e:?}"
         ));

@@ -501,7 +501,7 @@ fn teardown(n: usize) {
     };
     for g in guests[..n].iter().flatten() {
         let exits = call(hyp_abi::STATS, [g.handle.0, hyp_abi::STATS_TOTAL, 0, 0]).unwrap_or(0);
-        match call(hyp_abi::VM_DESTROY, [g.handle.0, 0, 0, 0]) {
+        match hostif::destroy_vm(g.handle.0) {
             Ok(scrubbed) => {
                 println!(
                     "host: VM {} ({}) destroyed: {} exits, {} pages scrubbed{}",

@@ -13,7 +13,7 @@ use barriers::{enter_guest, trace, GuestPending, Insn, SysReg};
 use hyp_core::arch::switch::{self, ContextRegs, CpuSync, El1Context, El2Regs};
 use hyp_core::platform::MemRegion;
 use hyp_core::vm::control::{Control, PhysMem, RegionKind, FLAG_PROTECTED, GUEST_RAM_IPA_MIN};
-use s2mm::host::HostAlloc;
+use s2mm::host::SharedAlloc as HostAlloc;
 
 const RAM: MemRegion = MemRegion {
     base: 0x5000_0000,
@@ -153,7 +153,7 @@ fn every_production_path_has_no_needless_missing_or_wrong_vmid_barrier() {
     path("world switch out (vm->host)", &take(&c.vt));
 
     // ---- Host control calls (the host's VMID is loaded). ----
-    let mut ctl =
+    let ctl =
         Control::new(HostAlloc::new(), Scrub, &mut c.vt, RAM, 40, 2, false).expect("host stage 2");
     path("host stage 2 at boot", &take(&c.vt));
     let p = ctl.create(&mut c.vt, 2, FLAG_PROTECTED).expect("create");
@@ -230,15 +230,15 @@ fn every_production_path_has_no_needless_missing_or_wrong_vmid_barrier() {
     eret(&c.sync, &mut c.vt, pending);
     trace::clear();
     c.vt.record_state();
-    let vm = ctl.vm(p).expect("vm");
+    let regions = ctl.vm(p).expect("vm").regions;
     switch::clean_vm(
-        vm.regions
+        regions
             .iter()
             .flatten()
             .map(|r| (r.pa, r.pages.min(4) * s2mm::PAGE_SIZE)),
     );
     path("cache toggle (vm-wide clean)", &take(&c.vt));
-    ctl.destroy(&mut c.vt, p).expect("destroy");
+    while ctl.destroy(&mut c.vt, p).expect("destroy").more {}
     let t = take(&c.vt);
     let s = path("vm destroy", &t);
     assert!(
@@ -249,7 +249,7 @@ fn every_production_path_has_no_needless_missing_or_wrong_vmid_barrier() {
     let p2 = ctl.create(&mut c.vt, 1, FLAG_PROTECTED).expect("recreate");
     assert_eq!(p2, p, "the slot (and VMID) is reused");
     path("vm recreate (vmid reused)", &take(&c.vt));
-    ctl.destroy(&mut c.vt, n).expect("destroy normal");
+    while ctl.destroy(&mut c.vt, n).expect("destroy normal").more {}
     path("vm destroy (lent memory)", &take(&c.vt));
 }
 

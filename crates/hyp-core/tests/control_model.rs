@@ -31,12 +31,12 @@ use hyp_core::calls::smccc as psci;
 use hyp_core::platform::MemRegion;
 use hyp_core::vm::control::{
     owner_of_slot, Control, HostError, HostResult, MmioWait, PhysMem, Power, Region, RegionKind,
-    RunEnd, RunStart, VcpuMeta, VmStatus, GUEST_IPA_BITS, GUEST_RAM_IPA_MIN, MAX_PAGES_PER_CALL,
-    MAX_REGIONS, MAX_VCPUS, MAX_VMS, PSCI_INVALID_ADDRESS,
+    RunEnd, RunStart, VcpuMeta, VmStatus, DESTROY_CHUNK, GUEST_IPA_BITS, GUEST_RAM_IPA_MIN,
+    MAX_PAGES_PER_CALL, MAX_REGIONS, MAX_VCPUS, MAX_VMS, PSCI_INVALID_ADDRESS,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestError, TestRunner};
-use s2mm::host::HostAlloc;
+use s2mm::host::SharedAlloc as HostAlloc;
 use s2mm::ownership::CompState;
 use s2mm::{Attrs, Ipa, OwnerId, PageState, Vttbr, PAGE_SIZE};
 
@@ -115,6 +115,25 @@ impl PhysMem for FakeMem {
 }
 
 type Ctl = Control<HostAlloc, FakeMem>;
+
+/// VM_DESTROY to the end, as the host loops on it: the pages scrubbed in
+/// all. Each step gives back at most `DESTROY_CHUNK` pages.
+fn destroy_all(c: &Ctl, v: &mut Vttbr, h: u64) -> Result<u64, HostError> {
+    let mut total = 0;
+    loop {
+        let log = c.with_mem(|m| m.log.len());
+        let d = c.destroy(v, h)?;
+        let given: u64 = c.with_mem(|m| m.log[log..].iter().map(|&(_, len)| len / PAGE).sum());
+        assert!(
+            given <= DESTROY_CHUNK,
+            "one destroy step scrubbed {given} pages"
+        );
+        total += d.scrubbed;
+        if !d.more {
+            return Ok(total);
+        }
+    }
+}
 
 /// The host's view of one RAM page in the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -909,8 +928,8 @@ impl Run {
             true,
         )
         .unwrap();
-        let base_pages = ctl.alloc.live_pages();
-        let mut run = Self {
+        let base_pages = ctl.alloc().live_pages();
+        let run = Self {
             ctl,
             v,
             m: Model::new(),
@@ -920,7 +939,7 @@ impl Run {
             k: 0,
             scrubbed: vec![0; RAM_PAGES as usize],
         };
-        run.ctl.alloc.limit = limit.map(|l| base_pages + l);
+        run.ctl.alloc().set_limit(limit.map(|l| base_pages + l));
         run
     }
 
@@ -945,7 +964,7 @@ impl Run {
             got == ann,
             "host page {pa:#x}: annotation {got:?}, model {ann:?}"
         );
-        if let Some(map) = self.ctl.host_s2().query(&self.ctl.alloc, Ipa(pa)) {
+        if let Some(map) = self.ctl.with_host_s2(|s2, a| s2.query(a, Ipa(pa))) {
             ensure!(
                 self,
                 map.pa.0 == pa,
@@ -1129,7 +1148,7 @@ impl Run {
         CALLS.fetch_add(1, Ordering::Relaxed);
         match call {
             Call::Create { nr, flags } => {
-                let before = self.ctl.alloc.live_pages();
+                let before = self.ctl.alloc().live_pages();
                 let got = self.ctl.create(&mut self.v, nr, flags);
                 stat(&call, format!("{:?}", got.map(|_| ())));
                 let mut m2 = self.m.vms.clone();
@@ -1138,17 +1157,17 @@ impl Run {
                     self.m.vms = std::mem::replace(&mut m2, [const { None }; MAX_VMS]);
                     ensure!(
                         self,
-                        self.ctl.alloc.live_pages() == before,
+                        self.ctl.alloc().live_pages() == before,
                         "failed create leaked tables"
                     );
                 }
             }
             Call::Destroy { h } => {
                 let want = self.m.destroy_check(h);
-                let got = self.ctl.destroy(&mut self.v, h);
+                let got = destroy_all(&self.ctl, &mut self.v, h);
                 stat(&call, format!("{:?}", got.map(|n| n > 0)));
                 ensure!(self, got == want, "destroy: got {got:?}, model {want:?}");
-                let scrubs = std::mem::take(&mut self.ctl.mem.log);
+                let scrubs = self.ctl.with_mem(|m| std::mem::take(&mut m.log));
                 if want.is_ok() {
                     let regions = self.m.destroy_apply(h);
                     // Exactly the donated pages were scrubbed, each once; none holds a secret.
@@ -1176,7 +1195,7 @@ impl Run {
                             let pa = r.pa + i * PAGE;
                             ensure!(
                                 self,
-                                self.ctl.mem.data[page_idx(pa)] & SECRET != SECRET
+                                self.ctl.with_mem(|m| m.data[page_idx(pa)]) & SECRET != SECRET
                                     || r.kind == RegionKind::Lent,
                                 "page {pa:#x} back to the host unscrubbed"
                             );
@@ -1193,9 +1212,9 @@ impl Run {
                 }
                 ensure!(
                     self,
-                    self.ctl.mem.bad.is_empty(),
+                    self.ctl.with_mem(|m| m.bad.is_empty()),
                     "bad scrubs {:x?}",
-                    self.ctl.mem.bad
+                    self.ctl.with_mem(|m| m.bad.clone())
                 );
             }
             Call::Give {
@@ -1212,9 +1231,11 @@ impl Run {
                     self.m.give_apply(h, pa, ipa, pages, kind);
                     if kind == RegionKind::Donated {
                         // The guest writes its secrets.
-                        for i in 0..pages {
-                            self.ctl.mem.data[page_idx(pa + i * PAGE)] = SECRET | h;
-                        }
+                        self.ctl.with_mem(|m| {
+                            for i in 0..pages {
+                                m.data[page_idx(pa + i * PAGE)] = SECRET | h;
+                            }
+                        });
                     }
                 }
                 if want.is_ok() {
@@ -1351,7 +1372,7 @@ impl Run {
         ensure!(self, self.ctl.handles().next().is_none(), "VMs left");
         for p in 0..RAM_PAGES {
             let pa = RAM_BASE + p * PAGE;
-            let m = self.ctl.host_s2().query(&self.ctl.alloc, Ipa(pa));
+            let m = self.ctl.with_host_s2(|s2, a| s2.query(a, Ipa(pa)));
             ensure!(
                 self,
                 m.is_some_and(|m| m.pa.0 == pa
@@ -1373,9 +1394,9 @@ impl Run {
         }
         ensure!(
             self,
-            self.ctl.alloc.live_pages() == self.base_pages,
+            self.ctl.alloc().live_pages() == self.base_pages,
             "table pages leaked: {} live, {} after Control::new",
-            self.ctl.alloc.live_pages(),
+            self.ctl.alloc().live_pages(),
             self.base_pages
         );
         Ok(())
@@ -1391,7 +1412,7 @@ impl Drop for Run {
                 "panic in call {} (oom={}, {} tables live, base {}); last calls:\n{:#x?}",
                 self.k,
                 self.oom,
-                self.ctl.alloc.live_pages(),
+                self.ctl.alloc().live_pages(),
                 self.base_pages,
                 self.recent
             );
@@ -1409,16 +1430,20 @@ fn run_case(limit: Option<usize>, ops: &[Raw]) -> Result<(), TestCaseError> {
             // (`give` holds 4 back for undoing),
             // so any split may fail, sometimes a fixed ceiling of `l` pages above the start.
             let headroom = (raw.0 >> 28) as usize % 7;
-            run.ctl.alloc.limit = Some(run.ctl.alloc.live_pages() + headroom);
+            run.ctl
+                .alloc()
+                .set_limit(Some(run.ctl.alloc().live_pages() + headroom));
             run.step(call)?;
-            run.ctl.alloc.limit = Some(run.base_pages + l);
+            run.ctl.alloc().set_limit(Some(run.base_pages + l));
         } else {
             run.step(call)?;
         }
     }
     if limit.is_some() {
         // Tearing down needs no table memory.
-        run.ctl.alloc.limit = Some(run.ctl.alloc.live_pages());
+        run.ctl
+            .alloc()
+            .set_limit(Some(run.ctl.alloc().live_pages()));
     }
     run.finish()
 }
@@ -1508,7 +1533,7 @@ fn owner_annotation_is_slot_plus_two() {
 /// builds, and passed the range check in release builds).
 #[test]
 fn overflowing_ranges_are_range_errors() {
-    let mut c = ctl(2);
+    let c = ctl(2);
     let mut v = host_vttbr();
     let h = c.create(&mut v, 1, 1).unwrap();
     let top = LAST_PAGE;
@@ -1531,28 +1556,28 @@ fn overflowing_ranges_are_range_errors() {
 /// same call succeeds once tables are available.
 #[test]
 fn give_out_of_tables_changes_nothing() {
-    let mut c = ctl(2);
+    let c = ctl(2);
     let mut v = host_vttbr();
     let h = c.create(&mut v, 1, 1).unwrap();
-    let live = c.alloc.live_pages();
-    c.alloc.limit = Some(live);
+    let live = c.alloc().live_pages();
+    c.alloc().set_limit(Some(live));
     let pa = RAM_BASE + 3 * PAGE;
     assert_eq!(
         c.give(&mut v, h, pa, GUEST_RAM_IPA_MIN, 4, RegionKind::Donated),
         Err(HostError::NoMemory)
     );
-    assert_eq!(c.alloc.live_pages(), live);
+    assert_eq!(c.alloc().live_pages(), live);
     for p in 0..16 {
         assert_eq!(c.host_state(RAM_BASE + p * PAGE), CompState::Owned);
         assert_eq!(c.host_annotation(RAM_BASE + p * PAGE), None);
     }
     assert!(c.vm(h).unwrap().regions.iter().all(Option::is_none));
-    c.alloc.limit = None;
+    c.alloc().set_limit(None);
     c.give(&mut v, h, pa, GUEST_RAM_IPA_MIN, 4, RegionKind::Donated)
         .unwrap();
     assert_eq!(c.host_state(pa), CompState::NoAccess);
-    assert_eq!(c.destroy(&mut v, h), Ok(4));
-    assert_eq!(c.alloc.live_pages(), live - 2, "guest root freed");
+    assert_eq!(destroy_all(&c, &mut v, h), Ok(4));
+    assert_eq!(c.alloc().live_pages(), live - 2, "guest root freed");
 }
 
 /// A whole 2 MiB block donated (a block in the guest, an annotated block in the host): sharing
@@ -1560,7 +1585,7 @@ fn give_out_of_tables_changes_nothing() {
 /// a page the guest still owns (before, the host was mapped first and kept the page).
 #[test]
 fn share_out_of_tables_never_leaves_the_host_a_private_page() {
-    let mut c = ctl(2);
+    let c = ctl(2);
     let mut v = host_vttbr();
     let h = c.create(&mut v, 1, 1).unwrap();
     let pa = RAM_BASE + (2 << 20);
@@ -1574,9 +1599,9 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
     )
     .unwrap();
     let ipa = GUEST_RAM_IPA_MIN + 5 * PAGE;
-    let live = c.alloc.live_pages();
+    let live = c.alloc().live_pages();
     for headroom in 0..2 {
-        c.alloc.limit = Some(live + headroom);
+        c.alloc().set_limit(Some(live + headroom));
         assert_eq!(
             c.guest_share(&mut v, h, ipa, true),
             Err(HostError::NoMemory)
@@ -1588,9 +1613,9 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
             Some((pa + 5 * PAGE, CompState::Owned))
         );
         assert_eq!(c.vm(h).unwrap().shared, 0);
-        assert_eq!(c.alloc.live_pages(), live);
+        assert_eq!(c.alloc().live_pages(), live);
     }
-    c.alloc.limit = Some(live + 2);
+    c.alloc().set_limit(Some(live + 2));
     c.guest_share(&mut v, h, ipa, true).unwrap();
     assert_eq!(c.host_state(pa + 5 * PAGE), CompState::SharedBorrowed);
     assert_eq!(
@@ -1598,17 +1623,20 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
         Some((pa + 5 * PAGE, CompState::SharedOwned))
     );
     // Unsharing re-merges both blocks and needs no table.
-    c.alloc.limit = Some(c.alloc.live_pages());
+    c.alloc().set_limit(Some(c.alloc().live_pages()));
     c.guest_share(&mut v, h, ipa, false).unwrap();
-    assert_eq!(c.alloc.live_pages(), live);
-    assert_eq!(c.destroy(&mut v, h), Ok(BLOCK_PAGES));
-    assert_eq!(c.mem.log, vec![(pa, BLOCK_PAGES * PAGE)]);
+    assert_eq!(c.alloc().live_pages(), live);
+    assert_eq!(destroy_all(&c, &mut v, h), Ok(BLOCK_PAGES));
+    assert_eq!(
+        c.with_mem(|m| m.log.clone()),
+        vec![(pa, BLOCK_PAGES * PAGE)]
+    );
 }
 
 /// A VM with a claimed vCPU cannot be destroyed; after `end_run` it can.
 #[test]
 fn destroy_while_running_is_busy() {
-    let mut c = ctl(2);
+    let c = ctl(2);
     let mut v = host_vttbr();
     let h = c.create(&mut v, 2, 0).unwrap();
     c.give(&mut v, h, RAM_BASE, GUEST_RAM_IPA_MIN, 1, RegionKind::Lent)
@@ -1617,7 +1645,7 @@ fn destroy_while_running_is_busy() {
     let start = c.begin_run(h, 1, 0).unwrap();
     assert_eq!(start.boot, Some((GUEST_RAM_IPA_MIN, 7)));
     assert_eq!(c.begin_run(h, 1, 1), Err(HostError::Busy));
-    assert_eq!(c.destroy(&mut v, h), Err(HostError::Busy));
+    assert_eq!(destroy_all(&c, &mut v, h), Err(HostError::Busy));
     assert_eq!(c.mmio_complete(h, 1, 0), Err(HostError::Busy));
     c.end_run(h, 1, 0, RunEnd::AwaitMmio);
     assert_eq!(c.begin_run(h, 1, 1), Err(HostError::State));
@@ -1637,26 +1665,29 @@ fn destroy_while_running_is_busy() {
         ),
         Err(HostError::State)
     );
-    assert_eq!(c.destroy(&mut v, h), Ok(0));
-    assert!(c.mem.log.is_empty(), "lent pages are not scrubbed");
+    assert_eq!(destroy_all(&c, &mut v, h), Ok(0));
+    assert!(
+        c.with_mem(|m| m.log.is_empty()),
+        "lent pages are not scrubbed"
+    );
     assert_eq!(c.host_state(RAM_BASE), CompState::Owned);
 }
 
 /// A CPU whose PA size cannot hold the guest IPA size: create fails and frees its tables.
 #[test]
 fn create_on_small_parange_frees_its_tables() {
-    let mut c = ctl(1);
+    let c = ctl(1);
     let mut v = host_vttbr();
-    let live = c.alloc.live_pages();
+    let live = c.alloc().live_pages();
     assert_eq!(c.create(&mut v, 1, 0), Err(HostError::Range));
-    assert_eq!(c.alloc.live_pages(), live);
+    assert_eq!(c.alloc().live_pages(), live);
     assert!(c.handles().next().is_none());
 }
 
 /// The region table is full after MAX_REGIONS calls; the next give changes nothing.
 #[test]
 fn region_slots_run_out() {
-    let mut c = ctl(2);
+    let c = ctl(2);
     let mut v = host_vttbr();
     let h = c.create(&mut v, 1, 1).unwrap();
     for i in 0..MAX_REGIONS as u64 {
@@ -1683,13 +1714,13 @@ fn region_slots_run_out() {
         Err(HostError::NoMemory)
     );
     assert_eq!(c.host_state(pa), CompState::Owned);
-    assert_eq!(c.destroy(&mut v, h), Ok(MAX_REGIONS as u64));
+    assert_eq!(destroy_all(&c, &mut v, h), Ok(MAX_REGIONS as u64));
 }
 
 /// PSCI calls with wild targets and entries answer with PSCI error codes.
 #[test]
 fn psci_wild_arguments() {
-    let mut c = ctl(2);
+    let c = ctl(2);
     let mut v = host_vttbr();
     let h = c.create(&mut v, 2, 0).unwrap();
     c.give(&mut v, h, RAM_BASE, GUEST_RAM_IPA_MIN, 1, RegionKind::Lent)
@@ -1716,4 +1747,106 @@ fn psci_wild_arguments() {
     assert_eq!(c.psci_affinity_info(h, 2), psci::INVALID_PARAMETERS);
     assert_eq!(c.psci_affinity_info(9, 0), psci::INVALID_PARAMETERS);
     assert_eq!(c.vcpu_state(h, u64::MAX), Err(HostError::Invalid));
+}
+
+/// VM_DESTROY works in bounded steps and holds no lock between them: while
+/// VM A is taken apart step by step, VM B keeps running its vCPU, faulting
+/// in lazy pages and sharing memory, and A itself can no longer run, get
+/// memory or be replaced in its slot until the last step.
+#[test]
+fn destroy_in_steps_leaves_other_vms_alone() {
+    let c = ctl(2);
+    let mut v = host_vttbr();
+    let a = c
+        .create(&mut v, 1, hyp_core::vm::control::FLAG_PROTECTED)
+        .unwrap();
+    let b = c
+        .create(&mut v, 1, hyp_core::vm::control::FLAG_PROTECTED)
+        .unwrap();
+    // A: 3 * DESTROY_CHUNK + 5 pages in two regions; B: a lazy region.
+    let big = 2 * DESTROY_CHUNK;
+    let small = DESTROY_CHUNK + 5;
+    c.give(
+        &mut v,
+        a,
+        RAM_BASE,
+        GUEST_RAM_IPA_MIN,
+        big,
+        RegionKind::Donated,
+    )
+    .unwrap();
+    let a2 = RAM_BASE + big * PAGE;
+    c.give(
+        &mut v,
+        a,
+        a2,
+        GUEST_RAM_IPA_MIN + 0x1000_0000,
+        small,
+        RegionKind::Donated,
+    )
+    .unwrap();
+    let bpa = a2 + small * PAGE;
+    c.give_with(
+        &mut v,
+        b,
+        bpa,
+        GUEST_RAM_IPA_MIN,
+        16,
+        RegionKind::Donated,
+        true,
+    )
+    .unwrap();
+    c.vcpu_init(b, 0, GUEST_RAM_IPA_MIN, 0).unwrap();
+    let mut steps = 0;
+    let mut scrubbed = 0;
+    loop {
+        let d = c.destroy(&mut v, a).unwrap();
+        steps += 1;
+        scrubbed += d.scrubbed;
+        assert!(d.scrubbed <= DESTROY_CHUNK);
+        if !d.more {
+            break;
+        }
+        // A is dying: it cannot run or take memory, its slot is not free.
+        assert_eq!(c.begin_run(a, 0, 0), Err(HostError::State));
+        assert_eq!(
+            c.give(
+                &mut v,
+                a,
+                bpa + 16 * PAGE,
+                GUEST_RAM_IPA_MIN + (1 << 30),
+                1,
+                RegionKind::Donated
+            ),
+            Err(HostError::State)
+        );
+        // (Its memory is going: the entry is no longer its RAM.)
+        assert!(c.vcpu_init(a, 0, GUEST_RAM_IPA_MIN, 0).is_err());
+        // B goes on.
+        c.begin_run(b, 0, 1).unwrap();
+        c.map_on_demand(&mut v, b, GUEST_RAM_IPA_MIN + steps * PAGE)
+            .unwrap();
+        c.guest_share(&mut v, b, GUEST_RAM_IPA_MIN + steps * PAGE, true)
+            .unwrap();
+        c.guest_share(&mut v, b, GUEST_RAM_IPA_MIN + steps * PAGE, false)
+            .unwrap();
+        c.end_run(b, 0, 1, RunEnd::Runnable);
+    }
+    assert_eq!(
+        steps,
+        4,
+        "{} pages in steps of {DESTROY_CHUNK}",
+        big + small
+    );
+    assert_eq!(scrubbed, big + small);
+    assert_eq!(c.vm(a).err(), Some(HostError::NoVm));
+    for p in [RAM_BASE, a2 - PAGE, a2, bpa - PAGE] {
+        assert_eq!(c.host_state(p), CompState::Owned);
+    }
+    assert_eq!(
+        c.host_state(bpa),
+        CompState::NoAccess,
+        "B's memory stays B's"
+    );
+    assert_eq!(destroy_all(&c, &mut v, b), Ok(16));
 }

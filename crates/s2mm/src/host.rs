@@ -85,3 +85,52 @@ impl Drop for HostAlloc {
         }
     }
 }
+
+/// A [`HostAlloc`] shared by clones, as the hypervisor's pool is shared by
+/// every lock holder: each allocation locks it.
+#[derive(Debug, Clone, Default)]
+pub struct SharedAlloc(std::sync::Arc<std::sync::Mutex<HostAlloc>>);
+
+impl SharedAlloc {
+    /// A new, empty allocator.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `f` of the allocator behind the handle.
+    ///
+    /// # Panics
+    ///
+    /// If a thread panicked while allocating.
+    pub fn with<T>(&self, f: impl FnOnce(&mut HostAlloc) -> T) -> T {
+        f(&mut self.0.lock().expect("s2mm host: allocator poisoned"))
+    }
+
+    /// Pages currently allocated.
+    #[must_use]
+    pub fn live_pages(&self) -> usize {
+        self.with(|a| a.live_pages())
+    }
+
+    /// Fail allocations once this many pages are live (`None`: never).
+    pub fn set_limit(&self, limit: Option<usize>) {
+        self.with(|a| a.limit = limit);
+    }
+}
+
+// SAFETY: forwards to the one `HostAlloc` behind the handle, under its lock.
+unsafe impl TableAlloc for SharedAlloc {
+    fn alloc_tables(&mut self, pages: usize) -> Option<Pa> {
+        self.with(|a| a.alloc_tables(pages))
+    }
+
+    unsafe fn free_tables(&mut self, pa: Pa, pages: usize) {
+        // SAFETY: forwarded contract.
+        self.with(|a| unsafe { a.free_tables(pa, pages) });
+    }
+
+    fn table_ptr(&self, pa: Pa) -> NonNull<AtomicU64> {
+        self.with(|a| a.table_ptr(pa))
+    }
+}

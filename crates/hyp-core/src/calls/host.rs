@@ -55,11 +55,16 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
             Ok(()) => 0,
             Err(e) => err(e),
         },
-        hyp_abi::VM_DESTROY => match control().lock().destroy(&mut c.vttbr, a[0]) {
-            Ok(n) => {
-                devices::unassign(a[0] as usize - 1);
-                *state::vgic(a[0] as usize - 1).write() = None;
-                n
+        // One bounded step per call: x0 pages scrubbed, x1 = 1 while more
+        // remain (the host calls again).
+        hyp_abi::VM_DESTROY => match control().destroy(&mut c.vttbr, a[0]) {
+            Ok(d) => {
+                if !d.more {
+                    devices::unassign(a[0] as usize - 1);
+                    *state::vgic(a[0] as usize - 1).write() = None;
+                }
+                out[1] = u64::from(d.more);
+                d.scrubbed
             }
             Err(e) => err(e),
         },
@@ -75,10 +80,7 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
                 err(HostError::Invalid)
             } else {
                 let lazy = flags & hyp_abi::MEM_FLAG_LAZY != 0;
-                match control()
-                    .lock()
-                    .give_with(&mut c.vttbr, a[0], a[1], a[2], a[3], kind, lazy)
-                {
+                match control().give_with(&mut c.vttbr, a[0], a[1], a[2], a[3], kind, lazy) {
                     Ok(()) => {
                         // The host may have written code there; the give's
                         // map cleaned it to PoC (no FWB): now the I-caches.
@@ -92,17 +94,17 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
                 }
             }
         }
-        hyp_abi::VCPU_INIT => match control().lock().vcpu_init(a[0], a[1], a[2], a[3]) {
+        hyp_abi::VCPU_INIT => match control().vcpu_init(a[0], a[1], a[2], a[3]) {
             Ok(()) => 0,
             Err(e) => err(e),
         },
-        hyp_abi::VCPU_STATE => control().lock().vcpu_state(a[0], a[1]).unwrap_or_else(err),
-        hyp_abi::MMIO_COMPLETE => match control().lock().mmio_complete(a[0], a[1], a[2]) {
+        hyp_abi::VCPU_STATE => control().vcpu_state(a[0], a[1]).unwrap_or_else(err),
+        hyp_abi::MMIO_COMPLETE => match control().mmio_complete(a[0], a[1], a[2]) {
             Ok(()) => 0,
             Err(e) => err(e),
         },
         hyp_abi::STATS => {
-            if a[0] == 0 || control().lock().vm(a[0]).is_ok() {
+            if a[0] == 0 || control().vm(a[0]).is_ok() {
                 stats::read(a[0] as usize, a[1]).unwrap_or(err(HostError::Invalid))
             } else {
                 err(HostError::NoVm)
@@ -126,5 +128,5 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
 /// VM_CREATE's control half, releasing the control lock before the vGIC
 /// set-up takes it again.
 fn create_vm(vttbr: &mut Vttbr, vcpus: u64, flags: u64) -> Result<u64, HostError> {
-    control().lock().create(vttbr, vcpus, flags)
+    control().create(vttbr, vcpus, flags)
 }

@@ -54,9 +54,8 @@ impl ContextFacts<'_> {
         match self.who {
             Who::Host => none,
             Who::Guest { slot, .. } => state::control()
-                .lock()
                 .vm(slot as u64 + 1)
-                .map(f)
+                .map(|vm| f(&vm))
                 .unwrap_or(none),
         }
     }
@@ -265,10 +264,10 @@ fn apply(
 }
 
 /// `f` on the control state for the exiting guest's handle; `None` for the host.
-fn guest_vm<T>(who: Who, f: impl FnOnce(&mut state::Ctl, u64) -> T) -> Option<T> {
+fn guest_vm<T>(who: Who, f: impl FnOnce(&state::Ctl, u64) -> T) -> Option<T> {
     match who {
         Who::Host => None,
-        Who::Guest { slot, .. } => Some(f(&mut state::control().lock(), slot as u64 + 1)),
+        Who::Guest { slot, .. } => Some(f(state::control(), slot as u64 + 1)),
     }
 }
 
@@ -279,7 +278,6 @@ fn map_on_demand(c: &mut Cpu<'_>, who: Who, ipa: u64) -> bool {
         return false;
     };
     let mapped = state::control()
-        .lock()
         .map_on_demand(&mut c.vttbr, slot as u64 + 1, ipa)
         .is_ok();
     if mapped {

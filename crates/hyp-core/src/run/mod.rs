@@ -179,13 +179,8 @@ fn vcpu_run(
     if flags & !hyp_abi::RUN_COMPLETE_MMIO != 0 {
         return Err(HostError::Invalid);
     }
-    let start = {
-        let mut ctl = state::control().lock();
-        if flags & hyp_abi::RUN_COMPLETE_MMIO != 0 {
-            ctl.mmio_complete(handle, vcpu, value)?;
-        }
-        ctl.begin_run(handle, vcpu, c.idx)?
-    };
+    let complete = (flags & hyp_abi::RUN_COMPLETE_MMIO != 0).then_some(value);
+    let start = state::control().complete_and_run(handle, vcpu, complete, c.idx)?;
     let slot = handle as usize - 1;
     let v = vcpu as usize;
     let mut ctx = state::guest_ctx(slot, v)
@@ -238,7 +233,7 @@ fn vcpu_run(
         c.fp_owner = FpOwner::None;
     }
     drop(ctx);
-    state::control().lock().end_run(handle, vcpu, c.idx, end);
+    state::control().end_run(handle, vcpu, c.idx, end);
     Ok(record)
 }
 

@@ -14,8 +14,8 @@
 //! interface runs on the host under `cargo test`, where a property test
 //! drives it with random calls against a reference model
 //! (`tests/control_model.rs`). The CPU-facing half (running a vCPU) lives in
-//! `vm.rs` and asks this module for permission through [`Control::begin_run`]
-//! and [`Control::end_run`].
+//! `run/` and asks this module for permission through [`Control::begin_run`]
+//! and [`Control::end_run`]. Locking: see [`Control`].
 //!
 //! The host calls and their numbers are listed in `hyp-abi` (crate docs).
 
@@ -23,6 +23,7 @@ use crate::platform::MemRegion;
 use s2mm::ownership::{self, CompState, PageOwnership, Requester, Transition};
 use s2mm::{Attrs, Ipa, OwnerId, Pa, PageState, Stage2, TableAlloc, Vttbr, PAGE_SIZE};
 use smccc::psci::error;
+use spin::{Mutex, MutexGuard};
 
 /// Guest VM slots (handles 1..=MAX_VMS).
 pub const MAX_VMS: usize = 8;
@@ -149,6 +150,8 @@ pub enum VmStatus {
     Off,
     /// A vCPU called SYSTEM_RESET.
     Reset,
+    /// VM_DESTROY has begun: no vCPU runs again.
+    Dying,
 }
 
 /// One guest VM.
@@ -224,21 +227,35 @@ pub const fn owner_of_slot(slot: usize) -> OwnerId {
     OwnerId(2 + slot as u8)
 }
 
-/// The hypervisor's VM table, the host's stage 2, and the allocators behind
-/// them. Callers serialise access (one lock on the target).
-pub struct Control<A: TableAlloc, M: PhysMem> {
-    /// Table memory.
-    pub alloc: A,
-    /// Memory scrubbing.
-    pub mem: M,
+/// The host's side of the control state, behind the host lock: its stage 2
+/// and the scrubber of memory it gets back.
+struct HostSide<M> {
+    s2: Stage2,
+    mem: M,
+}
+
+/// Pages [`Control::destroy`] gives back per call.
+pub const DESTROY_CHUNK: u64 = 512;
+
+/// The control state: the host's stage 2 behind the host lock, each VM
+/// behind its own lock.
+///
+/// Lock order, the one order every operation follows: the host lock first,
+/// then one VM's lock; nothing holds two VMs' locks. Calls about one VM
+/// (running its vCPUs, PSCI, lazy faults) take only that VM's lock;
+/// ownership transitions (give, guest share/unshare, destroy) take the
+/// host's and then the VM's. The table allocator `A` is a handle each lock
+/// holder clones; it serialises its own allocations.
+pub struct Control<A: TableAlloc + Clone, M: PhysMem> {
+    alloc: A,
+    host: Mutex<HostSide<M>>,
+    vms: [Mutex<Option<VmMeta>>; MAX_VMS],
     host_ram: MemRegion,
-    host_s2: Stage2,
-    vms: [Option<VmMeta>; MAX_VMS],
     fwb: bool,
     parange: u64,
 }
 
-impl<A: TableAlloc, M: PhysMem> core::fmt::Debug for Control<A, M> {
+impl<A: TableAlloc + Clone, M: PhysMem> core::fmt::Debug for Control<A, M> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Control")
             .field("host_ram", &self.host_ram)
@@ -254,7 +271,34 @@ fn s2err(e: s2mm::Error) -> HostError {
     }
 }
 
-impl<A: TableAlloc, M: PhysMem> Control<A, M> {
+/// A locked, live VM ([`Control::vm`]).
+pub struct VmRef<'a>(MutexGuard<'a, Option<VmMeta>>);
+
+impl core::ops::Deref for VmRef<'_> {
+    type Target = VmMeta;
+    fn deref(&self) -> &VmMeta {
+        // Built only over a slot holding a VM (`Control::lock_vm`), which
+        // nothing can empty while the guard is held.
+        self.0.as_ref().expect("a VmRef holds a VM")
+    }
+}
+
+impl core::ops::DerefMut for VmRef<'_> {
+    fn deref_mut(&mut self) -> &mut VmMeta {
+        self.0.as_mut().expect("a VmRef holds a VM")
+    }
+}
+
+/// What one [`Control::destroy`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destroyed {
+    /// Pages scrubbed by this call.
+    pub scrubbed: u64,
+    /// Pages remain: call again.
+    pub more: bool,
+}
+
+impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
     /// The host's stage 2: `host_ram` mapped by identity, owned by the host.
     /// `ipa_bits` is the host's IPA size; `parange` is ID_AA64MMFR0_EL1.PARange.
     ///
@@ -270,8 +314,8 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         parange: u64,
         fwb: bool,
     ) -> Result<Self, s2mm::Error> {
-        let mut host_s2 = Stage2::new(&mut alloc, 0, ipa_bits, fwb)?;
-        host_s2.map(
+        let mut s2 = Stage2::new(&mut alloc, 0, ipa_bits, fwb)?;
+        s2.map(
             &mut alloc,
             v,
             Ipa(host_ram.base),
@@ -282,46 +326,70 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         )?;
         Ok(Self {
             alloc,
-            mem,
+            host: Mutex::new(HostSide { s2, mem }),
+            vms: [const { Mutex::new(None) }; MAX_VMS],
             host_ram,
-            host_s2,
-            vms: [const { None }; MAX_VMS],
             fwb,
             parange,
         })
     }
 
-    /// The host's stage 2.
-    #[must_use]
-    pub fn host_s2(&self) -> &Stage2 {
-        &self.host_s2
+    /// The table allocator.
+    pub fn alloc(&self) -> &A {
+        &self.alloc
     }
 
-    /// VM by handle (1..=MAX_VMS).
+    /// `f` of the host's stage 2 (under the host lock).
+    pub fn with_host_s2<T>(&self, f: impl FnOnce(&Stage2, &A) -> T) -> T {
+        f(&self.host.lock().s2, &self.alloc)
+    }
+
+    /// `f` of the memory scrubber (under the host lock).
+    pub fn with_mem<T>(&self, f: impl FnOnce(&mut M) -> T) -> T {
+        f(&mut self.host.lock().mem)
+    }
+
+    /// Locks VM slot `slot` if it holds a VM.
+    fn lock_vm(&self, slot: usize) -> HostResult<VmRef<'_>> {
+        let g = self.vms[slot].lock();
+        if g.is_none() {
+            return Err(HostError::NoVm);
+        }
+        Ok(VmRef(g))
+    }
+
+    /// VM by handle (1..=MAX_VMS), locked while the result lives.
     ///
     /// # Errors
     ///
     /// [`HostError::NoVm`].
-    pub fn vm(&self, handle: u64) -> HostResult<&VmMeta> {
-        let slot = slot_of(handle)?;
-        self.vms[slot].as_ref().ok_or(HostError::NoVm)
+    pub fn vm(&self, handle: u64) -> HostResult<VmRef<'_>> {
+        self.lock_vm(slot_of(handle)?)
     }
 
-    fn vm_mut(&mut self, handle: u64) -> HostResult<&mut VmMeta> {
+    /// The host and VM `handle`, locked in the one order.
+    fn both(&self, handle: u64) -> HostResult<Both<'_, A, M>> {
         let slot = slot_of(handle)?;
-        self.vms[slot].as_mut().ok_or(HostError::NoVm)
+        let host = self.host.lock();
+        let vm = self.lock_vm(slot)?;
+        Ok(Both {
+            alloc: self.alloc.clone(),
+            host,
+            vm,
+            slot,
+        })
     }
 
     /// The host's view of one of its RAM pages.
     #[must_use]
     pub fn host_state(&self, pa: u64) -> CompState {
-        CompState::from_mapping(self.host_s2.query(&self.alloc, Ipa(pa)).map(|m| m.state))
+        host_state(&self.host.lock().s2, &self.alloc, pa)
     }
 
     /// The owner annotation of an unmapped host page.
     #[must_use]
     pub fn host_annotation(&self, pa: u64) -> Option<OwnerId> {
-        self.host_s2.annotation(&self.alloc, Ipa(pa))
+        self.host.lock().s2.annotation(&self.alloc, Ipa(pa))
     }
 
     /// The guest's view of one of its IPAs.
@@ -338,24 +406,26 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     ///
     /// [`HostError::Invalid`] for 0 or more than [`MAX_VCPUS`] vCPUs or an
     /// unknown flag; [`HostError::NoMemory`] when no slot or table is free.
-    pub fn create(&mut self, v: &mut Vttbr, nr_vcpus: u64, flags: u64) -> HostResult<u64> {
+    pub fn create(&self, v: &mut Vttbr, nr_vcpus: u64, flags: u64) -> HostResult<u64> {
         if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS as u64 || flags & !FLAG_PROTECTED != 0 {
             return Err(HostError::Invalid);
         }
-        let slot = self
+        let (slot, mut free) = self
             .vms
             .iter()
-            .position(Option::is_none)
+            .enumerate()
+            .find_map(|(i, m)| m.try_lock().filter(|g| g.is_none()).map(|g| (i, g)))
             .ok_or(HostError::NoMemory)?;
         let vmid = slot as u16 + 1;
-        let s2 = Stage2::new(&mut self.alloc, vmid, GUEST_IPA_BITS, self.fwb).map_err(s2err)?;
+        let mut alloc = self.alloc.clone();
+        let s2 = Stage2::new(&mut alloc, vmid, GUEST_IPA_BITS, self.fwb).map_err(s2err)?;
         let vttbr = s2.root().0 | (u64::from(vmid) << 48);
         // The VTCR must be computable on this CPU; checked once here.
         if s2.vtcr(self.parange).is_err() {
-            s2.destroy(&mut self.alloc, v);
+            s2.destroy(&mut alloc, v);
             return Err(HostError::Range);
         }
-        self.vms[slot] = Some(VmMeta {
+        *free = Some(VmMeta {
             vmid,
             protected: flags & FLAG_PROTECTED != 0,
             nr_vcpus: nr_vcpus as usize,
@@ -373,11 +443,11 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     /// VTCR_EL2 for guests (the same for all of them).
     #[must_use]
     pub fn guest_vtcr(&self) -> Option<u64> {
-        self.vms
-            .iter()
-            .flatten()
-            .next()
-            .and_then(|vm| vm.s2.vtcr(self.parange).ok())
+        (0..MAX_VMS).find_map(|s| {
+            self.lock_vm(s)
+                .ok()
+                .and_then(|vm| vm.s2.vtcr(self.parange).ok())
+        })
     }
 
     /// MEM_DONATE (`kind` Donated) or MEM_LEND (`kind` Lent): gives host
@@ -392,7 +462,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     /// already in use), [`HostError::NoMemory`] (no region slot or tables;
     /// nothing changed).
     pub fn give(
-        &mut self,
+        &self,
         v: &mut Vttbr,
         handle: u64,
         pa: u64,
@@ -416,7 +486,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         reason = "the host call's five arguments, the lazy flag and this CPU's VTTBR"
     )]
     pub fn give_with(
-        &mut self,
+        &self,
         v: &mut Vttbr,
         handle: u64,
         pa: u64,
@@ -425,9 +495,294 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         kind: RegionKind,
         lazy: bool,
     ) -> HostResult<()> {
-        let slot = slot_of(handle)?;
-        let vm = self.vms[slot].as_ref().ok_or(HostError::NoVm)?;
-        if vm.protected != (kind == RegionKind::Donated) {
+        let region = Region {
+            ipa,
+            pa,
+            pages,
+            kind,
+        };
+        self.both(handle)?.give(v, self.host_ram, region, lazy)
+    }
+
+    /// Maps a device frame the hypervisor hands the VM directly (the
+    /// GICv2 virtual CPU interface) at `ipa`, below guest RAM. Not host
+    /// memory, so no ownership changes.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Range`] (not below guest RAM),
+    /// [`HostError::NoMemory`].
+    pub fn map_device(
+        &self,
+        v: &mut Vttbr,
+        handle: u64,
+        ipa: u64,
+        pa: u64,
+        size: u64,
+    ) -> HostResult<()> {
+        match ipa.checked_add(size) {
+            Some(end) if end <= GUEST_RAM_IPA_MIN => {}
+            _ => return Err(HostError::Range),
+        }
+        let mut vm = self.vm(handle)?;
+        vm.s2
+            .map(
+                &mut self.alloc.clone(),
+                v,
+                Ipa(ipa),
+                Pa(pa),
+                size,
+                Attrs::DEVICE_RW,
+                PageState::Owned,
+            )
+            .map_err(s2err)?;
+        Ok(())
+    }
+
+    /// A stage-2 fault of VM `handle` at `ipa`: when `ipa` lies in a lazy
+    /// region (see [`Control::give_with`]) and is not mapped yet, maps its
+    /// page in the state the give left it (owned when donated, borrowed
+    /// when lent) so the access can be retried. Takes only the VM's lock.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Range`] (not in a lazy region),
+    /// [`HostError::State`] (already mapped: the fault was something else),
+    /// [`HostError::NoMemory`] (no table page).
+    pub fn map_on_demand(&self, v: &mut Vttbr, handle: u64, ipa: u64) -> HostResult<()> {
+        let mut vm = self.vm(handle)?;
+        let ipa = ipa & !(PAGE_SIZE - 1);
+        let (i, r) = vm
+            .regions
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.filter(|r| r.pa_of(ipa).is_some()).map(|r| (i, r)))
+            .ok_or(HostError::Range)?;
+        if vm.lazy & (1 << i) == 0 {
+            return Err(HostError::Range);
+        }
+        if vm.s2.query(&self.alloc, Ipa(ipa)).is_some() {
+            return Err(HostError::State);
+        }
+        let state = match r.kind {
+            RegionKind::Donated => PageState::Owned,
+            RegionKind::Lent => PageState::SharedBorrowed,
+        };
+        let pa = r.pa_of(ipa).ok_or(HostError::Range)?;
+        vm.s2
+            .map(
+                &mut self.alloc.clone(),
+                v,
+                Ipa(ipa),
+                Pa(pa),
+                PAGE_SIZE,
+                Attrs::RAM_RWX,
+                state,
+            )
+            .map(|_| ())
+            .map_err(s2err)
+    }
+
+    /// VCPU_INIT: sets where a powered-off vCPU starts.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Invalid`] (vCPU index, unaligned
+    /// entry), [`HostError::Range`] (entry not in guest memory),
+    /// [`HostError::State`] (vCPU not off, VM stopped).
+    pub fn vcpu_init(&self, handle: u64, vcpu: u64, entry: u64, ctx: u64) -> HostResult<()> {
+        self.vm(handle)?.vcpu_init(vcpu, entry, ctx)
+    }
+
+    /// VCPU_STATE: 0 on, 1 off, 2 on pending (AFFINITY_INFO's encoding).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Invalid`].
+    pub fn vcpu_state(&self, handle: u64, vcpu: u64) -> HostResult<u64> {
+        self.vm(handle)?.vcpu_state(vcpu)
+    }
+
+    /// VCPU_RUN, first half: claims the vCPU for physical CPU `cpu`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Invalid`], [`HostError::Busy`]
+    /// (running elsewhere), [`HostError::State`] (VM stopped or being
+    /// destroyed, vCPU off, or an MMIO read not yet completed).
+    pub fn begin_run(&self, handle: u64, vcpu: u64, cpu: usize) -> HostResult<RunStart> {
+        self.complete_and_run(handle, vcpu, None, cpu)
+    }
+
+    /// [`Control::begin_run`], first completing the vCPU's outstanding MMIO
+    /// read with `value` (as [`Control::mmio_complete`]) under the same lock.
+    ///
+    /// # Errors
+    ///
+    /// As [`Control::mmio_complete`] and [`Control::begin_run`].
+    pub fn complete_and_run(
+        &self,
+        handle: u64,
+        vcpu: u64,
+        value: Option<u64>,
+        cpu: usize,
+    ) -> HostResult<RunStart> {
+        let mut vm = self.vm(handle)?;
+        if let Some(value) = value {
+            vm.mmio_complete(vcpu, value)?;
+        }
+        vm.begin_run(vcpu, cpu)
+    }
+
+    /// VCPU_RUN, second half: the vCPU left physical CPU `cpu`.
+    ///
+    /// # Panics
+    ///
+    /// If the vCPU was not claimed by `begin_run` on `cpu` (a hypervisor bug).
+    pub fn end_run(&self, handle: u64, vcpu: u64, cpu: usize, end: RunEnd) {
+        self.vm(handle)
+            .expect("VM destroyed while running")
+            .end_run(vcpu, cpu, end);
+    }
+
+    /// MMIO_COMPLETE: the host's answer to the vCPU's outstanding read.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Invalid`], [`HostError::Busy`],
+    /// [`HostError::State`] (no read outstanding).
+    pub fn mmio_complete(&self, handle: u64, vcpu: u64, value: u64) -> HostResult<()> {
+        self.vm(handle)?.mmio_complete(vcpu, value)
+    }
+
+    /// PSCI CPU_ON from a running vCPU of VM `handle`: returns the PSCI code.
+    pub fn psci_cpu_on(&self, handle: u64, target: usize, entry: u64, ctx: u64) -> u64 {
+        match self.vm(handle) {
+            Ok(mut vm) => vm.psci_cpu_on(target, entry, ctx),
+            Err(_) => psci(error::INVALID_PARAMETERS),
+        }
+    }
+
+    /// PSCI AFFINITY_INFO (level 0) for VM `handle`.
+    pub fn psci_affinity_info(&self, handle: u64, target: usize) -> u64 {
+        match self.vm(handle) {
+            Ok(vm) if target < vm.nr_vcpus => vm.vcpu_state(target as u64).unwrap_or(1),
+            _ => psci(error::INVALID_PARAMETERS),
+        }
+    }
+
+    /// Guest MEM_SHARE (`share`) or MEM_UNSHARE of the page at `ipa`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Range`] (not guest memory), [`HostError::Denied`] (the
+    /// page is not in a state the transition starts from: not owned, already
+    /// shared, lent), [`HostError::NoMemory`].
+    pub fn guest_share(&self, v: &mut Vttbr, handle: u64, ipa: u64, share: bool) -> HostResult<()> {
+        self.both(handle)?.guest_share(v, ipa, share)
+    }
+
+    /// VM_DESTROY, one bounded step at a time: the first call stops the VM
+    /// for good (no vCPU may run again) and unmaps all of its memory; each
+    /// call then scrubs up to [`DESTROY_CHUNK`] pages the host could not
+    /// read and gives them back, and the last frees the VM's tables and
+    /// slot. Between calls no lock is held, so other VMs' exits and the
+    /// host's other calls go on.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Busy`] (a vCPU is running).
+    pub fn destroy(&self, v: &mut Vttbr, handle: u64) -> HostResult<Destroyed> {
+        let mut b = self.both(handle)?;
+        if b.vm.status != VmStatus::Dying {
+            if b.vm.vcpus.iter().any(|v| v.running_on.is_some()) {
+                return Err(HostError::Busy);
+            }
+            b.vm.status = VmStatus::Dying;
+            // Unmap the guest first so it can never see a scrubbed-then-reused
+            // page. The whole IPA space: no block straddles its ends, so this
+            // needs no table.
+            let Both { alloc, vm, .. } = &mut b;
+            let r = vm.s2.unmap(alloc, v, Ipa(0), 1 << GUEST_IPA_BITS);
+            assert!(r.is_ok(), "unmapping a whole stage 2 needs no tables");
+        }
+        let mut budget = DESTROY_CHUNK;
+        let mut scrubbed = 0;
+        while budget > 0 {
+            let Some(i) = b.vm.regions.iter().position(Option::is_some) else {
+                break;
+            };
+            let Some(mut r) = b.vm.regions[i] else {
+                break;
+            };
+            let n = r.pages.min(budget);
+            let len = n * PAGE_SIZE;
+            if r.kind == RegionKind::Donated {
+                // Every donated page was private to the guest at some point:
+                // shared ones too may hold its data after unsharing races.
+                b.host.mem.scrub(r.pa, len);
+                scrubbed += n;
+            }
+            b.restore_host(v, r.pa, len);
+            budget -= n;
+            r.pages -= n;
+            r.pa += len;
+            r.ipa += len;
+            b.vm.regions[i] = (r.pages > 0).then_some(r);
+        }
+        let more = b.vm.regions.iter().any(Option::is_some);
+        if !more {
+            let Both { mut alloc, vm, .. } = b;
+            let mut slot = vm.0;
+            if let Some(vm) = slot.take() {
+                vm.s2.destroy(&mut alloc, v);
+            }
+        }
+        Ok(Destroyed { scrubbed, more })
+    }
+
+    /// Handles (and VMIDs) of live VM slots.
+    pub fn handles(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..MAX_VMS)
+            .filter(|&s| self.vms[s].lock().is_some())
+            .map(|s| s as u64 + 1)
+    }
+}
+
+/// The host's view of page `pa` in its stage 2 `s2`.
+fn host_state(s2: &Stage2, alloc: &impl TableAlloc, pa: u64) -> CompState {
+    CompState::from_mapping(s2.query(alloc, Ipa(pa)).map(|m| m.state))
+}
+
+/// The host and one VM, locked in the one order, for an ownership
+/// transition between them.
+struct Both<'a, A: TableAlloc, M> {
+    alloc: A,
+    host: MutexGuard<'a, HostSide<M>>,
+    vm: VmRef<'a>,
+    slot: usize,
+}
+
+impl<A: TableAlloc, M: PhysMem> Both<'_, A, M> {
+    fn host_state(&self, pa: u64) -> CompState {
+        host_state(&self.host.s2, &self.alloc, pa)
+    }
+
+    /// [`Control::give_with`] with both locks held.
+    fn give(
+        &mut self,
+        v: &mut Vttbr,
+        host_ram: MemRegion,
+        new: Region,
+        lazy: bool,
+    ) -> HostResult<()> {
+        let Region {
+            ipa,
+            pa,
+            pages,
+            kind,
+        } = new;
+        if self.vm.protected != (kind == RegionKind::Donated) {
             return Err(HostError::Invalid);
         }
         if pages == 0
@@ -441,7 +796,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         // Checked sums: a PA or IPA near 2^64 from the host must be a range
         // error, not an overflow (a panic in debug builds; in release a
         // wrapped end would pass the check).
-        if pa < self.host_ram.base || pa.checked_add(size).is_none_or(|e| e > self.host_ram.end()) {
+        if pa < host_ram.base || pa.checked_add(size).is_none_or(|e| e > host_ram.end()) {
             return Err(HostError::Range);
         }
         if ipa < GUEST_RAM_IPA_MIN
@@ -451,16 +806,11 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         {
             return Err(HostError::Range);
         }
-        if vm.status != VmStatus::Live {
+        if self.vm.status != VmStatus::Live {
             return Err(HostError::State);
         }
-        let new = Region {
-            ipa,
-            pa,
-            pages,
-            kind,
-        };
-        if vm
+        if self
+            .vm
             .regions
             .iter()
             .flatten()
@@ -468,7 +818,8 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         {
             return Err(HostError::Denied);
         }
-        let free = vm
+        let free = self
+            .vm
             .regions
             .iter()
             .position(Option::is_none)
@@ -505,33 +856,35 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         };
         // Host first (a block split may run out of tables), then the guest.
         let host_change = match after.host.page_state() {
-            None => {
-                self.host_s2
-                    .set_annotation(&mut self.alloc, v, Ipa(pa), size, owner_of_slot(slot))
-            }
+            None => self.host.s2.set_annotation(
+                &mut self.alloc,
+                v,
+                Ipa(pa),
+                size,
+                owner_of_slot(self.slot),
+            ),
             Some(state) => self
-                .host_s2
+                .host
+                .s2
                 .set_state(&mut self.alloc, v, Ipa(pa), size, state),
         };
         if let Err(e) = host_change {
             // Out of tables part-way: only the pages changed so far go back.
             // Remapping the whole range would split the untouched block the
             // failed split left behind, which needs the very table that was
-            // missing (it panicked in the debug assertion below, and left
-            // pages unowned in release builds).
+            // missing.
             self.release_tables(reserve);
             self.restore_changed(v, pa, size);
             return Err(s2err(e));
         }
         let guest_state = after.guest.page_state().unwrap_or(PageState::Owned);
-        let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
         if lazy {
-            vm.regions[free] = Some(new);
-            vm.lazy |= 1 << free;
+            self.vm.regions[free] = Some(new);
+            self.vm.lazy |= 1 << free;
             self.release_tables(reserve);
             return Ok(());
         }
-        if let Err(e) = vm.s2.map(
+        if let Err(e) = self.vm.s2.map(
             &mut self.alloc,
             v,
             Ipa(ipa),
@@ -542,12 +895,12 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         ) {
             // The range was unmapped before (no overlap), so unmapping it
             // again frees what the partial map allocated.
-            let _ = vm.s2.unmap(&mut self.alloc, v, Ipa(ipa), size);
+            let _ = self.vm.s2.unmap(&mut self.alloc, v, Ipa(ipa), size);
             self.release_tables(reserve);
             self.restore_host(v, pa, size);
             return Err(s2err(e));
         }
-        vm.regions[free] = Some(new);
+        self.vm.regions[free] = Some(new);
         self.release_tables(reserve);
         #[cfg(feature = "test-leak-one-page")]
         if kind == RegionKind::Donated {
@@ -606,7 +959,7 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
     /// Mapping over split tables needs no new table, so this cannot fail
     /// when it restores pages the host owned before.
     fn restore_host(&mut self, v: &mut Vttbr, pa: u64, size: u64) {
-        let r = self.host_s2.map(
+        let r = self.host.s2.map(
             &mut self.alloc,
             v,
             Ipa(pa),
@@ -622,251 +975,16 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         assert!(r.is_ok(), "restoring host pages needs no tables");
     }
 
-    /// Maps a device frame the hypervisor hands the VM directly (the
-    /// GICv2 virtual CPU interface) at `ipa`, below guest RAM. Not host
-    /// memory, so no ownership changes.
-    ///
-    /// # Errors
-    ///
-    /// [`HostError::NoVm`], [`HostError::Range`] (not below guest RAM),
-    /// [`HostError::NoMemory`].
-    pub fn map_device(
-        &mut self,
-        v: &mut Vttbr,
-        handle: u64,
-        ipa: u64,
-        pa: u64,
-        size: u64,
-    ) -> HostResult<()> {
-        let slot = slot_of(handle)?;
-        match ipa.checked_add(size) {
-            Some(end) if end <= GUEST_RAM_IPA_MIN => {}
-            _ => return Err(HostError::Range),
-        }
-        let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
-        vm.s2
-            .map(
-                &mut self.alloc,
-                v,
-                Ipa(ipa),
-                Pa(pa),
-                size,
-                Attrs::DEVICE_RW,
-                PageState::Owned,
-            )
-            .map_err(s2err)?;
-        Ok(())
-    }
-
-    /// A stage-2 fault of VM `handle` at `ipa`: when `ipa` lies in a lazy
-    /// region (see [`Control::give_with`]) and is not mapped yet, maps its
-    /// page in the state the give left it (owned when donated, borrowed
-    /// when lent) so the access can be retried.
-    ///
-    /// # Errors
-    ///
-    /// [`HostError::NoVm`], [`HostError::Range`] (not in a lazy region),
-    /// [`HostError::State`] (already mapped: the fault was something else),
-    /// [`HostError::NoMemory`] (no table page).
-    pub fn map_on_demand(&mut self, v: &mut Vttbr, handle: u64, ipa: u64) -> HostResult<()> {
-        let slot = slot_of(handle)?;
-        let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
+    /// [`Control::guest_share`] with both locks held.
+    fn guest_share(&mut self, v: &mut Vttbr, ipa: u64, share: bool) -> HostResult<()> {
         let ipa = ipa & !(PAGE_SIZE - 1);
-        let (i, r) = vm
-            .regions
-            .iter()
-            .enumerate()
-            .find_map(|(i, r)| r.filter(|r| r.pa_of(ipa).is_some()).map(|r| (i, r)))
-            .ok_or(HostError::Range)?;
-        if vm.lazy & (1 << i) == 0 {
-            return Err(HostError::Range);
-        }
-        if vm.s2.query(&self.alloc, Ipa(ipa)).is_some() {
-            return Err(HostError::State);
-        }
-        let state = match r.kind {
-            RegionKind::Donated => PageState::Owned,
-            RegionKind::Lent => PageState::SharedBorrowed,
-        };
-        let pa = r.pa_of(ipa).ok_or(HostError::Range)?;
-        vm.s2
-            .map(
-                &mut self.alloc,
-                v,
-                Ipa(ipa),
-                Pa(pa),
-                PAGE_SIZE,
-                Attrs::RAM_RWX,
-                state,
-            )
-            .map(|_| ())
-            .map_err(s2err)
-    }
-
-    /// VCPU_INIT: sets where a powered-off vCPU starts.
-    ///
-    /// # Errors
-    ///
-    /// [`HostError::NoVm`], [`HostError::Invalid`] (vCPU index, unaligned
-    /// entry), [`HostError::Range`] (entry not in guest memory),
-    /// [`HostError::State`] (vCPU not off, VM stopped).
-    pub fn vcpu_init(&mut self, handle: u64, vcpu: u64, entry: u64, ctx: u64) -> HostResult<()> {
-        let vm = self.vm_mut(handle)?;
-        let idx = vcpu_idx(vm, vcpu)?;
-        if !entry.is_multiple_of(4) {
-            return Err(HostError::Invalid);
-        }
-        if !vm.is_ram(entry) {
-            return Err(HostError::Range);
-        }
-        if vm.status != VmStatus::Live || vm.vcpus[idx].power != Power::Off {
-            return Err(HostError::State);
-        }
-        vm.vcpus[idx].power = Power::OnPending { entry, ctx };
-        Ok(())
-    }
-
-    /// VCPU_STATE: 0 on, 1 off, 2 on pending (AFFINITY_INFO's encoding).
-    ///
-    /// # Errors
-    ///
-    /// [`HostError::NoVm`], [`HostError::Invalid`].
-    pub fn vcpu_state(&self, handle: u64, vcpu: u64) -> HostResult<u64> {
-        let vm = self.vm(handle)?;
-        let idx = vcpu_idx(vm, vcpu)?;
-        Ok(match vm.vcpus[idx].power {
-            Power::On => 0,
-            Power::Off => 1,
-            Power::OnPending { .. } => 2,
-        })
-    }
-
-    /// VCPU_RUN, first half: claims the vCPU for physical CPU `cpu`.
-    ///
-    /// # Errors
-    ///
-    /// [`HostError::NoVm`], [`HostError::Invalid`], [`HostError::Busy`]
-    /// (running elsewhere), [`HostError::State`] (VM stopped, vCPU off, or an
-    /// MMIO read not yet completed).
-    pub fn begin_run(&mut self, handle: u64, vcpu: u64, cpu: usize) -> HostResult<RunStart> {
-        let vm = self.vm_mut(handle)?;
-        let idx = vcpu_idx(vm, vcpu)?;
-        let v = &mut vm.vcpus[idx];
-        if v.running_on.is_some() {
-            return Err(HostError::Busy);
-        }
-        if vm.status != VmStatus::Live || v.power == Power::Off || v.mmio == MmioWait::Awaiting {
-            return Err(HostError::State);
-        }
-        let boot = match v.power {
-            Power::OnPending { entry, ctx } => Some((entry, ctx)),
-            _ => None,
-        };
-        let mmio_value = match v.mmio {
-            MmioWait::Completed(val) if boot.is_none() => Some(val),
-            _ => None,
-        };
-        v.mmio = MmioWait::None;
-        v.power = Power::On;
-        v.running_on = Some(cpu);
-        Ok(RunStart {
-            boot,
-            mmio_value,
-            vttbr: vm.vttbr,
-        })
-    }
-
-    /// VCPU_RUN, second half: the vCPU left physical CPU `cpu`.
-    ///
-    /// # Panics
-    ///
-    /// If the vCPU was not claimed by `begin_run` on `cpu` (a hypervisor bug).
-    pub fn end_run(&mut self, handle: u64, vcpu: u64, cpu: usize, end: RunEnd) {
-        let slot = slot_of(handle).expect("end_run of a VM never run");
-        let vm = self.vms[slot].as_mut().expect("VM destroyed while running");
-        let v = &mut vm.vcpus[vcpu as usize];
-        assert_eq!(v.running_on, Some(cpu), "vCPU ran elsewhere");
-        v.running_on = None;
-        match end {
-            RunEnd::Runnable => {}
-            RunEnd::AwaitMmio => v.mmio = MmioWait::Awaiting,
-            RunEnd::CpuOff => v.power = Power::Off,
-            RunEnd::SystemOff => vm.status = VmStatus::Off,
-            RunEnd::SystemReset => vm.status = VmStatus::Reset,
-        }
-    }
-
-    /// MMIO_COMPLETE: the host's answer to the vCPU's outstanding read.
-    ///
-    /// # Errors
-    ///
-    /// [`HostError::NoVm`], [`HostError::Invalid`], [`HostError::Busy`],
-    /// [`HostError::State`] (no read outstanding).
-    pub fn mmio_complete(&mut self, handle: u64, vcpu: u64, value: u64) -> HostResult<()> {
-        let vm = self.vm_mut(handle)?;
-        let idx = vcpu_idx(vm, vcpu)?;
-        let v = &mut vm.vcpus[idx];
-        if v.running_on.is_some() {
-            return Err(HostError::Busy);
-        }
-        if v.mmio != MmioWait::Awaiting {
-            return Err(HostError::State);
-        }
-        v.mmio = MmioWait::Completed(value);
-        Ok(())
-    }
-
-    /// PSCI CPU_ON from a running vCPU of VM `handle`: returns the PSCI code.
-    pub fn psci_cpu_on(&mut self, handle: u64, target: usize, entry: u64, ctx: u64) -> u64 {
-        let Ok(vm) = self.vm_mut(handle) else {
-            return psci(error::INVALID_PARAMETERS);
-        };
-        if target >= vm.nr_vcpus {
-            return psci(error::INVALID_PARAMETERS);
-        }
-        if !entry.is_multiple_of(4) || !vm.is_ram(entry) {
-            return PSCI_INVALID_ADDRESS;
-        }
-        match vm.vcpus[target].power {
-            Power::Off => {
-                vm.vcpus[target].power = Power::OnPending { entry, ctx };
-                0
-            }
-            Power::On => psci(error::ALREADY_ON),
-            Power::OnPending { .. } => psci(error::ON_PENDING),
-        }
-    }
-
-    /// PSCI AFFINITY_INFO (level 0) for VM `handle`.
-    pub fn psci_affinity_info(&self, handle: u64, target: usize) -> u64 {
-        match self.vm(handle) {
-            Ok(vm) if target < vm.nr_vcpus => self.vcpu_state(handle, target as u64).unwrap_or(1),
-            _ => psci(error::INVALID_PARAMETERS),
-        }
-    }
-
-    /// Guest MEM_SHARE (`share`) or MEM_UNSHARE of the page at `ipa`.
-    ///
-    /// # Errors
-    ///
-    /// [`HostError::Range`] (not guest memory), [`HostError::Denied`] (the
-    /// page is not in a state the transition starts from: not owned, already
-    /// shared, lent), [`HostError::NoMemory`].
-    pub fn guest_share(
-        &mut self,
-        v: &mut Vttbr,
-        handle: u64,
-        ipa: u64,
-        share: bool,
-    ) -> HostResult<()> {
-        let slot = slot_of(handle)?;
-        let ipa = ipa & !(PAGE_SIZE - 1);
-        let vm = self.vms[slot].as_ref().ok_or(HostError::NoVm)?;
-        let pa = vm
+        let pa = self
+            .vm
             .region_of(ipa)
             .and_then(|r| r.pa_of(ipa))
             .ok_or(HostError::Range)?;
-        let guest = CompState::from_mapping(vm.s2.query(&self.alloc, Ipa(ipa)).map(|m| m.state));
+        let guest =
+            CompState::from_mapping(self.vm.s2.query(&self.alloc, Ipa(ipa)).map(|m| m.state));
         let cur = PageOwnership {
             host: self.host_state(pa),
             guest,
@@ -883,15 +1001,13 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
         // fail with NoMemory; the one made first is then undone (undoing
         // re-merges what it split and needs no table). The host loses access
         // first (unshare) and gains it last (share), so it never reads a page
-        // the guest still holds private. (Before, the host was changed first
-        // in both directions: a failed guest change after a share left the
-        // host mapping a guest-private page.)
+        // the guest still holds private.
         let gstate = next.guest.page_state().unwrap_or(PageState::Owned);
         let gold = cur.guest.page_state().unwrap_or(PageState::Owned);
         if share {
-            self.guest_set_state(v, slot, ipa, gstate)?;
-            if let Err(e) = self.host_set(v, pa, next.host, slot) {
-                let undo = self.guest_set_state(v, slot, ipa, gold);
+            self.guest_set_state(v, ipa, gstate)?;
+            if let Err(e) = self.host_set(v, pa, next.host) {
+                let undo = self.guest_set_state(v, ipa, gold);
                 // Cannot fail: undoing re-merges what the change split (no
                 // table needed). Checked in release builds: a failure would
                 // leave the page's two views disagreeing.
@@ -899,34 +1015,27 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
                 return Err(e);
             }
         } else {
-            self.host_set(v, pa, next.host, slot)?;
-            if let Err(e) = self.guest_set_state(v, slot, ipa, gstate) {
-                let undo = self.host_set(v, pa, cur.host, slot);
+            self.host_set(v, pa, next.host)?;
+            if let Err(e) = self.guest_set_state(v, ipa, gstate) {
+                let undo = self.host_set(v, pa, cur.host);
                 // Cannot fail, as above; checked in release builds.
                 assert!(undo.is_ok(), "undoing a host state change needs no tables");
                 return Err(e);
             }
         }
-        let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
         if share {
-            vm.shared += 1;
+            self.vm.shared += 1;
         } else {
-            vm.shared -= 1;
+            self.vm.shared -= 1;
         }
         Ok(())
     }
 
     /// Sets the host's state of page `pa`: mapped (identity) in `state`, or
-    /// unmapped with guest `slot`'s owner annotation.
-    fn host_set(
-        &mut self,
-        v: &mut Vttbr,
-        pa: u64,
-        state: CompState,
-        slot: usize,
-    ) -> HostResult<()> {
+    /// unmapped with this VM's owner annotation.
+    fn host_set(&mut self, v: &mut Vttbr, pa: u64, state: CompState) -> HostResult<()> {
         match state.page_state() {
-            Some(st) => self.host_s2.map(
+            Some(st) => self.host.s2.map(
                 &mut self.alloc,
                 v,
                 Ipa(pa),
@@ -935,73 +1044,123 @@ impl<A: TableAlloc, M: PhysMem> Control<A, M> {
                 Attrs::RAM_RW,
                 st,
             ),
-            None => self.host_s2.set_annotation(
+            None => self.host.s2.set_annotation(
                 &mut self.alloc,
                 v,
                 Ipa(pa),
                 PAGE_SIZE,
-                owner_of_slot(slot),
+                owner_of_slot(self.slot),
             ),
         }
         .map(|_| ())
         .map_err(s2err)
     }
 
-    /// Sets the guest state of the (mapped) page at `ipa` of guest `slot`.
-    fn guest_set_state(
-        &mut self,
-        v: &mut Vttbr,
-        slot: usize,
-        ipa: u64,
-        state: PageState,
-    ) -> HostResult<()> {
-        let vm = self.vms[slot].as_mut().ok_or(HostError::NoVm)?;
-        vm.s2
+    /// Sets the guest state of the (mapped) page at `ipa`.
+    fn guest_set_state(&mut self, v: &mut Vttbr, ipa: u64, state: PageState) -> HostResult<()> {
+        self.vm
+            .s2
             .set_state(&mut self.alloc, v, Ipa(ipa), PAGE_SIZE, state)
             .map(|_| ())
             .map_err(s2err)
     }
+}
 
-    /// VM_DESTROY: scrubs every page the host could not read, gives all the
-    /// VM's memory back to the host and frees its tables. Returns the number
-    /// of pages scrubbed.
-    ///
-    /// # Errors
-    ///
-    /// [`HostError::NoVm`], [`HostError::Busy`] (a vCPU is running).
-    pub fn destroy(&mut self, v: &mut Vttbr, handle: u64) -> HostResult<u64> {
-        let slot = slot_of(handle)?;
-        let vm = self.vms[slot].as_ref().ok_or(HostError::NoVm)?;
-        if vm.vcpus.iter().any(|v| v.running_on.is_some()) {
-            return Err(HostError::Busy);
+/// Calls about one VM, made with its lock held.
+impl VmMeta {
+    fn vcpu_init(&mut self, vcpu: u64, entry: u64, ctx: u64) -> HostResult<()> {
+        let idx = vcpu_idx(self, vcpu)?;
+        if !entry.is_multiple_of(4) {
+            return Err(HostError::Invalid);
         }
-        let Some(vm) = self.vms[slot].take() else {
-            return Err(HostError::NoVm);
-        };
-        // Unmap the guest first so it can never see a scrubbed-then-reused
-        // page; destroying the tables invalidates the whole VMID.
-        let regions = vm.regions;
-        vm.s2.destroy(&mut self.alloc, v);
-        let mut scrubbed = 0;
-        for r in regions.iter().flatten() {
-            if r.kind == RegionKind::Donated {
-                // Every donated page was private to the guest at some point:
-                // shared ones too may hold its data after unsharing races.
-                self.mem.scrub(r.pa, r.pages * PAGE_SIZE);
-                scrubbed += r.pages;
-            }
-            self.restore_host(v, r.pa, r.pages * PAGE_SIZE);
+        if !self.is_ram(entry) {
+            return Err(HostError::Range);
         }
-        Ok(scrubbed)
+        if self.status != VmStatus::Live || self.vcpus[idx].power != Power::Off {
+            return Err(HostError::State);
+        }
+        self.vcpus[idx].power = Power::OnPending { entry, ctx };
+        Ok(())
     }
 
-    /// Handles (and VMIDs) of live VM slots.
-    pub fn handles(&self) -> impl Iterator<Item = u64> + '_ {
-        self.vms
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.is_some())
-            .map(|(i, _)| i as u64 + 1)
+    fn vcpu_state(&self, vcpu: u64) -> HostResult<u64> {
+        let idx = vcpu_idx(self, vcpu)?;
+        Ok(match self.vcpus[idx].power {
+            Power::On => 0,
+            Power::Off => 1,
+            Power::OnPending { .. } => 2,
+        })
+    }
+
+    fn begin_run(&mut self, vcpu: u64, cpu: usize) -> HostResult<RunStart> {
+        let idx = vcpu_idx(self, vcpu)?;
+        let live = self.status == VmStatus::Live;
+        let v = &mut self.vcpus[idx];
+        if v.running_on.is_some() {
+            return Err(HostError::Busy);
+        }
+        if !live || v.power == Power::Off || v.mmio == MmioWait::Awaiting {
+            return Err(HostError::State);
+        }
+        let boot = match v.power {
+            Power::OnPending { entry, ctx } => Some((entry, ctx)),
+            _ => None,
+        };
+        let mmio_value = match v.mmio {
+            MmioWait::Completed(val) if boot.is_none() => Some(val),
+            _ => None,
+        };
+        v.mmio = MmioWait::None;
+        v.power = Power::On;
+        v.running_on = Some(cpu);
+        Ok(RunStart {
+            boot,
+            mmio_value,
+            vttbr: self.vttbr,
+        })
+    }
+
+    fn end_run(&mut self, vcpu: u64, cpu: usize, end: RunEnd) {
+        let v = &mut self.vcpus[vcpu as usize];
+        assert_eq!(v.running_on, Some(cpu), "vCPU ran elsewhere");
+        v.running_on = None;
+        match end {
+            RunEnd::Runnable => {}
+            RunEnd::AwaitMmio => v.mmio = MmioWait::Awaiting,
+            RunEnd::CpuOff => v.power = Power::Off,
+            RunEnd::SystemOff => self.status = VmStatus::Off,
+            RunEnd::SystemReset => self.status = VmStatus::Reset,
+        }
+    }
+
+    fn mmio_complete(&mut self, vcpu: u64, value: u64) -> HostResult<()> {
+        let idx = vcpu_idx(self, vcpu)?;
+        let v = &mut self.vcpus[idx];
+        if v.running_on.is_some() {
+            return Err(HostError::Busy);
+        }
+        if v.mmio != MmioWait::Awaiting {
+            return Err(HostError::State);
+        }
+        v.mmio = MmioWait::Completed(value);
+        Ok(())
+    }
+
+    fn psci_cpu_on(&mut self, target: usize, entry: u64, ctx: u64) -> u64 {
+        if target >= self.nr_vcpus {
+            return psci(error::INVALID_PARAMETERS);
+        }
+        if !entry.is_multiple_of(4) || !self.is_ram(entry) {
+            return PSCI_INVALID_ADDRESS;
+        }
+        match self.vcpus[target].power {
+            Power::Off => {
+                self.vcpus[target].power = Power::OnPending { entry, ctx };
+                0
+            }
+            Power::On => psci(error::ALREADY_ON),
+            Power::OnPending { .. } => psci(error::ON_PENDING),
+        }
     }
 }
 
@@ -1022,7 +1181,7 @@ fn vcpu_idx(vm: &VmMeta, vcpu: u64) -> HostResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use s2mm::host::HostAlloc;
+    use s2mm::host::SharedAlloc as HostAlloc;
 
     struct NoMem;
     impl PhysMem for NoMem {
@@ -1059,7 +1218,7 @@ mod tests {
             (FLAG_PROTECTED, RegionKind::Donated, PageState::Owned),
             (0, RegionKind::Lent, PageState::SharedBorrowed),
         ] {
-            let mut c = ctl();
+            let c = ctl();
             let mut v = host_vttbr();
             let h = c.create(&mut v, 1, flags).expect("create");
             let (pa, ipa) = (RAM.base + 0x20_0000, 0x4000_0000);
@@ -1104,7 +1263,7 @@ mod tests {
                 Err(HostError::Range)
             );
             // Destroying gives every page back, mapped or not.
-            c.destroy(&mut v, h).expect("destroy");
+            while c.destroy(&mut v, h).expect("destroy").more {}
             assert_eq!(c.host_state(pa), CompState::Owned);
             assert_eq!(c.host_state(pa + 0x3000), CompState::Owned);
         }

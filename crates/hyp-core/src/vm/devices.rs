@@ -42,7 +42,7 @@ pub fn assign(
         .enumerate()
         .find(|(_, d)| d.region.base == pa && d.region.size == size && u64::from(d.intid) == intid)
         .ok_or(HostError::Invalid)?;
-    let slot = control().lock().vm(handle)?.vmid as usize - 1;
+    let slot = control().vm(handle)?.vmid as usize - 1;
     if state::vgic(slot).read().is_none() {
         return Err(HostError::State);
     }
@@ -52,7 +52,7 @@ pub fn assign(
     {
         return Err(HostError::Denied);
     }
-    if let Err(e) = control().lock().map_device(vttbr, handle, pa, pa, size) {
+    if let Err(e) = control().map_device(vttbr, handle, pa, pa, size) {
         ASSIGNED[i].store(0, Ordering::Release);
         return Err(e);
     }

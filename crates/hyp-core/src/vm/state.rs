@@ -17,7 +17,7 @@ use spin::{Mutex, Once, RwLock};
 use vgic::Vgic;
 
 /// Table memory for the control state: the hypervisor's page pool.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct PoolAlloc;
 
 // SAFETY: as `arch::tables::Tables`, whose allocation this forwards under the
@@ -55,13 +55,13 @@ impl PhysMem for HypMem {
 /// The control state.
 pub type Ctl = Control<PoolAlloc, HypMem>;
 
-static CONTROL: Once<Mutex<Ctl>> = Once::new();
+static CONTROL: Once<Ctl> = Once::new();
 static HOST_VTTBR: AtomicU64 = AtomicU64::new(0);
 static VTCR: AtomicU64 = AtomicU64::new(0);
 static FWB: AtomicU8 = AtomicU8::new(0);
 
 /// The control state (after [`init`]).
-pub fn control() -> &'static Mutex<Ctl> {
+pub fn control() -> &'static Ctl {
     CONTROL.get().expect("vm::state::init runs before any VM")
 }
 
@@ -92,14 +92,12 @@ pub fn init(
         fwb,
     )
     .map_err(|_| "cannot build the host's stage 2")?;
-    let s2 = ctl.host_s2();
-    let vtcr = s2
-        .vtcr(parange)
-        .map_err(|_| "CPU's PARange too small for the IPA size")?;
-    HOST_VTTBR.store(s2.vttbr(), Ordering::Relaxed);
+    let (host_vttbr, vtcr) = ctl.with_host_s2(|s2, _| (s2.vttbr(), s2.vtcr(parange)));
+    let vtcr = vtcr.map_err(|_| "CPU's PARange too small for the IPA size")?;
+    HOST_VTTBR.store(host_vttbr, Ordering::Relaxed);
     VTCR.store(vtcr, Ordering::Relaxed);
     FWB.store(u8::from(fwb), Ordering::Relaxed);
-    CONTROL.call_once(|| Mutex::new(ctl));
+    CONTROL.call_once(|| ctl);
     Ok(())
 }
 
@@ -118,10 +116,7 @@ static GUEST_CTX: [[Mutex<VcpuCtx>; MAX_VCPUS]; MAX_VMS] =
 /// frame itself, mapped at the guest's GICC address.
 pub fn new_vgic(vttbr: &mut Vttbr, g: &Phys, handle: u64, nr_vcpus: usize) -> Option<Vgic> {
     if let Phys::V2 { gicv, .. } = *g {
-        if let Err(e) = control()
-            .lock()
-            .map_device(vttbr, handle, VGICC_V2_IPA, gicv, GICV_SIZE)
-        {
+        if let Err(e) = control().map_device(vttbr, handle, VGICC_V2_IPA, gicv, GICV_SIZE) {
             log::warn!("VM {handle}: cannot map the GICV frame: {e:?}");
             return None;
         }
@@ -137,16 +132,23 @@ const GICV_SIZE: u64 = 0x2000;
 /// Cleans and invalidates all memory of VM `slot` to PoC, then invalidates
 /// the instruction caches (inner shareable): code the guest wrote with its
 /// caches off must not be shadowed by stale instruction-cache lines either.
+///
+/// The VM's lock is held only to copy its region list: the clean itself,
+/// which may take milliseconds for a large VM, holds no lock, so other
+/// VMs' exits and the host's calls go on meanwhile. (A vCPU of this VM is
+/// running, so the VM cannot be destroyed under the clean; memory given to
+/// it meanwhile was cleaned when it was mapped.)
 pub fn flush_vm(slot: usize) {
-    let ctl = control().lock();
-    if let Ok(vm) = ctl.vm(slot as u64 + 1) {
-        switch::clean_vm(
-            vm.regions
-                .iter()
-                .flatten()
-                .map(|r| (r.pa, r.pages * s2mm::PAGE_SIZE)),
-        );
-    }
+    let regions = match control().vm(slot as u64 + 1) {
+        Ok(vm) => vm.regions,
+        Err(_) => return,
+    };
+    switch::clean_vm(
+        regions
+            .iter()
+            .flatten()
+            .map(|r| (r.pa, r.pages * s2mm::PAGE_SIZE)),
+    );
 }
 
 /// Makes the vCPUs in `kick` (of VM `slot`) notice new virtual interrupts
@@ -164,7 +166,7 @@ pub fn kick_vcpus(c: &Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut G
     if kick & !me_bit.unwrap_or(0) == 0 {
         return;
     }
-    let ctl = control().lock();
+    let ctl = control();
     let Ok(vm) = ctl.vm(slot as u64 + 1) else {
         return;
     };
