@@ -397,7 +397,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         device: AtomicU64::new(0),
         ram_pa,
         start_after,
-        devices: spin::Mutex::new(demo::Devices::new(disk_pa)),
+        devices: spin::Mutex::new(demo::Devices::new(handle.0, disk_pa)),
     }
 }
 
