@@ -519,84 +519,147 @@ pub fn linux_guest(
     Ok(LinuxGuest { fetched, prepared })
 }
 
-/// The host's FDT writer (crates/host, no_std, `core` only), checked here
-/// with a DTB parser because the host crate has no host-side tests.
+/// The host's device-tree module (crates/host, no_std + alloc, vm-fdt),
+/// checked here with a DTB parser because the host crate has no host-side
+/// tests.
 #[cfg(test)]
-#[path = "../../crates/host/src/fdt_writer.rs"]
-#[allow(dead_code)]
-mod fdt_writer;
+#[path = "../../crates/host/src/dtb.rs"]
+mod host_dtb;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn fdt_writer_output_parses() {
-        let mut buf = vec![0u8; 4096];
-        let mut w = fdt_writer::FdtWriter::new(&mut buf);
-        w.begin_node("");
-        w.prop_u32("#address-cells", 2);
-        w.prop_u32("#size-cells", 2);
-        w.begin_node("chosen");
-        w.prop_str("bootargs", "console=ttyAMA0 rdinit=/init");
-        w.prop_u64("linux,initrd-start", 0x4800_0000);
-        w.end_node();
-        w.begin_node("memory@40000000");
-        w.prop_str("device_type", "memory");
-        w.prop_reg64("reg", &[(0x4000_0000, 0x1000_0000)]);
-        w.end_node();
-        w.begin_node("cpus");
-        w.prop_u32("#address-cells", 1);
-        w.prop_u32("#size-cells", 0);
-        for n in ["cpu@0", "cpu@1"] {
-            w.begin_node(n);
-            w.prop_str("device_type", "cpu");
-            w.prop_str("enable-method", "psci");
-            w.end_node();
-        }
-        w.end_node();
-        w.begin_node("pl011@9000000");
-        w.prop_strs("compatible", &["arm,pl011", "arm,primecell"]);
-        w.prop_empty("interrupt-controller");
-        w.end_node();
-        w.end_node();
-        let n = w.finish().expect("fits");
-        assert_eq!(n % 8, 0);
-        let fdt = fdt::Fdt::new(&buf[..n]).expect("valid DTB");
-        assert_eq!(
-            fdt.chosen().bootargs(),
-            Some("console=ttyAMA0 rdinit=/init")
-        );
-        assert_eq!(fdt.cpus().count(), 2);
-        let m = fdt.memory().regions().next().expect("a memory region");
-        assert_eq!(m.starting_address as u64, 0x4000_0000);
-        assert_eq!(m.size, Some(0x1000_0000));
-        let uart = fdt.find_node("/pl011@9000000").expect("uart node");
-        let compat: Vec<&str> = uart.compatible().expect("compatible").all().collect();
-        assert_eq!(compat, ["arm,pl011", "arm,primecell"]);
-        assert!(uart.property("interrupt-controller").is_some());
-        let start = fdt
-            .find_node("/chosen")
-            .and_then(|c| c.property("linux,initrd-start"))
-            .and_then(|p| p.as_usize());
-        assert_eq!(start, Some(0x4800_0000));
+    /// The `(address, size)` pairs of a `reg` with two address and two size cells.
+    fn reg64(p: fdt::node::NodeProperty<'_>) -> Vec<(u64, u64)> {
+        let v: Vec<u64> = p
+            .value
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        v.chunks_exact(2).map(|c| (c[0], c[1])).collect()
+    }
+
+    /// A property of big-endian u32 cells.
+    fn cells(p: fdt::node::NodeProperty<'_>) -> Vec<u32> {
+        p.value
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
+            .collect()
     }
 
     #[test]
-    fn fdt_writer_reports_overflow_and_imbalance() {
-        let mut small = vec![0u8; 64];
-        let mut w = fdt_writer::FdtWriter::new(&mut small);
-        w.begin_node("");
-        w.prop_str(
-            "bootargs",
-            "a long enough string to overflow sixty-four bytes",
+    fn host_linux_dtb_parses_and_describes_the_vm() {
+        let cmdline = "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1 rdinit=/init";
+        let dtb = host_dtb::linux_dtb(2, 256 << 20, cmdline, Some((0x4800_0000, 0x4812_3456)))
+            .expect("a valid tree");
+        let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
+        assert_eq!(fdt.total_size(), dtb.len());
+        let root = fdt.find_node("/").expect("root");
+        assert_eq!(cells(root.property("#address-cells").expect("cells")), [2]);
+        assert_eq!(cells(root.property("#size-cells").expect("cells")), [2]);
+        assert_eq!(
+            cells(root.property("interrupt-parent").expect("parent")),
+            [1]
         );
-        w.end_node();
-        assert_eq!(w.finish(), Err(fdt_writer::FdtError::Full));
-        let mut buf = vec![0u8; 256];
-        let mut w = fdt_writer::FdtWriter::new(&mut buf);
-        w.begin_node("");
-        assert_eq!(w.finish(), Err(fdt_writer::FdtError::Unbalanced));
+        assert_eq!(fdt.root().compatible().first(), "linux,dummy-virt");
+
+        // /chosen: command line, initrd, stdout-path naming the UART node.
+        assert_eq!(fdt.chosen().bootargs(), Some(cmdline));
+        let chosen = fdt.find_node("/chosen").expect("chosen");
+        let u64_of = |name| {
+            chosen
+                .property(name)
+                .and_then(|p| p.as_usize())
+                .map(|v| v as u64)
+        };
+        assert_eq!(u64_of("linux,initrd-start"), Some(0x4800_0000));
+        assert_eq!(u64_of("linux,initrd-end"), Some(0x4812_3456));
+        assert_eq!(
+            chosen.property("stdout-path").and_then(|p| p.as_str()),
+            Some("/pl011@9000000")
+        );
+
+        let m = fdt.memory().regions().next().expect("a memory region");
+        assert_eq!(m.starting_address as u64, 0x4000_0000);
+        assert_eq!(m.size, Some(256 << 20));
+
+        // Two vCPUs, MPIDR Aff0 = index, PSCI over HVC.
+        let cpus: Vec<_> = fdt.cpus().collect();
+        assert_eq!(cpus.len(), 2);
+        for (i, c) in cpus.iter().enumerate() {
+            assert_eq!(c.ids().first(), i);
+            assert_eq!(
+                c.property("enable-method").and_then(|p| p.as_str()),
+                Some("psci")
+            );
+        }
+        let psci = fdt.find_node("/psci").expect("psci");
+        let compat: Vec<&str> = psci.compatible().expect("compatible").all().collect();
+        assert_eq!(compat, ["arm,psci-1.0", "arm,psci-0.2"]);
+        assert_eq!(
+            psci.property("method").and_then(|p| p.as_str()),
+            Some("hvc")
+        );
+
+        // GICv3: distributor, then one redistributor frame per vCPU.
+        let gic = fdt.find_node("/intc@8000000").expect("gic");
+        assert!(gic.property("interrupt-controller").is_some());
+        assert_eq!(
+            reg64(gic.property("reg").expect("reg")),
+            [(0x0800_0000, 0x1_0000), (0x080a_0000, 2 * 0x2_0000)]
+        );
+        assert_eq!(cells(gic.property("phandle").expect("phandle")), [1]);
+
+        let timer = fdt.find_node("/timer").expect("timer");
+        assert_eq!(
+            cells(timer.property("interrupts").expect("interrupts")),
+            [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]
+        );
+        let clk = fdt.find_node("/apb-pclk").expect("clock");
+        assert_eq!(
+            cells(clk.property("clock-frequency").expect("frequency")),
+            [24_000_000]
+        );
+        assert_eq!(cells(clk.property("phandle").expect("phandle")), [2]);
+
+        let uart = fdt.find_node("/pl011@9000000").expect("uart node");
+        let compat: Vec<&str> = uart.compatible().expect("compatible").all().collect();
+        assert_eq!(compat, ["arm,pl011", "arm,primecell"]);
+        assert_eq!(
+            reg64(uart.property("reg").expect("reg")),
+            [(0x0900_0000, 0x1000)]
+        );
+        assert_eq!(cells(uart.property("interrupts").expect("irq")), [0, 1, 4]);
+        assert_eq!(cells(uart.property("clocks").expect("clocks")), [2, 2]);
+    }
+
+    #[test]
+    fn host_linux_dtb_without_initrd_and_with_eight_vcpus() {
+        let dtb = host_dtb::linux_dtb(8, 512 << 20, "", None).expect("a valid tree");
+        let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
+        let chosen = fdt.find_node("/chosen").expect("chosen");
+        assert!(chosen.property("linux,initrd-start").is_none());
+        let names: Vec<&str> = fdt
+            .find_node("/cpus")
+            .expect("cpus")
+            .children()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["cpu@0", "cpu@1", "cpu@2", "cpu@3", "cpu@4", "cpu@5", "cpu@6", "cpu@7"]
+        );
+        let gic = fdt.find_node("/intc@8000000").expect("gic");
+        assert_eq!(reg64(gic.property("reg").expect("reg"))[1].1, 8 * 0x2_0000);
+    }
+
+    #[test]
+    fn host_linux_dtb_refuses_a_nul_in_the_command_line() {
+        assert_eq!(
+            host_dtb::linux_dtb(1, 128 << 20, "a\0b", None),
+            Err(vm_fdt::Error::InvalidString)
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!   integration tests (`hyp-tests`), stopping at the first failure.
 //! * `bench [--platform <board>]`, `size [--platform <board>]`: see `bench.rs`.
 
+// The host's device-tree module (included by linux.rs's tests) names `alloc`.
+#[cfg(test)]
+extern crate alloc;
+
 mod bench;
 mod flat;
 mod linux;

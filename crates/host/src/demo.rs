@@ -409,25 +409,74 @@ struct Desc {
 /// Longest descriptor chain handled.
 const MAX_CHAIN: usize = 8;
 
+/// The host end of a guest's virtio console: the bytes of its transmitq,
+/// printed on the host's console a line at a time as `[vmH] text`, so that
+/// lines of different guests do not interleave. A line longer than the
+/// buffer is printed in pieces.
+struct ConsoleLines {
+    vm: u64,
+    line: [u8; 200],
+    len: usize,
+}
+
+impl ConsoleLines {
+    fn print_line(&mut self) {
+        let s = core::str::from_utf8(&self.line[..self.len]).unwrap_or("<not UTF-8>");
+        println!("[vm{}] {s}", self.vm);
+        self.len = 0;
+    }
+}
+
+impl embedded_io::ErrorType for ConsoleLines {
+    type Error = core::convert::Infallible;
+}
+
+impl embedded_io::Write for ConsoleLines {
+    /// Takes all of `buf`: complete lines are printed, the rest is kept.
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        for &b in buf {
+            if b == b'\n' || self.len == self.line.len() {
+                self.print_line();
+            }
+            if b != b'\n' {
+                self.line[self.len] = b;
+                self.len += 1;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    /// Prints the unfinished line, if any.
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        if self.len != 0 {
+            self.print_line();
+        }
+        Ok(())
+    }
+}
+
 /// The devices of one guest.
 pub struct Devices {
     console: Dev,
     blk: Dev,
-    line: [u8; 200],
-    line_len: usize,
+    console_out: ConsoleLines,
     disk_pa: u64,
     pool_ipa: u64,
     pool_pages: u64,
 }
 
 impl Devices {
-    /// Devices over a RAM disk at `disk_pa` ([`DISK_BYTES`] of host RAM).
-    pub fn new(disk_pa: u64) -> Self {
+    /// The devices of VM `vm`, over a RAM disk at `disk_pa` ([`DISK_BYTES`]
+    /// of host RAM).
+    pub fn new(vm: u64, disk_pa: u64) -> Self {
         Self {
             console: Dev::new(3),
             blk: Dev::new(2),
-            line: [0; 200],
-            line_len: 0,
+            console_out: ConsoleLines {
+                vm,
+                line: [0; 200],
+                len: 0,
+            },
             disk_pa,
             pool_ipa: 0,
             pool_pages: 0,
@@ -472,12 +521,12 @@ pub fn mmio(g: &Guest, ipa: u64, write: bool, value: u64) -> u64 {
     let r = if is_console {
         // Queue 0 (receiveq) only receives buffers: there is no input.
         if q == 1 {
-            process(&mut d, mem, true, g.handle.0)
+            process(&mut d, mem, true)
         } else {
             Ok(())
         }
     } else if q == 0 {
-        process(&mut d, mem, false, g.handle.0)
+        process(&mut d, mem, false)
     } else {
         Ok(())
     };
@@ -492,7 +541,7 @@ pub fn mmio(g: &Guest, ipa: u64, write: bool, value: u64) -> u64 {
 
 /// Processes every new available buffer of the console's transmitq or the
 /// block device's requestq.
-fn process(d: &mut Devices, mem: Mem, console: bool, handle: u64) -> Result<(), Bad> {
+fn process(d: &mut Devices, mem: Mem, console: bool) -> Result<(), Bad> {
     let qi = usize::from(console);
     let q = if console {
         d.console.queues[qi]
@@ -535,7 +584,7 @@ fn process(d: &mut Devices, mem: Mem, console: bool, handle: u64) -> Result<(), 
             i = next;
         }
         let used_len = if console {
-            console_tx(d, mem, &chain[..n], handle)?;
+            console_tx(d, mem, &chain[..n])?;
             0
         } else {
             blk_request(d, mem, &chain[..n])?
@@ -553,19 +602,20 @@ fn process(d: &mut Devices, mem: Mem, console: bool, handle: u64) -> Result<(), 
     Ok(())
 }
 
-fn console_tx(d: &mut Devices, mem: Mem, chain: &[Desc], handle: u64) -> Result<(), Bad> {
+/// Hands the bytes of a transmitq chain's device-readable buffers to the
+/// guest's console output, a chunk at a time.
+fn console_tx(d: &mut Devices, mem: Mem, chain: &[Desc]) -> Result<(), Bad> {
+    let mut chunk = [0u8; 64];
     for desc in chain.iter().filter(|c| c.flags & DESC_WRITE == 0) {
-        for i in 0..u64::from(desc.len) {
-            let b = mem.r8(desc.addr + i)?;
-            if b == b'\n' || d.line_len == d.line.len() {
-                let s = core::str::from_utf8(&d.line[..d.line_len]).unwrap_or("<not UTF-8>");
-                println!("[vm{handle}] {s}");
-                d.line_len = 0;
+        let len = u64::from(desc.len);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64);
+            for (i, b) in chunk[..n as usize].iter_mut().enumerate() {
+                *b = mem.r8(desc.addr + done + i as u64)?;
             }
-            if b != b'\n' {
-                d.line[d.line_len] = b;
-                d.line_len += 1;
-            }
+            let Ok(()) = embedded_io::Write::write_all(&mut d.console_out, &chunk[..n as usize]);
+            done += n;
         }
     }
     Ok(())

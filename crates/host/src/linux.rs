@@ -17,69 +17,22 @@
 //! kernel with x0 = the DTB's IPA (x1..x3 = 0, MMU off, interrupts masked:
 //! the vCPU reset state).
 //!
-//! The device tree describes what the hypervisor emulates for every VM
-//! (crates/hyp-core): memory, the vCPUs with the PSCI enable method, PSCI
-//! 1.0 over HVC, the GICv3 distributor and one redistributor per vCPU
-//! (bindings: interrupt-controller/arm,gic-v3.yaml), the architected timer's
-//! PPIs (timer/arm,arch_timer.yaml), the PL011 with
-//! its fixed 24 MHz clock (serial/arm,pl011.yaml), and `/chosen` with the
-//! command line, the initrd and `stdout-path`; every address from
-//! `hyp_abi::layout` (QEMU virt's).
+//! The device tree (what the hypervisor emulates for every VM) is written
+//! by [`crate::dtb`].
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::fdt_writer::FdtWriter;
 use crate::hostif::{self, call};
 use crate::{fail, Guest, GUEST_RAM_IPA, PAGE};
 use guest_rt::println;
-use hw_regs::gic::{GICD_SIZE_V3 as GICD_SIZE, GICR_STRIDE};
-use hyp_abi::layout::{GICD_IPA, GICR_IPA, UART_IPA, UART_SIZE};
 use hyp_abi::BootInfo;
 
 /// Default guest RAM.
 const DEFAULT_MEM_MIB: u64 = 256;
 /// Room kept for the device tree at the end of guest RAM.
 const DTB_ROOM: u64 = 2 << 20;
-/// The interrupt of the guest's PL011 (emulated at EL2, at [`UART_IPA`]), QEMU virt's.
-const UART_SPI: u32 = 1;
 /// arm64 Image header magic "ARM\x64" at offset 56 (booting.rst).
 const IMAGE_MAGIC: u32 = 0x644d_5241;
-/// A node name with its unit address, `name@addr` (lower-case hex, no leading zeros), built
-/// on the stack from the address the node's `reg` holds.
-struct UnitName {
-    buf: [u8; 32],
-    len: usize,
-}
-
-impl UnitName {
-    fn new(name: &str, addr: u64) -> Self {
-        let mut n = Self {
-            buf: [0; 32],
-            len: 0,
-        };
-        // The names here are short: 32 bytes hold any of them with a 64-bit address.
-        let _ = core::fmt::Write::write_fmt(&mut n, format_args!("{name}@{addr:x}"));
-        n
-    }
-
-    fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl core::fmt::Write for UnitName {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let end = self.len + s.len();
-        let dst = self.buf.get_mut(self.len..end).ok_or(core::fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-/// Phandles.
-const PH_GIC: u32 = 1;
-const PH_CLK: u32 = 2;
 
 /// A blob QEMU's loader put into host RAM.
 #[derive(Clone, Copy)]
@@ -246,16 +199,25 @@ pub fn create(info: &BootInfo) -> Guest {
     if let Some(i) = initrd {
         copy(pa_of(initrd_ipa), i.pa, i.size);
     }
+    let initrd_range = initrd.map(|i| (initrd_ipa, initrd_ipa + i.size));
+    let dtb = crate::dtb::linux_dtb(vcpus, mem, cmdline, initrd_range)
+        .unwrap_or_else(|e| fail(format_args!("device tree: {e}")));
+    if dtb.len() as u64 > DTB_ROOM {
+        fail(format_args!(
+            "the device tree ({} bytes) does not fit",
+            dtb.len()
+        ));
+    }
+    let dtb_size = dtb.len();
     let dtb_pa = pa_of(dtb_ipa);
     zero(dtb_pa, DTB_ROOM);
-    // SAFETY: [dtb_pa, dtb_pa + DTB_ROOM) is the end of the guest's RAM,
-    // still host-owned (it is given to the VM below) and used by nothing else.
-    let buf = unsafe { core::slice::from_raw_parts_mut(dtb_pa as *mut u8, DTB_ROOM as usize) };
-    let initrd_range = initrd.map(|i| (initrd_ipa, initrd_ipa + i.size));
-    let dtb_size = match write_dtb(buf, vcpus, mem, cmdline, initrd_range) {
-        Ok(n) => n,
-        Err(e) => fail(format_args!("device tree: {e:?}")),
-    };
+    for (i, &b) in dtb.iter().enumerate() {
+        // SAFETY: [dtb_pa, dtb_pa + DTB_ROOM) is the end of the guest's RAM,
+        // still host-owned (it is given to the VM below) and used by nothing
+        // else; `i` is below DTB_ROOM (checked above). Byte stores: with the
+        // MMU off unaligned accesses fault.
+        unsafe { ((dtb_pa + i as u64) as *mut u8).write_volatile(b) };
+    }
 
     let pages = mem / PAGE;
     let fid = if protected {
@@ -304,107 +266,9 @@ pub fn create(info: &BootInfo) -> Guest {
         device: AtomicU64::new(0),
         ram_pa,
         start_after: 0,
-        devices: spin::Mutex::new(crate::demo::Devices::new(disk_pa)),
+        devices: spin::Mutex::new(crate::demo::Devices::new(handle.0, disk_pa)),
     }
 }
-
-/// Writes the guest's device tree into `buf`; returns its size.
-pub fn write_dtb(
-    buf: &mut [u8],
-    vcpus: usize,
-    mem: u64,
-    cmdline: &str,
-    initrd: Option<(u64, u64)>,
-) -> Result<usize, crate::fdt_writer::FdtError> {
-    let mut w = FdtWriter::new(buf);
-    w.begin_node("");
-    w.prop_u32("#address-cells", 2);
-    w.prop_u32("#size-cells", 2);
-    w.prop_str("compatible", "linux,dummy-virt");
-    w.prop_str("model", "hyp guest (QEMU virt layout)");
-    w.prop_u32("interrupt-parent", PH_GIC);
-
-    w.begin_node("chosen");
-    w.prop_str("bootargs", cmdline);
-    w.prop_str("stdout-path", UnitName::new("/pl011", UART_IPA).as_str());
-    if let Some((start, end)) = initrd {
-        w.prop_u64("linux,initrd-start", start);
-        w.prop_u64("linux,initrd-end", end);
-    }
-    w.end_node();
-
-    w.begin_node(UnitName::new("memory", GUEST_RAM_IPA).as_str());
-    w.prop_str("device_type", "memory");
-    w.prop_reg64("reg", &[(GUEST_RAM_IPA, mem)]);
-    w.end_node();
-
-    w.begin_node("cpus");
-    w.prop_u32("#address-cells", 1);
-    w.prop_u32("#size-cells", 0);
-    for v in 0..vcpus {
-        w.begin_node(CPU_NAMES.get(v).copied().unwrap_or("cpu"));
-        w.prop_str("device_type", "cpu");
-        w.prop_str("compatible", "arm,armv8");
-        // MPIDR Aff0 = vCPU index (the hypervisor's VMPIDR_EL2).
-        w.prop_u32("reg", v as u32);
-        w.prop_str("enable-method", "psci");
-        w.end_node();
-    }
-    w.end_node();
-
-    w.begin_node("psci");
-    w.prop_strs("compatible", &["arm,psci-1.0", "arm,psci-0.2"]);
-    w.prop_str("method", "hvc");
-    w.end_node();
-
-    w.begin_node(UnitName::new("intc", GICD_IPA).as_str());
-    w.prop_str("compatible", "arm,gic-v3");
-    w.prop_u32("#interrupt-cells", 3);
-    w.prop_empty("interrupt-controller");
-    w.prop_u32("#redistributor-regions", 1);
-    w.prop_reg64(
-        "reg",
-        &[
-            (GICD_IPA, GICD_SIZE),
-            (GICR_IPA, GICR_STRIDE * vcpus as u64),
-        ],
-    );
-    w.prop_u32("phandle", PH_GIC);
-    w.end_node();
-
-    // Interrupt specifiers: <type number flags>, type 1 = PPI (number =
-    // INTID - 16), 0 = SPI (INTID - 32); flags 4 = level high.
-    w.begin_node("timer");
-    w.prop_str("compatible", "arm,armv8-timer");
-    // Secure physical (INTID 29), non-secure physical (30), virtual (27),
-    // hypervisor (26): the binding's order.
-    w.prop_cells("interrupts", &[1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]);
-    w.end_node();
-
-    w.begin_node("apb-pclk");
-    w.prop_str("compatible", "fixed-clock");
-    w.prop_u32("#clock-cells", 0);
-    w.prop_u32("clock-frequency", 24_000_000);
-    w.prop_str("clock-output-names", "clk24mhz");
-    w.prop_u32("phandle", PH_CLK);
-    w.end_node();
-
-    w.begin_node(UnitName::new("pl011", UART_IPA).as_str());
-    w.prop_strs("compatible", &["arm,pl011", "arm,primecell"]);
-    w.prop_reg64("reg", &[(UART_IPA, UART_SIZE)]);
-    w.prop_cells("interrupts", &[0, UART_SPI, 4]);
-    w.prop_cells("clocks", &[PH_CLK, PH_CLK]);
-    w.prop_strs("clock-names", &["uartclk", "apb_pclk"]);
-    w.end_node();
-
-    w.end_node();
-    w.finish()
-}
-
-/// Node names of the vCPUs (a VM has at most 8).
-const CPU_NAMES: [&str; 8] = [
-    "cpu@0", "cpu@1", "cpu@2", "cpu@3", "cpu@4", "cpu@5", "cpu@6", "cpu@7",
-];
 
 /// The virtual counter (CNTVCT_EL0; the host's CNTVOFF_EL2 is 0, so this is
 /// the system counter). Under `-icount shift=0` QEMU's virtual clock advances

@@ -28,9 +28,11 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod bench;
 mod demo;
-mod fdt_writer;
+mod dtb;
 mod hostif;
 mod linux;
 
@@ -83,6 +85,18 @@ static YIELDS: AtomicU64 = AtomicU64::new(0);
 static NEXT_FREE: spin::Mutex<u64> = spin::Mutex::new(0);
 static RAM_END: AtomicU64 = AtomicU64::new(0);
 
+/// Size of the host's heap.
+const HEAP_SIZE: usize = 64 << 10;
+
+/// The host's heap, for what crates build in `alloc` collections: the
+/// device tree for an external kernel (vm-fdt, [`dtb`]), a few KiB.
+/// Empty until [`primary`] gives it [`HEAP_SPACE`].
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+/// The heap's memory (in .bss, zeroed at entry).
+static mut HEAP_SPACE: [u8; HEAP_SIZE] = [0; HEAP_SIZE];
+
 /// Takes `bytes` (page multiple) of host RAM for a guest.
 pub fn alloc_pages(bytes: u64) -> Option<u64> {
     let mut next = NEXT_FREE.lock();
@@ -124,6 +138,13 @@ fn guest_main(cpu: usize, arg_ptr: u64) -> ! {
 }
 
 fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
+    // SAFETY: HEAP_SPACE is used by nothing but the heap, which this CPU
+    // gives it once, before anything allocates and before the other CPUs
+    // are started.
+    unsafe {
+        HEAP.lock()
+            .init(core::ptr::addr_of_mut!(HEAP_SPACE).cast(), HEAP_SIZE)
+    };
     println!(
         "host: up on {} CPUs, {} MiB RAM at {:#x}, {} guest images",
         info.cpus,
@@ -376,7 +397,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         device: AtomicU64::new(0),
         ram_pa,
         start_after,
-        devices: spin::Mutex::new(demo::Devices::new(disk_pa)),
+        devices: spin::Mutex::new(demo::Devices::new(handle.0, disk_pa)),
     }
 }
 

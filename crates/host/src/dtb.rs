@@ -1,0 +1,145 @@
+//! The device tree the host gives an external kernel (linux.rs).
+//!
+//! It describes what the hypervisor emulates for every VM (crates/hyp-core):
+//! memory, the vCPUs with the PSCI enable method, PSCI 1.0 over HVC, the
+//! GICv3 distributor and one redistributor per vCPU (bindings:
+//! interrupt-controller/arm,gic-v3.yaml), the architected timer's PPIs
+//! (timer/arm,arch_timer.yaml), the PL011 with its fixed 24 MHz clock
+//! (serial/arm,pl011.yaml), and `/chosen` with the command line, the initrd
+//! and `stdout-path`; every address from `hyp_abi::layout` (QEMU virt's).
+//!
+//! The blob is written by `vm-fdt` (rust-vmm's FDT writer, in its
+//! `no_std` + `alloc` mode) into a `Vec` on the host's heap; linux.rs
+//! copies it into the guest's RAM. This file uses only `alloc`, `vm-fdt`,
+//! `hyp-abi` and `hw-regs`, so xtask's unit tests include it and check the
+//! tree it writes with a DTB parser.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use hw_regs::gic::{GICD_SIZE_V3 as GICD_SIZE, GICR_STRIDE};
+use hyp_abi::layout::{GICD_IPA, GICR_IPA, RAM_IPA, UART_IPA, UART_SIZE};
+use vm_fdt::{Error, FdtWriter};
+
+/// The interrupt of the guest's PL011 (emulated at EL2, at [`UART_IPA`]),
+/// QEMU virt's: SPI 1.
+const UART_SPI: u32 = 1;
+/// Phandles.
+const PH_GIC: u32 = 1;
+const PH_CLK: u32 = 2;
+
+/// Opens node `name`, lets `body` write its properties and children, and
+/// closes it.
+fn node(
+    w: &mut FdtWriter,
+    name: &str,
+    body: impl FnOnce(&mut FdtWriter) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let n = w.begin_node(name)?;
+    body(w)?;
+    w.end_node(n)
+}
+
+/// A string-list property (`"a", "b"`).
+fn strs(w: &mut FdtWriter, name: &str, list: &[&str]) -> Result<(), Error> {
+    w.property_string_list(name, list.iter().map(|s| String::from(*s)).collect())
+}
+
+/// The device tree of a VM with `vcpus` vCPUs and `mem` bytes of RAM at
+/// [`RAM_IPA`], booting with command line `cmdline` and the initrd at
+/// IPAs `[start, end)`, if any.
+///
+/// # Errors
+///
+/// vm-fdt's, when a name or value is not valid in a device tree (a NUL in
+/// the command line, say).
+pub fn linux_dtb(
+    vcpus: usize,
+    mem: u64,
+    cmdline: &str,
+    initrd: Option<(u64, u64)>,
+) -> Result<Vec<u8>, Error> {
+    let uart = format!("pl011@{UART_IPA:x}");
+    let mut w = FdtWriter::new()?;
+    node(&mut w, "", |w| {
+        w.property_u32("#address-cells", 2)?;
+        w.property_u32("#size-cells", 2)?;
+        w.property_string("compatible", "linux,dummy-virt")?;
+        w.property_string("model", "hyp guest (QEMU virt layout)")?;
+        w.property_u32("interrupt-parent", PH_GIC)?;
+
+        node(w, "chosen", |w| {
+            w.property_string("bootargs", cmdline)?;
+            w.property_string("stdout-path", &format!("/{uart}"))?;
+            if let Some((start, end)) = initrd {
+                w.property_u64("linux,initrd-start", start)?;
+                w.property_u64("linux,initrd-end", end)?;
+            }
+            Ok(())
+        })?;
+
+        node(w, &format!("memory@{RAM_IPA:x}"), |w| {
+            w.property_string("device_type", "memory")?;
+            w.property_array_u64("reg", &[RAM_IPA, mem])
+        })?;
+
+        node(w, "cpus", |w| {
+            w.property_u32("#address-cells", 1)?;
+            w.property_u32("#size-cells", 0)?;
+            for v in 0..vcpus {
+                node(w, &format!("cpu@{v:x}"), |w| {
+                    w.property_string("device_type", "cpu")?;
+                    w.property_string("compatible", "arm,armv8")?;
+                    // MPIDR Aff0 = vCPU index (the hypervisor's VMPIDR_EL2).
+                    w.property_u32("reg", v as u32)?;
+                    w.property_string("enable-method", "psci")
+                })?;
+            }
+            Ok(())
+        })?;
+
+        node(w, "psci", |w| {
+            strs(w, "compatible", &["arm,psci-1.0", "arm,psci-0.2"])?;
+            w.property_string("method", "hvc")
+        })?;
+
+        node(w, &format!("intc@{GICD_IPA:x}"), |w| {
+            w.property_string("compatible", "arm,gic-v3")?;
+            w.property_u32("#interrupt-cells", 3)?;
+            w.property_null("interrupt-controller")?;
+            w.property_u32("#redistributor-regions", 1)?;
+            w.property_array_u64(
+                "reg",
+                &[GICD_IPA, GICD_SIZE, GICR_IPA, GICR_STRIDE * vcpus as u64],
+            )?;
+            w.property_phandle(PH_GIC)
+        })?;
+
+        // Interrupt specifiers: <type number flags>, type 1 = PPI (number =
+        // INTID - 16), 0 = SPI (INTID - 32); flags 4 = level high.
+        node(w, "timer", |w| {
+            w.property_string("compatible", "arm,armv8-timer")?;
+            // Secure physical (INTID 29), non-secure physical (30), virtual
+            // (27), hypervisor (26): the binding's order.
+            w.property_array_u32("interrupts", &[1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4])
+        })?;
+
+        node(w, "apb-pclk", |w| {
+            w.property_string("compatible", "fixed-clock")?;
+            w.property_u32("#clock-cells", 0)?;
+            w.property_u32("clock-frequency", 24_000_000)?;
+            w.property_string("clock-output-names", "clk24mhz")?;
+            w.property_phandle(PH_CLK)
+        })?;
+
+        node(w, &uart, |w| {
+            strs(w, "compatible", &["arm,pl011", "arm,primecell"])?;
+            w.property_array_u64("reg", &[UART_IPA, UART_SIZE])?;
+            w.property_array_u32("interrupts", &[0, UART_SPI, 4])?;
+            w.property_array_u32("clocks", &[PH_CLK, PH_CLK])?;
+            strs(w, "clock-names", &["uartclk", "apb_pclk"])
+        })
+    })?;
+    w.finish()
+}
