@@ -1,5 +1,6 @@
 //! EL1 runtime for the project's small Rust guests: entry, exception
-//! vectors, console, and SMCCC/PSCI calls through HVC.
+//! vectors, console, the global allocator (`heap`), and SMCCC/PSCI calls
+//! through HVC.
 //!
 //! A guest crate provides `guest_main(cpu, arg)` and, optionally, an
 //! exception hook set with [`set_exception_hook`]. Guests run with the MMU
@@ -15,6 +16,8 @@
 pub mod demo;
 #[cfg(target_arch = "aarch64")]
 pub mod gic;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod heap;
 #[cfg(target_arch = "aarch64")]
 pub mod mmu;
 #[cfg(target_arch = "aarch64")]

@@ -1,4 +1,5 @@
 use core::arch::{asm, global_asm};
+use core::convert::Infallible;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use smccc::{Call, Hvc};
@@ -8,18 +9,35 @@ global_asm!(include_str!("entry.S"));
 /// The guest's PL011 (emulated by the hypervisor) at QEMU virt's address.
 pub const UART_BASE: usize = hyp_abi::layout::UART_IPA as usize;
 
-/// Console writer.
+/// Console writer: bytes go to the PL011's data register one by one (the
+/// hypervisor's emulated UART never pushes back, so writes cannot fail).
 #[derive(Debug)]
 pub struct Console;
 
-impl Write for Console {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for b in s.bytes() {
+impl embedded_io::ErrorType for Console {
+    type Error = Infallible;
+}
+
+impl embedded_io::Write for Console {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Infallible> {
+        for &b in buf {
             // SAFETY: UART_BASE is the PL011 data register the hypervisor
             // emulates for every guest.
             unsafe { core::ptr::write_volatile(UART_BASE as *mut u32, u32::from(b)) };
         }
+        Ok(buf.len())
+    }
+
+    /// Nothing is buffered here: the hypervisor takes each byte as written.
+    fn flush(&mut self) -> Result<(), Infallible> {
         Ok(())
+    }
+}
+
+/// Formatting (`write!`, [`println!`]) on top of the byte writer.
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        embedded_io::Write::write_all(self, s.as_bytes()).map_err(|e| match e {})
     }
 }
 

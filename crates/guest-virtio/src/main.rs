@@ -28,9 +28,6 @@
 #![no_std]
 #![no_main]
 
-extern crate alloc;
-
-use core::alloc::{GlobalAlloc, Layout};
 use core::arch::asm;
 use core::cell::UnsafeCell;
 use core::fmt::Write;
@@ -83,34 +80,12 @@ static SECRET: Cell<Pages<1>> = Cell(UnsafeCell::new(Pages([[0; PAGE_SIZE]; 1]))
 /// vCPU 1's report: 1 once the secret is written and read back.
 static SECRET_DONE: AtomicU64 = AtomicU64::new(0);
 
-/// A bump allocator over a static heap: the console's receive buffer is
-/// the only allocation (vCPU 0).
-struct Bump;
+/// The heap guest-rt's allocator gets (vCPU 0): the console's receive
+/// buffer is the only allocation.
 const HEAP_SIZE: usize = 32 * 1024;
 static HEAP: Cell<Pages<{ HEAP_SIZE / PAGE_SIZE }>> = Cell(UnsafeCell::new(Pages(
     [[0; PAGE_SIZE]; HEAP_SIZE / PAGE_SIZE],
 )));
-static HEAP_NEXT: Cell<usize> = Cell(UnsafeCell::new(0));
-
-// SAFETY: returns distinct, aligned, in-bounds blocks of the static heap
-// (or null); only vCPU 0 allocates.
-unsafe impl GlobalAlloc for Bump {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: vCPU 0 is the only user of HEAP_NEXT.
-        let next = unsafe { &mut *HEAP_NEXT.0.get() };
-        let start = next.next_multiple_of(layout.align());
-        if start + layout.size() > HEAP_SIZE {
-            return core::ptr::null_mut();
-        }
-        *next = start + layout.size();
-        // SAFETY: in bounds of HEAP (checked above).
-        unsafe { HEAP.0.get().cast::<u8>().add(start) }
-    }
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
-}
-
-#[global_allocator]
-static ALLOC: Bump = Bump;
 
 fn pool_base() -> usize {
     POOL.0.get() as usize
@@ -277,6 +252,8 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
     if cpu != 0 {
         secondary(handle);
     }
+    // SAFETY: HEAP is given once, here, and nothing else uses it.
+    guest_rt::heap::give(unsafe { &mut (*HEAP.0.get()).0 }.as_flattened_mut());
     let ok = run(handle);
     ctl(
         demo::CTL_CMD,

@@ -88,13 +88,9 @@ static RAM_END: AtomicU64 = AtomicU64::new(0);
 /// Size of the host's heap.
 const HEAP_SIZE: usize = 64 << 10;
 
-/// The host's heap, for what crates build in `alloc` collections: the
-/// device tree for an external kernel (vm-fdt, [`dtb`]), a few KiB.
-/// Empty until [`primary`] gives it [`HEAP_SPACE`].
-#[global_allocator]
-static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
-
-/// The heap's memory (in .bss, zeroed at entry).
+/// The heap's memory (in .bss, zeroed at entry), for what crates build in
+/// `alloc` collections: the device tree for an external kernel (vm-fdt,
+/// [`dtb`]), a few KiB. [`primary`] gives it to guest-rt's allocator.
 static mut HEAP_SPACE: [u8; HEAP_SIZE] = [0; HEAP_SIZE];
 
 /// Takes `bytes` (page multiple) of host RAM for a guest.
@@ -141,10 +137,7 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
     // SAFETY: HEAP_SPACE is used by nothing but the heap, which this CPU
     // gives it once, before anything allocates and before the other CPUs
     // are started.
-    unsafe {
-        HEAP.lock()
-            .init(core::ptr::addr_of_mut!(HEAP_SPACE).cast(), HEAP_SIZE)
-    };
+    guest_rt::heap::give(unsafe { &mut *core::ptr::addr_of_mut!(HEAP_SPACE) });
     println!(
         "host: up on {} CPUs, {} MiB RAM at {:#x}, {} guest images",
         info.cpus,
