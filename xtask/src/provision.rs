@@ -1,4 +1,5 @@
-//! Provisioning: the Rust targets and QEMU the build and tests need.
+//! Provisioning: the Rust targets and QEMU the build and tests need, and the
+//! cargo subcommands of the developer tools (`coverage`, `mutants`).
 //!
 //! Installs what is missing when it knows how (rustup targets; QEMU from
 //! bookworm-backports on Debian 12, or the distribution's package on other
@@ -57,6 +58,65 @@ pub fn targets(targets: &[&str]) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Makes sure the cargo subcommand `cargo <sub>` (from the crates.io
+/// package `package`) runs; installs it with `cargo install --locked` when
+/// it does not. `why` says what it is for in the progress line.
+pub fn cargo_tool(sub: &str, package: &str, why: &str) -> Result<()> {
+    let works = |sub: &str| {
+        Command::new("cargo")
+            .args([sub, "--version"])
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works(sub) {
+        return Ok(());
+    }
+    note(&format!(
+        "provision: `cargo {sub}` is missing ({why}): installing {package} from crates.io \
+         (`cargo install --locked {package}`; a few minutes of compiling, once)"
+    ));
+    crate::run_checked(
+        Command::new("cargo")
+            .args(["install", "--locked", package])
+            .current_dir(root()),
+    )?;
+    if works(sub) {
+        note(&format!("provision: installed {package}"));
+        Ok(())
+    } else {
+        Err(format!(
+            "`cargo install --locked {package}` succeeded but `cargo {sub} --version` still \
+             fails: is ~/.cargo/bin (or $CARGO_HOME/bin) on PATH?"
+        ))
+    }
+}
+
+/// Makes sure the pinned toolchain has `llvm-tools` (llvm-profdata and
+/// llvm-cov, which cargo-llvm-cov drives).
+pub fn llvm_tools() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .current_dir(root())
+        .output()
+        .map_err(|e| {
+            format!("rustup not found ({e}): cargo-llvm-cov needs the llvm-tools component")
+        })?;
+    let installed = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() && installed.lines().any(|l| l.starts_with("llvm-tools")) {
+        return Ok(());
+    }
+    note("provision: the llvm-tools component is missing: running `rustup component add llvm-tools-preview`");
+    crate::run_checked(
+        Command::new("rustup")
+            .args(["component", "add", "llvm-tools-preview"])
+            .current_dir(root()),
+    )
 }
 
 /// QEMU's version, or why it is unusable.
