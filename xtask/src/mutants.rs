@@ -14,8 +14,9 @@
 //! it prints the counts (caught, missed, timeout, unviable) and every missed
 //! and timed-out mutant.
 //!
-//! The modules lib.rs builds only for AArch64 (`arch`, `boot`, `console`,
-//! `idregs_emul`, `vm`) are excluded (`-e`): the host tests never compile
+//! The modules hyp-core builds only for AArch64 (`run`, `boot`, and the
+//! AArch64 halves of the folders, e.g. `arch/gic`, `exit/effects`) are
+//! excluded (`-e`): the host tests never compile
 //! them, and cargo-mutants, which does not evaluate `cfg`, would count each
 //! of their mutants as missed. `--file` refuses them.
 //!
@@ -117,8 +118,8 @@ fn source_position(mutant: &str) -> (String, u32, u32, String) {
     }
 }
 
-/// The modules hyp-core's lib.rs builds only for AArch64
-/// (`#[cfg(target_arch = "aarch64")]` before `pub mod NAME;`). The host
+/// The modules a module file (`lib.rs` or a `mod.rs`) builds only for
+/// AArch64 (`#[cfg(target_arch = "aarch64")]` before `pub mod NAME;`). The host
 /// tests never compile them, so cargo-mutants, which does not evaluate
 /// `cfg`, would report every mutant in them as missed.
 pub fn aarch64_only_modules(lib_rs: &str) -> Vec<String> {
@@ -190,18 +191,45 @@ fn relative_file(file: &str) -> Result<String> {
     Ok(rel)
 }
 
+/// hyp-core's AArch64-only modules, as paths below `src/` (`arch/gic`,
+/// `run`): those of `lib.rs` and of every folder's `mod.rs`.
+fn aarch64_only_paths() -> Result<Vec<String>> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+        let file = if prefix.is_empty() {
+            "lib.rs"
+        } else {
+            "mod.rs"
+        };
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for m in aarch64_only_modules(&text) {
+            out.push(format!("{prefix}{m}"));
+        }
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let sub = format!("{prefix}{name}");
+            if e.path().join("mod.rs").exists() && !out.contains(&sub) {
+                walk(&e.path(), &format!("{sub}/"), out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(&root().join(SRC), "", &mut out)?;
+    Ok(out)
+}
+
 /// `cargo xtask mutants`: the exit status to return (cargo-mutants').
 pub fn mutants(file: Option<&str>, timeout: u64, build_timeout: u64) -> Result<u8> {
     let file = file.map(relative_file).transpose()?;
-    let lib_rs = root().join(SRC).join("lib.rs");
-    let aarch64_only = aarch64_only_modules(
-        &std::fs::read_to_string(&lib_rs)
-            .map_err(|e| format!("cannot read {}: {e}", lib_rs.display()))?,
-    );
+    let aarch64_only = aarch64_only_paths()?;
     if let Some(f) = file.as_deref().filter(|f| in_modules(f, &aarch64_only)) {
         return Err(format!(
-            "{f} is built only for aarch64 (lib.rs: #[cfg(target_arch = \"aarch64\")]): the \
-             host tests never compile it, so every mutant in it would be `missed`"
+            "{f} is built only for aarch64 (#[cfg(target_arch = \"aarch64\")] on its module): \
+             the host tests never compile it, so every mutant in it would be `missed`"
         ));
     }
     provision::cargo_tool(
@@ -338,24 +366,28 @@ mod tests {
         assert!(in_modules("crates/hyp-core/src/vm.rs", &mods));
         assert!(!in_modules("crates/hyp-core/src/vmid.rs", &mods));
         assert!(!in_modules("crates/hyp-core/src/exit.rs", &mods));
-        // The real lib.rs: the modules the host build leaves out.
-        let real = std::fs::read_to_string(root().join(SRC).join("lib.rs")).expect("lib.rs");
-        let real = aarch64_only_modules(&real);
-        for m in ["arch", "boot", "vm"] {
+        // The real tree: the modules the host build leaves out, at any depth.
+        let real = aarch64_only_paths().expect("hyp-core's module files");
+        for m in ["run", "boot", "arch/gic", "exit/effects", "vm/state"] {
             assert!(real.iter().any(|r| r == m), "{real:?}");
         }
-        assert!(!real.iter().any(|r| r == "hypercall"), "{real:?}");
+        for m in ["arch", "exit", "exit/policy", "vm/control"] {
+            assert!(!real.iter().any(|r| r == m), "{real:?}");
+        }
     }
 
     #[test]
     fn files_outside_hyp_core_are_refused() {
         assert!(relative_file(&root().join("xtask/src/main.rs").to_string_lossy()).is_err());
         assert!(relative_file("crates/hyp-core/src/no-such-file.rs").is_err());
-        let inject = root().join("crates/hyp-core/src/inject.rs");
-        for path in [&*inject.to_string_lossy(), "crates/hyp-core/src/inject.rs"] {
+        let inject = root().join("crates/hyp-core/src/vcpu/inject.rs");
+        for path in [
+            &*inject.to_string_lossy(),
+            "crates/hyp-core/src/vcpu/inject.rs",
+        ] {
             assert_eq!(
                 relative_file(path).as_deref(),
-                Ok("crates/hyp-core/src/inject.rs")
+                Ok("crates/hyp-core/src/vcpu/inject.rs")
             );
         }
     }
