@@ -9,7 +9,12 @@
 //!   but `sgi_latency` (one CPU, so the counter counts only the measured
 //!   path; VM 2 is `vcpu_switch`'s partner);
 //! - on two CPUs with `guests=guest-bench:v2`: `sgi_latency` (the target
-//!   vCPU runs on the other physical CPU).
+//!   vCPU runs on the other physical CPU);
+//! - on two CPUs, one VM destroyed on CPU 0 while guest-bench on CPU 1
+//!   times exit round trips: `neighbour_destroy_ns`, the longest, in
+//!   nanoseconds of virtual time (at most [`NEIGHBOUR_BOUND_NS`]; not
+//!   compared between the two runs: it depends on where QEMU's round-robin
+//!   switches CPUs).
 //!
 //! QEMU virt (`--platform qemu`): `-smp 1` and `-smp 2`; the counter runs
 //! at 1 GHz, one tick per instruction, and every iteration is timed alone.
@@ -46,7 +51,7 @@ use object::{Object, ObjectSection, SectionKind};
 use crate::{build, cargo, note, provision, run_checked, target_dir, Platform, Result};
 
 /// Metrics guest-bench reports under icount (instructions).
-pub const GUEST_METRICS: [&str; 9] = [
+pub const GUEST_METRICS: [&str; 10] = [
     "hvc_null",
     "psci_version",
     "mmio_hyp",
@@ -56,7 +61,15 @@ pub const GUEST_METRICS: [&str; 9] = [
     "sgi_latency",
     "vtimer_latency",
     "vcpu_switch",
+    "neighbour_destroy_ns",
 ];
+
+/// The longest exit round trip a VM may see while another VM is destroyed
+/// on another CPU (nanoseconds of virtual time): a lock held across the
+/// whole destroy (448 MiB: about 300 ms) fails it. The goal is 1 ms; most
+/// round trips stay under one destroy step (about 0.6 ms), one of about
+/// 5 ms remains unexplained.
+const NEIGHBOUR_BOUND_NS: f64 = 10_000_000.0;
 
 /// Targets from the issue (instructions, at most).
 const TARGETS: [(&str, u64); 3] = [("hvc_null", 80), ("mmio_host", 1000), ("mmio_hyp", 150)];
@@ -104,7 +117,7 @@ struct Boot {
     want: &'static [&'static str],
 }
 
-const BOOTS: [Boot; 2] = [
+const BOOTS: [Boot; 3] = [
     Boot {
         smp: Some(1),
         append: "guests=guest-bench:p:lazy,guest-bench",
@@ -123,6 +136,14 @@ const BOOTS: [Boot; 2] = [
         smp: Some(2),
         append: "guests=guest-bench:v2",
         want: &["sgi_latency"],
+    },
+    // VM 1 (448 MiB, protected) powers off at once and host CPU 0 destroys
+    // it (`reap`) while VM 2, on CPU 1, times exit round trips through the
+    // host until the destroy is over and 2,000 more (arg: 0x80 | 2000 << 8).
+    Boot {
+        smp: Some(2),
+        append: "guests=guest-hello:p:v1:mem=448:reap,guest-bench:v1:cpu=1:arg=512128",
+        want: &["neighbour_destroy_ns"],
     },
 ];
 
@@ -436,6 +457,16 @@ pub fn check_twice(platform: Platform) -> Result<()> {
             Some(_) => {}
         }
     }
+    for r in a.iter().filter(|r| r.name.starts_with("neighbour_")) {
+        if r.value >= NEIGHBOUR_BOUND_NS {
+            return Err(format!(
+                "{}: {} = {} ns: a neighbour's long operation held this VM's exits up",
+                platform.dir(),
+                r.name,
+                r.value
+            ));
+        }
+    }
     if a.len() != GUEST_METRICS.len() {
         return Err(format!(
             "{} of {} metrics reported",
@@ -443,8 +474,15 @@ pub fn check_twice(platform: Platform) -> Result<()> {
             GUEST_METRICS.len()
         ));
     }
-    if a != b {
-        return Err(format!("two runs differ:\n{a:?}\n{b:?}"));
+    // The neighbour probe's figure depends on where QEMU's round-robin
+    // switches between the two CPUs; every other metric is exact.
+    let exact = |r: &&Record| !r.name.starts_with("neighbour_");
+    let (ea, eb): (Vec<&Record>, Vec<&Record>) = (
+        a.iter().filter(exact).collect(),
+        b.iter().filter(exact).collect(),
+    );
+    if ea != eb {
+        return Err(format!("two runs differ:\n{ea:?}\n{eb:?}"));
     }
     Ok(())
 }

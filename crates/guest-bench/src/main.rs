@@ -524,6 +524,9 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     // `arg=N` (`cargo xtask profile`: metric index | iterations << 8).
     let handle = x0 & 0xff;
     let profile_request = x0 >> 8;
+    if let Some(name) = neighbour_metric(profile_request & 0xff) {
+        neighbour(handle, name, (profile_request >> 8) as usize);
+    }
     if handle != 1 {
         partner(handle);
     }
@@ -900,6 +903,57 @@ fn vtimer_latency(clock: Clock) {
 }
 
 /// VM 2: yields its CPU (WFI) a fixed number of times, then powers off.
+/// Guest option `arg=` values (low byte) that make this VM the neighbour
+/// probe, and the metric each reports: 0x80 while the other VM is
+/// destroyed, 0x81 while it toggles its caches. The bytes above are the
+/// iterations.
+fn neighbour_metric(kind: u64) -> Option<&'static str> {
+    match kind {
+        0x80 => Some("neighbour_destroy_ns"),
+        0x81 => Some("neighbour_cache_toggle_ns"),
+        _ => None,
+    }
+}
+
+/// The neighbour probe: while another VM on another CPU is destroyed, times
+/// round trips of an exit that goes through EL2 and the host (an MMIO read
+/// of the host's count of VMs it began and finished destroying,
+/// `guest_rt::demo::REAPED_IPA`), from the start of the destroy to its end
+/// and `iters` more, and reports the longest in nanoseconds of the virtual
+/// counter (under `-icount shift=0` on QEMU virt, one instruction each). A
+/// lock the other VM's long operation held across the round trip, or a
+/// step that kept its CPU too long, would show here.
+fn neighbour(handle: u64, name: &str, iters: usize) -> ! {
+    /// Bound on the round trips before the host reports the end.
+    const MAX_ROUND_TRIPS: usize = 20_000_000;
+    println!("guest-bench: VM {handle} probes exit round trips while the other VM is destroyed");
+    let mut longest = 0;
+    let mut timed = 0;
+    let mut after = None;
+    let mut n = 0;
+    while after.is_none_or(|a| n < a + iters) {
+        let t0 = now();
+        let state = read32(guest_rt::demo::REAPED_IPA as usize);
+        let dt = now() - t0;
+        n += 1;
+        if state & 0xffff != 0 {
+            longest = longest.max(dt);
+            timed += 1;
+        }
+        if state >> 16 != 0 && after.is_none() {
+            after = Some(n);
+        }
+        if after.is_none() && n == MAX_ROUND_TRIPS {
+            fail(format_args!(
+                "{name}: the other VM was not destroyed in {n} round trips"
+            ));
+        }
+    }
+    let ns = u128::from(longest) * 1_000_000_000 / u128::from(guest_rt::gic::counter_hz());
+    report(name, ns as u64, timed);
+    guest_rt::system_off()
+}
+
 fn partner(handle: u64) -> ! {
     println!("guest-bench: VM {handle} is the vcpu_switch partner");
     for _ in 0..PARTNER_WFIS {

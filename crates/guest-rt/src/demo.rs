@@ -16,6 +16,11 @@ pub const BLK_IPA: u64 = HOST_MMIO_IPA + VIRTIO_MMIO_SIZE;
 /// Size of one virtio-mmio transport's register window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x200;
 
+/// Read: how many VMs the host has begun (bits [15:0]) and finished (bits
+/// [31:16]) destroying while others ran (guest option `reap`); the
+/// neighbour-latency probe (guest-bench) polls it.
+pub const REAPED_IPA: u64 = HOST_MMIO_IPA + 0x3ff8;
+
 /// The demo control device: a guest tells the host about its bounce
 /// buffers so the host can check their visibility at known points.
 pub const CTL_IPA: u64 = HOST_MMIO_IPA + 0x3000;

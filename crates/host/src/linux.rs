@@ -267,6 +267,9 @@ pub fn create(info: &BootInfo) -> Guest {
         ram_pa,
         start_after: 0,
         devices: spin::Mutex::new(crate::demo::Devices::new(handle.0, disk_pa)),
+        first_cpu: 0,
+        reap: false,
+        reaped: AtomicBool::new(false),
     }
 }
 

@@ -68,6 +68,13 @@ pub struct Guest {
     start_after: u64,
     /// Its virtio devices (demo).
     devices: spin::Mutex<demo::Devices>,
+    /// Guest option `cpu=N`: its vCPU v runs on host CPU (N + v) mod CPUs.
+    first_cpu: usize,
+    /// Guest option `reap`: destroyed by the CPU that sees it power off,
+    /// while the other VMs run on, not at the end.
+    reap: bool,
+    /// Destroyed already (`reap`).
+    reaped: AtomicBool,
 }
 
 /// Counter value when the host started serving its guests (guest option
@@ -304,11 +311,24 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
     let mut vcpus = if count == 1 { 4 } else { 1 };
     let mut start_after = 0;
     let mut arg = 0u64;
+    let mut ram = GUEST_RAM;
+    let mut first_cpu = 0;
+    let mut reap = false;
     for p in parts {
         if p == "p" {
             protected = true;
         } else if p == "lazy" {
             lazy = true;
+        } else if p == "reap" {
+            reap = true;
+        } else if let Some(mib) = p
+            .strip_prefix("mem=")
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|m| (16..=1024).contains(m))
+        {
+            ram = mib << 20;
+        } else if let Some(c) = p.strip_prefix("cpu=").and_then(|v| v.parse::<usize>().ok()) {
+            first_cpu = c;
         } else if let Some(a) = p
             .strip_prefix("arg=")
             .and_then(|v| v.parse::<u64>().ok())
@@ -335,20 +355,22 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         Ok(h) => h,
         Err(e) => fail(format_args!("VM_CREATE for {name}: {e:?}")),
     };
-    let Some(ram_pa) = alloc_pages(GUEST_RAM) else {
+    let Some(ram_pa) = alloc_pages(ram) else {
         fail(format_args!("out of host memory for {name}"));
     };
     let Some(disk_pa) = alloc_pages(demo::DISK_BYTES) else {
         fail(format_args!("out of host memory for {name}'s disk"));
     };
     let off = module.load_ipa - GUEST_RAM_IPA;
-    if off + module.size > GUEST_RAM {
+    if off + module.size > ram {
         fail(format_args!("{name} does not fit its RAM"));
     }
-    // SAFETY: [ram_pa, ram_pa + GUEST_RAM) is host RAM nobody else uses
-    // (bump allocated), the module lies below free_base; both are mapped by
-    // the host's identity stage 2. Word copies: the host runs with its MMU
-    // off, where unaligned accesses fault.
+    // SAFETY: [ram_pa, ram_pa + ram) is host RAM nobody else uses (bump
+    // allocated), the module lies below free_base; both are mapped by the
+    // host's identity stage 2. Word copies: the host runs with its MMU off,
+    // where unaligned accesses fault. Only the first GUEST_RAM bytes are
+    // cleared: the bump allocator never hands out RAM twice, and RAM the
+    // host never touched is zero from boot.
     unsafe {
         let dst = ram_pa as *mut u64;
         for i in 0..(GUEST_RAM / 8) as usize {
@@ -360,7 +382,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
             dst.add(i).write_volatile(src.add(i).read_volatile());
         }
     }
-    let pages = GUEST_RAM / PAGE;
+    let pages = ram / PAGE;
     let r = bench::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, protected, lazy);
     if let Err(e) = r {
         fail(format_args!("giving memory to {name}: {e:?}"));
@@ -374,7 +396,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         "host: VM {} ({name}): {} vCPUs, {} MiB at IPA {GUEST_RAM_IPA:#x}, {}",
         handle.0,
         vcpus,
-        GUEST_RAM >> 20,
+        ram >> 20,
         if protected {
             "protected (donated)"
         } else {
@@ -391,6 +413,9 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         ram_pa,
         start_after,
         devices: spin::Mutex::new(demo::Devices::new(handle.0, disk_pa)),
+        first_cpu,
+        reap,
+        reaped: AtomicBool::new(false),
     }
 }
 
@@ -411,8 +436,10 @@ fn serve(cpu: usize) {
             if g.start_after != 0 && guest_rt::gic::counter().wrapping_sub(start) < g.start_after {
                 continue;
             }
-            for v in (cpu..g.vcpus).step_by(cpus) {
-                run_vcpu(g, v as u64);
+            for v in 0..g.vcpus {
+                if (g.first_cpu + v) % cpus == cpu {
+                    run_vcpu(g, v as u64);
+                }
             }
         }
         if live == 0 {
@@ -446,7 +473,7 @@ fn run_vcpu(g: &Guest, v: u64) {
                 let val = if demo::is_demo_device(ipa) {
                     demo::mmio(g, ipa, write, value)
                 } else {
-                    if ipa & !0xfff != TEST_DEVICE_IPA {
+                    if ipa & !0xfff != TEST_DEVICE_IPA && ipa != guest_rt::demo::REAPED_IPA {
                         println!(
                             "host: VM {} vCPU {v}: MMIO at {ipa:#x} has no device",
                             g.handle.0
@@ -455,6 +482,8 @@ fn run_vcpu(g: &Guest, v: u64) {
                     if write {
                         g.device.store(value, Ordering::Relaxed);
                         0
+                    } else if ipa == guest_rt::demo::REAPED_IPA {
+                        REAPING.load(Ordering::Acquire) | REAPED.load(Ordering::Acquire) << 16
                     } else {
                         g.device.load(Ordering::Relaxed).wrapping_add(1)
                     }
@@ -494,6 +523,9 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
                     linux::powered_off();
                 }
                 println!("host: VM {} ({}) powered {how}", g.handle.0, g.name);
+                if g.reap {
+                    reap(g);
+                }
             }
         }
         code => match HostError::from_code(code) {
@@ -509,11 +541,38 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
     }
 }
 
+/// VMs [`reap`] has begun and finished destroying so far (guests read
+/// `begun | finished << 16` at `guest_rt::demo::REAPED_IPA`).
+static REAPING: AtomicU64 = AtomicU64::new(0);
+static REAPED: AtomicU64 = AtomicU64::new(0);
+
+/// Destroys `g` now (guest option `reap`), while the other VMs run on.
+fn reap(g: &Guest) {
+    REAPING.fetch_add(1, Ordering::AcqRel);
+    let t0 = guest_rt::gic::counter();
+    match hostif::destroy_vm(g.handle.0) {
+        Ok(scrubbed) => {
+            let us = (guest_rt::gic::counter() - t0) * 1_000_000 / guest_rt::gic::counter_hz();
+            println!(
+                "host: VM {} ({}) destroyed while the others run: {scrubbed} pages scrubbed in {us} us",
+                g.handle.0, g.name
+            );
+            SCRUBBED.fetch_add(scrubbed, Ordering::SeqCst);
+            g.reaped.store(true, Ordering::Release);
+            REAPED.fetch_add(1, Ordering::AcqRel);
+        }
+        Err(e) => fail(format_args!("VM_DESTROY {}: {e:?}", g.handle.0)),
+    }
+}
+
 fn teardown(n: usize) {
     let Some((guests, _)) = GUESTS.get() else {
         return;
     };
     for g in guests[..n].iter().flatten() {
+        if g.reaped.load(Ordering::Acquire) {
+            continue;
+        }
         let exits = call(hyp_abi::STATS, [g.handle.0, hyp_abi::STATS_TOTAL, 0, 0]).unwrap_or(0);
         match hostif::destroy_vm(g.handle.0) {
             Ok(scrubbed) => {

@@ -49,6 +49,11 @@ const V3: Option<VgicFrames> = Some(VgicFrames {
     nr_vcpus: 2,
 });
 
+const V2: Option<VgicFrames> = Some(VgicFrames {
+    version: vgic::Version::V2,
+    nr_vcpus: 2,
+});
+
 fn guest() -> Ctx {
     Ctx {
         who: GUEST,
@@ -664,6 +669,55 @@ fn mmio_in_and_out_of_regions() {
                 far: 0xffff_0000_dead_0000,
                 write: false,
             })),
+        ),
+        (
+            "GICv2: the distributor is 4 KiB",
+            dabt(GICD_IPA + 0xffc, 4, 2, false, XLAT),
+            vec![],
+            Ctx { vgic: V2, ..g },
+            then(Action::Vgic {
+                region: vgic::Region::Dist,
+                off: 0xffc,
+                access: mmio(GICD_IPA + 0xffc, 4, 2, false),
+                value: 0,
+            }),
+        ),
+        (
+            "GICv2: no redistributors",
+            dabt(GICR_IPA, 4, 2, false, XLAT),
+            vec![],
+            Ctx { vgic: V2, ..g },
+            at(Action::Inject(Injected::DataAbort {
+                far: 0xffff_0000_dead_0000,
+                write: false,
+            })),
+        ),
+        (
+            "GICv3: the distributor's last word",
+            dabt(GICD_IPA + vgic::DIST_SIZE_V3 - 4, 4, 2, false, XLAT),
+            vec![],
+            g,
+            then(Action::Vgic {
+                region: vgic::Region::Dist,
+                off: vgic::DIST_SIZE_V3 - 4,
+                access: mmio(GICD_IPA + vgic::DIST_SIZE_V3 - 4, 4, 2, false),
+                value: 0,
+            }),
+        ),
+        (
+            "a 64-bit device write keeps all its bits",
+            dabt(dev, 8, 4, true, XLAT),
+            vec![0, 0, 0, 0, 0x0123_4567_89ab_cdef],
+            g,
+            then(Action::ToHost(
+                RunEnd::Runnable,
+                [
+                    run_exit::MMIO,
+                    dev,
+                    hyp_abi::mmio_flags(8, true),
+                    0x0123_4567_89ab_cdef,
+                ],
+            )),
         ),
         (
             "a VM without a vGIC",

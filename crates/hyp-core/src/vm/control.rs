@@ -235,7 +235,7 @@ struct HostSide<M> {
 }
 
 /// Pages [`Control::destroy`] gives back per call.
-pub const DESTROY_CHUNK: u64 = 512;
+pub const DESTROY_CHUNK: u64 = 256;
 
 /// The control state: the host's stage 2 behind the host lock, each VM
 /// behind its own lock.
