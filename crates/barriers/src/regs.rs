@@ -266,9 +266,20 @@ fn non_trap_hcr_change(old: u64, value: u64) -> ! {
     )
 }
 
-/// CPTR_EL2 (E2H = 0 layout) trap bits for FP/SIMD (TFP, bit 10), SVE (TZ, bit 8) and SME (TSM,
-/// bit 12). `aarch64-cpu` 11.2 does not define these fields for the nVHE layout.
-pub const CPTR_EL2_FP_TRAPS: u64 = (1 << 10) | (1 << 8) | (1 << 12);
+// CPTR_EL2 with HCR_EL2.E2H = 0 (this hypervisor is nVHE). `aarch64-cpu` 11.2 defines only TAM
+// (bit 30) for CPTR_EL2: neither these trap bits nor the RES1 bits (and E2H = 1 replaces them with
+// the CPACR-style FPEN/ZEN/SMEN fields), so the nVHE fields are local.
+/// CPTR_EL2.TZ (bit 8, E2H = 0): SVE accesses trap to EL2.
+pub const CPTR_EL2_TZ: u64 = 1 << 8;
+/// CPTR_EL2.TFP (bit 10, E2H = 0): FP/SIMD accesses trap to EL2.
+pub const CPTR_EL2_TFP: u64 = 1 << 10;
+/// CPTR_EL2.TSM (bit 12, E2H = 0): SME accesses trap to EL2.
+pub const CPTR_EL2_TSM: u64 = 1 << 12;
+/// CPTR_EL2 RES1 bits with E2H = 0: 13, 9 and 7..0.
+pub const CPTR_EL2_RES1: u64 = (1 << 13) | (1 << 9) | 0xff;
+
+/// CPTR_EL2 (E2H = 0 layout) trap bits for FP/SIMD (TFP), SVE (TZ) and SME (TSM).
+pub const CPTR_EL2_FP_TRAPS: u64 = CPTR_EL2_TFP | CPTR_EL2_TZ | CPTR_EL2_TSM;
 
 /// CPTR_EL2. Its layout depends on HCR_EL2.E2H, so writes need a `Synced<El1Names>` proof
 /// (invariant 6).
@@ -679,5 +690,17 @@ impl TpidrEl2 {
     pub unsafe fn write(value: u64) {
         // SAFETY: forwarded contract.
         let _ = unsafe { write_raw(SysReg::TpidrEl2, value) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The local CPTR_EL2 (E2H = 0) fields are the bits the hand-written masks had.
+    #[test]
+    fn cptr_el2_nvhe_fields() {
+        assert_eq!(CPTR_EL2_FP_TRAPS, (1 << 10) | (1 << 8) | (1 << 12));
+        assert_eq!(CPTR_EL2_RES1 | CPTR_EL2_TZ | CPTR_EL2_TSM, 0x33ff);
     }
 }

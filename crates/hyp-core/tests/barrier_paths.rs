@@ -6,12 +6,14 @@
 //! finds 0 needless ISBs, 0 missing ones, 0 TLBIs under a wrong VMID and nothing else. Run with
 //! `--nocapture` to see the table (`cargo xtask test` does).
 
+use aarch64_cpu::registers::HCR_EL2;
 use barriers::check::{check, report, summary, Summary};
-use barriers::sync::{uses, Cse, Synced, SCTLR_EL2_EOS_EIS};
+use barriers::sync::{uses, Cse, Synced};
 use barriers::vttbr::Vttbr;
 use barriers::{enter_guest, trace, GuestPending, Insn, SysReg};
-use hyp_core::arch::switch::{self, ContextRegs, CpuSync, El1Context, El2Regs};
+use hyp_core::arch::switch::{self, ContextRegs, CpuSync, El1Context, El2Regs, SCTLR_EL2_ON};
 use hyp_core::platform::MemRegion;
+use hyp_core::vcpu::traps::{CPTR_FP_ON, CPTR_TRAP_FP};
 use hyp_core::vm::control::{Control, PhysMem, RegionKind, FLAG_PROTECTED, GUEST_RAM_IPA_MIN};
 use s2mm::host::SharedAlloc as HostAlloc;
 
@@ -21,13 +23,15 @@ const RAM: MemRegion = MemRegion {
 };
 /// HCR_EL2 as the hypervisor runs: RW, VM, FMO/IMO/AMO, TWI, TSC, TVM, TSW (the trap bits
 /// differ per context).
-const HCR: u64 = (1 << 31) | 1 | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 19);
-const TWI: u64 = 1 << 13;
-const TVM: u64 = 1 << 26;
-const TSW: u64 = 1 << 22;
-const SCTLR_EL2_ON: u64 = SCTLR_EL2_EOS_EIS | 0x30c5_0838 | 1 | (1 << 2) | (1 << 12);
-const CPTR_FP_ON: u64 = 0x33ff;
-const CPTR_TRAP_FP: u64 = CPTR_FP_ON | (1 << 10);
+const HCR: u64 = HCR_EL2::RW::SET.value
+    | HCR_EL2::VM::SET.value
+    | HCR_EL2::FMO::SET.value
+    | HCR_EL2::IMO::SET.value
+    | HCR_EL2::AMO::SET.value
+    | HCR_EL2::TSC::SET.value;
+const TWI: u64 = HCR_EL2::TWI::SET.value;
+const TVM: u64 = HCR_EL2::TVM::SET.value;
+const TSW: u64 = HCR_EL2::TSW::SET.value;
 
 struct Scrub;
 impl PhysMem for Scrub {

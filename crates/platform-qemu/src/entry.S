@@ -32,7 +32,7 @@ primary_entry:
     b       1b
 2:  adrp    x1, __stacks_start
     add     x1, x1, :lo12:__stacks_start
-    add     sp, x1, #0x10, lsl #12          // CPU 0's stack top (STACK_SIZE)
+    add     sp, x1, #0x20, lsl #12          // CPU 0's stack top (STACK_SIZE)
     mov     x0, x19
     bl      platform_primary_main
 3:  wfe
@@ -47,7 +47,7 @@ secondary_entry:
     adrp    x1, __stacks_start
     add     x1, x1, :lo12:__stacks_start
     add     x2, x0, #1
-    add     x1, x1, x2, lsl #16             // (index + 1) * STACK_SIZE
+    add     x1, x1, x2, lsl #17             // (index + 1) * STACK_SIZE
     mov     sp, x1
     bl      platform_secondary_main
     b       3b

@@ -8,6 +8,11 @@ use crate::desc::{Attrs, El2Format, Format, PageState, Perms, OA_MASK, VALID};
 use crate::stage2::parange_bits;
 use crate::walk::{shift, size, BatchRegime, Fault, Op, Tables};
 use crate::{BlockSize, Error, Mapping};
+use aarch64_cpu::registers::TCR_EL2;
+
+// `aarch64-cpu` 11.2 defines TCR_EL2's E2H = 0 fields but not its RES1 bits.
+/// TCR_EL2 RES1 bits (E2H = 0): 31 and 23.
+const TCR_EL2_RES1: u64 = (1 << 31) | (1 << 23);
 
 /// EL2 stage-1 tables.
 ///
@@ -229,13 +234,14 @@ impl El2Stage1 {
     pub fn tcr_el2(&self, parange_field: u64) -> Result<u64, Error> {
         parange_bits(parange_field)?;
         let t0sz = u64::from(64 - self.tables.ia_bits);
-        Ok(t0sz
-            | (0b01 << 8)
-            | (0b01 << 10)
-            | (0b11 << 12)
-            | (parange_field.min(5) << 16)
-            | (1 << 23)
-            | (1 << 31))
+        Ok((TCR_EL2::T0SZ.val(t0sz)
+            + TCR_EL2::IRGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL2::ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
+            + TCR_EL2::SH0::Inner
+            + TCR_EL2::TG0::KiB_4
+            + TCR_EL2::PS.val(parange_field.min(5)))
+        .value
+            | TCR_EL2_RES1)
     }
 
     /// Frees every table after breaking the root entries and completing TLBI ALLE2-class

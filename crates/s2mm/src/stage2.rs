@@ -9,6 +9,7 @@ use crate::desc::{
 };
 use crate::walk::{size, BatchRegime, Fault, Op, Tables};
 use crate::{BlockSize, Entry, Error, Mapping};
+use aarch64_cpu::registers::VTCR_EL2;
 use barriers::vttbr::Vttbr;
 
 /// Default TLBI policy: up to this many leaf invalidations per batch are issued one by one
@@ -380,10 +381,10 @@ impl Stage2 {
         }
         let ps = parange_field.min(5);
         let t0sz = u64::from(64 - ipa_bits);
-        let sl0: u64 = match self.tables.start_level {
-            2 => 0b00,
-            1 => 0b01,
-            0 => 0b10,
+        let sl0 = match self.tables.start_level {
+            2 => VTCR_EL2::SL0::Granule4KBLevel2,
+            1 => VTCR_EL2::SL0::Granule4KBLevel1,
+            0 => VTCR_EL2::SL0::Granule4KBLevel0,
             _ => unreachable!("s2mm: stage-2 start level is 0..=2"),
         };
         // Concatenation check (Arm ARM, VTCR_EL2.SL0 / T0SZ): the start level resolves
@@ -393,16 +394,21 @@ impl Stage2 {
         if !(1..=13).contains(&root_bits) || (self.tables.start_level == 0 && root_bits > 9) {
             return Err(Error::UnsupportedIpaSize);
         }
-        let vs = u64::from(self.tables.fmt.vmid > 0xff);
-        Ok(t0sz
-            | (sl0 << 6)
-            | (0b01 << 8) // IRGN0: Normal WB RA WA
-            | (0b01 << 10) // ORGN0: Normal WB RA WA
-            | (0b11 << 12) // SH0: Inner Shareable
-            // TG0 (bits 15:14) = 0b00: 4 KiB
-            | (ps << 16)
-            | (vs << 19)
-            | (1 << 31))
+        let vs = if self.tables.fmt.vmid > 0xff {
+            VTCR_EL2::VS::Bits16
+        } else {
+            VTCR_EL2::VS::Bits8
+        };
+        Ok((VTCR_EL2::T0SZ.val(t0sz)
+            + sl0
+            + VTCR_EL2::IRGN0::NormalWBRAWA
+            + VTCR_EL2::ORGN0::NormalWBRAWA
+            + VTCR_EL2::SH0::Inner
+            + VTCR_EL2::TG0::Granule4KB
+            + VTCR_EL2::PS.val(ps)
+            + vs
+            + VTCR_EL2::RES1::SET)
+            .value)
     }
 
     /// Frees every table, root included, after breaking all root entries and completing a

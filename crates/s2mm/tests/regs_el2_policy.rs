@@ -69,6 +69,60 @@ fn vtcr_and_vttbr_values() {
     assert_eq!(a.live_pages(), 0);
 }
 
+/// VTCR_EL2 and TCR_EL2, now built from `aarch64-cpu` fields, are bit-for-bit the values of
+/// the hand-written shifts they replaced, for every IPA/VA size, PARange and VMID width.
+#[test]
+fn vtcr_and_tcr_bits_unchanged() {
+    let mut a = HostAlloc::new();
+    // SAFETY: host test: the recording backend, one owner per test.
+    let mut v = unsafe { Vttbr::assume_loaded(0) };
+    for ipa_bits in 32..=48u32 {
+        for vmid in [1u16, 0x100] {
+            let s2 = Stage2::new(&mut a, vmid, ipa_bits, false).unwrap();
+            let (level, _, _) = stage2_geometry(ipa_bits).unwrap();
+            let sl0: u64 = [0b10, 0b01, 0b00][usize::from(level)];
+            for parange in 0..8u64 {
+                let Ok(got) = s2.vtcr(parange) else {
+                    continue;
+                };
+                let old = u64::from(64 - ipa_bits)
+                    | (sl0 << 6)
+                    | (0b01 << 8)
+                    | (0b01 << 10)
+                    | (0b11 << 12)
+                    | (parange.min(5) << 16)
+                    | (u64::from(vmid > 0xff) << 19)
+                    | (1 << 31);
+                assert_eq!(
+                    got, old,
+                    "{ipa_bits}-bit IPA, VMID {vmid}, PARange {parange}"
+                );
+            }
+            s2.destroy(&mut a, &mut v);
+        }
+    }
+    for va_bits in 25..=48u32 {
+        let el2 = El2Stage1::new(&mut a, va_bits).unwrap();
+        for parange in 0..7u64 {
+            let old = u64::from(64 - va_bits)
+                | (0b01 << 8)
+                | (0b01 << 10)
+                | (0b11 << 12)
+                | (parange.min(5) << 16)
+                | (1 << 23)
+                | (1 << 31);
+            assert_eq!(
+                el2.tcr_el2(parange),
+                Ok(old),
+                "{va_bits}-bit VA, PARange {parange}"
+            );
+        }
+        assert_eq!(el2.tcr_el2(7), Err(Error::UnsupportedPaRange));
+        el2.destroy(&mut a);
+    }
+    assert_eq!(a.live_pages(), 0);
+}
+
 #[test]
 fn el2_stage1_map_query_and_barriers() {
     let mut a = HostAlloc::new();

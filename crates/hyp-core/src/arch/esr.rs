@@ -4,26 +4,54 @@
 //! the host. Field layouts follow Arm ARM DDI 0487 D24.2.40 (ESR_EL2) and the
 //! ISS encodings of sections D24.2.40.x.
 
-/// ESR_EL2.EC values the hypervisor handles (Arm ARM D24.2.40, "EC").
+use aarch64_cpu::registers::ESR_EL2;
+
+/// ESR_EL2.EC values the hypervisor handles (Arm ARM D24.2.40, "EC"), from
+/// `aarch64-cpu`'s `ESR_EL2::EC` values.
 pub mod ec {
+    use aarch64_cpu::registers::ESR_EL2::EC::Value;
+
     /// Unknown reason: injected back as UNDEF.
-    pub const UNKNOWN: u8 = 0x00;
+    pub const UNKNOWN: u8 = Value::Unknown as u8;
     /// WFI or WFE trapped by HCR_EL2.TWI/TWE.
-    pub const WFX: u8 = 0x01;
+    pub const WFX: u8 = Value::TrappedWFIorWFE as u8;
     /// FP/SIMD access trapped by CPTR_EL2.TFP.
-    pub const FP_ASIMD: u8 = 0x07;
+    pub const FP_ASIMD: u8 = Value::TrappedFP as u8;
     /// HVC from AArch64 state.
-    pub const HVC64: u8 = 0x16;
+    pub const HVC64: u8 = Value::HVC64 as u8;
     /// SMC from AArch64 state trapped by HCR_EL2.TSC.
-    pub const SMC64: u8 = 0x17;
+    pub const SMC64: u8 = Value::SMC64 as u8;
     /// MSR/MRS/system instruction trapped.
-    pub const SYS64: u8 = 0x18;
+    pub const SYS64: u8 = Value::TrappedMsrMrs as u8;
     /// Instruction abort from a lower exception level.
-    pub const IABT_LOW: u8 = 0x20;
+    pub const IABT_LOW: u8 = Value::InstrAbortLowerEL as u8;
+    /// Instruction abort taken without a change of exception level (used when injecting).
+    pub const IABT_CUR: u8 = Value::InstrAbortCurrentEL as u8;
     /// Data abort from a lower exception level.
-    pub const DABT_LOW: u8 = 0x24;
+    pub const DABT_LOW: u8 = Value::DataAbortLowerEL as u8;
     /// Data abort taken without a change of exception level (used when injecting).
-    pub const DABT_CUR: u8 = 0x25;
+    pub const DABT_CUR: u8 = Value::DataAbortCurrentEL as u8;
+}
+
+// Local: `aarch64-cpu` 11.2 describes ESR_EL2.ISS only as one 25-bit field,
+// with no per-class layout (the same holds for the MSR/MRS layout that
+// `decode_sysreg` reads).
+/// ISS fields of a data abort (EC 0x24/0x25, Arm ARM D24.2.40.11).
+pub mod dabt {
+    /// ISV: the syndrome below (SAS, SSE, SRT, SF) is valid.
+    pub const ISV: u32 = 1 << 24;
+    /// SAS, bits \[23:22\]: log2 of the access size in bytes.
+    pub const SAS_SHIFT: u32 = 22;
+    /// SSE: sign-extend the load.
+    pub const SSE: u32 = 1 << 21;
+    /// SRT, bits \[20:16\]: the register transferred.
+    pub const SRT_SHIFT: u32 = 16;
+    /// SF: the register is 64 bits wide.
+    pub const SF: u32 = 1 << 15;
+    /// S1PTW: the fault was on a stage-1 table walk.
+    pub const S1PTW: u32 = 1 << 7;
+    /// WnR: a write.
+    pub const WNR: u32 = 1 << 6;
 }
 
 /// A raw ESR_EL2 value with accessors for its common fields.
@@ -31,20 +59,20 @@ pub mod ec {
 pub struct Esr(pub u64);
 
 impl Esr {
-    /// Exception class, bits [31:26].
+    /// Exception class (ESR_EL2.EC).
     #[must_use]
     pub const fn ec(self) -> u8 {
-        ((self.0 >> 26) & 0x3f) as u8
+        ((self.0 >> ESR_EL2::EC.shift) & ESR_EL2::EC.mask) as u8
     }
-    /// Instruction length bit (1 = 32-bit instruction), bit 25.
+    /// Instruction length bit (ESR_EL2.IL: 1 = 32-bit instruction).
     #[must_use]
     pub const fn il(self) -> bool {
-        self.0 & (1 << 25) != 0
+        self.0 & ESR_EL2::IL::SET.value != 0
     }
-    /// Instruction-specific syndrome, bits [24:0].
+    /// Instruction-specific syndrome (ESR_EL2.ISS).
     #[must_use]
     pub const fn iss(self) -> u32 {
-        (self.0 & 0x1ff_ffff) as u32
+        ((self.0 >> ESR_EL2::ISS.shift) & ESR_EL2::ISS.mask) as u32
     }
 }
 
@@ -143,14 +171,14 @@ pub const fn fault_ipa(hpfar: u64, far: u64) -> u64 {
 pub fn decode_data_abort(esr: Esr, hpfar: u64, far: u64) -> DataAbort {
     let iss = esr.iss();
     let ipa = fault_ipa(hpfar, far);
-    let write = iss & (1 << 6) != 0;
-    if iss & (1 << 7) != 0 {
+    let write = iss & dabt::WNR != 0;
+    if iss & dabt::S1PTW != 0 {
         return DataAbort::Stage1Walk { ipa };
     }
-    if iss & (1 << 24) == 0 {
+    if iss & dabt::ISV == 0 {
         return DataAbort::NoSyndrome { ipa, write };
     }
-    let size = match (iss >> 22) & 3 {
+    let size = match (iss >> dabt::SAS_SHIFT) & 3 {
         0 => AccessSize::Byte,
         1 => AccessSize::Half,
         2 => AccessSize::Word,
@@ -159,14 +187,15 @@ pub fn decode_data_abort(esr: Esr, hpfar: u64, far: u64) -> DataAbort {
     DataAbort::Mmio(MmioAccess {
         ipa,
         size,
-        sign_extend: iss & (1 << 21) != 0,
-        reg: ((iss >> 16) & 0x1f) as u8,
-        sixty_four: iss & (1 << 15) != 0,
+        sign_extend: iss & dabt::SSE != 0,
+        reg: ((iss >> dabt::SRT_SHIFT) & 0x1f) as u8,
+        sixty_four: iss & dabt::SF != 0,
         write,
     })
 }
 
-/// A trapped MSR/MRS (EC 0x18), ISS layout of Arm ARM D24.2.40.
+/// A trapped MSR/MRS (EC 0x18), ISS layout of Arm ARM D24.2.40.18 (its
+/// shifts are local for the reason given at [`dabt`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SysRegAccess {
     /// Encoding (op0, op1, CRn, CRm, op2).
@@ -305,6 +334,30 @@ mod tests {
             | (u32::from(sf) << 15)
             | (u32::from(wnr) << 6);
         Esr((u64::from(ec::DABT_LOW) << 26) | (1 << 25) | u64::from(iss))
+    }
+
+    /// The constants taken from `aarch64-cpu` are the values they replace.
+    #[test]
+    fn field_values_unchanged() {
+        assert_eq!(
+            [
+                ec::UNKNOWN,
+                ec::WFX,
+                ec::FP_ASIMD,
+                ec::HVC64,
+                ec::SMC64,
+                ec::SYS64,
+                ec::IABT_LOW,
+                ec::IABT_CUR,
+                ec::DABT_LOW,
+                ec::DABT_CUR
+            ],
+            [0x00, 0x01, 0x07, 0x16, 0x17, 0x18, 0x20, 0x21, 0x24, 0x25]
+        );
+        let e = Esr(u64::MAX);
+        assert_eq!((e.ec(), e.il(), e.iss()), (0x3f, true, 0x1ff_ffff));
+        let e = Esr(!(1 << 25));
+        assert_eq!((e.ec(), e.il(), e.iss()), (0x3f, false, 0x1ff_ffff));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! an identity map of the board's RAM (normal write-back) and devices
 //! (Device-nGnRE) built with `s2mm`'s EL2 regime, the same walker as stage 2.
 
+use super::switch::SCTLR_EL2_ON;
 use super::{sysreg, tables};
 use crate::platform::Platform;
+use aarch64_cpu::registers::ID_AA64MMFR0_EL1;
 use s2mm::desc::El2Format;
 use s2mm::{Attrs, El2Stage1, MemType, Pa, Perms};
 use spin::Once;
@@ -19,9 +21,6 @@ unsafe extern "C" {
     static __image_start: u8;
     static __text_end: u8;
 }
-
-/// SCTLR_EL2 with M, C, I, SA, EOS and EIS set (RES1 bits included; E2H = 0 layout).
-pub const SCTLR_EL2_ON: u64 = 0x30c5_0838 | 1 | (1 << 2) | (1 << 12);
 
 /// Builds the hypervisor's EL2 stage-1 with `s2mm`'s EL2 regime, on the boot
 /// CPU with the MMU off: RAM identity-mapped read/write and execute-never,
@@ -66,7 +65,7 @@ pub fn build(p: &Platform) {
         map(d.base, d.end(), Attrs::DEVICE_RW);
     }
     let tcr = el2
-        .tcr_el2(sysreg::id_aa64mmfr0_el1() & 0xf)
+        .tcr_el2(ID_AA64MMFR0_EL1::PARange.read(sysreg::id_aa64mmfr0_el1()))
         .expect("CPU reports a reserved PARange");
     EL2_REGS.call_once(|| (el2.ttbr0_el2(), tcr));
     // The tables were written with the MMU (and so the data cache) off: make

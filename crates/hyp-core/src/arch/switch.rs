@@ -14,6 +14,7 @@
 //! its writes go into a [`GuestPending`] that `barriers::enter_guest`
 //! discharges.
 
+use aarch64_cpu::registers::{ICC_SRE_EL2, SCTLR_EL2};
 use barriers::regs;
 use barriers::sync::{El1Names, El2Fp, EosChecked, GicSre, HcrAny, Includes, Synced};
 use barriers::vttbr::Vttbr;
@@ -52,6 +53,29 @@ pub struct El2Regs {
     /// A GICv3 CPU interface exists (ICC_SRE_EL2 is defined).
     pub gic_v3: bool,
 }
+
+// SCTLR_EL2 with HCR_EL2.E2H = 0. `aarch64-cpu` 11.2 defines the fields this
+// hypervisor sets (M, C, I, SA, EOS, EIS) but none of the RES1 bits, which
+// are EL1&0 controls (SA0, CP15BEN, nTWI, nTWE, SPAN, nTLSMD, LSMAOE) that
+// only the E2H = 1 layout gives a meaning: they stay a local mask.
+/// SCTLR_EL2 RES1 bits (E2H = 0): 29, 28, 23, 18, 16, 5, 4.
+const SCTLR_EL2_RES1: u64 =
+    (1 << 29) | (1 << 28) | (1 << 23) | (1 << 18) | (1 << 16) | (1 << 5) | (1 << 4);
+
+/// SCTLR_EL2 once EL2 runs: MMU (M), data and instruction caches (C, I) and
+/// SP alignment checks (SA) on, exception entry and return context
+/// synchronising (EIS, EOS), little-endian, RES1 bits set.
+pub const SCTLR_EL2_ON: u64 = SCTLR_EL2_RES1
+    | SCTLR_EL2::M::Enable.value
+    | SCTLR_EL2::C::Cacheable.value
+    | SCTLR_EL2::SA::Enable.value
+    | SCTLR_EL2::EOS::IsSynch.value
+    | SCTLR_EL2::I::Cacheable.value
+    | SCTLR_EL2::EIS::IsSynch.value;
+
+/// ICC_SRE_EL2 once EL2 runs: SRE (system-register CPU interface at EL2)
+/// and Enable (EL1 may use ICC_SRE_EL1).
+pub const ICC_SRE_EL2_ON: u64 = ICC_SRE_EL2::SRE::SET.value | ICC_SRE_EL2::ENABLE::SET.value;
 
 /// Turns this CPU's EL2 context on: HCR_EL2, the EL2 translation regime and
 /// MMU, VBAR_EL2, TPIDR_EL2, ICC_SRE_EL2 (ARM-RULES.md section 1: TTBR0, MAIR,
@@ -93,13 +117,12 @@ pub unsafe fn el2_on(r: El2Regs) -> CpuSync {
     // taken at EL2 from here on use VBAR_EL2.
     let (mmu_on, _) = isb((sctlr, vbar));
     barriers::sync::uses::el2_memory(&mmu_on);
-    // ICC_SRE_EL2: SRE (bit 0, system-register CPU interface at EL2) and
-    // Enable (bit 3, EL1 may use ICC_SRE_EL1). Only where a GICv3 CPU
-    // interface exists: on a GICv2 system the register is UNDEFINED.
+    // ICC_SRE_EL2 ([`ICC_SRE_EL2_ON`]). Only where a GICv3 CPU interface
+    // exists: on a GICv2 system the register is UNDEFINED.
     let gic = r.gic_v3.then(|| {
         // SAFETY: SRE = 1; EL1 gets the system register interface (its
         // accesses go to the virtual interface).
-        isb(unsafe { regs::IccSreEl2::write(0b1001) })
+        isb(unsafe { regs::IccSreEl2::write(ICC_SRE_EL2_ON) })
     });
     CpuSync {
         hcr,
@@ -163,6 +186,8 @@ el1_context! {
     cntv_cval => CntvCvalEl0,
 }
 
+// A literal: `aarch64-cpu` 11.2 has no SCTLR_EL1 field for any of these RES1
+// bits (LSMAOE, nTLSMD, SPAN, EIS, TSCXT, EOS); the fields it has are clear.
 /// SCTLR_EL1 at vCPU reset: MMU and caches off, RES1 bits set (Arm ARM
 /// D24.2.161: bits 29, 28, 23, 22, 20, 11 are RES1 without the later features).
 pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
@@ -250,4 +275,26 @@ pub fn clean_vm(regions: impl Iterator<Item = (u64, u64)>) {
         barriers::maint::clean_inval_to_poc(pa, len);
     }
     barriers::maint::invalidate_icache_all_is();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aarch64_cpu::registers::SCTLR_EL1;
+
+    /// The values built from `aarch64-cpu` fields are bit-for-bit the
+    /// hand-written ones they replace.
+    #[test]
+    fn register_values_unchanged() {
+        assert_eq!(SCTLR_EL2_ON, 0x30c5_0838 | 1 | (1 << 2) | (1 << 12));
+        // RES1 | EIS | EOS is the MMU-off value the rpi4 entry code writes
+        // (platform-rpi4 entry.S, SCTLR_EL2_OFF).
+        assert_eq!(
+            SCTLR_EL2_RES1 | SCTLR_EL2::EIS::IsSynch.value | SCTLR_EL2::EOS::IsSynch.value,
+            0x30c5_0830
+        );
+        assert_eq!(ICC_SRE_EL2_ON, 0b1001);
+        let on = SCTLR_EL1::M::Enable.value | SCTLR_EL1::C::Cacheable.value;
+        assert_eq!(SCTLR_EL1_RESET & (on | SCTLR_EL1::I::Cacheable.value), 0);
+    }
 }

@@ -5,8 +5,9 @@ use crate::arch::world_switch::{self, HostSave};
 use crate::arch::{mmu, sysreg};
 use crate::platform::{MemRegion, Platform};
 use crate::stats;
-use crate::vcpu::traps::HCR_BASE;
+use crate::vcpu::traps::{HCR_BASE, HCR_FWB};
 use crate::vm::{host as host_vcpus, state};
+use aarch64_cpu::registers::ID_AA64MMFR2_EL1;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Most physical CPUs the hypervisor drives.
@@ -241,8 +242,6 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
 static NR_CPUS: AtomicUsize = AtomicUsize::new(0);
 /// HCR_EL2 every CPU starts with (HCR_BASE, plus FWB when stage 2 uses it).
 static HCR: AtomicU64 = AtomicU64::new(HCR_BASE);
-/// HCR_EL2.FWB: stage-2 attributes force write-back (FEAT_S2FWB).
-const HCR_FWB: u64 = 1 << 46;
 
 /// How many of the `present` CPUs to bring up: all of them, or fewer when
 /// `hyp.cpus=N` (1 <= N) asks for it, as `-smp N` would on QEMU virt. The
@@ -263,10 +262,10 @@ fn cpus_to_use(info: &BootFacts, present: usize) -> usize {
 }
 
 /// Whether to use FEAT_S2FWB: only when asked (`hyp.s2fwb=on`) and the
-/// CPU has it (ID_AA64MMFR2_EL1.FWB, bits [43:40]). Without it, guests get
-/// the TVM/TSW cache-maintenance traps instead (seed 003).
+/// CPU has it (ID_AA64MMFR2_EL1.FWB). Without it, guests get the TVM/TSW
+/// cache-maintenance traps instead (seed 003).
 fn want_fwb(info: &BootFacts) -> bool {
-    let has = (sysreg::id_aa64mmfr2_el1() >> 40) & 0xf != 0;
+    let has = ID_AA64MMFR2_EL1::FWB.read(sysreg::id_aa64mmfr2_el1()) != 0;
     match info.arg("hyp.s2fwb") {
         Some("on") if has => true,
         Some("on") => {

@@ -112,7 +112,7 @@ pub fn decode(trap: &Trap, x: &[u64; 31]) -> Exit {
             Exit::DataAbort {
                 abort,
                 far: trap.far,
-                write: esr.iss() & (1 << 6) != 0,
+                write: esr.iss() & esr::dabt::WNR != 0,
                 translation: is_translation_fault(esr),
                 value,
             }

@@ -10,6 +10,7 @@
 
 use crate::arch::esr::{SysRegAccess, SysRegEnc};
 use crate::exit::idregs;
+use aarch64_cpu::registers::SCTLR_EL1;
 
 /// An EL1 register whose writes HCR_EL2.TVM traps (Arm ARM D24.2.x
 /// HCR_EL2.TVM; the FEAT_AIE/S1PIE/TCR2/SCTLR2 additions are not offered to
@@ -158,10 +159,10 @@ pub fn debug_read(enc: SysRegEnc) -> Option<u64> {
     })
 }
 
-/// SCTLR_EL1.M (bit 0): stage-1 MMU enable.
-pub const SCTLR_M: u64 = 1 << 0;
-/// SCTLR_EL1.C (bit 2): data cache enable.
-pub const SCTLR_C: u64 = 1 << 2;
+/// SCTLR_EL1.M: stage-1 MMU enable.
+pub const SCTLR_M: u64 = SCTLR_EL1::M::Enable.value;
+/// SCTLR_EL1.C: data cache enable.
+pub const SCTLR_C: u64 = SCTLR_EL1::C::Cacheable.value;
 
 /// Whether an SCTLR_EL1 value has the MMU and data caches both on: the
 /// condition whose change needs a VM-wide clean+invalidate (ARM-RULES.md
@@ -371,6 +372,7 @@ mod tests {
 
     #[test]
     fn cache_state() {
+        assert_eq!((SCTLR_M, SCTLR_C), (1 << 0, 1 << 2));
         assert!(!caches_on(0x30d0_0800));
         assert!(!caches_on(0x30d0_0801));
         assert!(!caches_on(0x30d0_0804));

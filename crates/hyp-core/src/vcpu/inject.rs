@@ -5,7 +5,8 @@
 //! which PSTATE the handler starts with. Pure, so it is tested on the host;
 //! the world switch applies the result to the vCPU's registers.
 
-use crate::arch::esr::ec;
+use crate::arch::esr::{dabt, ec};
+use aarch64_cpu::registers::ESR_EL1;
 
 /// Exception kinds the hypervisor injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +50,14 @@ pub const PSTATE_EL1H: u64 = 0b0101;
 pub const PSTATE_EL1T: u64 = 0b0100;
 /// PSTATE D, A, I, F mask bits.
 pub const PSTATE_DAIF: u64 = 0b1111 << 6;
-/// ESR.IL: 32-bit instruction.
-const ESR_IL: u64 = 1 << 25;
 /// DFSC/IFSC for a synchronous external abort, not on a translation table walk.
 const FSC_SYNC_EXTERNAL: u64 = 0x10;
+
+/// ESR_EL1 for exception class `class` from a 32-bit instruction (IL = 1)
+/// with syndrome `iss`.
+const fn esr_el1(class: u8, iss: u64) -> u64 {
+    ESR_EL1::EC.val(class as u64).value | ESR_EL1::IL::SET.value | ESR_EL1::ISS.val(iss).value
+}
 
 /// Computes the register state that enters the guest's EL1 handler for `what`,
 /// interrupted at `pc` with PSTATE `spsr` (SPSR_EL2 of the exit).
@@ -70,17 +75,14 @@ pub fn inject(what: Injected, pc: u64, spsr: u64, vbar_el1: u64) -> Injection {
     let (esr, far) = match what {
         Injected::DataAbort { far, write } => {
             let class = if from_el0 { ec::DABT_LOW } else { ec::DABT_CUR };
-            let wnr = if write { 1 << 6 } else { 0 };
-            (
-                (u64::from(class) << 26) | ESR_IL | wnr | FSC_SYNC_EXTERNAL,
-                Some(far),
-            )
+            let wnr = if write { u64::from(dabt::WNR) } else { 0 };
+            (esr_el1(class, wnr | FSC_SYNC_EXTERNAL), Some(far))
         }
         Injected::InstAbort { far } => {
-            let class: u64 = if from_el0 { 0x20 } else { 0x21 };
-            ((class << 26) | ESR_IL | FSC_SYNC_EXTERNAL, Some(far))
+            let class = if from_el0 { ec::IABT_LOW } else { ec::IABT_CUR };
+            (esr_el1(class, FSC_SYNC_EXTERNAL), Some(far))
         }
-        Injected::Undefined => ((u64::from(ec::UNKNOWN) << 26) | ESR_IL, None),
+        Injected::Undefined => (esr_el1(ec::UNKNOWN, 0), None),
     };
     Injection {
         esr_el1: esr,
@@ -147,6 +149,8 @@ mod tests {
         assert_eq!(i.pc, VBAR + 0x400);
         let i = inject(Injected::InstAbort { far: 8 }, 0x10, 0, VBAR);
         assert_eq!(i.esr_el1, 0x8200_0010);
+        let i = inject(Injected::InstAbort { far: 8 }, 0x10, 0x3c5, VBAR);
+        assert_eq!(i.esr_el1, 0x8600_0010);
     }
 
     #[test]

@@ -1,54 +1,84 @@
 //! The trap configuration every vCPU runs with: HCR_EL2, CPTR_EL2,
-//! MDCR_EL2 and CNTHCTL_EL2 values.
+//! MDCR_EL2 and CNTHCTL_EL2 values, built from `aarch64-cpu`'s field
+//! definitions (CPTR_EL2's E2H = 0 fields are local to `barriers::regs`,
+//! which says why).
 
-const HCR_VM: u64 = 1 << 0;
-const HCR_SWIO: u64 = 1 << 1;
-const HCR_FMO: u64 = 1 << 3;
-const HCR_IMO: u64 = 1 << 4;
-const HCR_AMO: u64 = 1 << 5;
-const HCR_FB: u64 = 1 << 9;
-const HCR_BSU_IS: u64 = 1 << 10;
-const HCR_TWI: u64 = 1 << 13;
-const HCR_TID3: u64 = 1 << 18;
-const HCR_TSC: u64 = 1 << 19;
-const HCR_TIDCP: u64 = 1 << 20;
-const HCR_TSW: u64 = 1 << 22;
-pub const HCR_TVM: u64 = 1 << 26;
-const HCR_RW: u64 = 1 << 31;
+use aarch64_cpu::registers::{CNTHCTL_EL2, HCR_EL2, MDCR_EL2};
+use barriers::regs::{CPTR_EL2_RES1, CPTR_EL2_TFP, CPTR_EL2_TSM, CPTR_EL2_TZ};
 
 /// HCR_EL2 while any VM runs (written once per CPU at bring-up): stage 2
 /// on, physical interrupts to EL2, the guest's TLBIs and barriers broadcast
 /// inner-shareable, WFI and SMC trapped, ID registers (TID3) and
 /// implementation-defined registers (TIDCP) trapped, EL1 in AArch64. Only
 /// trap bits ([`regs::HCR_GUEST_ONLY_FIELDS`]) change per vCPU after that.
-pub const HCR_BASE: u64 = HCR_VM
-    | HCR_SWIO
-    | HCR_FMO
-    | HCR_IMO
-    | HCR_AMO
-    | HCR_FB
-    | HCR_BSU_IS
-    | HCR_TWI
-    | HCR_TID3
-    | HCR_TSC
-    | HCR_TIDCP
-    | HCR_RW;
+///
+/// [`regs::HCR_GUEST_ONLY_FIELDS`]: barriers::regs::HCR_GUEST_ONLY_FIELDS
+pub const HCR_BASE: u64 = HCR_EL2::VM::Enable.value
+    | HCR_EL2::SWIO::SET.value
+    | HCR_EL2::FMO::EnableVirtualFIQ.value
+    | HCR_EL2::IMO::EnableVirtualIRQ.value
+    | HCR_EL2::AMO::SET.value
+    | HCR_EL2::FB::SET.value
+    | HCR_EL2::BSU::InnerShareable.value
+    | HCR_EL2::TWI::SET.value
+    | HCR_EL2::TID3::SET.value
+    | HCR_EL2::TSC::EnableTrapEl1SmcToEl2.value
+    | HCR_EL2::TIDCP::SET.value
+    | HCR_EL2::RW::EL1IsAarch64.value;
+
+/// HCR_EL2.TVM: EL1 writes of the virtual-memory controls (SCTLR_EL1, ...)
+/// trap to EL2.
+pub const HCR_TVM: u64 = HCR_EL2::TVM::EnableTrapTVM.value;
 
 /// Cache-maintenance traps of a guest vCPU without FEAT_S2FWB (seed 003,
 /// ARM-RULES.md section 3): TVM catches its MMU/cache enable, TSW its
 /// set/way operations.
-pub const HCR_CACHE_TRAPS: u64 = HCR_TVM | HCR_TSW;
+pub const HCR_CACHE_TRAPS: u64 = HCR_TVM | HCR_EL2::TSW::SET.value;
 
-/// CPTR_EL2 (E2H = 0) with FP/SIMD usable: RES1 bits 13 and 9..0 set, TSM
-/// (bit 12: SME trapped) and TZ (bit 8: SVE trapped) set, TFP (bit 10) clear.
-pub const CPTR_FP_ON: u64 = 0x33ff;
-/// The same with TFP (bit 10) set: FP/SIMD accesses trap to EL2.
-pub const CPTR_TRAP_FP: u64 = CPTR_FP_ON | (1 << 10);
+/// HCR_EL2.FWB: stage-2 attributes force write-back (FEAT_S2FWB); added to
+/// [`HCR_BASE`] at boot when stage 2 uses it.
+pub const HCR_FWB: u64 = HCR_EL2::FWB::Enabled.value;
+
+/// CPTR_EL2 (E2H = 0) with FP/SIMD usable: RES1 bits set, TSM (SME trapped)
+/// and TZ (SVE trapped) set, TFP clear.
+pub const CPTR_FP_ON: u64 = CPTR_EL2_RES1 | CPTR_EL2_TSM | CPTR_EL2_TZ;
+/// The same with TFP set: FP/SIMD accesses trap to EL2.
+pub const CPTR_TRAP_FP: u64 = CPTR_FP_ON | CPTR_EL2_TFP;
 
 /// MDCR_EL2: trap PMU (TPM, TPMCR) and debug (TDA, TDOSA, TDRA) accesses;
 /// nothing is virtualised, so they are answered with UNDEF.
-pub const MDCR: u64 = (1 << 6) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 11);
+pub const MDCR: u64 = MDCR_EL2::TPM::SET.value
+    | MDCR_EL2::TPMCR::SET.value
+    | MDCR_EL2::TDA::SET.value
+    | MDCR_EL2::TDOSA::SET.value
+    | MDCR_EL2::TDRA::SET.value;
 
 /// CNTHCTL_EL2 (E2H = 0): EL1PCTEN (counter reads allowed); EL1PCEN clear,
 /// so the physical timer traps (and is refused): VMs use the virtual timer.
-pub const CNTHCTL: u64 = 1;
+pub const CNTHCTL: u64 = CNTHCTL_EL2::EL1PCTEN::SET.value;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each value is bit-for-bit what the hand-written bit constants gave.
+    #[test]
+    fn values_unchanged_by_field_definitions() {
+        // VM, SWIO, FMO, IMO, AMO, FB, BSU = IS, TWI, TID3, TSC, TIDCP, RW.
+        assert_eq!(HCR_BASE, 0x801c_263b);
+        assert_eq!(HCR_TVM, 1 << 26);
+        assert_eq!(HCR_CACHE_TRAPS, (1 << 26) | (1 << 22));
+        assert_eq!(HCR_FWB, 1 << 46);
+        assert_eq!(CPTR_FP_ON, 0x33ff);
+        assert_eq!(CPTR_TRAP_FP, 0x33ff | (1 << 10));
+        assert_eq!(MDCR, (1 << 6) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 11));
+        assert_eq!(CNTHCTL, 1);
+    }
+
+    /// Per-vCPU trap changes stay within the fields `barriers` lets change
+    /// without an ISB.
+    #[test]
+    fn cache_traps_are_guest_only_fields() {
+        assert_eq!(HCR_CACHE_TRAPS & !barriers::regs::HCR_GUEST_ONLY_FIELDS, 0);
+    }
+}

@@ -9,6 +9,7 @@ use crate::vcpu::ctx::{Cpu, VcpuCtx};
 use crate::vm::control::{self, Control, PhysMem, MAX_VCPUS, MAX_VMS};
 use crate::vm::devices::ASSIGNABLE;
 use crate::vm::uart;
+use aarch64_cpu::registers::ID_AA64MMFR0_EL1;
 use barriers::vttbr::Vttbr;
 use barriers::GuestPending;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -76,7 +77,7 @@ pub fn init(
     assignable: &'static [AssignableDevice],
 ) -> Result<(), &'static str> {
     ASSIGNABLE.call_once(|| assignable);
-    let parange = sysreg::id_aa64mmfr0_el1() & 0xf;
+    let parange = ID_AA64MMFR0_EL1::PARange.read(sysreg::id_aa64mmfr0_el1());
     // SAFETY: boot CPU, before any CPU runs a guest: no other owner of
     // VTTBR_EL2 exists on this CPU while this one lives (dropped below;
     // `run_cpu` makes the CPU's own). VMID 0 with no table: the host's
