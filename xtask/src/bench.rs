@@ -65,11 +65,10 @@ pub const GUEST_METRICS: [&str; 10] = [
 ];
 
 /// The longest exit round trip a VM may see while another VM is destroyed
-/// on another CPU (nanoseconds of virtual time): a lock held across the
-/// whole destroy (448 MiB: about 300 ms) fails it. The goal is 1 ms; most
-/// round trips stay under one destroy step (about 0.6 ms), one of about
-/// 5 ms remains unexplained.
-const NEIGHBOUR_BOUND_NS: f64 = 10_000_000.0;
+/// on another CPU (nanoseconds of virtual time), the issue's goal: a lock
+/// held across the whole destroy (448 MiB: about 320 ms) or a destroy step
+/// that kept its CPU for more than a millisecond fails it.
+const NEIGHBOUR_BOUND_NS: f64 = 1_000_000.0;
 
 /// Targets from the issue (instructions, at most).
 const TARGETS: [(&str, u64); 3] = [("hvc_null", 80), ("mmio_host", 1000), ("mmio_hyp", 150)];
