@@ -524,6 +524,9 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     // `arg=N` (`cargo xtask profile`: metric index | iterations << 8).
     let handle = x0 & 0xff;
     let profile_request = x0 >> 8;
+    if profile_request & 0xff == TOGGLER {
+        toggler(handle, profile_request >> 8);
+    }
     if let Some(name) = neighbour_metric(profile_request & 0xff) {
         neighbour(handle, name, (profile_request >> 8) as usize);
     }
@@ -905,8 +908,8 @@ fn vtimer_latency(clock: Clock) {
 /// VM 2: yields its CPU (WFI) a fixed number of times, then powers off.
 /// Guest option `arg=` values (low byte) that make this VM the neighbour
 /// probe, and the metric each reports: 0x80 while the other VM is
-/// destroyed, 0x81 while it toggles its caches. The bytes above are the
-/// iterations.
+/// destroyed, 0x81 while it toggles its caches ([`TOGGLER`]) and then is
+/// destroyed. The bytes above are the iterations after the destroy.
 fn neighbour_metric(kind: u64) -> Option<&'static str> {
     match kind {
         0x80 => Some("neighbour_destroy_ns"),
@@ -924,6 +927,9 @@ fn neighbour_metric(kind: u64) -> Option<&'static str> {
 /// lock the other VM's long operation held across the round trip, or a
 /// step that kept its CPU too long, would show here.
 fn neighbour(handle: u64, name: &str, iters: usize) -> ! {
+    // While the other VM toggles its caches, from the start; else from the
+    // destroy's start.
+    let always = name == "neighbour_cache_toggle_ns";
     /// Bound on the round trips before the host reports the end.
     const MAX_ROUND_TRIPS: usize = 20_000_000;
     println!("guest-bench: VM {handle} probes exit round trips while the other VM is destroyed");
@@ -936,7 +942,7 @@ fn neighbour(handle: u64, name: &str, iters: usize) -> ! {
         let state = read32(guest_rt::demo::REAPED_IPA as usize);
         let dt = now() - t0;
         n += 1;
-        if state & 0xffff != 0 {
+        if always || state & 0xffff != 0 {
             longest = longest.max(dt);
             timed += 1;
         }
@@ -951,6 +957,24 @@ fn neighbour(handle: u64, name: &str, iters: usize) -> ! {
     }
     let ns = u128::from(longest) * 1_000_000_000 / u128::from(guest_rt::gic::counter_hz());
     report(name, ns as u64, timed);
+    guest_rt::system_off()
+}
+
+/// Guest option `arg=` value (low byte) that makes this VM toggle its
+/// caches: `arg >> 8` rounds of a set/way clean, caches off, caches on.
+/// Without FEAT_S2FWB each of the three traps and makes the hypervisor
+/// clean all of the VM's memory.
+const TOGGLER: u64 = 0x82;
+
+/// The cache toggler (see [`TOGGLER`]); powers the VM off at the end.
+fn toggler(handle: u64, rounds: u64) -> ! {
+    let on = guest_rt::mmu::enable();
+    for _ in 0..rounds {
+        guest_rt::mmu::clean_invalidate_set_way(0);
+        guest_rt::mmu::set_sctlr(on & !guest_rt::mmu::SCTLR_C);
+        guest_rt::mmu::set_sctlr(on);
+    }
+    println!("guest-bench: VM {handle} toggled its caches {rounds} times");
     guest_rt::system_off()
 }
 

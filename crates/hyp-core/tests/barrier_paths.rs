@@ -39,6 +39,9 @@ impl PhysMem for Scrub {
         // What HypMem does on the CPU: zero through the hypervisor's mapping, then clean.
         barriers::maint::clean_inval_to_poc(pa, len);
     }
+    fn clean(&mut self, pa: u64, len: u64) {
+        barriers::maint::clean_inval_to_poc(pa, len);
+    }
 }
 
 /// Checks one scenario's trace, prints its counts, and returns them.
@@ -240,6 +243,7 @@ fn every_production_path_has_no_needless_missing_or_wrong_vmid_barrier() {
             .iter()
             .flatten()
             .map(|r| (r.pa, r.pages.min(4) * s2mm::PAGE_SIZE)),
+        || {},
     );
     path("cache toggle (vm-wide clean)", &take(&c.vt));
     while ctl.destroy(&mut c.vt, p).expect("destroy").more {}

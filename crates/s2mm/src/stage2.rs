@@ -228,6 +228,43 @@ impl Stage2 {
             .run(alloc, batch, op, ipa.0, size, self.fault, pre_clean)
     }
 
+    /// [`Stage2::map`] of memory the caller has just cleaned and invalidated to PoC
+    /// (`[pa, pa + size)`, e.g. scrubbed): without FEAT_S2FWB `map` would clean it again
+    /// before the makes; this does not.
+    ///
+    /// # Errors
+    ///
+    /// As [`Stage2::map`].
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the two contexts (table memory, this CPU's VTTBR) plus the mapping's five facts"
+    )]
+    pub fn map_cleaned<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        vttbr: &mut Vttbr,
+        ipa: Ipa,
+        pa: Pa,
+        size: u64,
+        attrs: Attrs,
+        state: PageState,
+    ) -> Result<BatchStats, Error> {
+        self.check_range(ipa, size)?;
+        if !pa.is_aligned(PAGE_SIZE) {
+            return Err(Error::Unaligned);
+        }
+        match pa.0.checked_add(size) {
+            Some(end) if end <= 1u64 << MAX_PA_BITS => {}
+            _ => return Err(Error::OutOfRange),
+        }
+        let bits = self.tables.fmt.leaf_bits(attrs, state)?;
+        let op = Op::Map {
+            delta: pa.0.wrapping_sub(ipa.0),
+            bits,
+        };
+        self.run(alloc, vttbr, op, ipa, size)
+    }
+
     /// Unmaps `[ipa, ipa + size)` (plain invalid entries; annotations in the range are
     /// dropped). Tables that become empty are freed after their invalidation completed.
     ///

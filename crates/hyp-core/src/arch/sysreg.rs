@@ -32,6 +32,12 @@ pub fn wfe() {
     unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
 }
 
+/// YIELD: a hint that this CPU could do other work now.
+pub fn yield_hint() {
+    // SAFETY: a hint; no memory or register effects.
+    unsafe { asm!("yield", options(nomem, nostack, preserves_flags)) };
+}
+
 macro_rules! id_regs {
     ($crm:expr, $op2:expr; $($c:literal $o:literal),* $(,)?) => {
         match ($crm, $op2) {

@@ -64,6 +64,9 @@ pub trait PhysMem {
     /// Zeroes `[pa, pa + len)` and cleans it to the point of coherency, so no
     /// cache line or alias keeps the old contents.
     fn scrub(&mut self, pa: u64, len: u64);
+    /// Cleans and invalidates `[pa, pa + len)` to the point of coherency:
+    /// memory a guest wrote that goes back to the host as it is (lent).
+    fn clean(&mut self, pa: u64, len: u64);
 }
 
 /// How a region reached the guest.
@@ -177,6 +180,9 @@ pub struct VmMeta {
     pub vttbr: u64,
     /// Regions mapped at stage 2 on first touch (bit *i*: `regions[i]`).
     pub lazy: u32,
+    /// While dying: pages of its first remaining region scrubbed (or, lent,
+    /// cleaned) so far.
+    pub scrubbed: u64,
 }
 
 impl VmMeta {
@@ -436,6 +442,7 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
             shared: 0,
             vttbr,
             lazy: 0,
+            scrubbed: 0,
         });
         Ok(slot as u64 + 1)
     }
@@ -685,8 +692,8 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
     /// VM_DESTROY, one bounded step at a time: the first call stops the VM
     /// for good (no vCPU may run again) and unmaps all of its memory; each
     /// call then scrubs up to [`DESTROY_CHUNK`] pages the host could not
-    /// read and gives them back, and the last frees the VM's tables and
-    /// slot. Between calls no lock is held, so other VMs' exits and the
+    /// read, giving each region back once it is all scrubbed, and the last
+    /// frees the VM's tables and slot. Between calls no lock is held, so other VMs' exits and the
     /// host's other calls go on.
     ///
     /// # Errors
@@ -706,29 +713,39 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
             let r = vm.s2.unmap(alloc, v, Ipa(0), 1 << GUEST_IPA_BITS);
             assert!(r.is_ok(), "unmapping a whole stage 2 needs no tables");
         }
+        // Each region is scrubbed (donated) or cleaned to PoC (lent) in steps
+        // and given back to the host whole after its last step: restoring the
+        // whole range maps back exactly what was taken away and needs no
+        // table (restoring a part of a block the host lost would have to
+        // split it), and needs no further clean.
         let mut budget = DESTROY_CHUNK;
         let mut scrubbed = 0;
         while budget > 0 {
             let Some(i) = b.vm.regions.iter().position(Option::is_some) else {
                 break;
             };
-            let Some(mut r) = b.vm.regions[i] else {
+            let Some(r) = b.vm.regions[i] else {
                 break;
             };
-            let n = r.pages.min(budget);
-            let len = n * PAGE_SIZE;
+            let done = b.vm.scrubbed;
+            let n = (r.pages - done).min(budget);
+            let (pa, len) = (r.pa + done * PAGE_SIZE, n * PAGE_SIZE);
             if r.kind == RegionKind::Donated {
                 // Every donated page was private to the guest at some point:
                 // shared ones too may hold its data after unsharing races.
-                b.host.mem.scrub(r.pa, len);
+                b.host.mem.scrub(pa, len);
                 scrubbed += n;
+            } else {
+                b.host.mem.clean(pa, len);
             }
-            b.restore_host(v, r.pa, len);
             budget -= n;
-            r.pages -= n;
-            r.pa += len;
-            r.ipa += len;
-            b.vm.regions[i] = (r.pages > 0).then_some(r);
+            b.vm.scrubbed += n;
+            if b.vm.scrubbed < r.pages {
+                break;
+            }
+            b.restore_host_cleaned(v, r.pa, r.pages * PAGE_SIZE);
+            b.vm.regions[i] = None;
+            b.vm.scrubbed = 0;
         }
         let more = b.vm.regions.iter().any(Option::is_some);
         if !more {
@@ -975,6 +992,22 @@ impl<A: TableAlloc, M: PhysMem> Both<'_, A, M> {
         assert!(r.is_ok(), "restoring host pages needs no tables");
     }
 
+    /// [`Both::restore_host`] of memory just cleaned to PoC (scrubbed, or a
+    /// lent region cleaned), without cleaning it again.
+    fn restore_host_cleaned(&mut self, v: &mut Vttbr, pa: u64, size: u64) {
+        let r = self.host.s2.map_cleaned(
+            &mut self.alloc,
+            v,
+            Ipa(pa),
+            Pa(pa),
+            size,
+            Attrs::RAM_RWX,
+            PageState::Owned,
+        );
+        // Cannot fail, as for `restore_host`; checked in release builds.
+        assert!(r.is_ok(), "restoring host pages needs no tables");
+    }
+
     /// [`Control::guest_share`] with both locks held.
     fn guest_share(&mut self, v: &mut Vttbr, ipa: u64, share: bool) -> HostResult<()> {
         let ipa = ipa & !(PAGE_SIZE - 1);
@@ -1186,6 +1219,7 @@ mod tests {
     struct NoMem;
     impl PhysMem for NoMem {
         fn scrub(&mut self, _pa: u64, _len: u64) {}
+        fn clean(&mut self, _pa: u64, _len: u64) {}
     }
 
     const RAM: MemRegion = MemRegion {

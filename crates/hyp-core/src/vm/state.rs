@@ -51,6 +51,10 @@ impl PhysMem for HypMem {
         unsafe { core::ptr::write_bytes(pa as *mut u8, 0, len as usize) };
         barriers::maint::clean_inval_to_poc(pa, len);
     }
+
+    fn clean(&mut self, pa: u64, len: u64) {
+        barriers::maint::clean_inval_to_poc(pa, len);
+    }
 }
 
 /// The control state.
@@ -149,6 +153,9 @@ pub fn flush_vm(slot: usize) {
             .iter()
             .flatten()
             .map(|r| (r.pa, r.pages * s2mm::PAGE_SIZE)),
+        // A hint between steps: on QEMU's round-robin TCG it hands the turn
+        // to the next CPU, as an interrupt window would on a shared CPU.
+        sysreg::yield_hint,
     );
 }
 
