@@ -481,8 +481,8 @@ fn host_calls() {
             hvc(),
             vec![on, 3, 0x4000_0000, 7],
             h,
-            at(Action::HostCpuOn {
-                cpu: 3,
+            at(Action::CpuOn {
+                target: 3,
                 entry: 0x4000_0000,
                 context: 7,
             }),
@@ -499,7 +499,7 @@ fn host_calls() {
             hvc(),
             vec![u64::from(psci::PSCI_AFFINITY_INFO_64), 2, 0],
             h,
-            at(Action::HostAffinityInfo { cpu: 2 }),
+            at(Action::AffinityInfo { target: 2 }),
         ),
         (
             "CPU_OFF",

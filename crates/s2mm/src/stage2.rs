@@ -205,27 +205,7 @@ impl Stage2 {
         attrs: Attrs,
         state: PageState,
     ) -> Result<BatchStats, Error> {
-        self.check_range(ipa, size)?;
-        if !pa.is_aligned(PAGE_SIZE) {
-            return Err(Error::Unaligned);
-        }
-        match pa.0.checked_add(size) {
-            Some(end) if end <= 1u64 << MAX_PA_BITS => {}
-            _ => return Err(Error::OutOfRange),
-        }
-        let bits = self.tables.fmt.leaf_bits(attrs, state)?;
-        let pre_clean = self
-            .tables
-            .fmt
-            .needs_cmo(bits)
-            .then(|| (alloc.cmo_va(pa).0, size));
-        let op = Op::Map {
-            delta: pa.0.wrapping_sub(ipa.0),
-            bits,
-        };
-        let batch = BatchRegime::Stage2(vttbr, self.vttbr());
-        self.tables
-            .run(alloc, batch, op, ipa.0, size, self.fault, pre_clean)
+        self.map_with(alloc, vttbr, ipa, pa, size, attrs, state, true)
     }
 
     /// [`Stage2::map`] of memory the caller has just cleaned and invalidated to PoC
@@ -249,6 +229,26 @@ impl Stage2 {
         attrs: Attrs,
         state: PageState,
     ) -> Result<BatchStats, Error> {
+        self.map_with(alloc, vttbr, ipa, pa, size, attrs, state, false)
+    }
+
+    /// [`Stage2::map`], with the no-FWB pre-clean of the memory (`clean`) or
+    /// without it ([`Stage2::map_cleaned`]).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "map's arguments plus whether to clean"
+    )]
+    fn map_with<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        vttbr: &mut Vttbr,
+        ipa: Ipa,
+        pa: Pa,
+        size: u64,
+        attrs: Attrs,
+        state: PageState,
+        clean: bool,
+    ) -> Result<BatchStats, Error> {
         self.check_range(ipa, size)?;
         if !pa.is_aligned(PAGE_SIZE) {
             return Err(Error::Unaligned);
@@ -258,11 +258,15 @@ impl Stage2 {
             _ => return Err(Error::OutOfRange),
         }
         let bits = self.tables.fmt.leaf_bits(attrs, state)?;
+        let pre_clean =
+            (clean && self.tables.fmt.needs_cmo(bits)).then(|| (alloc.cmo_va(pa).0, size));
         let op = Op::Map {
             delta: pa.0.wrapping_sub(ipa.0),
             bits,
         };
-        self.run(alloc, vttbr, op, ipa, size)
+        let batch = BatchRegime::Stage2(vttbr, self.vttbr());
+        self.tables
+            .run(alloc, batch, op, ipa.0, size, self.fault, pre_clean)
     }
 
     /// Unmaps `[ipa, ipa + size)` (plain invalid entries; annotations in the range are

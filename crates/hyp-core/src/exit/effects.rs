@@ -224,12 +224,20 @@ fn apply(
             entry,
             context,
         } => {
-            ctx.regs.x[0] = guest_vm(who, |ctl, h| ctl.psci_cpu_on(h, target, entry, context))
-                .unwrap_or(call::INVALID_PARAMETERS);
+            ctx.regs.x[0] = match who {
+                Who::Host => host_vcpus::cpu_on(target, entry, context),
+                Who::Guest { slot, .. } => {
+                    state::control().psci_cpu_on(slot as u64 + 1, target, entry, context)
+                }
+            };
         }
         Action::AffinityInfo { target } => {
-            ctx.regs.x[0] = guest_vm(who, |ctl, h| ctl.psci_affinity_info(h, target))
-                .unwrap_or(call::INVALID_PARAMETERS);
+            ctx.regs.x[0] = match who {
+                Who::Host => host_vcpus::affinity_info(target),
+                Who::Guest { slot, .. } => {
+                    state::control().psci_affinity_info(slot as u64 + 1, target)
+                }
+            };
         }
         Action::Share { ipa, share } => {
             let done = guest_vm(who, |ctl, h| {
@@ -248,12 +256,6 @@ fn apply(
                 crate::calls::host::Reply::SystemOff => Next::SystemOff,
             };
         }
-        Action::HostCpuOn {
-            cpu,
-            entry,
-            context,
-        } => ctx.regs.x[0] = host_vcpus::cpu_on(cpu, entry, context),
-        Action::HostAffinityInfo { cpu } => ctx.regs.x[0] = host_vcpus::affinity_info(cpu),
         Action::HostCpuOff => return Next::HostCpuOff,
         Action::SystemOff => {
             log::info!("host vCPU {} requested system power-off", c.idx);

@@ -268,7 +268,8 @@ pub enum Action {
         /// The value.
         value: u64,
     },
-    /// PSCI CPU_ON of vCPU `target` of the same VM.
+    /// PSCI CPU_ON of vCPU `target` of the same VM (for the host: of
+    /// physical CPU `target`).
     CpuOn {
         /// Target vCPU index.
         target: usize,
@@ -277,7 +278,7 @@ pub enum Action {
         /// Its x0.
         context: u64,
     },
-    /// PSCI AFFINITY_INFO of vCPU `target`.
+    /// PSCI AFFINITY_INFO of vCPU (for the host: physical CPU) `target`.
     AffinityInfo {
         /// Target vCPU index.
         target: usize,
@@ -291,20 +292,6 @@ pub enum Action {
     },
     /// A host control call (function ID in the host range).
     HostCall,
-    /// The host's PSCI CPU_ON of physical CPU `cpu`.
-    HostCpuOn {
-        /// Target CPU.
-        cpu: usize,
-        /// Entry address.
-        entry: u64,
-        /// Its x0.
-        context: u64,
-    },
-    /// The host's AFFINITY_INFO of physical CPU `cpu`.
-    HostAffinityInfo {
-        /// Target CPU.
-        cpu: usize,
-    },
     /// The host's CPU_OFF.
     HostCpuOff,
     /// The host's SYSTEM_OFF or SYSTEM_RESET: the machine powers off.
@@ -412,27 +399,10 @@ fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
         }
         return Action::Return(r);
     }
+    if let Some(a) = power_call(c, facts) {
+        return a;
+    }
     match c {
-        Hypercall::CpuOn {
-            target,
-            entry,
-            context,
-        } => match call::mpidr_to_index(target, facts.nr_vcpus()) {
-            None => Action::ReturnX0(call::INVALID_PARAMETERS),
-            Some(target) => Action::CpuOn {
-                target,
-                entry,
-                context,
-            },
-        },
-        Hypercall::AffinityInfo {
-            target,
-            lowest_level,
-        } => match call::mpidr_to_index(target, facts.nr_vcpus()) {
-            Some(target) if lowest_level == 0 => Action::AffinityInfo { target },
-            _ => Action::ReturnX0(call::INVALID_PARAMETERS),
-        },
-        Hypercall::CpuSuspend => Action::ReturnX0(call::SUCCESS),
         Hypercall::CpuOff => Action::ToHost(RunEnd::CpuOff, [run_exit::CPU_OFF, 0, 0, 0]),
         Hypercall::SystemOff => Action::ToHost(RunEnd::SystemOff, [run_exit::SYSTEM_OFF, 0, 0, 0]),
         Hypercall::SystemReset => {
@@ -456,6 +426,34 @@ fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
     }
 }
 
+/// PSCI CPU_ON, AFFINITY_INFO and CPU_SUSPEND, the same for the host (whose
+/// vCPUs are the physical CPUs) and a guest; `None` for other calls.
+fn power_call(c: Hypercall, facts: &impl Facts) -> Option<Action> {
+    Some(match c {
+        Hypercall::CpuOn {
+            target,
+            entry,
+            context,
+        } => match call::mpidr_to_index(target, facts.nr_vcpus()) {
+            None => Action::ReturnX0(call::INVALID_PARAMETERS),
+            Some(target) => Action::CpuOn {
+                target,
+                entry,
+                context,
+            },
+        },
+        Hypercall::AffinityInfo {
+            target,
+            lowest_level,
+        } => match call::mpidr_to_index(target, facts.nr_vcpus()) {
+            Some(target) if lowest_level == 0 => Action::AffinityInfo { target },
+            _ => Action::ReturnX0(call::INVALID_PARAMETERS),
+        },
+        Hypercall::CpuSuspend => Action::ReturnX0(call::SUCCESS),
+        _ => return None,
+    })
+}
+
 /// The host's calls: its control interface, and PSCI for its own vCPUs
 /// (one per physical CPU) and the machine.
 fn host_call(x: [u64; 4], facts: &impl Facts) -> Action {
@@ -466,27 +464,10 @@ fn host_call(x: [u64; 4], facts: &impl Facts) -> Action {
     if let Some(r) = call::stateless_answer(c) {
         return Action::Return(r);
     }
+    if let Some(a) = power_call(c, facts) {
+        return a;
+    }
     match c {
-        Hypercall::CpuOn {
-            target,
-            entry,
-            context,
-        } => match call::mpidr_to_index(target, facts.nr_vcpus()) {
-            None => Action::ReturnX0(call::INVALID_PARAMETERS),
-            Some(cpu) => Action::HostCpuOn {
-                cpu,
-                entry,
-                context,
-            },
-        },
-        Hypercall::AffinityInfo {
-            target,
-            lowest_level,
-        } => match call::mpidr_to_index(target, facts.nr_vcpus()) {
-            Some(cpu) if lowest_level == 0 => Action::HostAffinityInfo { cpu },
-            _ => Action::ReturnX0(call::INVALID_PARAMETERS),
-        },
-        Hypercall::CpuSuspend => Action::ReturnX0(call::SUCCESS),
         Hypercall::CpuOff => Action::HostCpuOff,
         Hypercall::SystemOff | Hypercall::SystemReset => Action::SystemOff,
         // Memory sharing and MMIO guard are guest services: the host owns

@@ -976,7 +976,23 @@ impl<A: TableAlloc, M: PhysMem> Both<'_, A, M> {
     /// Mapping over split tables needs no new table, so this cannot fail
     /// when it restores pages the host owned before.
     fn restore_host(&mut self, v: &mut Vttbr, pa: u64, size: u64) {
-        let r = self.host.s2.map(
+        self.restore_host_with(v, pa, size, false);
+    }
+
+    /// [`Both::restore_host`] of memory just cleaned to PoC (scrubbed, or a
+    /// lent region cleaned), without cleaning it again.
+    fn restore_host_cleaned(&mut self, v: &mut Vttbr, pa: u64, size: u64) {
+        self.restore_host_with(v, pa, size, true);
+    }
+
+    fn restore_host_with(&mut self, v: &mut Vttbr, pa: u64, size: u64, cleaned: bool) {
+        let map = if cleaned {
+            Stage2::map_cleaned::<A>
+        } else {
+            Stage2::map::<A>
+        };
+        let r = map(
+            &mut self.host.s2,
             &mut self.alloc,
             v,
             Ipa(pa),
@@ -989,22 +1005,6 @@ impl<A: TableAlloc, M: PhysMem> Both<'_, A, M> {
         // tables (split on the way) are still there; the model test's
         // table-exhaustion runs go through here. Checked in release builds:
         // a failure would leave host pages owned by nobody.
-        assert!(r.is_ok(), "restoring host pages needs no tables");
-    }
-
-    /// [`Both::restore_host`] of memory just cleaned to PoC (scrubbed, or a
-    /// lent region cleaned), without cleaning it again.
-    fn restore_host_cleaned(&mut self, v: &mut Vttbr, pa: u64, size: u64) {
-        let r = self.host.s2.map_cleaned(
-            &mut self.alloc,
-            v,
-            Ipa(pa),
-            Pa(pa),
-            size,
-            Attrs::RAM_RWX,
-            PageState::Owned,
-        );
-        // Cannot fail, as for `restore_host`; checked in release builds.
         assert!(r.is_ok(), "restoring host pages needs no tables");
     }
 
