@@ -740,6 +740,16 @@ fn mmio_in_and_out_of_regions() {
             })),
         ),
         (
+            "a vGIC read without syndrome is injected as a read",
+            dabt_nosyn(GICD_IPA + 0x104, false, XLAT),
+            vec![],
+            g,
+            at(Action::Inject(Injected::DataAbort {
+                far: 0x1234_5104,
+                write: false,
+            })),
+        ),
+        (
             "a device access without syndrome",
             dabt_nosyn(dev, false, XLAT),
             vec![],
