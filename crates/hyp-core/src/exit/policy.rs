@@ -95,6 +95,7 @@ const fn is_translation_fault(esr: Esr) -> bool {
 
 /// Decodes a synchronous exit from its syndrome and the vCPU's x0..x30.
 #[must_use]
+#[inline]
 pub fn decode(trap: &Trap, x: &[u64; 31]) -> Exit {
     let reg = |r: u8| if r == 31 { 0 } else { x[r as usize] };
     let esr = trap.esr;
@@ -149,6 +150,7 @@ pub struct VgicFrames {
 impl VgicFrames {
     /// Which frame `ipa` falls in, and the offset in it.
     #[must_use]
+    #[inline]
     pub fn region(&self, ipa: u64) -> Option<(vgic::Region, u64)> {
         let (dist_size, redist_end) = match self.version {
             vgic::Version::V3 => (
@@ -325,6 +327,7 @@ const fn at(action: Action) -> Decision {
 
 /// Decides what to do about `exit` of the context `facts` describes.
 #[must_use]
+#[inline]
 pub fn decide(exit: &Exit, facts: &impl Facts) -> Decision {
     let guest = matches!(facts.who(), Who::Guest { .. });
     match *exit {
@@ -349,6 +352,7 @@ pub fn decide(exit: &Exit, facts: &impl Facts) -> Decision {
 /// [`Action::MapOnDemand`]: what an abort in guest RAM becomes when nothing
 /// was given lazily there.
 #[must_use]
+#[inline]
 pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
     let who = facts.who();
     let guest = matches!(who, Who::Guest { .. });
@@ -387,6 +391,7 @@ pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
 }
 
 /// A guest's SMCCC call.
+#[inline]
 fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
     let c = call::decode(x);
     if let Some(mut r) = call::stateless_answer(c) {
@@ -428,6 +433,7 @@ fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
 
 /// PSCI CPU_ON, AFFINITY_INFO and CPU_SUSPEND, the same for the host (whose
 /// vCPUs are the physical CPUs) and a guest; `None` for other calls.
+#[inline]
 fn power_call(c: Hypercall, facts: &impl Facts) -> Option<Action> {
     Some(match c {
         Hypercall::CpuOn {
@@ -456,6 +462,7 @@ fn power_call(c: Hypercall, facts: &impl Facts) -> Option<Action> {
 
 /// The host's calls: its control interface, and PSCI for its own vCPUs
 /// (one per physical CPU) and the machine.
+#[inline]
 fn host_call(x: [u64; 4], facts: &impl Facts) -> Action {
     if (hyp_abi::FID_BASE..=hyp_abi::FID_LAST).contains(&(x[0] as u32)) {
         return Action::HostCall;
@@ -477,6 +484,7 @@ fn host_call(x: [u64; 4], facts: &impl Facts) -> Action {
 }
 
 /// A data abort that no lazy mapping answers.
+#[inline]
 fn data_abort(abort: DataAbort, far: u64, write: bool, value: u64, facts: &impl Facts) -> Decision {
     let who = facts.who();
     let guest = matches!(who, Who::Guest { .. });
@@ -560,6 +568,7 @@ const fn size_mask(bytes: u64) -> u64 {
 /// ID registers (TID3), the virtual-memory controls (TVM), set/way cache
 /// maintenance (TSW), debug registers (RAZ/WI); anything else
 /// (implementation-defined registers, PMU) is UNDEFINED.
+#[inline]
 fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decision {
     let who = facts.who();
     let guest = matches!(who, Who::Guest { .. });
