@@ -9,7 +9,7 @@
 //! | fid          | call          | x1     | x2   | x3     | x4     | x0 on success |
 //! |--------------|---------------|--------|------|--------|--------|---------------|
 //! | `0xC6000040` | VM_CREATE     | vCPUs  | flags (bit 0: protected) | | | VM handle (1..=8) |
-//! | `0xC6000041` | VM_DESTROY    | handle |      |        |        | pages scrubbed |
+//! | `0xC6000041` | VM_DESTROY    | handle |      |        |        | pages scrubbed by this step; x1 = 1 while more remain (call again) |
 //! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages  | 0 (x5: [`MEM_FLAG_LAZY`]) |
 //! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages  | 0 (x5: [`MEM_FLAG_LAZY`]) |
 //! | `0xC6000044` | VCPU_INIT     | handle | vCPU | entry  | x0     | 0 |
@@ -27,7 +27,9 @@ pub mod layout;
 pub const FID_BASE: u32 = 0xC600_0040;
 /// VM_CREATE(vcpus, flags) -> handle.
 pub const VM_CREATE: u32 = FID_BASE;
-/// VM_DESTROY(handle) -> pages scrubbed.
+/// VM_DESTROY(handle) -> pages scrubbed by this step, x1 = 1 while more
+/// remain: the hypervisor gives a VM's memory back in bounded steps and the
+/// host calls again until x1 is 0.
 pub const VM_DESTROY: u32 = FID_BASE + 1;
 /// MEM_DONATE(handle, pa, ipa, pages).
 pub const MEM_DONATE: u32 = FID_BASE + 2;
