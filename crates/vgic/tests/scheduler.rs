@@ -405,14 +405,13 @@ fn stale_list_registers_are_cleared_and_double_flush_is_safe() {
 
 #[test]
 fn v3_sysregs_backend_records_lr_and_hcr_writes() {
-    use barriers::sync::Cse;
-    use barriers::{GuestPending, Insn, Synced, SysReg};
+    use barriers::{GuestPending, Insn, SysReg};
     let g = Vgic::new(Version::V3, 1).unwrap();
     setup(&g, 0, 40, 0x40);
     g.inject(0, 40).unwrap();
+    // SAFETY: host test: the recording backend; SRE = 1 as the hypervisor's bring-up sets it.
+    let sre = barriers::isb(unsafe { barriers::regs::IccSreEl2::write(0b1001) });
     barriers::trace::take();
-    // SAFETY: host test: the recording backend emits nothing.
-    let sre = unsafe { Synced::<Cse>::assume() };
     let mut pending = GuestPending::new();
     let trap_tc = 1 << 10;
     // SAFETY: host test; `trap_tc` stands for the hypervisor's traps.
@@ -425,8 +424,9 @@ fn v3_sysregs_backend_records_lr_and_hcr_writes() {
     // SAFETY: host test: the recording backend, one owner per test.
     let mut vttbr = unsafe { barriers::vttbr::Vttbr::assume_loaded(1 << 48) };
     let entry = barriers::enter_guest(&eos, &mut vttbr, pending);
-    // SAFETY: host test: nothing runs; the recording stands for the world switch's ERET.
-    unsafe { entry.eret() };
+    // SAFETY: host test: nothing runs; the recording stands for the world switch's ERET and the
+    // guest's run.
+    let _ = unsafe { entry.run(|| ()) };
     let msrs: Vec<_> = barriers::trace::take()
         .into_iter()
         .filter_map(|i| match i {
