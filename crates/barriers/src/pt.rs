@@ -214,11 +214,6 @@ impl<'v> PtBatch<'v> {
         self
     }
 
-    /// The regime of this batch.
-    pub fn regime(&self) -> Regime {
-        self.regime
-    }
-
     /// Stores a descriptor that needs no TLBI: invalid→valid, a permission relaxation, or a
     /// change of software bits only (ARM-RULES.md 2.1 exemptions, R_XCLRD). Queues the trailing
     /// `DSB ISHST` (+ `ISB` for EL2).

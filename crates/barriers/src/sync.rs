@@ -38,8 +38,6 @@ mod sealed {
 pub trait Class: sealed::Class {
     /// Short name.
     const NAME: &'static str;
-    /// The rule this class models.
-    const RULE: &'static str;
 }
 
 /// `Synced<Self>` proves that class `C` is synchronised.
@@ -58,7 +56,6 @@ macro_rules! class {
         impl sealed::Class for $name {}
         impl Class for $name {
             const NAME: &'static str = stringify!($name);
-            const RULE: &'static str = $rule;
         }
         impl Includes<$name> for $name {}
         class!(@ok $name $ok);
@@ -167,25 +164,6 @@ impl<K: Class> Pending<K> {
             changed,
             _k: PhantomData,
         }
-    }
-
-    /// The register written.
-    pub fn reg(&self) -> SysReg {
-        self.reg
-    }
-
-    /// The bits that changed (from the previous value; exact on the host, and on the target for
-    /// writers that read the old value, otherwise all bits).
-    pub fn changed(&self) -> u64 {
-        self.changed
-    }
-
-    /// Widens the class to one that includes it (e.g. a [`GuestOnly`] token into a set that is
-    /// discharged by one ISB together with an [`HcrAny`] token).
-    pub fn widen<W: Includes<K>>(self) -> Pending<W> {
-        let p = Pending::new(self.reg, self.changed);
-        core::mem::forget(self);
-        p
     }
 
     fn consume(self) {
@@ -306,16 +284,6 @@ impl GuestPending {
     pub fn add<K: EretOk>(&mut self, token: Pending<K>) {
         token.consume();
         self.count += 1;
-    }
-
-    /// Number of tokens accumulated.
-    pub fn len(&self) -> u32 {
-        self.count
-    }
-
-    /// Whether no token was accumulated.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 }
 
