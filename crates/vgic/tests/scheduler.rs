@@ -85,7 +85,6 @@ fn eoimode1_priority_drop_then_deactivation() {
     f.set_eoimode(true);
     let mut cpu = VcpuIf::new(0);
     cpu.flush(&g, &mut f);
-    assert!(cpu.eoi_mode(&mut f));
     assert_eq!(f.ack(), Some(50));
     f.eoi(50);
     assert_eq!(f.aprs, [0, 0], "priority dropped");
@@ -332,32 +331,6 @@ fn v3_sgi1r_targets_by_list_affinity_and_irm() {
         .unwrap()
         .value;
     assert_eq!(p, (1 << 3) | (1 << 4));
-}
-
-#[test]
-fn hardware_mapped_interrupt_uses_hw_bit_and_never_pending_active() {
-    let g = Vgic::new(Version::V3, 1).unwrap();
-    setup(&g, 0, 27, 0xa0);
-    g.map_hw(0, 27, Some(27)).unwrap();
-    g.set_level(0, 27, true).unwrap();
-    let mut f = Fake::new(Version::V3, 4);
-    let mut cpu = VcpuIf::new(0);
-    cpu.flush(&g, &mut f);
-    let lr = f.lr(0);
-    assert_eq!((lr.hw, lr.eoi_maint), (Some(27), false));
-    assert_eq!(f.raw[0] >> 61 & 1, 1, "HW bit");
-    assert_eq!(f.raw[0] >> 32 & 0x1fff, 27, "pINTID");
-    f.ack();
-    cpu.sync(&g, &mut f);
-    cpu.flush(&g, &mut f);
-    assert_eq!(
-        f.valid(),
-        [(27, LrState::Active)],
-        "line high, but no pending+active"
-    );
-    f.eoi(27);
-    assert_eq!(f.hw_deactivated, [27]);
-    assert!(g.map_hw(0, 27, Some(1020)).is_err());
 }
 
 #[test]
