@@ -1,4 +1,4 @@
-//! Every production path that issues barriers, traced and checked (issue "barriers" item 4).
+//! Every production path that issues barriers, traced and checked.
 //!
 //! Each scenario runs the hypervisor's own code (the `switch` sequences the world switch and
 //! the EL2 bring-up use, and the `Control` calls behind the host and guest hypercalls) on the

@@ -162,7 +162,8 @@ impl<F: Format> Tables<F> {
         pre_clean: Option<(u64, u64)>,
     ) -> Result<BatchStats, Error> {
         // Built here, in this frame: the batch is ~8.8 KiB, and every move of it costs stack (a
-        // batch passed down by value through `Stage2::map` overflowed the 64 KiB EL2 stack).
+        // batch passed down by value through `Stage2::map` would overflow the 64 KiB EL2
+        // stack).
         let batch = regime.open().with_tlbi_limit(TLBI_LIMIT);
         let mut w = Walker {
             alloc,

@@ -36,11 +36,6 @@ impl Esr {
     pub const fn ec(self) -> u8 {
         ((self.0 >> 26) & 0x3f) as u8
     }
-    /// Instruction length bit (1 = 32-bit instruction), bit 25.
-    #[must_use]
-    pub const fn il(self) -> bool {
-        self.0 & (1 << 25) != 0
-    }
     /// Instruction-specific syndrome, bits [24:0].
     #[must_use]
     pub const fn iss(self) -> u32 {
@@ -311,7 +306,6 @@ mod tests {
     fn esr_fields() {
         let e = Esr(0x5a00_0000 | 0x1234);
         assert_eq!(e.ec(), 0x16);
-        assert!(e.il());
         assert_eq!(e.iss(), 0x1234);
     }
 
