@@ -2,18 +2,18 @@
 //!
 //! [`check`] walks a recorded trace once (linear time; one hash map keyed by descriptor address)
 //! and reports every violation it finds. It models what the trace shows: `MSR` writes with their
-//! changed bits, consumers ([`Insn::Use`], `*_EL1`-named and GIC accesses, TLBI by VMID), CSEs
+//! changed bits, consumers ([`Insn::Use`], `*_EL1`-named and GIC register accesses, TLBI by VMID), CSEs
 //! (`ISB`, the guest-entry `ERET`), descriptor stores, DSBs, TLBIs and frees.
 //!
 //! Checked invariants:
 //!
 //! | # | what |
 //! |---|---|
-//! | 1 | an in-context write (ICC_SRE_EL2, SCTLR/TCR/TTBR0/MAIR_EL2, PAR_EL1 after AT) is followed by an ISB before its consumer |
-//! | 2 | an ISB has a pending in-context reason (sysreg write, EL2 mapping change, AT result) |
+//! | 1 | an in-context write (ICC_SRE_EL2, SCTLR/TCR/TTBR0/MAIR_EL2) is followed by an ISB before its consumer |
+//! | 2 | an ISB has a pending in-context reason (sysreg write, EL2 mapping change) |
 //! | 4 | a change of HCR_EL2.{RW,E2H,TGE,NV,NV1} gets an explicit ISB before the next ERET |
 //! | 6 | an E2H/TGE change gets an ISB before any `*_EL1`-named access or TCR_EL2/CPTR_EL2 write |
-//! | 7 | a TGE/VTTBR/VTCR/VM change gets an ISB before TLBI by VMID or AT; a stage-2 batch's VMID equals VTTBR_EL2's |
+//! | 7 | a TGE/VTTBR/VTCR/VM change gets an ISB before TLBI by VMID; a stage-2 batch's VMID equals VTTBR_EL2's |
 //! | 8 | clearing a CPTR_EL2 FP/SVE/SME trap gets an ISB before EL2 FP use |
 //! | 11 | a break is published by a DSB before its TLBI, and completed (TLBI, DSB ISH) before a make over the same descriptor, before the ERET and by the end of the trace |
 //! | 12 | TLBI IPAS2E1IS is followed by DSB ISH and then TLBI VMALLE1IS (completed by a DSB), unless VMALLS12E1IS covered it |
@@ -63,9 +63,8 @@ const FP: u8 = 2;
 const GIC: u8 = 3;
 const EL2MEM: u8 = 4;
 const ERET_IN: u8 = 5;
-const PAR: u8 = 6;
-const OTHER: u8 = 7;
-const NCLASS: usize = 8;
+const OTHER: u8 = 6;
+const NCLASS: usize = 7;
 
 const HCR_VM: u64 = 1;
 
@@ -340,14 +339,7 @@ impl State {
 
     fn use_(&mut self, i: usize, c: Consumer) {
         match c {
-            Consumer::El1Access => self.need(E2H_TGE, 6, i, "EL1-named access"),
-            Consumer::At => {
-                self.need(VMID, 7, i, "AT");
-                self.need(E2H_TGE, 6, i, "AT");
-                self.pending[PAR as usize] = Some(i);
-            }
             Consumer::El2Fp => self.need(FP, 8, i, "EL2 FP/SIMD use"),
-            Consumer::GicSysreg => self.need(GIC, 1, i, "ICC/ICH access"),
             Consumer::El2Memory => {
                 self.need(EL2MEM, 1, i, "EL2 memory access");
                 if let Some(w) = self.make_undsb {
@@ -419,9 +411,6 @@ pub fn check(trace: &[Insn]) -> Vec<Violation> {
                 }
                 if reg.is_gic() {
                     s.need(GIC, 1, i, &format!("{reg:?} read after ICC_SRE_EL2"));
-                }
-                if reg == SysReg::ParEl1 {
-                    s.need(PAR, 1, i, "PAR_EL1 read after AT");
                 }
             }
             Insn::Eret => s.eret(i),

@@ -15,10 +15,6 @@ pub enum DsbKind {
     Ish,
     /// Inner Shareable, stores only (makes descriptor stores visible to walkers).
     Ishst,
-    /// Non-shareable, loads and stores.
-    Nsh,
-    /// Non-shareable, stores only.
-    Nshst,
 }
 
 impl DsbKind {
@@ -75,14 +71,8 @@ impl Tlbi {
 /// (they are not instructions) so that [`crate::check`] can see the consumer of a pending write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Consumer {
-    /// EL2 accessed a `*_EL1`-named register (redirected by HCR_EL2.E2H).
-    El1Access,
-    /// EL2 executed an address translation (`AT S1E1*`/`AT S12E1*`), which uses VTTBR_EL2/TGE.
-    At,
     /// EL2 executed FP/SIMD/SVE instructions (trapped by CPTR_EL2).
     El2Fp,
-    /// EL2 accessed an ICC_*/ICH_* register (depends on ICC_SRE_EL2).
-    GicSysreg,
     /// EL2 started to rely on its own translation regime (SCTLR/TCR/TTBR0/MAIR_EL2).
     El2Memory,
     /// What this CPU's VTTBR owner knows at the start of a trace: `vmid` is loaded, and whether
@@ -216,20 +206,12 @@ sysregs! {
     CnthpCvalEl2 => "cnthp_cval_el2",
     /// ICH_VTR_EL2 (S3_4_C12_C11_1), read-only.
     IchVtrEl2 => "s3_4_c12_c11_1",
-    /// ICH_MISR_EL2 (S3_4_C12_C11_2), read-only.
-    IchMisrEl2 => "s3_4_c12_c11_2",
-    /// ICH_EISR_EL2 (S3_4_C12_C11_3), read-only.
-    IchEisrEl2 => "s3_4_c12_c11_3",
     /// ICH_ELRSR_EL2 (S3_4_C12_C11_5), read-only.
     IchElrsrEl2 => "s3_4_c12_c11_5",
     /// ICH_AP0R0_EL2 (S3_4_C12_C8_0).
     IchAp0r0El2 => "s3_4_c12_c8_0",
     /// ICH_AP1R0_EL2 (S3_4_C12_C9_0).
     IchAp1r0El2 => "s3_4_c12_c9_0",
-    /// ELR_EL2.
-    ElrEl2 => "elr_el2",
-    /// SPSR_EL2.
-    SpsrEl2 => "spsr_el2",
     /// SCTLR_EL1.
     SctlrEl1 => "sctlr_el1",
     /// TTBR0_EL1.
@@ -327,8 +309,6 @@ impl SysReg {
             SysReg::IchHcrEl2
                 | SysReg::IchVmcrEl2
                 | SysReg::IchVtrEl2
-                | SysReg::IchMisrEl2
-                | SysReg::IchEisrEl2
                 | SysReg::IchElrsrEl2
                 | SysReg::IchAp0r0El2
                 | SysReg::IchAp1r0El2
@@ -471,8 +451,6 @@ pub(crate) mod emit {
                 DsbKind::Sy => asm!("dsb sy", options(nostack, preserves_flags)),
                 DsbKind::Ish => asm!("dsb ish", options(nostack, preserves_flags)),
                 DsbKind::Ishst => asm!("dsb ishst", options(nostack, preserves_flags)),
-                DsbKind::Nsh => asm!("dsb nsh", options(nostack, preserves_flags)),
-                DsbKind::Nshst => asm!("dsb nshst", options(nostack, preserves_flags)),
             }
         }
     }

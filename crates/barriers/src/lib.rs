@@ -35,9 +35,10 @@
 //! consumes, right before its ERET. So the seed-000 exit path (HCR_EL2 trap bits, CPTR_EL2,
 //! VBAR_EL2, enter the guest) compiles without an ISB, while carrying an E2H/TGE change into the
 //! ERET, or using an EL1-named register after it without an ISB, does not compile. Tokens and
-//! proofs are per CPU (`!Send`, `!Sync`). Special-purpose registers (ELR_EL2, SPSR_EL2) are in
-//! program order (C5.1.5.1) and return no token. Reads are safe; writes of registers that control
-//! translation, exception routing or trapping are `unsafe` with a `# Safety` contract.
+//! proofs are per CPU (`!Send`, `!Sync`). The special-purpose registers ELR_EL2 and SPSR_EL2 are
+//! written only by the world-switch assembly, in program order before its ERET (C5.1.5.1), so
+//! they have no type here. Reads are safe; writes of registers that control translation,
+//! exception routing or trapping are `unsafe` with a `# Safety` contract.
 //!
 //! **VMIDs ([`vttbr`]).** Each CPU has one [`vttbr::Vttbr`], VTTBR_EL2's only writer. A stage-2
 //! [`pt::PtBatch`] borrows it for its whole life and issues its TLBIs under the tables' own VMID,

@@ -214,11 +214,6 @@ impl<'v> PtBatch<'v> {
         self
     }
 
-    /// The regime of this batch.
-    pub fn regime(&self) -> Regime {
-        self.regime
-    }
-
     /// Stores a descriptor that needs no TLBI: invalid→valid, a permission relaxation, or a
     /// change of software bits only (ARM-RULES.md 2.1 exemptions, R_XCLRD). Queues the trailing
     /// `DSB ISHST` (+ `ISB` for EL2).
@@ -283,8 +278,8 @@ impl<'v> PtBatch<'v> {
         if self.wide && !is_break {
             // The batch already ends in a VMID-wide (or ALLE2IS) flush, which covers this
             // restriction. A restriction is not a break, so no later make depends on it, and
-            // nothing needs to be tracked (otherwise a 1 GiB protect of 4 KiB pages would sync
-            // once per MAX_QUEUED entries).
+            // nothing needs to be tracked (otherwise restricting 1 GiB of 4 KiB pages would
+            // sync once per MAX_QUEUED entries).
             return;
         }
         let addr = slot as *const AtomicU64 as usize;

@@ -1,6 +1,8 @@
-//! Typed system-register accessors. Each register is a zero-sized type; reads are safe, writes
-//! return a [`Pending`] token of the register's consumer class (see [`crate::sync`]). Writes of
-//! registers that control translation, exception routing or trapping are `unsafe`.
+//! Typed system-register accessors. Each register is a zero-sized type with the accessors the
+//! hypervisor uses; reads are safe, writes return a [`Pending`] token of the register's consumer
+//! class (see [`crate::sync`]). Writes of registers that control translation, exception routing
+//! or trapping are `unsafe`. VTTBR_EL2 has no type here: its one writer is
+//! [`crate::vttbr::Vttbr`].
 //!
 //! Field masks come from `aarch64-cpu` where it defines them.
 
@@ -41,14 +43,6 @@ macro_rules! el2_reg {
         #[derive(Debug)]
         pub struct $name;
         impl $name {
-            /// The register.
-            pub const REG: SysReg = SysReg::$reg;
-
-            /// Reads the register.
-            pub fn read() -> u64 {
-                emit::mrs(SysReg::$reg)
-            }
-
             /// Writes the register.
             ///
             /// # Safety
@@ -67,14 +61,6 @@ macro_rules! el2_reg {
         #[derive(Debug)]
         pub struct $name;
         impl $name {
-            /// The register.
-            pub const REG: SysReg = SysReg::$reg;
-
-            /// Reads the register.
-            pub fn read() -> u64 {
-                emit::mrs(SysReg::$reg)
-            }
-
             /// Writes the register (it affects only the guest or an asynchronous timer, so the
             /// write is safe).
             #[inline]
@@ -87,22 +73,6 @@ macro_rules! el2_reg {
             }
         }
     };
-}
-
-/// VTTBR_EL2: stage-2 base and VMID. Written only through this CPU's
-/// [`crate::vttbr::Vttbr`], which knows the loaded VMID and whether it is synchronised; here it
-/// can only be read.
-#[derive(Debug)]
-pub struct VttbrEl2;
-
-impl VttbrEl2 {
-    /// The register.
-    pub const REG: SysReg = SysReg::VttbrEl2;
-
-    /// Reads the register.
-    pub fn read() -> u64 {
-        emit::mrs(SysReg::VttbrEl2)
-    }
 }
 
 el2_reg!(
@@ -210,14 +180,6 @@ pub const HCR_E2H_TGE: u64 = mask!(HCR_EL2::E2H) | mask!(HCR_EL2::TGE);
 pub struct HcrEl2;
 
 impl HcrEl2 {
-    /// The register.
-    pub const REG: SysReg = SysReg::HcrEl2;
-
-    /// Reads HCR_EL2.
-    pub fn read() -> u64 {
-        emit::mrs(SysReg::HcrEl2)
-    }
-
     /// Writes any HCR_EL2 value. The token ([`HcrAny`]) needs an [`crate::isb`] before any
     /// in-context consumer *and* before the ERET.
     ///
@@ -287,14 +249,6 @@ pub const CPTR_EL2_FP_TRAPS: u64 = CPTR_EL2_TFP | CPTR_EL2_TZ | CPTR_EL2_TSM;
 pub struct CptrEl2;
 
 impl CptrEl2 {
-    /// The register.
-    pub const REG: SysReg = SysReg::CptrEl2;
-
-    /// Reads CPTR_EL2.
-    pub fn read() -> u64 {
-        emit::mrs(SysReg::CptrEl2)
-    }
-
     /// Writes CPTR_EL2, possibly clearing FP/SVE/SME traps: EL2 FP use then needs an ISB
     /// ([`El2Fp`], invariant 8). The guest side is discharged by the ERET.
     ///
@@ -354,14 +308,6 @@ fn fp_trap_cleared(cleared: u64) -> ! {
 pub struct TcrEl2;
 
 impl TcrEl2 {
-    /// The register.
-    pub const REG: SysReg = SysReg::TcrEl2;
-
-    /// Reads TCR_EL2.
-    pub fn read() -> u64 {
-        emit::mrs(SysReg::TcrEl2)
-    }
-
     /// Writes TCR_EL2.
     ///
     /// # Safety
@@ -384,6 +330,18 @@ pub const fn vttbr_vmid(vttbr: u64) -> u16 {
     ((vttbr & mask!(VTTBR_EL2::VMID)) >> 48) as u16
 }
 
+/// Adds a reader to a GIC register type (needs ICC_SRE_EL2 synchronised).
+macro_rules! gic_read {
+    ($($name:ident => $reg:ident,)*) => {$(
+        impl $name {
+            /// Reads the register (needs ICC_SRE_EL2 synchronised).
+            pub fn read<K: Includes<GicSre>>(_sre: &Synced<K>) -> u64 {
+                emit::mrs(SysReg::$reg)
+            }
+        }
+    )*};
+}
+
 macro_rules! gic_reg {
     ($(#[$m:meta])* $name:ident, $reg:ident, $($unsafety:ident)?, safety = $safety:literal) => {
         gic_reg!($(#[$m])* $name, $reg, $($unsafety)?, GuestOnly, safety = $safety);
@@ -393,14 +351,6 @@ macro_rules! gic_reg {
         #[derive(Debug)]
         pub struct $name;
         impl $name {
-            /// The register.
-            pub const REG: SysReg = SysReg::$reg;
-
-            /// Reads the register (needs ICC_SRE_EL2 synchronised).
-            pub fn read<K: Includes<GicSre>>(_sre: &Synced<K>) -> u64 {
-                emit::mrs(SysReg::$reg)
-            }
-
             /// Writes the register (needs ICC_SRE_EL2 synchronised). Only the guest's virtual CPU
             /// interface depends on it; the ERET synchronises it (KVM: no ISB).
             ///
@@ -436,35 +386,26 @@ gic_reg!(
     safety = ""
 );
 
+// The virtual CPU interface state the world switch saves and restores.
+gic_read! {
+    IchVmcrEl2 => IchVmcrEl2,
+    IchAp0r0El2 => IchAp0r0El2,
+    IchAp1r0El2 => IchAp1r0El2,
+}
+
+/// A read-only GIC register: a type with only the `gic_read!` reader.
 macro_rules! gic_ro_reg {
     ($(#[$m:meta])* $name:ident, $reg:ident) => {
         $(#[$m])*
         #[derive(Debug)]
         pub struct $name;
-        impl $name {
-            /// The register.
-            pub const REG: SysReg = SysReg::$reg;
-
-            /// Reads the register (needs ICC_SRE_EL2 synchronised). It is read-only: there is no
-            /// writer.
-            pub fn read<K: Includes<GicSre>>(_sre: &Synced<K>) -> u64 {
-                emit::mrs(SysReg::$reg)
-            }
-        }
+        gic_read! { $name => $reg, }
     };
 }
 
 gic_ro_reg!(
     /// ICH_VTR_EL2: ListRegs \[4:0\] (number of list registers minus one), PREbits, PRIbits.
     IchVtrEl2, IchVtrEl2
-);
-gic_ro_reg!(
-    /// ICH_MISR_EL2: which maintenance interrupt conditions hold.
-    IchMisrEl2, IchMisrEl2
-);
-gic_ro_reg!(
-    /// ICH_EISR_EL2: list registers whose EOI maintenance is pending (bit per list register).
-    IchEisrEl2, IchEisrEl2
 );
 gic_ro_reg!(
     /// ICH_ELRSR_EL2: empty list registers (bit per list register).
@@ -578,8 +519,6 @@ macro_rules! el1_reg {
         #[derive(Debug)]
         pub struct $name;
         impl $name {
-            /// The register.
-            pub const REG: SysReg = SysReg::$reg;
 
             /// Reads the register.
             pub fn read<K: Includes<El1Names>>(_e2h: &Synced<K>) -> u64 {
@@ -624,46 +563,6 @@ el1_reg! {
     CntvCvalEl0 => CntvCvalEl0,
 }
 
-macro_rules! special_reg {
-    ($(#[$m:meta])* $name:ident, $reg:ident) => {
-        $(#[$m])*
-        ///
-        /// Special-purpose register: accesses are in program order (C5.1.5.1), so writes need no
-        /// synchronisation and return no token.
-        #[derive(Debug)]
-        pub struct $name;
-        impl $name {
-            /// The register.
-            pub const REG: SysReg = SysReg::$reg;
-
-            /// Reads the register.
-            pub fn read() -> u64 {
-                emit::mrs(SysReg::$reg)
-            }
-
-            /// Writes the register.
-            ///
-            /// # Safety
-            ///
-            /// The next ERET returns with this state: it must describe the intended lower-EL
-            /// context (never EL2 with an attacker-chosen address).
-            pub unsafe fn write(value: u64) {
-                // SAFETY: forwarded contract.
-                unsafe { write_raw(SysReg::$reg, value) };
-            }
-        }
-    };
-}
-
-special_reg!(
-    /// ELR_EL2: the ERET return address.
-    ElrEl2, ElrEl2
-);
-special_reg!(
-    /// SPSR_EL2: the ERET return state.
-    SpsrEl2, SpsrEl2
-);
-
 /// TPIDR_EL2: the hypervisor's per-CPU pointer, read by the exit vectors.
 ///
 /// Returns no token. Its only consumers are `MRS TPIDR_EL2` instructions, which
@@ -673,14 +572,6 @@ special_reg!(
 pub struct TpidrEl2;
 
 impl TpidrEl2 {
-    /// The register.
-    pub const REG: SysReg = SysReg::TpidrEl2;
-
-    /// Reads the register.
-    pub fn read() -> u64 {
-        emit::mrs(SysReg::TpidrEl2)
-    }
-
     /// Writes the register.
     ///
     /// # Safety

@@ -14,8 +14,9 @@
 //!   `EretOk` and must go through [`isb`] first.
 //!
 //! Proofs are zero-sized, not `Clone`, and belong to the CPU that made them (`!Send + !Sync`:
-//! an ISB synchronises only its own PE). Outside [`isb`] they are minted only by the `unsafe`
-//! [`Synced::assume`], which the world switch uses for the exception entry that ends a guest run.
+//! an ISB synchronises only its own PE). Two things mint them: [`isb`], and [`GuestEntry::run`],
+//! which returns a [`Synced<Cse>`] for the exception entry that ends a guest run (a CSE because
+//! SCTLR_EL2.EIS = 1, which the [`EosChecked`] behind every [`GuestEntry`] proves).
 //! Where the hypervisor keeps a proof, a later write of its register consumes it (CPTR_EL2) or
 //! needs the owner mutably (VTTBR_EL2, [`crate::vttbr`]); the trace checker
 //! ([`crate::check`], invariants 1, 6, 7, 8) catches other staleness in tests.
@@ -37,8 +38,6 @@ mod sealed {
 pub trait Class: sealed::Class {
     /// Short name.
     const NAME: &'static str;
-    /// The rule this class models.
-    const RULE: &'static str;
 }
 
 /// `Synced<Self>` proves that class `C` is synchronised.
@@ -57,7 +56,6 @@ macro_rules! class {
         impl sealed::Class for $name {}
         impl Class for $name {
             const NAME: &'static str = stringify!($name);
-            const RULE: &'static str = $rule;
         }
         impl Includes<$name> for $name {}
         class!(@ok $name $ok);
@@ -168,25 +166,6 @@ impl<K: Class> Pending<K> {
         }
     }
 
-    /// The register written.
-    pub fn reg(&self) -> SysReg {
-        self.reg
-    }
-
-    /// The bits that changed (from the previous value; exact on the host, and on the target for
-    /// writers that read the old value, otherwise all bits).
-    pub fn changed(&self) -> u64 {
-        self.changed
-    }
-
-    /// Widens the class to one that includes it (e.g. a [`GuestOnly`] token into a set that is
-    /// discharged by one ISB together with an [`HcrAny`] token).
-    pub fn widen<W: Includes<K>>(self) -> Pending<W> {
-        let p = Pending::new(self.reg, self.changed);
-        core::mem::forget(self);
-        p
-    }
-
     fn consume(self) {
         core::mem::forget(self);
     }
@@ -218,18 +197,6 @@ pub struct Synced<K: Class> {
 impl<K: Class> Synced<K> {
     const fn new() -> Self {
         Synced { _k: PhantomData }
-    }
-
-    /// Mints a proof without an ISB.
-    ///
-    /// # Safety
-    ///
-    /// A context synchronisation event (ISB, or exception entry with SCTLR_EL2.EIS = 1) must have
-    /// happened after the last write of any field of class `K`, and no write of such a field may
-    /// happen while the proof is used. Typical use: `Synced::<Cse>::assume()` at the top of the
-    /// exception vector's Rust handler, before any typed write.
-    pub const unsafe fn assume() -> Self {
-        Self::new()
     }
 }
 
@@ -318,16 +285,6 @@ impl GuestPending {
         token.consume();
         self.count += 1;
     }
-
-    /// Number of tokens accumulated.
-    pub fn len(&self) -> u32 {
-        self.count
-    }
-
-    /// Whether no token was accumulated.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
 }
 
 impl Drop for GuestPending {
@@ -390,9 +347,9 @@ pub fn check_eos() -> EosChecked {
 }
 
 /// Permission for the world switch to execute the ERET into the guest. Exists only between
-/// [`enter_guest`] and the world switch, which consumes it with [`GuestEntry::eret`] right before
-/// its `ERET`. Dropping it panics in every build: a path that "enters" without an ERET would
-/// treat the guest-only writes as synchronised when they are not.
+/// [`enter_guest`] and the world switch, which consumes it with [`GuestEntry::run`] around its
+/// `ERET`. Dropping it panics in every build: a path that "enters" without an ERET would treat
+/// the guest-only writes as synchronised when they are not.
 #[must_use = "pass the GuestEntry to the world switch"]
 pub struct GuestEntry {
     _cpu: PhantomData<PerCpu>,
@@ -405,14 +362,24 @@ impl core::fmt::Debug for GuestEntry {
 }
 
 impl GuestEntry {
-    /// Consumed by the world switch.
+    /// Runs the guest: `world_switch` executes the `ERET` into it and returns once the guest's
+    /// run has ended with an exception taken to EL2. Returns what `world_switch` returned and the
+    /// proof of that exception entry, a context synchronisation event because SCTLR_EL2.EIS = 1
+    /// (checked by the [`EosChecked`] that [`enter_guest`] took): every write made before the run
+    /// is synchronised for the exit's handler.
+    ///
+    /// On the host nothing runs: `enter_guest` has recorded the [`crate::Insn::Eret`], and a test
+    /// passes a closure that stands for the guest.
     ///
     /// # Safety
     ///
-    /// The caller executes the `ERET` into the guest next, writing no system register (other than
-    /// the special-purpose ELR_EL2/SPSR_EL2) before it.
-    pub unsafe fn eret(self) {
+    /// `world_switch` executes the `ERET` into the guest, writing no system register (other than
+    /// the special-purpose ELR_EL2/SPSR_EL2) before it, and returns only from the exception entry
+    /// to EL2 that ends the guest's run, writing no system register after that entry.
+    #[inline(always)]
+    pub unsafe fn run<R>(self, world_switch: impl FnOnce() -> R) -> (R, Synced<Cse>) {
         core::mem::forget(self);
+        (world_switch(), Synced::new())
     }
 }
 

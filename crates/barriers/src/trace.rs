@@ -25,19 +25,9 @@ pub fn reset() {
     emit::REGS.with(|r| r.borrow_mut().clear());
 }
 
-/// Number of entries recorded so far on this thread.
-pub fn len() -> usize {
-    emit::TRACE.with(|t| t.borrow().len())
-}
-
 /// Presets a shadow register without recording anything (models state from before the trace).
 pub fn set_reg(reg: SysReg, value: u64) {
     emit::REGS.with(|r| r.borrow_mut().insert(reg, value));
-}
-
-/// The current shadow value of `reg` (zero if never written), without recording anything.
-pub fn reg(reg: SysReg) -> u64 {
-    emit::peek(reg)
 }
 
 /// Appends an entry as if the crate had emitted it (for building traces in other crates' tests).

@@ -96,11 +96,6 @@ impl Vttbr {
         });
     }
 
-    /// The value loaded.
-    pub fn value(&self) -> u64 {
-        self.value
-    }
-
     /// The VMID loaded.
     pub fn vmid(&self) -> u16 {
         vttbr_vmid(self.value)

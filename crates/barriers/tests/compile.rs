@@ -1,5 +1,5 @@
-//! Compile-time rules (issue #3 items 2 and 3): one compile-fail case per rule, and the seed-000
-//! exit path as a compile-pass case.
+//! Compile-time rules: one compile-fail case per rule, and the seed-000 exit path as a
+//! compile-pass case.
 
 #[test]
 fn ui() {

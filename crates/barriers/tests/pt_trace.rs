@@ -406,8 +406,8 @@ fn tlbi_operand_encoding() {
     assert_eq!(va_operand(0xffff_0000_0040_0000), 0xff0_0000_0400);
 }
 
-/// Protecting far more leaves than fit in the queue: once the batch has gone
-/// VMID-wide, restrictions are not queued, so the whole protect pays one
+/// Restricting far more leaves than fit in the queue: once the batch has gone
+/// VMID-wide, restrictions are not queued, so the whole batch pays one
 /// DSB ISHST, one VMALLS12E1IS and one DSB ISH (no sync per full queue).
 #[test]
 fn restrict_beyond_the_queue_pays_once() {

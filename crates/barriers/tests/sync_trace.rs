@@ -2,8 +2,7 @@
 
 use barriers::check::{check, report};
 use barriers::regs::*;
-use barriers::sync::GuestEntry;
-use barriers::sync::{check_eos, uses, Cse, SCTLR_EL2_EOS_EIS};
+use barriers::sync::{check_eos, uses, Cse, EosChecked, GuestEntry, SCTLR_EL2_EOS_EIS};
 use barriers::vttbr::Vttbr;
 use barriers::{enter_guest, isb, trace, GuestPending, Insn, Synced, SysReg};
 
@@ -35,10 +34,20 @@ fn take_without_vttbr_state() -> Vec<Insn> {
         .collect()
 }
 
-/// The world switch's part: consume the entry right before the (recorded) ERET.
-fn eret(e: GuestEntry) {
-    // SAFETY: host test: nothing runs; the recorded `Eret` stands for it.
-    unsafe { e.eret() };
+/// The world switch's part: run the guest and return the proof of the exception entry that ends
+/// its run.
+fn run(e: GuestEntry) -> Synced<Cse> {
+    // SAFETY: host test: nothing runs; the recorded `Eret` stands for the guest's run.
+    unsafe { e.run(|| ()) }.1
+}
+
+/// A guest exit, as the world switch returns it to its caller: enters a guest with nothing
+/// pending and returns the exit's proof, with the trace cleared and `vt`'s state recorded again.
+fn guest_exit(eos: &EosChecked, vt: &mut Vttbr) -> Synced<Cse> {
+    let cse = run(enter_guest(eos, vt, ()));
+    trace::clear();
+    vt.record_state();
+    cse
 }
 
 fn assert_clean(t: &[Insn]) {
@@ -61,14 +70,13 @@ fn tge_change_then_el1_access_has_isb() {
     let eos = check_eos();
     // SAFETY: host trace only.
     let p = unsafe { HcrEl2::write(TGE) };
-    assert_eq!(p.changed(), TGE);
     let s = isb(p);
     let w = SctlrEl1::write(&s, 0x30d0_0800);
     let r = TcrEl1::read(&s);
     // SAFETY: host trace only.
     let p = unsafe { HcrEl2::write(GUEST_HCR) };
     let _s = isb(p);
-    eret(enter_guest(&eos, &mut host_vttbr(), w));
+    run(enter_guest(&eos, &mut host_vttbr(), w));
     let want = vec![
         Insn::Mrs {
             reg: SysReg::SctlrEl2,
@@ -99,9 +107,8 @@ fn seed000_trap_only_exit_path_has_no_isb() {
     trace::set_reg(SysReg::HcrEl2, GUEST_HCR);
     trace::set_reg(SysReg::CptrEl2, 0x33ff);
     let eos = check_eos();
-    trace::clear();
-    // SAFETY: exception entry (the guest exit) is a CSE with EIS = 1, and nothing was written since.
-    let cse = unsafe { Synced::<Cse>::assume() };
+    let mut vt = host_vttbr();
+    let cse = guest_exit(&eos, &mut vt);
     let new_hcr = GUEST_HCR & !(TVM | TWI);
     // SAFETY: host trace only.
     let hcr = unsafe { HcrEl2::write_traps_only(new_hcr) };
@@ -109,7 +116,7 @@ fn seed000_trap_only_exit_path_has_no_isb() {
     let cptr = unsafe { CptrEl2::write_setting_traps(&cse, None, 0x37ff) };
     // SAFETY: host trace only.
     let vbar = unsafe { VbarEl2::write(0x4008_0000) };
-    eret(enter_guest(&eos, &mut host_vttbr(), (hcr, cptr, vbar)));
+    run(enter_guest(&eos, &mut vt, (hcr, cptr, vbar)));
     let want = vec![
         msr(SysReg::HcrEl2, new_hcr, TVM | TWI),
         msr(SysReg::CptrEl2, 0x37ff, 0x0400),
@@ -137,8 +144,7 @@ fn traps_only_write_rejects_other_fields() {
 fn setting_traps_write_rejects_clears() {
     boot();
     trace::set_reg(SysReg::CptrEl2, 0x37ff);
-    // SAFETY: host trace only.
-    let cse = unsafe { Synced::<Cse>::assume() };
+    let cse = guest_exit(&check_eos(), &mut host_vttbr());
     // SAFETY: host trace only.
     let p = unsafe { CptrEl2::write_setting_traps(&cse, None, 0x33ff) };
     let _ = isb(p);
@@ -152,10 +158,8 @@ fn setting_traps_write_rejects_clears() {
 fn stage2_batch_switches_vmid_then_context_restore_and_entry() {
     boot();
     let eos = check_eos();
-    trace::clear();
     let mut vt = host_vttbr();
-    // SAFETY: exception entry.
-    let cse = unsafe { Synced::<Cse>::assume() };
+    let cse = guest_exit(&eos, &mut vt);
     let vttbr = (5u64 << 48) | 0x8000_0000;
     let slot = core::sync::atomic::AtomicU64::new(3);
     let mut b = barriers::pt::PtBatch::stage2(&mut vt, vttbr);
@@ -178,10 +182,7 @@ fn stage2_batch_switches_vmid_then_context_restore_and_entry() {
     g.add(ElrEl1::write(&cse, 2));
     g.add(IchLrEl2::new(3).write(&cse, 0x5000_0000_0000_0020));
     g.add(CntvoffEl2::write(9));
-    assert_eq!(g.len(), 5);
-    // SAFETY: host trace only.
-    unsafe { ElrEl2::write(0x4000_0000) };
-    eret(enter_guest(&eos, &mut vt, g));
+    run(enter_guest(&eos, &mut vt, g));
     assert!(vt.is_synced());
     let got = trace::take();
     assert_eq!(
@@ -199,7 +200,7 @@ fn stage2_batch_switches_vmid_then_context_restore_and_entry() {
         ]
     );
     assert_eq!(
-        got[got.len() - 8..],
+        got[got.len() - 7..],
         [
             msr(SysReg::VttbrEl2, 0, vttbr),
             msr(SysReg::VttbrEl2, vttbr, vttbr),
@@ -211,7 +212,6 @@ fn stage2_batch_switches_vmid_then_context_restore_and_entry() {
                 0x5000_0000_0000_0020
             ),
             msr(SysReg::CntvoffEl2, 9, 9),
-            msr(SysReg::ElrEl2, 0x4000_0000, 0x4000_0000),
             Insn::Eret
         ]
     );
@@ -233,8 +233,7 @@ fn store(slot: &core::sync::atomic::AtomicU64, old: u64, new: u64, ia: u64) -> I
 fn in_context_consumers_after_isb() {
     boot();
     trace::set_reg(SysReg::CptrEl2, 0x37ff);
-    // SAFETY: exception entry.
-    let cse = unsafe { Synced::<Cse>::assume() };
+    let cse = guest_exit(&check_eos(), &mut host_vttbr());
     // SAFETY: host trace only.
     let (c, s, m) = unsafe {
         (

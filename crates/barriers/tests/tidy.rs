@@ -1,4 +1,4 @@
-//! Tidy (issue #3): raw barrier and system-register instructions, line by line.
+//! Tidy: raw barrier and system-register instructions, line by line.
 //!
 //! Outside `crates/barriers/src` every system-register write goes through `barriers::regs` and every
 //! barrier through `barriers`, so each write carries its pending token and each ISB/DSB/TLBI a named

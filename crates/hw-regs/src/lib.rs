@@ -151,10 +151,6 @@ pub mod gic {
         GICC_IAR = 0x0c;
         /// `GICC_EOIR`.
         GICC_EOIR = 0x10;
-        /// `GICC_RPR`.
-        GICC_RPR = 0x14;
-        /// `GICC_HPPIR`.
-        GICC_HPPIR = 0x18;
     }
 }
 

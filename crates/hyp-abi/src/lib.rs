@@ -177,8 +177,7 @@ pub struct BootInfo {
 }
 
 /// Size of `BootInfo::bootargs`: room for the hypervisor's and host's own
-/// arguments plus a guest kernel's command line after ` -- ` (512 bytes;
-/// it was 128 before Linux guests, issue #9).
+/// arguments plus a guest kernel's command line (a Linux guest's) after ` -- `.
 pub const BOOTARGS_LEN: usize = 512;
 /// `BootInfo::magic`.
 pub const BOOT_MAGIC: u64 = 0x4859_5042_4f4f_5431; // "HYPBOOT1"

@@ -1539,8 +1539,9 @@ fn owner_annotation_is_slot_plus_two() {
     }
 }
 
-/// A PA or IPA whose end wraps past 2^64 is out of range (it was an overflow panic in debug
-/// builds, and passed the range check in release builds).
+/// A PA or IPA whose end wraps past 2^64 is out of range: the range checks compute the end
+/// without overflowing (a wrapped end would panic in debug builds and pass a naive check in
+/// release builds).
 #[test]
 fn overflowing_ranges_are_range_errors() {
     let c = ctl(2);
@@ -1592,7 +1593,7 @@ fn give_out_of_tables_changes_nothing() {
 
 /// A whole 2 MiB block donated (a block in the guest, an annotated block in the host): sharing
 /// one page splits both. If the second split fails, the first is undone: the host never maps
-/// a page the guest still owns (before, the host was mapped first and kept the page).
+/// a page the guest still owns.
 #[test]
 fn share_out_of_tables_never_leaves_the_host_a_private_page() {
     let c = ctl(2);

@@ -29,7 +29,7 @@ use std::sync::atomic::AtomicU64;
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes as S2A};
 use aarch64_paging::paging::{Constraints, MemoryRegion, PageTable, Stage2, Translation};
 use aarch64_paging::Mapping;
-use s2mm::{Attrs, BatchStats, BlockSize, Ipa, Pa, PageState, Perms, TableAlloc};
+use s2mm::{Attrs, BatchStats, BlockSize, Ipa, Pa, PageState, TableAlloc};
 
 /// A recycling page pool shared by both crates, like the hypervisor's pre-donated table pool:
 /// table pages are already faulted in, so both sides measure their walkers, not the kernel's
@@ -126,8 +126,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One timed s2mm run: (map, unmap, protect) with `block` as the largest leaf.
-fn s2mm_run(pool: &SharedPool, block: BlockSize, protect: bool) -> [(f64, BatchStats); 3] {
+/// One timed s2mm run: (map, unmap) with `block` as the largest leaf.
+fn s2mm_run(pool: &SharedPool, block: BlockSize) -> [(f64, BatchStats); 2] {
     let mut a = pool.clone();
     let mut s2 = s2mm::Stage2::new(&mut a, 1, 40, true).unwrap();
     // SAFETY: host test: the recording backend, one owner per test.
@@ -148,20 +148,13 @@ fn s2mm_run(pool: &SharedPool, block: BlockSize, protect: bool) -> [(f64, BatchS
         .unwrap();
     let t_map = t.elapsed().as_nanos() as f64;
     barriers::trace::clear();
-    let (mut t_prot, mut prot) = (0.0, BatchStats::default());
-    if protect {
-        let t = Instant::now();
-        prot = s2.protect(&mut a, &mut v, Ipa(G), G, Perms::RO).unwrap();
-        t_prot = t.elapsed().as_nanos() as f64;
-        barriers::trace::clear();
-    }
     let t = Instant::now();
     let unmap = s2.unmap(&mut a, &mut v, Ipa(G), G).unwrap();
     let t_unmap = t.elapsed().as_nanos() as f64;
     barriers::trace::clear();
     black_box(s2.destroy(&mut a, &mut v));
     barriers::trace::clear();
-    [(t_map, map), (t_unmap, unmap), (t_prot, prot)]
+    [(t_map, map), (t_unmap, unmap)]
 }
 
 /// Output address of the benchmarked GiB: for the 2 MiB runs it is 2 MiB- but not 1 GiB-aligned,
@@ -185,7 +178,7 @@ fn ram_rw() -> S2A {
 }
 
 /// One timed aarch64-paging run, same work: identity map of [1 GiB, 2 GiB).
-fn paging_run(pool: &SharedPool, pages_only: bool, protect: bool, active: bool) -> [f64; 3] {
+fn paging_run(pool: &SharedPool, pages_only: bool, active: bool) -> [f64; 2] {
     let mut m = Mapping::new(pool.clone(), 1, Stage2);
     if active {
         m.mark_active();
@@ -205,23 +198,6 @@ fn paging_run(pool: &SharedPool, pages_only: bool, protect: bool, active: bool) 
     )
     .unwrap();
     let t_map = t.elapsed().as_nanos() as f64;
-    let mut t_prot = 0.0;
-    if protect {
-        let t = Instant::now();
-        m.modify_range(&r, &|_, d| {
-            let f = d.flags();
-            if f.contains(S2A::VALID) {
-                d.set(
-                    d.output_address(),
-                    (f - S2A::S2AP_ACCESS_RW) | S2A::S2AP_ACCESS_RO,
-                )
-            } else {
-                Ok(())
-            }
-        })
-        .unwrap();
-        t_prot = t.elapsed().as_nanos() as f64;
-    }
     let t = Instant::now();
     // Unmap: aarch64-paging writes invalid entries when VALID is absent.
     m.map_range(
@@ -236,15 +212,14 @@ fn paging_run(pool: &SharedPool, pages_only: bool, protect: bool, active: bool) 
         m.mark_inactive();
     }
     black_box(m);
-    [t_map, t_unmap, t_prot]
+    [t_map, t_unmap]
 }
 
 /// What aarch64-paging 0.12.3 would emit for these operations on a live table, read from its
 /// source (`Mapping::map_range` → `invalidate_range`: DSB ISHST, one TLBI IPAS2E1IS per leaf
 /// in the range, DSB ISH + ISB; unmapping a level-1 range detaches the subtree:
 /// `free_detached` = DSB ISHST, one TLBI per valid leaf, DSB ISH + ISB, then
-/// `invalidate_range` for the now-invalid entry; `modify_range`: per table with updates
-/// DSB ISHST + one TLBI per updated leaf, then DSB ISH + ISB).
+/// `invalidate_range` for the now-invalid entry).
 fn paging_counts(metric: &str) -> BatchStats {
     let (dsb, tlbi, isb) = match metric {
         "map_4k_1g" => (2, PAGES, 1),
@@ -252,7 +227,6 @@ fn paging_counts(metric: &str) -> BatchStats {
         "map_2m_1g" => (2, 512, 1),
         // The level-2 table holding the blocks is detached: 512 block TLBIs, then one more.
         "unmap_2m_1g" => (4, 513, 2),
-        "protect_4k_1g" => (1 + 512, PAGES, 1),
         _ => (0, 0, 0),
     };
     BatchStats {
@@ -278,23 +252,17 @@ fn main() {
     let per_page = |ns: Vec<f64>| median(ns) / PAGES as f64;
 
     for (block, tag) in [(BlockSize::Page4K, "4k"), (BlockSize::Block2M, "2m")] {
-        let protect = tag == "4k";
         let pool = SharedPool::default();
         // Warm-up (fills the pool), untimed.
-        s2mm_run(&pool, block, protect);
-        paging_run(&pool, tag == "4k", protect, true);
-        let runs: Vec<_> = (0..iters)
-            .map(|_| s2mm_run(&pool, block, protect))
-            .collect();
-        let names: [&'static str; 3] = if tag == "4k" {
-            ["map_4k_1g", "unmap_4k_1g", "protect_4k_1g"]
+        s2mm_run(&pool, block);
+        paging_run(&pool, tag == "4k", true);
+        let runs: Vec<_> = (0..iters).map(|_| s2mm_run(&pool, block)).collect();
+        let names: [&'static str; 2] = if tag == "4k" {
+            ["map_4k_1g", "unmap_4k_1g"]
         } else {
-            ["map_2m_1g", "unmap_2m_1g", ""]
+            ["map_2m_1g", "unmap_2m_1g"]
         };
         for (k, name) in names.iter().enumerate() {
-            if name.is_empty() {
-                continue;
-            }
             rows.push(Row {
                 krate: "s2mm",
                 metric: name,
@@ -305,12 +273,9 @@ fn main() {
         }
         for (active, label) in [(true, "aarch64-paging"), (false, "aarch64-paging-inactive")] {
             let runs: Vec<_> = (0..iters)
-                .map(|_| paging_run(&pool, tag == "4k", protect, active))
+                .map(|_| paging_run(&pool, tag == "4k", active))
                 .collect();
             for (k, name) in names.iter().enumerate() {
-                if name.is_empty() {
-                    continue;
-                }
                 rows.push(Row {
                     krate: label,
                     metric: name,
@@ -339,13 +304,7 @@ fn main() {
             r.counted
         );
     }
-    for metric in [
-        "map_4k_1g",
-        "unmap_4k_1g",
-        "protect_4k_1g",
-        "map_2m_1g",
-        "unmap_2m_1g",
-    ] {
+    for metric in ["map_4k_1g", "unmap_4k_1g", "map_2m_1g", "unmap_2m_1g"] {
         let get = |k: &str| {
             rows.iter()
                 .find(|r| r.krate == k && r.metric == metric)

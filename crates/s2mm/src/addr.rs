@@ -4,12 +4,6 @@ use core::fmt;
 
 /// Size of a translation granule (4 KiB) in bytes.
 pub const PAGE_SIZE: u64 = 4096;
-/// log2 of [`PAGE_SIZE`].
-pub const PAGE_SHIFT: u32 = 12;
-/// Size of a level-2 block (2 MiB).
-pub const BLOCK_2M: u64 = 1 << 21;
-/// Size of a level-1 block (1 GiB).
-pub const BLOCK_1G: u64 = 1 << 30;
 /// Largest output address we produce: 48-bit PA (4 KiB granule without FEAT_LPA2).
 pub const MAX_PA_BITS: u32 = 48;
 
@@ -21,11 +15,6 @@ macro_rules! addr_type {
         pub struct $name(pub u64);
 
         impl $name {
-            /// The raw address.
-            #[must_use]
-            pub const fn get(self) -> u64 {
-                self.0
-            }
             /// Whether the address is aligned to `align` (a power of two).
             #[must_use]
             pub const fn is_aligned(self, align: u64) -> bool {
@@ -53,20 +42,3 @@ addr_type!(
     /// Virtual address (EL2 stage-1 input address, or a hypervisor pointer value).
     Va
 );
-
-/// A number of 4 KiB pages.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug)]
-pub struct PageCount(pub u64);
-
-impl PageCount {
-    /// Number of pages needed to cover `bytes` (rounded up).
-    #[must_use]
-    pub const fn from_bytes(bytes: u64) -> Self {
-        Self(bytes.div_ceil(PAGE_SIZE))
-    }
-    /// Size in bytes.
-    #[must_use]
-    pub const fn bytes(self) -> u64 {
-        self.0 * PAGE_SIZE
-    }
-}

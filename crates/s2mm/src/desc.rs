@@ -75,12 +75,6 @@ pub struct Perms {
 }
 
 impl Perms {
-    /// No access (stage 2 only; the entry stays valid so its state and OA are kept).
-    pub const NONE: Self = Self {
-        read: false,
-        write: false,
-        exec: false,
-    };
     /// Read-only, execute-never.
     pub const RO: Self = Self {
         read: true,

@@ -4,10 +4,10 @@
 use crate::addr::{Pa, Va, MAX_PA_BITS, PAGE_SIZE};
 use crate::alloc::TableAlloc;
 use crate::batch::BatchStats;
-use crate::desc::{Attrs, El2Format, Format, PageState, Perms, OA_MASK, VALID};
+use crate::desc::{Attrs, El2Format, Format, PageState, OA_MASK, VALID};
 use crate::stage2::parange_bits;
 use crate::walk::{shift, size, BatchRegime, Fault, Op, Tables};
-use crate::{BlockSize, Error, Mapping};
+use crate::{Error, Mapping};
 use aarch64_cpu::registers::TCR_EL2;
 
 // `aarch64-cpu` 11.2 defines TCR_EL2's E2H = 0 fields but not its RES1 bits.
@@ -19,7 +19,7 @@ const TCR_EL2_RES1: u64 = (1 << 31) | (1 << 23);
 /// Changes that need break-before-make on a live EL2 mapping (splitting a block, changing an
 /// output address or memory type) leave the range briefly unmapped *for EL2 itself*: never
 /// apply them to memory EL2 touches during the call (its code, stack, these tables). Mapping
-/// new ranges, unmapping, and permission changes have no such window.
+/// new ranges and unmapping have no such window.
 #[derive(Debug)]
 pub struct El2Stage1 {
     tables: Tables<El2Format>,
@@ -49,14 +49,8 @@ impl El2Stage1 {
                 ia_bits: va_bits,
                 fmt: El2Format,
                 min_leaf_level: 1,
-                tlbi_limit: crate::stage2::DEFAULT_TLBI_LIMIT,
             },
         })
-    }
-
-    /// Largest leaf created (default 1 GiB).
-    pub fn set_block_policy(&mut self, largest: BlockSize) {
-        self.tables.min_leaf_level = largest.level();
     }
 
     fn check(&self, va: Va, size: u64) -> Result<(), Error> {
@@ -159,28 +153,6 @@ impl El2Stage1 {
         )
     }
 
-    /// Changes permissions of mapped pages in the range.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidAttrs`] for W+X or non-readable; otherwise as [`El2Stage1::unmap`].
-    pub fn protect<A: TableAlloc>(
-        &mut self,
-        alloc: &mut A,
-        va: Va,
-        size: u64,
-        perms: Perms,
-    ) -> Result<BatchStats, Error> {
-        self.check(va, size)?;
-        let f = &self.tables.fmt;
-        let op = Op::Modify {
-            mask: f.perm_mask(),
-            bits: f.perm_bits(perms)?,
-        };
-        self.tables
-            .run(alloc, BatchRegime::El2, op, va.0, size, Fault::None, None)
-    }
-
     /// Translation of `va`.
     #[must_use]
     pub fn query<A: TableAlloc>(&self, alloc: &A, va: Va) -> Option<Mapping> {
@@ -217,12 +189,6 @@ impl El2Stage1 {
     #[must_use]
     pub const fn ttbr0_el2(&self) -> u64 {
         self.tables.root.0
-    }
-
-    /// MAIR_EL2 matching the AttrIndx values this crate writes.
-    #[must_use]
-    pub const fn mair_el2() -> u64 {
-        El2Format::MAIR_EL2
     }
 
     /// TCR_EL2 (E2H = 0 layout): T0SZ, IRGN0/ORGN0 write-back write-allocate, SH0 inner,

@@ -2,26 +2,25 @@
 //!
 //! `s2mm` is the memory-management core of the hypervisor: hyp-core keeps one [`Stage2`] per
 //! VM (and one for the host) plus one [`El2Stage1`] for itself, and changes them only through
-//! map / unmap / protect / set-state calls that each run as one `barriers` page-table batch
+//! map / unmap / set-state / annotation calls that each run as one `barriers` page-table batch
 //! (all breaks, DSB, TLBIs, DSB, all makes, one trailing DSB ISHST). Table memory comes from a
 //! [`TableAlloc`], so the whole walker runs on the host under `cargo test`, where the recorded
 //! barrier trace is checked by `barriers::check`. Page ownership lives in the software bits of
 //! the entries ([`PageState`]) and in owner annotations of invalid entries ([`OwnerId`]); the
 //! legal transitions are the pure function [`ownership::transition`].
 //!
-//! API as used by hyp-core (differences from the issue text):
-//! - [`Stage2::new`], [`Stage2::map`], [`Stage2::unmap`], [`Stage2::protect`],
-//!   [`Stage2::query`], [`Stage2::set_annotation`] / [`Stage2::annotation`],
-//!   [`Stage2::set_state`] (SW-bit-only change used by ownership transitions),
-//!   [`Stage2::vttbr`], [`Stage2::vtcr`] (a method: it needs the start level and VMID),
-//!   [`Stage2::destroy`].
-//! - [`Stage2::set_block_policy`] limits leaf size (e.g. pages only); [`Stage2::set_tlbi_limit`]
-//!   sets the per-page-TLBI vs VMID-wide threshold (default [`stage2::DEFAULT_TLBI_LIMIT`]).
-//! - [`Stage2::for_each_entry`] (audits, tests), [`stage2::ipa_bits_for_parange`],
-//!   [`stage2::stage2_geometry`].
-//! - [`El2Stage1`] for the hypervisor's own tables, with `tcr_el2`, `mair_el2`, `ttbr0_el2`.
+//! The API:
+//! - [`Stage2::new`], [`Stage2::map`], [`Stage2::unmap`], [`Stage2::query`],
+//!   [`Stage2::set_annotation`] / [`Stage2::annotation`], [`Stage2::set_state`] (SW-bit-only
+//!   change used by ownership transitions), [`Stage2::vttbr`], [`Stage2::vtcr`] (a method: it
+//!   needs the start level and VMID), [`Stage2::destroy`]: what hyp-core calls.
+//! - [`Stage2::set_block_policy`] limits leaf size, so that tests and the `s2bench` example can
+//!   build page-level tables; [`Stage2::for_each_entry`] lists every entry, which the model
+//!   tests compare with their reference; [`stage2::stage2_geometry`].
+//! - [`El2Stage1`] for the hypervisor's own tables, with `tcr_el2` and `ttbr0_el2` (MAIR_EL2 is
+//!   [`desc::El2Format::MAIR_EL2`]).
 //! - `host::HostAlloc` (host builds only): a heap [`TableAlloc`] that counts live pages.
-//! - TLBI policy: a batch with up to N leaf invalidations (default 32) issues IPAS2E1IS per
+//! - TLBI policy: a batch with up to 32 leaf invalidations issues IPAS2E1IS per
 //!   leaf (with the level hint) followed by DSB ISH, VMALLE1IS, DSB ISH; more, or any table
 //!   invalidation, becomes one VMALLS12E1IS. Every call returns the [`BatchStats`] it issued.
 //! - On `OutOfMemory` an operation may be partly applied (every page old or new, tables
@@ -58,7 +57,7 @@ pub mod batch {
     pub use barriers::vttbr::Vttbr;
 }
 
-pub use addr::{Ipa, Pa, PageCount, Va, PAGE_SIZE};
+pub use addr::{Ipa, Pa, Va, PAGE_SIZE};
 pub use alloc::TableAlloc;
 pub use batch::{BatchStats, Vttbr};
 pub use desc::{Attrs, MemType, OwnerId, PageState, Perms};

@@ -4,17 +4,13 @@ use crate::addr::{Ipa, Pa, MAX_PA_BITS, PAGE_SIZE};
 use crate::alloc::TableAlloc;
 use crate::batch::BatchStats;
 use crate::desc::{
-    Attrs, Format, OwnerId, PageState, Perms, Stage2Format, OA_MASK, OWNER_MASK, OWNER_SHIFT,
-    STATE_MASK, VALID,
+    Attrs, Format, OwnerId, PageState, Stage2Format, OA_MASK, OWNER_MASK, OWNER_SHIFT, STATE_MASK,
+    VALID,
 };
 use crate::walk::{size, BatchRegime, Fault, Op, Tables};
 use crate::{BlockSize, Entry, Error, Mapping};
 use aarch64_cpu::registers::VTCR_EL2;
 use barriers::vttbr::Vttbr;
-
-/// Default TLBI policy: up to this many leaf invalidations per batch are issued one by one
-/// (IPAS2E1IS with a level hint); more become one VMALLS12E1IS.
-pub const DEFAULT_TLBI_LIMIT: usize = 32;
 
 /// Start level and root size for a stage-2 IPA size, concatenating up to 16 start-level tables
 /// so that as few levels as possible are walked (KVM `stage2_pgtable_levels`:
@@ -59,21 +55,6 @@ pub const fn parange_bits(parange: u64) -> Result<u32, Error> {
     }
 }
 
-/// IPA size to use for a PE with `ID_AA64MMFR0_EL1.PARange = parange`: the implemented PA
-/// size, capped at 48 bits (4 KiB granule without FEAT_LPA2).
-///
-/// # Errors
-///
-/// [`Error::UnsupportedPaRange`] for reserved values; [`Error::UnsupportedIpaSize`] when the
-/// PA size is below 40 bits (this hypervisor needs at least a 40-bit IPA space).
-pub const fn ipa_bits_for_parange(parange: u64) -> Result<u32, Error> {
-    match parange_bits(parange) {
-        Ok(bits) if bits < 40 => Err(Error::UnsupportedIpaSize),
-        Ok(bits) if bits > MAX_PA_BITS => Ok(MAX_PA_BITS),
-        r => r,
-    }
-}
-
 /// Stage-2 tables of one VMID.
 #[derive(Debug)]
 pub struct Stage2 {
@@ -108,7 +89,6 @@ impl Stage2 {
                 ia_bits: ipa_bits,
                 fmt: Stage2Format { fwb, vmid },
                 min_leaf_level: 1,
-                tlbi_limit: DEFAULT_TLBI_LIMIT,
             },
             fault: Fault::None,
         })
@@ -118,18 +98,6 @@ impl Stage2 {
     #[must_use]
     pub const fn vmid(&self) -> u16 {
         self.tables.fmt.vmid
-    }
-
-    /// IPA size in bits.
-    #[must_use]
-    pub const fn ipa_bits(&self) -> u32 {
-        self.tables.ia_bits
-    }
-
-    /// Level of the (concatenated) start table.
-    #[must_use]
-    pub const fn start_level(&self) -> u8 {
-        self.tables.start_level
     }
 
     /// Physical address of the root table.
@@ -142,12 +110,6 @@ impl Stage2 {
     /// until an operation touches them partially.
     pub fn set_block_policy(&mut self, largest: BlockSize) {
         self.tables.min_leaf_level = largest.level();
-    }
-
-    /// TLBI policy: batches with more than `max_leaf_tlbis` leaf invalidations use one
-    /// VMALLS12E1IS instead.
-    pub fn set_tlbi_limit(&mut self, max_leaf_tlbis: usize) {
-        self.tables.tlbi_limit = max_leaf_tlbis;
     }
 
     #[cfg(test)]
@@ -307,35 +269,13 @@ impl Stage2 {
         self.run(alloc, vttbr, op, ipa, size)
     }
 
-    /// Sets the permissions of every mapped page in `[ipa, ipa + size)`; unmapped pages are
-    /// skipped. Restrictions queue TLBIs (no BBM); relaxations only store.
+    /// Sets the page state (software bits only, no TLBI) of every mapped page in the range;
+    /// unmapped pages are skipped.
     ///
     /// # Errors
     ///
     /// [`Error::Unaligned`], [`Error::OutOfRange`]; [`Error::OutOfMemory`] when a partly
     /// covered block must be split.
-    pub fn protect<A: TableAlloc>(
-        &mut self,
-        alloc: &mut A,
-        vttbr: &mut Vttbr,
-        ipa: Ipa,
-        size: u64,
-        perms: Perms,
-    ) -> Result<BatchStats, Error> {
-        self.check_range(ipa, size)?;
-        let f = &self.tables.fmt;
-        let op = Op::Modify {
-            mask: f.perm_mask(),
-            bits: f.perm_bits(perms)?,
-        };
-        self.run(alloc, vttbr, op, ipa, size)
-    }
-
-    /// Sets the page state (software bits only, no TLBI) of every mapped page in the range.
-    ///
-    /// # Errors
-    ///
-    /// As [`Stage2::protect`].
     pub fn set_state<A: TableAlloc>(
         &mut self,
         alloc: &mut A,

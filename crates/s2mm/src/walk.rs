@@ -88,11 +88,13 @@ pub(crate) struct Tables<F> {
     pub fmt: F,
     /// Smallest level number at which a leaf may be placed (1: 1 GiB blocks, 2: 2 MiB, 3: pages).
     pub min_leaf_level: u8,
-    /// More leaf TLBIs than this in one batch become one VMID-wide (or EL2-wide) invalidation.
-    pub tlbi_limit: usize,
 }
 
 const DETACH_CAP: usize = 32;
+
+/// TLBI policy: up to this many leaf invalidations per batch are issued one by one (IPAS2E1IS
+/// with a level hint, or VAE2IS); more become one VMID-wide VMALLS12E1IS (EL2: ALLE2IS).
+const TLBI_LIMIT: usize = 32;
 
 /// Test-only fault injection, to show the barriers checker catches a broken collapse.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,8 +162,9 @@ impl<F: Format> Tables<F> {
         pre_clean: Option<(u64, u64)>,
     ) -> Result<BatchStats, Error> {
         // Built here, in this frame: the batch is ~8.8 KiB, and every move of it costs stack (a
-        // batch passed down by value through `Stage2::map` overflowed the 64 KiB EL2 stack).
-        let batch = regime.open().with_tlbi_limit(self.tlbi_limit);
+        // batch passed down by value through `Stage2::map` would overflow the 64 KiB EL2
+        // stack).
+        let batch = regime.open().with_tlbi_limit(TLBI_LIMIT);
         let mut w = Walker {
             alloc,
             fmt: &self.fmt,

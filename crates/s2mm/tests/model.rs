@@ -39,7 +39,6 @@ const STATES: [PageState; 3] = [
     PageState::SharedOwned,
     PageState::SharedBorrowed,
 ];
-const PERMS: [Perms; 5] = [Perms::RO, Perms::RW, Perms::RWX, Perms::NONE, Perms::RX];
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
@@ -58,11 +57,6 @@ enum Op {
         s: u64,
         n: u64,
         owner: u8,
-    },
-    Protect {
-        s: u64,
-        n: u64,
-        perms: usize,
     },
     SetState {
         s: u64,
@@ -102,7 +96,6 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         2 => range().prop_map(|(s, n)| Op::Unmap { s, n }),
         1 => (range(), 1..4u8).prop_map(|((s, n), owner)| Op::Annotate { s, n, owner }),
-        2 => (range(), 0..PERMS.len()).prop_map(|((s, n), perms)| Op::Protect { s, n, perms }),
         1 => (range(), 0..STATES.len()).prop_map(|((s, n), state)| Op::SetState { s, n, state }),
     ]
 }
@@ -207,7 +200,6 @@ trait Tables {
     ) -> R;
     fn unmap(&mut self, a: &mut HostAlloc, ia: u64, size: u64) -> R;
     fn annotate(&mut self, a: &mut HostAlloc, ia: u64, size: u64, owner: u8) -> Option<R>;
-    fn protect(&mut self, a: &mut HostAlloc, ia: u64, size: u64, p: Perms) -> R;
     fn set_state(&mut self, a: &mut HostAlloc, ia: u64, size: u64, st: PageState) -> Option<R>;
     fn query(&self, a: &HostAlloc, ia: u64) -> Option<s2mm::Mapping>;
     fn annotation(&self, a: &HostAlloc, ia: u64) -> Option<OwnerId>;
@@ -244,9 +236,6 @@ impl Tables for S2 {
             self.t
                 .set_annotation(a, &mut self.v, Ipa(ia), size, OwnerId(owner)),
         )
-    }
-    fn protect(&mut self, a: &mut HostAlloc, ia: u64, size: u64, p: Perms) -> R {
-        Stage2::protect(&mut self.t, a, &mut self.v, Ipa(ia), size, p)
     }
     fn set_state(&mut self, a: &mut HostAlloc, ia: u64, size: u64, st: PageState) -> Option<R> {
         Some(Stage2::set_state(
@@ -315,9 +304,6 @@ impl Tables for El2Stage1 {
     }
     fn annotate(&mut self, _: &mut HostAlloc, _: u64, _: u64, _: u8) -> Option<R> {
         None
-    }
-    fn protect(&mut self, a: &mut HostAlloc, ia: u64, size: u64, p: Perms) -> R {
-        El2Stage1::protect(self, a, Va(ia), size, p)
     }
     fn set_state(&mut self, _: &mut HostAlloc, _: u64, _: u64, _: PageState) -> Option<R> {
         None
@@ -409,8 +395,10 @@ fn run_ops<T: Tables>(
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     for (k, &op) in ops.iter().enumerate() {
         let (s, n) = match op {
-            Op::Map { s, n, .. } | Op::Unmap { s, n } | Op::Annotate { s, n, .. } => (s, n),
-            Op::Protect { s, n, .. } | Op::SetState { s, n, .. } => (s, n),
+            Op::Map { s, n, .. }
+            | Op::Unmap { s, n }
+            | Op::Annotate { s, n, .. }
+            | Op::SetState { s, n, .. } => (s, n),
         };
         let (ipa, size) = (s * PAGE, n * PAGE);
         match op {
@@ -462,20 +450,6 @@ fn run_ops<T: Tables>(
                     r.map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
                     model.set(s, s + n, Some(V::Ann(owner)));
                 }
-            }
-            Op::Protect { perms, .. } => {
-                // EL2 cannot express every stage-2 permission: protect with what it can,
-                // per memory type of each page in the model.
-                let p = PERMS[perms];
-                let el2 = s2.adapt(Attrs::RAM_RWX) != Attrs::RAM_RWX;
-                let p = if el2 {
-                    el2_perms(MemType::Device, p)
-                } else {
-                    p
-                };
-                s2.protect(&mut a, ipa, size, p)
-                    .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-                model.modify(s, s + n, |at, _| at.perms = p);
             }
             Op::SetState { state, .. } => {
                 if let Some(r) = s2.set_state(&mut a, ipa, size, STATES[state]) {

@@ -154,14 +154,13 @@ impl VcpuIf {
                 continue;
             };
             let mut pending = deliverable;
-            // Never pending+active on a hardware-mapped LR: the physical distributor holds the
-            // pending state (KVM `vgic_v3_populate_lr`). Nor for an active level-sensitive
-            // interrupt: its line was sampled before this entry, and the guest's handler usually
-            // drops it (e.g. writes the timer's compare value) before deactivating, which an LR's
-            // pending bit would not follow: the guest would take it a second time. Its LR
-            // carries EOI maintenance instead, so the deactivation exits and the line is
-            // re-sampled before the next entry.
-            if irq.active && (irq.hw.is_some() || !irq.edge) {
+            // An active level-sensitive interrupt is not also made pending: its line was sampled
+            // before this entry, and the guest's handler usually drops it (e.g. writes the
+            // timer's compare value) before deactivating, which an LR's pending bit would not
+            // follow: the guest would take it a second time. Its LR carries EOI maintenance
+            // instead, so the deactivation exits and the line is re-sampled before the next
+            // entry.
+            if irq.active && !irq.edge {
                 pending = false;
             }
             let mut source = 0;
@@ -188,8 +187,7 @@ impl VcpuIf {
                 state: LrState::new(pending, irq.active),
                 priority: irq.priority,
                 group1: irq.group1,
-                hw: irq.hw.map(u32::from),
-                eoi_maint: irq.hw.is_none() && (!irq.edge || more_sources),
+                eoi_maint: !irq.edge || more_sources,
                 source,
             };
             lrs.write_lr(i, &lr);
@@ -285,10 +283,5 @@ impl VcpuIf {
     /// [`Vgic::has_pending`] on WFI.
     pub fn priority_mask(&self, version: Version, lrs: &mut impl ListRegs) -> u8 {
         vmcr::pmr(version, lrs.read_vmcr())
-    }
-
-    /// The guest's EOImode (1: EOI only drops priority, DIR deactivates), from the live VMCR.
-    pub fn eoi_mode(&self, lrs: &mut impl ListRegs) -> bool {
-        lrs.read_vmcr() & vmcr::EOIM != 0
     }
 }

@@ -28,8 +28,6 @@ pub(crate) struct Irq {
     pub irouter: u64,
     /// GICv2 SPIs: `GICD_ITARGETSR` byte.
     pub targets: u8,
-    /// Hardware-mapped: physical INTID deactivated together with the virtual one.
-    pub hw: Option<u16>,
     /// The vCPU whose list registers hold it, or [`NOT_LOADED`].
     pub loaded_on: u8,
     /// The vCPU that acknowledged it while it stays active (an active SPI must be deactivated
@@ -55,7 +53,6 @@ impl Irq {
         priority: 0,
         irouter: 0,
         targets: 0,
-        hw: None,
         loaded_on: NOT_LOADED,
         active_on: NOT_LOADED,
         overridden: false,
@@ -299,24 +296,6 @@ impl Vgic {
             irq.latch = true;
         }
         Ok(self.kick_for(&s, vcpu, intid))
-    }
-
-    /// Maps `intid` (of `vcpu` if private) to a physical INTID, or unmaps it with `None`: its
-    /// list registers then carry the HW bit, and the guest's deactivation deactivates the
-    /// physical interrupt too. The pending state still comes from [`Vgic::set_level`] or
-    /// [`Vgic::inject`].
-    ///
-    /// # Errors
-    ///
-    /// [`VgicError::BadIntid`] (including a physical INTID of 1020 or more), [`VgicError::BadVcpu`].
-    pub fn map_hw(&self, vcpu: usize, intid: u32, pintid: Option<u16>) -> Result<(), VgicError> {
-        self.check_vcpu(vcpu)?;
-        if pintid.is_some_and(|p| p >= 1020) {
-            return Err(VgicError::BadIntid);
-        }
-        let mut s = self.state.lock();
-        s.irq_mut(vcpu, intid).ok_or(VgicError::BadIntid)?.hw = pintid;
-        Ok(())
     }
 
     /// A trapped write of `value` to `ICC_SGI1R_EL1` by `vcpu` (GICv3). Decodes TargetList

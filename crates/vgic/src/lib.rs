@@ -4,8 +4,8 @@
 //!
 //! A VM has one [`Vgic`]: the *distributor state* of every interrupt it can see, behind one
 //! `spin::Mutex` because vCPUs on several physical CPUs share it. Per interrupt it keeps enable,
-//! group, priority, trigger (edge/level), routing, the pending latch and input level, the active
-//! bit and an optional physical INTID (hardware-mapped interrupts). INTIDs 0..32 (SGIs and PPIs)
+//! group, priority, trigger (edge/level), routing, the pending latch and input level, and the
+//! active bit; no interrupt is hardware-mapped. INTIDs 0..32 (SGIs and PPIs)
 //! are private to each vCPU; INTIDs 32..[`NR_INTIDS`] are shared SPIs.
 //!
 //! Each vCPU has a [`VcpuIf`], owned by the CPU that runs it. Around every guest run:

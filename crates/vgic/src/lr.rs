@@ -72,9 +72,7 @@ pub struct Lr {
     pub priority: u8,
     /// Group 1 (else group 0).
     pub group1: bool,
-    /// Hardware-mapped: the guest's deactivation also deactivates this physical INTID.
-    pub hw: Option<u32>,
-    /// Ask for a maintenance interrupt when the guest deactivates it (only without `hw`).
+    /// Ask for a maintenance interrupt when the guest deactivates it.
     pub eoi_maint: bool,
     /// GICv2 SGIs: the sending CPU (GICv3 has no such field; ignored there).
     pub source: u8,
@@ -87,64 +85,50 @@ impl Lr {
         state: LrState::Invalid,
         priority: 0,
         group1: false,
-        hw: None,
         eoi_maint: false,
         source: 0,
     };
 
-    /// GICv3 `ICH_LR<n>_EL2` encoding.
+    /// GICv3 `ICH_LR<n>_EL2` encoding (HW = 0: no list register is hardware-mapped).
     pub const fn encode_v3(&self) -> u64 {
-        let mut v = self.vintid as u64;
-        match self.hw {
-            Some(p) => v |= (1 << 61) | (((p as u64) & 0x1fff) << 32),
-            None => v |= (self.eoi_maint as u64) << 41,
-        }
-        v | ((self.priority as u64) << 48)
+        self.vintid as u64
+            | ((self.eoi_maint as u64) << 41)
+            | ((self.priority as u64) << 48)
             | ((self.group1 as u64) << 60)
             | (self.state.bits() << 62)
     }
 
     /// Decodes a GICv3 `ICH_LR<n>_EL2` value.
     pub const fn decode_v3(v: u64) -> Lr {
-        let hw = v & (1 << 61) != 0;
         Lr {
             vintid: v as u32,
             state: LrState::from_bits(v >> 62),
             priority: (v >> 48) as u8,
             group1: v & (1 << 60) != 0,
-            hw: if hw {
-                Some(((v >> 32) & 0x1fff) as u32)
-            } else {
-                None
-            },
-            eoi_maint: !hw && v & (1 << 41) != 0,
+            eoi_maint: v & (1 << 41) != 0,
             source: 0,
         }
     }
 
-    /// GICv2 `GICH_LR<n>` encoding (priority keeps its top 5 bits).
+    /// GICv2 `GICH_LR<n>` encoding (priority keeps its top 5 bits; HW = 0).
     pub const fn encode_v2(&self) -> u32 {
-        let mut v = self.vintid & 0x3ff;
-        match self.hw {
-            Some(p) => v |= (1 << 31) | ((p & 0x3ff) << 10),
-            None => v |= ((self.eoi_maint as u32) << 19) | (((self.source & 7) as u32) << 10),
-        }
-        v | (((self.priority >> 3) as u32) << 23)
+        (self.vintid & 0x3ff)
+            | (((self.source & 7) as u32) << 10)
+            | ((self.eoi_maint as u32) << 19)
+            | (((self.priority >> 3) as u32) << 23)
             | ((self.state.bits() as u32) << 28)
             | ((self.group1 as u32) << 30)
     }
 
     /// Decodes a GICv2 `GICH_LR<n>` value.
     pub const fn decode_v2(v: u32) -> Lr {
-        let hw = v & (1 << 31) != 0;
         Lr {
             vintid: v & 0x3ff,
             state: LrState::from_bits((v >> 28) as u64),
             priority: (((v >> 23) & 0x1f) << 3) as u8,
             group1: v & (1 << 30) != 0,
-            hw: if hw { Some((v >> 10) & 0x3ff) } else { None },
-            eoi_maint: !hw && v & (1 << 19) != 0,
-            source: if hw { 0 } else { ((v >> 10) & 7) as u8 },
+            eoi_maint: v & (1 << 19) != 0,
+            source: ((v >> 10) & 7) as u8,
         }
     }
 }
@@ -187,7 +171,6 @@ mod tests {
         state: LrState::Pending,
         priority: 0xa0,
         group1: true,
-        hw: None,
         eoi_maint: true,
         source: 0,
     };
@@ -197,18 +180,17 @@ mod tests {
         // State 01 (bits 63:62), Group 1 (bit 60), priority 0xa0 (55:48), EOI (41), vINTID 27.
         assert_eq!(V3_SAMPLE.encode_v3(), 0x50a0_0200_0000_001b);
         assert_eq!(Lr::decode_v3(0x50a0_0200_0000_001b), V3_SAMPLE);
-        // HW = 1 (bit 61), pINTID 27 in 44:32, active + pending (11), group 1, priority 0x80.
-        let hw = Lr {
+        // Active + pending (11), group 1, priority 0x80, no EOI maintenance.
+        let pa = Lr {
             vintid: 27,
             state: LrState::PendingActive,
             priority: 0x80,
             group1: true,
-            hw: Some(27),
             eoi_maint: false,
             source: 0,
         };
-        assert_eq!(hw.encode_v3(), 0xf080_001b_0000_001b);
-        assert_eq!(Lr::decode_v3(0xf080_001b_0000_001b), hw);
+        assert_eq!(pa.encode_v3(), 0xd080_0000_0000_001b);
+        assert_eq!(Lr::decode_v3(0xd080_0000_0000_001b), pa);
         // Active only, group 0, priority 0, vINTID 8192 (beyond GICv2's 10 bits).
         let a = Lr {
             vintid: 8192,
@@ -227,24 +209,22 @@ mod tests {
             state: LrState::Pending,
             priority: 0xa0,
             group1: false,
-            hw: None,
             eoi_maint: false,
             source: 2,
         };
         assert_eq!(sgi.encode_v2(), 0x1a00_0803);
         assert_eq!(Lr::decode_v2(0x1a00_0803), sgi);
-        // HW (31), pINTID 30 in 19:10, active (29), group 1 (30), priority 0xf8, vINTID 27.
-        let hw = Lr {
+        // Active (29), group 1 (30), priority 0xf8, vINTID 27.
+        let a = Lr {
             vintid: 27,
             state: LrState::Active,
             priority: 0xf8,
             group1: true,
-            hw: Some(30),
             eoi_maint: false,
             source: 0,
         };
-        assert_eq!(hw.encode_v2(), 0xef80_781b);
-        assert_eq!(Lr::decode_v2(0xef80_781b), hw);
+        assert_eq!(a.encode_v2(), 0x6f80_001b);
+        assert_eq!(Lr::decode_v2(0x6f80_001b), a);
         // EOI maintenance bit 19, SPI 40.
         let eoi = Lr {
             vintid: 40,

@@ -364,7 +364,6 @@ mod tests {
     fn esr_fields() {
         let e = Esr(0x5a00_0000 | 0x1234);
         assert_eq!(e.ec(), 0x16);
-        assert!(e.il());
         assert_eq!(e.iss(), 0x1234);
     }
 

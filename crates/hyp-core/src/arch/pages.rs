@@ -128,12 +128,6 @@ impl PagePool {
     pub const fn base(&self) -> u64 {
         self.base
     }
-
-    /// Pages in the pool.
-    #[must_use]
-    pub const fn capacity(&self) -> usize {
-        self.pages
-    }
 }
 
 #[cfg(test)]

@@ -130,16 +130,16 @@ pub unsafe fn enter(
     host: &mut HostSave,
     entry: GuestEntry,
 ) -> (VectorKind, Synced<Cse>) {
-    // SAFETY: `__guest_enter` writes only ELR_EL2/SPSR_EL2 before its ERET.
-    unsafe { entry.eret() };
-    // SAFETY: the caller established the per-CPU and guest context the
-    // assembly relies on; the assembly preserves the AAPCS64 callee-saved
-    // registers and SP across the guest run.
-    let kind = unsafe { __guest_enter(regs, host) };
-    // SAFETY: `__guest_enter` returns through an exception entry to EL2,
-    // a context synchronisation event with SCTLR_EL2.EIS = 1 (D24.1.2.2),
-    // and no system register was written since.
-    let cse = unsafe { Synced::<Cse>::assume() };
+    let guest = || {
+        // SAFETY: the caller established the per-CPU and guest context the
+        // assembly relies on; the assembly preserves the AAPCS64 callee-saved
+        // registers and SP across the guest run.
+        unsafe { __guest_enter(regs, host) }
+    };
+    // SAFETY: `__guest_enter` writes only ELR_EL2/SPSR_EL2 before its ERET,
+    // returns only through the exception entry to EL2 that ends the guest's
+    // run, and writes no system register after it.
+    let (kind, cse) = unsafe { entry.run(guest) };
     let kind = match kind {
         0 => VectorKind::Sync,
         1 => VectorKind::Irq,

@@ -17,8 +17,6 @@ pub struct Fake {
     pub hcr: u32,
     pub vmcr: u32,
     pub aprs: [u32; 2],
-    /// Physical INTIDs deactivated through HW list registers.
-    pub hw_deactivated: Vec<u32>,
     pub writes: usize,
 }
 
@@ -31,7 +29,6 @@ impl Fake {
             hcr: 0,
             vmcr: 0,
             aprs: [0; 2],
-            hw_deactivated: Vec::new(),
             writes: 0,
         };
         f.set_pmr(0xff);
@@ -109,9 +106,6 @@ impl Fake {
             let mut lr = self.lr(i);
             if lr.vintid == intid && lr.state.active() {
                 lr.state = LrState::new(lr.state.pending(), false);
-                if let Some(p) = lr.hw {
-                    self.hw_deactivated.push(p);
-                }
                 self.put(i, &lr);
                 return;
             }

@@ -16,5 +16,5 @@ fn main() {
     let sctlr = unsafe { SctlrEl2::write(0x30c5_0c3d) };
     let entry = enter_guest(&eos, &mut vttbr, sctlr);
     // SAFETY: compile test.
-    unsafe { entry.eret() };
+    let _ = unsafe { entry.run(|| ()) };
 }

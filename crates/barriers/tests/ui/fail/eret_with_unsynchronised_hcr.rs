@@ -17,5 +17,5 @@ fn main() {
     let (hcr, vbar) = unsafe { (HcrEl2::write(1 << 31), VbarEl2::write(0x4000_0000)) };
     let entry = enter_guest(&eos, &mut vttbr, (vbar, hcr));
     // SAFETY: compile test.
-    unsafe { entry.eret() };
+    let _ = unsafe { entry.run(|| ()) };
 }

@@ -3,13 +3,13 @@
 // Source: issue "barriers" bullet 4.
 // API: fp_save( | el2_fp(
 // API: CptrEl2::write(
-use barriers::regs::CptrEl2;
-use barriers::sync::{uses, Cse, Synced};
+use barriers::regs::{CptrEl2, HcrEl2};
+use barriers::sync::uses;
 
 fn main() {
     // SAFETY: compile test.
-    let cse = unsafe { Synced::<Cse>::assume() };
+    let hcr = barriers::isb(unsafe { HcrEl2::write(0x8000_0001) });
     // SAFETY: compile test.
-    let fp = barriers::isb(unsafe { CptrEl2::write(&cse, 0x33ff) });
+    let fp = barriers::isb(unsafe { CptrEl2::write(&hcr, 0x33ff) });
     std::thread::spawn(move || uses::el2_fp(&fp));
 }

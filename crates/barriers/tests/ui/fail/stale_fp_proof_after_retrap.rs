@@ -4,16 +4,16 @@
 // later write to the same register).
 // API: write_setting_traps(
 // API: fp_save( | el2_fp(
-use barriers::regs::CptrEl2;
-use barriers::sync::{uses, Cse, Synced};
+use barriers::regs::{CptrEl2, HcrEl2};
+use barriers::sync::uses;
 
 fn main() {
     // SAFETY: compile test.
-    let cse = unsafe { Synced::<Cse>::assume() };
+    let hcr = barriers::isb(unsafe { HcrEl2::write(0x8000_0001) });
     // SAFETY: compile test.
-    let fp = barriers::isb(unsafe { CptrEl2::write(&cse, 0x33ff) });
+    let fp = barriers::isb(unsafe { CptrEl2::write(&hcr, 0x33ff) });
     // SAFETY: compile test.
-    let t = unsafe { CptrEl2::write_setting_traps(&cse, Some(fp), 0x37ff) };
+    let t = unsafe { CptrEl2::write_setting_traps(&hcr, Some(fp), 0x37ff) };
     uses::el2_fp(&fp);
     let _ = barriers::isb(t);
 }
