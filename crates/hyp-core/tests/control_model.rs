@@ -492,8 +492,8 @@ impl Model {
                 v.power = Power::OnPending { entry, ctx };
                 psci::SUCCESS
             }
-            Power::On => psci::ALREADY_ON,
-            Power::OnPending { .. } => psci::ON_PENDING,
+            Power::On => hyp_core::vm::control::psci(smccc::psci::error::ALREADY_ON),
+            Power::OnPending { .. } => hyp_core::vm::control::psci(smccc::psci::error::ON_PENDING),
         }
     }
 
@@ -1756,7 +1756,10 @@ fn psci_wild_arguments() {
         psci::INVALID_PARAMETERS
     );
     assert_eq!(c.psci_cpu_on(h, 1, GUEST_RAM_IPA_MIN, 0), psci::SUCCESS);
-    assert_eq!(c.psci_cpu_on(h, 1, GUEST_RAM_IPA_MIN, 0), psci::ON_PENDING);
+    assert_eq!(
+        c.psci_cpu_on(h, 1, GUEST_RAM_IPA_MIN, 0),
+        hyp_core::vm::control::psci(smccc::psci::error::ON_PENDING)
+    );
     assert_eq!(c.psci_affinity_info(h, 1), 2);
     assert_eq!(c.psci_affinity_info(h, 2), psci::INVALID_PARAMETERS);
     assert_eq!(c.psci_affinity_info(9, 0), psci::INVALID_PARAMETERS);

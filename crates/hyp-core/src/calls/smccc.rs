@@ -13,28 +13,17 @@
 //! and SMCCC's ([`SMCCC_RET_INVALID_PARAMETER`] = -3, ...) for the vendor
 //! service. Both agree on SUCCESS (0) and NOT_SUPPORTED (-1).
 
+use crate::vm::control::psci;
 use smccc::arch::{SMCCC_ARCH_FEATURES, SMCCC_VERSION};
 use smccc::psci::{
     PSCI_AFFINITY_INFO_64, PSCI_CPU_OFF, PSCI_CPU_ON_64, PSCI_CPU_SUSPEND_64, PSCI_FEATURES,
     PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION,
 };
 
-/// A PSCI error code (the `smccc` crate's, an i32) as x0 carries it.
-#[must_use]
-pub const fn psci_code(e: i32) -> u64 {
-    e as i64 as u64
-}
-
 /// SMCCC NOT_SUPPORTED (-1), returned in x0 for unknown functions.
-pub const NOT_SUPPORTED: u64 = psci_code(smccc::psci::error::NOT_SUPPORTED);
+pub const NOT_SUPPORTED: u64 = psci(smccc::psci::error::NOT_SUPPORTED);
 /// PSCI INVALID_PARAMETERS (-2).
-pub const INVALID_PARAMETERS: u64 = psci_code(smccc::psci::error::INVALID_PARAMETERS);
-/// PSCI ALREADY_ON (-4).
-pub const ALREADY_ON: u64 = psci_code(smccc::psci::error::ALREADY_ON);
-/// PSCI ON_PENDING (-5).
-pub const ON_PENDING: u64 = psci_code(smccc::psci::error::ON_PENDING);
-/// PSCI INVALID_ADDRESS (-9).
-pub const INVALID_ADDRESS: u64 = psci_code(smccc::psci::error::INVALID_ADDRESS);
+pub const INVALID_PARAMETERS: u64 = psci(smccc::psci::error::INVALID_PARAMETERS);
 /// PSCI SUCCESS (0).
 pub const SUCCESS: u64 = 0;
 

@@ -34,20 +34,11 @@ use crate::vm::control::{HostError, RunEnd};
 use crate::vm::{devices, host as host_vcpus, state};
 use barriers::vttbr::Vttbr;
 use barriers::{regs, GuestPending};
-use core::sync::atomic::{AtomicU64, Ordering};
 use hyp_abi::exit as run_exit;
 use vgic::Vgic;
 
 /// Time slices per second a guest vCPU gets before the host runs again.
 const SLICES_PER_SECOND: u64 = 100;
-
-/// Exits that ended a guest's time slice.
-static PREEMPTIONS: AtomicU64 = AtomicU64::new(0);
-
-/// Number of guest runs ended by the time-slice timer.
-pub fn preemptions() -> u64 {
-    PREEMPTIONS.load(Ordering::Relaxed)
-}
 
 /// Runs host vCPU `cpu` on this CPU (and the guest vCPUs it asks for) for as
 /// long as the system lives. Returns when the machine should power off.
@@ -289,7 +280,6 @@ fn guest_loop(
             VectorKind::Irq | VectorKind::Fiq => {
                 stats::record(who.stats_index(), ExitReason::Irq);
                 if effects::physical_irq(c, &cse, &mut pending) {
-                    PREEMPTIONS.fetch_add(1, Ordering::Relaxed);
                     Next::ToHost(RunEnd::Runnable, [run_exit::YIELD, 0, 0, 0])
                 } else {
                     Next::Resume

@@ -48,7 +48,8 @@ const ROLLBACK_TABLES: usize = 4;
 pub const PSCI_INVALID_ADDRESS: u64 = psci(error::INVALID_ADDRESS);
 
 /// A PSCI error code (`smccc`'s i32) as x0 carries it.
-const fn psci(e: i32) -> u64 {
+#[must_use]
+pub const fn psci(e: i32) -> u64 {
     e as i64 as u64
 }
 

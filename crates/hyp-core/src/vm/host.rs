@@ -1,6 +1,7 @@
 //! The host VM's vCPUs: one per physical CPU, powered on and off by the
 //! host's own PSCI calls (the boot CPU's at boot).
 
+use crate::vm::control::psci;
 use crate::vm::control::MAX_VCPUS;
 use core::sync::atomic::{AtomicU8, Ordering};
 use smccc::psci::error;
@@ -44,8 +45,8 @@ pub fn cpu_on(cpu: usize, entry: u64, context: u64) -> u64 {
             start(cpu, entry, context);
             0
         }
-        Err(ON) => error::ALREADY_ON as i64 as u64,
-        Err(_) => error::ON_PENDING as i64 as u64,
+        Err(ON) => psci(error::ALREADY_ON),
+        Err(_) => psci(error::ON_PENDING),
     }
 }
 
