@@ -99,12 +99,7 @@ impl FakeMem {
 
 impl PhysMem for FakeMem {
     fn scrub(&mut self, pa: u64, len: u64) {
-        let ok = pa >= RAM_BASE
-            && pa.is_multiple_of(PAGE)
-            && len.is_multiple_of(PAGE)
-            && pa.checked_add(len).is_some_and(|e| e <= RAM_END);
-        if !ok {
-            self.bad.push((pa, len));
+        if !self.check(pa, len) {
             return;
         }
         self.log.push((pa, len));
@@ -114,6 +109,14 @@ impl PhysMem for FakeMem {
     }
 
     fn clean(&mut self, pa: u64, len: u64) {
+        self.check(pa, len);
+    }
+}
+
+impl FakeMem {
+    /// Whether `[pa, pa + len)` is whole pages of RAM; records it in `bad`
+    /// if not.
+    fn check(&mut self, pa: u64, len: u64) -> bool {
         let ok = pa >= RAM_BASE
             && pa.is_multiple_of(PAGE)
             && len.is_multiple_of(PAGE)
@@ -121,6 +124,7 @@ impl PhysMem for FakeMem {
         if !ok {
             self.bad.push((pa, len));
         }
+        ok
     }
 }
 

@@ -113,13 +113,11 @@ pub fn sync_exit(
     };
     let exit = policy::decode(&trap, &ctx.regs.x);
     let d = policy::decide(&exit, &facts);
-    if let Action::MapOnDemand { ipa } = d.action {
-        if map_on_demand(c, who, ipa) {
-            return Next::Resume;
-        }
-        let d = policy::decide_unmapped(&exit, &facts);
-        return apply(c, who, ctx, pending, vg, &exit, d);
-    }
+    let d = match d.action {
+        Action::MapOnDemand { ipa } if map_on_demand(c, who, ipa) => return Next::Resume,
+        Action::MapOnDemand { .. } => policy::decide_unmapped(&exit, &facts),
+        _ => d,
+    };
     apply(c, who, ctx, pending, vg, &exit, d)
 }
 
