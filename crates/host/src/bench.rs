@@ -89,7 +89,9 @@ pub fn barrier_report() {
             Err(e) => crate::fail(format_args!("barrier counts: VM_CREATE: {e:?}")),
         };
         count_barriers(give, PAGES, || {
-            if let Err(e) = self::give(h, pa, ipa, PAGES, protected, false) {
+            let r =
+                crate::hostif::with_topup(h, || self::give(h, pa, ipa, PAGES, protected, false));
+            if let Err(e) = r {
                 crate::fail(format_args!("barrier counts: {give}: {e:?}"));
             }
         });

@@ -1,6 +1,8 @@
 //! Calls into the hypervisor's host control interface, and a random-call
 //! exerciser that checks the hypervisor survives any argument.
 
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 use guest_rt::println;
 use hyp_abi::{BootInfo, HostError};
 
@@ -25,6 +27,64 @@ pub fn call(fid: u32, a: [u64; 4]) -> Result<u64, HostError> {
     }
 }
 
+/// Pages per run the host donates to the hypervisor for a VM's own state
+/// and tables (VM_CREATE, VM_TOPUP): 64 KiB.
+const RUN_PAGES: u64 = hyp_abi::VM_CREATE_PAGES;
+const RUN_BYTES: u64 = RUN_PAGES * 4096;
+/// Runs not in use (the hypervisor gave them back), carved from 2 MiB
+/// host allocations.
+static FREE_RUNS: spin::Mutex<Vec<u64>> = spin::Mutex::new(Vec::new());
+/// Each VM's runs, given back to `FREE_RUNS` when it is destroyed.
+static VM_RUNS: spin::Mutex<BTreeMap<u64, Vec<u64>>> = spin::Mutex::new(BTreeMap::new());
+
+fn take_run() -> Result<u64, HostError> {
+    let mut free = FREE_RUNS.lock();
+    if free.is_empty() {
+        let base = crate::alloc_pages(2 << 20).ok_or(HostError::NoMemory)?;
+        free.extend(
+            (0..(2 << 20) / RUN_BYTES)
+                .rev()
+                .map(|i| base + i * RUN_BYTES),
+        );
+    }
+    free.pop().ok_or(HostError::NoMemory)
+}
+
+/// Donates one run to the hypervisor with `fid` (VM_CREATE or VM_TOPUP);
+/// returns x0 and records the run for VM `x0` (create) or `args[0]`.
+fn donate_run(fid: u32, args: impl FnOnce(u64) -> [u64; 4]) -> Result<u64, HostError> {
+    let pa = take_run()?;
+    let a = args(pa);
+    match call(fid, a) {
+        Ok(x0) => {
+            let h = if fid == hyp_abi::VM_CREATE { x0 } else { a[0] };
+            VM_RUNS.lock().entry(h).or_default().push(pa);
+            Ok(x0)
+        }
+        Err(e) => {
+            FREE_RUNS.lock().push(pa);
+            Err(e)
+        }
+    }
+}
+
+/// VM_TOPUP: one more run of pages for VM `h`'s stage-2 tables (after a
+/// call failed with `NoMemory`, or a vCPU's `MEMORY` exit).
+pub fn topup(h: u64) -> Result<(), HostError> {
+    donate_run(hyp_abi::VM_TOPUP, |pa| [h, pa, RUN_PAGES, 0]).map(|_| ())
+}
+
+/// `op` on VM `h`, topping its table pages up while it fails with
+/// `NoMemory` (at most the hypervisor's limit of runs per VM).
+pub fn with_topup<T>(h: u64, mut op: impl FnMut() -> Result<T, HostError>) -> Result<T, HostError> {
+    loop {
+        match op() {
+            Err(HostError::NoMemory) => topup(h)?,
+            r => return r,
+        }
+    }
+}
+
 /// VM_DESTROY to the end: the hypervisor gives a VM's memory back in bounded
 /// steps (x1 = 1 while more remain); returns the pages scrubbed in all.
 pub fn destroy_vm(h: u64) -> Result<u64, HostError> {
@@ -37,6 +97,10 @@ pub fn destroy_vm(h: u64) -> Result<u64, HostError> {
         }
         scrubbed += r[0];
         if r[1] == 0 {
+            // The pages that held its state are the host's again.
+            if let Some(runs) = VM_RUNS.lock().remove(&h) {
+                FREE_RUNS.lock().extend(runs);
+            }
             return Ok(scrubbed);
         }
         // Between steps this CPU may do other work; say so (on QEMU's
@@ -47,9 +111,9 @@ pub fn destroy_vm(h: u64) -> Result<u64, HostError> {
     crate::fail(format_args!("VM_DESTROY {h}: no end after 2^20 steps"))
 }
 
-/// VM_CREATE.
+/// VM_CREATE, donating one run of pages for the VM's state and tables.
 pub fn vm_create(vcpus: u64, flags: u64) -> Result<Handle, HostError> {
-    call(hyp_abi::VM_CREATE, [vcpus, flags, 0, 0]).map(Handle)
+    donate_run(hyp_abi::VM_CREATE, |pa| [vcpus, flags, pa, RUN_PAGES]).map(Handle)
 }
 
 struct Rng(u64);
@@ -102,14 +166,21 @@ pub fn fuzz(n: u64, seed: u64, info: &BootInfo) {
     for _ in 0..n {
         let h = rng.below(11);
         let v = rng.below(10);
-        let (fid, args) = match rng.below(12) {
+        let (fid, args) = match rng.below(13) {
             0 | 1 => {
                 let flags = if rng.below(8) == 0 {
                     rng.below(4)
                 } else {
                     rng.below(2)
                 };
-                (hyp_abi::VM_CREATE, [rng.below(10), flags, 0, 0])
+                let pages = match rng.below(4) {
+                    0 => rng.below(hyp_abi::VM_CREATE_PAGES + 1),
+                    _ => hyp_abi::VM_CREATE_PAGES + rng.below(8),
+                };
+                (
+                    hyp_abi::VM_CREATE,
+                    [rng.below(10), flags, pick_pa(&mut rng), pages],
+                )
             }
             2 => (hyp_abi::VM_DESTROY, [h, 0, 0, 0]),
             3 | 4 => (
@@ -130,6 +201,7 @@ pub fn fuzz(n: u64, seed: u64, info: &BootInfo) {
                 hyp_abi::STATS,
                 [h, rng.below(12) | (rng.below(2) * 255), 0, 0],
             ),
+            11 => (hyp_abi::VM_TOPUP, [h, pick_pa(&mut rng), rng.below(20), 0]),
             // Runs that must fail: no such VM, or flags that must be refused
             // before anything runs (an unknown bit, or completing an MMIO
             // read that no vCPU here can have outstanding: none ever ran).
@@ -144,7 +216,8 @@ pub fn fuzz(n: u64, seed: u64, info: &BootInfo) {
         }
     }
     let mut scrubbed = 0;
-    for h in 1..=8 {
+    // Random handles are 0..=10, but VMs may have got higher ones.
+    for h in 1..=255 {
         if let Ok(s) = destroy_vm(h) {
             scrubbed += s;
         }

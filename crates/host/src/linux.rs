@@ -225,7 +225,9 @@ pub fn create(info: &BootInfo) -> Guest {
     } else {
         hyp_abi::MEM_LEND
     };
-    if let Err(e) = call(fid, [handle.0, ram_pa, GUEST_RAM_IPA, pages]) {
+    if let Err(e) = hostif::with_topup(handle.0, || {
+        call(fid, [handle.0, ram_pa, GUEST_RAM_IPA, pages])
+    }) {
         fail(format_args!("giving memory to linux: {e:?}"));
     }
     if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, entry, dtb_ipa]) {

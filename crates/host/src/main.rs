@@ -35,6 +35,7 @@ mod demo;
 mod dtb;
 mod hostif;
 mod linux;
+mod many;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use guest_rt::println;
@@ -160,6 +161,16 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
         let seed = arg(info, "seed").and_then(|s| s.parse().ok()).unwrap_or(1);
         hostif::fuzz(n, seed, info);
     }
+    if let Some(n) = arg(info, "vms").and_then(|n| n.parse::<u64>().ok()) {
+        many::run(info, n);
+        if arg(info, "guests").is_none() && arg(info, "guest").is_none() {
+            guest_rt::system_off();
+        }
+    }
+    // VMs that stay idle while the guests run (exit costs with many VMs).
+    let _idle = arg(info, "idle")
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(many::idle);
 
     let linux = linux::requested(info);
     let list = arg(info, "guests").or_else(|| arg(info, "guest"));
@@ -383,7 +394,9 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         }
     }
     let pages = ram / PAGE;
-    let r = bench::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, protected, lazy);
+    let r = hostif::with_topup(handle.0, || {
+        bench::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, protected, lazy)
+    });
     if let Err(e) = r {
         fail(format_args!("giving memory to {name}: {e:?}"));
     }
@@ -475,6 +488,16 @@ fn run_vcpu(g: &Guest, v: u64) {
         };
         let r = hostif::call_full(hyp_abi::VCPU_RUN, [g.handle.0, v, flags, value]);
         match r[0] {
+            exit::MEMORY => {
+                // The VM's pages for stage-2 tables ran out at a fault: give
+                // it more; the vCPU retries the access when it runs again.
+                if let Err(e) = hostif::topup(g.handle.0) {
+                    fail(format_args!(
+                        "VM_TOPUP for VM {} at {:#x}: {e:?}",
+                        g.handle.0, r[1]
+                    ));
+                }
+            }
             exit::MMIO => {
                 MMIO_EXITS.fetch_add(1, Ordering::Relaxed);
                 let (ipa, mmio, value) = (r[1], r[2], r[3]);

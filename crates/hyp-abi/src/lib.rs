@@ -8,7 +8,7 @@
 //!
 //! | fid          | call          | x1     | x2   | x3     | x4     | x0 on success |
 //! |--------------|---------------|--------|------|--------|--------|---------------|
-//! | `0xC6000040` | VM_CREATE     | vCPUs  | flags (bit 0: protected) | | | VM handle (1..=8) |
+//! | `0xC6000040` | VM_CREATE     | vCPUs  | flags (bit 0: protected) | PA | pages (>= [`VM_CREATE_PAGES`]) | VM handle (= its VMID: 1..=255 or 1..=65534) |
 //! | `0xC6000041` | VM_DESTROY    | handle |      |        |        | pages scrubbed by this step; x1 = 1 while more remain (call again) |
 //! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages  | 0 (x5: [`MEM_FLAG_LAZY`]) |
 //! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages  | 0 (x5: [`MEM_FLAG_LAZY`]) |
@@ -19,14 +19,21 @@
 //! | `0xC6000048` | VCPU_STATE    | handle | vCPU |        |        | 0 on, 1 off, 2 on pending |
 //! | `0xC6000049` | MACHINE_EXIT  | status |      |        |        | does not return |
 //! | `0xC600004A` | DEVICE_ASSIGN | handle | PA   | size   | INTID  | 0 |
+//! | `0xC600004B` | VM_TOPUP      | handle | PA   | pages (<= [`MAX_TOPUP_PAGES`]) | | 0 |
 #![no_std]
 
 pub mod layout;
 
 /// First host function ID.
 pub const FID_BASE: u32 = 0xC600_0040;
-/// VM_CREATE(vcpus, flags) -> handle.
+/// VM_CREATE(vcpus, flags, pa, pages) -> handle. The host donates
+/// `[pa, pa + pages * 4K)` to the hypervisor for the VM's own state (its
+/// metadata, vCPU registers, vGIC) and its stage-2 tables, as pKVM's host
+/// does; they come back, scrubbed, when VM_DESTROY ends.
 pub const VM_CREATE: u32 = FID_BASE;
+/// Pages VM_CREATE needs at least: the VM's state, its stage-2 root and a
+/// few tables (the hypervisor checks at build time that they fit).
+pub const VM_CREATE_PAGES: u64 = 16;
 /// VM_DESTROY(handle) -> pages scrubbed by this step, x1 = 1 while more
 /// remain: the hypervisor gives a VM's memory back in bounded steps and the
 /// host calls again until x1 is 0.
@@ -60,8 +67,17 @@ pub const MACHINE_EXIT: u32 = FID_BASE + 9;
 /// board's assignable devices: its frame is mapped into the VM at the same
 /// address and its interrupt delivered through the VM's vGIC.
 pub const DEVICE_ASSIGN: u32 = FID_BASE + 10;
+/// VM_TOPUP(handle, pa, pages): more host pages for VM `handle`'s stage-2
+/// tables (pKVM's memcache top-up). A call that needs a table the VM's
+/// pages cannot give fails with [`HostError::NoMemory`], and a guest fault
+/// that needs one makes VCPU_RUN return [`exit::MEMORY`]; the host tops up
+/// and tries again.
+pub const VM_TOPUP: u32 = FID_BASE + 11;
+/// Most pages one VM_TOPUP (or VM_CREATE) donates: 2 MiB, so that each call's
+/// checks stay bounded.
+pub const MAX_TOPUP_PAGES: u64 = 512;
 /// Last host function ID.
-pub const FID_LAST: u32 = DEVICE_ASSIGN;
+pub const FID_LAST: u32 = VM_TOPUP;
 
 /// MEM_DONATE/MEM_LEND flag (x5): ownership changes at once, but the
 /// guest's stage 2 maps each page only when the guest first touches it (a
@@ -94,7 +110,8 @@ pub enum HostError {
     NoVm = -3,
     /// The vCPU (or, for destroy, one of the VM's vCPUs) is running.
     Busy = -4,
-    /// No free VM slot, region slot or table memory.
+    /// No free VMID, region slot or table memory (for a VM's tables: give
+    /// it more with VM_TOPUP).
     NoMemory = -5,
     /// The ownership state forbids it (page not the host's, IPA in use).
     Denied = -6,
@@ -144,6 +161,10 @@ pub mod exit {
     pub const SYSTEM_OFF: u64 = 3;
     /// The VM called PSCI SYSTEM_RESET.
     pub const SYSTEM_RESET: u64 = 4;
+    /// The vCPU faulted on memory whose mapping needs a table, and the VM's
+    /// pages for tables are used up: x1 = the IPA. The host gives more with
+    /// VM_TOPUP and runs the vCPU again, which retries the access.
+    pub const MEMORY: u64 = 5;
 }
 
 /// Encodes the x2 of an MMIO exit: bits [3:0] size in bytes, bit 8 write.

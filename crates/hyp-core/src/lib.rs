@@ -8,10 +8,11 @@
 //! - [`platform`]: the board description;
 //! - [`arch`]: everything that touches the CPU (registers, vectors, world
 //!   switch, the physical GIC, the console);
+//! - [`stats`]: exit counters;
 //! - [`vcpu`]: a vCPU's context, FP switching, list registers, injection,
 //!   trap configuration;
-//! - [`vm`]: the control state (VMs, page ownership), per-VM state at EL2;
-//! - [`stats`]: exit counters;
+//! - [`vm`]: the control state (VMs, page ownership, each VM's memory from
+//!   the host), per-VM state at EL2;
 //! - [`calls`]: the SMCCC/PSCI/vendor ABI and the host control interface;
 //! - [`exit`]: decode, policy (pure) and effects of every exit;
 //! - `run`: the per-CPU run loop; `boot`: bring-up.

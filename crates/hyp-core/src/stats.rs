@@ -1,43 +1,95 @@
-//! Exit statistics: one counter per exit reason for the host (index 0) and
-//! each guest VM slot (1..=MAX_VMS), printed on shutdown and readable by the
-//! host (STATS call). Also counted: VM-wide cache flushes done for a VM's
-//! MMU/cache changes and set/way operations, and host accesses the
-//! hypervisor refused (aborts injected into the host).
+//! Exit statistics: one counter per exit reason, and the VM-wide cache
+//! flushes done for MMU/cache changes and set/way operations, for the host
+//! ([`HOST`]) and for each guest VM (a [`Counts`] in the VM's own state);
+//! also the host accesses the hypervisor refused (aborts injected into the
+//! host). Printed on shutdown and readable by the host (STATS call).
 
 use crate::arch::esr::ExitReason;
-use crate::vm::control::MAX_VMS;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-const WHO: usize = MAX_VMS + 1;
 /// STATS reason index of the VM-wide cache flush counter.
 pub const CACHE_FLUSHES: u64 = 200;
 /// STATS reason index of the host's refused accesses (host only).
 pub const HOST_DENIED: u64 = 201;
 
-static COUNTS: [[AtomicU64; ExitReason::COUNT]; WHO] =
-    [const { [const { AtomicU64::new(0) }; ExitReason::COUNT] }; WHO];
-static FLUSHES: [AtomicU64; WHO] = [const { AtomicU64::new(0) }; WHO];
+/// One VM's (or the host's) counters.
+#[derive(Debug)]
+pub struct Counts {
+    exits: [AtomicU64; ExitReason::COUNT],
+    flushes: AtomicU64,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The host's counters.
+pub static HOST: Counts = Counts::new();
 static DENIED: AtomicU64 = AtomicU64::new(0);
+/// What destroyed VMs counted: machine-wide totals keep it.
+static RETIRED: [AtomicU64; ExitReason::COUNT] = [const { AtomicU64::new(0) }; ExitReason::COUNT];
 
-/// Counts one exit of `who` (0 host, n guest slot n - 1).
-pub fn record(who: usize, reason: ExitReason) {
-    if let Some(c) = COUNTS.get(who) {
-        c[reason as usize].fetch_add(1, Ordering::Relaxed);
+impl Counts {
+    /// All zero.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            exits: [const { AtomicU64::new(0) }; ExitReason::COUNT],
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one exit.
+    pub fn record(&self, reason: ExitReason) {
+        self.exits[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` exits at once (HVCs the vector answered itself).
+    pub fn add(&self, reason: ExitReason, n: u64) {
+        self.exits[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a VM-wide clean+invalidate.
+    pub fn cache_flush(&self) {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The STATS call: counter `reason` (an [`ExitReason`] index,
+    /// `hyp_abi::STATS_TOTAL`, [`CACHE_FLUSHES`], or for the host
+    /// [`HOST_DENIED`] and the barrier totals). `None` for an unknown index.
+    #[must_use]
+    pub fn read(&self, reason: u64) -> Option<u64> {
+        let host = core::ptr::eq(self, &HOST);
+        match reason {
+            hyp_abi::STATS_TOTAL => {
+                Some(self.exits.iter().map(|a| a.load(Ordering::Relaxed)).sum())
+            }
+            CACHE_FLUSHES => Some(self.flushes.load(Ordering::Relaxed)),
+            HOST_DENIED if host => Some(DENIED.load(Ordering::Relaxed)),
+            r if host
+                && (hyp_abi::STATS_BARRIERS
+                    ..hyp_abi::STATS_BARRIERS + hyp_abi::STATS_BARRIER_KINDS)
+                    .contains(&r) =>
+            {
+                Some(barriers::pt::totals()[(r - hyp_abi::STATS_BARRIERS) as usize])
+            }
+            r if (r as usize) < ExitReason::COUNT => {
+                Some(self.exits[r as usize].load(Ordering::Relaxed))
+            }
+            _ => None,
+        }
     }
 }
 
-/// Counts `n` exits of `who` at once (HVCs the vector answered itself).
-pub fn add(who: usize, reason: ExitReason, n: u64) {
-    if let Some(c) = COUNTS.get(who) {
-        c[reason as usize].fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// Counts a VM-wide clean+invalidate for `who`.
-pub fn cache_flush(who: usize) {
-    if let Some(c) = FLUSHES.get(who) {
-        c.fetch_add(1, Ordering::Relaxed);
+impl Drop for Counts {
+    /// A VM's counters go with it; the machine-wide totals keep them.
+    fn drop(&mut self) {
+        for (i, c) in self.exits.iter().enumerate() {
+            RETIRED[i].fetch_add(c.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 }
 
@@ -46,58 +98,28 @@ pub fn host_denied() {
     DENIED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Zeroes the counters of `who` (a new VM in that slot). The machine-wide
-/// totals keep what the slot's previous VM did: [`snapshot`] sums live
-/// counters only, so they are folded into slot 0's "retired" set first.
-pub fn reset(who: usize) {
-    if who == 0 || who >= WHO {
-        return;
-    }
-    for (i, c) in COUNTS[who].iter().enumerate() {
-        RETIRED[i].fetch_add(c.swap(0, Ordering::Relaxed), Ordering::Relaxed);
-    }
-    FLUSHES[who].store(0, Ordering::Relaxed);
-}
-
-static RETIRED: [AtomicU64; ExitReason::COUNT] = [const { AtomicU64::new(0) }; ExitReason::COUNT];
-
-/// The STATS call: counter `reason` (an [`ExitReason`] index,
-/// `hyp_abi::STATS_TOTAL`, [`CACHE_FLUSHES`] or [`HOST_DENIED`]) of `who`.
-/// `None` for an unknown index.
-#[must_use]
-pub fn read(who: usize, reason: u64) -> Option<u64> {
-    let c = COUNTS.get(who)?;
-    match reason {
-        hyp_abi::STATS_TOTAL => Some(c.iter().map(|a| a.load(Ordering::Relaxed)).sum()),
-        CACHE_FLUSHES => Some(FLUSHES[who].load(Ordering::Relaxed)),
-        HOST_DENIED if who == 0 => Some(DENIED.load(Ordering::Relaxed)),
-        r if who == 0
-            && (hyp_abi::STATS_BARRIERS
-                ..hyp_abi::STATS_BARRIERS + hyp_abi::STATS_BARRIER_KINDS)
-                .contains(&r) =>
-        {
-            Some(barriers::pt::totals()[(r - hyp_abi::STATS_BARRIERS) as usize])
-        }
-        r if (r as usize) < ExitReason::COUNT => Some(c[r as usize].load(Ordering::Relaxed)),
-        _ => None,
-    }
-}
-
 /// A snapshot of the machine-wide counters (all VMs and the host).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snapshot(pub [u64; ExitReason::COUNT]);
 
-/// Sums every counter.
-pub fn snapshot() -> Snapshot {
-    let mut s = Snapshot::default();
-    for (i, slot) in s.0.iter_mut().enumerate() {
-        *slot = RETIRED[i].load(Ordering::Relaxed)
-            + COUNTS
-                .iter()
-                .map(|c| c[i].load(Ordering::Relaxed))
-                .sum::<u64>();
+impl Snapshot {
+    /// The host's and the destroyed VMs' counters; [`Snapshot::add`] each
+    /// live VM's.
+    #[must_use]
+    pub fn base() -> Self {
+        let mut s = Self::default();
+        for (i, slot) in s.0.iter_mut().enumerate() {
+            *slot = RETIRED[i].load(Ordering::Relaxed) + HOST.exits[i].load(Ordering::Relaxed);
+        }
+        s
     }
-    s
+
+    /// Adds a live VM's counters.
+    pub fn add(&mut self, c: &Counts) {
+        for (i, slot) in self.0.iter_mut().enumerate() {
+            *slot += c.exits[i].load(Ordering::Relaxed);
+        }
+    }
 }
 
 impl fmt::Display for Snapshot {
@@ -131,18 +153,26 @@ mod tests {
     }
 
     #[test]
-    fn per_vm_counters_and_reset() {
-        record(3, ExitReason::Hvc);
-        record(3, ExitReason::Hvc);
-        cache_flush(3);
-        assert_eq!(read(3, ExitReason::Hvc as u64), Some(2));
-        assert_eq!(read(3, hyp_abi::STATS_TOTAL), Some(2));
-        assert_eq!(read(3, CACHE_FLUSHES), Some(1));
-        assert_eq!(read(3, 99), None);
-        assert_eq!(read(42, 0), None);
-        let before = snapshot().0[ExitReason::Hvc as usize];
-        reset(3);
-        assert_eq!(read(3, hyp_abi::STATS_TOTAL), Some(0));
-        assert_eq!(snapshot().0[ExitReason::Hvc as usize], before);
+    fn per_vm_counters_retire_into_the_totals() {
+        let vm = Counts::new();
+        vm.record(ExitReason::Hvc);
+        vm.record(ExitReason::Hvc);
+        vm.cache_flush();
+        assert_eq!(vm.read(ExitReason::Hvc as u64), Some(2));
+        assert_eq!(vm.read(hyp_abi::STATS_TOTAL), Some(2));
+        assert_eq!(vm.read(CACHE_FLUSHES), Some(1));
+        assert_eq!(vm.read(99), None);
+        assert_eq!(
+            vm.read(HOST_DENIED),
+            None,
+            "a guest has no refused accesses"
+        );
+        let mut s = Snapshot::base();
+        let base = s.0[ExitReason::Hvc as usize];
+        s.add(&vm);
+        assert_eq!(s.0[ExitReason::Hvc as usize], base + 2);
+        drop(vm);
+        // The destroyed VM's exits stay in the machine-wide totals.
+        assert!(Snapshot::base().0[ExitReason::Hvc as usize] >= base + 2);
     }
 }

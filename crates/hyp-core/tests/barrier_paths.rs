@@ -14,8 +14,10 @@ use barriers::{enter_guest, trace, GuestPending, Insn, SysReg};
 use hyp_core::arch::switch::{self, ContextRegs, CpuSync, El1Context, El2Regs, SCTLR_EL2_ON};
 use hyp_core::platform::MemRegion;
 use hyp_core::vcpu::traps::{CPTR_FP_ON, CPTR_TRAP_FP};
-use hyp_core::vm::control::{Control, PhysMem, RegionKind, FLAG_PROTECTED, GUEST_RAM_IPA_MIN};
-use s2mm::host::SharedAlloc as HostAlloc;
+use hyp_core::vm::control::{
+    Control, PhysMem, RegionKind, FLAG_PROTECTED, GUEST_RAM_IPA_MIN, VM_CREATE_PAGES,
+};
+use hyp_core::vm::memcache::host::TestAlloc;
 
 const RAM: MemRegion = MemRegion {
     base: 0x5000_0000,
@@ -156,11 +158,18 @@ fn every_production_path_has_no_needless_missing_or_wrong_vmid_barrier() {
     path("world switch out (vm->host)", &take(&c.vt));
 
     // ---- Host control calls (the host's VMID is loaded). ----
-    let ctl =
-        Control::new(HostAlloc::new(), Scrub, &mut c.vt, RAM, 40, 2, false).expect("host stage 2");
+    let ctl: Control<_, _> =
+        Control::new(TestAlloc::new(), Scrub, &mut c.vt, RAM, 40, 2, false, false)
+            .expect("host stage 2");
+    // Each VM's state: 64 KiB at the end of RAM.
+    let state = |i: u64| RAM.end() - (i + 1) * VM_CREATE_PAGES * 4096;
     path("host stage 2 at boot", &take(&c.vt));
-    let p = ctl.create(&mut c.vt, 2, FLAG_PROTECTED).expect("create");
-    let n = ctl.create(&mut c.vt, 1, 0).expect("create");
+    let p = ctl
+        .create(&mut c.vt, 2, FLAG_PROTECTED, state(0), VM_CREATE_PAGES)
+        .expect("create");
+    let n = ctl
+        .create(&mut c.vt, 1, 0, state(1), VM_CREATE_PAGES)
+        .expect("create");
     path("vm create", &take(&c.vt));
 
     // 512 pages (2 MiB) donated: one batch per stage 2, not one per page.
@@ -250,7 +259,9 @@ fn every_production_path_has_no_needless_missing_or_wrong_vmid_barrier() {
         "destroy invalidates the whole VMID before it is reused"
     );
     assert!(s.tlbi > 0);
-    let p2 = ctl.create(&mut c.vt, 1, FLAG_PROTECTED).expect("recreate");
+    let p2 = ctl
+        .create(&mut c.vt, 1, FLAG_PROTECTED, state(0), VM_CREATE_PAGES)
+        .expect("recreate");
     assert_eq!(p2, p, "the slot (and VMID) is reused");
     path("vm recreate (vmid reused)", &take(&c.vt));
     while ctl.destroy(&mut c.vt, n).expect("destroy normal").more {}

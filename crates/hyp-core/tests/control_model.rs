@@ -30,15 +30,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use hyp_core::calls::smccc as psci;
 use hyp_core::platform::MemRegion;
 use hyp_core::vm::control::{
-    owner_of_slot, Control, HostError, HostResult, MmioWait, PhysMem, Power, Region, RegionKind,
-    RunEnd, RunStart, VcpuMeta, VmStatus, DESTROY_CHUNK, GUEST_IPA_BITS, GUEST_RAM_IPA_MIN,
-    MAX_PAGES_PER_CALL, MAX_REGIONS, MAX_VCPUS, MAX_VMS, PSCI_INVALID_ADDRESS,
+    owner_of_slot, Claim, Control, HostError, HostResult, MmioWait, PhysMem, Power, Region,
+    RegionKind, RunEnd, RunStart, VcpuMeta, VmStatus, DESTROY_CHUNK, GUEST_IPA_BITS,
+    GUEST_RAM_IPA_MIN, MAX_PAGES_PER_CALL, MAX_REGIONS, MAX_VCPUS, MAX_VMS_VMID8, OWNER_HYP,
+    PSCI_INVALID_ADDRESS, VM_CREATE_PAGES,
 };
+use hyp_core::vm::memcache::host::TestAlloc;
+use hyp_core::vm::memcache::{MAX_HYP_RUNS, MAX_TOPUP_PAGES};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestError, TestRunner};
-use s2mm::host::SharedAlloc as HostAlloc;
 use s2mm::ownership::CompState;
 use s2mm::{Attrs, Ipa, OwnerId, PageState, Vttbr, PAGE_SIZE};
+use std::collections::HashMap;
 
 const PAGE: u64 = PAGE_SIZE;
 /// The highest page-aligned address.
@@ -50,6 +53,11 @@ const RAM_END: u64 = RAM_BASE + RAM_PAGES * PAGE;
 /// Guest IPAs are mostly drawn from a 16 MiB window at `GUEST_RAM_IPA_MIN`.
 const WIN_PAGES: u64 = 4096;
 const BLOCK_PAGES: u64 = 512;
+/// VM slots with 8-bit VMIDs (the model's `Control` is built without FEAT_VMID16).
+const MAX_VMS: usize = MAX_VMS_VMID8;
+/// Below this many pages of a VM's own memory, a call that needs its tables may fail with
+/// `NoMemory` (the most tables one give or share can need, with margin).
+const LOW_CACHE: u64 = 8;
 /// Calls per case.
 const OPS: usize = 1200;
 /// Full comparison of all memory every this many calls.
@@ -128,7 +136,7 @@ impl FakeMem {
     }
 }
 
-type Ctl = Control<HostAlloc, FakeMem>;
+type Ctl = Control<TestAlloc, FakeMem>;
 
 /// VM_DESTROY to the end, as the host loops on it: the pages scrubbed in
 /// all. Each step gives back at most `DESTROY_CHUNK` pages.
@@ -157,6 +165,8 @@ enum HostPage {
     Lent(usize),
     /// Donated to the slot, then shared back to the host by the guest.
     SharedBack(usize),
+    /// Donated to the hypervisor for the slot's state and tables.
+    Hyp(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -167,6 +177,8 @@ struct MVm {
     vcpus: [VcpuMeta; MAX_VCPUS],
     regions: Vec<Region>,
     shared: u64,
+    /// Pages donated for the VM's state and tables: (PA, pages) per call.
+    runs: Vec<(u64, u64)>,
 }
 
 const RESET: VcpuMeta = VcpuMeta {
@@ -256,9 +268,10 @@ impl Model {
         }
         match self.host[page_idx(pa)] {
             HostPage::Owned => (CompState::Owned, None),
-            HostPage::Donated(s) => (CompState::NoAccess, Some(OwnerId(2 + s as u8))),
+            HostPage::Donated(s) => (CompState::NoAccess, Some(OwnerId(2 + s as u16))),
             HostPage::Lent(_) => (CompState::SharedOwned, None),
             HostPage::SharedBack(_) => (CompState::SharedBorrowed, None),
+            HostPage::Hyp(_) => (CompState::NoAccess, Some(OWNER_HYP)),
         }
     }
 
@@ -272,17 +285,24 @@ impl Model {
             HostPage::Donated(_) => CompState::Owned,
             HostPage::SharedBack(_) => CompState::SharedOwned,
             HostPage::Lent(_) => CompState::SharedBorrowed,
-            HostPage::Owned => panic!("model: region page {pa:#x} owned by the host"),
+            HostPage::Owned | HostPage::Hyp(_) => {
+                panic!("model: region page {pa:#x} not the guest's")
+            }
         };
         Some((pa, st))
     }
 
     // ---- The calls: what each must return, and its effect on the model. ----
 
-    fn create(&mut self, nr: u64, flags: u64) -> HostResult<u64> {
-        if nr == 0 || nr > MAX_VCPUS as u64 || flags & !1 != 0 {
+    fn create(&mut self, nr: u64, flags: u64, pa: u64, pages: u64) -> HostResult<u64> {
+        if nr == 0
+            || nr > MAX_VCPUS as u64
+            || flags & !1 != 0
+            || !(VM_CREATE_PAGES..=MAX_TOPUP_PAGES).contains(&pages)
+        {
             return Err(HostError::Invalid);
         }
+        self.hyp_check(pa, pages)?;
         let s = self
             .vms
             .iter()
@@ -295,8 +315,46 @@ impl Model {
             vcpus: [RESET; MAX_VCPUS],
             regions: Vec::new(),
             shared: 0,
+            runs: Vec::new(),
         });
+        self.hyp_apply(s, pa, pages);
         Ok(s as u64 + 1)
+    }
+
+    /// Checks of host pages donated to the hypervisor.
+    fn hyp_check(&self, pa: u64, pages: u64) -> HostResult<()> {
+        if pages == 0 || !pa.is_multiple_of(PAGE) {
+            return Err(HostError::Invalid);
+        }
+        if pa < RAM_BASE || pa.checked_add(pages * PAGE).is_none_or(|e| e > RAM_END) {
+            return Err(HostError::Range);
+        }
+        if (0..pages).any(|i| self.host[page_idx(pa + i * PAGE)] != HostPage::Owned) {
+            return Err(HostError::Denied);
+        }
+        Ok(())
+    }
+
+    fn hyp_apply(&mut self, s: usize, pa: u64, pages: u64) {
+        for i in 0..pages {
+            let p = page_idx(pa + i * PAGE);
+            self.host[p] = HostPage::Hyp(s);
+            self.donated[p] += 1;
+        }
+        self.vms[s].as_mut().unwrap().runs.push((pa, pages));
+    }
+
+    fn topup(&mut self, h: u64, pa: u64, pages: u64) -> HostResult<()> {
+        if pages > MAX_TOPUP_PAGES {
+            return Err(HostError::Invalid);
+        }
+        let vm = self.vm(h)?;
+        if vm.runs.len() >= MAX_HYP_RUNS {
+            return Err(HostError::NoMemory);
+        }
+        self.hyp_check(pa, pages)?;
+        self.hyp_apply(slot(h).unwrap(), pa, pages);
+        Ok(())
     }
 
     /// Checks of VM_DESTROY; on `Ok` the caller applies [`Model::destroy_apply`].
@@ -313,15 +371,20 @@ impl Model {
             .sum())
     }
 
-    /// Removes the VM; returns its regions.
-    fn destroy_apply(&mut self, h: u64) -> Vec<Region> {
+    /// Removes the VM; returns its regions and the runs of its own pages.
+    fn destroy_apply(&mut self, h: u64) -> (Vec<Region>, Vec<(u64, u64)>) {
         let vm = self.vms[slot(h).unwrap()].take().unwrap();
         for r in &vm.regions {
             for i in 0..r.pages {
                 self.host[page_idx(r.pa + i * PAGE)] = HostPage::Owned;
             }
         }
-        vm.regions
+        for &(pa, pages) in &vm.runs {
+            for i in 0..pages {
+                self.host[page_idx(pa + i * PAGE)] = HostPage::Owned;
+            }
+        }
+        (vm.regions, vm.runs)
     }
 
     fn give_check(
@@ -542,6 +605,13 @@ enum Call {
     Create {
         nr: u64,
         flags: u64,
+        pa: u64,
+        pages: u64,
+    },
+    Topup {
+        h: u64,
+        pa: u64,
+        pages: u64,
     },
     Destroy {
         h: u64,
@@ -600,7 +670,7 @@ enum Call {
 type Raw = (u32, u64, u64, u64, u64);
 
 /// Call kinds and their weights.
-const KINDS: [(u8, u32); 11] = [
+const KINDS: [(u8, u32); 12] = [
     (0, 6),   // create
     (1, 2),   // destroy
     (2, 20),  // give
@@ -612,6 +682,7 @@ const KINDS: [(u8, u32); 11] = [
     (8, 5),   // psci_cpu_on
     (9, 3),   // affinity_info
     (10, 14), // guest share/unshare
+    (11, 4),  // VM_TOPUP
 ];
 
 fn kind_of(k: u32) -> u8 {
@@ -624,6 +695,18 @@ fn kind_of(k: u32) -> u8 {
         k -= w;
     }
     unreachable!()
+}
+
+/// Pages donated to the hypervisor: mostly enough, sometimes too few, zero or too many.
+fn hyp_pages_of(r: u64, least: u64) -> u64 {
+    let x = r >> 8;
+    match r % 16 {
+        0 => 0,
+        1 => least.saturating_sub(1 + x % 2),
+        2 => MAX_TOPUP_PAGES + 1 + x % 2,
+        3 => MAX_TOPUP_PAGES,
+        _ => least + x % 8,
+    }
 }
 
 /// A handle: mostly a live VM, sometimes 0, 9, 10, `u64::MAX` or a free slot.
@@ -762,7 +845,17 @@ fn decode(m: &Model, raw: Raw) -> Call {
                 1 => 1 << 63,
                 x => x % 2,
             },
+            pa: pa_of(m, c, hyp_pages_of(d, VM_CREATE_PAGES)),
+            pages: hyp_pages_of(d, VM_CREATE_PAGES),
         },
+        11 => {
+            let pages = hyp_pages_of(d, 1);
+            Call::Topup {
+                h: handle(m, a),
+                pa: pa_of(m, c, pages),
+                pages,
+            }
+        }
         1 => Call::Destroy { h: handle(m, a) },
         2 => {
             let h = handle(m, a);
@@ -906,7 +999,10 @@ fn decode(m: &Model, raw: Raw) -> Call {
 }
 
 struct Run {
-    ctl: Ctl,
+    /// Leaked: the claims of running vCPUs borrow it.
+    ctl: &'static Ctl,
+    /// Running vCPUs' claims, by (handle, vCPU).
+    claims: HashMap<(u64, u64), Claim<'static, ()>>,
     /// The test thread's VTTBR owner (the host's VMID loaded, as on a host call).
     v: Vttbr,
     m: Model,
@@ -929,22 +1025,26 @@ macro_rules! ensure {
 impl Run {
     fn new(limit: Option<usize>) -> Self {
         let mut v = host_vttbr();
-        let ctl = Control::new(
-            HostAlloc::new(),
-            FakeMem::new(),
-            &mut v,
-            MemRegion {
-                base: RAM_BASE,
-                size: RAM_PAGES * PAGE,
-            },
-            40,
-            2,
-            true,
-        )
-        .unwrap();
-        let base_pages = ctl.alloc().live_pages();
+        let ctl: &'static Ctl = Box::leak(Box::new(
+            Control::new(
+                TestAlloc::new(),
+                FakeMem::new(),
+                &mut v,
+                MemRegion {
+                    base: RAM_BASE,
+                    size: RAM_PAGES * PAGE,
+                },
+                40,
+                2,
+                true,
+                false,
+            )
+            .unwrap(),
+        ));
+        let base_pages = ctl.alloc().tables.live_pages();
         let run = Self {
             ctl,
+            claims: HashMap::new(),
             v,
             m: Model::new(),
             base_pages,
@@ -953,7 +1053,10 @@ impl Run {
             k: 0,
             scrubbed: vec![0; RAM_PAGES as usize],
         };
-        run.ctl.alloc().set_limit(limit.map(|l| base_pages + l));
+        run.ctl
+            .alloc()
+            .tables
+            .set_limit(limit.map(|l| base_pages + l));
         run
     }
 
@@ -1031,12 +1134,6 @@ impl Run {
             "handles {handles:?}, model {:?}",
             self.m.live()
         );
-        ensure!(
-            self,
-            self.ctl.guest_vtcr().is_some() != handles.is_empty(),
-            "guest_vtcr with {} VMs",
-            handles.len()
-        );
         for h in 0..=MAX_VMS as u64 + 1 {
             match (self.ctl.vm(h), self.m.vm(h)) {
                 (Err(e), Err(_)) => ensure!(self, e == HostError::NoVm, "vm({h}): {e:?}"),
@@ -1072,6 +1169,13 @@ impl Run {
                         self,
                         got == want,
                         "VM {h}: regions {got:x?}, model {want:x?}"
+                    );
+                    let runs: Vec<(u64, u64)> = vm.cache.runs().map(|r| (r.pa, r.pages)).collect();
+                    ensure!(
+                        self,
+                        runs == mv.runs,
+                        "VM {h}: own pages {runs:x?}, model {:x?}",
+                        mv.runs
                     );
                 }
                 (a, b) => {
@@ -1145,13 +1249,30 @@ impl Run {
         want: &HostResult<T>,
         what: &str,
     ) -> Result<bool, TestCaseError> {
+        self.took_effect_low(got, want, what, false)
+    }
+
+    /// [`Run::took_effect`], where `low` says the VM's own pages for tables ran low before
+    /// the call (so it may be `NoMemory` even with unlimited pool tables).
+    fn took_effect_low<T: PartialEq + core::fmt::Debug>(
+        &self,
+        got: &HostResult<T>,
+        want: &HostResult<T>,
+        what: &str,
+        low: bool,
+    ) -> Result<bool, TestCaseError> {
         if got == want {
             return Ok(want.is_ok());
         }
-        if self.oom && want.is_ok() && *got == Err(HostError::NoMemory) {
+        if (self.oom || low) && want.is_ok() && *got == Err(HostError::NoMemory) {
             return Ok(false);
         }
         Err(self.fail(format!("{what}: got {got:?}, model {want:?}")))
+    }
+
+    /// Whether VM `h`'s own pages for tables run low.
+    fn low_cache(&self, h: u64) -> bool {
+        self.ctl.cache_available(h).is_ok_and(|n| n < LOW_CACHE)
     }
 
     fn step(&mut self, call: Call) -> Result<(), TestCaseError> {
@@ -1161,30 +1282,61 @@ impl Run {
         self.recent.push_back(call);
         CALLS.fetch_add(1, Ordering::Relaxed);
         match call {
-            Call::Create { nr, flags } => {
-                let before = self.ctl.alloc().live_pages();
-                let got = self.ctl.create(&mut self.v, nr, flags);
+            Call::Create {
+                nr,
+                flags,
+                pa,
+                pages,
+            } => {
+                let before = self.ctl.alloc().tables.live_pages();
+                let leaves = self.ctl.registry_pages();
+                let got = self.ctl.create(&mut self.v, nr, flags, pa, pages);
                 stat(&call, format!("{:?}", got.map(|_| ())));
-                let mut m2 = self.m.vms.clone();
-                let want = self.m.create(nr, flags);
+                let m2 = self.m.vms.clone();
+                let host2 = self.m.host.clone();
+                let donated2 = self.m.donated.clone();
+                let want = self.m.create(nr, flags, pa, pages);
                 if !self.took_effect(&got, &want, "create")? {
-                    self.m.vms = std::mem::replace(&mut m2, [const { None }; MAX_VMS]);
+                    self.m.vms = m2;
+                    self.m.host = host2;
+                    self.m.donated = donated2;
                     ensure!(
                         self,
-                        self.ctl.alloc().live_pages() == before,
+                        self.ctl.alloc().tables.live_pages()
+                            == before + self.ctl.registry_pages() - leaves,
                         "failed create leaked tables"
                     );
+                }
+                if want.is_ok() {
+                    self.check_host_range(pa, pages)?;
+                }
+            }
+            Call::Topup { h, pa, pages } => {
+                let got = self.ctl.topup(&mut self.v, h, pa, pages);
+                stat(&call, format!("{got:?}"));
+                let host2 = self.m.host.clone();
+                let donated2 = self.m.donated.clone();
+                let runs2 = self.m.vm(h).map(|v| v.runs.clone());
+                let want = self.m.topup(h, pa, pages);
+                if !self.took_effect(&got, &want, "topup")? && want.is_ok() {
+                    self.m.host = host2;
+                    self.m.donated = donated2;
+                    self.m.vm_mut(h).unwrap().runs = runs2.unwrap();
+                }
+                if want.is_ok() {
+                    self.check_host_range(pa, pages)?;
                 }
             }
             Call::Destroy { h } => {
                 let want = self.m.destroy_check(h);
-                let got = destroy_all(&self.ctl, &mut self.v, h);
+                let got = destroy_all(self.ctl, &mut self.v, h);
                 stat(&call, format!("{:?}", got.map(|n| n > 0)));
                 ensure!(self, got == want, "destroy: got {got:?}, model {want:?}");
                 let scrubs = self.ctl.with_mem(|m| std::mem::take(&mut m.log));
                 if want.is_ok() {
-                    let regions = self.m.destroy_apply(h);
-                    // Exactly the donated pages were scrubbed, each once; none holds a secret.
+                    let (regions, runs) = self.m.destroy_apply(h);
+                    // Exactly the donated pages (to the guest, and to the hypervisor for its
+                    // state and tables) were scrubbed, each once; none holds a secret.
                     let mut got_pages: Vec<u64> = scrubs
                         .iter()
                         .flat_map(|&(pa, len)| (0..len / PAGE).map(move |i| pa + i * PAGE))
@@ -1193,6 +1345,10 @@ impl Run {
                         .iter()
                         .filter(|r| r.kind == RegionKind::Donated)
                         .flat_map(|r| (0..r.pages).map(move |i| r.pa + i * PAGE))
+                        .chain(
+                            runs.iter()
+                                .flat_map(|&(pa, n)| (0..n).map(move |i| pa + i * PAGE)),
+                        )
                         .collect();
                     got_pages.sort_unstable();
                     want_pages.sort_unstable();
@@ -1217,6 +1373,9 @@ impl Run {
                         }
                         self.check_guest_range(h, r.ipa, r.pages)?;
                     }
+                    for &(pa, n) in &runs {
+                        self.check_host_range(pa, n)?;
+                    }
                 } else {
                     ensure!(
                         self,
@@ -1239,9 +1398,10 @@ impl Run {
                 kind,
             } => {
                 let want = self.m.give_check(h, pa, ipa, pages, kind);
+                let low = self.low_cache(h);
                 let got = self.ctl.give(&mut self.v, h, pa, ipa, pages, kind);
                 stat(&call, format!("{got:?} {kind:?}"));
-                if self.took_effect(&got, &want, "give")? {
+                if self.took_effect_low(&got, &want, "give", low)? {
                     self.m.give_apply(h, pa, ipa, pages, kind);
                     if kind == RegionKind::Donated {
                         // The guest writes its secrets.
@@ -1281,7 +1441,10 @@ impl Run {
                 ensure!(self, got == want, "vcpu_state: got {got:?}, model {want:?}");
             }
             Call::BeginRun { h, vcpu, cpu } => {
-                let got = self.ctl.begin_run(h, vcpu, cpu);
+                let got = self.ctl.begin_run(h, vcpu, cpu).map(|(start, claim)| {
+                    self.claims.insert((h, vcpu), claim);
+                    start
+                });
                 stat(
                     &call,
                     format!(
@@ -1306,7 +1469,11 @@ impl Run {
                 );
             }
             Call::EndRun { h, vcpu, cpu, end } => {
-                self.ctl.end_run(h, vcpu, cpu, end);
+                let claim = self
+                    .claims
+                    .remove(&(h, vcpu))
+                    .expect("a running vCPU's claim");
+                self.ctl.end_run(claim, cpu, end);
                 stat(&call, format!("{end:?}"));
                 self.m.end_run(h, vcpu, end);
             }
@@ -1346,9 +1513,10 @@ impl Run {
             }
             Call::Share { h, ipa, share } => {
                 let want = self.m.share_check(h, ipa, share);
+                let low = self.low_cache(h);
                 let got = self.ctl.guest_share(&mut self.v, h, ipa, share);
                 stat(&call, format!("{got:?} share={share}"));
-                if self.took_effect(&got, &want.map(|_| ()), "guest_share")? {
+                if self.took_effect_low(&got, &want.map(|_| ()), "guest_share", low)? {
                     self.m.share_apply(h, want.unwrap(), share);
                 }
                 if let Ok(pa) = want {
@@ -1408,10 +1576,17 @@ impl Run {
         }
         ensure!(
             self,
-            self.ctl.alloc().live_pages() == self.base_pages,
-            "table pages leaked: {} live, {} after Control::new",
-            self.ctl.alloc().live_pages(),
-            self.base_pages
+            self.ctl.alloc().tables.live_pages() == self.base_pages + self.ctl.registry_pages(),
+            "table pages leaked: {} live, {} after Control::new, {} for the VM table",
+            self.ctl.alloc().tables.live_pages(),
+            self.base_pages,
+            self.ctl.registry_pages()
+        );
+        ensure!(
+            self,
+            self.ctl.alloc().adopted_pages() == 0,
+            "{} pages donated for VM state never given back",
+            self.ctl.alloc().adopted_pages()
         );
         Ok(())
     }
@@ -1426,7 +1601,7 @@ impl Drop for Run {
                 "panic in call {} (oom={}, {} tables live, base {}); last calls:\n{:#x?}",
                 self.k,
                 self.oom,
-                self.ctl.alloc().live_pages(),
+                self.ctl.alloc().tables.live_pages(),
                 self.base_pages,
                 self.recent
             );
@@ -1444,20 +1619,19 @@ fn run_case(limit: Option<usize>, ops: &[Raw]) -> Result<(), TestCaseError> {
             // (`give` holds 4 back for undoing),
             // so any split may fail, sometimes a fixed ceiling of `l` pages above the start.
             let headroom = (raw.0 >> 28) as usize % 7;
-            run.ctl
-                .alloc()
-                .set_limit(Some(run.ctl.alloc().live_pages() + headroom));
+            let t = &run.ctl.alloc().tables;
+            t.set_limit(Some(t.live_pages() + headroom));
             run.step(call)?;
-            run.ctl.alloc().set_limit(Some(run.base_pages + l));
+            let t = &run.ctl.alloc().tables;
+            t.set_limit(Some(run.base_pages + run.ctl.registry_pages() + l));
         } else {
             run.step(call)?;
         }
     }
     if limit.is_some() {
         // Tearing down needs no table memory.
-        run.ctl
-            .alloc()
-            .set_limit(Some(run.ctl.alloc().live_pages()));
+        let t = &run.ctl.alloc().tables;
+        t.set_limit(Some(t.live_pages()));
     }
     run.finish()
 }
@@ -1522,7 +1696,7 @@ fn host_vttbr() -> Vttbr {
 
 fn ctl(parange: u64) -> Ctl {
     Control::new(
-        HostAlloc::new(),
+        TestAlloc::new(),
         FakeMem::new(),
         &mut host_vttbr(),
         MemRegion {
@@ -1532,14 +1706,25 @@ fn ctl(parange: u64) -> Ctl {
         40,
         parange,
         true,
+        false,
     )
     .unwrap()
+}
+
+/// VM_CREATE with `VM_CREATE_PAGES` host pages from the top of RAM (the first free run there).
+fn create(c: &Ctl, v: &mut Vttbr, nr: u64, flags: u64) -> HostResult<u64> {
+    let run = VM_CREATE_PAGES * PAGE;
+    let pa = (1..RAM_PAGES / VM_CREATE_PAGES)
+        .map(|k| RAM_END - k * run)
+        .find(|&pa| (0..VM_CREATE_PAGES).all(|i| c.host_state(pa + i * PAGE) == CompState::Owned))
+        .expect("free host pages for VM state");
+    c.create(v, nr, flags, pa, VM_CREATE_PAGES)
 }
 
 #[test]
 fn owner_annotation_is_slot_plus_two() {
     for s in 0..MAX_VMS {
-        assert_eq!(owner_of_slot(s), OwnerId(2 + s as u8));
+        assert_eq!(owner_of_slot(s), OwnerId(2 + s as u16));
     }
 }
 
@@ -1550,7 +1735,7 @@ fn owner_annotation_is_slot_plus_two() {
 fn overflowing_ranges_are_range_errors() {
     let c = ctl(2);
     let mut v = host_vttbr();
-    let h = c.create(&mut v, 1, 1).unwrap();
+    let h = create(&c, &mut v, 1, 1).unwrap();
     let top = LAST_PAGE;
     assert_eq!(
         c.give(&mut v, h, top, GUEST_RAM_IPA_MIN, 1, RegionKind::Donated),
@@ -1573,26 +1758,30 @@ fn overflowing_ranges_are_range_errors() {
 fn give_out_of_tables_changes_nothing() {
     let c = ctl(2);
     let mut v = host_vttbr();
-    let h = c.create(&mut v, 1, 1).unwrap();
-    let live = c.alloc().live_pages();
-    c.alloc().set_limit(Some(live));
+    let h = create(&c, &mut v, 1, 1).unwrap();
+    let live = c.alloc().tables.live_pages();
+    let host_only = c.alloc().tables.live_pages();
+    c.alloc().tables.set_limit(Some(live));
     let pa = RAM_BASE + 3 * PAGE;
     assert_eq!(
         c.give(&mut v, h, pa, GUEST_RAM_IPA_MIN, 4, RegionKind::Donated),
         Err(HostError::NoMemory)
     );
-    assert_eq!(c.alloc().live_pages(), live);
+    assert_eq!(c.alloc().tables.live_pages(), live);
     for p in 0..16 {
         assert_eq!(c.host_state(RAM_BASE + p * PAGE), CompState::Owned);
         assert_eq!(c.host_annotation(RAM_BASE + p * PAGE), None);
     }
     assert!(c.vm(h).unwrap().regions.iter().all(Option::is_none));
-    c.alloc().set_limit(None);
+    c.alloc().tables.set_limit(None);
     c.give(&mut v, h, pa, GUEST_RAM_IPA_MIN, 4, RegionKind::Donated)
         .unwrap();
     assert_eq!(c.host_state(pa), CompState::NoAccess);
     assert_eq!(destroy_all(&c, &mut v, h), Ok(4));
-    assert_eq!(c.alloc().live_pages(), live - 2, "guest root freed");
+    assert!(
+        c.alloc().tables.live_pages() <= host_only,
+        "the guest's tables never came from the pool"
+    );
 }
 
 /// A whole 2 MiB block donated (a block in the guest, an annotated block in the host): sharing
@@ -1602,7 +1791,7 @@ fn give_out_of_tables_changes_nothing() {
 fn share_out_of_tables_never_leaves_the_host_a_private_page() {
     let c = ctl(2);
     let mut v = host_vttbr();
-    let h = c.create(&mut v, 1, 1).unwrap();
+    let h = create(&c, &mut v, 1, 1).unwrap();
     let pa = RAM_BASE + (2 << 20);
     c.give(
         &mut v,
@@ -1614,9 +1803,10 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
     )
     .unwrap();
     let ipa = GUEST_RAM_IPA_MIN + 5 * PAGE;
-    let live = c.alloc().live_pages();
-    for headroom in 0..2 {
-        c.alloc().set_limit(Some(live + headroom));
+    let live = c.alloc().tables.live_pages();
+    // The guest's split comes from its own pages; the host's needs one pool table.
+    for headroom in 0..1 {
+        c.alloc().tables.set_limit(Some(live + headroom));
         assert_eq!(
             c.guest_share(&mut v, h, ipa, true),
             Err(HostError::NoMemory)
@@ -1628,9 +1818,9 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
             Some((pa + 5 * PAGE, CompState::Owned))
         );
         assert_eq!(c.vm(h).unwrap().shared, 0);
-        assert_eq!(c.alloc().live_pages(), live);
+        assert_eq!(c.alloc().tables.live_pages(), live);
     }
-    c.alloc().set_limit(Some(live + 2));
+    c.alloc().tables.set_limit(Some(live + 1));
     c.guest_share(&mut v, h, ipa, true).unwrap();
     assert_eq!(c.host_state(pa + 5 * PAGE), CompState::SharedBorrowed);
     assert_eq!(
@@ -1638,17 +1828,31 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
         Some((pa + 5 * PAGE, CompState::SharedOwned))
     );
     // Unsharing re-merges both blocks and needs no table.
-    c.alloc().set_limit(Some(c.alloc().live_pages()));
+    c.alloc()
+        .tables
+        .set_limit(Some(c.alloc().tables.live_pages()));
     c.guest_share(&mut v, h, ipa, false).unwrap();
-    assert_eq!(c.alloc().live_pages(), live);
+    assert_eq!(c.alloc().tables.live_pages(), live);
+    let state = c.vm(h).unwrap().cache.runs().next().unwrap();
     assert_eq!(destroy_all(&c, &mut v, h), Ok(BLOCK_PAGES));
-    // Scrubbed in steps, in order, each page once.
+    // Scrubbed in steps, in order, each page once: the guest's memory, then the pages that
+    // held its state (their start, with the VM's own structure, last).
+    let log = c.with_mem(|m| m.log.clone());
     let mut next = pa;
-    for (p, len) in c.with_mem(|m| m.log.clone()) {
-        assert_eq!(p, next);
-        next += len;
+    let mut i = 0;
+    while next < pa + BLOCK_PAGES * PAGE {
+        assert_eq!(log[i].0, next);
+        next += log[i].1;
+        i += 1;
     }
     assert_eq!(next, pa + BLOCK_PAGES * PAGE);
+    let mut rest: Vec<(u64, u64)> = log[i..].to_vec();
+    rest.sort_unstable();
+    let end = rest.iter().fold(state.pa, |at, &(p, len)| {
+        assert_eq!(p, at);
+        p + len
+    });
+    assert_eq!(end, state.pa + state.pages * PAGE);
 }
 
 /// A VM with a claimed vCPU cannot be destroyed; after `end_run` it can.
@@ -1656,22 +1860,23 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
 fn destroy_while_running_is_busy() {
     let c = ctl(2);
     let mut v = host_vttbr();
-    let h = c.create(&mut v, 2, 0).unwrap();
+    let h = create(&c, &mut v, 2, 0).unwrap();
     c.give(&mut v, h, RAM_BASE, GUEST_RAM_IPA_MIN, 1, RegionKind::Lent)
         .unwrap();
     c.vcpu_init(h, 1, GUEST_RAM_IPA_MIN, 7).unwrap();
-    let start = c.begin_run(h, 1, 0).unwrap();
+    let (start, claim) = c.begin_run(h, 1, 0).unwrap();
     assert_eq!(start.boot, Some((GUEST_RAM_IPA_MIN, 7)));
-    assert_eq!(c.begin_run(h, 1, 1), Err(HostError::Busy));
+    assert_eq!(c.begin_run(h, 1, 1).err(), Some(HostError::Busy));
     assert_eq!(destroy_all(&c, &mut v, h), Err(HostError::Busy));
     assert_eq!(c.mmio_complete(h, 1, 0), Err(HostError::Busy));
-    c.end_run(h, 1, 0, RunEnd::AwaitMmio);
-    assert_eq!(c.begin_run(h, 1, 1), Err(HostError::State));
+    c.end_run(claim, 0, RunEnd::AwaitMmio);
+    assert_eq!(c.begin_run(h, 1, 1).err(), Some(HostError::State));
     c.mmio_complete(h, 1, 42).unwrap();
     assert_eq!(c.mmio_complete(h, 1, 43), Err(HostError::State));
-    assert_eq!(c.begin_run(h, 1, 1).unwrap().mmio_value, Some(42));
-    c.end_run(h, 1, 1, RunEnd::SystemOff);
-    assert_eq!(c.begin_run(h, 0, 0), Err(HostError::State));
+    let (start, claim) = c.begin_run(h, 1, 1).unwrap();
+    assert_eq!(start.mmio_value, Some(42));
+    c.end_run(claim, 1, RunEnd::SystemOff);
+    assert_eq!(c.begin_run(h, 0, 0).err(), Some(HostError::State));
     assert_eq!(
         c.give(
             &mut v,
@@ -1683,23 +1888,48 @@ fn destroy_while_running_is_busy() {
         ),
         Err(HostError::State)
     );
+    let state: Vec<(u64, u64)> = c
+        .vm(h)
+        .unwrap()
+        .cache
+        .runs()
+        .map(|r| (r.pa, r.pages * PAGE))
+        .collect();
     assert_eq!(destroy_all(&c, &mut v, h), Ok(0));
-    assert!(
-        c.with_mem(|m| m.log.is_empty()),
-        "lent pages are not scrubbed"
+    let mut log = c.with_mem(|m| m.log.clone());
+    log.sort_unstable();
+    let end = log.iter().fold(state[0].0, |at, &(pa, len)| {
+        assert_eq!(pa, at, "scrubs cover the state pages once, in pieces");
+        pa + len
+    });
+    assert_eq!(
+        (state.len(), end),
+        (1, state[0].0 + state[0].1),
+        "only the VM's state pages are scrubbed, not the lent ones"
     );
     assert_eq!(c.host_state(RAM_BASE), CompState::Owned);
 }
 
-/// A CPU whose PA size cannot hold the guest IPA size: create fails and frees its tables.
+/// A CPU whose PA size cannot hold the guest IPA size: the control state refuses to start
+/// and frees its tables.
 #[test]
-fn create_on_small_parange_frees_its_tables() {
-    let c = ctl(1);
-    let mut v = host_vttbr();
-    let live = c.alloc().live_pages();
-    assert_eq!(c.create(&mut v, 1, 0), Err(HostError::Range));
-    assert_eq!(c.alloc().live_pages(), live);
-    assert!(c.handles().next().is_none());
+fn small_parange_is_refused_at_start() {
+    let a = TestAlloc::new();
+    let r = Control::<_, _>::new(
+        a.clone(),
+        FakeMem::new(),
+        &mut host_vttbr(),
+        MemRegion {
+            base: RAM_BASE,
+            size: RAM_PAGES * PAGE,
+        },
+        40,
+        1,
+        true,
+        false,
+    );
+    assert!(matches!(r, Err(s2mm::Error::UnsupportedPaRange)));
+    assert_eq!(a.tables.live_pages(), 0);
 }
 
 /// The region table is full after MAX_REGIONS calls; the next give changes nothing.
@@ -1707,7 +1937,7 @@ fn create_on_small_parange_frees_its_tables() {
 fn region_slots_run_out() {
     let c = ctl(2);
     let mut v = host_vttbr();
-    let h = c.create(&mut v, 1, 1).unwrap();
+    let h = create(&c, &mut v, 1, 1).unwrap();
     for i in 0..MAX_REGIONS as u64 {
         c.give(
             &mut v,
@@ -1740,7 +1970,7 @@ fn region_slots_run_out() {
 fn psci_wild_arguments() {
     let c = ctl(2);
     let mut v = host_vttbr();
-    let h = c.create(&mut v, 2, 0).unwrap();
+    let h = create(&c, &mut v, 2, 0).unwrap();
     c.give(&mut v, h, RAM_BASE, GUEST_RAM_IPA_MIN, 1, RegionKind::Lent)
         .unwrap();
     assert_eq!(
@@ -1778,12 +2008,8 @@ fn psci_wild_arguments() {
 fn destroy_in_steps_leaves_other_vms_alone() {
     let c = ctl(2);
     let mut v = host_vttbr();
-    let a = c
-        .create(&mut v, 1, hyp_core::vm::control::FLAG_PROTECTED)
-        .unwrap();
-    let b = c
-        .create(&mut v, 1, hyp_core::vm::control::FLAG_PROTECTED)
-        .unwrap();
+    let a = create(&c, &mut v, 1, hyp_core::vm::control::FLAG_PROTECTED).unwrap();
+    let b = create(&c, &mut v, 1, hyp_core::vm::control::FLAG_PROTECTED).unwrap();
     // A: 3 * DESTROY_CHUNK + 5 pages in two regions; B: a lazy region.
     let big = 2 * DESTROY_CHUNK;
     let small = DESTROY_CHUNK + 5;
@@ -1829,7 +2055,7 @@ fn destroy_in_steps_leaves_other_vms_alone() {
             break;
         }
         // A is dying: it cannot run or take memory, its slot is not free.
-        assert_eq!(c.begin_run(a, 0, 0), Err(HostError::State));
+        assert_eq!(c.begin_run(a, 0, 0).err(), Some(HostError::State));
         assert_eq!(
             c.give(
                 &mut v,
@@ -1844,14 +2070,14 @@ fn destroy_in_steps_leaves_other_vms_alone() {
         // (Its memory is going: the entry is no longer its RAM.)
         assert!(c.vcpu_init(a, 0, GUEST_RAM_IPA_MIN, 0).is_err());
         // B goes on.
-        c.begin_run(b, 0, 1).unwrap();
+        let (_, claim) = c.begin_run(b, 0, 1).unwrap();
         c.map_on_demand(&mut v, b, GUEST_RAM_IPA_MIN + steps * PAGE)
             .unwrap();
         c.guest_share(&mut v, b, GUEST_RAM_IPA_MIN + steps * PAGE, true)
             .unwrap();
         c.guest_share(&mut v, b, GUEST_RAM_IPA_MIN + steps * PAGE, false)
             .unwrap();
-        c.end_run(b, 0, 1, RunEnd::Runnable);
+        c.end_run(claim, 1, RunEnd::Runnable);
     }
     assert_eq!(
         steps,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom to top: a module may use its own layer and those below.
 const LAYERS: [&str; 9] = [
-    "platform", "arch", "vcpu", "vm", "stats", "calls", "exit", "run", "boot",
+    "platform", "arch", "stats", "vcpu", "vm", "calls", "exit", "run", "boot",
 ];
 
 const MAX_LINES: usize = 600;

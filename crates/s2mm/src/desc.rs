@@ -14,8 +14,9 @@
 //! | 54      | stage 2: XN\[1\] (execute never at EL1 and EL0); EL2: XN                  |
 //! | 56:55   | software: page state, see [`PageState`]                                    |
 //!
-//! **Invalid entries** (bit 0 = 0) are ignored by hardware; this crate uses bits \[9:2\] of an
-//! invalid entry as an *owner annotation* (the pKVM `KVM_INVALID_PTE_OWNER_MASK` layout), see
+//! **Invalid entries** (bit 0 = 0) are ignored by hardware; this crate uses bits \[17:2\] of an
+//! invalid entry as an *owner annotation* (pKVM's `KVM_INVALID_PTE_OWNER_MASK` idea, widened
+//! from its 8 bits to 16 so that every 16-bit VMID's VM can own pages), see
 //! [`OwnerId`]. An invalid entry at any level carries the annotation for its whole range. The
 //! value 0 (owner 0 = the entry's own component) means "plain unmapped".
 //!
@@ -40,7 +41,7 @@ pub(crate) const XN: u64 = 1 << 54;
 pub(crate) const STATE_SHIFT: u32 = 55;
 pub(crate) const STATE_MASK: u64 = 0b11 << STATE_SHIFT;
 pub(crate) const OWNER_SHIFT: u32 = 2;
-pub(crate) const OWNER_MASK: u64 = 0xff << OWNER_SHIFT;
+pub(crate) const OWNER_MASK: u64 = 0xffff << OWNER_SHIFT;
 
 const S2_MEMATTR_MASK: u64 = 0b1111 << 2;
 const S2_MEMATTR_NORMAL_WB: u64 = 0b1111 << 2;
@@ -161,12 +162,12 @@ impl PageState {
     }
 }
 
-/// Owner annotation stored in an invalid entry (bits \[9:2\]): the page belongs to component
+/// Owner annotation stored in an invalid entry (bits \[17:2\]): the page belongs to component
 /// `OwnerId(n)`. `OwnerId(0)` is "no annotation" (plain unmapped).
 ///
 /// hyp-core assigns the numbers (e.g. 1 = hypervisor, 2.. = guests); this crate only stores them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OwnerId(pub u8);
+pub struct OwnerId(pub u16);
 
 impl OwnerId {
     /// The invalid descriptor carrying this annotation.

@@ -100,6 +100,12 @@ impl Stage2 {
         self.tables.fmt.vmid
     }
 
+    /// Pages of the root table (concatenated tables).
+    #[must_use]
+    pub const fn root_pages(&self) -> usize {
+        self.tables.root_pages
+    }
+
     /// Physical address of the root table.
     #[must_use]
     pub const fn root(&self) -> Pa {
@@ -312,7 +318,7 @@ impl Stage2 {
     #[must_use]
     pub fn annotation<A: TableAlloc>(&self, alloc: &A, ipa: Ipa) -> Option<OwnerId> {
         let (d, _) = self.tables.lookup(alloc, ipa.0)?;
-        let owner = ((d & OWNER_MASK) >> OWNER_SHIFT) as u8;
+        let owner = ((d & OWNER_MASK) >> OWNER_SHIFT) as u16;
         (d & VALID == 0 && owner != 0).then_some(OwnerId(owner))
     }
 
@@ -329,7 +335,7 @@ impl Stage2 {
                     level,
                 })
             } else {
-                Entry::Annotated(OwnerId(((d & OWNER_MASK) >> OWNER_SHIFT) as u8))
+                Entry::Annotated(OwnerId(((d & OWNER_MASK) >> OWNER_SHIFT) as u16))
             };
             f(Ipa(ia), size(level), e);
         });
@@ -347,14 +353,20 @@ impl Stage2 {
     /// T0SZ = 64 - IPA bits; SL0 from the start level (4 KiB granule: 0b00 = level 2,
     /// 0b01 = level 1, 0b10 = level 0); IRGN0/ORGN0 = write-back write-allocate, SH0 = inner
     /// shareable (table walks are cacheable and coherent); TG0 = 4 KiB; PS = the PA size
-    /// (capped at 48 bits: no FEAT_LPA2); VS = 1 when the VMID needs 16 bits (requires
-    /// FEAT_VMID16); bit 31 RES1.
+    /// (capped at 48 bits: no FEAT_LPA2); VS = `vmid16` (16-bit VMIDs, which need
+    /// FEAT_VMID16: VTCR_EL2 is one register for every stage 2, so VS is the CPU's VMID width,
+    /// not this table's VMID); bit 31 RES1.
     ///
     /// # Errors
     ///
     /// [`Error::UnsupportedPaRange`] for a reserved PARange or when the IPA size exceeds the
-    /// implemented PA size (the configuration would be CONSTRAINED UNPREDICTABLE).
-    pub fn vtcr(&self, parange_field: u64) -> Result<u64, Error> {
+    /// implemented PA size (the configuration would be CONSTRAINED UNPREDICTABLE);
+    /// [`Error::OutOfRange`] when this table's VMID does not fit 8 bits and `vmid16` is false
+    /// (the TLBs would alias it with another VMID).
+    pub fn vtcr(&self, parange_field: u64, vmid16: bool) -> Result<u64, Error> {
+        if self.tables.fmt.vmid > 0xff && !vmid16 {
+            return Err(Error::OutOfRange);
+        }
         let pa_bits = parange_bits(parange_field)?;
         let ipa_bits = self.tables.ia_bits;
         if ipa_bits > pa_bits.min(MAX_PA_BITS) {
@@ -375,7 +387,7 @@ impl Stage2 {
         if !(1..=13).contains(&root_bits) || (self.tables.start_level == 0 && root_bits > 9) {
             return Err(Error::UnsupportedIpaSize);
         }
-        let vs = if self.tables.fmt.vmid > 0xff {
+        let vs = if vmid16 {
             VTCR_EL2::VS::Bits16
         } else {
             VTCR_EL2::VS::Bits8

@@ -56,7 +56,7 @@ enum Op {
     Annotate {
         s: u64,
         n: u64,
-        owner: u8,
+        owner: u16,
     },
     SetState {
         s: u64,
@@ -95,7 +95,7 @@ fn op() -> impl Strategy<Value = Op> {
             Op::Map { s, n, delta, attrs, state }
         }),
         2 => range().prop_map(|(s, n)| Op::Unmap { s, n }),
-        1 => (range(), 1..4u8).prop_map(|((s, n), owner)| Op::Annotate { s, n, owner }),
+        1 => (range(), prop::sample::select(vec![1u16, 2, 3, 0x100, 0xffff])).prop_map(|((s, n), owner)| Op::Annotate { s, n, owner }),
         1 => (range(), 0..STATES.len()).prop_map(|((s, n), state)| Op::SetState { s, n, state }),
     ]
 }
@@ -108,7 +108,7 @@ enum V {
         attrs: Attrs,
         state: PageState,
     },
-    Ann(u8),
+    Ann(u16),
 }
 
 impl V {
@@ -199,7 +199,7 @@ trait Tables {
         st: PageState,
     ) -> R;
     fn unmap(&mut self, a: &mut HostAlloc, ia: u64, size: u64) -> R;
-    fn annotate(&mut self, a: &mut HostAlloc, ia: u64, size: u64, owner: u8) -> Option<R>;
+    fn annotate(&mut self, a: &mut HostAlloc, ia: u64, size: u64, owner: u16) -> Option<R>;
     fn set_state(&mut self, a: &mut HostAlloc, ia: u64, size: u64, st: PageState) -> Option<R>;
     fn query(&self, a: &HostAlloc, ia: u64) -> Option<s2mm::Mapping>;
     fn annotation(&self, a: &HostAlloc, ia: u64) -> Option<OwnerId>;
@@ -231,7 +231,7 @@ impl Tables for S2 {
     fn unmap(&mut self, a: &mut HostAlloc, ia: u64, size: u64) -> R {
         Stage2::unmap(&mut self.t, a, &mut self.v, Ipa(ia), size)
     }
-    fn annotate(&mut self, a: &mut HostAlloc, ia: u64, size: u64, owner: u8) -> Option<R> {
+    fn annotate(&mut self, a: &mut HostAlloc, ia: u64, size: u64, owner: u16) -> Option<R> {
         Some(
             self.t
                 .set_annotation(a, &mut self.v, Ipa(ia), size, OwnerId(owner)),
@@ -302,7 +302,7 @@ impl Tables for El2Stage1 {
     fn unmap(&mut self, a: &mut HostAlloc, ia: u64, size: u64) -> R {
         El2Stage1::unmap(self, a, Va(ia), size)
     }
-    fn annotate(&mut self, _: &mut HostAlloc, _: u64, _: u64, _: u8) -> Option<R> {
+    fn annotate(&mut self, _: &mut HostAlloc, _: u64, _: u64, _: u16) -> Option<R> {
         None
     }
     fn set_state(&mut self, _: &mut HostAlloc, _: u64, _: u64, _: PageState) -> Option<R> {

@@ -43,10 +43,10 @@ fn vtcr_and_vttbr_values() {
     // SAFETY: host test: the recording backend, one owner per test.
     let mut v = unsafe { Vttbr::assume_loaded(0) };
     // T0SZ=24, SL0=1 (level 1), IRGN0=ORGN0=WBWA, SH0=inner, TG0=4K, PS=40 bits, RES1 bit 31.
-    assert_eq!(s40.vtcr(2), Ok(0x8002_3558));
-    assert_eq!(s40.vtcr(5), Ok(0x8005_3558));
-    assert_eq!(s40.vtcr(1), Err(Error::UnsupportedPaRange)); // 36-bit PA < 40-bit IPA
-    assert_eq!(s40.vtcr(7), Err(Error::UnsupportedPaRange));
+    assert_eq!(s40.vtcr(2, false), Ok(0x8002_3558));
+    assert_eq!(s40.vtcr(5, false), Ok(0x8005_3558));
+    assert_eq!(s40.vtcr(1, false), Err(Error::UnsupportedPaRange)); // 36-bit PA < 40-bit IPA
+    assert_eq!(s40.vtcr(7, false), Err(Error::UnsupportedPaRange));
     assert_eq!(s40.vttbr(), s40.root().0 | (7 << 48));
     assert_eq!(
         s40.root().0 % (2 * K4),
@@ -55,11 +55,17 @@ fn vtcr_and_vttbr_values() {
     );
     let s44 = Stage2::new(&mut a, 300, 44, false).unwrap();
     // T0SZ=20, SL0=2 (level 0), PS=44 bits, VS=1 (16-bit VMID).
-    assert_eq!(s44.vtcr(4), Ok(0x8004_3594 | (1 << 19)));
+    assert_eq!(s44.vtcr(4, true), Ok(0x8004_3594 | (1 << 19)));
+    assert_eq!(
+        s44.vtcr(4, false),
+        Err(Error::OutOfRange),
+        "VMID 300 in 8 bits"
+    );
+    assert_eq!(s40.vtcr(2, true), Ok(0x8002_3558 | (1 << 19)));
     assert_eq!(s44.vttbr() >> 48, 300);
     let s48 = Stage2::new(&mut a, 1, 48, true).unwrap();
     assert_eq!(
-        s48.vtcr(6),
+        s48.vtcr(6, false),
         Ok(0x8005_3590),
         "52-bit PARange capped to 48-bit PS"
     );
@@ -82,7 +88,7 @@ fn vtcr_and_tcr_bits_unchanged() {
             let (level, _, _) = stage2_geometry(ipa_bits).unwrap();
             let sl0: u64 = [0b10, 0b01, 0b00][usize::from(level)];
             for parange in 0..8u64 {
-                let Ok(got) = s2.vtcr(parange) else {
+                let Ok(got) = s2.vtcr(parange, vmid > 0xff) else {
                     continue;
                 };
                 let old = u64::from(64 - ipa_bits)

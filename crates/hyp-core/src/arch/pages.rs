@@ -52,6 +52,12 @@ impl PagePool {
         self.pages = pages;
     }
 
+    /// Pages not allocated.
+    #[must_use]
+    pub const fn free_pages(&self) -> usize {
+        self.pages - self.used
+    }
+
     fn bit(&self, i: usize) -> bool {
         self.bitmap[i / 64] & (1 << (i % 64)) != 0
     }

@@ -24,6 +24,7 @@ read_sysreg!(mpidr_el1, "mpidr_el1");
 read_sysreg!(midr_el1, "midr_el1");
 read_sysreg!(id_aa64mmfr0_el1, "id_aa64mmfr0_el1");
 read_sysreg!(id_aa64mmfr2_el1, "id_aa64mmfr2_el1");
+read_sysreg!(id_aa64mmfr1_el1, "id_aa64mmfr1_el1");
 
 /// Wait for event.
 #[inline(always)]

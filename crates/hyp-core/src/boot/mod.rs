@@ -4,7 +4,6 @@ use crate::arch::console;
 use crate::arch::world_switch::{self, HostSave};
 use crate::arch::{mmu, sysreg};
 use crate::platform::{MemRegion, Platform};
-use crate::stats;
 use crate::vcpu::traps::{HCR_BASE, HCR_FWB};
 use crate::vm::{host as host_vcpus, state};
 use aarch64_cpu::registers::ID_AA64MMFR2_EL1;
@@ -382,7 +381,7 @@ pub fn secondary(cpu: usize) -> ! {
 }
 
 fn shutdown(p: &Platform) -> ! {
-    log::info!("{}", stats::snapshot());
+    log::info!("{}", state::exit_totals());
     p.ops.system_off()
 }
 

@@ -38,17 +38,9 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
     ];
     let mut out = [0u64; 4];
     out[0] = match fid {
-        hyp_abi::VM_CREATE => match create_vm(&mut c.vttbr, a[0], a[1]) {
-            Ok(h) => {
-                stats::reset(h as usize);
-                // Nothing a previous VM in this slot left unfinished.
-                *state::console(h as usize).lock() = crate::vm::uart::VmConsole::new();
-                // The vGIC: GICv3, or GICv2 with the GIC-400's GICV frame
-                // mapped as the guest's GICC (`new_vgic`).
-                *state::vgic(h as usize - 1).write() =
-                    gic::phys().and_then(|g| state::new_vgic(&mut c.vttbr, g, h, a[0] as usize));
-                h
-            }
+        hyp_abi::VM_CREATE => create_vm(&mut c.vttbr, a).unwrap_or_else(err),
+        hyp_abi::VM_TOPUP => match control().topup(&mut c.vttbr, a[0], a[1], a[2]) {
+            Ok(()) => 0,
             Err(e) => err(e),
         },
         hyp_abi::DEVICE_ASSIGN => match devices::assign(&mut c.vttbr, a[0], a[1], a[2], a[3]) {
@@ -60,8 +52,7 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
         hyp_abi::VM_DESTROY => match control().destroy(&mut c.vttbr, a[0]) {
             Ok(d) => {
                 if !d.more {
-                    devices::unassign(a[0] as usize - 1);
-                    *state::vgic(a[0] as usize - 1).write() = None;
+                    devices::unassign(a[0]);
                 }
                 out[1] = u64::from(d.more);
                 d.scrubbed
@@ -104,10 +95,15 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
             Err(e) => err(e),
         },
         hyp_abi::STATS => {
-            if a[0] == 0 || control().vm(a[0]).is_ok() {
-                stats::read(a[0] as usize, a[1]).unwrap_or(err(HostError::Invalid))
+            let n = if a[0] == 0 {
+                Ok(stats::HOST.read(a[1]))
             } else {
-                err(HostError::NoVm)
+                control().vm(a[0]).map(|vm| vm.extra().stats.read(a[1]))
+            };
+            match n {
+                Ok(Some(n)) => n,
+                Ok(None) => err(HostError::Invalid),
+                Err(e) => err(e),
             }
         }
         hyp_abi::VCPU_RUN => return Reply::RunVcpu(a),
@@ -116,7 +112,7 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
                 return Reply::SystemOff;
             }
             log::error!("host VM exits with status {}", a[0]);
-            log::info!("{}", stats::snapshot());
+            log::info!("{}", state::exit_totals());
             crate::platform::fail_exit(a[0] as u32)
         }
         _ => err(HostError::NotSupported),
@@ -125,8 +121,24 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
     Reply::Done
 }
 
-/// VM_CREATE's control half, releasing the control lock before the vGIC
-/// set-up takes it again.
-fn create_vm(vttbr: &mut Vttbr, vcpus: u64, flags: u64) -> Result<u64, HostError> {
-    control().create(vttbr, vcpus, flags)
+/// VM_CREATE(vcpus, flags, pa, pages): the VM, then its vGIC (GICv3, or
+/// GICv2 with the GIC-400's GICV frame mapped as the guest's GICC, which
+/// takes the VM's lock again). A VM whose vGIC cannot be made is destroyed
+/// again: no VM runs without one on a board with a GIC.
+fn create_vm(vttbr: &mut Vttbr, [vcpus, flags, pa, pages]: [u64; 4]) -> Result<u64, HostError> {
+    let ctl = control();
+    let h = ctl.create(vttbr, vcpus, flags, pa, pages)?;
+    let Some(g) = gic::phys() else {
+        return Ok(h);
+    };
+    match state::new_vgic(vttbr, g, h, vcpus as usize) {
+        Some(vg) => {
+            ctl.vm(h)?.extra().vgic.call_once(|| vg);
+            Ok(h)
+        }
+        None => {
+            while ctl.destroy(vttbr, h)?.more {}
+            Err(HostError::NoMemory)
+        }
+    }
 }

@@ -12,13 +12,14 @@ use crate::arch::esr::{Esr, ExitReason, MmioAccess};
 use crate::arch::gic;
 use crate::arch::sysreg;
 use crate::calls::smccc as call;
-use crate::exit::sysreg::{self as sysreg_policy, TvmRearm, VmReg};
+use crate::exit::sysreg::{self as sysreg_policy, VmReg};
 use crate::stats;
 use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
 use crate::vcpu::{fp, Who};
-use crate::vm::control::{RunEnd, MAX_VMS};
+use crate::vm::control::{HostError, RunEnd};
+use crate::vm::state::VmView;
 use crate::vm::{host as host_vcpus, state};
 use barriers::sync::{Cse, Synced};
 use barriers::{regs, GuestPending};
@@ -96,29 +97,36 @@ pub fn read_trap() -> Trap {
 }
 
 /// Handles a synchronous exit of `who` (whose registers are in `ctx`, EL1
-/// state live on this CPU; `vg` its vGIC).
+/// state live on this CPU; `vm` what the exit needs of its VM).
 pub fn sync_exit(
     c: &mut Cpu<'_>,
     who: Who,
     ctx: &mut VcpuCtx,
     pending: &mut GuestPending,
-    vg: Option<&Vgic>,
+    vm: VmView<'_>,
     trap: Trap,
 ) -> Next {
-    stats::record(who.stats_index(), ExitReason::from_ec(trap.esr.ec()));
+    vm.stats.record(ExitReason::from_ec(trap.esr.ec()));
     let facts = ContextFacts {
         who,
         nr_cpus: c.nr_cpus,
-        vg,
+        vg: vm.vg,
     };
     let exit = policy::decode(&trap, &ctx.regs.x);
     let d = policy::decide(&exit, &facts);
     let d = match d.action {
-        Action::MapOnDemand { ipa } if map_on_demand(c, who, ipa) => return Next::Resume,
-        Action::MapOnDemand { .. } => policy::decide_unmapped(&exit, &facts),
+        Action::MapOnDemand { ipa } => match map_on_demand(c, who, ipa) {
+            Ok(()) => return Next::Resume,
+            // The VM's own pages for tables are used up: the host tops them
+            // up (VM_TOPUP) and runs the vCPU again, which retries.
+            Err(HostError::NoMemory) => {
+                return Next::ToHost(RunEnd::Runnable, [hyp_abi::exit::MEMORY, ipa, 0, 0]);
+            }
+            Err(_) => policy::decide_unmapped(&exit, &facts),
+        },
         _ => d,
     };
-    apply(c, who, ctx, pending, vg, &exit, d)
+    apply(c, who, ctx, pending, vm, &exit, d)
 }
 
 /// Carries out decision `d` about `exit`.
@@ -127,10 +135,11 @@ fn apply(
     who: Who,
     ctx: &mut VcpuCtx,
     pending: &mut GuestPending,
-    vg: Option<&Vgic>,
+    vm: VmView<'_>,
     exit: &Exit,
     d: Decision,
 ) -> Next {
+    let vg = vm.vg;
     ctx.regs.pc = ctx.regs.pc.wrapping_add(d.pc_step);
     match d.action {
         Action::Resume => {}
@@ -152,9 +161,9 @@ fn apply(
                     vg,
                 },
             );
-            return apply(c, who, ctx, pending, vg, exit, d);
+            return apply(c, who, ctx, pending, vm, exit, d);
         }
-        Action::Uart { off, access, value } => uart(c, who, ctx, off, access, value),
+        Action::Uart { off, access, value } => uart(c, who, ctx, vm, off, access, value),
         Action::Vgic {
             region,
             off,
@@ -215,8 +224,8 @@ fn apply(
             ctx.regs.x[rt as usize] =
                 super::idregs::sanitise(enc, sysreg::read_id(enc.crm, enc.op2)).unwrap_or(0);
         }
-        Action::SetWay => set_way_trap(c, who, ctx, pending),
-        Action::TvmWrite { reg, value } => tvm_write(c, who, ctx, reg, value, pending),
+        Action::SetWay => set_way_trap(c, who, vm, ctx, pending),
+        Action::TvmWrite { reg, value } => tvm_write(c, who, vm, ctx, reg, value, pending),
         Action::CpuOn {
             target,
             entry,
@@ -272,25 +281,29 @@ fn guest_vm<T>(who: Who, f: impl FnOnce(&state::Ctl, u64) -> T) -> Option<T> {
 }
 
 /// A stage-2 translation fault in guest RAM: maps the page if it was given
-/// lazily (MEM_FLAG_LAZY) and returns true, so the access is retried.
-fn map_on_demand(c: &mut Cpu<'_>, who: Who, ipa: u64) -> bool {
+/// lazily (MEM_FLAG_LAZY), so the access is retried.
+fn map_on_demand(c: &mut Cpu<'_>, who: Who, ipa: u64) -> Result<(), HostError> {
     let Who::Guest { slot, .. } = who else {
-        return false;
+        return Err(HostError::Range);
     };
-    let mapped = state::control()
-        .map_on_demand(&mut c.vttbr, slot as u64 + 1, ipa)
-        .is_ok();
-    if mapped {
-        // The page may hold code the host wrote; the map cleaned it to PoC
-        // (no FWB): invalidate the I-caches before the guest fetches from it.
-        barriers::maint::invalidate_icache_all_is();
-    }
-    mapped
+    state::control().map_on_demand(&mut c.vttbr, slot as u64 + 1, ipa)?;
+    // The page may hold code the host wrote; the map cleaned it to PoC (no
+    // FWB): invalidate the I-caches before the guest fetches from it.
+    barriers::maint::invalidate_icache_all_is();
+    Ok(())
 }
 
 /// An access to the emulated PL011: output goes to the context's console
 /// line buffer, reads see an always-ready transmitter.
-fn uart(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, off: u64, access: MmioAccess, value: u64) {
+fn uart(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    vm: VmView<'_>,
+    off: u64,
+    access: MmioAccess,
+    value: u64,
+) {
     use crate::vm::uart as emul;
     if access.write {
         if let Some(b) = emul::write(off, value) {
@@ -298,7 +311,7 @@ fn uart(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, off: u64, access: MmioAcce
                 Who::Host => c.idx,
                 Who::Guest { vcpu, .. } => vcpu,
             };
-            let mut console = state::console(who.stats_index()).lock();
+            let mut console = vm.console.lock();
             if let Some(line) = console.push(vcpu, b) {
                 crate::arch::console::guest_line(line);
             }
@@ -356,10 +369,6 @@ fn vgic_wakes(
     vg.has_pending(vcpu, pmr)
 }
 
-/// Per VM: vCPUs whose TVM trap a set/way operation of another vCPU
-/// re-armed ([`cache_traps_before_entry`] applies it).
-static TVM_REARM: [TvmRearm; MAX_VMS] = [const { TvmRearm::new() }; MAX_VMS];
-
 /// Sets the vCPU's HCR_EL2 TVM bit as `tvm` says; writes HCR_EL2 if it changed.
 fn set_tvm(ctx: &mut VcpuCtx, tvm: bool, pending: &mut GuestPending) {
     let hcr = if tvm {
@@ -376,9 +385,14 @@ fn set_tvm(ctx: &mut VcpuCtx, tvm: bool, pending: &mut GuestPending) {
 
 /// Before entering a guest vCPU: sets its TVM trap again if another vCPU's
 /// set/way operation asked for it ([`set_way_trap`]).
-pub fn cache_traps_before_entry(who: Who, ctx: &mut VcpuCtx, pending: &mut GuestPending) {
-    if let Who::Guest { slot, vcpu } = who {
-        if TVM_REARM[slot].take(vcpu) {
+pub fn cache_traps_before_entry(
+    who: Who,
+    vm: VmView<'_>,
+    ctx: &mut VcpuCtx,
+    pending: &mut GuestPending,
+) {
+    if let (Who::Guest { vcpu, .. }, Some(tvm)) = (who, vm.tvm) {
+        if tvm.take(vcpu) {
             set_tvm(ctx, true, pending);
         }
     }
@@ -391,18 +405,24 @@ pub fn cache_traps_before_entry(who: Who, ctx: &mut VcpuCtx, pending: &mut Guest
 /// take it at their next entry, which the kick forces; a vCPU that toggles
 /// its caches before the kick lands is not trapped), so the next MMU/cache
 /// toggle of any vCPU is seen and flushes again.
-fn set_way_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut GuestPending) {
-    let Who::Guest { slot, vcpu } = who else {
+fn set_way_trap(
+    c: &mut Cpu<'_>,
+    who: Who,
+    vm: VmView<'_>,
+    ctx: &mut VcpuCtx,
+    pending: &mut GuestPending,
+) {
+    let (Who::Guest { slot, vcpu }, Some(tvm)) = (who, vm.tvm) else {
         return;
     };
     let t = sysreg_policy::set_way(ctx.hcr & HCR_TVM != 0);
     if t.flush_vm {
         state::flush_vm(slot);
-        stats::cache_flush(slot + 1);
+        vm.stats.cache_flush();
     }
     set_tvm(ctx, t.tvm, pending);
     if t.rearm_others {
-        let asked = TVM_REARM[slot].request(vcpu);
+        let asked = tvm.request(vcpu);
         state::kick_vcpus(c, slot, vcpu, asked, pending);
         log::info!(
             "VM {}: vCPU {vcpu} did a set/way operation: VM-wide clean+invalidate, TVM re-armed on every vCPU",
@@ -420,6 +440,7 @@ fn set_way_trap(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, pending: &mut Gues
 fn tvm_write(
     c: &mut Cpu<'_>,
     who: Who,
+    vm: VmView<'_>,
     ctx: &mut VcpuCtx,
     r: VmReg,
     val: u64,
@@ -435,7 +456,7 @@ fn tvm_write(
             if t.flush_vm {
                 if let Who::Guest { slot, vcpu } = who {
                     state::flush_vm(slot);
-                    stats::cache_flush(slot + 1);
+                    vm.stats.cache_flush();
                     let how = if sysreg_policy::caches_on(val) {
                         "turned its caches on"
                     } else {

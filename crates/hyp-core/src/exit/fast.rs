@@ -8,8 +8,8 @@ use crate::arch::world_switch::{GuestRegs, HostSave};
 use crate::calls::smccc::{self as call, Hypercall};
 use crate::exit::effects::read_trap;
 use crate::exit::policy::{Trap, VgicFrames};
-use crate::stats;
 use crate::vcpu::Who;
+use crate::vm::state::VmView;
 use hyp_abi::layout::{GICD_IPA, GICR_IPA};
 use vgic::Vgic;
 
@@ -18,8 +18,8 @@ use vgic::Vgic;
 pub struct FastCtx<'a> {
     /// The guest vCPU running.
     pub who: Who,
-    /// Its VM's vGIC.
-    pub vg: Option<&'a Vgic>,
+    /// Its VM.
+    pub vm: VmView<'a>,
 }
 
 /// Called by the lower-EL synchronous vector (`__fast_sync` in
@@ -64,7 +64,7 @@ fn fast_sync(save: *mut HostSave) -> bool {
         };
         (fast, &mut *save.guest_regs())
     };
-    fast_exit(fast.who, regs, fast.vg, read_trap())
+    fast_exit(fast.who, regs, fast.vm, read_trap())
 }
 
 /// The fast path, run from the vector (`hyp_fast_sync`): exits answered
@@ -75,7 +75,8 @@ fn fast_sync(save: *mut HostSave) -> bool {
 /// state). `regs` holds x0..x18, x30 and the PC only. Everything else (and
 /// every error) returns false with `regs` unchanged and takes the full path
 /// in `effects::sync_exit`. Counted like any exit.
-fn fast_exit(who: Who, regs: &mut GuestRegs, vg: Option<&Vgic>, trap: Trap) -> bool {
+fn fast_exit(who: Who, regs: &mut GuestRegs, vm: VmView<'_>, trap: Trap) -> bool {
+    let vg: Option<&Vgic> = vm.vg;
     let esr = trap.esr;
     let reason = ExitReason::from_ec(esr.ec());
     match reason {
@@ -136,6 +137,6 @@ fn fast_exit(who: Who, regs: &mut GuestRegs, vg: Option<&Vgic>, trap: Trap) -> b
         }
         _ => return false,
     }
-    stats::record(who.stats_index(), reason);
+    vm.stats.record(reason);
     true
 }

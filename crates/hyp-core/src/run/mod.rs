@@ -31,11 +31,11 @@ use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::traps::{CNTHCTL, HCR_BASE, HCR_CACHE_TRAPS, MDCR};
 use crate::vcpu::{fp, Who};
 use crate::vm::control::{HostError, RunEnd};
+use crate::vm::state::VmView;
 use crate::vm::{devices, host as host_vcpus, state};
 use barriers::vttbr::Vttbr;
 use barriers::{regs, GuestPending};
 use hyp_abi::exit as run_exit;
-use vgic::Vgic;
 
 /// Time slices per second a guest vCPU gets before the host runs again.
 const SLICES_PER_SECOND: u64 = 100;
@@ -115,20 +115,20 @@ fn host_loop(c: &mut Cpu<'_>, host: &mut VcpuCtx, first: GuestPending) -> (Next,
         pending = GuestPending::new();
         let fast = c.save.take_fast_hvcs();
         if fast != 0 {
-            stats::add(0, ExitReason::Hvc, fast);
+            stats::HOST.add(ExitReason::Hvc, fast);
         }
         let next = match kind {
             VectorKind::Sync => {
                 let trap = effects::read_trap();
-                effects::sync_exit(c, Who::Host, host, &mut pending, None, trap)
+                effects::sync_exit(c, Who::Host, host, &mut pending, state::host_view(), trap)
             }
             VectorKind::Irq | VectorKind::Fiq => {
-                stats::record(0, ExitReason::Irq);
+                stats::HOST.record(ExitReason::Irq);
                 let _ = effects::physical_irq(c, &cse, &mut pending);
                 Next::Resume
             }
             VectorKind::SError => {
-                stats::record(0, ExitReason::Other);
+                stats::HOST.record(ExitReason::Other);
                 log::warn!("host vCPU {}: SError at {:#x}", c.idx, host.regs.pc);
                 Next::Resume
             }
@@ -171,10 +171,12 @@ fn vcpu_run(
         return Err(HostError::Invalid);
     }
     let complete = (flags & hyp_abi::RUN_COMPLETE_MMIO != 0).then_some(value);
-    let start = state::control().complete_and_run(handle, vcpu, complete, c.idx)?;
+    let ctl = state::control();
+    let (start, claim) = ctl.complete_and_run(handle, vcpu, complete, c.idx)?;
     let slot = handle as usize - 1;
     let v = vcpu as usize;
-    let mut ctx = state::guest_ctx(slot, v)
+    let guest = claim.extra();
+    let mut ctx = guest.ctx[v]
         .try_lock()
         .expect("a claimed vCPU's context is free");
     if let Some((entry, x0)) = start.boot {
@@ -207,16 +209,15 @@ fn vcpu_run(
     // SAFETY: the VM's stage 2 maps only memory it owns or borrows; its HCR
     // differs from the boot value in trap bits only.
     unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &ctx.el1, &mut pending) };
-    let vg = state::vgic(slot).read();
-    if vg.is_some() {
+    let view = guest.view();
+    if view.vg.is_some() {
         if let Some(mut lrs) = vcpu_gic::Lrs::new(c.sync, &mut pending) {
             ctx.vif.restore(&mut lrs);
         }
     }
     let who = Who::Guest { slot, vcpu: v };
-    let (end, record, left) = guest_loop(c, who, &mut ctx, pending, vg.as_ref());
+    let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view);
     host_pending.append(left);
-    drop(vg);
     ctx.el1.save(&c.sync.hcr);
     if c.fp_owner == FpOwner::Guest {
         let on = fp::fp_enable(c);
@@ -224,7 +225,7 @@ fn vcpu_run(
         c.fp_owner = FpOwner::None;
     }
     drop(ctx);
-    state::control().end_run(handle, vcpu, c.idx, end);
+    ctl.end_run(claim, c.idx, end);
     Ok(record)
 }
 
@@ -236,8 +237,9 @@ fn guest_loop(
     who: Who,
     ctx: &mut VcpuCtx,
     first: GuestPending,
-    vg: Option<&Vgic>,
+    vm: VmView<'_>,
 ) -> (RunEnd, [u64; 4], GuestPending) {
+    let vg = vm.vg;
     let mut pending = first;
     fp::set_fp_traps(c, c.fp_owner == FpOwner::Guest, &mut pending);
     if gic::phys().is_some() {
@@ -245,9 +247,9 @@ fn guest_loop(
         gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
     }
     // For the vector's fast path (`hyp_fast_sync`) while the guest runs.
-    let fast_ctx = fast::FastCtx { who, vg };
+    let fast_ctx = fast::FastCtx { who, vm };
     loop {
-        effects::cache_traps_before_entry(who, ctx, &mut pending);
+        effects::cache_traps_before_entry(who, vm, ctx, &mut pending);
         if let Some(vg) = vg {
             if let Who::Guest { slot, .. } = who {
                 devices::resample(slot, vg);
@@ -265,7 +267,7 @@ fn guest_loop(
         // HVCs the vector answered by itself during this run (`__hvc_fast`).
         let fast = c.save.take_fast_hvcs();
         if fast != 0 {
-            stats::add(who.stats_index(), ExitReason::Hvc, fast);
+            vm.stats.add(ExitReason::Hvc, fast);
         }
         // ESR, FAR and HPFAR, read once for every path below (meaningful
         // for synchronous exits only).
@@ -276,9 +278,9 @@ fn guest_loop(
             }
         }
         let next = match kind {
-            VectorKind::Sync => effects::sync_exit(c, who, ctx, &mut pending, vg, trap),
+            VectorKind::Sync => effects::sync_exit(c, who, ctx, &mut pending, vm, trap),
             VectorKind::Irq | VectorKind::Fiq => {
-                stats::record(who.stats_index(), ExitReason::Irq);
+                vm.stats.record(ExitReason::Irq);
                 if effects::physical_irq(c, &cse, &mut pending) {
                     Next::ToHost(RunEnd::Runnable, [run_exit::YIELD, 0, 0, 0])
                 } else {
@@ -286,7 +288,7 @@ fn guest_loop(
                 }
             }
             VectorKind::SError => {
-                stats::record(who.stats_index(), ExitReason::Other);
+                vm.stats.record(ExitReason::Other);
                 log::warn!("{who:?}: SError at {:#x}", ctx.regs.pc);
                 Next::Resume
             }

@@ -29,14 +29,3 @@ pub enum Who {
         vcpu: usize,
     },
 }
-
-impl Who {
-    /// Index into the exit statistics: 0 for the host, `slot + 1` for a VM.
-    #[must_use]
-    pub const fn stats_index(self) -> usize {
-        match self {
-            Who::Host => 0,
-            Who::Guest { slot, .. } => slot + 1,
-        }
-    }
-}

@@ -82,3 +82,45 @@ mod tests {
         assert_eq!(HCR_CACHE_TRAPS & !barriers::regs::HCR_GUEST_ONLY_FIELDS, 0);
     }
 }
+
+/// Per VM: the vCPUs whose HCR_EL2.TVM must be set again at their next
+/// entry because another vCPU did a set/way operation (`exit::sysreg::set_way`'s
+/// `rearm_others`). One bit per vCPU; a vCPU's HCR is its own (it may be
+/// running on another CPU), so each vCPU applies its bit itself with
+/// [`TvmRearm::take`] before it enters the guest.
+#[derive(Debug)]
+pub struct TvmRearm(core::sync::atomic::AtomicU8);
+
+impl TvmRearm {
+    /// No requests.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(core::sync::atomic::AtomicU8::new(0))
+    }
+
+    /// Asks every vCPU but `me` to set TVM at its next entry; returns the
+    /// vCPUs asked (to kick those running elsewhere). A request left for a
+    /// vCPU that never enters, or that boots with TVM set anyway, is
+    /// harmless: it only sets a trap.
+    pub fn request(&self, me: usize) -> u8 {
+        let others = !(1u8.checked_shl(me as u32).unwrap_or(0));
+        self.0
+            .fetch_or(others, core::sync::atomic::Ordering::AcqRel);
+        others
+    }
+
+    /// At vCPU `v`'s entry: whether it must set TVM (consuming the request).
+    /// One load when there is none.
+    pub fn take(&self, v: usize) -> bool {
+        use core::sync::atomic::Ordering;
+        let bit = 1u8.checked_shl(v as u32).unwrap_or(0);
+        self.0.load(Ordering::Acquire) & bit != 0
+            && self.0.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
+}
+
+impl Default for TvmRearm {
+    fn default() -> Self {
+        Self::new()
+    }
+}

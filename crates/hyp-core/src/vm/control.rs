@@ -20,15 +20,27 @@
 //! The host calls and their numbers are listed in `hyp-abi` (crate docs).
 
 use crate::platform::MemRegion;
+use crate::vm::memcache::{HypAlloc, MemCache, VmAlloc, VmRead, MAX_TOPUP_PAGES};
+use core::cell::UnsafeCell;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, Ordering};
 use s2mm::ownership::{self, CompState, PageOwnership, Requester, Transition};
 use s2mm::{Attrs, Ipa, OwnerId, Pa, PageState, Stage2, TableAlloc, Vttbr, PAGE_SIZE};
 use smccc::psci::error;
 use spin::{Mutex, MutexGuard};
 
-/// Guest VM slots (handles 1..=MAX_VMS).
-pub const MAX_VMS: usize = 8;
-/// Most vCPUs per VM.
-pub const MAX_VCPUS: usize = 8;
+/// Most vCPUs per VM: as many as the virtual GIC serves.
+pub const MAX_VCPUS: usize = vgic::MAX_VCPUS;
+/// Most guest VMs with 16-bit VMIDs: VMIDs 1..=65534 (0 is the host's),
+/// so that every VM's owner annotation ([`owner_of_slot`]) fits 16 bits
+/// beside the hypervisor's. With 8-bit VMIDs: 255.
+pub const MAX_VMS_VMID16: usize = 65534;
+/// Most guest VMs with 8-bit VMIDs.
+pub const MAX_VMS_VMID8: usize = 255;
+/// Pages VM_CREATE needs at least (`hyp_abi::VM_CREATE_PAGES`): the VM's
+/// state and its stage-2 root, and the tables to map the GICv2 CPU
+/// interface.
+pub use hyp_abi::VM_CREATE_PAGES;
 /// Memory regions (donations or loans) per VM.
 pub const MAX_REGIONS: usize = 32;
 /// IPA size of every guest's stage 2.
@@ -181,9 +193,14 @@ pub struct VmMeta {
     pub vttbr: u64,
     /// Regions mapped at stage 2 on first touch (bit *i*: `regions[i]`).
     pub lazy: u32,
-    /// While dying: pages of its first remaining region scrubbed (or, lent,
-    /// cleaned) so far.
+    /// While dying: pages of its first remaining region (then of its last
+    /// remaining run of donated hypervisor pages) scrubbed so far.
     pub scrubbed: u64,
+    /// Pages the host donated for this VM's state and tables.
+    pub cache: MemCache,
+    /// Pages at the start of the first run that hold this structure and
+    /// the stage-2 root (given back at the last VM_DESTROY step).
+    keep_pages: u64,
 }
 
 impl VmMeta {
@@ -200,6 +217,63 @@ impl VmMeta {
     pub fn is_ram(&self, ipa: u64) -> bool {
         self.region_of(ipa).is_some()
     }
+}
+
+impl VmMeta {
+    /// The VM's stage 2 and an allocator over its own pages.
+    fn tables<'a, A: HypAlloc>(&'a mut self, hyp: &'a A) -> (&'a mut Stage2, VmAlloc<'a, A>) {
+        (
+            &mut self.s2,
+            VmAlloc {
+                cache: &mut self.cache,
+                hyp,
+            },
+        )
+    }
+}
+
+/// Per-VM state that lives beside the control state's [`VmMeta`] in the
+/// VM's own pages but is used without the VM's lock (at EL2: its vGIC,
+/// console, vCPU contexts, exit counters). Built at VM_CREATE, dropped at
+/// the last VM_DESTROY step.
+pub trait VmExtra: Sync + Sized {
+    /// The state of a new VM with `nr_vcpus` vCPUs.
+    fn new(nr_vcpus: usize) -> Self;
+}
+
+impl VmExtra for () {
+    fn new(_: usize) -> Self {}
+}
+
+/// One VM's memory: the metadata (behind the slot's lock) and the extra
+/// state (shared), at the start of the pages the host donated at VM_CREATE.
+struct VmBox<X> {
+    meta: UnsafeCell<VmMeta>,
+    extra: X,
+}
+
+/// A slot's pointer to its VM.
+struct VmPtr<X>(NonNull<VmBox<X>>);
+
+// SAFETY: the box's metadata is reached only through the slot's lock, its
+// extra state only as `&X` (X: Sync); the memory is the hypervisor's own.
+unsafe impl<X: Sync> Send for VmPtr<X> {}
+
+type Slot<X> = Mutex<Option<VmPtr<X>>>;
+
+/// Slots per leaf of the VM table (one page).
+const LEAF_SLOTS: usize = 256;
+/// Leaves: 256 × 256 slots cover every 16-bit VMID.
+const DIR_LEAVES: usize = 256;
+const _: () = assert!(core::mem::size_of::<Slot<()>>() * LEAF_SLOTS <= PAGE_SIZE as usize);
+const _: () = assert!(LEAF_SLOTS * DIR_LEAVES > MAX_VMS_VMID16);
+
+/// Pages VM_CREATE needs for a VM whose extra state is `X`: its structure,
+/// the two-page root of a 40-bit stage 2 with the gap that aligns it, and
+/// the two tables that map the GICv2 CPU interface.
+#[must_use]
+pub const fn create_pages_needed<X>() -> u64 {
+    (core::mem::size_of::<VmBox<X>>() as u64).div_ceil(PAGE_SIZE) + 3 + 2
 }
 
 /// What a finished run tells the control state.
@@ -228,17 +302,58 @@ pub struct RunStart {
     pub vttbr: u64,
 }
 
-/// The owner annotation a host entry carries while guest `slot` owns it.
+/// The owner annotation a host entry carries while guest `slot` owns it
+/// (`slot` < [`MAX_VMS_VMID16`], so it fits).
 #[must_use]
 pub const fn owner_of_slot(slot: usize) -> OwnerId {
-    OwnerId(2 + slot as u8)
+    OwnerId(2 + slot as u16)
 }
+
+/// The owner annotation of host pages donated to the hypervisor for a VM's
+/// state and tables (VM_CREATE, VM_TOPUP).
+pub const OWNER_HYP: OwnerId = OwnerId(1);
 
 /// The host's side of the control state, behind the host lock: its stage 2
 /// and the scrubber of memory it gets back.
 struct HostSide<M> {
     s2: Stage2,
     mem: M,
+}
+
+impl<M> HostSide<M> {
+    /// Gives the host back `[pa, pa + size)` as its own (identity, owned);
+    /// with `cleaned`, memory just cleaned to PoC is not cleaned again.
+    /// Mapping over split tables needs no new table, so this cannot fail
+    /// when it restores pages the host owned before.
+    fn restore<A: TableAlloc>(
+        &mut self,
+        alloc: &mut A,
+        v: &mut Vttbr,
+        pa: u64,
+        size: u64,
+        cleaned: bool,
+    ) {
+        let map = if cleaned {
+            Stage2::map_cleaned::<A>
+        } else {
+            Stage2::map::<A>
+        };
+        let r = map(
+            &mut self.s2,
+            alloc,
+            v,
+            Ipa(pa),
+            Pa(pa),
+            size,
+            Attrs::RAM_RWX,
+            PageState::Owned,
+        );
+        // Cannot fail: the pages were the host's before the change, so their
+        // tables (split on the way) are still there; the model test's
+        // table-exhaustion runs go through here. Checked in release builds:
+        // a failure would leave host pages owned by nobody.
+        assert!(r.is_ok(), "restoring host pages needs no tables");
+    }
 }
 
 /// Pages [`Control::destroy`] gives back per call.
@@ -253,16 +368,28 @@ pub const DESTROY_CHUNK: u64 = 256;
 /// ownership transitions (give, guest share/unshare, destroy) take the
 /// host's and then the VM's. The table allocator `A` is a handle each lock
 /// holder clones; it serialises its own allocations.
-pub struct Control<A: TableAlloc + Clone, M: PhysMem> {
+///
+/// VMs live in slots (handle = slot + 1 = VMID): a two-level table whose
+/// leaves (one page of [`LEAF_SLOTS`] slots each) come from the
+/// hypervisor's pool the first time a slot in them is used and stay. A slot
+/// holds a pointer into the VM's own pages (see `vm::memcache`).
+pub struct Control<A: HypAlloc, M: PhysMem, X: VmExtra = ()> {
     alloc: A,
     host: Mutex<HostSide<M>>,
-    vms: [Mutex<Option<VmMeta>>; MAX_VMS],
+    dir: [AtomicPtr<Slot<X>>; DIR_LEAVES],
+    max_vms: usize,
     host_ram: MemRegion,
     fwb: bool,
-    parange: u64,
+    vtcr: u64,
 }
 
-impl<A: TableAlloc + Clone, M: PhysMem> core::fmt::Debug for Control<A, M> {
+// SAFETY: the leaves are the hypervisor's own pages, reached through atomic
+// pointers; everything in them is behind the slots' locks.
+unsafe impl<A: HypAlloc + Sync + Send, M: PhysMem + Send, X: VmExtra> Sync for Control<A, M, X> {}
+// SAFETY: as above.
+unsafe impl<A: HypAlloc + Sync + Send, M: PhysMem + Send, X: VmExtra> Send for Control<A, M, X> {}
+
+impl<A: HypAlloc, M: PhysMem, X: VmExtra> core::fmt::Debug for Control<A, M, X> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Control")
             .field("host_ram", &self.host_ram)
@@ -279,20 +406,62 @@ fn s2err(e: s2mm::Error) -> HostError {
 }
 
 /// A locked, live VM ([`Control::vm`]).
-pub struct VmRef<'a>(MutexGuard<'a, Option<VmMeta>>);
+pub struct VmRef<'a, X>(MutexGuard<'a, Option<VmPtr<X>>>);
 
-impl core::ops::Deref for VmRef<'_> {
-    type Target = VmMeta;
-    fn deref(&self) -> &VmMeta {
+impl<X> VmRef<'_, X> {
+    fn ptr(&self) -> NonNull<VmBox<X>> {
         // Built only over a slot holding a VM (`Control::lock_vm`), which
         // nothing can empty while the guard is held.
-        self.0.as_ref().expect("a VmRef holds a VM")
+        self.0.as_ref().expect("a VmRef holds a VM").0
+    }
+
+    /// The VM's state used without its lock.
+    #[must_use]
+    pub fn extra(&self) -> &X {
+        // SAFETY: the box lives while its slot holds it (the guard keeps
+        // it there); `extra` is only ever shared.
+        unsafe { &(*self.ptr().as_ptr()).extra }
     }
 }
 
-impl core::ops::DerefMut for VmRef<'_> {
+impl<X> core::ops::Deref for VmRef<'_, X> {
+    type Target = VmMeta;
+    fn deref(&self) -> &VmMeta {
+        // SAFETY: as `extra`; the metadata is reached only with the slot's
+        // lock, which the guard holds.
+        unsafe { &*(*self.ptr().as_ptr()).meta.get() }
+    }
+}
+
+impl<X> core::ops::DerefMut for VmRef<'_, X> {
     fn deref_mut(&mut self) -> &mut VmMeta {
-        self.0.as_mut().expect("a VmRef holds a VM")
+        // SAFETY: as `Deref`; the guard is held exclusively.
+        unsafe { &mut *(*self.ptr().as_ptr()).meta.get() }
+    }
+}
+
+/// A vCPU claimed by [`Control::begin_run`] for one run: the VM's extra
+/// state stays reachable until [`Control::end_run`] takes the claim back
+/// (VM_DESTROY refuses a VM with a running vCPU, so the VM's pages cannot go
+/// meanwhile).
+#[must_use = "a claim ends with Control::end_run"]
+pub struct Claim<'c, X> {
+    extra: &'c X,
+    handle: u64,
+    vcpu: u64,
+}
+
+impl<X> core::fmt::Debug for Claim<'_, X> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Claim(VM {} vCPU {})", self.handle, self.vcpu)
+    }
+}
+
+impl<X> Claim<'_, X> {
+    /// The VM's state used without its lock.
+    #[must_use]
+    pub fn extra(&self) -> &X {
+        self.extra
     }
 }
 
@@ -305,13 +474,20 @@ pub struct Destroyed {
     pub more: bool,
 }
 
-impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
+impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
     /// The host's stage 2: `host_ram` mapped by identity, owned by the host.
-    /// `ipa_bits` is the host's IPA size; `parange` is ID_AA64MMFR0_EL1.PARange.
+    /// `ipa_bits` is the host's IPA size; `parange` is ID_AA64MMFR0_EL1.PARange;
+    /// `vmid16`: the CPU has 16-bit VMIDs (FEAT_VMID16), which VTCR_EL2 then
+    /// selects, and VMs may number [`MAX_VMS_VMID16`] (else [`MAX_VMS_VMID8`]).
     ///
     /// # Errors
     ///
-    /// No table memory, or a RAM range the IPA size cannot hold.
+    /// No table memory, a RAM range the IPA size cannot hold, or a PA size
+    /// too small for the guests' IPA size.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the board's facts, each used once here"
+    )]
     pub fn new(
         mut alloc: A,
         mem: M,
@@ -320,8 +496,16 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
         ipa_bits: u32,
         parange: u64,
         fwb: bool,
+        vmid16: bool,
     ) -> Result<Self, s2mm::Error> {
         let mut s2 = Stage2::new(&mut alloc, 0, ipa_bits, fwb)?;
+        let vtcr = match s2.vtcr(parange, vmid16) {
+            Ok(vtcr) if ipa_bits == GUEST_IPA_BITS => vtcr,
+            Ok(_) | Err(_) => {
+                s2.destroy(&mut alloc, v);
+                return Err(s2mm::Error::UnsupportedPaRange);
+            }
+        };
         s2.map(
             &mut alloc,
             v,
@@ -334,16 +518,33 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
         Ok(Self {
             alloc,
             host: Mutex::new(HostSide { s2, mem }),
-            vms: [const { Mutex::new(None) }; MAX_VMS],
+            dir: [const { AtomicPtr::new(core::ptr::null_mut()) }; DIR_LEAVES],
+            max_vms: if vmid16 {
+                MAX_VMS_VMID16
+            } else {
+                MAX_VMS_VMID8
+            },
             host_ram,
             fwb,
-            parange,
+            vtcr,
         })
     }
 
     /// The table allocator.
     pub fn alloc(&self) -> &A {
         &self.alloc
+    }
+
+    /// VTCR_EL2 for every stage 2 (the host's and the guests').
+    #[must_use]
+    pub const fn vtcr(&self) -> u64 {
+        self.vtcr
+    }
+
+    /// How many VMs may exist at once (the VMID width's limit).
+    #[must_use]
+    pub const fn max_vms(&self) -> usize {
+        self.max_vms
     }
 
     /// `f` of the host's stage 2 (under the host lock).
@@ -356,27 +557,72 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
         f(&mut self.host.lock().mem)
     }
 
+    /// Slot `slot`, when its leaf exists.
+    fn slot(&self, slot: usize) -> Option<&Slot<X>> {
+        let leaf = self.dir.get(slot / LEAF_SLOTS)?.load(Ordering::Acquire);
+        // SAFETY: a published leaf is an initialised page of slots that is
+        // never freed while `self` lives (`Drop` frees the leaves).
+        (!leaf.is_null()).then(|| unsafe { &*leaf.add(slot % LEAF_SLOTS) })
+    }
+
+    /// Slot `slot`, making its leaf if needed (from the hypervisor's pool).
+    fn slot_or_make(&self, slot: usize) -> HostResult<&Slot<X>> {
+        if let Some(s) = self.slot(slot) {
+            return Ok(s);
+        }
+        let mut alloc = self.alloc.clone();
+        let pa = alloc.alloc_table().ok_or(HostError::NoMemory)?;
+        let leaf: *mut Slot<X> = alloc.table_ptr(pa).as_ptr().cast();
+        for i in 0..LEAF_SLOTS {
+            // SAFETY: a fresh zeroed table page, ours alone, large enough
+            // (checked above) and aligned for a slot.
+            unsafe { leaf.add(i).write(Mutex::new(None)) };
+        }
+        let d = &self.dir[slot / LEAF_SLOTS];
+        if d.compare_exchange(
+            core::ptr::null_mut(),
+            leaf,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+        {
+            // Another CPU published this leaf first.
+            // SAFETY: never published, so nobody else uses it.
+            unsafe { alloc.free_tables(pa, 1) };
+        }
+        self.slot(slot).ok_or(HostError::NoMemory)
+    }
+
     /// Locks VM slot `slot` if it holds a VM.
-    fn lock_vm(&self, slot: usize) -> HostResult<VmRef<'_>> {
-        let g = self.vms[slot].lock();
+    fn lock_vm(&self, slot: usize) -> HostResult<VmRef<'_, X>> {
+        let g = self.slot(slot).ok_or(HostError::NoVm)?.lock();
         if g.is_none() {
             return Err(HostError::NoVm);
         }
         Ok(VmRef(g))
     }
 
-    /// VM by handle (1..=MAX_VMS), locked while the result lives.
+    /// VM by handle, locked while the result lives.
     ///
     /// # Errors
     ///
     /// [`HostError::NoVm`].
-    pub fn vm(&self, handle: u64) -> HostResult<VmRef<'_>> {
-        self.lock_vm(slot_of(handle)?)
+    pub fn vm(&self, handle: u64) -> HostResult<VmRef<'_, X>> {
+        self.lock_vm(self.slot_of(handle)?)
+    }
+
+    /// The slot of `handle`.
+    fn slot_of(&self, handle: u64) -> HostResult<usize> {
+        if handle == 0 || handle > self.max_vms as u64 {
+            return Err(HostError::NoVm);
+        }
+        Ok(handle as usize - 1)
     }
 
     /// The host and VM `handle`, locked in the one order.
-    fn both(&self, handle: u64) -> HostResult<Both<'_, A, M>> {
-        let slot = slot_of(handle)?;
+    fn both(&self, handle: u64) -> HostResult<Both<'_, A, M, X>> {
+        let slot = self.slot_of(handle)?;
         let host = self.host.lock();
         let vm = self.lock_vm(slot)?;
         Ok(Both {
@@ -403,36 +649,124 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
     #[must_use]
     pub fn guest_state(&self, handle: u64, ipa: u64) -> Option<(u64, CompState)> {
         let vm = self.vm(handle).ok()?;
-        let m = vm.s2.query(&self.alloc, Ipa(ipa))?;
+        let m = vm.s2.query(&VmRead(&self.alloc), Ipa(ipa))?;
         Some((m.pa.0, CompState::from_mapping(Some(m.state))))
     }
 
-    /// VM_CREATE.
+    /// Checks that `[pa, pa + pages)` is host RAM the host owns alone.
+    fn check_for_hyp(&self, host: &HostSide<M>, pa: u64, pages: u64) -> HostResult<()> {
+        if pages == 0 || !pa.is_multiple_of(PAGE_SIZE) {
+            return Err(HostError::Invalid);
+        }
+        let size = pages * PAGE_SIZE;
+        if pa < self.host_ram.base || pa.checked_add(size).is_none_or(|e| e > self.host_ram.end()) {
+            return Err(HostError::Range);
+        }
+        for i in 0..pages {
+            if host_state(&host.s2, &self.alloc, pa + i * PAGE_SIZE) != CompState::Owned {
+                return Err(HostError::Denied);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `[pa, pa + pages)` (checked by [`Control::check_for_hyp`])
+    /// from the host for the hypervisor (annotated [`OWNER_HYP`]).
+    fn take_for_hyp(
+        &self,
+        host: &mut HostSide<M>,
+        v: &mut Vttbr,
+        pa: u64,
+        pages: u64,
+    ) -> HostResult<()> {
+        let size = pages * PAGE_SIZE;
+        let mut alloc = self.alloc.clone();
+        if let Err(e) = host
+            .s2
+            .set_annotation(&mut alloc, v, Ipa(pa), size, OWNER_HYP)
+        {
+            // Out of tables part-way (the pool's own limit): give back what
+            // changed; restoring pages the host owned needs no table.
+            let mut p = pa;
+            while p < pa + size {
+                if host_state(&host.s2, &self.alloc, p) != CompState::Owned {
+                    let r = host.s2.map(
+                        &mut alloc,
+                        v,
+                        Ipa(p),
+                        Pa(p),
+                        PAGE_SIZE,
+                        Attrs::RAM_RWX,
+                        PageState::Owned,
+                    );
+                    assert!(r.is_ok(), "restoring host pages needs no tables");
+                }
+                p += PAGE_SIZE;
+            }
+            return Err(s2err(e));
+        }
+        self.alloc.adopt(pa, size);
+        Ok(())
+    }
+
+    /// VM_CREATE: a VM with `nr_vcpus` vCPUs whose state and tables live in
+    /// `[pa, pa + pages)`, host pages the hypervisor takes (at least
+    /// [`VM_CREATE_PAGES`]; the rest serves its tables, as VM_TOPUP's).
     ///
     /// # Errors
     ///
-    /// [`HostError::Invalid`] for 0 or more than [`MAX_VCPUS`] vCPUs or an
-    /// unknown flag; [`HostError::NoMemory`] when no slot or table is free.
-    pub fn create(&self, v: &mut Vttbr, nr_vcpus: u64, flags: u64) -> HostResult<u64> {
-        if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS as u64 || flags & !FLAG_PROTECTED != 0 {
+    /// [`HostError::Invalid`] for 0 or more than [`MAX_VCPUS`] vCPUs, an
+    /// unknown flag, an unaligned PA or fewer than [`VM_CREATE_PAGES`]
+    /// pages (or more than VM_TOPUP's limit); [`HostError::Range`],
+    /// [`HostError::Denied`] (pages not the host's alone);
+    /// [`HostError::NoMemory`] when every VMID is in use.
+    pub fn create(
+        &self,
+        v: &mut Vttbr,
+        nr_vcpus: u64,
+        flags: u64,
+        pa: u64,
+        pages: u64,
+    ) -> HostResult<u64> {
+        if nr_vcpus == 0
+            || nr_vcpus > MAX_VCPUS as u64
+            || flags & !FLAG_PROTECTED != 0
+            || !(VM_CREATE_PAGES..=MAX_TOPUP_PAGES).contains(&pages)
+        {
             return Err(HostError::Invalid);
         }
-        let (slot, mut free) = self
-            .vms
-            .iter()
-            .enumerate()
-            .find_map(|(i, m)| m.try_lock().filter(|g| g.is_none()).map(|g| (i, g)))
-            .ok_or(HostError::NoMemory)?;
-        let vmid = slot as u16 + 1;
-        let mut alloc = self.alloc.clone();
-        let s2 = Stage2::new(&mut alloc, vmid, GUEST_IPA_BITS, self.fwb).map_err(s2err)?;
-        let vttbr = s2.root().0 | (u64::from(vmid) << 48);
-        // The VTCR must be computable on this CPU; checked once here.
-        if s2.vtcr(self.parange).is_err() {
-            s2.destroy(&mut alloc, v);
-            return Err(HostError::Range);
+        let mut host = self.host.lock();
+        self.check_for_hyp(&host, pa, pages)?;
+        // A free slot, leaves made on the way.
+        let mut found = None;
+        for i in 0..self.max_vms {
+            let slot = self.slot_or_make(i)?;
+            if let Some(g) = slot.try_lock().filter(|g| g.is_none()) {
+                found = Some((i, g));
+                break;
+            }
         }
-        *free = Some(VmMeta {
+        let (slot, mut free) = found.ok_or(HostError::NoMemory)?;
+        self.take_for_hyp(&mut host, v, pa, pages)?;
+        let vmid = slot as u16 + 1;
+        let mut cache = MemCache::new(pa, pages);
+        let obj_pages = core::mem::size_of::<VmBox<X>>().div_ceil(PAGE_SIZE as usize) as u64;
+        let obj = cache.alloc(&self.alloc, obj_pages, 1);
+        let obj = obj.expect("VM_CREATE_PAGES holds the VM's state");
+        let s2 = Stage2::new(
+            &mut VmAlloc {
+                cache: &mut cache,
+                hyp: &self.alloc,
+            },
+            vmid,
+            GUEST_IPA_BITS,
+            self.fwb,
+        );
+        let s2 = s2.expect("VM_CREATE_PAGES holds the stage-2 root");
+        let root_end = s2.root().0 + s2.root_pages() as u64 * PAGE_SIZE;
+        let keep_pages = (root_end - pa) / PAGE_SIZE;
+        let vttbr = s2.root().0 | (u64::from(vmid) << 48);
+        let meta = VmMeta {
             vmid,
             protected: flags & FLAG_PROTECTED != 0,
             nr_vcpus: nr_vcpus as usize,
@@ -444,18 +778,62 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
             vttbr,
             lazy: 0,
             scrubbed: 0,
-        });
+            cache,
+            keep_pages,
+        };
+        let b: *mut VmBox<X> = self.alloc.hyp_ptr(obj).as_ptr().cast();
+        // SAFETY: `obj_pages` zeroed pages of the VM's own memory, page
+        // aligned (enough for `VmBox`), used by nothing else.
+        unsafe {
+            b.write(VmBox {
+                meta: UnsafeCell::new(meta),
+                extra: X::new(nr_vcpus as usize),
+            });
+        }
+        *free = Some(VmPtr(NonNull::new(b).expect("hyp_ptr is never null")));
         Ok(slot as u64 + 1)
     }
 
-    /// VTCR_EL2 for guests (the same for all of them).
-    #[must_use]
-    pub fn guest_vtcr(&self) -> Option<u64> {
-        (0..MAX_VMS).find_map(|s| {
-            self.lock_vm(s)
-                .ok()
-                .and_then(|vm| vm.s2.vtcr(self.parange).ok())
-        })
+    /// VM_TOPUP: host pages `[pa, pa + pages)` for VM `handle`'s tables
+    /// (pKVM's memcache top-up). A call that needs a table the VM's pages
+    /// cannot give fails with [`HostError::NoMemory`] (a guest's lazy
+    /// fault: VCPU_RUN's `MEMORY` exit); the host tops up and tries again.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Invalid`] (unaligned, 0 or more
+    /// than [`MAX_TOPUP_PAGES`] pages), [`HostError::Range`],
+    /// [`HostError::Denied`], [`HostError::State`] (VM being destroyed),
+    /// [`HostError::NoMemory`] (the VM holds its most runs already).
+    pub fn topup(&self, v: &mut Vttbr, handle: u64, pa: u64, pages: u64) -> HostResult<()> {
+        if pages > MAX_TOPUP_PAGES {
+            return Err(HostError::Invalid);
+        }
+        let mut b = self.both(handle)?;
+        if b.vm.status == VmStatus::Dying {
+            return Err(HostError::State);
+        }
+        if b.vm
+            .cache
+            .last_run()
+            .is_some_and(|i| i + 1 >= crate::vm::memcache::MAX_HYP_RUNS)
+        {
+            return Err(HostError::NoMemory);
+        }
+        self.check_for_hyp(&b.host, pa, pages)?;
+        self.take_for_hyp(&mut b.host, v, pa, pages)?;
+        let added = b.vm.cache.add(pa, pages);
+        assert!(added, "a run slot was checked free");
+        Ok(())
+    }
+
+    /// Pages VM `handle` can still use for tables.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`].
+    pub fn cache_available(&self, handle: u64) -> HostResult<u64> {
+        Ok(self.vm(handle)?.cache.available())
     }
 
     /// MEM_DONATE (`kind` Donated) or MEM_LEND (`kind` Lent): gives host
@@ -533,17 +911,20 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
             _ => return Err(HostError::Range),
         }
         let mut vm = self.vm(handle)?;
-        vm.s2
-            .map(
-                &mut self.alloc.clone(),
-                v,
-                Ipa(ipa),
-                Pa(pa),
-                size,
-                Attrs::DEVICE_RW,
-                PageState::Owned,
-            )
-            .map_err(s2err)?;
+        if vm.status == VmStatus::Dying {
+            return Err(HostError::State);
+        }
+        let (s2, mut alloc) = vm.tables(&self.alloc);
+        s2.map(
+            &mut alloc,
+            v,
+            Ipa(ipa),
+            Pa(pa),
+            size,
+            Attrs::DEVICE_RW,
+            PageState::Owned,
+        )
+        .map_err(s2err)?;
         Ok(())
     }
 
@@ -569,7 +950,7 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
         if vm.lazy & (1 << i) == 0 {
             return Err(HostError::Range);
         }
-        if vm.s2.query(&self.alloc, Ipa(ipa)).is_some() {
+        if vm.s2.query(&VmRead(&self.alloc), Ipa(ipa)).is_some() {
             return Err(HostError::State);
         }
         let state = match r.kind {
@@ -577,18 +958,18 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
             RegionKind::Lent => PageState::SharedBorrowed,
         };
         let pa = r.pa_of(ipa).ok_or(HostError::Range)?;
-        vm.s2
-            .map(
-                &mut self.alloc.clone(),
-                v,
-                Ipa(ipa),
-                Pa(pa),
-                PAGE_SIZE,
-                Attrs::RAM_RWX,
-                state,
-            )
-            .map(|_| ())
-            .map_err(s2err)
+        let (s2, mut alloc) = vm.tables(&self.alloc);
+        s2.map(
+            &mut alloc,
+            v,
+            Ipa(ipa),
+            Pa(pa),
+            PAGE_SIZE,
+            Attrs::RAM_RWX,
+            state,
+        )
+        .map(|_| ())
+        .map_err(s2err)
     }
 
     /// VCPU_INIT: sets where a powered-off vCPU starts.
@@ -618,7 +999,12 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
     /// [`HostError::NoVm`], [`HostError::Invalid`], [`HostError::Busy`]
     /// (running elsewhere), [`HostError::State`] (VM stopped or being
     /// destroyed, vCPU off, or an MMIO read not yet completed).
-    pub fn begin_run(&self, handle: u64, vcpu: u64, cpu: usize) -> HostResult<RunStart> {
+    pub fn begin_run(
+        &self,
+        handle: u64,
+        vcpu: u64,
+        cpu: usize,
+    ) -> HostResult<(RunStart, Claim<'_, X>)> {
         self.complete_and_run(handle, vcpu, None, cpu)
     }
 
@@ -634,12 +1020,23 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
         vcpu: u64,
         value: Option<u64>,
         cpu: usize,
-    ) -> HostResult<RunStart> {
+    ) -> HostResult<(RunStart, Claim<'_, X>)> {
         let mut vm = self.vm(handle)?;
         if let Some(value) = value {
             vm.mmio_complete(vcpu, value)?;
         }
-        vm.begin_run(vcpu, cpu)
+        let start = vm.begin_run(vcpu, cpu)?;
+        // SAFETY: the box lives until the claim ends: the vCPU is now
+        // running, and VM_DESTROY refuses a VM with a running vCPU.
+        let extra = unsafe { &(*vm.ptr().as_ptr()).extra };
+        Ok((
+            start,
+            Claim {
+                extra,
+                handle,
+                vcpu,
+            },
+        ))
     }
 
     /// VCPU_RUN, second half: the vCPU left physical CPU `cpu`.
@@ -647,10 +1044,10 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
     /// # Panics
     ///
     /// If the vCPU was not claimed by `begin_run` on `cpu` (a hypervisor bug).
-    pub fn end_run(&self, handle: u64, vcpu: u64, cpu: usize, end: RunEnd) {
-        self.vm(handle)
+    pub fn end_run(&self, claim: Claim<'_, X>, cpu: usize, end: RunEnd) {
+        self.vm(claim.handle)
             .expect("VM destroyed while running")
-            .end_run(vcpu, cpu, end);
+            .end_run(claim.vcpu, cpu, end);
     }
 
     /// MMIO_COMPLETE: the host's answer to the vCPU's outstanding read.
@@ -692,10 +1089,12 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
 
     /// VM_DESTROY, one bounded step at a time: the first call stops the VM
     /// for good (no vCPU may run again) and unmaps all of its memory; each
-    /// call then scrubs up to [`DESTROY_CHUNK`] pages the host could not
-    /// read, giving each region back once it is all scrubbed, and the last
-    /// frees the VM's tables and slot. Between calls no lock is held, so other VMs' exits and the
-    /// host's other calls go on.
+    /// call then scrubs up to [`DESTROY_CHUNK`] pages, first the guest's
+    /// regions (donated pages scrubbed, lent ones cleaned to PoC), then the
+    /// pages the host donated for the VM's state and tables, giving each
+    /// run back once it is all scrubbed; the last call frees the VM's slot
+    /// and gives back the pages that held its state. Between calls no lock
+    /// is held, so other VMs' exits and the host's other calls go on.
     ///
     /// # Errors
     ///
@@ -709,9 +1108,10 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
             b.vm.status = VmStatus::Dying;
             // Unmap the guest first so it can never see a scrubbed-then-reused
             // page. The whole IPA space: no block straddles its ends, so this
-            // needs no table.
+            // needs no table, and it frees every table but the root.
             let Both { alloc, vm, .. } = &mut b;
-            let r = vm.s2.unmap(alloc, v, Ipa(0), 1 << GUEST_IPA_BITS);
+            let (s2, mut valloc) = vm.tables(alloc);
+            let r = s2.unmap(&mut valloc, v, Ipa(0), 1 << GUEST_IPA_BITS);
             assert!(r.is_ok(), "unmapping a whole stage 2 needs no tables");
         }
         // Each region is scrubbed (donated) or cleaned to PoC (lent) in steps
@@ -748,21 +1148,107 @@ impl<A: TableAlloc + Clone, M: PhysMem> Control<A, M> {
             b.vm.regions[i] = None;
             b.vm.scrubbed = 0;
         }
-        let more = b.vm.regions.iter().any(Option::is_some);
-        if !more {
-            let Both { mut alloc, vm, .. } = b;
-            let mut slot = vm.0;
-            if let Some(vm) = slot.take() {
-                vm.s2.destroy(&mut alloc, v);
-            }
+        if b.vm.regions.iter().any(Option::is_some) {
+            return Ok(Destroyed {
+                scrubbed,
+                more: true,
+            });
         }
-        Ok(Destroyed { scrubbed, more })
+        // Then the hypervisor's pages for this VM, last run first. They held
+        // its tables and vCPU registers, so they are scrubbed too. The first
+        // run starts with this structure and the stage-2 root, which stay
+        // to the last step.
+        let keep = b.vm.keep_pages;
+        while budget > 0 {
+            let Some(i) = b.vm.cache.last_run() else {
+                break;
+            };
+            let Some(run) = b.vm.cache.runs().nth(i) else {
+                break;
+            };
+            let from = if i == 0 { keep } else { 0 };
+            let done = from + b.vm.scrubbed;
+            if done >= run.pages {
+                break;
+            }
+            let n = (run.pages - done).min(budget);
+            b.host.mem.scrub(run.pa + done * PAGE_SIZE, n * PAGE_SIZE);
+            budget -= n;
+            b.vm.scrubbed += n;
+            if i == 0 || from + b.vm.scrubbed < run.pages {
+                continue;
+            }
+            b.restore_host_cleaned(v, run.pa, run.pages * PAGE_SIZE);
+            self.alloc.release(run.pa, run.pages * PAGE_SIZE);
+            b.vm.cache.take_run(i);
+            b.vm.scrubbed = 0;
+        }
+        let last = b.vm.cache.last_run();
+        let run0_done =
+            b.vm.cache
+                .runs()
+                .next()
+                .is_some_and(|r| keep + b.vm.scrubbed >= r.pages);
+        if last != Some(0) || !run0_done || budget < keep {
+            return Ok(Destroyed {
+                scrubbed,
+                more: true,
+            });
+        }
+        // The last step: the slot lets go of the VM, whose state is dropped,
+        // and its first run is scrubbed and given back.
+        let Both {
+            mut alloc,
+            mut host,
+            vm,
+            ..
+        } = b;
+        let mut guard = vm.0;
+        let p = guard.take().expect("a VmRef holds a VM").0.as_ptr();
+        // SAFETY: the slot no longer holds the box, and nothing else
+        // reaches it: no vCPU runs (checked above), every VmRef and claim
+        // needs the slot. Read out once and dropped in place once.
+        let mut meta: VmMeta = unsafe { core::ptr::addr_of!((*p).meta).read().into_inner() };
+        // SAFETY: as above.
+        unsafe { core::ptr::drop_in_place(core::ptr::addr_of_mut!((*p).extra)) };
+        drop(guard);
+        // The root alone is left; freeing it writes into the first run,
+        // which is scrubbed next.
+        meta.s2.destroy(
+            &mut VmAlloc {
+                cache: &mut meta.cache,
+                hyp: &alloc,
+            },
+            v,
+        );
+        let run = meta
+            .cache
+            .runs()
+            .next()
+            .expect("the first run stays to the end");
+        host.mem.scrub(run.pa, keep.min(run.pages) * PAGE_SIZE);
+        host.restore(&mut alloc, v, run.pa, run.pages * PAGE_SIZE, true);
+        self.alloc.release(run.pa, run.pages * PAGE_SIZE);
+        Ok(Destroyed {
+            scrubbed,
+            more: false,
+        })
     }
 
-    /// Handles (and VMIDs) of live VM slots.
+    /// Pool pages the VM table's leaves hold (made on first use, kept).
+    #[must_use]
+    pub fn registry_pages(&self) -> usize {
+        self.dir
+            .iter()
+            .filter(|d| !d.load(Ordering::Acquire).is_null())
+            .count()
+    }
+
+    /// Handles (and VMIDs) of live VMs, in order (a walk of every slot:
+    /// for tests and the shutdown report).
     pub fn handles(&self) -> impl Iterator<Item = u64> + '_ {
-        (0..MAX_VMS)
-            .filter(|&s| self.vms[s].lock().is_some())
+        (0..self.max_vms)
+            .filter(|&s| self.slot(s).is_some_and(|m| m.lock().is_some()))
             .map(|s| s as u64 + 1)
     }
 }
@@ -774,14 +1260,14 @@ fn host_state(s2: &Stage2, alloc: &impl TableAlloc, pa: u64) -> CompState {
 
 /// The host and one VM, locked in the one order, for an ownership
 /// transition between them.
-struct Both<'a, A: TableAlloc, M> {
+struct Both<'a, A: HypAlloc, M, X> {
     alloc: A,
     host: MutexGuard<'a, HostSide<M>>,
-    vm: VmRef<'a>,
+    vm: VmRef<'a, X>,
     slot: usize,
 }
 
-impl<A: TableAlloc, M: PhysMem> Both<'_, A, M> {
+impl<A: HypAlloc, M: PhysMem, X> Both<'_, A, M, X> {
     fn host_state(&self, pa: u64) -> CompState {
         host_state(&self.host.s2, &self.alloc, pa)
     }
@@ -902,8 +1388,9 @@ impl<A: TableAlloc, M: PhysMem> Both<'_, A, M> {
             self.release_tables(reserve);
             return Ok(());
         }
-        if let Err(e) = self.vm.s2.map(
-            &mut self.alloc,
+        let (s2, mut valloc) = self.vm.tables(&self.alloc);
+        if let Err(e) = s2.map(
+            &mut valloc,
             v,
             Ipa(ipa),
             Pa(pa),
@@ -913,7 +1400,7 @@ impl<A: TableAlloc, M: PhysMem> Both<'_, A, M> {
         ) {
             // The range was unmapped before (no overlap), so unmapping it
             // again frees what the partial map allocated.
-            let _ = self.vm.s2.unmap(&mut self.alloc, v, Ipa(ipa), size);
+            let _ = s2.unmap(&mut valloc, v, Ipa(ipa), size);
             self.release_tables(reserve);
             self.restore_host(v, pa, size);
             return Err(s2err(e));
@@ -987,26 +1474,7 @@ impl<A: TableAlloc, M: PhysMem> Both<'_, A, M> {
     }
 
     fn restore_host_with(&mut self, v: &mut Vttbr, pa: u64, size: u64, cleaned: bool) {
-        let map = if cleaned {
-            Stage2::map_cleaned::<A>
-        } else {
-            Stage2::map::<A>
-        };
-        let r = map(
-            &mut self.host.s2,
-            &mut self.alloc,
-            v,
-            Ipa(pa),
-            Pa(pa),
-            size,
-            Attrs::RAM_RWX,
-            PageState::Owned,
-        );
-        // Cannot fail: the pages were the host's before the change, so their
-        // tables (split on the way) are still there; the model test's
-        // table-exhaustion runs go through here. Checked in release builds:
-        // a failure would leave host pages owned by nobody.
-        assert!(r.is_ok(), "restoring host pages needs no tables");
+        self.host.restore(&mut self.alloc, v, pa, size, cleaned);
     }
 
     /// [`Control::guest_share`] with both locks held.
@@ -1017,8 +1485,12 @@ impl<A: TableAlloc, M: PhysMem> Both<'_, A, M> {
             .region_of(ipa)
             .and_then(|r| r.pa_of(ipa))
             .ok_or(HostError::Range)?;
-        let guest =
-            CompState::from_mapping(self.vm.s2.query(&self.alloc, Ipa(ipa)).map(|m| m.state));
+        let guest = CompState::from_mapping(
+            self.vm
+                .s2
+                .query(&VmRead(&self.alloc), Ipa(ipa))
+                .map(|m| m.state),
+        );
         let cur = PageOwnership {
             host: self.host_state(pa),
             guest,
@@ -1092,9 +1564,8 @@ impl<A: TableAlloc, M: PhysMem> Both<'_, A, M> {
 
     /// Sets the guest state of the (mapped) page at `ipa`.
     fn guest_set_state(&mut self, v: &mut Vttbr, ipa: u64, state: PageState) -> HostResult<()> {
-        self.vm
-            .s2
-            .set_state(&mut self.alloc, v, Ipa(ipa), PAGE_SIZE, state)
+        let (s2, mut valloc) = self.vm.tables(&self.alloc);
+        s2.set_state(&mut valloc, v, Ipa(ipa), PAGE_SIZE, state)
             .map(|_| ())
             .map_err(s2err)
     }
@@ -1198,13 +1669,6 @@ impl VmMeta {
     }
 }
 
-fn slot_of(handle: u64) -> HostResult<usize> {
-    if handle == 0 || handle > MAX_VMS as u64 {
-        return Err(HostError::NoVm);
-    }
-    Ok(handle as usize - 1)
-}
-
 fn vcpu_idx(vm: &VmMeta, vcpu: u64) -> HostResult<usize> {
     if vcpu >= vm.nr_vcpus as u64 {
         return Err(HostError::Invalid);
@@ -1215,7 +1679,7 @@ fn vcpu_idx(vm: &VmMeta, vcpu: u64) -> HostResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use s2mm::host::SharedAlloc as HostAlloc;
+    use crate::vm::memcache::host::TestAlloc;
 
     struct NoMem;
     impl PhysMem for NoMem {
@@ -1228,17 +1692,23 @@ mod tests {
         size: 0x100_0000,
     };
 
-    fn ctl() -> Control<HostAlloc, NoMem> {
+    fn ctl() -> Control<TestAlloc, NoMem> {
         Control::new(
-            HostAlloc::new(),
+            TestAlloc::new(),
             NoMem,
             &mut host_vttbr(),
             RAM,
             GUEST_IPA_BITS,
             2,
             false,
+            true,
         )
         .expect("host s2")
+    }
+
+    /// Host RAM for VM state: the last `VM_CREATE_PAGES` pages per slot.
+    fn state_pa(n: u64) -> u64 {
+        RAM.end() - (n + 1) * VM_CREATE_PAGES * PAGE_SIZE
     }
 
     /// This test thread's VTTBR owner, with the host's VMID loaded.
@@ -1255,7 +1725,9 @@ mod tests {
         ] {
             let c = ctl();
             let mut v = host_vttbr();
-            let h = c.create(&mut v, 1, flags).expect("create");
+            let h = c
+                .create(&mut v, 1, flags, state_pa(0), VM_CREATE_PAGES)
+                .expect("create");
             let (pa, ipa) = (RAM.base + 0x20_0000, 0x4000_0000);
             c.give_with(&mut v, h, pa, ipa, 16, kind, true)
                 .expect("give lazily");

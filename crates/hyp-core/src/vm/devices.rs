@@ -8,7 +8,7 @@ use crate::vm::control::HostError;
 use crate::vm::state::{self, control};
 use barriers::vttbr::Vttbr;
 use barriers::GuestPending;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use spin::Once;
 use vgic::Vgic;
 
@@ -16,8 +16,8 @@ use vgic::Vgic;
 pub(crate) static ASSIGNABLE: Once<&'static [AssignableDevice]> = Once::new();
 /// Most assignable devices tracked.
 const MAX_ASSIGNED: usize = 4;
-/// Per assignable device: the VM slot + 1 it belongs to (0: none).
-static ASSIGNED: [AtomicU8; MAX_ASSIGNED] = [const { AtomicU8::new(0) }; MAX_ASSIGNED];
+/// Per assignable device: the handle of the VM it belongs to (0: none).
+static ASSIGNED: [AtomicU64; MAX_ASSIGNED] = [const { AtomicU64::new(0) }; MAX_ASSIGNED];
 /// Per assignable device: its SPI is disabled at the physical distributor
 /// while the VM handles it (re-enabled once the line drops).
 static ASSIGNED_MASKED: [AtomicU8; MAX_ASSIGNED] = [const { AtomicU8::new(0) }; MAX_ASSIGNED];
@@ -42,12 +42,11 @@ pub fn assign(
         .enumerate()
         .find(|(_, d)| d.region.base == pa && d.region.size == size && u64::from(d.intid) == intid)
         .ok_or(HostError::Invalid)?;
-    let slot = control().vm(handle)?.vmid as usize - 1;
-    if state::vgic(slot).read().is_none() {
+    if control().vm(handle)?.extra().vgic.get().is_none() {
         return Err(HostError::State);
     }
     if ASSIGNED[i]
-        .compare_exchange(0, slot as u8 + 1, Ordering::AcqRel, Ordering::Acquire)
+        .compare_exchange(0, handle, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
     {
         return Err(HostError::Denied);
@@ -68,10 +67,10 @@ pub fn assign(
     Ok(())
 }
 
-/// Takes back the devices of VM slot `slot` (destroyed).
-pub fn unassign(slot: usize) {
+/// Takes back the devices of VM `handle` (destroyed).
+pub fn unassign(handle: u64) {
     for (i, dev) in assignable().iter().enumerate() {
-        if ASSIGNED[i].load(Ordering::Acquire) == slot as u8 + 1 {
+        if ASSIGNED[i].load(Ordering::Acquire) == handle {
             if let Some(g) = gic::phys() {
                 g.spi_enable(dev.intid, false);
             }
@@ -95,13 +94,15 @@ pub fn forward_irq(c: &Cpu<'_>, intid: u32, pending: &mut GuestPending) -> bool 
         return true;
     }
     ASSIGNED_MASKED[i].store(1, Ordering::Release);
-    let slot = owner as usize - 1;
-    let kick = state::vgic(slot)
-        .read()
-        .as_ref()
-        .and_then(|vg| vg.set_level(0, intid, true).ok())
-        .unwrap_or(0);
-    state::kick_vcpus(c, slot, usize::MAX, kick, pending);
+    // The owner's vGIC, under its lock only to keep the VM alive meanwhile.
+    let kick = control().vm(owner).map_or(0, |vm| {
+        vm.extra()
+            .vgic
+            .get()
+            .and_then(|vg| vg.set_level(0, intid, true).ok())
+            .unwrap_or(0)
+    });
+    state::kick_vcpus(c, owner as usize - 1, usize::MAX, kick, pending);
     true
 }
 
@@ -110,7 +111,7 @@ pub fn forward_irq(c: &Cpu<'_>, intid: u32, pending: &mut GuestPending) -> bool 
 /// vGIC, and re-enables the physical SPI once the device dropped it.
 pub fn resample(slot: usize, vg: &Vgic) {
     for (i, dev) in assignable().iter().enumerate() {
-        if ASSIGNED[i].load(Ordering::Acquire) != slot as u8 + 1
+        if ASSIGNED[i].load(Ordering::Acquire) != slot as u64 + 1
             || ASSIGNED_MASKED[i].load(Ordering::Acquire) == 0
         {
             continue;

@@ -4,6 +4,7 @@
 //! (`devices`) and the host's own vCPUs (`host`).
 
 pub mod control;
+pub mod memcache;
 pub mod uart;
 
 #[cfg(target_arch = "aarch64")]

@@ -1,20 +1,25 @@
-//! The hypervisor's VM state at EL2: the control state (`control::Control`)
-//! behind its lock, and per VM slot its vGIC, console and vCPU contexts.
+//! The hypervisor's VM state at EL2: the control state (`control::Control`),
+//! and each VM's state beside its metadata, in the pages its host donated
+//! ([`GuestVm`]: vGIC, console, vCPU contexts, exit counters).
 
 use crate::arch::gic::{self, Phys};
 use crate::arch::switch;
 use crate::arch::sysreg;
 use crate::platform::{AssignableDevice, MemRegion};
+use crate::stats::{self, Counts, Snapshot};
 use crate::vcpu::ctx::{Cpu, VcpuCtx};
-use crate::vm::control::{self, Control, PhysMem, MAX_VCPUS, MAX_VMS};
+use crate::vcpu::traps::TvmRearm;
+use crate::vm::control::{self, Control, PhysMem, VmExtra, MAX_VCPUS, VM_CREATE_PAGES};
 use crate::vm::devices::ASSIGNABLE;
+use crate::vm::memcache::HypAlloc;
 use crate::vm::uart;
-use aarch64_cpu::registers::ID_AA64MMFR0_EL1;
+use aarch64_cpu::registers::{ID_AA64MMFR0_EL1, ID_AA64MMFR1_EL1};
 use barriers::vttbr::Vttbr;
 use barriers::GuestPending;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use s2mm::{Pa, TableAlloc};
-use spin::{Mutex, Once, RwLock};
+use spin::{Mutex, Once};
 use vgic::Vgic;
 
 /// Table memory for the control state: the hypervisor's page pool.
@@ -39,6 +44,100 @@ unsafe impl TableAlloc for PoolAlloc {
     }
 }
 
+// SAFETY: EL2 maps all RAM by identity (`arch::mmu`), donated pages
+// included, so a PA is a pointer to it; the host lost access when it
+// donated them (`Control::create`, `Control::topup`).
+unsafe impl HypAlloc for PoolAlloc {
+    fn hyp_ptr(&self, pa: u64) -> NonNull<u8> {
+        NonNull::new(pa as *mut u8).expect("donated page at PA 0")
+    }
+    fn adopt(&self, _pa: u64, _len: u64) {}
+    fn release(&self, _pa: u64, _len: u64) {}
+}
+
+/// A guest VM's state at EL2 that its vCPUs use without the VM's lock.
+pub struct GuestVm {
+    /// Its virtual GIC (set once at VM_CREATE, on boards with a GIC).
+    pub vgic: Once<Vgic>,
+    /// Its console's line buffer.
+    pub console: Mutex<uart::VmConsole>,
+    /// vCPUs whose TVM trap a set/way operation re-armed.
+    pub tvm: TvmRearm,
+    /// Its exit counters.
+    pub stats: Counts,
+    /// Its vCPUs' saved contexts.
+    pub ctx: [Mutex<VcpuCtx>; MAX_VCPUS],
+}
+
+impl VmExtra for GuestVm {
+    fn new(_nr_vcpus: usize) -> Self {
+        Self {
+            vgic: Once::new(),
+            console: Mutex::new(uart::VmConsole::new()),
+            tvm: TvmRearm::new(),
+            stats: Counts::new(),
+            ctx: [const { Mutex::new(VcpuCtx::new()) }; MAX_VCPUS],
+        }
+    }
+}
+
+const _: () = assert!(
+    control::create_pages_needed::<GuestVm>() <= VM_CREATE_PAGES,
+    "hyp_abi::VM_CREATE_PAGES must hold a VM's state"
+);
+
+/// What an exit needs of the VM it came from (or of the host).
+#[derive(Clone, Copy)]
+pub struct VmView<'a> {
+    /// The vGIC (none for the host).
+    pub vg: Option<&'a Vgic>,
+    /// The console line buffer.
+    pub console: &'a Mutex<uart::VmConsole>,
+    /// The exit counters.
+    pub stats: &'a Counts,
+    /// TVM re-arm requests (guests only).
+    pub tvm: Option<&'a TvmRearm>,
+}
+
+impl GuestVm {
+    /// This VM's view for its exits.
+    #[must_use]
+    pub fn view(&self) -> VmView<'_> {
+        VmView {
+            vg: self.vgic.get(),
+            console: &self.console,
+            stats: &self.stats,
+            tvm: Some(&self.tvm),
+        }
+    }
+}
+
+static HOST_CONSOLE: Mutex<uart::VmConsole> = Mutex::new(uart::VmConsole::new());
+
+/// The host's view for its exits.
+#[must_use]
+pub fn host_view() -> VmView<'static> {
+    VmView {
+        vg: None,
+        console: &HOST_CONSOLE,
+        stats: &stats::HOST,
+        tvm: None,
+    }
+}
+
+/// Machine-wide exit counts: the host's, destroyed VMs' and every live VM's.
+#[must_use]
+pub fn exit_totals() -> Snapshot {
+    let mut s = Snapshot::base();
+    let ctl = control();
+    for h in ctl.handles() {
+        if let Ok(vm) = ctl.vm(h) {
+            s.add(&vm.extra().stats);
+        }
+    }
+    s
+}
+
 /// Scrubbing through EL2's identity map of RAM.
 #[derive(Debug)]
 pub struct HypMem;
@@ -58,7 +157,7 @@ impl PhysMem for HypMem {
 }
 
 /// The control state.
-pub type Ctl = Control<PoolAlloc, HypMem>;
+pub type Ctl = Control<PoolAlloc, HypMem, GuestVm>;
 
 static CONTROL: Once<Ctl> = Once::new();
 static HOST_VTTBR: AtomicU64 = AtomicU64::new(0);
@@ -82,6 +181,15 @@ pub fn init(
 ) -> Result<(), &'static str> {
     ASSIGNABLE.call_once(|| assignable);
     let parange = ID_AA64MMFR0_EL1::PARange.read(sysreg::id_aa64mmfr0_el1());
+    // FEAT_VMID16: VMIDBits = 0b0010.
+    let vmid16 = ID_AA64MMFR1_EL1::VMIDBits.read(sysreg::id_aa64mmfr1_el1()) == 0b0010;
+    // The host's stage 2 comes from the pool and must never run out while
+    // VMs take pages from the host (their own tables come from the pages
+    // they are given): enough for all of host RAM mapped by 4 KiB pages.
+    let need = host_ram.size.div_ceil(2 << 20) + host_ram.size.div_ceil(1 << 30) + 8;
+    if (crate::arch::tables::POOL.lock().free_pages() as u64) < need {
+        return Err("the hyp region cannot hold the host's stage 2 at page granularity");
+    }
     // SAFETY: boot CPU, before any CPU runs a guest: no other owner of
     // VTTBR_EL2 exists on this CPU while this one lives (dropped below;
     // `run_cpu` makes the CPU's own). VMID 0 with no table: the host's
@@ -95,27 +203,22 @@ pub fn init(
         control::GUEST_IPA_BITS,
         parange,
         fwb,
+        vmid16,
     )
-    .map_err(|_| "cannot build the host's stage 2")?;
-    let (host_vttbr, vtcr) = ctl.with_host_s2(|s2, _| (s2.vttbr(), s2.vtcr(parange)));
-    let vtcr = vtcr.map_err(|_| "CPU's PARange too small for the IPA size")?;
+    .map_err(|_| "cannot build the host's stage 2 (or PARange too small for guests' IPA size)")?;
+    let host_vttbr = ctl.with_host_s2(|s2, _| s2.vttbr());
+    let vtcr = ctl.vtcr();
+    log::info!(
+        "VMs: up to {} ({}-bit VMIDs)",
+        ctl.max_vms(),
+        if vmid16 { 16 } else { 8 }
+    );
     HOST_VTTBR.store(host_vttbr, Ordering::Relaxed);
     VTCR.store(vtcr, Ordering::Relaxed);
     FWB.store(u8::from(fwb), Ordering::Relaxed);
     CONTROL.call_once(|| ctl);
     Ok(())
 }
-
-/// Each VM slot's virtual GIC (GICv3 boards). Written at VM_CREATE and
-/// VM_DESTROY, when none of the VM's vCPUs runs; read while they run.
-static VGIC: [RwLock<Option<Vgic>>; MAX_VMS] = [const { RwLock::new(None) }; MAX_VMS];
-
-/// Console output of the host (index 0) and each VM slot (slot + 1).
-static CONSOLES: [Mutex<uart::VmConsole>; MAX_VMS + 1] =
-    [const { Mutex::new(uart::VmConsole::new()) }; MAX_VMS + 1];
-
-static GUEST_CTX: [[Mutex<VcpuCtx>; MAX_VCPUS]; MAX_VMS] =
-    [const { [const { Mutex::new(VcpuCtx::new()) }; MAX_VCPUS] }; MAX_VMS];
 
 /// The vGIC of a new VM. On GICv2 the guest's CPU interface is the GICV
 /// frame itself, mapped at the guest's GICC address.
@@ -187,21 +290,6 @@ pub fn kick_vcpus(c: &Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut G
             }
         }
     }
-}
-
-/// VM slot `slot`'s virtual GIC.
-pub fn vgic(slot: usize) -> &'static RwLock<Option<Vgic>> {
-    &VGIC[slot]
-}
-
-/// The console line buffer of the host (0) or VM slot `slot` (`slot + 1`).
-pub fn console(who: usize) -> &'static Mutex<uart::VmConsole> {
-    &CONSOLES[who]
-}
-
-/// The saved context of vCPU `vcpu` of VM slot `slot`.
-pub fn guest_ctx(slot: usize, vcpu: usize) -> &'static Mutex<VcpuCtx> {
-    &GUEST_CTX[slot][vcpu]
 }
 
 /// The host's VTTBR_EL2 (after [`init`]).

@@ -1,0 +1,124 @@
+//! Many VMs at once. `vms=N`: N VMs of one vCPU each (guest-hello, 1 MiB,
+//! protected and normal in turn) alive together: all are created, each runs
+//! to its SYSTEM_OFF, then all are destroyed and one more is created in a
+//! freed slot. `idle=N`: N VMs that are created and never run, so the
+//! bench can measure exit costs with many VMs present.
+
+use crate::hostif::{self, call};
+use crate::{alloc_pages, fail, GUEST_RAM_IPA, PAGE};
+use alloc::vec::Vec;
+use guest_rt::println;
+use hyp_abi::{exit, BootInfo, HostError};
+
+/// Guest RAM of each VM in `vms=N`.
+const RAM: u64 = 1 << 20;
+/// VCPU_RUN calls one VM may take to power off.
+const MAX_RUNS: u32 = 100_000;
+
+/// Creates `n` one-vCPU VMs that never run; returns their handles.
+pub fn idle(n: u64) -> Vec<u64> {
+    let v: Vec<u64> = (0..n)
+        .map(|i| match hostif::vm_create(1, i % 2) {
+            Ok(h) => h.0,
+            Err(e) => fail(format_args!("VM_CREATE of idle VM {i}: {e:?}")),
+        })
+        .collect();
+    println!("host: {n} idle VMs created (never run)");
+    v
+}
+
+/// `vms=N` (see the module docs).
+pub fn run(info: &BootInfo, n: u64) {
+    let Some(module) = info.modules().iter().find(|m| m.name() == "guest-hello") else {
+        fail(format_args!("vms=: no guest-hello image"));
+    };
+    let Some(base) = alloc_pages(n * RAM) else {
+        fail(format_args!("vms=: no {n} MiB of host memory"));
+    };
+    let off = module.load_ipa - GUEST_RAM_IPA;
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let protected = i % 2 == 0;
+        let h = match hostif::vm_create(1, u64::from(protected)) {
+            Ok(h) => h.0,
+            Err(e) => fail(format_args!("VM_CREATE of VM {i} of {n}: {e:?}")),
+        };
+        let pa = base + i * RAM;
+        // SAFETY: [pa, pa + RAM) is host RAM nobody else uses (bump
+        // allocated), the module lies below free_base; both identity-mapped.
+        // Word copies: the host runs with its MMU off.
+        unsafe {
+            let src = module.addr as *const u64;
+            let dst = (pa + off) as *mut u64;
+            for w in 0..module.size.div_ceil(8) as usize {
+                dst.add(w).write_volatile(src.add(w).read_volatile());
+            }
+        }
+        let fid = if protected {
+            hyp_abi::MEM_DONATE
+        } else {
+            hyp_abi::MEM_LEND
+        };
+        let r = hostif::with_topup(h, || call(fid, [h, pa, GUEST_RAM_IPA, RAM / PAGE]));
+        if let Err(e) = r {
+            fail(format_args!("giving memory to VM {h}: {e:?}"));
+        }
+        if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, module.entry, h]) {
+            fail(format_args!("VCPU_INIT of VM {h}: {e:?}"));
+        }
+        handles.push(h);
+    }
+    println!(
+        "host: vms: {n} VMs alive at once (handles {}..={})",
+        handles[0],
+        handles[handles.len() - 1]
+    );
+    let mut exits = 0;
+    for &h in &handles {
+        power_off(h);
+        exits += call(hyp_abi::STATS, [h, hyp_abi::STATS_TOTAL, 0, 0]).unwrap_or(0);
+    }
+    println!("host: vms: all {n} ran to SYSTEM_OFF ({exits} exits), all still alive");
+    let mut scrubbed = 0;
+    for &h in &handles {
+        match hostif::destroy_vm(h) {
+            Ok(s) => scrubbed += s,
+            Err(e) => fail(format_args!("VM_DESTROY {h}: {e:?}")),
+        }
+    }
+    // A freed slot (and VMID) is used again.
+    let again = hostif::vm_create(1, 0);
+    let reused = matches!(again, Ok(h) if handles.contains(&h.0));
+    if let Ok(h) = again {
+        let _ = hostif::destroy_vm(h.0);
+    }
+    if !reused {
+        fail(format_args!(
+            "vms: VM_CREATE after destroying all: {again:?}"
+        ));
+    }
+    println!(
+        "host: vms: all {n} destroyed ({scrubbed} pages scrubbed), a new VM took a freed slot"
+    );
+}
+
+/// Runs VM `h`'s vCPU 0 until the VM powers off (bounded).
+fn power_off(h: u64) {
+    for _ in 0..MAX_RUNS {
+        let r = hostif::call_full(hyp_abi::VCPU_RUN, [h, 0, 0, 0]);
+        match r[0] {
+            exit::YIELD => {}
+            exit::MEMORY => {
+                if let Err(e) = hostif::topup(h) {
+                    fail(format_args!("VM_TOPUP of VM {h}: {e:?}"));
+                }
+            }
+            exit::SYSTEM_OFF => return,
+            code => match HostError::from_code(code) {
+                Some(e) => fail(format_args!("VCPU_RUN of VM {h}: {e:?}")),
+                None => fail(format_args!("VM {h}: unexpected exit {code} ({:#x})", r[1])),
+            },
+        }
+    }
+    fail(format_args!("VM {h} did not power off"))
+}
