@@ -1,13 +1,15 @@
 //! `cargo xtask bench` and `cargo xtask size`.
 //!
-//! `bench` boots the board's image twice under `-icount shift=0`, where
+//! `bench` boots the board's image under `-icount shift=0`, where
 //! QEMU's virtual clock advances one nanosecond per instruction executed (by
 //! all CPUs together), so guest-bench's counter deltas are instruction
 //! counts, identical from run to run (see `crates/guest-bench` for each
 //! metric's definition and the method):
-//! - on one CPU with `guests=guest-bench:p:lazy,guest-bench`: every metric
-//!   but `sgi_latency` (one CPU, so the counter counts only the measured
-//!   path; VM 2 is `vcpu_switch`'s partner);
+//! - on one CPU with `guests=guest-bench:p:lazy,guest-bench:arg=131`: every
+//!   metric but `sgi_latency` (one CPU, so the counter counts only the
+//!   measured path; the second VM is `vcpu_switch`'s partner), and again
+//!   with 62 idle VMs created first (`idle=62`), where the exit costs must
+//!   be the same (`_64vms`);
 //! - on two CPUs with `guests=guest-bench:v2`: `sgi_latency` (the target
 //!   vCPU runs on the other physical CPU);
 //! - on two CPUs, one VM destroyed on CPU 0 (`neighbour_destroy_ns`), or
@@ -52,7 +54,7 @@ use object::{Object, ObjectSection, SectionKind};
 use crate::{build, cargo, note, provision, run_checked, target_dir, Platform, Result};
 
 /// Metrics guest-bench reports under icount (instructions).
-pub const GUEST_METRICS: [&str; 11] = [
+pub const GUEST_METRICS: [&str; 17] = [
     "hvc_null",
     "psci_version",
     "mmio_hyp",
@@ -64,6 +66,23 @@ pub const GUEST_METRICS: [&str; 11] = [
     "vcpu_switch",
     "neighbour_destroy_ns",
     "neighbour_cache_toggle_ns",
+    "hvc_null_64vms",
+    "psci_version_64vms",
+    "mmio_hyp_64vms",
+    "mmio_host_64vms",
+    "vtimer_latency_64vms",
+    "vcpu_switch_64vms",
+];
+
+/// Exit costs that must not depend on how many VMs exist: the `_64vms`
+/// figures (62 idle VMs beside the two bench VMs) equal the 1-VM ones.
+const VM_COUNT_INVARIANT: [&str; 6] = [
+    "hvc_null",
+    "psci_version",
+    "mmio_hyp",
+    "mmio_host",
+    "vtimer_latency",
+    "vcpu_switch",
 ];
 
 /// The longest exit round trip a VM may see while another VM is destroyed
@@ -115,14 +134,17 @@ impl Record {
 struct Boot {
     smp: Option<u32>,
     append: &'static str,
+    /// Appended to each metric's name (a boot that repeats another's).
+    suffix: &'static str,
     /// Metrics this boot must produce (unless the guest says it skipped them).
     want: &'static [&'static str],
 }
 
-const BOOTS: [Boot; 4] = [
+const BOOTS: [Boot; 5] = [
     Boot {
         smp: Some(1),
-        append: "guests=guest-bench:p:lazy,guest-bench",
+        append: "guests=guest-bench:p:lazy,guest-bench:arg=131",
+        suffix: "",
         want: &[
             "vcpu_switch",
             "hvc_null",
@@ -137,6 +159,7 @@ const BOOTS: [Boot; 4] = [
     Boot {
         smp: Some(2),
         append: "guests=guest-bench:v2",
+        suffix: "",
         want: &["sgi_latency"],
     },
     // VM 1 (448 MiB, protected) powers off at once and host CPU 0 destroys
@@ -145,6 +168,7 @@ const BOOTS: [Boot; 4] = [
     Boot {
         smp: Some(2),
         append: "guests=guest-hello:p:v1:mem=448:reap,guest-bench:v1:cpu=1:arg=512128",
+        suffix: "",
         want: &["neighbour_destroy_ns"],
     },
     // VM 1 (448 MiB) toggles its caches 6 times (18 VM-wide cleans without
@@ -153,7 +177,16 @@ const BOOTS: [Boot; 4] = [
     Boot {
         smp: Some(2),
         append: "guests=guest-bench:p:v1:mem=448:reap:arg=1666,guest-bench:v1:cpu=1:arg=512129",
+        suffix: "",
         want: &["neighbour_cache_toggle_ns"],
+    },
+    // The first boot again with 62 idle VMs created first (the bench VMs
+    // are VMs 63 and 64): the exit costs must not change.
+    Boot {
+        smp: Some(1),
+        append: "idle=62 guests=guest-bench:p:lazy,guest-bench:arg=131",
+        suffix: "_64vms",
+        want: &VM_COUNT_INVARIANT,
     },
 ];
 
@@ -264,7 +297,10 @@ fn run_boot(
     for line in &log {
         match parse_line(line) {
             Err(e) => return Err(format!("{e}\n{}", log.join("\n"))),
-            Ok(Some(r)) => records.push(r),
+            Ok(Some(mut r)) => {
+                r.name.push_str(boot.suffix);
+                records.push(r);
+            }
             Ok(None) => {
                 if let Some(s) = line.strip_prefix("bench: ") {
                     skipped.push(s.to_owned());
@@ -280,7 +316,9 @@ fn run_boot(
         ));
     }
     for want in boot.want {
-        let found = records.iter().any(|r| r.name == *want)
+        let found = records
+            .iter()
+            .any(|r| r.name == *want || r.name == format!("{want}{}", boot.suffix))
             || skipped
                 .iter()
                 .any(|s| s.starts_with(&format!("{want} skipped")));
@@ -424,6 +462,26 @@ pub fn guest_records(platform: Platform) -> Result<(Vec<Record>, Vec<String>)> {
         seen.push(s.clone());
         new
     });
+    // The `_64vms` boot measures what the others do; keep only its exit costs.
+    records.retain(|r| {
+        r.name
+            .strip_suffix("_64vms")
+            .is_none_or(|m| VM_COUNT_INVARIANT.contains(&m))
+    });
+    for m in VM_COUNT_INVARIANT {
+        let one = records.iter().find(|r| r.name == m).map(|r| r.value);
+        let many = records
+            .iter()
+            .find(|r| r.name == format!("{m}_64vms"))
+            .map(|r| r.value);
+        if let (Some(one), Some(many)) = (one, many) {
+            if one != many {
+                return Err(format!(
+                    "{m}: {one} instructions with 2 VMs, {many} with 64: an exit's cost depends on how many VMs exist"
+                ));
+            }
+        }
+    }
     // Table order: the issue's.
     records.sort_by_key(|r| {
         GUEST_METRICS

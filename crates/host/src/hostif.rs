@@ -85,6 +85,48 @@ pub fn with_topup<T>(h: u64, mut op: impl FnMut() -> Result<T, HostError>) -> Re
     }
 }
 
+/// MEM_DONATE (protected) or MEM_LEND of `pages` pages at `pa` to VM
+/// `handle` at `ipa`, in steps of at most `hyp_abi::MAX_GIVE_PAGES` (each
+/// extends the region the one before made), topping the VM's table pages
+/// up when a step needs it; with `lazy` ([`hyp_abi::MEM_FLAG_LAZY`], guest
+/// option `lazy`), mapped for the guest page by page on first touch.
+pub fn give(
+    handle: u64,
+    pa: u64,
+    ipa: u64,
+    pages: u64,
+    protected: bool,
+    lazy: bool,
+) -> Result<(), HostError> {
+    let fid = if protected {
+        hyp_abi::MEM_DONATE
+    } else {
+        hyp_abi::MEM_LEND
+    };
+    let mut done = 0;
+    while done < pages {
+        let n = (pages - done).min(hyp_abi::MAX_GIVE_PAGES);
+        let off = done * 4096;
+        let mut args = [0u64; 17];
+        args[..5].copy_from_slice(&[
+            handle,
+            pa + off,
+            ipa + off,
+            n,
+            u64::from(lazy) * hyp_abi::MEM_FLAG_LAZY,
+        ]);
+        with_topup(handle, || {
+            let x0 = <smccc::Hvc as smccc::Call>::call64(fid, args)[0];
+            match HostError::from_code(x0) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })?;
+        done += n;
+    }
+    Ok(())
+}
+
 /// VM_DESTROY to the end: the hypervisor gives a VM's memory back in bounded
 /// steps (x1 = 1 while more remain); returns the pages scrubbed in all.
 pub fn destroy_vm(h: u64) -> Result<u64, HostError> {

@@ -220,14 +220,7 @@ pub fn create(info: &BootInfo) -> Guest {
     }
 
     let pages = mem / PAGE;
-    let fid = if protected {
-        hyp_abi::MEM_DONATE
-    } else {
-        hyp_abi::MEM_LEND
-    };
-    if let Err(e) = hostif::with_topup(handle.0, || {
-        call(fid, [handle.0, ram_pa, GUEST_RAM_IPA, pages])
-    }) {
+    if let Err(e) = hostif::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, protected, false) {
         fail(format_args!("giving memory to linux: {e:?}"));
     }
     if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, entry, dtb_ipa]) {

@@ -394,9 +394,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         }
     }
     let pages = ram / PAGE;
-    let r = hostif::with_topup(handle.0, || {
-        bench::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, protected, lazy)
-    });
+    let r = hostif::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, protected, lazy);
     if let Err(e) = r {
         fail(format_args!("giving memory to {name}: {e:?}"));
     }

@@ -54,13 +54,7 @@ pub fn run(info: &BootInfo, n: u64) {
                 dst.add(w).write_volatile(src.add(w).read_volatile());
             }
         }
-        let fid = if protected {
-            hyp_abi::MEM_DONATE
-        } else {
-            hyp_abi::MEM_LEND
-        };
-        let r = hostif::with_topup(h, || call(fid, [h, pa, GUEST_RAM_IPA, RAM / PAGE]));
-        if let Err(e) = r {
+        if let Err(e) = hostif::give(h, pa, GUEST_RAM_IPA, RAM / PAGE, protected, false) {
             fail(format_args!("giving memory to VM {h}: {e:?}"));
         }
         if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, module.entry, h]) {

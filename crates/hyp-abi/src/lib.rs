@@ -10,8 +10,8 @@
 //! |--------------|---------------|--------|------|--------|--------|---------------|
 //! | `0xC6000040` | VM_CREATE     | vCPUs  | flags (bit 0: protected) | PA | pages (>= [`VM_CREATE_PAGES`]) | VM handle (= its VMID: 1..=255 or 1..=65534) |
 //! | `0xC6000041` | VM_DESTROY    | handle |      |        |        | pages scrubbed by this step; x1 = 1 while more remain (call again) |
-//! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages  | 0 (x5: [`MEM_FLAG_LAZY`]) |
-//! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages  | 0 (x5: [`MEM_FLAG_LAZY`]) |
+//! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages (<= [`MAX_GIVE_PAGES`]) | 0 (x5: [`MEM_FLAG_LAZY`]) |
+//! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages (<= [`MAX_GIVE_PAGES`]) | 0 (x5: [`MEM_FLAG_LAZY`]) |
 //! | `0xC6000044` | VCPU_INIT     | handle | vCPU | entry  | x0     | 0 |
 //! | `0xC6000045` | VCPU_RUN      | handle | vCPU | flags  | value  | [`exit`] code; x1..x3 details |
 //! | `0xC6000046` | MMIO_COMPLETE | handle | vCPU | value  |        | 0 |
@@ -38,8 +38,13 @@ pub const VM_CREATE_PAGES: u64 = 16;
 /// remain: the hypervisor gives a VM's memory back in bounded steps and the
 /// host calls again until x1 is 0.
 pub const VM_DESTROY: u32 = FID_BASE + 1;
-/// MEM_DONATE(handle, pa, ipa, pages).
+/// MEM_DONATE(handle, pa, ipa, pages), at most [`MAX_GIVE_PAGES`] pages;
+/// a call that continues the VM's last give (same kind, contiguous PA and
+/// IPA) extends that region, so a large range is given in 2 MiB steps.
 pub const MEM_DONATE: u32 = FID_BASE + 2;
+/// Most pages one MEM_DONATE or MEM_LEND gives (2 MiB): each call's checks
+/// and table changes stay bounded.
+pub const MAX_GIVE_PAGES: u64 = 512;
 /// MEM_LEND(handle, pa, ipa, pages).
 pub const MEM_LEND: u32 = FID_BASE + 3;
 /// VCPU_INIT(handle, vcpu, entry, x0).

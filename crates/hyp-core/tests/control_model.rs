@@ -428,7 +428,10 @@ impl Model {
         {
             return Err(HostError::Denied);
         }
-        if vm.regions.len() >= MAX_REGIONS {
+        let extends = vm.regions.iter().any(|r| {
+            r.kind == kind && r.ipa + r.pages * PAGE == ipa && r.pa + r.pages * PAGE == pa
+        });
+        if vm.regions.len() >= MAX_REGIONS && !extends {
             return Err(HostError::NoMemory);
         }
         if (0..pages).any(|i| self.host[page_idx(pa + i * PAGE)] != HostPage::Owned) {
@@ -449,7 +452,15 @@ impl Model {
                 RegionKind::Lent => HostPage::Lent(s),
             };
         }
-        self.vms[s].as_mut().unwrap().regions.push(Region {
+        let vm = self.vms[s].as_mut().unwrap();
+        // A give continuing a region of the same kind (in PA and IPA) extends it.
+        if let Some(r) = vm.regions.iter_mut().find(|r| {
+            r.kind == kind && r.ipa + r.pages * PAGE == ipa && r.pa + r.pages * PAGE == pa
+        }) {
+            r.pages += pages;
+            return;
+        }
+        vm.regions.push(Region {
             ipa,
             pa,
             pages,
@@ -871,12 +882,25 @@ fn decode(m: &Model, raw: Raw) -> Call {
             } else {
                 RegionKind::Donated
             };
+            let kind = if (a >> 40) % 8 == 0 { other } else { matching };
+            let regions = m.vm(h).map(|v| v.regions.clone()).unwrap_or_default();
+            if (a >> 48) % 4 == 0 && !regions.is_empty() {
+                // The next 2 MiB step of a larger give: continues a region.
+                let r = regions[((a >> 52) as usize) % regions.len()];
+                return Call::Give {
+                    h,
+                    pa: r.pa + r.pages * PAGE,
+                    ipa: r.ipa + r.pages * PAGE,
+                    pages,
+                    kind,
+                };
+            }
             Call::Give {
                 h,
                 pa: pa_of(m, b, pages),
                 ipa: ipa_of(m, h, c, pages),
                 pages,
-                kind: if (a >> 40) % 8 == 0 { other } else { matching },
+                kind,
             }
         }
         3 => {
@@ -1962,7 +1986,46 @@ fn region_slots_run_out() {
         Err(HostError::NoMemory)
     );
     assert_eq!(c.host_state(pa), CompState::Owned);
-    assert_eq!(destroy_all(&c, &mut v, h), Ok(MAX_REGIONS as u64));
+    // A give that continues a region needs no slot: it extends that region (how a
+    // large range is given, 2 MiB per call).
+    c.give(
+        &mut v,
+        h,
+        RAM_BASE + PAGE,
+        GUEST_RAM_IPA_MIN + PAGE,
+        1,
+        RegionKind::Donated,
+    )
+    .unwrap();
+    let vm = c.vm(h).unwrap();
+    let r0 = vm.region_of(GUEST_RAM_IPA_MIN + PAGE).copied().unwrap();
+    assert_eq!((r0.ipa, r0.pa, r0.pages), (GUEST_RAM_IPA_MIN, RAM_BASE, 2));
+    drop(vm);
+    // Not contiguous in PA, or of the other kind: a new region, and none is free.
+    assert_eq!(
+        c.give(
+            &mut v,
+            h,
+            RAM_BASE + 100 * PAGE,
+            GUEST_RAM_IPA_MIN + 2 * PAGE,
+            1,
+            RegionKind::Donated
+        ),
+        Err(HostError::Denied),
+        "IPA in use by region 1"
+    );
+    assert_eq!(
+        c.give(
+            &mut v,
+            h,
+            RAM_BASE + 100 * PAGE,
+            GUEST_RAM_IPA_MIN + (64 << 20),
+            1,
+            RegionKind::Donated
+        ),
+        Err(HostError::NoMemory)
+    );
+    assert_eq!(destroy_all(&c, &mut v, h), Ok(MAX_REGIONS as u64 + 1));
 }
 
 /// PSCI calls with wild targets and entries answer with PSCI error codes.

@@ -48,8 +48,10 @@ pub const GUEST_IPA_BITS: u32 = 40;
 /// Guest memory lies at or above this IPA; below it is device space
 /// (the emulated UART, the GIC, virtio-mmio), as on QEMU virt.
 pub use hyp_abi::layout::RAM_IPA as GUEST_RAM_IPA_MIN;
-/// Largest single donation or loan (1 GiB).
-pub const MAX_PAGES_PER_CALL: u64 = 1 << 18;
+/// Largest single donation or loan (2 MiB), so that one call's checks and
+/// table changes stay bounded; the host gives a larger range in
+/// consecutive calls, each extending the region the one before made.
+pub use hyp_abi::MAX_GIVE_PAGES as MAX_PAGES_PER_CALL;
 
 /// Table pages `give` holds back while it changes the tables, so that
 /// undoing a part-done change can always split the blocks it needs to (two
@@ -1322,11 +1324,17 @@ impl<A: HypAlloc, M: PhysMem, X> Both<'_, A, M, X> {
         {
             return Err(HostError::Denied);
         }
-        let free = self
-            .vm
-            .regions
-            .iter()
-            .position(Option::is_none)
+        // A give that continues a region (same kind, how it is mapped, and
+        // contiguous in both PA and IPA) extends it; any other takes a free
+        // region slot.
+        let extends = self.vm.regions.iter().position(|r| {
+            r.is_some_and(|r| {
+                r.kind == kind && r.ipa_end() == ipa && r.pa + r.pages * PAGE_SIZE == pa
+            })
+        });
+        let extends = extends.filter(|&i| (self.vm.lazy & (1 << i) != 0) == lazy);
+        let free = extends
+            .or_else(|| self.vm.regions.iter().position(Option::is_none))
             .ok_or(HostError::NoMemory)?;
         let t = match kind {
             RegionKind::Donated => Transition::HostDonate,
@@ -1383,7 +1391,7 @@ impl<A: HypAlloc, M: PhysMem, X> Both<'_, A, M, X> {
         }
         let guest_state = after.guest.page_state().unwrap_or(PageState::Owned);
         if lazy {
-            self.vm.regions[free] = Some(new);
+            self.record_region(free, new);
             self.vm.lazy |= 1 << free;
             self.release_tables(reserve);
             return Ok(());
@@ -1405,15 +1413,28 @@ impl<A: HypAlloc, M: PhysMem, X> Both<'_, A, M, X> {
             self.restore_host(v, pa, size);
             return Err(s2err(e));
         }
-        self.vm.regions[free] = Some(new);
+        self.record_region(free, new);
         self.release_tables(reserve);
         #[cfg(feature = "test-leak-one-page")]
-        if kind == RegionKind::Donated {
+        if kind == RegionKind::Donated && extends.is_none() {
             // Deliberately broken isolation, for the demo's negative test
-            // only: the first donated page stays mapped in the host.
+            // only: the first page of each donated region stays mapped in
+            // the host.
             self.restore_host(v, pa, PAGE_SIZE);
         }
         Ok(())
+    }
+
+    /// Puts `new` in region slot `i`: a new region, or the continuation of
+    /// the one there.
+    fn record_region(&mut self, i: usize, new: Region) {
+        self.vm.regions[i] = Some(match self.vm.regions[i] {
+            Some(r) => Region {
+                pages: r.pages + new.pages,
+                ..r
+            },
+            None => new,
+        });
     }
 
     /// Takes [`ROLLBACK_TABLES`] table pages from the allocator (all or none).
