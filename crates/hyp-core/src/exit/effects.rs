@@ -130,6 +130,12 @@ pub fn sync_exit(
 }
 
 /// Carries out decision `d` about `exit`.
+///
+/// Inlined into [`sync_exit`], its one caller, which saves a call and the
+/// [`Decision`]'s trip through memory on every exit. A recursive function
+/// cannot be inlined, so a lazy fault with nothing to map is decided again
+/// in the loop below rather than by a call to itself.
+#[inline(always)]
 fn apply(
     c: &mut Cpu<'_>,
     who: Who,
@@ -137,10 +143,24 @@ fn apply(
     pending: &mut GuestPending,
     vm: VmView<'_>,
     exit: &Exit,
-    d: Decision,
+    mut d: Decision,
 ) -> Next {
     let vg = vm.vg;
-    ctx.regs.pc = ctx.regs.pc.wrapping_add(d.pc_step);
+    loop {
+        ctx.regs.pc = ctx.regs.pc.wrapping_add(d.pc_step);
+        // `sync_exit` tries the mapping before it gets here.
+        let Action::MapOnDemand { .. } = d.action else {
+            break;
+        };
+        d = policy::decide_unmapped(
+            exit,
+            &ContextFacts {
+                who,
+                nr_cpus: c.nr_cpus,
+                vg,
+            },
+        );
+    }
     match d.action {
         Action::Resume => {}
         Action::Return(r) => ctx.regs.x[..4].copy_from_slice(&r),
@@ -151,18 +171,7 @@ fn apply(
             stats::host_denied();
             inject_into(c, ctx, what, pending);
         }
-        // `sync_exit` tries the mapping before it gets here.
-        Action::MapOnDemand { .. } => {
-            let d = policy::decide_unmapped(
-                exit,
-                &ContextFacts {
-                    who,
-                    nr_cpus: c.nr_cpus,
-                    vg,
-                },
-            );
-            return apply(c, who, ctx, pending, vm, exit, d);
-        }
+        Action::MapOnDemand { .. } => unreachable!("a lazy fault is decided again above"),
         Action::Uart { off, access, value } => uart(c, who, ctx, vm, off, access, value),
         Action::Vgic {
             region,

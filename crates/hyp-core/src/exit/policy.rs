@@ -433,7 +433,11 @@ fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
 
 /// PSCI CPU_ON, AFFINITY_INFO and CPU_SUSPEND, the same for the host (whose
 /// vCPUs are the physical CPUs) and a guest; `None` for other calls.
-#[inline]
+///
+/// Always inlined: called out of line, its `Option<Action>` came back through
+/// the stack, and `decide_unmapped` then copied every call's `Action` (the
+/// host's VCPU_RUN included) with two `memcpy` calls, ~150 instructions.
+#[inline(always)]
 fn power_call(c: Hypercall, facts: &impl Facts) -> Option<Action> {
     Some(match c {
         Hypercall::CpuOn {
