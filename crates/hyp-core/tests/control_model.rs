@@ -1049,22 +1049,7 @@ macro_rules! ensure {
 impl Run {
     fn new(limit: Option<usize>) -> Self {
         let mut v = host_vttbr();
-        let ctl: &'static Ctl = Box::leak(Box::new(
-            Control::new(
-                TestAlloc::new(),
-                FakeMem::new(),
-                &mut v,
-                MemRegion {
-                    base: RAM_BASE,
-                    size: RAM_PAGES * PAGE,
-                },
-                40,
-                2,
-                true,
-                false,
-            )
-            .unwrap(),
-        ));
+        let ctl: &'static Ctl = Box::leak(Box::new(new_ctl(TestAlloc::new(), &mut v, 2).unwrap()));
         let base_pages = ctl.alloc().tables.live_pages();
         let run = Self {
             ctl,
@@ -1718,11 +1703,12 @@ fn host_vttbr() -> Vttbr {
     unsafe { Vttbr::assume_loaded(0) }
 }
 
-fn ctl(parange: u64) -> Ctl {
+/// The control state over the model's RAM: 40-bit guest IPAs, FEAT_S2FWB, 8-bit VMIDs.
+fn new_ctl(a: TestAlloc, v: &mut Vttbr, parange: u64) -> Result<Ctl, s2mm::Error> {
     Control::new(
-        TestAlloc::new(),
+        a,
         FakeMem::new(),
-        &mut host_vttbr(),
+        v,
         MemRegion {
             base: RAM_BASE,
             size: RAM_PAGES * PAGE,
@@ -1732,7 +1718,10 @@ fn ctl(parange: u64) -> Ctl {
         true,
         false,
     )
-    .unwrap()
+}
+
+fn ctl(parange: u64) -> Ctl {
+    new_ctl(TestAlloc::new(), &mut host_vttbr(), parange).unwrap()
 }
 
 /// VM_CREATE with `VM_CREATE_PAGES` host pages from the top of RAM (the first free run there).
@@ -1939,19 +1928,7 @@ fn destroy_while_running_is_busy() {
 #[test]
 fn small_parange_is_refused_at_start() {
     let a = TestAlloc::new();
-    let r = Control::<_, _>::new(
-        a.clone(),
-        FakeMem::new(),
-        &mut host_vttbr(),
-        MemRegion {
-            base: RAM_BASE,
-            size: RAM_PAGES * PAGE,
-        },
-        40,
-        1,
-        true,
-        false,
-    );
+    let r = new_ctl(a.clone(), &mut host_vttbr(), 1);
     assert!(matches!(r, Err(s2mm::Error::UnsupportedPaRange)));
     assert_eq!(a.tables.live_pages(), 0);
 }
