@@ -30,6 +30,7 @@
 
 extern crate alloc;
 
+mod attack;
 mod bench;
 mod demo;
 mod dtb;
@@ -161,9 +162,16 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
         let seed = arg(info, "seed").and_then(|s| s.parse().ok()).unwrap_or(1);
         hostif::fuzz(n, seed, info);
     }
+    let alone = arg(info, "guests").is_none() && arg(info, "guest").is_none();
     if let Some(n) = arg(info, "vms").and_then(|n| n.parse::<u64>().ok()) {
         many::run(info, n);
-        if arg(info, "guests").is_none() && arg(info, "guest").is_none() {
+        if alone {
+            guest_rt::system_off();
+        }
+    }
+    if let Some(a) = arg(info, "attack") {
+        attack::run(info, a);
+        if alone {
             guest_rt::system_off();
         }
     }

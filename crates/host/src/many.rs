@@ -8,7 +8,7 @@ use crate::hostif::{self, call};
 use crate::{alloc_pages, fail, GUEST_RAM_IPA, PAGE};
 use alloc::vec::Vec;
 use guest_rt::println;
-use hyp_abi::{exit, BootInfo, HostError};
+use hyp_abi::{exit, BootInfo, HostError, Module};
 
 /// Guest RAM of each VM in `vms=N`.
 const RAM: u64 = 1 << 20;
@@ -27,37 +27,49 @@ pub fn idle(n: u64) -> Vec<u64> {
     v
 }
 
-/// `vms=N` (see the module docs).
-pub fn run(info: &BootInfo, n: u64) {
-    let Some(module) = info.modules().iter().find(|m| m.name() == "guest-hello") else {
-        fail(format_args!("vms=: no guest-hello image"));
+/// guest-hello's image.
+pub fn hello(info: &BootInfo) -> &Module {
+    match info.modules().iter().find(|m| m.name() == "guest-hello") {
+        Some(m) => m,
+        None => fail(format_args!("no guest-hello image")),
+    }
+}
+
+/// A VM with `vcpus` vCPUs running `module` in [`RAM`] of host memory
+/// (donated when `protected`, else lent); vCPU 0 not yet started. Returns
+/// the handle and the entry.
+pub fn load(module: &Module, protected: bool, vcpus: u64) -> (u64, u64) {
+    let h = match hostif::vm_create(vcpus, u64::from(protected)) {
+        Ok(h) => h.0,
+        Err(e) => fail(format_args!("VM_CREATE: {e:?}")),
     };
-    let Some(base) = alloc_pages(n * RAM) else {
-        fail(format_args!("vms=: no {n} MiB of host memory"));
+    let Some(pa) = alloc_pages(RAM) else {
+        fail(format_args!("no host memory for VM {h}"));
     };
     let off = module.load_ipa - GUEST_RAM_IPA;
+    // SAFETY: [pa, pa + RAM) is host RAM nobody else uses (bump allocated),
+    // the module lies below free_base; both identity-mapped. Word copies:
+    // the host runs with its MMU off.
+    unsafe {
+        let src = module.addr as *const u64;
+        let dst = (pa + off) as *mut u64;
+        for w in 0..module.size.div_ceil(8) as usize {
+            dst.add(w).write_volatile(src.add(w).read_volatile());
+        }
+    }
+    if let Err(e) = hostif::give(h, pa, GUEST_RAM_IPA, RAM / PAGE, protected, false) {
+        fail(format_args!("giving memory to VM {h}: {e:?}"));
+    }
+    (h, module.entry)
+}
+
+/// `vms=N` (see the module docs).
+pub fn run(info: &BootInfo, n: u64) {
+    let module = hello(info);
     let mut handles = Vec::new();
     for i in 0..n {
-        let protected = i % 2 == 0;
-        let h = match hostif::vm_create(1, u64::from(protected)) {
-            Ok(h) => h.0,
-            Err(e) => fail(format_args!("VM_CREATE of VM {i} of {n}: {e:?}")),
-        };
-        let pa = base + i * RAM;
-        // SAFETY: [pa, pa + RAM) is host RAM nobody else uses (bump
-        // allocated), the module lies below free_base; both identity-mapped.
-        // Word copies: the host runs with its MMU off.
-        unsafe {
-            let src = module.addr as *const u64;
-            let dst = (pa + off) as *mut u64;
-            for w in 0..module.size.div_ceil(8) as usize {
-                dst.add(w).write_volatile(src.add(w).read_volatile());
-            }
-        }
-        if let Err(e) = hostif::give(h, pa, GUEST_RAM_IPA, RAM / PAGE, protected, false) {
-            fail(format_args!("giving memory to VM {h}: {e:?}"));
-        }
-        if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, module.entry, h]) {
+        let (h, entry) = load(module, i % 2 == 0, 1);
+        if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h]) {
             fail(format_args!("VCPU_INIT of VM {h}: {e:?}"));
         }
         handles.push(h);
@@ -69,7 +81,7 @@ pub fn run(info: &BootInfo, n: u64) {
     );
     let mut exits = 0;
     for &h in &handles {
-        power_off(h);
+        power_off(h, 1);
         exits += call(hyp_abi::STATS, [h, hyp_abi::STATS_TOTAL, 0, 0]).unwrap_or(0);
     }
     println!("host: vms: all {n} ran to SYSTEM_OFF ({exits} exits), all still alive");
@@ -96,12 +108,13 @@ pub fn run(info: &BootInfo, n: u64) {
     );
 }
 
-/// Runs VM `h`'s vCPU 0 until the VM powers off (bounded).
-fn power_off(h: u64) {
-    for _ in 0..MAX_RUNS {
-        let r = hostif::call_full(hyp_abi::VCPU_RUN, [h, 0, 0, 0]);
+/// Runs VM `h`'s `vcpus` vCPUs in turn until the VM powers off (bounded).
+pub fn power_off(h: u64, vcpus: u64) {
+    for i in 0..MAX_RUNS {
+        let v = u64::from(i) % vcpus;
+        let r = hostif::call_full(hyp_abi::VCPU_RUN, [h, v, 0, 0]);
         match r[0] {
-            exit::YIELD => {}
+            exit::YIELD | exit::CPU_OFF => {}
             exit::MEMORY => {
                 if let Err(e) = hostif::topup(h) {
                     fail(format_args!("VM_TOPUP of VM {h}: {e:?}"));
@@ -109,6 +122,8 @@ fn power_off(h: u64) {
             }
             exit::SYSTEM_OFF => return,
             code => match HostError::from_code(code) {
+                // A vCPU that is off (not started yet, or CPU_OFF).
+                Some(HostError::State) => {}
                 Some(e) => fail(format_args!("VCPU_RUN of VM {h}: {e:?}")),
                 None => fail(format_args!("VM {h}: unexpected exit {code} ({:#x})", r[1])),
             },

@@ -47,7 +47,10 @@ pub const MEM_DONATE: u32 = FID_BASE + 2;
 pub const MAX_GIVE_PAGES: u64 = 512;
 /// MEM_LEND(handle, pa, ipa, pages).
 pub const MEM_LEND: u32 = FID_BASE + 3;
-/// VCPU_INIT(handle, vcpu, entry, x0).
+/// VCPU_INIT(handle, vcpu, entry, x0): where a powered-off vCPU starts. For
+/// a protected VM only once, for vCPU 0, before any of its vCPUs has run
+/// (else [`HostError::Denied`]): its other vCPUs start through its own PSCI
+/// CPU_ON.
 pub const VCPU_INIT: u32 = FID_BASE + 4;
 /// VCPU_RUN(handle, vcpu, flags, value) -> exit record. With
 /// [`RUN_COMPLETE_MMIO`] in `flags`, first completes the vCPU's outstanding

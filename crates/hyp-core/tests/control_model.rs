@@ -179,6 +179,10 @@ struct MVm {
     shared: u64,
     /// Pages donated for the VM's state and tables: (PA, pages) per call.
     runs: Vec<(u64, u64)>,
+    /// The host set vCPU 0's entry.
+    boot_entry_set: bool,
+    /// A vCPU ran.
+    has_run: bool,
 }
 
 const RESET: VcpuMeta = VcpuMeta {
@@ -316,6 +320,8 @@ impl Model {
             regions: Vec::new(),
             shared: 0,
             runs: Vec::new(),
+            boot_entry_set: false,
+            has_run: false,
         });
         self.hyp_apply(s, pa, pages);
         Ok(s as u64 + 1)
@@ -473,6 +479,10 @@ impl Model {
         if vcpu >= vm.nr_vcpus as u64 {
             return Err(HostError::Invalid);
         }
+        // Protected: only vCPU 0's entry, once, before anything ran.
+        if vm.protected && (vcpu != 0 || vm.boot_entry_set || vm.has_run) {
+            return Err(HostError::Denied);
+        }
         if !entry.is_multiple_of(4) {
             return Err(HostError::Invalid);
         }
@@ -484,6 +494,7 @@ impl Model {
             return Err(HostError::State);
         }
         v.power = Power::OnPending { entry, ctx };
+        vm.boot_entry_set |= vcpu == 0;
         Ok(())
     }
 
@@ -522,6 +533,7 @@ impl Model {
             running_on: Some(cpu),
             mmio: MmioWait::None,
         };
+        vm.has_run = true;
         Ok((boot, mmio))
     }
 
@@ -1155,7 +1167,9 @@ impl Run {
                         vm.protected == mv.protected
                             && vm.nr_vcpus == mv.nr_vcpus
                             && vm.status == mv.status
-                            && vm.shared == mv.shared,
+                            && vm.shared == mv.shared
+                            && vm.boot_entry_set == mv.boot_entry_set
+                            && vm.has_run == mv.has_run,
                         "VM {h}: protected {} nr {} status {:?} shared {}, model {:?}",
                         vm.protected,
                         vm.nr_vcpus,
@@ -2136,4 +2150,73 @@ fn destroy_in_steps_leaves_other_vms_alone() {
         "B's memory stays B's"
     );
     assert_eq!(destroy_all(&c, &mut v, b), Ok(16));
+}
+
+/// Hostile host, item 1 (`vcpu_init`): the host starts a protected VM's vCPU 0 once, before
+/// anything of it ran; it can neither start another vCPU nor restart one after CPU_OFF (that
+/// would run code of its choice inside the VM). The guest's own CPU_ON still works, and a
+/// normal VM keeps the old rules.
+#[test]
+fn vcpu_init_of_a_protected_vm_only_once_before_it_runs() {
+    let c = ctl(2);
+    let mut v = host_vttbr();
+    let p = create(&c, &mut v, 2, 1).unwrap();
+    c.give(
+        &mut v,
+        p,
+        RAM_BASE,
+        GUEST_RAM_IPA_MIN,
+        4,
+        RegionKind::Donated,
+    )
+    .unwrap();
+    let entry = GUEST_RAM_IPA_MIN;
+    assert_eq!(
+        c.vcpu_init(p, 1, entry, 0),
+        Err(HostError::Denied),
+        "not vCPU 0"
+    );
+    assert_eq!(
+        c.vcpu_init(p, 2, entry, 0),
+        Err(HostError::Invalid),
+        "no vCPU 2"
+    );
+    assert_eq!(c.vcpu_init(p, 0, entry + 2, 0), Err(HostError::Invalid));
+    c.vcpu_init(p, 0, entry, 7).unwrap();
+    assert_eq!(
+        c.vcpu_init(p, 0, entry, 8),
+        Err(HostError::Denied),
+        "a second time"
+    );
+    let (start, claim) = c.begin_run(p, 0, 0).unwrap();
+    assert_eq!(start.boot, Some((entry, 7)));
+    // The guest starts vCPU 1 itself; once it is off, only the guest restarts it.
+    assert_eq!(c.psci_cpu_on(p, 1, entry + PAGE, 9), psci::SUCCESS);
+    c.end_run(claim, 0, RunEnd::Runnable);
+    let (_, claim) = c.begin_run(p, 1, 1).unwrap();
+    c.end_run(claim, 1, RunEnd::CpuOff);
+    assert_eq!(c.vcpu_state(p, 1), Ok(1));
+    assert_eq!(
+        c.vcpu_init(p, 1, entry, 0),
+        Err(HostError::Denied),
+        "after CPU_OFF"
+    );
+    assert_eq!(c.vcpu_init(p, 0, entry, 0), Err(HostError::Denied));
+    assert_eq!(c.psci_cpu_on(p, 1, entry, 10), psci::SUCCESS);
+    // A normal VM: the host starts any vCPU, again after CPU_OFF.
+    let n = create(&c, &mut v, 2, 0).unwrap();
+    c.give(
+        &mut v,
+        n,
+        RAM_BASE + 8 * PAGE,
+        GUEST_RAM_IPA_MIN,
+        4,
+        RegionKind::Lent,
+    )
+    .unwrap();
+    c.vcpu_init(n, 1, entry, 0).unwrap();
+    let (_, claim) = c.begin_run(n, 1, 0).unwrap();
+    c.end_run(claim, 0, RunEnd::CpuOff);
+    c.vcpu_init(n, 1, entry, 0).unwrap();
+    c.vcpu_init(n, 0, entry, 0).unwrap();
 }

@@ -189,6 +189,12 @@ pub struct VmMeta {
     pub vcpus: [VcpuMeta; MAX_VCPUS],
     /// Live or stopped.
     pub status: VmStatus,
+    /// The host set the boot entry (VCPU_INIT of vCPU 0); for a protected
+    /// VM the host may do so once.
+    pub boot_entry_set: bool,
+    /// A vCPU of this VM has run; from then on the host may start none of a
+    /// protected VM's vCPUs (only the guest's own CPU_ON does).
+    pub has_run: bool,
     /// Pages the guest currently shares with the host.
     pub shared: u64,
     /// VTTBR_EL2 value.
@@ -776,6 +782,8 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
             regions: [None; MAX_REGIONS],
             vcpus: [VCPU_RESET; MAX_VCPUS],
             status: VmStatus::Live,
+            boot_entry_set: false,
+            has_run: false,
             shared: 0,
             vttbr,
             lazy: 0,
@@ -979,8 +987,10 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
     /// # Errors
     ///
     /// [`HostError::NoVm`], [`HostError::Invalid`] (vCPU index, unaligned
-    /// entry), [`HostError::Range`] (entry not in guest memory),
-    /// [`HostError::State`] (vCPU not off, VM stopped).
+    /// entry), [`HostError::Denied`] (a protected VM: any vCPU but 0, a
+    /// second VCPU_INIT, or any once a vCPU has run), [`HostError::Range`]
+    /// (entry not in guest memory), [`HostError::State`] (vCPU not off, VM
+    /// stopped).
     pub fn vcpu_init(&self, handle: u64, vcpu: u64, entry: u64, ctx: u64) -> HostResult<()> {
         self.vm(handle)?.vcpu_init(vcpu, entry, ctx)
     }
@@ -1596,6 +1606,14 @@ impl<A: HypAlloc, M: PhysMem, X> Both<'_, A, M, X> {
 impl VmMeta {
     fn vcpu_init(&mut self, vcpu: u64, entry: u64, ctx: u64) -> HostResult<()> {
         let idx = vcpu_idx(self, vcpu)?;
+        // The trust model's first rule (ARCHITECTURE.md): the host picks a
+        // protected VM's boot entry once, for vCPU 0, before anything of it
+        // ran; every other start is the guest's own CPU_ON. A host that
+        // could start (or restart, after CPU_OFF) any vCPU at any entry
+        // would run code of its choice inside the VM.
+        if self.protected && (idx != 0 || self.boot_entry_set || self.has_run) {
+            return Err(HostError::Denied);
+        }
         if !entry.is_multiple_of(4) {
             return Err(HostError::Invalid);
         }
@@ -1606,6 +1624,7 @@ impl VmMeta {
             return Err(HostError::State);
         }
         self.vcpus[idx].power = Power::OnPending { entry, ctx };
+        self.boot_entry_set |= idx == 0;
         Ok(())
     }
 
@@ -1639,6 +1658,7 @@ impl VmMeta {
         v.mmio = MmioWait::None;
         v.power = Power::On;
         v.running_on = Some(cpu);
+        self.has_run = true;
         Ok(RunStart {
             boot,
             mmio_value,
