@@ -2220,3 +2220,42 @@ fn vcpu_init_of_a_protected_vm_only_once_before_it_runs() {
     c.vcpu_init(n, 1, entry, 0).unwrap();
     c.vcpu_init(n, 0, entry, 0).unwrap();
 }
+
+/// Hostile host, item 7 (`bbm`): a translation fault taken in the break-before-make window of
+/// a split or collapse (under the VM's lock, on another CPU) reaches `map_on_demand` only
+/// after the window closed, when the page is mapped again: it is retried, never turned into
+/// an abort. A fault where nothing is mapped and nothing was given lazily stays a fault.
+#[test]
+fn bbm_fault_on_a_page_mapped_again_is_retried() {
+    use hyp_core::vm::control::Fault;
+    let c = ctl(2);
+    let mut v = host_vttbr();
+    let h = create(&c, &mut v, 2, 1).unwrap();
+    let pa = RAM_BASE + (2 << 20);
+    c.give(
+        &mut v,
+        h,
+        pa,
+        GUEST_RAM_IPA_MIN,
+        BLOCK_PAGES,
+        RegionKind::Donated,
+    )
+    .unwrap();
+    let other = GUEST_RAM_IPA_MIN + 7 * PAGE;
+    for share in [true, false] {
+        // The share splits the block (unshare re-merges it): entries of the whole block
+        // were broken and made again.
+        c.guest_share(&mut v, h, GUEST_RAM_IPA_MIN + 5 * PAGE, share)
+            .unwrap();
+        assert_eq!(c.map_on_demand(&mut v, h, other), Ok(Fault::Retry));
+        assert_eq!(
+            c.map_on_demand(&mut v, h, GUEST_RAM_IPA_MIN + 5 * PAGE),
+            Ok(Fault::Retry)
+        );
+    }
+    assert_eq!(
+        c.map_on_demand(&mut v, h, GUEST_RAM_IPA_MIN + (BLOCK_PAGES + 1) * PAGE),
+        Err(HostError::Range)
+    );
+    assert_eq!(destroy_all(&c, &mut v, h), Ok(BLOCK_PAGES));
+}

@@ -18,7 +18,7 @@ use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
 use crate::vcpu::{fp, Who};
-use crate::vm::control::{HostError, RunEnd};
+use crate::vm::control::{Fault, HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{host as host_vcpus, state};
 use barriers::sync::{Cse, Synced};
@@ -168,6 +168,9 @@ fn apply(
         Action::Load { rt, value } => ctx.regs.x[rt as usize] = value,
         Action::Inject(what) => inject_into(c, ctx, what, pending),
         Action::DenyHost(what) => {
+            if host_fault_raced(exit) {
+                return Next::Resume;
+            }
             stats::host_denied();
             inject_into(c, ctx, what, pending);
         }
@@ -281,6 +284,32 @@ fn apply(
     Next::Resume
 }
 
+/// Whether a host translation fault hit a page the host may access by now:
+/// it was taken in the break-before-make window of a change to the host's
+/// stage 2 on another CPU (those changes hold the host lock, which this
+/// waits for), and is retried rather than refused.
+#[cold]
+fn host_fault_raced(exit: &Exit) -> bool {
+    use crate::arch::esr::DataAbort;
+    let ipa = match *exit {
+        Exit::DataAbort {
+            translation: true,
+            abort:
+                DataAbort::Mmio(MmioAccess { ipa, .. })
+                | DataAbort::NoSyndrome { ipa, .. }
+                | DataAbort::Stage1Walk { ipa },
+            ..
+        }
+        | Exit::InstAbort {
+            translation: true,
+            ipa,
+            ..
+        } => ipa,
+        _ => return false,
+    };
+    state::control().host_state(ipa) != s2mm::ownership::CompState::NoAccess
+}
+
 /// `f` on the control state for the exiting guest's handle; `None` for the host.
 fn guest_vm<T>(who: Who, f: impl FnOnce(&state::Ctl, u64) -> T) -> Option<T> {
     match who {
@@ -290,15 +319,17 @@ fn guest_vm<T>(who: Who, f: impl FnOnce(&state::Ctl, u64) -> T) -> Option<T> {
 }
 
 /// A stage-2 translation fault in guest RAM: maps the page if it was given
-/// lazily (MEM_FLAG_LAZY), so the access is retried.
+/// lazily (MEM_FLAG_LAZY), so the access is retried; retried too when the
+/// page is mapped by now (break-before-make on another CPU).
 fn map_on_demand(c: &mut Cpu<'_>, who: Who, ipa: u64) -> Result<(), HostError> {
     let Who::Guest { slot, .. } = who else {
         return Err(HostError::Range);
     };
-    state::control().map_on_demand(&mut c.vttbr, slot as u64 + 1, ipa)?;
-    // The page may hold code the host wrote; the map cleaned it to PoC (no
-    // FWB): invalidate the I-caches before the guest fetches from it.
-    barriers::maint::invalidate_icache_all_is();
+    if state::control().map_on_demand(&mut c.vttbr, slot as u64 + 1, ipa)? == Fault::Mapped {
+        // The page may hold code the host wrote; the map cleaned it to PoC
+        // (no FWB): invalidate the I-caches before the guest fetches from it.
+        barriers::maint::invalidate_icache_all_is();
+    }
     Ok(())
 }
 

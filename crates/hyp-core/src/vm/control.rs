@@ -284,6 +284,16 @@ pub const fn create_pages_needed<X>() -> u64 {
     (core::mem::size_of::<VmBox<X>>() as u64).div_ceil(PAGE_SIZE) + 3 + 2
 }
 
+/// What [`Control::map_on_demand`] did about a translation fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// It mapped the page (given lazily): retry the access.
+    Mapped,
+    /// The page was mapped already (the fault raced with a change under the
+    /// VM's lock): retry the access.
+    Retry,
+}
+
 /// What a finished run tells the control state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunEnd {
@@ -938,19 +948,29 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
         Ok(())
     }
 
-    /// A stage-2 fault of VM `handle` at `ipa`: when `ipa` lies in a lazy
-    /// region (see [`Control::give_with`]) and is not mapped yet, maps its
-    /// page in the state the give left it (owned when donated, borrowed
-    /// when lent) so the access can be retried. Takes only the VM's lock.
+    /// A stage-2 translation fault of VM `handle` at `ipa` in its RAM: the
+    /// access is retried ([`Fault::Retry`]) when the page is mapped by the
+    /// time this holds the VM's lock, and when `ipa` lies in a lazy region
+    /// (see [`Control::give_with`]) its page is first mapped in the state the
+    /// give left it (owned when donated, borrowed when lent). Takes only the
+    /// VM's lock.
+    ///
+    /// The page is mapped already when the fault raced with a change made
+    /// under this lock: another vCPU's fault on the same lazy page, or the
+    /// break-before-make window of a split, collapse or share on another
+    /// CPU (the entry was invalid for a moment). The guest must never see
+    /// such a fault.
     ///
     /// # Errors
     ///
-    /// [`HostError::NoVm`], [`HostError::Range`] (not in a lazy region),
-    /// [`HostError::State`] (already mapped: the fault was something else),
-    /// [`HostError::NoMemory`] (no table page).
-    pub fn map_on_demand(&self, v: &mut Vttbr, handle: u64, ipa: u64) -> HostResult<()> {
+    /// [`HostError::NoVm`], [`HostError::Range`] (not mapped and not in a
+    /// lazy region: a real fault), [`HostError::NoMemory`] (no table page).
+    pub fn map_on_demand(&self, v: &mut Vttbr, handle: u64, ipa: u64) -> HostResult<Fault> {
         let mut vm = self.vm(handle)?;
         let ipa = ipa & !(PAGE_SIZE - 1);
+        if vm.s2.query(&VmRead(&self.alloc), Ipa(ipa)).is_some() {
+            return Ok(Fault::Retry);
+        }
         let (i, r) = vm
             .regions
             .iter()
@@ -959,9 +979,6 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
             .ok_or(HostError::Range)?;
         if vm.lazy & (1 << i) == 0 {
             return Err(HostError::Range);
-        }
-        if vm.s2.query(&VmRead(&self.alloc), Ipa(ipa)).is_some() {
-            return Err(HostError::State);
         }
         let state = match r.kind {
             RegionKind::Donated => PageState::Owned,
@@ -978,7 +995,7 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
             Attrs::RAM_RWX,
             state,
         )
-        .map(|_| ())
+        .map(|_| Fault::Mapped)
         .map_err(s2err)
     }
 
@@ -1782,19 +1799,16 @@ mod tests {
             assert!(c.vm(h).expect("vm").is_ram(ipa + 0x3000));
             assert_eq!(c.guest_state(h, ipa + 0x3000), None);
             // A fault maps exactly its page.
-            c.map_on_demand(&mut v, h, ipa + 0x3008)
-                .expect("first touch");
+            assert_eq!(c.map_on_demand(&mut v, h, ipa + 0x3008), Ok(Fault::Mapped));
             assert_eq!(
                 c.guest_state(h, ipa + 0x3000),
                 Some((pa + 0x3000, CompState::from_mapping(Some(state))))
             );
             assert_eq!(c.guest_state(h, ipa + 0x2000), None);
             assert_eq!(c.guest_state(h, ipa + 0x4000), None);
-            // A second fault there is not a lazy fault; outside the region neither.
-            assert_eq!(
-                c.map_on_demand(&mut v, h, ipa + 0x3000),
-                Err(HostError::State)
-            );
+            // A second fault there (another vCPU's on the same page) is
+            // retried; outside the region it is a real fault.
+            assert_eq!(c.map_on_demand(&mut v, h, ipa + 0x3000), Ok(Fault::Retry));
             assert_eq!(
                 c.map_on_demand(&mut v, h, ipa + 0x10000),
                 Err(HostError::Range)
@@ -1803,13 +1817,12 @@ mod tests {
                 c.map_on_demand(&mut v, h, 0x0a00_0000),
                 Err(HostError::Range)
             );
-            // An eagerly given region never faults in.
+            // An eagerly given region is mapped: a translation fault there
+            // can only be one taken in a break-before-make window (item 7,
+            // `bbm`), retried.
             c.give(&mut v, h, pa + 0x10_0000, 0x4100_0000, 1, kind)
                 .expect("give");
-            assert_eq!(
-                c.map_on_demand(&mut v, h, 0x4100_0000),
-                Err(HostError::Range)
-            );
+            assert_eq!(c.map_on_demand(&mut v, h, 0x4100_0000), Ok(Fault::Retry));
             // Destroying gives every page back, mapped or not.
             while c.destroy(&mut v, h).expect("destroy").more {}
             assert_eq!(c.host_state(pa), CompState::Owned);
