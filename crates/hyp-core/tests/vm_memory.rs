@@ -220,3 +220,55 @@ fn vm_count_is_the_vmid_width() {
         assert_eq!(c.alloc().adopted_pages(), 0);
     }
 }
+
+/// Hostile host, item 9: VM_CREATE publishes a VM only once its set-up (at EL2: the vGIC) is
+/// done. A call about the new handle made during the set-up does not answer until the VM is
+/// complete; a set-up that fails leaves no VM and gives every page back.
+#[test]
+fn vm_create_publishes_only_a_finished_vm() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let ram = MemRegion {
+        base: 0x4000_0000,
+        size: 16 << 20,
+    };
+    let c: &'static Control<TestAlloc, Log> = Box::leak(Box::new(ctl(ram, true)));
+    let mut v = host_vttbr();
+    let state = ram.end() - VM_CREATE_PAGES * PAGE;
+    let (tx, rx) = mpsc::channel();
+    let h = c
+        .create_with(&mut v, 1, 1, state, VM_CREATE_PAGES, |vm, _| {
+            let h = vm.handle;
+            let tx = tx.clone();
+            std::thread::spawn(move || tx.send(c.vcpu_state(h, 0)).expect("send"));
+            // Another CPU's call on the handle waits for the set-up.
+            assert!(
+                rx.recv_timeout(Duration::from_millis(100)).is_err(),
+                "a call reached the VM during its set-up"
+            );
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        rx.recv().unwrap(),
+        Ok(1),
+        "answered once the VM is complete"
+    );
+    destroy(c, &mut v, h);
+    // A set-up that fails: no VM, the pages are the host's again, nothing adopted.
+    let pool = c.alloc().tables.live_pages();
+    let r = c.create_with(&mut v, 1, 1, state, VM_CREATE_PAGES, |vm, v| {
+        vm.map_device(v, 0x0801_0000, 0x0801_0000, 0x2000)?;
+        Err(HostError::NoMemory)
+    });
+    assert_eq!(r, Err(HostError::NoMemory));
+    assert!(c.handles().next().is_none());
+    assert_eq!(c.host_state(state), CompState::Owned);
+    assert_eq!(c.host_annotation(state), None);
+    assert_eq!(c.alloc().adopted_pages(), 0);
+    assert!(c.alloc().tables.live_pages() <= pool);
+    assert!(
+        c.with_mem(|m| m.0.contains(&state)),
+        "its pages were scrubbed"
+    );
+}

@@ -51,9 +51,9 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
         // remain (the host calls again).
         hyp_abi::VM_DESTROY => match control().destroy(&mut c.vttbr, a[0]) {
             Ok(d) => {
-                if !d.more {
-                    devices::unassign(a[0]);
-                }
+                // From the first step on the VM is dying: its devices are
+                // taken back at once, before its handle can be reused.
+                devices::unassign(a[0]);
                 out[1] = u64::from(d.more);
                 d.scrubbed
             }
@@ -121,24 +121,13 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
     Reply::Done
 }
 
-/// VM_CREATE(vcpus, flags, pa, pages): the VM, then its vGIC (GICv3, or
-/// GICv2 with the GIC-400's GICV frame mapped as the guest's GICC, which
-/// takes the VM's lock again). A VM whose vGIC cannot be made is destroyed
-/// again: no VM runs without one on a board with a GIC.
+/// VM_CREATE(vcpus, flags, pa, pages): the VM with its vGIC (GICv3, or
+/// GICv2 with the GIC-400's GICV frame mapped as the guest's GICC), made
+/// before the handle is published, so no call can reach a VM without one
+/// on a board with a GIC.
 fn create_vm(vttbr: &mut Vttbr, [vcpus, flags, pa, pages]: [u64; 4]) -> Result<u64, HostError> {
-    let ctl = control();
-    let h = ctl.create(vttbr, vcpus, flags, pa, pages)?;
-    let Some(g) = gic::phys() else {
-        return Ok(h);
-    };
-    match state::new_vgic(vttbr, g, h, vcpus as usize) {
-        Some(vg) => {
-            ctl.vm(h)?.extra().vgic.call_once(|| vg);
-            Ok(h)
-        }
-        None => {
-            while ctl.destroy(vttbr, h)?.more {}
-            Err(HostError::NoMemory)
-        }
-    }
+    control().create_with(vttbr, vcpus, flags, pa, pages, |vm, v| match gic::phys() {
+        Some(g) => state::new_vgic(vm, v, g, vcpus as usize),
+        None => Ok(()),
+    })
 }

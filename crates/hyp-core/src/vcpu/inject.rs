@@ -48,6 +48,8 @@ pub struct Injection {
 pub const PSTATE_EL1H: u64 = 0b0101;
 /// PSTATE.M value for EL1 using SP_EL0 (EL1t).
 pub const PSTATE_EL1T: u64 = 0b0100;
+/// SPSR.M\[4\]: the interrupted state was AArch32.
+const SPSR_NRW: u64 = 1 << 4;
 /// PSTATE D, A, I, F mask bits.
 pub const PSTATE_DAIF: u64 = 0b1111 << 6;
 /// DFSC/IFSC for a synchronous external abort, not on a translation table walk.
@@ -64,10 +66,15 @@ const fn esr_el1(class: u8, iss: u64) -> u64 {
 #[must_use]
 pub fn inject(what: Injected, pc: u64, spsr: u64, vbar_el1: u64) -> Injection {
     let mode = spsr & 0xf;
-    let from_el0 = mode == 0;
+    // SPSR.M[4] (nRW): the interrupted code ran in AArch32, which at EL1 (an
+    // AArch64 EL, HCR_EL2.RW) can only be EL0.
+    let aarch32 = spsr & SPSR_NRW != 0;
+    let from_el0 = aarch32 || mode == 0;
     // D1.3.2: 0x000 current EL with SP_EL0, 0x200 current EL with SP_ELx,
-    // 0x400 lower EL using AArch64. The synchronous entry is at +0.
+    // 0x400 lower EL using AArch64, 0x600 lower EL using AArch32. The
+    // synchronous entry is at +0.
     let offset = match mode {
+        _ if aarch32 => 0x600,
         PSTATE_EL1T => 0x000,
         PSTATE_EL1H => 0x200,
         _ => 0x400,
@@ -151,6 +158,33 @@ mod tests {
         assert_eq!(i.esr_el1, 0x8200_0010);
         let i = inject(Injected::InstAbort { far: 8 }, 0x10, 0x3c5, VBAR);
         assert_eq!(i.esr_el1, 0x8600_0010);
+    }
+
+    /// Hostile host, item 9 (`aarch32`): an exception from AArch32 EL0 (a
+    /// 32-bit process under an AArch64 guest kernel) enters the lower-EL
+    /// AArch32 vector at +0x600, not the AArch64 one at +0x400, as a
+    /// lower-EL exception; ELR is the faulting instruction, SPSR keeps the
+    /// AArch32 state (Thumb bit included).
+    #[test]
+    fn aarch32_el0_uses_the_aarch32_lower_el_vector() {
+        for spsr in [0x10, 0x30, 0x1d0] {
+            let i = inject(Injected::Undefined, 0x8000, spsr, VBAR);
+            assert_eq!(i.pc, VBAR + 0x600, "SPSR {spsr:#x}");
+            assert_eq!(i.elr_el1, 0x8000);
+            assert_eq!(i.spsr_el1, spsr);
+            assert_eq!(i.pstate, PSTATE_DAIF | PSTATE_EL1H);
+            let i = inject(
+                Injected::DataAbort {
+                    far: 0x10,
+                    write: true,
+                },
+                0x8000,
+                spsr,
+                VBAR,
+            );
+            assert_eq!(i.esr_el1 >> 26, 0x24, "a lower-EL data abort");
+            assert_eq!(i.pc, VBAR + 0x600);
+        }
     }
 
     #[test]

@@ -228,6 +228,33 @@ impl VmMeta {
 }
 
 impl VmMeta {
+    /// [`Control::map_device`] with the VM's lock held.
+    fn map_device<A: HypAlloc>(
+        &mut self,
+        hyp: &A,
+        v: &mut Vttbr,
+        ipa: u64,
+        pa: u64,
+        size: u64,
+    ) -> HostResult<()> {
+        match ipa.checked_add(size) {
+            Some(end) if end <= GUEST_RAM_IPA_MIN => {}
+            _ => return Err(HostError::Range),
+        }
+        let (s2, mut alloc) = self.tables(hyp);
+        s2.map(
+            &mut alloc,
+            v,
+            Ipa(ipa),
+            Pa(pa),
+            size,
+            Attrs::DEVICE_RW,
+            PageState::Owned,
+        )
+        .map(|_| ())
+        .map_err(s2err)
+    }
+
     /// The VM's stage 2 and an allocator over its own pages.
     fn tables<'a, A: HypAlloc>(&'a mut self, hyp: &'a A) -> (&'a mut Stage2, VmAlloc<'a, A>) {
         (
@@ -237,6 +264,28 @@ impl VmMeta {
                 hyp,
             },
         )
+    }
+}
+
+/// A VM being created, before its handle is published
+/// ([`Control::create_with`]).
+pub struct NewVm<'a, A, X> {
+    meta: &'a mut VmMeta,
+    alloc: &'a A,
+    /// Its extra state.
+    pub extra: &'a X,
+    /// The handle it will have.
+    pub handle: u64,
+}
+
+impl<A: HypAlloc, X> NewVm<'_, A, X> {
+    /// Maps a device frame into the VM, as [`Control::map_device`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Control::map_device`].
+    pub fn map_device(&mut self, v: &mut Vttbr, ipa: u64, pa: u64, size: u64) -> HostResult<()> {
+        self.meta.map_device(self.alloc, v, ipa, pa, size)
     }
 }
 
@@ -746,6 +795,27 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
         pa: u64,
         pages: u64,
     ) -> HostResult<u64> {
+        self.create_with(v, nr_vcpus, flags, pa, pages, |_, _| Ok(()))
+    }
+
+    /// [`Control::create`], with `setup` run on the new VM before its handle
+    /// is published: until it returns, no other call can reach the VM (its
+    /// slot stays locked), so nothing runs a VM whose set-up (at EL2: its
+    /// vGIC) is unfinished. If `setup` fails, the VM is taken apart again
+    /// and its pages go back to the host.
+    ///
+    /// # Errors
+    ///
+    /// As [`Control::create`], and `setup`'s.
+    pub fn create_with(
+        &self,
+        v: &mut Vttbr,
+        nr_vcpus: u64,
+        flags: u64,
+        pa: u64,
+        pages: u64,
+        setup: impl FnOnce(&mut NewVm<'_, A, X>, &mut Vttbr) -> HostResult<()>,
+    ) -> HostResult<u64> {
         if nr_vcpus == 0
             || nr_vcpus > MAX_VCPUS as u64
             || flags & !FLAG_PROTECTED != 0
@@ -809,6 +879,33 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
                 meta: UnsafeCell::new(meta),
                 extra: X::new(nr_vcpus as usize),
             });
+        }
+        // SAFETY: just written; the slot is still locked and empty, so this
+        // is the only reference until the VM is published below.
+        let (meta, extra) = unsafe { (&mut *(*b).meta.get(), &(*b).extra) };
+        let mut new = NewVm {
+            meta,
+            alloc: &self.alloc,
+            extra,
+            handle: slot as u64 + 1,
+        };
+        if let Err(e) = setup(&mut new, v) {
+            // SAFETY: never published; read out and dropped once each.
+            let meta = unsafe { core::ptr::addr_of!((*b).meta).read().into_inner() };
+            // SAFETY: as above.
+            unsafe { core::ptr::drop_in_place(core::ptr::addr_of_mut!((*b).extra)) };
+            let VmMeta { s2, mut cache, .. } = meta;
+            s2.destroy(
+                &mut VmAlloc {
+                    cache: &mut cache,
+                    hyp: &self.alloc,
+                },
+                v,
+            );
+            host.mem.scrub(pa, pages * PAGE_SIZE);
+            host.restore(&mut self.alloc.clone(), v, pa, pages * PAGE_SIZE, true);
+            self.alloc.release(pa, pages * PAGE_SIZE);
+            return Err(e);
         }
         *free = Some(VmPtr(NonNull::new(b).expect("hyp_ptr is never null")));
         Ok(slot as u64 + 1)
@@ -926,26 +1023,31 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
         pa: u64,
         size: u64,
     ) -> HostResult<()> {
-        match ipa.checked_add(size) {
-            Some(end) if end <= GUEST_RAM_IPA_MIN => {}
-            _ => return Err(HostError::Range),
-        }
+        self.map_device_with(v, handle, ipa, pa, size, |_| Ok(()))
+    }
+
+    /// [`Control::map_device`] after `check` of the VM's extra state, both
+    /// under the VM's lock (DEVICE_ASSIGN: the VM that passed the check is
+    /// the one the frame is mapped into).
+    ///
+    /// # Errors
+    ///
+    /// As [`Control::map_device`], and `check`'s.
+    pub fn map_device_with(
+        &self,
+        v: &mut Vttbr,
+        handle: u64,
+        ipa: u64,
+        pa: u64,
+        size: u64,
+        check: impl FnOnce(&X) -> HostResult<()>,
+    ) -> HostResult<()> {
         let mut vm = self.vm(handle)?;
         if vm.status == VmStatus::Dying {
             return Err(HostError::State);
         }
-        let (s2, mut alloc) = vm.tables(&self.alloc);
-        s2.map(
-            &mut alloc,
-            v,
-            Ipa(ipa),
-            Pa(pa),
-            size,
-            Attrs::DEVICE_RW,
-            PageState::Owned,
-        )
-        .map_err(s2err)?;
-        Ok(())
+        check(vm.extra())?;
+        vm.map_device(&self.alloc, v, ipa, pa, size)
     }
 
     /// A stage-2 translation fault of VM `handle` at `ipa` in its RAM: the

@@ -42,17 +42,24 @@ pub fn assign(
         .enumerate()
         .find(|(_, d)| d.region.base == pa && d.region.size == size && u64::from(d.intid) == intid)
         .ok_or(HostError::Invalid)?;
-    if control().vm(handle)?.extra().vgic.get().is_none() {
-        return Err(HostError::State);
-    }
-    if ASSIGNED[i]
-        .compare_exchange(0, handle, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        return Err(HostError::Denied);
-    }
-    if let Err(e) = control().map_device(vttbr, handle, pa, pa, size) {
-        ASSIGNED[i].store(0, Ordering::Release);
+    // The check, the claim and the map under one hold of the VM's lock, so
+    // the device goes to the VM that passed the check (not to another that
+    // took the handle meanwhile).
+    let mut claimed = false;
+    let r = control().map_device_with(vttbr, handle, pa, pa, size, |vm| {
+        if vm.vgic.get().is_none() {
+            return Err(HostError::State);
+        }
+        ASSIGNED[i]
+            .compare_exchange(0, handle, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| HostError::Denied)?;
+        claimed = true;
+        Ok(())
+    });
+    if let Err(e) = r {
+        if claimed {
+            ASSIGNED[i].store(0, Ordering::Release);
+        }
         return Err(e);
     }
     ASSIGNED_MASKED[i].store(0, Ordering::Release);

@@ -9,7 +9,9 @@ use crate::platform::{AssignableDevice, MemRegion};
 use crate::stats::{self, Counts, Snapshot};
 use crate::vcpu::ctx::{Cpu, VcpuCtx};
 use crate::vcpu::traps::TvmRearm;
-use crate::vm::control::{self, Control, PhysMem, VmExtra, MAX_VCPUS, VM_CREATE_PAGES};
+use crate::vm::control::{
+    self, Control, HostError, NewVm, PhysMem, VmExtra, MAX_VCPUS, VM_CREATE_PAGES,
+};
 use crate::vm::devices::ASSIGNABLE;
 use crate::vm::memcache::HypAlloc;
 use crate::vm::uart;
@@ -220,16 +222,25 @@ pub fn init(
     Ok(())
 }
 
-/// The vGIC of a new VM. On GICv2 the guest's CPU interface is the GICV
-/// frame itself, mapped at the guest's GICC address.
-pub fn new_vgic(vttbr: &mut Vttbr, g: &Phys, handle: u64, nr_vcpus: usize) -> Option<Vgic> {
+/// Gives a VM being created its vGIC. On GICv2 the guest's CPU interface is
+/// the GICV frame itself, mapped at the guest's GICC address.
+///
+/// # Errors
+///
+/// The GICV frame's mapping (NoMemory: VM_CREATE's pages could not hold
+/// its tables), or a vCPU count the vGIC cannot serve (Invalid).
+pub fn new_vgic(
+    vm: &mut NewVm<'_, PoolAlloc, GuestVm>,
+    vttbr: &mut Vttbr,
+    g: &Phys,
+    nr_vcpus: usize,
+) -> Result<(), HostError> {
     if let Phys::V2 { gicv, .. } = *g {
-        if let Err(e) = control().map_device(vttbr, handle, VGICC_V2_IPA, gicv, GICV_SIZE) {
-            log::warn!("VM {handle}: cannot map the GICV frame: {e:?}");
-            return None;
-        }
+        vm.map_device(vttbr, VGICC_V2_IPA, gicv, GICV_SIZE)?;
     }
-    Vgic::new(g.version(), nr_vcpus).ok()
+    let vg = Vgic::new(g.version(), nr_vcpus).map_err(|_| HostError::Invalid)?;
+    vm.extra.vgic.call_once(|| vg);
+    Ok(())
 }
 
 /// Guest IPA of the GICv2 CPU interface (QEMU virt's GICv2 layout).
