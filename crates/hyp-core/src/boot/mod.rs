@@ -4,7 +4,7 @@ use crate::arch::console;
 use crate::arch::world_switch::{self, HostSave};
 use crate::arch::{mmu, sysreg};
 use crate::platform::{MemRegion, Platform};
-use crate::vcpu::traps::{HCR_BASE, HCR_FWB};
+use crate::vcpu::traps::{host_hcr, HCR_BASE};
 use crate::vm::{host as host_vcpus, state};
 use aarch64_cpu::registers::ID_AA64MMFR2_EL1;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -152,7 +152,7 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     };
     let fwb = want_fwb(&info);
     if fwb {
-        let hcr = HCR_BASE | HCR_FWB;
+        let hcr = host_hcr(true);
         HCR.store(hcr, Ordering::Release);
         // SAFETY: adds FWB to the value written at bring-up; no stage-2
         // translation is live yet (no VM has run).

@@ -28,7 +28,7 @@ use crate::exit::fast;
 use crate::stats;
 use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
-use crate::vcpu::traps::{CNTHCTL, HCR_BASE, HCR_CACHE_TRAPS, MDCR};
+use crate::vcpu::traps::{self, CNTHCTL, MDCR};
 use crate::vcpu::{fp, Who};
 use crate::vm::control::{HostError, RunEnd};
 use crate::vm::state::VmView;
@@ -71,7 +71,7 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
     let mut first = Some(first);
     loop {
         let (entry, x0) = host_vcpus::wait_for_power_on(cpu);
-        host.reset(cpu, entry, x0, HCR_BASE);
+        host.reset(cpu, entry, x0, traps::host_hcr(state::fwb()));
         let mut pending = first.take().unwrap_or_default();
         load_host(&mut c, &host, &mut pending);
         let (next, left) = host_loop(&mut c, &mut host, pending);
@@ -180,16 +180,7 @@ fn vcpu_run(
         .try_lock()
         .expect("a claimed vCPU's context is free");
     if let Some((entry, x0)) = start.boot {
-        ctx.reset(
-            v,
-            entry,
-            x0,
-            if state::fwb() {
-                HCR_BASE
-            } else {
-                HCR_BASE | HCR_CACHE_TRAPS
-            },
-        );
+        ctx.reset(v, entry, x0, traps::guest_hcr(state::fwb()));
     }
     if let Some(value) = start.mmio_value {
         if let Some(m) = ctx.mmio.take() {

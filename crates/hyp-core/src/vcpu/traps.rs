@@ -39,6 +39,29 @@ pub const HCR_CACHE_TRAPS: u64 = HCR_TVM | HCR_EL2::TSW::SET.value;
 /// [`HCR_BASE`] at boot when stage 2 uses it.
 pub const HCR_FWB: u64 = HCR_EL2::FWB::Enabled.value;
 
+/// HCR_EL2 of the host's vCPUs: with FEAT_S2FWB in use, FWB stays set (it is
+/// not a trap bit; a world switch that dropped it would change how every
+/// stage-2 attribute combines, so `HcrEl2::write_traps_only` refuses).
+#[must_use]
+pub const fn host_hcr(fwb: bool) -> u64 {
+    if fwb {
+        HCR_BASE | HCR_FWB
+    } else {
+        HCR_BASE
+    }
+}
+
+/// HCR_EL2 a guest vCPU starts with: FWB when stage 2 uses FEAT_S2FWB,
+/// else the cache-maintenance traps that stand in for it.
+#[must_use]
+pub const fn guest_hcr(fwb: bool) -> u64 {
+    if fwb {
+        HCR_BASE | HCR_FWB
+    } else {
+        HCR_BASE | HCR_CACHE_TRAPS
+    }
+}
+
 /// CPTR_EL2 (E2H = 0) with FP/SIMD usable: RES1 bits set, TSM (SME trapped)
 /// and TZ (SVE trapped) set, TFP clear.
 pub const CPTR_FP_ON: u64 = CPTR_EL2_RES1 | CPTR_EL2_TSM | CPTR_EL2_TZ;
