@@ -15,6 +15,8 @@
 
 pub mod demo;
 #[cfg(target_arch = "aarch64")]
+pub mod fpregs;
+#[cfg(target_arch = "aarch64")]
 pub mod gic;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod heap;

@@ -11,6 +11,7 @@ use hyp_abi::BootInfo;
 pub fn run(info: &BootInfo, name: &str) {
     match name {
         "vcpu_init" => vcpu_init(info),
+        "fp" => fp(info),
         _ => crate::fail(format_args!("unknown attack {name:?}")),
     }
 }
@@ -35,5 +36,65 @@ fn vcpu_init(info: &BootInfo) {
     );
     if let Err(e) = crate::hostif::destroy_vm(h) {
         crate::fail(format_args!("attack vcpu_init: VM_DESTROY: {e:?}"));
+    }
+}
+
+/// Rounds of the `fp` attack.
+const FP_ROUNDS: u64 = 1000;
+
+/// Item 3: the host's FP/SIMD state survives VCPU_RUN. Each round, for a
+/// guest that uses FP/SIMD (guest-fp) and one that does not (guest-fp
+/// idle), the host loads a pattern into all 32 Q registers, FPCR and FPSR,
+/// runs the guest until its next WFI exit, and checks every register.
+fn fp(info: &BootInfo) {
+    use guest_rt::fpregs::{self, FpRegs, FPCR_MASK, FPSR_MASK};
+    let Some(module) = info.modules().iter().find(|m| m.name() == "guest-fp") else {
+        crate::fail(format_args!("attack fp: no guest-fp image"));
+    };
+    let arg_busy = (FP_ROUNDS + 10) << 1;
+    let arg_idle = arg_busy | 1;
+    let mut vms = [(0, "uses FP"), (0, "does not")];
+    for (i, arg) in [arg_busy, arg_idle].into_iter().enumerate() {
+        let (h, entry) = many::load(module, i == 0, 1);
+        if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h | arg << 8]) {
+            crate::fail(format_args!("attack fp: VCPU_INIT: {e:?}"));
+        }
+        vms[i].0 = h;
+    }
+    let mut src = FpRegs::zero();
+    let mut bad = 0u64;
+    for round in 0..FP_ROUNDS {
+        for (i, &(h, what)) in vms.iter().enumerate() {
+            for (r, q) in src.q.iter_mut().enumerate() {
+                let lo = 0x4f57_0000_0000_0000 | (round << 24) | ((i as u64) << 16) | r as u64;
+                *q = (u128::from(!lo.rotate_left(29)) << 64) | u128::from(lo);
+            }
+            src.fpcr = (round << 22) & FPCR_MASK;
+            src.fpsr = (round.wrapping_mul(0x9e37) ^ i as u64) & FPSR_MASK;
+            let (dst, x) = fpregs::across_hvc(&src, [u64::from(hyp_abi::VCPU_RUN), h, 0, 0]);
+            if x[0] != hyp_abi::exit::YIELD {
+                crate::fail(format_args!(
+                    "attack fp: round {round}: VCPU_RUN of the guest that {what} returned {:#x}",
+                    x[0]
+                ));
+            }
+            let q = (0..32).find(|&r| dst.q[r] != src.q[r]);
+            if q.is_some() || dst.fpcr & FPCR_MASK != src.fpcr || dst.fpsr & FPSR_MASK != src.fpsr {
+                bad += 1;
+                if bad <= 3 {
+                    let r = q.unwrap_or(0);
+                    println!(
+                        "host: attack fp: round {round}, guest that {what}: q{r} {:#034x} (want {:#034x}), FPCR {:#x} (want {:#x}), FPSR {:#x} (want {:#x})",
+                        dst.q[r], src.q[r], dst.fpcr, src.fpcr, dst.fpsr, src.fpsr
+                    );
+                }
+            }
+        }
+    }
+    println!(
+        "host: attack fp: {FP_ROUNDS} rounds x 2 guests (one uses FP/SIMD, one does not): {bad} rounds with host Q0-Q31/FPCR/FPSR changed"
+    );
+    for (h, _) in vms {
+        let _ = crate::hostif::destroy_vm(h);
     }
 }

@@ -33,6 +33,13 @@ pub fn fp_trap(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, me: FpOwner) {
     // Only the host's state can still be live here: a guest's is saved
     // when its run ends, and a guest never traps while it owns the FP.
     let on = fp_enable(c);
+    if prev == me {
+        // The host owns the registers (a guest run that used no FP left
+        // them alone) but traps: the guest's entry set CPTR_EL2.TFP and the
+        // host's entry leaves it. Its state is live: loading the copy saved
+        // at an earlier switch would roll it back.
+        return;
+    }
     if prev == FpOwner::Host && me == FpOwner::Guest {
         // The host's context is not reachable from here; it was saved into
         // HOST_FP by this CPU's slot.
