@@ -237,11 +237,53 @@ impl Qemu {
     }
 
     /// Waits up to `timeout` for a stdout line containing `needle` and returns
-    /// it; earlier lines are skipped (they stay in the log).
+    /// it; earlier lines are skipped (they stay in the log). A needle that
+    /// starts with a hypervisor or host tag (`hyp:`, `host:`, `demo:`, see
+    /// [`TRUSTED_TAGS`]) matches only lines that start with it, so a guest's
+    /// (tagged) line never satisfies it.
     pub fn expect_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let trusted = TRUSTED_TAGS.iter().any(|t| needle.starts_with(t));
         self.expect_matching(&format!("a line containing {needle:?}"), timeout, |l| {
-            l.contains(needle)
+            if trusted {
+                l.starts_with(needle)
+            } else {
+                l.contains(needle)
+            }
         })
+    }
+
+    /// Waits up to `timeout` for the line `text` printed by guest VM `vm`
+    /// (`[vmN] text`, see [`guest_line`]).
+    pub fn expect_guest(&mut self, vm: u64, text: &str, timeout: Duration) -> String {
+        self.expect_exact(&guest_line(vm, text), timeout)
+    }
+
+    /// Waits up to `timeout` for a line of guest VM `vm` whose text contains
+    /// `needle`; returns the text, without the VM's tag.
+    pub fn expect_guest_line(&mut self, vm: u64, needle: &str, timeout: Duration) -> String {
+        self.expect_guest_matching(
+            vm,
+            &format!("a line of VM {vm} containing {needle:?}"),
+            timeout,
+            |t| t.contains(needle),
+        )
+    }
+
+    /// Waits up to `timeout` for a line of guest VM `vm` whose text (without
+    /// the VM's tag) satisfies `pred`, and returns that text.
+    pub fn expect_guest_matching(
+        &mut self,
+        vm: u64,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let l = self.expect_matching(what, timeout, |l| {
+            guest_text(l).is_some_and(|(h, t)| h == vm && pred(t))
+        });
+        guest_text(&l)
+            .map(|(_, t)| t.to_owned())
+            .unwrap_or_default()
     }
 
     /// Waits up to `timeout` for a stdout line equal to `line` (trailing `\r` ignored).
@@ -312,6 +354,27 @@ impl Qemu {
             self.fail(&format!("exit status {code}, expected {expected}"));
         }
     }
+}
+
+/// How the lines of the hypervisor (`hyp: `) and of the host VM, the VMM
+/// (`host: `, `demo: `), start. A guest's console lines never do: the
+/// hypervisor prints them as `[vmN] text` ([`guest_line`]).
+pub const TRUSTED_TAGS: [&str; 3] = ["hyp:", "host:", "demo:"];
+
+/// Guest VM `vm`'s console line `text` as the hypervisor prints it.
+pub fn guest_line(vm: u64, text: &str) -> String {
+    format!("[vm{vm}] {text}")
+}
+
+/// The VM handle and text of a guest's console line `[vmN] text`; `None`
+/// for other lines.
+pub fn guest_text(line: &str) -> Option<(u64, &str)> {
+    let rest = line.strip_prefix("[vm")?;
+    let (digits, text) = rest.split_once("] ")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((digits.parse().ok()?, text))
 }
 
 /// The counts on the protected-guest demo's PASS line.
@@ -460,6 +523,21 @@ mod tests {
         assert_eq!(q.expect_exact("crlf", T), "crlf");
         assert_eq!(q.expect_exit(T), 3);
         assert_eq!(q.log(), ["hyp: booting", "crlf", "done"]);
+    }
+
+    #[test]
+    fn trusted_needles_match_only_untagged_lines() {
+        let mut q = sh(
+            "echo '[vm1] hyp: exits total=1'; echo '[vm1] host: VM 1 up'; \
+                        echo 'hyp: exits total=2'; echo '[vm12] guest: hi'; echo 'host: VM 1 up'",
+        );
+        assert_eq!(q.expect_line("hyp: exits total=", T), "hyp: exits total=2");
+        assert_eq!(q.expect_guest(12, "guest: hi", T), "[vm12] guest: hi");
+        assert_eq!(q.expect_line("host: VM 1", T), "host: VM 1 up");
+        assert_eq!(guest_text("[vm3] a b"), Some((3, "a b")));
+        assert_eq!(guest_text("[vm] a"), None);
+        assert_eq!(guest_text("[vmx] a"), None);
+        assert_eq!(guest_text("hyp: [vm1] a"), None);
     }
 
     #[test]

@@ -20,9 +20,9 @@ fn boot() -> Qemu {
     })
 }
 
-const VCPU0_ON: &str = "guest-cache: vCPU 0 turned its MMU and caches on \
+const VCPU0_ON: &str = "[vm1] guest-cache: vCPU 0 turned its MMU and caches on \
                         (1st vCPU to do so, SCTLR_EL1.M=1 C=1 I=1)";
-const VCPU1_ON: &str = "guest-cache: vCPU 1 turned its MMU and caches on \
+const VCPU1_ON: &str = "[vm1] guest-cache: vCPU 1 turned its MMU and caches on \
                         (2nd vCPU to do so, SCTLR_EL1.M=1 C=1 I=1)";
 
 #[test]
@@ -34,26 +34,26 @@ fn secondary_reads_back_what_it_wrote_with_caches_off() {
     );
     for line in [
         VCPU0_ON,
-        "guest-cache: vCPU 0 read the 2048-word buffer through its cacheable mapping: all zero",
-        "guest-cache: vCPU 1 up with MMU and caches off (SCTLR_EL1.M=0 C=0)",
-        "guest-cache: vCPU 1 wrote 2048 words (4 pages) with its caches off",
+        "[vm1] guest-cache: vCPU 0 read the 2048-word buffer through its cacheable mapping: all zero",
+        "[vm1] guest-cache: vCPU 1 up with MMU and caches off (SCTLR_EL1.M=0 C=0)",
+        "[vm1] guest-cache: vCPU 1 wrote 2048 words (4 pages) with its caches off",
         VCPU1_ON,
-        "guest-cache: vCPU 1 read back 2048 words after enabling caches: OK",
-        "guest-cache: caches were turned on by vCPU 0, then vCPU 1; vCPU 1 verdict: OK",
-        "guest-cache: vCPU 0 reads vCPU 1's 2048 words: OK",
+        "[vm1] guest-cache: vCPU 1 read back 2048 words after enabling caches: OK",
+        "[vm1] guest-cache: caches were turned on by vCPU 0, then vCPU 1; vCPU 1 verdict: OK",
+        "[vm1] guest-cache: vCPU 0 reads vCPU 1's 2048 words: OK",
         SET_WAY,
         VCPU1_SAW,
         VCPU1_TOGGLED,
-        "guest-cache: done, powering off",
+        "[vm1] guest-cache: done, powering off",
     ] {
         q.expect_exact(line, T);
     }
     q.expect_exit_code(0, T);
 }
 
-const SET_WAY: &str = "guest-cache: vCPU 0 did DC CISW (set/way) with its caches on";
-const VCPU1_SAW: &str = "guest-cache: vCPU 1 saw vCPU 0's set/way operation";
-const VCPU1_TOGGLED: &str = "guest-cache: vCPU 1 turned its data cache off \
+const SET_WAY: &str = "[vm1] guest-cache: vCPU 0 did DC CISW (set/way) with its caches on";
+const VCPU1_SAW: &str = "[vm1] guest-cache: vCPU 1 saw vCPU 0's set/way operation";
+const VCPU1_TOGGLED: &str = "[vm1] guest-cache: vCPU 1 turned its data cache off \
                              (caches on: false) and on again (SCTLR_EL1.M=1 C=1)";
 
 /// The line the hypervisor is expected to print for each VM-wide
@@ -71,13 +71,13 @@ fn vm_wide_flush_when_vcpu1_turns_caches_on() {
     // The flush for vCPU 1 (not only vCPU 0's) comes after vCPU 1's writes
     // and before it reads them back.
     q.expect_exact(
-        "guest-cache: vCPU 1 wrote 2048 words (4 pages) with its caches off",
+        "[vm1] guest-cache: vCPU 1 wrote 2048 words (4 pages) with its caches off",
         T,
     );
     q.expect_exact(&flush_line(1), T);
     q.expect_exact(VCPU1_ON, T);
     q.expect_exact(
-        "guest-cache: vCPU 1 read back 2048 words after enabling caches: OK",
+        "[vm1] guest-cache: vCPU 1 read back 2048 words after enabling caches: OK",
         T,
     );
     q.expect_exit_code(0, T);

@@ -15,8 +15,8 @@ fn run() -> Vec<String> {
         append: Some("guest=guest-faults".into()),
         ..BootOptions::default()
     });
-    q.expect_exact("guest-faults: up", T);
-    q.expect_line("guest-faults: ID_AA64PFR0_EL1=", T);
+    q.expect_exact("[vm1] guest-faults: up", T);
+    q.expect_line("[vm1] guest-faults: ID_AA64PFR0_EL1=", T);
     q.expect_exact("hyp: VM 1 vCPU 0 requested SYSTEM_OFF", T);
     q.expect_exit_code(0, T);
     q.log()
@@ -48,33 +48,33 @@ fn calls_aborts_and_undefined_instructions() {
         T,
     );
     for l in [
-        "guest-faults: up",
-        "guest-faults: unknown HVC 0xc600fff0 returned -1",
-        "guest-faults: unknown HVC 0x840000ff returned -1",
-        "guest-faults: unknown SMC 0xc600fff0 returned -1",
+        "[vm1] guest-faults: up",
+        "[vm1] guest-faults: unknown HVC 0xc600fff0 returned -1",
+        "[vm1] guest-faults: unknown HVC 0x840000ff returned -1",
+        "[vm1] guest-faults: unknown SMC 0xc600fff0 returned -1",
         // EC 0x25 (data abort, same EL), IL, DFSC 0x10 (synchronous external
         // abort); WnR for the writes.
-        "guest-faults: read at 0x100000000: data abort injected, \
+        "[vm1] guest-faults: read at 0x100000000: data abort injected, \
          ESR_EL1=0x96000010 FAR_EL1=0x100000000",
-        "guest-faults: write at 0x100000008: data abort injected, \
+        "[vm1] guest-faults: write at 0x100000008: data abort injected, \
          ESR_EL1=0x96000050 FAR_EL1=0x100000008",
         // ISV = 0 accesses cannot be emulated: injected too.
-        "guest-faults: ldp at 0xc000000 (no syndrome): data abort injected, \
+        "[vm1] guest-faults: ldp at 0xc000000 (no syndrome): data abort injected, \
          ESR_EL1=0x96000010 FAR_EL1=0xc000000",
-        "guest-faults: post-indexed ldr at 0xc000010 (no syndrome): data abort injected, \
+        "[vm1] guest-faults: post-indexed ldr at 0xc000010 (no syndrome): data abort injected, \
          ESR_EL1=0x96000010 FAR_EL1=0xc000010",
-        "guest-faults: str at 0xc000020: data abort injected, \
+        "[vm1] guest-faults: str at 0xc000020: data abort injected, \
          ESR_EL1=0x96000050 FAR_EL1=0xc000020",
         // EC 0 (unknown reason) with IL.
-        "guest-faults: mrs s3_0_c15_c0_0 (IMPLEMENTATION DEFINED): undefined instruction, \
+        "[vm1] guest-faults: mrs s3_0_c15_c0_0 (IMPLEMENTATION DEFINED): undefined instruction, \
          ESR_EL1=0x2000000",
     ] {
         q.expect_exact(l, T);
     }
-    q.expect_line("guest-faults: mrs PMCR_EL0: ", T);
-    q.expect_line("guest-faults: ID_AA64PFR0_EL1=", T);
-    q.expect_line("guest-faults: ID_AA64DFR0_EL1=", T);
-    let share = q.expect_line("guest-faults: MEM_SHARE(0x100000000) = ", T);
+    q.expect_line("[vm1] guest-faults: mrs PMCR_EL0: ", T);
+    q.expect_line("[vm1] guest-faults: ID_AA64PFR0_EL1=", T);
+    q.expect_line("[vm1] guest-faults: ID_AA64DFR0_EL1=", T);
+    let share = q.expect_line("[vm1] guest-faults: MEM_SHARE(0x100000000) = ", T);
     let ret: i64 = share
         .rsplit(' ')
         .next()
@@ -84,7 +84,7 @@ fn calls_aborts_and_undefined_instructions() {
         ret < 0,
         "MEM_SHARE of an IPA outside RAM succeeded: {share}"
     );
-    q.expect_line("guest-faults: MEM_SHARE(0x40000001) = -", T);
+    q.expect_line("[vm1] guest-faults: MEM_SHARE(0x40000001) = -", T);
     q.expect_line(" exceptions taken, powering off", T);
     q.expect_exact("hyp: VM 1 vCPU 0 requested SYSTEM_OFF", T);
     q.expect_exit_code(0, T);
@@ -94,15 +94,15 @@ fn calls_aborts_and_undefined_instructions() {
 fn pmu_register_is_undefined() {
     let log = run();
     assert_eq!(
-        line(&log, "guest-faults: mrs PMCR_EL0: "),
-        "guest-faults: mrs PMCR_EL0: undefined instruction, ESR_EL1=0x2000000"
+        line(&log, "[vm1] guest-faults: mrs PMCR_EL0: "),
+        "[vm1] guest-faults: mrs PMCR_EL0: undefined instruction, ESR_EL1=0x2000000"
     );
 }
 
 #[test]
 fn id_registers_are_sanitised() {
     let log = run();
-    let pfr0 = line(&log, "guest-faults: ID_AA64PFR0_EL1=");
+    let pfr0 = line(&log, "[vm1] guest-faults: ID_AA64PFR0_EL1=");
     for (name, want) in [
         ("EL0", 1),
         ("EL1", 1),
@@ -116,11 +116,11 @@ fn id_registers_are_sanitised() {
     }
     assert!(field(pfr0, "GIC") <= 1, "{pfr0}");
     assert!(field(pfr0, "RAS") <= 1, "{pfr0}");
-    let pfr1 = line(&log, "guest-faults: ID_AA64PFR1_EL1=");
+    let pfr1 = line(&log, "[vm1] guest-faults: ID_AA64PFR1_EL1=");
     for name in ["MTE", "RAS_frac", "SME", "GCS"] {
         assert_eq!(field(pfr1, name), 0, "{name} in {pfr1}");
     }
-    let dfr0 = line(&log, "guest-faults: ID_AA64DFR0_EL1=");
+    let dfr0 = line(&log, "[vm1] guest-faults: ID_AA64DFR0_EL1=");
     for (name, want) in [
         ("DebugVer", 6),
         ("TraceVer", 0),
@@ -132,11 +132,11 @@ fn id_registers_are_sanitised() {
     ] {
         assert_eq!(field(dfr0, name), want, "{name} in {dfr0}");
     }
-    let isar1 = line(&log, "guest-faults: ID_AA64ISAR1_EL1=");
+    let isar1 = line(&log, "[vm1] guest-faults: ID_AA64ISAR1_EL1=");
     for name in ["APA", "API", "GPA", "GPI", "LS64"] {
         assert_eq!(field(isar1, name), 0, "{name} in {isar1}");
     }
-    let mmfr0 = line(&log, "guest-faults: ID_AA64MMFR0_EL1=");
+    let mmfr0 = line(&log, "[vm1] guest-faults: ID_AA64MMFR0_EL1=");
     assert_eq!(field(mmfr0, "PARange"), 2, "40-bit IPA: {mmfr0}");
     assert_eq!(field(mmfr0, "FGT"), 0, "{mmfr0}");
 }
@@ -146,11 +146,11 @@ fn mem_share_of_memory_not_owned_is_invalid_parameter() {
     let log = run();
     // SMCCC INVALID_PARAMETER (-3): not the guest's page, and not page-aligned.
     assert_eq!(
-        line(&log, "guest-faults: MEM_SHARE(0x100000000) = "),
-        "guest-faults: MEM_SHARE(0x100000000) = -3"
+        line(&log, "[vm1] guest-faults: MEM_SHARE(0x100000000) = "),
+        "[vm1] guest-faults: MEM_SHARE(0x100000000) = -3"
     );
     assert_eq!(
-        line(&log, "guest-faults: MEM_SHARE(0x40000001) = "),
-        "guest-faults: MEM_SHARE(0x40000001) = -3"
+        line(&log, "[vm1] guest-faults: MEM_SHARE(0x40000001) = "),
+        "[vm1] guest-faults: MEM_SHARE(0x40000001) = -3"
     );
 }

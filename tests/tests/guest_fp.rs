@@ -20,10 +20,10 @@ fn fp_state_survives_wfi_exits() {
     );
     // vCPU 0 boots with x0 = 0: VM number 0.
     q.expect_exact(
-        "guest-fp: VM 1: 100 rounds of 32 Q registers + FPCR across WFI",
+        "[vm1] guest-fp: VM 1: 100 rounds of 32 Q registers + FPCR across WFI",
         T,
     );
-    q.expect_exact("guest-fp: VM 1: 100 rounds, FP/SIMD state intact", T);
+    q.expect_exact("[vm1] guest-fp: VM 1: 100 rounds, FP/SIMD state intact", T);
     let exits = q.expect_line("hyp: exits total=", T);
     q.expect_exit_code(0, T);
     let wfx: u64 = exits
@@ -68,7 +68,7 @@ fn two_vms(board: TestBoard) {
     // The VMs finish in either order.
     let log = q.log();
     for vm in [1, 2] {
-        let line = format!("guest-fp: VM {vm}: 100 rounds, FP/SIMD state intact");
+        let line = format!("[vm{vm}] guest-fp: VM {vm}: 100 rounds, FP/SIMD state intact");
         assert!(
             log.contains(&line),
             "missing {line:?} (an FP/SIMD register was corrupted?):\n{}",

@@ -20,19 +20,19 @@ fn four_vcpus_psci_smccc_and_abort_injection() {
         "host: VM 1 (guest-hello): 4 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",
         T,
     );
-    q.expect_exact("guest-hello: vCPU 0 up (PSCI 1.1, SMCCC 1.1)", T);
-    q.expect_exact("guest-hello: PSCI_FEATURES(CPU_ON) = 0", T);
-    q.expect_exact("guest-hello: unknown HVC returned -1", T);
-    q.expect_exact("guest-hello: unknown SMC returned -1", T);
+    q.expect_exact("[vm1] guest-hello: vCPU 0 up (PSCI 1.1, SMCCC 1.1)", T);
+    q.expect_exact("[vm1] guest-hello: PSCI_FEATURES(CPU_ON) = 0", T);
+    q.expect_exact("[vm1] guest-hello: unknown HVC returned -1", T);
+    q.expect_exact("[vm1] guest-hello: unknown SMC returned -1", T);
     // PSCI ALREADY_ON for the caller itself.
-    q.expect_exact("guest-hello: CPU_ON(self) = -4", T);
-    q.expect_exact("guest-hello: all 4 vCPUs reported and are off", T);
+    q.expect_exact("[vm1] guest-hello: CPU_ON(self) = -4", T);
+    q.expect_exact("[vm1] guest-hello: all 4 vCPUs reported and are off", T);
     q.expect_exact(
-        "guest-hello: read outside memory at 0x100000000: abort injected, \
+        "[vm1] guest-hello: read outside memory at 0x100000000: abort injected, \
          ESR_EL1=0x96000010 FAR_EL1=0x100000000",
         T,
     );
-    q.expect_exact("guest-hello: done, powering off", T);
+    q.expect_exact("[vm1] guest-hello: done, powering off", T);
     q.expect_exact("host: VM 1 (guest-hello) powered off", T);
     q.expect_matching("the VM's destruction", T, |l| {
         l.starts_with("host: VM 1 (guest-hello) destroyed: ")
@@ -45,10 +45,13 @@ fn four_vcpus_psci_smccc_and_abort_injection() {
     let log = q.log();
     let summary = log
         .iter()
-        .position(|l| l == "guest-hello: all 4 vCPUs reported and are off")
+        .position(|l| l == "[vm1] guest-hello: all 4 vCPUs reported and are off")
         .expect("summary line seen above");
     for cpu in 1..4 {
-        let line = format!("guest-hello: vCPU {cpu} up (context {:#x})", 0x100 + cpu);
+        let line = format!(
+            "[vm1] guest-hello: vCPU {cpu} up (context {:#x})",
+            0x100 + cpu
+        );
         let at: Vec<_> = log
             .iter()
             .enumerate()

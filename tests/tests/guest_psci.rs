@@ -41,47 +41,47 @@ fn psci_calls_errors_affinity_and_restart() {
         T,
     );
     let vcpu0 = [
-        "guest-psci: PSCI_VERSION = 1.1",
-        "guest-psci: SMCCC_VERSION = 1.1",
-        "guest-psci: PSCI_FEATURES(PSCI_VERSION) = 0",
-        "guest-psci: PSCI_FEATURES(CPU_SUSPEND_64) = 0",
-        "guest-psci: PSCI_FEATURES(CPU_OFF) = 0",
-        "guest-psci: PSCI_FEATURES(CPU_ON_64) = 0",
-        "guest-psci: PSCI_FEATURES(AFFINITY_INFO_64) = 0",
-        "guest-psci: PSCI_FEATURES(SYSTEM_OFF) = 0",
-        "guest-psci: PSCI_FEATURES(SYSTEM_RESET) = 0",
-        "guest-psci: PSCI_FEATURES(PSCI_FEATURES) = 0",
-        "guest-psci: PSCI_FEATURES(SMCCC_VERSION) = 0",
-        "guest-psci: PSCI_FEATURES(MIGRATE_64) = -1",
-        "guest-psci: PSCI_FEATURES(0x840000ff) = -1",
-        "guest-psci: ARCH_FEATURES(SMCCC_VERSION) = 0",
-        "guest-psci: ARCH_FEATURES(SMCCC_ARCH_FEATURES) = 0",
-        "guest-psci: ARCH_FEATURES(ARCH_WORKAROUND_1) = -1",
+        "[vm1] guest-psci: PSCI_VERSION = 1.1",
+        "[vm1] guest-psci: SMCCC_VERSION = 1.1",
+        "[vm1] guest-psci: PSCI_FEATURES(PSCI_VERSION) = 0",
+        "[vm1] guest-psci: PSCI_FEATURES(CPU_SUSPEND_64) = 0",
+        "[vm1] guest-psci: PSCI_FEATURES(CPU_OFF) = 0",
+        "[vm1] guest-psci: PSCI_FEATURES(CPU_ON_64) = 0",
+        "[vm1] guest-psci: PSCI_FEATURES(AFFINITY_INFO_64) = 0",
+        "[vm1] guest-psci: PSCI_FEATURES(SYSTEM_OFF) = 0",
+        "[vm1] guest-psci: PSCI_FEATURES(SYSTEM_RESET) = 0",
+        "[vm1] guest-psci: PSCI_FEATURES(PSCI_FEATURES) = 0",
+        "[vm1] guest-psci: PSCI_FEATURES(SMCCC_VERSION) = 0",
+        "[vm1] guest-psci: PSCI_FEATURES(MIGRATE_64) = -1",
+        "[vm1] guest-psci: PSCI_FEATURES(0x840000ff) = -1",
+        "[vm1] guest-psci: ARCH_FEATURES(SMCCC_VERSION) = 0",
+        "[vm1] guest-psci: ARCH_FEATURES(SMCCC_ARCH_FEATURES) = 0",
+        "[vm1] guest-psci: ARCH_FEATURES(ARCH_WORKAROUND_1) = -1",
         // ARCH_FEATURES answers for Arm architecture calls only.
-        "guest-psci: ARCH_FEATURES(CPU_ON_64) = -1",
+        "[vm1] guest-psci: ARCH_FEATURES(CPU_ON_64) = -1",
         // INVALID_PARAMETERS (-2) for MPIDRs naming no vCPU.
-        "guest-psci: CPU_ON(MPIDR 0x100) = -2",
-        "guest-psci: CPU_ON(MPIDR 7) = -2",
+        "[vm1] guest-psci: CPU_ON(MPIDR 0x100) = -2",
+        "[vm1] guest-psci: CPU_ON(MPIDR 7) = -2",
         // INVALID_ADDRESS (-9) for entry points outside guest RAM.
-        "guest-psci: CPU_ON(entry 0x1000) = -9",
-        "guest-psci: CPU_ON(entry 0x100000000) = -9",
-        "guest-psci: AFFINITY_INFO(1, level 1) = -2",
-        "guest-psci: AFFINITY_INFO(MPIDR 7) = -2",
-        "guest-psci: AFFINITY_INFO(1) = 1 before CPU_ON",
-        "guest-psci: CPU_ON(1, context 0x1001) = 0",
-        "guest-psci: AFFINITY_INFO(1) = 0 while vCPU 1 runs",
+        "[vm1] guest-psci: CPU_ON(entry 0x1000) = -9",
+        "[vm1] guest-psci: CPU_ON(entry 0x100000000) = -9",
+        "[vm1] guest-psci: AFFINITY_INFO(1, level 1) = -2",
+        "[vm1] guest-psci: AFFINITY_INFO(MPIDR 7) = -2",
+        "[vm1] guest-psci: AFFINITY_INFO(1) = 1 before CPU_ON",
+        "[vm1] guest-psci: CPU_ON(1, context 0x1001) = 0",
+        "[vm1] guest-psci: AFFINITY_INFO(1) = 0 while vCPU 1 runs",
         // ALREADY_ON (-4).
-        "guest-psci: CPU_ON(1) while on = -4",
-        "guest-psci: AFFINITY_INFO(1) = 1 after its CPU_OFF (start 1)",
-        "guest-psci: CPU_ON(1, context 0x2001) = 0",
-        "guest-psci: AFFINITY_INFO(1) = 0 while vCPU 1 runs",
-        "guest-psci: CPU_ON(1) while on = -4",
-        "guest-psci: AFFINITY_INFO(1) = 1 after its CPU_OFF (start 2)",
-        "guest-psci: CPU_ON(2, context 0x1002) = 0",
-        "guest-psci: CPU_ON(3, context 0x1003) = 0",
-        "guest-psci: vCPUs 2 and 3 reported and are off",
-        "guest-psci: CPU_SUSPEND(0) = 0",
-        "guest-psci: done, powering off",
+        "[vm1] guest-psci: CPU_ON(1) while on = -4",
+        "[vm1] guest-psci: AFFINITY_INFO(1) = 1 after its CPU_OFF (start 1)",
+        "[vm1] guest-psci: CPU_ON(1, context 0x2001) = 0",
+        "[vm1] guest-psci: AFFINITY_INFO(1) = 0 while vCPU 1 runs",
+        "[vm1] guest-psci: CPU_ON(1) while on = -4",
+        "[vm1] guest-psci: AFFINITY_INFO(1) = 1 after its CPU_OFF (start 2)",
+        "[vm1] guest-psci: CPU_ON(2, context 0x1002) = 0",
+        "[vm1] guest-psci: CPU_ON(3, context 0x1003) = 0",
+        "[vm1] guest-psci: vCPUs 2 and 3 reported and are off",
+        "[vm1] guest-psci: CPU_SUSPEND(0) = 0",
+        "[vm1] guest-psci: done, powering off",
     ];
     for line in vcpu0 {
         q.expect_exact(line, T);
@@ -92,22 +92,22 @@ fn psci_calls_errors_affinity_and_restart() {
     // Each secondary start printed its own context exactly once, while that
     // start was in progress (secondaries print concurrently with vCPU 0).
     let log = q.log();
-    let first_on = only(&log, "guest-psci: AFFINITY_INFO(1) = 1 before CPU_ON");
+    let first_on = only(&log, "[vm1] guest-psci: AFFINITY_INFO(1) = 1 before CPU_ON");
     let first_off = only(
         &log,
-        "guest-psci: AFFINITY_INFO(1) = 1 after its CPU_OFF (start 1)",
+        "[vm1] guest-psci: AFFINITY_INFO(1) = 1 after its CPU_OFF (start 1)",
     );
     let second_off = only(
         &log,
-        "guest-psci: AFFINITY_INFO(1) = 1 after its CPU_OFF (start 2)",
+        "[vm1] guest-psci: AFFINITY_INFO(1) = 1 after its CPU_OFF (start 2)",
     );
-    let others_off = only(&log, "guest-psci: vCPUs 2 and 3 reported and are off");
-    let a = only(&log, "guest-psci: vCPU 1 up (context 0x1001)");
+    let others_off = only(&log, "[vm1] guest-psci: vCPUs 2 and 3 reported and are off");
+    let a = only(&log, "[vm1] guest-psci: vCPU 1 up (context 0x1001)");
     assert!(
         first_on < a && a < first_off,
         "first start of vCPU 1 out of order"
     );
-    let b = only(&log, "guest-psci: vCPU 1 up (context 0x2001)");
+    let b = only(&log, "[vm1] guest-psci: vCPU 1 up (context 0x2001)");
     assert!(
         first_off < b && b < second_off,
         "second start of vCPU 1 out of order"
@@ -115,7 +115,7 @@ fn psci_calls_errors_affinity_and_restart() {
     for t in 2..4 {
         let l = only(
             &log,
-            &format!("guest-psci: vCPU {t} up (context {:#x})", 0x1000 + t),
+            &format!("[vm1] guest-psci: vCPU {t} up (context {:#x})", 0x1000 + t),
         );
         assert!(second_off < l && l < others_off, "vCPU {t} out of order");
     }
@@ -124,18 +124,18 @@ fn psci_calls_errors_affinity_and_restart() {
 #[test]
 fn kvm_vendor_hypervisor_service() {
     let mut q = boot();
-    q.expect_exact("guest-psci: CPU_SUSPEND(0) = 0", T);
+    q.expect_exact("[vm1] guest-psci: CPU_SUSPEND(0) = 0", T);
     q.expect_exact(
-        "guest-psci: VENDOR_HYP_CALL_UID = 0xb66fb428 0xe911c52e 0x564bcaa9 0x743a004d (KVM)",
+        "[vm1] guest-psci: VENDOR_HYP_CALL_UID = 0xb66fb428 0xe911c52e 0x564bcaa9 0x743a004d (KVM)",
         T,
     );
     // FEATURES, HYP_MEMINFO, MMIO guard INFO/ENROLL/MAP/UNMAP; MEM_SHARE and
     // MEM_UNSHARE (bits 3, 4) are offered to protected VMs only, and this one
     // is normal.
-    q.expect_exact("guest-psci: KVM_FEATURES = 0x1e5 0x0 0x0 0x0", T);
-    q.expect_exact("guest-psci: HYP_MEMINFO = 4096", T);
+    q.expect_exact("[vm1] guest-psci: KVM_FEATURES = 0x1e5 0x0 0x0 0x0", T);
+    q.expect_exact("[vm1] guest-psci: HYP_MEMINFO = 4096", T);
     // SMCCC INVALID_PARAMETER (-3): the reserved arguments must be zero.
-    q.expect_exact("guest-psci: HYP_MEMINFO(1, 0, 0) = -3", T);
-    q.expect_exact("guest-psci: done, powering off", T);
+    q.expect_exact("[vm1] guest-psci: HYP_MEMINFO(1, 0, 0) = -3", T);
+    q.expect_exact("[vm1] guest-psci: done, powering off", T);
     q.expect_exit_code(0, T);
 }

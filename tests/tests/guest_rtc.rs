@@ -21,11 +21,11 @@ fn assigned_rtc_interrupts_reach_the_guest() {
         "hyp: VM 1: device pl031-rtc assigned (SPI 34)",
         "host: PL031 RTC assigned to VM 1",
         "host: assigning it again: Err(Denied); assigning the UART: Err(Invalid)",
-        "guest-rtc: PL031 at 0x9010000 mapped in, its interrupt is SPI 34",
-        "guest-rtc: alarm 1 taken through the vGIC",
-        "guest-rtc: alarm 2 taken through the vGIC",
-        "guest-rtc: 2 alarms, 0 other interrupts, RIS after clearing = 0",
-        "guest-rtc: done, powering off",
+        "[vm1] guest-rtc: PL031 at 0x9010000 mapped in, its interrupt is SPI 34",
+        "[vm1] guest-rtc: alarm 1 taken through the vGIC",
+        "[vm1] guest-rtc: alarm 2 taken through the vGIC",
+        "[vm1] guest-rtc: 2 alarms, 0 other interrupts, RIS after clearing = 0",
+        "[vm1] guest-rtc: done, powering off",
         "host: VM 1 (guest-rtc) powered off",
     ] {
         q.expect_exact(line, T);

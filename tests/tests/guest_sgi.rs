@@ -40,19 +40,19 @@ fn run(board: TestBoard) {
             .collect();
         q.expect_exact(
             &format!(
-                "guest-sgi: vCPU {t} took 360 SGIs (INTIDs 1/2/3/4): {}",
+                "[vm1] guest-sgi: vCPU {t} took 360 SGIs (INTIDs 1/2/3/4): {}",
                 from.join(", ")
             ),
             T,
         );
     }
-    q.expect_exact("guest-sgi: 0 SGIs without a sender", T);
+    q.expect_exact("[vm1] guest-sgi: 0 SGIs without a sender", T);
     q.expect_exact(
-        "guest-sgi: 4 vCPUs took 1440 SGIs: 100 targeted (INTIDs 1/2/3 = 34/33/33) \
+        "[vm1] guest-sgi: 4 vCPUs took 1440 SGIs: 100 targeted (INTIDs 1/2/3 = 34/33/33) \
          + 20 broadcast (INTID 4) per sender and target: exact",
         T,
     );
-    q.expect_exact("guest-sgi: done, powering off", T);
+    q.expect_exact("[vm1] guest-sgi: done, powering off", T);
     q.expect_exact("hyp: VM 1 vCPU 0 requested SYSTEM_OFF", T);
     q.expect_exit_code(0, T);
 }

@@ -31,13 +31,13 @@ fn run(board: TestBoard) {
         T,
     );
     for line in [
-        "guest-timer: 50 virtual timer ticks",
-        "guest-timer: elapsed counter time >= 50 periods of 1 ms",
-        "guest-timer: 0 other or spurious interrupts",
-        "guest-timer: vCPU 1: 50 virtual timer ticks",
-        "guest-timer: vCPU 1: elapsed counter time >= 50 periods of 1 ms",
-        "guest-timer: vCPU 1: 0 other or spurious interrupts",
-        "guest-timer: done, powering off",
+        "[vm1] guest-timer: 50 virtual timer ticks",
+        "[vm1] guest-timer: elapsed counter time >= 50 periods of 1 ms",
+        "[vm1] guest-timer: 0 other or spurious interrupts",
+        "[vm1] guest-timer: vCPU 1: 50 virtual timer ticks",
+        "[vm1] guest-timer: vCPU 1: elapsed counter time >= 50 periods of 1 ms",
+        "[vm1] guest-timer: vCPU 1: 0 other or spurious interrupts",
+        "[vm1] guest-timer: done, powering off",
     ] {
         q.expect_exact(line, T);
     }

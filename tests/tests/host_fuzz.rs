@@ -46,7 +46,7 @@ fn ten_thousand_random_calls_then_a_normal_guest() {
         "host: fuzz: VCPU_RUN flags: unknown bit Err(Invalid), completion with no read outstanding Err(State), vCPU still off",
         T,
     );
-    q.expect_exact("guest-hello: all 4 vCPUs reported and are off", T);
+    q.expect_exact("[vm1] guest-hello: all 4 vCPUs reported and are off", T);
     q.expect_exact("host: VM 1 (guest-hello) powered off", T);
     q.expect_line("hyp: exits total=", T);
     q.expect_exit_code(0, T);

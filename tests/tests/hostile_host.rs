@@ -17,8 +17,8 @@ fn vcpu_init_of_a_protected_vm_only_once_before_it_runs() {
         append: Some("attack=vcpu_init".to_owned()),
         ..BootOptions::default()
     });
-    q.expect_exact("guest-hello: vCPU 1 up (context 0x101)", T);
-    q.expect_exact("guest-hello: all 2 vCPUs reported and are off", T);
+    q.expect_exact("[vm1] guest-hello: vCPU 1 up (context 0x101)", T);
+    q.expect_exact("[vm1] guest-hello: all 2 vCPUs reported and are off", T);
     q.expect_exact(
         "host: attack vcpu_init: vCPU 1 before the guest started it: Err(Denied); \
          vCPU 0 a second time: Err(Denied); vCPU 1 after its CPU_OFF: Err(Denied)",
@@ -39,7 +39,7 @@ fn bbm_window_faults_are_retried_not_injected() {
         append: Some("guest=guest-faults:p:v2:arg=1".to_owned()),
         ..BootOptions::default()
     });
-    let l = q.expect_line("guest-faults: bbm: ", T);
+    let l = q.expect_guest_line(1, "guest-faults: bbm: ", T);
     q.expect_exit_code(0, T);
     let passes: u64 = l
         .split(" made ")
@@ -99,4 +99,66 @@ fn fp_host_state_survives_vcpu_run() {
         Duration::from_secs(120),
     );
     q.expect_exit_code(0, T);
+}
+
+/// Item 11: what a guest prints cannot pass for the hypervisor or the host.
+/// guest-hello's hostile console (`arg=1`) prints the very lines tests wait
+/// for (`hyp: VM 1 vCPU 0 requested SYSTEM_OFF`, `host: VM 1 (guest-hello)
+/// powered off`, a `demo: PASS`), one behind a carriage return, one behind
+/// ANSI escapes, one past the 256-byte line buffer: each shows up only
+/// tagged `[vm1] ` and escaped, and the real lines once each, untagged.
+#[test]
+fn console_of_a_guest_cannot_pass_for_hyp_or_host() {
+    let mut q = Qemu::boot(BootOptions {
+        append: Some("guest=guest-hello:arg=1".to_owned()),
+        ..BootOptions::default()
+    });
+    let forged = [
+        "[vm1] hyp: VM 1 vCPU 0 requested SYSTEM_OFF",
+        // The carriage return is dropped: no return to column 0.
+        "[vm1] host: VM 1 (guest-hello) powered off",
+        "[vm1] demo: PASS protected=2 normal=1 denied=0 shared=0 scrubbed=0",
+        "[vm1] \\x1b[2K\\x1b[1Ghyp: exits total=0\\x1b[0m",
+        // The piece past the line buffer is tagged too.
+        "[vm1] host: fuzz: ok=1",
+    ];
+    for l in forged {
+        q.expect_exact(l, T);
+    }
+    q.expect_guest(1, "guest-hello: hostile console done, powering off", T);
+    // The real lines, after the forged ones.
+    q.expect_exact("hyp: VM 1 vCPU 0 requested SYSTEM_OFF", T);
+    q.expect_exact("host: VM 1 (guest-hello) powered off", T);
+    q.expect_line("hyp: exits total=", T);
+    q.expect_exit_code(0, T);
+
+    let log = q.log();
+    let count = |line: &str| log.iter().filter(|l| *l == line).count();
+    assert_eq!(count(&format!("[vm1] {}", "-".repeat(256))), 1, "{log:#?}");
+    for l in forged {
+        assert_eq!(count(l), 1, "{l:?} in {log:#?}");
+    }
+    // Once each: on a console that printed guest lines as they are, the
+    // guest's own `host: VM 1 (guest-hello) powered off` would be a second.
+    assert_eq!(
+        count("hyp: VM 1 vCPU 0 requested SYSTEM_OFF"),
+        1,
+        "{log:#?}"
+    );
+    assert_eq!(count("host: VM 1 (guest-hello) powered off"), 1, "{log:#?}");
+    for l in &log {
+        assert!(
+            !l.contains(['\x1b', '\r']),
+            "raw control character in {l:?}"
+        );
+        assert!(!l.starts_with("demo:"), "no demo runs here: {l:?}");
+        if let Some(text) = l.strip_prefix("[vm1] ") {
+            assert!(!text.starts_with("[vm"), "doubly tagged: {l:?}");
+        } else if !l.starts_with("[stderr] ") {
+            assert!(
+                l.starts_with("hyp: ") || l.starts_with("host: "),
+                "a line neither tagged nor the hypervisor's or host's: {l:?}"
+            );
+        }
+    }
 }

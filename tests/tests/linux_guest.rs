@@ -7,6 +7,8 @@
 //! in its own step (which sets `HYP_LINUX_APPEND`, the hypervisor's boot
 //! arguments, and `HYP_LINUX_QEMU_ARGS`, the loader devices, one per line),
 //! so it is `#[ignore]`d in the general integration-test step.
+//!
+//! Linux's console lines come tagged `[vm1] ` by the hypervisor.
 
 use std::time::{Duration, Instant};
 
@@ -62,18 +64,19 @@ fn debian_linux_boots_on_two_vcpus() {
     );
     q.expect_line("smp: Brought up 1 node, 2 CPUs", T);
     q.expect_line("ttyAMA0 at MMIO 0x9000000", T);
-    q.expect_exact("LINUX-GUEST-INIT-OK", T);
+    q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
     eprintln!(
         "linux_guest: init marker after {:.1} s",
         start.elapsed().as_secs_f64()
     );
     let uname = q.expect_line("Linux ", T);
     assert!(uname.contains("aarch64"), "uname -a: {uname}");
-    q.expect_exact("cpus online: 0-1", T);
-    q.expect_matching("the CPU0 CPU1 header", T, |l| {
+    q.expect_guest(1, "cpus online: 0-1", T);
+    q.expect_guest_matching(1, "the CPU0 CPU1 header", T, |l| {
         l.split_whitespace().collect::<Vec<_>>() == ["CPU0", "CPU1"]
     });
-    let timer = q.expect_line("arch_timer", T);
+    // The text without the `[vm1] ` tag.
+    let timer = q.expect_guest_line(1, "arch_timer", T);
     let c = counts(&timer, 2);
     assert!(
         c.len() == 2 && c.iter().all(|&n| n > 0),
@@ -81,7 +84,7 @@ fn debian_linux_boots_on_two_vcpus() {
         q.log().join("\n")
     );
     eprintln!("linux_guest: {timer}");
-    q.expect_exact("LINUX-GUEST-DONE", T);
+    q.expect_guest(1, "LINUX-GUEST-DONE", T);
     q.expect_line("host: VM 1 (linux) powered off", T);
     assert_eq!(q.expect_exit(T), 0);
     eprintln!(

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use hyp_tests::{BootOptions, Qemu};
+use hyp_tests::{guest_line, BootOptions, Qemu};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -27,12 +27,10 @@ fn sixty_four_vms_alive_at_once() {
     );
     q.expect_exit_code(0, T);
     let log = q.log();
-    let done = log
-        .iter()
-        .filter(|l| *l == "guest-hello: done, powering off")
-        .count();
-    assert_eq!(done, 64, "each VM's guest finished once");
     for h in 1..=64 {
+        let done = guest_line(h, "guest-hello: done, powering off");
+        let times = log.iter().filter(|l| **l == done).count();
+        assert_eq!(times, 1, "VM {h}'s guest finished {times} times");
         let line = format!("hyp: VM {h} vCPU 0 requested SYSTEM_OFF");
         assert!(log.contains(&line), "VM {h} never powered off");
     }
@@ -48,11 +46,14 @@ fn a_vm_with_as_many_vcpus_as_the_vgic_serves() {
         "host: VM 1 (guest-hello): 8 vCPUs, 16 MiB at IPA 0x40000000, protected (donated)",
         T,
     );
-    q.expect_exact("guest-hello: all 8 vCPUs reported and are off", T);
-    q.expect_exact("guest-hello: done, powering off", T);
+    q.expect_exact("[vm1] guest-hello: all 8 vCPUs reported and are off", T);
+    q.expect_exact("[vm1] guest-hello: done, powering off", T);
     q.expect_exit_code(0, T);
     for cpu in 1..8 {
-        let line = format!("guest-hello: vCPU {cpu} up (context {:#x})", 0x100 + cpu);
+        let line = format!(
+            "[vm1] guest-hello: vCPU {cpu} up (context {:#x})",
+            0x100 + cpu
+        );
         assert!(q.log().contains(&line), "vCPU {cpu} never came up");
     }
 

@@ -42,7 +42,7 @@ fn run(board: TestBoard) {
         "host: VM 2 (guest-hello): 4 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",
         T,
     );
-    q.expect_exact("guest-faults: spun for 2 s with interrupts masked", T);
+    q.expect_exact("[vm1] guest-faults: spun for 2 s with interrupts masked", T);
     q.expect_exact("host: VM 1 (guest-faults) powered off", T);
     q.expect_line("hyp: exits total=", T);
     q.expect_exit_code(0, T);
@@ -55,21 +55,21 @@ fn run(board: TestBoard) {
     };
     // Every misbehaviour was answered inside the guest.
     for line in [
-        "guest-faults: unknown HVC 0xc600fff0 returned -1",
-        "guest-faults: read at 0x100000000: data abort injected, ESR_EL1=0x96000010 FAR_EL1=0x100000000",
-        "guest-faults: ldp at 0xc000000 (no syndrome): data abort injected, ESR_EL1=0x96000010 FAR_EL1=0xc000000",
-        "guest-faults: mrs s3_0_c15_c0_0 (IMPLEMENTATION DEFINED): undefined instruction, ESR_EL1=0x2000000",
-        "guest-faults: mrs PMCR_EL0: undefined instruction, ESR_EL1=0x2000000",
-        "guest-faults: MEM_SHARE(0x100000000) = -3",
+        "[vm1] guest-faults: unknown HVC 0xc600fff0 returned -1",
+        "[vm1] guest-faults: read at 0x100000000: data abort injected, ESR_EL1=0x96000010 FAR_EL1=0x100000000",
+        "[vm1] guest-faults: ldp at 0xc000000 (no syndrome): data abort injected, ESR_EL1=0x96000010 FAR_EL1=0xc000000",
+        "[vm1] guest-faults: mrs s3_0_c15_c0_0 (IMPLEMENTATION DEFINED): undefined instruction, ESR_EL1=0x2000000",
+        "[vm1] guest-faults: mrs PMCR_EL0: undefined instruction, ESR_EL1=0x2000000",
+        "[vm1] guest-faults: MEM_SHARE(0x100000000) = -3",
     ] {
         at(line);
     }
     // The well-behaved guest completed all its work, and did so while the
     // other guest was still spinning with interrupts masked.
-    let spin_start = at("guest-faults: spinning for 2 s with interrupts masked");
+    let spin_start = at("[vm1] guest-faults: spinning for 2 s with interrupts masked");
     let hello_off = at("host: VM 2 (guest-hello) powered off");
-    at("guest-hello: all 4 vCPUs reported and are off");
-    let spin_done = at("guest-faults: spun for 2 s with interrupts masked");
+    at("[vm2] guest-hello: all 4 vCPUs reported and are off");
+    let spin_done = at("[vm1] guest-faults: spun for 2 s with interrupts masked");
     assert!(
         spin_start < hello_off && hello_off < spin_done,
         "guest-hello did not finish while the hog spun:\n{}",

@@ -190,10 +190,25 @@ const BOOTS: [Boot; 5] = [
     },
 ];
 
-/// Parses `bench: NAME instructions=N iterations=I` lines; `Ok(None)` for
-/// other lines, `Err` for `bench: FAIL ...`.
+/// A console line without the `[vmN] ` tag the hypervisor puts before a
+/// guest's lines: guest-bench's `bench:` lines come tagged, the host's
+/// (`bench: barriers ...`) do not.
+pub fn untagged(line: &str) -> &str {
+    line.strip_prefix("[vm")
+        .and_then(|r| r.split_once("] "))
+        .filter(|(h, _)| !h.is_empty() && h.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(line, |(_, text)| text)
+}
+
+/// The text of a `bench: ...` line (tagged `[vmN] ` or not).
+pub fn bench_text(line: &str) -> Option<&str> {
+    untagged(line.trim()).strip_prefix("bench: ")
+}
+
+/// Parses `bench: NAME instructions=N iterations=I` lines (tagged `[vmN] `
+/// or not); `Ok(None)` for other lines, `Err` for `bench: FAIL ...`.
 pub fn parse_line(line: &str) -> Result<Option<Record>> {
-    let Some(rest) = line.trim().strip_prefix("bench: ") else {
+    let Some(rest) = bench_text(line) else {
         return Ok(None);
     };
     if rest.starts_with("FAIL") {
@@ -273,7 +288,7 @@ fn run_boot(
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(line) => {
-                if line.starts_with("bench:") || line.contains("FAIL") || line.contains("panic") {
+                if bench_text(&line).is_some() || line.contains("FAIL") || line.contains("panic") {
                     println!("  | {line}");
                 }
                 log.push(line);
@@ -302,7 +317,7 @@ fn run_boot(
                 records.push(r);
             }
             Ok(None) => {
-                if let Some(s) = line.strip_prefix("bench: ") {
+                if let Some(s) = bench_text(line) {
                     skipped.push(s.to_owned());
                 }
             }
@@ -804,4 +819,33 @@ pub fn size(platforms: &[Platform]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_lines_tagged_or_not() {
+        for line in [
+            "bench: hvc_null instructions=123 iterations=1000",
+            "[vm1] bench: hvc_null instructions=123 iterations=1000",
+            "[vm65534] bench: hvc_null instructions=123 iterations=1000",
+        ] {
+            let r = parse_line(line).unwrap().unwrap();
+            assert_eq!(
+                (r.name.as_str(), r.value, r.iterations),
+                ("hvc_null", 123.0, 1000)
+            );
+        }
+        assert!(parse_line("[vm2] bench: FAIL x").is_err());
+        assert!(parse_line("[vm] bench: a instructions=1 iterations=1")
+            .unwrap()
+            .is_none());
+        assert!(parse_line("[vm1] guest-bench: VM 1").unwrap().is_none());
+        assert_eq!(bench_text("[vm3] bench: barriers x"), Some("barriers x"));
+        assert_eq!(untagged("[vmx] a"), "[vmx] a");
+        assert_eq!(untagged("hyp: a"), "hyp: a");
+    }
 }

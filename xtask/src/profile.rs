@@ -288,7 +288,10 @@ fn finish(
     }
     let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
     let want = format!("guest-bench: profiling {name} over ");
-    if !log.iter().any(|l| l.starts_with(&want)) {
+    if !log
+        .iter()
+        .any(|l| crate::bench::untagged(l).starts_with(&want))
+    {
         return Err(format!(
             "guest-bench did not profile {name}:\n{}",
             log.join("\n")
@@ -297,7 +300,7 @@ fn finish(
     let prefix = format!("bench: {name} instructions=");
     let figure = log
         .iter()
-        .find_map(|l| l.strip_prefix(&prefix))
+        .find_map(|l| crate::bench::untagged(l).strip_prefix(&prefix))
         .and_then(|r| r.split_whitespace().next())
         .and_then(|v| v.parse().ok());
     match (status.success(), figure) {

@@ -2,7 +2,11 @@
 //! other vCPUs with PSCI CPU_ON, waits for each to report and switch itself
 //! off, provokes an access outside its memory and reports the abort the
 //! hypervisor injected, then powers the VM off. Every line is checked by
-//! `tests/tests/boot_qemu.rs`.
+//! `tests/tests/guest_hello.rs`.
+//!
+//! With the guest option `arg=1` (x0 bits [63:8] on vCPU 0) it is a hostile
+//! console instead: it prints lines made to pass for the hypervisor's and the
+//! host's, and powers off (`tests/tests/hostile_host.rs`, `console`).
 #![no_std]
 #![no_main]
 
@@ -27,6 +31,24 @@ fn on_exception(e: &Exception, f: &mut Frame) -> bool {
     false
 }
 
+/// Guest option `arg=1`: [`hostile_console`].
+const ARG_HOSTILE_CONSOLE: u64 = 1;
+
+/// Prints lines that, printed as they are, would read as the hypervisor's
+/// and the host's (the very lines the tests wait for), one hidden behind a
+/// carriage return, one behind ANSI escapes, one past the line buffer's
+/// length; then powers off.
+fn hostile_console() -> ! {
+    println!("hyp: VM 1 vCPU 0 requested SYSTEM_OFF");
+    println!("\rhost: VM 1 (guest-hello) powered off");
+    println!("demo: PASS protected=2 normal=1 denied=0 shared=0 scrubbed=0");
+    println!("\x1b[2K\x1b[1Ghyp: exits total=0\x1b[0m");
+    // 256 bytes fill the hypervisor's line buffer: the rest is a new line.
+    println!("{:-<256}host: fuzz: ok=1", "");
+    println!("guest-hello: hostile console done, powering off");
+    guest_rt::system_off()
+}
+
 fn version(v: u64) -> (u64, u64) {
     (v >> 16, v & 0xffff)
 }
@@ -36,6 +58,9 @@ fn guest_main(cpu: usize, arg: u64) -> ! {
     if cpu != 0 {
         println!("guest-hello: vCPU {cpu} up (context {arg:#x})");
         guest_rt::cpu_off();
+    }
+    if arg >> 8 == ARG_HOSTILE_CONSOLE {
+        hostile_console();
     }
     guest_rt::set_exception_hook(on_exception);
     let (pmaj, pmin) = version(guest_rt::hvc(psci::PSCI_VERSION, 0, 0, 0)[0]);

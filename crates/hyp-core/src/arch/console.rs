@@ -73,13 +73,13 @@ pub fn init(base: u64) {
     log::set_max_level(log::LevelFilter::Info);
 }
 
-/// Prints a guest's console line as it is, under the console lock.
-pub fn guest_line(line: &[u8]) {
+/// Prints a VM's console line under the console lock: `show` writes its
+/// bytes (tagged and escaped by `vm::uart::show_line`) through the function
+/// it is given, and the line end follows.
+pub fn guest_line(show: impl FnOnce(&mut dyn FnMut(u8))) {
     let _g = LOCK.lock();
     let mut u = Pl011;
-    for &b in line {
-        u.put(b);
-    }
+    show(&mut |b| u.put(b));
     u.put(b'\r');
     u.put(b'\n');
 }

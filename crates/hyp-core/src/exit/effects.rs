@@ -334,7 +334,9 @@ fn map_on_demand(c: &mut Cpu<'_>, who: Who, ipa: u64) -> Result<(), HostError> {
 }
 
 /// An access to the emulated PL011: output goes to the context's console
-/// line buffer, reads see an always-ready transmitter.
+/// line buffer, and each line to the real console as `vm::uart::show_line`
+/// shows it (`[vmN] ` and escaped for a guest); reads see an always-ready
+/// transmitter.
 fn uart(
     c: &mut Cpu<'_>,
     who: Who,
@@ -347,13 +349,14 @@ fn uart(
     use crate::vm::uart as emul;
     if access.write {
         if let Some(b) = emul::write(off, value) {
-            let vcpu = match who {
-                Who::Host => c.idx,
-                Who::Guest { vcpu, .. } => vcpu,
+            // A guest's lines are tagged with its handle; the host's are not.
+            let (vcpu, handle) = match who {
+                Who::Host => (c.idx, None),
+                Who::Guest { slot, vcpu } => (vcpu, Some(slot as u64 + 1)),
             };
             let mut console = vm.console.lock();
             if let Some(line) = console.push(vcpu, b) {
-                crate::arch::console::guest_line(line);
+                crate::arch::console::guest_line(|put| emul::show_line(handle, line, put));
             }
         }
     } else if access.reg != 31 {

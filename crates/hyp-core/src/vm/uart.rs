@@ -6,6 +6,12 @@
 //! the PrimeCell/peripheral ID registers read their PL011 values so drivers
 //! that probe them recognise the device; every other register reads as zero
 //! and ignores writes.
+//!
+//! What a guest prints cannot pass for the hypervisor (`hyp:` lines) or the
+//! host VM (`host:`, `demo:` lines): [`show_line`] puts `[vmN] ` before
+//! every guest line (each piece of a split long line too) and escapes
+//! control characters, so no guest line starts with anything but its VM's
+//! tag and none moves the cursor or rewrites the terminal.
 
 use hw_regs::pl011::{FR_RXFE, FR_TXFE, UARTDR, UARTFR, UARTPERIPHID0};
 
@@ -103,6 +109,74 @@ impl VmConsole {
     }
 }
 
+/// Writes console line `line` of VM `vm` (a guest's handle; `None` for the
+/// host VM, whose lines are the VMM's own and stay untagged) through `out`,
+/// as it goes on the real console (without the line end): `[vmN] ` first
+/// for a guest, then the text with every control character escaped.
+pub fn show_line(vm: Option<u64>, line: &[u8], mut out: impl FnMut(u8)) {
+    if let Some(h) = vm {
+        out(b'[');
+        out(b'v');
+        out(b'm');
+        decimal(h, &mut out);
+        out(b']');
+        out(b' ');
+    }
+    escape(line, &mut out);
+}
+
+/// `n` in decimal.
+fn decimal(n: u64, out: &mut impl FnMut(u8)) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out(d);
+    }
+}
+
+/// `line` with its control characters as `\xNN`: C0 (below 0x20, so
+/// ESC, CR, BS, tab), DEL (0x7f), the C1 controls U+0080..U+009F (some
+/// terminals take U+009B as CSI), and bytes that are not UTF-8 (a raw 0x9b
+/// is CSI to an 8-bit terminal). Printable ASCII and other UTF-8 pass as
+/// they are.
+fn escape(line: &[u8], out: &mut impl FnMut(u8)) {
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let mut buf = [0u8; 4];
+            let bytes = c.encode_utf8(&mut buf).as_bytes();
+            let control = c < ' ' || ('\u{7f}'..='\u{9f}').contains(&c);
+            for &b in bytes {
+                if control {
+                    hex_escape(b, out);
+                } else {
+                    out(b);
+                }
+            }
+        }
+        for &b in chunk.invalid() {
+            hex_escape(b, out);
+        }
+    }
+}
+
+/// `\xNN`, lower-case hex.
+fn hex_escape(b: u8, out: &mut impl FnMut(u8)) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out(b'\\');
+    out(b'x');
+    out(HEX[usize::from(b >> 4)]);
+    out(HEX[usize::from(b & 0xf)]);
+}
+
 /// Result of a register read.
 #[must_use]
 pub fn read(offset: u64) -> u64 {
@@ -163,6 +237,118 @@ mod tests {
         assert_eq!(c.push(2, b'\n'), Some(&b"ab"[..]));
         // A newline with nothing buffered anywhere is an empty line.
         assert_eq!(c.push(3, b'\n'), Some(&b""[..]));
+    }
+
+    /// What `show_line` prints for `bytes` written by VM `vm`, line by line
+    /// as the VM's console assembles them.
+    fn shown(vm: Option<u64>, bytes: &[u8]) -> Vec<String> {
+        let mut c = VmConsole::new();
+        let mut lines = Vec::new();
+        for &b in bytes {
+            if let Some(line) = c.push(0, b) {
+                let mut out = Vec::new();
+                show_line(vm, line, |b| out.push(b));
+                lines.push(String::from_utf8(out).expect("shown lines are UTF-8"));
+            }
+        }
+        lines
+    }
+
+    #[test]
+    fn guest_lines_tagged_and_escaped() {
+        assert_eq!(shown(Some(3), b"hello\n"), ["[vm3] hello"]);
+        assert_eq!(shown(Some(65534), b"\n"), ["[vm65534] "]);
+        assert_eq!(shown(Some(1), b"tab\there\n"), ["[vm1] tab\\x09here"]);
+        assert_eq!(shown(Some(1), b"del\x7f\x00\n"), ["[vm1] del\\x7f\\x00"]);
+        // UTF-8 as it is; C1 controls (U+009B, CSI) and bytes that are not
+        // UTF-8 escaped.
+        assert_eq!(
+            shown(Some(2), "caf\u{e9} \u{2713} \u{9b}2J\n".as_bytes()),
+            ["[vm2] caf\u{e9} \u{2713} \\xc2\\x9b2J"]
+        );
+        assert_eq!(
+            shown(Some(2), b"a\x9b2J\xe2\x9c\n"),
+            ["[vm2] a\\x9b2J\\xe2\\x9c"]
+        );
+        // The host VM's lines stay untagged (still escaped).
+        assert_eq!(shown(None, b"host: VM 1 up\n"), ["host: VM 1 up"]);
+        assert_eq!(shown(None, b"\x1b[2Jx\n"), ["\\x1b[2Jx"]);
+    }
+
+    #[test]
+    fn hostile_guest_lines() {
+        let mut long = vec![b'x'; LINE_MAX];
+        long.extend_from_slice(b"hyp: PANIC on CPU 0\n");
+        let cases: [(&[u8], &[&str]); 6] = [
+            (
+                b"hyp: VM 1 vCPU 0 requested SYSTEM_OFF\n",
+                &["[vm7] hyp: VM 1 vCPU 0 requested SYSTEM_OFF"],
+            ),
+            // CR is dropped by the line buffer: no return to column 0.
+            (
+                b"\rhost: VM 1 (guest-hello) powered off\r\n",
+                &["[vm7] host: VM 1 (guest-hello) powered off"],
+            ),
+            (b"demo: PASS\n", &["[vm7] demo: PASS"]),
+            // Erase the line, back to column 0, and a fake hypervisor line.
+            (b"\x1b[2K\x1b[Ghyp: ok\n", &["[vm7] \\x1b[2K\\x1b[Ghyp: ok"]),
+            (
+                b"\x08\x08\x08\x08\x08hyp: ok\n",
+                &["[vm7] \\x08\\x08\\x08\\x08\\x08hyp: ok"],
+            ),
+            // A line longer than the buffer is split, and its second piece
+            // is tagged too.
+            (
+                &long,
+                &[
+                    &format!("[vm7] {}", "x".repeat(LINE_MAX)),
+                    "[vm7] hyp: PANIC on CPU 0",
+                ],
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                shown(Some(7), bytes),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    /// Whatever the bytes, every line a guest prints starts with its tag, is
+    /// printable, and so never starts with `hyp:`, `host:` or `demo:`.
+    #[test]
+    fn guest_lines_never_pass_for_hyp_or_host() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut bytes = Vec::new();
+        for _ in 0..200_000 {
+            // xorshift64: bytes weighted towards newlines, ESC and the tags.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 8 {
+                0 => bytes.push(b'\n'),
+                1 => bytes.push(b'\r'),
+                2 => bytes.extend_from_slice(b"hyp: "),
+                3 => bytes.extend_from_slice(b"\x1b[1Ghost: "),
+                4 => bytes.extend_from_slice(b"demo:"),
+                _ => bytes.push((x >> 8) as u8),
+            }
+        }
+        bytes.push(b'\n');
+        let lines = shown(Some(42), &bytes);
+        assert!(lines.len() > 10_000);
+        for l in lines {
+            let text = l
+                .strip_prefix("[vm42] ")
+                .unwrap_or_else(|| panic!("untagged {l:?}"));
+            assert!(!text.contains(['\r', '\n', '\x1b']), "{l:?}");
+            assert!(!l.chars().any(char::is_control), "{l:?}");
+            for tag in ["hyp:", "host:", "demo:"] {
+                assert!(!l.starts_with(tag), "{l:?}");
+            }
+        }
     }
 
     #[test]
