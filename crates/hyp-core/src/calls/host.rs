@@ -28,7 +28,27 @@ fn err(e: HostError) -> u64 {
 }
 
 /// A host control call (fid in the host range).
+///
+/// VCPU_RUN, the call on every exit path, is handed back here; the others
+/// go to [`control_call`], out of line: its frame (tens of KiB, probed
+/// page by page, for VM_CREATE's vGIC) and its saved registers are not
+/// paid by every VCPU_RUN.
+#[inline]
 pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
+    if host.regs.x[0] as u32 == hyp_abi::VCPU_RUN {
+        return Reply::RunVcpu([
+            host.regs.x[1],
+            host.regs.x[2],
+            host.regs.x[3],
+            host.regs.x[4],
+        ]);
+    }
+    control_call(c, host)
+}
+
+/// [`call`] for every host call but VCPU_RUN.
+#[inline(never)]
+fn control_call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
     let fid = host.regs.x[0] as u32;
     let a = [
         host.regs.x[1],
@@ -125,6 +145,7 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
 /// GICv2 with the GIC-400's GICV frame mapped as the guest's GICC, which
 /// takes the VM's lock again). A VM whose vGIC cannot be made is destroyed
 /// again: no VM runs without one on a board with a GIC.
+#[inline(never)]
 fn create_vm(vttbr: &mut Vttbr, [vcpus, flags, pa, pages]: [u64; 4]) -> Result<u64, HostError> {
     let ctl = control();
     let h = ctl.create(vttbr, vcpus, flags, pa, pages)?;
