@@ -28,7 +28,27 @@ fn err(e: HostError) -> u64 {
 }
 
 /// A host control call (fid in the host range).
+///
+/// VCPU_RUN, the call on every exit path, is handed back here; the others
+/// go to [`control_call`], out of line: its frame (tens of KiB, probed
+/// page by page, for VM_CREATE's vGIC) and its saved registers are not
+/// paid by every VCPU_RUN.
+#[inline]
 pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
+    if host.regs.x[0] as u32 == hyp_abi::VCPU_RUN {
+        return Reply::RunVcpu([
+            host.regs.x[1],
+            host.regs.x[2],
+            host.regs.x[3],
+            host.regs.x[4],
+        ]);
+    }
+    control_call(c, host)
+}
+
+/// [`call`] for every host call but VCPU_RUN.
+#[inline(never)]
+fn control_call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
     let fid = host.regs.x[0] as u32;
     let a = [
         host.regs.x[1],
@@ -124,7 +144,9 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
 /// VM_CREATE(vcpus, flags, pa, pages): the VM with its vGIC (GICv3, or
 /// GICv2 with the GIC-400's GICV frame mapped as the guest's GICC), made
 /// before the handle is published, so no call can reach a VM without one
-/// on a board with a GIC.
+/// on a board with a GIC. Out of line: its frame (the vGIC is built on the
+/// stack) would otherwise be every host call's.
+#[inline(never)]
 fn create_vm(vttbr: &mut Vttbr, [vcpus, flags, pa, pages]: [u64; 4]) -> Result<u64, HostError> {
     control().create_with(vttbr, vcpus, flags, pa, pages, |vm, v| match gic::phys() {
         Some(g) => state::new_vgic(vm, v, g, vcpus as usize),

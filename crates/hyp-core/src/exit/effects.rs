@@ -122,11 +122,20 @@ pub fn sync_exit(
             Err(HostError::NoMemory) => {
                 return Next::ToHost(RunEnd::Runnable, [hyp_abi::exit::MEMORY, ipa, 0, 0]);
             }
-            Err(_) => policy::decide_unmapped(&exit, &facts),
+            Err(_) => decide_unmapped_cold(&exit, &facts),
         },
         _ => d,
     };
     apply(c, who, ctx, pending, vm, &exit, d)
+}
+
+/// [`policy::decide_unmapped`] for a lazy fault that found nothing to map:
+/// rare, so out of line, which leaves the one call on every exit (in
+/// [`policy::decide`]) free to be inlined into [`sync_exit`].
+#[cold]
+#[inline(never)]
+fn decide_unmapped_cold(exit: &Exit, facts: &ContextFacts<'_>) -> Decision {
+    policy::decide_unmapped(exit, facts)
 }
 
 /// Carries out decision `d` about `exit`.
@@ -152,7 +161,7 @@ fn apply(
         let Action::MapOnDemand { .. } = d.action else {
             break;
         };
-        d = policy::decide_unmapped(
+        d = decide_unmapped_cold(
             exit,
             &ContextFacts {
                 who,

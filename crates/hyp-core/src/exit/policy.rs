@@ -351,8 +351,11 @@ pub fn decide(exit: &Exit, facts: &impl Facts) -> Decision {
 /// [`decide`] for an exit that is not (or no longer) a candidate for
 /// [`Action::MapOnDemand`]: what an abort in guest RAM becomes when nothing
 /// was given lazily there.
+///
+/// Always inlined: [`decide`] makes its call on every exit (the other
+/// callers take the rare path of a lazy fault with nothing to map).
 #[must_use]
-#[inline]
+#[inline(always)]
 pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
     let who = facts.who();
     let guest = matches!(who, Who::Guest { .. });
@@ -360,15 +363,19 @@ pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
         Exit::Call { smc, x } => {
             // A trapped SMC's preferred return address is the SMC itself; an
             // HVC's is the next instruction.
-            let step = if smc { INSN } else { 0 };
-            let action = if guest {
-                guest_call(x, facts)
+            let pc_step = if smc { INSN } else { 0 };
+            // Each arm builds its `Decision` in place: an `Action` chosen
+            // first and moved into one afterwards took a `memcpy`.
+            if guest {
+                Decision {
+                    pc_step,
+                    action: guest_call(x, facts),
+                }
             } else {
-                host_call(x, facts)
-            };
-            Decision {
-                pc_step: step,
-                action,
+                Decision {
+                    pc_step,
+                    action: host_call(x, facts),
+                }
             }
         }
         Exit::DataAbort {
@@ -391,7 +398,7 @@ pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
 }
 
 /// A guest's SMCCC call.
-#[inline]
+#[inline(always)]
 fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
     let c = call::decode(x);
     if let Some(mut r) = call::stateless_answer(c) {
@@ -466,7 +473,10 @@ fn power_call(c: Hypercall, facts: &impl Facts) -> Option<Action> {
 
 /// The host's calls: its control interface, and PSCI for its own vCPUs
 /// (one per physical CPU) and the machine.
-#[inline]
+///
+/// Always inlined, as [`power_call`]: out of line, its `Action` came back
+/// through the stack and was copied into the `Decision` with a `memcpy`.
+#[inline(always)]
 fn host_call(x: [u64; 4], facts: &impl Facts) -> Action {
     if (hyp_abi::FID_BASE..=hyp_abi::FID_LAST).contains(&(x[0] as u32)) {
         return Action::HostCall;
@@ -488,7 +498,7 @@ fn host_call(x: [u64; 4], facts: &impl Facts) -> Action {
 }
 
 /// A data abort that no lazy mapping answers.
-#[inline]
+#[inline(always)]
 fn data_abort(abort: DataAbort, far: u64, write: bool, value: u64, facts: &impl Facts) -> Decision {
     let who = facts.who();
     let guest = matches!(who, Who::Guest { .. });
@@ -572,7 +582,7 @@ const fn size_mask(bytes: u64) -> u64 {
 /// ID registers (TID3), the virtual-memory controls (TVM), set/way cache
 /// maintenance (TSW), debug registers (RAZ/WI); anything else
 /// (implementation-defined registers, PMU) is UNDEFINED.
-#[inline]
+#[inline(always)]
 fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decision {
     let who = facts.who();
     let guest = matches!(who, Who::Guest { .. });

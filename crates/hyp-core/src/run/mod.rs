@@ -230,10 +230,14 @@ fn guest_loop(
     first: GuestPending,
     vm: VmView<'_>,
 ) -> (RunEnd, [u64; 4], GuestPending) {
+    // The vGIC and the physical GIC, looked up once for the run: both are
+    // set before any vCPU of the VM runs and never change.
     let vg = vm.vg;
+    let phys = gic::phys();
+    let vgic = phys.zip(vg);
     let mut pending = first;
     fp::set_fp_traps(c, c.fp_owner == FpOwner::Guest, &mut pending);
-    if gic::phys().is_some() {
+    if phys.is_some() {
         // A guest that never exits still gives the CPU back to the host.
         gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
     }
@@ -245,7 +249,9 @@ fn guest_loop(
             if let Who::Guest { slot, .. } = who {
                 devices::resample(slot, vg);
             }
-            vcpu_gic::vgic_before_entry(c, ctx, vg, &mut pending);
+        }
+        if let Some((g, vg)) = vgic {
+            vcpu_gic::vgic_before_entry(c, g, ctx, vg, &mut pending);
         }
         let entry = barriers::enter_guest(&c.sync.eos, &mut c.vttbr, pending);
         c.save.set_fast(core::ptr::from_ref(&fast_ctx).cast());
@@ -263,8 +269,8 @@ fn guest_loop(
         // ESR, FAR and HPFAR, read once for every path below (meaningful
         // for synchronous exits only).
         let trap = effects::read_trap();
-        if let Some(vg) = vg {
-            if let Some(mut lrs) = vcpu_gic::Lrs::new(c.sync, &mut pending) {
+        if let Some((g, vg)) = vgic {
+            if let Some(mut lrs) = vcpu_gic::Lrs::of(g, c.sync, &mut pending) {
                 ctx.vif.sync(vg, &mut lrs);
             }
         }
@@ -287,10 +293,10 @@ fn guest_loop(
         match next {
             Next::Resume => {}
             Next::ToHost(end, record) => {
-                if gic::phys().is_some() {
+                if phys.is_some() {
                     gic::stop_slice(&mut pending);
-                    if vg.is_some() {
-                        if let Some(mut lrs) = vcpu_gic::Lrs::new(c.sync, &mut pending) {
+                    if let Some((g, _)) = vgic {
+                        if let Some(mut lrs) = vcpu_gic::Lrs::of(g, c.sync, &mut pending) {
                             ctx.vif.save(&mut lrs);
                         }
                     }

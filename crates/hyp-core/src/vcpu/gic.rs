@@ -17,7 +17,14 @@ impl<'a> Lrs<'a> {
     /// The backend for this CPU; GICv3 writes go into `pending` (guest-only
     /// tokens for the entry ERET).
     pub fn new(sync: &'a CpuSync, pending: &'a mut GuestPending) -> Option<Self> {
-        match (gic::phys()?, sync.gic.as_ref()) {
+        Self::of(gic::phys()?, sync, pending)
+    }
+
+    /// [`Lrs::new`] for the physical GIC `g` (`gic::phys`, looked up once
+    /// by a caller that makes several).
+    #[inline]
+    pub fn of(g: &Phys, sync: &'a CpuSync, pending: &'a mut GuestPending) -> Option<Self> {
+        match (g, sync.gic.as_ref()) {
             (Phys::V3 { .. }, Some(sre)) => {
                 // SAFETY: no ICH_HCR_EL2 trap is relied on: SGI writes trap
                 // through HCR_EL2.IMO, GICD/GICR accesses through stage 2.
@@ -75,19 +82,19 @@ impl vgic::ListRegs for Lrs<'_> {
     }
 }
 
-/// Before entering a guest (after its devices' lines were sampled,
+/// Before entering a guest on a board with GIC `g` (after its devices' lines were sampled,
 /// `vm::devices::resample`): samples its virtual timer's output into the
 /// vGIC (level-sensitive PPI 27), re-enables the physical timer PPI once the
-/// level dropped, and loads the list registers.
+/// level dropped, and loads the list registers. Inlined into the run loop,
+/// its one caller, on every guest entry.
+#[inline(always)]
 pub fn vgic_before_entry(
     c: &mut Cpu<'_>,
+    g: &Phys,
     ctx: &mut VcpuCtx,
     vg: &Vgic,
     pending: &mut GuestPending,
 ) {
-    let Some(g) = gic::phys() else {
-        return;
-    };
     // CNTV_CTL_EL0: ENABLE (bit 0), IMASK (bit 1), ISTATUS (bit 2).
     let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
     let level = ctl & 0b111 == 0b101;
@@ -96,7 +103,7 @@ pub fn vgic_before_entry(
         g.ppi_enable(c.idx, gic::VTIMER_PPI, true);
         c.vtimer_masked = false;
     }
-    if let Some(mut lrs) = Lrs::new(c.sync, pending) {
+    if let Some(mut lrs) = Lrs::of(g, c.sync, pending) {
         ctx.vif.flush(vg, &mut lrs);
     }
 }

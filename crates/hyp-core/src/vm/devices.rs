@@ -18,9 +18,12 @@ pub(crate) static ASSIGNABLE: Once<&'static [AssignableDevice]> = Once::new();
 const MAX_ASSIGNED: usize = 4;
 /// Per assignable device: the handle of the VM it belongs to (0: none).
 static ASSIGNED: [AtomicU64; MAX_ASSIGNED] = [const { AtomicU64::new(0) }; MAX_ASSIGNED];
-/// Per assignable device: its SPI is disabled at the physical distributor
-/// while the VM handles it (re-enabled once the line drops).
-static ASSIGNED_MASKED: [AtomicU8; MAX_ASSIGNED] = [const { AtomicU8::new(0) }; MAX_ASSIGNED];
+/// Bit i set: assignable device i's SPI is disabled at the physical
+/// distributor while the VM handles it (cleared, and the SPI re-enabled,
+/// once the line drops). One word, so a guest entry with no such device
+/// (the common case) costs [`resample`] one load.
+static MASKED: AtomicU8 = AtomicU8::new(0);
+const _: () = assert!(MAX_ASSIGNED <= 8, "MASKED holds one bit per device");
 
 fn assignable() -> &'static [AssignableDevice] {
     let a = ASSIGNABLE.get().copied().unwrap_or(&[]);
@@ -62,7 +65,7 @@ pub fn assign(
         }
         return Err(e);
     }
-    ASSIGNED_MASKED[i].store(0, Ordering::Release);
+    MASKED.fetch_and(!(1 << i), Ordering::Release);
     if let Some(g) = gic::phys() {
         g.spi_setup(dev.intid);
     }
@@ -100,7 +103,7 @@ pub fn forward_irq(c: &Cpu<'_>, intid: u32, pending: &mut GuestPending) -> bool 
     if owner == 0 {
         return true;
     }
-    ASSIGNED_MASKED[i].store(1, Ordering::Release);
+    MASKED.fetch_or(1 << i, Ordering::Release);
     // The owner's vGIC, under its lock only to keep the VM alive meanwhile.
     let kick = control().vm(owner).map_or(0, |vm| {
         vm.extra()
@@ -116,10 +119,19 @@ pub fn forward_irq(c: &Cpu<'_>, intid: u32, pending: &mut GuestPending) -> bool 
 /// Before VM `slot` runs: for each of its devices whose interrupt was
 /// forwarded, samples the line (the distributor's pending bit) into the
 /// vGIC, and re-enables the physical SPI once the device dropped it.
+#[inline]
 pub fn resample(slot: usize, vg: &Vgic) {
+    if MASKED.load(Ordering::Acquire) != 0 {
+        resample_masked(slot, vg);
+    }
+}
+
+/// [`resample`] while some device's SPI is masked.
+#[inline(never)]
+fn resample_masked(slot: usize, vg: &Vgic) {
     for (i, dev) in assignable().iter().enumerate() {
         if ASSIGNED[i].load(Ordering::Acquire) != slot as u64 + 1
-            || ASSIGNED_MASKED[i].load(Ordering::Acquire) == 0
+            || MASKED.load(Ordering::Acquire) & (1 << i) == 0
         {
             continue;
         }
@@ -129,7 +141,7 @@ pub fn resample(slot: usize, vg: &Vgic) {
         let level = g.spi_pending(dev.intid);
         let _ = vg.set_level(0, dev.intid, level);
         if !level {
-            ASSIGNED_MASKED[i].store(0, Ordering::Release);
+            MASKED.fetch_and(!(1 << i), Ordering::Release);
             g.spi_enable(dev.intid, true);
         }
     }

@@ -285,19 +285,24 @@ pub fn kick_vcpus(c: &Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut G
     let me_bit = u8::try_from(me)
         .ok()
         .and_then(|m| 1u8.checked_shl(u32::from(m)));
-    if kick & !me_bit.unwrap_or(0) == 0 {
+    let mut todo = kick & !me_bit.unwrap_or(0);
+    if todo == 0 {
         return;
     }
     let ctl = control();
     let Ok(vm) = ctl.vm(slot as u64 + 1) else {
         return;
     };
-    for v in 0..vm.nr_vcpus {
-        if v != me && kick & (1 << v) != 0 {
-            if let Some(cpu) = vm.vcpus[v].running_on {
-                if cpu != c.idx {
-                    g.kick(cpu, c.sync.gic.as_ref(), pending);
-                }
+    // The named vCPUs only, lowest first (not every vCPU of the VM).
+    while todo != 0 {
+        let v = todo.trailing_zeros() as usize;
+        todo &= todo - 1;
+        if v >= vm.nr_vcpus {
+            break;
+        }
+        if let Some(cpu) = vm.vcpus[v].running_on {
+            if cpu != c.idx {
+                g.kick(cpu, c.sync.gic.as_ref(), pending);
             }
         }
     }
