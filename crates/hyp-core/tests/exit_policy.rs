@@ -913,6 +913,34 @@ fn wfx_fp_smc_and_unknown() {
             at(Action::Inject(Injected::Undefined)),
         ),
         (
+            "guest WFI from a 16-bit Thumb instruction (AArch32 EL0, IL = 0)",
+            trap(Esr(0x01 << 26), 0, 0),
+            vec![],
+            g,
+            Decision {
+                pc_step: 2,
+                action: Action::Wfi,
+            },
+        ),
+        (
+            "console write by a 16-bit Thumb store steps 2 bytes",
+            {
+                let mut t = dabt(UART_IPA, 4, 3, true, PERM);
+                t.esr = Esr(t.esr.0 & !IL);
+                t
+            },
+            vec![0, 0, 0, b'T' as u64],
+            g,
+            Decision {
+                pc_step: 2,
+                action: Action::Uart {
+                    off: 0,
+                    access: mmio(UART_IPA, 4, 3, true),
+                    value: b'T' as u64,
+                },
+            },
+        ),
+        (
             "BRK from the guest's EL1 is not expected at EL2",
             trap(esr(0x3c, 0), 0, 0),
             vec![],

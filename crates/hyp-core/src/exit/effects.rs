@@ -204,6 +204,11 @@ fn apply(
         }
         Action::AwaitMmio { access, record } => {
             ctx.mmio = Some(access);
+            // The completion steps past the load: 2 bytes for Thumb.
+            ctx.mmio_len = match *exit {
+                Exit::DataAbort { len, .. } => len,
+                _ => 4,
+            };
             return Next::ToHost(RunEnd::AwaitMmio, record);
         }
         Action::ToHost(end, record) => {

@@ -60,6 +60,9 @@ pub enum Exit {
         translation: bool,
         /// For a syndrome-valid write, the register's value (XZR: 0).
         value: u64,
+        /// Length of the trapped instruction: 4, or 2 for a 16-bit Thumb
+        /// instruction of AArch32 EL0 (ESR_EL2.IL).
+        len: u64,
     },
     /// A stage-2 instruction abort.
     InstAbort {
@@ -74,6 +77,8 @@ pub enum Exit {
     Wfx {
         /// WFE rather than WFI.
         wfe: bool,
+        /// Length of the trapped instruction (4, or 2 in Thumb).
+        len: u64,
     },
     /// First FP/SIMD use while CPTR_EL2.TFP traps it.
     Fp,
@@ -86,6 +91,28 @@ pub enum Exit {
     },
     /// Any other exception class (injected as UNDEFINED).
     Unknown,
+}
+
+/// The trapped instruction's length: ESR_EL2.IL is 0 only for a 16-bit
+/// instruction (Thumb, from AArch32 EL0).
+const fn insn_len(esr: Esr) -> u64 {
+    if esr.il() {
+        4
+    } else {
+        2
+    }
+}
+
+/// A decision that steps past the trapped instruction steps `len` bytes.
+const fn past(d: Decision, len: u64) -> Decision {
+    if d.pc_step == INSN {
+        Decision {
+            pc_step: len,
+            action: d.action,
+        }
+    } else {
+        d
+    }
 }
 
 /// DFSC/IFSC 0b0001xx: a translation fault at level xx.
@@ -116,6 +143,7 @@ pub fn decode(trap: &Trap, x: &[u64; 31]) -> Exit {
                 write: esr.iss() & esr::dabt::WNR != 0,
                 translation: is_translation_fault(esr),
                 value,
+                len: insn_len(esr),
             }
         }
         esr::ec::IABT_LOW => Exit::InstAbort {
@@ -125,6 +153,7 @@ pub fn decode(trap: &Trap, x: &[u64; 31]) -> Exit {
         },
         esr::ec::WFX => Exit::Wfx {
             wfe: esr.iss() & 1 != 0,
+            len: insn_len(esr),
         },
         esr::ec::FP_ASIMD => Exit::Fp,
         esr::ec::SYS64 => {
@@ -383,14 +412,18 @@ pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
             far,
             write,
             value,
+            len,
             ..
-        } => data_abort(abort, far, write, value, facts),
+        } => past(data_abort(abort, far, write, value, facts), len),
         Exit::InstAbort { far, .. } => at(Action::Inject(Injected::InstAbort { far })),
-        Exit::Wfx { wfe } => then(if guest && !wfe {
-            Action::Wfi
-        } else {
-            Action::Resume
-        }),
+        Exit::Wfx { wfe, len } => past(
+            then(if guest && !wfe {
+                Action::Wfi
+            } else {
+                Action::Resume
+            }),
+            len,
+        ),
         Exit::Fp => at(Action::Fp),
         Exit::SysReg { access, value } => sysreg_access(access, value, facts),
         Exit::Unknown => at(Action::Inject(Injected::Undefined)),

@@ -187,7 +187,7 @@ fn vcpu_run(
             if m.reg != 31 {
                 ctx.regs.x[m.reg as usize] = m.load_result(value);
             }
-            ctx.regs.pc += 4;
+            ctx.regs.pc += ctx.mmio_len;
         }
     }
     host.el1.save(&c.sync.hcr);

@@ -19,6 +19,9 @@ pub struct VcpuCtx {
     pub hcr: u64,
     /// An MMIO read the host is answering.
     pub mmio: Option<MmioAccess>,
+    /// Length of that read's instruction (4, or 2 in Thumb): what its
+    /// completion steps the PC by.
+    pub mmio_len: u64,
     /// The vCPU's virtual GIC CPU interface state.
     pub vif: VcpuIf,
 }
@@ -43,6 +46,7 @@ impl VcpuCtx {
             fp: FpState::new(),
             hcr: HCR_BASE,
             mmio: None,
+            mmio_len: 4,
             vif: VcpuIf::new(0),
         }
     }
