@@ -133,7 +133,8 @@ fn fast_exit(who: Who, regs: &mut GuestRegs, vm: VmView<'_>, trap: Trap) -> bool
             if m.reg != 31 {
                 regs.x[m.reg as usize] = m.load_result(out.value);
             }
-            regs.pc += 4;
+            // 2 bytes for a 16-bit Thumb load (AArch32 EL0).
+            regs.pc += if esr.il() { 4 } else { 2 };
         }
         _ => return false,
     }
