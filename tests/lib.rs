@@ -434,10 +434,13 @@ pub fn expect_demo_pass(q: &mut Qemu, t: Duration) -> DemoCounts {
         );
     };
     for h in 1..=2 {
-        has(&format!("[vm{h}] virtio console up; KVM vendor UID found, KVM_FEATURES 0x1fd, HYP_MEMINFO granule 4096"));
-        has(&format!("[vm{h}] MEM_SHARE and MEM_UNSHARE offered: I am protected; DMA bounces through {pool} pages at IPA 0x40014000 shared with MEM_SHARE"));
+        has(&format!("[vm{h}] virtio console up; KVM vendor UID found, KVM_FEATURES 0x9d, HYP_MEMINFO granule 4096"));
+        has(&format!("[vm{h}] MEM_SHARE and MEM_UNSHARE offered: I am protected; DMA bounces through {pool} pages at IPA 0x40015000 shared with MEM_SHARE"));
+        // Upstream MMIO guard: the protected guests guard their device
+        // pages (an access to any other page of the window is an abort).
+        has(&format!("[vm{h}] MMIO_GUARD offered: guarded 2 pages of the host's window (virtio-mmio at 0xa000000, control at 0xa003000) before touching them"));
         has(&format!(
-            "[vm{h}] vCPU 1 wrote a 16-byte secret 256 times into private memory at IPA 0x40024000"
+            "[vm{h}] vCPU 1 wrote a 16-byte secret 256 times into private memory at IPA 0x40025000"
         ));
         has(&format!(
             "demo: VM {h}: the {pool} pages it shared (MEM_SHARE): {pool} readable by the host"
@@ -452,8 +455,11 @@ pub fn expect_demo_pass(q: &mut Qemu, t: Duration) -> DemoCounts {
             "demo: VM {h} destroyed: {vm} pages scrubbed; the host read them back: all zero"
         ));
     }
-    // The normal VM learns it is not protected: no MEM_SHARE in KVM_FEATURES.
-    has("[vm3] virtio console up; KVM vendor UID found, KVM_FEATURES 0x1e5, HYP_MEMINFO granule 4096");
+    // The normal VM learns it is not protected: no MEM_SHARE (nor
+    // MMIO_GUARD) in KVM_FEATURES.
+    has(
+        "[vm3] virtio console up; KVM vendor UID found, KVM_FEATURES 0x5, HYP_MEMINFO granule 4096",
+    );
     has("[vm3] no MEM_SHARE offered: I am a normal VM; devices use my buffers in place");
     for h in 1..=3 {
         has(&format!("[vm{h}] virtio-blk up: 128 sectors"));

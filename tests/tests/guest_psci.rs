@@ -129,10 +129,10 @@ fn kvm_vendor_hypervisor_service() {
         "[vm1] guest-psci: VENDOR_HYP_CALL_UID = 0xb66fb428 0xe911c52e 0x564bcaa9 0x743a004d (KVM)",
         T,
     );
-    // FEATURES, HYP_MEMINFO, MMIO guard INFO/ENROLL/MAP/UNMAP; MEM_SHARE and
-    // MEM_UNSHARE (bits 3, 4) are offered to protected VMs only, and this one
-    // is normal.
-    q.expect_exact("[vm1] guest-psci: KVM_FEATURES = 0x1e5 0x0 0x0 0x0", T);
+    // FEATURES and HYP_MEMINFO (bits 0, 2); MEM_SHARE, MEM_UNSHARE and
+    // MMIO_GUARD (bits 3, 4, 7) are offered to protected VMs only, and this
+    // one is normal.
+    q.expect_exact("[vm1] guest-psci: KVM_FEATURES = 0x5 0x0 0x0 0x0", T);
     q.expect_exact("[vm1] guest-psci: HYP_MEMINFO = 4096", T);
     // SMCCC INVALID_PARAMETER (-3): the reserved arguments must be zero.
     q.expect_exact("[vm1] guest-psci: HYP_MEMINFO(1, 0, 0) = -3", T);

@@ -55,6 +55,60 @@ fn bbm_window_faults_are_retried_not_injected() {
     );
 }
 
+/// Item 5: MMIO guard, upstream style (function 7 of the KVM vendor
+/// service), enforced. A protected guest-faults (`arg=2`) finds MMIO_GUARD
+/// in KVM_FEATURES (0x9d: bit 7 beside FEATURES, HYP_MEMINFO, MEM_SHARE,
+/// MEM_UNSHARE); before any guard its read of the host's window (page 0)
+/// is an injected abort, as is its write to page 1, which it never guards;
+/// guarding its own RAM or an unaligned IPA is refused (-3); once it
+/// guarded page 0, a write and a read there reach the host's test device
+/// (41 written, 42 read) while page 1 still aborts. The host counts exactly
+/// the 2 MMIO exits of the guarded page and never sees page 1. Before this
+/// change the Android-numbered MAP answered SUCCESS and changed nothing:
+/// every access in the window went to the host (no abort; "MMIO at
+/// 0xa001000 has no device"), and KVM_FEATURES read 0x1fd.
+#[test]
+fn mmio_guard_only_guarded_pages_reach_the_host() {
+    let mut q = Qemu::boot(BootOptions {
+        append: Some("guest=guest-faults:p:arg=2".to_owned()),
+        ..BootOptions::default()
+    });
+    let g = |q: &mut Qemu, text: &str| {
+        q.expect_guest(1, &format!("guest-faults: mmio_guard: {text}"), T);
+    };
+    g(&mut q, "KVM_FEATURES 0x9d, MMIO_GUARD offered: true");
+    g(
+        &mut q,
+        "read of 0xa000800 before guarding it: data abort injected, ESR_EL1=0x96000010 FAR_EL1=0xa000800",
+    );
+    g(
+        &mut q,
+        "write to unguarded 0xa001000: data abort injected, ESR_EL1=0x96000050 FAR_EL1=0xa001000",
+    );
+    g(&mut q, "MMIO_GUARD(0x40000000), my own RAM = -3");
+    g(&mut q, "MMIO_GUARD(0xa000808), unaligned = -3");
+    g(&mut q, "MMIO_GUARD(0xa000000) = 0");
+    g(&mut q, "write 41 to guarded 0xa000800: no exception");
+    g(&mut q, "read of guarded 0xa000800: no exception");
+    g(&mut q, "the host's test device read 42");
+    g(
+        &mut q,
+        "read of unguarded 0xa001000 after guarding 0xa000000: data abort injected, ESR_EL1=0x96000010 FAR_EL1=0xa001000",
+    );
+    g(&mut q, "3 exceptions taken, powering off");
+    let done = q.expect_line("host: done: ", T);
+    assert!(
+        done.starts_with("host: done: 2 MMIO exits served, "),
+        "{done}"
+    );
+    q.expect_exit_code(0, T);
+    assert!(
+        !q.log().iter().any(|l| l.contains("has no device")),
+        "an unguarded access reached the host: {:#?}",
+        q.log()
+    );
+}
+
 /// Item 6: with `hyp.s2fwb=on`, HCR_EL2.FWB stays set for the host and every
 /// VM across every world switch, in the release image the tests boot. A
 /// switch that dropped it is refused by `HcrEl2::write_traps_only` in every

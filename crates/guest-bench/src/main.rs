@@ -515,6 +515,18 @@ fn fail(why: core::fmt::Arguments<'_>) -> ! {
     guest_rt::system_off()
 }
 
+/// MMIO guard (a protected VM, where the hypervisor offers it): guards
+/// the pages of the host's window this guest touches, the test device's
+/// (`mmio_host`) and the reap counter's (neighbour modes), before any
+/// access; without the guard a protected VM's access there is an abort.
+fn guard_host_pages() {
+    for ipa in [HOST_DEVICE as u64, guest_rt::demo::REAPED_IPA] {
+        if let Err(e) = guest_rt::mmio_guard_range(ipa, 8) {
+            fail(format_args!("MMIO_GUARD of {ipa:#x} refused: {e}"));
+        }
+    }
+}
+
 #[unsafe(no_mangle)]
 fn guest_main(cpu: usize, x0: u64) -> ! {
     if cpu != 0 {
@@ -524,6 +536,7 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     // `arg=N` (`cargo xtask profile`: metric index | iterations << 8).
     let handle = x0 & 0xff;
     let profile_request = x0 >> 8;
+    guard_host_pages();
     if profile_request & 0xff == TOGGLER {
         toggler(handle, profile_request >> 8);
     }

@@ -92,6 +92,62 @@ fn fields<'a>(v: u64, names: &'a [(&'a str, u32)]) -> Fields<'a> {
     Fields(v, names)
 }
 
+/// The test device's register in the host's window (page 0, past the
+/// demo's virtio-mmio transports): reads return the last value written + 1.
+const GUARDED: u64 = hyp_abi::layout::HOST_MMIO_IPA + 0x800;
+/// A page of the host's window this guest never guards.
+const UNGUARDED: u64 = hyp_abi::layout::HOST_MMIO_IPA + 0x1000;
+
+/// `arg=2` (run as a protected VM): upstream MMIO guard, both directions.
+/// Its accesses to the host's window abort until it guards their page
+/// (MMIO_GUARD), and only there do they reach the host; guarding its own
+/// RAM or an unaligned address is refused.
+fn mmio_guard() -> ! {
+    let features = guest_rt::kvm_features();
+    println!(
+        "guest-faults: mmio_guard: KVM_FEATURES {features:#x}, MMIO_GUARD offered: {}",
+        guest_rt::mmio_guard_offered()
+    );
+    outcome("mmio_guard: read of 0xa000800 before guarding it", || {
+        // SAFETY: an MMIO read in the host's window; the hook skips it if
+        // it aborts.
+        let _ = unsafe { core::ptr::read_volatile(GUARDED as *const u32) };
+    });
+    outcome("mmio_guard: write to unguarded 0xa001000", || {
+        // SAFETY: as above, a write.
+        unsafe { core::ptr::write_volatile(UNGUARDED as *mut u32, 0x11) };
+    });
+    let ram = guest_rt::entry_point() & !0xfff;
+    let r = guest_rt::mmio_guard(ram);
+    println!("guest-faults: mmio_guard: MMIO_GUARD({ram:#x}), my own RAM = {r}");
+    let r = guest_rt::mmio_guard(GUARDED + 8);
+    println!("guest-faults: mmio_guard: MMIO_GUARD(0xa000808), unaligned = {r}");
+    let r = guest_rt::mmio_guard(GUARDED & !0xfff);
+    println!("guest-faults: mmio_guard: MMIO_GUARD(0xa000000) = {r}");
+    let mut got = 0;
+    outcome("mmio_guard: write 41 to guarded 0xa000800", || {
+        // SAFETY: the host's test device; a write has no effect on memory.
+        unsafe { core::ptr::write_volatile(GUARDED as *mut u32, 41) };
+    });
+    outcome("mmio_guard: read of guarded 0xa000800", || {
+        // SAFETY: as above, a read.
+        got = unsafe { core::ptr::read_volatile(GUARDED as *const u32) };
+    });
+    println!("guest-faults: mmio_guard: the host's test device read {got}");
+    outcome(
+        "mmio_guard: read of unguarded 0xa001000 after guarding 0xa000000",
+        || {
+            // SAFETY: as for the write above.
+            let _ = unsafe { core::ptr::read_volatile(UNGUARDED as *const u32) };
+        },
+    );
+    println!(
+        "guest-faults: mmio_guard: {} exceptions taken, powering off",
+        COUNT.load(Ordering::Relaxed)
+    );
+    guest_rt::system_off()
+}
+
 #[unsafe(no_mangle)]
 fn guest_main(cpu: usize, x0: u64) -> ! {
     if cpu == 1 && BBM.load(Ordering::Acquire) != 0 {
@@ -106,6 +162,9 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
         BBM.store(1, Ordering::Release);
         bbm::run();
         guest_rt::system_off()
+    }
+    if x0 >> 8 == 2 {
+        mmio_guard();
     }
     println!("guest-faults: up");
 

@@ -4,8 +4,9 @@
 //! holding it in memory).
 //!
 //! The devices sit in the host's MMIO window (`hyp_abi::layout::HOST_MMIO_IPA`,
-//! 0x0a000000..0x0a004000; the hypervisor forwards every access there to the
-//! host), 0x200 apart as on QEMU virt's virtio-mmio transports.
+//! 0x0a000000..0x0a004000; the hypervisor forwards accesses there to the
+//! host, a protected VM's only on the pages it guarded with MMIO_GUARD),
+//! 0x200 apart as on QEMU virt's virtio-mmio transports.
 
 use hyp_abi::layout::HOST_MMIO_IPA;
 

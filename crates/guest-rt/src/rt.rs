@@ -136,6 +136,62 @@ pub fn smc(fid: u32, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
     [r[0], r[1], r[2], r[3]]
 }
 
+/// KVM vendor-hypervisor service (Linux include/linux/arm-smccc.h):
+/// VENDOR_HYP_CALL_UID, KVM_FEATURES, MMIO_GUARD (function 7) and the KVM UID.
+const VENDOR_HYP_CALL_UID: u32 = 0x8600_ff01;
+const VENDOR_HYP_KVM_FEATURES: u32 = 0x8600_0000;
+/// ARM_SMCCC_VENDOR_HYP_KVM_MMIO_GUARD_FUNC_ID: x1 = the IPA of one page.
+pub const MMIO_GUARD: u32 = 0xc600_0007;
+/// ARM_SMCCC_KVM_FUNC_MMIO_GUARD: its bit in KVM_FEATURES.
+pub const FUNC_MMIO_GUARD: u32 = 7;
+const KVM_UID: [u64; 4] = [0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d];
+const PAGE: u64 = 4096;
+
+/// The KVM_FEATURES bitmap, or 0 when the hypervisor is not KVM's (its
+/// vendor UID), as Linux's kvm_init_hyp_services reads it.
+pub fn kvm_features() -> u64 {
+    if hvc(VENDOR_HYP_CALL_UID, 0, 0, 0) == KVM_UID {
+        hvc(VENDOR_HYP_KVM_FEATURES, 0, 0, 0)[0]
+    } else {
+        0
+    }
+}
+
+/// Whether the hypervisor offers MMIO guard (KVM_FEATURES bit 7; protected
+/// VMs only): then this VM's accesses to the host's MMIO window reach the
+/// host only on pages it guarded with [`mmio_guard`].
+pub fn mmio_guard_offered() -> bool {
+    kvm_features() & (1 << FUNC_MMIO_GUARD) != 0
+}
+
+/// MMIO_GUARD of the page at `ipa` (page-aligned): x0 as a signed SMCCC
+/// code (0 = SUCCESS, -3 = INVALID_PARAMETER).
+pub fn mmio_guard(ipa: u64) -> i64 {
+    hvc(MMIO_GUARD, ipa, 0, 0)[0] as i64
+}
+
+/// If MMIO guard is offered, guards every page of `[ipa, ipa + len)` the
+/// way Linux's ioremap hook does (one call per page, from the page holding
+/// `ipa`); returns how many pages it guarded (0 when not offered), or the
+/// first error.
+///
+/// # Errors
+///
+/// The SMCCC code of the first refused page.
+pub fn mmio_guard_range(ipa: u64, len: u64) -> Result<u64, i64> {
+    if !mmio_guard_offered() {
+        return Ok(0);
+    }
+    let (start, end) = (ipa & !(PAGE - 1), (ipa + len).next_multiple_of(PAGE));
+    for page in (start..end).step_by(PAGE as usize) {
+        match mmio_guard(page) {
+            0 => {}
+            e => return Err(e),
+        }
+    }
+    Ok((end - start) / PAGE)
+}
+
 /// Address of the common entry point, for PSCI CPU_ON.
 pub fn entry_point() -> u64 {
     unsafe extern "C" {

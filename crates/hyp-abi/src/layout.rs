@@ -9,7 +9,7 @@
 //! | [`GICC_V2_IPA`]              | GICv2: the GIC-400's GICV frame (8 KiB)          |
 //! | [`GICR_IPA`]                 | GICv3: virtual redistributors, one per vCPU      |
 //! | [`UART_IPA`]                 | the emulated PL011 (the hypervisor's console)    |
-//! | [`HOST_MMIO_IPA`]            | the host's MMIO window ([`HOST_MMIO_SIZE`]): every access exits to the host, which emulates its devices (virtio-mmio, the test device) |
+//! | [`HOST_MMIO_IPA`]            | the host's MMIO window ([`HOST_MMIO_SIZE`]): accesses exit to the host, which emulates its devices (virtio-mmio, the test device); a protected VM's only on pages it guarded (MMIO_GUARD) |
 //! | [`RAM_IPA`] and up           | guest RAM                                        |
 
 /// The virtual GIC distributor (QEMU virt's GICD).

@@ -3,7 +3,7 @@
 //! with the exact decision expected (`hyp_core::exit::policy`).
 
 use hyp_abi::exit as run_exit;
-use hyp_abi::layout::{GICD_IPA, GICR_IPA, HOST_MMIO_IPA, RAM_IPA, UART_IPA};
+use hyp_abi::layout::{GICD_IPA, GICR_IPA, HOST_MMIO_IPA, HOST_MMIO_SIZE, RAM_IPA, UART_IPA};
 use hyp_core::arch::esr::{AccessSize, DataAbort, Esr, MmioAccess, SysRegAccess, SysRegEnc};
 use hyp_core::calls::smccc::{self as call, vendor};
 use hyp_core::exit::policy::{self, Action, Decision, Exit, Facts, Trap, VgicFrames};
@@ -24,6 +24,8 @@ struct Ctx {
     /// Guest RAM: [RAM_IPA, RAM_IPA + ram_size).
     ram_size: u64,
     vgic: Option<VgicFrames>,
+    /// Pages of the host's MMIO window the VM guard-mapped (bit *i*: page *i*).
+    guarded: u64,
 }
 
 impl Facts for Ctx {
@@ -41,6 +43,10 @@ impl Facts for Ctx {
     }
     fn vgic(&self) -> Option<VgicFrames> {
         self.vgic
+    }
+    fn mmio_guarded(&self, ipa: u64) -> bool {
+        (HOST_MMIO_IPA..HOST_MMIO_IPA + HOST_MMIO_SIZE).contains(&ipa)
+            && self.guarded & 1 << ((ipa - HOST_MMIO_IPA) / 4096) != 0
     }
 }
 
@@ -61,6 +67,7 @@ fn guest() -> Ctx {
         protected: false,
         ram_size: 16 << 20,
         vgic: V3,
+        guarded: 0,
     }
 }
 
@@ -78,6 +85,7 @@ fn host() -> Ctx {
         protected: false,
         ram_size: 0,
         vgic: None,
+        guarded: 0,
     }
 }
 
@@ -334,7 +342,7 @@ fn psci_calls() {
 fn vendor_calls() {
     let share = u64::from(vendor::MEM_SHARE);
     let unshare = u64::from(vendor::MEM_UNSHARE);
-    let map = u64::from(vendor::MMIO_GUARD_MAP);
+    let guard = u64::from(vendor::MMIO_GUARD);
     let features = u64::from(vendor::KVM_FEATURES);
     let (g, p) = (guest(), protected());
     check(vec![
@@ -413,32 +421,55 @@ fn vendor_calls() {
             at(Action::Return([call::SMCCC_RET_INVALID_PARAMETER, 0, 0, 0])),
         ),
         (
-            "MMIO_GUARD_ENROLL",
+            "MMIO_GUARD of a page in the host's window is recorded",
             hvc(),
-            vec![u64::from(vendor::MMIO_GUARD_ENROLL)],
+            vec![guard, HOST_MMIO_IPA + 0x3000],
+            p,
+            at(Action::MmioGuard {
+                ipa: HOST_MMIO_IPA + 0x3000,
+            }),
+        ),
+        (
+            "MMIO_GUARD of an emulated device page succeeds, nothing to record",
+            hvc(),
+            vec![guard, UART_IPA],
             p,
             at(Action::ReturnX0(call::SMCCC_RET_SUCCESS)),
         ),
         (
-            "MMIO_GUARD_MAP of a device page",
+            "MMIO_GUARD of the VM's own RAM is refused",
             hvc(),
-            vec![map, HOST_MMIO_IPA],
-            p,
-            at(Action::ReturnX0(call::SMCCC_RET_SUCCESS)),
-        ),
-        (
-            "MMIO_GUARD_MAP of the VM's own RAM is refused",
-            hvc(),
-            vec![map, RAM_IPA + 0x1000],
+            vec![guard, RAM_IPA + 0x1000],
             p,
             at(Action::ReturnX0(call::SMCCC_RET_INVALID_PARAMETER)),
         ),
         (
-            "MMIO_GUARD_MAP of an unaligned address",
+            "MMIO_GUARD of an unaligned address is refused",
             hvc(),
-            vec![map, HOST_MMIO_IPA + 8],
+            vec![guard, HOST_MMIO_IPA + 8],
             p,
             at(Action::Return([call::SMCCC_RET_INVALID_PARAMETER, 0, 0, 0])),
+        ),
+        (
+            "MMIO_GUARD with a reserved argument set is refused",
+            hvc(),
+            vec![guard, HOST_MMIO_IPA, 1],
+            p,
+            at(Action::Return([call::SMCCC_RET_INVALID_PARAMETER, 0, 0, 0])),
+        ),
+        (
+            "MMIO_GUARD is not offered to a normal VM",
+            hvc(),
+            vec![guard, HOST_MMIO_IPA],
+            g,
+            at(Action::ReturnX0(call::NOT_SUPPORTED)),
+        ),
+        (
+            "Android's MMIO_GUARD_ENROLL (function 6) is unknown",
+            hvc(),
+            vec![0xc600_0006],
+            p,
+            at(Action::Return([call::NOT_SUPPORTED, 0, 0, 0])),
         ),
     ]);
 }
@@ -528,6 +559,104 @@ fn host_calls() {
             vec![u64::from(vendor::KVM_FEATURES)],
             h,
             at(Action::Return([vendor::FEATURES_BITMAP, 0, 0, 0])),
+        ),
+    ]);
+}
+
+/// MMIO guard: a protected VM's access in the host's window reaches the
+/// host only on a page it guarded; a normal VM's always does; what the
+/// hypervisor emulates itself needs no guard.
+#[test]
+fn mmio_guard_decides_what_reaches_the_host() {
+    // Page 0 of the window guarded, page 1 not.
+    let p = Ctx {
+        guarded: 1,
+        ..protected()
+    };
+    let (g, dev, other) = (guest(), HOST_MMIO_IPA + 0x200, HOST_MMIO_IPA + 0x1008);
+    let write_to_host = |ipa| {
+        then(Action::ToHost(
+            RunEnd::Runnable,
+            [run_exit::MMIO, ipa, hyp_abi::mmio_flags(4, true), 7],
+        ))
+    };
+    check(vec![
+        (
+            "a protected VM's write to a guarded page goes to the host",
+            dabt(dev, 4, 1, true, XLAT),
+            vec![0, 7],
+            p,
+            write_to_host(dev),
+        ),
+        (
+            "a protected VM's read of a guarded page waits for the host",
+            dabt(dev, 4, 7, false, XLAT),
+            vec![],
+            p,
+            at(Action::AwaitMmio {
+                access: mmio(dev, 4, 7, false),
+                record: [run_exit::MMIO, dev, hyp_abi::mmio_flags(4, false), 0],
+            }),
+        ),
+        (
+            "a protected VM's write to an unguarded page is an abort",
+            dabt(other, 4, 1, true, XLAT),
+            vec![0, 7],
+            p,
+            at(Action::Inject(Injected::DataAbort {
+                far: 0xffff_0000_dead_0008,
+                write: true,
+            })),
+        ),
+        (
+            "a protected VM's read of an unguarded page is an abort",
+            dabt(other, 4, 7, false, XLAT),
+            vec![],
+            p,
+            at(Action::Inject(Injected::DataAbort {
+                far: 0xffff_0000_dead_0008,
+                write: false,
+            })),
+        ),
+        (
+            "a protected VM that guarded nothing: its first access is an abort",
+            dabt(dev, 4, 1, true, XLAT),
+            vec![0, 7],
+            protected(),
+            at(Action::Inject(Injected::DataAbort {
+                far: 0xffff_0000_dead_0200,
+                write: true,
+            })),
+        ),
+        (
+            "a normal VM's write goes to the host without a guard",
+            dabt(other, 4, 1, true, XLAT),
+            vec![0, 7],
+            g,
+            write_to_host(other),
+        ),
+        (
+            "the emulated UART needs no guard",
+            dabt(UART_IPA, 4, 3, true, PERM),
+            vec![0, 0, 0, b'A' as u64],
+            protected(),
+            then(Action::Uart {
+                off: 0,
+                access: mmio(UART_IPA, 4, 3, true),
+                value: b'A' as u64,
+            }),
+        ),
+        (
+            "the vGIC needs no guard",
+            dabt(GICD_IPA + 0x4, 4, 2, false, XLAT),
+            vec![],
+            protected(),
+            then(Action::Vgic {
+                region: vgic::Region::Dist,
+                off: 0x4,
+                access: mmio(GICD_IPA + 4, 4, 2, false),
+                value: 0,
+            }),
         ),
     ]);
 }

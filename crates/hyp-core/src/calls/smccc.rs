@@ -51,14 +51,12 @@ pub mod vendor {
     pub const MEM_SHARE: u32 = 0xc600_0003;
     /// MEM_UNSHARE: function 4.
     pub const MEM_UNSHARE: u32 = 0xc600_0004;
-    /// MMIO_GUARD_INFO (Android pKVM numbering): function 5.
-    pub const MMIO_GUARD_INFO: u32 = 0xc600_0005;
-    /// MMIO_GUARD_ENROLL: function 6.
-    pub const MMIO_GUARD_ENROLL: u32 = 0xc600_0006;
-    /// MMIO_GUARD_MAP: function 7 (also upstream Linux's single MMIO_GUARD call).
-    pub const MMIO_GUARD_MAP: u32 = 0xc600_0007;
-    /// MMIO_GUARD_UNMAP: function 8.
-    pub const MMIO_GUARD_UNMAP: u32 = 0xc600_0008;
+    /// MMIO_GUARD: fast, SMC64, function 7 (upstream Linux's
+    /// ARM_SMCCC_VENDOR_HYP_KVM_MMIO_GUARD_FUNC_ID; x1 = the IPA of one
+    /// granule, x2 and x3 reserved). Android's older numbering (5..8 =
+    /// MMIO_GUARD_INFO/ENROLL/MAP/UNMAP) was never upstream and is not
+    /// implemented: functions 5, 6 and 8 answer NOT_SUPPORTED.
+    pub const MMIO_GUARD: u32 = 0xc600_0007;
 
     /// The KVM UID 28b46fb6-2ec5-11e9-a9ca-4b564d003a74 as CALL_UID returns
     /// it in x0..x3 (ARM_SMCCC_VENDOR_HYP_UID_KVM_REG_0..3).
@@ -73,32 +71,25 @@ pub mod vendor {
     pub const FUNC_MEM_SHARE: u32 = 3;
     /// MEM_UNSHARE.
     pub const FUNC_MEM_UNSHARE: u32 = 4;
-    /// MMIO_GUARD_INFO.
-    pub const FUNC_MMIO_GUARD_INFO: u32 = 5;
-    /// MMIO_GUARD_ENROLL.
-    pub const FUNC_MMIO_GUARD_ENROLL: u32 = 6;
-    /// MMIO_GUARD_MAP.
-    pub const FUNC_MMIO_GUARD_MAP: u32 = 7;
-    /// MMIO_GUARD_UNMAP.
-    pub const FUNC_MMIO_GUARD_UNMAP: u32 = 8;
+    /// MMIO_GUARD (ARM_SMCCC_KVM_FUNC_MMIO_GUARD).
+    pub const FUNC_MMIO_GUARD: u32 = 7;
 
-    /// The KVM_FEATURES bitmap (x0) this hypervisor answers: functions
-    /// 0, 2..8. PTP (1) and MEM_RELINQUISH (9) are not implemented.
+    /// The KVM_FEATURES bitmap (x0) this hypervisor answers to a protected
+    /// VM: functions 0, 2, 3, 4 and 7. PTP (1) is not implemented.
     pub const FEATURES_BITMAP: u64 = (1 << FUNC_FEATURES)
         | (1 << FUNC_HYP_MEMINFO)
         | (1 << FUNC_MEM_SHARE)
         | (1 << FUNC_MEM_UNSHARE)
-        | (1 << FUNC_MMIO_GUARD_INFO)
-        | (1 << FUNC_MMIO_GUARD_ENROLL)
-        | (1 << FUNC_MMIO_GUARD_MAP)
-        | (1 << FUNC_MMIO_GUARD_UNMAP);
+        | (1 << FUNC_MMIO_GUARD);
 
     /// KVM_FEATURES bits reported to protected VMs only (memory sharing
-    /// with the host); a normal VM sees `FEATURES_BITMAP` without them.
-    pub const PROTECTED_ONLY: u64 = (1 << FUNC_MEM_SHARE) | (1 << FUNC_MEM_UNSHARE);
+    /// with the host, MMIO guard: "pKVM protected guests only" in
+    /// hypercalls.rst); a normal VM sees `FEATURES_BITMAP` without them.
+    pub const PROTECTED_ONLY: u64 =
+        (1 << FUNC_MEM_SHARE) | (1 << FUNC_MEM_UNSHARE) | (1 << FUNC_MMIO_GUARD);
 
-    /// The memory-protection granule HYP_MEMINFO and MMIO_GUARD_INFO
-    /// report: stage 2 is managed in 4 KiB pages.
+    /// The memory-protection granule HYP_MEMINFO reports (and the size of
+    /// what one MMIO_GUARD call guards): stage 2 is managed in 4 KiB pages.
     pub const GRANULE: u64 = 4096;
 }
 
@@ -166,17 +157,10 @@ pub enum Hypercall {
         /// Base IPA of the page.
         ipa: u64,
     },
-    /// MMIO_GUARD_INFO (arguments checked to be zero): answered with the granule.
-    MmioGuardInfo,
-    /// MMIO_GUARD_ENROLL: the VM opts in to MMIO guard.
-    MmioGuardEnroll,
-    /// MMIO_GUARD_MAP of the granule at `ipa` (page-aligned).
-    MmioGuardMap {
-        /// Base IPA of the MMIO page.
-        ipa: u64,
-    },
-    /// MMIO_GUARD_UNMAP of the granule at `ipa` (page-aligned).
-    MmioGuardUnmap {
+    /// MMIO_GUARD of the granule at `ipa` (page-aligned; the reserved
+    /// arguments were zero): accesses there may be forwarded to the host.
+    /// Whether `ipa` may be guarded is the VM's business.
+    MmioGuard {
         /// Base IPA of the MMIO page.
         ipa: u64,
     },
@@ -220,38 +204,26 @@ pub fn decode(x: [u64; 4]) -> Hypercall {
         vendor::KVM_FEATURES => Hypercall::VendorFeatures,
         // x1..x3 reserved, must be zero (hypercalls.rst; pKVM's
         // pkvm_meminfo_call serves both calls with this check).
-        vendor::HYP_MEMINFO | vendor::MMIO_GUARD_INFO => {
+        vendor::HYP_MEMINFO => {
             if x[1] != 0 || x[2] != 0 || x[3] != 0 {
                 Hypercall::InvalidParameter { fid }
-            } else if fid == vendor::HYP_MEMINFO {
-                Hypercall::HypMemInfo
             } else {
-                Hypercall::MmioGuardInfo
+                Hypercall::HypMemInfo
             }
         }
-        // x1 = IPA of one granule, x2 and x3 reserved, must be zero.
-        vendor::MEM_SHARE | vendor::MEM_UNSHARE => {
+        // x1 = IPA of one granule, x2 and x3 reserved, must be zero (the
+        // same for MMIO_GUARD: hypercalls.rst; Linux's
+        // arm_smccc_do_one_page passes (ipa, 0, 0) for all three).
+        vendor::MEM_SHARE | vendor::MEM_UNSHARE | vendor::MMIO_GUARD => {
             let ipa = x[1];
             if x[2] != 0 || x[3] != 0 || !ipa.is_multiple_of(vendor::GRANULE) {
                 Hypercall::InvalidParameter { fid }
             } else if fid == vendor::MEM_SHARE {
                 Hypercall::MemShare { ipa }
-            } else {
+            } else if fid == vendor::MEM_UNSHARE {
                 Hypercall::MemUnshare { ipa }
-            }
-        }
-        vendor::MMIO_GUARD_ENROLL => Hypercall::MmioGuardEnroll,
-        // x1 = IPA of one granule. x2 is not checked: the first MMIO guard
-        // ABI (Documentation/virt/kvm/arm/mmio-guard.rst, 2021) passed a
-        // MAIR_EL1 index there, and pKVM ignores x2/x3 for MAP and UNMAP.
-        vendor::MMIO_GUARD_MAP | vendor::MMIO_GUARD_UNMAP => {
-            let ipa = x[1];
-            if !ipa.is_multiple_of(vendor::GRANULE) {
-                Hypercall::InvalidParameter { fid }
-            } else if fid == vendor::MMIO_GUARD_MAP {
-                Hypercall::MmioGuardMap { ipa }
             } else {
-                Hypercall::MmioGuardUnmap { ipa }
+                Hypercall::MmioGuard { ipa }
             }
         }
         _ => Hypercall::Unknown { fid },
@@ -260,7 +232,7 @@ pub fn decode(x: [u64; 4]) -> Hypercall {
 
 /// The full answer (x0..x3) to a call that needs no VM state, or `None` for
 /// calls the VM must handle (CPU_ON, CPU_OFF, AFFINITY_INFO, CPU_SUSPEND,
-/// SYSTEM_OFF/RESET, MEM_SHARE/UNSHARE, MMIO_GUARD_ENROLL/MAP/UNMAP).
+/// SYSTEM_OFF/RESET, MEM_SHARE/UNSHARE, MMIO_GUARD).
 /// Registers a call does not define are returned as zero, as pKVM does.
 #[must_use]
 pub fn stateless_answer(call: Hypercall) -> Option<[u64; 4]> {
@@ -271,7 +243,7 @@ pub fn stateless_answer(call: Hypercall) -> Option<[u64; 4]> {
         Hypercall::ArchFeatures { fid } => arch_features(fid),
         Hypercall::VendorUid => return Some(vendor::KVM_UID),
         Hypercall::VendorFeatures => vendor::FEATURES_BITMAP,
-        Hypercall::HypMemInfo | Hypercall::MmioGuardInfo => vendor::GRANULE,
+        Hypercall::HypMemInfo => vendor::GRANULE,
         Hypercall::InvalidParameter { .. } => SMCCC_RET_INVALID_PARAMETER,
         Hypercall::Unknown { .. } => NOT_SUPPORTED,
         Hypercall::CpuOn { .. }
@@ -282,9 +254,7 @@ pub fn stateless_answer(call: Hypercall) -> Option<[u64; 4]> {
         | Hypercall::SystemReset
         | Hypercall::MemShare { .. }
         | Hypercall::MemUnshare { .. }
-        | Hypercall::MmioGuardEnroll
-        | Hypercall::MmioGuardMap { .. }
-        | Hypercall::MmioGuardUnmap { .. } => return None,
+        | Hypercall::MmioGuard { .. } => return None,
     };
     Some([x0, 0, 0, 0])
 }
@@ -435,11 +405,13 @@ mod tests {
             Some([0xb66f_b428, 0xe911_c52e, 0x564b_caa9, 0x743a_004d])
         );
         assert_eq!(call(0x8600_0000, 0, 0, 0), Hypercall::VendorFeatures);
-        // Bits 0 and 2..=8: FEATURES, HYP_MEMINFO, MEM_SHARE/UNSHARE, MMIO guard x4.
+        // Bits 0, 2, 3, 4 and 7: FEATURES, HYP_MEMINFO, MEM_SHARE/UNSHARE,
+        // MMIO_GUARD (the policy hides 3, 4 and 7 from normal VMs).
         assert_eq!(
             stateless_answer(Hypercall::VendorFeatures),
-            Some([0x1fd, 0, 0, 0])
+            Some([0x9d, 0, 0, 0])
         );
+        assert_eq!(vendor::FEATURES_BITMAP & !vendor::PROTECTED_ONLY, 0x5);
         // 32-bit IDs: the upper half of x0 is ignored.
         assert_eq!(
             decode([0xdead_0000_8600_ff01, 0, 0, 0]),
@@ -448,23 +420,17 @@ mod tests {
     }
 
     #[test]
-    fn meminfo_and_mmio_guard_info() {
+    fn meminfo() {
         assert_eq!(call(0xc600_0002, 0, 0, 0), Hypercall::HypMemInfo);
         assert_eq!(
             stateless_answer(Hypercall::HypMemInfo),
             Some([4096, 0, 0, 0])
         );
-        assert_eq!(call(0xc600_0005, 0, 0, 0), Hypercall::MmioGuardInfo);
-        assert_eq!(
-            stateless_answer(Hypercall::MmioGuardInfo),
-            Some([4096, 0, 0, 0])
-        );
-        for fid in [vendor::HYP_MEMINFO, vendor::MMIO_GUARD_INFO] {
-            for args in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (u64::MAX, 0, 0)] {
-                let c = call(fid, args.0, args.1, args.2);
-                assert_eq!(c, Hypercall::InvalidParameter { fid }, "{args:?}");
-                assert_eq!(stateless_answer(c), Some([(-3i64) as u64, 0, 0, 0]));
-            }
+        let fid = vendor::HYP_MEMINFO;
+        for args in [(1, 0, 0), (0, 1, 0), (0, 0, 1), (u64::MAX, 0, 0)] {
+            let c = call(fid, args.0, args.1, args.2);
+            assert_eq!(c, Hypercall::InvalidParameter { fid }, "{args:?}");
+            assert_eq!(stateless_answer(c), Some([(-3i64) as u64, 0, 0, 0]));
         }
     }
 
@@ -499,33 +465,28 @@ mod tests {
     }
 
     #[test]
-    fn mmio_guard_calls() {
-        assert_eq!(call(0xc600_0006, 0, 0, 0), Hypercall::MmioGuardEnroll);
+    fn mmio_guard_call() {
         assert_eq!(
-            call(0xc600_0007, 0x0900_0000, 0, 0),
-            Hypercall::MmioGuardMap { ipa: 0x0900_0000 }
+            call(0xc600_0007, 0x0a00_0000, 0, 0),
+            Hypercall::MmioGuard { ipa: 0x0a00_0000 }
         );
-        // The 2021 ABI passed a MAIR index in x2: accepted.
-        assert_eq!(
-            call(0xc600_0007, 0x0900_0000, 1, 0),
-            Hypercall::MmioGuardMap { ipa: 0x0900_0000 }
-        );
-        assert_eq!(
-            call(0xc600_0008, 0x0900_0000, 0, 0),
-            Hypercall::MmioGuardUnmap { ipa: 0x0900_0000 }
-        );
-        for fid in [vendor::MMIO_GUARD_MAP, vendor::MMIO_GUARD_UNMAP] {
+        assert_eq!(stateless_answer(Hypercall::MmioGuard { ipa: 0 }), None);
+        let fid = vendor::MMIO_GUARD;
+        for (a1, a2, a3) in [
+            (0x0a00_0004, 0, 0),
+            (0x0a00_0800, 0, 0),
+            (0x0a00_0000, 1, 0),
+            (0x0a00_0000, 0, 1),
+        ] {
             assert_eq!(
-                call(fid, 0x0900_0004, 0, 0),
-                Hypercall::InvalidParameter { fid }
+                call(fid, a1, a2, a3),
+                Hypercall::InvalidParameter { fid },
+                "{a1:#x} {a2} {a3}"
             );
         }
-        for c in [
-            Hypercall::MmioGuardEnroll,
-            Hypercall::MmioGuardMap { ipa: 0 },
-            Hypercall::MmioGuardUnmap { ipa: 0 },
-        ] {
-            assert_eq!(stateless_answer(c), None);
+        // Android's numbering (INFO = 5, ENROLL = 6, UNMAP = 8) is gone.
+        for fid in [0xc600_0005, 0xc600_0006, 0xc600_0008] {
+            assert_eq!(call(fid, 0x0a00_0000, 0, 0), Hypercall::Unknown { fid });
         }
         // Unnumbered vendor functions (PTP = 1, MEM_RELINQUISH = 9) stay unknown.
         assert_eq!(
@@ -556,10 +517,7 @@ mod tests {
             vendor::HYP_MEMINFO,
             vendor::MEM_SHARE,
             vendor::MEM_UNSHARE,
-            vendor::MMIO_GUARD_INFO,
-            vendor::MMIO_GUARD_ENROLL,
-            vendor::MMIO_GUARD_MAP,
-            vendor::MMIO_GUARD_UNMAP,
+            vendor::MMIO_GUARD,
         ] {
             assert_eq!(psci_features(fid), NOT_SUPPORTED, "{fid:#x}");
             assert_eq!(arch_features(fid), NOT_SUPPORTED, "{fid:#x}");

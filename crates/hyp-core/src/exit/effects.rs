@@ -85,6 +85,10 @@ impl Facts for ContextFacts<'_> {
             nr_vcpus: vg.nr_vcpus(),
         })
     }
+    fn mmio_guarded(&self, ipa: u64) -> bool {
+        // Unknown VM: not guarded, so nothing is forwarded.
+        self.vm(|vm| vm.mmio_guarded(ipa), false)
+    }
 }
 
 /// Reads the syndrome registers of the exit being handled.
@@ -270,6 +274,14 @@ fn apply(
                 Who::Guest { slot, .. } => {
                     state::control().psci_affinity_info(slot as u64 + 1, target)
                 }
+            };
+        }
+        Action::MmioGuard { ipa } => {
+            let done = guest_vm(who, |ctl, h| ctl.mmio_guard(h, ipa).is_ok());
+            ctx.regs.x[0] = if done == Some(true) {
+                call::SMCCC_RET_SUCCESS
+            } else {
+                call::SMCCC_RET_INVALID_PARAMETER
             };
         }
         Action::Share { ipa, share } => {

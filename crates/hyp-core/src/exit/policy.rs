@@ -212,6 +212,9 @@ pub trait Facts {
     fn is_ram(&self, ipa: u64) -> bool;
     /// The VM's virtual GIC, if it has one.
     fn vgic(&self) -> Option<VgicFrames>;
+    /// Whether the VM has guard-mapped (MMIO_GUARD) the page of `ipa` in the
+    /// host's MMIO window. Asked only for a protected VM's access there.
+    fn mmio_guarded(&self, ipa: u64) -> bool;
 }
 
 /// What to do about an exit. Beside each, the PC moves by
@@ -313,6 +316,12 @@ pub enum Action {
     AffinityInfo {
         /// Target vCPU index.
         target: usize,
+    },
+    /// MMIO_GUARD of the page at `ipa` in the host's MMIO window: record
+    /// it in the VM's guard set and answer SUCCESS.
+    MmioGuard {
+        /// Page IPA.
+        ipa: u64,
     },
     /// MEM_SHARE (`share`) or MEM_UNSHARE of the page at `ipa`.
     Share {
@@ -436,10 +445,12 @@ fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
     let c = call::decode(x);
     if let Some(mut r) = call::stateless_answer(c) {
         if c == Hypercall::VendorFeatures && !facts.protected() {
-            // MEM_SHARE/MEM_UNSHARE are protected-VM services (as in pKVM,
-            // where only protected VMs get them): a normal VM's memory is
-            // the host's already. A guest learns whether it is protected
-            // from this bitmap, as Linux's pkvm_init_hyp_services does.
+            // MEM_SHARE/MEM_UNSHARE and MMIO_GUARD are protected-VM
+            // services (as in pKVM, where only protected VMs get them): a
+            // normal VM's memory is the host's already, and every access
+            // in the host's window goes to the host. A guest learns
+            // whether it is protected from this bitmap, as Linux's
+            // pkvm_init_hyp_services does.
             r[0] &= !call::vendor::PROTECTED_ONLY;
         }
         return Action::Return(r);
@@ -455,17 +466,22 @@ fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
         }
         Hypercall::MemShare { ipa } => Action::Share { ipa, share: true },
         Hypercall::MemUnshare { ipa } => Action::Share { ipa, share: false },
-        // MMIO guard: every access outside guest memory already exits to
-        // EL2 and is forwarded only within the host's MMIO window, so
-        // enrolling and (un)mapping device pages succeed for IPAs outside
-        // guest memory and are refused for its RAM.
-        Hypercall::MmioGuardEnroll => Action::ReturnX0(call::SMCCC_RET_SUCCESS),
-        Hypercall::MmioGuardMap { ipa } | Hypercall::MmioGuardUnmap { ipa } => {
-            Action::ReturnX0(if facts.is_ram(ipa) {
-                call::SMCCC_RET_INVALID_PARAMETER
+        // MMIO guard (upstream Linux's one call, protected VMs only): a
+        // protected VM's access in the host's window reaches the host only
+        // for the pages it guarded (see `data_abort`). Its own RAM is
+        // refused; any other device page succeeds (Linux guards every
+        // ioremap, the emulated UART and vGIC frames included) but needs
+        // no record: nothing outside the window is ever forwarded.
+        Hypercall::MmioGuard { ipa } => {
+            if !facts.protected() {
+                Action::ReturnX0(call::NOT_SUPPORTED)
+            } else if facts.is_ram(ipa) {
+                Action::ReturnX0(call::SMCCC_RET_INVALID_PARAMETER)
+            } else if host_mmio(ipa) {
+                Action::MmioGuard { ipa }
             } else {
-                call::SMCCC_RET_SUCCESS
-            })
+                Action::ReturnX0(call::SMCCC_RET_SUCCESS)
+            }
         }
         _ => Action::ReturnX0(call::NOT_SUPPORTED),
     }
@@ -573,7 +589,14 @@ fn data_abort(abort: DataAbort, far: u64, write: bool, value: u64, facts: &impl 
                 value,
             })
         }
-        DataAbort::Mmio(access) if guest && host_mmio(access.ipa) => {
+        // A protected VM's access reaches the host only on a page it
+        // guarded (MMIO_GUARD); any other becomes an abort, from its first
+        // instruction on. A normal VM's always does.
+        DataAbort::Mmio(access)
+            if guest
+                && host_mmio(access.ipa)
+                && (!facts.protected() || facts.mmio_guarded(access.ipa)) =>
+        {
             let bytes = access.size.bytes();
             let flags = hyp_abi::mmio_flags(bytes, access.write);
             if access.write {

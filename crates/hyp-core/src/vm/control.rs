@@ -197,6 +197,16 @@ pub struct VmMeta {
     pub has_run: bool,
     /// Pages the guest currently shares with the host.
     pub shared: u64,
+    /// MMIO guard: the pages of the host's MMIO window a protected VM
+    /// guard-mapped (MMIO_GUARD), bit *i* for page *i* of
+    /// `hyp_abi::layout::HOST_MMIO_IPA`. A fixed bitmap rather than a
+    /// set of IPAs: only accesses in that window are ever forwarded to the
+    /// host, and the window is [`MMIO_GUARD_PAGES`] pages, so one word
+    /// holds every answer, needs no allocation and no table, and cannot run
+    /// out. Empty at VM_CREATE (so a protected VM's accesses there abort
+    /// from its first instruction until it guards their page); nothing
+    /// clears a bit: upstream's MMIO guard has no unmap call.
+    pub mmio_guard: u64,
     /// VTTBR_EL2 value.
     pub vttbr: u64,
     /// Regions mapped at stage 2 on first touch (bit *i*: `regions[i]`).
@@ -224,6 +234,31 @@ impl VmMeta {
     #[must_use]
     pub fn is_ram(&self, ipa: u64) -> bool {
         self.region_of(ipa).is_some()
+    }
+    /// Whether the page of `ipa` is in the VM's MMIO guard set (false
+    /// outside the host's MMIO window).
+    #[must_use]
+    pub fn mmio_guarded(&self, ipa: u64) -> bool {
+        mmio_guard_bit(ipa).is_some_and(|b| self.mmio_guard & b != 0)
+    }
+}
+
+/// Pages in the host's MMIO window: one bit each in [`VmMeta::mmio_guard`].
+pub const MMIO_GUARD_PAGES: u64 = hyp_abi::layout::HOST_MMIO_SIZE / PAGE_SIZE;
+const _: () = assert!(
+    MMIO_GUARD_PAGES <= u64::BITS as u64
+        && hyp_abi::layout::HOST_MMIO_IPA.is_multiple_of(PAGE_SIZE)
+        && hyp_abi::layout::HOST_MMIO_SIZE.is_multiple_of(PAGE_SIZE),
+    "the MMIO guard bitmap is one word over whole pages of the host's window"
+);
+
+/// The bit of `ipa`'s page in [`VmMeta::mmio_guard`]; `None` outside the
+/// host's MMIO window.
+#[must_use]
+pub const fn mmio_guard_bit(ipa: u64) -> Option<u64> {
+    match ipa.checked_sub(hyp_abi::layout::HOST_MMIO_IPA) {
+        Some(off) if off < hyp_abi::layout::HOST_MMIO_SIZE => Some(1 << (off / PAGE_SIZE)),
+        _ => None,
     }
 }
 
@@ -865,6 +900,7 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
             boot_entry_set: false,
             has_run: false,
             shared: 0,
+            mmio_guard: 0,
             vttbr,
             lazy: 0,
             scrubbed: 0,
@@ -1204,6 +1240,29 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
         match self.vm(handle) {
             Ok(vm) if target < vm.nr_vcpus => vm.vcpu_state(target as u64).unwrap_or(1),
             _ => psci(error::INVALID_PARAMETERS),
+        }
+    }
+
+    /// Guest MMIO_GUARD of the page at `ipa` in the host's MMIO window:
+    /// from now on the VM's accesses there are forwarded to the host.
+    /// Takes only the VM's lock.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoVm`], [`HostError::Denied`] (not a protected VM: a
+    /// normal VM's accesses in the window always go to the host),
+    /// [`HostError::Range`] (outside the window, or guest memory).
+    pub fn mmio_guard(&self, handle: u64, ipa: u64) -> HostResult<()> {
+        let mut vm = self.vm(handle)?;
+        if !vm.protected {
+            return Err(HostError::Denied);
+        }
+        match mmio_guard_bit(ipa) {
+            Some(bit) if !vm.is_ram(ipa) => {
+                vm.mmio_guard |= bit;
+                Ok(())
+            }
+            _ => Err(HostError::Range),
         }
     }
 
@@ -1930,5 +1989,57 @@ mod tests {
             assert_eq!(c.host_state(pa), CompState::Owned);
             assert_eq!(c.host_state(pa + 0x3000), CompState::Owned);
         }
+    }
+
+    /// MMIO guard state: empty at VM_CREATE, one bit per guarded page of
+    /// the host's window, RAM and addresses outside the window refused,
+    /// normal VMs refused, and a VM created again in the slot starts empty.
+    #[test]
+    fn mmio_guard_set_per_vm() {
+        use hyp_abi::layout::{HOST_MMIO_IPA, HOST_MMIO_SIZE};
+        let c = ctl();
+        let mut v = host_vttbr();
+        let p = c
+            .create(&mut v, 1, FLAG_PROTECTED, state_pa(0), VM_CREATE_PAGES)
+            .expect("create protected");
+        let n = c
+            .create(&mut v, 1, 0, state_pa(1), VM_CREATE_PAGES)
+            .expect("create normal");
+        c.give(
+            &mut v,
+            p,
+            RAM.base + 0x20_0000,
+            0x4000_0000,
+            4,
+            RegionKind::Donated,
+        )
+        .expect("give");
+        let last = HOST_MMIO_IPA + HOST_MMIO_SIZE - PAGE_SIZE;
+        let guarded = |h, ipa| c.vm(h).expect("vm").mmio_guarded(ipa);
+        for ipa in (HOST_MMIO_IPA..HOST_MMIO_IPA + HOST_MMIO_SIZE).step_by(0x800) {
+            assert!(!guarded(p, ipa), "{ipa:#x} guarded at creation");
+        }
+        assert_eq!(c.mmio_guard(p, last), Ok(()));
+        assert!(guarded(p, last) && guarded(p, last + 0xfff));
+        assert!(!guarded(p, last - 1) && !guarded(p, HOST_MMIO_IPA));
+        assert!(!guarded(p, last + PAGE_SIZE), "past the window");
+        assert_eq!(c.mmio_guard(p, HOST_MMIO_IPA), Ok(()));
+        assert_eq!(
+            c.vm(p).expect("vm").mmio_guard,
+            1 | 1 << (MMIO_GUARD_PAGES - 1)
+        );
+        // Guest RAM, outside the window, a normal VM, no VM.
+        assert_eq!(c.mmio_guard(p, 0x4000_1000), Err(HostError::Range));
+        assert_eq!(c.mmio_guard(p, last + PAGE_SIZE), Err(HostError::Range));
+        assert_eq!(c.mmio_guard(n, HOST_MMIO_IPA), Err(HostError::Denied));
+        assert!(!guarded(n, HOST_MMIO_IPA));
+        assert_eq!(c.mmio_guard(3, HOST_MMIO_IPA), Err(HostError::NoVm));
+        // A VM created again in the slot guards nothing.
+        while c.destroy(&mut v, p).expect("destroy").more {}
+        let p2 = c
+            .create(&mut v, 1, FLAG_PROTECTED, state_pa(0), VM_CREATE_PAGES)
+            .expect("create again");
+        assert_eq!(p2, p);
+        assert_eq!(c.vm(p2).expect("vm").mmio_guard, 0);
     }
 }
