@@ -44,9 +44,10 @@ impl Facts for Ctx {
     fn vgic(&self) -> Option<VgicFrames> {
         self.vgic
     }
-    fn mmio_guarded(&self, ipa: u64) -> bool {
-        (HOST_MMIO_IPA..HOST_MMIO_IPA + HOST_MMIO_SIZE).contains(&ipa)
-            && self.guarded & 1 << ((ipa - HOST_MMIO_IPA) / 4096) != 0
+    fn mmio_to_host(&self, ipa: u64) -> bool {
+        !self.protected
+            || (HOST_MMIO_IPA..HOST_MMIO_IPA + HOST_MMIO_SIZE).contains(&ipa)
+                && self.guarded & 1 << ((ipa - HOST_MMIO_IPA) / 4096) != 0
     }
 }
 

@@ -85,9 +85,9 @@ impl Facts for ContextFacts<'_> {
             nr_vcpus: vg.nr_vcpus(),
         })
     }
-    fn mmio_guarded(&self, ipa: u64) -> bool {
-        // Unknown VM: not guarded, so nothing is forwarded.
-        self.vm(|vm| vm.mmio_guarded(ipa), false)
+    fn mmio_to_host(&self, ipa: u64) -> bool {
+        // Unknown VM: nothing is forwarded.
+        self.vm(|vm| !vm.protected || vm.mmio_guarded(ipa), false)
     }
 }
 

@@ -212,9 +212,10 @@ pub trait Facts {
     fn is_ram(&self, ipa: u64) -> bool;
     /// The VM's virtual GIC, if it has one.
     fn vgic(&self) -> Option<VgicFrames>;
-    /// Whether the VM has guard-mapped (MMIO_GUARD) the page of `ipa` in the
-    /// host's MMIO window. Asked only for a protected VM's access there.
-    fn mmio_guarded(&self, ipa: u64) -> bool;
+    /// Whether the VM's access to `ipa` in the host's MMIO window may reach
+    /// the host: always for a normal VM, for a protected one only in a page
+    /// it guard-mapped (MMIO_GUARD). One fact, so one look at the VM.
+    fn mmio_to_host(&self, ipa: u64) -> bool;
 }
 
 /// What to do about an exit. Beside each, the PC moves by
@@ -593,9 +594,7 @@ fn data_abort(abort: DataAbort, far: u64, write: bool, value: u64, facts: &impl 
         // guarded (MMIO_GUARD); any other becomes an abort, from its first
         // instruction on. A normal VM's always does.
         DataAbort::Mmio(access)
-            if guest
-                && host_mmio(access.ipa)
-                && (!facts.protected() || facts.mmio_guarded(access.ipa)) =>
+            if guest && host_mmio(access.ipa) && facts.mmio_to_host(access.ipa) =>
         {
             let bytes = access.size.bytes();
             let flags = hyp_abi::mmio_flags(bytes, access.write);
