@@ -260,6 +260,23 @@ sysregs! {
     CntvCtlEl0 => "cntv_ctl_el0",
     /// CNTV_CVAL_EL0.
     CntvCvalEl0 => "cntv_cval_el0",
+    /// CSSELR_EL1.
+    CsselrEl1 => "csselr_el1",
+    /// VDISR_EL2 (S3_4_C12_C1_1, FEAT_RAS): the DISR_EL1 a lower EL reads and writes while
+    /// HCR_EL2.AMO = 1.
+    VdisrEl2 => "s3_4_c12_c1_1",
+    /// HFGRTR_EL2 (S3_4_C1_C1_4, FEAT_FGT).
+    HfgrtrEl2 => "s3_4_c1_c1_4",
+    /// HFGWTR_EL2 (S3_4_C1_C1_5, FEAT_FGT).
+    HfgwtrEl2 => "s3_4_c1_c1_5",
+    /// HFGITR_EL2 (S3_4_C1_C1_6, FEAT_FGT).
+    HfgitrEl2 => "s3_4_c1_c1_6",
+    /// HDFGRTR_EL2 (S3_4_C3_C1_4, FEAT_FGT).
+    HdfgrtrEl2 => "s3_4_c3_c1_4",
+    /// HDFGWTR_EL2 (S3_4_C3_C1_5, FEAT_FGT).
+    HdfgwtrEl2 => "s3_4_c3_c1_5",
+    /// HCRX_EL2 (S3_4_C1_C2_2, FEAT_HCX).
+    HcrxEl2 => "s3_4_c1_c2_2",
 }
 
 impl SysReg {
@@ -292,6 +309,7 @@ impl SysReg {
                 | SysReg::CpacrEl1
                 | SysReg::CntvCtlEl0
                 | SysReg::CntvCvalEl0
+                | SysReg::CsselrEl1
         )
     }
 

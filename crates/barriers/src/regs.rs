@@ -561,7 +561,57 @@ el1_reg! {
     CpacrEl1 => CpacrEl1,
     CntvCtlEl0 => CntvCtlEl0,
     CntvCvalEl0 => CntvCvalEl0,
+    CsselrEl1 => CsselrEl1,
 }
+
+el2_reg!(
+    /// VDISR_EL2 (FEAT_RAS): with HCR_EL2.AMO = 1 (always, here) it is the DISR_EL1 the host and
+    /// the guests read and write, so the world switch saves and restores it with the EL1
+    /// context. Only the lower ELs read it (ESB, DISR_EL1).
+    VdisrEl2, VdisrEl2, GuestOnly, safe
+);
+
+impl VdisrEl2 {
+    /// Reads the register (FEAT_RAS only: the caller checks ID_AA64PFR0_EL1.RAS).
+    #[inline]
+    pub fn read() -> u64 {
+        emit::mrs(SysReg::VdisrEl2)
+    }
+}
+
+el2_reg!(
+    /// HFGRTR_EL2 (FEAT_FGT): fine-grained read traps of EL1/EL0 registers. Its `n*` bits trap
+    /// when clear (the registers of later features: TPIDR2_EL0, ACCDATA_EL1, PIR/PIRE0, POR,
+    /// MAIR2/AMAIR2, GCS, RCWMASK, SMPRI), so 0 traps every one of them and nothing else.
+    HfgrtrEl2, HfgrtrEl2, GuestOnly,
+    safety = "The fine-grained traps the hypervisor relies on (the `n*` bits clear) must stay in place for every context that must not reach those registers."
+);
+el2_reg!(
+    /// HFGWTR_EL2 (FEAT_FGT): fine-grained write traps; see [`HfgrtrEl2`].
+    HfgwtrEl2, HfgwtrEl2, GuestOnly,
+    safety = "As for [`HfgrtrEl2::write`]."
+);
+el2_reg!(
+    /// HFGITR_EL2 (FEAT_FGT): fine-grained instruction traps (0: only the `n*` ones, BRBE).
+    HfgitrEl2, HfgitrEl2, GuestOnly,
+    safety = "As for [`HfgrtrEl2::write`]."
+);
+el2_reg!(
+    /// HDFGRTR_EL2 (FEAT_FGT): fine-grained debug/PMU read traps (0: only the `n*` ones).
+    HdfgrtrEl2, HdfgrtrEl2, GuestOnly,
+    safety = "As for [`HfgrtrEl2::write`]."
+);
+el2_reg!(
+    /// HDFGWTR_EL2 (FEAT_FGT): fine-grained debug/PMU write traps (0: only the `n*` ones).
+    HdfgwtrEl2, HdfgwtrEl2, GuestOnly,
+    safety = "As for [`HfgrtrEl2::write`]."
+);
+el2_reg!(
+    /// HCRX_EL2 (FEAT_HCX): its enables are 0 = trapped or UNDEFINED at EL1/EL0 (TCR2En,
+    /// SCTLR2En, EnFPM, GCSEn, MSCEn, EnAS0/EnALS/EnASR, ...).
+    HcrxEl2, HcrxEl2, GuestOnly,
+    safety = "Enables the hypervisor relies on being clear (the registers and instructions of features it does not switch) must stay clear."
+);
 
 /// TPIDR_EL2: the hypervisor's per-CPU pointer, read by the exit vectors.
 ///

@@ -13,6 +13,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use guest_rt::{println, Exception, Frame};
 
 mod bbm;
+mod leak;
 
 /// An IPA outside guest RAM and every device.
 const OUTSIDE: u64 = 0x1_0000_0000;
@@ -165,6 +166,9 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     }
     if x0 >> 8 == 2 {
         mmio_guard();
+    }
+    if x0 >> 8 == 3 {
+        leak::run(x0 & 0xff);
     }
     println!("guest-faults: up");
 

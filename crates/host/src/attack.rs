@@ -12,6 +12,7 @@ pub fn run(info: &BootInfo, name: &str) {
     match name {
         "vcpu_init" => vcpu_init(info),
         "fp" => fp(info),
+        "vmcr" => vmcr(info),
         _ => crate::fail(format_args!("unknown attack {name:?}")),
     }
 }
@@ -96,5 +97,55 @@ fn fp(info: &BootInfo) {
     );
     for (h, _) in vms {
         let _ = crate::hostif::destroy_vm(h);
+    }
+}
+
+/// Item 4: no EL1 or virtual-GIC state of a guest reaches the host. A
+/// protected guest-faults in its `leak` mode (`arg=3`) sets a marker in
+/// each register of its list (CSSELR_EL1, the GICv3 virtual CPU interface:
+/// ICH_VMCR_EL2's priority mask, binary points and group enables, and the
+/// active priorities) and powers off; then the host, on the same CPU,
+/// reads them through its own names (its `ICC_*` accesses reach the same
+/// virtual CPU interface, HCR_EL2.IMO/FMO) and prints what it sees. On
+/// GICv2 the host has no GICV frame, so only CSSELR_EL1 is read.
+fn vmcr(info: &BootInfo) {
+    macro_rules! rd {
+        ($enc:literal) => {{
+            let v: u64;
+            // SAFETY: a register read with no side effects.
+            unsafe { core::arch::asm!(concat!("mrs {0}, ", $enc), out(reg) v, options(nomem, nostack)) };
+            v
+        }};
+    }
+    let Some(module) = info.modules().iter().find(|m| m.name() == "guest-faults") else {
+        crate::fail(format_args!("attack vmcr: no guest-faults image"));
+    };
+    let (h, entry) = many::load(module, true, 1);
+    if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h | 3 << 8]) {
+        crate::fail(format_args!("attack vmcr: VCPU_INIT: {e:?}"));
+    }
+    many::power_off(h, 1);
+    let csselr = rd!("csselr_el1");
+    if guest_rt::gic::version() == guest_rt::gic::Version::V2 {
+        println!("host: attack vmcr: after the guest: CSSELR_EL1={csselr:#x}");
+    } else {
+        let (pmr, bpr0, bpr1) = (
+            rd!("s3_0_c4_c6_0"),
+            rd!("s3_0_c12_c8_3"),
+            rd!("s3_0_c12_c12_3"),
+        );
+        let (grp0, grp1, ctlr) = (
+            rd!("s3_0_c12_c12_6"),
+            rd!("s3_0_c12_c12_7"),
+            rd!("s3_0_c12_c12_4"),
+        );
+        let (ap0, ap1) = (rd!("s3_0_c12_c8_4"), rd!("s3_0_c12_c9_0"));
+        println!(
+            "host: attack vmcr: after the guest: CSSELR_EL1={csselr:#x} ICC_PMR_EL1={pmr:#x} ICC_BPR0_EL1={bpr0:#x} ICC_BPR1_EL1={bpr1:#x} ICC_IGRPEN0_EL1={grp0:#x} ICC_IGRPEN1_EL1={grp1:#x} ICC_CTLR_EL1.EOImode={} ICC_AP0R0_EL1={ap0:#x} ICC_AP1R0_EL1={ap1:#x}",
+            (ctlr >> 1) & 1
+        );
+    }
+    if let Err(e) = crate::hostif::destroy_vm(h) {
+        crate::fail(format_args!("attack vmcr: VM_DESTROY: {e:?}"));
     }
 }

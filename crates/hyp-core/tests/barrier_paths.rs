@@ -93,6 +93,7 @@ fn cpu_up() -> (Cpu, Vec<Insn>) {
             vectors: 0x4020_0800,
             tpidr: 0x4030_0000,
             gic_v3: true,
+            ras: true,
         })
     };
     let bringup = trace::take();

@@ -264,12 +264,22 @@ impl VcpuIf {
     }
 
     /// When the vCPU leaves this physical CPU (after [`VcpuIf::sync`]): saves VMCR and the active
-    /// priorities, and turns the virtual CPU interface off.
+    /// priorities, turns the virtual CPU interface off, and leaves none of this vCPU's state in it
+    /// for the next context on this CPU (the host, whose `ICC_*` accesses reach the same virtual
+    /// interface, or another VM's vCPU): VMCR and the active priorities go back to their reset
+    /// value (zero) and the list registers the last flush wrote are emptied (their interrupts
+    /// were folded back by the sync, so the next flush, here or on another CPU, reloads them).
     pub fn save(&mut self, lrs: &mut impl ListRegs) {
         self.vmcr = lrs.read_vmcr();
         self.aprs = lrs.read_aprs();
         self.hcr = 0;
         lrs.write_hcr(0);
+        lrs.write_vmcr(0);
+        lrs.write_aprs([0; 2]);
+        for i in 0..self.nr_loaded {
+            lrs.write_lr(i, &Lr::EMPTY);
+        }
+        self.nr_loaded = 0;
     }
 
     /// When the vCPU arrives on a physical CPU (before [`VcpuIf::flush`]): restores VMCR and the

@@ -348,9 +348,11 @@ fn save_restore_round_trips_vmcr_and_active_priorities() {
     cpu.sync(&g, &mut f);
     cpu.save(&mut f);
     assert_eq!(f.hcr, 0, "interface off while descheduled");
-    // Another vCPU uses this CPU's interface meanwhile.
-    f.vmcr = 0;
-    f.aprs = [0, 0];
+    // Nothing of this vCPU stays for the next context on the CPU (the host,
+    // another VM's vCPU): VMCR and the active priorities at reset, no list
+    // register valid.
+    assert_eq!((f.vmcr, f.aprs), (0, [0, 0]), "VMCR and APRs reset by save");
+    assert_eq!(f.valid(), [], "list registers emptied by save");
     cpu.restore(&mut f);
     assert_eq!((f.vmcr, f.aprs), (vmcr, aprs));
     cpu.flush(&g, &mut f);
@@ -431,8 +433,13 @@ fn v2_mmio_backend_uses_the_gich_layout() {
     let mut b = unsafe { vgic::V2Mmio::new(frame.as_mut_ptr() as usize) };
     let mut cpu = VcpuIf::new(0);
     cpu.flush(&g, &mut b);
-    cpu.save(&mut b);
     // LR0 at 0x100: pending, priority 0x48 >> 3 = 9, vINTID 40, EOI (level-sensitive).
-    assert_eq!(frame[0x100 / 4], 0x1000_0000 | (9 << 23) | (1 << 19) | 40);
+    // SAFETY: as above (a volatile read of the frame the backend wrote).
+    let lr0 = unsafe { core::ptr::read_volatile(frame.as_ptr().add(0x100 / 4)) };
+    assert_eq!(lr0, 0x1000_0000 | (9 << 23) | (1 << 19) | 40);
+    cpu.sync(&g, &mut b);
+    cpu.save(&mut b);
     assert_eq!(frame[0], 0, "HCR cleared by save");
+    assert_eq!(frame[0x100 / 4], 0, "LR0 emptied by save");
+    assert_eq!(frame[0x8 / 4], 0, "VMCR reset by save");
 }

@@ -101,6 +101,8 @@ pub unsafe fn cpu_on(hcr: u64, vectors: u64, tpidr: u64, gic_v3: bool) -> CpuSyn
             vectors,
             tpidr,
             gic_v3,
+            // ID_AA64PFR0_EL1.RAS (bits [31:28]).
+            ras: (crate::arch::sysreg::id_aa64pfr0_el1() >> 28) & 0xf != 0,
         })
     }
 }

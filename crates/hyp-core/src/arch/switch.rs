@@ -19,6 +19,7 @@ use barriers::regs;
 use barriers::sync::{El1Names, El2Fp, EosChecked, GicSre, HcrAny, Includes, Synced};
 use barriers::vttbr::Vttbr;
 use barriers::{isb, GuestPending};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// What a CPU holds once its EL2 context is up: proof that HCR_EL2 (E2H,
 /// TGE) is synchronised, which `*_EL1`-named accesses need, and proof that
@@ -52,6 +53,9 @@ pub struct El2Regs {
     pub tpidr: u64,
     /// A GICv3 CPU interface exists (ICC_SRE_EL2 is defined).
     pub gic_v3: bool,
+    /// FEAT_RAS is implemented: VDISR_EL2 exists and is switched with the
+    /// EL1 context.
+    pub ras: bool,
 }
 
 // SCTLR_EL2 with HCR_EL2.E2H = 0. `aarch64-cpu` 11.2 defines the fields this
@@ -88,6 +92,7 @@ pub const ICC_SRE_EL2_ON: u64 = ICC_SRE_EL2::SRE::SET.value | ICC_SRE_EL2::ENABL
 /// table; `r.tpidr` points at this CPU's per-CPU block, live forever;
 /// `r.hcr` keeps E2H = TGE = 0.
 pub unsafe fn el2_on(r: El2Regs) -> CpuSync {
+    FEAT_RAS.store(r.ras, Ordering::Relaxed);
     // SAFETY: E2H = TGE = 0 (nVHE) and only guest traps and routing; EL2 is
     // not yet translating anything the change could affect.
     let hcr_token = unsafe { regs::HcrEl2::write(r.hcr) };
@@ -138,22 +143,33 @@ macro_rules! el1_context {
         #[derive(Debug, Clone, Copy, Default)]
         pub struct El1Context {
             $(#[doc = stringify!($reg)] pub $field: u64,)*
+            /// VDISR_EL2 (FEAT_RAS only): the DISR_EL1 this context reads and writes, since
+            /// HCR_EL2.AMO = 1 redirects DISR_EL1 to it.
+            pub vdisr: u64,
         }
 
         impl El1Context {
             /// All registers zero.
-            pub const ZERO: Self = Self { $($field: 0,)* };
+            pub const ZERO: Self = Self { $($field: 0,)* vdisr: 0 };
 
             /// Saves this CPU's EL1 context after a guest exit. The reads use
             /// `*_EL1` names, so they need HCR_EL2.E2H synchronised (`e2h`).
+            #[inline(always)]
             pub fn save<K: Includes<El1Names>>(&mut self, e2h: &Synced<K>) {
                 $(self.$field = regs::$reg::read(e2h);)*
+                if FEAT_RAS.load(Ordering::Relaxed) {
+                    self.vdisr = regs::VdisrEl2::read();
+                }
             }
 
             /// Loads this context into the CPU's EL1 registers. The writes are
             /// guest-only (I_SFZVV), so they go into `pending` for the ERET.
+            #[inline(always)]
             pub fn restore<K: Includes<El1Names>>(&self, e2h: &Synced<K>, pending: &mut GuestPending) {
                 $(pending.add(regs::$reg::write(e2h, self.$field));)*
+                if FEAT_RAS.load(Ordering::Relaxed) {
+                    pending.add(regs::VdisrEl2::write(self.vdisr));
+                }
             }
         }
     };
@@ -184,7 +200,13 @@ el1_context! {
     cpacr => CpacrEl1,
     cntv_ctl => CntvCtlEl0,
     cntv_cval => CntvCvalEl0,
+    csselr => CsselrEl1,
 }
+
+/// FEAT_RAS is implemented (ID_AA64PFR0_EL1.RAS != 0), so VDISR_EL2 exists and
+/// is part of every context ([`El1Context::vdisr`]). Set by [`el2_on`]; the
+/// same on every CPU.
+static FEAT_RAS: AtomicBool = AtomicBool::new(false);
 
 // A literal: `aarch64-cpu` 11.2 has no SCTLR_EL1 field for any of these RES1
 // bits (LSMAOE, nTLSMD, SPAN, EIS, TSCXT, EOS); the fields it has are clear.
@@ -220,7 +242,7 @@ pub struct ContextRegs {
 ///
 /// `r.vttbr`'s table maps only memory the context may access; `r.hcr` keeps
 /// every non-trap field of the boot value.
-#[inline]
+#[inline(always)]
 pub unsafe fn load_context(
     vttbr: &mut Vttbr,
     sync: &CpuSync,

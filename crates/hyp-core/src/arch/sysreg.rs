@@ -25,6 +25,7 @@ read_sysreg!(midr_el1, "midr_el1");
 read_sysreg!(id_aa64mmfr0_el1, "id_aa64mmfr0_el1");
 read_sysreg!(id_aa64mmfr2_el1, "id_aa64mmfr2_el1");
 read_sysreg!(id_aa64mmfr1_el1, "id_aa64mmfr1_el1");
+read_sysreg!(id_aa64pfr0_el1, "id_aa64pfr0_el1");
 
 /// Wait for event.
 #[inline(always)]

@@ -142,6 +142,11 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     assert!(el == 2, "entered at EL{el}, the hypervisor needs EL2");
     crate::arch::tables::init(p);
     mmu::build(p);
+    // FEAT_LOR (ID_AA64MMFR1_EL1.LO, bits [19:16]): trap its registers.
+    if (sysreg::id_aa64mmfr1_el1() >> 16) & 0xf != 0 {
+        crate::vcpu::traps::set_feature_traps(crate::vcpu::traps::HCR_TLOR);
+    }
+    HCR.store(host_hcr(false), Ordering::Release);
     let (host, mut sync) = cpu_init(0);
     log::info!("EL2 MMU and caches on, vectors installed, SCTLR_EL2.EIS=EOS=1");
     p.ops.init_cpu_interrupts(0);
@@ -239,7 +244,8 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
 }
 
 static NR_CPUS: AtomicUsize = AtomicUsize::new(0);
-/// HCR_EL2 every CPU starts with (HCR_BASE, plus FWB when stage 2 uses it).
+/// HCR_EL2 every CPU starts with (HCR_BASE and the feature traps, plus FWB
+/// when stage 2 uses it).
 static HCR: AtomicU64 = AtomicU64::new(HCR_BASE);
 
 /// How many of the `present` CPUs to bring up: all of them, or fewer when

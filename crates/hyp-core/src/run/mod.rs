@@ -63,6 +63,23 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         first.add(regs::CnthctlEl2::write(CNTHCTL));
         first.add(regs::VtcrEl2::write(state::vtcr()));
     }
+    // FEAT_FGT (ID_AA64MMFR0_EL1.FGT, bits [59:56]) and FEAT_HCX
+    // (ID_AA64MMFR1_EL1.HCX, bits [43:40]): known values (their reset
+    // values are UNKNOWN); see `traps::FGT` and `traps::HCRX`.
+    if (sysreg::id_aa64mmfr0_el1() >> 56) & 0xf != 0 {
+        // SAFETY: traps only: every `n*` fine-grained trap set.
+        unsafe {
+            first.add(regs::HfgrtrEl2::write(traps::FGT));
+            first.add(regs::HfgwtrEl2::write(traps::FGT));
+            first.add(regs::HfgitrEl2::write(traps::FGT));
+            first.add(regs::HdfgrtrEl2::write(traps::FGT));
+            first.add(regs::HdfgwtrEl2::write(traps::FGT));
+        }
+    }
+    if (sysreg::id_aa64mmfr1_el1() >> 40) & 0xf != 0 {
+        // SAFETY: every enable clear.
+        first.add(unsafe { regs::HcrxEl2::write(traps::HCRX) });
+    }
     first.add(regs::VpidrEl2::write(sysreg::midr_el1()));
     first.add(regs::CntvoffEl2::write(0));
     if let Some(g) = gic::phys() {

@@ -8,9 +8,15 @@ use barriers::regs::{CPTR_EL2_RES1, CPTR_EL2_TFP, CPTR_EL2_TSM, CPTR_EL2_TZ};
 
 /// HCR_EL2 while any VM runs (written once per CPU at bring-up): stage 2
 /// on, physical interrupts to EL2, the guest's TLBIs and barriers broadcast
-/// inner-shareable, WFI and SMC trapped, ID registers (TID3) and
-/// implementation-defined registers (TIDCP) trapped, EL1 in AArch64. Only
-/// trap bits ([`regs::HCR_GUEST_ONLY_FIELDS`]) change per vCPU after that.
+/// inner-shareable, WFI and SMC trapped, ID registers (TID3),
+/// implementation-defined registers (TIDCP) and ACTLR_EL1 (TACR) trapped,
+/// EL1 in AArch64. Only trap bits ([`regs::HCR_GUEST_ONLY_FIELDS`]) change
+/// per vCPU after that.
+///
+/// Left clear on purpose, so the registers they guard trap to EL2 and are
+/// refused (UNDEFINED) rather than switched (ARCHITECTURE.md, "EL1 and GIC
+/// state between VMs"): APK/API (pointer-authentication keys and
+/// instructions), ATA (MTE's GCR/RGSR/TFSR/TFSRE0), EnSCXT (SCXTNUM_EL0/EL1).
 ///
 /// [`regs::HCR_GUEST_ONLY_FIELDS`]: barriers::regs::HCR_GUEST_ONLY_FIELDS
 pub const HCR_BASE: u64 = HCR_EL2::VM::Enable.value
@@ -24,7 +30,45 @@ pub const HCR_BASE: u64 = HCR_EL2::VM::Enable.value
     | HCR_EL2::TID3::SET.value
     | HCR_EL2::TSC::EnableTrapEl1SmcToEl2.value
     | HCR_EL2::TIDCP::SET.value
+    | HCR_EL2::TACR::SET.value
     | HCR_EL2::RW::EL1IsAarch64.value;
+
+/// HCR_EL2.TLOR: the LORegion registers (LORSA/LOREA/LORN/LORC/LORID_EL1)
+/// trap to EL2 and are refused. Only with FEAT_LOR (the bit is RES0
+/// without it), so it is added at boot ([`set_feature_traps`]).
+pub const HCR_TLOR: u64 = HCR_EL2::TLOR::SET.value;
+
+/// Trap bits that depend on the CPU's features (only [`HCR_TLOR`]), set once
+/// at boot before any CPU is brought up, part of every context's HCR_EL2.
+static FEATURE_TRAPS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Records the feature-dependent HCR_EL2 trap bits (boot, before any CPU's
+/// bring-up).
+pub fn set_feature_traps(bits: u64) {
+    FEATURE_TRAPS.store(bits, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The feature-dependent HCR_EL2 trap bits ([`set_feature_traps`]).
+#[must_use]
+pub fn feature_traps() -> u64 {
+    FEATURE_TRAPS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// HFGRTR_EL2, HFGWTR_EL2, HFGITR_EL2, HDFGRTR_EL2 and HDFGWTR_EL2 (FEAT_FGT;
+/// reset value UNKNOWN, so written at every CPU's set-up): 0. Every
+/// positive fine-grained trap is off (the coarse traps above decide), and
+/// every `n*` trap is on: the registers of later features that nothing
+/// else traps and the world switch does not switch (TPIDR2_EL0, SMPRI_EL1,
+/// ACCDATA_EL1, PIR/PIRE0_EL1, POR_EL0/EL1, MAIR2/AMAIR2_EL1,
+/// GCSCR/GCSPR_EL0/EL1, RCWMASK/RCWSMASK_EL1, BRBE, PMSNEVFR_EL1) are
+/// refused.
+pub const FGT: u64 = 0;
+
+/// HCRX_EL2 (FEAT_HCX; reset value UNKNOWN): 0. TCR2_EL1 and SCTLR2_EL1
+/// (TCR2En, SCTLR2En) trap and are refused; FPMR (EnFPM), GCS (GCSEn), the
+/// memory-copy instructions (MSCEn), LS64 (EnAS0/EnALS/EnASR) and NMI
+/// (TALLINT, VINMI) stay off for the lower ELs.
+pub const HCRX: u64 = 0;
 
 /// HCR_EL2.TVM: EL1 writes of the virtual-memory controls (SCTLR_EL1, ...)
 /// trap to EL2.
@@ -43,23 +87,20 @@ pub const HCR_FWB: u64 = HCR_EL2::FWB::Enabled.value;
 /// not a trap bit; a world switch that dropped it would change how every
 /// stage-2 attribute combines, so `HcrEl2::write_traps_only` refuses).
 #[must_use]
-pub const fn host_hcr(fwb: bool) -> u64 {
-    if fwb {
-        HCR_BASE | HCR_FWB
-    } else {
-        HCR_BASE
-    }
+pub fn host_hcr(fwb: bool) -> u64 {
+    feature_traps() | if fwb { HCR_BASE | HCR_FWB } else { HCR_BASE }
 }
 
 /// HCR_EL2 a guest vCPU starts with: FWB when stage 2 uses FEAT_S2FWB,
 /// else the cache-maintenance traps that stand in for it.
 #[must_use]
-pub const fn guest_hcr(fwb: bool) -> u64 {
-    if fwb {
-        HCR_BASE | HCR_FWB
-    } else {
-        HCR_BASE | HCR_CACHE_TRAPS
-    }
+pub fn guest_hcr(fwb: bool) -> u64 {
+    feature_traps()
+        | if fwb {
+            HCR_BASE | HCR_FWB
+        } else {
+            HCR_BASE | HCR_CACHE_TRAPS
+        }
 }
 
 /// CPTR_EL2 (E2H = 0) with FP/SIMD usable: RES1 bits set, TSM (SME trapped)
@@ -87,8 +128,10 @@ mod tests {
     /// Each value is bit-for-bit what the hand-written bit constants gave.
     #[test]
     fn values_unchanged_by_field_definitions() {
-        // VM, SWIO, FMO, IMO, AMO, FB, BSU = IS, TWI, TID3, TSC, TIDCP, RW.
-        assert_eq!(HCR_BASE, 0x801c_263b);
+        // VM, SWIO, FMO, IMO, AMO, FB, BSU = IS, TWI, TID3, TSC, TIDCP,
+        // TACR, RW.
+        assert_eq!(HCR_BASE, 0x801c_263b | (1 << 21));
+        assert_eq!(HCR_TLOR, 1 << 35);
         assert_eq!(HCR_TVM, 1 << 26);
         assert_eq!(HCR_CACHE_TRAPS, (1 << 26) | (1 << 22));
         assert_eq!(HCR_FWB, 1 << 46);
@@ -103,6 +146,7 @@ mod tests {
     #[test]
     fn cache_traps_are_guest_only_fields() {
         assert_eq!(HCR_CACHE_TRAPS & !barriers::regs::HCR_GUEST_ONLY_FIELDS, 0);
+        assert_eq!(HCR_TLOR & !barriers::regs::HCR_GUEST_ONLY_FIELDS, 0);
     }
 }
 
