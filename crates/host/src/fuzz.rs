@@ -606,11 +606,7 @@ impl Worker {
                 };
             }
             4 => {
-                pa = if self.rng.chance(50) {
-                    0x1000
-                } else {
-                    u64::MAX & !0xfff
-                };
+                pa = if self.rng.chance(50) { 0x1000 } else { !0xfff };
                 pa_range = true;
             }
             5 => {
@@ -642,9 +638,10 @@ impl Worker {
             Err(HostError::State)
         } else if overlap(GUEST_RAM_IPA, RAM_PAGES)
             || vm.extras.iter().flatten().any(|e| overlap(e.ipa, e.pages))
+            || !in_ram
+            || !self.all_host(pa, pages)
         {
-            Err(HostError::Denied)
-        } else if !in_ram || !self.all_host(pa, pages) {
+            // An IPA in use, or a page not the host's alone.
             Err(HostError::Denied)
         } else {
             Ok(0)
@@ -1173,9 +1170,9 @@ pub fn run(n: u64, seed: u64, info: &'static BootInfo, arg_ptr: u64) {
         }
     }
     work(0);
-    for c in 1..cpus {
+    for (c, fig) in FIGS.iter().enumerate().take(cpus).skip(1) {
         let mut spins = 0u64;
-        while !FIGS[c].done.load(Ordering::Acquire) {
+        while !fig.done.load(Ordering::Acquire) {
             spins += 1;
             if spins > 20_000_000_000 {
                 fail(format_args!("fuzz: host CPU {c} did not finish"));
