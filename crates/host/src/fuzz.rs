@@ -412,12 +412,15 @@ impl Worker {
         } else {
             (hyp_abi::MEM_LEND, T_LEND, Pg::Lent)
         };
+        // A third of the VMs get their RAM lazily (mapped on first touch:
+        // faults that need tables, MEMORY exits, VM_TOPUP).
+        let lazy = u64::from(self.rng.chance(33)) * hyp_abi::MEM_FLAG_LAZY;
         loop {
             let x = issue(
                 self.cpu,
                 t,
                 fid,
-                [h, pa, GUEST_RAM_IPA, RAM_PAGES, 0],
+                [h, pa, GUEST_RAM_IPA, RAM_PAGES, lazy],
                 &|r| matches!(r, Ok(_) | Err(HostError::NoMemory)),
             );
             match res(x[0]) {
