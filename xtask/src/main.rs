@@ -20,6 +20,7 @@ extern crate alloc;
 mod bench;
 mod coverage;
 mod flat;
+mod fuzz;
 mod linux;
 mod mutants;
 mod profile;
@@ -149,6 +150,19 @@ enum Cmd {
     },
     /// Run every check: fmt, clippy, unit tests, image build, QEMU integration tests.
     Test,
+    /// Attack the hypervisor from the host on QEMU virt: random control
+    /// calls from every host CPU interleaved with runs of live protected and
+    /// normal VMs, checked against the host's model, with probes and the
+    /// hypervisor's AUDIT after every batch (host option `fuzz=N seed=S`).
+    /// Fails on any FAIL line or a non-zero exit.
+    Fuzz {
+        /// Control calls in all.
+        #[arg(long, default_value = "1000000")]
+        calls: u64,
+        /// Random seed.
+        #[arg(long, default_value = "1")]
+        seed: u64,
+    },
     /// Boot the bench guest under `-icount shift=0` (exact instruction counts)
     /// and run the s2mm host benchmark; table on the terminal,
     /// target/bench/latest.json (the run before in previous.json; rpi4:
@@ -803,6 +817,15 @@ fn test() -> Result<()> {
             )
         },
     )?;
+    // The host attacks the hypervisor from every CPU with live VMs
+    // (crates/host/src/fuzz.rs); the floors are the fuzzer's and these.
+    step(
+        "fuzz: 100,000 host calls with live VMs (seed 1)",
+        &mut || {
+            let report = fuzz::fuzz(100_000, 1)?;
+            fuzz::check_floors(&report, 100_000)
+        },
+    )?;
     // The bench guest runs, reports every metric, and twice the same counts;
     // on raspi4b too (its 16-instruction counter tick, phased method).
     step(
@@ -979,6 +1002,7 @@ fn main() -> ExitCode {
             prepare_only,
         ),
         Cmd::Test => test().map(|_| 0),
+        Cmd::Fuzz { calls, seed } => fuzz::fuzz(calls, seed).map(|_| 0),
         Cmd::Bench { platform } => bench::bench(platform).map(|_| 0),
         Cmd::Profile { metric, iterations } => profile::profile(&metric, iterations).map(|_| 0),
         Cmd::Size { platform } => {

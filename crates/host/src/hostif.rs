@@ -1,10 +1,10 @@
-//! Calls into the hypervisor's host control interface, and a random-call
-//! exerciser that checks the hypervisor survives any argument.
+//! Calls into the hypervisor's host control interface (the random-call
+//! fuzzer is `fuzz.rs`).
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use guest_rt::println;
-use hyp_abi::{BootInfo, HostError};
+use hyp_abi::HostError;
 
 /// A VM handle returned by VM_CREATE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,138 +158,10 @@ pub fn vm_create(vcpus: u64, flags: u64) -> Result<Handle, HostError> {
     donate_run(hyp_abi::VM_CREATE, |pa| [vcpus, flags, pa, RUN_PAGES]).map(Handle)
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Issues `n` random control calls (valid and invalid handles, vCPUs,
-/// addresses, sizes and orders) over a scratch area of host RAM, then
-/// destroys every VM and checks the host can use every scratch page again.
-/// VCPU_RUN is only issued where it must fail (a random guest image is
-/// garbage); the well-formed runs are the guests that follow.
-pub fn fuzz(n: u64, seed: u64, info: &BootInfo) {
-    const SCRATCH: u64 = 4 << 20;
-    let Some(base) = crate::alloc_pages(SCRATCH) else {
-        crate::fail(format_args!("no scratch memory for fuzzing"));
-    };
-    println!(
-        "host: fuzz: {n} random control calls over {SCRATCH:#x} bytes at {base:#x}, seed {seed}"
-    );
-    let mut rng = Rng(seed | 1);
-    let mut ok = 0u64;
-    let mut errs = [0u64; 9];
-    let pick_pa = |rng: &mut Rng| -> u64 {
-        match rng.below(10) {
-            0 => rng.next() & !0xfff,                                 // anywhere
-            1 => base + rng.below(SCRATCH),                           // unaligned
-            2 => info.ram_base + info.ram_size - 4096 * rng.below(4), // at the end
-            _ => base + 4096 * rng.below(SCRATCH / 4096),
-        }
-    };
-    let pick_ipa = |rng: &mut Rng| -> u64 {
-        match rng.below(8) {
-            0 => rng.next() & !0xfff,
-            1 => rng.below(0x4000_0000) & !0xfff,
-            2 => (1 << 40) - 4096 * rng.below(4),
-            _ => 0x4000_0000 + 4096 * rng.below(2048),
-        }
-    };
-    for _ in 0..n {
-        let h = rng.below(11);
-        let v = rng.below(10);
-        let (fid, args) = match rng.below(13) {
-            0 | 1 => {
-                let flags = if rng.below(8) == 0 {
-                    rng.below(4)
-                } else {
-                    rng.below(2)
-                };
-                let pages = match rng.below(4) {
-                    0 => rng.below(hyp_abi::VM_CREATE_PAGES + 1),
-                    _ => hyp_abi::VM_CREATE_PAGES + rng.below(8),
-                };
-                (
-                    hyp_abi::VM_CREATE,
-                    [rng.below(10), flags, pick_pa(&mut rng), pages],
-                )
-            }
-            2 => (hyp_abi::VM_DESTROY, [h, 0, 0, 0]),
-            3 | 4 => (
-                hyp_abi::MEM_DONATE,
-                [h, pick_pa(&mut rng), pick_ipa(&mut rng), rng.below(20)],
-            ),
-            5 | 6 => (
-                hyp_abi::MEM_LEND,
-                [h, pick_pa(&mut rng), pick_ipa(&mut rng), rng.below(20)],
-            ),
-            7 => (
-                hyp_abi::VCPU_INIT,
-                [h, v, pick_ipa(&mut rng) | rng.below(2), rng.next()],
-            ),
-            8 => (hyp_abi::VCPU_STATE, [h, v, 0, 0]),
-            9 => (hyp_abi::MMIO_COMPLETE, [h, v, rng.next(), 0]),
-            10 => (
-                hyp_abi::STATS,
-                [h, rng.below(12) | (rng.below(2) * 255), 0, 0],
-            ),
-            11 => (hyp_abi::VM_TOPUP, [h, pick_pa(&mut rng), rng.below(20), 0]),
-            // Runs that must fail: no such VM, or flags that must be refused
-            // before anything runs (an unknown bit, or completing an MMIO
-            // read that no vCPU here can have outstanding: none ever ran).
-            _ => match rng.below(2) {
-                0 => (hyp_abi::VCPU_RUN, [0, v, 0, 0]),
-                _ => (hyp_abi::VCPU_RUN, [h, v, 1 + 2 * rng.below(2), rng.next()]),
-            },
-        };
-        match call(fid, args) {
-            Ok(_) => ok += 1,
-            Err(e) => errs[(-(e as i64)) as usize] += 1,
-        }
-    }
-    let mut scrubbed = 0;
-    // Random handles are 0..=10, but VMs may have got higher ones.
-    for h in 1..=255 {
-        if let Ok(s) = destroy_vm(h) {
-            scrubbed += s;
-        }
-    }
-    // Every scratch page must be the host's again: write and read each.
-    for p in (base..base + SCRATCH).step_by(4096) {
-        // SAFETY: scratch pages are host RAM; if the hypervisor had kept one
-        // the access would fault and the host would panic with its address.
-        unsafe {
-            (p as *mut u64).write_volatile(p);
-            if (p as *const u64).read_volatile() != p {
-                crate::fail(format_args!("scratch page {p:#x} lost its contents"));
-            }
-        }
-    }
-    println!(
-        "host: fuzz: ok={ok} NotSupported={} Invalid={} NoVm={} Busy={} NoMemory={} Denied={} Range={} State={}",
-        errs[1], errs[2], errs[3], errs[4], errs[5], errs[6], errs[7], errs[8]
-    );
-    println!(
-        "host: fuzz: all VMs destroyed ({scrubbed} pages scrubbed), {} scratch pages usable again",
-        SCRATCH / 4096
-    );
-    run_flag_checks();
-}
-
 /// VCPU_RUN's flags on a fresh VM: an unknown bit is `Invalid`, and
 /// completing an MMIO read that is not outstanding is `State`; neither runs
 /// the vCPU.
-fn run_flag_checks() {
+pub fn run_flag_checks() {
     let h = match vm_create(1, 0) {
         Ok(h) => h,
         Err(e) => crate::fail(format_args!(

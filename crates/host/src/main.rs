@@ -8,8 +8,10 @@
 //!   image into pages of its own RAM and gives them to the VM (lent to a
 //!   normal VM, donated to a protected one), and sets vCPU 0's entry (x0 =
 //!   the VM's handle);
-//! - optionally (`fuzz=N`) first issues N random control calls and checks
-//!   that none of them broke anything;
+//! - optionally (`fuzz=N seed=S`, [`fuzz`]) first attacks the hypervisor
+//!   from every host CPU: N random control calls interleaved with runs of
+//!   live protected and normal VMs, checked against a model, with probes
+//!   and the hypervisor's self-audit after every batch;
 //! - brings up its other CPUs with PSCI and runs every VM's vCPU *v* on host
 //!   CPU *v mod cpus*, answering the exits the hypervisor forwards (MMIO to
 //!   its test device, yields, CPU_OFF, SYSTEM_OFF);
@@ -34,6 +36,7 @@ mod attack;
 mod bench;
 mod demo;
 mod dtb;
+mod fuzz;
 mod hostif;
 mod linux;
 mod many;
@@ -137,6 +140,9 @@ fn guest_main(cpu: usize, arg_ptr: u64) -> ! {
     if cpu == 0 {
         primary(info, arg_ptr);
     }
+    if fuzz::running() {
+        fuzz::secondary(cpu);
+    }
     serve(cpu);
     DONE_CPUS.fetch_add(1, Ordering::AcqRel);
     guest_rt::cpu_off();
@@ -160,9 +166,13 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
 
     if let Some(n) = arg(info, "fuzz").and_then(|n| n.parse::<u64>().ok()) {
         let seed = arg(info, "seed").and_then(|s| s.parse().ok()).unwrap_or(1);
-        hostif::fuzz(n, seed, info);
+        fuzz::run(n, seed, info, arg_ptr);
+        hostif::run_flag_checks();
     }
     let alone = arg(info, "guests").is_none() && arg(info, "guest").is_none();
+    if alone && arg(info, "fuzz").is_some() {
+        guest_rt::system_off();
+    }
     if let Some(n) = arg(info, "vms").and_then(|n| n.parse::<u64>().ok()) {
         many::run(info, n);
         if alone {

@@ -20,6 +20,7 @@
 //! | `0xC6000049` | MACHINE_EXIT  | status |      |        |        | does not return |
 //! | `0xC600004A` | DEVICE_ASSIGN | handle | PA   | size   | INTID  | 0 |
 //! | `0xC600004B` | VM_TOPUP      | handle | PA   | pages (<= [`MAX_TOPUP_PAGES`]) | | 0 |
+//! | `0xC600004C` | AUDIT         |        |      |        |        | violations of the control state's invariant (0: sound); read-only |
 #![no_std]
 
 pub mod layout;
@@ -84,8 +85,15 @@ pub const VM_TOPUP: u32 = FID_BASE + 11;
 /// Most pages one VM_TOPUP (or VM_CREATE) donates: 2 MiB, so that each call's
 /// checks stay bounded.
 pub const MAX_TOPUP_PAGES: u64 = 512;
+/// AUDIT() -> violations: the hypervisor checks its own page-ownership
+/// invariant (read-only, under its locks): no page both host-mapped as the
+/// host's own and a guest's, no page in two guests, every annotated or
+/// shared host page matches one VM's region or one run of its own pages,
+/// and every VM's stage 2 agrees with its regions. For tests and the
+/// host's fuzzer (`fuzz=N`); it walks every table, so it is slow.
+pub const AUDIT: u32 = FID_BASE + 12;
 /// Last host function ID.
-pub const FID_LAST: u32 = VM_TOPUP;
+pub const FID_LAST: u32 = AUDIT;
 
 /// MEM_DONATE/MEM_LEND flag (x5): ownership changes at once, but the
 /// guest's stage 2 maps each page only when the guest first touches it (a

@@ -1210,6 +1210,10 @@ impl Run {
                 }
             }
         }
+        // The hypervisor's own audit (the host's AUDIT call) agrees that
+        // every random state the model reaches is sound.
+        let violations = self.ctl.audit();
+        ensure!(self, violations == 0, "audit: {violations} violations");
         Ok(())
     }
 

@@ -127,6 +127,7 @@ fn control_call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
             }
         }
         hyp_abi::VCPU_RUN => return Reply::RunVcpu(a),
+        hyp_abi::AUDIT => control().audit(),
         hyp_abi::MACHINE_EXIT => {
             if a[0] == 0 {
                 return Reply::SystemOff;

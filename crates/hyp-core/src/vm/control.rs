@@ -29,6 +29,8 @@ use s2mm::{Attrs, Ipa, OwnerId, Pa, PageState, Stage2, TableAlloc, Vttbr, PAGE_S
 use smccc::psci::error;
 use spin::{Mutex, MutexGuard};
 
+mod audit;
+
 /// Most vCPUs per VM: as many as the virtual GIC serves.
 pub const MAX_VCPUS: usize = vgic::MAX_VCPUS;
 /// Most guest VMs with 16-bit VMIDs: VMIDs 1..=65534 (0 is the host's),
