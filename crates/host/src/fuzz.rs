@@ -396,17 +396,9 @@ impl Worker {
             _ => 2,
         }];
         let pa = self.ram_pa(s);
-        let off = module.load_ipa - GUEST_RAM_IPA;
         // SAFETY: the slot's RAM is this CPU's and the host's (the model
-        // says so: the slot was empty); the module lies below free_base.
-        // Word copies: the host's MMU is off.
-        unsafe {
-            let src = module.addr as *const u64;
-            let dst = (pa + off) as *mut u64;
-            for w in 0..module.size.div_ceil(8) as usize {
-                dst.add(w).write_volatile(src.add(w).read_volatile());
-            }
-        }
+        // says so: the slot was empty).
+        unsafe { crate::load_image(&module, pa) };
         let (fid, t, pg) = if protected {
             (hyp_abi::MEM_DONATE, T_DONATE, Pg::Donated)
         } else {
@@ -1158,20 +1150,7 @@ pub fn run(n: u64, seed: u64, info: &'static BootInfo, arg_ptr: u64) {
     PARAMS[2].store(area, Ordering::Release);
     PARAMS[3].store(info as *const BootInfo as u64, Ordering::Release);
     RUNNING.store(true, Ordering::Release);
-    for c in 1..cpus as u64 {
-        let r = guest_rt::hvc(
-            smccc::psci::PSCI_CPU_ON_64,
-            c,
-            guest_rt::entry_point(),
-            arg_ptr,
-        );
-        if r[0] != 0 {
-            fail(format_args!(
-                "fuzz: PSCI CPU_ON of host CPU {c}: {}",
-                r[0] as i64
-            ));
-        }
-    }
+    crate::start_cpus(cpus as u64, arg_ptr);
     work(0);
     for (c, fig) in FIGS.iter().enumerate().take(cpus).skip(1) {
         let mut spins = 0u64;

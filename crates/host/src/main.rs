@@ -245,20 +245,7 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
     GUESTS.call_once(|| (guests, n));
     SERVE_START.store(guest_rt::gic::counter(), Ordering::Release);
 
-    for c in 1..info.cpus {
-        let r = guest_rt::hvc(
-            smccc::psci::PSCI_CPU_ON_64,
-            c,
-            guest_rt::entry_point(),
-            arg_ptr,
-        );
-        if r[0] != 0 {
-            fail(format_args!(
-                "PSCI CPU_ON of host CPU {c} returned {}",
-                r[0] as i64
-            ));
-        }
-    }
+    start_cpus(info.cpus, arg_ptr);
     serve(0);
     // Wait (bounded) for the other host CPUs to finish their share.
     let mut spins = 0u64;
@@ -317,6 +304,42 @@ fn demo_verdict(info: &BootInfo, n: usize) {
         "demo: PASS protected={np} normal={normal} denied={denied} shared={} scrubbed={scrubbed}",
         demo::SHARED.load(Ordering::SeqCst)
     );
+}
+
+/// Starts host CPUs 1..`cpus` (PSCI CPU_ON) at the host's entry with
+/// `arg_ptr`, as the hypervisor started CPU 0.
+pub fn start_cpus(cpus: u64, arg_ptr: u64) {
+    for c in 1..cpus {
+        let r = guest_rt::hvc(
+            smccc::psci::PSCI_CPU_ON_64,
+            c,
+            guest_rt::entry_point(),
+            arg_ptr,
+        );
+        if r[0] != 0 {
+            fail(format_args!(
+                "PSCI CPU_ON of host CPU {c} returned {}",
+                r[0] as i64
+            ));
+        }
+    }
+}
+
+/// Copies guest image `module` into the guest RAM whose first byte (IPA
+/// `GUEST_RAM_IPA`) is host RAM at `ram_pa`.
+///
+/// # Safety
+///
+/// The image's span there is host RAM nobody else uses. Word copies: the
+/// host runs with its MMU off, where unaligned accesses fault.
+pub unsafe fn load_image(module: &hyp_abi::Module, ram_pa: u64) {
+    let src = module.addr as *const u64;
+    let dst = (ram_pa + module.load_ipa - GUEST_RAM_IPA) as *mut u64;
+    for i in 0..module.size.div_ceil(8) as usize {
+        // SAFETY: the module lies below free_base (host RAM, identity
+        // mapped); the destination is the caller's (contract).
+        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+    }
 }
 
 /// Pages VM_DESTROY scrubbed, over all VMs.
@@ -405,11 +428,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         for i in 0..(GUEST_RAM / 8) as usize {
             dst.add(i).write_volatile(0);
         }
-        let src = module.addr as *const u64;
-        let dst = (ram_pa + off) as *mut u64;
-        for i in 0..module.size.div_ceil(8) as usize {
-            dst.add(i).write_volatile(src.add(i).read_volatile());
-        }
+        load_image(module, ram_pa);
     }
     let pages = ram / PAGE;
     let r = hostif::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, protected, lazy);

@@ -46,17 +46,8 @@ pub fn load(module: &Module, protected: bool, vcpus: u64) -> (u64, u64) {
     let Some(pa) = alloc_pages(RAM) else {
         fail(format_args!("no host memory for VM {h}"));
     };
-    let off = module.load_ipa - GUEST_RAM_IPA;
-    // SAFETY: [pa, pa + RAM) is host RAM nobody else uses (bump allocated),
-    // the module lies below free_base; both identity-mapped. Word copies:
-    // the host runs with its MMU off.
-    unsafe {
-        let src = module.addr as *const u64;
-        let dst = (pa + off) as *mut u64;
-        for w in 0..module.size.div_ceil(8) as usize {
-            dst.add(w).write_volatile(src.add(w).read_volatile());
-        }
-    }
+    // SAFETY: [pa, pa + RAM) is host RAM nobody else uses (bump allocated).
+    unsafe { crate::load_image(module, pa) };
     if let Err(e) = hostif::give(h, pa, GUEST_RAM_IPA, RAM / PAGE, protected, false) {
         fail(format_args!("giving memory to VM {h}: {e:?}"));
     }

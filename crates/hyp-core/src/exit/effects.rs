@@ -316,24 +316,8 @@ fn apply(
 /// waits for), and is retried rather than refused.
 #[cold]
 fn host_fault_raced(exit: &Exit) -> bool {
-    use crate::arch::esr::DataAbort;
-    let ipa = match *exit {
-        Exit::DataAbort {
-            translation: true,
-            abort:
-                DataAbort::Mmio(MmioAccess { ipa, .. })
-                | DataAbort::NoSyndrome { ipa, .. }
-                | DataAbort::Stage1Walk { ipa },
-            ..
-        }
-        | Exit::InstAbort {
-            translation: true,
-            ipa,
-            ..
-        } => ipa,
-        _ => return false,
-    };
-    state::control().host_state(ipa) != s2mm::ownership::CompState::NoAccess
+    exit.translation_fault_ipa()
+        .is_some_and(|ipa| state::control().host_state(ipa) != s2mm::ownership::CompState::NoAccess)
 }
 
 /// `f` on the control state for the exiting guest's handle; `None` for the host.

@@ -115,6 +115,30 @@ const fn past(d: Decision, len: u64) -> Decision {
     }
 }
 
+impl Exit {
+    /// The IPA of a stage-2 translation fault (data or instruction abort):
+    /// nothing was mapped there when the access was made.
+    #[must_use]
+    pub const fn translation_fault_ipa(&self) -> Option<u64> {
+        match *self {
+            Exit::DataAbort {
+                translation: true,
+                abort:
+                    DataAbort::Mmio(MmioAccess { ipa, .. })
+                    | DataAbort::NoSyndrome { ipa, .. }
+                    | DataAbort::Stage1Walk { ipa },
+                ..
+            }
+            | Exit::InstAbort {
+                translation: true,
+                ipa,
+                ..
+            } => Some(ipa),
+            _ => None,
+        }
+    }
+}
+
 /// DFSC/IFSC 0b0001xx: a translation fault at level xx.
 const fn is_translation_fault(esr: Esr) -> bool {
     esr.iss() & 0x3c == 0x04
@@ -369,20 +393,8 @@ const fn at(action: Action) -> Decision {
 #[inline]
 pub fn decide(exit: &Exit, facts: &impl Facts) -> Decision {
     let guest = matches!(facts.who(), Who::Guest { .. });
-    match *exit {
-        Exit::DataAbort {
-            translation: true,
-            abort:
-                DataAbort::Mmio(MmioAccess { ipa, .. })
-                | DataAbort::NoSyndrome { ipa, .. }
-                | DataAbort::Stage1Walk { ipa },
-            ..
-        }
-        | Exit::InstAbort {
-            translation: true,
-            ipa,
-            ..
-        } if guest && ipa >= layout::RAM_IPA => at(Action::MapOnDemand { ipa }),
+    match exit.translation_fault_ipa() {
+        Some(ipa) if guest && ipa >= layout::RAM_IPA => at(Action::MapOnDemand { ipa }),
         _ => decide_unmapped(exit, facts),
     }
 }

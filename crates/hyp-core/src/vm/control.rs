@@ -1898,22 +1898,22 @@ fn vcpu_idx(vm: &VmMeta, vcpu: u64) -> HostResult<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::vm::memcache::host::TestAlloc;
 
-    struct NoMem;
+    pub(crate) struct NoMem;
     impl PhysMem for NoMem {
         fn scrub(&mut self, _pa: u64, _len: u64) {}
         fn clean(&mut self, _pa: u64, _len: u64) {}
     }
 
-    const RAM: MemRegion = MemRegion {
+    pub(crate) const RAM: MemRegion = MemRegion {
         base: 0x5000_0000,
         size: 0x100_0000,
     };
 
-    fn ctl() -> Control<TestAlloc, NoMem> {
+    pub(crate) fn ctl() -> Control<TestAlloc, NoMem> {
         Control::new(
             TestAlloc::new(),
             NoMem,
@@ -1928,12 +1928,12 @@ mod tests {
     }
 
     /// Host RAM for VM state: the last `VM_CREATE_PAGES` pages per slot.
-    fn state_pa(n: u64) -> u64 {
+    pub(crate) fn state_pa(n: u64) -> u64 {
         RAM.end() - (n + 1) * VM_CREATE_PAGES * PAGE_SIZE
     }
 
     /// This test thread's VTTBR owner, with the host's VMID loaded.
-    fn host_vttbr() -> Vttbr {
+    pub(crate) fn host_vttbr() -> Vttbr {
         // SAFETY: host test: the recording backend, one owner per test.
         unsafe { Vttbr::assume_loaded(0) }
     }

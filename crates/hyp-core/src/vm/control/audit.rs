@@ -203,39 +203,7 @@ mod tests {
     use super::super::*;
     use crate::vm::memcache::host::TestAlloc;
 
-    struct NoMem;
-    impl PhysMem for NoMem {
-        fn scrub(&mut self, _pa: u64, _len: u64) {}
-        fn clean(&mut self, _pa: u64, _len: u64) {}
-    }
-
-    const RAM: MemRegion = MemRegion {
-        base: 0x5000_0000,
-        size: 0x100_0000,
-    };
-
-    fn vttbr() -> Vttbr {
-        // SAFETY: host test: the recording backend, one owner per test.
-        unsafe { Vttbr::assume_loaded(0) }
-    }
-
-    fn ctl() -> Control<TestAlloc, NoMem> {
-        Control::new(
-            TestAlloc::new(),
-            NoMem,
-            &mut vttbr(),
-            RAM,
-            GUEST_IPA_BITS,
-            2,
-            false,
-            true,
-        )
-        .expect("host s2")
-    }
-
-    fn state_pa(n: u64) -> u64 {
-        RAM.end() - (n + 1) * VM_CREATE_PAGES * PAGE_SIZE
-    }
+    use super::super::tests::{ctl, host_vttbr as vttbr, state_pa, NoMem, RAM};
 
     /// A protected VM with 16 donated pages (4 of them lazy, one shared
     /// back) and a normal VM with 16 lent pages.
