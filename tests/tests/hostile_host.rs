@@ -13,7 +13,17 @@ const T: Duration = Duration::from_secs(60);
 /// CPU_OFF) or vCPU 0 again is Denied, while the guest's own CPU_ON works.
 #[test]
 fn vcpu_init_of_a_protected_vm_only_once_before_it_runs() {
+    vcpu_init(TestBoard::QemuVirt);
+}
+
+#[test]
+fn vcpu_init_of_a_protected_vm_only_once_before_it_runs_rpi4() {
+    vcpu_init(TestBoard::Rpi4);
+}
+
+fn vcpu_init(board: TestBoard) {
     let mut q = Qemu::boot(BootOptions {
+        board,
         append: Some("attack=vcpu_init".to_owned()),
         ..BootOptions::default()
     });
@@ -35,7 +45,17 @@ fn vcpu_init_of_a_protected_vm_only_once_before_it_runs() {
 /// (17 aborts in one run).
 #[test]
 fn bbm_window_faults_are_retried_not_injected() {
+    bbm(TestBoard::QemuVirt);
+}
+
+#[test]
+fn bbm_window_faults_are_retried_not_injected_rpi4() {
+    bbm(TestBoard::Rpi4);
+}
+
+fn bbm(board: TestBoard) {
     let mut q = Qemu::boot(BootOptions {
+        board,
         append: Some("guest=guest-faults:p:v2:arg=1".to_owned()),
         ..BootOptions::default()
     });
@@ -143,7 +163,17 @@ fn s2fwb_stays_on_across_world_switches_in_release() {
 /// state back.
 #[test]
 fn fp_host_state_survives_vcpu_run() {
+    fp(TestBoard::QemuVirt);
+}
+
+#[test]
+fn fp_host_state_survives_vcpu_run_rpi4() {
+    fp(TestBoard::Rpi4);
+}
+
+fn fp(board: TestBoard) {
     let mut q = Qemu::boot(BootOptions {
+        board,
         append: Some("attack=fp".to_owned()),
         ..BootOptions::default()
     });
