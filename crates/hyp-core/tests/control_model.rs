@@ -1815,6 +1815,22 @@ fn give_out_of_tables_changes_nothing() {
     );
 }
 
+/// Donates the 2 MiB block at RAM + 2 MiB to VM `h` at `GUEST_RAM_IPA_MIN` (a block in the
+/// guest, an annotated block in the host); returns its PA.
+fn donate_block(c: &Ctl, v: &mut Vttbr, h: u64) -> u64 {
+    let pa = RAM_BASE + (2 << 20);
+    c.give(
+        v,
+        h,
+        pa,
+        GUEST_RAM_IPA_MIN,
+        BLOCK_PAGES,
+        RegionKind::Donated,
+    )
+    .unwrap();
+    pa
+}
+
 /// A whole 2 MiB block donated (a block in the guest, an annotated block in the host): sharing
 /// one page splits both. If the second split fails, the first is undone: the host never maps
 /// a page the guest still owns.
@@ -1823,16 +1839,7 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
     let c = ctl(2);
     let mut v = host_vttbr();
     let h = create(&c, &mut v, 1, 1).unwrap();
-    let pa = RAM_BASE + (2 << 20);
-    c.give(
-        &mut v,
-        h,
-        pa,
-        GUEST_RAM_IPA_MIN,
-        BLOCK_PAGES,
-        RegionKind::Donated,
-    )
-    .unwrap();
+    let pa = donate_block(&c, &mut v, h);
     let ipa = GUEST_RAM_IPA_MIN + 5 * PAGE;
     let live = c.alloc().tables.live_pages();
     // The guest's split comes from its own pages; the host's needs one pool table.
@@ -2235,16 +2242,7 @@ fn bbm_fault_on_a_page_mapped_again_is_retried() {
     let c = ctl(2);
     let mut v = host_vttbr();
     let h = create(&c, &mut v, 2, 1).unwrap();
-    let pa = RAM_BASE + (2 << 20);
-    c.give(
-        &mut v,
-        h,
-        pa,
-        GUEST_RAM_IPA_MIN,
-        BLOCK_PAGES,
-        RegionKind::Donated,
-    )
-    .unwrap();
+    donate_block(&c, &mut v, h);
     let other = GUEST_RAM_IPA_MIN + 7 * PAGE;
     for share in [true, false] {
         // The share splits the block (unshare re-merges it): entries of the whole block
