@@ -425,6 +425,25 @@ struct HostSide<M> {
 }
 
 impl<M> HostSide<M> {
+    /// After a failed host change over `[pa, pa + size)` (pages that were all
+    /// the host's): gives back every run of pages that is no longer owned.
+    /// Restoring pages the host owned before needs no table.
+    fn restore_changed<A: TableAlloc>(&mut self, alloc: &mut A, v: &mut Vttbr, pa: u64, size: u64) {
+        let end = pa + size;
+        let mut p = pa;
+        while p < end {
+            if host_state(&self.s2, alloc, p) == CompState::Owned {
+                p += PAGE_SIZE;
+                continue;
+            }
+            let start = p;
+            while p < end && host_state(&self.s2, alloc, p) != CompState::Owned {
+                p += PAGE_SIZE;
+            }
+            self.restore(alloc, v, start, p - start, false);
+        }
+    }
+
     /// Gives the host back `[pa, pa + size)` as its own (identity, owned);
     /// with `cleaned`, memory just cleaned to PoC is not cleaned again.
     /// Mapping over split tables needs no new table, so this cannot fail
@@ -790,23 +809,8 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
             .set_annotation(&mut alloc, v, Ipa(pa), size, OWNER_HYP)
         {
             // Out of tables part-way (the pool's own limit): give back what
-            // changed; restoring pages the host owned needs no table.
-            let mut p = pa;
-            while p < pa + size {
-                if host_state(&host.s2, &self.alloc, p) != CompState::Owned {
-                    let r = host.s2.map(
-                        &mut alloc,
-                        v,
-                        Ipa(p),
-                        Pa(p),
-                        PAGE_SIZE,
-                        Attrs::RAM_RWX,
-                        PageState::Owned,
-                    );
-                    assert!(r.is_ok(), "restoring host pages needs no tables");
-                }
-                p += PAGE_SIZE;
-            }
+            // changed.
+            host.restore_changed(&mut alloc, v, pa, size);
             return Err(s2err(e));
         }
         self.alloc.adopt(pa, size);
@@ -1653,22 +1657,9 @@ impl<A: HypAlloc, M: PhysMem, X> Both<'_, A, M, X> {
         }
     }
 
-    /// After a failed host change over `[pa, pa + size)` (pages that were all
-    /// the host's): gives back every run of pages that is no longer owned.
+    /// [`HostSide::restore_changed`] with both locks held.
     fn restore_changed(&mut self, v: &mut Vttbr, pa: u64, size: u64) {
-        let end = pa + size;
-        let mut p = pa;
-        while p < end {
-            if self.host_state(p) == CompState::Owned {
-                p += PAGE_SIZE;
-                continue;
-            }
-            let start = p;
-            while p < end && self.host_state(p) != CompState::Owned {
-                p += PAGE_SIZE;
-            }
-            self.restore_host(v, start, p - start);
-        }
+        self.host.restore_changed(&mut self.alloc, v, pa, size);
     }
 
     /// Gives the host back `[pa, pa + size)` as its own (identity, owned).
