@@ -613,6 +613,14 @@ el2_reg!(
     safety = "Enables the hypervisor relies on being clear (the registers and instructions of features it does not switch) must stay clear."
 );
 
+el2_reg!(
+    /// CPUACTLR_EL1 of Cortex-A57/A72 (IMPLEMENTATION DEFINED; S3_1_C15_C2_0): chicken bits
+    /// that change how the core speculates, for every EL. Consumer: everything after it
+    /// ([`El2Translation`]); ISB at once.
+    CpuactlrEl1, CpuactlrEl1, El2Translation,
+    safety = "Only on the core whose TRM defines the bits written (MIDR checked), with EL3 having granted access (ACTLR_EL3.CPUACTLR_EL1 = 1), and followed by `isb()`."
+);
+
 /// TPIDR_EL2: the hypervisor's per-CPU pointer, read by the exit vectors.
 ///
 /// Returns no token. Its only consumers are `MRS TPIDR_EL2` instructions, which

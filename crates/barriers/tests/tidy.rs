@@ -66,6 +66,13 @@ const NAMED_RULES: &[(&str, &str)] = &[
          instruction\" (2019). FEAT_SB is not implemented by Cortex-A72 (raspi4b), so `dsb nsh; isb`.",
     ),
     (
+        "SPECTRE-V2",
+        "branch-predictor invalidation on Cortex-A57/A72 (CVE-2017-5715, and CVE-2022-23960 with \
+         it): turning the MMU off and on invalidates these cores' branch predictor; TF-A applies \
+         it on every entry to EL3 (`lib/cpus/aarch64/wa_cve_2017_5715_mmu_vbar.S`), the \
+         hypervisor on every entry to EL2 from a lower EL (`hyp-core/src/arch/spectre.rs`)",
+    ),
+    (
         "DSB-WFI",
         "WFI does not wait for earlier memory accesses to complete; a DSB before it does (Linux \
          `cpu_do_idle`: `dsb(sy); wfi()`)",

@@ -13,7 +13,10 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_rt::println;
-use smccc::arch::{SMCCC_ARCH_FEATURES, SMCCC_ARCH_WORKAROUND_1, SMCCC_VERSION};
+use smccc::arch::{
+    SMCCC_ARCH_FEATURES, SMCCC_ARCH_WORKAROUND_1, SMCCC_ARCH_WORKAROUND_2, SMCCC_ARCH_WORKAROUND_3,
+    SMCCC_VERSION,
+};
 use smccc::psci;
 
 const VCPUS: u64 = 4;
@@ -114,15 +117,25 @@ fn guest_main(cpu: usize, arg: u64) -> ! {
     let r = call(psci::PSCI_FEATURES, 0x8400_00ff, 0, 0);
     println!("guest-psci: PSCI_FEATURES(0x840000ff) = {r}");
 
-    let arch: [(&str, u32); 4] = [
+    let arch: [(&str, u32); 6] = [
         ("SMCCC_VERSION", SMCCC_VERSION),
         ("SMCCC_ARCH_FEATURES", SMCCC_ARCH_FEATURES),
         ("ARCH_WORKAROUND_1", SMCCC_ARCH_WORKAROUND_1),
+        ("ARCH_WORKAROUND_2", SMCCC_ARCH_WORKAROUND_2),
+        ("ARCH_WORKAROUND_3", SMCCC_ARCH_WORKAROUND_3),
         ("CPU_ON_64", psci::PSCI_CPU_ON_64),
     ];
     for (name, fid) in arch {
         let r = call(SMCCC_ARCH_FEATURES, u64::from(fid), 0, 0);
         println!("guest-psci: ARCH_FEATURES({name}) = {r}");
+    }
+    // The workaround calls themselves (what Linux makes on a context switch
+    // where ARCH_FEATURES said SUCCESS).
+    for (name, fid) in [
+        ("ARCH_WORKAROUND_1", SMCCC_ARCH_WORKAROUND_1),
+        ("ARCH_WORKAROUND_3", SMCCC_ARCH_WORKAROUND_3),
+    ] {
+        println!("guest-psci: {name}() = {}", call(fid, 0, 0, 0));
     }
 
     // CPU_ON errors.

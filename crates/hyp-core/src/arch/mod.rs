@@ -5,6 +5,7 @@
 
 pub mod esr;
 pub mod pages;
+pub mod spectre;
 pub mod switch;
 
 #[cfg(target_arch = "aarch64")]

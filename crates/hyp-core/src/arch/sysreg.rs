@@ -26,6 +26,7 @@ read_sysreg!(id_aa64mmfr0_el1, "id_aa64mmfr0_el1");
 read_sysreg!(id_aa64mmfr2_el1, "id_aa64mmfr2_el1");
 read_sysreg!(id_aa64mmfr1_el1, "id_aa64mmfr1_el1");
 read_sysreg!(id_aa64pfr0_el1, "id_aa64pfr0_el1");
+read_sysreg!(id_aa64pfr1_el1, "id_aa64pfr1_el1");
 
 /// Wait for event.
 #[inline(always)]

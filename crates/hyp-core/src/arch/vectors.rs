@@ -124,6 +124,50 @@ __hyp_vectors:
     el2_vector 10
     el2_vector 11
 
+// The same table for CPUs whose branch predictor must be invalidated on
+// every entry from a lower EL (`arch::spectre`: Cortex-A57/A72, Spectre v2
+// and BHB). Each lower-EL slot turns the EL2 MMU off and on, which
+// invalidates these cores' branch predictor (TF-A's CVE-2017-5715
+// workaround for them, `wa_cve_2017_5715_mmu_vbar.S`, does it at EL3), then
+// continues in the matching slot of `__hyp_vectors`. Nothing branches before
+// the invalidation: a branch could itself be mispredicted with the state
+// the lower EL trained. EL2 runs identity-mapped (`mmu.rs`), so the
+// instructions fetched between the two writes come from the same addresses
+// with the MMU off; none of them touches memory (with M = 0 a data access
+// would be Device and bypass the cache that holds the stack).
+.macro bp_invalidate_vector slot
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mrs     x0, sctlr_el2
+    bic     x1, x0, #1              // SCTLR_EL2.M
+    msr     sctlr_el2, x1           // barrier: SPECTRE-V2 — MMU off: the write that invalidates the predictor
+    isb                             // barrier: SPECTRE-V2 — the MMU-off state takes effect before it is undone
+    msr     sctlr_el2, x0           // barrier: SPECTRE-V2 — MMU back on, as before the exception
+    isb                             // barrier: SPECTRE-V2 — translation (and the cacheable stack) back before the load below
+    ldp     x0, x1, [sp], #16
+    b       __hyp_vectors + 0x400 + 0x80 * \slot
+.endm
+
+    .balign 0x800
+    .global __hyp_vectors_bp
+__hyp_vectors_bp:
+    el2_vector 0
+    el2_vector 1
+    el2_vector 2
+    el2_vector 3
+    el2_vector 4
+    el2_vector 5
+    el2_vector 6
+    el2_vector 7
+    bp_invalidate_vector 0
+    bp_invalidate_vector 1
+    bp_invalidate_vector 2
+    bp_invalidate_vector 3
+    el2_vector 8
+    el2_vector 9
+    el2_vector 10
+    el2_vector 11
+
     .section .text.world_switch, "ax"
 // The fastest exit: SMCCC_VERSION and PSCI_VERSION (32-bit function IDs;
 // SMCCC 1.1 section 2.6: bits [63:32] of x0 are ignored) are answered here,

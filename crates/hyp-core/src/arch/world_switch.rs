@@ -105,11 +105,18 @@ pub enum VectorKind {
 unsafe extern "C" {
     fn __guest_enter(regs: *mut GuestRegs, host: *mut HostSave) -> u64;
     static __hyp_vectors: u8;
+    static __hyp_vectors_bp: u8;
 }
 
-/// Address of the EL2 vector table (for VBAR_EL2).
-pub fn vectors_address() -> u64 {
-    core::ptr::addr_of!(__hyp_vectors) as u64
+/// Address of the EL2 vector table (for VBAR_EL2): the one whose lower-EL
+/// entries invalidate the branch predictor first when `bp_invalidate`
+/// (`arch::spectre::Assessment::bp_invalidate`), else the plain one.
+pub fn vectors_address(bp_invalidate: bool) -> u64 {
+    if bp_invalidate {
+        core::ptr::addr_of!(__hyp_vectors_bp) as u64
+    } else {
+        core::ptr::addr_of!(__hyp_vectors) as u64
+    }
 }
 
 /// Runs the guest whose registers are `regs` until it takes an exception to EL2.

@@ -2,7 +2,7 @@
 
 use crate::arch::console;
 use crate::arch::world_switch::{self, HostSave};
-use crate::arch::{mmu, sysreg};
+use crate::arch::{mmu, spectre, sysreg};
 use crate::platform::{MemRegion, Platform};
 use crate::vcpu::traps::{host_hcr, HCR_BASE};
 use crate::vm::{host as host_vcpus, state};
@@ -117,17 +117,52 @@ fn cpu_init(cpu: usize) -> (&'static mut HostSave, mmu::CpuSync) {
     let tpidr = host as *mut HostSave as u64;
     let p = crate::platform::get().expect("platform recorded before CPU init");
     let v3 = matches!(p.gic, crate::platform::GicLayout::V3 { .. });
+    let spec = spectre::assess(spectre::this_cpu());
+    // SAFETY: the assessment of this CPU; the boards that run a Cortex-A72
+    // grant CPUACTLR_EL1 access at EL3 (`arch::spectre`).
+    unsafe { spectre::apply(&spec) };
     // SAFETY: `host` is this CPU's block in a static; `mmu::build` ran on the
     // boot CPU before any CPU gets here.
     let sync = unsafe {
         mmu::cpu_on(
             HCR.load(Ordering::Acquire),
-            world_switch::vectors_address(),
+            world_switch::vectors_address(spec.bp_invalidate),
             tpidr,
             v3,
         )
     };
+    if cpu == 0 || spec != *BOOT_SPECTRE.get().unwrap_or(&spec) {
+        log_spectre(cpu, &spec);
+    }
+    let _ = BOOT_SPECTRE.call_once(|| spec);
     (host, sync)
+}
+
+/// CPU 0's assessment: later CPUs log theirs only when it differs.
+static BOOT_SPECTRE: spin::Once<spectre::Assessment> = spin::Once::new();
+
+/// One line per kind of CPU: what it is, each state, and what is applied.
+fn log_spectre(cpu: usize, a: &spectre::Assessment) {
+    let v = a.verdict;
+    log::info!(
+        "cpu{cpu}: MIDR {:#x} ({}): spectre-v2 {}, spectre-bhb {}, ssb {}; vectors at {:#x}{}{}",
+        crate::arch::sysreg::midr_el1(),
+        a.core.unwrap_or("core not in the list"),
+        v.v2.name(),
+        v.bhb.name(),
+        v.ssb.name(),
+        world_switch::vectors_address(a.bp_invalidate),
+        if a.bp_invalidate {
+            "; branch predictor invalidated on every entry from EL0/EL1"
+        } else {
+            ""
+        },
+        if a.cpuactlr_set != 0 {
+            "; CPUACTLR_EL1 load-pass-store disabled"
+        } else {
+            ""
+        },
+    );
 }
 
 /// The boot CPU's path: console, checks, EL2 MMU and vectors, secondaries,

@@ -13,8 +13,12 @@
 //! and SMCCC's ([`SMCCC_RET_INVALID_PARAMETER`] = -3, ...) for the vendor
 //! service. Both agree on SUCCESS (0) and NOT_SUPPORTED (-1).
 
+use crate::arch::spectre::{self, State, Verdict};
 use crate::vm::control::psci;
-use smccc::arch::{SMCCC_ARCH_FEATURES, SMCCC_VERSION};
+use smccc::arch::{
+    SMCCC_ARCH_FEATURES, SMCCC_ARCH_WORKAROUND_1, SMCCC_ARCH_WORKAROUND_2, SMCCC_ARCH_WORKAROUND_3,
+    SMCCC_VERSION,
+};
 use smccc::psci::{
     PSCI_AFFINITY_INFO_64, PSCI_CPU_OFF, PSCI_CPU_ON_64, PSCI_CPU_SUSPEND_64, PSCI_FEATURES,
     PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION,
@@ -37,6 +41,10 @@ pub const SMCCC_RET_NOT_REQUIRED: u64 = -2i64 as u64;
 /// SMCCC return code INVALID_PARAMETER (-3), what the vendor-hypervisor
 /// calls return for bad arguments.
 pub const SMCCC_RET_INVALID_PARAMETER: u64 = -3i64 as u64;
+/// SMCCC_ARCH_WORKAROUND_RET_UNAFFECTED (1): what ARCH_FEATURES answers for
+/// ARCH_WORKAROUND_1/3 on a system no CPU of which needs them (SMCCC 1.4,
+/// DEN0028, section 7; Linux's `SMCCC_ARCH_WORKAROUND_RET_UNAFFECTED`).
+pub const SMCCC_ARCH_WORKAROUND_RET_UNAFFECTED: u64 = 1;
 
 /// The KVM vendor-hypervisor service (SMCCC owner 6): function IDs, UID and
 /// feature bits, as Linux's include/linux/arm-smccc.h defines them.
@@ -140,6 +148,11 @@ pub enum Hypercall {
         /// The function asked about.
         fid: u32,
     },
+    /// SMCCC_ARCH_WORKAROUND_1, _2 or _3 itself ([`arch_workaround`]).
+    ArchWorkaround {
+        /// Which of the three.
+        fid: u32,
+    },
     /// VENDOR_HYP_CALL_UID: answered with [`vendor::KVM_UID`].
     VendorUid,
     /// VENDOR_HYP_KVM_FEATURES: answered with [`vendor::FEATURES_BITMAP`].
@@ -200,6 +213,9 @@ pub fn decode(x: [u64; 4]) -> Hypercall {
         PSCI_SYSTEM_RESET => Hypercall::SystemReset,
         SMCCC_VERSION => Hypercall::SmcccVersion,
         SMCCC_ARCH_FEATURES => Hypercall::ArchFeatures { fid: x[1] as u32 },
+        SMCCC_ARCH_WORKAROUND_1 | SMCCC_ARCH_WORKAROUND_2 | SMCCC_ARCH_WORKAROUND_3 => {
+            Hypercall::ArchWorkaround { fid }
+        }
         vendor::CALL_UID => Hypercall::VendorUid,
         vendor::KVM_FEATURES => Hypercall::VendorFeatures,
         // x1..x3 reserved, must be zero (hypercalls.rst; pKVM's
@@ -240,7 +256,8 @@ pub fn stateless_answer(call: Hypercall) -> Option<[u64; 4]> {
         Hypercall::PsciVersion => PSCI_VERSION_1_1,
         Hypercall::PsciFeatures { fid } => psci_features(fid),
         Hypercall::SmcccVersion => SMCCC_VERSION_1_1,
-        Hypercall::ArchFeatures { fid } => arch_features(fid),
+        Hypercall::ArchFeatures { fid } => arch_features(fid, spectre::system()),
+        Hypercall::ArchWorkaround { fid } => arch_workaround(fid, spectre::system()),
         Hypercall::VendorUid => return Some(vendor::KVM_UID),
         Hypercall::VendorFeatures => vendor::FEATURES_BITMAP,
         Hypercall::HypMemInfo => vendor::GRANULE,
@@ -281,16 +298,54 @@ pub fn psci_features(fid: u32) -> u64 {
     }
 }
 
-/// SMCCC_ARCH_FEATURES answer. It covers Arm Architecture Service calls
-/// (owner 0) only, so PSCI and vendor-hypervisor IDs are NOT_SUPPORTED here.
-/// The ARCH_WORKAROUND_* calls are answered NOT_SUPPORTED: the hypervisor
-/// implements none of the mitigations they name, and saying otherwise
-/// would be a lie the guest relies on.
+/// SMCCC_ARCH_FEATURES answer for the system whose speculation verdict is
+/// `v`. It covers Arm Architecture Service calls (owner 0) only, so PSCI and
+/// vendor-hypervisor IDs are NOT_SUPPORTED here. The ARCH_WORKAROUND_*
+/// answers are KVM's (arch/arm64/kvm/hypercalls.c), and Linux reads them so
+/// (arch/arm64/kernel/proton-pack.c):
+/// - WORKAROUND_1 (Spectre v2) and WORKAROUND_3 (Spectre-BHB): SUCCESS when
+///   the mitigation is applied (the call is then worth making),
+///   [`SMCCC_ARCH_WORKAROUND_RET_UNAFFECTED`] when no CPU needs it,
+///   NOT_SUPPORTED when some CPU is affected and nothing is applied.
+/// - WORKAROUND_2 (speculative store bypass): [`SMCCC_RET_NOT_REQUIRED`]
+///   when no CPU needs a dynamic mitigation (unaffected, SSBS, or a static
+///   mitigation always on), NOT_SUPPORTED otherwise.
 #[must_use]
-pub fn arch_features(fid: u32) -> u64 {
+pub fn arch_features(fid: u32, v: Verdict) -> u64 {
+    let bp = |s: State| match s {
+        State::Unaffected => SMCCC_ARCH_WORKAROUND_RET_UNAFFECTED,
+        State::Mitigated => SUCCESS,
+        State::Vulnerable => NOT_SUPPORTED,
+    };
     match fid {
         SMCCC_VERSION | SMCCC_ARCH_FEATURES => SUCCESS,
+        SMCCC_ARCH_WORKAROUND_1 => bp(v.v2),
+        SMCCC_ARCH_WORKAROUND_3 => bp(v.bhb),
+        SMCCC_ARCH_WORKAROUND_2 => match v.ssb {
+            State::Unaffected | State::Mitigated => SMCCC_RET_NOT_REQUIRED,
+            State::Vulnerable => NOT_SUPPORTED,
+        },
         _ => NOT_SUPPORTED,
+    }
+}
+
+/// The answer to a call of ARCH_WORKAROUND_1/3 itself: the work is done by
+/// then, because every entry to EL2 from a guest runs the mitigation
+/// (`arch::spectre`), so it returns 0 at once, as KVM's fast path does; on a
+/// system where the call is not implemented (NOT_SUPPORTED above) it says so.
+/// ARCH_WORKAROUND_2 is never needed dynamically here (NOT_REQUIRED or
+/// NOT_SUPPORTED above), and its calls answer NOT_SUPPORTED, as KVM's do.
+#[must_use]
+pub fn arch_workaround(fid: u32, v: Verdict) -> u64 {
+    let state = match fid {
+        SMCCC_ARCH_WORKAROUND_1 => v.v2,
+        SMCCC_ARCH_WORKAROUND_3 => v.bhb,
+        _ => return NOT_SUPPORTED,
+    };
+    if state == State::Vulnerable {
+        NOT_SUPPORTED
+    } else {
+        SUCCESS
     }
 }
 
@@ -386,11 +441,63 @@ mod tests {
         assert_eq!(psci_features(PSCI_SYSTEM_OFF), SUCCESS);
         assert_eq!(psci_features(0x8400_0003), NOT_SUPPORTED);
         assert_eq!(psci_features(0xdead_beef), NOT_SUPPORTED);
-        assert_eq!(arch_features(SMCCC_ARCH_FEATURES), SUCCESS);
         assert_eq!(
-            arch_features(smccc::arch::SMCCC_ARCH_WORKAROUND_1),
-            NOT_SUPPORTED
+            arch_features(SMCCC_ARCH_FEATURES, Verdict::UNKNOWN),
+            SUCCESS
         );
+    }
+
+    /// The ARCH_WORKAROUND answers for each state (KVM's, as Linux's
+    /// proton-pack.c reads them), and the calls themselves.
+    #[test]
+    fn workaround_answers_follow_the_verdict() {
+        let all = |s| Verdict {
+            v2: s,
+            ssb: s,
+            bhb: s,
+        };
+        let (w1, w2, w3) = (
+            SMCCC_ARCH_WORKAROUND_1,
+            SMCCC_ARCH_WORKAROUND_2,
+            SMCCC_ARCH_WORKAROUND_3,
+        );
+        // Nothing assessed (or affected and unmitigated): no claim.
+        for fid in [w1, w2, w3] {
+            assert_eq!(arch_features(fid, Verdict::UNKNOWN), NOT_SUPPORTED);
+            assert_eq!(arch_workaround(fid, Verdict::UNKNOWN), NOT_SUPPORTED);
+        }
+        // The Pi 4's Cortex-A72: v2 and BHB mitigated, SSB statically.
+        let a72 = all(State::Mitigated);
+        assert_eq!(arch_features(w1, a72), SUCCESS);
+        assert_eq!(arch_features(w3, a72), SUCCESS);
+        assert_eq!(arch_features(w2, a72), SMCCC_RET_NOT_REQUIRED);
+        assert_eq!(arch_workaround(w1, a72), SUCCESS);
+        assert_eq!(arch_workaround(w3, a72), SUCCESS);
+        assert_eq!(arch_workaround(w2, a72), NOT_SUPPORTED);
+        // QEMU -cpu max: CSV2_3 and SSBS.
+        let max = all(State::Unaffected);
+        assert_eq!(arch_features(w1, max), SMCCC_ARCH_WORKAROUND_RET_UNAFFECTED);
+        assert_eq!(arch_features(w3, max), SMCCC_ARCH_WORKAROUND_RET_UNAFFECTED);
+        assert_eq!(arch_features(w2, max), SMCCC_RET_NOT_REQUIRED);
+        assert_eq!(arch_workaround(w1, max), SUCCESS);
+        // Mixed: one state does not leak into another's answer.
+        let mixed = Verdict {
+            v2: State::Unaffected,
+            ssb: State::Vulnerable,
+            bhb: State::Mitigated,
+        };
+        assert_eq!(
+            arch_features(w1, mixed),
+            SMCCC_ARCH_WORKAROUND_RET_UNAFFECTED
+        );
+        assert_eq!(arch_features(w2, mixed), NOT_SUPPORTED);
+        assert_eq!(arch_features(w3, mixed), SUCCESS);
+        // Decoding: 32-bit IDs, upper half ignored.
+        assert_eq!(
+            decode([0xffff_0000_0000_0000 | u64::from(w1), 0, 0, 0]),
+            Hypercall::ArchWorkaround { fid: w1 }
+        );
+        assert_eq!(call(w2, 1, 0, 0), Hypercall::ArchWorkaround { fid: w2 });
     }
 
     fn call(fid: u32, a1: u64, a2: u64, a3: u64) -> Hypercall {
@@ -520,11 +627,18 @@ mod tests {
             vendor::MMIO_GUARD,
         ] {
             assert_eq!(psci_features(fid), NOT_SUPPORTED, "{fid:#x}");
-            assert_eq!(arch_features(fid), NOT_SUPPORTED, "{fid:#x}");
+            assert_eq!(
+                arch_features(fid, Verdict::UNKNOWN),
+                NOT_SUPPORTED,
+                "{fid:#x}"
+            );
         }
         // ARCH_FEATURES is for arch calls only: PSCI functions are not its business.
-        assert_eq!(arch_features(PSCI_CPU_ON_64), NOT_SUPPORTED);
-        assert_eq!(arch_features(SMCCC_VERSION), SUCCESS);
+        assert_eq!(
+            arch_features(PSCI_CPU_ON_64, Verdict::UNKNOWN),
+            NOT_SUPPORTED
+        );
+        assert_eq!(arch_features(SMCCC_VERSION, Verdict::UNKNOWN), SUCCESS);
         assert_eq!(psci_features(SMCCC_VERSION), SUCCESS);
     }
 
