@@ -42,6 +42,20 @@ pub const CMD_RESULT_OK: u64 = 3;
 /// The guest found a problem (it printed it on its console).
 pub const CMD_RESULT_FAIL: u64 = 4;
 
+/// The host's interrupt test device (guest `guest-irq`): writing
+/// [`IRQ_DEV_REQUEST`] makes the host raise SPI [`IRQ_DEV_SPI`] of the VM
+/// (IRQ_LINE, level 1); the line stays high until the guest writes
+/// [`IRQ_DEV_ACK`]; [`IRQ_DEV_STATUS`] reads 1 while it is high.
+pub const IRQ_DEV_IPA: u64 = HOST_MMIO_IPA + 0x2000;
+/// The SPI the interrupt test device raises (declared with IRQ_DECLARE).
+pub const IRQ_DEV_SPI: u32 = 40;
+/// Write: raise the line.
+pub const IRQ_DEV_REQUEST: u64 = 0x00;
+/// Read: 1 while the line is high.
+pub const IRQ_DEV_STATUS: u64 = 0x08;
+/// Write: lower the line (the driver's acknowledgement).
+pub const IRQ_DEV_ACK: u64 = 0x10;
+
 /// splitmix64 (Steele, Lea, Flood: "Fast splittable pseudorandom number
 /// generators", OOPSLA 2014).
 #[must_use]

@@ -63,7 +63,7 @@ const CPU_PAGES: u64 = SLOTS as u64 * SLOT_PAGES;
 const BATCH: u64 = 1000;
 
 /// Call types, as counted.
-const TYPES: [&str; 13] = [
+const TYPES: [&str; 14] = [
     "VM_CREATE",
     "VM_DESTROY",
     "MEM_DONATE",
@@ -77,6 +77,7 @@ const TYPES: [&str; 13] = [
     "other-VM",
     "bad-fid",
     "AUDIT",
+    "IRQ_DECLARE/IRQ_LINE",
 ];
 const NT: usize = TYPES.len();
 const T_CREATE: usize = 0;
@@ -92,6 +93,7 @@ const T_TOPUP: usize = 9;
 const T_OTHER: usize = 10;
 const T_BADFID: usize = 11;
 const T_AUDIT: usize = 12;
+const T_IRQ: usize = 13;
 /// Result columns: 0 ok, 1..=8 the errors (`-code`).
 const RES: usize = 9;
 
@@ -815,7 +817,49 @@ impl Worker {
                     },
                 );
             }
-            81..=85 => {
+            81..=82 => {
+                // IRQ_DECLARE / IRQ_LINE: an SGI, a PPI, an SPI, past the
+                // SPIs or anything; level 0, 1 or the invalid 2.
+                let intid = [1, 27, 32 + self.rng.below(64), 96, self.rng.next()]
+                    [self.rng.below(5) as usize];
+                let spi = (32..96).contains(&intid);
+                let dying = vm.dying;
+                if self.rng.chance(50) {
+                    issue(
+                        self.cpu,
+                        T_IRQ,
+                        hyp_abi::IRQ_DECLARE,
+                        [vm.h, intid, 0, 0, 0],
+                        &|r| {
+                            if !spi {
+                                r == Err(HostError::Invalid)
+                            } else {
+                                // Before the first run, after it, or one
+                                // of the board's assignable devices' SPIs.
+                                matches!(r, Ok(0) | Err(HostError::State) | Err(HostError::Denied))
+                                    || (dying && r == Err(HostError::NoVm))
+                            }
+                        },
+                    );
+                } else {
+                    let level = self.rng.below(3);
+                    issue(
+                        self.cpu,
+                        T_IRQ,
+                        hyp_abi::IRQ_LINE,
+                        [vm.h, intid, level, 0, 0],
+                        &|r| {
+                            if level > 1 || !spi {
+                                r == Err(HostError::Invalid) || (dying && r == Err(HostError::NoVm))
+                            } else {
+                                matches!(r, Ok(_) | Err(HostError::Denied))
+                                    || (dying && r == Err(HostError::NoVm))
+                            }
+                        },
+                    );
+                }
+            }
+            83..=85 => {
                 let reason = if self.rng.chance(50) {
                     hyp_abi::STATS_TOTAL
                 } else {

@@ -38,6 +38,7 @@ mod demo;
 mod dtb;
 mod fuzz;
 mod hostif;
+mod irqdev;
 mod linux;
 mod many;
 
@@ -435,6 +436,9 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
     if let Err(e) = r {
         fail(format_args!("giving memory to {name}: {e:?}"));
     }
+    if name == "guest-irq" {
+        irqdev::prepare(handle.0);
+    }
     // x0 at entry: the VM handle in bits [7:0], the guest option `arg=N` above.
     let x0 = handle.0 | arg << 8;
     if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, module.entry, x0]) {
@@ -539,6 +543,8 @@ fn run_vcpu(g: &Guest, v: u64) {
                 let write = mmio & (1 << 8) != 0;
                 let val = if demo::is_demo_device(ipa) {
                     demo::mmio(g, ipa, write, value)
+                } else if g.name == "guest-irq" && irqdev::owns(ipa) {
+                    irqdev::mmio(g.handle.0, ipa, write, value)
                 } else {
                     if ipa & !0xfff != TEST_DEVICE_IPA && ipa != guest_rt::demo::REAPED_IPA {
                         println!(
@@ -660,6 +666,7 @@ fn teardown(n: usize) {
         }
         let _ = g.ram_pa;
     }
+    irqdev::report();
     println!(
         "host: done: {} MMIO exits served, {} yields",
         MMIO_EXITS.load(Ordering::Relaxed),

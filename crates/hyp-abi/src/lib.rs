@@ -21,6 +21,8 @@
 //! | `0xC600004A` | DEVICE_ASSIGN | handle | PA   | size   | INTID  | 0 |
 //! | `0xC600004B` | VM_TOPUP      | handle | PA   | pages (<= [`MAX_TOPUP_PAGES`]) | | 0 |
 //! | `0xC600004C` | AUDIT         |        |      |        |        | violations of the control state's invariant (0: sound); read-only |
+//! | `0xC600004D` | IRQ_DECLARE   | handle | INTID |       |        | 0 |
+//! | `0xC600004E` | IRQ_LINE      | handle | INTID | level (0/1) |  | 0; x1 = vCPUs to run |
 #![no_std]
 
 pub mod layout;
@@ -92,8 +94,22 @@ pub const MAX_TOPUP_PAGES: u64 = 512;
 /// and every VM's stage 2 agrees with its regions. For tests and the
 /// host's fuzzer (`fuzz=N`); it walks every table, so it is slow.
 pub const AUDIT: u32 = FID_BASE + 12;
+/// IRQ_DECLARE(handle, intid): the host's emulated devices of VM `handle`
+/// raise SPI `intid` (32..96). Only before any vCPU of the VM has run
+/// ([`HostError::State`] after); an SGI, a PPI or an INTID past the vGIC's
+/// SPIs is [`HostError::Invalid`], an SPI of one of the board's assignable
+/// devices [`HostError::Denied`]. IRQ_LINE drives only declared SPIs.
+pub const IRQ_DECLARE: u32 = FID_BASE + 13;
+/// IRQ_LINE(handle, intid, level): sets the input line of declared SPI
+/// `intid` of VM `handle` (level-sensitive: held while `level` is 1, as a
+/// virtio-mmio device holds it until the driver acknowledges). A vCPU the
+/// interrupt targets that runs on another CPU is kicked at once; x1 returns
+/// the vCPUs it targets that are not running (waiting in WFI, yielded), for
+/// the host to run. Undeclared: [`HostError::Denied`]; not an SPI or
+/// `level` > 1: [`HostError::Invalid`]; VM without a vGIC: [`HostError::State`].
+pub const IRQ_LINE: u32 = FID_BASE + 14;
 /// Last host function ID.
-pub const FID_LAST: u32 = AUDIT;
+pub const FID_LAST: u32 = IRQ_LINE;
 
 /// MEM_DONATE/MEM_LEND flag (x5): ownership changes at once, but the
 /// guest's stage 2 maps each page only when the guest first touches it (a

@@ -10,6 +10,7 @@ use crate::vm::control::{self, HostError};
 use crate::vm::devices;
 use crate::vm::state::{self, control};
 use barriers::vttbr::Vttbr;
+use barriers::GuestPending;
 
 /// What a host call leaves to the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,7 @@ fn err(e: HostError) -> u64 {
 /// page by page, for VM_CREATE's vGIC) and its saved registers are not
 /// paid by every VCPU_RUN.
 #[inline]
-pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
+pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) -> Reply {
     if host.regs.x[0] as u32 == hyp_abi::VCPU_RUN {
         return Reply::RunVcpu([
             host.regs.x[1],
@@ -43,12 +44,12 @@ pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
             host.regs.x[4],
         ]);
     }
-    control_call(c, host)
+    control_call(c, host, pending)
 }
 
 /// [`call`] for every host call but VCPU_RUN.
 #[inline(never)]
-fn control_call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
+fn control_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) -> Reply {
     let fid = host.regs.x[0] as u32;
     let a = [
         host.regs.x[1],
@@ -65,6 +66,17 @@ fn control_call(c: &mut Cpu<'_>, host: &mut VcpuCtx) -> Reply {
         },
         hyp_abi::DEVICE_ASSIGN => match devices::assign(&mut c.vttbr, a[0], a[1], a[2], a[3]) {
             Ok(()) => 0,
+            Err(e) => err(e),
+        },
+        hyp_abi::IRQ_DECLARE => match devices::declare_spi(a[0], a[1]) {
+            Ok(()) => 0,
+            Err(e) => err(e),
+        },
+        hyp_abi::IRQ_LINE => match devices::irq_line(c, a[0], a[1], a[2], pending) {
+            Ok(idle) => {
+                out[1] = u64::from(idle);
+                0
+            }
             Err(e) => err(e),
         },
         // One bounded step per call: x0 pages scrubbed, x1 = 1 while more

@@ -295,7 +295,7 @@ fn apply(
             };
         }
         Action::HostCall => {
-            return match crate::calls::host::call(c, ctx) {
+            return match crate::calls::host::call(c, ctx, pending) {
                 crate::calls::host::Reply::Done => Next::Resume,
                 crate::calls::host::Reply::RunVcpu(a) => Next::RunVcpu(a),
                 crate::calls::host::Reply::SystemOff => Next::SystemOff,

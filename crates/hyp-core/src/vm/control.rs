@@ -30,6 +30,7 @@ use smccc::psci::error;
 use spin::{Mutex, MutexGuard};
 
 mod audit;
+mod spis;
 
 /// Most vCPUs per VM: as many as the virtual GIC serves.
 pub const MAX_VCPUS: usize = vgic::MAX_VCPUS;
@@ -209,6 +210,9 @@ pub struct VmMeta {
     /// from its first instruction until it guards their page); nothing
     /// clears a bit: upstream's MMIO guard has no unmap call.
     pub mmio_guard: u64,
+    /// The SPIs the host declared for its emulated devices (IRQ_DECLARE),
+    /// bit *i* for INTID 32 + *i*: the only INTIDs IRQ_LINE may drive.
+    pub device_spis: u64,
     /// VTTBR_EL2 value.
     pub vttbr: u64,
     /// Regions mapped at stage 2 on first touch (bit *i*: `regions[i]`).
@@ -907,6 +911,7 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
             has_run: false,
             shared: 0,
             mmio_guard: 0,
+            device_spis: 0,
             vttbr,
             lazy: 0,
             scrubbed: 0,

@@ -53,6 +53,8 @@ pub fn assign(
         if vm.vgic.get().is_none() {
             return Err(HostError::State);
         }
+        // IRQ_DECLARE refuses these INTIDs, so the host never drives an
+        // assigned device's line.
         ASSIGNED[i]
             .compare_exchange(0, handle, Ordering::AcqRel, Ordering::Acquire)
             .map_err(|_| HostError::Denied)?;
@@ -75,6 +77,54 @@ pub fn assign(
         dev.intid
     );
     Ok(())
+}
+
+/// The INTIDs of the board's assignable devices (only DEVICE_ASSIGN
+/// routes them; IRQ_DECLARE refuses them).
+fn reserved_intids() -> ([u32; MAX_ASSIGNED], usize) {
+    let mut out = [0; MAX_ASSIGNED];
+    let a = assignable();
+    for (o, d) in out.iter_mut().zip(a) {
+        *o = d.intid;
+    }
+    (out, a.len())
+}
+
+/// IRQ_DECLARE: the host's devices of VM `handle` may raise SPI `intid`.
+pub fn declare_spi(handle: u64, intid: u64) -> Result<(), HostError> {
+    let (r, n) = reserved_intids();
+    control().declare_spi(handle, intid, &r[..n])
+}
+
+/// IRQ_LINE: sets declared SPI `intid` of VM `handle` to `level`, kicks the
+/// targeted vCPUs running on other CPUs, and returns those not running (for
+/// the host to run).
+pub fn irq_line(
+    c: &Cpu<'_>,
+    handle: u64,
+    intid: u64,
+    level: u64,
+    pending: &mut GuestPending,
+) -> Result<u8, HostError> {
+    if level > 1 {
+        return Err(HostError::Invalid);
+    }
+    let (kick, idle) = control().with_declared_spi(handle, intid, |vm, x| {
+        let vg = x.vgic.get().ok_or(HostError::State)?;
+        // An SPI ignores the vCPU argument; `intid` is an SPI (checked).
+        let kick = vg
+            .set_level(0, intid as u32, level == 1)
+            .map_err(|_| HostError::Invalid)?;
+        let mut idle = 0u8;
+        for v in 0..vm.nr_vcpus.min(8) {
+            if kick & (1 << v) != 0 && vm.vcpus[v].running_on.is_none() {
+                idle |= 1 << v;
+            }
+        }
+        Ok((kick, idle))
+    })?;
+    state::kick_vcpus(c, handle as usize - 1, usize::MAX, kick, pending);
+    Ok(idle)
 }
 
 /// Takes back the devices of VM `handle` (destroyed).
