@@ -57,6 +57,14 @@ pub fn flush_el2_tlb_before_mmu_on() {
     emit::dsb(DsbKind::Ish);
 }
 
+/// Orders memory against a device that reads or writes it by DMA (an SMMU's stream table and
+/// queues): `DSB SY`. Before the MMIO write that tells the device to look, earlier stores to the
+/// memory are complete (Linux's `dma_wmb()` before `writel()`); after the MMIO read that says the
+/// device wrote, later loads of the memory see it (`dma_rmb()`). Consumer: the device.
+pub fn device_memory_barrier() {
+    emit::dsb(DsbKind::Sy);
+}
+
 /// Makes this CPU's earlier stores visible to other CPUs, then wakes every CPU
 /// waiting in WFE.
 ///

@@ -33,7 +33,30 @@ use crate::insn::{emit, DsbKind, Tlbi};
 use crate::regs::vttbr_vmid;
 use crate::vttbr::Vttbr;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// **Device TLBs over a CPU stage 2.** An SMMU that translates devices through the same
+/// stage-2 tables as the CPUs (the host's, pKVM's hypervisor-owned IOMMU model) caches their
+/// entries in TLBs that `TLBI` does not reach (the hypervisor sets SMMU_CR2.PTM: no broadcast
+/// maintenance). [`set_device_tlb_hook`] registers the function that invalidates them; every
+/// stage-2 [`PtBatch::sync`] calls it with the batch's VMID right after its own TLBIs completed
+/// (step 5), before any make that follows, so no device keeps a translation the CPUs lost.
+static DEVICE_TLB_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Registers the device-TLB invalidation of [`DEVICE_TLB_HOOK`]: `f(vmid)` must invalidate
+/// every device TLB entry of stage-2 VMID `vmid` and return only once that is complete.
+pub fn set_device_tlb_hook(f: fn(u16)) {
+    DEVICE_TLB_HOOK.store(f as usize, Ordering::Release);
+}
+
+fn device_tlb_sync(vmid: u16) {
+    let h = DEVICE_TLB_HOOK.load(Ordering::Acquire);
+    if h != 0 {
+        // SAFETY: only `set_device_tlb_hook` stores here, and it stores an `fn(u16)`.
+        let f = unsafe { core::mem::transmute::<usize, fn(u16)>(h) };
+        f(vmid);
+    }
+}
 
 /// The translation regime whose tables a batch edits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,6 +400,10 @@ impl<'v> PtBatch<'v> {
                 // 2.2 step 5 (R_PSMWS): completes the TLBIs; must precede the stage-1 flush so no
                 // PE refills a combined S1+S2 entry from the old stage 2.
                 self.dsb(DsbKind::Ish);
+                // The same for device TLBs over this stage 2 (an SMMU), before any make.
+                if let Regime::Stage2 { vmid } = self.regime {
+                    device_tlb_sync(vmid);
+                }
                 if !wide {
                     // D8.17.6.1 / 2.2 step 6: IPAS2E1IS leaves combined S1+S2 entries; flush
                     // stage 1 of the VMID (not needed after VMALLS12E1IS).

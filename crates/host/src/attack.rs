@@ -13,6 +13,7 @@ pub fn run(info: &BootInfo, name: &str) {
         "vcpu_init" => vcpu_init(info),
         "fp" => fp(info),
         "vmcr" => vmcr(info),
+        "dma" => dma(info),
         _ => crate::fail(format_args!("unknown attack {name:?}")),
     }
 }
@@ -147,5 +148,116 @@ fn vmcr(info: &BootInfo) {
     }
     if let Err(e) = crate::hostif::destroy_vm(h) {
         crate::fail(format_args!("attack vmcr: VM_DESTROY: {e:?}"));
+    }
+}
+
+/// Sector the `dma` attack's transfers use (the test puts a pattern there).
+const DMA_SECTOR: usize = 8;
+/// Sector of the legitimate write after the attacks.
+const DMA_GOOD_SECTOR: usize = 16;
+/// Polls of the used ring before a request counts as never completed.
+const DMA_POLLS: u32 = 2_000_000;
+
+/// Issue 18 item 2: the host programs its virtio-blk device to move data
+/// where the host itself may not reach: a disk sector into the hypervisor's
+/// image and into a page donated to a protected VM, and a protected page
+/// out to the disk. Each transfer must be refused by the SMMU (an event
+/// recorded); afterwards the protected guest still runs from the page the
+/// attack aimed at, and a legitimate read and write work.
+fn dma(info: &BootInfo) {
+    use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk, SECTOR_SIZE};
+    let Some(mut pci) = crate::pci::init(info) else {
+        crate::fail(format_args!("attack dma: the host has no PCIe"));
+    };
+    let Some(df) = pci.blk else {
+        crate::fail(format_args!("attack dma: no virtio-blk-pci device"));
+    };
+    let (h, entry, guest_pa) = many::load_at(many::hello(info), true, 1);
+    // The hypervisor's image on QEMU virt (its `load_address`): an attacker
+    // knows the board it runs on, and the hypervisor's memory is never in
+    // the host's stage 2, so the attack has to go around the CPU.
+    let hyp_pa = 0x4020_0000;
+    let mut results = alloc::vec::Vec::new();
+    for (what, target, write) in [
+        ("disk -> hypervisor image", hyp_pa, false),
+        ("disk -> protected page", guest_pa, false),
+        ("protected page -> disk", guest_pa, true),
+    ] {
+        let mut blk = match VirtIOBlk::<crate::pci::HostHal, _>::new(pci.transport(df)) {
+            Ok(b) => b,
+            Err(e) => crate::fail(format_args!("attack dma: virtio-blk: {e:?}")),
+        };
+        let mut buf = [0u8; SECTOR_SIZE];
+        let mut req = BlkReq::default();
+        let mut resp = BlkResp::default();
+        crate::pci::redirect_next(buf.as_ptr(), target);
+        // SAFETY: req, buf and resp outlive the request (polled to its end
+        // or abandoned with the device reset when `blk` is dropped).
+        let token = unsafe {
+            if write {
+                blk.write_blocks_nb(DMA_SECTOR, &mut req, &buf, &mut resp)
+            } else {
+                blk.read_blocks_nb(DMA_SECTOR, &mut req, &mut buf, &mut resp)
+            }
+        };
+        let outcome = match token {
+            Err(e) => alloc::format!("not queued ({e:?})"),
+            Ok(t) => {
+                let mut done = None;
+                for _ in 0..DMA_POLLS {
+                    if blk.peek_used() == Some(t) {
+                        // SAFETY: the same req, buf and resp as queued.
+                        done = Some(unsafe {
+                            if write {
+                                blk.complete_write_blocks(t, &req, &buf, &mut resp)
+                            } else {
+                                blk.complete_read_blocks(t, &req, &mut buf, &mut resp)
+                            }
+                        });
+                        break;
+                    }
+                    core::hint::spin_loop();
+                }
+                match done {
+                    Some(Ok(())) => "completed".into(),
+                    Some(Err(e)) => alloc::format!("failed ({e:?})"),
+                    None => "never completed".into(),
+                }
+            }
+        };
+        let refused = call(hyp_abi::STATS, [0, 202, 0, 0]).unwrap_or(u64::MAX);
+        results.push((what, target, outcome, refused));
+    }
+    let mut before = 0;
+    for (what, target, outcome, refused) in &results {
+        println!(
+            "host: attack dma: {what} ({target:#x}): request {outcome}, {} accesses refused by the SMMU",
+            refused - before
+        );
+        before = *refused;
+    }
+    // The protected guest runs from the page the attack aimed at.
+    if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h]) {
+        crate::fail(format_args!("attack dma: VCPU_INIT: {e:?}"));
+    }
+    many::power_off(h, 1);
+    // A legitimate write and read through the same device.
+    let mut blk = match VirtIOBlk::<crate::pci::HostHal, _>::new(pci.transport(df)) {
+        Ok(b) => b,
+        Err(e) => crate::fail(format_args!("attack dma: virtio-blk: {e:?}")),
+    };
+    let mut good = [0u8; SECTOR_SIZE];
+    for (i, b) in good.iter_mut().enumerate() {
+        *b = (i as u8) ^ 0x5a;
+    }
+    let w = blk.write_blocks(DMA_GOOD_SECTOR, &good);
+    let mut back = [0u8; SECTOR_SIZE];
+    let r = blk.read_blocks(DMA_GOOD_SECTOR, &mut back);
+    println!(
+        "host: attack dma: legitimate write {w:?}, read back {r:?}, equal {}",
+        back == good
+    );
+    if let Err(e) = crate::hostif::destroy_vm(h) {
+        crate::fail(format_args!("attack dma: VM_DESTROY: {e:?}"));
     }
 }

@@ -41,6 +41,7 @@ mod hostif;
 mod irqdev;
 mod linux;
 mod many;
+mod pci;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use guest_rt::println;

@@ -39,6 +39,12 @@ pub fn hello(info: &BootInfo) -> &Module {
 /// (donated when `protected`, else lent); vCPU 0 not yet started. Returns
 /// the handle and the entry.
 pub fn load(module: &Module, protected: bool, vcpus: u64) -> (u64, u64) {
+    let (h, entry, _) = load_at(module, protected, vcpus);
+    (h, entry)
+}
+
+/// [`load`], also returning the host physical address of the VM's RAM.
+pub fn load_at(module: &Module, protected: bool, vcpus: u64) -> (u64, u64, u64) {
     let h = match hostif::vm_create(vcpus, u64::from(protected)) {
         Ok(h) => h.0,
         Err(e) => fail(format_args!("VM_CREATE: {e:?}")),
@@ -51,7 +57,7 @@ pub fn load(module: &Module, protected: bool, vcpus: u64) -> (u64, u64) {
     if let Err(e) = hostif::give(h, pa, GUEST_RAM_IPA, RAM / PAGE, protected, false) {
         fail(format_args!("giving memory to VM {h}: {e:?}"));
     }
-    (h, module.entry)
+    (h, module.entry, pa)
 }
 
 /// `vms=N` (see the module docs).

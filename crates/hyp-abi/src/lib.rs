@@ -227,6 +227,22 @@ pub struct BootInfo {
     pub nr_modules: u64,
     /// Guest images.
     pub modules: [Module; MAX_MODULES],
+    /// The PCIe host bridge the host may drive (all zero when it may not:
+    /// no SMMU confines its devices' DMA, or the board has none).
+    pub pci: PciWindows,
+}
+
+/// A generic ECAM PCIe host bridge's windows, each mapped by identity into
+/// the host's stage 2 (`base`, `size` pairs).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PciWindows {
+    /// Configuration space (ECAM: bus << 20 | device << 15 | function << 12).
+    pub ecam: [u64; 2],
+    /// The 32-bit memory window, for BARs (PCI address = CPU address).
+    pub mmio: [u64; 2],
+    /// The I/O window.
+    pub pio: [u64; 2],
 }
 
 /// Size of `BootInfo::bootargs`: room for the hypervisor's and host's own

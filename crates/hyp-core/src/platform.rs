@@ -121,6 +121,30 @@ pub struct AssignableDevice {
     pub intid: u32,
 }
 
+/// A generic ECAM PCIe host bridge.
+#[derive(Debug, Clone, Copy)]
+pub struct PciHost {
+    /// Configuration space.
+    pub ecam: MemRegion,
+    /// The 32-bit memory window.
+    pub mmio: MemRegion,
+    /// The I/O window.
+    pub pio: MemRegion,
+}
+
+impl PciHost {
+    /// The windows, as the host's boot information describes them.
+    #[must_use]
+    pub fn windows(&self) -> hyp_abi::PciWindows {
+        let w = |r: MemRegion| [r.base, r.size];
+        hyp_abi::PciWindows {
+            ecam: w(self.ecam),
+            mmio: w(self.mmio),
+            pio: w(self.pio),
+        }
+    }
+}
+
 /// Everything board-specific the core needs.
 pub struct Platform {
     /// Board name, printed at boot.
@@ -139,6 +163,13 @@ pub struct Platform {
     pub gic: GicLayout,
     /// Devices the host may assign to a VM.
     pub assignable: &'static [AssignableDevice],
+    /// The SMMUv3 register frame, if the board may have one; used when the
+    /// device tree lists an `arm,smmu-v3` there (`arch::smmu`).
+    pub smmu: Option<MemRegion>,
+    /// The PCIe host bridge whose windows the host's drivers may reach,
+    /// mapped into its stage 2 only once the SMMU confines DMA: the
+    /// allow-list, which never holds the GIC, the SMMU or the UART.
+    pub pci: Option<PciHost>,
     /// Firmware operations.
     pub ops: &'static dyn PlatformOps,
 }

@@ -12,6 +12,19 @@ use core::sync::atomic::{AtomicU64, Ordering};
 pub const CACHE_FLUSHES: u64 = 200;
 /// STATS reason index of the host's refused accesses (host only).
 pub const HOST_DENIED: u64 = 201;
+/// STATS reason index of the DMA transactions the SMMU refused (host only).
+/// Reading it first logs every new SMMU event record (`arch::smmu`).
+pub const SMMU_FAULTS: u64 = 202;
+
+#[cfg(target_arch = "aarch64")]
+fn smmu_faults() -> u64 {
+    crate::arch::smmu::drain_events()
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn smmu_faults() -> u64 {
+    0
+}
 
 /// One VM's (or the host's) counters.
 #[derive(Debug)]
@@ -69,6 +82,7 @@ impl Counts {
             }
             CACHE_FLUSHES => Some(self.flushes.load(Ordering::Relaxed)),
             HOST_DENIED if host => Some(DENIED.load(Ordering::Relaxed)),
+            SMMU_FAULTS if host => Some(smmu_faults()),
             r if host
                 && (hyp_abi::STATS_BARRIERS
                     ..hyp_abi::STATS_BARRIERS + hyp_abi::STATS_BARRIER_KINDS)

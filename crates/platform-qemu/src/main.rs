@@ -60,7 +60,12 @@ static PLATFORM: Platform = Platform {
     name: board::NAME,
     uart_base: board::UART0.base,
     ram: &[mem(board::RAM)],
-    devices: &[mem(board::UART0), mem(board::GICD), mem(board::GICR)],
+    devices: &[
+        mem(board::UART0),
+        mem(board::GICD),
+        mem(board::GICR),
+        mem(board::SMMU),
+    ],
     hyp: mem(board::HYP),
     vm_pool: mem(board::VM_POOL),
     gic: hyp_core::platform::GicLayout::V3 {
@@ -72,6 +77,12 @@ static PLATFORM: Platform = Platform {
         region: mem(board::RTC),
         intid: 34,
     }],
+    smmu: Some(mem(board::SMMU)),
+    pci: Some(hyp_core::platform::PciHost {
+        ecam: mem(board::PCIE_ECAM),
+        mmio: mem(board::PCIE_MMIO),
+        pio: mem(board::PCIE_PIO),
+    }),
     ops: &QemuOps,
 };
 

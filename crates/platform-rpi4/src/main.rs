@@ -236,6 +236,10 @@ static PLATFORM: Platform = Platform {
         gicv: board::GICV.base,
     },
     assignable: &[],
+    // The Pi 4 has no SMMU, and its PCIe (the VL805 USB controller) stays the
+    // hypervisor's: the host gets no DMA-capable device.
+    smmu: None,
+    pci: None,
     ops: &Rpi4Ops,
 };
 

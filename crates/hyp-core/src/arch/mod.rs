@@ -15,6 +15,8 @@ pub mod gic;
 #[cfg(target_arch = "aarch64")]
 pub mod mmu;
 #[cfg(target_arch = "aarch64")]
+pub mod smmu;
+#[cfg(target_arch = "aarch64")]
 pub mod sysreg;
 #[cfg(target_arch = "aarch64")]
 pub mod tables;

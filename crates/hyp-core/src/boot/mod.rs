@@ -40,6 +40,9 @@ pub struct BootFacts {
     pub bootargs: [u8; hyp_abi::BOOTARGS_LEN],
     /// Length of `bootargs`.
     pub bootargs_len: usize,
+    /// The device tree lists an SMMUv3 (`arm,smmu-v3`) at the board's SMMU
+    /// address.
+    pub smmu: bool,
 }
 
 impl BootFacts {
@@ -68,7 +71,17 @@ fn parse_dtb(dtb: u64) -> BootFacts {
         memory_count: 0,
         bootargs: [0; hyp_abi::BOOTARGS_LEN],
         bootargs_len: 0,
+        smmu: false,
     };
+    if let Some(want) = crate::platform::get().and_then(|p| p.smmu) {
+        info.smmu = fdt.all_nodes().any(|n| {
+            n.compatible()
+                .is_some_and(|c| c.all().any(|s| s == "arm,smmu-v3"))
+                && n.reg()
+                    .and_then(|mut r| r.next())
+                    .is_some_and(|r| r.starting_address as u64 == want.base)
+        });
+    }
     for r in fdt.memory().regions() {
         if info.memory_count < info.memory.len() {
             info.memory[info.memory_count] = MemRegion {
@@ -96,6 +109,7 @@ fn board_info(p: &Platform) -> BootFacts {
         memory_count: 0,
         bootargs: [0; hyp_abi::BOOTARGS_LEN],
         bootargs_len: 0,
+        smmu: false,
     };
     for r in p.ram.iter().take(info.memory.len()) {
         info.memory[info.memory_count] = *r;
@@ -262,6 +276,16 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     if let Err(e) = state::init(host_ram, fwb, p.assignable) {
         panic!("cannot set up the host's stage 2: {e}");
     }
+    if let Some(pci) = state::confine_host_devices(p, info.smmu) {
+        // SAFETY: `boot_info` is the BootInfo `load_host` wrote in host RAM,
+        // which no lower EL has run on yet.
+        unsafe { (*(boot_info as *mut hyp_abi::BootInfo)).pci = pci };
+        // The host reads it with its MMU off (non-cacheable).
+        barriers::maint::clean_inval_to_poc(
+            boot_info,
+            core::mem::size_of::<hyp_abi::BootInfo>() as u64,
+        );
+    }
     log::info!(
         "host VM: {} MiB at {:#x} (identity), boot info at {boot_info:#x}",
         host_ram.size >> 20,
@@ -363,6 +387,7 @@ fn load_host(
             load_ipa: 0,
             entry: 0,
         }; hyp_abi::MAX_MODULES],
+        pci: hyp_abi::PciWindows::default(),
     };
     let n = info.bootargs_len.min(bi.bootargs.len());
     bi.bootargs[..n].copy_from_slice(&info.bootargs[..n]);

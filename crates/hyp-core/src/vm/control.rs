@@ -30,6 +30,7 @@ use smccc::psci::error;
 use spin::{Mutex, MutexGuard};
 
 mod audit;
+mod host_devices;
 mod spis;
 
 /// Most vCPUs per VM: as many as the virtual GIC serves.

@@ -5,7 +5,7 @@
 use crate::arch::gic::{self, Phys};
 use crate::arch::switch;
 use crate::arch::sysreg;
-use crate::platform::{AssignableDevice, MemRegion};
+use crate::platform::{AssignableDevice, MemRegion, Platform};
 use crate::stats::{self, Counts, Snapshot};
 use crate::vcpu::ctx::{Cpu, VcpuCtx};
 use crate::vcpu::traps::TvmRearm;
@@ -220,6 +220,57 @@ pub fn init(
     FWB.store(u8::from(fwb), Ordering::Relaxed);
     CONTROL.call_once(|| ctl);
     Ok(())
+}
+
+/// Puts the host's DMA-capable devices behind the SMMU, then maps the PCIe
+/// windows (`Platform::pci`) into the host's stage 2 and returns them for
+/// its boot information. Without an SMMU (`smmu_listed` false, or one that
+/// cannot translate through a stage 2) the windows stay unmapped and this
+/// returns `None`: a device the host could program would reach any memory,
+/// so the host gets none.
+pub fn confine_host_devices(p: &Platform, smmu_listed: bool) -> Option<hyp_abi::PciWindows> {
+    let pci = p.pci?;
+    let Some(frame) = p.smmu.filter(|_| smmu_listed) else {
+        log::info!("no SMMU in the device tree: the host gets no DMA-capable device");
+        return None;
+    };
+    match crate::arch::smmu::init(frame.base, host_vttbr(), vtcr()) {
+        Ok(e) => log::info!(
+            "SMMUv3 at {:#x}: streams 0..{} translate through the host's stage 2 \
+             ({}-bit stream IDs, OAS field {}), others refused",
+            frame.base,
+            e.streams,
+            e.features.sid_bits,
+            e.features.oas
+        ),
+        Err(why) => {
+            log::warn!(
+                "SMMUv3 at {:#x} not used ({why}): the host gets no DMA-capable device",
+                frame.base
+            );
+            return None;
+        }
+    }
+    // SAFETY: boot CPU, before any CPU runs a guest, after `init` dropped
+    // its owner: the only owner of VTTBR_EL2 on this CPU while it lives.
+    let mut vttbr = unsafe { Vttbr::init(0) };
+    for (name, w) in [("ECAM", pci.ecam), ("I/O", pci.pio), ("memory", pci.mmio)] {
+        if let Err(e) = control().map_host_device(&mut vttbr, w.base, w.size) {
+            panic!(
+                "cannot map the PCIe {name} window {:#x}..{:#x}: {e:?}",
+                w.base,
+                w.end()
+            );
+        }
+    }
+    log::info!(
+        "host PCIe: ECAM {:#x}, memory window {:#x}..{:#x}, I/O window {:#x} mapped",
+        pci.ecam.base,
+        pci.mmio.base,
+        pci.mmio.end(),
+        pci.pio.base
+    );
+    Some(pci.windows())
 }
 
 /// Gives a VM being created its vGIC. On GICv2 the guest's CPU interface is
