@@ -6,14 +6,13 @@
 //!   the hook counts and skips. Counts are compared with the hypervisor's
 //!   own count of refused host accesses (STATS(0, 201)).
 //! * **Devices.** Each guest gets a virtio-mmio console (device ID 3) and a
-//!   virtio-blk device (ID 2) backed by a RAM disk in host memory, both
-//!   modern (version 2) transports emulated from the MMIO exits the
-//!   hypervisor forwards (virtio 1.x section 4.2.2 for the registers,
-//!   section 2.7 for split virtqueues, section 5.2 for block requests).
-//!   Virtqueues are read and written at the guest's IPAs through the
-//!   host's knowledge of where it put the guest's memory; every such access
-//!   is guarded too, so a guest that hands the device a private page makes
-//!   the demo fail instead of crashing the host.
+//!   virtio-blk device (ID 2) backed by a RAM disk in host memory: the
+//!   `virtio-dev` crate's transports and devices ([`virtio`]), served from
+//!   the MMIO exits the hypervisor forwards. They reach the guest's
+//!   virtqueues at its IPAs through the host's knowledge of where it put
+//!   the guest's memory; every such access is guarded too, so a guest that
+//!   hands a device a private page (or a malformed queue) makes the demo
+//!   fail instead of crashing the host.
 //! * **Control register** ([`guest_rt::demo::CTL_IPA`]): a guest says when
 //!   its bounce-buffer pool is shared (the host checks it can read it) and
 //!   when it has unshared it (the host checks every access faults again).
@@ -23,15 +22,20 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use guest_rt::{demo, println, Exception, Frame};
+use virtio_dev::Fault;
 
-use crate::{call, Guest, GUEST_RAM, GUEST_RAM_IPA, PAGE};
+mod virtio;
+
+pub use virtio::Devices;
+use virtio::{GuestRam, Which};
+
+use crate::{call, Guest, GUEST_RAM, PAGE};
 
 const MAX_CPUS: usize = 8;
 /// Value a probe's load leaves in its register when the load faulted.
 const POISON: u64 = 0xdead_beef_dead_beef;
 /// RAM disk per guest: 128 sectors.
 pub const DISK_BYTES: u64 = 64 << 10;
-const SECTOR: u64 = 512;
 
 static ARMED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 static FAULTS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
@@ -136,13 +140,6 @@ fn strh(pa: u64, v: u16) {
     };
 }
 
-fn str32(pa: u64, v: u32) {
-    // SAFETY: as `str64`.
-    unsafe {
-        asm!("str {v:w}, [{a}]", v = in(reg) v, a = in(reg) pa, options(nostack, preserves_flags))
-    };
-}
-
 /// The hypervisor's count of host accesses it refused.
 pub fn hyp_denied() -> u64 {
     call(hyp_abi::STATS, [0, 201, 0, 0]).unwrap_or(u64::MAX)
@@ -209,479 +206,62 @@ pub fn probe_new_vm(g: &Guest) {
     }
 }
 
-/// A guest's memory as the host reaches it (it chose where to put it).
-#[derive(Clone, Copy)]
-struct Mem {
-    ram_pa: u64,
-}
-
-#[derive(Debug)]
-struct Bad(u64);
-
-impl Mem {
-    /// Host PA of guest `[ipa, ipa + len)`, if it is guest RAM and aligned
-    /// to `align`.
-    fn pa(self, ipa: u64, len: u64, align: u64) -> Result<u64, Bad> {
-        let end = ipa.checked_add(len).ok_or(Bad(ipa))?;
-        if ipa < GUEST_RAM_IPA || end > GUEST_RAM_IPA + GUEST_RAM || !ipa.is_multiple_of(align) {
-            return Err(Bad(ipa));
-        }
-        Ok(self.ram_pa + (ipa - GUEST_RAM_IPA))
-    }
-    fn check<T>(r: (T, u64), ipa: u64) -> Result<T, Bad> {
-        if r.1 == 0 {
-            Ok(r.0)
-        } else {
-            Err(Bad(ipa))
-        }
-    }
-    fn r8(self, ipa: u64) -> Result<u8, Bad> {
-        let pa = self.pa(ipa, 1, 1)?;
-        Self::check(guarded(|| ldrb(pa)), ipa)
-    }
-    fn w8(self, ipa: u64, v: u8) -> Result<(), Bad> {
-        let pa = self.pa(ipa, 1, 1)?;
-        Self::check(guarded(|| strb(pa, v)), ipa)
-    }
-    fn r16(self, ipa: u64) -> Result<u16, Bad> {
-        let pa = self.pa(ipa, 2, 2)?;
-        Self::check(guarded(|| ldrh(pa)), ipa)
-    }
-    fn w16(self, ipa: u64, v: u16) -> Result<(), Bad> {
-        let pa = self.pa(ipa, 2, 2)?;
-        Self::check(guarded(|| strh(pa, v)), ipa)
-    }
-    fn w32(self, ipa: u64, v: u32) -> Result<(), Bad> {
-        let pa = self.pa(ipa, 4, 4)?;
-        Self::check(guarded(|| str32(pa, v)), ipa)
-    }
-    fn r64(self, ipa: u64) -> Result<u64, Bad> {
-        let pa = self.pa(ipa, 8, 8)?;
-        Self::check(guarded(|| ldr64(pa)), ipa)
-    }
-    /// Little-endian value of `n` bytes at `ipa` (any alignment).
-    fn bytes_le(self, ipa: u64, n: u64) -> Result<u64, Bad> {
-        let mut v = 0;
-        for i in 0..n {
-            v |= u64::from(self.r8(ipa + i)?) << (8 * i);
-        }
-        Ok(v)
-    }
-}
-
-/// One split virtqueue's registers.
-#[derive(Clone, Copy, Default)]
-struct Queue {
-    num: u32,
-    ready: u32,
-    desc: u64,
-    driver: u64,
-    device: u64,
-    last_avail: u16,
-}
-
-/// One virtio-mmio transport's registers.
-#[derive(Default)]
-struct Dev {
-    id: u32,
-    status: u32,
-    dev_features_sel: u32,
-    drv_features_sel: u32,
-    drv_features: [u32; 2],
-    queue_sel: u32,
-    queues: [Queue; 2],
-    isr: u32,
-}
-
-const MAGIC: u32 = 0x7472_6976; // "virt"
-const VENDOR: u32 = 0x5048_5948; // "HYHP"
-/// Queues each device has and their largest size.
-const QUEUE_NUM_MAX: u32 = 64;
-/// VIRTIO_F_VERSION_1 (bit 32): the only feature offered.
-const FEATURES_HI: u32 = 1;
-/// Descriptor flags.
-const DESC_NEXT: u16 = 1;
-const DESC_WRITE: u16 = 2;
-const DESC_INDIRECT: u16 = 4;
-
-impl Dev {
-    fn new(id: u32) -> Self {
-        Self {
-            id,
-            ..Self::default()
-        }
-    }
-    fn nr_queues(&self) -> u32 {
-        if self.id == 3 {
-            2
-        } else {
-            1
-        }
-    }
-    fn queue(&mut self) -> Option<&mut Queue> {
-        let n = self.nr_queues();
-        let s = self.queue_sel;
-        (s < n).then(|| &mut self.queues[s as usize])
-    }
-    fn read(&mut self, off: u64, capacity: u64) -> u64 {
-        let q = self.queue().copied().unwrap_or_default();
-        u64::from(match off {
-            0x000 => MAGIC,
-            0x004 => 2,
-            0x008 => self.id,
-            0x00c => VENDOR,
-            0x010 if self.dev_features_sel == 1 => FEATURES_HI,
-            0x034 if self.queue_sel < self.nr_queues() => QUEUE_NUM_MAX,
-            0x038 => q.num,
-            0x044 => q.ready,
-            0x060 => self.isr,
-            0x070 => self.status,
-            0x080 => q.desc as u32,
-            0x084 => (q.desc >> 32) as u32,
-            0x090 => q.driver as u32,
-            0x094 => (q.driver >> 32) as u32,
-            0x0a0 => q.device as u32,
-            0x0a4 => (q.device >> 32) as u32,
-            0x0fc => 0,
-            // virtio-blk config: capacity in 512-byte sectors (a 64-bit
-            // read at 0x100 gets both halves).
-            0x100 if self.id == 2 => return capacity,
-            0x104 if self.id == 2 => (capacity >> 32) as u32,
-            _ => 0,
-        })
-    }
-    /// A register write; `Some(queue)` for a QueueNotify.
-    fn write(&mut self, off: u64, v: u64) -> Option<u32> {
-        let v32 = v as u32;
-        let set_lo = |x: &mut u64| *x = (*x & !0xffff_ffff) | u64::from(v32);
-        let set_hi = |x: &mut u64| *x = (*x & 0xffff_ffff) | (u64::from(v32) << 32);
-        match off {
-            0x014 => self.dev_features_sel = v32,
-            0x020 => {
-                let s = self.drv_features_sel as usize;
-                if s < 2 {
-                    self.drv_features[s] = v32;
-                }
-            }
-            0x024 => self.drv_features_sel = v32,
-            0x030 => self.queue_sel = v32,
-            0x038 => {
-                if let Some(q) = self.queue() {
-                    q.num = v32.min(QUEUE_NUM_MAX);
-                }
-            }
-            0x044 => {
-                if let Some(q) = self.queue() {
-                    q.ready = v32 & 1;
-                    q.last_avail = 0;
-                }
-            }
-            0x050 => return Some(v32),
-            0x064 => self.isr &= !v32,
-            0x070 => {
-                self.status = v32;
-                if v32 == 0 {
-                    // Device reset (virtio 1.x 4.2.2.1).
-                    let id = self.id;
-                    *self = Self::new(id);
-                }
-            }
-            0x080 => self.queue().into_iter().for_each(|q| set_lo(&mut q.desc)),
-            0x084 => self.queue().into_iter().for_each(|q| set_hi(&mut q.desc)),
-            0x090 => self.queue().into_iter().for_each(|q| set_lo(&mut q.driver)),
-            0x094 => self.queue().into_iter().for_each(|q| set_hi(&mut q.driver)),
-            0x0a0 => self.queue().into_iter().for_each(|q| set_lo(&mut q.device)),
-            0x0a4 => self.queue().into_iter().for_each(|q| set_hi(&mut q.device)),
-            _ => {}
-        }
-        None
-    }
-}
-
-/// A descriptor.
-#[derive(Clone, Copy, Default)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-}
-
-/// Longest descriptor chain handled.
-const MAX_CHAIN: usize = 8;
-
-/// The host end of a guest's virtio console: the bytes of its transmitq,
-/// printed on the host's console a line at a time as `[vmH] text`, so that
-/// lines of different guests do not interleave. A line longer than the
-/// buffer is printed in pieces.
-struct ConsoleLines {
-    vm: u64,
-    line: [u8; 200],
-    len: usize,
-}
-
-impl ConsoleLines {
-    fn print_line(&mut self) {
-        let s = core::str::from_utf8(&self.line[..self.len]).unwrap_or("<not UTF-8>");
-        println!("[vm{}] {s}", self.vm);
-        self.len = 0;
-    }
-}
-
-impl embedded_io::ErrorType for ConsoleLines {
-    type Error = core::convert::Infallible;
-}
-
-impl embedded_io::Write for ConsoleLines {
-    /// Takes all of `buf`: complete lines are printed, the rest is kept.
-    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
-        for &b in buf {
-            if b == b'\n' || self.len == self.line.len() {
-                self.print_line();
-            }
-            if b != b'\n' {
-                self.line[self.len] = b;
-                self.len += 1;
-            }
-        }
-        Ok(buf.len())
-    }
-
-    /// Prints the unfinished line, if any.
-    fn flush(&mut self) -> Result<(), Self::Error> {
-        if self.len != 0 {
-            self.print_line();
-        }
-        Ok(())
-    }
-}
-
-/// The devices of one guest.
-pub struct Devices {
-    console: Dev,
-    blk: Dev,
-    console_out: ConsoleLines,
-    disk_pa: u64,
-    pool_ipa: u64,
-    pool_pages: u64,
-}
-
-impl Devices {
-    /// The devices of VM `vm`, over a RAM disk at `disk_pa` ([`DISK_BYTES`]
-    /// of host RAM).
-    pub fn new(vm: u64, disk_pa: u64) -> Self {
-        Self {
-            console: Dev::new(3),
-            blk: Dev::new(2),
-            console_out: ConsoleLines {
-                vm,
-                line: [0; 200],
-                len: 0,
-            },
-            disk_pa,
-            pool_ipa: 0,
-            pool_pages: 0,
-        }
-    }
-}
-
 /// Whether `ipa` belongs to the demo's devices.
 pub fn is_demo_device(ipa: u64) -> bool {
     (demo::CONSOLE_IPA..demo::BLK_IPA + demo::VIRTIO_MMIO_SIZE).contains(&ipa)
         || (demo::CTL_IPA..demo::CTL_IPA + 0x100).contains(&ipa)
 }
 
-/// An MMIO access to one of the demo's devices by guest `g`; the value of
-/// a read.
-pub fn mmio(g: &Guest, ipa: u64, write: bool, value: u64) -> u64 {
-    let mem = Mem { ram_pa: g.ram_pa };
+/// An MMIO access (`flags` as [`hyp_abi::mmio_flags`] encodes them) to one
+/// of the demo's devices by guest `g`; the value of a read. A device error
+/// (the guest handed it memory the host cannot access, or a malformed
+/// queue) makes the demo fail.
+pub fn mmio(g: &Guest, ipa: u64, flags: u64, value: u64) -> u64 {
+    let mem = GuestRam { ram_pa: g.ram_pa };
+    let write = flags & (1 << 8) != 0;
+    let size = (flags & 0xf) as u8;
     let mut d = g.devices.lock();
-    let capacity = DISK_BYTES / SECTOR;
     if (demo::CTL_IPA..demo::CTL_IPA + 0x100).contains(&ipa) {
         if write {
             control(g, &mut d, mem, ipa - demo::CTL_IPA, value);
         }
         return 0;
     }
-    let (is_console, off) = if ipa < demo::BLK_IPA {
-        (true, ipa - demo::CONSOLE_IPA)
+    let (which, off) = if ipa < demo::BLK_IPA {
+        (Which::Console, ipa - demo::CONSOLE_IPA)
     } else {
-        (false, ipa - demo::BLK_IPA)
-    };
-    let dev = if is_console {
-        &mut d.console
-    } else {
-        &mut d.blk
+        (Which::Blk, ipa - demo::BLK_IPA)
     };
     if !write {
-        return dev.read(off, capacity);
+        return match which {
+            Which::Console => d.console.read(off, size),
+            Which::Blk => d.blk.read(off, size),
+        };
     }
-    let Some(q) = dev.write(off, value) else {
-        return 0;
-    };
-    let r = if is_console {
-        // Queue 0 (receiveq) only receives buffers: there is no input.
-        if q == 1 {
-            process(&mut d, mem, true)
-        } else {
-            Ok(())
+    let (level, error) = match which {
+        Which::Console => {
+            let l = d.console.write(&mem, off, size, value);
+            (l, d.console.take_error())
         }
-    } else if q == 0 {
-        process(&mut d, mem, false)
-    } else {
-        Ok(())
+        Which::Blk => {
+            let l = d.blk.write(&mem, off, size, value);
+            (l, d.blk.take_error())
+        }
     };
-    if let Err(Bad(at)) = r {
-        crate::fail(format_args!(
+    d.sync_irq(g, which, level);
+    match error {
+        None => {}
+        Some(virtio_dev::Error::Fault(Fault { ipa: at })) => crate::fail(format_args!(
             "VM {}: its virtqueue points at IPA {at:#x}, which the host cannot access",
             g.handle.0
-        ));
+        )),
+        Some(e) => crate::fail(format_args!("VM {}: virtio {which:?}: {e}", g.handle.0)),
     }
     0
 }
 
-/// Processes every new available buffer of the console's transmitq or the
-/// block device's requestq.
-fn process(d: &mut Devices, mem: Mem, console: bool) -> Result<(), Bad> {
-    let qi = usize::from(console);
-    let q = if console {
-        d.console.queues[qi]
-    } else {
-        d.blk.queues[qi]
-    };
-    if q.ready == 0 || q.num == 0 {
-        return Ok(());
-    }
-    let num = u64::from(q.num);
-    let avail_idx = mem.r16(q.driver + 2)?;
-    let mut last = q.last_avail;
-    // A guest cannot make more buffers available than the ring holds.
-    if avail_idx.wrapping_sub(last) as u32 > q.num {
-        return Err(Bad(q.driver));
-    }
-    while last != avail_idx {
-        let head = mem.r16(q.driver + 4 + 2 * (u64::from(last) % num))?;
-        // The chain.
-        let mut chain = [Desc::default(); MAX_CHAIN];
-        let mut n = 0;
-        let mut i = head;
-        loop {
-            if u64::from(i) >= num || n == MAX_CHAIN {
-                return Err(Bad(q.desc));
-            }
-            let at = q.desc + 16 * u64::from(i);
-            let addr = mem.r64(at)?;
-            let len = mem.bytes_le(at + 8, 4)? as u32;
-            let flags = mem.bytes_le(at + 12, 2)? as u16;
-            let next = mem.bytes_le(at + 14, 2)? as u16;
-            if flags & DESC_INDIRECT != 0 {
-                return Err(Bad(at));
-            }
-            chain[n] = Desc { addr, len, flags };
-            n += 1;
-            if flags & DESC_NEXT == 0 {
-                break;
-            }
-            i = next;
-        }
-        let used_len = if console {
-            console_tx(d, mem, &chain[..n])?;
-            0
-        } else {
-            blk_request(d, mem, &chain[..n])?
-        };
-        let used_idx = mem.r16(q.device + 2)?;
-        let slot = q.device + 4 + 8 * (u64::from(used_idx) % num);
-        mem.w32(slot, u32::from(head))?;
-        mem.w32(slot + 4, used_len)?;
-        mem.w16(q.device + 2, used_idx.wrapping_add(1))?;
-        last = last.wrapping_add(1);
-    }
-    let dev = if console { &mut d.console } else { &mut d.blk };
-    dev.queues[qi].last_avail = last;
-    dev.isr |= 1;
-    Ok(())
-}
-
-/// Hands the bytes of a transmitq chain's device-readable buffers to the
-/// guest's console output, a chunk at a time.
-fn console_tx(d: &mut Devices, mem: Mem, chain: &[Desc]) -> Result<(), Bad> {
-    let mut chunk = [0u8; 64];
-    for desc in chain.iter().filter(|c| c.flags & DESC_WRITE == 0) {
-        let len = u64::from(desc.len);
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(chunk.len() as u64);
-            for (i, b) in chunk[..n as usize].iter_mut().enumerate() {
-                *b = mem.r8(desc.addr + done + i as u64)?;
-            }
-            let Ok(()) = embedded_io::Write::write_all(&mut d.console_out, &chunk[..n as usize]);
-            done += n;
-        }
-    }
-    Ok(())
-}
-
-/// A virtio-blk request (virtio 1.x 5.2.6): header, data, status byte.
-/// Returns the bytes written into the guest's buffers.
-fn blk_request(d: &mut Devices, mem: Mem, chain: &[Desc]) -> Result<u32, Bad> {
-    const IN: u64 = 0;
-    const OUT: u64 = 1;
-    const FLUSH: u64 = 4;
-    const S_OK: u8 = 0;
-    const S_IOERR: u8 = 1;
-    const S_UNSUPP: u8 = 2;
-    let (Some(hdr), Some(status)) = (chain.first(), chain.last()) else {
-        return Ok(0);
-    };
-    if chain.len() < 2 || hdr.len < 16 || status.flags & DESC_WRITE == 0 || status.len < 1 {
-        return Err(Bad(hdr.addr));
-    }
-    let kind = mem.bytes_le(hdr.addr, 4)?;
-    let sector = mem.bytes_le(hdr.addr + 8, 8)?;
-    let data = &chain[1..chain.len() - 1];
-    let total: u64 = data.iter().map(|c| u64::from(c.len)).sum();
-    let in_range = sector
-        .checked_mul(SECTOR)
-        .and_then(|s| s.checked_add(total))
-        .is_some_and(|e| e <= DISK_BYTES);
-    let mut written = 0u32;
-    let st = match kind {
-        IN | OUT if !in_range => S_IOERR,
-        IN | OUT => {
-            let mut off = sector * SECTOR;
-            for c in data {
-                let to_guest = c.flags & DESC_WRITE != 0;
-                if to_guest != (kind == IN) {
-                    return Err(Bad(c.addr));
-                }
-                for i in 0..u64::from(c.len) {
-                    let disk = (d.disk_pa + off + i) as *mut u8;
-                    if to_guest {
-                        // SAFETY: inside this guest's RAM disk (range
-                        // checked above), host memory nobody else uses.
-                        mem.w8(c.addr + i, unsafe { disk.read_volatile() })?;
-                    } else {
-                        let b = mem.r8(c.addr + i)?;
-                        // SAFETY: as above.
-                        unsafe { disk.write_volatile(b) };
-                    }
-                }
-                off += u64::from(c.len);
-                if to_guest {
-                    written += c.len;
-                }
-            }
-            S_OK
-        }
-        FLUSH => S_OK,
-        _ => S_UNSUPP,
-    };
-    mem.w8(status.addr, st)?;
-    Ok(written + 1)
-}
-
 /// A write to the demo control device.
-fn control(g: &Guest, d: &mut Devices, mem: Mem, off: u64, v: u64) {
+fn control(g: &Guest, d: &mut Devices, mem: GuestRam, off: u64, v: u64) {
     let h = g.handle.0;
     match off {
         demo::CTL_POOL_IPA => d.pool_ipa = v,
@@ -691,7 +271,8 @@ fn control(g: &Guest, d: &mut Devices, mem: Mem, off: u64, v: u64) {
                 let pages = d.pool_pages;
                 let Some(Ok(pa)) = pages
                     .checked_mul(PAGE)
-                    .map(|len| mem.pa(d.pool_ipa, len, PAGE))
+                    .filter(|_| d.pool_ipa.is_multiple_of(PAGE))
+                    .map(|len| mem.pa(d.pool_ipa, len))
                 else {
                     crate::fail(format_args!("VM {h}: its pool is not in its memory"));
                 };

@@ -261,7 +261,7 @@ pub fn create(info: &BootInfo) -> Guest {
         device: AtomicU64::new(0),
         ram_pa,
         start_after: 0,
-        devices: spin::Mutex::new(crate::demo::Devices::new(handle.0, disk_pa)),
+        devices: spin::Mutex::new(crate::demo::Devices::new(handle.0, disk_pa, protected)),
         first_cpu: 0,
         reap: false,
         reaped: AtomicBool::new(false),

@@ -465,7 +465,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         device: AtomicU64::new(0),
         ram_pa,
         start_after,
-        devices: spin::Mutex::new(demo::Devices::new(handle.0, disk_pa)),
+        devices: spin::Mutex::new(demo::Devices::new(handle.0, disk_pa, protected)),
         first_cpu,
         reap,
         reaped: AtomicBool::new(false),
@@ -543,7 +543,7 @@ fn run_vcpu(g: &Guest, v: u64) {
                 let (ipa, mmio, value) = (r[1], r[2], r[3]);
                 let write = mmio & (1 << 8) != 0;
                 let val = if demo::is_demo_device(ipa) {
-                    demo::mmio(g, ipa, write, value)
+                    demo::mmio(g, ipa, mmio, value)
                 } else if g.name == "guest-irq" && irqdev::owns(ipa) {
                     irqdev::mmio(g.handle.0, ipa, write, value)
                 } else {

@@ -1,0 +1,244 @@
+//! The demo's virtio devices (issue 18 item 3): a console and a RAM-disk
+//! block device per guest from the `virtio-dev` crate, over the guest's
+//! memory as the host reaches it ([`GuestRam`], every access guarded: a
+//! page the hypervisor refuses is a [`Fault`], not a crash).
+
+use alloc::boxed::Box;
+use guest_rt::println;
+use virtio_dev::blk::{Block, BlockBackend, IoError, SECTOR_SIZE};
+use virtio_dev::console::Console;
+use virtio_dev::{Fault, GuestMemory, MmioTransport};
+
+use super::{guarded, ldr64, ldrb, ldrh, str64, strb, strh, DISK_BYTES};
+use crate::{Guest, GUEST_RAM, GUEST_RAM_IPA, PAGE};
+
+/// A guest's memory as the host reaches it (it chose where to put it): the
+/// [`GuestMemory`] the virtio devices use. Every access is guarded: a page
+/// the hypervisor refuses (a protected guest's private memory) is a
+/// [`Fault`], not a crash.
+#[derive(Clone, Copy)]
+pub(super) struct GuestRam {
+    pub(super) ram_pa: u64,
+}
+
+impl GuestRam {
+    /// Host PA of guest `[ipa, ipa + len)`, if it is guest RAM.
+    pub(super) fn pa(self, ipa: u64, len: u64) -> Result<u64, Fault> {
+        let end = ipa.checked_add(len).ok_or(Fault { ipa })?;
+        if ipa < GUEST_RAM_IPA || end > GUEST_RAM_IPA + GUEST_RAM {
+            return Err(Fault { ipa });
+        }
+        Ok(self.ram_pa + (ipa - GUEST_RAM_IPA))
+    }
+
+    /// Runs `f` over `[ipa, ipa + len)` a page at a time, guarded: `f(pa,
+    /// offset, n)` accesses `n` bytes at `pa`, which are `offset` bytes
+    /// into the range. Stage 2 refuses whole pages, so a fault names the
+    /// first byte of the page (or part of one) that faulted.
+    fn pages(self, ipa: u64, len: u64, mut f: impl FnMut(u64, usize, usize)) -> Result<(), Fault> {
+        let pa = self.pa(ipa, len)?;
+        let mut done = 0;
+        while done < len {
+            let n = (PAGE - (pa + done) % PAGE).min(len - done);
+            if guarded(|| f(pa + done, done as usize, n as usize)).1 != 0 {
+                return Err(Fault { ipa: ipa + done });
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl GuestMemory for GuestRam {
+    fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        self.pages(ipa, buf.len() as u64, |pa, at, n| {
+            // Single loads only (see `guarded`); 8 bytes where aligned: the
+            // host runs with its MMU off, where unaligned accesses fault.
+            let mut i = 0;
+            while i < n {
+                if (pa + i as u64).is_multiple_of(8) && n - i >= 8 {
+                    let v = ldr64(pa + i as u64);
+                    buf[at + i..at + i + 8].copy_from_slice(&v.to_le_bytes());
+                    i += 8;
+                } else {
+                    buf[at + i] = ldrb(pa + i as u64);
+                    i += 1;
+                }
+            }
+        })
+    }
+
+    fn write(&self, ipa: u64, data: &[u8]) -> Result<(), Fault> {
+        self.pages(ipa, data.len() as u64, |pa, at, n| {
+            let mut i = 0;
+            while i < n {
+                if (pa + i as u64).is_multiple_of(8) && n - i >= 8 {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(&data[at + i..at + i + 8]);
+                    str64(pa + i as u64, u64::from_le_bytes(w));
+                    i += 8;
+                } else {
+                    strb(pa + i as u64, data[at + i]);
+                    i += 1;
+                }
+            }
+        })
+    }
+
+    fn read_u16(&self, ipa: u64) -> Result<u16, Fault> {
+        let pa = self.pa(ipa, 2)?;
+        match guarded(|| ldrh(pa)) {
+            (v, 0) => Ok(v),
+            _ => Err(Fault { ipa }),
+        }
+    }
+
+    fn write_u16(&self, ipa: u64, value: u16) -> Result<(), Fault> {
+        let pa = self.pa(ipa, 2)?;
+        match guarded(|| strh(pa, value)).1 {
+            0 => Ok(()),
+            _ => Err(Fault { ipa }),
+        }
+    }
+}
+
+/// A guest's RAM disk: [`DISK_BYTES`] of host RAM at `pa`.
+pub(super) struct RamDisk {
+    pa: u64,
+}
+
+impl BlockBackend for RamDisk {
+    fn capacity(&self) -> u64 {
+        DISK_BYTES / SECTOR_SIZE as u64
+    }
+
+    fn read(&mut self, sector: u64, buf: &mut [u8; SECTOR_SIZE]) -> Result<(), IoError> {
+        let at = self.pa + sector * SECTOR_SIZE as u64;
+        for (i, w) in buf.chunks_exact_mut(8).enumerate() {
+            // SAFETY: inside this guest's RAM disk (the device checked
+            // `sector` against the capacity), 8-byte aligned host memory
+            // nobody else uses.
+            let v = unsafe { ((at + 8 * i as u64) as *const u64).read_volatile() };
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, sector: u64, data: &[u8; SECTOR_SIZE]) -> Result<(), IoError> {
+        let at = self.pa + sector * SECTOR_SIZE as u64;
+        for (i, w) in data.chunks_exact(8).enumerate() {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(w);
+            // SAFETY: as in `read`.
+            unsafe { ((at + 8 * i as u64) as *mut u64).write_volatile(u64::from_le_bytes(v)) };
+        }
+        Ok(())
+    }
+
+    /// RAM: every write is already as durable as it gets.
+    fn flush(&mut self) -> Result<(), IoError> {
+        Ok(())
+    }
+}
+
+/// The host end of a guest's virtio console: the bytes of its transmitq,
+/// printed on the host's console a line at a time as `[vmH] text`, so that
+/// lines of different guests do not interleave. A line longer than the
+/// buffer is printed in pieces.
+pub(super) struct ConsoleLines {
+    vm: u64,
+    line: [u8; 200],
+    len: usize,
+}
+
+impl ConsoleLines {
+    fn print_line(&mut self) {
+        let s = core::str::from_utf8(&self.line[..self.len]).unwrap_or("<not UTF-8>");
+        println!("[vm{}] {s}", self.vm);
+        self.len = 0;
+    }
+}
+
+impl embedded_io::ErrorType for ConsoleLines {
+    type Error = core::convert::Infallible;
+}
+
+impl embedded_io::Write for ConsoleLines {
+    /// Takes all of `buf`: complete lines are printed, the rest is kept.
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        for &b in buf {
+            if b == b'\n' || self.len == self.line.len() {
+                self.print_line();
+            }
+            if b != b'\n' {
+                self.line[self.len] = b;
+                self.len += 1;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    /// Prints the unfinished line, if any.
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        if self.len != 0 {
+            self.print_line();
+        }
+        Ok(())
+    }
+}
+
+/// A guest's virtio devices, in the order of their windows.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Which {
+    Console = 0,
+    Blk = 1,
+}
+
+/// The devices of one guest. The console (its line and input buffers) is
+/// on the heap: every [`Guest`] is built on CPU 0's 16 KiB stack, eight at
+/// a time, and a few hundred bytes more each overflowed it.
+pub struct Devices {
+    pub(super) console: Box<MmioTransport<Console<ConsoleLines>>>,
+    pub(super) blk: MmioTransport<Block<RamDisk>>,
+    /// Each device's interrupt line as last reported ([`irq_level_changed`]).
+    irq: [bool; 2],
+    /// The demo control device's registers.
+    pub(super) pool_ipa: u64,
+    pub(super) pool_pages: u64,
+}
+
+impl Devices {
+    /// The devices of VM `vm`, over a RAM disk at `disk_pa` ([`DISK_BYTES`]
+    /// of host RAM). A protected VM's are offered VIRTIO_F_ACCESS_PLATFORM
+    /// (it reaches only what the guest shares).
+    pub fn new(vm: u64, disk_pa: u64, protected: bool) -> Self {
+        let out = ConsoleLines {
+            vm,
+            line: [0; 200],
+            len: 0,
+        };
+        Self {
+            console: Box::new(MmioTransport::new(Console::new(out), protected)),
+            blk: MmioTransport::new(Block::new(RamDisk { pa: disk_pa }), protected),
+            irq: [false; 2],
+            pool_ipa: 0,
+            pool_pages: 0,
+        }
+    }
+
+    /// Records device `which`'s interrupt line after an access and passes a
+    /// change on: the one call site of [`irq_level_changed`].
+    pub(super) fn sync_irq(&mut self, g: &Guest, which: Which, level: bool) {
+        let line = &mut self.irq[which as usize];
+        if *line != level {
+            *line = level;
+            irq_level_changed(g, which, level);
+        }
+    }
+}
+
+/// Device `which` of `g` raised (InterruptStatus became non-zero) or
+/// lowered (the driver acknowledged everything) its level-triggered
+/// interrupt line. The demo guest polls its used rings, so nothing is
+/// raised yet; the host call that drives a guest's SPI belongs here.
+fn irq_level_changed(_g: &Guest, _which: Which, _level: bool) {}
