@@ -18,9 +18,9 @@
 //! assert_eq!(qemu.expect_exit(Duration::from_secs(60)), 0);
 //! ```
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -141,6 +141,9 @@ enum Event {
 /// Dropping it kills the process.
 pub struct Qemu {
     child: Child,
+    /// The child's standard input: QEMU's serial port with `-nographic`
+    /// ([`Qemu::send`]).
+    stdin: Option<ChildStdin>,
     command: String,
     events: Receiver<Event>,
     log: Arc<Mutex<Vec<String>>>,
@@ -187,11 +190,12 @@ impl Qemu {
         Qemu::spawn(qemu_command(&opts))
     }
 
-    /// Starts `cmd` with stdout and stderr captured and stdin closed.
+    /// Starts `cmd` with stdout and stderr captured and stdin a pipe that
+    /// stays open, empty until [`Qemu::send`] writes to it.
     pub fn spawn(mut cmd: Command) -> Qemu {
         let command = format!("{cmd:?}");
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -205,14 +209,37 @@ impl Qemu {
         if let Some(err) = child.stderr.take() {
             readers.push(reader(err, "[stderr] ", log.clone(), None));
         }
+        let stdin = child.stdin.take();
         Qemu {
             child,
+            stdin,
             command,
             events,
             log,
             readers,
             eof: false,
             exit: None,
+        }
+    }
+
+    /// Types `text` at the process: writes it to its standard input, which
+    /// QEMU with `-nographic` connects to the board's serial port, so the
+    /// hypervisor's console receives it (fails with the log if the process
+    /// stopped reading). Nothing is added: end a line with `\n`.
+    pub fn send(&mut self, text: &str) {
+        // Logged first: the answer may be logged before the write returns.
+        if let Ok(mut log) = self.log.lock() {
+            log.push(format!("[sent] {text:?}"));
+        }
+        let ok = match self.stdin.as_mut() {
+            Some(s) => s
+                .write_all(text.as_bytes())
+                .and_then(|()| s.flush())
+                .is_ok(),
+            None => false,
+        };
+        if !ok {
+            self.fail(&format!("cannot send {text:?}: standard input is closed"));
         }
     }
 
@@ -544,6 +571,25 @@ mod tests {
         assert_eq!(guest_text("[vm] a"), None);
         assert_eq!(guest_text("[vmx] a"), None);
         assert_eq!(guest_text("hyp: [vm1] a"), None);
+    }
+
+    #[test]
+    fn send_reaches_standard_input() {
+        let mut q = sh("read a; echo \"got $a\"; read b; echo \"then $b\"");
+        q.send("hello 42\n");
+        assert_eq!(q.expect_line("got ", T), "got hello 42");
+        q.send("x\n");
+        assert_eq!(q.expect_line("then ", T), "then x");
+        assert_eq!(q.expect_exit(T), 0);
+        assert_eq!(
+            q.log(),
+            [
+                "[sent] \"hello 42\\n\"",
+                "got hello 42",
+                "[sent] \"x\\n\"",
+                "then x"
+            ]
+        );
     }
 
     #[test]

@@ -19,12 +19,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use hw_regs::gic::{GICD_SIZE_V3 as GICD_SIZE, GICR_STRIDE};
-use hyp_abi::layout::{GICD_IPA, GICR_IPA, RAM_IPA, UART_IPA, UART_SIZE};
+use hyp_abi::layout::{GICD_IPA, GICR_IPA, RAM_IPA, UART_INTID, UART_IPA, UART_SIZE};
 use vm_fdt::{Error, FdtWriter};
 
-/// The interrupt of the guest's PL011 (emulated at EL2, at [`UART_IPA`]),
-/// QEMU virt's: SPI 1.
-const UART_SPI: u32 = 1;
+/// The interrupt of the guest's PL011 (emulated at EL2, at [`UART_IPA`]):
+/// the SPI the hypervisor raises for console input ([`UART_INTID`], QEMU
+/// virt's SPI 1).
+const UART_SPI: u32 = UART_INTID - 32;
 /// Phandles.
 const PH_GIC: u32 = 1;
 const PH_CLK: u32 = 2;
@@ -48,7 +49,9 @@ fn strs(w: &mut FdtWriter, name: &str, list: &[&str]) -> Result<(), Error> {
 
 /// The device tree of a VM with `vcpus` vCPUs and `mem` bytes of RAM at
 /// [`RAM_IPA`], booting with command line `cmdline` and the initrd at
-/// IPAs `[start, end)`, if any.
+/// IPAs `[start, end)`, if any. `boot` counts the VM's boots from 1 (the
+/// host restarts a VM that resets): `/chosen/hyp,boot-count` holds it as a
+/// decimal string, for a guest to tell a reboot from its first boot.
 ///
 /// # Errors
 ///
@@ -59,6 +62,7 @@ pub fn linux_dtb(
     mem: u64,
     cmdline: &str,
     initrd: Option<(u64, u64)>,
+    boot: u32,
 ) -> Result<Vec<u8>, Error> {
     let uart = format!("pl011@{UART_IPA:x}");
     let mut w = FdtWriter::new()?;
@@ -72,6 +76,7 @@ pub fn linux_dtb(
         node(w, "chosen", |w| {
             w.property_string("bootargs", cmdline)?;
             w.property_string("stdout-path", &format!("/{uart}"))?;
+            w.property_string("hyp,boot-count", &format!("{boot}"))?;
             if let Some((start, end)) = initrd {
                 w.property_u64("linux,initrd-start", start)?;
                 w.property_u64("linux,initrd-end", end)?;

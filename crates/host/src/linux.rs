@@ -22,7 +22,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::hostif::{self, call};
+use crate::hostif::{self, call, Handle};
 use crate::{fail, Guest, GUEST_RAM_IPA, PAGE};
 use guest_rt::println;
 use hyp_abi::BootInfo;
@@ -114,8 +114,22 @@ fn zero(dst: u64, len: u64) {
     }
 }
 
-/// Creates the VM for the kernel named in the boot arguments.
-pub fn create(info: &BootInfo) -> Guest {
+/// The kernel's VM as the boot arguments describe it, kept for restarts.
+struct Config {
+    kernel: Blob,
+    initrd: Option<Blob>,
+    vcpus: usize,
+    mem: u64,
+    protected: bool,
+    cmdline: &'static str,
+    load_ipa: u64,
+    entry: u64,
+}
+
+static CONFIG: spin::Once<Config> = spin::Once::new();
+
+/// Reads and checks the kernel's description in the boot arguments.
+fn parse(info: &'static BootInfo) -> Config {
     let (k, nk) = nums(word(info, "linux").unwrap_or(""));
     if nk != 2 && nk != 4 {
         fail(format_args!("linux= needs PA,SIZE[,LOAD_IPA,ENTRY]"));
@@ -175,32 +189,62 @@ pub fn create(info: &BootInfo) -> Guest {
     };
     let initrd_ipa = GUEST_RAM_IPA + mem / 2;
     let dtb_ipa = GUEST_RAM_IPA + mem - DTB_ROOM;
-    if load_ipa < GUEST_RAM_IPA || load_ipa + image_size > initrd_ipa || entry < load_ipa {
+    if load_ipa < GUEST_RAM_IPA
+        || load_ipa % 8 != 0
+        || load_ipa + image_size > initrd_ipa
+        || entry < load_ipa
+    {
         fail(format_args!(
-            "the kernel ({image_size:#x} bytes at {load_ipa:#x}) does not fit below {initrd_ipa:#x}"
+            "the kernel ({image_size:#x} bytes at {load_ipa:#x}) does not fit below {initrd_ipa:#x} \
+             (or is not 8-byte aligned)"
         ));
     }
     if initrd.is_some_and(|i| initrd_ipa + i.size > dtb_ipa) {
         fail(format_args!("the initrd does not fit below {dtb_ipa:#x}"));
     }
+    Config {
+        kernel,
+        initrd,
+        vcpus,
+        mem,
+        protected,
+        cmdline,
+        load_ipa,
+        entry,
+    }
+}
 
-    let flags = if protected {
+impl Config {
+    fn initrd_ipa(&self) -> u64 {
+        GUEST_RAM_IPA + self.mem / 2
+    }
+
+    fn dtb_ipa(&self) -> u64 {
+        GUEST_RAM_IPA + self.mem - DTB_ROOM
+    }
+}
+
+/// Creates the kernel's VM over the guest RAM at host `ram_pa`: copies the
+/// kernel, the initrd and a device tree saying this is boot `boot`, gives
+/// the RAM and sets vCPU 0's entry. Returns the VM's handle and the
+/// device tree's size.
+fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
+    let flags = if cfg.protected {
         hyp_abi::FLAG_PROTECTED
     } else {
         0
     };
-    let handle = hostif::vm_create(vcpus as u64, flags)
+    let handle = hostif::vm_create(cfg.vcpus as u64, flags)
         .unwrap_or_else(|e| fail(format_args!("VM_CREATE for linux: {e:?}")));
-    let ram_pa = crate::alloc_pages(mem)
-        .unwrap_or_else(|| fail(format_args!("no {} MiB of host RAM for linux", mem >> 20)));
     let pa_of = |ipa: u64| ram_pa + (ipa - GUEST_RAM_IPA);
+    let (initrd_ipa, dtb_ipa) = (cfg.initrd_ipa(), cfg.dtb_ipa());
 
-    copy(pa_of(load_ipa), kernel.pa, kernel.size);
-    if let Some(i) = initrd {
+    copy(pa_of(cfg.load_ipa), cfg.kernel.pa, cfg.kernel.size);
+    if let Some(i) = cfg.initrd {
         copy(pa_of(initrd_ipa), i.pa, i.size);
     }
-    let initrd_range = initrd.map(|i| (initrd_ipa, initrd_ipa + i.size));
-    let dtb = crate::dtb::linux_dtb(vcpus, mem, cmdline, initrd_range)
+    let initrd_range = cfg.initrd.map(|i| (initrd_ipa, initrd_ipa + i.size));
+    let dtb = crate::dtb::linux_dtb(cfg.vcpus, cfg.mem, cfg.cmdline, initrd_range, boot)
         .unwrap_or_else(|e| fail(format_args!("device tree: {e}")));
     if dtb.len() as u64 > DTB_ROOM {
         fail(format_args!(
@@ -208,7 +252,6 @@ pub fn create(info: &BootInfo) -> Guest {
             dtb.len()
         ));
     }
-    let dtb_size = dtb.len();
     let dtb_pa = pa_of(dtb_ipa);
     zero(dtb_pa, DTB_ROOM);
     for (i, &b) in dtb.iter().enumerate() {
@@ -219,29 +262,44 @@ pub fn create(info: &BootInfo) -> Guest {
         unsafe { ((dtb_pa + i as u64) as *mut u8).write_volatile(b) };
     }
 
-    let pages = mem / PAGE;
-    if let Err(e) = hostif::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, protected, false) {
+    let pages = cfg.mem / PAGE;
+    if let Err(e) = hostif::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, cfg.protected, false) {
         fail(format_args!("giving memory to linux: {e:?}"));
     }
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, entry, dtb_ipa]) {
+    if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, cfg.entry, dtb_ipa]) {
         fail(format_args!("VCPU_INIT for linux: {e:?}"));
     }
+    (handle, dtb.len())
+}
+
+/// Creates the VM for the kernel named in the boot arguments.
+pub fn create(info: &'static BootInfo) -> Guest {
+    let cfg = CONFIG.call_once(|| parse(info));
+    let mem = cfg.mem;
+    let ram_pa = crate::alloc_pages(mem)
+        .unwrap_or_else(|| fail(format_args!("no {} MiB of host RAM for linux", mem >> 20)));
+    let (handle, dtb_size) = load(cfg, ram_pa, 1);
     println!(
-        "host: VM {} (linux): {vcpus} vCPUs, {} MiB at IPA {GUEST_RAM_IPA:#x}, {}",
+        "host: VM {} (linux): {} vCPUs, {} MiB at IPA {GUEST_RAM_IPA:#x}, {}",
         handle.0,
+        cfg.vcpus,
         mem >> 20,
-        if protected {
+        if cfg.protected {
             "protected (donated)"
         } else {
             "normal (lent)"
         }
     );
     println!(
-        "host: linux: kernel {:#x} bytes at IPA {load_ipa:#x} (entry {entry:#x}), initrd {:#x} bytes at {initrd_ipa:#x}, DTB {dtb_size} bytes at {dtb_ipa:#x}",
-        kernel.size,
-        initrd.map_or(0, |i| i.size),
+        "host: linux: kernel {:#x} bytes at IPA {:#x} (entry {:#x}), initrd {:#x} bytes at {:#x}, DTB {dtb_size} bytes at {:#x}",
+        cfg.kernel.size,
+        cfg.load_ipa,
+        cfg.entry,
+        cfg.initrd.map_or(0, |i| i.size),
+        cfg.initrd_ipa(),
+        cfg.dtb_ipa(),
     );
-    println!("host: linux: command line \"{cmdline}\"");
+    println!("host: linux: command line \"{}\"", cfg.cmdline);
     println!(
         "host: linux: vCPU 0 starts at counter {} ({} Hz)",
         counter(),
@@ -254,18 +312,33 @@ pub fn create(info: &BootInfo) -> Guest {
     };
     Guest {
         handle,
-        vcpus,
-        protected,
+        vcpus: cfg.vcpus,
+        protected: cfg.protected,
         name: "linux",
         stopped: AtomicBool::new(false),
         device: AtomicU64::new(0),
         ram_pa,
         start_after: 0,
-        devices: spin::Mutex::new(crate::demo::Devices::new(handle.0, disk_pa, protected)),
+        devices: spin::Mutex::new(crate::demo::Devices::new(handle.0, disk_pa, cfg.protected)),
         first_cpu: 0,
         reap: false,
         reaped: AtomicBool::new(false),
     }
+}
+
+/// The kernel's VM `g` reset and was destroyed: creates it again from the
+/// same kernel, initrd and command line (QEMU's loader left them in host
+/// RAM, untouched), over the same RAM, as boot `boot`.
+pub fn reload(g: &Guest, boot: u32) -> Handle {
+    let Some(cfg) = CONFIG.get() else {
+        fail(format_args!("linux: no kernel to reload"));
+    };
+    let (handle, _) = load(cfg, g.ram_pa, boot);
+    println!(
+        "host: linux: boot {boot}: vCPU 0 starts at counter {}",
+        counter()
+    );
+    handle
 }
 
 /// The virtual counter (CNTVCT_EL0; the host's CNTVOFF_EL2 is 0, so this is

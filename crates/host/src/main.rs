@@ -42,6 +42,7 @@ mod irqdev;
 mod linux;
 mod many;
 mod pci;
+mod restart;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use guest_rt::println;
@@ -244,6 +245,12 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
         let uart = call(hyp_abi::DEVICE_ASSIGN, [h, 0x0900_0000, 0x1000, 33]);
         println!("host: assigning it again: {again:?}; assigning the UART: {uart:?}");
     }
+    // What is typed on the console goes to the first guest (the kernel's
+    // VM with linux=...); the demo's guests read no input.
+    if let Some(g) = guests[0].as_ref().filter(|_| !demo_mode) {
+        restart::focus(g.handle.0);
+    }
+    restart::set_boot_info(info);
     GUESTS.call_once(|| (guests, n));
     SERVE_START.store(guest_rt::gic::counter(), Ordering::Release);
 
@@ -357,74 +364,130 @@ fn fail(why: core::fmt::Arguments<'_>) -> ! {
     guest_rt::system_off()
 }
 
-fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
+/// A guest as its `guests=` entry describes it.
+pub struct Spec {
+    name: &'static str,
+    protected: bool,
+    lazy: bool,
+    vcpus: usize,
+    start_after: u64,
+    arg: u64,
+    ram: u64,
+    first_cpu: usize,
+    reap: bool,
+}
+
+/// Parses guest list entry `spec` (one of `count`).
+pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
     let mut parts = spec.split(':');
-    let name = parts.next().unwrap_or("");
-    let mut protected = false;
-    let mut lazy = false;
-    let mut vcpus = if count == 1 { 4 } else { 1 };
-    let mut start_after = 0;
-    let mut arg = 0u64;
-    let mut ram = GUEST_RAM;
-    let mut first_cpu = 0;
-    let mut reap = false;
+    let mut s = Spec {
+        name: parts.next().unwrap_or(""),
+        protected: false,
+        lazy: false,
+        vcpus: if count == 1 { 4 } else { 1 },
+        start_after: 0,
+        arg: 0,
+        ram: GUEST_RAM,
+        first_cpu: 0,
+        reap: false,
+    };
     for p in parts {
         if p == "p" {
-            protected = true;
+            s.protected = true;
         } else if p == "lazy" {
-            lazy = true;
+            s.lazy = true;
         } else if p == "reap" {
-            reap = true;
+            s.reap = true;
         } else if let Some(mib) = p
             .strip_prefix("mem=")
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|m| (16..=1024).contains(m))
         {
-            ram = mib << 20;
+            s.ram = mib << 20;
         } else if let Some(c) = p.strip_prefix("cpu=").and_then(|v| v.parse::<usize>().ok()) {
-            first_cpu = c;
+            s.first_cpu = c;
         } else if let Some(a) = p
             .strip_prefix("arg=")
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|a| *a < 1 << 56)
         {
-            arg = a;
+            s.arg = a;
         } else if let Some(ms) = p.strip_prefix("after=").and_then(|v| v.parse::<u64>().ok()) {
-            start_after = ms.saturating_mul(guest_rt::gic::counter_hz() / 1000);
+            s.start_after = ms.saturating_mul(guest_rt::gic::counter_hz() / 1000);
         } else if let Some(v) = p.strip_prefix('v').and_then(|v| v.parse().ok()) {
-            vcpus = v;
+            s.vcpus = v;
         } else {
             fail(format_args!("bad guest option {p:?} in {spec:?}"));
         }
     }
-    let Some(module) = info.modules().iter().find(|m| m.name() == name) else {
-        fail(format_args!("no guest image named {name:?}"));
-    };
-    let flags = if protected {
-        hyp_abi::FLAG_PROTECTED
-    } else {
-        0
-    };
-    let handle = match hostif::vm_create(vcpus as u64, flags) {
-        Ok(h) => h,
-        Err(e) => fail(format_args!("VM_CREATE for {name}: {e:?}")),
-    };
-    let Some(ram_pa) = alloc_pages(ram) else {
+    s
+}
+
+fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
+    let s = parse_spec(spec, count);
+    let name = s.name;
+    let Some(ram_pa) = alloc_pages(s.ram) else {
         fail(format_args!("out of host memory for {name}"));
     };
     let Some(disk_pa) = alloc_pages(demo::DISK_BYTES) else {
         fail(format_args!("out of host memory for {name}'s disk"));
     };
+    let handle = load_guest(info, &s, ram_pa);
+    println!(
+        "host: VM {} ({name}): {} vCPUs, {} MiB at IPA {GUEST_RAM_IPA:#x}, {}",
+        handle.0,
+        s.vcpus,
+        s.ram >> 20,
+        if s.protected {
+            "protected (donated)"
+        } else {
+            "normal (lent)"
+        }
+    );
+    restart::remember(handle.0, spec, count);
+    Guest {
+        handle,
+        vcpus: s.vcpus,
+        protected: s.protected,
+        name,
+        stopped: AtomicBool::new(false),
+        device: AtomicU64::new(0),
+        ram_pa,
+        start_after: s.start_after,
+        devices: spin::Mutex::new(demo::Devices::new(handle.0, disk_pa, s.protected)),
+        first_cpu: s.first_cpu,
+        reap: s.reap,
+        reaped: AtomicBool::new(false),
+    }
+}
+
+/// Creates the VM of guest `s` over its RAM at host `ram_pa` (cleared, the
+/// image loaded), gives it the RAM and sets vCPU 0's entry.
+pub fn load_guest(info: &BootInfo, s: &Spec, ram_pa: u64) -> Handle {
+    let name = s.name;
+    let Some(module) = info.modules().iter().find(|m| m.name() == name) else {
+        fail(format_args!("no guest image named {name:?}"));
+    };
+    let flags = if s.protected {
+        hyp_abi::FLAG_PROTECTED
+    } else {
+        0
+    };
+    let handle = match hostif::vm_create(s.vcpus as u64, flags) {
+        Ok(h) => h,
+        Err(e) => fail(format_args!("VM_CREATE for {name}: {e:?}")),
+    };
     let off = module.load_ipa - GUEST_RAM_IPA;
-    if off + module.size > ram {
+    if off + module.size > s.ram {
         fail(format_args!("{name} does not fit its RAM"));
     }
     // SAFETY: [ram_pa, ram_pa + ram) is host RAM nobody else uses (bump
-    // allocated), the module lies below free_base; both are mapped by the
-    // host's identity stage 2. Word copies: the host runs with its MMU off,
-    // where unaligned accesses fault. Only the first GUEST_RAM bytes are
-    // cleared: the bump allocator never hands out RAM twice, and RAM the
-    // host never touched is zero from boot.
+    // allocated, or a destroyed VM's, lent and back), the module lies below
+    // free_base; both are mapped by the host's identity stage 2. Word
+    // copies: the host runs with its MMU off, where unaligned accesses
+    // fault. Only the first GUEST_RAM bytes are cleared: the bump allocator
+    // never hands out RAM twice, and RAM the host never touched is zero
+    // from boot.
     unsafe {
         let dst = ram_pa as *mut u64;
         for i in 0..(GUEST_RAM / 8) as usize {
@@ -432,8 +495,8 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         }
         load_image(module, ram_pa);
     }
-    let pages = ram / PAGE;
-    let r = hostif::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, protected, lazy);
+    let pages = s.ram / PAGE;
+    let r = hostif::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, s.protected, s.lazy);
     if let Err(e) = r {
         fail(format_args!("giving memory to {name}: {e:?}"));
     }
@@ -441,35 +504,11 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         irqdev::prepare(handle.0);
     }
     // x0 at entry: the VM handle in bits [7:0], the guest option `arg=N` above.
-    let x0 = handle.0 | arg << 8;
+    let x0 = handle.0 | s.arg << 8;
     if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, module.entry, x0]) {
         fail(format_args!("VCPU_INIT for {name}: {e:?}"));
     }
-    println!(
-        "host: VM {} ({name}): {} vCPUs, {} MiB at IPA {GUEST_RAM_IPA:#x}, {}",
-        handle.0,
-        vcpus,
-        ram >> 20,
-        if protected {
-            "protected (donated)"
-        } else {
-            "normal (lent)"
-        }
-    );
-    Guest {
-        handle,
-        vcpus,
-        protected,
-        name,
-        stopped: AtomicBool::new(false),
-        device: AtomicU64::new(0),
-        ram_pa,
-        start_after,
-        devices: spin::Mutex::new(demo::Devices::new(handle.0, disk_pa, protected)),
-        first_cpu,
-        reap,
-        reaped: AtomicBool::new(false),
-    }
+    handle
 }
 
 /// Runs this host CPU's share of vCPUs until every VM has stopped.
@@ -484,6 +523,8 @@ fn serve(cpu: usize) {
         let mut ran = false;
         for g in guests[..*n].iter().flatten() {
             if g.stopped.load(Ordering::Acquire) {
+                // A VM being restarted (it reset) is stopped for the moment.
+                live += usize::from(restart::restarting(g.handle.0));
                 continue;
             }
             live += 1;
@@ -586,6 +627,7 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
             YIELDS.fetch_add(1, Ordering::Relaxed);
         }
         exit::CPU_OFF => {}
+        exit::SYSTEM_RESET if restart::can_restart(g) => restart::reset(g),
         exit::SYSTEM_OFF | exit::SYSTEM_RESET => {
             let how = if code == exit::SYSTEM_OFF {
                 "off"
@@ -606,6 +648,9 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
             // The VM stopped (another vCPU's SYSTEM_OFF), or the vCPU is
             // off (never started, or PSCI CPU_OFF).
             Some(HostError::State) => {}
+            // The VM is being restarted on another CPU (destroyed, not yet
+            // created again).
+            Some(HostError::NoVm) if restart::restarted(g.handle.0) => {}
             Some(e) => fail(format_args!("VCPU_RUN {}/{v}: {e:?}", g.handle.0)),
             None => fail(format_args!(
                 "VCPU_RUN {}/{v}: unknown exit {code}",

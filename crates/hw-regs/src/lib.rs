@@ -159,6 +159,8 @@ pub mod pl011 {
     offsets! {
         /// `UARTDR`, the data register.
         UARTDR = 0x000;
+        /// `UARTRSR` (read) / `UARTECR` (write), receive status and error clear.
+        UARTRSR = 0x004;
         /// `UARTFR`, the flag register.
         UARTFR = 0x018;
         /// `UARTIBRD`, integer baud rate divisor.
@@ -169,6 +171,14 @@ pub mod pl011 {
         UARTLCR_H = 0x02c;
         /// `UARTCR`, control.
         UARTCR = 0x030;
+        /// `UARTIFLS`, FIFO interrupt level select.
+        UARTIFLS = 0x034;
+        /// `UARTIMSC`, interrupt mask set/clear (1 = enabled).
+        UARTIMSC = 0x038;
+        /// `UARTRIS`, raw interrupt status.
+        UARTRIS = 0x03c;
+        /// `UARTMIS`, masked interrupt status (`UARTRIS & UARTIMSC`).
+        UARTMIS = 0x040;
         /// `UARTICR`, interrupt clear.
         UARTICR = 0x044;
         /// `UARTPeriphID0`; `UARTPeriphID1..3` and `UARTPCellID0..3` follow, 4 bytes apart.
@@ -181,6 +191,27 @@ pub mod pl011 {
     pub const FR_RXFE: u32 = 1 << 4;
     /// `UARTFR.TXFF` (bit 5): transmit FIFO full.
     pub const FR_TXFF: u32 = 1 << 5;
+    /// `UARTFR.RXFF` (bit 6): receive FIFO full.
+    pub const FR_RXFF: u32 = 1 << 6;
     /// `UARTFR.TXFE` (bit 7): transmit FIFO empty.
     pub const FR_TXFE: u32 = 1 << 7;
+    /// `UARTCR.UARTEN` (bit 0): UART enable.
+    pub const CR_UARTEN: u32 = 1 << 0;
+    /// `UARTCR.TXE` (bit 8): transmit enable.
+    pub const CR_TXE: u32 = 1 << 8;
+    /// `UARTCR.RXE` (bit 9): receive enable.
+    pub const CR_RXE: u32 = 1 << 9;
+    /// `UARTRSR.OE` (bit 3): overrun, a character arrived with the receive FIFO full.
+    pub const RSR_OE: u32 = 1 << 3;
+    /// Receive interrupt (bit 4 of `UARTIMSC`, `UARTRIS`, `UARTMIS`, `UARTICR`): the receive
+    /// FIFO reached its trigger level.
+    pub const INT_RX: u32 = 1 << 4;
+    /// Transmit interrupt (bit 5 of the same registers).
+    pub const INT_TX: u32 = 1 << 5;
+    /// Receive timeout interrupt (bit 6): data waits in the receive FIFO.
+    pub const INT_RT: u32 = 1 << 6;
+    /// Overrun error interrupt (bit 10).
+    pub const INT_OE: u32 = 1 << 10;
+    /// The interrupt bits the interrupt registers implement (10:0).
+    pub const INT_ALL: u32 = 0x7ff;
 }

@@ -23,6 +23,9 @@ pub const GICR_IPA: u64 = 0x080a_0000;
 pub const UART_IPA: u64 = 0x0900_0000;
 /// Size of the emulated PL011's window (one 4 KiB page).
 pub const UART_SIZE: u64 = 0x1000;
+/// The emulated PL011's interrupt (level-sensitive SPI 1, INTID 33: QEMU virt's UART
+/// interrupt), raised while its receive interrupt is pending and unmasked.
+pub const UART_INTID: u32 = 33;
 /// Start of the IPAs whose accesses are forwarded to the host (QEMU virt's virtio-mmio
 /// window): the host emulates its devices there (the demo's virtio-mmio transports, the test
 /// guests' test device at the start of the window).

@@ -23,6 +23,7 @@
 //! | `0xC600004C` | AUDIT         |        |      |        |        | violations of the control state's invariant (0: sound); read-only |
 //! | `0xC600004D` | IRQ_DECLARE   | handle | INTID |       |        | 0 |
 //! | `0xC600004E` | IRQ_LINE      | handle | INTID | level (0/1) |  | 0; x1 = vCPUs to run |
+//! | `0xC600004F` | CONSOLE_FOCUS | handle (0: none) |  |    |        | 0 |
 #![no_std]
 
 pub mod layout;
@@ -108,8 +109,16 @@ pub const IRQ_DECLARE: u32 = FID_BASE + 13;
 /// the host to run. Undeclared: [`HostError::Denied`]; not an SPI or
 /// `level` > 1: [`HostError::Invalid`]; VM without a vGIC: [`HostError::State`].
 pub const IRQ_LINE: u32 = FID_BASE + 14;
+/// CONSOLE_FOCUS(handle): the VM that receives what is typed on the
+/// hypervisor's console (the physical UART, which the hypervisor owns):
+/// every byte received from then on goes to the receive FIFO of VM
+/// `handle`'s emulated PL011 ([`layout::UART_IPA`], interrupt
+/// [`layout::UART_INTID`]); 0 = no VM (bytes are dropped). The host, as
+/// the VMM, chooses. No VM with that handle: [`HostError::NoVm`].
+/// VM_DESTROY of the focused VM clears the focus.
+pub const CONSOLE_FOCUS: u32 = FID_BASE + 15;
 /// Last host function ID.
-pub const FID_LAST: u32 = IRQ_LINE;
+pub const FID_LAST: u32 = CONSOLE_FOCUS;
 
 /// MEM_DONATE/MEM_LEND flag (x5): ownership changes at once, but the
 /// guest's stage 2 maps each page only when the guest first touches it (a

@@ -151,6 +151,9 @@ pub struct Platform {
     pub name: &'static str,
     /// Physical address of the console PL011.
     pub uart_base: u64,
+    /// Its interrupt (an SPI INTID), taken at EL2 for console input; `None`:
+    /// input is not read.
+    pub uart_intid: Option<u32>,
     /// RAM regions.
     pub ram: &'static [MemRegion],
     /// Device regions (mapped as device memory at EL2).

@@ -59,6 +59,8 @@ impl PlatformOps for QemuOps {
 static PLATFORM: Platform = Platform {
     name: board::NAME,
     uart_base: board::UART0.base,
+    // SPI 1 (QEMU virt's device tree: interrupts = <0 1 4>).
+    uart_intid: Some(33),
     ram: &[mem(board::RAM)],
     devices: &[
         mem(board::UART0),

@@ -219,6 +219,10 @@ impl PlatformOps for Rpi4Ops {
 static PLATFORM: Platform = Platform {
     name: board::NAME,
     uart_base: board::UART0.base,
+    // The PL011s' VideoCore interrupt 57; VideoCore interrupts are GIC-400
+    // SPIs from 64 (BCM2711 ARM Peripherals, chapter 6): SPI 121, INTID 153
+    // (as Linux's bcm2711.dtsi and QEMU's raspi4b wire it).
+    uart_intid: Some(153),
     ram: &[mem(board::RAM), mem(board::RAM_HIGH)],
     devices: &[
         mem(board::UART0),

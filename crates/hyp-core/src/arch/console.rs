@@ -1,4 +1,6 @@
-//! The hypervisor's console: a PL011 transmitter behind the `log` crate.
+//! The hypervisor's console: a PL011 transmitter behind the `log` crate,
+//! and its receiver, whose characters go to the VM with the console focus
+//! (`vm::console_in`).
 //!
 //! Hand-written rather than `arm-pl011-uart`: EL2 needs only polled
 //! transmission, usable before the MMU is on, and the crate's driver wants
@@ -12,7 +14,9 @@ use spin::Mutex;
 static UART_BASE: AtomicU64 = AtomicU64::new(0);
 static LOCK: Mutex<()> = Mutex::new(());
 
-use hw_regs::pl011::{FR_TXFF, UARTDR, UARTFR};
+use hw_regs::pl011::{
+    FR_RXFE, FR_TXFF, INT_ALL, INT_RT, INT_RX, UARTDR, UARTFR, UARTICR, UARTIMSC,
+};
 
 struct Pl011;
 
@@ -88,4 +92,43 @@ pub fn guest_line(show: impl FnOnce(&mut dyn FnMut(u8))) {
 /// interrupted a holder.
 pub fn emergency(args: fmt::Arguments<'_>) {
     let _ = Pl011.write_fmt(args);
+}
+
+/// Unmasks the console PL011's receive interrupts: RXIM (the FIFO reached
+/// its trigger level) and RTIM (characters wait below it), PL011 TRM
+/// (DDI 0183) 3.3.10, after clearing any stale interrupt (UARTICR,
+/// 3.3.13). Both clear again once the FIFO is read empty, which
+/// [`rx_byte`] does. The board set the receiver up (the Pi's
+/// `pl011::init` turns RXE on; QEMU's PL011 receives whatever its enable
+/// bits say).
+pub fn rx_enable() {
+    let base = UART_BASE.load(Ordering::Relaxed);
+    if base == 0 {
+        return;
+    }
+    // SAFETY: `base` is the board's PL011, mapped as device memory; UARTICR
+    // and UARTIMSC only change its interrupt state.
+    unsafe {
+        core::ptr::write_volatile((base + UARTICR) as *mut u32, INT_ALL);
+        core::ptr::write_volatile((base + UARTIMSC) as *mut u32, INT_RX | INT_RT);
+    }
+}
+
+/// The oldest character the console PL011 received, if any (UARTFR.RXFE
+/// clear: UARTDR holds it, and reading UARTDR takes it out, TRM 3.3.1).
+/// Error bits (11:8) are dropped with nothing to report them to.
+pub fn rx_byte() -> Option<u8> {
+    let base = UART_BASE.load(Ordering::Relaxed);
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: as in `rx_enable`; reading UARTDR takes the character out of
+    // the receive FIFO, which is the intent, and only this CPU reads it
+    // (the UART's interrupt goes to CPU 0).
+    unsafe {
+        if core::ptr::read_volatile((base + UARTFR) as *const u32) & FR_RXFE != 0 {
+            return None;
+        }
+        Some(core::ptr::read_volatile((base + UARTDR) as *const u32) as u8)
+    }
 }

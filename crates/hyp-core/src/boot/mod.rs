@@ -237,6 +237,9 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         info.bootargs()
     );
     crate::arch::gic::init(p.gic);
+    if let Some(intid) = p.uart_intid {
+        crate::vm::console_in::init(intid);
+    }
     ONLINE.store(1, Ordering::Release);
     for cpu in 1..cpus {
         if let Err(e) = p.ops.start_cpu(cpu, secondary_entry, cpu as u64) {

@@ -81,11 +81,17 @@ fn control_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending)
         },
         // One bounded step per call: x0 pages scrubbed, x1 = 1 while more
         // remain (the host calls again).
+        hyp_abi::CONSOLE_FOCUS => match crate::vm::console_in::set_focus(a[0]) {
+            Ok(()) => 0,
+            Err(e) => err(e),
+        },
         hyp_abi::VM_DESTROY => match control().destroy(&mut c.vttbr, a[0]) {
             Ok(d) => {
-                // From the first step on the VM is dying: its devices are
-                // taken back at once, before its handle can be reused.
+                // From the first step on the VM is dying: its devices (and
+                // the console focus) are taken back at once, before its
+                // handle can be reused.
                 devices::unassign(a[0]);
+                crate::vm::console_in::destroyed(a[0]);
                 out[1] = u64::from(d.more);
                 d.scrubbed
             }

@@ -79,15 +79,16 @@ pub fn assign(
     Ok(())
 }
 
-/// The INTIDs of the board's assignable devices (only DEVICE_ASSIGN
-/// routes them; IRQ_DECLARE refuses them).
-fn reserved_intids() -> ([u32; MAX_ASSIGNED], usize) {
-    let mut out = [0; MAX_ASSIGNED];
+/// The INTIDs IRQ_DECLARE refuses: the board's assignable devices' (only
+/// DEVICE_ASSIGN routes them) and the emulated UART's (the hypervisor
+/// drives it, `vm::console_in`).
+fn reserved_intids() -> ([u32; MAX_ASSIGNED + 1], usize) {
+    let mut out = [hyp_abi::layout::UART_INTID; MAX_ASSIGNED + 1];
     let a = assignable();
-    for (o, d) in out.iter_mut().zip(a) {
+    for (o, d) in out[1..].iter_mut().zip(a) {
         *o = d.intid;
     }
-    (out, a.len())
+    (out, a.len() + 1)
 }
 
 /// IRQ_DECLARE: the host's devices of VM `handle` may raise SPI `intid`.

@@ -2,10 +2,13 @@
 //! forwards to the real console a line at a time.
 //!
 //! Emulated registers (PrimeCell UART PL011 TRM, DDI 0183): DR (0x000) takes
-//! writes; FR (0x018) reads as "transmit FIFO empty, receive FIFO empty";
-//! the PrimeCell/peripheral ID registers read their PL011 values so drivers
-//! that probe them recognise the device; every other register reads as zero
-//! and ignores writes.
+//! writes; the receive side (DR reads, RSR/ECR, FR, IMSC, RIS, MIS, ICR) is
+//! [`super::uart_rx`], whose FIFO the hypervisor fills with what is typed on
+//! its console while the VM has the console focus; FR's transmit bits say
+//! "transmit FIFO empty, never busy or full"; the PrimeCell/peripheral ID
+//! registers read their PL011 values so drivers that probe them recognise
+//! the device; every other register (CR, IFLS, the baud-rate and line
+//! control registers) reads as zero and ignores writes.
 //!
 //! What a guest prints cannot pass for the hypervisor (`hyp:` lines) or the
 //! host VM (`host:`, `demo:` lines): [`show_line`] puts `[vmN] ` before
@@ -13,13 +16,11 @@
 //! control characters, so no guest line starts with anything but its VM's
 //! tag and none moves the cursor or rewrites the terminal.
 
-use hw_regs::pl011::{FR_RXFE, FR_TXFE, UARTDR, UARTFR, UARTPERIPHID0};
+use super::uart_rx::Rx;
+use hw_regs::pl011::{UARTDR, UARTPERIPHID0};
 
 /// Size of the emulated register window.
 pub const WINDOW: u64 = hyp_abi::layout::UART_SIZE;
-
-/// Flag register value: TXFE (bit 7) and RXFE (bit 4), never busy or full.
-const FR_IDLE: u64 = (FR_TXFE | FR_RXFE) as u64;
 
 /// Longest line printed in one piece; longer output is split. Long enough
 /// for Linux's version banner.
@@ -74,10 +75,13 @@ pub const CONSOLE_VCPUS: usize = 8;
 /// time each get whole lines. A newline written by a vCPU with nothing
 /// buffered ends the line another vCPU of the VM left unfinished instead:
 /// a guest kernel's console writer can move to another vCPU in the middle
-/// of a line (Linux does, between the text and its newline).
+/// of a line (Linux does, between the text and its newline). Also the
+/// receive side ([`Rx`]).
 #[derive(Debug)]
 pub struct VmConsole {
     lines: [LineBuffer; CONSOLE_VCPUS],
+    /// What was typed for this VM, and the receive registers.
+    pub rx: Rx,
 }
 
 impl Default for VmConsole {
@@ -92,7 +96,28 @@ impl VmConsole {
     pub const fn new() -> Self {
         Self {
             lines: [const { LineBuffer::new() }; CONSOLE_VCPUS],
+            rx: Rx::new(),
         }
+    }
+
+    /// A read of register `offset` (a UARTDR read takes a received
+    /// character out of the FIFO).
+    pub fn read(&mut self, offset: u64) -> u64 {
+        match self.rx.read(offset) {
+            Some(v) => u64::from(v),
+            None => fixed_read(offset),
+        }
+    }
+
+    /// A write of `value` to register `offset`: the byte to print for
+    /// UARTDR; the receive side's registers take theirs.
+    pub fn write(&mut self, offset: u64, value: u64) -> Option<u8> {
+        if offset == UARTDR {
+            return Some(value as u8);
+        }
+        // The registers are 32 bits wide; the truncation keeps all of them.
+        let _ = self.rx.write(offset, value as u32);
+        None
     }
 
     /// Adds byte `b` written by `vcpu`; returns a complete line when one ends.
@@ -177,11 +202,11 @@ fn hex_escape(b: u8, out: &mut impl FnMut(u8)) {
     out(HEX[usize::from(b & 0xf)]);
 }
 
-/// Result of a register read.
+/// Result of a read of a register outside the receive side: the ID
+/// registers, zero for the others.
 #[must_use]
-pub fn read(offset: u64) -> u64 {
+fn fixed_read(offset: u64) -> u64 {
     match offset {
-        UARTFR => FR_IDLE,
         // UARTPeriphID0..3 and UARTPCellID0..3, 4 bytes apart.
         id @ UARTPERIPHID0.. if id.is_multiple_of(4) => {
             const IDS: [u64; 8] = [0x11, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
@@ -191,12 +216,6 @@ pub fn read(offset: u64) -> u64 {
         }
         _ => 0,
     }
-}
-
-/// A register write: returns the byte to print for DR, nothing otherwise.
-#[must_use]
-pub fn write(offset: u64, value: u64) -> Option<u8> {
-    (offset == UARTDR).then_some(value as u8)
 }
 
 #[cfg(test)]
@@ -353,10 +372,25 @@ mod tests {
 
     #[test]
     fn registers() {
-        assert_eq!(read(0x18), 0x90);
-        assert_eq!(read(0xfe0), 0x11);
-        assert_eq!(read(0x30), 0);
-        assert_eq!(write(0, 0x41), Some(b'A'));
-        assert_eq!(write(0x30, 0x301), None);
+        let mut c = VmConsole::new();
+        // Idle: transmit and receive FIFOs empty (what FR always read
+        // before the receive side existed).
+        assert_eq!(c.read(0x18), 0x90);
+        assert_eq!(c.read(0xfe0), 0x11);
+        assert_eq!(c.read(0xff0), 0x0d);
+        assert_eq!(c.read(0x30), 0);
+        assert_eq!(c.write(0, 0x41), Some(b'A'));
+        assert_eq!(c.write(0x30, 0x301), None);
+        assert_eq!(c.read(0x30), 0);
+        // A received character: FR says so, DR hands it out, a DR write
+        // still prints.
+        c.rx.push(b'z');
+        assert_eq!(c.read(0x18), 0x80);
+        assert_eq!(c.write(0, 0x42), Some(b'B'));
+        assert_eq!(c.read(0), u64::from(b'z'));
+        assert_eq!(c.read(0x18), 0x90);
+        // IMSC through the console.
+        assert_eq!(c.write(0x38, 0x50), None);
+        assert_eq!(c.read(0x38), 0x50);
     }
 }
