@@ -55,6 +55,21 @@ fn console(board: TestBoard) {
     q.send("second line\r");
     q.expect_guest_line(1, "guest-console: got \"second line\" (11 bytes, ", T);
 
+    // Flow control: the guest stops reading until its FIFO (64
+    // characters) is full; the rest of a 120-character line waits in the
+    // physical UART, which the hypervisor stops draining meanwhile, and
+    // arrives whole once the guest reads again.
+    q.send("hold\n");
+    q.expect_guest(
+        1,
+        "guest-console: holding my input until the FIFO is full",
+        T,
+    );
+    let long: String = (0..120u8).map(|i| char::from(b'a' + i % 26)).collect();
+    q.send(&format!("{long}\n"));
+    q.expect_guest(1, "guest-console: FIFO full (RXFF); reading again", T);
+    q.expect_guest_line(1, &format!("guest-console: got \"{long}\" (120 bytes, "), T);
+
     // SYSTEM_RESET: the host destroys the normal VM and creates it again
     // from its image; it boots again and still has the focus.
     q.send("reset\n");

@@ -365,25 +365,43 @@ pub fn pkvm_config(config: &Path) -> Result<(bool, Vec<String>)> {
     Ok((guest, lines))
 }
 
-/// /init: mounts /proc, /sys and /dev, prints the marker `LINUX-GUEST-INIT-OK`
-/// (also into the kernel log, where it gets a timestamp for boot timing),
-/// runs a few commands and powers off.
+/// The guest command-line word that makes /init run [`INIT_SCRIPT`]'s
+/// check (tests/tests/linux_guest.rs appends it) instead of a shell.
+#[cfg(test)]
+const CHECK_WORD: &str = "hyp.init=check";
+
+/// /init: mounts /proc, /sys and /dev, installs busybox's applets, prints
+/// the marker `LINUX-GUEST-INIT-OK` (also into the kernel log, where it gets
+/// a timestamp for boot timing). With [`CHECK_WORD`] on the kernel's command
+/// line it runs a few commands and powers off; otherwise it starts an
+/// interactive shell on the console (`setsid cttyhack`: the console becomes
+/// the shell's controlling terminal, so Ctrl-C and job control work) and
+/// powers the VM off when the shell exits. `reboot -f` in the shell is PSCI
+/// SYSTEM_RESET: the host restarts the VM.
 const INIT_SCRIPT: &str = "#!/bin/sh
 export PATH=/bin
+/bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo LINUX-GUEST-INIT-OK
 echo LINUX-GUEST-INIT-OK > /dev/kmsg
-uname -a
-echo \"cpus online: $(cat /sys/devices/system/cpu/online)\"
-cat /proc/interrupts
-echo LINUX-GUEST-DONE
+case \" $(cat /proc/cmdline) \" in
+*\" hyp.init=check \"*)
+    uname -a
+    echo \"cpus online: $(cat /sys/devices/system/cpu/online)\"
+    cat /proc/interrupts
+    echo LINUX-GUEST-DONE
+    poweroff -f
+    ;;
+esac
+echo \"LINUX-GUEST-SHELL: busybox sh on $(cat /sys/class/tty/console/active); 'poweroff -f' stops the VM, 'reboot -f' restarts it\"
+setsid cttyhack sh -l
 poweroff -f
 ";
 
-/// busybox applets /init uses (symlinks in /bin).
-const APPLETS: &[&str] = &["sh", "mount", "uname", "cat", "poweroff", "echo", "ls"];
+/// The applets /init needs before `busybox --install` (symlinks in /bin).
+const APPLETS: &[&str] = &["sh"];
 
 /// A newc ("070701") cpio archive, the initramfs format
 /// (Documentation/driver-api/early-userspace/buffer-format.rst).
@@ -528,6 +546,12 @@ mod host_dtb;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn init_runs_the_check_only_for_its_word() {
+        assert!(INIT_SCRIPT.contains(&format!("*\" {CHECK_WORD} \"*)")));
+        assert!(INIT_SCRIPT.contains("setsid cttyhack sh"));
+    }
+
     use super::*;
 
     /// The `(address, size)` pairs of a `reg` with two address and two size cells.

@@ -841,7 +841,7 @@ fn test() -> Result<()> {
         &mut profile::check,
     )?;
     step(
-        "Linux guest (Debian arm64 kernel + busybox initramfs, 2 vCPUs)",
+        "Linux guest (Debian arm64 kernel + busybox initramfs, 2 vCPUs): scripted check, then the shell typed at and rebooted",
         &mut || {
             let g = linux::linux_guest(2, false, None, None)?;
             run_checked(
@@ -854,6 +854,7 @@ fn test() -> Result<()> {
                     "--",
                     "--ignored",
                     "--nocapture",
+                    "--test-threads=1",
                 ])
                 .env("HYP_IMAGE_QEMU", &built.image)
                 .env("HYP_BOARD_DIR", &board_dir)

@@ -16,7 +16,7 @@
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use guest_rt::gic::{self, SPURIOUS};
 use guest_rt::{mmu, println, Exception, Frame, UART_BASE};
-use hw_regs::pl011::{FR_RXFE, INT_RT, INT_RX, UARTDR, UARTFR, UARTIMSC, UARTMIS};
+use hw_regs::pl011::{FR_RXFE, FR_RXFF, INT_RT, INT_RX, UARTDR, UARTFR, UARTIMSC, UARTMIS};
 use hyp_abi::layout::UART_INTID;
 use smccc::psci;
 
@@ -142,6 +142,22 @@ fn guest_main(me: usize, _arg: u64) -> ! {
                 println!("guest-console: resetting (PSCI SYSTEM_RESET)");
                 let r = guest_rt::hvc(psci::PSCI_SYSTEM_RESET, 0, 0, 0)[0] as i64;
                 panic!("SYSTEM_RESET returned {r}");
+            }
+            "hold" => {
+                // Stop reading until the hypervisor's receive FIFO for this
+                // VM is full (RXFF), then a while longer: what is typed
+                // meanwhile must wait (flow control), not be dropped.
+                uart_write(UARTIMSC, 0);
+                println!("guest-console: holding my input until the FIFO is full");
+                while uart_read(UARTFR) & FR_RXFF == 0 {
+                    core::hint::spin_loop();
+                }
+                let t0 = gic::counter();
+                while gic::counter() - t0 < gic::counter_hz() / 20 {
+                    core::hint::spin_loop();
+                }
+                println!("guest-console: FIFO full (RXFF); reading again");
+                uart_write(UARTIMSC, INT_RX | INT_RT);
             }
             "off" => {
                 println!(

@@ -114,6 +114,40 @@ pub fn rx_enable() {
     }
 }
 
+/// Masks the console PL011's receive interrupts (flow control: the
+/// focused VM's FIFO is full; what arrives meanwhile waits in the UART's
+/// own FIFO, and QEMU's serial back end stops feeding a full UART).
+/// [`rx_unmask`] unmasks them again.
+pub fn rx_mask() {
+    set_imsc(0);
+}
+
+/// Unmasks the receive interrupts after [`rx_mask`], without clearing
+/// them: the raw status of what waits in the UART must stay set (QEMU's
+/// PL011 raises RXRIS only when a character arrives, and none arrives
+/// while its FIFO is full; clearing it here would leave the waiting
+/// characters unannounced for good).
+pub fn rx_unmask() {
+    set_imsc(INT_RX | INT_RT);
+}
+
+fn set_imsc(mask: u32) {
+    let base = UART_BASE.load(Ordering::Relaxed);
+    if base == 0 {
+        return;
+    }
+    // SAFETY: as in `rx_enable`; UARTIMSC only changes the interrupt mask.
+    unsafe { core::ptr::write_volatile((base + UARTIMSC) as *mut u32, mask) };
+}
+
+/// Whether the console PL011 holds a received character (UARTFR.RXFE
+/// clear).
+pub fn rx_ready() -> bool {
+    let base = UART_BASE.load(Ordering::Relaxed);
+    // SAFETY: as in `rx_enable`; reading UARTFR has no side effect.
+    base != 0 && unsafe { core::ptr::read_volatile((base + UARTFR) as *const u32) } & FR_RXFE == 0
+}
+
 /// The oldest character the console PL011 received, if any (UARTFR.RXFE
 /// clear: UARTDR holds it, and reading UARTDR takes it out, TRM 3.3.1).
 /// Error bits (11:8) are dropped with nothing to report them to.

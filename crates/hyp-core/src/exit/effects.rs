@@ -379,6 +379,9 @@ fn uart(
         }
     } else {
         let v = console.read(off);
+        if let Some(h) = handle {
+            crate::vm::console_in::guest_read(h, &console);
+        }
         if access.reg != 31 {
             ctx.regs.x[access.reg as usize] = access.load_result(v);
         }

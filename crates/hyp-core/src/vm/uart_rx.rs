@@ -133,6 +133,12 @@ impl Rx {
         self.len
     }
 
+    /// Room left in the FIFO.
+    #[must_use]
+    pub fn space(&self) -> usize {
+        RX_FIFO - self.len
+    }
+
     /// Characters dropped because the FIFO was full.
     #[must_use]
     pub fn dropped(&self) -> u64 {
@@ -218,7 +224,9 @@ mod tests {
             assert!(rx.push(*b));
         }
         assert_eq!(rx.read(UARTFR), Some(FR_TXFE));
-        let got: Vec<u32> = (0..3).map(|_| rx.read(UARTDR).expect("a receive register")).collect();
+        let got: Vec<u32> = (0..3)
+            .map(|_| rx.read(UARTDR).expect("a receive register"))
+            .collect();
         assert_eq!(got, [u32::from(b'h'), u32::from(b'i'), u32::from(b'\n')]);
         assert_eq!(rx.read(UARTFR), Some(FR_TXFE | FR_RXFE));
         assert_eq!(rx.received(), 3);
