@@ -225,13 +225,58 @@ enum Cmd {
     },
 }
 
-/// The workspace root (the parent of xtask/).
+/// The workspace root (the parent of xtask/), found at run time (see
+/// [`find_root`]): a copied checkout builds into its own `target/`, not into
+/// the one of the checkout where this binary was compiled. Exits with an
+/// error message when there is none.
 pub fn root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
-        xtask.parent().unwrap_or(xtask).to_owned()
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+        let cwd = std::env::current_dir().ok();
+        let starts: Vec<&Path> = manifest_dir
+            .iter()
+            .chain(cwd.iter())
+            .map(PathBuf::as_path)
+            .collect();
+        find_root(&starts).unwrap_or_else(|e| {
+            note(&format!("error: {e}"));
+            std::process::exit(2)
+        })
     })
+}
+
+/// Whether `dir` is this workspace's root: a Cargo.toml with a `[workspace]`
+/// table, and `xtask/Cargo.toml` beside it.
+fn is_workspace_root(dir: &Path) -> bool {
+    dir.join("xtask").join("Cargo.toml").is_file()
+        && std::fs::read_to_string(dir.join("Cargo.toml"))
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .is_some_and(|t| t.get("workspace").is_some_and(toml::Value::is_table))
+}
+
+/// The workspace root: the nearest [`is_workspace_root`] directory at or
+/// above the first of `starts` that has one. `cargo xtask` (`cargo run`)
+/// sets `CARGO_MANIFEST_DIR` to xtask/ when it runs the binary, so that
+/// comes first; then the current directory.
+fn find_root(starts: &[&Path]) -> Result<PathBuf> {
+    starts
+        .iter()
+        .find_map(|s| s.ancestors().find(|d| is_workspace_root(d)))
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            let tried: Vec<String> = starts.iter().map(|s| s.display().to_string()).collect();
+            format!(
+                "cannot find the workspace root (a Cargo.toml with [workspace] and xtask/ beside it) \
+                 at or above {}; run `cargo xtask` inside the checkout",
+                if tried.is_empty() {
+                    "(no directory: CARGO_MANIFEST_DIR unset, current directory unknown)".to_owned()
+                } else {
+                    tried.join(" or ")
+                }
+            )
+        })
 }
 
 /// The workspace target directory (xtask always builds into it).
@@ -1022,5 +1067,73 @@ fn main() -> ExitCode {
             note(&format!("error: {e}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh empty directory under the system's temporary directory.
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the temporary directory");
+        dir
+    }
+
+    fn put(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("create the directory");
+        std::fs::write(path, text).expect("write the file");
+    }
+
+    #[test]
+    fn find_root_walks_up_to_the_workspace_with_xtask() {
+        let t = temp_dir("find-root");
+        // An outer workspace without xtask/, the checkout inside it, and a
+        // nested package manifest (no [workspace]) on the way up.
+        put(&t.join("Cargo.toml"), "[workspace]\nmembers = []\n");
+        let ws = t.join("copy");
+        put(
+            &ws.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"xtask\"]\n",
+        );
+        put(
+            &ws.join("xtask/Cargo.toml"),
+            "[package]\nname = \"xtask\"\n",
+        );
+        put(&ws.join("tests/Cargo.toml"), "[package]\nname = \"t\"\n");
+        let deep = ws.join("tests/tests/sub");
+        std::fs::create_dir_all(&deep).expect("create the directory");
+
+        assert_eq!(find_root(&[&ws.join("xtask")]), Ok(ws.clone()));
+        assert_eq!(find_root(&[&deep]), Ok(ws.clone()));
+        assert_eq!(find_root(&[&ws]), Ok(ws.clone()));
+        // The first start that finds one wins; one that finds none is skipped.
+        let elsewhere = t.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).expect("create the directory");
+        assert_eq!(find_root(&[&elsewhere, &deep]), Ok(ws.clone()));
+
+        // A `workspace` that is not a table does not count.
+        let fake = t.join("fake");
+        put(&fake.join("Cargo.toml"), "workspace = 1\n");
+        put(
+            &fake.join("xtask/Cargo.toml"),
+            "[package]\nname = \"xtask\"\n",
+        );
+        let err = find_root(&[&fake.join("xtask")]).expect_err("no workspace root");
+        assert!(err.contains("cannot find the workspace root"), "{err}");
+        assert!(
+            err.contains(&fake.join("xtask").display().to_string()),
+            "{err}"
+        );
+        assert!(find_root(&[]).is_err());
+        std::fs::remove_dir_all(&t).expect("remove the temporary directory");
+    }
+
+    #[test]
+    fn root_is_this_checkout() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(Some(root()), here.parent());
     }
 }
