@@ -9,7 +9,10 @@
 //! hypervisor's boot arguments tell the host where they are:
 //! `linux=PA,SIZE[,LOAD_IPA,ENTRY] initrd=PA,SIZE guest-smp=N
 //! [guest-mem=MIB] [guest-protected] -- GUEST COMMAND LINE` (see
-//! crates/host/src/linux.rs).
+//! crates/host/src/linux.rs). LOAD_IPA,ENTRY come from an ELF, or from
+//! `--guest-load` (checked here against guest RAM before anything boots);
+//! the command line is [`BASE_CMDLINE`] plus `--guest-append`, or exactly
+//! `--guest-cmdline`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -30,16 +33,29 @@ const POOL_END: u64 = 0x8000_0000;
 pub const BASE_CMDLINE: &str = "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1";
 /// Longest boot-argument string the hypervisor passes on (hyp_abi::BOOTARGS_LEN - 1).
 const BOOTARGS_MAX: usize = 511;
+/// IPA of guest RAM (hyp_abi::layout::RAM_IPA).
+pub const GUEST_RAM_IPA: u64 = 0x4000_0000;
+/// Guest RAM when `--guest-mem` is not given (the host's DEFAULT_MEM_MIB).
+pub const DEFAULT_MEM_MIB: u64 = 256;
+/// What the host requires of a kernel's load IPA (crates/host/src/linux.rs
+/// `parse`: it copies the kernel in 8-byte words).
+pub const LOAD_ALIGN: u64 = 8;
 
 /// What to boot as the guest.
 #[derive(Debug, Clone)]
 pub struct GuestOpts {
-    /// Kernel: an arm64 Image (raw or gzip) or an AArch64 ELF.
+    /// Kernel: an arm64 Image (raw or gzip) or an AArch64 ELF; with
+    /// `load`, also a headerless raw image or an ELF linked at 0.
     pub kernel: PathBuf,
     /// Initramfs / initrd.
     pub initrd: Option<PathBuf>,
     /// Appended to [`BASE_CMDLINE`].
     pub append: Option<String>,
+    /// The whole command line instead of [`BASE_CMDLINE`] and `append`.
+    pub cmdline: Option<String>,
+    /// Load the kernel at this IPA and enter it there: a headerless raw
+    /// image, or an ELF linked at 0 (this is its base).
+    pub load: Option<u64>,
     /// Guest vCPUs.
     pub smp: u32,
     /// Guest RAM in MiB (host default 256).
@@ -57,11 +73,20 @@ pub struct Prepared {
     pub bootargs: String,
 }
 
-/// (load IPA, entry) of a flattened ELF kernel.
-type LoadEntry = (u64, u64);
+/// A flattened ELF kernel's link-time placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ElfPlace {
+    /// Lowest PT_LOAD physical address.
+    load: u64,
+    /// `e_entry`.
+    entry: u64,
+    /// Bytes it occupies in memory from `load` (BSS included).
+    mem_size: u64,
+}
 
-/// The kernel file as the host loads it: (bytes, Some((load IPA, entry)) for an ELF).
-fn kernel_bytes(path: &Path) -> Result<(Vec<u8>, Option<LoadEntry>)> {
+/// The kernel file as the host loads it: (bytes, the ELF's placement for an
+/// ELF); anything else must be an arm64 Image unless `raw_ok` (`--guest-load`).
+fn kernel_bytes(path: &Path, raw_ok: bool) -> Result<(Vec<u8>, Option<ElfPlace>)> {
     let mut data = read(path)?;
     if data.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
@@ -78,15 +103,100 @@ fn kernel_bytes(path: &Path) -> Result<(Vec<u8>, Option<LoadEntry>)> {
     if data.starts_with(b"\x7fELF") {
         let flat =
             crate::flat::elf_to_flat(&data).map_err(|e| format!("{}: {e}", path.display()))?;
-        return Ok((flat.bytes, Some((flat.load_addr, flat.entry))));
+        let place = ElfPlace {
+            load: flat.load_addr,
+            entry: flat.entry,
+            mem_size: flat.mem_end - flat.load_addr,
+        };
+        return Ok((flat.bytes, Some(place)));
     }
-    if data.len() < 64 || &data[56..60] != b"ARM\x64" {
+    if data.is_empty() {
+        return Err(format!("{}: empty file", path.display()));
+    }
+    if !raw_ok && (data.len() < 64 || &data[56..60] != b"ARM\x64") {
         return Err(format!(
-            "{}: neither an arm64 Image (no \"ARM\\x64\" magic at offset 56) nor an ELF",
+            "{}: neither an arm64 Image (no \"ARM\\x64\" magic at offset 56) nor an ELF; \
+             give --guest-load ADDR to load it as a raw image at IPA ADDR",
             path.display()
         ));
     }
     Ok((data, None))
+}
+
+/// Where the host puts the kernel and enters it: `(load IPA, entry)`, or
+/// `None` for an arm64 Image placed by its header. `size` is the file's
+/// bytes as loaded, `load` is `--guest-load`, `mem_mib` the guest's RAM.
+/// Checks what crates/host/src/linux.rs `parse` checks (and a little more),
+/// so a bad address is an error here rather than a failed boot: the kernel
+/// lies inside the lower half of guest RAM (the initrd and the device tree
+/// use the upper half), at an 8-byte aligned IPA, and its entry inside it.
+fn placement(
+    size: u64,
+    elf: Option<ElfPlace>,
+    load: Option<u64>,
+    mem_mib: u64,
+) -> Result<Option<(u64, u64)>> {
+    let (load, entry, mem_size) = match (elf, load) {
+        (None, None) => return Ok(None),
+        (None, Some(addr)) => (addr, addr, size),
+        (Some(e), None) if e.load == 0 => return Err(
+            "the ELF is linked at address 0: give --guest-load ADDR, the guest IPA to load it at"
+                .to_owned(),
+        ),
+        (Some(e), None) => (e.load, e.entry, e.mem_size),
+        (Some(e), Some(addr)) if e.load == 0 || e.load == addr => {
+            let entry = e
+                .entry
+                .checked_sub(e.load)
+                .and_then(|off| addr.checked_add(off))
+                .ok_or_else(|| format!("the ELF's entry {:#x} is out of range", e.entry))?;
+            (addr, entry, e.mem_size)
+        }
+        (Some(e), Some(addr)) => {
+            return Err(format!(
+                "--guest-load {addr:#x}: the ELF is linked at {:#x}; --guest-load takes a raw \
+                 image or an ELF linked at 0 (or at ADDR itself)",
+                e.load
+            ))
+        }
+    };
+    let what = format!(
+        "{} at IPA {load:#x}",
+        if elf.is_some() {
+            "the ELF"
+        } else {
+            "the raw image"
+        }
+    );
+    if load % LOAD_ALIGN != 0 {
+        return Err(format!(
+            "{what}: the load address must be {LOAD_ALIGN}-byte aligned"
+        ));
+    }
+    if entry % 4 != 0 {
+        return Err(format!(
+            "{what}: its entry {entry:#x} is not 4-byte aligned"
+        ));
+    }
+    let half = GUEST_RAM_IPA + (mem_mib << 20) / 2;
+    let end = load.checked_add(mem_size.max(size));
+    if load < GUEST_RAM_IPA || end.is_none_or(|e| e > half) {
+        return Err(format!(
+            "{what} ({:#x} bytes) is not inside the lower half of guest RAM, \
+             {GUEST_RAM_IPA:#x}..{half:#x} ({mem_mib} MiB at {GUEST_RAM_IPA:#x}; the initrd and \
+             the device tree go in the upper half): choose ADDR in that range{}",
+            mem_size.max(size),
+            if load >= GUEST_RAM_IPA {
+                ", or give more --guest-mem"
+            } else {
+                ""
+            }
+        ));
+    }
+    if entry < load || entry >= load + mem_size.max(size) {
+        return Err(format!("{what}: its entry {entry:#x} is outside it"));
+    }
+    Ok(Some((load, entry)))
 }
 
 /// Prepares the kernel (unpacked or flattened copies go to `target/guest/`)
@@ -94,7 +204,14 @@ fn kernel_bytes(path: &Path) -> Result<(Vec<u8>, Option<LoadEntry>)> {
 /// arguments (`--append`).
 pub fn prepare(g: &GuestOpts, host_extra: Option<&str>) -> Result<Prepared> {
     let dir = target_dir().join("guest");
-    let (bytes, elf) = kernel_bytes(&g.kernel)?;
+    let (bytes, elf) = kernel_bytes(&g.kernel, g.load.is_some())?;
+    let place = placement(
+        bytes.len() as u64,
+        elf,
+        g.load,
+        g.mem_mib.unwrap_or(DEFAULT_MEM_MIB),
+    )
+    .map_err(|e| format!("{}: {e}", g.kernel.display()))?;
     let kernel_file = dir.join("kernel.bin");
     write(&kernel_file, &bytes)?;
     let ksize = bytes.len() as u64;
@@ -111,7 +228,7 @@ pub fn prepare(g: &GuestOpts, host_extra: Option<&str>) -> Result<Prepared> {
             kernel_file.display()
         ),
     ];
-    let mut host = match elf {
+    let mut host = match place {
         Some((load, entry)) => format!("linux={KERNEL_PA:#x},{ksize:#x},{load:#x},{entry:#x}"),
         None => format!("linux={KERNEL_PA:#x},{ksize:#x}"),
     };
@@ -145,11 +262,7 @@ pub fn prepare(g: &GuestOpts, host_extra: Option<&str>) -> Result<Prepared> {
         host.push(' ');
         host.push_str(extra);
     }
-    let mut cmdline = BASE_CMDLINE.to_owned();
-    if let Some(a) = &g.append {
-        cmdline.push(' ');
-        cmdline.push_str(a);
-    }
+    let cmdline = guest_cmdline(g)?;
     let bootargs = format!("{host} -- {cmdline}");
     if bootargs.len() > BOOTARGS_MAX {
         return Err(format!(
@@ -161,6 +274,34 @@ pub fn prepare(g: &GuestOpts, host_extra: Option<&str>) -> Result<Prepared> {
         qemu_args,
         bootargs,
     })
+}
+
+/// The guest kernel's command line: `--guest-cmdline` exactly, or
+/// [`BASE_CMDLINE`] and `--guest-append`.
+fn guest_cmdline(g: &GuestOpts) -> Result<String> {
+    match (&g.cmdline, &g.append) {
+        (Some(_), Some(_)) => Err("--guest-cmdline and --guest-append exclude each other".into()),
+        (Some(c), None) => {
+            // The host takes everything after " -- ", trimmed.
+            if c.trim() != c {
+                return Err(format!(
+                    "--guest-cmdline {c:?}: leading or trailing whitespace would not reach the guest"
+                ));
+            }
+            if c.contains('\0') {
+                return Err(format!("--guest-cmdline {c:?}: a NUL cannot be passed on"));
+            }
+            Ok(c.clone())
+        }
+        (None, append) => {
+            let mut cmdline = BASE_CMDLINE.to_owned();
+            if let Some(a) = append {
+                cmdline.push(' ');
+                cmdline.push_str(a);
+            }
+            Ok(cmdline)
+        }
+    }
 }
 
 /// What `fetch` found: Debian's kernel, its config and busybox.
@@ -528,6 +669,8 @@ pub fn linux_guest(
             kernel: fetched.kernel.clone(),
             initrd: Some(initrd),
             append,
+            cmdline: None,
+            load: None,
             smp,
             mem_mib: None,
             protected,
@@ -575,7 +718,7 @@ mod tests {
     #[test]
     fn host_linux_dtb_parses_and_describes_the_vm() {
         let cmdline = "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1 rdinit=/init";
-        let dtb = host_dtb::linux_dtb(2, 256 << 20, cmdline, Some((0x4800_0000, 0x4812_3456)))
+        let dtb = host_dtb::linux_dtb(2, 256 << 20, cmdline, Some((0x4800_0000, 0x4812_3456)), 1)
             .expect("a valid tree");
         let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
         assert_eq!(fdt.total_size(), dtb.len());
@@ -660,7 +803,7 @@ mod tests {
 
     #[test]
     fn host_linux_dtb_without_initrd_and_with_eight_vcpus() {
-        let dtb = host_dtb::linux_dtb(8, 512 << 20, "", None).expect("a valid tree");
+        let dtb = host_dtb::linux_dtb(8, 512 << 20, "", None, 1).expect("a valid tree");
         let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
         let chosen = fdt.find_node("/chosen").expect("chosen");
         assert!(chosen.property("linux,initrd-start").is_none());
@@ -681,7 +824,7 @@ mod tests {
     #[test]
     fn host_linux_dtb_refuses_a_nul_in_the_command_line() {
         assert_eq!(
-            host_dtb::linux_dtb(1, 128 << 20, "a\0b", None),
+            host_dtb::linux_dtb(1, 128 << 20, "a\0b", None, 1),
             Err(vm_fdt::Error::InvalidString)
         );
     }
@@ -706,5 +849,126 @@ mod tests {
         assert!(s.contains("TRAILER!!!"));
         // "bin/sh\0" ends at 233, padded to 236, then the link target.
         assert!(s.contains("bin/sh\0\0\0\0busybox"));
+    }
+
+    #[test]
+    fn constants_match_the_host_and_the_abi() {
+        assert_eq!(GUEST_RAM_IPA, hyp_abi::layout::RAM_IPA);
+        assert_eq!(BOOTARGS_MAX, hyp_abi::BOOTARGS_LEN - 1);
+    }
+
+    #[test]
+    fn placement_of_raw_images_and_elves() {
+        const MIB: u64 = 1 << 20;
+        // An arm64 Image without --guest-load: the host reads its header.
+        assert_eq!(placement(0x1000, None, None, 256), Ok(None));
+        // A raw image at ADDR is entered at ADDR.
+        assert_eq!(
+            placement(0x1000, None, Some(0x4020_0000), 256),
+            Ok(Some((0x4020_0000, 0x4020_0000)))
+        );
+        // From the RAM base up to the middle of RAM (the initrd's place).
+        assert!(placement(0x1000, None, Some(GUEST_RAM_IPA), 16).is_ok());
+        assert!(placement(0x1000, None, Some(GUEST_RAM_IPA + 8 * MIB - 0x1000), 16).is_ok());
+        for bad in [
+            0,
+            0x4000_0000 - 8,
+            GUEST_RAM_IPA + 8 * MIB - 0xff8,
+            GUEST_RAM_IPA + 8 * MIB,
+            u64::MAX - 7,
+        ] {
+            let e = placement(0x1000, None, Some(bad), 16).expect_err("outside guest RAM");
+            assert!(e.contains("lower half of guest RAM"), "{bad:#x}: {e}");
+            assert!(e.contains("0x40000000..0x40800000"), "{bad:#x}: {e}");
+        }
+        let e = placement(0x1000, None, Some(0x4020_0004), 256).expect_err("misaligned");
+        assert!(e.contains("8-byte aligned"), "{e}");
+
+        // An ELF linked at 0: ADDR is its base, the entry moves with it;
+        // its BSS counts.
+        let at0 = ElfPlace {
+            load: 0,
+            entry: 0x40,
+            mem_size: 0x3000,
+        };
+        assert_eq!(
+            placement(0x1000, Some(at0), Some(0x4100_0000), 256),
+            Ok(Some((0x4100_0000, 0x4100_0040)))
+        );
+        let e = placement(0x1000, Some(at0), None, 256).expect_err("needs ADDR");
+        assert!(e.contains("linked at address 0: give --guest-load"), "{e}");
+        assert!(placement(
+            0x1000,
+            Some(at0),
+            Some(GUEST_RAM_IPA + 8 * MIB - 0x2000),
+            16
+        )
+        .is_err());
+        // An ELF linked elsewhere: where it is linked, and nowhere else.
+        let linked = ElfPlace {
+            load: 0x4008_0000,
+            entry: 0x4008_0000,
+            mem_size: 0x2000,
+        };
+        assert_eq!(
+            placement(0x2000, Some(linked), None, 256),
+            Ok(Some((0x4008_0000, 0x4008_0000)))
+        );
+        assert_eq!(
+            placement(0x2000, Some(linked), Some(0x4008_0000), 256),
+            Ok(Some((0x4008_0000, 0x4008_0000)))
+        );
+        let e = placement(0x2000, Some(linked), Some(0x4010_0000), 256).expect_err("moved");
+        assert!(e.contains("linked at 0x40080000"), "{e}");
+        // ... and it must fit, with its entry inside it.
+        let high = ElfPlace {
+            load: 0x5000_0000,
+            ..linked
+        };
+        assert!(placement(0x2000, Some(high), None, 64).is_err());
+        let wild = ElfPlace {
+            entry: 0x4010_0000,
+            ..linked
+        };
+        let e = placement(0x2000, Some(wild), None, 256).expect_err("entry outside");
+        assert!(e.contains("entry 0x40100000 is outside"), "{e}");
+        let below = ElfPlace {
+            entry: 0x4000_0000,
+            ..linked
+        };
+        assert!(placement(0x2000, Some(below), Some(0x4008_0000), 256).is_err());
+    }
+
+    fn opts(append: Option<&str>, cmdline: Option<&str>) -> GuestOpts {
+        GuestOpts {
+            kernel: PathBuf::from("k"),
+            initrd: None,
+            append: append.map(str::to_owned),
+            cmdline: cmdline.map(str::to_owned),
+            load: None,
+            smp: 1,
+            mem_mib: None,
+            protected: false,
+        }
+    }
+
+    #[test]
+    fn guest_cmdline_replaces_or_appends() {
+        assert_eq!(
+            guest_cmdline(&opts(None, None)),
+            Ok(BASE_CMDLINE.to_owned())
+        );
+        assert_eq!(
+            guest_cmdline(&opts(Some("rdinit=/init"), None)),
+            Ok(format!("{BASE_CMDLINE} rdinit=/init"))
+        );
+        assert_eq!(
+            guest_cmdline(&opts(None, Some("a=1  b -- c"))),
+            Ok("a=1  b -- c".to_owned())
+        );
+        assert_eq!(guest_cmdline(&opts(None, Some(""))), Ok(String::new()));
+        assert!(guest_cmdline(&opts(Some("x"), Some("y"))).is_err());
+        assert!(guest_cmdline(&opts(None, Some(" lead"))).is_err());
+        assert!(guest_cmdline(&opts(None, Some("nul\0"))).is_err());
     }
 }

@@ -100,7 +100,9 @@ enum Cmd {
         #[arg(long, value_name = "FEATURES")]
         features: Option<String>,
         /// Run an external EL1 kernel as the host's only guest: an arm64
-        /// Image (raw or gzip) or an AArch64 ELF, with a generated device tree.
+        /// Image (raw or gzip) or an AArch64 ELF, with a generated device
+        /// tree (its IPA in x0 at entry); with --guest-load, also a
+        /// headerless raw image or an ELF linked at 0.
         #[arg(long, value_name = "PATH")]
         guest: Option<PathBuf>,
         /// Initrd/initramfs for --guest.
@@ -110,15 +112,34 @@ enum Cmd {
         /// "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1").
         #[arg(long, value_name = "ARGS", requires = "guest")]
         guest_append: Option<String>,
+        /// The guest kernel's whole command line, exactly ARGS (nothing is
+        /// prepended: give console=ttyAMA0 yourself for Linux).
+        #[arg(
+            long,
+            value_name = "ARGS",
+            requires = "guest",
+            conflicts_with = "guest_append"
+        )]
+        guest_cmdline: Option<String>,
+        /// Load --guest PATH at guest IPA ADDR and enter it there: a
+        /// headerless raw image (entry = ADDR), or an ELF linked at 0 (ADDR
+        /// is its base). ADDR: 8-byte aligned, the image inside the lower
+        /// half of guest RAM (RAM is at IPA 0x40000000).
+        #[arg(long, value_name = "ADDR", requires = "guest", value_parser = parse_u64)]
+        guest_load: Option<u64>,
         /// vCPUs of the --guest VM.
         #[arg(long, value_name = "N", default_value = "1", requires = "guest")]
         guest_smp: u32,
         /// RAM of the --guest VM in MiB (default 256).
-        #[arg(long, value_name = "MIB", requires = "guest")]
+        #[arg(long, visible_alias = "mem", value_name = "MIB", requires = "guest")]
         guest_mem: Option<u64>,
         /// Make the --guest VM protected (its memory donated, not lent).
         #[arg(long, requires = "guest")]
         protected: bool,
+        /// Do not build or boot: print the --guest's QEMU loader arguments
+        /// (one line) and the hypervisor's boot arguments (the next line).
+        #[arg(long, requires = "guest")]
+        prepare_only: bool,
         /// Extra QEMU arguments (after `--`).
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -141,9 +162,17 @@ enum Cmd {
         /// Kill QEMU after SECS seconds; 0 = unbounded.
         #[arg(long, value_name = "SECS", default_value = "600")]
         timeout: u64,
-        /// Appended to the guest kernel's command line.
+        /// Guest RAM in MiB (default 256).
+        #[arg(long, visible_alias = "guest-mem", value_name = "MIB")]
+        mem: Option<u64>,
+        /// Appended to the guest kernel's command line (after
+        /// "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1").
         #[arg(long, value_name = "ARGS")]
         guest_append: Option<String>,
+        /// The guest kernel's whole command line, exactly ARGS (nothing is
+        /// prepended: give console=ttyAMA0 yourself).
+        #[arg(long, value_name = "ARGS", conflicts_with = "guest_append")]
+        guest_cmdline: Option<String>,
         /// Only fetch and build the initramfs, print the boot arguments.
         #[arg(long)]
         prepare_only: bool,
@@ -225,13 +254,68 @@ enum Cmd {
     },
 }
 
-/// The workspace root (the parent of xtask/).
+/// A number, decimal or 0x-prefixed hexadecimal, `_` allowed between digits.
+fn parse_u64(s: &str) -> Result<u64> {
+    let t = s.replace('_', "");
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a number (decimal or 0x-hex): {e}"))
+}
+
+/// The workspace root (the parent of xtask/), found at run time (see
+/// [`find_root`]): a copied checkout builds into its own `target/`, not into
+/// the one of the checkout where this binary was compiled. Exits with an
+/// error message when there is none.
 pub fn root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
-        xtask.parent().unwrap_or(xtask).to_owned()
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+        let cwd = std::env::current_dir().ok();
+        let starts: Vec<&Path> = manifest_dir
+            .iter()
+            .chain(cwd.iter())
+            .map(PathBuf::as_path)
+            .collect();
+        find_root(&starts).unwrap_or_else(|e| {
+            note(&format!("error: {e}"));
+            std::process::exit(2)
+        })
     })
+}
+
+/// Whether `dir` is this workspace's root: a Cargo.toml with a `[workspace]`
+/// table, and `xtask/Cargo.toml` beside it.
+fn is_workspace_root(dir: &Path) -> bool {
+    dir.join("xtask").join("Cargo.toml").is_file()
+        && std::fs::read_to_string(dir.join("Cargo.toml"))
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .is_some_and(|t| t.get("workspace").is_some_and(toml::Value::is_table))
+}
+
+/// The workspace root: the nearest [`is_workspace_root`] directory at or
+/// above the first of `starts` that has one. `cargo xtask` (`cargo run`)
+/// sets `CARGO_MANIFEST_DIR` to xtask/ when it runs the binary, so that
+/// comes first; then the current directory.
+fn find_root(starts: &[&Path]) -> Result<PathBuf> {
+    starts
+        .iter()
+        .find_map(|s| s.ancestors().find(|d| is_workspace_root(d)))
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            let tried: Vec<String> = starts.iter().map(|s| s.display().to_string()).collect();
+            format!(
+                "cannot find the workspace root (a Cargo.toml with [workspace] and xtask/ beside it) \
+                 at or above {}; run `cargo xtask` inside the checkout",
+                if tried.is_empty() {
+                    "(no directory: CARGO_MANIFEST_DIR unset, current directory unknown)".to_owned()
+                } else {
+                    tried.join(" or ")
+                }
+            )
+        })
 }
 
 /// The workspace target directory (xtask always builds into it).
@@ -565,12 +649,16 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 }
 
 fn run(platform: Platform, opts: RunOpts) -> Result<u8> {
+    // The guest first: a bad --guest is an error before anything is built.
+    let prepared = match &opts.guest {
+        Some(g) => Some(linux::prepare(g, opts.append.as_deref())?),
+        None => None,
+    };
     let built = build_variant(platform, &opts.features)?;
     provision::qemu()?;
     let mut args = built.board.qemu_args(&built.qemu_kernel, opts.smp);
-    let append = match &opts.guest {
-        Some(g) => {
-            let p = linux::prepare(g, opts.append.as_deref())?;
+    let append = match prepared {
+        Some(p) => {
             args.extend(p.qemu_args);
             Some(p.bootargs)
         }
@@ -892,16 +980,40 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask linux`: fetch, build the initramfs, boot.
-fn linux_cmd(
+/// Options of `cargo xtask linux`.
+struct LinuxOpts {
     smp: u32,
     guest_smp: u32,
     icount: bool,
     protected: bool,
     timeout: u64,
+    mem: Option<u64>,
     guest_append: Option<String>,
+    guest_cmdline: Option<String>,
     prepare_only: bool,
-) -> Result<u8> {
+}
+
+/// Prints what `prepare` gives: the loader arguments, then the boot arguments.
+fn print_prepared(g: &linux::GuestOpts, host_extra: Option<&str>) -> Result<u8> {
+    let p = linux::prepare(g, host_extra)?;
+    println!("{}", p.qemu_args.join(" "));
+    println!("{}", p.bootargs);
+    Ok(0)
+}
+
+/// `cargo xtask linux`: fetch, build the initramfs, boot.
+fn linux_cmd(o: LinuxOpts) -> Result<u8> {
+    let LinuxOpts {
+        smp,
+        guest_smp,
+        icount,
+        protected,
+        timeout,
+        mem,
+        guest_append,
+        guest_cmdline,
+        prepare_only,
+    } = o;
     let fetched = linux::fetch()?;
     let initrd = linux::initramfs(&fetched.busybox)?;
     let (guest_driver, lines) = linux::pkvm_config(&fetched.config)?;
@@ -919,15 +1031,14 @@ fn linux_cmd(
         kernel: fetched.kernel,
         initrd: Some(initrd),
         append: guest_append,
+        cmdline: guest_cmdline,
+        load: None,
         smp: guest_smp,
-        mem_mib: None,
+        mem_mib: mem,
         protected,
     };
     if prepare_only {
-        let p = linux::prepare(&guest, None)?;
-        println!("{}", p.qemu_args.join(" "));
-        println!("{}", p.bootargs);
-        return Ok(0);
+        return print_prepared(&guest, None);
     }
     run(
         Platform::Qemu,
@@ -961,47 +1072,62 @@ fn main() -> ExitCode {
             guest,
             initrd,
             guest_append,
+            guest_cmdline,
+            guest_load,
             guest_smp,
             guest_mem,
             protected,
+            prepare_only,
             qemu_args,
-        } => run(
-            platform,
-            RunOpts {
-                smp,
-                gdb,
-                icount,
-                timeout,
-                append,
-                features: feature_list(features.as_deref()),
-                qemu_args,
-                guest: guest.map(|kernel| linux::GuestOpts {
-                    kernel,
-                    initrd,
-                    append: guest_append,
-                    smp: guest_smp,
-                    mem_mib: guest_mem,
-                    protected,
-                }),
-            },
-        ),
+        } => {
+            let guest = guest.map(|kernel| linux::GuestOpts {
+                kernel,
+                initrd,
+                append: guest_append,
+                cmdline: guest_cmdline,
+                load: guest_load,
+                smp: guest_smp,
+                mem_mib: guest_mem,
+                protected,
+            });
+            match guest {
+                Some(g) if prepare_only => print_prepared(&g, append.as_deref()),
+                guest => run(
+                    platform,
+                    RunOpts {
+                        smp,
+                        gdb,
+                        icount,
+                        timeout,
+                        append,
+                        features: feature_list(features.as_deref()),
+                        qemu_args,
+                        guest,
+                    },
+                ),
+            }
+        }
         Cmd::Linux {
             smp,
             guest_smp,
             icount,
             protected,
             timeout,
+            mem,
             guest_append,
+            guest_cmdline,
             prepare_only,
-        } => linux_cmd(
+        } => linux_cmd(LinuxOpts {
             smp,
             guest_smp,
             icount,
             protected,
             timeout,
+            mem,
             guest_append,
+            guest_cmdline,
             prepare_only,
-        ),
+        }),
         Cmd::Test => test().map(|_| 0),
         Cmd::Fuzz { calls, seed } => fuzz::fuzz(calls, seed).map(|_| 0),
         Cmd::Bench { platform } => bench::bench(platform).map(|_| 0),
@@ -1023,5 +1149,163 @@ fn main() -> ExitCode {
             note(&format!("error: {e}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh empty directory under the system's temporary directory.
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the temporary directory");
+        dir
+    }
+
+    fn put(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("create the directory");
+        std::fs::write(path, text).expect("write the file");
+    }
+
+    #[test]
+    fn find_root_walks_up_to_the_workspace_with_xtask() {
+        let t = temp_dir("find-root");
+        // An outer workspace without xtask/, the checkout inside it, and a
+        // nested package manifest (no [workspace]) on the way up.
+        put(&t.join("Cargo.toml"), "[workspace]\nmembers = []\n");
+        let ws = t.join("copy");
+        put(
+            &ws.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"xtask\"]\n",
+        );
+        put(
+            &ws.join("xtask/Cargo.toml"),
+            "[package]\nname = \"xtask\"\n",
+        );
+        put(&ws.join("tests/Cargo.toml"), "[package]\nname = \"t\"\n");
+        let deep = ws.join("tests/tests/sub");
+        std::fs::create_dir_all(&deep).expect("create the directory");
+
+        assert_eq!(find_root(&[&ws.join("xtask")]), Ok(ws.clone()));
+        assert_eq!(find_root(&[&deep]), Ok(ws.clone()));
+        assert_eq!(find_root(&[&ws]), Ok(ws.clone()));
+        // The first start that finds one wins; one that finds none is skipped.
+        let elsewhere = t.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).expect("create the directory");
+        assert_eq!(find_root(&[&elsewhere, &deep]), Ok(ws.clone()));
+
+        // A `workspace` that is not a table does not count.
+        let fake = t.join("fake");
+        put(&fake.join("Cargo.toml"), "workspace = 1\n");
+        put(
+            &fake.join("xtask/Cargo.toml"),
+            "[package]\nname = \"xtask\"\n",
+        );
+        let err = find_root(&[&fake.join("xtask")]).expect_err("no workspace root");
+        assert!(err.contains("cannot find the workspace root"), "{err}");
+        assert!(
+            err.contains(&fake.join("xtask").display().to_string()),
+            "{err}"
+        );
+        assert!(find_root(&[]).is_err());
+        std::fs::remove_dir_all(&t).expect("remove the temporary directory");
+    }
+
+    #[test]
+    fn guest_options_parse() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["cargo xtask"], args].concat());
+        let Ok(Cli {
+            command:
+                Cmd::Run {
+                    guest_mem,
+                    guest_load,
+                    guest_cmdline,
+                    guest_smp,
+                    protected,
+                    ..
+                },
+        }) = parse(&[
+            "run",
+            "--guest",
+            "g",
+            "--mem",
+            "32",
+            "--guest-load",
+            "0x4020_0000",
+            "--guest-cmdline",
+            "a  b",
+            "--guest-smp",
+            "2",
+            "--protected",
+        ])
+        else {
+            panic!("run options rejected");
+        };
+        assert_eq!(guest_mem, Some(32));
+        assert_eq!(guest_load, Some(0x4020_0000));
+        assert_eq!(guest_cmdline.as_deref(), Some("a  b"));
+        assert_eq!((guest_smp, protected), (2, true));
+        for mem in ["--mem", "--guest-mem"] {
+            let Ok(Cli {
+                command:
+                    Cmd::Linux {
+                        mem,
+                        guest_cmdline,
+                        guest_smp,
+                        protected,
+                        ..
+                    },
+            }) = parse(&[
+                "linux",
+                mem,
+                "64",
+                "--guest-cmdline",
+                "x",
+                "--guest-smp",
+                "1",
+                "--protected",
+            ])
+            else {
+                panic!("linux options rejected");
+            };
+            assert_eq!(mem, Some(64));
+            assert_eq!(guest_cmdline.as_deref(), Some("x"));
+            assert_eq!((guest_smp, protected), (1, true));
+        }
+        let conflict = [
+            &[
+                "run",
+                "--guest",
+                "g",
+                "--guest-cmdline",
+                "a",
+                "--guest-append",
+                "b",
+            ][..],
+            &["linux", "--guest-cmdline", "a", "--guest-append", "b"],
+        ];
+        for args in conflict {
+            let e = parse(args)
+                .err()
+                .expect("--guest-cmdline with --guest-append");
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{args:?}"
+            );
+        }
+        // The guest options need --guest.
+        assert!(parse(&["run", "--guest-load", "0x40200000"]).is_err());
+        assert!(parse(&["run", "--guest", "g", "--guest-load", "0x4020000g"]).is_err());
+        assert_eq!(parse_u64("4096"), Ok(4096));
+        assert_eq!(parse_u64("0X10"), Ok(16));
+    }
+
+    #[test]
+    fn root_is_this_checkout() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(Some(root()), here.parent());
     }
 }
