@@ -210,8 +210,10 @@ fn prepare(guest: &Path, extra: &[&str]) -> (Vec<String>, String) {
 }
 
 /// The command line: odd spacing, quotes and a ` -- ` of its own, none of
-/// which may be lost or added to.
-const ARGS: &str = "guest-load-test  a=1 \"b c\" -- d";
+/// which may be lost or added to, and words the hypervisor and the host
+/// take when they are theirs (before the first ` -- `), which must not
+/// change them from a guest's command line.
+const ARGS: &str = "guest-load-test  a=1 \"b c\" hyp.cpus=1 guests=nope -- d";
 
 /// Boots `guest` with `--guest-load ADDR --guest-cmdline ARGS --guest-mem 16`
 /// and checks what it and the host print.
@@ -236,8 +238,11 @@ fn boot(guest: &Path, addr: u64, entry: u64) {
     let mut q = Qemu::boot(BootOptions {
         append: Some(bootargs),
         extra: loader,
+        smp: Some(2),
         ..BootOptions::default()
     });
+    // The guest's `hyp.cpus=1` is not the hypervisor's.
+    q.expect_exact("hyp: 2 CPUs online at EL2", T);
     q.expect_exact(
         "host: VM 1 (linux): 1 vCPUs, 16 MiB at IPA 0x40000000, normal (lent)",
         T,

@@ -41,26 +41,19 @@ struct Blob {
     size: u64,
 }
 
-/// The host's own arguments: everything before ` -- `.
-fn host_part(info: &BootInfo) -> &str {
-    let all = info.bootargs();
-    all.split(" -- ").next().unwrap_or(all)
-}
-
 /// The guest kernel's command line: everything after ` -- `.
 fn guest_cmdline(info: &BootInfo) -> &str {
-    let all = info.bootargs();
-    all.split_once(" -- ").map_or("", |(_, g)| g.trim())
+    hyp_abi::guest_cmdline(info.bootargs())
 }
 
 fn word<'a>(info: &'a BootInfo, key: &str) -> Option<&'a str> {
-    host_part(info)
-        .split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    hyp_abi::own_arg(info.bootargs(), key)
 }
 
 fn flag(info: &BootInfo, key: &str) -> bool {
-    host_part(info).split_ascii_whitespace().any(|w| w == key)
+    hyp_abi::own_args(info.bootargs())
+        .split_ascii_whitespace()
+        .any(|w| w == key)
 }
 
 fn num(s: &str) -> Option<u64> {

@@ -128,13 +128,8 @@ fn boot_info(arg: u64) -> &'static BootInfo {
 }
 
 fn arg<'a>(info: &'a BootInfo, key: &str) -> Option<&'a str> {
-    let all = info.bootargs();
     // Words after ` -- ` are a guest kernel's command line (linux.rs).
-    all.split(" -- ")
-        .next()
-        .unwrap_or(all)
-        .split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    hyp_abi::own_arg(info.bootargs(), key)
 }
 
 #[unsafe(no_mangle)]

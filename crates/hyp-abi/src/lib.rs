@@ -287,6 +287,29 @@ impl Module {
     }
 }
 
+/// The boot arguments of the hypervisor and the host: the words before
+/// ` -- `. What follows it is a guest kernel's command line
+/// ([`guest_cmdline`]), which neither reads: a guest's `hyp.cpus=1` is the
+/// guest's business.
+#[must_use]
+pub fn own_args(all: &str) -> &str {
+    all.split_once(" -- ").map_or(all, |(own, _)| own)
+}
+
+/// The guest kernel's command line: what follows ` -- `, trimmed.
+#[must_use]
+pub fn guest_cmdline(all: &str) -> &str {
+    all.split_once(" -- ").map_or("", |(_, g)| g.trim())
+}
+
+/// The value of `key=value` among [`own_args`] of `all`.
+#[must_use]
+pub fn own_arg<'a>(all: &'a str, key: &str) -> Option<&'a str> {
+    own_args(all)
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
 impl BootInfo {
     /// The boot arguments.
     #[must_use]
@@ -302,5 +325,29 @@ impl BootInfo {
     #[must_use]
     pub fn modules(&self) -> &[Module] {
         &self.modules[..(self.nr_modules as usize).min(MAX_MODULES)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_words_are_not_the_hypervisors() {
+        let all = "hyp.cpus=2 linux=1,2 -- console=ttyAMA0 hyp.cpus=1 hyp.init=check";
+        assert_eq!(own_arg(all, "hyp.cpus"), Some("2"));
+        assert_eq!(own_arg(all, "hyp.init"), None);
+        assert_eq!(own_arg(all, "console"), None);
+        assert_eq!(own_arg("hyp.s2fwb=on", "hyp.s2fwb"), Some("on"));
+        assert_eq!(own_arg("x -- hyp.s2fwb=on", "hyp.s2fwb"), None);
+        assert_eq!(
+            guest_cmdline(all),
+            "console=ttyAMA0 hyp.cpus=1 hyp.init=check"
+        );
+        assert_eq!(guest_cmdline("a -- "), "");
+        assert_eq!(guest_cmdline("a b"), "");
+        assert_eq!(own_args("a b"), "a b");
+        // Only the first ` -- ` separates: a guest may have its own.
+        assert_eq!(guest_cmdline("a -- b -- c"), "b -- c");
     }
 }

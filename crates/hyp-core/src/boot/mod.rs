@@ -50,11 +50,10 @@ impl BootFacts {
     pub fn bootargs(&self) -> &str {
         core::str::from_utf8(&self.bootargs[..self.bootargs_len]).unwrap_or("")
     }
-    /// Value of `key=value` in the bootargs.
+    /// Value of `key=value` in the bootargs, before a guest's command line
+    /// (`hyp_abi::own_arg`).
     pub fn arg(&self, key: &str) -> Option<&str> {
-        self.bootargs()
-            .split_ascii_whitespace()
-            .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        hyp_abi::own_arg(self.bootargs(), key)
     }
 }
 
