@@ -718,8 +718,15 @@ mod tests {
     #[test]
     fn host_linux_dtb_parses_and_describes_the_vm() {
         let cmdline = "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1 rdinit=/init";
-        let dtb = host_dtb::linux_dtb(2, 256 << 20, cmdline, Some((0x4800_0000, 0x4812_3456)), 1)
-            .expect("a valid tree");
+        let dtb = host_dtb::linux_dtb(
+            2,
+            256 << 20,
+            cmdline,
+            Some((0x4800_0000, 0x4812_3456)),
+            1,
+            &[],
+        )
+        .expect("a valid tree");
         let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
         assert_eq!(fdt.total_size(), dtb.len());
         let root = fdt.find_node("/").expect("root");
@@ -803,7 +810,7 @@ mod tests {
 
     #[test]
     fn host_linux_dtb_without_initrd_and_with_eight_vcpus() {
-        let dtb = host_dtb::linux_dtb(8, 512 << 20, "", None, 1).expect("a valid tree");
+        let dtb = host_dtb::linux_dtb(8, 512 << 20, "", None, 1, &[]).expect("a valid tree");
         let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
         let chosen = fdt.find_node("/chosen").expect("chosen");
         assert!(chosen.property("linux,initrd-start").is_none());
@@ -824,7 +831,7 @@ mod tests {
     #[test]
     fn host_linux_dtb_refuses_a_nul_in_the_command_line() {
         assert_eq!(
-            host_dtb::linux_dtb(1, 128 << 20, "a\0b", None, 1),
+            host_dtb::linux_dtb(1, 128 << 20, "a\0b", None, 1, &[]),
             Err(vm_fdt::Error::InvalidString)
         );
     }

@@ -27,7 +27,8 @@ use virtio_dev::Fault;
 mod virtio;
 
 pub use virtio::Devices;
-use virtio::{GuestRam, Which};
+pub use virtio::GuestRam;
+use virtio::Which;
 
 use crate::{call, Guest, GUEST_RAM, PAGE};
 
@@ -217,7 +218,7 @@ pub fn is_demo_device(ipa: u64) -> bool {
 /// (the guest handed it memory the host cannot access, or a malformed
 /// queue) makes the demo fail.
 pub fn mmio(g: &Guest, ipa: u64, flags: u64, value: u64) -> u64 {
-    let mem = GuestRam { ram_pa: g.ram_pa };
+    let mem = GuestRam::new(g.ram_pa, g.ram);
     let write = flags & (1 << 8) != 0;
     let size = (flags & 0xf) as u8;
     let mut d = g.devices.lock();

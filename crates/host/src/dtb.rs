@@ -47,10 +47,22 @@ fn strs(w: &mut FdtWriter, name: &str, list: &[&str]) -> Result<(), Error> {
     w.property_string_list(name, list.iter().map(|s| String::from(*s)).collect())
 }
 
+/// A virtio-mmio device the host serves: its register window at `ipa`
+/// (`size` bytes) and its level-triggered interrupt, SPI `spi`.
+#[derive(Clone, Copy, Debug)]
+pub struct VirtioMmio {
+    pub ipa: u64,
+    pub size: u64,
+    pub spi: u32,
+}
+
 /// The device tree of a VM with `vcpus` vCPUs and `mem` bytes of RAM at
-/// [`RAM_IPA`], booting with command line `cmdline` and the initrd at
-/// IPAs `[start, end)`, if any. `boot` counts the VM's boots from 1 (the
-/// host restarts a VM that resets): `/chosen/hyp,boot-count` holds it as a
+/// [`RAM_IPA`], booting with command line `cmdline`, the initrd at IPAs
+/// `[start, end)` if any, with `virtio` devices (the binding
+/// Documentation/devicetree/bindings/virtio/mmio.yaml: `virtio,mmio`,
+/// `reg`, `interrupts`; `dma-coherent`, as the host's accesses to guest
+/// memory are cacheable). `boot` counts the VM's boots from 1 (the host
+/// restarts a VM that resets): `/chosen/hyp,boot-count` holds it as a
 /// decimal string, for a guest to tell a reboot from its first boot.
 ///
 /// # Errors
@@ -63,6 +75,7 @@ pub fn linux_dtb(
     cmdline: &str,
     initrd: Option<(u64, u64)>,
     boot: u32,
+    virtio: &[VirtioMmio],
 ) -> Result<Vec<u8>, Error> {
     let uart = format!("pl011@{UART_IPA:x}");
     let mut w = FdtWriter::new()?;
@@ -144,7 +157,17 @@ pub fn linux_dtb(
             w.property_array_u32("interrupts", &[0, UART_SPI, 4])?;
             w.property_array_u32("clocks", &[PH_CLK, PH_CLK])?;
             strs(w, "clock-names", &["uartclk", "apb_pclk"])
-        })
+        })?;
+
+        for d in virtio {
+            node(w, &format!("virtio_mmio@{:x}", d.ipa), |w| {
+                w.property_string("compatible", "virtio,mmio")?;
+                w.property_array_u64("reg", &[d.ipa, d.size])?;
+                w.property_array_u32("interrupts", &[0, d.spi, 4])?;
+                w.property_null("dma-coherent")
+            })?;
+        }
+        Ok(())
     })?;
     w.finish()
 }

@@ -237,8 +237,15 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
         copy(pa_of(initrd_ipa), i.pa, i.size);
     }
     let initrd_range = cfg.initrd.map(|i| (initrd_ipa, initrd_ipa + i.size));
-    let dtb = crate::dtb::linux_dtb(cfg.vcpus, cfg.mem, cfg.cmdline, initrd_range, boot)
-        .unwrap_or_else(|e| fail(format_args!("device tree: {e}")));
+    let dtb = crate::dtb::linux_dtb(
+        cfg.vcpus,
+        cfg.mem,
+        cfg.cmdline,
+        initrd_range,
+        boot,
+        crate::linuxdev::dt_nodes(),
+    )
+    .unwrap_or_else(|e| fail(format_args!("device tree: {e}")));
     if dtb.len() as u64 > DTB_ROOM {
         fail(format_args!(
             "the device tree ({} bytes) does not fit",
@@ -262,12 +269,14 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
     if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, cfg.entry, dtb_ipa]) {
         fail(format_args!("VCPU_INIT for linux: {e:?}"));
     }
+    crate::linuxdev::attach(handle.0, ram_pa, cfg.mem);
     (handle, dtb.len())
 }
 
 /// Creates the VM for the kernel named in the boot arguments.
 pub fn create(info: &'static BootInfo) -> Guest {
     let cfg = CONFIG.call_once(|| parse(info));
+    crate::linuxdev::init(info, cfg.protected);
     let mem = cfg.mem;
     let ram_pa = crate::alloc_pages(mem)
         .unwrap_or_else(|| fail(format_args!("no {} MiB of host RAM for linux", mem >> 20)));
@@ -311,6 +320,7 @@ pub fn create(info: &'static BootInfo) -> Guest {
         stopped: AtomicBool::new(false),
         device: AtomicU64::new(0),
         ram_pa,
+        ram: cfg.mem,
         start_after: 0,
         devices: spin::Mutex::new(crate::demo::Devices::new(handle.0, disk_pa, cfg.protected)),
         first_cpu: 0,

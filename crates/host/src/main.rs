@@ -40,6 +40,7 @@ mod fuzz;
 mod hostif;
 mod irqdev;
 mod linux;
+mod linuxdev;
 mod many;
 mod pci;
 mod restart;
@@ -71,6 +72,8 @@ pub struct Guest {
     /// The test device's register.
     device: AtomicU64,
     ram_pa: u64,
+    /// Bytes of guest RAM at [`GUEST_RAM_IPA`].
+    ram: u64,
     /// Guest option `after=MS`: its vCPUs first run this many counter ticks
     /// after the host starts serving ([`SERVE_START`]).
     start_after: u64,
@@ -448,6 +451,7 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         stopped: AtomicBool::new(false),
         device: AtomicU64::new(0),
         ram_pa,
+        ram: s.ram,
         start_after: s.start_after,
         devices: spin::Mutex::new(demo::Devices::new(handle.0, disk_pa, s.protected)),
         first_cpu: s.first_cpu,
@@ -580,6 +584,8 @@ fn run_vcpu(g: &Guest, v: u64) {
                 let write = mmio & (1 << 8) != 0;
                 let val = if demo::is_demo_device(ipa) {
                     demo::mmio(g, ipa, mmio, value)
+                } else if linuxdev::owns(g.handle.0, ipa) {
+                    linuxdev::mmio(g, ipa, mmio, value)
                 } else if g.name == "guest-irq" && irqdev::owns(ipa) {
                     irqdev::mmio(g.handle.0, ipa, write, value)
                 } else {
@@ -708,6 +714,7 @@ fn teardown(n: usize) {
         let _ = g.ram_pa;
     }
     irqdev::report();
+    linuxdev::report();
     println!(
         "host: done: {} MMIO exits served, {} yields",
         MMIO_EXITS.load(Ordering::Relaxed),

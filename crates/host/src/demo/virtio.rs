@@ -10,22 +10,30 @@ use virtio_dev::console::Console;
 use virtio_dev::{Fault, GuestMemory, MmioTransport};
 
 use super::{guarded, ldr64, ldrb, ldrh, str64, strb, strh, DISK_BYTES};
-use crate::{Guest, GUEST_RAM, GUEST_RAM_IPA, PAGE};
+use crate::{Guest, GUEST_RAM_IPA, PAGE};
 
 /// A guest's memory as the host reaches it (it chose where to put it): the
 /// [`GuestMemory`] the virtio devices use. Every access is guarded: a page
 /// the hypervisor refuses (a protected guest's private memory) is a
 /// [`Fault`], not a crash.
 #[derive(Clone, Copy)]
-pub(super) struct GuestRam {
-    pub(super) ram_pa: u64,
+pub struct GuestRam {
+    ram_pa: u64,
+    size: u64,
 }
 
 impl GuestRam {
+    /// The guest RAM the host put at `ram_pa`, `size` bytes from
+    /// [`GUEST_RAM_IPA`].
+    #[must_use]
+    pub fn new(ram_pa: u64, size: u64) -> Self {
+        Self { ram_pa, size }
+    }
+
     /// Host PA of guest `[ipa, ipa + len)`, if it is guest RAM.
     pub(super) fn pa(self, ipa: u64, len: u64) -> Result<u64, Fault> {
         let end = ipa.checked_add(len).ok_or(Fault { ipa })?;
-        if ipa < GUEST_RAM_IPA || end > GUEST_RAM_IPA + GUEST_RAM {
+        if ipa < GUEST_RAM_IPA || end > GUEST_RAM_IPA + self.size {
             return Err(Fault { ipa });
         }
         Ok(self.ram_pa + (ipa - GUEST_RAM_IPA))
