@@ -78,7 +78,11 @@ pub fn disk_qemu_args(disk: &Path) -> Result<Vec<String>> {
             disk.display()
         ));
     }
-    let path = disk.display().to_string();
+    // Absolute: QEMU may run elsewhere (the tests run it from tests/).
+    let path = std::fs::canonicalize(disk)
+        .map_err(|e| format!("--disk {}: {e}", disk.display()))?
+        .display()
+        .to_string();
     if path.contains(',') {
         return Err(format!(
             "--disk {path}: QEMU's -drive cannot take a path with a comma"
@@ -959,7 +963,10 @@ mod tests {
             args,
             [
                 "-drive".to_owned(),
-                format!("file={},if=none,format=raw,id=disk0", img.display()),
+                format!(
+                    "file={},if=none,format=raw,id=disk0",
+                    std::fs::canonicalize(&img).expect("canonical").display()
+                ),
                 "-device".to_owned(),
                 "virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on".to_owned(),
             ]
