@@ -18,7 +18,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{note, read, run_checked, target_dir, write, Result};
+use crate::{kmods, note, read, run_checked, target_dir, write, Result};
 
 /// Host PA where QEMU's loader puts the kernel.
 pub const KERNEL_PA: u64 = 0x7000_0000;
@@ -62,6 +62,38 @@ pub struct GuestOpts {
     pub mem_mib: Option<u64>,
     /// A protected VM (memory donated).
     pub protected: bool,
+    /// A raw disk image for the host's PCI virtio-blk device, which the
+    /// host serves to the guest as virtio-mmio (`--disk`; QEMU only).
+    pub disk: Option<PathBuf>,
+}
+
+/// The QEMU arguments that attach `disk` (a raw image) as a modern
+/// virtio-blk PCI device behind the SMMU (the host drives it and serves it
+/// to the guest as a virtio-mmio disk). It must be a regular file.
+pub fn disk_qemu_args(disk: &Path) -> Result<Vec<String>> {
+    let meta = std::fs::metadata(disk).map_err(|e| format!("--disk {}: {e}", disk.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "--disk {}: not a regular file (give a raw disk image)",
+            disk.display()
+        ));
+    }
+    // Absolute: QEMU may run elsewhere (the tests run it from tests/).
+    let path = std::fs::canonicalize(disk)
+        .map_err(|e| format!("--disk {}: {e}", disk.display()))?
+        .display()
+        .to_string();
+    if path.contains(',') {
+        return Err(format!(
+            "--disk {path}: QEMU's -drive cannot take a path with a comma"
+        ));
+    }
+    Ok(vec![
+        "-drive".to_owned(),
+        format!("file={path},if=none,format=raw,id=disk0"),
+        "-device".to_owned(),
+        "virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on".to_owned(),
+    ])
 }
 
 /// QEMU arguments and hypervisor boot arguments for a guest.
@@ -251,6 +283,9 @@ pub fn prepare(g: &GuestOpts, host_extra: Option<&str>) -> Result<Prepared> {
         ]);
         host.push_str(&format!(" initrd={INITRD_PA:#x},{size:#x}"));
     }
+    if let Some(disk) = &g.disk {
+        qemu_args.extend(disk_qemu_args(disk)?);
+    }
     host.push_str(&format!(" guest-smp={}", g.smp));
     if let Some(m) = g.mem_mib {
         host.push_str(&format!(" guest-mem={m}"));
@@ -315,6 +350,8 @@ pub struct Fetched {
     pub busybox: PathBuf,
     /// The kernel package's version string (e.g. 6.1.0-50-arm64).
     pub version: String,
+    /// The kernel package itself (its modules are read from it).
+    pub deb: PathBuf,
 }
 
 fn cache_dir() -> PathBuf {
@@ -387,16 +424,19 @@ pub fn fetch() -> Result<Fetched> {
             .and_then(|n| n.strip_prefix("vmlinuz-"))
             .unwrap_or("?")
             .to_owned();
-        note(&format!(
-            "linux: cached Debian kernel {version} and busybox in {}",
-            cache.display()
-        ));
-        return Ok(Fetched {
-            kernel,
-            config,
-            busybox,
-            version,
-        });
+        if let Some(deb) = kernel_deb(&cache.join("debs"), &version) {
+            note(&format!(
+                "linux: cached Debian kernel {version} and busybox in {}",
+                cache.display()
+            ));
+            return Ok(Fetched {
+                kernel,
+                config,
+                busybox,
+                version,
+                deb,
+            });
+        }
     }
     let apt = cache.join("apt");
     for d in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
@@ -471,12 +511,32 @@ pub fn fetch() -> Result<Fetched> {
         .strip_prefix("linux-image-")
         .unwrap_or(&image_pkg)
         .to_owned();
+    let deb = kernel_deb(&debs, &version)
+        .ok_or_else(|| format!("no {image_pkg}_*.deb in {}", debs.display()))?;
     Ok(Fetched {
         kernel,
         config,
         busybox,
         version,
+        deb,
     })
+}
+
+/// The downloaded kernel package for `version` in `debs`.
+fn kernel_deb(debs: &Path, version: &str) -> Option<PathBuf> {
+    let prefix = format!("linux-image-{version}_");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(debs)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
 }
 
 /// The Debian suite to fetch from: this machine's (VERSION_CODENAME in
@@ -511,14 +571,23 @@ pub fn pkvm_config(config: &Path) -> Result<(bool, Vec<String>)> {
 #[cfg(test)]
 const CHECK_WORD: &str = "hyp.init=check";
 
+/// The word that makes /init check the disk (`--disk`): mount /dev/vda,
+/// verify hello.txt, write marker.txt, power off.
+#[cfg(test)]
+const DISK_WORD: &str = "hyp.init=disk";
+
 /// /init: mounts /proc, /sys and /dev, installs busybox's applets, prints
 /// the marker `LINUX-GUEST-INIT-OK` (also into the kernel log, where it gets
-/// a timestamp for boot timing). With [`CHECK_WORD`] on the kernel's command
-/// line it runs a few commands and powers off; otherwise it starts an
-/// interactive shell on the console (`setsid cttyhack`: the console becomes
-/// the shell's controlling terminal, so Ctrl-C and job control work) and
-/// powers the VM off when the shell exits. `reboot -f` in the shell is PSCI
-/// SYSTEM_RESET: the host restarts the VM.
+/// a timestamp for boot timing), then loads the kernel modules listed in
+/// [`kmods::LOAD_ORDER`] with insmod (dependencies first) and prints one
+/// `LINUX-GUEST-MODULES:` line. With [`CHECK_WORD`] on the kernel's command
+/// line it runs a few commands and powers off; with [`DISK_WORD`] it mounts
+/// /dev/vda (ext4), checks hello.txt against hello.sha256, writes
+/// marker.txt with the boot count, unmounts and powers off; otherwise it
+/// starts an interactive shell on the console (`setsid cttyhack`: the
+/// console becomes the shell's controlling terminal, so Ctrl-C and job
+/// control work) and powers the VM off when the shell exits. `reboot -f` in
+/// the shell is PSCI SYSTEM_RESET: the host restarts the VM.
 const INIT_SCRIPT: &str = "#!/bin/sh
 export PATH=/bin
 /bin/busybox --install -s /bin
@@ -527,12 +596,46 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo LINUX-GUEST-INIT-OK
 echo LINUX-GUEST-INIT-OK > /dev/kmsg
+loaded=
+failed=
+for m in $(cat /lib/modules/load-order 2>/dev/null); do
+    n=${m##*/}
+    n=${n%.ko}
+    if insmod \"$m\"; then loaded=\"$loaded $n\"; else failed=\"$failed $n\"; fi
+done
+if [ -n \"$failed\" ]; then
+    echo \"LINUX-GUEST-MODULES: FAILED$failed (loaded:$loaded)\"
+else
+    echo \"LINUX-GUEST-MODULES: loaded$loaded\"
+fi
 case \" $(cat /proc/cmdline) \" in
 *\" hyp.init=check \"*)
     uname -a
     echo \"cpus online: $(cat /sys/devices/system/cpu/online)\"
     cat /proc/interrupts
     echo LINUX-GUEST-DONE
+    poweroff -f
+    ;;
+*\" hyp.init=disk \"*)
+    # The disk appears when virtio_blk probes it; wait at most 5 s.
+    i=0
+    while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    if [ ! -b /dev/vda ]; then
+        devs=$(ls /sys/bus/virtio/devices 2>/dev/null | tr '\\n' ' ')
+        echo \"LINUX-DISK: FAILED no /dev/vda (virtio devices: ${devs:-none})\"
+    elif ! mount -t ext4 /dev/vda /mnt; then
+        echo \"LINUX-DISK: FAILED cannot mount /dev/vda as ext4\"
+    else
+        if (cd /mnt && sha256sum -c hello.sha256); then
+            echo \"LINUX-DISK: hello.txt OK\"
+        else
+            echo \"LINUX-DISK: FAILED hello.txt does not match hello.sha256\"
+        fi
+        echo \"written by the guest at boot $(tr -d '\\000' < /proc/device-tree/chosen/hyp,boot-count)\" > /mnt/marker.txt
+        sync
+        umount /mnt || echo \"LINUX-DISK: FAILED umount /mnt\"
+    fi
+    echo LINUX-DISK-DONE
     poweroff -f
     ;;
 esac
@@ -618,14 +721,45 @@ impl Cpio {
     }
 }
 
-/// Builds the initramfs (busybox, /init, /dev/console) into target/linux-cache.
-pub fn initramfs(busybox: &Path) -> Result<PathBuf> {
+/// Builds the initramfs (busybox, /init, /dev/console, the kernel modules
+/// of [`kmods::ROOT_MODULES`] with their dependencies, a `modules.dep` and
+/// the load order) into target/linux-cache.
+pub fn initramfs(f: &Fetched) -> Result<PathBuf> {
+    let cache = cache_dir();
+    let sel = kmods::select(&f.deb, &cache, &cache.join("root"))?;
+    note(&format!(
+        "linux: initramfs modules (load order): {}",
+        sel.names.join(" ")
+    ));
     let mut c = Cpio::default();
-    for d in ["bin", "dev", "proc", "sys", "tmp", "root"] {
+    for d in ["bin", "dev", "proc", "sys", "tmp", "root", "mnt"] {
         c.dir(d);
     }
     c.chardev("dev/console", 0o600, 5, 1);
-    c.file("bin/busybox", 0o755, &read(busybox)?);
+    c.file("bin/busybox", 0o755, &read(&f.busybox)?);
+    // The modules' directories, parents first (the kernel's unpacker does
+    // not create missing ones).
+    let mut dirs = std::collections::BTreeSet::new();
+    for (p, _) in &sel.modules {
+        let mut d = Path::new(p).parent();
+        while let Some(x) = d.filter(|x| !x.as_os_str().is_empty()) {
+            dirs.insert(x.display().to_string());
+            d = x.parent();
+        }
+    }
+    dirs.insert(format!("lib/modules/{}", f.version));
+    for d in &dirs {
+        c.dir(d);
+    }
+    for (p, data) in &sel.modules {
+        c.file(p, 0o644, data);
+    }
+    c.file(
+        &format!("lib/modules/{}/modules.dep", f.version),
+        0o644,
+        sel.modules_dep.as_bytes(),
+    );
+    c.file(kmods::LOAD_ORDER, 0o644, sel.load_order.as_bytes());
     for a in APPLETS {
         c.symlink(&format!("bin/{a}"), "busybox");
     }
@@ -633,6 +767,72 @@ pub fn initramfs(busybox: &Path) -> Result<PathBuf> {
     let path = cache_dir().join("initramfs.cpio");
     write(&path, &c.finish())?;
     Ok(path)
+}
+
+/// The test disk's `hello.txt`: 64 KiB of deterministic bytes (xorshift64
+/// from a fixed seed), so a wrong or misplaced block shows in its checksum.
+pub fn hello_bytes() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(64 << 10);
+    while out.len() < 64 << 10 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// Makes a fresh ext4 test disk, target/linux-cache/test-disk.img (16 MiB),
+/// holding `hello.txt` ([`hello_bytes`]) and `hello.sha256` (its
+/// `sha256sum` line), with e2fsprogs' `mkfs.ext4 -d`. The guest's
+/// `hyp.init=disk` check verifies one and writes `marker.txt`, which
+/// [`read_disk_file`] reads back.
+pub fn make_test_disk() -> Result<PathBuf> {
+    let cache = cache_dir();
+    let img = cache.join("test-disk.img");
+    make_disk_at(&cache.join("test-disk"), &img)?;
+    Ok(img)
+}
+
+/// [`make_test_disk`] into `img`, its files staged in `dir`.
+fn make_disk_at(dir: &Path, img: &Path) -> Result<()> {
+    let (mkfs, _) = crate::provision::e2fsprogs()?;
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(img);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    write(&dir.join("hello.txt"), &hello_bytes())?;
+    let sum = output(Command::new("sha256sum").arg("hello.txt").current_dir(dir))?;
+    write(&dir.join("hello.sha256"), sum.as_bytes())?;
+    run_checked(
+        Command::new(mkfs)
+            .args(["-q", "-F", "-d"])
+            .arg(dir)
+            .arg(img)
+            .arg("16M"),
+    )
+}
+
+/// A file of an ext4 image, read with `debugfs -R 'cat PATH'` (no mount).
+pub fn read_disk_file(img: &Path, path: &str) -> Result<Vec<u8>> {
+    let (_, debugfs) = crate::provision::e2fsprogs()?;
+    let out = Command::new(debugfs)
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(img)
+        .output()
+        .map_err(|e| format!("cannot run debugfs: {e}"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    // debugfs exits 0 even when the file or the file system is missing;
+    // then it says so on stderr, after its banner ("debugfs 1.47.0 ...").
+    if !out.status.success() || err.lines().any(|l| !l.starts_with("debugfs ")) {
+        return Err(format!(
+            "debugfs -R 'cat {path}' {}: {}",
+            img.display(),
+            err.trim()
+        ));
+    }
+    Ok(out.stdout)
 }
 
 /// Everything `cargo xtask linux` and the test step need: fetched files, the
@@ -663,7 +863,7 @@ pub fn linux_guest(
             lines.join(", ")
         }
     ));
-    let initrd = initramfs(&fetched.busybox)?;
+    let initrd = initramfs(&fetched)?;
     let prepared = prepare(
         &GuestOpts {
             kernel: fetched.kernel.clone(),
@@ -674,6 +874,7 @@ pub fn linux_guest(
             smp,
             mem_mib: None,
             protected,
+            disk: None,
         },
         host_extra,
     )?;
@@ -693,6 +894,88 @@ mod tests {
     fn init_runs_the_check_only_for_its_word() {
         assert!(INIT_SCRIPT.contains(&format!("*\" {CHECK_WORD} \"*)")));
         assert!(INIT_SCRIPT.contains("setsid cttyhack sh"));
+    }
+
+    #[test]
+    fn init_checks_the_disk_only_for_its_word() {
+        let arm = INIT_SCRIPT
+            .split(&format!("*\" {DISK_WORD} \"*)"))
+            .nth(1)
+            .and_then(|rest| rest.split(";;").next())
+            .expect("a case arm for the disk word");
+        for step in [
+            "mount -t ext4 /dev/vda /mnt",
+            "sha256sum -c hello.sha256",
+            "LINUX-DISK: hello.txt OK",
+            "LINUX-DISK: FAILED",
+            "written by the guest at boot $(tr -d '\\000' < /proc/device-tree/chosen/hyp,boot-count)\" > /mnt/marker.txt",
+            "sync",
+            "umount /mnt",
+            "LINUX-DISK-DONE",
+            "poweroff -f",
+        ] {
+            assert!(arm.contains(step), "the disk check lacks {step:?}");
+        }
+        // The wait for the disk is bounded, so a missing device never hangs.
+        assert!(arm.contains("[ $i -lt 50 ]"));
+        // Modules load before either check, and report in one line.
+        let modules = INIT_SCRIPT.find("insmod").expect("insmod");
+        assert!(modules < INIT_SCRIPT.find("case ").expect("the case"));
+        assert!(INIT_SCRIPT.contains(&format!("$(cat /{} ", kmods::LOAD_ORDER)));
+        assert!(INIT_SCRIPT.contains("LINUX-GUEST-MODULES: loaded$loaded"));
+    }
+
+    #[test]
+    fn test_disk_holds_hello_and_its_checksum() {
+        if crate::provision::find_tool("mkfs.ext4").is_none()
+            || crate::provision::find_tool("debugfs").is_none()
+        {
+            eprintln!("skipped: no e2fsprogs (`cargo xtask test` installs it)");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-testdisk-{}", std::process::id()));
+        let img = dir.with_extension("img");
+        make_disk_at(&dir, &img).expect("make the disk");
+        assert_eq!(
+            read_disk_file(&img, "/hello.txt").expect("hello.txt"),
+            hello_bytes()
+        );
+        let sum = String::from_utf8(read_disk_file(&img, "/hello.sha256").expect("sha256"))
+            .expect("text");
+        assert!(
+            sum.ends_with("  hello.txt\n") && sum.len() == 64 + 12,
+            "{sum:?}"
+        );
+        let e = read_disk_file(&img, "/marker.txt").expect_err("no marker yet");
+        assert!(e.contains("marker.txt"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&img);
+    }
+
+    #[test]
+    fn disk_args_need_a_regular_file() {
+        let dir = std::env::temp_dir().join(format!("xtask-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the directory");
+        let img = dir.join("d.img");
+        std::fs::write(&img, [0u8; 512]).expect("write the image");
+        let args = disk_qemu_args(&img).expect("a regular file");
+        assert_eq!(
+            args,
+            [
+                "-drive".to_owned(),
+                format!(
+                    "file={},if=none,format=raw,id=disk0",
+                    std::fs::canonicalize(&img).expect("canonical").display()
+                ),
+                "-device".to_owned(),
+                "virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on".to_owned(),
+            ]
+        );
+        let e = disk_qemu_args(&dir).expect_err("a directory");
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = disk_qemu_args(&dir.join("none.img")).expect_err("missing");
+        assert!(e.starts_with("--disk "), "{e}");
+        std::fs::remove_dir_all(&dir).expect("remove the directory");
     }
 
     use super::*;
@@ -956,6 +1239,7 @@ mod tests {
             smp: 1,
             mem_mib: None,
             protected: false,
+            disk: None,
         }
     }
 

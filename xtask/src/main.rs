@@ -21,6 +21,7 @@ mod bench;
 mod coverage;
 mod flat;
 mod fuzz;
+mod kmods;
 mod linux;
 mod mutants;
 mod profile;
@@ -136,6 +137,10 @@ enum Cmd {
         /// Make the --guest VM protected (its memory donated, not lent).
         #[arg(long, requires = "guest")]
         protected: bool,
+        /// A raw disk image: a virtio-blk PCI device the host drives and
+        /// serves to the --guest as a virtio-mmio disk (QEMU only).
+        #[arg(long, value_name = "PATH", requires = "guest")]
+        disk: Option<PathBuf>,
         /// Do not build or boot: print the --guest's QEMU loader arguments
         /// (one line) and the hypervisor's boot arguments (the next line).
         #[arg(long, requires = "guest")]
@@ -173,6 +178,11 @@ enum Cmd {
         /// prepended: give console=ttyAMA0 yourself).
         #[arg(long, value_name = "ARGS", conflicts_with = "guest_append")]
         guest_cmdline: Option<String>,
+        /// A raw disk image the guest sees as /dev/vda (a virtio-blk PCI
+        /// device the host drives and serves to it as virtio-mmio); with
+        /// `--guest-append hyp.init=disk`, /init checks it (see README).
+        #[arg(long, value_name = "PATH")]
+        disk: Option<PathBuf>,
         /// Only fetch and build the initramfs, print the boot arguments.
         #[arg(long)]
         prepare_only: bool,
@@ -649,6 +659,12 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 }
 
 fn run(platform: Platform, opts: RunOpts) -> Result<u8> {
+    if platform != Platform::Qemu && opts.guest.as_ref().is_some_and(|g| g.disk.is_some()) {
+        return Err(format!(
+            "--disk needs --platform qemu (the host's virtio-blk PCI device is QEMU's), not {}",
+            platform.dir()
+        ));
+    }
     // The guest first: a bad --guest is an error before anything is built.
     let prepared = match &opts.guest {
         Some(g) => Some(linux::prepare(g, opts.append.as_deref())?),
@@ -929,10 +945,12 @@ fn test() -> Result<()> {
         &mut profile::check,
     )?;
     step(
-        "Linux guest (Debian arm64 kernel + busybox initramfs, 2 vCPUs): scripted check, then the shell typed at and rebooted",
+        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written",
         &mut || {
             let g = linux::linux_guest(2, false, None, None)?;
-            run_checked(
+            let disk = linux::make_test_disk()?;
+            let (_, debugfs) = provision::e2fsprogs()?;
+            let tested = run_checked(
                 cargo(&[
                     "test",
                     "-p",
@@ -948,8 +966,19 @@ fn test() -> Result<()> {
                 .env("HYP_BOARD_DIR", &board_dir)
                 .env("HYP_LINUX_APPEND", &g.prepared.bootargs)
                 .env("HYP_LINUX_QEMU_ARGS", g.prepared.qemu_args.join("\n"))
-                .env("HYP_LINUX_VERSION", &g.fetched.version),
-            )
+                .env("HYP_LINUX_VERSION", &g.fetched.version)
+                .env("HYP_LINUX_DISK", &disk)
+                .env("HYP_DEBUGFS", &debugfs),
+            );
+            match linux::read_disk_file(&disk, "/marker.txt") {
+                Ok(m) => note(&format!(
+                    "linux: {}: marker.txt: {:?}",
+                    disk.display(),
+                    String::from_utf8_lossy(&m)
+                )),
+                Err(e) => note(&format!("linux: no marker: {e}")),
+            }
+            tested
         },
     )?;
     // Figures, not a timed test: it prints ns/page and barrier counts for
@@ -990,6 +1019,7 @@ struct LinuxOpts {
     mem: Option<u64>,
     guest_append: Option<String>,
     guest_cmdline: Option<String>,
+    disk: Option<PathBuf>,
     prepare_only: bool,
 }
 
@@ -1012,10 +1042,11 @@ fn linux_cmd(o: LinuxOpts) -> Result<u8> {
         mem,
         guest_append,
         guest_cmdline,
+        disk,
         prepare_only,
     } = o;
     let fetched = linux::fetch()?;
-    let initrd = linux::initramfs(&fetched.busybox)?;
+    let initrd = linux::initramfs(&fetched)?;
     let (guest_driver, lines) = linux::pkvm_config(&fetched.config)?;
     note(&format!(
         "linux: kernel {} ({}); pKVM guest driver (CONFIG_ARM_PKVM_GUEST) {}; PKVM config lines: {:?}",
@@ -1036,6 +1067,7 @@ fn linux_cmd(o: LinuxOpts) -> Result<u8> {
         smp: guest_smp,
         mem_mib: mem,
         protected,
+        disk,
     };
     if prepare_only {
         return print_prepared(&guest, None);
@@ -1077,6 +1109,7 @@ fn main() -> ExitCode {
             guest_smp,
             guest_mem,
             protected,
+            disk,
             prepare_only,
             qemu_args,
         } => {
@@ -1089,6 +1122,7 @@ fn main() -> ExitCode {
                 smp: guest_smp,
                 mem_mib: guest_mem,
                 protected,
+                disk,
             });
             match guest {
                 Some(g) if prepare_only => print_prepared(&g, append.as_deref()),
@@ -1116,6 +1150,7 @@ fn main() -> ExitCode {
             mem,
             guest_append,
             guest_cmdline,
+            disk,
             prepare_only,
         } => linux_cmd(LinuxOpts {
             smp,
@@ -1126,6 +1161,7 @@ fn main() -> ExitCode {
             mem,
             guest_append,
             guest_cmdline,
+            disk,
             prepare_only,
         }),
         Cmd::Test => test().map(|_| 0),
@@ -1301,6 +1337,64 @@ mod tests {
         assert!(parse(&["run", "--guest", "g", "--guest-load", "0x4020000g"]).is_err());
         assert_eq!(parse_u64("4096"), Ok(4096));
         assert_eq!(parse_u64("0X10"), Ok(16));
+    }
+
+    #[test]
+    fn disk_option_once_and_on_qemu_only() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["cargo xtask"], args].concat());
+        let Ok(Cli {
+            command: Cmd::Linux { disk, .. },
+        }) = parse(&["linux", "--disk", "d.img"])
+        else {
+            panic!("linux --disk rejected");
+        };
+        assert_eq!(disk, Some(PathBuf::from("d.img")));
+        let Ok(Cli {
+            command: Cmd::Run { disk, .. },
+        }) = parse(&["run", "--guest", "g", "--disk", "d.img"])
+        else {
+            panic!("run --disk rejected");
+        };
+        assert_eq!(disk, Some(PathBuf::from("d.img")));
+        for args in [
+            &["linux", "--disk", "a.img", "--disk", "b.img"][..],
+            &["run", "--guest", "g", "--disk", "a.img", "--disk", "a.img"],
+        ] {
+            let e = parse(args).err().expect("two disks");
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{args:?}"
+            );
+        }
+        // --disk is for a --guest.
+        assert!(parse(&["run", "--disk", "d.img"]).is_err());
+        // Not on the Raspberry Pi: refused before anything is built.
+        let e = run(
+            Platform::Rpi4,
+            RunOpts {
+                smp: None,
+                gdb: false,
+                icount: false,
+                timeout: None,
+                append: None,
+                features: Vec::new(),
+                qemu_args: Vec::new(),
+                guest: Some(linux::GuestOpts {
+                    kernel: PathBuf::from("k"),
+                    initrd: None,
+                    append: None,
+                    cmdline: None,
+                    load: None,
+                    smp: 1,
+                    mem_mib: None,
+                    protected: false,
+                    disk: Some(PathBuf::from("d.img")),
+                }),
+            },
+        )
+        .expect_err("--disk on rpi4");
+        assert!(e.contains("--disk needs --platform qemu"), "{e}");
     }
 
     #[test]

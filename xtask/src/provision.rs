@@ -295,6 +295,59 @@ pub fn qemu() -> Result<()> {
     }
 }
 
+/// Finds a system tool on PATH or in /usr/sbin and /sbin (where e2fsprogs
+/// puts mkfs.ext4 and debugfs, often not on a user's PATH).
+pub fn find_tool(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Makes sure e2fsprogs' `mkfs.ext4` and `debugfs` (the Linux guest's test
+/// disk) are installed: with apt (as root or with passwordless sudo) on a
+/// Debian-like system, else an error saying what to install. Returns their
+/// paths.
+pub fn e2fsprogs() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let found = || Some((find_tool("mkfs.ext4")?, find_tool("debugfs")?));
+    if let Some(t) = found() {
+        return Ok(t);
+    }
+    let os = os_release();
+    let id = os_field(&os, "ID").unwrap_or_default();
+    let like = os_field(&os, "ID_LIKE").unwrap_or_default();
+    let debian_like = id == "debian" || id == "ubuntu" || like.contains("debian");
+    let sudo: &[&str] = if is_root() {
+        &[]
+    } else if debian_like && sudo_works() {
+        &["sudo", "-n"]
+    } else {
+        return Err(
+            "mkfs.ext4 or debugfs not found: install e2fsprogs (e.g. `sudo apt-get install -y \
+             e2fsprogs`)"
+                .to_owned(),
+        );
+    };
+    if !debian_like {
+        return Err("mkfs.ext4 or debugfs not found: install e2fsprogs".to_owned());
+    }
+    note("provision: mkfs.ext4 or debugfs not found; installing e2fsprogs");
+    for args in [
+        &["apt-get", "update"][..],
+        &["apt-get", "install", "-y", "e2fsprogs"],
+    ] {
+        let mut argv: Vec<&str> = sudo.to_vec();
+        argv.extend_from_slice(args);
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        crate::run_checked(&mut cmd)?;
+    }
+    found()
+        .ok_or_else(|| "installed e2fsprogs but mkfs.ext4 or debugfs is still missing".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
