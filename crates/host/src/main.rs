@@ -582,10 +582,12 @@ fn run_vcpu(g: &Guest, v: u64) {
                 MMIO_EXITS.fetch_add(1, Ordering::Relaxed);
                 let (ipa, mmio, value) = (r[1], r[2], r[3]);
                 let write = mmio & (1 << 8) != 0;
-                let val = if demo::is_demo_device(ipa) {
-                    demo::mmio(g, ipa, mmio, value)
-                } else if linuxdev::owns(g.handle.0, ipa) {
+                // The Linux VM's disk sits where the demo's console does
+                // (QEMU virt's first virtio-mmio window): it goes first.
+                let val = if linuxdev::owns(g.handle.0, ipa) {
                     linuxdev::mmio(g, ipa, mmio, value)
+                } else if demo::is_demo_device(ipa) {
+                    demo::mmio(g, ipa, mmio, value)
                 } else if g.name == "guest-irq" && irqdev::owns(ipa) {
                     irqdev::mmio(g.handle.0, ipa, write, value)
                 } else {
