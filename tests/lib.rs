@@ -460,15 +460,34 @@ pub fn expect_demo_pass(q: &mut Qemu, t: Duration) -> DemoCounts {
             log.join("\n")
         );
     };
+    // A line `prefix IPA suffix`: the IPA (where the guest's linker put a
+    // static) must be a page of the guest's 16 MiB at 0x40000000.
+    let has_ipa = |prefix: &str, suffix: &str| {
+        let ipa = log
+            .iter()
+            .find_map(|l| {
+                let rest = l.strip_prefix(prefix)?.strip_suffix(suffix)?;
+                u64::from_str_radix(rest.strip_prefix("0x")?, 16).ok()
+            })
+            .unwrap_or_else(|| panic!("missing \"{prefix}<IPA>{suffix}\" in:\n{}", log.join("\n")));
+        assert!(
+            ipa % 4096 == 0 && (0x4000_0000..0x4100_0000).contains(&ipa),
+            "{prefix}{ipa:#x}{suffix}"
+        );
+    };
     for h in 1..=2 {
         has(&format!("[vm{h}] virtio console up; KVM vendor UID found, KVM_FEATURES 0x9d, HYP_MEMINFO granule 4096"));
-        has(&format!("[vm{h}] MEM_SHARE and MEM_UNSHARE offered: I am protected; DMA bounces through {pool} pages at IPA 0x40015000 shared with MEM_SHARE"));
+        has_ipa(
+            &format!("[vm{h}] MEM_SHARE and MEM_UNSHARE offered: I am protected; DMA bounces through {pool} pages at IPA "),
+            " shared with MEM_SHARE",
+        );
         // Upstream MMIO guard: the protected guests guard their device
         // pages (an access to any other page of the window is an abort).
         has(&format!("[vm{h}] MMIO_GUARD offered: guarded 2 pages of the host's window (virtio-mmio at 0xa000000, control at 0xa003000) before touching them"));
-        has(&format!(
-            "[vm{h}] vCPU 1 wrote a 16-byte secret 256 times into private memory at IPA 0x40025000"
-        ));
+        has_ipa(
+            &format!("[vm{h}] vCPU 1 wrote a 16-byte secret 256 times into private memory at IPA "),
+            "",
+        );
         has(&format!(
             "demo: VM {h}: the {pool} pages it shared (MEM_SHARE): {pool} readable by the host"
         ));
@@ -491,8 +510,23 @@ pub fn expect_demo_pass(q: &mut Qemu, t: Duration) -> DemoCounts {
     for h in 1..=3 {
         has(&format!("[vm{h}] virtio-blk up: 128 sectors"));
         has(&format!(
-            "[vm{h}] wrote 8 blocks in 4 requests, read them back in 1: identical"
+            "[vm{h}] wrote 8 blocks in 4 requests, read them back in 1, each completion an interrupt: identical"
         ));
+        // Device interrupts: the 5 block completions and one per console
+        // line so far, none missing.
+        let irqs = log
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix(&format!("[vm{h}] "))?
+                    .strip_suffix(" device interrupts taken so far, 0 console lines without one")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no interrupt count of VM {h} in:\n{}", log.join("\n")));
+        assert!(
+            (10..=20).contains(&irqs),
+            "VM {h}: {irqs} device interrupts"
+        );
         // Sharing memory the guest does not own: SMCCC INVALID_PARAMETER.
         has(&format!(
             "[vm{h}] MEM_SHARE(0x100000000), memory I do not own = -3"

@@ -16,6 +16,12 @@ pub const CONSOLE_IPA: u64 = HOST_MMIO_IPA;
 pub const BLK_IPA: u64 = HOST_MMIO_IPA + VIRTIO_MMIO_SIZE;
 /// Size of one virtio-mmio transport's register window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x200;
+/// The console's and the block device's interrupts (INTIDs: SPIs 16 and
+/// 17, QEMU virt's first virtio-mmio SPIs), level-triggered: the host
+/// declares them before a guest's first run (IRQ_DECLARE) and holds each
+/// high (IRQ_LINE) while its device's InterruptStatus is non-zero.
+pub const CONSOLE_INTID: u32 = 48;
+pub const BLK_INTID: u32 = 49;
 
 /// Read: how many VMs the host has begun (bits [15:0]) and finished (bits
 /// [31:16]) destroying while others ran (guest option `reap`); the

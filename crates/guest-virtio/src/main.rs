@@ -20,6 +20,15 @@
 //! without sharing (the host can read all of its memory anyway) and lets
 //! the device use its buffers in place.
 //!
+//! The devices' completions come as interrupts (level-triggered SPIs the
+//! host drives with IRQ_LINE, [`demo::CONSOLE_INTID`] and
+//! [`demo::BLK_INTID`]): block requests are submitted with the
+//! non-blocking calls and vCPU 0 waits in WFI for the block interrupt
+//! before it completes them; the console's interrupt is acknowledged after
+//! each line. The handler masks the SPI at the distributor (the line stays
+//! high until the driver acknowledges at the device) and vCPU 0 unmasks it
+//! after the acknowledgement.
+//!
 //! vCPU 0 drives the devices; vCPU 1 writes the VM's secret into private
 //! memory (protected VMs) and turns itself off. Both run with the MMU off
 //! (as the host does, so guest and host see the same memory without cache
@@ -33,9 +42,10 @@ use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use guest_rt::{demo, println};
+use guest_rt::gic::{self, SPURIOUS};
+use guest_rt::{demo, println, Exception, Frame};
 use smccc::psci;
-use virtio_drivers::device::blk::VirtIOBlk;
+use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk};
 use virtio_drivers::device::console::VirtIOConsole;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
@@ -247,6 +257,66 @@ fn wfi() {
     unsafe { asm!("wfi", options(nomem, nostack)) };
 }
 
+/// Device interrupts taken (bit 0: console, bit 1: block) and not yet
+/// consumed by vCPU 0, and how many were taken in all.
+static IRQ_SEEN: AtomicU64 = AtomicU64::new(0);
+static IRQS: AtomicU64 = AtomicU64::new(0);
+/// Console lines whose interrupt did not come within a second.
+static MISSED: AtomicU64 = AtomicU64::new(0);
+
+fn irq_bit(intid: u32) -> u64 {
+    if intid == demo::BLK_INTID {
+        2
+    } else {
+        1
+    }
+}
+
+/// vCPU 0's IRQ handler: a device's SPI is masked at the distributor (its
+/// level stays high until the driver acknowledges at the device) and noted.
+fn irq(e: &Exception, _frame: &mut Frame) -> bool {
+    if e.vector != 5 {
+        return false;
+    }
+    let a = gic::ack();
+    let id = a.intid();
+    if id == SPURIOUS {
+        return true;
+    }
+    if id == demo::CONSOLE_INTID || id == demo::BLK_INTID {
+        gic::disable(id);
+        IRQ_SEEN.fetch_or(irq_bit(id), Ordering::AcqRel);
+        IRQS.fetch_add(1, Ordering::Relaxed);
+    }
+    gic::eoi(a);
+    true
+}
+
+/// Interrupts for the devices: both SPIs level-triggered, to vCPU 0.
+fn irq_setup() {
+    guest_rt::set_exception_hook(irq);
+    gic::irq_mask();
+    gic::init_distributor();
+    gic::init_cpu();
+    for id in [demo::CONSOLE_INTID, demo::BLK_INTID] {
+        gic::configure_spi(id, false);
+        gic::route_spi(id, 0);
+        gic::set_priority(id, 0x80);
+        gic::enable(id);
+    }
+    gic::irq_unmask();
+}
+
+/// Waits (WFI, at most a second) for device `intid`'s interrupt; whether
+/// it came. Consumes it: the caller acknowledges at the device and then
+/// unmasks the SPI ([`gic::enable`]).
+fn wait_irq(intid: u32) -> bool {
+    let bit = irq_bit(intid);
+    gic::wait_until(1000, || {
+        IRQ_SEEN.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    })
+}
+
 #[unsafe(no_mangle)]
 fn guest_main(cpu: usize, handle: u64) -> ! {
     if cpu != 0 {
@@ -317,6 +387,7 @@ fn run(handle: u64, guarded: u64) -> bool {
             return false;
         }
     }
+    irq_setup();
     let mut con = match transport(demo::CONSOLE_IPA).map(VirtIOConsole::<GuestHal, _>::new) {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -332,8 +403,18 @@ fn run(handle: u64, guarded: u64) -> bool {
         }
     };
     let mut ok = true;
+    // Each line raises the console's interrupt (its transmitq's used
+    // buffers); it is acknowledged at the device, then unmasked.
     macro_rules! say {
-        ($($arg:tt)*) => {{ let _ = writeln!(con, $($arg)*); }};
+        ($($arg:tt)*) => {{
+            let _ = writeln!(con, $($arg)*);
+            if wait_irq(demo::CONSOLE_INTID) {
+                let _ = con.ack_interrupt();
+                gic::enable(demo::CONSOLE_INTID);
+            } else {
+                MISSED.fetch_add(1, Ordering::Relaxed);
+            }
+        }};
     }
     say!(
         "virtio console up; KVM vendor UID {}, KVM_FEATURES {:#x}, HYP_MEMINFO granule {}",
@@ -405,19 +486,19 @@ fn run(handle: u64, guarded: u64) -> bool {
         for (j, b) in buf.iter_mut().enumerate() {
             *b = pattern(w * CHUNK + j);
         }
-        if let Err(e) = blk.write_blocks(w * BLOCKS_PER_WRITE, &buf) {
+        if let Err(e) = blk_write(&mut blk, w * BLOCKS_PER_WRITE, &buf) {
             say!("write of blocks {}..: {e}", w * BLOCKS_PER_WRITE);
             return false;
         }
     }
     let mut back = [0u8; WRITES * BLOCKS_PER_WRITE * SECTOR];
-    if let Err(e) = blk.read_blocks(0, &mut back) {
+    if let Err(e) = blk_read(&mut blk, 0, &mut back) {
         say!("read of blocks 0..: {e}");
         return false;
     }
     let same = back.iter().enumerate().all(|(i, b)| *b == pattern(i));
     say!(
-        "wrote {} blocks in {} requests, read them back in 1: {}",
+        "wrote {} blocks in {} requests, read them back in 1, each completion an interrupt: {}",
         WRITES * BLOCKS_PER_WRITE,
         WRITES,
         if same { "identical" } else { "DIFFERENT" }
@@ -428,6 +509,13 @@ fn run(handle: u64, guarded: u64) -> bool {
     say!("MEM_SHARE({NOT_MINE:#x}), memory I do not own = {r}");
     ok &= r == -3;
 
+    // While the console's rings are still shared (a protected VM unshares
+    // its pool below).
+    say!(
+        "{} device interrupts taken so far, {} console lines without one",
+        IRQS.load(Ordering::Relaxed),
+        MISSED.load(Ordering::Relaxed)
+    );
     if d.protected {
         say!("asking the host to read my shared pool");
         ctl(demo::CTL_POOL_IPA, pool_base() as u64);
@@ -443,4 +531,41 @@ fn run(handle: u64, guarded: u64) -> bool {
         say!("done, powering off");
     }
     ok
+}
+
+type Blk = VirtIOBlk<GuestHal, MmioTransport<'static>>;
+
+/// A block request's completion: the block interrupt, acknowledged at the
+/// device, the SPI unmasked.
+fn blk_wait(blk: &mut Blk) -> Result<(), &'static str> {
+    if !wait_irq(demo::BLK_INTID) {
+        return Err("no completion interrupt within a second");
+    }
+    blk.ack_interrupt();
+    gic::enable(demo::BLK_INTID);
+    Ok(())
+}
+
+/// Writes `buf` at `block`, waiting for the completion interrupt in WFI.
+fn blk_write(blk: &mut Blk, block: usize, buf: &[u8]) -> Result<(), &'static str> {
+    let (mut req, mut resp) = (BlkReq::default(), BlkResp::default());
+    // SAFETY: `req`, `buf` and `resp` stay alive and unmoved until
+    // complete_write_blocks below, which ends the request.
+    let token = unsafe { blk.write_blocks_nb(block, &mut req, buf, &mut resp) }
+        .map_err(|_| "submitting the write failed")?;
+    blk_wait(blk)?;
+    // SAFETY: the same token and buffers as the submission.
+    unsafe { blk.complete_write_blocks(token, &req, buf, &mut resp) }
+        .map_err(|_| "the write failed")
+}
+
+/// Reads into `buf` from `block`, waiting for the completion interrupt.
+fn blk_read(blk: &mut Blk, block: usize, buf: &mut [u8]) -> Result<(), &'static str> {
+    let (mut req, mut resp) = (BlkReq::default(), BlkResp::default());
+    // SAFETY: as in `blk_write`.
+    let token = unsafe { blk.read_blocks_nb(block, &mut req, buf, &mut resp) }
+        .map_err(|_| "submitting the read failed")?;
+    blk_wait(blk)?;
+    // SAFETY: as in `blk_write`.
+    unsafe { blk.complete_read_blocks(token, &req, buf, &mut resp) }.map_err(|_| "the read failed")
 }

@@ -27,8 +27,8 @@ use virtio_dev::Fault;
 mod virtio;
 
 pub use virtio::Devices;
-pub use virtio::GuestRam;
 use virtio::Which;
+pub use virtio::{declare_irqs, GuestRam};
 
 use crate::{call, Guest, GUEST_RAM, PAGE};
 

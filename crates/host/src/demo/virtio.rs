@@ -245,8 +245,38 @@ impl Devices {
     }
 }
 
+/// The INTID of device `which`'s interrupt.
+fn intid(which: Which) -> u32 {
+    match which {
+        Which::Console => guest_rt::demo::CONSOLE_INTID,
+        Which::Blk => guest_rt::demo::BLK_INTID,
+    }
+}
+
+/// Before VM `h` first runs: its devices' interrupts declared
+/// (IRQ_DECLARE), so that [`irq_level_changed`] may drive them.
+pub fn declare_irqs(h: u64) {
+    for which in [Which::Console, Which::Blk] {
+        let id = intid(which);
+        if let Err(e) = crate::call(hyp_abi::IRQ_DECLARE, [h, u64::from(id), 0, 0]) {
+            crate::fail(format_args!("IRQ_DECLARE of INTID {id} for VM {h}: {e:?}"));
+        }
+    }
+}
+
 /// Device `which` of `g` raised (InterruptStatus became non-zero) or
 /// lowered (the driver acknowledged everything) its level-triggered
-/// interrupt line. The demo guest polls its used rings, so nothing is
-/// raised yet; the host call that drives a guest's SPI belongs here.
-fn irq_level_changed(_g: &Guest, _which: Which, _level: bool) {}
+/// interrupt line: the VM's SPI follows (IRQ_LINE; the hypervisor kicks a
+/// vCPU it targets that is running elsewhere).
+fn irq_level_changed(g: &Guest, which: Which, level: bool) {
+    let r = crate::hostif::call_full(
+        hyp_abi::IRQ_LINE,
+        [g.handle.0, u64::from(intid(which)), u64::from(level), 0],
+    );
+    if let Some(e) = hyp_abi::HostError::from_code(r[0]) {
+        crate::fail(format_args!(
+            "IRQ_LINE of VM {}'s {which:?} interrupt: {e:?}",
+            g.handle.0
+        ));
+    }
+}
