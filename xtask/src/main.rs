@@ -21,6 +21,7 @@ mod bench;
 mod coverage;
 mod flat;
 mod fuzz;
+mod iobench;
 mod kmods;
 mod linux;
 mod mutants;
@@ -210,6 +211,12 @@ enum Cmd {
         /// The board (a directory under platforms/).
         #[arg(long, value_enum, default_value = "qemu")]
         platform: Platform,
+        /// Instead: a Linux guest's 4 KiB disk reads through the hypervisor
+        /// (virtio-blk-pci served by the host) against the same kernel on
+        /// QEMU's virtio-mmio disk without it, in exact instructions
+        /// (target/bench/linux-blk.json; about 2 minutes).
+        #[arg(long)]
+        linux_blk: bool,
     },
     /// Where one bench metric's instructions go: two traced boots on QEMU
     /// virt (-icount, `-d in_asm,exec`), per-function instructions per
@@ -1166,7 +1173,10 @@ fn main() -> ExitCode {
         }),
         Cmd::Test => test().map(|_| 0),
         Cmd::Fuzz { calls, seed } => fuzz::fuzz(calls, seed).map(|_| 0),
-        Cmd::Bench { platform } => bench::bench(platform).map(|_| 0),
+        Cmd::Bench {
+            linux_blk: true, ..
+        } => iobench::linux_blk().map(|()| 0),
+        Cmd::Bench { platform, .. } => bench::bench(platform).map(|_| 0),
         Cmd::Profile { metric, iterations } => profile::profile(&metric, iterations).map(|_| 0),
         Cmd::Size { platform } => {
             let all = [Platform::Qemu, Platform::Rpi4];

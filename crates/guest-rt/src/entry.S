@@ -25,7 +25,8 @@ _start:
     adrp    x1, __stacks_start
     add     x1, x1, :lo12:__stacks_start
     add     x2, x19, #1
-    add     x1, x1, x2, lsl #14             // (index + 1) * STACK_SIZE
+    ldr     x3, =__guest_stack_size         // guest.ld's STACK_SIZE
+    madd    x1, x2, x3, x1                  // + (index + 1) * STACK_SIZE
     mov     sp, x1
     adrp    x1, __guest_vectors
     add     x1, x1, :lo12:__guest_vectors

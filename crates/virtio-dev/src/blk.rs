@@ -45,6 +45,10 @@ const HEADER: usize = 16;
 const SEG_MAX: u32 = (MAX_CHAIN_BYTES / MAX_DESC_LEN as u64) as u32 - 1;
 const _: () = assert!(SEG_MAX + 2 <= QUEUE_SIZE_MAX as u32);
 
+/// The most a request hands the backend at once ([`BlockBackend::read_run`],
+/// [`BlockBackend::write_run`]): one page, the device's bounce buffer.
+pub const RUN_BYTES: usize = 4096;
+
 /// A backend error; the request gets `VIRTIO_BLK_S_IOERR`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoError;
@@ -66,6 +70,33 @@ pub trait BlockBackend {
     ///
     /// [`IoError`] if it cannot.
     fn write(&mut self, sector: u64, data: &[u8; SECTOR_SIZE]) -> Result<(), IoError>;
+    /// Reads the sectors from `sector` on into `buf` (a whole number of
+    /// sectors, at most [`RUN_BYTES`]): one backend request where the
+    /// storage takes runs; sector by sector otherwise (the default).
+    ///
+    /// # Errors
+    ///
+    /// [`IoError`] if it cannot.
+    fn read_run(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        for (i, s) in buf.chunks_exact_mut(SECTOR_SIZE).enumerate() {
+            let s: &mut [u8; SECTOR_SIZE] = s.try_into().map_err(|_| IoError)?;
+            self.read(sector + i as u64, s)?;
+        }
+        Ok(())
+    }
+    /// Writes `data` (a whole number of sectors, at most [`RUN_BYTES`]) from
+    /// `sector` on; sector by sector unless the storage takes runs.
+    ///
+    /// # Errors
+    ///
+    /// [`IoError`] if it cannot.
+    fn write_run(&mut self, sector: u64, data: &[u8]) -> Result<(), IoError> {
+        for (i, s) in data.chunks_exact(SECTOR_SIZE).enumerate() {
+            let s: &[u8; SECTOR_SIZE] = s.try_into().map_err(|_| IoError)?;
+            self.write(sector + i as u64, s)?;
+        }
+        Ok(())
+    }
     /// Makes completed writes durable.
     ///
     /// # Errors
@@ -82,12 +113,18 @@ pub trait BlockBackend {
 #[derive(Debug)]
 pub struct Block<B> {
     backend: B,
+    /// The bounce page between the guest's buffers and the backend (here,
+    /// not on the stack: a host serves requests on a small stack).
+    page: [u8; RUN_BYTES],
 }
 
 impl<B: BlockBackend> Block<B> {
     /// A block device over `backend`.
     pub fn new(backend: B) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            page: [0; RUN_BYTES],
+        }
     }
 
     /// The backend.
@@ -138,7 +175,17 @@ impl<B: BlockBackend> Block<B> {
                     .checked_add(len / SECTOR_SIZE as u64)
                     .is_some_and(|end| end <= self.backend.capacity())
         };
-        let mut buf = [0u8; SECTOR_SIZE];
+        let buf = &mut self.page;
+        // The runs of a request: (first sector, bytes), at most RUN_BYTES each.
+        let runs = |len: u64| {
+            (0..len.div_ceil(RUN_BYTES as u64)).map(move |i| {
+                let at = i * RUN_BYTES as u64;
+                (
+                    sector + at / SECTOR_SIZE as u64,
+                    (len - at).min(RUN_BYTES as u64) as usize,
+                )
+            })
+        };
         let status = match kind {
             VIRTIO_BLK_T_IN => {
                 if data_out != 0 {
@@ -148,12 +195,12 @@ impl<B: BlockBackend> Block<B> {
                     VIRTIO_BLK_S_IOERR
                 } else {
                     let mut st = VIRTIO_BLK_S_OK;
-                    for s in 0..data_in / SECTOR_SIZE as u64 {
-                        if self.backend.read(sector + s, &mut buf).is_err() {
+                    for (s, n) in runs(data_in) {
+                        if self.backend.read_run(s, &mut buf[..n]).is_err() {
                             st = VIRTIO_BLK_S_IOERR;
                             break;
                         }
-                        if let Err(f) = w.write(mem, &buf) {
+                        if let Err(f) = w.write(mem, &buf[..n]) {
                             q.report(f.into());
                             st = VIRTIO_BLK_S_IOERR;
                             break;
@@ -170,13 +217,21 @@ impl<B: BlockBackend> Block<B> {
                     VIRTIO_BLK_S_IOERR
                 } else {
                     let mut st = VIRTIO_BLK_S_OK;
-                    for s in 0..data_out / SECTOR_SIZE as u64 {
-                        if let Err(f) = r.read(mem, &mut buf) {
-                            q.report(f.into());
-                            st = VIRTIO_BLK_S_IOERR;
-                            break;
+                    for (s, n) in runs(data_out) {
+                        match r.read(mem, &mut buf[..n]) {
+                            Ok(got) if got == n => {}
+                            Ok(_) => {
+                                q.report(Error::Request { queue: Q });
+                                st = VIRTIO_BLK_S_IOERR;
+                                break;
+                            }
+                            Err(f) => {
+                                q.report(f.into());
+                                st = VIRTIO_BLK_S_IOERR;
+                                break;
+                            }
                         }
-                        if self.backend.write(sector + s, &buf).is_err() {
+                        if self.backend.write_run(s, &buf[..n]).is_err() {
                             st = VIRTIO_BLK_S_IOERR;
                             break;
                         }

@@ -202,12 +202,12 @@ pub(super) enum Which {
     Blk = 1,
 }
 
-/// The devices of one guest. The console (its line and input buffers) is
-/// on the heap: every [`Guest`] is built on CPU 0's 16 KiB stack, eight at
+/// The devices of one guest. The console (its line and input buffers) and
+/// the block device (its bounce page) are on the heap: every [`Guest`] is built on CPU 0's 16 KiB stack, eight at
 /// a time, and a few hundred bytes more each overflowed it.
 pub struct Devices {
     pub(super) console: Box<MmioTransport<Console<ConsoleLines>>>,
-    pub(super) blk: MmioTransport<Block<RamDisk>>,
+    pub(super) blk: Box<MmioTransport<Block<RamDisk>>>,
     /// Each device's interrupt line as last reported ([`irq_level_changed`]).
     irq: [bool; 2],
     /// The demo control device's registers.
@@ -227,7 +227,10 @@ impl Devices {
         };
         Self {
             console: Box::new(MmioTransport::new(Console::new(out), protected)),
-            blk: MmioTransport::new(Block::new(RamDisk { pa: disk_pa }), protected),
+            blk: Box::new(MmioTransport::new(
+                Block::new(RamDisk { pa: disk_pa }),
+                protected,
+            )),
             irq: [false; 2],
             pool_ipa: 0,
             pool_pages: 0,

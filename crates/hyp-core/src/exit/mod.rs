@@ -13,3 +13,5 @@ pub mod sysreg;
 pub mod effects;
 #[cfg(target_arch = "aarch64")]
 pub mod fast;
+#[cfg(target_arch = "aarch64")]
+mod uart;
