@@ -1,4 +1,4 @@
-//! The host's PCIe devices: QEMU's virtio-blk (and later virtio-net) on the
+//! The host's PCIe devices: QEMU's virtio-blk and virtio-net on the
 //! generic ECAM host bridge, driven with `virtio-drivers`.
 //!
 //! The hypervisor maps the bridge's windows into the host's stage 2 only
@@ -24,7 +24,10 @@ use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 
 /// DMA memory: one 2 MiB run of host RAM, handed out a page at a time and
-/// never reused (the host's drivers live as long as the host).
+/// never reused (the host's drivers live as long as the host). The Linux
+/// VM's devices take about 200 KiB of it: virtio-blk's queue (2 pages),
+/// virtio-net's two queues of 64 (4 pages) and its 64 receive buffers of
+/// 2 KiB (32 pages).
 static DMA_NEXT: AtomicU64 = AtomicU64::new(0);
 static DMA_END: AtomicU64 = AtomicU64::new(0);
 const DMA_POOL: u64 = 2 << 20;
@@ -97,6 +100,8 @@ pub struct Pci {
     root: PciRoot<MmioCam<'static>>,
     /// The virtio-blk function, if any.
     pub blk: Option<DeviceFunction>,
+    /// The virtio-net function, if any.
+    pub net: Option<DeviceFunction>,
 }
 
 /// Finds the bridge, assigns BARs and lists bus 0; `None` when the
@@ -112,7 +117,7 @@ pub fn init(info: &BootInfo) -> Option<Pci> {
     let cam = unsafe { MmioCam::new(w.ecam[0] as *mut u8, Cam::Ecam) };
     let mut root = PciRoot::new(cam);
     let (mut next, end) = (w.mmio[0], w.mmio[0] + w.mmio[1]);
-    let mut blk = None;
+    let (mut blk, mut net) = (None, None);
     let found: alloc::vec::Vec<_> = root.enumerate_bus(0).collect();
     for (df, dfi) in found {
         let mut bar = 0u8;
@@ -146,12 +151,15 @@ pub fn init(info: &BootInfo) -> Option<Pci> {
             "host: pci: {df} vendor {:#06x} device {:#06x} class {:#04x}",
             dfi.vendor_id, dfi.device_id, dfi.class
         );
-        // virtio 1.x: vendor 0x1af4, device 0x1040 + 2 = block.
-        if dfi.vendor_id == 0x1af4 && dfi.device_id == 0x1042 {
-            blk = Some(df);
+        // virtio 1.x: vendor 0x1af4, device 0x1040 + type: 2 block, 1
+        // network (only modern devices: `disable-legacy=on`).
+        match (dfi.vendor_id, dfi.device_id) {
+            (0x1af4, 0x1042) => blk = blk.or(Some(df)),
+            (0x1af4, 0x1041) => net = net.or(Some(df)),
+            _ => {}
         }
     }
-    Some(Pci { root, blk })
+    Some(Pci { root, blk, net })
 }
 
 impl Pci {
