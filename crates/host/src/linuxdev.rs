@@ -18,8 +18,9 @@
 //! failing PCI request is an I/O error for the guest.
 //!
 //! Network: a frame the guest transmits goes to the PCI device inside the
-//! MMIO exit of its transmitq notification (`VirtIONetRaw::send`, which
-//! waits for QEMU to take it). Received frames: the host gets no device
+//! MMIO exit of its transmitq notification, through one DMA buffer; the
+//! host waits for QEMU to take it, at most 100 ms (then the frame counts as
+//! lost, as do frames sent while QEMU still holds that buffer). Received frames: the host gets no device
 //! interrupts, so it polls the PCI device's receive queue ([`poll`]) after
 //! every VCPU_RUN of the Linux VM's vCPUs, on every host CPU that runs one.
 //! That bounds the latency even when the guest is idle: a vCPU's WFI with
@@ -28,7 +29,7 @@
 //! ms, `hyp-core` run loop) or at an MMIO exit. A frame goes straight into
 //! the guest's next posted receive buffer and raises the SPI. While the
 //! guest's running driver has no buffer posted, frames stay in the PCI
-//! device's receive ring (64 of them; then QEMU queues or drops) and go in
+//! device's receive ring (16 of them; then QEMU queues or drops) and go in
 //! when the guest posts buffers (its receiveq notification), so a burst is
 //! not lost; frames for a driver that is not running, or that its buffer
 //! cannot hold, are dropped and counted ([`report`]). The host never waits
@@ -38,17 +39,16 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use guest_rt::println;
 use hyp_abi::{BootInfo, HostError};
 use virtio_dev::blk::{Block, BlockBackend, IoError, SECTOR_SIZE};
-use virtio_dev::net::{Net, NetBackend, RxError};
+use virtio_dev::net::{Net, NetBackend, RxError, NET_HDR_LEN};
 use virtio_dev::{DeviceStatus, MmioTransport};
 use virtio_drivers::device::blk::VirtIOBlk;
 use virtio_drivers::device::net::VirtIONetRaw;
-use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE};
 
 use crate::demo::GuestRam;
 use crate::dtb::VirtioMmio;
 use crate::hostif::{call, call_full};
-use crate::pci::HostHal;
+use crate::pci::{HostHal, HostTransport};
 use crate::Guest;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 
@@ -71,7 +71,7 @@ const STATUS: u64 = 0x070;
 
 /// The host's PCI disk as the guest's block device's backend.
 struct PciDisk {
-    blk: VirtIOBlk<HostHal, PciTransport>,
+    blk: VirtIOBlk<HostHal, HostTransport>,
     /// PCI requests that failed.
     errors: u64,
 }
@@ -153,6 +153,7 @@ pub fn init(info: &BootInfo, protected: bool) {
     }
 }
 
+#[inline(never)]
 fn init_disk(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
     let blk = match VirtIOBlk::<HostHal, _>::new(pci.transport(df)) {
         Ok(b) => b,
@@ -169,25 +170,37 @@ fn init_disk(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
 }
 
 /// The network device's queue size on the PCI side, and so how many
-/// receive buffers the host keeps posted there.
-const NIC_QUEUE: usize = 64;
+/// receive buffers the host keeps posted there. Small: `virtio-drivers`
+/// keeps two arrays of this many entries per queue inside the driver,
+/// which is built on the host's stack and moved into its static; 16 frames
+/// in flight are plenty, as the host drains them after every VCPU_RUN.
+const NIC_QUEUE: usize = 16;
 /// One receive buffer: the 12-byte `virtio_net_hdr` and a 1518-byte frame
 /// fit (virtio-drivers wants at least 1526 bytes).
 const RX_BUF: usize = 2048;
 
 /// The host's PCI network card as the guest's network device's backend.
 struct PciNic {
-    raw: VirtIONetRaw<HostHal, PciTransport, NIC_QUEUE>,
+    raw: VirtIONetRaw<HostHal, HostTransport, NIC_QUEUE>,
     /// The receive buffers: [`NIC_QUEUE`] of [`RX_BUF`] bytes of DMA
     /// memory from here, never freed.
     rx_base: usize,
     /// Which buffer each receive token (a descriptor head) holds.
     slot_of: [u16; NIC_QUEUE],
+    /// The transmit buffer (one page of DMA memory): one frame at a time.
+    tx_base: usize,
+    /// The token of a transmission QEMU has not completed within
+    /// [`TX_WAIT_MS`] (the buffer is the device's until it does).
+    tx_pending: Option<(u16, usize)>,
     tx_frames: u64,
     tx_bytes: u64,
-    /// Frames the PCI device refused (or failed to take).
+    /// Frames the PCI device refused, or did not take in time.
     tx_errors: u64,
 }
+
+/// How long a transmission may take QEMU before the frame counts as lost
+/// (the host never waits longer inside a guest's MMIO exit).
+const TX_WAIT_MS: u64 = 100;
 
 impl PciNic {
     /// Receive buffer `slot`.
@@ -200,6 +213,14 @@ impl PciNic {
         // slice is used while the buffer is not posted, or handed back to
         // `receive_begin`, which owns it until the next completion.
         unsafe { core::slice::from_raw_parts_mut(at as *mut u8, RX_BUF) }
+    }
+
+    /// The transmit buffer's first `len` bytes.
+    fn tx_buf(&mut self, len: usize) -> &'static mut [u8] {
+        // SAFETY: one page of DMA memory this device alone uses; `len` is
+        // at most the header and a frame (below a page, checked by the
+        // caller); used only while no transmission is pending.
+        unsafe { core::slice::from_raw_parts_mut(self.tx_base as *mut u8, len.min(PAGE_SIZE)) }
     }
 
     /// Posts buffer `slot` to the PCI device's receive queue.
@@ -215,22 +236,72 @@ impl PciNic {
             _ => false,
         }
     }
+
+    /// Completes the pending transmission if QEMU is done with it;
+    /// whether the transmit buffer is free.
+    fn tx_reap(&mut self) -> bool {
+        let Some((token, len)) = self.tx_pending else {
+            return true;
+        };
+        if self.raw.poll_transmit() != Some(token) {
+            return false;
+        }
+        let buf = self.tx_buf(len);
+        // SAFETY: the buffer and token of the pending transmission.
+        let r = unsafe { self.raw.transmit_complete(token, buf) };
+        self.tx_pending = None;
+        if r.is_err() {
+            self.tx_errors += 1;
+        }
+        true
+    }
 }
 
 impl NetBackend for PciNic {
     fn transmit(&mut self, frame: &[u8]) {
-        // The frame sits in the host's stack (virtio-dev's bounce buffer):
-        // host RAM, which the SMMU lets the device read. `send` returns
-        // when QEMU took it.
-        match self.raw.send(frame) {
-            Ok(()) => {
-                self.tx_frames += 1;
-                self.tx_bytes += frame.len() as u64;
-            }
-            Err(_) => self.tx_errors += 1,
+        if !self.tx_reap() {
+            // QEMU still holds the last frame: this one is lost.
+            self.tx_errors += 1;
+            return;
         }
+        let len = NET_HDR_LEN + frame.len();
+        if len > PAGE_SIZE {
+            self.tx_errors += 1;
+            return;
+        }
+        let buf = self.tx_buf(len);
+        // The header asks for nothing (no offloads are negotiated).
+        buf[..NET_HDR_LEN].fill(0);
+        buf[NET_HDR_LEN..].copy_from_slice(frame);
+        // SAFETY: the buffer is DMA memory that is not touched again until
+        // the transmission completes (`tx_pending`).
+        let token = match unsafe { self.raw.transmit_begin(buf) } {
+            Ok(t) => t,
+            Err(_) => {
+                self.tx_errors += 1;
+                return;
+            }
+        };
+        self.tx_pending = Some((token, len));
+        let hz = guest_rt::gic::counter_hz();
+        let start = guest_rt::gic::counter();
+        while !self.tx_reap() {
+            if guest_rt::gic::counter().wrapping_sub(start) > hz / 1000 * TX_WAIT_MS {
+                if !TX_STUCK.swap(true, Ordering::AcqRel) {
+                    println!("host: linux: network: QEMU did not take a frame in {TX_WAIT_MS} ms");
+                }
+                self.tx_errors += 1;
+                return;
+            }
+            core::hint::spin_loop();
+        }
+        self.tx_frames += 1;
+        self.tx_bytes += frame.len() as u64;
     }
 }
+
+/// A transmission timed out (said once).
+static TX_STUCK: AtomicBool = AtomicBool::new(false);
 
 /// What happened to received frames.
 #[derive(Default)]
@@ -264,6 +335,9 @@ static NET: spin::Once<spin::Mutex<Nic>> = spin::Once::new();
 static NET_OWNER: AtomicU64 = AtomicU64::new(0);
 static NET_REPORTED: AtomicBool = AtomicBool::new(false);
 
+/// Not inlined: its frame holds the driver (twice, while it is moved), and
+/// need not be part of `init`'s.
+#[inline(never)]
 fn init_net(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
     let raw = match VirtIONetRaw::<HostHal, _, NIC_QUEUE>::new(pci.transport(df)) {
         Ok(n) => n,
@@ -272,10 +346,13 @@ fn init_net(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
     let mac = raw.mac_address();
     let pages = (NIC_QUEUE * RX_BUF).div_ceil(PAGE_SIZE);
     let (base, _) = HostHal::dma_alloc(pages, BufferDirection::DeviceToDriver);
+    let (tx, _) = HostHal::dma_alloc(1, BufferDirection::DriverToDevice);
     let mut nic = PciNic {
         raw,
         rx_base: base as usize,
         slot_of: [0; NIC_QUEUE],
+        tx_base: tx as usize,
+        tx_pending: None,
         tx_frames: 0,
         tx_bytes: 0,
         tx_errors: 0,
