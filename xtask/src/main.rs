@@ -969,7 +969,7 @@ fn test() -> Result<()> {
         &mut profile::check,
     )?;
     step(
-        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written",
+        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written, a virtio network (DHCP, HTTP both ways)",
         &mut || {
             let g = linux::linux_guest(2, false, None, None)?;
             let disk = linux::make_test_disk()?;
