@@ -166,6 +166,7 @@ pub fn linux_blk() -> Result<()> {
         mem_mib: None,
         protected: false,
         disk: Some(img.clone()),
+        net: None,
     };
     let prepared = linux::prepare(&guest, None)?;
     let built = build_variant(Platform::Qemu, &[])?;

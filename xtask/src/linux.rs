@@ -65,6 +65,10 @@ pub struct GuestOpts {
     /// A raw disk image for the host's PCI virtio-blk device, which the
     /// host serves to the guest as virtio-mmio (`--disk`; QEMU only).
     pub disk: Option<PathBuf>,
+    /// A user-mode network for the host's PCI virtio-net device, which the
+    /// host serves to the guest as virtio-mmio (`--net`; QEMU only):
+    /// `user[,hostfwd=tcp:127.0.0.1:HPORT-:GPORT]...`.
+    pub net: Option<String>,
 }
 
 /// The QEMU arguments that attach `disk` (a raw image) as a modern
@@ -93,6 +97,57 @@ pub fn disk_qemu_args(disk: &Path) -> Result<Vec<String>> {
         format!("file={path},if=none,format=raw,id=disk0"),
         "-device".to_owned(),
         "virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on".to_owned(),
+    ])
+}
+
+/// The QEMU arguments for `--net SPEC`: `user`, then any number of
+/// `,hostfwd=tcp:127.0.0.1:HPORT-:GPORT` (a TCP port of the host's
+/// loopback forwarded to the guest's GPORT; only 127.0.0.1, so nothing
+/// outside this machine reaches the guest), as QEMU's user-mode network
+/// (slirp: the guest gets 10.0.2.15 by DHCP, the host is 10.0.2.2) behind a
+/// modern virtio-net PCI device behind the SMMU, which the host drives and
+/// serves to the guest as a virtio-mmio network device.
+pub fn net_qemu_args(spec: &str) -> Result<Vec<String>> {
+    let bad = |why: &str| {
+        Err(format!(
+            "--net {spec:?}: {why} (expected user[,hostfwd=tcp:127.0.0.1:HPORT-:GPORT]...)"
+        ))
+    };
+    let mut parts = spec.split(',');
+    if parts.next() != Some("user") {
+        return bad("only the user-mode network is supported");
+    }
+    let mut netdev = "user,id=net0".to_owned();
+    let mut seen = std::collections::BTreeSet::new();
+    for p in parts {
+        let Some(fwd) = p.strip_prefix("hostfwd=") else {
+            return bad(&format!("unknown option {p:?}"));
+        };
+        let Some(rest) = fwd.strip_prefix("tcp:") else {
+            return bad(&format!("{p:?}: only tcp forwards"));
+        };
+        let Some(rest) = rest.strip_prefix("127.0.0.1:") else {
+            return bad(&format!(
+                "{p:?}: the host side must be 127.0.0.1 (no other address is forwarded)"
+            ));
+        };
+        let Some((host, guest)) = rest.split_once("-:") else {
+            return bad(&format!("{p:?}: no \"-:GPORT\""));
+        };
+        let port = |s: &str| s.parse::<u16>().ok().filter(|&n| n != 0);
+        let (Some(h), Some(g)) = (port(host), port(guest)) else {
+            return bad(&format!("{p:?}: ports are 1 to 65535"));
+        };
+        if !seen.insert(h) {
+            return bad(&format!("host port {h} is forwarded twice"));
+        }
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+    }
+    Ok(vec![
+        "-netdev".to_owned(),
+        netdev,
+        "-device".to_owned(),
+        "virtio-net-pci,netdev=net0,iommu_platform=on,disable-legacy=on".to_owned(),
     ])
 }
 
@@ -235,6 +290,13 @@ fn placement(
 /// and the loader arguments; `host_extra` are the user's own hypervisor
 /// arguments (`--append`).
 pub fn prepare(g: &GuestOpts, host_extra: Option<&str>) -> Result<Prepared> {
+    // The network's syntax first: a bad --net fails before any file is read.
+    let net_args = g
+        .net
+        .as_deref()
+        .map(net_qemu_args)
+        .transpose()?
+        .unwrap_or_default();
     let dir = target_dir().join("guest");
     let (bytes, elf) = kernel_bytes(&g.kernel, g.load.is_some())?;
     let place = placement(
@@ -286,6 +348,7 @@ pub fn prepare(g: &GuestOpts, host_extra: Option<&str>) -> Result<Prepared> {
     if let Some(disk) = &g.disk {
         qemu_args.extend(disk_qemu_args(disk)?);
     }
+    qemu_args.extend(net_args);
     host.push_str(&format!(" guest-smp={}", g.smp));
     if let Some(m) = g.mem_mib {
         host.push_str(&format!(" guest-mem={m}"));
@@ -576,6 +639,39 @@ const CHECK_WORD: &str = "hyp.init=check";
 #[cfg(test)]
 const DISK_WORD: &str = "hyp.init=disk";
 
+/// The word that makes /init bring up the network (`--net`): DHCP on
+/// eth0, serve /www/file.bin with httpd on port 8080, fetch
+/// `http://10.0.2.2:PORT/in.bin` for `hyp.net.fetch=PORT`, then wait for a
+/// line on the console and power off.
+#[cfg(test)]
+const NET_WORD: &str = "hyp.init=net";
+
+/// udhcpc's script (`udhcpc -s`): configures the interface from what the
+/// DHCP server gave (udhcpc's environment: `interface`, `ip`, `mask` as a
+/// prefix length, `router`, `dns`).
+const UDHCPC_SCRIPT: &str = "#!/bin/sh
+case \"$1\" in
+deconfig)
+    ip addr flush dev \"$interface\"
+    ip link set \"$interface\" up
+    ;;
+bound|renew)
+    ip addr flush dev \"$interface\"
+    ip addr add \"$ip/${mask:-24}\" dev \"$interface\"
+    for r in $router; do
+        ip route add default via \"$r\" dev \"$interface\"
+        break
+    done
+    : > /etc/resolv.conf
+    for d in $dns; do echo \"nameserver $d\" >> /etc/resolv.conf; done
+    ;;
+esac
+exit 0
+";
+
+/// Where /init finds [`UDHCPC_SCRIPT`].
+const UDHCPC_SCRIPT_PATH: &str = "bin/udhcpc.script";
+
 /// /init: mounts /proc, /sys and /dev, installs busybox's applets, prints
 /// the marker `LINUX-GUEST-INIT-OK` (also into the kernel log, where it gets
 /// a timestamp for boot timing), then loads the kernel modules listed in
@@ -583,7 +679,13 @@ const DISK_WORD: &str = "hyp.init=disk";
 /// `LINUX-GUEST-MODULES:` line. With [`CHECK_WORD`] on the kernel's command
 /// line it runs a few commands and powers off; with [`DISK_WORD`] it mounts
 /// /dev/vda (ext4), checks hello.txt against hello.sha256, writes
-/// marker.txt with the boot count, unmounts and powers off; otherwise it
+/// marker.txt with the boot count, unmounts and powers off; with
+/// [`NET_WORD`] it takes eth0's address by DHCP (`udhcpc` with
+/// [`UDHCPC_SCRIPT`]), serves 1 MiB of random bytes as /www/file.bin with
+/// `httpd -p 8080`, fetches `in.bin` from the host's port
+/// `hyp.net.fetch=PORT` (10.0.2.2 in QEMU's user network) with `wget`,
+/// prints each step's `LINUX-NET:` line (addresses, sha256 sums), then
+/// waits for a line on the console and powers off; otherwise it
 /// starts an interactive shell on the console (`setsid cttyhack`: the
 /// console becomes the shell's controlling terminal, so Ctrl-C and job
 /// control work) and powers the VM off when the shell exits. `reboot -f` in
@@ -636,6 +738,40 @@ case \" $(cat /proc/cmdline) \" in
         umount /mnt || echo \"LINUX-DISK: FAILED umount /mnt\"
     fi
     echo LINUX-DISK-DONE
+    poweroff -f
+    ;;
+*\" hyp.init=net \"*)
+    # eth0 appears when virtio_net probes the device; wait at most 5 s.
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    ip link set eth0 up
+    if udhcpc -i eth0 -n -q -t 5 -T 2 -s /bin/udhcpc.script; then
+        echo \"LINUX-NET: eth0 $(ip -4 -o addr show dev eth0 | awk '{print $4}')\"
+    else
+        echo \"LINUX-NET: FAILED no DHCP lease on eth0\"
+    fi
+    mkdir -p /www
+    dd if=/dev/urandom of=/www/file.bin bs=1024 count=1024 2>/dev/null
+    echo \"LINUX-NET: serving $(sha256sum /www/file.bin | cut -d' ' -f1)\"
+    httpd -p 8080 -h /www
+    port=
+    for w in $(cat /proc/cmdline); do
+        if [ \"${w#hyp.net.fetch=}\" != \"$w\" ]; then port=${w#hyp.net.fetch=}; fi
+    done
+    if [ -n \"$port\" ]; then
+        t0=$(cut -d' ' -f1 /proc/uptime)
+        # Bounded by timeout(1): busybox 1.35's wget crashes (SIGSEGV) with -T.
+        if timeout 30 wget -O /tmp/in.bin \"http://10.0.2.2:$port/in.bin\"; then
+            t1=$(cut -d' ' -f1 /proc/uptime)
+            echo \"LINUX-NET: fetched $(sha256sum /tmp/in.bin | cut -d' ' -f1)\"
+            echo \"LINUX-NET: fetch of $(wc -c < /tmp/in.bin) bytes took $(awk \"BEGIN { print $t1 - $t0 }\") s\"
+        else
+            echo \"LINUX-NET: FAILED wget http://10.0.2.2:$port/in.bin\"
+        fi
+    fi
+    echo \"LINUX-NET: waiting; type a line to power off\"
+    read -r _line
+    echo LINUX-NET-DONE
     poweroff -f
     ;;
 esac
@@ -732,7 +868,7 @@ pub fn initramfs(f: &Fetched) -> Result<PathBuf> {
         sel.names.join(" ")
     ));
     let mut c = Cpio::default();
-    for d in ["bin", "dev", "proc", "sys", "tmp", "root", "mnt"] {
+    for d in ["bin", "dev", "etc", "proc", "sys", "tmp", "root", "mnt"] {
         c.dir(d);
     }
     c.chardev("dev/console", 0o600, 5, 1);
@@ -763,6 +899,7 @@ pub fn initramfs(f: &Fetched) -> Result<PathBuf> {
     for a in APPLETS {
         c.symlink(&format!("bin/{a}"), "busybox");
     }
+    c.file(UDHCPC_SCRIPT_PATH, 0o755, UDHCPC_SCRIPT.as_bytes());
     c.file("init", 0o755, INIT_SCRIPT.as_bytes());
     let path = cache_dir().join("initramfs.cpio");
     write(&path, &c.finish())?;
@@ -875,6 +1012,7 @@ pub fn linux_guest(
             mem_mib: None,
             protected,
             disk: None,
+            net: None,
         },
         host_extra,
     )?;
@@ -923,6 +1061,117 @@ mod tests {
         assert!(modules < INIT_SCRIPT.find("case ").expect("the case"));
         assert!(INIT_SCRIPT.contains(&format!("$(cat /{} ", kmods::LOAD_ORDER)));
         assert!(INIT_SCRIPT.contains("LINUX-GUEST-MODULES: loaded$loaded"));
+    }
+
+    /// The text of /init's case arm for `word`.
+    fn arm(word: &str) -> &'static str {
+        INIT_SCRIPT
+            .split(&format!("*\" {word} \"*)"))
+            .nth(1)
+            .and_then(|rest| rest.split(";;").next())
+            .unwrap_or_else(|| panic!("a case arm for {word}"))
+    }
+
+    #[test]
+    fn init_brings_up_the_network_only_for_its_word() {
+        let net = arm(NET_WORD);
+        let steps = [
+            "ip link set eth0 up",
+            "udhcpc -i eth0 -n -q -t 5 -T 2 -s /bin/udhcpc.script",
+            "LINUX-NET: eth0 $(ip -4 -o addr show dev eth0 | awk '{print $4}')",
+            "LINUX-NET: FAILED no DHCP lease",
+            "dd if=/dev/urandom of=/www/file.bin bs=1024 count=1024",
+            "LINUX-NET: serving $(sha256sum /www/file.bin | cut -d' ' -f1)",
+            "httpd -p 8080 -h /www",
+            "then port=${w#hyp.net.fetch=}; fi",
+            "timeout 30 wget -O /tmp/in.bin \"http://10.0.2.2:$port/in.bin\"",
+            "LINUX-NET: fetched $(sha256sum /tmp/in.bin | cut -d' ' -f1)",
+            "LINUX-NET: FAILED wget",
+            "read -r _line",
+            "LINUX-NET-DONE",
+            "poweroff -f",
+        ];
+        let mut at = 0;
+        for step in steps {
+            let i = net[at..]
+                .find(step)
+                .unwrap_or_else(|| panic!("the network arm lacks {step:?} (in order)"));
+            at += i;
+        }
+        // The wait for eth0 is bounded; wget and udhcpc have timeouts.
+        assert!(!net.contains("wget -T"), "busybox 1.35's wget -T crashes");
+        assert!(net.contains("[ $i -lt 50 ]"));
+        // Only the words select the arms: the disk's never runs the net's.
+        assert!(!arm(DISK_WORD).contains("udhcpc"));
+        assert!(!arm(CHECK_WORD).contains("udhcpc"));
+        assert_eq!(UDHCPC_SCRIPT_PATH, "bin/udhcpc.script");
+        assert!(net.contains(&format!("-s /{UDHCPC_SCRIPT_PATH}")));
+    }
+
+    #[test]
+    fn udhcpc_script_sets_address_route_and_resolver() {
+        let s = UDHCPC_SCRIPT;
+        assert!(s.starts_with("#!/bin/sh\n"));
+        for step in [
+            "bound|renew)",
+            "ip addr add \"$ip/${mask:-24}\" dev \"$interface\"",
+            "ip route add default via \"$r\" dev \"$interface\"",
+            "echo \"nameserver $d\" >> /etc/resolv.conf",
+            "deconfig)",
+            "exit 0",
+        ] {
+            assert!(s.contains(step), "the udhcpc script lacks {step:?}");
+        }
+    }
+
+    #[test]
+    fn net_args_forward_only_loopback_tcp() {
+        let dev = "virtio-net-pci,netdev=net0,iommu_platform=on,disable-legacy=on".to_owned();
+        assert_eq!(
+            net_qemu_args("user"),
+            Ok(vec![
+                "-netdev".to_owned(),
+                "user,id=net0".to_owned(),
+                "-device".to_owned(),
+                dev.clone()
+            ])
+        );
+        assert_eq!(
+            net_qemu_args("user,hostfwd=tcp:127.0.0.1:18080-:8080,hostfwd=tcp:127.0.0.1:2222-:22"),
+            Ok(vec![
+                "-netdev".to_owned(),
+                "user,id=net0,hostfwd=tcp:127.0.0.1:18080-:8080,hostfwd=tcp:127.0.0.1:2222-:22"
+                    .to_owned(),
+                "-device".to_owned(),
+                dev
+            ])
+        );
+        for (bad, why) in [
+            ("", "only the user-mode network"),
+            ("tap", "only the user-mode network"),
+            ("user,restrict=on", "unknown option"),
+            ("user,hostfwd=udp:127.0.0.1:1-:2", "only tcp"),
+            ("user,hostfwd=tcp::8080-:80", "must be 127.0.0.1"),
+            ("user,hostfwd=tcp:0.0.0.0:8080-:80", "must be 127.0.0.1"),
+            (
+                "user,hostfwd=tcp:127.0.0.1:8080-10.0.2.15:80",
+                "no \"-:GPORT\"",
+            ),
+            ("user,hostfwd=tcp:127.0.0.1:8080:80", "no \"-:GPORT\""),
+            ("user,hostfwd=tcp:127.0.0.1:0-:80", "ports are 1 to 65535"),
+            (
+                "user,hostfwd=tcp:127.0.0.1:70000-:80",
+                "ports are 1 to 65535",
+            ),
+            ("user,hostfwd=tcp:127.0.0.1:80-:", "ports are 1 to 65535"),
+            (
+                "user,hostfwd=tcp:127.0.0.1:80-:1,hostfwd=tcp:127.0.0.1:80-:2",
+                "forwarded twice",
+            ),
+        ] {
+            let e = net_qemu_args(bad).expect_err(bad);
+            assert!(e.starts_with("--net ") && e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -1240,6 +1489,7 @@ mod tests {
             mem_mib: None,
             protected: false,
             disk: None,
+            net: None,
         }
     }
 

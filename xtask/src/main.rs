@@ -142,6 +142,11 @@ enum Cmd {
         /// serves to the --guest as a virtio-mmio disk (QEMU only).
         #[arg(long, value_name = "PATH", requires = "guest")]
         disk: Option<PathBuf>,
+        /// A network for the --guest: QEMU's user-mode network on a
+        /// virtio-net PCI device the host drives and serves to the guest as
+        /// virtio-mmio (QEMU only). SPEC: user[,hostfwd=tcp:127.0.0.1:HPORT-:GPORT]...
+        #[arg(long, value_name = "SPEC", requires = "guest")]
+        net: Option<String>,
         /// Do not build or boot: print the --guest's QEMU loader arguments
         /// (one line) and the hypervisor's boot arguments (the next line).
         #[arg(long, requires = "guest")]
@@ -184,6 +189,12 @@ enum Cmd {
         /// `--guest-append hyp.init=disk`, /init checks it (see README).
         #[arg(long, value_name = "PATH")]
         disk: Option<PathBuf>,
+        /// A network for the guest (eth0): QEMU's user-mode network on a
+        /// virtio-net PCI device the host drives and serves to it as
+        /// virtio-mmio; with `--guest-append hyp.init=net`, /init uses it
+        /// (see README). SPEC: user[,hostfwd=tcp:127.0.0.1:HPORT-:GPORT]...
+        #[arg(long, value_name = "SPEC")]
+        net: Option<String>,
         /// Only fetch and build the initramfs, print the boot arguments.
         #[arg(long)]
         prepare_only: bool,
@@ -672,6 +683,12 @@ fn run(platform: Platform, opts: RunOpts) -> Result<u8> {
             platform.dir()
         ));
     }
+    if platform != Platform::Qemu && opts.guest.as_ref().is_some_and(|g| g.net.is_some()) {
+        return Err(format!(
+            "--net needs --platform qemu (the host's virtio-net PCI device is QEMU's), not {}",
+            platform.dir()
+        ));
+    }
     // The guest first: a bad --guest is an error before anything is built.
     let prepared = match &opts.guest {
         Some(g) => Some(linux::prepare(g, opts.append.as_deref())?),
@@ -952,7 +969,7 @@ fn test() -> Result<()> {
         &mut profile::check,
     )?;
     step(
-        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written",
+        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written, a virtio network (DHCP, HTTP both ways)",
         &mut || {
             let g = linux::linux_guest(2, false, None, None)?;
             let disk = linux::make_test_disk()?;
@@ -1027,6 +1044,7 @@ struct LinuxOpts {
     guest_append: Option<String>,
     guest_cmdline: Option<String>,
     disk: Option<PathBuf>,
+    net: Option<String>,
     prepare_only: bool,
 }
 
@@ -1050,6 +1068,7 @@ fn linux_cmd(o: LinuxOpts) -> Result<u8> {
         guest_append,
         guest_cmdline,
         disk,
+        net,
         prepare_only,
     } = o;
     let fetched = linux::fetch()?;
@@ -1075,6 +1094,7 @@ fn linux_cmd(o: LinuxOpts) -> Result<u8> {
         mem_mib: mem,
         protected,
         disk,
+        net,
     };
     if prepare_only {
         return print_prepared(&guest, None);
@@ -1117,6 +1137,7 @@ fn main() -> ExitCode {
             guest_mem,
             protected,
             disk,
+            net,
             prepare_only,
             qemu_args,
         } => {
@@ -1130,6 +1151,7 @@ fn main() -> ExitCode {
                 mem_mib: guest_mem,
                 protected,
                 disk,
+                net,
             });
             match guest {
                 Some(g) if prepare_only => print_prepared(&g, append.as_deref()),
@@ -1158,6 +1180,7 @@ fn main() -> ExitCode {
             guest_append,
             guest_cmdline,
             disk,
+            net,
             prepare_only,
         } => linux_cmd(LinuxOpts {
             smp,
@@ -1169,6 +1192,7 @@ fn main() -> ExitCode {
             guest_append,
             guest_cmdline,
             disk,
+            net,
             prepare_only,
         }),
         Cmd::Test => test().map(|_| 0),
@@ -1400,11 +1424,66 @@ mod tests {
                     mem_mib: None,
                     protected: false,
                     disk: Some(PathBuf::from("d.img")),
+                    net: None,
                 }),
             },
         )
         .expect_err("--disk on rpi4");
         assert!(e.contains("--disk needs --platform qemu"), "{e}");
+    }
+
+    #[test]
+    fn net_option_once_checked_and_on_qemu_only() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["cargo xtask"], args].concat());
+        let spec = "user,hostfwd=tcp:127.0.0.1:18080-:8080";
+        let Ok(Cli {
+            command: Cmd::Linux { net, .. },
+        }) = parse(&["linux", "--net", spec])
+        else {
+            panic!("linux --net rejected");
+        };
+        assert_eq!(net.as_deref(), Some(spec));
+        let Ok(Cli {
+            command: Cmd::Run { net, .. },
+        }) = parse(&["run", "--guest", "g", "--net", "user"])
+        else {
+            panic!("run --net rejected");
+        };
+        assert_eq!(net.as_deref(), Some("user"));
+        let e = parse(&["linux", "--net", "user", "--net", "user"])
+            .err()
+            .expect("two networks");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        // --net is for a --guest.
+        assert!(parse(&["run", "--net", "user"]).is_err());
+        let guest = |net: &str| linux::GuestOpts {
+            kernel: PathBuf::from("k"),
+            initrd: None,
+            append: None,
+            cmdline: None,
+            load: None,
+            smp: 1,
+            mem_mib: None,
+            protected: false,
+            disk: None,
+            net: Some(net.to_owned()),
+        };
+        let opts = |net: &str| RunOpts {
+            smp: None,
+            gdb: false,
+            icount: false,
+            timeout: None,
+            append: None,
+            features: Vec::new(),
+            qemu_args: Vec::new(),
+            guest: Some(guest(net)),
+        };
+        let e = run(Platform::Rpi4, opts("user")).expect_err("--net on rpi4");
+        assert!(e.contains("--net needs --platform qemu"), "{e}");
+        // A bad SPEC is an error before anything is read or built (the
+        // kernel "k" does not exist).
+        let e = linux::prepare(&guest("user,hostfwd=tcp:0.0.0.0:1-:2"), None).expect_err("bad");
+        assert!(e.contains("must be 127.0.0.1"), "{e}");
     }
 
     #[test]

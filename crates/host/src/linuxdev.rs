@@ -1,33 +1,56 @@
-//! The Linux VM's disk (issue 18 items 2 and 4): QEMU's `virtio-blk-pci`,
-//! which the host drives with `virtio-drivers` behind the hypervisor's SMMU
-//! (`pci`), served to the guest as a virtio-mmio block device from the
-//! `virtio-dev` crate, with a level-triggered SPI the host raises and
-//! lowers with IRQ_LINE.
+//! The Linux VM's disk and network (issue 18 items 2, 4 and 6): QEMU's
+//! `virtio-blk-pci` and `virtio-net-pci`, which the host drives with
+//! `virtio-drivers` behind the hypervisor's SMMU (`pci`), served to the
+//! guest as virtio-mmio devices from the `virtio-dev` crate, each with a
+//! level-triggered SPI the host raises and lowers with IRQ_LINE.
 //!
-//! The guest sees the device where QEMU `virt` puts its first virtio-mmio
-//! transport ([`BLK_IPA`], interrupt SPI [`BLK_SPI`]), in the device tree
-//! the host writes for it (`dtb::linux_dtb`). Every request is served
-//! inside the MMIO exit of the guest's QueueNotify, on the host CPU that
-//! took it: the guest's data goes through a bounce page on the host's
-//! stack to the PCI device, one PCI request per page of the guest's
-//! request (`BlockBackend::read_run`), and the completion raises the SPI before the exit
-//! returns. What the guest's driver does wrong fails its request or breaks
-//! the device (`virtio-dev`), never the host; a failing PCI request is an
-//! I/O error for the guest.
+//! The guest sees the devices where QEMU `virt` puts its first two
+//! virtio-mmio transports ([`BLK_IPA`], SPI [`BLK_SPI`]; [`NET_IPA`], SPI
+//! [`NET_SPI`]), in the device tree the host writes for it
+//! (`dtb::linux_dtb`).
+//!
+//! Disk: every request is served inside the MMIO exit of the guest's
+//! QueueNotify, on the host CPU that took it: the guest's data goes
+//! through a bounce page on the host's stack to the PCI device, one PCI
+//! request per page of the guest's request (`BlockBackend::read_run`), and
+//! the completion raises the SPI before the exit returns. What the guest's driver does wrong
+//! fails its request or breaks the device (`virtio-dev`), never the host; a
+//! failing PCI request is an I/O error for the guest.
+//!
+//! Network: a frame the guest transmits goes to the PCI device inside the
+//! MMIO exit of its transmitq notification, through one DMA buffer; the
+//! host waits for QEMU to take it, at most 100 ms (then the frame counts as
+//! lost, as do frames sent while QEMU still holds that buffer). Received frames: the host gets no device
+//! interrupts, so it polls the PCI device's receive queue ([`poll`]) after
+//! every VCPU_RUN of the Linux VM's vCPUs, on every host CPU that runs one.
+//! That bounds the latency even when the guest is idle: a vCPU's WFI with
+//! nothing pending ends its VCPU_RUN at once (exit YIELD, the hypervisor
+//! never blocks in it), and a busy vCPU's run ends at its time slice (10
+//! ms, `hyp-core` run loop) or at an MMIO exit. A frame goes straight into
+//! the guest's next posted receive buffer and raises the SPI. While the
+//! guest's running driver has no buffer posted, frames stay in the PCI
+//! device's receive ring (16 of them; then QEMU queues or drops) and go in
+//! when the guest posts buffers (its receiveq notification), so a burst is
+//! not lost; frames for a driver that is not running, or that its buffer
+//! cannot hold, are dropped and counted ([`report`]). The host never waits
+//! for the guest.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use guest_rt::println;
 use hyp_abi::{BootInfo, HostError};
 use virtio_dev::blk::{Block, BlockBackend, IoError, SECTOR_SIZE};
-use virtio_dev::MmioTransport;
+use virtio_dev::net::{Net, NetBackend, RxError, NET_HDR_LEN};
+use virtio_dev::{DeviceStatus, MmioTransport};
 use virtio_drivers::device::blk::VirtIOBlk;
-use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE};
 
 use crate::demo::GuestRam;
 use crate::dtb::VirtioMmio;
 use crate::hostif::{call, call_full};
-use crate::pci::HostHal;
+use crate::pci::{HostHal, HostTransport};
 use crate::Guest;
+use virtio_drivers::transport::pci::bus::DeviceFunction;
 
 /// The block device's register window (QEMU virt's first virtio-mmio
 /// transport) and its size.
@@ -36,12 +59,19 @@ pub const BLK_SIZE: u64 = 0x200;
 /// Its interrupt: SPI 16, INTID 48 (QEMU virt's first virtio-mmio SPI).
 pub const BLK_SPI: u32 = 16;
 const BLK_INTID: u64 = BLK_SPI as u64 + 32;
+/// The network device's window (QEMU virt's second virtio-mmio
+/// transport) and its size.
+pub const NET_IPA: u64 = 0x0a00_0200;
+pub const NET_SIZE: u64 = 0x200;
+/// Its interrupt: SPI 17, INTID 49.
+pub const NET_SPI: u32 = 17;
+const NET_INTID: u64 = NET_SPI as u64 + 32;
 /// virtio-mmio's Status register (4.2.2): writing 0 resets the device.
 const STATUS: u64 = 0x070;
 
 /// The host's PCI disk as the guest's block device's backend.
 struct PciDisk {
-    blk: VirtIOBlk<HostHal, PciTransport>,
+    blk: VirtIOBlk<HostHal, HostTransport>,
     /// PCI requests that failed.
     errors: u64,
 }
@@ -106,16 +136,25 @@ static OWNER: AtomicU64 = AtomicU64::new(0);
 /// A device error was reported already (one line, not one per access).
 static REPORTED: AtomicBool = AtomicBool::new(false);
 
-/// Finds QEMU's virtio-blk-pci, if the host has one, and makes it the
-/// Linux VM's disk. Called once, before the VM is created.
+/// Finds QEMU's virtio-blk-pci and virtio-net-pci, if the host has them,
+/// and makes them the Linux VM's disk and network. Called once, before the
+/// VM is created.
 pub fn init(info: &BootInfo, protected: bool) {
     let Some(mut pci) = crate::pci::init(info) else {
         return;
     };
-    let Some(df) = pci.blk else {
-        println!("host: linux: no virtio-blk-pci device: no disk");
-        return;
-    };
+    match pci.blk {
+        Some(df) => init_disk(&mut pci, df, protected),
+        None => println!("host: linux: no virtio-blk-pci device: no disk"),
+    }
+    match pci.net {
+        Some(df) => init_net(&mut pci, df, protected),
+        None => println!("host: linux: no virtio-net-pci device: no network"),
+    }
+}
+
+#[inline(never)]
+fn init_disk(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
     let blk = match VirtIOBlk::<HostHal, _>::new(pci.transport(df)) {
         Ok(b) => b,
         Err(e) => crate::fail(format_args!("pci: {df}: virtio-blk: {e:?}")),
@@ -130,51 +169,299 @@ pub fn init(info: &BootInfo, protected: bool) {
     DISK.call_once(|| spin::Mutex::new(Disk { dev, level: false }));
 }
 
+/// The network device's queue size on the PCI side, and so how many
+/// receive buffers the host keeps posted there. Small: `virtio-drivers`
+/// keeps two arrays of this many entries per queue inside the driver,
+/// which is built on the host's stack and moved into its static; 16 frames
+/// in flight are plenty, as the host drains them after every VCPU_RUN.
+const NIC_QUEUE: usize = 16;
+/// One receive buffer: the 12-byte `virtio_net_hdr` and a 1518-byte frame
+/// fit (virtio-drivers wants at least 1526 bytes).
+const RX_BUF: usize = 2048;
+
+/// The host's PCI network card as the guest's network device's backend.
+struct PciNic {
+    raw: VirtIONetRaw<HostHal, HostTransport, NIC_QUEUE>,
+    /// The receive buffers: [`NIC_QUEUE`] of [`RX_BUF`] bytes of DMA
+    /// memory from here, never freed.
+    rx_base: usize,
+    /// Which buffer each receive token (a descriptor head) holds.
+    slot_of: [u16; NIC_QUEUE],
+    /// The transmit buffer (one page of DMA memory): one frame at a time.
+    tx_base: usize,
+    /// The token of a transmission QEMU has not completed within
+    /// [`TX_WAIT_MS`] (the buffer is the device's until it does).
+    tx_pending: Option<(u16, usize)>,
+    tx_frames: u64,
+    tx_bytes: u64,
+    /// Frames the PCI device refused, or did not take in time.
+    tx_errors: u64,
+}
+
+/// How long a transmission may take QEMU before the frame counts as lost
+/// (the host never waits longer inside a guest's MMIO exit).
+const TX_WAIT_MS: u64 = 100;
+
+impl PciNic {
+    /// Receive buffer `slot`.
+    fn rx_buf(&mut self, slot: u16) -> &'static mut [u8] {
+        let at = self.rx_base + usize::from(slot) * RX_BUF;
+        // SAFETY: [rx_base, rx_base + NIC_QUEUE * RX_BUF) is DMA memory
+        // this device alone uses for as long as the host lives, and `slot`
+        // is below NIC_QUEUE (tokens are checked against it). Only the PCI
+        // device and this code touch buffer `slot`, one at a time: the
+        // slice is used while the buffer is not posted, or handed back to
+        // `receive_begin`, which owns it until the next completion.
+        unsafe { core::slice::from_raw_parts_mut(at as *mut u8, RX_BUF) }
+    }
+
+    /// The transmit buffer's first `len` bytes.
+    fn tx_buf(&mut self, len: usize) -> &'static mut [u8] {
+        // SAFETY: one page of DMA memory this device alone uses; `len` is
+        // at most the header and a frame (below a page, checked by the
+        // caller); used only while no transmission is pending.
+        unsafe { core::slice::from_raw_parts_mut(self.tx_base as *mut u8, len.min(PAGE_SIZE)) }
+    }
+
+    /// Posts buffer `slot` to the PCI device's receive queue.
+    fn post(&mut self, slot: u16) -> bool {
+        let buf = self.rx_buf(slot);
+        // SAFETY: the buffer is DMA memory that outlives the queue and is
+        // not touched again before its completion (`rx_buf`).
+        match unsafe { self.raw.receive_begin(buf) } {
+            Ok(token) if usize::from(token) < NIC_QUEUE => {
+                self.slot_of[usize::from(token)] = slot;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Completes the pending transmission if QEMU is done with it;
+    /// whether the transmit buffer is free.
+    fn tx_reap(&mut self) -> bool {
+        let Some((token, len)) = self.tx_pending else {
+            return true;
+        };
+        if self.raw.poll_transmit() != Some(token) {
+            return false;
+        }
+        let buf = self.tx_buf(len);
+        // SAFETY: the buffer and token of the pending transmission.
+        let r = unsafe { self.raw.transmit_complete(token, buf) };
+        self.tx_pending = None;
+        if r.is_err() {
+            self.tx_errors += 1;
+        }
+        true
+    }
+}
+
+impl NetBackend for PciNic {
+    fn transmit(&mut self, frame: &[u8]) {
+        if !self.tx_reap() {
+            // QEMU still holds the last frame: this one is lost.
+            self.tx_errors += 1;
+            return;
+        }
+        let len = NET_HDR_LEN + frame.len();
+        if len > PAGE_SIZE {
+            self.tx_errors += 1;
+            return;
+        }
+        let buf = self.tx_buf(len);
+        // The header asks for nothing (no offloads are negotiated).
+        buf[..NET_HDR_LEN].fill(0);
+        buf[NET_HDR_LEN..].copy_from_slice(frame);
+        // SAFETY: the buffer is DMA memory that is not touched again until
+        // the transmission completes (`tx_pending`).
+        let token = match unsafe { self.raw.transmit_begin(buf) } {
+            Ok(t) => t,
+            Err(_) => {
+                self.tx_errors += 1;
+                return;
+            }
+        };
+        self.tx_pending = Some((token, len));
+        let hz = guest_rt::gic::counter_hz();
+        let start = guest_rt::gic::counter();
+        while !self.tx_reap() {
+            if guest_rt::gic::counter().wrapping_sub(start) > hz / 1000 * TX_WAIT_MS {
+                if !TX_STUCK.swap(true, Ordering::AcqRel) {
+                    println!("host: linux: network: QEMU did not take a frame in {TX_WAIT_MS} ms");
+                }
+                self.tx_errors += 1;
+                return;
+            }
+            core::hint::spin_loop();
+        }
+        self.tx_frames += 1;
+        self.tx_bytes += frame.len() as u64;
+    }
+}
+
+/// A transmission timed out (said once).
+static TX_STUCK: AtomicBool = AtomicBool::new(false);
+
+/// What happened to received frames.
+#[derive(Default)]
+struct RxCounts {
+    frames: u64,
+    bytes: u64,
+    /// Dropped: the guest's driver was not running (or the device broken).
+    no_driver: u64,
+    /// Dropped: the guest's buffer was too small, malformed or inaccessible.
+    bad_buffer: u64,
+    /// Dropped: the PCI device gave a runt or oversized frame.
+    bad_frame: u64,
+    /// Times frames had to wait in the PCI ring for guest buffers.
+    waits: u64,
+    /// PCI receive completions that failed (the buffer is lost).
+    pci_errors: u64,
+}
+
+/// The network device, once the host found one.
+struct Nic {
+    dev: MmioTransport<Net<PciNic>>,
+    /// The SPI's level as last set.
+    level: bool,
+    rx: RxCounts,
+    /// Whether frames are waiting for guest buffers now.
+    waiting: bool,
+}
+
+static NET: spin::Once<spin::Mutex<Nic>> = spin::Once::new();
+/// The VM the network device is attached to (0: none).
+static NET_OWNER: AtomicU64 = AtomicU64::new(0);
+static NET_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Not inlined: its frame holds the driver (twice, while it is moved), and
+/// need not be part of `init`'s.
+#[inline(never)]
+fn init_net(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
+    let raw = match VirtIONetRaw::<HostHal, _, NIC_QUEUE>::new(pci.transport(df)) {
+        Ok(n) => n,
+        Err(e) => crate::fail(format_args!("pci: {df}: virtio-net: {e:?}")),
+    };
+    let mac = raw.mac_address();
+    let pages = (NIC_QUEUE * RX_BUF).div_ceil(PAGE_SIZE);
+    let (base, _) = HostHal::dma_alloc(pages, BufferDirection::DeviceToDriver);
+    let (tx, _) = HostHal::dma_alloc(1, BufferDirection::DriverToDevice);
+    let mut nic = PciNic {
+        raw,
+        rx_base: base as usize,
+        slot_of: [0; NIC_QUEUE],
+        tx_base: tx as usize,
+        tx_pending: None,
+        tx_frames: 0,
+        tx_bytes: 0,
+        tx_errors: 0,
+    };
+    for slot in 0..NIC_QUEUE as u16 {
+        if !nic.post(slot) {
+            crate::fail(format_args!(
+                "pci: {df}: virtio-net: cannot post receive buffer {slot}"
+            ));
+        }
+    }
+    println!(
+        "host: linux: network: virtio-net-pci at {df}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, as virtio-mmio at IPA {NET_IPA:#x}, SPI {NET_SPI}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    );
+    // The guest gets the PCI card's address: QEMU's user network answers
+    // whatever the frames carry, and its virtio-net starts promiscuous.
+    let dev = MmioTransport::new(Net::new(nic, mac), protected);
+    NET.call_once(|| {
+        spin::Mutex::new(Nic {
+            dev,
+            level: false,
+            rx: RxCounts::default(),
+            waiting: false,
+        })
+    });
+}
+
 /// The devices for the VM's device tree.
 pub fn dt_nodes() -> &'static [VirtioMmio] {
-    const BLK: [VirtioMmio; 1] = [VirtioMmio {
+    const BLK: VirtioMmio = VirtioMmio {
         ipa: BLK_IPA,
         size: BLK_SIZE,
         spi: BLK_SPI,
-    }];
-    if DISK.get().is_some() {
-        &BLK
-    } else {
-        &[]
+    };
+    const NET_NODE: VirtioMmio = VirtioMmio {
+        ipa: NET_IPA,
+        size: NET_SIZE,
+        spi: NET_SPI,
+    };
+    const BOTH: [VirtioMmio; 2] = [BLK, NET_NODE];
+    match (DISK.get().is_some(), NET.get().is_some()) {
+        (true, true) => &BOTH,
+        (true, false) => &BOTH[..1],
+        (false, true) => &BOTH[1..],
+        (false, false) => &[],
     }
 }
 
-/// Attaches the disk to VM `h` before its first run: the device reset
-/// (a restarted VM's driver starts over), its SPI declared.
-pub fn attach(h: u64, g_ram_pa: u64, ram: u64) {
-    let Some(d) = DISK.get() else {
-        return;
-    };
-    let mut d = d.lock();
-    let mem = GuestRam::new(g_ram_pa, ram);
-    d.dev.write(&mem, STATUS, 4, 0);
-    d.level = false;
-    if let Err(e) = call(hyp_abi::IRQ_DECLARE, [h, BLK_INTID, 0, 0]) {
+/// Declares SPI `intid` of VM `h` for the host's device.
+fn declare(h: u64, intid: u64) {
+    if let Err(e) = call(hyp_abi::IRQ_DECLARE, [h, intid, 0, 0]) {
         crate::fail(format_args!(
-            "IRQ_DECLARE of SPI {BLK_SPI} for VM {h}: {e:?}"
+            "IRQ_DECLARE of SPI {} for VM {h}: {e:?}",
+            intid - 32
         ));
     }
-    OWNER.store(h, Ordering::Release);
 }
 
-/// Whether `ipa` of VM `h` is the disk's window.
+/// Sets the line of SPI `intid` of VM `h` to `level` if `*current` differs.
+fn set_line(h: u64, intid: u64, level: bool, current: &mut bool) {
+    if level == *current {
+        return;
+    }
+    *current = level;
+    let r = call_full(hyp_abi::IRQ_LINE, [h, intid, u64::from(level), 0]);
+    if let Some(e) = HostError::from_code(r[0]) {
+        crate::fail(format_args!("IRQ_LINE of SPI {}: {e:?}", intid - 32));
+    }
+}
+
+/// Attaches the devices to VM `h` before its first run: each reset (a
+/// restarted VM's driver starts over), its SPI declared.
+pub fn attach(h: u64, g_ram_pa: u64, ram: u64) {
+    let mem = GuestRam::new(g_ram_pa, ram);
+    if let Some(d) = DISK.get() {
+        let mut d = d.lock();
+        d.dev.write(&mem, STATUS, 4, 0);
+        d.level = false;
+        declare(h, BLK_INTID);
+        OWNER.store(h, Ordering::Release);
+    }
+    if let Some(n) = NET.get() {
+        let mut n = n.lock();
+        n.dev.write(&mem, STATUS, 4, 0);
+        n.level = false;
+        n.waiting = false;
+        declare(h, NET_INTID);
+        NET_OWNER.store(h, Ordering::Release);
+    }
+}
+
+/// Whether `ipa` of VM `h` is one of the devices' windows.
 pub fn owns(h: u64, ipa: u64) -> bool {
-    OWNER.load(Ordering::Acquire) == h && (BLK_IPA..BLK_IPA + BLK_SIZE).contains(&ipa)
+    (OWNER.load(Ordering::Acquire) == h && (BLK_IPA..BLK_IPA + BLK_SIZE).contains(&ipa))
+        || (NET_OWNER.load(Ordering::Acquire) == h && (NET_IPA..NET_IPA + NET_SIZE).contains(&ipa))
 }
 
 /// An MMIO access (`flags` as [`hyp_abi::mmio_flags`] encodes them) of
-/// guest `g` to the disk's window; the value of a read.
+/// guest `g` to a device's window; the value of a read.
 pub fn mmio(g: &Guest, ipa: u64, flags: u64, value: u64) -> u64 {
+    let write = flags & (1 << 8) != 0;
+    let size = (flags & 0xf) as u8;
+    if (NET_IPA..NET_IPA + NET_SIZE).contains(&ipa) {
+        return net_mmio(g, ipa - NET_IPA, write, size, value);
+    }
     let Some(d) = DISK.get() else {
         return 0;
     };
-    let write = flags & (1 << 8) != 0;
-    let size = (flags & 0xf) as u8;
     let off = ipa - BLK_IPA;
     let mut d = d.lock();
     if !write {
@@ -187,20 +474,112 @@ pub fn mmio(g: &Guest, ipa: u64, flags: u64, value: u64) -> u64 {
             println!("host: VM {} disk: {e} (first device error)", g.handle.0);
         }
     }
-    if level != d.level {
-        d.level = level;
-        let r = call_full(
-            hyp_abi::IRQ_LINE,
-            [g.handle.0, BLK_INTID, u64::from(level), 0],
-        );
-        if let Some(e) = HostError::from_code(r[0]) {
-            crate::fail(format_args!("IRQ_LINE of SPI {BLK_SPI}: {e:?}"));
-        }
-    }
+    let d = &mut *d;
+    set_line(g.handle.0, BLK_INTID, level, &mut d.level);
     0
 }
 
-/// What the disk did, for the end of the run.
+/// An access to the network device's window at `off`. A write may be a
+/// transmitq notification (the frames go out now) or a receiveq one (the
+/// guest posted buffers: frames waiting in the PCI ring go in).
+fn net_mmio(g: &Guest, off: u64, write: bool, size: u8, value: u64) -> u64 {
+    let Some(n) = NET.get() else {
+        return 0;
+    };
+    let mut n = n.lock();
+    if !write {
+        return n.dev.read(off, size);
+    }
+    let mem = GuestRam::new(g.ram_pa, g.ram);
+    n.dev.write(&mem, off, size, value);
+    deliver(&mut n, &mem);
+    net_finish(g, &mut n);
+    0
+}
+
+/// Logs the device's first error and sets its line.
+fn net_finish(g: &Guest, n: &mut Nic) {
+    if let Some(e) = n.dev.take_error() {
+        if !NET_REPORTED.swap(true, Ordering::AcqRel) {
+            println!("host: VM {} network: {e} (first device error)", g.handle.0);
+        }
+    }
+    let level = n.dev.interrupt_pending();
+    set_line(g.handle.0, NET_INTID, level, &mut n.level);
+}
+
+/// Moves the frames the PCI device received into the guest's receive
+/// buffers, at most one ring's worth; each PCI buffer goes back to the
+/// device at once. Frames wait in the PCI ring while the guest's running
+/// driver has no buffer posted; see the module's text for what is dropped.
+fn deliver(n: &mut Nic, mem: &GuestRam) {
+    for _ in 0..NIC_QUEUE {
+        let Some(token) = n.dev.device().backend().raw.poll_receive() else {
+            n.waiting = false;
+            return;
+        };
+        let ready = n.dev.can_receive(mem);
+        let running = n.dev.status().contains(DeviceStatus::DRIVER_OK) && !n.dev.is_broken();
+        if !ready && running {
+            if !n.waiting {
+                n.waiting = true;
+                n.rx.waits += 1;
+            }
+            return;
+        }
+        n.waiting = false;
+        let nic = n.dev.device_mut().backend_mut();
+        let Some(&slot) = nic.slot_of.get(usize::from(token)) else {
+            n.rx.pci_errors += 1;
+            return;
+        };
+        let buf = nic.rx_buf(slot);
+        // SAFETY: `buf` is the buffer posted with `token` (slot_of).
+        let done = unsafe { nic.raw.receive_complete(token, buf) };
+        // The frame goes to the guest straight from the PCI buffer, which
+        // is posted again only afterwards.
+        match done.map(|(hdr, len)| buf.get(hdr..hdr + len)) {
+            Err(_) => n.rx.pci_errors += 1,
+            Ok(None) => n.rx.bad_frame += 1,
+            Ok(Some(_)) if !ready => n.rx.no_driver += 1,
+            Ok(Some(frame)) => match n.dev.receive(mem, frame) {
+                Ok(()) => {
+                    n.rx.frames += 1;
+                    n.rx.bytes += frame.len() as u64;
+                }
+                Err(RxError::BadFrame) => n.rx.bad_frame += 1,
+                Err(RxError::NoBuffer | RxError::Broken) => n.rx.no_driver += 1,
+                Err(RxError::BadBuffer | RxError::Fault) => n.rx.bad_buffer += 1,
+            },
+        }
+        if !n.dev.device_mut().backend_mut().post(slot) {
+            n.rx.pci_errors += 1;
+        }
+    }
+}
+
+/// Polls the network device for frames received for VM `g` (called after
+/// every VCPU_RUN of its vCPUs): delivers them and sets the SPI. Skips if
+/// another CPU holds the device (it delivers on its way out).
+pub fn poll(g: &Guest) {
+    if NET_OWNER.load(Ordering::Acquire) != g.handle.0 {
+        return;
+    }
+    let Some(n) = NET.get() else {
+        return;
+    };
+    let Some(mut n) = n.try_lock() else {
+        return;
+    };
+    if n.dev.device().backend().raw.poll_receive().is_none() {
+        return;
+    }
+    let mem = GuestRam::new(g.ram_pa, g.ram);
+    deliver(&mut n, &mem);
+    net_finish(g, &mut n);
+}
+
+/// What the devices did, for the end of the run.
 pub fn report() {
     if let Some(d) = DISK.get() {
         let d = d.lock();
@@ -208,6 +587,30 @@ pub fn report() {
             "host: linux: disk: {} PCI requests failed; device {}",
             d.dev.device().backend().errors,
             if d.dev.is_broken() {
+                "broken by its driver"
+            } else {
+                "sound"
+            }
+        );
+    }
+    if let Some(n) = NET.get() {
+        let n = n.lock();
+        let nic = n.dev.device().backend();
+        let r = &n.rx;
+        println!(
+            "host: linux: network: sent {} frames ({} bytes, {} failed), received {} frames ({} bytes); dropped {} (no driver {}, bad guest buffer {}, bad frame {}), waited for guest buffers {} times, {} PCI receive errors; device {}",
+            nic.tx_frames,
+            nic.tx_bytes,
+            nic.tx_errors,
+            r.frames,
+            r.bytes,
+            r.no_driver + r.bad_buffer + r.bad_frame,
+            r.no_driver,
+            r.bad_buffer,
+            r.bad_frame,
+            r.waits,
+            r.pci_errors,
+            if n.dev.is_broken() {
                 "broken by its driver"
             } else {
                 "sound"

@@ -1,4 +1,4 @@
-//! The host's PCIe devices: QEMU's virtio-blk (and later virtio-net) on the
+//! The host's PCIe devices: QEMU's virtio-blk and virtio-net on the
 //! generic ECAM host bridge, driven with `virtio-drivers`.
 //!
 //! The hypervisor maps the bridge's windows into the host's stage 2 only
@@ -21,10 +21,15 @@ use virtio_drivers::transport::pci::bus::{
     BarInfo, Cam, Command, DeviceFunction, MemoryBarType, MmioCam, PciRoot,
 };
 use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
 use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// DMA memory: one 2 MiB run of host RAM, handed out a page at a time and
-/// never reused (the host's drivers live as long as the host).
+/// never reused (the host's drivers live as long as the host). The Linux
+/// VM's devices take about 60 KiB of it: virtio-blk's queue (2 pages),
+/// virtio-net's two queues of 16 (4 pages), its 16 receive buffers of
+/// 2 KiB (8 pages) and its transmit buffer (1 page).
 static DMA_NEXT: AtomicU64 = AtomicU64::new(0);
 static DMA_END: AtomicU64 = AtomicU64::new(0);
 const DMA_POOL: u64 = 2 << 20;
@@ -97,6 +102,8 @@ pub struct Pci {
     root: PciRoot<MmioCam<'static>>,
     /// The virtio-blk function, if any.
     pub blk: Option<DeviceFunction>,
+    /// The virtio-net function, if any.
+    pub net: Option<DeviceFunction>,
 }
 
 /// Finds the bridge, assigns BARs and lists bus 0; `None` when the
@@ -112,7 +119,7 @@ pub fn init(info: &BootInfo) -> Option<Pci> {
     let cam = unsafe { MmioCam::new(w.ecam[0] as *mut u8, Cam::Ecam) };
     let mut root = PciRoot::new(cam);
     let (mut next, end) = (w.mmio[0], w.mmio[0] + w.mmio[1]);
-    let mut blk = None;
+    let (mut blk, mut net) = (None, None);
     let found: alloc::vec::Vec<_> = root.enumerate_bus(0).collect();
     for (df, dfi) in found {
         let mut bar = 0u8;
@@ -146,21 +153,124 @@ pub fn init(info: &BootInfo) -> Option<Pci> {
             "host: pci: {df} vendor {:#06x} device {:#06x} class {:#04x}",
             dfi.vendor_id, dfi.device_id, dfi.class
         );
-        // virtio 1.x: vendor 0x1af4, device 0x1040 + 2 = block.
-        if dfi.vendor_id == 0x1af4 && dfi.device_id == 0x1042 {
-            blk = Some(df);
+        // virtio 1.x: vendor 0x1af4, device 0x1040 + type: 2 block, 1
+        // network (only modern devices: `disable-legacy=on`).
+        match (dfi.vendor_id, dfi.device_id) {
+            (0x1af4, 0x1042) => blk = blk.or(Some(df)),
+            (0x1af4, 0x1041) => net = net.or(Some(df)),
+            _ => {}
         }
     }
-    Some(Pci { root, blk })
+    Some(Pci { root, blk, net })
 }
 
 impl Pci {
     /// A transport to `df` (a fresh one resets the device when its driver
     /// is built).
-    pub fn transport(&mut self, df: DeviceFunction) -> PciTransport {
+    pub fn transport(&mut self, df: DeviceFunction) -> HostTransport {
         match PciTransport::new::<HostHal, _>(&mut self.root, df) {
-            Ok(t) => t,
+            Ok(inner) => HostTransport { inner, offered: 0 },
             Err(e) => crate::fail(format_args!("pci: {df}: no virtio transport: {e:?}")),
         }
+    }
+}
+
+/// VIRTIO_F_ACCESS_PLATFORM (virtio 1.2 section 6): the device's DMA goes
+/// through a platform IOMMU (here the SMMU; QEMU's `iommu_platform=on`).
+const ACCESS_PLATFORM: u64 = 1 << 33;
+
+/// A PCI transport whose driver accepts VIRTIO_F_ACCESS_PLATFORM when the
+/// device offers it. `virtio-drivers`' device drivers never list it, and a
+/// device that offers it refuses FEATURES_OK from a driver that does not
+/// accept it (QEMU: `virtio_validate_features`): its status would stay
+/// ACKNOWLEDGE | DRIVER, which QEMU's virtio-net honours (it transmits
+/// nothing) and its virtio-blk happens to ignore. The host's addresses
+/// are what the SMMU translates, so accepting it changes nothing else.
+pub struct HostTransport {
+    inner: PciTransport,
+    /// The device's features, as last read.
+    offered: u64,
+}
+
+impl Transport for HostTransport {
+    fn device_type(&self) -> DeviceType {
+        self.inner.device_type()
+    }
+
+    fn read_device_features(&mut self) -> u64 {
+        self.offered = self.inner.read_device_features();
+        self.offered
+    }
+
+    fn write_driver_features(&mut self, driver_features: u64) {
+        self.inner
+            .write_driver_features(driver_features | (self.offered & ACCESS_PLATFORM));
+    }
+
+    fn max_queue_size(&mut self, queue: u16) -> u32 {
+        self.inner.max_queue_size(queue)
+    }
+
+    fn notify(&mut self, queue: u16) {
+        self.inner.notify(queue);
+    }
+
+    fn get_status(&self) -> DeviceStatus {
+        self.inner.get_status()
+    }
+
+    fn set_status(&mut self, status: DeviceStatus) {
+        self.inner.set_status(status);
+    }
+
+    fn set_guest_page_size(&mut self, guest_page_size: u32) {
+        self.inner.set_guest_page_size(guest_page_size);
+    }
+
+    fn requires_legacy_layout(&self) -> bool {
+        self.inner.requires_legacy_layout()
+    }
+
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        descriptors: PhysAddr,
+        driver_area: PhysAddr,
+        device_area: PhysAddr,
+    ) {
+        self.inner
+            .queue_set(queue, size, descriptors, driver_area, device_area);
+    }
+
+    fn queue_unset(&mut self, queue: u16) {
+        self.inner.queue_unset(queue);
+    }
+
+    fn queue_used(&mut self, queue: u16) -> bool {
+        self.inner.queue_used(queue)
+    }
+
+    fn ack_interrupt(&mut self) -> InterruptStatus {
+        self.inner.ack_interrupt()
+    }
+
+    fn read_config_generation(&self) -> u32 {
+        self.inner.read_config_generation()
+    }
+
+    fn read_config_space<T: FromBytes + IntoBytes>(
+        &self,
+        offset: usize,
+    ) -> virtio_drivers::Result<T> {
+        self.inner.read_config_space(offset)
+    }
+
+    fn write_config_space<T: IntoBytes + Immutable>(
+        &mut self,
+        offset: usize,
+        value: T,
+    ) -> virtio_drivers::Result<()> {
+        self.inner.write_config_space(offset, value)
     }
 }

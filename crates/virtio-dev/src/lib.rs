@@ -26,7 +26,7 @@
 //! the host asks for it ([`MmioTransport::new`]): a protected guest's Linux refuses devices
 //! without it, because it must bounce DMA through memory it shared.
 //!
-//! # Limits (why: one request is served inside one MMIO exit, on the host's 16 KiB stack)
+//! # Limits (why: one request is served inside one MMIO exit, on the host's stack, 64 KiB per CPU)
 //!
 //! * [`QUEUE_SIZE_MAX`] (128) descriptors per queue, so a chain holds at most 128.
 //! * [`MAX_DESC_LEN`] (64 KiB) per descriptor and [`MAX_CHAIN_BYTES`] (1 MiB) per chain; the

@@ -183,6 +183,15 @@ impl<B: NetBackend> Device for Net<B> {
 }
 
 impl<B: NetBackend> MmioTransport<Net<B>> {
+    /// Whether the guest has posted a receive buffer the next [`receive`](Self::receive) can
+    /// use (the driver is running and receiveq1 has an available chain). Nothing is taken: a
+    /// host that has a frame but gets `false` may keep it until the guest posts buffers (its
+    /// receiveq notification) rather than drop it.
+    pub fn can_receive<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> bool {
+        self.run(mem, |_, q| Ok(q.has_available(QUEUE_RX)))
+            .unwrap_or(false)
+    }
+
     /// Delivers `frame` (an Ethernet frame, without the virtio header) into the guest's
     /// next receive buffer. Check [`interrupt_pending`](Self::interrupt_pending) afterwards.
     ///

@@ -403,6 +403,17 @@ impl<'a, M: GuestMemory + ?Sized> Queues<'a, M> {
             .filter(|q| q.ready)
     }
 
+    /// Whether `queue` has an available chain, without taking it: `false` if the queue is
+    /// not ready. An unreadable available ring answers `true`, so that the next
+    /// [`pop`](Self::pop) reports it.
+    #[must_use]
+    pub fn has_available(&self, queue: u16) -> bool {
+        let Some(q) = self.ready(queue) else {
+            return false;
+        };
+        self.mem.read_u16(q.driver + 2) != Ok(q.last_avail)
+    }
+
     /// Takes the next available chain of `queue`: `None` if there is none (or the queue is
     /// not ready).
     ///

@@ -221,6 +221,7 @@ fn net_receive_writes_header_and_frame() {
     let mem = FakeMem::new();
     let mut t = net(&mem);
     assert_eq!(t.receive(&mem, &frame(64)), Err(RxError::NoBuffer));
+    assert!(!t.can_receive(&mem));
     mem.put(BUF, &[0xee; 2048]);
     // A 1526-byte buffer in two pieces (the size Linux posts without mergeable buffers).
     chain(
@@ -232,12 +233,15 @@ fn net_receive_writes_header_and_frame() {
     );
     notify(&mut t, &mem, net::QUEUE_RX);
     assert_eq!(used_idx(&mem, net::QUEUE_RX), 0, "posting is not receiving");
+    assert!(t.can_receive(&mem));
+    assert!(t.can_receive(&mem), "asking takes nothing");
     assert_eq!(t.receive(&mem, &frame(64)), Ok(()));
     assert!(t.interrupt_pending());
     assert_eq!(
         used(&mem, net::QUEUE_RX, N, 0),
         (0, (NET_HDR_LEN + 64) as u32)
     );
+    assert!(!t.can_receive(&mem), "the one buffer is used");
     // Header: all zero but num_buffers = 1, split over the two descriptors.
     assert_eq!(mem.get(BUF, 10), [0; 10]);
     assert_eq!(mem.get(BUF + 0x100, 2), [1, 0]);
@@ -261,10 +265,12 @@ fn net_receive_into_a_broken_or_stopped_device_is_refused() {
     let mem = FakeMem::new();
     let mut t = MmioTransport::new(Net::new(Frames::default(), MAC), false);
     assert_eq!(t.receive(&mem, &frame(64)), Err(RxError::NoBuffer));
+    assert!(!t.can_receive(&mem));
     assert!(mem.log().is_empty());
     let mut t = net(&mem);
     mem.put16(avail_area(net::QUEUE_RX) + 2, 2 * N); // runaway idx
     assert_eq!(t.receive(&mem, &frame(64)), Err(RxError::Broken));
     assert!(t.is_broken() && needs_reset(&t));
+    assert!(!t.can_receive(&mem), "a broken device takes nothing");
     assert_eq!(t.receive(&mem, &frame(64)), Err(RxError::NoBuffer));
 }
