@@ -56,23 +56,34 @@ fn counts(line: &str, cpus: usize) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-#[ignore = "needs the Debian kernel: run by `cargo xtask test` (its Linux step)"]
-fn debian_linux_boots_on_two_vcpus() {
-    // The guest's command line is last (after ` -- `): the word selects
-    // /init's scripted check.
-    let append = format!("{} hyp.init=check", env("HYP_LINUX_APPEND"));
-    let extra: Vec<String> = env("HYP_LINUX_QEMU_ARGS")
+/// Boots the Linux guest the xtask step prepared on 2 host CPUs, with
+/// `words` added to the guest's command line (it is last in the boot
+/// arguments, after ` -- `) and `qemu` added to QEMU's arguments.
+fn boot_linux(words: &str, qemu: &[String]) -> Qemu {
+    let mut extra: Vec<String> = env("HYP_LINUX_QEMU_ARGS")
         .lines()
         .map(str::to_owned)
         .collect();
-    let start = Instant::now();
-    let mut q = Qemu::boot(BootOptions {
-        append: Some(append),
+    extra.extend_from_slice(qemu);
+    let append = env("HYP_LINUX_APPEND");
+    Qemu::boot(BootOptions {
+        append: Some(if words.is_empty() {
+            append
+        } else {
+            format!("{append} {words}")
+        }),
         smp: Some(2),
         extra,
         ..BootOptions::default()
-    });
+    })
+}
+
+#[test]
+#[ignore = "needs the Debian kernel: run by `cargo xtask test` (its Linux step)"]
+fn debian_linux_boots_on_two_vcpus() {
+    // The word selects /init's scripted check.
+    let start = Instant::now();
+    let mut q = boot_linux("hyp.init=check", &[]);
     q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
     let banner = q.expect_line("Linux version ", T);
     assert!(
@@ -137,16 +148,7 @@ const BOOT_COUNT: &str =
 #[test]
 #[ignore = "needs the Debian kernel: run by `cargo xtask test` (its Linux step)"]
 fn linux_shell_reads_the_console_and_reboot_restarts_the_vm() {
-    let extra: Vec<String> = env("HYP_LINUX_QEMU_ARGS")
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    let mut q = Qemu::boot(BootOptions {
-        append: Some(env("HYP_LINUX_APPEND")),
-        smp: Some(2),
-        extra,
-        ..BootOptions::default()
-    });
+    let mut q = boot_linux("", &[]);
     q.expect_exact("hyp: console input goes to VM 1", T);
     q.expect_guest_line(1, "LINUX-GUEST-SHELL: busybox sh on ttyAMA0", T);
     // The shell echoes what it reads; only the evaluated line says 42.
@@ -198,24 +200,16 @@ fn expect_modules_loaded(q: &mut Qemu) {
 #[ignore = "needs the Debian kernel and a disk image: run by `cargo xtask test` (its Linux step)"]
 fn linux_reads_and_writes_a_virtio_disk() {
     let disk = env("HYP_LINUX_DISK");
-    let append = format!("{} hyp.init=disk", env("HYP_LINUX_APPEND"));
-    let mut extra: Vec<String> = env("HYP_LINUX_QEMU_ARGS")
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    extra.extend([
-        "-drive".to_owned(),
-        format!("file={disk},if=none,format=raw,id=disk0"),
-        "-device".to_owned(),
-        "virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on".to_owned(),
-    ]);
     let start = Instant::now();
-    let mut q = Qemu::boot(BootOptions {
-        append: Some(append),
-        smp: Some(2),
-        extra,
-        ..BootOptions::default()
-    });
+    let mut q = boot_linux(
+        "hyp.init=disk",
+        &[
+            "-drive".to_owned(),
+            format!("file={disk},if=none,format=raw,id=disk0"),
+            "-device".to_owned(),
+            "virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on".to_owned(),
+        ],
+    );
     q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
     expect_modules_loaded(&mut q);
@@ -378,29 +372,18 @@ fn linux_serves_and_fetches_over_a_virtio_network() {
     let served = Arc::new(AtomicUsize::new(0));
     let server = serve_http(body, stop.clone(), served.clone());
     let hport = free_port();
-    let append = format!(
-        "{} hyp.init=net hyp.net.fetch={server}",
-        env("HYP_LINUX_APPEND")
-    );
-    let mut extra: Vec<String> = env("HYP_LINUX_QEMU_ARGS")
-        .lines()
-        .map(str::to_owned)
-        .collect();
     // What `cargo xtask linux --net user,hostfwd=tcp:127.0.0.1:HPORT-:8080`
     // passes (xtask/src/linux.rs `net_qemu_args`).
-    extra.extend([
-        "-netdev".to_owned(),
-        format!("user,id=net0,hostfwd=tcp:127.0.0.1:{hport}-:8080"),
-        "-device".to_owned(),
-        "virtio-net-pci,netdev=net0,iommu_platform=on,disable-legacy=on".to_owned(),
-    ]);
     let start = Instant::now();
-    let mut q = Qemu::boot(BootOptions {
-        append: Some(append),
-        smp: Some(2),
-        extra,
-        ..BootOptions::default()
-    });
+    let mut q = boot_linux(
+        &format!("hyp.init=net hyp.net.fetch={server}"),
+        &[
+            "-netdev".to_owned(),
+            format!("user,id=net0,hostfwd=tcp:127.0.0.1:{hport}-:8080"),
+            "-device".to_owned(),
+            "virtio-net-pci,netdev=net0,iommu_platform=on,disable-legacy=on".to_owned(),
+        ],
+    );
     q.expect_line("host: linux: network: virtio-net-pci at ", T);
     q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
