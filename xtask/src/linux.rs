@@ -453,19 +453,20 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn find_boot(root: &Path, prefix: &str) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(root.join("boot"))
+/// The last (by name) entry of `dir` whose file name `keep` accepts.
+fn last_named(dir: &Path, keep: impl Fn(&str) -> bool) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(prefix))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
         .collect();
     found.sort();
     found.pop()
+}
+
+fn find_boot(root: &Path, prefix: &str) -> Option<PathBuf> {
+    last_named(&root.join("boot"), |n| n.starts_with(prefix))
 }
 
 /// Downloads (once; later runs use the cache in target/linux-cache and
@@ -588,18 +589,7 @@ pub fn fetch() -> Result<Fetched> {
 /// The downloaded kernel package for `version` in `debs`.
 fn kernel_deb(debs: &Path, version: &str) -> Option<PathBuf> {
     let prefix = format!("linux-image-{version}_");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(debs)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-        })
-        .collect();
-    found.sort();
-    found.pop()
+    last_named(debs, |n| n.starts_with(&prefix) && n.ends_with(".deb"))
 }
 
 /// The Debian suite to fetch from: this machine's (VERSION_CODENAME in
