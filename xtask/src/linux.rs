@@ -890,6 +890,8 @@ pub fn initramfs(f: &Fetched) -> Result<PathBuf> {
         c.symlink(&format!("bin/{a}"), "busybox");
     }
     c.file(UDHCPC_SCRIPT_PATH, 0o755, UDHCPC_SCRIPT.as_bytes());
+    // The insn-count plugin's marker (benches bracket their work with it).
+    c.file("bin/hyp-mark", 0o755, &crate::insncount::mark_program()?);
     c.file("init", 0o755, INIT_SCRIPT.as_bytes());
     let path = cache_dir().join("initramfs.cpio");
     write(&path, &c.finish())?;

@@ -21,6 +21,7 @@ mod bench;
 mod coverage;
 mod flat;
 mod fuzz;
+mod insncount;
 mod iobench;
 mod kmods;
 mod linux;
@@ -222,12 +223,17 @@ enum Cmd {
         /// The board (a directory under platforms/).
         #[arg(long, value_enum, default_value = "qemu")]
         platform: Platform,
-        /// Instead: a Linux guest's 4 KiB disk reads through the hypervisor
-        /// (virtio-blk-pci served by the host) against the same kernel on
-        /// QEMU's virtio-mmio disk without it, in exact instructions
-        /// (target/bench/linux-blk.json; about 2 minutes).
+        /// Instead: a Linux guest's 4 KiB disk reads and 1 MiB HTTP
+        /// transfers through the hypervisor (virtio PCI devices served by
+        /// the host) against the same kernel on QEMU's virtio-mmio devices
+        /// without it, in exact instructions counted by the insn-count QEMU
+        /// plugin (target/bench/linux-io.json; about 10 minutes).
         #[arg(long)]
-        linux_blk: bool,
+        linux_io: bool,
+        /// With --linux-io: profile one piece of work (blk, rx or tx) on
+        /// each path instead, by function (hypervisor, host, Linux).
+        #[arg(long, requires = "linux_io")]
+        profile: Option<String>,
     },
     /// Where one bench metric's instructions go: two traced boots on QEMU
     /// virt (-icount, `-d in_asm,exec`), per-function instructions per
@@ -965,6 +971,10 @@ fn test() -> Result<()> {
         &mut || bench::check_twice(Platform::Rpi4),
     )?;
     step(
+        "insn-count QEMU plugin: the exact count between two markers of a known program",
+        &mut insncount::self_check,
+    )?;
+    step(
         "profile of hvc_null (two traced boots): traced total matches the bench",
         &mut profile::check,
     )?;
@@ -1198,8 +1208,10 @@ fn main() -> ExitCode {
         Cmd::Test => test().map(|_| 0),
         Cmd::Fuzz { calls, seed } => fuzz::fuzz(calls, seed).map(|_| 0),
         Cmd::Bench {
-            linux_blk: true, ..
-        } => iobench::linux_blk().map(|()| 0),
+            linux_io: true,
+            profile,
+            ..
+        } => iobench::linux_io(profile.as_deref()).map(|()| 0),
         Cmd::Bench { platform, .. } => bench::bench(platform).map(|_| 0),
         Cmd::Profile { metric, iterations } => profile::profile(&metric, iterations).map(|_| 0),
         Cmd::Size { platform } => {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use object::{Object, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSymbol, SymbolKind, SymbolSection};
 
 use crate::{note, provision, target_dir, Platform, Result};
 
@@ -142,7 +142,10 @@ impl Symbols {
                 SymbolKind::Unknown | SymbolKind::Label => s.size() == 0,
                 _ => false,
             };
-            if !code || s.is_undefined() || name.starts_with('$') {
+            // Absolute symbols (TEXT_OFFSET and other link-time constants)
+            // are numbers, not code.
+            let absolute = s.section() == SymbolSection::Absolute;
+            if !code || absolute || s.is_undefined() || name.starts_with('$') {
                 continue;
             }
             syms.push((s.address(), s.size(), readable(name)));

@@ -24,6 +24,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use guest_rt::{demo, println, Exception, Frame};
 use virtio_dev::Fault;
 
+mod copy;
 mod virtio;
 
 pub use virtio::Devices;
@@ -139,6 +140,40 @@ fn strh(pa: u64, v: u16) {
     unsafe {
         asm!("strh {v:w}, [{a}]", v = in(reg) u32::from(v), a = in(reg) pa, options(nostack, preserves_flags))
     };
+}
+
+/// Copies `n` bytes (a multiple of 16) from `src` to `dst`, both 8-byte
+/// aligned, 16 at a time with `ldp`/`stp`: one of them is guest memory.
+/// Inside [`guarded`], a refused access is skipped like a single-access
+/// helper's (every instruction is 4 bytes, and a skipped `ldp` leaves its
+/// registers as they were, so what is copied after a fault is garbage the
+/// caller must throw away; a skipped `stp` writes nothing). The 8-byte
+/// accesses keep the host's MMU-off alignment rule. A guest's 4 KiB block
+/// read used to go a word at a time through [`str64`] and an 8-byte
+/// `memcpy` per word: 37,000 instructions per page (`cargo xtask bench
+/// --linux-io --profile blk`); this is 5 per 16 bytes.
+fn copy16(dst: u64, src: u64, n: usize) {
+    debug_assert!(n.is_multiple_of(16) && dst.is_multiple_of(8) && src.is_multiple_of(8));
+    // SAFETY: `dst` and `src` are host RAM or guest memory the caller
+    // checked is the guest's (`GuestRam::pa`), `n` bytes each; a refused
+    // access is skipped by the armed hook.
+    unsafe {
+        asm!(
+            "cbz {n}, 2f",
+            "1:",
+            "ldp {a}, {b}, [{s}], #16",
+            "stp {a}, {b}, [{d}], #16",
+            "subs {n}, {n}, #16",
+            "b.ne 1b",
+            "2:",
+            d = inout(reg) dst => _,
+            s = inout(reg) src => _,
+            n = inout(reg) n => _,
+            a = out(reg) _,
+            b = out(reg) _,
+            options(nostack)
+        );
+    }
 }
 
 /// The hypervisor's count of host accesses it refused.

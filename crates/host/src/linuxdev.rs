@@ -17,10 +17,12 @@
 //! fails its request or breaks the device (`virtio-dev`), never the host; a
 //! failing PCI request is an I/O error for the guest.
 //!
-//! Network: a frame the guest transmits goes to the PCI device inside the
-//! MMIO exit of its transmitq notification, through one DMA buffer; the
-//! host waits for QEMU to take it, at most 100 ms (then the frame counts as
-//! lost, as do frames sent while QEMU still holds that buffer). Received frames: the host gets no device
+//! Network: a frame the guest transmits is copied into one of 8 DMA
+//! buffers and handed to the PCI device inside the MMIO exit of its
+//! transmitq notification, and the guest's buffer goes back at once: the
+//! host does not wait for QEMU to send it (it reaps sent buffers at the
+//! next transmission), unless all 8 are still QEMU's, and then at most
+//! 100 ms (after that the frame counts as lost). Received frames: the host gets no device
 //! interrupts, so it polls the PCI device's receive queue ([`poll`]) after
 //! every VCPU_RUN of the Linux VM's vCPUs, on every host CPU that runs one.
 //! That bounds the latency even when the guest is idle: a vCPU's WFI with
@@ -74,11 +76,25 @@ struct PciDisk {
     blk: VirtIOBlk<HostHal, HostTransport>,
     /// PCI requests that failed.
     errors: u64,
+    /// PCI requests made.
+    requests: u64,
+    /// Counter ticks spent inside them: virtio-drivers' calls wait for
+    /// the device by spinning on its used ring, so under `-icount
+    /// shift=0` this is the instructions the host spent per request
+    /// (`report`; the I/O bench's breakdown).
+    ticks: u64,
 }
 
 impl PciDisk {
-    /// A PCI request's result, failures counted.
-    fn counted(&mut self, r: virtio_drivers::Result) -> Result<(), IoError> {
+    /// Makes one PCI request with `f`, counted, timed, failures counted.
+    fn request(
+        &mut self,
+        f: impl FnOnce(&mut VirtIOBlk<HostHal, HostTransport>) -> virtio_drivers::Result,
+    ) -> Result<(), IoError> {
+        let start = guest_rt::gic::counter();
+        let r = f(&mut self.blk);
+        self.ticks += guest_rt::gic::counter().wrapping_sub(start);
+        self.requests += 1;
         r.map_err(|_| {
             self.errors += 1;
             IoError
@@ -103,19 +119,16 @@ impl BlockBackend for PciDisk {
 
     fn read_run(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), IoError> {
         let s = usize::try_from(sector).map_err(|_| IoError)?;
-        let r = self.blk.read_blocks(s, buf);
-        self.counted(r)
+        self.request(|b| b.read_blocks(s, buf))
     }
 
     fn write_run(&mut self, sector: u64, data: &[u8]) -> Result<(), IoError> {
         let s = usize::try_from(sector).map_err(|_| IoError)?;
-        let r = self.blk.write_blocks(s, data);
-        self.counted(r)
+        self.request(|b| b.write_blocks(s, data))
     }
 
     fn flush(&mut self) -> Result<(), IoError> {
-        let r = self.blk.flush();
-        self.counted(r)
+        self.request(|b| b.flush())
     }
 }
 
@@ -161,7 +174,15 @@ fn init_disk(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
         (cap * SECTOR_SIZE as u64) >> 20,
         if blk.readonly() { ", read-only" } else { "" },
     );
-    let dev = MmioTransport::new(Block::new(PciDisk { blk, errors: 0 }), protected);
+    let dev = MmioTransport::new(
+        Block::new(PciDisk {
+            blk,
+            errors: 0,
+            requests: 0,
+            ticks: 0,
+        }),
+        protected,
+    );
     DISK.call_once(|| spin::Mutex::new(Disk { dev, level: false }));
 }
 
@@ -183,20 +204,30 @@ struct PciNic {
     rx_base: usize,
     /// Which buffer each receive token (a descriptor head) holds.
     slot_of: [u16; NIC_QUEUE],
-    /// The transmit buffer (one page of DMA memory): one frame at a time.
+    /// The transmit buffers: [`TX_BUFS`] of [`TX_BUF`] bytes of DMA
+    /// memory from here, never freed.
     tx_base: usize,
-    /// The token of a transmission QEMU has not completed within
-    /// [`TX_WAIT_MS`] (the buffer is the device's until it does).
-    tx_pending: Option<(u16, usize)>,
+    /// The transmission each buffer holds while QEMU has it: its token and
+    /// length. A frame goes out without waiting for QEMU to send it (the
+    /// guest's buffer is returned once copied); a buffer is reaped when
+    /// QEMU is done, at the next transmission.
+    tx_inflight: [Option<(u16, usize)>; TX_BUFS],
     tx_frames: u64,
     tx_bytes: u64,
     /// Frames the PCI device refused, or did not take in time.
     tx_errors: u64,
 }
 
-/// How long a transmission may take QEMU before the frame counts as lost
-/// (the host never waits longer inside a guest's MMIO exit).
+/// How long the host waits for QEMU to free a transmit buffer when all
+/// [`TX_BUFS`] are in flight, before the frame counts as lost (the host
+/// never waits longer inside a guest's MMIO exit).
 const TX_WAIT_MS: u64 = 100;
+/// Transmit buffers in flight at most (a burst the guest sends goes out
+/// without waiting for QEMU, up to this many frames).
+const TX_BUFS: usize = 8;
+/// One transmit buffer: the header and the largest frame fit.
+const TX_BUF: usize = 2048;
+const _: () = assert!(NET_HDR_LEN + virtio_dev::net::MAX_FRAME <= TX_BUF && TX_BUFS <= NIC_QUEUE);
 
 impl PciNic {
     /// Receive buffer `slot`.
@@ -211,12 +242,13 @@ impl PciNic {
         unsafe { core::slice::from_raw_parts_mut(at as *mut u8, RX_BUF) }
     }
 
-    /// The transmit buffer's first `len` bytes.
-    fn tx_buf(&mut self, len: usize) -> &'static mut [u8] {
-        // SAFETY: one page of DMA memory this device alone uses; `len` is
-        // at most the header and a frame (below a page, checked by the
-        // caller); used only while no transmission is pending.
-        unsafe { core::slice::from_raw_parts_mut(self.tx_base as *mut u8, len.min(PAGE_SIZE)) }
+    /// Transmit buffer `i`'s first `len` bytes.
+    fn tx_buf(&mut self, i: usize, len: usize) -> &'static mut [u8] {
+        let at = self.tx_base + i.min(TX_BUFS - 1) * TX_BUF;
+        // SAFETY: [tx_base, tx_base + TX_BUFS * TX_BUF) is DMA memory this
+        // device alone uses; buffer `i` is used only while it is not in
+        // flight (`tx_inflight`), `len` is at most TX_BUF.
+        unsafe { core::slice::from_raw_parts_mut(at as *mut u8, len.min(TX_BUF)) }
     }
 
     /// Posts buffer `slot` to the PCI device's receive queue.
@@ -233,66 +265,75 @@ impl PciNic {
         }
     }
 
-    /// Completes the pending transmission if QEMU is done with it;
-    /// whether the transmit buffer is free.
-    fn tx_reap(&mut self) -> bool {
-        let Some((token, len)) = self.tx_pending else {
-            return true;
-        };
-        if self.raw.poll_transmit() != Some(token) {
-            return false;
+    /// Completes every transmission QEMU is done with (in the order it
+    /// returns them); the index of a free buffer, if there is one now.
+    fn tx_reap(&mut self) -> Option<usize> {
+        while let Some(token) = self.raw.poll_transmit() {
+            let Some(i) = self
+                .tx_inflight
+                .iter()
+                .position(|t| t.is_some_and(|(k, _)| k == token))
+            else {
+                // A token this host never sent: QEMU's used ring is
+                // corrupt; stop reaping (those buffers stay in flight).
+                self.tx_errors += 1;
+                break;
+            };
+            let len = self.tx_inflight[i].map_or(0, |(_, l)| l);
+            let buf = self.tx_buf(i, len);
+            // SAFETY: the buffer and token of that transmission.
+            let r = unsafe { self.raw.transmit_complete(token, buf) };
+            self.tx_inflight[i] = None;
+            if r.is_err() {
+                self.tx_errors += 1;
+            }
         }
-        let buf = self.tx_buf(len);
-        // SAFETY: the buffer and token of the pending transmission.
-        let r = unsafe { self.raw.transmit_complete(token, buf) };
-        self.tx_pending = None;
-        if r.is_err() {
-            self.tx_errors += 1;
-        }
-        true
+        self.tx_inflight.iter().position(Option::is_none)
     }
 }
 
 impl NetBackend for PciNic {
     fn transmit(&mut self, frame: &[u8]) {
-        if !self.tx_reap() {
-            // QEMU still holds the last frame: this one is lost.
-            self.tx_errors += 1;
-            return;
-        }
         let len = NET_HDR_LEN + frame.len();
-        if len > PAGE_SIZE {
+        if len > TX_BUF {
             self.tx_errors += 1;
             return;
         }
-        let buf = self.tx_buf(len);
+        let free = match self.tx_reap() {
+            Some(i) => i,
+            None => {
+                // All buffers in flight: wait for QEMU to send one, bounded.
+                let hz = guest_rt::gic::counter_hz();
+                let start = guest_rt::gic::counter();
+                loop {
+                    if let Some(i) = self.tx_reap() {
+                        break i;
+                    }
+                    if guest_rt::gic::counter().wrapping_sub(start) > hz / 1000 * TX_WAIT_MS {
+                        if !TX_STUCK.swap(true, Ordering::AcqRel) {
+                            println!("host: linux: network: QEMU did not send a frame in {TX_WAIT_MS} ms");
+                        }
+                        self.tx_errors += 1;
+                        return;
+                    }
+                    core::hint::spin_loop();
+                }
+            }
+        };
+        let buf = self.tx_buf(free, len);
         // The header asks for nothing (no offloads are negotiated).
         buf[..NET_HDR_LEN].fill(0);
         buf[NET_HDR_LEN..].copy_from_slice(frame);
         // SAFETY: the buffer is DMA memory that is not touched again until
-        // the transmission completes (`tx_pending`).
-        let token = match unsafe { self.raw.transmit_begin(buf) } {
-            Ok(t) => t,
-            Err(_) => {
-                self.tx_errors += 1;
-                return;
+        // the transmission completes (`tx_inflight`).
+        match unsafe { self.raw.transmit_begin(buf) } {
+            Ok(token) => {
+                self.tx_inflight[free] = Some((token, len));
+                self.tx_frames += 1;
+                self.tx_bytes += frame.len() as u64;
             }
-        };
-        self.tx_pending = Some((token, len));
-        let hz = guest_rt::gic::counter_hz();
-        let start = guest_rt::gic::counter();
-        while !self.tx_reap() {
-            if guest_rt::gic::counter().wrapping_sub(start) > hz / 1000 * TX_WAIT_MS {
-                if !TX_STUCK.swap(true, Ordering::AcqRel) {
-                    println!("host: linux: network: QEMU did not take a frame in {TX_WAIT_MS} ms");
-                }
-                self.tx_errors += 1;
-                return;
-            }
-            core::hint::spin_loop();
+            Err(_) => self.tx_errors += 1,
         }
-        self.tx_frames += 1;
-        self.tx_bytes += frame.len() as u64;
     }
 }
 
@@ -342,13 +383,16 @@ fn init_net(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
     let mac = raw.mac_address();
     let pages = (NIC_QUEUE * RX_BUF).div_ceil(PAGE_SIZE);
     let (base, _) = HostHal::dma_alloc(pages, BufferDirection::DeviceToDriver);
-    let (tx, _) = HostHal::dma_alloc(1, BufferDirection::DriverToDevice);
+    let (tx, _) = HostHal::dma_alloc(
+        (TX_BUFS * TX_BUF).div_ceil(PAGE_SIZE),
+        BufferDirection::DriverToDevice,
+    );
     let mut nic = PciNic {
         raw,
         rx_base: base as usize,
         slot_of: [0; NIC_QUEUE],
         tx_base: tx as usize,
-        tx_pending: None,
+        tx_inflight: [None; TX_BUFS],
         tx_frames: 0,
         tx_bytes: 0,
         tx_errors: 0,
@@ -579,9 +623,12 @@ pub fn poll(g: &Guest) {
 pub fn report() {
     if let Some(d) = DISK.get() {
         let d = d.lock();
+        let b = d.dev.device().backend();
         println!(
-            "host: linux: disk: {} PCI requests failed; device {}",
-            d.dev.device().backend().errors,
+            "host: linux: disk: {} PCI requests, {} failed, {} counter ticks inside them; device {}",
+            b.requests,
+            b.errors,
+            b.ticks,
             if d.dev.is_broken() {
                 "broken by its driver"
             } else {

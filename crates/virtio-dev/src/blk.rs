@@ -115,15 +115,22 @@ pub struct Block<B> {
     backend: B,
     /// The bounce page between the guest's buffers and the backend (here,
     /// not on the stack: a host serves requests on a small stack).
-    page: [u8; RUN_BYTES],
+    page: Page,
 }
+
+/// The bounce page, 16-byte aligned: copies between it and guest memory
+/// whose addresses agree modulo 8 can go a word pair at a time (the
+/// host's `GuestMemory` does, where unaligned accesses are not allowed).
+#[derive(Debug)]
+#[repr(C, align(16))]
+struct Page([u8; RUN_BYTES]);
 
 impl<B: BlockBackend> Block<B> {
     /// A block device over `backend`.
     pub fn new(backend: B) -> Self {
         Self {
             backend,
-            page: [0; RUN_BYTES],
+            page: Page([0; RUN_BYTES]),
         }
     }
 
@@ -175,7 +182,7 @@ impl<B: BlockBackend> Block<B> {
                     .checked_add(len / SECTOR_SIZE as u64)
                     .is_some_and(|end| end <= self.backend.capacity())
         };
-        let buf = &mut self.page;
+        let buf = &mut self.page.0;
         // The runs of a request: (first sector, bytes), at most RUN_BYTES each.
         let runs = |len: u64| {
             (0..len.div_ceil(RUN_BYTES as u64)).map(move |i| {
@@ -292,10 +299,11 @@ impl<B: BlockBackend> Device for Block<B> {
             return Ok(());
         }
         // At most a queue's worth per notification, even if the driver keeps adding.
+        let mut chain = Chain::empty();
         for _ in 0..QUEUE_SIZE_MAX {
-            let Some(chain) = q.pop(queue)? else {
+            if !q.pop(queue, &mut chain)? {
                 break;
-            };
+            }
             // The status byte: the chain's last byte, device-writable.
             let Some(status_at) = chain.last_writable_byte() else {
                 return Err(q.fail(Error::Request { queue }));

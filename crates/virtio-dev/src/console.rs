@@ -7,7 +7,7 @@
 //! console input. Input is kept across a device reset (bytes typed while the driver
 //! restarts are not lost).
 
-use crate::queue::{Broken, Queues};
+use crate::queue::{Broken, Chain, Queues};
 use crate::transport::Device;
 use crate::{DeviceType, Error, GuestMemory, MmioTransport, QUEUE_SIZE_MAX};
 
@@ -77,13 +77,14 @@ impl<W: embedded_io::Write> Console<W> {
 
     /// Moves buffered input into posted receive buffers.
     fn deliver<M: GuestMemory + ?Sized>(&mut self, q: &mut Queues<'_, M>) -> Result<(), Broken> {
+        let mut chain = Chain::empty();
         for _ in 0..QUEUE_SIZE_MAX {
             if self.len == 0 {
                 break;
             }
-            let Some(chain) = q.pop(QUEUE_RX)? else {
+            if !q.pop(QUEUE_RX, &mut chain)? {
                 break;
-            };
+            }
             if let Some(defect) = chain.defect() {
                 q.report(Error::Chain {
                     queue: QUEUE_RX,
@@ -123,10 +124,11 @@ impl<W: embedded_io::Write> Console<W> {
     /// Hands every transmitq buffer's bytes to the sink.
     fn transmit<M: GuestMemory + ?Sized>(&mut self, q: &mut Queues<'_, M>) -> Result<(), Broken> {
         let mut chunk = [0u8; 64];
+        let mut chain = Chain::empty();
         for _ in 0..QUEUE_SIZE_MAX {
-            let Some(chain) = q.pop(QUEUE_TX)? else {
+            if !q.pop(QUEUE_TX, &mut chain)? {
                 break;
-            };
+            }
             if let Some(defect) = chain.defect() {
                 q.report(Error::Chain {
                     queue: QUEUE_TX,

@@ -13,7 +13,7 @@
 //! [`MmioTransport::receive`], which writes a header (`num_buffers` 1) and the frame into the
 //! next posted receive buffer, or reports why it could not. No frame is queued in between.
 
-use crate::queue::{Broken, Queues};
+use crate::queue::{Broken, Chain, Queues};
 use crate::transport::{copy_config, Device};
 use crate::{DeviceType, Error, GuestMemory, MmioTransport, QUEUE_SIZE_MAX};
 
@@ -38,6 +38,12 @@ pub trait NetBackend {
     /// One Ethernet frame from the guest (without the virtio header).
     fn transmit(&mut self, frame: &[u8]);
 }
+
+/// A transmitted frame with its header, 8-byte aligned: copies in and out
+/// of it can go by words (a host whose memory accesses must be aligned
+/// copies byte by byte between buffers that differ modulo 8).
+#[repr(C, align(8))]
+struct FrameBuf([u8; NET_HDR_LEN + MAX_FRAME]);
 
 /// Why [`MmioTransport::receive`] did not deliver a frame (it is dropped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,11 +84,13 @@ impl<B: NetBackend> Net<B> {
     }
 
     fn transmit<M: GuestMemory + ?Sized>(&mut self, q: &mut Queues<'_, M>) -> Result<(), Broken> {
-        let mut frame = [0u8; NET_HDR_LEN + MAX_FRAME];
+        let mut buf = FrameBuf([0; NET_HDR_LEN + MAX_FRAME]);
+        let frame = &mut buf.0;
+        let mut chain = Chain::empty();
         for _ in 0..QUEUE_SIZE_MAX {
-            let Some(chain) = q.pop(QUEUE_TX)? else {
+            if !q.pop(QUEUE_TX, &mut chain)? {
                 break;
-            };
+            }
             if let Some(defect) = chain.defect() {
                 q.report(Error::Chain {
                     queue: QUEUE_TX,
@@ -116,9 +124,10 @@ impl<B: NetBackend> Net<B> {
         q: &mut Queues<'_, M>,
         frame: &[u8],
     ) -> Result<Result<(), RxError>, Broken> {
-        let Some(chain) = q.pop(QUEUE_RX)? else {
+        let mut chain = Chain::empty();
+        if !q.pop(QUEUE_RX, &mut chain)? {
             return Ok(Err(RxError::NoBuffer));
-        };
+        }
         let total = NET_HDR_LEN + frame.len();
         if chain.defect().is_some() || chain.writable_len() < total as u64 {
             q.report(match chain.defect() {

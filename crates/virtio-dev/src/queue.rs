@@ -144,9 +144,13 @@ pub struct Chain {
 }
 
 impl Chain {
-    fn new(head: u16) -> Self {
+    /// An empty chain for [`Queues::pop`] to fill. A chain is 2 KiB (room
+    /// for a queue's worth of descriptors): devices keep one and pop into
+    /// it, as moving it by value costs more than serving a request.
+    #[must_use]
+    pub fn empty() -> Self {
         Self {
-            head,
+            head: 0,
             descs: [Desc::default(); QUEUE_SIZE_MAX as usize],
             count: 0,
             readable: 0,
@@ -414,16 +418,17 @@ impl<'a, M: GuestMemory + ?Sized> Queues<'a, M> {
         self.mem.read_u16(q.driver + 2) != Ok(q.last_avail)
     }
 
-    /// Takes the next available chain of `queue`: `None` if there is none (or the queue is
-    /// not ready).
+    /// Takes the next available chain of `queue` into `chain` (whatever it held is
+    /// replaced): `false` if there is none (or the queue is not ready), and then `chain`
+    /// is unchanged.
     ///
     /// # Errors
     ///
     /// [`Broken`] for the structural errors in the module's table (the device is now
-    /// broken).
-    pub fn pop(&mut self, queue: u16) -> Result<Option<Chain>, Broken> {
+    /// broken; `chain` holds nothing usable).
+    pub fn pop(&mut self, queue: u16, chain: &mut Chain) -> Result<bool, Broken> {
         let Some(q) = self.ready(queue) else {
-            return Ok(None);
+            return Ok(false);
         };
         let size = q.size;
         // avail->idx: the driver's count of chains made available (2.7.6).
@@ -433,7 +438,7 @@ impl<'a, M: GuestMemory + ?Sized> Queues<'a, M> {
         };
         let pending = idx.wrapping_sub(q.last_avail);
         if pending == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         if pending > size {
             let e = Error::AvailIdx {
@@ -452,7 +457,10 @@ impl<'a, M: GuestMemory + ?Sized> Queues<'a, M> {
             Ok(h) => h,
             Err(f) => return Err(self.fail(f.into())),
         };
-        let mut chain = Chain::new(head);
+        chain.head = head;
+        chain.count = 0;
+        chain.readable = 0;
+        chain.defect = None;
         let mut i = head;
         loop {
             if i >= size {
@@ -485,7 +493,7 @@ impl<'a, M: GuestMemory + ?Sized> Queues<'a, M> {
         if let Some(q) = self.rings.queues.get_mut(usize::from(queue)) {
             q.last_avail = q.last_avail.wrapping_add(1);
         }
-        Ok(Some(chain))
+        Ok(true)
     }
 
     /// Returns `chain` to the driver through `queue`'s used ring with `len` bytes written

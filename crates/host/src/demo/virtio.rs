@@ -9,7 +9,7 @@ use virtio_dev::blk::{Block, BlockBackend, IoError, SECTOR_SIZE};
 use virtio_dev::console::Console;
 use virtio_dev::{Fault, GuestMemory, MmioTransport};
 
-use super::{guarded, ldr64, ldrb, ldrh, str64, strb, strh, DISK_BYTES};
+use super::{copy, guarded, ldrh, strh, DISK_BYTES};
 use crate::{Guest, GUEST_RAM_IPA, PAGE};
 
 /// A guest's memory as the host reaches it (it chose where to put it): the
@@ -60,36 +60,13 @@ impl GuestRam {
 impl GuestMemory for GuestRam {
     fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), Fault> {
         self.pages(ipa, buf.len() as u64, |pa, at, n| {
-            // Single loads only (see `guarded`); 8 bytes where aligned: the
-            // host runs with its MMU off, where unaligned accesses fault.
-            let mut i = 0;
-            while i < n {
-                if (pa + i as u64).is_multiple_of(8) && n - i >= 8 {
-                    let v = ldr64(pa + i as u64);
-                    buf[at + i..at + i + 8].copy_from_slice(&v.to_le_bytes());
-                    i += 8;
-                } else {
-                    buf[at + i] = ldrb(pa + i as u64);
-                    i += 1;
-                }
-            }
+            copy::read_guest(pa, &mut buf[at..at + n]);
         })
     }
 
     fn write(&self, ipa: u64, data: &[u8]) -> Result<(), Fault> {
         self.pages(ipa, data.len() as u64, |pa, at, n| {
-            let mut i = 0;
-            while i < n {
-                if (pa + i as u64).is_multiple_of(8) && n - i >= 8 {
-                    let mut w = [0u8; 8];
-                    w.copy_from_slice(&data[at + i..at + i + 8]);
-                    str64(pa + i as u64, u64::from_le_bytes(w));
-                    i += 8;
-                } else {
-                    strb(pa + i as u64, data[at + i]);
-                    i += 1;
-                }
-            }
+            copy::write_guest(pa, &data[at..at + n]);
         })
     }
 
