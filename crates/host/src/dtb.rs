@@ -80,10 +80,10 @@ fn intc(w: &mut FdtWriter, gic: Vgic, vcpus: usize) -> Result<(), Error> {
                 )?;
             }
             Vgic::V2 => {
-                // GICv2 with the virtualisation extensions' CPU interface
-                // (the GIC-400's GICV frame), as Linux's KVM and QEMU virt
-                // describe a GICv2 guest's; no GICH/GICV regions: the guest
-                // gets no virtualisation of its own.
+                // A GICv2 whose CPU interface is the GIC-400's GICV frame,
+                // named as QEMU virt (gic-version=2) and kvmtool name a
+                // GICv2 guest's; no GICH/GICV regions: the guest gets no
+                // virtualisation of its own.
                 w.property_string("compatible", "arm,cortex-a15-gic")?;
                 w.property_array_u64("reg", &[GICD_IPA, GICD_SIZE_V2, GICC_V2_IPA, GICC_V2_SIZE])?;
             }
