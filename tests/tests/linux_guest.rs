@@ -13,6 +13,13 @@
 //! arguments, and `HYP_LINUX_QEMU_ARGS`, the loader devices, one per line),
 //! so it is `#[ignore]`d in the general integration-test step.
 //!
+//! The check and the shell also run on QEMU raspi4b (`_rpi4`: the Pi 4's
+//! GIC-400, so a GICv2 vGIC and the device tree the host writes for it; the
+//! step's `HYP_LINUX_APPEND_RPI4` and `HYP_LINUX_QEMU_ARGS_RPI4`, which run
+//! the hypervisor on 2 of the board's 4 cores). The disk and the network
+//! do not: they are PCI devices behind QEMU virt's SMMUv3, and raspi4b has
+//! neither PCIe nor an SMMU.
+//!
 //! The third boots with a disk (`HYP_LINUX_DISK`, an ext4 image the step
 //! makes fresh with hello.txt and hello.sha256; `HYP_DEBUGFS`, e2fsprogs'
 //! debugfs, reads it back afterwards): QEMU's virtio-blk PCI device behind
@@ -37,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use hyp_tests::{env_path, BootOptions, Qemu};
+use hyp_tests::{env_path, BootOptions, Qemu, TestBoard};
 
 /// Generous bound for a TCG boot (about 20 s on the 2-core CI machine).
 const T: Duration = Duration::from_secs(120);
@@ -56,23 +63,66 @@ fn counts(line: &str, cpus: usize) -> Vec<u64> {
         .collect()
 }
 
-/// Boots the Linux guest the xtask step prepared on 2 host CPUs, with
-/// `words` added to the guest's command line (it is last in the boot
-/// arguments, after ` -- `) and `qemu` added to QEMU's arguments.
-fn boot_linux(words: &str, qemu: &[String]) -> Qemu {
-    let mut extra: Vec<String> = env("HYP_LINUX_QEMU_ARGS")
+/// A board the Linux guest boots on, and what Linux says differently there.
+#[derive(Clone, Copy)]
+struct Board {
+    test: TestBoard,
+    /// The xtask step's hypervisor boot arguments for this board.
+    append_var: &'static str,
+    /// Its QEMU loader devices, one argument per line.
+    qemu_args_var: &'static str,
+    /// QEMU's `-smp`: 2 on virt; raspi4b keeps its 4 cores and the
+    /// prepared boot arguments say `hyp.cpus=2`.
+    smp: Option<u32>,
+    /// What Linux's GIC driver prints as vCPU 0 and vCPU 1 come up, if
+    /// anything (its GICv2 driver says nothing).
+    gic_cpu_lines: Option<[&'static str; 2]>,
+    /// The interrupt controller's name in `/proc/interrupts`: the GICv3
+    /// driver's, or the GICv2 driver's for its first GIC.
+    chip: &'static str,
+}
+
+/// QEMU virt: GICv3 vGIC.
+const VIRT: Board = Board {
+    test: TestBoard::QemuVirt,
+    append_var: "HYP_LINUX_APPEND",
+    qemu_args_var: "HYP_LINUX_QEMU_ARGS",
+    smp: Some(2),
+    gic_cpu_lines: Some([
+        "GICv3: CPU0: found redistributor 0 region 0:0x00000000080a0000",
+        "GICv3: CPU1: found redistributor 1 region 0:0x00000000080c0000",
+    ]),
+    chip: "GICv3",
+};
+
+/// QEMU raspi4b: GICv2 vGIC (the GIC-400's GICV frame as the CPU interface).
+const RPI4: Board = Board {
+    test: TestBoard::Rpi4,
+    append_var: "HYP_LINUX_APPEND_RPI4",
+    qemu_args_var: "HYP_LINUX_QEMU_ARGS_RPI4",
+    smp: None,
+    gic_cpu_lines: None,
+    chip: "GIC-0",
+};
+
+/// Boots the Linux guest the xtask step prepared for `board` on 2 host
+/// CPUs, with `words` added to the guest's command line (it is last in the
+/// boot arguments, after ` -- `) and `qemu` added to QEMU's arguments.
+fn boot_linux(board: Board, words: &str, qemu: &[String]) -> Qemu {
+    let mut extra: Vec<String> = env(board.qemu_args_var)
         .lines()
         .map(str::to_owned)
         .collect();
     extra.extend_from_slice(qemu);
-    let append = env("HYP_LINUX_APPEND");
+    let append = env(board.append_var);
     Qemu::boot(BootOptions {
+        board: board.test,
         append: Some(if words.is_empty() {
             append
         } else {
             format!("{append} {words}")
         }),
-        smp: Some(2),
+        smp: board.smp,
         extra,
         ..BootOptions::default()
     })
@@ -81,9 +131,19 @@ fn boot_linux(words: &str, qemu: &[String]) -> Qemu {
 #[test]
 #[ignore = "needs the Debian kernel: run by `cargo xtask test` (its Linux step)"]
 fn debian_linux_boots_on_two_vcpus() {
+    boots_on_two_vcpus(VIRT);
+}
+
+#[test]
+#[ignore = "needs the Debian kernel: run by `cargo xtask test` (its Linux step)"]
+fn debian_linux_boots_on_two_vcpus_rpi4() {
+    boots_on_two_vcpus(RPI4);
+}
+
+fn boots_on_two_vcpus(board: Board) {
     // The word selects /init's scripted check.
     let start = Instant::now();
-    let mut q = boot_linux("hyp.init=check", &[]);
+    let mut q = boot_linux(board, "hyp.init=check", &[]);
     q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
     let banner = q.expect_line("Linux version ", T);
     assert!(
@@ -91,15 +151,13 @@ fn debian_linux_boots_on_two_vcpus() {
         "unexpected banner: {banner}"
     );
     q.expect_line("psci: PSCIv1.1 detected in firmware.", T);
-    q.expect_line(
-        "GICv3: CPU0: found redistributor 0 region 0:0x00000000080a0000",
-        T,
-    );
+    if let Some([cpu0, _]) = board.gic_cpu_lines {
+        q.expect_line(cpu0, T);
+    }
     q.expect_line("arch_timer: cp15 timer(s) running at", T);
-    q.expect_line(
-        "GICv3: CPU1: found redistributor 1 region 0:0x00000000080c0000",
-        T,
-    );
+    if let Some([_, cpu1]) = board.gic_cpu_lines {
+        q.expect_line(cpu1, T);
+    }
     q.expect_line("smp: Brought up 1 node, 2 CPUs", T);
     q.expect_line("ttyAMA0 at MMIO 0x9000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
@@ -126,6 +184,14 @@ fn debian_linux_boots_on_two_vcpus() {
         "the timer interrupt must count on both CPUs: {timer:?}\n{}",
         q.log().join("\n")
     );
+    // The virtual timer's PPI (INTID 27) through the GIC the device tree
+    // described.
+    let fields: Vec<&str> = timer.split_whitespace().collect();
+    assert_eq!(
+        fields.get(3..5),
+        Some(&[board.chip, "27"][..]),
+        "the timer's chip and INTID: {timer:?}"
+    );
     eprintln!("linux_guest: {timer}");
     q.expect_guest(1, "LINUX-GUEST-DONE", T);
     q.expect_line("host: VM 1 (linux) powered off", T);
@@ -148,7 +214,18 @@ const BOOT_COUNT: &str =
 #[test]
 #[ignore = "needs the Debian kernel: run by `cargo xtask test` (its Linux step)"]
 fn linux_shell_reads_the_console_and_reboot_restarts_the_vm() {
-    let mut q = boot_linux("", &[]);
+    shell_and_reboot(VIRT);
+}
+
+#[test]
+#[ignore = "needs the Debian kernel: run by `cargo xtask test` (its Linux step)"]
+fn linux_shell_reads_the_console_and_reboot_restarts_the_vm_rpi4() {
+    shell_and_reboot(RPI4);
+}
+
+fn shell_and_reboot(board: Board) {
+    let start = Instant::now();
+    let mut q = boot_linux(board, "", &[]);
     q.expect_exact("hyp: console input goes to VM 1", T);
     q.expect_guest_line(1, "LINUX-GUEST-SHELL: busybox sh on ttyAMA0", T);
     // The shell echoes what it reads; only the evaluated line says 42.
@@ -175,6 +252,10 @@ fn linux_shell_reads_the_console_and_reboot_restarts_the_vm() {
     q.send("poweroff -f\n");
     q.expect_line("host: VM 1 (linux) powered off", T);
     assert_eq!(q.expect_exit(T), 0);
+    eprintln!(
+        "linux_guest: two boots and the shell in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
 }
 
 /// The modules /init loads (tests/../xtask/src/kmods.rs ROOT_MODULES and
@@ -202,6 +283,7 @@ fn linux_reads_and_writes_a_virtio_disk() {
     let disk = env("HYP_LINUX_DISK");
     let start = Instant::now();
     let mut q = boot_linux(
+        VIRT,
         "hyp.init=disk",
         &[
             "-drive".to_owned(),
@@ -376,6 +458,7 @@ fn linux_serves_and_fetches_over_a_virtio_network() {
     // passes (xtask/src/linux.rs `net_qemu_args`).
     let start = Instant::now();
     let mut q = boot_linux(
+        VIRT,
         &format!("hyp.init=net hyp.net.fetch={server}"),
         &[
             "-netdev".to_owned(),

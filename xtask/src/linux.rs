@@ -971,6 +971,16 @@ pub struct LinuxGuest {
     pub fetched: Fetched,
     /// The prepared guest (loader arguments and boot arguments).
     pub prepared: Prepared,
+    /// What it was prepared from.
+    opts: GuestOpts,
+}
+
+impl LinuxGuest {
+    /// The same guest prepared with other hypervisor words (another
+    /// board's `hyp.cpus=N`, say).
+    pub fn prepare_with(&self, host_extra: Option<&str>) -> Result<Prepared> {
+        prepare(&self.opts, host_extra)
+    }
 }
 
 /// Fetches, builds the initramfs and prepares the guest with `smp` vCPUs.
@@ -993,22 +1003,24 @@ pub fn linux_guest(
         }
     ));
     let initrd = initramfs(&fetched)?;
-    let prepared = prepare(
-        &GuestOpts {
-            kernel: fetched.kernel.clone(),
-            initrd: Some(initrd),
-            append,
-            cmdline: None,
-            load: None,
-            smp,
-            mem_mib: None,
-            protected,
-            disk: None,
-            net: None,
-        },
-        host_extra,
-    )?;
-    Ok(LinuxGuest { fetched, prepared })
+    let opts = GuestOpts {
+        kernel: fetched.kernel.clone(),
+        initrd: Some(initrd),
+        append,
+        cmdline: None,
+        load: None,
+        smp,
+        mem_mib: None,
+        protected,
+        disk: None,
+        net: None,
+    };
+    let prepared = prepare(&opts, host_extra)?;
+    Ok(LinuxGuest {
+        fetched,
+        prepared,
+        opts,
+    })
 }
 
 /// The host's device-tree module (crates/host, no_std + alloc, vm-fdt),
@@ -1243,6 +1255,7 @@ mod tests {
     fn host_linux_dtb_parses_and_describes_the_vm() {
         let cmdline = "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1 rdinit=/init";
         let dtb = host_dtb::linux_dtb(
+            hyp_abi::Vgic::V3,
             2,
             256 << 20,
             cmdline,
@@ -1302,6 +1315,8 @@ mod tests {
 
         // GICv3: distributor, then one redistributor frame per vCPU.
         let gic = fdt.find_node("/intc@8000000").expect("gic");
+        let compat: Vec<&str> = gic.compatible().expect("compatible").all().collect();
+        assert_eq!(compat, ["arm,gic-v3"]);
         assert!(gic.property("interrupt-controller").is_some());
         assert_eq!(
             reg64(gic.property("reg").expect("reg")),
@@ -1334,7 +1349,8 @@ mod tests {
 
     #[test]
     fn host_linux_dtb_without_initrd_and_with_eight_vcpus() {
-        let dtb = host_dtb::linux_dtb(8, 512 << 20, "", None, 1, &[]).expect("a valid tree");
+        let dtb = host_dtb::linux_dtb(hyp_abi::Vgic::V3, 8, 512 << 20, "", None, 1, &[])
+            .expect("a valid tree");
         let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
         let chosen = fdt.find_node("/chosen").expect("chosen");
         assert!(chosen.property("linux,initrd-start").is_none());
@@ -1355,9 +1371,62 @@ mod tests {
     #[test]
     fn host_linux_dtb_refuses_a_nul_in_the_command_line() {
         assert_eq!(
-            host_dtb::linux_dtb(1, 128 << 20, "a\0b", None, 1, &[]),
+            host_dtb::linux_dtb(hyp_abi::Vgic::V3, 1, 128 << 20, "a\0b", None, 1, &[]),
             Err(vm_fdt::Error::InvalidString)
         );
+    }
+
+    /// The Pi 4's vGIC: GICv2, distributor and CPU interface (the GIC-400's
+    /// GICV frame) where the hypervisor puts them, and the timer's PPIs
+    /// wired to every vCPU in the flags cell's CPU mask.
+    #[test]
+    fn host_linux_dtb_describes_a_gicv2_vgic() {
+        let timer_flags = |vcpus: usize| {
+            let dtb = host_dtb::linux_dtb(hyp_abi::Vgic::V2, vcpus, 256 << 20, "", None, 1, &[])
+                .expect("a valid tree");
+            let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
+            let t = cells(
+                fdt.find_node("/timer")
+                    .expect("timer")
+                    .property("interrupts")
+                    .expect("interrupts"),
+            );
+            assert_eq!(t.len(), 12, "four PPIs: {t:?}");
+            for (i, ppi) in [13, 14, 11, 10].into_iter().enumerate() {
+                assert_eq!(t[3 * i..3 * i + 2], [1, ppi], "{t:?}");
+            }
+            let f: Vec<u32> = t.chunks_exact(3).map(|c| c[2]).collect();
+            assert!(f.iter().all(|&x| x == f[0]), "{t:?}");
+            f[0]
+        };
+        // Bits [15:8]: one per vCPU; [3:0] = 4, level high.
+        assert_eq!(timer_flags(1), 0x104);
+        assert_eq!(timer_flags(2), 0x304);
+        assert_eq!(timer_flags(8), 0xff04);
+
+        let dtb = host_dtb::linux_dtb(hyp_abi::Vgic::V2, 2, 256 << 20, "", None, 1, &[])
+            .expect("a valid tree");
+        let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
+        let gic = fdt.find_node("/intc@8000000").expect("gic");
+        let compat: Vec<&str> = gic.compatible().expect("compatible").all().collect();
+        assert_eq!(compat, ["arm,cortex-a15-gic"]);
+        assert!(gic.property("interrupt-controller").is_some());
+        assert!(gic.property("#redistributor-regions").is_none());
+        assert_eq!(cells(gic.property("#interrupt-cells").expect("cells")), [3]);
+        assert_eq!(cells(gic.property("phandle").expect("phandle")), [1]);
+        // Distributor (4 KiB), then the CPU interface (8 KiB, GICC_DIR in
+        // its second page), at the IPAs the hypervisor emulates and maps.
+        assert_eq!(
+            reg64(gic.property("reg").expect("reg")),
+            [(0x0800_0000, 0x1000), (0x0801_0000, 0x2000)]
+        );
+        assert_eq!(
+            (hyp_abi::layout::GICD_IPA, hyp_abi::layout::GICC_V2_IPA),
+            (0x0800_0000, 0x0801_0000)
+        );
+        // SPIs carry no CPU mask.
+        let uart = fdt.find_node("/pl011@9000000").expect("uart node");
+        assert_eq!(cells(uart.property("interrupts").expect("irq")), [0, 1, 4]);
     }
 
     #[test]

@@ -159,7 +159,12 @@ enum Cmd {
     /// Fetch Debian's arm64 kernel and busybox-static (apt, cached in
     /// target/linux-cache), build an initramfs and boot Linux as a guest.
     Linux {
-        /// Host CPUs (QEMU -smp).
+        /// The board (a directory under platforms/). rpi4 (QEMU raspi4b):
+        /// no --disk or --net (no PCIe there).
+        #[arg(long, value_enum, default_value = "qemu")]
+        platform: Platform,
+        /// Host CPUs (QEMU -smp; on raspi4b, whose 4 cores are fixed,
+        /// `hyp.cpus=N`).
         #[arg(long, default_value = "2")]
         smp: u32,
         /// Guest vCPUs.
@@ -682,18 +687,27 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
     }
 }
 
-fn run(platform: Platform, opts: RunOpts) -> Result<u8> {
-    if platform != Platform::Qemu && opts.guest.as_ref().is_some_and(|g| g.disk.is_some()) {
+/// `--disk` and `--net` are PCI devices behind QEMU virt's SMMU: no other
+/// board has them (raspi4b has no PCIe and no SMMU).
+fn pci_devices_on(platform: Platform, disk: bool, net: bool) -> Result<()> {
+    if platform != Platform::Qemu && disk {
         return Err(format!(
             "--disk needs --platform qemu (the host's virtio-blk PCI device is QEMU's), not {}",
             platform.dir()
         ));
     }
-    if platform != Platform::Qemu && opts.guest.as_ref().is_some_and(|g| g.net.is_some()) {
+    if platform != Platform::Qemu && net {
         return Err(format!(
             "--net needs --platform qemu (the host's virtio-net PCI device is QEMU's), not {}",
             platform.dir()
         ));
+    }
+    Ok(())
+}
+
+fn run(platform: Platform, opts: RunOpts) -> Result<u8> {
+    if let Some(g) = &opts.guest {
+        pci_devices_on(platform, g.disk.is_some(), g.net.is_some())?;
     }
     // The guest first: a bad --guest is an error before anything is built.
     let prepared = match &opts.guest {
@@ -979,9 +993,12 @@ fn test() -> Result<()> {
         &mut profile::check,
     )?;
     step(
-        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written, a virtio network (DHCP, HTTP both ways)",
+        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written, a virtio network (DHCP, HTTP both ways); on raspi4b the check and the shell (no PCIe there)",
         &mut || {
             let g = linux::linux_guest(2, false, None, None)?;
+            // raspi4b: the same guest on 2 of its 4 cores (`hyp.cpus=2`).
+            let (_, rpi4_words) = linux_cpus(Platform::Rpi4, 2)?;
+            let rpi4 = g.prepare_with(rpi4_words.as_deref())?;
             let disk = linux::make_test_disk()?;
             let (_, debugfs) = provision::e2fsprogs()?;
             let tested = run_checked(
@@ -1000,6 +1017,10 @@ fn test() -> Result<()> {
                 .env("HYP_BOARD_DIR", &board_dir)
                 .env("HYP_LINUX_APPEND", &g.prepared.bootargs)
                 .env("HYP_LINUX_QEMU_ARGS", g.prepared.qemu_args.join("\n"))
+                .env("HYP_IMAGE_RPI4", &built_rpi4.qemu_kernel)
+                .env("HYP_BOARD_DIR_RPI4", &rpi4_dir)
+                .env("HYP_LINUX_APPEND_RPI4", &rpi4.bootargs)
+                .env("HYP_LINUX_QEMU_ARGS_RPI4", rpi4.qemu_args.join("\n"))
                 .env("HYP_LINUX_VERSION", &g.fetched.version)
                 .env("HYP_LINUX_DISK", &disk)
                 .env("HYP_DEBUGFS", &debugfs),
@@ -1045,6 +1066,7 @@ fn test() -> Result<()> {
 
 /// Options of `cargo xtask linux`.
 struct LinuxOpts {
+    platform: Platform,
     smp: u32,
     guest_smp: u32,
     icount: bool,
@@ -1058,6 +1080,26 @@ struct LinuxOpts {
     prepare_only: bool,
 }
 
+/// How a Linux guest's run on `platform` gets `smp` host CPUs: QEMU's
+/// `-smp`, and the hypervisor's own boot words. raspi4b always has its
+/// board's cores (4), so fewer become `hyp.cpus=N` (the others park in WFI).
+fn linux_cpus(platform: Platform, smp: u32) -> Result<(Option<u32>, Option<String>)> {
+    match platform {
+        Platform::Qemu => Ok((Some(smp), None)),
+        Platform::Rpi4 => {
+            let cores = load_board(platform)?.0.qemu.smp;
+            match smp {
+                0 => Err("--smp 0: at least one CPU".to_owned()),
+                s if s > cores => Err(format!(
+                    "--smp {s}: raspi4b has {cores} cores (fewer run with hyp.cpus=N)"
+                )),
+                s if s == cores => Ok((None, None)),
+                s => Ok((None, Some(format!("hyp.cpus={s}")))),
+            }
+        }
+    }
+}
+
 /// Prints what `prepare` gives: the loader arguments, then the boot arguments.
 fn print_prepared(g: &linux::GuestOpts, host_extra: Option<&str>) -> Result<u8> {
     let p = linux::prepare(g, host_extra)?;
@@ -1069,6 +1111,7 @@ fn print_prepared(g: &linux::GuestOpts, host_extra: Option<&str>) -> Result<u8> 
 /// `cargo xtask linux`: fetch, build the initramfs, boot.
 fn linux_cmd(o: LinuxOpts) -> Result<u8> {
     let LinuxOpts {
+        platform,
         smp,
         guest_smp,
         icount,
@@ -1081,6 +1124,9 @@ fn linux_cmd(o: LinuxOpts) -> Result<u8> {
         net,
         prepare_only,
     } = o;
+    // The board first: what it cannot have fails before the fetch.
+    pci_devices_on(platform, disk.is_some(), net.is_some())?;
+    let (qemu_smp, host_words) = linux_cpus(platform, smp)?;
     let fetched = linux::fetch()?;
     let initrd = linux::initramfs(&fetched)?;
     let (guest_driver, lines) = linux::pkvm_config(&fetched.config)?;
@@ -1107,16 +1153,16 @@ fn linux_cmd(o: LinuxOpts) -> Result<u8> {
         net,
     };
     if prepare_only {
-        return print_prepared(&guest, None);
+        return print_prepared(&guest, host_words.as_deref());
     }
     run(
-        Platform::Qemu,
+        platform,
         RunOpts {
-            smp: Some(smp),
+            smp: qemu_smp,
             gdb: false,
             icount,
             timeout: Some(timeout),
-            append: None,
+            append: host_words,
             features: Vec::new(),
             qemu_args: Vec::new(),
             guest: Some(guest),
@@ -1181,6 +1227,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Linux {
+            platform,
             smp,
             guest_smp,
             icount,
@@ -1193,6 +1240,7 @@ fn main() -> ExitCode {
             net,
             prepare_only,
         } => linux_cmd(LinuxOpts {
+            platform,
             smp,
             guest_smp,
             icount,
@@ -1496,6 +1544,51 @@ mod tests {
         // kernel "k" does not exist).
         let e = linux::prepare(&guest("user,hostfwd=tcp:0.0.0.0:1-:2"), None).expect_err("bad");
         assert!(e.contains("must be 127.0.0.1"), "{e}");
+    }
+
+    #[test]
+    fn linux_on_raspi4b_keeps_its_cores_and_has_no_pci_devices() {
+        // virt: QEMU's -smp, no hypervisor words.
+        assert_eq!(linux_cpus(Platform::Qemu, 2), Ok((Some(2), None)));
+        // raspi4b's 4 cores stay; fewer are the hypervisor's hyp.cpus=N.
+        assert_eq!(
+            linux_cpus(Platform::Rpi4, 2),
+            Ok((None, Some("hyp.cpus=2".to_owned())))
+        );
+        assert_eq!(linux_cpus(Platform::Rpi4, 4), Ok((None, None)));
+        for bad in [0, 5] {
+            assert!(linux_cpus(Platform::Rpi4, bad).is_err(), "--smp {bad}");
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from([&["cargo xtask"], args].concat());
+        let Ok(Cli {
+            command: Cmd::Linux { platform, .. },
+        }) = parse(&["linux", "--platform", "rpi4"])
+        else {
+            panic!("linux --platform rpi4 rejected");
+        };
+        assert_eq!(platform, Platform::Rpi4);
+        assert!(pci_devices_on(Platform::Qemu, true, true).is_ok());
+        let e = pci_devices_on(Platform::Rpi4, true, false).expect_err("disk");
+        assert!(e.contains("--disk needs --platform qemu"), "{e}");
+        let e = pci_devices_on(Platform::Rpi4, false, true).expect_err("net");
+        assert!(e.contains("--net needs --platform qemu"), "{e}");
+        // Refused before anything is fetched or built.
+        let o = |disk: Option<&str>| LinuxOpts {
+            platform: Platform::Rpi4,
+            smp: 2,
+            guest_smp: 2,
+            icount: false,
+            protected: false,
+            timeout: 1,
+            mem: None,
+            guest_append: None,
+            guest_cmdline: None,
+            disk: disk.map(PathBuf::from),
+            net: None,
+            prepare_only: true,
+        };
+        let e = linux_cmd(o(Some("d.img"))).expect_err("--disk on rpi4");
+        assert!(e.contains("--disk needs --platform qemu"), "{e}");
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //!
 //! It describes what the hypervisor emulates for every VM (crates/hyp-core):
 //! memory, the vCPUs with the PSCI enable method, PSCI 1.0 over HVC, the
-//! GICv3 distributor and one redistributor per vCPU (bindings:
-//! interrupt-controller/arm,gic-v3.yaml), the architected timer's PPIs
-//! (timer/arm,arch_timer.yaml), the PL011 with its fixed 24 MHz clock
+//! virtual GIC the board gives VMs (`hyp_abi::BootInfo::vgic`): GICv3's
+//! distributor and one redistributor per vCPU (bindings:
+//! interrupt-controller/arm,gic-v3.yaml), or GICv2's distributor and CPU
+//! interface (interrupt-controller/arm,gic.yaml), the architected timer's
+//! PPIs (timer/arm,arch_timer.yaml), the PL011 with its fixed 24 MHz clock
 //! (serial/arm,pl011.yaml), and `/chosen` with the command line, the initrd
-//! and `stdout-path`; every address from `hyp_abi::layout` (QEMU virt's).
+//! and `stdout-path`; every address from `hyp_abi::layout` (QEMU virt's, on
+//! every board).
 //!
 //! The blob is written by `vm-fdt` (rust-vmm's FDT writer, in its
 //! `no_std` + `alloc` mode) into a `Vec` on the host's heap; linux.rs
@@ -18,8 +21,11 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use hw_regs::gic::{GICD_SIZE_V3 as GICD_SIZE, GICR_STRIDE};
-use hyp_abi::layout::{GICD_IPA, GICR_IPA, RAM_IPA, UART_INTID, UART_IPA, UART_SIZE};
+use hw_regs::gic::{GICD_SIZE_V2, GICD_SIZE_V3, GICR_STRIDE};
+use hyp_abi::layout::{
+    GICC_V2_IPA, GICC_V2_SIZE, GICD_IPA, GICR_IPA, RAM_IPA, UART_INTID, UART_IPA, UART_SIZE,
+};
+use hyp_abi::Vgic;
 use vm_fdt::{Error, FdtWriter};
 
 /// The interrupt of the guest's PL011 (emulated at EL2, at [`UART_IPA`]):
@@ -47,6 +53,47 @@ fn strs(w: &mut FdtWriter, name: &str, list: &[&str]) -> Result<(), Error> {
     w.property_string_list(name, list.iter().map(|s| String::from(*s)).collect())
 }
 
+/// Interrupt specifier flags (third cell): level-triggered, active high.
+const LEVEL_HIGH: u32 = 4;
+
+/// The flags cell of a PPI's specifier for a VM with `vcpus` vCPUs: on
+/// GICv2 bits \[15:8\] name the CPUs the PPI is wired to (all of them
+/// here; arm,gic.yaml), GICv3 has no such field.
+fn ppi_flags(gic: Vgic, vcpus: usize) -> u32 {
+    match gic {
+        Vgic::V2 => (((1u32 << vcpus.min(8)) - 1) << 8) | LEVEL_HIGH,
+        Vgic::V3 => LEVEL_HIGH,
+    }
+}
+
+/// The interrupt controller node: the vGIC `gic` of a VM with `vcpus`
+/// vCPUs, at the IPAs the hypervisor emulates or maps it.
+fn intc(w: &mut FdtWriter, gic: Vgic, vcpus: usize) -> Result<(), Error> {
+    node(w, &format!("intc@{GICD_IPA:x}"), |w| {
+        match gic {
+            Vgic::V3 => {
+                w.property_string("compatible", "arm,gic-v3")?;
+                w.property_u32("#redistributor-regions", 1)?;
+                w.property_array_u64(
+                    "reg",
+                    &[GICD_IPA, GICD_SIZE_V3, GICR_IPA, GICR_STRIDE * vcpus as u64],
+                )?;
+            }
+            Vgic::V2 => {
+                // A GICv2 whose CPU interface is the GIC-400's GICV frame,
+                // named as QEMU virt (gic-version=2) and kvmtool name a
+                // GICv2 guest's; no GICH/GICV regions: the guest gets no
+                // virtualisation of its own.
+                w.property_string("compatible", "arm,cortex-a15-gic")?;
+                w.property_array_u64("reg", &[GICD_IPA, GICD_SIZE_V2, GICC_V2_IPA, GICC_V2_SIZE])?;
+            }
+        }
+        w.property_u32("#interrupt-cells", 3)?;
+        w.property_null("interrupt-controller")?;
+        w.property_phandle(PH_GIC)
+    })
+}
+
 /// A virtio-mmio device the host serves: its register window at `ipa`
 /// (`size` bytes) and its level-triggered interrupt, SPI `spi`.
 #[derive(Clone, Copy, Debug)]
@@ -57,7 +104,7 @@ pub struct VirtioMmio {
 }
 
 /// The device tree of a VM with `vcpus` vCPUs and `mem` bytes of RAM at
-/// [`RAM_IPA`], booting with command line `cmdline`, the initrd at IPAs
+/// [`RAM_IPA`] and the virtual GIC `gic`, booting with command line `cmdline`, the initrd at IPAs
 /// `[start, end)` if any, with `virtio` devices (the binding
 /// Documentation/devicetree/bindings/virtio/mmio.yaml: `virtio,mmio`,
 /// `reg`, `interrupts`; `dma-coherent`, as the host's accesses to guest
@@ -70,6 +117,7 @@ pub struct VirtioMmio {
 /// vm-fdt's, when a name or value is not valid in a device tree (a NUL in
 /// the command line, say).
 pub fn linux_dtb(
+    gic: Vgic,
     vcpus: usize,
     mem: u64,
     cmdline: &str,
@@ -122,25 +170,17 @@ pub fn linux_dtb(
             w.property_string("method", "hvc")
         })?;
 
-        node(w, &format!("intc@{GICD_IPA:x}"), |w| {
-            w.property_string("compatible", "arm,gic-v3")?;
-            w.property_u32("#interrupt-cells", 3)?;
-            w.property_null("interrupt-controller")?;
-            w.property_u32("#redistributor-regions", 1)?;
-            w.property_array_u64(
-                "reg",
-                &[GICD_IPA, GICD_SIZE, GICR_IPA, GICR_STRIDE * vcpus as u64],
-            )?;
-            w.property_phandle(PH_GIC)
-        })?;
+        intc(w, gic, vcpus)?;
 
         // Interrupt specifiers: <type number flags>, type 1 = PPI (number =
-        // INTID - 16), 0 = SPI (INTID - 32); flags 4 = level high.
+        // INTID - 16), 0 = SPI (INTID - 32); flags: level high (and a PPI's
+        // CPU mask on GICv2).
         node(w, "timer", |w| {
             w.property_string("compatible", "arm,armv8-timer")?;
             // Secure physical (INTID 29), non-secure physical (30), virtual
             // (27), hypervisor (26): the binding's order.
-            w.property_array_u32("interrupts", &[1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4])
+            let f = ppi_flags(gic, vcpus);
+            w.property_array_u32("interrupts", &[1, 13, f, 1, 14, f, 1, 11, f, 1, 10, f])
         })?;
 
         node(w, "apb-pclk", |w| {
@@ -154,7 +194,7 @@ pub fn linux_dtb(
         node(w, &uart, |w| {
             strs(w, "compatible", &["arm,pl011", "arm,primecell"])?;
             w.property_array_u64("reg", &[UART_IPA, UART_SIZE])?;
-            w.property_array_u32("interrupts", &[0, UART_SPI, 4])?;
+            w.property_array_u32("interrupts", &[0, UART_SPI, LEVEL_HIGH])?;
             w.property_array_u32("clocks", &[PH_CLK, PH_CLK])?;
             strs(w, "clock-names", &["uartclk", "apb_pclk"])
         })?;
@@ -163,7 +203,7 @@ pub fn linux_dtb(
             node(w, &format!("virtio_mmio@{:x}", d.ipa), |w| {
                 w.property_string("compatible", "virtio,mmio")?;
                 w.property_array_u64("reg", &[d.ipa, d.size])?;
-                w.property_array_u32("interrupts", &[0, d.spi, 4])?;
+                w.property_array_u32("interrupts", &[0, d.spi, LEVEL_HIGH])?;
                 w.property_null("dma-coherent")
             })?;
         }

@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::hostif::{self, call, Handle};
 use crate::{fail, Guest, GUEST_RAM_IPA, PAGE};
 use guest_rt::println;
-use hyp_abi::BootInfo;
+use hyp_abi::{BootInfo, Vgic};
 
 /// Default guest RAM.
 const DEFAULT_MEM_MIB: u64 = 256;
@@ -117,6 +117,8 @@ struct Config {
     cmdline: &'static str,
     load_ipa: u64,
     entry: u64,
+    /// The virtual GIC the hypervisor gives VMs (its device-tree node).
+    gic: Vgic,
 }
 
 static CONFIG: spin::Once<Config> = spin::Once::new();
@@ -148,6 +150,12 @@ fn parse(info: &'static BootInfo) -> Config {
         << 20;
     let protected = flag(info, "guest-protected");
     let cmdline = guest_cmdline(info);
+    let gic = info.vgic().unwrap_or_else(|| {
+        fail(format_args!(
+            "the boot info names no virtual GIC (vgic = {})",
+            info.vgic
+        ))
+    });
 
     let ram_end = info.ram_base + info.ram_size;
     for (what, b) in [("kernel", Some(kernel)), ("initrd", initrd)] {
@@ -204,6 +212,7 @@ fn parse(info: &'static BootInfo) -> Config {
         cmdline,
         load_ipa,
         entry,
+        gic,
     }
 }
 
@@ -238,6 +247,7 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
     }
     let initrd_range = cfg.initrd.map(|i| (initrd_ipa, initrd_ipa + i.size));
     let dtb = crate::dtb::linux_dtb(
+        cfg.gic,
         cfg.vcpus,
         cfg.mem,
         cfg.cmdline,

@@ -17,6 +17,9 @@ pub const GICD_IPA: u64 = 0x0800_0000;
 /// GICv2: the CPU interface, where the hypervisor maps the GIC-400's GICV frame (QEMU virt's
 /// GICv2 GICC).
 pub const GICC_V2_IPA: u64 = 0x0801_0000;
+/// GICv2: size of the CPU interface window at [`GICC_V2_IPA`] (the GIC-400's GICV frame: two
+/// 4 KiB pages, `GICC_DIR` in the second).
+pub const GICC_V2_SIZE: u64 = 0x2000;
 /// GICv3: the first virtual redistributor; vCPU *n*'s is `n` redistributor strides above.
 pub const GICR_IPA: u64 = 0x080a_0000;
 /// The emulated PL011 every VM (the host included) sees: QEMU virt's UART address.

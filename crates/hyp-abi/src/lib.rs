@@ -239,6 +239,43 @@ pub struct BootInfo {
     /// The PCIe host bridge the host may drive (all zero when it may not:
     /// no SMMU confines its devices' DMA, or the board has none).
     pub pci: PciWindows,
+    /// The architecture version of the virtual GIC every VM gets
+    /// ([`Vgic::code`]): the board's GIC (see [`layout`] for where its
+    /// frames are).
+    pub vgic: u64,
+}
+
+/// The virtual GIC the hypervisor gives every VM, at the IPAs of
+/// [`layout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vgic {
+    /// GICv2: distributor at [`layout::GICD_IPA`], memory-mapped CPU
+    /// interface at [`layout::GICC_V2_IPA`] (the board's GIC-400).
+    V2,
+    /// GICv3: distributor at [`layout::GICD_IPA`], one redistributor per
+    /// vCPU from [`layout::GICR_IPA`], system-register CPU interface.
+    V3,
+}
+
+impl Vgic {
+    /// Its `BootInfo::vgic` value: the GIC architecture version.
+    #[must_use]
+    pub const fn code(self) -> u64 {
+        match self {
+            Vgic::V2 => 2,
+            Vgic::V3 => 3,
+        }
+    }
+
+    /// The version a `BootInfo::vgic` value names, if any.
+    #[must_use]
+    pub const fn from_code(v: u64) -> Option<Self> {
+        match v {
+            2 => Some(Vgic::V2),
+            3 => Some(Vgic::V3),
+            _ => None,
+        }
+    }
 }
 
 /// A generic ECAM PCIe host bridge's windows, each mapped by identity into
@@ -326,11 +363,28 @@ impl BootInfo {
     pub fn modules(&self) -> &[Module] {
         &self.modules[..(self.nr_modules as usize).min(MAX_MODULES)]
     }
+    /// The virtual GIC VMs get (`None`: a value no hypervisor writes).
+    #[must_use]
+    pub const fn vgic(&self) -> Option<Vgic> {
+        Vgic::from_code(self.vgic)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vgic_codes_are_gic_versions_and_round_trip() {
+        assert_eq!(Vgic::V2.code(), 2);
+        assert_eq!(Vgic::V3.code(), 3);
+        for v in [Vgic::V2, Vgic::V3] {
+            assert_eq!(Vgic::from_code(v.code()), Some(v));
+        }
+        for bad in [0, 1, 4, u64::MAX] {
+            assert_eq!(Vgic::from_code(bad), None);
+        }
+    }
 
     #[test]
     fn guest_words_are_not_the_hypervisors() {

@@ -109,6 +109,17 @@ pub enum GicLayout {
     },
 }
 
+impl GicLayout {
+    /// The virtual GIC VMs get on this board: the same version.
+    #[must_use]
+    pub const fn vgic(&self) -> hyp_abi::Vgic {
+        match self {
+            GicLayout::V3 { .. } => hyp_abi::Vgic::V3,
+            GicLayout::V2 { .. } => hyp_abi::Vgic::V2,
+        }
+    }
+}
+
 /// A device the host may assign to one VM: its MMIO frame is mapped into the
 /// VM's stage 2 at the same address and its SPI routed to the VM's vGIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

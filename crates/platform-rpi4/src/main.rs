@@ -92,8 +92,12 @@ fn semihosting_exit(code: u32) {
 /// name followed by its `-append` arguments (its fallback when no
 /// `-semihosting-config arg=` is given). Returns the arguments after the
 /// file name, copied into `buf`. Only called when entered at EL3 (QEMU).
+/// QEMU refuses the call when the whole line does not fit, so the buffer
+/// holds a path of up to 512 bytes besides the longest boot arguments the
+/// hypervisor keeps (512, `hyp_abi::BOOTARGS_LEN`: a Linux guest's take
+/// about 200).
 fn semihosting_cmdline(buf: &mut [u8]) -> usize {
-    let mut raw = [0u8; 256];
+    let mut raw = [0u8; 1024];
     let mut block: [u64; 2] = [raw.as_mut_ptr() as u64, raw.len() as u64];
     let ret: u64;
     // SAFETY: HLT #0xf000 is the semihosting trap; QEMU writes at most

@@ -390,6 +390,7 @@ fn load_host(
             entry: 0,
         }; hyp_abi::MAX_MODULES],
         pci: hyp_abi::PciWindows::default(),
+        vgic: p.gic.vgic().code(),
     };
     let n = info.bootargs_len.min(bi.bootargs.len());
     bi.bootargs[..n].copy_from_slice(&info.bootargs[..n]);

@@ -20,6 +20,7 @@ use barriers::vttbr::Vttbr;
 use barriers::GuestPending;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use hyp_abi::layout::GICC_V2_SIZE;
 use s2mm::{Pa, TableAlloc};
 use spin::{Mutex, Once};
 use vgic::Vgic;
@@ -287,7 +288,7 @@ pub fn new_vgic(
     nr_vcpus: usize,
 ) -> Result<(), HostError> {
     if let Phys::V2 { gicv, .. } = *g {
-        vm.map_device(vttbr, VGICC_V2_IPA, gicv, GICV_SIZE)?;
+        vm.map_device(vttbr, VGICC_V2_IPA, gicv, GICC_V2_SIZE)?;
     }
     let vg = Vgic::new(g.version(), nr_vcpus).map_err(|_| HostError::Invalid)?;
     vm.extra.vgic.call_once(|| vg);
@@ -296,8 +297,6 @@ pub fn new_vgic(
 
 /// Guest IPA of the GICv2 CPU interface (QEMU virt's GICv2 layout).
 pub use hyp_abi::layout::GICC_V2_IPA as VGICC_V2_IPA;
-/// Size of the GIC-400's GICV frame (two 4 KiB pages).
-const GICV_SIZE: u64 = 0x2000;
 
 /// Cleans and invalidates all memory of VM `slot` to PoC, then invalidates
 /// the instruction caches (inner shareable): code the guest wrote with its
