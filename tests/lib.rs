@@ -343,6 +343,35 @@ impl Qemu {
         }
     }
 
+    /// Like [`Qemu::expect_matching`], but the process stopping first is
+    /// `None` (the caller reads [`Qemu::log`] for why) instead of a failure.
+    pub fn wait_matching_or_exit(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while !self.eof {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Event::Line(l)) if pred(&l) => return Some(l),
+                Ok(Event::Line(_)) => {}
+                Ok(Event::Eof) | Err(RecvTimeoutError::Disconnected) => self.eof = true,
+                Err(RecvTimeoutError::Timeout) => self.fail(&format!(
+                    "timeout after {:.1} s waiting for {what}",
+                    timeout.as_secs_f64()
+                )),
+            }
+        }
+        // Let the readers take in the last of stderr.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline && !self.readers.iter().all(|r| r.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     /// Waits up to `timeout` for the process to exit and returns its status
     /// (QEMU: 0 after PSCI SYSTEM_OFF, 1 after a hypervisor panic).
     pub fn expect_exit(&mut self, timeout: Duration) -> i32 {

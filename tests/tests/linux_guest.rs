@@ -21,13 +21,15 @@
 //! neither PCIe nor an SMMU.
 //!
 //! The third boots with a disk (`HYP_LINUX_DISK`, an ext4 image the step
-//! makes fresh with hello.txt and hello.sha256; `HYP_DEBUGFS`, e2fsprogs'
-//! debugfs, reads it back afterwards): QEMU's virtio-blk PCI device behind
+//! makes fresh with hello.txt and hello.sha256, attached with the QEMU
+//! arguments `--disk` gives, `HYP_LINUX_DISK_ARGS`; `HYP_DEBUGFS`,
+//! e2fsprogs' debugfs, reads it back afterwards): QEMU's virtio-blk PCI device behind
 //! the SMMU, which the host drives and serves to the guest as a virtio-mmio
 //! disk, checked by /init under `hyp.init=disk`.
 //!
-//! The fourth boots with a network (issue 18 items 4 and 6): QEMU's
-//! user-mode network on a virtio-net PCI device behind the SMMU, which the
+//! The fourth boots with a network (issue 18 items 4 and 6; the QEMU
+//! arguments `--net user` gives, `HYP_LINUX_NET_ARGS`, plus a port
+//! forward): QEMU's user-mode network on a virtio-net PCI device behind the SMMU, which the
 //! host drives and serves to the guest as a virtio-mmio network device.
 //! /init (`hyp.init=net`) takes an address by DHCP, serves 1 MiB with
 //! httpd (forwarded from a port of the host's loopback) and fetches a file
@@ -51,6 +53,11 @@ const T: Duration = Duration::from_secs(120);
 
 fn env(name: &str) -> String {
     env_path(name).to_string_lossy().into_owned()
+}
+
+/// A variable holding QEMU arguments, one per line.
+fn env_lines(name: &str) -> Vec<String> {
+    env(name).lines().map(str::to_owned).collect()
 }
 
 /// The per-CPU counts of the `/proc/interrupts` line, e.g.
@@ -109,10 +116,7 @@ const RPI4: Board = Board {
 /// CPUs, with `words` added to the guest's command line (it is last in the
 /// boot arguments, after ` -- `) and `qemu` added to QEMU's arguments.
 fn boot_linux(board: Board, words: &str, qemu: &[String]) -> Qemu {
-    let mut extra: Vec<String> = env(board.qemu_args_var)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let mut extra = env_lines(board.qemu_args_var);
     extra.extend_from_slice(qemu);
     let append = env(board.append_var);
     Qemu::boot(BootOptions {
@@ -282,16 +286,7 @@ fn expect_modules_loaded(q: &mut Qemu) {
 fn linux_reads_and_writes_a_virtio_disk() {
     let disk = env("HYP_LINUX_DISK");
     let start = Instant::now();
-    let mut q = boot_linux(
-        VIRT,
-        "hyp.init=disk",
-        &[
-            "-drive".to_owned(),
-            format!("file={disk},if=none,format=raw,id=disk0"),
-            "-device".to_owned(),
-            "virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on".to_owned(),
-        ],
-    );
+    let mut q = boot_linux(VIRT, "hyp.init=disk", &env_lines("HYP_LINUX_DISK_ARGS"));
     q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
     expect_modules_loaded(&mut q);
@@ -453,21 +448,37 @@ fn linux_serves_and_fetches_over_a_virtio_network() {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
     let server = serve_http(body, stop.clone(), served.clone());
-    let hport = free_port();
-    // What `cargo xtask linux --net user,hostfwd=tcp:127.0.0.1:HPORT-:8080`
-    // passes (xtask/src/linux.rs `net_qemu_args`).
     let start = Instant::now();
-    let mut q = boot_linux(
-        VIRT,
-        &format!("hyp.init=net hyp.net.fetch={server}"),
-        &[
-            "-netdev".to_owned(),
-            format!("user,id=net0,hostfwd=tcp:127.0.0.1:{hport}-:8080"),
-            "-device".to_owned(),
-            "virtio-net-pci,netdev=net0,iommu_platform=on,disable-legacy=on".to_owned(),
-        ],
-    );
-    q.expect_line("host: linux: network: virtio-net-pci at ", T);
+    // What `cargo xtask linux --net user,hostfwd=tcp:127.0.0.1:HPORT-:8080`
+    // passes: xtask's `--net user` arguments with the forward added to the
+    // -netdev. The port is free when picked but QEMU binds it later, so a
+    // port taken in between (QEMU then stops at once, saying so) is picked
+    // again.
+    let mut tries = 0;
+    let (mut q, hport) = loop {
+        let hport = free_port();
+        let mut args = env_lines("HYP_LINUX_NET_ARGS");
+        let netdev = args
+            .iter()
+            .position(|a| a == "-netdev")
+            .and_then(|i| args.get_mut(i + 1))
+            .expect("HYP_LINUX_NET_ARGS has a -netdev");
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{hport}-:8080"));
+        let mut q = boot_linux(VIRT, &format!("hyp.init=net hyp.net.fetch={server}"), &args);
+        let up = q.wait_matching_or_exit("the host's network line", T, |l| {
+            l.starts_with("host: linux: network: virtio-net-pci at ")
+        });
+        if up.is_some() {
+            break (q, hport);
+        }
+        let log = q.log().join("\n");
+        tries += 1;
+        assert!(
+            log.contains("Could not set up host forwarding rule") && tries < 3,
+            "QEMU stopped before the host found the network card\n--- captured output ---\n{log}"
+        );
+        eprintln!("linux_guest: port {hport} was taken before QEMU bound it; another");
+    };
     q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
     expect_modules_loaded(&mut q);

@@ -135,7 +135,9 @@ pub fn self_check() -> Result<()> {
             "insn-count: {got} instructions between the markers, expected {want}"
         ));
     }
-    crate::note(&format!("insn-count: {got} instructions between the markers, as expected"));
+    crate::note(&format!(
+        "insn-count: {got} instructions between the markers, as expected"
+    ));
     Ok(())
 }
 

@@ -1023,6 +1023,10 @@ fn test() -> Result<()> {
                 .env("HYP_LINUX_QEMU_ARGS_RPI4", rpi4.qemu_args.join("\n"))
                 .env("HYP_LINUX_VERSION", &g.fetched.version)
                 .env("HYP_LINUX_DISK", &disk)
+                // The devices as `--disk` and `--net user` give them (the
+                // network test adds its own port forward).
+                .env("HYP_LINUX_DISK_ARGS", linux::disk_qemu_args(&disk)?.join("\n"))
+                .env("HYP_LINUX_NET_ARGS", linux::net_qemu_args("user")?.join("\n"))
                 .env("HYP_DEBUGFS", &debugfs),
             );
             match linux::read_disk_file(&disk, "/marker.txt") {
