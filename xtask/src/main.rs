@@ -709,20 +709,30 @@ fn run(platform: Platform, opts: RunOpts) -> Result<u8> {
     if let Some(g) = &opts.guest {
         pci_devices_on(platform, g.disk.is_some(), g.net.is_some())?;
     }
+    // --smp: QEMU's -smp, or on raspi4b (always 4 cores) the hypervisor's
+    // hyp.cpus=N before the user's own boot words.
+    let (smp, cpus_word) = match opts.smp {
+        Some(n) => linux_cpus(platform, n)?,
+        None => (None, None),
+    };
+    let host_words = match (cpus_word, &opts.append) {
+        (Some(w), Some(a)) => Some(format!("{w} {a}")),
+        (w, a) => w.or_else(|| a.clone()),
+    };
     // The guest first: a bad --guest is an error before anything is built.
     let prepared = match &opts.guest {
-        Some(g) => Some(linux::prepare(g, opts.append.as_deref())?),
+        Some(g) => Some(linux::prepare(g, host_words.as_deref())?),
         None => None,
     };
     let built = build_variant(platform, &opts.features)?;
     provision::qemu()?;
-    let mut args = built.board.qemu_args(&built.qemu_kernel, opts.smp);
+    let mut args = built.board.qemu_args(&built.qemu_kernel, smp);
     let append = match prepared {
         Some(p) => {
             args.extend(p.qemu_args);
             Some(p.bootargs)
         }
-        None => opts.append.clone(),
+        None => host_words,
     };
     if let Some(append) = &append {
         args.extend(["-append".to_owned(), append.clone()]);
@@ -1084,8 +1094,8 @@ struct LinuxOpts {
     prepare_only: bool,
 }
 
-/// How a Linux guest's run on `platform` gets `smp` host CPUs: QEMU's
-/// `-smp`, and the hypervisor's own boot words. raspi4b always has its
+/// How a run (`run --smp`, `linux --smp`) on `platform` gets `smp` host
+/// CPUs: QEMU's `-smp`, and the hypervisor's own boot words. raspi4b always has its
 /// board's cores (4), so fewer become `hyp.cpus=N` (the others park in WFI).
 fn linux_cpus(platform: Platform, smp: u32) -> Result<(Option<u32>, Option<String>)> {
     match platform {
