@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use hyp_tests::{BootOptions, Qemu};
+use hyp_tests::{BootOptions, Qemu, TestBoard};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -144,5 +144,50 @@ fn kvm_vendor_hypervisor_service() {
     // SMCCC INVALID_PARAMETER (-3): the reserved arguments must be zero.
     q.expect_exact("[vm1] guest-psci: HYP_MEMINFO(1, 0, 0) = -3", T);
     q.expect_exact("[vm1] guest-psci: done, powering off", T);
+    q.expect_exit_code(0, T);
+}
+
+/// SMCCC TRNG (issue 19 item 4) on QEMU virt, whose `-cpu max` has
+/// FEAT_RNG: version 1.0, the functions it offers, the UUID, draws of the
+/// right shape that differ, and INVALID_PARAMETERS (-2) for bad lengths.
+#[test]
+fn trng_serves_entropy_from_the_cpu() {
+    let mut q = boot();
+    q.expect_exact("[vm1] guest-psci: TRNG_VERSION = 0x10000", T);
+    q.expect_exact(
+        "[vm1] guest-psci: TRNG_FEATURES(RND64) = 0, (RND32) = 0, (0x84000054) = -1",
+        T,
+    );
+    q.expect_exact(
+        "[vm1] guest-psci: TRNG_GET_UUID = 0xc0b2e1f3 0x6e4b9d5a 0x4f2d718c 0x573b9a0e",
+        T,
+    );
+    q.expect_exact(
+        "[vm1] guest-psci: TRNG_RND64(192): x0 = 0 and 0, draws differ, ones about half",
+        T,
+    );
+    q.expect_exact(
+        "[vm1] guest-psci: TRNG_RND64(8) fits 8 bits: true; TRNG_RND32(40) fits w2:w3 with 8 in w2: true",
+        T,
+    );
+    q.expect_exact(
+        "[vm1] guest-psci: TRNG_RND64(0) = -2, (193) = -2, TRNG_RND32(97) = -2",
+        T,
+    );
+    q.expect_exit_code(0, T);
+}
+
+/// The Pi 4's Cortex-A72 has no FEAT_RNG, and the hypervisor uses no other
+/// source there (QEMU's raspi4b does not model the SoC's RNG200): TRNG is
+/// absent, which DEN0098 says through TRNG_VERSION's NOT_SUPPORTED (-1),
+/// and no call draws anything.
+#[test]
+fn trng_is_absent_without_a_random_number_generator_rpi4() {
+    let mut q = Qemu::boot(BootOptions {
+        append: Some("guest=guest-psci".into()),
+        ..BootOptions::board(TestBoard::Rpi4)
+    });
+    q.expect_exact("[vm1] guest-psci: TRNG_VERSION = 0xffffffffffffffff", T);
+    q.expect_exact("[vm1] guest-psci: TRNG_RND64(64) = -1", T);
     q.expect_exit_code(0, T);
 }

@@ -87,6 +87,10 @@ struct Board {
     /// The interrupt controller's name in `/proc/interrupts`: the GICv3
     /// driver's, or the GICv2 driver's for its first GIC.
     chip: &'static str,
+    /// /init's line on the hardware RNGs Linux found and 32 bytes read
+    /// from /dev/hwrng: the SMCCC TRNG where the CPU has FEAT_RNG (QEMU
+    /// `-cpu max`), none on the Pi 4's Cortex-A72.
+    trng: &'static str,
 }
 
 /// QEMU virt: GICv3 vGIC.
@@ -100,6 +104,7 @@ const VIRT: Board = Board {
         "GICv3: CPU1: found redistributor 1 region 0:0x00000000080c0000",
     ]),
     chip: "GICv3",
+    trng: "LINUX-TRNG: smccc_trng, read 32 bytes",
 };
 
 /// QEMU raspi4b: GICv2 vGIC (the GIC-400's GICV frame as the CPU interface).
@@ -110,6 +115,7 @@ const RPI4: Board = Board {
     smp: None,
     gic_cpu_lines: None,
     chip: "GIC-0",
+    trng: "LINUX-TRNG: none, read 0 bytes",
 };
 
 /// Boots the Linux guest the xtask step prepared for `board` on 2 host
@@ -197,6 +203,10 @@ fn boots_on_two_vcpus(board: Board) {
         "the timer's chip and INTID: {timer:?}"
     );
     eprintln!("linux_guest: {timer}");
+    // Issue 19 item 4: Linux finds the hypervisor's SMCCC TRNG (its
+    // arm_smccc_trng driver registers it as a hardware RNG) and reads it.
+    let trng = q.expect_guest_line(1, "LINUX-TRNG:", T);
+    assert_eq!(trng, board.trng, "the SMCCC TRNG as Linux sees it");
     q.expect_guest(1, "LINUX-GUEST-DONE", T);
     q.expect_line("host: VM 1 (linux) powered off", T);
     assert_eq!(q.expect_exit(T), 0);
@@ -271,7 +281,14 @@ fn expect_modules_loaded(q: &mut Qemu) {
         "a module failed to load: {line}"
     );
     let names: Vec<&str> = line.split_whitespace().skip(2).collect();
-    for m in ["virtio_mmio", "virtio_blk", "virtio_net", "jbd2", "ext4"] {
+    for m in [
+        "virtio_mmio",
+        "virtio_blk",
+        "virtio_net",
+        "jbd2",
+        "ext4",
+        "arm_smccc_trng",
+    ] {
         assert!(names.contains(&m), "{m} not loaded: {line}");
     }
     let at = |m: &str| names.iter().position(|n| *n == m);

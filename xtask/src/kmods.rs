@@ -19,7 +19,14 @@ use std::process::{Command, Stdio};
 use crate::{note, read, run_checked, write, Result};
 
 /// The modules the guest loads, with everything they depend on.
-pub const ROOT_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_net", "ext4"];
+pub const ROOT_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "ext4",
+    // The SMCCC TRNG as a hardware RNG (/dev/hwrng), where the hypervisor offers one.
+    "arm_smccc_trng",
+];
 
 /// Where the initramfs lists the modules' paths in load order (dependencies
 /// first), one a line; /init insmods them in that order.
@@ -549,6 +556,7 @@ mod tests {
             ("mbcache", &[]),
             ("crc16", &[]),
             ("crc32c_generic", &[]),
+            ("arm_smccc_trng", &[]),
             ("unrelated", &["ext4"]),
         ]);
         assert_eq!(
@@ -563,7 +571,8 @@ mod tests {
                 "jbd2",
                 "mbcache",
                 "crc16",
-                "ext4"
+                "ext4",
+                "arm_smccc_trng"
             ]
             .map(str::to_owned)
             .to_vec())

@@ -705,6 +705,8 @@ case \" $(cat /proc/cmdline) \" in
     uname -a
     echo \"cpus online: $(cat /sys/devices/system/cpu/online)\"
     cat /proc/interrupts
+    avail=$(echo $(cat /sys/class/misc/hw_random/rng_available 2>/dev/null))
+    echo \"LINUX-TRNG: ${avail:-none}, read $(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c) bytes\"
     echo LINUX-GUEST-DONE
     poweroff -f
     ;;

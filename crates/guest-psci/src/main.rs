@@ -218,6 +218,68 @@ fn guest_main(cpu: usize, arg: u64) -> ! {
         call(VENDOR_HYP_KVM_HYP_MEMINFO, 1, 0, 0)
     );
 
+    trng();
     println!("guest-psci: done, powering off");
     guest_rt::system_off()
+}
+
+/// SMCCC TRNG (Arm DEN 0098) function IDs.
+const TRNG_VERSION: u32 = 0x8400_0050;
+const TRNG_FEATURES: u32 = 0x8400_0051;
+const TRNG_GET_UUID: u32 = 0x8400_0052;
+const TRNG_RND32: u32 = 0x8400_0053;
+const TRNG_RND64: u32 = 0xc400_0053;
+
+/// The TRNG: its version (NOT_SUPPORTED where the CPU has no random number
+/// generator, and then nothing else), features, UUID, and draws whose
+/// shape is checked here and whose values are not printed (two draws
+/// differ; about half their bits are ones).
+fn trng() {
+    let v = call(TRNG_VERSION, 0, 0, 0);
+    println!("guest-psci: TRNG_VERSION = {v:#x}");
+    if v < 0 {
+        println!(
+            "guest-psci: TRNG_RND64(64) = {}",
+            call(TRNG_RND64, 64, 0, 0)
+        );
+        return;
+    }
+    println!(
+        "guest-psci: TRNG_FEATURES(RND64) = {}, (RND32) = {}, (0x84000054) = {}",
+        call(TRNG_FEATURES, u64::from(TRNG_RND64), 0, 0),
+        call(TRNG_FEATURES, u64::from(TRNG_RND32), 0, 0),
+        call(TRNG_FEATURES, 0x8400_0054, 0, 0)
+    );
+    let u = guest_rt::hvc(TRNG_GET_UUID, 0, 0, 0);
+    println!(
+        "guest-psci: TRNG_GET_UUID = {:#x} {:#x} {:#x} {:#x}",
+        u[0], u[1], u[2], u[3]
+    );
+    let a = guest_rt::hvc(TRNG_RND64, 192, 0, 0);
+    let b = guest_rt::hvc(TRNG_RND64, 192, 0, 0);
+    let ones: u32 = a[1..].iter().map(|w| w.count_ones()).sum();
+    println!(
+        "guest-psci: TRNG_RND64(192): x0 = {} and {}, draws {}, ones {}",
+        a[0] as i64,
+        b[0] as i64,
+        if a[1..] == b[1..] { "equal" } else { "differ" },
+        if (48..=144).contains(&ones) {
+            "about half"
+        } else {
+            "skewed"
+        }
+    );
+    let c = guest_rt::hvc(TRNG_RND64, 8, 0, 0);
+    let d = guest_rt::hvc(TRNG_RND32, 40, 0, 0);
+    println!(
+        "guest-psci: TRNG_RND64(8) fits 8 bits: {}; TRNG_RND32(40) fits w2:w3 with 8 in w2: {}",
+        c[0] == 0 && c[1] == 0 && c[2] == 0 && c[3] < 256,
+        d[0] == 0 && d[1] == 0 && d[2] < 256 && d[3] >> 32 == 0
+    );
+    println!(
+        "guest-psci: TRNG_RND64(0) = {}, (193) = {}, TRNG_RND32(97) = {}",
+        call(TRNG_RND64, 0, 0, 0),
+        call(TRNG_RND64, 193, 0, 0),
+        call(TRNG_RND32, 97, 0, 0)
+    );
 }

@@ -69,5 +69,32 @@ pub fn read_id(crm: u8, op2: u8) -> u64 {
     )
 }
 
+/// Whether this CPU has FEAT_RNG (ID_AA64ISAR0_EL1.RNDR, bits [63:60]).
+#[must_use]
+pub fn has_rng() -> bool {
+    read_id(6, 0) >> 60 != 0
+}
+
+/// One `RNDRRS` read (FEAT_RNG; the generator is reseeded from its true
+/// entropy source first): `None` when the CPU reports failure (PSTATE.Z
+/// set, value 0; Arm ARM D23.2.133). Only on a CPU with [`has_rng`].
+#[must_use]
+pub fn rndrrs() -> Option<u64> {
+    let v: u64;
+    let ok: u64;
+    // SAFETY: reads a random number and sets NZCV; no memory effects. The
+    // caller checked FEAT_RNG, without which the encoding is UNDEFINED.
+    unsafe {
+        asm!(
+            "mrs {v}, s3_3_c2_c4_1",
+            "cset {ok}, ne",
+            v = out(reg) v,
+            ok = out(reg) ok,
+            options(nomem, nostack)
+        )
+    };
+    (ok != 0).then_some(v)
+}
+
 read_sysreg!(cntpct_el0, "cntpct_el0");
 read_sysreg!(cntfrq_el0, "cntfrq_el0");

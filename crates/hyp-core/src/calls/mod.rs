@@ -3,6 +3,7 @@
 //! (`host`, AArch64).
 
 pub mod smccc;
+pub mod trng;
 
 #[cfg(target_arch = "aarch64")]
 pub mod host;

@@ -177,6 +177,9 @@ pub enum Hypercall {
         /// Base IPA of the MMIO page.
         ipa: u64,
     },
+    /// An SMCCC TRNG call (answered with entropy the CPU draws, so not
+    /// stateless: [`super::trng`]).
+    Trng(super::trng::TrngCall),
     /// A known vendor call whose arguments fail the stateless checks:
     /// answered [`SMCCC_RET_INVALID_PARAMETER`].
     InvalidParameter {
@@ -242,7 +245,10 @@ pub fn decode(x: [u64; 4]) -> Hypercall {
                 Hypercall::MmioGuard { ipa }
             }
         }
-        _ => Hypercall::Unknown { fid },
+        _ => match super::trng::decode(fid, x[1]) {
+            Some(t) => Hypercall::Trng(t),
+            None => Hypercall::Unknown { fid },
+        },
     }
 }
 
@@ -271,7 +277,8 @@ pub fn stateless_answer(call: Hypercall) -> Option<[u64; 4]> {
         | Hypercall::SystemReset
         | Hypercall::MemShare { .. }
         | Hypercall::MemUnshare { .. }
-        | Hypercall::MmioGuard { .. } => return None,
+        | Hypercall::MmioGuard { .. }
+        | Hypercall::Trng(_) => return None,
     };
     Some([x0, 0, 0, 0])
 }

@@ -178,6 +178,12 @@ fn apply(
         Action::Resume => {}
         Action::Return(r) => ctx.regs.x[..4].copy_from_slice(&r),
         Action::ReturnX0(r) => ctx.regs.x[0] = r,
+        Action::Trng(t) => {
+            let mut draw = sysreg::rndrrs;
+            let source: Option<&mut dyn FnMut() -> Option<u64>> =
+                sysreg::has_rng().then_some(&mut draw);
+            ctx.regs.x[..4].copy_from_slice(&crate::calls::trng::answer(t, source));
+        }
         Action::Load { rt, value } => ctx.regs.x[rt as usize] = value,
         Action::Inject(what) => inject_into(c, ctx, what, pending),
         Action::DenyHost(what) => {

@@ -348,6 +348,8 @@ pub enum Action {
         /// Page IPA.
         ipa: u64,
     },
+    /// An SMCCC TRNG call: answered with entropy from this CPU.
+    Trng(crate::calls::trng::TrngCall),
     /// MEM_SHARE (`share`) or MEM_UNSHARE of the page at `ipa`.
     Share {
         /// Page IPA.
@@ -479,6 +481,7 @@ fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
         }
         Hypercall::MemShare { ipa } => Action::Share { ipa, share: true },
         Hypercall::MemUnshare { ipa } => Action::Share { ipa, share: false },
+        Hypercall::Trng(t) => Action::Trng(t),
         // MMIO guard (upstream Linux's one call, protected VMs only): a
         // protected VM's access in the host's window reaches the host only
         // for the pages it guarded (see `data_abort`). Its own RAM is
@@ -553,6 +556,8 @@ fn host_call(x: [u64; 4], facts: &impl Facts) -> Action {
     match c {
         Hypercall::CpuOff => Action::HostCpuOff,
         Hypercall::SystemOff | Hypercall::SystemReset => Action::SystemOff,
+        // The host's entropy is its own draw, like any VM's.
+        Hypercall::Trng(t) => Action::Trng(t),
         // Memory sharing and MMIO guard are guest services: the host owns
         // its memory already.
         _ => Action::ReturnX0(call::NOT_SUPPORTED),
