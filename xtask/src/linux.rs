@@ -1253,18 +1253,91 @@ mod tests {
             .collect()
     }
 
+    /// A VM's description with nothing optional: no command line, initrd,
+    /// devices or DMA pool; boot 1.
+    fn vm(gic: hyp_abi::Vgic, vcpus: usize, mem: u64) -> host_dtb::LinuxVm<'static> {
+        host_dtb::LinuxVm {
+            gic,
+            vcpus,
+            mem,
+            cmdline: "",
+            initrd: None,
+            boot: 1,
+            virtio: &[],
+            dma_pool: None,
+        }
+    }
+
+    /// A protected VM's tree: one restricted DMA pool in reserved-memory,
+    /// named by every virtio node; a normal VM's has neither.
+    #[test]
+    fn host_linux_dtb_gives_a_protected_vms_devices_its_dma_pool() {
+        let devs = [
+            host_dtb::VirtioMmio {
+                ipa: 0x0a00_0000,
+                size: 0x200,
+                spi: 16,
+            },
+            host_dtb::VirtioMmio {
+                ipa: 0x0a00_0200,
+                size: 0x200,
+                spi: 17,
+            },
+        ];
+        let pool = (0x4f60_0000, 8 << 20);
+        let dtb = host_dtb::linux_dtb(&host_dtb::LinuxVm {
+            virtio: &devs,
+            dma_pool: Some(pool),
+            ..vm(hyp_abi::Vgic::V3, 2, 256 << 20)
+        })
+        .expect("a valid tree");
+        let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
+        let rm = fdt.find_node("/reserved-memory").expect("reserved-memory");
+        assert_eq!(cells(rm.property("#address-cells").expect("cells")), [2]);
+        assert!(rm.property("ranges").is_some());
+        let p = fdt
+            .find_node("/reserved-memory/restricted-dma-pool@4f600000")
+            .expect("the pool");
+        assert_eq!(
+            p.compatible().expect("compatible").first(),
+            "restricted-dma-pool"
+        );
+        // Linux refuses a restricted pool that is no-map or reusable.
+        assert!(p.property("no-map").is_none() && p.property("reusable").is_none());
+        let reg = p.reg().expect("reg").next().expect("one region");
+        assert_eq!(
+            (reg.starting_address as u64, reg.size.map(|s| s as u64)),
+            (pool.0, Some(pool.1))
+        );
+        let ph = cells(p.property("phandle").expect("phandle"));
+        for d in devs {
+            let n = fdt
+                .find_node(&format!("/virtio_mmio@{:x}", d.ipa))
+                .expect("device");
+            assert_eq!(cells(n.property("memory-region").expect("pool")), ph);
+        }
+        let normal = host_dtb::linux_dtb(&host_dtb::LinuxVm {
+            virtio: &devs,
+            ..vm(hyp_abi::Vgic::V3, 2, 256 << 20)
+        })
+        .expect("a valid tree");
+        let fdt = fdt::Fdt::new(&normal).expect("valid DTB");
+        assert!(fdt.find_node("/reserved-memory").is_none());
+        assert!(fdt
+            .find_node("/virtio_mmio@a000000")
+            .expect("device")
+            .property("memory-region")
+            .is_none());
+    }
+
     #[test]
     fn host_linux_dtb_parses_and_describes_the_vm() {
         let cmdline = "console=ttyAMA0 earlycon=pl011,0x9000000 nokaslr panic=-1 rdinit=/init";
-        let dtb = host_dtb::linux_dtb(
-            hyp_abi::Vgic::V3,
-            2,
-            256 << 20,
+        let dtb = host_dtb::linux_dtb(&host_dtb::LinuxVm {
             cmdline,
-            Some((0x4800_0000, 0x4812_3456)),
-            1,
-            &[],
-        )
+            initrd: Some((0x4800_0000, 0x4812_3456)),
+            ..vm(hyp_abi::Vgic::V3, 2, 256 << 20)
+        })
         .expect("a valid tree");
         let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
         assert_eq!(fdt.total_size(), dtb.len());
@@ -1351,8 +1424,7 @@ mod tests {
 
     #[test]
     fn host_linux_dtb_without_initrd_and_with_eight_vcpus() {
-        let dtb = host_dtb::linux_dtb(hyp_abi::Vgic::V3, 8, 512 << 20, "", None, 1, &[])
-            .expect("a valid tree");
+        let dtb = host_dtb::linux_dtb(&vm(hyp_abi::Vgic::V3, 8, 512 << 20)).expect("a valid tree");
         let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
         let chosen = fdt.find_node("/chosen").expect("chosen");
         assert!(chosen.property("linux,initrd-start").is_none());
@@ -1373,7 +1445,10 @@ mod tests {
     #[test]
     fn host_linux_dtb_refuses_a_nul_in_the_command_line() {
         assert_eq!(
-            host_dtb::linux_dtb(hyp_abi::Vgic::V3, 1, 128 << 20, "a\0b", None, 1, &[]),
+            host_dtb::linux_dtb(&host_dtb::LinuxVm {
+                cmdline: "a\0b",
+                ..vm(hyp_abi::Vgic::V3, 1, 128 << 20)
+            }),
             Err(vm_fdt::Error::InvalidString)
         );
     }
@@ -1384,7 +1459,7 @@ mod tests {
     #[test]
     fn host_linux_dtb_describes_a_gicv2_vgic() {
         let timer_flags = |vcpus: usize| {
-            let dtb = host_dtb::linux_dtb(hyp_abi::Vgic::V2, vcpus, 256 << 20, "", None, 1, &[])
+            let dtb = host_dtb::linux_dtb(&vm(hyp_abi::Vgic::V2, vcpus, 256 << 20))
                 .expect("a valid tree");
             let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
             let t = cells(
@@ -1406,8 +1481,7 @@ mod tests {
         assert_eq!(timer_flags(2), 0x304);
         assert_eq!(timer_flags(8), 0xff04);
 
-        let dtb = host_dtb::linux_dtb(hyp_abi::Vgic::V2, 2, 256 << 20, "", None, 1, &[])
-            .expect("a valid tree");
+        let dtb = host_dtb::linux_dtb(&vm(hyp_abi::Vgic::V2, 2, 256 << 20)).expect("a valid tree");
         let fdt = fdt::Fdt::new(&dtb).expect("valid DTB");
         let gic = fdt.find_node("/intc@8000000").expect("gic");
         let compat: Vec<&str> = gic.compatible().expect("compatible").all().collect();

@@ -35,6 +35,7 @@ const UART_SPI: u32 = UART_INTID - 32;
 /// Phandles.
 const PH_GIC: u32 = 1;
 const PH_CLK: u32 = 2;
+const PH_POOL: u32 = 3;
 
 /// Opens node `name`, lets `body` write its properties and children, and
 /// closes it.
@@ -103,28 +104,51 @@ pub struct VirtioMmio {
     pub spi: u32,
 }
 
-/// The device tree of a VM with `vcpus` vCPUs and `mem` bytes of RAM at
-/// [`RAM_IPA`] and the virtual GIC `gic`, booting with command line `cmdline`, the initrd at IPAs
-/// `[start, end)` if any, with `virtio` devices (the binding
+/// What the device tree of a Linux VM says.
+#[derive(Clone, Copy, Debug)]
+pub struct LinuxVm<'a> {
+    /// The virtual GIC the board gives VMs.
+    pub gic: Vgic,
+    pub vcpus: usize,
+    /// Bytes of RAM at [`RAM_IPA`].
+    pub mem: u64,
+    pub cmdline: &'a str,
+    /// The initrd's IPAs `[start, end)`, if any.
+    pub initrd: Option<(u64, u64)>,
+    /// The VM's boots from 1 (the host restarts a VM that resets):
+    /// `/chosen/hyp,boot-count` holds it as a decimal string, for a guest
+    /// to tell a reboot from its first boot.
+    pub boot: u32,
+    pub virtio: &'a [VirtioMmio],
+    /// A protected VM's restricted DMA pool, `(IPA, bytes)` inside its RAM:
+    /// a `restricted-dma-pool` reserved-memory region that every virtio
+    /// node names in `memory-region`, so the guest bounces all its device
+    /// I/O through it (and shares only it with the host;
+    /// reserved-memory/shared-dma-pool.yaml).
+    pub dma_pool: Option<(u64, u64)>,
+}
+
+/// The device tree of `vm`: its memory, vCPUs, GIC, timer, PL011, command
+/// line and initrd, and its virtio devices (the binding
 /// Documentation/devicetree/bindings/virtio/mmio.yaml: `virtio,mmio`,
 /// `reg`, `interrupts`; `dma-coherent`, as the host's accesses to guest
-/// memory are cacheable). `boot` counts the VM's boots from 1 (the host
-/// restarts a VM that resets): `/chosen/hyp,boot-count` holds it as a
-/// decimal string, for a guest to tell a reboot from its first boot.
+/// memory are cacheable), with the DMA pool if it has one.
 ///
 /// # Errors
 ///
 /// vm-fdt's, when a name or value is not valid in a device tree (a NUL in
 /// the command line, say).
-pub fn linux_dtb(
-    gic: Vgic,
-    vcpus: usize,
-    mem: u64,
-    cmdline: &str,
-    initrd: Option<(u64, u64)>,
-    boot: u32,
-    virtio: &[VirtioMmio],
-) -> Result<Vec<u8>, Error> {
+pub fn linux_dtb(vm: &LinuxVm<'_>) -> Result<Vec<u8>, Error> {
+    let LinuxVm {
+        gic,
+        vcpus,
+        mem,
+        cmdline,
+        initrd,
+        boot,
+        virtio,
+        dma_pool,
+    } = *vm;
     let uart = format!("pl011@{UART_IPA:x}");
     let mut w = FdtWriter::new()?;
     node(&mut w, "", |w| {
@@ -149,6 +173,19 @@ pub fn linux_dtb(
             w.property_string("device_type", "memory")?;
             w.property_array_u64("reg", &[RAM_IPA, mem])
         })?;
+
+        if let Some((at, size)) = dma_pool {
+            node(w, "reserved-memory", |w| {
+                w.property_u32("#address-cells", 2)?;
+                w.property_u32("#size-cells", 2)?;
+                w.property_null("ranges")?;
+                node(w, &format!("restricted-dma-pool@{at:x}"), |w| {
+                    w.property_string("compatible", "restricted-dma-pool")?;
+                    w.property_array_u64("reg", &[at, size])?;
+                    w.property_phandle(PH_POOL)
+                })
+            })?;
+        }
 
         node(w, "cpus", |w| {
             w.property_u32("#address-cells", 1)?;
@@ -204,6 +241,9 @@ pub fn linux_dtb(
                 w.property_string("compatible", "virtio,mmio")?;
                 w.property_array_u64("reg", &[d.ipa, d.size])?;
                 w.property_array_u32("interrupts", &[0, d.spi, LEVEL_HIGH])?;
+                if dma_pool.is_some() {
+                    w.property_u32("memory-region", PH_POOL)?;
+                }
                 w.property_null("dma-coherent")
             })?;
         }

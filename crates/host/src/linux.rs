@@ -31,6 +31,11 @@ use hyp_abi::{BootInfo, Vgic};
 const DEFAULT_MEM_MIB: u64 = 256;
 /// Room kept for the device tree at the end of guest RAM.
 const DTB_ROOM: u64 = 2 << 20;
+/// A protected VM's restricted DMA pool (its virtio devices' bounce
+/// buffers, the only memory it shares with the host for I/O): 8 MiB, room
+/// for Linux's swiotlb slabs for a disk and a network card with their
+/// queues in flight.
+const DMA_POOL: u64 = 8 << 20;
 /// arm64 Image header magic "ARM\x64" at offset 56 (booting.rst).
 const IMAGE_MAGIC: u32 = 0x644d_5241;
 
@@ -200,8 +205,14 @@ fn parse(info: &'static BootInfo) -> Config {
              (or is not 8-byte aligned)"
         ));
     }
-    if initrd.is_some_and(|i| initrd_ipa + i.size > dtb_ipa) {
-        fail(format_args!("the initrd does not fit below {dtb_ipa:#x}"));
+    // A protected VM's DMA pool sits below the device tree.
+    let top = if protected {
+        dtb_ipa - DMA_POOL
+    } else {
+        dtb_ipa
+    };
+    if initrd.is_some_and(|i| initrd_ipa + i.size > top) {
+        fail(format_args!("the initrd does not fit below {top:#x}"));
     }
     Config {
         kernel,
@@ -223,6 +234,12 @@ impl Config {
 
     fn dtb_ipa(&self) -> u64 {
         GUEST_RAM_IPA + self.mem - DTB_ROOM
+    }
+
+    /// A protected VM's restricted DMA pool: [`DMA_POOL`] bytes just below
+    /// the device tree, 2 MiB aligned.
+    fn dma_pool(&self) -> (u64, u64) {
+        (self.dtb_ipa() - DMA_POOL, DMA_POOL)
     }
 }
 
@@ -246,15 +263,16 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
         copy(pa_of(initrd_ipa), i.pa, i.size);
     }
     let initrd_range = cfg.initrd.map(|i| (initrd_ipa, initrd_ipa + i.size));
-    let dtb = crate::dtb::linux_dtb(
-        cfg.gic,
-        cfg.vcpus,
-        cfg.mem,
-        cfg.cmdline,
-        initrd_range,
+    let dtb = crate::dtb::linux_dtb(&crate::dtb::LinuxVm {
+        gic: cfg.gic,
+        vcpus: cfg.vcpus,
+        mem: cfg.mem,
+        cmdline: cfg.cmdline,
+        initrd: initrd_range,
         boot,
-        crate::linuxdev::dt_nodes(),
-    )
+        virtio: crate::linuxdev::dt_nodes(),
+        dma_pool: cfg.protected.then(|| cfg.dma_pool()),
+    })
     .unwrap_or_else(|e| fail(format_args!("device tree: {e}")));
     if dtb.len() as u64 > DTB_ROOM {
         fail(format_args!(
