@@ -252,6 +252,24 @@ pub struct PciWindows {
     pub mmio: [u64; 2],
     /// The I/O window.
     pub pio: [u64; 2],
+    /// The INTx interrupts the hypervisor routes to host vCPU 0 (as hardware-linked virtual
+    /// interrupts; the host acknowledges and ends them through its GIC CPU interface): the
+    /// INTIDs of INTA..INTD of device 0, from the bridge's `interrupt-map`. Device *d*'s pin
+    /// *p* (1 = INTA, its configuration space's Interrupt Pin) is `intx[(d + p - 1) % 4]`, the
+    /// standard swizzle the map follows. All zero: the host gets no device interrupts.
+    pub intx: [u32; 4],
+}
+
+impl PciWindows {
+    /// The INTID of pin `pin` (1..=4) of device `device` on bus 0, if INTx is routed.
+    #[must_use]
+    pub fn intx_of(&self, device: u8, pin: u8) -> Option<u32> {
+        if !(1..=4).contains(&pin) {
+            return None;
+        }
+        let intid = self.intx[(usize::from(device) + usize::from(pin) - 1) % 4];
+        (intid != 0).then_some(intid)
+    }
 }
 
 /// Size of `BootInfo::bootargs`: room for the hypervisor's and host's own
