@@ -17,7 +17,7 @@
 //! Each acknowledged INTID goes to the handlers [`register`]ed for it (devices may share a
 //! line), then is ended. An INTID nobody registered is ended at once and counted.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Most handlers (one per device).
 const MAX_HANDLERS: usize = 4;
@@ -30,6 +30,9 @@ const SPECIAL: u64 = 1020;
 /// Interrupts acknowledged, per handler slot, and ones nobody handles.
 static TAKEN: AtomicU64 = AtomicU64::new(0);
 static UNHANDLED: AtomicU64 = AtomicU64::new(0);
+/// [`init`] ran: the host has device interrupts (without them, on GICv2 say,
+/// its `ICC_*` registers may not even exist).
+static ON: AtomicBool = AtomicBool::new(false);
 
 /// A device's interrupt handler: called with the line acknowledged and before its EOI, so it
 /// reads (and so clears) the device's interrupt status first, then serves the device.
@@ -38,7 +41,8 @@ pub type Handler = fn();
 static HANDLERS: spin::Mutex<[(u32, Option<Handler>); MAX_HANDLERS]> =
     spin::Mutex::new([(0, None); MAX_HANDLERS]);
 
-/// Turns on the virtual CPU interface's group 1 with no priority mask on this CPU (CPU 0).
+/// Turns on the virtual CPU interface's group 1 with no priority mask on this CPU (CPU 0). Only
+/// once the hypervisor gave the host INTx lines (`BootInfo.pci.intx`), which it does on GICv3.
 pub fn init() {
     // SAFETY: ICC_PMR_EL1 (S3_0_C4_C6_0) and ICC_IGRPEN1_EL1 (S3_0_C12_C12_7) reach the host's
     // virtual CPU interface (ICH_VMCR_EL2.VPMR and VENG1, IHI 0069 "ICH_VMCR_EL2"): they only
@@ -55,6 +59,7 @@ pub fn init() {
             options(nostack, preserves_flags)
         );
     }
+    ON.store(true, Ordering::Release);
 }
 
 /// Calls `handler` for every interrupt on line `intid`.
@@ -100,6 +105,9 @@ pub fn end(intid: u64) {
 /// Takes and serves the pending device interrupts (CPU 0 only: the lines go to host vCPU 0),
 /// at most [`PER_SERVE`] of them.
 pub fn serve() {
+    if !ON.load(Ordering::Acquire) {
+        return;
+    }
     for _ in 0..PER_SERVE {
         let intid = acknowledge();
         if intid >= SPECIAL {

@@ -144,7 +144,7 @@ pub fn init(info: &BootInfo, protected: bool) {
     let Some(mut pci) = crate::pci::init(info) else {
         return;
     };
-    if pci.blk.is_some() || pci.net.is_some() {
+    if info.pci.intx != [0; 4] && (pci.blk.is_some() || pci.net.is_some()) {
         crate::intx::init();
     }
     match pci.blk {

@@ -33,6 +33,7 @@
 extern crate alloc;
 
 mod attack;
+mod attack_intx;
 mod bench;
 mod demo;
 mod dtb;
