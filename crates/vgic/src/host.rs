@@ -17,6 +17,13 @@
 //! ([`HostIf::restore`]) they go back. An interrupt that arrives while a guest runs is injected
 //! into the saved copy.
 //!
+//! Cost: VMCR, the active priorities and the empty-list-register mask are read at every save;
+//! a host that has not turned its interface on (all zero, no list register: every host that
+//! drives no device) costs nothing more, and a host that has writes VMCR and the control
+//! register back after the run. The guest's own restore and save (`VcpuIf`) write its VMCR and
+//! active priorities and leave them at zero, so the host's are not zeroed here for a guest with
+//! a vGIC, and are written back only when not zero.
+//!
 //! The host can only reach list registers through the virtual CPU interface (`ICH_*_EL2` are
 //! EL2 registers), so the only physical interrupts it can deactivate are the ones this module
 //! linked: an `ICC_EOIR1_EL1` or `ICC_DIR_EL1` write of any other INTID finds no list register
@@ -35,6 +42,9 @@ pub const HOST_IRQ_PRIORITY: u8 = 0x80;
 pub enum InjectError {
     /// Every list register holds an interrupt.
     Full,
+    /// The CPU has no virtual CPU interface for the host (GICv2 boards, where the host has
+    /// none).
+    NoInterface,
 }
 
 /// The host vCPU's virtual CPU interface on its physical CPU.
@@ -88,7 +98,8 @@ impl HostIf {
 
     /// Makes device interrupt `intid` (a physical SPI acknowledged and priority-dropped at EL2,
     /// still active) pending for the host: in a free list register of the CPU if the host is
-    /// loaded, else in the saved copy. An `intid` already in a list register is left as it is.
+    /// loaded (turning the interface on: a restore of an idle host leaves it as the guest's
+    /// save did), else in the saved copy. An `intid` already in a list register is left as it is.
     ///
     /// # Errors
     ///
@@ -111,6 +122,7 @@ impl HostIf {
                 return Err(InjectError::Full);
             }
             lrs.write_lr(empty.trailing_zeros() as usize, &Self::lr(intid));
+            lrs.write_hcr(hcr::EN);
             return Ok(());
         }
         let mut used = self.saved;
@@ -132,9 +144,11 @@ impl HostIf {
     }
 
     /// Before a guest runs on this CPU: keeps the host's list registers (those not empty), VMCR
-    /// and active priorities, and leaves the virtual interface empty and off (VMCR, active
-    /// priorities and the control register at zero) for the guest's own state.
-    pub fn save(&mut self, lrs: &mut impl ListRegs) {
+    /// and active priorities, and leaves the virtual interface empty for the guest. With
+    /// `guest_vgic` the guest's restore and flush write its own VMCR, active priorities and
+    /// control register next; without, they are set to zero here (interface off).
+    #[inline]
+    pub fn save(&mut self, lrs: &mut impl ListRegs, guest_vgic: bool) {
         if !self.loaded {
             return;
         }
@@ -143,24 +157,52 @@ impl HostIf {
         let all = if nr >= 16 { u16::MAX } else { (1u16 << nr) - 1 };
         let mut used = !lrs.empty_lrs() & all;
         self.saved = used;
+        self.vmcr = lrs.read_vmcr();
+        self.aprs = lrs.read_aprs();
+        if self.idle() {
+            // Nothing of the host's for the guest to see, nothing to keep.
+            return;
+        }
         while used != 0 {
             let i = used.trailing_zeros() as usize;
             used &= used - 1;
             self.lrs[i] = lrs.read_lr(i);
             lrs.write_lr(i, &Lr::EMPTY);
         }
-        self.vmcr = lrs.read_vmcr();
-        self.aprs = lrs.read_aprs();
-        lrs.write_hcr(0);
-        lrs.write_vmcr(0);
-        lrs.write_aprs([0; 2]);
+        if !guest_vgic {
+            lrs.write_hcr(0);
+            lrs.write_vmcr(0);
+            lrs.write_aprs([0; 2]);
+        }
     }
 
-    /// After the guest's run (its own state saved and its list registers emptied): puts the
-    /// host's list registers, VMCR and active priorities back and enables the virtual interface.
-    /// Also the first load of the host on its CPU (everything at reset).
+    /// The host comes back with nothing to restore (its save found the reset state): marks it
+    /// loaded and returns true, so the caller need not reach the list registers at all.
+    /// Otherwise returns false and [`HostIf::restore`] must run.
+    #[inline]
+    pub fn restore_idle(&mut self) -> bool {
+        let idle = self.idle();
+        if idle {
+            self.loaded = true;
+        }
+        idle
+    }
+
+    /// Whether the saved state is the reset state (interface never turned on, nothing held).
+    fn idle(&self) -> bool {
+        self.saved == 0 && self.vmcr == 0 && self.aprs == [0; 2]
+    }
+
+    /// After the guest's run, whose own save left VMCR, the active priorities and the control
+    /// register at zero and its list registers empty (`VcpuIf::save`, or this type's save for a
+    /// guest without a vGIC): puts the host's list registers, VMCR and active priorities back
+    /// and turns the virtual interface on. Also the first load of the host on its CPU.
+    #[inline]
     pub fn restore(&mut self, lrs: &mut impl ListRegs) {
         self.loaded = true;
+        if self.idle() {
+            return;
+        }
         let mut used = self.saved;
         self.saved = 0;
         while used != 0 {
@@ -170,7 +212,9 @@ impl HostIf {
             self.lrs[i] = Lr::EMPTY;
         }
         lrs.write_vmcr(self.vmcr);
-        lrs.write_aprs(self.aprs);
+        if self.aprs != [0; 2] {
+            lrs.write_aprs(self.aprs);
+        }
         lrs.write_hcr(hcr::EN);
     }
 }
@@ -226,9 +270,9 @@ mod tests {
     fn injected_while_loaded_goes_into_a_free_list_register() {
         let (mut h, mut f) = (HostIf::new(), Fake::default());
         h.restore(&mut f);
-        assert_eq!(f.hcr, hcr::EN);
         f.lrs[0] = Some(HostIf::lr(36));
         assert_eq!(h.inject(35, &mut f), Ok(()));
+        assert_eq!(f.hcr, hcr::EN, "the interface is on once it holds one");
         let lr = f.lrs[1].expect("LR 1");
         assert_eq!(
             (lr.vintid, lr.hw, lr.state),
@@ -255,7 +299,7 @@ mod tests {
             state: LrState::Active,
             ..HostIf::lr(35)
         });
-        h.save(&mut f);
+        h.save(&mut f, false);
         assert!(!h.loaded());
         assert!(
             f.lrs.iter().all(Option::is_none),
@@ -278,17 +322,45 @@ mod tests {
             (0xff00_0002, [0, 1 << 16], hcr::EN)
         );
         // Saving twice (no restore in between) keeps the first copy.
-        h.save(&mut f);
-        h.save(&mut f);
+        h.save(&mut f, true);
+        h.save(&mut f, true);
+        // A guest with a vGIC writes its own VMCR and APRs, and zeroes them at its exit.
+        (f.vmcr, f.aprs, f.hcr) = (0, [0; 2], 0);
         h.restore(&mut f);
         assert_eq!(f.lrs[1].map(|l| l.vintid), Some(37));
+        assert_eq!(
+            (f.vmcr, f.aprs, f.hcr),
+            (0xff00_0002, [0, 1 << 16], hcr::EN)
+        );
+    }
+
+    #[test]
+    fn an_idle_host_costs_no_write() {
+        let (mut h, mut f) = (HostIf::new(), Fake::default());
+        h.restore(&mut f);
+        h.save(&mut f, true);
+        assert!(h.restore_idle());
+        assert_eq!(f.writes, 0);
+        assert!(h.loaded());
+        // Its first interrupt turns the interface on.
+        assert_eq!(h.inject(35, &mut f), Ok(()));
+        assert_eq!(f.hcr, hcr::EN);
+        // A host that turned its group on (VMCR) is no longer idle.
+        f.lrs[0] = None;
+        f.vmcr = 0xff00_0002;
+        h.save(&mut f, false);
+        assert_eq!((f.vmcr, f.hcr), (0, 0));
+        assert!(!h.restore_idle());
+        assert!(!h.loaded());
+        h.restore(&mut f);
+        assert_eq!((f.vmcr, f.hcr), (0xff00_0002, hcr::EN));
     }
 
     #[test]
     fn saved_copy_full() {
         let (mut h, mut f) = (HostIf::new(), Fake::default());
         h.restore(&mut f);
-        h.save(&mut f);
+        h.save(&mut f, true);
         for intid in 35..39 {
             assert_eq!(h.inject(intid, &mut f), Ok(()));
         }

@@ -210,9 +210,6 @@ fn vcpu_run(
         }
     }
     host.el1.save(&c.sync.hcr);
-    // The host's list registers, VMCR and active priorities are its own:
-    // none of them may reach the guest, and they come back in `load_host`.
-    vcpu_gic::host_save(c, host_pending);
     let mut pending = GuestPending::new();
     let r = switch::ContextRegs {
         vttbr: start.vttbr,
@@ -223,11 +220,9 @@ fn vcpu_run(
     // differs from the boot value in trap bits only.
     unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &ctx.el1, &mut pending) };
     let view = guest.view();
-    if view.vg.is_some() {
-        if let Some(mut lrs) = vcpu_gic::Lrs::new(c.sync, &mut pending) {
-            ctx.vif.restore(&mut lrs);
-        }
-    }
+    // The host's list registers, VMCR and active priorities are its own:
+    // none of them may reach the guest, and they come back in `load_host`.
+    vcpu_gic::load_guest(c, view.vg.map(|_| &ctx.vif), &mut pending);
     let who = Who::Guest { slot, vcpu: v };
     let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view);
     host_pending.append(left);

@@ -120,18 +120,35 @@ fn host_lrs<'a>(sync: &'a CpuSync, pending: &'a mut GuestPending) -> Option<Lrs<
     Lrs::of(g, sync, pending)
 }
 
-/// VCPU_RUN is about to load a guest: the host's virtual interface state
-/// leaves the CPU (`vgic::HostIf::save`).
-pub fn host_save(c: &mut Cpu<'_>, pending: &mut GuestPending) {
+/// VCPU_RUN loads a guest vCPU (`vif`: its virtual CPU interface, if its VM
+/// has a vGIC): the host's virtual interface state leaves the CPU
+/// (`vgic::HostIf::save`, GICv3), then the guest's VMCR and active priorities
+/// are loaded (`vgic::VcpuIf::restore`). Both sets of writes go into the
+/// guest's `pending`: its entry ERET is what they must precede.
+#[inline]
+pub fn load_guest(c: &mut Cpu<'_>, vif: Option<&vgic::VcpuIf>, pending: &mut GuestPending) {
     let sync = c.sync;
-    if let Some(mut lrs) = host_lrs(sync, pending) {
-        c.host_if.save(&mut lrs);
+    let Some(g) = gic::phys() else {
+        return;
+    };
+    let Some(mut lrs) = Lrs::of(g, sync, pending) else {
+        return;
+    };
+    if g.version() == vgic::Version::V3 {
+        c.host_if.save(&mut lrs, vif.is_some());
+    }
+    if let Some(vif) = vif {
+        vif.restore(&mut lrs);
     }
 }
 
 /// The host is loaded again (after a guest's run, whose own state is saved,
 /// or at its first entry): its virtual interface state comes back.
+#[inline]
 pub fn host_restore(c: &mut Cpu<'_>, pending: &mut GuestPending) {
+    if c.host_if.restore_idle() {
+        return;
+    }
     let sync = c.sync;
     if let Some(mut lrs) = host_lrs(sync, pending) {
         c.host_if.restore(&mut lrs);
@@ -153,6 +170,6 @@ pub fn host_inject(
     let sync = c.sync;
     match host_lrs(sync, pending) {
         Some(mut lrs) => c.host_if.inject(intid, &mut lrs),
-        None => Err(vgic::host::InjectError::Full),
+        None => Err(vgic::host::InjectError::NoInterface),
     }
 }
