@@ -351,6 +351,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn intx_swizzle() {
+        let w = PciWindows {
+            intx: [35, 36, 37, 38],
+            ..PciWindows::default()
+        };
+        // Device 0 INTA..INTD, device 1 INTA (QEMU virt: SPI 3 + (d + p - 1) % 4).
+        assert_eq!(w.intx_of(0, 1), Some(35));
+        assert_eq!(w.intx_of(0, 4), Some(38));
+        assert_eq!(w.intx_of(1, 1), Some(36));
+        assert_eq!(w.intx_of(2, 1), Some(37));
+        assert_eq!(w.intx_of(3, 2), Some(35));
+        assert_eq!(w.intx_of(31, 4), Some(37));
+        // No pin, a bad pin, no routing.
+        assert_eq!(w.intx_of(2, 0), None);
+        assert_eq!(w.intx_of(2, 5), None);
+        assert_eq!(PciWindows::default().intx_of(0, 1), None);
+    }
+
+    #[test]
     fn guest_words_are_not_the_hypervisors() {
         let all = "hyp.cpus=2 linux=1,2 -- console=ttyAMA0 hyp.cpus=1 hyp.init=check";
         assert_eq!(own_arg(all, "hyp.cpus"), Some("2"));
