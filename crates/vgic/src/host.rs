@@ -82,8 +82,8 @@ impl HostIf {
         self.loaded
     }
 
-    /// The list register for device interrupt `intid`: pending, group 1, hardware-linked to the
-    /// same physical INTID.
+    /// The list register for device interrupt `intid` (an SPI: 32..1020): pending, group 1,
+    /// hardware-linked to the same physical INTID.
     pub const fn lr(intid: u32) -> Lr {
         Lr {
             vintid: intid,
@@ -92,7 +92,7 @@ impl HostIf {
             group1: true,
             eoi_maint: false,
             source: 0,
-            hw: Some(intid),
+            hw: core::num::NonZeroU16::new(intid as u16),
         }
     }
 
@@ -275,7 +275,7 @@ mod tests {
         assert_eq!(f.hcr, hcr::EN, "the interface is on once it holds one");
         let lr = f.lrs[1].expect("LR 1");
         assert_eq!(
-            (lr.vintid, lr.hw, lr.state),
+            (lr.vintid, lr.hw.map(|p| p.get()), lr.state),
             (35, Some(35), LrState::Pending)
         );
         assert!(lr.group1);
@@ -316,7 +316,10 @@ mod tests {
             f.lrs[0].map(|l| (l.vintid, l.state)),
             Some((35, LrState::Active))
         );
-        assert_eq!(f.lrs[1].map(|l| (l.vintid, l.hw)), Some((37, Some(37))));
+        assert_eq!(
+            f.lrs[1].map(|l| (l.vintid, l.hw.map(|p| p.get()))),
+            Some((37, Some(37)))
+        );
         assert_eq!(
             (f.vmcr, f.aprs, f.hcr),
             (0xff00_0002, [0, 1 << 16], hcr::EN)

@@ -79,7 +79,9 @@ pub struct Lr {
     /// Hardware-linked (HW = 1): the physical INTID the guest's deactivation of this virtual
     /// interrupt deactivates (IHI 0069, "ICH_LR<n>_EL2": pINTID; IHI 0048B 5.3.10 "GICH_LRn":
     /// PhysicalID). `eoi_maint` and `source` share its bits and are ignored when it is set.
-    pub hw: Option<u32>,
+    /// Never 0: a hardware-linked interrupt is an SPI or PPI (IHI 0069: pINTID 0..15 is
+    /// reserved), so the field costs no more than the flags beside it.
+    pub hw: Option<core::num::NonZeroU16>,
 }
 
 impl Lr {
@@ -97,7 +99,7 @@ impl Lr {
     /// GICv3 `ICH_LR<n>_EL2` encoding.
     pub const fn encode_v3(&self) -> u64 {
         let link = match self.hw {
-            Some(p) => (1 << 61) | ((p as u64 & 0x1fff) << 32),
+            Some(p) => (1 << 61) | ((p.get() as u64 & 0x1fff) << 32),
             None => (self.eoi_maint as u64) << 41,
         };
         self.vintid as u64
@@ -118,7 +120,7 @@ impl Lr {
             eoi_maint: !hw && v & (1 << 41) != 0,
             source: 0,
             hw: if hw {
-                Some(((v >> 32) & 0x1fff) as u32)
+                core::num::NonZeroU16::new(((v >> 32) & 0x1fff) as u16)
             } else {
                 None
             },
@@ -128,7 +130,7 @@ impl Lr {
     /// GICv2 `GICH_LR<n>` encoding (priority keeps its top 5 bits).
     pub const fn encode_v2(&self) -> u32 {
         let link = match self.hw {
-            Some(p) => (1 << 31) | ((p & 0x3ff) << 10),
+            Some(p) => (1 << 31) | ((p.get() as u32 & 0x3ff) << 10),
             None => (((self.source & 7) as u32) << 10) | ((self.eoi_maint as u32) << 19),
         };
         (self.vintid & 0x3ff)
@@ -148,7 +150,11 @@ impl Lr {
             group1: v & (1 << 30) != 0,
             eoi_maint: !hw && v & (1 << 19) != 0,
             source: if hw { 0 } else { ((v >> 10) & 7) as u8 },
-            hw: if hw { Some((v >> 10) & 0x3ff) } else { None },
+            hw: if hw {
+                core::num::NonZeroU16::new(((v >> 10) & 0x3ff) as u16)
+            } else {
+                None
+            },
         }
     }
 }
@@ -185,6 +191,7 @@ pub mod vmcr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::num::NonZeroU16;
 
     const V3_SAMPLE: Lr = Lr {
         vintid: 27,
@@ -276,22 +283,22 @@ mod tests {
             group1: true,
             eoi_maint: true,
             source: 5,
-            hw: Some(35),
+            hw: NonZeroU16::new(35),
         };
         assert_eq!(l.encode_v3(), 0x7080_0023_0000_0023);
         let back = Lr::decode_v3(0x7080_0023_0000_0023);
-        assert_eq!(back.hw, Some(35));
+        assert_eq!(back.hw, NonZeroU16::new(35));
         assert!(!back.eoi_maint);
         // pINTID 0x1fff fills 44:32 and no more (bit 45 up is reserved, 48 up priority).
         let wide = Lr {
-            hw: Some(0xffff),
+            hw: NonZeroU16::new(0xffff),
             ..Lr::EMPTY
         };
         assert_eq!(wide.encode_v3(), (1 << 61) | (0x1fff << 32));
         // v2: HW (31), pINTID 35 in 19:10, pending (28), group 1 (30), priority 0x80 >> 3.
         let v2 = Lr { source: 0, ..l };
         assert_eq!(v2.encode_v2(), 0xd800_8c23);
-        assert_eq!(Lr::decode_v2(0xd800_8c23).hw, Some(35));
+        assert_eq!(Lr::decode_v2(0xd800_8c23).hw, NonZeroU16::new(35));
         assert_eq!(Lr::decode_v2(0xd800_8c23).source, 0);
     }
 
