@@ -657,3 +657,77 @@ fn smmu_refuses_host_device_dma_to_hypervisor_and_protected_memory() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The host's device interrupts (PCIe INTx, hardware-linked virtual
+/// interrupts of host vCPU 0) give it no handle on any other interrupt
+/// (`crates/host/src/attack_intx.rs`). With its virtio-blk-pci's line
+/// active, the host writes ICC_EOIR1_EL1 and ICC_DIR_EL1 with the
+/// hypervisor's SGI and PPIs, the UART's and RTC's SPIs, a guest SPI and
+/// the other INTx lines, in both EOImodes, and runs guest-timer on the same
+/// CPU: the host never acknowledges anything but its own line, its line
+/// stays active until the host itself deactivates it (then comes again
+/// while the device asserts it, and not once the device's status is
+/// read), a pending one survives guest runs, and guest-timer gets exactly
+/// its ticks and no other interrupt.
+#[test]
+fn host_interrupt_path_reaches_no_other_interrupt() {
+    let dir = std::env::temp_dir().join(format!("hyp-intx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk image");
+    let mut q = Qemu::boot(BootOptions {
+        append: Some("attack=intx".to_owned()),
+        extra: [
+            "-device",
+            "virtio-blk-pci,drive=d0,iommu_platform=on,disable-legacy=on",
+            "-drive",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([format!("if=none,id=d0,file={},format=raw", disk.display())])
+        .collect(),
+        ..BootOptions::default()
+    });
+    q.expect_line(
+        "hyp: host PCIe INTx: INTIDs [35, 36, 37, 38] (INTA..INTD of device 0), level, routed to CPU 0",
+        T,
+    );
+    let head = q.expect_line("host: attack intx: ", T);
+    let mine: u32 = head
+        .split("on INTID ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no INTID in {head:?}"));
+    assert!((35..=38).contains(&mine), "{head}");
+    let l = q.expect_line("host: attack intx: 20 rounds: ", T);
+    assert_eq!(
+        l,
+        format!(
+            "host: attack intx: 20 rounds: INTID {mine} taken 40 times, other INTIDs taken 0; \
+             pending through guest runs 10/10; still active after the foreign EOIRs/DIRs and \
+             guest runs 20/20; came again while asserted 20/20; quiet once its status was read 20/20"
+        )
+    );
+    q.expect_exit_code(0, T);
+    // The guest ran between the rounds and may have finished before them.
+    let guest: Vec<String> = q
+        .log()
+        .iter()
+        .filter_map(|l| hyp_tests::guest_text(l).map(|(_, t)| t.to_owned()))
+        .collect();
+    for want in [
+        "guest-timer: 50 virtual timer ticks",
+        "guest-timer: 0 other or spurious interrupts",
+        "guest-timer: vCPU 1: 50 virtual timer ticks",
+        "guest-timer: vCPU 1: 0 other or spurious interrupts",
+        "guest-timer: done, powering off",
+    ] {
+        assert!(
+            guest.iter().any(|t| t == want),
+            "no {want:?} from the guest:\n{}",
+            q.log().join("\n")
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -198,6 +198,8 @@ sysregs! {
     IccIar1El1 => "s3_0_c12_c12_0",
     /// ICC_CTLR_EL1 (S3_0_C12_C12_4).
     IccCtlrEl1 => "s3_0_c12_c12_4",
+    /// ICC_DIR_EL1 (S3_0_C12_C11_1) at EL2: deactivates a physical interrupt (EOImode 1).
+    IccDirEl1 => "s3_0_c12_c11_1",
     /// ICC_SGI1R_EL1 (S3_0_C12_C11_5) at EL2: physical SGIs (vCPU kicks).
     IccSgi1rEl1 => "s3_0_c12_c11_5",
     /// CNTHP_CTL_EL2: the EL2 physical timer's control.

@@ -426,7 +426,7 @@ gic_reg!(
     safety = ""
 );
 gic_reg!(
-    /// ICC_CTLR_EL1 at EL2 (EOImode: 0, priority drop and deactivation on EOIR).
+    /// ICC_CTLR_EL1 at EL2 (EOImode 1 on GICv3: EOIR drops the priority, DIR deactivates).
     IccCtlrEl1, IccCtlrEl1, , El2GicIf,
     safety = ""
 );
@@ -463,6 +463,29 @@ impl IccEoir1El1 {
         // SAFETY: ends an interrupt this CPU acknowledged; no memory is touched.
         let changed = unsafe { write_raw(SysReg::IccEoir1El1, value) };
         Pending::new(SysReg::IccEoir1El1, changed)
+    }
+}
+
+/// ICC_DIR_EL1 at EL2: with ICC_CTLR_EL1.EOImode = 1 an ICC_EOIR1_EL1 write only drops the
+/// running priority and this write deactivates the interrupt (GIC architecture specification IHI
+/// 0069, "Priority drop and interrupt deactivation", and the ICC_DIR_EL1 and ICC_CTLR_EL1
+/// register descriptions). Like [`IccEoir1El1`], it depends on
+/// the CPU interface's configuration, and nothing at EL2 consumes it before the ERET (EL2 runs
+/// masked).
+#[derive(Debug)]
+pub struct IccDirEl1;
+
+impl IccDirEl1 {
+    /// Deactivates interrupt `value` (its INTID), whose priority an earlier
+    /// [`IccEoir1El1::write`] dropped.
+    pub fn write<S: Includes<GicSre>, G: Includes<El2GicIf>>(
+        _sre: &Synced<S>,
+        _cpu_if: &Synced<G>,
+        value: u64,
+    ) -> Pending<GuestOnly> {
+        // SAFETY: deactivates an interrupt this CPU acknowledged; no memory is touched.
+        let changed = unsafe { write_raw(SysReg::IccDirEl1, value) };
+        Pending::new(SysReg::IccDirEl1, changed)
     }
 }
 

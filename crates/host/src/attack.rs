@@ -1,4 +1,5 @@
-//! The host as an attacker of its protected VMs (`attack=NAME`): each attack
+//! The host as an attacker of its protected VMs (`attack=NAME`; `intx`, its
+//! interrupt path, is in `attack_intx.rs`): each attack
 //! prints what the hypervisor answered, and `tests/tests/hostile_host.rs`
 //! checks it.
 
@@ -14,6 +15,7 @@ pub fn run(info: &BootInfo, name: &str) {
         "fp" => fp(info),
         "vmcr" => vmcr(info),
         "dma" => dma(info),
+        "intx" => crate::attack_intx::intx(info),
         _ => crate::fail(format_args!("unknown attack {name:?}")),
     }
 }

@@ -17,18 +17,21 @@
 //! fails its request or breaks the device (`virtio-dev`), never the host; a
 //! failing PCI request is an I/O error for the guest.
 //!
+//! The disk's PCI requests complete while the host waits for them, so its
+//! used-buffer interrupts are suppressed (VIRTQ_AVAIL_F_NO_INTERRUPT); its
+//! INTx handler only reads (and so clears) its interrupt status, e.g. a
+//! configuration change.
+//!
 //! Network: a frame the guest transmits is copied into one of 8 DMA
 //! buffers and handed to the PCI device inside the MMIO exit of its
 //! transmitq notification, and the guest's buffer goes back at once: the
 //! host does not wait for QEMU to send it (it reaps sent buffers at the
 //! next transmission), unless all 8 are still QEMU's, and then at most
-//! 100 ms (after that the frame counts as lost). Received frames: the host gets no device
-//! interrupts, so it polls the PCI device's receive queue ([`poll`]) after
-//! every VCPU_RUN of the Linux VM's vCPUs, on every host CPU that runs one.
-//! That bounds the latency even when the guest is idle: a vCPU's WFI with
-//! nothing pending ends its VCPU_RUN at once (exit YIELD, the hypervisor
-//! never blocks in it), and a busy vCPU's run ends at its time slice (10
-//! ms, `hyp-core` run loop) or at an MMIO exit. A frame goes straight into
+//! 100 ms (after that the frame counts as lost). Received
+//! frames come with the PCI device's INTx interrupt, which the hypervisor
+//! routes to host vCPU 0 (`intx`): its handler ([`net_irq`]) reads the
+//! device's interrupt status (which lowers the line), then moves what the
+//! receive queue holds into the guest. Nothing polls the device. A frame goes straight into
 //! the guest's next posted receive buffer and raises the SPI. While the
 //! guest's running driver has no buffer posted, frames stay in the PCI
 //! device's receive ring (16 of them; then QEMU queues or drops) and go in
@@ -137,6 +140,8 @@ struct Disk {
     dev: MmioTransport<Block<PciDisk>>,
     /// The SPI's level as last set.
     level: bool,
+    /// Its INTx interrupts (status reads only).
+    irqs: u64,
 }
 
 static DISK: spin::Once<spin::Mutex<Disk>> = spin::Once::new();
@@ -152,13 +157,37 @@ pub fn init(info: &BootInfo, protected: bool) {
     let Some(mut pci) = crate::pci::init(info) else {
         return;
     };
+    if info.pci.intx != [0; 4] && (pci.blk.is_some() || pci.net.is_some()) {
+        crate::intx::init();
+    }
     match pci.blk {
-        Some(df) => init_disk(&mut pci, df, protected),
+        Some(df) => {
+            init_disk(&mut pci, df, protected);
+            irq_line(&pci, df, "disk", disk_irq);
+        }
         None => println!("host: linux: no virtio-blk-pci device: no disk"),
     }
     match pci.net {
-        Some(df) => init_net(&mut pci, df, protected),
+        Some(df) => {
+            init_net(&mut pci, df, protected);
+            irq_line(&pci, df, "network", net_irq);
+        }
         None => println!("host: linux: no virtio-net-pci device: no network"),
+    }
+}
+
+/// Registers `handler` for `df`'s INTx line. Without one the network's
+/// received frames would never reach the guest: that fails the host.
+fn irq_line(pci: &crate::pci::Pci, df: DeviceFunction, what: &str, handler: crate::intx::Handler) {
+    match pci.intx(df) {
+        Some(intid) => {
+            crate::intx::register(intid, handler);
+            println!("host: linux: {what}: {df} interrupts on INTx INTID {intid}");
+        }
+        None if what == "network" => crate::fail(format_args!(
+            "pci: {df}: no INTx line routed to the host: received frames would never be seen"
+        )),
+        None => println!("host: linux: {what}: {df} has no INTx line routed to the host"),
     }
 }
 
@@ -168,6 +197,9 @@ fn init_disk(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
         Ok(b) => b,
         Err(e) => crate::fail(format_args!("pci: {df}: virtio-blk: {e:?}")),
     };
+    let mut blk = blk;
+    // Served synchronously: the host waits for each completion.
+    blk.disable_interrupts();
     let cap = blk.capacity();
     println!(
         "host: linux: disk: virtio-blk-pci at {df}, {cap} sectors ({} MiB){}, as virtio-mmio at IPA {BLK_IPA:#x}, SPI {BLK_SPI}",
@@ -183,14 +215,29 @@ fn init_disk(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
         }),
         protected,
     );
-    DISK.call_once(|| spin::Mutex::new(Disk { dev, level: false }));
+    DISK.call_once(|| {
+        spin::Mutex::new(Disk {
+            dev,
+            level: false,
+            irqs: 0,
+        })
+    });
+}
+
+/// The disk's INTx: reads its interrupt status, which lowers the line.
+fn disk_irq() {
+    if let Some(d) = DISK.get() {
+        let mut d = d.lock();
+        d.irqs += 1;
+        let _ = d.dev.device_mut().backend_mut().blk.ack_interrupt();
+    }
 }
 
 /// The network device's queue size on the PCI side, and so how many
 /// receive buffers the host keeps posted there. Small: `virtio-drivers`
 /// keeps two arrays of this many entries per queue inside the driver,
 /// which is built on the host's stack and moved into its static; 16 frames
-/// in flight are plenty, as the host drains them after every VCPU_RUN.
+/// in flight are plenty, as the host drains them at every interrupt.
 const NIC_QUEUE: usize = 16;
 /// One receive buffer: the 12-byte `virtio_net_hdr` and a 1518-byte frame
 /// fit (virtio-drivers wants at least 1526 bytes).
@@ -365,6 +412,10 @@ struct Nic {
     rx: RxCounts,
     /// Whether frames are waiting for guest buffers now.
     waiting: bool,
+    /// The attached VM and its RAM (handle, host PA, size), while it runs.
+    guest: Option<(u64, u64, u64)>,
+    /// INTx interrupts taken for this device.
+    irqs: u64,
 }
 
 static NET: spin::Once<spin::Mutex<Nic>> = spin::Once::new();
@@ -417,8 +468,29 @@ fn init_net(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
             level: false,
             rx: RxCounts::default(),
             waiting: false,
+            guest: None,
+            irqs: 0,
         })
     });
+}
+
+/// The network card's INTx: reads its interrupt status first (which lowers
+/// the line: a frame that arrives after it raises it again, so none is
+/// missed), then delivers the received frames to the attached VM. Frames
+/// for no VM stay in the PCI ring until one attaches and posts buffers.
+fn net_irq() {
+    let Some(n) = NET.get() else {
+        return;
+    };
+    let mut n = n.lock();
+    n.irqs += 1;
+    let _ = n.dev.device_mut().backend_mut().raw.ack_interrupt();
+    let Some((h, ram_pa, ram)) = n.guest else {
+        return;
+    };
+    let mem = GuestRam::new(ram_pa, ram);
+    deliver(&mut n, &mem);
+    net_finish(h, &mut n);
 }
 
 /// The devices for the VM's device tree.
@@ -480,8 +552,20 @@ pub fn attach(h: u64, g_ram_pa: u64, ram: u64) {
         n.dev.write(&mem, STATUS, 4, 0);
         n.level = false;
         n.waiting = false;
+        n.guest = Some((h, g_ram_pa, ram));
         declare(h, NET_INTID);
         NET_OWNER.store(h, Ordering::Release);
+    }
+}
+
+/// VM `h` powered off or is being restarted: received frames no longer go
+/// into its memory (they wait in the PCI ring).
+pub fn detach(h: u64) {
+    if let Some(n) = NET.get() {
+        let mut n = n.lock();
+        if n.guest.is_some_and(|(g, _, _)| g == h) {
+            n.guest = None;
+        }
     }
 }
 
@@ -533,19 +617,19 @@ fn net_mmio(g: &Guest, off: u64, write: bool, size: u8, value: u64) -> u64 {
     let mem = GuestRam::new(g.ram_pa, g.ram);
     n.dev.write(&mem, off, size, value);
     deliver(&mut n, &mem);
-    net_finish(g, &mut n);
+    net_finish(g.handle.0, &mut n);
     0
 }
 
-/// Logs the device's first error and sets its line.
-fn net_finish(g: &Guest, n: &mut Nic) {
+/// Logs the device's first error and sets VM `h`'s line.
+fn net_finish(h: u64, n: &mut Nic) {
     if let Some(e) = n.dev.take_error() {
         if !NET_REPORTED.swap(true, Ordering::AcqRel) {
-            println!("host: VM {} network: {e} (first device error)", g.handle.0);
+            println!("host: VM {h} network: {e} (first device error)");
         }
     }
     let level = n.dev.interrupt_pending();
-    set_line(g.handle.0, NET_INTID, level, &mut n.level);
+    set_line(h, NET_INTID, level, &mut n.level);
 }
 
 /// Moves the frames the PCI device received into the guest's receive
@@ -598,37 +682,17 @@ fn deliver(n: &mut Nic, mem: &GuestRam) {
     }
 }
 
-/// Polls the network device for frames received for VM `g` (called after
-/// every VCPU_RUN of its vCPUs): delivers them and sets the SPI. Skips if
-/// another CPU holds the device (it delivers on its way out).
-pub fn poll(g: &Guest) {
-    if NET_OWNER.load(Ordering::Acquire) != g.handle.0 {
-        return;
-    }
-    let Some(n) = NET.get() else {
-        return;
-    };
-    let Some(mut n) = n.try_lock() else {
-        return;
-    };
-    if n.dev.device().backend().raw.poll_receive().is_none() {
-        return;
-    }
-    let mem = GuestRam::new(g.ram_pa, g.ram);
-    deliver(&mut n, &mem);
-    net_finish(g, &mut n);
-}
-
 /// What the devices did, for the end of the run.
 pub fn report() {
     if let Some(d) = DISK.get() {
         let d = d.lock();
         let b = d.dev.device().backend();
         println!(
-            "host: linux: disk: {} PCI requests, {} failed, {} counter ticks inside them; device {}",
+            "host: linux: disk: {} PCI requests, {} failed, {} counter ticks inside them, {} INTx interrupts; device {}",
             b.requests,
             b.errors,
             b.ticks,
+            d.irqs,
             if d.dev.is_broken() {
                 "broken by its driver"
             } else {
@@ -641,7 +705,8 @@ pub fn report() {
         let nic = n.dev.device().backend();
         let r = &n.rx;
         println!(
-            "host: linux: network: sent {} frames ({} bytes, {} failed), received {} frames ({} bytes); dropped {} (no driver {}, bad guest buffer {}, bad frame {}), waited for guest buffers {} times, {} PCI receive errors; device {}",
+            "host: linux: network: {} INTx interrupts; sent {} frames ({} bytes, {} failed), received {} frames ({} bytes); dropped {} (no driver {}, bad guest buffer {}, bad frame {}), waited for guest buffers {} times, {} PCI receive errors; device {}",
+            n.irqs,
             nic.tx_frames,
             nic.tx_bytes,
             nic.tx_errors,
@@ -659,5 +724,9 @@ pub fn report() {
                 "sound"
             }
         );
+    }
+    if DISK.get().is_some() || NET.get().is_some() {
+        let (taken, unhandled) = crate::intx::counts();
+        println!("host: linux: INTx: {taken} interrupts taken, {unhandled} with no handler");
     }
 }

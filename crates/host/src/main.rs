@@ -33,11 +33,13 @@
 extern crate alloc;
 
 mod attack;
+mod attack_intx;
 mod bench;
 mod demo;
 mod dtb;
 mod fuzz;
 mod hostif;
+mod intx;
 mod irqdev;
 mod linux;
 mod linuxdev;
@@ -535,14 +537,17 @@ fn serve(cpu: usize) {
                 if (g.first_cpu + v) % cpus == cpu {
                     run_vcpu(g, v as u64);
                     ran = true;
-                    // Frames the Linux VM's network card received: the
-                    // host gets no device interrupts, and every VCPU_RUN
-                    // ends within a time slice (at once for a vCPU in WFI).
-                    if !g.stopped.load(Ordering::Acquire) {
-                        linuxdev::poll(g);
+                    if cpu == 0 {
+                        // The PCIe devices' INTx lines come to host vCPU 0
+                        // (`intx`); a guest running on CPU 0 when one
+                        // fires yields, so this comes at once.
+                        intx::serve();
                     }
                 }
             }
+        }
+        if cpu == 0 && !ran {
+            intx::serve();
         }
         if live == 0 {
             return;
@@ -632,6 +637,10 @@ fn run_vcpu(g: &Guest, v: u64) {
 
 /// A VCPU_RUN result other than an MMIO exit.
 fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
+    if code == exit::SYSTEM_OFF || code == exit::SYSTEM_RESET {
+        // Received frames no longer go into its memory.
+        linuxdev::detach(g.handle.0);
+    }
     match code {
         exit::YIELD => {
             YIELDS.fetch_add(1, Ordering::Relaxed);

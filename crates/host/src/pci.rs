@@ -100,6 +100,8 @@ unsafe impl Hal for HostHal {
 /// The host's PCI bus 0.
 pub struct Pci {
     root: PciRoot<MmioCam<'static>>,
+    /// The windows and INTx lines the hypervisor gave.
+    windows: hyp_abi::PciWindows,
     /// The virtio-blk function, if any.
     pub blk: Option<DeviceFunction>,
     /// The virtio-net function, if any.
@@ -161,10 +163,32 @@ pub fn init(info: &BootInfo) -> Option<Pci> {
             _ => {}
         }
     }
-    Some(Pci { root, blk, net })
+    Some(Pci {
+        root,
+        windows: w,
+        blk,
+        net,
+    })
 }
 
 impl Pci {
+    /// The INTID of `df`'s INTx line: its configuration space's Interrupt
+    /// Pin (offset 0x3d, PCI Local Bus 6.2.4; 0 = none) through the lines the
+    /// hypervisor routes to the host (`PciWindows::intx_of`). `None` when the
+    /// function has no pin or the host gets no device interrupts.
+    pub fn intx(&self, df: DeviceFunction) -> Option<u32> {
+        let at = self.windows.ecam[0]
+            + (u64::from(df.bus) << 20)
+            + (u64::from(df.device) << 15)
+            + (u64::from(df.function) << 12)
+            + 0x3c;
+        // SAFETY: inside the ECAM window the hypervisor mapped (bus 0, and
+        // device and function below 32 and 8); a 32-bit aligned read of
+        // configuration space has no side effect.
+        let word = unsafe { core::ptr::read_volatile(at as *const u32) };
+        self.windows.intx_of(df.device, (word >> 8) as u8)
+    }
+
     /// A transport to `df` (a fresh one resets the device when its driver
     /// is built).
     pub fn transport(&mut self, df: DeviceFunction) -> HostTransport {

@@ -289,6 +289,24 @@ pub struct PciWindows {
     pub mmio: [u64; 2],
     /// The I/O window.
     pub pio: [u64; 2],
+    /// The INTx interrupts the hypervisor routes to host vCPU 0 (as hardware-linked virtual
+    /// interrupts; the host acknowledges and ends them through its GIC CPU interface): the
+    /// INTIDs of INTA..INTD of device 0, from the bridge's `interrupt-map`. Device *d*'s pin
+    /// *p* (1 = INTA, its configuration space's Interrupt Pin) is `intx[(d + p - 1) % 4]`, the
+    /// standard swizzle the map follows. All zero: the host gets no device interrupts.
+    pub intx: [u32; 4],
+}
+
+impl PciWindows {
+    /// The INTID of pin `pin` (1..=4) of device `device` on bus 0, if INTx is routed.
+    #[must_use]
+    pub fn intx_of(&self, device: u8, pin: u8) -> Option<u32> {
+        if !(1..=4).contains(&pin) {
+            return None;
+        }
+        let intid = self.intx[(usize::from(device) + usize::from(pin) - 1) % 4];
+        (intid != 0).then_some(intid)
+    }
 }
 
 /// Size of `BootInfo::bootargs`: room for the hypervisor's and host's own
@@ -384,6 +402,25 @@ mod tests {
         for bad in [0, 1, 4, u64::MAX] {
             assert_eq!(Vgic::from_code(bad), None);
         }
+    }
+
+    #[test]
+    fn intx_swizzle() {
+        let w = PciWindows {
+            intx: [35, 36, 37, 38],
+            ..PciWindows::default()
+        };
+        // Device 0 INTA..INTD, device 1 INTA (QEMU virt: SPI 3 + (d + p - 1) % 4).
+        assert_eq!(w.intx_of(0, 1), Some(35));
+        assert_eq!(w.intx_of(0, 4), Some(38));
+        assert_eq!(w.intx_of(1, 1), Some(36));
+        assert_eq!(w.intx_of(2, 1), Some(37));
+        assert_eq!(w.intx_of(3, 2), Some(35));
+        assert_eq!(w.intx_of(31, 4), Some(37));
+        // No pin, a bad pin, no routing.
+        assert_eq!(w.intx_of(2, 0), None);
+        assert_eq!(w.intx_of(2, 5), None);
+        assert_eq!(PciWindows::default().intx_of(0, 1), None);
     }
 
     #[test]

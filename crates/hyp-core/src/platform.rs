@@ -144,7 +144,8 @@ pub struct PciHost {
 }
 
 impl PciHost {
-    /// The windows, as the host's boot information describes them.
+    /// The windows, as the host's boot information describes them (no INTx: boot adds the
+    /// lines it routes, from the device tree).
     #[must_use]
     pub fn windows(&self) -> hyp_abi::PciWindows {
         let w = |r: MemRegion| [r.base, r.size];
@@ -152,6 +153,7 @@ impl PciHost {
             ecam: w(self.ecam),
             mmio: w(self.mmio),
             pio: w(self.pio),
+            intx: [0; 4],
         }
     }
 }

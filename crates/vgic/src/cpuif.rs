@@ -189,6 +189,7 @@ impl VcpuIf {
                 group1: irq.group1,
                 eoi_maint: !irq.edge || more_sources,
                 source,
+                hw: None,
             };
             lrs.write_lr(i, &lr);
             self.loaded[i] = intid as u8;

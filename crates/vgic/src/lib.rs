@@ -5,7 +5,8 @@
 //! A VM has one [`Vgic`]: the *distributor state* of every interrupt it can see, behind one
 //! `spin::Mutex` because vCPUs on several physical CPUs share it. Per interrupt it keeps enable,
 //! group, priority, trigger (edge/level), routing, the pending latch and input level, and the
-//! active bit; no interrupt is hardware-mapped. INTIDs 0..32 (SGIs and PPIs)
+//! active bit; no guest interrupt is hardware-mapped (the host's device interrupts are, through
+//! [`HostIf`], which has no distributor). INTIDs 0..32 (SGIs and PPIs)
 //! are private to each vCPU; INTIDs 32..[`NR_INTIDS`] are shared SPIs.
 //!
 //! Each vCPU has a [`VcpuIf`], owned by the CPU that runs it. Around every guest run:
@@ -54,12 +55,14 @@
 
 mod cpuif;
 mod dist;
+pub mod host;
 mod hw;
 pub mod lr;
 mod mmio;
 
 pub use cpuif::{ListRegs, VcpuIf};
 pub use dist::Vgic;
+pub use host::HostIf;
 pub use hw::{V2Mmio, V3Sysregs};
 pub use lr::{Lr, LrState};
 pub use mmio::{MmioOutcome, Region, DIST_SIZE_V2, DIST_SIZE_V3, REDIST_FRAME_SIZE};

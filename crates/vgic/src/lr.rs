@@ -76,6 +76,12 @@ pub struct Lr {
     pub eoi_maint: bool,
     /// GICv2 SGIs: the sending CPU (GICv3 has no such field; ignored there).
     pub source: u8,
+    /// Hardware-linked (HW = 1): the physical INTID the guest's deactivation of this virtual
+    /// interrupt deactivates (IHI 0069, "ICH_LR<n>_EL2": pINTID; IHI 0048B 5.3.10 "GICH_LRn":
+    /// PhysicalID). `eoi_maint` and `source` share its bits and are ignored when it is set.
+    /// Never 0: a hardware-linked interrupt is an SPI or PPI (IHI 0069: pINTID 0..15 is
+    /// reserved), so the field costs no more than the flags beside it.
+    pub hw: Option<core::num::NonZeroU16>,
 }
 
 impl Lr {
@@ -87,12 +93,17 @@ impl Lr {
         group1: false,
         eoi_maint: false,
         source: 0,
+        hw: None,
     };
 
-    /// GICv3 `ICH_LR<n>_EL2` encoding (HW = 0: no list register is hardware-mapped).
+    /// GICv3 `ICH_LR<n>_EL2` encoding.
     pub const fn encode_v3(&self) -> u64 {
+        let link = match self.hw {
+            Some(p) => (1 << 61) | ((p.get() as u64 & 0x1fff) << 32),
+            None => (self.eoi_maint as u64) << 41,
+        };
         self.vintid as u64
-            | ((self.eoi_maint as u64) << 41)
+            | link
             | ((self.priority as u64) << 48)
             | ((self.group1 as u64) << 60)
             | (self.state.bits() << 62)
@@ -100,21 +111,30 @@ impl Lr {
 
     /// Decodes a GICv3 `ICH_LR<n>_EL2` value.
     pub const fn decode_v3(v: u64) -> Lr {
+        let hw = v & (1 << 61) != 0;
         Lr {
             vintid: v as u32,
             state: LrState::from_bits(v >> 62),
             priority: (v >> 48) as u8,
             group1: v & (1 << 60) != 0,
-            eoi_maint: v & (1 << 41) != 0,
+            eoi_maint: !hw && v & (1 << 41) != 0,
             source: 0,
+            hw: if hw {
+                core::num::NonZeroU16::new(((v >> 32) & 0x1fff) as u16)
+            } else {
+                None
+            },
         }
     }
 
-    /// GICv2 `GICH_LR<n>` encoding (priority keeps its top 5 bits; HW = 0).
+    /// GICv2 `GICH_LR<n>` encoding (priority keeps its top 5 bits).
     pub const fn encode_v2(&self) -> u32 {
+        let link = match self.hw {
+            Some(p) => (1 << 31) | ((p.get() as u32 & 0x3ff) << 10),
+            None => (((self.source & 7) as u32) << 10) | ((self.eoi_maint as u32) << 19),
+        };
         (self.vintid & 0x3ff)
-            | (((self.source & 7) as u32) << 10)
-            | ((self.eoi_maint as u32) << 19)
+            | link
             | (((self.priority >> 3) as u32) << 23)
             | ((self.state.bits() as u32) << 28)
             | ((self.group1 as u32) << 30)
@@ -122,13 +142,19 @@ impl Lr {
 
     /// Decodes a GICv2 `GICH_LR<n>` value.
     pub const fn decode_v2(v: u32) -> Lr {
+        let hw = v & (1 << 31) != 0;
         Lr {
             vintid: v & 0x3ff,
             state: LrState::from_bits((v >> 28) as u64),
             priority: (((v >> 23) & 0x1f) << 3) as u8,
             group1: v & (1 << 30) != 0,
-            eoi_maint: v & (1 << 19) != 0,
-            source: ((v >> 10) & 7) as u8,
+            eoi_maint: !hw && v & (1 << 19) != 0,
+            source: if hw { 0 } else { ((v >> 10) & 7) as u8 },
+            hw: if hw {
+                core::num::NonZeroU16::new(((v >> 10) & 0x3ff) as u16)
+            } else {
+                None
+            },
         }
     }
 }
@@ -165,6 +191,7 @@ pub mod vmcr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::num::NonZeroU16;
 
     const V3_SAMPLE: Lr = Lr {
         vintid: 27,
@@ -173,6 +200,7 @@ mod tests {
         group1: true,
         eoi_maint: true,
         source: 0,
+        hw: None,
     };
 
     #[test]
@@ -188,6 +216,7 @@ mod tests {
             group1: true,
             eoi_maint: false,
             source: 0,
+            hw: None,
         };
         assert_eq!(pa.encode_v3(), 0xd080_0000_0000_001b);
         assert_eq!(Lr::decode_v3(0xd080_0000_0000_001b), pa);
@@ -211,6 +240,7 @@ mod tests {
             group1: false,
             eoi_maint: false,
             source: 2,
+            hw: None,
         };
         assert_eq!(sgi.encode_v2(), 0x1a00_0803);
         assert_eq!(Lr::decode_v2(0x1a00_0803), sgi);
@@ -222,6 +252,7 @@ mod tests {
             group1: true,
             eoi_maint: false,
             source: 0,
+            hw: None,
         };
         assert_eq!(a.encode_v2(), 0x6f80_001b);
         assert_eq!(Lr::decode_v2(0x6f80_001b), a);
@@ -239,6 +270,36 @@ mod tests {
             ..eoi
         };
         assert_eq!(Lr::decode_v2(low.encode_v2()).priority, 0);
+    }
+
+    #[test]
+    fn hardware_linked_patterns() {
+        // v3: pending (63:62 = 01), group 1 (60), HW (61), priority 0x80, pINTID 35 in 44:32,
+        // vINTID 35; the EOI bit (41) is part of pINTID and not set from `eoi_maint`.
+        let l = Lr {
+            vintid: 35,
+            state: LrState::Pending,
+            priority: 0x80,
+            group1: true,
+            eoi_maint: true,
+            source: 5,
+            hw: NonZeroU16::new(35),
+        };
+        assert_eq!(l.encode_v3(), 0x7080_0023_0000_0023);
+        let back = Lr::decode_v3(0x7080_0023_0000_0023);
+        assert_eq!(back.hw, NonZeroU16::new(35));
+        assert!(!back.eoi_maint);
+        // pINTID 0x1fff fills 44:32 and no more (bit 45 up is reserved, 48 up priority).
+        let wide = Lr {
+            hw: NonZeroU16::new(0xffff),
+            ..Lr::EMPTY
+        };
+        assert_eq!(wide.encode_v3(), (1 << 61) | (0x1fff << 32));
+        // v2: HW (31), pINTID 35 in 19:10, pending (28), group 1 (30), priority 0x80 >> 3.
+        let v2 = Lr { source: 0, ..l };
+        assert_eq!(v2.encode_v2(), 0xd800_8c23);
+        assert_eq!(Lr::decode_v2(0xd800_8c23).hw, NonZeroU16::new(35));
+        assert_eq!(Lr::decode_v2(0xd800_8c23).source, 0);
     }
 
     #[test]

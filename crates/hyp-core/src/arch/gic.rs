@@ -22,9 +22,9 @@ use barriers::regs;
 use barriers::sync::{El2GicIf, GicSre, Includes};
 use barriers::{GuestPending, Synced};
 use hw_regs::gic::{
-    GICC_EOIR, GICC_IAR, GICD_CTLR, GICD_ICENABLER, GICD_IGROUPR, GICD_IPRIORITYR, GICD_IROUTER,
-    GICD_ISENABLER, GICD_ISPENDR, GICD_ITARGETSR, GICD_SGIR, GICR_ICENABLER0, GICR_IGROUPR0,
-    GICR_IPRIORITYR, GICR_ISENABLER0, GICR_SGI_FRAME, GICR_STRIDE, GICR_WAKER,
+    GICC_EOIR, GICC_IAR, GICD_CTLR, GICD_ICENABLER, GICD_ICFGR, GICD_IGROUPR, GICD_IPRIORITYR,
+    GICD_IROUTER, GICD_ISENABLER, GICD_ISPENDR, GICD_ITARGETSR, GICD_SGIR, GICR_ICENABLER0,
+    GICR_IGROUPR0, GICR_IPRIORITYR, GICR_ISENABLER0, GICR_SGI_FRAME, GICR_STRIDE, GICR_WAKER,
 };
 use spin::Once;
 
@@ -39,6 +39,9 @@ pub const MAINTENANCE_PPI: u32 = 25;
 pub const KICK_SGI: u32 = 0;
 /// INTID the CPU interface returns when nothing is pending.
 pub const SPURIOUS: u32 = 1023;
+
+/// ICC_CTLR_EL1.EOImode (bit 1): priority drop and deactivation are separate.
+const EOIMODE_SPLIT: u64 = 1 << 1;
 
 const MINE: [u32; 4] = [HYP_TIMER_PPI, VTIMER_PPI, MAINTENANCE_PPI, KICK_SGI];
 
@@ -120,7 +123,11 @@ impl Phys {
                 }
                 write32(sgi + GICR_ISENABLER0, mask);
                 pending.add(regs::IccPmrEl1::write(sre, 0xff));
-                pending.add(regs::IccCtlrEl1::write(sre, 0));
+                // EOImode (bit 1) = 1: an EOIR write only drops the running priority and
+                // ICC_DIR_EL1 deactivates (IHI 0069, "Priority drop and interrupt
+                // deactivation"), so the host's INTx lines can stay active until the host's
+                // virtual EOI deactivates them through a hardware-linked list register.
+                pending.add(regs::IccCtlrEl1::write(sre, EOIMODE_SPLIT));
                 pending.add(regs::IccIgrpen1El1::write(sre, 1));
             }
             Phys::V2 { gicd, .. } => {
@@ -159,8 +166,35 @@ impl Phys {
         }
     }
 
-    /// Ends an interrupt (priority drop and deactivation, EOImode 0).
+    /// Ends an interrupt: priority drop and deactivation (GICv3: EOIR then DIR, as EOImode is 1;
+    /// GICv2: EOIR, EOImode 0).
     pub fn eoi<K: Includes<El2GicIf>>(
+        &self,
+        raw: u32,
+        sre: Option<&Synced<GicSre>>,
+        cpu_if: &Synced<K>,
+        pending: &mut GuestPending,
+    ) {
+        match (*self, sre) {
+            (Phys::V3 { .. }, Some(sre)) => {
+                pending.add(regs::IccEoir1El1::write(sre, cpu_if, u64::from(raw)));
+                // The priority drop comes first: DIR of an interrupt whose priority has not
+                // been dropped is UNPREDICTABLE (IHI 0069, ICC_DIR_EL1). Both are writes to
+                // this CPU's interface, which the GIC observes in program order (IHI 0069,
+                // "Observability of the effects of accesses to the GIC registers"); nothing at
+                // EL2 depends on them before the next ERET.
+                pending.add(regs::IccDirEl1::write(sre, cpu_if, u64::from(raw)));
+            }
+            (Phys::V2 { gicc, .. }, _) => write32(gicc + GICC_EOIR, raw),
+            (Phys::V3 { .. }, None) => unreachable!("GICv3 without ICC_SRE_EL2"),
+        }
+    }
+
+    /// Drops the running priority of an acknowledged interrupt but leaves it active: a host
+    /// INTx line handed to the host as a hardware-linked virtual interrupt, which the host's
+    /// EOI deactivates (`vgic::HostIf`). GICv3 only (EOImode 1); `vm::host_intx::route`
+    /// links no interrupt on GICv2, where this is a full EOI.
+    pub fn drop_priority<K: Includes<El2GicIf>>(
         &self,
         raw: u32,
         sre: Option<&Synced<GicSre>>,
@@ -218,12 +252,15 @@ impl Phys {
         }
     }
 
-    /// Configures SPI `intid` of an assigned device: group 1 (v3), middle
-    /// priority, level-sensitive (reset), delivered to CPU 0, enabled.
+    /// Configures SPI `intid` of an assigned device or of the host's INTx: group 1 (v3),
+    /// middle priority, level-sensitive, delivered to CPU 0, enabled.
     pub fn spi_setup(&self, intid: u32) {
         let d = self.gicd();
         let (word, bit) = (u64::from(intid / 32) * 4, 1u32 << (intid % 32));
         write8(d + GICD_IPRIORITYR + u64::from(intid), 0x80);
+        // GICD_ICFGR<n>: Int_config bit 2 * (intid % 16) + 1 clear = level-sensitive.
+        let cfg = d + GICD_ICFGR + u64::from(intid / 16) * 4;
+        write32(cfg, read32(cfg) & !(2 << (2 * (intid % 16))));
         match self {
             Phys::V3 { .. } => {
                 write32(

@@ -43,6 +43,9 @@ pub struct BootFacts {
     /// The device tree lists an SMMUv3 (`arm,smmu-v3`) at the board's SMMU
     /// address.
     pub smmu: bool,
+    /// The INTx lines of the board's PCIe host bridge (the `pci-host-ecam-generic` node at the
+    /// board's ECAM address), from its `interrupt-map`; `None` without such a node.
+    pub pci_intx: Option<Result<[u32; 4], crate::vm::host_intx::MapError>>,
 }
 
 impl BootFacts {
@@ -71,7 +74,11 @@ fn parse_dtb(dtb: u64) -> BootFacts {
         bootargs: [0; hyp_abi::BOOTARGS_LEN],
         bootargs_len: 0,
         smmu: false,
+        pci_intx: None,
     };
+    if let Some(ecam) = crate::platform::get().and_then(|p| p.pci).map(|p| p.ecam) {
+        info.pci_intx = pci_intx(&fdt, ecam.base);
+    }
     if let Some(want) = crate::platform::get().and_then(|p| p.smmu) {
         info.smmu = fdt.all_nodes().any(|n| {
             n.compatible()
@@ -98,6 +105,46 @@ fn parse_dtb(dtb: u64) -> BootFacts {
     info
 }
 
+/// The INTx lines of the generic ECAM host bridge whose configuration space is at `ecam`.
+fn pci_intx(
+    fdt: &fdt::Fdt<'_>,
+    ecam: u64,
+) -> Option<Result<[u32; 4], crate::vm::host_intx::MapError>> {
+    let node = fdt.all_nodes().find(|n| {
+        n.compatible()
+            .is_some_and(|c| c.all().any(|s| s == "pci-host-ecam-generic"))
+            && n.reg()
+                .and_then(|mut r| r.next())
+                .is_some_and(|r| r.starting_address as u64 == ecam)
+    })?;
+    let Some(map) = node.property("interrupt-map") else {
+        return Some(Err("no interrupt-map"));
+    };
+    // QEMU virt's has 16 entries of 10 cells.
+    let mut cells = [0u32; 512];
+    let n = map.value.len() / 4;
+    if n > cells.len() || map.value.len() % 4 != 0 {
+        return Some(Err("interrupt-map too large or not in cells"));
+    }
+    for (c, b) in cells.iter_mut().zip(map.value.chunks_exact(4)) {
+        *c = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    let cell =
+        |n: &fdt::node::FdtNode<'_, '_>, name: &str| n.property(name).and_then(|p| p.as_usize());
+    let parent = |ph: u32| {
+        let p = fdt.find_phandle(ph)?;
+        // A parent without #address-cells contributes no unit address.
+        Some((
+            cell(&p, "#address-cells").unwrap_or(0),
+            cell(&p, "#interrupt-cells")?,
+        ))
+    };
+    Some(crate::vm::host_intx::from_interrupt_map(
+        &cells[..n],
+        parent,
+    ))
+}
+
 /// Boot facts from the board description alone, for boot loaders that pass
 /// no device tree: the board's RAM regions, `PlatformOps::default_cpus`, no
 /// bootargs.
@@ -109,6 +156,7 @@ fn board_info(p: &Platform) -> BootFacts {
         bootargs: [0; hyp_abi::BOOTARGS_LEN],
         bootargs_len: 0,
         smmu: false,
+        pci_intx: None,
     };
     for r in p.ram.iter().take(info.memory.len()) {
         info.memory[info.memory_count] = *r;
@@ -278,7 +326,24 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
     if let Err(e) = state::init(host_ram, fwb, p.assignable) {
         panic!("cannot set up the host's stage 2: {e}");
     }
-    if let Some(pci) = state::confine_host_devices(p, info.smmu) {
+    if let Some(mut pci) = state::confine_host_devices(p, info.smmu) {
+        let routed = info.pci_intx.map(|r| {
+            r.and_then(|intx| {
+                let g = crate::arch::gic::phys().ok_or("no GIC")?;
+                crate::vm::host_intx::route(g, intx).map(|()| intx)
+            })
+        });
+        match routed {
+            Some(Ok(intx)) => {
+                log::info!(
+                    "host PCIe INTx: INTIDs {intx:?} (INTA..INTD of device 0), level, routed to \
+                     CPU 0 and given to host vCPU 0 as hardware-linked virtual interrupts"
+                );
+                pci.intx = intx;
+            }
+            Some(Err(why)) => log::warn!("host PCIe INTx not routed: {why}"),
+            None => log::warn!("host PCIe INTx not routed: no host bridge in the device tree"),
+        }
         // SAFETY: `boot_info` is the BootInfo `load_host` wrote in host RAM,
         // which no lower EL has run on yet.
         unsafe { (*(boot_info as *mut hyp_abi::BootInfo)).pci = pci };

@@ -15,6 +15,7 @@ use crate::calls::smccc as call;
 use crate::exit::sysreg::{self as sysreg_policy, VmReg};
 use crate::stats;
 use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
+use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
 use crate::vcpu::{fp, Who};
@@ -528,8 +529,9 @@ fn inject_into(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, what: Injected, pending: &mut
     ctx.regs.pstate = i.pstate;
 }
 
-/// Handles a physical interrupt taken at EL2; true when it was the end of
-/// the running guest's time slice.
+/// Handles a physical interrupt taken at EL2; true when the running guest
+/// should give the CPU back to the host: the end of its time slice, or one of
+/// the host's INTx lines.
 pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPending) -> bool {
     let Some(g) = gic::phys() else {
         return false;
@@ -539,7 +541,7 @@ pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPend
     if intid == gic::SPURIOUS {
         return false;
     }
-    let slice = intid == gic::HYP_TIMER_PPI;
+    let to_host = intid == gic::HYP_TIMER_PPI;
     match intid {
         gic::HYP_TIMER_PPI => gic::stop_slice(pending),
         gic::VTIMER_PPI => {
@@ -555,9 +557,31 @@ pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPend
         _ if crate::vm::console_in::is_console_irq(intid) => {
             crate::vm::console_in::rx_irq(c, pending);
         }
+        _ if crate::vm::host_intx::is_host_intx(intid) => {
+            // One of the host's PCIe INTx lines (routed to CPU 0, host vCPU
+            // 0's): pending for the host as a hardware-linked virtual
+            // interrupt; its EOI deactivates the physical one. A guest
+            // running here yields, so the host serves its device now.
+            match vcpu_gic::host_inject(c, intid, pending) {
+                Ok(()) => {
+                    g.drop_priority(raw, c.sync.gic.as_ref(), exit, pending);
+                    return true;
+                }
+                Err(e) => {
+                    // Every list register busy: cannot happen while the
+                    // lines (4) fit the list registers (each line is in at
+                    // most one). Keep the line off rather than let it storm.
+                    g.spi_enable(intid, false);
+                    log::warn!(
+                        "CPU {}: host INTx {intid} not delivered ({e:?}): disabled",
+                        c.idx
+                    );
+                }
+            }
+        }
         _ if intid >= 32 && crate::vm::devices::forward_irq(c, intid, pending) => {}
         _ => log::warn!("CPU {}: unexpected physical interrupt {intid}", c.idx),
     }
     g.eoi(raw, c.sync.gic.as_ref(), exit, pending);
-    slice
+    to_host
 }

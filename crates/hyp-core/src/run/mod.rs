@@ -54,6 +54,7 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         fp_owner: FpOwner::None,
         fp_on: None,
         vtimer_masked: false,
+        host_if: vgic::HostIf::new(),
     };
     let mut host = VcpuCtx::new();
     let mut first = GuestPending::new();
@@ -118,6 +119,7 @@ fn load_host(c: &mut Cpu<'_>, host: &VcpuCtx, pending: &mut GuestPending) {
     // from the boot value in trap bits only.
     unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &host.el1, pending) };
     fp::set_fp_traps(c, c.fp_owner == FpOwner::Host, pending);
+    vcpu_gic::host_restore(c, pending);
 }
 
 /// Returns what ended the host vCPU's run, with the guest-only writes made
@@ -218,11 +220,9 @@ fn vcpu_run(
     // differs from the boot value in trap bits only.
     unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &ctx.el1, &mut pending) };
     let view = guest.view();
-    if view.vg.is_some() {
-        if let Some(mut lrs) = vcpu_gic::Lrs::new(c.sync, &mut pending) {
-            ctx.vif.restore(&mut lrs);
-        }
-    }
+    // The host's list registers, VMCR and active priorities are its own:
+    // none of them may reach the guest, and they come back in `load_host`.
+    vcpu_gic::load_guest(c, view.vg.map(|_| &ctx.vif), &mut pending);
     let who = Who::Guest { slot, vcpu: v };
     let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view);
     host_pending.append(left);

@@ -88,4 +88,7 @@ pub struct Cpu<'a> {
     /// The virtual timer's PPI is disabled at this CPU's redistributor
     /// because its level is being delivered as a virtual interrupt.
     pub vtimer_masked: bool,
+    /// The host vCPU's virtual CPU interface (its hardware-linked INTx
+    /// interrupts, VMCR, active priorities), kept here while it runs a guest.
+    pub host_if: vgic::HostIf,
 }

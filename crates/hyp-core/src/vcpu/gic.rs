@@ -1,5 +1,7 @@
 //! The virtual GIC on this CPU: the list registers (GICv3 system registers
-//! or the GIC-400's GICH frame), loaded before each guest entry.
+//! or the GIC-400's GICH frame), loaded before each guest entry, and the
+//! host vCPU's own virtual interface (its hardware-linked INTx interrupts),
+//! put aside while it runs a guest.
 
 use crate::arch::gic::{self, Phys};
 use crate::arch::switch::CpuSync;
@@ -105,5 +107,69 @@ pub fn vgic_before_entry(
     }
     if let Some(mut lrs) = Lrs::of(g, c.sync, pending) {
         ctx.vif.flush(vg, &mut lrs);
+    }
+}
+
+/// The host's list registers on GICv3 (`None` on GICv2, where the host has
+/// no virtual CPU interface: `vm::host_intx` links nothing there).
+fn host_lrs<'a>(sync: &'a CpuSync, pending: &'a mut GuestPending) -> Option<Lrs<'a>> {
+    let g = gic::phys()?;
+    if g.version() != vgic::Version::V3 {
+        return None;
+    }
+    Lrs::of(g, sync, pending)
+}
+
+/// VCPU_RUN loads a guest vCPU (`vif`: its virtual CPU interface, if its VM
+/// has a vGIC): the host's virtual interface state leaves the CPU
+/// (`vgic::HostIf::save`, GICv3), then the guest's VMCR and active priorities
+/// are loaded (`vgic::VcpuIf::restore`). Both sets of writes go into the
+/// guest's `pending`: its entry ERET is what they must precede.
+#[inline]
+pub fn load_guest(c: &mut Cpu<'_>, vif: Option<&vgic::VcpuIf>, pending: &mut GuestPending) {
+    let sync = c.sync;
+    let Some(g) = gic::phys() else {
+        return;
+    };
+    let Some(mut lrs) = Lrs::of(g, sync, pending) else {
+        return;
+    };
+    if g.version() == vgic::Version::V3 {
+        c.host_if.save(&mut lrs, vif.is_some());
+    }
+    if let Some(vif) = vif {
+        vif.restore(&mut lrs);
+    }
+}
+
+/// The host is loaded again (after a guest's run, whose own state is saved,
+/// or at its first entry): its virtual interface state comes back.
+#[inline]
+pub fn host_restore(c: &mut Cpu<'_>, pending: &mut GuestPending) {
+    if c.host_if.restore_idle() {
+        return;
+    }
+    let sync = c.sync;
+    if let Some(mut lrs) = host_lrs(sync, pending) {
+        c.host_if.restore(&mut lrs);
+    }
+}
+
+/// Makes host INTx line `intid` (acknowledged, priority dropped, still
+/// active) pending for the host vCPU of this CPU, whether the host or a guest
+/// is loaded.
+///
+/// # Errors
+///
+/// No list register free, or no GICv3: the caller deactivates it.
+pub fn host_inject(
+    c: &mut Cpu<'_>,
+    intid: u32,
+    pending: &mut GuestPending,
+) -> Result<(), vgic::host::InjectError> {
+    let sync = c.sync;
+    match host_lrs(sync, pending) {
+        Some(mut lrs) => c.host_if.inject(intid, &mut lrs),
+        None => Err(vgic::host::InjectError::NoInterface),
     }
 }

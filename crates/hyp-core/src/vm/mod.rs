@@ -2,9 +2,11 @@
 //! claims, page ownership through `s2mm`) and the emulated console
 //! ([`uart`], its receive side [`uart_rx`]); at EL2, the state behind them
 //! (`state`), console input for the focused VM (`console_in`), assigned
-//! devices (`devices`) and the host's own vCPUs (`host`).
+//! devices (`devices`), the host's own vCPUs (`host`) and its PCIe INTx
+//! lines ([`host_intx`]).
 
 pub mod control;
+pub mod host_intx;
 pub mod memcache;
 pub mod uart;
 pub mod uart_rx;
