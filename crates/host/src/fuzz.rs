@@ -1275,7 +1275,12 @@ fn report(n: u64, cpus: usize, ms: u64, denied: u64) {
     let mut why = None;
     if calls < n - n % cpus as u64 {
         why = Some("fewer calls than asked");
-    } else if ok_all * 3 < calls {
+    } else if ok_all * 3 < calls - totals[T_DESTROY][4] {
+        // A VM_DESTROY answered Busy (another CPU runs one of the VM's
+        // vCPUs) is tried again until it ends (`destroy`): those retries
+        // are a wait, whose length depends on how QEMU's threads are
+        // scheduled (4,789 of them on a loaded machine), not calls the
+        // fuzz chose, so they are not in the floor's count.
         why = Some("fewer than a third of the calls succeeded");
     } else if ran * 10 < calls {
         why = Some("fewer than one call in 10 ran guest code");
