@@ -26,8 +26,10 @@
 //! buffers and handed to the PCI device inside the MMIO exit of its
 //! transmitq notification, and the guest's buffer goes back at once: the
 //! host does not wait for QEMU to send it (it reaps sent buffers at the
-//! next transmission), unless all 8 are still QEMU's, and then at most
-//! 100 ms (after that the frame counts as lost). Received
+//! next transmission). While all 8 are still QEMU's, the guest's frames
+//! stay in its transmitq (back-pressure: its driver sees the queue fill and
+//! waits) until the card's INTx says QEMU sent some, and [`net_irq`] takes
+//! them up again: nothing waits and nothing is dropped. Received
 //! frames come with the PCI device's INTx interrupt, which the hypervisor
 //! routes to host vCPU 0 (`intx`): its handler ([`net_irq`]) reads the
 //! device's interrupt status (which lowers the line), then moves what the
@@ -259,16 +261,17 @@ struct PciNic {
     /// guest's buffer is returned once copied); a buffer is reaped when
     /// QEMU is done, at the next transmission.
     tx_inflight: [Option<(u16, usize)>; TX_BUFS],
+    /// All buffers were in flight when the guest had frames to send: they
+    /// wait in its transmitq until the card's INTx says one was sent.
+    tx_blocked: bool,
+    /// Times that happened.
+    tx_waits: u64,
     tx_frames: u64,
     tx_bytes: u64,
     /// Frames the PCI device refused, or did not take in time.
     tx_errors: u64,
 }
 
-/// How long the host waits for QEMU to free a transmit buffer when all
-/// [`TX_BUFS`] are in flight, before the frame counts as lost (the host
-/// never waits longer inside a guest's MMIO exit).
-const TX_WAIT_MS: u64 = 100;
 /// Transmit buffers in flight at most (a burst the guest sends goes out
 /// without waiting for QEMU, up to this many frames).
 const TX_BUFS: usize = 8;
@@ -342,31 +345,15 @@ impl PciNic {
 impl NetBackend for PciNic {
     fn transmit(&mut self, frame: &[u8]) {
         let len = NET_HDR_LEN + frame.len();
+        // `can_transmit` said a buffer is free just before.
+        let Some(free) = self.tx_inflight.iter().position(Option::is_none) else {
+            self.tx_errors += 1;
+            return;
+        };
         if len > TX_BUF {
             self.tx_errors += 1;
             return;
         }
-        let free = match self.tx_reap() {
-            Some(i) => i,
-            None => {
-                // All buffers in flight: wait for QEMU to send one, bounded.
-                let hz = guest_rt::gic::counter_hz();
-                let start = guest_rt::gic::counter();
-                loop {
-                    if let Some(i) = self.tx_reap() {
-                        break i;
-                    }
-                    if guest_rt::gic::counter().wrapping_sub(start) > hz / 1000 * TX_WAIT_MS {
-                        if !TX_STUCK.swap(true, Ordering::AcqRel) {
-                            println!("host: linux: network: QEMU did not send a frame in {TX_WAIT_MS} ms");
-                        }
-                        self.tx_errors += 1;
-                        return;
-                    }
-                    core::hint::spin_loop();
-                }
-            }
-        };
         let buf = self.tx_buf(free, len);
         // The header asks for nothing (no offloads are negotiated).
         buf[..NET_HDR_LEN].fill(0);
@@ -382,10 +369,19 @@ impl NetBackend for PciNic {
             Err(_) => self.tx_errors += 1,
         }
     }
-}
 
-/// A transmission timed out (said once).
-static TX_STUCK: AtomicBool = AtomicBool::new(false);
+    /// A buffer is free (after reaping what QEMU sent). If none is, the
+    /// guest's frames wait in its transmitq, and the card's next INTx
+    /// ([`net_irq`]: QEMU sent one) takes them up again.
+    fn can_transmit(&mut self) -> bool {
+        let free = self.tx_reap().is_some();
+        if !free {
+            self.tx_blocked = true;
+            self.tx_waits += 1;
+        }
+        free
+    }
+}
 
 /// What happened to received frames.
 #[derive(Default)]
@@ -444,6 +440,8 @@ fn init_net(pci: &mut crate::pci::Pci, df: DeviceFunction, protected: bool) {
         slot_of: [0; NIC_QUEUE],
         tx_base: tx as usize,
         tx_inflight: [None; TX_BUFS],
+        tx_blocked: false,
+        tx_waits: 0,
         tx_frames: 0,
         tx_bytes: 0,
         tx_errors: 0,
@@ -490,6 +488,13 @@ fn net_irq() {
     };
     let mem = GuestRam::new(ram_pa, ram);
     deliver(&mut n, &mem);
+    // Frames the guest could not send for want of a buffer: QEMU may have
+    // sent some since (that is an INTx too).
+    let nic = n.dev.device_mut().backend_mut();
+    if nic.tx_blocked && nic.tx_reap().is_some() {
+        nic.tx_blocked = false;
+        n.dev.resume_transmit(&mem);
+    }
     net_finish(h, &mut n);
 }
 
@@ -723,6 +728,11 @@ pub fn report() {
             } else {
                 "sound"
             }
+        );
+        // A line of its own: the console's lines end at 256 bytes.
+        println!(
+            "host: linux: network: all {TX_BUFS} transmit buffers busy {} times (the guest's frames waited in its queue)",
+            nic.tx_waits
         );
     }
     if DISK.get().is_some() || NET.get().is_some() {

@@ -37,6 +37,15 @@ pub const MAX_FRAME: usize = 1518;
 pub trait NetBackend {
     /// One Ethernet frame from the guest (without the virtio header).
     fn transmit(&mut self, frame: &[u8]);
+
+    /// Whether [`transmit`](Self::transmit) can take a frame now. While it
+    /// cannot, the guest's frames stay in its transmitq (the driver sees
+    /// its queue fill and waits) until the host calls
+    /// [`MmioTransport::resume_transmit`] once it can again: back-pressure
+    /// instead of a wait or a dropped frame.
+    fn can_transmit(&mut self) -> bool {
+        true
+    }
 }
 
 /// A transmitted frame with its header, 8-byte aligned: copies in and out
@@ -88,7 +97,7 @@ impl<B: NetBackend> Net<B> {
         let frame = &mut buf.0;
         let mut chain = Chain::empty();
         for _ in 0..QUEUE_SIZE_MAX {
-            if !q.pop(QUEUE_TX, &mut chain)? {
+            if !self.backend.can_transmit() || !q.pop(QUEUE_TX, &mut chain)? {
                 break;
             }
             if let Some(defect) = chain.defect() {
@@ -199,6 +208,14 @@ impl<B: NetBackend> MmioTransport<Net<B>> {
     pub fn can_receive<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> bool {
         self.run(mem, |_, q| Ok(q.has_available(QUEUE_RX)))
             .unwrap_or(false)
+    }
+
+    /// Takes up the guest's transmitq again (what its notification does), for
+    /// a backend whose [`NetBackend::can_transmit`] said no and now says yes.
+    /// Check [`interrupt_pending`](Self::interrupt_pending) afterwards.
+    pub fn resume_transmit<M: GuestMemory + ?Sized>(&mut self, mem: &M) {
+        // A broken device stays broken; `run` recorded why.
+        let _ = self.run(mem, |d, q| d.transmit(q));
     }
 
     /// Delivers `frame` (an Ethernet frame, without the virtio header) into the guest's

@@ -183,6 +183,62 @@ fn net_transmit_strips_the_header() {
     assert_eq!(used(&mem, net::QUEUE_TX, N, 1), (2, 0));
 }
 
+/// A backend that is full leaves the guest's frames in its transmitq (not
+/// taken, not dropped, not returned), and `resume_transmit` takes them once
+/// it has room, in order, with the used-buffer interrupt.
+#[test]
+fn net_transmit_waits_in_the_guests_queue_while_the_backend_is_full() {
+    let mem = FakeMem::new();
+    let mut t = MmioTransport::new(
+        Net::new(
+            Limited {
+                frames: vec![],
+                room: 1,
+            },
+            MAC,
+        ),
+        false,
+    );
+    start(&mut t, &mem, 2, u32::from(N));
+    for (i, len) in [60usize, 61, 62].into_iter().enumerate() {
+        let at = BUF + 0x800 * i as u64;
+        let mut b = vec![0; NET_HDR_LEN];
+        b.extend_from_slice(&frame(len));
+        mem.put(at, &b);
+        chain(
+            &mem,
+            net::QUEUE_TX,
+            N,
+            i as u16,
+            &[(at, b.len() as u32, false)],
+        );
+    }
+    assert!(notify(&mut t, &mem, net::QUEUE_TX));
+    assert_eq!(t.device().backend().frames, [frame(60)]);
+    assert_eq!(
+        used_idx(&mem, net::QUEUE_TX),
+        1,
+        "only the frame taken is used"
+    );
+    // Still full: nothing more moves.
+    t.resume_transmit(&mem);
+    assert_eq!(used_idx(&mem, net::QUEUE_TX), 1);
+    // Room again: the rest go, in order.
+    t.device_mut().backend_mut().room = 8;
+    let _ = t.interrupt_pending();
+    t.resume_transmit(&mem);
+    assert_eq!(
+        t.device().backend().frames,
+        [frame(60), frame(61), frame(62)]
+    );
+    assert_eq!(used_idx(&mem, net::QUEUE_TX), 3);
+    assert!(
+        t.interrupt_pending(),
+        "the driver hears of the used buffers"
+    );
+    assert!(!t.is_broken());
+}
+
 #[test]
 fn net_transmit_refuses_offload_headers_and_bad_lengths() {
     // NEEDS_CSUM, a GSO type, a runt frame, a header only, a jumbo frame.

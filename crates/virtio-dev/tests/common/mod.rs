@@ -358,3 +358,22 @@ impl NetBackend for Frames {
         self.0.push(frame.to_vec());
     }
 }
+
+/// A backend that takes at most `room` more frames until given more.
+#[derive(Debug, Default)]
+pub struct Limited {
+    pub frames: Vec<Vec<u8>>,
+    pub room: usize,
+}
+
+impl NetBackend for Limited {
+    fn transmit(&mut self, frame: &[u8]) {
+        assert!(self.room > 0, "transmit without room");
+        self.room -= 1;
+        self.frames.push(frame.to_vec());
+    }
+
+    fn can_transmit(&mut self) -> bool {
+        self.room > 0
+    }
+}
