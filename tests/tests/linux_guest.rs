@@ -40,8 +40,8 @@
 //! built by xtask/src/kbuild.rs with platforms/linux/guest.config, the pKVM
 //! guest driver and restricted DMA pools, everything built in), as a normal
 //! guest on QEMU virt: the step's `HYP_LINUX_BUILT_APPEND` and
-//! `HYP_LINUX_BUILT_QEMU_ARGS`. Its initramfs has no modules, so /init
-//! loads none.
+//! `HYP_LINUX_BUILT_QEMU_ARGS`; the boot check on raspi4b too (`_RPI4`
+//! twins of those). Its initramfs has no modules, so /init loads none.
 //!
 //! Linux's console lines come tagged `[vm1] ` by the hypervisor.
 
@@ -128,6 +128,15 @@ const VIRT_BUILT: Board = Board {
     ..VIRT
 };
 
+/// QEMU raspi4b with the project's kernel (its GICv2 driver).
+const RPI4_BUILT: Board = Board {
+    append_var: "HYP_LINUX_BUILT_APPEND_RPI4",
+    qemu_args_var: "HYP_LINUX_BUILT_QEMU_ARGS_RPI4",
+    banner: "(hyp@xtask)",
+    modules: false,
+    ..RPI4
+};
+
 /// QEMU raspi4b: GICv2 vGIC (the GIC-400's GICV frame as the CPU interface).
 const RPI4: Board = Board {
     test: TestBoard::Rpi4,
@@ -177,6 +186,12 @@ fn debian_linux_boots_on_two_vcpus_rpi4() {
 #[ignore = "needs the built kernel: run by `cargo xtask test` (its Linux step)"]
 fn built_linux_boots_on_two_vcpus() {
     boots_on_two_vcpus(VIRT_BUILT);
+}
+
+#[test]
+#[ignore = "needs the built kernel: run by `cargo xtask test` (its Linux step)"]
+fn built_linux_boots_on_two_vcpus_rpi4() {
+    boots_on_two_vcpus(RPI4_BUILT);
 }
 
 fn boots_on_two_vcpus(board: Board) {

@@ -161,7 +161,7 @@ fn source() -> Result<(PathBuf, String)> {
     std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
     let started = Instant::now();
     note(&format!(
-        "kbuild: unpacking {SOURCE_PKG} {version} into {} (about a minute)",
+        "kbuild: unpacking {SOURCE_PKG} {version} into {} (tens of seconds)",
         base.display()
     ));
     // The package holds /usr/src/linux-source-6.12.tar.xz; untar that,

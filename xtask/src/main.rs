@@ -158,7 +158,8 @@ enum Cmd {
         qemu_args: Vec<String>,
     },
     /// Fetch Debian's arm64 kernel and busybox-static (apt, cached in
-    /// target/linux-cache), build an initramfs and boot Linux as a guest.
+    /// target/linux-cache) or build the project's kernel (`--kernel built`),
+    /// build an initramfs and boot Linux as a guest.
     Linux {
         /// The board (a directory under platforms/). rpi4 (QEMU raspi4b):
         /// no --disk or --net (no PCIe there).
@@ -1012,15 +1013,16 @@ fn test() -> Result<()> {
         &mut profile::check,
     )?;
     step(
-        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written, a virtio network (DHCP, HTTP both ways); on raspi4b the check and the shell (no PCIe there)",
+        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written, a virtio network (DHCP, HTTP both ways); on raspi4b the check and the shell (no PCIe there); the project's kernel (built from linux-source-6.12, or cached): the check (virt and raspi4b), the disk and the network",
         &mut || {
             let g = linux::linux_guest(linux::KernelSource::Debian, 2, false, None, None)?;
             // The project's kernel (built, or cached in target/): the same
             // boot, disk and network tests with nothing to load.
-            let built_g = linux::linux_guest(linux::KernelSource::Built, 2, false, None, None)?;
+            let own = linux::linux_guest(linux::KernelSource::Built, 2, false, None, None)?;
             // raspi4b: the same guest on 2 of its 4 cores (`hyp.cpus=2`).
             let (_, rpi4_words) = linux_cpus(Platform::Rpi4, 2)?;
             let rpi4 = g.prepare_with(rpi4_words.as_deref())?;
+            let own_rpi4 = own.prepare_with(rpi4_words.as_deref())?;
             let disk = linux::make_test_disk()?;
             let (_, debugfs) = provision::e2fsprogs()?;
             let tested = run_checked(
@@ -1044,10 +1046,15 @@ fn test() -> Result<()> {
                 .env("HYP_LINUX_APPEND_RPI4", &rpi4.bootargs)
                 .env("HYP_LINUX_QEMU_ARGS_RPI4", rpi4.qemu_args.join("\n"))
                 .env("HYP_LINUX_VERSION", &g.kernel.version)
-                .env("HYP_LINUX_BUILT_APPEND", &built_g.prepared.bootargs)
+                .env("HYP_LINUX_BUILT_APPEND", &own.prepared.bootargs)
                 .env(
                     "HYP_LINUX_BUILT_QEMU_ARGS",
-                    built_g.prepared.qemu_args.join("\n"),
+                    own.prepared.qemu_args.join("\n"),
+                )
+                .env("HYP_LINUX_BUILT_APPEND_RPI4", &own_rpi4.bootargs)
+                .env(
+                    "HYP_LINUX_BUILT_QEMU_ARGS_RPI4",
+                    own_rpi4.qemu_args.join("\n"),
                 )
                 .env("HYP_LINUX_DISK", &disk)
                 // The devices as `--disk` and `--net user` give them (the
