@@ -271,8 +271,7 @@ fn boot(guest: &Path, addr: u64, entry: u64) {
 
 #[test]
 fn raw_image_and_elf_at_zero_with_exact_command_line() {
-    // One test, the two boots in turn: xtask puts the prepared kernel in
-    // one file (target/guest/kernel.bin).
+    // One test, the two boots in turn.
     let raw = file("raw.bin", &raw_image());
     boot(&raw, 0x4020_0000, 0x4020_0000);
     let elf = file("at0.elf", &elf_at_zero(&raw_image()));

@@ -35,6 +35,14 @@
 //! httpd (forwarded from a port of the host's loopback) and fetches a file
 //! from a small HTTP server this test runs.
 //!
+//! The boot check, the disk and the network also run with the project's
+//! own kernel (`built_` tests; issue 19 item 1: Debian's linux-source-6.12
+//! built by xtask/src/kbuild.rs with platforms/linux/guest.config, the pKVM
+//! guest driver and restricted DMA pools, everything built in), as a normal
+//! guest on QEMU virt: the step's `HYP_LINUX_BUILT_APPEND` and
+//! `HYP_LINUX_BUILT_QEMU_ARGS`; the boot check on raspi4b too (`_RPI4`
+//! twins of those). Its initramfs has no modules, so /init loads none.
+//!
 //! Linux's console lines come tagged `[vm1] ` by the hypervisor.
 
 use std::io::{Read, Write};
@@ -91,6 +99,11 @@ struct Board {
     /// from /dev/hwrng: the SMCCC TRNG where the CPU has FEAT_RNG (QEMU
     /// `-cpu max`), none on the Pi 4's Cortex-A72.
     trng: &'static str,
+    /// What the kernel's banner (`Linux version ...`) says of its builder.
+    banner: &'static str,
+    /// Whether /init loads modules: Debian's kernel's from the initramfs;
+    /// the project's kernel has everything built in.
+    modules: bool,
 }
 
 /// QEMU virt: GICv3 vGIC.
@@ -105,6 +118,28 @@ const VIRT: Board = Board {
     ]),
     chip: "GICv3",
     trng: "LINUX-TRNG: smccc_trng, read 32 bytes",
+    banner: "Debian",
+    modules: true,
+};
+
+/// QEMU virt with the project's kernel (xtask/src/kbuild.rs, built by
+/// the step: `HYP_LINUX_BUILT_APPEND`, `HYP_LINUX_BUILT_QEMU_ARGS`), whose
+/// banner names xtask's build user and host.
+const VIRT_BUILT: Board = Board {
+    append_var: "HYP_LINUX_BUILT_APPEND",
+    qemu_args_var: "HYP_LINUX_BUILT_QEMU_ARGS",
+    banner: "(hyp@xtask)",
+    modules: false,
+    ..VIRT
+};
+
+/// QEMU raspi4b with the project's kernel (its GICv2 driver).
+const RPI4_BUILT: Board = Board {
+    append_var: "HYP_LINUX_BUILT_APPEND_RPI4",
+    qemu_args_var: "HYP_LINUX_BUILT_QEMU_ARGS_RPI4",
+    banner: "(hyp@xtask)",
+    modules: false,
+    ..RPI4
 };
 
 /// QEMU raspi4b: GICv2 vGIC (the GIC-400's GICV frame as the CPU interface).
@@ -116,6 +151,8 @@ const RPI4: Board = Board {
     gic_cpu_lines: None,
     chip: "GIC-0",
     trng: "LINUX-TRNG: none, read 0 bytes",
+    banner: "Debian",
+    modules: true,
 };
 
 /// Boots the Linux guest the xtask step prepared for `board` on 2 host
@@ -150,6 +187,19 @@ fn debian_linux_boots_on_two_vcpus_rpi4() {
     boots_on_two_vcpus(RPI4);
 }
 
+/// The project's kernel (issue 19 item 1) as a normal guest.
+#[test]
+#[ignore = "needs the built kernel: run by `cargo xtask test` (its Linux step)"]
+fn built_linux_boots_on_two_vcpus() {
+    boots_on_two_vcpus(VIRT_BUILT);
+}
+
+#[test]
+#[ignore = "needs the built kernel: run by `cargo xtask test` (its Linux step)"]
+fn built_linux_boots_on_two_vcpus_rpi4() {
+    boots_on_two_vcpus(RPI4_BUILT);
+}
+
 fn boots_on_two_vcpus(board: Board) {
     // The word selects /init's scripted check.
     let start = Instant::now();
@@ -157,7 +207,7 @@ fn boots_on_two_vcpus(board: Board) {
     q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
     let banner = q.expect_line("Linux version ", T);
     assert!(
-        banner.contains("Linux version 6.") && banner.contains("Debian"),
+        banner.contains("Linux version 6.") && banner.contains(board.banner),
         "unexpected banner: {banner}"
     );
     q.expect_line("psci: PSCIv1.1 detected in firmware.", T);
@@ -175,7 +225,7 @@ fn boots_on_two_vcpus(board: Board) {
         "linux_guest: init marker after {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    expect_modules_loaded(&mut q);
+    expect_modules_loaded(&mut q, board);
     eprintln!(
         "linux_guest: modules loaded after {:.1} s",
         start.elapsed().as_secs_f64()
@@ -273,9 +323,14 @@ fn shell_and_reboot(board: Board) {
 }
 
 /// The modules /init loads (tests/../xtask/src/kmods.rs ROOT_MODULES and
-/// their dependencies); the line lists them in load order.
-fn expect_modules_loaded(q: &mut Qemu) {
+/// their dependencies); the line lists them in load order. With a kernel
+/// that has them built in, the initramfs has none and /init loads nothing.
+fn expect_modules_loaded(q: &mut Qemu, board: Board) {
     let line = q.expect_guest_line(1, "LINUX-GUEST-MODULES:", T);
+    if !board.modules {
+        assert_eq!(line, "LINUX-GUEST-MODULES: loaded", "nothing to load");
+        return;
+    }
     assert!(
         line.starts_with("LINUX-GUEST-MODULES: loaded "),
         "a module failed to load: {line}"
@@ -301,12 +356,22 @@ fn expect_modules_loaded(q: &mut Qemu) {
 #[test]
 #[ignore = "needs the Debian kernel and a disk image: run by `cargo xtask test` (its Linux step)"]
 fn linux_reads_and_writes_a_virtio_disk() {
+    disk_read_and_written(VIRT);
+}
+
+#[test]
+#[ignore = "needs the built kernel and a disk image: run by `cargo xtask test` (its Linux step)"]
+fn built_linux_reads_and_writes_a_virtio_disk() {
+    disk_read_and_written(VIRT_BUILT);
+}
+
+fn disk_read_and_written(board: Board) {
     let disk = env("HYP_LINUX_DISK");
     let start = Instant::now();
-    let mut q = boot_linux(VIRT, "hyp.init=disk", &env_lines("HYP_LINUX_DISK_ARGS"));
+    let mut q = boot_linux(board, "hyp.init=disk", &env_lines("HYP_LINUX_DISK_ARGS"));
     q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
-    expect_modules_loaded(&mut q);
+    expect_modules_loaded(&mut q, board);
     let verdict = q.expect_guest_line(1, "LINUX-DISK:", T);
     assert_eq!(
         verdict,
@@ -460,6 +525,16 @@ fn net_sum(q: &mut Qemu, what: &str) -> String {
 #[test]
 #[ignore = "needs the Debian kernel: run by `cargo xtask test` (its Linux step)"]
 fn linux_serves_and_fetches_over_a_virtio_network() {
+    network_both_ways(VIRT);
+}
+
+#[test]
+#[ignore = "needs the built kernel: run by `cargo xtask test` (its Linux step)"]
+fn built_linux_serves_and_fetches_over_a_virtio_network() {
+    network_both_ways(VIRT_BUILT);
+}
+
+fn network_both_ways(board: Board) {
     let body = served_bytes();
     let want = sha256_hex(&body);
     let stop = Arc::new(AtomicBool::new(false));
@@ -481,7 +556,11 @@ fn linux_serves_and_fetches_over_a_virtio_network() {
             .and_then(|i| args.get_mut(i + 1))
             .expect("HYP_LINUX_NET_ARGS has a -netdev");
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{hport}-:8080"));
-        let mut q = boot_linux(VIRT, &format!("hyp.init=net hyp.net.fetch={server}"), &args);
+        let mut q = boot_linux(
+            board,
+            &format!("hyp.init=net hyp.net.fetch={server}"),
+            &args,
+        );
         let up = q.wait_matching_or_exit("the host's network line", T, |l| {
             l.starts_with("host: linux: network: virtio-net-pci at ")
         });
@@ -498,7 +577,7 @@ fn linux_serves_and_fetches_over_a_virtio_network() {
     };
     q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
-    expect_modules_loaded(&mut q);
+    expect_modules_loaded(&mut q, board);
     let addr = q.expect_guest_line(1, "LINUX-NET:", T);
     assert_eq!(
         addr,

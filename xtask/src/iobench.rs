@@ -445,16 +445,15 @@ const PROFILE_ROWS: usize = 25;
 /// `profile` (blk, rx or tx), one run of each path profiled instead.
 pub fn linux_io(profile: Option<&str>) -> Result<()> {
     let marks = profile.map(work_marks).transpose()?;
-    let fetched = linux::fetch()?;
-    let initrd = linux::initramfs(&fetched)?;
+    let k = linux::kernel(linux::KernelSource::Debian)?;
     let plugin = insncount::plugin()?;
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let img = dir.join("linux-io-disk.img");
     disk(&img)?;
     let guest = linux::GuestOpts {
-        kernel: fetched.kernel.clone(),
-        initrd: Some(initrd.clone()),
+        kernel: k.image.clone(),
+        initrd: Some(k.initrd.clone()),
         append: None,
         cmdline: None,
         load: None,
@@ -476,7 +475,7 @@ pub fn linux_io(profile: Option<&str>) -> Result<()> {
     hyp.extend(prepared.qemu_args.iter().cloned());
     hyp.extend(["-append".to_owned(), prepared.bootargs.clone()]);
     // The unpacked kernel `prepare` wrote, booted by QEMU itself.
-    let kernel = target_dir().join("guest").join("kernel.bin");
+    let kernel = &prepared.kernel_file;
     let cmdline = prepared
         .bootargs
         .split_once(" -- ")
@@ -498,7 +497,7 @@ pub fn linux_io(profile: Option<&str>) -> Result<()> {
         "-kernel".to_owned(),
         kernel.display().to_string(),
         "-initrd".to_owned(),
-        initrd.display().to_string(),
+        k.initrd.display().to_string(),
         "-append".to_owned(),
         cmdline.to_owned(),
         "-drive".to_owned(),

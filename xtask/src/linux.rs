@@ -15,6 +15,8 @@
 //! `--guest-cmdline`.
 
 use std::io::Read;
+
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -158,6 +160,11 @@ pub struct Prepared {
     pub qemu_args: Vec<String>,
     /// The hypervisor's `-append` (host words, then ` -- ` and the guest's command line).
     pub bootargs: String,
+    /// The unpacked (or flattened) kernel the loader puts in memory:
+    /// target/guest/kernel-HASH.bin, HASH from the kernel's path, so guests
+    /// prepared from different kernels (the test step's Debian and built
+    /// ones) do not overwrite each other's.
+    pub kernel_file: PathBuf,
 }
 
 /// A flattened ELF kernel's link-time placement.
@@ -306,7 +313,14 @@ pub fn prepare(g: &GuestOpts, host_extra: Option<&str>) -> Result<Prepared> {
         g.mem_mib.unwrap_or(DEFAULT_MEM_MIB),
     )
     .map_err(|e| format!("{}: {e}", g.kernel.display()))?;
-    let kernel_file = dir.join("kernel.bin");
+    let path_sum = sha2::Sha256::digest(g.kernel.as_os_str().as_encoded_bytes());
+    let kernel_file = dir.join(format!(
+        "kernel-{}.bin",
+        path_sum[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
     write(&kernel_file, &bytes)?;
     let ksize = bytes.len() as u64;
     if ksize > INITRD_PA - KERNEL_PA {
@@ -371,6 +385,7 @@ pub fn prepare(g: &GuestOpts, host_extra: Option<&str>) -> Result<Prepared> {
     Ok(Prepared {
         qemu_args,
         bootargs,
+        kernel_file,
     })
 }
 
@@ -417,7 +432,7 @@ pub struct Fetched {
     pub deb: PathBuf,
 }
 
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     target_dir().join("linux-cache")
 }
 
@@ -440,7 +455,36 @@ fn apt_opts(dir: &Path) -> Vec<String> {
     ]
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+/// A private apt state in `dir` (see [`apt_opts`]) whose sources are
+/// Debian's arm64 `suites` (archive, suite: `("debian", "bookworm")`,
+/// `("debian-security", "bookworm-security")`), with fresh package lists;
+/// returns the options that use it.
+pub fn apt_state(dir: &Path, suites: &[(&str, String)]) -> Result<Vec<String>> {
+    for d in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
+        std::fs::create_dir_all(dir.join(d)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    write(&dir.join("status"), b"")?;
+    let mut sources = String::new();
+    for (archive, suite) in suites {
+        sources.push_str(&format!(
+            "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+             http://deb.debian.org/{archive} {suite} main\n"
+        ));
+    }
+    write(&dir.join("sources.list"), sources.as_bytes())?;
+    let opts = apt_opts(dir);
+    let names: Vec<&str> = suites.iter().map(|(_, s)| s.as_str()).collect();
+    note(&format!(
+        "linux: fetching Debian {} arm64 package lists into {}",
+        names.join(", "),
+        dir.display()
+    ));
+    run_checked(Command::new("apt-get").args(&opts).arg("update"))?;
+    Ok(opts)
+}
+
+/// What `cmd` prints on stdout; its stderr in the error if it fails.
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
@@ -502,26 +546,8 @@ pub fn fetch() -> Result<Fetched> {
             });
         }
     }
-    let apt = cache.join("apt");
-    for d in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
-        std::fs::create_dir_all(apt.join(d)).map_err(|e| format!("{}: {e}", apt.display()))?;
-    }
-    write(&apt.join("status"), b"")?;
     let suite = debian_suite();
-    write(
-        &apt.join("sources.list"),
-        format!(
-            "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
-             http://deb.debian.org/debian {suite} main\n"
-        )
-        .as_bytes(),
-    )?;
-    let opts = apt_opts(&apt);
-    note(&format!(
-        "linux: fetching Debian {suite} arm64 package lists into {}",
-        apt.display()
-    ));
-    run_checked(Command::new("apt-get").args(&opts).arg("update"))?;
+    let opts = apt_state(&cache.join("apt"), &[("debian", suite.clone())])?;
     let deps = output(
         Command::new("apt-cache")
             .args(&opts)
@@ -594,7 +620,7 @@ fn kernel_deb(debs: &Path, version: &str) -> Option<PathBuf> {
 
 /// The Debian suite to fetch from: this machine's (VERSION_CODENAME in
 /// /etc/os-release), else bookworm.
-fn debian_suite() -> String {
+pub fn debian_suite() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|s| {
@@ -849,45 +875,54 @@ impl Cpio {
     }
 }
 
-/// Builds the initramfs (busybox, /init, /dev/console, the kernel modules
-/// of [`kmods::ROOT_MODULES`] with their dependencies, a `modules.dep` and
-/// the load order) into target/linux-cache.
-pub fn initramfs(f: &Fetched) -> Result<PathBuf> {
+/// Builds the initramfs (busybox, /init, /dev/console and, `with_modules`,
+/// the Debian kernel's modules of [`kmods::ROOT_MODULES`] with their
+/// dependencies, a `modules.dep` and the load order) into target/linux-cache
+/// (`initramfs.cpio`, or `initramfs-nomodules.cpio` for a kernel with
+/// everything built in, whose /init then loads nothing).
+pub fn initramfs(f: &Fetched, with_modules: bool) -> Result<PathBuf> {
     let cache = cache_dir();
-    let sel = kmods::select(&f.deb, &cache, &cache.join("root"))?;
-    note(&format!(
-        "linux: initramfs modules (load order): {}",
-        sel.names.join(" ")
-    ));
+    let sel = if with_modules {
+        let sel = kmods::select(&f.deb, &cache, &cache.join("root"))?;
+        note(&format!(
+            "linux: initramfs modules (load order): {}",
+            sel.names.join(" ")
+        ));
+        Some(sel)
+    } else {
+        None
+    };
     let mut c = Cpio::default();
     for d in ["bin", "dev", "etc", "proc", "sys", "tmp", "root", "mnt"] {
         c.dir(d);
     }
     c.chardev("dev/console", 0o600, 5, 1);
     c.file("bin/busybox", 0o755, &read(&f.busybox)?);
-    // The modules' directories, parents first (the kernel's unpacker does
-    // not create missing ones).
-    let mut dirs = std::collections::BTreeSet::new();
-    for (p, _) in &sel.modules {
-        let mut d = Path::new(p).parent();
-        while let Some(x) = d.filter(|x| !x.as_os_str().is_empty()) {
-            dirs.insert(x.display().to_string());
-            d = x.parent();
+    if let Some(sel) = &sel {
+        // The modules' directories, parents first (the kernel's unpacker
+        // does not create missing ones).
+        let mut dirs = std::collections::BTreeSet::new();
+        for (p, _) in &sel.modules {
+            let mut d = Path::new(p).parent();
+            while let Some(x) = d.filter(|x| !x.as_os_str().is_empty()) {
+                dirs.insert(x.display().to_string());
+                d = x.parent();
+            }
         }
+        dirs.insert(format!("lib/modules/{}", f.version));
+        for d in &dirs {
+            c.dir(d);
+        }
+        for (p, data) in &sel.modules {
+            c.file(p, 0o644, data);
+        }
+        c.file(
+            &format!("lib/modules/{}/modules.dep", f.version),
+            0o644,
+            sel.modules_dep.as_bytes(),
+        );
+        c.file(kmods::LOAD_ORDER, 0o644, sel.load_order.as_bytes());
     }
-    dirs.insert(format!("lib/modules/{}", f.version));
-    for d in &dirs {
-        c.dir(d);
-    }
-    for (p, data) in &sel.modules {
-        c.file(p, 0o644, data);
-    }
-    c.file(
-        &format!("lib/modules/{}/modules.dep", f.version),
-        0o644,
-        sel.modules_dep.as_bytes(),
-    );
-    c.file(kmods::LOAD_ORDER, 0o644, sel.load_order.as_bytes());
     for a in APPLETS {
         c.symlink(&format!("bin/{a}"), "busybox");
     }
@@ -895,7 +930,11 @@ pub fn initramfs(f: &Fetched) -> Result<PathBuf> {
     // The insn-count plugin's marker (benches bracket their work with it).
     c.file("bin/hyp-mark", 0o755, &crate::insncount::mark_program()?);
     c.file("init", 0o755, INIT_SCRIPT.as_bytes());
-    let path = cache_dir().join("initramfs.cpio");
+    let path = cache.join(if with_modules {
+        "initramfs.cpio"
+    } else {
+        "initramfs-nomodules.cpio"
+    });
     write(&path, &c.finish())?;
     Ok(path)
 }
@@ -966,11 +1005,72 @@ pub fn read_disk_file(img: &Path, path: &str) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// Everything `cargo xtask linux` and the test step need: fetched files, the
-/// initramfs, the pKVM finding, and the prepared guest.
+/// Which kernel `cargo xtask linux` boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelSource {
+    /// Debian's arm64 kernel package, its modules in the initramfs.
+    Debian,
+    /// The project's own, built from Debian's linux-source-6.12 with
+    /// platforms/linux/guest.config (the pKVM guest driver, restricted DMA
+    /// pools; everything built in).
+    Built,
+}
+
+/// A guest kernel ready to boot: the kernel, its config and initramfs.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// The kernel image.
+    pub image: PathBuf,
+    /// Its .config.
+    pub config: PathBuf,
+    /// What it is, for progress lines.
+    pub version: String,
+    /// The initramfs for it (busybox, /init and, for Debian's, the modules).
+    pub initrd: PathBuf,
+}
+
+/// Fetches busybox (and Debian's kernel) or builds the project's kernel,
+/// builds the initramfs for it and says whether the kernel has the pKVM
+/// guest driver.
+pub fn kernel(src: KernelSource) -> Result<Kernel> {
+    let fetched = fetch()?;
+    let k = match src {
+        KernelSource::Debian => Kernel {
+            image: fetched.kernel.clone(),
+            config: fetched.config.clone(),
+            version: format!("Debian {}", fetched.version),
+            initrd: initramfs(&fetched, true)?,
+        },
+        KernelSource::Built => {
+            let b = crate::kbuild::build()?;
+            Kernel {
+                image: b.image,
+                config: b.config,
+                version: format!("{} (built from linux-source {})", b.release, b.version),
+                initrd: initramfs(&fetched, false)?,
+            }
+        }
+    };
+    let (guest_driver, lines) = pkvm_config(&k.config)?;
+    note(&format!(
+        "linux: kernel {} ({}); pKVM guest driver (CONFIG_ARM_PKVM_GUEST): {}; config lines: {}",
+        k.version,
+        k.image.display(),
+        if guest_driver { "built in" } else { "absent" },
+        if lines.is_empty() {
+            "none mention PKVM".to_owned()
+        } else {
+            lines.join(", ")
+        }
+    ));
+    Ok(k)
+}
+
+/// Everything `cargo xtask linux` and the test step need: the kernel and
+/// its initramfs, and the prepared guest.
 pub struct LinuxGuest {
-    /// The fetched packages.
-    pub fetched: Fetched,
+    /// The kernel and its initramfs.
+    pub kernel: Kernel,
     /// The prepared guest (loader arguments and boot arguments).
     pub prepared: Prepared,
     /// What it was prepared from.
@@ -985,29 +1085,18 @@ impl LinuxGuest {
     }
 }
 
-/// Fetches, builds the initramfs and prepares the guest with `smp` vCPUs.
+/// Gets the kernel `src` and prepares it as a guest with `smp` vCPUs.
 pub fn linux_guest(
+    src: KernelSource,
     smp: u32,
     protected: bool,
     append: Option<String>,
     host_extra: Option<&str>,
 ) -> Result<LinuxGuest> {
-    let fetched = fetch()?;
-    let (guest_driver, lines) = pkvm_config(&fetched.config)?;
-    note(&format!(
-        "linux: {} pKVM guest driver (CONFIG_ARM_PKVM_GUEST): {}; config lines: {}",
-        fetched.version,
-        if guest_driver { "built in" } else { "absent" },
-        if lines.is_empty() {
-            "none mention PKVM".to_owned()
-        } else {
-            lines.join(", ")
-        }
-    ));
-    let initrd = initramfs(&fetched)?;
+    let kernel = kernel(src)?;
     let opts = GuestOpts {
-        kernel: fetched.kernel.clone(),
-        initrd: Some(initrd),
+        kernel: kernel.image.clone(),
+        initrd: Some(kernel.initrd.clone()),
         append,
         cmdline: None,
         load: None,
@@ -1019,7 +1108,7 @@ pub fn linux_guest(
     };
     let prepared = prepare(&opts, host_extra)?;
     Ok(LinuxGuest {
-        fetched,
+        kernel,
         prepared,
         opts,
     })

@@ -23,6 +23,7 @@ mod flat;
 mod fuzz;
 mod insncount;
 mod iobench;
+mod kbuild;
 mod kmods;
 mod linux;
 mod mutants;
@@ -157,7 +158,8 @@ enum Cmd {
         qemu_args: Vec<String>,
     },
     /// Fetch Debian's arm64 kernel and busybox-static (apt, cached in
-    /// target/linux-cache), build an initramfs and boot Linux as a guest.
+    /// target/linux-cache) or build the project's kernel (`--kernel built`),
+    /// build an initramfs and boot Linux as a guest.
     Linux {
         /// The board (a directory under platforms/). rpi4 (QEMU raspi4b):
         /// no --disk or --net (no PCIe there).
@@ -201,9 +203,17 @@ enum Cmd {
         /// (see README). SPEC: user[,hostfwd=tcp:127.0.0.1:HPORT-:GPORT]...
         #[arg(long, value_name = "SPEC")]
         net: Option<String>,
-        /// Only fetch and build the initramfs, print the boot arguments.
+        /// Only fetch (or build) the kernel and build the initramfs, print
+        /// the boot arguments.
         #[arg(long)]
         prepare_only: bool,
+        /// The guest kernel: `debian` (Debian's arm64 kernel package, its
+        /// modules in the initramfs) or `built` (the project's, built once
+        /// from Debian's linux-source-6.12 with platforms/linux/guest.config:
+        /// the pKVM guest driver and restricted DMA pools, all built in;
+        /// cached in target/linux-cache/kbuild).
+        #[arg(long, value_enum, default_value = "debian")]
+        kernel: linux::KernelSource,
     },
     /// Run every check: fmt, clippy, unit tests, image build, QEMU integration tests.
     Test,
@@ -1003,12 +1013,16 @@ fn test() -> Result<()> {
         &mut profile::check,
     )?;
     step(
-        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written, a virtio network (DHCP, HTTP both ways); on raspi4b the check and the shell (no PCIe there)",
+        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written, a virtio network (DHCP, HTTP both ways); on raspi4b the check and the shell (no PCIe there); the project's kernel (built from linux-source-6.12, or cached): the check (virt and raspi4b), the disk and the network",
         &mut || {
-            let g = linux::linux_guest(2, false, None, None)?;
+            let g = linux::linux_guest(linux::KernelSource::Debian, 2, false, None, None)?;
+            // The project's kernel (built, or cached in target/): the same
+            // boot, disk and network tests with nothing to load.
+            let own = linux::linux_guest(linux::KernelSource::Built, 2, false, None, None)?;
             // raspi4b: the same guest on 2 of its 4 cores (`hyp.cpus=2`).
             let (_, rpi4_words) = linux_cpus(Platform::Rpi4, 2)?;
             let rpi4 = g.prepare_with(rpi4_words.as_deref())?;
+            let own_rpi4 = own.prepare_with(rpi4_words.as_deref())?;
             let disk = linux::make_test_disk()?;
             let (_, debugfs) = provision::e2fsprogs()?;
             let tested = run_checked(
@@ -1031,7 +1045,17 @@ fn test() -> Result<()> {
                 .env("HYP_BOARD_DIR_RPI4", &rpi4_dir)
                 .env("HYP_LINUX_APPEND_RPI4", &rpi4.bootargs)
                 .env("HYP_LINUX_QEMU_ARGS_RPI4", rpi4.qemu_args.join("\n"))
-                .env("HYP_LINUX_VERSION", &g.fetched.version)
+                .env("HYP_LINUX_VERSION", &g.kernel.version)
+                .env("HYP_LINUX_BUILT_APPEND", &own.prepared.bootargs)
+                .env(
+                    "HYP_LINUX_BUILT_QEMU_ARGS",
+                    own.prepared.qemu_args.join("\n"),
+                )
+                .env("HYP_LINUX_BUILT_APPEND_RPI4", &own_rpi4.bootargs)
+                .env(
+                    "HYP_LINUX_BUILT_QEMU_ARGS_RPI4",
+                    own_rpi4.qemu_args.join("\n"),
+                )
                 .env("HYP_LINUX_DISK", &disk)
                 // The devices as `--disk` and `--net user` give them (the
                 // network test adds its own port forward).
@@ -1092,6 +1116,7 @@ struct LinuxOpts {
     disk: Option<PathBuf>,
     net: Option<String>,
     prepare_only: bool,
+    kernel: linux::KernelSource,
 }
 
 /// How a run (`run --smp`, `linux --smp`) on `platform` gets `smp` host
@@ -1137,26 +1162,18 @@ fn linux_cmd(o: LinuxOpts) -> Result<u8> {
         disk,
         net,
         prepare_only,
+        kernel,
     } = o;
     // The board first: what it cannot have fails before the fetch.
     pci_devices_on(platform, disk.is_some(), net.is_some())?;
     let (qemu_smp, host_words) = linux_cpus(platform, smp)?;
-    let fetched = linux::fetch()?;
-    let initrd = linux::initramfs(&fetched)?;
-    let (guest_driver, lines) = linux::pkvm_config(&fetched.config)?;
-    note(&format!(
-        "linux: kernel {} ({}); pKVM guest driver (CONFIG_ARM_PKVM_GUEST) {}; PKVM config lines: {:?}",
-        fetched.version,
-        fetched.kernel.display(),
-        if guest_driver { "built in" } else { "absent" },
-        lines
-    ));
-    if protected && !guest_driver {
+    let k = linux::kernel(kernel)?;
+    if protected && !linux::pkvm_config(&k.config)?.0 {
         note("linux: --protected: this kernel has no pKVM guest driver, so it will not use MEM_SHARE/MEM_UNSHARE; booting it in a protected VM anyway");
     }
     let guest = linux::GuestOpts {
-        kernel: fetched.kernel,
-        initrd: Some(initrd),
+        kernel: k.image,
+        initrd: Some(k.initrd),
         append: guest_append,
         cmdline: guest_cmdline,
         load: None,
@@ -1253,6 +1270,7 @@ fn main() -> ExitCode {
             disk,
             net,
             prepare_only,
+            kernel,
         } => linux_cmd(LinuxOpts {
             platform,
             smp,
@@ -1266,6 +1284,7 @@ fn main() -> ExitCode {
             disk,
             net,
             prepare_only,
+            kernel,
         }),
         Cmd::Test => test().map(|_| 0),
         Cmd::Fuzz { calls, seed } => fuzz::fuzz(calls, seed).map(|_| 0),
@@ -1399,6 +1418,7 @@ mod tests {
                         guest_cmdline,
                         guest_smp,
                         protected,
+                        kernel,
                         ..
                     },
             }) = parse(&[
@@ -1410,10 +1430,13 @@ mod tests {
                 "--guest-smp",
                 "1",
                 "--protected",
+                "--kernel",
+                "built",
             ])
             else {
                 panic!("linux options rejected");
             };
+            assert_eq!(kernel, linux::KernelSource::Built);
             assert_eq!(mem, Some(64));
             assert_eq!(guest_cmdline.as_deref(), Some("x"));
             assert_eq!((guest_smp, protected), (1, true));
@@ -1600,6 +1623,7 @@ mod tests {
             disk: disk.map(PathBuf::from),
             net: None,
             prepare_only: true,
+            kernel: linux::KernelSource::Built,
         };
         let e = linux_cmd(o(Some("d.img"))).expect_err("--disk on rpi4");
         assert!(e.contains("--disk needs --platform qemu"), "{e}");

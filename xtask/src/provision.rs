@@ -314,29 +314,39 @@ pub fn e2fsprogs() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     if let Some(t) = found() {
         return Ok(t);
     }
+    apt_install("mkfs.ext4 or debugfs not found", &["e2fsprogs"])?;
+    found()
+        .ok_or_else(|| "installed e2fsprogs but mkfs.ext4 or debugfs is still missing".to_owned())
+}
+
+/// Installs the Debian `packages` with apt-get (as root, or with
+/// passwordless sudo) on a Debian-like system, saying so (`why`: what is
+/// missing); elsewhere, or without root, an error naming them.
+pub fn apt_install(why: &str, packages: &[&str]) -> Result<()> {
+    let list = packages.join(" ");
     let os = os_release();
     let id = os_field(&os, "ID").unwrap_or_default();
     let like = os_field(&os, "ID_LIKE").unwrap_or_default();
     let debian_like = id == "debian" || id == "ubuntu" || like.contains("debian");
+    if !debian_like {
+        return Err(format!(
+            "{why}: install {list} (Debian's names) with your system's package manager"
+        ));
+    }
     let sudo: &[&str] = if is_root() {
         &[]
-    } else if debian_like && sudo_works() {
+    } else if sudo_works() {
         &["sudo", "-n"]
     } else {
-        return Err(
-            "mkfs.ext4 or debugfs not found: install e2fsprogs (e.g. `sudo apt-get install -y \
-             e2fsprogs`)"
-                .to_owned(),
-        );
+        return Err(format!(
+            "{why}: cannot install it without root. Run:\n    sudo apt-get update && \
+             sudo DEBIAN_FRONTEND=noninteractive apt-get install -y {list}"
+        ));
     };
-    if !debian_like {
-        return Err("mkfs.ext4 or debugfs not found: install e2fsprogs".to_owned());
-    }
-    note("provision: mkfs.ext4 or debugfs not found; installing e2fsprogs");
-    for args in [
-        &["apt-get", "update"][..],
-        &["apt-get", "install", "-y", "e2fsprogs"],
-    ] {
+    note(&format!("provision: {why}; installing {list}"));
+    let mut install = vec!["apt-get", "install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    for args in [&["apt-get", "update"][..], &install] {
         let mut argv: Vec<&str> = sudo.to_vec();
         argv.extend_from_slice(args);
         let mut cmd = Command::new(argv[0]);
@@ -344,8 +354,7 @@ pub fn e2fsprogs() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
             .env("DEBIAN_FRONTEND", "noninteractive");
         crate::run_checked(&mut cmd)?;
     }
-    found()
-        .ok_or_else(|| "installed e2fsprogs but mkfs.ext4 or debugfs is still missing".to_owned())
+    Ok(())
 }
 
 #[cfg(test)]
