@@ -82,3 +82,35 @@ fn run(board: TestBoard) {
         log.join("\n")
     );
 }
+
+/// A protected guest whose virtio driver keeps its virtqueue in private
+/// memory and notifies anyway (guest-virtio `arg=1`): the host, serving the
+/// device, touches pages the hypervisor refuses it. Its device breaks
+/// (DEVICE_NEEDS_RESET, which the guest reads back) and nothing else: the
+/// host says why and carries on, and guest-hello beside it runs to the
+/// end. Before, the host took the refused access as an unhandled exception
+/// outside the demo and panicked, powering off the machine with every VM.
+#[test]
+fn a_protected_guests_private_virtqueue_breaks_only_its_device() {
+    let mut q = Qemu::boot(BootOptions {
+        append: Some("guests=guest-virtio:p:arg=1,guest-hello".to_owned()),
+        ..BootOptions::default()
+    });
+    q.expect_line(
+        "host: VM 1: virtio Console: its virtqueue points at IPA 0x4001",
+        T,
+    );
+    q.expect_exact(
+        "[vm1] guest-virtio: VM 1: device status 0x4f (DEVICE_NEEDS_RESET)",
+        T,
+    );
+    q.expect_exact("host: VM 1 (guest-virtio) powered off", T);
+    q.expect_exact("[vm2] guest-hello: done, powering off", T);
+    q.expect_line("host: done: ", T);
+    assert_eq!(q.expect_exit(T), 0, "the host finishes normally");
+    assert!(
+        !q.log().iter().any(|l| l.contains("panic")),
+        "no panic:\n{}",
+        q.log().join("\n")
+    );
+}

@@ -37,6 +37,8 @@
 #![no_std]
 #![no_main]
 
+mod private_rings;
+
 use core::arch::asm;
 use core::cell::UnsafeCell;
 use core::fmt::Write;
@@ -318,13 +320,19 @@ fn wait_irq(intid: u32) -> bool {
 }
 
 #[unsafe(no_mangle)]
-fn guest_main(cpu: usize, handle: u64) -> ! {
+fn guest_main(cpu: usize, x0: u64) -> ! {
+    // The host's guest option `arg=N` is in the bits above the handle.
+    let (handle, arg) = (x0 & 0xff, x0 >> 8);
     if cpu != 0 {
         secondary(handle);
     }
     // SAFETY: HEAP is given once, here, and nothing else uses it.
     guest_rt::heap::give(unsafe { &mut (*HEAP.0.get()).0 }.as_flattened_mut());
     let ok = match guard_devices() {
+        Ok(_) if arg == 1 => {
+            private_rings::run(handle);
+            guest_rt::system_off()
+        }
         Ok(guarded) => run(handle, guarded),
         Err(e) => {
             // The control register's page may be unguarded: no report.

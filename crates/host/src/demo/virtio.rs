@@ -214,6 +214,14 @@ impl Devices {
         }
     }
 
+    /// Whether device `which` is broken (DEVICE_NEEDS_RESET).
+    pub(super) fn broken(&self, which: Which) -> bool {
+        match which {
+            Which::Console => self.console.is_broken(),
+            Which::Blk => self.blk.is_broken(),
+        }
+    }
+
     /// Records device `which`'s interrupt line after an access and passes a
     /// change on: the one call site of [`irq_level_changed`].
     pub(super) fn sync_irq(&mut self, g: &Guest, which: Which, level: bool) {
