@@ -24,15 +24,15 @@ pub fn run(info: &BootInfo, name: &str) {
 /// Denied. guest-hello starts vCPU 1 itself and waits for it to go off.
 fn vcpu_init(info: &BootInfo) {
     let (h, entry) = many::load(many::hello(info), true, 2);
-    let early = call(hyp_abi::VCPU_INIT, [h, 1, entry, 0x666]);
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h]) {
+    let early = crate::hostif::vcpu_init(h, 1, entry, 0x666);
+    if let Err(e) = crate::hostif::vcpu_init(h, 0, entry, h) {
         crate::fail(format_args!(
             "attack vcpu_init: the one allowed VCPU_INIT: {e:?}"
         ));
     }
-    let twice = call(hyp_abi::VCPU_INIT, [h, 0, entry, 0x666]);
+    let twice = crate::hostif::vcpu_init(h, 0, entry, 0x666);
     many::power_off(h, 2);
-    let after_off = call(hyp_abi::VCPU_INIT, [h, 1, entry, 0x666]);
+    let after_off = crate::hostif::vcpu_init(h, 1, entry, 0x666);
     println!(
         "host: attack vcpu_init: vCPU 1 before the guest started it: {early:?}; vCPU 0 a second time: {twice:?}; vCPU 1 after its CPU_OFF: {after_off:?}"
     );
@@ -58,7 +58,7 @@ fn fp(info: &BootInfo) {
     let mut vms = [(0, "uses FP"), (0, "does not")];
     for (i, arg) in [arg_busy, arg_idle].into_iter().enumerate() {
         let (h, entry) = many::load(module, i == 0, 1);
-        if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h | arg << 8]) {
+        if let Err(e) = crate::hostif::vcpu_init(h, 0, entry, h | arg << 8) {
             crate::fail(format_args!("attack fp: VCPU_INIT: {e:?}"));
         }
         vms[i].0 = h;
@@ -122,7 +122,7 @@ fn vmcr(info: &BootInfo) {
         crate::fail(format_args!("attack vmcr: no guest-faults image"));
     };
     let (h, entry) = many::load(module, true, 1);
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h | 3 << 8]) {
+    if let Err(e) = crate::hostif::vcpu_init(h, 0, entry, h | 3 << 8) {
         crate::fail(format_args!("attack vmcr: VCPU_INIT: {e:?}"));
     }
     many::power_off(h, 1);
@@ -237,7 +237,7 @@ fn dma(info: &BootInfo) {
         before = *refused;
     }
     // The protected guest runs from the page the attack aimed at.
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h]) {
+    if let Err(e) = crate::hostif::vcpu_init(h, 0, entry, h) {
         crate::fail(format_args!("attack dma: VCPU_INIT: {e:?}"));
     }
     many::power_off(h, 1);

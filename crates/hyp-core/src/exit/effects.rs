@@ -18,7 +18,7 @@ use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
 use crate::vcpu::{fp, Who};
-use crate::vm::control::{Fault, HostError, RunEnd};
+use crate::vm::control::{firmware, Fault, HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{host as host_vcpus, state};
 use barriers::sync::{Cse, Synced};
@@ -284,6 +284,21 @@ fn apply(
                 }
             };
         }
+        Action::MeasurementSet => {
+            ctx.regs.x[0] = if measurement_set(who, ctx) {
+                call::SMCCC_RET_SUCCESS
+            } else {
+                call::SMCCC_RET_INVALID_PARAMETER
+            };
+        }
+        Action::MeasurementGet { item, half } => {
+            let m = guest_vm(who, |ctl, h| ctl.measurement(h).ok().flatten()).flatten();
+            let r = match m {
+                Some(m) => firmware::measurement_answer(&m, item, half),
+                None => [call::NOT_SUPPORTED, 0, 0, 0],
+            };
+            ctx.regs.x[..4].copy_from_slice(&r);
+        }
         Action::MmioGuard { ipa } => {
             let done = guest_vm(who, |ctl, h| ctl.mmio_guard(h, ipa).is_ok());
             ctx.regs.x[0] = if done == Some(true) {
@@ -334,6 +349,17 @@ fn guest_vm<T>(who: Who, f: impl FnOnce(&state::Ctl, u64) -> T) -> Option<T> {
         Who::Host => None,
         Who::Guest { slot, .. } => Some(f(state::control(), slot as u64 + 1)),
     }
+}
+
+/// MEASUREMENT_SET: records the digests in x1..x9 of a protected VM whose
+/// PC is in its firmware (the only code that runs there before the kernel),
+/// once.
+fn measurement_set(who: Who, ctx: &VcpuCtx) -> bool {
+    if !firmware::in_firmware(ctx.regs.pc) {
+        return false;
+    }
+    let m = firmware::measurement_from_regs(&ctx.regs.x[1..10]);
+    guest_vm(who, |ctl, h| ctl.measurement_set(h, m).is_ok()) == Some(true)
 }
 
 /// A stage-2 translation fault in guest RAM: maps the page if it was given
