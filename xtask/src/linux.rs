@@ -1030,7 +1030,7 @@ pub fn linux_guest(
 /// tests.
 #[cfg(test)]
 #[path = "../../crates/host/src/dtb.rs"]
-mod host_dtb;
+pub(crate) mod host_dtb;
 
 #[cfg(test)]
 mod tests {
@@ -1265,6 +1265,7 @@ mod tests {
             boot: 1,
             virtio: &[],
             dma_pool: None,
+            hostile: host_dtb::Hostile::None,
         }
     }
 

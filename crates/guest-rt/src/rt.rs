@@ -206,7 +206,7 @@ pub fn mmio_guard_range(ipa: u64, len: u64) -> Result<u64, i64> {
     Ok((end - start) / PAGE)
 }
 
-pub use hyp_abi::pvmfw::{ITEM_INITRD, ITEM_KERNEL};
+pub use hyp_abi::pvmfw::{ITEM_INITRD, ITEM_KERNEL, MEASUREMENT_SET};
 
 /// The SHA-256 the VM's firmware measured of item `item`
 /// ([`ITEM_KERNEL`] or [`ITEM_INITRD`]), read back from the

@@ -335,6 +335,9 @@ fn guest_main(cpu: usize, handle: u64) -> ! {
             "guest-virtio: VM {handle}: measured kernel sha256 {}",
             l.as_str()
         );
+        // Only the firmware may report, once: the kernel's own try fails.
+        let r = guest_rt::hvc(guest_rt::MEASUREMENT_SET, 0, 0, 0)[0] as i64;
+        println!("guest-virtio: VM {handle}: MEASUREMENT_SET after boot: {r}");
     }
     let ok = match guard_devices() {
         Ok(guarded) => run(handle, guarded),

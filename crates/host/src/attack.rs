@@ -14,6 +14,7 @@ pub fn run(info: &BootInfo, name: &str) {
         "fp" => fp(info),
         "vmcr" => vmcr(info),
         "dma" => dma(info),
+        "dt" => dt(info),
         _ => crate::fail(format_args!("unknown attack {name:?}")),
     }
 }
@@ -260,4 +261,101 @@ fn dma(info: &BootInfo) {
     if let Err(e) = crate::hostif::destroy_vm(h) {
         crate::fail(format_args!("attack dma: VM_DESTROY: {e:?}"));
     }
+}
+
+/// RAM of each `dt` attack VM: the guest-hello "kernel" at its start, the
+/// pool at 2 MiB, the device tree at 3 MiB.
+const DT_RAM: u64 = 4 << 20;
+const DT_POOL: (u64, u64) = (crate::GUEST_RAM_IPA + (2 << 20), 1 << 20);
+const DT_IPA: u64 = crate::GUEST_RAM_IPA + (3 << 20);
+
+/// Issue 19 item 7: device trees that break the protected-VM firmware's
+/// rules. For each, the host makes a protected VM (guest-hello as its
+/// kernel), writes the broken tree, donates the RAM and runs vCPU 0, which
+/// starts in the firmware: it must print `pvmfw: refused: ...` and power
+/// the VM off before the kernel runs. Then the host calls MEASUREMENT_SET
+/// itself (the firmware's call: NOT_SUPPORTED for the host).
+fn dt(info: &BootInfo) {
+    use crate::dtb::{linux_dtb, Hostile, LinuxVm, VirtioMmio};
+    let module = many::hello(info);
+    let dev = |ipa| VirtioMmio {
+        ipa,
+        size: 0x200,
+        spi: 16,
+    };
+    let (inside, outside) = ([dev(hyp_abi::layout::HOST_MMIO_IPA)], [dev(0x0c00_0000)]);
+    let honest = LinuxVm {
+        gic: info.vgic().unwrap_or(hyp_abi::Vgic::V3),
+        vcpus: 1,
+        mem: DT_RAM,
+        cmdline: "",
+        initrd: None,
+        boot: 1,
+        virtio: &inside,
+        dma_pool: Some(DT_POOL),
+        hostile: Hostile::None,
+    };
+    let cases = [
+        (
+            "oversized pool",
+            LinuxVm {
+                dma_pool: Some((crate::GUEST_RAM_IPA, 32 << 20)),
+                ..honest
+            },
+        ),
+        (
+            "second memory node",
+            LinuxVm {
+                hostile: Hostile::SecondMemory,
+                ..honest
+            },
+        ),
+        (
+            "device without the pool",
+            LinuxVm {
+                hostile: Hostile::DeviceWithoutPool,
+                ..honest
+            },
+        ),
+        (
+            "device outside the window",
+            LinuxVm {
+                virtio: &outside,
+                ..honest
+            },
+        ),
+    ];
+    for (what, vm) in cases {
+        let dtb = linux_dtb(&vm).unwrap_or_else(|e| crate::fail(format_args!("attack dt: {e}")));
+        let h = match crate::hostif::vm_create(1, hyp_abi::FLAG_PROTECTED) {
+            Ok(h) => h.0,
+            Err(e) => crate::fail(format_args!("attack dt: VM_CREATE: {e:?}")),
+        };
+        let Some(pa) = crate::alloc_pages(DT_RAM) else {
+            crate::fail(format_args!("attack dt: no host memory"));
+        };
+        // SAFETY: [pa, pa + DT_RAM) is host RAM nobody else uses (bump
+        // allocated), not yet given to the VM.
+        unsafe { crate::load_image(module, pa) };
+        let at = pa + (DT_IPA - crate::GUEST_RAM_IPA);
+        for (i, &b) in dtb.iter().enumerate() {
+            // SAFETY: as above; the tree (a few hundred bytes) fits the
+            // RAM's last MiB. Byte stores: the host's MMU is off.
+            unsafe { ((at + i as u64) as *mut u8).write_volatile(b) };
+        }
+        let pages = DT_RAM / crate::PAGE;
+        if let Err(e) = crate::hostif::give(h, pa, crate::GUEST_RAM_IPA, pages, true, false) {
+            crate::fail(format_args!("attack dt: MEM_DONATE: {e:?}"));
+        }
+        if let Err(e) = crate::hostif::vcpu_init(h, 0, module.entry, DT_IPA) {
+            crate::fail(format_args!("attack dt: VCPU_INIT: {e:?}"));
+        }
+        many::power_off(h, 1);
+        println!("host: attack dt: {what}: VM {h} powered off");
+        if let Err(e) = crate::hostif::destroy_vm(h) {
+            crate::fail(format_args!("attack dt: VM_DESTROY: {e:?}"));
+        }
+    }
+    let r = crate::hostif::call_full(hyp_abi::pvmfw::MEASUREMENT_SET, [0; 4])[0] as i64;
+    println!("host: attack dt: MEASUREMENT_SET from the host: {r}");
 }

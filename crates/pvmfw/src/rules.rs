@@ -349,18 +349,17 @@ pub fn check_dt<'a>(
         return Err(Refusal::DtbOverlapsKernel(dtb.0));
     }
     // Memory: exactly one node, exactly the VM's RAM.
-    let mut memory = 0;
-    for node in fdt.all_nodes() {
-        if node.property("device_type").and_then(|p| p.as_str()) == Some("memory") {
-            memory += 1;
-            let r = one_reg(&node).unwrap_or((0, 0));
-            if r != (facts.ram_base, facts.ram_size) {
-                return Err(Refusal::MemoryRange(r.0, r.1));
-            }
-        }
-    }
+    let is_memory =
+        |n: &FdtNode<'_, '_>| n.property("device_type").and_then(|p| p.as_str()) == Some("memory");
+    let memory = fdt.all_nodes().filter(is_memory).count();
     if memory != 1 {
         return Err(Refusal::MemoryNodes(memory));
+    }
+    for node in fdt.all_nodes().filter(is_memory) {
+        let r = one_reg(&node).unwrap_or((0, 0));
+        if r != (facts.ram_base, facts.ram_size) {
+            return Err(Refusal::MemoryRange(r.0, r.1));
+        }
     }
     // The initrd.
     let mut initrd = None;
@@ -397,14 +396,14 @@ pub fn check_dt<'a>(
                 return Err(Refusal::NotAPool(p.name));
             }
             let r = one_reg(&p).ok_or(Refusal::PoolReg(p.name))?;
+            if r.1 > MAX_POOL {
+                return Err(Refusal::PoolTooLarge(r.1));
+            }
             if !facts.in_ram(r.0, r.1) {
                 return Err(Refusal::PoolOutsideRam(r.0, r.1));
             }
             if !r.0.is_multiple_of(PAGE) || !r.1.is_multiple_of(PAGE) {
                 return Err(Refusal::PoolUnaligned(r.0, r.1));
-            }
-            if r.1 > MAX_POOL {
-                return Err(Refusal::PoolTooLarge(r.1));
             }
             for flag in ["no-map", "reusable"] {
                 if p.property(flag).is_some() {
