@@ -13,8 +13,13 @@
 
 use sha2::{Digest, Sha256};
 
+/// 16-byte aligned, so four constants load with one aligned vector load
+/// (the target's strict alignment would split an unaligned one).
+#[repr(C, align(16))]
+struct Aligned([u32; 64]);
+
 /// The SHA-256 round constants (FIPS 180-4, 4.2.2).
-const K: [u32; 64] = [
+static K: Aligned = Aligned([
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
     0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
     0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
@@ -23,7 +28,7 @@ const K: [u32; 64] = [
     0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
     0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-];
+]);
 
 /// The initial hash value (FIPS 180-4, 5.3.3).
 const H0: [u32; 8] = [
@@ -51,40 +56,65 @@ fn has_sha256() -> bool {
 #[target_feature(enable = "sha2")]
 unsafe fn compress_hw(state: &mut [u32; 8], blocks: &[u8]) {
     use core::arch::aarch64::{
-        vaddq_u32, vld1q_u32, vreinterpretq_u32_u8, vrev32q_u8, vsha256h2q_u32, vsha256hq_u32,
-        vsha256su0q_u32, vsha256su1q_u32, vst1q_u32,
+        uint8x16_t, vaddq_u32, vld1q_u32, vreinterpretq_u32_u8, vrev32q_u8, vsha256h2q_u32,
+        vsha256hq_u32, vsha256su0q_u32, vsha256su1q_u32, vst1q_u32,
     };
     // SAFETY: `state` and `K` are read and written through pointers to
     // their own elements, four u32 at a time, in bounds; each block's 64
-    // bytes are loaded as four NEON loads of bytes (vld1q_u8, no alignment
-    // needed), in bounds of `blocks`; the SHA-256 instructions exist (the
-    // caller's contract).
+    // bytes are read by one LD1 of byte elements (no alignment needed),
+    // in bounds of `blocks` (whole 64-byte chunks); the SHA-256
+    // instructions exist (the caller's contract).
     unsafe {
         let mut abcd = vld1q_u32(state.as_ptr());
         let mut efgh = vld1q_u32(state.as_ptr().add(4));
         for b in blocks.chunks_exact(64) {
-            let load = |i: usize| {
-                vreinterpretq_u32_u8(vrev32q_u8(core::arch::aarch64::vld1q_u8(
-                    b.as_ptr().add(16 * i),
-                )))
-            };
-            let mut w = [load(0), load(1), load(2), load(3)];
+            // One LD1 of four byte vectors: byte elements need no alignment,
+            // even with the MMU off (Device memory), where the target's
+            // strict alignment would otherwise make the compiler load the
+            // block a byte at a time.
+            let (m0, m1, m2, m3): (uint8x16_t, uint8x16_t, uint8x16_t, uint8x16_t);
+            core::arch::asm!(
+                "ld1 {{v0.16b, v1.16b, v2.16b, v3.16b}}, [{p}]",
+                p = in(reg) b.as_ptr(),
+                out("v0") m0,
+                out("v1") m1,
+                out("v2") m2,
+                out("v3") m3,
+                options(readonly, nostack, preserves_flags),
+            );
+            let be = |m| vreinterpretq_u32_u8(vrev32q_u8(m));
+            let (mut w0, mut w1, mut w2, mut w3) = (be(m0), be(m1), be(m2), be(m3));
             let (abcd0, efgh0) = (abcd, efgh);
-            for r in 0..16 {
-                let k = vld1q_u32(K.as_ptr().add(4 * r));
-                let wk = vaddq_u32(w[r % 4], k);
-                let prev = abcd;
-                abcd = vsha256hq_u32(abcd, efgh, wk);
-                efgh = vsha256h2q_u32(efgh, prev, wk);
-                if r < 12 {
-                    let next = vsha256su1q_u32(
-                        vsha256su0q_u32(w[r % 4], w[(r + 1) % 4]),
-                        w[(r + 2) % 4],
-                        w[(r + 3) % 4],
-                    );
-                    w[r % 4] = next;
-                }
+            // Four rounds with the schedule words `w` and constants
+            // `K[4 * r..]`.
+            macro_rules! rounds {
+                ($r:expr, $w:expr) => {{
+                    let wk = vaddq_u32($w, vld1q_u32(K.0.as_ptr().add(4 * $r)));
+                    let prev = abcd;
+                    abcd = vsha256hq_u32(abcd, efgh, wk);
+                    efgh = vsha256h2q_u32(efgh, prev, wk);
+                }};
             }
+            // The next four schedule words from the last sixteen.
+            macro_rules! schedule {
+                ($a:ident, $b:ident, $c:ident, $d:ident) => {
+                    $a = vsha256su1q_u32(vsha256su0q_u32($a, $b), $c, $d);
+                };
+            }
+            for g in 0..3 {
+                rounds!(4 * g, w0);
+                schedule!(w0, w1, w2, w3);
+                rounds!(4 * g + 1, w1);
+                schedule!(w1, w2, w3, w0);
+                rounds!(4 * g + 2, w2);
+                schedule!(w2, w3, w0, w1);
+                rounds!(4 * g + 3, w3);
+                schedule!(w3, w0, w1, w2);
+            }
+            rounds!(12, w0);
+            rounds!(13, w1);
+            rounds!(14, w2);
+            rounds!(15, w3);
             abcd = vaddq_u32(abcd, abcd0);
             efgh = vaddq_u32(efgh, efgh0);
         }
