@@ -388,6 +388,26 @@ mod tests {
     }
 
     #[test]
+    fn audit_flags_a_firmware_window_page_that_is_not_the_vms_own() {
+        let c = ctl();
+        let mut v = host_vttbr();
+        let h = c
+            .create(
+                &mut v,
+                1,
+                hyp_abi::FLAG_PROTECTED,
+                state_pa(0),
+                VM_CREATE_PAGES,
+            )
+            .expect("create");
+        assert_eq!(c.audit(), 0);
+        // Any other frame there (here a device mapping of a host page).
+        c.map_device(&mut v, h, PVMFW_IPA, GUEST, PAGE_SIZE)
+            .expect("map");
+        assert_eq!(c.audit(), 1);
+    }
+
+    #[test]
     fn firmware_window() {
         assert!(in_firmware(PVMFW_IPA));
         assert!(in_firmware(PVMFW_IPA + PVMFW_SIZE - 4));
