@@ -661,7 +661,7 @@ fn smmu_refuses_host_device_dma_to_hypervisor_and_protected_memory() {
 /// Issue 19 items 2 and 7: the host hands a protected VM device trees that
 /// break the firmware's rules (an oversized DMA pool, a second memory node,
 /// a virtio device whose DMA would not bounce through the pool, a device
-/// outside the host's MMIO window): the firmware the hypervisor entered the
+/// outside the host's MMIO window, a /memreserve/ entry): the firmware the hypervisor entered the
 /// VM in refuses each, naming the rule and the value, and powers the VM off
 /// before the kernel (guest-hello, which would print) runs. The host's own
 /// MEASUREMENT_SET is NOT_SUPPORTED.
@@ -694,6 +694,10 @@ fn dt(board: TestBoard) {
         (
             "virtio device virtio_mmio@c000000 at 0xc000000 is outside the host MMIO window 0xa000000+0x4000",
             "device outside the window",
+        ),
+        (
+            "device tree is malformed: memory reservation entries at offset 0x28",
+            "memory reservation",
         ),
     ] {
         let l = q.expect_line("pvmfw:", T);

@@ -298,3 +298,106 @@ fn a_blob_that_does_not_parse_is_named() {
     assert!(fdt::Fdt::new(&[0xd0, 0x0d, 0xfe, 0xed, 0, 0, 0, 8]).is_err());
     assert_eq!(Refusal::DtbParse.to_string(), "device tree does not parse");
 }
+
+/// The honest tree's blob.
+fn honest_blob() -> Vec<u8> {
+    host_dtb::linux_dtb(&honest()).expect("the writer accepts it")
+}
+
+/// The firmware's whole check of `blob`: the format, then the parser, then
+/// the rules (a panic anywhere fails the test).
+fn firmware_verdict(blob: &[u8]) -> Result<(), String> {
+    rules::check_blob(blob).map_err(|e| e.to_string())?;
+    let fdt = fdt::Fdt::new(blob).map_err(|_| Refusal::DtbParse.to_string())?;
+    rules::check_dt(&fdt, &FACTS, KERNEL, (DTB_IPA, blob.len() as u64))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn malformed_blobs_are_refused_by_the_format_check() {
+    let good = honest_blob();
+    assert_eq!(firmware_verdict(&good), Ok(()));
+    assert_eq!(
+        rules::check_blob(&good[..good.len() - 4]),
+        Err(Refusal::DtbMalformed("totalsize is not the blob's size", 4))
+    );
+    assert_eq!(
+        rules::check_blob(&good[..20]),
+        Err(Refusal::DtbMalformed("truncated header", 20))
+    );
+    // A /memreserve/ entry would hide RAM from the kernel.
+    let rsv = u32::from_be_bytes(good[16..20].try_into().expect("4 bytes")) as usize;
+    let mut memreserve = good.clone();
+    memreserve[rsv + 3] = 0x10;
+    assert_eq!(
+        rules::check_blob(&memreserve),
+        Err(Refusal::DtbMalformed(
+            "memory reservation entries",
+            rsv as u64
+        ))
+    );
+    // The structure block cut short of its FDT_END.
+    let off = u32::from_be_bytes(good[8..12].try_into().expect("4 bytes")) as usize;
+    let size = u32::from_be_bytes(good[36..40].try_into().expect("4 bytes")) as usize;
+    let mut short = good.clone();
+    short[36..40].copy_from_slice(&((size - 4) as u32).to_be_bytes());
+    assert_eq!(
+        rules::check_blob(&short),
+        Err(Refusal::DtbMalformed(
+            "structure block ends before FDT_END",
+            (off + size - 4) as u64
+        ))
+    );
+}
+
+/// Every one-byte corruption of the honest blob (three values at every
+/// offset) is either refused or passes every rule, and nothing panics: a
+/// hostile host cannot crash the firmware's parser with a bad blob.
+#[test]
+fn no_corrupted_blob_panics_the_firmware() {
+    let good = honest_blob();
+    let (mut refused, mut passed) = (0, 0);
+    for i in 0..good.len() {
+        for v in [0x00, 0xff, good[i] ^ 0x01] {
+            if v == good[i] {
+                continue;
+            }
+            let mut b = good.clone();
+            b[i] = v;
+            match firmware_verdict(&b) {
+                Ok(()) => passed += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(
+        refused > 0 && refused + passed > 2 * good.len(),
+        "{refused} {passed}"
+    );
+}
+
+/// 20,000 blobs with one to four random bytes of the honest blob replaced
+/// by random values (a fixed xorshift seed): refused or passing, never a
+/// panic.
+#[test]
+fn no_randomly_corrupted_blob_panics_the_firmware() {
+    let good = honest_blob();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut refused = 0;
+    for _ in 0..20_000 {
+        let mut b = good.clone();
+        for _ in 0..1 + next() % 4 {
+            let i = (next() % b.len() as u64) as usize;
+            b[i] = next() as u8;
+        }
+        refused += usize::from(firmware_verdict(&b).is_err());
+    }
+    assert!(refused > 0);
+}

@@ -295,13 +295,24 @@ fn dt(info: &BootInfo) {
         dma_pool: Some(DT_POOL),
         hostile: Hostile::None,
     };
-    let cases = [
+    // The honest tree with a /memreserve/ entry patched in (it would hide
+    // RAM from the kernel): refused by the firmware's format check.
+    let memreserve = |dtb: &mut alloc::vec::Vec<u8>| {
+        let rsv = u32::from_be_bytes([dtb[16], dtb[17], dtb[18], dtb[19]]) as usize;
+        dtb[rsv + 3] = 0x10; // address 0x10_0000_0000..
+        dtb[rsv + 15] = 0x10; // size 0x10
+    };
+    let keep = |_: &mut alloc::vec::Vec<u8>| {};
+    /// A change to the written blob.
+    type Patch<'p> = &'p dyn Fn(&mut alloc::vec::Vec<u8>);
+    let cases: [(&str, LinuxVm<'_>, Patch<'_>); 5] = [
         (
             "oversized pool",
             LinuxVm {
                 dma_pool: Some((crate::GUEST_RAM_IPA, 32 << 20)),
                 ..honest
             },
+            &keep,
         ),
         (
             "second memory node",
@@ -309,6 +320,7 @@ fn dt(info: &BootInfo) {
                 hostile: Hostile::SecondMemory,
                 ..honest
             },
+            &keep,
         ),
         (
             "device without the pool",
@@ -316,6 +328,7 @@ fn dt(info: &BootInfo) {
                 hostile: Hostile::DeviceWithoutPool,
                 ..honest
             },
+            &keep,
         ),
         (
             "device outside the window",
@@ -323,10 +336,14 @@ fn dt(info: &BootInfo) {
                 virtio: &outside,
                 ..honest
             },
+            &keep,
         ),
+        ("memory reservation", honest, &memreserve),
     ];
-    for (what, vm) in cases {
-        let dtb = linux_dtb(&vm).unwrap_or_else(|e| crate::fail(format_args!("attack dt: {e}")));
+    for (what, vm, patch) in cases {
+        let mut dtb =
+            linux_dtb(&vm).unwrap_or_else(|e| crate::fail(format_args!("attack dt: {e}")));
+        patch(&mut dtb);
         let h = match crate::hostif::vm_create(1, hyp_abi::FLAG_PROTECTED) {
             Ok(h) => h.0,
             Err(e) => crate::fail(format_args!("attack dt: VM_CREATE: {e:?}")),

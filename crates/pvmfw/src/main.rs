@@ -95,6 +95,7 @@ fn boot(x0: u64, entry: u64, facts: &Facts) -> Result<Go, Refusal<'static>> {
         Some((at, size)) => {
             // SAFETY: `dtb_extent` checked the whole blob lies in RAM.
             let blob = unsafe { ram(at, size) };
+            rules::check_blob(blob)?;
             let fdt = fdt::Fdt::new(blob).map_err(|_| Refusal::DtbParse)?;
             Some(rules::check_dt(&fdt, facts, kernel, (at, size))?)
         }

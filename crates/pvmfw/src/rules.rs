@@ -116,6 +116,9 @@ pub enum Refusal<'a> {
     DtbTooLarge(u64),
     /// The blob does not parse.
     DtbParse,
+    /// The blob breaks the flattened device tree format (what, offset):
+    /// checked before the parser sees it.
+    DtbMalformed(&'static str, u64),
     /// The device tree overlaps the kernel.
     DtbOverlapsKernel(u64),
     /// Not exactly one memory node.
@@ -171,6 +174,9 @@ impl fmt::Display for Refusal<'_> {
                 write!(f, "device tree of {s:#x} bytes exceeds {MAX_DTB:#x}")
             }
             Self::DtbParse => write!(f, "device tree does not parse"),
+            Self::DtbMalformed(what, at) => {
+                write!(f, "device tree is malformed: {what} at offset {at:#x}")
+            }
             Self::DtbOverlapsKernel(a) => write!(f, "device tree at {a:#x} overlaps the kernel"),
             Self::MemoryNodes(n) => write!(f, "{n} memory nodes (exactly 1 allowed)"),
             Self::MemoryRange(a, s) => {
@@ -283,6 +289,130 @@ pub fn dtb_extent(facts: &Facts, at: u64, head: [u8; 8]) -> Result<Option<u64>, 
         return Err(Refusal::DtbOutsideRam(at, size));
     }
     Ok(Some(size))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// Deepest node nesting accepted (the host's trees are 3 deep).
+const MAX_DEPTH: usize = 16;
+
+const FDT_BEGIN_NODE: u32 = 1;
+const FDT_END_NODE: u32 = 2;
+const FDT_PROP: u32 = 3;
+const FDT_END: u32 = 9;
+
+/// Checks that `blob` is a well-formed flattened device tree (devicetree
+/// specification v0.4, chapter 5) in the strict shape the host's writer
+/// produces: header fields inside the blob, version 17, an empty memory
+/// reservation map (a `/memreserve/` would hide RAM from the kernel), and a
+/// structure block of exactly one root node, each node's properties before
+/// its children, every name a NUL-terminated UTF-8 string inside its
+/// block, every property inside the structure block, `#address-cells` and
+/// `#size-cells` one cell each, no NOP tokens, then FDT_END. The `fdt` crate panics on some malformed blobs; after this
+/// check it has nothing to panic on, so every bad blob is a refusal.
+///
+/// # Errors
+///
+/// [`Refusal::DtbMalformed`] with what is wrong and where.
+pub fn check_blob(blob: &[u8]) -> Result<(), Refusal<'static>> {
+    let bad = |what, at: usize| Refusal::DtbMalformed(what, at as u64);
+    let field = |i: usize| be32(blob, 4 * i).ok_or(bad("truncated header", 4 * i));
+    let total = field(1)? as usize;
+    let (off_struct, off_strings, off_rsv) =
+        (field(2)? as usize, field(3)? as usize, field(4)? as usize);
+    let (version, strings_size, struct_size) = (field(5)?, field(8)? as usize, field(9)? as usize);
+    if total != blob.len() {
+        return Err(bad("totalsize is not the blob's size", 4));
+    }
+    if version != 17 {
+        return Err(bad("version is not 17", 20));
+    }
+    let within = |off: usize, len: usize| off.checked_add(len).is_some_and(|e| e <= total);
+    if !within(off_rsv, 16) || !off_rsv.is_multiple_of(8) {
+        return Err(bad("memory reservation map outside the blob", 16));
+    }
+    if blob[off_rsv..off_rsv + 16].iter().any(|&b| b != 0) {
+        return Err(bad("memory reservation entries", off_rsv));
+    }
+    if !within(off_struct, struct_size)
+        || !off_struct.is_multiple_of(4)
+        || !struct_size.is_multiple_of(4)
+    {
+        return Err(bad("structure block outside the blob", 8));
+    }
+    if !within(off_strings, strings_size) {
+        return Err(bad("strings block outside the blob", 12));
+    }
+    let st = &blob[off_struct..off_struct + struct_size];
+    let strings = &blob[off_strings..off_strings + strings_size];
+    // A NUL-terminated UTF-8 string at `at` of `b`: its length.
+    let cstr = |b: &[u8], at: usize| -> Option<usize> {
+        let rest = b.get(at..)?;
+        let n = rest.iter().position(|&c| c == 0)?;
+        core::str::from_utf8(&rest[..n]).ok()?;
+        Some(n)
+    };
+    let mut at = 0;
+    let mut depth = 0usize;
+    // Whether the current node has had a child (no property may follow).
+    let mut had_child = [false; MAX_DEPTH + 1];
+    loop {
+        let tok =
+            be32(st, at).ok_or(bad("structure block ends before FDT_END", off_struct + at))?;
+        let here = off_struct + at;
+        at += 4;
+        match tok {
+            FDT_BEGIN_NODE => {
+                if depth == 0 && at != 4 {
+                    return Err(bad("a second root node", here));
+                }
+                if depth == MAX_DEPTH {
+                    return Err(bad("nodes nested too deep", here));
+                }
+                let n = cstr(st, at).ok_or(bad("node name", here))?;
+                if depth == 0 && n != 0 {
+                    return Err(bad("the root node has a name", here));
+                }
+                had_child[depth] = true;
+                depth += 1;
+                had_child[depth] = false;
+                at = (at + n + 1).next_multiple_of(4);
+            }
+            FDT_END_NODE => {
+                if depth == 0 {
+                    return Err(bad("FDT_END_NODE outside a node", here));
+                }
+                depth -= 1;
+            }
+            FDT_PROP => {
+                if depth == 0 {
+                    return Err(bad("a property outside a node", here));
+                }
+                if had_child[depth] {
+                    return Err(bad("a property after a child node", here));
+                }
+                let len = be32(st, at).ok_or(bad("property header", here))? as usize;
+                let name = be32(st, at + 4).ok_or(bad("property header", here))? as usize;
+                let n = cstr(strings, name).ok_or(bad("property name", here))?;
+                at += 8;
+                if at.checked_add(len).is_none_or(|e| e > st.len()) {
+                    return Err(bad("property value past the structure block", here));
+                }
+                // Cell counts are one cell (the parser assumes it).
+                let pname = &strings[name..name + n];
+                if (pname == b"#address-cells" || pname == b"#size-cells") && len != 4 {
+                    return Err(bad("a cell count that is not one cell", here));
+                }
+                at = (at + len).next_multiple_of(4);
+            }
+            FDT_END if depth == 0 && at > 4 => return Ok(()),
+            _ => return Err(bad("unexpected token", here)),
+        }
+    }
 }
 
 /// Whether `dtb` may hold a device tree: its address in RAM, 8 bytes
