@@ -1483,15 +1483,9 @@ impl Run {
                 let got2 = got.map(
                     |RunStart {
                          boot,
-                         boot_args,
                          mmio_value,
                          vttbr,
-                     }| {
-                        // The model's VCPU_INIT is the plain one: no firmware
-                        // boot, so no boot registers.
-                        assert_eq!(boot_args, [0; 4]);
-                        (boot, mmio_value, vttbr)
-                    },
+                     }| { (boot, mmio_value, vttbr) },
                 );
                 let want2 =
                     want.map(|(boot, mmio)| (boot, mmio, self.ctl.vm(h).map_or(0, |v| v.vttbr)));

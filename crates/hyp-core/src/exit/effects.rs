@@ -284,21 +284,8 @@ fn apply(
                 }
             };
         }
-        Action::MeasurementSet => {
-            ctx.regs.x[0] = if measurement_set(who, ctx) {
-                call::SMCCC_RET_SUCCESS
-            } else {
-                call::SMCCC_RET_INVALID_PARAMETER
-            };
-        }
-        Action::MeasurementGet { item, half } => {
-            let m = guest_vm(who, |ctl, h| ctl.measurement(h).ok().flatten()).flatten();
-            let r = match m {
-                Some(m) => firmware::measurement_answer(&m, item, half),
-                None => [call::NOT_SUPPORTED, 0, 0, 0],
-            };
-            ctx.regs.x[..4].copy_from_slice(&r);
-        }
+        Action::MeasurementSet => measurement_set(who, ctx),
+        Action::MeasurementGet { item, half } => measurement_get(who, ctx, item, half),
         Action::MmioGuard { ipa } => {
             let done = guest_vm(who, |ctl, h| ctl.mmio_guard(h, ipa).is_ok());
             ctx.regs.x[0] = if done == Some(true) {
@@ -353,13 +340,33 @@ fn guest_vm<T>(who: Who, f: impl FnOnce(&state::Ctl, u64) -> T) -> Option<T> {
 
 /// MEASUREMENT_SET: records the digests in x1..x9 of a protected VM whose
 /// PC is in its firmware (the only code that runs there before the kernel),
-/// once.
-fn measurement_set(who: Who, ctx: &VcpuCtx) -> bool {
-    if !firmware::in_firmware(ctx.regs.pc) {
-        return false;
-    }
-    let m = firmware::measurement_from_regs(&ctx.regs.x[1..10]);
-    guest_vm(who, |ctl, h| ctl.measurement_set(h, m).is_ok()) == Some(true)
+/// once; x0 = SUCCESS or INVALID_PARAMETER. Out of line and cold (once per
+/// VM): inlined, it grew the frame of every exit's effects.
+#[cold]
+#[inline(never)]
+fn measurement_set(who: Who, ctx: &mut VcpuCtx) {
+    let done = firmware::in_firmware(ctx.regs.pc) && {
+        let m = firmware::measurement_from_regs(&ctx.regs.x[1..10]);
+        guest_vm(who, |ctl, h| ctl.measurement_set(h, m).is_ok()) == Some(true)
+    };
+    ctx.regs.x[0] = if done {
+        call::SMCCC_RET_SUCCESS
+    } else {
+        call::SMCCC_RET_INVALID_PARAMETER
+    };
+}
+
+/// MEASUREMENT_GET: half `half` of item `item` of what the VM's firmware
+/// reported, into x0..x3. Out of line and cold, as [`measurement_set`].
+#[cold]
+#[inline(never)]
+fn measurement_get(who: Who, ctx: &mut VcpuCtx, item: u64, half: u64) {
+    let m = guest_vm(who, |ctl, h| ctl.measurement(h).ok().flatten()).flatten();
+    let r = match m {
+        Some(m) => firmware::measurement_answer(&m, item, half),
+        None => [call::NOT_SUPPORTED, 0, 0, 0],
+    };
+    ctx.regs.x[..4].copy_from_slice(&r);
 }
 
 /// A stage-2 translation fault in guest RAM: maps the page if it was given

@@ -218,7 +218,8 @@ pub struct VmMeta {
     pub device_spis: u64,
     /// A protected VM's vCPU 0 enters its firmware with these in x1..x4
     /// (the host's kernel entry, the VM's RAM base and size, its vCPUs),
-    /// set by VCPU_INIT and used at that vCPU's first run only.
+    /// set by VCPU_INIT and taken at that vCPU's first run
+    /// ([`Control::take_boot_args`]).
     pub boot_args: [u64; 4],
     /// What the VM's firmware measured (MEASUREMENT_SET), once.
     pub measurement: Option<Measurement>,
@@ -413,9 +414,6 @@ pub enum RunEnd {
 pub struct RunStart {
     /// The vCPU was started: reset its registers to this entry and x0.
     pub boot: Option<(u64, u64)>,
-    /// With `boot`: x1..x4 at that entry (a protected VM's firmware boot;
-    /// zero otherwise).
-    pub boot_args: [u64; 4],
     /// A completed MMIO read: write the value to the access's register.
     pub mmio_value: Option<u64>,
     /// The VM's VTTBR_EL2.
@@ -1855,14 +1853,8 @@ impl VmMeta {
         v.power = Power::On;
         v.running_on = Some(cpu);
         self.has_run = true;
-        let boot_args = if boot.is_some() {
-            core::mem::take(&mut self.boot_args)
-        } else {
-            [0; 4]
-        };
         Ok(RunStart {
             boot,
-            boot_args,
             mmio_value,
             vttbr: self.vttbr,
         })

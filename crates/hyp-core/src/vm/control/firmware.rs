@@ -179,6 +179,20 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
         Ok(())
     }
 
+    /// x1..x4 for vCPU `vcpu` of VM `handle` starting now (its run began
+    /// with a boot entry): the firmware's boot facts for vCPU 0 of a
+    /// protected VM, once; zeros otherwise. Called on the boot path only, so
+    /// every other VCPU_RUN does not carry them.
+    #[must_use]
+    #[cold]
+    #[inline(never)]
+    pub fn take_boot_args(&self, handle: u64, vcpu: u64) -> [u64; 4] {
+        match self.vm(handle) {
+            Ok(mut vm) if vcpu == 0 => core::mem::take(&mut vm.boot_args),
+            _ => [0; 4],
+        }
+    }
+
     /// MEASUREMENT_SET from VM `handle`: records `m` once.
     ///
     /// # Errors
@@ -248,7 +262,11 @@ mod tests {
             .expect("init");
         let (start, claim) = c.begin_run(h, 0, 0).expect("run");
         assert_eq!(start.boot, Some((PVMFW_IPA, RAM_IPA + 0x1000)));
-        assert_eq!(start.boot_args, [RAM_IPA, RAM_IPA, 32 * PAGE_SIZE, 2]);
+        assert_eq!(
+            c.take_boot_args(h, 0),
+            [RAM_IPA, RAM_IPA, 32 * PAGE_SIZE, 2]
+        );
+        assert_eq!(c.take_boot_args(h, 0), [0; 4]);
         c.end_run(claim, 0, super::super::RunEnd::Runnable);
         // Every page of the window is the guest's own, the first holding
         // the firmware's bytes.
