@@ -19,7 +19,7 @@ use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
 use crate::vcpu::{fp, Who};
-use crate::vm::control::{Fault, HostError, RunEnd};
+use crate::vm::control::{firmware, Fault, HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{host as host_vcpus, state};
 use barriers::sync::{Cse, Synced};
@@ -285,6 +285,8 @@ fn apply(
                 }
             };
         }
+        Action::MeasurementSet => measurement_set(who, ctx),
+        Action::MeasurementGet { item, half } => measurement_get(who, ctx, item, half),
         Action::MmioGuard { ipa } => {
             let done = guest_vm(who, |ctl, h| ctl.mmio_guard(h, ipa).is_ok());
             ctx.regs.x[0] = if done == Some(true) {
@@ -335,6 +337,37 @@ fn guest_vm<T>(who: Who, f: impl FnOnce(&state::Ctl, u64) -> T) -> Option<T> {
         Who::Host => None,
         Who::Guest { slot, .. } => Some(f(state::control(), slot as u64 + 1)),
     }
+}
+
+/// MEASUREMENT_SET: records the digests in x1..x9 of a protected VM whose
+/// PC is in its firmware (the only code that runs there before the kernel),
+/// once; x0 = SUCCESS or INVALID_PARAMETER. Out of line and cold (once per
+/// VM): inlined, it grew the frame of every exit's effects.
+#[cold]
+#[inline(never)]
+fn measurement_set(who: Who, ctx: &mut VcpuCtx) {
+    let done = firmware::in_firmware(ctx.regs.pc) && {
+        let m = firmware::measurement_from_regs(&ctx.regs.x[1..10]);
+        guest_vm(who, |ctl, h| ctl.measurement_set(h, m).is_ok()) == Some(true)
+    };
+    ctx.regs.x[0] = if done {
+        call::SMCCC_RET_SUCCESS
+    } else {
+        call::SMCCC_RET_INVALID_PARAMETER
+    };
+}
+
+/// MEASUREMENT_GET: half `half` of item `item` of what the VM's firmware
+/// reported, into x0..x3. Out of line and cold, as [`measurement_set`].
+#[cold]
+#[inline(never)]
+fn measurement_get(who: Who, ctx: &mut VcpuCtx, item: u64, half: u64) {
+    let m = guest_vm(who, |ctl, h| ctl.measurement(h).ok().flatten()).flatten();
+    let r = match m {
+        Some(m) => firmware::measurement_answer(&m, item, half),
+        None => [call::NOT_SUPPORTED, 0, 0, 0],
+    };
+    ctx.regs.x[..4].copy_from_slice(&r);
 }
 
 /// A stage-2 translation fault in guest RAM: maps the page if it was given
