@@ -220,9 +220,10 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{ctl, host_vttbr, state_pa, RAM};
+    use super::super::tests::{ctl, host_vttbr, state_pa, NoMem, RAM};
     use super::super::{CompState, VM_CREATE_PAGES};
     use super::*;
+    use crate::vm::memcache::host::TestAlloc;
     use hyp_abi::layout::RAM_IPA;
 
     /// Host RAM for guest memory (below the VM state `state_pa` hands out).
@@ -232,32 +233,38 @@ mod tests {
 
     const FW: [u8; 5000] = [0x5a; 5000];
 
-    #[test]
-    fn protected_vm_starts_in_its_firmware() {
-        let c = ctl();
-        let mut v = host_vttbr();
+    /// A protected VM with `vcpus` vCPUs, topped up, given 16 pages at
+    /// RAM_IPA and 16 more at `second` (contiguous when it is 16 pages on).
+    fn protected_vm(c: &Control<TestAlloc, NoMem>, v: &mut Vttbr, vcpus: u64, second: u64) -> u64 {
         let h = c
             .create(
-                &mut v,
-                2,
+                v,
+                vcpus,
                 hyp_abi::FLAG_PROTECTED,
                 state_pa(0),
                 VM_CREATE_PAGES,
             )
             .expect("create");
-        c.topup(&mut v, h, TOPUP, 64).expect("topup");
-        let ram = GUEST;
-        c.give(&mut v, h, ram, RAM_IPA, 16, RegionKind::Donated)
+        c.topup(v, h, TOPUP, 64).expect("topup");
+        c.give(v, h, GUEST, RAM_IPA, 16, RegionKind::Donated)
             .expect("give");
         c.give(
-            &mut v,
+            v,
             h,
-            ram + 16 * PAGE_SIZE,
-            RAM_IPA + 16 * PAGE_SIZE,
+            GUEST + 16 * PAGE_SIZE,
+            second,
             16,
             RegionKind::Donated,
         )
         .expect("give");
+        h
+    }
+
+    #[test]
+    fn protected_vm_starts_in_its_firmware() {
+        let c = ctl();
+        let mut v = host_vttbr();
+        let h = protected_vm(&c, &mut v, 2, RAM_IPA + 16 * PAGE_SIZE);
         c.vcpu_init_firmware(&mut v, h, 0, RAM_IPA, RAM_IPA + 0x1000, &FW)
             .expect("init");
         let (start, claim) = c.begin_run(h, 0, 0).expect("run");
@@ -290,28 +297,8 @@ mod tests {
     fn firmware_boot_needs_contiguous_ram_and_pages() {
         let c = ctl();
         let mut v = host_vttbr();
-        let h = c
-            .create(
-                &mut v,
-                1,
-                hyp_abi::FLAG_PROTECTED,
-                state_pa(0),
-                VM_CREATE_PAGES,
-            )
-            .expect("create");
-        c.topup(&mut v, h, TOPUP, 64).expect("topup");
-        let ram = GUEST;
-        c.give(&mut v, h, ram, RAM_IPA, 16, RegionKind::Donated)
-            .expect("give");
-        c.give(
-            &mut v,
-            h,
-            ram + 16 * PAGE_SIZE,
-            RAM_IPA + 32 * PAGE_SIZE,
-            16,
-            RegionKind::Donated,
-        )
-        .expect("give");
+        // A gap of 16 pages between the two runs.
+        let h = protected_vm(&c, &mut v, 1, RAM_IPA + 32 * PAGE_SIZE);
         assert_eq!(
             c.vcpu_init_firmware(&mut v, h, 0, RAM_IPA, 0, &FW),
             Err(HostError::Invalid)
