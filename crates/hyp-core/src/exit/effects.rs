@@ -8,6 +8,7 @@
 //! [`policy::decide_unmapped`].
 
 use super::policy::{self, Action, Decision, Exit, Facts, Trap, VgicFrames};
+use super::vm_calls::guest_vm;
 use crate::arch::esr::{Esr, ExitReason, MmioAccess};
 use crate::arch::gic;
 use crate::arch::sysreg;
@@ -19,7 +20,7 @@ use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
 use crate::vcpu::{fp, Who};
-use crate::vm::control::{firmware, Fault, HostError, RunEnd};
+use crate::vm::control::{Fault, HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{host as host_vcpus, state};
 use barriers::sync::{Cse, Synced};
@@ -179,12 +180,7 @@ fn apply(
         Action::Resume => {}
         Action::Return(r) => ctx.regs.x[..4].copy_from_slice(&r),
         Action::ReturnX0(r) => ctx.regs.x[0] = r,
-        Action::Trng(t) => {
-            let mut draw = sysreg::rndrrs;
-            let source: Option<&mut dyn FnMut() -> Option<u64>> =
-                sysreg::has_rng().then_some(&mut draw);
-            ctx.regs.x[..4].copy_from_slice(&crate::calls::trng::answer(t, source));
-        }
+        Action::Trng(t) => super::vm_calls::trng(ctx, t),
         Action::Load { rt, value } => ctx.regs.x[rt as usize] = value,
         Action::Inject(what) => inject_into(c, ctx, what, pending),
         Action::DenyHost(what) => {
@@ -285,8 +281,10 @@ fn apply(
                 }
             };
         }
-        Action::MeasurementSet => measurement_set(who, ctx),
-        Action::MeasurementGet { item, half } => measurement_get(who, ctx, item, half),
+        Action::MeasurementSet => super::vm_calls::measurement_set(who, ctx),
+        Action::MeasurementGet { item, half } => {
+            super::vm_calls::measurement_get(who, ctx, item, half);
+        }
         Action::MmioGuard { ipa } => {
             let done = guest_vm(who, |ctl, h| ctl.mmio_guard(h, ipa).is_ok());
             ctx.regs.x[0] = if done == Some(true) {
@@ -329,45 +327,6 @@ fn apply(
 fn host_fault_raced(exit: &Exit) -> bool {
     exit.translation_fault_ipa()
         .is_some_and(|ipa| state::control().host_state(ipa) != s2mm::ownership::CompState::NoAccess)
-}
-
-/// `f` on the control state for the exiting guest's handle; `None` for the host.
-fn guest_vm<T>(who: Who, f: impl FnOnce(&state::Ctl, u64) -> T) -> Option<T> {
-    match who {
-        Who::Host => None,
-        Who::Guest { slot, .. } => Some(f(state::control(), slot as u64 + 1)),
-    }
-}
-
-/// MEASUREMENT_SET: records the digests in x1..x9 of a protected VM whose
-/// PC is in its firmware (the only code that runs there before the kernel),
-/// once; x0 = SUCCESS or INVALID_PARAMETER. Out of line and cold (once per
-/// VM): inlined, it grew the frame of every exit's effects.
-#[cold]
-#[inline(never)]
-fn measurement_set(who: Who, ctx: &mut VcpuCtx) {
-    let done = firmware::in_firmware(ctx.regs.pc) && {
-        let m = firmware::measurement_from_regs(&ctx.regs.x[1..10]);
-        guest_vm(who, |ctl, h| ctl.measurement_set(h, m).is_ok()) == Some(true)
-    };
-    ctx.regs.x[0] = if done {
-        call::SMCCC_RET_SUCCESS
-    } else {
-        call::SMCCC_RET_INVALID_PARAMETER
-    };
-}
-
-/// MEASUREMENT_GET: half `half` of item `item` of what the VM's firmware
-/// reported, into x0..x3. Out of line and cold, as [`measurement_set`].
-#[cold]
-#[inline(never)]
-fn measurement_get(who: Who, ctx: &mut VcpuCtx, item: u64, half: u64) {
-    let m = guest_vm(who, |ctl, h| ctl.measurement(h).ok().flatten()).flatten();
-    let r = match m {
-        Some(m) => firmware::measurement_answer(&m, item, half),
-        None => [call::NOT_SUPPORTED, 0, 0, 0],
-    };
-    ctx.regs.x[..4].copy_from_slice(&r);
 }
 
 /// A stage-2 translation fault in guest RAM: maps the page if it was given

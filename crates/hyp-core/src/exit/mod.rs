@@ -1,7 +1,8 @@
 //! Exits: every synchronous exit goes through [`policy::decode`] (syndrome
 //! and registers to an [`policy::Exit`]), [`policy::decide`] (pure: exit
 //! and facts to an [`policy::Action`]) and `effects` (AArch64: the only
-//! part that touches registers). `fast` answers the cheapest exits from the
+//! part that touches registers; `vm_calls` for the calls that need a CPU's
+//! random number generator or the VM's measurement). `fast` answers the cheapest exits from the
 //! vector itself; `sysreg` and `idregs` are the pure rules for trapped
 //! system registers.
 
@@ -15,3 +16,5 @@ pub mod effects;
 pub mod fast;
 #[cfg(target_arch = "aarch64")]
 mod uart;
+#[cfg(target_arch = "aarch64")]
+mod vm_calls;
