@@ -1119,7 +1119,7 @@ pub fn linux_guest(
 /// tests.
 #[cfg(test)]
 #[path = "../../crates/host/src/dtb.rs"]
-pub(crate) mod host_dtb;
+mod host_dtb;
 
 #[cfg(test)]
 mod tests {
@@ -1354,7 +1354,6 @@ mod tests {
             boot: 1,
             virtio: &[],
             dma_pool: None,
-            hostile: host_dtb::Hostile::None,
         }
     }
 
