@@ -731,7 +731,8 @@ case \" $(cat /proc/cmdline) \" in
     uname -a
     echo \"cpus online: $(cat /sys/devices/system/cpu/online)\"
     cat /proc/interrupts
-    avail=$(echo $(cat /sys/class/misc/hw_random/rng_available 2>/dev/null))
+    # Linux 6.12 lists a pseudo-entry \"none\" beside the real generators.
+    avail=$(echo $(tr ' ' '\\n' < /sys/class/misc/hw_random/rng_available 2>/dev/null | grep -vx none))
     echo \"LINUX-TRNG: ${avail:-none}, read $(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c) bytes\"
     echo LINUX-GUEST-DONE
     poweroff -f
