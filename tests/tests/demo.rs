@@ -41,6 +41,34 @@ fn demo_passes_with_exact_counts() {
         "{}",
         log.join("\n")
     );
+    // Issue 19 item 2: each protected guest started in the firmware, which
+    // measured it; the guest reads the same digest back from the hypervisor
+    // (MEASUREMENT_GET), and its own MEASUREMENT_SET is refused (-3: not
+    // from the firmware, and once only). The normal guest has none.
+    for vm in 1..=2 {
+        let fw = log
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("[vm{vm}] pvmfw: kernel sha256 ")))
+            .unwrap_or_else(|| panic!("VM {vm}: no firmware measurement\n{}", log.join("\n")));
+        let digest = &fw[..64];
+        assert!(fw[64..].starts_with(" (0x"), "{fw}");
+        assert!(log
+            .iter()
+            .any(|l| l
+                == &format!("[vm{vm}] pvmfw: no device tree (x0 = {vm:#x} passed on as it is)")));
+        assert!(
+            log.iter().any(|l| l
+                == &format!("[vm{vm}] guest-virtio: VM {vm}: measured kernel sha256 {digest}")),
+            "{}",
+            log.join("\n")
+        );
+        assert!(log.iter().any(
+            |l| l == &format!("[vm{vm}] guest-virtio: VM {vm}: MEASUREMENT_SET after boot: -3")
+        ));
+    }
+    assert!(!log
+        .iter()
+        .any(|l| l.starts_with("[vm3] pvmfw") || l.contains("VM 3: measured")));
 }
 
 #[test]

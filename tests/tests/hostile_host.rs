@@ -731,3 +731,59 @@ fn host_interrupt_path_reaches_no_other_interrupt() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 19 items 2 and 7: the host hands a protected VM device trees that
+/// break the firmware's rules (an oversized DMA pool, a second memory node,
+/// a virtio device whose DMA would not bounce through the pool, a device
+/// outside the host's MMIO window, a /memreserve/ entry): the firmware the hypervisor entered the
+/// VM in refuses each, naming the rule and the value, and powers the VM off
+/// before the kernel (guest-hello, which would print) runs. The host's own
+/// MEASUREMENT_SET is NOT_SUPPORTED.
+#[test]
+fn firmware_refuses_hostile_device_trees() {
+    dt(TestBoard::QemuVirt);
+}
+
+#[test]
+fn firmware_refuses_hostile_device_trees_rpi4() {
+    dt(TestBoard::Rpi4);
+}
+
+fn dt(board: TestBoard) {
+    let mut q = Qemu::boot(BootOptions {
+        board,
+        append: Some("attack=dt".to_owned()),
+        ..BootOptions::default()
+    });
+    for (refusal, what) in [
+        (
+            "pool of 0x2000000 bytes exceeds the limit 0x1000000",
+            "oversized pool",
+        ),
+        ("2 memory nodes (exactly 1 allowed)", "second memory node"),
+        (
+            "virtio device virtio_mmio@a000000 does not use the DMA pool",
+            "device without the pool",
+        ),
+        (
+            "virtio device virtio_mmio@c000000 at 0xc000000 is outside the host MMIO window 0xa000000+0x4000",
+            "device outside the window",
+        ),
+        (
+            "device tree is malformed: memory reservation entries at offset 0x28",
+            "memory reservation",
+        ),
+    ] {
+        let l = q.expect_line("pvmfw:", T);
+        assert_eq!(l, format!("[vm1] pvmfw: refused: {refusal}"));
+        q.expect_exact(&format!("host: attack dt: {what}: VM 1 powered off"), T);
+    }
+    q.expect_exact("host: attack dt: MEASUREMENT_SET from the host: -1", T);
+    q.expect_exit_code(0, T);
+    let log = q.log();
+    assert!(
+        !log.iter().any(|l| l.contains("guest-hello")),
+        "a refused kernel ran:\n{}",
+        log.join("\n")
+    );
+}

@@ -266,6 +266,84 @@ fn boots_on_two_vcpus(board: Board) {
     );
 }
 
+/// The file QEMU's loader puts at `addr` (`loader,file=PATH,addr=ADDR,...`
+/// in `args`).
+fn loader_file(args: &[String], addr: &str) -> Vec<u8> {
+    let path = args
+        .iter()
+        .find_map(|a| {
+            let f = a.strip_prefix("loader,file=")?;
+            let (path, rest) = f.split_once(",addr=")?;
+            rest.starts_with(&format!("{addr},")).then_some(path)
+        })
+        .unwrap_or_else(|| panic!("no loader at {addr} in {args:?}"));
+    std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Issue 19 item 2: a protected Linux VM starts in the hypervisor's
+/// firmware, which checks the host's device tree, measures the kernel
+/// (the arm64 Image header's image_size bytes: the file, then the zeroed
+/// BSS) and the initrd, and only then jumps to the kernel, which boots as
+/// it does in a normal VM. The firmware's digests are the files'.
+#[test]
+#[ignore = "needs the Debian kernel: run by `cargo xtask test` (its Linux step)"]
+fn protected_linux_boots_through_the_firmware() {
+    let start = Instant::now();
+    let args = env_lines(VIRT.qemu_args_var);
+    let mut kernel = loader_file(&args, "0x70000000");
+    let initrd = loader_file(&args, "0x74000000");
+    let image_size = u64::from_le_bytes(kernel[16..24].try_into().expect("8 bytes")) as usize;
+    assert!(image_size >= kernel.len(), "image_size {image_size:#x}");
+    kernel.resize(image_size, 0);
+    let append = env(VIRT.append_var).replacen(" -- ", " guest-protected -- ", 1);
+    let mut q = Qemu::boot(BootOptions {
+        board: VIRT.test,
+        append: Some(format!("{append} hyp.init=check")),
+        smp: VIRT.smp,
+        extra: args,
+        ..BootOptions::default()
+    });
+    q.expect_line(
+        "host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000, protected",
+        T,
+    );
+    let k = q.expect_guest_line(1, "pvmfw: kernel sha256 ", T);
+    assert_eq!(
+        k,
+        format!(
+            "pvmfw: kernel sha256 {} ({image_size:#x} bytes at 0x40000000)",
+            sha256_hex(&kernel)
+        )
+    );
+    let i = q.expect_guest_line(1, "pvmfw: initrd sha256 ", T);
+    assert_eq!(
+        i,
+        format!(
+            "pvmfw: initrd sha256 {} ({:#x} bytes at 0x48000000)",
+            sha256_hex(&initrd),
+            initrd.len()
+        )
+    );
+    q.expect_guest(
+        1,
+        "pvmfw: device tree ok (0 devices, pool 0x4f600000 8 MiB)",
+        T,
+    );
+    let go = q.expect_guest_line(1, "pvmfw: booting the kernel at 0x40000000 after ", T);
+    eprintln!("linux_guest: {go}");
+    let banner = q.expect_line("Linux version ", T);
+    assert!(banner.contains("Debian"), "unexpected banner: {banner}");
+    q.expect_line("smp: Brought up 1 node, 2 CPUs", T);
+    q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
+    q.expect_guest(1, "LINUX-GUEST-DONE", T);
+    q.expect_line("host: VM 1 (linux) powered off", T);
+    assert_eq!(q.expect_exit(T), 0);
+    eprintln!(
+        "linux_guest: protected, powered off after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
 /// Prints the boot count the host put in the device tree (a string
 /// property: its NUL goes).
 const BOOT_COUNT: &str =

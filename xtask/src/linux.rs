@@ -1120,7 +1120,7 @@ pub fn linux_guest(
 /// tests.
 #[cfg(test)]
 #[path = "../../crates/host/src/dtb.rs"]
-mod host_dtb;
+pub(crate) mod host_dtb;
 
 #[cfg(test)]
 mod tests {
@@ -1355,6 +1355,7 @@ mod tests {
             boot: 1,
             virtio: &[],
             dma_pool: None,
+            hostile: host_dtb::Hostile::None,
         }
     }
 

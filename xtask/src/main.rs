@@ -29,6 +29,8 @@ mod linux;
 mod mutants;
 mod profile;
 mod provision;
+#[cfg(test)]
+mod pvmfw_rules;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};

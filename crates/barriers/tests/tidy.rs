@@ -47,6 +47,11 @@ const EXEMPT_DIRS: &[(&str, &str)] = &[
          never EL2's, and they cannot use barriers::regs (EL2 registers)",
     ),
     (
+        "crates/pvmfw/",
+        "the protected-VM firmware is a guest's code: it runs at EL1 in the VM under stage 2, \
+         so its barriers synchronise only the VM's own EL1&0 context, like every guest's",
+    ),
+    (
         "crates/host/",
         "the host VM is a guest too (pKVM model): it runs at EL1 under the hypervisor's stage 2, \
          links guest-rt rather than barriers, and its barriers (an ISB before a counter read) \

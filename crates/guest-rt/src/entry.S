@@ -2,14 +2,32 @@
 // vCPU enables FP/SIMD at EL1 and EL0 (CPACR_EL1.FPEN = 0b11: the target
 // lets the compiler use FP/SIMD registers, and guest-fp tests them), takes
 // the stack for its index, installs the vectors and calls
-// guest_rt_main(index, x0 at entry).
+// guest_rt_main(index, x0, x1, x2, x3, x4 at entry).
+//
+// The program starts with an arm64 Image header (Linux's
+// Documentation/arch/arm64/booting.rst): a protected VM's firmware
+// (crates/pvmfw) measures image_size bytes from it, as it does a Linux
+// kernel's. code0 branches over the header, so the entry stays _start.
     .section .text.entry, "ax"
     .global _start
 _start:
-    mov     x20, x0
+    b       0f                              // code0
+    .word   0                               // code1
+    .quad   0                               // text_offset
+    .quad   __guest_image_size              // image_size (guest.ld)
+    .quad   0x2                             // flags: little-endian, 4 KiB pages
+    .quad   0, 0, 0                         // res2..res4
+    .word   0x644d5241                      // magic: "ARM\x64"
+    .word   0                               // res5
+0:  mov     x20, x0
+    mov     x21, x1
+    mov     x22, x2
+    mov     x23, x3
+    mov     x24, x4
     mrs     x19, mpidr_el1
     and     x19, x19, #0xff
-    cmp     x19, #8
+    ldr     x1, =__guest_max_vcpus          // guest.ld's MAX_VCPUS
+    cmp     x19, x1
     b.hs    9f
     cbnz    x19, 2f
     adrp    x1, __bss_start
@@ -34,6 +52,10 @@ _start:
     isb                                     // CPACR and VBAR in effect
     mov     x0, x19
     mov     x1, x20
+    mov     x2, x21
+    mov     x3, x22
+    mov     x4, x23
+    mov     x5, x24
     bl      guest_rt_main
 9:  wfe
     b       9b

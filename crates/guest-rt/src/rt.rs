@@ -1,7 +1,7 @@
 use core::arch::{asm, global_asm};
 use core::convert::Infallible;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use smccc::{Call, Hvc};
 
 global_asm!(include_str!("entry.S"));
@@ -110,8 +110,22 @@ unsafe extern "Rust" {
     fn guest_main(cpu: usize, arg: u64) -> !;
 }
 
+/// x1..x4 at vCPU 0's entry (see [`boot_regs`]).
+static BOOT_REGS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// x1..x4 as vCPU 0 found them at its entry: a protected VM's firmware
+/// (crates/pvmfw) gets the hypervisor's boot facts there.
+pub fn boot_regs() -> [u64; 4] {
+    BOOT_REGS.each_ref().map(|r| r.load(Ordering::Relaxed))
+}
+
 #[unsafe(no_mangle)]
-extern "C" fn guest_rt_main(cpu: usize, arg: u64) -> ! {
+extern "C" fn guest_rt_main(cpu: usize, arg: u64, x1: u64, x2: u64, x3: u64, x4: u64) -> ! {
+    if cpu == 0 {
+        for (r, v) in BOOT_REGS.iter().zip([x1, x2, x3, x4]) {
+            r.store(v, Ordering::Relaxed);
+        }
+    }
     // SAFETY: every guest crate defines `guest_main` with this signature.
     unsafe { guest_main(cpu, arg) }
 }
@@ -190,6 +204,26 @@ pub fn mmio_guard_range(ipa: u64, len: u64) -> Result<u64, i64> {
         }
     }
     Ok((end - start) / PAGE)
+}
+
+pub use hyp_abi::pvmfw::{ITEM_INITRD, ITEM_KERNEL, MEASUREMENT_SET};
+
+/// The SHA-256 the VM's firmware measured of item `item`
+/// ([`ITEM_KERNEL`] or [`ITEM_INITRD`]), read back from the
+/// hypervisor with MEASUREMENT_GET (two calls of 16 bytes); `None` when
+/// nothing was measured (a normal VM, or no initrd).
+pub fn measurement(item: u64) -> Option<[u8; 32]> {
+    let mut d = [0u8; 32];
+    for half in 0..2u64 {
+        let r = hvc(hyp_abi::pvmfw::MEASUREMENT_GET, item, half, 0);
+        if r[0] != 0 || r[3] != 1 {
+            return None;
+        }
+        let at = half as usize * 16;
+        d[at..at + 8].copy_from_slice(&r[1].to_be_bytes());
+        d[at + 8..at + 16].copy_from_slice(&r[2].to_be_bytes());
+    }
+    Some(d)
 }
 
 /// Address of the common entry point, for PSCI CPU_ON.

@@ -328,6 +328,21 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     }
     // SAFETY: HEAP is given once, here, and nothing else uses it.
     guest_rt::heap::give(unsafe { &mut (*HEAP.0.get()).0 }.as_flattened_mut());
+    // A protected VM booted through the firmware, which measured this
+    // program: what the hypervisor recorded, as any code of the VM reads it.
+    if let Some(d) = guest_rt::measurement(guest_rt::ITEM_KERNEL) {
+        let mut l = guest_rt::Line::new();
+        for b in d {
+            let _ = write!(l, "{b:02x}");
+        }
+        println!(
+            "guest-virtio: VM {handle}: measured kernel sha256 {}",
+            l.as_str()
+        );
+        // Only the firmware may report, once: the kernel's own try fails.
+        let r = guest_rt::hvc(guest_rt::MEASUREMENT_SET, 0, 0, 0)[0] as i64;
+        println!("guest-virtio: VM {handle}: MEASUREMENT_SET after boot: {r}");
+    }
     let ok = match guard_devices() {
         Ok(_) if arg == 1 => {
             private_rings::run(handle);

@@ -16,6 +16,7 @@ pub fn run(info: &BootInfo, name: &str) {
         "vmcr" => vmcr(info),
         "dma" => dma(info),
         "intx" => crate::attack_intx::intx(info),
+        "dt" => dt(info),
         _ => crate::fail(format_args!("unknown attack {name:?}")),
     }
 }
@@ -26,15 +27,15 @@ pub fn run(info: &BootInfo, name: &str) {
 /// Denied. guest-hello starts vCPU 1 itself and waits for it to go off.
 fn vcpu_init(info: &BootInfo) {
     let (h, entry) = many::load(many::hello(info), true, 2);
-    let early = call(hyp_abi::VCPU_INIT, [h, 1, entry, 0x666]);
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h]) {
+    let early = crate::hostif::vcpu_init(h, 1, entry, 0x666);
+    if let Err(e) = crate::hostif::vcpu_init(h, 0, entry, h) {
         crate::fail(format_args!(
             "attack vcpu_init: the one allowed VCPU_INIT: {e:?}"
         ));
     }
-    let twice = call(hyp_abi::VCPU_INIT, [h, 0, entry, 0x666]);
+    let twice = crate::hostif::vcpu_init(h, 0, entry, 0x666);
     many::power_off(h, 2);
-    let after_off = call(hyp_abi::VCPU_INIT, [h, 1, entry, 0x666]);
+    let after_off = crate::hostif::vcpu_init(h, 1, entry, 0x666);
     println!(
         "host: attack vcpu_init: vCPU 1 before the guest started it: {early:?}; vCPU 0 a second time: {twice:?}; vCPU 1 after its CPU_OFF: {after_off:?}"
     );
@@ -60,7 +61,7 @@ fn fp(info: &BootInfo) {
     let mut vms = [(0, "uses FP"), (0, "does not")];
     for (i, arg) in [arg_busy, arg_idle].into_iter().enumerate() {
         let (h, entry) = many::load(module, i == 0, 1);
-        if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h | arg << 8]) {
+        if let Err(e) = crate::hostif::vcpu_init(h, 0, entry, h | arg << 8) {
             crate::fail(format_args!("attack fp: VCPU_INIT: {e:?}"));
         }
         vms[i].0 = h;
@@ -124,7 +125,7 @@ fn vmcr(info: &BootInfo) {
         crate::fail(format_args!("attack vmcr: no guest-faults image"));
     };
     let (h, entry) = many::load(module, true, 1);
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h | 3 << 8]) {
+    if let Err(e) = crate::hostif::vcpu_init(h, 0, entry, h | 3 << 8) {
         crate::fail(format_args!("attack vmcr: VCPU_INIT: {e:?}"));
     }
     many::power_off(h, 1);
@@ -239,7 +240,7 @@ fn dma(info: &BootInfo) {
         before = *refused;
     }
     // The protected guest runs from the page the attack aimed at.
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h]) {
+    if let Err(e) = crate::hostif::vcpu_init(h, 0, entry, h) {
         crate::fail(format_args!("attack dma: VCPU_INIT: {e:?}"));
     }
     many::power_off(h, 1);
@@ -262,4 +263,118 @@ fn dma(info: &BootInfo) {
     if let Err(e) = crate::hostif::destroy_vm(h) {
         crate::fail(format_args!("attack dma: VM_DESTROY: {e:?}"));
     }
+}
+
+/// RAM of each `dt` attack VM: the guest-hello "kernel" at its start, the
+/// pool at 2 MiB, the device tree at 3 MiB.
+const DT_RAM: u64 = 4 << 20;
+const DT_POOL: (u64, u64) = (crate::GUEST_RAM_IPA + (2 << 20), 1 << 20);
+const DT_IPA: u64 = crate::GUEST_RAM_IPA + (3 << 20);
+
+/// Issue 19 item 7: device trees that break the protected-VM firmware's
+/// rules. For each, the host makes a protected VM (guest-hello as its
+/// kernel), writes the broken tree, donates the RAM and runs vCPU 0, which
+/// starts in the firmware: it must print `pvmfw: refused: ...` and power
+/// the VM off before the kernel runs. Then the host calls MEASUREMENT_SET
+/// itself (the firmware's call: NOT_SUPPORTED for the host).
+fn dt(info: &BootInfo) {
+    use crate::dtb::{linux_dtb, Hostile, LinuxVm, VirtioMmio};
+    let module = many::hello(info);
+    let dev = |ipa| VirtioMmio {
+        ipa,
+        size: 0x200,
+        spi: 16,
+    };
+    let (inside, outside) = ([dev(hyp_abi::layout::HOST_MMIO_IPA)], [dev(0x0c00_0000)]);
+    let honest = LinuxVm {
+        gic: info.vgic().unwrap_or(hyp_abi::Vgic::V3),
+        vcpus: 1,
+        mem: DT_RAM,
+        cmdline: "",
+        initrd: None,
+        boot: 1,
+        virtio: &inside,
+        dma_pool: Some(DT_POOL),
+        hostile: Hostile::None,
+    };
+    // The honest tree with a /memreserve/ entry patched in (it would hide
+    // RAM from the kernel): refused by the firmware's format check.
+    let memreserve = |dtb: &mut alloc::vec::Vec<u8>| {
+        let rsv = u32::from_be_bytes([dtb[16], dtb[17], dtb[18], dtb[19]]) as usize;
+        dtb[rsv + 3] = 0x10; // address 0x10_0000_0000..
+        dtb[rsv + 15] = 0x10; // size 0x10
+    };
+    let keep = |_: &mut alloc::vec::Vec<u8>| {};
+    /// A change to the written blob.
+    type Patch<'p> = &'p dyn Fn(&mut alloc::vec::Vec<u8>);
+    let cases: [(&str, LinuxVm<'_>, Patch<'_>); 5] = [
+        (
+            "oversized pool",
+            LinuxVm {
+                dma_pool: Some((crate::GUEST_RAM_IPA, 32 << 20)),
+                ..honest
+            },
+            &keep,
+        ),
+        (
+            "second memory node",
+            LinuxVm {
+                hostile: Hostile::SecondMemory,
+                ..honest
+            },
+            &keep,
+        ),
+        (
+            "device without the pool",
+            LinuxVm {
+                hostile: Hostile::DeviceWithoutPool,
+                ..honest
+            },
+            &keep,
+        ),
+        (
+            "device outside the window",
+            LinuxVm {
+                virtio: &outside,
+                ..honest
+            },
+            &keep,
+        ),
+        ("memory reservation", honest, &memreserve),
+    ];
+    for (what, vm, patch) in cases {
+        let mut dtb =
+            linux_dtb(&vm).unwrap_or_else(|e| crate::fail(format_args!("attack dt: {e}")));
+        patch(&mut dtb);
+        let h = match crate::hostif::vm_create(1, hyp_abi::FLAG_PROTECTED) {
+            Ok(h) => h.0,
+            Err(e) => crate::fail(format_args!("attack dt: VM_CREATE: {e:?}")),
+        };
+        let Some(pa) = crate::alloc_pages(DT_RAM) else {
+            crate::fail(format_args!("attack dt: no host memory"));
+        };
+        // SAFETY: [pa, pa + DT_RAM) is host RAM nobody else uses (bump
+        // allocated), not yet given to the VM.
+        unsafe { crate::load_image(module, pa) };
+        let at = pa + (DT_IPA - crate::GUEST_RAM_IPA);
+        for (i, &b) in dtb.iter().enumerate() {
+            // SAFETY: as above; the tree (a few hundred bytes) fits the
+            // RAM's last MiB. Byte stores: the host's MMU is off.
+            unsafe { ((at + i as u64) as *mut u8).write_volatile(b) };
+        }
+        let pages = DT_RAM / crate::PAGE;
+        if let Err(e) = crate::hostif::give(h, pa, crate::GUEST_RAM_IPA, pages, true, false) {
+            crate::fail(format_args!("attack dt: MEM_DONATE: {e:?}"));
+        }
+        if let Err(e) = crate::hostif::vcpu_init(h, 0, module.entry, DT_IPA) {
+            crate::fail(format_args!("attack dt: VCPU_INIT: {e:?}"));
+        }
+        many::power_off(h, 1);
+        println!("host: attack dt: {what}: VM {h} powered off");
+        if let Err(e) = crate::hostif::destroy_vm(h) {
+            crate::fail(format_args!("attack dt: VM_DESTROY: {e:?}"));
+        }
+    }
+    let r = crate::hostif::call_full(hyp_abi::pvmfw::MEASUREMENT_SET, [0; 4])[0] as i64;
+    println!("host: attack dt: MEASUREMENT_SET from the host: {r}");
 }

@@ -21,7 +21,6 @@
 //!
 //! Any interrupt other than its own that the host ever acknowledges is counted.
 
-use crate::hostif::call;
 use crate::intx::{acknowledge, end};
 use crate::many;
 use guest_rt::println;
@@ -101,7 +100,9 @@ pub fn intx(info: &BootInfo) {
         crate::fail(format_args!("attack intx: no guest-timer image"));
     };
     let (h, entry) = many::load(module, true, 2);
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h]) {
+    // Through hostif: a protected VM's first VCPU_INIT takes pages for its
+    // firmware, topped up as needed.
+    if let Err(e) = crate::hostif::vcpu_init(h, 0, entry, h) {
         crate::fail(format_args!("attack intx: VCPU_INIT: {e:?}"));
     }
     // The INTIDs it was not given.

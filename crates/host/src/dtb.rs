@@ -104,6 +104,21 @@ pub struct VirtioMmio {
     pub spi: u32,
 }
 
+/// How a hostile host breaks a protected VM's device tree on purpose
+/// (`attack=dt`, attack.rs; the firmware must refuse each): the tree is
+/// otherwise the honest one. An oversized pool or a device outside the
+/// host's window needs no knob: the caller passes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hostile {
+    /// The honest tree.
+    None,
+    /// A second memory node, 1 MiB past the VM's RAM.
+    SecondMemory,
+    /// The first virtio node without `memory-region` (its DMA would not
+    /// bounce through the pool).
+    DeviceWithoutPool,
+}
+
 /// What the device tree of a Linux VM says.
 #[derive(Clone, Copy, Debug)]
 pub struct LinuxVm<'a> {
@@ -126,6 +141,8 @@ pub struct LinuxVm<'a> {
     /// I/O through it (and shares only it with the host;
     /// reserved-memory/shared-dma-pool.yaml).
     pub dma_pool: Option<(u64, u64)>,
+    /// [`Hostile::None`] but in the host's attacks.
+    pub hostile: Hostile,
 }
 
 /// The device tree of `vm`: its memory, vCPUs, GIC, timer, PL011, command
@@ -148,6 +165,7 @@ pub fn linux_dtb(vm: &LinuxVm<'_>) -> Result<Vec<u8>, Error> {
         boot,
         virtio,
         dma_pool,
+        hostile,
     } = *vm;
     let uart = format!("pl011@{UART_IPA:x}");
     let mut w = FdtWriter::new()?;
@@ -173,6 +191,13 @@ pub fn linux_dtb(vm: &LinuxVm<'_>) -> Result<Vec<u8>, Error> {
             w.property_string("device_type", "memory")?;
             w.property_array_u64("reg", &[RAM_IPA, mem])
         })?;
+        if hostile == Hostile::SecondMemory {
+            let at = RAM_IPA + mem;
+            node(w, &format!("memory@{at:x}"), |w| {
+                w.property_string("device_type", "memory")?;
+                w.property_array_u64("reg", &[at, 1 << 20])
+            })?;
+        }
 
         if let Some((at, size)) = dma_pool {
             node(w, "reserved-memory", |w| {
@@ -236,12 +261,12 @@ pub fn linux_dtb(vm: &LinuxVm<'_>) -> Result<Vec<u8>, Error> {
             strs(w, "clock-names", &["uartclk", "apb_pclk"])
         })?;
 
-        for d in virtio {
+        for (i, d) in virtio.iter().enumerate() {
             node(w, &format!("virtio_mmio@{:x}", d.ipa), |w| {
                 w.property_string("compatible", "virtio,mmio")?;
                 w.property_array_u64("reg", &[d.ipa, d.size])?;
                 w.property_array_u32("interrupts", &[0, d.spi, LEVEL_HIGH])?;
-                if dma_pool.is_some() {
+                if dma_pool.is_some() && !(i == 0 && hostile == Hostile::DeviceWithoutPool) {
                     w.property_u32("memory-region", PH_POOL)?;
                 }
                 w.property_null("dma-coherent")

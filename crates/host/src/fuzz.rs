@@ -436,13 +436,26 @@ impl Worker {
             Kind::BenchMmio => 4 | 10_000 << 8,
             Kind::BenchShare => 6 | 10_000 << 8,
         };
-        issue(
-            self.cpu,
-            T_INIT,
-            hyp_abi::VCPU_INIT,
-            [h, 0, module.entry, (h & 0xff) | arg << 8, 0],
-            &|r| r.is_ok(),
-        );
+        // A protected VM's VCPU_INIT loads its firmware into the VM's own
+        // pages: NoMemory until enough are topped up.
+        loop {
+            let x = issue(
+                self.cpu,
+                T_INIT,
+                hyp_abi::VCPU_INIT,
+                [h, 0, module.entry, (h & 0xff) | arg << 8, 0],
+                &|r| r.is_ok() || (vm.protected && r == Err(HostError::NoMemory)),
+            );
+            match res(x[0]) {
+                Ok(_) => break,
+                Err(_) if vm.runs < RUNS => self.topup(s, &mut vm),
+                Err(_) => {
+                    self.vms[s] = Some(vm);
+                    self.destroy(s);
+                    return;
+                }
+            }
+        }
         self.vms[s] = Some(vm);
         self.publish(s);
     }

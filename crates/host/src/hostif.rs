@@ -85,6 +85,14 @@ pub fn with_topup<T>(h: u64, mut op: impl FnMut() -> Result<T, HostError>) -> Re
     }
 }
 
+/// VCPU_INIT of vCPU `vcpu` of VM `h` at `entry` with `x0`, topping the
+/// VM's own pages up while it fails with `NoMemory`: a protected VM's
+/// first VCPU_INIT takes pages for the firmware the hypervisor loads into
+/// it (`hyp_abi::layout::PVMFW_SIZE`).
+pub fn vcpu_init(h: u64, vcpu: u64, entry: u64, x0: u64) -> Result<u64, HostError> {
+    with_topup(h, || call(hyp_abi::VCPU_INIT, [h, vcpu, entry, x0]))
+}
+
 /// MEM_DONATE (protected) or MEM_LEND of `pages` pages at `pa` to VM
 /// `handle` at `ipa`, in steps of at most `hyp_abi::MAX_GIVE_PAGES` (each
 /// extends the region the one before made), topping the VM's table pages

@@ -22,7 +22,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::hostif::{self, call, Handle};
+use crate::hostif::{self, Handle};
 use crate::{fail, Guest, GUEST_RAM_IPA, PAGE};
 use guest_rt::println;
 use hyp_abi::{BootInfo, Vgic};
@@ -259,6 +259,22 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
     let (initrd_ipa, dtb_ipa) = (cfg.initrd_ipa(), cfg.dtb_ipa());
 
     copy(pa_of(cfg.load_ipa), cfg.kernel.pa, cfg.kernel.size);
+    // The arm64 Image header's image_size (offset 16) covers the kernel's
+    // BSS past the file: zeroed, so what a protected VM's firmware measures
+    // (image_size bytes from the load address) depends on the file alone.
+    let image_size = rd64(cfg.kernel.pa + 16);
+    if image_size > cfg.kernel.size && cfg.load_ipa + image_size <= GUEST_RAM_IPA + cfg.mem {
+        let (end, img_end) = (
+            pa_of(cfg.load_ipa) + cfg.kernel.size,
+            pa_of(cfg.load_ipa) + image_size,
+        );
+        let aligned = end.next_multiple_of(8).min(img_end);
+        for a in end..aligned {
+            // SAFETY: guest RAM, still the host's (as `copy`'s); byte stores.
+            unsafe { (a as *mut u8).write_volatile(0) };
+        }
+        zero(aligned, img_end - aligned);
+    }
     if let Some(i) = cfg.initrd {
         copy(pa_of(initrd_ipa), i.pa, i.size);
     }
@@ -272,6 +288,7 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
         boot,
         virtio: crate::linuxdev::dt_nodes(),
         dma_pool: cfg.protected.then(|| cfg.dma_pool()),
+        hostile: crate::dtb::Hostile::None,
     })
     .unwrap_or_else(|e| fail(format_args!("device tree: {e}")));
     if dtb.len() as u64 > DTB_ROOM {
@@ -294,7 +311,7 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
     if let Err(e) = hostif::give(handle.0, ram_pa, GUEST_RAM_IPA, pages, cfg.protected, false) {
         fail(format_args!("giving memory to linux: {e:?}"));
     }
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, cfg.entry, dtb_ipa]) {
+    if let Err(e) = crate::hostif::vcpu_init(handle.0, 0, cfg.entry, dtb_ipa) {
         fail(format_args!("VCPU_INIT for linux: {e:?}"));
     }
     crate::linuxdev::attach(handle.0, ram_pa, cfg.mem);

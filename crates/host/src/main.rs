@@ -518,7 +518,7 @@ pub fn load_guest(info: &BootInfo, s: &Spec, ram_pa: u64) -> Handle {
     demo::declare_irqs(handle.0);
     // x0 at entry: the VM handle in bits [7:0], the guest option `arg=N` above.
     let x0 = handle.0 | s.arg << 8;
-    if let Err(e) = call(hyp_abi::VCPU_INIT, [handle.0, 0, module.entry, x0]) {
+    if let Err(e) = crate::hostif::vcpu_init(handle.0, 0, module.entry, x0) {
         fail(format_args!("VCPU_INIT for {name}: {e:?}"));
     }
     handle

@@ -66,7 +66,7 @@ pub fn run(info: &BootInfo, n: u64) {
     let mut handles = Vec::new();
     for i in 0..n {
         let (h, entry) = load(module, i % 2 == 0, 1);
-        if let Err(e) = call(hyp_abi::VCPU_INIT, [h, 0, entry, h]) {
+        if let Err(e) = crate::hostif::vcpu_init(h, 0, entry, h) {
             fail(format_args!("VCPU_INIT of VM {h}: {e:?}"));
         }
         handles.push(h);

@@ -10,6 +10,7 @@
 //! | [`GICR_IPA`]                 | GICv3: virtual redistributors, one per vCPU      |
 //! | [`UART_IPA`]                 | the emulated PL011 (the hypervisor's console)    |
 //! | [`HOST_MMIO_IPA`]            | the host's MMIO window ([`HOST_MMIO_SIZE`]): accesses exit to the host, which emulates its devices (virtio-mmio, the test device); a protected VM's only on pages it guarded (MMIO_GUARD) |
+//! | [`PVMFW_IPA`]                | a protected VM's firmware ([`PVMFW_SIZE`]): pages the hypervisor loads from its image, the host never sees |
 //! | [`RAM_IPA`] and up           | guest RAM                                        |
 
 /// The virtual GIC distributor (QEMU virt's GICD).
@@ -35,6 +36,20 @@ pub const UART_INTID: u32 = 33;
 pub const HOST_MMIO_IPA: u64 = 0x0a00_0000;
 /// Size of the host's MMIO window.
 pub const HOST_MMIO_SIZE: u64 = 0x4000;
+/// Where the hypervisor maps a protected VM's firmware (`crates/pvmfw`): its own pages,
+/// taken from the memory the host donated for the VM's state (never from guest RAM, so the
+/// host can neither map nor read them), loaded from the hypervisor's image at VCPU_INIT. vCPU 0
+/// starts here; the firmware checks the host's device tree, measures the kernel and jumps to
+/// it. Below guest RAM and outside every device window above (QEMU virt's PCIe MMIO window is
+/// the host's, never a guest's), so no MEM_DONATE/MEM_LEND can reach it.
+pub const PVMFW_IPA: u64 = 0x2000_0000;
+/// Size of the firmware's window at [`PVMFW_IPA`]: text, data, BSS and its one stack (its
+/// link script fails the build when it does not fit). Every page is mapped for a protected VM.
+pub const PVMFW_SIZE: u64 = 0x2_0000;
+const _: () = assert!(
+    PVMFW_IPA + PVMFW_SIZE <= RAM_IPA && PVMFW_IPA >= HOST_MMIO_IPA + HOST_MMIO_SIZE,
+    "the firmware window lies between the device windows and guest RAM"
+);
 /// Guest RAM lies at or above this IPA (guest-rt programs are linked here); below it is
 /// device space, as on QEMU virt.
 pub const RAM_IPA: u64 = 0x4000_0000;

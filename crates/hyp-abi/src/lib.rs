@@ -28,6 +28,30 @@
 
 pub mod layout;
 
+/// The protected-VM firmware's calls (`crates/pvmfw`): guest calls, fast, SMC64, owner 6,
+/// function numbers 0x100 and 0x101. Upstream KVM's vendor functions are 0..=127 (the
+/// KVM_FEATURES bitmaps: MMIO guard is 7, DISCOVER_IMPL_VER/CPUS 64/65, FEATURES_2 127) and
+/// this project's host calls are 0x40.. from the host only, so these cannot collide.
+pub mod pvmfw {
+    /// MEASUREMENT_SET: the firmware reports what it measured, once per VM, before it jumps
+    /// to the kernel: x1..x4 the kernel's SHA-256 (bytes 0..32 as four big-endian words),
+    /// x5..x8 the initrd's, x9 = 1 if there is an initrd (else 0, x5..x8 zero). Accepted
+    /// only from a protected VM, only while the caller's PC lies in the firmware window
+    /// ([`crate::layout::PVMFW_IPA`]) and only once: x0 = 0, else -3 (INVALID_PARAMETER)
+    /// and nothing is recorded; a normal VM or the host gets -1 (NOT_SUPPORTED).
+    pub const MEASUREMENT_SET: u32 = 0xC600_0100;
+    /// MEASUREMENT_GET(item, half): any code of the VM reads back what the firmware
+    /// reported. x1 = item ([`ITEM_KERNEL`] or [`ITEM_INITRD`]), x2 = half (0: bytes 0..16,
+    /// 1: bytes 16..32), x3 = 0. Returns x0 = 0, x1:x2 the 16 bytes as two big-endian words,
+    /// x3 = 1 if the item was measured (0: no initrd; x1, x2 zero); -3 for a bad argument,
+    /// -1 when nothing was reported (a normal VM, the host).
+    pub const MEASUREMENT_GET: u32 = 0xC600_0101;
+    /// MEASUREMENT_GET's item: the kernel.
+    pub const ITEM_KERNEL: u64 = 0;
+    /// MEASUREMENT_GET's item: the initrd.
+    pub const ITEM_INITRD: u64 = 1;
+}
+
 /// First host function ID.
 pub const FID_BASE: u32 = 0xC600_0040;
 /// VM_CREATE(vcpus, flags, pa, pages) -> handle. The host donates

@@ -211,6 +211,17 @@ pub fn get() -> Option<&'static Platform> {
     CURRENT.get().copied()
 }
 
+/// The name of the protected-VM firmware's payload (`crates/pvmfw`): loaded
+/// by the hypervisor into each protected VM, never handed to the host.
+pub const FIRMWARE: &str = "pvmfw";
+
+/// The protected-VM firmware's bytes (linked at and entered at
+/// `hyp_abi::layout::PVMFW_IPA`, checked at boot), if the image has it.
+#[must_use]
+pub fn firmware() -> Option<&'static [u8]> {
+    get()?.ops.guest(FIRMWARE).map(|g| g.bytes)
+}
+
 /// Stops the machine reporting failure `code`.
 ///
 /// # Panics

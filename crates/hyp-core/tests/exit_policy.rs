@@ -472,6 +472,34 @@ fn vendor_calls() {
             p,
             at(Action::Return([call::NOT_SUPPORTED, 0, 0, 0])),
         ),
+        (
+            "MEASUREMENT_SET of a protected VM goes to its effect (PC and once)",
+            hvc(),
+            vec![u64::from(hyp_abi::pvmfw::MEASUREMENT_SET), 1, 2, 3],
+            p,
+            at(Action::MeasurementSet),
+        ),
+        (
+            "MEASUREMENT_SET of a normal VM: it has no firmware",
+            hvc(),
+            vec![u64::from(hyp_abi::pvmfw::MEASUREMENT_SET), 1, 2, 3],
+            g,
+            at(Action::ReturnX0(call::NOT_SUPPORTED)),
+        ),
+        (
+            "MEASUREMENT_GET of the initrd's second half",
+            hvc(),
+            vec![u64::from(hyp_abi::pvmfw::MEASUREMENT_GET), 1, 1],
+            g,
+            at(Action::MeasurementGet { item: 1, half: 1 }),
+        ),
+        (
+            "MEASUREMENT_GET of an unknown item",
+            hvc(),
+            vec![u64::from(hyp_abi::pvmfw::MEASUREMENT_GET), 2, 0],
+            p,
+            at(Action::Return([call::SMCCC_RET_INVALID_PARAMETER, 0, 0, 0])),
+        ),
     ]);
 }
 
@@ -493,6 +521,13 @@ fn host_calls() {
             vec![u64::from(hyp_abi::FID_LAST)],
             h,
             at(Action::HostCall),
+        ),
+        (
+            "the firmware's MEASUREMENT_SET is no host call",
+            hvc(),
+            vec![u64::from(hyp_abi::pvmfw::MEASUREMENT_SET)],
+            h,
+            at(Action::ReturnX0(call::NOT_SUPPORTED)),
         ),
         (
             "just past the control range",

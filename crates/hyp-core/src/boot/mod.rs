@@ -467,6 +467,17 @@ fn load_host(
         if g.name == "host" {
             continue;
         }
+        if g.name == crate::platform::FIRMWARE {
+            // The hypervisor's own payload: loaded into protected VMs by
+            // VCPU_INIT (`vm::control::firmware`), never given to the host.
+            if g.load_ipa != hyp_abi::layout::PVMFW_IPA
+                || g.entry != hyp_abi::layout::PVMFW_IPA
+                || g.bytes.len() as u64 > hyp_abi::layout::PVMFW_SIZE
+            {
+                return Err("the protected-VM firmware is not linked for its window");
+            }
+            continue;
+        }
         let k = bi.nr_modules as usize;
         if k == hyp_abi::MAX_MODULES {
             return Err("too many guest payloads for the boot info");

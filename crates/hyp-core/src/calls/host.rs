@@ -123,10 +123,24 @@ fn control_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending)
                 }
             }
         }
-        hyp_abi::VCPU_INIT => match control().vcpu_init(a[0], a[1], a[2], a[3]) {
-            Ok(()) => 0,
-            Err(e) => err(e),
-        },
+        hyp_abi::VCPU_INIT => {
+            // A protected VM starts in the firmware the hypervisor loads
+            // (`vm::control::firmware`); an image without one boots
+            // protected VMs at the host's entry.
+            let r = match crate::platform::firmware() {
+                Some(fw) => control().vcpu_init_firmware(&mut c.vttbr, a[0], a[1], a[2], a[3], fw),
+                None => control().vcpu_init(a[0], a[1], a[2], a[3]),
+            };
+            match r {
+                Ok(()) => {
+                    // The firmware's pages were written at EL2 and cleaned to
+                    // PoC by their map (no FWB): now the I-caches.
+                    barriers::maint::invalidate_icache_all_is();
+                    0
+                }
+                Err(e) => err(e),
+            }
+        }
         hyp_abi::VCPU_STATE => control().vcpu_state(a[0], a[1]).unwrap_or_else(err),
         hyp_abi::MMIO_COMPLETE => match control().mmio_complete(a[0], a[1], a[2]) {
             Ok(()) => 0,

@@ -180,6 +180,17 @@ pub enum Hypercall {
     /// An SMCCC TRNG call (answered with entropy the CPU draws, so not
     /// stateless: [`super::trng`]).
     Trng(super::trng::TrngCall),
+    /// MEASUREMENT_SET (`hyp_abi::pvmfw`): the firmware's report, in x1..x9
+    /// (read by the effect: more registers than a decode sees).
+    MeasurementSet,
+    /// MEASUREMENT_GET of half `half` of item `item` (both checked to be 0
+    /// or 1, x3 zero).
+    MeasurementGet {
+        /// [`hyp_abi::pvmfw::ITEM_KERNEL`] or [`hyp_abi::pvmfw::ITEM_INITRD`].
+        item: u64,
+        /// 0: bytes 0..16, 1: bytes 16..32.
+        half: u64,
+    },
     /// A known vendor call whose arguments fail the stateless checks:
     /// answered [`SMCCC_RET_INVALID_PARAMETER`].
     InvalidParameter {
@@ -245,6 +256,15 @@ pub fn decode(x: [u64; 4]) -> Hypercall {
                 Hypercall::MmioGuard { ipa }
             }
         }
+        hyp_abi::pvmfw::MEASUREMENT_SET => Hypercall::MeasurementSet,
+        hyp_abi::pvmfw::MEASUREMENT_GET => {
+            let (item, half) = (x[1], x[2]);
+            if item > hyp_abi::pvmfw::ITEM_INITRD || half > 1 || x[3] != 0 {
+                Hypercall::InvalidParameter { fid }
+            } else {
+                Hypercall::MeasurementGet { item, half }
+            }
+        }
         _ => match super::trng::decode(fid, x[1]) {
             Some(t) => Hypercall::Trng(t),
             None => Hypercall::Unknown { fid },
@@ -278,6 +298,8 @@ pub fn stateless_answer(call: Hypercall) -> Option<[u64; 4]> {
         | Hypercall::MemShare { .. }
         | Hypercall::MemUnshare { .. }
         | Hypercall::MmioGuard { .. }
+        | Hypercall::MeasurementSet
+        | Hypercall::MeasurementGet { .. }
         | Hypercall::Trng(_) => return None,
     };
     Some([x0, 0, 0, 0])
@@ -674,6 +696,27 @@ mod tests {
             }),
             None
         );
+    }
+
+    #[test]
+    fn measurement_calls() {
+        use hyp_abi::pvmfw::{MEASUREMENT_GET, MEASUREMENT_SET};
+        assert_eq!(call(MEASUREMENT_SET, 1, 2, 3), Hypercall::MeasurementSet);
+        assert_eq!(
+            call(MEASUREMENT_GET, 1, 1, 0),
+            Hypercall::MeasurementGet { item: 1, half: 1 }
+        );
+        for (a1, a2, a3) in [(2, 0, 0), (0, 2, 0), (0, 0, 1)] {
+            assert_eq!(
+                call(MEASUREMENT_GET, a1, a2, a3),
+                Hypercall::InvalidParameter {
+                    fid: MEASUREMENT_GET
+                }
+            );
+        }
+        // Outside KVM's vendor function numbers (0..=127).
+        const { assert!(MEASUREMENT_SET & 0xffff > 127 && MEASUREMENT_GET & 0xffff > 127) };
+        assert_eq!(stateless_answer(Hypercall::MeasurementSet), None);
     }
 
     #[test]

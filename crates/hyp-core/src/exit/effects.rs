@@ -281,6 +281,10 @@ fn apply(
                 }
             };
         }
+        Action::MeasurementSet => super::vm_calls::measurement_set(who, ctx),
+        Action::MeasurementGet { item, half } => {
+            super::vm_calls::measurement_get(who, ctx, item, half);
+        }
         Action::MmioGuard { ipa } => {
             let done = guest_vm(who, |ctl, h| ctl.mmio_guard(h, ipa).is_ok());
             ctx.regs.x[0] = if done == Some(true) {

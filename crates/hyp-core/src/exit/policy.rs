@@ -350,6 +350,16 @@ pub enum Action {
     },
     /// An SMCCC TRNG call: answered with entropy from this CPU.
     Trng(crate::calls::trng::TrngCall),
+    /// MEASUREMENT_SET from a protected VM: recorded if the caller's PC is
+    /// in the firmware window and nothing was recorded yet.
+    MeasurementSet,
+    /// MEASUREMENT_GET: half `half` of item `item` of what was recorded.
+    MeasurementGet {
+        /// Kernel or initrd.
+        item: u64,
+        /// Which 16 bytes.
+        half: u64,
+    },
     /// MEM_SHARE (`share`) or MEM_UNSHARE of the page at `ipa`.
     Share {
         /// Page IPA.
@@ -482,6 +492,9 @@ fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
         Hypercall::MemShare { ipa } => Action::Share { ipa, share: true },
         Hypercall::MemUnshare { ipa } => Action::Share { ipa, share: false },
         Hypercall::Trng(t) => Action::Trng(t),
+        // The firmware's measurement: only a protected VM has a firmware.
+        Hypercall::MeasurementSet if facts.protected() => Action::MeasurementSet,
+        Hypercall::MeasurementGet { item, half } => Action::MeasurementGet { item, half },
         // MMIO guard (upstream Linux's one call, protected VMs only): a
         // protected VM's access in the host's window reaches the host only
         // for the pages it guarded (see `data_abort`). Its own RAM is

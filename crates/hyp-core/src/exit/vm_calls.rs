@@ -1,12 +1,14 @@
 //! The effects of the guest calls whose answers need more than the
-//! decision: SMCCC TRNG (this CPU's random number generator), and the
-//! lookup of the exiting guest's VM in the control state. Called from
+//! decision: SMCCC TRNG (this CPU's random number generator) and the
+//! firmware's measurement (the VM's control state). Called from
 //! `effects::apply`.
 
 use crate::arch::sysreg;
+use crate::calls::smccc as call;
 use crate::calls::trng::{self, TrngCall};
 use crate::vcpu::ctx::VcpuCtx;
 use crate::vcpu::Who;
+use crate::vm::control::firmware;
 use crate::vm::state;
 
 /// An SMCCC TRNG call: answered with draws of this CPU's `RNDRRS`, or
@@ -23,4 +25,35 @@ pub(super) fn guest_vm<T>(who: Who, f: impl FnOnce(&state::Ctl, u64) -> T) -> Op
         Who::Host => None,
         Who::Guest { slot, .. } => Some(f(state::control(), slot as u64 + 1)),
     }
+}
+
+/// MEASUREMENT_SET: records the digests in x1..x9 of a protected VM whose
+/// PC is in its firmware (the only code that runs there before the kernel),
+/// once; x0 = SUCCESS or INVALID_PARAMETER. Out of line and cold (once per
+/// VM): inlined, it grew the frame of every exit's effects.
+#[cold]
+#[inline(never)]
+pub(super) fn measurement_set(who: Who, ctx: &mut VcpuCtx) {
+    let done = firmware::in_firmware(ctx.regs.pc) && {
+        let m = firmware::measurement_from_regs(&ctx.regs.x[1..10]);
+        guest_vm(who, |ctl, h| ctl.measurement_set(h, m).is_ok()) == Some(true)
+    };
+    ctx.regs.x[0] = if done {
+        call::SMCCC_RET_SUCCESS
+    } else {
+        call::SMCCC_RET_INVALID_PARAMETER
+    };
+}
+
+/// MEASUREMENT_GET: half `half` of item `item` of what the VM's firmware
+/// reported, into x0..x3. Out of line and cold, as [`measurement_set`].
+#[cold]
+#[inline(never)]
+pub(super) fn measurement_get(who: Who, ctx: &mut VcpuCtx, item: u64, half: u64) {
+    let m = guest_vm(who, |ctl, h| ctl.measurement(h).ok().flatten()).flatten();
+    let r = match m {
+        Some(m) => firmware::measurement_answer(&m, item, half),
+        None => [call::NOT_SUPPORTED, 0, 0, 0],
+    };
+    ctx.regs.x[..4].copy_from_slice(&r);
 }

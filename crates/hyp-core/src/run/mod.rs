@@ -200,6 +200,9 @@ fn vcpu_run(
         .expect("a claimed vCPU's context is free");
     if let Some((entry, x0)) = start.boot {
         ctx.reset(v, entry, x0, traps::guest_hcr(state::fwb()));
+        // A protected VM's firmware boot facts (`vm::control::firmware`),
+        // fetched on this boot path only (out of line, cold).
+        ctx.regs.x[1..5].copy_from_slice(&ctl.take_boot_args(handle, vcpu));
     }
     if let Some(value) = start.mmio_value {
         if let Some(m) = ctx.mmio.take() {

@@ -30,6 +30,7 @@ use smccc::psci::error;
 use spin::{Mutex, MutexGuard};
 
 mod audit;
+pub mod firmware;
 mod host_devices;
 mod spis;
 
@@ -51,6 +52,7 @@ pub const MAX_REGIONS: usize = 32;
 pub const GUEST_IPA_BITS: u32 = 40;
 /// Guest memory lies at or above this IPA; below it is device space
 /// (the emulated UART, the GIC, virtio-mmio), as on QEMU virt.
+pub use firmware::Measurement;
 pub use hyp_abi::layout::RAM_IPA as GUEST_RAM_IPA_MIN;
 /// Largest single donation or loan (2 MiB), so that one call's checks and
 /// table changes stay bounded; the host gives a larger range in
@@ -214,6 +216,13 @@ pub struct VmMeta {
     /// The SPIs the host declared for its emulated devices (IRQ_DECLARE),
     /// bit *i* for INTID 32 + *i*: the only INTIDs IRQ_LINE may drive.
     pub device_spis: u64,
+    /// A protected VM's vCPU 0 enters its firmware with these in x1..x4
+    /// (the host's kernel entry, the VM's RAM base and size, its vCPUs),
+    /// set by VCPU_INIT and taken at that vCPU's first run
+    /// ([`Control::take_boot_args`]).
+    pub boot_args: [u64; 4],
+    /// What the VM's firmware measured (MEASUREMENT_SET), once.
+    pub measurement: Option<Measurement>,
     /// VTTBR_EL2 value.
     pub vttbr: u64,
     /// Regions mapped at stage 2 on first touch (bit *i*: `regions[i]`).
@@ -913,6 +922,8 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
             shared: 0,
             mmio_guard: 0,
             device_spis: 0,
+            boot_args: [0; 4],
+            measurement: None,
             vttbr,
             lazy: 0,
             scrubbed: 0,
@@ -1782,6 +1793,14 @@ impl<A: HypAlloc, M: PhysMem, X> Both<'_, A, M, X> {
 /// Calls about one VM, made with its lock held.
 impl VmMeta {
     fn vcpu_init(&mut self, vcpu: u64, entry: u64, ctx: u64) -> HostResult<()> {
+        let idx = self.check_init(vcpu, entry)?;
+        self.vcpus[idx].power = Power::OnPending { entry, ctx };
+        self.boot_entry_set |= idx == 0;
+        Ok(())
+    }
+
+    /// VCPU_INIT's checks: the vCPU index it may start.
+    fn check_init(&self, vcpu: u64, entry: u64) -> HostResult<usize> {
         let idx = vcpu_idx(self, vcpu)?;
         // The trust model's first rule (ARCHITECTURE.md): the host picks a
         // protected VM's boot entry once, for vCPU 0, before anything of it
@@ -1800,9 +1819,7 @@ impl VmMeta {
         if self.status != VmStatus::Live || self.vcpus[idx].power != Power::Off {
             return Err(HostError::State);
         }
-        self.vcpus[idx].power = Power::OnPending { entry, ctx };
-        self.boot_entry_set |= idx == 0;
-        Ok(())
+        Ok(idx)
     }
 
     fn vcpu_state(&self, vcpu: u64) -> HostResult<u64> {

@@ -16,6 +16,9 @@
 //!   kind gives (donated: OWNED or SHARED_OWNED; lent: SHARED_BORROWED);
 //!   every RAM mapping lies in one of its regions; a dying VM maps no RAM;
 //!   `shared` counts its SHARED_OWNED pages.
+//! - **A protected VM's firmware.** Every page mapped in its window
+//!   (`hyp_abi::layout::PVMFW_IPA`) is a page of one of the VM's own runs,
+//!   OWNED by the guest, and a dying VM maps none.
 //! - **The host's stage 2.** It maps only by identity; every annotated or
 //!   shared page belongs to exactly one VM's region or run of the matching
 //!   kind (so no page is in two guests).
@@ -122,6 +125,21 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
             }
             vm.s2.for_each_entry(&read, |ipa, size, e| {
                 let Entry::Mapped(m) = e else { return };
+                if super::firmware::in_firmware(ipa.0) {
+                    // The firmware's pages: the VM's own (one of its runs),
+                    // owned by it alone.
+                    for k in 0..size / PAGE_SIZE {
+                        let pa = m.pa.0 + k * PAGE_SIZE;
+                        let own = vm
+                            .cache
+                            .runs()
+                            .any(|r| pa >= r.pa && pa < r.pa + r.pages * PAGE_SIZE);
+                        if dying || !own || m.state != PageState::Owned {
+                            flag("firmware page not the VM's own", ipa.0 + k * PAGE_SIZE, pa);
+                        }
+                    }
+                    return;
+                }
                 if ipa.0 < GUEST_RAM_IPA_MIN {
                     return; // devices: the vGIC's frame, assigned devices
                 }
