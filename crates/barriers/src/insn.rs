@@ -527,6 +527,28 @@ pub(crate) mod emit {
         unsafe { asm!("dc civac, {0}", in(reg) va, options(nostack, preserves_flags)) }
     }
 
+    /// The `DC ZVA` block in bytes, or `None` when `DC ZVA` is prohibited
+    /// (DCZID_EL0.DZP).
+    #[inline(always)]
+    pub(crate) fn zva_block() -> Option<u64> {
+        let dczid: u64;
+        // SAFETY: DCZID_EL0 is a read-only ID register.
+        unsafe { asm!("mrs {0}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) }
+        (dczid & 0x10 == 0).then(|| 4 << (dczid & 0xf))
+    }
+
+    /// Zeroes the `DC ZVA` block holding `va`.
+    ///
+    /// # Safety
+    ///
+    /// `va` is in Normal memory mapped writable at this EL that nobody else
+    /// uses (it is overwritten with zeroes).
+    #[inline(always)]
+    pub(crate) unsafe fn dc_zva(va: u64) {
+        // SAFETY: forwarded contract.
+        unsafe { asm!("dc zva, {0}", in(reg) va, options(nostack, preserves_flags)) }
+    }
+
     #[inline(always)]
     pub(crate) fn ic_ialluis() {
         // SAFETY: invalidating the instruction caches has no architectural data effect.
@@ -616,6 +638,17 @@ pub(crate) mod emit {
 
     pub(crate) fn ic_ialluis() {
         push(Insn::IcIalluis);
+    }
+
+    /// No `DC ZVA` in the recording backend: [`crate::maint::scrub_to_poc`]
+    /// zeroes with ordinary stores there.
+    pub(crate) fn zva_block() -> Option<u64> {
+        None
+    }
+
+    /// Never called ([`zva_block`] is `None`).
+    pub(crate) unsafe fn dc_zva(_va: u64) {
+        unreachable!("the recording backend has no DC ZVA")
     }
 
     pub(crate) fn store(slot: &AtomicU64, new: u64, ia: Option<u64>, level: Option<u8>) {

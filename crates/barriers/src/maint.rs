@@ -17,6 +17,37 @@ pub fn clean_inval_to_poc(va: u64, len: u64) {
     emit::dsb(DsbKind::Sy);
 }
 
+/// Zeroes `[va, va + len)` and cleans it to the point of coherency, then
+/// `DSB SY`: a destroyed VM's page before anyone else may map it.
+///
+/// Zeroing uses `DC ZVA` (one instruction per block, 64 bytes on the CPUs
+/// here) where DCZID_EL0 permits it and the range is block-aligned, else
+/// ordinary stores. Consumer of the clean: as [`clean_inval_to_poc`], the
+/// next owner may read the range with its caches off, and must see zeroes,
+/// not the old owner's data still in memory (Arm ARM D7.5.9; `DC ZVA` is a
+/// data write like any other, so its zeroes are cleaned the same way).
+///
+/// # Safety
+///
+/// `[va, va + len)` is Normal memory mapped writable at this EL that nobody
+/// else uses while this runs.
+pub unsafe fn scrub_to_poc(va: u64, len: u64) {
+    match emit::zva_block() {
+        Some(b) if va % b == 0 && len % b == 0 => {
+            let mut a = va;
+            while a < va + len {
+                // SAFETY: the caller's contract; `a` starts a whole block of
+                // the range (both ends are block-aligned).
+                unsafe { emit::dc_zva(a) };
+                a += b;
+            }
+        }
+        // SAFETY: the caller's contract.
+        _ => unsafe { core::ptr::write_bytes(va as *mut u8, 0, len as usize) },
+    }
+    clean_inval_to_poc(va, len);
+}
+
 /// `DC CIVAC` on every data-cache line that `[va, va + len)` touches, without a barrier; returns
 /// how many. The one clean-to-PoC loop: [`clean_inval_to_poc`] and `PtBatch::clean_to_poc` add
 /// their own DSBs.

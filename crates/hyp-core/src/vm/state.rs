@@ -150,8 +150,7 @@ impl PhysMem for HypMem {
         // SAFETY: the range is RAM a destroyed VM owned and nobody maps now
         // (its stage 2 is gone, the host's is not yet restored); EL2 maps all
         // RAM by identity.
-        unsafe { core::ptr::write_bytes(pa as *mut u8, 0, len as usize) };
-        barriers::maint::clean_inval_to_poc(pa, len);
+        unsafe { barriers::maint::scrub_to_poc(pa, len) };
     }
 
     fn clean(&mut self, pa: u64, len: u64) {
