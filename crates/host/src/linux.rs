@@ -407,10 +407,23 @@ fn counter_hz() -> u64 {
 }
 
 /// Called when the kernel's VM powers off: the counter, for boot timing.
-pub fn powered_off() {
+pub fn powered_off(handle: u64) {
     println!(
         "host: linux: powered off at counter {} ({} Hz)",
         counter(),
         counter_hz()
+    );
+    // What the guest shared and guarded through the pKVM calls, as the
+    // hypervisor counted them (only a protected VM makes them; guards of
+    // pages the hypervisor emulates itself are not counted: nothing there
+    // reaches the host either way).
+    let calls = |i| {
+        hostif::call(hyp_abi::STATS, [handle, hyp_abi::STATS_GUEST_CALLS + i, 0, 0]).unwrap_or(0)
+    };
+    println!(
+        "host: linux: pKVM calls: {} MEM_SHARE, {} MEM_UNSHARE, {} MMIO_GUARD of the host's device pages",
+        calls(0),
+        calls(1),
+        calls(2)
     );
 }

@@ -666,7 +666,7 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
             };
             if !g.stopped.swap(true, Ordering::AcqRel) {
                 if g.name == "linux" {
-                    linux::powered_off();
+                    linux::powered_off(g.handle.0);
                 }
                 println!("host: VM {} ({}) powered {how}", g.handle.0, g.name);
                 if g.reap {

@@ -158,6 +158,9 @@ pub const STATS_TOTAL: u64 = 255;
 /// wide: `STATS_BARRIERS + i` for i = 0 DSB, 1 TLBI, 2 ISB, 3 DC, 4 VTTBR_EL2 switches for
 /// TLB maintenance under another VMID.
 pub const STATS_BARRIERS: u64 = 240;
+/// STATS(handle, reason) of a VM for the pKVM calls it made that took effect:
+/// `STATS_GUEST_CALLS + i` for i = 0 MEM_SHARE, 1 MEM_UNSHARE, 2 MMIO_GUARD.
+pub const STATS_GUEST_CALLS: u64 = 230;
 /// Number of `STATS_BARRIERS` counters.
 pub const STATS_BARRIER_KINDS: u64 = 5;
 

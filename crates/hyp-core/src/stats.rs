@@ -26,11 +26,27 @@ fn smmu_faults() -> u64 {
     0
 }
 
+/// The pKVM guest calls a VM made that took effect, each counted: read
+/// with STATS index [`GUEST_CALLS`] + the variant's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestCall {
+    /// MEM_SHARE of one page.
+    MemShare = 0,
+    /// MEM_UNSHARE of one page.
+    MemUnshare = 1,
+    /// MMIO_GUARD of one granule.
+    MmioGuard = 2,
+}
+
+/// STATS reason index of the first [`GuestCall`] counter (three of them).
+pub const GUEST_CALLS: u64 = hyp_abi::STATS_GUEST_CALLS;
+
 /// One VM's (or the host's) counters.
 #[derive(Debug)]
 pub struct Counts {
     exits: [AtomicU64; ExitReason::COUNT],
     flushes: AtomicU64,
+    calls: [AtomicU64; 3],
 }
 
 impl Default for Counts {
@@ -52,7 +68,13 @@ impl Counts {
         Self {
             exits: [const { AtomicU64::new(0) }; ExitReason::COUNT],
             flushes: AtomicU64::new(0),
+            calls: [const { AtomicU64::new(0) }; 3],
         }
+    }
+
+    /// Counts a pKVM guest call that took effect.
+    pub fn guest_call(&self, what: GuestCall) {
+        self.calls[what as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one exit.
@@ -81,6 +103,9 @@ impl Counts {
                 Some(self.exits.iter().map(|a| a.load(Ordering::Relaxed)).sum())
             }
             CACHE_FLUSHES => Some(self.flushes.load(Ordering::Relaxed)),
+            r if !host && (GUEST_CALLS..GUEST_CALLS + 3).contains(&r) => {
+                Some(self.calls[(r - GUEST_CALLS) as usize].load(Ordering::Relaxed))
+            }
             HOST_DENIED if host => Some(DENIED.load(Ordering::Relaxed)),
             SMMU_FAULTS if host => Some(smmu_faults()),
             r if host
@@ -188,5 +213,18 @@ mod tests {
         drop(vm);
         // The destroyed VM's exits stay in the machine-wide totals.
         assert!(Snapshot::base().0[ExitReason::Hvc as usize] >= base + 2);
+    }
+
+    #[test]
+    fn guest_calls_are_counted_per_kind_for_vms_only() {
+        let vm = Counts::new();
+        vm.guest_call(GuestCall::MemShare);
+        vm.guest_call(GuestCall::MemShare);
+        vm.guest_call(GuestCall::MmioGuard);
+        assert_eq!(vm.read(GUEST_CALLS), Some(2));
+        assert_eq!(vm.read(GUEST_CALLS + 1), Some(0));
+        assert_eq!(vm.read(GUEST_CALLS + 2), Some(1));
+        assert_eq!(vm.read(GUEST_CALLS + 3), None);
+        assert_eq!(HOST.read(GUEST_CALLS), None, "the host makes no pKVM calls");
     }
 }

@@ -285,23 +285,9 @@ fn apply(
         Action::MeasurementGet { item, half } => {
             super::vm_calls::measurement_get(who, ctx, item, half);
         }
-        Action::MmioGuard { ipa } => {
-            let done = guest_vm(who, |ctl, h| ctl.mmio_guard(h, ipa).is_ok());
-            ctx.regs.x[0] = if done == Some(true) {
-                call::SMCCC_RET_SUCCESS
-            } else {
-                call::SMCCC_RET_INVALID_PARAMETER
-            };
-        }
+        Action::MmioGuard { ipa } => super::vm_calls::mmio_guard(who, ctx, vm.stats, ipa),
         Action::Share { ipa, share } => {
-            let done = guest_vm(who, |ctl, h| {
-                ctl.guest_share(&mut c.vttbr, h, ipa, share).is_ok()
-            });
-            ctx.regs.x[0] = if done == Some(true) {
-                call::SMCCC_RET_SUCCESS
-            } else {
-                call::SMCCC_RET_INVALID_PARAMETER
-            };
+            super::vm_calls::share(c, who, ctx, vm.stats, ipa, share);
         }
         Action::HostCall => {
             return match crate::calls::host::call(c, ctx, pending) {

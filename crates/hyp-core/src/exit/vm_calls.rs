@@ -1,7 +1,7 @@
 //! The effects of the guest calls whose answers need more than the
-//! decision: SMCCC TRNG (this CPU's random number generator) and the
-//! firmware's measurement (the VM's control state). Called from
-//! `effects::apply`.
+//! decision: SMCCC TRNG (this CPU's random number generator), the pKVM
+//! memory and MMIO-guard calls and the firmware's measurement (the VM's
+//! control state). Called from `effects::apply`.
 
 use crate::arch::sysreg;
 use crate::calls::smccc as call;
@@ -9,7 +9,9 @@ use crate::calls::trng::{self, TrngCall};
 use crate::vcpu::ctx::VcpuCtx;
 use crate::vcpu::Who;
 use crate::vm::control::firmware;
+use crate::stats::{Counts, GuestCall};
 use crate::vm::state;
+use crate::vcpu::ctx::Cpu;
 
 /// An SMCCC TRNG call: answered with draws of this CPU's `RNDRRS`, or
 /// NOT_SUPPORTED on a CPU without FEAT_RNG.
@@ -25,6 +27,40 @@ pub(super) fn guest_vm<T>(who: Who, f: impl FnOnce(&state::Ctl, u64) -> T) -> Op
         Who::Host => None,
         Who::Guest { slot, .. } => Some(f(state::control(), slot as u64 + 1)),
     }
+}
+
+/// x0 of a pKVM call that did (`SUCCESS`) or did not (`INVALID_PARAMETER`)
+/// change anything.
+fn pkvm_answer(done: Option<bool>) -> u64 {
+    if done == Some(true) {
+        call::SMCCC_RET_SUCCESS
+    } else {
+        call::SMCCC_RET_INVALID_PARAMETER
+    }
+}
+
+/// MMIO_GUARD of the granule at `ipa`, counted in the VM's `stats` when
+/// it is accepted.
+pub(super) fn mmio_guard(who: Who, ctx: &mut VcpuCtx, stats: &Counts, ipa: u64) {
+    let done = guest_vm(who, |ctl, h| ctl.mmio_guard(h, ipa).is_ok());
+    if done == Some(true) {
+        stats.guest_call(GuestCall::MmioGuard);
+    }
+    ctx.regs.x[0] = pkvm_answer(done);
+}
+
+/// MEM_SHARE (`share`) or MEM_UNSHARE of the page at `ipa`, counted in the
+/// VM's `stats` when it is done.
+pub(super) fn share(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, stats: &Counts, ipa: u64, share: bool) {
+    let done = guest_vm(who, |ctl, h| ctl.guest_share(&mut c.vttbr, h, ipa, share).is_ok());
+    if done == Some(true) {
+        stats.guest_call(if share {
+            GuestCall::MemShare
+        } else {
+            GuestCall::MemUnshare
+        });
+    }
+    ctx.regs.x[0] = pkvm_answer(done);
 }
 
 /// MEASUREMENT_SET: records the digests in x1..x9 of a protected VM whose
