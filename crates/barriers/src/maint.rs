@@ -33,7 +33,7 @@ pub fn clean_inval_to_poc(va: u64, len: u64) {
 /// else uses while this runs.
 pub unsafe fn scrub_to_poc(va: u64, len: u64) {
     match emit::zva_block() {
-        Some(b) if va % b == 0 && len % b == 0 => {
+        Some(b) if va.is_multiple_of(b) && len.is_multiple_of(b) => {
             let mut a = va;
             while a < va + len {
                 // SAFETY: the caller's contract; `a` starts a whole block of

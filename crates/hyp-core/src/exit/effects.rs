@@ -8,11 +8,9 @@
 //! [`policy::decide_unmapped`].
 
 use super::policy::{self, Action, Decision, Exit, Facts, Trap, VgicFrames};
-use super::vm_calls::guest_vm;
 use crate::arch::esr::{Esr, ExitReason, MmioAccess};
 use crate::arch::gic;
 use crate::arch::sysreg;
-use crate::calls::smccc as call;
 use crate::exit::sysreg::{self as sysreg_policy, VmReg};
 use crate::stats;
 use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
