@@ -366,9 +366,9 @@ fn protected_linux_boots_through_the_firmware() {
 /// 128 KiB atomic DMA pool (32 more: kernel/dma/pool.c makes it
 /// "decrypted" whenever a memory-encryption hook is registered, as the
 /// pKVM guest driver's is), never unshares, and guards the page of the
-/// host's device window its virtio-mmio device uses; a normal guest makes
-/// none of these calls.
-fn expect_pkvm_calls(q: &mut Qemu, board: Board) {
+/// host's device window each of its `devices` virtio-mmio devices uses; a
+/// normal guest makes none of these calls.
+fn expect_pkvm_calls(q: &mut Qemu, board: Board, devices: u64) {
     let calls = q.expect_line("host: linux: pKVM calls: ", T);
     eprintln!("linux_guest: {calls}");
     let n: Vec<u64> = calls
@@ -380,7 +380,7 @@ fn expect_pkvm_calls(q: &mut Qemu, board: Board) {
         .collect();
     assert_eq!(n.len(), 3, "{calls}");
     if board.protected {
-        assert_eq!(n, [2048 + 32, 0, 1], "{calls}");
+        assert_eq!(n, [2048 + 32, 0, devices], "{calls}");
     } else {
         assert_eq!(n, [0, 0, 0], "{calls}");
     }
@@ -507,7 +507,7 @@ fn disk_read_and_written(board: Board) {
         q.log().join("\n")
     );
     q.expect_guest(1, "LINUX-DISK-DONE", T);
-    expect_pkvm_calls(&mut q, board);
+    expect_pkvm_calls(&mut q, board, 1);
     q.expect_line("host: VM 1 (linux) powered off", T);
     assert_eq!(q.expect_exit(T), 0);
     eprintln!(
@@ -608,6 +608,11 @@ fn serve_http(body: Vec<u8>, stop: Arc<AtomicBool>, served: Arc<AtomicUsize>) ->
 /// GETs `path` from 127.0.0.1:`port` with HTTP/1.0; the body of a 200
 /// answer, or why not.
 fn http_get(port: u16, path: &str) -> Result<Vec<u8>, String> {
+    http_get_counting(port, path, &AtomicUsize::new(0))
+}
+
+/// [`http_get`], counting the bytes received so far in `got`.
+fn http_get_counting(port: u16, path: &str, got: &AtomicUsize) -> Result<Vec<u8>, String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("connect: {e}"))?;
@@ -617,8 +622,15 @@ fn http_get(port: u16, path: &str) -> Result<Vec<u8>, String> {
     c.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut all = Vec::new();
-    c.read_to_end(&mut all)
-        .map_err(|e| format!("receive: {e}"))?;
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        let n = c.read(&mut buf).map_err(|e| format!("receive: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+        got.store(all.len(), Ordering::Release);
+    }
     let end = all
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -757,7 +769,7 @@ fn network_both_ways(board: Board) {
     stop.store(true, Ordering::Release);
     q.send("done\n");
     q.expect_guest(1, "LINUX-NET-DONE", T);
-    expect_pkvm_calls(&mut q, board);
+    expect_pkvm_calls(&mut q, board, 1);
     q.expect_line("host: VM 1 (linux) powered off", T);
     let report = q.expect_line("host: linux: network: ", T);
     eprintln!("linux_guest: {report}");
@@ -817,4 +829,281 @@ fn served_file_is_deterministic() {
 fn interrupt_counts_parse() {
     let l = " 11:        512        301     GICv3  27 Level     arch_timer";
     assert_eq!(counts(l, 2), [512, 301]);
+}
+
+/// A QEMU machine protocol (QMP) client on a Unix socket (`-qmp
+/// unix:PATH,server=on,wait=off`): the test's own view of the machine,
+/// beside the serial console, for `stop`, `cont` and `pmemsave`.
+struct Qmp {
+    r: std::io::BufReader<std::os::unix::net::UnixStream>,
+    w: std::os::unix::net::UnixStream,
+}
+
+impl Qmp {
+    /// Connects (QEMU creates the socket as it starts: retried for 10 s)
+    /// and leaves capabilities negotiation.
+    fn connect(path: &std::path::Path) -> Qmp {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let s = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("QMP socket {}: {e}", path.display()),
+            }
+        };
+        s.set_read_timeout(Some(T)).expect("QMP read timeout");
+        let mut q = Qmp {
+            r: std::io::BufReader::new(s.try_clone().expect("clone the QMP socket")),
+            w: s,
+        };
+        let greeting = q.line();
+        assert!(greeting.contains("\"QMP\""), "QMP greeting: {greeting}");
+        q.run("{\"execute\": \"qmp_capabilities\"}");
+        q
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut self.r, &mut l).expect("read from QMP");
+        l
+    }
+
+    /// Sends one command and waits for its answer (events are skipped).
+    fn run(&mut self, cmd: &str) {
+        writeln!(self.w, "{cmd}").expect("write to QMP");
+        loop {
+            let l = self.line();
+            if l.contains("\"return\"") {
+                return;
+            }
+            assert!(!l.contains("\"error\""), "QMP {cmd}: {l}");
+            assert!(!l.is_empty(), "QMP closed during {cmd}");
+        }
+    }
+
+    /// `pmemsave` of `[pa, pa + size)` to `file`, the machine stopped.
+    fn dump(&mut self, pa: u64, size: u64, file: &std::path::Path) -> Vec<u8> {
+        self.run("{\"execute\": \"stop\"}");
+        self.run(&format!(
+            "{{\"execute\": \"pmemsave\", \"arguments\": {{\"val\": {pa}, \"size\": {size}, \"filename\": \"{}\"}}}}",
+            file.display()
+        ));
+        self.run("{\"execute\": \"cont\"}");
+        let d = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let _ = std::fs::remove_file(file);
+        assert_eq!(d.len() as u64, size, "pmemsave's length");
+        d
+    }
+}
+
+/// Physical ranges `(start, end)` from `0xPA+0xSIZE` words after `key` in
+/// the lines of `log` that contain it.
+fn ranges_in(log: &[String], key: &str) -> Vec<(u64, u64)> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    log.iter()
+        .filter_map(|l| l.split(key).nth(1))
+        .flat_map(|rest| rest.split_whitespace())
+        .filter_map(|w| {
+            let (pa, size) = w.split_once('+')?;
+            let (pa, size) = (hex(pa)?, hex(size)?);
+            Some((pa, pa + size))
+        })
+        .collect()
+}
+
+/// Offsets of `needle` in `hay`.
+fn hits(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    memchr::memmem::find_iter(hay, needle).collect()
+}
+
+/// Host RAM on QEMU virt with `-m 1G`: the host VM's identity-mapped 768
+/// MiB above the hypervisor's 256 MiB (`hyp: host VM: 768 MiB at
+/// 0x50000000`, checked).
+const HOST_RAM: (u64, u64) = (0x5000_0000, 0x8000_0000);
+
+/// Issue 19 item 6: the protection of a protected Linux VM, shown under
+/// load and judged from outside the hypervisor and the host.
+///
+/// The guest (`hyp.init=secret`, 2 vCPUs) draws 32 bytes from the
+/// hypervisor's SMCCC TRNG, keeps them in private memory (/secret.bin in
+/// its RAM file system, and as hex in its shell), prints only their
+/// sha256 (a commitment), and serves the 32 MiB big.bin of its disk
+/// (`HYP_LINUX_BIG_DISK`) over HTTP while this test fetches it through a
+/// port forward: disk reads and network sends through the shared pool.
+///
+/// Meanwhile the host (`linux-probe`) reads every page of the VM's RAM,
+/// pass after pass: the test wants at least one whole pass within the
+/// transfer in which every page but the shared ones was refused, the
+/// hypervisor's count of refused host accesses equal to the host's, and
+/// the readable pages exactly the 2,080 the guest shared (MEM_SHARE count),
+/// 2,048 of them the restricted DMA pool.
+///
+/// The verdict on secrecy rests on neither: during the transfer the test
+/// stops QEMU and dumps the host's 768 MiB of RAM with the monitor's
+/// `pmemsave`; after the guest has revealed the secret and powered off,
+/// and the hypervisor destroyed the VM (logging, as it began, the
+/// physical ranges the VM owned), it dumps it again while the host holds
+/// the machine (`linux-hold`). The secret (raw or as hex) must be found in
+/// the first dump only inside pages the VM owned and the host could not
+/// read (at least once: the search works), and nowhere in the second.
+#[test]
+#[ignore = "needs the built kernel and the big disk: run by `cargo xtask test` (its Linux step)"]
+fn protected_linux_keeps_its_secret_from_the_host_under_load() {
+    let board = VIRT_PROTECTED;
+    let start = Instant::now();
+    let dir = std::env::temp_dir().join(format!("hyp-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let sock = dir.join("qmp.sock");
+    let mut tries = 0;
+    let (mut q, hport) = loop {
+        let hport = free_port();
+        let mut args = env_lines("HYP_LINUX_NET_ARGS");
+        let netdev = args
+            .iter()
+            .position(|a| a == "-netdev")
+            .and_then(|i| args.get_mut(i + 1))
+            .expect("HYP_LINUX_NET_ARGS has a -netdev");
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{hport}-:8080"));
+        args.extend(env_lines("HYP_LINUX_BIG_DISK_ARGS"));
+        args.push("-qmp".into());
+        args.push(format!("unix:{},server=on,wait=off", sock.display()));
+        let append = env(board.append_var).replacen(
+            " -- ",
+            " guest-protected linux-probe linux-hold=5 -- ",
+            1,
+        );
+        let mut extra = env_lines(board.qemu_args_var);
+        extra.extend(args);
+        let mut q = Qemu::boot(BootOptions {
+            board: board.test,
+            append: Some(format!("{append} hyp.init=secret")),
+            smp: board.smp,
+            extra,
+            ..BootOptions::default()
+        });
+        let up = q.wait_matching_or_exit("the host's network line", T, |l| {
+            l.starts_with("host: linux: network: virtio-net-pci at ")
+        });
+        if up.is_some() {
+            break (q, hport);
+        }
+        let log = q.log().join("\n");
+        tries += 1;
+        assert!(
+            log.contains("Could not set up host forwarding rule") && tries < 3,
+            "QEMU stopped before the host found the network card\n--- captured output ---\n{log}"
+        );
+    };
+    let mut qmp = Qmp::connect(&sock);
+    // (Printed before the network line the loop waited for.)
+    assert!(
+        q.log().iter().any(|l| l.starts_with("hyp: host VM: 768 MiB at 0x50000000 (identity)")),
+        "the host's RAM is not where HOST_RAM says"
+    );
+    q.expect_line("host: probe: reading every page of VM 1's RAM (65536 pages", T);
+    let commit = q.expect_guest_line(1, "LINUX-SECRET: committed ", T);
+    let commit = commit.trim_start_matches("LINUX-SECRET: committed ").to_owned();
+    q.expect_guest_line(1, "LINUX-SECRET: serving big.bin, 33554432 bytes", T);
+
+    // The transfer, in a thread; the first dump once it is under way.
+    let passes_before = q.log().iter().filter(|l| l.starts_with("host: probe: pass ")).count();
+    let got = Arc::new(AtomicUsize::new(0));
+    let fetch = {
+        let got = got.clone();
+        std::thread::spawn(move || http_get_counting(hport, "/big.bin", &got))
+    };
+    while got.load(Ordering::Acquire) < 8 << 20 && !fetch.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let during = qmp.dump(HOST_RAM.0, HOST_RAM.1 - HOST_RAM.0, &dir.join("during.bin"));
+    let t0 = Instant::now();
+    let big = fetch.join().expect("the fetch thread").unwrap_or_else(|e| {
+        panic!("GET /big.bin: {e}\n--- captured output ---\n{}", q.log().join("\n"))
+    });
+    eprintln!(
+        "linux_guest: 32 MiB from the protected guest's disk over its network in {:.1} s (after the dump)",
+        t0.elapsed().as_secs_f64()
+    );
+    let want = Command::new(env("HYP_DEBUGFS"))
+        .args(["-R", "cat /big.bin", &env("HYP_LINUX_BIG_DISK")])
+        .output()
+        .expect("run debugfs")
+        .stdout;
+    assert_eq!(want.len(), 32 << 20, "big.bin read back with debugfs");
+    assert!(big == want, "the fetched big.bin differs from the disk's");
+    // The probe passes that ended while the file was going out.
+    let log = q.log();
+    let passes: Vec<&String> = log
+        .iter()
+        .filter(|l| l.starts_with("host: probe: pass ") && l.contains(" refused "))
+        .skip(passes_before)
+        .collect();
+    assert!(
+        passes.len() >= 2,
+        "fewer than two probe passes ended during the transfer (the first may have begun before): {passes:?}"
+    );
+    let pass = passes[1];
+    eprintln!("linux_guest: {pass}");
+    assert!(
+        pass.contains(": 65536 pages, 63456 refused (hypervisor: 63456), 2080 readable in "),
+        "a whole pass during the transfer: {pass}"
+    );
+    let n = pass.split(": ").nth(2).and_then(|p| p.strip_prefix("pass ")).unwrap_or("?");
+    let readable = ranges_in(&log, &format!("host: probe: pass {n} readable:"));
+    assert_eq!(
+        readable.iter().map(|(a, b)| b - a).sum::<u64>(),
+        2080 * 4096,
+        "the readable ranges of pass {n}: {readable:x?}"
+    );
+
+    // The reveal, then the VM's end and the second dump.
+    q.send("reveal\n");
+    let secret_hex = q
+        .expect_guest_line(1, "LINUX-SECRET: reveal ", T)
+        .trim_start_matches("LINUX-SECRET: reveal ")
+        .to_owned();
+    assert_eq!(secret_hex.len(), 64, "32 bytes as hex: {secret_hex:?}");
+    let secret: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&secret_hex[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    assert_eq!(sha256_hex(&secret), commit, "the revealed secret is the committed one");
+    expect_pkvm_calls(&mut q, board, 2);
+    q.expect_line("host: linux: holding the machine for 5 s", T);
+    let after = qmp.dump(HOST_RAM.0, HOST_RAM.1 - HOST_RAM.0, &dir.join("after.bin"));
+    q.expect_line("host: linux: hold over", T);
+    assert_eq!(q.expect_exit(T), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // What the VM owned, by the hypervisor's account.
+    let owned = ranges_in(&q.log(), "hyp: VM 1 (protected) is destroyed; it owned PA");
+    assert!(!owned.is_empty(), "the hypervisor's list of the VM's memory");
+    let inside = |pa: u64, set: &[(u64, u64)]| set.iter().any(|&(a, b)| a <= pa && pa < b);
+    let mut private_hits = 0;
+    for needle in [&secret[..], secret_hex.as_bytes()] {
+        for off in hits(&during, needle) {
+            let pa = HOST_RAM.0 + off as u64;
+            assert!(
+                inside(pa, &owned) && !inside(pa, &readable),
+                "the secret at PA {pa:#x} in the dump during the transfer: outside the VM's private pages (owned {owned:x?}, readable {readable:x?})"
+            );
+            private_hits += 1;
+        }
+        let after_hits = hits(&after, needle);
+        assert!(
+            after_hits.is_empty(),
+            "the secret is in host memory after the VM was destroyed, at offsets {after_hits:x?} from {:#x}",
+            HOST_RAM.0
+        );
+    }
+    assert!(
+        private_hits > 0,
+        "the secret was not found even in the VM's own pages: the search proves nothing"
+    );
+    eprintln!(
+        "linux_guest: the secret: {private_hits} copies in the VM's private pages during the transfer, none elsewhere in host RAM then, none after the destroy; done in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
 }

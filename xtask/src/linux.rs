@@ -793,6 +793,28 @@ case \" $(cat /proc/cmdline) \" in
     echo LINUX-NET-DONE
     poweroff -f
     ;;
+*\" hyp.init=secret \"*)
+    # Issue 19 item 6: a secret from the hypervisor's TRNG kept in private
+    # memory (a file in the initramfs's RAM and this shell's variable)
+    # while big.bin goes from the disk to the network.
+    i=0
+    while { [ ! -b /dev/vda ] || [ ! -e /sys/class/net/eth0 ]; } && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    ip link set eth0 up
+    udhcpc -i eth0 -n -q -t 5 -T 2 -s /bin/udhcpc.script || echo \"LINUX-SECRET: FAILED no DHCP lease on eth0\"
+    mount -t ext4 -o ro /dev/vda /mnt || echo \"LINUX-SECRET: FAILED cannot mount /dev/vda\"
+    secret=
+    if dd if=/dev/hwrng of=/secret.bin bs=32 count=1 2>/dev/null && [ \"$(stat -c %s /secret.bin)\" = 32 ]; then
+        secret=$(od -An -tx1 /secret.bin | tr -d ' \\n')
+        echo \"LINUX-SECRET: committed $(sha256sum /secret.bin | cut -d' ' -f1)\"
+    else
+        echo \"LINUX-SECRET: FAILED no 32 bytes from /dev/hwrng\"
+    fi
+    httpd -p 8080 -h /mnt
+    echo \"LINUX-SECRET: serving big.bin, $(stat -c %s /mnt/big.bin) bytes; type a line to reveal the secret and power off\"
+    read -r _line
+    echo \"LINUX-SECRET: reveal $secret\"
+    poweroff -f
+    ;;
 esac
 echo \"LINUX-GUEST-SHELL: busybox sh on $(cat /sys/class/tty/console/active); 'poweroff -f' stops the VM, 'reboot -f' restarts it\"
 setsid cttyhack sh -l
@@ -968,20 +990,55 @@ pub fn make_test_disk() -> Result<PathBuf> {
 
 /// [`make_test_disk`] into `img`, its files staged in `dir`.
 fn make_disk_at(dir: &Path, img: &Path) -> Result<()> {
-    let (mkfs, _) = crate::provision::e2fsprogs()?;
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_file(img);
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    stage_dir(dir)?;
     write(&dir.join("hello.txt"), &hello_bytes())?;
     let sum = output(Command::new("sha256sum").arg("hello.txt").current_dir(dir))?;
     write(&dir.join("hello.sha256"), sum.as_bytes())?;
+    mkfs(dir, img, "16M")
+}
+
+/// An empty staging directory `dir` (and no `img` yet).
+fn stage_dir(dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// `mkfs.ext4 -d dir img size`: a fresh ext4 image holding `dir`'s files.
+fn mkfs(dir: &Path, img: &Path, size: &str) -> Result<()> {
+    let (mkfs, _) = crate::provision::e2fsprogs()?;
+    let _ = std::fs::remove_file(img);
     run_checked(
         Command::new(mkfs)
             .args(["-q", "-F", "-d"])
             .arg(dir)
             .arg(img)
-            .arg("16M"),
+            .arg(size),
     )
+}
+
+/// Size of the big disk's `big.bin`.
+pub const BIG_FILE: usize = 32 << 20;
+
+/// Makes a fresh ext4 disk, target/linux-cache/big-disk.img (48 MiB),
+/// holding `big.bin`: [`BIG_FILE`] bytes of xorshift64 output. The
+/// protected-Linux secret test (`hyp.init=secret`) serves it from the
+/// disk to the network while the host probes the VM's memory.
+pub fn make_big_disk() -> Result<PathBuf> {
+    let cache = cache_dir();
+    let (dir, img) = (cache.join("big-disk"), cache.join("big-disk.img"));
+    stage_dir(&dir)?;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut big = Vec::with_capacity(BIG_FILE);
+    while big.len() < BIG_FILE {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big.extend_from_slice(&x.to_le_bytes());
+    }
+    write(&dir.join("big.bin"), &big)?;
+    mkfs(&dir, &img, "48M")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(img)
 }
 
 /// A file of an ext4 image, read with `debugfs -R 'cat PATH'` (no mount).

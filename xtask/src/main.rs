@@ -1026,6 +1026,7 @@ fn test() -> Result<()> {
             let rpi4 = g.prepare_with(rpi4_words.as_deref())?;
             let own_rpi4 = own.prepare_with(rpi4_words.as_deref())?;
             let disk = linux::make_test_disk()?;
+            let big_disk = linux::make_big_disk()?;
             let (_, debugfs) = provision::e2fsprogs()?;
             let tested = run_checked(
                 cargo(&[
@@ -1063,6 +1064,11 @@ fn test() -> Result<()> {
                 // network test adds its own port forward).
                 .env("HYP_LINUX_DISK_ARGS", linux::disk_qemu_args(&disk)?.join("\n"))
                 .env("HYP_LINUX_NET_ARGS", linux::net_qemu_args("user")?.join("\n"))
+                .env("HYP_LINUX_BIG_DISK", &big_disk)
+                .env(
+                    "HYP_LINUX_BIG_DISK_ARGS",
+                    linux::disk_qemu_args(&big_disk)?.join("\n"),
+                )
                 .env("HYP_DEBUGFS", &debugfs),
             );
             match linux::read_disk_file(&disk, "/marker.txt") {

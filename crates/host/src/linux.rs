@@ -352,6 +352,12 @@ pub fn create(info: &'static BootInfo) -> Guest {
         counter(),
         counter_hz()
     );
+    if flag(info, "linux-probe") {
+        if !cfg.protected {
+            fail(format_args!("linux-probe needs guest-protected"));
+        }
+        crate::probe::start(handle.0, ram_pa, mem);
+    }
     // The demo's virtio devices exist for every guest; Linux's device tree
     // does not list them, so its RAM disk stays unused.
     let Some(disk_pa) = crate::alloc_pages(crate::demo::DISK_BYTES) else {
@@ -404,6 +410,24 @@ fn counter_hz() -> u64 {
     // SAFETY: as above.
     unsafe { core::arch::asm!("mrs {0}, cntfrq_el0", out(reg) v, options(nomem, nostack)) };
     v
+}
+
+/// `linux-hold=SECS`: after the VMs are gone, keeps the machine up SECS
+/// seconds of the counter (at most 60), saying so first: a test dumps the
+/// host's memory through QEMU's monitor meanwhile (`probe`).
+pub fn hold(info: &BootInfo) {
+    let Some(w) = word(info, "linux-hold") else {
+        return;
+    };
+    let secs = num(w)
+        .filter(|&s| s <= 60)
+        .unwrap_or_else(|| fail(format_args!("linux-hold={w}: give seconds, at most 60")));
+    println!("host: linux: holding the machine for {secs} s");
+    let t0 = counter();
+    while counter() - t0 < secs * counter_hz() {
+        core::hint::spin_loop();
+    }
+    println!("host: linux: hold over");
 }
 
 /// Called when the kernel's VM powers off: the counter, for boot timing.

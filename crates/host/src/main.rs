@@ -45,6 +45,7 @@ mod linux;
 mod linuxdev;
 mod many;
 mod pci;
+mod probe;
 mod restart;
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -274,6 +275,7 @@ fn primary(info: &'static BootInfo, arg_ptr: u64) -> ! {
     if demo_mode {
         demo_verdict(info, n);
     }
+    linux::hold(info);
     guest_rt::system_off()
 }
 
@@ -548,6 +550,10 @@ fn serve(cpu: usize) {
                 if (g.first_cpu + v) % cpus == cpu {
                     run_vcpu(g, v as u64);
                     ran = true;
+                    if cpu + 1 == cpus {
+                        // `linux-probe`: the host reads the VM's pages.
+                        probe::step();
+                    }
                     if cpu == 0 {
                         // The PCIe devices' INTx lines come to host vCPU 0
                         // (`intx`); a guest running on CPU 0 when one
@@ -651,6 +657,7 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
     if code == exit::SYSTEM_OFF || code == exit::SYSTEM_RESET {
         // Received frames no longer go into its memory.
         linuxdev::detach(g.handle.0);
+        probe::stop(g.handle.0);
     }
     match code {
         exit::YIELD => {
