@@ -251,6 +251,11 @@ enum Cmd {
         /// each path instead, by function (hypervisor, host, Linux).
         #[arg(long, requires = "linux_io")]
         profile: Option<String>,
+        /// With --linux-io: the project's kernel as a protected VM against
+        /// the same kernel as a normal VM, both through the hypervisor
+        /// (target/bench/linux-io-protected.json).
+        #[arg(long, requires = "linux_io")]
+        protected: bool,
     },
     /// Where one bench metric's instructions go: two traced boots on QEMU
     /// virt (-icount, `-d in_asm,exec`), per-function instructions per
@@ -1299,8 +1304,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             linux_io: true,
             profile,
+            protected,
             ..
-        } => iobench::linux_io(profile.as_deref()).map(|()| 0),
+        } => iobench::linux_io(profile.as_deref(), protected).map(|()| 0),
         Cmd::Bench { platform, .. } => bench::bench(platform).map(|_| 0),
         Cmd::Profile { metric, iterations } => profile::profile(&metric, iterations).map(|_| 0),
         Cmd::Size { platform } => {
