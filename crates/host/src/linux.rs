@@ -321,6 +321,7 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
 /// Creates the VM for the kernel named in the boot arguments.
 pub fn create(info: &'static BootInfo) -> Guest {
     let cfg = CONFIG.call_once(|| parse(info));
+    crate::attack_linux::init(info);
     crate::linuxdev::init(info, cfg.protected);
     let mem = cfg.mem;
     let ram_pa = crate::alloc_pages(mem)
@@ -430,8 +431,9 @@ pub fn hold(info: &BootInfo) {
     println!("host: linux: hold over");
 }
 
-/// Called when the kernel's VM powers off: the counter, for boot timing.
-pub fn powered_off(handle: u64) {
+/// Called when the kernel's VM `g` powers off: the counter, for boot timing.
+pub fn powered_off(g: &Guest) {
+    let handle = g.handle.0;
     println!(
         "host: linux: powered off at counter {} ({} Hz)",
         counter(),
@@ -450,4 +452,7 @@ pub fn powered_off(handle: u64) {
         calls(1),
         calls(2)
     );
+    if let Some(cfg) = CONFIG.get() {
+        crate::attack_linux::powered_off(g.protected, g.ram_pa, g.ram, cfg.dma_pool());
+    }
 }

@@ -597,6 +597,8 @@ pub fn mmio(g: &Guest, ipa: u64, flags: u64, value: u64) -> u64 {
         return d.dev.read(off, size);
     }
     let mem = GuestRam::new(g.ram_pa, g.ram);
+    d.dev
+        .overstate_used_lengths(crate::attack_linux::used_len_extra());
     let level = d.dev.write(&mem, off, size, value);
     if let Some(e) = d.dev.take_error() {
         if !REPORTED.swap(true, Ordering::AcqRel) {
@@ -620,6 +622,8 @@ fn net_mmio(g: &Guest, off: u64, write: bool, size: u8, value: u64) -> u64 {
         return n.dev.read(off, size);
     }
     let mem = GuestRam::new(g.ram_pa, g.ram);
+    n.dev
+        .overstate_used_lengths(crate::attack_linux::used_len_extra());
     n.dev.write(&mem, off, size, value);
     deliver(&mut n, &mem);
     net_finish(g.handle.0, &mut n);
@@ -642,6 +646,8 @@ fn net_finish(h: u64, n: &mut Nic) {
 /// device at once. Frames wait in the PCI ring while the guest's running
 /// driver has no buffer posted; see the module's text for what is dropped.
 fn deliver(n: &mut Nic, mem: &GuestRam) {
+    n.dev
+        .overstate_used_lengths(crate::attack_linux::used_len_extra());
     for _ in 0..NIC_QUEUE {
         let Some(token) = n.dev.device().backend().raw.poll_receive() else {
             n.waiting = false;
@@ -685,6 +691,15 @@ fn deliver(n: &mut Nic, mem: &GuestRam) {
             n.rx.pci_errors += 1;
         }
     }
+}
+
+/// Used-ring lengths the devices reported past the buffers (`linux-hostile=usedlen`).
+pub fn overstated_used_lengths() -> u64 {
+    DISK.get()
+        .map_or(0, |d| d.lock().dev.overstated_used_lengths())
+        + NET
+            .get()
+            .map_or(0, |n| n.lock().dev.overstated_used_lengths())
 }
 
 /// What the devices did, for the end of the run.

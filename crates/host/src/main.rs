@@ -34,6 +34,7 @@ extern crate alloc;
 
 mod attack;
 mod attack_intx;
+mod attack_linux;
 mod bench;
 mod demo;
 mod dtb;
@@ -638,6 +639,9 @@ fn run_vcpu(g: &Guest, v: u64) {
                 if !write {
                     answer = Some(val);
                 }
+                if g.name == "linux" {
+                    attack_linux::mmio_exit(g.handle.0, g.vcpus, v, &mut answer);
+                }
             }
             code => {
                 vcpu_stopped(g, v, code);
@@ -673,7 +677,7 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
             };
             if !g.stopped.swap(true, Ordering::AcqRel) {
                 if g.name == "linux" {
-                    linux::powered_off(g.handle.0);
+                    linux::powered_off(g);
                 }
                 println!("host: VM {} ({}) powered {how}", g.handle.0, g.name);
                 if g.reap {

@@ -84,6 +84,11 @@ pub(crate) struct Rings {
     pub(crate) broken: bool,
     /// The first error not yet taken by the host.
     pub(crate) error: Option<Error>,
+    /// A hostile host's bytes added to every used-ring length ([`Queues::push`]); 0 for a
+    /// device that follows 2.7.8 (kept across resets).
+    pub(crate) overstate: u32,
+    /// Used-ring lengths written past their chain's writable bytes so far.
+    pub(crate) overstated: u64,
 }
 
 impl Rings {
@@ -497,8 +502,9 @@ impl<'a, M: GuestMemory + ?Sized> Queues<'a, M> {
     }
 
     /// Returns `chain` to the driver through `queue`'s used ring with `len` bytes written
-    /// (at most its writable length), and raises the used-buffer interrupt unless the driver
-    /// suppressed it.
+    /// (at most its writable length, unless the host asked for more with
+    /// [`crate::MmioTransport::overstate_used_lengths`]), and raises the used-buffer
+    /// interrupt unless the driver suppressed it.
     ///
     /// # Errors
     ///
@@ -507,7 +513,11 @@ impl<'a, M: GuestMemory + ?Sized> Queues<'a, M> {
         let Some(q) = self.ready(queue) else {
             return Err(Broken);
         };
-        let len = u64::from(len).min(chain.writable_len()) as u32;
+        let mut len = u64::from(len).min(chain.writable_len()) as u32;
+        if self.rings.overstate != 0 {
+            len = len.saturating_add(self.rings.overstate);
+            self.rings.overstated += 1;
+        }
         let slot = q.device + 4 + 8 * u64::from(q.next_used % q.size);
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&u32::from(chain.head).to_le_bytes());

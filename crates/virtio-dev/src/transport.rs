@@ -182,6 +182,22 @@ impl<D: Device> MmioTransport<D> {
         self.rings.error.take()
     }
 
+    /// Makes the device lie, as a hostile host's would: every used-ring element from now
+    /// on reports `extra` more bytes than the device wrote (saturating at `u32::MAX`), past
+    /// the chain's buffers, which 2.7.8.1 forbids. 0 restores honest lengths. For the
+    /// host's attacks on its guests' drivers (what a driver does with such a length is its
+    /// own check); the device itself still writes only inside the buffers.
+    pub fn overstate_used_lengths(&mut self, extra: u32) {
+        self.rings.overstate = extra;
+    }
+
+    /// Used-ring lengths written past their buffers so far
+    /// ([`overstate_used_lengths`](Self::overstate_used_lengths)).
+    #[must_use]
+    pub fn overstated_used_lengths(&self) -> u64 {
+        self.rings.overstated
+    }
+
     fn selected(&self) -> Option<&QueueState> {
         let s = usize::try_from(self.queue_sel).ok()?;
         (s < usize::from(self.rings.count)).then(|| &self.rings.queues[s])
@@ -404,9 +420,12 @@ impl<D: Device> MmioTransport<D> {
     fn reset(&mut self) {
         let count = self.rings.count;
         let error = self.rings.error.take();
+        let (overstate, overstated) = (self.rings.overstate, self.rings.overstated);
         self.rings = Rings {
             count,
             error,
+            overstate,
+            overstated,
             ..Rings::default()
         };
         self.status = DeviceStatus::empty();

@@ -377,3 +377,66 @@ fn requests_reach_a_run_taking_backend_a_page_at_a_time() {
     );
     assert_eq!(t.take_error(), None);
 }
+
+/// A hostile host's device (`overstate_used_lengths`, the host's `linux-hostile=usedlen`)
+/// reports used lengths past the buffers, 64 KiB more or `u32::MAX`, and counts them; it
+/// still writes only inside the buffers, and the setting outlives a reset.
+#[test]
+fn overstated_used_lengths_lie_about_the_length_only() {
+    let mem = FakeMem::new();
+    let mut t = blk(&mem);
+    t.overstate_used_lengths(0x1_0000);
+    for (n, sector, want) in [(0u16, 3u64, 513 + 0x1_0000), (1, 4, u32::MAX)] {
+        header(&mem, HDR, VIRTIO_BLK_T_IN, sector);
+        chain(
+            &mem,
+            0,
+            N,
+            4 * n,
+            &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+        );
+        mem.clear_log();
+        notify(&mut t, &mem, 0);
+        assert_eq!(mem.get(STATUS, 1), [VIRTIO_BLK_S_OK]);
+        // 512 data bytes and the status byte, plus the lie (saturating).
+        assert_eq!(used(&mem, 0, N, n), (u32::from(4 * n), want));
+        let inside = |a: &Access| {
+            (DATA..DATA + 512).contains(&a.ipa) || a.ipa == STATUS || a.ipa >= used_area(0)
+        };
+        assert!(
+            mem.log().iter().filter(|a| a.write).all(inside),
+            "writes only inside the buffers and the used ring: {:?}",
+            mem.log()
+        );
+        t.overstate_used_lengths(u32::MAX);
+    }
+    assert_eq!(t.overstated_used_lengths(), 2);
+    // A reset keeps the setting and the count.
+    w(&mut t, &mem, reg::STATUS, 0);
+    mem.put16(avail_area(0) + 2, 0);
+    mem.put16(used_area(0) + 2, 0);
+    start(&mut t, &mem, 1, u32::from(N));
+    header(&mem, HDR, VIRTIO_BLK_T_IN, 5);
+    chain(
+        &mem,
+        0,
+        N,
+        0,
+        &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+    );
+    notify(&mut t, &mem, 0);
+    assert_eq!(used(&mem, 0, N, 0).1, u32::MAX);
+    assert_eq!(t.overstated_used_lengths(), 3);
+    // 0: honest again.
+    t.overstate_used_lengths(0);
+    chain(
+        &mem,
+        0,
+        N,
+        4,
+        &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+    );
+    notify(&mut t, &mem, 0);
+    assert_eq!(used(&mem, 0, N, 1).1, 513);
+    assert_eq!(t.overstated_used_lengths(), 3);
+}
