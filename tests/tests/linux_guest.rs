@@ -599,7 +599,7 @@ fn protected_linux_keeps_its_memory_from_a_hostile_host() {
         q.log().join("\n")
     );
     q.expect_guest(1, "LINUX-DISK-DONE", T);
-    expect_pkvm_calls(&mut q, board);
+    expect_pkvm_calls(&mut q, board, 1);
     let summary = q.expect_matching("the hostile host's counts", T, |l| {
         l.starts_with("host: linux: hostile: ") && l.contains("used lengths past the buffer")
     });
