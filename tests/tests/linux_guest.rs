@@ -1196,6 +1196,7 @@ fn protected_linux_keeps_its_secret_from_the_host_under_load() {
     );
     let n = pass.split(": ").nth(2).and_then(|p| p.strip_prefix("pass ")).unwrap_or("?");
     let readable = ranges_in(&log, &format!("host: probe: pass {n} readable:"));
+    eprintln!("linux_guest: pass {n}'s readable pages: {readable:x?}");
     assert_eq!(
         readable.iter().map(|(a, b)| b - a).sum::<u64>(),
         2080 * 4096,
