@@ -1182,6 +1182,14 @@ fn linux_cmd(o: LinuxOpts) -> Result<u8> {
     let (qemu_smp, host_words) = linux_cpus(platform, smp)?;
     let k = linux::kernel(kernel)?;
     if protected && !linux::pkvm_config(&k.config)?.0 {
+        // Without the driver the kernel never shares a page: its devices
+        // would read private memory the host cannot reach, and break.
+        if disk.is_some() || net.is_some() {
+            return Err(format!(
+                "--protected with --disk or --net needs a kernel with the pKVM guest driver and restricted DMA pools (--kernel built): {} has no CONFIG_ARM_PKVM_GUEST, so its devices' buffers would stay private to it",
+                k.version
+            ));
+        }
         note("linux: --protected: this kernel has no pKVM guest driver, so it will not use MEM_SHARE/MEM_UNSHARE; booting it in a protected VM anyway");
     }
     let guest = linux::GuestOpts {
