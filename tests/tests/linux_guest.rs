@@ -1143,16 +1143,27 @@ fn protected_linux_keeps_its_secret_from_the_host_under_load() {
     let mut qmp = Qmp::connect(&sock);
     // (Printed before the network line the loop waited for.)
     assert!(
-        q.log().iter().any(|l| l.starts_with("hyp: host VM: 768 MiB at 0x50000000 (identity)")),
+        q.log()
+            .iter()
+            .any(|l| l.starts_with("hyp: host VM: 768 MiB at 0x50000000 (identity)")),
         "the host's RAM is not where HOST_RAM says"
     );
-    q.expect_line("host: probe: reading every page of VM 1's RAM (65536 pages", T);
+    q.expect_line(
+        "host: probe: reading every page of VM 1's RAM (65536 pages",
+        T,
+    );
     let commit = q.expect_guest_line(1, "LINUX-SECRET: committed ", T);
-    let commit = commit.trim_start_matches("LINUX-SECRET: committed ").to_owned();
+    let commit = commit
+        .trim_start_matches("LINUX-SECRET: committed ")
+        .to_owned();
     q.expect_guest_line(1, "LINUX-SECRET: serving big.bin, 33554432 bytes", T);
 
     // The transfer, in a thread; the first dump once it is under way.
-    let passes_before = q.log().iter().filter(|l| l.starts_with("host: probe: pass ")).count();
+    let passes_before = q
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("host: probe: pass "))
+        .count();
     let got = Arc::new(AtomicUsize::new(0));
     let fetch = {
         let got = got.clone();
@@ -1164,7 +1175,10 @@ fn protected_linux_keeps_its_secret_from_the_host_under_load() {
     let during = qmp.dump(HOST_RAM.0, HOST_RAM.1 - HOST_RAM.0, &dir.join("during.bin"));
     let t0 = Instant::now();
     let big = fetch.join().expect("the fetch thread").unwrap_or_else(|e| {
-        panic!("GET /big.bin: {e}\n--- captured output ---\n{}", q.log().join("\n"))
+        panic!(
+            "GET /big.bin: {e}\n--- captured output ---\n{}",
+            q.log().join("\n")
+        )
     });
     eprintln!(
         "linux_guest: 32 MiB from the protected guest's disk over its network in {:.1} s (after the dump)",
@@ -1194,7 +1208,11 @@ fn protected_linux_keeps_its_secret_from_the_host_under_load() {
         pass.contains(": 65536 pages, 63456 refused (hypervisor: 63456), 2080 readable in "),
         "a whole pass during the transfer: {pass}"
     );
-    let n = pass.split(": ").nth(2).and_then(|p| p.strip_prefix("pass ")).unwrap_or("?");
+    let n = pass
+        .split(": ")
+        .nth(2)
+        .and_then(|p| p.strip_prefix("pass "))
+        .unwrap_or("?");
     let readable = ranges_in(&log, &format!("host: probe: pass {n} readable:"));
     eprintln!("linux_guest: pass {n}'s readable pages: {readable:x?}");
     assert_eq!(
@@ -1213,7 +1231,11 @@ fn protected_linux_keeps_its_secret_from_the_host_under_load() {
     let secret: Vec<u8> = (0..32)
         .map(|i| u8::from_str_radix(&secret_hex[2 * i..2 * i + 2], 16).expect("hex"))
         .collect();
-    assert_eq!(sha256_hex(&secret), commit, "the revealed secret is the committed one");
+    assert_eq!(
+        sha256_hex(&secret),
+        commit,
+        "the revealed secret is the committed one"
+    );
     expect_pkvm_calls(&mut q, board, 2);
     q.expect_line("host: linux: holding the machine for 5 s", T);
     let after = qmp.dump(HOST_RAM.0, HOST_RAM.1 - HOST_RAM.0, &dir.join("after.bin"));
@@ -1223,7 +1245,10 @@ fn protected_linux_keeps_its_secret_from_the_host_under_load() {
 
     // What the VM owned, by the hypervisor's account.
     let owned = ranges_in(&q.log(), "hyp: VM 1 (protected) is destroyed; it owned PA");
-    assert!(!owned.is_empty(), "the hypervisor's list of the VM's memory");
+    assert!(
+        !owned.is_empty(),
+        "the hypervisor's list of the VM's memory"
+    );
     let inside = |pa: u64, set: &[(u64, u64)]| set.iter().any(|&(a, b)| a <= pa && pa < b);
     let mut private_hits = 0;
     for needle in [&secret[..], secret_hex.as_bytes()] {

@@ -533,7 +533,9 @@ pub(crate) mod emit {
     pub(crate) fn zva_block() -> Option<u64> {
         let dczid: u64;
         // SAFETY: DCZID_EL0 is a read-only ID register.
-        unsafe { asm!("mrs {0}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) }
+        unsafe {
+            asm!("mrs {0}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags))
+        }
         (dczid & 0x10 == 0).then(|| 4 << (dczid & 0xf))
     }
 

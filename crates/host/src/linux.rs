@@ -444,7 +444,11 @@ pub fn powered_off(g: &Guest) {
     // pages the hypervisor emulates itself are not counted: nothing there
     // reaches the host either way).
     let calls = |i| {
-        hostif::call(hyp_abi::STATS, [handle, hyp_abi::STATS_GUEST_CALLS + i, 0, 0]).unwrap_or(0)
+        hostif::call(
+            hyp_abi::STATS,
+            [handle, hyp_abi::STATS_GUEST_CALLS + i, 0, 0],
+        )
+        .unwrap_or(0)
     };
     println!(
         "host: linux: pKVM calls: {} MEM_SHARE, {} MEM_UNSHARE, {} MMIO_GUARD of the host's device pages",

@@ -6,12 +6,12 @@
 use crate::arch::sysreg;
 use crate::calls::smccc as call;
 use crate::calls::trng::{self, TrngCall};
+use crate::stats::{Counts, GuestCall};
+use crate::vcpu::ctx::Cpu;
 use crate::vcpu::ctx::VcpuCtx;
 use crate::vcpu::Who;
 use crate::vm::control::firmware;
-use crate::stats::{Counts, GuestCall};
 use crate::vm::state;
-use crate::vcpu::ctx::Cpu;
 
 /// An SMCCC TRNG call: answered with draws of this CPU's `RNDRRS`, or
 /// NOT_SUPPORTED on a CPU without FEAT_RNG.
@@ -51,8 +51,17 @@ pub(super) fn mmio_guard(who: Who, ctx: &mut VcpuCtx, stats: &Counts, ipa: u64) 
 
 /// MEM_SHARE (`share`) or MEM_UNSHARE of the page at `ipa`, counted in the
 /// VM's `stats` when it is done.
-pub(super) fn share(c: &mut Cpu<'_>, who: Who, ctx: &mut VcpuCtx, stats: &Counts, ipa: u64, share: bool) {
-    let done = guest_vm(who, |ctl, h| ctl.guest_share(&mut c.vttbr, h, ipa, share).is_ok());
+pub(super) fn share(
+    c: &mut Cpu<'_>,
+    who: Who,
+    ctx: &mut VcpuCtx,
+    stats: &Counts,
+    ipa: u64,
+    share: bool,
+) {
+    let done = guest_vm(who, |ctl, h| {
+        ctl.guest_share(&mut c.vttbr, h, ipa, share).is_ok()
+    });
     if done == Some(true) {
         stats.guest_call(if share {
             GuestCall::MemShare

@@ -1816,7 +1816,10 @@ fn log_owned(handle: u64, vm: &VmMeta) {
         }
     }
     let flush = |line: &[(u64, u64, &str)]| {
-        log::info!("VM {handle} (protected) is destroyed; it owned PA{}", Ranges(line));
+        log::info!(
+            "VM {handle} (protected) is destroyed; it owned PA{}",
+            Ranges(line)
+        );
     };
     for r in ram.chain(state) {
         line[n] = r;
