@@ -24,6 +24,7 @@
 //! | `0xC600004D` | IRQ_DECLARE   | handle | INTID |       |        | 0 |
 //! | `0xC600004E` | IRQ_LINE      | handle | INTID | level (0/1) |  | 0; x1 = vCPUs to run |
 //! | `0xC600004F` | CONSOLE_FOCUS | handle (0: none) |  |    |        | 0 |
+//! | `0xC6000050` | HOST_IDLE     | deadline | generation |  |     | why it woke: 0 event, 1 deadline, 2 interrupt |
 #![no_std]
 
 pub mod layout;
@@ -141,8 +142,16 @@ pub const IRQ_LINE: u32 = FID_BASE + 14;
 /// the VMM, chooses. No VM with that handle: [`HostError::NoVm`].
 /// VM_DESTROY of the focused VM clears the focus.
 pub const CONSOLE_FOCUS: u32 = FID_BASE + 15;
+/// HOST_IDLE(deadline, generation): this host CPU has nothing to run until
+/// the counter reaches `deadline` (CNTPCT; `u64::MAX`: none) or one of its
+/// waiting vCPUs may run again. The hypervisor sleeps (WFI at EL2) until the
+/// deadline, a physical interrupt for this CPU, or an event after
+/// `generation` (the x3 of a waiting vCPU's [`exit::YIELD`]; `u64::MAX`:
+/// after now), at most 10 ms, and returns 0 (an event), 1 (the deadline or
+/// the 10 ms) or 2 (an interrupt).
+pub const HOST_IDLE: u32 = FID_BASE + 16;
 /// Last host function ID.
-pub const FID_LAST: u32 = CONSOLE_FOCUS;
+pub const FID_LAST: u32 = HOST_IDLE;
 
 /// MEM_DONATE/MEM_LEND flag (x5): ownership changes at once, but the
 /// guest's stage 2 maps each page only when the guest first touches it (a
@@ -217,7 +226,9 @@ impl HostError {
 /// VCPU_RUN exit codes (x0 >= 0).
 pub mod exit {
     /// The vCPU yielded (WFI with nothing pending) or its time slice ended;
-    /// it stays runnable.
+    /// it stays runnable. After a WFI x1 = 1, x2 = the counter value its
+    /// virtual timer fires at (`u64::MAX`: off or masked) and x3 = the
+    /// event generation for [`super::HOST_IDLE`]; else x1..x3 = 0.
     pub const YIELD: u64 = 0;
     /// An MMIO access for the host: x1 = IPA, x2 = [`super::mmio_flags`]
     /// (size, write, register), x3 = value written. A read must be answered

@@ -35,6 +35,23 @@ pub fn wfe() {
     unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
 }
 
+/// Wait for interrupt: returns when a physical interrupt for this CPU is
+/// pending, taken or not (EL2 runs with them masked), or spuriously.
+#[inline(always)]
+pub fn wfi() {
+    // SAFETY: WFI only pauses the CPU.
+    unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+}
+
+read_sysreg!(isr_el1, "isr_el1");
+
+/// A physical IRQ or FIQ is pending for this CPU (ISR_EL1.I or .F, which
+/// show physical interrupts at EL2).
+#[must_use]
+pub fn irq_pending() -> bool {
+    isr_el1() & 0xc0 != 0
+}
+
 /// YIELD: a hint that this CPU could do other work now.
 pub fn yield_hint() {
     // SAFETY: a hint; no memory or register effects.

@@ -234,7 +234,11 @@ fn apply(
         }
         Action::Wfi => {
             if !vgic_wakes(c, who, ctx, vg, pending) {
-                return Next::ToHost(RunEnd::Runnable, [hyp_abi::exit::YIELD, 0, 0, 0]);
+                let wait = [1, vtimer_deadline(c), crate::run::idle::generation()];
+                return Next::ToHost(
+                    RunEnd::Runnable,
+                    [hyp_abi::exit::YIELD, wait[0], wait[1], wait[2]],
+                );
             }
         }
         Action::Fp => {
@@ -267,7 +271,10 @@ fn apply(
             ctx.regs.x[0] = match who {
                 Who::Host => host_vcpus::cpu_on(target, entry, context),
                 Who::Guest { slot, .. } => {
-                    state::control().psci_cpu_on(slot as u64 + 1, target, entry, context)
+                    let r = state::control().psci_cpu_on(slot as u64 + 1, target, entry, context);
+                    // The host CPU that runs the new vCPU may be asleep.
+                    crate::run::idle::event(c, pending);
+                    r
                 }
             };
         }
@@ -374,6 +381,18 @@ fn vgic_wakes(
     };
     let pmr = ctx.vif.priority_mask(vg.version(), &mut lrs);
     vg.has_pending(vcpu, pmr)
+}
+
+/// The counter value the running guest's virtual timer fires at
+/// (CNTV_CVAL_EL0: every context's CNTVOFF_EL2 is 0), or `u64::MAX` when it
+/// is disabled or masked (CNTV_CTL_EL0 ENABLE, IMASK).
+fn vtimer_deadline(c: &Cpu<'_>) -> u64 {
+    let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
+    if ctl & 0b11 == 0b01 {
+        regs::CntvCvalEl0::read(&c.sync.hcr)
+    } else {
+        u64::MAX
+    }
 }
 
 /// Sets the vCPU's HCR_EL2 TVM bit as `tvm` says; writes HCR_EL2 if it changed.

@@ -343,17 +343,23 @@ pub fn kick_vcpus(c: &Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut G
         return;
     };
     // The named vCPUs only, lowest first (not every vCPU of the VM).
+    let mut waiting = false;
     while todo != 0 {
         let v = todo.trailing_zeros() as usize;
         todo &= todo - 1;
         if v >= vm.nr_vcpus {
             break;
         }
-        if let Some(cpu) = vm.vcpus[v].running_on {
-            if cpu != c.idx {
-                g.kick(cpu, c.sync.gic.as_ref(), pending);
-            }
+        match vm.vcpus[v].running_on {
+            Some(cpu) if cpu != c.idx => g.kick(cpu, c.sync.gic.as_ref(), pending),
+            Some(_) => {}
+            None => waiting = true,
         }
+    }
+    drop(vm);
+    if waiting {
+        // Not running: its host CPU may sleep in HOST_IDLE.
+        crate::run::idle::event(c, pending);
     }
 }
 
