@@ -213,9 +213,11 @@ enum Cmd {
         /// modules in the initramfs) or `built` (the project's, built once
         /// from Debian's linux-source-6.12 with platforms/linux/guest.config:
         /// the pKVM guest driver and restricted DMA pools, all built in;
-        /// cached in target/linux-cache/kbuild).
-        #[arg(long, value_enum, default_value = "debian")]
-        kernel: linux::KernelSource,
+        /// cached in target/linux-cache/kbuild). Default: `built` for a
+        /// protected VM with a disk or a network (its devices need the
+        /// pKVM driver's shared pool), else `debian`.
+        #[arg(long, value_enum)]
+        kernel: Option<linux::KernelSource>,
     },
     /// Run every check: fmt, clippy, unit tests, image build, QEMU integration tests.
     Test,
@@ -1129,7 +1131,7 @@ struct LinuxOpts {
     disk: Option<PathBuf>,
     net: Option<String>,
     prepare_only: bool,
-    kernel: linux::KernelSource,
+    kernel: Option<linux::KernelSource>,
 }
 
 /// How a run (`run --smp`, `linux --smp`) on `platform` gets `smp` host
@@ -1180,6 +1182,14 @@ fn linux_cmd(o: LinuxOpts) -> Result<u8> {
     // The board first: what it cannot have fails before the fetch.
     pci_devices_on(platform, disk.is_some(), net.is_some())?;
     let (qemu_smp, host_words) = linux_cpus(platform, smp)?;
+    let kernel = kernel.unwrap_or_else(|| {
+        if protected && (disk.is_some() || net.is_some()) {
+            note("linux: a protected VM with devices: the project's kernel (--kernel built), whose pKVM guest driver shares their buffers through a restricted DMA pool");
+            linux::KernelSource::Built
+        } else {
+            linux::KernelSource::Debian
+        }
+    });
     let k = linux::kernel(kernel)?;
     if protected && !linux::pkvm_config(&k.config)?.0 {
         // Without the driver the kernel never shares a page: its devices
@@ -1458,7 +1468,7 @@ mod tests {
             else {
                 panic!("linux options rejected");
             };
-            assert_eq!(kernel, linux::KernelSource::Built);
+            assert_eq!(kernel, Some(linux::KernelSource::Built));
             assert_eq!(mem, Some(64));
             assert_eq!(guest_cmdline.as_deref(), Some("x"));
             assert_eq!((guest_smp, protected), (1, true));
@@ -1645,7 +1655,7 @@ mod tests {
             disk: disk.map(PathBuf::from),
             net: None,
             prepare_only: true,
-            kernel: linux::KernelSource::Built,
+            kernel: Some(linux::KernelSource::Built),
         };
         let e = linux_cmd(o(Some("d.img"))).expect_err("--disk on rpi4");
         assert!(e.contains("--disk needs --platform qemu"), "{e}");
