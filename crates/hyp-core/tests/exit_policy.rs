@@ -1043,17 +1043,10 @@ fn wfx_fp_smc_and_unknown() {
             then(Action::Wfi),
         ),
         (
-            "guest WFE: a spin hint, back to the host at once",
+            "guest WFE",
             trap(esr(0x01, 1), 0, 0),
             vec![],
             g,
-            then(Action::ToHost(RunEnd::Runnable, [run_exit::YIELD, 0, 0, 0])),
-        ),
-        (
-            "host WFE",
-            trap(esr(0x01, 1), 0, 0),
-            vec![],
-            h,
             then(Action::Resume),
         ),
         (

@@ -450,15 +450,11 @@ pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
             ..
         } => past(data_abort(abort, far, write, value, facts), len),
         Exit::InstAbort { far, .. } => at(Action::Inject(Injected::InstAbort { far })),
-        // A guest's WFI waits for an interrupt (`Action::Wfi`); its WFE is a
-        // spin hint (a lock another vCPU holds, a yield): the CPU goes back
-        // to the host at once to run something else, as KVM's WFE trap
-        // does. The host's own are no-ops.
         Exit::Wfx { wfe, len } => past(
-            then(match (guest, wfe) {
-                (true, false) => Action::Wfi,
-                (true, true) => Action::ToHost(RunEnd::Runnable, [hyp_abi::exit::YIELD, 0, 0, 0]),
-                (false, _) => Action::Resume,
+            then(if guest && !wfe {
+                Action::Wfi
+            } else {
+                Action::Resume
             }),
             len,
         ),

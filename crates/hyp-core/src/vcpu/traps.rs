@@ -27,7 +27,6 @@ pub const HCR_BASE: u64 = HCR_EL2::VM::Enable.value
     | HCR_EL2::FB::SET.value
     | HCR_EL2::BSU::InnerShareable.value
     | HCR_EL2::TWI::SET.value
-    | HCR_EL2::TWE::SET.value
     | HCR_EL2::TID3::SET.value
     | HCR_EL2::TSC::EnableTrapEl1SmcToEl2.value
     | HCR_EL2::TIDCP::SET.value
@@ -129,9 +128,9 @@ mod tests {
     /// Each value is bit-for-bit what the hand-written bit constants gave.
     #[test]
     fn values_unchanged_by_field_definitions() {
-        // VM, SWIO, FMO, IMO, AMO, FB, BSU = IS, TWI, TWE, TID3, TSC,
-        // TIDCP, TACR, RW.
-        assert_eq!(HCR_BASE, 0x801c_663b | (1 << 21));
+        // VM, SWIO, FMO, IMO, AMO, FB, BSU = IS, TWI, TID3, TSC, TIDCP,
+        // TACR, RW.
+        assert_eq!(HCR_BASE, 0x801c_263b | (1 << 21));
         assert_eq!(HCR_TLOR, 1 << 35);
         assert_eq!(HCR_TVM, 1 << 26);
         assert_eq!(HCR_CACHE_TRAPS, (1 << 26) | (1 << 22));
