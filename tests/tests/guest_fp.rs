@@ -1,5 +1,6 @@
-//! guest-fp: all 32 Q registers and FPCR survive WFI exits. As the only
-//! guest, WFI returns to the same VM; with two VMs on one physical CPU, the
+//! guest-fp: all 32 Q registers and FPCR survive exits to the host (the
+//! guest yields its CPU: the hypervisor's YIELD call). As the only guest,
+//! the yield returns to the same VM; with two VMs on one physical CPU, the
 //! hypervisor switches FP/SIMD state between them at those exits.
 
 use std::time::Duration;
@@ -9,7 +10,7 @@ use hyp_tests::{BootOptions, Qemu, TestBoard};
 const T: Duration = Duration::from_secs(60);
 
 #[test]
-fn fp_state_survives_wfi_exits() {
+fn fp_state_survives_exits_to_the_host() {
     let mut q = Qemu::boot(BootOptions {
         append: Some("guest=guest-fp".into()),
         ..BootOptions::default()
@@ -20,23 +21,23 @@ fn fp_state_survives_wfi_exits() {
     );
     // vCPU 0 boots with x0 = 0: VM number 0.
     q.expect_exact(
-        "[vm1] guest-fp: VM 1: 100 rounds of 32 Q registers + FPCR across WFI",
+        "[vm1] guest-fp: VM 1: 100 rounds of 32 Q registers + FPCR across a yield",
         T,
     );
     q.expect_exact("[vm1] guest-fp: VM 1: 100 rounds, FP/SIMD state intact", T);
     let exits = q.expect_line("hyp: exits total=", T);
     q.expect_exit_code(0, T);
-    let wfx: u64 = exits
+    let hvc: u64 = exits
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("wfx="))
+        .find_map(|w| w.strip_prefix("hvc="))
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no wfx= in {exits:?}"));
-    assert!(wfx >= 100, "every round must exit on WFI: {exits}");
+        .unwrap_or_else(|| panic!("no hvc= in {exits:?}"));
+    assert!(hvc >= 100, "every round must exit on its yield: {exits}");
 }
 
 /// Boot arguments that run two guest-fp VMs (x0 = their handles, 1 and 2)
 /// with one vCPU each: the host runs vCPU 0 of both on its CPU 0, switching
-/// at every WFI.
+/// at every yield.
 const TWO_VMS: &str = "guests=guest-fp,guest-fp";
 
 #[test]

@@ -23,8 +23,10 @@
 //! The first VM (protected, its memory mapped at stage 2 on first touch,
 //! for `mem_share_unshare` and `s2_fault`) measures; the second (guest
 //! option `arg=131`, [`PARTNER`]) is the partner for `vcpu_switch`: it
-//! executes WFI in a loop (each WFI yields its CPU to the host, which runs
-//! VM 1 again), a fixed number of times, then powers off.
+//! yields in a loop (each `guest_rt::yield_cpu`, the hypervisor's YIELD
+//! call, gives its CPU to the host, which runs VM 1 again), a fixed number
+//! of times, then powers off. A WFI would wait for an interrupt (the host
+//! may sleep until one is due); these VMs only hand the CPU over.
 //!
 //! Metrics (see also xtask's `bench` documentation):
 //! - `hvc_null`: HVC SMCCC_VERSION, answered at EL2;
@@ -42,9 +44,9 @@
 //!   the first instruction of its IRQ vector;
 //! - `vtimer_latency`: from the virtual timer's compare value (the moment
 //!   it fires) until the first instruction of the IRQ vector;
-//! - `vcpu_switch`: half the round trip of a WFI in VM 1 while VM 2 shares
+//! - `vcpu_switch`: half the round trip of a YIELD in VM 1 while VM 2 shares
 //!   the physical CPU: VM 1 yields to the host, the host runs VM 2, which
-//!   yields at once (its WFI), and the host runs VM 1 again. One switch is
+//!   yields at once, and the host runs VM 1 again. One switch is
 //!   VM -> host -> other VM, including the host's scheduling loop.
 #![no_std]
 #![no_main]
@@ -62,9 +64,9 @@ const ITERS: usize = 10_000;
 const ITERS_SLOW: usize = 1_000;
 /// Untimed iterations before each measurement (first touches, stack pages).
 const WARMUP: usize = 16;
-/// WFIs VM 2 executes before it powers off: enough for `vcpu_switch`'s
+/// Yields VM 2 makes before it powers off: enough for `vcpu_switch`'s
 /// warm-up and iterations, and the exits VM 1 makes while booting.
-const PARTNER_WFIS: usize = ITERS_SLOW + WARMUP + 200;
+const PARTNER_YIELDS: usize = ITERS_SLOW + WARMUP + 200;
 /// How far ahead the virtual timer is programmed (ticks = instructions).
 const TIMER_DELTA: u64 = 5_000;
 /// The host's test device (reads return the last value written + 1).
@@ -588,17 +590,15 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
 
     // First: VM 2 is still alive and yielding.
     let (round_trip, n) = clock.time(ITERS_SLOW, |_| {
-        // SAFETY: WFI with interrupts masked: traps, yields to the host.
-        unsafe { asm!("wfi", options(nomem, nostack)) };
+        guest_rt::yield_cpu();
     });
-    // Wait (WFI) until VM 2 has powered off, so it stays out of what follows:
-    // a WFI round trip then no longer includes it. Without a partner the
+    // Yield until VM 2 has powered off, so it stays out of what follows:
+    // a yield's round trip then no longer includes it. Without a partner the
     // round trip never drops.
     let mut partner = false;
-    for _ in 0..2 * PARTNER_WFIS {
+    for _ in 0..2 * PARTNER_YIELDS {
         let t0 = now();
-        // SAFETY: as above.
-        unsafe { asm!("wfi", options(nomem, nostack)) };
+        guest_rt::yield_cpu();
         if (now() - t0) * clock.period * 4 < round_trip * 3 {
             partner = true;
             break;
@@ -918,7 +918,7 @@ fn vtimer_latency(clock: Clock) {
     report("vtimer_latency", median(&mut s[..n / p as usize]), n);
 }
 
-/// VM 2: yields its CPU (WFI) a fixed number of times, then powers off.
+/// VM 2: yields its CPU a fixed number of times, then powers off.
 /// Guest option `arg=` values (low byte) that make this VM the neighbour
 /// probe, and the metric each reports: 0x80 while the other VM is
 /// destroyed, 0x81 while it toggles its caches ([`TOGGLER`]) and then is
@@ -996,9 +996,8 @@ const PARTNER: u64 = 0x83;
 
 fn partner(handle: u64) -> ! {
     println!("guest-bench: VM {handle} is the vcpu_switch partner");
-    for _ in 0..PARTNER_WFIS {
-        // SAFETY: WFI with interrupts masked traps and yields to the host.
-        unsafe { asm!("wfi", options(nomem, nostack)) };
+    for _ in 0..PARTNER_YIELDS {
+        guest_rt::yield_cpu();
     }
     guest_rt::system_off()
 }

@@ -1,10 +1,11 @@
 //! FP/SIMD isolation guest. It takes a VM number from x0 at entry (the
 //! context id vCPU 0 is started with: guest-rt passes it as `arg`), then for
 //! each of [`ROUNDS`] rounds loads a VM- and round-specific pattern into all
-//! 32 Q registers and FPCR, executes WFI, and checks every register and
-//! FPCR afterwards. The WFI exits to the hypervisor, which may run another
-//! VM on this physical CPU in the meantime (and must then switch the FP/SIMD
-//! state, lazily or not); as the only guest, WFI simply returns.
+//! 32 Q registers and FPCR, yields its CPU (the hypervisor's YIELD call),
+//! and checks every register and FPCR afterwards. The yield goes back to the
+//! host, which may run another VM on this physical CPU in the meantime (and
+//! the hypervisor must then switch the FP/SIMD state, lazily or not); as
+//! the only guest, the yield simply returns.
 //! Prints `guest-fp: VM <n>: <R> rounds, FP/SIMD state intact` or the first
 //! corruption, then powers off.
 #![no_std]
@@ -13,7 +14,7 @@
 use guest_rt::fpregs::{self, FpRegs, FPCR_MASK};
 use guest_rt::println;
 
-/// Rounds, each one WFI exit.
+/// Rounds, each one yield.
 pub const ROUNDS: u64 = 100;
 
 fn pattern(vm: u64, round: u64, reg: usize) -> u128 {
@@ -37,7 +38,7 @@ fn run(vm: u64, rounds: u64) -> Result<(), (u64, &'static str, usize, u128, u128
             *q = pattern(vm, round, r);
         }
         src.fpcr = fpcr_pattern(vm, round);
-        let dst = fpregs::across_wfi(&src);
+        let dst = fpregs::across_yield(&src);
         if let Some(r) = (0..32).find(|&r| dst.q[r] != src.q[r]) {
             return Err((round, "q", r, dst.q[r], src.q[r]));
         }
@@ -54,7 +55,7 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
         guest_rt::cpu_off();
     }
     // x0: the VM handle in bits [7:0]; the guest option `arg=N` above:
-    // bit 0 idle (WFIs that touch no FP/SIMD register), bits above the
+    // bit 0 idle (yields that touch no FP/SIMD register), bits above the
     // rounds (0: ROUNDS).
     let (vm, arg) = (x0 & 0xff, x0 >> 8);
     let rounds = match arg >> 1 {
@@ -62,14 +63,13 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
         n => n,
     };
     if arg & 1 != 0 {
-        println!("guest-fp: VM {vm}: idle, {rounds} WFIs without FP/SIMD");
+        println!("guest-fp: VM {vm}: idle, {rounds} yields without FP/SIMD");
         for _ in 0..rounds {
-            // SAFETY: WFI pauses the vCPU (an exit to the hypervisor).
-            unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
+            guest_rt::yield_cpu();
         }
         guest_rt::system_off()
     }
-    println!("guest-fp: VM {vm}: {rounds} rounds of 32 Q registers + FPCR across WFI");
+    println!("guest-fp: VM {vm}: {rounds} rounds of 32 Q registers + FPCR across a yield");
     match run(vm, rounds) {
         Ok(()) => println!("guest-fp: VM {vm}: {rounds} rounds, FP/SIMD state intact"),
         Err((round, "q", r, got, want)) => {

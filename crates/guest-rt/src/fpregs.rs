@@ -127,6 +127,14 @@ pub fn across_wfi(src: &FpRegs) -> FpRegs {
     dst
 }
 
+/// Loads `src`, yields the CPU to the host ([`hyp_abi::GUEST_YIELD`], one
+/// exit, after which the host may run another VM on this CPU), returns what
+/// the registers hold.
+#[must_use]
+pub fn across_yield(src: &FpRegs) -> FpRegs {
+    across_hvc(src, [u64::from(hyp_abi::GUEST_YIELD), 0, 0, 0]).0
+}
+
 /// Loads `src`, makes the SMCCC call `args` (x0..x3) with HVC, returns what
 /// the FP/SIMD registers hold after it and the call's x0..x3.
 #[must_use]

@@ -234,6 +234,13 @@ pub fn entry_point() -> u64 {
     _start as *const () as usize as u64
 }
 
+/// Gives this vCPU's CPU back to the host at once ([`hyp_abi::GUEST_YIELD`]):
+/// for a vCPU that waits for another vCPU or VM, not for an interrupt (a
+/// WFI waits for an interrupt, and the host may sleep meanwhile).
+pub fn yield_cpu() {
+    let _ = hvc(hyp_abi::GUEST_YIELD, 0, 0, 0);
+}
+
 /// Powers the VM off through PSCI.
 pub fn system_off() -> ! {
     let _ = smccc::psci::system_off::<Hvc>();

@@ -39,7 +39,6 @@
 
 mod private_rings;
 
-use core::arch::asm;
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::ptr::NonNull;
@@ -252,11 +251,6 @@ fn share_pool(share: bool) -> Result<(), i64> {
         }
     }
     Ok(())
-}
-
-fn wfi() {
-    // SAFETY: WFI only waits (the hypervisor yields the CPU to the host).
-    unsafe { asm!("wfi", options(nomem, nostack)) };
 }
 
 /// Device interrupts taken (bit 0: console, bit 1: block) and not yet
@@ -475,7 +469,8 @@ fn run(handle: u64, guarded: u64) -> bool {
             say!("vCPU 1 never turned off");
             return false;
         }
-        wfi();
+        // Waits for vCPU 1, not for an interrupt: hand the CPU over.
+        guest_rt::yield_cpu();
     }
     match SECRET_DONE.load(Ordering::Acquire) {
         1 => say!(

@@ -224,7 +224,7 @@ enum Kind {
     Hello = 1,
     /// guest-fp, WFI loop without FP (never powers off).
     FpIdle = 2,
-    /// guest-fp, FP rounds across WFI (never powers off).
+    /// guest-fp, FP rounds across a yield (never powers off).
     FpBusy = 3,
     /// guest-bench reading the host's test device (MMIO exits), 10,000
     /// times, then powers off.

@@ -104,6 +104,8 @@ static CPUS: AtomicUsize = AtomicUsize::new(1);
 static DONE_CPUS: AtomicUsize = AtomicUsize::new(0);
 static MMIO_EXITS: AtomicU64 = AtomicU64::new(0);
 static YIELDS: AtomicU64 = AtomicU64::new(0);
+/// HOST_IDLE calls: rounds after which every vCPU of a CPU waited.
+static SLEEPS: AtomicU64 = AtomicU64::new(0);
 static NEXT_FREE: spin::Mutex<u64> = spin::Mutex::new(0);
 static RAM_END: AtomicU64 = AtomicU64::new(0);
 
@@ -537,6 +539,10 @@ fn serve(cpu: usize) {
     loop {
         let mut live = 0;
         let mut ran = false;
+        // Until when this CPU may sleep: every vCPU it ran waits for an
+        // interrupt (the earliest timer deadline, the oldest event
+        // generation seen), `None` once one did anything else.
+        let mut idle = Some(Waiting::FOREVER);
         for g in guests[..*n].iter().flatten() {
             if g.stopped.load(Ordering::Acquire) {
                 // A VM being restarted (it reset) is stopped for the moment.
@@ -545,11 +551,15 @@ fn serve(cpu: usize) {
             }
             live += 1;
             if g.start_after != 0 && guest_rt::gic::counter().wrapping_sub(start) < g.start_after {
+                if let Some(w) = idle.as_mut() {
+                    w.deadline = w.deadline.min(start.wrapping_add(g.start_after));
+                }
                 continue;
             }
             for v in 0..g.vcpus {
                 if (g.first_cpu + v) % cpus == cpu {
-                    run_vcpu(g, v as u64);
+                    let r = run_vcpu(g, v as u64);
+                    idle = idle.zip(r).map(|(a, b)| a.min(b));
                     ran = true;
                     if cpu + 1 == cpus {
                         // `linux-probe`: the host reads the VM's pages.
@@ -570,12 +580,37 @@ fn serve(cpu: usize) {
         if live == 0 {
             return;
         }
-        if !ran {
-            // Nothing of this CPU's to run yet (or any more): say so (on
-            // QEMU's round-robin TCG, YIELD also hands the turn to the next
-            // CPU instead of polling through it).
-            // SAFETY: a hint; no memory or register effects.
-            unsafe { core::arch::asm!("yield", options(nomem, nostack, preserves_flags)) };
+        if let Some(w) = idle {
+            // Nothing to run until a vCPU's interrupt is due: the
+            // hypervisor sleeps this CPU (at most 10 ms) until the earliest
+            // timer deadline, an interrupt for this CPU, or an event that
+            // may have made one of its vCPUs runnable.
+            SLEEPS.fetch_add(1, Ordering::Relaxed);
+            let _ = call(hyp_abi::HOST_IDLE, [w.deadline, w.generation, 0, 0]);
+        }
+    }
+}
+
+/// A vCPU that waits for an interrupt (its WFI) or cannot run (off): when
+/// its timer fires (counter value; `u64::MAX`: never) and the event
+/// generation its run ended at (`u64::MAX`: unknown, count from the sleep).
+#[derive(Clone, Copy)]
+struct Waiting {
+    deadline: u64,
+    generation: u64,
+}
+
+impl Waiting {
+    const FOREVER: Waiting = Waiting {
+        deadline: u64::MAX,
+        generation: u64::MAX,
+    };
+
+    /// Both waits at once: the earlier deadline, the older generation.
+    fn min(self, o: Waiting) -> Waiting {
+        Waiting {
+            deadline: self.deadline.min(o.deadline),
+            generation: self.generation.min(o.generation),
         }
     }
 }
@@ -588,8 +623,10 @@ const MMIO_BURST: usize = 64;
 
 /// Runs vCPU `v` of `g` until it yields, stops or has had [`MMIO_BURST`]
 /// MMIO exits. An MMIO read is answered in the next VCPU_RUN itself; an
-/// off vCPU or a stopped VM makes VCPU_RUN return `State`.
-fn run_vcpu(g: &Guest, v: u64) {
+/// off vCPU or a stopped VM makes VCPU_RUN return `State`. Returns how it
+/// waits when it waits for an interrupt or is off, `None` when it did
+/// anything else.
+fn run_vcpu(g: &Guest, v: u64) -> Option<Waiting> {
     let mut answer: Option<u64> = None;
     for _ in 0..MMIO_BURST {
         let (flags, value) = match answer.take() {
@@ -645,7 +682,18 @@ fn run_vcpu(g: &Guest, v: u64) {
             }
             code => {
                 vcpu_stopped(g, v, code);
-                return;
+                return match (code, HostError::from_code(code)) {
+                    // A WFI with nothing to take: x1 = 1, its timer, the
+                    // event generation.
+                    (exit::YIELD, _) if r[1] == 1 => Some(Waiting {
+                        deadline: r[2],
+                        generation: r[3],
+                    }),
+                    // Off (or its VM stopped): it waits for a CPU_ON, an
+                    // event counted from the sleep.
+                    (_, Some(HostError::State)) => Some(Waiting::FOREVER),
+                    _ => None,
+                };
             }
         }
     }
@@ -654,6 +702,7 @@ fn run_vcpu(g: &Guest, v: u64) {
             fail(format_args!("MMIO_COMPLETE: {e:?}"));
         }
     }
+    None
 }
 
 /// A VCPU_RUN result other than an MMIO exit.
@@ -756,8 +805,9 @@ fn teardown(n: usize) {
     irqdev::report();
     linuxdev::report();
     println!(
-        "host: done: {} MMIO exits served, {} yields",
+        "host: done: {} MMIO exits served, {} yields, {} sleeps",
         MMIO_EXITS.load(Ordering::Relaxed),
-        YIELDS.load(Ordering::Relaxed)
+        YIELDS.load(Ordering::Relaxed),
+        SLEEPS.load(Ordering::Relaxed)
     );
 }

@@ -53,6 +53,14 @@ pub mod pvmfw {
     pub const ITEM_INITRD: u64 = 1;
 }
 
+/// The project's own guest call (fast, SMC64/HVC64, owner 6, function 0x102,
+/// beside [`pvmfw`]'s): YIELD gives the vCPU's CPU back to the host at once,
+/// a paravirtual yield like x86 KVM's `KVM_HC_SCHED_YIELD`. A WFI waits for an
+/// interrupt (the host may then sleep); a guest that only wants another vCPU
+/// or VM to run (a spin on a lock, the bench's VM switches) yields instead.
+/// x0 = 0 when the vCPU runs again; the host gets NOT_SUPPORTED.
+pub const GUEST_YIELD: u32 = 0xC600_0102;
+
 /// First host function ID.
 pub const FID_BASE: u32 = 0xC600_0040;
 /// VM_CREATE(vcpus, flags, pa, pages) -> handle. The host donates

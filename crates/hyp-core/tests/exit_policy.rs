@@ -480,6 +480,13 @@ fn vendor_calls() {
             at(Action::MeasurementSet),
         ),
         (
+            "a guest's YIELD goes back to the host (x0 = 0, not waiting)",
+            hvc(),
+            vec![u64::from(hyp_abi::GUEST_YIELD)],
+            g,
+            at(Action::Yield),
+        ),
+        (
             "MEASUREMENT_SET of a normal VM: it has no firmware",
             hvc(),
             vec![u64::from(hyp_abi::pvmfw::MEASUREMENT_SET), 1, 2, 3],
@@ -521,6 +528,13 @@ fn host_calls() {
             vec![u64::from(hyp_abi::FID_LAST)],
             h,
             at(Action::HostCall),
+        ),
+        (
+            "the host cannot YIELD to itself",
+            hvc(),
+            vec![u64::from(hyp_abi::GUEST_YIELD)],
+            h,
+            at(Action::ReturnX0(call::NOT_SUPPORTED)),
         ),
         (
             "the firmware's MEASUREMENT_SET is no host call",

@@ -191,6 +191,8 @@ pub enum Hypercall {
         /// 0: bytes 0..16, 1: bytes 16..32.
         half: u64,
     },
+    /// YIELD ([`hyp_abi::GUEST_YIELD`]): back to the host at once.
+    Yield,
     /// A known vendor call whose arguments fail the stateless checks:
     /// answered [`SMCCC_RET_INVALID_PARAMETER`].
     InvalidParameter {
@@ -257,6 +259,7 @@ pub fn decode(x: [u64; 4]) -> Hypercall {
             }
         }
         hyp_abi::pvmfw::MEASUREMENT_SET => Hypercall::MeasurementSet,
+        hyp_abi::GUEST_YIELD => Hypercall::Yield,
         hyp_abi::pvmfw::MEASUREMENT_GET => {
             let (item, half) = (x[1], x[2]);
             if item > hyp_abi::pvmfw::ITEM_INITRD || half > 1 || x[3] != 0 {
@@ -300,6 +303,7 @@ pub fn stateless_answer(call: Hypercall) -> Option<[u64; 4]> {
         | Hypercall::MmioGuard { .. }
         | Hypercall::MeasurementSet
         | Hypercall::MeasurementGet { .. }
+        | Hypercall::Yield
         | Hypercall::Trng(_) => return None,
     };
     Some([x0, 0, 0, 0])

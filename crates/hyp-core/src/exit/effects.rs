@@ -286,6 +286,10 @@ fn apply(
                 }
             };
         }
+        Action::Yield => {
+            ctx.regs.x[..4].fill(0);
+            return Next::ToHost(RunEnd::Runnable, [hyp_abi::exit::YIELD, 0, 0, 0]);
+        }
         Action::MeasurementSet => super::vm_calls::measurement_set(who, ctx),
         Action::MeasurementGet { item, half } => {
             super::vm_calls::measurement_get(who, ctx, item, half);

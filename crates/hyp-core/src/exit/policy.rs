@@ -350,6 +350,9 @@ pub enum Action {
     },
     /// An SMCCC TRNG call: answered with entropy from this CPU.
     Trng(crate::calls::trng::TrngCall),
+    /// A guest's YIELD: x0 = 0, and back to the host (`exit::YIELD`, not
+    /// waiting).
+    Yield,
     /// MEASUREMENT_SET from a protected VM: recorded if the caller's PC is
     /// in the firmware window and nothing was recorded yet.
     MeasurementSet,
@@ -494,6 +497,7 @@ fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
         Hypercall::Trng(t) => Action::Trng(t),
         // The firmware's measurement: only a protected VM has a firmware.
         Hypercall::MeasurementSet if facts.protected() => Action::MeasurementSet,
+        Hypercall::Yield => Action::Yield,
         Hypercall::MeasurementGet { item, half } => Action::MeasurementGet { item, half },
         // MMIO guard (upstream Linux's one call, protected VMs only): a
         // protected VM's access in the host's window reaches the host only
