@@ -54,9 +54,10 @@ use object::{Object, ObjectSection, SectionKind};
 use crate::{build, cargo, note, provision, run_checked, target_dir, Platform, Result};
 
 /// Metrics guest-bench reports under icount (instructions).
-pub const GUEST_METRICS: [&str; 17] = [
+pub const GUEST_METRICS: [&str; 19] = [
     "hvc_null",
     "psci_version",
+    "hvc_unknown",
     "mmio_hyp",
     "mmio_host",
     "s2_fault",
@@ -68,6 +69,7 @@ pub const GUEST_METRICS: [&str; 17] = [
     "neighbour_cache_toggle_ns",
     "hvc_null_64vms",
     "psci_version_64vms",
+    "hvc_unknown_64vms",
     "mmio_hyp_64vms",
     "mmio_host_64vms",
     "vtimer_latency_64vms",
@@ -76,9 +78,10 @@ pub const GUEST_METRICS: [&str; 17] = [
 
 /// Exit costs that must not depend on how many VMs exist: the `_64vms`
 /// figures (62 idle VMs beside the two bench VMs) equal the 1-VM ones.
-const VM_COUNT_INVARIANT: [&str; 6] = [
+const VM_COUNT_INVARIANT: [&str; 7] = [
     "hvc_null",
     "psci_version",
+    "hvc_unknown",
     "mmio_hyp",
     "mmio_host",
     "vtimer_latency",
@@ -149,6 +152,7 @@ const BOOTS: [Boot; 5] = [
             "vcpu_switch",
             "hvc_null",
             "psci_version",
+            "hvc_unknown",
             "mmio_hyp",
             "mmio_host",
             "s2_fault",

@@ -260,7 +260,7 @@ enum Cmd {
     /// Where one bench metric's instructions go: two traced boots on QEMU
     /// virt (-icount, `-d in_asm,exec`), per-function instructions per
     /// iteration. METRIC: hvc_null, psci_version, mmio_hyp, mmio_host,
-    /// s2_fault or mem_share_unshare.
+    /// s2_fault, mem_share_unshare or hvc_unknown.
     Profile {
         /// The metric to profile.
         metric: String,
