@@ -513,8 +513,9 @@ pub fn guest_records(platform: Platform) -> Result<(Vec<Record>, Vec<String>)> {
 
 /// Runs the guest benchmarks twice on `platform` (`cargo xtask test`):
 /// every metric reported, each a plausible instruction count (more than 0,
-/// under 10 million), and both runs identical.
-pub fn check_twice(platform: Platform) -> Result<()> {
+/// under 10 million), and both runs identical; the first run's records
+/// (which `cargo xtask test` then compares with the baseline).
+pub fn check_twice(platform: Platform) -> Result<Vec<Record>> {
     let (a, notes_a) = guest_records(platform)?;
     let (b, notes_b) = guest_records(platform)?;
     let barriers = |notes: &[String]| -> Vec<String> {
@@ -571,7 +572,7 @@ pub fn check_twice(platform: Platform) -> Result<()> {
     if ea != eb {
         return Err(format!("two runs differ:\n{ea:?}\n{eb:?}"));
     }
-    Ok(())
+    Ok(a)
 }
 
 /// The seed-002 bound on the host's multi-page calls: each of the four
@@ -728,6 +729,27 @@ pub fn bench(platform: Platform) -> Result<()> {
                     .join(", ")
             ));
         }
+    }
+    // The committed baseline, for information (`cargo xtask test` fails on
+    // a growth beyond the tolerance).
+    let key = crate::baseline::board_key(platform);
+    match std::fs::read_to_string(crate::baseline::path())
+        .map_err(|e| e.to_string())
+        .and_then(|t| crate::baseline::parse(&t))
+    {
+        Ok(b) => match b.board(key) {
+            Some(base) => {
+                let rows = crate::baseline::compare(
+                    base,
+                    &crate::baseline::exact(&records),
+                    crate::baseline::TOLERANCE_PCT,
+                );
+                println!();
+                print!("{}", crate::baseline::table(key, &rows));
+            }
+            None => note(&format!("the baseline has no `{key}` board")),
+        },
+        Err(e) => note(&format!("no bench baseline to compare with: {e}")),
     }
     note(&format!(
         "bench took {:.1} s",

@@ -526,10 +526,19 @@ fn what_the_vector_answers_alone_the_policy_answers_alike() {
         }
         seen += 1;
         let upper = u64::from(fid.rotate_left(7)) << 32;
-        let x = [upper | u64::from(fid), u64::from(fid) * 3, !u64::from(fid), 1 << 12];
+        let x = [
+            upper | u64::from(fid),
+            u64::from(fid) * 3,
+            !u64::from(fid),
+            1 << 12,
+        ];
         for cx in [guest(), protected(), host()] {
             let got = decide(&hvc(), &x, &cx);
-            assert_eq!(got, want, "{fid:#x} from {:?} (protected {})", cx.who, cx.protected);
+            assert_eq!(
+                got, want,
+                "{fid:#x} from {:?} (protected {})",
+                cx.who, cx.protected
+            );
         }
     }
     assert!(seen > 200_000, "{seen}");

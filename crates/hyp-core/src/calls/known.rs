@@ -96,9 +96,12 @@ mod tests {
     /// hold: a bad argument makes a known call InvalidParameter, not
     /// Unknown), or it is a host call.
     fn known_somewhere(fid: u32) -> bool {
-        let named = [[0u64; 3], [1, 2, 3], [u64::MAX; 3]]
-            .iter()
-            .any(|a| !matches!(decode([u64::from(fid), a[0], a[1], a[2]]), Hypercall::Unknown { .. }));
+        let named = [[0u64; 3], [1, 2, 3], [u64::MAX; 3]].iter().any(|a| {
+            !matches!(
+                decode([u64::from(fid), a[0], a[1], a[2]]),
+                Hypercall::Unknown { .. }
+            )
+        });
         named || (hyp_abi::FID_BASE..=hyp_abi::FID_LAST).contains(&fid)
     }
 
@@ -111,7 +114,10 @@ mod tests {
         }
         let mut sorted = KNOWN;
         sorted.sort_unstable();
-        assert!(sorted.windows(2).all(|w| w[0] != w[1]), "KNOWN repeats an ID");
+        assert!(
+            sorted.windows(2).all(|w| w[0] != w[1]),
+            "KNOWN repeats an ID"
+        );
     }
 
     /// The vector answers an ID itself only if nobody knows it. Every ID the
@@ -138,7 +144,13 @@ mod tests {
         }
         assert!(unknown > (1 << 24) - 100, "{unknown}");
         // The IDs guest-faults and guest-bench call as unknown ones.
-        for f in [0xc600_fff0, 0x8400_00ff, 0x8600_0001, 0xc600_0005, 0xc600_003f] {
+        for f in [
+            0xc600_fff0,
+            0x8400_00ff,
+            0x8600_0001,
+            0xc600_0005,
+            0xc600_003f,
+        ] {
             assert!(unknown_to_all(f), "{f:#x}");
         }
     }
