@@ -54,9 +54,10 @@ use object::{Object, ObjectSection, SectionKind};
 use crate::{build, cargo, note, provision, run_checked, target_dir, Platform, Result};
 
 /// Metrics guest-bench reports under icount (instructions).
-pub const GUEST_METRICS: [&str; 17] = [
+pub const GUEST_METRICS: [&str; 19] = [
     "hvc_null",
     "psci_version",
+    "hvc_unknown",
     "mmio_hyp",
     "mmio_host",
     "s2_fault",
@@ -68,6 +69,7 @@ pub const GUEST_METRICS: [&str; 17] = [
     "neighbour_cache_toggle_ns",
     "hvc_null_64vms",
     "psci_version_64vms",
+    "hvc_unknown_64vms",
     "mmio_hyp_64vms",
     "mmio_host_64vms",
     "vtimer_latency_64vms",
@@ -76,9 +78,10 @@ pub const GUEST_METRICS: [&str; 17] = [
 
 /// Exit costs that must not depend on how many VMs exist: the `_64vms`
 /// figures (62 idle VMs beside the two bench VMs) equal the 1-VM ones.
-const VM_COUNT_INVARIANT: [&str; 6] = [
+const VM_COUNT_INVARIANT: [&str; 7] = [
     "hvc_null",
     "psci_version",
+    "hvc_unknown",
     "mmio_hyp",
     "mmio_host",
     "vtimer_latency",
@@ -149,6 +152,7 @@ const BOOTS: [Boot; 5] = [
             "vcpu_switch",
             "hvc_null",
             "psci_version",
+            "hvc_unknown",
             "mmio_hyp",
             "mmio_host",
             "s2_fault",
@@ -509,8 +513,9 @@ pub fn guest_records(platform: Platform) -> Result<(Vec<Record>, Vec<String>)> {
 
 /// Runs the guest benchmarks twice on `platform` (`cargo xtask test`):
 /// every metric reported, each a plausible instruction count (more than 0,
-/// under 10 million), and both runs identical.
-pub fn check_twice(platform: Platform) -> Result<()> {
+/// under 10 million), and both runs identical; the first run's records
+/// (which `cargo xtask test` then compares with the baseline).
+pub fn check_twice(platform: Platform) -> Result<Vec<Record>> {
     let (a, notes_a) = guest_records(platform)?;
     let (b, notes_b) = guest_records(platform)?;
     let barriers = |notes: &[String]| -> Vec<String> {
@@ -567,7 +572,7 @@ pub fn check_twice(platform: Platform) -> Result<()> {
     if ea != eb {
         return Err(format!("two runs differ:\n{ea:?}\n{eb:?}"));
     }
-    Ok(())
+    Ok(a)
 }
 
 /// The seed-002 bound on the host's multi-page calls: each of the four
@@ -724,6 +729,27 @@ pub fn bench(platform: Platform) -> Result<()> {
                     .join(", ")
             ));
         }
+    }
+    // The committed baseline, for information (`cargo xtask test` fails on
+    // a growth beyond the tolerance).
+    let key = crate::baseline::board_key(platform);
+    match std::fs::read_to_string(crate::baseline::path())
+        .map_err(|e| e.to_string())
+        .and_then(|t| crate::baseline::parse(&t))
+    {
+        Ok(b) => match b.board(key) {
+            Some(base) => {
+                let rows = crate::baseline::compare(
+                    base,
+                    &crate::baseline::exact(&records),
+                    crate::baseline::TOLERANCE_PCT,
+                );
+                println!();
+                print!("{}", crate::baseline::table(key, &rows));
+            }
+            None => note(&format!("the baseline has no `{key}` board")),
+        },
+        Err(e) => note(&format!("no bench baseline to compare with: {e}")),
     }
     note(&format!(
         "bench took {:.1} s",

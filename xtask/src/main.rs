@@ -8,7 +8,8 @@
 //!   the serial port on the terminal; exits with QEMU's status.
 //! * `test`: format, clippy, host unit tests, image build and the QEMU
 //!   integration tests (`hyp-tests`), stopping at the first failure.
-//! * `bench [--platform <board>]`, `size [--platform <board>]`: see `bench.rs`.
+//! * `bench [--platform <board>]`, `size [--platform <board>]`: see `bench.rs`;
+//!   `bench --update-baseline`: see `baseline.rs`.
 //! * `coverage [--crate <name>]`, `mutants [--file <path>]`: developer tools
 //!   (line coverage of a crate's host tests, mutation testing of hyp-core);
 //!   see `coverage.rs` and `mutants.rs`. Not part of `test`.
@@ -17,6 +18,7 @@
 #[cfg(test)]
 extern crate alloc;
 
+mod baseline;
 mod bench;
 mod coverage;
 mod flat;
@@ -237,7 +239,8 @@ enum Cmd {
     /// Boot the bench guest under `-icount shift=0` (exact instruction counts)
     /// and run the s2mm host benchmark; table on the terminal,
     /// target/bench/latest.json (the run before in previous.json; rpi4:
-    /// latest-rpi4.json and previous-rpi4.json).
+    /// latest-rpi4.json and previous-rpi4.json), and the comparison with
+    /// the committed baseline (bench/baseline.json).
     Bench {
         /// The board (a directory under platforms/).
         #[arg(long, value_enum, default_value = "qemu")]
@@ -258,11 +261,17 @@ enum Cmd {
         /// (target/bench/linux-io-protected.json).
         #[arg(long, requires = "linux_io")]
         protected: bool,
+        /// Instead: rewrite bench/baseline.json from a fresh run of the
+        /// guest bench on both boards (each run twice, identical counts
+        /// required) and print every metric's old and new figure, for the
+        /// deliberate commit that updates it.
+        #[arg(long, conflicts_with = "linux_io")]
+        update_baseline: bool,
     },
     /// Where one bench metric's instructions go: two traced boots on QEMU
     /// virt (-icount, `-d in_asm,exec`), per-function instructions per
     /// iteration. METRIC: hvc_null, psci_version, mmio_hyp, mmio_host,
-    /// s2_fault or mem_share_unshare.
+    /// s2_fault, mem_share_unshare or hvc_unknown.
     Profile {
         /// The metric to profile.
         metric: String,
@@ -1004,14 +1013,16 @@ fn test() -> Result<()> {
         },
     )?;
     // The bench guest runs, reports every metric, and twice the same counts;
-    // on raspi4b too (its 16-instruction counter tick, phased method).
+    // on raspi4b too (its 16-instruction counter tick, phased method). The
+    // same runs are compared with the committed baseline: no exact metric
+    // may grow by more than 2% (issue 21 item 5; `baseline.rs`).
     step(
-        "guest bench under icount, twice: identical counts",
-        &mut || bench::check_twice(Platform::Qemu),
+        "guest bench under icount, twice: identical counts, within 2% of bench/baseline.json",
+        &mut || baseline::check(Platform::Qemu, &bench::check_twice(Platform::Qemu)?),
     )?;
     step(
-        "guest bench on raspi4b under icount, twice: identical counts",
-        &mut || bench::check_twice(Platform::Rpi4),
+        "guest bench on raspi4b under icount, twice: identical counts, within 2% of bench/baseline.json",
+        &mut || baseline::check(Platform::Rpi4, &bench::check_twice(Platform::Rpi4)?),
     )?;
     step(
         "insn-count QEMU plugin: the exact count between two markers of a known program",
@@ -1325,6 +1336,10 @@ fn main() -> ExitCode {
             protected,
             ..
         } => iobench::linux_io(profile.as_deref(), protected).map(|()| 0),
+        Cmd::Bench {
+            update_baseline: true,
+            ..
+        } => baseline::update().map(|()| 0),
         Cmd::Bench { platform, .. } => bench::bench(platform).map(|_| 0),
         Cmd::Profile { metric, iterations } => profile::profile(&metric, iterations).map(|_| 0),
         Cmd::Size { platform } => {

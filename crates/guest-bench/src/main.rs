@@ -31,6 +31,8 @@
 //! Metrics (see also xtask's `bench` documentation):
 //! - `hvc_null`: HVC SMCCC_VERSION, answered at EL2;
 //! - `psci_version`: HVC PSCI_VERSION, answered at EL2;
+//! - `hvc_unknown`: HVC of a function ID no caller knows ([`UNKNOWN_FID`]),
+//!   answered NOT_SUPPORTED at EL2;
 //! - `mmio_hyp`: a 32-bit read of GICD_TYPER, emulated at EL2 by the vGIC
 //!   (GICv3 on QEMU virt, GICv2 on raspi4b: the same register offset);
 //! - `mmio_host`: a 32-bit read of the host's test device at 0x0a000000,
@@ -81,6 +83,10 @@ const PSCI_VERSION: u64 = 0x8400_0000;
 const PSCI_CPU_ON_64: u32 = 0xc400_0003;
 const MEM_SHARE: u64 = 0xc600_0003;
 const MEM_UNSHARE: u64 = 0xc600_0004;
+/// `hvc_unknown`'s function ID: fast, SMC64, owner 6 (vendor hypervisor),
+/// a function number neither KVM's vendor service nor the host's interface
+/// defines (guest-faults calls it too and expects NOT_SUPPORTED).
+const UNKNOWN_FID: u64 = 0xc600_fff0;
 
 /// Per-iteration deltas.
 struct Samples(UnsafeCell<[u32; ITERS]>);
@@ -618,6 +624,10 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
         hvc1(PSCI_VERSION, 0);
     });
     report("psci_version", cost(m), n);
+    let (m, n) = clock.time(ITERS, |_| {
+        hvc1(UNKNOWN_FID, 0);
+    });
+    report("hvc_unknown", cost(m), n);
     if has_gic {
         // GICD_TYPER: the same offset on GICv3 and GICv2.
         let (m, n) = clock.time(ITERS, |_| {
@@ -644,13 +654,14 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
 
 /// The metrics `cargo xtask profile` can ask for, by index (from 1): those
 /// measured in this one-vCPU VM without a partner.
-pub const PROFILE_METRICS: [&str; 6] = [
+pub const PROFILE_METRICS: [&str; 7] = [
     "hvc_null",
     "psci_version",
     "mmio_hyp",
     "mmio_host",
     "s2_fault",
     "mem_share_unshare",
+    "hvc_unknown",
 ];
 
 /// `cargo xtask profile`: measures only metric `request & 0xff` (an index
@@ -697,6 +708,9 @@ fn profile(clock: Clock, cost: impl Fn(u64) -> u64, has_gic: bool, request: u64)
         }),
         "mmio_host" => simple(clock, &cost, name, iters, || {
             read32(HOST_DEVICE);
+        }),
+        "hvc_unknown" => simple(clock, &cost, name, iters, || {
+            hvc1(UNKNOWN_FID, 0);
         }),
         "s2_fault" => s2_fault(clock, &cost, iters),
         _ => mem_share_unshare(clock, &cost, iters),

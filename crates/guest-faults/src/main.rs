@@ -1,5 +1,5 @@
 //! A deliberately misbehaving guest (one vCPU). It makes calls nobody
-//! implements, touches IPAs outside its RAM and devices (with and without a
+//! implements (by HVC and SMC, which must answer alike: `calls`), touches IPAs outside its RAM and devices (with and without a
 //! valid syndrome), reads system registers a guest must not reach, reads the
 //! ID registers the hypervisor sanitises, and asks to share memory it does
 //! not own. Each exception the hypervisor injects is recorded by the
@@ -13,6 +13,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use guest_rt::{println, Exception, Frame};
 
 mod bbm;
+mod calls;
 mod leak;
 
 /// An IPA outside guest RAM and every device.
@@ -189,6 +190,7 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     println!("guest-faults: unknown HVC 0x840000ff returned {r}");
     let r = guest_rt::smc(0xc600_fff0, 0, 0, 0)[0] as i64;
     println!("guest-faults: unknown SMC 0xc600fff0 returned {r}");
+    calls::hvc_equals_smc();
 
     outcome("read at 0x100000000", || {
         // SAFETY: deliberately faults; the hook skips the load.

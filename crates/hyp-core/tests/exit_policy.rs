@@ -510,6 +510,47 @@ fn vendor_calls() {
     ]);
 }
 
+/// The HVC vector answers a function ID nobody implements itself
+/// (`calls::known::unknown_to_all`) with x0 = NOT_SUPPORTED and x1..x3 = 0,
+/// for any caller. The full path must decide exactly that for each such ID,
+/// whoever calls (a normal VM, a protected VM, the host) and whatever the
+/// upper half of x0 and x1..x3 hold.
+#[test]
+fn what_the_vector_answers_alone_the_policy_answers_alike() {
+    let want = at(Action::Return([call::NOT_SUPPORTED, 0, 0, 0]));
+    let mut seen = 0u32;
+    let mut f = 0x2545_f491u32;
+    let mut ids: Vec<u32> = (0..=0xffu32)
+        .flat_map(|hi| (0..0x120u32).map(move |lo| hi << 24 | lo))
+        .collect();
+    ids.extend((0..200_000).map(|_| {
+        f = f.wrapping_mul(0x0019_660d).wrapping_add(0x3c6e_f35f);
+        f
+    }));
+    for fid in ids {
+        if !hyp_core::calls::known::unknown_to_all(fid) {
+            continue;
+        }
+        seen += 1;
+        let upper = u64::from(fid.rotate_left(7)) << 32;
+        let x = [
+            upper | u64::from(fid),
+            u64::from(fid) * 3,
+            !u64::from(fid),
+            1 << 12,
+        ];
+        for cx in [guest(), protected(), host()] {
+            let got = decide(&hvc(), &x, &cx);
+            assert_eq!(
+                got, want,
+                "{fid:#x} from {:?} (protected {})",
+                cx.who, cx.protected
+            );
+        }
+    }
+    assert!(seen > 200_000, "{seen}");
+}
+
 #[test]
 fn host_calls() {
     let on = u64::from(psci::PSCI_CPU_ON_64);

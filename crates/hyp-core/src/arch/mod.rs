@@ -1,9 +1,11 @@
 //! Everything that touches the CPU: vectors, world switch, EL2 MMU bring-up,
 //! register access, the physical GIC and the hypervisor's console. `esr`
-//! (syndrome decoding), `pages` (the hypervisor's page pool) and `switch` (the barrier-typed context switch) build
+//! (syndrome decoding), `fid_hash` (the HVC vector's function-ID lookup),
+//! `pages` (the hypervisor's page pool) and `switch` (the barrier-typed context switch) build
 //! on the host too, where tests drive them; the rest is AArch64 only.
 
 pub mod esr;
+pub mod fid_hash;
 pub mod pages;
 pub mod spectre;
 pub mod switch;

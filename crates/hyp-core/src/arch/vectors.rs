@@ -17,6 +17,8 @@
 
 use core::arch::global_asm;
 
+use super::fid_hash;
+
 global_asm!(
     r#"
 // The registers a call may clobber besides x0/x1 (AAPCS64: x2..x18, x30),
@@ -107,12 +109,13 @@ __hyp_vectors:
     el2_vector 6
     el2_vector 7
     // Lower EL using AArch64: guest exits. Kinds: 0 sync, 1 IRQ, 2 FIQ, 3 SError.
-    // Synchronous: HVCs go past `__hvc_fast` first.
+    // Synchronous: HVCs go past `__hvc_fast` first, with the guest's x0
+    // still in x0 (the syndrome is read into x1).
     .balign 0x80
     stp     x0, x1, [sp, #-16]!
-    mrs     x0, esr_el2
-    lsr     x0, x0, #26
-    cmp     x0, #0x16               // EC = HVC64
+    mrs     x1, esr_el2
+    lsr     x1, x1, #26
+    cmp     x1, #0x16               // EC = HVC64
     b.eq    __hvc_fast
     b       __fast_sync
     guest_exit_vector 1
@@ -169,15 +172,17 @@ __hyp_vectors_bp:
     el2_vector 11
 
     .section .text.world_switch, "ax"
-// The fastest exit: SMCCC_VERSION and PSCI_VERSION (32-bit function IDs;
+// The fastest exits: SMCCC_VERSION and PSCI_VERSION (32-bit function IDs;
 // SMCCC 1.1 section 2.6: bits [63:32] of x0 are ignored) are answered here,
 // before any register is saved, exactly as `hypercall::stateless_answer`
-// answers them (x0 = 1.1, x1..x3 = 0). The guest's x0/x1 are on the stack;
-// ELR_EL2 already points past the HVC. Counted in the per-CPU block
+// answers them (x0 = 1.1, x1..x3 = 0); so is a function ID nobody
+// implements, for any caller (`calls::known`): x0 = NOT_SUPPORTED (-1),
+// x1..x3 = 0, as `stateless_answer` answers `Hypercall::Unknown` to guests
+// and the host alike. The guest's x0/x1 are on the stack, and x0 is still
+// in x0; ELR_EL2 already points past the HVC. Counted in the per-CPU block
 // (`HostSave::fast_hvcs`), which `vm.rs` adds to the exit statistics of the
 // context that ran. Anything else goes on to the full exit.
 __hvc_fast:
-    ldr     x0, [sp]
     movz    w1, #0x8000, lsl #16    // SMCCC_VERSION
     cmp     w0, w1
     movz    w1, #0x8400, lsl #16    // PSCI_VERSION
@@ -201,7 +206,35 @@ __hvc_fast:
     // Linux's `sb` without FEAT_SB. Never executed architecturally.
     dsb     nsh                     // barrier: SLS — speculation barrier after the ERET
     isb                             // barrier: SLS — second half of the speculation barrier
-1:  b       __fast_sync
+    // Is w0 a function ID somebody implements? `arch::fid_hash`: its slot
+    // is the top SLOT_BITS bits of w0 * MUL, and HVC_KNOWN_FIDS holds in
+    // each slot the one known ID that hashes there (or one that hashes
+    // elsewhere): a different value means unknown to every caller. The
+    // index is 7 bits, within the 128-entry table whatever the guest passes.
+1:  movz    w1, #{mul_lo}
+    movk    w1, #{mul_hi}, lsl #16
+    mul     w1, w0, w1
+    lsr     w1, w1, #{shift}
+    adrp    x0, HVC_KNOWN_FIDS
+    add     x0, x0, :lo12:HVC_KNOWN_FIDS
+    ldr     w0, [x0, x1, lsl #2]
+    ldr     x1, [sp]                // the guest's x0 again
+    cmp     w0, w1
+    b.eq    __fast_sync             // known to somebody: decoded in full
+    mrs     x1, tpidr_el2
+    ldr     x0, [x1, #112]
+    add     x0, x0, #1
+    str     x0, [x1, #112]
+    movn    x0, #0                  // NOT_SUPPORTED (-1)
+    mov     x1, xzr
+    mov     x2, xzr
+    mov     x3, xzr
+    add     sp, sp, #16
+    // barrier: D24.1.2.2 — back to the guest; nothing was written on this path (ELR_EL2 still past the HVC)
+    eret
+    // Straight-line speculation barrier after the ERET (rule SLS), as above.
+    dsb     nsh                     // barrier: SLS — speculation barrier after the ERET
+    isb                             // barrier: SLS — second half of the speculation barrier
 
 // The next fastest exits: `vm::hyp_fast_sync` answers stateless calls and
 // vGIC register reads (`vm::fast_exit`) on the hypervisor's stack, called
@@ -327,7 +360,10 @@ __el2_exception:
     // Linux's `sb` without FEAT_SB. Never executed architecturally.
     dsb     nsh                     // barrier: SLS — speculation barrier after the ERET
     isb                             // barrier: SLS — second half of the speculation barrier
-"#
+"#,
+    mul_lo = const fid_hash::MUL_LO,
+    mul_hi = const fid_hash::MUL_HI,
+    shift = const fid_hash::SHIFT,
 );
 
 // FP/SIMD context switch (lazy, see vm.rs). The hypervisor is built

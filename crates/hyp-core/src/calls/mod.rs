@@ -1,7 +1,9 @@
 //! Calls into the hypervisor: the SMCCC/PSCI/KVM-vendor ABI guests (and the
-//! host's PSCI) use ([`smccc`], pure), and the host control interface
+//! host's PSCI) use ([`smccc`], pure; [`known`]: the IDs anybody implements,
+//! which the HVC vector looks up), and the host control interface
 //! (`host`, AArch64).
 
+pub mod known;
 pub mod smccc;
 pub mod trng;
 
