@@ -54,7 +54,7 @@ use object::{Object, ObjectSection, SectionKind};
 use crate::{build, cargo, note, provision, run_checked, target_dir, Platform, Result};
 
 /// Metrics guest-bench reports under icount (instructions).
-pub const GUEST_METRICS: [&str; 19] = [
+pub const GUEST_METRICS: [&str; 20] = [
     "hvc_null",
     "psci_version",
     "hvc_unknown",
@@ -65,6 +65,7 @@ pub const GUEST_METRICS: [&str; 19] = [
     "sgi_latency",
     "vtimer_latency",
     "vcpu_switch",
+    "idle_cost",
     "neighbour_destroy_ns",
     "neighbour_cache_toggle_ns",
     "hvc_null_64vms",
@@ -136,6 +137,10 @@ impl Record {
 /// A QEMU boot of the bench guest.
 struct Boot {
     smp: Option<u32>,
+    /// Counted by the insn-count plugin (`-icount shift=0,sleep=off`): the
+    /// instructions of every CPU between the guest's markers 0 and 1 become
+    /// `idle_cost`.
+    plugin: bool,
     append: &'static str,
     /// Appended to each metric's name (a boot that repeats another's).
     suffix: &'static str,
@@ -143,8 +148,9 @@ struct Boot {
     want: &'static [&'static str],
 }
 
-const BOOTS: [Boot; 5] = [
+const BOOTS: [Boot; 6] = [
     Boot {
+        plugin: false,
         smp: Some(1),
         append: "guests=guest-bench:p:lazy,guest-bench:arg=131",
         suffix: "",
@@ -161,6 +167,7 @@ const BOOTS: [Boot; 5] = [
         ],
     },
     Boot {
+        plugin: false,
         smp: Some(2),
         append: "guests=guest-bench:v2",
         suffix: "",
@@ -170,6 +177,7 @@ const BOOTS: [Boot; 5] = [
     // it (`reap`) while VM 2, on CPU 1, times exit round trips through the
     // host until the destroy is over and 2,000 more (arg: 0x80 | 2000 << 8).
     Boot {
+        plugin: false,
         smp: Some(2),
         append: "guests=guest-hello:p:v1:mem=448:reap,guest-bench:v1:cpu=1:arg=512128",
         suffix: "",
@@ -179,14 +187,28 @@ const BOOTS: [Boot; 5] = [
     // FEAT_S2FWB; arg 0x82 | 6 << 8) and is then destroyed, while VM 2 on
     // CPU 1 times exit round trips throughout (arg 0x81 | 2000 << 8).
     Boot {
+        plugin: false,
         smp: Some(2),
         append: "guests=guest-bench:p:v1:mem=448:reap:arg=1666,guest-bench:v1:cpu=1:arg=512129",
         suffix: "",
         want: &["neighbour_cache_toggle_ns"],
     },
+    // `idle_cost`: one VM (arg 0x84) waits 1 s in WFI, its virtual timer
+    // 100 ms away each time; the insn-count plugin counts what the CPU
+    // executes meanwhile (the goal: under 1% of one CPU's instructions, 10
+    // million). One CPU: QEMU 10.0 with the plugin and `-icount` crashes
+    // in translated code on a second CPU (a SIGSEGV in code_gen_buffer).
+    Boot {
+        plugin: true,
+        smp: Some(1),
+        append: "guests=guest-bench:arg=132",
+        suffix: "",
+        want: &["idle_cost"],
+    },
     // The first boot again with 62 idle VMs created first (the bench VMs
     // are VMs 63 and 64): the exit costs must not change.
     Boot {
+        plugin: false,
         smp: Some(1),
         append: "idle=62 guests=guest-bench:p:lazy,guest-bench:arg=131",
         suffix: "_64vms",
@@ -272,8 +294,21 @@ fn run_boot(
         (_, None) => (None, boot.append.to_owned()),
     };
     let mut args = board.qemu_args(kernel, smp);
+    let counts = target_dir().join("bench").join("idle.counts");
+    let icount = if boot.plugin {
+        let _ = std::fs::remove_file(&counts);
+        args.extend(crate::insncount::qemu_args(
+            &crate::insncount::plugin()?,
+            &counts,
+            None,
+        ));
+        // Idle CPUs let virtual time jump to the next timer at once.
+        "shift=0,sleep=off"
+    } else {
+        "shift=0"
+    };
     args.extend(
-        ["-append", &append, "-icount", "shift=0"]
+        ["-append", &append, "-icount", icount]
             .iter()
             .map(|s| (*s).to_owned()),
     );
@@ -326,6 +361,20 @@ fn run_boot(
                 }
             }
         }
+    }
+    if boot.plugin
+        && status.success()
+        && !skipped.iter().any(|s| s.starts_with("idle_cost skipped"))
+    {
+        let m = crate::insncount::read(&counts)?;
+        let idle = crate::insncount::between(&m, 0, 1)?;
+        records.push(Record {
+            name: "idle_cost".to_owned(),
+            value: idle.total() as f64,
+            ns: false,
+            iterations: 1,
+            method: Some("insn-count plugin: all CPUs, per 1 s of virtual time".to_owned()),
+        });
     }
     if !status.success() {
         return Err(format!(

@@ -554,6 +554,9 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     if profile_request == PARTNER {
         partner(handle);
     }
+    if profile_request == IDLER {
+        idler(handle);
+    }
     install_vectors();
     let gic = probe_gic();
     println!(
@@ -1002,6 +1005,49 @@ fn toggler(handle: u64, rounds: u64) -> ! {
         guest_rt::mmu::set_sctlr(on);
     }
     println!("guest-bench: VM {handle} toggled its caches {rounds} times");
+    guest_rt::system_off()
+}
+
+/// Guest option `arg=` of the `idle_cost` VM ([`idler`]).
+const IDLER: u64 = 0x84;
+
+/// Timer waits of [`idler`], each a tenth of a second: one second in all.
+const IDLE_WAITS: u64 = 10;
+
+/// The `idle_cost` VM: between the insn-count plugin's markers 0 and 1
+/// (`HINT #0x78`, `#0x79`: NOPs to the architecture), waits one second in
+/// WFI, its virtual timer 100 ms away each time, so xtask's bench can count
+/// what the host and the hypervisor execute meanwhile on every CPU (the
+/// plugin's counts; the guest's own few hundred instructions are in them).
+fn idler(handle: u64) -> ! {
+    install_vectors();
+    if probe_gic().is_none() {
+        println!("bench: idle_cost skipped (no GIC for guests on this board)");
+        guest_rt::system_off()
+    }
+    gic::init_distributor();
+    init_gic_cpu();
+    gic::irq_unmask();
+    let step = guest_rt::gic::counter_hz() / 10;
+    println!("guest-bench: VM {handle} waits {IDLE_WAITS} times 100 ms in WFI (idle_cost)");
+    // SAFETY: a NOP hint the insn-count plugin watches for.
+    unsafe { asm!("hint #0x78", options(nomem, nostack, preserves_flags)) };
+    for i in 0..IDLE_WAITS {
+        let seen = IRQS[0].load(Ordering::Acquire);
+        gic::vtimer::set_cval(now() + step);
+        gic::vtimer::set_ctl(gic::vtimer::ENABLE);
+        let mut wakes = 0u64;
+        while IRQS[0].load(Ordering::Acquire) == seen {
+            wakes += 1;
+            if wakes > 1_000_000 {
+                fail(format_args!("idle wait {i}: the timer never fired"));
+            }
+            guest_rt::gic::wfi();
+        }
+    }
+    // SAFETY: as above.
+    unsafe { asm!("hint #0x79", options(nomem, nostack, preserves_flags)) };
+    println!("guest-bench: VM {handle} idled 1 s");
     guest_rt::system_off()
 }
 

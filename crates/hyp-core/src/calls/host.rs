@@ -159,7 +159,7 @@ fn control_call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending)
             }
         }
         hyp_abi::VCPU_RUN => return Reply::RunVcpu(a),
-        hyp_abi::HOST_IDLE => crate::run::idle::host_idle(c, a[0], a[1]) as u64,
+        hyp_abi::HOST_IDLE => crate::vcpu::idle::host_idle(c, a[0], a[1]) as u64,
         hyp_abi::AUDIT => control().audit(),
         hyp_abi::MACHINE_EXIT => {
             if a[0] == 0 {

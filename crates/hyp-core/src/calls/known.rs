@@ -25,7 +25,7 @@ use smccc::psci::{
 };
 
 /// The IDs [`super::smccc::decode`] names (everything but `Unknown`).
-const DECODED: [u32; 26] = [
+const DECODED: [u32; 27] = [
     PSCI_VERSION,
     PSCI_FEATURES,
     PSCI_CPU_ON_64,
@@ -47,6 +47,7 @@ const DECODED: [u32; 26] = [
     vendor::MMIO_GUARD,
     hyp_abi::pvmfw::MEASUREMENT_SET,
     hyp_abi::pvmfw::MEASUREMENT_GET,
+    hyp_abi::GUEST_YIELD,
     trng::VERSION,
     trng::FEATURES,
     trng::GET_UUID,

@@ -234,7 +234,7 @@ fn apply(
         }
         Action::Wfi => {
             if !vgic_wakes(c, who, ctx, vg, pending) {
-                let wait = [1, vtimer_deadline(c), crate::run::idle::generation()];
+                let wait = [1, vtimer_deadline(c), crate::vcpu::idle::generation()];
                 return Next::ToHost(
                     RunEnd::Runnable,
                     [hyp_abi::exit::YIELD, wait[0], wait[1], wait[2]],
@@ -273,7 +273,7 @@ fn apply(
                 Who::Guest { slot, .. } => {
                     let r = state::control().psci_cpu_on(slot as u64 + 1, target, entry, context);
                     // The host CPU that runs the new vCPU may be asleep.
-                    crate::run::idle::event(c, pending);
+                    crate::vcpu::idle::event(c, pending);
                     r
                 }
             };

@@ -82,6 +82,10 @@ fn fast_exit(who: Who, regs: &mut GuestRegs, vm: VmView<'_>, trap: Trap) -> bool
     match reason {
         ExitReason::Hvc | ExitReason::Smc => {
             let x = [regs.x[0], regs.x[1], regs.x[2], regs.x[3]];
+            // A YIELD always goes to the host: no decode here.
+            if x[0] as u32 == hyp_abi::GUEST_YIELD {
+                return false;
+            }
             let call = call::decode(x);
             // KVM_FEATURES depends on the VM (protected or not): full path.
             if call == Hypercall::VendorFeatures {

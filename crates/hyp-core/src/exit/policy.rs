@@ -470,6 +470,10 @@ pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
 /// A guest's SMCCC call.
 #[inline(always)]
 fn guest_call(x: [u64; 4], facts: &impl Facts) -> Action {
+    // YIELD first: its cost is a VM switch's (the bench's `vcpu_switch`).
+    if x[0] as u32 == hyp_abi::GUEST_YIELD {
+        return Action::Yield;
+    }
     let c = call::decode(x);
     if let Some(mut r) = call::stateless_answer(c) {
         if c == Hypercall::VendorFeatures && !facts.protected() {

@@ -37,8 +37,6 @@ use barriers::vttbr::Vttbr;
 use barriers::{regs, GuestPending};
 use hyp_abi::exit as run_exit;
 
-pub mod idle;
-
 /// Time slices per second a guest vCPU gets before the host runs again.
 const SLICES_PER_SECOND: u64 = 100;
 

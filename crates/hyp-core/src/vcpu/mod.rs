@@ -1,6 +1,6 @@
 //! vCPUs: their saved context, the per-CPU switching state, FP/SIMD
 //! switching, the list-register side of the virtual GIC, exception
-//! injection, and the trap configuration they run with.
+//! injection, the trap configuration they run with, and idle CPUs' sleep.
 
 pub mod inject;
 pub mod traps;
@@ -11,6 +11,8 @@ pub mod ctx;
 pub mod fp;
 #[cfg(target_arch = "aarch64")]
 pub mod gic;
+#[cfg(target_arch = "aarch64")]
+pub mod idle;
 
 /// Most physical CPUs the hypervisor drives (one host vCPU each).
 pub const MAX_CPUS: usize = 8;

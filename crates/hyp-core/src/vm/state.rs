@@ -359,7 +359,7 @@ pub fn kick_vcpus(c: &Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut G
     drop(vm);
     if waiting {
         // Not running: its host CPU may sleep in HOST_IDLE.
-        crate::run::idle::event(c, pending);
+        crate::vcpu::idle::event(c, pending);
     }
 }
 

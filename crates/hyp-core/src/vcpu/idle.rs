@@ -12,7 +12,7 @@
 //!
 //! An event is anything that may make a waiting vCPU runnable without the
 //! host's own CPU doing it: an interrupt made pending for a vCPU that is not
-//! running ([`super::super::vm::state::kick_vcpus`]) or a guest's PSCI
+//! running (`vm::state::kick_vcpus`) or a guest's PSCI
 //! CPU_ON. Each bumps the generation and kicks every CPU in HOST_IDLE. The
 //! generation closes the race between the host's decision and its sleep:
 //! an event after the host's exit but before HOST_IDLE finds it changed,
