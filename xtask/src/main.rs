@@ -1033,7 +1033,7 @@ fn test() -> Result<()> {
         &mut profile::check,
     )?;
     step(
-        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check, the shell typed at and rebooted, a virtio disk read and written, a virtio network (DHCP, HTTP both ways); on raspi4b the check and the shell (no PCIe there); the project's kernel (built from linux-source-6.12, or cached): the check (virt and raspi4b), the disk and the network",
+        "Linux guest (Debian arm64 kernel + busybox initramfs + modules, 2 vCPUs): scripted check (also under -icount), the shell typed at and rebooted, a virtio disk read and written, a virtio network (DHCP, HTTP both ways), a protected VM through the firmware; on raspi4b the check and the shell (no PCIe there); the project's kernel (built from linux-source-6.12, or cached): the check (virt and raspi4b), the disk and the network, normal and protected, a protected VM's secret against memory dumps, a hostile host",
         &mut || {
             let g = linux::linux_guest(linux::KernelSource::Debian, 2, false, None, None)?;
             // The project's kernel (built, or cached in target/): the same
