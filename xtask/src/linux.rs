@@ -688,7 +688,9 @@ exit 0
 /// Where /init finds [`UDHCPC_SCRIPT`].
 const UDHCPC_SCRIPT_PATH: &str = "bin/udhcpc.script";
 
-/// /init: mounts /proc, /sys and /dev, installs busybox's applets, prints
+/// /init: mounts /proc, /sys and /dev, installs busybox's applets, executes
+/// the insn-count plugin's marker 7 (`hyp-mark 7`, a NOP to the CPU: where
+/// `cargo xtask bench --linux-boot` reads its count), prints
 /// the marker `LINUX-GUEST-INIT-OK` (also into the kernel log, where it gets
 /// a timestamp for boot timing), then loads the kernel modules listed in
 /// [`kmods::LOAD_ORDER`] with insmod (dependencies first) and prints one
@@ -712,6 +714,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+/bin/hyp-mark 7 2>/dev/null
 echo LINUX-GUEST-INIT-OK
 echo LINUX-GUEST-INIT-OK > /dev/kmsg
 loaded=

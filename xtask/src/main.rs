@@ -20,6 +20,7 @@ extern crate alloc;
 
 mod baseline;
 mod bench;
+mod bootbench;
 mod coverage;
 mod flat;
 mod fuzz;
@@ -267,6 +268,12 @@ enum Cmd {
         /// deliberate commit that updates it.
         #[arg(long, conflicts_with = "linux_io")]
         update_baseline: bool,
+        /// Instead: `linux_boot_ratio`, the instructions from QEMU's power-on
+        /// to /init of `cargo xtask linux`'s Debian kernel (1 vCPU) through
+        /// the hypervisor over the same kernel and initramfs on QEMU alone
+        /// (the insn-count plugin; target/bench/linux-boot.json).
+        #[arg(long, conflicts_with_all = ["linux_io", "update_baseline"])]
+        linux_boot: bool,
     },
     /// Where one bench metric's instructions go: two traced boots on QEMU
     /// virt (-icount, `-d in_asm,exec`), per-function instructions per
@@ -1330,6 +1337,9 @@ fn main() -> ExitCode {
         }),
         Cmd::Test => test().map(|_| 0),
         Cmd::Fuzz { calls, seed } => fuzz::fuzz(calls, seed).map(|_| 0),
+        Cmd::Bench {
+            linux_boot: true, ..
+        } => bootbench::linux_boot().map(|()| 0),
         Cmd::Bench {
             linux_io: true,
             profile,

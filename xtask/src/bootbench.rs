@@ -1,0 +1,194 @@
+//! `cargo xtask bench --linux-boot`: issue 21's `linux_boot_ratio`, what
+//! the hypervisor costs a Linux boot, in exact instructions.
+//!
+//! The kernel `cargo xtask linux` boots by default (Debian's) and its
+//! initramfs boot twice, on one CPU with one vCPU under
+//! `-icount shift=0,sleep=off`: as `cargo xtask linux` runs it (the
+//! hypervisor, the host, the guest), and directly on QEMU `virt` (its own
+//! device tree). /init executes marker 7 (`/bin/hyp-mark 7`) as it starts;
+//! the `insn-count` plugin's count at that marker is every instruction since
+//! QEMU's power-on. The ratio of the two counts is `linux_boot_ratio` (goal
+//! <= 1.05). Through the hypervisor the host also says when vCPU 0 started
+//! (`host: linux: vCPU 0 starts at counter N`; under icount on one CPU the
+//! counter is the instruction count), which splits the figure into what
+//! comes before the guest's first instruction and the guest's boot itself.
+//! Results: the terminal and `target/bench/linux-boot.json`. One CPU: QEMU
+//! 10.0 crashes in translated code with the plugin, `-icount` and a second
+//! CPU.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::{build_variant, insncount, linux, note, provision, target_dir, Platform, Result};
+
+/// The marker /init executes first (`hyp-mark 7`).
+pub const INIT_MARK: u32 = 7;
+/// One boot's bound.
+const LIMIT: Duration = Duration::from_secs(600);
+
+/// Boots `args` until /init's marker, then stops QEMU; the count at the
+/// marker, and the host's vCPU-start counter if it printed one.
+fn boot(what: &str, args: &[String], counts: &Path) -> Result<(u64, Option<u64>)> {
+    let _ = std::fs::remove_file(counts);
+    note(&format!("linux-boot: {what}: booting"));
+    let mut child = Command::new(provision::QEMU)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", provision::QEMU))?;
+    let stdout = child.stdout.take().ok_or("QEMU has no stdout")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + LIMIT;
+    let mut start = None;
+    let mut tail: Vec<String> = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                if let Some(n) = l
+                    .strip_prefix("host: linux: vCPU 0 starts at counter ")
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                {
+                    start = Some(n);
+                }
+                let done = l.contains("LINUX-GUEST-INIT-OK");
+                tail.push(l);
+                if tail.len() > 20 {
+                    tail.remove(0);
+                }
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    if !found {
+        return Err(format!(
+            "linux-boot: {what}: no LINUX-GUEST-INIT-OK (QEMU exited or {} s passed); last lines:\n{}",
+            LIMIT.as_secs(),
+            tail.join("\n")
+        ));
+    }
+    let m = insncount::read(counts)?;
+    let at = m.at.get(&INIT_MARK).ok_or_else(|| {
+        format!("linux-boot: {what}: /init's marker {INIT_MARK} was never counted")
+    })?;
+    Ok((at.total(), start))
+}
+
+/// `cargo xtask bench --linux-boot`.
+pub fn linux_boot() -> Result<()> {
+    let k = linux::kernel(linux::KernelSource::Debian)?;
+    let plugin = insncount::plugin()?;
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let guest = linux::GuestOpts {
+        kernel: k.image.clone(),
+        initrd: Some(k.initrd.clone()),
+        append: None,
+        cmdline: None,
+        load: None,
+        smp: 1,
+        mem_mib: None,
+        protected: false,
+        disk: None,
+        net: None,
+    };
+    let prepared = linux::prepare(&guest, None)?;
+    let built = build_variant(Platform::Qemu, &[])?;
+    provision::qemu()?;
+    let icount = ["-icount".to_owned(), "shift=0,sleep=off".to_owned()];
+    let hyp_counts = dir.join("linux-boot-hyp.counts");
+    let direct_counts = dir.join("linux-boot-direct.counts");
+    let mut hyp = built.board.qemu_args(&built.qemu_kernel, Some(1));
+    hyp.extend(icount.iter().cloned());
+    hyp.extend(insncount::qemu_args(&plugin, &hyp_counts, None));
+    hyp.extend(prepared.qemu_args.iter().cloned());
+    hyp.extend(["-append".to_owned(), prepared.bootargs.clone()]);
+    let cmdline = prepared
+        .bootargs
+        .split_once(" -- ")
+        .map_or(linux::BASE_CMDLINE, |(_, c)| c);
+    let mut direct: Vec<String> = [
+        "-M",
+        "virt",
+        "-cpu",
+        "max",
+        "-m",
+        "1G",
+        "-smp",
+        "1",
+        "-nographic",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    direct.extend(icount.iter().cloned());
+    direct.extend(insncount::qemu_args(&plugin, &direct_counts, None));
+    direct.extend([
+        "-kernel".to_owned(),
+        prepared.kernel_file.display().to_string(),
+        "-initrd".to_owned(),
+        k.initrd.display().to_string(),
+        "-append".to_owned(),
+        cmdline.to_owned(),
+    ]);
+    let (with, start) = boot("through the hypervisor", &hyp, &hyp_counts)?;
+    let (bare, _) = boot("directly on QEMU", &direct, &direct_counts)?;
+    let ratio = with as f64 / bare as f64;
+    println!();
+    println!(
+        "Linux boot to /init in exact instructions (insn-count plugin; 1 CPU, 1 vCPU, -icount shift=0,sleep=off; {})",
+        k.version
+    );
+    println!(
+        "{:<44} {:>15}",
+        "through the hypervisor, from power-on", with
+    );
+    if let Some(s) = start {
+        println!(
+            "{:<44} {:>15}",
+            "  of which before vCPU 0's first instruction", s
+        );
+        println!(
+            "{:<44} {:>15}",
+            "  from vCPU 0's first instruction",
+            with.saturating_sub(s)
+        );
+    }
+    println!("{:<44} {:>15}", "directly on QEMU, from power-on", bare);
+    println!("linux_boot_ratio {ratio:.3} (goal <= 1.05)");
+    if let Some(s) = start {
+        println!(
+            "  from the kernel's first instruction: {:.3}",
+            with.saturating_sub(s) as f64 / bare as f64
+        );
+    }
+    let json = format!(
+        "{{\"hyp\": {with}, \"vcpu0_start\": {}, \"direct\": {bare}, \"linux_boot_ratio\": {ratio:.4}}}\n",
+        start.map_or("null".to_owned(), |s| s.to_string())
+    );
+    let out = dir.join("linux-boot.json");
+    std::fs::write(&out, json).map_err(|e| format!("{}: {e}", out.display()))?;
+    note(&format!("linux-boot: written {}", out.display()));
+    Ok(())
+}
