@@ -296,6 +296,10 @@ fn run_boot(
     let mut args = board.qemu_args(kernel, smp);
     let counts = target_dir().join("bench").join("idle.counts");
     let icount = if boot.plugin {
+        // The plugin writes its counts there; in a fresh tree nothing has made the directory yet.
+        let dir = target_dir().join("bench");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let _ = std::fs::remove_file(&counts);
         args.extend(crate::insncount::qemu_args(
             &crate::insncount::plugin()?,
