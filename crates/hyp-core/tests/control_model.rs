@@ -1865,12 +1865,18 @@ fn share_out_of_tables_never_leaves_the_host_a_private_page() {
         c.guest_state(h, ipa),
         Some((pa + 5 * PAGE, CompState::SharedOwned))
     );
-    // Unsharing re-merges both blocks and needs no table.
+    // Unsharing needs no table; the guest's block re-merges, the host keeps
+    // its page-granular table (`Stage2::set_keep_tables`), so sharing the
+    // page again needs no new table either.
     c.alloc()
         .tables
         .set_limit(Some(c.alloc().tables.live_pages()));
     c.guest_share(&mut v, h, ipa, false).unwrap();
-    assert_eq!(c.alloc().tables.live_pages(), live);
+    assert_eq!(c.alloc().tables.live_pages(), live + 1);
+    c.guest_share(&mut v, h, ipa, true).unwrap();
+    assert_eq!(c.alloc().tables.live_pages(), live + 1);
+    c.guest_share(&mut v, h, ipa, false).unwrap();
+    assert_eq!(c.host_state(pa + 5 * PAGE), CompState::NoAccess);
     let state = c.vm(h).unwrap().cache.runs().next().unwrap();
     assert_eq!(destroy_all(&c, &mut v, h), Ok(BLOCK_PAGES));
     // Scrubbed in steps, in order, each page once: the guest's memory, then the pages that

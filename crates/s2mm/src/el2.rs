@@ -49,6 +49,7 @@ impl El2Stage1 {
                 ia_bits: va_bits,
                 fmt: El2Format,
                 min_leaf_level: 1,
+                keep_tables: false,
             },
         })
     }

@@ -89,6 +89,7 @@ impl Stage2 {
                 ia_bits: ipa_bits,
                 fmt: Stage2Format { fwb, vmid },
                 min_leaf_level: 1,
+                keep_tables: false,
             },
             fault: Fault::None,
         })
@@ -116,6 +117,15 @@ impl Stage2 {
     /// until an operation touches them partially.
     pub fn set_block_policy(&mut self, largest: BlockSize) {
         self.tables.min_leaf_level = largest.level();
+    }
+
+    /// Keeps the tables a change leaves uniform (`true`) rather than freeing them or
+    /// collapsing them into blocks (the default). For a stage 2 whose pages change one at a
+    /// time over and over (the host's, as guests share and unshare): each change then touches
+    /// one entry instead of splitting a block and collapsing it again. The cost is the tables
+    /// kept: at most one per 2 MiB mapped.
+    pub fn set_keep_tables(&mut self, keep: bool) {
+        self.tables.keep_tables = keep;
     }
 
     #[cfg(test)]

@@ -88,6 +88,10 @@ pub(crate) struct Tables<F> {
     pub fmt: F,
     /// Smallest level number at which a leaf may be placed (1: 1 GiB blocks, 2: 2 MiB, 3: pages).
     pub min_leaf_level: u8,
+    /// Keep a child table an operation made uniform (all invalid with one annotation, or a
+    /// block's worth of pages) instead of freeing or collapsing it: a page-granular window
+    /// that the next one-page change reuses rather than splitting a block again.
+    pub keep_tables: bool,
 }
 
 const DETACH_CAP: usize = 32;
@@ -131,6 +135,7 @@ struct Walker<'a, 'v, A: TableAlloc, F: Format> {
     batch: &'a mut PtBatch<'v>,
     op: Op,
     min_leaf_level: u8,
+    keep_tables: bool,
     /// Breaks or restricts queued since the last sync.
     unsynced: bool,
     /// Number of them (the batch queue holds at most `barriers::pt::MAX_QUEUED`).
@@ -176,6 +181,7 @@ impl<F: Format> Tables<F> {
                     batch,
                     op,
                     min_leaf_level: self.min_leaf_level.max(1),
+                    keep_tables: self.keep_tables,
                     unsynced: false,
                     queued: 0,
                     detached: [(0, 0); DETACH_CAP],
@@ -260,6 +266,7 @@ impl<F: Format> Tables<F> {
                 batch,
                 op: Op::Unmap { inval: 0 },
                 min_leaf_level: 1,
+                keep_tables: false,
                 unsynced: false,
                 queued: 0,
                 detached: [(0, 0); DETACH_CAP],
@@ -698,6 +705,9 @@ impl<A: TableAlloc, F: Format> Walker<'_, '_, A, F> {
     /// it into a block if it became a fully populated, uniform run.
     /// `s` is the first address the walk changed in the child.
     fn post_check(&mut self, slot: &AtomicU64, cpa: Pa, ia: u64, level: u8, s: u64) {
+        if self.keep_tables {
+            return;
+        }
         // SAFETY: the child is live (still linked from `slot`).
         let child = unsafe { slots(&*self.alloc, cpa, ENTRIES) };
         let Some(v) = self.evaluate(child, level, probe(ia, level, s)) else {

@@ -475,6 +475,10 @@ impl<M> HostSide<M> {
         } else {
             Stage2::map::<A>
         };
+        // Pages coming back whole (a VM's end, a rolled-back change): the
+        // tables they leave uniform collapse into blocks again, so the
+        // tables one-page changes kept go once their VM is gone.
+        self.s2.set_keep_tables(false);
         let r = map(
             &mut self.s2,
             alloc,
@@ -485,6 +489,7 @@ impl<M> HostSide<M> {
             Attrs::RAM_RWX,
             PageState::Owned,
         );
+        self.s2.set_keep_tables(true);
         // Cannot fail: the pages were the host's before the change, so their
         // tables (split on the way) are still there; the model test's
         // table-exhaustion runs go through here. Checked in release builds:
@@ -652,6 +657,11 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
             Attrs::RAM_RWX,
             PageState::Owned,
         )?;
+        // From now on the host's pages change one at a time (given to VMs,
+        // shared back): a table one change made uniform stays, so that a
+        // one-page share and unshare never split and collapse a 2 MiB block
+        // (issue 21). The pool holds the host's stage 2 at page granularity.
+        s2.set_keep_tables(true);
         Ok(Self {
             alloc,
             host: Mutex::new(HostSide { s2, mem }),
