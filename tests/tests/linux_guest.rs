@@ -179,6 +179,42 @@ fn boot_linux(board: Board, words: &str, qemu: &[String]) -> Qemu {
     boot_linux_hosted(board, "", words, qemu)
 }
 
+/// [`boot_linux_hosted`] with QEMU's user network as `cargo xtask linux
+/// --net user,hostfwd=tcp:127.0.0.1:HPORT-:8080` gives it (xtask's `--net
+/// user` arguments, `HYP_LINUX_NET_ARGS`, with the forward added to the
+/// -netdev) and `qemu` after them, until the host found the card; returns
+/// QEMU and HPORT. The port is free when picked but QEMU binds it later, so
+/// a port taken in between (QEMU then stops at once, saying so) is picked
+/// again, twice at most.
+fn boot_forwarded(board: Board, host_words: &str, words: &str, qemu: &[String]) -> (Qemu, u16) {
+    let mut tries = 0;
+    loop {
+        let hport = free_port();
+        let mut args = env_lines("HYP_LINUX_NET_ARGS");
+        let netdev = args
+            .iter()
+            .position(|a| a == "-netdev")
+            .and_then(|i| args.get_mut(i + 1))
+            .expect("HYP_LINUX_NET_ARGS has a -netdev");
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{hport}-:8080"));
+        args.extend_from_slice(qemu);
+        let mut q = boot_linux_hosted(board, host_words, words, &args);
+        let up = q.wait_matching_or_exit("the host's network line", T, |l| {
+            l.starts_with("host: linux: network: virtio-net-pci at ")
+        });
+        if up.is_some() {
+            return (q, hport);
+        }
+        let log = q.log().join("\n");
+        tries += 1;
+        assert!(
+            log.contains("Could not set up host forwarding rule") && tries < 3,
+            "QEMU stopped before the host found the network card\n--- captured output ---\n{log}"
+        );
+        eprintln!("linux_guest: port {hport} was taken before QEMU bound it; another");
+    }
+}
+
 /// [`boot_linux`] with `host_words` added to the host's own boot arguments
 /// (before ` -- `).
 fn boot_linux_hosted(board: Board, host_words: &str, words: &str, qemu: &[String]) -> Qemu {
@@ -557,8 +593,14 @@ fn disk_read_and_written(board: Board) {
         start.elapsed().as_secs_f64()
     );
     // What the guest wrote, read out of the image (debugfs, no mount).
+    assert_marker_written(&disk);
+}
+
+/// What the guest's disk check wrote, read out of the image `disk`
+/// (debugfs, no mount): marker.txt of its first boot.
+fn assert_marker_written(disk: &str) {
     let out = Command::new(env("HYP_DEBUGFS"))
-        .args(["-R", "cat /marker.txt", &disk])
+        .args(["-R", "cat /marker.txt", disk])
         .output()
         .expect("run debugfs");
     assert_eq!(
@@ -679,16 +721,7 @@ fn protected_linux_keeps_its_memory_from_a_hostile_host() {
         "linux_guest: hostile host done in {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    let out = Command::new(env("HYP_DEBUGFS"))
-        .args(["-R", "cat /marker.txt", &disk])
-        .output()
-        .expect("run debugfs");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "written by the guest at boot 1\n",
-        "marker.txt; debugfs said: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_marker_written(&disk);
 }
 
 #[test]
@@ -860,40 +893,12 @@ fn network_both_ways(board: Board) {
     let served = Arc::new(AtomicUsize::new(0));
     let server = serve_http(body, stop.clone(), served.clone());
     let start = Instant::now();
-    // What `cargo xtask linux --net user,hostfwd=tcp:127.0.0.1:HPORT-:8080`
-    // passes: xtask's `--net user` arguments with the forward added to the
-    // -netdev. The port is free when picked but QEMU binds it later, so a
-    // port taken in between (QEMU then stops at once, saying so) is picked
-    // again.
-    let mut tries = 0;
-    let (mut q, hport) = loop {
-        let hport = free_port();
-        let mut args = env_lines("HYP_LINUX_NET_ARGS");
-        let netdev = args
-            .iter()
-            .position(|a| a == "-netdev")
-            .and_then(|i| args.get_mut(i + 1))
-            .expect("HYP_LINUX_NET_ARGS has a -netdev");
-        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{hport}-:8080"));
-        let mut q = boot_linux(
-            board,
-            &format!("hyp.init=net hyp.net.fetch={server}"),
-            &args,
-        );
-        let up = q.wait_matching_or_exit("the host's network line", T, |l| {
-            l.starts_with("host: linux: network: virtio-net-pci at ")
-        });
-        if up.is_some() {
-            break (q, hport);
-        }
-        let log = q.log().join("\n");
-        tries += 1;
-        assert!(
-            log.contains("Could not set up host forwarding rule") && tries < 3,
-            "QEMU stopped before the host found the network card\n--- captured output ---\n{log}"
-        );
-        eprintln!("linux_guest: port {hport} was taken before QEMU bound it; another");
-    };
+    let (mut q, hport) = boot_forwarded(
+        board,
+        "",
+        &format!("hyp.init=net hyp.net.fetch={server}"),
+        &[],
+    );
     q.expect_line("host: VM 1 (linux): 2 vCPUs, 256 MiB at IPA 0x40000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
     expect_modules_loaded(&mut q, board);
@@ -1129,46 +1134,11 @@ fn protected_linux_keeps_its_secret_from_the_host_under_load() {
     let dir = std::env::temp_dir().join(format!("hyp-secret-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     let sock = dir.join("qmp.sock");
-    let mut tries = 0;
-    let (mut q, hport) = loop {
-        let hport = free_port();
-        let mut args = env_lines("HYP_LINUX_NET_ARGS");
-        let netdev = args
-            .iter()
-            .position(|a| a == "-netdev")
-            .and_then(|i| args.get_mut(i + 1))
-            .expect("HYP_LINUX_NET_ARGS has a -netdev");
-        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{hport}-:8080"));
-        args.extend(env_lines("HYP_LINUX_BIG_DISK_ARGS"));
-        args.push("-qmp".into());
-        args.push(format!("unix:{},server=on,wait=off", sock.display()));
-        let append = env(board.append_var).replacen(
-            " -- ",
-            " guest-protected linux-probe linux-hold=5 -- ",
-            1,
-        );
-        let mut extra = env_lines(board.qemu_args_var);
-        extra.extend(args);
-        let mut q = Qemu::boot(BootOptions {
-            board: board.test,
-            append: Some(format!("{append} hyp.init=secret")),
-            smp: board.smp,
-            extra,
-            ..BootOptions::default()
-        });
-        let up = q.wait_matching_or_exit("the host's network line", T, |l| {
-            l.starts_with("host: linux: network: virtio-net-pci at ")
-        });
-        if up.is_some() {
-            break (q, hport);
-        }
-        let log = q.log().join("\n");
-        tries += 1;
-        assert!(
-            log.contains("Could not set up host forwarding rule") && tries < 3,
-            "QEMU stopped before the host found the network card\n--- captured output ---\n{log}"
-        );
-    };
+    let mut extra = env_lines("HYP_LINUX_BIG_DISK_ARGS");
+    extra.push("-qmp".into());
+    extra.push(format!("unix:{},server=on,wait=off", sock.display()));
+    let (mut q, hport) =
+        boot_forwarded(board, "linux-probe linux-hold=5", "hyp.init=secret", &extra);
     let mut qmp = Qmp::connect(&sock);
     // (Printed before the network line the loop waited for.)
     assert!(
