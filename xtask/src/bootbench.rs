@@ -16,78 +16,28 @@
 //! 10.0 crashes in translated code with the plugin, `-icount` and a second
 //! CPU.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
+use crate::iobench::Session;
 use crate::{build_variant, insncount, linux, note, provision, target_dir, Platform, Result};
 
 /// The marker /init executes first (`hyp-mark 7`).
 pub const INIT_MARK: u32 = 7;
-/// One boot's bound.
-const LIMIT: Duration = Duration::from_secs(600);
 
 /// Boots `args` until /init's marker, then stops QEMU; the count at the
 /// marker, and the host's vCPU-start counter if it printed one.
 fn boot(what: &str, args: &[String], counts: &Path) -> Result<(u64, Option<u64>)> {
     let _ = std::fs::remove_file(counts);
-    note(&format!("linux-boot: {what}: booting"));
-    let mut child = Command::new(provision::QEMU)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", provision::QEMU))?;
-    let stdout = child.stdout.take().ok_or("QEMU has no stdout")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout)
-            .lines()
-            .map_while(std::result::Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let mut s = Session::start(&format!("linux-boot: {what}"), args)?;
+    let before = s.until("LINUX-GUEST-INIT-OK")?;
+    drop(s);
+    let start = before.iter().find_map(|l| {
+        l.strip_prefix("host: linux: vCPU 0 starts at counter ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     });
-    let deadline = Instant::now() + LIMIT;
-    let mut start = None;
-    let mut tail: Vec<String> = Vec::new();
-    let found = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                if let Some(n) = l
-                    .strip_prefix("host: linux: vCPU 0 starts at counter ")
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|n| n.parse().ok())
-                {
-                    start = Some(n);
-                }
-                let done = l.contains("LINUX-GUEST-INIT-OK");
-                tail.push(l);
-                if tail.len() > 20 {
-                    tail.remove(0);
-                }
-                if done {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    if !found {
-        return Err(format!(
-            "linux-boot: {what}: no LINUX-GUEST-INIT-OK (QEMU exited or {} s passed); last lines:\n{}",
-            LIMIT.as_secs(),
-            tail.join("\n")
-        ));
-    }
     let m = insncount::read(counts)?;
     let at = m.at.get(&INIT_MARK).ok_or_else(|| {
         format!("linux-boot: {what}: /init's marker {INIT_MARK} was never counted")

@@ -86,7 +86,7 @@ fn host_disk(line: &str) -> Option<(u64, u64)> {
 }
 
 /// A booted QEMU whose guest shell is typed at.
-struct Session {
+pub(crate) struct Session {
     what: String,
     child: Child,
     stdin: ChildStdin,
@@ -96,8 +96,10 @@ struct Session {
 }
 
 impl Session {
-    fn start(what: &str, args: &[String]) -> Result<Session> {
-        note(&format!("linux-io: {what}: booting"));
+    /// Starts QEMU with `args`; `what` names it in notes and errors
+    /// (`linux-io: through the hypervisor, run 1`).
+    pub(crate) fn start(what: &str, args: &[String]) -> Result<Session> {
+        note(&format!("{what}: booting"));
         let mut child = Command::new(provision::QEMU)
             .args(args)
             .stdin(Stdio::piped())
@@ -141,7 +143,7 @@ impl Session {
                 Ok(l.strip_prefix("[vm1] ").unwrap_or(&l).trim().to_owned())
             }
             Err(_) => Err(format!(
-                "linux-io: {}: no more output (QEMU exited or {} s passed); last lines:\n{}",
+                "{}: no more output (QEMU exited or {} s passed); last lines:\n{}",
                 self.what,
                 BOOT_LIMIT.as_secs(),
                 self.tail()
@@ -150,7 +152,7 @@ impl Session {
     }
 
     /// Reads lines up to one that starts with `end`; returns those before it.
-    fn until(&mut self, end: &str) -> Result<Vec<String>> {
+    pub(crate) fn until(&mut self, end: &str) -> Result<Vec<String>> {
         let mut seen = Vec::new();
         loop {
             let l = self.next()?;
@@ -165,7 +167,7 @@ impl Session {
         self.stdin
             .write_all(format!("{line}\n").as_bytes())
             .and_then(|()| self.stdin.flush())
-            .map_err(|e| format!("linux-io: {}: typing at the guest: {e}", self.what))
+            .map_err(|e| format!("{}: typing at the guest: {e}", self.what))
     }
 
     /// Types `cmd; echo END` and returns the lines up to END.
@@ -175,11 +177,7 @@ impl Session {
     }
 
     fn fail(&self, why: &str) -> String {
-        format!(
-            "linux-io: {}: {why}; last lines:\n{}",
-            self.what,
-            self.tail()
-        )
+        format!("{}: {why}; last lines:\n{}", self.what, self.tail())
     }
 }
 
@@ -299,7 +297,7 @@ fn measure(
     through_host: bool,
 ) -> Result<(Sample, insncount::Marks)> {
     let _ = std::fs::remove_file(counts);
-    let mut s = Session::start(what, args)?;
+    let mut s = Session::start(&format!("linux-io: {what}"), args)?;
     s.until("LINUX-GUEST-SHELL:")?;
     // Block.
     let out = s.run(
