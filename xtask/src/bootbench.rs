@@ -51,19 +51,7 @@ pub fn linux_boot() -> Result<()> {
     let plugin = insncount::plugin()?;
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let guest = linux::GuestOpts {
-        kernel: k.image.clone(),
-        initrd: Some(k.initrd.clone()),
-        append: None,
-        cmdline: None,
-        load: None,
-        smp: 1,
-        mem_mib: None,
-        protected: false,
-        disk: None,
-        net: None,
-    };
-    let prepared = linux::prepare(&guest, None)?;
+    let prepared = linux::prepare(&k.guest(1), None)?;
     let built = build_variant(Platform::Qemu, &[])?;
     provision::qemu()?;
     let icount = ["-icount".to_owned(), "shift=0,sleep=off".to_owned()];

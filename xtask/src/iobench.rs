@@ -460,16 +460,9 @@ pub fn linux_io(profile: Option<&str>, protected: bool) -> Result<()> {
     let img = dir.join("linux-io-disk.img");
     disk(&img)?;
     let guest = linux::GuestOpts {
-        kernel: k.image.clone(),
-        initrd: Some(k.initrd.clone()),
-        append: None,
-        cmdline: None,
-        load: None,
-        smp: 1,
-        mem_mib: None,
-        protected: false,
         disk: Some(img.clone()),
         net: Some("user".to_owned()),
+        ..k.guest(1)
     };
     let prepared = linux::prepare(&guest, None)?;
     let built = build_variant(Platform::Qemu, &[])?;

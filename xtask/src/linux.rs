@@ -1090,6 +1090,25 @@ pub struct Kernel {
     pub initrd: PathBuf,
 }
 
+impl Kernel {
+    /// A normal VM of `smp` vCPUs booting this kernel and its initramfs with
+    /// the base command line, the default RAM and no devices.
+    pub fn guest(&self, smp: u32) -> GuestOpts {
+        GuestOpts {
+            kernel: self.image.clone(),
+            initrd: Some(self.initrd.clone()),
+            append: None,
+            cmdline: None,
+            load: None,
+            smp,
+            mem_mib: None,
+            protected: false,
+            disk: None,
+            net: None,
+        }
+    }
+}
+
 /// Fetches busybox (and Debian's kernel) or builds the project's kernel,
 /// builds the initramfs for it and says whether the kernel has the pKVM
 /// guest driver.
@@ -1156,16 +1175,9 @@ pub fn linux_guest(
 ) -> Result<LinuxGuest> {
     let kernel = kernel(src)?;
     let opts = GuestOpts {
-        kernel: kernel.image.clone(),
-        initrd: Some(kernel.initrd.clone()),
         append,
-        cmdline: None,
-        load: None,
-        smp,
-        mem_mib: None,
         protected,
-        disk: None,
-        net: None,
+        ..kernel.guest(smp)
     };
     let prepared = prepare(&opts, host_extra)?;
     Ok(LinuxGuest {
