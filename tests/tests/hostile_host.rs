@@ -39,9 +39,9 @@ fn vcpu_init(board: TestBoard) {
 
 /// Item 7: break-before-make is invisible to the guest. vCPU 1 of a
 /// protected VM reads and writes every page of a 2 MiB block in a loop while
-/// vCPU 0 shares and unshares pages inside it 1,000 times (each splits or
-/// re-merges the block's entries with a break window in between): no abort
-/// reaches the guest. Before the fix a fault in the window was injected
+/// vCPU 0 shares and unshares pages inside it at least 1,000 times, and
+/// until vCPU 1 made 200 passes (each splits or re-merges the block's
+/// entries with a break window in between): no abort reaches the guest. Before the fix a fault in the window was injected
 /// (17 aborts in one run).
 #[test]
 fn bbm_window_faults_are_retried_not_injected() {
@@ -67,9 +67,16 @@ fn bbm(board: TestBoard) {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no pass count in {l:?}"));
-    assert!(passes > 100, "vCPU 1 hardly ran: {l}");
+    let pairs: u64 = l
+        .strip_prefix("guest-faults: bbm: ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pair count in {l:?}"));
+    // The guest goes on sharing until vCPU 1 made 200 passes (or 200,000
+    // pairs): under a loaded host vCPU 1 may run rarely.
+    assert!(passes >= 200 && pairs >= 1000, "vCPU 1 hardly ran: {l}");
     assert!(
-        l.contains("1000 share/unshare pairs inside a 2 MiB block (0 failed)")
+        l.contains(" share/unshare pairs inside a 2 MiB block (0 failed)")
             && l.ends_with(": 0 aborts"),
         "{l}"
     );
