@@ -90,6 +90,11 @@ pub struct Guest {
     reap: bool,
     /// Destroyed already (`reap`).
     reaped: AtomicBool,
+    /// Guest option `migrate`: every host CPU runs any of its vCPUs that no
+    /// other CPU is running (VCPU_RUN's `Busy` is skipped), so they move
+    /// between CPUs; `ran_on` records where (one bit per CPU, per vCPU).
+    migrate: bool,
+    ran_on: [AtomicU64; 8],
 }
 
 /// Counter value when the host started serving its guests (guest option
@@ -391,6 +396,7 @@ pub struct Spec {
     ram: u64,
     first_cpu: usize,
     reap: bool,
+    migrate: bool,
 }
 
 /// Parses guest list entry `spec` (one of `count`).
@@ -406,6 +412,7 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
         ram: GUEST_RAM,
         first_cpu: 0,
         reap: false,
+        migrate: false,
     };
     for p in parts {
         if p == "p" {
@@ -414,6 +421,8 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
             s.lazy = true;
         } else if p == "reap" {
             s.reap = true;
+        } else if p == "migrate" {
+            s.migrate = true;
         } else if let Some(mib) = p
             .strip_prefix("mem=")
             .and_then(|v| v.parse::<u64>().ok())
@@ -475,6 +484,8 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         first_cpu: s.first_cpu,
         reap: s.reap,
         reaped: AtomicBool::new(false),
+        migrate: s.migrate,
+        ran_on: [const { AtomicU64::new(0) }; 8],
     }
 }
 
@@ -557,8 +568,8 @@ fn serve(cpu: usize) {
                 continue;
             }
             for v in 0..g.vcpus {
-                if (g.first_cpu + v) % cpus == cpu {
-                    let r = run_vcpu(g, v as u64);
+                if g.migrate || (g.first_cpu + v) % cpus == cpu {
+                    let r = run_vcpu(g, v as u64, cpu);
                     idle = idle.zip(r).map(|(a, b)| a.min(b));
                     ran = true;
                     if cpu + 1 == cpus {
@@ -626,7 +637,7 @@ const MMIO_BURST: usize = 64;
 /// off vCPU or a stopped VM makes VCPU_RUN return `State`. Returns how it
 /// waits when it waits for an interrupt or is off, `None` when it did
 /// anything else.
-fn run_vcpu(g: &Guest, v: u64) -> Option<Waiting> {
+fn run_vcpu(g: &Guest, v: u64, cpu: usize) -> Option<Waiting> {
     let mut answer: Option<u64> = None;
     for _ in 0..MMIO_BURST {
         let (flags, value) = match answer.take() {
@@ -634,6 +645,11 @@ fn run_vcpu(g: &Guest, v: u64) -> Option<Waiting> {
             None => (0, 0),
         };
         let r = hostif::call_full(hyp_abi::VCPU_RUN, [g.handle.0, v, flags, value]);
+        if HostError::from_code(r[0]) != Some(HostError::Busy) {
+            if let Some(m) = g.ran_on.get(v as usize) {
+                m.fetch_or(1 << cpu, Ordering::Relaxed);
+            }
+        }
         match r[0] {
             exit::MEMORY => {
                 // The VM's pages for stage-2 tables ran out at a fault: give
@@ -729,6 +745,12 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
                     linux::powered_off(g);
                 }
                 println!("host: VM {} ({}) powered {how}", g.handle.0, g.name);
+                if g.migrate {
+                    for (v, m) in g.ran_on.iter().take(g.vcpus).enumerate() {
+                        let m = m.load(Ordering::Relaxed);
+                        println!("host: VM {} vCPU {v} ran on CPUs {m:#x}", g.handle.0);
+                    }
+                }
                 if g.reap {
                     reap(g);
                 }
@@ -741,6 +763,8 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
             // The VM is being restarted on another CPU (destroyed, not yet
             // created again).
             Some(HostError::NoVm) if restart::restarted(g.handle.0) => {}
+            // Another CPU runs it (`migrate`).
+            Some(HostError::Busy) if g.migrate => {}
             Some(e) => fail(format_args!("VCPU_RUN {}/{v}: {e:?}", g.handle.0)),
             None => fail(format_args!(
                 "VCPU_RUN {}/{v}: unknown exit {code}",

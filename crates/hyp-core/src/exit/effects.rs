@@ -17,7 +17,7 @@ use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
-use crate::vcpu::{fp, Who};
+use crate::vcpu::{debug, fp, Who};
 use crate::vm::control::{Fault, HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{host as host_vcpus, state};
@@ -174,6 +174,7 @@ fn apply(
             },
         );
     }
+    debug::stepped_past(&mut ctx.regs.pstate, d.pc_step);
     match d.action {
         Action::Resume => {}
         Action::Return(r) => ctx.regs.x[..4].copy_from_slice(&r),
@@ -262,6 +263,19 @@ fn apply(
                 super::idregs::sanitise(enc, sysreg::read_id(enc.crm, enc.op2)).unwrap_or(0);
         }
         Action::SetWay => set_way_trap(c, who, vm, ctx, pending),
+        Action::Debug {
+            reg,
+            read,
+            rt,
+            value,
+        } => match debug::trap(ctx, reg, read, value, pending) {
+            Some(v) if read && rt != 31 => ctx.regs.x[rt as usize] = v,
+            Some(_) => {}
+            None => {
+                ctx.regs.pc = ctx.regs.pc.wrapping_sub(d.pc_step);
+                inject_into(c, ctx, Injected::Undefined, pending);
+            }
+        },
         Action::TvmWrite { reg, value } => tvm_write(c, who, vm, ctx, reg, value, pending),
         Action::CpuOn {
             target,

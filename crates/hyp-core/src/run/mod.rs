@@ -29,7 +29,7 @@ use crate::stats;
 use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::traps::{self, CNTHCTL, MDCR};
-use crate::vcpu::{fp, Who};
+use crate::vcpu::{debug, fp, Who};
 use crate::vm::control::{HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{devices, host as host_vcpus, state};
@@ -81,6 +81,7 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         // SAFETY: every enable clear.
         first.add(unsafe { regs::HcrxEl2::write(traps::HCRX) });
     }
+    debug::cpu_init(debug::counts(), &mut first);
     first.add(regs::VpidrEl2::write(sysreg::midr_el1()));
     first.add(regs::CntvoffEl2::write(0));
     if let Some(g) = gic::phys() {
@@ -209,7 +210,9 @@ fn vcpu_run(
             if m.reg != 31 {
                 ctx.regs.x[m.reg as usize] = m.load_result(value);
             }
-            ctx.regs.pc += ctx.mmio_len;
+            let len = ctx.mmio_len;
+            ctx.regs.pc += len;
+            debug::stepped_past(&mut ctx.regs.pstate, len);
         }
     }
     host.el1.save(&c.sync.hcr);
@@ -226,9 +229,11 @@ fn vcpu_run(
     // The host's list registers, VMCR and active priorities are its own:
     // none of them may reach the guest, and they come back in `load_host`.
     vcpu_gic::load_guest(c, view.vg.map(|_| &ctx.vif), &mut pending);
+    debug::reconcile(&mut ctx.debug, debug::counts, &mut pending);
     let who = Who::Guest { slot, vcpu: v };
     let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view);
     host_pending.append(left);
+    debug::end_run(&mut ctx.debug, debug::counts, host_pending);
     ctx.el1.save(&c.sync.hcr);
     if c.fp_owner == FpOwner::Guest {
         let on = fp::fp_enable(c);
@@ -274,7 +279,13 @@ fn guest_loop(
             vcpu_gic::vgic_before_entry(c, g, ctx, vg, &mut pending);
         }
         let entry = barriers::enter_guest(&c.sync.eos, &mut c.vttbr, pending);
-        c.save.set_fast(core::ptr::from_ref(&fast_ctx).cast());
+        // Not while the guest's debug registers are live: the fast path
+        // steps the PC without clearing SPSR_EL2.SS (`debug::stepped_past`).
+        c.save.set_fast(if ctx.debug.live {
+            core::ptr::null()
+        } else {
+            core::ptr::from_ref(&fast_ctx).cast()
+        });
         // SAFETY: TPIDR_EL2 points at `c.save`; the VM's stage 2, HCR and
         // EL1 context are loaded; `ctx.regs` outlives the call. `fast_ctx`
         // outlives the run and is withdrawn right after it.

@@ -1,7 +1,8 @@
 //! vCPUs: their saved context, the per-CPU switching state, FP/SIMD
-//! switching, the list-register side of the virtual GIC, exception
+//! switching, self-hosted debug switching, the list-register side of the virtual GIC, exception
 //! injection, the trap configuration they run with, and idle CPUs' sleep.
 
+pub mod debug;
 pub mod inject;
 pub mod traps;
 
