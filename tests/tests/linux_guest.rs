@@ -111,7 +111,15 @@ struct Board {
     /// A protected VM (`guest-protected`: memory donated, booted through
     /// the hypervisor's firmware, I/O only through the shared DMA pool).
     protected: bool,
+    /// What the kernel's hw-breakpoint driver finds (its own debug
+    /// registers, `vcpu::debug`): the CPU's 6 breakpoints and 4 watchpoints
+    /// (QEMU `-cpu max` and Cortex-A72 alike). `None` for the project's
+    /// kernel, built without CONFIG_PERF_EVENTS (so without the driver).
+    hw_breakpoint: Option<&'static str>,
 }
+
+/// The hw-breakpoint driver's line on both boards.
+const HW_BREAKPOINT: &str = "hw-breakpoint: found 6 breakpoint and 4 watchpoint registers.";
 
 /// QEMU virt: GICv3 vGIC.
 const VIRT: Board = Board {
@@ -128,6 +136,7 @@ const VIRT: Board = Board {
     banner: "Debian",
     modules: true,
     protected: false,
+    hw_breakpoint: Some(HW_BREAKPOINT),
 };
 
 /// QEMU virt with the project's kernel (xtask/src/kbuild.rs, built by
@@ -138,6 +147,7 @@ const VIRT_BUILT: Board = Board {
     qemu_args_var: "HYP_LINUX_BUILT_QEMU_ARGS",
     banner: "(hyp@xtask)",
     modules: false,
+    hw_breakpoint: None,
     ..VIRT
 };
 
@@ -155,6 +165,7 @@ const RPI4_BUILT: Board = Board {
     qemu_args_var: "HYP_LINUX_BUILT_QEMU_ARGS_RPI4",
     banner: "(hyp@xtask)",
     modules: false,
+    hw_breakpoint: None,
     ..RPI4
 };
 
@@ -170,6 +181,7 @@ const RPI4: Board = Board {
     banner: "Debian",
     modules: true,
     protected: false,
+    hw_breakpoint: Some(HW_BREAKPOINT),
 };
 
 /// Boots the Linux guest the xtask step prepared for `board` on 2 host
@@ -313,6 +325,9 @@ fn boots_on_two_vcpus(board: Board) {
         q.expect_line(cpu1, T);
     }
     q.expect_line("smp: Brought up 1 node, 2 CPUs", T);
+    if let Some(line) = board.hw_breakpoint {
+        q.expect_line(line, T);
+    }
     q.expect_line("ttyAMA0 at MMIO 0x9000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
     eprintln!(

@@ -229,7 +229,7 @@ fn vcpu_run(
     // The host's list registers, VMCR and active priorities are its own:
     // none of them may reach the guest, and they come back in `load_host`.
     vcpu_gic::load_guest(c, view.vg.map(|_| &ctx.vif), &mut pending);
-    debug::reconcile(&mut ctx.debug, debug::counts, &mut pending);
+    debug::start_run(&mut ctx.debug, debug::counts, &mut pending);
     let who = Who::Guest { slot, vcpu: v };
     let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view);
     host_pending.append(left);
@@ -266,8 +266,18 @@ fn guest_loop(
         // A guest that never exits still gives the CPU back to the host.
         gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
     }
-    // For the vector's fast path (`hyp_fast_sync`) while the guest runs.
+    // For the vector's fast path (`hyp_fast_sync`) while the guest runs:
+    // set for the whole run (only the lower-EL vector reads it) and
+    // withdrawn when the run ends. Not while the guest's debug registers are
+    // live (`exit::effects` withdraws it when they go live mid-run): the
+    // fast path steps the PC without clearing SPSR_EL2.SS
+    // (`debug::stepped_past`).
     let fast_ctx = fast::FastCtx { who, vm };
+    c.save.set_fast(if ctx.debug.live {
+        core::ptr::null()
+    } else {
+        core::ptr::from_ref(&fast_ctx).cast()
+    });
     loop {
         effects::cache_traps_before_entry(who, vm, ctx, &mut pending);
         if let Some(vg) = vg {
@@ -279,18 +289,11 @@ fn guest_loop(
             vcpu_gic::vgic_before_entry(c, g, ctx, vg, &mut pending);
         }
         let entry = barriers::enter_guest(&c.sync.eos, &mut c.vttbr, pending);
-        // Not while the guest's debug registers are live: the fast path
-        // steps the PC without clearing SPSR_EL2.SS (`debug::stepped_past`).
-        c.save.set_fast(if ctx.debug.live {
-            core::ptr::null()
-        } else {
-            core::ptr::from_ref(&fast_ctx).cast()
-        });
+
         // SAFETY: TPIDR_EL2 points at `c.save`; the VM's stage 2, HCR and
         // EL1 context are loaded; `ctx.regs` outlives the call. `fast_ctx`
-        // outlives the run and is withdrawn right after it.
+        // outlives the run and is withdrawn when it ends.
         let (kind, cse) = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
-        c.save.set_fast(core::ptr::null());
         pending = GuestPending::new();
         // HVCs the vector answered by itself during this run (`__hvc_fast`).
         let fast = c.save.take_fast_hvcs();
@@ -332,6 +335,7 @@ fn guest_loop(
                         }
                     }
                 }
+                c.save.set_fast(core::ptr::null());
                 // The host's entry ERET synchronises these writes.
                 return (end, record, pending);
             }
