@@ -645,7 +645,7 @@ fn run_vcpu(g: &Guest, v: u64, cpu: usize) -> Option<Waiting> {
             None => (0, 0),
         };
         let r = hostif::call_full(hyp_abi::VCPU_RUN, [g.handle.0, v, flags, value]);
-        if HostError::from_code(r[0]) != Some(HostError::Busy) {
+        if g.migrate && HostError::from_code(r[0]) != Some(HostError::Busy) {
             if let Some(m) = g.ran_on.get(v as usize) {
                 m.fetch_or(1 << cpu, Ordering::Relaxed);
             }
