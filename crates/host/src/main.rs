@@ -569,7 +569,7 @@ fn serve(cpu: usize) {
             }
             for v in 0..g.vcpus {
                 if g.migrate || (g.first_cpu + v) % cpus == cpu {
-                    let r = run_vcpu(g, v as u64, cpu);
+                    let r = run_vcpu(g, v as u64);
                     idle = idle.zip(r).map(|(a, b)| a.min(b));
                     ran = true;
                     if cpu + 1 == cpus {
@@ -637,7 +637,7 @@ const MMIO_BURST: usize = 64;
 /// off vCPU or a stopped VM makes VCPU_RUN return `State`. Returns how it
 /// waits when it waits for an interrupt or is off, `None` when it did
 /// anything else.
-fn run_vcpu(g: &Guest, v: u64, cpu: usize) -> Option<Waiting> {
+fn run_vcpu(g: &Guest, v: u64) -> Option<Waiting> {
     let mut answer: Option<u64> = None;
     for _ in 0..MMIO_BURST {
         let (flags, value) = match answer.take() {
@@ -645,11 +645,6 @@ fn run_vcpu(g: &Guest, v: u64, cpu: usize) -> Option<Waiting> {
             None => (0, 0),
         };
         let r = hostif::call_full(hyp_abi::VCPU_RUN, [g.handle.0, v, flags, value]);
-        if g.migrate && HostError::from_code(r[0]) != Some(HostError::Busy) {
-            if let Some(m) = g.ran_on.get(v as usize) {
-                m.fetch_or(1 << cpu, Ordering::Relaxed);
-            }
-        }
         match r[0] {
             exit::MEMORY => {
                 // The VM's pages for stage-2 tables ran out at a fault: give
@@ -723,6 +718,15 @@ fn run_vcpu(g: &Guest, v: u64, cpu: usize) -> Option<Waiting> {
 
 /// A VCPU_RUN result other than an MMIO exit.
 fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
+    if g.migrate && HostError::from_code(code) != Some(HostError::Busy) {
+        // This host vCPU's index is its CPU's (MPIDR Aff0).
+        let mpidr: u64;
+        // SAFETY: reads MPIDR_EL1.
+        unsafe { core::arch::asm!("mrs {0}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+        if let Some(m) = g.ran_on.get(v as usize) {
+            m.fetch_or(1 << (mpidr & 0x3f), Ordering::Relaxed);
+        }
+    }
     if code == exit::SYSTEM_OFF || code == exit::SYSTEM_RESET {
         // Received frames no longer go into its memory.
         linuxdev::detach(g.handle.0);

@@ -174,7 +174,7 @@ fn apply(
             },
         );
     }
-    debug::stepped_past(&mut ctx.regs.pstate, d.pc_step);
+    debug::stepped_past(&ctx.debug, &mut ctx.regs.pstate, d.pc_step);
     match d.action {
         Action::Resume => {}
         Action::Return(r) => ctx.regs.x[..4].copy_from_slice(&r),

@@ -210,9 +210,9 @@ fn vcpu_run(
             if m.reg != 31 {
                 ctx.regs.x[m.reg as usize] = m.load_result(value);
             }
-            let len = ctx.mmio_len;
-            ctx.regs.pc += len;
-            debug::stepped_past(&mut ctx.regs.pstate, len);
+            let cx = &mut *ctx;
+            cx.regs.pc += cx.mmio_len;
+            debug::completed_past(&cx.debug, &mut cx.regs.pstate);
         }
     }
     host.el1.save(&c.sync.hcr);

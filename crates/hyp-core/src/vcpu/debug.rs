@@ -64,15 +64,28 @@ pub const MDCR_TDA: u64 = 1 << 9;
 /// active-not-pending (Arm ARM D2, "Software Step exceptions").
 pub const PSTATE_SS: u64 = 1 << 21;
 
-/// EL2 emulated the trapped instruction and moves the PC `step` bytes past
+/// EL2 emulated the trapped instruction and moved the PC `step` bytes past
 /// it: the instruction completed, so a step in progress becomes
 /// active-pending (PSTATE.SS = 0) and the step exception is taken at the
 /// next instruction, before it executes (KVM's `kvm_skip_instr` does the
 /// same). Without this, a guest stepping over an emulated access would
-/// execute one more instruction unstepped.
+/// execute one more instruction unstepped. Only a vCPU whose registers are
+/// live can be stepping (MDSCR_EL1.SS is 0 in the CPU otherwise, and an
+/// ERET with step disabled leaves PSTATE.SS clear): one flag test for the
+/// others.
 #[inline(always)]
-pub fn stepped_past(pstate: &mut u64, step: u64) {
-    if step != 0 {
+pub fn stepped_past(d: &DebugRegs, pstate: &mut u64, step: u64) {
+    if d.live && step != 0 {
+        *pstate &= !PSTATE_SS;
+    }
+}
+
+/// The same for an MMIO read the host completed, at the start of the
+/// vCPU's next run (its registers are not live yet; they will be if it
+/// [`DebugRegs::wants_cpu`]).
+#[inline(always)]
+pub fn completed_past(d: &DebugRegs, pstate: &mut u64) {
+    if d.want {
         *pstate &= !PSTATE_SS;
     }
 }
