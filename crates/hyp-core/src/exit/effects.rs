@@ -268,21 +268,12 @@ fn apply(
             read,
             rt,
             value,
-        } => match debug::trap(ctx, reg, read, value, pending) {
-            Some(v) => {
-                if read && rt != 31 {
-                    ctx.regs.x[rt as usize] = v;
-                }
-                if ctx.debug.live {
-                    // No fast path for the rest of the run (`run::guest_loop`).
-                    c.save.set_fast(core::ptr::null());
-                }
-            }
-            None => {
+        } => {
+            if !debug::trap(c, ctx, reg, (read, rt, value), pending) {
                 ctx.regs.pc = ctx.regs.pc.wrapping_sub(d.pc_step);
                 inject_into(c, ctx, Injected::Undefined, pending);
             }
-        },
+        }
         Action::TvmWrite { reg, value } => tvm_write(c, who, vm, ctx, reg, value, pending),
         Action::CpuOn {
             target,
