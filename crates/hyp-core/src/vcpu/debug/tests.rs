@@ -2,6 +2,7 @@
 //! the register effects.
 
 use super::*;
+use barriers::GuestPending;
 
 const N: Counts = Counts { brps: 6, wrps: 4 };
 
