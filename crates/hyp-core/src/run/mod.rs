@@ -229,9 +229,9 @@ fn vcpu_run(
     // The host's list registers, VMCR and active priorities are its own:
     // none of them may reach the guest, and they come back in `load_host`.
     vcpu_gic::load_guest(c, view.vg.map(|_| &ctx.vif), &mut pending);
-    debug::start_run(&mut ctx.debug, debug::counts, &mut pending);
+    let debug_live = debug::start_run(&mut ctx.debug, debug::counts, &mut pending);
     let who = Who::Guest { slot, vcpu: v };
-    let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view);
+    let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view, debug_live);
     host_pending.append(left);
     debug::end_run(&mut ctx.debug, debug::counts, host_pending);
     ctx.el1.save(&c.sync.hcr);
@@ -247,13 +247,15 @@ fn vcpu_run(
 
 /// Runs guest vCPU `who` until an exit for the host: returns how the run
 /// ended, the VCPU_RUN record, and the guest-only writes made since its last
-/// entry (the host's entry ERET discharges them).
+/// entry (the host's entry ERET discharges them). `debug_live`: its debug
+/// registers are in the CPU (`debug::start_run`).
 fn guest_loop(
     c: &mut Cpu<'_>,
     who: Who,
     ctx: &mut VcpuCtx,
     first: GuestPending,
     vm: VmView<'_>,
+    debug_live: bool,
 ) -> (RunEnd, [u64; 4], GuestPending) {
     // The vGIC and the physical GIC, looked up once for the run: both are
     // set before any vCPU of the VM runs and never change.
@@ -273,7 +275,7 @@ fn guest_loop(
     // fast path steps the PC without clearing SPSR_EL2.SS
     // (`debug::stepped_past`).
     let fast_ctx = fast::FastCtx { who, vm };
-    c.save.set_fast(if ctx.debug.live {
+    c.save.set_fast(if debug_live {
         core::ptr::null()
     } else {
         core::ptr::from_ref(&fast_ctx).cast()

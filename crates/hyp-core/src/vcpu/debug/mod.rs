@@ -84,7 +84,9 @@ pub const PSTATE_SS: u64 = 1 << 21;
 /// others.
 #[inline(always)]
 pub fn stepped_past(d: &DebugRegs, pstate: &mut u64, step: u64) {
-    if d.live && step != 0 {
+    // The step first: it is in a register, and most exits that go back to
+    // the host (HVCs, WFI, MMIO for the host) step nothing.
+    if step != 0 && d.live {
         *pstate &= !PSTATE_SS;
     }
 }

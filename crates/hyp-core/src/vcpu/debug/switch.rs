@@ -64,12 +64,18 @@ fn reconcile_cold(d: &mut DebugRegs, n: Counts, pending: &mut GuestPending) {
 
 /// The start of a vCPU's run: its registers go into the CPU if it wants
 /// them there (they are never live yet: [`end_run`] unloads them). One
-/// flag test for a vCPU that does not debug.
+/// flag test for a vCPU that does not debug. Returns whether they are live.
 #[inline(always)]
-pub fn start_run(d: &mut DebugRegs, n: impl FnOnce() -> Counts, pending: &mut GuestPending) {
+pub fn start_run(
+    d: &mut DebugRegs,
+    n: impl FnOnce() -> Counts,
+    pending: &mut GuestPending,
+) -> bool {
     if d.want {
         reconcile_cold(d, n(), pending);
+        return d.live;
     }
+    false
 }
 
 /// The end of a vCPU's run (back to the host): its registers leave the CPU
