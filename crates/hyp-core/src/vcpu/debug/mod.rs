@@ -228,6 +228,22 @@ pub const fn classify(enc: SysRegEnc) -> Option<DebugReg> {
     })
 }
 
+/// MDSCR_EL1.TDCC (bit 12): EL0 accesses to the DCC registers trap to EL1.
+pub const MDSCR_TDCC: u64 = 1 << 12;
+
+/// Whether a trapped access from PSTATE `pstate` is one the guest's own
+/// MDSCR_EL1.TDCC forbids: EL0 reaches EL2 here only through the DCC
+/// registers (MDCCSR_EL0, DBGDTR*_EL0; every other debug register is
+/// UNDEFINED at EL0, taken to EL1 before any EL2 trap), and TDCC traps
+/// those to EL1 first, which the CPU cannot do while the guest's MDSCR_EL1
+/// is only a copy (TDA set). Linux sets TDCC at boot (`__cpu_setup`). The
+/// hypervisor injects an UNDEF (the CPU would report EC 0x18 to EL1).
+#[must_use]
+pub const fn el0_dcc_refused(d: &DebugRegs, pstate: u64) -> bool {
+    // PSTATE.M[3:2] = 0: EL0 (AArch64; AArch32 EL0 uses other ECs).
+    pstate & 0b1100 == 0 && d.mdscr & MDSCR_TDCC != 0
+}
+
 /// What a trapped debug-register access does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

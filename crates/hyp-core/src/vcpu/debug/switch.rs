@@ -129,6 +129,9 @@ pub fn trap(
 ) -> bool {
     let n = counts();
     let d = &mut ctx.debug;
+    if super::el0_dcc_refused(d, ctx.regs.pstate) {
+        return false;
+    }
     let Outcome::Done(v) = emulate(d, reg, read, value, n) else {
         return false;
     };

@@ -232,3 +232,13 @@ fn load_and_unload_write_every_register() {
     assert!(!d.live);
     p.power_off();
 }
+
+#[test]
+fn el0_dcc_access_is_refused_only_under_the_guests_tdcc() {
+    let mut d = DebugRegs::new();
+    let (el0t, el1h) = (0x0, 0x5);
+    assert!(!el0_dcc_refused(&d, el0t), "TDCC clear: RAZ/WI");
+    d.mdscr = MDSCR_TDCC;
+    assert!(el0_dcc_refused(&d, el0t));
+    assert!(!el0_dcc_refused(&d, el1h), "EL1 is not affected by TDCC");
+}
