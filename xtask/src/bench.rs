@@ -184,12 +184,13 @@ const BOOTS: [Boot; 6] = [
         want: &["neighbour_destroy_ns"],
     },
     // VM 1 (448 MiB) toggles its caches 6 times (18 VM-wide cleans without
-    // FEAT_S2FWB; arg 0x82 | 6 << 8) and is then destroyed, while VM 2 on
-    // CPU 1 times exit round trips throughout (arg 0x81 | 2000 << 8).
+    // FEAT_S2FWB, which `hyp.s2fwb=off` asks for on virt; arg 0x82 | 6 << 8)
+    // and is then destroyed, while VM 2 on CPU 1 times exit round trips
+    // throughout (arg 0x81 | 2000 << 8).
     Boot {
         plugin: false,
         smp: Some(2),
-        append: "guests=guest-bench:p:v1:mem=448:reap:arg=1666,guest-bench:v1:cpu=1:arg=512129",
+        append: "hyp.s2fwb=off guests=guest-bench:p:v1:mem=448:reap:arg=1666,guest-bench:v1:cpu=1:arg=512129",
         suffix: "",
         want: &["neighbour_cache_toggle_ns"],
     },
