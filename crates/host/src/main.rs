@@ -45,6 +45,7 @@ mod irqdev;
 mod linux;
 mod linuxdev;
 mod many;
+mod mem;
 mod pci;
 mod probe;
 mod restart;
@@ -358,12 +359,14 @@ pub fn start_cpus(cpus: u64, arg_ptr: u64) {
 /// The image's span there is host RAM nobody else uses. Word copies: the
 /// host runs with its MMU off, where unaligned accesses fault.
 pub unsafe fn load_image(module: &hyp_abi::Module, ram_pa: u64) {
-    let src = module.addr as *const u64;
-    let dst = (ram_pa + module.load_ipa - GUEST_RAM_IPA) as *mut u64;
-    for i in 0..module.size.div_ceil(8) as usize {
-        // SAFETY: the module lies below free_base (host RAM, identity
-        // mapped); the destination is the caller's (contract).
-        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+    // SAFETY: the module lies below free_base (host RAM, identity mapped,
+    // page aligned); the destination is the caller's (contract).
+    unsafe {
+        mem::copy_words(
+            ram_pa + module.load_ipa - GUEST_RAM_IPA,
+            module.addr,
+            module.size,
+        );
     }
 }
 
@@ -506,10 +509,7 @@ pub fn load_guest(info: &BootInfo, s: &Spec, ram_pa: u64) -> Handle {
     // never hands out RAM twice, and RAM the host never touched is zero
     // from boot.
     unsafe {
-        let dst = ram_pa as *mut u64;
-        for i in 0..(GUEST_RAM / 8) as usize {
-            dst.add(i).write_volatile(0);
-        }
+        mem::zero_words(ram_pa, GUEST_RAM);
         load_image(module, ram_pa);
     }
     let pages = s.ram / PAGE;

@@ -131,13 +131,22 @@ fn pci_intx(
     }
     let cell =
         |n: &fdt::node::FdtNode<'_, '_>, name: &str| n.property(name).and_then(|p| p.as_usize());
+    // Every entry names the same parent (the GIC) in practice, and each
+    // `find_phandle` walks the whole tree: the last answer is kept.
+    let last: core::cell::Cell<Option<(u32, Option<(usize, usize)>)>> = core::cell::Cell::new(None);
     let parent = |ph: u32| {
-        let p = fdt.find_phandle(ph)?;
-        // A parent without #address-cells contributes no unit address.
-        Some((
-            cell(&p, "#address-cells").unwrap_or(0),
-            cell(&p, "#interrupt-cells")?,
-        ))
+        if let Some((_, r)) = last.get().filter(|&(p, _)| p == ph) {
+            return r;
+        }
+        let r = fdt.find_phandle(ph).and_then(|p| {
+            // A parent without #address-cells contributes no unit address.
+            Some((
+                cell(&p, "#address-cells").unwrap_or(0),
+                cell(&p, "#interrupt-cells")?,
+            ))
+        });
+        last.set(Some((ph, r)));
+        r
     };
     Some(crate::vm::host_intx::from_interrupt_map(
         &cells[..n],
