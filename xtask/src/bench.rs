@@ -592,7 +592,7 @@ pub fn guest_records(platform: Platform) -> Result<(Vec<Record>, Vec<String>)> {
 
 /// Runs the guest benchmarks twice on `platform` (`cargo xtask test`):
 /// every metric reported, each a plausible instruction count (more than 0,
-/// under 10 million), and both runs identical; the first run's records
+/// under 10 million; `boot_to_guest` under a billion), and both runs identical; the first run's records
 /// (which `cargo xtask test` then compares with the baseline).
 pub fn check_twice(platform: Platform) -> Result<Vec<Record>> {
     let (a, notes_a) = guest_records(platform)?;
@@ -612,9 +612,12 @@ pub fn check_twice(platform: Platform) -> Result<Vec<Record>> {
     }
     check_barrier_counts(&ba)?;
     for m in GUEST_METRICS {
+        // Boot counts the whole start-up (on raspi4b, without FEAT_S2FWB,
+        // 60 million instructions of it clean the host's RAM to PoC).
+        let most = if m == "boot_to_guest" { 1e9 } else { 1e7 };
         match a.iter().find(|r| r.name == m) {
             None => return Err(format!("{}: {m} not reported", platform.dir())),
-            Some(r) if !(1.0..1e7).contains(&r.value) => {
+            Some(r) if !(1.0..most).contains(&r.value) => {
                 return Err(format!(
                     "{}: {m} = {} instructions",
                     platform.dir(),
