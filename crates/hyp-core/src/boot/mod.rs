@@ -133,7 +133,9 @@ fn pci_intx(
         |n: &fdt::node::FdtNode<'_, '_>, name: &str| n.property(name).and_then(|p| p.as_usize());
     // Every entry names the same parent (the GIC) in practice, and each
     // `find_phandle` walks the whole tree: the last answer is kept.
-    let last: core::cell::Cell<Option<(u32, Option<(usize, usize)>)>> = core::cell::Cell::new(None);
+    // (phandle, its #address-cells and #interrupt-cells)
+    type Cells = Option<(usize, usize)>;
+    let last: core::cell::Cell<Option<(u32, Cells)>> = core::cell::Cell::new(None);
     let parent = |ph: u32| {
         if let Some((_, r)) = last.get().filter(|&(p, _)| p == ph) {
             return r;
