@@ -769,7 +769,35 @@ pub fn bench(platform: Platform) -> Result<()> {
     for s in notes {
         println!("{s}");
     }
-    if records.iter().any(|r| r.method.is_some()) {
+    if platform == Platform::Qemu {
+        // The Linux boot is its own run (`--linux-boot`, a few minutes):
+        // its last result, if there is one.
+        let f = target_dir().join("bench").join("linux-boot.json");
+        let ratio = std::fs::read_to_string(&f).ok().and_then(|j| {
+            let v = j.split("\"linux_boot_ratio\":").nth(1)?;
+            v.trim_start()
+                .split(|c: char| c != '.' && !c.is_ascii_digit())
+                .next()?
+                .parse::<f64>()
+                .ok()
+        });
+        println!();
+        match ratio {
+            Some(r) => println!(
+                "linux_boot_ratio {r:.3} (goal <= 1.05; the last `cargo xtask bench --linux-boot`, {})",
+                f.display()
+            ),
+            None => println!(
+                "linux_boot_ratio: not measured in this tree yet (`cargo xtask bench --linux-boot`, a few minutes)"
+            ),
+        }
+    }
+    // The plugin's figures (idle_cost, boot_to_guest) are exact counts.
+    if records.iter().any(|r| {
+        r.method
+            .as_deref()
+            .is_some_and(|m| !m.starts_with("insn-count"))
+    }) {
         println!(
             "{}: the counter advances once every several instructions, so each guest figure \
              is the median over groups of that many iterations whose timed spans start at \
