@@ -313,10 +313,11 @@ sysregs! {
     PmccfiltrEl0 => "pmccfiltr_el0",
     /// PMUSERENR_EL0.
     PmuserenrEl0 => "pmuserenr_el0",
-    /// PMCEID0_EL0 (read-only).
-    Pmceid0El0 => "pmceid0_el0",
-    /// PMCEID1_EL0 (read-only).
-    Pmceid1El0 => "pmceid1_el0",
+    /// PMCEID0_EL0 (S3_3_C9_C12_6, read-only: the generic name, so the `msr` arm the macro
+    /// generates assembles; nothing calls it).
+    Pmceid0El0 => "s3_3_c9_c12_6",
+    /// PMCEID1_EL0 (S3_3_C9_C12_7, read-only).
+    Pmceid1El0 => "s3_3_c9_c12_7",
 }
 
 #[cfg(all(barriers_hw, not(test)))]

@@ -83,7 +83,15 @@ impl PmuReg {
     }
 
     /// Writes the register; only the guest consumes the write (EL2 counts nothing).
+    ///
+    /// # Panics
+    ///
+    /// PMCEID0/1_EL0, which are read-only (the write would be UNDEFINED at EL2).
     pub fn write(self, value: u64) -> Pending<GuestOnly> {
+        assert!(
+            !matches!(self, PmuReg::Ceid0 | PmuReg::Ceid1),
+            "PMCEID<n>_EL0 is read-only"
+        );
         write_pmu(self.sysreg(), value)
     }
 }

@@ -365,6 +365,8 @@ pub fn create(info: &'static BootInfo) -> Guest {
         first_cpu: 0,
         reap: false,
         reaped: AtomicBool::new(false),
+        roam: false,
+        hops: core::sync::atomic::AtomicUsize::new(0),
     }
 }
 
