@@ -2,7 +2,9 @@
 //! [7:0], the guest option `arg=N` above: N's low 4 bits pick the mode, the
 //! rest is the work per round in thousands of loop iterations (0: 10).
 //!
-//! - Mode 0, counting (vCPU 0 only): first the hostile accesses (a counter
+//! - Mode 0, counting (vCPU 0 only): a VM offered no PMU (ID_AA64DFR0_EL1
+//!   PMUVer 0: a protected VM) checks that its registers are UNDEFINED and
+//!   stops there. Otherwise, first the hostile accesses (a counter
 //!   past PMCR_EL0.N directly and through PMSELR_EL0, a write of PMCEID0,
 //!   an event number that does not exist) must be UNDEFINED or harmless;
 //!   then the PMU as the vCPU first sees it must be all zero (nothing left
@@ -96,7 +98,8 @@ fn on_exception(e: &Exception, f: &mut Frame) -> bool {
                     msr!("pmcntenclr_el0", u64::MAX);
                     msr!("pmovsclr_el0", ovs);
                 }
-                _ => OTHER_IRQS[c].store(OTHER_IRQS[c].load(Ordering::Relaxed) + 1, Ordering::Relaxed),
+                _ => OTHER_IRQS[c]
+                    .store(OTHER_IRQS[c].load(Ordering::Relaxed) + 1, Ordering::Relaxed),
             }
             if a.intid() != SPURIOUS {
                 gic::eoi(a);
@@ -140,13 +143,19 @@ fn hostile(vm: u64, n: u64) -> bool {
         && undefined(|| {
             let _ = mrs!("pmevcntr30_el0");
         });
-    println!("guest-pmu: VM {vm}: PMEVCNTR30_EL0 (N = {n}): {}", verdict(past || n == 31));
+    println!(
+        "guest-pmu: VM {vm}: PMEVCNTR30_EL0 (N = {n}): {}",
+        verdict(past || n == 31)
+    );
     ok &= past || n == 31;
     msr!("pmselr_el0", n);
     let sel = undefined(|| {
         let _ = mrs!("pmxevcntr_el0");
     }) && undefined(|| msr!("pmxevtyper_el0", CPU_CYCLES));
-    println!("guest-pmu: VM {vm}: PMXEVCNTR/PMXEVTYPER with PMSELR_EL0 = N: {}", verdict(sel));
+    println!(
+        "guest-pmu: VM {vm}: PMXEVCNTR/PMXEVTYPER with PMSELR_EL0 = N: {}",
+        verdict(sel)
+    );
     ok &= sel;
     let ro = undefined(|| msr!("s3_3_c9_c12_6", u64::MAX));
     println!("guest-pmu: VM {vm}: write of PMCEID0_EL0: {}", verdict(ro));
@@ -156,7 +165,14 @@ fn hostile(vm: u64, n: u64) -> bool {
     msr!("pmevtyper0_el0", u64::MAX);
     let t = mrs!("pmevtyper0_el0");
     let masked = t & NSH == 0 && t & 0x3f00_0000 == 0;
-    println!("guest-pmu: VM {vm}: PMEVTYPER0_EL0 all ones reads {t:#x}{}", if masked { "" } else { " (EL2 filter bits kept!)" });
+    println!(
+        "guest-pmu: VM {vm}: PMEVTYPER0_EL0 all ones reads {t:#x}{}",
+        if masked {
+            ""
+        } else {
+            " (EL2 filter bits kept!)"
+        }
+    );
     ok &= masked;
     msr!("pmevtyper0_el0", 0);
     ok
@@ -164,6 +180,20 @@ fn hostile(vm: u64, n: u64) -> bool {
 
 fn count(vm: u64, per_round: u64) -> bool {
     let dfr0 = mrs!("id_aa64dfr0_el1");
+    if (dfr0 >> 8) & 0xf == 0 {
+        // No PMU offered (a protected VM): its registers must be UNDEFINED.
+        let undef = undefined(|| {
+            let _ = mrs!("pmcr_el0");
+        }) && undefined(|| msr!("pmcntenset_el0", u64::MAX))
+            && undefined(|| {
+                let _ = mrs!("pmccntr_el0");
+            });
+        println!(
+            "guest-pmu: VM {vm}: no PMU (PMUVer 0); PMCR_EL0, PMCNTENSET_EL0, PMCCNTR_EL0: {}",
+            verdict(undef)
+        );
+        return undef;
+    }
     let pmcr = mrs!("pmcr_el0");
     let n = (pmcr >> 11) & 0x1f;
     println!(
@@ -176,14 +206,21 @@ fn count(vm: u64, per_round: u64) -> bool {
     }
     let mut ok = hostile(vm, n);
     // Nothing of anyone else's PMU (the hostile checks only wrote a type).
-    let mut fresh = mrs!("pmccntr_el0") | mrs!("pmovsset_el0") | mrs!("pmcntenset_el0") | mrs!("pmintenset_el1");
+    let mut fresh = mrs!("pmccntr_el0")
+        | mrs!("pmovsset_el0")
+        | mrs!("pmcntenset_el0")
+        | mrs!("pmintenset_el1");
     for i in 0..n {
         msr!("pmselr_el0", i);
         fresh |= mrs!("pmxevcntr_el0");
     }
     println!(
         "guest-pmu: VM {vm}: first look at the PMU: {}",
-        if fresh == 0 { "all zero" } else { "NOT all zero (another VM's counts?)" }
+        if fresh == 0 {
+            "all zero"
+        } else {
+            "NOT all zero (another VM's counts?)"
+        }
     );
     ok &= fresh == 0;
     let insts = mrs!("pmceid0_el0") & (1 << INST_RETIRED) != 0;
@@ -223,7 +260,9 @@ fn count(vm: u64, per_round: u64) -> bool {
         );
         ok &= w && y;
     } else {
-        println!("guest-pmu: VM {vm}: instructions: INST_RETIRED not implemented here, not checked");
+        println!(
+            "guest-pmu: VM {vm}: instructions: INST_RETIRED not implemented here, not checked"
+        );
     }
     let y = max_yield_cyc <= YIELD_MAX;
     println!(

@@ -462,6 +462,10 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
             fail(format_args!("bad guest option {p:?} in {spec:?}"));
         }
     }
+    if s.roam && s.vcpus != 1 {
+        // Its vCPUs would meet on one host CPU's turn.
+        fail(format_args!("roam needs one vCPU (:v1) in {spec:?}"));
+    }
     s
 }
 

@@ -47,7 +47,13 @@ pub const SPURIOUS: u32 = 1023;
 /// ICC_CTLR_EL1.EOImode (bit 1): priority drop and deactivation are separate.
 const EOIMODE_SPLIT: u64 = 1 << 1;
 
-const MINE: [u32; 5] = [HYP_TIMER_PPI, VTIMER_PPI, PMU_PPI, MAINTENANCE_PPI, KICK_SGI];
+const MINE: [u32; 5] = [
+    HYP_TIMER_PPI,
+    VTIMER_PPI,
+    PMU_PPI,
+    MAINTENANCE_PPI,
+    KICK_SGI,
+];
 
 fn write32(addr: u64, v: u32) {
     // SAFETY: `addr` is a GIC register EL2 maps as device memory (board

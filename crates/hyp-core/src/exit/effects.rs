@@ -279,7 +279,8 @@ fn apply(
             };
         }
         Action::SetWay => set_way_trap(c, who, vm, ctx, pending),
-        Action::Pmu { reg, rt, write } => match crate::vcpu::pmu::trap(c, ctx, reg, write, pending) {
+        Action::Pmu { reg, rt, write } => match crate::vcpu::pmu::trap(c, ctx, reg, write, pending)
+        {
             Ok(v) => {
                 if write.is_none() && rt != 31 {
                     ctx.regs.x[rt as usize] = v;
