@@ -77,9 +77,6 @@ pub const MAX_VCPUS: usize = 8;
 pub const MAX_LRS: usize = 16;
 /// The EL1 virtual timer PPI.
 pub const VTIMER_PPI: u32 = 27;
-/// The PMU overflow interrupt's PPI (a level: the vCPU's PMCR_EL0.E and an
-/// overflowed counter whose interrupt is enabled).
-pub const PMU_PPI: u32 = 23;
 /// The GIC maintenance interrupt PPI (physical; the hypervisor acknowledges it).
 pub const MAINTENANCE_PPI: u32 = 25;
 

@@ -33,10 +33,10 @@ pub const HYP_TIMER_PPI: u32 = 26;
 /// INTID of the EL1 virtual timer: taken at EL2 while a guest runs, then
 /// masked here and delivered as a virtual interrupt (see `vm.rs`).
 pub const VTIMER_PPI: u32 = 27;
-/// INTID of the PMU overflow interrupt: taken at EL2 while a guest vCPU's
-/// PMU is loaded, then masked here and delivered as a virtual interrupt
-/// (`vcpu::pmu`).
-pub const PMU_PPI: u32 = vgic::PMU_PPI;
+/// INTID of the PMU overflow interrupt (QEMU virt and raspi4b wire each
+/// CPU's PMU to its PPI 7): taken at EL2 while a guest vCPU's PMU is
+/// loaded, then masked here and delivered as the virtual one (`vcpu::pmu`).
+pub const PMU_PPI: u32 = 23;
 /// INTID of the virtual CPU interface's maintenance interrupt.
 pub const MAINTENANCE_PPI: u32 = 25;
 /// SGI the hypervisor sends to a CPU to make its running vCPU exit.

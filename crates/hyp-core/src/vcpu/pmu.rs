@@ -40,10 +40,9 @@ use crate::arch::esr::SysRegEnc;
 use barriers::pmu::PmuReg;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-/// INTID of the PMU overflow interrupt, physical (QEMU virt and raspi4b
-/// wire each CPU's PMU to its PPI 7) and virtual (the guest device tree's
+/// INTID of the virtual PMU's overflow interrupt (the guest device tree's
 /// `arm,armv8-pmuv3` node).
-pub const PMU_PPI: u32 = vgic::PMU_PPI;
+pub const PMU_PPI: u32 = hyp_abi::layout::PMU_INTID;
 
 /// PMCR_EL0.E: enable.
 pub const PMCR_E: u64 = 1 << 0;
@@ -569,7 +568,7 @@ mod cpu {
         c.pmu_loaded = false;
         if c.pmu_masked {
             if let Some(g) = gic::phys() {
-                g.ppi_enable(c.idx, PMU_PPI, true);
+                g.ppi_enable(c.idx, gic::PMU_PPI, true);
             }
             c.pmu_masked = false;
         }
@@ -617,7 +616,7 @@ mod cpu {
         let level = irq_level(&mut Hw(pending), p);
         let _ = vg.set_level(vcpu, PMU_PPI, level);
         if c.pmu_masked && !level {
-            g.ppi_enable(c.idx, PMU_PPI, true);
+            g.ppi_enable(c.idx, gic::PMU_PPI, true);
             c.pmu_masked = false;
         }
     }
