@@ -91,18 +91,6 @@ impl Facts for ContextFacts<'_> {
     }
 }
 
-/// The PMU `who` gets: a normal VM's vCPU on a CPU with one (pKVM gives
-/// none to the host or to protected VMs).
-fn guest_pmu(who: Who) -> Option<crate::vcpu::pmu::PmuInfo> {
-    let Who::Guest { slot, .. } = who else {
-        return None;
-    };
-    let normal = state::control()
-        .vm(slot as u64 + 1)
-        .is_ok_and(|vm| !vm.protected);
-    crate::vcpu::pmu::info().filter(|_| normal)
-}
-
 /// Reads the syndrome registers of the exit being handled.
 pub fn read_trap() -> Trap {
     Trap {
@@ -271,24 +259,12 @@ fn apply(
         }
         Action::IdRead { enc, rt } => {
             let v = super::idregs::sanitise(enc, sysreg::read_id(enc.crm, enc.op2)).unwrap_or(0);
-            ctx.regs.x[rt as usize] = if (enc.crm, enc.op2) == (5, 0) {
-                // ID_AA64DFR0_EL1: PMUVer for a VM that has the PMU.
-                crate::vcpu::pmu::dfr0_for_guest(v, guest_pmu(who))
-            } else {
-                v
-            };
+            ctx.regs.x[rt as usize] = super::pmu::id_read(who, enc, v);
         }
         Action::SetWay => set_way_trap(c, who, vm, ctx, pending),
-        Action::Pmu { reg, rt, write } => match crate::vcpu::pmu::trap(c, ctx, reg, write, pending)
-        {
-            Ok(v) => {
-                if write.is_none() && rt != 31 {
-                    ctx.regs.x[rt as usize] = v;
-                }
-                ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
-            }
-            Err(_) => inject_into(c, ctx, Injected::Undefined, pending),
-        },
+        Action::Pmu { reg, rt, write } => {
+            super::pmu::access(c, who, ctx, vg, reg, rt, write, pending);
+        }
         Action::TvmWrite { reg, value } => tvm_write(c, who, vm, ctx, reg, value, pending),
         Action::CpuOn {
             target,
@@ -541,7 +517,12 @@ fn tvm_write(
 }
 
 /// Injects `what` into the vCPU's EL1 (its EL1 registers are live on this CPU).
-fn inject_into(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, what: Injected, pending: &mut GuestPending) {
+pub(super) fn inject_into(
+    c: &mut Cpu<'_>,
+    ctx: &mut VcpuCtx,
+    what: Injected,
+    pending: &mut GuestPending,
+) {
     let e2h = &c.sync.hcr;
     let vbar = regs::VbarEl1::read(e2h);
     let i = inject::inject(what, ctx.regs.pc, ctx.regs.pstate, vbar);
@@ -570,13 +551,6 @@ pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPend
     let to_host = intid == gic::HYP_TIMER_PPI;
     match intid {
         gic::HYP_TIMER_PPI => gic::stop_slice(pending),
-        gic::PMU_PPI => {
-            // The loaded vCPU's PMU overflowed: as for the virtual timer
-            // (its level is sampled before each entry, `vcpu::pmu`). With
-            // no PMU loaded the line is masked until one is.
-            g.ppi_enable(c.idx, intid, false);
-            c.pmu_masked = true;
-        }
         gic::VTIMER_PPI => {
             // The running vCPU's virtual timer fired: mask the physical
             // PPI until the guest has dealt with it (its level is sampled
@@ -587,6 +561,7 @@ pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPend
         // Maintenance (the vGIC re-syncs after every exit) and kicks (the
         // exit itself was the point).
         gic::MAINTENANCE_PPI | gic::KICK_SGI => {}
+        _ if intid == gic::PMU_PPI => crate::vcpu::pmu::overflow_irq(c, g),
         _ if crate::vm::console_in::is_console_irq(intid) => {
             crate::vm::console_in::rx_irq(c, pending);
         }

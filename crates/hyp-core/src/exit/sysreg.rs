@@ -330,10 +330,12 @@ mod tests {
     }
 
     #[test]
-    fn impdef_and_pmu_are_other() {
-        // S3_0_C15_C0_0 (IMPLEMENTATION DEFINED) and PMCR_EL0 (3, 3, 9, 12, 0).
+    fn impdef_is_other_and_pmu_is_the_pmus() {
+        // S3_0_C15_C0_0 (IMPLEMENTATION DEFINED); PMCR_EL0 (3, 3, 9, 12, 0);
+        // the timer's CNTV_CTL_EL0 (3, 3, 14, 3, 1) beside the PMU's CRn.
         assert!(matches!(c(3, 0, 15, 0, 0), TrappedSysReg::Other(_)));
-        assert!(matches!(c(3, 3, 9, 12, 0), TrappedSysReg::Other(_)));
+        assert_eq!(c(3, 3, 9, 12, 0), TrappedSysReg::Pmu(pmu::GuestReg::Pmcr));
+        assert!(matches!(c(3, 3, 14, 3, 1), TrappedSysReg::Other(_)));
     }
 
     #[test]

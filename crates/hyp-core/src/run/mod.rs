@@ -304,7 +304,14 @@ fn guest_loop(
             VectorKind::Sync => effects::sync_exit(c, who, ctx, &mut pending, vm, trap),
             VectorKind::Irq | VectorKind::Fiq => {
                 vm.stats.record(ExitReason::Irq);
-                if effects::physical_irq(c, &cse, &mut pending) {
+                let to_host = effects::physical_irq(c, &cse, &mut pending);
+                if c.pmu_masked {
+                    // The PMU overflowed: its level to the vGIC.
+                    if let (Some((g, vg)), Who::Guest { vcpu, .. }) = (vgic, who) {
+                        pmu::sync_level(c, g, vg, vcpu, &mut pending);
+                    }
+                }
+                if to_host {
                     Next::ToHost(RunEnd::Runnable, [run_exit::YIELD, 0, 0, 0])
                 } else {
                     Next::Resume

@@ -105,9 +105,6 @@ pub fn vgic_before_entry(
         g.ppi_enable(c.idx, gic::VTIMER_PPI, true);
         c.vtimer_masked = false;
     }
-    if c.pmu_loaded {
-        crate::vcpu::pmu::before_entry(c, g, vg, ctx.vif.vcpu(), pending);
-    }
     if let Some(mut lrs) = Lrs::of(g, c.sync, pending) {
         ctx.vif.flush(vg, &mut lrs);
     }

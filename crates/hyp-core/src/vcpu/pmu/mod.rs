@@ -23,9 +23,9 @@
 //! The guest sees PMUv3 capped at FEAT_PMUv3p1 (32-bit event counters,
 //! 16-bit event numbers), with PMCR_EL0.N counters: MDCR_EL2.HPMN = N, all
 //! of them the guest's. The overflow interrupt is PPI 23 ([`PMU_PPI`]): the
-//! physical one is taken at EL2 while the owner runs, masked, and its level
-//! is the virtual PPI's ([`irq_level`], sampled before every entry of a
-//! vCPU whose PMU is loaded).
+//! physical one is taken at EL2 while the owner runs and masked, and its
+//! level ([`irq_level`]) becomes the virtual PPI's when the physical one
+//! is taken and after each of the vCPU's PMU accesses (`sync_level`).
 //!
 //! The host VM and protected VMs have no PMU (pKVM's policy, see
 //! ARCHITECTURE.md): their accesses are UNDEFINED and their ID_AA64DFR0_EL1
@@ -510,114 +510,6 @@ impl PmuHw for Hw<'_> {
 }
 
 #[cfg(target_arch = "aarch64")]
-pub use self::cpu::*;
-
-/// The PMU on the world switch and in trapped accesses (AArch64 only).
+mod cpu;
 #[cfg(target_arch = "aarch64")]
-mod cpu {
-    use super::{access, info, irq_level, load, save, GuestReg, Hw, PmuInfo, Undefined, PMU_PPI};
-    use crate::arch::gic;
-    use crate::vcpu::ctx::{Cpu, VcpuCtx};
-    use barriers::pmu::PmuReg;
-    use barriers::GuestPending;
-
-    /// This CPU's PMU (read at every CPU's bring-up; PMCR_EL0 only where
-    /// ID_AA64DFR0_EL1 says it exists, as it is UNDEFINED otherwise), recorded
-    /// for every vCPU; returns the MDCR_EL2 fields it needs ([`PmuInfo::mdcr`]).
-    pub fn probe() -> u64 {
-        let dfr0 = crate::arch::sysreg::read_id(5, 0);
-        let p = PmuInfo::new(dfr0, 0).map(|_| PmuInfo::new(dfr0, PmuReg::Pmcr.read()));
-        let p = p.flatten();
-        super::set_info(p);
-        p.map_or(0, |p| p.mdcr())
-    }
-
-    /// VCPU_RUN of a vCPU that has used the PMU: its state goes into the
-    /// hardware for the run. Nothing for one that has not.
-    #[inline(always)]
-    pub fn run_start(c: &mut Cpu<'_>, ctx: &VcpuCtx, pending: &mut GuestPending) {
-        if ctx.pmu.used {
-            start(c, ctx, pending);
-        }
-    }
-
-    #[inline(never)]
-    fn start(c: &mut Cpu<'_>, ctx: &VcpuCtx, pending: &mut GuestPending) {
-        if let Some(p) = info() {
-            load(&mut Hw(pending), &ctx.pmu, p);
-            c.pmu_loaded = true;
-        }
-    }
-
-    /// The end of a run: the vCPU's PMU leaves the hardware (saved, and the
-    /// hardware quiesced) so nobody else counts on it or sees its
-    /// overflows; the physical PPI, if masked for it, is enabled again (its
-    /// level is low now). `pending`: the host's entry ERET discharges it.
-    #[inline(always)]
-    pub fn run_end(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, pending: &mut GuestPending) {
-        if c.pmu_loaded {
-            end(c, ctx, pending);
-        }
-    }
-
-    #[inline(never)]
-    fn end(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, pending: &mut GuestPending) {
-        if let Some(p) = info() {
-            save(&mut Hw(pending), &mut ctx.pmu, p);
-        }
-        c.pmu_loaded = false;
-        if c.pmu_masked {
-            if let Some(g) = gic::phys() {
-                g.ppi_enable(c.idx, gic::PMU_PPI, true);
-            }
-            c.pmu_masked = false;
-        }
-    }
-
-    /// A trapped access of a normal VM's vCPU to PMU register `reg`
-    /// (`write`: the value of an MSR): its first one loads the reset state.
-    /// Returns the value an MRS reads.
-    ///
-    /// # Errors
-    ///
-    /// [`Undefined`]: no PMU, or what [`access`] refuses.
-    pub fn trap(
-        c: &mut Cpu<'_>,
-        ctx: &mut VcpuCtx,
-        reg: GuestReg,
-        write: Option<u64>,
-        pending: &mut GuestPending,
-    ) -> Result<u64, Undefined> {
-        let p = info().ok_or(Undefined)?;
-        if !c.pmu_loaded {
-            ctx.pmu.used = true;
-            load(&mut Hw(pending), &ctx.pmu, p);
-            c.pmu_loaded = true;
-        }
-        // PSTATE.M[3:2]: the Exception level the access came from.
-        let el = ((ctx.regs.pstate >> 2) & 3) as u8;
-        access(&mut Hw(pending), &mut ctx.pmu, p, reg, write, el)
-    }
-
-    /// Before an entry of vCPU `vcpu` (vGIC `vg`, physical GIC `g`) whose
-    /// PMU is loaded: its overflow level is the virtual PPI's, and once it
-    /// is low the physical PPI is enabled again.
-    #[inline(never)]
-    pub fn before_entry(
-        c: &mut Cpu<'_>,
-        g: &gic::Phys,
-        vg: &vgic::Vgic,
-        vcpu: usize,
-        pending: &mut GuestPending,
-    ) {
-        let Some(p) = info() else {
-            return;
-        };
-        let level = irq_level(&mut Hw(pending), p);
-        let _ = vg.set_level(vcpu, PMU_PPI, level);
-        if c.pmu_masked && !level {
-            g.ppi_enable(c.idx, gic::PMU_PPI, true);
-            c.pmu_masked = false;
-        }
-    }
-}
+pub use self::cpu::*;
