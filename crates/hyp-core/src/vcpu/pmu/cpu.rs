@@ -38,6 +38,7 @@ pub fn run_start(c: &mut Cpu<'_>, ctx: &VcpuCtx, pending: &mut GuestPending) {
     }
 }
 
+#[cold]
 #[inline(never)]
 fn start(c: &mut Cpu<'_>, ctx: &VcpuCtx, pending: &mut GuestPending) {
     if let Some(p) = info() {
@@ -57,6 +58,7 @@ pub fn run_end(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, pending: &mut GuestPending) {
     }
 }
 
+#[cold]
 #[inline(never)]
 fn end(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, pending: &mut GuestPending) {
     if let Some(p) = info() {
@@ -102,6 +104,7 @@ pub fn trap(
 /// was taken (only the hardware raises it), and after each of the
 /// vCPU's PMU accesses (only those lower it: every one traps). So no
 /// guest entry pays for sampling it.
+#[cold]
 #[inline(never)]
 pub fn sync_level(
     c: &mut Cpu<'_>,
