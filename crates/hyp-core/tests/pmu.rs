@@ -349,6 +349,11 @@ fn id_register_and_levels() {
         None,
         "IMPLEMENTATION DEFINED PMU"
     );
+    assert_eq!(
+        PmuInfo::new(0x4 << 8, 0),
+        None,
+        "no event counter: HPMN = 0"
+    );
     assert_eq!(PmuInfo { hw_ver: 9, n: 6 }.guest_ver(), pmu::PMUV3P1);
     assert_eq!(PmuInfo { hw_ver: 1, n: 6 }.guest_ver(), 1);
     assert_eq!(

@@ -12,10 +12,15 @@ use barriers::GuestPending;
 /// for every vCPU; returns the MDCR_EL2 fields it needs ([`PmuInfo::mdcr`]).
 pub fn probe() -> u64 {
     let dfr0 = crate::arch::sysreg::read_id(5, 0);
-    let p = PmuInfo::new(dfr0, 0).map(|_| PmuInfo::new(dfr0, PmuReg::Pmcr.read()));
-    let p = p.flatten();
+    // PMCR_EL0 is read only where the PMU exists (PMUVer, with any N).
+    let pmu = PmuInfo::new(dfr0, 1 << 11).is_some();
+    let p = if pmu {
+        PmuInfo::new(dfr0, PmuReg::Pmcr.read())
+    } else {
+        None
+    };
     super::set_info(p);
-    p.map_or(0, |p| p.mdcr())
+    super::mdcr_fields()
 }
 
 /// The physical PMU interrupt was taken: the loaded vCPU's PMU overflowed.

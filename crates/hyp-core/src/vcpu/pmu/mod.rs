@@ -98,17 +98,17 @@ pub struct PmuInfo {
 
 impl PmuInfo {
     /// From the hardware's ID_AA64DFR0_EL1 and (with a PMU) PMCR_EL0;
-    /// `None` without an Arm PMUv3.
+    /// `None` without an Arm PMUv3, or with no event counter (MDCR_EL2.HPMN
+    /// = 0 is CONSTRAINED UNPREDICTABLE without FEAT_HPMN0, so such a PMU is
+    /// not offered).
     #[must_use]
     pub const fn new(dfr0: u64, pmcr: u64) -> Option<Self> {
         let hw_ver = ((dfr0 >> 8) & 0xf) as u8;
-        if hw_ver == 0 || hw_ver == PMUVER_IMPDEF {
+        let n = ((pmcr >> 11) & 0x1f) as u8;
+        if hw_ver == 0 || hw_ver == PMUVER_IMPDEF || n == 0 {
             return None;
         }
-        Some(Self {
-            hw_ver,
-            n: ((pmcr >> 11) & 0x1f) as u8,
-        })
+        Some(Self { hw_ver, n })
     }
 
     /// The PMUVer a normal VM reads: the hardware's, capped at PMUv3p1.
@@ -175,6 +175,13 @@ pub fn info() -> Option<PmuInfo> {
         hw_ver: (v & 0xff) as u8,
         n: ((v >> 8) & 0x1f) as u8,
     })
+}
+
+/// The PMU fields of MDCR_EL2 ([`PmuInfo::mdcr`]; 0 without a PMU) that
+/// every context's MDCR_EL2 carries besides its traps.
+#[must_use]
+pub fn mdcr_fields() -> u64 {
+    info().map_or(0, |p| p.mdcr())
 }
 
 /// ID_AA64DFR0_EL1 as a VM reads it, from the value `idregs::sanitise`
