@@ -98,6 +98,10 @@ macro_rules! sysregs {
             $($(#[$m])* $v,)*
             /// `ICH_LR<n>_EL2`, n in 0..16.
             IchLr(u8),
+            /// `PMEVCNTR<n>_EL0`, n in 0..31.
+            PmEvCntr(u8),
+            /// `PMEVTYPER<n>_EL0`, n in 0..31.
+            PmEvTyper(u8),
         }
 
         impl SysReg {
@@ -106,6 +110,8 @@ macro_rules! sysregs {
                 match self {
                     $(SysReg::$v => $asm,)*
                     SysReg::IchLr(_) => "ich_lr<n>_el2",
+                    SysReg::PmEvCntr(_) => "pmevcntr<n>_el0",
+                    SysReg::PmEvTyper(_) => "pmevtyper<n>_el0",
                 }
             }
         }
@@ -130,6 +136,10 @@ macro_rules! sysregs {
                     },)*
                     // SAFETY: as above.
                     SysReg::IchLr(n) => unsafe { super::hw_ich::write_lr(n, value) },
+                    // SAFETY: as above.
+                    SysReg::PmEvCntr(n) => unsafe { super::hw_pmu::write_evcntr(n, value) },
+                    // SAFETY: as above.
+                    SysReg::PmEvTyper(n) => unsafe { super::hw_pmu::write_evtyper(n, value) },
                 }
             }
 
@@ -144,6 +154,8 @@ macro_rules! sysregs {
                         asm!(concat!("mrs {0}, ", $asm), out(reg) value, options(nomem, nostack, preserves_flags))
                     },)*
                     SysReg::IchLr(n) => value = super::hw_ich::read_lr(n),
+                    SysReg::PmEvCntr(n) => value = super::hw_pmu::read_evcntr(n),
+                    SysReg::PmEvTyper(n) => value = super::hw_pmu::read_evtyper(n),
                 }
                 value
             }
@@ -281,6 +293,135 @@ sysregs! {
     HcrxEl2 => "s3_4_c1_c2_2",
     /// CPUACTLR_EL1 (S3_1_C15_C2_0): Cortex-A57/A72 IMPLEMENTATION DEFINED auxiliary control.
     CpuactlrEl1 => "s3_1_c15_c2_0",
+    /// PMCR_EL0.
+    PmcrEl0 => "pmcr_el0",
+    /// PMCNTENSET_EL0.
+    PmcntensetEl0 => "pmcntenset_el0",
+    /// PMCNTENCLR_EL0.
+    PmcntenclrEl0 => "pmcntenclr_el0",
+    /// PMINTENSET_EL1.
+    PmintensetEl1 => "pmintenset_el1",
+    /// PMINTENCLR_EL1.
+    PmintenclrEl1 => "pmintenclr_el1",
+    /// PMOVSSET_EL0.
+    PmovssetEl0 => "pmovsset_el0",
+    /// PMOVSCLR_EL0.
+    PmovsclrEl0 => "pmovsclr_el0",
+    /// PMCCNTR_EL0.
+    PmccntrEl0 => "pmccntr_el0",
+    /// PMCCFILTR_EL0.
+    PmccfiltrEl0 => "pmccfiltr_el0",
+    /// PMUSERENR_EL0.
+    PmuserenrEl0 => "pmuserenr_el0",
+    /// PMCEID0_EL0 (S3_3_C9_C12_6, read-only: the generic name, so the `msr` arm the macro
+    /// generates assembles; nothing calls it).
+    Pmceid0El0 => "s3_3_c9_c12_6",
+    /// PMCEID1_EL0 (S3_3_C9_C12_7, read-only).
+    Pmceid1El0 => "s3_3_c9_c12_7",
+}
+
+#[cfg(all(barriers_hw, not(test)))]
+mod hw_pmu {
+    use core::arch::asm;
+
+    macro_rules! indexed {
+        ($write:ident, $read:ident, $name:literal, $($i:literal),*) => {
+            /// # Safety
+            ///
+            /// As for [`super::hw_sysreg::msr`].
+            pub(crate) unsafe fn $write(n: u8, v: u64) {
+                match n {
+                    // SAFETY: the typed writer's contract covers the write; the instruction
+                    // touches no memory.
+                    $($i => unsafe { asm!(concat!("msr ", $name, $i, "_el0, {0}"), in(reg) v, options(nostack, preserves_flags)) },)*
+                    _ => panic!("PMU counter index out of range (0..31)"),
+                }
+            }
+
+            pub(crate) fn $read(n: u8) -> u64 {
+                let v: u64;
+                match n {
+                    // SAFETY: reading a counter or its type has no side effects.
+                    $($i => unsafe { asm!(concat!("mrs {0}, ", $name, $i, "_el0"), out(reg) v, options(nomem, nostack, preserves_flags)) },)*
+                    _ => panic!("PMU counter index out of range (0..31)"),
+                }
+                v
+            }
+        };
+    }
+
+    indexed!(
+        write_evcntr,
+        read_evcntr,
+        "pmevcntr",
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+        9,
+        10,
+        11,
+        12,
+        13,
+        14,
+        15,
+        16,
+        17,
+        18,
+        19,
+        20,
+        21,
+        22,
+        23,
+        24,
+        25,
+        26,
+        27,
+        28,
+        29,
+        30
+    );
+    indexed!(
+        write_evtyper,
+        read_evtyper,
+        "pmevtyper",
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+        9,
+        10,
+        11,
+        12,
+        13,
+        14,
+        15,
+        16,
+        17,
+        18,
+        19,
+        20,
+        21,
+        22,
+        23,
+        24,
+        25,
+        26,
+        27,
+        28,
+        29,
+        30
+    );
 }
 
 impl SysReg {

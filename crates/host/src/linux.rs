@@ -275,6 +275,7 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
         virtio: crate::linuxdev::dt_nodes(),
         dma_pool: cfg.protected.then(|| cfg.dma_pool()),
         hostile: crate::dtb::Hostile::None,
+        pmu: !cfg.protected,
     })
     .unwrap_or_else(|e| fail(format_args!("device tree: {e}")));
     if dtb.len() as u64 > DTB_ROOM {
@@ -365,6 +366,8 @@ pub fn create(info: &'static BootInfo) -> Guest {
         first_cpu: 0,
         reap: false,
         reaped: AtomicBool::new(false),
+        roam: false,
+        hops: core::sync::atomic::AtomicUsize::new(0),
     }
 }
 

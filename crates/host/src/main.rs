@@ -20,7 +20,8 @@
 //!
 //! Guest list syntax: `guests=NAME[:p][:vN][:lazy],...` (`:p` protected, `:vN` N
 //! vCPUs, default 4 for one guest, else 1; `:lazy` memory mapped at stage 2
-//! on first touch, see `bench.rs`).
+//! on first touch, see `bench.rs`; `:roam`: a one-vCPU guest moves to the
+//! next host CPU after each run).
 //!
 //! Without `guests=` or `guest=` the host runs the protected-guest demo
 //! ([`demo`], issue 7): two protected guests and one normal guest
@@ -91,6 +92,24 @@ pub struct Guest {
     reap: bool,
     /// Destroyed already (`reap`).
     reaped: AtomicBool,
+    /// Guest option `roam` (one vCPU): after each of its runs the vCPU
+    /// moves on to the next host CPU ([`Guest::hops`] of them so far).
+    roam: bool,
+    /// Runs of a `roam` guest, each on another host CPU than the last.
+    hops: AtomicUsize,
+}
+
+impl Guest {
+    /// The host CPU that runs vCPU `v` now: (`cpu=` + v) mod CPUs, moved on
+    /// by one with each run of a `roam` guest.
+    fn cpu_of(&self, v: usize, cpus: usize) -> usize {
+        let hops = if self.roam {
+            self.hops.load(Ordering::Acquire)
+        } else {
+            0
+        };
+        (self.first_cpu + v + hops) % cpus
+    }
 }
 
 /// Counter value when the host started serving its guests (guest option
@@ -394,6 +413,7 @@ pub struct Spec {
     ram: u64,
     first_cpu: usize,
     reap: bool,
+    roam: bool,
 }
 
 /// Parses guest list entry `spec` (one of `count`).
@@ -409,6 +429,7 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
         ram: GUEST_RAM,
         first_cpu: 0,
         reap: false,
+        roam: false,
     };
     for p in parts {
         if p == "p" {
@@ -417,6 +438,8 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
             s.lazy = true;
         } else if p == "reap" {
             s.reap = true;
+        } else if p == "roam" {
+            s.roam = true;
         } else if let Some(mib) = p
             .strip_prefix("mem=")
             .and_then(|v| v.parse::<u64>().ok())
@@ -438,6 +461,10 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
         } else {
             fail(format_args!("bad guest option {p:?} in {spec:?}"));
         }
+    }
+    if s.roam && s.vcpus != 1 {
+        // Its vCPUs would meet on one host CPU's turn.
+        fail(format_args!("roam needs one vCPU (:v1) in {spec:?}"));
     }
     s
 }
@@ -478,6 +505,8 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         first_cpu: s.first_cpu,
         reap: s.reap,
         reaped: AtomicBool::new(false),
+        roam: s.roam,
+        hops: AtomicUsize::new(0),
     }
 }
 
@@ -557,8 +586,12 @@ fn serve(cpu: usize) {
                 continue;
             }
             for v in 0..g.vcpus {
-                if (g.first_cpu + v) % cpus == cpu {
+                if g.cpu_of(v, cpus) == cpu {
                     let r = run_vcpu(g, v as u64);
+                    if g.roam {
+                        // The next run is another CPU's (this one's is over).
+                        g.hops.fetch_add(1, Ordering::AcqRel);
+                    }
                     idle = idle.zip(r).map(|(a, b)| a.min(b));
                     ran = true;
                     if cpu + 1 == cpus {
@@ -783,6 +816,14 @@ fn teardown(n: usize) {
             continue;
         }
         let exits = call(hyp_abi::STATS, [g.handle.0, hyp_abi::STATS_TOTAL, 0, 0]).unwrap_or(0);
+        if g.roam {
+            println!(
+                "host: VM {} ({}) moved to another host CPU {} times",
+                g.handle.0,
+                g.name,
+                g.hops.load(Ordering::Acquire)
+            );
+        }
         match hostif::destroy_vm(g.handle.0) {
             Ok(scrubbed) => {
                 println!(

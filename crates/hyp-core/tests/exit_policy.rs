@@ -9,6 +9,7 @@ use hyp_core::calls::smccc::{self as call, vendor};
 use hyp_core::exit::policy::{self, Action, Decision, Exit, Facts, Trap, VgicFrames};
 use hyp_core::exit::sysreg::VmReg;
 use hyp_core::vcpu::inject::Injected;
+use hyp_core::vcpu::pmu::GuestReg;
 use hyp_core::vcpu::Who;
 use hyp_core::vm::control::RunEnd;
 use smccc::psci;
@@ -192,6 +193,7 @@ const DC_CISW: SysRegEnc = SysRegEnc::new(1, 0, 7, 14, 2);
 const MDSCR_EL1: SysRegEnc = SysRegEnc::new(2, 0, 0, 2, 2);
 const OSLSR_EL1: SysRegEnc = SysRegEnc::new(2, 0, 1, 1, 4);
 const PMCR_EL0: SysRegEnc = SysRegEnc::new(3, 3, 9, 12, 0);
+const PMEVCNTR30_EL0: SysRegEnc = SysRegEnc::new(3, 3, 14, 11, 6);
 
 fn then(action: Action) -> Decision {
     Decision { pc_step: 4, action }
@@ -1268,10 +1270,39 @@ fn sysreg_traps() {
             then(Action::Resume),
         ),
         (
-            "PMU registers are UNDEFINED",
+            "a normal VM's PMU registers go to the virtual PMU (read)",
             sys(PMCR_EL0, 1, true),
             vec![],
             g,
+            at(Action::Pmu {
+                reg: GuestReg::Pmcr,
+                rt: 1,
+                write: None,
+            }),
+        ),
+        (
+            "a normal VM's PMU registers go to the virtual PMU (write)",
+            sys(PMEVCNTR30_EL0, 2, false),
+            vec![0, 0, 77],
+            g,
+            at(Action::Pmu {
+                reg: GuestReg::Evcntr(30),
+                rt: 2,
+                write: Some(77),
+            }),
+        ),
+        (
+            "a protected VM has no PMU (pKVM)",
+            sys(PMCR_EL0, 1, true),
+            vec![],
+            protected(),
+            at(Action::Inject(Injected::Undefined)),
+        ),
+        (
+            "the host has no PMU",
+            sys(PMCR_EL0, 1, true),
+            vec![],
+            host(),
             at(Action::Inject(Injected::Undefined)),
         ),
     ]);

@@ -320,6 +320,16 @@ pub enum Action {
     },
     /// DC ISW/CSW/CISW trapped by HCR_EL2.TSW.
     SetWay,
+    /// A normal VM's access to a PMU register: the virtual PMU performs
+    /// it (the PC steps past it) or refuses it (UNDEF injected at it).
+    Pmu {
+        /// The register.
+        reg: crate::vcpu::pmu::GuestReg,
+        /// Rt (an MRS's destination; XZR: 31).
+        rt: u8,
+        /// An MSR's value.
+        write: Option<u64>,
+    },
     /// A write trapped by HCR_EL2.TVM: perform it on the vCPU's behalf.
     TvmWrite {
         /// The register.
@@ -673,8 +683,9 @@ const fn size_mask(bytes: u64) -> u64 {
 
 /// Trapped MSR/MRS and system instructions: ICC_SGI1R_EL1 (HCR_EL2.IMO),
 /// ID registers (TID3), the virtual-memory controls (TVM), set/way cache
-/// maintenance (TSW), debug registers (RAZ/WI); anything else
-/// (implementation-defined registers, PMU) is UNDEFINED.
+/// maintenance (TSW), debug registers (RAZ/WI), a normal VM's PMU
+/// registers (TPM); anything else (implementation-defined registers, the
+/// host's and protected VMs' PMU accesses) is UNDEFINED.
 #[inline(always)]
 fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decision {
     let who = facts.who();
@@ -695,6 +706,13 @@ fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decisi
             Action::Resume
         }),
         TrappedSysReg::Vm(reg) if !access.read => then(Action::TvmWrite { reg, value }),
+        // The PMU is a normal VM's only (pKVM: not the host's, not a
+        // protected VM's); the rest fall to UNDEF below.
+        TrappedSysReg::Pmu(reg) if guest && !facts.protected() => at(Action::Pmu {
+            reg,
+            rt,
+            write: (!access.read).then_some(value),
+        }),
         // Debug registers (op0 = 2, trapped by MDCR_EL2.TDA/TDOSA): RAZ/WI
         // instead of UNDEF, because Linux writes MDSCR_EL1 and the OS lock
         // registers at boot (see `sysreg::debug_read`).
