@@ -136,18 +136,16 @@ fn mmio_guard_only_guarded_pages_reach_the_host() {
     );
 }
 
-/// Item 6: with `hyp.s2fwb=on`, HCR_EL2.FWB stays set for the host and every
-/// VM across every world switch, in the release image the tests boot. A
+/// Item 6: with FEAT_S2FWB (QEMU's `-cpu max` has it, and the hypervisor
+/// uses it by default), HCR_EL2.FWB stays set for the host and every VM
+/// across every world switch, in the release image the tests boot. A
 /// switch that dropped it is refused by `HcrEl2::write_traps_only` in every
 /// build (FWB is not a trap bit); before the fix the vCPUs' saved HCR lacked
 /// it and the first switch panicked (`non-trap fields 0x400000000000
 /// change`). The demo runs (three VMs, two protected) and passes.
 #[test]
 fn s2fwb_stays_on_across_world_switches_in_release() {
-    let mut q = Qemu::boot(BootOptions {
-        append: Some("hyp.s2fwb=on".to_owned()),
-        ..BootOptions::default()
-    });
+    let mut q = Qemu::boot(BootOptions::default());
     q.expect_exact(
         "hyp: stage 2 uses FEAT_S2FWB: no guest cache-maintenance traps",
         T,

@@ -116,6 +116,9 @@ struct Board {
     /// (QEMU `-cpu max` and Cortex-A72 alike). `None` for the project's
     /// kernel, built without CONFIG_PERF_EVENTS (so without the driver).
     hw_breakpoint: Option<&'static str>,
+    /// The kernel has the Arm PMU driver (Debian's; the project's config
+    /// leaves it out), so a normal VM's boot must find the virtual PMU.
+    perf: bool,
 }
 
 /// The hw-breakpoint driver's line on both boards.
@@ -137,6 +140,7 @@ const VIRT: Board = Board {
     modules: true,
     protected: false,
     hw_breakpoint: Some(HW_BREAKPOINT),
+    perf: true,
 };
 
 /// QEMU virt with the project's kernel (xtask/src/kbuild.rs, built by
@@ -148,6 +152,7 @@ const VIRT_BUILT: Board = Board {
     banner: "(hyp@xtask)",
     modules: false,
     hw_breakpoint: None,
+    perf: false,
     ..VIRT
 };
 
@@ -166,6 +171,7 @@ const RPI4_BUILT: Board = Board {
     banner: "(hyp@xtask)",
     modules: false,
     hw_breakpoint: None,
+    perf: false,
     ..RPI4
 };
 
@@ -182,6 +188,7 @@ const RPI4: Board = Board {
     modules: true,
     protected: false,
     hw_breakpoint: Some(HW_BREAKPOINT),
+    perf: true,
 };
 
 /// Boots the Linux guest the xtask step prepared for `board` on 2 host
@@ -330,6 +337,14 @@ fn boots_on_two_vcpus(board: Board) {
     }
     q.expect_line("ttyAMA0 at MMIO 0x9000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
+    if board.perf {
+        // The virtual PMU (the device tree's arm,armv8-pmuv3 node, PPI 23):
+        // PMCR_EL0.N = 6 event counters and the cycle counter, on QEMU
+        // virt's `max` and raspi4b's Cortex-A72 alike.
+        let log = q.log().join("\n");
+        let want = "hw perfevents: enabled with armv8_pmuv3 PMU driver, 7 counters available";
+        assert!(log.contains(want), "no {want:?}:\n{log}");
+    }
     eprintln!(
         "linux_guest: init marker after {:.1} s",
         start.elapsed().as_secs_f64()
@@ -444,6 +459,12 @@ fn protected_linux_boots_through_the_firmware() {
     assert!(banner.contains("Debian"), "unexpected banner: {banner}");
     q.expect_line("smp: Brought up 1 node, 2 CPUs", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
+    // pKVM gives a protected VM no PMU: no device tree node, PMUVer 0.
+    assert!(
+        !q.log().iter().any(|l| l.contains("hw perfevents")),
+        "a protected VM found a PMU:\n{}",
+        q.log().join("\n")
+    );
     q.expect_guest(1, "LINUX-GUEST-DONE", T);
     q.expect_line("host: VM 1 (linux) powered off", T);
     assert_eq!(q.expect_exit(T), 0);

@@ -1,6 +1,7 @@
 //! A misbehaving guest and a well-behaved one at the same time, sharing a
 //! physical CPU: guest-faults (unknown calls, aborts outside its memory and
-//! without syndrome, IMPLEMENTATION DEFINED and PMU registers, MEM_SHARE of
+//! without syndrome, IMPLEMENTATION DEFINED registers and PMU counters past
+//! PMCR_EL0.N, MEM_SHARE of
 //! memory it does not own, and first of all two seconds spinning with
 //! interrupts masked) and guest-hello with 4 vCPUs. The hypervisor and
 //! guest-hello carry on: guest-hello runs and finishes while guest-faults is
@@ -59,7 +60,7 @@ fn run(board: TestBoard) {
         "[vm1] guest-faults: read at 0x100000000: data abort injected, ESR_EL1=0x96000010 FAR_EL1=0x100000000",
         "[vm1] guest-faults: ldp at 0xc000000 (no syndrome): data abort injected, ESR_EL1=0x96000010 FAR_EL1=0xc000000",
         "[vm1] guest-faults: mrs s3_0_c15_c0_0 (IMPLEMENTATION DEFINED): undefined instruction, ESR_EL1=0x2000000",
-        "[vm1] guest-faults: mrs PMCR_EL0: undefined instruction, ESR_EL1=0x2000000",
+        "[vm1] guest-faults: mrs PMEVCNTR30_EL0: undefined instruction, ESR_EL1=0x2000000",
         "[vm1] guest-faults: MEM_SHARE(0x100000000) = -3",
     ] {
         at(line);

@@ -1428,7 +1428,20 @@ mod tests {
             virtio: &[],
             dma_pool: None,
             hostile: host_dtb::Hostile::None,
+            pmu: true,
         }
+    }
+
+    /// A protected VM's tree has no PMU node (pKVM gives it no PMU).
+    #[test]
+    fn host_linux_dtb_gives_a_protected_vm_no_pmu() {
+        let dtb = host_dtb::linux_dtb(&host_dtb::LinuxVm {
+            pmu: false,
+            ..vm(hyp_abi::Vgic::V3, 2, 256 << 20)
+        })
+        .expect("dtb");
+        let fdt = fdt::Fdt::new(&dtb).expect("parses");
+        assert!(fdt.find_node("/pmu").is_none());
     }
 
     /// A protected VM's tree: one restricted DMA pool in reserved-memory,
@@ -1566,6 +1579,16 @@ mod tests {
         assert_eq!(
             cells(timer.property("interrupts").expect("interrupts")),
             [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]
+        );
+        // A normal VM's PMU: its overflow interrupt is PPI 7 (INTID 23).
+        let pmu = fdt.find_node("/pmu").expect("pmu");
+        assert_eq!(
+            pmu.property("compatible").and_then(|p| p.as_str()),
+            Some("arm,armv8-pmuv3")
+        );
+        assert_eq!(
+            cells(pmu.property("interrupts").expect("interrupts")),
+            [1, 7, 4]
         );
         let clk = fdt.find_node("/apb-pclk").expect("clock");
         assert_eq!(

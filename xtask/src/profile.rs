@@ -329,7 +329,9 @@ fn read_trace(path: &Path) -> Result<Trace> {
     let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let t = Trace::read(BufReader::with_capacity(1 << 20, f))
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let _ = std::fs::remove_file(path);
+    if std::env::var_os("HYP_PROFILE_KEEP").is_none() {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(t)
 }
 

@@ -49,6 +49,7 @@ fn honest() -> LinuxVm<'static> {
         virtio: &DEVS,
         dma_pool: Some(POOL),
         hostile: Hostile::None,
+        pmu: false,
     }
 }
 

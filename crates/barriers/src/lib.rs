@@ -20,7 +20,7 @@
 //!
 //! | class | produced by | consumer that needs a [`Synced<K>`](sync::Synced) proof | ERET may discharge |
 //! |---|---|---|---|
-//! | [`sync::GuestOnly`] | HCR_EL2 trap bits ([`regs::HcrEl2::write_traps_only`]), EL1 context, VBAR_EL2, CNTHCTL/CNTVOFF/VPIDR/VMPIDR/MDCR_EL2, ICH_* (I_SFZVV) | none at EL2 | yes |
+//! | [`sync::GuestOnly`] | HCR_EL2 trap bits ([`regs::HcrEl2::write_traps_only`]), EL1 context, VBAR_EL2, CNTHCTL/CNTVOFF/VPIDR/VMPIDR/MDCR_EL2, ICH_*, the PMU registers ([`pmu`]) (I_SFZVV) | none at EL2 | yes |
 //! | [`sync::El1Names`] | HCR_EL2.E2H/TGE ([`regs::HcrEl2::write`]) | `*_EL1`-named accesses, TCR_EL2/CPTR_EL2 writes (invariant 6) | — |
 //! | [`sync::VmidCtx`] | VTTBR_EL2 ([`vttbr::Vttbr::load`]), VTCR_EL2, HCR_EL2.TGE/VM | TLBI by VMID (the stage-2 batch synchronises it itself) | yes |
 //! | [`sync::El2Fp`] | CPTR_EL2 clearing FP traps | EL2 FP/SIMD use (invariant 8) | yes |
@@ -71,6 +71,7 @@ extern crate std;
 pub mod check;
 pub mod insn;
 pub mod maint;
+pub mod pmu;
 pub mod pt;
 pub mod regs;
 pub mod sync;

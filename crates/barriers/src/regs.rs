@@ -37,6 +37,15 @@ unsafe fn write_raw(reg: SysReg, value: u64) -> u64 {
     changed
 }
 
+/// A PMU register write ([`crate::pmu::PmuReg::write`]): guest-only, like the EL1 context.
+pub(crate) fn write_pmu(reg: SysReg, value: u64) -> Pending<GuestOnly> {
+    // SAFETY: the PMU registers only configure counting and the overflow interrupt; EL2 counts
+    // nothing for itself (its event filters exclude EL2, `hyp-core`'s `vcpu::pmu`) and takes the
+    // interrupt like any other.
+    let changed = unsafe { write_raw(reg, value) };
+    Pending::new(reg, changed)
+}
+
 macro_rules! el2_reg {
     ($(#[$m:meta])* $name:ident, $reg:ident, $class:ty, safety = $safety:literal) => {
         $(#[$m])*

@@ -226,6 +226,11 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
         // it is UNDEFINED.
         unsafe { asm!("mrs {0}, pmcr_el0", out(reg) _, options(nomem, nostack)) };
     });
+    outcome("mrs PMEVCNTR30_EL0", || {
+        // SAFETY: deliberately reads a counter past PMCR_EL0.N; the hook
+        // skips it if it is UNDEFINED.
+        unsafe { asm!("mrs {0}, pmevcntr30_el0", out(reg) _, options(nomem, nostack)) };
+    });
 
     let pfr0 = mrs!("id_aa64pfr0_el1");
     let l = fields(

@@ -296,6 +296,7 @@ fn dt(info: &BootInfo) {
         virtio: &inside,
         dma_pool: Some(DT_POOL),
         hostile: Hostile::None,
+        pmu: false,
     };
     // The honest tree with a /memreserve/ entry patched in (it would hide
     // RAM from the kernel): refused by the firmware's format check.

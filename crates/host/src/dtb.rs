@@ -6,7 +6,8 @@
 //! distributor and one redistributor per vCPU (bindings:
 //! interrupt-controller/arm,gic-v3.yaml), or GICv2's distributor and CPU
 //! interface (interrupt-controller/arm,gic.yaml), the architected timer's
-//! PPIs (timer/arm,arch_timer.yaml), the PL011 with its fixed 24 MHz clock
+//! PPIs (timer/arm,arch_timer.yaml), a normal VM's PMU and its PPI
+//! (perf/arm,pmu.yaml), the PL011 with its fixed 24 MHz clock
 //! (serial/arm,pl011.yaml), and `/chosen` with the command line, the initrd
 //! and `stdout-path`; every address from `hyp_abi::layout` (QEMU virt's, on
 //! every board).
@@ -23,7 +24,8 @@ use alloc::vec::Vec;
 
 use hw_regs::gic::{GICD_SIZE_V2, GICD_SIZE_V3, GICR_STRIDE};
 use hyp_abi::layout::{
-    GICC_V2_IPA, GICC_V2_SIZE, GICD_IPA, GICR_IPA, RAM_IPA, UART_INTID, UART_IPA, UART_SIZE,
+    GICC_V2_IPA, GICC_V2_SIZE, GICD_IPA, GICR_IPA, PMU_INTID, RAM_IPA, UART_INTID, UART_IPA,
+    UART_SIZE,
 };
 use hyp_abi::Vgic;
 use vm_fdt::{Error, FdtWriter};
@@ -143,6 +145,9 @@ pub struct LinuxVm<'a> {
     pub dma_pool: Option<(u64, u64)>,
     /// [`Hostile::None`] but in the host's attacks.
     pub hostile: Hostile,
+    /// The VM has the virtual PMU (a normal VM: pKVM gives protected VMs
+    /// none): an `arm,armv8-pmuv3` node with its PPI.
+    pub pmu: bool,
 }
 
 /// The device tree of `vm`: its memory, vCPUs, GIC, timer, PL011, command
@@ -166,6 +171,7 @@ pub fn linux_dtb(vm: &LinuxVm<'_>) -> Result<Vec<u8>, Error> {
         virtio,
         dma_pool,
         hostile,
+        pmu,
     } = *vm;
     let uart = format!("pl011@{UART_IPA:x}");
     let mut w = FdtWriter::new()?;
@@ -244,6 +250,15 @@ pub fn linux_dtb(vm: &LinuxVm<'_>) -> Result<Vec<u8>, Error> {
             let f = ppi_flags(gic, vcpus);
             w.property_array_u32("interrupts", &[1, 13, f, 1, 14, f, 1, 11, f, 1, 10, f])
         })?;
+
+        if pmu {
+            // perf/arm,pmu.yaml: the overflow interrupt, a PPI.
+            node(w, "pmu", |w| {
+                w.property_string("compatible", "arm,armv8-pmuv3")?;
+                let f = ppi_flags(gic, vcpus);
+                w.property_array_u32("interrupts", &[1, PMU_INTID - 16, f])
+            })?;
+        }
 
         node(w, "apb-pclk", |w| {
             w.property_string("compatible", "fixed-clock")?;

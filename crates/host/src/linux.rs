@@ -94,24 +94,6 @@ fn rd64(pa: u64) -> u64 {
     unsafe { (pa as *const u64).read_volatile() }
 }
 
-/// Copies `len` bytes (rounded up to 8) from `src` to `dst`, both 8-byte
-/// aligned host RAM. Word copies: with the MMU off unaligned accesses fault.
-fn copy(dst: u64, src: u64, len: u64) {
-    for i in 0..len.div_ceil(8) {
-        // SAFETY: both ranges are host RAM nobody else uses now (the blob
-        // QEMU loaded, the guest's freshly allocated RAM).
-        unsafe { ((dst + 8 * i) as *mut u64).write_volatile(rd64(src + 8 * i)) };
-    }
-}
-
-/// Zeroes `len` bytes at 8-byte aligned `dst`.
-fn zero(dst: u64, len: u64) {
-    for i in 0..len.div_ceil(8) {
-        // SAFETY: as in `copy`.
-        unsafe { ((dst + 8 * i) as *mut u64).write_volatile(0) };
-    }
-}
-
 /// The kernel's VM as the boot arguments describe it, kept for restarts.
 struct Config {
     kernel: Blob,
@@ -258,7 +240,9 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
     let pa_of = |ipa: u64| ram_pa + (ipa - GUEST_RAM_IPA);
     let (initrd_ipa, dtb_ipa) = (cfg.initrd_ipa(), cfg.dtb_ipa());
 
-    copy(pa_of(cfg.load_ipa), cfg.kernel.pa, cfg.kernel.size);
+    // SAFETY: the kernel blob QEMU loaded (8-byte aligned, checked when
+    // parsed) and the guest's freshly allocated RAM, still the host's.
+    unsafe { crate::mem::copy_words(pa_of(cfg.load_ipa), cfg.kernel.pa, cfg.kernel.size) };
     // The arm64 Image header's image_size (offset 16) covers the kernel's
     // BSS past the file: zeroed, so what a protected VM's firmware measures
     // (image_size bytes from the load address) depends on the file alone.
@@ -270,13 +254,15 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
         );
         let aligned = end.next_multiple_of(8).min(img_end);
         for a in end..aligned {
-            // SAFETY: guest RAM, still the host's (as `copy`'s); byte stores.
+            // SAFETY: guest RAM, still the host's; byte stores.
             unsafe { (a as *mut u8).write_volatile(0) };
         }
-        zero(aligned, img_end - aligned);
+        // SAFETY: guest RAM, still the host's, 8-byte aligned.
+        unsafe { crate::mem::zero_words(aligned, img_end - aligned) };
     }
     if let Some(i) = cfg.initrd {
-        copy(pa_of(initrd_ipa), i.pa, i.size);
+        // SAFETY: as the kernel's copy, for the initrd blob.
+        unsafe { crate::mem::copy_words(pa_of(initrd_ipa), i.pa, i.size) };
     }
     let initrd_range = cfg.initrd.map(|i| (initrd_ipa, initrd_ipa + i.size));
     let dtb = crate::dtb::linux_dtb(&crate::dtb::LinuxVm {
@@ -289,6 +275,7 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
         virtio: crate::linuxdev::dt_nodes(),
         dma_pool: cfg.protected.then(|| cfg.dma_pool()),
         hostile: crate::dtb::Hostile::None,
+        pmu: !cfg.protected,
     })
     .unwrap_or_else(|e| fail(format_args!("device tree: {e}")));
     if dtb.len() as u64 > DTB_ROOM {
@@ -298,7 +285,8 @@ fn load(cfg: &Config, ram_pa: u64, boot: u32) -> (Handle, usize) {
         ));
     }
     let dtb_pa = pa_of(dtb_ipa);
-    zero(dtb_pa, DTB_ROOM);
+    // SAFETY: guest RAM, still the host's, page aligned.
+    unsafe { crate::mem::zero_words(dtb_pa, DTB_ROOM) };
     for (i, &b) in dtb.iter().enumerate() {
         // SAFETY: [dtb_pa, dtb_pa + DTB_ROOM) is the end of the guest's RAM,
         // still host-owned (it is given to the VM below) and used by nothing
@@ -380,6 +368,8 @@ pub fn create(info: &'static BootInfo) -> Guest {
         reaped: AtomicBool::new(false),
         migrate: false,
         ran_on: [const { core::sync::atomic::AtomicU64::new(0) }; 8],
+        roam: false,
+        hops: core::sync::atomic::AtomicUsize::new(0),
     }
 }
 

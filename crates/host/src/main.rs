@@ -20,7 +20,8 @@
 //!
 //! Guest list syntax: `guests=NAME[:p][:vN][:lazy],...` (`:p` protected, `:vN` N
 //! vCPUs, default 4 for one guest, else 1; `:lazy` memory mapped at stage 2
-//! on first touch, see `bench.rs`).
+//! on first touch, see `bench.rs`; `:roam`: a one-vCPU guest moves to the
+//! next host CPU after each run).
 //!
 //! Without `guests=` or `guest=` the host runs the protected-guest demo
 //! ([`demo`], issue 7): two protected guests and one normal guest
@@ -45,6 +46,7 @@ mod irqdev;
 mod linux;
 mod linuxdev;
 mod many;
+mod mem;
 mod pci;
 mod probe;
 mod restart;
@@ -95,6 +97,24 @@ pub struct Guest {
     /// between CPUs; `ran_on` records where (one bit per CPU, per vCPU).
     migrate: bool,
     ran_on: [AtomicU64; 8],
+    /// Guest option `roam` (one vCPU): after each of its runs the vCPU
+    /// moves on to the next host CPU ([`Guest::hops`] of them so far).
+    roam: bool,
+    /// Runs of a `roam` guest, each on another host CPU than the last.
+    hops: AtomicUsize,
+}
+
+impl Guest {
+    /// The host CPU that runs vCPU `v` now: (`cpu=` + v) mod CPUs, moved on
+    /// by one with each run of a `roam` guest.
+    fn cpu_of(&self, v: usize, cpus: usize) -> usize {
+        let hops = if self.roam {
+            self.hops.load(Ordering::Acquire)
+        } else {
+            0
+        };
+        (self.first_cpu + v + hops) % cpus
+    }
 }
 
 /// Counter value when the host started serving its guests (guest option
@@ -363,12 +383,14 @@ pub fn start_cpus(cpus: u64, arg_ptr: u64) {
 /// The image's span there is host RAM nobody else uses. Word copies: the
 /// host runs with its MMU off, where unaligned accesses fault.
 pub unsafe fn load_image(module: &hyp_abi::Module, ram_pa: u64) {
-    let src = module.addr as *const u64;
-    let dst = (ram_pa + module.load_ipa - GUEST_RAM_IPA) as *mut u64;
-    for i in 0..module.size.div_ceil(8) as usize {
-        // SAFETY: the module lies below free_base (host RAM, identity
-        // mapped); the destination is the caller's (contract).
-        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
+    // SAFETY: the module lies below free_base (host RAM, identity mapped,
+    // page aligned); the destination is the caller's (contract).
+    unsafe {
+        mem::copy_words(
+            ram_pa + module.load_ipa - GUEST_RAM_IPA,
+            module.addr,
+            module.size,
+        );
     }
 }
 
@@ -397,6 +419,7 @@ pub struct Spec {
     first_cpu: usize,
     reap: bool,
     migrate: bool,
+    roam: bool,
 }
 
 /// Parses guest list entry `spec` (one of `count`).
@@ -413,6 +436,7 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
         first_cpu: 0,
         reap: false,
         migrate: false,
+        roam: false,
     };
     for p in parts {
         if p == "p" {
@@ -423,6 +447,8 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
             s.reap = true;
         } else if p == "migrate" {
             s.migrate = true;
+        } else if p == "roam" {
+            s.roam = true;
         } else if let Some(mib) = p
             .strip_prefix("mem=")
             .and_then(|v| v.parse::<u64>().ok())
@@ -444,6 +470,10 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
         } else {
             fail(format_args!("bad guest option {p:?} in {spec:?}"));
         }
+    }
+    if s.roam && s.vcpus != 1 {
+        // Its vCPUs would meet on one host CPU's turn.
+        fail(format_args!("roam needs one vCPU (:v1) in {spec:?}"));
     }
     s
 }
@@ -486,6 +516,8 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         reaped: AtomicBool::new(false),
         migrate: s.migrate,
         ran_on: [const { AtomicU64::new(0) }; 8],
+        roam: s.roam,
+        hops: AtomicUsize::new(0),
     }
 }
 
@@ -517,10 +549,7 @@ pub fn load_guest(info: &BootInfo, s: &Spec, ram_pa: u64) -> Handle {
     // never hands out RAM twice, and RAM the host never touched is zero
     // from boot.
     unsafe {
-        let dst = ram_pa as *mut u64;
-        for i in 0..(GUEST_RAM / 8) as usize {
-            dst.add(i).write_volatile(0);
-        }
+        mem::zero_words(ram_pa, GUEST_RAM);
         load_image(module, ram_pa);
     }
     let pages = s.ram / PAGE;
@@ -568,8 +597,12 @@ fn serve(cpu: usize) {
                 continue;
             }
             for v in 0..g.vcpus {
-                if g.migrate || (g.first_cpu + v) % cpus == cpu {
+                if g.migrate || g.cpu_of(v, cpus) == cpu {
                     let r = run_vcpu(g, v as u64);
+                    if g.roam {
+                        // The next run is another CPU's (this one's is over).
+                        g.hops.fetch_add(1, Ordering::AcqRel);
+                    }
                     idle = idle.zip(r).map(|(a, b)| a.min(b));
                     ran = true;
                     if cpu + 1 == cpus {
@@ -811,6 +844,14 @@ fn teardown(n: usize) {
             continue;
         }
         let exits = call(hyp_abi::STATS, [g.handle.0, hyp_abi::STATS_TOTAL, 0, 0]).unwrap_or(0);
+        if g.roam {
+            println!(
+                "host: VM {} ({}) moved to another host CPU {} times",
+                g.handle.0,
+                g.name,
+                g.hops.load(Ordering::Acquire)
+            );
+        }
         match hostif::destroy_vm(g.handle.0) {
             Ok(scrubbed) => {
                 println!(

@@ -30,6 +30,10 @@ pub const UART_SIZE: u64 = 0x1000;
 /// The emulated PL011's interrupt (level-sensitive SPI 1, INTID 33: QEMU virt's UART
 /// interrupt), raised while its receive interrupt is pending and unmasked.
 pub const UART_INTID: u32 = 33;
+/// The virtual PMU's overflow interrupt a normal VM sees (level-sensitive PPI 7, INTID 23,
+/// as on QEMU virt): high while its PMCR_EL0.E is set and an overflowed counter has its
+/// interrupt enabled.
+pub const PMU_INTID: u32 = 23;
 /// Start of the IPAs whose accesses are forwarded to the host (QEMU virt's virtio-mmio
 /// window): the host emulates its devices there (the demo's virtio-mmio transports, the test
 /// guests' test device at the start of the window).

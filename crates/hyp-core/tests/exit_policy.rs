@@ -8,8 +8,9 @@ use hyp_core::arch::esr::{AccessSize, DataAbort, Esr, MmioAccess, SysRegAccess, 
 use hyp_core::calls::smccc::{self as call, vendor};
 use hyp_core::exit::policy::{self, Action, Decision, Exit, Facts, Trap, VgicFrames};
 use hyp_core::exit::sysreg::VmReg;
-use hyp_core::vcpu::debug::DebugReg;
+use hyp_core::vcpu::debug::{Access, DebugReg};
 use hyp_core::vcpu::inject::Injected;
+use hyp_core::vcpu::pmu::GuestReg;
 use hyp_core::vcpu::Who;
 use hyp_core::vm::control::RunEnd;
 use smccc::psci;
@@ -193,6 +194,7 @@ const DC_CISW: SysRegEnc = SysRegEnc::new(1, 0, 7, 14, 2);
 const MDSCR_EL1: SysRegEnc = SysRegEnc::new(2, 0, 0, 2, 2);
 const OSLSR_EL1: SysRegEnc = SysRegEnc::new(2, 0, 1, 1, 4);
 const PMCR_EL0: SysRegEnc = SysRegEnc::new(3, 3, 9, 12, 0);
+const PMEVCNTR30_EL0: SysRegEnc = SysRegEnc::new(3, 3, 14, 11, 6);
 
 fn then(action: Action) -> Decision {
     Decision { pc_step: 4, action }
@@ -1249,36 +1251,36 @@ fn sysreg_traps() {
             sys(MDSCR_EL1, 1, true),
             vec![0, 77],
             g,
-            then(Action::Debug {
+            then(Action::Debug(Access {
                 reg: DebugReg::Mdscr,
                 read: true,
                 rt: 1,
                 value: 0,
-            }),
+            })),
         ),
         (
             "a guest's OSLSR_EL1 read is its own",
             sys(OSLSR_EL1, 1, true),
             vec![],
             g,
-            then(Action::Debug {
+            then(Action::Debug(Access {
                 reg: DebugReg::Oslsr,
                 read: true,
                 rt: 1,
                 value: 0,
-            }),
+            })),
         ),
         (
             "a guest's MDSCR_EL1 write carries the value",
             sys(MDSCR_EL1, 1, false),
             vec![0, 77],
             g,
-            then(Action::Debug {
+            then(Action::Debug(Access {
                 reg: DebugReg::Mdscr,
                 read: false,
                 rt: 1,
                 value: 77,
-            }),
+            })),
         ),
         (
             "the host's MDSCR_EL1 reads as zero",
@@ -1305,10 +1307,39 @@ fn sysreg_traps() {
             then(Action::Resume),
         ),
         (
-            "PMU registers are UNDEFINED",
+            "a normal VM's PMU registers go to the virtual PMU (read)",
             sys(PMCR_EL0, 1, true),
             vec![],
             g,
+            at(Action::Pmu {
+                reg: GuestReg::Pmcr,
+                rt: 1,
+                write: None,
+            }),
+        ),
+        (
+            "a normal VM's PMU registers go to the virtual PMU (write)",
+            sys(PMEVCNTR30_EL0, 2, false),
+            vec![0, 0, 77],
+            g,
+            at(Action::Pmu {
+                reg: GuestReg::Evcntr(30),
+                rt: 2,
+                write: Some(77),
+            }),
+        ),
+        (
+            "a protected VM has no PMU (pKVM)",
+            sys(PMCR_EL0, 1, true),
+            vec![],
+            protected(),
+            at(Action::Inject(Injected::Undefined)),
+        ),
+        (
+            "the host has no PMU",
+            sys(PMCR_EL0, 1, true),
+            vec![],
+            host(),
             at(Action::Inject(Injected::Undefined)),
         ),
     ]);

@@ -324,6 +324,16 @@ impl Stage2 {
         })
     }
 
+    /// [`Self::query`], and the size of the naturally aligned range around `ipa` that the
+    /// same entry translates (a page, a block, or an unmapped entry's whole range): every
+    /// page in it has the same state. `None` past the input range. One walk for a range that
+    /// a per-page [`Self::query`] would walk once per page.
+    #[must_use]
+    pub fn query_span<A: TableAlloc>(&self, alloc: &A, ipa: Ipa) -> Option<(Option<Mapping>, u64)> {
+        let (_, level) = self.tables.lookup(alloc, ipa.0)?;
+        Some((self.query(alloc, ipa), size(level)))
+    }
+
     /// Owner annotation of an unmapped `ipa` (`None` when mapped or not annotated).
     #[must_use]
     pub fn annotation<A: TableAlloc>(&self, alloc: &A, ipa: Ipa) -> Option<OwnerId> {

@@ -33,6 +33,10 @@ pub const HYP_TIMER_PPI: u32 = 26;
 /// INTID of the EL1 virtual timer: taken at EL2 while a guest runs, then
 /// masked here and delivered as a virtual interrupt (see `vm.rs`).
 pub const VTIMER_PPI: u32 = 27;
+/// INTID of the PMU overflow interrupt (QEMU virt and raspi4b wire each
+/// CPU's PMU to its PPI 7): taken at EL2 while a guest vCPU's PMU is
+/// loaded, then masked here and delivered as the virtual one (`vcpu::pmu`).
+pub const PMU_PPI: u32 = 23;
 /// INTID of the virtual CPU interface's maintenance interrupt.
 pub const MAINTENANCE_PPI: u32 = 25;
 /// SGI the hypervisor sends to a CPU to make its running vCPU exit.
@@ -43,7 +47,13 @@ pub const SPURIOUS: u32 = 1023;
 /// ICC_CTLR_EL1.EOImode (bit 1): priority drop and deactivation are separate.
 const EOIMODE_SPLIT: u64 = 1 << 1;
 
-const MINE: [u32; 4] = [HYP_TIMER_PPI, VTIMER_PPI, MAINTENANCE_PPI, KICK_SGI];
+const MINE: [u32; 5] = [
+    HYP_TIMER_PPI,
+    VTIMER_PPI,
+    PMU_PPI,
+    MAINTENANCE_PPI,
+    KICK_SGI,
+];
 
 fn write32(addr: u64, v: u32) {
     // SAFETY: `addr` is a GIC register EL2 maps as device memory (board

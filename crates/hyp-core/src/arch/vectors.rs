@@ -208,19 +208,28 @@ __hvc_fast:
     isb                             // barrier: SLS — second half of the speculation barrier
     // Is w0 a function ID somebody implements? `arch::fid_hash`: its slot
     // is the top SLOT_BITS bits of w0 * MUL, and HVC_KNOWN_FIDS holds in
-    // each slot the one known ID that hashes there (or one that hashes
-    // elsewhere): a different value means unknown to every caller. The
-    // index is 7 bits, within the 128-entry table whatever the guest passes.
+    // each slot (bits [31:0]) the one known ID that hashes there (or one
+    // that hashes elsewhere): a different value means unknown to every
+    // caller. The index is 7 bits, within the 128-entry table whatever the
+    // guest passes.
 1:  movz    w1, #{mul_lo}
     movk    w1, #{mul_hi}, lsl #16
     mul     w1, w0, w1
     lsr     w1, w1, #{shift}
     adrp    x0, HVC_KNOWN_FIDS
     add     x0, x0, :lo12:HVC_KNOWN_FIDS
-    ldr     w0, [x0, x1, lsl #2]
+    ldr     x0, [x0, x1, lsl #3]
     ldr     x1, [sp]                // the guest's x0 again
     cmp     w0, w1
-    b.eq    __fast_sync             // known to somebody: decoded in full
+    b.ne    4f
+    // Known to somebody. Bit 32 (`calls::known::FULL_PATH_BIT`): a call
+    // the fast path never answers (PSCI power calls, MEM_SHARE, YIELD, the
+    // host's calls, ...) goes straight to the full exit; the rest is
+    // decoded by `hyp_fast_sync` first.
+    tbz     x0, #32, __fast_sync
+    mov     x0, #0
+    b       __guest_exit
+4:
     mrs     x1, tpidr_el2
     ldr     x0, [x1, #112]
     add     x0, x0, #1

@@ -131,13 +131,24 @@ fn pci_intx(
     }
     let cell =
         |n: &fdt::node::FdtNode<'_, '_>, name: &str| n.property(name).and_then(|p| p.as_usize());
+    // Every entry names the same parent (the GIC) in practice, and each
+    // `find_phandle` walks the whole tree: the last answer is kept.
+    // (phandle, its #address-cells and #interrupt-cells)
+    type Cells = Option<(usize, usize)>;
+    let last: core::cell::Cell<Option<(u32, Cells)>> = core::cell::Cell::new(None);
     let parent = |ph: u32| {
-        let p = fdt.find_phandle(ph)?;
-        // A parent without #address-cells contributes no unit address.
-        Some((
-            cell(&p, "#address-cells").unwrap_or(0),
-            cell(&p, "#interrupt-cells")?,
-        ))
+        if let Some((_, r)) = last.get().filter(|&(p, _)| p == ph) {
+            return r;
+        }
+        let r = fdt.find_phandle(ph).and_then(|p| {
+            // A parent without #address-cells contributes no unit address.
+            Some((
+                cell(&p, "#address-cells").unwrap_or(0),
+                cell(&p, "#interrupt-cells")?,
+            ))
+        });
+        last.set(Some((ph, r)));
+        r
     };
     Some(crate::vm::host_intx::from_interrupt_map(
         &cells[..n],
@@ -259,6 +270,10 @@ pub fn primary(p: &'static Platform, dtb: u64, secondary_entry: u64) -> ! {
         // translation is live yet (no VM has run).
         sync.hcr = barriers::isb(unsafe { barriers::regs::HcrEl2::write(hcr) });
         log::info!("stage 2 uses FEAT_S2FWB: no guest cache-maintenance traps");
+    } else {
+        log::info!(
+            "stage 2 without FEAT_S2FWB: guests get cache-maintenance traps, maps clean to PoC"
+        );
     }
     for need in [("hyp", &p.hyp), ("vm_pool", &p.vm_pool)] {
         assert!(
@@ -392,18 +407,24 @@ fn cpus_to_use(info: &BootFacts, present: usize) -> usize {
     }
 }
 
-/// Whether to use FEAT_S2FWB: only when asked (`hyp.s2fwb=on`) and the
-/// CPU has it (ID_AA64MMFR2_EL1.FWB). Without it, guests get the TVM/TSW
-/// cache-maintenance traps instead (seed 003).
+/// Whether to use FEAT_S2FWB: whenever the CPU has it
+/// (ID_AA64MMFR2_EL1.FWB), as KVM does, unless `hyp.s2fwb=off` asks for the
+/// cache-maintenance path (seed 003: the TVM/TSW traps and the cleans to
+/// PoC of every stage-2 map), which CPUs without FWB (the Pi 4's
+/// Cortex-A72) always take.
 fn want_fwb(info: &BootFacts) -> bool {
     let has = ID_AA64MMFR2_EL1::FWB.read(sysreg::id_aa64mmfr2_el1()) != 0;
     match info.arg("hyp.s2fwb") {
-        Some("on") if has => true,
+        None | Some("on") if has => true,
         Some("on") => {
             log::warn!("hyp.s2fwb=on but the CPU has no FEAT_S2FWB: using cache maintenance");
             false
         }
-        _ => false,
+        None | Some("off") => false,
+        Some(v) => {
+            log::warn!("hyp.s2fwb={v} ignored: expected on or off");
+            has
+        }
     }
 }
 

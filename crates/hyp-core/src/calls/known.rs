@@ -74,17 +74,93 @@ pub const KNOWN: [u32; DECODED.len() + HOST_CALLS] = {
     k
 };
 
+/// The known IDs whose answer is never the vector's fast path
+/// (`exit::fast::fast_exit` answers only what
+/// [`super::smccc::stateless_answer`] answers): calls that change state or
+/// depend on the caller (PSCI power calls, the pKVM memory and guard calls,
+/// KVM_FEATURES, YIELD, the firmware measurement, the TRNG's entropy) and
+/// the host's control interface (the host never has a fast path). The
+/// vector sends these straight to the full exit, without saving the
+/// caller-saved registers and decoding the call twice. Any call may take the
+/// full path (it answers everything the fast path does, the same way), so
+/// this list only has to leave out the stateless calls, which a test checks.
+const FULL_PATH: [u32; 18] = [
+    PSCI_CPU_ON_64,
+    PSCI_CPU_OFF,
+    PSCI_AFFINITY_INFO_64,
+    PSCI_CPU_SUSPEND_64,
+    PSCI_SYSTEM_OFF,
+    PSCI_SYSTEM_RESET,
+    vendor::KVM_FEATURES,
+    vendor::MEM_SHARE,
+    vendor::MEM_UNSHARE,
+    vendor::MMIO_GUARD,
+    hyp_abi::pvmfw::MEASUREMENT_SET,
+    hyp_abi::pvmfw::MEASUREMENT_GET,
+    hyp_abi::GUEST_YIELD,
+    trng::VERSION,
+    trng::FEATURES,
+    trng::GET_UUID,
+    trng::RND32,
+    trng::RND64,
+];
+
+/// Bit 32 of a [`HVC_KNOWN_FIDS`] entry: the ID in its low 32 bits takes
+/// the full exit at once ([`FULL_PATH`], or a host call).
+pub const FULL_PATH_BIT: u64 = 1 << 32;
+
+/// Whether `fid` is sent to the full exit by the vector.
+const fn full_path(fid: u32) -> bool {
+    if fid >= hyp_abi::FID_BASE && fid <= hyp_abi::FID_LAST {
+        return true;
+    }
+    let mut i = 0;
+    while i < FULL_PATH.len() {
+        if FULL_PATH[i] == fid {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// [`KNOWN`] by slot (`arch::fid_hash::table`; the build fails if two
-/// share one). Read by the HVC vector, under this name.
+/// share one), each with [`FULL_PATH_BIT`] when the vector sends it to the
+/// full exit. Read by the HVC vector, under this name.
 #[unsafe(no_mangle)]
-pub static HVC_KNOWN_FIDS: [u32; crate::arch::fid_hash::SLOTS] =
-    crate::arch::fid_hash::table(&KNOWN);
+pub static HVC_KNOWN_FIDS: [u64; crate::arch::fid_hash::SLOTS] = {
+    let ids = crate::arch::fid_hash::table(&KNOWN);
+    let mut t = [0u64; crate::arch::fid_hash::SLOTS];
+    let mut i = 0;
+    while i < t.len() {
+        let fid = ids[i];
+        // An empty slot holds an ID that hashes elsewhere: never matched,
+        // so its bit does not matter; set it only for the ID's own slot.
+        let own = crate::arch::fid_hash::slot(fid) == i;
+        t[i] = fid as u64
+            | if own && full_path(fid) {
+                FULL_PATH_BIT
+            } else {
+                0
+            };
+        i += 1;
+    }
+    t
+};
 
 /// What the vector decides for an HVC with `fid` in w0: true when it
 /// answers NOT_SUPPORTED itself (the same lookup, in Rust).
 #[must_use]
 pub fn unknown_to_all(fid: u32) -> bool {
-    HVC_KNOWN_FIDS[crate::arch::fid_hash::slot(fid)] != fid
+    HVC_KNOWN_FIDS[crate::arch::fid_hash::slot(fid)] as u32 != fid
+}
+
+/// Whether the vector sends an HVC with `fid` straight to the full exit
+/// (the same lookup, in Rust).
+#[must_use]
+pub fn straight_to_full_exit(fid: u32) -> bool {
+    let e = HVC_KNOWN_FIDS[crate::arch::fid_hash::slot(fid)];
+    e as u32 == fid && e & FULL_PATH_BIT != 0
 }
 
 #[cfg(test)]
@@ -111,7 +187,7 @@ mod tests {
         for f in KNOWN {
             assert!(known_somewhere(f), "{f:#x} is in KNOWN but nobody knows it");
             assert!(!unknown_to_all(f), "{f:#x}");
-            assert_eq!(HVC_KNOWN_FIDS[fid_hash::slot(f)], f);
+            assert_eq!(HVC_KNOWN_FIDS[fid_hash::slot(f)] as u32, f);
         }
         let mut sorted = KNOWN;
         sorted.sort_unstable();
@@ -177,5 +253,34 @@ mod tests {
             }
         }
         assert!(found > 0, "no multiplier: more SLOT_BITS");
+    }
+
+    /// The calls the fast path answers are never sent past it: for every
+    /// known ID and a few argument patterns, a call with a stateless answer
+    /// (other than the InvalidParameter/NOT_SUPPORTED errors, which the
+    /// full path gives the same way) is not marked for the full exit.
+    #[test]
+    fn stateless_calls_keep_the_fast_path() {
+        use crate::calls::smccc::stateless_answer;
+        for &fid in &KNOWN {
+            for a in [[0u64; 3], [1, 2, 3], [u64::from(PSCI_VERSION), 0, 0]] {
+                let call = decode([u64::from(fid), a[0], a[1], a[2]]);
+                let fast = !matches!(
+                    call,
+                    Hypercall::InvalidParameter { .. }
+                        | Hypercall::Unknown { .. }
+                        | Hypercall::VendorFeatures
+                ) && stateless_answer(call).is_some();
+                assert!(
+                    !(fast && straight_to_full_exit(fid)),
+                    "{fid:#x} has a fast answer but is sent to the full exit"
+                );
+            }
+        }
+        assert!(straight_to_full_exit(vendor::MEM_SHARE));
+        assert!(straight_to_full_exit(hyp_abi::GUEST_YIELD));
+        assert!(straight_to_full_exit(hyp_abi::FID_BASE));
+        assert!(!straight_to_full_exit(SMCCC_VERSION));
+        assert!(!straight_to_full_exit(0xc600_fff0));
     }
 }

@@ -259,20 +259,13 @@ fn apply(
             }
         }
         Action::IdRead { enc, rt } => {
-            ctx.regs.x[rt as usize] =
-                super::idregs::sanitise(enc, sysreg::read_id(enc.crm, enc.op2)).unwrap_or(0);
+            let v = super::idregs::sanitise(enc, sysreg::read_id(enc.crm, enc.op2)).unwrap_or(0);
+            ctx.regs.x[rt as usize] = super::pmu::id_read(who, enc, v);
         }
         Action::SetWay => set_way_trap(c, who, vm, ctx, pending),
-        Action::Debug {
-            reg,
-            read,
-            rt,
-            value,
-        } => {
-            if !debug::trap(c, ctx, reg, (read, rt, value), pending) {
-                ctx.regs.pc = ctx.regs.pc.wrapping_sub(d.pc_step);
-                inject_into(c, ctx, Injected::Undefined, pending);
-            }
+        Action::Debug(a) => super::debug::access(c, ctx, a, d.pc_step, pending),
+        Action::Pmu { reg, rt, write } => {
+            super::pmu::access(c, who, ctx, vg, reg, rt, write, pending);
         }
         Action::TvmWrite { reg, value } => tvm_write(c, who, vm, ctx, reg, value, pending),
         Action::CpuOn {
@@ -526,7 +519,12 @@ fn tvm_write(
 }
 
 /// Injects `what` into the vCPU's EL1 (its EL1 registers are live on this CPU).
-fn inject_into(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, what: Injected, pending: &mut GuestPending) {
+pub(super) fn inject_into(
+    c: &mut Cpu<'_>,
+    ctx: &mut VcpuCtx,
+    what: Injected,
+    pending: &mut GuestPending,
+) {
     let e2h = &c.sync.hcr;
     let vbar = regs::VbarEl1::read(e2h);
     let i = inject::inject(what, ctx.regs.pc, ctx.regs.pstate, vbar);
@@ -565,6 +563,7 @@ pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPend
         // Maintenance (the vGIC re-syncs after every exit) and kicks (the
         // exit itself was the point).
         gic::MAINTENANCE_PPI | gic::KICK_SGI => {}
+        _ if intid == gic::PMU_PPI => crate::vcpu::pmu::overflow_irq(c, g),
         _ if crate::vm::console_in::is_console_irq(intid) => {
             crate::vm::console_in::rx_irq(c, pending);
         }

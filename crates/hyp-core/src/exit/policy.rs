@@ -11,7 +11,7 @@
 use crate::arch::esr::{self, DataAbort, Esr, MmioAccess, SysRegAccess};
 use crate::calls::smccc::{self as call, Hypercall};
 use crate::exit::sysreg::{self, TrappedSysReg, VmReg};
-use crate::vcpu::debug::{self, DebugReg};
+use crate::vcpu::debug;
 use crate::vcpu::inject::Injected;
 use crate::vcpu::Who;
 use crate::vm::control::RunEnd;
@@ -321,16 +321,17 @@ pub enum Action {
     },
     /// DC ISW/CSW/CISW trapped by HCR_EL2.TSW.
     SetWay,
-    /// A guest's access to a debug register (`vcpu::debug::emulate`).
-    Debug {
+    /// A guest's access to a debug register (`vcpu::debug::trap`).
+    Debug(debug::Access),
+    /// A normal VM's access to a PMU register: the virtual PMU performs
+    /// it (the PC steps past it) or refuses it (UNDEF injected at it).
+    Pmu {
         /// The register.
-        reg: DebugReg,
-        /// A read (into `rt`), else a write of `value`.
-        read: bool,
-        /// The register read into (31: XZR, the value is dropped).
+        reg: crate::vcpu::pmu::GuestReg,
+        /// Rt (an MRS's destination; XZR: 31).
         rt: u8,
-        /// The value written.
-        value: u64,
+        /// An MSR's value.
+        write: Option<u64>,
     },
     /// A write trapped by HCR_EL2.TVM: perform it on the vCPU's behalf.
     TvmWrite {
@@ -685,9 +686,9 @@ const fn size_mask(bytes: u64) -> u64 {
 
 /// Trapped MSR/MRS and system instructions: ICC_SGI1R_EL1 (HCR_EL2.IMO),
 /// ID registers (TID3), the virtual-memory controls (TVM), set/way cache
-/// maintenance (TSW), debug registers (a guest's own, the host's RAZ/WI);
-/// anything else
-/// (implementation-defined registers, PMU) is UNDEFINED.
+/// maintenance (TSW), debug registers (a guest's own, the host's RAZ/WI),
+/// a normal VM's PMU registers (TPM); anything else (implementation-defined
+/// registers, the host's and protected VMs' PMU accesses) is UNDEFINED.
 #[inline(always)]
 fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decision {
     let who = facts.who();
@@ -708,15 +709,22 @@ fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decisi
             Action::Resume
         }),
         TrappedSysReg::Vm(reg) if !access.read => then(Action::TvmWrite { reg, value }),
+        // The PMU is a normal VM's only (pKVM: not the host's, not a
+        // protected VM's); the rest fall to UNDEF below.
+        TrappedSysReg::Pmu(reg) if guest && !facts.protected() => at(Action::Pmu {
+            reg,
+            rt,
+            write: (!access.read).then_some(value),
+        }),
         // A guest's debug registers (op0 = 2, trapped by MDCR_EL2.TDA/TDOSA)
         // are its own, switched lazily (`vcpu::debug`).
         _ if guest && access.enc.op0 == 2 => match debug::classify(access.enc) {
-            Some(reg) => then(Action::Debug {
+            Some(reg) => then(Action::Debug(debug::Access {
                 reg,
                 read: access.read,
                 rt,
                 value,
-            }),
+            })),
             None => at(Action::Inject(Injected::Undefined)),
         },
         // The host's: RAZ/WI instead of UNDEF, because Linux writes

@@ -10,6 +10,7 @@
 
 use crate::arch::esr::{SysRegAccess, SysRegEnc};
 use crate::exit::idregs;
+use crate::vcpu::pmu;
 use aarch64_cpu::registers::SCTLR_EL1;
 
 /// An EL1 register whose writes HCR_EL2.TVM traps (Arm ARM D24.2.x
@@ -70,6 +71,9 @@ pub enum TrappedSysReg {
     IccAsgi1r,
     /// ICC_SGI0R_EL1 (3, 0, 12, 11, 7): generate a Group 0 SGI.
     IccSgi0r,
+    /// A PMU register (MDCR_EL2.TPM/TPMCR): a normal VM's vCPU gets it
+    /// from the virtual PMU (`vcpu::pmu`).
+    Pmu(pmu::GuestReg),
     /// Anything else: the hypervisor injects an undefined-instruction
     /// exception (IMPLEMENTATION DEFINED registers, PMU, debug, ...).
     Other(SysRegEnc),
@@ -97,6 +101,9 @@ pub fn is_sgi1r_write(a: &SysRegAccess) -> bool {
 pub fn classify(enc: SysRegEnc) -> TrappedSysReg {
     if idregs::is_tid3(enc) {
         return TrappedSysReg::IdReg(enc);
+    }
+    if let Some(r) = pmu::decode(enc) {
+        return TrappedSysReg::Pmu(r);
     }
     let SysRegEnc {
         op0,
@@ -323,10 +330,12 @@ mod tests {
     }
 
     #[test]
-    fn impdef_and_pmu_are_other() {
-        // S3_0_C15_C0_0 (IMPLEMENTATION DEFINED) and PMCR_EL0 (3, 3, 9, 12, 0).
+    fn impdef_is_other_and_pmu_is_the_pmus() {
+        // S3_0_C15_C0_0 (IMPLEMENTATION DEFINED); PMCR_EL0 (3, 3, 9, 12, 0);
+        // the timer's CNTV_CTL_EL0 (3, 3, 14, 3, 1) beside the PMU's CRn.
         assert!(matches!(c(3, 0, 15, 0, 0), TrappedSysReg::Other(_)));
-        assert!(matches!(c(3, 3, 9, 12, 0), TrappedSysReg::Other(_)));
+        assert_eq!(c(3, 3, 9, 12, 0), TrappedSysReg::Pmu(pmu::GuestReg::Pmcr));
+        assert!(matches!(c(3, 3, 14, 3, 1), TrappedSysReg::Other(_)));
     }
 
     #[test]

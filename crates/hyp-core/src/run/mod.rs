@@ -29,7 +29,7 @@ use crate::stats;
 use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::traps::{self, CNTHCTL, MDCR};
-use crate::vcpu::{debug, fp, Who};
+use crate::vcpu::{debug, fp, pmu, Who};
 use crate::vm::control::{HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{devices, host as host_vcpus, state};
@@ -54,13 +54,17 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         fp_owner: FpOwner::None,
         fp_on: None,
         vtimer_masked: false,
+        pmu_loaded: false,
+        pmu_masked: false,
         host_if: vgic::HostIf::new(),
     };
     let mut host = VcpuCtx::new();
     let mut first = GuestPending::new();
-    // SAFETY: traps only; nothing at EL2 uses the PMU, debug or timers.
+    // SAFETY: traps, and the PMU's counters all given to EL1/EL0 with
+    // counting at EL2 prohibited (`pmu::probe`); nothing at EL2 uses the
+    // PMU, debug or timers.
     unsafe {
-        first.add(regs::MdcrEl2::write(MDCR));
+        first.add(regs::MdcrEl2::write(MDCR | pmu::probe()));
         first.add(regs::CnthctlEl2::write(CNTHCTL));
         first.add(regs::VtcrEl2::write(state::vtcr()));
     }
@@ -225,6 +229,7 @@ fn vcpu_run(
     // SAFETY: the VM's stage 2 maps only memory it owns or borrows; its HCR
     // differs from the boot value in trap bits only.
     unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &ctx.el1, &mut pending) };
+    pmu::run_start(c, &ctx, &mut pending);
     let view = guest.view();
     // The host's list registers, VMCR and active priorities are its own:
     // none of them may reach the guest, and they come back in `load_host`.
@@ -234,6 +239,7 @@ fn vcpu_run(
     let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view, debug_live);
     host_pending.append(left);
     debug::end_run(&mut ctx.debug, debug::counts, host_pending);
+    pmu::run_end(c, &mut ctx, host_pending);
     ctx.el1.save(&c.sync.hcr);
     if c.fp_owner == FpOwner::Guest {
         let on = fp::fp_enable(c);
@@ -314,7 +320,14 @@ fn guest_loop(
             VectorKind::Sync => effects::sync_exit(c, who, ctx, &mut pending, vm, trap),
             VectorKind::Irq | VectorKind::Fiq => {
                 vm.stats.record(ExitReason::Irq);
-                if effects::physical_irq(c, &cse, &mut pending) {
+                let to_host = effects::physical_irq(c, &cse, &mut pending);
+                if c.pmu_masked {
+                    // The PMU overflowed: its level to the vGIC.
+                    if let (Some((g, vg)), Who::Guest { vcpu, .. }) = (vgic, who) {
+                        pmu::sync_level(c, g, vg, vcpu, &mut pending);
+                    }
+                }
+                if to_host {
                     Next::ToHost(RunEnd::Runnable, [run_exit::YIELD, 0, 0, 0])
                 } else {
                     Next::Resume

@@ -5,6 +5,7 @@ use crate::arch::switch::CpuSync;
 use crate::arch::world_switch::{El1Context, FpState, GuestRegs, HostSave};
 use crate::vcpu::debug::DebugRegs;
 use crate::vcpu::inject;
+use crate::vcpu::pmu::PmuState;
 use crate::vcpu::traps::HCR_BASE;
 use barriers::sync::{El2Fp, Synced};
 use barriers::vttbr::Vttbr;
@@ -28,6 +29,8 @@ pub struct VcpuCtx {
     pub mmio_len: u64,
     /// The vCPU's virtual GIC CPU interface state.
     pub vif: VcpuIf,
+    /// Its PMU (`vcpu::pmu`), switched only once it has used it.
+    pub pmu: PmuState,
 }
 
 impl Default for VcpuCtx {
@@ -53,6 +56,7 @@ impl VcpuCtx {
             mmio: None,
             mmio_len: 4,
             vif: VcpuIf::new(0),
+            pmu: PmuState::new(),
         }
     }
 
@@ -93,6 +97,11 @@ pub struct Cpu<'a> {
     /// The virtual timer's PPI is disabled at this CPU's redistributor
     /// because its level is being delivered as a virtual interrupt.
     pub vtimer_masked: bool,
+    /// The running guest vCPU's PMU state is in the hardware (`vcpu::pmu`).
+    pub pmu_loaded: bool,
+    /// The PMU's PPI is disabled at this CPU's redistributor because its
+    /// level is being delivered as a virtual interrupt.
+    pub pmu_masked: bool,
     /// The host vCPU's virtual CPU interface (its hardware-linked INTx
     /// interrupts, VMCR, active priorities), kept here while it runs a guest.
     pub host_if: vgic::HostIf,

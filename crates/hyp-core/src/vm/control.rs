@@ -1564,11 +1564,17 @@ impl<A: HypAlloc, M: PhysMem, X> Both<'_, A, M, X> {
             RegionKind::Donated => Transition::HostDonate,
             RegionKind::Lent => Transition::HostLend,
         };
-        // Check every page before changing any.
+        // Check every page before changing any: one lookup per entry of the
+        // host's stage 2 (a 2 MiB block's pages share its state), not per
+        // page.
         let mut after = None;
-        for i in 0..pages {
+        let mut at = pa;
+        while at < pa + size {
+            let Some((m, span)) = self.host.s2.query_span(&self.alloc, Ipa(at)) else {
+                return Err(HostError::Range);
+            };
             let cur = PageOwnership {
-                host: self.host_state(pa + i * PAGE_SIZE),
+                host: CompState::from_mapping(m.map(|m| m.state)),
                 guest: CompState::NoAccess,
                 hyp: CompState::NoAccess,
             };
@@ -1576,6 +1582,7 @@ impl<A: HypAlloc, M: PhysMem, X> Both<'_, A, M, X> {
                 Ok(next) => after = Some(next),
                 Err(_) => return Err(HostError::Denied),
             }
+            at = (at & !(span - 1)) + span;
         }
         let Some(after) = after else {
             return Err(HostError::Invalid);

@@ -244,6 +244,19 @@ pub const fn el0_dcc_refused(d: &DebugRegs, pstate: u64) -> bool {
     pstate & 0b1100 == 0 && d.mdscr & MDSCR_TDCC != 0
 }
 
+/// A guest's trapped access, as the exit policy decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// The register.
+    pub reg: DebugReg,
+    /// A read (into `rt`), else a write of `value`.
+    pub read: bool,
+    /// The register read into (31: XZR, the value is dropped).
+    pub rt: u8,
+    /// The value written.
+    pub value: u64,
+}
+
 /// What a trapped debug-register access does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -4,7 +4,7 @@
 
 use super::{bank, each_point, Counts, DebugRegs, MDCR_TDA};
 #[cfg(target_arch = "aarch64")]
-use super::{emulate, DebugReg, Outcome};
+use super::{emulate, Access, Outcome};
 use barriers::regs::{DbgKind, DbgReg, MdcrEl2, MdscrEl1, OslarEl1};
 use barriers::GuestPending;
 
@@ -123,8 +123,12 @@ pub fn counts() -> Counts {
 pub fn trap(
     c: &mut crate::vcpu::ctx::Cpu<'_>,
     ctx: &mut crate::vcpu::ctx::VcpuCtx,
-    reg: DebugReg,
-    (read, rt, value): (bool, u8, u64),
+    Access {
+        reg,
+        read,
+        rt,
+        value,
+    }: Access,
     pending: &mut GuestPending,
 ) -> bool {
     let n = counts();
