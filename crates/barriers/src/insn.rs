@@ -152,6 +152,7 @@ macro_rules! sysregs {
                     SysReg::DbgBvr(_) | SysReg::DbgBcr(_) | SysReg::DbgWvr(_) | SysReg::DbgWcr(_) => unsafe {
                         super::hw_dbg::write(reg, value)
                     },
+                    // SAFETY: as above.
                     SysReg::PmEvCntr(n) => unsafe { super::hw_pmu::write_evcntr(n, value) },
                     // SAFETY: as above.
                     SysReg::PmEvTyper(n) => unsafe { super::hw_pmu::write_evtyper(n, value) },
