@@ -111,10 +111,18 @@ struct Board {
     /// A protected VM (`guest-protected`: memory donated, booted through
     /// the hypervisor's firmware, I/O only through the shared DMA pool).
     protected: bool,
+    /// What the kernel's hw-breakpoint driver finds (its own debug
+    /// registers, `vcpu::debug`): the CPU's 6 breakpoints and 4 watchpoints
+    /// (QEMU `-cpu max` and Cortex-A72 alike). `None` for the project's
+    /// kernel, built without CONFIG_PERF_EVENTS (so without the driver).
+    hw_breakpoint: Option<&'static str>,
     /// The kernel has the Arm PMU driver (Debian's; the project's config
     /// leaves it out), so a normal VM's boot must find the virtual PMU.
     perf: bool,
 }
+
+/// The hw-breakpoint driver's line on both boards.
+const HW_BREAKPOINT: &str = "hw-breakpoint: found 6 breakpoint and 4 watchpoint registers.";
 
 /// QEMU virt: GICv3 vGIC.
 const VIRT: Board = Board {
@@ -131,6 +139,7 @@ const VIRT: Board = Board {
     banner: "Debian",
     modules: true,
     protected: false,
+    hw_breakpoint: Some(HW_BREAKPOINT),
     perf: true,
 };
 
@@ -142,6 +151,7 @@ const VIRT_BUILT: Board = Board {
     qemu_args_var: "HYP_LINUX_BUILT_QEMU_ARGS",
     banner: "(hyp@xtask)",
     modules: false,
+    hw_breakpoint: None,
     perf: false,
     ..VIRT
 };
@@ -160,6 +170,7 @@ const RPI4_BUILT: Board = Board {
     qemu_args_var: "HYP_LINUX_BUILT_QEMU_ARGS_RPI4",
     banner: "(hyp@xtask)",
     modules: false,
+    hw_breakpoint: None,
     perf: false,
     ..RPI4
 };
@@ -176,6 +187,7 @@ const RPI4: Board = Board {
     banner: "Debian",
     modules: true,
     protected: false,
+    hw_breakpoint: Some(HW_BREAKPOINT),
     perf: true,
 };
 
@@ -320,6 +332,9 @@ fn boots_on_two_vcpus(board: Board) {
         q.expect_line(cpu1, T);
     }
     q.expect_line("smp: Brought up 1 node, 2 CPUs", T);
+    if let Some(line) = board.hw_breakpoint {
+        q.expect_line(line, T);
+    }
     q.expect_line("ttyAMA0 at MMIO 0x9000000", T);
     q.expect_guest(1, "LINUX-GUEST-INIT-OK", T);
     if board.perf {

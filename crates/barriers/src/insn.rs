@@ -98,6 +98,14 @@ macro_rules! sysregs {
             $($(#[$m])* $v,)*
             /// `ICH_LR<n>_EL2`, n in 0..16.
             IchLr(u8),
+            /// `DBGBVR<n>_EL1`, n in 0..16: breakpoint value.
+            DbgBvr(u8),
+            /// `DBGBCR<n>_EL1`, n in 0..16: breakpoint control.
+            DbgBcr(u8),
+            /// `DBGWVR<n>_EL1`, n in 0..16: watchpoint value.
+            DbgWvr(u8),
+            /// `DBGWCR<n>_EL1`, n in 0..16: watchpoint control.
+            DbgWcr(u8),
             /// `PMEVCNTR<n>_EL0`, n in 0..31.
             PmEvCntr(u8),
             /// `PMEVTYPER<n>_EL0`, n in 0..31.
@@ -110,6 +118,10 @@ macro_rules! sysregs {
                 match self {
                     $(SysReg::$v => $asm,)*
                     SysReg::IchLr(_) => "ich_lr<n>_el2",
+                    SysReg::DbgBvr(_) => "dbgbvr<n>_el1",
+                    SysReg::DbgBcr(_) => "dbgbcr<n>_el1",
+                    SysReg::DbgWvr(_) => "dbgwvr<n>_el1",
+                    SysReg::DbgWcr(_) => "dbgwcr<n>_el1",
                     SysReg::PmEvCntr(_) => "pmevcntr<n>_el0",
                     SysReg::PmEvTyper(_) => "pmevtyper<n>_el0",
                 }
@@ -137,6 +149,10 @@ macro_rules! sysregs {
                     // SAFETY: as above.
                     SysReg::IchLr(n) => unsafe { super::hw_ich::write_lr(n, value) },
                     // SAFETY: as above.
+                    SysReg::DbgBvr(_) | SysReg::DbgBcr(_) | SysReg::DbgWvr(_) | SysReg::DbgWcr(_) => unsafe {
+                        super::hw_dbg::write(reg, value)
+                    },
+                    // SAFETY: as above.
                     SysReg::PmEvCntr(n) => unsafe { super::hw_pmu::write_evcntr(n, value) },
                     // SAFETY: as above.
                     SysReg::PmEvTyper(n) => unsafe { super::hw_pmu::write_evtyper(n, value) },
@@ -154,6 +170,9 @@ macro_rules! sysregs {
                         asm!(concat!("mrs {0}, ", $asm), out(reg) value, options(nomem, nostack, preserves_flags))
                     },)*
                     SysReg::IchLr(n) => value = super::hw_ich::read_lr(n),
+                    SysReg::DbgBvr(_) | SysReg::DbgBcr(_) | SysReg::DbgWvr(_) | SysReg::DbgWcr(_) => {
+                        value = super::hw_dbg::read(reg)
+                    }
                     SysReg::PmEvCntr(n) => value = super::hw_pmu::read_evcntr(n),
                     SysReg::PmEvTyper(n) => value = super::hw_pmu::read_evtyper(n),
                 }
@@ -293,6 +312,10 @@ sysregs! {
     HcrxEl2 => "s3_4_c1_c2_2",
     /// CPUACTLR_EL1 (S3_1_C15_C2_0): Cortex-A57/A72 IMPLEMENTATION DEFINED auxiliary control.
     CpuactlrEl1 => "s3_1_c15_c2_0",
+    /// MDSCR_EL1 (S2_0_C0_C2_2): the guest's self-hosted debug controls.
+    MdscrEl1 => "s2_0_c0_c2_2",
+    /// OSLAR_EL1 (S2_0_C1_C0_4): the OS lock (write-only).
+    OslarEl1 => "s2_0_c1_c0_4",
     /// PMCR_EL0.
     PmcrEl0 => "pmcr_el0",
     /// PMCNTENSET_EL0.
@@ -589,6 +612,67 @@ mod hw_ich {
             4 => "s3_4_c12_c12_4", 5 => "s3_4_c12_c12_5", 6 => "s3_4_c12_c12_6", 7 => "s3_4_c12_c12_7",
             8 => "s3_4_c12_c13_0", 9 => "s3_4_c12_c13_1", 10 => "s3_4_c12_c13_2", 11 => "s3_4_c12_c13_3",
             12 => "s3_4_c12_c13_4", 13 => "s3_4_c12_c13_5", 14 => "s3_4_c12_c13_6", 15 => "s3_4_c12_c13_7")
+    }
+}
+
+/// The self-hosted debug registers by number: `S2_0_C0_C<n>_<op2>` with op2 4 (DBGBVR), 5
+/// (DBGBCR), 6 (DBGWVR), 7 (DBGWCR) (Arm ARM D24.3, "Debug registers").
+#[cfg(all(barriers_hw, not(test)))]
+mod hw_dbg {
+    use super::SysReg;
+    use core::arch::asm;
+
+    macro_rules! each_n {
+        ($m:ident, $($args:tt)*) => {
+            $m!($($args)*, 0 => "c0", 1 => "c1", 2 => "c2", 3 => "c3", 4 => "c4", 5 => "c5",
+                6 => "c6", 7 => "c7", 8 => "c8", 9 => "c9", 10 => "c10", 11 => "c11",
+                12 => "c12", 13 => "c13", 14 => "c14", 15 => "c15")
+        };
+    }
+    macro_rules! w {
+        ($n:expr, $v:ident, $op2:literal, $($i:literal => $crm:literal),*) => {
+            match $n {
+                // SAFETY: a debug register only holds EL1&0 debug state; with MDCR_EL2.TDE = 0
+                // and HCR_EL2.TGE = 0 it never generates an exception at EL2 (the caller's
+                // typed writer documents why).
+                $($i => unsafe { asm!(concat!("msr s2_0_c0_", $crm, "_", $op2, ", {0}"), in(reg) $v, options(nostack, preserves_flags)) },)*
+                _ => panic!("debug register index out of range (0..16)"),
+            }
+        };
+    }
+    macro_rules! r {
+        ($n:expr, $op2:literal, $($i:literal => $crm:literal),*) => {{
+            let v: u64;
+            match $n {
+                // SAFETY: reading a debug register has no side effects.
+                $($i => unsafe { asm!(concat!("mrs {0}, s2_0_c0_", $crm, "_", $op2), out(reg) v, options(nomem, nostack, preserves_flags)) },)*
+                _ => panic!("debug register index out of range (0..16)"),
+            }
+            v
+        }};
+    }
+
+    /// # Safety
+    ///
+    /// As for [`super::hw_sysreg::msr`]; `reg` is one of the four debug register kinds.
+    pub(crate) unsafe fn write(reg: SysReg, v: u64) {
+        match reg {
+            SysReg::DbgBvr(n) => each_n!(w, n, v, "4"),
+            SysReg::DbgBcr(n) => each_n!(w, n, v, "5"),
+            SysReg::DbgWvr(n) => each_n!(w, n, v, "6"),
+            SysReg::DbgWcr(n) => each_n!(w, n, v, "7"),
+            _ => unreachable!("not a debug register"),
+        }
+    }
+
+    pub(crate) fn read(reg: SysReg) -> u64 {
+        match reg {
+            SysReg::DbgBvr(n) => each_n!(r, n, "4"),
+            SysReg::DbgBcr(n) => each_n!(r, n, "5"),
+            SysReg::DbgWvr(n) => each_n!(r, n, "6"),
+            SysReg::DbgWcr(n) => each_n!(r, n, "7"),
+            _ => unreachable!("not a debug register"),
+        }
     }
 }
 

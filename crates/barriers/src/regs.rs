@@ -122,6 +122,13 @@ el2_reg!(
     MdcrEl2, MdcrEl2, GuestOnly,
     safety = "Debug/PMU traps the hypervisor relies on for isolation must stay set, and EL2 must not use PMU/SPE/TRBE resources these fields reassign before the next CSE."
 );
+impl MdcrEl2 {
+    /// Reads the register (the lazy debug switch toggles TDA alone, whatever else is set).
+    #[inline]
+    pub fn read() -> u64 {
+        emit::mrs(SysReg::MdcrEl2)
+    }
+}
 el2_reg!(
     /// ICC_SRE_EL2. Consumer: following ICC_*/ICH_* accesses ([`GicSre`]).
     IccSreEl2, IccSreEl2, GicSre,
@@ -652,6 +659,93 @@ el2_reg!(
     CpuactlrEl1, CpuactlrEl1, El2Translation,
     safety = "Only on the core whose TRM defines the bits written (MIDR checked), with EL3 having granted access (ACTLR_EL3.CPUACTLR_EL1 = 1), and followed by `isb()`."
 );
+
+/// MDSCR_EL1, and why a write of a self-hosted debug register from EL2 is safe: with MDCR_EL2.TDE = 0 and
+/// HCR_EL2.TGE = 0 (always, here) the debug target is EL1 (`DebugTargetFrom()`, Arm ARM shared
+/// pseudocode "shared/debug/DebugTarget"), and `AArch64.GenerateDebugExceptionsFrom()` generates
+/// no breakpoint, watchpoint or software-step exception from an Exception level above the debug
+/// target: none is ever taken at EL2, whatever the registers hold (DBGBCR<n>.HMC included). The
+/// registers hold only EL1&0 debug state; the entry ERET synchronises them ([`GuestOnly`]).
+///
+/// MDSCR_EL1 itself holds the lower ELs' self-hosted debug controls (MDE, KDE, SS, TDCC). It is
+/// not redirected by HCR_EL2.E2H (no `_EL12` alias), so no proof is needed.
+#[derive(Debug)]
+pub struct MdscrEl1;
+
+impl MdscrEl1 {
+    /// Reads the register.
+    pub fn read() -> u64 {
+        emit::mrs(SysReg::MdscrEl1)
+    }
+
+    /// Writes the register (guest-only: the debug target is EL1).
+    pub fn write(value: u64) -> Pending<GuestOnly> {
+        // SAFETY: EL1&0 debug state only; no debug exception is generated at EL2 (see [`MdscrEl1`]).
+        let changed = unsafe { write_raw(SysReg::MdscrEl1, value) };
+        Pending::new(SysReg::MdscrEl1, changed)
+    }
+}
+
+/// OSLAR_EL1: writing 0 unlocks the OS lock, which resets to locked on a cold reset (Arm ARM
+/// D24.3 OSLSR_EL1.OSLK) and, while locked, disables breakpoint, watchpoint and software-step
+/// exceptions for the lower ELs.
+#[derive(Debug)]
+pub struct OslarEl1;
+
+impl OslarEl1 {
+    /// Writes the register (guest-only: the OS lock gates only EL1&0 debug exceptions here).
+    pub fn write(value: u64) -> Pending<GuestOnly> {
+        // SAFETY: as for `MdscrEl1::write`.
+        let changed = unsafe { write_raw(SysReg::OslarEl1, value) };
+        Pending::new(SysReg::OslarEl1, changed)
+    }
+}
+
+/// Which bank of self-hosted debug registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbgKind {
+    /// DBGBVR<n>_EL1: breakpoint value.
+    Bvr,
+    /// DBGBCR<n>_EL1: breakpoint control.
+    Bcr,
+    /// DBGWVR<n>_EL1: watchpoint value.
+    Wvr,
+    /// DBGWCR<n>_EL1: watchpoint control.
+    Wcr,
+}
+
+/// One breakpoint or watchpoint register, `DBG{B,W}{V,C}R<n>_EL1`, n in 0..16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbgReg(SysReg);
+
+impl DbgReg {
+    /// Register `n` of bank `kind`.
+    ///
+    /// # Panics
+    ///
+    /// If `n >= 16`.
+    pub const fn new(kind: DbgKind, n: u8) -> Self {
+        assert!(n < 16, "debug registers: n must be < 16");
+        DbgReg(match kind {
+            DbgKind::Bvr => SysReg::DbgBvr(n),
+            DbgKind::Bcr => SysReg::DbgBcr(n),
+            DbgKind::Wvr => SysReg::DbgWvr(n),
+            DbgKind::Wcr => SysReg::DbgWcr(n),
+        })
+    }
+
+    /// Reads the register.
+    pub fn read(self) -> u64 {
+        emit::mrs(self.0)
+    }
+
+    /// Writes the register (guest-only: the debug target is EL1).
+    pub fn write(self, value: u64) -> Pending<GuestOnly> {
+        // SAFETY: as for `MdscrEl1::write`.
+        let changed = unsafe { write_raw(self.0, value) };
+        Pending::new(self.0, changed)
+    }
+}
 
 /// TPIDR_EL2: the hypervisor's per-CPU pointer, read by the exit vectors.
 ///

@@ -366,6 +366,8 @@ pub fn create(info: &'static BootInfo) -> Guest {
         first_cpu: 0,
         reap: false,
         reaped: AtomicBool::new(false),
+        migrate: false,
+        ran_on: [const { core::sync::atomic::AtomicU64::new(0) }; 8],
         roam: false,
         hops: core::sync::atomic::AtomicUsize::new(0),
     }

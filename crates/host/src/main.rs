@@ -92,6 +92,11 @@ pub struct Guest {
     reap: bool,
     /// Destroyed already (`reap`).
     reaped: AtomicBool,
+    /// Guest option `migrate`: every host CPU runs any of its vCPUs that no
+    /// other CPU is running (VCPU_RUN's `Busy` is skipped), so they move
+    /// between CPUs; `ran_on` records where (one bit per CPU, per vCPU).
+    migrate: bool,
+    ran_on: [AtomicU64; 8],
     /// Guest option `roam` (one vCPU): after each of its runs the vCPU
     /// moves on to the next host CPU ([`Guest::hops`] of them so far).
     roam: bool,
@@ -413,6 +418,7 @@ pub struct Spec {
     ram: u64,
     first_cpu: usize,
     reap: bool,
+    migrate: bool,
     roam: bool,
 }
 
@@ -429,6 +435,7 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
         ram: GUEST_RAM,
         first_cpu: 0,
         reap: false,
+        migrate: false,
         roam: false,
     };
     for p in parts {
@@ -438,6 +445,8 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
             s.lazy = true;
         } else if p == "reap" {
             s.reap = true;
+        } else if p == "migrate" {
+            s.migrate = true;
         } else if p == "roam" {
             s.roam = true;
         } else if let Some(mib) = p
@@ -505,6 +514,8 @@ fn create_guest(info: &BootInfo, spec: &'static str, count: usize) -> Guest {
         first_cpu: s.first_cpu,
         reap: s.reap,
         reaped: AtomicBool::new(false),
+        migrate: s.migrate,
+        ran_on: [const { AtomicU64::new(0) }; 8],
         roam: s.roam,
         hops: AtomicUsize::new(0),
     }
@@ -586,7 +597,7 @@ fn serve(cpu: usize) {
                 continue;
             }
             for v in 0..g.vcpus {
-                if g.cpu_of(v, cpus) == cpu {
+                if g.migrate || g.cpu_of(v, cpus) == cpu {
                     let r = run_vcpu(g, v as u64);
                     if g.roam {
                         // The next run is another CPU's (this one's is over).
@@ -740,6 +751,15 @@ fn run_vcpu(g: &Guest, v: u64) -> Option<Waiting> {
 
 /// A VCPU_RUN result other than an MMIO exit.
 fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
+    if g.migrate && HostError::from_code(code) != Some(HostError::Busy) {
+        // This host vCPU's index is its CPU's (MPIDR Aff0).
+        let mpidr: u64;
+        // SAFETY: reads MPIDR_EL1.
+        unsafe { core::arch::asm!("mrs {0}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+        if let Some(m) = g.ran_on.get(v as usize) {
+            m.fetch_or(1 << (mpidr & 0x3f), Ordering::Relaxed);
+        }
+    }
     if code == exit::SYSTEM_OFF || code == exit::SYSTEM_RESET {
         // Received frames no longer go into its memory.
         linuxdev::detach(g.handle.0);
@@ -762,6 +782,12 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
                     linux::powered_off(g);
                 }
                 println!("host: VM {} ({}) powered {how}", g.handle.0, g.name);
+                if g.migrate {
+                    for (v, m) in g.ran_on.iter().take(g.vcpus).enumerate() {
+                        let m = m.load(Ordering::Relaxed);
+                        println!("host: VM {} vCPU {v} ran on CPUs {m:#x}", g.handle.0);
+                    }
+                }
                 if g.reap {
                     reap(g);
                 }
@@ -774,6 +800,8 @@ fn vcpu_stopped(g: &Guest, v: u64, code: u64) {
             // The VM is being restarted on another CPU (destroyed, not yet
             // created again).
             Some(HostError::NoVm) if restart::restarted(g.handle.0) => {}
+            // Another CPU runs it (`migrate`).
+            Some(HostError::Busy) if g.migrate => {}
             Some(e) => fail(format_args!("VCPU_RUN {}/{v}: {e:?}", g.handle.0)),
             None => fail(format_args!(
                 "VCPU_RUN {}/{v}: unknown exit {code}",

@@ -8,6 +8,7 @@ use hyp_core::arch::esr::{AccessSize, DataAbort, Esr, MmioAccess, SysRegAccess, 
 use hyp_core::calls::smccc::{self as call, vendor};
 use hyp_core::exit::policy::{self, Action, Decision, Exit, Facts, Trap, VgicFrames};
 use hyp_core::exit::sysreg::VmReg;
+use hyp_core::vcpu::debug::{Access, DebugReg};
 use hyp_core::vcpu::inject::Injected;
 use hyp_core::vcpu::pmu::GuestReg;
 use hyp_core::vcpu::Who;
@@ -1246,27 +1247,63 @@ fn sysreg_traps() {
             at(Action::Inject(Injected::Undefined)),
         ),
         (
-            "MDSCR_EL1 reads as zero",
+            "a guest's MDSCR_EL1 read is its own (vcpu::debug)",
             sys(MDSCR_EL1, 1, true),
             vec![0, 77],
             g,
-            then(Action::Load { rt: 1, value: 0 }),
+            then(Action::Debug(Access {
+                reg: DebugReg::Mdscr,
+                read: true,
+                rt: 1,
+                value: 0,
+            })),
         ),
         (
-            "OSLSR_EL1 says the OS lock is implemented",
+            "a guest's OSLSR_EL1 read is its own",
             sys(OSLSR_EL1, 1, true),
             vec![],
             g,
+            then(Action::Debug(Access {
+                reg: DebugReg::Oslsr,
+                read: true,
+                rt: 1,
+                value: 0,
+            })),
+        ),
+        (
+            "a guest's MDSCR_EL1 write carries the value",
+            sys(MDSCR_EL1, 1, false),
+            vec![0, 77],
+            g,
+            then(Action::Debug(Access {
+                reg: DebugReg::Mdscr,
+                read: false,
+                rt: 1,
+                value: 77,
+            })),
+        ),
+        (
+            "the host's MDSCR_EL1 reads as zero",
+            sys(MDSCR_EL1, 1, true),
+            vec![0, 77],
+            host(),
+            then(Action::Load { rt: 1, value: 0 }),
+        ),
+        (
+            "the host's OSLSR_EL1 says the OS lock is implemented",
+            sys(OSLSR_EL1, 1, true),
+            vec![],
+            host(),
             then(Action::Load {
                 rt: 1,
                 value: 1 << 3,
             }),
         ),
         (
-            "debug register writes are ignored",
+            "the host's debug register writes are ignored",
             sys(MDSCR_EL1, 1, false),
             vec![0, 77],
-            g,
+            host(),
             then(Action::Resume),
         ),
         (

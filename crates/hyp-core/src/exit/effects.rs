@@ -17,7 +17,7 @@ use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
-use crate::vcpu::{fp, Who};
+use crate::vcpu::{debug, fp, Who};
 use crate::vm::control::{Fault, HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{host as host_vcpus, state};
@@ -174,6 +174,7 @@ fn apply(
             },
         );
     }
+    debug::stepped_past(&ctx.debug, &mut ctx.regs.pstate, d.pc_step);
     match d.action {
         Action::Resume => {}
         Action::Return(r) => ctx.regs.x[..4].copy_from_slice(&r),
@@ -262,6 +263,7 @@ fn apply(
             ctx.regs.x[rt as usize] = super::pmu::id_read(who, enc, v);
         }
         Action::SetWay => set_way_trap(c, who, vm, ctx, pending),
+        Action::Debug(a) => super::debug::access(c, ctx, a, d.pc_step, pending),
         Action::Pmu { reg, rt, write } => {
             super::pmu::access(c, who, ctx, vg, reg, rt, write, pending);
         }

@@ -11,6 +11,7 @@
 use crate::arch::esr::{self, DataAbort, Esr, MmioAccess, SysRegAccess};
 use crate::calls::smccc::{self as call, Hypercall};
 use crate::exit::sysreg::{self, TrappedSysReg, VmReg};
+use crate::vcpu::debug;
 use crate::vcpu::inject::Injected;
 use crate::vcpu::Who;
 use crate::vm::control::RunEnd;
@@ -320,6 +321,8 @@ pub enum Action {
     },
     /// DC ISW/CSW/CISW trapped by HCR_EL2.TSW.
     SetWay,
+    /// A guest's access to a debug register (`vcpu::debug::trap`).
+    Debug(debug::Access),
     /// A normal VM's access to a PMU register: the virtual PMU performs
     /// it (the PC steps past it) or refuses it (UNDEF injected at it).
     Pmu {
@@ -683,9 +686,9 @@ const fn size_mask(bytes: u64) -> u64 {
 
 /// Trapped MSR/MRS and system instructions: ICC_SGI1R_EL1 (HCR_EL2.IMO),
 /// ID registers (TID3), the virtual-memory controls (TVM), set/way cache
-/// maintenance (TSW), debug registers (RAZ/WI), a normal VM's PMU
-/// registers (TPM); anything else (implementation-defined registers, the
-/// host's and protected VMs' PMU accesses) is UNDEFINED.
+/// maintenance (TSW), debug registers (a guest's own, the host's RAZ/WI),
+/// a normal VM's PMU registers (TPM); anything else (implementation-defined
+/// registers, the host's and protected VMs' PMU accesses) is UNDEFINED.
 #[inline(always)]
 fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decision {
     let who = facts.who();
@@ -713,9 +716,20 @@ fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decisi
             rt,
             write: (!access.read).then_some(value),
         }),
-        // Debug registers (op0 = 2, trapped by MDCR_EL2.TDA/TDOSA): RAZ/WI
-        // instead of UNDEF, because Linux writes MDSCR_EL1 and the OS lock
-        // registers at boot (see `sysreg::debug_read`).
+        // A guest's debug registers (op0 = 2, trapped by MDCR_EL2.TDA/TDOSA)
+        // are its own, switched lazily (`vcpu::debug`).
+        _ if guest && access.enc.op0 == 2 => match debug::classify(access.enc) {
+            Some(reg) => then(Action::Debug(debug::Access {
+                reg,
+                read: access.read,
+                rt,
+                value,
+            })),
+            None => at(Action::Inject(Injected::Undefined)),
+        },
+        // The host's: RAZ/WI instead of UNDEF, because Linux writes
+        // MDSCR_EL1 and the OS lock registers at boot (see
+        // `sysreg::debug_read`).
         _ => match sysreg::debug_read(access.enc) {
             Some(value) if access.read && rt != 31 => then(Action::Load { rt, value }),
             Some(_) => then(Action::Resume),

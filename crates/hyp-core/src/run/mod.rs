@@ -29,7 +29,7 @@ use crate::stats;
 use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::traps::{self, CNTHCTL, MDCR};
-use crate::vcpu::{fp, pmu, Who};
+use crate::vcpu::{debug, fp, pmu, Who};
 use crate::vm::control::{HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{devices, host as host_vcpus, state};
@@ -85,6 +85,7 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         // SAFETY: every enable clear.
         first.add(unsafe { regs::HcrxEl2::write(traps::HCRX) });
     }
+    debug::cpu_init(debug::counts(), &mut first);
     first.add(regs::VpidrEl2::write(sysreg::midr_el1()));
     first.add(regs::CntvoffEl2::write(0));
     if let Some(g) = gic::phys() {
@@ -213,7 +214,9 @@ fn vcpu_run(
             if m.reg != 31 {
                 ctx.regs.x[m.reg as usize] = m.load_result(value);
             }
-            ctx.regs.pc += ctx.mmio_len;
+            let cx = &mut *ctx;
+            cx.regs.pc += cx.mmio_len;
+            debug::completed_past(&cx.debug, &mut cx.regs.pstate);
         }
     }
     host.el1.save(&c.sync.hcr);
@@ -231,9 +234,11 @@ fn vcpu_run(
     // The host's list registers, VMCR and active priorities are its own:
     // none of them may reach the guest, and they come back in `load_host`.
     vcpu_gic::load_guest(c, view.vg.map(|_| &ctx.vif), &mut pending);
+    let debug_live = debug::start_run(&mut ctx.debug, debug::counts, &mut pending);
     let who = Who::Guest { slot, vcpu: v };
-    let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view);
+    let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view, debug_live);
     host_pending.append(left);
+    debug::end_run(&mut ctx.debug, debug::counts, host_pending);
     pmu::run_end(c, &mut ctx, host_pending);
     ctx.el1.save(&c.sync.hcr);
     if c.fp_owner == FpOwner::Guest {
@@ -248,13 +253,15 @@ fn vcpu_run(
 
 /// Runs guest vCPU `who` until an exit for the host: returns how the run
 /// ended, the VCPU_RUN record, and the guest-only writes made since its last
-/// entry (the host's entry ERET discharges them).
+/// entry (the host's entry ERET discharges them). `debug_live`: its debug
+/// registers are in the CPU (`debug::start_run`).
 fn guest_loop(
     c: &mut Cpu<'_>,
     who: Who,
     ctx: &mut VcpuCtx,
     first: GuestPending,
     vm: VmView<'_>,
+    debug_live: bool,
 ) -> (RunEnd, [u64; 4], GuestPending) {
     // The vGIC and the physical GIC, looked up once for the run: both are
     // set before any vCPU of the VM runs and never change.
@@ -267,8 +274,18 @@ fn guest_loop(
         // A guest that never exits still gives the CPU back to the host.
         gic::arm_slice(sysreg::cntfrq_el0() / SLICES_PER_SECOND, &mut pending);
     }
-    // For the vector's fast path (`hyp_fast_sync`) while the guest runs.
+    // For the vector's fast path (`hyp_fast_sync`) while the guest runs:
+    // set for the whole run (only the lower-EL vector reads it) and
+    // withdrawn when the run ends. Not while the guest's debug registers are
+    // live (`exit::effects` withdraws it when they go live mid-run): the
+    // fast path steps the PC without clearing SPSR_EL2.SS
+    // (`debug::stepped_past`).
     let fast_ctx = fast::FastCtx { who, vm };
+    c.save.set_fast(if debug_live {
+        core::ptr::null()
+    } else {
+        core::ptr::from_ref(&fast_ctx).cast()
+    });
     loop {
         effects::cache_traps_before_entry(who, vm, ctx, &mut pending);
         if let Some(vg) = vg {
@@ -280,12 +297,11 @@ fn guest_loop(
             vcpu_gic::vgic_before_entry(c, g, ctx, vg, &mut pending);
         }
         let entry = barriers::enter_guest(&c.sync.eos, &mut c.vttbr, pending);
-        c.save.set_fast(core::ptr::from_ref(&fast_ctx).cast());
+
         // SAFETY: TPIDR_EL2 points at `c.save`; the VM's stage 2, HCR and
         // EL1 context are loaded; `ctx.regs` outlives the call. `fast_ctx`
-        // outlives the run and is withdrawn right after it.
+        // outlives the run and is withdrawn when it ends.
         let (kind, cse) = unsafe { world_switch::enter(&mut ctx.regs, &mut *c.save, entry) };
-        c.save.set_fast(core::ptr::null());
         pending = GuestPending::new();
         // HVCs the vector answered by itself during this run (`__hvc_fast`).
         let fast = c.save.take_fast_hvcs();
@@ -334,6 +350,7 @@ fn guest_loop(
                         }
                     }
                 }
+                c.save.set_fast(core::ptr::null());
                 // The host's entry ERET synchronises these writes.
                 return (end, record, pending);
             }

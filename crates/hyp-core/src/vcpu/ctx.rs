@@ -3,6 +3,7 @@
 use crate::arch::esr::MmioAccess;
 use crate::arch::switch::CpuSync;
 use crate::arch::world_switch::{El1Context, FpState, GuestRegs, HostSave};
+use crate::vcpu::debug::DebugRegs;
 use crate::vcpu::inject;
 use crate::vcpu::pmu::PmuState;
 use crate::vcpu::traps::HCR_BASE;
@@ -16,6 +17,9 @@ pub struct VcpuCtx {
     pub regs: GuestRegs,
     pub el1: El1Context,
     pub fp: FpState,
+    /// Breakpoints, watchpoints, MDSCR_EL1 and the OS lock (guests only;
+    /// switched lazily by `vcpu::debug`).
+    pub debug: DebugRegs,
     /// HCR_EL2 trap bits for this vCPU (HCR_BASE plus cache traps).
     pub hcr: u64,
     /// An MMIO read the host is answering.
@@ -47,6 +51,7 @@ impl VcpuCtx {
             },
             el1: El1Context::RESET,
             fp: FpState::new(),
+            debug: DebugRegs::new(),
             hcr: HCR_BASE,
             mmio: None,
             mmio_len: 4,

@@ -1,8 +1,9 @@
 //! vCPUs: their saved context, the per-CPU switching state, FP/SIMD
-//! switching, the list-register side of the virtual GIC, exception
-//! injection, the trap configuration they run with, the virtual PMU, and
-//! idle CPUs' sleep.
+//! switching, self-hosted debug switching, the list-register side of the
+//! virtual GIC, exception injection, the trap configuration they run with,
+//! the virtual PMU, and idle CPUs' sleep.
 
+pub mod debug;
 pub mod inject;
 pub mod pmu;
 pub mod traps;
