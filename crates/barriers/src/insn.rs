@@ -262,6 +262,10 @@ sysregs! {
     CntvCtlEl0 => "cntv_ctl_el0",
     /// CNTV_CVAL_EL0.
     CntvCvalEl0 => "cntv_cval_el0",
+    /// CNTP_CTL_EL0: the EL1 physical timer's control.
+    CntpCtlEl0 => "cntp_ctl_el0",
+    /// CNTP_CVAL_EL0: the EL1 physical timer's compare value.
+    CntpCvalEl0 => "cntp_cval_el0",
     /// CSSELR_EL1.
     CsselrEl1 => "csselr_el1",
     /// VDISR_EL2 (S3_4_C12_C1_1, FEAT_RAS): the DISR_EL1 a lower EL reads and writes while
@@ -313,6 +317,8 @@ impl SysReg {
                 | SysReg::CpacrEl1
                 | SysReg::CntvCtlEl0
                 | SysReg::CntvCvalEl0
+                | SysReg::CntpCtlEl0
+                | SysReg::CntpCvalEl0
                 | SysReg::CsselrEl1
         )
     }

@@ -584,6 +584,8 @@ el1_reg! {
     CpacrEl1 => CpacrEl1,
     CntvCtlEl0 => CntvCtlEl0,
     CntvCvalEl0 => CntvCvalEl0,
+    CntpCtlEl0 => CntpCtlEl0,
+    CntpCvalEl0 => CntpCvalEl0,
     CsselrEl1 => CsselrEl1,
 }
 

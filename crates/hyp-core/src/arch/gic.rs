@@ -1,6 +1,6 @@
 //! The physical interrupt controller as the hypervisor uses it: its own
 //! time-slice timer (the EL2 physical timer, PPI 26), the virtual timer's
-//! PPI 27 while a guest runs, the vGIC maintenance interrupt (PPI 25) and
+//! PPI 27 and the EL1 physical timer's PPI 30 while a guest runs, the vGIC maintenance interrupt (PPI 25) and
 //! a kick SGI, all routed to EL2 (HCR_EL2.IMO), acknowledged and ended here.
 //! Guests' interrupts are virtual (the `vgic` crate).
 //!
@@ -33,6 +33,9 @@ pub const HYP_TIMER_PPI: u32 = 26;
 /// INTID of the EL1 virtual timer: taken at EL2 while a guest runs, then
 /// masked here and delivered as a virtual interrupt (see `vm.rs`).
 pub const VTIMER_PPI: u32 = 27;
+/// INTID of the EL1 physical timer (the binding's non-secure physical
+/// timer): the same for a guest vCPU that uses it (`vcpu::ptimer`).
+pub const PTIMER_PPI: u32 = 30;
 /// INTID of the virtual CPU interface's maintenance interrupt.
 pub const MAINTENANCE_PPI: u32 = 25;
 /// SGI the hypervisor sends to a CPU to make its running vCPU exit.
@@ -43,7 +46,13 @@ pub const SPURIOUS: u32 = 1023;
 /// ICC_CTLR_EL1.EOImode (bit 1): priority drop and deactivation are separate.
 const EOIMODE_SPLIT: u64 = 1 << 1;
 
-const MINE: [u32; 4] = [HYP_TIMER_PPI, VTIMER_PPI, MAINTENANCE_PPI, KICK_SGI];
+const MINE: [u32; 5] = [
+    HYP_TIMER_PPI,
+    VTIMER_PPI,
+    PTIMER_PPI,
+    MAINTENANCE_PPI,
+    KICK_SGI,
+];
 
 fn write32(addr: u64, v: u32) {
     // SAFETY: `addr` is a GIC register EL2 maps as device memory (board

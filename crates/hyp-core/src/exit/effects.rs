@@ -17,7 +17,7 @@ use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
-use crate::vcpu::{fp, Who};
+use crate::vcpu::{fp, ptimer, Who};
 use crate::vm::control::{Fault, HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{host as host_vcpus, state};
@@ -234,7 +234,8 @@ fn apply(
         }
         Action::Wfi => {
             if !vgic_wakes(c, who, ctx, vg, pending) {
-                let wait = [1, vtimer_deadline(c), crate::vcpu::idle::generation()];
+                let deadline = ptimer::wake_deadline(c, &ctx.ptimer);
+                let wait = [1, deadline, crate::vcpu::idle::generation()];
                 return Next::ToHost(
                     RunEnd::Runnable,
                     [hyp_abi::exit::YIELD, wait[0], wait[1], wait[2]],
@@ -249,6 +250,7 @@ fn apply(
             };
             fp::fp_trap(c, ctx, me);
         }
+        Action::PTimerFirstUse => ptimer::first_use(c, &mut ctx.ptimer, pending),
         Action::Sgi1r { value } => {
             if let (Some(vg), Who::Guest { slot, vcpu }) = (vg, who) {
                 if let Ok(kick) = vg.sgi1r(vcpu, value) {
@@ -385,18 +387,6 @@ fn vgic_wakes(
     };
     let pmr = ctx.vif.priority_mask(vg.version(), &mut lrs);
     vg.has_pending(vcpu, pmr)
-}
-
-/// The counter value the running guest's virtual timer fires at
-/// (CNTV_CVAL_EL0: every context's CNTVOFF_EL2 is 0), or `u64::MAX` when it
-/// is disabled or masked (CNTV_CTL_EL0 ENABLE, IMASK).
-fn vtimer_deadline(c: &Cpu<'_>) -> u64 {
-    let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
-    if ctl & 0b11 == 0b01 {
-        regs::CntvCvalEl0::read(&c.sync.hcr)
-    } else {
-        u64::MAX
-    }
 }
 
 /// Sets the vCPU's HCR_EL2 TVM bit as `tvm` says; writes HCR_EL2 if it changed.
@@ -550,6 +540,8 @@ pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPend
             g.ppi_enable(c.idx, intid, false);
             c.vtimer_masked = true;
         }
+        // The same for its physical timer (`vcpu::ptimer`).
+        gic::PTIMER_PPI => ptimer::fired(c, g),
         // Maintenance (the vGIC re-syncs after every exit) and kicks (the
         // exit itself was the point).
         gic::MAINTENANCE_PPI | gic::KICK_SGI => {}

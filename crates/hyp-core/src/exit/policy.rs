@@ -306,6 +306,9 @@ pub enum Action {
     Wfi,
     /// FP/SIMD trap: switch the FP registers to this context.
     Fp,
+    /// A guest vCPU's first EL1 physical timer access: give it the timer
+    /// (`vcpu::ptimer`) and execute the access again.
+    PTimerFirstUse,
     /// ICC_SGI1R_EL1 written: send virtual SGIs.
     Sgi1r {
         /// The value written.
@@ -673,7 +676,8 @@ const fn size_mask(bytes: u64) -> u64 {
 
 /// Trapped MSR/MRS and system instructions: ICC_SGI1R_EL1 (HCR_EL2.IMO),
 /// ID registers (TID3), the virtual-memory controls (TVM), set/way cache
-/// maintenance (TSW), debug registers (RAZ/WI); anything else
+/// maintenance (TSW), debug registers (RAZ/WI), a guest's first EL1
+/// physical timer access (CNTHCTL_EL2.EL1PCEN; the host's is refused); anything else
 /// (implementation-defined registers, PMU) is UNDEFINED.
 #[inline(always)]
 fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decision {
@@ -695,6 +699,7 @@ fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decisi
             Action::Resume
         }),
         TrappedSysReg::Vm(reg) if !access.read => then(Action::TvmWrite { reg, value }),
+        TrappedSysReg::PhysTimer if guest => at(Action::PTimerFirstUse),
         // Debug registers (op0 = 2, trapped by MDCR_EL2.TDA/TDOSA): RAZ/WI
         // instead of UNDEF, because Linux writes MDSCR_EL1 and the OS lock
         // registers at boot (see `sysreg::debug_read`).

@@ -70,6 +70,9 @@ pub enum TrappedSysReg {
     IccAsgi1r,
     /// ICC_SGI0R_EL1 (3, 0, 12, 11, 7): generate a Group 0 SGI.
     IccSgi0r,
+    /// CNTP_TVAL_EL0, CNTP_CTL_EL0, CNTP_CVAL_EL0 (3, 3, 14, 2, 0..=2): the
+    /// EL1 physical timer, trapped by CNTHCTL_EL2.EL1PCEN = 0.
+    PhysTimer,
     /// Anything else: the hypervisor injects an undefined-instruction
     /// exception (IMPLEMENTATION DEFINED registers, PMU, debug, ...).
     Other(SysRegEnc),
@@ -123,6 +126,7 @@ pub fn classify(enc: SysRegEnc) -> TrappedSysReg {
         (3, 0, 12, 11, 5) => TrappedSysReg::IccSgi1r,
         (3, 0, 12, 11, 6) => TrappedSysReg::IccAsgi1r,
         (3, 0, 12, 11, 7) => TrappedSysReg::IccSgi0r,
+        (3, 3, 14, 2, 0..=2) => TrappedSysReg::PhysTimer,
         _ => TrappedSysReg::Other(enc),
     }
 }

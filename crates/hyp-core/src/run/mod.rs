@@ -29,7 +29,7 @@ use crate::stats;
 use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::traps::{self, CNTHCTL, MDCR};
-use crate::vcpu::{fp, Who};
+use crate::vcpu::{fp, ptimer, Who};
 use crate::vm::control::{HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{devices, host as host_vcpus, state};
@@ -54,6 +54,7 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         fp_owner: FpOwner::None,
         fp_on: None,
         vtimer_masked: false,
+        ptimer_masked: false,
         host_if: vgic::HostIf::new(),
     };
     let mut host = VcpuCtx::new();
@@ -83,6 +84,9 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
     }
     first.add(regs::VpidrEl2::write(sysreg::midr_el1()));
     first.add(regs::CntvoffEl2::write(0));
+    // The EL1 physical timer off (its ENABLE resets UNKNOWN): only a guest
+    // vCPU that uses it turns it on (`vcpu::ptimer`).
+    first.add(regs::CntpCtlEl0::write(&sync.hcr, 0));
     if let Some(g) = gic::phys() {
         g.init_cpu(cpu, sync.gic.as_ref(), &mut first);
     }
@@ -222,6 +226,7 @@ fn vcpu_run(
     // SAFETY: the VM's stage 2 maps only memory it owns or borrows; its HCR
     // differs from the boot value in trap bits only.
     unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &ctx.el1, &mut pending) };
+    ptimer::load(c, &ctx.ptimer, &mut pending);
     let view = guest.view();
     // The host's list registers, VMCR and active priorities are its own:
     // none of them may reach the guest, and they come back in `load_host`.
@@ -230,6 +235,7 @@ fn vcpu_run(
     let (end, record, left) = guest_loop(c, who, &mut ctx, pending, view);
     host_pending.append(left);
     ctx.el1.save(&c.sync.hcr);
+    ptimer::put(c, &mut ctx.ptimer, host_pending);
     if c.fp_owner == FpOwner::Guest {
         let on = fp::fp_enable(c);
         world_switch::fp_save(on, &mut ctx.fp);

@@ -4,6 +4,7 @@ use crate::arch::esr::MmioAccess;
 use crate::arch::switch::CpuSync;
 use crate::arch::world_switch::{El1Context, FpState, GuestRegs, HostSave};
 use crate::vcpu::inject;
+use crate::vcpu::ptimer::PTimer;
 use crate::vcpu::traps::HCR_BASE;
 use barriers::sync::{El2Fp, Synced};
 use barriers::vttbr::Vttbr;
@@ -24,6 +25,8 @@ pub struct VcpuCtx {
     pub mmio_len: u64,
     /// The vCPU's virtual GIC CPU interface state.
     pub vif: VcpuIf,
+    /// Its EL1 physical timer (guest vCPUs only).
+    pub ptimer: PTimer,
 }
 
 impl Default for VcpuCtx {
@@ -48,6 +51,7 @@ impl VcpuCtx {
             mmio: None,
             mmio_len: 4,
             vif: VcpuIf::new(0),
+            ptimer: PTimer::RESET,
         }
     }
 
@@ -88,6 +92,8 @@ pub struct Cpu<'a> {
     /// The virtual timer's PPI is disabled at this CPU's redistributor
     /// because its level is being delivered as a virtual interrupt.
     pub vtimer_masked: bool,
+    /// The same for the EL1 physical timer's PPI (`vcpu::ptimer`).
+    pub ptimer_masked: bool,
     /// The host vCPU's virtual CPU interface (its hardware-linked INTx
     /// interrupts, VMCR, active priorities), kept here while it runs a guest.
     pub host_if: vgic::HostIf,

@@ -86,7 +86,8 @@ impl vgic::ListRegs for Lrs<'_> {
 
 /// Before entering a guest on a board with GIC `g` (after its devices' lines were sampled,
 /// `vm::devices::resample`): samples its virtual timer's output into the
-/// vGIC (level-sensitive PPI 27), re-enables the physical timer PPI once the
+/// vGIC (level-sensitive PPI 27; PPI 30 for the physical timer,
+/// `vcpu::ptimer`), re-enables the physical timer PPI once the
 /// level dropped, and loads the list registers. Inlined into the run loop,
 /// its one caller, on every guest entry.
 #[inline(always)]
@@ -105,6 +106,7 @@ pub fn vgic_before_entry(
         g.ppi_enable(c.idx, gic::VTIMER_PPI, true);
         c.vtimer_masked = false;
     }
+    crate::vcpu::ptimer::before_entry(c, g, &ctx.ptimer, vg, ctx.vif.vcpu());
     if let Some(mut lrs) = Lrs::of(g, c.sync, pending) {
         ctx.vif.flush(vg, &mut lrs);
     }

@@ -3,6 +3,7 @@
 //! injection, the trap configuration they run with, and idle CPUs' sleep.
 
 pub mod inject;
+pub mod ptimer;
 pub mod traps;
 
 #[cfg(target_arch = "aarch64")]

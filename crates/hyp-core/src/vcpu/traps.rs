@@ -118,8 +118,12 @@ pub const MDCR: u64 = MDCR_EL2::TPM::SET.value
     | MDCR_EL2::TDRA::SET.value;
 
 /// CNTHCTL_EL2 (E2H = 0): EL1PCTEN (counter reads allowed); EL1PCEN clear,
-/// so the physical timer traps (and is refused): VMs use the virtual timer.
+/// so the physical timer traps: the host's accesses are refused, a guest
+/// vCPU's first access gives it the timer (`vcpu::ptimer`).
 pub const CNTHCTL: u64 = CNTHCTL_EL2::EL1PCTEN::SET.value;
+/// CNTHCTL_EL2 while a guest vCPU that uses the EL1 physical timer runs:
+/// EL1PCEN set too, its CNTP_* accesses reach the timer.
+pub const CNTHCTL_PTIMER: u64 = CNTHCTL | CNTHCTL_EL2::EL1PCEN::SET.value;
 
 #[cfg(test)]
 mod tests {
@@ -139,6 +143,7 @@ mod tests {
         assert_eq!(CPTR_TRAP_FP, 0x33ff | (1 << 10));
         assert_eq!(MDCR, (1 << 6) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 11));
         assert_eq!(CNTHCTL, 1);
+        assert_eq!(CNTHCTL_PTIMER, 0b11);
     }
 
     /// Per-vCPU trap changes stay within the fields `barriers` lets change
