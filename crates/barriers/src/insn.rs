@@ -283,6 +283,8 @@ sysregs! {
     HdfgwtrEl2 => "s3_4_c3_c1_5",
     /// HCRX_EL2 (S3_4_C1_C2_2, FEAT_HCX).
     HcrxEl2 => "s3_4_c1_c2_2",
+    /// ZCR_EL2 (S3_4_C1_C2_0, FEAT_SVE): the SVE vector length at EL2 and the cap of EL1's.
+    ZcrEl2 => "s3_4_c1_c2_0",
     /// CPUACTLR_EL1 (S3_1_C15_C2_0): Cortex-A57/A72 IMPLEMENTATION DEFINED auxiliary control.
     CpuactlrEl1 => "s3_1_c15_c2_0",
 }

@@ -17,7 +17,7 @@ use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
-use crate::vcpu::{fp, ptimer, Who};
+use crate::vcpu::{fp, ptimer, sve, sve_id, Who};
 use crate::vm::control::{Fault, HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{host as host_vcpus, state};
@@ -250,6 +250,11 @@ fn apply(
             };
             fp::fp_trap(c, ctx, me);
         }
+        Action::Sve => {
+            if !sve::trap(c, ctx) {
+                inject_into(c, ctx, Injected::Undefined, pending);
+            }
+        }
         Action::PTimerFirstUse => ptimer::first_use(c, &mut ctx.ptimer, pending),
         Action::Sgi1r { value } => {
             if let (Some(vg), Who::Guest { slot, vcpu }) = (vg, who) {
@@ -260,8 +265,10 @@ fn apply(
             }
         }
         Action::IdRead { enc, rt } => {
-            ctx.regs.x[rt as usize] =
-                super::idregs::sanitise(enc, sysreg::read_id(enc.crm, enc.op2)).unwrap_or(0);
+            let hw = sysreg::read_id(enc.crm, enc.op2);
+            let v = super::idregs::sanitise(enc, hw).unwrap_or(0);
+            let sve = who != Who::Host && sve::available();
+            ctx.regs.x[rt as usize] = sve_id::view(enc, hw, v, sve);
         }
         Action::SetWay => set_way_trap(c, who, vm, ctx, pending),
         Action::TvmWrite { reg, value } => tvm_write(c, who, vm, ctx, reg, value, pending),

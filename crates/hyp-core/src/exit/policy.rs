@@ -82,6 +82,8 @@ pub enum Exit {
     },
     /// First FP/SIMD use while CPTR_EL2.TFP traps it.
     Fp,
+    /// An SVE instruction or ZCR_EL1 access while CPTR_EL2.TZ traps it.
+    Sve,
     /// A trapped MSR/MRS or system instruction.
     SysReg {
         /// The access.
@@ -180,6 +182,7 @@ pub fn decode(trap: &Trap, x: &[u64; 31]) -> Exit {
             len: insn_len(esr),
         },
         esr::ec::FP_ASIMD => Exit::Fp,
+        esr::ec::SVE => Exit::Sve,
         esr::ec::SYS64 => {
             let access = esr::decode_sysreg(esr);
             let value = if access.read { 0 } else { reg(access.reg) };
@@ -306,6 +309,8 @@ pub enum Action {
     Wfi,
     /// FP/SIMD trap: switch the FP registers to this context.
     Fp,
+    /// A guest vCPU's SVE trap: switch its SVE state in (`vcpu::sve`).
+    Sve,
     /// A guest vCPU's first EL1 physical timer access: give it the timer
     /// (`vcpu::ptimer`) and execute the access again.
     PTimerFirstUse,
@@ -465,6 +470,9 @@ pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
             len,
         ),
         Exit::Fp => at(Action::Fp),
+        // The host has no SVE (hidden, TZ kept set): UNDEFINED.
+        Exit::Sve if guest => at(Action::Sve),
+        Exit::Sve => at(Action::Inject(Injected::Undefined)),
         Exit::SysReg { access, value } => sysreg_access(access, value, facts),
         Exit::Unknown => at(Action::Inject(Injected::Undefined)),
     }

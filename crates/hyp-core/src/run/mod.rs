@@ -29,7 +29,7 @@ use crate::stats;
 use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::traps::{self, CNTHCTL, MDCR};
-use crate::vcpu::{fp, ptimer, Who};
+use crate::vcpu::{fp, ptimer, sve, Who};
 use crate::vm::control::{HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{devices, host as host_vcpus, state};
@@ -237,8 +237,12 @@ fn vcpu_run(
     ctx.el1.save(&c.sync.hcr);
     ptimer::put(c, &mut ctx.ptimer, host_pending);
     if c.fp_owner == FpOwner::Guest {
-        let on = fp::fp_enable(c);
-        world_switch::fp_save(on, &mut ctx.fp);
+        if ctx.sve_used {
+            sve::save(c, &mut ctx.sve);
+        } else {
+            let on = fp::fp_enable(c);
+            world_switch::fp_save(on, &mut ctx.fp);
+        }
         c.fp_owner = FpOwner::None;
     }
     drop(ctx);

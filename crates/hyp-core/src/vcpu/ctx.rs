@@ -1,6 +1,7 @@
 //! A vCPU's saved context, and the per-CPU state the run loop switches with.
 
 use crate::arch::esr::MmioAccess;
+use crate::arch::sve::SveState;
 use crate::arch::switch::CpuSync;
 use crate::arch::world_switch::{El1Context, FpState, GuestRegs, HostSave};
 use crate::vcpu::inject;
@@ -16,6 +17,11 @@ pub struct VcpuCtx {
     pub regs: GuestRegs,
     pub el1: El1Context,
     pub fp: FpState,
+    /// The vCPU has used SVE: `sve`, not `fp`, holds its FP/SIMD and SVE
+    /// state (`vcpu::sve`).
+    pub sve_used: bool,
+    /// Its SVE state (Z, P, FFR, FPSR, FPCR, ZCR_EL1), once `sve_used`.
+    pub sve: SveState,
     /// HCR_EL2 trap bits for this vCPU (HCR_BASE plus cache traps).
     pub hcr: u64,
     /// An MMIO read the host is answering.
@@ -47,6 +53,8 @@ impl VcpuCtx {
             },
             el1: El1Context::RESET,
             fp: FpState::new(),
+            sve_used: false,
+            sve: SveState::ZERO,
             hcr: HCR_BASE,
             mmio: None,
             mmio_len: 4,

@@ -4,6 +4,9 @@
 
 pub mod inject;
 pub mod ptimer;
+#[cfg(target_arch = "aarch64")]
+pub mod sve;
+pub mod sve_id;
 pub mod traps;
 
 #[cfg(target_arch = "aarch64")]

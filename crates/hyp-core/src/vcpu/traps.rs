@@ -108,6 +108,10 @@ pub fn guest_hcr(fwb: bool) -> u64 {
 pub const CPTR_FP_ON: u64 = CPTR_EL2_RES1 | CPTR_EL2_TSM | CPTR_EL2_TZ;
 /// The same with TFP set: FP/SIMD accesses trap to EL2.
 pub const CPTR_TRAP_FP: u64 = CPTR_FP_ON | CPTR_EL2_TFP;
+/// CPTR_EL2 with FP/SIMD and SVE usable (TFP, TZ clear; TSM set): a guest
+/// vCPU that uses SVE while it owns the registers, and EL2 saving or
+/// loading them (`vcpu::sve`).
+pub const CPTR_SVE_ON: u64 = CPTR_FP_ON & !CPTR_EL2_TZ;
 
 /// MDCR_EL2: trap PMU (TPM, TPMCR) and debug (TDA, TDOSA, TDRA) accesses;
 /// nothing is virtualised, so they are answered with UNDEF.
@@ -141,6 +145,7 @@ mod tests {
         assert_eq!(HCR_FWB, 1 << 46);
         assert_eq!(CPTR_FP_ON, 0x33ff);
         assert_eq!(CPTR_TRAP_FP, 0x33ff | (1 << 10));
+        assert_eq!(CPTR_SVE_ON, 0x32ff);
         assert_eq!(MDCR, (1 << 6) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 11));
         assert_eq!(CNTHCTL, 1);
         assert_eq!(CNTHCTL_PTIMER, 0b11);
