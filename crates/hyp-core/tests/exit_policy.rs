@@ -1309,6 +1309,24 @@ fn physical_timer_traps() {
     check(cases);
 }
 
+/// An SVE trap (EC 0x19, CPTR_EL2.TZ): a guest's switches its SVE state in
+/// and runs the instruction again; the host has no SVE: UNDEFINED.
+#[test]
+fn sve_traps() {
+    let (g, h) = (guest(), host());
+    let t = trap(esr(0x19, 0), 0, 0);
+    check(vec![
+        ("guest SVE", t, vec![], g, at(Action::Sve)),
+        (
+            "host SVE",
+            t,
+            vec![],
+            h,
+            at(Action::Inject(Injected::Undefined)),
+        ),
+    ]);
+}
+
 #[test]
 fn decode_takes_values_from_the_registers() {
     let x: Vec<u64> = (100..131).collect();

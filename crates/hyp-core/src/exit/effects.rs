@@ -545,7 +545,7 @@ pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPend
             // PPI until the guest has dealt with it (its level is sampled
             // into the vGIC before each entry).
             g.ppi_enable(c.idx, intid, false);
-            c.vtimer_masked = true;
+            c.timers_masked |= crate::vcpu::ctx::TIMER_V;
         }
         // The same for its physical timer (`vcpu::ptimer`).
         gic::PTIMER_PPI => ptimer::fired(c, g),

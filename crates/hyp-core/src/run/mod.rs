@@ -53,8 +53,7 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         vttbr: unsafe { Vttbr::init(state::host_vttbr()) },
         fp_owner: FpOwner::None,
         fp_on: None,
-        vtimer_masked: false,
-        ptimer_masked: false,
+        timers_masked: 0,
         host_if: vgic::HostIf::new(),
     };
     let mut host = VcpuCtx::new();

@@ -12,16 +12,15 @@ use barriers::vttbr::Vttbr;
 use vgic::VcpuIf;
 
 /// A vCPU's saved state (host or guest).
+///
+/// `repr(C)`, the FP/SIMD and SVE state last: the fields every exit uses
+/// stay within the reach of one load's immediate offset (a byte load's
+/// reaches 4 KiB), whatever the size of the register files behind them.
 #[derive(Debug)]
+#[repr(C)]
 pub struct VcpuCtx {
     pub regs: GuestRegs,
     pub el1: El1Context,
-    pub fp: FpState,
-    /// The vCPU has used SVE: `sve`, not `fp`, holds its FP/SIMD and SVE
-    /// state (`vcpu::sve`).
-    pub sve_used: bool,
-    /// Its SVE state (Z, P, FFR, FPSR, FPCR, ZCR_EL1), once `sve_used`.
-    pub sve: SveState,
     /// HCR_EL2 trap bits for this vCPU (HCR_BASE plus cache traps).
     pub hcr: u64,
     /// An MMIO read the host is answering.
@@ -33,6 +32,12 @@ pub struct VcpuCtx {
     pub vif: VcpuIf,
     /// Its EL1 physical timer (guest vCPUs only).
     pub ptimer: PTimer,
+    /// The vCPU has used SVE: `sve`, not `fp`, holds its FP/SIMD and SVE
+    /// state (`vcpu::sve`).
+    pub sve_used: bool,
+    pub fp: FpState,
+    /// Its SVE state (Z, P, FFR, FPSR, FPCR, ZCR_EL1), once `sve_used`.
+    pub sve: SveState,
 }
 
 impl Default for VcpuCtx {
@@ -85,6 +90,11 @@ pub enum FpOwner {
     Guest,
 }
 
+/// [`Cpu::timers_masked`]: the virtual timer's PPI.
+pub const TIMER_V: u8 = 1;
+/// [`Cpu::timers_masked`]: the EL1 physical timer's PPI.
+pub const TIMER_P: u8 = 2;
+
 /// This CPU's switching state.
 pub struct Cpu<'a> {
     pub idx: usize,
@@ -97,11 +107,13 @@ pub struct Cpu<'a> {
     pub fp_owner: FpOwner,
     /// Present while CPTR_EL2.TFP is clear and synchronised.
     pub fp_on: Option<Synced<El2Fp>>,
-    /// The virtual timer's PPI is disabled at this CPU's redistributor
-    /// because its level is being delivered as a virtual interrupt.
-    pub vtimer_masked: bool,
-    /// The same for the EL1 physical timer's PPI (`vcpu::ptimer`).
-    pub ptimer_masked: bool,
+    /// [`TIMER_V`]: the virtual timer's PPI is disabled at this CPU's
+    /// redistributor because its level is being delivered as a virtual
+    /// interrupt. [`TIMER_P`]: the same for the EL1 physical timer's
+    /// (`vcpu::ptimer`), or a vCPU that uses it was loaded: its level is
+    /// sampled before each entry until it is low. One byte, so an entry
+    /// with neither tests once.
+    pub timers_masked: u8,
     /// The host vCPU's virtual CPU interface (its hardware-linked INTx
     /// interrupts, VMCR, active priorities), kept here while it runs a guest.
     pub host_if: vgic::HostIf,

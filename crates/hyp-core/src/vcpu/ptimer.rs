@@ -9,16 +9,19 @@
 //! them at its end, where the timer is also disabled (CTL = 0) and EL1PCEN
 //! cleared again, so neither the host nor another guest sees or is
 //! interrupted by it, and a vCPU that moved CPUs takes its timer along. A
-//! vCPU that never touches the timer costs one flag test per run start, run
-//! end and entry (KVM does the same save/restore for every vCPU, in
+//! vCPU that never touches the timer costs one flag test per run start and
+//! run end (KVM does the same save/restore for every vCPU, in
 //! `timer_save_state`/`timer_restore_state`, arch/arm64/kvm/arch_timer.c).
 //!
 //! Its interrupt (PPI 30, the binding's non-secure physical timer, which
 //! the guest's device tree advertises) is taken at EL2 while the vCPU runs
-//! (HCR_EL2.IMO), masked at the redistributor and delivered as a
-//! level-sensitive virtual PPI 30 sampled from CNTP_CTL_EL0.ISTATUS before
-//! every entry; the PPI is enabled again once the level dropped. This is
-//! the virtual timer's scheme (`vcpu::gic::vgic_before_entry`).
+//! (HCR_EL2.IMO), masked at the redistributor ([`fired`]) and delivered as
+//! a level-sensitive virtual PPI 30 sampled from CNTP_CTL_EL0 before each
+//! entry ([`sample`]) until the level dropped, when the PPI is enabled
+//! again: the virtual timer's scheme (`vcpu::gic::vgic_before_entry`), but
+//! sampled only while `Cpu::timers_masked` says so (also after each
+//! [`load`]), so that entries of other vCPUs share the virtual timer's one
+//! test.
 //!
 //! Counter offset: every context runs with CNTVOFF_EL2 = 0 (`run::run_cpu`)
 //! and FEAT_ECV's CNTPOFF_EL2 is not used, so a guest's physical and virtual
@@ -81,21 +84,21 @@ pub const fn deadline(ctl: u64, cval: u64) -> u64 {
 mod on_cpu {
     use super::{deadline, level, PTimer, CTL_ENABLE, CTL_IMASK};
     use crate::arch::gic::{self, Phys};
-    use crate::vcpu::ctx::Cpu;
+    use crate::vcpu::ctx::{Cpu, TIMER_P};
     use crate::vcpu::traps::{CNTHCTL, CNTHCTL_PTIMER};
     use barriers::{regs, GuestPending};
 
     /// The vCPU's first CNTP_* access trapped: from now on it owns the timer.
     /// Loads its (reset) state and lets its accesses through; the access runs
     /// again after the entry ERET, which synchronises these writes.
-    pub fn first_use(c: &Cpu<'_>, t: &mut PTimer, pending: &mut GuestPending) {
+    pub fn first_use(c: &mut Cpu<'_>, t: &mut PTimer, pending: &mut GuestPending) {
         t.used = true;
         load(c, t, pending);
     }
 
     /// At the start of a vCPU's run: its timer goes onto the CPU, if it uses one.
     #[inline(always)]
-    pub fn load(c: &Cpu<'_>, t: &PTimer, pending: &mut GuestPending) {
+    pub fn load(c: &mut Cpu<'_>, t: &PTimer, pending: &mut GuestPending) {
         if t.used {
             load_used(c, t, pending);
         }
@@ -105,7 +108,10 @@ mod on_cpu {
     /// does not pays one test.
     #[cold]
     #[inline(never)]
-    fn load_used(c: &Cpu<'_>, t: &PTimer, pending: &mut GuestPending) {
+    fn load_used(c: &mut Cpu<'_>, t: &PTimer, pending: &mut GuestPending) {
+        // Its level may be high (or have dropped on another CPU): sample it
+        // before each entry until it is low.
+        c.timers_masked |= TIMER_P;
         let e2h = &c.sync.hcr;
         // The compare value before the enable: the timer never runs with a
         // previous owner's compare value.
@@ -140,34 +146,29 @@ mod on_cpu {
         pending.add(unsafe { regs::CnthctlEl2::write(CNTHCTL) });
     }
 
-    /// Before an entry of a vCPU that uses the timer: samples its output into
-    /// the vGIC (level-sensitive PPI 30) and enables the physical PPI again once
-    /// the level dropped.
-    #[inline(always)]
-    pub fn before_entry(c: &mut Cpu<'_>, g: &Phys, t: &PTimer, vg: &vgic::Vgic, vcpu: usize) {
-        if t.used {
-            sample(c, g, vg, vcpu);
-        }
-    }
-
-    /// [`before_entry`] for a vCPU that uses the timer (out of line).
+    /// Before an entry while [`TIMER_P`] is set (the PPI fired, or a vCPU
+    /// that uses the timer was loaded): samples the timer's output into the
+    /// vGIC (level-sensitive PPI 30); once it is low, enables the physical
+    /// PPI again and stops sampling (the next rise is taken at EL2,
+    /// [`fired`]). A vCPU that does not use the timer reads CNTP_CTL_EL0 = 0
+    /// (`put`): low.
     #[cold]
     #[inline(never)]
-    fn sample(c: &mut Cpu<'_>, g: &Phys, vg: &vgic::Vgic, vcpu: usize) {
+    pub fn sample(c: &mut Cpu<'_>, g: &Phys, vg: &vgic::Vgic, vcpu: usize) {
         let lvl = level(regs::CntpCtlEl0::read(&c.sync.hcr));
         let _ = vg.set_level(vcpu, gic::PTIMER_PPI, lvl);
-        if c.ptimer_masked && !lvl {
+        if !lvl {
             g.ppi_enable(c.idx, gic::PTIMER_PPI, true);
-            c.ptimer_masked = false;
+            c.timers_masked &= !TIMER_P;
         }
     }
 
     /// PPI 30 was taken at EL2: masked at the redistributor until the
-    /// level, delivered virtually, drops ([`before_entry`]).
+    /// level, delivered virtually, drops ([`sample`]).
     #[cold]
     pub fn fired(c: &mut Cpu<'_>, g: &Phys) {
         g.ppi_enable(c.idx, gic::PTIMER_PPI, false);
-        c.ptimer_masked = true;
+        c.timers_masked |= TIMER_P;
     }
 
     /// The counter value at which the running vCPU's virtual or physical timer

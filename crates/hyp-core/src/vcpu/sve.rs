@@ -52,6 +52,8 @@ fn enable<'c>(c: &'c mut Cpu<'_>) -> &'c Synced<El2Fp> {
 /// A guest vCPU's SVE instruction or ZCR_EL1 access trapped (CPTR_EL2.TZ):
 /// gives it its SVE state (made from its FP/SIMD state the first time).
 /// Returns false when the CPU has no SVE (the caller injects UNDEF).
+#[cold]
+#[inline(never)]
 pub fn trap(c: &mut Cpu<'_>, ctx: &mut VcpuCtx) -> bool {
     if !available() {
         return false;
@@ -76,12 +78,18 @@ pub fn trap(c: &mut Cpu<'_>, ctx: &mut VcpuCtx) -> bool {
 }
 
 /// Loads a guest vCPU's SVE state (it owns the registers from now on).
+/// Out of line, as [`save`]: the paths of vCPUs without SVE state only test
+/// the flag.
+#[cold]
+#[inline(never)]
 pub fn load(c: &mut Cpu<'_>, sve: &SveState) {
     let on = enable(c);
     hw::sve_load(on, sve);
 }
 
 /// Saves a guest vCPU's SVE state at the end of its run.
+#[cold]
+#[inline(never)]
 pub fn save(c: &mut Cpu<'_>, sve: &mut SveState) {
     let on = enable(c);
     hw::sve_save(on, sve);
