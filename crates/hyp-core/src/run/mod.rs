@@ -206,7 +206,10 @@ fn vcpu_run(
         // A protected VM's firmware boot facts (`vm::control::firmware`),
         // fetched on this boot path only (out of line, cold).
         ctx.regs.x[1..5].copy_from_slice(&ctl.take_boot_args(handle, vcpu));
+        // Its SVE state's slot, beside its context in the VM (never moves).
+        ctx.sve = sve::SvePtr::new(&guest.sve[v]);
     }
+
     if let Some(value) = start.mmio_value {
         if let Some(m) = ctx.mmio.take() {
             if m.reg != 31 {

@@ -1,11 +1,11 @@
 //! A vCPU's saved context, and the per-CPU state the run loop switches with.
 
 use crate::arch::esr::MmioAccess;
-use crate::arch::sve::SveState;
 use crate::arch::switch::CpuSync;
 use crate::arch::world_switch::{El1Context, FpState, GuestRegs, HostSave};
 use crate::vcpu::inject;
 use crate::vcpu::ptimer::PTimer;
+use crate::vcpu::sve::SvePtr;
 use crate::vcpu::traps::HCR_BASE;
 use barriers::sync::{El2Fp, Synced};
 use barriers::vttbr::Vttbr;
@@ -13,9 +13,8 @@ use vgic::VcpuIf;
 
 /// A vCPU's saved state (host or guest).
 ///
-/// `repr(C)`, the FP/SIMD and SVE state last: the fields every exit uses
-/// stay within the reach of one load's immediate offset (a byte load's
-/// reaches 4 KiB), whatever the size of the register files behind them.
+/// `repr(C)`, the FP/SIMD state last: the fields every exit uses stay near
+/// the start, within the reach of one load's immediate offset.
 #[derive(Debug)]
 #[repr(C)]
 pub struct VcpuCtx {
@@ -32,12 +31,15 @@ pub struct VcpuCtx {
     pub vif: VcpuIf,
     /// Its EL1 physical timer (guest vCPUs only).
     pub ptimer: PTimer,
-    /// The vCPU has used SVE: `sve`, not `fp`, holds its FP/SIMD and SVE
-    /// state (`vcpu::sve`).
+    /// The vCPU has used SVE: its SVE state, not `fp`, holds its FP/SIMD and
+    /// SVE registers (`vcpu::sve`).
     pub sve_used: bool,
+    /// Where its SVE state is while it runs (its VM's `GuestVm::sve` slot,
+    /// locked by VCPU_RUN); null for the host and between runs. Not here
+    /// itself: 2.2 KiB in the host's context, on its CPU's stack, would push
+    /// the run loop's stack slots past the reach of one instruction.
+    pub sve: SvePtr,
     pub fp: FpState,
-    /// Its SVE state (Z, P, FFR, FPSR, FPCR, ZCR_EL1), once `sve_used`.
-    pub sve: SveState,
 }
 
 impl Default for VcpuCtx {
@@ -59,7 +61,7 @@ impl VcpuCtx {
             el1: El1Context::RESET,
             fp: FpState::new(),
             sve_used: false,
-            sve: SveState::ZERO,
+            sve: SvePtr::NULL,
             hcr: HCR_BASE,
             mmio: None,
             mmio_len: 4,

@@ -49,7 +49,7 @@ pub fn fp_trap(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, me: FpOwner) {
         world_switch::fp_load(on, &host_fp(idx).lock());
     } else if ctx.sve_used {
         // A guest with SVE state gets all of it (`vcpu::sve`).
-        crate::vcpu::sve::load(c, &ctx.sve);
+        crate::vcpu::sve::load(c, &mut ctx.sve);
     } else {
         world_switch::fp_load(on, &ctx.fp);
     }

@@ -36,6 +36,57 @@ use crate::vcpu::sve_id;
 use crate::vcpu::traps::CPTR_SVE_ON;
 use barriers::sync::{El2Fp, Synced};
 
+/// A guest vCPU's SVE state in its VM (`vm::state::GuestVm::sve`), reached
+/// only through the vCPU's context ([`SvePtr`]), whose lock guards it.
+pub struct SveSlot(core::cell::UnsafeCell<SveState>);
+
+// SAFETY: only accessed through the one `SvePtr` of its vCPU's context,
+// under that context's lock (`SvePtr::get`).
+unsafe impl Sync for SveSlot {}
+
+impl SveSlot {
+    /// All zero (a vCPU's state is made whole at its first SVE use).
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(core::cell::UnsafeCell::new(SveState::ZERO))
+    }
+}
+
+impl Default for SveSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where a vCPU's SVE state is ([`VcpuCtx::sve`]): its VM's slot for it,
+/// set when the vCPU boots; null for the host.
+#[derive(Debug)]
+pub struct SvePtr(*mut SveState);
+
+// SAFETY: the address of a `SveSlot` in the same VM as the context that
+// holds it; see `get`.
+unsafe impl Send for SvePtr {}
+
+impl SvePtr {
+    /// None (the host).
+    pub const NULL: Self = Self(core::ptr::null_mut());
+
+    /// The state in `slot`, which lives (and does not move) as long as the
+    /// context that will hold this: both are in the same `GuestVm`.
+    #[must_use]
+    pub fn new(slot: &SveSlot) -> Self {
+        Self(slot.0.get())
+    }
+
+    /// The state.
+    fn get(&mut self) -> Option<&mut SveState> {
+        // SAFETY: null, or the slot of this context's vCPU in the same VM
+        // (`new`), which nothing else reaches: `&mut self` is a borrow of the
+        // context, held under its lock.
+        unsafe { self.0.as_mut() }
+    }
+}
+
 /// The CPU implements SVE, so guests get it.
 #[must_use]
 pub fn available() -> bool {
@@ -55,7 +106,7 @@ fn enable<'c>(c: &'c mut Cpu<'_>) -> &'c Synced<El2Fp> {
 #[cold]
 #[inline(never)]
 pub fn trap(c: &mut Cpu<'_>, ctx: &mut VcpuCtx) -> bool {
-    if !available() {
+    if !available() || ctx.sve.get().is_none() {
         return false;
     }
     if ctx.sve_used {
@@ -71,9 +122,12 @@ pub fn trap(c: &mut Cpu<'_>, ctx: &mut VcpuCtx) -> bool {
     world_switch::fp_save(on, &mut ctx.fp);
     let on = enable(c);
     let vl = hw::vl_bytes(on);
-    ctx.sve = SveState::from_fp(&ctx.fp.q, ctx.fp.fpsr, ctx.fp.fpcr, vl);
-    ctx.sve_used = true;
-    hw::sve_load(on, &ctx.sve);
+    let state = SveState::from_fp(&ctx.fp.q, ctx.fp.fpsr, ctx.fp.fpcr, vl);
+    if let Some(s) = ctx.sve.get() {
+        *s = state;
+        ctx.sve_used = true;
+        hw::sve_load(on, s);
+    }
     true
 }
 
@@ -82,15 +136,19 @@ pub fn trap(c: &mut Cpu<'_>, ctx: &mut VcpuCtx) -> bool {
 /// the flag.
 #[cold]
 #[inline(never)]
-pub fn load(c: &mut Cpu<'_>, sve: &SveState) {
-    let on = enable(c);
-    hw::sve_load(on, sve);
+pub fn load(c: &mut Cpu<'_>, sve: &mut SvePtr) {
+    if let Some(s) = sve.get() {
+        let on = enable(c);
+        hw::sve_load(on, s);
+    }
 }
 
 /// Saves a guest vCPU's SVE state at the end of its run.
 #[cold]
 #[inline(never)]
-pub fn save(c: &mut Cpu<'_>, sve: &mut SveState) {
-    let on = enable(c);
-    hw::sve_save(on, sve);
+pub fn save(c: &mut Cpu<'_>, sve: &mut SvePtr) {
+    if let Some(s) = sve.get() {
+        let on = enable(c);
+        hw::sve_save(on, s);
+    }
 }
