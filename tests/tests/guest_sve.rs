@@ -19,8 +19,9 @@ fn fp_traps(exits: &str) -> u64 {
 /// Two VMs with one vCPU each on the host's CPU 0, switched at every yield:
 /// each keeps Z0-Z31, P0-P15 and FFR over 100 rounds; VM 2 runs every other
 /// round at a 16-byte vector length and never finds VM 1's bytes beyond it
-/// when it raises the length again. ZCR_EL1.LEN = 15 gives the cap, 64
-/// bytes (QEMU's `-cpu max` would give 256).
+/// when it raises the length again. ZCR_EL1.LEN = 15, or every bit of
+/// ZCR_EL1 set, gives the cap, 64 bytes (QEMU's `-cpu max` would give 256);
+/// SME stays trapped (SMSTART UNDEFINED).
 #[test]
 fn two_vms_keep_their_own_sve_state() {
     let mut q = Qemu::boot(BootOptions {
@@ -37,6 +38,8 @@ fn two_vms_keep_their_own_sve_state() {
     for vm in [1, 2] {
         for line in [
             format!("[vm{vm}] guest-sve: VM {vm}: SVE 1, ZCR_EL1.LEN = 15 gives VL 64 bytes (ZCR_EL1 reads 0xf)"),
+            format!("[vm{vm}] guest-sve: VM {vm}: ZCR_EL1 = all ones gives VL 64 bytes"),
+            format!("[vm{vm}] guest-sve: VM {vm}: SMSTART UNDEFINED"),
             format!("[vm{vm}] guest-sve: VM {vm}: 100 rounds, SVE state intact"),
         ] {
             assert!(

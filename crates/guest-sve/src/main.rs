@@ -261,6 +261,38 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
         println!("guest-sve: VM {vm}: VL {asked} out of range");
         guest_rt::system_off()
     }
+    // Every bit set (LEN = 15 and the RES0 bits): the same cap.
+    set_zcr_el1(u64::MAX);
+    println!(
+        "guest-sve: VM {vm}: ZCR_EL1 = all ones gives VL {} bytes",
+        rdvl()
+    );
+    // SME is hidden and trapped at EL2 (CPTR_EL2.TSM): with its own trap
+    // off (CPACR_EL1.SMEN = 0b11, bits [25:24]), SMSTART is UNDEFINED.
+    // SAFETY: only changes this vCPU's SME trap.
+    unsafe {
+        asm!(
+            "mrs {t}, cpacr_el1",
+            "orr {t}, {t}, #(3 << 24)",
+            "msr cpacr_el1, {t}",
+            "isb",
+            t = out(reg) _,
+            options(nostack),
+        )
+    };
+    let before = UNDEFS.load(Ordering::Relaxed);
+    // SAFETY: SMSTART (MSR SVCRSMZA, #1) by encoding; if it ran it would
+    // only change this vCPU's streaming mode, but it is UNDEFINED.
+    unsafe { asm!(".inst 0xd503477f", options(nomem, nostack)) };
+    let smstart = UNDEFS.load(Ordering::Relaxed) - before;
+    println!(
+        "guest-sve: VM {vm}: SMSTART {}",
+        if smstart == 1 {
+            "UNDEFINED"
+        } else {
+            "EXECUTED"
+        }
+    );
     let vl = asked;
     let full_zcr = (vl / 16 - 1) as u64;
     let short_rounds = vm.is_multiple_of(2);
