@@ -119,7 +119,8 @@ fn id_registers_are_sanitised() {
         ("EL0", 1),
         ("EL1", 1),
         ("EL2", 0),
-        ("SVE", 0),
+        // QEMU's `-cpu max` has SVE, which guests get (`vcpu::sve`).
+        ("SVE", 1),
         ("MPAM", 0),
         ("AMU", 0),
         ("RME", 0),

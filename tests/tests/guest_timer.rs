@@ -44,3 +44,40 @@ fn run(board: TestBoard) {
     q.expect_exact("hyp: VM 1 vCPU 0 requested SYSTEM_OFF", T);
     q.expect_exit_code(0, T);
 }
+
+/// The EL1 physical timer (PPI 30; `arg=1`): vCPU 0 arms it by CVAL, vCPU
+/// 1 by TVAL, each gets exactly 50 ticks with ISTATUS set, TVAL and CVAL
+/// agree with CNTPCT, and CNTPCT never goes back and equals CNTVCT.
+#[test]
+fn physical_timer_ticks_on_two_vcpus() {
+    run_phys(TestBoard::QemuVirt);
+}
+
+/// The same on raspi4b (GIC-400: the physical PPI 30 taken at EL2).
+#[test]
+fn physical_timer_ticks_on_two_vcpus_rpi4() {
+    run_phys(TestBoard::Rpi4);
+}
+
+fn run_phys(board: TestBoard) {
+    let mut q = Qemu::boot(BootOptions {
+        board,
+        append: Some("guest=guest-timer:arg=1".into()),
+        ..BootOptions::default()
+    });
+    for line in [
+        "[vm1] guest-timer: 50 physical timer ticks (CVAL)",
+        "[vm1] guest-timer: elapsed counter time >= 50 periods of 1 ms",
+        "[vm1] guest-timer: 0 other or spurious interrupts",
+        "[vm1] guest-timer: physical counter = virtual counter, monotonic, timer registers consistent: 0 failed checks",
+        "[vm1] guest-timer: vCPU 1: 50 physical timer ticks (TVAL)",
+        "[vm1] guest-timer: vCPU 1: elapsed counter time >= 50 periods of 1 ms",
+        "[vm1] guest-timer: vCPU 1: 0 other or spurious interrupts",
+        "[vm1] guest-timer: vCPU 1: physical counter = virtual counter, monotonic, timer registers consistent: 0 failed checks",
+        "[vm1] guest-timer: done, powering off",
+    ] {
+        q.expect_exact(line, T);
+    }
+    q.expect_exact("hyp: VM 1 vCPU 0 requested SYSTEM_OFF", T);
+    q.expect_exit_code(0, T);
+}

@@ -35,7 +35,7 @@ fn fuzz_from_every_cpu_with_live_vms_then_a_normal_guest() {
         "{audits}"
     );
     q.expect_matching("everything given back", T, |l| {
-        l.starts_with("host: fuzz: all VMs destroyed, 5376 of 5376 pages written and read back")
+        l.starts_with("host: fuzz: all VMs destroyed, 5760 of 5760 pages written and read back")
     });
     q.expect_matching("the verdict", T, |l| l.starts_with("host: fuzz: PASS "));
     q.expect_exact(

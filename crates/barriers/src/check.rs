@@ -167,6 +167,7 @@ impl State {
             }
             SysReg::VtcrEl2 => set(self, VMID),
             SysReg::CptrEl2 if changed & !value & CPTR_EL2_FP_TRAPS != 0 => set(self, FP),
+            SysReg::ZcrEl2 if changed != 0 => set(self, FP),
             SysReg::IccSreEl2 => set(self, GIC),
             SysReg::SctlrEl2 | SysReg::TcrEl2 | SysReg::Ttbr0El2 | SysReg::MairEl2 => {
                 set(self, EL2MEM)

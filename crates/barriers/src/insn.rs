@@ -293,6 +293,10 @@ sysregs! {
     CntvCtlEl0 => "cntv_ctl_el0",
     /// CNTV_CVAL_EL0.
     CntvCvalEl0 => "cntv_cval_el0",
+    /// CNTP_CTL_EL0: the EL1 physical timer's control.
+    CntpCtlEl0 => "cntp_ctl_el0",
+    /// CNTP_CVAL_EL0: the EL1 physical timer's compare value.
+    CntpCvalEl0 => "cntp_cval_el0",
     /// CSSELR_EL1.
     CsselrEl1 => "csselr_el1",
     /// VDISR_EL2 (S3_4_C12_C1_1, FEAT_RAS): the DISR_EL1 a lower EL reads and writes while
@@ -310,6 +314,8 @@ sysregs! {
     HdfgwtrEl2 => "s3_4_c3_c1_5",
     /// HCRX_EL2 (S3_4_C1_C2_2, FEAT_HCX).
     HcrxEl2 => "s3_4_c1_c2_2",
+    /// ZCR_EL2 (S3_4_C1_C2_0, FEAT_SVE): the SVE vector length at EL2 and the cap of EL1's.
+    ZcrEl2 => "s3_4_c1_c2_0",
     /// CPUACTLR_EL1 (S3_1_C15_C2_0): Cortex-A57/A72 IMPLEMENTATION DEFINED auxiliary control.
     CpuactlrEl1 => "s3_1_c15_c2_0",
     /// MDSCR_EL1 (S2_0_C0_C2_2): the guest's self-hosted debug controls.
@@ -477,6 +483,8 @@ impl SysReg {
                 | SysReg::CpacrEl1
                 | SysReg::CntvCtlEl0
                 | SysReg::CntvCvalEl0
+                | SysReg::CntpCtlEl0
+                | SysReg::CntpCvalEl0
                 | SysReg::CsselrEl1
         )
     }

@@ -135,6 +135,12 @@ el2_reg!(
     safety = "SRE must be 1 (this hypervisor uses system-register GIC access) and Enable must match the intended EL1 access policy; ICC/ICH accesses need a `Synced<GicSre>` proof afterwards."
 );
 el2_reg!(
+    /// ZCR_EL2 (FEAT_SVE): LEN caps the SVE vector length of EL2 and of the lower ELs. Consumer:
+    /// EL2's own SVE instructions ([`El2Fp`], as the CPTR_EL2 write that enables them).
+    ZcrEl2, ZcrEl2, El2Fp,
+    safety = "FEAT_SVE must be implemented; EL2 must not execute SVE instructions that rely on the new length before the token is synchronised, and a guest's SVE state must not be saved or loaded at a length other than the one it was stored at."
+);
+el2_reg!(
     /// CNTVOFF_EL2: the guest's virtual counter offset.
     CntvoffEl2, CntvoffEl2, GuestOnly, safe
 );
@@ -600,6 +606,8 @@ el1_reg! {
     CpacrEl1 => CpacrEl1,
     CntvCtlEl0 => CntvCtlEl0,
     CntvCvalEl0 => CntvCvalEl0,
+    CntpCtlEl0 => CntpCtlEl0,
+    CntpCvalEl0 => CntpCvalEl0,
     CsselrEl1 => CsselrEl1,
 }
 

@@ -66,6 +66,7 @@ static REGS: &[Reg] = sysregs! {
     "CNTV_CVAL_EL0", "s3_3_c14_c3_2", 0x5a5a_0000_0000, 0;
     "CNTV_CTL_EL0", "s3_3_c14_c3_1", 0b10, 0;
     "CNTP_CTL_EL0", "s3_3_c14_c2_1", 0b10, 0;
+    "CNTP_CVAL_EL0", "s3_3_c14_c2_2", 0x5a5a_0000_0000, 0;
     "MDSCR_EL1", "s2_0_c0_c2_2", 1 << 12, 0;
     "APIAKEYLO_EL1", "s3_0_c2_c1_0", 0x5a5a_0010, 0;
     "APIAKEYHI_EL1", "s3_0_c2_c1_1", 0x5a5a_0011, 0;

@@ -54,6 +54,8 @@ const MAX_CPUS: usize = 8;
 pub const SPURIOUS: u32 = IntId::SPECIAL_NONE.raw_value();
 /// The EL1 virtual timer's PPI.
 pub const VTIMER_PPI: u32 = 27;
+/// INTID of the EL1 physical timer (the binding's non-secure physical timer).
+pub const PTIMER_PPI: u32 = 30;
 /// Every interrupt's priority after set-up: `arm-gic`'s GICv3 default.
 const DEFAULT_PRIORITY: u32 = u32::from_ne_bytes([arm_gic::gicv3::HIGHEST_NS_PRIORITY; 4]);
 
@@ -628,5 +630,67 @@ pub mod vtimer {
     pub fn set_ctl(ctl: u64) {
         write_cntv_ctl_el0(CntvCtlEl0::from_bits_retain(ctl));
         super::isb();
+    }
+}
+
+/// The EL1 physical timer (`CNTP_*_EL0`) and the physical counter.
+pub mod ptimer {
+    use core::arch::asm;
+
+    /// CNTP_CTL_EL0.ENABLE.
+    pub const ENABLE: u64 = 1;
+    /// CNTP_CTL_EL0.ISTATUS.
+    pub const ISTATUS: u64 = 1 << 2;
+
+    /// Writes `CNTP_CVAL_EL0`: the timer fires when `CNTPCT_EL0` >= `cval`.
+    pub fn set_cval(cval: u64) {
+        // SAFETY: a timer register write; no memory effect.
+        unsafe { asm!("msr cntp_cval_el0, {0}", "isb", in(reg) cval, options(nostack)) };
+    }
+
+    /// Reads `CNTP_CVAL_EL0`.
+    pub fn cval() -> u64 {
+        let v: u64;
+        // SAFETY: a timer register read.
+        unsafe { asm!("mrs {0}, cntp_cval_el0", out(reg) v, options(nomem, nostack)) };
+        v
+    }
+
+    /// Writes `CNTP_TVAL_EL0`: the timer fires `ticks` counter ticks from now.
+    pub fn set_tval(ticks: u32) {
+        // SAFETY: a timer register write; no memory effect.
+        unsafe {
+            asm!("msr cntp_tval_el0, {0}", "isb", in(reg) u64::from(ticks), options(nostack))
+        };
+    }
+
+    /// Reads `CNTP_TVAL_EL0` (signed: CVAL - CNTPCT, truncated to 32 bits).
+    pub fn tval() -> i32 {
+        let v: u64;
+        // SAFETY: a timer register read.
+        unsafe { asm!("isb", "mrs {0}, cntp_tval_el0", out(reg) v, options(nomem, nostack)) };
+        v as u32 as i32
+    }
+
+    /// Writes `CNTP_CTL_EL0`.
+    pub fn set_ctl(ctl: u64) {
+        // SAFETY: a timer register write; no memory effect.
+        unsafe { asm!("msr cntp_ctl_el0, {0}", "isb", in(reg) ctl, options(nostack)) };
+    }
+
+    /// Reads `CNTP_CTL_EL0`.
+    pub fn ctl() -> u64 {
+        let v: u64;
+        // SAFETY: a timer register read.
+        unsafe { asm!("isb", "mrs {0}, cntp_ctl_el0", out(reg) v, options(nomem, nostack)) };
+        v
+    }
+
+    /// The physical counter (`CNTPCT_EL0`), read after an ISB.
+    pub fn counter() -> u64 {
+        let v: u64;
+        // SAFETY: a counter read.
+        unsafe { asm!("isb", "mrs {0}, cntpct_el0", out(reg) v, options(nomem, nostack)) };
+        v
     }
 }

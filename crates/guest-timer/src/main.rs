@@ -12,11 +12,19 @@
 //!
 //! vCPU 1 reports through shared words (MMU off, so plain loads and stores
 //! reach memory directly); only vCPU 0 prints, after vCPU 1 is done.
+//!
+//! With `arg=1` the same runs on the EL1 physical timer (PPI 30): vCPU 0
+//! arms it through `CNTP_CVAL_EL0` (and checks that `CNTP_TVAL_EL0` then
+//! reads CVAL - CNTPCT), vCPU 1 through `CNTP_TVAL_EL0` (and checks the
+//! CVAL it implies), every tick must find `CNTP_CTL_EL0.ISTATUS` set, and
+//! while waiting each vCPU checks that the physical counter never goes
+//! back and lies between two reads of the virtual one (the hypervisor runs
+//! guests with no counter offset).
 #![no_std]
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use guest_rt::gic::{self, vtimer, SPURIOUS, VTIMER_PPI};
+use guest_rt::gic::{self, ptimer, vtimer, PTIMER_PPI, SPURIOUS, VTIMER_PPI};
 use guest_rt::{println, Exception, Frame};
 use smccc::psci;
 
@@ -36,6 +44,69 @@ static END: [AtomicU64; CPUS] = [const { AtomicU64::new(0) }; CPUS];
 static OTHER: [AtomicU32; CPUS] = [const { AtomicU32::new(0) }; CPUS];
 /// Set by vCPU 1 when it has finished (1) or timed out (2).
 static DONE: AtomicU32 = AtomicU32::new(0);
+/// The physical timer instead of the virtual one (`arg=1`).
+static PHYS: AtomicU32 = AtomicU32::new(0);
+/// Physical mode: counter checks made, and failed checks (counter or timer
+/// registers inconsistent).
+static CHECKS: [AtomicU64; CPUS] = [const { AtomicU64::new(0) }; CPUS];
+static BAD: [AtomicU32; CPUS] = [const { AtomicU32::new(0) }; CPUS];
+
+fn phys() -> bool {
+    PHYS.load(Ordering::Relaxed) != 0
+}
+
+fn ppi() -> u32 {
+    if phys() {
+        PTIMER_PPI
+    } else {
+        VTIMER_PPI
+    }
+}
+
+fn bad(c: usize) {
+    BAD[c].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Arms the timer of this mode one period from `now` (physical: vCPU 0 by
+/// CVAL, vCPU 1 by TVAL, each checking the other register's view).
+fn arm(c: usize, now: u64, period: u64) {
+    if !phys() {
+        vtimer::set_cval(now + period);
+        return;
+    }
+    if c == 0 {
+        // TVAL reads CVAL - CNTPCT at the time of the read (Arm ARM
+        // D12.8.x, "TimerValue view"), between the two counter reads.
+        let cval = now + period;
+        ptimer::set_cval(cval);
+        let p1 = ptimer::counter();
+        let t = i64::from(ptimer::tval());
+        let p2 = ptimer::counter();
+        if t < cval as i64 - p2 as i64 || t > cval as i64 - p1 as i64 {
+            bad(c);
+        }
+    } else {
+        let before = ptimer::counter();
+        ptimer::set_tval(period as u32);
+        let after = ptimer::counter();
+        let cval = ptimer::cval();
+        if cval < before + period || cval > after + period {
+            bad(c);
+        }
+    }
+}
+
+/// Physical mode: CNTVCT <= CNTPCT <= CNTVCT, and CNTPCT never goes back.
+fn check_counters(c: usize, last: &mut u64) {
+    let v1 = gic::counter();
+    let p = ptimer::counter();
+    let v2 = gic::counter();
+    if p < v1 || p > v2 || p < *last {
+        bad(c);
+    }
+    *last = p;
+    CHECKS[c].fetch_add(1, Ordering::Relaxed);
+}
 
 fn cpu() -> usize {
     (gic::affinity() & 0xff) as usize
@@ -52,14 +123,26 @@ fn irq(e: &Exception, _frame: &mut Frame) -> bool {
         OTHER[c].store(OTHER[c].load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         return true;
     }
-    if intid == VTIMER_PPI {
+    if intid == ppi() {
         let n = COUNT[c].load(Ordering::Relaxed) + 1;
         COUNT[c].store(n, Ordering::Relaxed);
+        let period = PERIOD.load(Ordering::Relaxed);
+        if phys() && ptimer::ctl() & ptimer::ISTATUS == 0 {
+            bad(c);
+        }
         if n >= TICKS {
             END[c].store(gic::counter(), Ordering::Relaxed);
-            vtimer::set_ctl(0);
+            if phys() {
+                ptimer::set_ctl(0);
+            } else {
+                vtimer::set_ctl(0);
+            }
+        } else if phys() && c == 0 {
+            ptimer::set_cval(ptimer::cval() + period);
+        } else if phys() {
+            arm(c, ptimer::counter(), period);
         } else {
-            vtimer::set_cval(vtimer::cval() + PERIOD.load(Ordering::Relaxed));
+            vtimer::set_cval(vtimer::cval() + period);
         }
     } else {
         OTHER[c].store(OTHER[c].load(Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -71,16 +154,24 @@ fn irq(e: &Exception, _frame: &mut Frame) -> bool {
 /// Runs TICKS timer periods on this vCPU; returns whether they all came.
 fn run(c: usize) -> bool {
     gic::init_cpu();
-    gic::set_priority(VTIMER_PPI, 0x80);
-    gic::enable(VTIMER_PPI);
+    gic::set_priority(ppi(), 0x80);
+    gic::enable(ppi());
     let period = PERIOD.load(Ordering::Relaxed);
     let start = gic::counter();
     START[c].store(start, Ordering::Relaxed);
-    vtimer::set_cval(start + period);
-    vtimer::set_ctl(vtimer::ENABLE);
+    arm(c, start, period);
+    if phys() {
+        ptimer::set_ctl(ptimer::ENABLE);
+    } else {
+        vtimer::set_ctl(vtimer::ENABLE);
+    }
     gic::irq_unmask();
     let deadline = start + gic::counter_hz() * WAIT_MS / 1000;
+    let mut last = 0;
     while COUNT[c].load(Ordering::Relaxed) < TICKS && gic::counter() < deadline {
+        if phys() {
+            check_counters(c, &mut last);
+        }
         gic::wfi();
     }
     // Five more periods: a stopped timer must not tick again.
@@ -90,8 +181,12 @@ fn run(c: usize) -> bool {
 }
 
 #[unsafe(no_mangle)]
-fn guest_main(c: usize, _arg: u64) -> ! {
+fn guest_main(c: usize, arg: u64) -> ! {
     guest_rt::set_exception_hook(irq);
+    // x0: the VM handle in bits [7:0], the guest option `arg=N` above.
+    if c == 0 {
+        PHYS.store(u32::from(arg >> 8 == 1), Ordering::Relaxed);
+    }
     if c != 0 {
         let ok = run(c);
         DONE.store(if ok { 1 } else { 2 }, Ordering::Release);
@@ -114,7 +209,12 @@ fn guest_main(c: usize, _arg: u64) -> ! {
     for c in 0..CPUS {
         let n = COUNT[c].load(Ordering::Relaxed);
         let who = Who(c);
-        println!("guest-timer: {who}{n} virtual timer ticks");
+        let kind = match (phys(), c) {
+            (false, _) => "virtual timer ticks",
+            (true, 0) => "physical timer ticks (CVAL)",
+            (true, _) => "physical timer ticks (TVAL)",
+        };
+        println!("guest-timer: {who}{n} {kind}");
         let elapsed = END[c]
             .load(Ordering::Relaxed)
             .wrapping_sub(START[c].load(Ordering::Relaxed));
@@ -128,6 +228,15 @@ fn guest_main(c: usize, _arg: u64) -> ! {
             "guest-timer: {who}{} other or spurious interrupts",
             OTHER[c].load(Ordering::Relaxed)
         );
+        if phys() {
+            let bad = BAD[c].load(Ordering::Relaxed);
+            let checks = CHECKS[c].load(Ordering::Relaxed);
+            all_ok &= bad == 0 && checks > 0;
+            println!(
+                "guest-timer: {who}physical counter = virtual counter, monotonic, timer registers consistent: {} failed checks",
+                bad
+            );
+        }
     }
     println!(
         "guest-timer: {}",

@@ -28,7 +28,7 @@ pub fn call(fid: u32, a: [u64; 4]) -> Result<u64, HostError> {
 }
 
 /// Pages per run the host donates to the hypervisor for a VM's own state
-/// and tables (VM_CREATE, VM_TOPUP): 64 KiB.
+/// and tables (VM_CREATE, VM_TOPUP): 80 KiB.
 const RUN_PAGES: u64 = hyp_abi::VM_CREATE_PAGES;
 const RUN_BYTES: u64 = RUN_PAGES * 4096;
 /// Runs not in use (the hypervisor gave them back), carved from 2 MiB

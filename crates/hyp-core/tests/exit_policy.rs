@@ -1345,6 +1345,56 @@ fn sysreg_traps() {
     ]);
 }
 
+/// CNTP_TVAL/CTL/CVAL_EL0 trap while CNTHCTL_EL2.EL1PCEN is clear: a
+/// guest's access gives it the timer and runs again (PC unchanged); the
+/// host's is refused. Neighbouring encodings stay UNDEFINED.
+#[test]
+fn physical_timer_traps() {
+    let (g, h) = (guest(), host());
+    let mut cases = Vec::new();
+    for op2 in 0..=2 {
+        for read in [true, false] {
+            let e = SysRegEnc::new(3, 3, 14, 2, op2);
+            cases.push((
+                "guest CNTP_*",
+                sys(e, 3, read),
+                vec![],
+                g,
+                at(Action::PTimerFirstUse),
+            ));
+            let undef = at(Action::Inject(Injected::Undefined));
+            cases.push(("host CNTP_*", sys(e, 3, read), vec![], h, undef));
+        }
+    }
+    let undef = at(Action::Inject(Injected::Undefined));
+    // CNTPS_* (3, 7, 14, 2, x) and an unallocated op2.
+    for e in [
+        SysRegEnc::new(3, 7, 14, 2, 1),
+        SysRegEnc::new(3, 3, 14, 2, 3),
+    ] {
+        cases.push(("not CNTP_*", sys(e, 3, true), vec![], g, undef));
+    }
+    check(cases);
+}
+
+/// An SVE trap (EC 0x19, CPTR_EL2.TZ): a guest's switches its SVE state in
+/// and runs the instruction again; the host has no SVE: UNDEFINED.
+#[test]
+fn sve_traps() {
+    let (g, h) = (guest(), host());
+    let t = trap(esr(0x19, 0), 0, 0);
+    check(vec![
+        ("guest SVE", t, vec![], g, at(Action::Sve)),
+        (
+            "host SVE",
+            t,
+            vec![],
+            h,
+            at(Action::Inject(Injected::Undefined)),
+        ),
+    ]);
+}
+
 #[test]
 fn decode_takes_values_from_the_registers() {
     let x: Vec<u64> = (100..131).collect();

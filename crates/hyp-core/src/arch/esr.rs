@@ -17,6 +17,9 @@ pub mod ec {
     pub const WFX: u8 = Value::TrappedWFIorWFE as u8;
     /// FP/SIMD access trapped by CPTR_EL2.TFP.
     pub const FP_ASIMD: u8 = Value::TrappedFP as u8;
+    /// SVE access trapped by CPTR_EL2.TZ (0x19; `aarch64-cpu` 11.2 has no
+    /// name for it).
+    pub const SVE: u8 = 0x19;
     /// HVC from AArch64 state.
     pub const HVC64: u8 = Value::HVC64 as u8;
     /// SMC from AArch64 state trapped by HCR_EL2.TSC.
@@ -316,7 +319,7 @@ impl ExitReason {
             ec::IABT_LOW => Self::InstAbort,
             ec::SYS64 => Self::SysReg,
             ec::WFX => Self::Wfx,
-            ec::FP_ASIMD => Self::Fp,
+            ec::FP_ASIMD | ec::SVE => Self::Fp,
             _ => Self::Other,
         }
     }

@@ -1,6 +1,6 @@
 //! The physical interrupt controller as the hypervisor uses it: its own
 //! time-slice timer (the EL2 physical timer, PPI 26), the virtual timer's
-//! PPI 27 while a guest runs, the vGIC maintenance interrupt (PPI 25) and
+//! PPI 27 and the EL1 physical timer's PPI 30 while a guest runs, the vGIC maintenance interrupt (PPI 25) and
 //! a kick SGI, all routed to EL2 (HCR_EL2.IMO), acknowledged and ended here.
 //! Guests' interrupts are virtual (the `vgic` crate).
 //!
@@ -37,6 +37,9 @@ pub const VTIMER_PPI: u32 = 27;
 /// CPU's PMU to its PPI 7): taken at EL2 while a guest vCPU's PMU is
 /// loaded, then masked here and delivered as the virtual one (`vcpu::pmu`).
 pub const PMU_PPI: u32 = 23;
+/// INTID of the EL1 physical timer (the binding's non-secure physical
+/// timer): the same for a guest vCPU that uses it (`vcpu::ptimer`).
+pub const PTIMER_PPI: u32 = 30;
 /// INTID of the virtual CPU interface's maintenance interrupt.
 pub const MAINTENANCE_PPI: u32 = 25;
 /// SGI the hypervisor sends to a CPU to make its running vCPU exit.
@@ -47,10 +50,11 @@ pub const SPURIOUS: u32 = 1023;
 /// ICC_CTLR_EL1.EOImode (bit 1): priority drop and deactivation are separate.
 const EOIMODE_SPLIT: u64 = 1 << 1;
 
-const MINE: [u32; 5] = [
+const MINE: [u32; 6] = [
     HYP_TIMER_PPI,
     VTIMER_PPI,
     PMU_PPI,
+    PTIMER_PPI,
     MAINTENANCE_PPI,
     KICK_SGI,
 ];

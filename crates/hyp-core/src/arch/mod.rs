@@ -8,6 +8,7 @@ pub mod esr;
 pub mod fid_hash;
 pub mod pages;
 pub mod spectre;
+pub mod sve;
 pub mod switch;
 
 #[cfg(target_arch = "aarch64")]

@@ -17,7 +17,7 @@ use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::inject::{self, Injected};
 use crate::vcpu::traps::HCR_TVM;
-use crate::vcpu::{debug, fp, Who};
+use crate::vcpu::{debug, fp, ptimer, sve, sve_id, Who};
 use crate::vm::control::{Fault, HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{host as host_vcpus, state};
@@ -235,7 +235,8 @@ fn apply(
         }
         Action::Wfi => {
             if !vgic_wakes(c, who, ctx, vg, pending) {
-                let wait = [1, vtimer_deadline(c), crate::vcpu::idle::generation()];
+                let deadline = ptimer::wake_deadline(c, &ctx.ptimer);
+                let wait = [1, deadline, crate::vcpu::idle::generation()];
                 return Next::ToHost(
                     RunEnd::Runnable,
                     [hyp_abi::exit::YIELD, wait[0], wait[1], wait[2]],
@@ -250,6 +251,12 @@ fn apply(
             };
             fp::fp_trap(c, ctx, me);
         }
+        Action::Sve => {
+            if !sve::trap(c, ctx) {
+                inject_into(c, ctx, Injected::Undefined, pending);
+            }
+        }
+        Action::PTimerFirstUse => ptimer::first_use(c, &mut ctx.ptimer, pending),
         Action::Sgi1r { value } => {
             if let (Some(vg), Who::Guest { slot, vcpu }) = (vg, who) {
                 if let Ok(kick) = vg.sgi1r(vcpu, value) {
@@ -259,7 +266,10 @@ fn apply(
             }
         }
         Action::IdRead { enc, rt } => {
-            let v = super::idregs::sanitise(enc, sysreg::read_id(enc.crm, enc.op2)).unwrap_or(0);
+            let hw = sysreg::read_id(enc.crm, enc.op2);
+            let v = super::idregs::sanitise(enc, hw).unwrap_or(0);
+            let sve = who != Who::Host && sve::available();
+            let v = sve_id::view(enc, hw, v, sve);
             ctx.regs.x[rt as usize] = super::pmu::id_read(who, enc, v);
         }
         Action::SetWay => set_way_trap(c, who, vm, ctx, pending),
@@ -390,18 +400,6 @@ fn vgic_wakes(
     };
     let pmr = ctx.vif.priority_mask(vg.version(), &mut lrs);
     vg.has_pending(vcpu, pmr)
-}
-
-/// The counter value the running guest's virtual timer fires at
-/// (CNTV_CVAL_EL0: every context's CNTVOFF_EL2 is 0), or `u64::MAX` when it
-/// is disabled or masked (CNTV_CTL_EL0 ENABLE, IMASK).
-fn vtimer_deadline(c: &Cpu<'_>) -> u64 {
-    let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
-    if ctl & 0b11 == 0b01 {
-        regs::CntvCvalEl0::read(&c.sync.hcr)
-    } else {
-        u64::MAX
-    }
 }
 
 /// Sets the vCPU's HCR_EL2 TVM bit as `tvm` says; writes HCR_EL2 if it changed.
@@ -558,7 +556,7 @@ pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPend
             // PPI until the guest has dealt with it (its level is sampled
             // into the vGIC before each entry).
             g.ppi_enable(c.idx, intid, false);
-            c.vtimer_masked = true;
+            c.timers_masked |= crate::vcpu::ctx::TIMER_V;
         }
         // Maintenance (the vGIC re-syncs after every exit) and kicks (the
         // exit itself was the point).
@@ -590,6 +588,9 @@ pub fn physical_irq(c: &mut Cpu<'_>, exit: &Synced<Cse>, pending: &mut GuestPend
             }
         }
         _ if intid >= 32 && crate::vm::devices::forward_irq(c, intid, pending) => {}
+        // The running vCPU's physical timer (`vcpu::ptimer`), as the virtual
+        // timer's; tested late, so the other interrupts' paths are unchanged.
+        _ if intid == gic::PTIMER_PPI => ptimer::fired(c, g),
         _ => log::warn!("CPU {}: unexpected physical interrupt {intid}", c.idx),
     }
     g.eoi(raw, c.sync.gic.as_ref(), exit, pending);

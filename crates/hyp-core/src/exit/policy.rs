@@ -83,6 +83,8 @@ pub enum Exit {
     },
     /// First FP/SIMD use while CPTR_EL2.TFP traps it.
     Fp,
+    /// An SVE instruction or ZCR_EL1 access while CPTR_EL2.TZ traps it.
+    Sve,
     /// A trapped MSR/MRS or system instruction.
     SysReg {
         /// The access.
@@ -181,6 +183,7 @@ pub fn decode(trap: &Trap, x: &[u64; 31]) -> Exit {
             len: insn_len(esr),
         },
         esr::ec::FP_ASIMD => Exit::Fp,
+        esr::ec::SVE => Exit::Sve,
         esr::ec::SYS64 => {
             let access = esr::decode_sysreg(esr);
             let value = if access.read { 0 } else { reg(access.reg) };
@@ -307,6 +310,11 @@ pub enum Action {
     Wfi,
     /// FP/SIMD trap: switch the FP registers to this context.
     Fp,
+    /// A guest vCPU's SVE trap: switch its SVE state in (`vcpu::sve`).
+    Sve,
+    /// A guest vCPU's first EL1 physical timer access: give it the timer
+    /// (`vcpu::ptimer`) and execute the access again.
+    PTimerFirstUse,
     /// ICC_SGI1R_EL1 written: send virtual SGIs.
     Sgi1r {
         /// The value written.
@@ -475,6 +483,9 @@ pub fn decide_unmapped(exit: &Exit, facts: &impl Facts) -> Decision {
             len,
         ),
         Exit::Fp => at(Action::Fp),
+        // The host has no SVE (hidden, TZ kept set): UNDEFINED.
+        Exit::Sve if guest => at(Action::Sve),
+        Exit::Sve => at(Action::Inject(Injected::Undefined)),
         Exit::SysReg { access, value } => sysreg_access(access, value, facts),
         Exit::Unknown => at(Action::Inject(Injected::Undefined)),
     }
@@ -687,8 +698,10 @@ const fn size_mask(bytes: u64) -> u64 {
 /// Trapped MSR/MRS and system instructions: ICC_SGI1R_EL1 (HCR_EL2.IMO),
 /// ID registers (TID3), the virtual-memory controls (TVM), set/way cache
 /// maintenance (TSW), debug registers (a guest's own, the host's RAZ/WI),
-/// a normal VM's PMU registers (TPM); anything else (implementation-defined
-/// registers, the host's and protected VMs' PMU accesses) is UNDEFINED.
+/// a normal VM's PMU registers (TPM), a guest's first EL1 physical timer
+/// access (CNTHCTL_EL2.EL1PCEN; the host's is refused); anything else
+/// (implementation-defined registers, the host's and protected VMs' PMU
+/// accesses) is UNDEFINED.
 #[inline(always)]
 fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decision {
     let who = facts.who();
@@ -709,6 +722,7 @@ fn sysreg_access(access: SysRegAccess, value: u64, facts: &impl Facts) -> Decisi
             Action::Resume
         }),
         TrappedSysReg::Vm(reg) if !access.read => then(Action::TvmWrite { reg, value }),
+        TrappedSysReg::PhysTimer if guest => at(Action::PTimerFirstUse),
         // The PMU is a normal VM's only (pKVM: not the host's, not a
         // protected VM's); the rest fall to UNDEF below.
         TrappedSysReg::Pmu(reg) if guest && !facts.protected() => at(Action::Pmu {

@@ -74,6 +74,9 @@ pub enum TrappedSysReg {
     /// A PMU register (MDCR_EL2.TPM/TPMCR): a normal VM's vCPU gets it
     /// from the virtual PMU (`vcpu::pmu`).
     Pmu(pmu::GuestReg),
+    /// CNTP_TVAL_EL0, CNTP_CTL_EL0, CNTP_CVAL_EL0 (3, 3, 14, 2, 0..=2): the
+    /// EL1 physical timer, trapped by CNTHCTL_EL2.EL1PCEN = 0.
+    PhysTimer,
     /// Anything else: the hypervisor injects an undefined-instruction
     /// exception (IMPLEMENTATION DEFINED registers, PMU, debug, ...).
     Other(SysRegEnc),
@@ -130,6 +133,7 @@ pub fn classify(enc: SysRegEnc) -> TrappedSysReg {
         (3, 0, 12, 11, 5) => TrappedSysReg::IccSgi1r,
         (3, 0, 12, 11, 6) => TrappedSysReg::IccAsgi1r,
         (3, 0, 12, 11, 7) => TrappedSysReg::IccSgi0r,
+        (3, 3, 14, 2, 0..=2) => TrappedSysReg::PhysTimer,
         _ => TrappedSysReg::Other(enc),
     }
 }

@@ -29,7 +29,7 @@ use crate::stats;
 use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
 use crate::vcpu::gic as vcpu_gic;
 use crate::vcpu::traps::{self, CNTHCTL, MDCR};
-use crate::vcpu::{debug, fp, pmu, Who};
+use crate::vcpu::{debug, fp, pmu, ptimer, sve, Who};
 use crate::vm::control::{HostError, RunEnd};
 use crate::vm::state::VmView;
 use crate::vm::{devices, host as host_vcpus, state};
@@ -53,7 +53,7 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         vttbr: unsafe { Vttbr::init(state::host_vttbr()) },
         fp_owner: FpOwner::None,
         fp_on: None,
-        vtimer_masked: false,
+        timers_masked: 0,
         pmu_loaded: false,
         pmu_masked: false,
         host_if: vgic::HostIf::new(),
@@ -88,6 +88,9 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
     debug::cpu_init(debug::counts(), &mut first);
     first.add(regs::VpidrEl2::write(sysreg::midr_el1()));
     first.add(regs::CntvoffEl2::write(0));
+    // The EL1 physical timer off (its ENABLE resets UNKNOWN): only a guest
+    // vCPU that uses it turns it on (`vcpu::ptimer`).
+    first.add(regs::CntpCtlEl0::write(&sync.hcr, 0));
     if let Some(g) = gic::phys() {
         g.init_cpu(cpu, sync.gic.as_ref(), &mut first);
     }
@@ -208,7 +211,10 @@ fn vcpu_run(
         // A protected VM's firmware boot facts (`vm::control::firmware`),
         // fetched on this boot path only (out of line, cold).
         ctx.regs.x[1..5].copy_from_slice(&ctl.take_boot_args(handle, vcpu));
+        // Its SVE state's slot, beside its context in the VM (never moves).
+        ctx.sve = sve::SvePtr::new(&guest.sve[v]);
     }
+
     if let Some(value) = start.mmio_value {
         if let Some(m) = ctx.mmio.take() {
             if m.reg != 31 {
@@ -230,6 +236,7 @@ fn vcpu_run(
     // differs from the boot value in trap bits only.
     unsafe { switch::load_context(&mut c.vttbr, c.sync, r, &ctx.el1, &mut pending) };
     pmu::run_start(c, &ctx, &mut pending);
+    ptimer::load(c, &ctx.ptimer, &mut pending);
     let view = guest.view();
     // The host's list registers, VMCR and active priorities are its own:
     // none of them may reach the guest, and they come back in `load_host`.
@@ -241,9 +248,14 @@ fn vcpu_run(
     debug::end_run(&mut ctx.debug, debug::counts, host_pending);
     pmu::run_end(c, &mut ctx, host_pending);
     ctx.el1.save(&c.sync.hcr);
+    ptimer::put(c, &mut ctx.ptimer, host_pending);
     if c.fp_owner == FpOwner::Guest {
-        let on = fp::fp_enable(c);
-        world_switch::fp_save(on, &mut ctx.fp);
+        if ctx.sve_used {
+            sve::save(c, &mut ctx.sve);
+        } else {
+            let on = fp::fp_enable(c);
+            world_switch::fp_save(on, &mut ctx.fp);
+        }
         c.fp_owner = FpOwner::None;
     }
     drop(ctx);

@@ -47,6 +47,9 @@ pub fn fp_trap(c: &mut Cpu<'_>, ctx: &mut VcpuCtx, me: FpOwner) {
     }
     if me == FpOwner::Host {
         world_switch::fp_load(on, &host_fp(idx).lock());
+    } else if ctx.sve_used {
+        // A guest with SVE state gets all of it (`vcpu::sve`).
+        crate::vcpu::sve::load(c, &mut ctx.sve);
     } else {
         world_switch::fp_load(on, &ctx.fp);
     }

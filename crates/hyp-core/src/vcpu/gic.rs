@@ -5,7 +5,7 @@
 
 use crate::arch::gic::{self, Phys};
 use crate::arch::switch::CpuSync;
-use crate::vcpu::ctx::{Cpu, VcpuCtx};
+use crate::vcpu::ctx::{Cpu, VcpuCtx, TIMER_P, TIMER_V};
 use barriers::{regs, GuestPending};
 use vgic::Vgic;
 
@@ -86,7 +86,8 @@ impl vgic::ListRegs for Lrs<'_> {
 
 /// Before entering a guest on a board with GIC `g` (after its devices' lines were sampled,
 /// `vm::devices::resample`): samples its virtual timer's output into the
-/// vGIC (level-sensitive PPI 27), re-enables the physical timer PPI once the
+/// vGIC (level-sensitive PPI 27; PPI 30 for the physical timer,
+/// `vcpu::ptimer`), re-enables the physical timer PPI once the
 /// level dropped, and loads the list registers. Inlined into the run loop,
 /// its one caller, on every guest entry.
 #[inline(always)]
@@ -101,12 +102,34 @@ pub fn vgic_before_entry(
     let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
     let level = ctl & 0b111 == 0b101;
     let _ = vg.set_level(ctx.vif.vcpu(), vgic::VTIMER_PPI, level);
-    if c.vtimer_masked && !level {
-        g.ppi_enable(c.idx, gic::VTIMER_PPI, true);
-        c.vtimer_masked = false;
+    // The virtual timer's PPI alone masked (the common case) inline; with
+    // the physical timer's to sample (`vcpu::ptimer`) out of line.
+    let masked = c.timers_masked;
+    if masked == TIMER_V {
+        if !level {
+            g.ppi_enable(c.idx, gic::VTIMER_PPI, true);
+            c.timers_masked = 0;
+        }
+    } else if masked != 0 {
+        timers_masked(c, g, level, vg, ctx.vif.vcpu());
     }
     if let Some(mut lrs) = Lrs::of(g, c.sync, pending) {
         ctx.vif.flush(vg, &mut lrs);
+    }
+}
+
+/// [`vgic_before_entry`] with the physical timer's level to sample
+/// (`Cpu::timers_masked` has TIMER_P), and maybe the virtual timer's PPI
+/// masked (its level `vlevel`).
+#[cold]
+#[inline(never)]
+fn timers_masked(c: &mut Cpu<'_>, g: &Phys, vlevel: bool, vg: &Vgic, vcpu: usize) {
+    if c.timers_masked & TIMER_V != 0 && !vlevel {
+        g.ppi_enable(c.idx, gic::VTIMER_PPI, true);
+        c.timers_masked &= !TIMER_V;
+    }
+    if c.timers_masked & TIMER_P != 0 {
+        crate::vcpu::ptimer::sample(c, g, vg, vcpu);
     }
 }
 

@@ -6,6 +6,10 @@
 pub mod debug;
 pub mod inject;
 pub mod pmu;
+pub mod ptimer;
+#[cfg(target_arch = "aarch64")]
+pub mod sve;
+pub mod sve_id;
 pub mod traps;
 
 #[cfg(target_arch = "aarch64")]

@@ -108,6 +108,10 @@ pub fn guest_hcr(fwb: bool) -> u64 {
 pub const CPTR_FP_ON: u64 = CPTR_EL2_RES1 | CPTR_EL2_TSM | CPTR_EL2_TZ;
 /// The same with TFP set: FP/SIMD accesses trap to EL2.
 pub const CPTR_TRAP_FP: u64 = CPTR_FP_ON | CPTR_EL2_TFP;
+/// CPTR_EL2 with FP/SIMD and SVE usable (TFP, TZ clear; TSM set): a guest
+/// vCPU that uses SVE while it owns the registers, and EL2 saving or
+/// loading them (`vcpu::sve`).
+pub const CPTR_SVE_ON: u64 = CPTR_FP_ON & !CPTR_EL2_TZ;
 
 /// MDCR_EL2: trap PMU (TPM, TPMCR) and debug (TDA, TDOSA, TDRA) accesses;
 /// nothing is virtualised, so they are answered with UNDEF.
@@ -118,8 +122,12 @@ pub const MDCR: u64 = MDCR_EL2::TPM::SET.value
     | MDCR_EL2::TDRA::SET.value;
 
 /// CNTHCTL_EL2 (E2H = 0): EL1PCTEN (counter reads allowed); EL1PCEN clear,
-/// so the physical timer traps (and is refused): VMs use the virtual timer.
+/// so the physical timer traps: the host's accesses are refused, a guest
+/// vCPU's first access gives it the timer (`vcpu::ptimer`).
 pub const CNTHCTL: u64 = CNTHCTL_EL2::EL1PCTEN::SET.value;
+/// CNTHCTL_EL2 while a guest vCPU that uses the EL1 physical timer runs:
+/// EL1PCEN set too, its CNTP_* accesses reach the timer.
+pub const CNTHCTL_PTIMER: u64 = CNTHCTL | CNTHCTL_EL2::EL1PCEN::SET.value;
 
 #[cfg(test)]
 mod tests {
@@ -137,8 +145,10 @@ mod tests {
         assert_eq!(HCR_FWB, 1 << 46);
         assert_eq!(CPTR_FP_ON, 0x33ff);
         assert_eq!(CPTR_TRAP_FP, 0x33ff | (1 << 10));
+        assert_eq!(CPTR_SVE_ON, 0x32ff);
         assert_eq!(MDCR, (1 << 6) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 11));
         assert_eq!(CNTHCTL, 1);
+        assert_eq!(CNTHCTL_PTIMER, 0b11);
     }
 
     /// Per-vCPU trap changes stay within the fields `barriers` lets change

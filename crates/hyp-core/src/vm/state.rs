@@ -8,6 +8,7 @@ use crate::arch::sysreg;
 use crate::platform::{AssignableDevice, MemRegion, Platform};
 use crate::stats::{self, Counts, Snapshot};
 use crate::vcpu::ctx::{Cpu, VcpuCtx};
+use crate::vcpu::sve::SveSlot;
 use crate::vcpu::traps::TvmRearm;
 use crate::vm::control::{
     self, Control, HostError, NewVm, PhysMem, VmExtra, MAX_VCPUS, VM_CREATE_PAGES,
@@ -70,6 +71,9 @@ pub struct GuestVm {
     pub stats: Counts,
     /// Its vCPUs' saved contexts.
     pub ctx: [Mutex<VcpuCtx>; MAX_VCPUS],
+    /// Its vCPUs' SVE state (`vcpu::sve`): each used only through its
+    /// vCPU's context ([`VcpuCtx::sve`]), under that context's lock.
+    pub sve: [SveSlot; MAX_VCPUS],
 }
 
 impl VmExtra for GuestVm {
@@ -80,6 +84,7 @@ impl VmExtra for GuestVm {
             tvm: TvmRearm::new(),
             stats: Counts::new(),
             ctx: [const { Mutex::new(VcpuCtx::new()) }; MAX_VCPUS],
+            sve: [const { SveSlot::new() }; MAX_VCPUS],
         }
     }
 }

@@ -1,0 +1,154 @@
+//! SVE for guest vCPUs, switched lazily with FP/SIMD (`vcpu::fp`): the
+//! same ownership, the same trap design.
+//!
+//! - A guest vCPU starts without SVE state (`VcpuCtx::sve_used` false) and
+//!   runs with CPTR_EL2.TZ set. Its first SVE instruction or ZCR_EL1 access
+//!   traps (EC 0x19, [`trap`]): its FP/SIMD state becomes its SVE state
+//!   (`SveState::from_fp`: each V register in the low 128 bits of its Z
+//!   register, every other bit, P register and FFR zero, ZCR_EL1 at the cap),
+//!   which is loaded into the CPU, and TZ is cleared with TFP for as long
+//!   as it owns the registers.
+//! - From then on an FP or SVE trap of the vCPU loads its whole SVE state
+//!   (`vcpu::fp::fp_trap`), and the end of its run saves it ([`save`]).
+//!   Every save and load runs at EL2 with ZCR_EL2.LEN at the guests' cap
+//!   (`arch::sve::ZCR_EL2_GUEST`, 512 bits), the length every guest runs
+//!   under: all Z bits any guest can reach are overwritten at every load,
+//!   so no guest sees another's (the KVM approach: save and restore at the
+//!   VM's maximum length, ZCR_EL2 set to it, `__hyp_sve_restore_guest`).
+//! - The host never gets SVE: its ID registers hide it and TZ stays set
+//!   while it runs, so its SVE and ZCR_EL1 accesses are UNDEFINED, and it
+//!   can reach only the low 128 bits of a Z register (its V registers),
+//!   which its own FP/SIMD load overwrites (`__fp_load`).
+//! - A guest's ZCR_EL1 write asking for more than the cap (LEN up to 15,
+//!   or RES0 bits) is the hardware's to constrain: the effective length at
+//!   EL1 is the largest supported one not above ZCR_EL2.LEN (Arm ARM C2.x
+//!   "Effective SVE vector length"), so it never exceeds the storage.
+//! - SME stays hidden and trapped (CPTR_EL2.TSM, `vcpu::traps`).
+//!
+//! A vCPU that does not use SVE pays one flag test when its FP/SIMD state
+//! is loaded or saved, nothing on other exits.
+
+use crate::arch::sve::{self as hw, SveState, ZCR_EL2_GUEST};
+use crate::arch::{switch, sysreg, world_switch};
+use crate::vcpu::ctx::{Cpu, FpOwner, VcpuCtx};
+use crate::vcpu::fp;
+use crate::vcpu::sve_id;
+use crate::vcpu::traps::CPTR_SVE_ON;
+use barriers::sync::{El2Fp, Synced};
+
+/// A guest vCPU's SVE state in its VM (`vm::state::GuestVm::sve`), reached
+/// only through the vCPU's context ([`SvePtr`]), whose lock guards it.
+pub struct SveSlot(core::cell::UnsafeCell<SveState>);
+
+// SAFETY: only accessed through the one `SvePtr` of its vCPU's context,
+// under that context's lock (`SvePtr::get`).
+unsafe impl Sync for SveSlot {}
+
+impl SveSlot {
+    /// All zero (a vCPU's state is made whole at its first SVE use).
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(core::cell::UnsafeCell::new(SveState::ZERO))
+    }
+}
+
+impl Default for SveSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Where a vCPU's SVE state is ([`VcpuCtx::sve`]): its VM's slot for it,
+/// set when the vCPU boots; null for the host.
+#[derive(Debug)]
+pub struct SvePtr(*mut SveState);
+
+// SAFETY: the address of a `SveSlot` in the same VM as the context that
+// holds it; see `get`.
+unsafe impl Send for SvePtr {}
+
+impl SvePtr {
+    /// None (the host).
+    pub const NULL: Self = Self(core::ptr::null_mut());
+
+    /// The state in `slot`, which lives (and does not move) as long as the
+    /// context that will hold this: both are in the same `GuestVm`.
+    #[must_use]
+    pub fn new(slot: &SveSlot) -> Self {
+        Self(slot.0.get())
+    }
+
+    /// The state.
+    fn get(&mut self) -> Option<&mut SveState> {
+        // SAFETY: null, or the slot of this context's vCPU in the same VM
+        // (`new`), which nothing else reaches: `&mut self` is a borrow of the
+        // context, held under its lock.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+/// The CPU implements SVE, so guests get it.
+#[must_use]
+pub fn available() -> bool {
+    sve_id::implemented(sysreg::id_aa64pfr0_el1())
+}
+
+/// Clears TFP and TZ and sets ZCR_EL2 to the guests' cap, synchronised.
+fn enable<'c>(c: &'c mut Cpu<'_>) -> &'c Synced<El2Fp> {
+    // SAFETY: only reached for a guest that took an SVE trap or has SVE
+    // state, which needs FEAT_SVE.
+    unsafe { switch::enable_sve(c.sync, &mut c.fp_on, CPTR_SVE_ON, ZCR_EL2_GUEST) }
+}
+
+/// A guest vCPU's SVE instruction or ZCR_EL1 access trapped (CPTR_EL2.TZ):
+/// gives it its SVE state (made from its FP/SIMD state the first time).
+/// Returns false when the CPU has no SVE (the caller injects UNDEF).
+#[cold]
+#[inline(never)]
+pub fn trap(c: &mut Cpu<'_>, ctx: &mut VcpuCtx) -> bool {
+    if !available() || ctx.sve.get().is_none() {
+        return false;
+    }
+    if ctx.sve_used {
+        // Its state is saved (a vCPU that owns the registers with SVE state
+        // runs with TZ clear): load it as an FP trap would.
+        fp::fp_trap(c, ctx, FpOwner::Guest);
+        return true;
+    }
+    // Its FP/SIMD state on the CPU (loaded if another context had it),
+    // then back into memory, to become the SVE state at this length.
+    fp::fp_trap(c, ctx, FpOwner::Guest);
+    let on = fp::fp_enable(c);
+    world_switch::fp_save(on, &mut ctx.fp);
+    let on = enable(c);
+    let vl = hw::vl_bytes(on);
+    let state = SveState::from_fp(&ctx.fp.q, ctx.fp.fpsr, ctx.fp.fpcr, vl);
+    if let Some(s) = ctx.sve.get() {
+        *s = state;
+        ctx.sve_used = true;
+        hw::sve_load(on, s);
+    }
+    true
+}
+
+/// Loads a guest vCPU's SVE state (it owns the registers from now on).
+/// Out of line, as [`save`]: the paths of vCPUs without SVE state only test
+/// the flag.
+#[cold]
+#[inline(never)]
+pub fn load(c: &mut Cpu<'_>, sve: &mut SvePtr) {
+    if let Some(s) = sve.get() {
+        let on = enable(c);
+        hw::sve_load(on, s);
+    }
+}
+
+/// Saves a guest vCPU's SVE state at the end of its run.
+#[cold]
+#[inline(never)]
+pub fn save(c: &mut Cpu<'_>, sve: &mut SvePtr) {
+    if let Some(s) = sve.get() {
+        let on = enable(c);
+        hw::sve_save(on, s);
+    }
+}
