@@ -24,57 +24,22 @@ use smccc::psci::{
     PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, PSCI_VERSION,
 };
 
-/// The IDs [`super::smccc::decode`] names (everything but `Unknown`).
-const DECODED: [u32; 27] = [
+/// The IDs [`super::smccc::decode`] names that the vector's fast path may
+/// answer (`exit::fast::fast_exit` answers what
+/// [`super::smccc::stateless_answer`] answers).
+const MAYBE_FAST: [u32; 9] = [
     PSCI_VERSION,
     PSCI_FEATURES,
-    PSCI_CPU_ON_64,
-    PSCI_CPU_OFF,
-    PSCI_AFFINITY_INFO_64,
-    PSCI_CPU_SUSPEND_64,
-    PSCI_SYSTEM_OFF,
-    PSCI_SYSTEM_RESET,
     SMCCC_VERSION,
     SMCCC_ARCH_FEATURES,
     SMCCC_ARCH_WORKAROUND_1,
     SMCCC_ARCH_WORKAROUND_2,
     SMCCC_ARCH_WORKAROUND_3,
     vendor::CALL_UID,
-    vendor::KVM_FEATURES,
     vendor::HYP_MEMINFO,
-    vendor::MEM_SHARE,
-    vendor::MEM_UNSHARE,
-    vendor::MMIO_GUARD,
-    hyp_abi::pvmfw::MEASUREMENT_SET,
-    hyp_abi::pvmfw::MEASUREMENT_GET,
-    hyp_abi::GUEST_YIELD,
-    trng::VERSION,
-    trng::FEATURES,
-    trng::GET_UUID,
-    trng::RND32,
-    trng::RND64,
 ];
 
-/// The host's control interface (`hyp_abi::FID_BASE..=FID_LAST`).
-const HOST_CALLS: usize = (hyp_abi::FID_LAST - hyp_abi::FID_BASE + 1) as usize;
-
-/// Every ID some caller knows: [`DECODED`] and the host's calls.
-pub const KNOWN: [u32; DECODED.len() + HOST_CALLS] = {
-    let mut k = [0; DECODED.len() + HOST_CALLS];
-    let mut i = 0;
-    while i < DECODED.len() {
-        k[i] = DECODED[i];
-        i += 1;
-    }
-    let mut h = 0;
-    while h < HOST_CALLS {
-        k[DECODED.len() + h] = hyp_abi::FID_BASE + h as u32;
-        h += 1;
-    }
-    k
-};
-
-/// The known IDs whose answer is never the vector's fast path
+/// The decoded IDs whose answer is never the vector's fast path
 /// (`exit::fast::fast_exit` answers only what
 /// [`super::smccc::stateless_answer`] answers): calls that change state or
 /// depend on the caller (PSCI power calls, the pKVM memory and guard calls,
@@ -104,6 +69,41 @@ const FULL_PATH: [u32; 18] = [
     trng::RND32,
     trng::RND64,
 ];
+
+/// The IDs [`super::smccc::decode`] names (everything but `Unknown`):
+/// [`MAYBE_FAST`] and [`FULL_PATH`].
+const DECODED: [u32; MAYBE_FAST.len() + FULL_PATH.len()] = {
+    let mut k = [0; MAYBE_FAST.len() + FULL_PATH.len()];
+    let mut i = 0;
+    while i < MAYBE_FAST.len() {
+        k[i] = MAYBE_FAST[i];
+        i += 1;
+    }
+    while i < k.len() {
+        k[i] = FULL_PATH[i - MAYBE_FAST.len()];
+        i += 1;
+    }
+    k
+};
+
+/// The host's control interface (`hyp_abi::FID_BASE..=FID_LAST`).
+const HOST_CALLS: usize = (hyp_abi::FID_LAST - hyp_abi::FID_BASE + 1) as usize;
+
+/// Every ID some caller knows: [`DECODED`] and the host's calls.
+pub const KNOWN: [u32; DECODED.len() + HOST_CALLS] = {
+    let mut k = [0; DECODED.len() + HOST_CALLS];
+    let mut i = 0;
+    while i < DECODED.len() {
+        k[i] = DECODED[i];
+        i += 1;
+    }
+    let mut h = 0;
+    while h < HOST_CALLS {
+        k[DECODED.len() + h] = hyp_abi::FID_BASE + h as u32;
+        h += 1;
+    }
+    k
+};
 
 /// Bit 32 of a [`HVC_KNOWN_FIDS`] entry: the ID in its low 32 bits takes
 /// the full exit at once ([`FULL_PATH`], or a host call).
