@@ -66,30 +66,13 @@ pub fn linux_boot() -> Result<()> {
         .bootargs
         .split_once(" -- ")
         .map_or(linux::BASE_CMDLINE, |(_, c)| c);
-    let mut direct: Vec<String> = [
-        "-M",
-        "virt",
-        "-cpu",
-        "max",
-        "-m",
-        "1G",
-        "-smp",
-        "1",
-        "-nographic",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    direct.extend(icount.iter().cloned());
-    direct.extend(insncount::qemu_args(&plugin, &direct_counts, None));
-    direct.extend([
-        "-kernel".to_owned(),
-        prepared.kernel_file.display().to_string(),
-        "-initrd".to_owned(),
-        k.initrd.display().to_string(),
-        "-append".to_owned(),
-        cmdline.to_owned(),
-    ]);
+    let direct = crate::iobench::bare_virt(
+        &prepared.kernel_file,
+        &k.initrd,
+        cmdline,
+        &direct_counts,
+        None,
+    )?;
     let (with, start) = boot("through the hypervisor", &hyp, &hyp_counts)?;
     let (bare, _) = boot("directly on QEMU", &direct, &direct_counts)?;
     let ratio = with as f64 / bare as f64;

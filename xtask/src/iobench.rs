@@ -372,6 +372,41 @@ fn disk(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// QEMU `virt` without the hypervisor, as the Linux benches boot it: one
+/// CPU, 1 GiB, `-icount shift=0,sleep=off`, the insn-count plugin writing
+/// `counts` (profiling `marks`), and `kernel`, `initrd` and `cmdline`.
+pub fn bare_virt(
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    counts: &Path,
+    marks: Option<(u32, u32)>,
+) -> Result<Vec<String>> {
+    let mut a = strings(&[
+        "-M",
+        "virt",
+        "-cpu",
+        "max",
+        "-m",
+        "1G",
+        "-smp",
+        "1",
+        "-nographic",
+        "-icount",
+        "shift=0,sleep=off",
+    ]);
+    a.extend(insncount::qemu_args(&insncount::plugin()?, counts, marks));
+    a.extend([
+        "-kernel".to_owned(),
+        kernel.display().to_string(),
+        "-initrd".to_owned(),
+        initrd.display().to_string(),
+        "-append".to_owned(),
+        cmdline.to_owned(),
+    ]);
+    Ok(a)
+}
+
 fn strings(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -505,26 +540,8 @@ pub fn linux_io(profile: Option<&str>, protected: bool) -> Result<()> {
     } else {
         None
     };
-    let mut direct = strings(&[
-        "-M",
-        "virt",
-        "-cpu",
-        "max",
-        "-m",
-        "1G",
-        "-smp",
-        "1",
-        "-nographic",
-    ]);
-    direct.extend(icount);
-    direct.extend(insncount::qemu_args(&plugin, &direct_counts, marks));
+    let mut direct = bare_virt(kernel, &k.initrd, cmdline, &direct_counts, marks)?;
     direct.extend([
-        "-kernel".to_owned(),
-        kernel.display().to_string(),
-        "-initrd".to_owned(),
-        k.initrd.display().to_string(),
-        "-append".to_owned(),
-        cmdline.to_owned(),
         "-drive".to_owned(),
         format!("file={},if=none,format=raw,id=d0", img.display()),
         "-device".to_owned(),
