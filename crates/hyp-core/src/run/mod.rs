@@ -320,16 +320,18 @@ fn guest_loop(
         if fast != 0 {
             vm.stats.add(ExitReason::Hvc, fast);
         }
-        // ESR, FAR and HPFAR, read once for every path below (meaningful
-        // for synchronous exits only).
-        let trap = effects::read_trap();
         if let Some((g, vg)) = vgic {
             if let Some(mut lrs) = vcpu_gic::Lrs::of(g, c.sync, &mut pending) {
                 ctx.vif.sync(vg, &mut lrs);
             }
         }
         let next = match kind {
-            VectorKind::Sync => effects::sync_exit(c, who, ctx, &mut pending, vm, trap),
+            VectorKind::Sync => {
+                // ESR, FAR and HPFAR (nothing at EL2 since the exit took
+                // an exception that would change them).
+                let trap = effects::read_trap();
+                effects::sync_exit(c, who, ctx, &mut pending, vm, trap)
+            }
             VectorKind::Irq | VectorKind::Fiq => {
                 vm.stats.record(ExitReason::Irq);
                 let to_host = effects::physical_irq(c, &cse, &mut pending);

@@ -33,6 +33,10 @@ pub struct VcpuCtx {
     pub vif: VcpuIf,
     /// Its EL1 physical timer (guest vCPUs only).
     pub ptimer: PTimer,
+    /// The virtual timer's level as last given to the vGIC (PPI 27), or
+    /// true when unknown (a reset): `vcpu::gic::vgic_before_entry` skips
+    /// the vGIC's lock while the line stays low.
+    pub vtimer_high: bool,
     /// The vCPU has used SVE: its SVE state, not `fp`, holds its FP/SIMD and
     /// SVE registers (`vcpu::sve`).
     pub sve_used: bool,
@@ -76,6 +80,7 @@ impl VcpuCtx {
             vif: VcpuIf::new(0),
             pmu: PmuState::new(),
             ptimer: PTimer::RESET,
+            vtimer_high: true,
         }
     }
 

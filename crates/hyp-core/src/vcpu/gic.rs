@@ -101,7 +101,14 @@ pub fn vgic_before_entry(
     // CNTV_CTL_EL0: ENABLE (bit 0), IMASK (bit 1), ISTATUS (bit 2).
     let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
     let level = ctl & 0b111 == 0b101;
-    let _ = vg.set_level(ctx.vif.vcpu(), vgic::VTIMER_PPI, level);
+    // A line that was low and stays low changes nothing in the vGIC
+    // (`Vgic::set_level`), so its lock is taken only while the line is or
+    // was high (`VcpuCtx::vtimer_high` starts true: the first entry after
+    // a reset always syncs).
+    if level || ctx.vtimer_high {
+        let _ = vg.set_level(ctx.vif.vcpu(), vgic::VTIMER_PPI, level);
+        ctx.vtimer_high = level;
+    }
     // The virtual timer's PPI alone masked (the common case) inline; with
     // the physical timer's to sample (`vcpu::ptimer`) out of line.
     let masked = c.timers_masked;
