@@ -53,6 +53,7 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         vttbr: unsafe { Vttbr::init(state::host_vttbr()) },
         fp_owner: FpOwner::None,
         fp_on: None,
+        zcr_el2: crate::vcpu::ctx::ZCR_UNKNOWN,
         timers_masked: 0,
         pmu_loaded: false,
         pmu_masked: false,
@@ -94,6 +95,8 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
     if let Some(g) = gic::phys() {
         g.init_cpu(cpu, sync.gic.as_ref(), &mut first);
     }
+    // The CPU's SVE vector lengths, before it runs any vCPU (`vcpu::sve_vl`).
+    sve::probe(&mut c);
     let mut first = Some(first);
     loop {
         let (entry, x0) = host_vcpus::wait_for_power_on(cpu);
@@ -212,7 +215,7 @@ fn vcpu_run(
         // fetched on this boot path only (out of line, cold).
         ctx.regs.x[1..5].copy_from_slice(&ctl.take_boot_args(handle, vcpu));
         // Its SVE state's slot, beside its context in the VM (never moves).
-        ctx.sve = sve::SvePtr::new(&guest.sve[v]);
+        ctx.sve = sve::SvePtr::new(&guest.sve[v], start.sve_vq);
     }
 
     if let Some(value) = start.mmio_value {

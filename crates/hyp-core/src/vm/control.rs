@@ -20,6 +20,7 @@
 //! The host calls and their numbers are listed in `hyp-abi` (crate docs).
 
 use crate::platform::MemRegion;
+use crate::vcpu::sve_vl;
 use crate::vm::memcache::{HypAlloc, MemCache, VmAlloc, VmRead, MAX_TOPUP_PAGES};
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
@@ -185,6 +186,9 @@ pub struct VmMeta {
     pub vmid: u16,
     /// Protected (donated memory, pKVM services) or normal (lent memory).
     pub protected: bool,
+    /// Its SVE vector length in quadwords (`vcpu::sve_vl::choose`): its
+    /// vCPUs run with ZCR_EL2.LEN = this - 1.
+    pub sve_vq: u8,
     /// Number of vCPUs.
     pub nr_vcpus: usize,
     /// Stage-2 tables.
@@ -418,6 +422,8 @@ pub struct RunStart {
     pub mmio_value: Option<u64>,
     /// The VM's VTTBR_EL2.
     pub vttbr: u64,
+    /// The VM's SVE vector length in quadwords ([`VmMeta::sve_vq`]).
+    pub sve_vq: u8,
 }
 
 /// The owner annotation a host entry carries while guest `slot` owns it
@@ -883,11 +889,12 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
     ) -> HostResult<u64> {
         if nr_vcpus == 0
             || nr_vcpus > MAX_VCPUS as u64
-            || flags & !FLAG_PROTECTED != 0
+            || flags & !hyp_abi::FLAGS_CREATE != 0
             || !(VM_CREATE_PAGES..=MAX_TOPUP_PAGES).contains(&pages)
         {
             return Err(HostError::Invalid);
         }
+        let sve_vq = sve_vl::choose(flags, sve_vl::cpu_max_vq())?;
         let mut host = self.host.lock();
         self.check_for_hyp(&host, pa, pages)?;
         // A free slot, leaves made on the way.
@@ -922,6 +929,7 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
         let meta = VmMeta {
             vmid,
             protected: flags & FLAG_PROTECTED != 0,
+            sve_vq,
             nr_vcpus: nr_vcpus as usize,
             s2,
             regions: [None; MAX_REGIONS],
@@ -1918,6 +1926,7 @@ impl VmMeta {
             boot,
             mmio_value,
             vttbr: self.vttbr,
+            sve_vq: self.sve_vq,
         })
     }
 
