@@ -1497,12 +1497,17 @@ impl Run {
                          boot,
                          mmio_value,
                          vttbr,
-                         sve_vq,
-                     }| { (boot, mmio_value, vttbr, sve_vq) },
+                     }| { (boot, mmio_value, vttbr) },
                 );
+                // A boot carries the VM's SVE length.
                 let vq = self.m.vm(h).map_or(0, |v| v.sve_vq);
-                let want2 = want
-                    .map(|(boot, mmio)| (boot, mmio, self.ctl.vm(h).map_or(0, |v| v.vttbr), vq));
+                let want2 = want.map(|(boot, mmio)| {
+                    (
+                        boot.map(|(entry, x0)| (entry, x0, vq)),
+                        mmio,
+                        self.ctl.vm(h).map_or(0, |v| v.vttbr),
+                    )
+                });
                 ensure!(
                     self,
                     got2 == want2,
@@ -1923,7 +1928,7 @@ fn destroy_while_running_is_busy() {
         .unwrap();
     c.vcpu_init(h, 1, GUEST_RAM_IPA_MIN, 7).unwrap();
     let (start, claim) = c.begin_run(h, 1, 0).unwrap();
-    assert_eq!(start.boot, Some((GUEST_RAM_IPA_MIN, 7)));
+    assert_eq!(start.boot, Some((GUEST_RAM_IPA_MIN, 7, 4)));
     assert_eq!(c.begin_run(h, 1, 1).err(), Some(HostError::Busy));
     assert_eq!(destroy_all(&c, &mut v, h), Err(HostError::Busy));
     assert_eq!(c.mmio_complete(h, 1, 0), Err(HostError::Busy));
@@ -2220,7 +2225,7 @@ fn vcpu_init_of_a_protected_vm_only_once_before_it_runs() {
         "a second time"
     );
     let (start, claim) = c.begin_run(p, 0, 0).unwrap();
-    assert_eq!(start.boot, Some((entry, 7)));
+    assert_eq!(start.boot, Some((entry, 7, 4)));
     // The guest starts vCPU 1 itself; once it is off, only the guest restarts it.
     assert_eq!(c.psci_cpu_on(p, 1, entry + PAGE, 9), psci::SUCCESS);
     c.end_run(claim, 0, RunEnd::Runnable);

@@ -209,13 +209,13 @@ fn vcpu_run(
     let mut ctx = guest.ctx[v]
         .try_lock()
         .expect("a claimed vCPU's context is free");
-    if let Some((entry, x0)) = start.boot {
+    if let Some((entry, x0, sve_vq)) = start.boot {
         ctx.reset(v, entry, x0, traps::guest_hcr(state::fwb()));
         // A protected VM's firmware boot facts (`vm::control::firmware`),
         // fetched on this boot path only (out of line, cold).
         ctx.regs.x[1..5].copy_from_slice(&ctl.take_boot_args(handle, vcpu));
         // Its SVE state's slot, beside its context in the VM (never moves).
-        ctx.sve = sve::SvePtr::new(&guest.sve[v], start.sve_vq);
+        ctx.sve = sve::SvePtr::new(&guest.sve[v], sve_vq);
     }
 
     if let Some(value) = start.mmio_value {

@@ -122,7 +122,9 @@ pub struct Cpu<'a> {
     /// Present while CPTR_EL2.TFP is clear and synchronised.
     pub fp_on: Option<Synced<El2Fp>>,
     /// The LEN this CPU's ZCR_EL2 holds (`vcpu::sve`); [`ZCR_UNKNOWN`]
-    /// until it is first written.
+    /// until it is first written. The CPU never loses it: the hypervisor
+    /// never powers a CPU down (the host's CPU_OFF and CPU_SUSPEND are its
+    /// vCPU's, emulated).
     pub zcr_el2: u8,
     /// The running guest vCPU's PMU state is in the hardware (`vcpu::pmu`).
     pub pmu_loaded: bool,

@@ -417,13 +417,14 @@ pub enum RunEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunStart {
     /// The vCPU was started: reset its registers to this entry and x0.
-    pub boot: Option<(u64, u64)>,
+    /// With the VM's SVE vector length in quadwords ([`VmMeta::sve_vq`]),
+    /// which a booting vCPU's context takes (only here: a run that is not a
+    /// boot pays nothing for it).
+    pub boot: Option<(u64, u64, u8)>,
     /// A completed MMIO read: write the value to the access's register.
     pub mmio_value: Option<u64>,
     /// The VM's VTTBR_EL2.
     pub vttbr: u64,
-    /// The VM's SVE vector length in quadwords ([`VmMeta::sve_vq`]).
-    pub sve_vq: u8,
 }
 
 /// The owner annotation a host entry carries while guest `slot` owns it
@@ -854,7 +855,8 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
     /// # Errors
     ///
     /// [`HostError::Invalid`] for 0 or more than [`MAX_VCPUS`] vCPUs, an
-    /// unknown flag, an unaligned PA or fewer than [`VM_CREATE_PAGES`]
+    /// unknown flag, an SVE vector length that is not a power of two up to
+    /// 2048 bits (`vcpu::sve_vl::choose`), an unaligned PA or fewer than [`VM_CREATE_PAGES`]
     /// pages (or more than VM_TOPUP's limit); [`HostError::Range`],
     /// [`HostError::Denied`] (pages not the host's alone);
     /// [`HostError::NoMemory`] when every VMID is in use.
@@ -1911,7 +1913,7 @@ impl VmMeta {
             return Err(HostError::State);
         }
         let boot = match v.power {
-            Power::OnPending { entry, ctx } => Some((entry, ctx)),
+            Power::OnPending { entry, ctx } => Some((entry, ctx, self.sve_vq)),
             _ => None,
         };
         let mmio_value = match v.mmio {
@@ -1926,7 +1928,6 @@ impl VmMeta {
             boot,
             mmio_value,
             vttbr: self.vttbr,
-            sve_vq: self.sve_vq,
         })
     }
 
