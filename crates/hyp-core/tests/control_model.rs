@@ -877,7 +877,7 @@ fn decode(m: &Model, raw: Raw) -> Call {
                 0 => 2 + (b >> 8) % 4,
                 1 => 1 << 63,
                 // An SVE vector-length request, malformed or not.
-                2 | 3 => ((b >> 8) % 32) << 4 | (b >> 13) % 2,
+                2 | 3 => (((b >> 8) % 32) << 4) | ((b >> 13) % 2),
                 x => x % 2,
             },
             pa: pa_of(m, c, hyp_pages_of(d, VM_CREATE_PAGES)),

@@ -53,7 +53,6 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
         vttbr: unsafe { Vttbr::init(state::host_vttbr()) },
         fp_owner: FpOwner::None,
         fp_on: None,
-        zcr_el2: crate::vcpu::ctx::ZCR_UNKNOWN,
         timers_masked: 0,
         pmu_loaded: false,
         pmu_masked: false,

@@ -106,9 +106,6 @@ pub const TIMER_V: u8 = 1;
 /// [`Cpu::timers_masked`]: the EL1 physical timer's PPI.
 pub const TIMER_P: u8 = 2;
 
-/// [`Cpu::zcr_el2`] before ZCR_EL2 is written (its reset value is UNKNOWN).
-pub const ZCR_UNKNOWN: u8 = 0xff;
-
 /// This CPU's switching state.
 pub struct Cpu<'a> {
     pub idx: usize,
@@ -121,11 +118,6 @@ pub struct Cpu<'a> {
     pub fp_owner: FpOwner,
     /// Present while CPTR_EL2.TFP is clear and synchronised.
     pub fp_on: Option<Synced<El2Fp>>,
-    /// The LEN this CPU's ZCR_EL2 holds (`vcpu::sve`); [`ZCR_UNKNOWN`]
-    /// until it is first written. The CPU never loses it: the hypervisor
-    /// never powers a CPU down (the host's CPU_OFF and CPU_SUSPEND are its
-    /// vCPU's, emulated).
-    pub zcr_el2: u8,
     /// The running guest vCPU's PMU state is in the hardware (`vcpu::pmu`).
     pub pmu_loaded: bool,
     /// The PMU's PPI is disabled at this CPU's redistributor because its
