@@ -6,9 +6,11 @@
 //! UNDEFINED. Prints `guest-sve: VM <n>: SVE hidden, RDVL and ZCR_EL1
 //! UNDEFINED`.
 //!
-//! With SVE it first asks for more than it may have: ZCR_EL1.LEN = 15
-//! (2048 bits) must give a vector length no larger than the hypervisor's cap
-//! (64 bytes); it prints the length. Then, for each of [`ROUNDS`] rounds, it
+//! With SVE it first prints the vector length it starts with and ZCR_EL1
+//! (its VM's length, which the host chose at VM_CREATE: `:sve=BITS`), then
+//! asks for more than it may have: ZCR_EL1.LEN = 15 (2048 bits) must give a
+//! vector length no larger than its VM's (at most the hypervisor's cap, 64
+//! bytes); it prints the length. Then, for each of [`ROUNDS`] rounds, it
 //! loads a VM- and round-specific pattern into Z0-Z31, P0-P15 and FFR at the
 //! current length, yields its CPU (the host may run another VM there), and
 //! stores them again, all in one assembly function. Every byte must come
@@ -16,8 +18,11 @@
 //! in odd rounds and, still in the assembly, raise it back to the full
 //! length after the yield and store the whole Z registers: the bytes beyond
 //! the short length must never hold another VM's pattern (each pattern byte
-//! carries its VM's number in bits [7:6]). Prints `guest-sve: VM <n>: <R>
-//! rounds, SVE state intact` or the first difference, then powers off.
+//! carries its VM's number in bits [7:6]). Odd VMs, after the yield, ask
+//! for 2048 bits again: RDVL must still give their VM's length (however
+//! long the other VMs' vectors on this CPU), and the Z registers stored at
+//! it must be their own. Prints `guest-sve: VM <n>: <R> rounds, SVE state
+//! intact` or the first difference, then powers off.
 #![no_std]
 #![no_main]
 
@@ -52,8 +57,9 @@ impl Regs {
 unsafe extern "C" {
     /// Loads `src` (FFR, P, Z at the current length), yields with HVC,
     /// stores into `dst`; then, if `full` is not null, sets ZCR_EL1 to `zcr`
-    /// and stores Z0-Z31 at the new length into `full`.
-    fn __sve_probe(src: *const Regs, dst: *mut Regs, full: *mut Regs, zcr: u64);
+    /// and stores Z0-Z31 at the new length into `full`, and returns that
+    /// length (RDVL; 0 if `full` is null).
+    fn __sve_probe(src: *const Regs, dst: *mut Regs, full: *mut Regs, zcr: u64) -> usize;
 }
 
 global_asm!(
@@ -96,12 +102,14 @@ global_asm!(
     "add x9, x20, #2176",
     "rdffr p0.b",
     "str p0, [x9]",
+    "mov x0, xzr",
     "cbz x21, 1f",
     "msr s3_0_c1_c2_0, x22",
     "isb",
     ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
     "str z\\n, [x21, #\\n, MUL VL]",
     ".endr",
+    "rdvl x0, #1",
     "1:",
     "ldp x29, x30, [sp, #32]",
     "ldp x21, x22, [sp, #16]",
@@ -250,6 +258,12 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
         guest_rt::system_off()
     }
     enable_sve_el1();
+    // The length the hypervisor gave this VM, before any ZCR_EL1 write.
+    let start = rdvl();
+    println!(
+        "guest-sve: VM {vm}: starts at VL {start} bytes (ZCR_EL1 reads {:#x})",
+        zcr_el1()
+    );
     // Ask for 2048 bits: the hypervisor caps it.
     set_zcr_el1(0xf);
     let asked = rdvl();
@@ -319,14 +333,38 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
         fill(src, vm, round, cur);
         *dst = Regs::zero();
         *full = Regs::zero();
-        let full_ptr: *mut Regs = if short { full } else { core::ptr::null_mut() };
+        // Even VMs' short rounds go back to their full length after the
+        // yield; odd VMs ask for 2048 bits (LEN = 15) after every yield.
+        let widen = !short_rounds;
+        let full_ptr: *mut Regs = if short || widen {
+            full
+        } else {
+            core::ptr::null_mut()
+        };
+        let zcr = if widen { 0xf } else { full_zcr };
         // SAFETY: the probe reads `src` and writes `dst`/`full` (Regs,
-        // 16-byte aligned, VL_MAX sized, and the length is at most VL_MAX);
-        // it preserves the AAPCS64 callee-saved registers it uses.
-        unsafe { __sve_probe(src, dst, full_ptr, full_zcr) };
+        // 16-byte aligned, VL_MAX sized, and the length is at most VL_MAX:
+        // the hypervisor caps it, as checked above); it preserves the
+        // AAPCS64 callee-saved registers it uses.
+        let after = unsafe { __sve_probe(src, dst, full_ptr, zcr) };
         if let Some((what, i, got, want)) = diff(src, dst, cur) {
             println!("guest-sve: VM {vm}: round {round} (VL {cur}): {what} byte {i} is {got:#x}, expected {want:#x}");
             guest_rt::system_off()
+        }
+        if !full_ptr.is_null() && after != vl {
+            println!(
+                "guest-sve: VM {vm}: round {round}: VL {after} bytes after the yield, not {vl}"
+            );
+            guest_rt::system_off()
+        }
+        if widen {
+            if let Some(i) = (0..32 * vl).find(|&i| full.z[i] != src.z[i]) {
+                println!(
+                    "guest-sve: VM {vm}: round {round}: at LEN 15, Z byte {i} is {:#x}, expected {:#x}",
+                    full.z[i], src.z[i]
+                );
+                guest_rt::system_off()
+            }
         }
         if short {
             if let Some((i, b)) = foreign(full, vm, 16, vl) {

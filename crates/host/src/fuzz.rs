@@ -919,7 +919,14 @@ impl Worker {
             }
             2 => {
                 let (flags, pages) = if self.rng.chance(50) {
-                    (2, RUN_PAGES)
+                    // An unknown flag, or an SVE vector length that is not
+                    // a power of two, or past 2048 bits.
+                    let flags = match self.rng.below(3) {
+                        0 => 2,
+                        1 => hyp_abi::flag_sve_vq(3),
+                        _ => hyp_abi::flag_sve_vq(17),
+                    };
+                    (flags, RUN_PAGES)
                 } else {
                     (0, self.rng.below(RUN_PAGES))
                 };

@@ -21,7 +21,8 @@
 //! Guest list syntax: `guests=NAME[:p][:vN][:lazy],...` (`:p` protected, `:vN` N
 //! vCPUs, default 4 for one guest, else 1; `:lazy` memory mapped at stage 2
 //! on first touch, see `bench.rs`; `:roam`: a one-vCPU guest moves to the
-//! next host CPU after each run).
+//! next host CPU after each run; `:sve=BITS`: the VM's SVE vector-length
+//! cap, asked for at VM_CREATE).
 //!
 //! Without `guests=` or `guest=` the host runs the protected-guest demo
 //! ([`demo`], issue 7): two protected guests and one normal guest
@@ -420,6 +421,11 @@ pub struct Spec {
     reap: bool,
     migrate: bool,
     roam: bool,
+    /// Guest option `sve=BITS`: the SVE vector-length cap asked for at
+    /// VM_CREATE, in quadwords ([`hyp_abi::flag_sve_vq`]; 0: the
+    /// hypervisor's). Passed as given: the hypervisor refuses a length that
+    /// is not a power of two up to 2048 bits.
+    sve_vq: u64,
 }
 
 /// Parses guest list entry `spec` (one of `count`).
@@ -437,6 +443,7 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
         reap: false,
         migrate: false,
         roam: false,
+        sve_vq: 0,
     };
     for p in parts {
         if p == "p" {
@@ -463,6 +470,12 @@ pub fn parse_spec(spec: &'static str, count: usize) -> Spec {
             .filter(|a| *a < 1 << 56)
         {
             s.arg = a;
+        } else if let Some(bits) = p
+            .strip_prefix("sve=")
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|b| *b > 0 && b % 128 == 0 && *b <= 128 << 16)
+        {
+            s.sve_vq = bits / 128;
         } else if let Some(ms) = p.strip_prefix("after=").and_then(|v| v.parse::<u64>().ok()) {
             s.start_after = ms.saturating_mul(guest_rt::gic::counter_hz() / 1000);
         } else if let Some(v) = p.strip_prefix('v').and_then(|v| v.parse().ok()) {
@@ -532,7 +545,7 @@ pub fn load_guest(info: &BootInfo, s: &Spec, ram_pa: u64) -> Handle {
         hyp_abi::FLAG_PROTECTED
     } else {
         0
-    };
+    } | hyp_abi::flag_sve_vq(s.sve_vq);
     let handle = match hostif::vm_create(s.vcpus as u64, flags) {
         Ok(h) => h,
         Err(e) => fail(format_args!("VM_CREATE for {name}: {e:?}")),

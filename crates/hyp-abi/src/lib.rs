@@ -8,7 +8,7 @@
 //!
 //! | fid          | call          | x1     | x2   | x3     | x4     | x0 on success |
 //! |--------------|---------------|--------|------|--------|--------|---------------|
-//! | `0xC6000040` | VM_CREATE     | vCPUs  | flags (bit 0: protected) | PA | pages (>= [`VM_CREATE_PAGES`]) | VM handle (= its VMID: 1..=255 or 1..=65534) |
+//! | `0xC6000040` | VM_CREATE     | vCPUs  | flags (bit 0: protected; bits [8:4]: SVE vector-length cap in quadwords, [`FLAG_SVE_VQ_SHIFT`]) | PA | pages (>= [`VM_CREATE_PAGES`]) | VM handle (= its VMID: 1..=255 or 1..=65534) |
 //! | `0xC6000041` | VM_DESTROY    | handle |      |        |        | pages scrubbed by this step; x1 = 1 while more remain (call again) |
 //! | `0xC6000042` | MEM_DONATE    | handle | PA   | IPA    | pages (<= [`MAX_GIVE_PAGES`]) | 0 (x5: [`MEM_FLAG_LAZY`]) |
 //! | `0xC6000043` | MEM_LEND      | handle | PA   | IPA    | pages (<= [`MAX_GIVE_PAGES`]) | 0 (x5: [`MEM_FLAG_LAZY`]) |
@@ -171,6 +171,27 @@ pub const MEM_FLAG_LAZY: u64 = 1;
 
 /// VM_CREATE flag: a protected VM (memory donated; the host loses access).
 pub const FLAG_PROTECTED: u64 = 1;
+/// VM_CREATE flags bits [8:4]: the largest SVE vector length the VM's vCPUs
+/// may use, in quadwords (128 bits; ZCR_EL2.LEN + 1). 0 asks for the
+/// hypervisor's cap; otherwise a power of two, 1 to 16 (128 to 2048 bits:
+/// the lengths every SVE CPU implements up to its largest). The VM gets the
+/// least of this, the hypervisor's cap (512 bits) and the CPU's largest
+/// length; any other value is [`HostError::Invalid`]. Ignored (but still
+/// checked) on a CPU without SVE. A protected VM's cap is chosen the same
+/// way: its vector length is not a secret.
+pub const FLAG_SVE_VQ_SHIFT: u32 = 4;
+/// The bits of [`FLAG_SVE_VQ_SHIFT`]'s field.
+pub const FLAG_SVE_VQ_MASK: u64 = 0x1f << FLAG_SVE_VQ_SHIFT;
+/// Every VM_CREATE flag bit with a meaning.
+pub const FLAGS_CREATE: u64 = FLAG_PROTECTED | FLAG_SVE_VQ_MASK;
+
+/// VM_CREATE flags asking for an SVE vector-length cap of `vq` quadwords
+/// ([`FLAG_SVE_VQ_SHIFT`]; 0: the hypervisor's cap). `vq` above the field is
+/// not truncated but spills into bits that make VM_CREATE refuse it.
+#[must_use]
+pub const fn flag_sve_vq(vq: u64) -> u64 {
+    vq << FLAG_SVE_VQ_SHIFT
+}
 /// STATS reason index meaning "all reasons".
 pub const STATS_TOTAL: u64 = 255;
 /// STATS(0, reason) for the barriers every page-table batch has issued since boot, machine

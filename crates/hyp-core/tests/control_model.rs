@@ -172,6 +172,8 @@ enum HostPage {
 #[derive(Clone, Debug)]
 struct MVm {
     protected: bool,
+    /// The SVE vector length it was given, in quadwords.
+    sve_vq: u8,
     nr_vcpus: usize,
     status: VmStatus,
     vcpus: [VcpuMeta; MAX_VCPUS],
@@ -301,11 +303,18 @@ impl Model {
     fn create(&mut self, nr: u64, flags: u64, pa: u64, pages: u64) -> HostResult<u64> {
         if nr == 0
             || nr > MAX_VCPUS as u64
-            || flags & !1 != 0
+            || flags & !0x1f1 != 0
             || !(VM_CREATE_PAGES..=MAX_TOPUP_PAGES).contains(&pages)
         {
             return Err(HostError::Invalid);
         }
+        // Bits [8:4]: 0 (the cap, 4 quadwords: the host tests probe no CPU)
+        // or one of 1, 2, 4, 8, 16 quadwords, capped at 4.
+        let sve_vq = match (flags >> 4) & 0x1f {
+            0 | 4 | 8 | 16 => 4,
+            q @ (1 | 2) => q as u8,
+            _ => return Err(HostError::Invalid),
+        };
         self.hyp_check(pa, pages)?;
         let s = self
             .vms
@@ -314,6 +323,7 @@ impl Model {
             .ok_or(HostError::NoMemory)?;
         self.vms[s] = Some(MVm {
             protected: flags & 1 != 0,
+            sve_vq,
             nr_vcpus: nr as usize,
             status: VmStatus::Live,
             vcpus: [RESET; MAX_VCPUS],
@@ -866,6 +876,8 @@ fn decode(m: &Model, raw: Raw) -> Call {
             flags: match b % 16 {
                 0 => 2 + (b >> 8) % 4,
                 1 => 1 << 63,
+                // An SVE vector-length request, malformed or not.
+                2 | 3 => (((b >> 8) % 32) << 4) | ((b >> 13) % 2),
                 x => x % 2,
             },
             pa: pa_of(m, c, hyp_pages_of(d, VM_CREATE_PAGES)),
@@ -1487,8 +1499,15 @@ impl Run {
                          vttbr,
                      }| { (boot, mmio_value, vttbr) },
                 );
-                let want2 =
-                    want.map(|(boot, mmio)| (boot, mmio, self.ctl.vm(h).map_or(0, |v| v.vttbr)));
+                // A boot carries the VM's SVE length.
+                let vq = self.m.vm(h).map_or(0, |v| v.sve_vq);
+                let want2 = want.map(|(boot, mmio)| {
+                    (
+                        boot.map(|(entry, x0)| (entry, x0, vq)),
+                        mmio,
+                        self.ctl.vm(h).map_or(0, |v| v.vttbr),
+                    )
+                });
                 ensure!(
                     self,
                     got2 == want2,
@@ -1909,7 +1928,7 @@ fn destroy_while_running_is_busy() {
         .unwrap();
     c.vcpu_init(h, 1, GUEST_RAM_IPA_MIN, 7).unwrap();
     let (start, claim) = c.begin_run(h, 1, 0).unwrap();
-    assert_eq!(start.boot, Some((GUEST_RAM_IPA_MIN, 7)));
+    assert_eq!(start.boot, Some((GUEST_RAM_IPA_MIN, 7, 4)));
     assert_eq!(c.begin_run(h, 1, 1).err(), Some(HostError::Busy));
     assert_eq!(destroy_all(&c, &mut v, h), Err(HostError::Busy));
     assert_eq!(c.mmio_complete(h, 1, 0), Err(HostError::Busy));
@@ -2206,7 +2225,7 @@ fn vcpu_init_of_a_protected_vm_only_once_before_it_runs() {
         "a second time"
     );
     let (start, claim) = c.begin_run(p, 0, 0).unwrap();
-    assert_eq!(start.boot, Some((entry, 7)));
+    assert_eq!(start.boot, Some((entry, 7, 4)));
     // The guest starts vCPU 1 itself; once it is off, only the guest restarts it.
     assert_eq!(c.psci_cpu_on(p, 1, entry + PAGE, 9), psci::SUCCESS);
     c.end_run(claim, 0, RunEnd::Runnable);
@@ -2266,4 +2285,35 @@ fn bbm_fault_on_a_page_mapped_again_is_retried() {
         Err(HostError::Range)
     );
     assert_eq!(destroy_all(&c, &mut v, h), Ok(BLOCK_PAGES));
+}
+
+#[test]
+fn sve_vector_length_requests() {
+    use hyp_abi::{flag_sve_vq, FLAG_PROTECTED};
+    let c = ctl(2);
+    let mut v = host_vttbr();
+    // Not powers of two, or past 2048 bits: refused, nothing taken.
+    for q in [3, 5, 6, 7, 12, 17, 31] {
+        assert_eq!(
+            create(&c, &mut v, 1, flag_sve_vq(q)),
+            Err(HostError::Invalid),
+            "{q}"
+        );
+    }
+    // Past the field.
+    assert_eq!(
+        create(&c, &mut v, 1, flag_sve_vq(32)),
+        Err(HostError::Invalid)
+    );
+    // The least of the request and the cap (512 bits; the host tests probe no CPU).
+    for (flags, want) in [
+        (0, 4),
+        (flag_sve_vq(1), 1),
+        (flag_sve_vq(2) | FLAG_PROTECTED, 2),
+        (flag_sve_vq(4), 4),
+        (flag_sve_vq(16), 4),
+    ] {
+        let h = create(&c, &mut v, 1, flags).unwrap();
+        assert_eq!(c.vm(h).unwrap().sve_vq, want, "flags {flags:#x}");
+    }
 }

@@ -1,30 +1,21 @@
 //! A vCPU's SVE registers in memory, and the only EL2 code that touches
 //! them: `__sve_save`/`__sve_load`, run with CPTR_EL2.TFP and TZ clear and
-//! ZCR_EL2.LEN at the guests' cap ([`ZCR_EL2_GUEST`]), synchronised
+//! ZCR_EL2.LEN at the VM's vector length (`vcpu::sve_vl`), synchronised
 //! (`barriers::sync::uses::el2_fp`).
 //!
 //! The layout is fixed for the assembly: Z0-Z31 at a stride of the vector
 //! length VL (`str zN, [x0, #N, MUL VL]`), P0-P15 from byte
 //! [`SveState::P_OFF`] at a stride of VL/8, FFR at [`SveState::FFR_OFF`],
-//! then FPSR, FPCR and ZCR_EL1. Every save and load runs at one VL (EL2's,
-//! which ZCR_EL2 caps at the same value whenever guests run), so what is
-//! loaded is every bit the guest can reach (Arm ARM C2.x "SVE vector
-//! length": the effective length at EL1/EL0 is never above EL2's); the
-//! storage is sized for the cap, [`VL_MAX_BYTES`].
+//! then FPSR, FPCR and ZCR_EL1. Every save and load of a VM's state runs
+//! at its VM's VL (EL2's, which ZCR_EL2 also caps the VM's vCPUs at while
+//! they run), so what is loaded is every bit the guest can reach (Arm ARM
+//! C2.x "SVE vector length": the effective length at EL1/EL0 is never above
+//! EL2's); the storage is sized for the largest cap, [`VL_MAX_BYTES`].
 
-/// The largest vector length guests get, in bytes (512 bits): the cap
-/// ZCR_EL2.LEN imposes on every guest, whatever the CPU supports above it.
-/// A CPU with shorter vectors gives its own (Arm ARM: the effective length
-/// is the largest supported one not above the cap).
+/// The largest vector length any guest gets, in bytes (512 bits): the
+/// hypervisor's cap, whatever the CPU supports above it. Each VM's own
+/// length is at most this (`vcpu::sve_vl`).
 pub const VL_MAX_BYTES: usize = 64;
-
-/// ZCR_EL2 while guests run and while EL2 saves or loads their SVE state:
-/// LEN = VL_MAX_BYTES / 16 - 1 (bits [3:0]; LEN + 1 quadwords).
-pub const ZCR_EL2_GUEST: u64 = (VL_MAX_BYTES / 16 - 1) as u64;
-
-/// ZCR_EL1 of a vCPU that starts using SVE: LEN at the cap, so its vector
-/// length is the largest it may have until it chooses another.
-pub const ZCR_EL1_RESET: u64 = ZCR_EL2_GUEST;
 
 /// Z0-Z31, P0-P15, FFR, FPSR, FPCR and ZCR_EL1 of a vCPU.
 #[repr(C, align(16))]
@@ -65,8 +56,9 @@ impl SveState {
     /// The SVE state of a context whose FP/SIMD state is `q`, `fpsr`,
     /// `fpcr`, at vector length `vl` bytes: each Z register's low 128 bits
     /// are its V register (little-endian, as `str zN` stores element 0
-    /// first), every other bit, P register and FFR zero, ZCR_EL1 at
-    /// [`ZCR_EL1_RESET`]. `vl` above the cap is clamped (it cannot be:
+    /// first), every other bit, P register and FFR zero, ZCR_EL1.LEN at
+    /// `vl` (the VM's length: the largest its vCPU may have until it
+    /// chooses another). `vl` above the cap is clamped (it cannot be:
     /// ZCR_EL2 caps it).
     #[must_use]
     pub fn from_fp(q: &[u128; 32], fpsr: u64, fpcr: u64, vl: usize) -> Self {
@@ -77,7 +69,7 @@ impl SveState {
         }
         s.fpsr = fpsr;
         s.fpcr = fpcr;
-        s.zcr_el1 = ZCR_EL1_RESET;
+        s.zcr_el1 = (vl / 16 - 1) as u64;
         s
     }
 }
@@ -247,7 +239,7 @@ __sve_vl:
 
     /// Saves this CPU's SVE registers, FPSR, FPCR and ZCR_EL1 into `to`. The
     /// proof shows CPTR_EL2.TFP/TZ were cleared and ZCR_EL2 written at the
-    /// guests' cap, synchronised.
+    /// VM's length, synchronised.
     pub fn sve_save<K: Includes<El2Fp>>(proof: &Synced<K>, to: &mut SveState) {
         barriers::sync::uses::el2_fp(proof);
         // SAFETY: SVE is enabled at EL2 at a length that fits `to` (proof);
@@ -288,13 +280,12 @@ mod tests {
             }
             assert!(s.z[32 * vl..].iter().all(|&b| b == 0));
             assert!(s.p.iter().chain(&s.ffr).all(|&b| b == 0));
-            assert_eq!((s.fpsr, s.fpcr, s.zcr_el1), (7, 9, 3));
+            assert_eq!((s.fpsr, s.fpcr, s.zcr_el1), (7, 9, vl as u64 / 16 - 1));
         }
     }
 
     #[test]
     fn cap_is_512_bits() {
-        assert_eq!(ZCR_EL2_GUEST, 3);
         assert_eq!(VL_MAX_BYTES * 8, 512);
     }
 }

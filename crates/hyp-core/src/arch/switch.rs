@@ -290,11 +290,12 @@ pub fn enable_fp<'a>(
 }
 
 /// Clears the CPTR_EL2 FP/SIMD and SVE traps (`on`: CPTR_EL2 without TFP
-/// and TZ), sets ZCR_EL2 to `zcr` (the guests' vector-length cap) and
-/// synchronises both, so EL2 may save and load SVE state at that length.
-/// Always writes: CPTR_EL2 may be clear of TFP only (`fp_on` then holds a
-/// proof for FP/SIMD, not for SVE), and this path runs only for guests that
-/// use SVE.
+/// and TZ), sets ZCR_EL2 to `zcr` if given (the running VM's vector-length
+/// cap; `None` when this CPU's ZCR_EL2 holds it already) and synchronises
+/// the writes, so EL2 may save and load SVE state at that length. Always
+/// writes CPTR_EL2: it may be clear of TFP only (`fp_on` then holds a proof
+/// for FP/SIMD, not for SVE), and this path runs only for guests that use
+/// SVE.
 ///
 /// # Safety
 ///
@@ -303,18 +304,25 @@ pub unsafe fn enable_sve<'a>(
     sync: &CpuSync,
     fp_on: &'a mut Option<Synced<El2Fp>>,
     on: u64,
-    zcr: u64,
+    zcr: Option<u64>,
 ) -> &'a Synced<El2Fp> {
-    // SAFETY: FP/SIMD and SVE are switched lazily by the world switch; the
-    // hypervisor's own code never uses them (soft-float target). ZCR_EL2:
-    // the caller's contract; every guest SVE state is stored at `zcr`.
-    let t = unsafe {
-        (
-            regs::CptrEl2::write(&sync.hcr, on),
-            regs::ZcrEl2::write(zcr),
-        )
+    let proof = match zcr {
+        Some(zcr) => {
+            // SAFETY: FP/SIMD and SVE are switched lazily by the world
+            // switch; the hypervisor's own code never uses them (soft-float
+            // target). ZCR_EL2: the caller's contract; every guest SVE state
+            // is stored at its VM's length, which `zcr` sets.
+            let t = unsafe {
+                (
+                    regs::CptrEl2::write(&sync.hcr, on),
+                    regs::ZcrEl2::write(zcr),
+                )
+            };
+            isb(t).0
+        }
+        // SAFETY: as above; ZCR_EL2 already holds the VM's length.
+        None => isb(unsafe { regs::CptrEl2::write(&sync.hcr, on) }),
     };
-    let (proof, _) = isb(t);
     fp_on.insert(proof)
 }
 

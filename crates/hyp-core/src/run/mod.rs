@@ -94,6 +94,8 @@ pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) 
     if let Some(g) = gic::phys() {
         g.init_cpu(cpu, sync.gic.as_ref(), &mut first);
     }
+    // The CPU's SVE vector lengths, before it runs any vCPU (`vcpu::sve_vl`).
+    sve::probe(&mut c);
     let mut first = Some(first);
     loop {
         let (entry, x0) = host_vcpus::wait_for_power_on(cpu);
@@ -206,13 +208,13 @@ fn vcpu_run(
     let mut ctx = guest.ctx[v]
         .try_lock()
         .expect("a claimed vCPU's context is free");
-    if let Some((entry, x0)) = start.boot {
+    if let Some((entry, x0, sve_vq)) = start.boot {
         ctx.reset(v, entry, x0, traps::guest_hcr(state::fwb()));
         // A protected VM's firmware boot facts (`vm::control::firmware`),
         // fetched on this boot path only (out of line, cold).
         ctx.regs.x[1..5].copy_from_slice(&ctl.take_boot_args(handle, vcpu));
         // Its SVE state's slot, beside its context in the VM (never moves).
-        ctx.sve = sve::SvePtr::new(&guest.sve[v]);
+        ctx.sve = sve::SvePtr::new(&guest.sve[v], sve_vq);
     }
 
     if let Some(value) = start.mmio_value {

@@ -10,6 +10,7 @@ pub mod ptimer;
 #[cfg(target_arch = "aarch64")]
 pub mod sve;
 pub mod sve_id;
+pub mod sve_vl;
 pub mod traps;
 
 #[cfg(target_arch = "aarch64")]

@@ -20,6 +20,7 @@
 //! The host calls and their numbers are listed in `hyp-abi` (crate docs).
 
 use crate::platform::MemRegion;
+use crate::vcpu::sve_vl;
 use crate::vm::memcache::{HypAlloc, MemCache, VmAlloc, VmRead, MAX_TOPUP_PAGES};
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
@@ -185,6 +186,9 @@ pub struct VmMeta {
     pub vmid: u16,
     /// Protected (donated memory, pKVM services) or normal (lent memory).
     pub protected: bool,
+    /// Its SVE vector length in quadwords (`vcpu::sve_vl::choose`): its
+    /// vCPUs run with ZCR_EL2.LEN = this - 1.
+    pub sve_vq: u8,
     /// Number of vCPUs.
     pub nr_vcpus: usize,
     /// Stage-2 tables.
@@ -413,7 +417,10 @@ pub enum RunEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunStart {
     /// The vCPU was started: reset its registers to this entry and x0.
-    pub boot: Option<(u64, u64)>,
+    /// With the VM's SVE vector length in quadwords ([`VmMeta::sve_vq`]),
+    /// which a booting vCPU's context takes (only here: a run that is not a
+    /// boot pays nothing for it).
+    pub boot: Option<(u64, u64, u8)>,
     /// A completed MMIO read: write the value to the access's register.
     pub mmio_value: Option<u64>,
     /// The VM's VTTBR_EL2.
@@ -848,7 +855,8 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
     /// # Errors
     ///
     /// [`HostError::Invalid`] for 0 or more than [`MAX_VCPUS`] vCPUs, an
-    /// unknown flag, an unaligned PA or fewer than [`VM_CREATE_PAGES`]
+    /// unknown flag, an SVE vector length that is not a power of two up to
+    /// 2048 bits (`vcpu::sve_vl::choose`), an unaligned PA or fewer than [`VM_CREATE_PAGES`]
     /// pages (or more than VM_TOPUP's limit); [`HostError::Range`],
     /// [`HostError::Denied`] (pages not the host's alone);
     /// [`HostError::NoMemory`] when every VMID is in use.
@@ -883,11 +891,12 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
     ) -> HostResult<u64> {
         if nr_vcpus == 0
             || nr_vcpus > MAX_VCPUS as u64
-            || flags & !FLAG_PROTECTED != 0
+            || flags & !hyp_abi::FLAGS_CREATE != 0
             || !(VM_CREATE_PAGES..=MAX_TOPUP_PAGES).contains(&pages)
         {
             return Err(HostError::Invalid);
         }
+        let sve_vq = sve_vl::choose(flags, sve_vl::cpu_max_vq())?;
         let mut host = self.host.lock();
         self.check_for_hyp(&host, pa, pages)?;
         // A free slot, leaves made on the way.
@@ -922,6 +931,7 @@ impl<A: HypAlloc, M: PhysMem, X: VmExtra> Control<A, M, X> {
         let meta = VmMeta {
             vmid,
             protected: flags & FLAG_PROTECTED != 0,
+            sve_vq,
             nr_vcpus: nr_vcpus as usize,
             s2,
             regions: [None; MAX_REGIONS],
@@ -1903,7 +1913,7 @@ impl VmMeta {
             return Err(HostError::State);
         }
         let boot = match v.power {
-            Power::OnPending { entry, ctx } => Some((entry, ctx)),
+            Power::OnPending { entry, ctx } => Some((entry, ctx, self.sve_vq)),
             _ => None,
         };
         let mmio_value = match v.mmio {

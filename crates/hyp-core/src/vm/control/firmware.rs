@@ -268,7 +268,7 @@ mod tests {
         c.vcpu_init_firmware(&mut v, h, 0, RAM_IPA, RAM_IPA + 0x1000, &FW)
             .expect("init");
         let (start, claim) = c.begin_run(h, 0, 0).expect("run");
-        assert_eq!(start.boot, Some((PVMFW_IPA, RAM_IPA + 0x1000)));
+        assert_eq!(start.boot, Some((PVMFW_IPA, RAM_IPA + 0x1000, 4)));
         assert_eq!(
             c.take_boot_args(h, 0),
             [RAM_IPA, RAM_IPA, 32 * PAGE_SIZE, 2]
