@@ -2,11 +2,13 @@
 //!
 //! The bench gives one number per exit; this says which functions execute
 //! those instructions. It boots the bench image twice on QEMU virt under
-//! `-icount shift=0` with QEMU's execution trace on (`-d in_asm,exec,nochain`:
-//! every translated block once, with its instructions, and a line per block
-//! executed), each boot running only the chosen metric in guest-bench
-//! (`guests=guest-bench:p:lazy:arg=...`, see `profile` in guest-bench), the
-//! second with twice the iterations of the first. Everything else in the two
+//! `-icount shift=0` with QEMU's execution trace on (`-d
+//! in_asm,exec,nochain,int`: every translated block once, with its
+//! instructions, a line per block executed, and the exceptions taken, which
+//! with QEMU's other notes tell where a block stopped early: see
+//! [`Trace::read`]), each boot running only the chosen metric in
+//! guest-bench (`guests=guest-bench:p:v1:lazy:arg=...`, see `profile` in
+//! guest-bench), the second with twice the iterations of the first. Everything else in the two
 //! boots is the same, so the difference of the two traces, divided by the
 //! difference in iterations, is what one iteration executes: block counts
 //! times block sizes, summed per function of the hypervisor, the host VM and
@@ -88,44 +90,121 @@ fn switches_per_iteration(metric: &str) -> u64 {
     }
 }
 
-/// Per translated block (by guest PC): its instructions and how often it ran,
-/// in all and inside spans (see [`Trace::read`]).
+/// A translated block: its first instruction's address and its
+/// instructions. QEMU may translate code at one address into blocks of
+/// different lengths (under `-icount`, a block cut where the instruction
+/// budget ends, e.g. at a timer's deadline, or before an I/O access), so
+/// both make the key.
+type Tb = (u64, u64);
+
+/// Per translated block: how often it ran, in all and inside spans (see
+/// [`Trace::read`]).
 #[derive(Debug, Default)]
 pub struct Trace {
-    size: HashMap<u64, u64>,
-    count: HashMap<u64, u64>,
+    count: HashMap<Tb, u64>,
     /// Executions inside the spans.
-    in_span: HashMap<u64, u64>,
+    in_span: HashMap<Tb, u64>,
     /// Executions up to the last span end (inclusive).
-    to_last_end: HashMap<u64, u64>,
+    to_last_end: HashMap<Tb, u64>,
     /// Spans closed.
     spans: u64,
 }
 
+/// The last execution counted, while it may still be corrected.
+#[derive(Debug, Clone, Copy)]
+struct LastExec {
+    cpu: u32,
+    tb: Tb,
+    /// It was counted in the open span.
+    in_open: bool,
+    /// It ended a span: the tail went to `to_last_end` with it.
+    ended: bool,
+}
+
 impl Trace {
-    /// Reads a QEMU `-d in_asm,exec,nochain` log. With `span` (start, end
-    /// block addresses) it also counts the blocks executed (on any CPU)
+    /// Reads a QEMU `-d in_asm,exec,nochain,int` log. With `span` (start,
+    /// end block addresses) it also counts the blocks executed (on any CPU)
     /// from the last execution of `start` before each execution of `end`
     /// to that `end` (`start` counted, `end` not), and those executed up to
     /// the last `end`.
+    ///
+    /// A block's length comes from its listing (`IN:`), which QEMU writes
+    /// when it translates the block, just before running it: the next
+    /// execution line with that address names the translation (its host
+    /// code pointer) that later execution lines name again.
+    ///
+    /// An execution line is written when a block is entered; three things
+    /// stop a block early, and the execution then counts as the block's
+    /// first instructions only: a synchronous exception (a data abort, a
+    /// trapped instruction: `Taking exception` and its `ELR`, the faulting
+    /// instruction, inside the block), an I/O access under `-icount` not at
+    /// the end of its block (`cpu_io_recompile: rewound execution of TB to
+    /// ADDR`: the access runs again as a block of its own), and a block left
+    /// at its entry for a pending interrupt (`Stopped execution of TB chain
+    /// before`: none of it ran; it runs again later).
     pub fn read(r: impl BufRead, span: Option<(u64, u64)>) -> std::io::Result<Self> {
         let mut t = Trace::default();
+        // Listed blocks not run yet: address -> length.
+        let mut listed: HashMap<u64, u64> = HashMap::new();
+        // (host code pointer, address) -> length.
+        let mut translation: HashMap<(u64, u64), u64> = HashMap::new();
+        // Address -> length of its last listing (for an execution line whose
+        // translation was not seen).
+        let mut last: HashMap<u64, u64> = HashMap::new();
         // The current span's counts, while one is open.
-        let mut open: Option<HashMap<u64, u64>> = None;
+        let mut open: Option<HashMap<Tb, u64>> = None;
         // Since the last end.
-        let mut tail: HashMap<u64, u64> = HashMap::new();
+        let mut tail: HashMap<Tb, u64> = HashMap::new();
+        let mut last_exec: Option<LastExec> = None;
+        // A synchronous exception being logged: its CPU.
+        let mut exception: Option<u32> = None;
         // The block being listed: (first PC, instructions so far); u64::MAX
         // until its first instruction line.
         let mut block: Option<(u64, u64)> = None;
-        let end_block = |t: &mut Trace, block: Option<(u64, u64)>| {
+        fn end_block(
+            block: Option<(u64, u64)>,
+            listed: &mut HashMap<u64, u64>,
+            last: &mut HashMap<u64, u64>,
+        ) {
             if let Some((pc, n)) = block.filter(|b| b.0 != u64::MAX) {
-                t.size.insert(pc, n);
+                listed.insert(pc, n);
+                last.insert(pc, n);
+            }
+        }
+        // Counts `e` as having run only up to `stop` (an address in it).
+        let cut = |t: &mut Trace,
+                   open: &mut Option<HashMap<Tb, u64>>,
+                   tail: &mut HashMap<Tb, u64>,
+                   e: LastExec,
+                   stop: u64| {
+            let (pc, size) = e.tb;
+            if !(pc..pc + 4 * size).contains(&stop) {
+                return;
+            }
+            let ran = (pc, (stop - pc) / 4);
+            let move_one = |m: &mut HashMap<Tb, u64>| {
+                if let Some(n) = m.get_mut(&e.tb) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(&e.tb);
+                    }
+                    if ran.1 > 0 {
+                        *m.entry(ran).or_default() += 1;
+                    }
+                }
+            };
+            move_one(&mut t.count);
+            if span.is_some() {
+                move_one(if e.ended { &mut t.to_last_end } else { tail });
+            }
+            if let (true, Some(m)) = (e.in_open, open.as_mut()) {
+                move_one(m);
             }
         };
         for line in r.split(b'\n') {
             let line = line?;
             if line.starts_with(b"IN:") {
-                end_block(&mut t, block.take());
+                end_block(block.take(), &mut listed, &mut last);
                 block = Some((u64::MAX, 0));
             } else if line.starts_with(b"0x") {
                 // "0x40200000:  d503201f  nop": one instruction of the block.
@@ -137,33 +216,94 @@ impl Trace {
                 }
             } else if line.starts_with(b"Trace ") {
                 // "Trace 0: 0x7f.. [00000000/0000000040200000/00000461/ff022200] sym"
-                if let Some(pc) = exec_pc(&line) {
-                    *t.count.entry(pc).or_default() += 1;
-                    if let Some((start, end)) = span {
-                        *tail.entry(pc).or_default() += 1;
-                        if pc == start {
-                            open.get_or_insert_with(HashMap::new).clear();
-                        } else if pc == end {
-                            for (pc, n) in tail.drain() {
-                                *t.to_last_end.entry(pc).or_default() += n;
-                            }
-                            if let Some(counts) = open.take() {
-                                for (pc, n) in counts {
-                                    *t.in_span.entry(pc).or_default() += n;
-                                }
-                                t.spans += 1;
-                            }
+                end_block(block.take(), &mut listed, &mut last);
+                let Some((cpu, ptr, pc)) = exec_line(&line) else {
+                    continue;
+                };
+                let size = match listed.remove(&pc) {
+                    Some(n) => {
+                        translation.insert((ptr, pc), n);
+                        n
+                    }
+                    None => match translation.get(&(ptr, pc)).or(last.get(&pc)) {
+                        Some(&n) => n,
+                        // Never listed: no length to count with.
+                        None => continue,
+                    },
+                };
+                let tb = (pc, size);
+                let mut e = LastExec {
+                    cpu,
+                    tb,
+                    in_open: false,
+                    ended: false,
+                };
+                *t.count.entry(tb).or_default() += 1;
+                if let Some((start, end)) = span {
+                    *tail.entry(tb).or_default() += 1;
+                    if pc == start {
+                        open.get_or_insert_with(HashMap::new).clear();
+                    } else if pc == end {
+                        for (tb, n) in tail.drain() {
+                            *t.to_last_end.entry(tb).or_default() += n;
                         }
-                        if let Some(counts) = open.as_mut() {
-                            *counts.entry(pc).or_default() += 1;
+                        e.ended = true;
+                        if let Some(counts) = open.take() {
+                            for (tb, n) in counts {
+                                *t.in_span.entry(tb).or_default() += n;
+                            }
+                            t.spans += 1;
                         }
+                    }
+                    if let Some(counts) = open.as_mut() {
+                        *counts.entry(tb).or_default() += 1;
+                        e.in_open = true;
+                    }
+                }
+                last_exec = Some(e);
+            } else if let Some(rest) = line.strip_prefix(b"Taking exception ") {
+                // "Taking exception 4 [Data Abort] on CPU 0"; asynchronous
+                // ones are taken between blocks.
+                let asynchronous = [&b"IRQ"[..], b"FIQ", b"SError", b"Virtual"]
+                    .iter()
+                    .any(|k| rest.windows(k.len()).any(|w| w == *k));
+                exception = (!asynchronous)
+                    .then(|| {
+                        let cpu = rest.rsplit(|&b| b == b' ').next()?;
+                        std::str::from_utf8(cpu).ok()?.trim().parse().ok()
+                    })
+                    .flatten();
+            } else if let Some(elr) = line.strip_prefix(b"...with ELR 0x") {
+                if let (Some(cpu), Some(e), Some(elr)) = (exception.take(), last_exec, hex(elr)) {
+                    if e.cpu == cpu {
+                        cut(&mut t, &mut open, &mut tail, e, elr);
+                        last_exec = None;
+                    }
+                }
+            } else if let Some(addr) =
+                line.strip_prefix(b"cpu_io_recompile: rewound execution of TB to ")
+            {
+                if let (Some(e), Some(addr)) = (last_exec.take(), hex(addr)) {
+                    cut(&mut t, &mut open, &mut tail, e, addr);
+                }
+            } else if line.starts_with(b"Stopped execution of TB chain before ") {
+                // "... before 0x7f.. [0000000040204d68]": that block, just
+                // entered, ran none of its instructions.
+                let pc = line
+                    .iter()
+                    .rposition(|&b| b == b'[')
+                    .and_then(|i| line.get(i + 1..i + 17))
+                    .and_then(hex);
+                if let (Some(e), Some(pc)) = (last_exec, pc) {
+                    if e.tb.0 == pc {
+                        cut(&mut t, &mut open, &mut tail, e, pc);
+                        last_exec = None;
                     }
                 }
             } else if line.is_empty() {
-                end_block(&mut t, block.take());
+                end_block(block.take(), &mut listed, &mut last);
             }
         }
-        end_block(&mut t, block);
         Ok(t)
     }
 
@@ -191,19 +331,18 @@ impl Trace {
         &self,
         base: &Trace,
         iterations: u64,
-        counts: fn(&Trace) -> &HashMap<u64, u64>,
+        counts: fn(&Trace) -> &HashMap<Tb, u64>,
     ) -> Vec<Block> {
         let mut out = Vec::new();
-        let pcs = counts(self).keys().chain(
+        let tbs = counts(self).keys().chain(
             counts(base)
                 .keys()
-                .filter(|pc| !counts(self).contains_key(pc)),
+                .filter(|tb| !counts(self).contains_key(tb)),
         );
-        for &pc in pcs {
-            let n = |t: &Trace| counts(t).get(&pc).copied().unwrap_or(0) as i64;
+        for &(pc, size) in tbs {
+            let n = |t: &Trace| counts(t).get(&(pc, size)).copied().unwrap_or(0) as i64;
             let d = n(self) - n(base);
-            let size = self.size.get(&pc).or(base.size.get(&pc)).copied();
-            if let (true, Some(size)) = (d != 0, size) {
+            if d != 0 {
                 out.push(Block {
                     pc,
                     size,
@@ -212,7 +351,7 @@ impl Trace {
                 });
             }
         }
-        out.sort_by_key(|b| b.pc);
+        out.sort_by_key(|b| (b.pc, b.size));
         out
     }
 }
@@ -239,13 +378,21 @@ fn insn_addr(line: &[u8]) -> Option<u64> {
     hex(line.get(2..end)?)
 }
 
-fn exec_pc(line: &[u8]) -> Option<u64> {
+/// An execution line's CPU, host code pointer and guest address.
+fn exec_line(line: &[u8]) -> Option<(u32, u64, u64)> {
+    let cpu = line.split(|&b| b == b' ').nth(1)?;
+    let cpu = std::str::from_utf8(cpu.strip_suffix(b":")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let ptr = line.split(|&b| b == b' ').nth(2)?;
+    let ptr = hex(ptr.strip_prefix(b"0x")?)?;
     let open = line.iter().position(|&b| b == b'[')?;
     let rest = &line[open + 1..];
     let first = rest.iter().position(|&b| b == b'/')?;
     let rest = &rest[first + 1..];
     let second = rest.iter().position(|&b| b == b'/')?;
-    hex(&rest[..second])
+    Some((cpu, ptr, hex(&rest[..second])?))
 }
 
 /// Function symbols of several ELFs, for address lookup.
@@ -375,7 +522,7 @@ fn boot(
         "-icount".to_owned(),
         "shift=0".to_owned(),
         "-d".to_owned(),
-        "in_asm,exec,nochain".to_owned(),
+        "in_asm,exec,nochain,int".to_owned(),
         "-D".to_owned(),
         log.display().to_string(),
     ]);
@@ -877,10 +1024,94 @@ Trace 0: 0x7f2c07000340 [00000400/0000000040200000/00000461/ff022200] f
     #[test]
     fn trace_counts_blocks_and_sizes() {
         let t = Trace::read(SHORT.as_bytes(), None).unwrap();
-        assert_eq!(t.size.get(&0x4000_0000), Some(&2));
-        assert_eq!(t.size.get(&0x4020_0000), Some(&3));
-        assert_eq!(t.count.get(&0x4020_0000), Some(&2));
-        assert_eq!(t.count.get(&0x4000_0000), Some(&1));
+        assert_eq!(t.count.get(&(0x4020_0000, 3)), Some(&2));
+        assert_eq!(t.count.get(&(0x4000_0000, 2)), Some(&1));
+        assert_eq!(t.count.len(), 2);
+    }
+
+    #[test]
+    fn blocks_stopped_early_count_what_ran() {
+        let listing = |pc: u64, n: u64| {
+            let mut l = String::from("IN: \n");
+            for i in 0..n {
+                l.push_str(&format!("0x{:x}:  d503201f  nop\n", pc + 4 * i));
+            }
+            l + "\n"
+        };
+        let exec = |cpu: u32, ptr: u64, pc: u64| {
+            format!("Trace {cpu}: 0x{ptr:x} [00000000/{pc:016x}/00000461/ff022200] \n")
+        };
+        let exception = |what: &str, cpu: u32, elr: u64| {
+            format!("Taking exception 4 [{what}] on CPU {cpu}\n...from EL1 to EL2\n...with ESR 0x24/0x93890046\n...with ELR 0x{elr:x}\n...to EL2 PC 0x40200c00 PSTATE 0x23c9\n")
+        };
+        let mut log = String::new();
+        // A data abort at the third of four instructions: two ran.
+        log += &listing(0x100, 4);
+        log += &exec(0, 0x7f01, 0x100);
+        log += &exception("Data Abort", 0, 0x108);
+        // An IRQ (between blocks; its ELR may be the block's own start, a
+        // loop) and a call at a block's end (ELR after it): all of it ran.
+        log += &exec(0, 0x7f01, 0x100);
+        log += &exception("IRQ", 0, 0x100);
+        log += &exec(0, 0x7f01, 0x100);
+        log += &exception("Hypervisor Call", 0, 0x110);
+        // Another CPU's exception does not cut CPU 0's block.
+        log += &exec(0, 0x7f01, 0x100);
+        log += &exception("Data Abort", 1, 0x104);
+        // Entered and left at once for an interrupt: none of it ran.
+        log += &listing(0x200, 3);
+        log += &exec(0, 0x7f02, 0x200);
+        log += "Stopped execution of TB chain before 0x7f02 [0000000000000200] \n";
+        log += &exec(0, 0x7f02, 0x200);
+        // An I/O access at the second instruction: one ran, then the access
+        // as a block of its own.
+        log += &listing(0x300, 3);
+        log += &exec(0, 0x7f03, 0x300);
+        log += "cpu_io_recompile: rewound execution of TB to 0000000000000304\n";
+        log += &listing(0x304, 1);
+        log += &exec(0, 0x7f04, 0x304);
+        let t = Trace::read(log.as_bytes(), None).unwrap();
+        let mut counts: Vec<_> = t.count.iter().map(|(&tb, &n)| (tb, n)).collect();
+        counts.sort_unstable();
+        assert_eq!(
+            counts,
+            [
+                ((0x100, 2), 1),
+                ((0x100, 4), 3),
+                ((0x200, 3), 1),
+                ((0x300, 1), 1),
+                ((0x304, 1), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn one_address_several_lengths() {
+        // The 3-instruction block again, cut to 1 instruction (a new
+        // translation, its own code pointer), run once; then the first
+        // translation twice more.
+        let log = format!(
+            "{SHORT}----------------
+IN: f
+0x40200000:  14000010  nop
+
+Trace 0: 0x7f2c07000500 [00000400/0000000040200000/00000461/ff022201] f
+Trace 0: 0x7f2c07000340 [00000400/0000000040200000/00000461/ff022200] f
+Trace 0: 0x7f2c07000340 [00000400/0000000040200000/00000461/ff022200] f
+Trace 0: 0x7f2c07000500 [00000400/0000000040200000/00000461/ff022201] f
+"
+        );
+        let t = Trace::read(log.as_bytes(), None).unwrap();
+        assert_eq!(t.count[&(0x4020_0000, 3)], 4);
+        assert_eq!(t.count[&(0x4020_0000, 1)], 2);
+        let base = Trace::read(SHORT.as_bytes(), None).unwrap();
+        let d = t.per_iteration(&base, 1);
+        assert_eq!(
+            d.iter()
+                .map(|b| (b.size, b.execs, b.insns))
+                .collect::<Vec<_>>(),
+            [(1, 2.0, 2.0), (3, 2.0, 6.0)]
+        );
     }
 
     #[test]
@@ -947,13 +1178,13 @@ Trace 0: 0x7f2c07000340 [00000400/0000000040200000/00000461/ff022200] f
         let t = Trace::read(log.as_bytes(), Some((0x10, 0x30))).unwrap();
         assert_eq!(t.spans, 1);
         // The second S restarts the span: S once, A once (CPU 1's), E not.
-        let mut in_span: Vec<_> = t.in_span.iter().map(|(&pc, &n)| (pc, n)).collect();
+        let mut in_span: Vec<_> = t.in_span.iter().map(|(&(pc, _), &n)| (pc, n)).collect();
         in_span.sort_unstable();
         assert_eq!(in_span, [(0x10, 1), (0x20, 1)]);
-        assert_eq!(t.count[&0x20], 4);
+        assert_eq!(t.count[&(0x20, 3)], 4);
         // Up to the last end (CPU 1's second E): the last A left out.
-        assert_eq!(t.to_last_end[&0x20], 3);
-        assert_eq!(t.to_last_end[&0x30], 2);
+        assert_eq!(t.to_last_end[&(0x20, 3)], 3);
+        assert_eq!(t.to_last_end[&(0x30, 1)], 2);
         let base = Trace::read(log.as_bytes(), None).unwrap();
         let (d, spans) = t.per_iteration_in_span(&base, 1);
         assert_eq!(spans, 1.0);
