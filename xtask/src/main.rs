@@ -278,13 +278,18 @@ enum Cmd {
     /// Where one bench metric's instructions go: two traced boots on QEMU
     /// virt (-icount, `-d in_asm,exec`), per-function instructions per
     /// iteration. METRIC: hvc_null, psci_version, mmio_hyp, mmio_host,
-    /// s2_fault, mem_share_unshare or hvc_unknown.
+    /// s2_fault, mem_share_unshare, hvc_unknown, vtimer_latency,
+    /// vcpu_switch or sgi_latency.
     Profile {
         /// The metric to profile.
         metric: String,
         /// Iterations of the shorter boot (the other runs twice as many).
         #[arg(long, default_value = "500")]
         iterations: u64,
+        /// Also the hypervisor's translated blocks run per iteration, by
+        /// address, with their source lines (binutils' addr2line).
+        #[arg(long)]
+        blocks: bool,
     },
     /// Bytes of text, rodata, data and bss of the hypervisor alone and of
     /// the whole image (with the guest payloads), per board.
@@ -1351,7 +1356,11 @@ fn main() -> ExitCode {
             ..
         } => baseline::update().map(|()| 0),
         Cmd::Bench { platform, .. } => bench::bench(platform).map(|_| 0),
-        Cmd::Profile { metric, iterations } => profile::profile(&metric, iterations).map(|_| 0),
+        Cmd::Profile {
+            metric,
+            iterations,
+            blocks,
+        } => profile::profile(&metric, iterations, blocks).map(|_| 0),
         Cmd::Size { platform } => {
             let all = [Platform::Qemu, Platform::Rpi4];
             bench::size(platform.as_ref().map_or(&all[..], std::slice::from_ref)).map(|_| 0)

@@ -24,9 +24,14 @@
 //! for `mem_share_unshare` and `s2_fault`) measures; the second (guest
 //! option `arg=131`, [`PARTNER`]) is the partner for `vcpu_switch`: it
 //! yields in a loop (each `guest_rt::yield_cpu`, the hypervisor's YIELD
-//! call, gives its CPU to the host, which runs VM 1 again), a fixed number
-//! of times, then powers off. A WFI would wait for an interrupt (the host
-//! may sleep until one is due); these VMs only hand the CPU over.
+//! call, gives its CPU to the host, which runs VM 1 again), enough times
+//! for VM 1's round trips ([`partner_yields`]; `cargo xtask profile
+//! vcpu_switch` passes its iterations in the option's upper bytes), then
+//! powers off. A WFI would wait for an interrupt (the host may sleep until
+//! one is due); these VMs only hand the CPU over.
+//!
+//! `cargo xtask profile` runs one metric of [`PROFILE_METRICS`] in a boot of
+//! its own (guest option `arg=` index | iterations << 8; see `profile`).
 //!
 //! Metrics (see also xtask's `bench` documentation):
 //! - `hvc_null`: HVC SMCCC_VERSION, answered at EL2;
@@ -60,15 +65,21 @@ use guest_rt::gic;
 use guest_rt::println;
 use hw_regs::gic::as_usize::{GICD_PIDR2_V2, GICD_PIDR2_V3, GICD_TYPER};
 
+mod profile_metrics;
+use profile_metrics::PROFILE_METRICS;
+
 /// Iterations of the cheap metrics.
 const ITERS: usize = 10_000;
 /// Iterations of the metrics that need another vCPU, a timer or fresh pages.
 const ITERS_SLOW: usize = 1_000;
 /// Untimed iterations before each measurement (first touches, stack pages).
 const WARMUP: usize = 16;
-/// Yields VM 2 makes before it powers off: enough for `vcpu_switch`'s
-/// warm-up and iterations, and the exits VM 1 makes while booting.
-const PARTNER_YIELDS: usize = ITERS_SLOW + WARMUP + 200;
+/// Yields VM 2 makes before it powers off when VM 1 times `iters`
+/// `vcpu_switch` round trips: enough for the warm-up and the iterations, and
+/// the exits VM 1 makes while booting.
+const fn partner_yields(iters: usize) -> usize {
+    iters + WARMUP + 200
+}
 /// How far ahead the virtual timer is programmed (ticks = instructions).
 const TIMER_DELTA: u64 = 5_000;
 /// The host's test device (reads return the last value written + 1).
@@ -559,8 +570,8 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     if let Some(name) = neighbour_metric(profile_request & 0xff) {
         neighbour(handle, name, (profile_request >> 8) as usize);
     }
-    if profile_request == PARTNER {
-        partner(handle);
+    if profile_request & 0xff == PARTNER {
+        partner(handle, (profile_request >> 8) as usize);
     }
     if profile_request == IDLER {
         idler(handle);
@@ -584,19 +595,14 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     // physical CPUs); every other metric runs in a one-vCPU VM on one
     // physical CPU, where the counter sees no other CPU's instructions.
     if profile_request != 0 {
-        profile(
-            clock,
-            |m: u64| m.saturating_sub(base),
-            has_gic,
-            profile_request,
-        );
+        profile(clock, base, has_gic, profile_request);
     }
     let r = guest_rt::hvc(PSCI_CPU_ON_64, 1, guest_rt::entry_point(), 0)[0];
     if r == 0 {
         if has_gic {
             gic::init_distributor();
             init_gic_cpu();
-            sgi_latency(clock, base);
+            sgi_latency(clock, base, ITERS_SLOW);
         } else {
             println!("bench: sgi_latency skipped (no GIC for guests on this board)");
         }
@@ -606,24 +612,7 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     let cost = |m: u64| m.saturating_sub(base);
 
     // First: VM 2 is still alive and yielding.
-    let (round_trip, n) = clock.time(ITERS_SLOW, |_| {
-        guest_rt::yield_cpu();
-    });
-    // Yield until VM 2 has powered off, so it stays out of what follows:
-    // a yield's round trip then no longer includes it. Without a partner the
-    // round trip never drops.
-    let mut partner = false;
-    for _ in 0..2 * PARTNER_YIELDS {
-        let t0 = now();
-        guest_rt::yield_cpu();
-        if (now() - t0) * clock.period * 4 < round_trip * 3 {
-            partner = true;
-            break;
-        }
-    }
-    if partner {
-        report("vcpu_switch", cost(round_trip) / 2, n);
-    } else {
+    if !vcpu_switch(clock, base, ITERS_SLOW) {
         println!("bench: vcpu_switch skipped (no partner VM: guests=guest-bench:p:lazy,guest-bench:arg=131)");
     }
 
@@ -650,12 +639,12 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
         read32(HOST_DEVICE);
     });
     report("mmio_host", cost(m), n);
-    s2_fault(clock, cost, ITERS_SLOW);
-    mem_share_unshare(clock, cost, ITERS_SLOW);
+    s2_fault(clock, base, ITERS_SLOW);
+    mem_share_unshare(clock, base, ITERS_SLOW);
     if has_gic {
         gic::init_distributor();
         init_gic_cpu();
-        vtimer_latency(clock);
+        vtimer_latency(clock, ITERS_SLOW);
     } else {
         println!("bench: vtimer_latency skipped (no GIC for guests on this board)");
     }
@@ -663,24 +652,16 @@ fn guest_main(cpu: usize, x0: u64) -> ! {
     guest_rt::system_off()
 }
 
-/// The metrics `cargo xtask profile` can ask for, by index (from 1): those
-/// measured in this one-vCPU VM without a partner.
-pub const PROFILE_METRICS: [&str; 7] = [
-    "hvc_null",
-    "psci_version",
-    "mmio_hyp",
-    "mmio_host",
-    "s2_fault",
-    "mem_share_unshare",
-    "hvc_unknown",
-];
-
 /// `cargo xtask profile`: measures only metric `request & 0xff` (an index
 /// into [`PROFILE_METRICS`], from 1) over `request >> 8` iterations, reports
-/// it like the bench does, and powers off. xtask boots this twice with
-/// different iteration counts and divides the difference of QEMU's
-/// execution traces by the difference in iterations.
-fn profile(clock: Clock, cost: impl Fn(u64) -> u64, has_gic: bool, request: u64) -> ! {
+/// it like the bench does (the same functions the bench calls, `base`
+/// the timing overhead it subtracts), and powers off. xtask boots this twice
+/// with different iteration counts and divides the difference of QEMU's
+/// execution traces by the difference in iterations. `vcpu_switch` needs
+/// the partner VM (told the same iterations), `sgi_latency` this VM's
+/// second vCPU on a second physical CPU.
+fn profile(clock: Clock, base: u64, has_gic: bool, request: u64) -> ! {
+    let cost = |m: u64| m.saturating_sub(base);
     let iters = (request >> 8) as usize;
     let metric = (request & 0xff) as usize;
     let name = metric
@@ -691,7 +672,8 @@ fn profile(clock: Clock, cost: impl Fn(u64) -> u64, has_gic: bool, request: u64)
     // s2_fault uses a fresh page per iteration (the lazy area's 2048, less
     // the warm-up); the others keep their samples in SAMPLES.
     let max = if name == "s2_fault" { 2000 } else { ITERS };
-    if iters == 0 || iters > max || name == "?" || (name == "mmio_hyp" && !has_gic) {
+    let needs_gic = matches!(name, "mmio_hyp" | "vtimer_latency" | "sgi_latency");
+    if iters == 0 || iters > max || name == "?" || (needs_gic && !has_gic) {
         fail(format_args!(
             "bad profile request {request:#x}: metric {metric} ({name}), {iters} iterations (1..={max})"
         ));
@@ -723,14 +705,65 @@ fn profile(clock: Clock, cost: impl Fn(u64) -> u64, has_gic: bool, request: u64)
         "hvc_unknown" => simple(clock, &cost, name, iters, || {
             hvc1(UNKNOWN_FID, 0);
         }),
-        "s2_fault" => s2_fault(clock, &cost, iters),
-        _ => mem_share_unshare(clock, &cost, iters),
+        "s2_fault" => s2_fault(clock, base, iters),
+        "mem_share_unshare" => mem_share_unshare(clock, base, iters),
+        "vtimer_latency" => {
+            gic::init_distributor();
+            init_gic_cpu();
+            vtimer_latency(clock, iters);
+        }
+        "vcpu_switch" => {
+            if !vcpu_switch(clock, base, iters) {
+                fail(format_args!(
+                    "vcpu_switch: no partner VM (guest-bench:arg={})",
+                    PARTNER | (iters as u64) << 8
+                ));
+            }
+        }
+        _ => {
+            // sgi_latency: vCPU 1 waits for the SGIs on the other CPU.
+            let r = guest_rt::hvc(PSCI_CPU_ON_64, 1, guest_rt::entry_point(), 0)[0];
+            if r != 0 {
+                fail(format_args!(
+                    "sgi_latency: CPU_ON of vCPU 1 refused ({r:#x}; guest option v2)"
+                ));
+            }
+            gic::init_distributor();
+            init_gic_cpu();
+            sgi_latency(clock, base, iters);
+        }
     }
     println!("guest-bench: done");
     guest_rt::system_off()
 }
 
-fn s2_fault(clock: Clock, cost: impl Fn(u64) -> u64, iters: usize) {
+/// `vcpu_switch` over `iters` round trips, while VM 2 ([`partner`], told
+/// the same `iters`) yields; then yields until VM 2 has powered off, so it
+/// stays out of what follows: a yield's round trip then no longer includes
+/// it. False (nothing reported) without a partner: the round trip never
+/// drops.
+#[inline(never)]
+fn vcpu_switch(clock: Clock, base: u64, iters: usize) -> bool {
+    let (round_trip, n) = clock.time(iters, |_| {
+        guest_rt::yield_cpu();
+    });
+    let mut partner = false;
+    for _ in 0..2 * partner_yields(iters) {
+        let t0 = now();
+        guest_rt::yield_cpu();
+        if (now() - t0) * clock.period * 4 < round_trip * 3 {
+            partner = true;
+            break;
+        }
+    }
+    if partner {
+        report("vcpu_switch", round_trip.saturating_sub(base) / 2, n);
+    }
+    partner
+}
+
+#[inline(never)]
+fn s2_fault(clock: Clock, base: u64, iters: usize) {
     let page = |i: usize| (LAZY_AREA + i as u64 * PAGE) as *mut u64;
     let (m, n) = clock.time(iters, |i| {
         // SAFETY: the page lies in the VM's RAM, above everything it uses.
@@ -741,11 +774,12 @@ fn s2_fault(clock: Clock, cost: impl Fn(u64) -> u64, iters: usize) {
     if m < 50 {
         println!("bench: s2_fault skipped (memory not mapped on demand: guest option `lazy`)");
     } else {
-        report("s2_fault", cost(m), n);
+        report("s2_fault", m.saturating_sub(base), n);
     }
 }
 
-fn mem_share_unshare(clock: Clock, cost: impl Fn(u64) -> u64, iters: usize) {
+#[inline(never)]
+fn mem_share_unshare(clock: Clock, base: u64, iters: usize) {
     let ipa = SHARE_PAGE.0.get() as u64;
     // Touch it (mapped on demand).
     // SAFETY: our own page.
@@ -764,7 +798,7 @@ fn mem_share_unshare(clock: Clock, cost: impl Fn(u64) -> u64, iters: usize) {
     if bad != 0 {
         fail(format_args!("MEM_SHARE/MEM_UNSHARE failed in the loop"));
     }
-    report("mem_share_unshare", cost(m), n);
+    report("mem_share_unshare", m.saturating_sub(base), n);
 }
 
 /// The SGI `sgi_latency` sends.
@@ -842,7 +876,9 @@ fn sgi_round(i: usize, t0: impl FnOnce() -> u64) -> (u64, u64) {
     (t0, BENCH_IRQ_STAMP.load(Ordering::Acquire))
 }
 
-fn sgi_latency(clock: Clock, base: u64) {
+/// `sgi_latency` over `iters` SGIs (rounded down to whole groups on slow
+/// counters).
+fn sgi_latency(clock: Clock, base: u64, iters: usize) {
     let mut spins = 0u64;
     while SECONDARY_READY.load(Ordering::Acquire) == 0 {
         spins += 1;
@@ -855,19 +891,19 @@ fn sgi_latency(clock: Clock, base: u64) {
     let s = samples();
     let p = clock.period;
     let n = if p == 1 {
-        for i in 0..WARMUP + ITERS_SLOW {
+        for i in 0..WARMUP + iters {
             let (t0, stamp) = sgi_round(i, now);
             if i >= WARMUP {
                 s[i - WARMUP] = (stamp - t0) as u32;
             }
         }
-        ITERS_SLOW
+        iters
     } else {
         // Clock's phased method: a group's sends start at phases 0..p-1.
         for i in 0..WARMUP {
             sgi_round(i, now);
         }
-        let groups = ITERS_SLOW / p as usize;
+        let groups = iters / p as usize;
         for (g, slot) in s[..groups].iter_mut().enumerate() {
             let mut sum = 0;
             for d in 0..p {
@@ -902,18 +938,20 @@ fn vtimer_round(i: usize, delta: u64) -> u64 {
     BENCH_IRQ_STAMP.load(Ordering::Acquire) - cval
 }
 
-fn vtimer_latency(clock: Clock) {
+/// `vtimer_latency` over `iters` timer interrupts (rounded down to whole
+/// groups on slow counters).
+fn vtimer_latency(clock: Clock, iters: usize) {
     gic::irq_unmask();
     let s = samples();
     let p = clock.period;
     let n = if p == 1 {
-        for i in 0..WARMUP + ITERS_SLOW {
+        for i in 0..WARMUP + iters {
             let d = vtimer_round(i, TIMER_DELTA);
             if i >= WARMUP {
                 s[i - WARMUP] = d as u32;
             }
         }
-        ITERS_SLOW
+        iters
     } else {
         // The timer fires exactly on a tick edge (QEMU: at compare value
         // * period ns), so the phase is moved at the other end: the
@@ -925,7 +963,7 @@ fn vtimer_latency(clock: Clock) {
         for i in 0..WARMUP {
             vtimer_round(i, delta);
         }
-        let groups = ITERS_SLOW / p as usize;
+        let groups = iters / p as usize;
         for (g, slot) in s[..groups].iter_mut().enumerate() {
             let mut sum = 0;
             for d in 0..p {
@@ -943,7 +981,6 @@ fn vtimer_latency(clock: Clock) {
     report("vtimer_latency", median(&mut s[..n / p as usize]), n);
 }
 
-/// VM 2: yields its CPU a fixed number of times, then powers off.
 /// Guest option `arg=` values (low byte) that make this VM the neighbour
 /// probe, and the metric each reports: 0x80 while the other VM is
 /// destroyed, 0x81 while it toggles its caches ([`TOGGLER`]) and then is
@@ -1059,12 +1096,16 @@ fn idler(handle: u64) -> ! {
     guest_rt::system_off()
 }
 
-/// Guest option `arg=` of the `vcpu_switch` partner VM.
+/// Guest option `arg=` (low byte) of the `vcpu_switch` partner VM; the
+/// bytes above are the round trips VM 1 times (0: the bench's
+/// [`ITERS_SLOW`]; `cargo xtask profile vcpu_switch` passes its own).
 const PARTNER: u64 = 0x83;
 
-fn partner(handle: u64) -> ! {
+/// VM 2: yields its CPU [`partner_yields`]`(iters)` times, then powers off.
+fn partner(handle: u64, iters: usize) -> ! {
+    let iters = if iters == 0 { ITERS_SLOW } else { iters };
     println!("guest-bench: VM {handle} is the vcpu_switch partner");
-    for _ in 0..PARTNER_YIELDS {
+    for _ in 0..partner_yields(iters) {
         guest_rt::yield_cpu();
     }
     guest_rt::system_off()
