@@ -34,7 +34,7 @@ fn err(e: HostError) -> u64 {
 /// go to [`control_call`], out of line: its frame (tens of KiB, probed
 /// page by page, for VM_CREATE's vGIC) and its saved registers are not
 /// paid by every VCPU_RUN.
-#[inline]
+#[inline(always)]
 pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) -> Reply {
     if host.regs.x[0] as u32 == hyp_abi::VCPU_RUN {
         return Reply::RunVcpu([

@@ -138,4 +138,7 @@ pub struct Cpu<'a> {
     /// The host vCPU's virtual CPU interface (its hardware-linked INTx
     /// interrupts, VMCR, active priorities), kept here while it runs a guest.
     pub host_if: vgic::HostIf,
+    /// A guest's time slice in counter ticks (CNTFRQ_EL0 read once, at
+    /// the CPU's start: a division per VCPU_RUN otherwise).
+    pub slice_ticks: u64,
 }
