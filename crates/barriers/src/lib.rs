@@ -80,4 +80,4 @@ pub mod trace;
 pub mod vttbr;
 
 pub use insn::{Consumer, DsbKind, Insn, SysReg, Tlbi};
-pub use sync::{enter_guest, isb, EosChecked, GuestPending, Pending, Synced};
+pub use sync::{enter_guest, fast_return, isb, EosChecked, GuestPending, Pending, Synced};

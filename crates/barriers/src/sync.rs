@@ -406,6 +406,17 @@ pub fn enter_guest<T: EretTokens>(eos: &EosChecked, vttbr: &mut Vttbr, tokens: T
     GuestEntry { _cpu: PhantomData }
 }
 
+/// Returns to the guest from the lower-EL vector's fast path (an exit answered without the world
+/// switch): consumes guest-only `tokens` (a kick SGI sent at EL2) with no ISB, because the
+/// vector's ERET is a CSE (`eos`) and only the guest depends on them. Nothing on that path
+/// changes VTTBR_EL2. Records [`crate::Insn::Eret`] on the host; on the target it emits nothing
+/// (the ERET is in the vector's assembly).
+pub fn fast_return<T: EretTokens>(eos: &EosChecked, tokens: T) {
+    let _ = eos;
+    sealed::Tokens::discharge(tokens);
+    emit::eret();
+}
+
 /// Declarations of in-context consumers: call them where EL2 starts to depend on synchronised
 /// state. On the host they record a [`crate::Consumer`] marker for the checker; on the target they emit
 /// nothing (the proof is the point).

@@ -298,6 +298,27 @@ impl Vgic {
         Ok(self.kick_for(&s, vcpu, intid))
     }
 
+    /// The vCPUs a write of `value` to `ICC_SGI1R_EL1` by `vcpu` targets (bit *i*: vCPU *i*),
+    /// as [`Vgic::sgi1r`] decodes it: with IRM every vCPU but `vcpu`, else TargetList when
+    /// Aff3.Aff2.Aff1 and RS are 0, else nobody.
+    #[must_use]
+    pub fn sgi1r_targets(&self, vcpu: usize, value: u64) -> u16 {
+        let all = self.all_vcpus();
+        if value & (1 << 40) != 0 {
+            (all & !(1 << vcpu)) as u16
+        } else {
+            let aff1 = (value >> 16) & 0xff;
+            let aff2 = (value >> 32) & 0xff;
+            let rs = (value >> 44) & 0xf;
+            let aff3 = (value >> 48) & 0xff;
+            if aff1 | aff2 | rs | aff3 != 0 {
+                0
+            } else {
+                (value & 0xffff) as u16 & all as u16
+            }
+        }
+    }
+
     /// A trapped write of `value` to `ICC_SGI1R_EL1` by `vcpu` (GICv3). Decodes TargetList
     /// \[15:0\], Aff1 \[23:16\], INTID \[27:24\], Aff2 \[39:32\], IRM \[40\], RS \[47:44\] and
     /// Aff3 \[55:48\]; vCPU *i* has Aff0 = *i* and Aff3.Aff2.Aff1 = 0, so other affinities or
@@ -310,20 +331,7 @@ impl Vgic {
     pub fn sgi1r(&self, vcpu: usize, value: u64) -> Result<KickMask, VgicError> {
         self.check_vcpu(vcpu)?;
         let intid = ((value >> 24) & 0xf) as u32;
-        let all = self.all_vcpus();
-        let targets: u16 = if value & (1 << 40) != 0 {
-            (all & !(1 << vcpu)) as u16
-        } else {
-            let aff1 = (value >> 16) & 0xff;
-            let aff2 = (value >> 32) & 0xff;
-            let rs = (value >> 44) & 0xf;
-            let aff3 = (value >> 48) & 0xff;
-            if aff1 | aff2 | rs | aff3 != 0 {
-                0
-            } else {
-                (value & 0xffff) as u16 & all as u16
-            }
-        };
+        let targets = self.sgi1r_targets(vcpu, value);
         let mut s = self.state.lock();
         let mut kick = 0;
         for t in 0..self.nr_vcpus {

@@ -319,6 +319,13 @@ fn v3_sgi1r_targets_by_list_affinity_and_irm() {
     assert_eq!(g.sgi1r(2, (1 << 40) | (4 << 24)).unwrap(), 0b1011);
     // Bits for vCPUs that do not exist are ignored.
     assert_eq!(g.sgi1r(0, (3 << 24) | 0xff00).unwrap(), 0);
+    // The targets as the fast path asks for them (it takes the SGIs to
+    // others only): the same decode, the sender included when listed.
+    assert_eq!(g.sgi1r_targets(0, (3 << 24) | 0b1011), 0b1011);
+    assert_eq!(g.sgi1r_targets(2, (1 << 40) | 0b0100), 0b1011);
+    assert_eq!(g.sgi1r_targets(0, (1 << 16) | 0b1), 0);
+    assert_eq!(g.sgi1r_targets(0, (1 << 44) | 0b1), 0);
+    assert_eq!(g.sgi1r_targets(0, 0xfff0), 0);
     let mut f = Fake::new(Version::V3, 4);
     let mut cpu = VcpuIf::new(3);
     cpu.flush(&g, &mut f);

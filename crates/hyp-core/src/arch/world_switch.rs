@@ -5,6 +5,7 @@
 //! for the `eret` in `__guest_enter`, a context synchronisation event because
 //! SCTLR_EL2.EOS = 1 (checked at boot).
 
+use crate::arch::switch::CpuSync;
 use barriers::sync::{Cse, GuestEntry, Includes};
 use barriers::Synced;
 use core::mem::offset_of;
@@ -36,6 +37,11 @@ pub struct HostSave {
     /// What `vm::hyp_fast_sync` needs about the guest now running (opaque
     /// here), or null while the host runs: then every exit is a full one.
     fast: *const (),
+    /// This CPU's index and synchronisation state, for the fast path's
+    /// kicks (set once, when the CPU starts running vCPUs).
+    cpu: usize,
+    /// A `*const CpuSync` (untyped: this struct is the assembly's).
+    sync: *const (),
 }
 
 const _: () = {
@@ -56,6 +62,8 @@ impl HostSave {
             guest: core::ptr::null_mut(),
             fast_hvcs: 0,
             fast: core::ptr::null(),
+            cpu: 0,
+            sync: core::ptr::null(),
         }
     }
 }
@@ -80,6 +88,19 @@ impl HostSave {
     /// The register file of the guest running (or that ran last).
     pub fn guest_regs(&self) -> *mut GuestRegs {
         self.guest
+    }
+
+    /// Records which CPU this is and its synchronisation state, for as
+    /// long as it runs vCPUs (`run::run_cpu`, whose caller keeps `sync`).
+    pub fn set_cpu(&mut self, cpu: usize, sync: &CpuSync) {
+        self.cpu = cpu;
+        self.sync = core::ptr::from_ref(sync).cast();
+    }
+
+    /// This CPU's index and synchronisation state ([`HostSave::set_cpu`]):
+    /// valid while a guest runs (while [`HostSave::fast`] is non-null).
+    pub fn cpu(&self) -> (usize, *const CpuSync) {
+        (self.cpu, self.sync.cast())
     }
 }
 

@@ -1,15 +1,19 @@
 //! The fast path, run from the lower-EL synchronous vector while a guest
 //! runs: exits answered without the full world switch (stateless SMCCC
-//! calls, vGIC reads that change no interrupt state).
+//! calls, vGIC reads that change no interrupt state, GICv3 SGIs to other
+//! vCPUs).
 
 use crate::arch::esr::{self, DataAbort, Esr, ExitReason};
+use crate::arch::switch::CpuSync;
 use crate::arch::sysreg;
 use crate::arch::world_switch::{GuestRegs, HostSave};
 use crate::calls::smccc::{self as call, Hypercall};
 use crate::exit::effects::read_trap;
 use crate::exit::policy::{Trap, VgicFrames};
+use crate::exit::sysreg as sysreg_policy;
 use crate::vcpu::Who;
-use crate::vm::state::VmView;
+use crate::vm::state::{self, VmView};
+use barriers::GuestPending;
 use hyp_abi::layout::{GICD_IPA, GICR_IPA};
 use vgic::Vgic;
 
@@ -42,6 +46,10 @@ extern "C" fn hyp_fast_sync(save: *mut HostSave) -> bool {
             let end = GICR_IPA + vgic::MAX_VCPUS as u64 * vgic::REDIST_FRAME_SIZE;
             (GICD_IPA..end).contains(&ipa)
         }
+        ExitReason::SysReg => {
+            return sysreg_policy::is_sgi1r_write(&esr::decode_sysreg(esr))
+                && fast_sync_sgi(save, esr);
+        }
         _ => false,
     };
     maybe && fast_sync(save)
@@ -65,6 +73,64 @@ fn fast_sync(save: *mut HostSave) -> bool {
         (fast, &mut *save.guest_regs())
     };
     fast_exit(fast.who, regs, fast.vm, read_trap())
+}
+
+/// [`fast_sync`] for an ICC_SGI1R_EL1 write (ESR `esr`).
+#[inline(never)]
+fn fast_sync_sgi(save: *mut HostSave, esr: Esr) -> bool {
+    // SAFETY: as in `fast_sync`; and `cpu()`'s `CpuSync` is `run_cpu`'s,
+    // set before any guest of this CPU ran and alive while one runs.
+    let (fast, regs, (cpu, sync)) = unsafe {
+        let save = &*save;
+        let Some(fast) = save.fast().cast::<FastCtx<'_>>().as_ref() else {
+            return false;
+        };
+        let (cpu, sync) = save.cpu();
+        let Some(sync) = sync.as_ref() else {
+            return false;
+        };
+        (fast, &mut *save.guest_regs(), (cpu, sync))
+    };
+    fast_sgi(fast, regs, esr, cpu, sync)
+}
+
+/// A GICv3 SGI (ICC_SGI1R_EL1 written, as `hyp_fast_sync` checked) to
+/// other vCPUs only: their state changes under the vGIC's lock and they are
+/// kicked, as `effects::apply` does for `Action::Sgi1r`; this vCPU's list
+/// registers stay as they are. An SGI to itself must reach its list
+/// registers before it runs again: the full path. Out of line, so the other
+/// fast exits do not carry it.
+#[inline(never)]
+fn fast_sgi(
+    fast: &FastCtx<'_>,
+    regs: &mut GuestRegs,
+    esr: Esr,
+    cpu: usize,
+    sync: &CpuSync,
+) -> bool {
+    let (Some(vg), Who::Guest { slot, vcpu }) = (fast.vm.vg, fast.who) else {
+        return false;
+    };
+    let rt = esr::decode_sysreg(esr).reg;
+    // x19..x29 are not in `regs` on this path; XZR reads as 0.
+    let value = match rt {
+        31 => 0,
+        19..=29 => return false,
+        r => regs.x[r as usize],
+    };
+    if vcpu >= 16 || vg.sgi1r_targets(vcpu, value) & (1 << vcpu) != 0 {
+        return false;
+    }
+    let Ok(kick) = vg.sgi1r(vcpu, value) else {
+        return false;
+    };
+    let mut pending = GuestPending::new();
+    state::kick_vcpus_from(cpu, sync, slot, vcpu, kick, &mut pending);
+    // The vector's ERET (EOS = 1) is what the kicks must precede.
+    barriers::fast_return(&sync.eos, pending);
+    regs.pc += 4;
+    fast.vm.stats.record(ExitReason::SysReg);
+    true
 }
 
 /// The fast path, run from the vector (`hyp_fast_sync`): exits answered

@@ -43,6 +43,8 @@ const SLICES_PER_SECOND: u64 = 100;
 /// Runs host vCPU `cpu` on this CPU (and the guest vCPUs it asks for) for as
 /// long as the system lives. Returns when the machine should power off.
 pub fn run_cpu(cpu: usize, nr_cpus: usize, save: &mut HostSave, sync: &CpuSync) {
+    // For the vector's fast path (`exit::fast`), while guests run here.
+    save.set_cpu(cpu, sync);
     let mut c = Cpu {
         idx: cpu,
         nr_cpus,

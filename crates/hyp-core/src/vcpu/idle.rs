@@ -26,6 +26,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::arch::switch::CpuSync;
 use crate::arch::{gic, sysreg};
 use crate::vcpu::ctx::Cpu;
 use barriers::sync::{GuestOnly, Synced};
@@ -48,15 +49,21 @@ pub fn generation() -> u64 {
 /// Something may have made a waiting vCPU runnable: a new generation, and
 /// a kick to every sleeping CPU but this one.
 pub fn event(c: &Cpu<'_>, pending: &mut GuestPending) {
+    event_from(c.idx, c.sync, pending);
+}
+
+/// [`event`] from CPU `me` with its `sync` (the vector's fast path, which
+/// has no [`Cpu`]).
+pub fn event_from(me: usize, sync: &CpuSync, pending: &mut GuestPending) {
     GEN.fetch_add(1, Ordering::SeqCst);
-    let mut sleepers = SLEEPING.load(Ordering::SeqCst) & !(1 << c.idx);
+    let mut sleepers = SLEEPING.load(Ordering::SeqCst) & !(1 << me);
     let Some(g) = gic::phys() else {
         return;
     };
     while sleepers != 0 {
         let cpu = sleepers.trailing_zeros() as usize;
         sleepers &= sleepers - 1;
-        g.kick(cpu, c.sync.gic.as_ref(), pending);
+        g.kick(cpu, sync.gic.as_ref(), pending);
     }
 }
 

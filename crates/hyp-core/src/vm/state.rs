@@ -332,6 +332,19 @@ pub fn flush_vm(slot: usize) {
 /// one running on another physical CPU gets a physical SGI and exits; one
 /// not running sees them at its next entry.
 pub fn kick_vcpus(c: &Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut GuestPending) {
+    kick_vcpus_from(c.idx, c.sync, slot, me, kick, pending);
+}
+
+/// [`kick_vcpus`] from CPU `cpu` with its `sync` (the vector's fast path,
+/// which has no [`Cpu`]).
+pub fn kick_vcpus_from(
+    cpu: usize,
+    sync: &switch::CpuSync,
+    slot: usize,
+    me: usize,
+    kick: u8,
+    pending: &mut GuestPending,
+) {
     let Some(g) = gic::phys() else {
         return;
     };
@@ -356,7 +369,7 @@ pub fn kick_vcpus(c: &Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut G
             break;
         }
         match vm.vcpus[v].running_on {
-            Some(cpu) if cpu != c.idx => g.kick(cpu, c.sync.gic.as_ref(), pending),
+            Some(other) if other != cpu => g.kick(other, sync.gic.as_ref(), pending),
             Some(_) => {}
             None => waiting = true,
         }
@@ -364,7 +377,7 @@ pub fn kick_vcpus(c: &Cpu<'_>, slot: usize, me: usize, kick: u8, pending: &mut G
     drop(vm);
     if waiting {
         // Not running: its host CPU may sleep in HOST_IDLE.
-        crate::vcpu::idle::event(c, pending);
+        crate::vcpu::idle::event_from(cpu, sync, pending);
     }
 }
 
