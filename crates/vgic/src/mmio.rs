@@ -412,14 +412,22 @@ impl Vgic {
     /// GICv2 `GICD_SGIR`: TargetListFilter \[25:24\] (0: CPUTargetList \[23:16\], 1: all but
     /// self, 2: self, 3: reserved), SGIINTID \[3:0\].
     fn gicd_sgir(&self, s: &mut State, vcpu: usize, v: u64) -> KickMask {
+        let targets = self.sgir_targets(vcpu, v);
+        self.send_v2_sgi(s, vcpu, targets, (v & 0xf) as u32)
+    }
+
+    /// The vCPUs a write of `v` to GICv2's `GICD_SGIR` by `vcpu` targets (bit *i*: vCPU *i*):
+    /// TargetListFilter \[25:24\] 0 names CPUTargetList \[23:16\], 1 every vCPU but `vcpu`, 2
+    /// `vcpu` itself, 3 nobody.
+    #[must_use]
+    pub fn sgir_targets(&self, vcpu: usize, v: u64) -> u8 {
         let all = self.all_vcpus();
-        let targets = match (v >> 24) & 3 {
+        match (v >> 24) & 3 {
             0 => (v >> 16) as u8 & all,
             1 => all & !(1 << vcpu),
             2 => 1 << vcpu,
             _ => 0,
-        };
-        self.send_v2_sgi(s, vcpu, targets, (v & 0xf) as u32)
+        }
     }
 
     /// GICv2 `CPENDSGIR` (0xF10) / `SPENDSGIR` (0xF20): one byte per SGI, one bit per source.

@@ -14,6 +14,7 @@ use crate::exit::sysreg as sysreg_policy;
 use crate::vcpu::Who;
 use crate::vm::state::{self, VmView};
 use barriers::GuestPending;
+use hw_regs::gic::GICD_SGIR;
 use hyp_abi::layout::{GICD_IPA, GICR_IPA};
 use vgic::Vgic;
 
@@ -72,7 +73,55 @@ fn fast_sync(save: *mut HostSave) -> bool {
         };
         (fast, &mut *save.guest_regs())
     };
-    fast_exit(fast.who, regs, fast.vm, read_trap())
+    fast_exit(fast.who, regs, fast.vm, read_trap()) || fast_sgir(save, fast, regs)
+}
+
+/// A GICv2 SGI (a 32-bit write of GICD_SGIR) to other vCPUs only, as
+/// [`fast_sgi`] takes GICv3's. Anything else: false, nothing changed.
+#[inline(never)]
+fn fast_sgir(save: *mut HostSave, fast: &FastCtx<'_>, regs: &mut GuestRegs) -> bool {
+    let (Some(vg), Who::Guest { slot, vcpu }) = (fast.vm.vg, fast.who) else {
+        return false;
+    };
+    // Read again rather than kept across `fast_exit` (2 instructions more
+    // on every vGIC read).
+    let trap = read_trap();
+    if vg.version() != vgic::Version::V2 || trap.esr.ec() != esr::ec::DABT_LOW {
+        return false;
+    }
+    let DataAbort::Mmio(m) = esr::decode_data_abort(trap.esr, trap.hpfar, trap.far) else {
+        return false;
+    };
+    if !m.write || m.ipa != GICD_IPA + GICD_SGIR || m.size.bytes() != 4 {
+        return false;
+    }
+    // x19..x29 are not in `regs` on this path; XZR reads as 0.
+    let value = match m.reg {
+        31 => 0,
+        19..=29 => return false,
+        r => regs.x[r as usize] & 0xffff_ffff,
+    };
+    if vcpu >= 8 || vg.sgir_targets(vcpu, value) & (1 << vcpu) != 0 {
+        return false;
+    }
+    // SAFETY: as in `fast_sync_sgi`: this CPU's HostSave, whose `CpuSync`
+    // is alive while a guest runs.
+    let (cpu, sync) = unsafe { (*save).cpu() };
+    // SAFETY: the same.
+    let Some(sync) = (unsafe { sync.as_ref() }) else {
+        return false;
+    };
+    let Ok(out) = vg.mmio(vcpu, vgic::Region::Dist, GICD_SGIR, 4, Some(value)) else {
+        return false;
+    };
+    let mut pending = GuestPending::new();
+    state::kick_vcpus_from(cpu, sync, slot, vcpu, out.kick, &mut pending);
+    // The vector's ERET (EOS = 1) is what the kicks must precede.
+    barriers::fast_return(&sync.eos, pending);
+    // 2 bytes for a 16-bit Thumb store (AArch32 EL0).
+    regs.pc += if trap.esr.il() { 4 } else { 2 };
+    fast.vm.stats.record(ExitReason::DataAbort);
+    true
 }
 
 /// [`fast_sync`] for an ICC_SGI1R_EL1 write (ESR `esr`).
