@@ -45,6 +45,23 @@ impl<'a, K: Includes<GicSre>> V3Sysregs<'a, K> {
     /// enable/maintenance bits, as [`IchHcrEl2::write`]'s contract requires.
     pub unsafe fn new(sre: &'a Synced<K>, pending: &'a mut GuestPending, traps: u32) -> Self {
         let nr = ((IchVtrEl2::read(sre) & 0x1f) + 1) as usize;
+        // SAFETY: `traps` is the caller's (this function's contract); `nr` is this CPU's.
+        unsafe { Self::with_lrs(sre, pending, traps, nr) }
+    }
+
+    /// [`V3Sysregs::new`] for a CPU with `nr` list registers, as its `ICH_VTR_EL2.ListRegs + 1`
+    /// was read once (a register read fewer on every use).
+    ///
+    /// # Safety
+    ///
+    /// As for [`V3Sysregs::new`]; and `nr` is at most this CPU's list registers (writing one past
+    /// them is UNDEFINED).
+    pub unsafe fn with_lrs(
+        sre: &'a Synced<K>,
+        pending: &'a mut GuestPending,
+        traps: u32,
+        nr: usize,
+    ) -> Self {
         V3Sysregs {
             sre,
             pending,

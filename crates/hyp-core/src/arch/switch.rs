@@ -32,6 +32,10 @@ pub struct CpuSync {
     pub eos: EosChecked,
     /// ICC_SRE_EL2.SRE = 1 synchronised (GICv3 boards only).
     pub gic: Option<Synced<GicSre>>,
+    /// This CPU's list registers (ICH_VTR_EL2.ListRegs + 1, read once here
+    /// rather than at every list-register access); 0 on GICv2 boards, whose
+    /// backend reads GICH_VTR.
+    pub nr_lrs: usize,
 }
 
 /// The EL2 registers one CPU's bring-up writes.
@@ -129,10 +133,14 @@ pub unsafe fn el2_on(r: El2Regs) -> CpuSync {
         // accesses go to the virtual interface).
         isb(unsafe { regs::IccSreEl2::write(ICC_SRE_EL2_ON) })
     });
+    let nr_lrs = gic
+        .as_ref()
+        .map_or(0, |sre| ((regs::IchVtrEl2::read(sre) & 0x1f) + 1) as usize);
     CpuSync {
         hcr,
         eos: barriers::sync::check_eos(),
         gic,
+        nr_lrs,
     }
 }
 

@@ -29,8 +29,9 @@ impl<'a> Lrs<'a> {
         match (g, sync.gic.as_ref()) {
             (Phys::V3 { .. }, Some(sre)) => {
                 // SAFETY: no ICH_HCR_EL2 trap is relied on: SGI writes trap
-                // through HCR_EL2.IMO, GICD/GICR accesses through stage 2.
-                let b = unsafe { vgic::V3Sysregs::new(sre, pending, 0) };
+                // through HCR_EL2.IMO, GICD/GICR accesses through stage 2;
+                // `nr_lrs` is this CPU's ICH_VTR_EL2 count (`el2_on`).
+                let b = unsafe { vgic::V3Sysregs::with_lrs(sre, pending, 0, sync.nr_lrs) };
                 Some(Lrs::V3(b))
             }
             (Phys::V2 { gich, .. }, _) => {
