@@ -95,52 +95,89 @@ fn fast_sgir(save: *mut HostSave, fast: &FastCtx<'_>, regs: &mut GuestRegs) -> b
     if !m.write || m.ipa != GICD_IPA + GICD_SGIR || m.size.bytes() != 4 {
         return false;
     }
-    // x19..x29 are not in `regs` on this path; XZR reads as 0.
-    let value = match m.reg {
-        31 => 0,
-        19..=29 => return false,
-        r => regs.x[r as usize] & 0xffff_ffff,
+    let Some(value) = reg_in_file(regs, m.reg).map(|v| v & 0xffff_ffff) else {
+        return false;
     };
     if vcpu >= 8 || vg.sgir_targets(vcpu, value) & (1 << vcpu) != 0 {
         return false;
     }
-    // SAFETY: as in `fast_sync_sgi`: this CPU's HostSave, whose `CpuSync`
-    // is alive while a guest runs.
-    let (cpu, sync) = unsafe { (*save).cpu() };
-    // SAFETY: the same.
-    let Some(sync) = (unsafe { sync.as_ref() }) else {
+    // SAFETY: the vector passes this CPU's HostSave.
+    let Some((cpu, sync)) = this_cpu(unsafe { &*save }) else {
         return false;
     };
     let Ok(out) = vg.mmio(vcpu, vgic::Region::Dist, GICD_SGIR, 4, Some(value)) else {
         return false;
     };
+    // 2 bytes for a 16-bit Thumb store (AArch32 EL0).
+    let step = if trap.esr.il() { 4 } else { 2 };
+    let sgi = Sgi {
+        slot,
+        vcpu,
+        kick: out.kick,
+    };
+    kick_and_resume(fast, regs, (cpu, sync), sgi, step, ExitReason::DataAbort)
+}
+
+/// An SGI the fast path made pending: the sender and the vCPUs to kick.
+struct Sgi {
+    slot: usize,
+    vcpu: usize,
+    kick: u8,
+}
+
+/// The end of a fast SGI: the targets kicked, their tokens discharged for
+/// the vector's ERET, the sender's PC stepped by `step` and the exit counted.
+fn kick_and_resume(
+    fast: &FastCtx<'_>,
+    regs: &mut GuestRegs,
+    (cpu, sync): (usize, &CpuSync),
+    sgi: Sgi,
+    step: u64,
+    reason: ExitReason,
+) -> bool {
     let mut pending = GuestPending::new();
-    state::kick_vcpus_from(cpu, sync, slot, vcpu, out.kick, &mut pending);
+    state::kick_vcpus_from(cpu, sync, sgi.slot, sgi.vcpu, sgi.kick, &mut pending);
     // The vector's ERET (EOS = 1) is what the kicks must precede.
     barriers::fast_return(&sync.eos, pending);
-    // 2 bytes for a 16-bit Thumb store (AArch32 EL0).
-    regs.pc += if trap.esr.il() { 4 } else { 2 };
-    fast.vm.stats.record(ExitReason::DataAbort);
+    regs.pc += step;
+    fast.vm.stats.record(reason);
     true
+}
+
+/// Register `r` of a trapped write as the fast path has it: x19..x29 are
+/// not in the register file on this path (None), XZR reads as 0.
+fn reg_in_file(regs: &GuestRegs, r: u8) -> Option<u64> {
+    match r {
+        31 => Some(0),
+        19..=29 => None,
+        r => Some(regs.x[r as usize]),
+    }
+}
+
+/// This CPU's index and synchronisation state, as `run_cpu` left them in
+/// its `HostSave`: set before any guest of this CPU ran, alive while one
+/// runs (which is when the fast path runs).
+fn this_cpu(save: &HostSave) -> Option<(usize, &CpuSync)> {
+    let (cpu, sync) = save.cpu();
+    // SAFETY: null or `run_cpu`'s `CpuSync`, alive while a guest runs.
+    unsafe { sync.as_ref() }.map(|s| (cpu, s))
 }
 
 /// [`fast_sync`] for an ICC_SGI1R_EL1 write (ESR `esr`).
 #[inline(never)]
 fn fast_sync_sgi(save: *mut HostSave, esr: Esr) -> bool {
-    // SAFETY: as in `fast_sync`; and `cpu()`'s `CpuSync` is `run_cpu`'s,
-    // set before any guest of this CPU ran and alive while one runs.
-    let (fast, regs, (cpu, sync)) = unsafe {
+    // SAFETY: as in `fast_sync`.
+    let (fast, regs, save) = unsafe {
         let save = &*save;
         let Some(fast) = save.fast().cast::<FastCtx<'_>>().as_ref() else {
             return false;
         };
-        let (cpu, sync) = save.cpu();
-        let Some(sync) = sync.as_ref() else {
-            return false;
-        };
-        (fast, &mut *save.guest_regs(), (cpu, sync))
+        (fast, &mut *save.guest_regs(), save)
     };
-    fast_sgi(fast, regs, esr, cpu, sync)
+    let Some(cpu) = this_cpu(save) else {
+        return false;
+    };
+    fast_sgi(fast, regs, esr, cpu)
 }
 
 /// A GICv3 SGI (ICC_SGI1R_EL1 written, as `hyp_fast_sync` checked) to
@@ -150,22 +187,12 @@ fn fast_sync_sgi(save: *mut HostSave, esr: Esr) -> bool {
 /// registers before it runs again: the full path. Out of line, so the other
 /// fast exits do not carry it.
 #[inline(never)]
-fn fast_sgi(
-    fast: &FastCtx<'_>,
-    regs: &mut GuestRegs,
-    esr: Esr,
-    cpu: usize,
-    sync: &CpuSync,
-) -> bool {
+fn fast_sgi(fast: &FastCtx<'_>, regs: &mut GuestRegs, esr: Esr, cpu: (usize, &CpuSync)) -> bool {
     let (Some(vg), Who::Guest { slot, vcpu }) = (fast.vm.vg, fast.who) else {
         return false;
     };
-    let rt = esr::decode_sysreg(esr).reg;
-    // x19..x29 are not in `regs` on this path; XZR reads as 0.
-    let value = match rt {
-        31 => 0,
-        19..=29 => return false,
-        r => regs.x[r as usize],
+    let Some(value) = reg_in_file(regs, esr::decode_sysreg(esr).reg) else {
+        return false;
     };
     if vcpu >= 16 || vg.sgi1r_targets(vcpu, value) & (1 << vcpu) != 0 {
         return false;
@@ -173,13 +200,14 @@ fn fast_sgi(
     let Ok(kick) = vg.sgi1r(vcpu, value) else {
         return false;
     };
-    let mut pending = GuestPending::new();
-    state::kick_vcpus_from(cpu, sync, slot, vcpu, kick, &mut pending);
-    // The vector's ERET (EOS = 1) is what the kicks must precede.
-    barriers::fast_return(&sync.eos, pending);
-    regs.pc += 4;
-    fast.vm.stats.record(ExitReason::SysReg);
-    true
+    kick_and_resume(
+        fast,
+        regs,
+        cpu,
+        Sgi { slot, vcpu, kick },
+        4,
+        ExitReason::SysReg,
+    )
 }
 
 /// The fast path, run from the vector (`hyp_fast_sync`): exits answered
