@@ -44,9 +44,14 @@ impl<'a, K: Includes<GicSre>> V3Sysregs<'a, K> {
     /// hypervisor relies on: the backend writes `ICH_HCR_EL2` as `traps` plus the vGIC's
     /// enable/maintenance bits, as [`IchHcrEl2::write`]'s contract requires.
     pub unsafe fn new(sre: &'a Synced<K>, pending: &'a mut GuestPending, traps: u32) -> Self {
-        let nr = ((IchVtrEl2::read(sre) & 0x1f) + 1) as usize;
-        // SAFETY: `traps` is the caller's (this function's contract); `nr` is this CPU's.
-        unsafe { Self::with_lrs(sre, pending, traps, nr) }
+        // SAFETY: `traps` is the caller's (this function's contract); the count is this CPU's.
+        unsafe { Self::with_lrs(sre, pending, traps, Self::count(sre)) }
+    }
+
+    /// This CPU's list registers: `ICH_VTR_EL2.ListRegs` \[4:0\] + 1 (what
+    /// [`V3Sysregs::with_lrs`] takes, read once per CPU).
+    pub fn count(sre: &Synced<K>) -> usize {
+        ((IchVtrEl2::read(sre) & 0x1f) + 1) as usize
     }
 
     /// [`V3Sysregs::new`] for a CPU with `nr` list registers, as its `ICH_VTR_EL2.ListRegs + 1`

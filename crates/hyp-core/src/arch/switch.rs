@@ -133,9 +133,7 @@ pub unsafe fn el2_on(r: El2Regs) -> CpuSync {
         // accesses go to the virtual interface).
         isb(unsafe { regs::IccSreEl2::write(ICC_SRE_EL2_ON) })
     });
-    let nr_lrs = gic
-        .as_ref()
-        .map_or(0, |sre| ((regs::IchVtrEl2::read(sre) & 0x1f) + 1) as usize);
+    let nr_lrs = gic.as_ref().map_or(0, vgic::V3Sysregs::count);
     CpuSync {
         hcr,
         eos: barriers::sync::check_eos(),
