@@ -454,7 +454,60 @@ impl<A: TableAlloc, F: Format> Walker<'_, '_, A, F> {
     }
 
     /// Applies the op to `t` (a table at `level` whose entry 0 translates `base`) over `[s, e)`.
+    ///
+    /// While the range lies inside one entry of a live table that it only partly covers and
+    /// that entry is a table, the walk goes straight down to it, which is what
+    /// [`Self::apply_range`] would do for that one entry (descend, then [`Self::post_check`]
+    /// the child on the way back), without a call and that loop's set-up per level: a one-page
+    /// share, fault or unmap meets the general loop only at its last level.
     fn apply(
+        &mut self,
+        t: &[AtomicU64],
+        level: u8,
+        base: u64,
+        s: u64,
+        e: u64,
+        live: bool,
+    ) -> Result<(), Error> {
+        if !live {
+            return self.apply_level(t, level, base, s, e, live);
+        }
+        // The entries gone through, root side first: (entry, child table, its range, level).
+        let mut path: [Option<(&AtomicU64, Pa, u64, u8)>; 4] = [None; 4];
+        let mut depth = 0;
+        let (mut t, mut level, mut base) = (t, level, base);
+        while depth < path.len() {
+            let sz = size(level);
+            let i = ((s - base) >> shift(level)) as usize;
+            let ia = base + (i as u64) * sz;
+            if e > ia + sz || (s == ia && e == ia + sz) {
+                break;
+            }
+            let Some(slot) = t.get(i) else {
+                break;
+            };
+            let old = slot.load(Ordering::Relaxed);
+            if !is_table(old, level) {
+                break;
+            }
+            let cpa = Pa(old & OA_MASK);
+            path[depth] = Some((slot, cpa, ia, level));
+            depth += 1;
+            // SAFETY: as in `apply_range`: a table descriptor in a live table points at a live
+            // table, freed only via `detach` after this walk stops using it.
+            t = unsafe { slots(&*self.alloc, cpa, ENTRIES) };
+            level += 1;
+            base = ia;
+        }
+        self.apply_level(t, level, base, s, e, live)?;
+        for &(slot, cpa, ia, level) in path[..depth].iter().rev().flatten() {
+            self.post_check(slot, cpa, ia, level, s);
+        }
+        Ok(())
+    }
+
+    /// [`Self::apply`] at one level: the entries of `t` over `[s, e)`.
+    fn apply_level(
         &mut self,
         t: &[AtomicU64],
         level: u8,
