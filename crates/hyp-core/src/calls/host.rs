@@ -36,15 +36,18 @@ fn err(e: HostError) -> u64 {
 /// paid by every VCPU_RUN.
 #[inline(always)]
 pub fn call(c: &mut Cpu<'_>, host: &mut VcpuCtx, pending: &mut GuestPending) -> Reply {
-    if host.regs.x[0] as u32 == hyp_abi::VCPU_RUN {
-        return Reply::RunVcpu([
-            host.regs.x[1],
-            host.regs.x[2],
-            host.regs.x[3],
-            host.regs.x[4],
-        ]);
+    if let Some(a) = run_args(&host.regs.x) {
+        return Reply::RunVcpu(a);
     }
     control_call(c, host, pending)
+}
+
+/// VCPU_RUN's arguments (handle, vCPU, flags, value) if the host's x0..x4
+/// `x` are that call. The run loop asks this of every HVC of the host before
+/// the general decode (`run::host_loop`): VCPU_RUN needs nothing else of it.
+#[inline(always)]
+pub fn run_args(x: &[u64; 31]) -> Option<[u64; 4]> {
+    (x[0] as u32 == hyp_abi::VCPU_RUN).then(|| [x[1], x[2], x[3], x[4]])
 }
 
 /// [`call`] for every host call but VCPU_RUN.

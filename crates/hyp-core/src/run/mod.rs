@@ -18,11 +18,12 @@
 //! and loaded. A guest's FP state is saved when its run ends, so a vCPU can
 //! move to another CPU.
 
-use crate::arch::esr::ExitReason;
+use crate::arch::esr::{self, ExitReason};
 use crate::arch::gic;
 use crate::arch::switch::{self, CpuSync};
 use crate::arch::sysreg;
 use crate::arch::world_switch::{self, HostSave, VectorKind};
+use crate::calls;
 use crate::exit::effects::{self, Next};
 use crate::exit::fast;
 use crate::stats;
@@ -152,7 +153,24 @@ fn host_loop(c: &mut Cpu<'_>, host: &mut VcpuCtx, first: GuestPending) -> (Next,
         let next = match kind {
             VectorKind::Sync => {
                 let trap = effects::read_trap();
-                effects::sync_exit(c, Who::Host, host, &mut pending, state::host_view(), trap)
+                // VCPU_RUN, the host's call on every exit path, straight to
+                // the run below: as a host call through `sync_exit` it
+                // comes to the same (an HVC's PC needs no step, and the host
+                // is never single-stepped), after the general decode.
+                match calls::host::run_args(&host.regs.x) {
+                    Some(a) if trap.esr.ec() == esr::ec::HVC64 => {
+                        stats::HOST.record(ExitReason::Hvc);
+                        Next::RunVcpu(a)
+                    }
+                    _ => effects::sync_exit(
+                        c,
+                        Who::Host,
+                        host,
+                        &mut pending,
+                        state::host_view(),
+                        trap,
+                    ),
+                }
             }
             VectorKind::Irq | VectorKind::Fiq => {
                 stats::HOST.record(ExitReason::Irq);
