@@ -117,41 +117,49 @@ impl VcpuIf {
         let mut best = [0u32; MAX_LRS];
         let mut nr = 0;
         let mut count = 0;
-        for (mut word, base) in busy.into_iter().zip([0, 32]) {
-            while word != 0 {
-                let intid = base + word.trailing_zeros();
-                word &= word - 1;
-                let Some(irq) = s.irq(self.vcpu, intid) else {
-                    continue;
-                };
-                if !irq.active && !irq.pending() {
-                    s.settle(self.vcpu, intid);
-                    continue;
+        // The private word, then the SPIs' (written out rather than iterated over the array,
+        // which keeps the iterator in memory).
+        let (mut word, mut base) = (busy[0], 0);
+        loop {
+            if word == 0 {
+                if base != 0 {
+                    break;
                 }
-                let ours = vgic.target(self.vcpu, intid, irq) == Some(self.vcpu);
-                let free = irq.loaded_on == NOT_LOADED || irq.loaded_on as usize == self.vcpu;
-                let deliverable = s.deliverable(irq);
-                if !(ours && free && (irq.active || deliverable)) {
-                    continue;
-                }
-                let key = ((!irq.active as u32) << 17)
-                    | ((irq.priority as u32) << 9)
-                    | (intid << 1)
-                    | deliverable as u32;
-                count += 1;
-                let mut j = if nr < nr_lrs {
-                    nr += 1;
-                    nr - 1
-                } else if nr > 0 && key < best[nr - 1] {
-                    nr - 1
-                } else {
-                    continue;
-                };
-                best[j] = key;
-                while j > 0 && best[j - 1] > best[j] {
-                    best.swap(j - 1, j);
-                    j -= 1;
-                }
+                (word, base) = (busy[1], 32);
+                continue;
+            }
+            let intid = base + word.trailing_zeros();
+            word &= word - 1;
+            let Some(irq) = s.irq(self.vcpu, intid) else {
+                continue;
+            };
+            if !irq.active && !irq.pending() {
+                s.settle(self.vcpu, intid);
+                continue;
+            }
+            let ours = vgic.target(self.vcpu, intid, irq) == Some(self.vcpu);
+            let free = irq.loaded_on == NOT_LOADED || irq.loaded_on as usize == self.vcpu;
+            let deliverable = s.deliverable(irq);
+            if !(ours && free && (irq.active || deliverable)) {
+                continue;
+            }
+            let key = ((!irq.active as u32) << 17)
+                | ((irq.priority as u32) << 9)
+                | (intid << 1)
+                | deliverable as u32;
+            count += 1;
+            let mut j = if nr < nr_lrs {
+                nr += 1;
+                nr - 1
+            } else if nr > 0 && key < best[nr - 1] {
+                nr - 1
+            } else {
+                continue;
+            };
+            best[j] = key;
+            while j > 0 && best[j - 1] > best[j] {
+                best.swap(j - 1, j);
+                j -= 1;
             }
         }
         let v2 = vgic.version() == Version::V2;

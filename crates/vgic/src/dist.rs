@@ -358,14 +358,16 @@ impl Vgic {
         let targets = self.sgi1r_targets(vcpu, value);
         let mut s = self.state.lock();
         let mut kick = 0;
-        for t in 0..self.nr_vcpus {
-            if targets & (1 << t) != 0 {
-                let Some(irq) = s.irq_mut(t, intid).filter(|irq| irq.group1) else {
-                    continue;
-                };
-                irq.latch = true;
-                kick |= self.kick_for(&s, t, intid);
-            }
+        // Only the targets' bits (`sgi1r_targets` keeps them below `nr_vcpus`): mostly one.
+        let mut rest = targets;
+        while rest != 0 {
+            let t = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let Some(irq) = s.irq_mut(t, intid).filter(|irq| irq.group1) else {
+                continue;
+            };
+            irq.latch = true;
+            kick |= self.kick_for(&s, t, intid);
         }
         Ok(kick)
     }
