@@ -91,11 +91,28 @@ impl VcpuIf {
     /// control register (enable, plus underflow when interrupts are left waiting).
     ///
     /// Calling it twice without [`VcpuIf::sync`] in between syncs first.
+    #[inline]
     pub fn flush(&mut self, vgic: &Vgic, lrs: &mut impl ListRegs) {
+        self.flush_with_line(vgic, lrs, None);
+    }
+
+    /// [`VcpuIf::flush`], after driving one of this vCPU's PPIs (`line`: INTID 16..32 and its
+    /// level, sampled by the CPU that runs the vCPU, e.g. its virtual timer's output) as
+    /// [`Vgic::set_ppi_level`] does, under the same lock. Anything but a PPI is ignored.
+    pub fn flush_with_line(
+        &mut self,
+        vgic: &Vgic,
+        lrs: &mut impl ListRegs,
+        line: Option<(u32, bool)>,
+    ) {
         if self.live {
             self.sync(vgic, lrs);
         }
         let mut s = vgic.state.lock();
+        if let Some((intid, level)) = line.filter(|(intid, _)| (16..32).contains(intid)) {
+            // Only an unimplemented vCPU fails, and this interface's vCPU exists.
+            let _ = Vgic::drive(&mut s, self.vcpu, intid, level);
+        }
         let busy = s.busy(self.vcpu);
         // The common case: nothing pending or active, nothing loaded before.
         if self.nr_loaded == 0 && busy == [0; 2] {

@@ -293,7 +293,12 @@ impl Vgic {
 
     /// Sets `intid`'s line level; false when nothing changed that needs a kick.
     #[inline]
-    fn drive(s: &mut State, vcpu: usize, intid: u32, level: bool) -> Result<bool, VgicError> {
+    pub(crate) fn drive(
+        s: &mut State,
+        vcpu: usize,
+        intid: u32,
+        level: bool,
+    ) -> Result<bool, VgicError> {
         // A line that stays low changes nothing (the virtual timer's, sampled at every entry,
         // mostly): it stays out of the busy set, and nobody needs a kick.
         if s.irq(vcpu, intid).ok_or(VgicError::BadIntid)?.level == level && !level {

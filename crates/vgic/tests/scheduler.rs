@@ -124,6 +124,18 @@ fn level_interrupt_is_resampled_after_eoi() {
     cpu.flush(&g, &mut f);
     assert_eq!(f.valid(), []);
     assert!(!g.has_pending(0, 0xff));
+    // The same, with the line driven by the flush itself (as the run loop samples the timer).
+    cpu.sync(&g, &mut f);
+    cpu.flush_with_line(&g, &mut f, Some((27, true)));
+    assert_eq!(f.valid(), [(27, LrState::Pending)]);
+    cpu.sync(&g, &mut f);
+    cpu.flush_with_line(&g, &mut f, Some((27, false)));
+    assert_eq!(f.valid(), []);
+    // Only PPIs: an SPI's line is left alone.
+    setup(&g, 0, 40, 0xa0);
+    cpu.sync(&g, &mut f);
+    cpu.flush_with_line(&g, &mut f, Some((40, true)));
+    assert_eq!(f.valid(), []);
 }
 
 #[test]

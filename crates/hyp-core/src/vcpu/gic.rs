@@ -127,13 +127,11 @@ pub fn vgic_before_entry(
     let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
     let level = ctl & 0b111 == 0b101;
     // A line that was low and stays low changes nothing in the vGIC
-    // (`Vgic::set_level`), so its lock is taken only while the line is or
-    // was high (`VcpuCtx::vtimer_high` starts true: the first entry after
-    // a reset always syncs).
-    if level || ctx.vtimer_high {
-        let _ = vg.set_ppi_level(ctx.vif.vcpu(), vgic::VTIMER_PPI, level);
-        ctx.vtimer_high = level;
-    }
+    // (`Vgic::set_level`), so it is driven only while it is or was high
+    // (`VcpuCtx::vtimer_high` starts true: the first entry after a reset
+    // always syncs); the flush drives it, under the lock it takes anyway.
+    let line = (level || ctx.vtimer_high).then_some((vgic::VTIMER_PPI, level));
+    ctx.vtimer_high = level;
     // The virtual timer's PPI alone masked (the common case) inline; with
     // the physical timer's to sample (`vcpu::ptimer`) out of line.
     let masked = c.timers_masked;
@@ -145,8 +143,13 @@ pub fn vgic_before_entry(
     } else if masked != 0 {
         timers_masked(c, g, level, vg, ctx.vif.vcpu());
     }
-    if let Some(mut lrs) = Lrs::of(g, c.sync, pending) {
-        ctx.vif.flush(vg, &mut lrs);
+    match Lrs::of(g, c.sync, pending) {
+        Some(mut lrs) => ctx.vif.flush_with_line(vg, &mut lrs, line),
+        None => {
+            if let Some((intid, level)) = line {
+                let _ = vg.set_ppi_level(ctx.vif.vcpu(), intid, level);
+            }
+        }
     }
 }
 
