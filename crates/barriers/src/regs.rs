@@ -537,6 +537,7 @@ impl IchLrEl2 {
     /// # Panics
     ///
     /// If `n >= 16`.
+    #[inline]
     pub const fn new(n: u8) -> Self {
         assert!(n < 16, "ICH_LR<n>_EL2: n must be < 16");
         IchLrEl2(n)

@@ -91,45 +91,79 @@ impl VcpuIf {
     /// control register (enable, plus underflow when interrupts are left waiting).
     ///
     /// Calling it twice without [`VcpuIf::sync`] in between syncs first.
+    #[inline]
     pub fn flush(&mut self, vgic: &Vgic, lrs: &mut impl ListRegs) {
+        self.flush_with_line(vgic, lrs, None);
+    }
+
+    /// [`VcpuIf::flush`], after driving one of this vCPU's PPIs (`line`: INTID 16..32 and its
+    /// level, sampled by the CPU that runs the vCPU, e.g. its virtual timer's output) as
+    /// [`Vgic::set_ppi_level`] does, under the same lock. Anything but a PPI is ignored.
+    pub fn flush_with_line(
+        &mut self,
+        vgic: &Vgic,
+        lrs: &mut impl ListRegs,
+        line: Option<(u32, bool)>,
+    ) {
         if self.live {
             self.sync(vgic, lrs);
         }
-        let nr_lrs = lrs.nr_lrs().min(MAX_LRS);
-        let v2 = vgic.version() == Version::V2;
         let mut s = vgic.state.lock();
+        if let Some((intid, level)) = line.filter(|(intid, _)| (16..32).contains(intid)) {
+            // Only an unimplemented vCPU fails, and this interface's vCPU exists.
+            let _ = Vgic::drive(&mut s, self.vcpu, intid, level);
+        }
+        let busy = s.busy(self.vcpu);
         // The common case: nothing pending or active, nothing loaded before.
-        if self.nr_loaded == 0 && s.busy(self.vcpu) == 0 {
+        if self.nr_loaded == 0 && busy == [0; 2] {
             drop(s);
             self.live = true;
             self.hcr = hcr::EN;
             lrs.write_hcr(self.hcr);
             return;
         }
+        let nr_lrs = lrs.nr_lrs().min(MAX_LRS);
 
         // Candidates, keyed so that an ascending order is the load order: active first (they
         // can never leave the list registers: KVM's `vgic_irq_cmp` has the same rule), then by
         // priority, then by INTID. Only the busy INTIDs (maybe pending or active) are looked at;
-        // `best` keeps the `nr_lrs` smallest keys in order, `count` counts them all.
+        // `best` keeps the `nr_lrs` smallest keys in order, `count` counts them all. The key's
+        // bit 0 carries whether the interrupt is deliverable (it never decides an order: INTIDs
+        // differ), so the loading below need not work it out again.
+        const _: () = assert!(crate::NR_INTIDS <= 0x80, "the key's INTID field is 7 bits");
         let mut best = [0u32; MAX_LRS];
         let mut nr = 0;
         let mut count = 0;
-        let mut busy = s.busy(self.vcpu);
-        while busy != 0 {
-            let intid = busy.trailing_zeros();
-            busy &= busy - 1;
-            if s.settle(self.vcpu, intid) {
+        // The private word, then the SPIs' (written out rather than iterated over the array,
+        // which keeps the iterator in memory).
+        let (mut word, mut base) = (busy[0], 0);
+        loop {
+            if word == 0 {
+                if base != 0 {
+                    break;
+                }
+                (word, base) = (busy[1], 32);
                 continue;
             }
+            let intid = base + word.trailing_zeros();
+            word &= word - 1;
             let Some(irq) = s.irq(self.vcpu, intid) else {
                 continue;
             };
-            let ours = vgic.target(self.vcpu, intid, irq) == Some(self.vcpu);
-            let free = irq.loaded_on == NOT_LOADED || irq.loaded_on as usize == self.vcpu;
-            if !(ours && free && (irq.active || s.deliverable(irq))) {
+            if !irq.active && !irq.pending() {
+                s.settle(self.vcpu, intid);
                 continue;
             }
-            let key = ((!irq.active as u32) << 16) | ((irq.priority as u32) << 8) | intid;
+            let ours = vgic.target(self.vcpu, intid, irq) == Some(self.vcpu);
+            let free = irq.loaded_on == NOT_LOADED || irq.loaded_on as usize == self.vcpu;
+            let deliverable = s.deliverable(irq);
+            if !(ours && free && (irq.active || deliverable)) {
+                continue;
+            }
+            let key = ((!irq.active as u32) << 17)
+                | ((irq.priority as u32) << 9)
+                | (intid << 1)
+                | deliverable as u32;
             count += 1;
             let mut j = if nr < nr_lrs {
                 nr += 1;
@@ -145,15 +179,13 @@ impl VcpuIf {
                 j -= 1;
             }
         }
+        let v2 = vgic.version() == Version::V2;
         for (i, key) in best[..nr].iter().enumerate() {
-            let intid = key & 0xff;
-            let deliverable = s
-                .irq(self.vcpu, intid)
-                .is_some_and(|irq| s.deliverable(irq));
+            let intid = (key >> 1) & 0x7f;
             let Some(irq) = s.irq_mut(self.vcpu, intid) else {
                 continue;
             };
-            let mut pending = deliverable;
+            let mut pending = key & 1 != 0;
             // An active level-sensitive interrupt is not also made pending: its line was sampled
             // before this entry, and the guest's handler usually drops it (e.g. writes the
             // timer's compare value) before deactivating, which an LR's pending bit would not
@@ -214,15 +246,38 @@ impl VcpuIf {
     /// interrupt that is no longer pending drops its `ISPENDR` latch (its line is re-sampled at
     /// the next flush). Interrupts whose state the guest rewrote through MMIO meanwhile keep the
     /// written state.
+    #[inline]
     pub fn sync(&mut self, vgic: &Vgic, lrs: &mut impl ListRegs) {
-        if !self.live {
-            return;
+        if self.take_loaded() {
+            self.sync_loaded(vgic, lrs);
         }
+    }
+
+    /// [`VcpuIf::sync`], with the list registers' backend made by `lrs` only when there is
+    /// something to read back (`None`: no backend, nothing read). Nothing loaded, nothing to fold
+    /// back (and no lock to take): tested inline, so an exit with empty list registers (most)
+    /// neither calls nor builds a backend.
+    #[inline]
+    pub fn sync_with<L: ListRegs>(&mut self, vgic: &Vgic, lrs: impl FnOnce() -> Option<L>) {
+        if self.take_loaded() {
+            if let Some(mut lrs) = lrs() {
+                self.sync_loaded(vgic, &mut lrs);
+            }
+        }
+    }
+
+    /// Ends the flush's validity (`live`); whether the list registers it wrote hold anything to
+    /// fold back.
+    #[inline]
+    fn take_loaded(&mut self) -> bool {
+        let loaded = self.live && self.nr_loaded != 0;
         self.live = false;
-        // Nothing loaded: nothing to fold back (and no lock to take).
-        if self.nr_loaded == 0 {
-            return;
-        }
+        loaded
+    }
+
+    /// [`VcpuIf::sync`] once list registers were loaded.
+    #[inline(never)]
+    fn sync_loaded(&mut self, vgic: &Vgic, lrs: &mut impl ListRegs) {
         let v2 = vgic.version() == Version::V2;
         let empty = lrs.empty_lrs();
         let mut s = vgic.state.lock();

@@ -108,28 +108,27 @@ impl State {
         }
     }
 
-    /// The INTIDs `vcpu` may have pending or active, bit *i* = INTID *i* (its own SGIs and PPIs,
-    /// then the SPIs): a superset, never missing one.
-    pub fn busy(&self, vcpu: usize) -> u128 {
+    /// The INTIDs `vcpu` may have pending or active: \[its own SGIs and PPIs (bit *i* = INTID
+    /// *i*), the SPIs (bit *i* = INTID 32 + *i*)\]. A superset, never missing one. Two words
+    /// rather than one `u128`: a scan's `trailing_zeros` is then two instructions, not sixteen.
+    #[inline]
+    pub fn busy(&self, vcpu: usize) -> [u64; 2] {
         let private = self.busy_private.get(vcpu).copied().unwrap_or(0);
-        u128::from(private) | u128::from(self.busy_spis) << 32
+        [u64::from(private), self.busy_spis]
     }
 
-    /// Clears `intid`'s busy bit if it is neither pending nor active (in the distributor's view;
-    /// a list register that still holds it marks it again at its sync). Returns whether it was
-    /// idle.
-    pub fn settle(&mut self, vcpu: usize, intid: u32) -> bool {
-        let Some(irq) = self.irq(vcpu, intid) else {
-            return false;
-        };
-        if irq.active || irq.pending() {
-            return false;
-        }
+    /// Clears `intid`'s busy bit, once it was seen neither pending nor active (in the
+    /// distributor's view; a list register that still holds it marks it again at its sync).
+    #[inline]
+    pub fn settle(&mut self, vcpu: usize, intid: u32) {
         match intid {
-            0..32 => self.busy_private[vcpu] &= !(1 << intid),
-            _ => self.busy_spis &= !(1 << (intid - 32)),
+            0..32 => {
+                if let Some(b) = self.busy_private.get_mut(vcpu) {
+                    *b &= !(1 << intid);
+                }
+            }
+            _ => self.busy_spis &= !(1u64 << ((intid - 32) & 63)),
         }
-        true
     }
 
     pub fn group_enabled(&self, irq: &Irq) -> bool {
@@ -269,14 +268,44 @@ impl Vgic {
             return Err(VgicError::BadIntid);
         }
         let mut s = self.state.lock();
+        if Self::drive(&mut s, vcpu, intid, level)? {
+            Ok(self.kick_for(&s, vcpu, intid))
+        } else {
+            Ok(0)
+        }
+    }
+
+    /// [`Vgic::set_level`] for one of `vcpu`'s PPIs (16..32), sampled by the CPU that runs
+    /// `vcpu` just before it flushes `vcpu`'s list registers (the virtual timer's, at every
+    /// entry): the only vCPU `set_level` could name to kick is `vcpu` itself, which is about to
+    /// see the change anyway, so working the kick out is skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`VgicError::BadIntid`] for anything but a PPI, [`VgicError::BadVcpu`].
+    pub fn set_ppi_level(&self, vcpu: usize, intid: u32, level: bool) -> Result<(), VgicError> {
+        self.check_vcpu(vcpu)?;
+        if !(16..32).contains(&intid) {
+            return Err(VgicError::BadIntid);
+        }
+        Self::drive(&mut self.state.lock(), vcpu, intid, level).map(|_| ())
+    }
+
+    /// Sets `intid`'s line level; false when nothing changed that needs a kick.
+    #[inline]
+    pub(crate) fn drive(
+        s: &mut State,
+        vcpu: usize,
+        intid: u32,
+        level: bool,
+    ) -> Result<bool, VgicError> {
         // A line that stays low changes nothing (the virtual timer's, sampled at every entry,
         // mostly): it stays out of the busy set, and nobody needs a kick.
         if s.irq(vcpu, intid).ok_or(VgicError::BadIntid)?.level == level && !level {
-            return Ok(0);
+            return Ok(false);
         }
-        let irq = s.irq_mut(vcpu, intid).ok_or(VgicError::BadIntid)?;
-        irq.level = level;
-        Ok(self.kick_for(&s, vcpu, intid))
+        s.irq_mut(vcpu, intid).ok_or(VgicError::BadIntid)?.level = level;
+        Ok(true)
     }
 
     /// Makes an interrupt pending as an edge (an SGI or PPI of `vcpu`, or an SPI). Returns the
@@ -334,14 +363,16 @@ impl Vgic {
         let targets = self.sgi1r_targets(vcpu, value);
         let mut s = self.state.lock();
         let mut kick = 0;
-        for t in 0..self.nr_vcpus {
-            if targets & (1 << t) != 0 {
-                let Some(irq) = s.irq_mut(t, intid).filter(|irq| irq.group1) else {
-                    continue;
-                };
-                irq.latch = true;
-                kick |= self.kick_for(&s, t, intid);
-            }
+        // Only the targets' bits (`sgi1r_targets` keeps them below `nr_vcpus`): mostly one.
+        let mut rest = targets;
+        while rest != 0 {
+            let t = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let Some(irq) = s.irq_mut(t, intid).filter(|irq| irq.group1) else {
+                continue;
+            };
+            irq.latch = true;
+            kick |= self.kick_for(&s, t, intid);
         }
         Ok(kick)
     }
@@ -378,16 +409,17 @@ impl Vgic {
             return false;
         }
         let s = self.state.lock();
-        let mut busy = s.busy(vcpu);
-        while busy != 0 {
-            let intid = busy.trailing_zeros();
-            busy &= busy - 1;
-            if s.irq(vcpu, intid).is_some_and(|irq| {
-                self.target(vcpu, intid, irq) == Some(vcpu)
-                    && s.deliverable(irq)
-                    && irq.priority < pmr
-            }) {
-                return true;
+        for (mut busy, base) in s.busy(vcpu).into_iter().zip([0, 32]) {
+            while busy != 0 {
+                let intid = base + busy.trailing_zeros();
+                busy &= busy - 1;
+                if s.irq(vcpu, intid).is_some_and(|irq| {
+                    self.target(vcpu, intid, irq) == Some(vcpu)
+                        && s.deliverable(irq)
+                        && irq.priority < pmr
+                }) {
+                    return true;
+                }
             }
         }
         false

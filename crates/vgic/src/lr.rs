@@ -18,46 +18,51 @@
 //! | HW | \[61\] | \[31\] |
 //! | state (1 = pending, 2 = active) | \[63:62\] | \[29:28\] |
 
-/// The state of a list register.
+/// The state of a list register. Each variant's value is the register's two state bits (bit 0
+/// pending, bit 1 active: the same in both encodings), so converting to and from them is a mask,
+/// not a branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum LrState {
     /// Empty (or the interrupt was deactivated).
-    Invalid,
+    Invalid = 0,
     /// Pending.
-    Pending,
+    Pending = 1,
     /// Active (acknowledged, not yet deactivated).
-    Active,
+    Active = 2,
     /// Active and pending again (edge-triggered, re-asserted while active).
-    PendingActive,
+    PendingActive = 3,
 }
 
 impl LrState {
     /// From the pending and active bits.
     pub const fn new(pending: bool, active: bool) -> Self {
-        match (pending, active) {
-            (false, false) => LrState::Invalid,
-            (true, false) => LrState::Pending,
-            (false, true) => LrState::Active,
-            (true, true) => LrState::PendingActive,
-        }
+        Self::from_bits(pending as u64 | (active as u64) << 1)
     }
 
     /// Whether the pending bit is set.
     pub const fn pending(self) -> bool {
-        matches!(self, LrState::Pending | LrState::PendingActive)
+        self as u8 & 1 != 0
     }
 
     /// Whether the active bit is set.
     pub const fn active(self) -> bool {
-        matches!(self, LrState::Active | LrState::PendingActive)
+        self as u8 & 2 != 0
     }
 
     const fn bits(self) -> u64 {
-        (self.pending() as u64) | ((self.active() as u64) << 1)
+        self as u64
     }
 
+    /// The state of bits \[1:0\] of `b` (higher bits ignored).
     const fn from_bits(b: u64) -> Self {
-        LrState::new(b & 1 != 0, b & 2 != 0)
+        // Each arm maps a value to the variant of that value: the compiler drops the match.
+        match b & 3 {
+            0 => LrState::Invalid,
+            1 => LrState::Pending,
+            2 => LrState::Active,
+            _ => LrState::PendingActive,
+        }
     }
 }
 

@@ -36,7 +36,16 @@ pub struct CpuSync {
     /// rather than at every list-register access); 0 on GICv2 boards, whose
     /// backend reads GICH_VTR.
     pub nr_lrs: usize,
+    /// The vGIC control bits this CPU's ICH_HCR_EL2 / GICH_HCR holds, as
+    /// last written through `vcpu::gic::Lrs` (every write of it goes
+    /// there: the guests' flushes and saves and the host's interface alike),
+    /// or [`HCR_UNKNOWN`] since this CPU came up: an entry that would
+    /// write the value already there skips the write.
+    pub vgic_hcr: core::cell::Cell<u32>,
 }
+
+/// [`CpuSync::vgic_hcr`] before the first write: no value the vGIC writes.
+pub const HCR_UNKNOWN: u32 = u32::MAX;
 
 /// The EL2 registers one CPU's bring-up writes.
 #[derive(Debug, Clone, Copy)]
@@ -139,6 +148,7 @@ pub unsafe fn el2_on(r: El2Regs) -> CpuSync {
         eos: barriers::sync::check_eos(),
         gic,
         nr_lrs,
+        vgic_hcr: core::cell::Cell::new(HCR_UNKNOWN),
     }
 }
 

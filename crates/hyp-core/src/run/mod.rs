@@ -350,9 +350,7 @@ fn guest_loop(
             vm.stats.add(ExitReason::Hvc, fast);
         }
         if let Some((g, vg)) = vgic {
-            if let Some(mut lrs) = vcpu_gic::Lrs::of(g, c.sync, &mut pending) {
-                ctx.vif.sync(vg, &mut lrs);
-            }
+            vcpu_gic::vgic_after_exit(c, g, ctx, vg, &mut pending);
         }
         let next = match kind {
             VectorKind::Sync => {

@@ -7,10 +7,17 @@ use crate::arch::gic::{self, Phys};
 use crate::arch::switch::CpuSync;
 use crate::vcpu::ctx::{Cpu, VcpuCtx, TIMER_P, TIMER_V};
 use barriers::{regs, GuestPending};
+use core::cell::Cell;
 use vgic::Vgic;
 
-/// This CPU's list registers, whichever GIC the board has.
-pub enum Lrs<'a> {
+/// This CPU's list registers, whichever GIC the board has, and what its
+/// control register holds (`CpuSync::vgic_hcr`).
+pub struct Lrs<'a> {
+    regs: Regs<'a>,
+    hcr: &'a Cell<u32>,
+}
+
+enum Regs<'a> {
     V3(vgic::V3Sysregs<'a, barriers::sync::GicSre>),
     V2(vgic::V2Mmio),
 }
@@ -26,38 +33,45 @@ impl<'a> Lrs<'a> {
     /// by a caller that makes several).
     #[inline]
     pub fn of(g: &Phys, sync: &'a CpuSync, pending: &'a mut GuestPending) -> Option<Self> {
-        match (g, sync.gic.as_ref()) {
+        let regs = match (g, sync.gic.as_ref()) {
             (Phys::V3 { .. }, Some(sre)) => {
                 // SAFETY: no ICH_HCR_EL2 trap is relied on: SGI writes trap
                 // through HCR_EL2.IMO, GICD/GICR accesses through stage 2;
                 // `nr_lrs` is this CPU's ICH_VTR_EL2 count (`el2_on`).
                 let b = unsafe { vgic::V3Sysregs::with_lrs(sre, pending, 0, sync.nr_lrs) };
-                Some(Lrs::V3(b))
+                Regs::V3(b)
             }
             (Phys::V2 { gich, .. }, _) => {
                 // SAFETY: `gich` is the board's GICH frame, which EL2 maps
                 // as device memory; on GIC-400 it is banked per CPU, so this
                 // CPU's backend is its only user.
                 let b = unsafe { vgic::V2Mmio::new(*gich as usize) };
-                Some(Lrs::V2(b))
+                Regs::V2(b)
             }
-            (Phys::V3 { .. }, None) => None,
-        }
+            (Phys::V3 { .. }, None) => return None,
+        };
+        Some(Lrs {
+            regs,
+            hcr: &sync.vgic_hcr,
+        })
     }
 }
 
 macro_rules! lrs_dispatch {
     ($self:ident, $b:ident => $e:expr) => {
-        match $self {
-            Lrs::V3($b) => $e,
-            Lrs::V2($b) => $e,
+        match &mut $self.regs {
+            Regs::V3($b) => $e,
+            Regs::V2($b) => $e,
         }
     };
 }
 
 impl vgic::ListRegs for Lrs<'_> {
     fn nr_lrs(&self) -> usize {
-        lrs_dispatch!(self, b => b.nr_lrs())
+        match &self.regs {
+            Regs::V3(b) => b.nr_lrs(),
+            Regs::V2(b) => b.nr_lrs(),
+        }
     }
     fn read_lr(&mut self, i: usize) -> vgic::Lr {
         lrs_dispatch!(self, b => b.read_lr(i))
@@ -68,7 +82,17 @@ impl vgic::ListRegs for Lrs<'_> {
     fn empty_lrs(&mut self) -> u16 {
         lrs_dispatch!(self, b => b.empty_lrs())
     }
+    /// Skipped when the register already holds `hcr`: it is this CPU's
+    /// (banked per CPU on GIC-400, a system register on GICv3), every write
+    /// of it comes through here (with no trap bits added on GICv3: `of`), and
+    /// the cache starts unknown whenever the CPU comes up (`el2_on`), so the
+    /// cached value is the register's. Most entries write the same enable bit
+    /// as the last one.
     fn write_hcr(&mut self, hcr: u32) {
+        if self.hcr.get() == hcr {
+            return;
+        }
+        self.hcr.set(hcr);
         lrs_dispatch!(self, b => b.write_hcr(hcr))
     }
     fn read_vmcr(&mut self) -> u32 {
@@ -103,13 +127,11 @@ pub fn vgic_before_entry(
     let ctl = regs::CntvCtlEl0::read(&c.sync.hcr);
     let level = ctl & 0b111 == 0b101;
     // A line that was low and stays low changes nothing in the vGIC
-    // (`Vgic::set_level`), so its lock is taken only while the line is or
-    // was high (`VcpuCtx::vtimer_high` starts true: the first entry after
-    // a reset always syncs).
-    if level || ctx.vtimer_high {
-        let _ = vg.set_level(ctx.vif.vcpu(), vgic::VTIMER_PPI, level);
-        ctx.vtimer_high = level;
-    }
+    // (`Vgic::set_level`), so it is driven only while it is or was high
+    // (`VcpuCtx::vtimer_high` starts true: the first entry after a reset
+    // always syncs); the flush drives it, under the lock it takes anyway.
+    let line = (level || ctx.vtimer_high).then_some((vgic::VTIMER_PPI, level));
+    ctx.vtimer_high = level;
     // The virtual timer's PPI alone masked (the common case) inline; with
     // the physical timer's to sample (`vcpu::ptimer`) out of line.
     let masked = c.timers_masked;
@@ -121,9 +143,28 @@ pub fn vgic_before_entry(
     } else if masked != 0 {
         timers_masked(c, g, level, vg, ctx.vif.vcpu());
     }
-    if let Some(mut lrs) = Lrs::of(g, c.sync, pending) {
-        ctx.vif.flush(vg, &mut lrs);
+    match Lrs::of(g, c.sync, pending) {
+        Some(mut lrs) => ctx.vif.flush_with_line(vg, &mut lrs, line),
+        None => {
+            if let Some((intid, level)) = line {
+                let _ = vg.set_ppi_level(ctx.vif.vcpu(), intid, level);
+            }
+        }
     }
+}
+
+/// After a guest exit on a board with GIC `g`: folds the list registers
+/// back into the vGIC (`vgic::VcpuIf::sync`), the backend built only when
+/// the last entry loaded any. Inlined into the run loop, its one caller.
+#[inline(always)]
+pub fn vgic_after_exit(
+    c: &Cpu<'_>,
+    g: &Phys,
+    ctx: &mut VcpuCtx,
+    vg: &Vgic,
+    pending: &mut GuestPending,
+) {
+    ctx.vif.sync_with(vg, || Lrs::of(g, c.sync, pending));
 }
 
 /// [`vgic_before_entry`] with the physical timer's level to sample
