@@ -32,6 +32,8 @@ pub use hw_regs::gic::GICR_STRIDE as REDIST_FRAME_SIZE;
 
 /// `GICD_IIDR` / `GICR_IIDR`: implementer Arm (JEP106 0x43B), product 0, revision 0.
 const IIDR: u64 = 0x43b;
+/// The peripheral and component ID registers: twelve words ending each frame.
+const ID_BLOCK: u64 = 0x30;
 /// `GICD_IROUTER` bits kept: Aff3 \[39:32\] and Aff2.Aff1.Aff0 \[23:0\]; IRM (bit 31) is RAZ/WI
 /// because `GICD_TYPER.No1N` = 1.
 const IROUTER_MASK: u64 = 0xff_00ff_ffff;
@@ -162,6 +164,58 @@ impl Vgic {
         })
     }
 
+    /// The value a read of `size` bytes at `offset` in `region` returns when the register read
+    /// never changes once the vGIC exists: the identification registers (`GICD_TYPER`, `IIDR`,
+    /// `TYPER2`, the peripheral and component IDs; each redistributor's `IIDR`, `TYPER` and IDs),
+    /// which depend on the version and the vCPU count alone. So it takes no lock, and the fast
+    /// path answers these reads without it. The value fits in `size` bytes. `None` for every
+    /// other access, including a size or alignment the register refuses: [`Vgic::mmio`] answers
+    /// those (and writes, all ignored here). For every access this answers, [`Vgic::mmio`] reads
+    /// the same value whatever was written before (tested): this is the one list of those
+    /// registers.
+    #[inline(always)]
+    #[must_use]
+    pub fn fixed_read(&self, region: Region, offset: u64, size: u8) -> Option<u64> {
+        let v3 = self.version() == Version::V3;
+        match region {
+            Region::Dist => {
+                // All 32-bit registers (GIC v3 12.9, v2 4.3: word access only), matched by word
+                // index: a small compare of the offset the caller computed.
+                if size != 4 || !offset.is_multiple_of(4) {
+                    return None;
+                }
+                const TYPER: u64 = GICD_TYPER / 4;
+                const IIDR_WORD: u64 = GICD_IIDR / 4;
+                const TYPER2: u64 = GICD_TYPER2 / 4;
+                let id = if v3 { GICD_ID_V3 } else { GICD_ID_V2 } / 4;
+                match offset / 4 {
+                    TYPER => Some(self.gicd_typer()),
+                    IIDR_WORD => Some(IIDR),
+                    TYPER2 if v3 => Some(0),
+                    w if (id..id + ID_BLOCK / 4).contains(&w) => Some(self.id_reg(offset - id * 4)),
+                    _ => None,
+                }
+            }
+            Region::Redist => {
+                let n = (offset / REDIST_FRAME_SIZE) as usize;
+                if !v3 || n >= self.nr_vcpus() {
+                    return None;
+                }
+                let typer = self.gicr_typer(n);
+                match (offset % REDIST_FRAME_SIZE, size) {
+                    (GICR_IIDR, 4) => Some(IIDR),
+                    (GICR_TYPER, 8) => Some(typer),
+                    (GICR_TYPER, 4) => Some(typer & 0xffff_ffff),
+                    (0x0c, 4) => Some(typer >> 32),
+                    (o, 4) if (GICR_ID..GICR_ID + ID_BLOCK).contains(&o) && o.is_multiple_of(4) => {
+                        Some(self.id_reg(o - GICR_ID))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
     fn dist(
         &self,
         s: &mut State,
@@ -255,6 +309,7 @@ impl Vgic {
 
     /// `GICD_TYPER`: ITLinesNumber \[4:0\] = NR_INTIDS / 32 - 1. v3: IDbits \[23:19\] = 9 (10-bit
     /// INTIDs), No1N \[25\] = 1, no LPIs/MBIS. v2: CPUNumber \[7:5\] = nr_vcpus - 1.
+    #[inline]
     fn gicd_typer(&self) -> u64 {
         let lines = (NR_INTIDS / 32 - 1) as u64;
         match self.version() {
@@ -265,6 +320,7 @@ impl Vgic {
 
     /// Peripheral and component ID registers at 0xFFD0 (v3) / 0xFD0 (v2): PIDR2 carries the
     /// architecture revision in \[7:4\] and, with PIDR1 \[7:4\], Arm's JEP106 code (0x3B).
+    #[inline]
     fn id_reg(&self, idx: u64) -> u64 {
         let arch = match self.version() {
             Version::V3 => 3,
@@ -525,6 +581,7 @@ impl Vgic {
 
     /// `GICR_TYPER` of redistributor `n`: Affinity_Value \[63:32\] = Aff0 `n`, Processor_Number
     /// \[23:8\] = `n`, Last \[4\] on the last one; no LPIs.
+    #[inline]
     pub(crate) fn gicr_typer(&self, n: usize) -> u64 {
         let last = (n + 1 == self.nr_vcpus()) as u64;
         ((n as u64) << 32) | ((n as u64) << 8) | (last << 4)

@@ -245,14 +245,16 @@ __hvc_fast:
     dsb     nsh                     // barrier: SLS — speculation barrier after the ERET
     isb                             // barrier: SLS — second half of the speculation barrier
 
-// The next fastest exits: `vm::hyp_fast_sync` answers stateless calls and
-// vGIC register reads (`vm::fast_exit`) on the hypervisor's stack, called
-// with only what AAPCS64 lets it clobber saved: the guest's x0..x18, x30 and
-// PC go into its register file (`HostSave::guest`), x19..x29 stay live in
-// their registers, which the Rust code preserves. So a fast exit skips the
-// full save, the return into the run loop and the entry back. Only while a
-// guest runs (`HostSave::fast` non-null; the host's exits always take the
-// full path). Guest x0/x1 are on the stack.
+// The next fastest exits: `exit::fast::hyp_fast_sync` answers stateless
+// calls, vGIC register reads and SGIs to other vCPUs on the hypervisor's
+// stack, called with only what AAPCS64 lets it clobber saved: the guest's
+// x0..x18, x30 and PC go into its register file (`HostSave::guest`, passed
+// in x0 with the HostSave in x1), x19..x29 stay live in their registers,
+// which the Rust code preserves. So a fast exit skips the full save, the
+// return into the run loop and the entry back. Only while a guest runs
+// (`HostSave::fast` non-null, checked here, so `hyp_fast_sync` need not;
+// the host's exits always take the full path). Guest x0/x1 are on the
+// stack.
 __fast_sync:
     mrs     x1, tpidr_el2
     ldr     x0, [x1, #120]          // HostSave::fast
@@ -263,8 +265,7 @@ __fast_sync:
     stp     x2, x3, [x0, #0]
     mrs     x2, elr_el2
     str     x2, [x0, #248]
-    mov     x0, x1
-    bl      hyp_fast_sync           // bool hyp_fast_sync(HostSave *)
+    bl      hyp_fast_sync           // bool hyp_fast_sync(GuestRegs *x0, HostSave *x1)
     mrs     x1, tpidr_el2
     ldr     x1, [x1, #104]
     cbz     w0, 3f

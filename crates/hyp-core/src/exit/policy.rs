@@ -211,20 +211,22 @@ impl VgicFrames {
     #[must_use]
     #[inline(always)]
     pub fn region(&self, ipa: u64) -> Option<(vgic::Region, u64)> {
-        let (dist_size, redist_end) = match self.version {
-            vgic::Version::V3 => (
-                vgic::DIST_SIZE_V3,
-                layout::GICR_IPA + self.nr_vcpus as u64 * vgic::REDIST_FRAME_SIZE,
-            ),
-            vgic::Version::V2 => (vgic::DIST_SIZE_V2, layout::GICR_IPA),
+        // Each frame as an offset from its base below its size: one
+        // unsigned compare each (an IPA below the base wraps to a huge
+        // offset). The distributor first: the redistributors' size needs a
+        // multiplication. GICv2 has no redistributors.
+        let dist_size = match self.version {
+            vgic::Version::V3 => vgic::DIST_SIZE_V3,
+            vgic::Version::V2 => vgic::DIST_SIZE_V2,
         };
-        if (layout::GICD_IPA..layout::GICD_IPA + dist_size).contains(&ipa) {
-            Some((vgic::Region::Dist, ipa - layout::GICD_IPA))
-        } else if (layout::GICR_IPA..redist_end).contains(&ipa) {
-            Some((vgic::Region::Redist, ipa - layout::GICR_IPA))
-        } else {
-            None
+        let dist_off = ipa.wrapping_sub(layout::GICD_IPA);
+        if dist_off < dist_size {
+            return Some((vgic::Region::Dist, dist_off));
         }
+        let redist_off = ipa.wrapping_sub(layout::GICR_IPA);
+        let redist_size = self.nr_vcpus as u64 * vgic::REDIST_FRAME_SIZE;
+        (self.version == vgic::Version::V3 && redist_off < redist_size)
+            .then_some((vgic::Region::Redist, redist_off))
     }
 }
 
