@@ -477,6 +477,36 @@ fn s2mm_host() -> Result<Vec<Record>> {
     Ok(out)
 }
 
+/// One line per s2mm host metric that aarch64-paging also ran (live table), in the records'
+/// order: both figures side by side and s2mm's speedup (aarch64-paging's ns per page over
+/// s2mm's), as s2bench prints them, so they sit under the table.
+fn s2mm_speedups(records: &[Record]) -> Vec<String> {
+    let ns = |krate: &str, metric: &str| {
+        records
+            .iter()
+            .find(|r| r.name == format!("s2mm_host.{krate}.{metric}_ns_per_page"))
+            .map(|r| r.value)
+    };
+    records
+        .iter()
+        .filter_map(|r| {
+            let metric = r
+                .name
+                .strip_prefix("s2mm_host.s2mm.")?
+                .strip_suffix("_ns_per_page")?;
+            let paging = ns("aarch64-paging", metric)?;
+            (r.value > 0.0).then(|| {
+                format!(
+                    "speedup {metric} s2mm_vs_aarch64-paging={:.2}x (ns per 4 KiB page: s2mm {:.3}, aarch64-paging {:.3})",
+                    paging / r.value,
+                    r.value,
+                    paging
+                )
+            })
+        })
+        .collect()
+}
+
 /// Reads a JSON file this module wrote (one record per line).
 pub fn read_json(text: &str) -> Vec<Record> {
     let mut out = Vec::new();
@@ -757,6 +787,14 @@ pub fn bench(platform: Platform) -> Result<()> {
             r.name, v, r.iterations, prev, target
         );
     }
+    let speedups = s2mm_speedups(&records);
+    if !speedups.is_empty() {
+        println!();
+        println!("s2mm vs aarch64-paging, same work on the host (live tables; s2bench):");
+        for l in speedups {
+            println!("  {l}");
+        }
+    }
     let (barrier_lines, notes): (Vec<&String>, Vec<&String>) =
         skipped.iter().partition(|s| s.starts_with("barriers "));
     if !barrier_lines.is_empty() {
@@ -961,6 +999,39 @@ pub fn size(platforms: &[Platform]) -> Result<()> {
 #[allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s2mm_speedups_pair_each_s2mm_row_with_live_aarch64_paging() {
+        let rec = |name: &str, value: f64| Record {
+            name: name.to_owned(),
+            value,
+            ns: true,
+            iterations: 7,
+            method: None,
+        };
+        let got = s2mm_speedups(&[
+            rec("s2mm_host.s2mm.map_4k_1g_ns_per_page", 0.5),
+            rec("s2mm_host.s2mm.set_state_4k_1g_ns_per_page", 4.0),
+            rec(
+                "s2mm_host.barriers-record-only.set_state_4k_1g_ns_per_page",
+                3.0,
+            ),
+            rec("s2mm_host.aarch64-paging.set_state_4k_1g_ns_per_page", 10.0),
+            rec(
+                "s2mm_host.aarch64-paging-inactive.map_4k_1g_ns_per_page",
+                2.0,
+            ),
+            rec("s2mm_host.aarch64-paging.map_4k_1g_ns_per_page", 5.0),
+            rec("hvc_null", 22.0),
+        ]);
+        assert_eq!(
+            got,
+            [
+                "speedup map_4k_1g s2mm_vs_aarch64-paging=10.00x (ns per 4 KiB page: s2mm 0.500, aarch64-paging 5.000)",
+                "speedup set_state_4k_1g s2mm_vs_aarch64-paging=2.50x (ns per 4 KiB page: s2mm 4.000, aarch64-paging 10.000)",
+            ]
+        );
+    }
 
     #[test]
     fn bench_lines_tagged_or_not() {

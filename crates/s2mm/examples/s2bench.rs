@@ -10,6 +10,18 @@
 //! derived from its source for a live (`mark_active`) table and labelled `counted=source`
 //! (see `paging_counts`). Both sides treat the tables as live; the `aarch64-paging-inactive`
 //! lines show aarch64-paging without its live-table BBM checks and TLB walks.
+//!
+//! Metrics, each over the same GiB of 4 KiB pages (`_4k_`) or of 2 MiB blocks (`_2m_`):
+//! `map` into empty tables, `set_state` (changing the attributes of every page already mapped
+//! in the live table: s2mm's `Stage2::set_state`, what the hypervisor's share, lend and donate
+//! paths call, against aarch64-paging's `modify_range` writing the same software bits), and
+//! `unmap`.
+//!
+//! The `barriers-record-only` lines are not a table walk: the same number of `PtBatch::make`
+//! calls as s2mm's `set_state` row, over a flat array, no walker. On the host each make is
+//! logged in the `barriers` trace (a 48-byte record per descriptor, ~12 MiB per GiB of pages);
+//! the EL2 build stores the descriptor and logs nothing. That line is the part of s2mm's
+//! `set_state` figure that the recording backend costs, measured in the same run.
 
 #![allow(
     clippy::unwrap_used,
@@ -126,8 +138,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One timed s2mm run: (map, unmap) with `block` as the largest leaf.
-fn s2mm_run(pool: &SharedPool, block: BlockSize) -> [(f64, BatchStats); 2] {
+/// The page state the `set_state` rows move every page to: what a host share makes of the
+/// host's pages (software bits [56:55] = 0b01; `PageState::Owned`, 0b00, before).
+const SHARED: PageState = PageState::SharedOwned;
+
+/// One timed s2mm run: (map, set_state, unmap) with `block` as the largest leaf.
+fn s2mm_run(pool: &SharedPool, block: BlockSize) -> [(f64, BatchStats); 3] {
     let mut a = pool.clone();
     let mut s2 = s2mm::Stage2::new(&mut a, 1, 40, true).unwrap();
     // SAFETY: host test: the recording backend, one owner per test.
@@ -148,13 +164,72 @@ fn s2mm_run(pool: &SharedPool, block: BlockSize) -> [(f64, BatchStats); 2] {
         .unwrap();
     let t_map = t.elapsed().as_nanos() as f64;
     barriers::trace::clear();
+    // The live-table attribute change: software bits only, so each leaf is rewritten in place
+    // with no break-before-make and no TLBI (R_WHZWS exempts software bits from BBM, and no
+    // walker uses them, so no TLB entry can hold a stale copy that matters); the batch owes
+    // one trailing DSB ISHST so the walkers see the new descriptors.
+    let t = Instant::now();
+    let state = s2.set_state(&mut a, &mut v, Ipa(G), G, SHARED).unwrap();
+    let t_state = t.elapsed().as_nanos() as f64;
+    barriers::trace::clear();
+    // Same work as aarch64-paging's side: every leaf of the GiB changed, at the expected size.
+    let mut leaves = 0u64;
+    s2.for_each_entry(&a, |_, _, e| {
+        let s2mm::Entry::Mapped(m) = e else {
+            panic!("s2mm: unexpected annotation {e:?}")
+        };
+        assert_eq!((m.state, m.level), (SHARED, block_level(block)));
+        leaves += 1;
+    });
+    assert_eq!(
+        leaves,
+        if block == BlockSize::Page4K {
+            PAGES
+        } else {
+            512
+        }
+    );
     let t = Instant::now();
     let unmap = s2.unmap(&mut a, &mut v, Ipa(G), G).unwrap();
     let t_unmap = t.elapsed().as_nanos() as f64;
     barriers::trace::clear();
     black_box(s2.destroy(&mut a, &mut v));
     barriers::trace::clear();
-    [(t_map, map), (t_unmap, unmap)]
+    [(t_map, map), (t_state, state), (t_unmap, unmap)]
+}
+
+/// The recording backend's share of a `set_state` run: one stage-2 batch making `n` descriptors
+/// (the leaf count of the GiB) with only their state bits changed, as `set_state` does, but
+/// over a flat array with no walk.
+fn record_only_run(n: usize) -> (f64, BatchStats) {
+    const STATE_BITS: u64 = 0b11 << 55;
+    let slots: Vec<AtomicU64> = (0..n as u64)
+        // Valid page descriptors: read/write, inner shareable, access flag set.
+        .map(|i| AtomicU64::new((G + (i << 12)) | 0x7c3))
+        .collect();
+    // SAFETY: host bench: the recording backend, one owner per run.
+    let mut v = unsafe { Vttbr::assume_loaded(1 << 48) };
+    barriers::trace::clear();
+    let t = Instant::now();
+    let mut b = barriers::pt::PtBatch::stage2(&mut v, 1 << 48);
+    for s in &slots {
+        let old = s.load(std::sync::atomic::Ordering::Relaxed);
+        b.make(s, (old & !STATE_BITS) | (1 << 55));
+    }
+    let stats = b.finish();
+    let ns = t.elapsed().as_nanos() as f64;
+    barriers::trace::clear();
+    black_box(slots);
+    (ns, stats)
+}
+
+/// Level of the leaves a run with this block policy builds (the runs here never use 1 GiB).
+fn block_level(block: BlockSize) -> u8 {
+    if block == BlockSize::Page4K {
+        3
+    } else {
+        2
+    }
 }
 
 /// Output address of the benchmarked GiB: for the 2 MiB runs it is 2 MiB- but not 1 GiB-aligned,
@@ -177,8 +252,9 @@ fn ram_rw() -> S2A {
         | S2A::XN
 }
 
-/// One timed aarch64-paging run, same work: identity map of [1 GiB, 2 GiB).
-fn paging_run(pool: &SharedPool, pages_only: bool, active: bool) -> [f64; 2] {
+/// One timed aarch64-paging run, same work: identity map of [1 GiB, 2 GiB), the same software
+/// bits written into every leaf, unmap.
+fn paging_run(pool: &SharedPool, pages_only: bool, active: bool) -> [f64; 3] {
     let mut m = Mapping::new(pool.clone(), 1, Stage2);
     if active {
         m.mark_active();
@@ -198,6 +274,32 @@ fn paging_run(pool: &SharedPool, pages_only: bool, active: bool) -> [f64; 2] {
     )
     .unwrap();
     let t_map = t.elapsed().as_nanos() as f64;
+    // The same descriptor change as s2mm's `set_state(SharedOwned)`: SWFLAG_0 set, SWFLAG_1
+    // clear (bits 55 and 56), nothing else. aarch64-paging cannot tell software bits from
+    // permissions: on a live table it first dry-runs the updater over the range to check BBM,
+    // then per level-3 table (or the level-2 table of blocks) with updates issues DSB ISHST and
+    // one TLBI IPAS2E1IS per changed leaf, and ends with DSB ISH + ISB (see `paging_counts`).
+    let t = Instant::now();
+    m.modify_range(&r, &|_, d| {
+        if d.flags().contains(S2A::VALID) {
+            d.modify_flags(S2A::SWFLAG_0, S2A::SWFLAG_1)
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    let t_state = t.elapsed().as_nanos() as f64;
+    // Same work as s2mm's side: every leaf changed, at the expected level.
+    let (mut leaves, want_level) = (0u64, if pages_only { 3 } else { 2 });
+    m.walk_range(&r, &mut |_, d, level| {
+        if d.is_valid() {
+            assert!(d.flags().contains(S2A::SWFLAG_0) && level == want_level);
+            leaves += 1;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(leaves, if pages_only { PAGES } else { 512 });
     let t = Instant::now();
     // Unmap: aarch64-paging writes invalid entries when VALID is absent.
     m.map_range(
@@ -212,19 +314,25 @@ fn paging_run(pool: &SharedPool, pages_only: bool, active: bool) -> [f64; 2] {
         m.mark_inactive();
     }
     black_box(m);
-    [t_map, t_unmap]
+    [t_map, t_state, t_unmap]
 }
 
 /// What aarch64-paging 0.12.3 would emit for these operations on a live table, read from its
 /// source (`Mapping::map_range` → `invalidate_range`: DSB ISHST, one TLBI IPAS2E1IS per leaf
 /// in the range, DSB ISH + ISB; unmapping a level-1 range detaches the subtree:
 /// `free_detached` = DSB ISHST, one TLBI per valid leaf, DSB ISH + ISB, then
-/// `invalidate_range` for the now-invalid entry).
+/// `invalidate_range` for the now-invalid entry; `modify_range` on a live table: for each
+/// table in which the updater changed leaves, DSB ISHST and one TLBI IPAS2E1IS per changed
+/// leaf, then one DSB ISH + ISB for the call).
 fn paging_counts(metric: &str) -> BatchStats {
     let (dsb, tlbi, isb) = match metric {
         "map_4k_1g" => (2, PAGES, 1),
+        // 512 level-3 tables, each DSB ISHST + 512 TLBIs; then DSB ISH + ISB.
+        "set_state_4k_1g" => (512 + 1, PAGES, 1),
         "unmap_4k_1g" => (4, PAGES + 1, 2),
         "map_2m_1g" => (2, 512, 1),
+        // One level-2 table of 512 blocks: DSB ISHST + 512 TLBIs; then DSB ISH + ISB.
+        "set_state_2m_1g" => (2, 512, 1),
         // The level-2 table holding the blocks is detached: 512 block TLBIs, then one more.
         "unmap_2m_1g" => (4, 513, 2),
         _ => (0, 0, 0),
@@ -257,10 +365,10 @@ fn main() {
         s2mm_run(&pool, block);
         paging_run(&pool, tag == "4k", true);
         let runs: Vec<_> = (0..iters).map(|_| s2mm_run(&pool, block)).collect();
-        let names: [&'static str; 2] = if tag == "4k" {
-            ["map_4k_1g", "unmap_4k_1g"]
+        let names: [&'static str; 3] = if tag == "4k" {
+            ["map_4k_1g", "set_state_4k_1g", "unmap_4k_1g"]
         } else {
-            ["map_2m_1g", "unmap_2m_1g"]
+            ["map_2m_1g", "set_state_2m_1g", "unmap_2m_1g"]
         };
         for (k, name) in names.iter().enumerate() {
             rows.push(Row {
@@ -271,6 +379,15 @@ fn main() {
                 counted: "trace",
             });
         }
+        let leaves = if tag == "4k" { PAGES as usize } else { 512 };
+        let floor: Vec<_> = (0..iters).map(|_| record_only_run(leaves)).collect();
+        rows.push(Row {
+            krate: "barriers-record-only",
+            metric: names[1],
+            ns_per_page: per_page(floor.iter().map(|r| r.0).collect()),
+            stats: floor[0].1,
+            counted: "trace",
+        });
         for (active, label) in [(true, "aarch64-paging"), (false, "aarch64-paging-inactive")] {
             let runs: Vec<_> = (0..iters)
                 .map(|_| paging_run(&pool, tag == "4k", active))
@@ -304,7 +421,14 @@ fn main() {
             r.counted
         );
     }
-    for metric in ["map_4k_1g", "unmap_4k_1g", "map_2m_1g", "unmap_2m_1g"] {
+    for metric in [
+        "map_4k_1g",
+        "set_state_4k_1g",
+        "unmap_4k_1g",
+        "map_2m_1g",
+        "set_state_2m_1g",
+        "unmap_2m_1g",
+    ] {
         let get = |k: &str| {
             rows.iter()
                 .find(|r| r.krate == k && r.metric == metric)

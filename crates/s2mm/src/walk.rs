@@ -1024,4 +1024,106 @@ mod tests {
         b.break_entry(&slot, 0, barriers::pt::Inval::Table { ia: 0 });
         b.make(&slot, 0x4000_0001);
     }
+
+    /// Every descriptor store in `t`, as (address, old, new).
+    fn stores(t: &[Insn]) -> Vec<(u64, u64, u64)> {
+        t.iter()
+            .filter_map(|i| match i {
+                Insn::Store { addr, old, new, .. } => Some((*addr, *old, *new)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn set_state_changes_only_state_bits_without_tlbi() {
+        use crate::desc::STATE_MASK;
+        use crate::BlockSize;
+        let mut a = HostAlloc::new();
+        let mut s2 = Stage2::new(&mut a, 3, 40, true).expect("stage 2");
+        // SAFETY: host test: the recording backend, one owner per test.
+        let mut v = unsafe { crate::Vttbr::assume_loaded(s2.vttbr()) };
+        s2.set_block_policy(BlockSize::Page4K);
+        s2.map(
+            &mut a,
+            &mut v,
+            Ipa(M2),
+            Pa(M2),
+            2 * M2,
+            Attrs::RAM_RW,
+            PageState::Owned,
+        )
+        .expect("map pages");
+        s2.set_block_policy(BlockSize::Block2M);
+        s2.map(
+            &mut a,
+            &mut v,
+            Ipa(4 * M2),
+            Pa(4 * M2),
+            2 * M2,
+            Attrs::RAM_RW,
+            PageState::Owned,
+        )
+        .expect("map blocks");
+        let state = |a: &HostAlloc, s2: &Stage2, ia: u64| s2.query(a, Ipa(ia)).expect("mapped");
+
+        // Pages across the boundary of two level-3 tables, then one whole 2 MiB block: only the
+        // state bits of those 9 leaves change, with no break, no TLBI, one trailing DSB ISHST.
+        trace::clear();
+        let (lo, n) = (2 * M2 - 3 * K4, 8);
+        let st = s2
+            .set_state(&mut a, &mut v, Ipa(lo), n * K4, PageState::SharedOwned)
+            .expect("pages");
+        let st2 = s2
+            .set_state(&mut a, &mut v, Ipa(5 * M2), M2, PageState::SharedBorrowed)
+            .expect("block");
+        let t = trace::take();
+        assert!(
+            check::check(&t).is_empty(),
+            "{}",
+            check::report(&check::check(&t))
+        );
+        let w = stores(&t);
+        assert_eq!(w.len(), 9);
+        assert!(w
+            .iter()
+            .all(|(_, old, new)| (old ^ new) & !STATE_MASK == 0 && old != new));
+        assert!(!t.iter().any(|i| matches!(i, Insn::Tlbi(_) | Insn::Isb)));
+        for s in [st, st2] {
+            assert_eq!((s.dsb, s.tlbi, s.isb), (1, 0, 0));
+        }
+        for p in 0..2 * M2 / K4 {
+            let ia = M2 + p * K4;
+            let want = if (lo..lo + n * K4).contains(&ia) {
+                PageState::SharedOwned
+            } else {
+                PageState::Owned
+            };
+            assert_eq!(state(&a, &s2, ia).state, want, "page {ia:#x}");
+        }
+        assert_eq!(state(&a, &s2, 4 * M2).state, PageState::Owned);
+        let b = state(&a, &s2, 5 * M2 + 7 * K4);
+        assert_eq!((b.state, b.level), (PageState::SharedBorrowed, 2));
+
+        // One page inside the other block: the block is split (break-before-make of the block
+        // entry), and only that page changes state.
+        trace::clear();
+        v.record_state();
+        s2.set_state(&mut a, &mut v, Ipa(4 * M2 + K4), K4, PageState::SharedOwned)
+            .expect("split");
+        let t = trace::take();
+        assert!(
+            check::check(&t).is_empty(),
+            "{}",
+            check::report(&check::check(&t))
+        );
+        for (ia, want) in [
+            (4 * M2, PageState::Owned),
+            (4 * M2 + K4, PageState::SharedOwned),
+            (4 * M2 + 2 * K4, PageState::Owned),
+        ] {
+            let m = state(&a, &s2, ia);
+            assert_eq!((m.state, m.level, m.pa), (want, 3, Pa(ia)));
+        }
+    }
 }
