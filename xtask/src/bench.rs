@@ -1012,10 +1012,7 @@ mod tests {
         let got = s2mm_speedups(&[
             rec("s2mm_host.s2mm.map_4k_1g_ns_per_page", 0.5),
             rec("s2mm_host.s2mm.set_state_4k_1g_ns_per_page", 4.0),
-            rec(
-                "s2mm_host.barriers-record-only.set_state_4k_1g_ns_per_page",
-                3.0,
-            ),
+            rec("s2mm_host.another-crate.set_state_4k_1g_ns_per_page", 3.0),
             rec("s2mm_host.aarch64-paging.set_state_4k_1g_ns_per_page", 10.0),
             rec(
                 "s2mm_host.aarch64-paging-inactive.map_4k_1g_ns_per_page",

@@ -822,10 +822,14 @@ pub(crate) mod emit {
     std::thread_local! {
         pub(crate) static TRACE: RefCell<Vec<Insn>> = const { RefCell::new(Vec::new()) };
         pub(crate) static REGS: RefCell<BTreeMap<SysReg, u64>> = const { RefCell::new(BTreeMap::new()) };
+        /// Whether `push` appends (`crate::trace::set_recording`).
+        pub(crate) static RECORDING: core::cell::Cell<bool> = const { core::cell::Cell::new(true) };
     }
 
     pub(crate) fn push(i: Insn) {
-        TRACE.with(|t| t.borrow_mut().push(i));
+        if RECORDING.with(|r| r.get()) {
+            TRACE.with(|t| t.borrow_mut().push(i));
+        }
     }
 
     pub(crate) fn isb() {
@@ -887,6 +891,12 @@ pub(crate) mod emit {
     }
 
     pub(crate) fn store(slot: &AtomicU64, new: u64, ia: Option<u64>, level: Option<u8>) {
+        if !RECORDING.with(|r| r.get()) {
+            // The hardware backend's store: the swap below (an exchange, a full barrier on
+            // some hosts) is only there to record the old value.
+            slot.store(new, Ordering::Release);
+            return;
+        }
         let old = slot.swap(new, Ordering::Release);
         push(Insn::Store {
             addr: slot as *const AtomicU64 as u64,

@@ -16,7 +16,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::addr::Pa;
 use crate::alloc::TableAlloc;
 use crate::batch::{BatchStats, Inval, PtBatch, MAX_QUEUED};
-use crate::desc::{requires_bbm, Format, OA_MASK, TABLE_OR_PAGE, VALID};
+use crate::desc::{requires_bbm, Format, OA_MASK, STATE_MASK, TABLE_OR_PAGE, VALID};
 use crate::Error;
 
 /// Entries in one 4 KiB table.
@@ -548,12 +548,61 @@ impl<A: TableAlloc, F: Format> Walker<'_, '_, A, F> {
                 i = end_full;
             }
         }
+        if let (true, Op::Modify { mask, bits }) = (live, self.op) {
+            if (mask | bits) & !STATE_MASK == 0 {
+                return self.set_states(t, level, base, s, e, i, i1, mask, bits);
+            }
+        }
         if i <= i1 {
             self.apply_range(t, level, base, s, e, live, i, i1, &mut plo, &mut phi)?;
         }
         if plo <= phi {
             self.second_pass(t, level, base, plo, phi);
         }
+        Ok(())
+    }
+
+    /// [`Self::apply_level`] for a page-state change (`Op::Modify` of state bits only) of
+    /// entries `i..=i1` of the live table `t`. On a valid leaf it rewrites software bits only,
+    /// which needs neither break-before-make nor a TLBI (R_WHZWS; no walker reads them), so each
+    /// such leaf is one make. Anything else (a table, an invalid entry, an entry only partly
+    /// covered) goes through the general loop, one entry at a time. Out of line: the other
+    /// operations' walks (a fault's map) do not carry it.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "walker state threaded through one recursion"
+    )]
+    #[inline(never)]
+    fn set_states(
+        &mut self,
+        t: &[AtomicU64],
+        level: u8,
+        base: u64,
+        s: u64,
+        e: u64,
+        mut i: usize,
+        i1: usize,
+        mask: u64,
+        bits: u64,
+    ) -> Result<(), Error> {
+        let sz = size(level);
+        let (mut plo, mut phi) = (usize::MAX, 0usize);
+        let last = i1.min(t.len().saturating_sub(1));
+        while i <= last {
+            let ia = base + (i as u64) * sz;
+            let old = t[i].load(Ordering::Relaxed);
+            if s <= ia && ia + sz <= e && is_leaf(old, level) {
+                let new = (old & !mask) | bits;
+                if new != old {
+                    self.batch.make(&t[i], new);
+                }
+            } else {
+                self.apply_range(t, level, base, s, e, true, i, i, &mut plo, &mut phi)?;
+            }
+            i += 1;
+        }
+        // Only a map breaks entries to make them again in a second pass.
+        debug_assert!(plo > phi, "s2mm: a state change left a make pending");
         Ok(())
     }
 
