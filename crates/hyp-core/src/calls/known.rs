@@ -25,7 +25,7 @@ use smccc::psci::{
 };
 
 /// The IDs [`super::smccc::decode`] names that the vector's fast path may
-/// answer (`exit::fast::fast_exit` answers what
+/// answer (`exit::fast::fast_call` answers what
 /// [`super::smccc::stateless_answer`] answers).
 const MAYBE_FAST: [u32; 9] = [
     PSCI_VERSION,
@@ -40,7 +40,7 @@ const MAYBE_FAST: [u32; 9] = [
 ];
 
 /// The decoded IDs whose answer is never the vector's fast path
-/// (`exit::fast::fast_exit` answers only what
+/// (`exit::fast::fast_call` answers only what
 /// [`super::smccc::stateless_answer`] answers): calls that change state or
 /// depend on the caller (PSCI power calls, the pKVM memory and guard calls,
 /// KVM_FEATURES, YIELD, the firmware measurement, the TRNG's entropy) and
