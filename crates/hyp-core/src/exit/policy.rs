@@ -96,16 +96,6 @@ pub enum Exit {
     Unknown,
 }
 
-/// The trapped instruction's length: ESR_EL2.IL is 0 only for a 16-bit
-/// instruction (Thumb, from AArch32 EL0).
-const fn insn_len(esr: Esr) -> u64 {
-    if esr.il() {
-        4
-    } else {
-        2
-    }
-}
-
 /// A decision that steps past the trapped instruction steps `len` bytes.
 const fn past(d: Decision, len: u64) -> Decision {
     if d.pc_step == INSN {
@@ -170,7 +160,7 @@ pub fn decode(trap: &Trap, x: &[u64; 31]) -> Exit {
                 write: esr.iss() & esr::dabt::WNR != 0,
                 translation: is_translation_fault(esr),
                 value,
-                len: insn_len(esr),
+                len: esr.insn_len(),
             }
         }
         esr::ec::IABT_LOW => Exit::InstAbort {
@@ -180,7 +170,7 @@ pub fn decode(trap: &Trap, x: &[u64; 31]) -> Exit {
         },
         esr::ec::WFX => Exit::Wfx {
             wfe: esr.iss() & 1 != 0,
-            len: insn_len(esr),
+            len: esr.insn_len(),
         },
         esr::ec::FP_ASIMD => Exit::Fp,
         esr::ec::SVE => Exit::Sve,
