@@ -98,7 +98,8 @@ impl VcpuIf {
 
     /// [`VcpuIf::flush`], after driving one of this vCPU's PPIs (`line`: INTID 16..32 and its
     /// level, sampled by the CPU that runs the vCPU, e.g. its virtual timer's output) as
-    /// [`Vgic::set_ppi_level`] does, under the same lock. Anything but a PPI is ignored.
+    /// [`Vgic::set_level`] does, under the same lock, without working out a kick: the only
+    /// vCPU it could name is this one, which is about to run. Anything but a PPI is ignored.
     pub fn flush_with_line(
         &mut self,
         vgic: &Vgic,

@@ -275,22 +275,6 @@ impl Vgic {
         }
     }
 
-    /// [`Vgic::set_level`] for one of `vcpu`'s PPIs (16..32), sampled by the CPU that runs
-    /// `vcpu` just before it flushes `vcpu`'s list registers (the virtual timer's, at every
-    /// entry): the only vCPU `set_level` could name to kick is `vcpu` itself, which is about to
-    /// see the change anyway, so working the kick out is skipped.
-    ///
-    /// # Errors
-    ///
-    /// [`VgicError::BadIntid`] for anything but a PPI, [`VgicError::BadVcpu`].
-    pub fn set_ppi_level(&self, vcpu: usize, intid: u32, level: bool) -> Result<(), VgicError> {
-        self.check_vcpu(vcpu)?;
-        if !(16..32).contains(&intid) {
-            return Err(VgicError::BadIntid);
-        }
-        Self::drive(&mut self.state.lock(), vcpu, intid, level).map(|_| ())
-    }
-
     /// Sets `intid`'s line level; false when nothing changed that needs a kick.
     #[inline]
     pub(crate) fn drive(

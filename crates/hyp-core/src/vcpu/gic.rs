@@ -147,7 +147,7 @@ pub fn vgic_before_entry(
         Some(mut lrs) => ctx.vif.flush_with_line(vg, &mut lrs, line),
         None => {
             if let Some((intid, level)) = line {
-                let _ = vg.set_ppi_level(ctx.vif.vcpu(), intid, level);
+                let _ = vg.set_level(ctx.vif.vcpu(), intid, level);
             }
         }
     }
